@@ -1,0 +1,1 @@
+//! Benchmarks and load generators (`keelson-bench store` comes with the store issue).

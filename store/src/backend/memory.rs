@@ -1,0 +1,91 @@
+//! An in-memory [`Backend`] for tests and simulated clusters.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use parking_lot::RwLock;
+
+use super::{Backend, BackendError, Pair, WriteBatch};
+
+/// A `BTreeMap` behind a lock; nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+}
+
+fn bounds<'a>(start: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    let upper = if end.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(end)
+    };
+    (Bound::Included(start), upper)
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.map.read().get(key).cloned())
+    }
+
+    fn range(&self, start: &[u8], end: &[u8]) -> Result<Vec<Pair>, BackendError> {
+        let mut out = Vec::new();
+        self.for_each(start, end, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn for_each(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        if !end.is_empty() && end <= start {
+            return Ok(());
+        }
+        let map = self.map.read();
+        for (k, v) in map.range::<[u8], _>(bounds(start, end)) {
+            if !f(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let mut map = self.map.write();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<(), BackendError> {
+        self.map.write().clear();
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.map
+            .read()
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+}

@@ -1,0 +1,18 @@
+//! keelson-store: a replicated MVCC key-value store that speaks the etcd v3 API.
+//!
+//! # Layout
+//! - [`backend`]: ordered byte storage (sled, or memory) under everything else.
+//! - [`mvcc`]: etcd's data model: revisions, versions, tombstones, compaction, txns, leases.
+//!   Pure and deterministic; start here to learn what a request does.
+//! - [`raft`]: openraft types, the sled log store (group-committed fsync), the state machine
+//!   wrapper and the gRPC peer transport.
+//! - [`server`]: one member: flags ([`server::Config`]), bootstrap, the write proposer (batching),
+//!   linearizable reads, the lessor, and the etcd gRPC services in [`etcd`].
+//! - [`error`]: [`StoreError`] and its single mapping to etcd's gRPC codes and messages.
+
+pub mod backend;
+pub mod error;
+pub mod mvcc;
+pub mod raft;
+
+pub use error::StoreError;

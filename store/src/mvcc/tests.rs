@@ -1,0 +1,506 @@
+use std::sync::Arc;
+
+use keelson_etcdpb::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op, response_op,
+};
+use keelson_etcdpb::mvccpb::event::EventType;
+
+use super::*;
+use crate::backend::{MemoryBackend, SledBackend};
+use crate::raft::pb::internal_request::Request as Rq;
+use crate::raft::pb::internal_response::Response as Rs;
+
+fn mvcc() -> Mvcc {
+    Mvcc::open(Arc::new(MemoryBackend::new()), 2).unwrap()
+}
+
+fn apply(m: &mut Mvcc, r: Rq) -> Result<Rs, StoreError> {
+    let resp = m.apply(&InternalRequest { request: Some(r) });
+    m.commit().unwrap();
+    match resp.response.unwrap() {
+        Rs::Error(e) => Err(StoreError::from_apply_code(e.code)),
+        other => Ok(other),
+    }
+}
+
+fn put(m: &mut Mvcc, k: &str, v: &str) -> i64 {
+    match apply(
+        m,
+        Rq::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+    {
+        Rs::Put(p) => p.header.unwrap().revision,
+        _ => panic!("not a put response"),
+    }
+}
+
+fn get(m: &Mvcc, k: &str, rev: i64) -> Result<Option<KeyValue>, StoreError> {
+    let r = m.range(&RangeRequest {
+        key: k.into(),
+        revision: rev,
+        ..Default::default()
+    })?;
+    Ok(r.kvs.into_iter().next())
+}
+
+fn del(m: &mut Mvcc, k: &str, end: &str) -> i64 {
+    match apply(
+        m,
+        Rq::DeleteRange(DeleteRangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+    {
+        Rs::DeleteRange(d) => d.deleted,
+        _ => panic!("not a delete response"),
+    }
+}
+
+#[test]
+fn new_store_is_at_revision_one_and_first_put_gets_two() {
+    let mut m = mvcc();
+    assert_eq!(m.current_revision(), 1);
+    assert_eq!(put(&mut m, "a", "1"), 2);
+    let kv = get(&m, "a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+}
+
+#[test]
+fn versions_count_up_and_reset_after_delete() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1");
+    put(&mut m, "a", "2");
+    let kv = get(&m, "a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(del(&mut m, "a", ""), 1);
+    assert_eq!(m.current_revision(), 4);
+    assert!(get(&m, "a", 0).unwrap().is_none());
+    put(&mut m, "a", "3");
+    let kv = get(&m, "a", 0).unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+}
+
+#[test]
+fn delete_of_nothing_keeps_the_revision() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1");
+    assert_eq!(del(&mut m, "zz", ""), 0);
+    assert_eq!(m.current_revision(), 2);
+}
+
+#[test]
+fn range_at_past_revision_sees_old_values_and_tombstones() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1"); // 2
+    put(&mut m, "a", "2"); // 3
+    del(&mut m, "a", ""); // 4
+    assert_eq!(get(&m, "a", 2).unwrap().unwrap().value, b"1");
+    assert_eq!(get(&m, "a", 3).unwrap().unwrap().value, b"2");
+    assert!(get(&m, "a", 4).unwrap().is_none());
+    assert_eq!(get(&m, "a", 9).unwrap_err(), StoreError::FutureRev);
+}
+
+#[test]
+fn compaction_drops_history_but_keeps_latest_state() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1"); // 2
+    put(&mut m, "a", "2"); // 3
+    put(&mut m, "b", "1"); // 4
+    del(&mut m, "b", ""); // 5
+    put(&mut m, "c", "1"); // 6
+    apply(
+        &mut m,
+        Rq::Compaction(CompactionRequest {
+            revision: 5,
+            physical: false,
+        }),
+    )
+    .unwrap();
+    assert_eq!(get(&m, "a", 2).unwrap_err(), StoreError::Compacted);
+    assert_eq!(get(&m, "a", 5).unwrap().unwrap().value, b"2");
+    assert!(get(&m, "b", 5).unwrap().is_none());
+    assert_eq!(get(&m, "c", 0).unwrap().unwrap().value, b"1");
+    assert_eq!(
+        apply(
+            &mut m,
+            Rq::Compaction(CompactionRequest {
+                revision: 4,
+                physical: false
+            })
+        )
+        .unwrap_err(),
+        StoreError::Compacted
+    );
+    assert_eq!(
+        apply(
+            &mut m,
+            Rq::Compaction(CompactionRequest {
+                revision: 99,
+                physical: false
+            })
+        )
+        .unwrap_err(),
+        StoreError::FutureRev
+    );
+    assert_eq!(
+        m.events_between(3, 6, &KeyRange::new(b"a", b"\0"))
+            .unwrap_err(),
+        StoreError::Compacted
+    );
+    // The b tombstone went with the compaction; its key is gone from the index.
+    assert!(!m.index.contains_key(&b"b"[..]));
+}
+
+#[test]
+fn range_limit_count_sort_and_filters() {
+    use keelson_etcdpb::etcdserverpb::range_request::{SortOrder, SortTarget};
+    let mut m = mvcc();
+    for (k, v) in [("k1", "c"), ("k2", "a"), ("k3", "b"), ("x", "z")] {
+        put(&mut m, k, v);
+    }
+    let r = m
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.kvs.len(), 2);
+    assert!(r.more);
+    assert_eq!(r.count, 3);
+    let r = m
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..Default::default()
+        })
+        .unwrap();
+    let vals: Vec<_> = r.kvs.iter().map(|kv| kv.value.clone()).collect();
+    assert_eq!(vals, vec![b"c".to_vec(), b"b".to_vec(), b"a".to_vec()]);
+    let r = m
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            min_mod_revision: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.kvs.len(), 2);
+    let r = m
+        .range(&RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count), (0, 4));
+    let r = m
+        .range(&RangeRequest {
+            key: "k".into(),
+            range_end: "\0".into(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.kvs.len(), 4);
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+}
+
+fn txn(cmp: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> Rq {
+    Rq::Txn(TxnRequest {
+        compare: cmp,
+        success,
+        failure,
+    })
+}
+
+fn op_put_kv(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn cmp_mod(k: &str, rev: i64) -> Compare {
+    Compare {
+        key: k.into(),
+        target: compare::CompareTarget::Mod as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+        range_end: vec![],
+    }
+}
+
+#[test]
+fn txn_compare_and_swap_shares_one_revision() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1"); // 2
+    let Rs::Txn(t) = apply(
+        &mut m,
+        txn(
+            vec![cmp_mod("a", 2)],
+            vec![op_put_kv("a", "2"), op_put_kv("b", "2")],
+            vec![],
+        ),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert!(t.succeeded);
+    assert_eq!(t.header.unwrap().revision, 3);
+    assert_eq!(get(&m, "a", 0).unwrap().unwrap().mod_revision, 3);
+    assert_eq!(get(&m, "b", 0).unwrap().unwrap().mod_revision, 3);
+    // The same compare now fails, and the failure branch reads inside the txn.
+    let read = RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })),
+    };
+    let Rs::Txn(t) = apply(
+        &mut m,
+        txn(vec![cmp_mod("a", 2)], vec![op_put_kv("a", "x")], vec![read]),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert!(!t.succeeded);
+    assert_eq!(
+        m.current_revision(),
+        3,
+        "a read-only branch does not bump the revision"
+    );
+    let Some(response_op::Response::ResponseRange(r)) = &t.responses[0].response else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, b"2");
+}
+
+#[test]
+fn txn_compare_on_missing_key_uses_zero_values() {
+    let mut m = mvcc();
+    let created_absent = Compare {
+        key: "new".into(),
+        target: compare::CompareTarget::Create as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+        range_end: vec![],
+    };
+    let Rs::Txn(t) = apply(
+        &mut m,
+        txn(vec![created_absent], vec![op_put_kv("new", "1")], vec![]),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert!(t.succeeded);
+    let value_cmp = Compare {
+        key: "missing".into(),
+        target: compare::CompareTarget::Value as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::Value(vec![])),
+        range_end: vec![],
+    };
+    let Rs::Txn(t) = apply(&mut m, txn(vec![value_cmp], vec![], vec![])).unwrap() else {
+        panic!()
+    };
+    assert!(
+        !t.succeeded,
+        "a value compare on a missing key is false, as in etcd"
+    );
+}
+
+#[test]
+fn txn_rejects_duplicate_keys_and_too_many_ops() {
+    let dup = TxnRequest {
+        compare: vec![],
+        success: vec![op_put_kv("a", "1"), op_put_kv("a", "2")],
+        failure: vec![],
+    };
+    assert_eq!(check_txn(&dup).unwrap_err(), StoreError::DuplicateKey);
+    let del_then_put = TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: "a".into(),
+                        range_end: "c".into(),
+                        prev_kv: false,
+                    },
+                )),
+            },
+            op_put_kv("b", "1"),
+        ],
+        failure: vec![],
+    };
+    assert_eq!(
+        check_txn(&del_then_put).unwrap_err(),
+        StoreError::DuplicateKey
+    );
+    let nested_branches_may_repeat = TxnRequest {
+        compare: vec![],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![],
+                success: vec![op_put_kv("a", "1")],
+                failure: vec![op_put_kv("a", "2")],
+            })),
+        }],
+        failure: vec![],
+    };
+    check_txn(&nested_branches_may_repeat).unwrap();
+    let many = TxnRequest {
+        compare: vec![],
+        success: (0..129).map(|i| op_put_kv(&format!("k{i}"), "v")).collect(),
+        failure: vec![],
+    };
+    assert_eq!(check_txn(&many).unwrap_err(), StoreError::TooManyOps);
+}
+
+#[test]
+fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
+    let mut m = mvcc();
+    let Rs::LeaseGrant(g) =
+        apply(&mut m, Rq::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 7 })).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((g.id, g.ttl), (7, 2), "TTL is raised to the minimum");
+    assert_eq!(
+        apply(&mut m, Rq::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 7 })).unwrap_err(),
+        StoreError::LeaseExist
+    );
+    for k in ["a", "b"] {
+        apply(
+            &mut m,
+            Rq::Put(PutRequest {
+                key: k.into(),
+                value: "v".into(),
+                lease: 7,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        apply(
+            &mut m,
+            Rq::Put(PutRequest {
+                key: "c".into(),
+                lease: 8,
+                ..Default::default()
+            })
+        )
+        .unwrap_err(),
+        StoreError::LeaseNotFound
+    );
+    assert_eq!(m.leases()[&7].keys.len(), 2);
+    let before = m.current_revision();
+    m.take_events();
+    apply(&mut m, Rq::LeaseRevoke(LeaseRevokeRequest { id: 7 })).unwrap();
+    assert_eq!(m.current_revision(), before + 1);
+    assert!(get(&m, "a", 0).unwrap().is_none() && get(&m, "b", 0).unwrap().is_none());
+    let ev = m.take_events().unwrap();
+    assert_eq!(ev.events.len(), 2);
+    assert!(
+        ev.events
+            .iter()
+            .all(|e| e.r#type == EventType::Delete as i32)
+    );
+    assert_eq!(
+        apply(&mut m, Rq::LeaseRevoke(LeaseRevokeRequest { id: 7 })).unwrap_err(),
+        StoreError::LeaseNotFound
+    );
+}
+
+#[test]
+fn put_with_ignore_value_needs_an_existing_key() {
+    let mut m = mvcc();
+    let ignore = PutRequest {
+        key: "a".into(),
+        ignore_value: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        apply(&mut m, Rq::Put(ignore.clone())).unwrap_err(),
+        StoreError::KeyNotFound
+    );
+    put(&mut m, "a", "keep");
+    apply(&mut m, Rq::Put(ignore)).unwrap();
+    let kv = get(&m, "a", 0).unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"keep"[..], 2));
+}
+
+#[test]
+fn events_between_replays_history_with_prev_kv() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1");
+    put(&mut m, "a", "2");
+    del(&mut m, "a", "");
+    put(&mut m, "b", "1");
+    let ev = m.events_between(3, 5, &KeyRange::new(b"a", b"")).unwrap();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0].kv.as_ref().unwrap().value, b"2");
+    assert_eq!(ev[0].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(ev[1].r#type, EventType::Delete as i32);
+    assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, b"2");
+}
+
+#[test]
+fn state_survives_reopen_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(1 << 20)
+            .open()
+            .unwrap();
+        Mvcc::open(Arc::new(SledBackend::open(&db, "sm").unwrap()), 2).unwrap()
+    };
+    {
+        let mut m = open();
+        put(&mut m, "a", "1");
+        put(&mut m, "a", "2");
+        apply(&mut m, Rq::LeaseGrant(LeaseGrantRequest { ttl: 10, id: 3 })).unwrap();
+        apply(
+            &mut m,
+            Rq::Put(PutRequest {
+                key: "l".into(),
+                lease: 3,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        apply(
+            &mut m,
+            Rq::Compaction(CompactionRequest {
+                revision: 3,
+                physical: true,
+            }),
+        )
+        .unwrap();
+        m.backend().flush().unwrap();
+    }
+    let m = open();
+    assert_eq!(m.current_revision(), 4);
+    assert_eq!(m.compact_revision(), 3);
+    assert_eq!(get(&m, "a", 0).unwrap().unwrap().version, 2);
+    assert!(m.leases()[&3].keys.contains(&b"l"[..]));
+}
