@@ -102,3 +102,6 @@ pub(crate) fn storage_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
 pub(crate) fn storage_read_error(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::read(AnyError::error(e.to_string())).into()
 }
+
+#[cfg(test)]
+mod tests;

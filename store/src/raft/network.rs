@@ -1,1 +1,200 @@
-//! peer transport
+//! The client side of the peer transport: openraft's RPCs over gRPC, one lazily connected
+//! channel per peer.
+//!
+//! openraft request/response types travel bincode-encoded inside [`pb::RaftMessage`]; the remote
+//! side's `Result` is encoded too, so a Raft-level refusal arrives as a `RemoteError` rather than a
+//! transport failure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use super::pb::RaftMessage;
+use super::pb::raft_peer_client::RaftPeerClient;
+use super::{Member, NodeId, TypeConfig};
+
+/// Largest peer message accepted (snapshot chunks and large entries).
+pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// Channels to peers, shared by Raft replication and request forwarding.
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+/// Why a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The member has no usable peer URL.
+    #[error("member has no valid peer URL: {0}")]
+    BadUrl(String),
+    /// The RPC failed in transport.
+    #[error("peer RPC: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+impl Peers {
+    /// A gRPC client for the member's first peer URL.
+    pub fn client(&self, member: &Member) -> Result<RaftPeerClient<Channel>, PeerError> {
+        let url = member
+            .peer_urls
+            .first()
+            .ok_or_else(|| PeerError::BadUrl(member.to_string()))?;
+        self.client_for_url(url)
+    }
+
+    /// A gRPC client for a peer URL.
+    pub fn client_for_url(&self, url: &str) -> Result<RaftPeerClient<Channel>, PeerError> {
+        let mut channels = self.channels.lock();
+        let channel = match channels.get(url) {
+            Some(c) => c.clone(),
+            None => {
+                let ep = Endpoint::from_shared(url.to_string())
+                    .map_err(|e| PeerError::BadUrl(format!("{url}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                let c = ep.connect_lazy();
+                channels.insert(url.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+}
+
+/// openraft's network factory.
+#[derive(Clone, Debug, Default)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    /// A factory using `peers` for its channels.
+    pub fn new(peers: Peers) -> Network {
+        Network { peers }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.peers.client(node).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Encodes a value for a [`RaftMessage`].
+pub fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, tonic::Status> {
+    bincode::serialize(v)
+        .map(|data| RaftMessage { data })
+        .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
+}
+
+/// Decodes a [`RaftMessage`].
+pub fn decode<T: DeserializeOwned>(m: &RaftMessage) -> Result<T, tonic::Status> {
+    bincode::deserialize(&m.data)
+        .map_err(|e| tonic::Status::invalid_argument(format!("decode: {e}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &self.client {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+        };
+        let mut client = client;
+        let msg = encode(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e.message().to_string()))))?;
+        let mut request = tonic::Request::new(msg);
+        request.set_timeout(timeout);
+        let reply = match rpc {
+            "append" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
+            }
+            _ => RPCError::Network(NetworkError::new(&Msg(s.message().to_string()))),
+        })?;
+        let result: Result<Resp, E> = decode(reply.get_ref())
+            .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e.message().to_string()))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}
