@@ -1,2 +1,68 @@
-//! The `keelson` binary.
-fn main() {}
+//! The `keelson` binary: every component as a subcommand, plus `keelson up`.
+
+mod up;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "keelson",
+    version,
+    about = "The Kubernetes control plane, rebuilt in Rust on its own Raft store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one keelson-store member (etcd v3 API; flags as etcd's).
+    Store(Box<keelson_store::server::Config>),
+    /// Start a local cluster on loopback (for now: a 3-member store cluster only).
+    Up(up::Args),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    match cli.command {
+        Command::Store(config) => keelson_store::server::run(*config, shutdown).await?,
+        Command::Up(args) => up::run(args, shutdown).await?,
+    }
+    Ok(())
+}

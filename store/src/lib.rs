@@ -12,7 +12,9 @@
 
 pub mod backend;
 pub mod error;
+pub mod etcd;
 pub mod mvcc;
 pub mod raft;
+pub mod server;
 
 pub use error::StoreError;

@@ -141,7 +141,8 @@ impl<'a> KeyRange<'a> {
         KeyRange { key, end }
     }
 
-    fn contains(&self, k: &[u8]) -> bool {
+    /// Whether `k` falls in this range.
+    pub fn contains(&self, k: &[u8]) -> bool {
         if self.end.is_empty() {
             k == self.key
         } else if self.end == [0] {
@@ -256,10 +257,11 @@ impl Mvcc {
             );
         }
         for (key, h) in &self.index {
-            if h.live() && h.lease != 0 {
-                if let Some(l) = self.leases.get_mut(&h.lease) {
-                    l.keys.insert(key.clone());
-                }
+            if h.live()
+                && h.lease != 0
+                && let Some(l) = self.leases.get_mut(&h.lease)
+            {
+                l.keys.insert(key.clone());
             }
         }
         for (k, v) in self.backend.range(b"a", b"b")? {
@@ -930,15 +932,15 @@ impl Mvcc {
         h.version = version;
         h.lease = lease;
         *sub += 1;
-        if old_lease != lease {
-            if let Some(l) = self.leases.get_mut(&old_lease) {
-                l.keys.remove(&p.key);
-            }
+        if old_lease != lease
+            && let Some(l) = self.leases.get_mut(&old_lease)
+        {
+            l.keys.remove(&p.key);
         }
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(p.key.clone());
-            }
+        if lease != 0
+            && let Some(l) = self.leases.get_mut(&lease)
+        {
+            l.keys.insert(p.key.clone());
         }
         self.events.push(Event {
             r#type: EventType::Put as i32,

@@ -65,7 +65,7 @@ impl LogStore {
                     }
                 }
             })
-            .map_err(|e| sled::Error::Io(e))?;
+            .map_err(sled::Error::Io)?;
         Ok(LogStore {
             db: db.clone(),
             log,

@@ -2,8 +2,12 @@
 //! [`Mvcc`](crate::mvcc::Mvcc), and the gRPC peer transport.
 //!
 //! A log entry carries a [`pb::Batch`] of etcd requests: concurrent client writes are grouped
-//! by the [`Proposer`](crate::server::proposer) so that many of them share one append and one
+//! by the proposer in [`Node`](crate::server::node::Node) so that many of them share one append and one
 //! fsync.
+
+// openraft fixes the storage error type (`StorageError`, ~224 bytes); boxing it would fight the
+// trait signatures.
+#![allow(clippy::result_large_err)]
 
 pub mod log_store;
 pub mod network;

@@ -1,0 +1,158 @@
+//! Starts real `keelson store` processes on loopback for tests, and drives etcdctl.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Member {
+    pub name: String,
+    pub client: String,
+    pub peer: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub initial: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Starts `n` members and waits until they serve a linearizable read.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", free_port()),
+                peer: format!("http://127.0.0.1:{}", free_port()),
+                dir: dir.path().join(format!("m{i}")),
+                child: None,
+            });
+        }
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            members,
+            initial,
+            _dir: dir,
+        };
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c.wait_ready(Duration::from_secs(30));
+        c
+    }
+
+    pub fn start_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("store")
+            .args(["--name", &m.name])
+            .arg(format!("--data-dir={}", m.dir.display()))
+            .arg(format!("--listen-client-urls={}", m.client))
+            .arg(format!("--advertise-client-urls={}", m.client))
+            .arg(format!("--listen-peer-urls={}", m.peer))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer))
+            .arg(format!("--initial-cluster={}", self.initial))
+            .arg("--snapshot-count=200")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start keelson store");
+        m.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self
+                .members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(|m| etcdctl(&m.client, &["get", "ready-probe"]).status.success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not ready within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Runs etcdctl (v3 API) against `endpoints`.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    etcdctl_stdin(endpoints, args, None)
+}
+
+pub fn etcdctl_stdin(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "etcdctl failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests of `keelson store`: real processes on loopback, driven by the real etcdctl
+//! and by a gRPC client generated from etcd's protos.
+
+mod cluster;
+mod etcdctl;
+mod kill_leader;

@@ -1,0 +1,308 @@
+//! `etcdserverpb.Cluster`: MemberList, MemberAdd (incl. learners), MemberRemove,
+//! MemberPromote, MemberUpdate. Membership changes run on the leader (forwarded from
+//! followers) as openraft joint-consensus changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keelson_etcdpb::etcdserverpb::cluster_server::Cluster;
+use keelson_etcdpb::etcdserverpb::{
+    Member as PbMember, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
+};
+use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Result, StoreError};
+use crate::raft::pb::{ChangeMembersRequest, change_members_request::Change};
+use crate::raft::{Member, NodeId};
+use crate::server::node::{Node, REQUEST_TIMEOUT};
+use crate::server::peer::member_list;
+
+/// The Cluster service.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    node: Node,
+}
+
+impl ClusterService {
+    /// The service for `node`.
+    pub fn new(node: Node) -> ClusterService {
+        ClusterService { node }
+    }
+
+    async fn change(&self, change: Change) -> Result<Vec<u8>> {
+        let req = ChangeMembersRequest {
+            change: Some(change),
+        };
+        if self.node.is_leader() {
+            return change_on_leader(&self.node, req).await;
+        }
+        let (_, leader) = self.node.leader_member().ok_or(StoreError::NoLeader)?;
+        let mut client = self
+            .node
+            .peers()
+            .client(&leader)
+            .map_err(|_| StoreError::NoLeader)?;
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(REQUEST_TIMEOUT);
+        match client.change_members(r).await {
+            Ok(resp) => Ok(resp.into_inner().response),
+            Err(s) => Err(status_to_error(&s)),
+        }
+    }
+}
+
+fn status_to_error(s: &Status) -> StoreError {
+    let all = [
+        StoreError::MemberExist,
+        StoreError::PeerUrlExist,
+        StoreError::MemberBadUrls,
+        StoreError::MemberNotFound,
+        StoreError::MemberNotLearner,
+        StoreError::LearnerNotReady,
+        StoreError::TooManyLearners,
+        StoreError::NoLeader,
+        StoreError::NotLeader,
+        StoreError::Timeout,
+    ];
+    all.into_iter()
+        .find(|e| e.to_string() == s.message())
+        .unwrap_or_else(|| StoreError::Internal(s.message().to_string()))
+}
+
+/// A 64-bit FNV-1a hash: stable across builds and platforms, used for member and cluster IDs.
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Checks that every URL is an absolute http(s) URL with a host and port, as etcd requires.
+pub fn validate_urls(urls: &[String]) -> Result<()> {
+    if urls.is_empty() {
+        return Err(StoreError::MemberBadUrls);
+    }
+    for u in urls {
+        let parsed = url::Url::parse(u).map_err(|_| StoreError::MemberBadUrls)?;
+        if !matches!(parsed.scheme(), "http" | "https")
+            || parsed.host().is_none()
+            || parsed.port().is_none()
+        {
+            return Err(StoreError::MemberBadUrls);
+        }
+    }
+    Ok(())
+}
+
+fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            StoreError::Internal(c.to_string())
+        }
+        RaftError::Fatal(_) => StoreError::Stopped,
+    }
+}
+
+/// Runs a membership change on this member, which must lead; returns the encoded etcd response.
+pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
+    if !node.is_leader() {
+        return Err(StoreError::NotLeader);
+    }
+    let members = node.members();
+    let raft = node.raft();
+    match req.change {
+        Some(Change::Add(a)) => {
+            validate_urls(&a.peer_ur_ls)?;
+            let taken = members
+                .values()
+                .any(|(m, _)| m.peer_urls.iter().any(|u| a.peer_ur_ls.contains(u)));
+            if taken {
+                return Err(StoreError::PeerUrlExist);
+            }
+            if a.is_learner && members.values().filter(|(_, l)| *l).count() >= 1 {
+                return Err(StoreError::TooManyLearners);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let mut urls = a.peer_ur_ls.clone();
+            urls.sort();
+            let id = fnv64(&[
+                urls.join(",").as_bytes(),
+                &node.cluster_id().to_be_bytes(),
+                &now.to_be_bytes(),
+            ]);
+            if members.contains_key(&id) {
+                return Err(StoreError::MemberExist);
+            }
+            let member = Member {
+                name: String::new(),
+                peer_urls: a.peer_ur_ls.clone(),
+            };
+            raft.add_learner(id, member, false)
+                .await
+                .map_err(raft_err)?;
+            if !a.is_learner {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(raft_err)?;
+            }
+            let added = PbMember {
+                id,
+                peer_ur_ls: a.peer_ur_ls,
+                is_learner: a.is_learner,
+                ..Default::default()
+            };
+            Ok(MemberAddResponse {
+                header: node.current_header(),
+                member: Some(added),
+                members: member_list(node),
+            }
+            .encode_to_vec())
+        }
+        Some(Change::Remove(r)) => {
+            let Some((_, learner)) = members.get(&r.id) else {
+                return Err(StoreError::MemberNotFound);
+            };
+            let change = if *learner {
+                ChangeMembers::RemoveNodes(BTreeSet::from([r.id]))
+            } else {
+                ChangeMembers::RemoveVoters(BTreeSet::from([r.id]))
+            };
+            raft.change_membership(change, false)
+                .await
+                .map_err(raft_err)?;
+            Ok(MemberRemoveResponse {
+                header: node.current_header(),
+                members: member_list(node),
+            }
+            .encode_to_vec())
+        }
+        Some(Change::Promote(p)) => {
+            let Some((_, learner)) = members.get(&p.id) else {
+                return Err(StoreError::MemberNotFound);
+            };
+            if !*learner {
+                return Err(StoreError::MemberNotLearner);
+            }
+            // etcd promotes only a learner whose log is within 90% of the leader's.
+            let m = raft.metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&p.id).cloned().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0);
+            if (matched as f64) < (last as f64) * 0.9 {
+                return Err(StoreError::LearnerNotReady);
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
+                .await
+                .map_err(raft_err)?;
+            Ok(MemberPromoteResponse {
+                header: node.current_header(),
+                members: member_list(node),
+            }
+            .encode_to_vec())
+        }
+        Some(Change::Update(u)) => {
+            validate_urls(&u.peer_ur_ls)?;
+            let Some((m, _)) = members.get(&u.id) else {
+                return Err(StoreError::MemberNotFound);
+            };
+            let taken = members.iter().any(|(id, (m, _))| {
+                *id != u.id && m.peer_urls.iter().any(|x| u.peer_ur_ls.contains(x))
+            });
+            if taken {
+                return Err(StoreError::PeerUrlExist);
+            }
+            let updated = Member {
+                name: m.name.clone(),
+                peer_urls: u.peer_ur_ls.clone(),
+            };
+            raft.change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(u.id, updated)])),
+                false,
+            )
+            .await
+            .map_err(raft_err)?;
+            Ok(MemberUpdateResponse {
+                header: node.current_header(),
+                members: member_list(node),
+            }
+            .encode_to_vec())
+        }
+        None => Err(StoreError::InvalidArgument(
+            "empty membership change".into(),
+        )),
+    }
+}
+
+fn decode<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
+    T::decode(bytes).map_err(|e| Status::internal(format!("decode membership response: {e}")))
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let a = req.into_inner();
+        validate_urls(&a.peer_ur_ls)?;
+        Ok(Response::new(decode(&self.change(Change::Add(a)).await?)?))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Ok(Response::new(decode(
+            &self.change(Change::Remove(req.into_inner())).await?,
+        )?))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Ok(Response::new(decode(
+            &self.change(Change::Update(req.into_inner())).await?,
+        )?))
+    }
+
+    async fn member_list(
+        &self,
+        req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        if req.get_ref().linearizable {
+            self.node.read_barrier().await?;
+        }
+        Ok(Response::new(MemberListResponse {
+            header: self.node.current_header(),
+            members: member_list(&self.node),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Ok(Response::new(decode(
+            &self.change(Change::Promote(req.into_inner())).await?,
+        )?))
+    }
+}

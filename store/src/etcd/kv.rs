@@ -1,0 +1,176 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+
+use keelson_etcdpb::etcdserverpb::kv_server::Kv;
+use keelson_etcdpb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, request_op,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::error::StoreError;
+use crate::mvcc::{check_key, check_put, check_txn};
+use crate::raft::pb::InternalRequest;
+use crate::raft::pb::internal_request::Request as Rq;
+use crate::raft::pb::internal_response::Response as Rs;
+use crate::server::node::Node;
+use crate::server::quota::Quota;
+
+/// The KV service.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    node: Node,
+    quota: Quota,
+}
+
+impl KvService {
+    /// The service for `node`.
+    pub fn new(node: Node, quota: Quota) -> KvService {
+        KvService { node, quota }
+    }
+
+    fn fill_header(&self, h: &mut Option<keelson_etcdpb::etcdserverpb::ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
+        *h = self.node.header(rev);
+    }
+}
+
+fn is_read_only(ops: &[RequestOp]) -> bool {
+    ops.iter().all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(_)) | None => true,
+        Some(request_op::Request::RequestTxn(t)) => {
+            is_read_only(&t.success) && is_read_only(&t.failure)
+        }
+        _ => false,
+    })
+}
+
+fn has_put(ops: &[RequestOp]) -> bool {
+    ops.iter().any(|op| match &op.request {
+        Some(request_op::Request::RequestPut(_)) => true,
+        Some(request_op::Request::RequestTxn(t)) => has_put(&t.success) || has_put(&t.failure),
+        _ => false,
+    })
+}
+
+fn all_serializable(ops: &[RequestOp]) -> bool {
+    ops.iter().all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(r)) => r.serializable,
+        Some(request_op::Request::RequestTxn(t)) => {
+            all_serializable(&t.success) && all_serializable(&t.failure)
+        }
+        _ => true,
+    })
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = req.into_inner();
+        check_key(&r.key)?;
+        if !r.serializable {
+            self.node.read_barrier().await?;
+        }
+        let mut resp = self.node.shared().mvcc.read().range(&r)?;
+        self.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let p = req.into_inner();
+        check_put(&p)?;
+        self.quota.check(&self.node, p.encoded_len()).await?;
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::Put(p)),
+            })
+            .await?
+        {
+            Rs::Put(mut r) => {
+                self.fill_header(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(StoreError::Internal("unexpected response to put".into()).into()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let d = req.into_inner();
+        check_key(&d.key)?;
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::DeleteRange(d)),
+            })
+            .await?
+        {
+            Rs::DeleteRange(mut r) => {
+                self.fill_header(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(StoreError::Internal("unexpected response to delete".into()).into()),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let t = req.into_inner();
+        check_txn(&t)?;
+        if is_read_only(&t.success) && is_read_only(&t.failure) {
+            // etcd serves read-only txns locally, after the read barrier unless all serializable.
+            if !(all_serializable(&t.success) && all_serializable(&t.failure)) {
+                self.node.read_barrier().await?;
+            }
+            let resp = self.node.shared().mvcc.write().apply(&InternalRequest {
+                request: Some(Rq::Txn(t)),
+            });
+            return match resp.response {
+                Some(Rs::Txn(mut r)) => {
+                    self.fill_header(&mut r.header);
+                    Ok(Response::new(r))
+                }
+                Some(Rs::Error(e)) => Err(StoreError::from_apply_code(e.code).into()),
+                _ => Err(StoreError::Internal("unexpected response to txn".into()).into()),
+            };
+        }
+        if has_put(&t.success) || has_put(&t.failure) {
+            self.quota.check(&self.node, t.encoded_len()).await?;
+        }
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::Txn(t)),
+            })
+            .await?
+        {
+            Rs::Txn(mut r) => {
+                self.fill_header(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(StoreError::Internal("unexpected response to txn".into()).into()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let c = req.into_inner();
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::Compaction(c)),
+            })
+            .await?
+        {
+            Rs::Compaction(mut r) => {
+                self.fill_header(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(StoreError::Internal("unexpected response to compact".into()).into()),
+        }
+    }
+}

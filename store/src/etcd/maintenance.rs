@@ -1,0 +1,232 @@
+//! `etcdserverpb.Maintenance`: Status, Alarm, Hash, HashKV, Snapshot, Defragment.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use keelson_etcdpb::etcdserverpb::alarm_request::AlarmAction;
+use keelson_etcdpb::etcdserverpb::maintenance_server::Maintenance;
+use keelson_etcdpb::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::StoreError;
+use crate::raft::pb::InternalRequest;
+use crate::raft::pb::internal_request::Request as Rq;
+use crate::raft::pb::internal_response::Response as Rs;
+use crate::server::node::Node;
+use crate::server::quota::Quota;
+
+/// The etcd version we report: clients gate features on it, and we implement the 3.5 API.
+pub const ETCD_VERSION: &str = "3.5.17";
+/// The storage version field of 3.5-era Status responses.
+pub const STORAGE_VERSION: &str = "3.5.0";
+
+/// The Maintenance service.
+#[derive(Debug, Clone)]
+pub struct MaintenanceService {
+    node: Node,
+    quota: Quota,
+}
+
+impl MaintenanceService {
+    /// The service for `node`.
+    pub fn new(node: Node, quota: Quota) -> MaintenanceService {
+        MaintenanceService { node, quota }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// Size of each Snapshot stream message, as etcd (32 KiB).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let a = req.into_inner();
+        if a.action == AlarmAction::Get as i32 {
+            let alarms = self
+                .node
+                .shared()
+                .mvcc
+                .read()
+                .alarms()
+                .iter()
+                .filter(|(m, t)| {
+                    (a.member_id == 0 || *m == a.member_id)
+                        && (a.alarm == AlarmType::None as i32 || *t == a.alarm)
+                })
+                .map(|(m, t)| AlarmMember {
+                    member_id: *m,
+                    alarm: *t,
+                })
+                .collect();
+            return Ok(Response::new(AlarmResponse {
+                header: self.node.current_header(),
+                alarms,
+            }));
+        }
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::Alarm(a)),
+            })
+            .await?
+        {
+            Rs::Alarm(mut r) => {
+                r.header = self.node.current_header();
+                Ok(Response::new(r))
+            }
+            _ => Err(StoreError::Internal("unexpected response to alarm".into()).into()),
+        }
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let m = self.node.raft().metrics().borrow().clone();
+        let (db_size, errors) = {
+            let mvcc = self.node.shared().mvcc.read();
+            let errors = mvcc
+                .alarms()
+                .iter()
+                .map(|(member, t)| {
+                    let name = AlarmType::try_from(*t)
+                        .map(|a| a.as_str_name())
+                        .unwrap_or("UNKNOWN");
+                    format!("memberID:{member} alarm:{name} ")
+                })
+                .collect();
+            (mvcc.backend().size_bytes() as i64, errors)
+        };
+        let learner = self
+            .node
+            .members()
+            .get(&self.node.id())
+            .map(|(_, l)| *l)
+            .unwrap_or(false);
+        Ok(Response::new(StatusResponse {
+            header: self.node.current_header(),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            errors,
+            db_size_in_use: db_size,
+            is_learner: learner,
+            storage_version: STORAGE_VERSION.to_string(),
+            db_size_quota: self.quota.bytes() as i64,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // sled reclaims space itself (log-structured segments are rewritten in the background);
+        // a flush makes the reported size current.
+        self.node
+            .shared()
+            .mvcc
+            .read()
+            .backend()
+            .flush()
+            .map_err(StoreError::from)?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.node.current_header(),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, _) = self.node.shared().mvcc.read().hash_kv(0)?;
+        Ok(Response::new(HashResponse {
+            header: self.node.current_header(),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let m = self.node.shared().mvcc.read();
+        let (hash, rev) = m.hash_kv(req.get_ref().revision)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.node.header(m.current_revision()),
+            hash,
+            compact_revision: m.compact_revision(),
+            hash_revision: rev,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        // A consistent dump of the backend, followed (like etcd) by its sha256 so a reader can
+        // verify it arrived whole.
+        let (pairs, header) = {
+            let m = self.node.shared().mvcc.read();
+            (
+                m.backend().range(b"", b"").map_err(StoreError::from)?,
+                self.node.header(m.current_revision()),
+            )
+        };
+        let mut blob = bincode::serialize(&pairs)
+            .map_err(|e| StoreError::Internal(format!("snapshot: {e}")))?;
+        // etcdctl expects the body in 512-byte pages (bbolt's) before the checksum; the padding
+        // is ignored when the dump is read back.
+        blob.resize(blob.len().div_ceil(512) * 512, 0);
+        let digest = Sha256::digest(&blob);
+        blob.extend_from_slice(&digest);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let total = blob.len();
+            let mut sent = 0;
+            for chunk in blob.chunks(SNAPSHOT_CHUNK) {
+                sent += chunk.len();
+                let resp = SnapshotResponse {
+                    header,
+                    remaining_bytes: (total - sent) as u64,
+                    blob: chunk.to_vec(),
+                    version: STORAGE_VERSION.to_string(),
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: MoveLeader is not supported by keelson-store yet",
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: cluster version downgrade is not supported by keelson-store",
+        ))
+    }
+}

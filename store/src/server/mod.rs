@@ -1,0 +1,686 @@
+//! One store member: flags, bootstrap (new cluster, restart, or joining an existing cluster),
+//! and serving the client (etcd v3 gRPC + `/metrics` + `/health`) and peer ports.
+//!
+//! Start with [`run`]; tests and `keelson up` start the binary with etcd's flags.
+
+pub mod http;
+pub mod lessor;
+pub mod metrics;
+pub mod node;
+pub mod peer;
+pub mod quota;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keelson_etcdpb::etcdserverpb::CompactionRequest;
+use keelson_etcdpb::etcdserverpb::cluster_server::ClusterServer;
+use keelson_etcdpb::etcdserverpb::kv_server::KvServer;
+use keelson_etcdpb::etcdserverpb::lease_server::LeaseServer;
+use keelson_etcdpb::etcdserverpb::maintenance_server::MaintenanceServer;
+use keelson_etcdpb::etcdserverpb::watch_server::WatchServer;
+use openraft::SnapshotPolicy;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use self::lessor::Lessor;
+use self::metrics::Metrics;
+use self::node::Node;
+use self::peer::PeerService;
+use self::quota::Quota;
+use crate::backend::SledBackend;
+use crate::etcd::cluster::{ClusterService, fnv64, validate_urls};
+use crate::etcd::kv::KvService;
+use crate::etcd::lease::LeaseService;
+use crate::etcd::maintenance::MaintenanceService;
+use crate::etcd::watch::WatchService;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{MAX_PEER_MESSAGE, Network, Peers};
+use crate::raft::pb::raft_peer_server::RaftPeerServer;
+use crate::raft::pb::{InternalRequest, MemberAttributes, MembersRequest, internal_request};
+use crate::raft::state_machine::{Shared, StateMachine};
+use crate::raft::{Member, NodeId, Raft};
+
+/// Flags of `keelson store`, with etcd's names and defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: `<name>.etcd`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// This member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (`name=peerURL,...`).
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one (after MemberAdd).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, so clusters bootstrapped from the same configuration differ.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raise an alarm and refuse writes when the backend exceeds this size (0 = 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Maximum client request size in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// `periodic` (retention is a duration) or `revision` (retention is a revision count).
+    #[arg(long, default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention: `0` disables; `1h`/`30m`/`90s`, or a bare number of hours in
+    /// periodic mode; a number of revisions in revision mode.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Number of committed entries that trigger a snapshot (and log purge).
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (ms) for an election to time out.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// How often watchers that asked for progress notifications get one.
+    #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// Why a member could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A flag is wrong; the message says which.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The data directory cannot be used.
+    #[error("data dir {path}: {reason}")]
+    DataDir {
+        /// Which directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Binding a listener failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Joining an existing cluster failed.
+    #[error("join existing cluster: {0}")]
+    Join(String),
+    /// Raft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Parses `90s`, `30m`, `1h`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Splits a comma-separated URL list.
+fn url_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// The socket address of a listen URL (`localhost` means 127.0.0.1).
+fn listen_addr(u: &str) -> Result<SocketAddr, ServerError> {
+    let parsed =
+        url::Url::parse(u).map_err(|e| ServerError::Config(format!("listen URL {u:?}: {e}")))?;
+    if parsed.scheme() != "http" {
+        return Err(ServerError::Config(format!(
+            "listen URL {u:?}: only http:// is supported (TLS is not implemented yet)"
+        )));
+    }
+    let host = match parsed.host_str() {
+        Some("localhost") | None => "127.0.0.1".to_string(),
+        Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+    };
+    let port = parsed
+        .port()
+        .ok_or_else(|| ServerError::Config(format!("listen URL {u:?} has no port")))?;
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .map_err(|e| ServerError::Config(format!("listen URL {u:?}: {e}")))
+}
+
+/// `name=url,name=url` into name -> sorted URLs.
+fn parse_initial_cluster(s: &str) -> Result<BTreeMap<String, Vec<String>>, ServerError> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            ServerError::Config(format!("--initial-cluster entry {part:?} is not name=url"))
+        })?;
+        out.entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
+    }
+    for urls in out.values_mut() {
+        urls.sort();
+        validate_urls(urls).map_err(|_| {
+            ServerError::Config(format!("--initial-cluster has an invalid URL in {urls:?}"))
+        })?;
+    }
+    Ok(out)
+}
+
+/// Member ID as a function of its peer URLs and the cluster token (etcd derives it the same way,
+/// with its own hash).
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    fnv64(&[urls.join(",").as_bytes(), token.as_bytes()])
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+    name: String,
+}
+
+const IDENTITY_FILE: &str = "member.json";
+
+fn read_identity(dir: &Path) -> Result<Option<Identity>, ServerError> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ServerError::DataDir {
+                path: path.clone(),
+                reason: format!("corrupt member identity: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ServerError::DataDir {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn write_identity(dir: &Path, id: &Identity) -> Result<(), ServerError> {
+    let path = dir.join(IDENTITY_FILE);
+    let tmp = dir.join("member.json.tmp");
+    let bytes = serde_json::to_vec_pretty(id).expect("BUG: identity serializes");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| ServerError::DataDir {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+async fn discover_existing(
+    config: &Config,
+    my_urls: &[String],
+    peers: &Peers,
+) -> Result<Identity, ServerError> {
+    let cluster = parse_initial_cluster(&config.initial_cluster)?;
+    let mut last_err = String::from("no other member in --initial-cluster");
+    for (name, urls) in &cluster {
+        if name == &config.name {
+            continue;
+        }
+        for url in urls {
+            let Ok(mut client) = peers.client_for_url(url) else {
+                continue;
+            };
+            let mut req = tonic::Request::new(MembersRequest {});
+            req.set_timeout(Duration::from_secs(3));
+            match client.members(req).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let mine = resp.members.iter().find(|m| {
+                        let mut a = m.peer_ur_ls.clone();
+                        a.sort();
+                        a == my_urls
+                    });
+                    return match mine {
+                        Some(m) => Ok(Identity {
+                            member_id: m.id,
+                            cluster_id: resp.cluster_id,
+                            name: config.name.clone(),
+                        }),
+                        None => Err(ServerError::Join(format!(
+                            "no member with peer URLs {my_urls:?} in the cluster; add it first (etcdctl member add {} --peer-urls=...)",
+                            config.name
+                        ))),
+                    };
+                }
+                Err(e) => last_err = format!("{url}: {}", e.message()),
+            }
+        }
+    }
+    Err(ServerError::Join(last_err))
+}
+
+/// Starts a member and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let data_dir = config
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", config.name)));
+    std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::DataDir {
+        path: data_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut my_peer_urls = url_list(&config.initial_advertise_peer_urls);
+    my_peer_urls.sort();
+    validate_urls(&my_peer_urls)
+        .map_err(|_| ServerError::Config("--initial-advertise-peer-urls is invalid".into()))?;
+    let client_urls = url_list(&config.advertise_client_urls);
+    let client_addrs: Vec<SocketAddr> = url_list(&config.listen_client_urls)
+        .iter()
+        .map(|u| listen_addr(u))
+        .collect::<Result<_, _>>()?;
+    let peer_addrs: Vec<SocketAddr> = url_list(&config.listen_peer_urls)
+        .iter()
+        .map(|u| listen_addr(u))
+        .collect::<Result<_, _>>()?;
+    if config.max_request_bytes == 0 {
+        return Err(ServerError::Config(
+            "--max-request-bytes must be positive".into(),
+        ));
+    }
+    let retention = auto_compaction(&config)?;
+
+    // Bind first, so a port clash fails fast and peers can reach us as soon as Raft starts.
+    let mut client_listeners = Vec::new();
+    for a in &client_addrs {
+        client_listeners.push(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            ServerError::Listen {
+                addr: a.to_string(),
+                source: e,
+            }
+        })?);
+    }
+    let mut peer_listeners = Vec::new();
+    for a in &peer_addrs {
+        peer_listeners.push(tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            ServerError::Listen {
+                addr: a.to_string(),
+                source: e,
+            }
+        })?);
+    }
+
+    let db_path = data_dir.join("db");
+    let db = sled::Config::new()
+        .path(&db_path)
+        .cache_capacity(256 << 20)
+        .open()
+        .map_err(|e| ServerError::DataDir {
+            path: db_path.clone(),
+            reason: format!(
+                "cannot open the database (corrupt, or in use by another process): {e}"
+            ),
+        })?;
+    let identity = read_identity(&data_dir)?;
+    let peers = Peers::default();
+    let (identity, bootstrap) = match identity {
+        Some(id) => (id, None),
+        None if config.initial_cluster_state == "existing" => (
+            discover_existing(&config, &my_peer_urls, &peers).await?,
+            None,
+        ),
+        None => {
+            let cluster = parse_initial_cluster(&config.initial_cluster)?;
+            let Some(mine) = cluster.get(&config.name) else {
+                return Err(ServerError::Config(format!(
+                    "--initial-cluster has no entry for --name {:?}",
+                    config.name
+                )));
+            };
+            if *mine != my_peer_urls {
+                return Err(ServerError::Config(format!(
+                    "--initial-cluster has {mine:?} for {:?} but --initial-advertise-peer-urls is {my_peer_urls:?}",
+                    config.name
+                )));
+            }
+            let members: BTreeMap<NodeId, Member> = cluster
+                .iter()
+                .map(|(name, urls)| {
+                    (
+                        member_id(urls, &config.initial_cluster_token),
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                        },
+                    )
+                })
+                .collect();
+            let ids: Vec<u8> = members.keys().flat_map(|id| id.to_be_bytes()).collect();
+            let cluster_id = fnv64(&[&ids, config.initial_cluster_token.as_bytes()]);
+            let id = Identity {
+                member_id: member_id(&my_peer_urls, &config.initial_cluster_token),
+                cluster_id,
+                name: config.name.clone(),
+            };
+            (id, Some(members))
+        }
+    };
+    let id = identity.member_id;
+
+    let metrics = Metrics::new();
+    let fsync = metrics.wal_fsync.clone();
+    let log =
+        LogStore::open(&db, Some(Arc::new(move |secs| fsync.observe(secs)))).map_err(|e| {
+            ServerError::DataDir {
+                path: db_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let backend = SledBackend::open(&db, "mvcc").map_err(|e| ServerError::DataDir {
+        path: db_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let snapshots = db.open_tree("snapshot").map_err(|e| ServerError::DataDir {
+        path: db_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let min_ttl = ((3 * config.election_timeout) as f64 / 2.0 / 1000.0).ceil() as i64;
+    let shared = Shared::open(Arc::new(backend), Some(snapshots), min_ttl.max(1)).map_err(|e| {
+        ServerError::DataDir {
+            path: db_path.clone(),
+            reason: format!("cannot load state: {e}"),
+        }
+    })?;
+
+    let raft_config = openraft::Config {
+        cluster_name: config.initial_cluster_token.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout_min: config.election_timeout,
+        election_timeout_max: config.election_timeout * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
+        max_in_snapshot_log_to_keep: 5000.min(config.snapshot_count),
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 5000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ServerError::Config(e.to_string()))?;
+    let raft = Raft::new(
+        id,
+        Arc::new(raft_config),
+        Network::new(peers.clone()),
+        log,
+        StateMachine::new(shared.clone()),
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    if let Some(members) = bootstrap {
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        if !initialized {
+            // Every member of a new cluster initializes with the same membership; openraft
+            // treats the identical initial entry as one.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "cluster already initialized");
+            }
+        }
+    }
+    write_identity(&data_dir, &identity)?;
+    tracing::info!(member = format!("{id:x}"), cluster = format!("{:x}", identity.cluster_id), name = %config.name, "store member started");
+
+    let node = Node::new(
+        id,
+        identity.cluster_id,
+        raft.clone(),
+        shared,
+        peers,
+        metrics,
+    );
+    let lessor = Lessor::new(id);
+    let quota = Quota::new(config.quota_backend_bytes);
+    tokio::spawn(lessor.clone().run(node.clone(), shutdown.clone()));
+    tokio::spawn(publish_attributes(
+        node.clone(),
+        config.name.clone(),
+        client_urls,
+        shutdown.clone(),
+    ));
+    tokio::spawn(watch_metrics(node.clone(), shutdown.clone()));
+    if let Some(r) = retention {
+        tokio::spawn(auto_compact(node.clone(), r, shutdown.clone()));
+    }
+
+    let max_msg = config.max_request_bytes + 512 * 1024;
+    let routes = tonic::service::Routes::new(
+        KvServer::new(KvService::new(node.clone(), quota)).max_decoding_message_size(max_msg),
+    )
+    .add_service(
+        WatchServer::new(WatchService::new(
+            node.clone(),
+            config.watch_progress_notify_interval,
+            config.max_request_bytes,
+        ))
+        .max_decoding_message_size(max_msg),
+    )
+    .add_service(LeaseServer::new(LeaseService::new(
+        node.clone(),
+        lessor.clone(),
+    )))
+    .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+    .add_service(MaintenanceServer::new(MaintenanceService::new(
+        node.clone(),
+        quota,
+    )));
+    let client_router = http::routes(routes.into_axum_router(), node.clone());
+    let peer_router = tonic::service::Routes::new(
+        RaftPeerServer::new(PeerService::new(node.clone(), lessor))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+    )
+    .into_axum_router();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in client_listeners {
+        let router = client_router.clone();
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await
+        });
+    }
+    for l in peer_listeners {
+        let router = peer_router.clone();
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await
+        });
+    }
+    shutdown.cancelled().await;
+    // Streams (watch, keep-alive) never end on their own: give servers a moment, then go.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = raft.shutdown().await;
+    let _ = db.flush_async().await;
+    Ok(())
+}
+
+async fn publish_attributes(
+    node: Node,
+    name: String,
+    client_urls: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let attrs = MemberAttributes {
+        id: node.id(),
+        name,
+        client_urls,
+    };
+    loop {
+        if node.shared().mvcc.read().members().get(&node.id()) == Some(&attrs) {
+            return;
+        }
+        let req = InternalRequest {
+            request: Some(internal_request::Request::Publish(attrs.clone())),
+        };
+        match node.propose(req).await {
+            Ok(_) => {
+                tracing::info!("published member attributes");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn watch_metrics(node: Node, shutdown: CancellationToken) {
+    let mut rx = node.raft().metrics();
+    let mut last_leader = None;
+    loop {
+        let (leader, _) = {
+            let m = rx.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        let m = node.metrics();
+        m.has_leader.set(i64::from(leader.is_some()));
+        m.is_leader.set(i64::from(leader == Some(node.id())));
+        if leader.is_some() && leader != last_leader {
+            m.leader_changes.inc();
+            tracing::info!(leader = leader.map(|l| format!("{l:x}")), "leader changed");
+            last_leader = leader;
+        }
+        {
+            let mvcc = node.shared().mvcc.read();
+            m.db_size.set(mvcc.backend().size_bytes() as i64);
+            m.current_revision.set(mvcc.current_revision());
+            m.compact_revision.set(mvcc.compact_revision());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Retention {
+    Periodic(Duration),
+    Revisions(i64),
+}
+
+fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
+    let r = config.auto_compaction_retention.trim();
+    if r == "0" || r.is_empty() {
+        return Ok(None);
+    }
+    match config.auto_compaction_mode.as_str() {
+        "revision" => r
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| Some(Retention::Revisions(n)))
+            .ok_or_else(|| {
+                ServerError::Config(format!(
+                    "--auto-compaction-retention {r:?} is not a revision count"
+                ))
+            }),
+        _ => {
+            let d = match r.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => parse_duration(r).map_err(ServerError::Config)?,
+            };
+            Ok(Some(Retention::Periodic(d)))
+        }
+    }
+}
+
+/// Leader-driven compaction, as etcd's compactors: `periodic` keeps `retention` worth of
+/// history (sampling the revision every tenth of it), `revision` keeps the last N revisions
+/// (checked every 5 minutes, as etcd does).
+async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationToken) {
+    let interval = match retention {
+        Retention::Periodic(d) => (d / 10).max(Duration::from_secs(1)),
+        Retention::Revisions(_) => Duration::from_secs(300),
+    };
+    let mut samples: std::collections::VecDeque<i64> = Default::default();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (current, compacted) = {
+            let m = node.shared().mvcc.read();
+            (m.current_revision(), m.compact_revision())
+        };
+        let target = match retention {
+            Retention::Periodic(_) => {
+                samples.push_back(current);
+                if samples.len() <= 10 {
+                    continue;
+                }
+                samples.pop_front().unwrap_or(0)
+            }
+            Retention::Revisions(n) => current - n,
+        };
+        if !node.is_leader() || target <= compacted || target <= 0 {
+            continue;
+        }
+        let req = InternalRequest {
+            request: Some(internal_request::Request::Compaction(CompactionRequest {
+                revision: target,
+                physical: false,
+            })),
+        };
+        match node.propose(req).await {
+            Ok(_) => tracing::info!(revision = target, "auto-compacted"),
+            Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed"),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! One member's core handle, shared by every service: Raft, the state, the proposer and the
+//! read barrier.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keelson_etcdpb::etcdserverpb::ResponseHeader;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::metrics::Metrics;
+use crate::error::{Result, StoreError};
+use crate::raft::network::Peers;
+use crate::raft::pb::{
+    Batch, BatchResponse, InternalRequest, InternalResponse, ProposeRequest, ReadIndexRequest,
+    internal_response,
+};
+use crate::raft::state_machine::Shared;
+use crate::raft::{Member, NodeId, Pb, Raft};
+
+/// How long a request waits for a leader / for its write to commit before `request timed out`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// Most requests grouped into one log entry.
+const MAX_BATCH: usize = 512;
+/// Log entries in flight at once from this member's proposer.
+const MAX_IN_FLIGHT: usize = 8;
+
+type Pending = (InternalRequest, oneshot::Sender<Result<InternalResponse>>);
+
+/// The member: what every service needs.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    cluster_id: u64,
+    raft: Raft,
+    shared: Arc<Shared>,
+    peers: Peers,
+    proposals: mpsc::Sender<Pending>,
+    reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Wraps a started Raft and spawns the proposer and read-barrier tasks.
+    pub fn new(
+        id: NodeId,
+        cluster_id: u64,
+        raft: Raft,
+        shared: Arc<Shared>,
+        peers: Peers,
+        metrics: Metrics,
+    ) -> Node {
+        let (ptx, prx) = mpsc::channel(4096);
+        let (rtx, rrx) = mpsc::unbounded_channel();
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                cluster_id,
+                raft,
+                shared,
+                peers,
+                proposals: ptx,
+                reads: rtx,
+                metrics,
+            }),
+        };
+        tokio::spawn(node.clone().proposer(prx));
+        tokio::spawn(node.clone().read_barrier_loop(rrx));
+        node
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The cluster ID.
+    pub fn cluster_id(&self) -> u64 {
+        self.inner.cluster_id
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The replicated state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Peer channels.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The known leader.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.inner.id)
+    }
+
+    /// The leader's Raft record, if a leader is known.
+    pub fn leader_member(&self) -> Option<(NodeId, Member)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// Every member Raft knows, with whether it is a learner.
+    pub fn members(&self) -> BTreeMap<NodeId, (Member, bool)> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        let voters: std::collections::BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        m.membership()
+            .nodes()
+            .map(|(id, n)| (*id, (n.clone(), !voters.contains(id))))
+            .collect()
+    }
+
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.id,
+            revision,
+            raft_term: self.inner.raft.metrics().borrow().current_term,
+        })
+    }
+
+    /// A header at the current revision.
+    pub fn current_header(&self) -> Option<ResponseHeader> {
+        let rev = self.inner.shared.mvcc.read().current_revision();
+        self.header(rev)
+    }
+
+    /// Replicates `req` and returns what applying it produced.
+    pub async fn propose(&self, req: InternalRequest) -> Result<internal_response::Response> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .proposals
+            .send((req, tx))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        let resp = rx.await.map_err(|_| StoreError::Stopped)??;
+        match resp.response {
+            Some(internal_response::Response::Error(e)) => Err(StoreError::from_apply_code(e.code)),
+            Some(r) => Ok(r),
+            None => Err(StoreError::Internal("empty apply response".into())),
+        }
+    }
+
+    /// Returns once this member has applied everything committed before the call: the
+    /// linearizable-read barrier (ReadIndex). Concurrent callers share one round.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.reads.send(tx).map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    async fn proposer(self, mut rx: mpsc::Receiver<Pending>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            // Everything that queued while we waited for a slot shares this entry.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let node = self.clone();
+            tokio::spawn(async move {
+                let (requests, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let result = node.write(Batch { requests }).await;
+                drop(permit);
+                match result {
+                    Ok(resp) if resp.responses.len() == waiters.len() => {
+                        for (w, r) in waiters.into_iter().zip(resp.responses) {
+                            let _ = w.send(Ok(r));
+                        }
+                    }
+                    Ok(_) => {
+                        for w in waiters {
+                            let _ =
+                                w.send(Err(StoreError::Internal("response count mismatch".into())));
+                        }
+                    }
+                    Err(e) => {
+                        for w in waiters {
+                            let _ = w.send(Err(e.clone()));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Appends a batch on the leader, forwarding to it from a follower; waits out elections.
+    pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = match self.inner.raft.client_write(Pb(batch.clone())).await {
+                Ok(r) => {
+                    self.inner.metrics.proposals_committed.inc();
+                    return Ok(r.data.0);
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_id.zip(f.leader_node)
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(StoreError::Internal(e.to_string()));
+                }
+                Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+            };
+            if let Some((_, member)) = leader {
+                match self.forward(&member, batch.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(StoreError::NoLeader) | Err(StoreError::NotLeader) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if Instant::now() >= deadline {
+                self.inner.metrics.proposals_failed.inc();
+                return Err(if self.leader().is_none() {
+                    StoreError::NoLeader
+                } else {
+                    StoreError::Timeout
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn forward(&self, leader: &Member, batch: Batch) -> Result<BatchResponse> {
+        let mut client = self
+            .inner
+            .peers
+            .client(leader)
+            .map_err(|_| StoreError::NoLeader)?;
+        let mut req = tonic::Request::new(ProposeRequest { batch: Some(batch) });
+        req.set_timeout(REQUEST_TIMEOUT);
+        match client.propose(req).await {
+            Ok(r) => r
+                .into_inner()
+                .responses
+                .ok_or_else(|| StoreError::Internal("empty forward response".into())),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(StoreError::NoLeader),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
+            Err(s) => Err(StoreError::Internal(s.message().to_string())),
+        }
+    }
+
+    async fn read_barrier_loop(self, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>) {
+        while let Some(first) = rx.recv().await {
+            // Every waiter here arrived before this round started, so one round serves them all.
+            let mut waiters = vec![first];
+            while let Ok(w) = rx.try_recv() {
+                waiters.push(w);
+            }
+            let result = self.read_index_round().await;
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+    }
+
+    async fn read_index_round(&self) -> Result<()> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = match self.inner.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f.leader_node,
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
+                Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+            };
+            if let Some(member) = leader
+                && let Ok(mut client) = self.inner.peers.client(&member)
+            {
+                let mut req = tonic::Request::new(ReadIndexRequest {});
+                req.set_timeout(REQUEST_TIMEOUT);
+                if let Ok(resp) = client.read_index(req).await {
+                    let index = resp.into_inner().index;
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    return match self
+                        .inner
+                        .raft
+                        .wait(Some(wait))
+                        .applied_index_at_least(Some(index), "read index")
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err(StoreError::Timeout),
+                    };
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(if self.leader().is_none() {
+                    StoreError::NoLeader
+                } else {
+                    StoreError::Timeout
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
