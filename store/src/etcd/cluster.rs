@@ -40,12 +40,7 @@ impl ClusterService {
         if self.node.is_leader() {
             return change_on_leader(&self.node, req).await;
         }
-        let (_, leader) = self.node.leader_member().ok_or(StoreError::NoLeader)?;
-        let mut client = self
-            .node
-            .peers()
-            .client(&leader)
-            .map_err(|_| StoreError::NoLeader)?;
+        let mut client = self.node.leader_client()?;
         let mut r = tonic::Request::new(req);
         r.set_timeout(REQUEST_TIMEOUT);
         match client.change_members(r).await {

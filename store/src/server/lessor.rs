@@ -79,11 +79,7 @@ impl Lessor {
     /// Renews a lease; returns its TTL, or 0 if it does not exist (etcd's keep-alive reply).
     pub async fn keep_alive(&self, node: &Node, id: i64) -> Result<i64> {
         if !node.is_leader() {
-            let (_, leader) = node.leader_member().ok_or(StoreError::NoLeader)?;
-            let mut client = node
-                .peers()
-                .client(&leader)
-                .map_err(|_| StoreError::NoLeader)?;
+            let mut client = node.leader_client()?;
             let mut req = tonic::Request::new(LeaseKeepAliveRequest { id });
             req.set_timeout(REQUEST_TIMEOUT);
             let resp = client
@@ -107,11 +103,7 @@ impl Lessor {
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
         if !node.is_leader() {
-            let (_, leader) = node.leader_member().ok_or(StoreError::NoLeader)?;
-            let mut client = node
-                .peers()
-                .client(&leader)
-                .map_err(|_| StoreError::NoLeader)?;
+            let mut client = node.leader_client()?;
             let mut r = tonic::Request::new(req);
             r.set_timeout(REQUEST_TIMEOUT);
             let resp = client

@@ -131,6 +131,17 @@ impl Node {
         Some((id, node))
     }
 
+    /// A peer client to the current leader, for requests only the leader can serve.
+    pub fn leader_client(
+        &self,
+    ) -> Result<crate::raft::pb::raft_peer_client::RaftPeerClient<tonic::transport::Channel>> {
+        let (_, leader) = self.leader_member().ok_or(StoreError::NoLeader)?;
+        self.inner
+            .peers
+            .client(&leader)
+            .map_err(|_| StoreError::NoLeader)
+    }
+
     /// Every member Raft knows, with whether it is a learner.
     pub fn members(&self) -> BTreeMap<NodeId, (Member, bool)> {
         let m = self.inner.raft.metrics().borrow().membership_config.clone();
