@@ -1,5 +1,32 @@
-//! The Kubernetes REST API server: request filter chain, registry (one strategy per resource),
-//! watch cache, admission and encryption at rest. It reaches the store only through the etcd v3 API,
-//! so it runs unchanged on keelson-store or on a real etcd.
+//! The Kubernetes REST API server.
 //!
-//! Nothing is implemented here yet: this crate is built by the apiserver issue.
+//! Requests pass through a filter chain built the way kube-apiserver's is (panic recovery, request
+//! info, timeouts, max-in-flight, authentication, authorization), then reach one handler that
+//! dispatches on the parsed [`request_info::RequestInfo`] to discovery, OpenAPI or the registry. The
+//! registry stores every resource as JSON under `/registry/<resource>/<namespace>/<name>` through
+//! the etcd v3 API only ([`etcd::Etcd`]), so the server runs unchanged on keelson-store or on a real
+//! etcd.
+
+pub mod config;
+pub mod discovery;
+pub mod etcd;
+pub mod filters;
+pub mod handlers;
+pub mod metrics;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod registry;
+pub mod request_info;
+pub mod resources;
+pub mod selectors;
+pub mod serve;
+pub mod status;
+pub mod strategy;
+pub mod table;
+pub mod validation;
+pub mod watch;
+
+pub use config::Config;
+pub use serve::run;

@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run one keelson-store member (etcd v3 API; flags as etcd's).
     Store(Box<keelson_store::server::Config>),
+    /// Run one Kubernetes API server (flags as kube-apiserver's).
+    Apiserver(Box<keelson_apiserver::Config>),
     /// Start a local cluster on loopback (for now: a 3-member store cluster only).
     Up(up::Args),
 }
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     cancel_on_signal(shutdown.clone());
     match cli.command {
         Command::Store(config) => keelson_store::server::run(*config, shutdown).await?,
+        Command::Apiserver(config) => keelson_apiserver::run(*config, shutdown).await?,
         Command::Up(args) => up::run(args, shutdown).await?,
     }
     Ok(())

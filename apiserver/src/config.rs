@@ -1,0 +1,142 @@
+//! Flags of `keelson apiserver`, named as kube-apiserver's.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The Kubernetes minor version whose API this server serves (the k8s-openapi feature it is
+/// built with, `v1_33`). kubectl dispatchers pick their client from it.
+pub const KUBE_MINOR: u32 = 33;
+
+/// The version string reported by `/version` (`gitVersion`).
+pub fn git_version() -> String {
+    format!("v1.{KUBE_MINOR}.0")
+}
+
+/// `keelson apiserver` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// The port on which to serve HTTPS.
+    #[arg(long, default_value_t = 6443)]
+    pub secure_port: u16,
+    /// The IP address on which to listen for the --secure-port port.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// File containing the default x509 certificate for HTTPS (CA cert, if any, concatenated after
+    /// server cert). If unset, a self-signed certificate is generated in --cert-dir.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// File containing the default x509 private key matching --tls-cert-file.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The directory where the generated self-signed certificate is written.
+    #[arg(long, default_value = "/var/run/kubernetes")]
+    pub cert_dir: PathBuf,
+    /// If set, any request presenting a client certificate signed by one of the authorities in
+    /// this file is authenticated with an identity of the certificate's CommonName (user) and
+    /// Organizations (groups).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Enables anonymous requests to the secure port (user system:anonymous, group
+    /// system:unauthenticated).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub anonymous_auth: bool,
+    /// Ordered list of plug-ins to do authorization on secure port. Only AlwaysAllow is available
+    /// until RBAC lands; it is logged at startup.
+    #[arg(long, default_value = "AlwaysAllow")]
+    pub authorization_mode: String,
+    /// List of etcd servers to connect with (scheme://ip:port), comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd_servers: Vec<String>,
+    /// SSL Certificate Authority file used to secure etcd communication.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// SSL certification file used to secure etcd communication.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// SSL key file used to secure etcd communication.
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// The prefix to prepend to all resource paths in etcd.
+    #[arg(long, default_value = "/registry")]
+    pub etcd_prefix: String,
+    /// A CIDR notation IP range from which to assign service cluster IPs.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: String,
+    /// A port range to reserve for services with NodePort visibility.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// The maximum number of non-mutating requests in flight at a given time (0 = no limit).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// The maximum number of mutating requests in flight at a given time (0 = no limit).
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
+    /// An optional field indicating the duration a handler must keep a request open before timing
+    /// it out (Go duration, e.g. 60s or 1m0s).
+    #[arg(long, default_value = "1m0s", value_parser = parse_go_duration)]
+    pub request_timeout: std::time::Duration,
+    /// The minimum number of seconds a handler must keep a watch open; the actual timeout is
+    /// random between this and twice this.
+    #[arg(long, default_value_t = 1800)]
+    pub min_request_timeout: u64,
+    /// The address advertised in discovery (`serverAddressByClientCIDRs`).
+    #[arg(long)]
+    pub advertise_address: Option<IpAddr>,
+}
+
+/// Parses a Go-style duration (`1m0s`, `30s`, `500ms`, `1h`).
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() || n == 'µ' {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!("invalid duration {s:?}: missing unit"));
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1m0s").unwrap().as_secs(), 60);
+        assert_eq!(parse_go_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_go_duration("250ms").unwrap().as_millis(), 250);
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("3x").is_err());
+    }
+}

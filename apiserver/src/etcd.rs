@@ -1,0 +1,558 @@
+//! The apiserver's only door to storage: an etcd v3 gRPC client over several endpoints with
+//! failover. It works against keelson-store and a real etcd alike, since both speak the same API
+//! (the stubs come from `keelson-etcdpb`, generated without a system `protoc`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keelson_etcdpb::etcdserverpb::{
+    self as pb, compare, kv_client::KvClient, request_op, response_op, watch_client::WatchClient,
+};
+use keelson_etcdpb::mvccpb;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::status::ApiError;
+
+/// Errors from the store, mapped to API errors by the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    /// The requested revision was compacted.
+    #[error("required revision has been compacted")]
+    Compacted {
+        /// The store's compaction revision, when known.
+        compact_revision: i64,
+    },
+    /// Any other gRPC error.
+    #[error("etcd error: {0}")]
+    Other(String),
+}
+
+impl From<EtcdError> for ApiError {
+    fn from(e: EtcdError) -> Self {
+        match e {
+            EtcdError::Unavailable(m) => {
+                ApiError::unavailable(format!("storage is unavailable: {m}"))
+            }
+            EtcdError::Compacted { .. } => ApiError::expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+            ),
+            EtcdError::Other(m) => ApiError::internal(m),
+        }
+    }
+}
+
+/// TLS material for the store connection (`--etcd-cafile/--etcd-certfile/--etcd-keyfile`).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// CA bundle that signs the store's serving certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate.
+    pub cert_file: Option<PathBuf>,
+    /// Client key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// A key-value pair read from the store.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    /// Full key.
+    pub key: Vec<u8>,
+    /// Stored bytes.
+    pub value: Vec<u8>,
+    /// Revision of the last write to this key (the object's resourceVersion).
+    pub mod_revision: i64,
+}
+
+impl From<mvccpb::KeyValue> for Kv {
+    fn from(kv: mvccpb::KeyValue) -> Self {
+        Kv {
+            key: kv.key,
+            value: kv.value,
+            mod_revision: kv.mod_revision,
+        }
+    }
+}
+
+/// Result of a range read.
+#[derive(Debug, Clone)]
+pub struct RangeResult {
+    /// The keys found, in key order.
+    pub kvs: Vec<Kv>,
+    /// Whether more keys follow the last one (limit reached).
+    pub more: bool,
+    /// Number of keys in the whole range at this revision.
+    pub count: i64,
+    /// The store revision the read was served at.
+    pub revision: i64,
+}
+
+/// Outcome of a conditional write.
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    /// Applied; the new revision.
+    Written(i64),
+    /// The condition failed; the key's current state, if it exists.
+    Failed(Option<Kv>),
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    /// A put; `prev` is the previous value when the key existed.
+    Put {
+        /// The new key-value.
+        kv: Kv,
+        /// The previous key-value.
+        prev: Option<Kv>,
+    },
+    /// A delete at `revision`; `prev` is the deleted value.
+    Delete {
+        /// The deleted key.
+        key: Vec<u8>,
+        /// Revision of the delete.
+        revision: i64,
+        /// The value before the delete.
+        prev: Option<Kv>,
+    },
+    /// The store has sent everything up to `revision` (progress notification).
+    Progress {
+        /// The store revision.
+        revision: i64,
+    },
+}
+
+/// An etcd v3 client over several endpoints. Requests go to the current endpoint; on a transport
+/// failure the next endpoint is tried, so losing one store member is invisible to API clients.
+#[derive(Clone)]
+pub struct Etcd {
+    channels: Arc<Vec<(String, Channel)>>,
+    current: Arc<AtomicUsize>,
+}
+
+fn is_transport(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+    )
+}
+
+fn map_status(status: tonic::Status) -> EtcdError {
+    let msg = status.message();
+    if msg.contains("required revision has been compacted") {
+        EtcdError::Compacted {
+            compact_revision: 0,
+        }
+    } else if is_transport(&status) {
+        EtcdError::Unavailable(msg.to_string())
+    } else {
+        EtcdError::Other(format!("{:?}: {msg}", status.code()))
+    }
+}
+
+impl Etcd {
+    /// A client for `servers` (URLs like `http://127.0.0.1:2379` or `https://...`). Connections
+    /// are made lazily, so this succeeds even while the store is still starting.
+    pub fn new(servers: &[String], tls: &EtcdTls) -> Result<Self, String> {
+        if servers.is_empty() {
+            return Err("--etcd-servers must name at least one server".into());
+        }
+        let tls_config = if tls.ca_file.is_some() || tls.cert_file.is_some() {
+            let mut cfg = ClientTlsConfig::new();
+            if let Some(ca) = &tls.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("--etcd-cafile {}: {e}", ca.display()))?;
+                cfg = cfg.ca_certificate(Certificate::from_pem(pem));
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(c), Some(k)) => {
+                    let cert = std::fs::read(c)
+                        .map_err(|e| format!("--etcd-certfile {}: {e}", c.display()))?;
+                    let key = std::fs::read(k)
+                        .map_err(|e| format!("--etcd-keyfile {}: {e}", k.display()))?;
+                    cfg = cfg.identity(Identity::from_pem(cert, key));
+                }
+                (None, None) => {}
+                _ => return Err("--etcd-certfile and --etcd-keyfile must be given together".into()),
+            }
+            Some(cfg)
+        } else {
+            None
+        };
+        let mut channels = Vec::new();
+        for s in servers {
+            let url = if s.contains("://") {
+                s.clone()
+            } else {
+                format!("http://{s}")
+            };
+            let mut ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("--etcd-servers {s}: {e}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
+            if url.starts_with("https://") {
+                let cfg = tls_config.clone().ok_or_else(|| {
+                    format!("--etcd-servers {s}: an https server needs --etcd-cafile")
+                })?;
+                ep = ep
+                    .tls_config(cfg)
+                    .map_err(|e| format!("--etcd-servers {s}: {e}"))?;
+            }
+            channels.push((url, ep.connect_lazy()));
+        }
+        Ok(Etcd {
+            channels: Arc::new(channels),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The configured endpoints.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.channels.iter().map(|(u, _)| u.clone()).collect()
+    }
+
+    /// Runs `op` against the current endpoint, moving on to the next one on transport errors
+    /// until every endpoint has been tried once.
+    async fn with_failover<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.channels.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let (url, ch) = &self.channels[idx];
+            match op(ch.clone()).await {
+                Ok(v) => {
+                    if i > 0 {
+                        self.current.store(idx, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(s) if is_transport(&s) || s.message().contains("leader") => {
+                    tracing::debug!(endpoint = %url, error = %s, "etcd endpoint failed; trying the next");
+                    last = Some(s);
+                }
+                Err(s) => return Err(map_status(s)),
+            }
+        }
+        Err(EtcdError::Unavailable(
+            last.map(|s| s.message().to_string()).unwrap_or_default(),
+        ))
+    }
+
+    /// Reads one key (linearizable).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdError> {
+        let req = pb::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        };
+        let resp = self
+            .with_failover(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(resp.kvs.into_iter().next().map(Kv::from))
+    }
+
+    /// Reads keys in `[start, end)` at `revision` (0 = latest), at most `limit` (0 = all).
+    /// `serializable` answers from the member's local state without a quorum round.
+    pub async fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: i64,
+        revision: i64,
+        serializable: bool,
+    ) -> Result<RangeResult, EtcdError> {
+        let req = pb::RangeRequest {
+            key: start.to_vec(),
+            range_end: end.to_vec(),
+            limit,
+            revision,
+            serializable,
+            ..Default::default()
+        };
+        let resp = self
+            .with_failover(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(RangeResult {
+            revision: resp.header.map(|h| h.revision).unwrap_or(0),
+            more: resp.more,
+            count: resp.count,
+            kvs: resp.kvs.into_iter().map(Kv::from).collect(),
+        })
+    }
+
+    /// The current store revision.
+    pub async fn current_revision(&self) -> Result<i64, EtcdError> {
+        let req = pb::RangeRequest {
+            key: vec![0],
+            limit: 1,
+            count_only: true,
+            ..Default::default()
+        };
+        let resp = self
+            .with_failover(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(resp.header.map(|h| h.revision).unwrap_or(0))
+    }
+
+    async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        self.with_failover(|ch| {
+            let req = req.clone();
+            async move { KvClient::new(ch).txn(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    fn failed_kv(resp: pb::TxnResponse) -> Option<Kv> {
+        resp.responses.into_iter().find_map(|r| match r.response {
+            Some(response_op::Response::ResponseRange(rr)) => {
+                rr.kvs.into_iter().next().map(Kv::from)
+            }
+            _ => None,
+        })
+    }
+
+    /// Writes `key` only if it does not exist.
+    pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<WriteOutcome, EtcdError> {
+        self.put_if(key, value, compare::CompareTarget::Create, 0)
+            .await
+    }
+
+    /// Writes `key` only if its mod_revision is `expected`.
+    pub async fn update(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expected: i64,
+    ) -> Result<WriteOutcome, EtcdError> {
+        self.put_if(key, value, compare::CompareTarget::Mod, expected)
+            .await
+    }
+
+    async fn put_if(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        target: compare::CompareTarget,
+        expected: i64,
+    ) -> Result<WriteOutcome, EtcdError> {
+        let cmp_value = match target {
+            compare::CompareTarget::Create => compare::TargetUnion::CreateRevision(expected),
+            _ => compare::TargetUnion::ModRevision(expected),
+        };
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: target as i32,
+                key: key.to_vec(),
+                range_end: vec![],
+                target_union: Some(cmp_value),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let resp = self.txn(req).await?;
+        if resp.succeeded {
+            Ok(WriteOutcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or(0),
+            ))
+        } else {
+            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
+        }
+    }
+
+    /// Deletes `key` only if its mod_revision is `expected`.
+    pub async fn delete(&self, key: &[u8], expected: i64) -> Result<WriteOutcome, EtcdError> {
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: key.to_vec(),
+                range_end: vec![],
+                target_union: Some(compare::TargetUnion::ModRevision(expected)),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: key.to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let resp = self.txn(req).await?;
+        if resp.succeeded {
+            Ok(WriteOutcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or(0),
+            ))
+        } else {
+            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
+        }
+    }
+
+    /// Watches `[start, end)` from `revision` (inclusive) with previous values. The stream ends
+    /// with `Err(Compacted)` when `revision` is older than the store keeps, or with
+    /// `Err(Unavailable)` when the store connection is lost.
+    pub async fn watch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent, EtcdError>>, EtcdError> {
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: start.to_vec(),
+                    range_end: end.to_vec(),
+                    start_revision: revision,
+                    progress_notify: true,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (req_tx, mut inbound) = self
+            .with_failover(|ch| {
+                let create = create.clone();
+                async move {
+                    let (req_tx, req_rx) = tokio::sync::mpsc::channel::<pb::WatchRequest>(4);
+                    req_tx
+                        .send(create)
+                        .await
+                        .map_err(|_| tonic::Status::cancelled("watch request channel closed"))?;
+                    let stream = tokio_stream::wrappers::ReceiverStream::new(req_rx);
+                    let inbound = WatchClient::new(ch).watch(stream).await?.into_inner();
+                    Ok((req_tx, inbound))
+                }
+            })
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            // Keeps the request side open for as long as the watch lives.
+            let _req_tx = req_tx;
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.next() => m,
+                    _ = tx.closed() => return,
+                };
+                let resp = match msg {
+                    Some(Ok(r)) => r,
+                    Some(Err(s)) => {
+                        let _ = tx.send(Err(map_status(s))).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx
+                            .send(Err(EtcdError::Unavailable("watch stream closed".into())))
+                            .await;
+                        return;
+                    }
+                };
+                if resp.compact_revision > 0 {
+                    let _ = tx
+                        .send(Err(EtcdError::Compacted {
+                            compact_revision: resp.compact_revision,
+                        }))
+                        .await;
+                    return;
+                }
+                if resp.canceled {
+                    let _ = tx
+                        .send(Err(EtcdError::Other(format!(
+                            "watch canceled: {}",
+                            resp.cancel_reason
+                        ))))
+                        .await;
+                    return;
+                }
+                if resp.created {
+                    continue;
+                }
+                let header_rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                if resp.events.is_empty() {
+                    if tx
+                        .send(Ok(WatchEvent::Progress {
+                            revision: header_rev,
+                        }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                for ev in resp.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let prev = ev.prev_kv.map(Kv::from);
+                    let event = if ev.r#type == mvccpb::event::EventType::Delete as i32 {
+                        WatchEvent::Delete {
+                            key: kv.key,
+                            revision: kv.mod_revision,
+                            prev,
+                        }
+                    } else {
+                        WatchEvent::Put {
+                            kv: Kv::from(kv),
+                            prev,
+                        }
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// The end of the key range that holds every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,229 @@
+//! The request filter chain, one layer per concern as in kube-apiserver's
+//! `DefaultBuildHandlerChain` (outermost first): panic recovery, request info, metrics, timeout,
+//! authentication, max-in-flight, authorization. The security issue fills the authorization slot
+//! (RBAC), and adds audit, priority and fairness and admission in theirs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
+use http::Request;
+use tokio::sync::Semaphore;
+
+use crate::metrics::{KindOfRequest, Metrics, RequestLabels};
+use crate::request_info::{self, RequestInfo};
+use crate::status::ApiError;
+
+/// The identity a TLS client certificate carries, set per connection by the server.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    /// Subject CommonName.
+    pub common_name: Option<String>,
+    /// Subject Organizations.
+    pub organizations: Vec<String>,
+}
+
+/// An authenticated user, as `user.Info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    /// User name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// Settings of the chain.
+pub struct ChainConfig {
+    /// Timeout of non-long-running requests.
+    pub request_timeout: Duration,
+    /// Allow unauthenticated requests as system:anonymous.
+    pub anonymous_auth: bool,
+    /// Read-only in-flight limit (None = unlimited).
+    pub readonly: Option<Arc<Semaphore>>,
+    /// Mutating in-flight limit (None = unlimited).
+    pub mutating: Option<Arc<Semaphore>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Panic recovery: a panic in any inner layer becomes a 500 `Status`, never a dropped connection.
+pub async fn recover_panics(req: Request<Body>, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            tracing::error!(path = %path, panic = %msg, "handler panicked");
+            ApiError::internal("an internal error occurred while serving this request")
+                .into_response()
+        }
+    }
+}
+
+/// Request info: parses the path once into a [`RequestInfo`] extension.
+pub async fn with_request_info(mut req: Request<Body>, next: Next) -> Response {
+    let info = request_info::parse(req.method(), req.uri().path(), req.uri().query());
+    req.extensions_mut().insert(info);
+    next.run(req).await
+}
+
+fn scope(info: &RequestInfo) -> &'static str {
+    if !info.is_resource_request {
+        ""
+    } else if !info.name.is_empty() {
+        "resource"
+    } else if !info.namespace.is_empty() {
+        "namespace"
+    } else {
+        "cluster"
+    }
+}
+
+/// Metrics: `apiserver_request_total` and `apiserver_request_duration_seconds` per request.
+pub async fn with_metrics(
+    State(cfg): State<Arc<ChainConfig>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let info = req
+        .extensions()
+        .get::<RequestInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let verb = info.verb.to_ascii_uppercase();
+    let mut labels = RequestLabels {
+        verb: if info.verb == "list" && info.is_resource_request {
+            "LIST".into()
+        } else {
+            verb
+        },
+        group: info.api_group.clone(),
+        version: info.api_version.clone(),
+        resource: info.resource.clone(),
+        subresource: info.subresource.clone(),
+        scope: scope(&info).into(),
+        component: "apiserver".into(),
+        code: String::new(),
+    };
+    if !info.is_long_running() {
+        cfg.metrics
+            .durations
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+    }
+    labels.code = resp.status().as_u16().to_string();
+    cfg.metrics.requests.get_or_create(&labels).inc();
+    resp
+}
+
+/// Timeout: non-long-running requests end with 504 after `--request-timeout`.
+pub async fn with_timeout(
+    State(cfg): State<Arc<ChainConfig>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let long = req
+        .extensions()
+        .get::<RequestInfo>()
+        .is_some_and(RequestInfo::is_long_running);
+    if long || cfg.request_timeout.is_zero() {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(cfg.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::timeout(
+            "request did not complete within requested timeout - context deadline exceeded",
+        )
+        .into_response(),
+    }
+}
+
+/// Authentication by client certificate (CN = user, O = groups); anonymous when allowed.
+pub async fn authenticate(
+    State(cfg): State<Arc<ChainConfig>>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerIdentity>()
+        .cloned()
+        .unwrap_or_default();
+    let user = match peer.common_name {
+        Some(cn) if !cn.is_empty() => {
+            let mut groups = peer.organizations.clone();
+            groups.push("system:authenticated".into());
+            UserInfo { name: cn, groups }
+        }
+        _ if cfg.anonymous_auth => UserInfo {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        },
+        _ => return ApiError::unauthorized().into_response(),
+    };
+    req.extensions_mut().insert(user);
+    next.run(req).await
+}
+
+/// Max-in-flight: separate limits for read-only and mutating requests; long-running requests are
+/// exempt; over the limit is 429 with Retry-After.
+pub async fn max_in_flight(
+    State(cfg): State<Arc<ChainConfig>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let info = req
+        .extensions()
+        .get::<RequestInfo>()
+        .cloned()
+        .unwrap_or_default();
+    if info.is_long_running() {
+        return next.run(req).await;
+    }
+    let (sem, kind) = if info.is_mutating() {
+        (&cfg.mutating, "mutating")
+    } else {
+        (&cfg.readonly, "readOnly")
+    };
+    let Some(sem) = sem else {
+        return next.run(req).await;
+    };
+    let labels = KindOfRequest {
+        request_kind: kind.into(),
+    };
+    match sem.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let g = cfg.metrics.inflight.get_or_create(&labels).clone();
+            g.inc();
+            let r = next.run(req).await;
+            g.dec();
+            drop(permit);
+            r
+        }
+        Err(_) => {
+            cfg.metrics.dropped.get_or_create(&labels).inc();
+            ApiError::too_many_requests().into_response()
+        }
+    }
+}
+
+/// Authorization slot. `AlwaysAllow` is the only mode until RBAC lands (logged at startup).
+pub async fn authorize(req: Request<Body>, next: Next) -> Response {
+    if req.extensions().get::<UserInfo>().is_none() {
+        return ApiError::forbidden("no user on the request").into_response();
+    }
+    next.run(req).await
+}

@@ -1,0 +1,935 @@
+//! The request handler behind the filter chain: dispatches on the parsed request info to
+//! discovery, OpenAPI, health, version and the registry, and does content negotiation (JSON,
+//! YAML, Table, PartialObjectMetadata) and body decoding with field validation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::discovery;
+use crate::object;
+use crate::openapi;
+use crate::patch;
+use crate::registry::{DeleteOptions, ListOptions, Registry};
+use crate::request_info::{RequestInfo, parse_bool};
+use crate::resources::{self, Resource, Sub};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult, success};
+use crate::strategy;
+use crate::table::{self, IncludeObject};
+use crate::validation::{self, FieldValidation};
+use crate::watch;
+
+/// Largest request body accepted (upstream: 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared state of the handler.
+pub struct ApiState {
+    /// The registry.
+    pub registry: Registry,
+    /// `--min-request-timeout` in seconds (watch timeouts).
+    pub min_request_timeout: u64,
+    /// Address advertised in `/api`.
+    pub advertise: String,
+    /// Metrics registry and families.
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// How a response body is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Json,
+    Yaml,
+    Table(IncludeObject),
+    Metadata,
+}
+
+fn query_map(q: Option<&str>) -> HashMap<String, String> {
+    q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn negotiate(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    allow_table: bool,
+) -> ApiResult<Output> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.trim().is_empty() {
+        return Ok(Output::Json);
+    }
+    for part in accept.split(',') {
+        let p = part.replace(' ', "");
+        let mut fields = p.split(';');
+        let mt = fields.next().unwrap_or("");
+        let params: HashMap<&str, &str> = fields.filter_map(|f| f.split_once('=')).collect();
+        match (mt, params.get("as").copied()) {
+            ("application/json", Some("Table"))
+                if allow_table
+                    && params.get("g") == Some(&"meta.k8s.io")
+                    && matches!(params.get("v"), Some(&"v1") | Some(&"v1beta1")) =>
+            {
+                let include = IncludeObject::parse(query.get("includeObject").map(String::as_str))?;
+                return Ok(Output::Table(include));
+            }
+            ("application/json", Some("PartialObjectMetadata" | "PartialObjectMetadataList"))
+                if params.get("g") == Some(&"meta.k8s.io") =>
+            {
+                return Ok(Output::Metadata);
+            }
+            (
+                "application/json"
+                | "application/*"
+                | "*/*"
+                | "application/vnd.kubernetes.protobuf",
+                None,
+            ) => {
+                // Protobuf answers are optional for clients that also accept JSON; JSON is sent.
+                return Ok(Output::Json);
+            }
+            ("application/yaml", None) => return Ok(Output::Yaml),
+            _ => {}
+        }
+    }
+    Err(ApiError::not_acceptable(format!(
+        "only the following media types are accepted: application/json, application/yaml, application/json;as=Table;g=meta.k8s.io;v=v1; got {accept:?}"
+    )))
+}
+
+fn render(v: &Value, out: Output, code: StatusCode) -> Response {
+    let (ct, body) = match out {
+        Output::Yaml => (
+            "application/yaml",
+            serde_yaml::to_string(v).unwrap_or_default().into_bytes(),
+        ),
+        _ => (
+            "application/json",
+            serde_json::to_vec(v).unwrap_or_default(),
+        ),
+    };
+    let mut r = (code, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+fn json_response(v: &Value) -> Response {
+    render(v, Output::Json, StatusCode::OK)
+}
+
+fn add_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
+}
+
+/// Renders a single object for the chosen output.
+fn render_object(res: &Resource, obj: &Value, out: Output, code: StatusCode) -> Response {
+    match out {
+        Output::Table(include) => {
+            let rv = object::meta_str(obj, "resourceVersion").to_string();
+            render(
+                &table::table(res, std::slice::from_ref(obj), &rv, None, include, true),
+                out,
+                code,
+            )
+        }
+        Output::Metadata => render(&table::partial_metadata(obj), out, code),
+        _ => render(obj, out, code),
+    }
+}
+
+/// Adds `kind` and `apiVersion` to an object read from storage (stored objects carry them, but
+/// objects written by other servers may not).
+fn with_type(res: &Resource, mut obj: Value) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("kind".into(), json!(res.kind));
+        m.insert("apiVersion".into(), json!(res.api_version()));
+    }
+    obj
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes a request body as JSON or YAML into an object (protobuf is handled by the caller).
+fn decode_document(ct: &str, body: &[u8]) -> ApiResult<Value> {
+    let v: Value = match ct {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?,
+        "application/yaml" | "application/apply-patch+yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body)?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "Object 'Kind' is missing in the request body: not a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// Checks the body's `apiVersion`/`kind` against the expected type and fills them when absent.
+fn check_type(obj: &mut Value, group: &str, version: &str, kind: &str) -> ApiResult<()> {
+    let expected_av = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    let av = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let k = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !av.is_empty() && av != expected_av {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({expected_av})"
+        )));
+    }
+    if !k.is_empty() && k != kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({k}) does not match the expected kind ({kind})"
+        )));
+    }
+    obj["apiVersion"] = json!(expected_av);
+    obj["kind"] = json!(kind);
+    Ok(())
+}
+
+fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+fn field_validation(q: &HashMap<String, String>) -> ApiResult<FieldValidation> {
+    FieldValidation::parse(q.get("fieldValidation").map(String::as_str))
+}
+
+/// Entry point: handles one request after the filter chain.
+pub async fn handle(state: Arc<ApiState>, info: RequestInfo, req: Request<Body>) -> Response {
+    match dispatch(&state, &info, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(state: &ApiState, info: &RequestInfo, req: Request<Body>) -> ApiResult<Response> {
+    let query = query_map(req.uri().query());
+    if info.is_resource_request {
+        return resource_request(state, info, query, req).await;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let headers = req.headers().clone();
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {} {path}",
+            req.method()
+        )));
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["version"] => Ok(json_response(&version())),
+        [probe @ ("healthz" | "livez" | "readyz"), rest @ ..] => {
+            health(state, probe, rest, &query).await
+        }
+        ["metrics"] => Ok(state.metrics.render()),
+        ["api"] => match discovery::wants_aggregated(accept) {
+            Some(v) => Ok(aggregated_response(discovery::aggregated(true, v), v)),
+            None => Ok(json_response(&discovery::api_versions(&state.advertise))),
+        },
+        ["apis"] => match discovery::wants_aggregated(accept) {
+            Some(v) => Ok(aggregated_response(discovery::aggregated(false, v), v)),
+            None => Ok(json_response(&discovery::api_group_list())),
+        },
+        ["api", v] => discovery::resource_list("", v)
+            .map(|l| json_response(&l))
+            .ok_or_else(ApiError::path_not_found),
+        ["apis", g] => discovery::api_group(g)
+            .map(|l| json_response(&l))
+            .ok_or_else(ApiError::path_not_found),
+        ["apis", g, v] => discovery::resource_list(g, v)
+            .map(|l| json_response(&l))
+            .ok_or_else(ApiError::path_not_found),
+        ["openapi", "v3"] => Ok(json_response(&openapi::index())),
+        ["openapi", "v3", rest @ ..] => {
+            let key = rest.join("/");
+            let doc = openapi::document(&key).ok_or_else(ApiError::path_not_found)?;
+            let mut r = (StatusCode::OK, doc.body.clone()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if query.get("hash").is_some_and(|h| *h == doc.hash) {
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, immutable"),
+                );
+            }
+            r.headers_mut().insert(
+                header::ETAG,
+                HeaderValue::from_str(&format!("\"{}\"", doc.hash))
+                    .unwrap_or(HeaderValue::from_static("\"\"")),
+            );
+            Ok(r)
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+fn aggregated_response(v: Value, version: &str) -> Response {
+    let mut r = (StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()).into_response();
+    let ct = format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&ct).unwrap_or(HeaderValue::from_static(discovery::AGGREGATED_CT)),
+    );
+    r.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
+    r
+}
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": crate::config::KUBE_MINOR.to_string(),
+        "gitVersion": crate::config::git_version(),
+        "gitCommit": "keelson",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+async fn health(
+    state: &ApiState,
+    probe: &str,
+    rest: &[&str],
+    query: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    let mut checks: Vec<(&str, Result<(), String>)> = vec![("ping", Ok(()))];
+    if probe != "livez" {
+        let etcd = match tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            state.registry.etcd().current_revision(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("etcd did not answer in 2s".into()),
+        };
+        checks.push(("etcd", etcd));
+    }
+    let excluded: Vec<&str> = query
+        .get("exclude")
+        .map(|e| e.split(',').collect())
+        .unwrap_or_default();
+    if let Some(one) = rest.first() {
+        return match checks.iter().find(|(n, _)| n == one) {
+            Some((_, Ok(()))) => Ok((StatusCode::OK, "ok").into_response()),
+            Some((n, Err(e))) => Ok((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal server error: {n} check failed: {e}"),
+            )
+                .into_response()),
+            None => Err(ApiError::path_not_found()),
+        };
+    }
+    let failed = checks
+        .iter()
+        .any(|(n, r)| r.is_err() && !excluded.contains(n));
+    let verbose = query.get("verbose").is_some();
+    if verbose || failed {
+        let mut text = String::new();
+        for (n, r) in &checks {
+            match r {
+                Ok(()) => text.push_str(&format!("[+]{n} ok\n")),
+                Err(_) if excluded.contains(n) => text.push_str(&format!("[+]{n} excluded: ok\n")),
+                Err(_) => text.push_str(&format!("[-]{n} failed: reason withheld\n")),
+            }
+        }
+        if failed {
+            text.push_str(&format!("{probe} check failed\n"));
+            return Ok((StatusCode::INTERNAL_SERVER_ERROR, text).into_response());
+        }
+        text.push_str(&format!("{probe} check passed\n"));
+        return Ok((StatusCode::OK, text).into_response());
+    }
+    Ok((StatusCode::OK, "ok").into_response())
+}
+
+fn list_options(res: &Resource, q: &HashMap<String, String>) -> ApiResult<ListOptions> {
+    Ok(ListOptions {
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(
+            q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            strategy::field_selector_fields(res),
+        )?,
+        limit: match q.get("limit") {
+            Some(l) if !l.is_empty() => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+                .max(0),
+            _ => 0,
+        },
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: q.get("resourceVersion").filter(|c| !c.is_empty()).cloned(),
+        resource_version_match: q
+            .get("resourceVersionMatch")
+            .filter(|c| !c.is_empty())
+            .cloned(),
+    })
+}
+
+fn list_body(res: &Resource, page: crate::registry::ListPage) -> Value {
+    let mut md = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(c) = &page.continue_token {
+        md["continue"] = json!(c);
+    }
+    if let Some(r) = page.remaining
+        && r > 0
+    {
+        md["remainingItemCount"] = json!(r);
+    }
+    let items: Vec<Value> = page.items.into_iter().map(|o| with_type(res, o)).collect();
+    json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": md, "items": items})
+}
+
+async fn resource_request(
+    state: &ApiState,
+    info: &RequestInfo,
+    q: HashMap<String, String>,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let res = resources::find(&info.api_group, &info.api_version, &info.resource)
+        .ok_or_else(ApiError::path_not_found)?;
+    if !res.namespaced && !info.namespace.is_empty() && res.resource != "namespaces" {
+        return Err(ApiError::path_not_found());
+    }
+    if res.namespaced
+        && info.namespace.is_empty()
+        && !matches!(info.verb.as_str(), "list" | "watch")
+    {
+        return Err(ApiError::path_not_found());
+    }
+    if info.parts.len() > 3 {
+        return Err(ApiError::path_not_found());
+    }
+    let sub = match info.subresource.as_str() {
+        "" => None,
+        s => Some(
+            res.subresources
+                .iter()
+                .copied()
+                .find(|x| x.name() == s)
+                .ok_or_else(ApiError::path_not_found)?,
+        ),
+    };
+    let ns = info.namespace.as_str();
+    let name = info.name.as_str();
+    let headers = req.headers().clone();
+    let allow_table = sub.is_none() || sub == Some(Sub::Status);
+    match (info.verb.as_str(), sub) {
+        ("get", None | Some(Sub::Status)) => {
+            let out = negotiate(&headers, &q, allow_table)?;
+            let obj = with_type(res, state.registry.get(res, ns, name).await?);
+            Ok(render_object(res, &obj, out, StatusCode::OK))
+        }
+        ("get", Some(Sub::Scale)) => {
+            let obj = state.registry.get(res, ns, name).await?;
+            Ok(json_response(&scale_of(res, &obj)))
+        }
+        ("list", None) => {
+            let out = negotiate(&headers, &q, true)?;
+            let opts = list_options(res, &q)?;
+            if info.name.is_empty() || opts.fields.name().is_none() {
+                // fall through to the plain list
+            }
+            let page = state.registry.list(res, ns, &opts).await?;
+            match out {
+                Output::Table(include) => {
+                    let rv = page.revision.to_string();
+                    let items: Vec<Value> =
+                        page.items.into_iter().map(|o| with_type(res, o)).collect();
+                    Ok(render(
+                        &table::table(
+                            res,
+                            &items,
+                            &rv,
+                            page.continue_token.as_deref(),
+                            include,
+                            true,
+                        ),
+                        out,
+                        StatusCode::OK,
+                    ))
+                }
+                Output::Metadata => {
+                    let mut body = list_body(res, page);
+                    body["kind"] = json!("PartialObjectMetadataList");
+                    body["apiVersion"] = json!("meta.k8s.io/v1");
+                    if let Some(items) = body.get_mut("items").and_then(Value::as_array_mut) {
+                        for it in items.iter_mut() {
+                            *it = table::partial_metadata(it);
+                        }
+                    }
+                    Ok(render(&body, out, StatusCode::OK))
+                }
+                _ => Ok(render(&list_body(res, page), out, StatusCode::OK)),
+            }
+        }
+        ("watch", None) => {
+            let out = negotiate(&headers, &q, true)?;
+            let opts = list_options(res, &q)?;
+            let timeout_seconds =
+                match q.get("timeoutSeconds") {
+                    Some(t) if !t.is_empty() => Some(t.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
+                    })?),
+                    _ => None,
+                };
+            let mut fields = opts.fields.clone();
+            if !info.name.is_empty() && fields.is_empty() {
+                fields = FieldSelector::parse(
+                    &format!("metadata.name={}", info.name),
+                    &["metadata.name"],
+                )?;
+            }
+            let params = watch::WatchParams {
+                resource_version: opts.resource_version.clone(),
+                resource_version_match: opts.resource_version_match.clone(),
+                labels: opts.labels.clone(),
+                fields,
+                bookmarks: q
+                    .get("allowWatchBookmarks")
+                    .and_then(|v| parse_bool(v))
+                    .unwrap_or(false),
+                timeout: watch::timeout(timeout_seconds, state.min_request_timeout),
+                send_initial_events: q.get("sendInitialEvents").and_then(|v| parse_bool(v)),
+                table: match out {
+                    Output::Table(i) => Some(i),
+                    _ => None,
+                },
+            };
+            let rx = watch::start(&state.registry, res, ns, params).await?;
+            let guard = state.metrics.watcher_guard(res);
+            let stream = futures::stream::unfold((rx, guard), |(mut rx, g)| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, g)))
+            });
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
+            Ok(r)
+        }
+        ("create", None) => {
+            let out = negotiate(&headers, &q, false)?;
+            let dry = dry_run(&q)?;
+            let fv = field_validation(&q)?;
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut obj = decode_document(&ct, &body)?;
+            check_type(&mut obj, res.group, res.version, res.kind)?;
+            let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            let created = state.registry.create(res, ns, obj, dry).await?;
+            Ok(add_warnings(
+                render_object(res, &with_type(res, created), out, StatusCode::CREATED),
+                &warnings,
+            ))
+        }
+        ("create", Some(Sub::Binding)) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut b = decode_document(&ct, &body)?;
+            check_type(&mut b, "", "v1", "Binding")?;
+            bind(state, res, ns, name, &b, dry_run(&q)?).await
+        }
+        ("create", Some(Sub::Eviction)) => Err(ApiError::new(
+            501,
+            "NotImplemented",
+            "pods/eviction is served once the disruption budget checks land",
+        )),
+        ("update", None | Some(Sub::Status)) => {
+            let out = negotiate(&headers, &q, false)?;
+            let dry = dry_run(&q)?;
+            let fv = field_validation(&q)?;
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut obj = decode_document(&ct, &body)?;
+            check_type(&mut obj, res.group, res.version, res.kind)?;
+            let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            let updated = state
+                .registry
+                .update(res, ns, name, obj, sub == Some(Sub::Status), dry)
+                .await?;
+            Ok(add_warnings(
+                render_object(res, &with_type(res, updated), out, StatusCode::OK),
+                &warnings,
+            ))
+        }
+        ("update", Some(Sub::Scale)) => {
+            let dry = dry_run(&q)?;
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut scale = decode_document(&ct, &body)?;
+            check_type(&mut scale, "autoscaling", "v1", "Scale")?;
+            let replicas = scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let want_rv = object::meta_str(&scale, "resourceVersion").to_string();
+            let updated = state
+                .registry
+                .guaranteed_update(res, ns, name, false, dry, |old| {
+                    let mut o = old.clone();
+                    if !want_rv.is_empty() {
+                        object::set_meta(&mut o, "resourceVersion", json!(want_rv));
+                    } else if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    o["spec"]["replicas"] = json!(replicas);
+                    Ok(o)
+                })
+                .await?;
+            Ok(json_response(&scale_of(res, &updated)))
+        }
+        ("patch", None | Some(Sub::Status) | Some(Sub::Scale)) => {
+            let out = negotiate(&headers, &q, false)?;
+            let dry = dry_run(&q)?;
+            let fv = field_validation(&q)?;
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let kind = patch::PatchKind::from_content_type(&ct)?;
+            let patch_doc = patch::parse(kind, &body)?;
+            let warnings = std::sync::Mutex::new(Vec::new());
+            let is_scale = sub == Some(Sub::Scale);
+            let updated = state
+                .registry
+                .guaranteed_update(res, ns, name, sub == Some(Sub::Status), dry, |old| {
+                    let base = if is_scale {
+                        scale_of(res, old)
+                    } else {
+                        with_type(res, old.clone())
+                    };
+                    let mut base_no_rv = base.clone();
+                    if let Some(m) = base_no_rv
+                        .get_mut("metadata")
+                        .and_then(Value::as_object_mut)
+                    {
+                        m.remove("resourceVersion");
+                    }
+                    let (pg, pv, pd) = if is_scale {
+                        ("autoscaling", "v1", "io.k8s.api.autoscaling.v1.Scale")
+                    } else {
+                        (res.group, res.version, res.definition)
+                    };
+                    let mut patched = patch::apply(kind, pg, pv, pd, &base_no_rv, &patch_doc)?;
+                    if is_scale {
+                        check_type(&mut patched, "autoscaling", "v1", "Scale")?;
+                        let mut o = old.clone();
+                        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                            m.remove("resourceVersion");
+                        }
+                        if let Some(r) = patched.pointer("/spec/replicas") {
+                            o["spec"]["replicas"] = r.clone();
+                        }
+                        if let Some(rv) = patched.pointer("/metadata/resourceVersion") {
+                            object::set_meta(&mut o, "resourceVersion", rv.clone());
+                        }
+                        return Ok(o);
+                    }
+                    check_type(&mut patched, res.group, res.version, res.kind)?;
+                    let w = validation::check(
+                        res.group,
+                        res.version,
+                        res.definition,
+                        &mut patched,
+                        fv,
+                    )?;
+                    *warnings.lock().unwrap_or_else(|e| e.into_inner()) = w;
+                    Ok(patched)
+                })
+                .await?;
+            let warnings = warnings.into_inner().unwrap_or_default();
+            if is_scale {
+                return Ok(json_response(&scale_of(res, &updated)));
+            }
+            Ok(add_warnings(
+                render_object(res, &with_type(res, updated), out, StatusCode::OK),
+                &warnings,
+            ))
+        }
+        ("delete", None) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let opts = delete_options(&q, &ct, &body)?;
+            let d = state.registry.delete(res, ns, name, &opts).await?;
+            let obj = with_type(res, d.object);
+            let code = if d.gone {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            if d.gone && matches!(res.kind, "Namespace") {
+                return Ok(json_response(&success(
+                    res.group,
+                    res.resource,
+                    name,
+                    Some(object::meta_str(&obj, "uid")),
+                )));
+            }
+            Ok(render(&obj, Output::Json, code))
+        }
+        ("deletecollection", None) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let opts = delete_options(&q, &ct, &body)?;
+            let lo = list_options(res, &q)?;
+            let page = state.registry.list(res, ns, &lo).await?;
+            let mut deleted = Vec::new();
+            for item in page.items {
+                let n = object::name(&item).to_string();
+                let ins = object::namespace(&item).to_string();
+                match state.registry.delete(res, &ins, &n, &opts).await {
+                    Ok(d) => deleted.push(with_type(res, d.object)),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(json_response(
+                &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} {})",
+            info.verb, info.path
+        ))),
+    }
+}
+
+fn delete_options(q: &HashMap<String, String>, ct: &str, body: &[u8]) -> ApiResult<DeleteOptions> {
+    let mut opts = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v = decode_document(ct, body)?;
+        if let Some(k) = v.get("kind").and_then(Value::as_str)
+            && k != "DeleteOptions"
+        {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind (DeleteOptions)"
+            )));
+        }
+        opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+        opts.propagation = v
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation.is_none() {
+            opts.propagation = Some("Orphan".into());
+        }
+        opts.uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.resource_version = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.dry_run = v
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        opts.grace_period = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
+    }
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation = Some(p.clone());
+    }
+    if let Some(p) = &opts.propagation
+        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    {
+        return Err(ApiError::invalid(
+            "",
+            "DeleteOptions",
+            "",
+            vec![crate::status::Cause::new(
+                "FieldValueNotSupported",
+                "propagationPolicy",
+                format!(
+                    "Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            )],
+        ));
+    }
+    if dry_run(q)? {
+        opts.dry_run = true;
+    }
+    Ok(opts)
+}
+
+/// The autoscaling/v1 Scale view of a scalable object.
+fn scale_of(res: &Resource, obj: &Value) -> Value {
+    let selector = match obj.pointer("/spec/selector") {
+        Some(Value::Object(m))
+            if m.contains_key("matchLabels") || m.contains_key("matchExpressions") =>
+        {
+            m.get("matchLabels")
+                .and_then(Value::as_object)
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        }
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    };
+    let m = object::meta(obj);
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"),
+            "namespace": m.get("namespace"),
+            "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"),
+            "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if res.kind == "StatefulSet" { 1 } else { 0 })},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+    })
+}
+
+/// `pods/binding`: sets `spec.nodeName` of an unbound pod.
+async fn bind(
+    state: &ApiState,
+    res: &'static Resource,
+    ns: &str,
+    name: &str,
+    b: &Value,
+    dry: bool,
+) -> ApiResult<Response> {
+    let target = b
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if target.is_empty() {
+        return Err(ApiError::invalid(
+            "",
+            "Binding",
+            name,
+            vec![crate::status::Cause::new(
+                "FieldValueRequired",
+                "target.name",
+                "Required value",
+            )],
+        ));
+    }
+    let body_name = object::name(b);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    state
+        .registry
+        .modify(res, ns, name, dry, |old| {
+            if old.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return Err(ApiError::conflict("", "pods", name, &format!("pod {name} is already assigned to node {:?}", old.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or(""))));
+            }
+            if !object::meta_str(old, "deletionTimestamp").is_empty() {
+                return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
+            }
+            let mut o = old.clone();
+            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            o["spec"]["nodeName"] = json!(target);
+            let mut conds: Vec<Value> = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            conds.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+            conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now_rfc3339()}));
+            o["status"]["conditions"] = Value::Array(conds);
+            Ok(o)
+        })
+        .await?;
+    Ok(render(
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        Output::Json,
+        StatusCode::CREATED,
+    ))
+}

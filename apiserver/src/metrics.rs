@@ -1,0 +1,149 @@
+//! Prometheus metrics under kube-apiserver's names, served at `/metrics`.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, header};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::resources::Resource;
+
+/// Labels of request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Kubernetes verb (upper-case for non-resource requests, as upstream).
+    pub verb: String,
+    /// API group.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Resource.
+    pub resource: String,
+    /// Subresource.
+    pub subresource: String,
+    /// `resource`, `namespace`, `cluster` or empty.
+    pub scope: String,
+    /// Always `apiserver`.
+    pub component: String,
+    /// HTTP code (only on the counter).
+    pub code: String,
+}
+
+/// Labels of per-kind watch metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// API group.
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
+/// Labels of in-flight gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindOfRequest {
+    /// `readOnly` or `mutating`.
+    pub request_kind: String,
+}
+
+fn new_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+        10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+    ])
+}
+
+/// The server's metrics; clones share values.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<parking_lot::Mutex<Registry>>,
+    /// `apiserver_request_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `apiserver_request_duration_seconds`.
+    pub durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// `apiserver_current_inflight_requests`.
+    pub inflight: Family<KindOfRequest, Gauge>,
+    /// `apiserver_registered_watchers`.
+    pub watchers: Family<KindLabels, Gauge>,
+    /// `apiserver_dropped_requests_total` (rejected by max-in-flight).
+    pub dropped: Family<KindOfRequest, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the registered-watchers gauge when the watch ends.
+pub struct WatcherGuard(Gauge);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Arc::new(parking_lot::Mutex::new(Registry::default())),
+            requests: Family::default(),
+            durations: Family::new_with_constructor(new_histogram as fn() -> Histogram),
+            inflight: Family::default(),
+            watchers: Family::default(),
+            dropped: Family::default(),
+        };
+        {
+            let mut r = m.registry.lock();
+            r.register("apiserver_request", "Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.", m.requests.clone());
+            r.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.", m.durations.clone());
+            r.register("apiserver_current_inflight_requests", "Maximal number of currently used inflight request limit of this apiserver per request kind in last second.", m.inflight.clone());
+            r.register(
+                "apiserver_registered_watchers",
+                "Number of currently registered watchers for a given resources",
+                m.watchers.clone(),
+            );
+            r.register(
+                "apiserver_dropped_requests",
+                "Number of requests dropped with 'Try again later' response.",
+                m.dropped.clone(),
+            );
+        }
+        m
+    }
+
+    /// A guard that holds one registered-watcher count for `res`.
+    pub fn watcher_guard(&self, res: &Resource) -> WatcherGuard {
+        let g = self
+            .watchers
+            .get_or_create(&KindLabels {
+                group: res.group.into(),
+                version: res.version.into(),
+                kind: res.kind.into(),
+            })
+            .clone();
+        g.inc();
+        WatcherGuard(g)
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> Response {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock());
+        let mut r = out.into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+}

@@ -1,0 +1,798 @@
+//! The generic registry: get, list, create, update, delete of any resource through the etcd v3
+//! API, with Kubernetes semantics (resourceVersion = mod_revision, optimistic concurrency,
+//! generateName, uid, finalizers and graceful deletion, namespace lifecycle). Resource-specific
+//! rules come from [`crate::strategy`].
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::etcd::{Etcd, EtcdError, WriteOutcome, prefix_end};
+use crate::object::{self, meta, meta_str, set_meta};
+use crate::resources::{self, Resource};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, ApiResult};
+use crate::strategy;
+
+/// Options of a list request.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Label selector.
+    pub labels: LabelSelector,
+    /// Field selector.
+    pub fields: FieldSelector,
+    /// Page size (0 = everything).
+    pub limit: i64,
+    /// Continue token from a previous page.
+    pub continue_token: Option<String>,
+    /// `resourceVersion` parameter.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch` parameter.
+    pub resource_version_match: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// Matching objects.
+    pub items: Vec<Value>,
+    /// The revision the list was read at.
+    pub revision: i64,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+    /// Items left after this page (unfiltered lists only).
+    pub remaining: Option<i64>,
+}
+
+/// Options of a delete request.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `gracePeriodSeconds`.
+    pub grace_period: Option<i64>,
+    /// `propagationPolicy`: Orphan, Background, Foreground.
+    pub propagation: Option<String>,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// The outcome of a delete.
+#[derive(Debug, Clone)]
+pub struct Deleted {
+    /// The object as deleted (or as marked for deletion).
+    pub object: Value,
+    /// Whether it is gone from the store now (false: deletion pending finalizers/grace).
+    pub gone: bool,
+}
+
+/// The store of every resource.
+#[derive(Clone)]
+pub struct Registry {
+    etcd: Etcd,
+    prefix: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(rv: i64, start: &str) -> String {
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: start.into(),
+    };
+    base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {s:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(s)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s))
+        .map_err(|_| bad())?;
+    let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if t.v != "meta.k8s.io/v1" || t.rv <= 0 || t.start.contains("..") || t.start.starts_with('/') {
+        return Err(bad());
+    }
+    Ok(t)
+}
+
+/// Parses a resourceVersion parameter.
+pub fn parse_rv(s: &str) -> ApiResult<i64> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+}
+
+impl Registry {
+    /// A registry on `etcd` under `prefix` (normally `/registry`).
+    pub fn new(etcd: Etcd, prefix: &str) -> Self {
+        Registry {
+            etcd,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The store client.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, res: &Resource, ns: &str, name: &str) -> ApiResult<Value> {
+        Ok(self.get_raw(res, ns, name).await?.0)
+    }
+
+    async fn get_raw(&self, res: &Resource, ns: &str, name: &str) -> ApiResult<(Value, i64)> {
+        let key = object::key(&self.prefix, res, ns, name);
+        match self.etcd.get(&key).await? {
+            Some(kv) => Ok((
+                object::decode_stored(&kv.value, kv.mod_revision)?,
+                kv.mod_revision,
+            )),
+            None => Err(ApiError::not_found(res.group, res.resource, name)),
+        }
+    }
+
+    /// Lists objects of `res` in `ns` (all namespaces if empty).
+    pub async fn list(&self, res: &Resource, ns: &str, opts: &ListOptions) -> ApiResult<ListPage> {
+        let prefix = object::collection_prefix(&self.prefix, res, ns);
+        let end = prefix_end(&prefix);
+        let (mut start, mut revision, serializable) = match &opts.continue_token {
+            Some(tok) => {
+                let t = decode_continue(tok)?;
+                let mut s = prefix.clone();
+                s.extend_from_slice(t.start.as_bytes());
+                (s, t.rv, false)
+            }
+            None => {
+                let rv = opts.resource_version.as_deref().map(parse_rv).transpose()?;
+                match (rv, opts.resource_version_match.as_deref()) {
+                    (Some(rv), Some("Exact")) => (prefix.clone(), rv, false),
+                    (None, Some(m)) => {
+                        return Err(ApiError::bad_request(format!(
+                            "resourceVersionMatch: Forbidden: resourceVersionMatch {m:?} is forbidden unless resourceVersion is provided"
+                        )));
+                    }
+                    (_, Some(m)) if m != "NotOlderThan" && m != "Exact" => {
+                        return Err(ApiError::bad_request(format!(
+                            "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+                        )));
+                    }
+                    (Some(0), _) => (prefix.clone(), 0, true),
+                    _ => (prefix.clone(), 0, false),
+                }
+            }
+        };
+        let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let mut items = Vec::new();
+        let mut remaining = None;
+        let mut continue_token = None;
+        loop {
+            let want = if opts.limit > 0 {
+                opts.limit - items.len() as i64
+            } else {
+                0
+            };
+            let page = if filtered && want > 0 {
+                want.max(100)
+            } else {
+                want
+            };
+            let r = match self
+                .etcd
+                .range(&start, &end, page, revision, serializable)
+                .await
+            {
+                Ok(r) => r,
+                Err(EtcdError::Compacted { .. }) if opts.continue_token.is_some() => {
+                    return Err(ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+                    ));
+                }
+                Err(EtcdError::Compacted { .. }) => {
+                    return Err(ApiError::expired(format!(
+                        "too old resource version: {revision}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if revision == 0 {
+                revision = r.revision;
+            }
+            let n = r.kvs.len();
+            let mut last_key = None;
+            for (i, kv) in r.kvs.into_iter().enumerate() {
+                let obj = object::decode_stored(&kv.value, kv.mod_revision)?;
+                last_key = Some(kv.key);
+                if opts.labels.matches_object(&obj) && opts.fields.matches_object(&obj) {
+                    items.push(obj);
+                }
+                if opts.limit > 0 && items.len() as i64 >= opts.limit {
+                    let more = i + 1 < n || r.more;
+                    if more {
+                        let lk = last_key.take().unwrap_or_default();
+                        let suffix = String::from_utf8_lossy(&lk[prefix.len()..]).into_owned();
+                        continue_token = Some(encode_continue(revision, &format!("{suffix}\u{0}")));
+                        if !filtered {
+                            remaining = Some(r.count - (i as i64 + 1));
+                        }
+                    }
+                    return Ok(ListPage {
+                        items,
+                        revision,
+                        continue_token,
+                        remaining,
+                    });
+                }
+            }
+            if !r.more || opts.limit == 0 {
+                break;
+            }
+            match last_key {
+                Some(mut k) => {
+                    k.push(0);
+                    start = k;
+                }
+                None => break,
+            }
+        }
+        Ok(ListPage {
+            items,
+            revision,
+            continue_token,
+            remaining,
+        })
+    }
+
+    async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
+        let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
+        match self.get_raw(nsres, "", ns).await {
+            Ok((n, _)) => {
+                if !meta_str(&n, "deletionTimestamp").is_empty()
+                    || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+                {
+                    return Err(ApiError::forbidden(format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) if e.code == 404 => Err(ApiError::not_found("", "namespaces", ns)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an object. `ns` is the request namespace.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        if res.namespaced {
+            let body_ns = object::namespace(&obj).to_string();
+            if !body_ns.is_empty() && body_ns != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            set_meta(&mut obj, "namespace", json!(ns));
+            self.check_namespace(ns).await?;
+        } else if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("namespace");
+        }
+        {
+            let m = object::meta_mut(&mut obj);
+            for f in [
+                "uid",
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "generation",
+            ] {
+                m.remove(f);
+            }
+            m.insert("uid".into(), json!(object::new_uid()));
+            m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        }
+        strategy::default(res, &mut obj);
+        strategy::prepare_for_create(res, &mut obj);
+        let generate =
+            meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
+        strategy::validate(res, &obj)?;
+        for attempt in 0..8 {
+            if generate {
+                let base = meta_str(&obj, "generateName").to_string();
+                let base = if base.len() > 58 {
+                    base[..58].to_string()
+                } else {
+                    base
+                };
+                set_meta(
+                    &mut obj,
+                    "name",
+                    json!(format!("{base}{}", object::random_suffix(5))),
+                );
+                strategy::validate(res, &obj)?;
+            }
+            let name = object::name(&obj).to_string();
+            if dry_run {
+                return Ok(obj);
+            }
+            let key = object::key(&self.prefix, res, ns, &name);
+            match self.etcd.create(&key, object::encode_stored(&obj)).await? {
+                WriteOutcome::Written(rev) => {
+                    set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
+                    return Ok(obj);
+                }
+                WriteOutcome::Failed(_) if generate && attempt < 7 => continue,
+                WriteOutcome::Failed(_) => {
+                    return Err(ApiError::already_exists(res.group, res.resource, &name));
+                }
+            }
+        }
+        Err(ApiError::internal("could not generate a unique name"))
+    }
+
+    /// Replaces an object (PUT). `status_only` is the `/status` subresource. When `expected_rv`
+    /// is `None` the body's resourceVersion (if any) is the precondition.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        status_only: bool,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let body_name = object::name(&obj).to_string();
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if res.namespaced {
+            let body_ns = object::namespace(&obj).to_string();
+            if !body_ns.is_empty() && body_ns != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+        let (old, old_rv) = self.get_raw(res, ns, name).await?;
+        let body_rv = meta_str(&obj, "resourceVersion").to_string();
+        if !body_rv.is_empty() && parse_rv(&body_rv)? != old_rv {
+            return Err(ApiError::conflict(
+                res.group,
+                res.resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        // Fields the client cannot change through an update.
+        {
+            let om = meta(&old).clone();
+            let m = object::meta_mut(&mut obj);
+            m.insert("name".into(), json!(name));
+            for f in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "generation",
+            ] {
+                match om.get(f) {
+                    Some(v) => m.insert(f.into(), v.clone()),
+                    None => m.remove(f),
+                };
+            }
+            m.remove("selfLink");
+        }
+        if status_only {
+            strategy::prepare_for_status_update(&old, &mut obj);
+        } else {
+            strategy::default(res, &mut obj);
+            strategy::prepare_for_update(res, &old, &mut obj);
+        }
+        strategy::validate(res, &obj)?;
+        strategy::validate_update(res, &old, &obj)?;
+        self.write_update(res, ns, name, old, old_rv, obj, dry_run)
+            .await
+    }
+
+    /// Writes an already prepared update with `old_rv` as the precondition; a no-op returns the old
+    /// object unchanged (resourceVersion not bumped); removing the last finalizer of an object
+    /// marked for deletion deletes it.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        old: Value,
+        old_rv: i64,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        set_meta(&mut obj, "resourceVersion", json!(old_rv.to_string()));
+        if obj == old {
+            return Ok(old);
+        }
+        let key = object::key(&self.prefix, res, ns, name);
+        let finalizers_empty = meta(&obj)
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
+        let marked = !meta_str(&obj, "deletionTimestamp").is_empty();
+        let grace = meta(&obj)
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if marked && finalizers_empty && grace == 0 {
+            if dry_run {
+                return Ok(obj);
+            }
+            return match self.etcd.delete(&key, old_rv).await? {
+                WriteOutcome::Written(_) => Ok(obj),
+                WriteOutcome::Failed(_) => Err(ApiError::conflict(
+                    res.group,
+                    res.resource,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )),
+            };
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        match self
+            .etcd
+            .update(&key, object::encode_stored(&obj), old_rv)
+            .await?
+        {
+            WriteOutcome::Written(rev) => {
+                set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
+                Ok(obj)
+            }
+            WriteOutcome::Failed(None) => Err(ApiError::not_found(res.group, res.resource, name)),
+            WriteOutcome::Failed(Some(_)) => Err(ApiError::conflict(
+                res.group,
+                res.resource,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )),
+        }
+    }
+
+    /// Read-modify-write: reads the object, applies `f` to it and writes the result, retrying on
+    /// conflicts when the change carries no resourceVersion precondition of its own (patches).
+    pub async fn guaranteed_update<F>(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        dry_run: bool,
+        f: F,
+    ) -> ApiResult<Value>
+    where
+        F: Fn(&Value) -> ApiResult<Value>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            let mut obj = f(&old)?;
+            if !obj.is_object() {
+                return Err(ApiError::bad_request(
+                    "the patched object is not a JSON object",
+                ));
+            }
+            let precondition = meta_str(&obj, "resourceVersion").to_string();
+            if !precondition.is_empty() && parse_rv(&precondition)? != old_rv {
+                return Err(ApiError::conflict(
+                    res.group,
+                    res.resource,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let body_name = object::name(&obj).to_string();
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            {
+                let om = meta(&old).clone();
+                let m = object::meta_mut(&mut obj);
+                for f in [
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "namespace",
+                    "generation",
+                ] {
+                    match om.get(f) {
+                        Some(v) => m.insert(f.into(), v.clone()),
+                        None => m.remove(f),
+                    };
+                }
+            }
+            if status_only {
+                strategy::prepare_for_status_update(&old, &mut obj);
+            } else {
+                strategy::default(res, &mut obj);
+                strategy::prepare_for_update(res, &old, &mut obj);
+            }
+            strategy::validate(res, &obj)?;
+            strategy::validate_update(res, &old, &obj)?;
+            match self
+                .write_update(res, ns, name, old, old_rv, obj, dry_run)
+                .await
+            {
+                Err(e)
+                    if e.code == 409
+                        && e.reason == "Conflict"
+                        && precondition.is_empty()
+                        && attempts < 10 =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Read-modify-write without the update strategy: for server-internal changes such as a pod
+    /// binding, which set fields a client update may not. Retries on conflicts.
+    pub async fn modify<F>(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        dry_run: bool,
+        f: F,
+    ) -> ApiResult<Value>
+    where
+        F: Fn(&Value) -> ApiResult<Value>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            let obj = f(&old)?;
+            match self
+                .write_update(res, ns, name, old, old_rv, obj, dry_run)
+                .await
+            {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && attempts < 10 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Deletes an object, honouring finalizers, graceful pod deletion and propagation policy.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Deleted> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            if let Some(uid) = &opts.uid
+                && meta_str(&old, "uid") != uid
+            {
+                return Err(ApiError::conflict(
+                    res.group,
+                    res.resource,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&old, "uid")
+                    ),
+                ));
+            }
+            if let Some(rv) = &opts.resource_version
+                && parse_rv(rv)? != old_rv
+            {
+                return Err(ApiError::conflict(
+                    res.group,
+                    res.resource,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {old_rv}"
+                    ),
+                ));
+            }
+            let mut obj = old.clone();
+            let mut finalizers: Vec<Value> = meta(&obj)
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match opts.propagation.as_deref() {
+                Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+                    finalizers.push(json!("foregroundDeletion"))
+                }
+                Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+                    finalizers.push(json!("orphan"))
+                }
+                _ => {}
+            }
+            let graceful = res.kind == "Pod"
+                && !pod_terminated_or_unbound(&old)
+                && opts.grace_period != Some(0);
+            let namespace = res.kind == "Namespace";
+            let key = object::key(&self.prefix, res, ns, name);
+            if finalizers.is_empty() && !graceful && !namespace {
+                if opts.dry_run {
+                    return Ok(Deleted {
+                        object: old,
+                        gone: true,
+                    });
+                }
+                match self.etcd.delete(&key, old_rv).await? {
+                    WriteOutcome::Written(_) => {
+                        return Ok(Deleted {
+                            object: old,
+                            gone: true,
+                        });
+                    }
+                    WriteOutcome::Failed(_) if attempts < 10 => continue,
+                    WriteOutcome::Failed(_) => {
+                        return Err(ApiError::conflict(
+                            res.group,
+                            res.resource,
+                            name,
+                            "the object has been modified; please apply your changes to the latest version and try again",
+                        ));
+                    }
+                }
+            }
+            // Deferred deletion: mark it.
+            if meta_str(&obj, "deletionTimestamp").is_empty() {
+                let grace = if graceful {
+                    opts.grace_period
+                        .or_else(|| {
+                            obj.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(Value::as_i64)
+                        })
+                        .unwrap_or(30)
+                        .max(0)
+                } else {
+                    0
+                };
+                let at = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                set_meta(
+                    &mut obj,
+                    "deletionTimestamp",
+                    json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+                set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
+            } else if graceful {
+                // A shorter grace period may replace a longer one, as upstream.
+                if let Some(g) = opts.grace_period {
+                    let cur = meta(&obj)
+                        .get("deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(i64::MAX);
+                    if g < cur {
+                        set_meta(&mut obj, "deletionGracePeriodSeconds", json!(g));
+                    }
+                }
+            }
+            if !finalizers.is_empty() {
+                set_meta(&mut obj, "finalizers", Value::Array(finalizers));
+            }
+            if namespace {
+                obj["status"] = json!({"phase": "Terminating"});
+            }
+            if obj == old {
+                return Ok(Deleted {
+                    object: old,
+                    gone: false,
+                });
+            }
+            if opts.dry_run {
+                return Ok(Deleted {
+                    object: obj,
+                    gone: false,
+                });
+            }
+            match self
+                .etcd
+                .update(&key, object::encode_stored(&obj), old_rv)
+                .await?
+            {
+                WriteOutcome::Written(rev) => {
+                    set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
+                    return Ok(Deleted {
+                        object: obj,
+                        gone: false,
+                    });
+                }
+                WriteOutcome::Failed(_) if attempts < 10 => continue,
+                WriteOutcome::Failed(_) => {
+                    return Err(ApiError::conflict(
+                        res.group,
+                        res.resource,
+                        name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Removes a namespace whose content is gone and whose `spec.finalizers` is empty. Used by the
+    /// namespace finalize subresource and the namespace controller.
+    pub async fn namespace_is_empty(&self, ns: &str) -> ApiResult<bool> {
+        for r in resources::all()
+            .iter()
+            .filter(|r| r.namespaced && r.resource != "bindings")
+        {
+            let prefix = object::collection_prefix(&self.prefix, r, ns);
+            let got = self
+                .etcd
+                .range(&prefix, &prefix_end(&prefix), 1, 0, false)
+                .await?;
+            if !got.kvs.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Whether a pod can be deleted at once: not bound to a node, or already finished.
+fn pod_terminated_or_unbound(pod: &Value) -> bool {
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    !bound || phase == "Succeeded" || phase == "Failed"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_reject_garbage() {
+        let t = encode_continue(42, "default/b\u{0}");
+        let d = decode_continue(&t).unwrap();
+        assert_eq!((d.rv, d.start.as_str()), (42, "default/b\u{0}"));
+        assert_eq!(decode_continue("!!").unwrap_err().code, 400);
+        let evil = base64::engine::general_purpose::URL_SAFE
+            .encode(br#"{"v":"meta.k8s.io/v1","rv":3,"start":"../x"}"#);
+        assert_eq!(decode_continue(&evil).unwrap_err().code, 400);
+    }
+}

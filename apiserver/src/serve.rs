@@ -1,0 +1,306 @@
+//! Serving: TLS (rustls, ALPN h2 and http/1.1), client-certificate identities per connection, the
+//! filter chain around the handler, and the accept loop.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::config::Config;
+use crate::etcd::{Etcd, EtcdTls};
+use crate::filters::{self, ChainConfig, PeerIdentity};
+use crate::handlers::{self, ApiState};
+use crate::registry::Registry;
+use crate::request_info::RequestInfo;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| StartError(format!("{}: {e}", path.display())))?
+        .collect();
+    let certs = certs.map_err(|e| StartError(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(StartError(format!(
+            "{}: no certificates found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, StartError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| StartError(format!("{}: {e}", path.display())))
+}
+
+/// Writes (or reuses) a self-signed serving certificate in `dir`, as kube-apiserver does without
+/// `--tls-cert-file`.
+fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), StartError> {
+    let cert = dir.join("apiserver.crt");
+    let key = dir.join("apiserver.key");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError(format!("--cert-dir {}: {e}", dir.display())))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| StartError(format!("generating a self-signed certificate: {e}")))?;
+    std::fs::write(&cert, ck.cert.pem())
+        .map_err(|e| StartError(format!("{}: {e}", cert.display())))?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())
+        .map_err(|e| StartError(format!("{}: {e}", key.display())))?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed serving certificate");
+    Ok((cert, key))
+}
+
+/// Builds the rustls server configuration from the flags.
+pub fn tls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
+    let (cert_path, key_path) = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => self_signed(&config.cert_dir)?,
+        _ => {
+            return Err(StartError(
+                "--tls-cert-file and --tls-private-key-file must be given together".into(),
+            ));
+        }
+    };
+    let certs = load_certs(&cert_path)?;
+    let key = load_key(&key_path)?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &config.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| StartError(format!("--client-ca-file {}: {e}", ca.display())))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| StartError(format!("--client-ca-file {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError(format!("--tls-cert-file/--tls-private-key-file: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The identity in a verified client certificate: CN and O of the subject.
+pub fn peer_identity(cert: &CertificateDer<'_>) -> PeerIdentity {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => {
+            let subject = c.subject();
+            let common_name = subject
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_string);
+            let organizations = subject
+                .iter_organization()
+                .filter_map(|a| a.as_str().ok().map(str::to_string))
+                .collect();
+            PeerIdentity {
+                common_name,
+                organizations,
+            }
+        }
+        Err(_) => PeerIdentity::default(),
+    }
+}
+
+/// The router with the whole filter chain.
+pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
+    let handler = move |State(state): State<Arc<ApiState>>, req: Request| async move {
+        let info = req
+            .extensions()
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_default();
+        handlers::handle(state, info, req).await
+    };
+    Router::new().fallback(handler).with_state(state).layer(
+        ServiceBuilder::new()
+            .layer(from_fn(filters::recover_panics))
+            .layer(from_fn(filters::with_request_info))
+            .layer(from_fn_with_state(chain.clone(), filters::with_metrics))
+            .layer(from_fn_with_state(chain.clone(), filters::with_timeout))
+            .layer(from_fn_with_state(chain.clone(), filters::authenticate))
+            .layer(from_fn_with_state(chain.clone(), filters::max_in_flight))
+            .layer(from_fn(filters::authorize)),
+    )
+}
+
+/// The namespaces every cluster has (created by kube-apiserver's bootstrap controller).
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the system namespaces once the store answers; several apiservers racing is fine.
+async fn bootstrap(registry: Registry, shutdown: CancellationToken) {
+    let nsres = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let mut pending: Vec<&str> = SYSTEM_NAMESPACES.to_vec();
+    while !pending.is_empty() && !shutdown.is_cancelled() {
+        let mut left = Vec::new();
+        for ns in pending {
+            let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match registry.create(nsres, "", obj, false).await {
+                Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
+                Err(e) if e.code == 409 => {}
+                Err(e) => {
+                    tracing::debug!(namespace = ns, error = %e, "system namespace not created yet");
+                    left.push(ns);
+                }
+            }
+        }
+        pending = left;
+        if !pending.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Runs `keelson apiserver` until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let modes: Vec<&str> = config
+        .authorization_mode
+        .split(',')
+        .map(str::trim)
+        .collect();
+    if modes != ["AlwaysAllow"] {
+        return Err(StartError(format!(
+            "--authorization-mode={}: only AlwaysAllow is available in this build (RBAC and Node arrive with the security chain)",
+            config.authorization_mode
+        )));
+    }
+    tracing::warn!("authorization mode AlwaysAllow: every authenticated request is allowed");
+    let etcd = Etcd::new(
+        &config.etcd_servers,
+        &EtcdTls {
+            ca_file: config.etcd_cafile.clone(),
+            cert_file: config.etcd_certfile.clone(),
+            key_file: config.etcd_keyfile.clone(),
+        },
+    )
+    .map_err(StartError)?;
+    let tls = Arc::new(tls_config(&config)?);
+    let metrics = crate::metrics::Metrics::new();
+    let advertise = format!(
+        "{}:{}",
+        config.advertise_address.unwrap_or(config.bind_address),
+        config.secure_port
+    );
+    let state = Arc::new(ApiState {
+        registry: Registry::new(etcd, &config.etcd_prefix),
+        min_request_timeout: config.min_request_timeout,
+        advertise,
+        metrics: metrics.clone(),
+    });
+    let limit = |n: usize| {
+        if n == 0 {
+            None
+        } else {
+            Some(Arc::new(Semaphore::new(n)))
+        }
+    };
+    let chain = Arc::new(ChainConfig {
+        request_timeout: config.request_timeout,
+        anonymous_auth: config.anonymous_auth,
+        readonly: limit(config.max_requests_inflight),
+        mutating: limit(config.max_mutating_requests_inflight),
+        metrics,
+    });
+    tokio::spawn(bootstrap(state.registry.clone(), shutdown.clone()));
+    let app = app(state, chain);
+    let addr = SocketAddr::new(config.bind_address, config.secure_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("listen on {addr}: {e}")))?;
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), etcd = ?config.etcd_servers, "Serving securely");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(peer_identity)
+                .unwrap_or_default();
+            let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(identity.clone());
+                let app = app.clone();
+                async move {
+                    let req = req.map(Body::new);
+                    app.oneshot(req).await.map(|r: Response| r)
+                }
+            });
+            let conn = auto::Builder::new(TokioExecutor::new());
+            let serve = conn
+                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));
+            tokio::select! {
+                r = serve => {
+                    if let Err(e) = r {
+                        tracing::debug!(remote = %remote, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,788 @@
+//! Per-resource strategies, the way Kubernetes' registry is organised: defaulting, validation,
+//! the spec/status split and generation bumps. Each function dispatches on the resource; resources
+//! without special rules get the common metadata checks only.
+
+use serde_json::{Value, json};
+
+use crate::object::{meta, meta_str};
+use crate::resources::Resource;
+use crate::selectors::{valid_dns_label, valid_qualified_name_part};
+use crate::status::{ApiError, Cause};
+
+/// Whether the resource keeps `.status` apart from the main endpoint (a `/status` subresource).
+pub fn has_status_split(res: &Resource) -> bool {
+    res.has_sub(crate::resources::Sub::Status)
+}
+
+/// Whether `metadata.generation` is maintained (resources with a spec).
+fn tracks_generation(res: &Resource) -> bool {
+    matches!(
+        res.kind,
+        "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "CronJob"
+            | "ReplicationController"
+            | "Pod"
+            | "Service"
+            | "PersistentVolumeClaim"
+            | "Ingress"
+            | "NetworkPolicy"
+            | "PodDisruptionBudget"
+            | "PriorityClass"
+            | "ResourceQuota"
+    )
+}
+
+/// A DNS-1123 subdomain: lower-case labels joined by dots, at most 253 characters.
+pub fn valid_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+fn name_rule(res: &Resource) -> (fn(&str) -> bool, &'static str) {
+    match res.kind {
+        "Namespace" | "Service" => (
+            valid_dns_label,
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        // RBAC names are path segments only.
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => (
+            |s: &str| {
+                !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('%')
+            },
+            "may not contain '/' or '%' and may not be '.' or '..'",
+        ),
+        _ => (
+            valid_dns_subdomain,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        ),
+    }
+}
+
+fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
+    if let Some(labels) = meta(obj).get("labels") {
+        let Some(m) = labels.as_object() else {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                "metadata.labels",
+                "must be a map of strings",
+            ));
+            return;
+        };
+        for (k, v) in m {
+            let key_ok = match k.rsplit_once('/') {
+                Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
+                None => valid_qualified_name_part(k),
+            };
+            if !key_ok {
+                causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+            }
+            match v.as_str() {
+                Some(s) if s.is_empty() || valid_qualified_name_part(s) => {}
+                _ => causes.push(Cause::new("FieldValueInvalid", &format!("metadata.labels.{k}"), format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))),
+            }
+        }
+    }
+    if let Some(ann) = meta(obj).get("annotations") {
+        let Some(m) = ann.as_object() else {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                "metadata.annotations",
+                "must be a map of strings",
+            ));
+            return;
+        };
+        let mut total = 0;
+        for (k, v) in m {
+            let key_ok = match k.rsplit_once('/') {
+                Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
+                None => valid_qualified_name_part(k),
+            };
+            if !key_ok {
+                causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+            }
+            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
+        }
+        if total > 256 * 1024 {
+            causes.push(Cause::new(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+            ));
+        }
+    }
+}
+
+fn set_default(obj: &mut Value, path: &[&str], v: Value) {
+    let mut cur = obj;
+    for (i, seg) in path.iter().enumerate() {
+        if !cur.is_object() {
+            return;
+        }
+        if i == path.len() - 1 {
+            if cur.get(*seg).is_none_or(Value::is_null) {
+                cur[*seg] = v;
+            }
+            return;
+        }
+        if cur.get(*seg).is_none_or(Value::is_null) {
+            cur[*seg] = json!({});
+        }
+        cur = &mut cur[*seg];
+    }
+}
+
+fn default_container(c: &mut Value) {
+    if c.get("imagePullPolicy").is_none_or(Value::is_null) {
+        let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+        let last = image.rsplit('/').next().unwrap_or("");
+        let tag = if image.contains('@') {
+            None
+        } else {
+            last.split_once(':').map(|(_, t)| t)
+        };
+        let policy = match tag {
+            None | Some("latest") if !image.contains('@') => "Always",
+            _ => "IfNotPresent",
+        };
+        c["imagePullPolicy"] = json!(policy);
+    }
+    set_default(
+        c,
+        &["terminationMessagePath"],
+        json!("/dev/termination-log"),
+    );
+    set_default(c, &["terminationMessagePolicy"], json!("File"));
+    set_default(c, &["resources"], json!({}));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            set_default(p, &["protocol"], json!("TCP"));
+        }
+    }
+}
+
+/// Defaults of a pod spec, as upstream's `SetDefaults_PodSpec` and friends.
+pub fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    set_default(spec, &["restartPolicy"], json!("Always"));
+    set_default(spec, &["dnsPolicy"], json!("ClusterFirst"));
+    set_default(spec, &["terminationGracePeriodSeconds"], json!(30));
+    set_default(spec, &["schedulerName"], json!("default-scheduler"));
+    set_default(spec, &["securityContext"], json!({}));
+    set_default(spec, &["enableServiceLinks"], json!(true));
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                default_container(c);
+            }
+        }
+    }
+}
+
+fn default_template(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+/// Applies the defaults of `res` to a new or updated object.
+pub fn default(res: &Resource, obj: &mut Value) {
+    match res.kind {
+        "Pod" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+        }
+        "Namespace" => {
+            set_default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+        }
+        "Service" => {
+            set_default(obj, &["spec", "type"], json!("ClusterIP"));
+            set_default(obj, &["spec", "sessionAffinity"], json!("None"));
+            set_default(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
+            if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    set_default(p, &["protocol"], json!("TCP"));
+                    if p.get("targetPort").is_none()
+                        && let Some(port) = p.get("port").cloned()
+                    {
+                        p["targetPort"] = port;
+                    }
+                }
+            }
+        }
+        "Deployment" => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
+            set_default(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
+            if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+                set_default(
+                    obj,
+                    &["spec", "strategy", "rollingUpdate", "maxUnavailable"],
+                    json!("25%"),
+                );
+                set_default(
+                    obj,
+                    &["spec", "strategy", "rollingUpdate", "maxSurge"],
+                    json!("25%"),
+                );
+            }
+            default_template(obj);
+        }
+        "ReplicaSet" | "ReplicationController" => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            default_template(obj);
+        }
+        "StatefulSet" => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
+            set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            set_default(
+                obj,
+                &["spec", "updateStrategy", "type"],
+                json!("RollingUpdate"),
+            );
+            default_template(obj);
+        }
+        "DaemonSet" => {
+            set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            set_default(
+                obj,
+                &["spec", "updateStrategy", "type"],
+                json!("RollingUpdate"),
+            );
+            default_template(obj);
+        }
+        "Job" => {
+            set_default(obj, &["spec", "backoffLimit"], json!(6));
+            set_default(obj, &["spec", "completionMode"], json!("NonIndexed"));
+            set_default(obj, &["spec", "suspend"], json!(false));
+            if obj.pointer("/spec/parallelism").is_none() {
+                set_default(obj, &["spec", "parallelism"], json!(1));
+            }
+            if obj.pointer("/spec/completions").is_none() {
+                set_default(obj, &["spec", "completions"], json!(1));
+            }
+            default_template(obj);
+        }
+        "CronJob" => {
+            set_default(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
+            set_default(obj, &["spec", "suspend"], json!(false));
+            set_default(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
+            set_default(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
+            if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+                default_pod_spec(spec);
+            }
+        }
+        "Secret" => {
+            set_default(obj, &["type"], json!("Opaque"));
+        }
+        _ => {}
+    }
+}
+
+fn require(obj: &Value, pointer: &str, field: &str, causes: &mut Vec<Cause>) {
+    if obj.pointer(pointer).is_none_or(Value::is_null) {
+        causes.push(Cause::new("FieldValueRequired", field, "Required value"));
+    }
+}
+
+fn validate_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
+    match spec.get("containers").and_then(Value::as_array) {
+        Some(cs) if !cs.is_empty() => {
+            let mut seen = std::collections::HashSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                let n = c.get("name").and_then(Value::as_str).unwrap_or("");
+                if n.is_empty() {
+                    causes.push(Cause::new(
+                        "FieldValueRequired",
+                        &format!("{base}.containers[{i}].name"),
+                        "Required value",
+                    ));
+                } else if !valid_dns_label(n) {
+                    causes.push(Cause::new("FieldValueInvalid", &format!("{base}.containers[{i}].name"), format!("Invalid value: {n:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character")));
+                } else if !seen.insert(n.to_string()) {
+                    causes.push(Cause::new(
+                        "FieldValueDuplicate",
+                        &format!("{base}.containers[{i}].name"),
+                        format!("Duplicate value: {n:?}"),
+                    ));
+                }
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    causes.push(Cause::new(
+                        "FieldValueRequired",
+                        &format!("{base}.containers[{i}].image"),
+                        "Required value",
+                    ));
+                }
+            }
+        }
+        _ => causes.push(Cause::new(
+            "FieldValueRequired",
+            &format!("{base}.containers"),
+            "Required value",
+        )),
+    }
+    if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str)
+        && !matches!(rp, "Always" | "OnFailure" | "Never")
+    {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            &format!("{base}.restartPolicy"),
+            format!(
+                "Unsupported value: {rp:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
+            ),
+        ));
+    }
+}
+
+fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(sel) = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+    else {
+        if obj.pointer("/spec/selector").is_none() {
+            causes.push(Cause::new(
+                "FieldValueRequired",
+                "spec.selector",
+                "Required value",
+            ));
+        }
+        return;
+    };
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
+    let ok = sel
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    if !ok {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "spec.template.metadata.labels",
+            format!(
+                "Invalid value: {}: `selector` does not match template `labels`",
+                serde_json::to_string(&labels).unwrap_or_default()
+            ),
+        ));
+    }
+}
+
+/// Validates an object of `res` (after defaulting). `ns` is the request namespace.
+pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    let name = meta_str(obj, "name");
+    let (ok, why) = name_rule(res);
+    if name.is_empty() {
+        if meta_str(obj, "generateName").is_empty() {
+            causes.push(Cause::new(
+                "FieldValueRequired",
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ));
+        }
+    } else if !ok(name) {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!("Invalid value: {name:?}: {why}"),
+        ));
+    }
+    validate_labels(obj, &mut causes);
+    match res.kind {
+        "Pod" => match obj.get("spec") {
+            Some(spec) => validate_containers(spec, "spec", &mut causes),
+            None => causes.push(Cause::new(
+                "FieldValueRequired",
+                "spec.containers",
+                "Required value",
+            )),
+        },
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            validate_selector_matches_template(obj, &mut causes);
+            match obj.pointer("/spec/template/spec") {
+                Some(spec) => validate_containers(spec, "spec.template.spec", &mut causes),
+                None => causes.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.template.spec.containers",
+                    "Required value",
+                )),
+            }
+            if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+                && r < 0
+            {
+                causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    "spec.replicas",
+                    format!("Invalid value: {r}: must be greater than or equal to 0"),
+                ));
+            }
+        }
+        "Job" => {
+            match obj.pointer("/spec/template/spec") {
+                Some(spec) => {
+                    validate_containers(spec, "spec.template.spec", &mut causes);
+                    match spec.get("restartPolicy").and_then(Value::as_str) {
+                    Some("OnFailure") | Some("Never") => {}
+                    other => causes.push(Cause::new("FieldValueNotSupported", "spec.template.spec.restartPolicy", format!("Unsupported value: {:?}: supported values: \"OnFailure\", \"Never\"", other.unwrap_or("")))),
+                }
+                }
+                None => causes.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.template.spec.containers",
+                    "Required value",
+                )),
+            }
+        }
+        "CronJob" => {
+            require(obj, "/spec/schedule", "spec.schedule", &mut causes);
+            require(obj, "/spec/jobTemplate", "spec.jobTemplate", &mut causes);
+        }
+        "Service" => {
+            let ty = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
+            if !matches!(
+                ty,
+                "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+            ) {
+                causes.push(Cause::new("FieldValueNotSupported", "spec.type", format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"")));
+            }
+            let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+            let ports = obj.pointer("/spec/ports").and_then(Value::as_array);
+            if ty != "ExternalName" && !headless && ports.is_none_or(|p| p.is_empty()) {
+                causes.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.ports",
+                    "Required value",
+                ));
+            }
+            for (i, p) in ports.into_iter().flatten().enumerate() {
+                match p.get("port").and_then(Value::as_i64) {
+                    Some(n) if (1..=65535).contains(&n) => {}
+                    Some(n) => causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        &format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    )),
+                    None => causes.push(Cause::new(
+                        "FieldValueRequired",
+                        &format!("spec.ports[{i}].port"),
+                        "Required value",
+                    )),
+                }
+                if ports.is_some_and(|ps| ps.len() > 1)
+                    && p.get("name")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    causes.push(Cause::new(
+                        "FieldValueRequired",
+                        &format!("spec.ports[{i}].name"),
+                        "Required value",
+                    ));
+                }
+            }
+        }
+        "Lease" => {}
+        "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
+        "PriorityClass" => require(obj, "/value", "value", &mut causes),
+        _ => {}
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(res.group, res.kind, name, causes))
+    }
+}
+
+/// Validates an update against the old object: immutable fields.
+pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    let name = meta_str(new, "name");
+    let immutable: &[(&str, &str)] = match res.kind {
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            &[("/spec/selector", "spec.selector")]
+        }
+        "Job" => &[
+            ("/spec/selector", "spec.selector"),
+            ("/spec/template", "spec.template"),
+            ("/spec/completionMode", "spec.completionMode"),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => &[("/roleRef", "roleRef")],
+        "PriorityClass" => &[("/value", "value")],
+        _ => &[],
+    };
+    for (ptr, field) in immutable {
+        if old.pointer(ptr) != new.pointer(ptr) {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                field,
+                "Invalid value: field is immutable",
+            ));
+        }
+    }
+    if matches!(res.kind, "ConfigMap" | "Secret") && old.get("immutable") == Some(&json!(true)) {
+        for f in ["data", "binaryData", "stringData"] {
+            if old.get(f) != new.get(f) {
+                causes.push(Cause::new(
+                    "FieldValueForbidden",
+                    f,
+                    "Forbidden: field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
+    if res.kind == "Pod" {
+        let strip = |v: &Value| {
+            let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+            if let Some(m) = s.as_object_mut() {
+                m.remove("activeDeadlineSeconds");
+                m.remove("tolerations");
+                m.remove("schedulingGates");
+            }
+            for list in ["containers", "initContainers"] {
+                if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+                    for c in cs {
+                        if let Some(m) = c.as_object_mut() {
+                            m.remove("image");
+                        }
+                    }
+                }
+            }
+            s
+        };
+        if strip(old) != strip(new) {
+            causes.push(Cause::new("FieldValueForbidden", "spec", "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(res.group, res.kind, name, causes))
+    }
+}
+
+/// Fields that are neither metadata nor status: what a generation bump watches.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    v
+}
+
+/// Prepares a new object: clears status where the client may not set it, sets generation and
+/// resource-specific initial status.
+pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
+    if has_status_split(res)
+        && res.kind != "Node"
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
+    }
+    if tracks_generation(res) {
+        crate::object::set_meta(obj, "generation", json!(1));
+    }
+    match res.kind {
+        "Namespace" => obj["status"] = json!({"phase": "Active"}),
+        "Pod" => {
+            obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
+        }
+        "Service" => obj["status"] = json!({"loadBalancer": {}}),
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "CronJob"
+        | "ReplicationController" => {
+            obj["status"] = json!({});
+        }
+        _ => {}
+    }
+}
+
+/// Prepares an update of the main resource: keeps the old status where status is split off,
+/// bumps generation on spec changes.
+pub fn prepare_for_update(res: &Resource, old: &Value, new: &mut Value) {
+    if has_status_split(res) {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    if tracks_generation(res) {
+        let g = meta(old)
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let g = if spec_part(old) != spec_part(new) {
+            g + 1
+        } else {
+            g
+        };
+        crate::object::set_meta(new, "generation", json!(g));
+    }
+}
+
+/// Prepares an update through `/status`: only `.status` (and, as upstream, nothing of the spec or
+/// metadata other than what the old object had) changes.
+pub fn prepare_for_status_update(old: &Value, new: &mut Value) {
+    let status = new.get("status").cloned();
+    let mut merged = old.clone();
+    match status {
+        Some(s) => merged["status"] = s,
+        None => {
+            if let Some(m) = merged.as_object_mut() {
+                m.remove("status");
+            }
+        }
+    }
+    *new = merged;
+}
+
+/// The pod QoS class from its containers' requests and limits.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let cs: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &cs {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|l| l.get(r));
+            let q = req.and_then(|q| q.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The field selector fields a resource supports (beyond metadata.name/namespace).
+pub fn field_selector_fields(res: &Resource) -> &'static [&'static str] {
+    match res.kind {
+        "Pod" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "Event" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reportingController",
+        ],
+        "Node" => &["metadata.name", "spec.unschedulable"],
+        "Namespace" => &["metadata.name", "status.phase"],
+        "Secret" => &["metadata.name", "metadata.namespace", "type"],
+        "ReplicaSet" | "ReplicationController" => {
+            &["metadata.name", "metadata.namespace", "status.replicas"]
+        }
+        "Job" => &["metadata.name", "metadata.namespace", "status.successful"],
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            &["metadata.name", "metadata.namespace", "status.phase"]
+        }
+        _ => &["metadata.name", "metadata.namespace"],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn pod_defaults_and_validation() {
+        let pods = find("", "v1", "pods").unwrap();
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx"}, {"name": "d", "image": "busybox:1.36"}]}});
+        default(pods, &mut p);
+        assert_eq!(p["spec"]["restartPolicy"], "Always");
+        assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(
+            p["spec"]["containers"][1]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        validate(pods, &p).unwrap();
+        let bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": []}});
+        let e = validate(pods, &bad).unwrap_err();
+        assert_eq!(e.code, 422);
+        let fields: Vec<_> = e.details.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "spec.containers"]);
+    }
+
+    #[test]
+    fn generation_bumps_only_on_spec_changes() {
+        let d = find("apps", "v1", "deployments").unwrap();
+        let old = json!({"metadata": {"name": "d", "generation": 3}, "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let mut same =
+            json!({"metadata": {"name": "d", "labels": {"a": "b"}}, "spec": {"replicas": 1}});
+        prepare_for_update(d, &old, &mut same);
+        assert_eq!(same["metadata"]["generation"], 3);
+        assert_eq!(same["status"]["replicas"], 1);
+        let mut changed = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}});
+        prepare_for_update(d, &old, &mut changed);
+        assert_eq!(changed["metadata"]["generation"], 4);
+    }
+}

@@ -1,0 +1,885 @@
+//! Server-side printing: `meta.k8s.io/v1` Table responses with upstream's columns per resource,
+//! so `kubectl get` shows the same columns it shows against kube-apiserver.
+
+use serde_json::{Value, json};
+
+use crate::object::{human_age, meta, meta_str};
+use crate::resources::Resource;
+
+/// A column definition: name, type, format, priority (0 = default, 1 = `-o wide`).
+type Col = (&'static str, &'static str, &'static str, u8);
+
+const NAME: Col = ("Name", "string", "name", 0);
+const AGE: Col = ("Age", "string", "", 0);
+
+/// The columns of `res`.
+pub fn columns(res: &Resource) -> Vec<Col> {
+    match res.kind {
+        "Pod" => vec![
+            NAME,
+            ("Ready", "string", "", 0),
+            ("Status", "string", "", 0),
+            ("Restarts", "string", "", 0),
+            AGE,
+            ("IP", "string", "", 1),
+            ("Node", "string", "", 1),
+            ("Nominated Node", "string", "", 1),
+            ("Readiness Gates", "string", "", 1),
+        ],
+        "Namespace" => vec![NAME, ("Status", "string", "", 0), AGE],
+        "Node" => vec![
+            NAME,
+            ("Status", "string", "", 0),
+            ("Roles", "string", "", 0),
+            AGE,
+            ("Version", "string", "", 0),
+            ("Internal-IP", "string", "", 1),
+            ("External-IP", "string", "", 1),
+            ("OS-Image", "string", "", 1),
+            ("Kernel-Version", "string", "", 1),
+            ("Container-Runtime", "string", "", 1),
+        ],
+        "Service" => vec![
+            NAME,
+            ("Type", "string", "", 0),
+            ("Cluster-IP", "string", "", 0),
+            ("External-IP", "string", "", 0),
+            ("Port(s)", "string", "", 0),
+            AGE,
+            ("Selector", "string", "", 1),
+        ],
+        "Deployment" => vec![
+            NAME,
+            ("Ready", "string", "", 0),
+            ("Up-to-date", "string", "", 0),
+            ("Available", "string", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+            ("Selector", "string", "", 1),
+        ],
+        "ReplicaSet" | "ReplicationController" => vec![
+            NAME,
+            ("Desired", "integer", "", 0),
+            ("Current", "integer", "", 0),
+            ("Ready", "integer", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+            ("Selector", "string", "", 1),
+        ],
+        "StatefulSet" => vec![
+            NAME,
+            ("Ready", "string", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            ("Desired", "integer", "", 0),
+            ("Current", "integer", "", 0),
+            ("Ready", "integer", "", 0),
+            ("Up-to-date", "integer", "", 0),
+            ("Available", "integer", "", 0),
+            ("Node Selector", "string", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+            ("Selector", "string", "", 1),
+        ],
+        "Job" => vec![
+            NAME,
+            ("Status", "string", "", 0),
+            ("Completions", "string", "", 0),
+            ("Duration", "string", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+            ("Selector", "string", "", 1),
+        ],
+        "CronJob" => vec![
+            NAME,
+            ("Schedule", "string", "", 0),
+            ("Timezone", "string", "", 0),
+            ("Suspend", "boolean", "", 0),
+            ("Active", "integer", "", 0),
+            ("Last Schedule", "string", "", 0),
+            AGE,
+            ("Containers", "string", "", 1),
+            ("Images", "string", "", 1),
+            ("Selector", "string", "", 1),
+        ],
+        "ConfigMap" => vec![NAME, ("Data", "string", "", 0), AGE],
+        "Secret" => vec![
+            NAME,
+            ("Type", "string", "", 0),
+            ("Data", "string", "", 0),
+            AGE,
+        ],
+        "ServiceAccount" => vec![NAME, ("Secrets", "string", "", 0), AGE],
+        "Endpoints" => vec![NAME, ("Endpoints", "string", "", 0), AGE],
+        "EndpointSlice" => vec![
+            NAME,
+            ("AddressType", "string", "", 0),
+            ("Ports", "string", "", 0),
+            ("Endpoints", "string", "", 0),
+            AGE,
+        ],
+        "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "Event" if res.group.is_empty() => vec![
+            ("Last Seen", "string", "", 0),
+            ("Type", "string", "", 0),
+            ("Reason", "string", "", 0),
+            ("Object", "string", "", 0),
+            ("Message", "string", "", 0),
+        ],
+        "PriorityClass" => vec![
+            NAME,
+            ("Value", "integer", "", 0),
+            ("Global-Default", "boolean", "", 0),
+            AGE,
+            ("PreemptionPolicy", "string", "", 0),
+        ],
+        "Role" | "ClusterRole" => vec![NAME, ("Created At", "string", "date", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            ("Role", "string", "", 0),
+            AGE,
+            ("Users", "string", "", 1),
+            ("Groups", "string", "", 1),
+            ("ServiceAccounts", "string", "", 1),
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            ("Status", "string", "", 0),
+            ("Volume", "string", "", 0),
+            ("Capacity", "string", "", 0),
+            ("Access Modes", "string", "", 0),
+            ("StorageClass", "string", "", 0),
+            AGE,
+        ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            ("Min Available", "string", "", 0),
+            ("Max Unavailable", "string", "", 0),
+            ("Allowed Disruptions", "integer", "", 0),
+            AGE,
+        ],
+        _ => vec![NAME, AGE],
+    }
+}
+
+fn s(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn i(v: Option<&Value>) -> i64 {
+    v.and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+fn containers_and_images(obj: &Value, pointer: &str) -> (String, String) {
+    let cs = obj
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<String> = cs.iter().map(|c| s(c.get("name"))).collect();
+    let images: Vec<String> = cs.iter().map(|c| s(c.get("image"))).collect();
+    (names.join(","), images.join(","))
+}
+
+fn selector_string(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else {
+        return "<none>".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in ml {
+            parts.push(format!("{k}={}", s(Some(v))));
+        }
+    } else if let Some(m) = sel.as_object()
+        && !m.contains_key("matchExpressions")
+    {
+        for (k, v) in m {
+            parts.push(format!("{k}={}", s(Some(v))));
+        }
+    }
+    if let Some(me) = sel.get("matchExpressions").and_then(Value::as_array) {
+        for e in me {
+            let vals: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|v| s(Some(v))).collect())
+                .unwrap_or_default();
+            let op = s(e.get("operator"));
+            let key = s(e.get("key"));
+            parts.push(match op.as_str() {
+                "In" => format!("{key} in ({})", vals.join(",")),
+                "NotIn" => format!("{key} notin ({})", vals.join(",")),
+                "Exists" => key,
+                "DoesNotExist" => format!("!{key}"),
+                _ => format!("{key} {op}"),
+            });
+        }
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn pod_cells(p: &Value) -> Vec<Value> {
+    let specs = p
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    let statuses = p
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready") == Some(&json!(true)))
+        .count();
+    let restarts: i64 = statuses.iter().map(|c| i(c.get("restartCount"))).sum();
+    let mut reason = s(p.pointer("/status/reason"));
+    if reason.is_empty() {
+        reason = s(p.pointer("/status/phase"));
+    }
+    for c in &statuses {
+        if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            reason = w.to_string();
+        } else if let Some(t) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
+            reason = t.to_string();
+        }
+    }
+    if !meta_str(p, "deletionTimestamp").is_empty() {
+        reason = "Terminating".into();
+    }
+    let ip = or_none(s(p.pointer("/status/podIP")));
+    let node = or_none(s(p.pointer("/spec/nodeName")));
+    let nominated = or_none(s(p.pointer("/status/nominatedNodeName")));
+    vec![
+        json!(meta_str(p, "name")),
+        json!(format!("{ready}/{specs}")),
+        json!(reason),
+        json!(restarts.to_string()),
+        json!(human_age(meta_str(p, "creationTimestamp"))),
+        json!(ip),
+        json!(node),
+        json!(nominated),
+        json!("<none>"),
+    ]
+}
+
+fn service_ports(svc: &Value) -> String {
+    let ports = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let out: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let proto = s(p.get("protocol"));
+            let proto = if proto.is_empty() {
+                "TCP".into()
+            } else {
+                proto
+            };
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(np) => format!("{}:{np}/{proto}", i(p.get("port"))),
+                None => format!("{}/{proto}", i(p.get("port"))),
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        "<none>".into()
+    } else {
+        out.join(",")
+    }
+}
+
+fn node_cells(n: &Value) -> Vec<Value> {
+    let conds = n
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = conds
+        .iter()
+        .find(|c| c.get("type") == Some(&json!("Ready")));
+    let mut status = match ready.and_then(|c| c.get("status")).and_then(Value::as_str) {
+        Some("True") => "Ready".to_string(),
+        _ => "NotReady".to_string(),
+    };
+    if n.pointer("/spec/unschedulable") == Some(&json!(true)) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<String> = meta(n)
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| {
+                    k.strip_prefix("node-role.kubernetes.io/")
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    roles.sort();
+    let addr = |t: &str| {
+        n.pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!(t))))
+            .map(|x| s(x.get("address")))
+            .unwrap_or_else(|| "<none>".into())
+    };
+    vec![
+        json!(meta_str(n, "name")),
+        json!(status),
+        json!(if roles.is_empty() {
+            "<none>".to_string()
+        } else {
+            roles.join(",")
+        }),
+        json!(human_age(meta_str(n, "creationTimestamp"))),
+        json!(s(n.pointer("/status/nodeInfo/kubeletVersion"))),
+        json!(addr("InternalIP")),
+        json!(addr("ExternalIP")),
+        json!(or_none(s(n.pointer("/status/nodeInfo/osImage")))),
+        json!(or_none(s(n.pointer("/status/nodeInfo/kernelVersion")))),
+        json!(or_none(s(
+            n.pointer("/status/nodeInfo/containerRuntimeVersion")
+        ))),
+    ]
+}
+
+/// The cells of one row.
+pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
+    let name = json!(meta_str(o, "name"));
+    let age = json!(human_age(meta_str(o, "creationTimestamp")));
+    let tmpl = "/spec/template/spec/containers";
+    match res.kind {
+        "Pod" => pod_cells(o),
+        "Namespace" => vec![name, json!(s(o.pointer("/status/phase"))), age],
+        "Node" => node_cells(o),
+        "Service" => {
+            let ty = s(o.pointer("/spec/type"));
+            let ext = match ty.as_str() {
+                "ExternalName" => s(o.pointer("/spec/externalName")),
+                "LoadBalancer" => {
+                    let ips: Vec<String> = o
+                        .pointer("/status/loadBalancer/ingress")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().map(|x| s(x.get("ip"))).collect())
+                        .unwrap_or_default();
+                    if ips.is_empty() {
+                        "<pending>".into()
+                    } else {
+                        ips.join(",")
+                    }
+                }
+                _ => "<none>".into(),
+            };
+            let sel = o
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", s(Some(v))))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(ty),
+                json!(or_none(s(o.pointer("/spec/clusterIP")))),
+                json!(ext),
+                json!(service_ports(o)),
+                age,
+                json!(or_none(sel)),
+            ]
+        }
+        "Deployment" => {
+            let (c, im) = containers_and_images(o, tmpl);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    i(o.pointer("/status/readyReplicas")),
+                    i(o.pointer("/spec/replicas"))
+                )),
+                json!(i(o.pointer("/status/updatedReplicas"))),
+                json!(i(o.pointer("/status/availableReplicas"))),
+                age,
+                json!(c),
+                json!(im),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        "ReplicaSet" | "ReplicationController" => {
+            let (c, im) = containers_and_images(o, tmpl);
+            vec![
+                name,
+                json!(i(o.pointer("/spec/replicas"))),
+                json!(i(o.pointer("/status/replicas"))),
+                json!(i(o.pointer("/status/readyReplicas"))),
+                age,
+                json!(c),
+                json!(im),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        "StatefulSet" => {
+            let (c, im) = containers_and_images(o, tmpl);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    i(o.pointer("/status/readyReplicas")),
+                    i(o.pointer("/spec/replicas"))
+                )),
+                age,
+                json!(c),
+                json!(im),
+            ]
+        }
+        "DaemonSet" => {
+            let (c, im) = containers_and_images(o, tmpl);
+            let ns = o
+                .pointer("/spec/template/spec/nodeSelector")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", s(Some(v))))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(i(o.pointer("/status/desiredNumberScheduled"))),
+                json!(i(o.pointer("/status/currentNumberScheduled"))),
+                json!(i(o.pointer("/status/numberReady"))),
+                json!(i(o.pointer("/status/updatedNumberScheduled"))),
+                json!(i(o.pointer("/status/numberAvailable"))),
+                json!(or_none(ns)),
+                age,
+                json!(c),
+                json!(im),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        "Job" => {
+            let (c, im) = containers_and_images(o, tmpl);
+            let conds = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let has = |t: &str| {
+                conds.iter().any(|x| {
+                    x.get("type") == Some(&json!(t)) && x.get("status") == Some(&json!("True"))
+                })
+            };
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+                Some(c) => format!("{}/{c}", i(o.pointer("/status/succeeded"))),
+                None => format!(
+                    "{}/1 of {}",
+                    i(o.pointer("/status/succeeded")),
+                    i(o.pointer("/spec/parallelism"))
+                ),
+            };
+            let dur = match (
+                o.pointer("/status/startTime").and_then(Value::as_str),
+                o.pointer("/status/completionTime").and_then(Value::as_str),
+            ) {
+                (Some(st), Some(ct)) => crate::object::human_duration(
+                    crate::object::parse_time(ct).unwrap_or(0)
+                        - crate::object::parse_time(st).unwrap_or(0),
+                ),
+                (Some(st), None) => human_age(st),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(dur),
+                age,
+                json!(c),
+                json!(im),
+                json!(selector_string(o.pointer("/spec/selector"))),
+            ]
+        }
+        "CronJob" => {
+            let (c, im) =
+                containers_and_images(o, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .map(human_age)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s(o.pointer("/spec/schedule"))),
+                json!(or_none(s(o.pointer("/spec/timeZone")))),
+                json!(
+                    o.pointer("/spec/suspend")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                ),
+                json!(
+                    o.pointer("/status/active")
+                        .and_then(Value::as_array)
+                        .map(Vec::len)
+                        .unwrap_or(0)
+                ),
+                json!(last),
+                age,
+                json!(c),
+                json!(im),
+                json!("<none>"),
+            ]
+        }
+        "ConfigMap" => {
+            let n = ["data", "binaryData"]
+                .iter()
+                .map(|f| {
+                    o.get(*f)
+                        .and_then(Value::as_object)
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>();
+            vec![name, json!(n.to_string()), age]
+        }
+        "Secret" => {
+            let n = o
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            vec![name, json!(s(o.get("type"))), json!(n.to_string()), age]
+        }
+        "ServiceAccount" => vec![
+            name,
+            json!(
+                o.get("secrets")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    .unwrap_or(0)
+                    .to_string()
+            ),
+            age,
+        ],
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for sub in o
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ports: Vec<i64> = sub
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(|p| i(p.get("port"))).collect())
+                    .unwrap_or_default();
+                for a in sub
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if ports.is_empty() {
+                        eps.push(s(a.get("ip")));
+                    }
+                    for p in &ports {
+                        eps.push(format!("{}:{p}", s(a.get("ip"))));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![name, json!(or_none(shown)), age]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .get("ports")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|p| i(p.get("port")).to_string()).collect())
+                .unwrap_or_default();
+            let addrs: Vec<String> = o
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .flat_map(|e| {
+                            e.get("addresses")
+                                .and_then(Value::as_array)
+                                .cloned()
+                                .unwrap_or_default()
+                        })
+                        .map(|x| s(Some(&x)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                addrs.join(",")
+            };
+            vec![
+                name,
+                json!(s(o.get("addressType"))),
+                json!(if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports.join(",")
+                }),
+                json!(if shown.is_empty() {
+                    "<unset>".into()
+                } else {
+                    shown
+                }),
+                age,
+            ]
+        }
+        "Lease" => vec![name, json!(s(o.pointer("/spec/holderIdentity"))), age],
+        "Event" if res.group.is_empty() => {
+            let last = o
+                .get("lastTimestamp")
+                .and_then(Value::as_str)
+                .or_else(|| o.get("eventTime").and_then(Value::as_str))
+                .map(human_age)
+                .unwrap_or_else(|| "<unknown>".into());
+            let obj = format!(
+                "{}/{}",
+                s(o.pointer("/involvedObject/kind")).to_lowercase(),
+                s(o.pointer("/involvedObject/name"))
+            );
+            vec![
+                json!(last),
+                json!(s(o.get("type"))),
+                json!(s(o.get("reason"))),
+                json!(obj),
+                json!(s(o.get("message"))),
+            ]
+        }
+        "PriorityClass" => vec![
+            name,
+            json!(i(o.get("value"))),
+            json!(
+                o.get("globalDefault")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            ),
+            age,
+            json!(s(o.get("preemptionPolicy"))),
+        ],
+        "Role" | "ClusterRole" => vec![name, json!(meta_str(o, "creationTimestamp"))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subj = |k: &str| {
+                o.get("subjects")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter(|x| x.get("kind") == Some(&json!(k)))
+                            .map(|x| {
+                                if k == "ServiceAccount" {
+                                    format!("{}/{}", s(x.get("namespace")), s(x.get("name")))
+                                } else {
+                                    s(x.get("name"))
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o.pointer("/roleRef/kind")),
+                    s(o.pointer("/roleRef/name"))
+                )),
+                age,
+                json!(subj("User")),
+                json!(subj("Group")),
+                json!(subj("ServiceAccount")),
+            ]
+        }
+        "PersistentVolumeClaim" => {
+            let modes: Vec<String> = o
+                .pointer("/status/accessModes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|m| match m.as_str().unwrap_or("") {
+                            "ReadWriteOnce" => "RWO".to_string(),
+                            "ReadOnlyMany" => "ROX".into(),
+                            "ReadWriteMany" => "RWX".into(),
+                            "ReadWriteOncePod" => "RWOP".into(),
+                            x => x.into(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(s(o.pointer("/status/phase"))),
+                json!(s(o.pointer("/spec/volumeName"))),
+                json!(s(o.pointer("/status/capacity/storage"))),
+                json!(modes.join(",")),
+                json!(or_none(s(o.pointer("/spec/storageClassName")))),
+                age,
+            ]
+        }
+        "PodDisruptionBudget" => vec![
+            name,
+            json!(if o.pointer("/spec/minAvailable").is_some() {
+                s(o.pointer("/spec/minAvailable"))
+            } else {
+                "N/A".into()
+            }),
+            json!(if o.pointer("/spec/maxUnavailable").is_some() {
+                s(o.pointer("/spec/maxUnavailable"))
+            } else {
+                "N/A".into()
+            }),
+            json!(i(o.pointer("/status/disruptionsAllowed"))),
+            age,
+        ],
+        _ => vec![name, age],
+    }
+}
+
+/// What each row carries in `object` (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeObject {
+    /// No object.
+    None,
+    /// `PartialObjectMetadata` (default).
+    Metadata,
+    /// The whole object.
+    Object,
+}
+
+impl IncludeObject {
+    /// Parses the query parameter.
+    pub fn parse(s: Option<&str>) -> Result<Self, crate::status::ApiError> {
+        match s {
+            None | Some("") | Some("Metadata") => Ok(IncludeObject::Metadata),
+            Some("None") => Ok(IncludeObject::None),
+            Some("Object") => Ok(IncludeObject::Object),
+            Some(o) => Err(crate::status::ApiError::bad_request(format!(
+                "includeObject: Unsupported value: {o:?}: supported values: \"Metadata\", \"None\", \"Object\""
+            ))),
+        }
+    }
+}
+
+/// `PartialObjectMetadata` of an object.
+pub fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+/// One table row.
+pub fn row(res: &Resource, o: &Value, include: IncludeObject) -> Value {
+    let mut r = json!({"cells": cells(res, o)});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => r["object"] = partial_metadata(o),
+        IncludeObject::Object => r["object"] = o.clone(),
+    }
+    r
+}
+
+/// A Table of `items`.
+pub fn table(
+    res: &Resource,
+    items: &[Value],
+    rv: &str,
+    cont: Option<&str>,
+    include: IncludeObject,
+    with_columns: bool,
+) -> Value {
+    let mut md = json!({"resourceVersion": rv});
+    if let Some(c) = cont {
+        md["continue"] = json!(c);
+    }
+    let defs: Vec<Value> = if with_columns {
+        columns(res)
+            .iter()
+            .map(|(n, t, f, p)| json!({"name": n, "type": t, "format": f, "description": "", "priority": p}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": md,
+        "columnDefinitions": defs,
+        "rows": items.iter().map(|o| row(res, o, include)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn every_printer_fills_every_column() {
+        for res in crate::resources::all() {
+            let o = json!({"metadata": {"name": "x", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {}, "status": {}});
+            assert_eq!(columns(res).len(), cells(res, &o).len(), "{}", res.resource);
+        }
+    }
+
+    #[test]
+    fn pod_row_has_upstream_cells() {
+        let pods = find("", "v1", "pods").unwrap();
+        let p = json!({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
+        let c = cells(pods, &p);
+        assert_eq!(
+            c[..4],
+            [json!("p"), json!("1/1"), json!("Running"), json!("2")]
+        );
+        assert_eq!(c[5..7], [json!("10.0.0.5"), json!("n1")]);
+    }
+}

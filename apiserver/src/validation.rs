@@ -1,0 +1,226 @@
+//! Server-side field validation (`fieldValidation=Strict|Warn|Ignore`): unknown fields are found
+//! by walking the object against the same OpenAPI schemas the server publishes, then rejected
+//! (Strict, 400 `strict decoding error`), reported as `Warning` headers (Warn, the default), or
+//! dropped silently (Ignore). Unknown fields never reach storage, as with upstream's typed decoding.
+
+use serde_json::{Map, Value};
+
+use crate::status::{ApiError, ApiResult};
+
+/// The `fieldValidation` directive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop unknown fields silently.
+    Ignore,
+    /// Drop them and warn (the default).
+    Warn,
+    /// Reject the request.
+    Strict,
+}
+
+impl FieldValidation {
+    /// Parses the query parameter.
+    pub fn parse(s: Option<&str>) -> ApiResult<Self> {
+        match s {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(o) => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {o:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+            ))),
+        }
+    }
+}
+
+fn resolve<'a>(defs: &'a Map<String, Value>, schema: &'a Value) -> &'a Value {
+    let mut cur = schema;
+    for _ in 0..8 {
+        match cur
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        {
+            Some(name) => match defs.get(name) {
+                Some(d) => cur = d,
+                None => return cur,
+            },
+            None => {
+                if let Some(first) = cur
+                    .get("allOf")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first())
+                {
+                    cur = first;
+                    continue;
+                }
+                return cur;
+            }
+        }
+    }
+    cur
+}
+
+fn walk(
+    defs: &Map<String, Value>,
+    schema: &Value,
+    v: &mut Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    // Quantities may be written as JSON numbers; they are strings on the wire from the server.
+    if let Value::Number(n) = v {
+        let direct = schema.get("$ref");
+        let wrapped = schema
+            .get("allOf")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(|f| f.get("$ref"));
+        if direct.or(wrapped).and_then(Value::as_str)
+            == Some("#/components/schemas/io.k8s.apimachinery.pkg.api.resource.Quantity")
+        {
+            *v = Value::String(n.to_string());
+            return;
+        }
+    }
+    let schema = resolve(defs, schema);
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match v {
+        Value::Object(obj) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let Some(props) = props else {
+                if let Some(ap) = additional {
+                    for (k, child) in obj.iter_mut() {
+                        walk(defs, ap, child, &format!("{path}.{k}"), unknown);
+                    }
+                }
+                // An object schema without properties (RawExtension, free-form maps) accepts anything.
+                return;
+            };
+            let mut drop = Vec::new();
+            for (k, child) in obj.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match props.get(k) {
+                    Some(s) => walk(defs, s, child, &p, unknown),
+                    None => match additional {
+                        Some(ap) => walk(defs, ap, child, &p, unknown),
+                        None => {
+                            unknown.push(p);
+                            drop.push(k.clone());
+                        }
+                    },
+                }
+            }
+            for k in drop {
+                obj.remove(&k);
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, child) in items.iter_mut().enumerate() {
+                    walk(defs, item_schema, child, &format!("{path}[{i}]"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks `obj` (of OpenAPI definition `definition` in `group/version`) for unknown fields,
+/// removing them; returns the warnings to send, or an error under Strict.
+pub fn check(
+    group: &str,
+    version: &str,
+    definition: &str,
+    obj: &mut Value,
+    fv: FieldValidation,
+) -> ApiResult<Vec<String>> {
+    let Some(defs) = crate::openapi::definitions(group, version) else {
+        return Ok(Vec::new());
+    };
+    let Some(schema) = defs.get(definition) else {
+        return Ok(Vec::new());
+    };
+    let mut unknown = Vec::new();
+    walk(defs, schema, obj, "", &mut unknown);
+    let msgs: Vec<String> = unknown
+        .iter()
+        .map(|p| format!("unknown field \"{p}\""))
+        .collect();
+    match fv {
+        FieldValidation::Ignore => Ok(Vec::new()),
+        FieldValidation::Warn => Ok(msgs),
+        FieldValidation::Strict if msgs.is_empty() => Ok(Vec::new()),
+        FieldValidation::Strict => Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            msgs.join(", ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_found_dropped_or_rejected() {
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "b"}},
+            "spec": {"replicaz": 3, "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always", "bogus": 1, "resources": {"limits": {"cpu": "1"}}}]}}}});
+        let w = check(
+            "apps",
+            "v1",
+            "io.k8s.api.apps.v1.Deployment",
+            &mut d,
+            FieldValidation::Warn,
+        )
+        .unwrap();
+        assert_eq!(
+            w,
+            vec![
+                "unknown field \"spec.replicaz\"",
+                "unknown field \"spec.template.spec.containers[0].bogus\""
+            ]
+        );
+        assert!(d["spec"].get("replicaz").is_none());
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
+        let mut q = json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": 1, "memory": 0.5}}}]}});
+        check(
+            "",
+            "v1",
+            "io.k8s.api.core.v1.Pod",
+            &mut q,
+            FieldValidation::Strict,
+        )
+        .unwrap();
+        assert_eq!(
+            q["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "0.5"})
+        );
+        let mut again = json!({"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}, "extra": true});
+        let e = check(
+            "",
+            "v1",
+            "io.k8s.api.core.v1.ConfigMap",
+            &mut again,
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            e.message.contains("unknown field \"extra\""),
+            "{}",
+            e.message
+        );
+    }
+}
