@@ -394,6 +394,84 @@ impl Etcd {
         }
     }
 
+    /// Creates `key` and every key of `extra` in one transaction, only if none of them exists.
+    /// On failure, returns the current state of `key` (None when only an extra key was taken).
+    pub async fn create_all(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        extra: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<WriteOutcome, EtcdError> {
+        if extra.is_empty() {
+            return self.create(key, value).await;
+        }
+        let mut compare = vec![absent(key)];
+        let mut success = vec![put_op(key, value)];
+        for (k, v) in extra {
+            compare.push(absent(k));
+            success.push(put_op(k, v.clone()));
+        }
+        let req = pb::TxnRequest {
+            compare,
+            success,
+            failure: vec![range_op(key)],
+        };
+        let resp = self.txn(req).await?;
+        if resp.succeeded {
+            Ok(WriteOutcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or(0),
+            ))
+        } else {
+            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
+        }
+    }
+
+    /// Deletes `key` (if its mod_revision is `expected`) together with `extra` keys, atomically.
+    pub async fn delete_all(
+        &self,
+        key: &[u8],
+        expected: i64,
+        extra: &[Vec<u8>],
+    ) -> Result<WriteOutcome, EtcdError> {
+        let mut success = vec![pb::RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                pb::DeleteRangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                },
+            )),
+        }];
+        for k in extra {
+            success.push(pb::RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: k.clone(),
+                        ..Default::default()
+                    },
+                )),
+            });
+        }
+        let req = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: key.to_vec(),
+                range_end: vec![],
+                target_union: Some(compare::TargetUnion::ModRevision(expected)),
+            }],
+            success,
+            failure: vec![range_op(key)],
+        };
+        let resp = self.txn(req).await?;
+        if resp.succeeded {
+            Ok(WriteOutcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or(0),
+            ))
+        } else {
+            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
+        }
+    }
+
     /// Deletes `key` only if its mod_revision is `expected`.
     pub async fn delete(&self, key: &[u8], expected: i64) -> Result<WriteOutcome, EtcdError> {
         let req = pb::TxnRequest {
@@ -542,6 +620,35 @@ impl Etcd {
             }
         });
         Ok(rx)
+    }
+}
+
+fn absent(key: &[u8]) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.to_vec(),
+        range_end: vec![],
+        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+    }
+}
+
+fn put_op(key: &[u8], value: Vec<u8>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn range_op(key: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
     }
 }
 

@@ -7,6 +7,7 @@
 //! the etcd v3 API only ([`etcd::Etcd`]), so the server runs unchanged on keelson-store or on a real
 //! etcd.
 
+pub mod alloc;
 pub mod config;
 pub mod discovery;
 pub mod etcd;

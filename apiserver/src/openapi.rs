@@ -400,6 +400,28 @@ pub fn definitions(group: &str, version: &str) -> Option<&'static Map<String, Va
     all.get(&gv_key(group, version))
 }
 
+/// Every definition of every served group-version, merged by name.
+pub fn all_definitions() -> &'static Map<String, Value> {
+    static ALL: OnceLock<Map<String, Value>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut out = Map::new();
+        let mut gvs = vec![(String::new(), "v1".to_string())];
+        for (g, vs) in resources::groups() {
+            for v in vs {
+                gvs.push((g.to_string(), v.to_string()));
+            }
+        }
+        for (g, v) in gvs {
+            if let Some(defs) = definitions(&g, &v) {
+                for (k, d) in defs {
+                    out.entry(k.clone()).or_insert_with(|| d.clone());
+                }
+            }
+        }
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 
+use crate::alloc::{Ranges, Requested};
 use crate::etcd::{Etcd, EtcdError, WriteOutcome, prefix_end};
 use crate::object::{self, meta, meta_str, set_meta};
 use crate::resources::{self, Resource};
@@ -72,6 +73,7 @@ pub struct Deleted {
 pub struct Registry {
     etcd: Etcd,
     prefix: String,
+    ranges: std::sync::Arc<Ranges>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -112,11 +114,76 @@ pub fn parse_rv(s: &str) -> ApiResult<i64> {
 }
 
 impl Registry {
-    /// A registry on `etcd` under `prefix` (normally `/registry`).
-    pub fn new(etcd: Etcd, prefix: &str) -> Self {
+    /// A registry on `etcd` under `prefix` (normally `/registry`), allocating Service addresses
+    /// from `ranges`.
+    pub fn new(etcd: Etcd, prefix: &str, ranges: Ranges) -> Self {
         Registry {
             etcd,
             prefix: prefix.trim_end_matches('/').to_string(),
+            ranges: std::sync::Arc::new(ranges),
+        }
+    }
+
+    /// The Service ranges.
+    pub fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+
+    /// Keys deleted together with an object (a Service's allocations).
+    fn held_keys(&self, res: &Resource, obj: &Value) -> Vec<Vec<u8>> {
+        if res.kind == "Service" {
+            self.ranges.held_keys(obj)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Service allocations carried over an update: allocates new node ports first; returns the
+    /// keys taken (released again if the update fails) and the keys to release once it is written.
+    async fn carry_over(
+        &self,
+        res: &Resource,
+        old: &Value,
+        obj: &mut Value,
+        skip: bool,
+    ) -> ApiResult<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+        if res.kind != "Service" || skip {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (alloc, release) = self.ranges.carry_over(old, obj)?;
+        let mut taken = Vec::new();
+        for (k, v) in alloc {
+            match self.etcd.create(&k, v).await? {
+                WriteOutcome::Written(_) => taken.push(k),
+                WriteOutcome::Failed(_) => {
+                    self.release(&taken).await;
+                    let port = String::from_utf8_lossy(&k)
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    return Err(ApiError::invalid(
+                        "",
+                        "Service",
+                        object::name(obj),
+                        vec![crate::status::Cause::new(
+                            "FieldValueInvalid",
+                            "spec.ports[].nodePort",
+                            format!("Invalid value: {port}: provided port is already allocated"),
+                        )],
+                    ));
+                }
+            }
+        }
+        Ok((taken, release))
+    }
+
+    /// Deletes allocation keys (best effort; a leftover key only keeps an address reserved).
+    async fn release(&self, keys: &[Vec<u8>]) {
+        for k in keys {
+            if let Ok(Some(kv)) = self.etcd.get(k).await {
+                let _ = self.etcd.delete_all(k, kv.mod_revision, &[]).await;
+            }
         }
     }
 
@@ -315,7 +382,10 @@ impl Registry {
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;
-        for attempt in 0..8 {
+        let requested = Requested::of(&obj);
+        let template = obj.clone();
+        for attempt in 0..16 {
+            let mut obj = template.clone();
             if generate {
                 let base = meta_str(&obj, "generateName").to_string();
                 let base = if base.len() > 58 {
@@ -331,22 +401,85 @@ impl Registry {
                 strategy::validate(res, &obj)?;
             }
             let name = object::name(&obj).to_string();
+            let extra = if res.kind == "Service" {
+                self.ranges
+                    .plan_create(&mut obj, &format!("{ns}/{name}"), &requested)?
+            } else {
+                Vec::new()
+            };
             if dry_run {
                 return Ok(obj);
             }
             let key = object::key(&self.prefix, res, ns, &name);
-            match self.etcd.create(&key, object::encode_stored(&obj)).await? {
+            match self
+                .etcd
+                .create_all(&key, object::encode_stored(&obj), &extra)
+                .await?
+            {
                 WriteOutcome::Written(rev) => {
                     set_meta(&mut obj, "resourceVersion", json!(rev.to_string()));
                     return Ok(obj);
                 }
-                WriteOutcome::Failed(_) if generate && attempt < 7 => continue,
-                WriteOutcome::Failed(_) => {
+                WriteOutcome::Failed(Some(_)) if generate && attempt < 15 => continue,
+                WriteOutcome::Failed(Some(_)) => {
                     return Err(ApiError::already_exists(res.group, res.resource, &name));
+                }
+                WriteOutcome::Failed(None) => {
+                    // An address or port is taken: fail if the client asked for it, else retry.
+                    for (k, _) in &extra {
+                        if self.etcd.get(k).await?.is_none() {
+                            continue;
+                        }
+                        let what = String::from_utf8_lossy(k)
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("")
+                            .to_string();
+                        if requested.cluster_ip.as_deref() == Some(what.as_str()) {
+                            return Err(ApiError::invalid(
+                                "",
+                                "Service",
+                                &name,
+                                vec![crate::status::Cause::new(
+                                    "FieldValueInvalid",
+                                    "spec.clusterIPs",
+                                    format!(
+                                        "Invalid value: [{what:?}]: failed to allocate IP {what}: provided IP is already allocated"
+                                    ),
+                                )],
+                            ));
+                        }
+                        let asked_port = template
+                            .pointer("/spec/ports")
+                            .and_then(Value::as_array)
+                            .is_some_and(|ps| {
+                                ps.iter().any(|p| {
+                                    p.get("nodePort")
+                                        .and_then(Value::as_i64)
+                                        .is_some_and(|n| n.to_string() == what)
+                                })
+                            });
+                        if asked_port {
+                            return Err(ApiError::invalid(
+                                "",
+                                "Service",
+                                &name,
+                                vec![crate::status::Cause::new(
+                                    "FieldValueInvalid",
+                                    "spec.ports[].nodePort",
+                                    format!(
+                                        "Invalid value: {what}: provided port is already allocated"
+                                    ),
+                                )],
+                            ));
+                        }
+                    }
                 }
             }
         }
-        Err(ApiError::internal("could not generate a unique name"))
+        Err(ApiError::internal(
+            "could not allocate a unique name or address",
+        ))
     }
 
     /// Replaces an object (PUT). `status_only` is the `/status` subresource. When `expected_rv`
@@ -412,8 +545,15 @@ impl Registry {
         }
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
-        self.write_update(res, ns, name, old, old_rv, obj, dry_run)
-            .await
+        let (taken, release) = self
+            .carry_over(res, &old, &mut obj, dry_run || status_only)
+            .await?;
+        let r = self
+            .write_update(res, ns, name, old, old_rv, obj, dry_run)
+            .await;
+        self.release(if r.is_ok() { &release } else { &taken })
+            .await;
+        r
     }
 
     /// Writes an already prepared update with `old_rv` as the precondition; a no-op returns the old
@@ -448,7 +588,11 @@ impl Registry {
             if dry_run {
                 return Ok(obj);
             }
-            return match self.etcd.delete(&key, old_rv).await? {
+            return match self
+                .etcd
+                .delete_all(&key, old_rv, &self.held_keys(res, &old))
+                .await?
+            {
                 WriteOutcome::Written(_) => Ok(obj),
                 WriteOutcome::Failed(_) => Err(ApiError::conflict(
                     res.group,
@@ -544,10 +688,15 @@ impl Registry {
             }
             strategy::validate(res, &obj)?;
             strategy::validate_update(res, &old, &obj)?;
-            match self
+            let (taken, release) = self
+                .carry_over(res, &old, &mut obj, dry_run || status_only)
+                .await?;
+            let r = self
                 .write_update(res, ns, name, old, old_rv, obj, dry_run)
-                .await
-            {
+                .await;
+            self.release(if r.is_ok() { &release } else { &taken })
+                .await;
+            match r {
                 Err(e)
                     if e.code == 409
                         && e.reason == "Conflict"
@@ -653,7 +802,11 @@ impl Registry {
                         gone: true,
                     });
                 }
-                match self.etcd.delete(&key, old_rv).await? {
+                match self
+                    .etcd
+                    .delete_all(&key, old_rv, &self.held_keys(res, &old))
+                    .await?
+                {
                     WriteOutcome::Written(_) => {
                         return Ok(Deleted {
                             object: old,

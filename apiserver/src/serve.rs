@@ -163,8 +163,9 @@ pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the system namespaces once the store answers; several apiservers racing is fine.
-async fn bootstrap(registry: Registry, shutdown: CancellationToken) {
+/// Creates the system namespaces and the `kubernetes` Service once the store answers, and adds
+/// this server to the `kubernetes` Endpoints; several apiservers racing is fine.
+async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: CancellationToken) {
     let nsres = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
     let mut pending: Vec<&str> = SYSTEM_NAMESPACES.to_vec();
     while !pending.is_empty() && !shutdown.is_cancelled() {
@@ -184,6 +185,57 @@ async fn bootstrap(registry: Registry, shutdown: CancellationToken) {
         if !pending.is_empty() {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
+    }
+    let svcres = crate::resources::find("", "v1", "services").expect("services are served");
+    let epres = crate::resources::find("", "v1", "endpoints").expect("endpoints are served");
+    let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": registry.ranges().first_ip().to_string(), "type": "ClusterIP", "sessionAffinity": "None",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.1}]}});
+    while !shutdown.is_cancelled() {
+        let svc_ok = match registry.create(svcres, "default", svc.clone(), false).await {
+            Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "kubernetes service not created yet");
+                false
+            }
+        };
+        let (ip, port) = (advertise.0.clone(), advertise.1);
+        let add_self = |old: &serde_json::Value| -> crate::status::ApiResult<serde_json::Value> {
+            let mut o = old.clone();
+            if let Some(m) = o
+                .get_mut("metadata")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                m.remove("resourceVersion");
+            }
+            let mut addrs: Vec<serde_json::Value> = o
+                .pointer("/subsets/0/addresses")
+                .and_then(serde_json::Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if !addrs.iter().any(|a| a["ip"] == ip) {
+                addrs.push(serde_json::json!({"ip": ip}));
+            }
+            o["subsets"] = serde_json::json!([{"addresses": addrs, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+            Ok(o)
+        };
+        let ep = serde_json::json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"}});
+        let ep_ok = match registry
+            .create(epres, "default", add_self(&ep).unwrap_or(ep.clone()), false)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.code == 409 => registry
+                .guaranteed_update(epres, "default", "kubernetes", false, false, add_self)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if svc_ok && ep_ok {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
@@ -210,6 +262,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     )
     .map_err(StartError)?;
+    let ranges = crate::alloc::Ranges::parse(
+        &config.service_cluster_ip_range,
+        &config.service_node_port_range,
+        &config.etcd_prefix,
+    )
+    .map_err(StartError)?;
     let tls = Arc::new(tls_config(&config)?);
     let metrics = crate::metrics::Metrics::new();
     let advertise = format!(
@@ -218,7 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.secure_port
     );
     let state = Arc::new(ApiState {
-        registry: Registry::new(etcd, &config.etcd_prefix),
+        registry: Registry::new(etcd, &config.etcd_prefix, ranges),
         min_request_timeout: config.min_request_timeout,
         advertise,
         metrics: metrics.clone(),
@@ -237,7 +295,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         mutating: limit(config.max_mutating_requests_inflight),
         metrics,
     });
-    tokio::spawn(bootstrap(state.registry.clone(), shutdown.clone()));
+    let endpoint_ip = match config.advertise_address.unwrap_or(config.bind_address) {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        ip => ip.to_string(),
+    };
+    tokio::spawn(bootstrap(
+        state.registry.clone(),
+        (endpoint_ip, config.secure_port),
+        shutdown.clone(),
+    ));
     let app = app(state, chain);
     let addr = SocketAddr::new(config.bind_address, config.secure_port);
     let listener = TcpListener::bind(addr)
