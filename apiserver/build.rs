@@ -58,7 +58,7 @@ fn message_type(ty: &str, module: &[String]) -> Option<String> {
     let tok = cleaned
         .split(['<', '>', ','])
         .filter(|t| !t.is_empty() && !WRAPPERS.contains(t))
-        .last()?
+        .next_back()?
         .to_string();
     let mut path: Vec<String> = module.to_vec();
     let mut segs: Vec<&str> = tok.split("::").collect();
@@ -93,57 +93,55 @@ fn parse_file(file: &Path, module: &[String], out: &mut String) {
         } else if let Some(attr) = l
             .strip_prefix("#[prost(")
             .and_then(|a| a.strip_suffix(")]"))
+            && lines[i].starts_with("    #[prost(")
         {
-            if lines[i].starts_with("    #[prost(") {
-                // The declaration follows, possibly over several lines, up to the closing `,`.
-                let mut decl = String::new();
-                let mut j = i + 1;
-                let mut depth = 0i32;
-                while j < lines.len() {
-                    let t = lines[j].trim();
-                    decl.push_str(t);
-                    depth += t.matches('<').count() as i32 - t.matches('>').count() as i32;
-                    if depth <= 0 && t.ends_with(',') {
-                        break;
-                    }
-                    j += 1;
+            // The declaration follows, possibly over several lines, up to the closing `,`.
+            let mut decl = String::new();
+            let mut j = i + 1;
+            let mut depth = 0i32;
+            while j < lines.len() {
+                let t = lines[j].trim();
+                decl.push_str(t);
+                depth += t.matches('<').count() as i32 - t.matches('>').count() as i32;
+                if depth <= 0 && t.ends_with(',') {
+                    break;
                 }
-                i = j;
-                let Some((name, ty)) = decl.strip_prefix("pub ").and_then(|d| d.split_once(':'))
-                else {
-                    i += 1;
-                    continue;
-                };
-                let name = name.trim().trim_start_matches("r#");
-                let ty = ty.trim_end_matches(',');
-                let tag = attr
-                    .split(',')
-                    .map(str::trim)
-                    .find_map(|p| p.strip_prefix("tag = \"").and_then(|t| t.strip_suffix('"')))
-                    .expect("every prost field has a tag");
-                let repeated = attr.contains("repeated");
-                let kind = attr.split(',').next().unwrap_or("").trim();
-                let line = if let Some(m) = attr
-                    .strip_prefix("btree_map = \"")
-                    .or_else(|| attr.strip_prefix("map = \""))
-                {
-                    let kv = m.split('"').next().unwrap_or("");
-                    let value = kv.split(',').nth(1).unwrap_or("").trim();
-                    let target = if value == "message" {
-                        message_type(ty, module).unwrap_or_default()
-                    } else {
-                        "-".into()
-                    };
-                    format!("F {tag} {name} map:{value} 0 {target}")
-                } else if kind == "message" {
-                    let target = message_type(ty, module).unwrap_or_default();
-                    format!("F {tag} {name} message {} {target}", u8::from(repeated))
-                } else {
-                    let k = kind.split('=').next().unwrap_or(kind).trim();
-                    format!("F {tag} {name} {k} {} -", u8::from(repeated))
-                };
-                let _ = writeln!(out, "{line}");
+                j += 1;
             }
+            i = j;
+            let Some((name, ty)) = decl.strip_prefix("pub ").and_then(|d| d.split_once(':')) else {
+                i += 1;
+                continue;
+            };
+            let name = name.trim().trim_start_matches("r#");
+            let ty = ty.trim_end_matches(',');
+            let tag = attr
+                .split(',')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix("tag = \"").and_then(|t| t.strip_suffix('"')))
+                .expect("every prost field has a tag");
+            let repeated = attr.contains("repeated");
+            let kind = attr.split(',').next().unwrap_or("").trim();
+            let line = if let Some(m) = attr
+                .strip_prefix("btree_map = \"")
+                .or_else(|| attr.strip_prefix("map = \""))
+            {
+                let kv = m.split('"').next().unwrap_or("");
+                let value = kv.split(',').nth(1).unwrap_or("").trim();
+                let target = if value == "message" {
+                    message_type(ty, module).unwrap_or_default()
+                } else {
+                    "-".into()
+                };
+                format!("F {tag} {name} map:{value} 0 {target}")
+            } else if kind == "message" {
+                let target = message_type(ty, module).unwrap_or_default();
+                format!("F {tag} {name} message {} {target}", u8::from(repeated))
+            } else {
+                let k = kind.split('=').next().unwrap_or(kind).trim();
+                format!("F {tag} {name} {k} {} -", u8::from(repeated))
+            };
+            let _ = writeln!(out, "{line}");
         }
         i += 1;
     }

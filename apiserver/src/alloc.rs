@@ -91,10 +91,10 @@ impl Ranges {
     /// Keys that hold what `svc` has allocated.
     pub fn held_keys(&self, svc: &Value) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();
-        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str) {
-            if ip.parse::<Ipv4Addr>().is_ok_and(|a| self.contains(a)) {
-                keys.push(self.ip_key(ip));
-            }
+        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str)
+            && ip.parse::<Ipv4Addr>().is_ok_and(|a| self.contains(a))
+        {
+            keys.push(self.ip_key(ip));
         }
         for p in node_ports(svc) {
             keys.push(self.port_key(p));
@@ -179,10 +179,10 @@ impl Ranges {
             }
         } else if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
             for p in ports {
-                if let Some(m) = p.as_object_mut() {
-                    if m.get("nodePort").and_then(Value::as_i64) == Some(0) {
-                        m.remove("nodePort");
-                    }
+                if let Some(m) = p.as_object_mut()
+                    && m.get("nodePort").and_then(Value::as_i64) == Some(0)
+                {
+                    m.remove("nodePort");
                 }
             }
         }
@@ -221,10 +221,10 @@ impl Ranges {
             _ => {}
         }
         for f in ["ipFamilies", "ipFamilyPolicy", "clusterIPs"] {
-            if new.pointer(&format!("/spec/{f}")).is_none() {
-                if let Some(v) = old.pointer(&format!("/spec/{f}")) {
-                    new["spec"][f] = v.clone();
-                }
+            if new.pointer(&format!("/spec/{f}")).is_none()
+                && let Some(v) = old.pointer(&format!("/spec/{f}"))
+            {
+                new["spec"][f] = v.clone();
             }
         }
         let ty = new
