@@ -57,8 +57,7 @@ fn message_type(ty: &str, module: &[String]) -> Option<String> {
     let cleaned: String = ty.chars().filter(|c| !c.is_whitespace()).collect();
     let tok = cleaned
         .split(['<', '>', ','])
-        .filter(|t| !t.is_empty() && !WRAPPERS.contains(t))
-        .next_back()?
+        .rfind(|t| !t.is_empty() && !WRAPPERS.contains(t))?
         .to_string();
     let mut path: Vec<String> = module.to_vec();
     let mut segs: Vec<&str> = tok.split("::").collect();

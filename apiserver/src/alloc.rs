@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use crate::status::{ApiError, ApiResult, Cause};
 
+/// Keys to create with their values.
+pub type NewKeys = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The configured ranges.
 #[derive(Debug, Clone)]
 pub struct Ranges {
@@ -109,7 +112,7 @@ impl Ranges {
         svc: &mut Value,
         owner: &str,
         requested: &Requested,
-    ) -> ApiResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    ) -> ApiResult<NewKeys> {
         let name = crate::object::name(svc).to_string();
         let ty = svc
             .pointer("/spec/type")
@@ -194,11 +197,7 @@ impl Ranges {
     /// Keeps the allocations of `old` in an updated Service: the cluster IP is immutable, node
     /// ports of unchanged ports are kept. Returns node ports to allocate (new ones) and keys to
     /// release after the update.
-    pub fn carry_over(
-        &self,
-        old: &Value,
-        new: &mut Value,
-    ) -> ApiResult<(Vec<(Vec<u8>, Vec<u8>)>, Vec<Vec<u8>>)> {
+    pub fn carry_over(&self, old: &Value, new: &mut Value) -> ApiResult<(NewKeys, Vec<Vec<u8>>)> {
         let name = crate::object::name(new).to_string();
         let old_ip = old.pointer("/spec/clusterIP").cloned();
         match (
