@@ -1,0 +1,327 @@
+//! Starts a store (keelson-store or etcd) and apiservers with a test PKI, and runs kubectl.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// Which store the apiservers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A one-member keelson-store.
+    Keelson,
+    /// Debian's etcd 3.4 (`/usr/bin/etcd`, installed by .ci/run).
+    Etcd,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A cluster CA, a serving certificate for 127.0.0.1 and an admin client certificate.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+fn write(path: &Path, s: &str) -> PathBuf {
+    std::fs::write(path, s).unwrap();
+    path.to_path_buf()
+}
+
+pub fn pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keelson-test-ca");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let admin_key = KeyPair::generate().unwrap();
+    let mut admin_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    admin_params
+        .distinguished_name
+        .push(DnType::CommonName, "kubernetes-admin");
+    admin_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    let admin_cert = admin_params.signed_by(&admin_key, &issuer).unwrap();
+    Pki {
+        ca: write(&dir.join("ca.crt"), &ca_cert.pem()),
+        server_cert: write(&dir.join("apiserver.crt"), &server_cert.pem()),
+        server_key: write(&dir.join("apiserver.key"), &server_key.serialize_pem()),
+        admin_cert: write(&dir.join("admin.crt"), &admin_cert.pem()),
+        admin_key: write(&dir.join("admin.key"), &admin_key.serialize_pem()),
+    }
+}
+
+pub struct ApiCluster {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub etcd_url: String,
+    pub api_ports: Vec<u16>,
+    store: Option<Child>,
+    apis: Vec<Option<Child>>,
+}
+
+fn wait_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} not listening within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl ApiCluster {
+    /// Starts the store and `apiservers` apiservers, and waits until `kubectl get ns default` works.
+    pub fn start(backend: Backend, apiservers: usize) -> ApiCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(dir.path());
+        let client = free_port();
+        let peer = free_port();
+        let etcd_url = format!("http://127.0.0.1:{client}");
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let store = match backend {
+            Backend::Keelson => Command::new(env!("CARGO_BIN_EXE_keelson"))
+                .args(["store", "--name", "s0"])
+                .arg(format!("--data-dir={}", dir.path().join("store").display()))
+                .arg(format!("--listen-client-urls={etcd_url}"))
+                .arg(format!("--advertise-client-urls={etcd_url}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster=s0=http://127.0.0.1:{peer}"))
+                .stdout(Stdio::null())
+                .stderr(log("store.log"))
+                .spawn()
+                .unwrap(),
+            Backend::Etcd => Command::new("etcd")
+                .args(["--name", "s0"])
+                .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+                .arg(format!("--listen-client-urls={etcd_url}"))
+                .arg(format!("--advertise-client-urls={etcd_url}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster=s0=http://127.0.0.1:{peer}"))
+                .stdout(Stdio::null())
+                .stderr(log("etcd.log"))
+                .spawn()
+                .expect("etcd must be installed (apt-get install etcd-server; .ci/run does this)"),
+        };
+        let mut c = ApiCluster {
+            dir,
+            pki,
+            etcd_url,
+            api_ports: Vec::new(),
+            store: Some(store),
+            apis: Vec::new(),
+        };
+        wait_port(client, Duration::from_secs(30));
+        for i in 0..apiservers {
+            let port = free_port();
+            c.api_ports.push(port);
+            c.apis.push(None);
+            c.start_apiserver(i);
+        }
+        c.write_kubeconfig("admin.kubeconfig", c.api_ports[0]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = c.kubectl(&["get", "ns", "default", "-o", "name"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apiserver not ready: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    pub fn start_apiserver(&mut self, i: usize) {
+        let port = self.api_ports[i];
+        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("apiserver")
+            .arg(format!("--etcd-servers={}", self.etcd_url))
+            .arg(format!("--secure-port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!(
+                "--tls-cert-file={}",
+                self.pki.server_cert.display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                self.pki.server_key.display()
+            ))
+            .arg(format!("--client-ca-file={}", self.pki.ca.display()))
+            .arg("--anonymous-auth=false")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("apiserver{i}.log"))).unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        self.apis[i] = Some(child);
+        wait_port(port, Duration::from_secs(30));
+    }
+
+    /// Writes a kubeconfig for the admin user against apiserver `port`; returns its path.
+    pub fn write_kubeconfig(&self, name: &str, port: u16) -> PathBuf {
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: admin, namespace: default}}\ncurrent-context: k\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+            self.pki.ca.display(),
+            self.pki.admin_cert.display(),
+            self.pki.admin_key.display()
+        );
+        write(&self.dir.path().join(name), &kc)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    fn kubectl_cmd(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env("HOME", self.dir.path())
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.path().join("kube-cache").display()
+            ))
+            .args(args);
+        cmd
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(&self.kubeconfig(), args)
+            .output()
+            .expect("kubectl must be installed")
+    }
+
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.kubectl_cmd(kubeconfig, args)
+            .output()
+            .expect("kubectl must be installed")
+    }
+
+    /// Runs kubectl with `input` on stdin.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .kubectl_cmd(&self.kubeconfig(), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Starts kubectl in the background (for `get -w`), stdout to a file.
+    pub fn kubectl_spawn(&self, args: &[&str], out: &Path) -> Child {
+        self.kubectl_cmd(&self.kubeconfig(), args)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(self.kubectl(args), args)
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should fail, printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn kill_apiserver(&mut self, i: usize) {
+        if let Some(mut c) = self.apis[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                s.push_str(&format!(
+                    "--- {}\n{}\n",
+                    e.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+        s
+    }
+}
+
+pub fn ok(out: Output, args: &[&str]) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Drop for ApiCluster {
+    fn drop(&mut self) {
+        for i in 0..self.apis.len() {
+            self.kill_apiserver(i);
+        }
+        if let Some(mut s) = self.store.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+/// Waits until `f` returns true.
+pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,415 @@
+//! The kubectl walkthrough: every verb a user reaches for, through TLS with a client certificate,
+//! on keelson-store and on etcd.
+
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, eventually};
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  namespace: team
+  labels: {app: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.25
+        ports: [{containerPort: 80}]
+        resources: {limits: {cpu: "1", memory: 64Mi}}
+      - name: sidecar
+        image: busybox:1.36
+        args: [sleep, "3600"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop
+  namespace: team
+spec:
+  type: NodePort
+  selector: {app: shop}
+  ports: [{port: 80, targetPort: 80}]
+"#;
+
+fn walkthrough(c: &ApiCluster) {
+    // Version and discovery.
+    let v = c.ok(&["version"]);
+    assert!(v.contains("Server Version: v1.33"), "{v}");
+    let r = c.ok(&["api-resources"]);
+    for needle in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "leases",
+        "coordination.k8s.io/v1",
+        "pods",
+        "po ",
+    ] {
+        assert!(r.contains(needle), "api-resources lacks {needle}: {r}");
+    }
+
+    // kubectl sends these as protobuf.
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "team",
+        "--from-literal=a=1",
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "-n",
+        "team",
+        "--from-literal=password=s3cret",
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "secret",
+            "pw",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.password} {.type}"
+        ]),
+        "czNjcmV0 Opaque"
+    );
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "team",
+        "--image=nginx:1.25",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    assert_eq!(
+        c.ok(&["get", "deploy", "web", "-n", "team", "-o", "jsonpath={.spec.template.spec.restartPolicy} {.spec.strategy.type} {.metadata.generation}"]),
+        "Always RollingUpdate 1"
+    );
+
+    // Tables, wide output, all namespaces.
+    let t = c.ok(&["get", "deploy", "-n", "team"]);
+    assert!(
+        t.starts_with("NAME")
+            && t.contains("READY")
+            && t.contains("UP-TO-DATE")
+            && t.contains("web")
+            && t.contains("0/2"),
+        "{t}"
+    );
+    let w = c.ok(&["get", "deploy", "-n", "team", "-o", "wide"]);
+    assert!(
+        w.contains("IMAGES") && w.contains("nginx:1.25") && w.contains("app=web"),
+        "{w}"
+    );
+    let all = c.ok(&["get", "svc", "-A"]);
+    assert!(
+        all.contains("NAMESPACE") && all.contains("kubernetes") && all.contains("10.96.0.1"),
+        "{all}"
+    );
+
+    // Client-side apply: create, unchanged, configured.
+    let out = crate::harness::ok(c.kubectl_stdin(&["apply", "-f", "-"], APP), &["apply"]);
+    assert!(
+        out.contains("deployment.apps/shop created") && out.contains("service/shop created"),
+        "{out}"
+    );
+    let out = crate::harness::ok(c.kubectl_stdin(&["apply", "-f", "-"], APP), &["apply"]);
+    assert!(
+        out.contains("deployment.apps/shop unchanged") && out.contains("service/shop unchanged"),
+        "{out}"
+    );
+    let changed = APP.replace("replicas: 2", "replicas: 3");
+    let out = crate::harness::ok(c.kubectl_stdin(&["apply", "-f", "-"], &changed), &["apply"]);
+    assert!(out.contains("deployment.apps/shop configured"), "{out}");
+    assert_eq!(c.ok(&["get", "deploy", "shop", "-n", "team", "-o", "jsonpath={.spec.replicas} {.metadata.generation} {.spec.template.spec.containers[0].resources.limits.cpu}"]), "3 2 1");
+    let np = c.ok(&[
+        "get",
+        "svc",
+        "shop",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    assert!(
+        (30000..=32767).contains(&np.parse::<u32>().unwrap()),
+        "{np}"
+    );
+
+    // Server dry-run changes nothing; diff reports differences with exit code 1.
+    let four = APP.replace("replicas: 2", "replicas: 4");
+    crate::harness::ok(
+        c.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &four),
+        &["apply", "--dry-run=server"],
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "shop",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    let diff = c.kubectl_stdin(&["diff", "-f", "-"], &four);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "diff: {}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("replicas: 4"));
+    let same = c.kubectl_stdin(&["diff", "-f", "-"], &changed);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "diff of the live state: {}{}",
+        String::from_utf8_lossy(&same.stdout),
+        String::from_utf8_lossy(&same.stderr)
+    );
+
+    // Unknown fields: kubectl asks for strict validation.
+    let bogus = APP.replace("replicas: 2", "replicas: 2\n  bogus: 1");
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &bogus);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field \"spec.bogus\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // label, annotate, scale, patch (strategic keeps the other container, merge, json).
+    c.ok(&["label", "deploy", "shop", "-n", "team", "tier=fe"]);
+    let l = c.ok(&["get", "deploy", "-n", "team", "-l", "tier=fe", "-o", "name"]);
+    assert_eq!(l.trim(), "deployment.apps/shop");
+    assert_eq!(
+        c.ok(&[
+            "get", "deploy", "-n", "team", "-l", "tier!=fe", "-o", "name"
+        ])
+        .trim(),
+        "deployment.apps/web"
+    );
+    c.ok(&["annotate", "deploy", "shop", "-n", "team", "owner=ops"]);
+    c.ok(&["scale", "deploy", "shop", "-n", "team", "--replicas=5"]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "shop",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.annotations.owner}"
+        ]),
+        "5 ops"
+    );
+    c.ok(&[
+        "patch",
+        "deploy",
+        "shop",
+        "-n",
+        "team",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:1.27"}]}}}}"#,
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "shop",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].image}"
+        ]),
+        "nginx:1.27 busybox:1.36"
+    );
+    c.ok(&[
+        "patch",
+        "deploy",
+        "shop",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":null}}}"#,
+    ]);
+    c.ok(&[
+        "patch",
+        "deploy",
+        "shop",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":1}]"#,
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "shop",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.labels.tier}"
+        ]),
+        "1 "
+    );
+    let out = c.ok(&[
+        "patch",
+        "deploy",
+        "shop",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ]);
+    assert!(out.contains("(no change)"), "{out}");
+
+    // YAML output and describe.
+    let y = c.ok(&["get", "cm", "cfg", "-n", "team", "-o", "yaml"]);
+    assert!(
+        y.contains("kind: ConfigMap") && y.contains("resourceVersion:") && y.contains("uid:"),
+        "{y}"
+    );
+    let d = c.ok(&["describe", "svc", "shop", "-n", "team"]);
+    assert!(
+        d.contains("NodePort:") && d.contains("Selector:          app=shop")
+            || d.contains("app=shop"),
+        "{d}"
+    );
+
+    // Errors come back as Status objects kubectl prints.
+    let e = c.fails(&["get", "deploy", "nope", "-n", "team"]);
+    assert!(
+        e.contains("Error from server (NotFound): deployments.apps \"nope\" not found"),
+        "{e}"
+    );
+    let e = c.fails(&["create", "configmap", "Bad_Name", "-n", "team"]);
+    assert!(
+        e.contains("is invalid") && e.contains("metadata.name"),
+        "{e}"
+    );
+    let e = c.fails(&["create", "configmap", "cfg", "-n", "team"]);
+    assert!(e.contains("configmaps \"cfg\" already exists"), "{e}");
+    let e = c.fails(&["create", "configmap", "x", "-n", "missing-ns"]);
+    assert!(e.contains("namespaces \"missing-ns\" not found"), "{e}");
+
+    // Finalizers hold a deleted object until they are removed.
+    let fin = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: team\n  finalizers: [example.com/hold]\ndata: {a: b}\n";
+    crate::harness::ok(c.kubectl_stdin(&["create", "-f", "-"], fin), &["create"]);
+    c.ok(&["delete", "cm", "held", "-n", "team", "--wait=false"]);
+    let ts = c.ok(&[
+        "get",
+        "cm",
+        "held",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]);
+    assert!(!ts.is_empty(), "deletionTimestamp not set");
+    c.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    let e = c.fails(&["get", "cm", "held", "-n", "team"]);
+    assert!(e.contains("NotFound"), "{e}");
+
+    // Watch: kubectl get -w sees an object created after it started.
+    let out_path = c.dir.path().join("watch.out");
+    let mut w = c.kubectl_spawn(
+        &["get", "cm", "-n", "team", "-w", "--output-watch-events"],
+        &out_path,
+    );
+    eventually(Duration::from_secs(20), "the watch to list", || {
+        std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .contains("cfg")
+    });
+    c.ok(&[
+        "create",
+        "configmap",
+        "late",
+        "-n",
+        "team",
+        "--from-literal=x=y",
+    ]);
+    c.ok(&["delete", "configmap", "late", "-n", "team"]);
+    eventually(Duration::from_secs(20), "ADDED and DELETED events", || {
+        let s = std::fs::read_to_string(&out_path).unwrap_or_default();
+        s.lines()
+            .any(|l| l.starts_with("ADDED") && l.contains("late"))
+            && s.lines()
+                .any(|l| l.starts_with("DELETED") && l.contains("late"))
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+
+    // explain reads the OpenAPI v3 schemas.
+    let x = c.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(x.contains("replicas") && x.contains("integer"), "{x}");
+
+    // Chunked lists follow continue tokens.
+    for i in 0..5 {
+        c.ok(&["create", "configmap", &format!("page-{i}"), "-n", "team"]);
+    }
+    let paged = c.ok(&["get", "cm", "-n", "team", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(
+        paged.lines().filter(|l| l.contains("page-")).count(),
+        5,
+        "{paged}"
+    );
+
+    // Delete a deployment and a service; the service's node port is released with it.
+    c.ok(&["delete", "deploy", "shop", "-n", "team"]);
+    c.ok(&["delete", "svc", "shop", "-n", "team"]);
+    let e = c.fails(&["get", "svc", "shop", "-n", "team"]);
+    assert!(e.contains("NotFound"), "{e}");
+}
+
+#[test]
+fn kubectl_walkthrough_on_keelson_store() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| walkthrough(&c)));
+    if let Err(e) = r {
+        eprintln!("{}", c.logs());
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn kubectl_walkthrough_on_etcd() {
+    let c = ApiCluster::start(Backend::Etcd, 1);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| walkthrough(&c)));
+    if let Err(e) = r {
+        eprintln!("{}", c.logs());
+        std::panic::resume_unwind(e);
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of `keelson apiserver`: real store and apiserver processes on loopback, with
+//! TLS and client certificates, driven by the real kubectl. The same scenarios run on
+//! keelson-store and on a real etcd 3.4.
+
+#[allow(dead_code)]
+#[path = "../store/cluster.rs"]
+mod cluster;
+mod harness;
+mod kubectl;
+mod multi;
