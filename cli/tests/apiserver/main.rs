@@ -8,3 +8,4 @@ mod cluster;
 mod harness;
 mod kubectl;
 mod multi;
+mod python;
