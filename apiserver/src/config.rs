@@ -79,6 +79,10 @@ pub struct Config {
     /// random between this and twice this.
     #[arg(long, default_value_t = 1800)]
     pub min_request_timeout: u64,
+    /// Events kept per resource in the watch cache for watches that resume from a
+    /// resourceVersion; 0 disables the cache (lists and watches go to the store).
+    #[arg(long, default_value_t = 16384)]
+    pub default_watch_cache_size: usize,
     /// The address advertised in discovery (`serverAddressByClientCIDRs`).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,

@@ -262,7 +262,7 @@ impl Etcd {
         let resp = self
             .with_failover(|ch| {
                 let req = req.clone();
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         Ok(resp.kvs.into_iter().next().map(Kv::from))
@@ -289,7 +289,7 @@ impl Etcd {
         let resp = self
             .with_failover(|ch| {
                 let req = req.clone();
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         Ok(RangeResult {
@@ -311,7 +311,7 @@ impl Etcd {
         let resp = self
             .with_failover(|ch| {
                 let req = req.clone();
-                async move { KvClient::new(ch).range(req).await.map(|r| r.into_inner()) }
+                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
             })
             .await?;
         Ok(resp.header.map(|h| h.revision).unwrap_or(0))
@@ -320,7 +320,7 @@ impl Etcd {
     async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
         self.with_failover(|ch| {
             let req = req.clone();
-            async move { KvClient::new(ch).txn(req).await.map(|r| r.into_inner()) }
+            async move { kv(ch).txn(req).await.map(|r| r.into_inner()) }
         })
         .await
     }
@@ -516,6 +516,23 @@ impl Etcd {
         end: &[u8],
         revision: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent, EtcdError>>, EtcdError> {
+        Ok(self.watch_with_progress(start, end, revision).await?.0)
+    }
+
+    /// Like [`Etcd::watch`], also returning a handle that asks the store for a progress
+    /// notification (answered as [`WatchEvent::Progress`] with the store's current revision).
+    pub async fn watch_with_progress(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        revision: i64,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<Result<WatchEvent, EtcdError>>,
+            ProgressHandle,
+        ),
+        EtcdError,
+    > {
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
@@ -538,12 +555,17 @@ impl Etcd {
                         .await
                         .map_err(|_| tonic::Status::cancelled("watch request channel closed"))?;
                     let stream = tokio_stream::wrappers::ReceiverStream::new(req_rx);
-                    let inbound = WatchClient::new(ch).watch(stream).await?.into_inner();
+                    let inbound = WatchClient::new(ch)
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .watch(stream)
+                        .await?
+                        .into_inner();
                     Ok((req_tx, inbound))
                 }
             })
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let handle = ProgressHandle { tx: req_tx.clone() };
         tokio::spawn(async move {
             // Keeps the request side open for as long as the watch lives.
             let _req_tx = req_tx;
@@ -619,7 +641,28 @@ impl Etcd {
                 }
             }
         });
-        Ok(rx)
+        Ok((rx, handle))
+    }
+}
+
+/// Asks a store watch for progress notifications.
+#[derive(Clone)]
+pub struct ProgressHandle {
+    tx: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+}
+
+impl ProgressHandle {
+    /// Requests a progress notification; false if the watch has ended.
+    pub fn request(&self) -> bool {
+        let req = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
+                pb::WatchProgressRequest {},
+            )),
+        };
+        !matches!(
+            self.tx.try_send(req),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+        )
     }
 }
 
@@ -650,6 +693,13 @@ fn range_op(key: &[u8]) -> pb::RequestOp {
             ..Default::default()
         })),
     }
+}
+
+/// Largest store response accepted (pages are far smaller; one large object must still fit).
+const MAX_MESSAGE: usize = 64 << 20;
+
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }
 
 /// The end of the key range that holds every key starting with `prefix`.

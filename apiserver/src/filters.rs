@@ -119,9 +119,18 @@ pub async fn with_metrics(
         code: String::new(),
     };
     if !info.is_long_running() {
+        let d = crate::metrics::DurationLabels {
+            verb: labels.verb.clone(),
+            group: labels.group.clone(),
+            version: labels.version.clone(),
+            resource: labels.resource.clone(),
+            subresource: labels.subresource.clone(),
+            scope: labels.scope.clone(),
+            component: labels.component.clone(),
+        };
         cfg.metrics
             .durations
-            .get_or_create(&labels)
+            .get_or_create(&d)
             .observe(start.elapsed().as_secs_f64());
     }
     labels.code = resp.status().as_u16().to_string();

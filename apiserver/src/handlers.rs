@@ -39,6 +39,8 @@ pub struct ApiState {
     pub advertise: String,
     /// Metrics registry and families.
     pub metrics: crate::metrics::Metrics,
+    /// The watch cache.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 /// How a response body is rendered.
@@ -503,7 +505,14 @@ async fn resource_request(
             if info.name.is_empty() || opts.fields.name().is_none() {
                 // fall through to the plain list
             }
-            let page = state.registry.list(res, ns, &opts).await?;
+            let cached = match state.cache.get(res) {
+                Some(c) => c.list(ns, &opts).await,
+                None => None,
+            };
+            let page = match cached {
+                Some(p) => p?,
+                None => state.registry.list(res, ns, &opts).await?,
+            };
             match out {
                 Output::Table(include) => {
                     let rv = page.revision.to_string();
@@ -569,8 +578,18 @@ async fn resource_request(
                     _ => None,
                 },
             };
-            let rx = watch::start(&state.registry, res, ns, params).await?;
-            let guard = state.metrics.watcher_guard(res);
+            let cached = match state.cache.get(res) {
+                Some(c) => c.watch(ns, params.clone()).await,
+                None => None,
+            };
+            let (rx, guard) = match cached {
+                // The cache holds its own watcher count.
+                Some(r) => (r?, None),
+                None => (
+                    watch::start(&state.registry, res, ns, params).await?,
+                    Some(state.metrics.watcher_guard(res)),
+                ),
+            };
             let stream = futures::stream::unfold((rx, guard), |(mut rx, g)| async move {
                 rx.recv()
                     .await

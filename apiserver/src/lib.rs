@@ -8,6 +8,7 @@
 //! etcd.
 
 pub mod alloc;
+pub mod cache;
 pub mod config;
 pub mod discovery;
 pub mod etcd;

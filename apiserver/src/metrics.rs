@@ -35,6 +35,25 @@ pub struct RequestLabels {
     pub code: String,
 }
 
+/// Labels of the request latency histogram (the request labels without the code).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// Kubernetes verb.
+    pub verb: String,
+    /// API group.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Resource.
+    pub resource: String,
+    /// Subresource.
+    pub subresource: String,
+    /// Scope.
+    pub scope: String,
+    /// Always `apiserver`.
+    pub component: String,
+}
+
 /// Labels of per-kind watch metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -67,13 +86,24 @@ pub struct Metrics {
     /// `apiserver_request_total`.
     pub requests: Family<RequestLabels, Counter>,
     /// `apiserver_request_duration_seconds`.
-    pub durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub durations: Family<DurationLabels, Histogram, fn() -> Histogram>,
     /// `apiserver_current_inflight_requests`.
     pub inflight: Family<KindOfRequest, Gauge>,
     /// `apiserver_registered_watchers`.
     pub watchers: Family<KindLabels, Gauge>,
     /// `apiserver_dropped_requests_total` (rejected by max-in-flight).
     pub dropped: Family<KindOfRequest, Counter>,
+    /// `apiserver_storage_objects`.
+    pub objects: Family<ResourceLabel, Gauge>,
+    /// `apiserver_watch_events_total`.
+    pub watch_events: Family<KindLabels, Counter>,
+}
+
+/// The `resource` label (`pods`, `deployments.apps`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// Resource, qualified by group.
+    pub resource: String,
 }
 
 impl Default for Metrics {
@@ -101,12 +131,14 @@ impl Metrics {
             inflight: Family::default(),
             watchers: Family::default(),
             dropped: Family::default(),
+            objects: Family::default(),
+            watch_events: Family::default(),
         };
         {
             let mut r = m.registry.lock();
-            r.register("apiserver_request", "Counter of apiserver requests broken out for each verb, dry run value, group, version, resource, scope, component, and HTTP response code.", m.requests.clone());
-            r.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.", m.durations.clone());
-            r.register("apiserver_current_inflight_requests", "Maximal number of currently used inflight request limit of this apiserver per request kind in last second.", m.inflight.clone());
+            r.register("apiserver_request", "Counter of apiserver requests broken out for each verb, group, version, resource, scope, component, and HTTP response code", m.requests.clone());
+            r.register("apiserver_request_duration_seconds", "Response latency distribution in seconds for each verb, group, version, resource, subresource, scope and component", m.durations.clone());
+            r.register("apiserver_current_inflight_requests", "Maximal number of currently used inflight request limit of this apiserver per request kind in last second", m.inflight.clone());
             r.register(
                 "apiserver_registered_watchers",
                 "Number of currently registered watchers for a given resources",
@@ -114,8 +146,18 @@ impl Metrics {
             );
             r.register(
                 "apiserver_dropped_requests",
-                "Number of requests dropped with 'Try again later' response.",
+                "Number of requests dropped with 'Try again later' response",
                 m.dropped.clone(),
+            );
+            r.register(
+                "apiserver_storage_objects",
+                "Number of stored objects at the time of last check split by kind",
+                m.objects.clone(),
+            );
+            r.register(
+                "apiserver_watch_events",
+                "Number of events sent in watch clients",
+                m.watch_events.clone(),
             );
         }
         m
@@ -133,6 +175,29 @@ impl Metrics {
             .clone();
         g.inc();
         WatcherGuard(g)
+    }
+
+    /// The stored-objects gauge of `res`.
+    pub fn storage_objects(&self, res: &Resource) -> Gauge {
+        let resource = if res.group.is_empty() {
+            res.resource.to_string()
+        } else {
+            format!("{}.{}", res.resource, res.group)
+        };
+        self.objects
+            .get_or_create(&ResourceLabel { resource })
+            .clone()
+    }
+
+    /// Counts one watch event sent for `res`.
+    pub fn watch_event(&self, res: &Resource) {
+        self.watch_events
+            .get_or_create(&KindLabels {
+                group: res.group.into(),
+                version: res.version.into(),
+                kind: res.kind.into(),
+            })
+            .inc();
     }
 
     /// The text exposition.

@@ -83,7 +83,7 @@ struct ContinueToken {
     start: String,
 }
 
-fn encode_continue(rv: i64, start: &str) -> String {
+pub(crate) fn encode_continue(rv: i64, start: &str) -> String {
     let t = ContinueToken {
         v: "meta.k8s.io/v1".into(),
         rv,
@@ -253,10 +253,11 @@ impl Registry {
             } else {
                 0
             };
-            let page = if filtered && want > 0 {
-                want.max(100)
-            } else {
-                want
+            // Pages of at most 1000 keys keep each store response small.
+            let page = match want {
+                0 => 1000,
+                w if filtered => w.clamp(100, 1000),
+                w => w.min(1000),
             };
             let r = match self
                 .etcd
@@ -305,7 +306,7 @@ impl Registry {
                     });
                 }
             }
-            if !r.more || opts.limit == 0 {
+            if !r.more {
                 break;
             }
             match last_key {

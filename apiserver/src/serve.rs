@@ -275,8 +275,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.advertise_address.unwrap_or(config.bind_address),
         config.secure_port
     );
+    let registry = Registry::new(etcd, &config.etcd_prefix, ranges);
+    let cache = crate::cache::Cache::start(
+        &registry,
+        &metrics,
+        config.default_watch_cache_size,
+        &shutdown,
+    );
     let state = Arc::new(ApiState {
-        registry: Registry::new(etcd, &config.etcd_prefix, ranges),
+        registry,
+        cache,
         min_request_timeout: config.min_request_timeout,
         advertise,
         metrics: metrics.clone(),

@@ -39,11 +39,11 @@ pub struct WatchParams {
     pub table: Option<IncludeObject>,
 }
 
-fn matches(p: &WatchParams, obj: &Value) -> bool {
+pub(crate) fn matches(p: &WatchParams, obj: &Value) -> bool {
     p.labels.matches_object(obj) && p.fields.matches_object(obj)
 }
 
-fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Value) -> Bytes {
+pub(crate) fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Value) -> Bytes {
     let object = match (p.table, ty) {
         (Some(include), "ADDED" | "MODIFIED" | "DELETED") => {
             let rv = object::meta_str(obj, "resourceVersion").to_string();
@@ -56,7 +56,7 @@ fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Value) -> Bytes
     Bytes::from(line)
 }
 
-fn bookmark(res: &Resource, rv: i64, initial_end: bool) -> Value {
+pub(crate) fn bookmark(res: &Resource, rv: i64, initial_end: bool) -> Value {
     let mut md = json!({"resourceVersion": rv.to_string()});
     if initial_end {
         md["annotations"] = json!({"k8s.io/initial-events-end": "true"});
@@ -64,7 +64,7 @@ fn bookmark(res: &Resource, rv: i64, initial_end: bool) -> Value {
     json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": md})
 }
 
-fn expired(requested: i64, compacted: i64) -> Value {
+pub(crate) fn expired(requested: i64, compacted: i64) -> Value {
     let msg = if compacted > 0 {
         format!("too old resource version: {requested} ({compacted})")
     } else {

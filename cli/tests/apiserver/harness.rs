@@ -75,6 +75,7 @@ pub struct ApiCluster {
     pub pki: Pki,
     pub etcd_url: String,
     pub api_ports: Vec<u16>,
+    api_args: Vec<String>,
     store: Option<Child>,
     apis: Vec<Option<Child>>,
 }
@@ -93,6 +94,11 @@ fn wait_port(port: u16, limit: Duration) {
 impl ApiCluster {
     /// Starts the store and `apiservers` apiservers, and waits until `kubectl get ns default` works.
     pub fn start(backend: Backend, apiservers: usize) -> ApiCluster {
+        Self::start_with(backend, apiservers, &[])
+    }
+
+    /// Like `start`, with extra apiserver flags.
+    pub fn start_with(backend: Backend, apiservers: usize, api_args: &[&str]) -> ApiCluster {
         let dir = tempfile::tempdir().unwrap();
         let pki = pki(dir.path());
         let client = free_port();
@@ -134,6 +140,7 @@ impl ApiCluster {
             pki,
             etcd_url,
             api_ports: Vec::new(),
+            api_args: api_args.iter().map(|s| s.to_string()).collect(),
             store: Some(store),
             apis: Vec::new(),
         };
@@ -178,6 +185,7 @@ impl ApiCluster {
             ))
             .arg(format!("--client-ca-file={}", self.pki.ca.display()))
             .arg("--anonymous-auth=false")
+            .args(&self.api_args)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(self.dir.path().join(format!("apiserver{i}.log"))).unwrap(),

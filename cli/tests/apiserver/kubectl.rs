@@ -387,6 +387,75 @@ fn walkthrough(c: &ApiCluster) {
         "{paged}"
     );
 
+    // A watch from a recent resourceVersion replays what followed it.
+    let list: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/team/configmaps"]))
+            .unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.ok(&["label", "cm", "cfg", "-n", "team", "replayed=yes"]);
+    let replay = c.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/team/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=2"
+        ),
+    ]);
+    let first = replay.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("\"type\":\"MODIFIED\"") && first.contains("\"replayed\":\"yes\""),
+        "{replay}"
+    );
+
+    // Bad requests: malformed bodies, oversized bodies, unknown resources, wrong kinds.
+    let bad = c.dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let e = c.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/team/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("BadRequest") || e.contains("error decoding"),
+        "{e}"
+    );
+    std::fs::write(&bad, format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"a\":\"{}\"}}}}", "x".repeat(4 << 20))).unwrap();
+    let e = c.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/team/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("too large") || e.contains("RequestEntityTooLarge") || e.contains("413"),
+        "{e}"
+    );
+    std::fs::write(
+        &bad,
+        r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"mismatch"}}"#,
+    )
+    .unwrap();
+    let e = c.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/team/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(e.contains("does not match the expected kind"), "{e}");
+    let e = c.fails(&["get", "--raw", "/api/v1/namespaces/team/nopes"]);
+    assert!(e.contains("NotFound"), "{e}");
+    let e = c.fails(&["get", "cm", "big", "-n", "team"]);
+    assert!(
+        e.contains("NotFound"),
+        "nothing may be written by a failed request: {e}"
+    );
+
     // Delete a deployment and a service; the service's node port is released with it.
     c.ok(&["delete", "deploy", "shop", "-n", "team"]);
     c.ok(&["delete", "svc", "shop", "-n", "team"]);
@@ -404,12 +473,63 @@ fn kubectl_walkthrough_on_keelson_store() {
     }
 }
 
+/// On etcd the watch cache is off, so lists and watches take the direct store path.
 #[test]
-fn kubectl_walkthrough_on_etcd() {
-    let c = ApiCluster::start(Backend::Etcd, 1);
+fn kubectl_walkthrough_on_etcd_without_watch_cache() {
+    let c = ApiCluster::start_with(Backend::Etcd, 1, &["--default-watch-cache-size=0"]);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| walkthrough(&c)));
     if let Err(e) = r {
         eprintln!("{}", c.logs());
         std::panic::resume_unwind(e);
+    }
+}
+
+/// A watch cache of 20 events: resuming within the ring replays, older is 410 Expired; after a
+/// store compaction the store path answers 410 too.
+#[test]
+fn watch_resume_and_expiry() {
+    for (args, compact) in [
+        (&["--default-watch-cache-size=20"][..], false),
+        (&["--default-watch-cache-size=0"][..], true),
+    ] {
+        let c = ApiCluster::start_with(Backend::Keelson, 1, args);
+        let mut rvs = Vec::new();
+        for i in 0..30 {
+            c.ok(&["create", "configmap", &format!("c{i}"), "-n", "default"]);
+            rvs.push(c.ok(&[
+                "get",
+                "cm",
+                &format!("c{i}"),
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ]));
+        }
+        if compact {
+            let last = rvs.last().unwrap().clone();
+            crate::cluster::ok(crate::cluster::etcdctl(&c.etcd_url, &["compact", &last]));
+        }
+        let old = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}&timeoutSeconds=3", rvs[0])]);
+        assert!(
+            old.contains("\"type\":\"ERROR\"")
+                && old.contains("\"code\":410")
+                && old.contains("Expired"),
+            "{args:?}: {old}"
+        );
+        if !compact {
+            let recent = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={}&timeoutSeconds=2", rvs[25])]);
+            let names: Vec<String> = recent
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["object"]["metadata"]
+                            ["name"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string()
+                })
+                .collect();
+            assert_eq!(names, ["c26", "c27", "c28", "c29"], "{recent}");
+        }
     }
 }

@@ -5,7 +5,10 @@ use crate::harness::{ApiCluster, Backend};
 #[test]
 fn python_client_crud_and_watch() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apiserver/python_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/apiserver/python_client.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(c.kubeconfig())

@@ -1,0 +1,620 @@
+//! The watch cache: per resource, one store watch on the resource's key prefix feeds an
+//! in-memory copy of every object (kept with its JSON encoding) and a ring of recent events.
+//! Lists and watches are served from it; each event is encoded once and the same bytes go to
+//! every watcher.
+//!
+//! Reads stay consistent (KEP-2340 style): a list or watch without a resourceVersion first reads
+//! the store's current revision, asks the store watch for a progress notification, and waits
+//! until the cache has caught up to that revision. A resourceVersion older than the ring holds
+//! gets `410 Expired`; a cache that is not ready (starting, relisting) sends requests to the store.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::etcd::{EtcdError, ProgressHandle, WatchEvent, prefix_end};
+use crate::metrics::Metrics;
+use crate::object;
+use crate::registry::{ListOptions, ListPage, Registry, encode_continue, parse_rv};
+use crate::resources::{self, Resource};
+use crate::status::{ApiError, ApiResult};
+use crate::watch::{WatchParams, bookmark, encode_event, expired, matches};
+
+/// How long a consistent read waits for the cache before going to the store.
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
+/// A cached object: decoded, and encoded once as JSON (with kind, apiVersion, resourceVersion).
+pub struct Obj {
+    /// The object.
+    pub value: Value,
+    /// Its JSON encoding.
+    pub json: Bytes,
+}
+
+impl Obj {
+    fn new(res: &Resource, mut value: Value) -> Arc<Obj> {
+        if let Some(m) = value.as_object_mut() {
+            m.insert("kind".into(), json!(res.kind));
+            m.insert("apiVersion".into(), json!(res.api_version()));
+        }
+        let json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+        Arc::new(Obj { value, json })
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Deleted (the object is its last state, with the delete's revision).
+    Deleted,
+    /// The store has been seen up to `rev`.
+    Progress,
+    /// The cache relisted: watchers must end so their clients resume.
+    Reset,
+}
+
+/// One change.
+pub struct Event {
+    /// Kind.
+    pub kind: Kind,
+    /// Store revision.
+    pub rev: i64,
+    /// Store key.
+    pub key: Vec<u8>,
+    /// The object after the change.
+    pub obj: Option<Arc<Obj>>,
+    /// The object before the change.
+    pub prev: Option<Arc<Obj>>,
+}
+
+struct State {
+    ready: bool,
+    revision: i64,
+    /// The ring holds every event with a revision greater than this.
+    oldest: i64,
+    objects: BTreeMap<Vec<u8>, Arc<Obj>>,
+    ring: VecDeque<Arc<Event>>,
+}
+
+/// The cache of one resource.
+pub struct Cacher {
+    res: &'static Resource,
+    registry: Registry,
+    metrics: Metrics,
+    state: RwLock<State>,
+    ring_size: usize,
+    tx: broadcast::Sender<Arc<Event>>,
+    progress: parking_lot::Mutex<Option<ProgressHandle>>,
+    advanced: Notify,
+}
+
+/// The caches of every resource.
+pub struct Cache {
+    cachers: Vec<Arc<Cacher>>,
+}
+
+impl Cache {
+    /// Starts one cacher per resource, each keeping `ring_size` recent events; they fill in the
+    /// background. A size of 0 disables caching.
+    pub fn start(
+        registry: &Registry,
+        metrics: &Metrics,
+        ring_size: usize,
+        shutdown: &CancellationToken,
+    ) -> Arc<Cache> {
+        let mut cachers = Vec::new();
+        for res in resources::all()
+            .iter()
+            .filter(|r| r.resource != "bindings" && ring_size > 0)
+        {
+            let (tx, _) = broadcast::channel(4096);
+            let c = Arc::new(Cacher {
+                res,
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                state: RwLock::new(State {
+                    ready: false,
+                    revision: 0,
+                    oldest: 0,
+                    objects: BTreeMap::new(),
+                    ring: VecDeque::new(),
+                }),
+                ring_size,
+                tx,
+                progress: parking_lot::Mutex::new(None),
+                advanced: Notify::new(),
+            });
+            tokio::spawn(c.clone().run(shutdown.clone()));
+            cachers.push(c);
+        }
+        Arc::new(Cache { cachers })
+    }
+
+    /// The cacher of `res`.
+    pub fn get(&self, res: &Resource) -> Option<&Arc<Cacher>> {
+        self.cachers.iter().find(|c| {
+            c.res.group == res.group
+                && c.res.version == res.version
+                && c.res.resource == res.resource
+        })
+    }
+}
+
+impl Cacher {
+    fn prefix(&self, ns: &str) -> Vec<u8> {
+        object::collection_prefix(self.registry.prefix(), self.res, ns)
+    }
+
+    /// Whether the cache holds a complete copy.
+    pub fn is_ready(&self) -> bool {
+        self.state.read().ready
+    }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match self.list_and_watch(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(resource = self.res.resource, error = %e, "watch cache relists");
+                    {
+                        let mut st = self.state.write();
+                        st.ready = false;
+                        let _ = self.tx.send(Arc::new(Event {
+                            kind: Kind::Reset,
+                            rev: st.revision,
+                            key: Vec::new(),
+                            obj: None,
+                            prev: None,
+                        }));
+                    }
+                    *self.progress.lock() = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn list_and_watch(&self, shutdown: &CancellationToken) -> Result<(), EtcdError> {
+        let prefix = self.prefix("");
+        let end = prefix_end(&prefix);
+        let etcd = self.registry.etcd().clone();
+        let mut objects = BTreeMap::new();
+        let mut start = prefix.clone();
+        let mut revision = 0;
+        loop {
+            let r = etcd.range(&start, &end, 1000, revision, false).await?;
+            if revision == 0 {
+                revision = r.revision;
+            }
+            let more = r.more;
+            let mut last = None;
+            for kv in r.kvs {
+                if let Ok(v) = object::decode_stored(&kv.value, kv.mod_revision) {
+                    objects.insert(kv.key.clone(), Obj::new(self.res, v));
+                }
+                last = Some(kv.key);
+            }
+            match (more, last) {
+                (true, Some(mut k)) => {
+                    k.push(0);
+                    start = k;
+                }
+                _ => break,
+            }
+        }
+        let (mut rx, handle) = etcd
+            .watch_with_progress(&prefix, &end, revision + 1)
+            .await?;
+        {
+            let mut st = self.state.write();
+            st.objects = objects;
+            st.revision = revision;
+            st.oldest = revision;
+            st.ring.clear();
+            st.ready = true;
+            self.set_object_count(st.objects.len());
+        }
+        *self.progress.lock() = Some(handle.clone());
+        tracing::debug!(resource = self.res.resource, revision, "watch cache ready");
+        self.advanced.notify_waiters();
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            let ev = tokio::select! {
+                e = rx.recv() => e,
+                _ = tick.tick() => {
+                    handle.request();
+                    continue;
+                }
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match ev {
+                None => return Err(EtcdError::Unavailable("watch ended".into())),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(e)) => self.apply(e),
+            }
+        }
+    }
+
+    fn set_object_count(&self, n: usize) {
+        self.metrics.storage_objects(self.res).set(n as i64);
+    }
+
+    fn apply(&self, ev: WatchEvent) {
+        let mut st = self.state.write();
+        let event = match ev {
+            WatchEvent::Progress { revision } => {
+                if revision > st.revision {
+                    st.revision = revision;
+                    let _ = self.tx.send(Arc::new(Event {
+                        kind: Kind::Progress,
+                        rev: revision,
+                        key: Vec::new(),
+                        obj: None,
+                        prev: None,
+                    }));
+                }
+                drop(st);
+                self.advanced.notify_waiters();
+                return;
+            }
+            WatchEvent::Put { kv, .. } => {
+                let Ok(v) = object::decode_stored(&kv.value, kv.mod_revision) else {
+                    return;
+                };
+                let obj = Obj::new(self.res, v);
+                let prev = st.objects.insert(kv.key.clone(), obj.clone());
+                let kind = if prev.is_some() {
+                    Kind::Modified
+                } else {
+                    Kind::Added
+                };
+                Event {
+                    kind,
+                    rev: kv.mod_revision,
+                    key: kv.key,
+                    obj: Some(obj),
+                    prev,
+                }
+            }
+            WatchEvent::Delete { key, revision, .. } => {
+                let Some(prev) = st.objects.remove(&key) else {
+                    st.revision = st.revision.max(revision);
+                    return;
+                };
+                let mut last = prev.value.clone();
+                object::set_meta(&mut last, "resourceVersion", json!(revision.to_string()));
+                let obj = Obj::new(self.res, last);
+                Event {
+                    kind: Kind::Deleted,
+                    rev: revision,
+                    key,
+                    obj: Some(obj),
+                    prev: Some(prev),
+                }
+            }
+        };
+        st.revision = st.revision.max(event.rev);
+        let event = Arc::new(event);
+        st.ring.push_back(event.clone());
+        while st.ring.len() > self.ring_size {
+            if let Some(old) = st.ring.pop_front() {
+                st.oldest = old.rev;
+            }
+        }
+        self.set_object_count(st.objects.len());
+        let _ = self.tx.send(event);
+        drop(st);
+        self.advanced.notify_waiters();
+    }
+
+    /// Waits until the cache has seen revision `rev`; false on timeout or when not ready.
+    async fn wait_for(&self, rev: i64) -> bool {
+        let deadline = tokio::time::Instant::now() + FRESHNESS_WAIT;
+        loop {
+            let notified = self.advanced.notified();
+            {
+                let st = self.state.read();
+                if st.ready && st.revision >= rev {
+                    return true;
+                }
+            }
+            if let Some(h) = self.progress.lock().as_ref() {
+                h.request();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// The revision a consistent read must see: the store's current revision.
+    async fn consistent_revision(&self) -> ApiResult<i64> {
+        Ok(self.registry.etcd().current_revision().await?)
+    }
+
+    /// Serves a list from the cache, or `None` when it must go to the store (continue tokens,
+    /// exact resourceVersions, a cache that is not ready or not fresh enough in time).
+    pub async fn list(&self, ns: &str, opts: &ListOptions) -> Option<ApiResult<ListPage>> {
+        if opts.continue_token.is_some()
+            || opts.resource_version_match.as_deref() == Some("Exact")
+            || !self.is_ready()
+        {
+            return None;
+        }
+        let min = match opts.resource_version.as_deref() {
+            Some(s) => match parse_rv(s) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(e)),
+            },
+            None => match self.consistent_revision().await {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        if !self.wait_for(min).await {
+            return None;
+        }
+        let prefix = self.prefix(ns);
+        let st = self.state.read();
+        if !st.ready {
+            return None;
+        }
+        let mut items = Vec::new();
+        let mut continue_token = None;
+        let mut remaining = None;
+        let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let mut range = st
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .peekable();
+        let mut seen = 0i64;
+        while let Some((k, o)) = range.next() {
+            seen += 1;
+            if !(opts.labels.matches_object(&o.value) && opts.fields.matches_object(&o.value)) {
+                continue;
+            }
+            items.push(o.value.clone());
+            if opts.limit > 0 && items.len() as i64 >= opts.limit {
+                if range.peek().is_some() {
+                    let suffix = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    continue_token = Some(encode_continue(st.revision, &format!("{suffix}\u{0}")));
+                    if !filtered {
+                        remaining = Some(range.count() as i64);
+                    }
+                }
+                break;
+            }
+        }
+        let _ = seen;
+        Some(Ok(ListPage {
+            items,
+            revision: st.revision,
+            continue_token,
+            remaining,
+        }))
+    }
+
+    /// Serves a watch from the cache, or `None` when the cache cannot (not ready or not fresh).
+    pub async fn watch(
+        self: &Arc<Self>,
+        ns: &str,
+        p: WatchParams,
+    ) -> Option<ApiResult<mpsc::Receiver<Bytes>>> {
+        if !self.is_ready() {
+            return None;
+        }
+        let rv = match p
+            .resource_version
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_rv)
+            .transpose()
+        {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let initial = match p.send_initial_events {
+            Some(true) => {
+                if !p.bookmarks || p.resource_version_match.as_deref() != Some("NotOlderThan") {
+                    return Some(Err(ApiError::invalid(
+                        "",
+                        "ListOptions",
+                        "",
+                        vec![crate::status::Cause::new(
+                            "FieldValueForbidden",
+                            "sendInitialEvents",
+                            "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan and allowWatchBookmarks is true",
+                        )],
+                    )));
+                }
+                true
+            }
+            Some(false) => false,
+            None => rv.is_none() || rv == Some(0),
+        };
+        let min = match rv {
+            None => match self.consistent_revision().await {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            },
+            Some(v) => v,
+        };
+        if !self.wait_for(min).await {
+            return None;
+        }
+        let prefix = self.prefix(ns);
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let (first, sub, mut last_rev) = {
+            let st = self.state.read();
+            if !st.ready {
+                return None;
+            }
+            let sub = self.tx.subscribe();
+            if initial {
+                let objs: Vec<Arc<Obj>> = st
+                    .objects
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(_, o)| matches(&p, &o.value))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                (First::Snapshot(objs, st.revision), sub, st.revision)
+            } else {
+                let from = rv.unwrap_or(0);
+                if from < st.oldest {
+                    (First::Expired(from, st.oldest), sub, st.revision)
+                } else {
+                    let replay: Vec<Arc<Event>> = st
+                        .ring
+                        .iter()
+                        .filter(|e| e.rev > from && e.key.starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    (First::Replay(replay), sub, st.revision)
+                }
+            }
+        };
+        let me = self.clone();
+        let res = self.res;
+        let guard = self.metrics.watcher_guard(res);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let deadline = tokio::time::sleep(p.timeout);
+            tokio::pin!(deadline);
+            let mut sub = sub;
+            match first {
+                First::Expired(from, oldest) => {
+                    let _ = tx
+                        .send(encode_event(res, &p, "ERROR", &expired(from, oldest)))
+                        .await;
+                    return;
+                }
+                First::Snapshot(objs, rev) => {
+                    for o in objs {
+                        if tx.send(me.line(&p, "ADDED", &o)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if p.send_initial_events == Some(true)
+                        && tx
+                            .send(encode_event(res, &p, "BOOKMARK", &bookmark(res, rev, true)))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                First::Replay(events) => {
+                    for e in events {
+                        if let Some(l) = me.event_line(&p, &e)
+                            && tx.send(l).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            loop {
+                let e = tokio::select! {
+                    e = sub.recv() => e,
+                    _ = &mut deadline => return,
+                    _ = tx.closed() => return,
+                };
+                let e = match e {
+                    Ok(e) => e,
+                    // Too slow to keep up, or the cache relisted: end the watch; the client
+                    // resumes from its last resourceVersion.
+                    Err(_) => return,
+                };
+                if e.kind == Kind::Reset {
+                    return;
+                }
+                if e.rev <= last_rev && e.kind != Kind::Progress {
+                    continue;
+                }
+                if e.kind == Kind::Progress {
+                    if p.bookmarks && e.rev > last_rev {
+                        last_rev = e.rev;
+                        if tx
+                            .send(encode_event(
+                                res,
+                                &p,
+                                "BOOKMARK",
+                                &bookmark(res, e.rev, false),
+                            ))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                last_rev = e.rev;
+                if !e.key.starts_with(&prefix) {
+                    continue;
+                }
+                if let Some(l) = me.event_line(&p, &e)
+                    && tx.send(l).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Some(Ok(rx))
+    }
+
+    /// One watch line for `obj`; plain JSON watches reuse the object's encoding.
+    fn line(&self, p: &WatchParams, ty: &str, obj: &Obj) -> Bytes {
+        self.metrics.watch_event(self.res);
+        if p.table.is_some() {
+            return encode_event(self.res, p, ty, &obj.value);
+        }
+        let mut b = BytesMut::with_capacity(obj.json.len() + 32);
+        b.put_slice(b"{\"type\":\"");
+        b.put_slice(ty.as_bytes());
+        b.put_slice(b"\",\"object\":");
+        b.put_slice(&obj.json);
+        b.put_slice(b"}\n");
+        b.freeze()
+    }
+
+    /// The line for a change, with selector transitions as upstream: an object that starts
+    /// matching is ADDED, one that stops matching is DELETED.
+    fn event_line(&self, p: &WatchParams, e: &Event) -> Option<Bytes> {
+        let obj = e.obj.as_ref()?;
+        let now = matches(p, &obj.value);
+        let before = e.prev.as_ref().is_some_and(|o| matches(p, &o.value));
+        let ty = match (e.kind, before, now) {
+            (Kind::Added, _, true) => "ADDED",
+            (Kind::Modified, true, true) => "MODIFIED",
+            (Kind::Modified, false, true) => "ADDED",
+            (Kind::Modified, true, false) => "DELETED",
+            (Kind::Deleted, true, _) => "DELETED",
+            _ => return None,
+        };
+        Some(self.line(p, ty, obj))
+    }
+}
+
+enum First {
+    Snapshot(Vec<Arc<Obj>>, i64),
+    Replay(Vec<Arc<Event>>),
+    Expired(i64, i64),
+}
