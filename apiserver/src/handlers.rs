@@ -16,7 +16,7 @@ use crate::discovery;
 use crate::object;
 use crate::openapi;
 use crate::patch;
-use crate::registry::{DeleteOptions, ListOptions, Registry};
+use crate::registry::{DeleteOptions, FieldManager, ListOptions, Registry, WriteOpts};
 use crate::request_info::{RequestInfo, parse_bool};
 use crate::resources::{self, Resource, Sub};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -252,6 +252,46 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
             "dryRun: Unsupported value: {v:?}: supported values: \"All\""
         ))),
     }
+}
+
+/// The write options of a request: dry run and the field manager (`fieldManager`, else the
+/// User-Agent's product name, as upstream).
+fn write_opts(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    subresource: &str,
+) -> ApiResult<WriteOpts> {
+    let name = match q.get("fieldManager") {
+        Some(m) if !m.is_empty() => {
+            if m.len() > 128 || m.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "",
+                    "PatchOptions",
+                    "",
+                    vec![crate::status::Cause::new(
+                        "FieldValueInvalid",
+                        "fieldManager",
+                        format!("Invalid value: {m:?}: must be at most 128 printable characters"),
+                    )],
+                ));
+            }
+            m.clone()
+        }
+        _ => crate::managed::manager_from_user_agent(
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
+    };
+    Ok(WriteOpts {
+        dry_run: dry_run(q)?,
+        manager: Some(FieldManager {
+            name,
+            subresource: subresource.to_string(),
+            applied: false,
+        }),
+    })
 }
 
 fn field_validation(q: &HashMap<String, String>) -> ApiResult<FieldValidation> {
@@ -608,14 +648,14 @@ async fn resource_request(
         }
         ("create", None) => {
             let out = negotiate(&headers, &q, false)?;
-            let dry = dry_run(&q)?;
+            let w = write_opts(&q, &headers, "")?;
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
             let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
-            let created = state.registry.create(res, ns, obj, dry).await?;
+            let created = state.registry.create(res, ns, obj, &w).await?;
             Ok(add_warnings(
                 render_object(res, &with_type(res, created), out, StatusCode::CREATED),
                 &warnings,
@@ -635,7 +675,15 @@ async fn resource_request(
         )),
         ("update", None | Some(Sub::Status)) => {
             let out = negotiate(&headers, &q, false)?;
-            let dry = dry_run(&q)?;
+            let w = write_opts(
+                &q,
+                &headers,
+                if sub == Some(Sub::Status) {
+                    "status"
+                } else {
+                    ""
+                },
+            )?;
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
@@ -644,7 +692,7 @@ async fn resource_request(
             let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
             let updated = state
                 .registry
-                .update(res, ns, name, obj, sub == Some(Sub::Status), dry)
+                .update(res, ns, name, obj, sub == Some(Sub::Status), &w)
                 .await?;
             Ok(add_warnings(
                 render_object(res, &with_type(res, updated), out, StatusCode::OK),
@@ -652,7 +700,7 @@ async fn resource_request(
             ))
         }
         ("update", Some(Sub::Scale)) => {
-            let dry = dry_run(&q)?;
+            let w = write_opts(&q, &headers, "scale")?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
             let mut scale = decode_document(&ct, &body)?;
@@ -664,7 +712,7 @@ async fn resource_request(
             let want_rv = object::meta_str(&scale, "resourceVersion").to_string();
             let updated = state
                 .registry
-                .guaranteed_update(res, ns, name, false, dry, |old| {
+                .guaranteed_update(res, ns, name, false, &w, |old| {
                     let mut o = old.clone();
                     if !want_rv.is_empty() {
                         object::set_meta(&mut o, "resourceVersion", json!(want_rv));
@@ -679,9 +727,13 @@ async fn resource_request(
         }
         ("patch", None | Some(Sub::Status) | Some(Sub::Scale)) => {
             let out = negotiate(&headers, &q, false)?;
-            let dry = dry_run(&q)?;
+            let w = write_opts(&q, &headers, sub.map(Sub::name).unwrap_or(""))?;
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
+            if ct == "application/apply-patch+yaml" {
+                let body = read_body(req.into_body()).await?;
+                return server_side_apply(state, res, ns, name, sub, &q, &w, &body, out).await;
+            }
             let body = read_body(req.into_body()).await?;
             let kind = patch::PatchKind::from_content_type(&ct)?;
             let patch_doc = patch::parse(kind, &body)?;
@@ -689,7 +741,7 @@ async fn resource_request(
             let is_scale = sub == Some(Sub::Scale);
             let updated = state
                 .registry
-                .guaranteed_update(res, ns, name, sub == Some(Sub::Status), dry, |old| {
+                .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
                     let base = if is_scale {
                         scale_of(res, old)
                     } else {
@@ -950,5 +1002,126 @@ async fn bind(
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
         Output::Json,
         StatusCode::CREATED,
+    ))
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): creates the object if it does not exist,
+/// else merges the applied configuration with field ownership and conflicts.
+#[allow(clippy::too_many_arguments)]
+async fn server_side_apply(
+    state: &ApiState,
+    res: &'static Resource,
+    ns: &str,
+    name: &str,
+    sub: Option<Sub>,
+    q: &HashMap<String, String>,
+    w: &WriteOpts,
+    body: &[u8],
+    out: Output,
+) -> ApiResult<Response> {
+    if matches!(
+        sub,
+        Some(Sub::Scale) | Some(Sub::Binding) | Some(Sub::Eviction)
+    ) {
+        return Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml",
+        ));
+    }
+    let manager = q
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?;
+    let force = match q.get("force") {
+        Some(f) => {
+            parse_bool(f).ok_or_else(|| ApiError::bad_request(format!("invalid force {f:?}")))?
+        }
+        None => false,
+    };
+    let fv = field_validation(q)?;
+    let mut applied = decode_document("application/apply-patch+yaml", body)?;
+    if applied
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+        || applied
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::bad_request(
+            "apiVersion and kind must be set in an apply configuration",
+        ));
+    }
+    check_type(&mut applied, res.group, res.version, res.kind)?;
+    let body_name = object::name(&applied).to_string();
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let warnings = validation::check(res.group, res.version, res.definition, &mut applied, fv)?;
+    let subresource = if sub == Some(Sub::Status) {
+        "status"
+    } else {
+        ""
+    };
+    let mut w = w.clone();
+    w.manager = Some(FieldManager {
+        name: manager.clone(),
+        subresource: subresource.into(),
+        applied: true,
+    });
+    let sch = crate::managed::Schemas::of(res.group, res.version);
+    let av = res.api_version();
+    let exists = match state.registry.get(res, ns, name).await {
+        Ok(_) => true,
+        Err(e) if e.code == 404 => false,
+        Err(e) => return Err(e),
+    };
+    if !exists && sub.is_none() {
+        let obj = crate::managed::apply(
+            &sch,
+            res.definition,
+            &av,
+            subresource,
+            None,
+            &applied,
+            &manager,
+            force,
+        )?;
+        match state.registry.create(res, ns, obj, &w).await {
+            Ok(created) => {
+                return Ok(add_warnings(
+                    render_object(res, &with_type(res, created), out, StatusCode::CREATED),
+                    &warnings,
+                ));
+            }
+            Err(e) if e.code == 409 && e.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let updated = state
+        .registry
+        .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
+            let mut base = with_type(res, old.clone());
+            if let Some(m) = base.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            crate::managed::apply(
+                &sch,
+                res.definition,
+                &av,
+                subresource,
+                Some(&base),
+                &applied,
+                &manager,
+                force,
+            )
+        })
+        .await?;
+    Ok(add_warnings(
+        render_object(res, &with_type(res, updated), out, StatusCode::OK),
+        &warnings,
     ))
 }

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod etcd;
 pub mod filters;
 pub mod handlers;
+pub mod managed;
 pub mod metrics;
 pub mod object;
 pub mod openapi;

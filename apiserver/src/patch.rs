@@ -24,11 +24,6 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-            "application/apply-patch+yaml" => Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                "server-side apply (application/apply-patch+yaml) is not served yet by keelson; use client-side apply",
-            )),
             other => Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
@@ -313,8 +308,50 @@ pub fn annotate_schemas(defs: &mut Map<String, Value>) {
                 "x-kubernetes-patch-strategy".into(),
                 Value::String((*strategy).into()),
             );
+            // The server-side apply list types: merge-keyed lists are maps (ports are keyed by
+            // port and protocol, as upstream), merged primitive lists are sets.
+            if strategy.split(',').any(|s| s == "merge") {
+                if key.is_empty() {
+                    prop.insert("x-kubernetes-list-type".into(), Value::String("set".into()));
+                } else {
+                    let keys: Vec<Value> = match (*field, *key) {
+                        ("ports", k) => {
+                            vec![Value::String(k.into()), Value::String("protocol".into())]
+                        }
+                        (_, k) => vec![Value::String(k.into())],
+                    };
+                    prop.insert("x-kubernetes-list-type".into(), Value::String("map".into()));
+                    prop.insert("x-kubernetes-list-map-keys".into(), Value::Array(keys));
+                }
+            }
         }
     }
+}
+
+/// Follows `$ref` and `allOf` wrappers to the schema they stand for.
+pub fn resolve<'a>(defs: &'a Map<String, Value>, schema: &'a Value) -> &'a Value {
+    let mut cur = schema;
+    for _ in 0..8 {
+        match cur
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+        {
+            Some(name) => match defs.get(name) {
+                Some(d) => cur = d,
+                None => return cur,
+            },
+            None => match cur
+                .get("allOf")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
+                Some(first) => cur = first,
+                None => return cur,
+            },
+        }
+    }
+    cur
 }
 
 /// Schema context of the strategic merge: the group-version's definitions.

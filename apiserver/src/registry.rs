@@ -59,6 +59,33 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+/// Who is writing, for `managedFields`.
+#[derive(Debug, Clone)]
+pub struct FieldManager {
+    /// Manager name (`fieldManager`, or from the User-Agent).
+    pub name: String,
+    /// Subresource written through (`status`, `scale`) or empty.
+    pub subresource: String,
+    /// The write is a server-side apply that has already set managedFields.
+    pub applied: bool,
+}
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOpts {
+    /// `dryRun=All`: validate and answer, store nothing.
+    pub dry_run: bool,
+    /// The writer, for `managedFields` (None: internal writes, not tracked).
+    pub manager: Option<FieldManager>,
+}
+
+impl WriteOpts {
+    /// An internal write by the server itself.
+    pub fn internal() -> Self {
+        WriteOpts::default()
+    }
+}
+
 /// The outcome of a delete.
 #[derive(Debug, Clone)]
 pub struct Deleted {
@@ -121,6 +148,23 @@ impl Registry {
             etcd,
             prefix: prefix.trim_end_matches('/').to_string(),
             ranges: std::sync::Arc::new(ranges),
+        }
+    }
+
+    /// Records the write in `managedFields` (not for internal writes or applies, which have
+    /// set them already).
+    fn record(&self, res: &Resource, old: Option<&Value>, obj: &mut Value, w: &WriteOpts) {
+        if let Some(m) = w.manager.as_ref().filter(|m| !m.applied) {
+            let sch = crate::managed::Schemas::of(res.group, res.version);
+            crate::managed::record_update(
+                &sch,
+                res.definition,
+                &res.api_version(),
+                &m.subresource,
+                old,
+                obj,
+                &m.name,
+            );
         }
     }
 
@@ -349,7 +393,7 @@ impl Registry {
         res: &Resource,
         ns: &str,
         mut obj: Value,
-        dry_run: bool,
+        w: &WriteOpts,
     ) -> ApiResult<Value> {
         if res.namespaced {
             let body_ns = object::namespace(&obj).to_string();
@@ -383,6 +427,7 @@ impl Registry {
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;
+        self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
         let template = obj.clone();
         for attempt in 0..16 {
@@ -408,7 +453,7 @@ impl Registry {
             } else {
                 Vec::new()
             };
-            if dry_run {
+            if w.dry_run {
                 return Ok(obj);
             }
             let key = object::key(&self.prefix, res, ns, &name);
@@ -492,7 +537,7 @@ impl Registry {
         name: &str,
         mut obj: Value,
         status_only: bool,
-        dry_run: bool,
+        w: &WriteOpts,
     ) -> ApiResult<Value> {
         let body_name = object::name(&obj).to_string();
         if !body_name.is_empty() && body_name != name {
@@ -546,11 +591,12 @@ impl Registry {
         }
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
+        self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self
-            .carry_over(res, &old, &mut obj, dry_run || status_only)
+            .carry_over(res, &old, &mut obj, w.dry_run || status_only)
             .await?;
         let r = self
-            .write_update(res, ns, name, old, old_rv, obj, dry_run)
+            .write_update(res, ns, name, old, old_rv, obj, w.dry_run)
             .await;
         self.release(if r.is_ok() { &release } else { &taken })
             .await;
@@ -633,7 +679,7 @@ impl Registry {
         ns: &str,
         name: &str,
         status_only: bool,
-        dry_run: bool,
+        w: &WriteOpts,
         f: F,
     ) -> ApiResult<Value>
     where
@@ -689,11 +735,12 @@ impl Registry {
             }
             strategy::validate(res, &obj)?;
             strategy::validate_update(res, &old, &obj)?;
+            self.record(res, Some(&old), &mut obj, w);
             let (taken, release) = self
-                .carry_over(res, &old, &mut obj, dry_run || status_only)
+                .carry_over(res, &old, &mut obj, w.dry_run || status_only)
                 .await?;
             let r = self
-                .write_update(res, ns, name, old, old_rv, obj, dry_run)
+                .write_update(res, ns, name, old, old_rv, obj, w.dry_run)
                 .await;
             self.release(if r.is_ok() { &release } else { &taken })
                 .await;

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::etcd::{Etcd, EtcdTls};
 use crate::filters::{self, ChainConfig, PeerIdentity};
 use crate::handlers::{self, ApiState};
-use crate::registry::Registry;
+use crate::registry::{Registry, WriteOpts};
 use crate::request_info::RequestInfo;
 
 /// Errors that stop the server from starting.
@@ -172,7 +172,10 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
         let mut left = Vec::new();
         for ns in pending {
             let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match registry.create(nsres, "", obj, false).await {
+            match registry
+                .create(nsres, "", obj, &WriteOpts::internal())
+                .await
+            {
                 Ok(_) => tracing::info!(namespace = ns, "created system namespace"),
                 Err(e) if e.code == 409 => {}
                 Err(e) => {
@@ -193,7 +196,10 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
         "spec": {"clusterIP": registry.ranges().first_ip().to_string(), "type": "ClusterIP", "sessionAffinity": "None",
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.1}]}});
     while !shutdown.is_cancelled() {
-        let svc_ok = match registry.create(svcres, "default", svc.clone(), false).await {
+        let svc_ok = match registry
+            .create(svcres, "default", svc.clone(), &WriteOpts::internal())
+            .await
+        {
             Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "kubernetes service not created yet");
@@ -222,12 +228,24 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
         };
         let ep = serde_json::json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"}});
         let ep_ok = match registry
-            .create(epres, "default", add_self(&ep).unwrap_or(ep.clone()), false)
+            .create(
+                epres,
+                "default",
+                add_self(&ep).unwrap_or(ep.clone()),
+                &WriteOpts::internal(),
+            )
             .await
         {
             Ok(_) => true,
             Err(e) if e.code == 409 => registry
-                .guaranteed_update(epres, "default", "kubernetes", false, false, add_self)
+                .guaranteed_update(
+                    epres,
+                    "default",
+                    "kubernetes",
+                    false,
+                    &WriteOpts::internal(),
+                    add_self,
+                )
                 .await
                 .is_ok(),
             Err(_) => false,

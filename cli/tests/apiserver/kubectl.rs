@@ -186,6 +186,119 @@ fn walkthrough(c: &ApiCluster) {
         String::from_utf8_lossy(&same.stderr)
     );
 
+    // Server-side apply: create, re-apply, conflicts with another manager, force, and removal of
+    // fields the manager stops applying.
+    let ssa = APP
+        .split("---")
+        .next()
+        .unwrap()
+        .replace("name: shop", "name: ssa")
+        .replace(
+            "\n  labels: {app: shop}",
+            "\n  labels: {app: ssa, extra: x}",
+        )
+        .replace("app: shop}", "app: ssa}");
+    let out = crate::harness::ok(
+        c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &ssa),
+        &["apply", "--server-side"],
+    );
+    assert!(
+        out.contains("deployment.apps/ssa serverside-applied"),
+        "{out}"
+    );
+    let mf = c.ok(&[
+        "get",
+        "deploy",
+        "ssa",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.managedFields[0].manager} {.metadata.managedFields[0].operation}",
+    ]);
+    assert_eq!(mf, "kubectl Apply");
+    crate::harness::ok(
+        c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &ssa),
+        &["apply", "--server-side"],
+    );
+    c.ok(&["scale", "deploy", "ssa", "-n", "team", "--replicas=4"]);
+    let more = ssa.replace("replicas: 2", "replicas: 3");
+    let out = c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &more);
+    assert!(!out.status.success(), "a conflicting apply must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Apply failed with 1 conflict") && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "ssa",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "4"
+    );
+    crate::harness::ok(
+        c.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            &more,
+        ),
+        &["apply", "--force-conflicts"],
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "ssa",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    let fewer = more.replace("labels: {app: ssa, extra: x}", "labels: {app: ssa}");
+    crate::harness::ok(
+        c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &fewer),
+        &["apply", "--server-side"],
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "ssa",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.labels}"
+        ]),
+        r#"{"app":"ssa"}"#
+    );
+    let dry = fewer.replace("replicas: 3", "replicas: 7");
+    crate::harness::ok(
+        c.kubectl_stdin(
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            &dry,
+        ),
+        &["apply", "--server-side", "--dry-run=server"],
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "ssa",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    c.ok(&["delete", "deploy", "ssa", "-n", "team"]);
+
     // Unknown fields: kubectl asks for strict validation.
     let bogus = APP.replace("replicas: 2", "replicas: 2\n  bogus: 1");
     let out = c.kubectl_stdin(&["apply", "-f", "-"], &bogus);
