@@ -1,5 +1,7 @@
 //! The `keelson` binary: every component as a subcommand, plus `keelson up`.
 
+mod balancer;
+mod pki;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -22,7 +24,7 @@ enum Command {
     Store(Box<keelson_store::server::Config>),
     /// Run one Kubernetes API server (flags as kube-apiserver's).
     Apiserver(Box<keelson_apiserver::Config>),
-    /// Start a local cluster on loopback (for now: a 3-member store cluster only).
+    /// Start a local cluster on loopback (for now: 3 store members and 2 apiservers).
     Up(up::Args),
 }
 

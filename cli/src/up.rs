@@ -1,8 +1,9 @@
 //! `keelson up`: a local cluster of separate processes on loopback.
 //!
-//! Today it starts the store tier only: N `keelson store` members (default 3) forming one Raft
-//! cluster, and prints how to reach it with etcdctl. The apiservers, controllers, schedulers and
-//! nodes join as their issues land.
+//! Today it starts the store tier (N `keelson store` members, default 3, forming one Raft
+//! cluster) and the API tier (M `keelson apiserver` replicas, default 2, behind a TCP balancer on
+//! 127.0.0.1:6443), with a generated CA and TLS, and writes `admin.kubeconfig`. Controllers,
+//! schedulers and nodes join as their issues land.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -24,9 +25,84 @@ pub struct Args {
     /// One of each component (a single store member).
     #[arg(long)]
     pub single: bool,
+    /// Number of apiservers.
+    #[arg(long, default_value_t = 2)]
+    pub apiservers: usize,
+    /// Port of the balancer in front of the apiservers (the kubeconfig's server).
+    #[arg(long, default_value_t = 6443)]
+    pub port: u16,
     /// Where members keep their data (one subdirectory each).
     #[arg(long, default_value = "keelson-data")]
     pub data_dir: PathBuf,
+}
+
+/// The ports a cluster was created with, kept in `<data>/topology.json` so a restart finds its
+/// store members at the addresses the Raft membership remembers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Topology {
+    /// (client, peer) port per store member.
+    stores: Vec<(u16, u16)>,
+    /// Secure port per apiserver.
+    apiservers: Vec<u16>,
+}
+
+impl Topology {
+    fn load_or_create(
+        dir: &std::path::Path,
+        stores: usize,
+        apiservers: usize,
+    ) -> anyhow::Result<Topology> {
+        let path = dir.join("topology.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut t: Topology = serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if t.stores.len() != stores {
+                bail!(
+                    "{} holds a cluster of {} store member(s); remove it or pass --stores {}",
+                    dir.display(),
+                    t.stores.len(),
+                    t.stores.len()
+                );
+            }
+            // Apiservers are stateless: their number may change between runs.
+            t.apiservers.truncate(apiservers);
+            while t.apiservers.len() < apiservers {
+                t.apiservers.push(free_port()?);
+            }
+            std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
+            return Ok(t);
+        }
+        let mut t = Topology {
+            stores: Vec::new(),
+            apiservers: Vec::new(),
+        };
+        for _ in 0..stores {
+            t.stores.push((free_port()?, free_port()?));
+        }
+        for _ in 0..apiservers {
+            t.apiservers.push(free_port()?);
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&t)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(t)
+    }
+}
+
+/// The `kubernetes` Service address with the default `--service-cluster-ip-range`.
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+
+async fn wait_listening(port: u16, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -39,80 +115,195 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if n == 0 {
         bail!("--stores must be at least 1");
     }
-    let exe = std::env::current_exe().context("locating the keelson binary")?;
-    let mut ports = Vec::new();
-    for _ in 0..n {
-        ports.push((free_port()?, free_port()?));
+    let apis = if args.single { 1 } else { args.apiservers };
+    if apis == 0 {
+        bail!("--apiservers must be at least 1");
     }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
+    let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
+        Ok(l) => l,
+        Err(e) => bail!(
+            "cannot listen on 127.0.0.1:{} for the apiserver balancer ({e}); choose another with --port",
+            args.port
+        ),
+    };
+    let exe = std::env::current_exe().context("locating the keelson binary")?;
+    let topo = Topology::load_or_create(&args.data_dir, n, apis)?;
+    let ports = topo.stores.clone();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
         .map(|(i, (_, p))| format!("s{i}=http://127.0.0.1:{p}"))
         .collect();
     let initial = initial.join(",");
-    let mut children: Vec<Child> = Vec::new();
+    let mut procs: Vec<Supervised> = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
         let dir = args.data_dir.join(format!("store-{i}"));
-        let child = Command::new(&exe)
-            .arg("store")
-            .args(["--name", &format!("s{i}")])
-            .arg(format!("--data-dir={}", dir.display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster={initial}"))
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting store member s{i}"))?;
-        children.push(child);
+        procs.push(Supervised::new(
+            format!("store member s{i}"),
+            vec![
+                "store".into(),
+                "--name".into(),
+                format!("s{i}"),
+                format!("--data-dir={}", dir.display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster={initial}"),
+            ],
+        ));
     }
     let endpoints: Vec<String> = ports
         .iter()
         .map(|(c, _)| format!("http://127.0.0.1:{c}"))
         .collect();
     let endpoints = endpoints.join(",");
+    let mut api_addrs = Vec::new();
+    for (i, port) in topo.apiservers.iter().copied().enumerate() {
+        api_addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        procs.push(Supervised::new(
+            format!("apiserver {i}"),
+            vec![
+                "apiserver".into(),
+                format!("--etcd-servers={endpoints}"),
+                format!("--secure-port={port}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--tls-cert-file={}", pki.apiserver_cert.display()),
+                format!("--tls-private-key-file={}", pki.apiserver_key.display()),
+                format!("--client-ca-file={}", pki.ca.display()),
+                "--anonymous-auth=false".into(),
+            ],
+        ));
+    }
+    for p in &mut procs {
+        p.start(&exe)?;
+    }
+    tokio::spawn(crate::balancer::run(
+        balancer,
+        api_addrs.clone(),
+        shutdown.clone(),
+    ));
+    let kubeconfig = args.data_dir.join("admin.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        crate::pki::admin_kubeconfig(&pki, &format!("https://127.0.0.1:{}", args.port))?,
+    )
+    .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    for a in &api_addrs {
+        if !wait_listening(a.port(), Duration::from_secs(60)).await {
+            tracing::warn!(address = %a, "apiserver not listening yet");
+        }
+    }
     println!(
-        "keelson up: started {n} store member(s) (the store tier only; the rest of the control plane is not built yet)"
+        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{} (controllers, schedulers and nodes are not built yet)",
+        args.port
     );
-    println!("  data:      {}", args.data_dir.display());
-    println!("  endpoints: {endpoints}");
-    println!("  try:       ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
+    println!("  data:       {}", args.data_dir.display());
+    println!("  store:      {endpoints}");
+    println!("  kubeconfig: {}", kubeconfig.display());
+    println!(
+        "  try:        KUBECONFIG={} kubectl get namespaces",
+        kubeconfig.display()
+    );
     println!("Press Ctrl-C to stop.");
-    let mut exited = None;
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        r = wait_any(&mut children) => exited = Some(r),
-    }
-    for c in &children {
-        if let Some(pid) = c.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    // Supervision: a component that exits is restarted, with a growing delay if it keeps dying.
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for p in &mut procs {
+            p.check(&exe);
         }
     }
-    for c in &mut children {
-        if tokio::time::timeout(Duration::from_secs(10), c.wait())
-            .await
-            .is_err()
-        {
-            let _ = c.kill().await;
-        }
+    for p in &procs {
+        p.terminate();
     }
-    if let Some((i, status)) = exited {
-        bail!("store member s{i} exited ({status}); stopped the cluster");
+    for p in &mut procs {
+        p.wait_or_kill(Duration::from_secs(10)).await;
     }
     Ok(())
 }
 
-async fn wait_any(children: &mut [Child]) -> (usize, String) {
-    loop {
-        for (i, c) in children.iter_mut().enumerate() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return (i, status.to_string());
+/// A component process that is restarted when it exits.
+struct Supervised {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    started: std::time::Instant,
+    delay: Duration,
+    restart_at: Option<std::time::Instant>,
+}
+
+impl Supervised {
+    fn new(name: String, args: Vec<String>) -> Self {
+        Supervised {
+            name,
+            args,
+            child: None,
+            started: std::time::Instant::now(),
+            delay: Duration::from_secs(1),
+            restart_at: None,
+        }
+    }
+
+    fn start(&mut self, exe: &std::path::Path) -> anyhow::Result<()> {
+        let child = Command::new(exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        self.started = std::time::Instant::now();
+        Ok(())
+    }
+
+    /// Notices an exit and restarts after the current delay (doubling up to 30 s while the
+    /// component keeps dying within a minute of starting).
+    fn check(&mut self, exe: &std::path::Path) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            self.child = None;
+            if self.started.elapsed() > Duration::from_secs(60) {
+                self.delay = Duration::from_secs(1);
+            }
+            eprintln!(
+                "keelson up: {} exited ({status}); restarting in {:?}",
+                self.name, self.delay
+            );
+            self.restart_at = Some(std::time::Instant::now() + self.delay);
+            self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        }
+        if self.child.is_none()
+            && self
+                .restart_at
+                .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.restart_at = None;
+            if let Err(e) = self.start(exe) {
+                eprintln!("keelson up: {e:#}");
+                self.restart_at = Some(std::time::Instant::now() + self.delay);
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    fn terminate(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+
+    async fn wait_or_kill(&mut self, limit: Duration) {
+        if let Some(c) = self.child.as_mut()
+            && tokio::time::timeout(limit, c.wait()).await.is_err()
+        {
+            let _ = c.kill().await;
+        }
     }
 }

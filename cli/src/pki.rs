@@ -1,0 +1,125 @@
+//! The local cluster's PKI: a CA, the apiservers' serving certificate and the admin's client
+//! certificate (CN `kubernetes-admin`, O `system:masters`), written once under `<data>/pki` and
+//! reused by later runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// Paths of the PEM files.
+pub struct Pki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Apiserver serving certificate.
+    pub apiserver_cert: PathBuf,
+    /// Its key.
+    pub apiserver_key: PathBuf,
+    /// Admin client certificate.
+    pub admin_cert: PathBuf,
+    /// Its key.
+    pub admin_key: PathBuf,
+}
+
+fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+/// Loads the PKI under `dir`, creating whatever is missing. `service_ip` is the `kubernetes`
+/// Service address, added to the serving certificate's names.
+pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = Pki {
+        ca: dir.join("ca.crt"),
+        apiserver_cert: dir.join("apiserver.crt"),
+        apiserver_key: dir.join("apiserver.key"),
+        admin_cert: dir.join("admin.crt"),
+        admin_key: dir.join("admin.key"),
+    };
+    let ca_key_path = dir.join("ca.key");
+    if [
+        &pki.ca,
+        &ca_key_path,
+        &pki.apiserver_cert,
+        &pki.apiserver_key,
+        &pki.admin_cert,
+        &pki.admin_key,
+    ]
+    .iter()
+    .all(|p| p.exists())
+    {
+        return Ok(pki);
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keelson-ca");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    std::fs::write(&pki.ca, ca_cert.pem())?;
+    write_private(&ca_key_path, &ca_key.serialize_pem())?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let names: Vec<String> = [
+        "127.0.0.1",
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        service_ip,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(&pki.apiserver_cert, cert.pem())?;
+    write_private(&pki.apiserver_key, &key.serialize_pem())?;
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kubernetes-admin");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(&pki.admin_cert, cert.pem())?;
+    write_private(&pki.admin_key, &key.serialize_pem())?;
+    Ok(pki)
+}
+
+/// A kubeconfig for the admin user against `server`.
+pub fn admin_kubeconfig(pki: &Pki, server: &str) -> anyhow::Result<String> {
+    let abs = |p: &Path| -> anyhow::Result<String> {
+        Ok(std::fs::canonicalize(p)?.display().to_string())
+    };
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: admin\n    namespace: default\ncurrent-context: keelson\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+        abs(&pki.ca)?,
+        abs(&pki.admin_cert)?,
+        abs(&pki.admin_key)?
+    ))
+}
