@@ -1,1 +1,1 @@
-//! Benchmarks and load generators (`keelson-bench store` comes with the store issue).
+//! Benchmarks and load generators: `keelson-bench api` (see `src/main.rs`).

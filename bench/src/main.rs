@@ -1,0 +1,373 @@
+//! `keelson-bench`: load generators.
+//!
+//! `keelson-bench api` measures the apiserver through a real Kubernetes client (kube-rs): pod
+//! create throughput and latency with N concurrent clients, gets, watch fan-out latency to W
+//! watchers, and full LISTs of large namespaces served from the watch cache, with the
+//! apiserver's RSS. It starts its own cluster (`keelson up` with one apiserver on a temporary
+//! data directory) unless `--kubeconfig` points at one. Every phase is bounded by counts.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+#[derive(Parser)]
+#[command(name = "keelson-bench", about = "Keelson load generators")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Apiserver throughput and latency: pod create/get/list/watch.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ApiArgs {
+    /// Use an existing cluster instead of starting one.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The keelson binary used to start a cluster (default: next to this one).
+    #[arg(long)]
+    keelson: Option<PathBuf>,
+    /// Store members of the started cluster.
+    #[arg(long, default_value_t = 3)]
+    stores: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Pods created in the create phase.
+    #[arg(long, default_value_t = 2000)]
+    pods: usize,
+    /// Gets in the get phase.
+    #[arg(long, default_value_t = 5000)]
+    gets: usize,
+    /// Watchers in the watch phase.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Pods created while the watchers listen.
+    #[arg(long, default_value_t = 500)]
+    watch_pods: usize,
+    /// Namespace sizes at which a full LIST is timed (pods are added up to each size).
+    #[arg(long, value_delimiter = ',', default_value = "5000")]
+    list_sizes: Vec<usize>,
+    /// Namespace used for the run (created; must not exist).
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench", "tier": "load"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
+    }))
+    .expect("a valid pod")
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    up: Child,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-INT").arg(self.up.id().to_string()).status();
+        let _ = self.up.wait();
+    }
+}
+
+fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let data = dir.path().join("data");
+    let mut up = Command::new(keelson)
+        .args(["up", "--apiservers", "1", "--stores", &stores.to_string(), "--port", &port.to_string(), "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} up", keelson.display()))?;
+    let mut lines = BufReader::new(up.stdout.take().context("stdout")?).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Press Ctrl-C") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("keelson up ended before it was ready"),
+        }
+        if Instant::now() > deadline {
+            bail!("keelson up not ready in 120 s");
+        }
+    }
+    Ok(Cluster { _dir: dir, up, kubeconfig: data.join("admin.kubeconfig") })
+}
+
+/// PIDs of the `keelson apiserver` children of `parent`.
+fn apiserver_pids(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<u32>().ok());
+        let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && cmd.split('\0').nth(1) == Some("apiserver") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs `total` operations over `clients` tasks; returns (elapsed, latency histogram in µs, errors).
+async fn run_ops<F, Fut>(clients: usize, total: usize, op: F) -> (Duration, Histogram<u64>, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let next = next.clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                if !op(i).await {
+                    errors += 1;
+                }
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            }
+            (h, errors)
+        }));
+    }
+    let mut all = new_hist();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((h, e)) = t.await {
+            let _ = all.add(&h);
+            errors += e;
+        }
+    }
+    (start.elapsed(), all, errors)
+}
+
+fn row(name: &str, n: usize, elapsed: Duration, h: &Histogram<u64>, errors: usize) -> String {
+    format!(
+        "| {name} | {n} | {:.0}/s | {:.1} | {:.1} | {:.1} | {:.1} | {errors} |",
+        n as f64 / elapsed.as_secs_f64(),
+        ms(h, 0.5),
+        ms(h, 0.9),
+        ms(h, 0.99),
+        h.max() as f64 / 1000.0
+    )
+}
+
+async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let cluster = match &args.kubeconfig {
+        Some(_) => None,
+        None => {
+            let keelson = match &args.keelson {
+                Some(k) => k.clone(),
+                None => std::env::current_exe()?.with_file_name("keelson"),
+            };
+            Some(start_cluster(&keelson, args.stores)?)
+        }
+    };
+    let kc_path = args.kubeconfig.clone().or_else(|| cluster.as_ref().map(|c| c.kubeconfig.clone())).context("no kubeconfig")?;
+    let apiserver = cluster.as_ref().and_then(|c| apiserver_pids(c.up.id()).first().copied());
+    let kc = Kubeconfig::read_from(&kc_path).with_context(|| format!("reading {}", kc_path.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config)?;
+    let ns = args.namespace.clone();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .await
+        .with_context(|| format!("creating namespace {ns} (it must not exist)"))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut report = Vec::new();
+    report.push("| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string());
+    report.push("|---|---|---|---|---|---|---|---|".to_string());
+
+    // Create.
+    let p = pods.clone();
+    let (el, h, err) = run_ops(args.clients, args.pods, move |i| {
+        let p = p.clone();
+        async move { p.create(&PostParams::default(), &pod(&format!("p-{i}"))).await.is_ok() }
+    })
+    .await;
+    report.push(row("pod create", args.pods, el, &h, err));
+    let mut created = args.pods;
+
+    // Get.
+    let p = pods.clone();
+    let n = created;
+    let (el, h, err) = run_ops(args.clients, args.gets, move |i| {
+        let p = p.clone();
+        async move { p.get(&format!("p-{}", (i * 7919) % n)).await.is_ok() }
+    })
+    .await;
+    report.push(row("pod get", args.gets, el, &h, err));
+
+    // Watch fan-out: W watchers, then create pods; latency from the create request to each
+    // watcher's ADDED event.
+    let list = pods.list_metadata(&ListParams::default().limit(1)).await?;
+    let rv = list.metadata.resource_version.unwrap_or_default();
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let p = pods.clone();
+        let rv = rv.clone();
+        let sent = sent.clone();
+        let want = args.watch_pods;
+        watchers.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            let mut seen = 0;
+            let Ok(stream) = p.watch(&WatchParams::default().timeout(290), &rv).await else { return (h, seen) };
+            let mut stream = stream.boxed();
+            while seen < want {
+                match tokio::time::timeout(Duration::from_secs(120), stream.try_next()).await {
+                    Ok(Ok(Some(WatchEvent::Added(o)))) => {
+                        let name = o.metadata.name.unwrap_or_default();
+                        if let Some(t) = sent.lock().map(|m| m.get(&name).copied()).ok().flatten() {
+                            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                            seen += 1;
+                        }
+                    }
+                    Ok(Ok(Some(_))) => {}
+                    _ => break,
+                }
+            }
+            (h, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = pods.clone();
+    let s = sent.clone();
+    let base = created;
+    let start = Instant::now();
+    let (_, _, err) = run_ops(args.clients, args.watch_pods, move |i| {
+        let p = p.clone();
+        let s = s.clone();
+        async move {
+            let name = format!("p-{}", base + i);
+            if let Ok(mut m) = s.lock() {
+                m.insert(name.clone(), Instant::now());
+            }
+            p.create(&PostParams::default(), &pod(&name)).await.is_ok()
+        }
+    })
+    .await;
+    created += args.watch_pods;
+    let mut wh = new_hist();
+    let mut delivered = 0;
+    for w in watchers {
+        if let Ok((h, seen)) = w.await {
+            let _ = wh.add(&h);
+            delivered += seen;
+        }
+    }
+    let fan = start.elapsed();
+    report.push(row(&format!("watch delivery ({} watchers x {} pods)", args.watchers, args.watch_pods), delivered, fan, &wh, args.watchers * args.watch_pods - delivered + err));
+
+    // Full LISTs at growing sizes.
+    let mut lists = vec!["| pods in namespace | create throughput to reach it | full LIST (min of 3) | LIST limit=500 pages | apiserver RSS |".to_string(), "|---|---|---|---|---|".to_string()];
+    for size in &args.list_sizes {
+        let mut fill = String::from("-");
+        if *size > created {
+            let p = pods.clone();
+            let base = created;
+            let add = size - created;
+            let (el, _, _) = run_ops(args.clients, add, move |i| {
+                let p = p.clone();
+                async move { p.create(&PostParams::default(), &pod(&format!("p-{}", base + i))).await.is_ok() }
+            })
+            .await;
+            fill = format!("{:.0}/s", add as f64 / el.as_secs_f64());
+            created = *size;
+        }
+        let mut best = Duration::MAX;
+        let mut count = 0;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let l = pods.list(&ListParams::default()).await?;
+            best = best.min(t.elapsed());
+            count = l.items.len();
+        }
+        let t = Instant::now();
+        let mut token: Option<String> = None;
+        let mut paged = 0;
+        loop {
+            let mut lp = ListParams::default().limit(500);
+            if let Some(c) = &token {
+                lp = lp.continue_token(c);
+            }
+            let l = pods.list(&lp).await?;
+            paged += l.items.len();
+            token = l.metadata.continue_.filter(|c| !c.is_empty());
+            if token.is_none() {
+                break;
+            }
+        }
+        let paged_time = t.elapsed();
+        let rss = apiserver.and_then(rss_mib).map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "n/a".into());
+        lists.push(format!("| {count} | {fill} | {:.2} s | {:.2} s ({paged} items) | {rss} |", best.as_secs_f64(), paged_time.as_secs_f64()));
+    }
+    println!("clients={} stores={} pods={} (keelson-bench api)\n", args.clients, args.stores, args.pods);
+    for l in report {
+        println!("{l}");
+    }
+    println!();
+    for l in lists {
+        println!("{l}");
+    }
+    drop(cluster);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Api(a) => rt.block_on(api(a)),
+    }
+}
