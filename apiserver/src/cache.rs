@@ -155,6 +155,16 @@ impl Cacher {
         object::collection_prefix(self.registry.prefix(), self.res, ns)
     }
 
+    /// The cached object `ns/name`, when the cache is ready and holds it.
+    pub fn peek(&self, ns: &str, name: &str) -> Option<Value> {
+        let key = object::key(self.registry.prefix(), self.res, ns, name);
+        let st = self.state.read();
+        if !st.ready {
+            return None;
+        }
+        st.objects.get(&key).map(|o| o.value.clone())
+    }
+
     /// Whether the cache holds a complete copy.
     pub fn is_ready(&self) -> bool {
         self.state.read().ready
@@ -204,7 +214,7 @@ impl Cacher {
             let more = r.more;
             let mut last = None;
             for kv in r.kvs {
-                if let Ok(v) = object::decode_stored(&kv.value, kv.mod_revision) {
+                if let Ok(v) = object::decode_stored(self.res, &kv.value, kv.mod_revision) {
                     objects.insert(kv.key.clone(), Obj::new(self.res, v));
                 }
                 last = Some(kv.key);
@@ -273,7 +283,7 @@ impl Cacher {
                 return;
             }
             WatchEvent::Put { kv, .. } => {
-                let Ok(v) = object::decode_stored(&kv.value, kv.mod_revision) else {
+                let Ok(v) = object::decode_stored(self.res, &kv.value, kv.mod_revision) else {
                     return;
                 };
                 let obj = Obj::new(self.res, v);

@@ -291,6 +291,7 @@ fn write_opts(
             subresource: subresource.to_string(),
             applied: false,
         }),
+        namespace_checked: false,
     })
 }
 
@@ -648,7 +649,14 @@ async fn resource_request(
         }
         ("create", None) => {
             let out = negotiate(&headers, &q, false)?;
-            let w = write_opts(&q, &headers, "")?;
+            let mut w = write_opts(&q, &headers, "")?;
+            if res.namespaced {
+                let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
+                if let Some(n) = state.cache.get(nsres).and_then(|c| c.peek("", ns)) {
+                    crate::registry::admit_namespace(&n, ns)?;
+                    w.namespace_checked = true;
+                }
+            }
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
@@ -668,11 +676,76 @@ async fn resource_request(
             check_type(&mut b, "", "v1", "Binding")?;
             bind(state, res, ns, name, &b, dry_run(&q)?).await
         }
-        ("create", Some(Sub::Eviction)) => Err(ApiError::new(
-            501,
-            "NotImplemented",
-            "pods/eviction is served once the disruption budget checks land",
-        )),
+        ("create", Some(Sub::Eviction)) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let ev = decode_document(&ct, &body)?;
+            let av = ev
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("policy/v1");
+            if !matches!(av, "policy/v1" | "policy/v1beta1")
+                || ev
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k != "Eviction")
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the body must be a policy/v1 Eviction, got {av}"
+                )));
+            }
+            let body_name = object::name(&ev);
+            if !body_name.is_empty() && body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "name in URL does not match name in Eviction object ({body_name} != {name})"
+                )));
+            }
+            evict(state, res, ns, name, &ev, dry_run(&q)?).await
+        }
+        ("update", Some(Sub::Finalize)) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut nsobj = decode_document(&ct, &body)?;
+            check_type(&mut nsobj, "", "v1", "Namespace")?;
+            let body_name = object::name(&nsobj);
+            if body_name != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            let finalizers = nsobj
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            let valid = finalizers.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|f| f.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 316))
+            });
+            if !valid {
+                return Err(ApiError::invalid(
+                    "",
+                    "Namespace",
+                    name,
+                    vec![crate::status::Cause::new(
+                        "FieldValueInvalid",
+                        "spec.finalizers",
+                        "Invalid value: finalizers must be non-empty strings",
+                    )],
+                ));
+            }
+            let updated = state
+                .registry
+                .modify(res, "", name, dry_run(&q)?, |old| {
+                    let mut o = old.clone();
+                    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    o["spec"]["finalizers"] = finalizers.clone();
+                    Ok(o)
+                })
+                .await?;
+            Ok(json_response(&with_type(res, updated)))
+        }
         ("update", None | Some(Sub::Status)) => {
             let out = negotiate(&headers, &q, false)?;
             let w = write_opts(
@@ -1123,5 +1196,107 @@ async fn server_side_apply(
     Ok(add_warnings(
         render_object(res, &with_type(res, updated), out, StatusCode::OK),
         &warnings,
+    ))
+}
+
+/// `pods/eviction`: deletes the pod unless a PodDisruptionBudget forbids it (429), counting the
+/// disruption in the budget's status as upstream.
+async fn evict(
+    state: &ApiState,
+    res: &'static Resource,
+    ns: &str,
+    name: &str,
+    ev: &Value,
+    dry: bool,
+) -> ApiResult<Response> {
+    let pod = state.registry.get(res, ns, name).await?;
+    let mut opts = DeleteOptions {
+        dry_run: dry,
+        ..Default::default()
+    };
+    if let Some(d) = ev.get("deleteOptions") {
+        opts.grace_period = d.get("gracePeriodSeconds").and_then(Value::as_i64);
+        opts.uid = d
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.resource_version = d
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        opts.dry_run |= d
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
+    }
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // Finished or never-started pods are not disruptions.
+    if !matches!(phase, "Succeeded" | "Failed" | "Pending") {
+        let pdbres =
+            resources::find("policy", "v1", "poddisruptionbudgets").expect("pdbs are served");
+        let pdbs = state
+            .registry
+            .list(pdbres, ns, &ListOptions::default())
+            .await?
+            .items;
+        let mut matching = Vec::new();
+        for p in pdbs {
+            if let Some(sel) =
+                crate::selectors::from_label_selector_object(p.pointer("/spec/selector"))?
+                && sel.matches_object(&pod)
+            {
+                matching.push(p);
+            }
+        }
+        if matching.len() > 1 {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        if let Some(pdb) = matching.first() {
+            let pdb_name = object::name(pdb).to_string();
+            let pod_name = name.to_string();
+            state
+                .registry
+                .modify(pdbres, ns, &pdb_name, opts.dry_run, |old| {
+                    let blocked = |why: String| {
+                        let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+                        e.details.causes = vec![crate::status::Cause::new("DisruptionBudget", "", why)];
+                        e.details.retry_after = Some(10);
+                        e
+                    };
+                    let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                    let observed = old.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(-1);
+                    if observed < generation {
+                        return Err(blocked(format!("The disruption budget {pdb_name} is still being processed by the server.")));
+                    }
+                    let allowed = old.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+                    if allowed <= 0 {
+                        let desired = old.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0);
+                        let current = old.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0);
+                        return Err(blocked(format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")));
+                    }
+                    let mut o = old.clone();
+                    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                    o["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                    if !o["status"]["disruptedPods"].is_object() {
+                        o["status"]["disruptedPods"] = json!({});
+                    }
+                    o["status"]["disruptedPods"][&pod_name] = json!(object::now_rfc3339());
+                    Ok(o)
+                })
+                .await?;
+        }
+    }
+    state.registry.delete(res, ns, name, &opts).await?;
+    Ok(render(
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        Output::Json,
+        StatusCode::CREATED,
     ))
 }

@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod discovery;
 pub mod etcd;
 pub mod filters;

@@ -82,20 +82,21 @@ pub fn collection_prefix(prefix: &str, res: &Resource, ns: &str) -> Vec<u8> {
     }
 }
 
-/// Decodes stored bytes and sets `resourceVersion` to the key's mod_revision.
-pub fn decode_stored(bytes: &[u8], rv: i64) -> Result<Value, ApiError> {
+/// Decodes stored bytes of `res` into its served form and sets `resourceVersion` to the key's
+/// mod_revision.
+pub fn decode_stored(res: &Resource, bytes: &[u8], rv: i64) -> Result<Value, ApiError> {
     let mut v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::internal(format!("stored object does not decode: {e}")))?;
     if !v.is_object() {
         return Err(ApiError::internal("stored object is not a JSON object"));
     }
     set_meta(&mut v, "resourceVersion", Value::String(rv.to_string()));
-    Ok(v)
+    Ok(crate::convert::from_storage(res, v))
 }
 
-/// Encodes an object for storage, without its resourceVersion.
-pub fn encode_stored(obj: &Value) -> Vec<u8> {
-    let mut v = obj.clone();
+/// Encodes an object of `res` in its stored form, without its resourceVersion.
+pub fn encode_stored(res: &Resource, obj: &Value) -> Vec<u8> {
+    let mut v = crate::convert::to_storage(res, obj.clone());
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
@@ -187,9 +188,10 @@ mod tests {
     #[test]
     fn stored_bytes_drop_resource_version() {
         let v = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
-        let b = encode_stored(&v);
+        let cm = crate::resources::find("", "v1", "configmaps").unwrap();
+        let b = encode_stored(cm, &v);
         assert!(!String::from_utf8_lossy(&b).contains("resourceVersion"));
-        let back = decode_stored(&b, 9).unwrap();
+        let back = decode_stored(cm, &b, 9).unwrap();
         assert_eq!(back["metadata"]["resourceVersion"], "9");
     }
 }

@@ -77,6 +77,9 @@ pub struct WriteOpts {
     pub dry_run: bool,
     /// The writer, for `managedFields` (None: internal writes, not tracked).
     pub manager: Option<FieldManager>,
+    /// The request namespace was found (and not terminating) in the watch cache, so create
+    /// need not read it from the store; a cache miss leaves this false and the store decides.
+    pub namespace_checked: bool,
 }
 
 impl WriteOpts {
@@ -250,7 +253,7 @@ impl Registry {
         let key = object::key(&self.prefix, res, ns, name);
         match self.etcd.get(&key).await? {
             Some(kv) => Ok((
-                object::decode_stored(&kv.value, kv.mod_revision)?,
+                object::decode_stored(res, &kv.value, kv.mod_revision)?,
                 kv.mod_revision,
             )),
             None => Err(ApiError::not_found(res.group, res.resource, name)),
@@ -327,7 +330,7 @@ impl Registry {
             let n = r.kvs.len();
             let mut last_key = None;
             for (i, kv) in r.kvs.into_iter().enumerate() {
-                let obj = object::decode_stored(&kv.value, kv.mod_revision)?;
+                let obj = object::decode_stored(res, &kv.value, kv.mod_revision)?;
                 last_key = Some(kv.key);
                 if opts.labels.matches_object(&obj) && opts.fields.matches_object(&obj) {
                     items.push(obj);
@@ -372,16 +375,7 @@ impl Registry {
     async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
         let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
         match self.get_raw(nsres, "", ns).await {
-            Ok((n, _)) => {
-                if !meta_str(&n, "deletionTimestamp").is_empty()
-                    || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
-                {
-                    return Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    )));
-                }
-                Ok(())
-            }
+            Ok((n, _)) => admit_namespace(&n, ns),
             Err(e) if e.code == 404 => Err(ApiError::not_found("", "namespaces", ns)),
             Err(e) => Err(e),
         }
@@ -403,7 +397,9 @@ impl Registry {
                 ));
             }
             set_meta(&mut obj, "namespace", json!(ns));
-            self.check_namespace(ns).await?;
+            if !w.namespace_checked {
+                self.check_namespace(ns).await?;
+            }
         } else if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("namespace");
         }
@@ -459,7 +455,7 @@ impl Registry {
             let key = object::key(&self.prefix, res, ns, &name);
             match self
                 .etcd
-                .create_all(&key, object::encode_stored(&obj), &extra)
+                .create_all(&key, object::encode_stored(res, &obj), &extra)
                 .await?
             {
                 WriteOutcome::Written(rev) => {
@@ -631,7 +627,13 @@ impl Registry {
             .get("deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        if marked && finalizers_empty && grace == 0 {
+        // A namespace also waits for its spec.finalizers (the namespace controller's).
+        let ns_finalized = res.kind != "Namespace"
+            || obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+        if marked && finalizers_empty && grace == 0 && ns_finalized {
             if dry_run {
                 return Ok(obj);
             }
@@ -654,7 +656,7 @@ impl Registry {
         }
         match self
             .etcd
-            .update(&key, object::encode_stored(&obj), old_rv)
+            .update(&key, object::encode_stored(res, &obj), old_rv)
             .await?
         {
             WriteOutcome::Written(rev) => {
@@ -926,7 +928,7 @@ impl Registry {
             }
             match self
                 .etcd
-                .update(&key, object::encode_stored(&obj), old_rv)
+                .update(&key, object::encode_stored(res, &obj), old_rv)
                 .await?
             {
                 WriteOutcome::Written(rev) => {
@@ -967,6 +969,18 @@ impl Registry {
         }
         Ok(true)
     }
+}
+
+/// Namespace lifecycle: new content may not go into a namespace that is being terminated.
+pub fn admit_namespace(n: &Value, ns: &str) -> ApiResult<()> {
+    if !meta_str(n, "deletionTimestamp").is_empty()
+        || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+    {
+        return Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a pod can be deleted at once: not bound to a node, or already finished.

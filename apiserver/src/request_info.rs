@@ -108,8 +108,9 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>) -> RequestInfo {
     }
     if parts.first().map(String::as_str) == Some("namespaces") && parts.len() > 1 {
         info.namespace = parts[1].clone();
-        // /namespaces/{ns} itself is the namespace object.
-        if parts.len() > 2 {
+        // /namespaces/{ns} itself is the namespace object, and status and finalize are its
+        // subresources, not resources inside it.
+        if parts.len() > 2 && parts[2] != "status" && parts[2] != "finalize" {
             parts.drain(0..2);
         }
     }
@@ -205,6 +206,16 @@ mod tests {
                 i.namespace.as_str()
             ),
             ("get", "namespaces", "kube-system", "")
+        );
+        let i = parse(&Method::PUT, "/api/v1/namespaces/d/finalize", None);
+        assert_eq!(
+            (
+                i.resource.as_str(),
+                i.name.as_str(),
+                i.subresource.as_str(),
+                i.namespace.as_str()
+            ),
+            ("namespaces", "d", "finalize", "")
         );
         let i = parse(&Method::DELETE, "/api/v1/namespaces/d/pods", None);
         assert_eq!(i.verb, "deletecollection");

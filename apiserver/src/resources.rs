@@ -20,6 +20,8 @@ pub enum Sub {
     Binding,
     /// `pods/eviction`: create a policy/v1 Eviction.
     Eviction,
+    /// `namespaces/finalize`: update `spec.finalizers` of a namespace.
+    Finalize,
 }
 
 impl Sub {
@@ -30,6 +32,7 @@ impl Sub {
             Sub::Scale => "scale",
             Sub::Binding => "binding",
             Sub::Eviction => "eviction",
+            Sub::Finalize => "finalize",
         }
     }
 
@@ -40,6 +43,7 @@ impl Sub {
             Sub::Scale => ("autoscaling", "v1", "Scale"),
             Sub::Binding => ("", "v1", "Binding"),
             Sub::Eviction => ("policy", "v1", "Eviction"),
+            Sub::Finalize => ("", "v1", "Namespace"),
         }
     }
 
@@ -48,6 +52,7 @@ impl Sub {
         match self {
             Sub::Status | Sub::Scale => &["get", "patch", "update"],
             Sub::Binding | Sub::Eviction => &["create"],
+            Sub::Finalize => &["update"],
         }
     }
 }
@@ -245,7 +250,7 @@ pub fn all() -> &'static [Resource] {
                 false,
                 &["ns"],
                 NONE,
-                STATUS,
+                &[Sub::Status, Sub::Finalize],
                 "namespaces",
                 "io.k8s.api.core.v1.Namespace",
                 core::Namespace

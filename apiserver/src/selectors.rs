@@ -188,6 +188,47 @@ impl LabelSelector {
     }
 }
 
+/// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`) as a selector; `None`
+/// when the object is absent (selects nothing), an empty object selects everything.
+pub fn from_label_selector_object(sel: Option<&Value>) -> Result<Option<LabelSelector>, ApiError> {
+    let Some(sel) = sel.filter(|s| !s.is_null()) else {
+        return Ok(None);
+    };
+    let mut terms = Vec::new();
+    if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in ml {
+            terms.push(format!("{k}={}", v.as_str().unwrap_or("")));
+        }
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let vals: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        terms.push(
+            match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => format!("{key} in ({})", vals.join(",")),
+                "NotIn" => format!("{key} notin ({})", vals.join(",")),
+                "Exists" => key.to_string(),
+                "DoesNotExist" => format!("!{key}"),
+                op => {
+                    return Err(ApiError::bad_request(format!(
+                        "{op:?} is not a valid label selector operator"
+                    )));
+                }
+            },
+        );
+    }
+    LabelSelector::parse(&terms.join(",")).map(Some)
+}
+
 /// A parsed field selector (`a=b,c!=d`; only equality terms, as upstream).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector {
@@ -301,6 +342,31 @@ mod tests {
         assert!(LabelSelector::parse("a=b c").is_err());
         assert!(LabelSelector::parse("-bad=x").is_err());
         assert!(LabelSelector::parse("a in x").is_err());
+    }
+
+    #[test]
+    fn selector_objects() {
+        let obj = json!({"metadata": {"labels": {"app": "web", "tier": "fe"}}});
+        let sel = json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe", "be"]}, {"key": "x", "operator": "DoesNotExist"}]});
+        assert!(
+            from_label_selector_object(Some(&sel))
+                .unwrap()
+                .unwrap()
+                .matches_object(&obj)
+        );
+        assert!(
+            from_label_selector_object(Some(&json!({})))
+                .unwrap()
+                .unwrap()
+                .matches_object(&obj)
+        );
+        assert!(from_label_selector_object(None).unwrap().is_none());
+        assert!(
+            from_label_selector_object(Some(
+                &json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]})
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -195,11 +195,11 @@ pub async fn start(
                 }
                 Some(Ok(WatchEvent::Put { kv, prev })) => {
                     start_rev = kv.mod_revision + 1;
-                    let Ok(new) = object::decode_stored(&kv.value, kv.mod_revision) else {
+                    let Ok(new) = object::decode_stored(res, &kv.value, kv.mod_revision) else {
                         continue;
                     };
-                    let old =
-                        prev.and_then(|pk| object::decode_stored(&pk.value, pk.mod_revision).ok());
+                    let old = prev
+                        .and_then(|pk| object::decode_stored(res, &pk.value, pk.mod_revision).ok());
                     let now = matches(&p, &new);
                     let before = old.as_ref().is_some_and(|o| matches(&p, o));
                     match (old.is_some(), before, now) {
@@ -215,7 +215,7 @@ pub async fn start(
                 }
                 Some(Ok(WatchEvent::Delete { revision, prev, .. })) => {
                     start_rev = revision + 1;
-                    match prev.and_then(|pk| object::decode_stored(&pk.value, revision).ok()) {
+                    match prev.and_then(|pk| object::decode_stored(res, &pk.value, revision).ok()) {
                         Some(old) if matches(&p, &old) => {
                             Some(encode_event(res, &p, "DELETED", &old))
                         }

@@ -88,17 +88,31 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-INT").arg(self.up.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.up.id().to_string())
+            .status();
         let _ = self.up.wait();
     }
 }
 
 fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let data = dir.path().join("data");
     let mut up = Command::new(keelson)
-        .args(["up", "--apiservers", "1", "--stores", &stores.to_string(), "--port", &port.to_string(), "--data-dir"])
+        .args([
+            "up",
+            "--apiservers",
+            "1",
+            "--stores",
+            &stores.to_string(),
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+        ])
         .arg(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -116,16 +130,25 @@ fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
             bail!("keelson up not ready in 120 s");
         }
     }
-    Ok(Cluster { _dir: dir, up, kubeconfig: data.join("admin.kubeconfig") })
+    Ok(Cluster {
+        _dir: dir,
+        up,
+        kubeconfig: data.join("admin.kubeconfig"),
+    })
 }
 
 /// PIDs of the `keelson apiserver` children of `parent`.
 fn apiserver_pids(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<u32>().ok());
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
         let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
         if ppid == Some(parent) && cmd.split('\0').nth(1) == Some("apiserver") {
             out.push(p);
@@ -136,7 +159,14 @@ fn apiserver_pids(parent: u32) -> Vec<u32> {
 
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -211,27 +241,43 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
             Some(start_cluster(&keelson, args.stores)?)
         }
     };
-    let kc_path = args.kubeconfig.clone().or_else(|| cluster.as_ref().map(|c| c.kubeconfig.clone())).context("no kubeconfig")?;
-    let apiserver = cluster.as_ref().and_then(|c| apiserver_pids(c.up.id()).first().copied());
-    let kc = Kubeconfig::read_from(&kc_path).with_context(|| format!("reading {}", kc_path.display()))?;
+    let kc_path = args
+        .kubeconfig
+        .clone()
+        .or_else(|| cluster.as_ref().map(|c| c.kubeconfig.clone()))
+        .context("no kubeconfig")?;
+    let apiserver = cluster
+        .as_ref()
+        .and_then(|c| apiserver_pids(c.up.id()).first().copied());
+    let kc = Kubeconfig::read_from(&kc_path)
+        .with_context(|| format!("reading {}", kc_path.display()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(config)?;
     let ns = args.namespace.clone();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
         .await
         .with_context(|| format!("creating namespace {ns} (it must not exist)"))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut report = Vec::new();
-    report.push("| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string());
+    report.push(
+        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string(),
+    );
     report.push("|---|---|---|---|---|---|---|---|".to_string());
 
     // Create.
     let p = pods.clone();
     let (el, h, err) = run_ops(args.clients, args.pods, move |i| {
         let p = p.clone();
-        async move { p.create(&PostParams::default(), &pod(&format!("p-{i}"))).await.is_ok() }
+        async move {
+            p.create(&PostParams::default(), &pod(&format!("p-{i}")))
+                .await
+                .is_ok()
+        }
     })
     .await;
     report.push(row("pod create", args.pods, el, &h, err));
@@ -261,7 +307,9 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         watchers.push(tokio::spawn(async move {
             let mut h = new_hist();
             let mut seen = 0;
-            let Ok(stream) = p.watch(&WatchParams::default().timeout(290), &rv).await else { return (h, seen) };
+            let Ok(stream) = p.watch(&WatchParams::default().timeout(290), &rv).await else {
+                return (h, seen);
+            };
             let mut stream = stream.boxed();
             while seen < want {
                 match tokio::time::timeout(Duration::from_secs(120), stream.try_next()).await {
@@ -306,7 +354,16 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         }
     }
     let fan = start.elapsed();
-    report.push(row(&format!("watch delivery ({} watchers x {} pods)", args.watchers, args.watch_pods), delivered, fan, &wh, args.watchers * args.watch_pods - delivered + err));
+    report.push(row(
+        &format!(
+            "watch delivery ({} watchers x {} pods)",
+            args.watchers, args.watch_pods
+        ),
+        delivered,
+        fan,
+        &wh,
+        args.watchers * args.watch_pods - delivered + err,
+    ));
 
     // Full LISTs at growing sizes.
     let mut lists = vec!["| pods in namespace | create throughput to reach it | full LIST (min of 3) | LIST limit=500 pages | apiserver RSS |".to_string(), "|---|---|---|---|---|".to_string()];
@@ -318,7 +375,11 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
             let add = size - created;
             let (el, _, _) = run_ops(args.clients, add, move |i| {
                 let p = p.clone();
-                async move { p.create(&PostParams::default(), &pod(&format!("p-{}", base + i))).await.is_ok() }
+                async move {
+                    p.create(&PostParams::default(), &pod(&format!("p-{}", base + i)))
+                        .await
+                        .is_ok()
+                }
             })
             .await;
             fill = format!("{:.0}/s", add as f64 / el.as_secs_f64());
@@ -348,10 +409,20 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
             }
         }
         let paged_time = t.elapsed();
-        let rss = apiserver.and_then(rss_mib).map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "n/a".into());
-        lists.push(format!("| {count} | {fill} | {:.2} s | {:.2} s ({paged} items) | {rss} |", best.as_secs_f64(), paged_time.as_secs_f64()));
+        let rss = apiserver
+            .and_then(rss_mib)
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "n/a".into());
+        lists.push(format!(
+            "| {count} | {fill} | {:.2} s | {:.2} s ({paged} items) | {rss} |",
+            best.as_secs_f64(),
+            paged_time.as_secs_f64()
+        ));
     }
-    println!("clients={} stores={} pods={} (keelson-bench api)\n", args.clients, args.stores, args.pods);
+    println!(
+        "clients={} stores={} pods={} (keelson-bench api)\n",
+        args.clients, args.stores, args.pods
+    );
     for l in report {
         println!("{l}");
     }
@@ -366,7 +437,9 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.cmd {
         Cmd::Api(a) => rt.block_on(api(a)),
     }

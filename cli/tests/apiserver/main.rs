@@ -6,6 +6,8 @@
 #[path = "../store/cluster.rs"]
 mod cluster;
 mod harness;
+mod kube_rs;
 mod kubectl;
 mod multi;
 mod python;
+mod subresources;

@@ -517,9 +517,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     .into_axum_router();
 
     let mut tasks = tokio::task::JoinSet::new();
+    // Small request/response exchanges must not wait for delayed ACKs: no Nagle.
+    use axum::serve::ListenerExt;
     for l in client_listeners {
         let router = client_router.clone();
         let sd = shutdown.clone();
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.spawn(async move {
             axum::serve(l, router)
                 .with_graceful_shutdown(sd.cancelled_owned())
@@ -529,6 +534,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     for l in peer_listeners {
         let router = peer_router.clone();
         let sd = shutdown.clone();
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.spawn(async move {
             axum::serve(l, router)
                 .with_graceful_shutdown(sd.cancelled_owned())
