@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::object;
 use crate::registry::{ListOptions, ListPage, Registry, encode_continue, parse_rv};
 use crate::resources::{self, Resource};
-use crate::status::{ApiError, ApiResult};
+use crate::status::ApiResult;
 use crate::watch::{WatchParams, bookmark, encode_event, expired, matches};
 
 /// How long a consistent read waits for the cache before going to the store.
@@ -359,7 +359,7 @@ impl Cacher {
 
     /// Serves a list from the cache, or `None` when it must go to the store (continue tokens,
     /// exact resourceVersions, a cache that is not ready or not fresh enough in time).
-    pub async fn list(&self, ns: &str, opts: &ListOptions) -> Option<ApiResult<ListPage>> {
+    pub async fn list(&self, ns: &str, opts: &ListOptions) -> Option<ApiResult<CachedPage>> {
         if opts.continue_token.is_some()
             || opts.resource_version_match.as_deref() == Some("Exact")
             || !self.is_ready()
@@ -399,7 +399,7 @@ impl Cacher {
             if !(opts.labels.matches_object(&o.value) && opts.fields.matches_object(&o.value)) {
                 continue;
             }
-            items.push(o.value.clone());
+            items.push(o.clone());
             if opts.limit > 0 && items.len() as i64 >= opts.limit {
                 if range.peek().is_some() {
                     let suffix = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
@@ -412,7 +412,7 @@ impl Cacher {
             }
         }
         let _ = seen;
-        Some(Ok(ListPage {
+        Some(Ok(CachedPage {
             items,
             revision: st.revision,
             continue_token,
@@ -439,24 +439,9 @@ impl Cacher {
             Ok(v) => v,
             Err(e) => return Some(Err(e)),
         };
-        let initial = match p.send_initial_events {
-            Some(true) => {
-                if !p.bookmarks || p.resource_version_match.as_deref() != Some("NotOlderThan") {
-                    return Some(Err(ApiError::invalid(
-                        "",
-                        "ListOptions",
-                        "",
-                        vec![crate::status::Cause::new(
-                            "FieldValueForbidden",
-                            "sendInitialEvents",
-                            "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan and allowWatchBookmarks is true",
-                        )],
-                    )));
-                }
-                true
-            }
-            Some(false) => false,
-            None => rv.is_none() || rv == Some(0),
+        let initial = match crate::watch::initial_events(&p, rv) {
+            Ok(i) => i,
+            Err(e) => return Some(Err(e)),
         };
         let min = match rv {
             None => match self.consistent_revision().await {
@@ -620,6 +605,57 @@ impl Cacher {
             _ => return None,
         };
         Some(self.line(p, ty, obj))
+    }
+}
+
+/// A list page served from the cache: the cached objects themselves, not copies.
+pub struct CachedPage {
+    /// Matching objects.
+    pub items: Vec<Arc<Obj>>,
+    /// The cache revision the page was read at.
+    pub revision: i64,
+    /// Token for the next page.
+    pub continue_token: Option<String>,
+    /// Items left after this page (unfiltered lists only).
+    pub remaining: Option<i64>,
+}
+
+impl CachedPage {
+    /// The page with copies of the objects, for renderings that rework them (tables, YAML).
+    pub fn into_page(self) -> ListPage {
+        ListPage {
+            items: self.items.iter().map(|o| o.value.clone()).collect(),
+            revision: self.revision,
+            continue_token: self.continue_token,
+            remaining: self.remaining,
+        }
+    }
+
+    /// The JSON list body, assembled from each object's stored encoding.
+    pub fn encode_json(&self, res: &Resource) -> Vec<u8> {
+        let mut md = json!({"resourceVersion": self.revision.to_string()});
+        if let Some(c) = &self.continue_token {
+            md["continue"] = json!(c);
+        }
+        if let Some(r) = self.remaining.filter(|r| *r > 0) {
+            md["remainingItemCount"] = json!(r);
+        }
+        let head = serde_json::to_vec(
+            &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": md}),
+        )
+        .unwrap_or_default();
+        let size: usize = self.items.iter().map(|o| o.json.len() + 1).sum();
+        let mut out = Vec::with_capacity(head.len() + size + 16);
+        out.extend_from_slice(&head[..head.len() - 1]);
+        out.extend_from_slice(b",\"items\":[");
+        for (i, o) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&o.json);
+        }
+        out.extend_from_slice(b"]}");
+        out
     }
 }
 

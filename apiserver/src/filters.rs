@@ -119,15 +119,7 @@ pub async fn with_metrics(
         code: String::new(),
     };
     if !info.is_long_running() {
-        let d = crate::metrics::DurationLabels {
-            verb: labels.verb.clone(),
-            group: labels.group.clone(),
-            version: labels.version.clone(),
-            resource: labels.resource.clone(),
-            subresource: labels.subresource.clone(),
-            scope: labels.scope.clone(),
-            component: labels.component.clone(),
-        };
+        let d = crate::metrics::DurationLabels::from(&labels);
         cfg.metrics
             .durations
             .get_or_create(&d)

@@ -551,7 +551,16 @@ async fn resource_request(
                 None => None,
             };
             let page = match cached {
-                Some(p) => p?,
+                // Plain JSON lists go out as the cached encodings, without copying objects.
+                Some(Ok(cp)) if out == Output::Json => {
+                    let mut r = (StatusCode::OK, cp.encode_json(res)).into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(r);
+                }
+                Some(p) => p?.into_page(),
                 None => state.registry.list(res, ns, &opts).await?,
             };
             match out {
@@ -736,10 +745,7 @@ async fn resource_request(
             let updated = state
                 .registry
                 .modify(res, "", name, dry_run(&q)?, |old| {
-                    let mut o = old.clone();
-                    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                    }
+                    let mut o = object::without_rv(&old);
                     o["spec"]["finalizers"] = finalizers.clone();
                     Ok(o)
                 })
@@ -820,13 +826,7 @@ async fn resource_request(
                     } else {
                         with_type(res, old.clone())
                     };
-                    let mut base_no_rv = base.clone();
-                    if let Some(m) = base_no_rv
-                        .get_mut("metadata")
-                        .and_then(Value::as_object_mut)
-                    {
-                        m.remove("resourceVersion");
-                    }
+                    let base_no_rv = object::without_rv(&base);
                     let (pg, pv, pd) = if is_scale {
                         ("autoscaling", "v1", "io.k8s.api.autoscaling.v1.Scale")
                     } else {
@@ -835,10 +835,7 @@ async fn resource_request(
                     let mut patched = patch::apply(kind, pg, pv, pd, &base_no_rv, &patch_doc)?;
                     if is_scale {
                         check_type(&mut patched, "autoscaling", "v1", "Scale")?;
-                        let mut o = old.clone();
-                        if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                            m.remove("resourceVersion");
-                        }
+                        let mut o = object::without_rv(&old);
                         if let Some(r) = patched.pointer("/spec/replicas") {
                             o["spec"]["replicas"] = r.clone();
                         }
@@ -1059,10 +1056,7 @@ async fn bind(
             if !object::meta_str(old, "deletionTimestamp").is_empty() {
                 return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
             }
-            let mut o = old.clone();
-            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("resourceVersion");
-            }
+            let mut o = object::without_rv(&old);
             o["spec"]["nodeName"] = json!(target);
             let mut conds: Vec<Value> = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
             conds.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
@@ -1177,10 +1171,7 @@ async fn server_side_apply(
     let updated = state
         .registry
         .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
-            let mut base = with_type(res, old.clone());
-            if let Some(m) = base.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("resourceVersion");
-            }
+            let base = object::without_rv(&with_type(res, old.clone()));
             crate::managed::apply(
                 &sch,
                 res.definition,
@@ -1279,10 +1270,7 @@ async fn evict(
                         let current = old.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0);
                         return Err(blocked(format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")));
                     }
-                    let mut o = old.clone();
-                    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.remove("resourceVersion");
-                    }
+                    let mut o = object::without_rv(&old);
                     o["status"]["disruptionsAllowed"] = json!(allowed - 1);
                     if !o["status"]["disruptedPods"].is_object() {
                         o["status"]["disruptedPods"] = json!({});

@@ -312,23 +312,24 @@ fn get<'v>(obj: &'v Value, path: &[String]) -> Option<&'v Value> {
     Some(cur)
 }
 
-fn step<'v>(cur: &'v Value, p: &str) -> Option<&'v Value> {
-    if let Some(f) = p.strip_prefix("f:") {
-        return cur.get(f);
-    }
-    let items = cur.as_array()?;
+/// Whether list element `it` is the one the path element `p` (`k:{..}` or `v:..`) names.
+fn is_element(it: &Value, p: &str) -> bool {
     if let Some(k) = p.strip_prefix("k:") {
-        let want: Map<String, Value> = serde_json::from_str(k).ok()?;
-        let keys: Vec<String> = want.keys().cloned().collect();
-        return items
-            .iter()
-            .find(|it| key_of(it, &keys).as_deref() == Some(p));
+        let keys: Vec<String> = serde_json::from_str::<Map<String, Value>>(k)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        return key_of(it, &keys).as_deref() == Some(p);
     }
-    if let Some(v) = p.strip_prefix("v:") {
-        let want: Value = serde_json::from_str(v).ok()?;
-        return items.iter().find(|it| **it == want);
+    p.strip_prefix("v:")
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .is_some_and(|w| *it == w)
+}
+
+fn step<'v>(cur: &'v Value, p: &str) -> Option<&'v Value> {
+    match p.strip_prefix("f:") {
+        Some(f) => cur.get(f),
+        None => cur.as_array()?.iter().find(|it| is_element(it, p)),
     }
-    None
 }
 
 /// Removes the value at a path.
@@ -338,46 +339,28 @@ fn remove_at(obj: &mut Value, path: &[String]) {
     };
     let mut cur = obj;
     for p in parent_path {
-        let next = if let Some(f) = p.strip_prefix("f:") {
-            cur.get_mut(f)
-        } else {
-            let keys: Vec<String> = p
-                .strip_prefix("k:")
-                .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            let want_v = p
-                .strip_prefix("v:")
-                .and_then(|v| serde_json::from_str::<Value>(v).ok());
-            cur.as_array_mut().and_then(|a| {
-                a.iter_mut().find(|it| match &want_v {
-                    Some(w) => *it == w,
-                    None => key_of(it, &keys).as_deref() == Some(p.as_str()),
-                })
-            })
+        let next = match p.strip_prefix("f:") {
+            Some(f) => cur.get_mut(f),
+            None => cur
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|it| is_element(it, p))),
         };
         match next {
             Some(n) => cur = n,
             None => return,
         }
     }
-    if let Some(f) = last.strip_prefix("f:") {
-        if let Some(m) = cur.as_object_mut() {
-            m.remove(f);
+    match last.strip_prefix("f:") {
+        Some(f) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
         }
-    } else if let Some(a) = cur.as_array_mut() {
-        let keys: Vec<String> = last
-            .strip_prefix("k:")
-            .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let want_v = last
-            .strip_prefix("v:")
-            .and_then(|v| serde_json::from_str::<Value>(v).ok());
-        a.retain(|it| match &want_v {
-            Some(w) => it != w,
-            None => key_of(it, &keys).as_deref() != Some(last.as_str()),
-        });
+        None => {
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|it| !is_element(it, last));
+            }
+        }
     }
 }
 

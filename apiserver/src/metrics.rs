@@ -54,6 +54,20 @@ pub struct DurationLabels {
     pub component: String,
 }
 
+impl From<&RequestLabels> for DurationLabels {
+    fn from(l: &RequestLabels) -> Self {
+        DurationLabels {
+            verb: l.verb.clone(),
+            group: l.group.clone(),
+            version: l.version.clone(),
+            resource: l.resource.clone(),
+            subresource: l.subresource.clone(),
+            scope: l.scope.clone(),
+            component: l.component.clone(),
+        }
+    }
+}
+
 /// Labels of per-kind watch metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {

@@ -94,6 +94,15 @@ pub fn decode_stored(res: &Resource, bytes: &[u8], rv: i64) -> Result<Value, Api
     Ok(crate::convert::from_storage(res, v))
 }
 
+/// A copy of `obj` without `metadata.resourceVersion` (so a write carries no precondition).
+pub fn without_rv(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
 /// Encodes an object of `res` in its stored form, without its resourceVersion.
 pub fn encode_stored(res: &Resource, obj: &Value) -> Vec<u8> {
     let mut v = crate::convert::to_storage(res, obj.clone());

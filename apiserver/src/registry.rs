@@ -531,7 +531,7 @@ impl Registry {
         res: &Resource,
         ns: &str,
         name: &str,
-        mut obj: Value,
+        obj: Value,
         status_only: bool,
         w: &WriteOpts,
     ) -> ApiResult<Value> {
@@ -559,7 +559,25 @@ impl Registry {
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        // Fields the client cannot change through an update.
+        self.prepare_and_write(res, ns, name, old, old_rv, obj, status_only, w)
+            .await
+    }
+
+    /// The update pipeline shared by PUT, patches and applies: keeps what a client may not
+    /// change, applies the strategy (or the status-only rules), validates, records managed fields,
+    /// carries Service allocations over, and writes with `old_rv` as the precondition.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_and_write(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        old: Value,
+        old_rv: i64,
+        mut obj: Value,
+        status_only: bool,
+        w: &WriteOpts,
+    ) -> ApiResult<Value> {
         {
             let om = meta(&old).clone();
             let m = object::meta_mut(&mut obj);
@@ -691,7 +709,7 @@ impl Registry {
         loop {
             attempts += 1;
             let (old, old_rv) = self.get_raw(res, ns, name).await?;
-            let mut obj = f(&old)?;
+            let obj = f(&old)?;
             if !obj.is_object() {
                 return Err(ApiError::bad_request(
                     "the patched object is not a JSON object",
@@ -712,39 +730,8 @@ impl Registry {
                     "the name of the object ({body_name}) does not match the name on the URL ({name})"
                 )));
             }
-            {
-                let om = meta(&old).clone();
-                let m = object::meta_mut(&mut obj);
-                for f in [
-                    "uid",
-                    "creationTimestamp",
-                    "deletionTimestamp",
-                    "deletionGracePeriodSeconds",
-                    "namespace",
-                    "generation",
-                ] {
-                    match om.get(f) {
-                        Some(v) => m.insert(f.into(), v.clone()),
-                        None => m.remove(f),
-                    };
-                }
-            }
-            if status_only {
-                strategy::prepare_for_status_update(&old, &mut obj);
-            } else {
-                strategy::default(res, &mut obj);
-                strategy::prepare_for_update(res, &old, &mut obj);
-            }
-            strategy::validate(res, &obj)?;
-            strategy::validate_update(res, &old, &obj)?;
-            self.record(res, Some(&old), &mut obj, w);
-            let (taken, release) = self
-                .carry_over(res, &old, &mut obj, w.dry_run || status_only)
-                .await?;
             let r = self
-                .write_update(res, ns, name, old, old_rv, obj, w.dry_run)
-                .await;
-            self.release(if r.is_ok() { &release } else { &taken })
+                .prepare_and_write(res, ns, name, old, old_rv, obj, status_only, w)
                 .await;
             match r {
                 Err(e)

@@ -208,13 +208,7 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
         };
         let (ip, port) = (advertise.0.clone(), advertise.1);
         let add_self = |old: &serde_json::Value| -> crate::status::ApiResult<serde_json::Value> {
-            let mut o = old.clone();
-            if let Some(m) = o
-                .get_mut("metadata")
-                .and_then(serde_json::Value::as_object_mut)
-            {
-                m.remove("resourceVersion");
-            }
+            let mut o = crate::object::without_rv(old);
             let mut addrs: Vec<serde_json::Value> = o
                 .pointer("/subsets/0/addresses")
                 .and_then(serde_json::Value::as_array)

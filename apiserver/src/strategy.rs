@@ -70,50 +70,49 @@ fn name_rule(res: &Resource) -> (fn(&str) -> bool, &'static str) {
     }
 }
 
+/// A qualified name (`[prefix/]name`), as label and annotation keys must be.
+fn valid_qualified_key(k: &str) -> bool {
+    match k.rsplit_once('/') {
+        Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
+        None => valid_qualified_name_part(k),
+    }
+}
+
+/// Checks that `metadata.<field>` is a map with qualified keys; returns the map.
+fn checked_map<'a>(
+    obj: &'a Value,
+    field: &str,
+    causes: &mut Vec<Cause>,
+) -> Option<&'a serde_json::Map<String, Value>> {
+    let m = meta(obj).get(field)?;
+    let Some(m) = m.as_object() else {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            &format!("metadata.{field}"),
+            "must be a map of strings",
+        ));
+        return None;
+    };
+    for k in m.keys().filter(|k| !valid_qualified_key(k)) {
+        causes.push(Cause::new("FieldValueInvalid", &format!("metadata.{field}"), format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
+    }
+    Some(m)
+}
+
 fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
-    if let Some(labels) = meta(obj).get("labels") {
-        let Some(m) = labels.as_object() else {
-            causes.push(Cause::new(
-                "FieldValueInvalid",
-                "metadata.labels",
-                "must be a map of strings",
-            ));
-            return;
-        };
-        for (k, v) in m {
-            let key_ok = match k.rsplit_once('/') {
-                Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
-                None => valid_qualified_name_part(k),
-            };
-            if !key_ok {
-                causes.push(Cause::new("FieldValueInvalid", "metadata.labels", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
-            }
+    if let Some(labels) = checked_map(obj, "labels", causes) {
+        for (k, v) in labels {
             match v.as_str() {
                 Some(s) if s.is_empty() || valid_qualified_name_part(s) => {}
                 _ => causes.push(Cause::new("FieldValueInvalid", &format!("metadata.labels.{k}"), format!("Invalid value: {v}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))),
             }
         }
     }
-    if let Some(ann) = meta(obj).get("annotations") {
-        let Some(m) = ann.as_object() else {
-            causes.push(Cause::new(
-                "FieldValueInvalid",
-                "metadata.annotations",
-                "must be a map of strings",
-            ));
-            return;
-        };
-        let mut total = 0;
-        for (k, v) in m {
-            let key_ok = match k.rsplit_once('/') {
-                Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
-                None => valid_qualified_name_part(k),
-            };
-            if !key_ok {
-                causes.push(Cause::new("FieldValueInvalid", "metadata.annotations", format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")));
-            }
-            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
-        }
+    if let Some(ann) = checked_map(obj, "annotations", causes) {
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0))
+            .sum();
         if total > 256 * 1024 {
             causes.push(Cause::new(
                 "FieldValueTooLong",

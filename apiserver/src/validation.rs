@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::patch::resolve;
 use crate::status::{ApiError, ApiResult};
 
 /// The `fieldValidation` directive.
@@ -30,34 +31,6 @@ impl FieldValidation {
             ))),
         }
     }
-}
-
-fn resolve<'a>(defs: &'a Map<String, Value>, schema: &'a Value) -> &'a Value {
-    let mut cur = schema;
-    for _ in 0..8 {
-        match cur
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix("#/components/schemas/"))
-        {
-            Some(name) => match defs.get(name) {
-                Some(d) => cur = d,
-                None => return cur,
-            },
-            None => {
-                if let Some(first) = cur
-                    .get("allOf")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.first())
-                {
-                    cur = first;
-                    continue;
-                }
-                return cur;
-            }
-        }
-    }
-    cur
 }
 
 fn walk(

@@ -73,6 +73,31 @@ pub(crate) fn expired(requested: i64, compacted: i64) -> Value {
     ApiError::expired(msg).to_status()
 }
 
+/// Whether a watch starts with the current objects as synthetic ADDED events: asked for with
+/// `sendInitialEvents=true` (which needs bookmarks and `resourceVersionMatch=NotOlderThan`), or
+/// implied by an unset or "0" resourceVersion.
+pub(crate) fn initial_events(p: &WatchParams, rv: Option<i64>) -> ApiResult<bool> {
+    match p.send_initial_events {
+        Some(true) => {
+            if !p.bookmarks || p.resource_version_match.as_deref() != Some("NotOlderThan") {
+                return Err(ApiError::invalid(
+                    "",
+                    "ListOptions",
+                    "",
+                    vec![crate::status::Cause::new(
+                        "FieldValueForbidden",
+                        "sendInitialEvents",
+                        "Forbidden: sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan and allowWatchBookmarks is true",
+                    )],
+                ));
+            }
+            Ok(true)
+        }
+        Some(false) => Ok(false),
+        None => Ok(rv.is_none() || rv == Some(0)),
+    }
+}
+
 /// Starts a watch; returns the receiver of encoded lines. Errors before the stream starts (bad
 /// parameters, store down) are returned as API errors.
 pub async fn start(
@@ -87,25 +112,7 @@ pub async fn start(
         .filter(|s| !s.is_empty())
         .map(parse_rv)
         .transpose()?;
-    let initial = match p.send_initial_events {
-        Some(true) => {
-            if !p.bookmarks || p.resource_version_match.as_deref() != Some("NotOlderThan") {
-                return Err(ApiError::invalid(
-                    "",
-                    "ListOptions",
-                    "",
-                    vec![crate::status::Cause::new(
-                        "FieldValueForbidden",
-                        "sendInitialEvents",
-                        "Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled and resourceVersionMatch is set to NotOlderThan and allowWatchBookmarks is true",
-                    )],
-                ));
-            }
-            true
-        }
-        Some(false) => false,
-        None => rv.is_none() || rv == Some(0),
-    };
+    let initial = initial_events(&p, rv)?;
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut start_rev;
     let mut initial_items = Vec::new();
