@@ -360,18 +360,32 @@ impl Cacher {
     /// Serves a list from the cache, or `None` when it must go to the store (continue tokens,
     /// exact resourceVersions, a cache that is not ready or not fresh enough in time).
     pub async fn list(&self, ns: &str, opts: &ListOptions) -> Option<ApiResult<CachedPage>> {
-        if opts.continue_token.is_some()
-            || opts.resource_version_match.as_deref() == Some("Exact")
-            || !self.is_ready()
-        {
+        if opts.resource_version_match.as_deref() == Some("Exact") || !self.is_ready() {
             return None;
         }
-        let min = match opts.resource_version.as_deref() {
-            Some(s) => match parse_rv(s) {
+        // A continue token is served here only while the cache is still at the token's
+        // revision (nothing changed since the first page); otherwise the store serves it.
+        let resume = match opts
+            .continue_token
+            .as_deref()
+            .map(crate::registry::decode_continue)
+        {
+            Some(Ok(t)) => {
+                if t.rv != self.state.read().revision {
+                    return None;
+                }
+                Some(t)
+            }
+            Some(Err(e)) => return Some(Err(e)),
+            None => None,
+        };
+        let min = match (&resume, opts.resource_version.as_deref()) {
+            (Some(t), _) => t.rv,
+            (None, Some(s)) => match parse_rv(s) {
                 Ok(v) => v,
                 Err(e) => return Some(Err(e)),
             },
-            None => match self.consistent_revision().await {
+            (None, None) => match self.consistent_revision().await {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             },
@@ -381,8 +395,12 @@ impl Cacher {
         }
         let prefix = self.prefix(ns);
         let st = self.state.read();
-        if !st.ready {
+        if !st.ready || resume.as_ref().is_some_and(|t| t.rv != st.revision) {
             return None;
+        }
+        let mut start = prefix.clone();
+        if let Some(t) = &resume {
+            start.extend_from_slice(t.start.as_bytes());
         }
         let mut items = Vec::new();
         let mut continue_token = None;
@@ -390,7 +408,7 @@ impl Cacher {
         let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
         let mut range = st
             .objects
-            .range(prefix.clone()..)
+            .range(start..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .peekable();
         let mut seen = 0i64;

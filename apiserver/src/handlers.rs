@@ -745,7 +745,7 @@ async fn resource_request(
             let updated = state
                 .registry
                 .modify(res, "", name, dry_run(&q)?, |old| {
-                    let mut o = object::without_rv(&old);
+                    let mut o = object::without_rv(old);
                     o["spec"]["finalizers"] = finalizers.clone();
                     Ok(o)
                 })
@@ -835,7 +835,7 @@ async fn resource_request(
                     let mut patched = patch::apply(kind, pg, pv, pd, &base_no_rv, &patch_doc)?;
                     if is_scale {
                         check_type(&mut patched, "autoscaling", "v1", "Scale")?;
-                        let mut o = object::without_rv(&old);
+                        let mut o = object::without_rv(old);
                         if let Some(r) = patched.pointer("/spec/replicas") {
                             o["spec"]["replicas"] = r.clone();
                         }
@@ -1056,7 +1056,7 @@ async fn bind(
             if !object::meta_str(old, "deletionTimestamp").is_empty() {
                 return Err(ApiError::conflict("", "pods", name, "pod is being deleted, cannot be assigned to a host"));
             }
-            let mut o = object::without_rv(&old);
+            let mut o = object::without_rv(old);
             o["spec"]["nodeName"] = json!(target);
             let mut conds: Vec<Value> = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
             conds.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
@@ -1270,7 +1270,7 @@ async fn evict(
                         let current = old.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0);
                         return Err(blocked(format!("The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently")));
                     }
-                    let mut o = object::without_rv(&old);
+                    let mut o = object::without_rv(old);
                     o["status"]["disruptionsAllowed"] = json!(allowed - 1);
                     if !o["status"]["disruptedPods"].is_object() {
                         o["status"]["disruptedPods"] = json!({});

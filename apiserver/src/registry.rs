@@ -107,10 +107,10 @@ pub struct Registry {
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
+pub(crate) struct ContinueToken {
     v: String,
-    rv: i64,
-    start: String,
+    pub(crate) rv: i64,
+    pub(crate) start: String,
 }
 
 pub(crate) fn encode_continue(rv: i64, start: &str) -> String {
@@ -122,7 +122,7 @@ pub(crate) fn encode_continue(rv: i64, start: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&t).unwrap_or_default())
 }
 
-fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
+pub(crate) fn decode_continue(s: &str) -> ApiResult<ContinueToken> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {s:?}"));
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(s)
