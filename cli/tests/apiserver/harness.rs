@@ -135,16 +135,34 @@ impl ApiCluster {
                 .spawn()
                 .expect("etcd must be installed (apt-get install etcd-server; .ci/run does this)"),
         };
+        wait_port(client, Duration::from_secs(30));
+        Self::with_store(dir, pki, etcd_url, Some(store), apiservers, api_args)
+    }
+
+    /// Apiservers on an already running store at `etcd_urls` (comma separated).
+    pub fn on_store(etcd_urls: &str, apiservers: usize, api_args: &[&str]) -> ApiCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = pki(dir.path());
+        Self::with_store(dir, pki, etcd_urls.to_string(), None, apiservers, api_args)
+    }
+
+    fn with_store(
+        dir: tempfile::TempDir,
+        pki: Pki,
+        etcd_url: String,
+        store: Option<Child>,
+        apiservers: usize,
+        api_args: &[&str],
+    ) -> ApiCluster {
         let mut c = ApiCluster {
             dir,
             pki,
             etcd_url,
             api_ports: Vec::new(),
             api_args: api_args.iter().map(|s| s.to_string()).collect(),
-            store: Some(store),
+            store,
             apis: Vec::new(),
         };
-        wait_port(client, Duration::from_secs(30));
         for i in 0..apiservers {
             let port = free_port();
             c.api_ports.push(port);

@@ -1,0 +1,124 @@
+//! Storage-facing behaviour: failover across several `--etcd-servers`, exact-revision lists,
+//! expired continue tokens, and field validation warnings.
+
+use crate::cluster::{Cluster, etcdctl, ok as etcd_ok};
+use crate::harness::{ApiCluster, Backend};
+
+#[test]
+fn apiserver_fails_over_between_store_members() {
+    let mut store = Cluster::start(3);
+    let urls: Vec<String> = store.members.iter().map(|m| m.client.clone()).collect();
+    let c = ApiCluster::on_store(&urls.join(","), 1, &[]);
+    c.ok(&["create", "configmap", "before", "--from-literal=a=1"]);
+    // The apiserver talks to the first endpoint first: kill that member.
+    store.kill(0);
+    for i in 0..5 {
+        let out = c.kubectl(&["create", "configmap", &format!("after-{i}")]);
+        assert!(
+            out.status.success(),
+            "write {i} after losing a store member: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+    }
+    assert_eq!(
+        c.ok(&["get", "cm", "before", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+}
+
+#[test]
+fn exact_lists_expired_continues_and_warnings() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    for i in 0..4 {
+        c.ok(&["create", "configmap", &format!("c{i}")]);
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.ok(&["create", "configmap", "later"]);
+    // resourceVersionMatch=Exact reads the list as it was at that revision.
+    let exact: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"
+        ),
+    ]))
+    .unwrap();
+    let names: Vec<&str> = exact["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"later") && names.contains(&"c3"),
+        "{names:?}"
+    );
+    let e = c.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?resourceVersionMatch=Exact",
+    ]);
+    assert!(
+        e.contains("BadRequest") || e.contains("resourceVersionMatch"),
+        "{e}"
+    );
+
+    // A continue token whose revision the store has compacted is 410 Expired.
+    let page: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?limit=2",
+    ]))
+    .unwrap();
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("a continue token")
+        .to_string();
+    c.ok(&["create", "configmap", "even-later"]);
+    let now: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .unwrap();
+    etcd_ok(etcdctl(
+        &c.etcd_url,
+        &[
+            "compact",
+            now["metadata"]["resourceVersion"].as_str().unwrap(),
+        ],
+    ));
+    let e = c.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?limit=2&continue={token}"),
+    ]);
+    assert!(
+        e.contains("Expired") || e.contains("410") || e.contains("too old"),
+        "{e}"
+    );
+
+    // fieldValidation=Warn: the object is stored without the unknown field, with a warning.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: warned}\ndata: {a: b}\nbogus: 1\n";
+    let out = c.kubectl_stdin(&["create", "--validate=warn", "-f", "-"], cm);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field \"bogus\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = c.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps/warned",
+    ]);
+    assert!(!stored.contains("bogus"), "{stored}");
+}
