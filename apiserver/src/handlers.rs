@@ -348,6 +348,26 @@ async fn dispatch(state: &ApiState, info: &RequestInfo, req: Request<Body>) -> A
         ["apis", g, v] => discovery::resource_list(g, v)
             .map(|l| json_response(&l))
             .ok_or_else(ApiError::path_not_found),
+        ["openapi", "v2"] => {
+            // Served as JSON only: a client that asks for the protobuf form alone (kubectl does)
+            // must not be handed JSON it would try to parse as protobuf.
+            let wants_json = accept.is_empty()
+                || accept.split(',').any(|a| {
+                    let mt = a.split(';').next().unwrap_or("").trim();
+                    matches!(mt, "application/json" | "application/*" | "*/*")
+                });
+            if !wants_json {
+                return Err(ApiError::not_acceptable(
+                    "/openapi/v2 is served as application/json only; use /openapi/v3",
+                ));
+            }
+            let mut r = (StatusCode::OK, openapi::v2().to_vec()).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
         ["openapi", "v3"] => Ok(json_response(&openapi::index())),
         ["openapi", "v3", rest @ ..] => {
             let key = rest.join("/");

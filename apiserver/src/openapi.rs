@@ -404,6 +404,112 @@ pub fn definitions(group: &str, version: &str) -> Option<&'static Map<String, Va
     all.get(&gv_key(group, version))
 }
 
+/// `GET /openapi/v2` (JSON): one Swagger 2.0 document for every group-version, derived from the
+/// v3 documents (the same schemas and operations).
+pub fn v2() -> &'static [u8] {
+    static V2: OnceLock<Vec<u8>> = OnceLock::new();
+    V2.get_or_init(|| {
+        let mut paths = Map::new();
+        for d in docs().values() {
+            let Ok(doc) = serde_json::from_slice::<Value>(&d.body) else {
+                continue;
+            };
+            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+                let mut out = Map::new();
+                for (k, v) in item.as_object().into_iter().flatten() {
+                    if k == "parameters" {
+                        out.insert(
+                            k.clone(),
+                            Value::Array(
+                                v.as_array().into_iter().flatten().map(v2_param).collect(),
+                            ),
+                        );
+                    } else {
+                        out.insert(k.clone(), v2_operation(v));
+                    }
+                }
+                paths.insert(path.clone(), Value::Object(out));
+            }
+        }
+        let doc = json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": crate::config::git_version()},
+            "paths": paths,
+            "definitions": all_definitions(),
+        });
+        serde_json::to_string(&doc)
+            .unwrap_or_default()
+            .replace("#/components/schemas/", "#/definitions/")
+            .into_bytes()
+    })
+}
+
+/// A v3 parameter (`schema: {type}`) as a v2 one (`type` inline).
+fn v2_param(p: &Value) -> Value {
+    let mut p = p.clone();
+    if let Some(m) = p.as_object_mut() {
+        if let Some(schema) = m.remove("schema") {
+            if let Some(t) = schema.get("type") {
+                m.insert("type".into(), t.clone());
+            }
+            if let Some(u) = schema.get("uniqueItems") {
+                m.insert("uniqueItems".into(), u.clone());
+            }
+        }
+    }
+    p
+}
+
+/// A v3 operation as a v2 one: the request body becomes a `body` parameter, response content a
+/// response schema, media types `consumes`/`produces`.
+fn v2_operation(op: &Value) -> Value {
+    let mut o = op.clone();
+    let Some(m) = o.as_object_mut() else { return o };
+    let mut params: Vec<Value> = m
+        .remove("parameters")
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(v2_param)
+        .collect();
+    if let Some(body) = m.remove("requestBody") {
+        let content = body
+            .get("content")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let schema = content
+            .values()
+            .next()
+            .and_then(|c| c.get("schema"))
+            .cloned()
+            .unwrap_or(json!({}));
+        m.insert(
+            "consumes".into(),
+            Value::Array(content.keys().map(|k| json!(k)).collect()),
+        );
+        params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+    }
+    m.insert("parameters".into(), Value::Array(params));
+    if let Some(resps) = m.get_mut("responses").and_then(Value::as_object_mut) {
+        let mut produces = Vec::new();
+        for r in resps.values_mut() {
+            if let Some(content) = r.as_object_mut().and_then(|r| r.remove("content")) {
+                let content = content.as_object().cloned().unwrap_or_default();
+                produces = content.keys().map(|k| json!(k)).collect();
+                if let Some(schema) = content.values().next().and_then(|c| c.get("schema")) {
+                    r["schema"] = schema.clone();
+                }
+            }
+        }
+        if !produces.is_empty() {
+            m.insert("produces".into(), Value::Array(produces));
+        }
+    }
+    m.insert("schemes".into(), json!(["https"]));
+    o
+}
+
 /// Every definition of every served group-version, merged by name.
 pub fn all_definitions() -> &'static Map<String, Value> {
     static ALL: OnceLock<Map<String, Value>> = OnceLock::new();
@@ -461,5 +567,29 @@ mod tests {
             "Deployment"
         );
         assert!(dep["properties"]["spec"].is_object());
+    }
+
+    #[test]
+    fn v2_is_swagger_with_definitions() {
+        let doc: Value = serde_json::from_slice(v2()).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        assert!(doc["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["in"] == "body")
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation" && p["type"] == "string")
+        );
+        assert!(!String::from_utf8_lossy(v2()).contains("#/components/schemas/"));
     }
 }

@@ -399,6 +399,36 @@ fn walkthrough(c: &ApiCluster) {
     ]);
     assert!(out.contains("(no change)"), "{out}");
 
+    // edit: kubectl opens $KUBE_EDITOR on the object and sends a strategic merge patch.
+    let editor = c.dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/^  a: \"1\"$/  a: edited/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .env("KUBE_EDITOR", &editor)
+        .args(["edit", "cm", "cfg", "-n", "team"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "edit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("configmap/cfg edited"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        c.ok(&["get", "cm", "cfg", "-n", "team", "-o", "jsonpath={.data.a}"]),
+        "edited"
+    );
+
     // YAML output and describe.
     let y = c.ok(&["get", "cm", "cfg", "-n", "team", "-o", "yaml"]);
     assert!(
