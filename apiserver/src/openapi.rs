@@ -447,14 +447,14 @@ pub fn v2() -> &'static [u8] {
 /// A v3 parameter (`schema: {type}`) as a v2 one (`type` inline).
 fn v2_param(p: &Value) -> Value {
     let mut p = p.clone();
-    if let Some(m) = p.as_object_mut() {
-        if let Some(schema) = m.remove("schema") {
-            if let Some(t) = schema.get("type") {
-                m.insert("type".into(), t.clone());
-            }
-            if let Some(u) = schema.get("uniqueItems") {
-                m.insert("uniqueItems".into(), u.clone());
-            }
+    if let Some(m) = p.as_object_mut()
+        && let Some(schema) = m.remove("schema")
+    {
+        if let Some(t) = schema.get("type") {
+            m.insert("type".into(), t.clone());
+        }
+        if let Some(u) = schema.get("uniqueItems") {
+            m.insert("uniqueItems".into(), u.clone());
         }
     }
     p
