@@ -1,5 +1,8 @@
 //! `keelson-bench`: load generators.
 //!
+//! `keelson-bench store` drives the etcd v3 API of keelson-store (and, with `--compare-etcd`, of
+//! a real etcd) with puts, ranges and watches.
+//!
 //! `keelson-bench api` measures the apiserver through a real Kubernetes client (kube-rs): pod
 //! create throughput and latency with N concurrent clients, gets, watch fan-out latency to W
 //! watchers, and full LISTs of large namespaces served from the watch cache, with the
@@ -13,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod store;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -34,6 +39,8 @@ struct Cli {
 enum Cmd {
     /// Apiserver throughput and latency: pod create/get/list/watch.
     Api(ApiArgs),
+    /// Store throughput and latency over the etcd v3 API, optionally against etcd too.
+    Store(store::StoreArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -442,5 +449,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Api(a) => rt.block_on(api(a)),
+        Cmd::Store(a) => rt.block_on(store::run(a)),
     }
 }

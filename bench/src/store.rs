@@ -1,0 +1,260 @@
+//! `keelson-bench store`: etcd v3 load against keelson-store, and with `--compare-etcd` the same
+//! load against a real etcd cluster of the same size on the same machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use keelson_etcdpb::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient, watch_client::WatchClient, watch_request};
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{new_hist, row, run_ops};
+
+/// Flags of `keelson-bench store`.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// Use running endpoints (comma separated) instead of starting a cluster.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// The keelson binary used to start a cluster (default: next to this one).
+    #[arg(long)]
+    keelson: Option<PathBuf>,
+    /// Also run the same load against `etcd` (Debian's etcd-server) on the same machine.
+    #[arg(long)]
+    compare_etcd: bool,
+    /// Members of each started cluster.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Concurrent clients (each with its own connection).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Puts in the put phase.
+    #[arg(long, default_value_t = 20000)]
+    puts: usize,
+    /// Linearizable single-key ranges in the range phase.
+    #[arg(long, default_value_t = 20000)]
+    ranges: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Watchers in the watch phase.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Puts made while the watchers listen.
+    #[arg(long, default_value_t = 200)]
+    watch_puts: usize,
+}
+
+struct Members {
+    _dir: tempfile::TempDir,
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `n` members of `program` (keelson's `store` subcommand or etcd) with the same flags.
+fn start(program: &Path, subcommand: Option<&str>, n: usize) -> anyhow::Result<Members> {
+    let dir = tempfile::tempdir()?;
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push((free_port()?, free_port()?));
+    }
+    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+    let mut children = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let mut cmd = Command::new(program);
+        if let Some(s) = subcommand {
+            cmd.arg(s);
+        }
+        let child = cmd
+            .args(["--name", &format!("m{i}")])
+            .arg(format!("--data-dir={}", dir.path().join(format!("m{i}")).display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        children.push(child);
+    }
+    Ok(Members { _dir: dir, children, endpoints: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect() })
+}
+
+async fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())?.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)).connect().await?)
+}
+
+async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for e in endpoints {
+        loop {
+            if let Ok(ch) = channel(e).await {
+                if KvClient::new(ch).range(RangeRequest { key: b"ready".to_vec(), ..Default::default() }).await.is_ok() {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{e} not ready in 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs every phase against `endpoints`; returns the table rows.
+async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Result<Vec<String>> {
+    wait_ready(endpoints).await?;
+    // One connection per client, spread over the members.
+    let mut clients = Vec::new();
+    for i in 0..args.clients {
+        clients.push(KvClient::new(channel(&endpoints[i % endpoints.len()]).await?));
+    }
+    let clients = Arc::new(clients);
+    let value = Arc::new(vec![b'v'; args.value_size]);
+    let mut rows = Vec::new();
+    let n = args.clients;
+    let (c, v) = (clients.clone(), value.clone());
+    let (el, h, err) = run_ops(args.clients, args.puts, move |i| {
+        let mut kv = c[i % n].clone();
+        let v = v.clone();
+        async move { kv.put(PutRequest { key: format!("bench/key-{i:08}").into_bytes(), value: v.to_vec(), ..Default::default() }).await.is_ok() }
+    })
+    .await;
+    rows.push(row(&format!("{label}: put ({} B values)", args.value_size), args.puts, el, &h, err));
+    let c = clients.clone();
+    let puts = args.puts.max(1);
+    let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
+        let mut kv = c[i % n].clone();
+        async move { kv.range(RangeRequest { key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(), ..Default::default() }).await.is_ok() }
+    })
+    .await;
+    rows.push(row(&format!("{label}: linearizable range (1 key)"), args.ranges, el, &h, err));
+    let c = clients.clone();
+    let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
+        let mut kv = c[i % n].clone();
+        async move { kv.range(RangeRequest { key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(), serializable: true, ..Default::default() }).await.is_ok() }
+    })
+    .await;
+    rows.push(row(&format!("{label}: serializable range (1 key)"), args.ranges, el, &h, err));
+
+    // Watch fan-out: W watchers on one prefix (spread over the members and 16 streams per
+    // connection), then puts; latency from each put request to each watcher's event.
+    let sent: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Instant>>> = Arc::default();
+    let mut tasks = Vec::new();
+    let mut chans = Vec::new();
+    for e in endpoints {
+        chans.push(channel(e).await?);
+    }
+    for w in 0..args.watchers {
+        let ch = chans[w % chans.len()].clone();
+        let sent = sent.clone();
+        let want = args.watch_puts;
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let create = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: b"watched/".to_vec(),
+                    range_end: b"watched0".to_vec(),
+                    ..Default::default()
+                })),
+            };
+            if tx.send(create).await.is_err() {
+                return (h, 0);
+            }
+            let Ok(resp) = WatchClient::new(ch).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return (h, 0) };
+            let mut stream = resp.into_inner();
+            let mut seen = 0;
+            while seen < want {
+                match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+                    Ok(Some(Ok(r))) => {
+                        for ev in r.events {
+                            let key = ev.kv.map(|kv| kv.key).unwrap_or_default();
+                            if let Some(t) = sent.lock().ok().and_then(|m| m.get(&key).copied()) {
+                                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                                seen += 1;
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            drop(tx);
+            (h, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = clients.clone();
+    let s = sent.clone();
+    let start = Instant::now();
+    let (_, _, perr) = run_ops(args.clients, args.watch_puts, move |i| {
+        let mut kv = c[i % n].clone();
+        let s = s.clone();
+        async move {
+            let key = format!("watched/{i:08}").into_bytes();
+            if let Ok(mut m) = s.lock() {
+                m.insert(key.clone(), Instant::now());
+            }
+            kv.put(PutRequest { key, value: b"x".to_vec(), ..Default::default() }).await.is_ok()
+        }
+    })
+    .await;
+    let mut wh = new_hist();
+    let mut delivered = 0;
+    for t in tasks {
+        if let Ok((h, seen)) = t.await {
+            let _ = wh.add(&h);
+            delivered += seen;
+        }
+    }
+    let missing = args.watchers * args.watch_puts - delivered + perr;
+    rows.push(row(&format!("{label}: watch delivery ({} watchers x {} puts)", args.watchers, args.watch_puts), delivered, start.elapsed(), &wh, missing));
+    Ok(rows)
+}
+
+/// Runs `keelson-bench store`.
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let mut rows = vec![
+        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
+    ];
+    if !args.endpoints.is_empty() {
+        rows.extend(load(&args, &args.endpoints, "given endpoints").await?);
+    } else {
+        let keelson = match &args.keelson {
+            Some(k) => k.clone(),
+            None => std::env::current_exe()?.with_file_name("keelson"),
+        };
+        let members = start(&keelson, Some("store"), args.members)?;
+        rows.extend(load(&args, &members.endpoints, "keelson-store").await?);
+        drop(members);
+        if args.compare_etcd {
+            let etcd = start(Path::new("etcd"), None, args.members).context("--compare-etcd needs etcd (apt-get install etcd-server)")?;
+            rows.extend(load(&args, &etcd.endpoints, "etcd").await?);
+        }
+    }
+    println!("members={} clients={} (keelson-bench store)\n", args.members, args.clients);
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
