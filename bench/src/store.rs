@@ -156,13 +156,14 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     .await;
     rows.push(row(&format!("{label}: serializable range (1 key)"), args.ranges, el, &h, err));
 
-    // Watch fan-out: W watchers on one prefix (spread over the members and 16 streams per
+    // Watch fan-out: W watchers on one prefix (spread over the members, 50 streams per
     // connection), then puts; latency from each put request to each watcher's event.
     let sent: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Instant>>> = Arc::default();
     let mut tasks = Vec::new();
+    // 50 streams per connection stays under HTTP/2 stream limits (etcd allows 250, h2 100).
     let mut chans = Vec::new();
-    for e in endpoints {
-        chans.push(channel(e).await?);
+    for i in 0..args.watchers.div_ceil(50).max(1) {
+        chans.push(channel(&endpoints[i % endpoints.len()]).await?);
     }
     for w in 0..args.watchers {
         let ch = chans[w % chans.len()].clone();
