@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use keelson_etcdpb::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient, watch_client::WatchClient, watch_request};
+use keelson_etcdpb::etcdserverpb::{
+    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient,
+    watch_client::WatchClient, watch_request,
+};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -64,7 +67,9 @@ impl Drop for Members {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Starts `n` members of `program` (keelson's `store` subcommand or etcd) with the same flags.
@@ -74,7 +79,11 @@ fn start(program: &Path, subcommand: Option<&str>, n: usize) -> anyhow::Result<M
     for _ in 0..n {
         ports.push((free_port()?, free_port()?));
     }
-    let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect();
     let mut children = Vec::new();
     for (i, (c, p)) in ports.iter().enumerate() {
         let mut cmd = Command::new(program);
@@ -83,11 +92,16 @@ fn start(program: &Path, subcommand: Option<&str>, n: usize) -> anyhow::Result<M
         }
         let child = cmd
             .args(["--name", &format!("m{i}")])
-            .arg(format!("--data-dir={}", dir.path().join(format!("m{i}")).display()))
+            .arg(format!(
+                "--data-dir={}",
+                dir.path().join(format!("m{i}")).display()
+            ))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
+            ))
             .arg(format!("--initial-cluster={}", initial.join(",")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,11 +109,22 @@ fn start(program: &Path, subcommand: Option<&str>, n: usize) -> anyhow::Result<M
             .with_context(|| format!("starting {}", program.display()))?;
         children.push(child);
     }
-    Ok(Members { _dir: dir, children, endpoints: ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect() })
+    Ok(Members {
+        _dir: dir,
+        children,
+        endpoints: ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect(),
+    })
 }
 
 async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?.tcp_nodelay(true).connect_timeout(Duration::from_secs(3)).connect().await?)
+    Ok(Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await?)
 }
 
 async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
@@ -107,7 +132,14 @@ async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
     for e in endpoints {
         loop {
             if let Ok(ch) = channel(e).await {
-                if KvClient::new(ch).range(RangeRequest { key: b"ready".to_vec(), ..Default::default() }).await.is_ok() {
+                if KvClient::new(ch)
+                    .range(RangeRequest {
+                        key: b"ready".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+                {
                     break;
                 }
             }
@@ -126,7 +158,9 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     // One connection per client, spread over the members.
     let mut clients = Vec::new();
     for i in 0..args.clients {
-        clients.push(KvClient::new(channel(&endpoints[i % endpoints.len()]).await?));
+        clients.push(KvClient::new(
+            channel(&endpoints[i % endpoints.len()]).await?,
+        ));
     }
     let clients = Arc::new(clients);
     let value = Arc::new(vec![b'v'; args.value_size]);
@@ -136,25 +170,66 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     let (el, h, err) = run_ops(args.clients, args.puts, move |i| {
         let mut kv = c[i % n].clone();
         let v = v.clone();
-        async move { kv.put(PutRequest { key: format!("bench/key-{i:08}").into_bytes(), value: v.to_vec(), ..Default::default() }).await.is_ok() }
+        async move {
+            kv.put(PutRequest {
+                key: format!("bench/key-{i:08}").into_bytes(),
+                value: v.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
     })
     .await;
-    rows.push(row(&format!("{label}: put ({} B values)", args.value_size), args.puts, el, &h, err));
+    rows.push(row(
+        &format!("{label}: put ({} B values)", args.value_size),
+        args.puts,
+        el,
+        &h,
+        err,
+    ));
     let c = clients.clone();
     let puts = args.puts.max(1);
     let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
         let mut kv = c[i % n].clone();
-        async move { kv.range(RangeRequest { key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(), ..Default::default() }).await.is_ok() }
+        async move {
+            kv.range(RangeRequest {
+                key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
     })
     .await;
-    rows.push(row(&format!("{label}: linearizable range (1 key)"), args.ranges, el, &h, err));
+    rows.push(row(
+        &format!("{label}: linearizable range (1 key)"),
+        args.ranges,
+        el,
+        &h,
+        err,
+    ));
     let c = clients.clone();
     let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
         let mut kv = c[i % n].clone();
-        async move { kv.range(RangeRequest { key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(), serializable: true, ..Default::default() }).await.is_ok() }
+        async move {
+            kv.range(RangeRequest {
+                key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
     })
     .await;
-    rows.push(row(&format!("{label}: serializable range (1 key)"), args.ranges, el, &h, err));
+    rows.push(row(
+        &format!("{label}: serializable range (1 key)"),
+        args.ranges,
+        el,
+        &h,
+        err,
+    ));
 
     // Watch fan-out: W watchers on one prefix (spread over the members, 50 streams per
     // connection), then puts; latency from each put request to each watcher's event.
@@ -173,16 +248,23 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
             let mut h = new_hist();
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             let create = WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: b"watched/".to_vec(),
-                    range_end: b"watched0".to_vec(),
-                    ..Default::default()
-                })),
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: b"watched/".to_vec(),
+                        range_end: b"watched0".to_vec(),
+                        ..Default::default()
+                    },
+                )),
             };
             if tx.send(create).await.is_err() {
                 return (h, 0);
             }
-            let Ok(resp) = WatchClient::new(ch).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await else { return (h, 0) };
+            let Ok(resp) = WatchClient::new(ch)
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                return (h, 0);
+            };
             let mut stream = resp.into_inner();
             let mut seen = 0;
             while seen < want {
@@ -215,7 +297,13 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
             if let Ok(mut m) = s.lock() {
                 m.insert(key.clone(), Instant::now());
             }
-            kv.put(PutRequest { key, value: b"x".to_vec(), ..Default::default() }).await.is_ok()
+            kv.put(PutRequest {
+                key,
+                value: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
         }
     })
     .await;
@@ -228,7 +316,16 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         }
     }
     let missing = args.watchers * args.watch_puts - delivered + perr;
-    rows.push(row(&format!("{label}: watch delivery ({} watchers x {} puts)", args.watchers, args.watch_puts), delivered, start.elapsed(), &wh, missing));
+    rows.push(row(
+        &format!(
+            "{label}: watch delivery ({} watchers x {} puts)",
+            args.watchers, args.watch_puts
+        ),
+        delivered,
+        start.elapsed(),
+        &wh,
+        missing,
+    ));
     Ok(rows)
 }
 
@@ -249,11 +346,15 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         rows.extend(load(&args, &members.endpoints, "keelson-store").await?);
         drop(members);
         if args.compare_etcd {
-            let etcd = start(Path::new("etcd"), None, args.members).context("--compare-etcd needs etcd (apt-get install etcd-server)")?;
+            let etcd = start(Path::new("etcd"), None, args.members)
+                .context("--compare-etcd needs etcd (apt-get install etcd-server)")?;
             rows.extend(load(&args, &etcd.endpoints, "etcd").await?);
         }
     }
-    println!("members={} clients={} (keelson-bench store)\n", args.members, args.clients);
+    println!(
+        "members={} clients={} (keelson-bench store)\n",
+        args.members, args.clients
+    );
     for r in rows {
         println!("{r}");
     }
