@@ -131,17 +131,16 @@ async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for e in endpoints {
         loop {
-            if let Ok(ch) = channel(e).await {
-                if KvClient::new(ch)
+            if let Ok(ch) = channel(e).await
+                && KvClient::new(ch)
                     .range(RangeRequest {
                         key: b"ready".to_vec(),
                         ..Default::default()
                     })
                     .await
                     .is_ok()
-                {
-                    break;
-                }
+            {
+                break;
             }
             if Instant::now() > deadline {
                 bail!("{e} not ready in 60 s");
