@@ -50,6 +50,8 @@ enum Output {
     Yaml,
     Table(IncludeObject),
     Metadata,
+    /// `application/vnd.kubernetes.protobuf` (objects and lists; watches stay JSON).
+    Protobuf,
 }
 
 fn query_map(q: Option<&str>) -> HashMap<String, String> {
@@ -88,14 +90,8 @@ fn negotiate(
             {
                 return Ok(Output::Metadata);
             }
-            (
-                "application/json"
-                | "application/*"
-                | "*/*"
-                | "application/vnd.kubernetes.protobuf",
-                None,
-            ) => {
-                // Protobuf answers are optional for clients that also accept JSON; JSON is sent.
+            ("application/vnd.kubernetes.protobuf", None) => return Ok(Output::Protobuf),
+            ("application/json" | "application/*" | "*/*", None) => {
                 return Ok(Output::Json);
             }
             ("application/yaml", None) => return Ok(Output::Yaml),
@@ -108,6 +104,17 @@ fn negotiate(
 }
 
 fn render(v: &Value, out: Output, code: StatusCode) -> Response {
+    if out == Output::Protobuf {
+        // Kinds without a protobuf schema are answered in JSON, as upstream does for CRDs.
+        if let Some(body) = crate::protobuf::encode(v) {
+            let mut r = (code, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+            );
+            return r;
+        }
+    }
     let (ct, body) = match out {
         Output::Yaml => (
             "application/yaml",

@@ -494,6 +494,176 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
     Ok(obj)
 }
 
+/// Encodes an object (with `apiVersion` and `kind`) as a protobuf body: the `k8s\0` magic and
+/// a `runtime.Unknown` envelope. `None` when the kind has no protobuf schema or the object does
+/// not fit it (the caller answers in JSON then).
+pub fn encode(obj: &Value) -> Option<Vec<u8>> {
+    let api_version = obj.get("apiVersion")?.as_str()?;
+    let kind = obj.get("kind")?.as_str()?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let msg = format!("{}.{kind}", package(group, version, kind));
+    schema().get(&msg)?;
+    let raw = encode_message(&msg, obj, 0).ok()?;
+    let mut tm = Vec::new();
+    encode_bytes(1, api_version.as_bytes(), &mut tm);
+    encode_bytes(2, kind.as_bytes(), &mut tm);
+    let mut out = MAGIC.to_vec();
+    encode_bytes(1, &tm, &mut out);
+    encode_bytes(2, &raw, &mut out);
+    Some(out)
+}
+
+fn encode_scalar(kind: &str, tag: u32, v: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    match kind {
+        "string" => encode_bytes(tag, v.as_str().ok_or("not a string")?.as_bytes(), out),
+        k if k.starts_with("bytes") => {
+            let s = v.as_str().ok_or("bytes not a string")?;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| e.to_string())?;
+            encode_bytes(tag, &b, out);
+        }
+        "int32" | "int64" => {
+            encode_varint_field(tag, v.as_i64().ok_or("not an integer")? as u64, out)
+        }
+        "bool" => encode_varint_field(tag, u64::from(v.as_bool().ok_or("not a bool")?), out),
+        "double" => {
+            encode_varint(u64::from(tag) << 3 | 1, out);
+            out.extend_from_slice(&v.as_f64().ok_or("not a number")?.to_le_bytes());
+        }
+        other => return Err(format!("unsupported field type {other}")),
+    }
+    Ok(())
+}
+
+fn parse_go_duration_nanos(s: &str) -> Option<i64> {
+    crate::config::parse_go_duration(s.trim_start_matches('-'))
+        .ok()
+        .map(|d| {
+            let n = d.as_nanos() as i64;
+            if s.starts_with('-') { -n } else { n }
+        })
+}
+
+/// Encodes the JSON object `v` as message `message`.
+fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, String> {
+    if depth > 64 {
+        return Err("nesting too deep".into());
+    }
+    let mut out = Vec::new();
+    match message {
+        "apimachinery.pkg.apis.meta.v1.Time" | "apimachinery.pkg.apis.meta.v1.MicroTime" => {
+            let t: jiff::Timestamp = v
+                .as_str()
+                .ok_or("time not a string")?
+                .parse()
+                .map_err(|e: jiff::Error| e.to_string())?;
+            encode_varint_field(1, t.as_second() as u64, &mut out);
+            let nanos = t.subsec_nanosecond();
+            if nanos != 0 {
+                encode_varint_field(2, nanos as i64 as u64, &mut out);
+            }
+            return Ok(out);
+        }
+        "apimachinery.pkg.api.resource.Quantity" => {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err("quantity".into()),
+            };
+            encode_bytes(1, s.as_bytes(), &mut out);
+            return Ok(out);
+        }
+        "apimachinery.pkg.util.intstr.IntOrString" => {
+            match v {
+                Value::Number(n) => {
+                    encode_varint_field(1, 0, &mut out);
+                    encode_varint_field(2, n.as_i64().ok_or("int-or-string")? as u64, &mut out);
+                }
+                Value::String(s) => {
+                    encode_varint_field(1, 1, &mut out);
+                    encode_bytes(3, s.as_bytes(), &mut out);
+                }
+                _ => return Err("int-or-string".into()),
+            }
+            return Ok(out);
+        }
+        "apimachinery.pkg.runtime.RawExtension" | "apimachinery.pkg.apis.meta.v1.FieldsV1" => {
+            encode_bytes(
+                1,
+                &serde_json::to_vec(v).map_err(|e| e.to_string())?,
+                &mut out,
+            );
+            return Ok(out);
+        }
+        "apimachinery.pkg.apis.meta.v1.Duration" => {
+            let n = parse_go_duration_nanos(v.as_str().ok_or("duration")?).ok_or("duration")?;
+            encode_varint_field(1, n as u64, &mut out);
+            return Ok(out);
+        }
+        _ => {}
+    }
+    let fields = schema()
+        .get(message)
+        .ok_or_else(|| format!("unknown message {message}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{message} is not an object"))?;
+    let mut tags: Vec<&u32> = fields.keys().collect();
+    tags.sort();
+    for tag in tags {
+        let f = &fields[tag];
+        let Some(name) = json_name(message, f) else {
+            // Inlined embedded struct: its fields sit in this object.
+            let sub = encode_message(&f.target, v, depth + 1)?;
+            encode_bytes(f.tag, &sub, &mut out);
+            continue;
+        };
+        let Some(val) = obj.get(&name).filter(|x| !x.is_null()) else {
+            continue;
+        };
+        if let Some(value_kind) = f.kind.strip_prefix("map:") {
+            for (k, item) in val
+                .as_object()
+                .ok_or_else(|| format!("{name} is not a map"))?
+            {
+                let mut entry = Vec::new();
+                encode_bytes(1, k.as_bytes(), &mut entry);
+                if value_kind == "message" {
+                    encode_bytes(2, &encode_message(&f.target, item, depth + 1)?, &mut entry);
+                } else {
+                    encode_scalar(value_kind, 2, item, &mut entry)?;
+                }
+                encode_bytes(f.tag, &entry, &mut out);
+            }
+            continue;
+        }
+        let items: Vec<&Value> = if f.repeated {
+            val.as_array()
+                .ok_or_else(|| format!("{name} is not a list"))?
+                .iter()
+                .collect()
+        } else {
+            vec![val]
+        };
+        for item in items {
+            if f.kind == "message" {
+                encode_bytes(
+                    f.tag,
+                    &encode_message(&f.target, item, depth + 1)?,
+                    &mut out,
+                );
+            } else {
+                encode_scalar(&f.kind, f.tag, item, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Encodes protobuf fields for tests and clients: a length-delimited field.
 pub fn encode_bytes(tag: u32, data: &[u8], out: &mut Vec<u8>) {
     encode_varint(u64::from(tag) << 3 | 2, out);
@@ -663,6 +833,76 @@ mod tests {
         );
         assert_eq!(c["resources"]["limits"]["cpu"], "500m");
         assert_eq!(v["spec"]["template"]["spec"]["hostIPC"], false);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_k8s_pb_reads_it() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "labels": {"a": "b"}, "creationTimestamp": "2024-05-06T07:08:09Z", "resourceVersion": "12",
+                "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]},
+            "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "resources": {"limits": {"cpu": "500m"}}, "envFrom": [{"configMapRef": {"name": "cm"}}],
+                "livenessProbe": {"httpGet": {"path": "/", "port": "http"}}}],
+                "hostIPC": true, "terminationGracePeriodSeconds": 30},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}]}});
+        let body = encode(&pod).unwrap();
+        assert_eq!(decode(&body).unwrap(), pod);
+        let raw = &body[MAGIC.len()..];
+        let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(raw).unwrap();
+        let p = k8s_pb::api::core::v1::Pod::decode(unknown.raw.as_deref().unwrap()).unwrap();
+        assert_eq!(p.metadata.as_ref().unwrap().name.as_deref(), Some("p"));
+        assert_eq!(
+            p.metadata
+                .as_ref()
+                .unwrap()
+                .creation_timestamp
+                .unwrap()
+                .seconds,
+            Some(1_714_979_289)
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.ports[0].container_port, Some(80));
+        assert_eq!(
+            c.env_from[0]
+                .config_map_ref
+                .as_ref()
+                .unwrap()
+                .local_object_reference
+                .as_ref()
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("cm")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .handler
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .port
+                .as_ref()
+                .unwrap()
+                .str_val
+                .as_deref(),
+            Some("http")
+        );
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5", "continue": "x"}, "items": [pod]});
+        let l = k8s_pb::api::core::v1::PodList::decode(
+            k8s_pb::apimachinery::pkg::runtime::Unknown::decode(&encode(&list).unwrap()[4..])
+                .unwrap()
+                .raw
+                .as_deref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(l.items.len(), 1);
+        assert_eq!(l.metadata.unwrap().resource_version.as_deref(), Some("5"));
+        assert!(encode(&json!({"apiVersion": "example.com/v1", "kind": "Widget"})).is_none());
     }
 
     #[test]

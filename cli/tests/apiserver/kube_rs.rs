@@ -88,6 +88,19 @@ fn kube_rs_crud_watch_relist_and_apply() {
         }
         handle.abort();
 
+        // Protobuf answers for clients that ask for them first (client-go components do).
+        let req = http::Request::get("/api/v1/namespaces/default/configmaps/a")
+            .header("Accept", "application/vnd.kubernetes.protobuf, application/json")
+            .body(Vec::new())
+            .unwrap();
+        let resp = client.send(req.map(kube::client::Body::from)).await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/vnd.kubernetes.protobuf");
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(&body[..4], b"k8s\0");
+        let unknown = <k8s_pb::apimachinery::pkg::runtime::Unknown as prost::Message>::decode(&body[4..]).unwrap();
+        let got = <k8s_pb::api::core::v1::ConfigMap as prost::Message>::decode(unknown.raw.as_deref().unwrap()).unwrap();
+        assert_eq!(got.data.get("k").map(String::as_str), Some("2"));
+
         // Server-side apply, with a conflict for a second manager and force.
         let applied = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"owner": "alice"}});
         cms.patch("ssa", &PatchParams::apply("alice"), &Patch::Apply(&applied)).await.unwrap();
