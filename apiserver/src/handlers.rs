@@ -570,9 +570,6 @@ async fn resource_request(
         ("list", None) => {
             let out = negotiate(&headers, &q, true)?;
             let opts = list_options(res, &q)?;
-            if info.name.is_empty() || opts.fields.name().is_none() {
-                // fall through to the plain list
-            }
             let cached = match state.cache.get(res) {
                 Some(c) => c.list(ns, &opts).await,
                 None => None,
