@@ -228,3 +228,101 @@ pub async fn authorize(req: Request<Body>, next: Next) -> Response {
     }
     next.run(req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use tower::ServiceExt;
+
+    /// The chain around a handler that reports its entry on `entered`, then blocks until the gate
+    /// opens; limits of one request of each kind.
+    fn app(
+        gate: Arc<tokio::sync::Notify>,
+        entered: tokio::sync::mpsc::UnboundedSender<()>,
+        timeout: Duration,
+        anonymous: bool,
+    ) -> Router {
+        let cfg = Arc::new(ChainConfig {
+            request_timeout: timeout,
+            anonymous_auth: anonymous,
+            readonly: Some(Arc::new(Semaphore::new(1))),
+            mutating: Some(Arc::new(Semaphore::new(1))),
+            metrics: Metrics::new(),
+        });
+        let handler = move || {
+            let gate = gate.clone();
+            let entered = entered.clone();
+            async move {
+                let open = gate.notified();
+                let _ = entered.send(());
+                open.await;
+                "done"
+            }
+        };
+        Router::new()
+            .fallback(handler)
+            .layer(from_fn(authorize))
+            .layer(from_fn_with_state(cfg.clone(), max_in_flight))
+            .layer(from_fn_with_state(cfg.clone(), authenticate))
+            .layer(from_fn_with_state(cfg.clone(), with_timeout))
+            .layer(from_fn(with_request_info))
+            .layer(from_fn(recover_panics))
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn over_the_in_flight_limit_is_429_and_watches_are_exempt() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let app = app(gate.clone(), tx, Duration::from_secs(30), true);
+        let first = tokio::spawn(app.clone().oneshot(get("/api/v1/namespaces/d/pods")));
+        entered.recv().await.unwrap();
+        let second = app
+            .clone()
+            .oneshot(get("/api/v1/namespaces/d/pods"))
+            .await
+            .unwrap();
+        assert_eq!(second.status(), 429);
+        assert_eq!(second.headers()["retry-after"], "1");
+        // Mutating requests have their own limit; watches are long-running and not limited.
+        let post = tokio::spawn(
+            app.clone().oneshot(
+                Request::post("/api/v1/namespaces/d/pods")
+                    .body(Body::empty())
+                    .unwrap(),
+            ),
+        );
+        let watch = tokio::spawn(
+            app.clone()
+                .oneshot(get("/api/v1/namespaces/d/pods?watch=true")),
+        );
+        // Both reach the handler although the read-only limit is taken.
+        entered.recv().await.unwrap();
+        entered.recv().await.unwrap();
+        gate.notify_waiters();
+        assert_eq!(first.await.unwrap().unwrap().status(), 200);
+        assert_eq!(post.await.unwrap().unwrap().status(), 200);
+        assert_eq!(watch.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[tokio::test]
+    async fn slow_requests_time_out_and_anonymous_can_be_refused() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let (tx, _entered) = tokio::sync::mpsc::unbounded_channel();
+        let slow = app(gate.clone(), tx.clone(), Duration::from_millis(100), true)
+            .oneshot(get("/api/v1/pods"))
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), 504);
+        let anon = app(gate, tx, Duration::from_secs(1), false)
+            .oneshot(get("/api/v1/pods"))
+            .await
+            .unwrap();
+        assert_eq!(anon.status(), 401);
+    }
+}

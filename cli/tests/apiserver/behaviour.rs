@@ -122,3 +122,19 @@ fn exact_lists_expired_continues_and_warnings() {
     ]);
     assert!(!stored.contains("bogus"), "{stored}");
 }
+
+/// With no store reachable, requests get 503 ServiceUnavailable (not 500, not a hang) and
+/// /readyz fails its etcd check while /livez stays ok.
+#[test]
+fn store_down_is_503() {
+    let mut c = ApiCluster::start(Backend::Keelson, 1);
+    c.ok(&["create", "configmap", "x"]);
+    c.kill_store();
+    let e = c.fails(&["create", "configmap", "y"]);
+    assert!(e.contains("storage is unavailable"), "{e}");
+    let e = c.fails(&["get", "--raw", "/api/v1/namespaces/default/configmaps/x"]);
+    assert!(e.contains("ServiceUnavailable"), "{e}");
+    let ready = c.kubectl(&["get", "--raw", "/readyz?verbose"]);
+    assert!(!ready.status.success());
+    assert_eq!(c.ok(&["get", "--raw", "/livez"]), "ok");
+}

@@ -296,6 +296,14 @@ impl ApiCluster {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// kill -9 of the store this cluster started.
+    pub fn kill_store(&mut self) {
+        if let Some(mut s) = self.store.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+
     pub fn kill_apiserver(&mut self, i: usize) {
         if let Some(mut c) = self.apis[i].take() {
             let _ = c.kill();
