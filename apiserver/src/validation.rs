@@ -33,27 +33,34 @@ impl FieldValidation {
     }
 }
 
-fn walk(
-    defs: &Map<String, Value>,
-    schema: &Value,
-    v: &mut Value,
-    path: &str,
-    unknown: &mut Vec<String>,
-) {
-    // Quantities may be written as JSON numbers; they are strings on the wire from the server.
-    if let Value::Number(n) = v {
-        let direct = schema.get("$ref");
-        let wrapped = schema
-            .get("allOf")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(|f| f.get("$ref"));
-        if direct.or(wrapped).and_then(Value::as_str)
-            == Some("#/components/schemas/io.k8s.apimachinery.pkg.api.resource.Quantity")
-        {
-            *v = Value::String(n.to_string());
-            return;
+/// What a walk found: unknown field paths and malformed quantities.
+#[derive(Default)]
+struct Findings {
+    unknown: Vec<String>,
+    malformed: Vec<String>,
+}
+
+fn walk(defs: &Map<String, Value>, schema: &Value, v: &mut Value, path: &str, out: &mut Findings) {
+    // Quantities are stored in canonical form (`1000m` is `1`); JSON numbers are accepted.
+    let direct = schema.get("$ref");
+    let wrapped = schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|f| f.get("$ref"));
+    if direct.or(wrapped).and_then(Value::as_str)
+        == Some("#/components/schemas/io.k8s.apimachinery.pkg.api.resource.Quantity")
+    {
+        let text = match v {
+            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        };
+        match text.as_deref().and_then(crate::quantity::canonical) {
+            Some(c) => *v = Value::String(c),
+            None => out.malformed.push(path.to_string()),
         }
+        return;
     }
     let schema = resolve(defs, schema);
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
@@ -66,7 +73,7 @@ fn walk(
             let Some(props) = props else {
                 if let Some(ap) = additional {
                     for (k, child) in obj.iter_mut() {
-                        walk(defs, ap, child, &format!("{path}.{k}"), unknown);
+                        walk(defs, ap, child, &format!("{path}.{k}"), out);
                     }
                 }
                 // An object schema without properties (RawExtension, free-form maps) accepts anything.
@@ -80,11 +87,11 @@ fn walk(
                     format!("{path}.{k}")
                 };
                 match props.get(k) {
-                    Some(s) => walk(defs, s, child, &p, unknown),
+                    Some(s) => walk(defs, s, child, &p, out),
                     None => match additional {
-                        Some(ap) => walk(defs, ap, child, &p, unknown),
+                        Some(ap) => walk(defs, ap, child, &p, out),
                         None => {
-                            unknown.push(p);
+                            out.unknown.push(p);
                             drop.push(k.clone());
                         }
                     },
@@ -97,7 +104,7 @@ fn walk(
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, child) in items.iter_mut().enumerate() {
-                    walk(defs, item_schema, child, &format!("{path}[{i}]"), unknown);
+                    walk(defs, item_schema, child, &format!("{path}[{i}]"), out);
                 }
             }
         }
@@ -120,9 +127,16 @@ pub fn check(
     let Some(schema) = defs.get(definition) else {
         return Ok(Vec::new());
     };
-    let mut unknown = Vec::new();
-    walk(defs, schema, obj, "", &mut unknown);
-    let msgs: Vec<String> = unknown
+    let mut found = Findings::default();
+    walk(defs, schema, obj, "", &mut found);
+    if let Some(p) = found.malformed.first() {
+        return Err(ApiError::bad_request(format!(
+            "{p}: {}",
+            crate::quantity::MALFORMED
+        )));
+    }
+    let msgs: Vec<String> = found
+        .unknown
         .iter()
         .map(|p| format!("unknown field \"{p}\""))
         .collect();
@@ -178,7 +192,36 @@ mod tests {
         .unwrap();
         assert_eq!(
             q["spec"]["containers"][0]["resources"]["requests"],
-            json!({"cpu": "1", "memory": "0.5"})
+            json!({"cpu": "1", "memory": "500m"})
+        );
+        let mut canon = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1000m", "memory": "1024Ki"}}}]}});
+        check(
+            "",
+            "v1",
+            "io.k8s.api.core.v1.Pod",
+            &mut canon,
+            FieldValidation::Strict,
+        )
+        .unwrap();
+        assert_eq!(
+            canon["spec"]["containers"][0]["resources"]["limits"],
+            json!({"cpu": "1", "memory": "1Mi"})
+        );
+        let mut bad = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "lots"}}}]}});
+        let e = check(
+            "",
+            "v1",
+            "io.k8s.api.core.v1.Pod",
+            &mut bad,
+            FieldValidation::Ignore,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("spec.containers[0].resources.limits.cpu")
+                && e.message.contains("quantities must match"),
+            "{}",
+            e.message
         );
         let mut again = json!({"kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"k": "v"}, "extra": true});
         let e = check(
