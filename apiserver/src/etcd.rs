@@ -325,19 +325,37 @@ impl Etcd {
         .await
     }
 
-    fn failed_kv(resp: pb::TxnResponse) -> Option<Kv> {
-        resp.responses.into_iter().find_map(|r| match r.response {
+    /// Runs `success` if every compare holds; on failure reads `key` back.
+    async fn conditional(
+        &self,
+        key: &[u8],
+        compare: Vec<pb::Compare>,
+        success: Vec<pb::RequestOp>,
+    ) -> Result<WriteOutcome, EtcdError> {
+        let resp = self
+            .txn(pb::TxnRequest {
+                compare,
+                success,
+                failure: vec![range_op(key)],
+            })
+            .await?;
+        if resp.succeeded {
+            return Ok(WriteOutcome::Written(
+                resp.header.map(|h| h.revision).unwrap_or(0),
+            ));
+        }
+        let current = resp.responses.into_iter().find_map(|r| match r.response {
             Some(response_op::Response::ResponseRange(rr)) => {
                 rr.kvs.into_iter().next().map(Kv::from)
             }
             _ => None,
-        })
+        });
+        Ok(WriteOutcome::Failed(current))
     }
 
     /// Writes `key` only if it does not exist.
     pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<WriteOutcome, EtcdError> {
-        self.put_if(key, value, compare::CompareTarget::Create, 0)
-            .await
+        self.create_all(key, value, &[]).await
     }
 
     /// Writes `key` only if its mod_revision is `expected`.
@@ -347,51 +365,8 @@ impl Etcd {
         value: Vec<u8>,
         expected: i64,
     ) -> Result<WriteOutcome, EtcdError> {
-        self.put_if(key, value, compare::CompareTarget::Mod, expected)
+        self.conditional(key, vec![mod_is(key, expected)], vec![put_op(key, value)])
             .await
-    }
-
-    async fn put_if(
-        &self,
-        key: &[u8],
-        value: Vec<u8>,
-        target: compare::CompareTarget,
-        expected: i64,
-    ) -> Result<WriteOutcome, EtcdError> {
-        let cmp_value = match target {
-            compare::CompareTarget::Create => compare::TargetUnion::CreateRevision(expected),
-            _ => compare::TargetUnion::ModRevision(expected),
-        };
-        let req = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: target as i32,
-                key: key.to_vec(),
-                range_end: vec![],
-                target_union: Some(cmp_value),
-            }],
-            success: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                    key: key.to_vec(),
-                    value,
-                    ..Default::default()
-                })),
-            }],
-            failure: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
-                    key: key.to_vec(),
-                    ..Default::default()
-                })),
-            }],
-        };
-        let resp = self.txn(req).await?;
-        if resp.succeeded {
-            Ok(WriteOutcome::Written(
-                resp.header.map(|h| h.revision).unwrap_or(0),
-            ))
-        } else {
-            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
-        }
     }
 
     /// Creates `key` and every key of `extra` in one transaction, only if none of them exists.
@@ -402,28 +377,13 @@ impl Etcd {
         value: Vec<u8>,
         extra: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<WriteOutcome, EtcdError> {
-        if extra.is_empty() {
-            return self.create(key, value).await;
-        }
         let mut compare = vec![absent(key)];
         let mut success = vec![put_op(key, value)];
         for (k, v) in extra {
             compare.push(absent(k));
             success.push(put_op(k, v.clone()));
         }
-        let req = pb::TxnRequest {
-            compare,
-            success,
-            failure: vec![range_op(key)],
-        };
-        let resp = self.txn(req).await?;
-        if resp.succeeded {
-            Ok(WriteOutcome::Written(
-                resp.header.map(|h| h.revision).unwrap_or(0),
-            ))
-        } else {
-            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
-        }
+        self.conditional(key, compare, success).await
     }
 
     /// Deletes `key` (if its mod_revision is `expected`) together with `extra` keys, atomically.
@@ -433,78 +393,12 @@ impl Etcd {
         expected: i64,
         extra: &[Vec<u8>],
     ) -> Result<WriteOutcome, EtcdError> {
-        let mut success = vec![pb::RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                pb::DeleteRangeRequest {
-                    key: key.to_vec(),
-                    ..Default::default()
-                },
-            )),
-        }];
-        for k in extra {
-            success.push(pb::RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(
-                    pb::DeleteRangeRequest {
-                        key: k.clone(),
-                        ..Default::default()
-                    },
-                )),
-            });
-        }
-        let req = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Mod as i32,
-                key: key.to_vec(),
-                range_end: vec![],
-                target_union: Some(compare::TargetUnion::ModRevision(expected)),
-            }],
-            success,
-            failure: vec![range_op(key)],
-        };
-        let resp = self.txn(req).await?;
-        if resp.succeeded {
-            Ok(WriteOutcome::Written(
-                resp.header.map(|h| h.revision).unwrap_or(0),
-            ))
-        } else {
-            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
-        }
-    }
-
-    /// Deletes `key` only if its mod_revision is `expected`.
-    pub async fn delete(&self, key: &[u8], expected: i64) -> Result<WriteOutcome, EtcdError> {
-        let req = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Mod as i32,
-                key: key.to_vec(),
-                range_end: vec![],
-                target_union: Some(compare::TargetUnion::ModRevision(expected)),
-            }],
-            success: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(
-                    pb::DeleteRangeRequest {
-                        key: key.to_vec(),
-                        ..Default::default()
-                    },
-                )),
-            }],
-            failure: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
-                    key: key.to_vec(),
-                    ..Default::default()
-                })),
-            }],
-        };
-        let resp = self.txn(req).await?;
-        if resp.succeeded {
-            Ok(WriteOutcome::Written(
-                resp.header.map(|h| h.revision).unwrap_or(0),
-            ))
-        } else {
-            Ok(WriteOutcome::Failed(Self::failed_kv(resp)))
-        }
+        let success = std::iter::once(key)
+            .chain(extra.iter().map(Vec::as_slice))
+            .map(delete_op)
+            .collect();
+        self.conditional(key, vec![mod_is(key, expected)], success)
+            .await
     }
 
     /// Watches `[start, end)` from `revision` (inclusive) with previous values. The stream ends
@@ -673,6 +567,27 @@ fn absent(key: &[u8]) -> pb::Compare {
         key: key.to_vec(),
         range_end: vec![],
         target_union: Some(compare::TargetUnion::CreateRevision(0)),
+    }
+}
+
+fn mod_is(key: &[u8], rev: i64) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        range_end: vec![],
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+    }
+}
+
+fn delete_op(key: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )),
     }
 }
 

@@ -50,6 +50,14 @@ pub struct ChainConfig {
     pub metrics: Metrics,
 }
 
+/// The request info the request-info layer attached (empty if it did not run).
+fn request_info_of(req: &Request<Body>) -> RequestInfo {
+    req.extensions()
+        .get::<RequestInfo>()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Panic recovery: a panic in any inner layer becomes a 500 `Status`, never a dropped connection.
 pub async fn recover_panics(req: Request<Body>, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -96,11 +104,7 @@ pub async fn with_metrics(
     req: Request<Body>,
     next: Next,
 ) -> Response {
-    let info = req
-        .extensions()
-        .get::<RequestInfo>()
-        .cloned()
-        .unwrap_or_default();
+    let info = request_info_of(&req);
     let start = Instant::now();
     let resp = next.run(req).await;
     let verb = info.verb.to_ascii_uppercase();
@@ -186,11 +190,7 @@ pub async fn max_in_flight(
     req: Request<Body>,
     next: Next,
 ) -> Response {
-    let info = req
-        .extensions()
-        .get::<RequestInfo>()
-        .cloned()
-        .unwrap_or_default();
+    let info = request_info_of(&req);
     if info.is_long_running() {
         return next.run(req).await;
     }

@@ -937,6 +937,22 @@ async fn resource_request(
     }
 }
 
+/// Reads a `DeleteOptions` body into `opts` (a dry run in the body adds to one in the query).
+fn read_delete_options(v: &Value, opts: &mut DeleteOptions) {
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+    opts.propagation = text("/propagationPolicy");
+    if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation.is_none() {
+        opts.propagation = Some("Orphan".into());
+    }
+    opts.uid = text("/preconditions/uid");
+    opts.resource_version = text("/preconditions/resourceVersion");
+    opts.dry_run |= v
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x == "All"));
+}
+
 fn delete_options(q: &HashMap<String, String>, ct: &str, body: &[u8]) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
@@ -948,26 +964,7 @@ fn delete_options(q: &HashMap<String, String>, ct: &str, body: &[u8]) -> ApiResu
                 "the kind in the data ({k}) does not match the expected kind (DeleteOptions)"
             )));
         }
-        opts.grace_period = v.get("gracePeriodSeconds").and_then(Value::as_i64);
-        opts.propagation = v
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if v.get("orphanDependents") == Some(&json!(true)) && opts.propagation.is_none() {
-            opts.propagation = Some("Orphan".into());
-        }
-        opts.uid = v
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        opts.resource_version = v
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        opts.dry_run = v
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|x| x == "All"));
+        read_delete_options(&v, &mut opts);
     }
     if let Some(g) = q.get("gracePeriodSeconds") {
         opts.grace_period = Some(
@@ -1230,19 +1227,7 @@ async fn evict(
         ..Default::default()
     };
     if let Some(d) = ev.get("deleteOptions") {
-        opts.grace_period = d.get("gracePeriodSeconds").and_then(Value::as_i64);
-        opts.uid = d
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        opts.resource_version = d
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        opts.dry_run |= d
-            .get("dryRun")
-            .and_then(Value::as_array)
-            .is_some_and(|a| a.iter().any(|x| x == "All"));
+        read_delete_options(d, &mut opts);
     }
     let phase = pod
         .pointer("/status/phase")

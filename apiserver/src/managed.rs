@@ -436,33 +436,21 @@ pub fn entries(obj: &Value) -> Vec<Entry> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .map(|e| Entry {
-                    manager: e
-                        .get("manager")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    operation: e
-                        .get("operation")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Update")
-                        .to_string(),
-                    api_version: e
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    subresource: e
-                        .get("subresource")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    time: e
-                        .get("time")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    fields: e.get("fieldsV1").map(FieldSet::from_v1).unwrap_or_default(),
+                .map(|e| {
+                    let text = |k: &str, default: &str| {
+                        e.get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or(default)
+                            .to_string()
+                    };
+                    Entry {
+                        manager: text("manager", ""),
+                        operation: text("operation", "Update"),
+                        api_version: text("apiVersion", ""),
+                        subresource: text("subresource", ""),
+                        time: text("time", ""),
+                        fields: e.get("fieldsV1").map(FieldSet::from_v1).unwrap_or_default(),
+                    }
                 })
                 .collect()
         })

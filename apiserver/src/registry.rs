@@ -552,12 +552,7 @@ impl Registry {
         let (old, old_rv) = self.get_raw(res, ns, name).await?;
         let body_rv = meta_str(&obj, "resourceVersion").to_string();
         if !body_rv.is_empty() && parse_rv(&body_rv)? != old_rv {
-            return Err(ApiError::conflict(
-                res.group,
-                res.resource,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
+            return Err(ApiError::modified(res.group, res.resource, name));
         }
         self.prepare_and_write(res, ns, name, old, old_rv, obj, status_only, w)
             .await
@@ -661,12 +656,7 @@ impl Registry {
                 .await?
             {
                 WriteOutcome::Written(_) => Ok(obj),
-                WriteOutcome::Failed(_) => Err(ApiError::conflict(
-                    res.group,
-                    res.resource,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                )),
+                WriteOutcome::Failed(_) => Err(ApiError::modified(res.group, res.resource, name)),
             };
         }
         if dry_run {
@@ -682,12 +672,7 @@ impl Registry {
                 Ok(obj)
             }
             WriteOutcome::Failed(None) => Err(ApiError::not_found(res.group, res.resource, name)),
-            WriteOutcome::Failed(Some(_)) => Err(ApiError::conflict(
-                res.group,
-                res.resource,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )),
+            WriteOutcome::Failed(Some(_)) => Err(ApiError::modified(res.group, res.resource, name)),
         }
     }
 
@@ -717,12 +702,7 @@ impl Registry {
             }
             let precondition = meta_str(&obj, "resourceVersion").to_string();
             if !precondition.is_empty() && parse_rv(&precondition)? != old_rv {
-                return Err(ApiError::conflict(
-                    res.group,
-                    res.resource,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
+                return Err(ApiError::modified(res.group, res.resource, name));
             }
             let body_name = object::name(&obj).to_string();
             if body_name != name {
@@ -852,12 +832,7 @@ impl Registry {
                     }
                     WriteOutcome::Failed(_) if attempts < 10 => continue,
                     WriteOutcome::Failed(_) => {
-                        return Err(ApiError::conflict(
-                            res.group,
-                            res.resource,
-                            name,
-                            "the object has been modified; please apply your changes to the latest version and try again",
-                        ));
+                        return Err(ApiError::modified(res.group, res.resource, name));
                     }
                 }
             }
@@ -927,12 +902,7 @@ impl Registry {
                 }
                 WriteOutcome::Failed(_) if attempts < 10 => continue,
                 WriteOutcome::Failed(_) => {
-                    return Err(ApiError::conflict(
-                        res.group,
-                        res.resource,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
+                    return Err(ApiError::modified(res.group, res.resource, name));
                 }
             }
         }

@@ -127,6 +127,16 @@ impl ApiError {
         .with_details(group, resource, name)
     }
 
+    /// 409 Conflict: the object changed since the client (or a retry loop) read it.
+    pub fn modified(group: &str, resource: &str, name: &str) -> Self {
+        Self::conflict(
+            group,
+            resource,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
+    }
+
     /// 422 Invalid with field causes.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes
