@@ -253,18 +253,21 @@ impl Etcd {
         ))
     }
 
+    async fn range_request(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+        self.with_failover(|ch| {
+            let req = req.clone();
+            async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
     /// Reads one key (linearizable).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdError> {
         let req = pb::RangeRequest {
             key: key.to_vec(),
             ..Default::default()
         };
-        let resp = self
-            .with_failover(|ch| {
-                let req = req.clone();
-                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let resp = self.range_request(req).await?;
         Ok(resp.kvs.into_iter().next().map(Kv::from))
     }
 
@@ -286,12 +289,7 @@ impl Etcd {
             serializable,
             ..Default::default()
         };
-        let resp = self
-            .with_failover(|ch| {
-                let req = req.clone();
-                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let resp = self.range_request(req).await?;
         Ok(RangeResult {
             revision: resp.header.map(|h| h.revision).unwrap_or(0),
             more: resp.more,
@@ -308,12 +306,7 @@ impl Etcd {
             count_only: true,
             ..Default::default()
         };
-        let resp = self
-            .with_failover(|ch| {
-                let req = req.clone();
-                async move { kv(ch).range(req).await.map(|r| r.into_inner()) }
-            })
-            .await?;
+        let resp = self.range_request(req).await?;
         Ok(resp.header.map(|h| h.revision).unwrap_or(0))
     }
 

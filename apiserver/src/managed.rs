@@ -430,6 +430,44 @@ pub struct Entry {
     pub fields: FieldSet,
 }
 
+impl Entry {
+    fn is(&self, manager: &str, operation: &str, subresource: &str) -> bool {
+        self.manager == manager && self.operation == operation && self.subresource == subresource
+    }
+}
+
+/// The entry of `manager` for `operation` through `subresource`, created empty if missing, with
+/// its time and apiVersion brought up to now.
+fn upsert<'a>(
+    list: &'a mut Vec<Entry>,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: &str,
+) -> &'a mut Entry {
+    let i = match list
+        .iter()
+        .position(|e| e.is(manager, operation, subresource))
+    {
+        Some(i) => i,
+        None => {
+            list.push(Entry {
+                manager: manager.to_string(),
+                operation: operation.to_string(),
+                api_version: String::new(),
+                subresource: subresource.to_string(),
+                time: String::new(),
+                fields: FieldSet::default(),
+            });
+            list.len() - 1
+        }
+    };
+    let e = &mut list[i];
+    e.time = crate::object::now_rfc3339();
+    e.api_version = api_version.to_string();
+    e
+}
+
 /// Reads `metadata.managedFields`.
 pub fn entries(obj: &Value) -> Vec<Entry> {
     obj.pointer("/metadata/managedFields")
@@ -553,29 +591,14 @@ pub fn record_update(
     removed.subtract(&new_fields);
     for e in list.iter_mut() {
         e.fields.subtract(&removed);
-        if !(e.manager == manager && e.operation == "Update" && e.subresource == subresource) {
+        if !(e.is(manager, "Update", subresource)) {
             e.fields.subtract(&changed);
         }
     }
     if !changed.is_empty() {
-        match list.iter_mut().find(|e| {
-            e.manager == manager && e.operation == "Update" && e.subresource == subresource
-        }) {
-            Some(e) => {
-                for p in changed.paths() {
-                    e.fields.insert(&p);
-                }
-                e.time = crate::object::now_rfc3339();
-                e.api_version = api_version.to_string();
-            }
-            None => list.push(Entry {
-                manager: manager.to_string(),
-                operation: "Update".into(),
-                api_version: api_version.to_string(),
-                subresource: subresource.to_string(),
-                time: crate::object::now_rfc3339(),
-                fields: changed,
-            }),
+        let e = upsert(&mut list, manager, "Update", api_version, subresource);
+        for p in changed.paths() {
+            e.fields.insert(&p);
         }
     }
     write_entries(new, &list);
@@ -601,7 +624,7 @@ pub fn apply(
     // Conflicts: fields another manager owns whose value the apply would change.
     let mut conflicts: Vec<(String, String, String)> = Vec::new();
     for e in &list {
-        if e.manager == manager && e.operation == "Apply" && e.subresource == subresource {
+        if e.is(manager, "Apply", subresource) {
             continue;
         }
         for p in applied_fields.paths() {
@@ -640,23 +663,22 @@ pub fn apply(
     // else owns them too.
     let previous = list
         .iter()
-        .find(|e| e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
+        .find(|e| e.is(manager, "Apply", subresource))
         .map(|e| e.fields.clone())
         .unwrap_or_default();
     let mut dropped = previous.clone();
     dropped.subtract(&applied_fields);
     for p in dropped.paths() {
-        let owned_by_other = list.iter().any(|e| {
-            !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
-                && e.fields.contains(&p)
-        });
+        let owned_by_other = list
+            .iter()
+            .any(|e| !(e.is(manager, "Apply", subresource)) && e.fields.contains(&p));
         if !owned_by_other {
             remove_at(&mut merged, &p);
         }
     }
     if force {
         for e in list.iter_mut() {
-            if !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource) {
+            if !(e.is(manager, "Apply", subresource)) {
                 for p in applied_fields.paths() {
                     if get(&base, &p) != get(applied, &p) {
                         e.fields.remove(&p);
@@ -665,24 +687,7 @@ pub fn apply(
             }
         }
     }
-    match list
-        .iter_mut()
-        .find(|e| e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
-    {
-        Some(e) => {
-            e.fields = applied_fields;
-            e.time = crate::object::now_rfc3339();
-            e.api_version = api_version.to_string();
-        }
-        None => list.push(Entry {
-            manager: manager.to_string(),
-            operation: "Apply".into(),
-            api_version: api_version.to_string(),
-            subresource: subresource.to_string(),
-            time: crate::object::now_rfc3339(),
-            fields: applied_fields,
-        }),
-    }
+    upsert(&mut list, manager, "Apply", api_version, subresource).fields = applied_fields;
     write_entries(&mut merged, &list);
     Ok(merged)
 }
