@@ -91,6 +91,10 @@ pub struct Cacher {
     res: &'static Resource,
     registry: Registry,
     metrics: Metrics,
+    /// `apiserver_storage_objects` of this resource, looked up once.
+    objects_gauge: prometheus_client::metrics::gauge::Gauge,
+    /// `apiserver_watch_events_total` of this resource, looked up once.
+    events_counter: prometheus_client::metrics::counter::Counter,
     state: RwLock<State>,
     ring_size: usize,
     tx: broadcast::Sender<Arc<Event>>,
@@ -122,6 +126,8 @@ impl Cache {
                 res,
                 registry: registry.clone(),
                 metrics: metrics.clone(),
+                objects_gauge: metrics.storage_objects(res),
+                events_counter: metrics.watch_events_of(res),
                 state: RwLock::new(State {
                     ready: false,
                     revision: 0,
@@ -261,7 +267,7 @@ impl Cacher {
     }
 
     fn set_object_count(&self, n: usize) {
-        self.metrics.storage_objects(self.res).set(n as i64);
+        self.objects_gauge.set(n as i64);
     }
 
     fn apply(&self, ev: WatchEvent) {
@@ -595,7 +601,7 @@ impl Cacher {
 
     /// One watch line for `obj`; plain JSON watches reuse the object's encoding.
     fn line(&self, p: &WatchParams, ty: &str, obj: &Obj) -> Bytes {
-        self.metrics.watch_event(self.res);
+        self.events_counter.inc();
         if p.table.is_some() {
             return encode_event(self.res, p, ty, &obj.value);
         }

@@ -216,11 +216,6 @@ impl Etcd {
         })
     }
 
-    /// The configured endpoints.
-    pub fn endpoints(&self) -> Vec<String> {
-        self.channels.iter().map(|(u, _)| u.clone()).collect()
-    }
-
     /// Runs `op` against the current endpoint, moving on to the next one on transport errors
     /// until every endpoint has been tried once.
     async fn with_failover<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>

@@ -203,15 +203,15 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts one watch event sent for `res`.
-    pub fn watch_event(&self, res: &Resource) {
+    /// The counter of watch events sent for `res` (look it up once, count often).
+    pub fn watch_events_of(&self, res: &Resource) -> Counter {
         self.watch_events
             .get_or_create(&KindLabels {
                 group: res.group.into(),
                 version: res.version.into(),
                 kind: res.kind.into(),
             })
-            .inc();
+            .clone()
     }
 
     /// The text exposition.

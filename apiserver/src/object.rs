@@ -14,13 +14,6 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// The current time as `metav1.MicroTime`.
-pub fn now_micro() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
-}
-
 /// Parses an RFC 3339 timestamp (any offset) into seconds since the epoch.
 pub fn parse_time(s: &str) -> Option<i64> {
     s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())

@@ -907,25 +907,6 @@ impl Registry {
             }
         }
     }
-
-    /// Removes a namespace whose content is gone and whose `spec.finalizers` is empty. Used by the
-    /// namespace finalize subresource and the namespace controller.
-    pub async fn namespace_is_empty(&self, ns: &str) -> ApiResult<bool> {
-        for r in resources::all()
-            .iter()
-            .filter(|r| r.namespaced && r.resource != "bindings")
-        {
-            let prefix = object::collection_prefix(&self.prefix, r, ns);
-            let got = self
-                .etcd
-                .range(&prefix, &prefix_end(&prefix), 1, 0, false)
-                .await?;
-            if !got.kvs.is_empty() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
 }
 
 /// Namespace lifecycle: new content may not go into a namespace that is being terminated.

@@ -285,14 +285,6 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
-    /// The value `metadata.name=` asks for, if any.
-    pub fn name(&self) -> Option<&str> {
-        self.terms
-            .iter()
-            .find(|(k, neg, _)| k == "metadata.name" && !neg)
-            .map(|(_, _, v)| v.as_str())
-    }
-
     /// Whether the object matches; fields are looked up by their JSON path (`spec.nodeName`),
     /// a missing field reading as the empty string.
     pub fn matches_object(&self, obj: &Value) -> bool {
