@@ -29,6 +29,8 @@ struct Field {
     kind: String,
     repeated: bool,
     target: String,
+    /// The JSON name, or `None` for an inlined embedded struct (worked out once, at load).
+    json: Option<String>,
 }
 
 type Schema = HashMap<String, HashMap<u32, Field>>;
@@ -51,9 +53,15 @@ fn schema() -> &'static Schema {
                         kind: parts[2].to_string(),
                         repeated: parts[3] == "1",
                         target: parts[4].to_string(),
+                        json: None,
                     };
                     out.entry(msg.clone()).or_default().insert(f.tag, f);
                 }
+            }
+        }
+        for (msg, fields) in out.iter_mut() {
+            for f in fields.values_mut() {
+                f.json = json_name(msg, f);
             }
         }
         out
@@ -336,7 +344,7 @@ fn message(message: &str, buf: &[u8], depth: usize) -> ApiResult<Value> {
             r.skip(wire)?;
             continue;
         };
-        let name = json_name(message, f);
+        let name = f.json.clone();
         if let Some(value_kind) = f.kind.strip_prefix("map:") {
             let entry = r.bytes()?;
             let mut er = Reader::new(entry);
@@ -616,7 +624,7 @@ fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, Str
     tags.sort();
     for tag in tags {
         let f = &fields[tag];
-        let Some(name) = json_name(message, f) else {
+        let Some(name) = f.json.clone() else {
             // Inlined embedded struct: its fields sit in this object.
             let sub = encode_message(&f.target, v, depth + 1)?;
             encode_bytes(f.tag, &sub, &mut out);
