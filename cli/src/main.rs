@@ -24,6 +24,8 @@ enum Command {
     Store(Box<keelson_store::server::Config>),
     /// Run one Kubernetes API server (flags as kube-apiserver's).
     Apiserver(Box<keelson_apiserver::Config>),
+    /// Run the controller-manager (flags as kube-controller-manager's).
+    ControllerManager(Box<keelson_controllers::Config>),
     /// Start a local cluster on loopback (for now: 3 store members and 2 apiservers).
     Up(up::Args),
 }
@@ -67,6 +69,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Store(config) => keelson_store::server::run(*config, shutdown).await?,
         Command::Apiserver(config) => keelson_apiserver::run(*config, shutdown).await?,
+        Command::ControllerManager(config) => {
+            if let Err(e) = keelson_controllers::run(*config, shutdown).await {
+                // As upstream: a lost lease ends the process at once, so nothing acts without it.
+                tracing::error!(error = %e, "controller-manager stopped");
+                std::process::exit(1);
+            }
+        }
         Command::Up(args) => up::run(args, shutdown).await?,
     }
     Ok(())

@@ -1,4 +1,247 @@
-//! The controller-manager: one module per controller (ReplicaSet, Deployment, ...), each a
-//! level-triggered reconciler fed by list-watch through keelson-client.
-//!
-//! Nothing is implemented here yet: this crate is built by the controllers issue.
+//! The controller-manager: one module per controller, each a level-triggered reconciler fed by
+//! shared list-watch informers (one watch per resource for all controllers) through
+//! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
+
+pub mod deployment;
+pub mod replicaset;
+pub mod util;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use keelson_client::events::Recorder;
+use keelson_client::health::{Health, ServingArgs};
+use keelson_client::informer::Informer;
+use keelson_client::leader::{LeaderElectionArgs, LeaderElector, default_identity};
+use keelson_client::{ClientArgs, connect};
+use kube::api::Api;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// The controllers this binary has, by their upstream names.
+pub const KNOWN_CONTROLLERS: &[&str] = &["deployment", "replicaset"];
+
+/// `keelson controller-manager` flags (names as kube-controller-manager's).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub leader: LeaderElectionArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub serving: ServingArgs,
+    /// A list of controllers to enable. '*' enables all on-by-default controllers, 'foo'
+    /// enables the controller named 'foo', '-foo' disables the controller named 'foo'.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+    /// The number of deployment objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_deployment_syncs: usize,
+    /// The number of replica sets that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_replicaset_syncs: usize,
+}
+
+/// Why the controller-manager stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad flags.
+    #[error("{0}")]
+    Config(String),
+    /// No usable client configuration.
+    #[error(transparent)]
+    Connect(#[from] keelson_client::connect::ConnectError),
+    /// The health endpoint could not start.
+    #[error(transparent)]
+    Serve(#[from] keelson_client::health::ServeError),
+    /// Leadership was lost (the process must exit so nothing acts without the lease).
+    #[error(transparent)]
+    Leader(#[from] keelson_client::leader::LeaderError),
+}
+
+/// Which controllers `--controllers` enables.
+pub fn enabled(flags: &[String]) -> Result<Vec<&'static str>, String> {
+    for f in flags {
+        let name = f.trim_start_matches('-');
+        if name != "*" && !KNOWN_CONTROLLERS.contains(&name) {
+            return Err(format!(
+                "{f:?} is not in the list of known controllers ({})",
+                KNOWN_CONTROLLERS.join(", ")
+            ));
+        }
+    }
+    let star = flags.iter().any(|f| f == "*");
+    Ok(KNOWN_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !flags.iter().any(|f| f.strip_prefix('-') == Some(c))
+                && (star || flags.iter().any(|f| f == c))
+        })
+        .collect())
+}
+
+/// The shared informers, created on first use by the controllers that need them.
+pub struct Informers {
+    client: Client,
+    pods: Option<Informer<Pod>>,
+    replicasets: Option<Informer<ReplicaSet>>,
+    deployments: Option<Informer<Deployment>>,
+    started: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn lazy<'a, K>(slot: &'a mut Option<Informer<K>>, client: &Client) -> &'a mut Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+{
+    slot.get_or_insert_with(|| {
+        Informer::new(
+            Api::all(client.clone()),
+            watcher::Config::default().page_size(500),
+        )
+    })
+}
+
+impl Informers {
+    /// No informers yet.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            pods: None,
+            replicasets: None,
+            deployments: None,
+            started: Vec::new(),
+        }
+    }
+
+    /// The API client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Pods in all namespaces.
+    pub fn pods(&mut self) -> &mut Informer<Pod> {
+        lazy(&mut self.pods, &self.client)
+    }
+
+    /// ReplicaSets in all namespaces.
+    pub fn replicasets(&mut self) -> &mut Informer<ReplicaSet> {
+        lazy(&mut self.replicasets, &self.client)
+    }
+
+    /// Deployments in all namespaces.
+    pub fn deployments(&mut self) -> &mut Informer<Deployment> {
+        lazy(&mut self.deployments, &self.client)
+    }
+
+    /// Starts every informer that was asked for and waits until each has listed once.
+    pub async fn start(&mut self, token: &CancellationToken) {
+        let mut ready = Vec::new();
+        macro_rules! start {
+            ($($f:ident),*) => {$(
+                if let Some(inf) = self.$f.take() {
+                    let store = inf.store();
+                    ready.push(tokio::spawn(async move {
+                        let _ = store.wait_until_ready().await;
+                    }));
+                    self.started.push(tokio::spawn(inf.run(token.clone())));
+                }
+            )*};
+        }
+        start!(pods, replicasets, deployments);
+        for r in ready {
+            tokio::select! {
+                _ = r => {}
+                _ = token.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Runs the controller-manager until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let controllers = enabled(&config.controllers).map_err(Error::Config)?;
+    let client = connect(&config.client).await?;
+    let health = Arc::new(Health::new());
+    let identity = default_identity();
+    let elector = if config.leader.leader_elect {
+        Some(LeaderElector::new(
+            client.clone(),
+            &config.leader,
+            "kube-controller-manager",
+            identity.clone(),
+            &health,
+        )?)
+    } else {
+        None
+    };
+    keelson_client::health::serve(&config.serving, 10257, health.clone(), shutdown.clone())
+        .await?;
+    tracing::info!(?controllers, "starting controller-manager");
+    let lead = move |token: CancellationToken| run_controllers(client, controllers, config, identity, token);
+    match elector {
+        Some(e) => e.run(shutdown, lead).await?,
+        None => lead(shutdown).await,
+    }
+    Ok(())
+}
+
+async fn run_controllers(
+    client: Client,
+    controllers: Vec<&'static str>,
+    config: Config,
+    identity: String,
+    token: CancellationToken,
+) {
+    let recorder = Recorder::new(client.clone(), "controller-manager", Some(identity));
+    let mut informers = Informers::new(client);
+    let mut tasks = Vec::new();
+    let mut pending: Vec<Box<dyn FnOnce(CancellationToken) -> tokio::task::JoinHandle<()> + Send>> =
+        Vec::new();
+    for c in &controllers {
+        match *c {
+            "replicaset" => {
+                let ctl = replicaset::ReplicaSetController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_replicaset_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "deployment" => {
+                let ctl = deployment::DeploymentController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_deployment_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            _ => {}
+        }
+    }
+    informers.start(&token).await;
+    if token.is_cancelled() {
+        return;
+    }
+    tracing::info!("caches synced; controllers running");
+    for start in pending {
+        tasks.push(start(token.clone()));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_flag_as_upstream() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(enabled(&s(&["*"])).unwrap(), KNOWN_CONTROLLERS);
+        assert_eq!(enabled(&s(&["*", "-deployment"])).unwrap(), ["replicaset"]);
+        assert_eq!(enabled(&s(&["deployment"])).unwrap(), ["deployment"]);
+        assert!(enabled(&s(&["nosuch"])).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! A shared informer: one list-watch per resource (kube-runtime's watcher, which relists on 410
+//! and backs off on errors), a cache every controller reads, and handlers told what changed with
+//! the old object as well as the new one, as client-go's `ResourceEventHandler`s are.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher::watcher};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// What changed, as a handler sees it.
+#[derive(Debug)]
+pub enum Change<'a, K> {
+    /// A new object (also: an object seen for the first time after a relist).
+    Added(&'a K),
+    /// An object changed (or a relist returned it again: `old` may equal `new`).
+    Updated {
+        /// The cached object before the change.
+        old: &'a K,
+        /// The object now.
+        new: &'a K,
+    },
+    /// An object is gone (the last state the cache had).
+    Deleted(&'a K),
+}
+
+impl<'a, K> Change<'a, K> {
+    /// The object as it is now (or was last, for a deletion).
+    pub fn object(&self) -> &'a K {
+        match self {
+            Change::Added(o) | Change::Deleted(o) => o,
+            Change::Updated { new, .. } => new,
+        }
+    }
+}
+
+type Handler<K> = Box<dyn Fn(Change<'_, K>) + Send + Sync>;
+
+/// A list-watch of one resource with a cache and change handlers. Register handlers, take
+/// [`Informer::store`] handles, then [`Informer::run`] it.
+pub struct Informer<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    api: Api<K>,
+    config: watcher::Config,
+    store: Store<K>,
+    writer: reflector::store::Writer<K>,
+    handlers: Vec<Handler<K>>,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// An informer over `api` (all namespaces or one) with the given watch configuration.
+    pub fn new(api: Api<K>, config: watcher::Config) -> Self {
+        let (store, writer) = reflector::store();
+        Self {
+            api,
+            config,
+            store,
+            writer,
+            handlers: Vec::new(),
+        }
+    }
+
+    /// A read handle on the cache.
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Adds a handler; it runs on the informer's task, so it must be quick (enqueue a key).
+    pub fn on_change(&mut self, f: impl Fn(Change<'_, K>) + Send + Sync + 'static) {
+        self.handlers.push(Box::new(f));
+    }
+
+    fn emit(&self, change: Change<'_, K>) {
+        for h in &self.handlers {
+            h(match &change {
+                Change::Added(o) => Change::Added(o),
+                Change::Updated { old, new } => Change::Updated { old, new },
+                Change::Deleted(o) => Change::Deleted(o),
+            });
+        }
+    }
+
+    /// Lists and watches until `shutdown`, keeping the cache and calling the handlers.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let stream = watcher(self.api.clone(), self.config.clone()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut relisted: Vec<K> = Vec::new();
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            match ev {
+                Ok(Event::Apply(obj)) => {
+                    let old = self.store.get(&ObjectRef::from(&obj));
+                    self.writer.apply_watcher_event(&Event::Apply(obj.clone()));
+                    match old {
+                        Some(old) => self.emit(Change::Updated {
+                            old: &old,
+                            new: &obj,
+                        }),
+                        None => self.emit(Change::Added(&obj)),
+                    }
+                }
+                Ok(Event::Delete(obj)) => {
+                    let cached = self.store.get(&ObjectRef::from(&obj));
+                    self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                    // A deletion that a relist discovered carries the cached object.
+                    self.emit(Change::Deleted(cached.as_deref().unwrap_or(&obj)));
+                }
+                Ok(Event::Init) => {
+                    relisted.clear();
+                    self.writer.apply_watcher_event(&Event::Init);
+                }
+                Ok(Event::InitApply(obj)) => {
+                    self.writer
+                        .apply_watcher_event(&Event::InitApply(obj.clone()));
+                    relisted.push(obj);
+                }
+                Ok(Event::InitDone) => {
+                    let before: HashMap<ObjectRef<K>, Arc<K>> = self
+                        .store
+                        .state()
+                        .into_iter()
+                        .map(|o| (ObjectRef::from(o.as_ref()), o))
+                        .collect();
+                    self.writer.apply_watcher_event(&Event::InitDone);
+                    let mut seen = std::collections::HashSet::new();
+                    for obj in std::mem::take(&mut relisted) {
+                        let key = ObjectRef::from(&obj);
+                        match before.get(&key) {
+                            Some(old) => self.emit(Change::Updated { old, new: &obj }),
+                            None => self.emit(Change::Added(&obj)),
+                        }
+                        seen.insert(key);
+                    }
+                    for (key, old) in &before {
+                        if !seen.contains(key) {
+                            self.emit(Change::Deleted(old));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %K::plural(&()), error = %e, "watch failed; retrying");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, as
+//! upstream's `pkg/controller/replicaset`.
+//!
+//! - Pods are claimed through controller references: orphans that match the selector are
+//!   adopted, owned pods that no longer match are released.
+//! - Missing pods are created in slow-start batches (1, 2, 4, ...; a failure stops the rest),
+//!   at most 500 per sync; surplus pods are deleted in upstream's preference order (unscheduled,
+//!   pending, not ready, crowded nodes, recently ready, restarted, newest first).
+//! - Expectations keep the controller from acting again before the watch has shown it its own
+//!   creations and deletions.
+//! - Status: replicas, fullyLabeledReplicas, readyReplicas, availableReplicas (minReadySeconds),
+//!   observedGeneration, and a ReplicaFailure condition while creating or deleting fails.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keelson_client::events::{EventType, Recorder};
+use keelson_client::informer::Change;
+use keelson_client::queue::WorkQueue;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::Informers;
+use crate::util::{
+    Expectations, SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of,
+    matches, object_ref, parse_selector, pod_active, pod_available, pod_ready, pod_ready_since,
+    run_workers, split_key,
+};
+
+/// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
+const BURST_REPLICAS: usize = 500;
+
+/// The ReplicaSet controller.
+pub struct ReplicaSetController {
+    client: Client,
+    sets: Store<ReplicaSet>,
+    pods: Store<Pod>,
+    queue: WorkQueue<String>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+}
+
+/// The key of the ReplicaSet in `sets` that is `pod`'s controller (name and UID must match).
+fn owner_key(sets: &Store<ReplicaSet>, pod: &Pod) -> Option<String> {
+    let r = controller_of(&pod.metadata)?;
+    if r.kind != "ReplicaSet" || !r.api_version.starts_with("apps/") {
+        return None;
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let rs = sets.get(&ObjectRef::new(&r.name).within(&ns))?;
+    (rs.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
+}
+
+/// Keys of the ReplicaSets in the pod's namespace whose selector matches it.
+fn matching_sets(sets: &Store<ReplicaSet>, pod: &Pod) -> Vec<String> {
+    let ns = pod.namespace().unwrap_or_default();
+    sets.state()
+        .iter()
+        .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|rs| {
+            parse_selector(rs.spec.as_ref().map(|s| &s.selector))
+                .is_ok_and(|sel| matches(&sel, pod.labels()))
+        })
+        .map(|rs| key_of(&rs.metadata))
+        .collect()
+}
+
+impl ReplicaSetController {
+    /// Registers the controller's handlers on the shared informers.
+    pub fn new(informers: &mut Informers, recorder: Recorder) -> Arc<Self> {
+        let queue = WorkQueue::new();
+        let expectations = Arc::new(Expectations::default());
+        let sets = informers.replicasets().store();
+        let pods = informers.pods().store();
+        {
+            let q = queue.clone();
+            informers.replicasets().on_change(move |c| {
+                q.add(key_of(&c.object().metadata));
+            });
+        }
+        {
+            let q = queue.clone();
+            let exp = expectations.clone();
+            let sets = sets.clone();
+            informers.pods().on_change(move |c| match c {
+                Change::Added(pod) => {
+                    if let Some(k) = owner_key(&sets, pod) {
+                        if deleting(&pod.metadata) {
+                            exp.deletion_observed(&k, &key_of(&pod.metadata));
+                        } else {
+                            exp.creation_observed(&k);
+                        }
+                        q.add(k);
+                    } else if controller_of(&pod.metadata).is_none() {
+                        matching_sets(&sets, pod).into_iter().for_each(|k| q.add(k));
+                    }
+                }
+                Change::Updated { old, new } => {
+                    if old.resource_version() == new.resource_version() {
+                        return;
+                    }
+                    let new_owner = owner_key(&sets, new);
+                    let old_owner = owner_key(&sets, old);
+                    if deleting(&new.metadata)
+                        && !deleting(&old.metadata)
+                        && let Some(k) = &new_owner
+                    {
+                        exp.deletion_observed(k, &key_of(&new.metadata));
+                    }
+                    if let Some(k) = old_owner
+                        && Some(&k) != new_owner.as_ref()
+                    {
+                        q.add(k);
+                    }
+                    match new_owner {
+                        Some(k) => q.add(k),
+                        None if controller_of(&new.metadata).is_none() => {
+                            matching_sets(&sets, new).into_iter().for_each(|k| q.add(k))
+                        }
+                        None => {}
+                    }
+                }
+                Change::Deleted(pod) => {
+                    if let Some(k) = owner_key(&sets, pod) {
+                        exp.deletion_observed(&k, &key_of(&pod.metadata));
+                        q.add(k);
+                    }
+                }
+            });
+        }
+        Arc::new(Self {
+            client: informers.client(),
+            sets,
+            pods,
+            queue,
+            expectations,
+            recorder,
+        })
+    }
+
+    /// Runs `workers` sync workers until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
+        let me = self.clone();
+        run_workers("replicaset", self.queue.clone(), workers, token, move |key| {
+            me.clone().sync(key)
+        })
+        .await;
+    }
+
+    async fn sync(self: Arc<Self>, key: String) -> SyncResult {
+        let (ns, name) = split_key(&key);
+        let Some(rs) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
+            self.expectations.forget(&key);
+            return Ok(None);
+        };
+        let selector = match parse_selector(rs.spec.as_ref().map(|s| &s.selector)) {
+            Ok(s) => s,
+            Err(msg) => {
+                self.recorder.record(
+                    object_ref(rs.as_ref()),
+                    EventType::Warning,
+                    "InvalidSelector",
+                    msg,
+                );
+                return Ok(None);
+            }
+        };
+        let act = self.expectations.satisfied(&key);
+        let candidates: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns) && pod_active(p))
+            .collect();
+        let claimed = claim(&self.client, rs.as_ref(), &selector, candidates).await?;
+        let mut failure = None;
+        if act && !deleting(&rs.metadata) {
+            failure = self.manage(&rs, &key, &claimed).await;
+        }
+        let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+        let status = compute_status(&rs, &claimed, failure.as_ref().map(|(r, m, _)| (*r, m.as_str())));
+        if rs.status.as_ref() != Some(&status) {
+            let mut updated = (*rs).clone();
+            updated.status = Some(status.clone());
+            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+            match api
+                .replace_status(name, &PostParams::default(), &updated)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some((_, _, e)) = failure {
+            return Err(e);
+        }
+        // Pods that are ready but not yet available become available by the clock alone.
+        let waiting = status.ready_replicas.unwrap_or(0) > status.available_replicas.unwrap_or(0);
+        Ok((min_ready > 0 && waiting).then(|| Duration::from_secs(min_ready as u64)))
+    }
+
+    /// Creates or deletes pods towards `spec.replicas`; on failure returns the condition
+    /// reason, message and error.
+    async fn manage(
+        &self,
+        rs: &ReplicaSet,
+        key: &str,
+        pods: &[Arc<Pod>],
+    ) -> Option<(&'static str, String, kube::Error)> {
+        let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+        let ns = rs.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pods.len() < want {
+            let n = (want - pods.len()).min(BURST_REPLICAS);
+            self.expectations.expect_creations(key, n);
+            let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+            let mut pod = Pod {
+                metadata: template.metadata.unwrap_or_default(),
+                spec: template.spec,
+                status: None,
+            };
+            pod.metadata.name = None;
+            pod.metadata.generate_name = Some(format!("{}-", rs.name_any()));
+            pod.metadata.namespace = Some(ns.clone());
+            pod.metadata.owner_references = Some(vec![controller_ref(rs)]);
+            let (created, err) = slow_start(n, |_| {
+                let api = api.clone();
+                let pod = pod.clone();
+                async move { api.create(&PostParams::default(), &pod).await }
+            })
+            .await;
+            for p in &created {
+                self.recorder.record(
+                    object_ref(rs),
+                    EventType::Normal,
+                    "SuccessfulCreate",
+                    format!("Created pod: {}", p.name_any()),
+                );
+            }
+            if let Some(e) = err {
+                self.expectations.creations_skipped(key, n - created.len());
+                self.recorder.record(
+                    object_ref(rs),
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {e}"),
+                );
+                return Some(("FailedCreate", e.to_string(), e));
+            }
+        } else if pods.len() > want {
+            let n = (pods.len() - want).min(BURST_REPLICAS);
+            let victims = pods_to_delete(pods, n);
+            self.expectations
+                .expect_deletions(key, victims.iter().map(|p| key_of(&p.metadata)));
+            let results = futures::future::join_all(victims.iter().map(|p| {
+                let api = api.clone();
+                async move { (p, api.delete(&p.name_any(), &DeleteParams::default()).await) }
+            }))
+            .await;
+            let mut failed = None;
+            for (p, r) in results {
+                match r {
+                    Ok(_) => self.recorder.record(
+                        object_ref(rs),
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", p.name_any()),
+                    ),
+                    Err(e) => {
+                        self.expectations.deletion_observed(key, &key_of(&p.metadata));
+                        if !is_not_found(&e) {
+                            self.recorder.record(
+                                object_ref(rs),
+                                EventType::Warning,
+                                "FailedDelete",
+                                format!("Error deleting: {e}"),
+                            );
+                            failed = Some(e);
+                        }
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Some(("FailedDelete", e.to_string(), e));
+            }
+        }
+        None
+    }
+}
+
+/// Runs `n` calls in batches of 1, 2, 4, ... and stops after the first batch with a failure.
+pub async fn slow_start<T, F, Fut>(n: usize, f: F) -> (Vec<T>, Option<kube::Error>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut done = Vec::with_capacity(n);
+    let mut batch = 1;
+    let mut started = 0;
+    while started < n {
+        let size = batch.min(n - started);
+        let results = futures::future::join_all((started..started + size).map(&f)).await;
+        started += size;
+        let mut err = None;
+        for r in results {
+            match r {
+                Ok(v) => done.push(v),
+                Err(e) => err = Some(e),
+            }
+        }
+        if err.is_some() {
+            return (done, err);
+        }
+        batch *= 2;
+    }
+    (done, None)
+}
+
+/// The `n` pods to delete first, in upstream's order of preference.
+pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for p in pods {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    let mut ranked: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Pending") | None => 0,
+                Some("Running") => 2,
+                _ => 1,
+            };
+            let ready = pod_ready(p);
+            let colocated = node.map(|n| per_node[n]).unwrap_or(0);
+            let ready_since = pod_ready_since(p).flatten();
+            let restarts: i32 = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0);
+            let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let rank = (
+                node.is_some(),
+                phase,
+                ready,
+                Reverse(colocated),
+                Reverse(ready_since),
+                Reverse(restarts),
+                Reverse(created),
+            );
+            (rank, p.clone())
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.cmp(&b.0));
+    ranked.into_iter().take(n).map(|(_, p)| p).collect()
+}
+
+fn compute_status(
+    rs: &ReplicaSet,
+    pods: &[Arc<Pod>],
+    failure: Option<(&str, &str)>,
+) -> ReplicaSetStatus {
+    let now = jiff::Timestamp::now();
+    let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let template_labels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let fully_labeled = pods
+        .iter()
+        .filter(|p| template_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+        .count();
+    let ready = pods.iter().filter(|p| pod_ready(p)).count();
+    let available = pods.iter().filter(|p| pod_available(p, min_ready, now)).count();
+    let old = rs.status.clone().unwrap_or_default();
+    let mut conditions: Vec<ReplicaSetCondition> = old
+        .conditions
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "ReplicaFailure")
+        .collect();
+    if let Some((reason, message)) = failure {
+        let prev = old
+            .conditions
+            .as_ref()
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
+        conditions.push(ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            last_transition_time: prev
+                .and_then(|c| c.last_transition_time.clone())
+                .or(Some(Time(now))),
+        });
+    }
+    ReplicaSetStatus {
+        replicas: pods.len() as i32,
+        fully_labeled_replicas: Some(fully_labeled as i32),
+        ready_replicas: Some(ready as i32),
+        available_replicas: Some(available as i32),
+        observed_generation: rs.metadata.generation,
+        conditions: (!conditions.is_empty()).then_some(conditions),
+        terminating_replicas: old.terminating_replicas,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: node.map(Into::into),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        })
+    }
+
+    #[test]
+    fn deletion_prefers_unscheduled_then_pending_then_unready() {
+        let pods = vec![
+            pod("running-ready", Some("n1"), "Running", true),
+            pod("running-unready", Some("n2"), "Running", false),
+            pod("pending", Some("n3"), "Pending", false),
+            pod("unscheduled", None, "Pending", false),
+        ];
+        let order: Vec<String> = pods_to_delete(&pods, 4).iter().map(|p| p.name_any()).collect();
+        assert_eq!(order, ["unscheduled", "pending", "running-unready", "running-ready"]);
+        // Crowded nodes go first among otherwise equal pods.
+        let pods = vec![
+            pod("alone", Some("n1"), "Running", true),
+            pod("crowd-a", Some("n2"), "Running", true),
+            pod("crowd-b", Some("n2"), "Running", true),
+        ];
+        let first = pods_to_delete(&pods, 1);
+        assert!(first[0].name_any().starts_with("crowd"));
+    }
+
+    #[tokio::test]
+    async fn slow_start_stops_after_a_failed_batch() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let (ok, err) = slow_start(10, |i| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if i == 4 {
+                    Err(kube::Error::LinesCodecMaxLineLengthExceeded)
+                } else {
+                    Ok(i)
+                }
+            }
+        })
+        .await;
+        // Batches 1, 2, 4: the third batch (indices 3..7) contains the failure.
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 7);
+        assert_eq!(ok.len(), 6);
+        assert!(err.is_some());
+    }
+}
