@@ -232,8 +232,7 @@ impl tower::Service<Request<Body>> for Failover {
 fn not_sent(e: &kube::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
-        if s
-            .downcast_ref::<hyper_util::client::legacy::Error>()
+        if s.downcast_ref::<hyper_util::client::legacy::Error>()
             .is_some_and(|h| h.is_connect())
         {
             return true;

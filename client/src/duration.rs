@@ -22,9 +22,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
+        let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
         let scale = match unit {
             "h" => 3600.0,
             "m" => 60.0,
@@ -48,7 +46,10 @@ mod tests {
     fn go_durations() {
         assert_eq!(parse_go_duration("15s").unwrap(), Duration::from_secs(15));
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_go_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_go_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("15").is_err());
         assert!(parse_go_duration("1x").is_err());

@@ -69,7 +69,11 @@ impl Health {
     }
 
     /// Adds a named health check.
-    pub fn add_check(&self, name: &str, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+    pub fn add_check(
+        &self,
+        name: &str,
+        check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
         self.checks.lock().push((name.to_string(), Box::new(check)));
     }
 
@@ -106,7 +110,10 @@ impl Health {
 
 async fn healthz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> impl IntoResponse {
     let (text, ok) = h.report();
-    let verbose = q.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verbose = q.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
     let status = if ok {
         StatusCode::OK
     } else {
@@ -116,7 +123,11 @@ async fn healthz(State(h): State<Arc<Health>>, RawQuery(q): RawQuery) -> impl In
         (true, false) => "ok".to_string(),
         _ => text,
     };
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body)
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
@@ -220,9 +231,10 @@ pub async fn serve(
                 else {
                     return;
                 };
-                let svc = tower::ServiceExt::map_request(app, |r: http::Request<hyper::body::Incoming>| {
-                    r.map(axum::body::Body::new)
-                });
+                let svc = tower::ServiceExt::map_request(
+                    app,
+                    |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
+                );
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
                     .await;

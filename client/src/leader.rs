@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use clap::ArgAction;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -57,7 +57,10 @@ pub struct LeaderElectionArgs {
     #[arg(long = "leader-elect-resource-name")]
     pub resource_name: Option<String>,
     /// The namespace of resource object that is used for locking during leader election.
-    #[arg(long = "leader-elect-resource-namespace", default_value = "kube-system")]
+    #[arg(
+        long = "leader-elect-resource-namespace",
+        default_value = "kube-system"
+    )]
     pub resource_namespace: String,
 }
 
@@ -298,7 +301,11 @@ impl LeaderElector {
         }
         let new_spec = mine(Some(&spec));
         lease.spec = Some(new_spec.clone());
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => {
                 self.observe(Some(new_spec));
                 true
@@ -334,7 +341,11 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         spec.acquire_time = Some(now.clone());
         spec.renew_time = Some(now);
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => tracing::info!(lease = %self.name, "released leader lease"),
             Err(e) => tracing::warn!(lease = %self.name, error = %e, "failed to release lease"),
         }

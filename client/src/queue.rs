@@ -123,7 +123,13 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> WorkQueue<T> {
 
     /// How many times `item` has been re-queued after failures.
     pub fn num_requeues(&self, item: &T) -> u32 {
-        self.shared.0.lock().failures.get(item).copied().unwrap_or(0)
+        self.shared
+            .0
+            .lock()
+            .failures
+            .get(item)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits for the next item; `None` once the queue is shut down.

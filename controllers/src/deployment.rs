@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::util::{
-    SyncResult, claim, controller_of, controller_ref, deleting, is_conflict, is_not_found,
-    key_of, matches, object_ref, parse_selector, pod_terminal, run_workers, split_key,
+    SyncResult, claim, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
+    matches, object_ref, parse_selector, pod_terminal, run_workers, split_key,
 };
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -102,7 +102,9 @@ impl DeploymentController {
                 }
                 match owner_key(&ds, &rs.metadata) {
                     Some(k) => q.add(k),
-                    None if controller_of(&rs.metadata).is_none() && !matches!(c, Change::Deleted(_)) => {
+                    None if controller_of(&rs.metadata).is_none()
+                        && !matches!(c, Change::Deleted(_)) =>
+                    {
                         let ns = rs.namespace();
                         for d in ds.state() {
                             if d.namespace() == ns
@@ -149,9 +151,13 @@ impl DeploymentController {
     /// Runs `workers` sync workers until `token` is cancelled.
     pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
         let me = self.clone();
-        run_workers("deployment", self.queue.clone(), workers, token, move |key| {
-            me.clone().sync(key)
-        })
+        run_workers(
+            "deployment",
+            self.queue.clone(),
+            workers,
+            token,
+            move |key| me.clone().sync(key),
+        )
         .await;
     }
 
@@ -186,7 +192,8 @@ impl DeploymentController {
         let mut sets: Vec<ReplicaSet> = claimed.iter().map(|r| (**r).clone()).collect();
         sets.sort_by(|a, b| {
             let t = |r: &ReplicaSet| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            t(a).cmp(&t(b)).then_with(|| a.name_any().cmp(&b.name_any()))
+            t(a).cmp(&t(b))
+                .then_with(|| a.name_any().cmp(&b.name_any()))
         });
         if deleting(&d.metadata) {
             let new = sets.iter().find(|rs| same_template(&d, rs)).cloned();
@@ -240,15 +247,21 @@ impl DeploymentController {
         };
         if target != current {
             *new_rs = self.scale(d, new_rs, target).await?;
-            return self.sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref()).await;
+            return self
+                .sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref())
+                .await;
         }
         // Scale old ReplicaSets down as far as availability allows.
         let old_count: i32 = old.iter().map(rs_replicas).sum();
         if old_count > 0 {
             let all_count = old_count + rs_replicas(new_rs);
             let min_available = want - unavailable;
-            let new_unavailable =
-                rs_replicas(new_rs) - new_rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+            let new_unavailable = rs_replicas(new_rs)
+                - new_rs
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0);
             let max_scale_down = all_count - min_available - new_unavailable;
             let mut scaled = false;
             if max_scale_down > 0 {
@@ -258,7 +271,11 @@ impl DeploymentController {
                     if budget <= 0 {
                         break;
                     }
-                    let healthy = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+                    let healthy = rs
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0);
                     let unhealthy = rs_replicas(rs) - healthy;
                     if unhealthy <= 0 {
                         continue;
@@ -271,7 +288,12 @@ impl DeploymentController {
                 // Then healthy ones while at least minAvailable stay available.
                 let available: i32 = all(&old, new.as_ref())
                     .iter()
-                    .map(|r| r.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0))
+                    .map(|r| {
+                        r.status
+                            .as_ref()
+                            .and_then(|s| s.available_replicas)
+                            .unwrap_or(0)
+                    })
                     .sum();
                 let mut budget = (available - min_available).min(budget);
                 for rs in old.iter_mut() {
@@ -289,7 +311,9 @@ impl DeploymentController {
                 }
             }
             if scaled {
-                return self.sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref()).await;
+                return self
+                    .sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref())
+                    .await;
             }
         }
         let sets = all(&old, new.as_ref());
@@ -309,7 +333,9 @@ impl DeploymentController {
             }
         }
         if scaled {
-            return self.sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref()).await;
+            return self
+                .sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref())
+                .await;
         }
         // Wait until no pod of an old ReplicaSet is running.
         let old_uids: Vec<String> = old.iter().filter_map(|r| r.uid()).collect();
@@ -320,7 +346,9 @@ impl DeploymentController {
                 && !pod_terminal(p)
         });
         if running {
-            return self.sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref()).await;
+            return self
+                .sync_rollout_status(d, &all(&old, new.as_ref()), new.as_ref())
+                .await;
         }
         let (mut new, old) = match new {
             Some(n) => (Some(n), old),
@@ -367,12 +395,16 @@ impl DeploymentController {
         } else if let Some(ni) = new_idx
             && rs_replicas(&all_sets[ni]) == want
             && annotation_i32(&all_sets[ni], DESIRED_REPLICAS) == Some(want)
-            && all_sets[ni].status.as_ref().and_then(|s| s.available_replicas) == Some(want)
+            && all_sets[ni]
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                == Some(want)
         {
             // Saturated new ReplicaSet: the old ones go.
-            for i in 0..all_sets.len() {
-                if i != ni && rs_replicas(&all_sets[i]) != 0 {
-                    all_sets[i] = self.scale(d, &all_sets[i], 0).await?;
+            for (i, rs) in all_sets.iter_mut().enumerate() {
+                if i != ni && rs_replicas(rs) != 0 {
+                    *rs = self.scale(d, rs, 0).await?;
                 }
             }
         } else {
@@ -385,7 +417,11 @@ impl DeploymentController {
                 // Adding: largest (then newest) first; removing: smallest (then oldest) first.
                 order.sort_by(|&a, &b| {
                     let (ra, rb) = (rs_replicas(&all_sets[a]), rs_replicas(&all_sets[b]));
-                    if to_add > 0 { rb.cmp(&ra).then(b.cmp(&a)) } else { ra.cmp(&rb).then(a.cmp(&b)) }
+                    if to_add > 0 {
+                        rb.cmp(&ra).then(b.cmp(&a))
+                    } else {
+                        ra.cmp(&rb).then(a.cmp(&b))
+                    }
                 });
                 let mut sizes: Vec<i32> = all_sets.iter().map(rs_replicas).collect();
                 let mut added = 0;
@@ -410,12 +446,12 @@ impl DeploymentController {
                 if let Some(&first) = order.first() {
                     sizes[first] = (sizes[first] + to_add - added).max(0);
                 }
-                for i in 0..all_sets.len() {
-                    if sizes[i] != rs_replicas(&all_sets[i])
-                        || (rs_replicas(&all_sets[i]) > 0
-                            && annotation_i32(&all_sets[i], DESIRED_REPLICAS) != Some(want))
+                for (rs, size) in all_sets.iter_mut().zip(sizes) {
+                    if size != rs_replicas(rs)
+                        || (rs_replicas(rs) > 0
+                            && annotation_i32(rs, DESIRED_REPLICAS) != Some(want))
                     {
-                        all_sets[i] = self.scale(d, &all_sets[i], sizes[i]).await?;
+                        *rs = self.scale(d, rs, size).await?;
                     }
                 }
             }
@@ -444,16 +480,32 @@ impl DeploymentController {
         let new_pos = sets.iter().position(|rs| same_template(d, rs));
         let existing = new_pos.map(|i| sets.remove(i));
         let old = sets;
-        let max_old = old.iter().filter_map(|r| annotation_i64(r, REVISION)).max().unwrap_or(0);
+        let max_old = old
+            .iter()
+            .filter_map(|r| annotation_i64(r, REVISION))
+            .max()
+            .unwrap_or(0);
         let revision = max_old + 1;
         let ns = d.namespace().unwrap_or_default();
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+        let current = existing
+            .as_ref()
+            .and_then(|rs| annotation_i64(rs, REVISION))
+            .filter(|r| *r >= revision)
+            .unwrap_or(revision);
+        if existing.is_some() || create {
+            self.set_deployment_revision(d, current).await?;
+        }
         if let Some(rs) = existing {
             let mut annotations = rs.annotations().clone();
             let changed = copy_annotations(d, &mut annotations, revision);
             let min_ready = d.spec.as_ref().and_then(|s| s.min_ready_seconds);
-            let min_ready_changed =
-                rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0) != min_ready.unwrap_or(0);
+            let min_ready_changed = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0)
+                != min_ready.unwrap_or(0);
             if !changed && !min_ready_changed {
                 return Ok((Some(rs), old));
             }
@@ -462,7 +514,11 @@ impl DeploymentController {
                 "spec": {"minReadySeconds": min_ready.unwrap_or(0)},
             });
             let rs = api
-                .patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(
+                    &rs.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await?;
             return Ok((Some(rs), old));
         }
@@ -471,7 +527,11 @@ impl DeploymentController {
         }
         let mut status = d.status.clone().unwrap_or_default();
         let collisions = status.collision_count.unwrap_or(0);
-        let template = d.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+        let template = d
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
         let hash = template_hash(&template, collisions);
         let mut rs_template = template.clone();
         rs_template
@@ -480,7 +540,11 @@ impl DeploymentController {
             .labels
             .get_or_insert_with(Default::default)
             .insert(HASH_LABEL.into(), hash.clone());
-        let mut selector = d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        let mut selector = d
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
         selector
             .match_labels
             .get_or_insert_with(Default::default)
@@ -496,7 +560,10 @@ impl DeploymentController {
             want
         };
         annotations.insert(DESIRED_REPLICAS.into(), want.to_string());
-        annotations.insert(MAX_REPLICAS.into(), (want + if is_rolling(d) { surge } else { 0 }).to_string());
+        annotations.insert(
+            MAX_REPLICAS.into(),
+            (want + if is_rolling(d) { surge } else { 0 }).to_string(),
+        );
         let name = format!("{}-{hash}", d.name_any());
         let rs = ReplicaSet {
             metadata: ObjectMeta {
@@ -558,8 +625,41 @@ impl DeploymentController {
         }
     }
 
+    /// Records the current revision on the Deployment too, as upstream (`kubectl rollout undo`
+    /// and `rollout status --revision` read it there).
+    async fn set_deployment_revision(
+        &self,
+        d: &Deployment,
+        revision: i64,
+    ) -> Result<(), kube::Error> {
+        let value = revision.to_string();
+        if d.annotations().get(REVISION) == Some(&value) {
+            return Ok(());
+        }
+        let api: Api<Deployment> =
+            Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {"annotations": {REVISION: value}}});
+        match api
+            .patch(
+                &d.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets a ReplicaSet's replicas (and the desired/max annotations) and returns it updated.
-    async fn scale(&self, d: &Deployment, rs: &ReplicaSet, to: i32) -> Result<ReplicaSet, kube::Error> {
+    async fn scale(
+        &self,
+        d: &Deployment,
+        rs: &ReplicaSet,
+        to: i32,
+    ) -> Result<ReplicaSet, kube::Error> {
         let from = rs_replicas(rs);
         let want = replicas_of(d);
         let (surge, _) = fenceposts(d);
@@ -573,9 +673,14 @@ impl DeploymentController {
             },
             "spec": {"replicas": to},
         });
-        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
+        let api: Api<ReplicaSet> =
+            Api::namespaced(self.client.clone(), &rs.namespace().unwrap_or_default());
         let updated = api
-            .patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         if from != to {
             let dir = if to > from { "up" } else { "down" };
@@ -583,7 +688,10 @@ impl DeploymentController {
                 object_ref(d),
                 EventType::Normal,
                 "ScalingReplicaSet",
-                format!("Scaled {dir} replica set {} from {from} to {to}", rs.name_any()),
+                format!(
+                    "Scaled {dir} replica set {} from {from} to {to}",
+                    rs.name_any()
+                ),
             );
         }
         Ok(updated)
@@ -591,14 +699,21 @@ impl DeploymentController {
 
     /// Deletes the oldest empty old ReplicaSets beyond `revisionHistoryLimit`.
     async fn cleanup(&self, d: &Deployment, old: &[ReplicaSet]) -> Result<(), kube::Error> {
-        let limit = d.spec.as_ref().and_then(|s| s.revision_history_limit).unwrap_or(10).max(0) as usize;
-        let mut cleanable: Vec<&ReplicaSet> = old.iter().filter(|r| !deleting(&r.metadata)).collect();
+        let limit = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10)
+            .max(0) as usize;
+        let mut cleanable: Vec<&ReplicaSet> =
+            old.iter().filter(|r| !deleting(&r.metadata)).collect();
         if cleanable.len() <= limit {
             return Ok(());
         }
         cleanable.sort_by_key(|r| annotation_i64(r, REVISION).unwrap_or(0));
         let excess = cleanable.len() - limit;
-        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
+        let api: Api<ReplicaSet> =
+            Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         for rs in cleanable.into_iter().take(excess) {
             let st = rs.status.clone().unwrap_or_default();
             if st.replicas != 0
@@ -657,7 +772,8 @@ impl DeploymentController {
                         let since = c.last_update_time.as_ref().map(|t| t.0);
                         let now = jiff::Timestamp::now();
                         let due = since.and_then(|t| {
-                            t.checked_add(jiff::SignedDuration::from_secs(i64::from(secs))).ok()
+                            t.checked_add(jiff::SignedDuration::from_secs(i64::from(secs)))
+                                .ok()
                         });
                         if c.reason.as_deref() != Some("NewReplicaSetAvailable") {
                             match due {
@@ -694,13 +810,18 @@ impl DeploymentController {
         self.write_status(d, status).await
     }
 
-    async fn write_status(&self, d: &Deployment, status: DeploymentStatus) -> Result<(), kube::Error> {
+    async fn write_status(
+        &self,
+        d: &Deployment,
+        status: DeploymentStatus,
+    ) -> Result<(), kube::Error> {
         if d.status.as_ref() == Some(&status) {
             return Ok(());
         }
         let mut updated = d.clone();
         updated.status = Some(status);
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
+        let api: Api<Deployment> =
+            Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
         match api
             .replace_status(&d.name_any(), &PostParams::default(), &updated)
             .await
@@ -767,8 +888,13 @@ fn fenceposts(d: &Deployment) -> (i32, i32) {
         .and_then(|s| s.strategy.as_ref())
         .and_then(|s| s.rolling_update.as_ref());
     let surge = scaled_value(ru.and_then(|r| r.max_surge.as_ref()), "25%", want, true).max(0);
-    let mut unavailable =
-        scaled_value(ru.and_then(|r| r.max_unavailable.as_ref()), "25%", want, false).max(0);
+    let mut unavailable = scaled_value(
+        ru.and_then(|r| r.max_unavailable.as_ref()),
+        "25%",
+        want,
+        false,
+    )
+    .max(0);
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
@@ -784,7 +910,10 @@ fn same_template(d: &Deployment, rs: &ReplicaSet) -> bool {
         }
         t
     };
-    match (d.spec.as_ref(), rs.spec.as_ref().and_then(|s| s.template.as_ref())) {
+    match (
+        d.spec.as_ref(),
+        rs.spec.as_ref().and_then(|s| s.template.as_ref()),
+    ) {
         (Some(ds), Some(rt)) => strip(&ds.template) == strip(rt),
         _ => false,
     }
@@ -841,9 +970,16 @@ fn copy_annotations(
     changed
 }
 
-fn calculate_status(d: &Deployment, sets: &[ReplicaSet], new: Option<&ReplicaSet>) -> DeploymentStatus {
+fn calculate_status(
+    d: &Deployment,
+    sets: &[ReplicaSet],
+    new: Option<&ReplicaSet>,
+) -> DeploymentStatus {
     let st = |r: &ReplicaSet| r.status.clone().unwrap_or_default();
-    let available: i32 = sets.iter().map(|r| st(r).available_replicas.unwrap_or(0)).sum();
+    let available: i32 = sets
+        .iter()
+        .map(|r| st(r).available_replicas.unwrap_or(0))
+        .sum();
     let total: i32 = sets.iter().map(rs_replicas).sum();
     let mut status = d.status.clone().unwrap_or_default();
     status.observed_generation = d.metadata.generation;
@@ -873,9 +1009,21 @@ fn calculate_status(d: &Deployment, sets: &[ReplicaSet], new: Option<&ReplicaSet
     let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
     let reason = condition(&status, "Progressing").and_then(|c| c.reason.clone());
     if paused && reason.as_deref() != Some("DeploymentPaused") {
-        set_condition(&mut status, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused");
+        set_condition(
+            &mut status,
+            "Progressing",
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused",
+        );
     } else if !paused && reason.as_deref() == Some("DeploymentPaused") {
-        set_condition(&mut status, "Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed");
+        set_condition(
+            &mut status,
+            "Progressing",
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed",
+        );
     }
     if status.replicas == Some(0) {
         status.replicas = None;
@@ -940,14 +1088,16 @@ fn set_condition(s: &mut DeploymentStatus, t: &str, status: &str, reason: &str, 
         _ => Some(now.clone()),
     };
     remove_condition(s, t);
-    s.conditions.get_or_insert_with(Vec::new).push(DeploymentCondition {
-        type_: t.to_string(),
-        status: status.to_string(),
-        reason: Some(reason.to_string()),
-        message: Some(message.to_string()),
-        last_update_time: Some(now),
-        last_transition_time: transition,
-    });
+    s.conditions
+        .get_or_insert_with(Vec::new)
+        .push(DeploymentCondition {
+            type_: t.to_string(),
+            status: status.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+            last_update_time: Some(now),
+            last_transition_time: transition,
+        });
 }
 
 #[cfg(test)]
@@ -955,7 +1105,11 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 
-    fn deployment(replicas: i32, surge: Option<IntOrString>, unavailable: Option<IntOrString>) -> Deployment {
+    fn deployment(
+        replicas: i32,
+        surge: Option<IntOrString>,
+        unavailable: Option<IntOrString>,
+    ) -> Deployment {
         Deployment {
             spec: Some(DeploymentSpec {
                 replicas: Some(replicas),
@@ -978,11 +1132,19 @@ mod tests {
         assert_eq!(fenceposts(&deployment(10, None, None)), (3, 2));
         // Both zero: unavailable becomes 1.
         assert_eq!(
-            fenceposts(&deployment(3, Some(IntOrString::Int(0)), Some(IntOrString::Int(0)))),
+            fenceposts(&deployment(
+                3,
+                Some(IntOrString::Int(0)),
+                Some(IntOrString::Int(0))
+            )),
             (0, 1)
         );
         assert_eq!(
-            fenceposts(&deployment(1, Some(IntOrString::String("50%".into())), Some(IntOrString::String("50%".into())))),
+            fenceposts(&deployment(
+                1,
+                Some(IntOrString::String("50%".into())),
+                Some(IntOrString::String("50%".into()))
+            )),
             (1, 0)
         );
     }
@@ -992,7 +1154,10 @@ mod tests {
         let mut t = PodTemplateSpec::default();
         let a = template_hash(&t, 0);
         assert_eq!(a, template_hash(&t, 0));
-        assert!(a.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
+        assert!(
+            a.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
         assert_ne!(a, template_hash(&t, 1));
         t.metadata = Some(ObjectMeta {
             labels: Some([("app".to_string(), "x".to_string())].into()),
@@ -1007,7 +1172,10 @@ mod tests {
         d.metadata.annotations = Some(
             [
                 ("kubernetes.io/change-cause".to_string(), "v2".to_string()),
-                ("kubectl.kubernetes.io/last-applied-configuration".to_string(), "{}".to_string()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".to_string(),
+                ),
             ]
             .into(),
         );

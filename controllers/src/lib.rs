@@ -181,10 +181,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     } else {
         None
     };
-    keelson_client::health::serve(&config.serving, 10257, health.clone(), shutdown.clone())
-        .await?;
+    keelson_client::health::serve(&config.serving, 10257, health.clone(), shutdown.clone()).await?;
     tracing::info!(?controllers, "starting controller-manager");
-    let lead = move |token: CancellationToken| run_controllers(client, controllers, config, identity, token);
+    let lead = move |token: CancellationToken| {
+        run_controllers(client, controllers, config, identity, token)
+    };
     match elector {
         Some(e) => e.run(shutdown, lead).await?,
         None => lead(shutdown).await,

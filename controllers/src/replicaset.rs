@@ -148,9 +148,13 @@ impl ReplicaSetController {
     /// Runs `workers` sync workers until `token` is cancelled.
     pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
         let me = self.clone();
-        run_workers("replicaset", self.queue.clone(), workers, token, move |key| {
-            me.clone().sync(key)
-        })
+        run_workers(
+            "replicaset",
+            self.queue.clone(),
+            workers,
+            token,
+            move |key| me.clone().sync(key),
+        )
         .await;
     }
 
@@ -184,8 +188,16 @@ impl ReplicaSetController {
         if act && !deleting(&rs.metadata) {
             failure = self.manage(&rs, &key, &claimed).await;
         }
-        let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
-        let status = compute_status(&rs, &claimed, failure.as_ref().map(|(r, m, _)| (*r, m.as_str())));
+        let min_ready = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
+        let status = compute_status(
+            &rs,
+            &claimed,
+            failure.as_ref().map(|(r, m, _)| (*r, m.as_str())),
+        );
         if rs.status.as_ref() != Some(&status) {
             let mut updated = (*rs).clone();
             updated.status = Some(status.clone());
@@ -215,13 +227,22 @@ impl ReplicaSetController {
         key: &str,
         pods: &[Arc<Pod>],
     ) -> Option<(&'static str, String, kube::Error)> {
-        let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+        let want = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize;
         let ns = rs.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         if pods.len() < want {
             let n = (want - pods.len()).min(BURST_REPLICAS);
             self.expectations.expect_creations(key, n);
-            let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+            let template = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.clone())
+                .unwrap_or_default();
             let mut pod = Pod {
                 metadata: template.metadata.unwrap_or_default(),
                 spec: template.spec,
@@ -275,7 +296,8 @@ impl ReplicaSetController {
                         format!("Deleted pod: {}", p.name_any()),
                     ),
                     Err(e) => {
-                        self.expectations.deletion_observed(key, &key_of(&p.metadata));
+                        self.expectations
+                            .deletion_observed(key, &key_of(&p.metadata));
                         if !is_not_found(&e) {
                             self.recorder.record(
                                 object_ref(rs),
@@ -363,7 +385,7 @@ pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
             (rank, p.clone())
         })
         .collect();
-    ranked.sort_by(|a, b| a.0.cmp(&b.0));
+    ranked.sort_by_key(|(rank, _)| *rank);
     ranked.into_iter().take(n).map(|(_, p)| p).collect()
 }
 
@@ -373,7 +395,11 @@ fn compute_status(
     failure: Option<(&str, &str)>,
 ) -> ReplicaSetStatus {
     let now = jiff::Timestamp::now();
-    let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     let template_labels = rs
         .spec
         .as_ref()
@@ -383,10 +409,17 @@ fn compute_status(
         .unwrap_or_default();
     let fully_labeled = pods
         .iter()
-        .filter(|p| template_labels.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
+        .filter(|p| {
+            template_labels
+                .iter()
+                .all(|(k, v)| p.labels().get(k) == Some(v))
+        })
         .count();
     let ready = pods.iter().filter(|p| pod_ready(p)).count();
-    let available = pods.iter().filter(|p| pod_available(p, min_ready, now)).count();
+    let available = pods
+        .iter()
+        .filter(|p| pod_available(p, min_ready, now))
+        .count();
     let old = rs.status.clone().unwrap_or_default();
     let mut conditions: Vec<ReplicaSetCondition> = old
         .conditions
@@ -456,8 +489,14 @@ mod tests {
             pod("pending", Some("n3"), "Pending", false),
             pod("unscheduled", None, "Pending", false),
         ];
-        let order: Vec<String> = pods_to_delete(&pods, 4).iter().map(|p| p.name_any()).collect();
-        assert_eq!(order, ["unscheduled", "pending", "running-unready", "running-ready"]);
+        let order: Vec<String> = pods_to_delete(&pods, 4)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(
+            order,
+            ["unscheduled", "pending", "running-unready", "running-ready"]
+        );
         // Crowded nodes go first among otherwise equal pods.
         let pods = vec![
             pod("alone", Some("n1"), "Running", true),

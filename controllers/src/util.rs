@@ -7,16 +7,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{Selector, SelectorExt};
-use k8s_openapi::NamespaceResourceScope;
 use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// `namespace/name` (or `name` for cluster-scoped objects), client-go's `MetaNamespaceKeyFunc`.
@@ -114,11 +114,9 @@ pub fn pod_available(pod: &Pod, min_ready: i32, now: jiff::Timestamp) -> bool {
         None => false,
         Some(_) if min_ready <= 0 => true,
         Some(None) => false,
-        Some(Some(since)) => {
-            since
-                .checked_add(jiff::SignedDuration::from_secs(i64::from(min_ready)))
-                .is_ok_and(|t| t <= now)
-        }
+        Some(Some(since)) => since
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(min_ready)))
+            .is_ok_and(|t| t <= now),
     }
 }
 
@@ -263,8 +261,14 @@ pub async fn claim<K, O>(
     candidates: Vec<Arc<K>>,
 ) -> Result<Vec<Arc<K>>, kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-    O: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    O: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
     let uid = owner.uid().unwrap_or_default();
     let ns = owner.namespace().unwrap_or_default();
@@ -313,17 +317,31 @@ where
 /// Sets an object's owner references with a merge patch that carries its resourceVersion and
 /// UID, so a decision made on a stale cache fails instead of overwriting. False when the object
 /// changed meanwhile or is gone.
-async fn patch_owners<K>(api: &Api<K>, obj: &K, refs: Vec<OwnerReference>) -> Result<bool, kube::Error>
+async fn patch_owners<K>(
+    api: &Api<K>,
+    obj: &K,
+    refs: Vec<OwnerReference>,
+) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    // An emptied list is removed rather than stored as `[]`.
+    let refs = if refs.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(refs)
+    };
     let patch = json!({"metadata": {
         "ownerReferences": refs,
         "resourceVersion": obj.resource_version(),
         "uid": obj.uid(),
     }});
     match api
-        .patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(true),
@@ -371,7 +389,10 @@ mod tests {
             ..Default::default()
         };
         let s = parse_selector(Some(&sel)).unwrap();
-        assert!(matches(&s, &[("app".to_string(), "web".to_string())].into()));
+        assert!(matches(
+            &s,
+            &[("app".to_string(), "web".to_string())].into()
+        ));
         assert!(!matches(&s, &BTreeMap::new()));
     }
 }

@@ -1,0 +1,10 @@
+//! End-to-end tests of `keelson controller-manager` against a real store and apiserver,
+//! driven by kubectl. There are no nodes: the tests play the kubelet where a controller
+//! needs pods to become ready.
+
+mod election;
+#[allow(dead_code)]
+#[path = "../apiserver/harness.rs"]
+mod harness;
+mod support;
+mod workloads;

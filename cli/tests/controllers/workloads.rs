@@ -1,0 +1,247 @@
+//! Deployments and ReplicaSets through kubectl: rollout, history, undo, scaling, self-healing.
+
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, eventually};
+use crate::support::{ControllerManager, client, fake_kubelet};
+
+fn lines(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+/// Pod names in `default` with label `app=<app>`, not being deleted.
+fn pods(c: &ApiCluster, app: &str) -> Vec<String> {
+    lines(&c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.metadata.deletionTimestamp} {end}",
+    ]))
+    .into_iter()
+    .filter_map(|p| p.strip_suffix('=').map(str::to_string))
+    .collect()
+}
+
+fn images(c: &ApiCluster, app: &str) -> Vec<String> {
+    let mut v = lines(&c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={range .items[*]}{.spec.containers[0].image} {end}",
+    ]));
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn rollout_ok(c: &ApiCluster, what: &str) {
+    let out = c.ok(&["rollout", "status", what, "--timeout=90s"]);
+    assert!(
+        out.contains("successfully rolled out"),
+        "{out}\n{}",
+        c.logs()
+    );
+}
+
+#[test]
+fn deployment_rollout_history_undo_scale_and_self_healing() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(client(&c.kubeconfig()));
+    let kubelet = {
+        let _in_runtime = rt.enter();
+        fake_kubelet(client, "default")
+    };
+
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.0",
+        "--replicas=3",
+    ]);
+    rollout_ok(&c, "deployment/web");
+    assert_eq!(pods(&c, "web").len(), 3);
+    let rs = lines(&c.ok(&["get", "rs", "-l", "app=web", "-o", "name"]));
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    let revision = c.ok(&[
+        "get",
+        &rs[0],
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(revision, "1");
+    let owner = c.ok(&[
+        "get",
+        &rs[0],
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "Deployment");
+
+    // A new template rolls out as a second ReplicaSet; the old one ends at zero.
+    c.ok(&["set", "image", "deployment/web", "nginx=nginx:2.0"]);
+    rollout_ok(&c, "deployment/web");
+    eventually(Duration::from_secs(30), "only new pods", || {
+        images(&c, "web") == ["nginx:2.0"] && pods(&c, "web").len() == 3
+    });
+    let rs = lines(&c.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.replicas}/{.metadata.annotations.deployment\\.kubernetes\\.io/revision} {end}",
+    ]));
+    let mut rs_sorted = rs.clone();
+    rs_sorted.sort();
+    assert_eq!(rs_sorted, ["0/1", "3/2"], "{rs:?}");
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    let conditions = c.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+    ]);
+    assert!(
+        conditions.contains("Available=True/MinimumReplicasAvailable"),
+        "{conditions}"
+    );
+    assert!(
+        conditions.contains("Progressing=True/NewReplicaSetAvailable"),
+        "{conditions}"
+    );
+
+    // Undo goes back to the first template, which becomes revision 3.
+    c.ok(&["rollout", "undo", "deployment/web"]);
+    rollout_ok(&c, "deployment/web");
+    eventually(
+        Duration::from_secs(30),
+        "pods back on the first image",
+        || images(&c, "web") == ["nginx:1.0"] && pods(&c, "web").len() == 3,
+    );
+    let revs = c.ok(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.template.spec.containers[0].image}={.metadata.annotations.deployment\\.kubernetes\\.io/revision} {end}",
+    ]);
+    assert!(revs.contains("nginx:1.0=3"), "{revs}");
+
+    // Scaling, and a deleted pod is replaced.
+    c.ok(&["scale", "deployment/web", "--replicas=5"]);
+    rollout_ok(&c, "deployment/web");
+    eventually(Duration::from_secs(30), "5 pods", || {
+        pods(&c, "web").len() == 5
+    });
+    let before = pods(&c, "web");
+    c.ok(&["delete", "pod", &before[0], "--wait=false"]);
+    eventually(Duration::from_secs(30), "the deleted pod replaced", || {
+        let now = pods(&c, "web");
+        now.len() == 5 && !now.contains(&before[0])
+    });
+    c.ok(&["scale", "deployment/web", "--replicas=2"]);
+    eventually(Duration::from_secs(30), "scaled down to 2", || {
+        pods(&c, "web").len() == 2
+    });
+    let ready = c.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    eventually(Duration::from_secs(30), "status shows 2 ready", || {
+        c.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]) == "2"
+    });
+    let _ = ready;
+
+    // Recreate: old pods go before new ones come.
+    c.ok(&[
+        "create",
+        "deployment",
+        "batch",
+        "--image=busybox:1",
+        "--replicas=2",
+    ]);
+    c.ok(&[
+        "patch",
+        "deployment",
+        "batch",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#,
+    ]);
+    rollout_ok(&c, "deployment/batch");
+    c.ok(&["set", "image", "deployment/batch", "busybox=busybox:2"]);
+    rollout_ok(&c, "deployment/batch");
+    eventually(Duration::from_secs(30), "recreated pods", || {
+        images(&c, "batch") == ["busybox:2"] && pods(&c, "batch").len() == 2
+    });
+    kubelet.abort();
+}
+
+#[test]
+fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    // An orphan pod matching the selector is adopted, so only two more are created.
+    c.ok(&["run", "orphan", "--image=nginx", "--labels=app=frontend"]);
+    let rs = r#"{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{"name":"frontend"},
+        "spec":{"replicas":3,"selector":{"matchLabels":{"app":"frontend"}},
+        "template":{"metadata":{"labels":{"app":"frontend"}},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
+    c.kubectl_stdin(&["apply", "-f", "-"], rs);
+    eventually(Duration::from_secs(30), "3 pods", || {
+        pods(&c, "frontend").len() == 3
+    });
+    let owner = c.ok(&[
+        "get",
+        "pod",
+        "orphan",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner, "frontend");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pods(&c, "frontend").len(), 3, "no extra pods");
+    let status = c.ok(&["get", "rs", "frontend", "-o", "jsonpath={.status.replicas}"]);
+    assert_eq!(status, "3");
+
+    // A pod relabelled out of the selector is released and replaced.
+    c.ok(&["label", "pod", "orphan", "app=elsewhere", "--overwrite"]);
+    eventually(Duration::from_secs(30), "released and replaced", || {
+        let owner = c.ok(&[
+            "get",
+            "pod",
+            "orphan",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ]);
+        owner.is_empty() && pods(&c, "frontend").len() == 3
+    });
+
+    // Scale to zero removes every owned pod.
+    c.ok(&["scale", "rs", "frontend", "--replicas=0"]);
+    eventually(Duration::from_secs(30), "no pods", || {
+        pods(&c, "frontend").is_empty()
+    });
+    assert!(
+        c.ok(&["get", "pod", "orphan", "-o", "name"])
+            .contains("orphan")
+    );
+}
