@@ -3,13 +3,17 @@
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
 pub mod deployment;
+pub mod discovery;
+pub mod garbagecollector;
+pub mod namespace;
 pub mod replicaset;
+pub mod serviceaccount;
 pub mod util;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
 use keelson_client::informer::Informer;
@@ -22,7 +26,24 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 /// The controllers this binary has, by their upstream names.
-pub const KNOWN_CONTROLLERS: &[&str] = &["deployment", "replicaset"];
+pub const KNOWN_CONTROLLERS: &[&str] = &[
+    "deployment",
+    "garbagecollector",
+    "namespace",
+    "replicaset",
+    "serviceaccount",
+];
+
+/// A controller's name as `--controllers` may spell it: the classic name, or the newer
+/// `<name>-controller` form (`garbage-collector-controller`, ...).
+fn canonical(name: &str) -> String {
+    let n = name.strip_suffix("-controller").unwrap_or(name);
+    match n {
+        "garbage-collector" => "garbagecollector".into(),
+        "endpoints" => "endpoint".into(),
+        n => n.into(),
+    }
+}
 
 /// `keelson controller-manager` flags (names as kube-controller-manager's).
 #[derive(clap::Args, Debug, Clone)]
@@ -46,6 +67,12 @@ pub struct Config {
     /// The number of replica sets that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
+    /// The number of namespace objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 10)]
+    pub concurrent_namespace_syncs: usize,
+    /// The number of garbage collector workers that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 20)]
+    pub concurrent_gc_syncs: usize,
 }
 
 /// Why the controller-manager stopped with an error.
@@ -67,7 +94,15 @@ pub enum Error {
 
 /// Which controllers `--controllers` enables.
 pub fn enabled(flags: &[String]) -> Result<Vec<&'static str>, String> {
-    for f in flags {
+    let flags: Vec<String> = flags
+        .iter()
+        .map(|f| match f.strip_prefix('-') {
+            Some(n) => format!("-{}", canonical(n)),
+            None if f == "*" => f.clone(),
+            None => canonical(f),
+        })
+        .collect();
+    for f in &flags {
         let name = f.trim_start_matches('-');
         if name != "*" && !KNOWN_CONTROLLERS.contains(&name) {
             return Err(format!(
@@ -93,6 +128,8 @@ pub struct Informers {
     pods: Option<Informer<Pod>>,
     replicasets: Option<Informer<ReplicaSet>>,
     deployments: Option<Informer<Deployment>>,
+    namespaces: Option<Informer<Namespace>>,
+    serviceaccounts: Option<Informer<ServiceAccount>>,
     started: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -116,6 +153,8 @@ impl Informers {
             pods: None,
             replicasets: None,
             deployments: None,
+            namespaces: None,
+            serviceaccounts: None,
             started: Vec::new(),
         }
     }
@@ -140,6 +179,16 @@ impl Informers {
         lazy(&mut self.deployments, &self.client)
     }
 
+    /// Namespaces.
+    pub fn namespaces(&mut self) -> &mut Informer<Namespace> {
+        lazy(&mut self.namespaces, &self.client)
+    }
+
+    /// ServiceAccounts in all namespaces.
+    pub fn serviceaccounts(&mut self) -> &mut Informer<ServiceAccount> {
+        lazy(&mut self.serviceaccounts, &self.client)
+    }
+
     /// Starts every informer that was asked for and waits until each has listed once.
     pub async fn start(&mut self, token: &CancellationToken) {
         let mut ready = Vec::new();
@@ -154,7 +203,7 @@ impl Informers {
                 }
             )*};
         }
-        start!(pods, replicasets, deployments);
+        start!(pods, replicasets, deployments, namespaces, serviceaccounts);
         for r in ready {
             tokio::select! {
                 _ = r => {}
@@ -201,8 +250,27 @@ async fn run_controllers(
     token: CancellationToken,
 ) {
     let recorder = Recorder::new(client.clone(), "controller-manager", Some(identity));
-    let mut informers = Informers::new(client);
+    let mut informers = Informers::new(client.clone());
     let mut tasks = Vec::new();
+    let needs_discovery = controllers
+        .iter()
+        .any(|c| matches!(*c, "garbagecollector" | "namespace"));
+    let resources = if needs_discovery {
+        loop {
+            match discovery::Resources::discover(client.clone()).await {
+                Ok(r) => break Some(Arc::new(r)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        _ = token.cancelled() => return,
+                    }
+                }
+            }
+        }
+    } else {
+        None
+    };
     let mut pending: Vec<Box<dyn FnOnce(CancellationToken) -> tokio::task::JoinHandle<()> + Send>> =
         Vec::new();
     for c in &controllers {
@@ -215,6 +283,26 @@ async fn run_controllers(
             "deployment" => {
                 let ctl = deployment::DeploymentController::new(&mut informers, recorder.clone());
                 let n = config.concurrent_deployment_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "namespace" => {
+                let Some(res) = resources.clone() else {
+                    continue;
+                };
+                let ctl = namespace::NamespaceController::new(&mut informers, res);
+                let n = config.concurrent_namespace_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "serviceaccount" => {
+                let ctl = serviceaccount::ServiceAccountController::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
+            }
+            "garbagecollector" => {
+                let Some(res) = resources.clone() else {
+                    continue;
+                };
+                let ctl = garbagecollector::GarbageCollector::new(client.clone(), res);
+                let n = config.concurrent_gc_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             _ => {}
@@ -241,8 +329,16 @@ mod tests {
     fn controllers_flag_as_upstream() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(enabled(&s(&["*"])).unwrap(), KNOWN_CONTROLLERS);
-        assert_eq!(enabled(&s(&["*", "-deployment"])).unwrap(), ["replicaset"]);
+        assert!(
+            !enabled(&s(&["*", "-deployment"]))
+                .unwrap()
+                .contains(&"deployment")
+        );
         assert_eq!(enabled(&s(&["deployment"])).unwrap(), ["deployment"]);
+        assert_eq!(
+            enabled(&s(&["garbage-collector-controller", "namespace"])).unwrap(),
+            ["garbagecollector", "namespace"]
+        );
         assert!(enabled(&s(&["nosuch"])).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! driven by kubectl. There are no nodes: the tests play the kubelet where a controller
 //! needs pods to become ready.
 
+mod cleanup;
 mod election;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]

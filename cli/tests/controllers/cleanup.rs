@@ -1,0 +1,159 @@
+//! Garbage collection in all three propagation modes, namespace deletion, default service
+//! accounts.
+
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, eventually};
+use crate::support::ControllerManager;
+
+fn names(c: &ApiCluster, args: &[&str]) -> Vec<String> {
+    c.ok(args).lines().map(str::to_string).collect()
+}
+
+fn deployment_with_pods(c: &ApiCluster, name: &str) {
+    c.ok(&[
+        "create",
+        "deployment",
+        name,
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    eventually(Duration::from_secs(30), "pods", || {
+        names(
+            c,
+            &["get", "pods", "-l", &format!("app={name}"), "-o", "name"],
+        )
+        .len()
+            == 2
+    });
+}
+
+#[test]
+fn cascading_deletion_background_foreground_and_orphan() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+
+    deployment_with_pods(&c, "bg");
+    c.ok(&["delete", "deployment", "bg"]);
+    eventually(
+        Duration::from_secs(30),
+        "background: dependents collected",
+        || names(&c, &["get", "rs,pods", "-l", "app=bg", "-o", "name"]).is_empty(),
+    );
+
+    deployment_with_pods(&c, "fg");
+    // kubectl waits for the object to go, which in the foreground is after its dependents.
+    c.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=60s",
+    ]);
+    assert!(names(&c, &["get", "rs,pods", "-l", "app=fg", "-o", "name"]).is_empty());
+
+    deployment_with_pods(&c, "orph");
+    c.ok(&[
+        "delete",
+        "deployment",
+        "orph",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    let rs = names(&c, &["get", "rs", "-l", "app=orph", "-o", "name"]);
+    assert_eq!(rs.len(), 1, "the ReplicaSet is orphaned, not deleted");
+    let owners = c.ok(&["get", &rs[0], "-o", "jsonpath={.metadata.ownerReferences}"]);
+    assert!(owners.is_empty(), "{owners}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        names(&c, &["get", "pods", "-l", "app=orph", "-o", "name"]).len(),
+        2
+    );
+
+    // An object created with an owner that does not exist is collected.
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dangling",
+        "ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"nobody","uid":"00000000-0000-0000-0000-000000000001"}]}}"#;
+    c.kubectl_stdin(&["apply", "-f", "-"], cm);
+    eventually(
+        Duration::from_secs(30),
+        "dangling dependent collected",
+        || {
+            !c.kubectl(&["get", "configmap", "dangling"])
+                .status
+                .success()
+        },
+    );
+}
+
+#[test]
+fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    c.ok(&["create", "namespace", "scratch"]);
+    eventually(Duration::from_secs(30), "default service account", || {
+        c.kubectl(&["get", "serviceaccount", "default", "-n", "scratch"])
+            .status
+            .success()
+    });
+    c.ok(&["delete", "serviceaccount", "default", "-n", "scratch"]);
+    eventually(
+        Duration::from_secs(30),
+        "default service account re-created",
+        || {
+            c.kubectl(&["get", "serviceaccount", "default", "-n", "scratch"])
+                .status
+                .success()
+        },
+    );
+    c.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "scratch",
+        "--from-literal=a=b",
+    ]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "-n",
+        "scratch",
+        "--from-literal=a=b",
+    ]);
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "scratch",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    eventually(Duration::from_secs(30), "pods", || {
+        names(&c, &["get", "pods", "-n", "scratch", "-o", "name"]).len() == 2
+    });
+    // kubectl waits until the namespace is gone.
+    c.ok(&["delete", "namespace", "scratch", "--timeout=60s"]);
+    let out = c.kubectl(&["get", "namespace", "scratch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+    // Creating into it again starts from nothing.
+    c.ok(&["create", "namespace", "scratch"]);
+    assert!(
+        names(
+            &c,
+            &[
+                "get",
+                "configmaps,secrets,deployments",
+                "-n",
+                "scratch",
+                "-o",
+                "name"
+            ]
+        )
+        .iter()
+        .all(|n| n.contains("kube-root-ca") || n.is_empty())
+    );
+}
