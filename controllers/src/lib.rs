@@ -4,6 +4,8 @@
 
 pub mod deployment;
 pub mod discovery;
+pub mod endpoint;
+pub mod endpointslice;
 pub mod garbagecollector;
 pub mod namespace;
 pub mod replicaset;
@@ -13,7 +15,8 @@ pub mod util;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
 use keelson_client::informer::Informer;
@@ -28,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 /// The controllers this binary has, by their upstream names.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
     "deployment",
+    "endpoint",
+    "endpointslice",
     "garbagecollector",
     "namespace",
     "replicaset",
@@ -70,6 +75,16 @@ pub struct Config {
     /// The number of namespace objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 10)]
     pub concurrent_namespace_syncs: usize,
+    /// The number of endpoint syncing operations that will be done concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_endpoint_syncs: usize,
+    /// The number of service endpoint (EndpointSlice) syncing operations that will be done
+    /// concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_service_endpoint_syncs: usize,
+    /// The maximum number of endpoints that will be added to an EndpointSlice.
+    #[arg(long, default_value_t = 100)]
+    pub max_endpoints_per_slice: usize,
     /// The number of garbage collector workers that are allowed to sync concurrently.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -130,6 +145,9 @@ pub struct Informers {
     deployments: Option<Informer<Deployment>>,
     namespaces: Option<Informer<Namespace>>,
     serviceaccounts: Option<Informer<ServiceAccount>>,
+    services: Option<Informer<Service>>,
+    endpoints: Option<Informer<Endpoints>>,
+    endpointslices: Option<Informer<EndpointSlice>>,
     started: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -155,6 +173,9 @@ impl Informers {
             deployments: None,
             namespaces: None,
             serviceaccounts: None,
+            services: None,
+            endpoints: None,
+            endpointslices: None,
             started: Vec::new(),
         }
     }
@@ -189,6 +210,21 @@ impl Informers {
         lazy(&mut self.serviceaccounts, &self.client)
     }
 
+    /// Services in all namespaces.
+    pub fn services(&mut self) -> &mut Informer<Service> {
+        lazy(&mut self.services, &self.client)
+    }
+
+    /// Endpoints in all namespaces.
+    pub fn endpoints(&mut self) -> &mut Informer<Endpoints> {
+        lazy(&mut self.endpoints, &self.client)
+    }
+
+    /// EndpointSlices in all namespaces.
+    pub fn endpointslices(&mut self) -> &mut Informer<EndpointSlice> {
+        lazy(&mut self.endpointslices, &self.client)
+    }
+
     /// Starts every informer that was asked for and waits until each has listed once.
     pub async fn start(&mut self, token: &CancellationToken) {
         let mut ready = Vec::new();
@@ -203,7 +239,16 @@ impl Informers {
                 }
             )*};
         }
-        start!(pods, replicasets, deployments, namespaces, serviceaccounts);
+        start!(
+            pods,
+            replicasets,
+            deployments,
+            namespaces,
+            serviceaccounts,
+            services,
+            endpoints,
+            endpointslices
+        );
         for r in ready {
             tokio::select! {
                 _ = r => {}
@@ -291,6 +336,19 @@ async fn run_controllers(
                 };
                 let ctl = namespace::NamespaceController::new(&mut informers, res);
                 let n = config.concurrent_namespace_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "endpoint" => {
+                let ctl = endpoint::EndpointsController::new(&mut informers);
+                let n = config.concurrent_endpoint_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "endpointslice" => {
+                let ctl = endpointslice::EndpointSliceController::new(
+                    &mut informers,
+                    config.max_endpoints_per_slice,
+                );
+                let n = config.concurrent_service_endpoint_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "serviceaccount" => {

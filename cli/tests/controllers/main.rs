@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod election;
+mod endpoints;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;

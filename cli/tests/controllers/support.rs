@@ -84,11 +84,12 @@ pub async fn client(kubeconfig: &Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// Plays the kubelet for pods in `ns`: every pod that is not ready yet becomes Running and
-/// Ready. Runs until the returned task is aborted.
+/// Plays the kubelet for pods in `ns`: every pod without a Ready condition becomes Running and
+/// Ready, with a pod IP. Runs until the returned task is aborted.
 pub fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
     let pods: Api<Pod> = Api::namespaced(client, ns);
     tokio::spawn(async move {
+        let mut next_ip = 1u32;
         loop {
             if let Ok(list) = pods.list(&ListParams::default()).await {
                 for p in list.items {
@@ -96,17 +97,19 @@ pub fn fake_kubelet(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
                         .status
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
+                        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready"));
                     if ready || p.metadata.deletion_timestamp.is_some() {
                         continue;
                     }
                     let now = k8s_openapi::jiff::Timestamp::now()
                         .strftime("%Y-%m-%dT%H:%M:%SZ")
                         .to_string();
+                    let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
+                    next_ip += 1;
                     let patch = json!({"status": {
                         "phase": "Running",
+                        "podIP": ip,
+                        "podIPs": [{"ip": ip}],
                         "startTime": now,
                         "conditions": [
                             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},

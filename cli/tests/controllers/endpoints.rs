@@ -1,0 +1,161 @@
+//! Endpoints and EndpointSlices follow pod readiness.
+
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, eventually};
+use crate::support::{ControllerManager, client, fake_kubelet};
+
+#[test]
+fn endpoints_and_slices_follow_pod_readiness() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(client(&c.kubeconfig()));
+    let kubelet = {
+        let _in_runtime = rt.enter();
+        fake_kubelet(client, "default")
+    };
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=3",
+        "--port=8080",
+    ]);
+    c.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let addresses = || {
+        c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={range .subsets[*].addresses[*]}{.ip} {end}",
+        ])
+        .split_whitespace()
+        .count()
+    };
+    let slice_ready = || {
+        c.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={range .items[*].endpoints[*]}{.conditions.ready} {end}",
+        ])
+    };
+    eventually(Duration::from_secs(30), "3 ready addresses", || {
+        addresses() == 3
+    });
+    eventually(
+        Duration::from_secs(30),
+        "3 ready endpoints in slices",
+        || {
+            slice_ready()
+                .split_whitespace()
+                .filter(|r| *r == "true")
+                .count()
+                == 3
+        },
+    );
+    let port = c.ok(&[
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(port, "8080");
+    let owner = c.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind}/{.items[0].ports[0].port}",
+    ]);
+    assert_eq!(owner, "Service/8080");
+
+    // One pod stops being ready: it moves to notReadyAddresses and ready=false.
+    let pod = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    c.ok(&[
+        "patch",
+        "pod",
+        &pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+    ]);
+    eventually(Duration::from_secs(30), "2 ready, 1 not ready", || {
+        let not_ready = c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={range .subsets[*].notReadyAddresses[*]}{.ip} {end}",
+        ]);
+        addresses() == 2 && not_ready.split_whitespace().count() == 1
+    });
+    eventually(
+        Duration::from_secs(30),
+        "slice shows the unready endpoint",
+        || {
+            let r = slice_ready();
+            r.split_whitespace().filter(|r| *r == "false").count() == 1
+                && r.split_whitespace().filter(|r| *r == "true").count() == 2
+        },
+    );
+
+    // No pods: empty Endpoints, one placeholder slice.
+    c.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    eventually(Duration::from_secs(30), "no addresses", || {
+        c.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets}"])
+            .is_empty()
+    });
+    eventually(Duration::from_secs(30), "placeholder slice", || {
+        let n = c.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "name",
+        ]);
+        n.lines().count() == 1 && slice_ready().is_empty()
+    });
+
+    // The Service goes: so do its Endpoints and slices.
+    c.ok(&["delete", "service", "web"]);
+    eventually(
+        Duration::from_secs(30),
+        "endpoints and slices removed",
+        || {
+            !c.kubectl(&["get", "endpoints", "web"]).status.success()
+                && c.ok(&[
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=web",
+                    "-o",
+                    "name",
+                ])
+                .is_empty()
+        },
+    );
+    kubelet.abort();
+}

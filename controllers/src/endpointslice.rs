@@ -1,0 +1,338 @@
+//! The EndpointSlice controller, as upstream's `pkg/controller/endpointslice`: for every
+//! Service with a selector, EndpointSlices (owned by the Service, labelled
+//! `kubernetes.io/service-name` and `endpointslice.kubernetes.io/managed-by`) holding the
+//! selected pods that have an IP, with `ready` / `serving` / `terminating` conditions, grouped by
+//! address type and resolved ports, at most `--max-endpoints-per-slice` (100) per slice.
+//!
+//! Reconciling keeps endpoints in the slice they are already in, fills slices that have room
+//! before creating new ones, and deletes slices left empty, so a change to one pod rewrites one
+//! slice. A Service that selects nothing keeps one empty placeholder slice, as upstream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use keelson_client::informer::Change;
+use keelson_client::queue::WorkQueue;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::Informers;
+use crate::endpoint::{
+    pod_ip, pod_ref, selected_pods, selector_of, services_selecting, target_port,
+};
+use crate::util::{
+    SyncResult, controller_ref, is_not_found, key_of, pod_ready, run_workers, split_key,
+};
+
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+const CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// (address type, ports as JSON) — the slices an endpoint may go in.
+type Group = (String, String);
+
+fn group_of(address_type: &str, ports: &[EndpointPort]) -> Group {
+    (
+        address_type.to_string(),
+        serde_json::to_string(ports).unwrap_or_default(),
+    )
+}
+
+/// The EndpointSlice controller.
+pub struct EndpointSliceController {
+    client: Client,
+    services: Store<Service>,
+    pods: Store<Pod>,
+    slices: Store<EndpointSlice>,
+    queue: WorkQueue<String>,
+    max_per_slice: usize,
+}
+
+fn slice_service_key(slice: &EndpointSlice) -> Option<String> {
+    let labels = slice.labels();
+    if labels.get(MANAGED_BY).map(String::as_str) != Some(CONTROLLER) {
+        return None;
+    }
+    Some(format!(
+        "{}/{}",
+        slice.namespace()?,
+        labels.get(SERVICE_NAME)?
+    ))
+}
+
+/// An endpoint's identity across syncs: the pod it points at.
+fn endpoint_key(e: &Endpoint) -> String {
+    e.target_ref
+        .as_ref()
+        .and_then(|r| r.uid.clone())
+        .unwrap_or_else(|| e.addresses.join(","))
+}
+
+impl EndpointSliceController {
+    /// Registers the controller's handlers on the shared informers.
+    pub fn new(informers: &mut Informers, max_per_slice: usize) -> Arc<Self> {
+        let queue = WorkQueue::new();
+        let services = informers.services().store();
+        let pods = informers.pods().store();
+        let slices = informers.endpointslices().store();
+        {
+            let q = queue.clone();
+            informers
+                .services()
+                .on_change(move |c| q.add(key_of(&c.object().metadata)));
+        }
+        {
+            let q = queue.clone();
+            let svcs = services.clone();
+            informers.pods().on_change(move |c| {
+                if let Change::Updated { old, .. } = &c {
+                    services_selecting(&svcs, old)
+                        .into_iter()
+                        .for_each(|k| q.add(k));
+                }
+                services_selecting(&svcs, c.object())
+                    .into_iter()
+                    .for_each(|k| q.add(k));
+            });
+        }
+        {
+            let q = queue.clone();
+            informers.endpointslices().on_change(move |c| {
+                if let Some(k) = slice_service_key(c.object()) {
+                    q.add(k);
+                }
+            });
+        }
+        Arc::new(Self {
+            client: informers.client(),
+            services,
+            pods,
+            slices,
+            queue,
+            max_per_slice: max_per_slice.max(1),
+        })
+    }
+
+    /// Runs `workers` sync workers until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
+        let me = self.clone();
+        run_workers(
+            "endpointslice",
+            self.queue.clone(),
+            workers,
+            token,
+            move |key| me.clone().sync(key),
+        )
+        .await;
+    }
+
+    async fn sync(self: Arc<Self>, key: String) -> SyncResult {
+        let (ns, name) = split_key(&key);
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let existing: Vec<EndpointSlice> = self
+            .slices
+            .state()
+            .iter()
+            .filter(|s| slice_service_key(s).as_deref() == Some(key.as_str()))
+            .map(|s| (**s).clone())
+            .collect();
+        let svc = self.services.get(&ObjectRef::new(name).within(ns));
+        let Some(svc) = svc.filter(|s| selector_of(s).is_some()) else {
+            // No Service, or no selector: the garbage collector (owner references) or we remove
+            // the slices this controller made.
+            for s in existing {
+                delete(&api, &s).await?;
+            }
+            return Ok(None);
+        };
+        let desired = self.desired(&svc);
+        let mut slices_by_group: HashMap<Group, Vec<EndpointSlice>> = HashMap::new();
+        let mut stale = Vec::new();
+        for s in existing {
+            let group = group_of(&s.address_type, s.ports.as_deref().unwrap_or_default());
+            if desired.contains_key(&group) || desired.is_empty() {
+                slices_by_group.entry(group).or_default().push(s);
+            } else {
+                stale.push(s);
+            }
+        }
+        let mut writes: Vec<(Option<EndpointSlice>, EndpointSlice)> = Vec::new();
+        if desired.is_empty() {
+            // Placeholder: one slice with no endpoints and no ports.
+            let mut all: Vec<EndpointSlice> = std::mem::take(&mut slices_by_group)
+                .into_values()
+                .flatten()
+                .collect();
+            let keep = all.pop();
+            stale.extend(all);
+            let mut placeholder = keep
+                .clone()
+                .unwrap_or_else(|| self.new_slice(&svc, "IPv4", Vec::new()));
+            placeholder.endpoints = Vec::new();
+            placeholder.ports = None;
+            writes.push((keep, placeholder));
+        }
+        for (group, (ports, mut wanted)) in desired {
+            let mut slices = slices_by_group.remove(&group).unwrap_or_default();
+            // Keep endpoints where they are.
+            let mut updated: Vec<(EndpointSlice, Vec<Endpoint>)> = slices
+                .drain(..)
+                .map(|s| {
+                    let kept: Vec<Endpoint> = s
+                        .endpoints
+                        .iter()
+                        .filter_map(|e| wanted.remove(&endpoint_key(e)))
+                        .collect();
+                    (s, kept)
+                })
+                .collect();
+            let mut rest: Vec<Endpoint> = wanted.into_values().collect();
+            rest.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+            // Fill slices with room, then create new ones.
+            for (_, eps) in updated.iter_mut() {
+                while eps.len() < self.max_per_slice
+                    && let Some(e) = rest.pop()
+                {
+                    eps.push(e);
+                }
+            }
+            for (old, eps) in updated {
+                if eps.is_empty() {
+                    stale.push(old);
+                    continue;
+                }
+                let mut new = old.clone();
+                new.endpoints = eps;
+                new.metadata.labels = Some(self.labels(&svc));
+                writes.push((Some(old), new));
+            }
+            for chunk in rest.chunks(self.max_per_slice) {
+                let mut s = self.new_slice(&svc, &group.0, chunk.to_vec());
+                s.ports = Some(ports.clone());
+                writes.push((None, s));
+            }
+        }
+        for (old, mut new) in writes {
+            new.endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+            match old {
+                Some(old) if old == new => {}
+                Some(old) => match api
+                    .replace(&old.name_any(), &PostParams::default(), &new)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    api.create(&PostParams::default(), &new).await?;
+                }
+            }
+        }
+        for s in stale {
+            delete(&api, &s).await?;
+        }
+        Ok(None)
+    }
+
+    fn labels(&self, svc: &Service) -> BTreeMap<String, String> {
+        let mut labels = svc.labels().clone();
+        labels.insert(SERVICE_NAME.into(), svc.name_any());
+        labels.insert(MANAGED_BY.into(), CONTROLLER.into());
+        if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+            labels.insert("service.kubernetes.io/headless".into(), String::new());
+        }
+        labels
+    }
+
+    fn new_slice(
+        &self,
+        svc: &Service,
+        address_type: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", svc.name_any())),
+                namespace: svc.namespace(),
+                labels: Some(self.labels(svc)),
+                owner_references: Some(vec![controller_ref(svc)]),
+                ..Default::default()
+            },
+            address_type: address_type.to_string(),
+            endpoints,
+            ports: None,
+        }
+    }
+
+    /// The endpoints the Service should have, by group, keyed by `endpoint_key`.
+    #[allow(clippy::type_complexity)]
+    fn desired(
+        &self,
+        svc: &Service,
+    ) -> HashMap<Group, (Vec<EndpointPort>, HashMap<String, Endpoint>)> {
+        let publish_not_ready = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.publish_not_ready_addresses)
+            .unwrap_or(false);
+        let svc_ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .unwrap_or_default();
+        let mut out: HashMap<Group, (Vec<EndpointPort>, HashMap<String, Endpoint>)> =
+            HashMap::new();
+        for pod in selected_pods(&self.pods, svc) {
+            let ip = pod_ip(&pod);
+            let address_type = if ip.contains(':') { "IPv6" } else { "IPv4" };
+            let ports: Vec<EndpointPort> = svc_ports
+                .iter()
+                .filter_map(|p| {
+                    target_port(&pod, p).map(|n| EndpointPort {
+                        name: Some(p.name.clone().unwrap_or_default()),
+                        port: Some(n),
+                        protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                        app_protocol: p.app_protocol.clone(),
+                    })
+                })
+                .collect();
+            let terminating = pod.metadata.deletion_timestamp.is_some();
+            let ready = pod_ready(&pod);
+            let ep = Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(publish_not_ready || (ready && !terminating)),
+                    serving: Some(publish_not_ready || ready),
+                    terminating: Some(terminating),
+                }),
+                hostname: pod
+                    .spec
+                    .as_ref()
+                    .filter(|s| s.subdomain.as_deref() == Some(svc.name_any().as_str()))
+                    .and_then(|s| s.hostname.clone()),
+                node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                target_ref: Some(pod_ref(&pod)),
+                ..Default::default()
+            };
+            out.entry(group_of(address_type, &ports))
+                .or_insert_with(|| (ports, HashMap::new()))
+                .1
+                .insert(endpoint_key(&ep), ep);
+        }
+        out
+    }
+}
+
+async fn delete(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), kube::Error> {
+    match api.delete(&s.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
