@@ -103,6 +103,9 @@ pub(crate) fn pod_ref(pod: &Pod) -> ObjectReference {
     }
 }
 
+/// Ready and not-ready addresses of one subset.
+type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
+
 /// The endpoints controller.
 pub struct EndpointsController {
     client: Client,
@@ -233,10 +236,7 @@ impl EndpointsController {
             .and_then(|s| s.ports.clone())
             .unwrap_or_default();
         // Pods grouped by the ports they resolve, as upstream's RepackSubsets.
-        let mut groups: BTreeMap<
-            Vec<(String, i32, String)>,
-            (Vec<EndpointAddress>, Vec<EndpointAddress>),
-        > = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<(String, i32, String)>, Addresses> = BTreeMap::new();
         for pod in selected_pods(&self.pods, svc) {
             if pod.metadata.deletion_timestamp.is_some() && !publish_not_ready {
                 continue;
