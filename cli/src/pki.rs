@@ -1,6 +1,7 @@
-//! The local cluster's PKI: a CA, the apiservers' serving certificate and the admin's client
-//! certificate (CN `kubernetes-admin`, O `system:masters`), written once under `<data>/pki` and
-//! reused by later runs.
+//! The local cluster's PKI: a CA, the apiservers' serving certificate and client certificates
+//! for the admin (CN `kubernetes-admin`, O `system:masters`) and each control-plane component
+//! (CN `system:kube-controller-manager`, `system:kube-scheduler`, as upstream), written once
+//! under `<data>/pki` and reused by later runs.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,10 @@ pub struct Pki {
     pub admin_cert: PathBuf,
     /// Its key.
     pub admin_key: PathBuf,
+    /// The controller-manager's client certificate and key.
+    pub controller_manager: (PathBuf, PathBuf),
+    /// The scheduler's client certificate and key.
+    pub scheduler: (PathBuf, PathBuf),
 }
 
 fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
@@ -45,6 +50,11 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
         apiserver_key: dir.join("apiserver.key"),
         admin_cert: dir.join("admin.crt"),
         admin_key: dir.join("admin.key"),
+        controller_manager: (
+            dir.join("controller-manager.crt"),
+            dir.join("controller-manager.key"),
+        ),
+        scheduler: (dir.join("scheduler.crt"), dir.join("scheduler.key")),
     };
     let ca_key_path = dir.join("ca.key");
     if [
@@ -54,6 +64,10 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
         &pki.apiserver_key,
         &pki.admin_cert,
         &pki.admin_key,
+        &pki.controller_manager.0,
+        &pki.controller_manager.1,
+        &pki.scheduler.0,
+        &pki.scheduler.1,
     ]
     .iter()
     .all(|p| p.exists())
@@ -97,29 +111,54 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
     std::fs::write(&pki.apiserver_cert, cert.pem())?;
     write_private(&pki.apiserver_key, &key.serialize_pem())?;
 
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kubernetes-admin");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "system:masters");
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(&pki.admin_cert, cert.pem())?;
-    write_private(&pki.admin_key, &key.serialize_pem())?;
+    let client = |(cert_path, key_path): (&PathBuf, &PathBuf), cn: &str, org: Option<&str>| {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(o) = org {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        let cert = params.signed_by(&key, &issuer)?;
+        std::fs::write(cert_path, cert.pem())?;
+        write_private(key_path, &key.serialize_pem())
+    };
+    client(
+        (&pki.admin_cert, &pki.admin_key),
+        "kubernetes-admin",
+        Some("system:masters"),
+    )?;
+    client(
+        (&pki.controller_manager.0, &pki.controller_manager.1),
+        "system:kube-controller-manager",
+        None,
+    )?;
+    client(
+        (&pki.scheduler.0, &pki.scheduler.1),
+        "system:kube-scheduler",
+        None,
+    )?;
     Ok(pki)
 }
 
 /// A kubeconfig for the admin user against `server`.
 pub fn admin_kubeconfig(pki: &Pki, server: &str) -> anyhow::Result<String> {
+    kubeconfig(pki, server, "admin", (&pki.admin_cert, &pki.admin_key))
+}
+
+/// A kubeconfig for `user` with the given client certificate and key against `server`.
+pub fn kubeconfig(
+    pki: &Pki,
+    server: &str,
+    user: &str,
+    (cert, key): (&Path, &Path),
+) -> anyhow::Result<String> {
     let abs = |p: &Path| -> anyhow::Result<String> {
         Ok(std::fs::canonicalize(p)?.display().to_string())
     };
     Ok(format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: admin\n    namespace: default\ncurrent-context: keelson\nusers:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: {user}\n    namespace: default\ncurrent-context: keelson\nusers:\n- name: {user}\n  user:\n    client-certificate: {}\n    client-key: {}\n",
         abs(&pki.ca)?,
-        abs(&pki.admin_cert)?,
-        abs(&pki.admin_key)?
+        abs(cert)?,
+        abs(key)?
     ))
 }

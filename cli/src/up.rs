@@ -28,6 +28,9 @@ pub struct Args {
     /// Number of apiservers.
     #[arg(long, default_value_t = 2)]
     pub apiservers: usize,
+    /// Number of controller-managers (one leads at a time, through a Lease).
+    #[arg(long, default_value_t = 2)]
+    pub controller_managers: usize,
     /// Port of the balancer in front of the apiservers (the kubeconfig's server).
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
@@ -44,6 +47,9 @@ struct Topology {
     stores: Vec<(u16, u16)>,
     /// Secure port per apiserver.
     apiservers: Vec<u16>,
+    /// Health/metrics port per controller-manager.
+    #[serde(default)]
+    controller_managers: Vec<u16>,
 }
 
 impl Topology {
@@ -51,6 +57,7 @@ impl Topology {
         dir: &std::path::Path,
         stores: usize,
         apiservers: usize,
+        controller_managers: usize,
     ) -> anyhow::Result<Topology> {
         let path = dir.join("topology.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -69,18 +76,26 @@ impl Topology {
             while t.apiservers.len() < apiservers {
                 t.apiservers.push(free_port()?);
             }
+            t.controller_managers.truncate(controller_managers);
+            while t.controller_managers.len() < controller_managers {
+                t.controller_managers.push(free_port()?);
+            }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
         }
         let mut t = Topology {
             stores: Vec::new(),
             apiservers: Vec::new(),
+            controller_managers: Vec::new(),
         };
         for _ in 0..stores {
             t.stores.push((free_port()?, free_port()?));
         }
         for _ in 0..apiservers {
             t.apiservers.push(free_port()?);
+        }
+        for _ in 0..controller_managers {
+            t.controller_managers.push(free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -130,7 +145,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         ),
     };
     let exe = std::env::current_exe().context("locating the keelson binary")?;
-    let topo = Topology::load_or_create(&args.data_dir, n, apis)?;
+    let cms = if args.single {
+        1
+    } else {
+        args.controller_managers
+    };
+    let topo = Topology::load_or_create(&args.data_dir, n, apis, cms)?;
     let ports = topo.stores.clone();
     let initial: Vec<String> = ports
         .iter()
@@ -178,6 +198,35 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ],
         ));
     }
+    // Components reach the apiservers directly, failing over between them.
+    let masters: Vec<String> = topo
+        .apiservers
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .collect();
+    let cm_kubeconfig = args.data_dir.join("controller-manager.kubeconfig");
+    std::fs::write(
+        &cm_kubeconfig,
+        crate::pki::kubeconfig(
+            &pki,
+            &masters[0],
+            "system:kube-controller-manager",
+            (&pki.controller_manager.0, &pki.controller_manager.1),
+        )?,
+    )
+    .with_context(|| format!("writing {}", cm_kubeconfig.display()))?;
+    for (i, port) in topo.controller_managers.iter().copied().enumerate() {
+        procs.push(Supervised::new(
+            format!("controller-manager {i}"),
+            vec![
+                "controller-manager".into(),
+                format!("--kubeconfig={}", cm_kubeconfig.display()),
+                format!("--master={}", masters.join(",")),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+            ],
+        ));
+    }
     for p in &mut procs {
         p.start(&exe)?;
     }
@@ -198,7 +247,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
     }
     println!(
-        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{} (controllers, schedulers and nodes are not built yet)",
+        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s) (schedulers and nodes are not built yet)",
         args.port
     );
     println!("  data:       {}", args.data_dir.display());

@@ -86,6 +86,59 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         .map(|(p, _)| *p)
         .collect();
     assert_eq!(apis.len(), 2, "{procs:?}");
+    assert_eq!(
+        procs
+            .iter()
+            .filter(|(_, c)| c.contains(" controller-manager "))
+            .count(),
+        2,
+        "{procs:?}"
+    );
+
+    // The controllers work: a Deployment gets its pods, and one controller-manager leads.
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx",
+            "--replicas=2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubectl(
+            &kc,
+            dir.path(),
+            &["get", "pods", "-l", "app=web", "-o", "name"],
+        );
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < pods_by, "deployment pods never appeared");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let holder = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-controller-manager",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&holder.stdout).is_empty());
 
     // Kill one apiserver: every request through the balancer still succeeds.
     nix::sys::signal::kill(
