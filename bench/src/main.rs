@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod controllers;
 mod store;
 
 use anyhow::{Context, bail};
@@ -41,6 +42,8 @@ enum Cmd {
     Api(ApiArgs),
     /// Store throughput and latency over the etcd v3 API, optionally against etcd too.
     Store(store::StoreArgs),
+    /// Controller-manager throughput: Deployments to running pods, then a rolling update.
+    Controllers(controllers::ControllersArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,7 +90,7 @@ fn pod(name: &str) -> Pod {
     .expect("a valid pod")
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     up: Child,
     kubeconfig: PathBuf,
@@ -103,7 +106,9 @@ impl Drop for Cluster {
     }
 }
 
-fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
+/// Starts `keelson up` with one apiserver and no controller-managers (benches that need one
+/// start it themselves, to measure it alone).
+pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -114,6 +119,8 @@ fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
             "up",
             "--apiservers",
             "1",
+            "--controller-managers",
+            "0",
             "--stores",
             &stores.to_string(),
             "--port",
@@ -146,6 +153,11 @@ fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
 
 /// PIDs of the `keelson apiserver` children of `parent`.
 fn apiserver_pids(parent: u32) -> Vec<u32> {
+    child_pids(parent, "apiserver")
+}
+
+/// PIDs of the `keelson <subcommand>` children of `parent`.
+pub(crate) fn child_pids(parent: u32, subcommand: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -157,14 +169,14 @@ fn apiserver_pids(parent: u32) -> Vec<u32> {
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|v| v.trim().parse::<u32>().ok());
         let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && cmd.split('\0').nth(1) == Some("apiserver") {
+        if ppid == Some(parent) && cmd.split('\0').nth(1) == Some(subcommand) {
             out.push(p);
         }
     }
     out
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
@@ -450,5 +462,6 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Api(a) => rt.block_on(api(a)),
         Cmd::Store(a) => rt.block_on(store::run(a)),
+        Cmd::Controllers(a) => rt.block_on(controllers::run(a)),
     }
 }

@@ -43,6 +43,66 @@ impl<'a, K> Change<'a, K> {
 
 type Handler<K> = Box<dyn Fn(Change<'_, K>) + Send + Sync>;
 
+/// Index key -> the objects under it.
+type Buckets<K> = HashMap<String, HashMap<ObjectRef<K>, Arc<K>>>;
+
+type IndexFn<K> = Box<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+
+/// A secondary index over an informer's cache (client-go's `Indexer`): objects by the keys a
+/// function gives them, e.g. pods by their controller's UID. Cheap to clone.
+pub struct Index<K: Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    map: Arc<parking_lot::RwLock<Buckets<K>>>,
+}
+
+impl<K: Resource + 'static> Clone for Index<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
+impl<K: Resource + 'static> Index<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// The objects indexed under `key`.
+    pub fn get(&self, key: &str) -> Vec<Arc<K>> {
+        self.map
+            .read()
+            .get(key)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remove(&self, keys: &[String], r: &ObjectRef<K>) {
+        let mut map = self.map.write();
+        for k in keys {
+            if let Some(m) = map.get_mut(k) {
+                m.remove(r);
+                if m.is_empty() {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+
+    fn insert(&self, keys: &[String], r: ObjectRef<K>, obj: Arc<K>) {
+        let mut map = self.map.write();
+        for k in keys {
+            map.entry(k.clone())
+                .or_default()
+                .insert(r.clone(), obj.clone());
+        }
+    }
+}
+
 /// A list-watch of one resource with a cache and change handlers. Register handlers, take
 /// [`Informer::store`] handles, then [`Informer::run`] it.
 pub struct Informer<K>
@@ -55,6 +115,7 @@ where
     store: Store<K>,
     writer: reflector::store::Writer<K>,
     handlers: Vec<Handler<K>>,
+    indexes: Vec<(IndexFn<K>, Index<K>)>,
 }
 
 impl<K> Informer<K>
@@ -70,6 +131,28 @@ where
             store,
             writer,
             handlers: Vec::new(),
+            indexes: Vec::new(),
+        }
+    }
+
+    /// Adds an index keyed by `f` (an object may have several keys, or none).
+    pub fn add_index(&mut self, f: impl Fn(&K) -> Vec<String> + Send + Sync + 'static) -> Index<K> {
+        let index = Index {
+            map: Arc::new(parking_lot::RwLock::new(HashMap::new())),
+        };
+        self.indexes.push((Box::new(f), index.clone()));
+        index
+    }
+
+    /// Keeps the indexes in step with one object's change (`new` None: deleted).
+    fn reindex(&self, old: Option<&K>, new: Option<Arc<K>>) {
+        for (f, index) in &self.indexes {
+            if let Some(o) = old {
+                index.remove(&f(o), &ObjectRef::from(o));
+            }
+            if let Some(n) = &new {
+                index.insert(&f(n), ObjectRef::from(n.as_ref()), n.clone());
+            }
         }
     }
 
@@ -108,8 +191,10 @@ where
             };
             match ev {
                 Ok(Event::Apply(obj)) => {
-                    let old = self.store.get(&ObjectRef::from(&obj));
+                    let key = ObjectRef::from(&obj);
+                    let old = self.store.get(&key);
                     self.writer.apply_watcher_event(&Event::Apply(obj.clone()));
+                    self.reindex(old.as_deref(), self.store.get(&key));
                     match old {
                         Some(old) => self.emit(Change::Updated {
                             old: &old,
@@ -121,6 +206,7 @@ where
                 Ok(Event::Delete(obj)) => {
                     let cached = self.store.get(&ObjectRef::from(&obj));
                     self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                    self.reindex(Some(cached.as_deref().unwrap_or(&obj)), None);
                     // A deletion that a relist discovered carries the cached object.
                     self.emit(Change::Deleted(cached.as_deref().unwrap_or(&obj)));
                 }
@@ -141,6 +227,14 @@ where
                         .map(|o| (ObjectRef::from(o.as_ref()), o))
                         .collect();
                     self.writer.apply_watcher_event(&Event::InitDone);
+                    if !self.indexes.is_empty() {
+                        for (_, index) in &self.indexes {
+                            index.map.write().clear();
+                        }
+                        for obj in self.store.state() {
+                            self.reindex(None, Some(obj));
+                        }
+                    }
                     let mut seen = std::collections::HashSet::new();
                     for obj in std::mem::take(&mut relisted) {
                         let key = ObjectRef::from(&obj);

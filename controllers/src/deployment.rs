@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use keelson_client::events::{EventType, Recorder};
-use keelson_client::informer::Change;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -35,6 +35,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
+use crate::util::orphans_key;
 use crate::util::{
     SyncResult, claim, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
     matches, object_ref, parse_selector, pod_terminal, run_workers, split_key,
@@ -60,8 +61,8 @@ const SKIP_ANNOTATIONS: &[&str] = &[
 pub struct DeploymentController {
     client: Client,
     deployments: Store<Deployment>,
-    sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    sets_by_controller: Index<ReplicaSet>,
+    pods_by_controller: Index<Pod>,
     queue: WorkQueue<String>,
     recorder: Recorder,
 }
@@ -83,7 +84,8 @@ impl DeploymentController {
         let queue = WorkQueue::new();
         let deployments = informers.deployments().store();
         let sets = informers.replicasets().store();
-        let pods = informers.pods().store();
+        let sets_by_controller = informers.replicasets_by_controller();
+        let pods_by_controller = informers.pods_by_controller();
         {
             let q = queue.clone();
             informers.deployments().on_change(move |c| {
@@ -141,8 +143,8 @@ impl DeploymentController {
         Arc::new(Self {
             client: informers.client(),
             deployments,
-            sets,
-            pods,
+            sets_by_controller,
+            pods_by_controller,
             queue,
             recorder,
         })
@@ -182,11 +184,12 @@ impl DeploymentController {
                 return Ok(None);
             }
         };
+        let uid = d.uid().unwrap_or_default();
         let candidates: Vec<Arc<ReplicaSet>> = self
-            .sets
-            .state()
+            .sets_by_controller
+            .get(&uid)
             .into_iter()
-            .filter(|rs| rs.namespace().as_deref() == Some(ns))
+            .chain(self.sets_by_controller.get(&orphans_key(ns)))
             .collect();
         let claimed = claim(&self.client, &d, &selector, candidates).await?;
         let mut sets: Vec<ReplicaSet> = claimed.iter().map(|r| (**r).clone()).collect();
@@ -338,12 +341,11 @@ impl DeploymentController {
                 .await;
         }
         // Wait until no pod of an old ReplicaSet is running.
-        let old_uids: Vec<String> = old.iter().filter_map(|r| r.uid()).collect();
-        let ns = d.namespace();
-        let running = self.pods.state().iter().any(|p| {
-            p.namespace() == ns
-                && controller_of(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid))
-                && !pod_terminal(p)
+        let running = old.iter().filter_map(|r| r.uid()).any(|uid| {
+            self.pods_by_controller
+                .get(&uid)
+                .iter()
+                .any(|p| !pod_terminal(p))
         });
         if running {
             return self

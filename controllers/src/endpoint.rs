@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use keelson_client::informer::Change;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -50,15 +50,13 @@ pub(crate) fn selector_of(svc: &Service) -> Option<&BTreeMap<String, String>> {
 }
 
 /// The pods a Service selects (that have an IP and are not finished).
-pub(crate) fn selected_pods(pods: &Store<Pod>, svc: &Service) -> Vec<Arc<Pod>> {
+pub(crate) fn selected_pods(pods: &Index<Pod>, svc: &Service) -> Vec<Arc<Pod>> {
     let Some(sel) = selector_of(svc) else {
         return Vec::new();
     };
-    let ns = svc.namespace();
     let mut out: Vec<Arc<Pod>> = pods
-        .state()
+        .get(&svc.namespace().unwrap_or_default())
         .into_iter()
-        .filter(|p| p.namespace() == ns)
         .filter(|p| sel.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
         .filter(|p| !pod_terminal(p) && !pod_ip(p).is_empty())
         .collect();
@@ -110,7 +108,7 @@ type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
 pub struct EndpointsController {
     client: Client,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     endpoints: Store<Endpoints>,
     queue: WorkQueue<String>,
 }
@@ -120,7 +118,7 @@ impl EndpointsController {
     pub fn new(informers: &mut Informers) -> Arc<Self> {
         let queue = WorkQueue::new();
         let services = informers.services().store();
-        let pods = informers.pods().store();
+        let pods = informers.pods_by_namespace();
         let endpoints = informers.endpoints().store();
         {
             let q = queue.clone();

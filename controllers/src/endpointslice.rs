@@ -14,7 +14,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use keelson_client::informer::Change;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -47,7 +47,7 @@ fn group_of(address_type: &str, ports: &[EndpointPort]) -> Group {
 pub struct EndpointSliceController {
     client: Client,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     slices: Store<EndpointSlice>,
     queue: WorkQueue<String>,
     max_per_slice: usize,
@@ -78,7 +78,7 @@ impl EndpointSliceController {
     pub fn new(informers: &mut Informers, max_per_slice: usize) -> Arc<Self> {
         let queue = WorkQueue::new();
         let services = informers.services().store();
-        let pods = informers.pods().store();
+        let pods = informers.pods_by_namespace();
         let slices = informers.endpointslices().store();
         {
             let q = queue.clone();

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAcco
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
-use keelson_client::informer::Informer;
+use keelson_client::informer::{Index, Informer};
 use keelson_client::leader::{LeaderElectionArgs, LeaderElector, default_identity};
 use keelson_client::{ClientArgs, connect};
 use kube::api::Api;
@@ -148,6 +148,9 @@ pub struct Informers {
     services: Option<Informer<Service>>,
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
+    pods_by_controller: Option<Index<Pod>>,
+    pods_by_namespace: Option<Index<Pod>>,
+    replicasets_by_controller: Option<Index<ReplicaSet>>,
     started: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -176,6 +179,9 @@ impl Informers {
             services: None,
             endpoints: None,
             endpointslices: None,
+            pods_by_controller: None,
+            pods_by_namespace: None,
+            replicasets_by_controller: None,
             started: Vec::new(),
         }
     }
@@ -223,6 +229,39 @@ impl Informers {
     /// EndpointSlices in all namespaces.
     pub fn endpointslices(&mut self) -> &mut Informer<EndpointSlice> {
         lazy(&mut self.endpointslices, &self.client)
+    }
+
+    /// Pods by controller UID (orphans under `orphan/<namespace>`).
+    pub fn pods_by_controller(&mut self) -> Index<Pod> {
+        if self.pods_by_controller.is_none() {
+            let index = self
+                .pods()
+                .add_index(|p| util::controller_index_keys(&p.metadata));
+            self.pods_by_controller = Some(index);
+        }
+        self.pods_by_controller.clone().expect("just set")
+    }
+
+    /// Pods by namespace.
+    pub fn pods_by_namespace(&mut self) -> Index<Pod> {
+        if self.pods_by_namespace.is_none() {
+            let index = self
+                .pods()
+                .add_index(|p| vec![p.metadata.namespace.clone().unwrap_or_default()]);
+            self.pods_by_namespace = Some(index);
+        }
+        self.pods_by_namespace.clone().expect("just set")
+    }
+
+    /// ReplicaSets by controller UID (orphans under `orphan/<namespace>`).
+    pub fn replicasets_by_controller(&mut self) -> Index<ReplicaSet> {
+        if self.replicasets_by_controller.is_none() {
+            let index = self
+                .replicasets()
+                .add_index(|r| util::controller_index_keys(&r.metadata));
+            self.replicasets_by_controller = Some(index);
+        }
+        self.replicasets_by_controller.clone().expect("just set")
     }
 
     /// Starts every informer that was asked for and waits until each has listed once.

@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStat
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_client::events::{EventType, Recorder};
-use keelson_client::informer::Change;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::Informers;
 use crate::util::{
     Expectations, SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of,
-    matches, object_ref, parse_selector, pod_active, pod_available, pod_ready, pod_ready_since,
-    run_workers, split_key,
+    matches, object_ref, orphans_key, parse_selector, pod_active, pod_available, pod_ready,
+    pod_ready_since, run_workers, split_key,
 };
 
 /// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
@@ -41,7 +41,7 @@ const BURST_REPLICAS: usize = 500;
 pub struct ReplicaSetController {
     client: Client,
     sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     queue: WorkQueue<String>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
@@ -78,7 +78,7 @@ impl ReplicaSetController {
         let queue = WorkQueue::new();
         let expectations = Arc::new(Expectations::default());
         let sets = informers.replicasets().store();
-        let pods = informers.pods().store();
+        let pods = informers.pods_by_controller();
         {
             let q = queue.clone();
             informers.replicasets().on_change(move |c| {
@@ -177,11 +177,14 @@ impl ReplicaSetController {
             }
         };
         let act = self.expectations.satisfied(&key);
+        // Owned pods and the namespace's orphans: what this ReplicaSet may keep or adopt.
+        let uid = rs.uid().unwrap_or_default();
         let candidates: Vec<Arc<Pod>> = self
             .pods
-            .state()
+            .get(&uid)
             .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns) && pod_active(p))
+            .chain(self.pods.get(&orphans_key(ns)))
+            .filter(|p| pod_active(p))
             .collect();
         let claimed = claim(&self.client, rs.as_ref(), &selector, candidates).await?;
         let mut failure = None;

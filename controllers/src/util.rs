@@ -40,6 +40,20 @@ pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
+/// Index keys for an object by its controller: the controller's UID, or `orphan/<namespace>`
+/// for objects without one (what a controller may adopt).
+pub fn controller_index_keys(meta: &ObjectMeta) -> Vec<String> {
+    match controller_of(meta) {
+        Some(r) => vec![r.uid.clone()],
+        None => vec![orphans_key(meta.namespace.as_deref().unwrap_or(""))],
+    }
+}
+
+/// The index key of the orphans in `namespace`.
+pub fn orphans_key(namespace: &str) -> String {
+    format!("orphan/{namespace}")
+}
+
 /// A controller reference to `owner` (controller and blockOwnerDeletion set, as upstream).
 pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
     OwnerReference {
