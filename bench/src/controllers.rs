@@ -31,7 +31,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
-use crate::{rss_mib, start_cluster};
+use crate::{child_pids, rss_mib, start_cluster};
 
 #[derive(clap::Args, Debug)]
 pub struct ControllersArgs {
@@ -183,6 +183,22 @@ struct Phase {
     pods_done: Duration,
     cpu_cores: f64,
     peak_rss: f64,
+    /// Cores used by the apiserver, the store members (together) and this process.
+    others: [f64; 3],
+}
+
+/// CPU seconds of the apiserver, the store members and this process.
+fn other_cpu(up: u32) -> [f64; 3] {
+    let sum = |pids: Vec<u32>| pids.into_iter().filter_map(cpu_seconds).sum::<f64>();
+    [
+        sum(child_pids(up, "apiserver")),
+        sum(child_pids(up, "store")),
+        cpu_seconds(std::process::id()).unwrap_or(0.0),
+    ]
+}
+
+fn cores(after: [f64; 3], before: [f64; 3], secs: f64) -> [f64; 3] {
+    [0, 1, 2].map(|i| (after[i] - before[i]) / secs)
 }
 
 /// Samples the controller-manager's RSS until `stop` is set; returns the peak.
@@ -280,6 +296,8 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicU64::new(0));
     let rss = rss_sampler(cm_pid, stop.clone());
     let cpu0 = cpu_seconds(cm_pid).unwrap_or(0.0);
+    let up_pid = cluster.up.id();
+    let others0 = other_cpu(up_pid);
     let t0 = Instant::now();
     futures::stream::iter(names.iter().cloned())
         .for_each_concurrent(args.clients, |name| {
@@ -313,6 +331,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
         pods_done,
         cpu_cores: cpu / elapsed.as_secs_f64(),
         peak_rss: rss.await.unwrap_or(0.0),
+        others: cores(other_cpu(up_pid), others0, elapsed.as_secs_f64()),
     });
 
     // Phase 2: rolling update of every Deployment.
@@ -320,6 +339,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     let rss = rss_sampler(cm_pid, stop.clone());
     let seen_before = seen.load(Ordering::Relaxed);
     let cpu0 = cpu_seconds(cm_pid).unwrap_or(0.0);
+    let others0 = other_cpu(up_pid);
     let t0 = Instant::now();
     futures::stream::iter(names.iter().cloned())
         .for_each_concurrent(args.clients, |name| {
@@ -371,6 +391,7 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
         pods_done,
         cpu_cores: cpu / elapsed.as_secs_f64(),
         peak_rss: rss.await.unwrap_or(0.0),
+        others: cores(other_cpu(up_pid), others0, elapsed.as_secs_f64()),
     });
 
     println!(
@@ -378,19 +399,24 @@ pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
         args.deployments, args.replicas, args.kube_api_qps, args.concurrent_syncs
     );
     println!(
-        "| phase | pods | all pods created | pods/s | all available | controller-manager CPU (cores) | peak RSS (MiB) |"
+        "| phase | pods | all pods created | pods/s | all available | controller-manager CPU (cores) | CM CPU per 500 pods/s | CM peak RSS (MiB) | apiserver / stores / bench-as-kubelet CPU (cores) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for p in &phases {
+        let rate = p.pods as f64 / p.pods_done.as_secs_f64();
         println!(
-            "| {} | {} | {:.1} s | {:.0} | {:.1} s | {:.2} | {:.0} |",
+            "| {} | {} | {:.1} s | {:.0} | {:.1} s | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} |",
             p.name,
             p.pods,
             p.pods_done.as_secs_f64(),
-            p.pods as f64 / p.pods_done.as_secs_f64(),
+            rate,
             p.elapsed.as_secs_f64(),
             p.cpu_cores,
-            p.peak_rss
+            p.cpu_cores * 500.0 / rate,
+            p.peak_rss,
+            p.others[0],
+            p.others[1],
+            p.others[2]
         );
     }
     drop(cm);

@@ -41,6 +41,12 @@ impl<'a, K> Change<'a, K> {
     }
 }
 
+/// Drops what no controller reads but every object carries: managedFields (as client-go's
+/// `TransformStripManagedFields`, which kube-controller-manager's informers use).
+fn trim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 type Handler<K> = Box<dyn Fn(Change<'_, K>) + Send + Sync>;
 
 /// Index key -> the objects under it.
@@ -190,17 +196,21 @@ where
                 _ = shutdown.cancelled() => return,
             };
             match ev {
-                Ok(Event::Apply(obj)) => {
+                Ok(Event::Apply(mut obj)) => {
+                    trim(&mut obj);
                     let key = ObjectRef::from(&obj);
                     let old = self.store.get(&key);
-                    self.writer.apply_watcher_event(&Event::Apply(obj.clone()));
-                    self.reindex(old.as_deref(), self.store.get(&key));
+                    self.writer.apply_watcher_event(&Event::Apply(obj));
+                    let Some(new) = self.store.get(&key) else {
+                        continue;
+                    };
+                    self.reindex(old.as_deref(), Some(new.clone()));
                     match old {
                         Some(old) => self.emit(Change::Updated {
                             old: &old,
-                            new: &obj,
+                            new: &new,
                         }),
-                        None => self.emit(Change::Added(&obj)),
+                        None => self.emit(Change::Added(&new)),
                     }
                 }
                 Ok(Event::Delete(obj)) => {
@@ -214,7 +224,8 @@ where
                     relisted.clear();
                     self.writer.apply_watcher_event(&Event::Init);
                 }
-                Ok(Event::InitApply(obj)) => {
+                Ok(Event::InitApply(mut obj)) => {
+                    trim(&mut obj);
                     self.writer
                         .apply_watcher_event(&Event::InitApply(obj.clone()));
                     relisted.push(obj);
