@@ -621,6 +621,54 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
         }
         _ => {}
     }
+    if res.kind == "Job" {
+        generate_job_selector(obj);
+    }
+}
+
+/// As upstream's Job strategy: unless `spec.manualSelector` is true, the pod template is labelled
+/// with the Job's UID and name and the selector is generated to match the UID.
+fn generate_job_selector(obj: &mut Value) {
+    if obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let uid = crate::object::meta_str(obj, "uid").to_string();
+    let name = crate::object::meta_str(obj, "name").to_string();
+    if uid.is_empty() {
+        return;
+    }
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if spec.get("selector").is_some_and(|s| !s.is_null()) {
+        return;
+    }
+    let mut labels = serde_json::Map::new();
+    labels.insert("batch.kubernetes.io/controller-uid".into(), json!(uid));
+    labels.insert("controller-uid".into(), json!(uid));
+    if !name.is_empty() {
+        labels.insert("batch.kubernetes.io/job-name".into(), json!(name));
+        labels.insert("job-name".into(), json!(name));
+    }
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let template = spec
+        .entry("template")
+        .or_insert_with(|| json!({}))
+        .as_object_mut();
+    if let Some(t) = template {
+        let meta = t.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            let l = m.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = l.as_object_mut() {
+                for (k, v) in labels {
+                    l.insert(k, v);
+                }
+            }
+        }
+    }
 }
 
 /// Prepares an update of the main resource: keeps the old status where status is split off,

@@ -2,11 +2,13 @@
 //! shared list-watch informers (one watch per resource for all controllers) through
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod discovery;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod replicaset;
 pub mod serviceaccount;
@@ -15,6 +17,7 @@ pub mod util;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
@@ -30,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The controllers this binary has, by their upstream names.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
+    "cronjob",
     "deployment",
     "endpoint",
     "endpointslice",
     "garbagecollector",
+    "job",
     "namespace",
     "replicaset",
     "serviceaccount",
@@ -85,6 +90,12 @@ pub struct Config {
     /// The maximum number of endpoints that will be added to an EndpointSlice.
     #[arg(long, default_value_t = 100)]
     pub max_endpoints_per_slice: usize,
+    /// The number of job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_job_syncs: usize,
+    /// The number of cron job objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_cron_job_syncs: usize,
     /// The number of garbage collector workers that are allowed to sync concurrently.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -148,6 +159,9 @@ pub struct Informers {
     services: Option<Informer<Service>>,
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
+    jobs: Option<Informer<Job>>,
+    cronjobs: Option<Informer<CronJob>>,
+    jobs_by_controller: Option<Index<Job>>,
     pods_by_controller: Option<Index<Pod>>,
     pods_by_namespace: Option<Index<Pod>>,
     replicasets_by_controller: Option<Index<ReplicaSet>>,
@@ -179,6 +193,9 @@ impl Informers {
             services: None,
             endpoints: None,
             endpointslices: None,
+            jobs: None,
+            cronjobs: None,
+            jobs_by_controller: None,
             pods_by_controller: None,
             pods_by_namespace: None,
             replicasets_by_controller: None,
@@ -229,6 +246,27 @@ impl Informers {
     /// EndpointSlices in all namespaces.
     pub fn endpointslices(&mut self) -> &mut Informer<EndpointSlice> {
         lazy(&mut self.endpointslices, &self.client)
+    }
+
+    /// Jobs in all namespaces.
+    pub fn jobs(&mut self) -> &mut Informer<Job> {
+        lazy(&mut self.jobs, &self.client)
+    }
+
+    /// CronJobs in all namespaces.
+    pub fn cronjobs(&mut self) -> &mut Informer<CronJob> {
+        lazy(&mut self.cronjobs, &self.client)
+    }
+
+    /// Jobs by controller UID.
+    pub fn jobs_by_controller(&mut self) -> Index<Job> {
+        if self.jobs_by_controller.is_none() {
+            let index = self
+                .jobs()
+                .add_index(|j| util::controller_index_keys(&j.metadata));
+            self.jobs_by_controller = Some(index);
+        }
+        self.jobs_by_controller.clone().expect("just set")
     }
 
     /// Pods by controller UID (orphans under `orphan/<namespace>`).
@@ -286,7 +324,9 @@ impl Informers {
             serviceaccounts,
             services,
             endpoints,
-            endpointslices
+            endpointslices,
+            jobs,
+            cronjobs
         );
         for r in ready {
             tokio::select! {
@@ -388,6 +428,16 @@ async fn run_controllers(
                     config.max_endpoints_per_slice,
                 );
                 let n = config.concurrent_service_endpoint_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "job" => {
+                let ctl = job::JobController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_job_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "cronjob" => {
+                let ctl = cronjob::CronJobController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_cron_job_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "serviceaccount" => {

@@ -1,0 +1,610 @@
+//! The Job controller, as upstream's `pkg/controller/job`: runs pods until `completions` of
+//! them succeed (or, without `completions`, until one succeeds and the rest finish), at most
+//! `parallelism` at a time.
+//!
+//! - Pods carry the `batch.kubernetes.io/job-tracking` finalizer; a finished pod is first
+//!   recorded in `status.uncountedTerminatedPods`, then its finalizer removed, then it is moved
+//!   into `succeeded`/`failed`, so no finished pod is counted twice or lost even if it is deleted
+//!   right away (upstream's tracking protocol).
+//! - `Indexed` completion mode: one pod per index (annotation and label
+//!   `batch.kubernetes.io/job-completion-index`), `status.completedIndexes` in upstream's
+//!   interval form (`1,3-5`).
+//! - Failure: more failed pods than `backoffLimit` (reason `BackoffLimitExceeded`), or running
+//!   longer than `activeDeadlineSeconds` (`DeadlineExceeded`): remaining pods are deleted and the
+//!   Job gets `FailureTarget` and `Failed`. Success: `SuccessCriteriaMet` and `Complete`,
+//!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keelson_client::events::{EventType, Recorder};
+use keelson_client::informer::{Change, Index};
+use keelson_client::queue::WorkQueue;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::Informers;
+use crate::replicaset::slow_start;
+use crate::util::{
+    Expectations, SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of,
+    object_ref, orphans_key, parse_selector, pod_ready, run_workers, split_key,
+};
+
+/// The finalizer that keeps a finished pod until the Job has counted it.
+pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
+/// The completion index of a pod of an Indexed Job.
+pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+
+/// The Job controller.
+pub struct JobController {
+    client: Client,
+    jobs: Store<Job>,
+    pods: Index<Pod>,
+    queue: WorkQueue<String>,
+    expectations: Arc<Expectations>,
+    recorder: Recorder,
+}
+
+fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
+    let r = controller_of(&pod.metadata)?;
+    if r.kind != "Job" {
+        return None;
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let job = jobs.get(&ObjectRef::new(&r.name).within(&ns))?;
+    (job.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+}
+
+fn pod_index(p: &Pod) -> Option<i32> {
+    p.annotations()
+        .get(INDEX_KEY)
+        .or_else(|| p.labels().get(INDEX_KEY))
+        .and_then(|v| v.parse().ok())
+}
+
+fn has_condition(s: &JobStatus, t: &str) -> bool {
+    s.conditions
+        .as_ref()
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == t && c.status == "True"))
+}
+
+fn set_condition(s: &mut JobStatus, t: &str, status: &str, reason: &str, message: &str) {
+    let now = Time(jiff::Timestamp::now());
+    let cs = s.conditions.get_or_insert_with(Vec::new);
+    if let Some(c) = cs.iter_mut().find(|c| c.type_ == t) {
+        if c.status != status {
+            c.last_transition_time = Some(now.clone());
+        }
+        c.status = status.to_string();
+        c.reason = Some(reason.to_string());
+        c.message = Some(message.to_string());
+        c.last_probe_time = Some(now);
+        return;
+    }
+    cs.push(JobCondition {
+        type_: t.to_string(),
+        status: status.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        last_probe_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    });
+}
+
+/// Upstream's interval form of a set of indexes: `0-2,5,7-8`.
+pub fn format_indexes(set: &BTreeSet<i32>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut iter = set.iter().copied().peekable();
+    while let Some(start) = iter.next() {
+        let mut end = start;
+        while iter.peek() == Some(&(end + 1)) {
+            end += 1;
+            iter.next();
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(",")
+}
+
+/// Parses the interval form back.
+pub fn parse_indexes(s: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(v) = part.parse() {
+                    out.insert(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl JobController {
+    /// Registers the controller's handlers on the shared informers.
+    pub fn new(informers: &mut Informers, recorder: Recorder) -> Arc<Self> {
+        let queue = WorkQueue::new();
+        let expectations = Arc::new(Expectations::default());
+        let jobs = informers.jobs().store();
+        let pods = informers.pods_by_controller();
+        {
+            let q = queue.clone();
+            informers
+                .jobs()
+                .on_change(move |c| q.add(key_of(&c.object().metadata)));
+        }
+        {
+            let q = queue.clone();
+            let exp = expectations.clone();
+            let jobs = jobs.clone();
+            informers.pods().on_change(move |c| {
+                let Some(k) = owner_key(&jobs, c.object()) else {
+                    return;
+                };
+                match &c {
+                    Change::Added(p) if !deleting(&p.metadata) => exp.creation_observed(&k),
+                    Change::Added(p) | Change::Deleted(p) => {
+                        exp.deletion_observed(&k, &key_of(&p.metadata))
+                    }
+                    Change::Updated { old, new } => {
+                        if deleting(&new.metadata) && !deleting(&old.metadata) {
+                            exp.deletion_observed(&k, &key_of(&new.metadata));
+                        }
+                    }
+                }
+                q.add(k);
+            });
+        }
+        Arc::new(Self {
+            client: informers.client(),
+            jobs,
+            pods,
+            queue,
+            expectations,
+            recorder,
+        })
+    }
+
+    /// Runs `workers` sync workers until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
+        let me = self.clone();
+        run_workers("job", self.queue.clone(), workers, token, move |key| {
+            me.clone().sync(key)
+        })
+        .await;
+    }
+
+    async fn sync(self: Arc<Self>, key: String) -> SyncResult {
+        let (ns, name) = split_key(&key);
+        let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
+            self.expectations.forget(&key);
+            return Ok(None);
+        };
+        let mut job = (*job).clone();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let spec = job.spec.clone().unwrap_or_default();
+        let selector = match parse_selector(spec.selector.as_ref()) {
+            Ok(s) => s,
+            Err(msg) => {
+                self.recorder
+                    .record(object_ref(&job), EventType::Warning, "InvalidSelector", msg);
+                return Ok(None);
+            }
+        };
+        let uid = job.uid().unwrap_or_default();
+        let candidates: Vec<Arc<Pod>> = self
+            .pods
+            .get(&uid)
+            .into_iter()
+            .chain(self.pods.get(&orphans_key(ns)))
+            .collect();
+        let pods = claim(&self.client, &job, &selector, candidates).await?;
+        let mut status = job.status.clone().unwrap_or_default();
+        let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
+
+        // 1. Count finished pods through uncountedTerminatedPods.
+        let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
+        let mut unc_ok: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
+        let mut unc_failed: Vec<String> = uncounted.failed.clone().unwrap_or_default();
+        let mut newly = false;
+        for p in &pods {
+            let tracked = p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
+            let pid = p.uid().unwrap_or_default();
+            if !tracked || unc_ok.contains(&pid) || unc_failed.contains(&pid) {
+                continue;
+            }
+            // A pod deleted before it finished counts as failed, as upstream — unless the Job
+            // itself removed it (finished or suspended): then it is only released.
+            match phase(p) {
+                "Succeeded" => unc_ok.push(pid),
+                "Failed" => unc_failed.push(pid),
+                _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
+                    remove_tracking_finalizer(&pod_api, p).await?;
+                    continue;
+                }
+                _ if deleting(&p.metadata) => unc_failed.push(pid),
+                _ => continue,
+            }
+            newly = true;
+        }
+        if newly {
+            uncounted.succeeded = Some(unc_ok.clone());
+            uncounted.failed = Some(unc_failed.clone());
+            status.uncounted_terminated_pods = Some(uncounted.clone());
+            job = self.write_status(&api, &job, status.clone()).await?;
+        }
+        let recorded: HashSet<&String> = unc_ok.iter().chain(unc_failed.iter()).collect();
+        for p in pods
+            .iter()
+            .filter(|p| recorded.contains(&p.uid().unwrap_or_default()))
+        {
+            remove_tracking_finalizer(&pod_api, p).await?;
+        }
+        if !unc_ok.is_empty() || !unc_failed.is_empty() {
+            let mut indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+            for p in pods
+                .iter()
+                .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
+            {
+                if let Some(i) = pod_index(p) {
+                    indexes.insert(i);
+                }
+            }
+            status.succeeded = Some(status.succeeded.unwrap_or(0) + unc_ok.len() as i32);
+            status.failed = Some(status.failed.unwrap_or(0) + unc_failed.len() as i32);
+            if spec.completion_mode.as_deref() == Some("Indexed") {
+                status.completed_indexes = Some(format_indexes(&indexes));
+            }
+            status.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+        }
+
+        let active: Vec<&Arc<Pod>> = pods
+            .iter()
+            .filter(|p| {
+                matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
+            })
+            .collect();
+        let succeeded = status.succeeded.unwrap_or(0);
+        let failed = status.failed.unwrap_or(0);
+        let suspended = spec.suspend.unwrap_or(false);
+        let now = jiff::Timestamp::now();
+        let mut requeue = None;
+        if !finished {
+            let completions = spec.completions;
+            let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+            let done_indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+            let complete = match completions {
+                Some(c) if indexed => done_indexes.len() as i32 >= c,
+                Some(c) => succeeded >= c,
+                None => succeeded > 0 && active.is_empty(),
+            };
+            let backoff_limit = spec.backoff_limit.unwrap_or(6);
+            let deadline_passed = spec.active_deadline_seconds.is_some_and(|d| {
+                status.start_time.as_ref().is_some_and(|t| {
+                    t.0.checked_add(jiff::SignedDuration::from_secs(d))
+                        .is_ok_and(|end| end <= now)
+                })
+            });
+            let failure = if failed > backoff_limit {
+                Some((
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                ))
+            } else if deadline_passed && !suspended {
+                Some((
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ))
+            } else {
+                None
+            };
+            if complete || failure.is_some() || suspended {
+                self.delete_pods(&job, &key, &pod_api, &active).await?;
+            }
+            if complete {
+                set_condition(
+                    &mut status,
+                    "SuccessCriteriaMet",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
+                set_condition(
+                    &mut status,
+                    "Complete",
+                    "True",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                );
+                status.completion_time = Some(Time(now));
+                self.recorder.record(
+                    object_ref(&job),
+                    EventType::Normal,
+                    "Completed",
+                    "Job completed".into(),
+                );
+            } else if let Some((reason, message)) = failure {
+                set_condition(&mut status, "FailureTarget", "True", reason, message);
+                set_condition(&mut status, "Failed", "True", reason, message);
+                self.recorder
+                    .record(object_ref(&job), EventType::Warning, reason, message.into());
+            } else if suspended {
+                if !has_condition(&status, "Suspended") {
+                    set_condition(
+                        &mut status,
+                        "Suspended",
+                        "True",
+                        "JobSuspended",
+                        "Job suspended",
+                    );
+                    self.recorder.record(
+                        object_ref(&job),
+                        EventType::Normal,
+                        "Suspended",
+                        "Job suspended".into(),
+                    );
+                }
+            } else {
+                if has_condition(&status, "Suspended") {
+                    set_condition(
+                        &mut status,
+                        "Suspended",
+                        "False",
+                        "JobResumed",
+                        "Job resumed",
+                    );
+                    status.start_time = None;
+                }
+                if status.start_time.is_none() {
+                    status.start_time = Some(Time(now));
+                }
+                if self.expectations.satisfied(&key)
+                    && !deleting(&job.metadata)
+                    && let Err(e) = self
+                        .create_pods(&job, &key, &pod_api, &active, succeeded, &done_indexes)
+                        .await
+                {
+                    self.write_status(&api, &job, self.finish_status(&job, status, &pods))
+                        .await?;
+                    return Err(e);
+                }
+                if let Some(d) = spec.active_deadline_seconds {
+                    requeue = Some(Duration::from_secs(d.max(1) as u64));
+                }
+            }
+        }
+        let status = self.finish_status(&job, status, &pods);
+        self.write_status(&api, &job, status).await?;
+        Ok(requeue)
+    }
+
+    /// Active/ready counts on top of the computed status.
+    fn finish_status(&self, job: &Job, mut status: JobStatus, pods: &[Arc<Pod>]) -> JobStatus {
+        let active: Vec<&Arc<Pod>> = pods
+            .iter()
+            .filter(|p| {
+                matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
+            })
+            .collect();
+        let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
+        status.active = (!finished && !active.is_empty()).then_some(active.len() as i32);
+        status.ready = Some(active.iter().filter(|p| pod_ready(p)).count() as i32);
+        if status.succeeded == Some(0) {
+            status.succeeded = None;
+        }
+        if status.failed == Some(0) {
+            status.failed = None;
+        }
+        let _ = job;
+        status
+    }
+
+    async fn write_status(
+        &self,
+        api: &Api<Job>,
+        job: &Job,
+        status: JobStatus,
+    ) -> Result<Job, kube::Error> {
+        if job.status.as_ref() == Some(&status) {
+            return Ok(job.clone());
+        }
+        let mut updated = job.clone();
+        updated.status = Some(status);
+        api.replace_status(&job.name_any(), &PostParams::default(), &updated)
+            .await
+    }
+
+    async fn delete_pods(
+        &self,
+        job: &Job,
+        key: &str,
+        api: &Api<Pod>,
+        pods: &[&Arc<Pod>],
+    ) -> Result<(), kube::Error> {
+        if pods.is_empty() {
+            return Ok(());
+        }
+        self.expectations
+            .expect_deletions(key, pods.iter().map(|p| key_of(&p.metadata)));
+        for p in pods {
+            match api.delete(&p.name_any(), &DeleteParams::background()).await {
+                Ok(_) => self.recorder.record(
+                    object_ref(job),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {}", p.name_any()),
+                ),
+                Err(e) if is_not_found(&e) => self
+                    .expectations
+                    .deletion_observed(key, &key_of(&p.metadata)),
+                Err(e) => {
+                    self.expectations
+                        .deletion_observed(key, &key_of(&p.metadata));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_pods(
+        &self,
+        job: &Job,
+        key: &str,
+        api: &Api<Pod>,
+        active: &[&Arc<Pod>],
+        succeeded: i32,
+        done_indexes: &BTreeSet<i32>,
+    ) -> Result<(), kube::Error> {
+        let spec = job.spec.clone().unwrap_or_default();
+        let parallelism = spec.parallelism.unwrap_or(1).max(0);
+        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        // Which pods to create: indexes for an Indexed Job, a count otherwise.
+        let to_create: Vec<Option<i32>> = if indexed {
+            let completions = spec.completions.unwrap_or(1);
+            let running: HashSet<i32> = active.iter().filter_map(|p| pod_index(p)).collect();
+            let room = (parallelism as usize).saturating_sub(active.len());
+            (0..completions)
+                .filter(|i| !done_indexes.contains(i) && !running.contains(i))
+                .take(room)
+                .map(Some)
+                .collect()
+        } else {
+            let want = match spec.completions {
+                Some(c) => (c - succeeded).min(parallelism),
+                // Work queue: keep parallelism running until one succeeds.
+                None if succeeded > 0 => 0,
+                None => parallelism,
+            };
+            let n = (want - active.len() as i32).max(0) as usize;
+            vec![None; n]
+        };
+        if to_create.is_empty() {
+            return Ok(());
+        }
+        self.expectations.expect_creations(key, to_create.len());
+        let template = spec.template.clone();
+        let (created, err) = slow_start(to_create.len(), |i| {
+            let api = api.clone();
+            let mut pod = Pod {
+                metadata: template.metadata.clone().unwrap_or_default(),
+                spec: template.spec.clone(),
+                status: None,
+            };
+            pod.metadata.name = None;
+            pod.metadata.namespace = job.namespace();
+            pod.metadata.owner_references = Some(vec![controller_ref(job)]);
+            pod.metadata
+                .finalizers
+                .get_or_insert_with(Vec::new)
+                .push(TRACKING_FINALIZER.into());
+            match to_create[i] {
+                Some(index) => {
+                    pod.metadata.generate_name = Some(format!("{}-{index}-", job.name_any()));
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(INDEX_KEY.into(), index.to_string());
+                    pod.metadata
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert(INDEX_KEY.into(), index.to_string());
+                    if let Some(s) = pod.spec.as_mut()
+                        && s.subdomain.is_some()
+                    {
+                        s.hostname = Some(format!("{}-{index}", job.name_any()));
+                    }
+                }
+                None => pod.metadata.generate_name = Some(format!("{}-", job.name_any())),
+            }
+            async move { api.create(&PostParams::default(), &pod).await }
+        })
+        .await;
+        for p in &created {
+            self.recorder.record(
+                object_ref(job),
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created pod: {}", p.name_any()),
+            );
+        }
+        if let Some(e) = err {
+            self.expectations
+                .creations_skipped(key, to_create.len() - created.len());
+            self.recorder.record(
+                object_ref(job),
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating: {e}"),
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let rest: Vec<&String> = pod
+        .finalizers()
+        .iter()
+        .filter(|f| *f != TRACKING_FINALIZER)
+        .collect();
+    if rest.len() == pod.finalizers().len() {
+        return Ok(());
+    }
+    let patch = json!({"metadata": {
+        "finalizers": if rest.is_empty() { serde_json::Value::Null } else { json!(rest) },
+        "resourceVersion": pod.resource_version(),
+    }});
+    match api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_round_trip_in_interval_form() {
+        let set: BTreeSet<i32> = [0, 1, 2, 5, 7, 8].into();
+        assert_eq!(format_indexes(&set), "0-2,5,7-8");
+        assert_eq!(parse_indexes("0-2,5,7-8"), set);
+        assert_eq!(format_indexes(&BTreeSet::new()), "");
+        assert!(parse_indexes("").is_empty());
+    }
+}
