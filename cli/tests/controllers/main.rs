@@ -2,6 +2,7 @@
 //! driven by kubectl. There are no nodes: the tests play the kubelet where a controller
 //! needs pods to become ready.
 
+mod batch;
 mod cleanup;
 mod election;
 mod endpoints;
