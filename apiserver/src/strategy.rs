@@ -608,6 +608,7 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
         "Pod" => {
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
+            default_toleration_seconds(obj);
         }
         "Service" => obj["status"] = json!({"loadBalancer": {}}),
         "Deployment"
@@ -623,6 +624,34 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
     }
     if res.kind == "Job" {
         generate_job_selector(obj);
+    }
+}
+
+/// As upstream's DefaultTolerationSeconds admission plugin: a pod that does not tolerate the
+/// `not-ready` / `unreachable` NoExecute taints gets tolerations for them of 300 s, so it is
+/// evicted five minutes after its node fails rather than at once.
+fn default_toleration_seconds(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let tkey = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (tkey == key || (tkey.is_empty() && exists))
+        });
+        if !covered {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
     }
 }
 

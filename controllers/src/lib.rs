@@ -10,15 +10,20 @@ pub mod endpointslice;
 pub mod garbagecollector;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod ttlafterfinished;
 pub mod util;
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
@@ -40,8 +45,12 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     "garbagecollector",
     "job",
     "namespace",
+    "nodeipam",
+    "nodelifecycle",
+    "podgc",
     "replicaset",
     "serviceaccount",
+    "ttl-after-finished",
 ];
 
 /// A controller's name as `--controllers` may spell it: the classic name, or the newer
@@ -50,6 +59,9 @@ fn canonical(name: &str) -> String {
     let n = name.strip_suffix("-controller").unwrap_or(name);
     match n {
         "garbage-collector" => "garbagecollector".into(),
+        "node-lifecycle" => "nodelifecycle".into(),
+        "node-ipam" => "nodeipam".into(),
+        "pod-garbage-collector" => "podgc".into(),
         "endpoints" => "endpoint".into(),
         n => n.into(),
     }
@@ -96,6 +108,35 @@ pub struct Config {
     /// The number of cron job objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_cron_job_syncs: usize,
+    /// The number of TTL-after-finished controller workers that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_ttl_after_finished_syncs: usize,
+    /// The period for syncing NodeStatus in the node lifecycle controller.
+    #[arg(long, default_value = "5s", value_parser = keelson_client::duration::parse_go_duration)]
+    pub node_monitor_period: std::time::Duration,
+    /// Amount of time which we allow running Node to be unresponsive before marking it
+    /// unhealthy.
+    #[arg(long, default_value = "40s", value_parser = keelson_client::duration::parse_go_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Amount of time which we allow starting Node to be unresponsive before marking it
+    /// unhealthy.
+    #[arg(long, default_value = "1m", value_parser = keelson_client::duration::parse_go_duration)]
+    pub node_startup_grace_period: std::time::Duration,
+    /// Should CIDRs for Pods be allocated and set on the cloud provider.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    pub allocate_node_cidrs: bool,
+    /// CIDR Range for Pods in cluster (with --allocate-node-cidrs).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// Mask size for node cidr in cluster.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Number of terminated pods that can exist before the terminated pod garbage collector
+    /// starts deleting terminated pods. If <= 0, the terminated pod garbage collector is
+    /// disabled.
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: i64,
     /// The number of garbage collector workers that are allowed to sync concurrently.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -159,6 +200,9 @@ pub struct Informers {
     services: Option<Informer<Service>>,
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
+    nodes: Option<Informer<Node>>,
+    node_leases: Option<Informer<Lease>>,
+    pods_by_node: Option<Index<Pod>>,
     jobs: Option<Informer<Job>>,
     cronjobs: Option<Informer<CronJob>>,
     jobs_by_controller: Option<Index<Job>>,
@@ -193,6 +237,9 @@ impl Informers {
             services: None,
             endpoints: None,
             endpointslices: None,
+            nodes: None,
+            node_leases: None,
+            pods_by_node: None,
             jobs: None,
             cronjobs: None,
             jobs_by_controller: None,
@@ -246,6 +293,37 @@ impl Informers {
     /// EndpointSlices in all namespaces.
     pub fn endpointslices(&mut self) -> &mut Informer<EndpointSlice> {
         lazy(&mut self.endpointslices, &self.client)
+    }
+
+    /// Nodes.
+    pub fn nodes(&mut self) -> &mut Informer<Node> {
+        lazy(&mut self.nodes, &self.client)
+    }
+
+    /// Node Leases (in `kube-node-lease`).
+    pub fn node_leases(&mut self) -> &mut Informer<Lease> {
+        let client = &self.client;
+        self.node_leases.get_or_insert_with(|| {
+            Informer::new(
+                Api::namespaced(client.clone(), "kube-node-lease"),
+                watcher::Config::default().page_size(500),
+            )
+        })
+    }
+
+    /// Pods by the node they are bound to.
+    pub fn pods_by_node(&mut self) -> Index<Pod> {
+        if self.pods_by_node.is_none() {
+            let index = self.pods().add_index(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .into_iter()
+                    .collect()
+            });
+            self.pods_by_node = Some(index);
+        }
+        self.pods_by_node.clone().expect("just set")
     }
 
     /// Jobs in all namespaces.
@@ -326,7 +404,9 @@ impl Informers {
             endpoints,
             endpointslices,
             jobs,
-            cronjobs
+            cronjobs,
+            nodes,
+            node_leases
         );
         for r in ready {
             tokio::select! {
@@ -340,6 +420,10 @@ impl Informers {
 /// Runs the controller-manager until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let controllers = enabled(&config.controllers).map_err(Error::Config)?;
+    if config.allocate_node_cidrs {
+        nodeipam::Cidrs::new(&config.cluster_cidr, config.node_cidr_mask_size)
+            .map_err(Error::Config)?;
+    }
     let client = connect(&config.client).await?;
     let health = Arc::new(Health::new());
     let identity = default_identity();
@@ -438,6 +522,41 @@ async fn run_controllers(
             "cronjob" => {
                 let ctl = cronjob::CronJobController::new(&mut informers, recorder.clone());
                 let n = config.concurrent_cron_job_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "nodelifecycle" => {
+                let timing = nodelifecycle::Timing {
+                    monitor_period: config.node_monitor_period,
+                    grace_period: config.node_monitor_grace_period,
+                    startup_grace_period: config.node_startup_grace_period,
+                };
+                let ctl = nodelifecycle::NodeLifecycleController::new(
+                    &mut informers,
+                    recorder.clone(),
+                    timing,
+                );
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(2, t))));
+            }
+            "nodeipam" if config.allocate_node_cidrs => {
+                let cidrs =
+                    match nodeipam::Cidrs::new(&config.cluster_cidr, config.node_cidr_mask_size) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = %e, "node IPAM disabled");
+                            continue;
+                        }
+                    };
+                let ctl = nodeipam::NodeIpam::new(&mut informers, recorder.clone(), cidrs);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
+            }
+            "podgc" => {
+                let threshold = config.terminated_pod_gc_threshold.max(0) as usize;
+                let ctl = podgc::PodGc::new(&mut informers, threshold);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(t))));
+            }
+            "ttl-after-finished" => {
+                let ctl = ttlafterfinished::TtlAfterFinished::new(&mut informers);
+                let n = config.concurrent_ttl_after_finished_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "serviceaccount" => {

@@ -9,5 +9,6 @@ mod endpoints;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
+mod nodes;
 mod support;
 mod workloads;
