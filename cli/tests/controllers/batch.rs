@@ -64,7 +64,7 @@ fn jobs_complete_fail_and_index() {
         &["apply", "-f", "-"],
         &job("work", r#""completions":3,"parallelism":2,"#),
     );
-    eventually(Duration::from_secs(30), "two active pods", || {
+    eventually(Duration::from_secs(60), "two active pods", || {
         jsonpath(&c, "job/work", "{.status.active}") == "2"
     });
     let selector = jsonpath(&c, "job/work", "{.spec.selector.matchLabels}");
@@ -125,7 +125,7 @@ fn jobs_complete_fail_and_index() {
             r#""completions":3,"parallelism":3,"completionMode":"Indexed","#,
         ),
     );
-    eventually(Duration::from_secs(30), "three indexed pods", || {
+    eventually(Duration::from_secs(60), "three indexed pods", || {
         let idx = c.ok(&[
             "get",
             "pods",
@@ -182,7 +182,7 @@ fn cronjob_creates_a_job_each_minute() {
         "jsonpath={.metadata.ownerReferences[0].kind}",
     ]);
     assert_eq!(owner, "CronJob");
-    eventually(Duration::from_secs(30), "status tracks the run", || {
+    eventually(Duration::from_secs(60), "status tracks the run", || {
         jsonpath(&c, "cronjob/tick", "{.status.active[0].name}") == job
             && !jsonpath(&c, "cronjob/tick", "{.status.lastScheduleTime}").is_empty()
     });
@@ -196,7 +196,7 @@ fn cronjob_creates_a_job_each_minute() {
     ]);
     // kubectl validates client-side too; if it got through, the controller reports it.
     if bad.status.success() {
-        eventually(Duration::from_secs(30), "UnparseableSchedule event", || {
+        eventually(Duration::from_secs(60), "UnparseableSchedule event", || {
             c.ok(&[
                 "get",
                 "events",

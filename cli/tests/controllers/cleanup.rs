@@ -18,7 +18,7 @@ fn deployment_with_pods(c: &ApiCluster, name: &str) {
         "--image=nginx",
         "--replicas=2",
     ]);
-    eventually(Duration::from_secs(30), "pods", || {
+    eventually(Duration::from_secs(60), "pods", || {
         names(
             c,
             &["get", "pods", "-l", &format!("app={name}"), "-o", "name"],
@@ -90,7 +90,7 @@ fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
     c.ok(&["create", "namespace", "scratch"]);
-    eventually(Duration::from_secs(30), "default service account", || {
+    eventually(Duration::from_secs(60), "default service account", || {
         c.kubectl(&["get", "serviceaccount", "default", "-n", "scratch"])
             .status
             .success()
@@ -131,7 +131,7 @@ fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
         "--image=nginx",
         "--replicas=2",
     ]);
-    eventually(Duration::from_secs(30), "pods", || {
+    eventually(Duration::from_secs(60), "pods", || {
         names(&c, &["get", "pods", "-n", "scratch", "-o", "name"]).len() == 2
     });
     // kubectl waits until the namespace is gone.

@@ -53,7 +53,7 @@ fn leader_election_hands_over_without_duplicate_pods() {
         ControllerManager::start(&c, "cm0", FAST),
         ControllerManager::start(&c, "cm1", FAST),
     ];
-    eventually(Duration::from_secs(30), "a leader", || {
+    eventually(Duration::from_secs(60), "a leader", || {
         c.kubectl(&[
             "get",
             "lease",
@@ -95,13 +95,13 @@ fn leader_election_hands_over_without_duplicate_pods() {
         "spec":{"replicas":5,"selector":{"matchLabels":{"app":"ha"}},
         "template":{"metadata":{"labels":{"app":"ha"}},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
     c.kubectl_stdin(&["apply", "-f", "-"], rs);
-    eventually(Duration::from_secs(30), "5 pods", || pod_count(&c) == 5);
+    eventually(Duration::from_secs(60), "5 pods", || pod_count(&c) == 5);
 
     // kill -9 the leader and ask for more pods at once: only the successor may create them.
     cms[leader].kill();
     let killed = Instant::now();
     c.ok(&["scale", "rs", "ha", "--replicas=8"]);
-    eventually(Duration::from_secs(30), "8 pods after the handover", || {
+    eventually(Duration::from_secs(60), "8 pods after the handover", || {
         pod_count(&c) == 8
     });
     let took = killed.elapsed();

@@ -51,7 +51,7 @@ fn endpoints_and_slices_follow_pod_readiness() {
             "jsonpath={range .items[*].endpoints[*]}{.conditions.ready} {end}",
         ])
     };
-    eventually(Duration::from_secs(30), "3 ready addresses", || {
+    eventually(Duration::from_secs(60), "3 ready addresses", || {
         addresses() == 3
     });
     eventually(
@@ -101,7 +101,7 @@ fn endpoints_and_slices_follow_pod_readiness() {
         "-p",
         r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
     ]);
-    eventually(Duration::from_secs(30), "2 ready, 1 not ready", || {
+    eventually(Duration::from_secs(60), "2 ready, 1 not ready", || {
         let not_ready = c.ok(&[
             "get",
             "endpoints",
@@ -123,11 +123,11 @@ fn endpoints_and_slices_follow_pod_readiness() {
 
     // No pods: empty Endpoints, one placeholder slice.
     c.ok(&["scale", "deployment", "web", "--replicas=0"]);
-    eventually(Duration::from_secs(30), "no addresses", || {
+    eventually(Duration::from_secs(60), "no addresses", || {
         c.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets}"])
             .is_empty()
     });
-    eventually(Duration::from_secs(30), "placeholder slice", || {
+    eventually(Duration::from_secs(60), "placeholder slice", || {
         let n = c.ok(&[
             "get",
             "endpointslices",

@@ -43,7 +43,7 @@ fn unreachable_node_is_tainted_and_its_pods_evicted_by_toleration() {
         t = now()
     );
     c.kubectl_stdin(&["apply", "-f", "-"], &node);
-    eventually(Duration::from_secs(30), "a pod CIDR", || {
+    eventually(Duration::from_secs(60), "a pod CIDR", || {
         c.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]) == "10.244.0.0/24"
     });
     c.kubectl_stdin(
@@ -73,7 +73,7 @@ fn unreachable_node_is_tainted_and_its_pods_evicted_by_toleration() {
     assert_eq!(t, "300 300");
 
     // No heartbeat: Unknown, tainted.
-    eventually(Duration::from_secs(30), "node Unknown and tainted", || {
+    eventually(Duration::from_secs(60), "node Unknown and tainted", || {
         let ready = c.ok(&[
             "get",
             "node",
@@ -129,7 +129,7 @@ fn unreachable_node_is_tainted_and_its_pods_evicted_by_toleration() {
         "-p",
         &status,
     ]);
-    eventually(Duration::from_secs(30), "taints removed", || {
+    eventually(Duration::from_secs(60), "taints removed", || {
         c.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.taints}"])
             .is_empty()
     });

@@ -87,7 +87,7 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
     // A new template rolls out as a second ReplicaSet; the old one ends at zero.
     c.ok(&["set", "image", "deployment/web", "nginx=nginx:2.0"]);
     rollout_ok(&c, "deployment/web");
-    eventually(Duration::from_secs(30), "only new pods", || {
+    eventually(Duration::from_secs(60), "only new pods", || {
         images(&c, "web") == ["nginx:2.0"] && pods(&c, "web").len() == 3
     });
     let rs = lines(&c.ok(&[
@@ -140,17 +140,17 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
     // Scaling, and a deleted pod is replaced.
     c.ok(&["scale", "deployment/web", "--replicas=5"]);
     rollout_ok(&c, "deployment/web");
-    eventually(Duration::from_secs(30), "5 pods", || {
+    eventually(Duration::from_secs(60), "5 pods", || {
         pods(&c, "web").len() == 5
     });
     let before = pods(&c, "web");
     c.ok(&["delete", "pod", &before[0], "--wait=false"]);
-    eventually(Duration::from_secs(30), "the deleted pod replaced", || {
+    eventually(Duration::from_secs(60), "the deleted pod replaced", || {
         let now = pods(&c, "web");
         now.len() == 5 && !now.contains(&before[0])
     });
     c.ok(&["scale", "deployment/web", "--replicas=2"]);
-    eventually(Duration::from_secs(30), "scaled down to 2", || {
+    eventually(Duration::from_secs(60), "scaled down to 2", || {
         pods(&c, "web").len() == 2
     });
     let ready = c.ok(&[
@@ -160,7 +160,7 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
         "-o",
         "jsonpath={.status.readyReplicas}",
     ]);
-    eventually(Duration::from_secs(30), "status shows 2 ready", || {
+    eventually(Duration::from_secs(60), "status shows 2 ready", || {
         c.ok(&[
             "get",
             "deployment",
@@ -190,7 +190,7 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
     rollout_ok(&c, "deployment/batch");
     c.ok(&["set", "image", "deployment/batch", "busybox=busybox:2"]);
     rollout_ok(&c, "deployment/batch");
-    eventually(Duration::from_secs(30), "recreated pods", || {
+    eventually(Duration::from_secs(60), "recreated pods", || {
         images(&c, "batch") == ["busybox:2"] && pods(&c, "batch").len() == 2
     });
     kubelet.abort();
@@ -206,7 +206,7 @@ fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
         "spec":{"replicas":3,"selector":{"matchLabels":{"app":"frontend"}},
         "template":{"metadata":{"labels":{"app":"frontend"}},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
     c.kubectl_stdin(&["apply", "-f", "-"], rs);
-    eventually(Duration::from_secs(30), "3 pods", || {
+    eventually(Duration::from_secs(60), "3 pods", || {
         pods(&c, "frontend").len() == 3
     });
     let owner = c.ok(&[
@@ -224,7 +224,7 @@ fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
 
     // A pod relabelled out of the selector is released and replaced.
     c.ok(&["label", "pod", "orphan", "app=elsewhere", "--overwrite"]);
-    eventually(Duration::from_secs(30), "released and replaced", || {
+    eventually(Duration::from_secs(60), "released and replaced", || {
         let owner = c.ok(&[
             "get",
             "pod",
@@ -237,7 +237,7 @@ fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
 
     // Scale to zero removes every owned pod.
     c.ok(&["scale", "rs", "frontend", "--replicas=0"]);
-    eventually(Duration::from_secs(30), "no pods", || {
+    eventually(Duration::from_secs(60), "no pods", || {
         pods(&c, "frontend").is_empty()
     });
     assert!(
