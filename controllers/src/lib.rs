@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -15,12 +16,13 @@ pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod ttlafterfinished;
 pub mod util;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
@@ -50,6 +52,7 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     "podgc",
     "replicaset",
     "serviceaccount",
+    "statefulset",
     "ttl-after-finished",
 ];
 
@@ -102,6 +105,9 @@ pub struct Config {
     /// The maximum number of endpoints that will be added to an EndpointSlice.
     #[arg(long, default_value_t = 100)]
     pub max_endpoints_per_slice: usize,
+    /// The number of statefulset objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_statefulset_syncs: usize,
     /// The number of job objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -200,6 +206,9 @@ pub struct Informers {
     services: Option<Informer<Service>>,
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
+    statefulsets: Option<Informer<StatefulSet>>,
+    revisions: Option<Informer<ControllerRevision>>,
+    revisions_by_controller: Option<Index<ControllerRevision>>,
     nodes: Option<Informer<Node>>,
     node_leases: Option<Informer<Lease>>,
     pods_by_node: Option<Index<Pod>>,
@@ -237,6 +246,9 @@ impl Informers {
             services: None,
             endpoints: None,
             endpointslices: None,
+            statefulsets: None,
+            revisions: None,
+            revisions_by_controller: None,
             nodes: None,
             node_leases: None,
             pods_by_node: None,
@@ -293,6 +305,27 @@ impl Informers {
     /// EndpointSlices in all namespaces.
     pub fn endpointslices(&mut self) -> &mut Informer<EndpointSlice> {
         lazy(&mut self.endpointslices, &self.client)
+    }
+
+    /// StatefulSets in all namespaces.
+    pub fn statefulsets(&mut self) -> &mut Informer<StatefulSet> {
+        lazy(&mut self.statefulsets, &self.client)
+    }
+
+    /// ControllerRevisions in all namespaces.
+    pub fn revisions(&mut self) -> &mut Informer<ControllerRevision> {
+        lazy(&mut self.revisions, &self.client)
+    }
+
+    /// ControllerRevisions by controller UID.
+    pub fn revisions_by_controller(&mut self) -> Index<ControllerRevision> {
+        if self.revisions_by_controller.is_none() {
+            let index = self
+                .revisions()
+                .add_index(|r| util::controller_index_keys(&r.metadata));
+            self.revisions_by_controller = Some(index);
+        }
+        self.revisions_by_controller.clone().expect("just set")
     }
 
     /// Nodes.
@@ -406,7 +439,9 @@ impl Informers {
             jobs,
             cronjobs,
             nodes,
-            node_leases
+            node_leases,
+            statefulsets,
+            revisions
         );
         for r in ready {
             tokio::select! {
@@ -557,6 +592,11 @@ async fn run_controllers(
             "ttl-after-finished" => {
                 let ctl = ttlafterfinished::TtlAfterFinished::new(&mut informers);
                 let n = config.concurrent_ttl_after_finished_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "statefulset" => {
+                let ctl = statefulset::StatefulSetController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_statefulset_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "serviceaccount" => {

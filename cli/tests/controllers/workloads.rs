@@ -41,7 +41,7 @@ fn images(c: &ApiCluster, app: &str) -> Vec<String> {
 fn rollout_ok(c: &ApiCluster, what: &str) {
     let out = c.ok(&["rollout", "status", what, "--timeout=90s"]);
     assert!(
-        out.contains("successfully rolled out"),
+        out.contains("successfully rolled out") || out.contains("rolling update complete"),
         "{out}\n{}",
         c.logs()
     );
@@ -244,4 +244,79 @@ fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
         c.ok(&["get", "pod", "orphan", "-o", "name"])
             .contains("orphan")
     );
+}
+
+#[test]
+fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let sts = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"db"},
+        "spec":{"replicas":3,"serviceName":"db","selector":{"matchLabels":{"app":"db"}},
+        "template":{"metadata":{"labels":{"app":"db"}},"spec":{"containers":[{"name":"db","image":"postgres:16"}]}},
+        "volumeClaimTemplates":[{"metadata":{"name":"data"},"spec":{"accessModes":["ReadWriteOnce"],
+        "resources":{"requests":{"storage":"1Gi"}}}}]}}"#;
+    c.kubectl_stdin(&["apply", "-f", "-"], sts);
+    // No kubelet yet: db-0 never becomes ready, so db-1 is not created.
+    eventually(Duration::from_secs(60), "db-0", || {
+        pods(&c, "db") == ["db-0"]
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pods(&c, "db"),
+        ["db-0"],
+        "OrderedReady created past an unready pod"
+    );
+    let claim = c.ok(&[
+        "get",
+        "pod",
+        "db-0",
+        "-o",
+        "jsonpath={.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}",
+    ]);
+    assert_eq!(claim, "data-db-0");
+    assert!(c.kubectl(&["get", "pvc", "data-db-0"]).status.success());
+    let host = c.ok(&[
+        "get",
+        "pod",
+        "db-0",
+        "-o",
+        "jsonpath={.spec.hostname}.{.spec.subdomain}",
+    ]);
+    assert_eq!(host, "db-0.db");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(client(&c.kubeconfig()));
+    let kubelet = {
+        let _in_runtime = rt.enter();
+        fake_kubelet(client, "default")
+    };
+    rollout_ok(&c, "statefulset/db");
+    let mut all = pods(&c, "db");
+    all.sort();
+    assert_eq!(all, ["db-0", "db-1", "db-2"]);
+
+    // A new template rolls from the highest ordinal down; status shows one revision at the end.
+    c.ok(&["set", "image", "statefulset/db", "db=postgres:17"]);
+    rollout_ok(&c, "statefulset/db");
+    eventually(Duration::from_secs(60), "all pods on the new image", || {
+        images(&c, "db") == ["postgres:17"] && pods(&c, "db").len() == 3
+    });
+    let revs = c.ok(&[
+        "get",
+        "statefulset",
+        "db",
+        "-o",
+        "jsonpath={.status.currentRevision}={.status.updateRevision}",
+    ]);
+    let (cur, upd) = revs.split_once('=').unwrap();
+    assert_eq!(cur, upd, "{revs}");
+    let history = c.ok(&["rollout", "history", "statefulset/db"]);
+    assert!(history.contains('2'), "{history}");
+
+    // Scale down removes the highest ordinals.
+    c.ok(&["scale", "statefulset/db", "--replicas=1"]);
+    eventually(Duration::from_secs(60), "only db-0 left", || {
+        pods(&c, "db") == ["db-0"]
+    });
+    kubelet.abort();
 }
