@@ -3,6 +3,7 @@
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod discovery;
 pub mod endpoint;
@@ -22,7 +23,9 @@ pub mod util;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 /// The controllers this binary has, by their upstream names.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
     "cronjob",
+    "daemonset",
     "deployment",
     "endpoint",
     "endpointslice",
@@ -108,6 +112,9 @@ pub struct Config {
     /// The number of statefulset objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_statefulset_syncs: usize,
+    /// The number of daemonset objects that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 2)]
+    pub concurrent_daemonset_syncs: usize,
     /// The number of job objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -207,6 +214,7 @@ pub struct Informers {
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
     statefulsets: Option<Informer<StatefulSet>>,
+    daemonsets: Option<Informer<DaemonSet>>,
     revisions: Option<Informer<ControllerRevision>>,
     revisions_by_controller: Option<Index<ControllerRevision>>,
     nodes: Option<Informer<Node>>,
@@ -247,6 +255,7 @@ impl Informers {
             endpoints: None,
             endpointslices: None,
             statefulsets: None,
+            daemonsets: None,
             revisions: None,
             revisions_by_controller: None,
             nodes: None,
@@ -310,6 +319,11 @@ impl Informers {
     /// StatefulSets in all namespaces.
     pub fn statefulsets(&mut self) -> &mut Informer<StatefulSet> {
         lazy(&mut self.statefulsets, &self.client)
+    }
+
+    /// DaemonSets in all namespaces.
+    pub fn daemonsets(&mut self) -> &mut Informer<DaemonSet> {
+        lazy(&mut self.daemonsets, &self.client)
     }
 
     /// ControllerRevisions in all namespaces.
@@ -441,6 +455,7 @@ impl Informers {
             nodes,
             node_leases,
             statefulsets,
+            daemonsets,
             revisions
         );
         for r in ready {
@@ -592,6 +607,11 @@ async fn run_controllers(
             "ttl-after-finished" => {
                 let ctl = ttlafterfinished::TtlAfterFinished::new(&mut informers);
                 let n = config.concurrent_ttl_after_finished_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "daemonset" => {
+                let ctl = daemonset::DaemonSetController::new(&mut informers, recorder.clone());
+                let n = config.concurrent_daemonset_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "statefulset" => {

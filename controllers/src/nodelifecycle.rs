@@ -79,7 +79,8 @@ fn ready_condition(node: &Node) -> Option<&NodeCondition> {
         .find(|c| c.type_ == "Ready")
 }
 
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+/// True when toleration `t` tolerates `taint` (key, value, effect, operator as upstream).
+pub(crate) fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     if let Some(effect) = t.effect.as_deref()
         && !effect.is_empty()
         && effect != taint.effect

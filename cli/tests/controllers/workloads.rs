@@ -320,3 +320,81 @@ fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
     });
     kubelet.abort();
 }
+
+#[test]
+fn daemonset_runs_one_pod_per_eligible_node_and_rolls() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    for (name, extra) in [
+        ("n1", r#""labels":{"role":"web"}"#),
+        ("n2", r#""labels":{}"#),
+        ("n3", r#""labels":{}"#),
+    ] {
+        let taints = if name == "n3" {
+            r#","spec":{"taints":[{"key":"dedicated","value":"db","effect":"NoSchedule"}]}"#
+        } else {
+            ""
+        };
+        let node = format!(
+            r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}",{extra}}}{taints}}}"#
+        );
+        c.kubectl_stdin(&["apply", "-f", "-"], &node);
+    }
+    let ds = r#"{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"agent"},
+        "spec":{"selector":{"matchLabels":{"app":"agent"}},
+        "template":{"metadata":{"labels":{"app":"agent"}},"spec":{"containers":[{"name":"agent","image":"agent:1"}]}}}}"#;
+    c.kubectl_stdin(&["apply", "-f", "-"], ds);
+    let targets = || {
+        let mut v: Vec<String> = c
+            .ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=agent",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchFields[0].values[0]}={.metadata.deletionTimestamp} {end}",
+            ])
+            .split_whitespace()
+            .filter_map(|s| s.strip_suffix('=').map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    // n3's taint is not tolerated.
+    eventually(Duration::from_secs(60), "pods for n1 and n2", || {
+        targets() == ["n1", "n2"]
+    });
+    let desired = c.ok(&[
+        "get",
+        "ds",
+        "agent",
+        "-o",
+        "jsonpath={.status.desiredNumberScheduled}",
+    ]);
+    assert_eq!(desired, "2");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(client(&c.kubeconfig()));
+    let kubelet = {
+        let _in_runtime = rt.enter();
+        fake_kubelet(client, "default")
+    };
+    rollout_ok(&c, "daemonset/agent");
+    c.ok(&["set", "image", "daemonset/agent", "agent=agent:2"]);
+    rollout_ok(&c, "daemonset/agent");
+    eventually(Duration::from_secs(60), "new image everywhere", || {
+        images(&c, "agent") == ["agent:2"] && targets() == ["n1", "n2"]
+    });
+
+    // A node selector narrows it to n1.
+    c.ok(&[
+        "patch",
+        "ds",
+        "agent",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"role":"web"}}}}}"#,
+    ]);
+    eventually(Duration::from_secs(60), "only n1", || targets() == ["n1"]);
+    kubelet.abort();
+}
