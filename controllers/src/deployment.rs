@@ -1008,6 +1008,26 @@ fn calculate_status(
             "Deployment does not have minimum availability.",
         );
     }
+    // A ReplicaSet that cannot create or delete pods shows on its Deployment, as upstream.
+    let failure = sets.iter().find_map(|r| {
+        r.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .cloned()
+    });
+    match failure {
+        Some(c) => set_condition(
+            &mut status,
+            "ReplicaFailure",
+            "True",
+            c.reason.as_deref().unwrap_or("FailedCreate"),
+            c.message.as_deref().unwrap_or(""),
+        ),
+        None => remove_condition(&mut status, "ReplicaFailure"),
+    }
     let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
     let reason = condition(&status, "Progressing").and_then(|c| c.reason.clone());
     if paused && reason.as_deref() != Some("DeploymentPaused") {

@@ -490,9 +490,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     keelson_client::health::serve(&config.serving, 10257, health.clone(), shutdown.clone()).await?;
     tracing::info!(?controllers, "starting controller-manager");
-    let lead = move |token: CancellationToken| {
-        run_controllers(client, controllers, config, identity, token)
-    };
+    let lead = move |token: CancellationToken| run_controllers(client, controllers, config, token);
     match elector {
         Some(e) => e.run(shutdown, lead).await?,
         None => lead(shutdown).await,
@@ -504,10 +502,10 @@ async fn run_controllers(
     client: Client,
     controllers: Vec<&'static str>,
     config: Config,
-    identity: String,
     token: CancellationToken,
 ) {
-    let recorder = Recorder::new(client.clone(), "controller-manager", Some(identity));
+    // Events name the controller that made them, as upstream's (`kubectl describe` shows it).
+    let recorder = |component: &str| Recorder::new(client.clone(), component, None);
     let mut informers = Informers::new(client.clone());
     let mut tasks = Vec::new();
     let needs_discovery = controllers
@@ -534,12 +532,18 @@ async fn run_controllers(
     for c in &controllers {
         match *c {
             "replicaset" => {
-                let ctl = replicaset::ReplicaSetController::new(&mut informers, recorder.clone());
+                let ctl = replicaset::ReplicaSetController::new(
+                    &mut informers,
+                    recorder("replicaset-controller"),
+                );
                 let n = config.concurrent_replicaset_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "deployment" => {
-                let ctl = deployment::DeploymentController::new(&mut informers, recorder.clone());
+                let ctl = deployment::DeploymentController::new(
+                    &mut informers,
+                    recorder("deployment-controller"),
+                );
                 let n = config.concurrent_deployment_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
@@ -565,12 +569,13 @@ async fn run_controllers(
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "job" => {
-                let ctl = job::JobController::new(&mut informers, recorder.clone());
+                let ctl = job::JobController::new(&mut informers, recorder("job-controller"));
                 let n = config.concurrent_job_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "cronjob" => {
-                let ctl = cronjob::CronJobController::new(&mut informers, recorder.clone());
+                let ctl =
+                    cronjob::CronJobController::new(&mut informers, recorder("cronjob-controller"));
                 let n = config.concurrent_cron_job_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
@@ -582,7 +587,7 @@ async fn run_controllers(
                 };
                 let ctl = nodelifecycle::NodeLifecycleController::new(
                     &mut informers,
-                    recorder.clone(),
+                    recorder("node-controller"),
                     timing,
                 );
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(2, t))));
@@ -596,7 +601,7 @@ async fn run_controllers(
                             continue;
                         }
                     };
-                let ctl = nodeipam::NodeIpam::new(&mut informers, recorder.clone(), cidrs);
+                let ctl = nodeipam::NodeIpam::new(&mut informers, recorder("cidrAllocator"), cidrs);
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
             }
             "podgc" => {
@@ -610,12 +615,18 @@ async fn run_controllers(
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "daemonset" => {
-                let ctl = daemonset::DaemonSetController::new(&mut informers, recorder.clone());
+                let ctl = daemonset::DaemonSetController::new(
+                    &mut informers,
+                    recorder("daemonset-controller"),
+                );
                 let n = config.concurrent_daemonset_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "statefulset" => {
-                let ctl = statefulset::StatefulSetController::new(&mut informers, recorder.clone());
+                let ctl = statefulset::StatefulSetController::new(
+                    &mut informers,
+                    recorder("statefulset-controller"),
+                );
                 let n = config.concurrent_statefulset_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }

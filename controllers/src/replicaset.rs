@@ -176,6 +176,25 @@ impl ReplicaSetController {
                 return Ok(None);
             }
         };
+        // Pods from a template the selector does not match would never count as ours: creating
+        // them would never end. Refuse, say so, and wait for a fix (the apiserver normally
+        // rejects such objects; this guards against stores written behind its back).
+        let template_labels = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        if !matches(&selector, &template_labels) {
+            self.recorder.record(
+                object_ref(rs.as_ref()),
+                EventType::Warning,
+                "SelectorMismatch",
+                "selector does not match the pod template labels; not creating pods".into(),
+            );
+            return Ok(None);
+        }
         let act = self.expectations.satisfied(&key);
         // Owned pods and the namespace's orphans: what this ReplicaSet may keep or adopt.
         let uid = rs.uid().unwrap_or_default();

@@ -197,7 +197,7 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
 }
 
 #[test]
-fn replicaset_adopts_orphans_releases_mismatches_and_reports_bad_input() {
+fn replicaset_adopts_orphans_and_releases_mismatches() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
     // An orphan pod matching the selector is adopted, so only two more are created.
