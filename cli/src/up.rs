@@ -224,6 +224,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 format!("--master={}", masters.join(",")),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={port}"),
+                format!("--root-ca-file={}", pki.ca.display()),
             ],
         ));
     }

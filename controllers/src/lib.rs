@@ -16,6 +16,8 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
+pub mod rootcacert;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod ttlafterfinished;
@@ -28,7 +30,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, ResourceQuota, Service, ServiceAccount,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
@@ -55,6 +59,8 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     "nodelifecycle",
     "podgc",
     "replicaset",
+    "resourcequota",
+    "root-ca-cert-publisher",
     "serviceaccount",
     "statefulset",
     "ttl-after-finished",
@@ -115,6 +121,16 @@ pub struct Config {
     /// The number of daemonset objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 2)]
     pub concurrent_daemonset_syncs: usize,
+    /// The number of resource quotas that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_resource_quota_syncs: usize,
+    /// The period for syncing quota usage status in the system.
+    #[arg(long, default_value = "5m", value_parser = keelson_client::duration::parse_go_duration)]
+    pub resource_quota_sync_period: std::time::Duration,
+    /// If set, this root certificate authority will be included in service account's token
+    /// secret and published as the `kube-root-ca.crt` ConfigMap in every namespace.
+    #[arg(long)]
+    pub root_ca_file: Option<std::path::PathBuf>,
     /// The number of job objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -214,6 +230,8 @@ pub struct Informers {
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
     statefulsets: Option<Informer<StatefulSet>>,
+    resourcequotas: Option<Informer<ResourceQuota>>,
+    root_ca_configmaps: Option<Informer<ConfigMap>>,
     daemonsets: Option<Informer<DaemonSet>>,
     revisions: Option<Informer<ControllerRevision>>,
     revisions_by_controller: Option<Index<ControllerRevision>>,
@@ -255,6 +273,8 @@ impl Informers {
             endpoints: None,
             endpointslices: None,
             statefulsets: None,
+            resourcequotas: None,
+            root_ca_configmaps: None,
             daemonsets: None,
             revisions: None,
             revisions_by_controller: None,
@@ -319,6 +339,22 @@ impl Informers {
     /// StatefulSets in all namespaces.
     pub fn statefulsets(&mut self) -> &mut Informer<StatefulSet> {
         lazy(&mut self.statefulsets, &self.client)
+    }
+
+    /// The `kube-root-ca.crt` ConfigMaps of all namespaces.
+    pub fn root_ca_configmaps(&mut self) -> &mut Informer<ConfigMap> {
+        let client = &self.client;
+        self.root_ca_configmaps.get_or_insert_with(|| {
+            Informer::new(
+                Api::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={}", rootcacert::NAME)),
+            )
+        })
+    }
+
+    /// ResourceQuotas in all namespaces.
+    pub fn resourcequotas(&mut self) -> &mut Informer<ResourceQuota> {
+        lazy(&mut self.resourcequotas, &self.client)
     }
 
     /// DaemonSets in all namespaces.
@@ -456,7 +492,9 @@ impl Informers {
             node_leases,
             statefulsets,
             daemonsets,
-            revisions
+            revisions,
+            resourcequotas,
+            root_ca_configmaps
         );
         for r in ready {
             tokio::select! {
@@ -470,6 +508,10 @@ impl Informers {
 /// Runs the controller-manager until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let controllers = enabled(&config.controllers).map_err(Error::Config)?;
+    if let Some(path) = &config.root_ca_file {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("--root-ca-file {}: {e}", path.display())))?;
+    }
     if config.allocate_node_cidrs {
         nodeipam::Cidrs::new(&config.cluster_cidr, config.node_cidr_mask_size)
             .map_err(Error::Config)?;
@@ -510,7 +552,7 @@ async fn run_controllers(
     let mut tasks = Vec::new();
     let needs_discovery = controllers
         .iter()
-        .any(|c| matches!(*c, "garbagecollector" | "namespace"));
+        .any(|c| matches!(*c, "garbagecollector" | "namespace" | "resourcequota"));
     let resources = if needs_discovery {
         loop {
             match discovery::Resources::discover(client.clone()).await {
@@ -612,6 +654,33 @@ async fn run_controllers(
             "ttl-after-finished" => {
                 let ctl = ttlafterfinished::TtlAfterFinished::new(&mut informers);
                 let n = config.concurrent_ttl_after_finished_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "root-ca-cert-publisher" => {
+                let Some(path) = &config.root_ca_file else {
+                    tracing::info!("no --root-ca-file: not publishing kube-root-ca.crt");
+                    continue;
+                };
+                let ca = match std::fs::read_to_string(path) {
+                    Ok(ca) => ca,
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "cannot read --root-ca-file");
+                        continue;
+                    }
+                };
+                let ctl = rootcacert::RootCaPublisher::new(&mut informers, ca);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
+            }
+            "resourcequota" => {
+                let Some(res) = resources.clone() else {
+                    continue;
+                };
+                let ctl = resourcequota::ResourceQuotaController::new(
+                    &mut informers,
+                    res,
+                    config.resource_quota_sync_period,
+                );
+                let n = config.concurrent_resource_quota_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "daemonset" => {

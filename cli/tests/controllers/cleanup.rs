@@ -88,8 +88,25 @@ fn cascading_deletion_background_foreground_and_orphan() {
 #[test]
 fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let ca = format!("--root-ca-file={}", c.pki.ca.display());
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false", &ca]);
     c.ok(&["create", "namespace", "scratch"]);
+    eventually(
+        Duration::from_secs(60),
+        "kube-root-ca.crt published",
+        || {
+            let out = c.kubectl(&[
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-n",
+                "scratch",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ]);
+            String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE")
+        },
+    );
     eventually(Duration::from_secs(60), "default service account", || {
         c.kubectl(&["get", "serviceaccount", "default", "-n", "scratch"])
             .status
@@ -156,4 +173,74 @@ fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
         .iter()
         .all(|n| n.contains("kube-root-ca") || n.is_empty())
     );
+}
+
+#[test]
+fn resource_quota_status_counts_usage() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&[
+        "create",
+        "quota",
+        "q",
+        "-n",
+        "team",
+        "--hard=pods=10,requests.cpu=4,requests.memory=8Gi,configmaps=5,count/deployments.apps=3",
+    ]);
+    let pod = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"team"}},
+            "spec":{{"containers":[{{"name":"c","image":"nginx","resources":{{"requests":{{"cpu":"250m","memory":"256Mi"}}}}}}]}}}}"#
+        )
+    };
+    c.kubectl_stdin(&["apply", "-f", "-"], &pod("a"));
+    c.kubectl_stdin(&["apply", "-f", "-"], &pod("b"));
+    c.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "team",
+        "--image=nginx",
+        "--replicas=0",
+    ]);
+    let used = |k: &str| {
+        c.ok(&[
+            "get",
+            "quota",
+            "q",
+            "-n",
+            "team",
+            "-o",
+            &format!("jsonpath={{.status.used.{}}}", k.replace('.', "\\.")),
+        ])
+    };
+    eventually(Duration::from_secs(60), "pod usage", || {
+        used("pods") == "2" && used("requests.cpu") == "500m" && used("requests.memory") == "512Mi"
+    });
+    // The periodic resync (5 m) is not waited for: a quota change triggers a recount.
+    c.ok(&["patch", "quota", "q", "-n", "team", "--type=merge", "-p", r#"{"spec":{"hard":{"pods":"11","configmaps":"5","requests.cpu":"4","requests.memory":"8Gi","count/deployments.apps":"3"}}}"#]);
+    eventually(Duration::from_secs(60), "object counts", || {
+        // kube-root-ca.crt is not created by keelson yet, so one ConfigMap.
+        used("configmaps") == "1" && used("count/deployments.apps") == "1"
+    });
+    let hard = c.ok(&[
+        "get",
+        "quota",
+        "q",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.status.hard.pods}",
+    ]);
+    assert_eq!(hard, "11");
 }
