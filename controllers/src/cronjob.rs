@@ -6,6 +6,7 @@
 //! itself for the next scheduled time.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +22,11 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::util::{
-    SyncResult, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
-    object_ref, run_workers, split_key,
+    Reconciler, SyncResult, controller_of, controller_ref, deleting, is_conflict, is_not_found,
+    key_of, object_ref, split_key,
 };
 
 /// A parsed cron schedule (five fields, or one of the `@` shorthands).
@@ -291,15 +291,6 @@ impl CronJobController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers("cronjob", self.queue.clone(), workers, token, move |key| {
-            me.clone().sync(key)
-        })
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(cj) = self.cronjobs.get(&ObjectRef::new(name).within(ns)) else {
@@ -528,6 +519,21 @@ impl CronJobController {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Reconciler for CronJobController {
+    const NAME: &'static str = "cronjob";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

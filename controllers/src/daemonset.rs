@@ -14,6 +14,7 @@
 //!   numberAvailable, numberUnavailable, observedGeneration.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,14 +30,13 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::nodelifecycle::tolerates;
 use crate::util::{
-    SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of, object_ref,
-    orphans_key, parse_selector, pod_available, pod_ready, run_workers, split_key,
+    Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
+    key_of, object_ref, pod_available, pod_ready, selector_or_event, split_key,
 };
 
 /// The DaemonSet controller.
@@ -219,19 +219,6 @@ impl DaemonSetController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "daemonset",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(ds) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
@@ -239,22 +226,13 @@ impl DaemonSetController {
         };
         let ds = (*ds).clone();
         let spec = ds.spec.clone().unwrap_or_default();
-        let selector = match parse_selector(Some(&spec.selector)) {
-            Ok(s) => s,
-            Err(msg) => {
-                self.recorder
-                    .record(object_ref(&ds), EventType::Warning, "SelectingAll", msg);
-                return Ok(None);
-            }
+        let Some(selector) =
+            selector_or_event(&self.recorder, &ds, Some(&spec.selector), "SelectingAll")
+        else {
+            return Ok(None);
         };
         let uid = ds.uid().unwrap_or_default();
-        let candidates: Vec<Arc<Pod>> = self
-            .pods
-            .get(&uid)
-            .into_iter()
-            .chain(self.pods.get(&orphans_key(ns)))
-            .collect();
-        let pods = claim(&self.client, &ds, &selector, candidates).await?;
+        let pods = claim_indexed(&self.client, &self.pods, &ds, &selector, |_| true).await?;
         let mut status = ds.status.clone().unwrap_or_default();
         let (update, revisions) = history::ensure(
             &self.client,
@@ -482,6 +460,21 @@ impl DaemonSetController {
             spec: Some(spec),
             status: None,
         }
+    }
+}
+
+impl Reconciler for DaemonSetController {
+    const NAME: &'static str = "daemonset";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

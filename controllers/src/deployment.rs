@@ -16,6 +16,7 @@
 //! - Status and the Available / Progressing conditions (with `progressDeadlineSeconds`) as
 //!   upstream, which is what `kubectl rollout status` reads.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +33,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
-use crate::util::orphans_key;
 use crate::util::{
-    SyncResult, claim, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
-    matches, object_ref, parse_selector, pod_terminal, run_workers, split_key,
+    Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict,
+    is_not_found, key_of, matches, object_ref, parse_selector, pod_terminal, split_key,
 };
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -150,19 +149,6 @@ impl DeploymentController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "deployment",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(d) = self.deployments.get(&ObjectRef::new(name).within(ns)) else {
@@ -184,14 +170,14 @@ impl DeploymentController {
                 return Ok(None);
             }
         };
-        let uid = d.uid().unwrap_or_default();
-        let candidates: Vec<Arc<ReplicaSet>> = self
-            .sets_by_controller
-            .get(&uid)
-            .into_iter()
-            .chain(self.sets_by_controller.get(&orphans_key(ns)))
-            .collect();
-        let claimed = claim(&self.client, &d, &selector, candidates).await?;
+        let claimed = claim_indexed(
+            &self.client,
+            &self.sets_by_controller,
+            &d,
+            &selector,
+            |_| true,
+        )
+        .await?;
         let mut sets: Vec<ReplicaSet> = claimed.iter().map(|r| (**r).clone()).collect();
         sets.sort_by(|a, b| {
             let t = |r: &ReplicaSet| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -832,6 +818,21 @@ impl DeploymentController {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Reconciler for DeploymentController {
+    const NAME: &'static str = "deployment";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

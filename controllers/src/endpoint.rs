@@ -5,6 +5,7 @@
 //! Services without a selector are left alone (their Endpoints are the user's).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
@@ -18,11 +19,10 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::util::{
-    SyncResult, is_conflict, is_not_found, key_of, pod_ready, pod_terminal, run_workers, split_key,
+    Reconciler, SyncResult, is_conflict, is_not_found, key_of, pod_ready, pod_terminal, split_key,
 };
 
 /// The Services in the pod's namespace whose selector matches the pod's labels.
@@ -155,15 +155,6 @@ impl EndpointsController {
             endpoints,
             queue,
         })
-    }
-
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers("endpoint", self.queue.clone(), workers, token, move |key| {
-            me.clone().sync(key)
-        })
-        .await;
     }
 
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
@@ -300,5 +291,20 @@ impl EndpointsController {
                 }
             })
             .collect()
+    }
+}
+
+impl Reconciler for EndpointsController {
+    const NAME: &'static str = "endpoint";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }

@@ -9,6 +9,7 @@
 //! slice. A Service that selects nothing keeps one empty placeholder slice, as upstream.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -19,14 +20,13 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::endpoint::{
     pod_ip, pod_ref, selected_pods, selector_of, services_selecting, target_port,
 };
 use crate::util::{
-    SyncResult, controller_ref, is_not_found, key_of, pod_ready, run_workers, split_key,
+    Reconciler, SyncResult, controller_ref, is_not_found, key_of, pod_ready, split_key,
 };
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -116,19 +116,6 @@ impl EndpointSliceController {
             queue,
             max_per_slice: max_per_slice.max(1),
         })
-    }
-
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "endpointslice",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
     }
 
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
@@ -326,6 +313,21 @@ impl EndpointSliceController {
                 .insert(endpoint_key(&ep), ep);
         }
         out
+    }
+}
+
+impl Reconciler for EndpointSliceController {
+    const NAME: &'static str = "endpointslice";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

@@ -15,6 +15,7 @@
 //!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
 
 use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +29,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
-    Expectations, SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of,
-    object_ref, orphans_key, parse_selector, pod_ready, run_workers, split_key,
+    Expectations, Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting,
+    is_not_found, key_of, object_ref, pod_ready, selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -189,15 +189,6 @@ impl JobController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers("job", self.queue.clone(), workers, token, move |key| {
-            me.clone().sync(key)
-        })
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
@@ -208,22 +199,16 @@ impl JobController {
         let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let spec = job.spec.clone().unwrap_or_default();
-        let selector = match parse_selector(spec.selector.as_ref()) {
-            Ok(s) => s,
-            Err(msg) => {
-                self.recorder
-                    .record(object_ref(&job), EventType::Warning, "InvalidSelector", msg);
-                return Ok(None);
-            }
+        let Some(selector) = selector_or_event(
+            &self.recorder,
+            &job,
+            spec.selector.as_ref(),
+            "InvalidSelector",
+        ) else {
+            return Ok(None);
         };
-        let uid = job.uid().unwrap_or_default();
-        let candidates: Vec<Arc<Pod>> = self
-            .pods
-            .get(&uid)
-            .into_iter()
-            .chain(self.pods.get(&orphans_key(ns)))
-            .collect();
-        let pods = claim(&self.client, &job, &selector, candidates).await?;
+        let _uid = job.uid().unwrap_or_default();
+        let pods = claim_indexed(&self.client, &self.pods, &job, &selector, |_| true).await?;
         let mut status = job.status.clone().unwrap_or_default();
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
 
@@ -565,6 +550,21 @@ impl JobController {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+impl Reconciler for JobController {
+    const NAME: &'static str = "job";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

@@ -45,6 +45,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::util::Reconciler;
+
 /// The controllers this binary has, by their upstream names.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
     "cronjob",

@@ -4,6 +4,7 @@
 //! remains the finalizer is removed through `namespaces/{name}/finalize`, after which the
 //! apiserver removes the namespace.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,10 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Propag
 use kube::discovery::verbs;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::discovery::Resources;
-use crate::util::{SyncResult, deleting, is_not_found, run_workers};
+use crate::util::{Reconciler, SyncResult, deleting, is_not_found};
 
 const FINALIZER: &str = "kubernetes";
 
@@ -49,19 +49,6 @@ impl NamespaceController {
             namespaces,
             queue,
         })
-    }
-
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "namespace",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
     }
 
     async fn sync(self: Arc<Self>, name: String) -> SyncResult {
@@ -266,5 +253,20 @@ impl NamespaceController {
             Err(e) if is_not_found(&e) || crate::util::is_conflict(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Reconciler for NamespaceController {
+    const NAME: &'static str = "namespace";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }

@@ -4,6 +4,7 @@
 //! goes.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -16,10 +17,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
-use crate::util::{SyncResult, is_not_found, object_ref, run_workers};
+use crate::util::{Reconciler, SyncResult, is_not_found, object_ref};
 
 /// An IPv4 CIDR split into subnets of one size.
 #[derive(Debug, Clone, Copy)]
@@ -122,15 +122,6 @@ impl NodeIpam {
         me
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers("nodeipam", self.queue.clone(), workers, token, move |n| {
-            me.clone().sync(n)
-        })
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, name: String) -> SyncResult {
         let Some(node) = self.nodes.get(&ObjectRef::new(&name)) else {
             return Ok(None);
@@ -196,6 +187,21 @@ impl NodeIpam {
                 if is_not_found(&e) { Ok(None) } else { Err(e) }
             }
         }
+    }
+}
+
+impl Reconciler for NodeIpam {
+    const NAME: &'static str = "nodeipam";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +26,12 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::util::{
-    Expectations, SyncResult, claim, controller_of, controller_ref, deleting, is_not_found, key_of,
-    matches, object_ref, orphans_key, parse_selector, pod_active, pod_available, pod_ready,
-    pod_ready_since, run_workers, split_key,
+    Expectations, Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting,
+    is_not_found, key_of, matches, object_ref, parse_selector, pod_active, pod_available,
+    pod_ready, pod_ready_since, split_key,
 };
 
 /// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
@@ -145,19 +145,6 @@ impl ReplicaSetController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "replicaset",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(rs) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
@@ -197,15 +184,10 @@ impl ReplicaSetController {
         }
         let act = self.expectations.satisfied(&key);
         // Owned pods and the namespace's orphans: what this ReplicaSet may keep or adopt.
-        let uid = rs.uid().unwrap_or_default();
-        let candidates: Vec<Arc<Pod>> = self
-            .pods
-            .get(&uid)
-            .into_iter()
-            .chain(self.pods.get(&orphans_key(ns)))
-            .filter(|p| pod_active(p))
-            .collect();
-        let claimed = claim(&self.client, rs.as_ref(), &selector, candidates).await?;
+        let claimed = claim_indexed(&self.client, &self.pods, rs.as_ref(), &selector, |p| {
+            pod_active(p)
+        })
+        .await?;
         let mut failure = None;
         if act && !deleting(&rs.metadata) {
             failure = self.manage(&rs, &key, &claimed).await;
@@ -337,6 +319,21 @@ impl ReplicaSetController {
             }
         }
         None
+    }
+}
+
+impl Reconciler for ReplicaSetController {
+    const NAME: &'static str = "replicaset";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

@@ -2,6 +2,7 @@
 //! ConfigMap `kube-root-ca.crt` whose `ca.crt` is the cluster CA (`--root-ca-file`), so pods
 //! can verify the apiserver; it is re-created or corrected if deleted or changed.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -12,10 +13,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
-use crate::util::{SyncResult, deleting, is_conflict, is_not_found, run_workers};
+use crate::util::{Reconciler, SyncResult, deleting, is_conflict, is_not_found};
 
 /// The ConfigMap's name.
 pub const NAME: &str = "kube-root-ca.crt";
@@ -56,19 +56,6 @@ impl RootCaPublisher {
             ca,
             queue,
         })
-    }
-
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "root-ca-cert-publisher",
-            self.queue.clone(),
-            workers,
-            token,
-            move |ns| me.clone().sync(ns),
-        )
-        .await;
     }
 
     async fn sync(self: Arc<Self>, ns: String) -> SyncResult {
@@ -116,5 +103,20 @@ impl RootCaPublisher {
                 }
             }
         }
+    }
+}
+
+impl Reconciler for RootCaPublisher {
+    const NAME: &'static str = "root-ca-cert-publisher";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }

@@ -2,6 +2,7 @@
 //! namespace has a `default` ServiceAccount; it is created with the namespace and re-created if
 //! deleted.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -11,10 +12,9 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
-use crate::util::{SyncResult, deleting, is_conflict, run_workers};
+use crate::util::{Reconciler, SyncResult, deleting, is_conflict};
 
 /// The ServiceAccounts every namespace gets.
 const DEFAULT_ACCOUNTS: &[&str] = &["default"];
@@ -59,19 +59,6 @@ impl ServiceAccountController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "serviceaccount",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, ns: String) -> SyncResult {
         let Some(namespace) = self.namespaces.get(&ObjectRef::new(&ns)) else {
             return Ok(None);
@@ -104,5 +91,20 @@ impl ServiceAccountController {
             }
         }
         Ok(None)
+    }
+}
+
+impl Reconciler for ServiceAccountController {
+    const NAME: &'static str = "serviceaccount";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }

@@ -14,6 +14,7 @@
 //!   currentRevision, updateRevision, observedGeneration.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +28,12 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::util::{
-    SyncResult, claim, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
-    object_ref, orphans_key, parse_selector, pod_available, pod_ready, run_workers, split_key,
+    Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict,
+    is_not_found, key_of, object_ref, pod_available, pod_ready, selector_or_event, split_key,
 };
 
 /// The StatefulSet controller.
@@ -109,19 +109,6 @@ impl StatefulSetController {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "statefulset",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(set) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
@@ -129,22 +116,16 @@ impl StatefulSetController {
         };
         let set = (*set).clone();
         let spec = set.spec.clone().unwrap_or_default();
-        let selector = match parse_selector(Some(&spec.selector)) {
-            Ok(s) => s,
-            Err(msg) => {
-                self.recorder
-                    .record(object_ref(&set), EventType::Warning, "InvalidSelector", msg);
-                return Ok(None);
-            }
+        let Some(selector) = selector_or_event(
+            &self.recorder,
+            &set,
+            Some(&spec.selector),
+            "InvalidSelector",
+        ) else {
+            return Ok(None);
         };
         let uid = set.uid().unwrap_or_default();
-        let candidates: Vec<Arc<Pod>> = self
-            .pods
-            .get(&uid)
-            .into_iter()
-            .chain(self.pods.get(&orphans_key(ns)))
-            .collect();
-        let pods = claim(&self.client, &set, &selector, candidates).await?;
+        let pods = claim_indexed(&self.client, &self.pods, &set, &selector, |_| true).await?;
         let mut status = set.status.clone().unwrap_or_default();
         let (update, revisions) = history::ensure(
             &self.client,
@@ -440,6 +421,21 @@ impl StatefulSetController {
                 Err(e)
             }
         }
+    }
+}
+
+impl Reconciler for StatefulSetController {
+    const NAME: &'static str = "statefulset";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }
 

@@ -2,6 +2,7 @@
 //! with `ttlSecondsAfterFinished` is deleted (foreground propagation, so its pods go first) that
 //! many seconds after it finished (its Complete or Failed condition's transition time).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +11,9 @@ use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, Preconditions, PropagationPolicy};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
-use crate::util::{
-    SyncResult, deleting, is_conflict, is_not_found, key_of, run_workers, split_key,
-};
+use crate::util::{Reconciler, SyncResult, deleting, is_conflict, is_not_found, key_of, split_key};
 
 /// The TTL-after-finished controller.
 pub struct TtlAfterFinished {
@@ -66,19 +64,6 @@ impl TtlAfterFinished {
         })
     }
 
-    /// Runs `workers` sync workers until `token` is cancelled.
-    pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
-        let me = self.clone();
-        run_workers(
-            "ttl-after-finished",
-            self.queue.clone(),
-            workers,
-            token,
-            move |key| me.clone().sync(key),
-        )
-        .await;
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
@@ -116,5 +101,20 @@ impl TtlAfterFinished {
             Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Reconciler for TtlAfterFinished {
+    const NAME: &'static str = "ttl-after-finished";
+
+    fn queue(&self) -> &WorkQueue<String> {
+        &self.queue
+    }
+
+    fn reconcile(
+        self: Arc<Self>,
+        key: String,
+    ) -> impl Future<Output = SyncResult> + Send + 'static {
+        self.sync(key)
     }
 }

@@ -364,6 +364,83 @@ where
     }
 }
 
+/// The objects `owner` owns or may adopt (from an index by controller UID) that pass `keep`,
+/// claimed as [`claim`] does.
+pub async fn claim_indexed<K, O>(
+    client: &Client,
+    index: &keelson_client::informer::Index<K>,
+    owner: &O,
+    selector: &Selector,
+    keep: impl Fn(&K) -> bool,
+) -> Result<Vec<Arc<K>>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    O: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let uid = owner.uid().unwrap_or_default();
+    let ns = owner.namespace().unwrap_or_default();
+    let candidates: Vec<Arc<K>> = index
+        .get(&uid)
+        .into_iter()
+        .chain(index.get(&orphans_key(&ns)))
+        .filter(|o| keep(o))
+        .collect();
+    claim(client, owner, selector, candidates).await
+}
+
+/// The owner's label selector, or `None` after recording a Warning event saying why it cannot
+/// be used (the controller then leaves the object alone until it changes).
+pub fn selector_or_event<O: Resource<DynamicType = ()>>(
+    recorder: &keelson_client::events::Recorder,
+    owner: &O,
+    selector: Option<&LabelSelector>,
+    reason: &str,
+) -> Option<Selector> {
+    match parse_selector(selector) {
+        Ok(s) => Some(s),
+        Err(msg) => {
+            recorder.record(
+                object_ref(owner),
+                keelson_client::events::EventType::Warning,
+                reason,
+                msg,
+            );
+            None
+        }
+    }
+}
+
+/// A controller driven by a work queue of keys.
+pub trait Reconciler: Send + Sync + Sized + 'static {
+    /// Its name in logs.
+    const NAME: &'static str;
+    /// Its queue.
+    fn queue(&self) -> &WorkQueue<String>;
+    /// Brings the object with this key to its desired state.
+    fn reconcile(self: Arc<Self>, key: String)
+    -> impl Future<Output = SyncResult> + Send + 'static;
+    /// Runs `workers` workers until `token` is cancelled.
+    fn run(
+        self: Arc<Self>,
+        workers: usize,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let queue = self.queue().clone();
+            run_workers(Self::NAME, queue, workers, token, move |key| {
+                self.clone().reconcile(key)
+            })
+            .await
+        }
+    }
+}
+
 /// True for a 404 from the API.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
