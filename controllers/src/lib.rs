@@ -31,7 +31,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
+    ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::events::Recorder;
@@ -61,6 +62,7 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     "nodelifecycle",
     "podgc",
     "replicaset",
+    "replicationcontroller",
     "resourcequota",
     "root-ca-cert-publisher",
     "serviceaccount",
@@ -101,6 +103,9 @@ pub struct Config {
     /// The number of deployment objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// The number of replication controllers that are allowed to sync concurrently.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_rc_syncs: usize,
     /// The number of replica sets that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
@@ -232,6 +237,7 @@ pub struct Informers {
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
     statefulsets: Option<Informer<StatefulSet>>,
+    replicationcontrollers: Option<Informer<ReplicationController>>,
     resourcequotas: Option<Informer<ResourceQuota>>,
     root_ca_configmaps: Option<Informer<ConfigMap>>,
     daemonsets: Option<Informer<DaemonSet>>,
@@ -275,6 +281,7 @@ impl Informers {
             endpoints: None,
             endpointslices: None,
             statefulsets: None,
+            replicationcontrollers: None,
             resourcequotas: None,
             root_ca_configmaps: None,
             daemonsets: None,
@@ -352,6 +359,11 @@ impl Informers {
                 watcher::Config::default().fields(&format!("metadata.name={}", rootcacert::NAME)),
             )
         })
+    }
+
+    /// ReplicationControllers in all namespaces.
+    pub fn replicationcontrollers(&mut self) -> &mut Informer<ReplicationController> {
+        lazy(&mut self.replicationcontrollers, &self.client)
     }
 
     /// ResourceQuotas in all namespaces.
@@ -496,7 +508,8 @@ impl Informers {
             daemonsets,
             revisions,
             resourcequotas,
-            root_ca_configmaps
+            root_ca_configmaps,
+            replicationcontrollers
         );
         for r in ready {
             tokio::select! {
@@ -576,11 +589,19 @@ async fn run_controllers(
     for c in &controllers {
         match *c {
             "replicaset" => {
-                let ctl = replicaset::ReplicaSetController::new(
+                let ctl = replicaset::ReplicaSetController::<ReplicaSet>::new(
                     &mut informers,
                     recorder("replicaset-controller"),
                 );
                 let n = config.concurrent_replicaset_syncs;
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "replicationcontroller" => {
+                let ctl = replicaset::ReplicaSetController::<ReplicationController>::new(
+                    &mut informers,
+                    recorder("replication-controller"),
+                );
+                let n = config.concurrent_rc_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }
             "deployment" => {

@@ -1,5 +1,7 @@
 //! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, as
-//! upstream's `pkg/controller/replicaset`.
+//! upstream's `pkg/controller/replicaset`. The same controller runs ReplicationControllers
+//! (upstream's `replicationcontroller`, a thin adapter over the ReplicaSet logic too): they are
+//! seen through a ReplicaSet view (their map selector as `matchLabels`).
 //!
 //! - Pods are claimed through controller references: orphans that match the selector are
 //!   adopted, owned pods that no longer match are released.
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_client::events::{EventType, Recorder};
 use keelson_client::informer::{Change, Index};
@@ -37,20 +40,81 @@ use crate::util::{
 /// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
 const BURST_REPLICAS: usize = 500;
 
-/// The ReplicaSet controller.
-pub struct ReplicaSetController {
+/// What the controller manages: ReplicaSets, or ReplicationControllers seen as ReplicaSets.
+pub trait Replicated:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name (logs, `--controllers`).
+    const NAME: &'static str;
+    /// The shared informer of this kind.
+    fn informer(informers: &mut Informers) -> &mut keelson_client::informer::Informer<Self>;
+    /// The object as a ReplicaSet (spec, status, metadata).
+    fn view(&self) -> ReplicaSet;
+    /// The object with a new status.
+    fn with_status(&self, status: &ReplicaSetStatus) -> Self;
+}
+
+impl Replicated for ReplicaSet {
+    const NAME: &'static str = "replicaset";
+    fn informer(informers: &mut Informers) -> &mut keelson_client::informer::Informer<Self> {
+        informers.replicasets()
+    }
+    fn view(&self) -> ReplicaSet {
+        self.clone()
+    }
+    fn with_status(&self, status: &ReplicaSetStatus) -> Self {
+        let mut s = self.clone();
+        s.status = Some(status.clone());
+        s
+    }
+}
+
+impl Replicated for ReplicationController {
+    const NAME: &'static str = "replicationcontroller";
+    fn informer(informers: &mut Informers) -> &mut keelson_client::informer::Informer<Self> {
+        informers.replicationcontrollers()
+    }
+    fn view(&self) -> ReplicaSet {
+        // Same fields but the selector, a plain map here.
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["apiVersion"] = serde_json::json!("apps/v1");
+        v["kind"] = serde_json::json!("ReplicaSet");
+        if let Some(sel) = v.pointer_mut("/spec/selector") {
+            *sel = serde_json::json!({ "matchLabels": sel.take() });
+        }
+        serde_json::from_value(v).unwrap_or_default()
+    }
+    fn with_status(&self, status: &ReplicaSetStatus) -> Self {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["status"] = serde_json::to_value(status).unwrap_or_default();
+        if let Some(o) = v.pointer_mut("/status").and_then(|s| s.as_object_mut()) {
+            o.remove("terminatingReplicas");
+        }
+        serde_json::from_value(v).unwrap_or_else(|_| self.clone())
+    }
+}
+
+/// The ReplicaSet (or ReplicationController) controller.
+pub struct ReplicaSetController<K: Replicated = ReplicaSet> {
     client: Client,
-    sets: Store<ReplicaSet>,
+    sets: Store<K>,
     pods: Index<Pod>,
     queue: WorkQueue<String>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
 }
 
-/// The key of the ReplicaSet in `sets` that is `pod`'s controller (name and UID must match).
-fn owner_key(sets: &Store<ReplicaSet>, pod: &Pod) -> Option<String> {
+/// The key of the object in `sets` that is `pod`'s controller (kind, name and UID must match).
+fn owner_key<K: Replicated>(sets: &Store<K>, pod: &Pod) -> Option<String> {
     let r = controller_of(&pod.metadata)?;
-    if r.kind != "ReplicaSet" || !r.api_version.starts_with("apps/") {
+    if r.kind != K::kind(&()) || r.api_version != K::api_version(&()) {
         return None;
     }
     let ns = pod.namespace().unwrap_or_default();
@@ -58,31 +122,31 @@ fn owner_key(sets: &Store<ReplicaSet>, pod: &Pod) -> Option<String> {
     (rs.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
 }
 
-/// Keys of the ReplicaSets in the pod's namespace whose selector matches it.
-fn matching_sets(sets: &Store<ReplicaSet>, pod: &Pod) -> Vec<String> {
+/// Keys of the objects in the pod's namespace whose selector matches it.
+fn matching_sets<K: Replicated>(sets: &Store<K>, pod: &Pod) -> Vec<String> {
     let ns = pod.namespace().unwrap_or_default();
     sets.state()
         .iter()
         .filter(|rs| rs.namespace().as_deref() == Some(ns.as_str()))
         .filter(|rs| {
-            parse_selector(rs.spec.as_ref().map(|s| &s.selector))
+            parse_selector(rs.view().spec.as_ref().map(|s| &s.selector))
                 .is_ok_and(|sel| matches(&sel, pod.labels()))
         })
-        .map(|rs| key_of(&rs.metadata))
+        .map(|rs| key_of(rs.meta()))
         .collect()
 }
 
-impl ReplicaSetController {
+impl<K: Replicated> ReplicaSetController<K> {
     /// Registers the controller's handlers on the shared informers.
     pub fn new(informers: &mut Informers, recorder: Recorder) -> Arc<Self> {
         let queue = WorkQueue::new();
         let expectations = Arc::new(Expectations::default());
-        let sets = informers.replicasets().store();
+        let sets = K::informer(informers).store();
         let pods = informers.pods_by_controller();
         {
             let q = queue.clone();
-            informers.replicasets().on_change(move |c| {
-                q.add(key_of(&c.object().metadata));
+            K::informer(informers).on_change(move |c| {
+                q.add(key_of(c.object().meta()));
             });
         }
         {
@@ -147,15 +211,16 @@ impl ReplicaSetController {
 
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
-        let Some(rs) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
+        let Some(orig) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
             self.expectations.forget(&key);
             return Ok(None);
         };
+        let rs = Arc::new(orig.view());
         let selector = match parse_selector(rs.spec.as_ref().map(|s| &s.selector)) {
             Ok(s) => s,
             Err(msg) => {
                 self.recorder.record(
-                    object_ref(rs.as_ref()),
+                    object_ref(orig.as_ref()),
                     EventType::Warning,
                     "InvalidSelector",
                     msg,
@@ -175,7 +240,7 @@ impl ReplicaSetController {
             .unwrap_or_default();
         if !matches(&selector, &template_labels) {
             self.recorder.record(
-                object_ref(rs.as_ref()),
+                object_ref(orig.as_ref()),
                 EventType::Warning,
                 "SelectorMismatch",
                 "selector does not match the pod template labels; not creating pods".into(),
@@ -184,13 +249,13 @@ impl ReplicaSetController {
         }
         let act = self.expectations.satisfied(&key);
         // Owned pods and the namespace's orphans: what this ReplicaSet may keep or adopt.
-        let claimed = claim_indexed(&self.client, &self.pods, rs.as_ref(), &selector, |p| {
+        let claimed = claim_indexed(&self.client, &self.pods, orig.as_ref(), &selector, |p| {
             pod_active(p)
         })
         .await?;
         let mut failure = None;
         if act && !deleting(&rs.metadata) {
-            failure = self.manage(&rs, &key, &claimed).await;
+            failure = self.manage(&orig, &rs, &key, &claimed).await;
         }
         let min_ready = rs
             .spec
@@ -203,9 +268,8 @@ impl ReplicaSetController {
             failure.as_ref().map(|(r, m, _)| (*r, m.as_str())),
         );
         if rs.status.as_ref() != Some(&status) {
-            let mut updated = (*rs).clone();
-            updated.status = Some(status.clone());
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), ns);
+            let updated = orig.with_status(&status);
+            let api: Api<K> = Api::namespaced(self.client.clone(), ns);
             match api
                 .replace_status(name, &PostParams::default(), &updated)
                 .await
@@ -227,6 +291,7 @@ impl ReplicaSetController {
     /// reason, message and error.
     async fn manage(
         &self,
+        owner: &K,
         rs: &ReplicaSet,
         key: &str,
         pods: &[Arc<Pod>],
@@ -255,7 +320,7 @@ impl ReplicaSetController {
             pod.metadata.name = None;
             pod.metadata.generate_name = Some(format!("{}-", rs.name_any()));
             pod.metadata.namespace = Some(ns.clone());
-            pod.metadata.owner_references = Some(vec![controller_ref(rs)]);
+            pod.metadata.owner_references = Some(vec![controller_ref(owner)]);
             let (created, err) = slow_start(n, |_| {
                 let api = api.clone();
                 let pod = pod.clone();
@@ -264,7 +329,7 @@ impl ReplicaSetController {
             .await;
             for p in &created {
                 self.recorder.record(
-                    object_ref(rs),
+                    object_ref(owner),
                     EventType::Normal,
                     "SuccessfulCreate",
                     format!("Created pod: {}", p.name_any()),
@@ -273,7 +338,7 @@ impl ReplicaSetController {
             if let Some(e) = err {
                 self.expectations.creations_skipped(key, n - created.len());
                 self.recorder.record(
-                    object_ref(rs),
+                    object_ref(owner),
                     EventType::Warning,
                     "FailedCreate",
                     format!("Error creating: {e}"),
@@ -294,7 +359,7 @@ impl ReplicaSetController {
             for (p, r) in results {
                 match r {
                     Ok(_) => self.recorder.record(
-                        object_ref(rs),
+                        object_ref(owner),
                         EventType::Normal,
                         "SuccessfulDelete",
                         format!("Deleted pod: {}", p.name_any()),
@@ -304,7 +369,7 @@ impl ReplicaSetController {
                             .deletion_observed(key, &key_of(&p.metadata));
                         if !is_not_found(&e) {
                             self.recorder.record(
-                                object_ref(rs),
+                                object_ref(owner),
                                 EventType::Warning,
                                 "FailedDelete",
                                 format!("Error deleting: {e}"),
@@ -322,8 +387,8 @@ impl ReplicaSetController {
     }
 }
 
-impl Reconciler for ReplicaSetController {
-    const NAME: &'static str = "replicaset";
+impl<K: Replicated> Reconciler for ReplicaSetController<K> {
+    const NAME: &'static str = K::NAME;
 
     fn queue(&self) -> &WorkQueue<String> {
         &self.queue
@@ -476,6 +541,28 @@ fn compute_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replication_controllers_are_seen_as_replica_sets() {
+        let rc: ReplicationController = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "legacy", "namespace": "default", "uid": "u1"},
+            "spec": {"replicas": 2, "selector": {"app": "legacy"},
+                "template": {"metadata": {"labels": {"app": "legacy"}}}},
+        }))
+        .unwrap();
+        let v = rc.view();
+        assert_eq!(v.metadata.uid.as_deref(), Some("u1"));
+        let spec = v.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.selector.match_labels.unwrap()["app"], "legacy");
+        let st = ReplicaSetStatus {
+            replicas: 2,
+            ready_replicas: Some(1),
+            ..Default::default()
+        };
+        let back = rc.with_status(&st);
+        assert_eq!(back.status.unwrap().ready_replicas, Some(1));
+    }
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
 
     fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool) -> Arc<Pod> {

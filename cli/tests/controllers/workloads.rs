@@ -235,6 +235,29 @@ fn replicaset_adopts_orphans_and_releases_mismatches() {
         owner.is_empty() && pods(&c, "frontend").len() == 3
     });
 
+    // A ReplicationController gets the same treatment.
+    let rc = r#"{"apiVersion":"v1","kind":"ReplicationController","metadata":{"name":"legacy"},
+        "spec":{"replicas":2,"selector":{"app":"legacy"},
+        "template":{"metadata":{"labels":{"app":"legacy"}},"spec":{"containers":[{"name":"c","image":"nginx"}]}}}}"#;
+    c.kubectl_stdin(&["apply", "-f", "-"], rc);
+    eventually(Duration::from_secs(60), "2 rc pods", || {
+        pods(&c, "legacy").len() == 2
+    });
+    let kind = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=legacy",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(kind, "ReplicationController");
+    c.ok(&["scale", "rc", "legacy", "--replicas=3"]);
+    eventually(Duration::from_secs(60), "3 rc pods and status", || {
+        pods(&c, "legacy").len() == 3
+            && c.ok(&["get", "rc", "legacy", "-o", "jsonpath={.status.replicas}"]) == "3"
+    });
+
     // Scale to zero removes every owned pod.
     c.ok(&["scale", "rs", "frontend", "--replicas=0"]);
     eventually(Duration::from_secs(60), "no pods", || {
