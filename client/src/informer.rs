@@ -122,6 +122,8 @@ where
     writer: reflector::store::Writer<K>,
     handlers: Vec<Handler<K>>,
     indexes: Vec<(IndexFn<K>, Index<K>)>,
+    /// Objects of a relist in progress.
+    relisted: Vec<K>,
 }
 
 impl<K> Informer<K>
@@ -138,6 +140,7 @@ where
             writer,
             handlers: Vec::new(),
             indexes: Vec::new(),
+            relisted: Vec::new(),
         }
     }
 
@@ -186,7 +189,6 @@ where
     pub async fn run(mut self, shutdown: CancellationToken) {
         let stream = watcher(self.api.clone(), self.config.clone()).default_backoff();
         futures::pin_mut!(stream);
-        let mut relisted: Vec<K> = Vec::new();
         loop {
             let ev = tokio::select! {
                 ev = stream.next() => match ev {
@@ -196,73 +198,81 @@ where
                 _ = shutdown.cancelled() => return,
             };
             match ev {
-                Ok(Event::Apply(mut obj)) => {
-                    trim(&mut obj);
-                    let key = ObjectRef::from(&obj);
-                    let old = self.store.get(&key);
-                    self.writer.apply_watcher_event(&Event::Apply(obj));
-                    let Some(new) = self.store.get(&key) else {
-                        continue;
-                    };
-                    self.reindex(old.as_deref(), Some(new.clone()));
-                    match old {
-                        Some(old) => self.emit(Change::Updated {
-                            old: &old,
-                            new: &new,
-                        }),
-                        None => self.emit(Change::Added(&new)),
-                    }
-                }
-                Ok(Event::Delete(obj)) => {
-                    let cached = self.store.get(&ObjectRef::from(&obj));
-                    self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
-                    self.reindex(Some(cached.as_deref().unwrap_or(&obj)), None);
-                    // A deletion that a relist discovered carries the cached object.
-                    self.emit(Change::Deleted(cached.as_deref().unwrap_or(&obj)));
-                }
-                Ok(Event::Init) => {
-                    relisted.clear();
-                    self.writer.apply_watcher_event(&Event::Init);
-                }
-                Ok(Event::InitApply(mut obj)) => {
-                    trim(&mut obj);
-                    self.writer
-                        .apply_watcher_event(&Event::InitApply(obj.clone()));
-                    relisted.push(obj);
-                }
-                Ok(Event::InitDone) => {
-                    let before: HashMap<ObjectRef<K>, Arc<K>> = self
-                        .store
-                        .state()
-                        .into_iter()
-                        .map(|o| (ObjectRef::from(o.as_ref()), o))
-                        .collect();
-                    self.writer.apply_watcher_event(&Event::InitDone);
-                    if !self.indexes.is_empty() {
-                        for (_, index) in &self.indexes {
-                            index.map.write().clear();
-                        }
-                        for obj in self.store.state() {
-                            self.reindex(None, Some(obj));
-                        }
-                    }
-                    let mut seen = std::collections::HashSet::new();
-                    for obj in std::mem::take(&mut relisted) {
-                        let key = ObjectRef::from(&obj);
-                        match before.get(&key) {
-                            Some(old) => self.emit(Change::Updated { old, new: &obj }),
-                            None => self.emit(Change::Added(&obj)),
-                        }
-                        seen.insert(key);
-                    }
-                    for (key, old) in &before {
-                        if !seen.contains(key) {
-                            self.emit(Change::Deleted(old));
-                        }
-                    }
-                }
+                Ok(ev) => self.apply_event(ev),
                 Err(e) => {
                     tracing::warn!(resource = %K::plural(&()), error = %e, "watch failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Applies one watch event to the cache and indexes and tells the handlers (what `run` does
+    /// for each event; tests feed objects through it without a server).
+    pub fn apply_event(&mut self, ev: Event<K>) {
+        match ev {
+            Event::Apply(mut obj) => {
+                trim(&mut obj);
+                let key = ObjectRef::from(&obj);
+                let old = self.store.get(&key);
+                self.writer.apply_watcher_event(&Event::Apply(obj));
+                let Some(new) = self.store.get(&key) else {
+                    return;
+                };
+                self.reindex(old.as_deref(), Some(new.clone()));
+                match old {
+                    Some(old) => self.emit(Change::Updated {
+                        old: &old,
+                        new: &new,
+                    }),
+                    None => self.emit(Change::Added(&new)),
+                }
+            }
+            Event::Delete(obj) => {
+                let cached = self.store.get(&ObjectRef::from(&obj));
+                self.writer.apply_watcher_event(&Event::Delete(obj.clone()));
+                self.reindex(Some(cached.as_deref().unwrap_or(&obj)), None);
+                // A deletion that a relist discovered carries the cached object.
+                self.emit(Change::Deleted(cached.as_deref().unwrap_or(&obj)));
+            }
+            Event::Init => {
+                self.relisted.clear();
+                self.writer.apply_watcher_event(&Event::Init);
+            }
+            Event::InitApply(mut obj) => {
+                trim(&mut obj);
+                self.writer
+                    .apply_watcher_event(&Event::InitApply(obj.clone()));
+                self.relisted.push(obj);
+            }
+            Event::InitDone => {
+                let before: HashMap<ObjectRef<K>, Arc<K>> = self
+                    .store
+                    .state()
+                    .into_iter()
+                    .map(|o| (ObjectRef::from(o.as_ref()), o))
+                    .collect();
+                self.writer.apply_watcher_event(&Event::InitDone);
+                if !self.indexes.is_empty() {
+                    for (_, index) in &self.indexes {
+                        index.map.write().clear();
+                    }
+                    for obj in self.store.state() {
+                        self.reindex(None, Some(obj));
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                for obj in std::mem::take(&mut self.relisted) {
+                    let key = ObjectRef::from(&obj);
+                    match before.get(&key) {
+                        Some(old) => self.emit(Change::Updated { old, new: &obj }),
+                        None => self.emit(Change::Added(&obj)),
+                    }
+                    seen.insert(key);
+                }
+                for (key, old) in &before {
+                    if !seen.contains(key) {
+                        self.emit(Change::Deleted(old));
+                    }
                 }
             }
         }

@@ -632,4 +632,145 @@ mod tests {
         assert_eq!(ok.len(), 6);
         assert!(err.is_some());
     }
+
+    /// A fake API server: records every request and answers with the request body (a name
+    /// filled in for generateName), as a real one would for creates and updates.
+    type Calls = Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+    fn fake_client() -> (Client, Calls) {
+        let calls: Calls = Arc::default();
+        let recorded = calls.clone();
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let recorded = recorded.clone();
+            let counter = counter.clone();
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect_bytes().await.unwrap_or_default();
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::json!({}));
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((method.clone(), path, v.clone()));
+                if method == "POST" && v.pointer("/metadata/name").is_none() {
+                    let base = v
+                        .pointer("/metadata/generateName")
+                        .and_then(|g| g.as_str())
+                        .unwrap_or("x-")
+                        .to_string();
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    v["metadata"]["name"] = serde_json::json!(format!("{base}{n}"));
+                }
+                let status = if method == "POST" { 201 } else { 200 };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(serde_json::to_vec(&v).unwrap()))
+                        .unwrap(),
+                )
+            }
+        });
+        (Client::new(svc, "default"), calls)
+    }
+
+    fn taken(calls: &Calls, method: &str, path_prefix: &str) -> Vec<(String, serde_json::Value)> {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.starts_with(path_prefix))
+            .map(|(_, p, v)| (p.clone(), v.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn against_a_fake_api_creates_once_then_trims_unscheduled_pods_first() {
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = Informers::new(client.clone());
+        let ctl = ReplicaSetController::<ReplicaSet>::new(
+            &mut informers,
+            Recorder::new(client.clone(), "replicaset-controller", None),
+        );
+        let rs: ReplicaSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "rs-uid", "generation": 1},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
+        }))
+        .unwrap();
+        informers.replicasets().apply_event(Event::Apply(rs));
+
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let creates = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        assert_eq!(creates.len(), 3);
+        for (_, pod) in &creates {
+            assert_eq!(
+                pod.pointer("/metadata/generateName"),
+                Some(&serde_json::json!("web-"))
+            );
+            assert_eq!(
+                pod.pointer("/metadata/ownerReferences/0/uid"),
+                Some(&serde_json::json!("rs-uid"))
+            );
+            assert_eq!(
+                pod.pointer("/metadata/ownerReferences/0/controller"),
+                Some(&serde_json::json!(true))
+            );
+        }
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/apps/v1/namespaces/default/replicasets/web/status",
+        );
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            status[0].1.pointer("/status/observedGeneration"),
+            Some(&serde_json::json!(1))
+        );
+
+        // Until the watch shows the new pods, another sync creates nothing (expectations).
+        calls.lock().unwrap().clear();
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        assert!(taken(&calls, "POST", "/api/v1/namespaces/default/pods").is_empty());
+
+        // Four pods appear (one adopted elsewhere, say): the surplus one goes, and it is an
+        // unscheduled one, not the running pod.
+        let pod = |name: &str, node: Option<&str>, created: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                    "labels": {"app": "web"}, "creationTimestamp": created,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                        "uid": "rs-uid", "controller": true}]},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]},
+                "status": {"phase": if node.is_some() { "Running" } else { "Pending" }},
+            }))
+            .unwrap()
+        };
+        for p in [
+            pod("web-0", Some("n1"), "2026-12-01T10:00:00Z"),
+            pod("web-1", Some("n1"), "2026-12-01T10:00:01Z"),
+            pod("web-2", Some("n2"), "2026-12-01T10:00:02Z"),
+            pod("web-3", None, "2026-12-01T10:00:03Z"),
+        ] {
+            informers.pods().apply_event(Event::Apply(p));
+        }
+        calls.lock().unwrap().clear();
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let deletes = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/");
+        assert_eq!(deletes.len(), 1);
+        assert_eq!(deletes[0].0, "/api/v1/namespaces/default/pods/web-3");
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/apps/v1/namespaces/default/replicasets/web/status",
+        );
+        assert_eq!(
+            status[0].1.pointer("/status/replicas"),
+            Some(&serde_json::json!(4))
+        );
+    }
 }
