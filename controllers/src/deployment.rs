@@ -154,7 +154,7 @@ impl DeploymentController {
         let Some(d) = self.deployments.get(&ObjectRef::new(name).within(ns)) else {
             return Ok(None);
         };
-        let d = (*d).clone();
+        let mut d = (*d).clone();
         let selector = match parse_selector(d.spec.as_ref().map(|s| &s.selector)) {
             Ok(s) => s,
             Err(msg) => {
@@ -191,7 +191,7 @@ impl DeploymentController {
         }
         let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
         if paused || self.is_scaling_event(&d, &sets) {
-            return self.scale_only(&d, sets, paused).await;
+            return self.scale_only(&mut d, sets, paused).await;
         }
         let recreate = d
             .spec
@@ -200,9 +200,9 @@ impl DeploymentController {
             .and_then(|s| s.type_.as_deref())
             == Some("Recreate");
         if recreate {
-            self.rollout_recreate(&d, sets).await
+            self.rollout_recreate(&mut d, sets).await
         } else {
-            self.rollout_rolling(&d, sets).await
+            self.rollout_rolling(&mut d, sets).await
         }
     }
 
@@ -214,7 +214,7 @@ impl DeploymentController {
             .any(|rs| annotation_i32(rs, DESIRED_REPLICAS).is_some_and(|v| v != want))
     }
 
-    async fn rollout_rolling(&self, d: &Deployment, sets: Vec<ReplicaSet>) -> SyncResult {
+    async fn rollout_rolling(&self, d: &mut Deployment, sets: Vec<ReplicaSet>) -> SyncResult {
         let (mut new, mut old) = self.new_and_old(d, sets, true).await?;
         let Some(new_rs) = new.as_mut() else {
             return Ok(None);
@@ -312,7 +312,7 @@ impl DeploymentController {
         self.sync_rollout_status(d, &sets, new.as_ref()).await
     }
 
-    async fn rollout_recreate(&self, d: &Deployment, sets: Vec<ReplicaSet>) -> SyncResult {
+    async fn rollout_recreate(&self, d: &mut Deployment, sets: Vec<ReplicaSet>) -> SyncResult {
         let (new, mut old) = self.new_and_old(d, sets, false).await?;
         let mut scaled = false;
         for rs in old.iter_mut() {
@@ -355,7 +355,12 @@ impl DeploymentController {
     }
 
     /// Scaling without rolling out (paused, or a scale in the middle of a rollout).
-    async fn scale_only(&self, d: &Deployment, sets: Vec<ReplicaSet>, paused: bool) -> SyncResult {
+    async fn scale_only(
+        &self,
+        d: &mut Deployment,
+        sets: Vec<ReplicaSet>,
+        paused: bool,
+    ) -> SyncResult {
         let (mut new, mut old) = self.new_and_old(d, sets, false).await?;
         let want = replicas_of(d);
         let active: Vec<usize> = {
@@ -461,7 +466,7 @@ impl DeploymentController {
     /// revision brought up to date) and the old ones (oldest first).
     async fn new_and_old(
         &self,
-        d: &Deployment,
+        d: &mut Deployment,
         mut sets: Vec<ReplicaSet>,
         create: bool,
     ) -> Result<(Option<ReplicaSet>, Vec<ReplicaSet>), kube::Error> {
@@ -580,6 +585,7 @@ impl DeploymentController {
                         format!("Scaled up replica set {name} from 0 to {initial}"),
                     );
                 }
+                // Written with the rest of the status at the end of the sync.
                 set_condition(
                     &mut status,
                     "Progressing",
@@ -587,7 +593,7 @@ impl DeploymentController {
                     "NewReplicaSetCreated",
                     &format!("Created new replica set \"{name}\""),
                 );
-                self.write_status(d, status).await?;
+                d.status = Some(status);
                 Ok((Some(created), old))
             }
             Err(e) if is_conflict(&e) => {
@@ -617,7 +623,7 @@ impl DeploymentController {
     /// and `rollout status --revision` read it there).
     async fn set_deployment_revision(
         &self,
-        d: &Deployment,
+        d: &mut Deployment,
         revision: i64,
     ) -> Result<(), kube::Error> {
         let value = revision.to_string();
@@ -635,7 +641,17 @@ impl DeploymentController {
             )
             .await
         {
-            Ok(_) => Ok(()),
+            // Carry on with the new resourceVersion, so the status write does not conflict.
+            Ok(patched) => {
+                if patched.metadata.resource_version.is_some() {
+                    d.metadata.resource_version = patched.metadata.resource_version;
+                }
+                d.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(REVISION.into(), revision.to_string());
+                Ok(())
+            }
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
@@ -803,7 +819,13 @@ impl DeploymentController {
         d: &Deployment,
         status: DeploymentStatus,
     ) -> Result<(), kube::Error> {
-        if d.status.as_ref() == Some(&status) {
+        // Compare with what the server has (the cache), not with `d`, whose status a sync may
+        // already have advanced.
+        let server = self
+            .deployments
+            .get(&ObjectRef::new(&d.name_any()).within(&d.namespace().unwrap_or_default()))
+            .and_then(|c| c.status.clone());
+        if server.as_ref() == Some(&status) {
             return Ok(());
         }
         let mut updated = d.clone();
@@ -1210,5 +1232,77 @@ mod tests {
         assert_eq!(ann["kubernetes.io/change-cause"], "v2");
         assert!(!ann.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
         assert!(!copy_annotations(&d, &mut ann, 3));
+    }
+
+    #[tokio::test]
+    async fn against_a_fake_api_a_new_deployment_gets_a_hashed_replica_set_at_revision_1() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = DeploymentController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "deployment-controller", None),
+        );
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1,
+                "annotations": {"kubernetes.io/change-cause": "first"}},
+            "spec": {"replicas": 4, "progressDeadlineSeconds": 600, "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
+        }))
+        .unwrap();
+        informers.deployments().apply_event(Event::Apply(d.clone()));
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let created = taken(
+            &calls,
+            "POST",
+            "/apis/apps/v1/namespaces/default/replicasets",
+        );
+        assert_eq!(created.len(), 1);
+        let rs = &created[0].1;
+        let hash = template_hash(&d.spec.as_ref().unwrap().template, 0);
+        assert_eq!(
+            rs.pointer("/metadata/name"),
+            Some(&serde_json::json!(format!("web-{hash}")))
+        );
+        assert_eq!(rs.pointer("/spec/replicas"), Some(&serde_json::json!(4)));
+        assert_eq!(
+            rs.pointer("/spec/selector/matchLabels/pod-template-hash"),
+            Some(&serde_json::json!(hash))
+        );
+        assert_eq!(
+            rs.pointer("/spec/template/metadata/labels/pod-template-hash"),
+            Some(&serde_json::json!(hash))
+        );
+        let ann = rs.pointer("/metadata/annotations").unwrap();
+        assert_eq!(ann[REVISION], "1");
+        assert_eq!(ann[DESIRED_REPLICAS], "4");
+        assert_eq!(ann[MAX_REPLICAS], "5");
+        assert_eq!(ann["kubernetes.io/change-cause"], "first");
+        // The Deployment records the revision and a Progressing condition.
+        let patches = taken(
+            &calls,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+        );
+        assert!(patches.iter().any(|(_, p)| {
+            p.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                == Some(&serde_json::json!("1"))
+        }));
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/apps/v1/namespaces/default/deployments/web/status",
+        );
+        let conds = status
+            .last()
+            .unwrap()
+            .1
+            .pointer("/status/conditions")
+            .unwrap()
+            .to_string();
+        assert!(conds.contains("NewReplicaSetCreated"), "{conds}");
     }
 }

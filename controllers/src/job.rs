@@ -607,4 +607,59 @@ mod tests {
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert!(parse_indexes("").is_empty());
     }
+
+    #[tokio::test]
+    async fn against_a_fake_api_a_job_starts_parallelism_tracked_pods() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = JobController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "job-controller", None),
+        );
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid"},
+            "spec": {"completions": 5, "parallelism": 2, "completionMode": "Indexed",
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
+        }))
+        .unwrap();
+        informers.jobs().apply_event(Event::Apply(job));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let pods = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        assert_eq!(pods.len(), 2);
+        let mut indexes: Vec<String> = pods
+            .iter()
+            .map(|(_, p)| {
+                p.pointer("/metadata/annotations/batch.kubernetes.io~1job-completion-index")
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes, ["0", "1"]);
+        for (_, p) in &pods {
+            assert_eq!(
+                p.pointer("/metadata/finalizers/0"),
+                Some(&serde_json::json!(TRACKING_FINALIZER))
+            );
+        }
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/batch/v1/namespaces/default/jobs/pi/status",
+        );
+        assert!(
+            status
+                .last()
+                .unwrap()
+                .1
+                .pointer("/status/startTime")
+                .is_some()
+        );
+    }
 }

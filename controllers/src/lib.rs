@@ -20,6 +20,8 @@ pub mod resourcequota;
 pub mod rootcacert;
 pub mod serviceaccount;
 pub mod statefulset;
+#[cfg(test)]
+mod testing;
 pub mod ttlafterfinished;
 pub mod util;
 

@@ -633,58 +633,7 @@ mod tests {
         assert!(err.is_some());
     }
 
-    /// A fake API server: records every request and answers with the request body (a name
-    /// filled in for generateName), as a real one would for creates and updates.
-    type Calls = Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
-
-    fn fake_client() -> (Client, Calls) {
-        let calls: Calls = Arc::default();
-        let recorded = calls.clone();
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let recorded = recorded.clone();
-            let counter = counter.clone();
-            async move {
-                let method = req.method().to_string();
-                let path = req.uri().path().to_string();
-                let body = req.into_body().collect_bytes().await.unwrap_or_default();
-                let mut v: serde_json::Value =
-                    serde_json::from_slice(&body).unwrap_or(serde_json::json!({}));
-                recorded
-                    .lock()
-                    .unwrap()
-                    .push((method.clone(), path, v.clone()));
-                if method == "POST" && v.pointer("/metadata/name").is_none() {
-                    let base = v
-                        .pointer("/metadata/generateName")
-                        .and_then(|g| g.as_str())
-                        .unwrap_or("x-")
-                        .to_string();
-                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    v["metadata"]["name"] = serde_json::json!(format!("{base}{n}"));
-                }
-                let status = if method == "POST" { 201 } else { 200 };
-                Ok::<_, std::convert::Infallible>(
-                    http::Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(kube::client::Body::from(serde_json::to_vec(&v).unwrap()))
-                        .unwrap(),
-                )
-            }
-        });
-        (Client::new(svc, "default"), calls)
-    }
-
-    fn taken(calls: &Calls, method: &str, path_prefix: &str) -> Vec<(String, serde_json::Value)> {
-        calls
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(m, p, _)| m == method && p.starts_with(path_prefix))
-            .map(|(_, p, v)| (p.clone(), v.clone()))
-            .collect()
-    }
+    use crate::testing::{fake_client, taken};
 
     #[tokio::test]
     async fn against_a_fake_api_creates_once_then_trims_unscheduled_pods_first() {
