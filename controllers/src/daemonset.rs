@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use keelson_client::events::{EventType, Recorder};
-use keelson_client::informer::{Change, Index};
+use keelson_client::informer::Index;
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -35,8 +35,8 @@ use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::nodelifecycle::tolerates;
 use crate::util::{
-    Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
-    key_of, object_ref, pod_available, pod_ready, selector_or_event, split_key,
+    Reconciler, SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller,
+    is_not_found, key_of, object_ref, pod_available, pod_ready, selector_or_event, split_key,
 };
 
 /// The DaemonSet controller.
@@ -189,24 +189,9 @@ impl DaemonSetController {
         }
         {
             let q = queue.clone();
-            informers.pods().on_change(move |c| {
-                let p = c.object();
-                if let Some(r) = controller_of(&p.metadata)
-                    && r.kind == "DaemonSet"
-                {
-                    q.add(format!("{}/{}", p.namespace().unwrap_or_default(), r.name));
-                }
-                if let Change::Updated { old, .. } = c
-                    && let Some(r) = controller_of(&old.metadata)
-                    && r.kind == "DaemonSet"
-                {
-                    q.add(format!(
-                        "{}/{}",
-                        old.namespace().unwrap_or_default(),
-                        r.name
-                    ));
-                }
-            });
+            informers
+                .pods()
+                .on_change(move |c| enqueue_controller(&q, "DaemonSet", &c));
         }
         Arc::new(Self {
             client: informers.client(),

@@ -441,6 +441,31 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
     }
 }
 
+/// Queues the `kind` controller of the changed object (before and after the change: a
+/// controller that lost the object hears of it too), as `namespace/name`.
+pub fn enqueue_controller<K: Resource>(
+    queue: &WorkQueue<String>,
+    kind: &str,
+    change: &keelson_client::informer::Change<'_, K>,
+) {
+    let add = |obj: &K| {
+        let meta = obj.meta();
+        if let Some(r) = controller_of(meta)
+            && r.kind == kind
+        {
+            queue.add(format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or(""),
+                r.name
+            ));
+        }
+    };
+    add(change.object());
+    if let keelson_client::informer::Change::Updated { old, .. } = change {
+        add(old);
+    }
+}
+
 /// True for a 404 from the API.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
