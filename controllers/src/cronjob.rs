@@ -6,7 +6,6 @@
 //! itself for the next scheduled time.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +24,8 @@ use kube::{Client, ResourceExt};
 
 use crate::Informers;
 use crate::util::{
-    Reconciler, SyncResult, controller_of, controller_ref, deleting, is_conflict, is_not_found,
-    key_of, object_ref, split_key,
+    SyncResult, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
+    object_ref, reconciler, replace_status, split_key,
 };
 
 /// A parsed cron schedule (five fields, or one of the `@` shorthands).
@@ -298,7 +297,6 @@ impl CronJobController {
         };
         let cj = (*cj).clone();
         let spec = cj.spec.clone().unwrap_or_default();
-        let api: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
         let job_api: Api<Job> = Api::namespaced(self.client.clone(), ns);
         let mut jobs: Vec<Arc<Job>> = self.jobs.get(&cj.uid().unwrap_or_default());
         jobs.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
@@ -350,7 +348,7 @@ impl CronJobController {
         }
 
         if deleting(&cj.metadata) {
-            self.write_status(&api, &cj, status).await?;
+            self.write_status(&cj, status).await?;
             return Ok(None);
         }
         let schedule = match Schedule::parse(&spec.schedule) {
@@ -362,7 +360,7 @@ impl CronJobController {
                     "UnparseableSchedule",
                     format!("unparseable schedule: {:?} : {e}", spec.schedule),
                 );
-                self.write_status(&api, &cj, status).await?;
+                self.write_status(&cj, status).await?;
                 return Ok(None);
             }
         };
@@ -377,7 +375,7 @@ impl CronJobController {
                         "UnknownTimeZone",
                         format!("invalid timeZone: {name:?}: {e}"),
                     );
-                    self.write_status(&api, &cj, status).await?;
+                    self.write_status(&cj, status).await?;
                     return Ok(None);
                 }
             },
@@ -387,7 +385,7 @@ impl CronJobController {
         let requeue = next
             .map(|n| Duration::from_secs_f64(n.duration_since(now).as_secs_f64().max(0.0) + 0.1));
         if spec.suspend.unwrap_or(false) {
-            self.write_status(&api, &cj, status).await?;
+            self.write_status(&cj, status).await?;
             return Ok(None);
         }
         let earliest = status
@@ -398,7 +396,7 @@ impl CronJobController {
             .unwrap_or(now);
         let (scheduled, missed) = most_recent(&schedule, &tz, earliest, now, 100);
         let Some(scheduled) = scheduled else {
-            self.write_status(&api, &cj, status).await?;
+            self.write_status(&cj, status).await?;
             return Ok(requeue);
         };
         if missed >= 100 {
@@ -415,18 +413,18 @@ impl CronJobController {
                 "MissSchedule",
                 format!("Missed scheduled time to start a job: {scheduled}"),
             );
-            self.write_status(&api, &cj, status).await?;
+            self.write_status(&cj, status).await?;
             return Ok(requeue);
         }
         let job_name = format!("{}-{}", cj.name_any(), scheduled.as_second() / 60);
         if jobs.iter().any(|j| j.name_any() == job_name) {
             status.last_schedule_time = Some(Time(scheduled));
-            self.write_status(&api, &cj, status).await?;
+            self.write_status(&cj, status).await?;
             return Ok(requeue);
         }
         match spec.concurrency_policy.as_deref() {
             Some("Forbid") if !active.is_empty() => {
-                self.write_status(&api, &cj, status).await?;
+                self.write_status(&cj, status).await?;
                 return Ok(requeue);
             }
             Some("Replace") => {
@@ -496,13 +494,12 @@ impl CronJobController {
         }
         status.active = (!active.is_empty()).then_some(active);
         status.last_schedule_time = Some(Time(scheduled));
-        self.write_status(&api, &cj, status).await?;
+        self.write_status(&cj, status).await?;
         Ok(requeue)
     }
 
     async fn write_status(
         &self,
-        api: &Api<CronJob>,
         cj: &CronJob,
         status: k8s_openapi::api::batch::v1::CronJobStatus,
     ) -> Result<(), kube::Error> {
@@ -511,31 +508,11 @@ impl CronJobController {
         }
         let mut updated = cj.clone();
         updated.status = Some(status);
-        match api
-            .replace_status(&cj.name_any(), &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        replace_status(&self.client, &updated).await.map(drop)
     }
 }
 
-impl Reconciler for CronJobController {
-    const NAME: &'static str = "cronjob";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(CronJobController, "cronjob");
 
 #[cfg(test)]
 mod tests {

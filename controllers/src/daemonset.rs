@@ -14,7 +14,6 @@
 //!   numberAvailable, numberUnavailable, observedGeneration.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +34,8 @@ use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::nodelifecycle::tolerates;
 use crate::util::{
-    Reconciler, SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller,
-    is_not_found, key_of, object_ref, pod_available, pod_ready, selector_or_event, split_key,
+    SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller, is_not_found, key_of,
+    object_ref, pod_available, pod_ready, reconciler, replace_status, selector_or_event, split_key,
 };
 
 /// The DaemonSet controller.
@@ -385,14 +384,8 @@ impl DaemonSetController {
         if ds.status.as_ref() != Some(&status) {
             let mut updated_ds = ds.clone();
             updated_ds.status = Some(status);
-            let dapi: Api<DaemonSet> = Api::namespaced(self.client.clone(), ns);
-            match dapi
-                .replace_status(name, &PostParams::default(), &updated_ds)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(e),
+            if !replace_status(&self.client, &updated_ds).await? {
+                return Ok(None);
             }
         }
         Ok((min_ready > 0 && ready > available).then(|| Duration::from_secs(min_ready as u64)))
@@ -448,20 +441,7 @@ impl DaemonSetController {
     }
 }
 
-impl Reconciler for DaemonSetController {
-    const NAME: &'static str = "daemonset";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(DaemonSetController, "daemonset");
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,6 @@
 //! - Status and the Available / Progressing conditions (with `progressDeadlineSeconds`) as
 //!   upstream, which is what `kubectl rollout status` reads.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +35,9 @@ use serde_json::json;
 
 use crate::Informers;
 use crate::util::{
-    Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict,
-    is_not_found, key_of, matches, object_ref, parse_selector, pod_terminal, split_key,
+    SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict, is_not_found,
+    key_of, matches, object_ref, parse_selector, pod_terminal, reconciler, replace_status,
+    split_key,
 };
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -830,33 +830,11 @@ impl DeploymentController {
         }
         let mut updated = d.clone();
         updated.status = Some(status);
-        let api: Api<Deployment> =
-            Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
-        match api
-            .replace_status(&d.name_any(), &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
-        }
+        replace_status(&self.client, &updated).await.map(drop)
     }
 }
 
-impl Reconciler for DeploymentController {
-    const NAME: &'static str = "deployment";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(DeploymentController, "deployment");
 
 fn all(old: &[ReplicaSet], new: Option<&ReplicaSet>) -> Vec<ReplicaSet> {
     old.iter().cloned().chain(new.cloned()).collect()

@@ -5,7 +5,6 @@
 //! Services without a selector are left alone (their Endpoints are the user's).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
@@ -22,7 +21,7 @@ use kube::{Client, ResourceExt};
 
 use crate::Informers;
 use crate::util::{
-    Reconciler, SyncResult, is_conflict, is_not_found, key_of, pod_ready, pod_terminal, split_key,
+    SyncResult, is_conflict, is_not_found, key_of, pod_ready, pod_terminal, reconciler, split_key,
 };
 
 /// The Services in the pod's namespace whose selector matches the pod's labels.
@@ -294,17 +293,4 @@ impl EndpointsController {
     }
 }
 
-impl Reconciler for EndpointsController {
-    const NAME: &'static str = "endpoint";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(EndpointsController, "endpoint");

@@ -9,7 +9,6 @@
 //! slice. A Service that selects nothing keeps one empty placeholder slice, as upstream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -26,7 +25,7 @@ use crate::endpoint::{
     pod_ip, pod_ref, selected_pods, selector_of, services_selecting, target_port,
 };
 use crate::util::{
-    Reconciler, SyncResult, controller_ref, is_not_found, key_of, pod_ready, split_key,
+    SyncResult, controller_ref, is_not_found, key_of, pod_ready, reconciler, split_key,
 };
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -316,20 +315,7 @@ impl EndpointSliceController {
     }
 }
 
-impl Reconciler for EndpointSliceController {
-    const NAME: &'static str = "endpointslice";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(EndpointSliceController, "endpointslice");
 
 async fn delete(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), kube::Error> {
     match api.delete(&s.name_any(), &DeleteParams::default()).await {

@@ -15,7 +15,6 @@
 //!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +32,8 @@ use serde_json::json;
 use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
-    Expectations, Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting,
-    is_not_found, key_of, object_ref, pod_ready, selector_or_event, split_key,
+    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
+    key_of, object_ref, pod_ready, reconciler, selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -553,20 +552,7 @@ impl JobController {
     }
 }
 
-impl Reconciler for JobController {
-    const NAME: &'static str = "job";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(JobController, "job");
 
 async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
     let rest: Vec<&String> = pod

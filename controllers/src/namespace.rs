@@ -4,7 +4,6 @@
 //! remains the finalizer is removed through `namespaces/{name}/finalize`, after which the
 //! apiserver removes the namespace.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use kube::{Client, ResourceExt};
 
 use crate::Informers;
 use crate::discovery::Resources;
-use crate::util::{Reconciler, SyncResult, deleting, is_not_found};
+use crate::util::{SyncResult, deleting, is_not_found, reconciler};
 
 const FINALIZER: &str = "kubernetes";
 
@@ -256,17 +255,4 @@ impl NamespaceController {
     }
 }
 
-impl Reconciler for NamespaceController {
-    const NAME: &'static str = "namespace";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(NamespaceController, "namespace");

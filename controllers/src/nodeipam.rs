@@ -4,7 +4,6 @@
 //! goes.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::Informers;
-use crate::util::{Reconciler, SyncResult, is_not_found, object_ref};
+use crate::util::{SyncResult, is_not_found, object_ref, reconciler};
 
 /// An IPv4 CIDR split into subnets of one size.
 #[derive(Debug, Clone, Copy)]
@@ -190,20 +189,7 @@ impl NodeIpam {
     }
 }
 
-impl Reconciler for NodeIpam {
-    const NAME: &'static str = "nodeipam";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(NodeIpam, "nodeipam");
 
 #[cfg(test)]
 mod tests {

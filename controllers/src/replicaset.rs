@@ -34,7 +34,7 @@ use crate::Informers;
 use crate::util::{
     Expectations, Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting,
     is_not_found, key_of, matches, object_ref, parse_selector, pod_active, pod_available,
-    pod_ready, pod_ready_since, split_key,
+    pod_ready, pod_ready_since, replace_status, split_key,
 };
 
 /// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
@@ -267,17 +267,10 @@ impl<K: Replicated> ReplicaSetController<K> {
             &claimed,
             failure.as_ref().map(|(r, m, _)| (*r, m.as_str())),
         );
-        if rs.status.as_ref() != Some(&status) {
-            let updated = orig.with_status(&status);
-            let api: Api<K> = Api::namespaced(self.client.clone(), ns);
-            match api
-                .replace_status(name, &PostParams::default(), &updated)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(e),
-            }
+        if rs.status.as_ref() != Some(&status)
+            && !replace_status(&self.client, &orig.with_status(&status)).await?
+        {
+            return Ok(None);
         }
         if let Some((_, _, e)) = failure {
             return Err(e);

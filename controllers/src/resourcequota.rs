@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use keelson_client::informer::Index;
 use keelson_client::queue::WorkQueue;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::discovery::Resources;
-use crate::util::{SyncResult, is_not_found, key_of, pod_terminal, run_workers, split_key};
+use crate::util::{SyncResult, key_of, pod_terminal, replace_status, run_workers, split_key};
 
 /// A quantity as an exact number of thousandths (milli-units).
 fn parse_milli(q: &str) -> Option<i128> {
@@ -371,15 +371,7 @@ impl ResourceQuotaController {
         }
         let mut updated = (*rq).clone();
         updated.status = Some(status);
-        let api: Api<ResourceQuota> = Api::namespaced(self.client.clone(), ns);
-        match api
-            .replace_status(name, &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => Ok(None),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        replace_status(&self.client, &updated).await.map(|_| None)
     }
 }
 

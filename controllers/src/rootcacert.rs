@@ -2,7 +2,6 @@
 //! ConfigMap `kube-root-ca.crt` whose `ca.crt` is the cluster CA (`--root-ca-file`), so pods
 //! can verify the apiserver; it is re-created or corrected if deleted or changed.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -15,7 +14,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
 use crate::Informers;
-use crate::util::{Reconciler, SyncResult, deleting, is_conflict, is_not_found};
+use crate::util::{SyncResult, deleting, is_conflict, is_not_found, reconciler};
 
 /// The ConfigMap's name.
 pub const NAME: &str = "kube-root-ca.crt";
@@ -106,17 +105,4 @@ impl RootCaPublisher {
     }
 }
 
-impl Reconciler for RootCaPublisher {
-    const NAME: &'static str = "root-ca-cert-publisher";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(RootCaPublisher, "root-ca-cert-publisher");

@@ -2,7 +2,6 @@
 //! namespace has a `default` ServiceAccount; it is created with the namespace and re-created if
 //! deleted.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -14,7 +13,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::Informers;
-use crate::util::{Reconciler, SyncResult, deleting, is_conflict};
+use crate::util::{SyncResult, deleting, is_conflict, reconciler};
 
 /// The ServiceAccounts every namespace gets.
 const DEFAULT_ACCOUNTS: &[&str] = &["default"];
@@ -94,17 +93,4 @@ impl ServiceAccountController {
     }
 }
 
-impl Reconciler for ServiceAccountController {
-    const NAME: &'static str = "serviceaccount";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(ServiceAccountController, "serviceaccount");

@@ -14,7 +14,6 @@
 //!   currentRevision, updateRevision, observedGeneration.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +31,9 @@ use kube::{Client, ResourceExt};
 use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::util::{
-    Reconciler, SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller,
-    is_conflict, is_not_found, key_of, object_ref, pod_available, pod_ready, selector_or_event,
-    split_key,
+    SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller, is_conflict,
+    is_not_found, key_of, object_ref, pod_available, pod_ready, reconciler, replace_status,
+    selector_or_event, split_key,
 };
 
 /// The StatefulSet controller.
@@ -287,14 +286,8 @@ impl StatefulSetController {
         if set.status.as_ref() != Some(&status) {
             let mut updated_set = set.clone();
             updated_set.status = Some(status);
-            let sapi: Api<StatefulSet> = Api::namespaced(self.client.clone(), ns);
-            match sapi
-                .replace_status(name, &PostParams::default(), &updated_set)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(e),
+            if !replace_status(&self.client, &updated_set).await? {
+                return Ok(None);
             }
         }
         Ok(requeue)
@@ -410,20 +403,7 @@ impl StatefulSetController {
     }
 }
 
-impl Reconciler for StatefulSetController {
-    const NAME: &'static str = "statefulset";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(StatefulSetController, "statefulset");
 
 async fn delete_pod(api: &Api<Pod>, p: &Pod) -> Result<(), kube::Error> {
     match api.delete(&p.name_any(), &DeleteParams::default()).await {

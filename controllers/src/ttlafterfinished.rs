@@ -2,7 +2,6 @@
 //! with `ttlSecondsAfterFinished` is deleted (foreground propagation, so its pods go first) that
 //! many seconds after it finished (its Complete or Failed condition's transition time).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::Informers;
-use crate::util::{Reconciler, SyncResult, deleting, is_conflict, is_not_found, key_of, split_key};
+use crate::util::{SyncResult, deleting, is_conflict, is_not_found, key_of, reconciler, split_key};
 
 /// The TTL-after-finished controller.
 pub struct TtlAfterFinished {
@@ -104,17 +103,4 @@ impl TtlAfterFinished {
     }
 }
 
-impl Reconciler for TtlAfterFinished {
-    const NAME: &'static str = "ttl-after-finished";
-
-    fn queue(&self) -> &WorkQueue<String> {
-        &self.queue
-    }
-
-    fn reconcile(
-        self: Arc<Self>,
-        key: String,
-    ) -> impl Future<Output = SyncResult> + Send + 'static {
-        self.sync(key)
-    }
-}
+reconciler!(TtlAfterFinished, "ttl-after-finished");

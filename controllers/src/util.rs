@@ -466,6 +466,53 @@ pub fn enqueue_controller<K: Resource>(
     }
 }
 
+/// Writes `updated`'s status through the status subresource (a conflict if its resourceVersion
+/// is stale). `Ok(false)` when the object is gone, which is not an error for a controller.
+pub async fn replace_status<K>(client: &Client, updated: &K) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &updated.namespace().unwrap_or_default());
+    match api
+        .replace_status(
+            &updated.name_any(),
+            &kube::api::PostParams::default(),
+            updated,
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Implements [`Reconciler`] for a controller with a `queue` field and an
+/// `async fn sync(self: Arc<Self>, key: String) -> SyncResult`.
+macro_rules! reconciler {
+    ($ty:ty, $name:expr) => {
+        impl $crate::util::Reconciler for $ty {
+            const NAME: &'static str = $name;
+
+            fn queue(&self) -> &keelson_client::queue::WorkQueue<String> {
+                &self.queue
+            }
+
+            fn reconcile(
+                self: std::sync::Arc<Self>,
+                key: String,
+            ) -> impl std::future::Future<Output = $crate::util::SyncResult> + Send + 'static {
+                self.sync(key)
+            }
+        }
+    };
+}
+pub(crate) use reconciler;
+
 /// True for a 404 from the API.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
