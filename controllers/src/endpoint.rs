@@ -25,7 +25,7 @@ use crate::util::{
 };
 
 /// The Services in the pod's namespace whose selector matches the pod's labels.
-pub(crate) fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<String> {
+fn services_selecting(services: &Store<Service>, pod: &Pod) -> Vec<String> {
     let ns = pod.namespace();
     services
         .state()
@@ -103,6 +103,31 @@ pub(crate) fn pod_ref(pod: &Pod) -> ObjectReference {
 /// Ready and not-ready addresses of one subset.
 type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
 
+/// Queues a Service when it changes and when a pod it selects (before or after the change)
+/// changes: what both endpoint controllers react to.
+pub(crate) fn queue_services_on_changes(
+    informers: &mut Informers,
+    queue: &WorkQueue<String>,
+    services: &Store<Service>,
+) {
+    let q = queue.clone();
+    informers
+        .services()
+        .on_change(move |c| q.add(key_of(&c.object().metadata)));
+    let q = queue.clone();
+    let svcs = services.clone();
+    informers.pods().on_change(move |c| {
+        if let Change::Updated { old, .. } = &c {
+            services_selecting(&svcs, old)
+                .into_iter()
+                .for_each(|k| q.add(k));
+        }
+        services_selecting(&svcs, c.object())
+            .into_iter()
+            .for_each(|k| q.add(k));
+    });
+}
+
 /// The endpoints controller.
 pub struct EndpointsController {
     client: Client,
@@ -119,26 +144,7 @@ impl EndpointsController {
         let services = informers.services().store();
         let pods = informers.pods_by_namespace();
         let endpoints = informers.endpoints().store();
-        {
-            let q = queue.clone();
-            informers
-                .services()
-                .on_change(move |c| q.add(key_of(&c.object().metadata)));
-        }
-        {
-            let q = queue.clone();
-            let svcs = services.clone();
-            informers.pods().on_change(move |c| {
-                if let Change::Updated { old, .. } = &c {
-                    services_selecting(&svcs, old)
-                        .into_iter()
-                        .for_each(|k| q.add(k));
-                }
-                services_selecting(&svcs, c.object())
-                    .into_iter()
-                    .for_each(|k| q.add(k));
-            });
-        }
+        queue_services_on_changes(informers, &queue, &services);
         {
             let q = queue.clone();
             informers.endpoints().on_change(move |c| {

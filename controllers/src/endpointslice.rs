@@ -14,7 +14,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use keelson_client::informer::{Change, Index};
+use keelson_client::informer::Index;
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -22,11 +22,9 @@ use kube::{Client, ResourceExt};
 
 use crate::Informers;
 use crate::endpoint::{
-    pod_ip, pod_ref, selected_pods, selector_of, services_selecting, target_port,
+    pod_ip, pod_ref, queue_services_on_changes, selected_pods, selector_of, target_port,
 };
-use crate::util::{
-    SyncResult, controller_ref, is_not_found, key_of, pod_ready, reconciler, split_key,
-};
+use crate::util::{SyncResult, controller_ref, is_not_found, pod_ready, reconciler, split_key};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -79,26 +77,7 @@ impl EndpointSliceController {
         let services = informers.services().store();
         let pods = informers.pods_by_namespace();
         let slices = informers.endpointslices().store();
-        {
-            let q = queue.clone();
-            informers
-                .services()
-                .on_change(move |c| q.add(key_of(&c.object().metadata)));
-        }
-        {
-            let q = queue.clone();
-            let svcs = services.clone();
-            informers.pods().on_change(move |c| {
-                if let Change::Updated { old, .. } = &c {
-                    services_selecting(&svcs, old)
-                        .into_iter()
-                        .for_each(|k| q.add(k));
-                }
-                services_selecting(&svcs, c.object())
-                    .into_iter()
-                    .for_each(|k| q.add(k));
-            });
-        }
+        queue_services_on_changes(informers, &queue, &services);
         {
             let q = queue.clone();
             informers.endpointslices().on_change(move |c| {
