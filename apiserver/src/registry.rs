@@ -381,6 +381,60 @@ impl Registry {
         }
     }
 
+    /// The Priority admission plugin: a pod's `priorityClassName` resolves to `spec.priority`
+    /// (and `spec.preemptionPolicy`) from its PriorityClass; the two built-in system classes need
+    /// no object. A pod naming a class that does not exist is refused.
+    async fn admit_priority(&self, pod: &mut Value) -> ApiResult<()> {
+        let class = pod
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let (value, policy) = match class.as_str() {
+            "" => {
+                if pod.pointer("/spec/priority").is_none() {
+                    pod["spec"]["priority"] = json!(0);
+                }
+                return Ok(());
+            }
+            "system-node-critical" => (json!(2_000_001_000), json!("PreemptLowerPriority")),
+            "system-cluster-critical" => (json!(2_000_000_000), json!("PreemptLowerPriority")),
+            name => {
+                let pcres = resources::find("scheduling.k8s.io", "v1", "priorityclasses")
+                    .expect("priorityclasses are served");
+                match self.get_raw(pcres, "", name).await {
+                    Ok((pc, _)) => (
+                        pc.get("value").cloned().unwrap_or(json!(0)),
+                        pc.get("preemptionPolicy")
+                            .cloned()
+                            .unwrap_or(json!("PreemptLowerPriority")),
+                    ),
+                    Err(e) if e.code == 404 => {
+                        return Err(ApiError::forbidden(format!(
+                            "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
+                            object::name(pod)
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if let Some(given) = pod.pointer("/spec/priority")
+            && !given.is_null()
+            && *given != value
+        {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name",
+                object::name(pod)
+            )));
+        }
+        pod["spec"]["priority"] = value;
+        if pod.pointer("/spec/preemptionPolicy").is_none_or(Value::is_null) {
+            pod["spec"]["preemptionPolicy"] = policy;
+        }
+        Ok(())
+    }
+
     /// Creates an object. `ns` is the request namespace.
     pub async fn create(
         &self,
@@ -420,6 +474,9 @@ impl Registry {
         }
         strategy::default(res, &mut obj);
         strategy::prepare_for_create(res, &mut obj);
+        if res.resource == "pods" && res.group.is_empty() {
+            self.admit_priority(&mut obj).await?;
+        }
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;

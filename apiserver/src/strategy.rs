@@ -608,6 +608,21 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
         "Pod" => {
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
+            let gated = obj
+                .pointer("/spec/schedulingGates")
+                .and_then(Value::as_array)
+                .is_some_and(|g| !g.is_empty());
+            if gated {
+                // As upstream's pod strategy: a gated pod says why it is not being scheduled.
+                obj["status"]["conditions"] = json!([{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "SchedulingGated",
+                    "message": "Scheduling is blocked due to non-empty scheduling gates",
+                    "lastProbeTime": null,
+                    "lastTransitionTime": crate::object::now_rfc3339(),
+                }]);
+            }
             default_toleration_seconds(obj);
         }
         "Service" => obj["status"] = json!({"loadBalancer": {}}),

@@ -1,0 +1,382 @@
+//! InterPodAffinity: required pod affinity and anti-affinity (the pod's own terms, and existing
+//! pods' anti-affinity against it) filter nodes by topology domain; preferred terms (both ways)
+//! and existing pods' required affinity score them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
+use crate::types::{AffinityTerm, Labels, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector};
+
+/// Reason: the pod's required affinity is not met.
+pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
+/// Reason: the pod's required anti-affinity is not met.
+pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
+/// Reason: an existing pod's required anti-affinity rules out the pod.
+pub const ERR_EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
+
+const NAME: &str = "InterPodAffinity";
+const SCORE_KEY: &str = "InterPodAffinity/score";
+
+/// The plugin.
+pub struct InterPodAffinity {
+    listers: Listers,
+    hard_pod_affinity_weight: i64,
+    ignore_preferred_terms_of_existing_pods: bool,
+}
+
+impl InterPodAffinity {
+    /// From `InterPodAffinityArgs`.
+    pub fn new(args: Option<&serde_json::Value>, listers: Listers) -> Result<Self, String> {
+        let w = args
+            .and_then(|a| a.get("hardPodAffinityWeight"))
+            .map(|v| v.as_i64().ok_or("hardPodAffinityWeight: must be an integer"))
+            .transpose()?
+            .unwrap_or(1);
+        if !(0..=100).contains(&w) {
+            return Err(format!(
+                "hardPodAffinityWeight: Invalid value: {w}: not in valid range [0, 100]"
+            ));
+        }
+        Ok(InterPodAffinity {
+            listers,
+            hard_pod_affinity_weight: w,
+            ignore_preferred_terms_of_existing_pods: args
+                .and_then(|a| a.get("ignorePreferredTermsOfExistingPods"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        })
+    }
+}
+
+/// A term with its namespace selector resolved to names.
+#[derive(Clone, Debug)]
+struct Resolved {
+    selector: Selector,
+    namespaces: HashSet<String>,
+    all_namespaces: bool,
+    topology_key: String,
+    weight: i64,
+}
+
+impl Resolved {
+    fn new(t: &AffinityTerm, listers: &Listers) -> Self {
+        let mut namespaces = t.namespaces.clone();
+        let mut all_namespaces = false;
+        if let Some(sel) = &t.namespace_selector {
+            if *sel == Selector::everything() {
+                all_namespaces = true;
+            } else {
+                for ns in listers.namespaces.state() {
+                    if sel.matches(ns.metadata.labels.as_ref().unwrap_or(&Labels::new())) {
+                        namespaces.insert(ns.metadata.name.clone().unwrap_or_default());
+                    }
+                }
+            }
+        }
+        Resolved {
+            selector: t.selector.clone(),
+            namespaces,
+            all_namespaces,
+            topology_key: t.topology_key.clone(),
+            weight: t.weight,
+        }
+    }
+
+    fn matches(&self, p: &PodInfo) -> bool {
+        (self.all_namespaces || self.namespaces.contains(&p.namespace))
+            && self.selector.matches(&p.labels)
+    }
+}
+
+type Pair = (String, String);
+
+#[derive(Clone, Default)]
+struct FilterState {
+    affinity_terms: Vec<Resolved>,
+    anti_terms: Vec<Resolved>,
+    /// Domains where an existing pod's required anti-affinity matches the incoming pod.
+    existing_anti: HashMap<Pair, i64>,
+    /// Domains with pods matching all of the pod's required affinity terms.
+    affinity: HashMap<Pair, i64>,
+    /// Domains with pods matching one of the pod's required anti-affinity terms.
+    anti: HashMap<Pair, i64>,
+}
+
+/// Whether an existing pod's term (resolved against the incoming pod's namespace labels)
+/// matches the incoming pod.
+fn term_matches_incoming(t: &AffinityTerm, incoming: &PodInfo, ns_labels: Option<&Labels>) -> bool {
+    let ns_ok = t.namespaces.contains(&incoming.namespace)
+        || t.namespace_selector
+            .as_ref()
+            .is_some_and(|s| ns_labels.is_some_and(|l| s.matches(l)));
+    ns_ok && t.selector.matches(&incoming.labels)
+}
+
+impl FilterState {
+    fn update(&mut self, pod: &PodInfo, ns_labels: Option<&Labels>, existing: &PodInfo, node: &NodeInfo, delta: i64) {
+        for t in &existing.required_anti_affinity {
+            if let Some(v) = node.labels.get(&t.topology_key)
+                && term_matches_incoming(t, pod, ns_labels)
+            {
+                *self
+                    .existing_anti
+                    .entry((t.topology_key.clone(), v.clone()))
+                    .or_default() += delta;
+            }
+        }
+        if !self.affinity_terms.is_empty() && self.affinity_terms.iter().all(|t| t.matches(existing)) {
+            for t in &self.affinity_terms {
+                if let Some(v) = node.labels.get(&t.topology_key) {
+                    *self
+                        .affinity
+                        .entry((t.topology_key.clone(), v.clone()))
+                        .or_default() += delta;
+                }
+            }
+        }
+        for t in &self.anti_terms {
+            if let Some(v) = node.labels.get(&t.topology_key)
+                && t.matches(existing)
+            {
+                *self
+                    .anti
+                    .entry((t.topology_key.clone(), v.clone()))
+                    .or_default() += delta;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct ScoreState {
+    /// topology key -> value -> score.
+    scores: HashMap<String, HashMap<String, i64>>,
+}
+
+impl Plugin for InterPodAffinity {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn points(&self) -> &'static [Point] {
+        &[
+            Point::PreFilter,
+            Point::Filter,
+            Point::PreScore,
+            Point::Score,
+        ]
+    }
+    fn events(&self) -> &'static [Event] {
+        &[
+            Event::AssignedPodAdd,
+            Event::AssignedPodUpdate,
+            Event::AssignedPodDelete,
+            Event::NodeAdd,
+            Event::NodeLabel,
+            Event::NamespaceUpdate,
+        ]
+    }
+    fn pre_filter(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snap: &Snapshot,
+    ) -> (Option<HashSet<String>>, Status) {
+        let any_existing_anti = snap
+            .nodes
+            .iter()
+            .any(|n| n.pods_with_required_anti_affinity > 0);
+        if pod.required_affinity.is_empty()
+            && pod.required_anti_affinity.is_empty()
+            && !any_existing_anti
+        {
+            return (None, Status::skip());
+        }
+        let mut st = FilterState {
+            affinity_terms: pod
+                .required_affinity
+                .iter()
+                .map(|t| Resolved::new(t, &self.listers))
+                .collect(),
+            anti_terms: pod
+                .required_anti_affinity
+                .iter()
+                .map(|t| Resolved::new(t, &self.listers))
+                .collect(),
+            ..Default::default()
+        };
+        let ns_labels = self.listers.namespace_labels(&pod.namespace);
+        let own = !st.affinity_terms.is_empty() || !st.anti_terms.is_empty();
+        for n in &snap.nodes {
+            if !own && n.pods_with_required_anti_affinity == 0 {
+                continue;
+            }
+            for p in &n.pods {
+                if !own && p.required_anti_affinity.is_empty() {
+                    continue;
+                }
+                st.update(pod, ns_labels.as_deref(), p, n, 1);
+            }
+        }
+        state.write(NAME, st);
+        (None, Status::ok())
+    }
+    fn add_pod(&self, state: &mut CycleState, pod: &PodInfo, added: &PodInfo, node: &NodeInfo) {
+        let ns = self.listers.namespace_labels(&pod.namespace);
+        if let Some(st) = state.read_mut::<FilterState>(NAME) {
+            st.update(pod, ns.as_deref(), added, node, 1);
+        }
+    }
+    fn remove_pod(&self, state: &mut CycleState, pod: &PodInfo, removed: &PodInfo, node: &NodeInfo) {
+        let ns = self.listers.namespace_labels(&pod.namespace);
+        if let Some(st) = state.read_mut::<FilterState>(NAME) {
+            st.update(pod, ns.as_deref(), removed, node, -1);
+        }
+    }
+    fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        let Some(st) = state.read::<FilterState>(NAME) else {
+            return Status::ok();
+        };
+        let at = |m: &HashMap<Pair, i64>, k: &str| -> i64 {
+            node.labels
+                .get(k)
+                .and_then(|v| m.get(&(k.to_string(), v.clone())))
+                .copied()
+                .unwrap_or(0)
+        };
+        // Existing pods' anti-affinity.
+        if st
+            .existing_anti
+            .iter()
+            .any(|((k, v), c)| *c > 0 && node.labels.get(k) == Some(v))
+        {
+            return Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY);
+        }
+        // The pod's own anti-affinity.
+        if st.anti_terms.iter().any(|t| at(&st.anti, &t.topology_key) > 0) {
+            return Status::unschedulable(ERR_ANTI_AFFINITY);
+        }
+        // The pod's own affinity.
+        if !st.affinity_terms.is_empty() {
+            let mut all_exist = true;
+            for t in &st.affinity_terms {
+                if !node.labels.contains_key(&t.topology_key) {
+                    return Status::unresolvable(ERR_AFFINITY);
+                }
+                if at(&st.affinity, &t.topology_key) <= 0 {
+                    all_exist = false;
+                }
+            }
+            if !all_exist {
+                // The first pod of a group that is affine to itself may go anywhere.
+                let none_anywhere = st.affinity.values().all(|c| *c <= 0);
+                if !(none_anywhere && st.affinity_terms.iter().all(|t| t.matches(pod))) {
+                    return Status::unresolvable(ERR_AFFINITY);
+                }
+            }
+        }
+        Status::ok()
+    }
+    fn pre_score(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        _nodes: &[Arc<NodeInfo>],
+        snap: &Snapshot,
+    ) -> Status {
+        let has_preferred =
+            !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
+        let any_existing = snap.nodes.iter().any(|n| n.pods_with_affinity > 0);
+        if !has_preferred && !any_existing {
+            return Status::skip();
+        }
+        let aff: Vec<Resolved> = pod
+            .preferred_affinity
+            .iter()
+            .map(|t| Resolved::new(t, &self.listers))
+            .collect();
+        let anti: Vec<Resolved> = pod
+            .preferred_anti_affinity
+            .iter()
+            .map(|t| Resolved::new(t, &self.listers))
+            .collect();
+        let ns_labels = self.listers.namespace_labels(&pod.namespace);
+        let mut st = ScoreState::default();
+        let mut add = |k: &str, n: &NodeInfo, w: i64| {
+            if w == 0 {
+                return;
+            }
+            if let Some(v) = n.labels.get(k) {
+                *st.scores
+                    .entry(k.to_string())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default() += w;
+            }
+        };
+        for n in &snap.nodes {
+            if !has_preferred && n.pods_with_affinity == 0 {
+                continue;
+            }
+            for p in &n.pods {
+                for t in &aff {
+                    if t.matches(p) {
+                        add(&t.topology_key, n, t.weight);
+                    }
+                }
+                for t in &anti {
+                    if t.matches(p) {
+                        add(&t.topology_key, n, -t.weight);
+                    }
+                }
+                if !p.has_affinity() {
+                    continue;
+                }
+                for t in &p.required_affinity {
+                    if term_matches_incoming(t, pod, ns_labels.as_deref()) {
+                        add(&t.topology_key, n, self.hard_pod_affinity_weight);
+                    }
+                }
+                if self.ignore_preferred_terms_of_existing_pods {
+                    continue;
+                }
+                for t in &p.preferred_affinity {
+                    if term_matches_incoming(t, pod, ns_labels.as_deref()) {
+                        add(&t.topology_key, n, t.weight);
+                    }
+                }
+                for t in &p.preferred_anti_affinity {
+                    if term_matches_incoming(t, pod, ns_labels.as_deref()) {
+                        add(&t.topology_key, n, -t.weight);
+                    }
+                }
+            }
+        }
+        if st.scores.is_empty() {
+            return Status::skip();
+        }
+        state.write(SCORE_KEY, st);
+        Status::ok()
+    }
+    fn score(&self, state: &CycleState, _pod: &PodInfo, node: &NodeInfo) -> i64 {
+        let Some(st) = state.read::<ScoreState>(SCORE_KEY) else {
+            return 0;
+        };
+        st.scores
+            .iter()
+            .filter_map(|(k, vals)| node.labels.get(k).and_then(|v| vals.get(v)))
+            .sum()
+    }
+    fn normalize(&self, _: &CycleState, _: &PodInfo, scores: &mut [i64]) {
+        let max = scores.iter().copied().fold(0, i64::max);
+        let min = scores.iter().copied().fold(0, i64::min);
+        let diff = max - min;
+        for s in scores.iter_mut() {
+            *s = if diff > 0 {
+                (MAX_NODE_SCORE as f64 * ((*s - min) as f64 / diff as f64)) as i64
+            } else {
+                0
+            };
+        }
+    }
+}
