@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod queue;
 pub mod scheduler;
+pub mod testing;
 pub mod types;
 
 use std::path::PathBuf;

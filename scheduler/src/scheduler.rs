@@ -687,3 +687,173 @@ impl Scheduler {
 fn keelson_client_is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{FakeBinder, default_framework, info, node, node_info, node_with, pod};
+
+    #[test]
+    fn adaptive_percentage_of_nodes_to_score() {
+        assert_eq!(num_feasible_nodes_to_find(None, 50), 50);
+        assert_eq!(num_feasible_nodes_to_find(None, 500), 230); // 46%
+        assert_eq!(num_feasible_nodes_to_find(None, 5000), 500); // 10%
+        assert_eq!(num_feasible_nodes_to_find(None, 6000), 300); // 5% floor
+        assert_eq!(num_feasible_nodes_to_find(Some(100), 5000), 5000);
+        assert_eq!(num_feasible_nodes_to_find(Some(1), 5000), 100); // at least 100
+    }
+
+    #[test]
+    fn fit_error_message_as_upstream() {
+        let fw = default_framework();
+        let tainted = node_with(
+            "m",
+            "4",
+            "4Gi",
+            json!({}),
+            json!({"spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}),
+        );
+        let snap = Snapshot::from_nodes(vec![
+            node_info(tainted, vec![]),
+            node_info(node("a", "1", "4Gi", json!({})), vec![]),
+            node_info(node("b", "1", "4Gi", json!({})), vec![]),
+        ]);
+        let p = info(pod("big", "2", "", json!({})));
+        let alg = Algorithm::new();
+        let Decision::Unfit(fit) = alg.schedule(&fw, &mut CycleState::default(), &p, &snap) else {
+            panic!("should not fit");
+        };
+        assert_eq!(
+            fit.message(),
+            "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, 2 Insufficient cpu."
+        );
+        assert!(fit.rejected_by.contains("NodeResourcesFit"));
+        assert!(fit.rejected_by.contains("TaintToleration"));
+    }
+
+    #[test]
+    fn preferred_anti_affinity_spreads_replicas() {
+        let fw = default_framework();
+        let alg = Algorithm::new();
+        let replica = |n: &str| {
+            pod(
+                n,
+                "100m",
+                "",
+                json!({"metadata": {"labels": {"app": "seed"}}, "spec": {"affinity": {"podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": {"app": "seed"}}, "topologyKey": "kubernetes.io/hostname"}}]}}}}),
+            )
+        };
+        let mut nodes = vec![
+            node_info(node("a", "4", "4Gi", json!({})), vec![]),
+            node_info(node("b", "4", "4Gi", json!({})), vec![]),
+        ];
+        let first = replica("r1");
+        let snap = Snapshot::from_nodes(nodes.clone());
+        let Decision::Node { name, .. } = alg.schedule(&fw, &mut CycleState::default(), &info(first.clone()), &snap) else {
+            panic!()
+        };
+        let i = if name == "a" { 0 } else { 1 };
+        nodes[i].add_pod(info(first));
+        let snap = Snapshot::from_nodes(nodes);
+        for _ in 0..10 {
+            let Decision::Node { name: second, .. } =
+                alg.schedule(&fw, &mut CycleState::default(), &info(replica("r2")), &snap)
+            else {
+                panic!()
+            };
+            assert_ne!(second, name, "the second replica goes to the other node");
+        }
+    }
+
+    #[tokio::test]
+    async fn scheduler_binds_requeues_and_never_double_books() {
+        let mut fw = default_framework();
+        let binder = FakeBinder::default();
+        fw.bind = vec![Arc::new(binder.clone())];
+        let s = Scheduler::new(vec![fw], None, None, Duration::from_millis(10), Duration::from_millis(50));
+        for n in ["a", "b"] {
+            s.cache.lock().set_node(Arc::new(node(n, "1", "4Gi", json!({}))));
+        }
+        // Four pods of 500m fit on two 1-CPU nodes; the fifth does not.
+        for i in 0..5 {
+            s.queue.add(info(pod(&format!("p{i}"), "500m", "", json!({}))));
+        }
+        binder.fail.lock().insert("default/p0".into());
+        for _ in 0..5 {
+            let qp = s.queue.pop().await.unwrap();
+            s.clone().schedule_one(qp).await;
+        }
+        // Let the binding tasks finish.
+        for _ in 0..100 {
+            if binder.bound.lock().len() >= 3 && s.queue.counts().1 + s.queue.counts().0 >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let bound = binder.bound.lock().clone();
+        assert_eq!(bound.len(), 3, "{bound:?}");
+        // p0's binding failed: it is forgotten by the cache and back in the queue (with backoff).
+        assert!(!s.cache.lock().is_assumed("default/p0"));
+        assert!(s.queue.contains("default/p0"));
+        let snap = s.cache.lock().snapshot(Arc::default());
+        let used: i64 = snap.nodes.iter().map(|n| n.requested.milli_cpu).sum();
+        assert_eq!(used, 1500, "three pods assumed");
+        for n in &snap.nodes {
+            assert!(n.requested.milli_cpu <= 1000, "node {} overbooked", n.name);
+        }
+        // p0 gets its turn after the backoff and takes the last slot; the fifth stays pending.
+        binder.fail.lock().clear();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        s.queue.flush();
+        let qp = s.queue.pop().await.unwrap();
+        assert_eq!(qp.info.name, "p0");
+        s.clone().schedule_one(qp).await;
+        for _ in 0..100 {
+            if binder.bound.lock().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(binder.bound.lock().len(), 4);
+        let (_, _, unschedulable, _) = s.queue.counts();
+        assert_eq!(unschedulable, 1, "the fifth pod waits for an event");
+        // A node joining wakes it.
+        s.cache.lock().set_node(Arc::new(node("c", "1", "4Gi", json!({}))));
+        s.queue.on_event(crate::framework::Event::NodeAdd);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        s.queue.flush();
+        let qp = s.queue.pop().await.unwrap();
+        s.clone().schedule_one(qp).await;
+        for _ in 0..100 {
+            if binder.bound.lock().len() == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let bound = binder.bound.lock().clone();
+        assert_eq!(bound.last().map(|b| b.1.as_str()), Some("c"));
+    }
+
+    #[test]
+    fn queue_orders_by_priority_then_age() {
+        let fw = default_framework();
+        let q = crate::queue::SchedulingQueue::new(Arc::new(vec![fw]), Duration::from_secs(1), Duration::from_secs(10));
+        q.add(info(pod("low", "", "", json!({"spec": {"priority": 1}}))));
+        q.add(info(pod("high", "", "", json!({"spec": {"priority": 100}}))));
+        q.add(info(pod("low2", "", "", json!({"spec": {"priority": 1}}))));
+        q.add(info(pod("gated", "", "", json!({"spec": {"priority": 1000, "schedulingGates": [{"name": "g"}]}}))));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let order: Vec<String> = (0..3)
+            .map(|_| rt.block_on(q.pop()).unwrap().info.name.clone())
+            .collect();
+        assert_eq!(order, ["high", "low", "low2"]);
+        assert_eq!(q.counts().3, 1, "the gated pod waits");
+        // Removing the gate admits it.
+        q.update(info(pod("gated", "", "", json!({"spec": {"priority": 1000}}))));
+        assert_eq!(rt.block_on(q.pop()).unwrap().info.name, "gated");
+    }
+}

@@ -15,6 +15,9 @@ pub mod tainttoleration;
 pub mod volumebinding;
 pub mod volumerestrictions;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use crate::framework::{Handle, Plugin};
