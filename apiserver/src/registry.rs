@@ -429,7 +429,10 @@ impl Registry {
             )));
         }
         pod["spec"]["priority"] = value;
-        if pod.pointer("/spec/preemptionPolicy").is_none_or(Value::is_null) {
+        if pod
+            .pointer("/spec/preemptionPolicy")
+            .is_none_or(Value::is_null)
+        {
             pod["spec"]["preemptionPolicy"] = policy;
         }
         Ok(())

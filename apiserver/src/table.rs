@@ -259,6 +259,19 @@ fn pod_cells(p: &Value) -> Vec<Value> {
     if reason.is_empty() {
         reason = s(p.pointer("/status/phase"));
     }
+    // As upstream's printer: a pod held by scheduling gates says so.
+    let gated = p
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type") == Some(&json!("PodScheduled"))
+                    && c.get("reason") == Some(&json!("SchedulingGated"))
+            })
+        });
+    if gated {
+        reason = "SchedulingGated".into();
+    }
     for c in &statuses {
         if let Some(w) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             reason = w.to_string();

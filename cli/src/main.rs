@@ -26,7 +26,9 @@ enum Command {
     Apiserver(Box<keelson_apiserver::Config>),
     /// Run the controller-manager (flags as kube-controller-manager's).
     ControllerManager(Box<keelson_controllers::Config>),
-    /// Start a local cluster on loopback (for now: 3 store members and 2 apiservers).
+    /// Run the scheduler (flags and configuration file as kube-scheduler's).
+    Scheduler(Box<keelson_scheduler::Config>),
+    /// Start a local cluster on loopback.
     Up(up::Args),
 }
 
@@ -73,6 +75,12 @@ async fn main() -> anyhow::Result<()> {
             if let Err(e) = keelson_controllers::run(*config, shutdown).await {
                 // As upstream: a lost lease ends the process at once, so nothing acts without it.
                 tracing::error!(error = %e, "controller-manager stopped");
+                std::process::exit(1);
+            }
+        }
+        Command::Scheduler(config) => {
+            if let Err(e) = keelson_scheduler::run(*config, shutdown).await {
+                tracing::error!(error = %e, "scheduler stopped");
                 std::process::exit(1);
             }
         }

@@ -1,9 +1,10 @@
 //! `keelson up`: a local cluster of separate processes on loopback.
 //!
 //! Today it starts the store tier (N `keelson store` members, default 3, forming one Raft
-//! cluster) and the API tier (M `keelson apiserver` replicas, default 2, behind a TCP balancer on
-//! 127.0.0.1:6443), with a generated CA and TLS, and writes `admin.kubeconfig`. Controllers,
-//! schedulers and nodes join as their issues land.
+//! cluster), the API tier (M `keelson apiserver` replicas, default 2, behind a TCP balancer on
+//! 127.0.0.1:6443), and HA pairs of controller-managers and schedulers (each pair electing a
+//! leader through a Lease), with a generated CA and TLS, and writes `admin.kubeconfig`. Nodes
+//! join as their issue lands.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub struct Args {
     /// Number of controller-managers (one leads at a time, through a Lease).
     #[arg(long, default_value_t = 2)]
     pub controller_managers: usize,
+    /// Number of schedulers (one leads at a time, through a Lease).
+    #[arg(long, default_value_t = 2)]
+    pub schedulers: usize,
     /// Port of the balancer in front of the apiservers (the kubeconfig's server).
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
@@ -50,6 +54,9 @@ struct Topology {
     /// Health/metrics port per controller-manager.
     #[serde(default)]
     controller_managers: Vec<u16>,
+    /// Health/metrics port per scheduler.
+    #[serde(default)]
+    schedulers: Vec<u16>,
 }
 
 impl Topology {
@@ -58,6 +65,7 @@ impl Topology {
         stores: usize,
         apiservers: usize,
         controller_managers: usize,
+        schedulers: usize,
     ) -> anyhow::Result<Topology> {
         let path = dir.join("topology.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -80,6 +88,10 @@ impl Topology {
             while t.controller_managers.len() < controller_managers {
                 t.controller_managers.push(free_port()?);
             }
+            t.schedulers.truncate(schedulers);
+            while t.schedulers.len() < schedulers {
+                t.schedulers.push(free_port()?);
+            }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
         }
@@ -87,6 +99,7 @@ impl Topology {
             stores: Vec::new(),
             apiservers: Vec::new(),
             controller_managers: Vec::new(),
+            schedulers: Vec::new(),
         };
         for _ in 0..stores {
             t.stores.push((free_port()?, free_port()?));
@@ -96,6 +109,9 @@ impl Topology {
         }
         for _ in 0..controller_managers {
             t.controller_managers.push(free_port()?);
+        }
+        for _ in 0..schedulers {
+            t.schedulers.push(free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -150,7 +166,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     } else {
         args.controller_managers
     };
-    let topo = Topology::load_or_create(&args.data_dir, n, apis, cms)?;
+    let scheds = if args.single { 1 } else { args.schedulers };
+    let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds)?;
     let ports = topo.stores.clone();
     let initial: Vec<String> = ports
         .iter()
@@ -228,6 +245,32 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ],
         ));
     }
+    let sched_kubeconfig = args.data_dir.join("scheduler.kubeconfig");
+    std::fs::write(
+        &sched_kubeconfig,
+        crate::pki::kubeconfig(
+            &pki,
+            &masters[0],
+            "system:kube-scheduler",
+            (&pki.scheduler.0, &pki.scheduler.1),
+        )?,
+    )
+    .with_context(|| format!("writing {}", sched_kubeconfig.display()))?;
+    for (i, port) in topo.schedulers.iter().copied().enumerate() {
+        procs.push(Supervised::new(
+            format!("scheduler {i}"),
+            vec![
+                "scheduler".into(),
+                format!("--kubeconfig={}", sched_kubeconfig.display()),
+                format!("--master={}", masters.join(",")),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                // kube-scheduler's clientConnection defaults.
+                "--kube-api-qps=50".into(),
+                "--kube-api-burst=100".into(),
+            ],
+        ));
+    }
     for p in &mut procs {
         p.start(&exe)?;
     }
@@ -248,7 +291,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
     }
     println!(
-        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s) (schedulers and nodes are not built yet)",
+        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s), {scheds} scheduler(s) (nodes are not built yet)",
         args.port
     );
     println!("  data:       {}", args.data_dir.display());

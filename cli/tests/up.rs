@@ -95,7 +95,32 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         "{procs:?}"
     );
 
-    // The controllers work: a Deployment gets its pods, and one controller-manager leads.
+    assert_eq!(
+        procs
+            .iter()
+            .filter(|(_, c)| c.contains(" scheduler "))
+            .count(),
+        2,
+        "{procs:?}"
+    );
+    // A node object for the scheduler to place pods on (there is no kubelet yet).
+    let node = dir.path().join("node.json");
+    std::fs::write(
+        &node,
+        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
+            "status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                       "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"}}}"#,
+    )
+    .unwrap();
+    let out = kubectl(&kc, dir.path(), &["create", "-f", node.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The controllers and the scheduler work: a Deployment gets its pods, they are bound to
+    // the node, and one controller-manager and one scheduler lead.
     let out = kubectl(
         &kc,
         dir.path(),
@@ -119,10 +144,27 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
             dir.path(),
             &["get", "pods", "-l", "app=web", "-o", "name"],
         );
-        if String::from_utf8_lossy(&out.stdout).lines().count() == 2 {
+        let bound = kubectl(
+            &kc,
+            dir.path(),
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].spec.nodeName}",
+            ],
+        );
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 2
+            && String::from_utf8_lossy(&bound.stdout).trim() == "n1 n1"
+        {
             break;
         }
-        assert!(Instant::now() < pods_by, "deployment pods never appeared");
+        assert!(
+            Instant::now() < pods_by,
+            "deployment pods never appeared or were never scheduled"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let holder = kubectl(
@@ -134,6 +176,20 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
             "-n",
             "kube-system",
             "kube-controller-manager",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&holder.stdout).is_empty());
+    let holder = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-scheduler",
             "-o",
             "jsonpath={.spec.holderIdentity}",
         ],

@@ -231,7 +231,11 @@ mod tests {
         assert!(c.is_assumed("default/a"));
         let snap = c.snapshot(Arc::default());
         assert_eq!(snap.get("n1").unwrap().requested.milli_cpu, 1000);
-        assert_eq!(before.get("n1").unwrap().requested.milli_cpu, 0, "snapshots are unaffected");
+        assert_eq!(
+            before.get("n1").unwrap().requested.milli_cpu,
+            0,
+            "snapshots are unaffected"
+        );
         // The watch confirms it.
         c.add_or_update_pod(pod("a", "n1"));
         assert!(!c.is_assumed("default/a"));

@@ -217,7 +217,9 @@ pub fn parse(text: &str) -> Result<SchedulerConfiguration, String> {
             return Err(format!("profiles[{i}].schedulerName: Required value"));
         }
         if !names.insert(n.to_string()) {
-            return Err(format!("profiles[{i}].schedulerName: Duplicate value: {n:?}"));
+            return Err(format!(
+                "profiles[{i}].schedulerName: Duplicate value: {n:?}"
+            ));
         }
         if let Some(pct) = p.percentage_of_nodes_to_score
             && !(0..=100).contains(&pct)
@@ -263,6 +265,9 @@ pub fn frameworks(c: &SchedulerConfiguration, handle: &Handle) -> Result<Vec<Fra
     Ok(out)
 }
 
+/// The plugins (with score weights) enabled at each extension point.
+type PerPoint = HashMap<Point, Vec<(Arc<dyn Plugin>, i64)>>;
+
 fn build_profile(
     p: &Profile,
     c: &SchedulerConfiguration,
@@ -306,7 +311,7 @@ fn build_profile(
         instances.insert(name.to_string(), pl.clone());
         Ok(pl)
     };
-    let mut per_point: HashMap<Point, Vec<(Arc<dyn Plugin>, i64)>> = HashMap::new();
+    let mut per_point: PerPoint = HashMap::new();
     for (j, (name, w)) in multi.iter().enumerate() {
         let pl = instance(name, &format!("plugins.multiPoint.enabled[{j}]"))?;
         for pt in pl.points() {
@@ -336,7 +341,7 @@ fn build_profile(
             list.push((pl, w));
         }
     }
-    let take = |pt: Point, per_point: &HashMap<Point, Vec<(Arc<dyn Plugin>, i64)>>| {
+    let take = |pt: Point, per_point: &PerPoint| {
         per_point
             .get(&pt)
             .map(|v| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())
@@ -416,8 +421,9 @@ mod tests {
 
     #[test]
     fn default_profile_has_upstream_plugins_and_weights() {
-        let c = parse("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n")
-            .unwrap();
+        let c =
+            parse("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n")
+                .unwrap();
         let fws = frameworks(&c, &handle()).unwrap();
         assert_eq!(fws.len(), 1);
         let fw = &fws[0];
@@ -478,7 +484,10 @@ profiles:
     #[test]
     fn bad_configs_name_the_field() {
         let base = "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n";
-        let e = parse(&format!("{base}profiles:\n- schedulerName: a\n  plugns: {{}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{base}profiles:\n- schedulerName: a\n  plugns: {{}}\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("unknown field `plugns`"), "{e}");
         let e = parse(&format!("{base}percentageOfNodesToScore: 140\n")).unwrap_err();
         assert!(e.starts_with("percentageOfNodesToScore"), "{e}");
@@ -489,7 +498,10 @@ profiles:
         ))
         .unwrap();
         let e = frameworks(&c, &handle()).err().unwrap();
-        assert!(e.starts_with("profiles[0].plugins.filter.enabled[0]"), "{e}");
+        assert!(
+            e.starts_with("profiles[0].plugins.filter.enabled[0]"),
+            "{e}"
+        );
         assert!(e.contains("does not exist"), "{e}");
         let c = parse(&format!(
             "{base}profiles:\n- pluginConfig:\n  - name: NodeResourcesFit\n    args: {{scoringStrategy: {{type: Bogus}}}}\n"

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::ReplicationController;
 use kube::runtime::reflector::{self, Store};
 
 use crate::types::{Labels, NodeInfo, PodInfo};
@@ -147,7 +147,11 @@ pub struct CycleState {
 impl Clone for CycleState {
     fn clone(&self) -> Self {
         CycleState {
-            data: self.data.iter().map(|(k, v)| (*k, (**v).clone_box())).collect(),
+            data: self
+                .data
+                .iter()
+                .map(|(k, v)| (*k, (**v).clone_box()))
+                .collect(),
             skip_filter: self.skip_filter.clone(),
             skip_score: self.skip_score.clone(),
         }
@@ -162,7 +166,9 @@ impl CycleState {
 
     /// Reads a plugin's data.
     pub fn read<T: 'static>(&self, key: &'static str) -> Option<&T> {
-        self.data.get(key).and_then(|v| (**v).as_any().downcast_ref())
+        self.data
+            .get(key)
+            .and_then(|v| (**v).as_any().downcast_ref())
     }
 
     /// Reads a plugin's data for change.
@@ -406,7 +412,8 @@ pub trait Plugin: Send + Sync {
         (None, Status::ok())
     }
     /// PreFilter extension: keep the precomputed state right when preemption adds a pod.
-    fn add_pod(&self, _state: &mut CycleState, _pod: &PodInfo, _added: &PodInfo, _node: &NodeInfo) {}
+    fn add_pod(&self, _state: &mut CycleState, _pod: &PodInfo, _added: &PodInfo, _node: &NodeInfo) {
+    }
     /// PreFilter extension: keep the precomputed state right when preemption removes a pod.
     fn remove_pod(
         &self,
@@ -458,7 +465,12 @@ pub trait Plugin: Send + Sync {
         (Status::ok(), Duration::ZERO)
     }
     /// PreBind.
-    fn pre_bind(&self, _state: &CycleState, _pod: Arc<PodInfo>, _node: String) -> BoxFuture<'static, Status> {
+    fn pre_bind(
+        &self,
+        _state: &CycleState,
+        _pod: Arc<PodInfo>,
+        _node: String,
+    ) -> BoxFuture<'static, Status> {
         Box::pin(async { Status::ok() })
     }
     /// Bind; `Skip` passes to the next binder.
@@ -619,7 +631,12 @@ impl Framework {
     }
 
     /// Runs Score plugins (normalized and weighted): the total per node, in `nodes` order.
-    pub fn run_score(&self, state: &CycleState, pod: &PodInfo, nodes: &[Arc<NodeInfo>]) -> Vec<i64> {
+    pub fn run_score(
+        &self,
+        state: &CycleState,
+        pod: &PodInfo,
+        nodes: &[Arc<NodeInfo>],
+    ) -> Vec<i64> {
         let mut total = vec![0i64; nodes.len()];
         let mut scores = vec![0i64; nodes.len()];
         for (p, weight) in &self.score {

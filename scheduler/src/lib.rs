@@ -90,6 +90,15 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         .map_err(Error::Config)?,
     };
     apply_file(&mut config, &file).map_err(Error::Config)?;
+    // Check the profiles before connecting, so a bad file fails at once.
+    config::frameworks(
+        &file,
+        &Handle {
+            client: None,
+            listers: Listers::empty(),
+        },
+    )
+    .map_err(Error::Config)?;
     let client = connect(&config.client).await?;
     let listers_and_informers = Informers::new(client.clone());
     let handle = Handle {
@@ -163,8 +172,16 @@ fn apply_file(c: &mut Config, f: &config::SchedulerConfiguration) -> Result<(), 
         if let Some(b) = le.leader_elect {
             c.leader.leader_elect = b;
         }
-        dur(&le.lease_duration, "leaseDuration", &mut c.leader.lease_duration)?;
-        dur(&le.renew_deadline, "renewDeadline", &mut c.leader.renew_deadline)?;
+        dur(
+            &le.lease_duration,
+            "leaseDuration",
+            &mut c.leader.lease_duration,
+        )?;
+        dur(
+            &le.renew_deadline,
+            "renewDeadline",
+            &mut c.leader.renew_deadline,
+        )?;
         dur(&le.retry_period, "retryPeriod", &mut c.leader.retry_period)?;
         if let Some(l) = &le.resource_lock {
             c.leader.resource_lock = l.clone();
@@ -196,7 +213,13 @@ struct Informers {
 
 fn informer<K>(client: &Client) -> Informer<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     Informer::new(Api::all(client.clone()), watcher::Config::default())
 }
@@ -258,7 +281,8 @@ impl Informers {
             }
         });
         let s = sched.clone();
-        self.pvcs.on_change(move |_| s.queue.on_event(Event::Volume));
+        self.pvcs
+            .on_change(move |_| s.queue.on_event(Event::Volume));
         let s = sched.clone();
         self.pvs.on_change(move |_| s.queue.on_event(Event::Volume));
         let s = sched.clone();

@@ -220,11 +220,7 @@ impl SchedulingQueue {
         let changed = qp.info.pod.spec != info.pod.spec || qp.info.labels != info.labels;
         qp.info = info.clone();
         match *place {
-            Place::Gated => {
-                if self.admitted(&info) {
-                    self.push_active(&mut inner, &key);
-                }
-            }
+            Place::Gated if self.admitted(&info) => self.push_active(&mut inner, &key),
             Place::Unschedulable if changed => {
                 inner.unschedulable_since.remove(&key);
                 self.to_backoff_or_active(&mut inner, &key);
@@ -305,7 +301,9 @@ impl SchedulingQueue {
         qp.rejected_by = rejected_by;
         qp.timestamp = Instant::now();
         let moved_meanwhile = inner.move_cycle >= qp.cycle;
-        inner.pods.insert(key.clone(), (qp, Place::Unschedulable, 0));
+        inner
+            .pods
+            .insert(key.clone(), (qp, Place::Unschedulable, 0));
         if error || moved_meanwhile {
             self.to_backoff_or_active(&mut inner, &key);
         } else {
@@ -352,12 +350,20 @@ impl SchedulingQueue {
     pub fn flush(&self) {
         let mut inner = self.inner.lock();
         let now = Instant::now();
-        while let Some(((t, seq), key)) = inner.backoff.first_key_value().map(|(k, v)| (*k, v.clone())) {
+        while let Some(((t, seq), key)) = inner
+            .backoff
+            .first_key_value()
+            .map(|(k, v)| (*k, v.clone()))
+        {
             if t > now {
                 break;
             }
             inner.backoff.remove(&(t, seq));
-            if inner.pods.get(&key).is_some_and(|e| e.1 == Place::Backoff && e.2 == seq) {
+            if inner
+                .pods
+                .get(&key)
+                .is_some_and(|e| e.1 == Place::Backoff && e.2 == seq)
+            {
                 self.push_active(&mut inner, &key);
             }
         }
@@ -369,7 +375,11 @@ impl SchedulingQueue {
             .collect();
         for k in stale {
             inner.unschedulable_since.remove(&k);
-            if inner.pods.get(&k).is_some_and(|e| e.1 == Place::Unschedulable) {
+            if inner
+                .pods
+                .get(&k)
+                .is_some_and(|e| e.1 == Place::Unschedulable)
+            {
                 self.to_backoff_or_active(&mut inner, &k);
             }
         }

@@ -133,7 +133,11 @@ impl Algorithm {
         let (allowed, s) = fw.run_pre_filter(state, pod, snap);
         if !s.is_ok() {
             if s.code == Code::Error {
-                return Decision::Error(format!("running PreFilter plugin {:?}: {}", s.plugin, s.message()));
+                return Decision::Error(format!(
+                    "running PreFilter plugin {:?}: {}",
+                    s.plugin,
+                    s.message()
+                ));
             }
             let mut statuses = NodeStatuses::new();
             for n in &snap.nodes {
@@ -199,7 +203,8 @@ impl Algorithm {
             // Nodes the PreFilter result excluded count as rejected by it.
             if allowed.is_some() {
                 for n in &snap.nodes {
-                    if !statuses.contains_key(&n.name) && !feasible.iter().any(|f| f.name == n.name)
+                    if !statuses.contains_key(&n.name)
+                        && !feasible.iter().any(|f| f.name == n.name)
                         && !candidates.iter().any(|c| c.name == n.name)
                     {
                         statuses.insert(
@@ -230,7 +235,11 @@ impl Algorithm {
         }
         let s = fw.run_pre_score(state, pod, &feasible, snap);
         if !s.is_ok() {
-            return Decision::Error(format!("running PreScore plugin {:?}: {}", s.plugin, s.message()));
+            return Decision::Error(format!(
+                "running PreScore plugin {:?}: {}",
+                s.plugin,
+                s.message()
+            ));
         }
         let scores = fw.run_score(state, pod, &feasible);
         // The best score; ties broken uniformly at random.
@@ -338,7 +347,10 @@ fn pod_ref(p: &PodInfo) -> ObjectReference {
 }
 
 fn labels(result: &str, profile: &str) -> Vec<(&'static str, String)> {
-    vec![("result", result.to_string()), ("profile", profile.to_string())]
+    vec![
+        ("result", result.to_string()),
+        ("profile", profile.to_string()),
+    ]
 }
 
 impl Scheduler {
@@ -407,8 +419,14 @@ impl Scheduler {
                 };
                 if !s.is_ok() {
                     self.cache.lock().forget(&pod.key);
-                    self.failed(&fw, qp, started, s.message(), s.is_rejection().then_some(s.plugin))
-                        .await;
+                    self.failed(
+                        &fw,
+                        qp,
+                        started,
+                        s.message(),
+                        s.is_rejection().then_some(s.plugin),
+                    )
+                    .await;
                     return;
                 }
                 let (permit, wait) = fw.run_permit(&state, &pod, &name);
@@ -444,7 +462,9 @@ impl Scheduler {
                             fit.post_filter_msg = res.message.clone();
                         }
                         if s.is_ok() && res.nominated_node.is_some() {
-                            self.metrics.preemption_victims.observe(res.victims.len() as f64);
+                            self.metrics
+                                .preemption_victims
+                                .observe(res.victims.len() as f64);
                             nominate = Some(res);
                             break;
                         }
@@ -503,13 +523,22 @@ impl Scheduler {
             self.cache.lock().forget(&pod.key);
             // Back into the queue unless the pod is gone or was bound by someone else meanwhile.
             self.queue.add(pod.clone());
-            self.failed(&fw, qp, started, format!("Binding rejected: {}", status.message()), None)
-                .await;
+            self.failed(
+                &fw,
+                qp,
+                started,
+                format!("Binding rejected: {}", status.message()),
+                None,
+            )
+            .await;
             return;
         }
         self.cache.lock().finish_binding(&pod.key);
         let secs = started.elapsed().as_secs_f64();
-        self.metrics.attempts.get_or_create(&labels("scheduled", &fw.scheduler_name)).inc();
+        self.metrics
+            .attempts
+            .get_or_create(&labels("scheduled", &fw.scheduler_name))
+            .inc();
         self.metrics
             .attempt_duration
             .get_or_create(&labels("scheduled", &fw.scheduler_name))
@@ -543,7 +572,10 @@ impl Scheduler {
         plugin: Option<&'static str>,
     ) {
         tracing::warn!(pod = %qp.info.key, error = %msg, "scheduling failed");
-        self.metrics.attempts.get_or_create(&labels("error", &fw.scheduler_name)).inc();
+        self.metrics
+            .attempts
+            .get_or_create(&labels("error", &fw.scheduler_name))
+            .inc();
         self.metrics
             .attempt_duration
             .get_or_create(&labels("error", &fw.scheduler_name))
@@ -552,9 +584,15 @@ impl Scheduler {
         self.queue
             .requeue(qp, plugin.into_iter().collect(), plugin.is_none());
         if let Some(r) = &self.recorder {
-            r.record(pod_ref(&info), EventType::Warning, "FailedScheduling", msg.clone());
+            r.record(
+                pod_ref(&info),
+                EventType::Warning,
+                "FailedScheduling",
+                msg.clone(),
+            );
         }
-        self.set_condition(&info, "SchedulerError", &msg, None).await;
+        self.set_condition(&info, "SchedulerError", &msg, None)
+            .await;
     }
 
     async fn unfit(
@@ -581,13 +619,25 @@ impl Scheduler {
         }
         self.queue.requeue(qp, rejected, false);
         if let Some(r) = &self.recorder {
-            r.record(pod_ref(&info), EventType::Warning, "FailedScheduling", msg.clone());
+            r.record(
+                pod_ref(&info),
+                EventType::Warning,
+                "FailedScheduling",
+                msg.clone(),
+            );
         }
-        self.set_condition(&info, "Unschedulable", &msg, nominated).await;
+        self.set_condition(&info, "Unschedulable", &msg, nominated)
+            .await;
     }
 
     /// Sets `PodScheduled=False` (and the nominated node) unless the pod already says so.
-    async fn set_condition(&self, pod: &PodInfo, reason: &str, msg: &str, nominated: Option<String>) {
+    async fn set_condition(
+        &self,
+        pod: &PodInfo,
+        reason: &str,
+        msg: &str,
+        nominated: Option<String>,
+    ) {
         let Some(client) = &self.client else {
             return;
         };
@@ -614,7 +664,11 @@ impl Scheduler {
         }
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
         if let Err(e) = api
-            .patch_status(&pod.name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .patch_status(
+                &pod.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
             .await
             && !keelson_client_is_not_found(&e)
         {
@@ -659,7 +713,9 @@ impl Scheduler {
                     }
                 }
                 Err(e) if keelson_client_is_not_found(&e) => {}
-                Err(e) => tracing::warn!(victim = %v.key, error = %e, "deleting preemption victim failed"),
+                Err(e) => {
+                    tracing::warn!(victim = %v.key, error = %e, "deleting preemption victim failed")
+                }
             }
         }
         for p in lower {
@@ -675,7 +731,12 @@ impl Scheduler {
     /// Updates `scheduler_pending_pods`.
     pub fn update_pending_metric(&self) {
         let (a, b, u, g) = self.queue.counts();
-        for (q, n) in [("active", a), ("backoff", b), ("unschedulable", u), ("gated", g)] {
+        for (q, n) in [
+            ("active", a),
+            ("backoff", b),
+            ("unschedulable", u),
+            ("gated", g),
+        ] {
             self.metrics
                 .pending
                 .get_or_create(&vec![("queue", q.to_string())])
@@ -753,7 +814,9 @@ mod tests {
         ];
         let first = replica("r1");
         let snap = Snapshot::from_nodes(nodes.clone());
-        let Decision::Node { name, .. } = alg.schedule(&fw, &mut CycleState::default(), &info(first.clone()), &snap) else {
+        let Decision::Node { name, .. } =
+            alg.schedule(&fw, &mut CycleState::default(), &info(first.clone()), &snap)
+        else {
             panic!()
         };
         let i = if name == "a" { 0 } else { 1 };
@@ -774,13 +837,22 @@ mod tests {
         let mut fw = default_framework();
         let binder = FakeBinder::default();
         fw.bind = vec![Arc::new(binder.clone())];
-        let s = Scheduler::new(vec![fw], None, None, Duration::from_millis(10), Duration::from_millis(50));
+        let s = Scheduler::new(
+            vec![fw],
+            None,
+            None,
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        );
         for n in ["a", "b"] {
-            s.cache.lock().set_node(Arc::new(node(n, "1", "4Gi", json!({}))));
+            s.cache
+                .lock()
+                .set_node(Arc::new(node(n, "1", "4Gi", json!({}))));
         }
         // Four pods of 500m fit on two 1-CPU nodes; the fifth does not.
         for i in 0..5 {
-            s.queue.add(info(pod(&format!("p{i}"), "500m", "", json!({}))));
+            s.queue
+                .add(info(pod(&format!("p{i}"), "500m", "", json!({}))));
         }
         binder.fail.lock().insert("default/p0".into());
         for _ in 0..5 {
@@ -822,7 +894,9 @@ mod tests {
         let (_, _, unschedulable, _) = s.queue.counts();
         assert_eq!(unschedulable, 1, "the fifth pod waits for an event");
         // A node joining wakes it.
-        s.cache.lock().set_node(Arc::new(node("c", "1", "4Gi", json!({}))));
+        s.cache
+            .lock()
+            .set_node(Arc::new(node("c", "1", "4Gi", json!({}))));
         s.queue.on_event(crate::framework::Event::NodeAdd);
         tokio::time::sleep(Duration::from_millis(60)).await;
         s.queue.flush();
@@ -841,19 +915,40 @@ mod tests {
     #[test]
     fn queue_orders_by_priority_then_age() {
         let fw = default_framework();
-        let q = crate::queue::SchedulingQueue::new(Arc::new(vec![fw]), Duration::from_secs(1), Duration::from_secs(10));
+        let q = crate::queue::SchedulingQueue::new(
+            Arc::new(vec![fw]),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        );
         q.add(info(pod("low", "", "", json!({"spec": {"priority": 1}}))));
-        q.add(info(pod("high", "", "", json!({"spec": {"priority": 100}}))));
+        q.add(info(pod(
+            "high",
+            "",
+            "",
+            json!({"spec": {"priority": 100}}),
+        )));
         q.add(info(pod("low2", "", "", json!({"spec": {"priority": 1}}))));
-        q.add(info(pod("gated", "", "", json!({"spec": {"priority": 1000, "schedulingGates": [{"name": "g"}]}}))));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        q.add(info(pod(
+            "gated",
+            "",
+            "",
+            json!({"spec": {"priority": 1000, "schedulingGates": [{"name": "g"}]}}),
+        )));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let order: Vec<String> = (0..3)
             .map(|_| rt.block_on(q.pop()).unwrap().info.name.clone())
             .collect();
         assert_eq!(order, ["high", "low", "low2"]);
         assert_eq!(q.counts().3, 1, "the gated pod waits");
         // Removing the gate admits it.
-        q.update(info(pod("gated", "", "", json!({"spec": {"priority": 1000}}))));
+        q.update(info(pod(
+            "gated",
+            "",
+            "",
+            json!({"spec": {"priority": 1000}}),
+        )));
         assert_eq!(rt.block_on(q.pop()).unwrap().info.name, "gated");
     }
 }

@@ -508,9 +508,10 @@ impl AffinityTerm {
     /// Whether `pod` (with its namespace's labels) is a pod this term is about.
     pub fn matches(&self, pod: &PodInfo, ns_labels: &dyn Fn(&str) -> Option<Arc<Labels>>) -> bool {
         let ns_ok = self.namespaces.contains(&pod.namespace)
-            || self.namespace_selector.as_ref().is_some_and(|s| {
-                ns_labels(&pod.namespace).is_some_and(|l| s.matches(&l))
-            });
+            || self
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| ns_labels(&pod.namespace).is_some_and(|l| s.matches(&l)));
         ns_ok && self.selector.matches(&pod.labels)
     }
 }
@@ -555,11 +556,7 @@ impl SpreadConstraint {
     }
 
     /// A constraint from defaults (system defaults or the plugin's configured ones).
-    pub fn with_selector(
-        max_skew: i64,
-        topology_key: &str,
-        selector: Selector,
-    ) -> Self {
+    pub fn with_selector(max_skew: i64, topology_key: &str, selector: Selector) -> Self {
         SpreadConstraint {
             max_skew,
             topology_key: topology_key.into(),
@@ -679,26 +676,34 @@ impl PodInfo {
         };
         let pa = affinity.and_then(|a| a.pod_affinity.as_ref());
         let paa = affinity.and_then(|a| a.pod_anti_affinity.as_ref());
-        let required_affinity =
-            terms(pa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()));
-        let required_anti_affinity = terms(
-            paa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()),
-        );
+        let required_affinity = terms(pa.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let required_anti_affinity = terms(paa.and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
         let weighted = |list: Option<&Vec<k8s_openapi::api::core::v1::WeightedPodAffinityTerm>>| {
             list.into_iter()
                 .flatten()
                 .filter_map(|w| AffinityTerm::new(&w.pod_affinity_term, &pod, w.weight as i64))
                 .collect::<Vec<_>>()
         };
-        let preferred_affinity = weighted(
-            pa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
-        );
-        let preferred_anti_affinity = weighted(
-            paa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()),
-        );
+        let preferred_affinity = weighted(pa.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
+        let preferred_anti_affinity = weighted(paa.and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        }));
         let preferred_node_terms = affinity
             .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .filter_map(|p| Some((p.weight as i64, NodeTerm::new(&p.preference)?)))
@@ -710,7 +715,9 @@ impl PodInfo {
             match SpreadConstraint::new(c, &pod) {
                 Some(sc) if c.when_unsatisfiable == "DoNotSchedule" => hard_spread.push(sc),
                 Some(sc) => soft_spread.push(sc),
-                None => invalid = Some("invalid label selector in topology spread constraint".into()),
+                None => {
+                    invalid = Some("invalid label selector in topology spread constraint".into())
+                }
             }
         }
         let has_spread_constraints = constraints.is_some_and(|c| !c.is_empty());
@@ -864,7 +871,10 @@ impl NodeInfo {
             self.pods_with_required_anti_affinity += 1;
         }
         for c in pvc_names(&p.pod) {
-            *self.pvc_refs.entry(format!("{}/{c}", p.namespace)).or_default() += 1;
+            *self
+                .pvc_refs
+                .entry(format!("{}/{c}", p.namespace))
+                .or_default() += 1;
         }
         self.pods.push(p);
         self.generation += 1;
@@ -908,7 +918,11 @@ pub fn pvc_names(pod: &Pod) -> impl Iterator<Item = &str> {
     pod.spec
         .iter()
         .flat_map(|s| s.volumes.iter().flatten())
-        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()))
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str())
+        })
 }
 
 #[cfg(test)]
@@ -973,7 +987,9 @@ mod tests {
         }))
         .unwrap();
         let l = |v: &[(&str, &str)]| -> Labels {
-            v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         assert!(s.matches(&l(&[("app", "web")])));
         assert!(!s.matches(&l(&[("app", "web"), ("tier", "db")])));
@@ -985,16 +1001,23 @@ mod tests {
             effect: "NoSchedule".into(),
             time_added: None,
         };
-        let tol = |op: &str, key: Option<&str>, value: Option<&str>, effect: Option<&str>| Toleration {
-            key: key.map(Into::into),
-            operator: Some(op.into()),
-            value: value.map(Into::into),
-            effect: effect.map(Into::into),
-            toleration_seconds: None,
-        };
+        let tol =
+            |op: &str, key: Option<&str>, value: Option<&str>, effect: Option<&str>| Toleration {
+                key: key.map(Into::into),
+                operator: Some(op.into()),
+                value: value.map(Into::into),
+                effect: effect.map(Into::into),
+                toleration_seconds: None,
+            };
         assert!(tolerates(&tol("Equal", Some("k"), Some("v"), None), &taint));
-        assert!(!tolerates(&tol("Equal", Some("k"), Some("w"), None), &taint));
+        assert!(!tolerates(
+            &tol("Equal", Some("k"), Some("w"), None),
+            &taint
+        ));
         assert!(tolerates(&tol("Exists", None, None, None), &taint));
-        assert!(!tolerates(&tol("Exists", Some("k"), None, Some("NoExecute")), &taint));
+        assert!(!tolerates(
+            &tol("Exists", Some("k"), None, Some("NoExecute")),
+            &taint
+        ));
     }
 }

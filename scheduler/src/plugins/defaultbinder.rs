@@ -42,7 +42,12 @@ impl Plugin for DefaultBinder {
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node},
             });
             match api
-                .create_subresource::<_, serde_json::Value>("binding", &pod.name, &PostParams::default(), &body)
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &pod.name,
+                    &PostParams::default(),
+                    &body,
+                )
                 .await
             {
                 Ok(_) => Status::ok(),

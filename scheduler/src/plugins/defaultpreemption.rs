@@ -261,7 +261,9 @@ impl Plugin for DefaultPreemption {
         {
             return (
                 PostFilterResult {
-                    message: "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+                    message:
+                        "preemption: not eligible due to a terminating pod on the nominated node."
+                            .into(),
                     ..Default::default()
                 },
                 Status::unschedulable("waiting for victims to terminate"),

@@ -13,7 +13,8 @@ pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
 /// Reason: the pod's required anti-affinity is not met.
 pub const ERR_ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
 /// Reason: an existing pod's required anti-affinity rules out the pod.
-pub const ERR_EXISTING_ANTI_AFFINITY: &str = "node(s) didn't satisfy existing pods anti-affinity rules";
+pub const ERR_EXISTING_ANTI_AFFINITY: &str =
+    "node(s) didn't satisfy existing pods anti-affinity rules";
 
 const NAME: &str = "InterPodAffinity";
 const SCORE_KEY: &str = "InterPodAffinity/score";
@@ -30,7 +31,10 @@ impl InterPodAffinity {
     pub fn new(args: Option<&serde_json::Value>, listers: Listers) -> Result<Self, String> {
         let w = args
             .and_then(|a| a.get("hardPodAffinityWeight"))
-            .map(|v| v.as_i64().ok_or("hardPodAffinityWeight: must be an integer"))
+            .map(|v| {
+                v.as_i64()
+                    .ok_or("hardPodAffinityWeight: must be an integer")
+            })
             .transpose()?
             .unwrap_or(1);
         if !(0..=100).contains(&w) {
@@ -114,7 +118,14 @@ fn term_matches_incoming(t: &AffinityTerm, incoming: &PodInfo, ns_labels: Option
 }
 
 impl FilterState {
-    fn update(&mut self, pod: &PodInfo, ns_labels: Option<&Labels>, existing: &PodInfo, node: &NodeInfo, delta: i64) {
+    fn update(
+        &mut self,
+        pod: &PodInfo,
+        ns_labels: Option<&Labels>,
+        existing: &PodInfo,
+        node: &NodeInfo,
+        delta: i64,
+    ) {
         for t in &existing.required_anti_affinity {
             if let Some(v) = node.labels.get(&t.topology_key)
                 && term_matches_incoming(t, pod, ns_labels)
@@ -125,7 +136,9 @@ impl FilterState {
                     .or_default() += delta;
             }
         }
-        if !self.affinity_terms.is_empty() && self.affinity_terms.iter().all(|t| t.matches(existing)) {
+        if !self.affinity_terms.is_empty()
+            && self.affinity_terms.iter().all(|t| t.matches(existing))
+        {
             for t in &self.affinity_terms {
                 if let Some(v) = node.labels.get(&t.topology_key) {
                     *self
@@ -227,7 +240,13 @@ impl Plugin for InterPodAffinity {
             st.update(pod, ns.as_deref(), added, node, 1);
         }
     }
-    fn remove_pod(&self, state: &mut CycleState, pod: &PodInfo, removed: &PodInfo, node: &NodeInfo) {
+    fn remove_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        removed: &PodInfo,
+        node: &NodeInfo,
+    ) {
         let ns = self.listers.namespace_labels(&pod.namespace);
         if let Some(st) = state.read_mut::<FilterState>(NAME) {
             st.update(pod, ns.as_deref(), removed, node, -1);
@@ -244,18 +263,6 @@ impl Plugin for InterPodAffinity {
                 .copied()
                 .unwrap_or(0)
         };
-        // Existing pods' anti-affinity.
-        if st
-            .existing_anti
-            .iter()
-            .any(|((k, v), c)| *c > 0 && node.labels.get(k) == Some(v))
-        {
-            return Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY);
-        }
-        // The pod's own anti-affinity.
-        if st.anti_terms.iter().any(|t| at(&st.anti, &t.topology_key) > 0) {
-            return Status::unschedulable(ERR_ANTI_AFFINITY);
-        }
         // The pod's own affinity.
         if !st.affinity_terms.is_empty() {
             let mut all_exist = true;
@@ -274,6 +281,22 @@ impl Plugin for InterPodAffinity {
                     return Status::unresolvable(ERR_AFFINITY);
                 }
             }
+        }
+        // The pod's own anti-affinity.
+        if st
+            .anti_terms
+            .iter()
+            .any(|t| at(&st.anti, &t.topology_key) > 0)
+        {
+            return Status::unschedulable(ERR_ANTI_AFFINITY);
+        }
+        // Existing pods' anti-affinity.
+        if st
+            .existing_anti
+            .iter()
+            .any(|((k, v), c)| *c > 0 && node.labels.get(k) == Some(v))
+        {
+            return Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY);
         }
         Status::ok()
     }

@@ -83,7 +83,9 @@ pub fn build(
         "DefaultPreemption" => Arc::new(defaultpreemption::DefaultPreemption::new(args, l())?),
         "DefaultBinder" => Arc::new(defaultbinder::DefaultBinder::new(handle.client.clone())),
         n if NOT_IMPLEMENTED.contains(&n) => {
-            return Err(format!("plugin {n:?} is not implemented by keelson scheduler"));
+            return Err(format!(
+                "plugin {n:?} is not implemented by keelson scheduler"
+            ));
         }
         n => return Err(format!("plugin {n:?} does not exist")),
     })

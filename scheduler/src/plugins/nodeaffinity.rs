@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use k8s_openapi::api::core::v1::{NodeAffinity as ApiNodeAffinity, Pod, PodSpec, Affinity};
+use k8s_openapi::api::core::v1::{Affinity, NodeAffinity as ApiNodeAffinity, Pod, PodSpec};
 
 use crate::framework::{CycleState, Event, Plugin, Point, Snapshot, Status};
 use crate::plugins::tainttoleration::default_normalize;
@@ -24,8 +24,8 @@ impl NodeAffinity {
         let added = match args.and_then(|a| a.get("addedAffinity")) {
             None => None,
             Some(v) => {
-                let na: ApiNodeAffinity = serde_json::from_value(v.clone())
-                    .map_err(|e| format!("addedAffinity: {e}"))?;
+                let na: ApiNodeAffinity =
+                    serde_json::from_value(v.clone()).map_err(|e| format!("addedAffinity: {e}"))?;
                 let pod = Pod {
                     spec: Some(PodSpec {
                         affinity: Some(Affinity {
@@ -54,7 +54,12 @@ impl Plugin for NodeAffinity {
         "NodeAffinity"
     }
     fn points(&self) -> &'static [Point] {
-        &[Point::PreFilter, Point::Filter, Point::PreScore, Point::Score]
+        &[
+            Point::PreFilter,
+            Point::Filter,
+            Point::PreScore,
+            Point::Score,
+        ]
     }
     fn events(&self) -> &'static [Event] {
         &[Event::NodeAdd, Event::NodeLabel]
@@ -71,8 +76,10 @@ impl Plugin for NodeAffinity {
         // A required term that pins `metadata.name In [..]` narrows the nodes at once.
         let names = pinned_names(&pod.pod);
         if let Some(names) = names {
-            let present: HashSet<String> =
-                names.into_iter().filter(|n| snap.get(n).is_some()).collect();
+            let present: HashSet<String> = names
+                .into_iter()
+                .filter(|n| snap.get(n).is_some())
+                .collect();
             if present.is_empty() {
                 return (None, Status::unresolvable(ERR_REASON));
             }

@@ -110,13 +110,19 @@ impl Fit {
                     let u = p.get("utilization").and_then(|v| v.as_i64()).unwrap_or(0);
                     let sc = p.get("score").and_then(|v| v.as_i64()).unwrap_or(0);
                     if !(0..=100).contains(&u) {
-                        return Err(format!("scoringStrategy.requestedToCapacityRatio.shape[{i}].utilization: Invalid value: {u}: not in valid range [0, 100]"));
+                        return Err(format!(
+                            "scoringStrategy.requestedToCapacityRatio.shape[{i}].utilization: Invalid value: {u}: not in valid range [0, 100]"
+                        ));
                     }
                     if !(0..=10).contains(&sc) {
-                        return Err(format!("scoringStrategy.requestedToCapacityRatio.shape[{i}].score: Invalid value: {sc}: not in valid range [0, 10]"));
+                        return Err(format!(
+                            "scoringStrategy.requestedToCapacityRatio.shape[{i}].score: Invalid value: {sc}: not in valid range [0, 10]"
+                        ));
                     }
                     if pts.last().is_some_and(|(lu, _)| *lu >= u) {
-                        return Err(format!("scoringStrategy.requestedToCapacityRatio.shape[{i}].utilization: Invalid value: {u}: utilization values must be sorted in increasing order"));
+                        return Err(format!(
+                            "scoringStrategy.requestedToCapacityRatio.shape[{i}].utilization: Invalid value: {u}: utilization values must be sorted in increasing order"
+                        ));
                     }
                     pts.push((u, sc * MAX_NODE_SCORE / 10));
                 }
@@ -242,7 +248,12 @@ impl Plugin for Fit {
         FIT
     }
     fn points(&self) -> &'static [Point] {
-        &[Point::PreFilter, Point::Filter, Point::PreScore, Point::Score]
+        &[
+            Point::PreFilter,
+            Point::Filter,
+            Point::PreScore,
+            Point::Score,
+        ]
     }
     fn events(&self) -> &'static [Event] {
         &[
@@ -328,7 +339,11 @@ impl Plugin for BalancedAllocation {
         _: &[Arc<NodeInfo>],
         _: &Snapshot,
     ) -> Status {
-        if self.resources.iter().all(|r| pod.requests.get(&r.name) == 0) {
+        if self
+            .resources
+            .iter()
+            .all(|r| pod.requests.get(&r.name) == 0)
+        {
             Status::skip()
         } else {
             Status::ok()

@@ -56,7 +56,9 @@ impl PodTopologySpread {
                 for (i, c) in given.into_iter().flatten().enumerate() {
                     let skew = c.get("maxSkew").and_then(|v| v.as_i64()).unwrap_or(0);
                     if skew <= 0 {
-                        return Err(format!("defaultConstraints[{i}].maxSkew: Invalid value: {skew}: must be greater than zero"));
+                        return Err(format!(
+                            "defaultConstraints[{i}].maxSkew: Invalid value: {skew}: must be greater than zero"
+                        ));
                     }
                     let key = c
                         .get("topologyKey")
@@ -65,10 +67,16 @@ impl PodTopologySpread {
                         .ok_or_else(|| format!("defaultConstraints[{i}].topologyKey: Required value: can not be empty"))?;
                     match c.get("whenUnsatisfiable").and_then(|v| v.as_str()) {
                         Some("ScheduleAnyway") => {}
-                        other => return Err(format!("defaultConstraints[{i}].whenUnsatisfiable: Unsupported value: {other:?}: supported values: \"ScheduleAnyway\"")),
+                        other => {
+                            return Err(format!(
+                                "defaultConstraints[{i}].whenUnsatisfiable: Unsupported value: {other:?}: supported values: \"ScheduleAnyway\""
+                            ));
+                        }
                     }
                     if c.get("labelSelector").is_some() {
-                        return Err(format!("defaultConstraints[{i}].labelSelector: Forbidden: constraint must not define a selector, as they deduced for each pod"));
+                        return Err(format!(
+                            "defaultConstraints[{i}].labelSelector: Forbidden: constraint must not define a selector, as they deduced for each pod"
+                        ));
                     }
                     out.push((skew, key.to_string()));
                 }
@@ -112,12 +120,16 @@ impl PodTopologySpread {
                     .listers
                     .replicasets
                     .get(&ObjectRef::new(&o.name).within(&pod.namespace))
-                    .and_then(|r| Selector::from_label_selector(r.spec.as_ref().map(|s| &s.selector))),
+                    .and_then(|r| {
+                        Selector::from_label_selector(r.spec.as_ref().map(|s| &s.selector))
+                    }),
                 "StatefulSet" => self
                     .listers
                     .statefulsets
                     .get(&ObjectRef::new(&o.name).within(&pod.namespace))
-                    .and_then(|r| Selector::from_label_selector(r.spec.as_ref().map(|s| &s.selector))),
+                    .and_then(|r| {
+                        Selector::from_label_selector(r.spec.as_ref().map(|s| &s.selector))
+                    }),
                 "ReplicationController" => self
                     .listers
                     .replication_controllers
@@ -199,7 +211,12 @@ impl Plugin for PodTopologySpread {
         NAME
     }
     fn points(&self) -> &'static [Point] {
-        &[Point::PreFilter, Point::Filter, Point::PreScore, Point::Score]
+        &[
+            Point::PreFilter,
+            Point::Filter,
+            Point::PreScore,
+            Point::Score,
+        ]
     }
     fn events(&self) -> &'static [Event] {
         &[
@@ -259,7 +276,13 @@ impl Plugin for PodTopologySpread {
     fn add_pod(&self, state: &mut CycleState, pod: &PodInfo, added: &PodInfo, node: &NodeInfo) {
         update(state, pod, added, node, 1);
     }
-    fn remove_pod(&self, state: &mut CycleState, pod: &PodInfo, removed: &PodInfo, node: &NodeInfo) {
+    fn remove_pod(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        removed: &PodInfo,
+        node: &NodeInfo,
+    ) {
         update(state, pod, removed, node, -1);
     }
     fn filter(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {

@@ -36,7 +36,9 @@ impl Plugin for TaintToleration {
             .filter(|t| t.effect == "PreferNoSchedule")
             .filter(|t| {
                 !pod.tolerations.iter().any(|tol| {
-                    tol.effect.as_deref().is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+                    tol.effect
+                        .as_deref()
+                        .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
                         && tolerates(tol, t)
                 })
             })

@@ -18,16 +18,30 @@ fn node_name() {
     let st = filter(&nodename::NodeName, &p, &s, "a");
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     assert_eq!(st.reasons, [nodename::ERR_REASON]);
-    assert_eq!(nodename::ERR_REASON, "node(s) didn't match the requested node name");
+    assert_eq!(
+        nodename::ERR_REASON,
+        "node(s) didn't match the requested node name"
+    );
     let p = info(pod("p", "", "", json!({"spec": {"nodeName": "a"}})));
     assert!(filter(&nodename::NodeName, &p, &s, "a").is_ok());
 }
 
 #[test]
 fn node_unschedulable() {
-    let n = node_with("a", "1", "1Gi", json!({}), json!({"spec": {"unschedulable": true}}));
+    let n = node_with(
+        "a",
+        "1",
+        "1Gi",
+        json!({}),
+        json!({"spec": {"unschedulable": true}}),
+    );
     let s = snap(vec![node_info(n, vec![])]);
-    let st = filter(&nodeunschedulable::NodeUnschedulable, &info(pod("p", "", "", json!({}))), &s, "a");
+    let st = filter(
+        &nodeunschedulable::NodeUnschedulable,
+        &info(pod("p", "", "", json!({}))),
+        &s,
+        "a",
+    );
     assert_eq!(st.reasons, ["node(s) were unschedulable"]);
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     let tolerant = pod(
@@ -36,7 +50,15 @@ fn node_unschedulable() {
         "",
         json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}}),
     );
-    assert!(filter(&nodeunschedulable::NodeUnschedulable, &info(tolerant), &s, "a").is_ok());
+    assert!(
+        filter(
+            &nodeunschedulable::NodeUnschedulable,
+            &info(tolerant),
+            &s,
+            "a"
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -60,7 +82,10 @@ fn node_ports() {
         ))
     };
     let st = filter(&nodeports::NodePorts, &want("127.0.0.1", "TCP"), &s, "a");
-    assert_eq!(st.reasons, ["node(s) didn't have free ports for the requested pod ports"]);
+    assert_eq!(
+        st.reasons,
+        ["node(s) didn't have free ports for the requested pod ports"]
+    );
     assert_eq!(st.code, Code::Unschedulable);
     assert!(filter(&nodeports::NodePorts, &want("", "UDP"), &s, "a").is_ok());
     assert!(filter(&nodeports::NodePorts, &want("", "TCP"), &s, "b").is_ok());
@@ -89,7 +114,10 @@ fn taint_toleration() {
     ]);
     let plain = info(pod("p", "", "", json!({})));
     let st = filter(&tainttoleration::TaintToleration, &plain, &s, "a");
-    assert_eq!(st.reasons, ["node(s) had untolerated taint {dedicated: gpu}"]);
+    assert_eq!(
+        st.reasons,
+        ["node(s) had untolerated taint {dedicated: gpu}"]
+    );
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     assert!(filter(&tainttoleration::TaintToleration, &plain, &s, "b").is_ok());
     let tol = info(pod(
@@ -100,20 +128,34 @@ fn taint_toleration() {
     ));
     assert!(filter(&tainttoleration::TaintToleration, &tol, &s, "a").is_ok());
     // PreferNoSchedule: the untainted nodes score best.
-    assert_eq!(scores(&tainttoleration::TaintToleration, &plain, &s), [100, 0, 100]);
+    assert_eq!(
+        scores(&tainttoleration::TaintToleration, &plain, &s),
+        [100, 0, 100]
+    );
 }
 
 #[test]
 fn node_affinity() {
     let s = snap(vec![
-        node_info(node("a", "1", "1Gi", json!({"zone": "z1", "disk": "ssd"})), vec![]),
+        node_info(
+            node("a", "1", "1Gi", json!({"zone": "z1", "disk": "ssd"})),
+            vec![],
+        ),
         node_info(node("b", "1", "1Gi", json!({"zone": "z2"})), vec![]),
     ]);
     let pl = nodeaffinity::NodeAffinity::new(None).unwrap();
-    let sel = info(pod("p", "", "", json!({"spec": {"nodeSelector": {"disk": "ssd"}}})));
+    let sel = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
+    ));
     assert!(filter(&pl, &sel, &s, "a").is_ok());
     let st = filter(&pl, &sel, &s, "b");
-    assert_eq!(st.reasons, ["node(s) didn't match Pod's node affinity/selector"]);
+    assert_eq!(
+        st.reasons,
+        ["node(s) didn't match Pod's node affinity/selector"]
+    );
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     let req = info(pod(
         "p",
@@ -175,18 +217,33 @@ fn node_resources_fit() {
         "",
         json!({"spec": {"containers": [{"name": "c", "resources": {"requests": {"example.com/gpu": "1"}}}]}}),
     ));
-    assert_eq!(filter(&fit, &gpu, &s, "b").reasons, ["Insufficient example.com/gpu"]);
-    let ignoring = noderesources::Fit::new(Some(&json!({"ignoredResourceGroups": ["example.com"]}))).unwrap();
+    assert_eq!(
+        filter(&fit, &gpu, &s, "b").reasons,
+        ["Insufficient example.com/gpu"]
+    );
+    let ignoring =
+        noderesources::Fit::new(Some(&json!({"ignoredResourceGroups": ["example.com"]}))).unwrap();
     assert!(filter(&ignoring, &gpu, &s, "b").is_ok());
-    let tiny = node_with("t", "1", "1Gi", json!({}), json!({"status": {"allocatable": {"pods": "1"}}}));
+    let tiny = node_with(
+        "t",
+        "1",
+        "1Gi",
+        json!({}),
+        json!({"status": {"allocatable": {"pods": "1"}}}),
+    );
     let ts = snap(vec![node_info(tiny, vec![pod("x", "", "", json!({}))])]);
-    assert_eq!(filter(&fit, &info(pod("p", "", "", json!({}))), &ts, "t").reasons, ["Too many pods"]);
+    assert_eq!(
+        filter(&fit, &info(pod("p", "", "", json!({}))), &ts, "t").reasons,
+        ["Too many pods"]
+    );
 
     // LeastAllocated prefers the emptier node, MostAllocated the fuller one.
     let small = info(pod("p", "100m", "128Mi", json!({})));
     let least = scores(&fit, &small, &s);
     assert!(least[1] > least[0], "{least:?}");
-    let most = noderesources::Fit::new(Some(&json!({"scoringStrategy": {"type": "MostAllocated"}}))).unwrap();
+    let most =
+        noderesources::Fit::new(Some(&json!({"scoringStrategy": {"type": "MostAllocated"}})))
+            .unwrap();
     let m = scores(&most, &small, &s);
     assert!(m[0] > m[1], "{m:?}");
     // Upstream's arithmetic: node b, cpu (100m of 2000m) -> 95, memory (128Mi of 4Gi) -> 96.
@@ -196,14 +253,25 @@ fn node_resources_fit() {
     .unwrap();
     let r = scores(&rtcr, &small, &s);
     assert!(r[0] > r[1], "{r:?}");
-    assert!(noderesources::Fit::new(Some(&json!({"scoringStrategy": {"type": "RequestedToCapacityRatio"}}))).is_err());
+    assert!(
+        noderesources::Fit::new(Some(
+            &json!({"scoringStrategy": {"type": "RequestedToCapacityRatio"}})
+        ))
+        .is_err()
+    );
 }
 
 #[test]
 fn balanced_allocation() {
     let s = snap(vec![
-        node_info(node("a", "4", "4Gi", json!({})), vec![pod("x", "3", "", json!({}))]),
-        node_info(node("b", "4", "4Gi", json!({})), vec![pod("y", "1", "1Gi", json!({}))]),
+        node_info(
+            node("a", "4", "4Gi", json!({})),
+            vec![pod("x", "3", "", json!({}))],
+        ),
+        node_info(
+            node("b", "4", "4Gi", json!({})),
+            vec![pod("y", "1", "1Gi", json!({}))],
+        ),
     ]);
     let pl = noderesources::BalancedAllocation::new(None).unwrap();
     let p = info(pod("p", "1", "1Gi", json!({})));
@@ -216,14 +284,43 @@ fn balanced_allocation() {
 
 fn zone_nodes() -> Vec<crate::types::NodeInfo> {
     vec![
-        node_info(node("a", "4", "4Gi", json!({"topology.kubernetes.io/zone": "z1"})), vec![]),
-        node_info(node("b", "4", "4Gi", json!({"topology.kubernetes.io/zone": "z2"})), vec![]),
-        node_info(node("c", "4", "4Gi", json!({"topology.kubernetes.io/zone": "z2"})), vec![]),
+        node_info(
+            node(
+                "a",
+                "4",
+                "4Gi",
+                json!({"topology.kubernetes.io/zone": "z1"}),
+            ),
+            vec![],
+        ),
+        node_info(
+            node(
+                "b",
+                "4",
+                "4Gi",
+                json!({"topology.kubernetes.io/zone": "z2"}),
+            ),
+            vec![],
+        ),
+        node_info(
+            node(
+                "c",
+                "4",
+                "4Gi",
+                json!({"topology.kubernetes.io/zone": "z2"}),
+            ),
+            vec![],
+        ),
     ]
 }
 
 fn web(name: &str) -> k8s_openapi::api::core::v1::Pod {
-    pod(name, "", "", json!({"metadata": {"labels": {"app": "web"}}}))
+    pod(
+        name,
+        "",
+        "",
+        json!({"metadata": {"labels": {"app": "web"}}}),
+    )
 }
 
 #[test]
@@ -233,12 +330,22 @@ fn inter_pod_affinity() {
     nodes[0].add_pod(info(web("w1")));
     let s = snap(nodes);
     let term = json!({"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "topology.kubernetes.io/zone"});
-    let anti = info(pod("p", "", "", json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}})));
+    let anti = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}}),
+    ));
     let st = filter(&pl, &anti, &s, "a");
     assert_eq!(st.reasons, ["node(s) didn't match pod anti-affinity rules"]);
     assert_eq!(st.code, Code::Unschedulable);
     assert!(filter(&pl, &anti, &s, "b").is_ok());
-    let aff = info(pod("p", "", "", json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}})));
+    let aff = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}}),
+    ));
     assert!(filter(&pl, &aff, &s, "a").is_ok());
     let st = filter(&pl, &aff, &s, "b");
     assert_eq!(st.reasons, ["node(s) didn't match pod affinity rules"]);
@@ -249,15 +356,28 @@ fn inter_pod_affinity() {
     let s2 = snap(nodes);
     let w = info(web("w2"));
     let st = filter(&pl, &w, &s2, "c");
-    assert_eq!(st.reasons, ["node(s) didn't satisfy existing pods anti-affinity rules"]);
+    assert_eq!(
+        st.reasons,
+        ["node(s) didn't satisfy existing pods anti-affinity rules"]
+    );
     assert!(filter(&pl, &w, &s2, "a").is_ok());
     // The first pod of a self-affine group may go anywhere.
-    let first = info(pod("f", "", "", json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}}})));
+    let first = info(pod(
+        "f",
+        "",
+        "",
+        json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "topology.kubernetes.io/zone"}]}}}}),
+    ));
     assert!(filter(&pl, &first, &s, "b").is_ok());
     // Preferred anti-affinity scores the occupied zone lowest.
-    let pref = info(pod("p", "", "", json!({"spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-        {"weight": 100, "podAffinityTerm": term}]}}}})));
+    let pref = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": term}]}}}}),
+    ));
     assert_eq!(scores(&pl, &pref, &s), [0, 100, 100]);
 }
 
@@ -280,11 +400,22 @@ fn pod_topology_spread() {
     };
     let hard = spread("DoNotSchedule");
     let st = filter(&pl, &hard, &s, "a");
-    assert_eq!(st.reasons, ["node(s) didn't match pod topology spread constraints"]);
+    assert_eq!(
+        st.reasons,
+        ["node(s) didn't match pod topology spread constraints"]
+    );
     assert_eq!(st.code, Code::Unschedulable);
     assert!(filter(&pl, &hard, &s, "b").is_ok());
     let unlabeled = snap(vec![
-        node_info(node("a", "4", "4Gi", json!({"topology.kubernetes.io/zone": "z1"})), vec![]),
+        node_info(
+            node(
+                "a",
+                "4",
+                "4Gi",
+                json!({"topology.kubernetes.io/zone": "z1"}),
+            ),
+            vec![],
+        ),
         node_info(node("x", "4", "4Gi", json!({})), vec![]),
     ]);
     let st = filter(&pl, &hard, &unlabeled, "x");
@@ -294,9 +425,14 @@ fn pod_topology_spread() {
     );
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     // minDomains: with fewer domains than asked, the global minimum counts as 0.
-    let md = info(pod("p", "", "", json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+    let md = info(pod(
+        "p",
+        "",
+        "",
+        json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
         {"maxSkew": 2, "minDomains": 3, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
-         "labelSelector": {"matchLabels": {"app": "web"}}}]}})));
+         "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+    ));
     assert!(!filter(&pl, &md, &s, "a").is_ok(), "2 + 1 - 0 > 2");
     // Soft: the empty zone scores best.
     let soft = spread("ScheduleAnyway");
@@ -311,7 +447,12 @@ fn pod_topology_spread() {
 
 #[test]
 fn scheduling_gates() {
-    let gated = info(pod("p", "", "", json!({"spec": {"schedulingGates": [{"name": "example.com/wait"}]}})));
+    let gated = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"schedulingGates": [{"name": "example.com/wait"}]}}),
+    ));
     let pl = schedulinggates::SchedulingGates;
     use crate::framework::Plugin;
     assert!(!pl.pre_enqueue(&gated).is_ok());
@@ -320,14 +461,21 @@ fn scheduling_gates() {
 
 #[test]
 fn volume_restrictions_disk_conflict() {
-    let disk = json!({"spec": {"volumes": [{"name": "d", "gcePersistentDisk": {"pdName": "data"}}]}});
+    let disk =
+        json!({"spec": {"volumes": [{"name": "d", "gcePersistentDisk": {"pdName": "data"}}]}});
     let s = snap(vec![
-        node_info(node("a", "1", "1Gi", json!({})), vec![pod("u", "", "", disk.clone())]),
+        node_info(
+            node("a", "1", "1Gi", json!({})),
+            vec![pod("u", "", "", disk.clone())],
+        ),
         node_info(node("b", "1", "1Gi", json!({})), vec![]),
     ]);
     let pl = volumerestrictions::VolumeRestrictions::new(Listers::empty());
     let p = info(pod("p", "", "", disk));
-    assert_eq!(filter(&pl, &p, &s, "a").reasons, ["node(s) had no available disk"]);
+    assert_eq!(
+        filter(&pl, &p, &s, "a").reasons,
+        ["node(s) had no available disk"]
+    );
     assert!(filter(&pl, &p, &s, "b").is_ok());
 }
 
@@ -335,7 +483,12 @@ fn volume_restrictions_disk_conflict() {
 fn volume_binding_reasons() {
     let pl = volumebinding::VolumeBinding::new(Listers::empty(), None);
     let s = snap(vec![node_info(node("a", "1", "1Gi", json!({})), vec![])]);
-    let p = info(pod("p", "", "", json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}})));
+    let p = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+    ));
     let st = filter(&pl, &p, &s, "a");
     assert_eq!(st.reasons, ["persistentvolumeclaim \"data\" not found"]);
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
@@ -348,9 +501,18 @@ fn preemption_picks_the_cheapest_node() {
     let fw = crate::testing::default_framework();
     let low = |n: &str, prio: i32| pod(n, "1", "", json!({"spec": {"priority": prio}}));
     let s = snap(vec![
-        node_info(node("a", "2", "4Gi", json!({})), vec![low("a1", 100), low("a2", 100)]),
-        node_info(node("b", "2", "4Gi", json!({})), vec![low("b1", 10), low("b2", 1000)]),
-        node_info(node("c", "2", "4Gi", json!({})), vec![low("c1", 5000), low("c2", 5000)]),
+        node_info(
+            node("a", "2", "4Gi", json!({})),
+            vec![low("a1", 100), low("a2", 100)],
+        ),
+        node_info(
+            node("b", "2", "4Gi", json!({})),
+            vec![low("b1", 10), low("b2", 1000)],
+        ),
+        node_info(
+            node("c", "2", "4Gi", json!({})),
+            vec![low("c1", 5000), low("c2", 5000)],
+        ),
     ]);
     let p = info(pod("p", "1", "", json!({"spec": {"priority": 2000}})));
     let mut st = CycleState::default();
@@ -366,12 +528,26 @@ fn preemption_picks_the_cheapest_node() {
     assert!(status.is_ok(), "{status:?}");
     // Node b: one victim of priority 10 beats node a (highest victim priority 100).
     assert_eq!(res.nominated_node.as_deref(), Some("b"));
-    assert_eq!(res.victims.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["b1"]);
+    assert_eq!(
+        res.victims
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b1"]
+    );
     // A pod that may not preempt says so.
-    let never = info(pod("n", "1", "", json!({"spec": {"priority": 2000, "preemptionPolicy": "Never"}})));
+    let never = info(pod(
+        "n",
+        "1",
+        "",
+        json!({"spec": {"priority": 2000, "preemptionPolicy": "Never"}}),
+    ));
     let (res, status) = pl.post_filter(&st, &never, &s, &statuses, &fw);
     assert!(!status.is_ok());
-    assert_eq!(res.message, "preemption: not eligible due to preemptionPolicy=Never.");
+    assert_eq!(
+        res.message,
+        "preemption: not eligible due to preemptionPolicy=Never."
+    );
     // Only higher-priority pods everywhere: no victims.
     let weak = info(pod("w", "1", "", json!({"spec": {"priority": 1}})));
     let (res, _) = pl.post_filter(&st, &weak, &s, &statuses, &fw);

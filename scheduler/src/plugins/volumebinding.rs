@@ -51,7 +51,12 @@ fn pv_terms(pv: &PersistentVolume) -> Vec<NodeTerm> {
         .as_ref()
         .and_then(|s| s.node_affinity.as_ref())
         .and_then(|a| a.required.as_ref())
-        .map(|r| r.node_selector_terms.iter().filter_map(NodeTerm::new).collect())
+        .map(|r| {
+            r.node_selector_terms
+                .iter()
+                .filter_map(NodeTerm::new)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -227,7 +232,9 @@ impl Plugin for VolumeBinding {
                 .listers
                 .storage_classes
                 .get(&ObjectRef::new(&Self::class_of(&pvc)))
-                .is_some_and(|sc| sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
+                .is_some_and(|sc| {
+                    sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+                });
             if !delayed {
                 return (None, Status::unresolvable(ERR_UNBOUND_IMMEDIATE));
             }
@@ -270,7 +277,12 @@ impl Plugin for VolumeBinding {
             st.chosen.clear();
         }
     }
-    fn pre_bind(&self, state: &CycleState, pod: Arc<PodInfo>, node: String) -> BoxFuture<'static, Status> {
+    fn pre_bind(
+        &self,
+        state: &CycleState,
+        pod: Arc<PodInfo>,
+        node: String,
+    ) -> BoxFuture<'static, Status> {
         let st = state.read::<State>(NAME).cloned();
         let client = self.client.clone();
         let chosen = st.as_ref().map(|s| s.chosen.clone()).unwrap_or_default();
@@ -302,7 +314,11 @@ impl Plugin for VolumeBinding {
                     return Status::error(format!("binding volume {pv}: {e}"));
                 }
                 let _ = vols
-                    .patch_status(&pv, &pp, &Patch::Merge(&serde_json::json!({"status": {"phase": "Bound"}})))
+                    .patch_status(
+                        &pv,
+                        &pp,
+                        &Patch::Merge(&serde_json::json!({"status": {"phase": "Bound"}})),
+                    )
                     .await;
                 let bind = serde_json::json!({
                     "metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes"}},
@@ -314,12 +330,22 @@ impl Plugin for VolumeBinding {
                 let cap: BTreeMap<String, serde_json::Value> = pv_obj
                     .as_ref()
                     .and_then(|p| p.spec.as_ref()?.capacity.clone())
-                    .map(|c| c.into_iter().map(|(k, v)| (k, serde_json::json!(v.0))).collect())
+                    .map(|c| {
+                        c.into_iter()
+                            .map(|(k, v)| (k, serde_json::json!(v.0)))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let modes = pv_obj.as_ref().and_then(|p| p.spec.as_ref()?.access_modes.clone());
+                let modes = pv_obj
+                    .as_ref()
+                    .and_then(|p| p.spec.as_ref()?.access_modes.clone());
                 let _ = claims
-                    .patch_status(&name, &pp, &Patch::Merge(&serde_json::json!({"status": {
-                        "phase": "Bound", "capacity": cap, "accessModes": modes}})))
+                    .patch_status(
+                        &name,
+                        &pp,
+                        &Patch::Merge(&serde_json::json!({"status": {
+                        "phase": "Bound", "capacity": cap, "accessModes": modes}})),
+                    )
                     .await;
             }
             tracing::debug!(pod = %pod.key, "volumes bound");
