@@ -391,12 +391,7 @@ impl Registry {
             .unwrap_or("")
             .to_string();
         let (value, policy) = match class.as_str() {
-            "" => {
-                if pod.pointer("/spec/priority").is_none() {
-                    pod["spec"]["priority"] = json!(0);
-                }
-                return Ok(());
-            }
+            "" => (json!(0), json!("PreemptLowerPriority")),
             "system-node-critical" => (json!(2_000_001_000), json!("PreemptLowerPriority")),
             "system-cluster-critical" => (json!(2_000_000_000), json!("PreemptLowerPriority")),
             name => {

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod controllers;
+mod scheduler;
 mod store;
 
 use anyhow::{Context, bail};
@@ -44,6 +45,8 @@ enum Cmd {
     Store(store::StoreArgs),
     /// Controller-manager throughput: Deployments to running pods, then a rolling update.
     Controllers(controllers::ControllersArgs),
+    /// Scheduler throughput (scheduler_perf's workloads), in-process and through the API.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +123,8 @@ pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Clu
             "--apiservers",
             "1",
             "--controller-managers",
+            "0",
+            "--schedulers",
             "0",
             "--stores",
             &stores.to_string(),
@@ -463,5 +468,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Api(a) => rt.block_on(api(a)),
         Cmd::Store(a) => rt.block_on(store::run(a)),
         Cmd::Controllers(a) => rt.block_on(controllers::run(a)),
+        Cmd::Scheduler(a) => rt.block_on(scheduler::run(a)),
     }
 }

@@ -584,7 +584,7 @@ impl Framework {
         &self,
         state: &CycleState,
         pod: &PodInfo,
-        node: &Arc<NodeInfo>,
+        node: &NodeInfo,
         nominated: &[Arc<PodInfo>],
     ) -> Status {
         let relevant: Vec<&Arc<PodInfo>> = nominated

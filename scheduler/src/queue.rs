@@ -323,9 +323,13 @@ impl SchedulingQueue {
     pub fn on_event(&self, ev: Event) {
         let mut inner = self.inner.lock();
         inner.move_cycle = inner.cycle;
+        if inner.unschedulable_since.is_empty() {
+            return;
+        }
         let keys: Vec<String> = inner
-            .pods
-            .iter()
+            .unschedulable_since
+            .keys()
+            .filter_map(|k| inner.pods.get_key_value(k))
             .filter(|(_, (qp, place, _))| {
                 *place == Place::Unschedulable && {
                     let fw = self.profile(&qp.info);

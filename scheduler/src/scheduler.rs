@@ -479,10 +479,18 @@ impl Scheduler {
                 }
                 let rejected = fit.rejected_by.clone();
                 let msg = fit.message();
-                if let Some(res) = &nominate {
-                    self.preempt(&pod, res).await;
+                let node = nominate.as_ref().and_then(|r| r.nominated_node.clone());
+                if let Some(res) = nominate {
+                    // The victims' API calls run beside the scheduling loop, as upstream's
+                    // asynchronous preemption; the pod waits, nominated, for them to go.
+                    let this = self.clone();
+                    let pod = pod.clone();
+                    if this.client.is_some() {
+                        tokio::spawn(async move { this.preempt(&pod, &res).await });
+                    } else {
+                        this.preempt(&pod, &res).await;
+                    }
                 }
-                let node = nominate.and_then(|r| r.nominated_node);
                 self.unfit(&fw, qp, started, msg, rejected, node).await;
             }
             Decision::Error(e) => {
@@ -689,6 +697,15 @@ impl Scheduler {
             .filter(|p| p.priority < pod.priority)
             .collect();
         let Some(client) = &self.client else {
+            // In-process (no API): the victims are gone at once, as if deleted and confirmed.
+            for v in &res.victims {
+                self.cache.lock().remove_pod(&v.key);
+            }
+            for p in lower {
+                self.nominator.lock().remove(&p.key);
+            }
+            self.queue
+                .on_event(crate::framework::Event::AssignedPodDelete);
             return;
         };
         for v in &res.victims {

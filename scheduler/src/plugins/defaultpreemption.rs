@@ -128,9 +128,8 @@ impl DefaultPreemption {
                 pl.remove_pod(&mut st, pod, p, &ni);
             }
         }
-        let ni_arc = Arc::new(ni.clone());
         if !fw
-            .run_filters_with_nominated(&st, pod, &ni_arc, nominated)
+            .run_filters_with_nominated(&st, pod, &ni, nominated)
             .is_ok()
         {
             return None;
@@ -166,7 +165,7 @@ impl DefaultPreemption {
                     pl.add_pod(&mut st, pod, &p, &ni);
                 }
                 let fits = fw
-                    .run_filters_with_nominated(&st, pod, &Arc::new(ni.clone()), nominated)
+                    .run_filters_with_nominated(&st, pod, &ni, nominated)
                     .is_ok();
                 if !fits {
                     ni.remove_pod(&p.key);

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
-use crate::types::{AffinityTerm, Labels, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector};
+use crate::types::{AffinityTerm, FastMap, Labels, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector};
 
 /// Reason: the pod's required affinity is not met.
 pub const ERR_AFFINITY: &str = "node(s) didn't match pod affinity rules";
@@ -57,7 +57,8 @@ impl InterPodAffinity {
 #[derive(Clone, Debug)]
 struct Resolved {
     selector: Selector,
-    namespaces: HashSet<String>,
+    /// Sorted, for binary search (usually one or two names).
+    namespaces: Vec<String>,
     all_namespaces: bool,
     topology_key: String,
     weight: i64,
@@ -78,6 +79,8 @@ impl Resolved {
                 }
             }
         }
+        let mut namespaces: Vec<String> = namespaces.into_iter().collect();
+        namespaces.sort();
         Resolved {
             selector: t.selector.clone(),
             namespaces,
@@ -88,23 +91,24 @@ impl Resolved {
     }
 
     fn matches(&self, p: &PodInfo) -> bool {
-        (self.all_namespaces || self.namespaces.contains(&p.namespace))
+        (self.all_namespaces || self.namespaces.binary_search(&p.namespace).is_ok())
             && self.selector.matches(&p.labels)
     }
 }
 
-type Pair = (String, String);
+/// topology key -> value -> count.
+type Nested = FastMap<String, FastMap<String, i64>>;
 
 #[derive(Clone, Default)]
 struct FilterState {
     affinity_terms: Vec<Resolved>,
     anti_terms: Vec<Resolved>,
     /// Domains where an existing pod's required anti-affinity matches the incoming pod.
-    existing_anti: HashMap<Pair, i64>,
+    existing_anti: Nested,
     /// Domains with pods matching all of the pod's required affinity terms.
-    affinity: HashMap<Pair, i64>,
+    affinity: Nested,
     /// Domains with pods matching one of the pod's required anti-affinity terms.
-    anti: HashMap<Pair, i64>,
+    anti: Nested,
 }
 
 /// Whether an existing pod's term (resolved against the incoming pod's namespace labels)
@@ -117,6 +121,133 @@ fn term_matches_incoming(t: &AffinityTerm, incoming: &PodInfo, ns_labels: Option
     ns_ok && t.selector.matches(&incoming.labels)
 }
 
+#[derive(Clone, Copy)]
+enum Which {
+    ExistingAnti,
+    Affinity,
+    Anti,
+}
+
+/// Counts per topology pair, keyed by borrowed names while a PreFilter pass runs.
+#[derive(Default)]
+struct Tally<'a> {
+    existing_anti: FastMap<(&'a str, &'a str), i64>,
+    affinity: FastMap<(&'a str, &'a str), i64>,
+    anti: FastMap<(&'a str, &'a str), i64>,
+}
+
+impl<'a> Tally<'a> {
+    /// Counts what `existing` (on `node`) contributes, `delta` times.
+    fn add(
+        &mut self,
+        st: &'a FilterState,
+        pod: &PodInfo,
+        ns_labels: Option<&Labels>,
+        existing: &'a PodInfo,
+        node: &'a NodeInfo,
+        delta: i64,
+    ) {
+        self.add_existing_anti(pod, ns_labels, existing, node, delta);
+        if !st.affinity_terms.is_empty() && st.affinity_terms.iter().all(|t| t.matches(existing)) {
+            self.add_affinity(st, node, delta);
+        }
+        for t in &st.anti_terms {
+            if t.matches(existing) {
+                self.bump(Which::Anti, &t.topology_key, node, delta);
+            }
+        }
+    }
+
+    /// Counts a whole node: matching pods are counted first, so each topology pair is touched
+    /// once per node rather than once per pod.
+    fn add_node(
+        &mut self,
+        st: &'a FilterState,
+        pod: &PodInfo,
+        ns_labels: Option<&Labels>,
+        node: &'a NodeInfo,
+        own: bool,
+    ) {
+        if node.pods_with_required_anti_affinity > 0 {
+            for p in &node.pods {
+                if !p.required_anti_affinity.is_empty() {
+                    self.add_existing_anti(pod, ns_labels, p, node, 1);
+                }
+            }
+        }
+        if !own {
+            return;
+        }
+        if !st.affinity_terms.is_empty() {
+            let n = node
+                .pods
+                .iter()
+                .filter(|p| st.affinity_terms.iter().all(|t| t.matches(p)))
+                .count() as i64;
+            if n > 0 {
+                self.add_affinity(st, node, n);
+            }
+        }
+        for t in &st.anti_terms {
+            if !node.labels.contains_key(&t.topology_key) {
+                continue;
+            }
+            let n = node.pods.iter().filter(|p| t.matches(p)).count() as i64;
+            if n > 0 {
+                self.bump(Which::Anti, &t.topology_key, node, n);
+            }
+        }
+    }
+
+    fn add_existing_anti(
+        &mut self,
+        pod: &PodInfo,
+        ns_labels: Option<&Labels>,
+        existing: &'a PodInfo,
+        node: &'a NodeInfo,
+        delta: i64,
+    ) {
+        for t in &existing.required_anti_affinity {
+            if term_matches_incoming(t, pod, ns_labels) {
+                self.bump(Which::ExistingAnti, &t.topology_key, node, delta);
+            }
+        }
+    }
+
+    fn add_affinity(&mut self, st: &'a FilterState, node: &'a NodeInfo, n: i64) {
+        for t in &st.affinity_terms {
+            self.bump(Which::Affinity, &t.topology_key, node, n);
+        }
+    }
+
+    fn bump(&mut self, which: Which, key: &'a str, node: &'a NodeInfo, n: i64) {
+        let Some(v) = node.labels.get(key) else {
+            return;
+        };
+        let m = match which {
+            Which::ExistingAnti => &mut self.existing_anti,
+            Which::Affinity => &mut self.affinity,
+            Which::Anti => &mut self.anti,
+        };
+        *m.entry((key, v.as_str())).or_default() += n;
+    }
+
+    /// The counts as owned maps.
+    fn owned(self) -> [Nested; 3] {
+        let own = |m: FastMap<(&str, &str), i64>| {
+            let mut out = Nested::default();
+            for ((k, v), c) in m {
+                *out.entry(k.to_string())
+                    .or_default()
+                    .entry(v.to_string())
+                    .or_default() += c;
+            }
+            out
+        };
+        [own(self.existing_anti), own(self.affinity), own(self.anti)]
+    }
+}
+
 impl FilterState {
     fn update(
         &mut self,
@@ -126,36 +257,21 @@ impl FilterState {
         node: &NodeInfo,
         delta: i64,
     ) {
-        for t in &existing.required_anti_affinity {
-            if let Some(v) = node.labels.get(&t.topology_key)
-                && term_matches_incoming(t, pod, ns_labels)
-            {
-                *self
-                    .existing_anti
-                    .entry((t.topology_key.clone(), v.clone()))
-                    .or_default() += delta;
-            }
-        }
-        if !self.affinity_terms.is_empty()
-            && self.affinity_terms.iter().all(|t| t.matches(existing))
-        {
-            for t in &self.affinity_terms {
-                if let Some(v) = node.labels.get(&t.topology_key) {
-                    *self
-                        .affinity
-                        .entry((t.topology_key.clone(), v.clone()))
-                        .or_default() += delta;
+        let [e, a, n] = {
+            let mut t = Tally::default();
+            t.add(self, pod, ns_labels, existing, node, delta);
+            t.owned()
+        };
+        for (m, add) in [
+            (&mut self.existing_anti, e),
+            (&mut self.affinity, a),
+            (&mut self.anti, n),
+        ] {
+            for (k, vals) in add {
+                let e = m.entry(k).or_default();
+                for (v, c) in vals {
+                    *e.entry(v).or_default() += c;
                 }
-            }
-        }
-        for t in &self.anti_terms {
-            if let Some(v) = node.labels.get(&t.topology_key)
-                && t.matches(existing)
-            {
-                *self
-                    .anti
-                    .entry((t.topology_key.clone(), v.clone()))
-                    .or_default() += delta;
             }
         }
     }
@@ -220,17 +336,16 @@ impl Plugin for InterPodAffinity {
         };
         let ns_labels = self.listers.namespace_labels(&pod.namespace);
         let own = !st.affinity_terms.is_empty() || !st.anti_terms.is_empty();
-        for n in &snap.nodes {
-            if !own && n.pods_with_required_anti_affinity == 0 {
-                continue;
+        let [e, a, n] = {
+            let mut tally = Tally::default();
+            for n in &snap.nodes {
+                tally.add_node(&st, pod, ns_labels.as_deref(), n, own);
             }
-            for p in &n.pods {
-                if !own && p.required_anti_affinity.is_empty() {
-                    continue;
-                }
-                st.update(pod, ns_labels.as_deref(), p, n, 1);
-            }
-        }
+            tally.owned()
+        };
+        st.existing_anti = e;
+        st.affinity = a;
+        st.anti = n;
         state.write(NAME, st);
         (None, Status::ok())
     }
@@ -256,10 +371,10 @@ impl Plugin for InterPodAffinity {
         let Some(st) = state.read::<FilterState>(NAME) else {
             return Status::ok();
         };
-        let at = |m: &HashMap<Pair, i64>, k: &str| -> i64 {
+        let at = |m: &Nested, k: &str| -> i64 {
             node.labels
                 .get(k)
-                .and_then(|v| m.get(&(k.to_string(), v.clone())))
+                .and_then(|v| m.get(k)?.get(v))
                 .copied()
                 .unwrap_or(0)
         };
@@ -276,7 +391,11 @@ impl Plugin for InterPodAffinity {
             }
             if !all_exist {
                 // The first pod of a group that is affine to itself may go anywhere.
-                let none_anywhere = st.affinity.values().all(|c| *c <= 0);
+                let none_anywhere = st
+                    .affinity
+                    .values()
+                    .flat_map(|m| m.values())
+                    .all(|c| *c <= 0);
                 if !(none_anywhere && st.affinity_terms.iter().all(|t| t.matches(pod))) {
                     return Status::unresolvable(ERR_AFFINITY);
                 }
@@ -291,11 +410,12 @@ impl Plugin for InterPodAffinity {
             return Status::unschedulable(ERR_ANTI_AFFINITY);
         }
         // Existing pods' anti-affinity.
-        if st
-            .existing_anti
-            .iter()
-            .any(|((k, v), c)| *c > 0 && node.labels.get(k) == Some(v))
-        {
+        if st.existing_anti.iter().any(|(k, vals)| {
+            node.labels
+                .get(k)
+                .and_then(|v| vals.get(v))
+                .is_some_and(|c| *c > 0)
+        }) {
             return Status::unschedulable(ERR_EXISTING_ANTI_AFFINITY);
         }
         Status::ok()

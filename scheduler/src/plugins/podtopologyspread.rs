@@ -10,7 +10,8 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
 use crate::types::{
-    LABEL_HOSTNAME, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector, SpreadConstraint, untolerated,
+    FastMap, LABEL_HOSTNAME, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector, SpreadConstraint,
+    untolerated,
 };
 
 /// Reason: the skew would exceed maxSkew.
@@ -177,7 +178,7 @@ fn count_matching(node: &NodeInfo, sel: &Selector, ns: &str) -> i64 {
 
 #[derive(Clone)]
 struct Domains {
-    counts: HashMap<String, i64>,
+    counts: FastMap<String, i64>,
     min: i64,
 }
 
@@ -238,32 +239,33 @@ impl Plugin for PodTopologySpread {
             return (None, Status::skip());
         }
         let constraints = pod.hard_spread.clone();
-        let mut domains: Vec<Domains> = constraints
-            .iter()
-            .map(|_| Domains {
-                counts: HashMap::new(),
-                min: 0,
-            })
-            .collect();
+        // Counted with borrowed domain names; owned once per domain at the end.
+        let mut counts: Vec<FastMap<&str, i64>> = vec![FastMap::default(); constraints.len()];
         for n in &snap.nodes {
-            if !constraints
+            let values: Option<Vec<&str>> = constraints
                 .iter()
-                .all(|c| n.labels.contains_key(&c.topology_key))
-            {
-                continue;
-            }
-            for (c, d) in constraints.iter().zip(domains.iter_mut()) {
+                .map(|c| n.labels.get(&c.topology_key).map(String::as_str))
+                .collect();
+            let Some(values) = values else { continue };
+            for ((c, m), v) in constraints.iter().zip(counts.iter_mut()).zip(values) {
                 if !node_counts(c, pod, n) {
                     continue;
                 }
-                let v = &n.labels[&c.topology_key];
-                let cnt = count_matching(n, &c.selector, &pod.namespace);
-                *d.counts.entry(v.clone()).or_default() += cnt;
+                *m.entry(v).or_default() += count_matching(n, &c.selector, &pod.namespace);
             }
         }
-        for (c, d) in constraints.iter().zip(domains.iter_mut()) {
-            d.refresh_min(c.min_domains);
-        }
+        let domains: Vec<Domains> = constraints
+            .iter()
+            .zip(counts)
+            .map(|(c, m)| {
+                let mut d = Domains {
+                    counts: m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    min: 0,
+                };
+                d.refresh_min(c.min_domains);
+                d
+            })
+            .collect();
         state.write(
             NAME,
             FilterState {
