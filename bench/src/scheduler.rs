@@ -368,6 +368,23 @@ async fn in_process(
     wait_count(&count, init + measure, timeout, "measured pods").await?;
     let elapsed = t0.elapsed();
     let cpu = (process_cpu() - cpu0) / elapsed.as_secs_f64();
+    let attempts = |result: &str| {
+        sched
+            .metrics
+            .attempts
+            .get_or_create(&vec![
+                ("result", result.to_string()),
+                ("profile", "default-scheduler".to_string()),
+            ])
+            .get()
+    };
+    eprintln!(
+        "{} {nodes}: attempts scheduled={} unschedulable={} error={}",
+        w.name(),
+        attempts("scheduled"),
+        attempts("unschedulable"),
+        attempts("error")
+    );
     runner.abort();
     flusher.abort();
     sched.queue.close();
@@ -418,10 +435,10 @@ async fn create_all(client: &Client, objs: Vec<(Option<String>, Value)>, clients
                         }
                     }
                 };
-                if let Err(e) = r {
-                    if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("create failed: {e}");
-                    }
+                if let Err(e) = r
+                    && errors.fetch_add(1, Ordering::Relaxed) < 5
+                {
+                    eprintln!("create failed: {e}");
                 }
             }
         })
@@ -539,9 +556,8 @@ async fn api(
                     .and_then(|s| s.node_name.as_deref())
                     .is_some_and(|n| !n.is_empty());
                 if on_node {
-                    let mut b = bound.lock();
-                    if !b.contains_key(&key) {
-                        b.insert(key, Instant::now());
+                    if let std::collections::hash_map::Entry::Vacant(e) = bound.lock().entry(key) {
+                        e.insert(Instant::now());
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::framework::Snapshot;
-use crate::types::{NodeInfo, PodInfo};
+use crate::framework::{Nominations, Snapshot};
+use crate::types::{FastMap, NodeInfo, PodInfo};
 
 struct PodState {
     node: String,
@@ -24,8 +24,8 @@ pub struct Cache {
     nodes: Vec<Arc<NodeInfo>>,
     /// Whether the node object exists (pods may arrive before their node).
     present: Vec<bool>,
-    index: HashMap<String, usize>,
-    index_arc: Arc<HashMap<String, usize>>,
+    index: FastMap<String, usize>,
+    index_arc: Arc<FastMap<String, usize>>,
     pods: HashMap<String, PodState>,
 }
 
@@ -170,7 +170,7 @@ impl Cache {
     }
 
     /// The nodes as they are now, with the given nominations.
-    pub fn snapshot(&self, nominated: Arc<HashMap<String, Vec<Arc<PodInfo>>>>) -> Snapshot {
+    pub fn snapshot(&self, nominated: Arc<Nominations>) -> Snapshot {
         if self.present.iter().all(|p| *p) {
             return Snapshot {
                 nodes: self.nodes.clone(),

@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, Store};
 
-use crate::types::{Labels, NodeInfo, PodInfo};
+use crate::types::{FastMap, Labels, NodeInfo, PodInfo};
 
 /// The outcome class of a plugin call (upstream `framework.Code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +140,8 @@ pub struct CycleState {
     data: HashMap<&'static str, Box<dyn StateData>>,
     /// Plugins whose Filter is skipped (their PreFilter returned Skip).
     pub skip_filter: HashSet<&'static str>,
+    /// Per Filter plugin (in the framework's order): whether it runs this cycle. Empty: all.
+    filter_mask: Vec<bool>,
     /// Plugins whose Score is skipped (their PreScore returned Skip).
     pub skip_score: HashSet<&'static str>,
 }
@@ -153,6 +155,7 @@ impl Clone for CycleState {
                 .map(|(k, v)| (*k, (**v).clone_box()))
                 .collect(),
             skip_filter: self.skip_filter.clone(),
+            filter_mask: self.filter_mask.clone(),
             skip_score: self.skip_score.clone(),
         }
     }
@@ -185,9 +188,9 @@ pub struct Snapshot {
     /// All nodes, in a stable order.
     pub nodes: Vec<Arc<NodeInfo>>,
     /// Node name -> position in `nodes`.
-    pub index: Arc<HashMap<String, usize>>,
+    pub index: Arc<FastMap<String, usize>>,
     /// Pending pods nominated to each node (by preemption), which filtering must make room for.
-    pub nominated: Arc<HashMap<String, Vec<Arc<PodInfo>>>>,
+    pub nominated: Arc<Nominations>,
 }
 
 impl Snapshot {
@@ -207,6 +210,9 @@ impl Snapshot {
 
     /// The pods nominated to a node.
     pub fn nominated_to(&self, node: &str) -> &[Arc<PodInfo>] {
+        if self.nominated.is_empty() {
+            return &[];
+        }
         self.nominated.get(node).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -372,7 +378,10 @@ pub struct PostFilterResult {
 }
 
 /// Per-node outcome of filtering, for diagnostics and preemption.
-pub type NodeStatuses = HashMap<String, Status>;
+pub type NodeStatuses = FastMap<String, Status>;
+
+/// Node name -> pods nominated to it.
+pub type Nominations = FastMap<String, Vec<Arc<PodInfo>>>;
 
 /// The services a plugin's constructor gets.
 #[derive(Clone)]
@@ -532,6 +541,21 @@ impl Framework {
         pod: &PodInfo,
         snap: &Snapshot,
     ) -> (Option<HashSet<String>>, Status) {
+        let (nodes, status) = self.pre_filter_plugins(state, pod, snap);
+        state.filter_mask = self
+            .filter
+            .iter()
+            .map(|p| !state.skip_filter.contains(p.name()))
+            .collect();
+        (nodes, status)
+    }
+
+    fn pre_filter_plugins(
+        &self,
+        state: &mut CycleState,
+        pod: &PodInfo,
+        snap: &Snapshot,
+    ) -> (Option<HashSet<String>>, Status) {
         let mut nodes: Option<HashSet<String>> = None;
         for p in &self.pre_filter {
             let (r, s) = p.pre_filter(state, pod, snap);
@@ -565,8 +589,8 @@ impl Framework {
 
     /// Runs Filter plugins on one node; the first rejection.
     pub fn run_filters(&self, state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        for p in &self.filter {
-            if state.skip_filter.contains(p.name()) {
+        for (i, p) in self.filter.iter().enumerate() {
+            if !state.filter_mask.get(i).copied().unwrap_or(true) {
                 continue;
             }
             let s = p.filter(state, pod, node);

@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use parking_lot::Mutex;
 
 use crate::cache::Cache;
-use crate::framework::{Code, CycleState, Framework, NodeStatuses, Snapshot, Status};
+use crate::framework::{Code, CycleState, Framework, NodeStatuses, Nominations, Snapshot, Status};
 use crate::metrics::Metrics;
 use crate::queue::{QueuedPod, SchedulingQueue};
 use crate::types::{NodeInfo, PodInfo};
@@ -139,7 +139,7 @@ impl Algorithm {
                     s.message()
                 ));
             }
-            let mut statuses = NodeStatuses::new();
+            let mut statuses = NodeStatuses::default();
             for n in &snap.nodes {
                 statuses.insert(n.name.clone(), s.clone());
             }
@@ -151,7 +151,7 @@ impl Algorithm {
                 ..Default::default()
             });
         }
-        let mut statuses = NodeStatuses::new();
+        let mut statuses = NodeStatuses::default();
         let mut feasible: Vec<Arc<NodeInfo>> = Vec::new();
         let mut rejected_by = HashSet::new();
         // A pod nominated by an earlier preemption tries its node first.
@@ -267,9 +267,9 @@ impl Algorithm {
 /// Pending pods nominated to nodes.
 #[derive(Default)]
 pub struct Nominator {
-    by_node: HashMap<String, Vec<Arc<PodInfo>>>,
+    by_node: Nominations,
     by_pod: HashMap<String, String>,
-    snapshot: Option<Arc<HashMap<String, Vec<Arc<PodInfo>>>>>,
+    snapshot: Option<Arc<Nominations>>,
 }
 
 impl Nominator {
@@ -306,7 +306,7 @@ impl Nominator {
     }
 
     /// All nominations (shared until the next change).
-    pub fn snapshot(&mut self) -> Arc<HashMap<String, Vec<Arc<PodInfo>>>> {
+    pub fn snapshot(&mut self) -> Arc<Nominations> {
         self.snapshot
             .get_or_insert_with(|| Arc::new(self.by_node.clone()))
             .clone()

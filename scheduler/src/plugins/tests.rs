@@ -518,7 +518,7 @@ fn preemption_picks_the_cheapest_node() {
     let mut st = CycleState::default();
     let (_, pre) = fw.run_pre_filter(&mut st, &p, &s);
     assert!(pre.is_ok());
-    let mut statuses = NodeStatuses::new();
+    let mut statuses = NodeStatuses::default();
     for n in &s.nodes {
         statuses.insert(n.name.clone(), fw.run_filters(&st, &p, n));
     }
