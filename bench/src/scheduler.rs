@@ -555,11 +555,11 @@ async fn api(
                     .as_ref()
                     .and_then(|s| s.node_name.as_deref())
                     .is_some_and(|n| !n.is_empty());
-                if on_node {
-                    if let std::collections::hash_map::Entry::Vacant(e) = bound.lock().entry(key) {
-                        e.insert(Instant::now());
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
+                if on_node
+                    && let std::collections::hash_map::Entry::Vacant(e) = bound.lock().entry(key)
+                {
+                    e.insert(Instant::now());
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
