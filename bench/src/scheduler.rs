@@ -507,16 +507,20 @@ async fn api(
         bail!("{errs} node creates failed");
     }
     let log = tempfile::NamedTempFile::new()?;
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let sched = Proc(
         Command::new(&keelson)
             .arg("scheduler")
             .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .args([
                 "--leader-elect=false",
-                "--secure-port=0",
+                "--bind-address=127.0.0.1",
                 "--kube-api-qps=5000",
                 "--kube-api-burst=10000",
             ])
+            .arg(format!("--secure-port={metrics_port}"))
             .stdout(Stdio::null())
             .stderr(log.reopen()?)
             .spawn()
@@ -645,6 +649,18 @@ async fn api(
         if let Some(bt) = b.get(k) {
             latency.saturating_record(bt.saturating_duration_since(*t).as_micros().max(1) as u64);
         }
+    }
+    // The scheduler's own count of attempts, from its /metrics.
+    if let Ok(out) = Command::new("curl")
+        .args(["-sk", &format!("https://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let attempts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("scheduler_schedule_attempts_total"))
+            .collect();
+        eprintln!("{} {nodes}: {}", w.name(), attempts.join("; "));
     }
     drop(sched);
     drop(cluster);

@@ -18,15 +18,20 @@ struct PodState {
     bound_at: Option<Instant>,
 }
 
-/// Nodes and their pods.
+/// Nodes and their pods. The node list is shared with snapshots and copied only when a
+/// snapshot still holds it while the cache changes, so taking a snapshot is O(1).
 #[derive(Default)]
 pub struct Cache {
-    nodes: Vec<Arc<NodeInfo>>,
-    /// Whether the node object exists (pods may arrive before their node).
-    present: Vec<bool>,
+    nodes: Arc<Vec<Arc<NodeInfo>>>,
+    /// Each node's generation, by position (what per-node memos compare).
+    generations: Arc<Vec<u64>>,
     index: FastMap<String, usize>,
     index_arc: Arc<FastMap<String, usize>>,
+    /// Nodes whose object is not (or no longer) there but which pods still name.
+    pending: FastMap<String, NodeInfo>,
     pods: HashMap<String, PodState>,
+    with_affinity: usize,
+    with_required_anti_affinity: usize,
 }
 
 /// How long an assumed pod whose binding finished waits for the watch to confirm it.
@@ -38,26 +43,63 @@ impl Cache {
         Self::default()
     }
 
-    fn slot(&mut self, name: &str) -> usize {
-        if let Some(i) = self.index.get(name) {
-            return *i;
+    /// Changes a listed node in place, keeping generations and totals in step.
+    fn mutate(&mut self, i: usize, f: impl FnOnce(&mut NodeInfo)) {
+        let nodes = Arc::make_mut(&mut self.nodes);
+        let n = Arc::make_mut(&mut nodes[i]);
+        self.with_affinity -= n.pods_with_affinity;
+        self.with_required_anti_affinity -= n.pods_with_required_anti_affinity;
+        f(n);
+        self.with_affinity += n.pods_with_affinity;
+        self.with_required_anti_affinity += n.pods_with_required_anti_affinity;
+        Arc::make_mut(&mut self.generations)[i] = n.generation;
+    }
+
+    /// Changes the node a pod names, listed or pending.
+    fn with_node(&mut self, name: &str, f: impl FnOnce(&mut NodeInfo)) {
+        if let Some(i) = self.index.get(name).copied() {
+            self.mutate(i, f);
+            return;
         }
-        let mut placeholder = NodeInfo::new(Arc::new(Node::default()));
-        placeholder.name = name.to_string();
-        self.nodes.push(Arc::new(placeholder));
-        self.present.push(false);
-        let i = self.nodes.len() - 1;
-        self.index.insert(name.to_string(), i);
+        let n = self.pending.entry(name.to_string()).or_insert_with(|| {
+            let mut placeholder = NodeInfo::new(Arc::new(Node::default()));
+            placeholder.name = name.to_string();
+            placeholder
+        });
+        f(n);
+        if n.pods.is_empty() {
+            self.pending.remove(name);
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
         self.index_arc = Arc::new(self.index.clone());
-        i
     }
 
     /// Adds or updates a node.
     pub fn set_node(&mut self, node: Arc<Node>) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let i = self.slot(&name);
-        Arc::make_mut(&mut self.nodes[i]).set_node(node);
-        self.present[i] = true;
+        if let Some(i) = self.index.get(&name).copied() {
+            self.mutate(i, |n| n.set_node(node));
+            return;
+        }
+        let mut ni = self
+            .pending
+            .remove(&name)
+            .unwrap_or_else(|| NodeInfo::new(node.clone()));
+        ni.set_node(node);
+        self.with_affinity += ni.pods_with_affinity;
+        self.with_required_anti_affinity += ni.pods_with_required_anti_affinity;
+        Arc::make_mut(&mut self.generations).push(ni.generation);
+        Arc::make_mut(&mut self.nodes).push(Arc::new(ni));
+        self.index.insert(name.clone(), self.nodes.len() - 1);
+        self.index_arc = Arc::new(self.index.clone());
     }
 
     /// Removes a node (its pods stay accounted until they go, as upstream).
@@ -65,32 +107,30 @@ impl Cache {
         let Some(i) = self.index.get(name).copied() else {
             return;
         };
-        if self.nodes[i].pods.is_empty() {
-            self.nodes.swap_remove(i);
-            self.present.swap_remove(i);
-            self.index.remove(name);
-            if i < self.nodes.len() {
-                self.index.insert(self.nodes[i].name.clone(), i);
-            }
-            self.index_arc = Arc::new(self.index.clone());
-        } else {
-            self.present[i] = false;
+        let ni = Arc::make_mut(&mut self.nodes).swap_remove(i);
+        Arc::make_mut(&mut self.generations).swap_remove(i);
+        self.with_affinity -= ni.pods_with_affinity;
+        self.with_required_anti_affinity -= ni.pods_with_required_anti_affinity;
+        if !ni.pods.is_empty() {
+            self.pending.insert(name.to_string(), NodeInfo::clone(&ni));
         }
+        self.reindex();
     }
 
     /// Number of nodes that exist.
     pub fn node_count(&self) -> usize {
-        self.present.iter().filter(|p| **p).count()
+        self.nodes.len()
     }
 
     /// A bound pod appeared or changed (or an assumed one was confirmed).
     pub fn add_or_update_pod(&mut self, info: Arc<PodInfo>) {
         if let Some(old) = self.pods.remove(&info.key) {
-            self.remove_from_node(&old.node, &info.key);
+            self.with_node(&old.node, |n| {
+                n.remove_pod(&info.key);
+            });
         }
         let node = info.node_name.clone();
-        let i = self.slot(&node);
-        Arc::make_mut(&mut self.nodes[i]).add_pod(info.clone());
+        self.with_node(&node, |n| n.add_pod(info.clone()));
         self.pods.insert(
             info.key.clone(),
             PodState {
@@ -101,27 +141,19 @@ impl Cache {
         );
     }
 
-    fn remove_from_node(&mut self, node: &str, key: &str) {
-        if let Some(i) = self.index.get(node).copied() {
-            Arc::make_mut(&mut self.nodes[i]).remove_pod(key);
-            if !self.present[i] && self.nodes[i].pods.is_empty() {
-                self.remove_node(node);
-            }
-        }
-    }
-
     /// A pod is gone (or finished).
     pub fn remove_pod(&mut self, key: &str) {
         if let Some(old) = self.pods.remove(key) {
-            self.remove_from_node(&old.node, key);
+            self.with_node(&old.node, |n| {
+                n.remove_pod(key);
+            });
         }
     }
 
     /// Puts a pod on a node before it is bound.
     pub fn assume(&mut self, info: Arc<PodInfo>, node: &str) {
         self.remove_pod(&info.key);
-        let i = self.slot(node);
-        Arc::make_mut(&mut self.nodes[i]).add_pod(info.clone());
+        self.with_node(node, |n| n.add_pod(info.clone()));
         self.pods.insert(
             info.key.clone(),
             PodState {
@@ -169,31 +201,15 @@ impl Cache {
         old
     }
 
-    /// The nodes as they are now, with the given nominations.
+    /// The nodes as they are now, with the given nominations (O(1): shared until changed).
     pub fn snapshot(&self, nominated: Arc<Nominations>) -> Snapshot {
-        if self.present.iter().all(|p| *p) {
-            return Snapshot {
-                nodes: self.nodes.clone(),
-                index: self.index_arc.clone(),
-                nominated,
-            };
-        }
-        let nodes: Vec<Arc<NodeInfo>> = self
-            .nodes
-            .iter()
-            .zip(&self.present)
-            .filter(|(_, p)| **p)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let index = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
         Snapshot {
-            nodes,
-            index: Arc::new(index),
+            nodes: self.nodes.clone(),
+            generations: self.generations.clone(),
+            index: self.index_arc.clone(),
             nominated,
+            pods_with_affinity: self.with_affinity,
+            pods_with_required_anti_affinity: self.with_required_anti_affinity,
         }
     }
 }

@@ -186,11 +186,18 @@ impl CycleState {
 #[derive(Clone, Default)]
 pub struct Snapshot {
     /// All nodes, in a stable order.
-    pub nodes: Vec<Arc<NodeInfo>>,
+    pub nodes: Arc<Vec<Arc<NodeInfo>>>,
+    /// Each node's generation, by position: per-node memos compare these without touching
+    /// the nodes.
+    pub generations: Arc<Vec<u64>>,
     /// Node name -> position in `nodes`.
     pub index: Arc<FastMap<String, usize>>,
     /// Pending pods nominated to each node (by preemption), which filtering must make room for.
     pub nominated: Arc<Nominations>,
+    /// Pods with any pod (anti-)affinity term, over all nodes.
+    pub pods_with_affinity: usize,
+    /// Pods with required anti-affinity, over all nodes.
+    pub pods_with_required_anti_affinity: usize,
 }
 
 impl Snapshot {
@@ -202,7 +209,13 @@ impl Snapshot {
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
         Snapshot {
-            nodes: nodes.into_iter().map(Arc::new).collect(),
+            generations: Arc::new(nodes.iter().map(|n| n.generation).collect()),
+            pods_with_affinity: nodes.iter().map(|n| n.pods_with_affinity).sum(),
+            pods_with_required_anti_affinity: nodes
+                .iter()
+                .map(|n| n.pods_with_required_anti_affinity)
+                .sum(),
+            nodes: Arc::new(nodes.into_iter().map(Arc::new).collect()),
             index: Arc::new(index),
             nominated: Arc::default(),
         }
@@ -482,7 +495,8 @@ pub trait Plugin: Send + Sync {
     ) -> BoxFuture<'static, Status> {
         Box::pin(async { Status::ok() })
     }
-    /// Bind; `Skip` passes to the next binder.
+    /// Bind; `Skip` passes to the next binder. `UnschedulableAndUnresolvable` means the pod
+    /// cannot be bound at all (deleted, or bound by someone else): it is not retried.
     fn bind(&self, _pod: Arc<PodInfo>, _node: String) -> BoxFuture<'static, Status> {
         Box::pin(async { Status::skip() })
     }

@@ -140,7 +140,7 @@ impl Algorithm {
                 ));
             }
             let mut statuses = NodeStatuses::default();
-            for n in &snap.nodes {
+            for n in snap.nodes.iter() {
                 statuses.insert(n.name.clone(), s.clone());
             }
             return Decision::Unfit(FitError {
@@ -202,7 +202,7 @@ impl Algorithm {
                 .store((start + evaluated) % len.max(1), Ordering::Relaxed);
             // Nodes the PreFilter result excluded count as rejected by it.
             if allowed.is_some() {
-                for n in &snap.nodes {
+                for n in snap.nodes.iter() {
                     if !statuses.contains_key(&n.name)
                         && !feasible.iter().any(|f| f.name == n.name)
                         && !candidates.iter().any(|c| c.name == n.name)
@@ -408,11 +408,13 @@ impl Scheduler {
         let decision = self.algorithm.schedule(&fw, &mut state, &pod, &snap);
         match decision {
             Decision::Node { name, .. } => {
+                let node = snap.get(&name).cloned();
+                // Let go of the snapshot first, so the cache changes its node list in place.
+                drop(snap);
                 let mut assumed = PodInfo::clone(&pod);
                 assumed.node_name = name.clone();
                 let assumed = Arc::new(assumed);
                 self.cache.lock().assume(assumed.clone(), &name);
-                let node = snap.get(&name).cloned();
                 let s = match &node {
                     Some(n) => fw.run_reserve(&mut state, &pod, n),
                     None => Status::error("node vanished"),
@@ -529,8 +531,22 @@ impl Scheduler {
         if !status.is_ok() {
             fw.run_unreserve(&mut state, &pod, &node);
             self.cache.lock().forget(&pod.key);
-            // Back into the queue unless the pod is gone or was bound by someone else meanwhile.
+            if status.code == Code::UnschedulableAndUnresolvable {
+                // Gone or bound elsewhere: the pod informer removes it; no retry.
+                tracing::info!(pod = %pod.key, reason = %status.message(), "binding not possible");
+                self.queue.delete(&pod.key);
+                self.queue
+                    .on_event(crate::framework::Event::AssignedPodDelete);
+                self.metrics
+                    .attempts
+                    .get_or_create(&labels("error", &fw.scheduler_name))
+                    .inc();
+                return;
+            }
+            // Back into the queue, with backoff; the room it held may fit others.
             self.queue.add(pod.clone());
+            self.queue
+                .on_event(crate::framework::Event::AssignedPodDelete);
             self.failed(
                 &fw,
                 qp,
@@ -849,6 +865,16 @@ mod tests {
         }
     }
 
+    async fn wait_bound(binder: &FakeBinder, n: usize) -> Vec<(String, String)> {
+        for _ in 0..200 {
+            if binder.bound.lock().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        binder.bound.lock().clone()
+    }
+
     #[tokio::test]
     async fn scheduler_binds_requeues_and_never_double_books() {
         let mut fw = default_framework();
@@ -866,50 +892,49 @@ mod tests {
                 .lock()
                 .set_node(Arc::new(node(n, "1", "4Gi", json!({}))));
         }
-        // Four pods of 500m fit on two 1-CPU nodes; the fifth does not.
+        // Four pods of 500m fit on two 1-CPU nodes; the fifth does not, at first.
         for i in 0..5 {
             s.queue
                 .add(info(pod(&format!("p{i}"), "500m", "", json!({}))));
         }
         binder.fail.lock().insert("default/p0".into());
+        // p1 was deleted meanwhile: its binding is refused and it is not retried.
+        binder.gone.lock().insert("default/p1".into());
         for _ in 0..5 {
             let qp = s.queue.pop().await.unwrap();
             s.clone().schedule_one(qp).await;
         }
-        // Let the binding tasks finish.
-        for _ in 0..100 {
-            if binder.bound.lock().len() >= 3 && s.queue.counts().1 + s.queue.counts().0 >= 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let bound = binder.bound.lock().clone();
-        assert_eq!(bound.len(), 3, "{bound:?}");
-        // p0's binding failed: it is forgotten by the cache and back in the queue (with backoff).
+        let bound = wait_bound(&binder, 2).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let names: Vec<&str> = bound.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(names, ["default/p2", "default/p3"]);
+        // Failed bindings are forgotten by the cache; p0 is queued again, p1 is not.
         assert!(!s.cache.lock().is_assumed("default/p0"));
         assert!(s.queue.contains("default/p0"));
+        assert!(!s.queue.contains("default/p1"));
         let snap = s.cache.lock().snapshot(Arc::default());
         let used: i64 = snap.nodes.iter().map(|n| n.requested.milli_cpu).sum();
-        assert_eq!(used, 1500, "three pods assumed");
-        for n in &snap.nodes {
-            assert!(n.requested.milli_cpu <= 1000, "node {} overbooked", n.name);
-        }
-        // p0 gets its turn after the backoff and takes the last slot; the fifth stays pending.
+        assert_eq!(used, 1000, "only the bound pods hold resources");
+        // The freed room re-queued p4 (rejected while p0 and p1 were assumed): after the
+        // backoff both p0 and p4 fit.
         binder.fail.lock().clear();
         tokio::time::sleep(Duration::from_millis(60)).await;
         s.queue.flush();
-        let qp = s.queue.pop().await.unwrap();
-        assert_eq!(qp.info.name, "p0");
-        s.clone().schedule_one(qp).await;
-        for _ in 0..100 {
-            if binder.bound.lock().len() == 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        for _ in 0..2 {
+            let qp = s.queue.pop().await.unwrap();
+            s.clone().schedule_one(qp).await;
         }
-        assert_eq!(binder.bound.lock().len(), 4);
-        let (_, _, unschedulable, _) = s.queue.counts();
-        assert_eq!(unschedulable, 1, "the fifth pod waits for an event");
+        let bound = wait_bound(&binder, 4).await;
+        assert_eq!(bound.len(), 4, "{bound:?}");
+        let snap = s.cache.lock().snapshot(Arc::default());
+        for n in snap.nodes.iter() {
+            assert!(n.requested.milli_cpu <= 1000, "node {} overbooked", n.name);
+        }
+        // A fifth pod has no room and waits for an event, not in a loop.
+        s.queue.add(info(pod("p5", "500m", "", json!({}))));
+        let qp = s.queue.pop().await.unwrap();
+        s.clone().schedule_one(qp).await;
+        assert_eq!(s.queue.counts().2, 1, "p5 is unschedulable");
         // A node joining wakes it.
         s.cache
             .lock()
@@ -919,14 +944,11 @@ mod tests {
         s.queue.flush();
         let qp = s.queue.pop().await.unwrap();
         s.clone().schedule_one(qp).await;
-        for _ in 0..100 {
-            if binder.bound.lock().len() == 5 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let bound = binder.bound.lock().clone();
-        assert_eq!(bound.last().map(|b| b.1.as_str()), Some("c"));
+        let bound = wait_bound(&binder, 5).await;
+        assert_eq!(
+            bound.last().map(|b| (b.0.as_str(), b.1.as_str())),
+            Some(("default/p5", "c"))
+        );
     }
 
     #[test]

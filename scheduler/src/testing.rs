@@ -136,6 +136,8 @@ pub struct FakeBinder {
     pub bound: Arc<Mutex<Vec<(String, String)>>>,
     /// Pods whose binding fails.
     pub fail: Arc<Mutex<HashSet<String>>>,
+    /// Pods the API says are gone (binding answers 404).
+    pub gone: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Plugin for FakeBinder {
@@ -148,9 +150,13 @@ impl Plugin for FakeBinder {
     fn bind(&self, pod: Arc<PodInfo>, node: String) -> BoxFuture<'static, Status> {
         let bound = self.bound.clone();
         let fail = self.fail.lock().contains(&pod.key);
+        let gone = self.gone.lock().contains(&pod.key);
         Box::pin(async move {
             if fail {
                 return Status::error("fake binding failure");
+            }
+            if gone {
+                return Status::unresolvable("binding rejected: pods \"x\" not found");
             }
             bound.lock().push((pod.key.clone(), node));
             Status::ok()

@@ -827,6 +827,13 @@ pub fn untolerated<'a>(
         .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
+/// A generation number no NodeInfo had before: per-node memos compare it to know whether a
+/// node (or the pods on it) changed since they looked.
+pub fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A node and the pods on it (bound or assumed), with running totals.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -856,7 +863,7 @@ pub struct NodeInfo {
     pub used_ports: Vec<HostPort>,
     /// Names of the PVCs the pods use, with how many pods use each (`namespace/name`).
     pub pvc_refs: HashMap<String, usize>,
-    /// Bumped on every change.
+    /// Changes on every change; unique across all nodes (see [`next_generation`]).
     pub generation: u64,
 }
 
@@ -896,7 +903,7 @@ impl NodeInfo {
                 .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
         );
         self.node = node;
-        self.generation += 1;
+        self.generation = next_generation();
     }
 
     /// Adds a pod's usage.
@@ -917,7 +924,7 @@ impl NodeInfo {
                 .or_default() += 1;
         }
         self.pods.push(p);
-        self.generation += 1;
+        self.generation = next_generation();
     }
 
     /// Removes a pod by key; whether it was there.
@@ -948,7 +955,7 @@ impl NodeInfo {
                 }
             }
         }
-        self.generation += 1;
+        self.generation = next_generation();
         true
     }
 }

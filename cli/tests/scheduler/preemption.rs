@@ -223,4 +223,16 @@ fn two_schedulers_one_leader_no_pod_bound_twice() {
             s.log_text()
         );
     }
+    // The new leader's health and metrics, with upstream's names.
+    let live = &scheds[1 - idx];
+    assert!(live.get("/healthz").starts_with("ok"));
+    let m = live.get("/metrics");
+    for want in [
+        "scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"}",
+        "scheduler_scheduling_attempt_duration_seconds_bucket",
+        "scheduler_pending_pods{queue=\"active\"}",
+        "leader_election_master_status{name=\"kube-scheduler\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} missing from\n{m}");
+    }
 }

@@ -51,6 +51,11 @@ impl Plugin for DefaultBinder {
                 .await
             {
                 Ok(_) => Status::ok(),
+                // The pod is gone or someone else bound it: the watch will say so; retrying
+                // cannot help.
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    Status::unresolvable(format!("binding rejected: {}", s.message))
+                }
                 Err(e) => Status::error(format!("binding rejected: {e}")),
             }
         })

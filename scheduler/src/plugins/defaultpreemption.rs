@@ -270,7 +270,7 @@ impl Plugin for DefaultPreemption {
         }
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         let mut potential = Vec::new();
-        for n in &snap.nodes {
+        for n in snap.nodes.iter() {
             match statuses.get(&n.name).map(|s| s.code) {
                 Some(Code::Unschedulable) => potential.push(n.clone()),
                 Some(Code::Success) | None => {}

@@ -311,10 +311,7 @@ impl Plugin for InterPodAffinity {
         pod: &PodInfo,
         snap: &Snapshot,
     ) -> (Option<HashSet<String>>, Status) {
-        let any_existing_anti = snap
-            .nodes
-            .iter()
-            .any(|n| n.pods_with_required_anti_affinity > 0);
+        let any_existing_anti = snap.pods_with_required_anti_affinity > 0;
         if pod.required_affinity.is_empty()
             && pod.required_anti_affinity.is_empty()
             && !any_existing_anti
@@ -338,7 +335,7 @@ impl Plugin for InterPodAffinity {
         let own = !st.affinity_terms.is_empty() || !st.anti_terms.is_empty();
         let [e, a, n] = {
             let mut tally = Tally::default();
-            for n in &snap.nodes {
+            for n in snap.nodes.iter() {
                 tally.add_node(&st, pod, ns_labels.as_deref(), n, own);
             }
             tally.owned()
@@ -429,7 +426,7 @@ impl Plugin for InterPodAffinity {
     ) -> Status {
         let has_preferred =
             !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
-        let any_existing = snap.nodes.iter().any(|n| n.pods_with_affinity > 0);
+        let any_existing = snap.pods_with_affinity > 0;
         if !has_preferred && !any_existing {
             return Status::skip();
         }
@@ -457,7 +454,7 @@ impl Plugin for InterPodAffinity {
                     .or_default() += w;
             }
         };
-        for n in &snap.nodes {
+        for n in snap.nodes.iter() {
             if !has_preferred && n.pods_with_affinity == 0 {
                 continue;
             }

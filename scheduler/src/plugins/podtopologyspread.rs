@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kube::runtime::reflector::ObjectRef;
+use parking_lot::Mutex;
 
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
 use crate::types::{
@@ -30,6 +31,101 @@ pub struct PodTopologySpread {
     listers: Listers,
     /// (maxSkew, topologyKey) of the default soft constraints.
     defaults: Vec<(i64, String)>,
+    memo: Mutex<Vec<Memo>>,
+}
+
+/// What one constraint needs from every node — its domain (topology value) and how many
+/// matching pods it has — kept across cycles per (namespace, selector, topology key). A node is
+/// looked at again only when its generation changed, so a cycle reads the dense generation
+/// array of the snapshot instead of every node's labels and pods.
+struct Memo {
+    namespace: String,
+    selector: Selector,
+    topology_key: String,
+    /// Per snapshot position: (node generation, matching pods, domain id).
+    slots: Vec<(u64, i64, Option<u32>)>,
+    /// Domain names by id.
+    domains: Vec<String>,
+    domain_ids: FastMap<String, u32>,
+}
+
+impl Memo {
+    fn refresh(&mut self, snap: &Snapshot) {
+        self.slots.resize(snap.nodes.len(), (0, 0, None));
+        for (i, g) in snap.generations.iter().enumerate() {
+            if self.slots[i].0 == *g {
+                continue;
+            }
+            let n = &snap.nodes[i];
+            let domain = n.labels.get(&self.topology_key).map(|v| {
+                if let Some(id) = self.domain_ids.get(v) {
+                    return *id;
+                }
+                let id = self.domains.len() as u32;
+                self.domains.push(v.clone());
+                self.domain_ids.insert(v.clone(), id);
+                id
+            });
+            self.slots[i] = (
+                *g,
+                count_matching(n, &self.selector, &self.namespace),
+                domain,
+            );
+        }
+    }
+}
+
+/// How many memos the plugin keeps (least recently used dropped).
+const MEMO_SLOTS: usize = 8;
+
+impl PodTopologySpread {
+    /// Brings the memos of `constraints` up to date and hands them (in order) to `f`.
+    fn with_memos<R>(
+        &self,
+        snap: &Snapshot,
+        constraints: &[SpreadConstraint],
+        ns: &str,
+        f: impl FnOnce(&[&Memo]) -> R,
+    ) -> R {
+        let mut memos = self.memo.lock();
+        let mut positions = Vec::with_capacity(constraints.len());
+        for c in constraints {
+            let found = memos.iter().position(|m| {
+                m.namespace == ns && m.topology_key == c.topology_key && m.selector == c.selector
+            });
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    if memos.len() >= MEMO_SLOTS {
+                        // Drop the least recently used one not needed now.
+                        if let Some(victim) =
+                            (0..memos.len()).rev().find(|i| !positions.contains(i))
+                        {
+                            memos.remove(victim);
+                            for p in positions.iter_mut() {
+                                if *p > victim {
+                                    *p -= 1;
+                                }
+                            }
+                        }
+                    }
+                    memos.push(Memo {
+                        namespace: ns.to_string(),
+                        selector: c.selector.clone(),
+                        topology_key: c.topology_key.clone(),
+                        slots: Vec::new(),
+                        domains: Vec::new(),
+                        domain_ids: FastMap::default(),
+                    });
+                    memos.len() - 1
+                }
+            };
+            memos[i].refresh(snap);
+            positions.push(i);
+        }
+        let refs: Vec<&Memo> = positions.iter().map(|i| &memos[*i]).collect();
+        f(&refs)
+    }
 }
 
 impl PodTopologySpread {
@@ -89,7 +185,11 @@ impl PodTopologySpread {
                 ));
             }
         };
-        Ok(PodTopologySpread { listers, defaults })
+        Ok(PodTopologySpread {
+            listers,
+            defaults,
+            memo: Mutex::new(Vec::new()),
+        })
     }
 
     /// The default constraints for a pod without its own, selecting the pods of the same
@@ -239,33 +339,44 @@ impl Plugin for PodTopologySpread {
             return (None, Status::skip());
         }
         let constraints = pod.hard_spread.clone();
-        // Counted with borrowed domain names; owned once per domain at the end.
-        let mut counts: Vec<FastMap<&str, i64>> = vec![FastMap::default(); constraints.len()];
-        for n in &snap.nodes {
-            let values: Option<Vec<&str>> = constraints
-                .iter()
-                .map(|c| n.labels.get(&c.topology_key).map(String::as_str))
-                .collect();
-            let Some(values) = values else { continue };
-            for ((c, m), v) in constraints.iter().zip(counts.iter_mut()).zip(values) {
-                if !node_counts(c, pod, n) {
+        // Node inclusion policies only need the node itself when the pod has node affinity or
+        // a constraint honours taints.
+        let check_nodes =
+            !pod.node_affinity.is_empty() || constraints.iter().any(|c| c.honor_node_taints);
+        let domains: Vec<Domains> = self.with_memos(snap, &constraints, &pod.namespace, |memos| {
+            let mut per: Vec<Vec<Option<i64>>> =
+                memos.iter().map(|m| vec![None; m.domains.len()]).collect();
+            for i in 0..snap.nodes.len() {
+                if memos.iter().any(|m| m.slots[i].2.is_none()) {
                     continue;
                 }
-                *m.entry(v).or_default() += count_matching(n, &c.selector, &pod.namespace);
+                for ((c, m), counts) in constraints.iter().zip(memos).zip(per.iter_mut()) {
+                    if check_nodes && !node_counts(c, pod, &snap.nodes[i]) {
+                        continue;
+                    }
+                    let (_, n, d) = m.slots[i];
+                    let slot = &mut counts[d.unwrap_or(0) as usize];
+                    *slot = Some(slot.unwrap_or(0) + n);
+                }
             }
-        }
-        let domains: Vec<Domains> = constraints
-            .iter()
-            .zip(counts)
-            .map(|(c, m)| {
-                let mut d = Domains {
-                    counts: m.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                    min: 0,
-                };
-                d.refresh_min(c.min_domains);
-                d
-            })
-            .collect();
+            constraints
+                .iter()
+                .zip(memos)
+                .zip(per)
+                .map(|((c, m), counts)| {
+                    let mut d = Domains {
+                        counts: counts
+                            .into_iter()
+                            .enumerate()
+                            .filter_map(|(id, n)| Some((m.domains[id].clone(), n?)))
+                            .collect(),
+                        min: 0,
+                    };
+                    d.refresh_min(c.min_domains);
+                    d
+                })
+                .collect()
+        });
         state.write(
             NAME,
             FilterState {
@@ -349,19 +460,26 @@ impl Plugin for PodTopologySpread {
             .collect();
         let any_zonal = constraints.iter().any(|c| c.topology_key != LABEL_HOSTNAME);
         if any_zonal {
-            for n in &snap.nodes {
-                if !has_all(n) {
-                    continue;
-                }
-                for (c, m) in constraints.iter().zip(counts.iter_mut()) {
-                    if c.topology_key == LABEL_HOSTNAME || !node_counts(c, pod, n) {
+            let check_nodes =
+                !pod.node_affinity.is_empty() || constraints.iter().any(|c| c.honor_node_taints);
+            self.with_memos(snap, &constraints, &pod.namespace, |memos| {
+                for i in 0..snap.nodes.len() {
+                    if memos.iter().any(|m| m.slots[i].2.is_none()) {
                         continue;
                     }
-                    if let Some(slot) = m.get_mut(&n.labels[&c.topology_key]) {
-                        *slot += count_matching(n, &c.selector, &pod.namespace);
+                    for ((c, m), counts) in constraints.iter().zip(memos).zip(counts.iter_mut()) {
+                        if c.topology_key == LABEL_HOSTNAME
+                            || (check_nodes && !node_counts(c, pod, &snap.nodes[i]))
+                        {
+                            continue;
+                        }
+                        let (_, n, d) = m.slots[i];
+                        if let Some(slot) = d.and_then(|d| counts.get_mut(&m.domains[d as usize])) {
+                            *slot += n;
+                        }
                     }
                 }
-            }
+            });
         }
         state.write(
             SCORE_KEY,

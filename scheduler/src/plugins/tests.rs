@@ -519,7 +519,7 @@ fn preemption_picks_the_cheapest_node() {
     let (_, pre) = fw.run_pre_filter(&mut st, &p, &s);
     assert!(pre.is_ok());
     let mut statuses = NodeStatuses::default();
-    for n in &s.nodes {
+    for n in s.nodes.iter() {
         statuses.insert(n.name.clone(), fw.run_filters(&st, &p, n));
     }
     assert!(statuses.values().all(|s| s.reasons == ["Insufficient cpu"]));
@@ -554,5 +554,37 @@ fn preemption_picks_the_cheapest_node() {
     assert_eq!(
         res.message,
         "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+    );
+}
+
+#[test]
+fn topology_spread_memo_sees_changes() {
+    // One plugin instance across cycles: counts kept per node must follow node changes.
+    let pl = podtopologyspread::PodTopologySpread::new(None, Listers::empty()).unwrap();
+    let hard = info(pod(
+        "p",
+        "",
+        "",
+        json!({"metadata": {"labels": {"app": "web"}}, "spec": {"topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+    ));
+    let nodes = zone_nodes();
+    let s1 = snap(nodes.clone());
+    assert!(filter(&pl, &hard, &s1, "a").is_ok());
+    let mut more = nodes;
+    more[0].add_pod(info(web("w1")));
+    more[0].add_pod(info(web("w2")));
+    let s2 = snap(more.clone());
+    assert!(
+        !filter(&pl, &hard, &s2, "a").is_ok(),
+        "the new pods are counted"
+    );
+    more[0].remove_pod("default/w1");
+    more[0].remove_pod("default/w2");
+    let s3 = snap(more);
+    assert!(
+        filter(&pl, &hard, &s3, "a").is_ok(),
+        "and their removal too"
     );
 }
