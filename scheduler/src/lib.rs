@@ -293,6 +293,8 @@ impl Informers {
         });
         let s = sched.clone();
         self.pdbs.on_change(move |_| s.queue.on_event(Event::Pdb));
+        let node_store = nodes.store();
+        let pod_store = pods.store();
         let mut tasks = vec![
             tokio::spawn(self.namespaces.run(token.clone())),
             tokio::spawn(self.pvcs.run(token.clone())),
@@ -323,6 +325,14 @@ impl Informers {
                 s.update_pending_metric();
             }
         }));
+        // As upstream's WaitForCacheSync: no decisions before the nodes and pods are listed.
+        tokio::select! {
+            _ = async {
+                let _ = node_store.wait_until_ready().await;
+                let _ = pod_store.wait_until_ready().await;
+            } => {}
+            _ = token.cancelled() => {}
+        }
         let s = sched.clone();
         let runner = tokio::spawn(s.run());
         token.cancelled().await;
