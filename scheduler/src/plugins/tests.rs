@@ -588,3 +588,56 @@ fn topology_spread_memo_sees_changes() {
         "and their removal too"
     );
 }
+
+#[test]
+fn preemption_prefers_nodes_without_pdb_violations() {
+    use crate::framework::{CycleState, NodeStatuses, Plugin};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    let (pdbs, mut writer) = reflector::store::<PodDisruptionBudget>();
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "keep-db", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "db"}}},
+        "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
+    }))
+    .unwrap();
+    writer.apply_watcher_event(&Event::Apply(pdb));
+    let listers = Listers {
+        pdbs,
+        ..Listers::empty()
+    };
+    let fw = crate::testing::framework_with(listers.clone());
+    // Node a's victim is protected by a PDB; node b's victim has a higher priority but no PDB.
+    let s = snap(vec![
+        node_info(
+            node("a", "1", "4Gi", json!({})),
+            vec![pod(
+                "db",
+                "1",
+                "",
+                json!({"metadata": {"labels": {"app": "db"}}, "spec": {"priority": 10}}),
+            )],
+        ),
+        node_info(
+            node("b", "1", "4Gi", json!({})),
+            vec![pod("batch", "1", "", json!({"spec": {"priority": 50}}))],
+        ),
+    ]);
+    let p = info(pod("p", "1", "", json!({"spec": {"priority": 100}})));
+    let mut st = CycleState::default();
+    assert!(fw.run_pre_filter(&mut st, &p, &s).1.is_ok());
+    let mut statuses = NodeStatuses::default();
+    for n in s.nodes.iter() {
+        statuses.insert(n.name.clone(), fw.run_filters(&st, &p, n));
+    }
+    let pl = defaultpreemption::DefaultPreemption::new(None, listers).unwrap();
+    let (res, status) = pl.post_filter(&st, &p, &s, &statuses, &fw);
+    assert!(status.is_ok());
+    assert_eq!(
+        res.nominated_node.as_deref(),
+        Some("b"),
+        "no PDB is broken on b"
+    );
+    assert_eq!(res.victims[0].name, "batch");
+}
