@@ -537,10 +537,7 @@ impl Scheduler {
                 self.queue.delete(&pod.key);
                 self.queue
                     .on_event(crate::framework::Event::AssignedPodDelete);
-                self.metrics
-                    .attempts
-                    .get_or_create(&labels("error", &fw.scheduler_name))
-                    .inc();
+                self.record_attempt("error", &fw, started);
                 return;
             }
             // Back into the queue, with backoff; the room it held may fit others.
@@ -558,15 +555,7 @@ impl Scheduler {
             return;
         }
         self.cache.lock().finish_binding(&pod.key);
-        let secs = started.elapsed().as_secs_f64();
-        self.metrics
-            .attempts
-            .get_or_create(&labels("scheduled", &fw.scheduler_name))
-            .inc();
-        self.metrics
-            .attempt_duration
-            .get_or_create(&labels("scheduled", &fw.scheduler_name))
-            .observe(secs);
+        self.record_attempt("scheduled", &fw, started);
         self.metrics.pod_attempts.observe(qp.attempts as f64);
         if let Some(first) = qp.initial_attempt {
             self.metrics
@@ -587,6 +576,35 @@ impl Scheduler {
         }
     }
 
+    /// Counts an attempt and its duration under `result`.
+    fn record_attempt(&self, result: &str, fw: &Framework, started: Instant) {
+        let l = labels(result, &fw.scheduler_name);
+        self.metrics.attempts.get_or_create(&l).inc();
+        self.metrics
+            .attempt_duration
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Tells the user: a `FailedScheduling` event and the `PodScheduled=False` condition.
+    async fn report_failure(
+        &self,
+        info: &PodInfo,
+        reason: &str,
+        msg: String,
+        nominated: Option<String>,
+    ) {
+        if let Some(r) = &self.recorder {
+            r.record(
+                pod_ref(info),
+                EventType::Warning,
+                "FailedScheduling",
+                msg.clone(),
+            );
+        }
+        self.set_condition(info, reason, &msg, nominated).await;
+    }
+
     async fn failed(
         &self,
         fw: &Framework,
@@ -596,26 +614,11 @@ impl Scheduler {
         plugin: Option<&'static str>,
     ) {
         tracing::warn!(pod = %qp.info.key, error = %msg, "scheduling failed");
-        self.metrics
-            .attempts
-            .get_or_create(&labels("error", &fw.scheduler_name))
-            .inc();
-        self.metrics
-            .attempt_duration
-            .get_or_create(&labels("error", &fw.scheduler_name))
-            .observe(started.elapsed().as_secs_f64());
+        self.record_attempt("error", fw, started);
         let info = qp.info.clone();
         self.queue
             .requeue(qp, plugin.into_iter().collect(), plugin.is_none());
-        if let Some(r) = &self.recorder {
-            r.record(
-                pod_ref(&info),
-                EventType::Warning,
-                "FailedScheduling",
-                msg.clone(),
-            );
-        }
-        self.set_condition(&info, "SchedulerError", &msg, None)
+        self.report_failure(&info, "SchedulerError", msg, None)
             .await;
     }
 
@@ -629,28 +632,13 @@ impl Scheduler {
         nominated: Option<String>,
     ) {
         tracing::debug!(pod = %qp.info.key, reason = %msg, "unschedulable");
-        self.metrics
-            .attempts
-            .get_or_create(&labels("unschedulable", &fw.scheduler_name))
-            .inc();
-        self.metrics
-            .attempt_duration
-            .get_or_create(&labels("unschedulable", &fw.scheduler_name))
-            .observe(started.elapsed().as_secs_f64());
+        self.record_attempt("unschedulable", fw, started);
         let info = qp.info.clone();
         if let Some(n) = &nominated {
             self.nominator.lock().set(&info, n);
         }
         self.queue.requeue(qp, rejected, false);
-        if let Some(r) = &self.recorder {
-            r.record(
-                pod_ref(&info),
-                EventType::Warning,
-                "FailedScheduling",
-                msg.clone(),
-            );
-        }
-        self.set_condition(&info, "Unschedulable", &msg, nominated)
+        self.report_failure(&info, "Unschedulable", msg, nominated)
             .await;
     }
 

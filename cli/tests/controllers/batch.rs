@@ -57,7 +57,7 @@ fn jsonpath(c: &ApiCluster, what: &str, path: &str) -> String {
 #[test]
 fn jobs_complete_fail_and_index() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
 
     // Three completions, two at a time.
     c.kubectl_stdin(
@@ -153,7 +153,7 @@ fn jobs_complete_fail_and_index() {
 #[test]
 fn cronjob_creates_a_job_each_minute() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     c.ok(&[
         "create",
         "cronjob",

@@ -31,7 +31,7 @@ fn deployment_with_pods(c: &ApiCluster, name: &str) {
 #[test]
 fn cascading_deletion_background_foreground_and_orphan() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
 
     deployment_with_pods(&c, "bg");
     c.ok(&["delete", "deployment", "bg"]);
@@ -89,7 +89,12 @@ fn cascading_deletion_background_foreground_and_orphan() {
 fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let ca = format!("--root-ca-file={}", c.pki.ca.display());
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false", &ca]);
+    let _cm = ControllerManager::start(
+        &c,
+        "controller-manager",
+        "cm0",
+        &["--leader-elect=false", &ca],
+    );
     c.ok(&["create", "namespace", "scratch"]);
     eventually(
         Duration::from_secs(60),
@@ -178,7 +183,7 @@ fn namespace_deletion_empties_it_and_default_service_accounts_appear() {
 #[test]
 fn resource_quota_status_counts_usage() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     c.ok(&["create", "namespace", "team"]);
     c.ok(&[
         "create",

@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{ApiCluster, Backend, eventually};
 use crate::support::ControllerManager;
 
-const FAST: &[&str] = &[
-    "--leader-elect-lease-duration=4s",
-    "--leader-elect-renew-deadline=3s",
-    "--leader-elect-retry-period=500ms",
-];
+use crate::component::FAST_LEASE as FAST;
 
 fn holder(c: &ApiCluster) -> String {
     c.ok(&[
@@ -30,28 +26,12 @@ fn pod_count(c: &ApiCluster) -> usize {
         .count()
 }
 
-fn healthz(port: u16, path: &str) -> String {
-    let script = format!(
-        "import ssl,urllib.request\nctx=ssl._create_unverified_context()\nprint(urllib.request.urlopen('https://127.0.0.1:{port}{path}',context=ctx).read().decode())"
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn leader_election_hands_over_without_duplicate_pods() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let mut cms = [
-        ControllerManager::start(&c, "cm0", FAST),
-        ControllerManager::start(&c, "cm1", FAST),
+        ControllerManager::start(&c, "controller-manager", "cm0", FAST),
+        ControllerManager::start(&c, "controller-manager", "cm1", FAST),
     ];
     eventually(Duration::from_secs(60), "a leader", || {
         c.kubectl(&[
@@ -78,14 +58,18 @@ fn leader_election_hands_over_without_duplicate_pods() {
     };
 
     // Health and the leader-election metric on both.
-    assert!(healthz(cms[leader].port, "/healthz").starts_with("ok"));
-    assert!(healthz(cms[leader].port, "/healthz?verbose").contains("[+]leaderElection ok"));
-    let m = healthz(cms[leader].port, "/metrics");
+    assert!(cms[leader].get("/healthz").starts_with("ok"));
+    assert!(
+        cms[leader]
+            .get("/healthz?verbose")
+            .contains("[+]leaderElection ok")
+    );
+    let m = cms[leader].get("/metrics");
     assert!(
         m.contains("leader_election_master_status{name=\"kube-controller-manager\"} 1"),
         "{m}"
     );
-    let m = healthz(cms[other].port, "/metrics");
+    let m = cms[other].get("/metrics");
     assert!(
         m.contains("leader_election_master_status{name=\"kube-controller-manager\"} 0"),
         "{m}"

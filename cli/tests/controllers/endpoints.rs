@@ -8,7 +8,7 @@ use crate::support::{ControllerManager, client, fake_kubelet};
 #[test]
 fn endpoints_and_slices_follow_pod_readiness() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(client(&c.kubeconfig()));
     let kubelet = {

@@ -4,6 +4,9 @@
 
 mod batch;
 mod cleanup;
+#[allow(dead_code)]
+#[path = "../common/component.rs"]
+mod component;
 mod election;
 mod endpoints;
 #[allow(dead_code)]

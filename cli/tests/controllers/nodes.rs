@@ -25,6 +25,7 @@ fn unreachable_node_is_tainted_and_its_pods_evicted_by_toleration() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let _cm = ControllerManager::start(
         &c,
+        "controller-manager",
         "cm0",
         &[
             "--leader-elect=false",

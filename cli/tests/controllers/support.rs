@@ -1,7 +1,6 @@
 //! Controller-manager processes and a stand-in kubelet for the tests.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -10,70 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
-use crate::harness::{ApiCluster, free_port};
-
-/// One `keelson controller-manager` process, killed on drop.
-pub struct ControllerManager {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-    pub port: u16,
-}
-
-impl ControllerManager {
-    pub fn start(c: &ApiCluster, name: &str, extra: &[&str]) -> Self {
-        let log = c.dir.path().join(format!("{name}.log"));
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .arg("controller-manager")
-            .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .args(["--kube-api-qps=500", "--kube-api-burst=1000"])
-            .args(extra)
-            .env("RUST_LOG", "info,keelson_client=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            log,
-            port,
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// kill -9.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait for the process to exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
-        nix_term(c.id());
-        c.wait().unwrap()
-    }
-}
-
-fn nix_term(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-}
-
-impl Drop for ControllerManager {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use crate::component::Component as ControllerManager;
 
 pub async fn client(kubeconfig: &Path) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

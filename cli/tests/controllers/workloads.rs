@@ -50,7 +50,7 @@ fn rollout_ok(c: &ApiCluster, what: &str) {
 #[test]
 fn deployment_rollout_history_undo_scale_and_self_healing() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = rt.block_on(client(&c.kubeconfig()));
     let kubelet = {
@@ -199,7 +199,7 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
 #[test]
 fn replicaset_adopts_orphans_and_releases_mismatches() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     // An orphan pod matching the selector is adopted, so only two more are created.
     c.ok(&["run", "orphan", "--image=nginx", "--labels=app=frontend"]);
     let rs = r#"{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{"name":"frontend"},
@@ -272,7 +272,7 @@ fn replicaset_adopts_orphans_and_releases_mismatches() {
 #[test]
 fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     let sts = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"db"},
         "spec":{"replicas":3,"serviceName":"db","selector":{"matchLabels":{"app":"db"}},
         "template":{"metadata":{"labels":{"app":"db"}},"spec":{"containers":[{"name":"db","image":"postgres:16"}]}},
@@ -347,7 +347,7 @@ fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
 #[test]
 fn daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     let c = ApiCluster::start(Backend::Keelson, 1);
-    let _cm = ControllerManager::start(&c, "cm0", &["--leader-elect=false"]);
+    let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     for (name, extra) in [
         ("n1", r#""labels":{"role":"web"}"#),
         ("n2", r#""labels":{}"#),

@@ -3,6 +3,9 @@
 //! taints and allocatable.
 
 #[allow(dead_code)]
+#[path = "../common/component.rs"]
+mod component;
+#[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod placement;

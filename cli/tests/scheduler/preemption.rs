@@ -128,12 +128,6 @@ fn preemption_evicts_a_lower_priority_pod() {
     );
 }
 
-const FAST: &[&str] = &[
-    "--leader-elect-lease-duration=4s",
-    "--leader-elect-renew-deadline=3s",
-    "--leader-elect-retry-period=500ms",
-];
-
 fn holder(c: &ApiCluster) -> String {
     c.ok(&[
         "get",
@@ -153,8 +147,8 @@ fn two_schedulers_one_leader_no_pod_bound_twice() {
         add_node(&c, n, "8", json!({}), json!([]));
     }
     let mut scheds = [
-        Component::start(&c, "scheduler", "sched0", FAST),
-        Component::start(&c, "scheduler", "sched1", FAST),
+        Component::start(&c, "scheduler", "sched0", crate::component::FAST_LEASE),
+        Component::start(&c, "scheduler", "sched1", crate::component::FAST_LEASE),
     ];
     eventually(Duration::from_secs(60), "a leader", || {
         !holder(&c).is_empty()

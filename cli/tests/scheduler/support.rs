@@ -1,91 +1,17 @@
 //! Scheduler processes and nodes for the tests.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{ApiCluster, eventually, free_port};
+use crate::harness::{ApiCluster, eventually};
 
-/// One `keelson <component>` process, killed on drop.
-pub struct Component {
-    pub child: Option<Child>,
-    pub log: PathBuf,
-    /// The /healthz and /metrics port.
-    pub port: u16,
-}
+pub use crate::component::Component;
 
 impl Component {
-    pub fn start(c: &ApiCluster, component: &str, name: &str, extra: &[&str]) -> Self {
-        let log = c.dir.path().join(format!("{name}.log"));
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .arg(component)
-            .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .args(["--kube-api-qps=500", "--kube-api-burst=1000"])
-            .args(extra)
-            .env("RUST_LOG", "info,keelson_scheduler=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            log,
-            port,
-        }
-    }
-
     /// A scheduler without leader election.
     pub fn scheduler(c: &ApiCluster, name: &str) -> Self {
         Self::start(c, "scheduler", name, &["--leader-elect=false"])
-    }
-
-    /// GET a path of the component's HTTPS health/metrics server.
-    pub fn get(&self, path: &str) -> String {
-        let script = format!(
-            "import ssl,urllib.request\nctx=ssl._create_unverified_context()\nprint(urllib.request.urlopen('https://127.0.0.1:{}{path}',context=ctx).read().decode())",
-            self.port
-        );
-        let out = Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// kill -9.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Component {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- {} (last lines) ---", self.log.display());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
     }
 }
 

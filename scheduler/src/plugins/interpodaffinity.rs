@@ -5,6 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
 use crate::types::{AffinityTerm, FastMap, Labels, MAX_NODE_SCORE, NodeInfo, PodInfo, Selector};
 
@@ -24,6 +26,85 @@ pub struct InterPodAffinity {
     listers: Listers,
     hard_pod_affinity_weight: i64,
     ignore_preferred_terms_of_existing_pods: bool,
+    memo: Mutex<Vec<Memo>>,
+}
+
+/// Per-node counts for one set of required terms, kept across cycles (pods of one workload
+/// share their terms): a node is recounted only when its generation changed, so a cycle reads
+/// the snapshot's dense generations instead of every pod in the cluster.
+struct Memo {
+    affinity_terms: Vec<Resolved>,
+    anti_terms: Vec<Resolved>,
+    /// The distinct topology keys of the terms.
+    keys: Vec<String>,
+    /// Per key: domain names by id, and ids by name.
+    domains: Vec<(Vec<String>, FastMap<String, u32>)>,
+    slots: Vec<Slot>,
+}
+
+#[derive(Clone, Default)]
+struct Slot {
+    generation: u64,
+    /// Pods matching every affinity term.
+    affinity: i64,
+    /// Pods matching each anti-affinity term.
+    anti: Vec<i64>,
+    /// The node's domain per key.
+    domains: Vec<Option<u32>>,
+    /// Whether some pod on the node has required anti-affinity (checked against each
+    /// incoming pod, so not memoized).
+    has_required_anti: bool,
+}
+
+/// How many term sets the memo keeps.
+const MEMO_SLOTS: usize = 8;
+
+impl Memo {
+    fn key_index(&self, key: &str) -> usize {
+        self.keys.iter().position(|k| k == key).unwrap_or(0)
+    }
+
+    fn refresh(&mut self, snap: &Snapshot) {
+        self.slots.resize(snap.nodes.len(), Slot::default());
+        for (i, g) in snap.generations.iter().enumerate() {
+            if self.slots[i].generation == *g {
+                continue;
+            }
+            let n = &snap.nodes[i];
+            let affinity = if self.affinity_terms.is_empty() {
+                0
+            } else {
+                n.pods
+                    .iter()
+                    .filter(|p| self.affinity_terms.iter().all(|t| t.matches(p)))
+                    .count() as i64
+            };
+            let anti = self
+                .anti_terms
+                .iter()
+                .map(|t| n.pods.iter().filter(|p| t.matches(p)).count() as i64)
+                .collect();
+            let mut domains = Vec::with_capacity(self.keys.len());
+            for (k, key) in self.keys.iter().enumerate() {
+                domains.push(n.labels.get(key).map(|v| {
+                    let (names, ids) = &mut self.domains[k];
+                    if let Some(id) = ids.get(v) {
+                        return *id;
+                    }
+                    names.push(v.clone());
+                    ids.insert(v.clone(), names.len() as u32 - 1);
+                    names.len() as u32 - 1
+                }));
+            }
+            self.slots[i] = Slot {
+                generation: *g,
+                affinity,
+                anti,
+                domains,
+                has_required_anti: n.pods_with_required_anti_affinity > 0,
+            };
+        }
+    }
 }
 
 impl InterPodAffinity {
@@ -49,12 +130,13 @@ impl InterPodAffinity {
                 .and_then(|a| a.get("ignorePreferredTermsOfExistingPods"))
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            memo: Mutex::new(Vec::new()),
         })
     }
 }
 
 /// A term with its namespace selector resolved to names.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Resolved {
     selector: Selector,
     /// Sorted, for binary search (usually one or two names).
@@ -283,6 +365,77 @@ struct ScoreState {
     scores: HashMap<String, HashMap<String, i64>>,
 }
 
+impl InterPodAffinity {
+    /// PreFilter's counts for a pod with its own required terms, through the memo.
+    fn tally_with_memo(
+        &self,
+        st: &FilterState,
+        pod: &PodInfo,
+        ns_labels: Option<&Labels>,
+        snap: &Snapshot,
+    ) -> [Nested; 3] {
+        let mut memos = self.memo.lock();
+        let pos = memos
+            .iter()
+            .position(|m| m.affinity_terms == st.affinity_terms && m.anti_terms == st.anti_terms);
+        let mut m = match pos {
+            Some(i) => memos.remove(i),
+            None => {
+                let mut keys: Vec<String> = Vec::new();
+                for t in st.affinity_terms.iter().chain(&st.anti_terms) {
+                    if !keys.contains(&t.topology_key) {
+                        keys.push(t.topology_key.clone());
+                    }
+                }
+                Memo {
+                    affinity_terms: st.affinity_terms.clone(),
+                    anti_terms: st.anti_terms.clone(),
+                    domains: vec![(Vec::new(), FastMap::default()); keys.len()],
+                    keys,
+                    slots: Vec::new(),
+                }
+            }
+        };
+        m.refresh(snap);
+        let out = {
+            let mut tally = Tally::default();
+            for (i, slot) in m.slots.iter().enumerate() {
+                if slot.has_required_anti {
+                    let node = &snap.nodes[i];
+                    for p in &node.pods {
+                        if !p.required_anti_affinity.is_empty() {
+                            tally.add_existing_anti(pod, ns_labels, p, node, 1);
+                        }
+                    }
+                }
+                let at = |key: &str| {
+                    let k = m.key_index(key);
+                    slot.domains[k]
+                        .map(|d| (m.keys[k].as_str(), m.domains[k].0[d as usize].as_str()))
+                };
+                if slot.affinity > 0 {
+                    for t in &st.affinity_terms {
+                        if let Some(pair) = at(&t.topology_key) {
+                            *tally.affinity.entry(pair).or_default() += slot.affinity;
+                        }
+                    }
+                }
+                for (t, n) in st.anti_terms.iter().zip(&slot.anti) {
+                    if *n > 0
+                        && let Some(pair) = at(&t.topology_key)
+                    {
+                        *tally.anti.entry(pair).or_default() += n;
+                    }
+                }
+            }
+            tally.owned()
+        };
+        memos.insert(0, m);
+        memos.truncate(MEMO_SLOTS);
+        out
+    }
+}
+
 impl Plugin for InterPodAffinity {
     fn name(&self) -> &'static str {
         NAME
@@ -333,10 +486,12 @@ impl Plugin for InterPodAffinity {
         };
         let ns_labels = self.listers.namespace_labels(&pod.namespace);
         let own = !st.affinity_terms.is_empty() || !st.anti_terms.is_empty();
-        let [e, a, n] = {
+        let [e, a, n] = if own {
+            self.tally_with_memo(&st, pod, ns_labels.as_deref(), snap)
+        } else {
             let mut tally = Tally::default();
             for n in snap.nodes.iter() {
-                tally.add_node(&st, pod, ns_labels.as_deref(), n, own);
+                tally.add_node(&st, pod, ns_labels.as_deref(), n, false);
             }
             tally.owned()
         };

@@ -641,3 +641,47 @@ fn preemption_prefers_nodes_without_pdb_violations() {
     );
     assert_eq!(res.victims[0].name, "batch");
 }
+
+#[test]
+fn inter_pod_affinity_memo_sees_changes() {
+    // One plugin instance across cycles: per-node counts kept between them follow changes.
+    let pl = interpodaffinity::InterPodAffinity::new(None, Listers::empty()).unwrap();
+    let term = json!({"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "topology.kubernetes.io/zone"});
+    let anti = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}}),
+    ));
+    let aff = info(pod(
+        "q",
+        "",
+        "",
+        json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}}),
+    ));
+    let mut nodes = zone_nodes();
+    nodes[2].add_pod(info(pod(
+        "other",
+        "",
+        "",
+        json!({"metadata": {"labels": {"app": "db"}}}),
+    )));
+    let s1 = snap(nodes.clone());
+    assert!(filter(&pl, &anti, &s1, "b").is_ok());
+    assert!(
+        !filter(&pl, &aff, &s1, "b").is_ok(),
+        "no web pod anywhere, and q is not one itself"
+    );
+    nodes[1].add_pod(info(web("w1")));
+    let s2 = snap(nodes.clone());
+    assert!(
+        !filter(&pl, &anti, &s2, "c").is_ok(),
+        "w1 in zone z2 is seen"
+    );
+    assert!(filter(&pl, &anti, &s2, "a").is_ok());
+    assert!(filter(&pl, &aff, &s2, "c").is_ok());
+    assert!(!filter(&pl, &aff, &s2, "a").is_ok());
+    nodes[1].remove_pod("default/w1");
+    let s3 = snap(nodes);
+    assert!(filter(&pl, &anti, &s3, "c").is_ok(), "and its removal");
+}
