@@ -412,13 +412,24 @@ impl Drop for Proc {
     }
 }
 
-async fn create_all(client: &Client, objs: Vec<(Option<String>, Value)>, clients: usize) -> usize {
+/// Creates pods (namespace given) or nodes over `clients` tasks; returns the failures. With
+/// `created`, records when each pod's create was sent.
+async fn create_all(
+    client: &Client,
+    objs: Vec<(Option<String>, Value)>,
+    clients: usize,
+    created: Option<&Mutex<HashMap<String, Instant>>>,
+) -> usize {
     let errors = Arc::new(AtomicUsize::new(0));
     futures::stream::iter(objs)
         .for_each_concurrent(clients, |(ns, obj)| {
             let client = client.clone();
             let errors = errors.clone();
             async move {
+                if let (Some(c), Some(ns)) = (created, &ns) {
+                    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+                    c.lock().insert(format!("{ns}/{name}"), Instant::now());
+                }
                 let r = match ns {
                     Some(ns) => {
                         let api: Api<Pod> = Api::namespaced(client, &ns);
@@ -501,6 +512,7 @@ async fn api(
         &client,
         (0..nodes).map(|i| (None, w.node(i))).collect(),
         args.clients,
+        None,
     )
     .await;
     if errs > 0 {
@@ -574,7 +586,7 @@ async fn api(
             (Some(ns), for_api(p))
         })
         .collect();
-    let errs = create_all(&client, init_pods, args.clients).await;
+    let errs = create_all(&client, init_pods, args.clients, None).await;
     if errs > 0 {
         bail!("{errs} init pod creates failed");
     }
@@ -585,37 +597,12 @@ async fn api(
             (Some(ns), for_api(p))
         })
         .collect();
-    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let created: Mutex<HashMap<String, Instant>> = Mutex::default();
     let cpu0 = crate::controllers::cpu_seconds(sched_pid).unwrap_or(0.0);
     let t0 = Instant::now();
-    {
-        let errors = Arc::new(AtomicUsize::new(0));
-        futures::stream::iter(measured)
-            .for_each_concurrent(args.clients, |(ns, obj)| {
-                let client = client.clone();
-                let created = created.clone();
-                let errors = errors.clone();
-                async move {
-                    let ns = ns.unwrap_or_default();
-                    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-                    created
-                        .lock()
-                        .insert(format!("{ns}/{name}"), Instant::now());
-                    let api: Api<Pod> = Api::namespaced(client, &ns);
-                    let r = match serde_json::from_value::<Pod>(obj) {
-                        Ok(p) => api.create(&PostParams::default(), &p).await.map(|_| ()),
-                        Err(e) => Err(kube::Error::SerdeError(e)),
-                    };
-                    if r.is_err() {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-            .await;
-        let e = errors.load(Ordering::Relaxed);
-        if e > 0 {
-            bail!("{e} measured pod creates failed");
-        }
+    let e = create_all(&client, measured, args.clients, Some(&created)).await;
+    if e > 0 {
+        bail!("{e} measured pod creates failed");
     }
     // Preemption victims are gone from the count's point of view only when bound pods remain;
     // count measured pods bound instead.

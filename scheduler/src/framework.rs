@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, Store};
@@ -138,8 +138,6 @@ impl<T: Any + Clone + Send + Sync> StateData for T {
 #[derive(Default)]
 pub struct CycleState {
     data: HashMap<&'static str, Box<dyn StateData>>,
-    /// Plugins whose Filter is skipped (their PreFilter returned Skip).
-    pub skip_filter: HashSet<&'static str>,
     /// Per Filter plugin (in the framework's order): whether it runs this cycle. Empty: all.
     filter_mask: Vec<bool>,
     /// Plugins whose Score is skipped (their PreScore returned Skip).
@@ -154,7 +152,6 @@ impl Clone for CycleState {
                 .iter()
                 .map(|(k, v)| (*k, (**v).clone_box()))
                 .collect(),
-            skip_filter: self.skip_filter.clone(),
             filter_mask: self.filter_mask.clone(),
             skip_score: self.skip_score.clone(),
         }
@@ -547,6 +544,16 @@ pub struct Framework {
     pub interest: HashMap<Event, HashSet<&'static str>>,
 }
 
+/// The profile a pod asks for by `spec.schedulerName` (default `default-scheduler`).
+pub fn profile_for<'a>(profiles: &'a [Framework], pod: &Pod) -> Option<&'a Framework> {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or("default-scheduler");
+    profiles.iter().find(|f| f.scheduler_name == name)
+}
+
 impl Framework {
     /// Runs PreFilter plugins: the nodes to consider (None: all) and the first rejection.
     pub fn run_pre_filter(
@@ -555,28 +562,19 @@ impl Framework {
         pod: &PodInfo,
         snap: &Snapshot,
     ) -> (Option<HashSet<String>>, Status) {
-        let (nodes, status) = self.pre_filter_plugins(state, pod, snap);
-        state.filter_mask = self
-            .filter
-            .iter()
-            .map(|p| !state.skip_filter.contains(p.name()))
-            .collect();
-        (nodes, status)
-    }
-
-    fn pre_filter_plugins(
-        &self,
-        state: &mut CycleState,
-        pod: &PodInfo,
-        snap: &Snapshot,
-    ) -> (Option<HashSet<String>>, Status) {
+        state.filter_mask = vec![true; self.filter.len()];
         let mut nodes: Option<HashSet<String>> = None;
         for p in &self.pre_filter {
             let (r, s) = p.pre_filter(state, pod, snap);
             match s.code {
                 Code::Success => {}
                 Code::Skip => {
-                    state.skip_filter.insert(p.name());
+                    // Its Filter has nothing to check for this pod.
+                    for (i, f) in self.filter.iter().enumerate() {
+                        if f.name() == p.name() {
+                            state.filter_mask[i] = false;
+                        }
+                    }
                     continue;
                 }
                 _ => return (None, s.by(p.name())),

@@ -366,11 +366,7 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>) {
                 Change::Updated { old, .. } => Some(old),
                 _ => None,
             };
-            let key = format!(
-                "{}/{}",
-                p.metadata.namespace.as_deref().unwrap_or(""),
-                p.metadata.name.as_deref().unwrap_or("")
-            );
+            let key = types::pod_key(p);
             if is_assigned(p) {
                 if is_terminal(p) {
                     s.cache.lock().remove_pod(&key);
@@ -415,11 +411,7 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>) {
             }
         }
         Change::Deleted(p) => {
-            let key = format!(
-                "{}/{}",
-                p.metadata.namespace.as_deref().unwrap_or(""),
-                p.metadata.name.as_deref().unwrap_or("")
-            );
+            let key = types::pod_key(p);
             s.queue.delete(&key);
             s.nominator.lock().remove(&key);
             if is_assigned(p) || s.cache.lock().is_assumed(&key) {

@@ -87,13 +87,7 @@ impl SchedulingQueue {
     }
 
     fn profile(&self, p: &PodInfo) -> Option<&Framework> {
-        let name = p
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("default-scheduler");
-        self.fw.iter().find(|f| f.scheduler_name == name)
+        crate::framework::profile_for(&self.fw, &p.pod)
     }
 
     fn less(&self, a: &QueuedPod, b: &QueuedPod) -> bool {

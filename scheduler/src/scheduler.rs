@@ -377,12 +377,7 @@ impl Scheduler {
 
     /// The profile a pod asks for, if this scheduler has it.
     pub fn profile_for(&self, pod: &Pod) -> Option<&Framework> {
-        let name = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("default-scheduler");
-        self.profiles.iter().find(|f| f.scheduler_name == name)
+        crate::framework::profile_for(&self.profiles, pod)
     }
 
     /// Schedules pods until the queue closes.

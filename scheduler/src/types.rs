@@ -628,6 +628,15 @@ impl HostPort {
     }
 }
 
+/// A pod's `namespace/name`, the key the queue, cache and nominator use.
+pub fn pod_key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
 /// Everything the plugins read about a pod, computed once per pod change.
 #[derive(Debug, Clone)]
 pub struct PodInfo {
@@ -762,7 +771,7 @@ impl PodInfo {
         }
         let has_spread_constraints = constraints.is_some_and(|c| !c.is_empty());
         PodInfo {
-            key: format!("{namespace}/{name}"),
+            key: pod_key(&pod),
             uid: meta.uid.clone().unwrap_or_default(),
             labels: meta.labels.clone().unwrap_or_default(),
             priority: spec.and_then(|s| s.priority).unwrap_or(0),

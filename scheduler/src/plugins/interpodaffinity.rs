@@ -240,47 +240,6 @@ impl<'a> Tally<'a> {
         }
     }
 
-    /// Counts a whole node: matching pods are counted first, so each topology pair is touched
-    /// once per node rather than once per pod.
-    fn add_node(
-        &mut self,
-        st: &'a FilterState,
-        pod: &PodInfo,
-        ns_labels: Option<&Labels>,
-        node: &'a NodeInfo,
-        own: bool,
-    ) {
-        if node.pods_with_required_anti_affinity > 0 {
-            for p in &node.pods {
-                if !p.required_anti_affinity.is_empty() {
-                    self.add_existing_anti(pod, ns_labels, p, node, 1);
-                }
-            }
-        }
-        if !own {
-            return;
-        }
-        if !st.affinity_terms.is_empty() {
-            let n = node
-                .pods
-                .iter()
-                .filter(|p| st.affinity_terms.iter().all(|t| t.matches(p)))
-                .count() as i64;
-            if n > 0 {
-                self.add_affinity(st, node, n);
-            }
-        }
-        for t in &st.anti_terms {
-            if !node.labels.contains_key(&t.topology_key) {
-                continue;
-            }
-            let n = node.pods.iter().filter(|p| t.matches(p)).count() as i64;
-            if n > 0 {
-                self.bump(Which::Anti, &t.topology_key, node, n);
-            }
-        }
-    }
-
     fn add_existing_anti(
         &mut self,
         pod: &PodInfo,
@@ -366,7 +325,8 @@ struct ScoreState {
 }
 
 impl InterPodAffinity {
-    /// PreFilter's counts for a pod with its own required terms, through the memo.
+    /// PreFilter's counts through the memo (a pod without required terms of its own shares
+    /// the memo of the empty term set, which still says where pods with anti-affinity are).
     fn tally_with_memo(
         &self,
         st: &FilterState,
@@ -485,16 +445,7 @@ impl Plugin for InterPodAffinity {
             ..Default::default()
         };
         let ns_labels = self.listers.namespace_labels(&pod.namespace);
-        let own = !st.affinity_terms.is_empty() || !st.anti_terms.is_empty();
-        let [e, a, n] = if own {
-            self.tally_with_memo(&st, pod, ns_labels.as_deref(), snap)
-        } else {
-            let mut tally = Tally::default();
-            for n in snap.nodes.iter() {
-                tally.add_node(&st, pod, ns_labels.as_deref(), n, false);
-            }
-            tally.owned()
-        };
+        let [e, a, n] = self.tally_with_memo(&st, pod, ns_labels.as_deref(), snap);
         st.existing_anti = e;
         st.affinity = a;
         st.anti = n;
