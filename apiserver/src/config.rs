@@ -83,6 +83,15 @@ pub struct Config {
     /// resourceVersion; 0 disables the cache (lists and watches go to the store).
     #[arg(long, default_value_t = 16384)]
     pub default_watch_cache_size: usize,
+    /// Client certificate for talking to kubelets (pods/log).
+    #[arg(long)]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Key of --kubelet-client-certificate.
+    #[arg(long)]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// CA that signs kubelets' serving certificates; without it they are not verified.
+    #[arg(long)]
+    pub kubelet_certificate_authority: Option<PathBuf>,
     /// The address advertised in discovery (`serverAddressByClientCIDRs`).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,

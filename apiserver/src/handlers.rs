@@ -41,6 +41,8 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The watch cache.
     pub cache: Arc<crate::cache::Cache>,
+    /// The client for kubelets (pods/log).
+    pub kubelet: Arc<crate::kubelet::KubeletClient>,
 }
 
 /// How a response body is rendered.
@@ -562,6 +564,23 @@ async fn resource_request(
             let out = negotiate(&headers, &q, allow_table)?;
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
             Ok(render_object(res, &obj, out, StatusCode::OK))
+        }
+        ("get", Some(Sub::Log)) => {
+            let pod = state.registry.get(res, ns, name).await?;
+            let container =
+                crate::kubelet::log_container(&pod, q.get("container").map(String::as_str))?;
+            let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+            if node_name.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
+            }
+            let nodes = resources::find("", "v1", "nodes").expect("nodes resource");
+            let node = state.registry.get(nodes, "", node_name).await?;
+            let (host, port) = crate::kubelet::node_endpoint(&node)
+                .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))?;
+            let path = crate::kubelet::log_path(ns, name, &container, &q);
+            state.kubelet.get(&host, port, &path).await
         }
         ("get", Some(Sub::Scale)) => {
             let obj = state.registry.get(res, ns, name).await?;

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod etcd;
 pub mod filters;
 pub mod handlers;
+pub mod kubelet;
 pub mod managed;
 pub mod metrics;
 pub mod object;

@@ -22,6 +22,8 @@ pub enum Sub {
     Eviction,
     /// `namespaces/finalize`: update `spec.finalizers` of a namespace.
     Finalize,
+    /// `pods/log`: a container's log, from the node's kubelet.
+    Log,
 }
 
 impl Sub {
@@ -33,6 +35,7 @@ impl Sub {
             Sub::Binding => "binding",
             Sub::Eviction => "eviction",
             Sub::Finalize => "finalize",
+            Sub::Log => "log",
         }
     }
 
@@ -44,6 +47,7 @@ impl Sub {
             Sub::Binding => ("", "v1", "Binding"),
             Sub::Eviction => ("policy", "v1", "Eviction"),
             Sub::Finalize => ("", "v1", "Namespace"),
+            Sub::Log => ("", "v1", "Pod"),
         }
     }
 
@@ -53,6 +57,7 @@ impl Sub {
             Sub::Status | Sub::Scale => &["get", "patch", "update"],
             Sub::Binding | Sub::Eviction => &["create"],
             Sub::Finalize => &["update"],
+            Sub::Log => &["get"],
         }
     }
 }
@@ -306,7 +311,7 @@ pub fn all() -> &'static [Resource] {
                 true,
                 &["po"],
                 ALL,
-                &[Sub::Status, Sub::Binding, Sub::Eviction],
+                &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log],
                 "pods",
                 "io.k8s.api.core.v1.Pod",
                 core::Pod

@@ -300,6 +300,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         min_request_timeout: config.min_request_timeout,
         advertise,
         metrics: metrics.clone(),
+        kubelet: Arc::new(
+            crate::kubelet::KubeletClient::new(
+                config.kubelet_client_certificate.as_deref(),
+                config.kubelet_client_key.as_deref(),
+                config.kubelet_certificate_authority.as_deref(),
+            )
+            .map_err(StartError)?,
+        ),
     });
     let limit = |n: usize| {
         if n == 0 {

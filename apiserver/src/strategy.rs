@@ -592,9 +592,34 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// A Secret's write-only `stringData` merged into `data` (base64), as upstream's conversion
+/// does: its keys win over `data`'s, and it is never stored.
+pub fn fold_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    let Some(sd) = sd.as_object() else {
+        return;
+    };
+    if sd.is_empty() {
+        return;
+    }
+    if !obj.get("data").is_some_and(Value::is_object) {
+        obj["data"] = json!({});
+    }
+    for (k, v) in sd {
+        let text = v.as_str().unwrap_or_default();
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 /// Prepares a new object: clears status where the client may not set it, sets generation and
 /// resource-specific initial status.
 pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
+    if res.kind == "Secret" {
+        fold_string_data(obj);
+    }
     if has_status_split(res)
         && res.kind != "Node"
         && let Some(m) = obj.as_object_mut()
@@ -718,6 +743,9 @@ fn generate_job_selector(obj: &mut Value) {
 /// Prepares an update of the main resource: keeps the old status where status is split off,
 /// bumps generation on spec changes.
 pub fn prepare_for_update(res: &Resource, old: &Value, new: &mut Value) {
+    if res.kind == "Secret" {
+        fold_string_data(new);
+    }
     if has_status_split(res) {
         match old.get("status") {
             Some(s) => new["status"] = s.clone(),
@@ -842,6 +870,20 @@ pub fn field_selector_fields(res: &Resource) -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_string_data_folds_into_data() {
+        let mut s =
+            json!({"data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "new", "c": "s3cr3t"}});
+        fold_string_data(&mut s);
+        assert_eq!(
+            s,
+            json!({"data": {"a": "eA==", "b": "bmV3", "c": "czNjcjN0"}})
+        );
+        let mut only = json!({"stringData": {"k": "v"}});
+        fold_string_data(&mut only);
+        assert_eq!(only, json!({"data": {"k": "dg=="}}));
+    }
     use crate::resources::find;
 
     #[test]

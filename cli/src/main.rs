@@ -28,6 +28,9 @@ enum Command {
     ControllerManager(Box<keelson_controllers::Config>),
     /// Run the scheduler (flags and configuration file as kube-scheduler's).
     Scheduler(Box<keelson_scheduler::Config>),
+    /// Run a node agent, the kubelet (flags as kubelet's); --hollow --count N runs N hollow
+    /// nodes.
+    Node(Box<keelson_node::Config>),
     /// Start a local cluster on loopback.
     Up(up::Args),
 }
@@ -61,8 +64,19 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The container shim must start single-threaded (it makes namespaces), before any runtime.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) == Some("container-init") {
+        keelson_node::process::shim::main(args[2..].to_vec());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_tracing();
@@ -81,6 +95,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Scheduler(config) => {
             if let Err(e) = keelson_scheduler::run(*config, shutdown).await {
                 tracing::error!(error = %e, "scheduler stopped");
+                std::process::exit(1);
+            }
+        }
+        Command::Node(config) => {
+            if let Err(e) = keelson_node::run(*config, shutdown).await {
+                tracing::error!(error = %e, "node stopped");
                 std::process::exit(1);
             }
         }

@@ -145,7 +145,10 @@ async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
 #[error("{0}")]
 pub struct ServeError(String);
 
-fn tls_config(args: &ServingArgs) -> Result<rustls::ServerConfig, ServeError> {
+fn tls_config(
+    args: &ServingArgs,
+    client_ca: Option<&std::path::Path>,
+) -> Result<rustls::ServerConfig, ServeError> {
     let (certs, key) = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) => {
             let read = |p: &PathBuf| {
@@ -175,8 +178,27 @@ fn tls_config(args: &ServingArgs) -> Result<rustls::ServerConfig, ServeError> {
             ));
         }
     };
-    let mut cfg = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem =
+                std::fs::read(ca).map_err(|e| ServeError(format!("{}: {e}", ca.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+                let c: rustls::pki_types::CertificateDer<'static> =
+                    c.map_err(|e| ServeError(format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| ServeError(format!("{}: {e}", ca.display())))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| ServeError(format!("{}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(v)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| ServeError(format!("TLS: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -195,21 +217,36 @@ pub async fn serve(
     if port == 0 {
         return Ok(None);
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(args)?));
-    let addr = SocketAddr::new(args.bind_address, port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| ServeError(format!("listen on {addr}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| ServeError(e.to_string()))?;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/readyz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(health);
-    tracing::info!(address = %bound, "serving /healthz and /metrics");
+    let addr = SocketAddr::new(args.bind_address, port);
+    serve_router(args, addr, None, app, shutdown)
+        .await
+        .map(Some)
+}
+
+/// Serves `app` over HTTPS on `addr` (port 0 picks one) until `shutdown`, with the serving
+/// certificate of `args` (self-signed when none), requiring client certificates signed by
+/// `client_ca` when given. Returns the bound address.
+pub async fn serve_router(
+    args: &ServingArgs,
+    addr: SocketAddr,
+    client_ca: Option<&std::path::Path>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, ServeError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(args, client_ca)?));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError(format!("listen on {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServeError(e.to_string()))?;
+    tracing::info!(address = %bound, "serving HTTPS");
     tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
@@ -241,5 +278,5 @@ pub async fn serve(
             });
         }
     });
-    Ok(Some(bound))
+    Ok(bound)
 }

@@ -24,18 +24,27 @@ pub struct Component {
 impl Component {
     /// Starts `keelson <component>` with the cluster's admin kubeconfig and `extra` flags.
     pub fn start(c: &ApiCluster, component: &str, name: &str, extra: &[&str]) -> Self {
-        let log = c.dir.path().join(format!("{name}.log"));
         let port = free_port();
+        let mut args = vec![
+            format!("--kubeconfig={}", c.kubeconfig().display()),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            "--kube-api-qps=500".to_string(),
+            "--kube-api-burst=1000".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(c, component, name, &args, port)
+    }
+
+    /// Starts `keelson <component> <args>`, logging to `<name>.log`; `port` is its HTTPS port.
+    pub fn spawn(c: &ApiCluster, component: &str, name: &str, args: &[String], port: u16) -> Self {
+        let log = c.dir.path().join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
             .arg(component)
-            .arg(format!("--kubeconfig={}", c.kubeconfig().display()))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .args(["--kube-api-qps=500", "--kube-api-burst=1000"])
-            .args(extra)
+            .args(args)
             .env(
                 "RUST_LOG",
-                "info,keelson_client=debug,keelson_scheduler=debug",
+                "info,keelson_client=debug,keelson_scheduler=debug,keelson_node=debug",
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

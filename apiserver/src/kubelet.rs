@@ -1,0 +1,298 @@
+//! Talking to kubelets: `pods/log` is proxied to the node's kubelet API
+//! (`/containerLogs/{ns}/{pod}/{container}`), found from the Node's InternalIP and
+//! `daemonEndpoints.kubeletEndpoint.port`, over HTTPS with `--kubelet-client-certificate/-key`;
+//! the kubelet's serving certificate is checked against `--kubelet-certificate-authority` when
+//! given (and, as upstream, not checked otherwise).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+
+use crate::status::{ApiError, ApiResult};
+
+/// The client the apiserver uses for kubelets.
+pub struct KubeletClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn read_pem_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+impl KubeletClient {
+    /// A client from the `--kubelet-*` flags.
+    pub fn new(cert: Option<&Path>, key: Option<&Path>, ca: Option<&Path>) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in read_pem_certs(ca)? {
+                    roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+                }
+                builder.with_root_certificates(roots)
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+        };
+        let tls = match (cert, key) {
+            (Some(c), Some(k)) => {
+                let certs = read_pem_certs(c)?;
+                let pem = std::fs::read(k).map_err(|e| format!("{}: {e}", k.display()))?;
+                let key: PrivateKeyDer<'static> =
+                    rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+                        .map_err(|e| format!("{}: {e}", k.display()))?;
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|e| format!("--kubelet-client-certificate: {e}"))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(
+                    "--kubelet-client-certificate and --kubelet-client-key go together".into(),
+                );
+            }
+        };
+        Ok(Self { tls: Arc::new(tls) })
+    }
+
+    /// GETs `path_and_query` from the kubelet at `host:port`, streaming the answer back.
+    pub async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+    ) -> ApiResult<Response<Body>> {
+        let unreachable = |e: String| {
+            ApiError::unavailable(format!(
+                "Get \"https://{host}:{port}{path_and_query}\": {e}"
+            ))
+        };
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| unreachable(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path_and_query)
+            .header("host", format!("{host}:{port}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            use http_body_util::BodyExt;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            let msg = body.trim().to_string();
+            return Err(match status.as_u16() {
+                400 => ApiError::bad_request(msg),
+                404 => ApiError::new(404, "NotFound", msg),
+                _ => ApiError::internal(msg),
+            });
+        }
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain")
+            .body(Body::new(resp.into_body()))
+            .expect("response"))
+    }
+}
+
+/// The log query parameters passed on to the kubelet.
+const LOG_PARAMS: &[&str] = &[
+    "follow",
+    "previous",
+    "timestamps",
+    "tailLines",
+    "sinceSeconds",
+    "sinceTime",
+    "limitBytes",
+];
+
+/// Which container `pods/log` reads, as upstream decides it; errors as upstream's.
+pub fn log_container(pod: &Value, requested: Option<&str>) -> ApiResult<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let names = |key: &str| -> Vec<String> {
+        pod["spec"][key]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (app, init, eph) = (
+        names("containers"),
+        names("initContainers"),
+        names("ephemeralContainers"),
+    );
+    match requested.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if app.iter().chain(&init).chain(&eph).any(|n| n == c) {
+                Ok(c.to_string())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+        }
+        None if app.len() == 1 => Ok(app[0].clone()),
+        None => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                app.join(" ")
+            );
+            if !init.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init.join(" ")
+                ));
+            }
+            Err(ApiError::bad_request(msg))
+        }
+    }
+}
+
+/// The kubelet path for a `pods/log` request.
+pub fn log_path(
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> String {
+    let mut path = format!("/containerLogs/{ns}/{pod}/{container}");
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for p in LOG_PARAMS {
+        if let Some(v) = q.get(*p) {
+            ser.append_pair(p, v);
+        }
+    }
+    let qs = ser.finish();
+    if !qs.is_empty() {
+        path.push('?');
+        path.push_str(&qs);
+    }
+    path
+}
+
+/// The kubelet's address from a Node object.
+pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
+    let addrs = node["status"]["addresses"].as_array()?;
+    let ip = ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|t| {
+            addrs
+                .iter()
+                .find(|a| a["type"] == *t)
+                .and_then(|a| a["address"].as_str())
+        })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
+    Some((ip.to_string(), port as u16))
+}
+
+/// Accepts any kubelet serving certificate (no `--kubelet-certificate-authority`).
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn container_choice_and_errors_follow_upstream() {
+        let pod = json!({"metadata": {"name": "web"}, "spec": {
+            "initContainers": [{"name": "init"}],
+            "containers": [{"name": "a"}, {"name": "b"}]}});
+        assert_eq!(log_container(&pod, Some("init")).unwrap(), "init");
+        let e = log_container(&pod, None).unwrap_err();
+        assert!(
+            e.message.contains(
+                "a container name must be specified for pod web, choose one of: [a b] or one of the init containers: [init]"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(log_container(&pod, Some("zz")).is_err());
+        let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "only"}]}});
+        assert_eq!(log_container(&one, None).unwrap(), "only");
+        let q = [
+            ("tailLines".to_string(), "5".to_string()),
+            ("pretty".to_string(), "1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            log_path("ns", "p", "c", &q),
+            "/containerLogs/ns/p/c?tailLines=5"
+        );
+        let node = json!({"status": {"addresses": [{"type": "Hostname", "address": "n"}, {"type": "InternalIP", "address": "10.0.0.2"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 12345}}}});
+        assert_eq!(node_endpoint(&node), Some(("10.0.0.2".into(), 12345)));
+    }
+}

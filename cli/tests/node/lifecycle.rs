@@ -1,0 +1,262 @@
+//! Init containers, env and volumes, logs, probes and restarts on the process runtime.
+
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, eventually};
+use crate::support::{Node, READY, apply, events, field, wait_field};
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cr3t}
+"#;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  nodeName: n-life
+  initContainers:
+  - name: first
+    image: busybox
+    command: ["sh", "-c", "echo one >> /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: second
+    image: busybox
+    command: ["sh", "-c", "echo two >> /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c"]
+    args:
+    - |
+      cat /work/order
+      echo "$GREETING $PASSWORD $ME"
+      cat /cfg/greeting; echo
+      hostname
+      i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: ME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: cfg, mountPath: /cfg, readOnly: true}
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: cfg, configMap: {name: cfg}}
+"#;
+
+#[test]
+fn init_containers_env_volumes_and_logs() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _node = Node::start(&c, "n-life", "10.200.1.0/24", &[]);
+    apply(&c, CONFIG);
+    apply(&c, WEB);
+    wait_field(&c, "web", READY, |v| v == "True");
+    assert_eq!(field(&c, "web", "{.status.phase}"), "Running");
+    let ip = field(&c, "web", "{.status.podIP}");
+    assert!(
+        ip.starts_with("10.200.1."),
+        "pod IP from the node's CIDR: {ip}"
+    );
+    assert_eq!(
+        field(
+            &c,
+            "web",
+            "{.status.initContainerStatuses[*].state.terminated.reason}"
+        ),
+        "Completed Completed"
+    );
+    let mut logs = String::new();
+    eventually(Duration::from_secs(30), "logs", || {
+        logs = c.ok(&["logs", "web", "-c", "main"]);
+        logs.contains("tick 2")
+    });
+    assert!(
+        logs.starts_with("one\ntwo\nhello s3cr3t web\nhello\nweb\ntick 1\n"),
+        "init order, env, configMap volume, hostname: {logs:?}"
+    );
+    let tail = c.ok(&["logs", "web", "-c", "main", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    assert!(tail.starts_with("tick "), "{tail:?}");
+    let stamped = c.ok(&["logs", "web", "-c", "main", "--tail=1", "--timestamps"]);
+    let (ts, rest) = stamped.split_once(' ').unwrap();
+    assert!(ts.ends_with('Z') && ts.contains('T'), "{stamped:?}");
+    assert!(rest.starts_with("tick "));
+    // More than one container: kubectl defaults to the first app container.
+    let err = c.fails(&["logs", "web", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+    // Follow: lines written after the request arrive on the open stream.
+    let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
+    let out = c.dir.path().join("follow.txt");
+    let mut follow = c.kubectl_spawn(&["logs", "-f", "web", "-c", "main"], &out);
+    eventually(Duration::from_secs(30), "followed ticks", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&format!("tick {}\n", seen + 6))
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+const PROBES: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow-ready}
+spec:
+  nodeName: n-probe
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 8; touch /tmp/ready; while true; do sleep 1; done"]
+    readinessProbe:
+      exec: {command: ["test", "-f", "/tmp/ready"]}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  nodeName: n-probe
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "1000"]
+    livenessProbe:
+      exec: {command: ["test", "-f", "/nonexistent"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  nodeName: n-probe
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo crashing; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-binary}
+spec:
+  nodeName: n-probe
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["no-such-binary-here"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-config}
+spec:
+  nodeName: n-probe
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "1000"]
+    env:
+    - {name: X, valueFrom: {configMapKeyRef: {name: missing, key: k}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: too-big}
+spec:
+  nodeName: n-probe
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "1000"]
+    resources: {requests: {cpu: "1000"}}
+"#;
+
+#[test]
+fn probes_restarts_and_bad_input() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let node = Node::start(&c, "n-probe", "10.200.2.0/24", &[]);
+    apply(&c, PROBES);
+    // Readiness gates Ready: False while the probe fails, True once it passes.
+    wait_field(&c, "slow-ready", "{.status.phase}", |v| v == "Running");
+    let first = field(&c, "slow-ready", READY);
+    assert_eq!(first, "False", "not ready before the probe passes");
+    wait_field(&c, "slow-ready", READY, |v| v == "True");
+    // Liveness failure: killed and restarted.
+    wait_field(
+        &c,
+        "unhealthy",
+        "{.status.containerStatuses[0].restartCount}",
+        |v| v.parse::<i32>().unwrap_or(0) >= 1,
+    );
+    let ev = events(&c, "unhealthy");
+    assert!(ev.contains("Unhealthy: Liveness probe failed"), "{ev}");
+    assert!(
+        ev.contains("Killing: Container c failed liveness probe, will be restarted"),
+        "{ev}"
+    );
+    // A crashing container: restarted, then held in CrashLoopBackOff with its last exit.
+    wait_field(
+        &c,
+        "crasher",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        |v| v == "CrashLoopBackOff",
+    );
+    assert_eq!(
+        field(
+            &c,
+            "crasher",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "3"
+    );
+    assert_eq!(c.ok(&["logs", "crasher", "--previous"]).trim(), "crashing");
+    // Bad input: the upstream reasons, and the node keeps running everything else.
+    wait_field(&c, "no-binary", "{.status.phase}", |v| v == "Failed");
+    let msg = field(
+        &c,
+        "no-binary",
+        "{.status.containerStatuses[0].state.terminated.message}",
+    );
+    assert!(msg.contains("executable file not found in $PATH"), "{msg}");
+    assert_eq!(
+        field(
+            &c,
+            "no-binary",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "StartError"
+    );
+    let waiting = wait_field(
+        &c,
+        "no-config",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        |v| v == "CreateContainerConfigError",
+    );
+    assert_eq!(waiting, "CreateContainerConfigError");
+    assert_eq!(
+        field(
+            &c,
+            "no-config",
+            "{.status.containerStatuses[0].state.waiting.message}"
+        ),
+        "configmap \"missing\" not found"
+    );
+    wait_field(&c, "too-big", "{.status.phase}", |v| v == "Failed");
+    assert_eq!(field(&c, "too-big", "{.status.reason}"), "OutOfcpu");
+    assert_eq!(field(&c, "slow-ready", READY), "True");
+    drop(node);
+}

@@ -1,0 +1,222 @@
+//! The kubelet API (HTTPS, `--port`): `/healthz`, `/pods`, `/metrics`, and
+//! `/containerLogs/{namespace}/{pod}/{container}` with upstream's query parameters (follow,
+//! tailLines, sinceSeconds, sinceTime, previous, timestamps, limitBytes), which the apiserver's
+//! `pods/log` proxies so `kubectl logs` works.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Pod;
+use keelson_client::health::{ServingArgs, serve_router};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::config::Config;
+use crate::logs_query::LogQuery;
+use crate::runtime::Runtime;
+
+type Agents<R> = Arc<HashMap<String, Arc<Agent<R>>>>;
+
+/// Starts the kubelet API; returns its port.
+pub async fn serve<R: Runtime>(
+    config: &Config,
+    agents: Agents<R>,
+    shutdown: CancellationToken,
+) -> Result<u16, String> {
+    let args = ServingArgs {
+        bind_address: config.address,
+        secure_port: Some(config.port),
+        tls_cert_file: config.tls_cert_file.clone(),
+        tls_private_key_file: config.tls_private_key_file.clone(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods::<R>))
+        .route("/metrics", get(metrics::<R>))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs::<R>),
+        )
+        .with_state(agents);
+    let addr = SocketAddr::new(config.address, config.port);
+    serve_router(&args, addr, config.client_ca_file.as_deref(), app, shutdown)
+        .await
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+async fn pods<R: Runtime>(State(agents): State<Agents<R>>) -> Response {
+    let items: Vec<Arc<Pod>> = agents.values().flat_map(|a| a.pods()).collect();
+    let body =
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics<R: Runtime>(State(agents): State<Agents<R>>) -> Response {
+    let (mut pods, mut running) = (0usize, 0usize);
+    for a in agents.values() {
+        for p in a.pods() {
+            pods += 1;
+            if let Some(st) = a.pod_state(
+                p.metadata.namespace.as_deref().unwrap_or(""),
+                p.metadata.name.as_deref().unwrap_or(""),
+            ) {
+                running += st.lock().app.iter().filter(|s| s.running()).count();
+            }
+        }
+    }
+    let text = format!(
+        "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n\
+         # TYPE kubelet_running_pods gauge\nkubelet_running_pods {pods}\n\
+         # HELP kubelet_running_containers Number of containers currently running\n\
+         # TYPE kubelet_running_containers gauge\n\
+         kubelet_running_containers{{container_state=\"running\"}} {running}\n\
+         # HELP kubelet_node_name The node's name.\n# TYPE kubelet_node_name gauge\n{}",
+        agents
+            .keys()
+            .map(|n| format!("kubelet_node_name{{node=\"{n}\"}} 1\n"))
+            .collect::<String>()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn bad(code: StatusCode, msg: String) -> Response {
+    (code, msg).into_response()
+}
+
+async fn container_logs<R: Runtime>(
+    State(agents): State<Agents<R>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let q = match LogQuery::parse(&q) {
+        Ok(q) => q,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+    };
+    let Some((agent, state)) = agents
+        .values()
+        .find_map(|a| a.pod_state(&ns, &pod).map(|s| (a.clone(), s)))
+    else {
+        return bad(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        );
+    };
+    let (pod_obj, slot) = {
+        let st = state.lock();
+        let slot = st
+            .init
+            .iter()
+            .chain(&st.app)
+            .find(|s| s.name == container)
+            .cloned();
+        (st.pod.clone(), slot)
+    };
+    let Some(slot) = slot else {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not valid for pod {pod}"),
+        );
+    };
+    let restart = if q.previous {
+        if slot.restart_count == 0
+            && slot
+                .last_state
+                .as_ref()
+                .is_none_or(|l| l.terminated.is_none())
+        {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+            );
+        }
+        // The previous instance's file: one before the current, or the current one while the
+        // container waits to restart (its count is bumped when it starts again).
+        if slot.running() {
+            slot.restart_count - 1
+        } else {
+            slot.restart_count.max(1) - 1
+        }
+    } else {
+        slot.restart_count
+    };
+    let files = agent
+        .shared
+        .runtime
+        .log_files(&pod_obj, &container, restart);
+    let mut out = q.render(&files);
+    let follow = q.follow && !q.previous && slot.running();
+    if !follow {
+        return ([(header::CONTENT_TYPE, "text/plain")], out.text).into_response();
+    }
+    // Follow: the collected text first, then new records of the current file until the
+    // container exits.
+    let current = files.last().cloned();
+    let exited = slot.handle.as_ref().map(|h| h.exited());
+    let first = std::mem::take(&mut out.text);
+    let stream = futures::stream::unfold(
+        (Some(first), current, out.offset, exited, q, out.budget),
+        |(first, file, offset, exited, q, budget)| async move {
+            if let Some(f) = first {
+                return Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(f)),
+                    (None, file, offset, exited, q, budget),
+                ));
+            }
+            let path: PathBuf = file.clone()?;
+            let mut exited = exited;
+            loop {
+                if budget == Some(0) {
+                    return None;
+                }
+                let (chunk, new_offset) = q.read_from(&path, offset, budget);
+                if !chunk.is_empty() {
+                    let budget = budget.map(|b| b.saturating_sub(chunk.len()));
+                    return Some((
+                        Ok(Bytes::from(chunk)),
+                        (None, file, new_offset, exited, q, budget),
+                    ));
+                }
+                if exited.as_ref().is_some_and(|e| e.borrow().is_some()) {
+                    // One last read after the exit, then stop.
+                    let (chunk, _) = q.read_from(&path, new_offset, budget);
+                    if chunk.is_empty() {
+                        return None;
+                    }
+                    return Some((
+                        Ok(Bytes::from(chunk)),
+                        (None, None, new_offset, None, q, budget),
+                    ));
+                }
+                let wait = async {
+                    match exited.as_mut() {
+                        Some(e) => {
+                            let _ = e.changed().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(200), wait).await;
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
