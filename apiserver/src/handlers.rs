@@ -565,20 +565,20 @@ async fn resource_request(
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
             Ok(render_object(res, &obj, out, StatusCode::OK))
         }
+        ("get" | "create", Some(Sub::Exec)) => {
+            let pod = state.registry.get(res, ns, name).await?;
+            let container =
+                crate::kubelet::log_container(&pod, q.get("container").map(String::as_str))?;
+            let (host, port) = kubelet_of(state, &pod, name).await?;
+            let raw = req.uri().query().unwrap_or("").to_string();
+            let path = format!("/exec/{ns}/{name}/{container}?{raw}");
+            state.kubelet.upgrade(&host, port, &path, req).await
+        }
         ("get", Some(Sub::Log)) => {
             let pod = state.registry.get(res, ns, name).await?;
             let container =
                 crate::kubelet::log_container(&pod, q.get("container").map(String::as_str))?;
-            let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
-            if node_name.is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "pod {name} does not have a host assigned"
-                )));
-            }
-            let nodes = resources::find("", "v1", "nodes").expect("nodes resource");
-            let node = state.registry.get(nodes, "", node_name).await?;
-            let (host, port) = crate::kubelet::node_endpoint(&node)
-                .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))?;
+            let (host, port) = kubelet_of(state, &pod, name).await?;
             let path = crate::kubelet::log_path(ns, name, &container, &q);
             state.kubelet.get(&host, port, &path).await
         }
@@ -1315,4 +1315,18 @@ async fn evict(
         Output::Json,
         StatusCode::CREATED,
     ))
+}
+
+/// The kubelet API address of the node a pod runs on.
+async fn kubelet_of(state: &ApiState, pod: &Value, name: &str) -> ApiResult<(String, u16)> {
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let nodes = resources::find("", "v1", "nodes").expect("nodes resource");
+    let node = state.registry.get(nodes, "", node_name).await?;
+    crate::kubelet::node_endpoint(&node)
+        .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))
 }

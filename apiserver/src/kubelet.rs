@@ -78,15 +78,7 @@ impl KubeletClient {
                 "Get \"https://{host}:{port}{path_and_query}\": {e}"
             ))
         };
-        let tcp = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let name =
-            ServerName::try_from(host.to_string()).map_err(|e| unreachable(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let tls = self.connect(host, port).await.map_err(unreachable)?;
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -121,6 +113,98 @@ impl KubeletClient {
             .header("content-type", "text/plain")
             .body(Body::new(resp.into_body()))
             .expect("response"))
+    }
+}
+
+impl KubeletClient {
+    async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Proxies an upgrade request (exec over WebSocket) to the kubelet: the client's upgrade
+    /// headers go through, the kubelet's 101 comes back, then bytes flow both ways.
+    pub async fn upgrade(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+        mut req: axum::http::Request<Body>,
+    ) -> ApiResult<Response<Body>> {
+        let unreachable = |e: String| {
+            ApiError::unavailable(format!("error dialing backend https://{host}:{port}: {e}"))
+        };
+        let websocket = req
+            .headers()
+            .get("upgrade")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return Err(ApiError::bad_request(
+                "Upgrade request required: exec is streamed over WebSocket (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported",
+            ));
+        }
+        let tls = self.connect(host, port).await.map_err(unreachable)?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn.with_upgrades());
+        let mut up = http::Request::get(path_and_query).header("host", format!("{host}:{port}"));
+        for (k, v) in req.headers() {
+            let n = k.as_str();
+            if n.starts_with("sec-websocket-") || n == "upgrade" || n == "connection" {
+                up = up.header(k, v);
+            }
+        }
+        let up = up
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut resp = send
+            .send_request(up)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            use http_body_util::BodyExt;
+            let code = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            let msg = body.trim().to_string();
+            return Err(match code {
+                400 => ApiError::bad_request(msg),
+                404 => ApiError::new(404, "NotFound", msg),
+                _ => ApiError::internal(msg),
+            });
+        }
+        let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (k, v) in resp.headers() {
+            out = out.header(k, v);
+        }
+        let backend = hyper::upgrade::on(&mut resp);
+        let client = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let (Ok(b), Ok(c)) = (backend.await, client.await) else {
+                return;
+            };
+            let mut b = hyper_util::rt::TokioIo::new(b);
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+        });
+        Ok(out.body(Body::empty()).expect("response"))
     }
 }
 

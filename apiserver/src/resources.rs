@@ -24,6 +24,8 @@ pub enum Sub {
     Finalize,
     /// `pods/log`: a container's log, from the node's kubelet.
     Log,
+    /// `pods/exec`: a command in a container, streamed (WebSocket) through the kubelet.
+    Exec,
 }
 
 impl Sub {
@@ -36,6 +38,7 @@ impl Sub {
             Sub::Eviction => "eviction",
             Sub::Finalize => "finalize",
             Sub::Log => "log",
+            Sub::Exec => "exec",
         }
     }
 
@@ -48,6 +51,7 @@ impl Sub {
             Sub::Eviction => ("policy", "v1", "Eviction"),
             Sub::Finalize => ("", "v1", "Namespace"),
             Sub::Log => ("", "v1", "Pod"),
+            Sub::Exec => ("", "v1", "PodExecOptions"),
         }
     }
 
@@ -58,6 +62,7 @@ impl Sub {
             Sub::Binding | Sub::Eviction => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
+            Sub::Exec => &["create", "get"],
         }
     }
 }
@@ -311,7 +316,13 @@ pub fn all() -> &'static [Resource] {
                 true,
                 &["po"],
                 ALL,
-                &[Sub::Status, Sub::Binding, Sub::Eviction, Sub::Log],
+                &[
+                    Sub::Status,
+                    Sub::Binding,
+                    Sub::Eviction,
+                    Sub::Log,
+                    Sub::Exec
+                ],
                 "pods",
                 "io.k8s.api.core.v1.Pod",
                 core::Pod

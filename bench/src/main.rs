@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod controllers;
+mod hollow;
 mod scheduler;
 mod store;
 
@@ -47,6 +48,8 @@ enum Cmd {
     Controllers(controllers::ControllersArgs),
     /// Scheduler throughput (scheduler_perf's workloads), in-process and through the API.
     Scheduler(scheduler::SchedulerArgs),
+    /// Hollow nodes: registration time, RSS and CPU per node, heartbeat lateness.
+    Hollow(hollow::HollowArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -125,6 +128,8 @@ pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Clu
             "--controller-managers",
             "0",
             "--schedulers",
+            "0",
+            "--nodes",
             "0",
             "--stores",
             &stores.to_string(),
@@ -469,5 +474,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(a) => rt.block_on(store::run(a)),
         Cmd::Controllers(a) => rt.block_on(controllers::run(a)),
         Cmd::Scheduler(a) => rt.block_on(scheduler::run(a)),
+        Cmd::Hollow(a) => rt.block_on(hollow::run(a)),
     }
 }

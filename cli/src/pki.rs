@@ -40,6 +40,47 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CA's parameters (its subject is what issued certificates name as their issuer).
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name.push(DnType::CommonName, "keelson-ca");
+    Ok(p)
+}
+
+/// A certificate and key signed by the CA under `dir` (made once, then reused): a client
+/// certificate with `cn`/`org`, or a serving one when `names` is not empty.
+pub fn issue(
+    dir: &Path,
+    file: &str,
+    cn: &str,
+    org: Option<&str>,
+    names: &[String],
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert_path = dir.join(format!("{file}.crt"));
+    let key_path = dir.join(format!("{file}.key"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let ca_pem = std::fs::read_to_string(dir.join("ca.key")).context("reading the CA key")?;
+    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_pem)?);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        params.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(&cert_path, cert.pem())?;
+    write_private(&key_path, &key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
 /// Loads the PKI under `dir`, creating whatever is missing. `service_ip` is the `kubernetes`
 /// Service address, added to the serving certificate's names.
 pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
@@ -75,16 +116,7 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
         return Ok(pki);
     }
     let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "keelson-ca");
+    let ca_params = ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     std::fs::write(&pki.ca, ca_cert.pem())?;
     write_private(&ca_key_path, &ca_key.serialize_pem())?;

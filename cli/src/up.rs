@@ -35,6 +35,13 @@ pub struct Args {
     /// Number of schedulers (one leads at a time, through a Lease).
     #[arg(long, default_value_t = 2)]
     pub schedulers: usize,
+    /// Number of nodes running pods as real processes (needs root: namespaces, cgroups,
+    /// a bridge per node).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Number of hollow nodes (simulated containers), all in one process.
+    #[arg(long, default_value_t = 0)]
+    pub hollow_nodes: usize,
     /// Port of the balancer in front of the apiservers (the kubeconfig's server).
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
@@ -57,6 +64,9 @@ struct Topology {
     /// Health/metrics port per scheduler.
     #[serde(default)]
     schedulers: Vec<u16>,
+    /// Kubelet API port per node.
+    #[serde(default)]
+    nodes: Vec<u16>,
 }
 
 impl Topology {
@@ -66,6 +76,7 @@ impl Topology {
         apiservers: usize,
         controller_managers: usize,
         schedulers: usize,
+        nodes: usize,
     ) -> anyhow::Result<Topology> {
         let path = dir.join("topology.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -92,6 +103,10 @@ impl Topology {
             while t.schedulers.len() < schedulers {
                 t.schedulers.push(free_port()?);
             }
+            t.nodes.truncate(nodes);
+            while t.nodes.len() < nodes {
+                t.nodes.push(free_port()?);
+            }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
         }
@@ -100,6 +115,7 @@ impl Topology {
             apiservers: Vec::new(),
             controller_managers: Vec::new(),
             schedulers: Vec::new(),
+            nodes: Vec::new(),
         };
         for _ in 0..stores {
             t.stores.push((free_port()?, free_port()?));
@@ -112,6 +128,9 @@ impl Topology {
         }
         for _ in 0..schedulers {
             t.schedulers.push(free_port()?);
+        }
+        for _ in 0..nodes {
+            t.nodes.push(free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -167,7 +186,25 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         args.controller_managers
     };
     let scheds = if args.single { 1 } else { args.schedulers };
-    let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds)?;
+    let nodes = if args.single {
+        args.nodes.min(1)
+    } else {
+        args.nodes
+    };
+    if nodes > 0 && !nix::unistd::geteuid().is_root() {
+        bail!(
+            "process-runtime nodes need root (namespaces, cgroups, a bridge per node); run as root, or pass --nodes 0 (with --hollow-nodes N for simulated nodes)"
+        );
+    }
+    let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
+    let pki_dir = args.data_dir.join("pki");
+    let kubelet_client = crate::pki::issue(
+        &pki_dir,
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+        &[],
+    )?;
     let ports = topo.stores.clone();
     let initial: Vec<String> = ports
         .iter()
@@ -212,6 +249,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 format!("--tls-private-key-file={}", pki.apiserver_key.display()),
                 format!("--client-ca-file={}", pki.ca.display()),
                 "--anonymous-auth=false".into(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    kubelet_client.0.display()
+                ),
+                format!("--kubelet-client-key={}", kubelet_client.1.display()),
+                format!("--kubelet-certificate-authority={}", pki.ca.display()),
             ],
         ));
     }
@@ -271,6 +314,86 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ],
         ));
     }
+    let nodes_dir = args.data_dir.join("nodes");
+    for (i, port) in topo.nodes.iter().copied().enumerate() {
+        let name = format!("node-{i}");
+        let client = crate::pki::issue(
+            &pki_dir,
+            &format!("node-{i}"),
+            &format!("system:node:{name}"),
+            Some("system:nodes"),
+            &[],
+        )?;
+        let serving = crate::pki::issue(
+            &pki_dir,
+            &format!("node-{i}-serving"),
+            &name,
+            None,
+            &["127.0.0.1".into(), "localhost".into(), name.clone()],
+        )?;
+        let kc = args.data_dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(
+            &kc,
+            crate::pki::kubeconfig(
+                &pki,
+                &masters[0],
+                &format!("system:node:{name}"),
+                (&client.0, &client.1),
+            )?,
+        )
+        .with_context(|| format!("writing {}", kc.display()))?;
+        procs.push(Supervised::new(
+            format!("node {name}"),
+            vec![
+                "node".into(),
+                format!("--kubeconfig={}", kc.display()),
+                format!("--master={}", masters.join(",")),
+                format!("--node-name={name}"),
+                format!("--port={port}"),
+                format!("--root-dir={}", nodes_dir.display()),
+                format!("--pod-cidr=10.244.{}.0/24", i + 1),
+                format!("--tls-cert-file={}", serving.0.display()),
+                format!("--tls-private-key-file={}", serving.1.display()),
+                format!("--client-ca-file={}", pki.ca.display()),
+                "--kube-api-qps=50".into(),
+                "--kube-api-burst=100".into(),
+                "--shutdown-grace-period=8s".into(),
+            ],
+        ));
+    }
+    if args.hollow_nodes > 0 {
+        let client = crate::pki::issue(
+            &pki_dir,
+            "hollow-nodes",
+            "system:node:hollow-node",
+            Some("system:nodes"),
+            &[],
+        )?;
+        let kc = args.data_dir.join("hollow-nodes.kubeconfig");
+        std::fs::write(
+            &kc,
+            crate::pki::kubeconfig(
+                &pki,
+                &masters[0],
+                "system:node:hollow-node",
+                (&client.0, &client.1),
+            )?,
+        )
+        .with_context(|| format!("writing {}", kc.display()))?;
+        procs.push(Supervised::new(
+            format!("{} hollow nodes", args.hollow_nodes),
+            vec![
+                "node".into(),
+                "--hollow".into(),
+                format!("--count={}", args.hollow_nodes),
+                format!("--kubeconfig={}", kc.display()),
+                format!("--master={}", masters.join(",")),
+                "--port=0".into(),
+                format!("--client-ca-file={}", pki.ca.display()),
+                "--kube-api-qps=0".into(),
+            ],
+        ));
+    }
     for p in &mut procs {
         p.start(&exe)?;
     }
@@ -291,8 +414,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
     }
     println!(
-        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s), {scheds} scheduler(s) (nodes are not built yet)",
-        args.port
+        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s), {scheds} scheduler(s), {nodes} node(s), {} hollow node(s)",
+        args.port, args.hollow_nodes
     );
     println!("  data:       {}", args.data_dir.display());
     println!("  store:      {endpoints}");
@@ -317,7 +440,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         p.terminate();
     }
     for p in &mut procs {
-        p.wait_or_kill(Duration::from_secs(10)).await;
+        // Nodes give their pods up to 8 s to stop.
+        p.wait_or_kill(Duration::from_secs(15)).await;
     }
     Ok(())
 }

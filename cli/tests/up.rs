@@ -103,24 +103,31 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         2,
         "{procs:?}"
     );
-    // A node object for the scheduler to place pods on (there is no kubelet yet).
-    let node = dir.path().join("node.json");
-    std::fs::write(
-        &node,
-        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
-            "status": {"allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
-                       "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"}}}"#,
-    )
-    .unwrap();
-    let out = kubectl(&kc, dir.path(), &["create", "-f", node.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        procs.iter().filter(|(_, c)| c.contains(" node ")).count(),
+        2,
+        "{procs:?}"
     );
-
-    // The controllers and the scheduler work: a Deployment gets its pods, they are bound to
-    // the node, and one controller-manager and one scheduler lead.
+    let nodes_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = kubectl(
+            &kc,
+            dir.path(),
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}",
+            ],
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() == "node-0=True node-1=True" {
+            break;
+        }
+        assert!(Instant::now() < nodes_by, "nodes never became Ready");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The controllers, the scheduler and the nodes work: a Deployment gets its pods, they are
+    // spread over the nodes and run, and one controller-manager and one scheduler lead.
     let out = kubectl(
         &kc,
         dir.path(),
@@ -128,7 +135,7 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
             "create",
             "deployment",
             "web",
-            "--image=nginx",
+            "--image=registry.k8s.io/pause:3.9",
             "--replicas=2",
         ],
     );
@@ -153,17 +160,22 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
                 "-l",
                 "app=web",
                 "-o",
-                "jsonpath={.items[*].spec.nodeName}",
+                "jsonpath={range .items[*]}{.spec.nodeName}/{.status.phase} {end}",
             ],
         );
+        let mut placed: Vec<String> = String::from_utf8_lossy(&bound.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        placed.sort();
         if String::from_utf8_lossy(&out.stdout).lines().count() == 2
-            && String::from_utf8_lossy(&bound.stdout).trim() == "n1 n1"
+            && placed == ["node-0/Running", "node-1/Running"]
         {
             break;
         }
         assert!(
             Instant::now() < pods_by,
-            "deployment pods never appeared or were never scheduled"
+            "deployment pods never ran, one per node"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -195,6 +207,49 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         ],
     );
     assert!(!String::from_utf8_lossy(&holder.stdout).is_empty());
+
+    // kubectl logs goes apiserver -> kubelet over TLS (client certificate, verified serving
+    // certificate).
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "run",
+            "hello",
+            "--image=busybox",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from keelson",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let phase = kubectl(
+            &kc,
+            dir.path(),
+            &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"],
+        );
+        if String::from_utf8_lossy(&phase.stdout) == "Succeeded" {
+            break;
+        }
+        assert!(Instant::now() < logs_by, "pod hello never succeeded");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = kubectl(&kc, dir.path(), &["logs", "hello"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from keelson\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Kill one apiserver: every request through the balancer still succeeds.
     nix::sys::signal::kill(

@@ -273,7 +273,10 @@ pub async fn serve_router(
                     |r: http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new),
                 );
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tls),
+                        TowerToHyperService::new(svc),
+                    )
                     .await;
             });
         }

@@ -80,9 +80,7 @@ impl<R> Shared<R> {
     pub async fn flush_status(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let idle = self.status.pending.lock().is_empty()
-                && self.status.in_flight.load(Ordering::Relaxed) == 0;
-            if idle {
+            if self.status.idle() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -90,33 +88,49 @@ impl<R> Shared<R> {
     }
 }
 
-/// Writes pod statuses: the latest status per pod wins, a few writes at a time.
+type PodKey = (String, String);
+
+/// Queued and in-flight status writes.
+#[derive(Default)]
+struct Writes {
+    pending: HashMap<PodKey, serde_json::Value>,
+    in_flight: std::collections::HashSet<PodKey>,
+}
+
+/// Writes pod statuses: the latest status per pod wins, a few pods at a time, and never two
+/// writes of one pod at once (so an older status cannot land after a newer one).
 struct StatusWriter {
-    pending: Arc<Mutex<HashMap<(String, String), serde_json::Value>>>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    state: Arc<Mutex<Writes>>,
+    tx: tokio::sync::mpsc::UnboundedSender<PodKey>,
 }
 
 impl StatusWriter {
     fn start(client: Client, writers: usize) -> Self {
-        let pending: Arc<Mutex<HashMap<(String, String), serde_json::Value>>> = Arc::default();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-        let p = pending.clone();
-        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let flying = in_flight.clone();
+        let state: Arc<Mutex<Writes>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PodKey>();
+        let st = state.clone();
+        let again = tx.clone();
         tokio::spawn(async move {
             let sem = Arc::new(Semaphore::new(writers));
             while let Some(key) = rx.recv().await {
                 let Ok(permit) = sem.clone().acquire_owned().await else {
                     return;
                 };
-                flying.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = p.lock().remove(&key) else {
-                    flying.fetch_sub(1, Ordering::Relaxed);
-                    continue;
+                let body = {
+                    let mut w = st.lock();
+                    if w.in_flight.contains(&key) {
+                        // Sent again when the write in flight finishes.
+                        continue;
+                    }
+                    let Some(body) = w.pending.remove(&key) else {
+                        continue;
+                    };
+                    w.in_flight.insert(key.clone());
+                    body
                 };
                 let client = client.clone();
-                let flying = flying.clone();
+                let st = st.clone();
+                let again = again.clone();
                 tokio::spawn(async move {
                     let api: Api<Pod> = Api::namespaced(client, &key.0);
                     if let Err(e) = api
@@ -128,25 +142,31 @@ impl StatusWriter {
                             tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "pod status update failed");
                         }
                     }
-                    flying.fetch_sub(1, Ordering::Relaxed);
+                    let mut w = st.lock();
+                    w.in_flight.remove(&key);
+                    if w.pending.contains_key(&key) {
+                        let _ = again.send(key);
+                    }
                     drop(permit);
                 });
             }
         });
-        Self {
-            pending,
-            in_flight,
-            tx,
-        }
+        Self { state, tx }
     }
 
     fn write(&self, ns: &str, name: &str, status: &PodStatus) {
         let key = (ns.to_string(), name.to_string());
         let body = json!({ "status": status });
-        let fresh = self.pending.lock().insert(key.clone(), body).is_none();
-        if fresh {
+        let mut w = self.state.lock();
+        let fresh = w.pending.insert(key.clone(), body).is_none();
+        if fresh && !w.in_flight.contains(&key) {
             let _ = self.tx.send(key);
         }
+    }
+
+    fn idle(&self) -> bool {
+        let w = self.state.lock();
+        w.pending.is_empty() && w.in_flight.is_empty()
     }
 }
 

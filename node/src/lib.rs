@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod config;
 pub mod env;
+pub mod exec;
 pub mod hollow;
 pub mod logs_query;
 pub mod probe;

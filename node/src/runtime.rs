@@ -143,6 +143,11 @@ pub trait ContainerHandle: Send + Sync {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// A command that runs `cmd` inside the container (stdio not yet set), for streaming exec;
+    /// `None` when the runtime has nothing to run (hollow) or the container is not running.
+    fn exec_command(&self, _cmd: &[String]) -> Option<tokio::process::Command> {
+        None
+    }
 }
 
 /// A container runtime.
@@ -156,8 +161,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn pod_dir(&self, uid: &str) -> PathBuf;
     /// Sets up the pod's sandbox (directories, network namespace, IP).
     fn create_sandbox<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, Result<Sandbox, String>>;
-    /// Removes everything the sandbox holds.
+    /// Stops what the sandbox holds (processes, cgroups, network); logs and volumes stay.
     fn remove_sandbox<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, ()>;
+    /// Removes the pod's directories and logs (the pod is gone from this node).
+    fn remove_pod_data<'a>(&'a self, _pod: &'a Pod) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     /// Starts one container.
     fn start<'a>(
         &'a self,

@@ -47,6 +47,7 @@ pub async fn serve<R: Runtime>(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs::<R>),
         )
+        .route("/exec/{namespace}/{pod}/{container}", get(exec::<R>))
         .with_state(agents);
     let addr = SocketAddr::new(config.address, config.port);
     serve_router(&args, addr, config.client_ca_file.as_deref(), app, shutdown)
@@ -92,6 +93,39 @@ async fn metrics<R: Runtime>(State(agents): State<Agents<R>>) -> Response {
             .collect::<String>()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn exec<R: Runtime>(
+    State(agents): State<Agents<R>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let q = match crate::exec::ExecQuery::parse(raw.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(state) = agents.values().find_map(|a| a.pod_state(&ns, &pod)) else {
+        return bad(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        );
+    };
+    let handle = {
+        let st = state.lock();
+        st.init
+            .iter()
+            .chain(&st.app)
+            .find(|s| s.name == container && s.running())
+            .and_then(|s| s.handle.clone())
+    };
+    match handle {
+        Some(h) => crate::exec::serve(ws, h, q),
+        None => bad(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {pod}"),
+        ),
+    }
 }
 
 fn bad(code: StatusCode, msg: String) -> Response {

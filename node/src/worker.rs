@@ -870,6 +870,7 @@ pub async fn run<R: Runtime>(w: Arc<Worker<R>>, admit: Result<(), Verdict>) {
             }
         }
     };
+    w.rt().remove_pod_data(&w.pod()).await;
     if let Stop::Deleted(_) = stop {
         w.final_delete().await;
     }

@@ -98,6 +98,41 @@ fn init_containers_env_volumes_and_logs() {
         err.contains("container nope is not valid for pod web"),
         "{err}"
     );
+    // kubectl exec (WebSocket through the apiserver to the kubelet): output, exit code, stdin.
+    let out = c.kubectl(&[
+        "exec",
+        "web",
+        "-c",
+        "main",
+        "--",
+        "sh",
+        "-c",
+        "cat /cfg/greeting; echo; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
+    let out = c.kubectl_stdin(
+        &["exec", "-i", "web", "-c", "main", "--", "wc", "-l"],
+        "a\nb\nc\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    let out = c.kubectl(&["exec", "web", "-c", "main", "--", "cat", "/proc/1/cmdline"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("/usr/bin/sh\0-c"),
+        "exec joins the container's PID namespace: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");

@@ -142,9 +142,21 @@ fn graceful_termination_oom_and_pod_network() {
         .unwrap_or(0);
     assert_eq!(pods_left, 0, "pod directories removed");
     for h in ["memory", "cpu"] {
-        let cg = std::path::Path::new("/sys/fs/cgroup")
+        let base = std::path::Path::new("/sys/fs/cgroup")
             .join(h)
-            .join("keelson/n-term");
-        assert!(!cg.exists(), "{} removed", cg.display());
+            .join("keelson");
+        let left: Vec<String> = std::fs::read_dir(&base)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("n-term-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "cgroups of n-term removed from {}: {left:?}",
+            base.display()
+        );
     }
 }

@@ -37,6 +37,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// The process runtime of one node.
 pub struct ProcessRuntime {
     root: PathBuf,
+    /// A host-unique name for the node (its name and a tag of its data dir).
     node: String,
     exe: PathBuf,
     cgroups: Cgroups,
@@ -54,7 +55,10 @@ impl ProcessRuntime {
         std::fs::create_dir_all(root.join("pods"))
             .map_err(|e| format!("{}: {e}", root.display()))?;
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let cgroups = Cgroups::detect(&config.cgroup_root, node);
+        // Names shared across the host (cgroups, the bridge) carry a tag of the node's data
+        // dir, so two clusters with the same node names on one machine stay apart.
+        let tag = net::tag(&root.display().to_string());
+        let cgroups = Cgroups::detect(&config.cgroup_root, &format!("{node}-{}", &tag[..6]));
         if matches!(cgroups, Cgroups::None) {
             tracing::warn!("no usable cgroup hierarchy: container limits are not enforced");
         }
@@ -63,8 +67,8 @@ impl ProcessRuntime {
             None => None,
         };
         Ok(Self {
+            node: format!("{node}-{tag}"),
             root,
-            node: node.to_string(),
             exe,
             cgroups,
             log_max: config.log_max_bytes(),
@@ -187,6 +191,23 @@ impl Proc {
     }
 }
 
+/// `nsenter` into every namespace of the container's PID 1, with the container's environment.
+fn nsenter(pid: i32, env: &[(String, String)], cmd: &[String]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("nsenter");
+    c.arg(format!("--target={pid}"))
+        .args([
+            "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--",
+        ])
+        .args(cmd)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .kill_on_drop(true);
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        c.env("PATH", DEFAULT_PATH);
+    }
+    c
+}
+
 async fn run_exec(
     pid: Option<i32>,
     env: &[(String, String)],
@@ -197,19 +218,8 @@ async fn run_exec(
     if cmd.is_empty() {
         return Err("no command".into());
     }
-    let mut c = tokio::process::Command::new("nsenter");
-    c.arg(format!("--target={pid}"))
-        .args([
-            "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--",
-        ])
-        .args(cmd)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if !env.iter().any(|(k, _)| k == "PATH") {
-        c.env("PATH", DEFAULT_PATH);
-    }
+    let mut c = nsenter(pid, env, cmd);
+    c.stdin(Stdio::null());
     let out = tokio::time::timeout(timeout, c.output())
         .await
         .map_err(|_| format!("command timed out after {}s", timeout.as_secs()))?
@@ -342,6 +352,13 @@ impl ContainerHandle for Proc {
     fn pid(&self) -> Option<u32> {
         self.init_pid().map(|p| p as u32)
     }
+
+    fn exec_command(&self, cmd: &[String]) -> Option<tokio::process::Command> {
+        if self.exit.borrow().is_some() || cmd.is_empty() {
+            return None;
+        }
+        Some(nsenter(self.init_pid()?, &self.env, cmd))
+    }
 }
 
 fn limits(c: &Container) -> (Option<i64>, Option<i64>, Option<i64>) {
@@ -416,10 +433,16 @@ impl Runtime for ProcessRuntime {
             for d in self.cgroups.dirs(&format!("pod{u}")) {
                 let _ = tokio::task::spawn_blocking(move || cgroup::remove_tree(&d)).await;
             }
-            if let Some(net) = self.net.lock().await.clone() {
+            let net = self.net.lock().await.clone();
+            if let Some(net) = net {
                 net.remove_pod(&u).await;
             }
-            let dir = self.pod_dir(&u);
+        })
+    }
+
+    fn remove_pod_data<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let dir = self.pod_dir(uid(pod));
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             if let Some(logs) = self.log_path(pod, "x", 0).parent().and_then(Path::parent) {
                 let _ = std::fs::remove_dir_all(logs);
