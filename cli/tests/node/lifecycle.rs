@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::component::Component;
 use crate::harness::{ApiCluster, Backend, eventually};
 use crate::support::{Node, READY, apply, events, field, wait_field};
 
@@ -155,7 +156,7 @@ spec:
   containers:
   - name: c
     image: busybox
-    command: ["sh", "-c", "sleep 8; touch /tmp/ready; while true; do sleep 1; done"]
+    command: ["sh", "-c", ": keelson-probe-marker; sleep 8; touch /tmp/ready; while true; do sleep 1; done"]
     readinessProbe:
       exec: {command: ["test", "-f", "/tmp/ready"]}
       periodSeconds: 1
@@ -293,5 +294,59 @@ fn probes_restarts_and_bad_input() {
     wait_field(&c, "too-big", "{.status.phase}", |v| v == "Failed");
     assert_eq!(field(&c, "too-big", "{.status.reason}"), "OutOfcpu");
     assert_eq!(field(&c, "slow-ready", READY), "True");
+    // A node killed outright: the node lifecycle controller marks it not ready; restarted on
+    // the same data dir, it removes what the dead one left and runs its pods again.
+    let _cm = Component::start(
+        &c,
+        "controller-manager",
+        "cm",
+        &[
+            "--leader-elect=false",
+            "--controllers=nodelifecycle",
+            "--node-monitor-grace-period=6s",
+        ],
+    );
+    let marker = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "keelson-probe-marker"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // The container's processes (the shim outside and the command inside).
+    let running = marker();
+    assert!(running >= 1);
+    let started = field(
+        &c,
+        "slow-ready",
+        "{.status.containerStatuses[0].state.running.startedAt}",
+    );
+    let mut node = node;
+    node.comp.kill();
+    eventually(Duration::from_secs(60), "node n-probe not ready", || {
+        let out = c.kubectl(&[
+            "get",
+            "node",
+            "n-probe",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "Unknown"
+    });
+    assert!(
+        c.ok(&["get", "node", "n-probe"]).contains("NotReady"),
+        "kubectl shows NotReady"
+    );
+    assert_eq!(marker(), running, "the killed node's container outlives it");
     drop(node);
+    let _node = Node::start(&c, "n-probe", "10.200.2.0/24", &[]);
+    eventually(Duration::from_secs(30), "slow-ready restarted", || {
+        let now = field(
+            &c,
+            "slow-ready",
+            "{.status.containerStatuses[0].state.running.startedAt}",
+        );
+        !now.is_empty() && now != started && marker() == running
+    });
+    wait_field(&c, "slow-ready", READY, |v| v == "True");
 }
