@@ -110,100 +110,181 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
             })))
             .await;
     });
-    let status = match handle.exec_command(&q.command) {
-        None => {
-            // Nothing to run (hollow): the command "succeeds" with no output.
-            exit_status(0, &q.command)
-        }
-        Some(mut cmd) => {
-            cmd.stdin(if q.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-            match cmd.spawn() {
-                Err(e) => failure(format!("exec: {e}")),
-                Ok(mut child) => {
-                    let mut stdin = child.stdin.take();
-                    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                                chan: u8,
-                                tx: mpsc::Sender<Vec<u8>>,
-                                keep: bool| {
-                        tokio::spawn(async move {
-                            let mut buf = vec![0u8; 16 * 1024];
-                            loop {
-                                let n = match r.read(&mut buf[1..]).await {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => n,
-                                };
-                                if keep {
-                                    buf[0] = chan;
-                                    if tx.send(buf[..n + 1].to_vec()).await.is_err() {
-                                        break;
-                                    }
+    // A terminal: the command runs on a pseudo-terminal as its session's controlling terminal.
+    let cmdline: Vec<String> = if q.tty {
+        ["setsid", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(q.command.iter().cloned())
+            .collect()
+    } else {
+        q.command.clone()
+    };
+    let status = match handle.exec_command(&cmdline) {
+        // Nothing to run (hollow): the command "succeeds" with no output.
+        None => exit_status(0, &q.command),
+        Some(cmd) => match spawn(cmd, &q) {
+            Err(e) => failure(format!("exec: {e}")),
+            Ok(mut io) => {
+                let pumps: Vec<_> = io
+                    .outputs
+                    .drain(..)
+                    .map(|(r, chan)| tokio::spawn(pump(r, chan, out_tx.clone())))
+                    .collect();
+                let mut stdin = io.input.take();
+                let tty = io.tty.clone();
+                // Client frames: stdin data, stdin close (v5), terminal resize.
+                let reader = async {
+                    while let Some(Ok(msg)) = rx.next().await {
+                        let data = match msg {
+                            Message::Binary(b) => b.to_vec(),
+                            Message::Close(_) => break,
+                            _ => continue,
+                        };
+                        match data.first() {
+                            Some(0) => {
+                                if let Some(s) = stdin.as_mut()
+                                    && s.write_all(&data[1..]).await.is_err()
+                                {
+                                    stdin = None;
                                 }
                             }
-                        })
-                    };
-                    let err_chan = if q.tty { 1 } else { 2 };
-                    let o = child
-                        .stdout
-                        .take()
-                        .map(|s| pump(Box::new(s), 1, out_tx.clone(), q.stdout));
-                    let e = child
-                        .stderr
-                        .take()
-                        .map(|s| pump(Box::new(s), err_chan, out_tx.clone(), q.stderr || q.tty));
-                    // Client frames: stdin data, stdin close (v5), resize (ignored).
-                    let reader = async {
-                        while let Some(Ok(msg)) = rx.next().await {
-                            let data = match msg {
-                                Message::Binary(b) => b.to_vec(),
-                                Message::Close(_) => break,
-                                _ => continue,
-                            };
-                            match data.first() {
-                                Some(0) => {
-                                    if let Some(s) = stdin.as_mut()
-                                        && s.write_all(&data[1..]).await.is_err()
-                                    {
-                                        stdin = None;
-                                    }
+                            Some(4) => {
+                                if let Some(path) = &tty {
+                                    resize(path, &data[1..]).await;
                                 }
-                                Some(255) if v5 && data.get(1) == Some(&0) => stdin = None,
-                                _ => {}
                             }
+                            Some(255) if v5 && data.get(1) == Some(&0) => stdin = None,
+                            _ => {}
                         }
-                        // The client went away: stop feeding input.
-                        drop(stdin.take());
-                        std::future::pending::<()>().await
-                    };
-                    let code = tokio::select! {
-                        s = child.wait() => s.ok(),
-                        _ = reader => None,
-                    };
-                    for t in [o, e].into_iter().flatten() {
-                        let _ = t.await;
                     }
-                    match code {
-                        Some(s) => {
-                            use std::os::unix::process::ExitStatusExt;
-                            let c = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9));
-                            exit_status(c, &q.command)
-                        }
-                        None => failure("exec: connection closed".into()),
+                    // The client went away: stop feeding input.
+                    drop(stdin.take());
+                    std::future::pending::<()>().await
+                };
+                let code = tokio::select! {
+                    s = io.child.wait() => s.ok(),
+                    _ = reader => None,
+                };
+                for t in pumps {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+                }
+                match code {
+                    Some(s) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        let c = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9));
+                        exit_status(c, &q.command)
                     }
+                    None => failure("exec: connection closed".into()),
                 }
             }
-        }
+        },
     };
     let mut frame = vec![3u8];
     frame.extend_from_slice(status.to_string().as_bytes());
     let _ = out_tx.send(frame).await;
     drop(out_tx);
     let _ = writer.await;
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// A started exec: the child, where its input goes, its outputs with their channels, and the
+/// terminal's path when it has one.
+struct Io {
+    child: tokio::process::Child,
+    input: Option<Writer>,
+    outputs: Vec<(Reader, u8)>,
+    tty: Option<std::path::PathBuf>,
+}
+
+fn spawn(mut cmd: tokio::process::Command, q: &ExecQuery) -> std::io::Result<Io> {
+    if q.tty {
+        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+        let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
+        cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+            .stdout(Stdio::from(pty.slave.try_clone()?))
+            .stderr(Stdio::from(pty.slave));
+        let child = cmd.spawn()?;
+        // Our copies of the terminal's slave side close here, so the master reads EOF (EIO)
+        // once the command's processes are gone.
+        drop(cmd);
+        let master = std::fs::File::from(pty.master);
+        let input: Writer = Box::new(tokio::fs::File::from_std(master.try_clone()?));
+        let output: Reader = Box::new(tokio::fs::File::from_std(master));
+        return Ok(Io {
+            child,
+            input: q.stdin.then_some(input),
+            outputs: if q.stdout {
+                vec![(output, 1)]
+            } else {
+                Vec::new()
+            },
+            tty: Some(path),
+        });
+    }
+    cmd.stdin(if q.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(if q.stdout {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stderr(if q.stderr {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn()?;
+    let mut outputs: Vec<(Reader, u8)> = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        outputs.push((Box::new(o), 1));
+    }
+    if let Some(e) = child.stderr.take() {
+        outputs.push((Box::new(e), 2));
+    }
+    let input = child.stdin.take().map(|i| Box::new(i) as Writer);
+    Ok(Io {
+        child,
+        input,
+        outputs,
+        tty: None,
+    })
+}
+
+/// Copies a stream into channel `chan` frames until it ends.
+async fn pump(mut r: Reader, chan: u8, tx: mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match r.read(&mut buf[1..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf[0] = chan;
+        if tx.send(buf[..n + 1].to_vec()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Applies a resize frame (`{"Width": w, "Height": h}`) to the terminal.
+async fn resize(path: &std::path::Path, frame: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
+        return;
+    };
+    let (Some(w), Some(h)) = (v["Width"].as_u64(), v["Height"].as_u64()) else {
+        return;
+    };
+    let _ = tokio::process::Command::new("stty")
+        .arg("-F")
+        .arg(path)
+        .args(["rows", &h.to_string(), "cols", &w.to_string()])
+        .status()
+        .await;
 }
 
 #[cfg(test)]

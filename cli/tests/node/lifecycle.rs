@@ -134,6 +134,20 @@ fn init_containers_env_volumes_and_logs() {
         "exec joins the container's PID namespace: {:?}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // A terminal (`exec -it`, run under `script` so kubectl has one): the command sees a pty.
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            "kubectl exec -it web -c main -- sh -c 'tty; exit 4'",
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(out.status.code(), Some(4), "{text:?}");
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");
