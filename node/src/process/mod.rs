@@ -51,6 +51,11 @@ pub struct ProcessRuntime {
 impl ProcessRuntime {
     /// The runtime for node `node`, keeping its files under `--root-dir/<node>`.
     pub async fn new(config: &Config, node: &str) -> Result<Self, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(
+                "the process runtime needs root (namespaces, mounts, cgroups, the pod network); run as root or use --hollow".into(),
+            );
+        }
         let root = config.root_dir.join(node);
         std::fs::create_dir_all(root.join("pods"))
             .map_err(|e| format!("{}: {e}", root.display()))?;
