@@ -92,21 +92,8 @@ impl KubeletClient {
             .send_request(req)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            use http_body_util::BodyExt;
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            let msg = body.trim().to_string();
-            return Err(match status.as_u16() {
-                400 => ApiError::bad_request(msg),
-                404 => ApiError::new(404, "NotFound", msg),
-                _ => ApiError::internal(msg),
-            });
+        if !resp.status().is_success() {
+            return Err(kubelet_error(resp).await);
         }
         Ok(Response::builder()
             .status(StatusCode::OK)
@@ -175,20 +162,7 @@ impl KubeletClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            use http_body_util::BodyExt;
-            let code = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            let msg = body.trim().to_string();
-            return Err(match code {
-                400 => ApiError::bad_request(msg),
-                404 => ApiError::new(404, "NotFound", msg),
-                _ => ApiError::internal(msg),
-            });
+            return Err(kubelet_error(resp).await);
         }
         let mut out = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
         for (k, v) in resp.headers() {
@@ -205,6 +179,24 @@ impl KubeletClient {
             let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
         });
         Ok(out.body(Body::empty()).expect("response"))
+    }
+}
+
+/// The kubelet's error answer as a Status: its code class and its text.
+async fn kubelet_error(resp: http::Response<hyper::body::Incoming>) -> ApiError {
+    use http_body_util::BodyExt;
+    let code = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    let msg = body.trim().to_string();
+    match code {
+        400 => ApiError::bad_request(msg),
+        404 => ApiError::new(404, "NotFound", msg),
+        _ => ApiError::internal(msg),
     }
 }
 

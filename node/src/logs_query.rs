@@ -90,6 +90,18 @@ impl LogQuery {
         })
     }
 
+    /// The kept records of the complete lines of `data`, and where those lines end.
+    fn records(&self, data: &[u8]) -> (Vec<Record>, usize) {
+        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let recs = data[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(parse)
+            .filter(|r| self.keep(r))
+            .collect();
+        (recs, complete)
+    }
+
     fn keep(&self, r: &Record) -> bool {
         self.since.is_none_or(|s| r.time >= s)
     }
@@ -112,17 +124,11 @@ impl LogQuery {
         let mut offset = 0;
         for (i, f) in files.iter().enumerate() {
             let data = std::fs::read(f).unwrap_or_default();
-            let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            let (recs, complete) = self.records(&data);
             if i + 1 == files.len() {
                 offset = complete as u64;
             }
-            records.extend(
-                data[..complete]
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .filter_map(parse)
-                    .filter(|r| self.keep(r)),
-            );
+            records.extend(recs);
         }
         if let Some(n) = self.tail_lines {
             // Keep the records of the last n lines (a line may span partial records).
@@ -168,16 +174,11 @@ impl LogQuery {
         if f.seek(SeekFrom::Start(offset)).is_err() || f.read_to_end(&mut data).is_err() {
             return (Vec::new(), offset);
         }
-        let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let (records, complete) = self.records(&data);
         let mut text = Vec::new();
         let mut line_start = true;
-        for r in data[..complete]
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(parse)
-            .filter(|r| self.keep(r))
-        {
-            self.format(&r, &mut text, &mut line_start);
+        for r in &records {
+            self.format(r, &mut text, &mut line_start);
         }
         if let Some(b) = budget {
             text.truncate(b);

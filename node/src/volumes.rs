@@ -30,51 +30,17 @@ pub async fn prepare(
             mkdir(&target).map_err(fail)?;
             target
         } else if let Some(cm) = &v.config_map {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-            let files = match api
-                .get_opt(&cm.name)
+            let files = config_map_files(client, ns, &cm.name, cm.items.as_deref(), cm.optional)
                 .await
-                .map_err(|e| fail(e.to_string()))?
-            {
-                Some(obj) => {
-                    let mut data: BTreeMap<String, Vec<u8>> = obj
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    data.extend(
-                        obj.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    );
-                    select(&data, cm.items.as_deref(), cm.optional)
-                        .map_err(|e| fail(format!("configmap {:?}: {e}", cm.name)))?
-                }
-                None if cm.optional == Some(true) => Vec::new(),
-                None => return Err(fail(format!("configmap {:?} not found", cm.name))),
-            };
+                .map_err(fail)?;
             write_files(&target, &files, cm.default_mode.unwrap_or(0o644)).map_err(fail)?;
             target
-        } else if let Some(s) = &v.secret {
-            let name = s.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            let files = match api.get_opt(&name).await.map_err(|e| fail(e.to_string()))? {
-                Some(obj) => {
-                    let data: BTreeMap<String, Vec<u8>> = obj
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    select(&data, s.items.as_deref(), s.optional)
-                        .map_err(|e| fail(format!("secret {name:?}: {e}")))?
-                }
-                None if s.optional == Some(true) => Vec::new(),
-                None => return Err(fail(format!("secret {name:?} not found"))),
-            };
-            write_files(&target, &files, s.default_mode.unwrap_or(0o644)).map_err(fail)?;
+        } else if let Some(sv) = &v.secret {
+            let name = sv.secret_name.clone().unwrap_or_default();
+            let files = secret_files(client, ns, &name, sv.items.as_deref(), sv.optional)
+                .await
+                .map_err(fail)?;
+            write_files(&target, &files, sv.default_mode.unwrap_or(0o644)).map_err(fail)?;
             target
         } else if let Some(d) = &v.downward_api {
             let files = downward(pod, d.items.as_deref().unwrap_or(&[])).map_err(fail)?;
@@ -84,50 +50,18 @@ pub async fn prepare(
             let mut files = Vec::new();
             for src in p.sources.iter().flatten() {
                 if let Some(cm) = &src.config_map {
-                    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-                    match api
-                        .get_opt(&cm.name)
-                        .await
-                        .map_err(|e| fail(e.to_string()))?
-                    {
-                        Some(obj) => {
-                            let data: BTreeMap<String, Vec<u8>> = obj
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.into_bytes()))
-                                .collect();
-                            files.extend(
-                                select(&data, cm.items.as_deref(), cm.optional)
-                                    .map_err(|e| fail(format!("configmap {:?}: {e}", cm.name)))?,
-                            );
-                        }
-                        None if cm.optional == Some(true) => {}
-                        None => return Err(fail(format!("configmap {:?} not found", cm.name))),
-                    }
+                    files.extend(
+                        config_map_files(client, ns, &cm.name, cm.items.as_deref(), cm.optional)
+                            .await
+                            .map_err(fail)?,
+                    );
                 }
-                if let Some(s) = &src.secret {
-                    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-                    match api
-                        .get_opt(&s.name)
-                        .await
-                        .map_err(|e| fail(e.to_string()))?
-                    {
-                        Some(obj) => {
-                            let data: BTreeMap<String, Vec<u8>> = obj
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0))
-                                .collect();
-                            files.extend(
-                                select(&data, s.items.as_deref(), s.optional)
-                                    .map_err(|e| fail(format!("secret {:?}: {e}", s.name)))?,
-                            );
-                        }
-                        None if s.optional == Some(true) => {}
-                        None => return Err(fail(format!("secret {:?} not found", s.name))),
-                    }
+                if let Some(sv) = &src.secret {
+                    files.extend(
+                        secret_files(client, ns, &sv.name, sv.items.as_deref(), sv.optional)
+                            .await
+                            .map_err(fail)?,
+                    );
                 }
                 if let Some(d) = &src.downward_api {
                     files.extend(downward(pod, d.items.as_deref().unwrap_or(&[])).map_err(fail)?);
@@ -185,6 +119,60 @@ pub async fn prepare(
 }
 
 type File = (String, Vec<u8>, Option<i32>);
+
+/// A ConfigMap's keys (data and binaryData) as files, all or the listed `items`.
+async fn config_map_files(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+) -> Result<Vec<File>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await.map_err(|e| e.to_string())? {
+        Some(obj) => {
+            let mut data: BTreeMap<String, Vec<u8>> = obj
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            data.extend(
+                obj.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
+            select(&data, items, optional).map_err(|e| format!("configmap {name:?}: {e}"))
+        }
+        None if optional == Some(true) => Ok(Vec::new()),
+        None => Err(format!("configmap {name:?} not found")),
+    }
+}
+
+/// A Secret's keys as files, all or the listed `items`.
+async fn secret_files(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+) -> Result<Vec<File>, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await.map_err(|e| e.to_string())? {
+        Some(obj) => {
+            let data: BTreeMap<String, Vec<u8>> = obj
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            select(&data, items, optional).map_err(|e| format!("secret {name:?}: {e}"))
+        }
+        None if optional == Some(true) => Ok(Vec::new()),
+        None => Err(format!("secret {name:?} not found")),
+    }
+}
 
 fn select(
     data: &BTreeMap<String, Vec<u8>>,
