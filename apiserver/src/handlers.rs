@@ -565,13 +565,13 @@ async fn resource_request(
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
             Ok(render_object(res, &obj, out, StatusCode::OK))
         }
-        ("get" | "create", Some(Sub::Exec)) => {
+        ("get" | "create", Some(sub @ (Sub::Exec | Sub::Attach))) => {
             let pod = state.registry.get(res, ns, name).await?;
             let container =
                 crate::kubelet::log_container(&pod, q.get("container").map(String::as_str))?;
             let (host, port) = kubelet_of(state, &pod, name).await?;
             let raw = req.uri().query().unwrap_or("").to_string();
-            let path = format!("/exec/{ns}/{name}/{container}?{raw}");
+            let path = format!("/{}/{ns}/{name}/{container}?{raw}", sub.name());
             state.kubelet.upgrade(&host, port, &path, req).await
         }
         ("get", Some(Sub::Log)) => {

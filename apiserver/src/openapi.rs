@@ -173,7 +173,7 @@ fn op(
 
 fn def_for(kind_def: &str, sub: Sub) -> String {
     match sub {
-        Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec => kind_def.to_string(),
+        Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => kind_def.to_string(),
         Sub::Scale => "io.k8s.api.autoscaling.v1.Scale".into(),
         Sub::Binding => "io.k8s.api.core.v1.Binding".into(),
         Sub::Eviction => "io.k8s.api.policy.v1.Eviction".into(),
@@ -267,7 +267,7 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
                 "parameters": item_params,
                 "get": op(&op_id("read", r, &suffix), "get", sgvk, ["container", "follow", "previous", "timestamps", "tailLines", "sinceSeconds", "limitBytes"].iter().map(|p| param(p, "query", "Log option as upstream's PodLogOptions.", if matches!(*p, "tailLines" | "sinceSeconds" | "limitBytes") { "integer" } else if *p == "container" { "string" } else { "boolean" })).collect(), None, json!({"type": "string"})),
             }),
-            Sub::Exec => json!({
+            Sub::Exec | Sub::Attach => json!({
                 "parameters": item_params,
                 "get": op(&op_id("connectGet", r, &suffix), "get", sgvk, ["command", "container", "stdin", "stdout", "stderr", "tty"].iter().map(|p| param(p, "query", "Exec option as upstream's PodExecOptions.", if matches!(*p, "command" | "container") { "string" } else { "boolean" })).collect(), None, json!({"type": "string"})),
                 "post": op(&op_id("connectPost", r, &suffix), "post", sgvk, vec![], None, json!({"type": "string"})),
@@ -337,7 +337,7 @@ fn build_doc(group: &str, version: &str) -> Value {
                 Sub::Binding => {
                     generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
                 }
-                Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec => {}
+                Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => {}
             }
         }
         paths_for(r, &mut paths);

@@ -26,6 +26,8 @@ pub enum Sub {
     Log,
     /// `pods/exec`: a command in a container, streamed (WebSocket) through the kubelet.
     Exec,
+    /// `pods/attach`: a container's own streams, through the kubelet.
+    Attach,
 }
 
 impl Sub {
@@ -39,6 +41,7 @@ impl Sub {
             Sub::Finalize => "finalize",
             Sub::Log => "log",
             Sub::Exec => "exec",
+            Sub::Attach => "attach",
         }
     }
 
@@ -52,6 +55,7 @@ impl Sub {
             Sub::Finalize => ("", "v1", "Namespace"),
             Sub::Log => ("", "v1", "Pod"),
             Sub::Exec => ("", "v1", "PodExecOptions"),
+            Sub::Attach => ("", "v1", "PodAttachOptions"),
         }
     }
 
@@ -62,7 +66,7 @@ impl Sub {
             Sub::Binding | Sub::Eviction => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
-            Sub::Exec => &["create", "get"],
+            Sub::Exec | Sub::Attach => &["create", "get"],
         }
     }
 }
@@ -321,7 +325,8 @@ pub fn all() -> &'static [Resource] {
                     Sub::Binding,
                     Sub::Eviction,
                     Sub::Log,
-                    Sub::Exec
+                    Sub::Exec,
+                    Sub::Attach
                 ],
                 "pods",
                 "io.k8s.api.core.v1.Pod",

@@ -36,8 +36,17 @@ pub struct ExecQuery {
 }
 
 impl ExecQuery {
-    /// Parses the raw query string (`command` repeats).
+    /// Parses an exec query string (`command` repeats and is required).
     pub fn parse(raw: &str) -> Result<Self, String> {
+        let q = Self::parse_streams(raw)?;
+        if q.command.is_empty() {
+            return Err("you must specify at least 1 command".into());
+        }
+        Ok(q)
+    }
+
+    /// Parses the stream flags (and any `command`) of an exec or attach query string.
+    pub fn parse_streams(raw: &str) -> Result<Self, String> {
         let mut q = ExecQuery::default();
         let on = |v: &str| matches!(v, "1" | "true" | "True");
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
@@ -49,9 +58,6 @@ impl ExecQuery {
                 "tty" => q.tty = on(&v),
                 _ => {}
             }
-        }
-        if q.command.is_empty() {
-            return Err("you must specify at least 1 command".into());
         }
         if !q.stdin && !q.stdout && !q.stderr {
             return Err("you must specify at least 1 of stdin, stdout, stderr".into());
@@ -79,8 +85,14 @@ fn failure(message: String) -> serde_json::Value {
     json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError"})
 }
 
-/// Upgrades to a WebSocket and runs the command.
-pub fn serve(ws: WebSocketUpgrade, handle: Arc<dyn ContainerHandle>, q: ExecQuery) -> Response {
+/// Upgrades to a WebSocket and runs the command (`attach` false) or attaches to the
+/// container's own streams (`attach` true).
+pub fn serve(
+    ws: WebSocketUpgrade,
+    handle: Arc<dyn ContainerHandle>,
+    q: ExecQuery,
+    attach: bool,
+) -> Response {
     let ws = ws.protocols(PROTOCOLS);
     let Some(proto) = ws.selected_protocol().and_then(|p| p.to_str().ok()) else {
         return (
@@ -90,7 +102,93 @@ pub fn serve(ws: WebSocketUpgrade, handle: Arc<dyn ContainerHandle>, q: ExecQuer
             .into_response();
     };
     let v5 = proto == PROTOCOLS[0];
-    ws.on_upgrade(move |socket| run(socket, handle, q, v5))
+    if attach {
+        ws.on_upgrade(move |socket| run_attach(socket, handle, q, v5))
+    } else {
+        ws.on_upgrade(move |socket| run(socket, handle, q, v5))
+    }
+}
+
+/// Attach: the container's output as it is written, the client's input to its stdin, until
+/// the container exits or the client leaves.
+async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, v5: bool) {
+    let (mut tx, mut rx) = socket.split();
+    let Some(io) = handle.attach() else {
+        let mut frame = vec![3u8];
+        frame.extend_from_slice(
+            failure("container is not running".into())
+                .to_string()
+                .as_bytes(),
+        );
+        let _ = tx.send(Message::Binary(frame.into())).await;
+        let _ = tx.send(Message::Close(Some(normal_close()))).await;
+        return;
+    };
+    let mut output = io.output;
+    let stdin = io.stdin.filter(|_| q.stdin);
+    let mut exited = handle.exited();
+    let ended = async move {
+        let _ = exited.wait_for(Option::is_some).await.map(|_| ());
+    };
+    tokio::pin!(ended);
+    let input = async {
+        while let Some(Ok(msg)) = rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match data.first() {
+                Some(0) => {
+                    if let Some(s) = &stdin {
+                        let mut g = s.lock().await;
+                        if let Some(w) = g.as_mut()
+                            && w.write_all(&data[1..]).await.is_err()
+                        {
+                            *g = None;
+                        }
+                    }
+                }
+                // v5: the client closed its stdin; the container's stays open for others.
+                Some(255) if v5 => {}
+                _ => {}
+            }
+        }
+    };
+    tokio::pin!(input);
+    loop {
+        tokio::select! {
+            chunk = output.recv() => match chunk {
+                Ok((chan, bytes)) => {
+                    let wanted = (chan == 1 && q.stdout) || (chan == 2 && (q.stderr || q.tty));
+                    if wanted {
+                        let mut frame = Vec::with_capacity(bytes.len() + 1);
+                        frame.push(if q.tty { 1 } else { chan });
+                        frame.extend_from_slice(&bytes);
+                        if tx.send(Message::Binary(frame.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            },
+            _ = &mut ended => break,
+            _ = &mut input => return,
+        }
+    }
+    let mut frame = vec![3u8];
+    frame.extend_from_slice(exit_status(0, &[]).to_string().as_bytes());
+    let _ = tx.send(Message::Binary(frame.into())).await;
+    let _ = tx.send(Message::Close(Some(normal_close()))).await;
+}
+
+/// A normal closure (1000): clients read it as the end of every stream.
+fn normal_close() -> axum::extract::ws::CloseFrame {
+    axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }
 }
 
 async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, v5: bool) {
@@ -102,13 +200,7 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
                 break;
             }
         }
-        // A normal closure (1000): clients read it as the end of every stream.
-        let _ = tx
-            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
+        let _ = tx.send(Message::Close(Some(normal_close()))).await;
     });
     // A terminal: the command runs on a pseudo-terminal as its session's controlling terminal.
     let cmdline: Vec<String> = if q.tty {

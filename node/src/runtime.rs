@@ -112,6 +112,14 @@ impl ProbeKind {
     }
 }
 
+/// What `attach` connects to.
+pub struct AttachIo {
+    /// Output chunks as they are written: (1 stdout or 2 stderr, bytes).
+    pub output: tokio::sync::broadcast::Receiver<(u8, Vec<u8>)>,
+    /// The container's stdin, when its spec has `stdin: true`.
+    pub stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+}
+
 /// A running (or finished) container.
 pub trait ContainerHandle: Send + Sync {
     /// The runtime's id (`containerID` is `<runtime>://<id>`).
@@ -141,6 +149,10 @@ pub trait ContainerHandle: Send + Sync {
     ) -> BoxFuture<'static, Result<ExecOutput, String>>;
     /// The host PID of the container's first process, for exec and attach.
     fn pid(&self) -> Option<u32> {
+        None
+    }
+    /// The container's live output and, when its spec asks for stdin, its input (attach).
+    fn attach(&self) -> Option<AttachIo> {
         None
     }
     /// A command that runs `cmd` inside the container (stdio not yet set), for streaming exec;

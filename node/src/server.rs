@@ -48,6 +48,7 @@ pub async fn serve<R: Runtime>(
             get(container_logs::<R>),
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec::<R>))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach::<R>))
         .with_state(agents);
     let addr = SocketAddr::new(config.address, config.port);
     serve_router(&args, addr, config.client_ca_file.as_deref(), app, shutdown)
@@ -101,11 +102,35 @@ async fn exec<R: Runtime>(
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    let q = match crate::exec::ExecQuery::parse(raw.as_deref().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
-    };
-    let Some(state) = agents.values().find_map(|a| a.pod_state(&ns, &pod)) else {
+    match crate::exec::ExecQuery::parse(raw.as_deref().unwrap_or("")) {
+        Ok(q) => stream(&agents, &ns, &pod, &container, ws, q, false),
+        Err(e) => bad(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+async fn attach<R: Runtime>(
+    State(agents): State<Agents<R>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    match crate::exec::ExecQuery::parse_streams(raw.as_deref().unwrap_or("")) {
+        Ok(q) => stream(&agents, &ns, &pod, &container, ws, q, true),
+        Err(e) => bad(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// Exec or attach on a running container.
+fn stream<R: Runtime>(
+    agents: &Agents<R>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    ws: axum::extract::ws::WebSocketUpgrade,
+    q: crate::exec::ExecQuery,
+    attach: bool,
+) -> Response {
+    let Some(state) = agents.values().find_map(|a| a.pod_state(ns, pod)) else {
         return bad(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),
@@ -120,7 +145,7 @@ async fn exec<R: Runtime>(
             .and_then(|s| s.handle.clone())
     };
     match handle {
-        Some(h) => crate::exec::serve(ws, h, q),
+        Some(h) => crate::exec::serve(ws, h, q, attach),
         None => bad(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running in pod {pod}"),

@@ -56,6 +56,20 @@ spec:
   - {name: cfg, configMap: {name: cfg}}
 "#;
 
+const TALKER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  nodeName: n-life
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    stdin: true
+    command: ["sh", "-c", "read line; echo got $line"]
+"#;
+
 #[test]
 fn init_containers_env_volumes_and_logs() {
     let c = ApiCluster::start(Backend::Keelson, 1);
@@ -148,6 +162,17 @@ fn init_containers_env_volumes_and_logs() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert_eq!(out.status.code(), Some(4), "{text:?}");
+    // kubectl attach -i: the container's stdin and its live output.
+    apply(&c, TALKER);
+    wait_field(&c, "talker", "{.status.phase}", |v| v == "Running");
+    let out = c.kubectl_stdin(&["attach", "-i", "talker"], "hello\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got hello");
+    wait_field(&c, "talker", "{.status.phase}", |v| v == "Succeeded");
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");

@@ -84,8 +84,17 @@ impl LogFile {
     }
 }
 
-/// Copies a stream into the log, line by line, until it ends.
-pub async fn pump(mut r: impl AsyncRead + Unpin, stream: &'static str, log: Arc<Mutex<LogFile>>) {
+/// Live output of a container for attach: (channel 1 stdout or 2 stderr, bytes).
+pub type Live = tokio::sync::broadcast::Sender<(u8, Vec<u8>)>;
+
+/// Copies a stream into the log, line by line, until it ends; raw chunks also go to `live`.
+pub async fn pump(
+    mut r: impl AsyncRead + Unpin,
+    stream: &'static str,
+    log: Arc<Mutex<LogFile>>,
+    live: Live,
+) {
+    let chan = if stream == "stdout" { 1 } else { 2 };
     let mut buf = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     loop {
@@ -93,6 +102,9 @@ pub async fn pump(mut r: impl AsyncRead + Unpin, stream: &'static str, log: Arc<
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if live.receiver_count() > 0 {
+            let _ = live.send((chan, buf[..n].to_vec()));
+        }
         for &b in &buf[..n] {
             if b == b'\n' {
                 log.lock().write(stream, false, &line);

@@ -178,6 +178,8 @@ fn command_line(c: &Container, env: &[(String, String)]) -> Result<Vec<String>, 
 struct Proc {
     id: String,
     shim_pid: i32,
+    live: logs::Live,
+    stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
     exit: watch::Sender<Option<Exit>>,
     cgroups: Vec<PathBuf>,
     env: Vec<(String, String)>,
@@ -358,6 +360,16 @@ impl ContainerHandle for Proc {
         self.init_pid().map(|p| p as u32)
     }
 
+    fn attach(&self) -> Option<crate::runtime::AttachIo> {
+        if self.exit.borrow().is_some() {
+            return None;
+        }
+        Some(crate::runtime::AttachIo {
+            output: self.live.subscribe(),
+            stdin: self.stdin.clone(),
+        })
+    }
+
     fn exec_command(&self, cmd: &[String]) -> Option<tokio::process::Command> {
         if self.exit.borrow().is_some() || cmd.is_empty() {
             return None;
@@ -528,7 +540,11 @@ impl Runtime for ProcessRuntime {
             cmd.arg("--").arg(&prog).args(&argv[1..]);
             cmd.env_clear()
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(Stdio::null())
+                .stdin(if c.stdin == Some(true) {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let mut child = cmd
@@ -539,18 +555,26 @@ impl Runtime for ProcessRuntime {
                 "{:016x}",
                 self.next_id.fetch_add(1, Ordering::Relaxed) ^ ((shim_pid as u64) << 32)
             );
+            let (live, _) = tokio::sync::broadcast::channel(256);
             let out = child
                 .stdout
                 .take()
-                .map(|o| tokio::spawn(logs::pump(o, "stdout", log.clone())));
+                .map(|o| tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone())));
             let errp = child
                 .stderr
                 .take()
-                .map(|o| tokio::spawn(logs::pump(o, "stderr", log.clone())));
+                .map(|o| tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone())));
+            let stdin = child
+                .stdin
+                .take()
+                .map(|i| Arc::new(tokio::sync::Mutex::new(Some(i))));
+
             let (tx, _) = watch::channel(None);
             let h = Arc::new(Proc {
                 id,
                 shim_pid,
+                live,
+                stdin,
                 exit: tx,
                 cgroups: cgroups.clone(),
                 env,
