@@ -132,12 +132,7 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
     };
     tokio::pin!(ended);
     let input = async {
-        while let Some(Ok(msg)) = rx.next().await {
-            let data = match msg {
-                Message::Binary(b) => b.to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = next_frame(&mut rx).await {
             match data.first() {
                 Some(0) => {
                     if let Some(s) = &stdin {
@@ -181,6 +176,18 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
     frame.extend_from_slice(exit_status(0, &[]).to_string().as_bytes());
     let _ = tx.send(Message::Binary(frame.into())).await;
     let _ = tx.send(Message::Close(Some(normal_close()))).await;
+}
+
+/// The client's next binary frame; `None` once it closed or failed.
+async fn next_frame(rx: &mut futures::stream::SplitStream<WebSocket>) -> Option<Vec<u8>> {
+    while let Some(Ok(msg)) = rx.next().await {
+        match msg {
+            Message::Binary(b) => return Some(b.to_vec()),
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A normal closure (1000): clients read it as the end of every stream.
@@ -227,12 +234,7 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
                 let tty = io.tty.clone();
                 // Client frames: stdin data, stdin close (v5), terminal resize.
                 let reader = async {
-                    while let Some(Ok(msg)) = rx.next().await {
-                        let data = match msg {
-                            Message::Binary(b) => b.to_vec(),
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
+                    while let Some(data) = next_frame(&mut rx).await {
                         match data.first() {
                             Some(0) => {
                                 if let Some(s) = stdin.as_mut()
