@@ -502,6 +502,10 @@ impl<R: Runtime> Worker<R> {
                 }
                 Err(Failure::Exit(exit)) => exit,
                 Ok(h) => {
+                    if cancel.is_cancelled() {
+                        // The pod began terminating while this container was starting.
+                        h.signal(true);
+                    }
                     let c = self.spec_of(false, i);
                     let instance = cancel.child_token();
                     let mut exited = h.exited();
@@ -760,6 +764,9 @@ impl<R: Runtime> Worker<R> {
                     }
                     Err(Failure::Exit(exit)) => exit,
                     Ok(h) => {
+                        if cancel.is_cancelled() {
+                            h.signal(true);
+                        }
                         let exit = h
                             .exited()
                             .wait_for(Option::is_some)
