@@ -276,6 +276,60 @@ mod tests {
         port
     }
 
+    /// A gRPC health server answering every Check with `status` (1 SERVING, 2 NOT_SERVING).
+    async fn grpc_health(status: u8) -> u16 {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let svc = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| async move {
+                    assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                        Ok(Frame::data(bytes::Bytes::from(vec![
+                            0, 0, 0, 0, 2, 0x08, status,
+                        ]))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body = StreamBody::new(futures::stream::iter(frames));
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap(),
+                    )
+                },
+            );
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_reads_the_serving_status() {
+        let port = grpc_health(1).await;
+        let a = GRPCAction {
+            port: port as i32,
+            service: Some("web".into()),
+        };
+        assert_eq!(grpc(&a, "127.0.0.1").await, Ok(()));
+        let port = grpc_health(2).await;
+        let a = GRPCAction {
+            port: port as i32,
+            service: None,
+        };
+        assert_eq!(
+            grpc(&a, "127.0.0.1").await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+    }
+
     #[tokio::test]
     async fn http_probe_judges_status_codes() {
         let c = Container {
