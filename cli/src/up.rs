@@ -315,6 +315,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         ));
     }
     let nodes_dir = args.data_dir.join("nodes");
+    // Pod networks need iproute2; without it pods share the host's network.
+    let has_ip = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ip").is_file()));
+    if nodes > 0 && !has_ip {
+        eprintln!(
+            "keelson up: `ip` (iproute2) not found: pods will share the host's network instead of getting their own IPs"
+        );
+    }
     for (i, port) in topo.nodes.iter().copied().enumerate() {
         let name = format!("node-{i}");
         let client = crate::pki::issue(
@@ -342,23 +350,29 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             )?,
         )
         .with_context(|| format!("writing {}", kc.display()))?;
+        let mut node_args: Vec<String> = Vec::new();
+        if has_ip {
+            node_args.push(format!("--pod-cidr=10.244.{}.0/24", i + 1));
+        }
         procs.push(Supervised::new(
             format!("node {name}"),
-            vec![
+            [
                 "node".into(),
                 format!("--kubeconfig={}", kc.display()),
                 format!("--master={}", masters.join(",")),
                 format!("--node-name={name}"),
                 format!("--port={port}"),
                 format!("--root-dir={}", nodes_dir.display()),
-                format!("--pod-cidr=10.244.{}.0/24", i + 1),
                 format!("--tls-cert-file={}", serving.0.display()),
                 format!("--tls-private-key-file={}", serving.1.display()),
                 format!("--client-ca-file={}", pki.ca.display()),
                 "--kube-api-qps=50".into(),
                 "--kube-api-burst=100".into(),
                 "--shutdown-grace-period=8s".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(node_args)
+            .collect(),
         ));
     }
     if args.hollow_nodes > 0 {
