@@ -39,8 +39,8 @@ pub struct Worker<R> {
 
 /// Why a container did not start.
 enum Failure {
-    /// Its configuration cannot be resolved yet (CreateContainerConfigError): retried without
-    /// counting a restart.
+    /// Its configuration cannot be resolved yet (CreateContainerConfigError) or the runtime
+    /// cannot create it (CreateContainerError): retried without counting a restart.
     Config,
     /// The runtime could not start it: counts as an exit.
     Exit(Exit),
@@ -355,6 +355,10 @@ impl<R: Runtime> Worker<R> {
                 );
                 self.publish();
                 Ok(h)
+            }
+            Err(e) if e.reason == "CreateContainerError" => {
+                fail("CreateContainerError", e.message);
+                Err(Failure::Config)
             }
             Err(e) => {
                 let exit = Exit {

@@ -250,6 +250,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: bad-mount}
+spec:
+  nodeName: n-probe
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "1000"]
+    volumeMounts: [{name: v, mountPath: /etc/keelson-no-such-dir}]
+  volumes: [{name: v, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: too-big}
 spec:
   nodeName: n-probe
@@ -329,6 +341,17 @@ fn probes_restarts_and_bad_input() {
             "{.status.containerStatuses[0].state.waiting.message}"
         ),
         "configmap \"missing\" not found"
+    );
+    let msg = wait_field(
+        &c,
+        "bad-mount",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        |v| v == "CreateContainerError",
+    );
+    assert_eq!(msg, "CreateContainerError");
+    assert!(
+        !std::path::Path::new("/etc/keelson-no-such-dir").exists(),
+        "nothing is created on the host"
     );
     wait_field(&c, "too-big", "{.status.phase}", |v| v == "Failed");
     assert_eq!(field(&c, "too-big", "{.status.reason}"), "OutOfcpu");

@@ -497,6 +497,25 @@ impl Runtime for ProcessRuntime {
                         format!("mountPath {:?} must be absolute", m.container_path),
                     ));
                 }
+                // The container's root is made of the host's top-level directories: a path
+                // inside one of them must already exist (nothing is created on the host).
+                let top = m
+                    .container_path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
+                let shared = !matches!(top, "" | "proc" | "tmp" | "run")
+                    && Path::new("/").join(top).is_dir();
+                if shared && !Path::new(&m.container_path).exists() {
+                    return Err(err(
+                        "CreateContainerError",
+                        format!(
+                            "mountPath {:?} does not exist: the process runtime shares the host's /{top} and does not create paths inside it",
+                            m.container_path
+                        ),
+                    ));
+                }
             }
             let u = uid(pod);
             let cdir = self.pod_dir(u).join("containers").join(&c.name);
