@@ -51,7 +51,7 @@ fn endpoints_and_slices_follow_pod_readiness() {
             "jsonpath={range .items[*].endpoints[*]}{.conditions.ready} {end}",
         ])
     };
-    eventually(Duration::from_secs(60), "3 ready addresses", || {
+    eventually(Duration::from_secs(120), "3 ready addresses", || {
         addresses() == 3
     });
     eventually(
