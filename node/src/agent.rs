@@ -41,6 +41,8 @@ pub struct Shared<R> {
     /// The process is stopping.
     pub shutdown: CancellationToken,
     status: StatusWriter,
+    /// What the node reports about the host (read once per process).
+    system_info: NodeSystemInfo,
     update_every: Duration,
     report_every: Duration,
     /// The longest grace period pods get when the node stops.
@@ -61,8 +63,35 @@ impl<R: Runtime> Shared<R> {
             "kubelet",
             (!config.hollow).then(|| config.node_name.clone()),
         );
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let machine_id = read("/etc/machine-id");
+        let system_info = NodeSystemInfo {
+            architecture: "amd64".into(),
+            boot_id: read("/proc/sys/kernel/random/boot_id"),
+            container_runtime_version: format!(
+                "{}://{}",
+                runtime.name(),
+                env!("CARGO_PKG_VERSION")
+            ),
+            kernel_version: nix::sys::utsname::uname()
+                .ok()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            kube_proxy_version: String::new(),
+            kubelet_version: KUBELET_VERSION.into(),
+            machine_id: machine_id.clone(),
+            operating_system: "linux".into(),
+            os_image: "Keelson".into(),
+            system_uuid: machine_id,
+            ..Default::default()
+        };
         Arc::new(Self {
             status: StatusWriter::start(client.clone(), config.status_writers.max(1)),
+            system_info,
             client,
             runtime,
             recorder,
@@ -222,10 +251,18 @@ impl<R: Runtime> Agent<R> {
 
     /// The pods this node runs, as last seen.
     pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pod_states()
+            .iter()
+            .map(|st| st.lock().pod.clone())
+            .collect()
+    }
+
+    /// The state of every pod's worker.
+    pub fn pod_states(&self) -> Vec<Arc<Mutex<PodState>>> {
         self.workers
             .lock()
             .values()
-            .map(|w| w.state.lock().pod.clone())
+            .map(|w| w.state.clone())
             .collect()
     }
 
@@ -566,16 +603,6 @@ impl<R: Runtime> Agent<R> {
                 last_transition_time: Some(since),
             }
         };
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let machine_id = std::fs::read_to_string("/etc/machine-id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let kernel = nix::sys::utsname::uname()
-            .ok()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
         NodeStatus {
             capacity: Some(self.settings.capacity.clone()),
             allocatable: Some(self.settings.allocatable.clone()),
@@ -620,23 +647,7 @@ impl<R: Runtime> Agent<R> {
                     port: self.port.load(Ordering::Relaxed) as i32,
                 }),
             }),
-            node_info: Some(NodeSystemInfo {
-                architecture: "amd64".into(),
-                boot_id,
-                container_runtime_version: format!(
-                    "{}://{}",
-                    self.shared.runtime.name(),
-                    env!("CARGO_PKG_VERSION")
-                ),
-                kernel_version: kernel,
-                kube_proxy_version: String::new(),
-                kubelet_version: KUBELET_VERSION.into(),
-                machine_id: machine_id.clone(),
-                operating_system: "linux".into(),
-                os_image: "Keelson".into(),
-                system_uuid: machine_id,
-                ..Default::default()
-            }),
+            node_info: Some(self.shared.system_info.clone()),
             ..Default::default()
         }
     }

@@ -160,6 +160,11 @@ pub fn parse_taint(s: &str) -> Result<Taint, String> {
     })
 }
 
+/// The unit quantities of a resource are parsed in (millicores for CPU).
+fn scale(resource: &str) -> i128 {
+    if resource == "cpu" { 1000 } else { 1 }
+}
+
 fn host_capacity() -> BTreeMap<String, String> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -246,27 +251,21 @@ impl Config {
         };
         cap.extend(pairs(&self.capacity, "--capacity")?);
         cap.insert("pods".into(), self.max_pods.to_string());
-        for (k, v) in &cap {
-            let scale = if k == "cpu" { 1000 } else { 1 };
-            parse_quantity(v, scale)
-                .ok_or_else(|| format!("capacity {k}: invalid quantity {v:?}"))?;
-        }
         let mut reserved: BTreeMap<String, i64> = BTreeMap::new();
         for (flag, list) in [
             ("--kube-reserved", &self.kube_reserved),
             ("--system-reserved", &self.system_reserved),
         ] {
             for (k, v) in pairs(list, flag)? {
-                let scale = if k == "cpu" { 1000 } else { 1 };
-                let q = parse_quantity(&v, scale)
+                let q = parse_quantity(&v, scale(&k))
                     .ok_or_else(|| format!("{flag}: invalid quantity {v:?} for {k}"))?;
                 *reserved.entry(k).or_default() += q;
             }
         }
         let mut alloc = BTreeMap::new();
         for (k, v) in &cap {
-            let scale = if k == "cpu" { 1000 } else { 1 };
-            let total = parse_quantity(v, scale).unwrap_or(0);
+            let total = parse_quantity(v, scale(k))
+                .ok_or_else(|| format!("capacity {k}: invalid quantity {v:?}"))?;
             let left = (total - reserved.get(k).copied().unwrap_or(0)).max(0);
             let q = if k == "cpu" {
                 if left % 1000 == 0 {

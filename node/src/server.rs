@@ -70,16 +70,9 @@ async fn pods<R: Runtime>(State(agents): State<Agents<R>>) -> Response {
 
 async fn metrics<R: Runtime>(State(agents): State<Agents<R>>) -> Response {
     let (mut pods, mut running) = (0usize, 0usize);
-    for a in agents.values() {
-        for p in a.pods() {
-            pods += 1;
-            if let Some(st) = a.pod_state(
-                p.metadata.namespace.as_deref().unwrap_or(""),
-                p.metadata.name.as_deref().unwrap_or(""),
-            ) {
-                running += st.lock().app.iter().filter(|s| s.running()).count();
-            }
-        }
+    for st in agents.values().flat_map(|a| a.pod_states()) {
+        pods += 1;
+        running += st.lock().app.iter().filter(|s| s.running()).count();
     }
     let text = format!(
         "# HELP kubelet_running_pods Number of pods that have a running pod sandbox\n\

@@ -269,15 +269,17 @@ impl<R: Runtime> Worker<R> {
     ) -> Result<Arc<dyn ContainerHandle>, Failure> {
         let c = self.spec_of(init, i);
         let pod = self.pod();
-        let fail = |reason: &str, msg: String| {
+        // Records a container that did not start: its state, a `Failed` event, the status.
+        let record = |state: k8s_openapi::api::core::v1::ContainerState, msg: &str| {
             let mut st = self.state.lock();
             let s = st.slot_mut(init, i);
-            s.state = waiting(reason, Some(msg.clone()));
+            s.state = state;
             s.ready = false;
             drop(st);
             self.event(Some(&c.name), true, "Failed", format!("Error: {msg}"));
             self.publish();
         };
+        let fail = |reason: &str, msg: String| record(waiting(reason, Some(msg.clone())), &msg);
         let env = if self.rt().materializes() {
             let ip = self.pod_ip();
             let host_ip = self.state.lock().host_ip.clone();
@@ -368,20 +370,43 @@ impl<R: Runtime> Worker<R> {
                     message: Some(e.message.clone()),
                     finished_at: jiff::Timestamp::now(),
                 };
-                {
-                    let mut st = self.state.lock();
-                    let s = st.slot_mut(init, i);
-                    s.state = terminated(&exit, None, None);
-                    s.ready = false;
-                }
-                self.event(
-                    Some(&c.name),
-                    true,
-                    "Failed",
-                    format!("Error: {}", e.message),
-                );
-                self.publish();
+                record(terminated(&exit, None, None), &e.message);
                 Err(Failure::Exit(exit))
+            }
+        }
+    }
+
+    /// Starts a container, waiting out configuration failures (`on_config_failure` runs at
+    /// each). `None` once the pod is terminating; a container that finishes starting after
+    /// that is killed at once. `Some(Err)` is a start failure, which counts as an exit.
+    async fn launch(
+        self: &Arc<Self>,
+        init: bool,
+        i: usize,
+        mounts: &HashMap<String, PathBuf>,
+        cancel: &CancellationToken,
+        config_delay: &mut Duration,
+        mut on_config_failure: impl FnMut(),
+    ) -> Option<Result<Arc<dyn ContainerHandle>, Exit>> {
+        loop {
+            if cancel.is_cancelled() {
+                return None;
+            }
+            match self.start(init, i, mounts).await {
+                Err(Failure::Config) => {
+                    on_config_failure();
+                    if !self.config_retry(config_delay, cancel).await {
+                        return None;
+                    }
+                }
+                Err(Failure::Exit(exit)) => return Some(Err(exit)),
+                Ok(h) => {
+                    if cancel.is_cancelled() {
+                        // The pod began terminating while this container was starting.
+                        h.signal(true);
+                    }
+                    return Some(Ok(h));
+                }
             }
         }
     }
@@ -490,29 +515,20 @@ impl<R: Runtime> Worker<R> {
         let policy = self.restart_policy();
         let mut config_delay = Duration::from_secs(1);
         loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let began = Instant::now();
-            let exit = match self.start(false, i, &mounts).await {
-                Err(Failure::Config) => {
+            let launched = self
+                .launch(false, i, &mounts, &cancel, &mut config_delay, || {
                     if let Some(f) = first.take() {
                         let _ = f.send(());
                     }
-                    if !self.config_retry(&mut config_delay, &cancel).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(Failure::Exit(exit)) => exit,
-                Ok(h) => {
-                    if cancel.is_cancelled() {
-                        // The pod began terminating while this container was starting.
-                        h.signal(true);
-                    }
+                })
+                .await;
+            let began = Instant::now();
+            let exit = match launched {
+                None => return,
+                Some(Err(exit)) => exit,
+                Some(Ok(h)) => {
                     let c = self.spec_of(false, i);
                     let instance = cancel.child_token();
-                    let mut exited = h.exited();
                     if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
                         let ip = self.pod_ip();
                         if let Err(e) = h.hook(hook, &ip).await {
@@ -530,11 +546,7 @@ impl<R: Runtime> Worker<R> {
                         let _ = f.send(());
                     }
                     let probes = tokio::spawn(self.clone().probe(i, h.clone(), instance.clone()));
-                    let exit = exited
-                        .wait_for(Option::is_some)
-                        .await
-                        .map(|e| e.clone().expect("exit"))
-                        .unwrap_or_else(|_| Exit::with_code(137));
+                    let exit = wait_exit(&h).await;
                     instance.cancel();
                     let _ = probes.await;
                     self.exited(false, i, &exit);
@@ -755,28 +767,15 @@ impl<R: Runtime> Worker<R> {
         let mut config_delay = Duration::from_secs(1);
         for i in 0..n_init {
             loop {
-                if cancel.is_cancelled() {
-                    return;
-                }
+                let launched = self
+                    .launch(true, i, &mounts, &cancel, &mut config_delay, || {})
+                    .await;
                 let began = Instant::now();
-                let exit = match self.start(true, i, &mounts).await {
-                    Err(Failure::Config) => {
-                        if !self.config_retry(&mut config_delay, &cancel).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(Failure::Exit(exit)) => exit,
-                    Ok(h) => {
-                        if cancel.is_cancelled() {
-                            h.signal(true);
-                        }
-                        let exit = h
-                            .exited()
-                            .wait_for(Option::is_some)
-                            .await
-                            .map(|e| e.clone().expect("exit"))
-                            .unwrap_or_else(|_| Exit::with_code(137));
+                let exit = match launched {
+                    None => return,
+                    Some(Err(exit)) => exit,
+                    Some(Ok(h)) => {
+                        let exit = wait_exit(&h).await;
                         self.exited(true, i, &exit);
                         exit
                     }
@@ -806,6 +805,15 @@ impl<R: Runtime> Worker<R> {
         }
         futures::future::join_all(sups).await;
     }
+}
+
+/// Waits until the container has exited.
+async fn wait_exit(h: &Arc<dyn ContainerHandle>) -> Exit {
+    h.exited()
+        .wait_for(Option::is_some)
+        .await
+        .map(|e| e.clone().expect("exit"))
+        .unwrap_or_else(|_| Exit::with_code(137))
 }
 
 fn pod_ref(p: &Pod) -> String {

@@ -351,6 +351,17 @@ impl Drop for ApiCluster {
     }
 }
 
+/// `kubectl apply -f -` of a manifest (YAML or JSON); fails the test when kubectl does.
+#[allow(dead_code)] // used by the node and scheduler test binaries
+pub fn apply(c: &ApiCluster, manifest: &str) {
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits until `f` returns true.
 pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -70,15 +70,7 @@ pub fn wait_node_ready(c: &ApiCluster, name: &str) {
     );
 }
 
-/// Applies a manifest.
-pub fn apply(c: &ApiCluster, manifest: &str) {
-    let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use crate::harness::apply;
 
 /// A jsonpath of a pod ("" when the pod is missing).
 pub fn field(c: &ApiCluster, pod: &str, path: &str) -> String {

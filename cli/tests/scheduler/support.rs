@@ -43,15 +43,7 @@ pub fn add_node(
     );
 }
 
-/// Applies a manifest (YAML or JSON).
-pub fn apply(c: &ApiCluster, manifest: &str) {
-    let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use crate::harness::apply;
 
 /// `spec.nodeName` of a pod ("" while pending).
 pub fn node_of(c: &ApiCluster, pod: &str) -> String {
