@@ -51,9 +51,27 @@ fn endpoints_and_slices_follow_pod_readiness() {
             "jsonpath={range .items[*].endpoints[*]}{.conditions.ready} {end}",
         ])
     };
-    eventually(Duration::from_secs(120), "3 ready addresses", || {
-        addresses() == 3
-    });
+    // This wait has timed out under the full suite (see the session-5 note); on a timeout the
+    // panic shows the pods' readiness and the Endpoints, to tell a lost update from a slow one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while addresses() != 3 {
+        if std::time::Instant::now() > deadline {
+            let pods = c.kubectl(&[
+                "get",
+                "pods",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} ip={.status.podIP} ready={.status.conditions[?(@.type==\"Ready\")].status} rv={.metadata.resourceVersion}{\"\\n\"}{end}",
+            ]);
+            let eps = c.kubectl(&["get", "endpoints", "web", "-o", "yaml"]);
+            panic!(
+                "timed out waiting for 3 ready addresses\npods:\n{}\nendpoints:\n{}{}",
+                String::from_utf8_lossy(&pods.stdout),
+                String::from_utf8_lossy(&eps.stdout),
+                String::from_utf8_lossy(&eps.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     eventually(
         Duration::from_secs(30),
         "3 ready endpoints in slices",
