@@ -33,6 +33,7 @@ fn tracks_generation(res: &Resource) -> bool {
             | "PodDisruptionBudget"
             | "PriorityClass"
             | "ResourceQuota"
+            | "EndpointSlice"
     )
 }
 
@@ -761,7 +762,11 @@ pub fn prepare_for_update(res: &Resource, old: &Value, new: &mut Value) {
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        let g = if spec_part(old) != spec_part(new) {
+        // An EndpointSlice's labels count as content too (its Service and address family
+        // live there), as upstream's strategy has it.
+        let labels_changed =
+            res.kind == "EndpointSlice" && meta(old).get("labels") != meta(new).get("labels");
+        let g = if spec_part(old) != spec_part(new) || labels_changed {
             g + 1
         } else {
             g
@@ -917,5 +922,24 @@ mod tests {
         let mut changed = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2}});
         prepare_for_update(d, &old, &mut changed);
         assert_eq!(changed["metadata"]["generation"], 4);
+
+        // An EndpointSlice has no spec: its content and its labels bump generation.
+        let s = find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let mut created =
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "endpoints": []});
+        prepare_for_create(s, &mut created);
+        assert_eq!(created["metadata"]["generation"], 1);
+        let mut annotated = created.clone();
+        annotated["metadata"]["annotations"] = json!({"a": "b"});
+        prepare_for_update(s, &created, &mut annotated);
+        assert_eq!(annotated["metadata"]["generation"], 1);
+        let mut relabelled = created.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        prepare_for_update(s, &created, &mut relabelled);
+        assert_eq!(relabelled["metadata"]["generation"], 2);
+        let mut filled = created.clone();
+        filled["endpoints"] = json!([{"addresses": ["10.0.0.1"]}]);
+        prepare_for_update(s, &created, &mut filled);
+        assert_eq!(filled["metadata"]["generation"], 2);
     }
 }

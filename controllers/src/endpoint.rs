@@ -146,12 +146,14 @@ impl EndpointsController {
         let endpoints = informers.endpoints().store();
         queue_services_on_changes(informers, &queue, &services);
         {
+            // Every change to an Endpoints queues its Service, not only deletions: a sync
+            // compares against the cache, which may be behind the controller's own last write
+            // (a create that met AlreadyExists, or an update the watch has not delivered yet),
+            // and the sync that follows the watch catching up repairs any such miss.
             let q = queue.clone();
-            informers.endpoints().on_change(move |c| {
-                if matches!(c, Change::Deleted(_)) {
-                    q.add(key_of(&c.object().metadata));
-                }
-            });
+            informers
+                .endpoints()
+                .on_change(move |c| q.add(key_of(&c.object().metadata)));
         }
         Arc::new(Self {
             client: informers.client(),
@@ -210,7 +212,8 @@ impl EndpointsController {
                 };
                 match api.create(&PostParams::default(), &ep).await {
                     Ok(_) => Ok(None),
-                    // Already there: the cache is behind; the watch will bring it.
+                    // Already there: the cache is behind; the watch will bring it, and queue
+                    // the Service again.
                     Err(e) if is_conflict(&e) => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -300,3 +303,69 @@ impl EndpointsController {
 }
 
 reconciler!(EndpointsController, "endpoint");
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use futures::FutureExt;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{fake_client, taken};
+
+    pub(crate) fn service_and_pod() -> (Service, Pod) {
+        let svc = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "svc-uid"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))
+        .unwrap();
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "namespace": "default", "uid": "pod-uid",
+                "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5",
+                "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap();
+        (svc, pod)
+    }
+
+    #[tokio::test]
+    async fn a_create_the_cache_has_not_shown_is_synced_again_when_it_arrives() {
+        let (client, calls) = fake_client();
+        let mut informers = Informers::new(client);
+        let ctl = EndpointsController::new(&mut informers);
+        let (svc, pod) = service_and_pod();
+        informers.services().apply_event(Event::Apply(svc));
+        informers.pods().apply_event(Event::Apply(pod));
+        while let Some(k) = ctl.queue.get().now_or_never().flatten() {
+            ctl.queue.done(&k);
+        }
+
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let created = taken(&calls, "POST", "/api/v1/namespaces/default/endpoints");
+        assert_eq!(created.len(), 1);
+        assert_eq!(
+            created[0].1.pointer("/subsets/0/addresses/0/ip"),
+            Some(&json!("10.244.0.5"))
+        );
+        // The watch brings an older state of the Endpoints (say, written before the pod had
+        // an IP): the Service is queued again, and its sync brings the Endpoints up to date.
+        let stale: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "resourceVersion": "7"},
+        }))
+        .unwrap();
+        informers.endpoints().apply_event(Event::Apply(stale));
+        assert_eq!(
+            ctl.queue.get().now_or_never().flatten().as_deref(),
+            Some("default/web")
+        );
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let updated = taken(&calls, "PUT", "/api/v1/namespaces/default/endpoints/web");
+        assert_eq!(updated.len(), 1);
+        assert_eq!(
+            updated[0].1.pointer("/subsets/0/addresses/0/ip"),
+            Some(&json!("10.244.0.5"))
+        );
+    }
+}

@@ -7,14 +7,23 @@
 //! Reconciling keeps endpoints in the slice they are already in, fills slices that have room
 //! before creating new ones, and deletes slices left empty, so a change to one pod rewrites one
 //! slice. A Service that selects nothing keeps one empty placeholder slice, as upstream.
+//!
+//! The slice cache may lag behind the controller's own writes; a sync on such a cache would
+//! create duplicate slices or undo its last write. Like upstream's endpoint-slice tracker, the
+//! controller remembers the generation of every slice it wrote (or that it deleted one) until the
+//! cache shows it, and skips a Service's sync while any of its slices is pending; the watch
+//! event that brings the write queues the Service again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use keelson_client::informer::Index;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -48,6 +57,59 @@ pub struct EndpointSliceController {
     slices: Store<EndpointSlice>,
     queue: WorkQueue<String>,
     max_per_slice: usize,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// Writes the cache has not shown yet: Service key → slice name → the generation written (`None`
+/// for a deletion) and when.
+type Pending = HashMap<String, HashMap<String, (Option<i64>, Instant)>>;
+
+/// How long a write may stay unseen before it is forgotten (a slice created and at once deleted
+/// by someone else would otherwise hold its Service back for good).
+const PENDING_FOR: Duration = Duration::from_secs(30);
+
+/// Records a write of `slice` (the object the API returned), or its deletion.
+fn track(pending: &Mutex<Pending>, key: &str, slice: &EndpointSlice, deleted: bool) {
+    let generation = if deleted {
+        None
+    } else {
+        match slice.metadata.generation {
+            Some(g) => Some(g),
+            // A server that keeps no generation cannot be tracked.
+            None => return,
+        }
+    };
+    pending
+        .lock()
+        .entry(key.to_string())
+        .or_default()
+        .insert(slice.name_any(), (generation, Instant::now()));
+}
+
+/// Whether the cached slices of `key` are behind a write of ours; forgets writes they show.
+fn behind(pending: &Mutex<Pending>, key: &str, cached: &[EndpointSlice]) -> bool {
+    let mut p = pending.lock();
+    let Some(writes) = p.get_mut(key) else {
+        return false;
+    };
+    writes.retain(|name, (generation, at)| {
+        if at.elapsed() > PENDING_FOR {
+            return false;
+        }
+        let seen = cached
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name));
+        match (generation, seen) {
+            (Some(g), Some(s)) => s.metadata.generation.unwrap_or(0) < *g,
+            (Some(_), None) => true,
+            (None, seen) => seen.is_some(),
+        }
+    });
+    let behind = !writes.is_empty();
+    if !behind {
+        p.remove(key);
+    }
+    behind
 }
 
 fn slice_service_key(slice: &EndpointSlice) -> Option<String> {
@@ -78,10 +140,19 @@ impl EndpointSliceController {
         let pods = informers.pods_by_namespace();
         let slices = informers.endpointslices().store();
         queue_services_on_changes(informers, &queue, &services);
+        let pending = Arc::new(Mutex::new(Pending::new()));
         {
             let q = queue.clone();
+            let pending = pending.clone();
             informers.endpointslices().on_change(move |c| {
                 if let Some(k) = slice_service_key(c.object()) {
+                    if let Change::Deleted(s) = &c {
+                        // A slice someone else deleted will never show our last write.
+                        let mut p = pending.lock();
+                        if let Some(writes) = p.get_mut(&k) {
+                            writes.remove(&s.name_any());
+                        }
+                    }
                     q.add(k);
                 }
             });
@@ -93,6 +164,7 @@ impl EndpointSliceController {
             slices,
             queue,
             max_per_slice: max_per_slice.max(1),
+            pending,
         })
     }
 
@@ -106,12 +178,17 @@ impl EndpointSliceController {
             .filter(|s| slice_service_key(s).as_deref() == Some(key.as_str()))
             .map(|s| (**s).clone())
             .collect();
+        if behind(&self.pending, &key, &existing) {
+            // The watch event that shows the write queues the Service; the retry is a backstop.
+            return Ok(Some(Duration::from_secs(1)));
+        }
         let svc = self.services.get(&ObjectRef::new(name).within(ns));
         let Some(svc) = svc.filter(|s| selector_of(s).is_some()) else {
             // No Service, or no selector: the garbage collector (owner references) or we remove
             // the slices this controller made.
             for s in existing {
                 delete(&api, &s).await?;
+                track(&self.pending, &key, &s, true);
             }
             return Ok(None);
         };
@@ -190,17 +267,19 @@ impl EndpointSliceController {
                     .replace(&old.name_any(), &PostParams::default(), &new)
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(written) => track(&self.pending, &key, &written, false),
                     Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(e),
                 },
                 None => {
-                    api.create(&PostParams::default(), &new).await?;
+                    let written = api.create(&PostParams::default(), &new).await?;
+                    track(&self.pending, &key, &written, false);
                 }
             }
         }
         for s in stale {
             delete(&api, &s).await?;
+            track(&self.pending, &key, &s, true);
         }
         Ok(None)
     }
@@ -301,5 +380,84 @@ async fn delete(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), kube:
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, generation: i64) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                generation: Some(generation),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Vec::new(),
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn a_sync_waits_for_the_cache_to_show_its_writes() {
+        let p = Mutex::new(Pending::new());
+        assert!(!behind(&p, "ns/web", &[]));
+        // Created web-a (generation 1), updated web-b to generation 3, deleted web-c.
+        track(&p, "ns/web", &slice("web-a", 1), false);
+        track(&p, "ns/web", &slice("web-b", 3), false);
+        track(&p, "ns/web", &slice("web-c", 1), true);
+        let old = [slice("web-b", 2), slice("web-c", 1)];
+        assert!(behind(&p, "ns/web", &old));
+        // Another Service is not held back.
+        assert!(!behind(&p, "ns/other", &old));
+        // Two of three writes seen: still behind.
+        let partly = [slice("web-a", 1), slice("web-b", 3), slice("web-c", 1)];
+        assert!(behind(&p, "ns/web", &partly));
+        let seen = [slice("web-a", 1), slice("web-b", 4)];
+        assert!(!behind(&p, "ns/web", &seen));
+        assert!(p.lock().is_empty(), "seen writes are forgotten");
+        // A server that keeps no generation is not tracked.
+        let mut untracked = slice("web-d", 1);
+        untracked.metadata.generation = None;
+        track(&p, "ns/web", &untracked, false);
+        assert!(!behind(&p, "ns/web", &[]));
+    }
+}
+
+#[cfg(test)]
+mod fake_api_tests {
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::endpoint::tests::service_and_pod;
+    use crate::testing::{fake_client, taken};
+
+    #[tokio::test]
+    async fn no_duplicate_slice_while_the_cache_is_behind_a_create() {
+        let (client, calls) = fake_client();
+        let mut informers = Informers::new(client);
+        let ctl = EndpointSliceController::new(&mut informers, 100);
+        let (svc, pod) = service_and_pod();
+        informers.services().apply_event(Event::Apply(svc));
+        informers.pods().apply_event(Event::Apply(pod));
+        let path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        let created = taken(&calls, "POST", path);
+        assert_eq!(created.len(), 1);
+        // Before the watch shows the slice, another sync writes nothing.
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        assert_eq!(taken(&calls, "POST", path).len(), 1);
+        // Once it does, the slice is up to date and nothing is written either.
+        let mut slice: EndpointSlice = serde_json::from_value(created[0].1.clone()).unwrap();
+        slice.metadata.name = Some("web-0".into());
+        slice.metadata.generation = Some(1);
+        informers.endpointslices().apply_event(Event::Apply(slice));
+        calls.lock().unwrap().clear();
+        ctl.clone().sync("default/web".into()).await.unwrap();
+        assert!(calls.lock().unwrap().is_empty());
+        assert!(ctl.pending.lock().is_empty());
     }
 }

@@ -8,7 +8,8 @@ use kube::Client;
 pub type Calls = Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
 
 /// A fake API server: records every request and answers with the request body (a name
-/// filled in for generateName), as a real one would for creates and updates.
+/// filled in for generateName, generation 1 on creates), as a real one would for creates and
+/// updates.
 pub fn fake_client() -> (Client, Calls) {
     let calls: Calls = Arc::default();
     let recorded = calls.clone();
@@ -34,6 +35,9 @@ pub fn fake_client() -> (Client, Calls) {
                     .to_string();
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 v["metadata"]["name"] = serde_json::json!(format!("{base}{n}"));
+            }
+            if method == "POST" && v.pointer("/metadata/generation").is_none() {
+                v["metadata"]["generation"] = serde_json::json!(1);
             }
             let status = if method == "POST" { 201 } else { 200 };
             Ok::<_, std::convert::Infallible>(
