@@ -31,6 +31,8 @@ enum Command {
     /// Run a node agent, the kubelet (flags as kubelet's); --hollow --count N runs N hollow
     /// nodes.
     Node(Box<keelson_node::Config>),
+    /// Run the cluster DNS server (the Kubernetes DNS specification, as CoreDNS serves it).
+    Dns(Box<keelson_dns::Config>),
     /// Start a local cluster on loopback.
     Up(up::Args),
 }
@@ -101,6 +103,12 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Node(config) => {
             if let Err(e) = keelson_node::run(*config, shutdown).await {
                 tracing::error!(error = %e, "node stopped");
+                std::process::exit(1);
+            }
+        }
+        Command::Dns(config) => {
+            if let Err(e) = keelson_dns::run(*config, shutdown).await {
+                tracing::error!(error = %e, "dns stopped");
                 std::process::exit(1);
             }
         }

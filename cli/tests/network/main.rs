@@ -1,0 +1,10 @@
+//! End-to-end tests of service networking against a real store and apiserver: `keelson dns`
+//! answering for Services and EndpointSlices (and forwarding the rest).
+
+#[allow(dead_code)]
+#[path = "../common/component.rs"]
+mod component;
+mod dns;
+#[allow(dead_code)]
+#[path = "../apiserver/harness.rs"]
+mod harness;
