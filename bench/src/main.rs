@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod controllers;
+mod dns;
 mod hollow;
 mod scheduler;
 mod store;
@@ -50,6 +51,8 @@ enum Cmd {
     Scheduler(scheduler::SchedulerArgs),
     /// Hollow nodes: registration time, RSS and CPU per node, heartbeat lateness.
     Hollow(hollow::HollowArgs),
+    /// Cluster DNS: queries per second on one server thread.
+    Dns(dns::DnsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -475,5 +478,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Controllers(a) => rt.block_on(controllers::run(a)),
         Cmd::Scheduler(a) => rt.block_on(scheduler::run(a)),
         Cmd::Hollow(a) => rt.block_on(hollow::run(a)),
+        Cmd::Dns(a) => rt.block_on(dns::run(a)),
     }
 }
