@@ -1,6 +1,7 @@
 //! The `keelson` binary: every component as a subcommand, plus `keelson up`.
 
 mod balancer;
+mod cluster_dns;
 mod pki;
 mod up;
 
@@ -31,6 +32,8 @@ enum Command {
     /// Run a node agent, the kubelet (flags as kubelet's); --hollow --count N runs N hollow
     /// nodes.
     Node(Box<keelson_node::Config>),
+    /// Run the service proxy (nftables; flags as kube-proxy's).
+    Proxy(Box<keelson_node::proxy::ProxyConfig>),
     /// Run the cluster DNS server (the Kubernetes DNS specification, as CoreDNS serves it).
     Dns(Box<keelson_dns::Config>),
     /// Start a local cluster on loopback.
@@ -103,6 +106,12 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Node(config) => {
             if let Err(e) = keelson_node::run(*config, shutdown).await {
                 tracing::error!(error = %e, "node stopped");
+                std::process::exit(1);
+            }
+        }
+        Command::Proxy(config) => {
+            if let Err(e) = keelson_node::proxy::run_standalone(*config, shutdown).await {
+                tracing::error!(error = %e, "proxy stopped");
                 std::process::exit(1);
             }
         }

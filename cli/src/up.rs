@@ -39,6 +39,9 @@ pub struct Args {
     /// a bridge per node).
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    /// Number of cluster DNS servers (with process-runtime nodes; 1 with --single).
+    #[arg(long, default_value_t = 2)]
+    pub dns_replicas: usize,
     /// Number of hollow nodes (simulated containers), all in one process.
     #[arg(long, default_value_t = 0)]
     pub hollow_nodes: usize,
@@ -323,6 +326,55 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             "keelson up: `ip` (iproute2) not found: pods will share the host's network instead of getting their own IPs"
         );
     }
+    let has_nft = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()));
+    // Service networking (the proxy on every node, the cluster DNS) needs pod networks and
+    // nftables.
+    let networking = nodes > 0 && has_ip && has_nft;
+    if nodes > 0 && has_ip && !has_nft {
+        eprintln!(
+            "keelson up: `nft` (nftables) not found: no service proxy and no cluster DNS; ClusterIPs will not answer"
+        );
+    }
+    let dns_replicas = if !networking {
+        0
+    } else if args.single {
+        1
+    } else {
+        args.dns_replicas.clamp(1, 10)
+    };
+    let dns_iface = crate::cluster_dns::interface(&args.data_dir);
+    if dns_replicas > 0 {
+        crate::cluster_dns::setup(&dns_iface, dns_replicas).await?;
+        let client = crate::pki::issue(&pki_dir, "dns", "system:keelson-dns", None, &[])?;
+        let kc = args.data_dir.join("dns.kubeconfig");
+        std::fs::write(
+            &kc,
+            crate::pki::kubeconfig(
+                &pki,
+                &masters[0],
+                "system:keelson-dns",
+                (&client.0, &client.1),
+            )?,
+        )
+        .with_context(|| format!("writing {}", kc.display()))?;
+        for i in 0..dns_replicas {
+            procs.push(Supervised::new(
+                format!("dns {i}"),
+                vec![
+                    "dns".into(),
+                    format!("--kubeconfig={}", kc.display()),
+                    format!("--master={}", masters.join(",")),
+                    format!(
+                        "--dns-address={}:53",
+                        crate::cluster_dns::replica_address(i)
+                    ),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={}", free_port()?),
+                ],
+            ));
+        }
+    }
     for (i, port) in topo.nodes.iter().copied().enumerate() {
         let name = format!("node-{i}");
         let client = crate::pki::issue(
@@ -353,6 +405,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         let mut node_args: Vec<String> = Vec::new();
         if has_ip {
             node_args.push(format!("--pod-cidr=10.244.{}.0/24", i + 1));
+        }
+        if networking {
+            node_args.extend([
+                "--proxy".into(),
+                "--cluster-cidr=10.244.0.0/16".into(),
+                format!("--proxy-metrics-port={}", free_port()?),
+                format!("--cluster-dns={}", crate::cluster_dns::CLUSTER_DNS_IP),
+            ]);
         }
         procs.push(Supervised::new(
             format!("node {name}"),
@@ -427,6 +487,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             tracing::warn!(address = %a, "apiserver not listening yet");
         }
     }
+    if dns_replicas > 0
+        && let Err(e) = crate::cluster_dns::publish_when_ready(
+            &kubeconfig,
+            dns_replicas,
+            Duration::from_secs(60),
+        )
+        .await
+    {
+        eprintln!("keelson up: could not publish the kube-dns Service: {e:#}");
+    }
     println!(
         "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s), {scheds} scheduler(s), {nodes} node(s), {} hollow node(s)",
         args.port, args.hollow_nodes
@@ -456,6 +526,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     for p in &mut procs {
         // Nodes give their pods up to 8 s to stop.
         p.wait_or_kill(Duration::from_secs(15)).await;
+    }
+    if dns_replicas > 0 {
+        crate::cluster_dns::teardown(&dns_iface).await;
     }
     Ok(())
 }

@@ -48,6 +48,8 @@ pub struct Shared<R> {
     /// The longest grace period pods get when the node stops.
     pub shutdown_grace: Duration,
     lease_seconds: i32,
+    /// What pods' `/etc/resolv.conf` is made from.
+    pub dns: crate::dns::DnsSettings,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -100,6 +102,19 @@ impl<R: Runtime> Shared<R> {
             shutdown_grace: config.shutdown_grace_period,
             report_every: config.node_status_report_frequency,
             lease_seconds: config.node_lease_duration_seconds,
+            dns: crate::dns::DnsSettings {
+                cluster_dns: config.cluster_dns.clone(),
+                cluster_domain: config.cluster_domain.clone(),
+                host: if config.hollow {
+                    String::new()
+                } else {
+                    std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
+                        tracing::warn!(path = %config.resolv_conf.display(), error = %e,
+                            "no host resolver configuration for pods");
+                        String::new()
+                    })
+                },
+            },
         })
     }
 }

@@ -99,6 +99,23 @@ pub struct Config {
     /// How many pod status writes run at once.
     #[arg(long, default_value_t = 16)]
     pub status_writers: usize,
+    /// IP addresses of the cluster DNS, written as the nameservers of pods with dnsPolicy
+    /// ClusterFirst (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain, for the pods' search paths.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The resolver configuration pods with dnsPolicy Default get (and ClusterFirst ones when
+    /// no --cluster-dns is set).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Run the service proxy (nftables) for this node (not with --hollow).
+    #[arg(long)]
+    pub proxy: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub proxy_args: crate::proxy::ProxyArgs,
 }
 
 fn go_duration(s: &str) -> Result<Duration, String> {

@@ -6,12 +6,14 @@
 
 pub mod agent;
 pub mod config;
+pub mod dns;
 pub mod env;
 pub mod exec;
 pub mod hollow;
 pub mod logs_query;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -85,6 +87,22 @@ async fn run_with<R: Runtime>(
     } else {
         vec![node.name.clone()]
     };
+    let proxy = if config.proxy && !config.hollow {
+        proxy::check().await.map_err(Error::Config)?;
+        let (client, args, name, stop) = (
+            client.clone(),
+            config.proxy_args.clone(),
+            node.name.clone(),
+            shutdown.clone(),
+        );
+        Some(tokio::spawn(async move {
+            if let Err(e) = proxy::run(client, args, name, stop).await {
+                tracing::error!(error = %e, "service proxy stopped");
+            }
+        }))
+    } else {
+        None
+    };
     let shared = Shared::new(client.clone(), rt, &config, shutdown.clone());
     let agents: Arc<HashMap<String, Arc<Agent<R>>>> = Arc::new(
         names
@@ -144,6 +162,9 @@ async fn run_with<R: Runtime>(
     futures::future::join_all(stops).await;
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(p) = proxy {
+        let _ = p.await;
     }
     shared.flush_status().await;
     shared.runtime.clean_stale().await;

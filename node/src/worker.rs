@@ -321,6 +321,20 @@ impl<R: Runtime> Worker<R> {
                 read_only: vm.read_only.unwrap_or(false),
             });
         }
+        if self.rt().materializes() {
+            // The kubelet-managed files, unless the container mounts something there itself.
+            let dir = self.rt().pod_dir(pod.metadata.uid.as_deref().unwrap_or(""));
+            for (file, path) in [("resolv.conf", "/etc/resolv.conf"), ("hosts", "/etc/hosts")] {
+                let host_path = dir.join(file);
+                if host_path.exists() && !ms.iter().any(|m| m.container_path == path) {
+                    ms.push(Mount {
+                        host_path,
+                        container_path: path.into(),
+                        read_only: false,
+                    });
+                }
+            }
+        }
         let restart_count = self.state.lock().slot_mut(init, i).restart_count;
         let spec = StartSpec {
             pod: &pod,
@@ -710,6 +724,36 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Writes the pod's `resolv.conf` (and, when it has its own network, `hosts`) into its
+    /// directory; warnings become events, as the kubelet's.
+    fn write_dns_files(self: &Arc<Self>, pod: &Pod) {
+        let dir = self.rt().pod_dir(pod.metadata.uid.as_deref().unwrap_or(""));
+        let dns = &self.agent.shared.dns;
+        let (resolv, warnings) = crate::dns::resolv_conf(pod, dns);
+        for w in warnings {
+            let (reason, msg) = w.split_once(": ").unwrap_or(("DNSConfigForming", &w));
+            self.event(None, true, reason, msg.to_string());
+        }
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let mut files = vec![("resolv.conf", resolv)];
+        if !host_network {
+            let ip = self.pod_ip();
+            files.push((
+                "hosts",
+                crate::dns::hosts_file(pod, &ip, &dns.cluster_domain),
+            ));
+        }
+        for (name, text) in files {
+            if let Err(e) = std::fs::write(dir.join(name), text) {
+                self.event(None, true, "FailedMount", format!("{name}: {e}"));
+            }
+        }
+    }
+
     /// Sandbox, volumes, init containers, app containers; returns when no container will run
     /// again.
     async fn lifecycle(self: &Arc<Self>, cancel: CancellationToken) {
@@ -757,6 +801,9 @@ impl<R: Runtime> Worker<R> {
         } else {
             HashMap::new()
         };
+        if self.rt().materializes() {
+            self.write_dns_files(&pod);
+        }
         let mounts = Arc::new(mounts);
         let n_init = pod
             .spec
