@@ -1,6 +1,7 @@
-//! The cluster DNS of `keelson up`: `keelson dns` replicas on link-local addresses of a dummy
-//! interface (NodeLocal DNSCache's 169.254.20.0/24 range, reachable from every pod through its
-//! node's gateway), behind the `kube-system/kube-dns` Service at 10.96.0.10, whose endpoints
+//! The cluster DNS of `keelson up`: `keelson dns` replicas on link-local addresses added to the
+//! host's loopback interface (NodeLocal DNSCache's 169.254.20.0/24 range; a host address, so
+//! every pod reaches it through its node's gateway; a dummy interface would do, but not every
+//! kernel has the module), behind the `kube-system/kube-dns` Service at 10.96.0.10, whose endpoints
 //! `up` publishes itself (the Service has no selector: the servers are not pods).
 
 use std::net::Ipv4Addr;
@@ -38,33 +39,27 @@ async fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dummy interface's name for a data directory (two clusters on one host do not share it).
-pub fn interface(data_dir: &Path) -> String {
-    let path = data_dir
-        .canonicalize()
-        .unwrap_or_else(|_| data_dir.to_path_buf());
-    format!(
-        "kd{}",
-        keelson_node::process::net::tag(&path.to_string_lossy())
-    )
-}
-
-/// Creates the interface with the replicas' addresses.
-pub async fn setup(iface: &str, replicas: usize) -> anyhow::Result<()> {
-    if ip(&["link", "show", iface]).await.is_err() {
-        ip(&["link", "add", iface, "type", "dummy"]).await?;
-    }
+/// Adds the replicas' addresses to `lo` (already there after a restart: fine).
+pub async fn setup(replicas: usize) -> anyhow::Result<()> {
     for i in 0..replicas {
         let a = format!("{}/32", replica_address(i));
-        // Already there after a restart: fine.
-        let _ = ip(&["addr", "add", &a, "dev", iface]).await;
+        if let Err(e) = ip(&["addr", "add", &a, "dev", "lo"]).await
+            && !["File exists", "already assigned"]
+                .iter()
+                .any(|m| format!("{e:#}").contains(m))
+        {
+            return Err(e);
+        }
     }
-    ip(&["link", "set", iface, "up"]).await
+    Ok(())
 }
 
-/// Removes the interface.
-pub async fn teardown(iface: &str) {
-    let _ = ip(&["link", "del", iface]).await;
+/// Removes the addresses.
+pub async fn teardown(replicas: usize) {
+    for i in 0..replicas {
+        let a = format!("{}/32", replica_address(i));
+        let _ = ip(&["addr", "del", &a, "dev", "lo"]).await;
+    }
 }
 
 /// Creates or updates the `kube-dns` Service, its EndpointSlice and Endpoints.

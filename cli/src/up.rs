@@ -200,6 +200,26 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
+    // Ports for components the topology does not keep: never one it hands out (those are not
+    // bound yet, so the system could offer them again).
+    let mut taken: std::collections::HashSet<u16> = topo
+        .stores
+        .iter()
+        .flat_map(|(c, p)| [*c, *p])
+        .chain(topo.apiservers.iter().copied())
+        .chain(topo.controller_managers.iter().copied())
+        .chain(topo.schedulers.iter().copied())
+        .chain(topo.nodes.iter().copied())
+        .chain([args.port])
+        .collect();
+    let mut spare_port = move || -> anyhow::Result<u16> {
+        loop {
+            let p = free_port()?;
+            if taken.insert(p) {
+                return Ok(p);
+            }
+        }
+    };
     let pki_dir = args.data_dir.join("pki");
     let kubelet_client = crate::pki::issue(
         &pki_dir,
@@ -343,9 +363,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     } else {
         args.dns_replicas.clamp(1, 10)
     };
-    let dns_iface = crate::cluster_dns::interface(&args.data_dir);
     if dns_replicas > 0 {
-        crate::cluster_dns::setup(&dns_iface, dns_replicas).await?;
+        crate::cluster_dns::setup(dns_replicas).await?;
         let client = crate::pki::issue(&pki_dir, "dns", "system:keelson-dns", None, &[])?;
         let kc = args.data_dir.join("dns.kubeconfig");
         std::fs::write(
@@ -370,7 +389,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                         crate::cluster_dns::replica_address(i)
                     ),
                     "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={}", free_port()?),
+                    format!("--secure-port={}", spare_port()?),
                 ],
             ));
         }
@@ -410,7 +429,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             node_args.extend([
                 "--proxy".into(),
                 "--cluster-cidr=10.244.0.0/16".into(),
-                format!("--proxy-metrics-port={}", free_port()?),
+                format!("--proxy-metrics-port={}", spare_port()?),
                 format!("--cluster-dns={}", crate::cluster_dns::CLUSTER_DNS_IP),
             ]);
         }
@@ -528,7 +547,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         p.wait_or_kill(Duration::from_secs(15)).await;
     }
     if dns_replicas > 0 {
-        crate::cluster_dns::teardown(&dns_iface).await;
+        crate::cluster_dns::teardown(dns_replicas).await;
     }
     Ok(())
 }

@@ -40,6 +40,43 @@ fn kubectl(
         .expect("kubectl must be installed")
 }
 
+/// Stops `keelson up` (Ctrl-C, then kill -9 of it and its children) if the test fails, so a
+/// failure leaves no cluster behind.
+struct StopOnPanic(u32, std::path::PathBuf);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(150).collect();
+        eprintln!("--- keelson up (last lines) ---");
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+        let children: Vec<u32> = children_of(self.0).iter().map(|(p, _)| *p).collect();
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        for _ in 0..300 {
+            if !std::path::Path::new(&format!("/proc/{}", self.0)).exists()
+                || std::fs::read_to_string(format!("/proc/{}/status", self.0))
+                    .unwrap_or_default()
+                    .contains("State:\tZ")
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for p in children.into_iter().chain([self.0]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[test]
 fn up_serves_kubectl_and_survives_an_apiserver_kill() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,13 +86,16 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         .unwrap()
         .port();
     let data = dir.path().join("data");
+    // Kept in the test's temporary directory; its end is printed when the test fails.
+    let up_log = dir.path().join("up.log");
     let mut up = Command::new(env!("CARGO_BIN_EXE_keelson"))
         .args(["up", "--port", &port.to_string(), "--data-dir"])
         .arg(&data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&up_log).unwrap())
         .spawn()
         .unwrap();
+    let _stop = StopOnPanic(up.id(), up_log.clone());
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -250,6 +290,132 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The seed walkthrough: a Service in front of a Deployment answers by its DNS name from
+    // pods on both nodes (cluster DNS, the proxy on each node), reaching both endpoints, and
+    // its NodePort answers on the host.
+    assert_eq!(
+        procs.iter().filter(|(_, c)| c.contains(" dns ")).count(),
+        2,
+        "{procs:?}"
+    );
+    let ok = |args: &[&str]| {
+        let out = kubectl(&kc, dir.path(), args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    ok(&[
+        "create",
+        "deployment",
+        "example",
+        "--image=python",
+        "--replicas=2",
+        "--port=8080",
+        "--",
+        "sh",
+        "-c",
+        "hostname > /tmp/who && cd /tmp && exec python3 -m http.server 8080",
+    ]);
+    ok(&[
+        "expose",
+        "deployment",
+        "example",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    ok(&[
+        "expose",
+        "deployment",
+        "example",
+        "--name=example-np",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let ready_by = Instant::now() + Duration::from_secs(90);
+    loop {
+        let eps = ok(&[
+            "get",
+            "endpoints",
+            "example",
+            "-o",
+            "jsonpath={range .subsets[*].addresses[*]}{.ip} {end}",
+        ]);
+        if eps.split_whitespace().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "example never had 2 endpoints");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let servers = ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=example",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {end}",
+    ]);
+    let servers: Vec<&str> = servers.split_whitespace().collect();
+    for node in ["node-0", "node-1"] {
+        let name = format!("curl-{node}");
+        let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
+        ok(&[
+            "run",
+            &name,
+            "--image=curl",
+            "--restart=Never",
+            &format!("--overrides={overrides}"),
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            // Rules follow the endpoints within the proxy's sync period: wait for a first
+            // answer, then count.
+            "n=0; until curl -s -m 2 -o /dev/null http://example.default.svc.cluster.local/who; do \
+               n=$((n+1)); [ $n -ge 30 ] && break; sleep 1; done; \
+             for i in $(seq 20); do curl -sS -m 5 -w ' %{http_code}\\n' http://example.default.svc.cluster.local/who; done; \
+             curl -sS -m 5 -w ' %{http_code}\\n' http://example/who; cat /etc/resolv.conf",
+        ]);
+        let by = Instant::now() + Duration::from_secs(120);
+        loop {
+            let phase = ok(&["get", "pod", &name, "-o", "jsonpath={.status.phase}"]);
+            if phase == "Succeeded" || phase == "Failed" {
+                break;
+            }
+            assert!(Instant::now() < by, "{name} never finished");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let log = ok(&["logs", &name]);
+        // Each answer is the server's name (a line), then the status code.
+        let codes: Vec<&str> = log.lines().filter(|l| l.starts_with(' ')).collect();
+        assert_eq!(codes.len(), 21, "{name}: {log}");
+        assert!(codes.iter().all(|l| *l == " 200"), "{name}: {log}");
+        for s in &servers {
+            assert!(log.contains(s), "{name} never reached {s}: {log}");
+        }
+    }
+    let node_port = ok(&[
+        "get",
+        "service",
+        "example-np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{node_port}/who"),
+        ])
+        .output()
+        .unwrap();
+    let who = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(servers.contains(&who.as_str()), "NodePort answered {who:?}");
 
     // Kill one apiserver: every request through the balancer still succeeds.
     nix::sys::signal::kill(
