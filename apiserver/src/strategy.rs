@@ -501,7 +501,9 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
                     ));
                 }
             }
+            validate_service_port_clashes(ports.map_or(&[][..], Vec::as_slice), &mut causes);
         }
+        "NetworkPolicy" => validate_network_policy(obj, &mut causes),
         "Lease" => {}
         "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
         "PriorityClass" => require(obj, "/value", "value", &mut causes),
@@ -511,6 +513,179 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(res.group, res.kind, name, causes))
+    }
+}
+
+/// A Service's ports may not repeat a name, a port/protocol pair or a nodePort/protocol pair.
+fn validate_service_port_clashes(ports: &[Value], causes: &mut Vec<Cause>) {
+    let (mut names, mut pairs, mut node_ports) = (
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    for (i, p) in ports.iter().enumerate() {
+        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if let Some(n) = p
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            && !names.insert(n.to_string())
+        {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}].name"),
+                format!("Duplicate value: {n:?}"),
+            ));
+        }
+        if let Some(port) = p.get("port").and_then(Value::as_i64)
+            && !pairs.insert((port, proto.to_string()))
+        {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}]"),
+                format!("Duplicate value: \"{port}/{proto}\""),
+            ));
+        }
+        if let Some(np) = p
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
+            && !node_ports.insert((np, proto.to_string()))
+        {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}].nodePort"),
+                format!("Duplicate value: \"{np}/{proto}\""),
+            ));
+        }
+    }
+}
+
+/// An IPv4 or IPv6 CIDR: (address bits as u128, address length, prefix).
+fn parse_cidr(s: &str) -> Option<(u128, u32, u32)> {
+    let (ip, p) = s.split_once('/')?;
+    let prefix: u32 = p.parse().ok()?;
+    match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(a) if prefix <= 32 => Some((u32::from(a) as u128, 32, prefix)),
+        std::net::IpAddr::V6(a) if prefix <= 128 => Some((u128::from(a), 128, prefix)),
+        _ => None,
+    }
+}
+
+fn cidr_contains(outer: (u128, u32, u32), inner: (u128, u32, u32)) -> bool {
+    if outer.1 != inner.1 || inner.2 <= outer.2 {
+        return false;
+    }
+    let shift = outer.1 - outer.2;
+    let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+    (outer.0 & mask) == (inner.0 & mask)
+}
+
+/// networking.k8s.io/v1 NetworkPolicy, as upstream validates it.
+fn validate_network_policy(obj: &Value, causes: &mut Vec<Cause>) {
+    require(obj, "/spec/podSelector", "spec.podSelector", causes);
+    for (i, t) in obj
+        .pointer("/spec/policyTypes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let t = t.as_str().unwrap_or("");
+        if !matches!(t, "Ingress" | "Egress") {
+            causes.push(Cause::new(
+                "FieldValueNotSupported",
+                &format!("spec.policyTypes[{i}]"),
+                format!("Unsupported value: {t:?}: supported values: \"Ingress\", \"Egress\""),
+            ));
+        }
+    }
+    for (dir, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        let rules = obj
+            .pointer(&format!("/spec/{dir}"))
+            .and_then(Value::as_array);
+        for (r, rule) in rules.into_iter().flatten().enumerate() {
+            for (j, p) in rule
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let base = format!("spec.{dir}[{r}].ports[{j}]");
+                let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+                if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+                    causes.push(Cause::new("FieldValueNotSupported", &format!("{base}.protocol"), format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\"")));
+                }
+                let port = p.get("port");
+                if let Some(n) = port.and_then(Value::as_i64)
+                    && !(1..=65535).contains(&n)
+                {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        &format!("{base}.port"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    ));
+                }
+                if let Some(end) = p.get("endPort").and_then(Value::as_i64) {
+                    match port.and_then(Value::as_i64) {
+                        Some(start) if end < start => causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            &format!("{base}.endPort"),
+                            format!("Invalid value: {end}: must be greater than or equal to `port`"),
+                        )),
+                        Some(_) => {}
+                        None => causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            &format!("{base}.endPort"),
+                            format!("Invalid value: {end}: may not be specified when `port` is non-numeric"),
+                        )),
+                    }
+                }
+            }
+            for (j, peer) in rule
+                .get(peers_key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let base = format!("spec.{dir}[{r}].{peers_key}[{j}]");
+                let Some(block) = peer.get("ipBlock") else {
+                    continue;
+                };
+                if peer.get("podSelector").is_some() || peer.get("namespaceSelector").is_some() {
+                    causes.push(Cause::new(
+                        "FieldValueForbidden",
+                        &base,
+                        "Forbidden: may not specify more than 1 peer type",
+                    ));
+                }
+                let cidr = block.get("cidr").and_then(Value::as_str).unwrap_or("");
+                let Some(outer) = parse_cidr(cidr) else {
+                    causes.push(Cause::new("FieldValueInvalid", &format!("{base}.ipBlock.cidr"), format!("Invalid value: {cidr:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")));
+                    continue;
+                };
+                for (k, e) in block
+                    .get("except")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let e = e.as_str().unwrap_or("");
+                    match parse_cidr(e) {
+                        None => causes.push(Cause::new("FieldValueInvalid", &format!("{base}.ipBlock.except[{k}]"), format!("Invalid value: {e:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))),
+                        Some(inner) if !cidr_contains(outer, inner) => causes.push(Cause::new(
+                            "FieldValueInvalid",
+                            &format!("{base}.ipBlock.except[{k}]"),
+                            format!("Invalid value: {e:?}: must be a strict subset of `cidr`"),
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -908,6 +1083,54 @@ mod tests {
         assert_eq!(e.code, 422);
         let fields: Vec<_> = e.details.causes.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["metadata.name", "spec.containers"]);
+    }
+
+    #[test]
+    fn service_port_clashes_and_network_policies_are_refused() {
+        let svc = find("", "v1", "services").unwrap();
+        let clash = json!({"metadata": {"name": "s"}, "spec": {"ports": [
+            {"name": "a", "port": 80, "nodePort": 30080},
+            {"name": "a", "port": 80, "nodePort": 30080},
+            {"name": "b", "port": 80, "protocol": "UDP"},
+        ]}});
+        let msg = format!("{:?}", validate(svc, &clash).unwrap_err());
+        assert!(msg.contains("spec.ports[1].name"), "{msg}");
+        assert!(msg.contains("80/TCP"), "{msg}");
+        assert!(msg.contains("spec.ports[1].nodePort"), "{msg}");
+        assert!(
+            !msg.contains("spec.ports[2]"),
+            "UDP 80 is another port: {msg}"
+        );
+
+        let np = find("networking.k8s.io", "v1", "networkpolicies").unwrap();
+        let ok = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                "ports": [{"port": 80, "endPort": 90}, {"port": "http"}]}]}});
+        assert!(validate(np, &ok).is_ok());
+        let bad = json!({"metadata": {"name": "p"}, "spec": {"podSelector": {},
+            "policyTypes": ["Sideways"],
+            "ingress": [{"from": [
+                {"ipBlock": {"cidr": "10.0.0.0/33"}},
+                {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16", "10.0.0.0/8"]},
+                 "podSelector": {}},
+            ], "ports": [{"port": 90, "endPort": 80}, {"port": "http", "endPort": 90},
+                {"protocol": "ICMP"}]}]}});
+        let msg = format!("{:?}", validate(np, &bad).unwrap_err());
+        for field in [
+            "spec.policyTypes[0]",
+            "spec.ingress[0].from[0].ipBlock.cidr",
+            "spec.ingress[0].from[1].ipBlock.except[0]",
+            "spec.ingress[0].from[1].ipBlock.except[1]",
+            "spec.ingress[0].ports[0].endPort",
+            "spec.ingress[0].ports[1].endPort",
+            "spec.ingress[0].ports[2].protocol",
+        ] {
+            assert!(msg.contains(field), "{field} in {msg}");
+        }
+        assert!(msg.contains("more than 1 peer type"), "{msg}");
+        let no_selector = json!({"metadata": {"name": "p"}, "spec": {}});
+        assert!(validate(np, &no_selector).is_err());
     }
 
     #[test]

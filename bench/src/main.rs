@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod controllers;
 mod dns;
 mod hollow;
+mod proxy;
 mod scheduler;
 mod store;
 
@@ -53,6 +54,8 @@ enum Cmd {
     Hollow(hollow::HollowArgs),
     /// Cluster DNS: queries per second on one server thread.
     Dns(dns::DnsArgs),
+    /// Service proxy: network programming latency and nft sync time.
+    Proxy(proxy::ProxyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -479,5 +482,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Scheduler(a) => rt.block_on(scheduler::run(a)),
         Cmd::Hollow(a) => rt.block_on(hollow::run(a)),
         Cmd::Dns(a) => rt.block_on(dns::run(a)),
+        Cmd::Proxy(a) => rt.block_on(proxy::run(a)),
     }
 }

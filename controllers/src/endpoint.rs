@@ -104,27 +104,31 @@ pub(crate) fn pod_ref(pod: &Pod) -> ObjectReference {
 type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
 
 /// Queues a Service when it changes and when a pod it selects (before or after the change)
-/// changes: what both endpoint controllers react to.
+/// changes: what both endpoint controllers react to. `queued` is told each key queued.
 pub(crate) fn queue_services_on_changes(
     informers: &mut Informers,
     queue: &WorkQueue<String>,
     services: &Store<Service>,
+    queued: impl Fn(&str) + Clone + Send + Sync + 'static,
 ) {
     let q = queue.clone();
-    informers
-        .services()
-        .on_change(move |c| q.add(key_of(&c.object().metadata)));
+    let told = queued.clone();
+    informers.services().on_change(move |c| {
+        let k = key_of(&c.object().metadata);
+        told(&k);
+        q.add(k);
+    });
     let q = queue.clone();
     let svcs = services.clone();
     informers.pods().on_change(move |c| {
+        let mut keys = services_selecting(&svcs, c.object());
         if let Change::Updated { old, .. } = &c {
-            services_selecting(&svcs, old)
-                .into_iter()
-                .for_each(|k| q.add(k));
+            keys.extend(services_selecting(&svcs, old));
         }
-        services_selecting(&svcs, c.object())
-            .into_iter()
-            .for_each(|k| q.add(k));
+        for k in keys {
+            queued(&k);
+            q.add(k);
+        }
     });
 }
 
@@ -144,7 +148,7 @@ impl EndpointsController {
         let services = informers.services().store();
         let pods = informers.pods_by_namespace();
         let endpoints = informers.endpoints().store();
-        queue_services_on_changes(informers, &queue, &services);
+        queue_services_on_changes(informers, &queue, &services, |_| {});
         {
             // Every change to an Endpoints queues its Service, not only deletions: a sync
             // compares against the cache, which may be behind the controller's own last write

@@ -58,7 +58,13 @@ pub struct EndpointSliceController {
     queue: WorkQueue<String>,
     max_per_slice: usize,
     pending: Arc<Mutex<Pending>>,
+    /// Per Service, when the oldest change not yet reflected in its slices was seen (the
+    /// `endpoints.kubernetes.io/last-change-trigger-time` of the next slices written).
+    triggers: Arc<Mutex<HashMap<String, jiff::Timestamp>>>,
 }
+
+/// The annotation kube-proxy measures network programming latency from.
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Writes the cache has not shown yet: Service key → slice name → the generation written (`None`
 /// for a deletion) and when.
@@ -139,7 +145,16 @@ impl EndpointSliceController {
         let services = informers.services().store();
         let pods = informers.pods_by_namespace();
         let slices = informers.endpointslices().store();
-        queue_services_on_changes(informers, &queue, &services);
+        let triggers: Arc<Mutex<HashMap<String, jiff::Timestamp>>> = Arc::default();
+        {
+            let t = triggers.clone();
+            // The first change not yet synced is the one the next slices reflect.
+            queue_services_on_changes(informers, &queue, &services, move |k| {
+                t.lock()
+                    .entry(k.to_string())
+                    .or_insert_with(jiff::Timestamp::now);
+            });
+        }
         let pending = Arc::new(Mutex::new(Pending::new()));
         {
             let q = queue.clone();
@@ -165,6 +180,7 @@ impl EndpointSliceController {
             queue,
             max_per_slice: max_per_slice.max(1),
             pending,
+            triggers,
         })
     }
 
@@ -182,6 +198,7 @@ impl EndpointSliceController {
             // The watch event that shows the write queues the Service; the retry is a backstop.
             return Ok(Some(Duration::from_secs(1)));
         }
+        let trigger = self.triggers.lock().remove(&key);
         let svc = self.services.get(&ObjectRef::new(name).within(ns));
         let Some(svc) = svc.filter(|s| selector_of(s).is_some()) else {
             // No Service, or no selector: the garbage collector (owner references) or we remove
@@ -259,10 +276,22 @@ impl EndpointSliceController {
                 writes.push((None, s));
             }
         }
+        let stamp = |s: &mut EndpointSlice| {
+            if let Some(t) = trigger {
+                s.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(
+                        TRIGGER_TIME.into(),
+                        t.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_string(),
+                    );
+            }
+        };
         for (old, mut new) in writes {
             new.endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+            stamp(&mut new);
             match old {
-                Some(old) if old == new => {}
+                Some(old) if strip_trigger(&old) == strip_trigger(&new) => {}
                 Some(old) => match api
                     .replace(&old.name_any(), &PostParams::default(), &new)
                     .await
@@ -375,6 +404,18 @@ impl EndpointSliceController {
 
 reconciler!(EndpointSliceController, "endpointslice");
 
+/// A slice without its trigger-time annotation (what a write would change besides it).
+fn strip_trigger(s: &EndpointSlice) -> EndpointSlice {
+    let mut s = s.clone();
+    if let Some(a) = s.metadata.annotations.as_mut() {
+        a.remove(TRIGGER_TIME);
+        if a.is_empty() {
+            s.metadata.annotations = None;
+        }
+    }
+    s
+}
+
 async fn delete(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), kube::Error> {
     match api.delete(&s.name_any(), &DeleteParams::default()).await {
         Ok(_) => Ok(()),
@@ -447,6 +488,15 @@ mod fake_api_tests {
         ctl.clone().sync("default/web".into()).await.unwrap();
         let created = taken(&calls, "POST", path);
         assert_eq!(created.len(), 1);
+        let stamp = created[0]
+            .1
+            .pointer("/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time");
+        assert!(
+            stamp
+                .and_then(|v| v.as_str())
+                .is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()),
+            "the slice carries the time of the change it reflects: {stamp:?}"
+        );
         // Before the watch shows the slice, another sync writes nothing.
         ctl.clone().sync("default/web".into()).await.unwrap();
         assert_eq!(taken(&calls, "POST", path).len(), 1);

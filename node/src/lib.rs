@@ -11,6 +11,7 @@ pub mod env;
 pub mod exec;
 pub mod hollow;
 pub mod logs_query;
+pub mod netpol;
 pub mod probe;
 pub mod process;
 pub mod proxy;

@@ -8,6 +8,7 @@ mod dns;
 #[allow(dead_code)]
 #[path = "../apiserver/harness.rs"]
 mod harness;
+mod policy;
 mod proxy;
 #[allow(dead_code)]
 #[path = "../node/support.rs"]

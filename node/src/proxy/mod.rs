@@ -7,7 +7,8 @@
 //! The first sync, and any after a failed transaction, replaces the table in one transaction;
 //! after that only the Services that changed are rewritten, and syncs are at least
 //! `--min-sync-period` apart (the first change after a quiet spell is synced at once). The
-//! table is removed on exit. Runs inside `keelson node --proxy` or as `keelson proxy`.
+//! table is removed on exit. Runs inside `keelson node --proxy` or as `keelson proxy`, with the
+//! node's NetworkPolicy enforcement ([`crate::netpol`]) alongside.
 
 pub mod model;
 pub mod nft;
@@ -81,7 +82,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             sync: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            programming: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            // Fine steps up to the 1 s target, then coarse ones.
+            programming: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
         }
     }
 }
@@ -206,6 +211,7 @@ pub async fn run(
             .await
             .map_err(|e| format!("proxy metrics: {e}"))?;
     }
+    let client_for_netpol = client.clone();
     let mut services: Informer<Service> =
         Informer::new(Api::all(client.clone()), watcher::Config::default());
     let mut slices: Informer<EndpointSlice> = Informer::new(
@@ -238,16 +244,30 @@ pub async fn run(
             }
         });
     }
+    // NetworkPolicy for this node's pods rides along.
+    let netpol = {
+        let (client, node, stop) = (client_for_netpol.clone(), node.clone(), shutdown.clone());
+        let period = args.min_sync_period;
+        tokio::spawn(async move {
+            if let Err(e) = crate::netpol::run(client, node, period, stop).await {
+                tracing::error!(error = %e, "NetworkPolicy enforcement stopped");
+            }
+        })
+    };
     let (svc_store, slice_store) = (services.store(), slices.store());
     tokio::spawn(services.run(shutdown.clone()));
     tokio::spawn(slices.run(shutdown.clone()));
     tokio::select! {
         r = async { tokio::try_join!(svc_store.wait_until_ready(), slice_store.wait_until_ready()) } => {
             if r.is_err() {
+                let _ = netpol.await;
                 return Ok(());
             }
         }
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => {
+            let _ = netpol.await;
+            return Ok(());
+        }
     }
     let mut syncer = Syncer {
         settings,
@@ -256,12 +276,14 @@ pub async fn run(
         metrics,
         programmed: HashMap::new(),
         triggers: HashMap::new(),
+        subnets: Default::default(),
     };
     let result = syncer.sync_loop(args.min_sync_period, &shutdown).await;
     let table = syncer.settings.table.clone();
     if let Err(e) = nft::apply(&format!("delete table ip {table}\n")).await {
         tracing::warn!(table, error = %e, "could not remove the proxy's table");
     }
+    let _ = netpol.await;
     result
 }
 
@@ -274,6 +296,8 @@ struct Syncer {
     programmed: HashMap<String, Rendered>,
     /// The newest trigger time seen per Service (each change is measured once).
     triggers: HashMap<String, jiff::Timestamp>,
+    /// The endpoint ranges the `same-subnet` chain holds.
+    subnets: std::collections::BTreeSet<String>,
 }
 
 impl Syncer {
@@ -357,10 +381,23 @@ impl Syncer {
                 nft::full(&table, &all)
             } else {
                 let empty = Rendered::default();
-                rendered
+                let mut script: String = rendered
                     .iter()
                     .map(|(k, r)| nft::update(&table, self.programmed.get(k).unwrap_or(&empty), r))
-                    .collect()
+                    .collect();
+                // The ranges of all endpoints, with this sync's Services as they will be.
+                let changed: HashSet<&String> = rendered.iter().map(|(k, _)| k).collect();
+                let now = nft::subnets(
+                    self.programmed
+                        .iter()
+                        .filter(|(k, _)| !changed.contains(k))
+                        .map(|(_, r)| r)
+                        .chain(rendered.iter().map(|(_, r)| r)),
+                );
+                if now != self.subnets {
+                    script.push_str(&nft::subnet_rules(&table, &now));
+                }
+                script
             };
             if script.is_empty() {
                 continue;
@@ -370,6 +407,13 @@ impl Syncer {
                     if full {
                         self.programmed.clear();
                     }
+                    self.subnets = nft::subnets(
+                        self.programmed
+                            .iter()
+                            .filter(|(k, _)| !rendered.iter().any(|(r, _)| r == *k))
+                            .map(|(_, r)| r)
+                            .chain(rendered.iter().map(|(_, r)| r)),
+                    );
                     let now = jiff::Timestamp::now();
                     for (k, r) in rendered {
                         if let Some(t) = self.new_triggers(&k) {

@@ -38,6 +38,9 @@ pub struct Rendered {
     pub sets: BTreeMap<String, String>,
     /// (map, key) → verdict.
     pub elements: BTreeMap<(String, String), String>,
+    /// Endpoint address ranges (one node's pods each): a client in the range of the endpoint
+    /// it reached is masqueraded (see [`Settings::node_mask`]).
+    pub subnets: std::collections::BTreeSet<String>,
 }
 
 impl Rendered {
@@ -46,6 +49,7 @@ impl Rendered {
         self.chains.extend(other.chains);
         self.sets.extend(other.sets);
         self.elements.extend(other.elements);
+        self.subnets.extend(other.subnets);
     }
 }
 
@@ -99,8 +103,9 @@ pub fn render(s: &Settings, sp: &ServicePort) -> Rendered {
         }
         return r;
     }
-    // The endpoint chains (and their affinity sets) of every endpoint in use.
-    let ep_chain = |e: &Endpoint| format!("ep-{}", tag(&format!("{}|{}:{}", sp.key, e.ip, e.port)));
+    // Endpoints are chosen by a run of rules, the i-th taking its endpoint with probability
+    // 1/(n-i) (uniform overall), as kube-proxy's iptables mode does: no per-rule anonymous map
+    // and no chain per endpoint, which keeps a 10,000-Service table cheap for the kernel.
     let aff_set = |e: &Endpoint, t: u32| {
         format!(
             "aff-{}-{t}",
@@ -114,29 +119,27 @@ pub fn render(s: &Settings, sp: &ServicePort) -> Rendered {
         Vec::new()
     };
     for e in cluster.iter().chain(&local) {
-        let mut rules = Vec::new();
         if !s.masquerade_all {
-            rules.push(format!(
-                "ip saddr {}/{} jump mark-for-masquerade",
-                masked(e.ip, s.node_mask),
-                s.node_mask
-            ));
+            r.subnets
+                .insert(format!("{}/{}", masked(e.ip, s.node_mask), s.node_mask));
         }
         if let Some(t) = sp.affinity_timeout {
-            let set = aff_set(e, t);
             r.sets.insert(
-                set.clone(),
+                aff_set(e, t),
                 format!("type ipv4_addr; flags dynamic,timeout; timeout {t}s;"),
             );
-            rules.push(format!("update @{set} {{ ip saddr }}"));
         }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}:{} {comment}",
-            e.ip, e.port
-        ));
-        r.chains.insert(ep_chain(e), rules);
     }
-    // Picks one of `eps` (the affine one first, when affinity is on).
+    let dnat = |e: &Endpoint| {
+        let remember = sp
+            .affinity_timeout
+            .map(|t| format!("update @{} {{ ip saddr }} ", aff_set(e, t)))
+            .unwrap_or_default();
+        format!(
+            "{remember}meta l4proto {proto} dnat to {}:{} {comment}",
+            e.ip, e.port
+        )
+    };
     let pick = |eps: &[&Endpoint], rules: &mut Vec<String>| {
         if eps.is_empty() {
             rules.push(format!("drop {comment}"));
@@ -144,19 +147,17 @@ pub fn render(s: &Settings, sp: &ServicePort) -> Rendered {
         }
         if let Some(t) = sp.affinity_timeout {
             for e in eps {
-                rules.push(format!("ip saddr @{} goto {}", aff_set(e, t), ep_chain(e)));
+                rules.push(format!("ip saddr @{} {}", aff_set(e, t), dnat(e)));
             }
         }
-        let arms: Vec<String> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{i} : goto {}", ep_chain(e)))
-            .collect();
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }} {comment}",
-            eps.len(),
-            arms.join(", ")
-        ));
+        let n = eps.len();
+        for (i, e) in eps.iter().enumerate() {
+            if i + 1 < n {
+                rules.push(format!("numgen random mod {} == 0 {}", n - i, dnat(e)));
+            } else {
+                rules.push(dnat(e));
+            }
+        }
     };
     let mut svc_rules = Vec::new();
     if s.masquerade_all {
@@ -236,7 +237,8 @@ fn base(table: &str) -> String {
         out,
         "  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}\n\
          \x20 chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
-         \x20 chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}\n\
+         \x20 chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump same-subnet; jump masquerading; }}\n\
+         \x20 chain same-subnet {{ }}\n\
          \x20 chain filter-input {{ type filter hook input priority -110; policy accept; {rejects} }}\n\
          \x20 chain filter-forward {{ type filter hook forward priority -110; policy accept; ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}\n\
          \x20 chain filter-output {{ type filter hook output priority -110; policy accept; {rejects} }}\n\
@@ -274,11 +276,30 @@ fn add_objects(out: &mut String, table: &str, r: &Rendered, old: Option<&Rendere
     }
 }
 
+/// The union of the endpoint ranges of `all`.
+pub fn subnets<'a>(all: impl Iterator<Item = &'a Rendered>) -> std::collections::BTreeSet<String> {
+    all.flat_map(|r| r.subnets.iter().cloned()).collect()
+}
+
+/// Rewrites the chain that masquerades Service traffic between pods of one range (the reply
+/// would otherwise go straight back over the bridge, past the host's connection tracking).
+pub fn subnet_rules(table: &str, subnets: &std::collections::BTreeSet<String>) -> String {
+    let mut out = format!("flush chain ip {table} same-subnet\n");
+    for n in subnets {
+        let _ = writeln!(
+            out,
+            "add rule ip {table} same-subnet ct status dnat ip saddr {n} ip daddr {n} masquerade fully-random"
+        );
+    }
+    out
+}
+
 /// The transaction that replaces the whole table with `all` (atomically: connections in flight
 /// keep their translations, new ones see the new rules).
 pub fn full(table: &str, all: &[&Rendered]) -> String {
     let mut out = format!("add table ip {table}\ndelete table ip {table}\n");
     out.push_str(&base(table));
+    out.push_str(&subnet_rules(table, &subnets(all.iter().copied())));
     for r in all {
         add_objects(&mut out, table, r, None);
     }
@@ -403,7 +424,8 @@ mod tests {
             &port(vec![
                 ep("10.244.1.5", true, true),
                 ep("10.244.2.6", true, false),
-                ep("10.244.2.7", false, false),
+                ep("10.244.3.7", true, false),
+                ep("10.244.2.8", false, false),
             ]),
         );
         assert_eq!(r.elements.len(), 1);
@@ -412,27 +434,28 @@ mod tests {
         assert_eq!(k.1, "10.96.0.20 . tcp . 80");
         let svc = v.trim_start_matches("goto ");
         let rules = &r.chains[svc];
+        assert_eq!(r.chains.len(), 1, "one chain per Service port");
         assert_eq!(
             rules[0],
             "ip saddr != 10.244.0.0/16 jump mark-for-masquerade"
         );
-        assert!(rules[1].starts_with("numgen random mod 2 vmap { 0 : goto ep-"));
-        // Two endpoint chains: DNAT, masquerading same-bridge clients.
-        let eps: Vec<_> = r.chains.keys().filter(|c| c.starts_with("ep-")).collect();
-        assert_eq!(eps.len(), 2);
-        let all: Vec<&String> = r.chains.values().flatten().collect();
+        // 1/3, then 1/2 of the rest, then the last: uniform.
         assert!(
-            all.iter()
-                .any(|l| l.starts_with("meta l4proto tcp dnat to 10.244.1.5:8080"))
+            rules[1]
+                .starts_with("numgen random mod 3 == 0 meta l4proto tcp dnat to 10.244.1.5:8080")
         );
         assert!(
-            all.iter()
-                .any(|l| *l == "ip saddr 10.244.2.0/24 jump mark-for-masquerade")
+            rules[2]
+                .starts_with("numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.2.6:8080")
         );
-        assert!(
-            !all.iter().any(|l| l.contains("10.244.2.7")),
-            "not ready: unused"
-        );
+        assert!(rules[3].starts_with("meta l4proto tcp dnat to 10.244.3.7:8080"));
+        assert_eq!(rules.len(), 4, "not ready: unused");
+        let subnets: Vec<&str> = r.subnets.iter().map(String::as_str).collect();
+        assert_eq!(subnets, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
+        let chain = subnet_rules("t", &r.subnets);
+        assert!(chain.contains(
+            "add rule ip t same-subnet ct status dnat ip saddr 10.244.2.0/24 ip daddr 10.244.2.0/24 masquerade"
+        ));
     }
 
     #[test]
@@ -471,8 +494,9 @@ mod tests {
         // Internal Local: only the local endpoint, sticky for 60 s.
         let svc = r.chains.keys().find(|c| c.starts_with("svc-")).unwrap();
         let rules = &r.chains[svc];
-        assert!(rules[1].starts_with("ip saddr @aff-"));
-        assert!(rules[2].starts_with("numgen random mod 1 "));
+        assert!(rules[1].starts_with("ip saddr @aff-"), "{rules:?}");
+        assert!(rules[2].starts_with("update @aff-"), "{rules:?}");
+        assert_eq!(rules.len(), 3);
         assert_eq!(r.sets.len(), 1);
         assert!(r.sets.values().all(|d| d.contains("timeout 60s")));
         // No local endpoint at all: the local chains drop.
@@ -495,19 +519,19 @@ mod tests {
         );
         assert_eq!(update("t", &a, &a), "");
         let up = update("t", &a, &b);
-        // The new endpoint chain is added, the service chain rewritten, the map untouched.
-        assert!(up.contains("add chain ip t ep-"));
+        // The service chain is rewritten, the map untouched.
         assert!(up.contains("flush chain ip t svc-"));
+        assert!(!up.contains("add chain"));
         assert!(!up.contains("element"));
         assert!(!up.contains("delete"));
-        // Back to none: elements move to the reject map, every chain goes.
+        // Back to none: elements move to the reject map, the chain goes.
         let none = render(&s, &port(Vec::new()));
         let down = update("t", &b, &none);
         assert!(down.contains("delete element ip t service-ips { 10.96.0.20 . tcp . 80 }"));
         assert!(down.contains(
             "add element ip t no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"
         ));
-        assert_eq!(down.matches("delete chain").count(), 3);
+        assert_eq!(down.matches("delete chain").count(), 1);
         let deleted = down.find("delete chain").unwrap();
         assert!(
             down.rfind("flush chain").unwrap() < deleted,
@@ -516,5 +540,6 @@ mod tests {
         let f = full("t", &[&b]);
         assert!(f.starts_with("add table ip t\ndelete table ip t\ntable ip t {"));
         assert!(f.contains("add element ip t service-ips"));
+        assert!(f.contains("add rule ip t same-subnet ct status dnat ip saddr 10.244.1.0/24"));
     }
 }

@@ -1,0 +1,322 @@
+//! `keelson-bench proxy`: network programming latency of the service proxy.
+//!
+//! A `keelson up` cluster (one apiserver, no nodes) gets N selector-less Services with one
+//! EndpointSlice of E endpoints each, then a `keelson proxy` process on this host (its own
+//! nftables table, removed when it stops). Measured: the first full sync (the whole table in
+//! one transaction), then C endpoint changes at R per second — each rewrites one slice with a
+//! new address and stamps `endpoints.kubernetes.io/last-change-trigger-time`, as the
+//! EndpointSlice controller does — and the proxy's own SLI histogram
+//! `kubeproxy_network_programming_duration_seconds` (change → rules in place) and
+//! `kubeproxy_sync_proxy_rules_duration_seconds` (one nft transaction), read from its /metrics.
+//! Quantiles are interpolated within buckets, as Prometheus' `histogram_quantile` does.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+
+use crate::start_cluster;
+
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// The keelson binary (default: next to this one).
+    #[arg(long)]
+    keelson: Option<PathBuf>,
+    /// Service counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    services: Vec<usize>,
+    /// Endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Endpoint changes measured.
+    #[arg(long, default_value_t = 300)]
+    changes: usize,
+    /// Changes per second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// The proxy's --min-sync-period.
+    #[arg(long, default_value = "1s")]
+    min_sync_period: String,
+    /// Give up on one size after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn endpoint_ip(svc: usize, ep: usize, generation: usize) -> String {
+    // 10.128.0.0/9 holds every (service, endpoint, generation) of the run.
+    let n = (svc * 64 + ep) * 4 + generation % 4;
+    format!(
+        "10.{}.{}.{}",
+        128 + (n >> 16) % 128,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
+fn slice(svc: usize, endpoints: usize, generation: usize, changed: usize) -> EndpointSlice {
+    let eps: Vec<_> = (0..endpoints)
+        .map(|e| {
+            let g = if e == changed { generation } else { 0 };
+            json!({"addresses": [endpoint_ip(svc, e, g)], "conditions": {"ready": true}})
+        })
+        .collect();
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.fZ")
+        .to_string();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("svc-{svc}-x"), "namespace": "default",
+            "labels": {"kubernetes.io/service-name": format!("svc-{svc}")},
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": stamp}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps,
+    }))
+    .expect("slice")
+}
+
+/// The metrics text of the proxy (HTTPS, self-signed).
+fn scrape(port: u16) -> anyhow::Result<String> {
+    let out = Command::new("curl")
+        .args(["-sk", &format!("https://127.0.0.1:{port}/metrics")])
+        .output()
+        .context("curl")?;
+    if !out.status.success() {
+        bail!("scraping the proxy's metrics failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// (upper bound, cumulative count) of a histogram's buckets, with its count and sum.
+fn histogram(text: &str, name: &str) -> (Vec<(f64, f64)>, f64, f64) {
+    let mut buckets = Vec::new();
+    let (mut count, mut sum) = (0.0, 0.0);
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix(&format!("{name}_bucket{{le=\"")) {
+            let (le, v) = rest.split_once("\"}").unwrap_or(("", ""));
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            buckets.push((le, v.trim().parse().unwrap_or(0.0)));
+        } else if let Some(v) = l.strip_prefix(&format!("{name}_count ")) {
+            count = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = l.strip_prefix(&format!("{name}_sum ")) {
+            sum = v.trim().parse().unwrap_or(0.0);
+        }
+    }
+    (buckets, count, sum)
+}
+
+/// `histogram_quantile`: linear interpolation inside the bucket holding the quantile.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, c) in buckets {
+        if c >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let within = if c > prev.1 {
+                (rank - prev.1) / (c - prev.1)
+            } else {
+                0.0
+            };
+            return prev.0 + (le - prev.0) * within;
+        }
+        prev = (le, c);
+    }
+    prev.0
+}
+
+/// Count and sum of a histogram, less an earlier reading.
+fn delta(
+    now: &(Vec<(f64, f64)>, f64, f64),
+    before: &(Vec<(f64, f64)>, f64, f64),
+) -> Vec<(f64, f64)> {
+    now.0
+        .iter()
+        .map(|(le, c)| {
+            let b = before.0.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
+            (*le, c - b)
+        })
+        .collect()
+}
+
+pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
+    if a.endpoints == 0 || a.endpoints > 60 || a.rate <= 0.0 {
+        bail!("--endpoints must be 1..=60 and --rate positive");
+    }
+    let keelson = match &a.keelson {
+        Some(k) => k.clone(),
+        None => std::env::current_exe()?.with_file_name("keelson"),
+    };
+    for &n in &a.services {
+        let cluster = start_cluster(&keelson, 1)?;
+        let kc = Kubeconfig::read_from(&cluster.kubeconfig)?;
+        let client = Client::try_from(
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?,
+        )?;
+        let t0 = Instant::now();
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let made = futures::stream::iter(0..n)
+            .map(|i| {
+                let (svcs, slices) = (svcs.clone(), slices.clone());
+                let eps = a.endpoints;
+                async move {
+                    let s: Service = serde_json::from_value(json!({
+                        "metadata": {"name": format!("svc-{i}")},
+                        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+                    }))?;
+                    svcs.create(&PostParams::default(), &s).await?;
+                    slices
+                        .create(&PostParams::default(), &slice(i, eps, 0, 0))
+                        .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = made.into_iter().find_map(Result::err) {
+            return Err(e.context("creating Services"));
+        }
+        println!(
+            "proxy: {n} Services with {} endpoints each created in {:.1} s",
+            a.endpoints,
+            t0.elapsed().as_secs_f64()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = tempfile::NamedTempFile::new()?;
+        let started = Instant::now();
+        let proxy = Proc(
+            Command::new(&keelson)
+                .args(["proxy", "--hostname-override=bench-proxy"])
+                .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+                .arg(format!("--proxy-metrics-port={port}"))
+                .arg(format!("--min-sync-period={}", a.min_sync_period))
+                .stdout(Stdio::null())
+                .stderr(log.reopen()?)
+                .spawn()
+                .context("starting keelson proxy")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
+        let first = loop {
+            if let Ok(t) = scrape(port) {
+                let h = histogram(&t, "kubeproxy_sync_proxy_rules_duration_seconds");
+                if h.1 >= 1.0 {
+                    break h;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the proxy never synced");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        println!(
+            "proxy: first full sync {:.2} s (nft transaction), rules in place {:.1} s after start (list included)",
+            first.2,
+            started.elapsed().as_secs_f64()
+        );
+        let before_prog = histogram(
+            &scrape(port)?,
+            "kubeproxy_network_programming_duration_seconds",
+        );
+        let before_sync = histogram(
+            &scrape(port)?,
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+        );
+        // Changes at a fixed rate: each moves one endpoint of a random Service.
+        let period = Duration::from_secs_f64(1.0 / a.rate);
+        let mut tick = tokio::time::interval(period);
+        let rng = Arc::new(std::sync::atomic::AtomicUsize::new(0x9e37_79b9));
+        let c0 = Instant::now();
+        for k in 0..a.changes {
+            tick.tick().await;
+            let r = rng.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed);
+            let svc = r.wrapping_mul(2_654_435_761) % n;
+            let mut s = slice(svc, a.endpoints, k + 1, k % a.endpoints);
+            let cur = slices.get(&format!("svc-{svc}-x")).await?;
+            s.metadata.resource_version = cur.metadata.resource_version;
+            slices
+                .replace(&format!("svc-{svc}-x"), &PostParams::default(), &s)
+                .await?;
+        }
+        let spent = c0.elapsed().as_secs_f64();
+        // Let the last changes land.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let text = scrape(port)?;
+        let prog = histogram(&text, "kubeproxy_network_programming_duration_seconds");
+        let sync = histogram(&text, "kubeproxy_sync_proxy_rules_duration_seconds");
+        let pd = delta(&prog, &before_prog);
+        let sd = delta(&sync, &before_sync);
+        let syncs = sync.1 - before_sync.1;
+        println!(
+            "proxy: {n} Services x {} endpoints, {} changes at {:.1}/s ({:.1} s): programming latency p50 {:.3} s, p90 {:.3} s, p99 {:.3} s ({} measured); {} syncs, mean {:.1} ms, p99 {:.1} ms",
+            a.endpoints,
+            a.changes,
+            a.changes as f64 / spent,
+            spent,
+            quantile(&pd, 0.5),
+            quantile(&pd, 0.9),
+            quantile(&pd, 0.99),
+            prog.1 - before_prog.1,
+            syncs,
+            (sync.2 - before_sync.2) / syncs.max(1.0) * 1000.0,
+            quantile(&sd, 0.99) * 1000.0
+        );
+        drop(proxy);
+        drop(cluster);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let b = vec![
+            (0.1, 50.0),
+            (0.5, 90.0),
+            (1.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert!((quantile(&b, 0.5) - 0.1).abs() < 1e-9);
+        assert!((quantile(&b, 0.7) - 0.3).abs() < 1e-9);
+        assert!((quantile(&b, 0.95) - 0.75).abs() < 1e-9);
+        let text = "x_bucket{le=\"0.1\"} 2\nx_bucket{le=\"+Inf\"} 3\nx_sum 0.5\nx_count 3\n";
+        let (buckets, count, sum) = histogram(text, "x");
+        assert_eq!(buckets.len(), 2);
+        assert_eq!((count, sum), (3.0, 0.5));
+    }
+}
