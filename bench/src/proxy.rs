@@ -34,7 +34,7 @@ pub struct ProxyArgs {
     /// Service counts to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     services: Vec<usize>,
-    /// Endpoints per Service.
+    /// Endpoints per Service (at most 60).
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
     /// Endpoint changes measured.
@@ -63,22 +63,25 @@ impl Drop for Proc {
     }
 }
 
-fn endpoint_ip(svc: usize, ep: usize, generation: usize) -> String {
-    // 10.128.0.0/9 holds every (service, endpoint, generation) of the run.
-    let n = (svc * 64 + ep) * 4 + generation % 4;
+fn endpoint_ip(svc: usize, ep: usize, moved: bool) -> String {
+    // Endpoints spread over 1,000 node ranges (10.128.0.0/24 ...), as pods over nodes; a moved
+    // endpoint takes the next address in its node's range.
+    let idx = svc * 64 + ep;
+    let node = idx % 1000;
+    let slot = (idx / 1000) % 127;
     format!(
         "10.{}.{}.{}",
-        128 + (n >> 16) % 128,
-        (n >> 8) & 0xff,
-        n & 0xff
+        128 + node / 256,
+        node % 256,
+        slot * 2 + 1 + usize::from(moved)
     )
 }
 
-fn slice(svc: usize, endpoints: usize, generation: usize, changed: usize) -> EndpointSlice {
+/// Service `svc`'s slice, with endpoint `moved` (if any) at its other address.
+fn slice(svc: usize, endpoints: usize, moved: Option<usize>) -> EndpointSlice {
     let eps: Vec<_> = (0..endpoints)
         .map(|e| {
-            let g = if e == changed { generation } else { 0 };
-            json!({"addresses": [endpoint_ip(svc, e, g)], "conditions": {"ready": true}})
+            json!({"addresses": [endpoint_ip(svc, e, moved == Some(e))], "conditions": {"ready": true}})
         })
         .collect();
     let stamp = jiff::Timestamp::now()
@@ -196,7 +199,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
                     }))?;
                     svcs.create(&PostParams::default(), &s).await?;
                     slices
-                        .create(&PostParams::default(), &slice(i, eps, 0, 0))
+                        .create(&PostParams::default(), &slice(i, eps, None))
                         .await?;
                     anyhow::Ok(())
                 }
@@ -263,8 +266,13 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             tick.tick().await;
             let r = rng.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed);
             let svc = r.wrapping_mul(2_654_435_761) % n;
-            let mut s = slice(svc, a.endpoints, k + 1, k % a.endpoints);
             let cur = slices.get(&format!("svc-{svc}-x")).await?;
+            // Move an endpoint the slice has at its first address (every change is a change).
+            let first = |e: usize| endpoint_ip(svc, e, false);
+            let moved = (0..a.endpoints)
+                .map(|i| (k + i) % a.endpoints)
+                .find(|e| cur.endpoints.iter().any(|x| x.addresses == [first(*e)]));
+            let mut s = slice(svc, a.endpoints, moved);
             s.metadata.resource_version = cur.metadata.resource_version;
             slices
                 .replace(&format!("svc-{svc}-x"), &PostParams::default(), &s)

@@ -1,5 +1,5 @@
-//! The service proxy: ClusterIP and NodePort traffic reaches ready endpoints on both nodes,
-//! session affinity sticks, a port without endpoints refuses, a terminating pod leaves the
+//! The service proxy: ClusterIP and NodePort traffic reaches ready endpoints on both nodes (a
+//! pod reaching its own Service included), session affinity sticks, clashing ports are refused, a port without endpoints refuses, a terminating pod leaves the
 //! rules while it still serves, and a proxy killed and restarted keeps traffic flowing.
 
 use std::io::{Read, Write};
@@ -159,6 +159,30 @@ spec:
             "{name} reached both endpoints: {log}"
         );
     }
+    // Hairpin: an endpoint reaching its own Service gets itself too.
+    eventually(Duration::from_secs(20), "hairpin", || {
+        let out = c.kubectl(&[
+            "exec",
+            "web-a",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 20); do curl -s -m 2 http://10.96.0.80/who; echo; done",
+        ]);
+        let log = String::from_utf8_lossy(&out.stdout).to_string();
+        log.contains("web-a") && log.contains("web-b")
+    });
+    // A Service whose ports clash is refused by the apiserver (and so never programmed).
+    let clash = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: clash, namespace: default}\nspec:\n  selector: {app: web}\n  ports: [{name: a, port: 80}, {name: b, port: 80}]\n",
+    );
+    assert!(!clash.status.success());
+    assert!(
+        String::from_utf8_lossy(&clash.stderr).contains("Duplicate value: \"80/TCP\""),
+        "{}",
+        String::from_utf8_lossy(&clash.stderr)
+    );
     // Session affinity: one client, one endpoint.
     eventually(Duration::from_secs(20), "sticky Service answering", || {
         get("10.96.0.81", 80, "/who").is_ok()

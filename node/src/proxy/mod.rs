@@ -296,7 +296,7 @@ struct Syncer {
     programmed: HashMap<String, Rendered>,
     /// The newest trigger time seen per Service (each change is measured once).
     triggers: HashMap<String, jiff::Timestamp>,
-    /// The endpoint ranges the `same-subnet` chain holds.
+    /// The endpoint ranges the `same-range` set holds.
     subnets: std::collections::BTreeSet<String>,
 }
 
@@ -373,6 +373,10 @@ impl Syncer {
             } else {
                 self.state.dirty.lock().drain().collect()
             };
+            // The changes this sync carries, read before the rules are rendered (a slice that
+            // changes later is measured by the next sync).
+            let triggers: Vec<Option<jiff::Timestamp>> =
+                keys.iter().map(|k| self.new_triggers(k)).collect();
             let rendered: Vec<(String, Rendered)> =
                 keys.iter().map(|k| (k.clone(), self.render(k))).collect();
             let table = self.settings.table.clone();
@@ -394,15 +398,16 @@ impl Syncer {
                         .map(|(_, r)| r)
                         .chain(rendered.iter().map(|(_, r)| r)),
                 );
-                if now != self.subnets {
-                    script.push_str(&nft::subnet_rules(&table, &now));
-                }
+                script.push_str(&nft::subnet_rules(&table, &self.subnets, &now));
                 script
             };
-            if script.is_empty() {
-                continue;
-            }
-            match nft::apply(&script).await {
+            let applied = if script.is_empty() {
+                // Nothing to write: the rules already say what the changes ask.
+                Ok(())
+            } else {
+                nft::apply(&script).await
+            };
+            match applied {
                 Ok(()) => {
                     if full {
                         self.programmed.clear();
@@ -415,8 +420,8 @@ impl Syncer {
                             .chain(rendered.iter().map(|(_, r)| r)),
                     );
                     let now = jiff::Timestamp::now();
-                    for (k, r) in rendered {
-                        if let Some(t) = self.new_triggers(&k) {
+                    for ((k, r), t) in rendered.into_iter().zip(triggers) {
+                        if let Some(t) = t {
                             let secs = now.duration_since(t).as_secs_f64().max(0.0);
                             self.metrics.programming.observe(secs);
                         }

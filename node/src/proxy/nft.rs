@@ -229,6 +229,10 @@ fn base(table: &str) -> String {
     ] {
         let _ = writeln!(out, "  map {m} {{ type {key} : verdict; }}");
     }
+    let _ = writeln!(
+        out,
+        "  set same-range {{ type ipv4_addr . ipv4_addr; flags interval; }}"
+    );
     let lookups = "ip daddr . meta l4proto . th dport vmap @service-ips; \
                    fib daddr type local meta l4proto . th dport vmap @service-nodeports;";
     let rejects = "ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services; \
@@ -237,8 +241,7 @@ fn base(table: &str) -> String {
         out,
         "  chain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}\n\
          \x20 chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
-         \x20 chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump same-subnet; jump masquerading; }}\n\
-         \x20 chain same-subnet {{ }}\n\
+         \x20 chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; ct status dnat ip saddr . ip daddr @same-range masquerade fully-random; jump masquerading; }}\n\
          \x20 chain filter-input {{ type filter hook input priority -110; policy accept; {rejects} }}\n\
          \x20 chain filter-forward {{ type filter hook forward priority -110; policy accept; ct state new ip daddr . meta l4proto . th dport vmap @no-endpoint-services; }}\n\
          \x20 chain filter-output {{ type filter hook output priority -110; policy accept; {rejects} }}\n\
@@ -281,14 +284,29 @@ pub fn subnets<'a>(all: impl Iterator<Item = &'a Rendered>) -> std::collections:
     all.flat_map(|r| r.subnets.iter().cloned()).collect()
 }
 
-/// Rewrites the chain that masquerades Service traffic between pods of one range (the reply
-/// would otherwise go straight back over the bridge, past the host's connection tracking).
-pub fn subnet_rules(table: &str, subnets: &std::collections::BTreeSet<String>) -> String {
-    let mut out = format!("flush chain ip {table} same-subnet\n");
-    for n in subnets {
+/// Updates the set of ranges whose Service traffic between two of their own pods is
+/// masqueraded (the reply would otherwise go straight back over the bridge, past the host's
+/// connection tracking): elements `range . range`.
+pub fn subnet_rules(
+    table: &str,
+    old: &std::collections::BTreeSet<String>,
+    new: &std::collections::BTreeSet<String>,
+) -> String {
+    let mut out = String::new();
+    let gone: Vec<String> = old.difference(new).map(|n| format!("{n} . {n}")).collect();
+    let added: Vec<String> = new.difference(old).map(|n| format!("{n} . {n}")).collect();
+    if !gone.is_empty() {
         let _ = writeln!(
             out,
-            "add rule ip {table} same-subnet ct status dnat ip saddr {n} ip daddr {n} masquerade fully-random"
+            "delete element ip {table} same-range {{ {} }}",
+            gone.join(", ")
+        );
+    }
+    if !added.is_empty() {
+        let _ = writeln!(
+            out,
+            "add element ip {table} same-range {{ {} }}",
+            added.join(", ")
         );
     }
     out
@@ -299,7 +317,11 @@ pub fn subnet_rules(table: &str, subnets: &std::collections::BTreeSet<String>) -
 pub fn full(table: &str, all: &[&Rendered]) -> String {
     let mut out = format!("add table ip {table}\ndelete table ip {table}\n");
     out.push_str(&base(table));
-    out.push_str(&subnet_rules(table, &subnets(all.iter().copied())));
+    out.push_str(&subnet_rules(
+        table,
+        &Default::default(),
+        &subnets(all.iter().copied()),
+    ));
     for r in all {
         add_objects(&mut out, table, r, None);
     }
@@ -452,10 +474,14 @@ mod tests {
         assert_eq!(rules.len(), 4, "not ready: unused");
         let subnets: Vec<&str> = r.subnets.iter().map(String::as_str).collect();
         assert_eq!(subnets, ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]);
-        let chain = subnet_rules("t", &r.subnets);
-        assert!(chain.contains(
-            "add rule ip t same-subnet ct status dnat ip saddr 10.244.2.0/24 ip daddr 10.244.2.0/24 masquerade"
-        ));
+        let add = subnet_rules("t", &Default::default(), &r.subnets);
+        assert!(add.contains("add element ip t same-range { 10.244.1.0/24 . 10.244.1.0/24, "));
+        let mut fewer = r.subnets.clone();
+        fewer.remove("10.244.3.0/24");
+        assert_eq!(
+            subnet_rules("t", &r.subnets, &fewer),
+            "delete element ip t same-range { 10.244.3.0/24 . 10.244.3.0/24 }\n"
+        );
     }
 
     #[test]
@@ -540,6 +566,6 @@ mod tests {
         let f = full("t", &[&b]);
         assert!(f.starts_with("add table ip t\ndelete table ip t\ntable ip t {"));
         assert!(f.contains("add element ip t service-ips"));
-        assert!(f.contains("add rule ip t same-subnet ct status dnat ip saddr 10.244.1.0/24"));
+        assert!(f.contains("add element ip t same-range { 10.244.1.0/24 . 10.244.1.0/24 }"));
     }
 }
