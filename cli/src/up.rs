@@ -523,6 +523,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     println!("  data:       {}", args.data_dir.display());
     println!("  store:      {endpoints}");
     println!("  kubeconfig: {}", kubeconfig.display());
+    if dns_replicas > 0 {
+        println!(
+            "  dns:        kube-system/kube-dns {} ({dns_replicas} server(s) from {})",
+            crate::cluster_dns::CLUSTER_DNS_IP,
+            crate::cluster_dns::replica_address(0)
+        );
+    }
     println!(
         "  try:        KUBECONFIG={} kubectl get namespaces",
         kubeconfig.display()

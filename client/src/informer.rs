@@ -15,6 +15,37 @@ use kube::runtime::{WatchStreamExt, watcher::watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+/// Whether an informer has synced: its first list is in the cache, the indexes, and the
+/// handlers (client-go's `HasSynced`). The cache alone is ready a moment earlier, before the
+/// indexes are rebuilt, so code that reads indexes waits for this. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Synced(Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>);
+
+impl Synced {
+    /// True once synced.
+    pub fn is_synced(&self) -> bool {
+        self.0.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until synced.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            futures::pin_mut!(notified);
+            notified.as_mut().enable();
+            if self.is_synced() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set(&self) {
+        self.0.0.store(true, std::sync::atomic::Ordering::Release);
+        self.0.1.notify_waiters();
+    }
+}
+
 /// What changed, as a handler sees it.
 #[derive(Debug)]
 pub enum Change<'a, K> {
@@ -124,6 +155,7 @@ where
     indexes: Vec<(IndexFn<K>, Index<K>)>,
     /// Objects of a relist in progress.
     relisted: Vec<K>,
+    synced: Synced,
 }
 
 impl<K> Informer<K>
@@ -141,6 +173,7 @@ where
             handlers: Vec::new(),
             indexes: Vec::new(),
             relisted: Vec::new(),
+            synced: Synced::default(),
         }
     }
 
@@ -168,6 +201,11 @@ where
     /// A read handle on the cache.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// Tells when the first list has reached the cache, the indexes and the handlers.
+    pub fn synced(&self) -> Synced {
+        self.synced.clone()
     }
 
     /// Adds a handler; it runs on the informer's task, so it must be quick (enqueue a key).
@@ -274,7 +312,56 @@ where
                         self.emit(Change::Deleted(old));
                     }
                 }
+                self.synced.set();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn synced_once_the_list_is_in_the_index_and_the_handlers() {
+        // The informer is fed by hand; its client is never called.
+        let client = kube::Client::new(
+            tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+                http::Response::builder()
+                    .status(500)
+                    .body(kube::client::Body::from(Vec::new()))
+            }),
+            "default",
+        );
+        let mut inf: Informer<ConfigMap> =
+            Informer::new(Api::all(client), watcher::Config::default());
+        let index = inf.add_index(|c| c.metadata.namespace.clone().into_iter().collect());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, synced_at_handler) = (seen.clone(), inf.synced());
+        inf.on_change(move |_| {
+            // Handlers run before the informer reports itself synced.
+            assert!(!synced_at_handler.is_synced());
+            s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let synced = inf.synced();
+        let cm = |name: &str| ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        inf.apply_event(Event::Init);
+        inf.apply_event(Event::InitApply(cm("a")));
+        inf.apply_event(Event::InitApply(cm("b")));
+        assert!(!synced.is_synced());
+        inf.apply_event(Event::InitDone);
+        assert!(synced.is_synced());
+        synced.wait().await;
+        assert_eq!(index.get("ns").len(), 2);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -485,10 +485,8 @@ impl Informers {
         macro_rules! start {
             ($($f:ident),*) => {$(
                 if let Some(inf) = self.$f.take() {
-                    let store = inf.store();
-                    ready.push(tokio::spawn(async move {
-                        let _ = store.wait_until_ready().await;
-                    }));
+                    let synced = inf.synced();
+                    ready.push(tokio::spawn(async move { synced.wait().await }));
                     self.started.push(tokio::spawn(inf.run(token.clone())));
                 }
             )*};

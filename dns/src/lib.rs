@@ -243,17 +243,14 @@ pub async fn run_with(
     }
     tracing::info!(addresses = ?bound, upstreams = ?upstreams, domain = %config.cluster_domain, "serving DNS");
     on_bound(bound);
-    let svc_store = services.store();
-    let slice_store = slices.store();
+    let (svcs_synced, slices_synced) = (services.synced(), slices.synced());
     tokio::spawn(services.run(shutdown.clone()));
     tokio::spawn(slices.run(shutdown.clone()));
     tokio::select! {
-        r = async { tokio::try_join!(svc_store.wait_until_ready(), slice_store.wait_until_ready()) } => {
-            if r.is_ok() {
-                feed.refresh_all();
-                ready.store(true, Ordering::Release);
-                tracing::info!(records = feed.zone.read().len(), "Services and EndpointSlices listed; answering");
-            }
+        _ = async { tokio::join!(svcs_synced.wait(), slices_synced.wait()) } => {
+            feed.refresh_all();
+            ready.store(true, Ordering::Release);
+            tracing::info!(records = feed.zone.read().len(), "Services and EndpointSlices listed; answering");
         }
         _ = shutdown.cancelled() => return Ok(()),
     }

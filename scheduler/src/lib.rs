@@ -293,8 +293,7 @@ impl Informers {
         });
         let s = sched.clone();
         self.pdbs.on_change(move |_| s.queue.on_event(Event::Pdb));
-        let node_store = nodes.store();
-        let pod_store = pods.store();
+        let (nodes_synced, pods_synced) = (nodes.synced(), pods.synced());
         let mut tasks = vec![
             tokio::spawn(self.namespaces.run(token.clone())),
             tokio::spawn(self.pvcs.run(token.clone())),
@@ -328,8 +327,8 @@ impl Informers {
         // As upstream's WaitForCacheSync: no decisions before the nodes and pods are listed.
         tokio::select! {
             _ = async {
-                let _ = node_store.wait_until_ready().await;
-                let _ = pod_store.wait_until_ready().await;
+                nodes_synced.wait().await;
+                pods_synced.wait().await;
             } => {}
             _ = token.cancelled() => {}
         }

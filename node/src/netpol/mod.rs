@@ -70,15 +70,12 @@ pub async fn run(
         namespaces.on_change(move |_| w.notify_one());
     }
     let stores = (policies.store(), pods.store(), namespaces.store());
+    let synced = (policies.synced(), pods.synced(), namespaces.synced());
     tokio::spawn(policies.run(shutdown.clone()));
     tokio::spawn(pods.run(shutdown.clone()));
     tokio::spawn(namespaces.run(shutdown.clone()));
     tokio::select! {
-        r = async { tokio::try_join!(stores.0.wait_until_ready(), stores.1.wait_until_ready(), stores.2.wait_until_ready()) } => {
-            if r.is_err() {
-                return Ok(());
-            }
-        }
+        _ = async { tokio::join!(synced.0.wait(), synced.1.wait(), synced.2.wait()) } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
     let table = table_name(&node);

@@ -164,7 +164,16 @@ impl Network {
             ip(&["link", "set", &host_if, "master", &self.bridge]).await?;
             // A pod reaching itself through a Service comes back out of its own port (the
             // kubelet's default hairpin-veth mode).
-            ip(&["link", "set", &host_if, "type", "bridge_slave", "hairpin", "on"]).await?;
+            ip(&[
+                "link",
+                "set",
+                &host_if,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ])
+            .await?;
             ip(&["link", "set", &host_if, "up"]).await?;
             let a = format!("{addr}/{}", self.cidr.prefix);
             ip(&["-n", &ns, "addr", "add", &a, "dev", "eth0"]).await?;

@@ -254,16 +254,12 @@ pub async fn run(
             }
         })
     };
-    let (svc_store, slice_store) = (services.store(), slices.store());
+    let (svcs_synced, slices_synced) = (services.synced(), slices.synced());
     tokio::spawn(services.run(shutdown.clone()));
     tokio::spawn(slices.run(shutdown.clone()));
     tokio::select! {
-        r = async { tokio::try_join!(svc_store.wait_until_ready(), slice_store.wait_until_ready()) } => {
-            if r.is_err() {
-                let _ = netpol.await;
-                return Ok(());
-            }
-        }
+        // Listed into the caches, the index and the handlers: the first sync sees every slice.
+        _ = async { tokio::join!(svcs_synced.wait(), slices_synced.wait()) } => {}
         _ = shutdown.cancelled() => {
             let _ = netpol.await;
             return Ok(());
