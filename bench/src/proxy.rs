@@ -44,7 +44,7 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
     /// The proxy's --min-sync-period.
-    #[arg(long, default_value = "1s")]
+    #[arg(long, default_value = "250ms")]
     min_sync_period: String,
     /// Give up on one size after this many seconds.
     #[arg(long, default_value_t = 900)]
