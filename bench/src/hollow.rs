@@ -4,7 +4,7 @@
 //! and CPU and the age of every node Lease (how late heartbeats are).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::controllers::cpu_seconds;
-use crate::{child_pids, rss_mib, start_cluster};
+use crate::{Terminating, child_pids, rss_mib, start_cluster};
 
 #[derive(clap::Args, Debug)]
 pub struct HollowArgs {
@@ -39,18 +39,6 @@ pub struct HollowArgs {
     timeout: u64,
 }
 
-struct Fleet(Child);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn ready(n: &Node) -> bool {
     n.status
         .as_ref()
@@ -66,7 +54,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let cluster = start_cluster(&keelson, args.stores)?;
     let log = tempfile::NamedTempFile::new()?;
     let t0 = Instant::now();
-    let fleet = Fleet(
+    let fleet = Terminating(
         Command::new(&keelson)
             .args(["node", "--hollow", "--port=0", "--kube-api-qps=0"])
             .arg(format!("--count={}", args.count))

@@ -118,6 +118,19 @@ impl Drop for Cluster {
     }
 }
 
+/// A child process stopped with SIGTERM (and waited for) when dropped.
+pub(crate) struct Terminating(pub(crate) Child);
+
+impl Drop for Terminating {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `keelson up` with one apiserver and no controller-managers (benches that need one
 /// start it themselves, to measure it alone).
 pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {

@@ -11,7 +11,7 @@
 //! Quantiles are interpolated within buckets, as Prometheus' `histogram_quantile` does.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use crate::start_cluster;
+use crate::{Terminating, start_cluster};
 
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
@@ -49,18 +49,6 @@ pub struct ProxyArgs {
     /// Give up on one size after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_secs: u64,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 fn endpoint_ip(svc: usize, ep: usize, moved: bool) -> String {
@@ -220,7 +208,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             .port();
         let log = tempfile::NamedTempFile::new()?;
         let started = Instant::now();
-        let proxy = Proc(
+        let proxy = Terminating(
             Command::new(&keelson)
                 .args(["proxy", "--hostname-override=bench-proxy"])
                 .arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))

@@ -398,6 +398,92 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
             assert!(log.contains(s), "{name} never reached {s}: {log}");
         }
     }
+    // DNS from a pod: a headless Service's pods and SRV records, a PTR, an ExternalName.
+    let manifest = dir.path().join("dns-check.yaml");
+    std::fs::write(
+        &manifest,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: example-headless, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: example}
+  ports: [{name: web, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec: {type: ExternalName, externalName: example.default.svc.cluster.local}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-check, namespace: default}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: dnsutils
+    command:
+    - sh
+    - -c
+    - |
+      sleep 2
+      echo "headless $(getent ahostsv4 example-headless | awk '{print $1}' | sort -u | tr '\n' ' ')"
+      echo "srv $(dig +short SRV _web._tcp.example-headless.default.svc.cluster.local | wc -l)"
+      echo "ptr $(getent hosts 10.96.0.10 | awk '{print $2}')"
+      echo "ext $(getent ahostsv4 ext | awk '{print $1}' | sort -u)"
+"#,
+    )
+    .unwrap();
+    ok(&["apply", "-f", &manifest.to_string_lossy()]);
+    let by = Instant::now() + Duration::from_secs(90);
+    while ok(&["get", "pod", "dns-check", "-o", "jsonpath={.status.phase}"]) != "Succeeded" {
+        assert!(Instant::now() < by, "dns-check never finished");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = ok(&["logs", "dns-check"]);
+    let line = |k: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let mut pod_ips: Vec<String> = ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=example",
+        "-o",
+        "jsonpath={range .items[*]}{.status.podIP} {end}",
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    pod_ips.sort();
+    let mut headless: Vec<String> = line("headless")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    headless.sort();
+    assert_eq!(headless, pod_ips, "{log}");
+    assert_eq!(line("srv"), "2", "{log}");
+    assert_eq!(
+        line("ptr"),
+        "kube-dns.kube-system.svc.cluster.local",
+        "{log}"
+    );
+    let cluster_ip = ok(&[
+        "get",
+        "service",
+        "example",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(line("ext"), cluster_ip, "{log}");
+
     let node_port = ok(&[
         "get",
         "service",

@@ -15,5 +15,6 @@ pub mod health;
 pub mod informer;
 pub mod leader;
 pub mod queue;
+pub mod services;
 
 pub use connect::{ClientArgs, connect};

@@ -22,10 +22,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::connect::{ClientArgs, connect};
 use keelson_client::health::{Health, ServingArgs};
 use keelson_client::informer::{Index, Informer};
-use kube::api::Api;
+use keelson_client::services::{service_key, slice_service};
+use kube::Client;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use parking_lot::RwLock;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -105,15 +104,6 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The key of the Service a slice belongs to ("ns/name").
-fn slice_service(s: &EndpointSlice) -> Option<String> {
-    Some(format!(
-        "{}/{}",
-        s.namespace()?,
-        s.labels().get("kubernetes.io/service-name")?
-    ))
-}
-
 /// The zone kept in step with the Services and slices of the cluster.
 #[derive(Clone)]
 struct Feed {
@@ -135,8 +125,8 @@ impl Feed {
 
     fn refresh_all(&self) {
         for s in self.services.state() {
-            if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
-                self.refresh(&format!("{ns}/{name}"));
+            if let Some(key) = service_key(&s) {
+                self.refresh(&key);
             }
         }
     }
@@ -263,13 +253,7 @@ fn informers(
     client: Client,
     zone: Arc<RwLock<Zone>>,
 ) -> (Informer<Service>, Informer<EndpointSlice>, Feed) {
-    let mut services: Informer<Service> =
-        Informer::new(Api::all(client.clone()), watcher::Config::default());
-    let mut slices: Informer<EndpointSlice> = Informer::new(
-        Api::all(client),
-        watcher::Config::default().labels("kubernetes.io/service-name"),
-    );
-    let index = slices.add_index(|s| slice_service(s).into_iter().collect());
+    let (mut services, mut slices, index) = keelson_client::services::informers(client);
     let feed = Feed {
         zone,
         services: services.store(),
@@ -278,9 +262,8 @@ fn informers(
     {
         let feed = feed.clone();
         services.on_change(move |c| {
-            let s = c.object();
-            if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
-                feed.refresh(&format!("{ns}/{name}"));
+            if let Some(key) = service_key(c.object()) {
+                feed.refresh(&key);
             }
         });
     }

@@ -731,6 +731,33 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_cluster_ips_answer_aaaa() {
+        let mut z = Zone::new("cluster.local");
+        let s = svc(json!({
+            "metadata": {"name": "dual", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00::30"],
+                "ports": [{"port": 80}]},
+        }));
+        z.set_service("default/dual", Some(&s), &[]);
+        assert_eq!(
+            records(z.answer("dual.default.svc.cluster.local", QType::Aaaa)),
+            vec![(
+                "dual.default.svc.cluster.local.".into(),
+                Rec::Aaaa("fd00::30".parse().unwrap())
+            )]
+        );
+        assert_eq!(
+            records(z.answer("dual.default.svc.cluster.local", QType::A)).len(),
+            1
+        );
+        let ptr = reverse_name("fd00::30".parse().unwrap());
+        assert_eq!(
+            records(z.answer(&ptr, QType::Ptr))[0].1,
+            Rec::Ptr("dual.default.svc.cluster.local.".into())
+        );
+    }
+
+    #[test]
     fn reverse_names() {
         assert_eq!(
             reverse_name("10.96.0.1".parse().unwrap()),

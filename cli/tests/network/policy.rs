@@ -72,6 +72,9 @@ spec:
     command: ["python3", "-m", "http.server", "8080"]
     ports: [{{name: http, containerPort: 8080}}]
     readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+  - name: echo
+    image: python
+    command: ["python3", "-c", "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 9000))\ns.listen()\nc, _ = s.accept()\nfor d in iter(lambda: c.recv(100), b''):\n    c.sendall(d)\n"]
 ---
 {}{}{}"#,
         client("front", "np", "pol-b", "frontend"),
@@ -111,6 +114,27 @@ spec:
         || all([true, true, true]),
     );
 
+    // A connection open before the policies (front to db's echo port, one exchange a second)
+    // stays up through them, as upstream's semantics keep established connections.
+    let echo_log = c.dir.path().join("echo.log");
+    let script = format!(
+        "import socket, time\nc = socket.create_connection(('{ip}', 9000))\nfor i in range(60):\n    c.sendall(b'x')\n    print(c.recv(10).decode(), flush=True)\n    time.sleep(1)\n"
+    );
+    let mut echo = c.kubectl_spawn(
+        &["exec", "-n", "np", "front", "--", "python3", "-c", &script],
+        &echo_log,
+    );
+    let echoes = || {
+        std::fs::read_to_string(&echo_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "x")
+            .count()
+    };
+    eventually(Duration::from_secs(30), "the echo connection is up", || {
+        echoes() >= 1
+    });
+
     // Default deny for db: nobody, not even a pod of its own node.
     apply(
         &c,
@@ -119,6 +143,14 @@ spec:
     eventually(Duration::from_secs(30), "default deny", || {
         all([false, false, false])
     });
+    let before = echoes();
+    eventually(
+        Duration::from_secs(10),
+        "the established connection still echoing",
+        || echoes() >= before + 2,
+    );
+    let _ = echo.kill();
+    let _ = echo.wait();
     // Frontends of the namespace on the named port; the team's namespace on any port.
     apply(
         &c,

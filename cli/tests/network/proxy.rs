@@ -83,7 +83,7 @@ fn cluster_ips_and_node_ports_reach_ready_endpoints() {
         format!("--proxy-metrics-port={metrics_port}"),
     ];
     let mut proxy = Component::spawn(&c, "proxy", "proxy", &proxy_args, metrics_port);
-    let table = "keelson-proxy-".to_string() + &table_tag("net-a");
+    let table = keelson_node::proxy::table_name("net-a");
 
     let manifest = server("web-a", "net-a", 10)
         + &server("web-b", "net-b", 10)
@@ -229,13 +229,4 @@ spec:
     // Stopped cleanly, it removes its table.
     assert!(proxy.stop().success());
     assert!(!table_exists(&table), "table removed on exit");
-}
-
-/// The proxy's table tag for a node (as `keelson_node::process::net::tag`).
-fn table_tag(s: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{:010x}", h & 0xff_ffff_ffff)
 }

@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keelson_client::health::{Health, ServingArgs};
-use keelson_client::informer::{Index, Informer};
-use kube::api::Api;
+use keelson_client::informer::Index;
+use keelson_client::services::{service_key, slice_service};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -96,32 +95,9 @@ impl Default for Metrics {
 /// The annotation with the time of the change an EndpointSlice reflects.
 pub const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
-fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, p) = s
-        .split_once('/')
-        .ok_or_else(|| format!("--cluster-cidr {s:?} is not a CIDR"))?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("--cluster-cidr {s:?}: not an IPv4 address"))?;
-    let p: u8 = p
-        .parse()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or_else(|| format!("--cluster-cidr {s:?}: bad prefix"))?;
-    Ok((ip, p))
-}
-
 /// The table name for a node (tables are per proxy; nodes may share a host).
 pub fn table_name(node: &str) -> String {
     format!("keelson-proxy-{}", crate::process::net::tag(node))
-}
-
-fn slice_service(s: &EndpointSlice) -> Option<String> {
-    Some(format!(
-        "{}/{}",
-        s.namespace()?,
-        s.labels().get("kubernetes.io/service-name")?
-    ))
 }
 
 struct State {
@@ -175,7 +151,15 @@ pub async fn run(
 ) -> Result<(), String> {
     let settings = Settings {
         table: table_name(&node),
-        cluster_cidr: args.cluster_cidr.as_deref().map(parse_cidr).transpose()?,
+        cluster_cidr: args
+            .cluster_cidr
+            .as_deref()
+            .map(|c| {
+                crate::process::net::Cidr::parse(c)
+                    .map(|c| (c.base, c.prefix))
+                    .map_err(|e| format!("--cluster-cidr: {e}"))
+            })
+            .transpose()?,
         node_mask: args.node_cidr_mask_size.min(32),
         masquerade_all: args.masquerade_all,
     };
@@ -214,13 +198,7 @@ pub async fn run(
             .map_err(|e| format!("proxy metrics: {e}"))?;
     }
     let client_for_netpol = client.clone();
-    let mut services: Informer<Service> =
-        Informer::new(Api::all(client.clone()), watcher::Config::default());
-    let mut slices: Informer<EndpointSlice> = Informer::new(
-        Api::all(client),
-        watcher::Config::default().labels("kubernetes.io/service-name"),
-    );
-    let index = slices.add_index(|s| slice_service(s).into_iter().collect());
+    let (mut services, mut slices, index) = keelson_client::services::informers(client);
     let state = Arc::new(State {
         services: services.store(),
         slices: index,
@@ -230,9 +208,8 @@ pub async fn run(
     {
         let st = state.clone();
         services.on_change(move |c| {
-            let s = c.object();
-            if let (Some(ns), Some(n)) = (&s.metadata.namespace, &s.metadata.name) {
-                st.dirty.lock().insert(format!("{ns}/{n}"));
+            if let Some(k) = service_key(c.object()) {
+                st.dirty.lock().insert(k);
                 st.wake.notify_one();
             }
         });

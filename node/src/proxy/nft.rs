@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use super::model::{Endpoint, ServicePort};
+use crate::process::net::tag;
 
 /// The mark that asks for masquerading (kube-proxy's).
 pub const MASQ_MARK: u32 = 0x4000;
@@ -51,15 +52,6 @@ impl Rendered {
         self.elements.extend(other.elements);
         self.subnets.extend(other.subnets);
     }
-}
-
-/// A short stable hash for object names.
-fn tag(s: &str) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{:012x}", h & 0xffff_ffff_ffff)
 }
 
 fn masked(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
