@@ -1,5 +1,6 @@
 //! The service proxy: ClusterIP and NodePort traffic reaches ready endpoints on both nodes (a
-//! pod reaching its own Service included), session affinity sticks, clashing ports are refused, a port without endpoints refuses, a terminating pod leaves the
+//! pod reaching its own Service included), session affinity sticks, traffic policies Local keep
+//! to local endpoints, clashing ports are refused, a port without endpoints refuses, a terminating pod leaves the
 //! rules while it still serves, and a proxy killed and restarted keeps traffic flowing.
 
 use std::io::{Read, Write};
@@ -116,6 +117,17 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-local, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.84
+  selector: {app: web}
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  ports: [{port: 80, targetPort: 8080, nodePort: 30881}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nobody, namespace: default}
 spec:
   clusterIP: 10.96.0.83
@@ -192,6 +204,36 @@ spec:
     eventually(Duration::from_secs(20), "NodePort answering", || {
         hits("127.0.0.1", 30880, 20).len() == 2
     });
+    // Traffic policies Local: the proxy runs for net-a, so from a pod on net-b both the
+    // ClusterIP and the NodePort (on net-b's gateway, a node address) reach only web-a.
+    let from_b = |url: &str| {
+        let out = c.kubectl(&[
+            "exec",
+            "web-b",
+            "--",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 12); do curl -s -m 2 {url}; echo; done"),
+        ]);
+        let mut seen: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    eventually(
+        Duration::from_secs(20),
+        "internalTrafficPolicy Local",
+        || from_b("http://10.96.0.84/who") == ["web-a"],
+    );
+    assert_eq!(
+        from_b("http://10.202.2.1:30881/who"),
+        ["web-a"],
+        "externalTrafficPolicy Local"
+    );
     // No endpoints: refused at once, not a timeout.
     let err = get("10.96.0.83", 80, "/").unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
