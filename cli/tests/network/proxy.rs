@@ -1,7 +1,8 @@
 //! The service proxy: ClusterIP and NodePort traffic reaches ready endpoints on both nodes (a
 //! pod reaching its own Service included), session affinity sticks, traffic policies Local keep
-//! to local endpoints, clashing ports are refused, a port without endpoints refuses, a terminating pod leaves the
-//! rules while it still serves, and a proxy killed and restarted keeps traffic flowing.
+//! to local endpoints, clashing ports are refused, a port without endpoints refuses, a
+//! terminating pod leaves the rules while it still serves, and a proxy killed and restarted
+//! keeps traffic flowing.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
