@@ -417,6 +417,23 @@ metadata: {name: ext, namespace: default}
 spec: {type: ExternalName, externalName: example.default.svc.cluster.local}
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: sub, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: sub}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sub-pod, namespace: default, labels: {app: sub}}
+spec:
+  hostname: db-0
+  subdomain: sub
+  nodeName: node-0
+  containers: [{name: c, image: pause, command: ["sleep", "3600"]}]
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: dns-check, namespace: default}
 spec:
@@ -430,6 +447,8 @@ spec:
     - -c
     - |
       sleep 2
+      n=0; until getent hosts db-0.sub.default.svc.cluster.local >/dev/null || [ $n -ge 60 ]; do n=$((n+1)); sleep 1; done
+      echo "hostname $(getent hosts db-0.sub.default.svc.cluster.local | awk '{print $1}')"
       echo "headless $(getent ahostsv4 example-headless | awk '{print $1}' | sort -u | tr '\n' ' ')"
       echo "srv $(dig +short SRV _web._tcp.example-headless.default.svc.cluster.local | wc -l)"
       echo "ptr $(getent hosts 10.96.0.10 | awk '{print $2}')"
@@ -475,6 +494,9 @@ spec:
         "kube-dns.kube-system.svc.cluster.local",
         "{log}"
     );
+    // A pod's hostname under its subdomain's headless Service.
+    let sub_ip = ok(&["get", "pod", "sub-pod", "-o", "jsonpath={.status.podIP}"]);
+    assert_eq!(line("hostname"), sub_ip, "{log}");
     let cluster_ip = ok(&[
         "get",
         "service",
