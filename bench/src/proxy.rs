@@ -12,7 +12,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -237,22 +236,17 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             first.2,
             started.elapsed().as_secs_f64()
         );
-        let before_prog = histogram(
-            &scrape(port)?,
-            "kubeproxy_network_programming_duration_seconds",
-        );
-        let before_sync = histogram(
-            &scrape(port)?,
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-        );
+        let before = scrape(port)?;
+        let before_prog = histogram(&before, "kubeproxy_network_programming_duration_seconds");
+        let before_sync = histogram(&before, "kubeproxy_sync_proxy_rules_duration_seconds");
         // Changes at a fixed rate: each moves one endpoint of a random Service.
         let period = Duration::from_secs_f64(1.0 / a.rate);
         let mut tick = tokio::time::interval(period);
-        let rng = Arc::new(std::sync::atomic::AtomicUsize::new(0x9e37_79b9));
+        let mut r: usize = 0x9e37_79b9;
         let c0 = Instant::now();
         for k in 0..a.changes {
             tick.tick().await;
-            let r = rng.fetch_add(0x9e37_79b9, std::sync::atomic::Ordering::Relaxed);
+            r = r.wrapping_add(0x9e37_79b9);
             let svc = r.wrapping_mul(2_654_435_761) % n;
             let cur = slices.get(&format!("svc-{svc}-x")).await?;
             // Move an endpoint the slice has at its first address (every change is a change).

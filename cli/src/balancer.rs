@@ -15,15 +15,10 @@ pub async fn run(listener: TcpListener, backends: Vec<SocketAddr>, shutdown: Can
     let backends = Arc::new(backends);
     let next = Arc::new(AtomicUsize::new(0));
     loop {
-        let (mut client, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "balancer accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
+        let Some((mut client, _)) =
+            keelson_client::net::accept(&listener, &shutdown, "balancer").await
+        else {
+            return;
         };
         let backends = backends.clone();
         let start = next.fetch_add(1, Ordering::Relaxed);

@@ -39,7 +39,8 @@ pub struct Args {
     /// a bridge per node).
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    /// Number of cluster DNS servers (with process-runtime nodes; 1 with --single).
+    /// Number of cluster DNS servers (with process-runtime nodes; at most 1 with --single; 0
+    /// turns the cluster DNS off).
     #[arg(long, default_value_t = 2)]
     pub dns_replicas: usize,
     /// Number of hollow nodes (simulated containers), all in one process.
@@ -359,9 +360,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let dns_replicas = if !networking {
         0
     } else if args.single {
-        1
+        args.dns_replicas.min(1)
     } else {
-        args.dns_replicas.clamp(1, 10)
+        // 0 turns the cluster DNS off; the addresses 169.254.20.10.. hold at most 10.
+        args.dns_replicas.min(10)
     };
     if dns_replicas > 0 {
         crate::cluster_dns::setup(dns_replicas).await?;
@@ -430,8 +432,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 "--proxy".into(),
                 "--cluster-cidr=10.244.0.0/16".into(),
                 format!("--proxy-metrics-port={}", spare_port()?),
-                format!("--cluster-dns={}", crate::cluster_dns::CLUSTER_DNS_IP),
             ]);
+            if dns_replicas > 0 {
+                node_args.push(format!(
+                    "--cluster-dns={}",
+                    crate::cluster_dns::CLUSTER_DNS_IP
+                ));
+            }
         }
         procs.push(Supervised::new(
             format!("node {name}"),

@@ -249,15 +249,8 @@ pub async fn serve_router(
     tracing::info!(address = %bound, "serving HTTPS");
     tokio::spawn(async move {
         loop {
-            let tcp = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok((tcp, _)) => tcp,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
+            let Some((tcp, _)) = crate::net::accept(&listener, &shutdown, "https").await else {
+                return;
             };
             let acceptor = acceptor.clone();
             let app = app.clone();

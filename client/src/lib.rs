@@ -14,6 +14,7 @@ pub mod events;
 pub mod health;
 pub mod informer;
 pub mod leader;
+pub mod net;
 pub mod queue;
 pub mod services;
 

@@ -276,8 +276,10 @@ impl EndpointSliceController {
                 writes.push((None, s));
             }
         }
-        let stamp = |s: &mut EndpointSlice| {
-            if let Some(t) = trigger {
+        // The change this sync reflects, on the slices it writes (none: no stale time left,
+        // as upstream).
+        let stamp = |s: &mut EndpointSlice| match trigger {
+            Some(t) => {
                 s.metadata
                     .annotations
                     .get_or_insert_with(Default::default)
@@ -286,31 +288,48 @@ impl EndpointSliceController {
                         t.strftime("%Y-%m-%dT%H:%M:%S%.fZ").to_string(),
                     );
             }
-        };
-        for (old, mut new) in writes {
-            new.endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
-            stamp(&mut new);
-            match old {
-                Some(old) if strip_trigger(&old) == strip_trigger(&new) => {}
-                Some(old) => match api
-                    .replace(&old.name_any(), &PostParams::default(), &new)
-                    .await
-                {
-                    Ok(written) => track(&self.pending, &key, &written, false),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e),
-                },
-                None => {
-                    let written = api.create(&PostParams::default(), &new).await?;
-                    track(&self.pending, &key, &written, false);
+            None => {
+                if let Some(a) = s.metadata.annotations.as_mut() {
+                    a.remove(TRIGGER_TIME);
                 }
             }
+        };
+        let written = async {
+            for (old, mut new) in writes {
+                new.endpoints.sort_by(|a, b| a.addresses.cmp(&b.addresses));
+                match old {
+                    // `new` started as a copy of `old`: equal means nothing to write.
+                    Some(old) if old == new => {}
+                    Some(old) => {
+                        stamp(&mut new);
+                        match api
+                            .replace(&old.name_any(), &PostParams::default(), &new)
+                            .await
+                        {
+                            Ok(written) => track(&self.pending, &key, &written, false),
+                            Err(e) if is_not_found(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    None => {
+                        stamp(&mut new);
+                        let written = api.create(&PostParams::default(), &new).await?;
+                        track(&self.pending, &key, &written, false);
+                    }
+                }
+            }
+            for s in stale {
+                delete(&api, &s).await?;
+                track(&self.pending, &key, &s, true);
+            }
+            Ok(())
         }
-        for s in stale {
-            delete(&api, &s).await?;
-            track(&self.pending, &key, &s, true);
+        .await;
+        if let (Err(_), Some(t)) = (&written, trigger) {
+            // The retry writes the same change: it keeps its time.
+            self.triggers.lock().entry(key.clone()).or_insert(t);
         }
-        Ok(None)
+        written.map(|()| None)
     }
 
     fn labels(&self, svc: &Service) -> BTreeMap<String, String> {
@@ -403,18 +422,6 @@ impl EndpointSliceController {
 }
 
 reconciler!(EndpointSliceController, "endpointslice");
-
-/// A slice without its trigger-time annotation (what a write would change besides it).
-fn strip_trigger(s: &EndpointSlice) -> EndpointSlice {
-    let mut s = s.clone();
-    if let Some(a) = s.metadata.annotations.as_mut() {
-        a.remove(TRIGGER_TIME);
-        if a.is_empty() {
-            s.metadata.annotations = None;
-        }
-    }
-    s
-}
 
 async fn delete(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), kube::Error> {
     match api.delete(&s.name_any(), &DeleteParams::default()).await {

@@ -123,12 +123,12 @@ impl Feed {
         zone.set_service(key, svc.as_deref(), &slices);
     }
 
-    fn refresh_all(&self) {
-        for s in self.services.state() {
-            if let Some(key) = service_key(&s) {
-                self.refresh(&key);
-            }
-        }
+    /// Whether the Service `key` is cached and headless.
+    fn headless(&self, key: &str) -> bool {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        self.services
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some_and(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None"))
     }
 }
 
@@ -181,8 +181,12 @@ pub async fn run_with(
         .iter()
         .filter_map(|(u, _)| u.local_addr().ok())
         .collect();
-    // Never forward to ourselves.
-    upstreams.retain(|u| !bound.contains(u));
+    // Never forward to ourselves (a wildcard bind also answers on loopback).
+    upstreams.retain(|u| {
+        !bound.iter().any(|b| {
+            *b == *u || (b.ip().is_unspecified() && b.port() == u.port() && u.ip().is_loopback())
+        })
+    });
     let client = connect(&config.client).await?;
     let health = Arc::new(Health::new());
     let metrics = Metrics::default();
@@ -214,7 +218,8 @@ pub async fn run_with(
     }
     keelson_client::health::serve(&config.serving, 9153, health.clone(), shutdown.clone()).await?;
     let zone = Arc::new(RwLock::new(Zone::new(&config.cluster_domain)));
-    let (services, slices, feed) = informers(client, zone.clone());
+    // The handlers fill the zone as the first lists arrive; `synced` means they have run.
+    let (services, slices) = informers(client, zone.clone());
     let resolver = Arc::new(Resolver {
         zone,
         ttl: config.ttl,
@@ -238,9 +243,8 @@ pub async fn run_with(
     tokio::spawn(slices.run(shutdown.clone()));
     tokio::select! {
         _ = async { tokio::join!(svcs_synced.wait(), slices_synced.wait()) } => {
-            feed.refresh_all();
             ready.store(true, Ordering::Release);
-            tracing::info!(records = feed.zone.read().len(), "Services and EndpointSlices listed; answering");
+            tracing::info!(records = resolver.zone.read().len(), "Services and EndpointSlices listed; answering");
         }
         _ = shutdown.cancelled() => return Ok(()),
     }
@@ -252,7 +256,7 @@ pub async fn run_with(
 fn informers(
     client: Client,
     zone: Arc<RwLock<Zone>>,
-) -> (Informer<Service>, Informer<EndpointSlice>, Feed) {
+) -> (Informer<Service>, Informer<EndpointSlice>) {
     let (mut services, mut slices, index) = keelson_client::services::informers(client);
     let feed = Feed {
         zone,
@@ -267,15 +271,15 @@ fn informers(
             }
         });
     }
-    {
-        let feed = feed.clone();
-        slices.on_change(move |c| {
-            if let Some(key) = slice_service(c.object()) {
-                feed.refresh(&key);
-            }
-        });
-    }
-    (services, slices, feed)
+    slices.on_change(move |c| {
+        // Only a headless Service's records come from its slices.
+        if let Some(key) = slice_service(c.object())
+            && feed.headless(&key)
+        {
+            feed.refresh(&key);
+        }
+    });
+    (services, slices)
 }
 
 #[cfg(test)]

@@ -383,15 +383,10 @@ pub fn serve_udp(
 pub fn serve_tcp(resolver: Arc<Resolver>, listener: TcpListener, shutdown: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            let (mut conn, _) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "tcp accept failed");
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
+            let Some((mut conn, _)) =
+                keelson_client::net::accept(&listener, &shutdown, "dns").await
+            else {
+                return;
             };
             let (resolver, shutdown) = (resolver.clone(), shutdown.clone());
             tokio::spawn(async move {

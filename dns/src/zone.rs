@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// One record's data (the owner name and TTL are the zone's business).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Rec {
     /// IPv4 address.
     A(Ipv4Addr),
@@ -37,20 +37,6 @@ pub enum Rec {
     Ptr(String),
     /// Text.
     Txt(String),
-}
-
-impl Rec {
-    /// The record type's name, as in a zone file.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Rec::A(_) => "A",
-            Rec::Aaaa(_) => "AAAA",
-            Rec::Cname(_) => "CNAME",
-            Rec::Srv { .. } => "SRV",
-            Rec::Ptr(_) => "PTR",
-            Rec::Txt(_) => "TXT",
-        }
-    }
 }
 
 /// What the zone says about a question.
@@ -222,15 +208,22 @@ impl Zone {
             return;
         }
         let owner: Arc<str> = Arc::from(key);
+        // The Service's old records are gone (above): only repeats within `records` remain
+        // to drop.
+        let mut seen = std::collections::HashSet::new();
+        let mut owned = std::collections::HashSet::new();
         let mut names = Vec::new();
         for (name, rec) in records {
-            let entry = self.names.entry(name.clone()).or_default();
-            if !entry.iter().any(|(o, _)| *o == owner) {
+            if !seen.insert((name.clone(), rec.clone())) {
+                continue;
+            }
+            if owned.insert(name.clone()) {
                 names.push(name.clone());
             }
-            if !entry.iter().any(|(o, r)| *o == owner && *r == rec) {
-                entry.push((owner.clone(), rec));
-            }
+            self.names
+                .entry(name)
+                .or_default()
+                .push((owner.clone(), rec));
         }
         for n in &names {
             for p in ancestors(n, &self.domain) {
@@ -472,16 +465,11 @@ impl Zone {
     }
 }
 
-/// The proper ancestors of `name` that lie inside `domain` (or under a reverse zone), the
-/// domain itself excluded.
+/// The proper ancestors of `name` that lie inside `domain`, the domain itself excluded (the
+/// empty non-terminals of the zone; reverse names need none: the zone only answers the
+/// addresses it holds and forwards the rest).
 fn ancestors(name: &str, domain: &str) -> Vec<String> {
-    let stop = if name.ends_with(".in-addr.arpa.") {
-        "in-addr.arpa."
-    } else if name.ends_with(".ip6.arpa.") {
-        "ip6.arpa."
-    } else {
-        domain
-    };
+    let stop = domain;
     let mut out = Vec::new();
     let mut rest = name;
     while let Some((_, tail)) = rest.split_once('.') {

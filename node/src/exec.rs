@@ -103,7 +103,7 @@ pub fn serve(
     };
     let v5 = proto == PROTOCOLS[0];
     if attach {
-        ws.on_upgrade(move |socket| run_attach(socket, handle, q, v5))
+        ws.on_upgrade(move |socket| run_attach(socket, handle, q))
     } else {
         ws.on_upgrade(move |socket| run(socket, handle, q, v5))
     }
@@ -111,7 +111,7 @@ pub fn serve(
 
 /// Attach: the container's output as it is written, the client's input to its stdin, until
 /// the container exits or the client leaves.
-async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, v5: bool) {
+async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery) {
     let (mut tx, mut rx) = socket.split();
     let Some(io) = handle.attach() else {
         let mut frame = vec![3u8];
@@ -133,42 +133,50 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
     tokio::pin!(ended);
     let input = async {
         while let Some(data) = next_frame(&mut rx).await {
-            match data.first() {
-                Some(0) => {
-                    if let Some(s) = &stdin {
-                        let mut g = s.lock().await;
-                        if let Some(w) = g.as_mut()
-                            && w.write_all(&data[1..]).await.is_err()
-                        {
-                            *g = None;
-                        }
-                    }
+            // Only stdin frames count; v5's stdin close (255) leaves the container's stdin
+            // open for other attachers.
+            if data.first() == Some(&0)
+                && let Some(s) = &stdin
+            {
+                let mut g = s.lock().await;
+                if let Some(w) = g.as_mut()
+                    && w.write_all(&data[1..]).await.is_err()
+                {
+                    *g = None;
                 }
-                // v5: the client closed its stdin; the container's stays open for others.
-                Some(255) if v5 => {}
-                _ => {}
             }
         }
     };
     tokio::pin!(input);
+    let wanted = |chan: u8| (chan == 1 && q.stdout) || (chan == 2 && (q.stderr || q.tty));
+    let frame = |chan: u8, bytes: &[u8]| {
+        let mut frame = Vec::with_capacity(bytes.len() + 1);
+        frame.push(if q.tty { 1 } else { chan });
+        frame.extend_from_slice(bytes);
+        Message::Binary(frame.into())
+    };
     loop {
         tokio::select! {
+            // Output first: what the container wrote before it ended is sent before the end.
+            biased;
             chunk = output.recv() => match chunk {
                 Ok((chan, bytes)) => {
-                    let wanted = (chan == 1 && q.stdout) || (chan == 2 && (q.stderr || q.tty));
-                    if wanted {
-                        let mut frame = Vec::with_capacity(bytes.len() + 1);
-                        frame.push(if q.tty { 1 } else { chan });
-                        frame.extend_from_slice(&bytes);
-                        if tx.send(Message::Binary(frame.into())).await.is_err() {
-                            return;
-                        }
+                    if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                        return;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => break,
             },
-            _ = &mut ended => break,
+            _ = &mut ended => {
+                // Whatever is still queued was written before the exit.
+                while let Ok((chan, bytes)) = output.try_recv() {
+                    if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                break;
+            }
             _ = &mut input => return,
         }
     }

@@ -91,14 +91,42 @@ fn selects(p: &NetworkPolicy, pod: &Pod) -> bool {
         })
 }
 
-/// The match on the peer side of a rule (`ip saddr ...` or `ip daddr ...`), or None when the
-/// peer selects no address at all (the rule then allows nothing through it).
-fn peer_matches(
+/// The peers a rule names.
+enum Peer<'a> {
+    /// No `from`/`to`: anyone.
+    Any,
+    /// An ipBlock, as its match.
+    Block(String),
+    /// The pods selected (none: the peer selects no address; the rule allows nothing through
+    /// it).
+    Pods(Vec<&'a Pod>),
+}
+
+impl Peer<'_> {
+    /// The match on the peer side (`ip saddr ...` / `ip daddr ...`); `None` for no address.
+    fn matcher(&self, field: &str) -> Option<String> {
+        match self {
+            Peer::Any => Some(String::new()),
+            Peer::Block(m) => Some(m.clone()),
+            Peer::Pods(pods) => {
+                let ips: BTreeSet<&str> = pods.iter().filter_map(|p| pod_ip(p)).collect();
+                (!ips.is_empty()).then(|| {
+                    format!(
+                        "{field} {{ {} }}",
+                        ips.into_iter().collect::<Vec<_>>().join(", ")
+                    )
+                })
+            }
+        }
+    }
+}
+
+fn peer_of<'a>(
     peer: &NetworkPolicyPeer,
     policy_ns: &str,
-    inp: &Inputs,
+    inp: &Inputs<'a>,
     field: &str,
-) -> Vec<String> {
+) -> Peer<'a> {
     if let Some(b) = &peer.ip_block {
         let mut m = format!("{field} {}", b.cidr);
         let except: Vec<&String> = b.except.iter().flatten().collect();
@@ -106,7 +134,7 @@ fn peer_matches(
             let list: Vec<&str> = except.iter().map(|s| s.as_str()).collect();
             let _ = write!(m, " {field} != {{ {} }}", list.join(", "));
         }
-        return vec![m];
+        return Peer::Block(m);
     }
     let ns_sel = peer.namespace_selector.as_ref().map(selector);
     let pod_sel = peer
@@ -115,24 +143,22 @@ fn peer_matches(
         .map(selector)
         .unwrap_or_else(Selector::everything);
     let empty = BTreeMap::new();
-    let ips: BTreeSet<&str> = inp
-        .pods
-        .iter()
-        .filter(|p| !host_network(p))
-        .filter(|p| match &ns_sel {
-            Some(sel) => sel.matches(inp.namespaces.get(ns_of(p)).unwrap_or(&empty)),
-            None => ns_of(p) == policy_ns,
-        })
-        .filter(|p| pod_sel.matches(&labels(p)))
-        .filter_map(|p| pod_ip(p))
-        .collect();
-    if ips.is_empty() {
-        return Vec::new();
-    }
-    vec![format!(
-        "{field} {{ {} }}",
-        ips.into_iter().collect::<Vec<_>>().join(", ")
-    )]
+    Peer::Pods(
+        inp.pods
+            .iter()
+            .copied()
+            .filter(|p| !host_network(p) && pod_ip(p).is_some())
+            .filter(|p| match &ns_sel {
+                Some(sel) => sel.matches(inp.namespaces.get(ns_of(p)).unwrap_or(&empty)),
+                None => ns_of(p) == policy_ns,
+            })
+            .filter(|p| pod_sel.matches(&labels(p)))
+            .collect(),
+    )
+}
+
+fn named(p: &NetworkPolicyPort) -> bool {
+    matches!(p.port, Some(IntOrString::String(_)))
 }
 
 /// The port matches of a rule (each alone is enough); `[""]` for any port. Named ports are
@@ -232,29 +258,60 @@ pub fn render(table: &str, inp: &Inputs) -> String {
                     )
                 };
                 for (peers, ports) in rule_list {
-                    // Named ports: the destination's. Ingress: this pod; egress: the peers.
-                    let peer_pods: Vec<&Pod> = if ingress {
-                        vec![*pod]
-                    } else {
-                        inp.pods.to_vec()
-                    };
-                    let port_ms = port_matches(ports, &peer_pods);
-                    let peer_ms: Vec<String> = match peers.filter(|p| !p.is_empty()) {
-                        None => vec![String::new()],
+                    let peers: Vec<Peer> = match peers.filter(|p| !p.is_empty()) {
+                        None => vec![Peer::Any],
                         Some(ps) => ps
                             .iter()
-                            .flat_map(|peer| peer_matches(peer, policy_ns, inp, field))
+                            .map(|peer| peer_of(peer, policy_ns, inp, field))
                             .collect(),
                     };
-                    for pm in &peer_ms {
-                        for port in &port_ms {
-                            let m = [pm.as_str(), port.as_str()]
+                    let mut allow = |peer_m: &str, port_m: &str| {
+                        let m = [peer_m, port_m]
+                            .iter()
+                            .filter(|s| !s.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        rules.push(format!("{m} return").trim().to_string());
+                    };
+                    // A named port is the destination's: on ingress this pod's; on egress each
+                    // peer pod's own, so it is allowed per peer (an ipBlock has none).
+                    let egress_named = !ingress && ports.is_some_and(|ps| ps.iter().any(named));
+                    if !egress_named {
+                        let port_ms = port_matches(ports, std::slice::from_ref(pod));
+                        for m in peers.iter().filter_map(|p| p.matcher(field)) {
+                            for port in &port_ms {
+                                allow(&m, port);
+                            }
+                        }
+                        continue;
+                    }
+                    let (by_name, numeric): (Vec<NetworkPolicyPort>, Vec<NetworkPolicyPort>) =
+                        ports.into_iter().flatten().cloned().partition(named);
+                    if !numeric.is_empty() {
+                        let port_ms = port_matches(Some(&numeric), &[]);
+                        for m in peers.iter().filter_map(|p| p.matcher(field)) {
+                            for port in &port_ms {
+                                allow(&m, port);
+                            }
+                        }
+                    }
+                    for peer in &peers {
+                        let pods: Vec<&Pod> = match peer {
+                            Peer::Pods(v) => v.clone(),
+                            Peer::Any => inp
+                                .pods
                                 .iter()
-                                .filter(|s| !s.is_empty())
                                 .copied()
-                                .collect::<Vec<_>>()
-                                .join(" ");
-                            rules.push(format!("{m} return").trim().to_string());
+                                .filter(|p| !host_network(p))
+                                .collect(),
+                            Peer::Block(_) => continue,
+                        };
+                        for p in pods {
+                            let Some(ip) = pod_ip(p) else { continue };
+                            for port in port_matches(Some(&by_name), &[p]) {
+                                allow(&format!("{field} {ip}"), &port);
+                            }
                         }
                     }
                 }
@@ -394,6 +451,55 @@ mod tests {
         assert_eq!(
             chain.trim(),
             format!("chain {db_chain} {{ drop comment \"prod/db ingress\"; }}")
+        );
+    }
+
+    #[test]
+    fn egress_named_ports_are_each_peers_own() {
+        let web = pod("web", "prod", "n1", "10.244.1.6", json!({"app": "web"}));
+        // Both peers match; only `db` calls a port "http" (8080, from the helper).
+        let db = pod("db", "prod", "n2", "10.244.2.5", json!({"tier": "back"}));
+        let mut cache = pod("cache", "prod", "n2", "10.244.2.7", json!({"tier": "back"}));
+        cache.spec.as_mut().unwrap().containers[0].ports = Some(vec![
+            serde_json::from_value(json!({"name": "redis", "containerPort": 6379})).unwrap(),
+        ]);
+        let egress = policy(json!({"metadata": {"name": "e", "namespace": "prod"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "back"}}},
+                                   {"ipBlock": {"cidr": "192.168.0.0/16"}}],
+                            "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}]}]}}));
+        let pods = [&web, &db, &cache];
+        let policies = [&egress];
+        let nss = BTreeMap::new();
+        let t = render(
+            "np",
+            &Inputs {
+                policies: &policies,
+                pods: &pods,
+                namespaces: &nss,
+                node: "n1",
+            },
+        );
+        let out = t.lines().find(|l| l.contains("chain out-")).unwrap();
+        assert!(
+            out.contains("ip daddr 10.244.2.5 tcp dport 8080 return"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("10.244.2.7 tcp dport 8080"),
+            "cache has no port named http: {out}"
+        );
+        assert!(
+            out.contains("ip daddr { 10.244.2.5, 10.244.2.7 } udp dport 53 return"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ip daddr 192.168.0.0/16 udp dport 53 return"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("192.168.0.0/16 tcp"),
+            "an ipBlock has no named ports: {out}"
         );
     }
 

@@ -505,8 +505,7 @@ impl Runtime for ProcessRuntime {
                     .split('/')
                     .next()
                     .unwrap_or("");
-                let shared = !matches!(top, "" | "proc" | "tmp" | "run")
-                    && Path::new("/").join(top).is_dir();
+                let shared = shim::shared_from_host(top) && Path::new("/").join(top).is_dir();
                 if shared && !Path::new(&m.container_path).exists() {
                     return Err(err(
                         "CreateContainerError",

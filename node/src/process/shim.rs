@@ -97,6 +97,12 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a top-level directory of the host is bind-mounted into every container's root
+/// (the rest get a private `/proc`, `/tmp` and `/run`, or are left out).
+pub(crate) fn shared_from_host(top: &str) -> bool {
+    !matches!(top, "" | "proc" | "tmp" | "run" | "lost+found")
+}
+
 /// Builds the container's root: a tmpfs holding the host's top-level directories (bind
 /// mounts), a private /tmp, an empty /run, and the volumes.
 fn build_root(p: &Plan) -> Result<(), String> {
@@ -114,7 +120,7 @@ fn build_root(p: &Plan) -> Result<(), String> {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(n) = name.to_str() else { continue };
-        if matches!(n, "proc" | "tmp" | "run" | "lost+found") {
+        if !shared_from_host(n) {
             continue;
         }
         let target = root.join(n);

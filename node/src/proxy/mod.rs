@@ -136,13 +136,15 @@ pub async fn run_standalone(
     } else {
         config.hostname_override.clone()
     };
+    check().await?;
     let client = keelson_client::connect::connect(&config.client)
         .await
         .map_err(|e| e.to_string())?;
     run(client, config.proxy, node, shutdown).await
 }
 
-/// Runs the proxy for node `node` until `shutdown`, then removes its table.
+/// Runs the proxy for node `node` until `shutdown`, then removes its table. Callers run
+/// [`check`] first.
 pub async fn run(
     client: Client,
     args: ProxyArgs,
@@ -163,7 +165,6 @@ pub async fn run(
         node_mask: args.node_cidr_mask_size.min(32),
         masquerade_all: args.masquerade_all,
     };
-    check().await?;
     // Forwarding between pod bridges, and NodePorts on 127.0.0.1 (the DNAT'd packet keeps a
     // loopback source until it is masqueraded), as kube-proxy sets them.
     for (path, v) in [
@@ -355,25 +356,26 @@ impl Syncer {
             let rendered: Vec<(String, Rendered)> =
                 keys.iter().map(|k| (k.clone(), self.render(k))).collect();
             let table = self.settings.table.clone();
+            // The ranges of all endpoints, with this sync's Services as they will be.
+            let subnets = {
+                let changed: HashSet<&String> = rendered.iter().map(|(k, _)| k).collect();
+                let kept = self
+                    .programmed
+                    .iter()
+                    .filter(|(k, _)| !full && !changed.contains(k))
+                    .map(|(_, r)| r);
+                nft::subnets(kept.chain(rendered.iter().map(|(_, r)| r)))
+            };
             let script = if full {
                 let all: Vec<&Rendered> = rendered.iter().map(|(_, r)| r).collect();
-                nft::full(&table, &all)
+                nft::full(&table, &all, &subnets)
             } else {
                 let empty = Rendered::default();
                 let mut script: String = rendered
                     .iter()
                     .map(|(k, r)| nft::update(&table, self.programmed.get(k).unwrap_or(&empty), r))
                     .collect();
-                // The ranges of all endpoints, with this sync's Services as they will be.
-                let changed: HashSet<&String> = rendered.iter().map(|(k, _)| k).collect();
-                let now = nft::subnets(
-                    self.programmed
-                        .iter()
-                        .filter(|(k, _)| !changed.contains(k))
-                        .map(|(_, r)| r)
-                        .chain(rendered.iter().map(|(_, r)| r)),
-                );
-                script.push_str(&nft::subnet_rules(&table, &self.subnets, &now));
+                script.push_str(&nft::subnet_rules(&table, &self.subnets, &subnets));
                 script
             };
             let applied = if script.is_empty() {
@@ -387,13 +389,7 @@ impl Syncer {
                     if full {
                         self.programmed.clear();
                     }
-                    self.subnets = nft::subnets(
-                        self.programmed
-                            .iter()
-                            .filter(|(k, _)| !rendered.iter().any(|(r, _)| r == *k))
-                            .map(|(_, r)| r)
-                            .chain(rendered.iter().map(|(_, r)| r)),
-                    );
+                    self.subnets = subnets;
                     let now = jiff::Timestamp::now();
                     for ((k, r), t) in rendered.into_iter().zip(triggers) {
                         if let Some(t) = t {

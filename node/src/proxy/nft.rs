@@ -306,14 +306,15 @@ pub fn subnet_rules(
 
 /// The transaction that replaces the whole table with `all` (atomically: connections in flight
 /// keep their translations, new ones see the new rules).
-pub fn full(table: &str, all: &[&Rendered]) -> String {
+/// `subnets` is [`subnets`] of `all`.
+pub fn full(
+    table: &str,
+    all: &[&Rendered],
+    subnets: &std::collections::BTreeSet<String>,
+) -> String {
     let mut out = format!("add table ip {table}\ndelete table ip {table}\n");
     out.push_str(&base(table));
-    out.push_str(&subnet_rules(
-        table,
-        &Default::default(),
-        &subnets(all.iter().copied()),
-    ));
+    out.push_str(&subnet_rules(table, &Default::default(), subnets));
     for r in all {
         add_objects(&mut out, table, r, None);
     }
@@ -555,7 +556,7 @@ mod tests {
             down.rfind("flush chain").unwrap() < deleted,
             "flushed before deleted"
         );
-        let f = full("t", &[&b]);
+        let f = full("t", &[&b], &subnets([&b].into_iter()));
         assert!(f.starts_with("add table ip t\ndelete table ip t\ntable ip t {"));
         assert!(f.contains("add element ip t service-ips"));
         assert!(f.contains("add element ip t same-range { 10.244.1.0/24 . 10.244.1.0/24 }"));
