@@ -95,6 +95,15 @@ pub struct Config {
     /// The address advertised in discovery (`serverAddressByClientCIDRs`).
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// The file containing the EncryptionConfiguration (apiserver.config.k8s.io/v1) that says how
+    /// resources are encrypted before they are stored.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
+    /// Reload --encryption-provider-config when it changes. The file is checked every 5 seconds;
+    /// a file that does not load keeps the configuration in use and fails the health check
+    /// `encryption-provider-config-automatic-reload` until fixed.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub encryption_provider_config_automatic_reload: bool,
 }
 
 /// Parses a Go-style duration (`1m0s`, `30s`, `500ms`, `1h`).

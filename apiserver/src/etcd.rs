@@ -14,6 +14,7 @@ use keelson_etcdpb::mvccpb;
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::encryption::Encryption;
 use crate::status::ApiError;
 
 /// Errors from the store, mapped to API errors by the registry.
@@ -31,6 +32,9 @@ pub enum EtcdError {
     /// Any other gRPC error.
     #[error("etcd error: {0}")]
     Other(String),
+    /// A value could not be encrypted or decrypted (encryption at rest).
+    #[error("{0}")]
+    Transform(String),
 }
 
 impl From<EtcdError> for ApiError {
@@ -42,7 +46,7 @@ impl From<EtcdError> for ApiError {
             EtcdError::Compacted { .. } => ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
             ),
-            EtcdError::Other(m) => ApiError::internal(m),
+            EtcdError::Other(m) | EtcdError::Transform(m) => ApiError::internal(m),
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Kv {
     pub value: Vec<u8>,
     /// Revision of the last write to this key (the object's resourceVersion).
     pub mod_revision: i64,
+    /// Whether the value was written by an encryption provider or key other than the current
+    /// one, so that an update should rewrite it even when the object did not change.
+    pub stale: bool,
 }
 
 impl From<mvccpb::KeyValue> for Kv {
@@ -75,6 +82,7 @@ impl From<mvccpb::KeyValue> for Kv {
             key: kv.key,
             value: kv.value,
             mod_revision: kv.mod_revision,
+            stale: false,
         }
     }
 }
@@ -133,6 +141,28 @@ pub enum WatchEvent {
 pub struct Etcd {
     channels: Arc<Vec<(String, Channel)>>,
     current: Arc<AtomicUsize>,
+    encryption: Option<Arc<Encryption>>,
+}
+
+/// Decrypts `kv`'s value in place (when encryption at rest is configured).
+async fn decrypt(enc: &Option<Arc<Encryption>>, mut kv: Kv) -> Result<Kv, EtcdError> {
+    if let Some(e) = enc {
+        let value = std::mem::take(&mut kv.value);
+        let (plain, stale) = e
+            .from_storage(&kv.key, value)
+            .await
+            .map_err(|err| transform_error(&kv.key, err))?;
+        kv.value = plain;
+        kv.stale = stale;
+    }
+    Ok(kv)
+}
+
+fn transform_error(key: &[u8], err: String) -> EtcdError {
+    EtcdError::Transform(format!(
+        "unable to transform key {:?}: {err}",
+        String::from_utf8_lossy(key)
+    ))
 }
 
 fn is_transport(status: &tonic::Status) -> bool {
@@ -213,7 +243,24 @@ impl Etcd {
         Ok(Etcd {
             channels: Arc::new(channels),
             current: Arc::new(AtomicUsize::new(0)),
+            encryption: None,
         })
+    }
+
+    /// Encrypts every value written and decrypts every value read with `encryption`.
+    pub fn with_encryption(mut self, encryption: Arc<Encryption>) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
+    async fn encrypt(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, EtcdError> {
+        match &self.encryption {
+            Some(e) => e
+                .to_storage(key, value)
+                .await
+                .map_err(|err| transform_error(key, err)),
+            None => Ok(value),
+        }
     }
 
     /// Runs `op` against the current endpoint, moving on to the next one on transport errors
@@ -263,7 +310,10 @@ impl Etcd {
             ..Default::default()
         };
         let resp = self.range_request(req).await?;
-        Ok(resp.kvs.into_iter().next().map(Kv::from))
+        match resp.kvs.into_iter().next() {
+            Some(kv) => Ok(Some(decrypt(&self.encryption, Kv::from(kv)).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Reads keys in `[start, end)` at `revision` (0 = latest), at most `limit` (0 = all).
@@ -285,11 +335,15 @@ impl Etcd {
             ..Default::default()
         };
         let resp = self.range_request(req).await?;
+        let mut kvs = Vec::with_capacity(resp.kvs.len());
+        for kv in resp.kvs {
+            kvs.push(decrypt(&self.encryption, Kv::from(kv)).await?);
+        }
         Ok(RangeResult {
             revision: resp.header.map(|h| h.revision).unwrap_or(0),
             more: resp.more,
             count: resp.count,
-            kvs: resp.kvs.into_iter().map(Kv::from).collect(),
+            kvs,
         })
     }
 
@@ -338,6 +392,10 @@ impl Etcd {
             }
             _ => None,
         });
+        let current = match current {
+            Some(kv) => Some(decrypt(&self.encryption, kv).await?),
+            None => None,
+        };
         Ok(WriteOutcome::Failed(current))
     }
 
@@ -353,6 +411,7 @@ impl Etcd {
         value: Vec<u8>,
         expected: i64,
     ) -> Result<WriteOutcome, EtcdError> {
+        let value = self.encrypt(key, value).await?;
         self.conditional(key, vec![mod_is(key, expected)], vec![put_op(key, value)])
             .await
     }
@@ -366,10 +425,10 @@ impl Etcd {
         extra: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<WriteOutcome, EtcdError> {
         let mut compare = vec![absent(key)];
-        let mut success = vec![put_op(key, value)];
+        let mut success = vec![put_op(key, self.encrypt(key, value).await?)];
         for (k, v) in extra {
             compare.push(absent(k));
-            success.push(put_op(k, v.clone()));
+            success.push(put_op(k, self.encrypt(k, v.clone()).await?));
         }
         self.conditional(key, compare, success).await
     }
@@ -448,6 +507,7 @@ impl Etcd {
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let handle = ProgressHandle { tx: req_tx.clone() };
+        let encryption = self.encryption.clone();
         tokio::spawn(async move {
             // Keeps the request side open for as long as the watch lives.
             let _req_tx = req_tx;
@@ -504,18 +564,38 @@ impl Etcd {
                 }
                 for ev in resp.events {
                     let Some(kv) = ev.kv else { continue };
-                    let prev = ev.prev_kv.map(Kv::from);
-                    let event = if ev.r#type == mvccpb::event::EventType::Delete as i32 {
+                    let delete = ev.r#type == mvccpb::event::EventType::Delete as i32;
+                    // A value that cannot be decrypted ends the watch with the error, as the
+                    // read of the same key would fail.
+                    let prev = match ev.prev_kv {
+                        Some(p) => match decrypt(&encryption, Kv::from(p)).await {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
+                    let kv = if delete {
+                        Kv::from(kv)
+                    } else {
+                        match decrypt(&encryption, Kv::from(kv)).await {
+                            Ok(kv) => kv,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    };
+                    let event = if delete {
                         WatchEvent::Delete {
                             key: kv.key,
                             revision: kv.mod_revision,
                             prev,
                         }
                     } else {
-                        WatchEvent::Put {
-                            kv: Kv::from(kv),
-                            prev,
-                        }
+                        WatchEvent::Put { kv, prev }
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         return;

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub cache: Arc<crate::cache::Cache>,
     /// The client for kubelets (pods/log).
     pub kubelet: Arc<crate::kubelet::KubeletClient>,
+    /// Encryption at rest, when configured (its health checks).
+    pub encryption: Option<Arc<crate::encryption::Encryption>>,
 }
 
 /// How a response body is rendered.
@@ -436,7 +438,7 @@ async fn health(
     rest: &[&str],
     query: &HashMap<String, String>,
 ) -> ApiResult<Response> {
-    let mut checks: Vec<(&str, Result<(), String>)> = vec![("ping", Ok(()))];
+    let mut checks: Vec<(String, Result<(), String>)> = vec![("ping".into(), Ok(()))];
     if probe != "livez" {
         let etcd = match tokio::time::timeout(
             std::time::Duration::from_secs(2),
@@ -448,7 +450,10 @@ async fn health(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("etcd did not answer in 2s".into()),
         };
-        checks.push(("etcd", etcd));
+        checks.push(("etcd".into(), etcd));
+        if let Some(enc) = &state.encryption {
+            checks.extend(enc.health_checks().await);
+        }
     }
     let excluded: Vec<&str> = query
         .get("exclude")
@@ -467,14 +472,16 @@ async fn health(
     }
     let failed = checks
         .iter()
-        .any(|(n, r)| r.is_err() && !excluded.contains(n));
+        .any(|(n, r)| r.is_err() && !excluded.contains(&n.as_str()));
     let verbose = query.get("verbose").is_some();
     if verbose || failed {
         let mut text = String::new();
         for (n, r) in &checks {
             match r {
                 Ok(()) => text.push_str(&format!("[+]{n} ok\n")),
-                Err(_) if excluded.contains(n) => text.push_str(&format!("[+]{n} excluded: ok\n")),
+                Err(_) if excluded.contains(&n.as_str()) => {
+                    text.push_str(&format!("[+]{n} excluded: ok\n"))
+                }
                 Err(_) => text.push_str(&format!("[-]{n} failed: reason withheld\n")),
             }
         }

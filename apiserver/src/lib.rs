@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod discovery;
+pub mod encryption;
 pub mod etcd;
 pub mod filters;
 pub mod handlers;

@@ -136,6 +136,11 @@ impl Drop for WatcherGuard {
 }
 
 impl Metrics {
+    /// Runs `f` with the registry, to register families kept elsewhere.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.registry.lock())
+    }
+
     /// Registers every metric.
     pub fn new() -> Self {
         let m = Metrics {

@@ -249,12 +249,15 @@ impl Registry {
         Ok(self.get_raw(res, ns, name).await?.0)
     }
 
-    async fn get_raw(&self, res: &Resource, ns: &str, name: &str) -> ApiResult<(Value, i64)> {
+    /// Reads one object with its revision and whether its stored form is stale (written with an
+    /// encryption key or provider that is no longer the first, so an update must rewrite it).
+    async fn get_raw(&self, res: &Resource, ns: &str, name: &str) -> ApiResult<(Value, i64, bool)> {
         let key = object::key(&self.prefix, res, ns, name);
         match self.etcd.get(&key).await? {
             Some(kv) => Ok((
                 object::decode_stored(res, &kv.value, kv.mod_revision)?,
                 kv.mod_revision,
+                kv.stale,
             )),
             None => Err(ApiError::not_found(res.group, res.resource, name)),
         }
@@ -375,7 +378,7 @@ impl Registry {
     async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
         let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
         match self.get_raw(nsres, "", ns).await {
-            Ok((n, _)) => admit_namespace(&n, ns),
+            Ok((n, _, _)) => admit_namespace(&n, ns),
             Err(e) if e.code == 404 => Err(ApiError::not_found("", "namespaces", ns)),
             Err(e) => Err(e),
         }
@@ -398,7 +401,7 @@ impl Registry {
                 let pcres = resources::find("scheduling.k8s.io", "v1", "priorityclasses")
                     .expect("priorityclasses are served");
                 match self.get_raw(pcres, "", name).await {
-                    Ok((pc, _)) => (
+                    Ok((pc, _, _)) => (
                         pc.get("value").cloned().unwrap_or(json!(0)),
                         pc.get("preemptionPolicy")
                             .cloned()
@@ -604,12 +607,12 @@ impl Registry {
                 ));
             }
         }
-        let (old, old_rv) = self.get_raw(res, ns, name).await?;
+        let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
         let body_rv = meta_str(&obj, "resourceVersion").to_string();
         if !body_rv.is_empty() && parse_rv(&body_rv)? != old_rv {
             return Err(ApiError::modified(res.group, res.resource, name));
         }
-        self.prepare_and_write(res, ns, name, old, old_rv, obj, status_only, w)
+        self.prepare_and_write(res, ns, name, (old, stale), old_rv, obj, status_only, w)
             .await
     }
 
@@ -622,7 +625,7 @@ impl Registry {
         res: &Resource,
         ns: &str,
         name: &str,
-        old: Value,
+        (old, stale): (Value, bool),
         old_rv: i64,
         mut obj: Value,
         status_only: bool,
@@ -660,7 +663,7 @@ impl Registry {
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)
             .await?;
         let r = self
-            .write_update(res, ns, name, old, old_rv, obj, w.dry_run)
+            .write_update(res, ns, name, (old, stale), old_rv, obj, w.dry_run)
             .await;
         self.release(if r.is_ok() { &release } else { &taken })
             .await;
@@ -668,21 +671,21 @@ impl Registry {
     }
 
     /// Writes an already prepared update with `old_rv` as the precondition; a no-op returns the old
-    /// object unchanged (resourceVersion not bumped); removing the last finalizer of an object
-    /// marked for deletion deletes it.
+    /// object unchanged (resourceVersion not bumped) unless its stored form is stale; removing the
+    /// last finalizer of an object marked for deletion deletes it.
     #[allow(clippy::too_many_arguments)]
     async fn write_update(
         &self,
         res: &Resource,
         ns: &str,
         name: &str,
-        old: Value,
+        (old, stale): (Value, bool),
         old_rv: i64,
         mut obj: Value,
         dry_run: bool,
     ) -> ApiResult<Value> {
         set_meta(&mut obj, "resourceVersion", json!(old_rv.to_string()));
-        if obj == old {
+        if obj == old && !stale {
             return Ok(old);
         }
         let key = object::key(&self.prefix, res, ns, name);
@@ -748,7 +751,7 @@ impl Registry {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
             let obj = f(&old)?;
             if !obj.is_object() {
                 return Err(ApiError::bad_request(
@@ -766,7 +769,7 @@ impl Registry {
                 )));
             }
             let r = self
-                .prepare_and_write(res, ns, name, old, old_rv, obj, status_only, w)
+                .prepare_and_write(res, ns, name, (old, stale), old_rv, obj, status_only, w)
                 .await;
             match r {
                 Err(e)
@@ -798,10 +801,10 @@ impl Registry {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
             let obj = f(&old)?;
             match self
-                .write_update(res, ns, name, old, old_rv, obj, dry_run)
+                .write_update(res, ns, name, (old, stale), old_rv, obj, dry_run)
                 .await
             {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && attempts < 10 => continue,
@@ -821,7 +824,7 @@ impl Registry {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (old, old_rv) = self.get_raw(res, ns, name).await?;
+            let (old, old_rv, _) = self.get_raw(res, ns, name).await?;
             if let Some(uid) = &opts.uid
                 && meta_str(&old, "uid") != uid
             {

@@ -274,6 +274,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     )
     .map_err(StartError)?;
+    let metrics = crate::metrics::Metrics::new();
+    let (etcd, encryption) = match &config.encryption_provider_config {
+        Some(path) => {
+            let enc_metrics = metrics.with_registry(|r| {
+                crate::encryption::metrics::EncryptionMetrics::new(
+                    r,
+                    &format!("apiserver-{}", uuid::Uuid::new_v4()),
+                )
+            });
+            let enc = crate::encryption::Encryption::load(
+                path,
+                &config.etcd_prefix,
+                config.encryption_provider_config_automatic_reload,
+                Arc::new(enc_metrics),
+            )
+            .await
+            .map_err(|e| StartError(format!("--encryption-provider-config: {e}")))?;
+            (etcd.with_encryption(enc.clone()), Some(enc))
+        }
+        None if config.encryption_provider_config_automatic_reload => {
+            return Err(StartError(
+                "--encryption-provider-config-automatic-reload needs --encryption-provider-config"
+                    .into(),
+            ));
+        }
+        None => (etcd, None),
+    };
     let ranges = crate::alloc::Ranges::parse(
         &config.service_cluster_ip_range,
         &config.service_node_port_range,
@@ -281,7 +308,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )
     .map_err(StartError)?;
     let tls = Arc::new(tls_config(&config)?);
-    let metrics = crate::metrics::Metrics::new();
     let advertise = format!(
         "{}:{}",
         config.advertise_address.unwrap_or(config.bind_address),
@@ -300,6 +326,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         min_request_timeout: config.min_request_timeout,
         advertise,
         metrics: metrics.clone(),
+        encryption,
         kubelet: Arc::new(
             crate::kubelet::KubeletClient::new(
                 config.kubelet_client_certificate.as_deref(),

@@ -36,6 +36,8 @@ enum Command {
     Proxy(Box<keelson_node::proxy::ProxyConfig>),
     /// Run the cluster DNS server (the Kubernetes DNS specification, as CoreDNS serves it).
     Dns(Box<keelson_dns::Config>),
+    /// Run the KMS v2 plugin for encryption at rest (keys in a local file; --rotate adds a key).
+    KmsPlugin(Box<keelson_kms::plugin::Config>),
     /// Start a local cluster on loopback.
     Up(up::Args),
 }
@@ -121,6 +123,9 @@ async fn async_main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::KmsPlugin(config) => keelson_kms::plugin::run(*config, shutdown)
+            .await
+            .map_err(anyhow::Error::msg)?,
         Command::Up(args) => up::run(args, shutdown).await?,
     }
     Ok(())
