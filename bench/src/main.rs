@@ -22,6 +22,7 @@ mod dns;
 mod hollow;
 mod proxy;
 mod scheduler;
+mod secrets;
 mod store;
 
 use anyhow::{Context, bail};
@@ -56,6 +57,9 @@ enum Cmd {
     Dns(dns::DnsArgs),
     /// Service proxy: network programming latency and nft sync time.
     Proxy(proxy::ProxyArgs),
+    /// Secret create latency with encryption at rest off and with KMS v2 (`keelson up
+    /// --encryption none|kms`).
+    Secrets(secrets::SecretsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,6 +138,15 @@ impl Drop for Terminating {
 /// Starts `keelson up` with one apiserver and no controller-managers (benches that need one
 /// start it themselves, to measure it alone).
 pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
+    start_cluster_with(keelson, stores, &[])
+}
+
+/// [`start_cluster`] with more `keelson up` flags.
+pub(crate) fn start_cluster_with(
+    keelson: &Path,
+    stores: usize,
+    extra: &[&str],
+) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -157,6 +170,7 @@ pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Clu
             "--data-dir",
         ])
         .arg(&data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -227,7 +241,11 @@ fn new_hist() -> Histogram<u64> {
 }
 
 /// Runs `total` operations over `clients` tasks; returns (elapsed, latency histogram in µs, errors).
-async fn run_ops<F, Fut>(clients: usize, total: usize, op: F) -> (Duration, Histogram<u64>, usize)
+pub(crate) async fn run_ops<F, Fut>(
+    clients: usize,
+    total: usize,
+    op: F,
+) -> (Duration, Histogram<u64>, usize)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -267,7 +285,13 @@ where
     (start.elapsed(), all, errors)
 }
 
-fn row(name: &str, n: usize, elapsed: Duration, h: &Histogram<u64>, errors: usize) -> String {
+pub(crate) fn row(
+    name: &str,
+    n: usize,
+    elapsed: Duration,
+    h: &Histogram<u64>,
+    errors: usize,
+) -> String {
     format!(
         "| {name} | {n} | {:.0}/s | {:.1} | {:.1} | {:.1} | {:.1} | {errors} |",
         n as f64 / elapsed.as_secs_f64(),
@@ -496,5 +520,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Hollow(a) => rt.block_on(hollow::run(a)),
         Cmd::Dns(a) => rt.block_on(dns::run(a)),
         Cmd::Proxy(a) => rt.block_on(proxy::run(a)),
+        Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
     }
 }

@@ -52,6 +52,58 @@ pub struct Args {
     /// Where members keep their data (one subdirectory each).
     #[arg(long, default_value = "keelson-data")]
     pub data_dir: PathBuf,
+    /// Encryption at rest of Secrets: `kms` (KMS v2 through the bundled `keelson kms-plugin`,
+    /// keys in `<data>/kms/keys.json`) or `none`. Secrets written under kms stay unreadable
+    /// with `none`.
+    #[arg(long, default_value = "kms", value_parser = ["kms", "none"])]
+    pub encryption: String,
+}
+
+/// The KMS plugin `up` runs and the EncryptionConfiguration that points the apiservers at it;
+/// returns the supervised plugin (already started, its socket listening) and the config path.
+async fn start_kms(
+    data_dir: &std::path::Path,
+    exe: &std::path::Path,
+) -> anyhow::Result<(Supervised, PathBuf)> {
+    let dir = std::path::absolute(data_dir.join("kms")).context("locating the data directory")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let sock = dir.join("kms.sock");
+    if sock.as_os_str().len() > 100 {
+        bail!(
+            "the KMS plugin socket {} is longer than a unix socket path may be; use a shorter --data-dir or --encryption none",
+            sock.display()
+        );
+    }
+    let endpoint = format!("unix://{}", sock.display());
+    let config = data_dir.join("encryption-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "# Written by keelson up: Secrets are encrypted through the KMS v2 plugin; identity reads\n# Secrets stored before encryption was on.\napiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - kms: {{apiVersion: v2, name: keelson-kms, endpoint: \"{endpoint}\", timeout: 3s}}\n  - identity: {{}}\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let _ = std::fs::remove_file(&sock);
+    let mut plugin = Supervised::new(
+        "kms-plugin".into(),
+        vec![
+            "kms-plugin".into(),
+            format!("--listen-addr={endpoint}"),
+            format!("--keys-file={}", dir.join("keys.json").display()),
+        ],
+    );
+    plugin.start(exe)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the KMS plugin did not listen on {} within 20 s",
+                sock.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((plugin, config))
 }
 
 /// The ports a cluster was created with, kept in `<data>/topology.json` so a restart finds its
@@ -259,6 +311,18 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         .map(|(c, _)| format!("http://127.0.0.1:{c}"))
         .collect();
     let endpoints = endpoints.join(",");
+    let (kms_plugin, encryption_args) = if args.encryption == "kms" {
+        let (plugin, config) = start_kms(&args.data_dir, &exe).await?;
+        (
+            Some(plugin),
+            vec![
+                format!("--encryption-provider-config={}", config.display()),
+                "--encryption-provider-config-automatic-reload".into(),
+            ],
+        )
+    } else {
+        (None, Vec::new())
+    };
     let mut api_addrs = Vec::new();
     for (i, port) in topo.apiservers.iter().copied().enumerate() {
         api_addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
@@ -279,7 +343,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 ),
                 format!("--kubelet-client-key={}", kubelet_client.1.display()),
                 format!("--kubelet-certificate-authority={}", pki.ca.display()),
-            ],
+            ]
+            .into_iter()
+            .chain(encryption_args.iter().cloned())
+            .collect(),
         ));
     }
     // Components reach the apiservers directly, failing over between them.
@@ -497,6 +564,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     for p in &mut procs {
         p.start(&exe)?;
     }
+    // Started above, before the apiservers that need it.
+    procs.extend(kms_plugin);
     tokio::spawn(crate::balancer::run(
         balancer,
         api_addrs.clone(),
@@ -530,6 +599,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     println!("  data:       {}", args.data_dir.display());
     println!("  store:      {endpoints}");
     println!("  kubeconfig: {}", kubeconfig.display());
+    if args.encryption == "kms" {
+        println!(
+            "  secrets:    encrypted at rest with KMS v2 (keelson kms-plugin, keys in {})",
+            args.data_dir.join("kms").join("keys.json").display()
+        );
+    }
     if dns_replicas > 0 {
         println!(
             "  dns:        kube-system/kube-dns {} ({dns_replicas} server(s) from {})",

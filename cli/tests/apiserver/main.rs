@@ -6,6 +6,7 @@ mod behaviour;
 #[allow(dead_code)]
 #[path = "../store/cluster.rs"]
 mod cluster;
+mod encryption;
 mod harness;
 mod kube_rs;
 mod kubectl;
