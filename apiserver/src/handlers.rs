@@ -360,8 +360,28 @@ async fn dispatch(state: &ApiState, info: &RequestInfo, req: Request<Body>) -> A
             .map(|l| json_response(&l))
             .ok_or_else(ApiError::path_not_found),
         ["openapi", "v2"] => {
-            // Served as JSON only: a client that asks for the protobuf form alone (kubectl does)
-            // must not be handed JSON it would try to parse as protobuf.
+            // kubectl asks for the protobuf form alone (the gnostic Document); other clients
+            // for JSON.
+            let wants_pb = accept.split(',').any(|a| {
+                let mt = a.split(';').next().unwrap_or("").trim();
+                matches!(
+                    mt,
+                    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+                        | "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+                )
+            });
+            if wants_pb {
+                let mut r = (StatusCode::OK, crate::openapi_pb::v2().to_vec()).into_response();
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                return Ok(r);
+            }
             let wants_json = accept.is_empty()
                 || accept.split(',').any(|a| {
                     let mt = a.split(';').next().unwrap_or("").trim();
@@ -369,7 +389,7 @@ async fn dispatch(state: &ApiState, info: &RequestInfo, req: Request<Body>) -> A
                 });
             if !wants_json {
                 return Err(ApiError::not_acceptable(
-                    "/openapi/v2 is served as application/json only; use /openapi/v3",
+                    "/openapi/v2 is served as application/json and application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 ));
             }
             let mut r = (StatusCode::OK, openapi::v2().to_vec()).into_response();

@@ -21,6 +21,7 @@ pub mod managed;
 pub mod metrics;
 pub mod object;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;

@@ -55,7 +55,7 @@ fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 async fn one(
@@ -136,7 +136,7 @@ async fn one(
             "only {written} of {expected} secrets went through the KMS v2 transformer"
         );
         rows.push(format!(
-            "| kms: objects encrypted through KMS v2 | {written} | plugin Encrypt calls: {encrypts} | Decrypt calls: {decrypts} | | | | |"
+            "| kms: objects encrypted through KMS v2 | {written:.0} | plugin Encrypt calls: {encrypts:.0} | Decrypt calls: {decrypts:.0} | | | | |"
         ));
     }
     Ok(rows)

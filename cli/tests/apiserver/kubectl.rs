@@ -676,3 +676,43 @@ fn watch_resume_and_expiry() {
         }
     }
 }
+
+/// `kubectl get ... -o json | kubectl replace -f -`: kubectl validates a List on the client
+/// side against `/openapi/v2` in protobuf, so the rewrite works and an unknown field is caught
+/// before anything is sent.
+#[test]
+fn replace_of_a_list_validates_client_side() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    c.ok(&["create", "configmap", "a", "--from-literal=k=v"]);
+    c.ok(&[
+        "create",
+        "deployment",
+        "d",
+        "--image=registry.k8s.io/pause:3.10",
+    ]);
+    let json = c.ok(&["get", "configmaps,deployments", "-o", "json"]);
+    let out = c.kubectl_stdin(&["replace", "-f", "-"], &json);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("configmap/a replaced") && text.contains("deployment.apps/d replaced"),
+        "{text}"
+    );
+    let mut list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for item in list["items"].as_array_mut().unwrap() {
+        if item["kind"] == "Deployment" {
+            item["spec"]["replicaz"] = serde_json::json!(3);
+        }
+    }
+    let out = c.kubectl_stdin(&["replace", "-f", "-"], &list.to_string());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field \"replicaz\" in io.k8s.api.apps.v1.DeploymentSpec"),
+        "{err}"
+    );
+}
