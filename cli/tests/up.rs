@@ -98,8 +98,12 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
     let _stop = StopOnPanic(up.id(), up_log.clone());
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut store_endpoints = String::new();
     loop {
         let l = lines.next().expect("keelson up ended early").unwrap();
+        if let Some(e) = l.trim().strip_prefix("store:") {
+            store_endpoints = e.trim().to_string();
+        }
         if l.starts_with("Press Ctrl-C") {
             break;
         }
@@ -148,6 +152,53 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         2,
         "{procs:?}"
     );
+    assert_eq!(
+        procs
+            .iter()
+            .filter(|(_, c)| c.contains(" kms-plugin "))
+            .count(),
+        1,
+        "{procs:?}"
+    );
+    // Secrets are encrypted at rest by default, through the KMS v2 plugin.
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal=password=swordfish",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={store_endpoints}"))
+        .args(["get", "/registry/secrets/default/db", "-w", "json"])
+        .output()
+        .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        v["kvs"][0]["value"]
+            .as_str()
+            .expect("the secret is in the store"),
+    )
+    .unwrap();
+    assert!(stored.starts_with(b"k8s:enc:kms:v2:keelson-kms:"));
+    assert!(!stored.windows(9).any(|w| w == b"swordfish"));
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "c3dvcmRmaXNo");
     let nodes_by = Instant::now() + Duration::from_secs(60);
     loop {
         let out = kubectl(

@@ -324,6 +324,31 @@ fn kms_plugin_killed_and_restarted() {
     );
     assert_eq!(key_id("before"), "kek-2");
     assert_eq!(key_id("while-down"), "kek-2");
+    // Nothing needs kek-1 any more: remove it; a fresh apiserver (no cached seeds) reads all.
+    let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("kms-plugin")
+        .arg(format!(
+            "--keys-file={}",
+            dir.path().join("kms-keys.json").display()
+        ))
+        .args(["--remove-key", "kek-1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.kill_apiserver(0);
+    c.start_apiserver(0);
+    eventually(
+        Duration::from_secs(30),
+        "reads after removing kek-1",
+        || c.kubectl(&["get", "secret", "before"]).status.success(),
+    );
+    for (name, v) in [("before", "v1"), ("while-down", "v2"), ("after", "v3")] {
+        assert_eq!(read_secret(&c, name), v);
+    }
     kill(plugin);
 }
 
