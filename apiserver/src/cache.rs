@@ -182,7 +182,13 @@ impl Cacher {
             match self.list_and_watch(&shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::debug!(resource = self.res.resource, error = %e, "watch cache relists");
+                    if matches!(e, EtcdError::Transform(_)) {
+                        // A value that cannot be decrypted fails every list until the key or
+                        // the encryption configuration is fixed: say so loudly.
+                        tracing::warn!(resource = self.res.resource, error = %e, "watch cache cannot list; retrying");
+                    } else {
+                        tracing::debug!(resource = self.res.resource, error = %e, "watch cache relists");
+                    }
                     {
                         let mut st = self.state.write();
                         st.ready = false;

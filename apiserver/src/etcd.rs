@@ -105,7 +105,8 @@ pub struct RangeResult {
 pub enum WriteOutcome {
     /// Applied; the new revision.
     Written(i64),
-    /// The condition failed; the key's current state, if it exists.
+    /// The condition failed; the key's current state, if it exists (its value as stored, not
+    /// decrypted).
     Failed(Option<Kv>),
 }
 
@@ -144,17 +145,26 @@ pub struct Etcd {
     encryption: Option<Arc<Encryption>>,
 }
 
-/// Decrypts `kv`'s value in place (when encryption at rest is configured).
+/// Decrypts `kv`'s value in place.
 async fn decrypt(enc: &Option<Arc<Encryption>>, mut kv: Kv) -> Result<Kv, EtcdError> {
-    if let Some(e) = enc {
-        let value = std::mem::take(&mut kv.value);
-        let (plain, stale) = e
-            .from_storage(&kv.key, value)
-            .await
-            .map_err(|err| transform_error(&kv.key, err))?;
-        kv.value = plain;
-        kv.stale = stale;
-    }
+    let Some(e) = enc else {
+        // No encryption configured is identity for everything: encrypted data is refused, never
+        // handed out as if it were the object.
+        if kv.value.starts_with(crate::encryption::ENCRYPTED) {
+            return Err(transform_error(
+                &kv.key,
+                "identity transformer tried to read encrypted data".into(),
+            ));
+        }
+        return Ok(kv);
+    };
+    let value = std::mem::take(&mut kv.value);
+    let (plain, stale) = e
+        .from_storage(&kv.key, value)
+        .await
+        .map_err(|err| transform_error(&kv.key, err))?;
+    kv.value = plain;
+    kv.stale = stale;
     Ok(kv)
 }
 
@@ -392,10 +402,8 @@ impl Etcd {
             }
             _ => None,
         });
-        let current = match current {
-            Some(kv) => Some(decrypt(&self.encryption, kv).await?),
-            None => None,
-        };
+        // Left as stored: callers only ask whether the key exists, and a value that cannot be
+        // decrypted must not turn a conflict into an error.
         Ok(WriteOutcome::Failed(current))
     }
 

@@ -283,6 +283,11 @@ pub fn schema(v: &Value) -> Schema {
     if s.r#type.as_ref().is_some_and(|t| t.value[0] != "array") {
         s.items = None;
     }
+    // kubectl's parser reads a typeless schema with additionalProperties as a map of no type,
+    // which it rejects; typeless means anything goes.
+    if s.r#type.is_none() && s.properties.is_none() {
+        s.additional_properties = None;
+    }
     s
 }
 
@@ -355,6 +360,10 @@ mod tests {
                 other => panic!("{name}: Unknown primitive type: {other:?}"),
             }
         }
+        assert!(
+            s.r#type.is_some() || s.properties.is_some() || s.additional_properties.is_none(),
+            "{name}: a map without a type"
+        );
         for p in s.properties.iter().flat_map(|p| &p.additional_properties) {
             parses(
                 &format!("{name}.{}", p.name),
@@ -422,6 +431,10 @@ mod tests {
         assert!(s.r#type.is_none());
         let s = schema(&serde_json::json!({"type": "array"}));
         assert!(s.r#type.is_none());
+        let s = schema(
+            &serde_json::json!({"type": ["object", "string"], "additionalProperties": {"type": "string"}}),
+        );
+        assert!(s.r#type.is_none() && s.additional_properties.is_none());
         let s = schema(&serde_json::json!({"type": "object", "properties": {}}));
         assert!(s.properties.is_some(), "an empty properties stays present");
         let encoded = s.encode_to_vec();

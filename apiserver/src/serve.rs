@@ -288,6 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 &config.etcd_prefix,
                 config.encryption_provider_config_automatic_reload,
                 Arc::new(enc_metrics),
+                shutdown.clone(),
             )
             .await
             .map_err(|e| StartError(format!("--encryption-provider-config: {e}")))?;

@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
                 "/registry",
                 false,
                 Arc::new(EncryptionMetrics::new(&mut r, "bench")),
+                stop.clone(),
             )
             .await
             .expect("load")

@@ -311,6 +311,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         .map(|(c, _)| format!("http://127.0.0.1:{c}"))
         .collect();
     let endpoints = endpoints.join(",");
+    if args.encryption == "none" && args.data_dir.join("kms").join("keys.json").exists() {
+        bail!(
+            "{} holds KMS keys: Secrets stored encrypted would be unreadable with --encryption none; use --encryption kms (or a new --data-dir)",
+            args.data_dir.display()
+        );
+    }
     let (kms_plugin, encryption_args) = if args.encryption == "kms" {
         let (plugin, config) = start_kms(&args.data_dir, &exe).await?;
         (

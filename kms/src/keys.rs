@@ -82,8 +82,36 @@ impl KeyFile {
         }
         let f = Self::generate();
         f.save(path)?;
-        tracing::info!(path = %path.display(), key_id = %f.primary, "created a new KMS key file");
+        tracing::warn!(
+            path = %path.display(),
+            key_id = %f.primary,
+            "created a new KMS key file: data encrypted under keys of an earlier file cannot be decrypted with it"
+        );
         Ok(f)
+    }
+
+    /// Runs `change` on the file at `path` under an exclusive lock (`<path>.lock`), so that two
+    /// rotations at once cannot both mint the same key id, and saves the result.
+    pub fn update<T>(
+        path: &Path,
+        change: impl FnOnce(&mut KeyFile) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let lock_path = path.with_extension("lock");
+        if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+        let mut file = Self::load_or_create(path)?;
+        let out = change(&mut file)?;
+        file.save(path)?;
+        Ok(out)
     }
 
     /// Writes the file atomically with mode 0600.
@@ -96,9 +124,14 @@ impl KeyFile {
         }
         let tmp = path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        // A fresh file, so the 0600 mode applies (a leftover one could be wider).
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", tmp.display())),
+        }
         let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
             .open(&tmp)

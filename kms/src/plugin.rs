@@ -147,7 +147,7 @@ impl KeyManagementService for Plugin {
 /// Serves `plugin` on the unix socket `path` until `shutdown`; removes a stale socket first and
 /// the socket at the end.
 pub async fn serve(plugin: Plugin, path: &Path, shutdown: CancellationToken) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     match std::fs::remove_file(path) {
@@ -173,17 +173,14 @@ pub async fn serve(plugin: Plugin, path: &Path, shutdown: CancellationToken) -> 
 
 /// `keelson kms-plugin`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
-    if config.rotate || config.remove_key.is_some() {
-        let mut file = KeyFile::load_or_create(&config.keys_file)?;
-        if config.rotate {
-            let id = file.rotate();
-            file.save(&config.keys_file)?;
-            println!("{id}");
-        } else if let Some(id) = &config.remove_key {
-            file.remove(id)?;
-            file.save(&config.keys_file)?;
-            println!("removed {id}");
-        }
+    if config.rotate {
+        let id = KeyFile::update(&config.keys_file, |f| Ok(f.rotate()))?;
+        println!("{id}");
+        return Ok(());
+    }
+    if let Some(id) = &config.remove_key {
+        KeyFile::update(&config.keys_file, |f| f.remove(id))?;
+        println!("removed {id}");
         return Ok(());
     }
     let path =

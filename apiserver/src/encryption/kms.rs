@@ -474,6 +474,18 @@ impl Kms {
             )
             .await
             .map_err(|e| format!("failed to decrypt DEK, error: {}", e.message()))?;
+        // Checked before it is cached: a bad answer must not stick for the cache's lifetime.
+        let ok = if o.encrypted_dek_source_type == 1 {
+            resp.plaintext.len() >= SEED
+        } else {
+            resp.plaintext.len() == 32
+        };
+        if !ok {
+            return Err(format!(
+                "failed to decrypt DEK, error: the plugin returned {} bytes, not a valid key or seed",
+                resp.plaintext.len()
+            ));
+        }
         let seed = Arc::new(resp.plaintext);
         self.remember_seed(key, seed.clone());
         Ok(seed)

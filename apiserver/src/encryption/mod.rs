@@ -30,7 +30,9 @@ use self::kms::Kms;
 use self::metrics::EncryptionMetrics;
 
 /// The marker every encrypted value starts with.
-const ENCRYPTED: &[u8] = b"k8s:enc:";
+pub const ENCRYPTED: &[u8] = b"k8s:enc:";
+/// How long the KMS health checks may take together before they count as failed.
+const HEALTH_LIMIT: Duration = Duration::from_secs(5);
 /// How often the configuration file is checked with automatic reload on. Upstream polls every
 /// minute; the file is small and hashing it is cheap, so a change is picked up within seconds.
 const RELOAD_POLL: Duration = Duration::from_secs(5);
@@ -252,6 +254,8 @@ pub struct Encryption {
     metrics: Arc<EncryptionMetrics>,
     reload_error: Mutex<Option<String>>,
     reload: bool,
+    /// Stops the file watch and every KMS poller.
+    shutdown: CancellationToken,
 }
 
 fn build(
@@ -260,6 +264,7 @@ fn build(
     reuse: &[Arc<Kms>],
     metrics: &Arc<EncryptionMetrics>,
     endpoints: &mut HashMap<String, (String, Duration)>,
+    stop: CancellationToken,
 ) -> Result<Loaded, String> {
     let mut kms_by_name = HashMap::new();
     let mut kms = Vec::new();
@@ -287,7 +292,7 @@ fn build(
         hash,
         by_storage,
         kms,
-        stop: CancellationToken::new(),
+        stop,
     })
 }
 
@@ -305,17 +310,26 @@ fn read_config(path: &Path) -> Result<(Config, [u8; 32]), String> {
 
 impl Encryption {
     /// Loads `path` (`--encryption-provider-config`) for a store under `prefix`
-    /// (`--etcd-prefix`), starts its KMS providers and probes each once. An invalid file is an
-    /// error naming the field.
+    /// (`--etcd-prefix`), starts its KMS providers and probes each once; background work (KMS
+    /// polls, the file watch) stops with `shutdown`. An invalid file is an error naming the
+    /// field.
     pub async fn load(
         path: &Path,
         prefix: &str,
         reload: bool,
         metrics: Arc<EncryptionMetrics>,
+        shutdown: CancellationToken,
     ) -> Result<Arc<Self>, String> {
         let (config, hash) = read_config(path)?;
         let mut endpoints = HashMap::new();
-        let loaded = build(&config, hash, &[], &metrics, &mut endpoints)?;
+        let loaded = build(
+            &config,
+            hash,
+            &[],
+            &metrics,
+            &mut endpoints,
+            shutdown.child_token(),
+        )?;
         for k in &loaded.kms {
             // One probe before serving, so a reachable plugin has a write seed from the start.
             let _ = k.check().await;
@@ -330,6 +344,7 @@ impl Encryption {
             metrics,
             reload_error: Mutex::new(None),
             reload,
+            shutdown,
         });
         if reload {
             tokio::spawn(enc.clone().watch_file(endpoints));
@@ -375,21 +390,40 @@ impl Encryption {
         }
     }
 
-    /// Health checks: `kms-providers` (every KMS provider, failures prefixed `kms-provider-N`),
-    /// one `kms-provider-N` per provider, and, with automatic reload on, whether the last change
-    /// of the file could be loaded.
+    /// Health checks: `kms-providers` (every KMS provider, failures prefixed `kms-provider-N`,
+    /// all within 5 s), and, with automatic reload on, whether the last change of the file
+    /// could be loaded. Each provider's own result is also returned as `kms-provider-N`
+    /// (addressable as `/healthz/kms-provider-N`; the aggregate already covers it).
     pub async fn health_checks(&self) -> Vec<(String, Result<(), String>)> {
         let kms = self.current.read().kms.clone();
         let mut out = Vec::new();
-        let mut failures = Vec::new();
-        let mut each = Vec::new();
-        for (i, k) in kms.iter().enumerate() {
-            let r = k.check().await;
-            if let Err(e) = &r {
-                failures.push(format!("kms-provider-{i}: {e}"));
-            }
-            each.push((format!("kms-provider-{i}"), r));
-        }
+        let results = tokio::time::timeout(
+            HEALTH_LIMIT,
+            futures::future::join_all(kms.iter().map(|k| k.check())),
+        )
+        .await;
+        let each: Vec<(String, Result<(), String>)> = match results {
+            Ok(rs) => rs
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (format!("kms-provider-{i}"), r))
+                .collect(),
+            Err(_) => (0..kms.len())
+                .map(|i| {
+                    (
+                        format!("kms-provider-{i}"),
+                        Err(format!(
+                            "KMS provider {:?} did not answer within {HEALTH_LIMIT:?}",
+                            kms[i].name()
+                        )),
+                    )
+                })
+                .collect(),
+        };
+        let failures: Vec<String> = each
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+            .collect();
         if !kms.is_empty() || self.reload {
             out.push((
                 "kms-providers".to_string(),
@@ -417,7 +451,10 @@ impl Encryption {
     async fn watch_file(self: Arc<Self>, mut endpoints: HashMap<String, (String, Duration)>) {
         let mut failed_hash = None;
         loop {
-            tokio::time::sleep(RELOAD_POLL).await;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RELOAD_POLL) => {}
+            }
             let bytes = match std::fs::read(&self.path) {
                 Ok(b) => b,
                 Err(e) => {
@@ -466,7 +503,14 @@ impl Encryption {
         let config = config::load(&self.path.display().to_string(), bytes)?;
         let old = self.current.read().clone();
         let mut new_endpoints = endpoints.clone();
-        let loaded = build(&config, hash, &old.kms, &self.metrics, &mut new_endpoints)?;
+        let loaded = build(
+            &config,
+            hash,
+            &old.kms,
+            &self.metrics,
+            &mut new_endpoints,
+            self.shutdown.child_token(),
+        )?;
         let deadline = Instant::now() + RELOAD_HEALTH_WAIT;
         for k in &loaded.kms {
             loop {

@@ -66,9 +66,15 @@ async fn load(dir: &Path, providers: &str) -> Arc<Encryption> {
     );
     let path = dir.join("enc.yaml");
     std::fs::write(&path, doc).unwrap();
-    Encryption::load(&path, "/registry", false, metrics())
-        .await
-        .unwrap()
+    Encryption::load(
+        &path,
+        "/registry",
+        false,
+        metrics(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
 }
 
 const ALL: &str = "  - kms: {apiVersion: v2, name: local, endpoint: \"unix://$SOCK\"}\n  - aesgcm: {keys: [{name: g1, secret: \"$KEY16\"}]}\n  - aescbc: {keys: [{name: c1, secret: \"$KEY32\"}]}\n  - secretbox: {keys: [{name: s1, secret: \"$KEY32\"}]}\n  - identity: {}\n";
@@ -273,4 +279,34 @@ async fn kms_reads_cached_seeds_while_the_plugin_is_down_and_follows_rotation() 
     );
     assert_eq!(cold.from_storage(ad, c).await.unwrap().0, b"c");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn every_resource_is_covered_by_a_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("all.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [\"*.*\"]\n  providers:\n  - secretbox: {keys: [{name: s, secret: \"MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTI=\"}]}\n",
+    )
+    .unwrap();
+    let enc = Encryption::load(
+        &path,
+        "/registry",
+        false,
+        metrics(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    for r in crate::resources::all() {
+        let key = crate::object::key("/registry", r, "ns", "name");
+        let stored = enc.to_storage(&key, b"{}".to_vec()).await.unwrap();
+        assert!(
+            stored.starts_with(b"k8s:enc:secretbox:v1:s:"),
+            "{} ({}) would be stored in plaintext",
+            r.resource,
+            String::from_utf8_lossy(&key)
+        );
+    }
 }
