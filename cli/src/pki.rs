@@ -115,6 +115,17 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
     {
         return Ok(pki);
     }
+    // A new CA: every certificate of the old one goes, so `issue` makes them again rather than
+    // handing out certificates the new CA does not sign.
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "crt" || x == "key") {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
     let ca_key = KeyPair::generate()?;
     let ca_params = ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
@@ -193,4 +204,27 @@ pub fn kubeconfig(
         abs(cert)?,
         abs(key)?
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_ca_reissues_what_the_old_one_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), "10.96.0.1").unwrap();
+        let (node, _) = issue(dir.path(), "node-0", "system:node:node-0", None, &[]).unwrap();
+        let first = std::fs::read_to_string(&node).unwrap();
+        // Reused while the CA stays.
+        ensure(dir.path(), "10.96.0.1").unwrap();
+        issue(dir.path(), "node-0", "system:node:node-0", None, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&node).unwrap(), first);
+        // The CA key lost: a new CA, and the node certificate is made again under it.
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        ensure(dir.path(), "10.96.0.1").unwrap();
+        assert!(!node.exists(), "a certificate of the old CA was kept");
+        issue(dir.path(), "node-0", "system:node:node-0", None, &[]).unwrap();
+        assert_ne!(std::fs::read_to_string(&node).unwrap(), first);
+    }
 }
