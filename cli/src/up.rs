@@ -123,6 +123,10 @@ struct Topology {
     /// Kubelet API port per node.
     #[serde(default)]
     nodes: Vec<u16>,
+    /// Whether the store members speak TLS (client and peer ports). Clusters created before
+    /// store TLS keep plain http, since their Raft membership remembers http peer URLs.
+    #[serde(default)]
+    store_tls: bool,
 }
 
 impl Topology {
@@ -172,6 +176,7 @@ impl Topology {
             controller_managers: Vec::new(),
             schedulers: Vec::new(),
             nodes: Vec::new(),
+            store_tls: true,
         };
         for _ in 0..stores {
             t.stores.push((free_port()?, free_port()?));
@@ -282,35 +287,72 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         &[],
     )?;
     let ports = topo.stores.clone();
+    let scheme = if topo.store_tls { "https" } else { "http" };
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, p))| format!("s{i}=http://127.0.0.1:{p}"))
+        .map(|(i, (_, p))| format!("s{i}={scheme}://127.0.0.1:{p}"))
         .collect();
     let initial = initial.join(",");
     let mut procs: Vec<Supervised> = Vec::new();
     for (i, (client, peer)) in ports.iter().enumerate() {
         let dir = args.data_dir.join(format!("store-{i}"));
-        procs.push(Supervised::new(
-            format!("store member s{i}"),
-            vec![
-                "store".into(),
-                "--name".into(),
-                format!("s{i}"),
-                format!("--data-dir={}", dir.display()),
-                format!("--listen-client-urls=http://127.0.0.1:{client}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
-                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
-                format!("--initial-cluster={initial}"),
-            ],
-        ));
+        let mut store_args = vec![
+            "store".into(),
+            "--name".into(),
+            format!("s{i}"),
+            format!("--data-dir={}", dir.display()),
+            format!("--listen-client-urls={scheme}://127.0.0.1:{client}"),
+            format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"),
+            format!("--listen-peer-urls={scheme}://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls={scheme}://127.0.0.1:{peer}"),
+            format!("--initial-cluster={initial}"),
+        ];
+        if topo.store_tls {
+            // One certificate per member, for its client and peer ports and as its identity
+            // towards the other members; clients and peers must present the cluster CA's.
+            let (cert, key) = crate::pki::issue(
+                &pki_dir,
+                &format!("store-{i}"),
+                &format!("s{i}"),
+                None,
+                &["127.0.0.1".into(), "localhost".into()],
+            )?;
+            for (flag, path) in [
+                ("cert-file", &cert),
+                ("key-file", &key),
+                ("trusted-ca-file", &pki.ca),
+                ("peer-cert-file", &cert),
+                ("peer-key-file", &key),
+                ("peer-trusted-ca-file", &pki.ca),
+            ] {
+                store_args.push(format!("--{flag}={}", path.display()));
+            }
+            store_args.push("--client-cert-auth".into());
+            store_args.push("--peer-client-cert-auth".into());
+        }
+        procs.push(Supervised::new(format!("store member s{i}"), store_args));
     }
     let endpoints: Vec<String> = ports
         .iter()
-        .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+        .map(|(c, _)| format!("{scheme}://127.0.0.1:{c}"))
         .collect();
     let endpoints = endpoints.join(",");
+    let mut etcd_client_args = Vec::new();
+    if topo.store_tls {
+        let (cert, key) = crate::pki::issue(
+            &pki_dir,
+            "apiserver-etcd-client",
+            "kube-apiserver-etcd-client",
+            None,
+            &[],
+        )?;
+        etcd_client_args = vec![
+            format!("--etcd-cafile={}", pki.ca.display()),
+            format!("--etcd-certfile={}", cert.display()),
+            format!("--etcd-keyfile={}", key.display()),
+        ];
+    }
     if args.encryption == "none" && args.data_dir.join("kms").join("keys.json").exists() {
         bail!(
             "{} holds KMS keys: Secrets stored encrypted would be unreadable with --encryption none; use --encryption kms (or a new --data-dir)",
@@ -352,6 +394,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ]
             .into_iter()
             .chain(encryption_args.iter().cloned())
+            .chain(etcd_client_args.iter().cloned())
             .collect(),
         ));
     }
@@ -604,6 +647,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     );
     println!("  data:       {}", args.data_dir.display());
     println!("  store:      {endpoints}");
+    if topo.store_tls {
+        println!(
+            "  etcdctl:    etcdctl --endpoints={endpoints} --cacert={} --cert={} --key={}",
+            pki.ca.display(),
+            pki.admin_cert.display(),
+            pki.admin_key.display()
+        );
+    }
     println!("  kubeconfig: {}", kubeconfig.display());
     if args.encryption == "kms" {
         println!(

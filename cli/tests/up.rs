@@ -177,9 +177,30 @@ fn up_serves_kubectl_and_survives_an_apiserver_kill() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The store speaks TLS and wants a client certificate of the cluster CA.
+    assert!(store_endpoints.starts_with("https://"), "{store_endpoints}");
+    let pki = data.join("pki");
+    let no_cert = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={store_endpoints}"))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .args([
+            "--command-timeout=3s",
+            "get",
+            "/registry/secrets/default/db",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !no_cert.status.success(),
+        "the store served a client without a certificate"
+    );
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={store_endpoints}"))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("admin.crt").display()))
+        .arg(format!("--key={}", pki.join("admin.key").display()))
         .args(["get", "/registry/secrets/default/db", "-w", "json"])
         .output()
         .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)");

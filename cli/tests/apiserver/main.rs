@@ -7,6 +7,7 @@ mod behaviour;
 #[path = "../store/cluster.rs"]
 mod cluster;
 mod encryption;
+mod etcd_tls;
 mod harness;
 mod kube_rs;
 mod kubectl;

@@ -33,6 +33,8 @@ pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// What this member presents to `https://` peers.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -53,6 +55,14 @@ pub enum PeerError {
 }
 
 impl Peers {
+    /// Peers dialled with `tls` when their URL is `https://`.
+    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     /// A gRPC client for the member's first peer URL.
     pub fn client(&self, member: &Member) -> Result<RaftPeerClient<Channel>, PeerError> {
         let url = member
@@ -68,12 +78,22 @@ impl Peers {
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let ep = Endpoint::from_shared(url.to_string())
+                let mut ep = Endpoint::from_shared(url.to_string())
                     .map_err(|e| PeerError::BadUrl(format!("{url}: {e}")))?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_timeout(Duration::from_secs(5));
+                if url.starts_with("https://") {
+                    let tls = self.tls.clone().ok_or_else(|| {
+                        PeerError::BadUrl(format!(
+                            "{url}: an https:// peer needs --peer-cert-file and --peer-key-file"
+                        ))
+                    })?;
+                    ep = ep
+                        .tls_config(tls)
+                        .map_err(|e| PeerError::BadUrl(format!("{url}: {e}")))?;
+                }
                 let c = ep.connect_lazy();
                 channels.insert(url.to_string(), c.clone());
                 c

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod quota;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -99,6 +100,33 @@ pub struct Config {
     /// How often watchers that asked for progress notifications get one.
     #[arg(long = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Path to the client server TLS cert file (serves https:// client URLs).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file (verifies client certificates).
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication: clients must present a certificate signed by
+    /// --trusted-ca-file.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file (serves https:// peer URLs; also this member's
+    /// client certificate towards its peers).
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file (verifies peers, both ways).
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication: peers must present a certificate signed by
+    /// --peer-trusted-ca-file.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: bool,
 }
 
 /// Why a member could not start or stopped.
@@ -161,15 +189,19 @@ fn url_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// The socket address of a listen URL (`localhost` means 127.0.0.1).
-fn listen_addr(u: &str) -> Result<SocketAddr, ServerError> {
+/// The socket address of a listen URL (`localhost` means 127.0.0.1) and whether it is https.
+fn listen_addr(u: &str) -> Result<(SocketAddr, bool), ServerError> {
     let parsed =
         url::Url::parse(u).map_err(|e| ServerError::Config(format!("listen URL {u:?}: {e}")))?;
-    if parsed.scheme() != "http" {
-        return Err(ServerError::Config(format!(
-            "listen URL {u:?}: only http:// is supported (TLS is not implemented yet)"
-        )));
-    }
+    let https = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(ServerError::Config(format!(
+                "listen URL {u:?}: unsupported scheme {other:?} (http or https)"
+            )));
+        }
+    };
     let host = match parsed.host_str() {
         Some("localhost") | None => "127.0.0.1".to_string(),
         Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
@@ -180,6 +212,7 @@ fn listen_addr(u: &str) -> Result<SocketAddr, ServerError> {
     format!("{host}:{port}")
         .parse()
         .or_else(|_| format!("[{host}]:{port}").parse())
+        .map(|a| (a, https))
         .map_err(|e| ServerError::Config(format!("listen URL {u:?}: {e}")))
 }
 
@@ -309,14 +342,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     validate_urls(&my_peer_urls)
         .map_err(|_| ServerError::Config("--initial-advertise-peer-urls is invalid".into()))?;
     let client_urls = url_list(&config.advertise_client_urls);
-    let client_addrs: Vec<SocketAddr> = url_list(&config.listen_client_urls)
+    let client_addrs: Vec<(SocketAddr, bool)> = url_list(&config.listen_client_urls)
         .iter()
         .map(|u| listen_addr(u))
         .collect::<Result<_, _>>()?;
-    let peer_addrs: Vec<SocketAddr> = url_list(&config.listen_peer_urls)
+    let peer_addrs: Vec<(SocketAddr, bool)> = url_list(&config.listen_peer_urls)
         .iter()
         .map(|u| listen_addr(u))
         .collect::<Result<_, _>>()?;
+    let client_files = tls::TlsFiles {
+        cert: config.cert_file.as_deref(),
+        key: config.key_file.as_deref(),
+        ca: config.trusted_ca_file.as_deref(),
+        client_cert_auth: config.client_cert_auth,
+        prefix: "",
+    };
+    let peer_files = tls::TlsFiles {
+        cert: config.peer_cert_file.as_deref(),
+        key: config.peer_key_file.as_deref(),
+        ca: config.peer_trusted_ca_file.as_deref(),
+        client_cert_auth: config.peer_client_cert_auth,
+        prefix: "peer-",
+    };
+    let client_tls = client_files.server_config()?;
+    let peer_tls = peer_files.server_config()?;
+    if client_addrs.iter().any(|(_, https)| *https) && client_tls.is_none() {
+        return Err(ServerError::Config(
+            "an https:// --listen-client-urls needs --cert-file and --key-file".into(),
+        ));
+    }
+    if peer_addrs.iter().any(|(_, https)| *https) && peer_tls.is_none() {
+        return Err(ServerError::Config(
+            "an https:// --listen-peer-urls needs --peer-cert-file and --peer-key-file".into(),
+        ));
+    }
     if config.max_request_bytes == 0 {
         return Err(ServerError::Config(
             "--max-request-bytes must be positive".into(),
@@ -326,22 +385,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     // Bind first, so a port clash fails fast and peers can reach us as soon as Raft starts.
     let mut client_listeners = Vec::new();
-    for a in &client_addrs {
-        client_listeners.push(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-            ServerError::Listen {
+    for (a, https) in &client_addrs {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| ServerError::Listen {
                 addr: a.to_string(),
                 source: e,
-            }
-        })?);
+            })?;
+        client_listeners.push((l, if *https { client_tls.clone() } else { None }));
     }
     let mut peer_listeners = Vec::new();
-    for a in &peer_addrs {
-        peer_listeners.push(tokio::net::TcpListener::bind(a).await.map_err(|e| {
-            ServerError::Listen {
+    for (a, https) in &peer_addrs {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| ServerError::Listen {
                 addr: a.to_string(),
                 source: e,
-            }
-        })?);
+            })?;
+        peer_listeners.push((l, if *https { peer_tls.clone() } else { None }));
     }
 
     let db_path = data_dir.join("db");
@@ -356,7 +417,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             ),
         })?;
     let identity = read_identity(&data_dir)?;
-    let peers = Peers::default();
+    let peers = Peers::new(peer_files.client_config()?);
     let (identity, bootstrap) = match identity {
         Some(id) => (id, None),
         None if config.initial_cluster_state == "existing" => (
@@ -517,31 +578,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     .into_axum_router();
 
     let mut tasks = tokio::task::JoinSet::new();
-    // Small request/response exchanges must not wait for delayed ACKs: no Nagle.
-    use axum::serve::ListenerExt;
-    for l in client_listeners {
-        let router = client_router.clone();
-        let sd = shutdown.clone();
-        let l = l.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tasks.spawn(async move {
-            axum::serve(l, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-        });
+    for (l, tls) in client_listeners {
+        serve_on(&mut tasks, l, tls, client_router.clone(), shutdown.clone())?;
     }
-    for l in peer_listeners {
-        let router = peer_router.clone();
-        let sd = shutdown.clone();
-        let l = l.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tasks.spawn(async move {
-            axum::serve(l, router)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await
-        });
+    for (l, tls) in peer_listeners {
+        serve_on(&mut tasks, l, tls, peer_router.clone(), shutdown.clone())?;
     }
     shutdown.cancelled().await;
     // Streams (watch, keep-alive) never end on their own: give servers a moment, then go.
@@ -551,6 +592,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     .await;
     let _ = raft.shutdown().await;
     let _ = db.flush_async().await;
+    Ok(())
+}
+
+/// Serves `router` on `l`, over TLS when `tls` is set, until `shutdown`.
+fn serve_on(
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    l: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    // Small request/response exchanges must not wait for delayed ACKs: no Nagle.
+    use axum::serve::ListenerExt;
+    match tls {
+        Some(cfg) => {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let l = tls::TlsListener::new(l, cfg)
+                .map_err(|source| ServerError::Listen { addr, source })?;
+            tasks.spawn(async move {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            });
+        }
+        None => {
+            let l = l.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tasks.spawn(async move {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            });
+        }
+    }
     Ok(())
 }
 
