@@ -40,6 +40,10 @@ enum Command {
     KmsPlugin(Box<keelson_kms::plugin::Config>),
     /// Start a local cluster on loopback.
     Up(up::Args),
+    /// Show the components of a cluster started with `keelson up` (e.g. `--detach`).
+    Status(up::DataDirArgs),
+    /// Stop a cluster started with `keelson up --detach`.
+    Down(up::DataDirArgs),
 }
 
 fn init_tracing() {
@@ -126,7 +130,10 @@ async fn async_main() -> anyhow::Result<()> {
         Command::KmsPlugin(config) => keelson_kms::plugin::run(*config, shutdown)
             .await
             .map_err(anyhow::Error::msg)?,
+        Command::Up(args) if args.detach => up::detach(&args).await?,
         Command::Up(args) => up::run(args, shutdown).await?,
+        Command::Status(args) => up::status(&args)?,
+        Command::Down(args) => up::down(&args).await?,
     }
     Ok(())
 }

@@ -57,6 +57,111 @@ pub struct Args {
     /// with `none`.
     #[arg(long, default_value = "kms", value_parser = ["kms", "none"])]
     pub encryption: String,
+    /// Run in the background: return once the cluster is ready (output in `<data>/up.log`);
+    /// `keelson status` shows it, `keelson down` stops it.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// Flags of `keelson status` and `keelson down`.
+#[derive(Debug, clap::Args)]
+pub struct DataDirArgs {
+    /// The data directory of the cluster (`keelson up --data-dir`).
+    #[arg(long, default_value = "keelson-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `keelson up --detach`: starts `keelson up` (the same flags) in its own process group with
+/// its output in `<data>/up.log`, and returns once it is ready, printing what it printed.
+pub async fn detach(args: &Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    if let Some(pid) = running_up(&args.data_dir) {
+        bail!(
+            "{} is in use by keelson up (pid {pid}); stop it with `keelson down --data-dir {}`",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let log_path = args.data_dir.join("up.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--detach")
+        .collect();
+    use std::os::unix::process::CommandExt as _;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting keelson up in the background")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("Press Ctrl-C") {
+            for l in text.lines().filter(|l| !l.starts_with("Press Ctrl-C")) {
+                println!("{l}");
+            }
+            println!(
+                "keelson up runs in the background (pid {}, output in {}); `keelson status --data-dir {}` shows it, `keelson down --data-dir {}` stops it.",
+                child.id(),
+                log_path.display(),
+                args.data_dir.display(),
+                args.data_dir.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            eprint!("{text}");
+            bail!("keelson up exited ({status}) before the cluster was ready");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "keelson up (pid {}) not ready within 300 s; see {}",
+                child.id(),
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `keelson status`: the status table of the `keelson up` running on the data directory.
+pub fn status(args: &DataDirArgs) -> anyhow::Result<()> {
+    let Some(pid) = running_up(&args.data_dir) else {
+        bail!("no keelson up is running on {}", args.data_dir.display());
+    };
+    let path = args.data_dir.join(STATUS_FILE);
+    let rows: Vec<Row> = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("reading {}", path.display()))?;
+    println!("keelson up (pid {pid}) on {}:", args.data_dir.display());
+    print_table(&rows);
+    Ok(())
+}
+
+/// `keelson down`: stops the `keelson up` running on the data directory (SIGTERM: components
+/// stop in order, nodes stop their pods first) and waits for it to exit.
+pub async fn down(args: &DataDirArgs) -> anyhow::Result<()> {
+    let Some(pid) = running_up(&args.data_dir) else {
+        bail!("no keelson up is running on {}", args.data_dir.display());
+    };
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+        .with_context(|| format!("signalling keelson up (pid {pid})"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if std::time::Instant::now() > deadline {
+            bail!("keelson up (pid {pid}) still running 90 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("keelson up (pid {pid}) stopped");
+    Ok(())
 }
 
 /// The KMS plugin `up` runs and the EncryptionConfiguration that points the apiservers at it;
@@ -64,6 +169,7 @@ pub struct Args {
 async fn start_kms(
     data_dir: &std::path::Path,
     exe: &std::path::Path,
+    logs: &std::path::Path,
 ) -> anyhow::Result<(Supervised, PathBuf)> {
     let dir = std::path::absolute(data_dir.join("kms")).context("locating the data directory")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -91,7 +197,9 @@ async fn start_kms(
             format!("--listen-addr={endpoint}"),
             format!("--keys-file={}", dir.join("keys.json").display()),
         ],
-    );
+    )
+    .serving(endpoint.clone(), Probe::Unix(sock.clone()));
+    plugin.log_to(logs);
     plugin.start(exe)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
@@ -232,6 +340,15 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    if let Some(pid) = running_up(&args.data_dir) {
+        bail!(
+            "{} is in use by keelson up (pid {pid}); stop it with `keelson down --data-dir {}`",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
+    }
+    let logs = args.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
     let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
@@ -258,6 +375,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
+    std::fs::write(args.data_dir.join(PID_FILE), std::process::id().to_string())
+        .with_context(|| format!("writing {}", args.data_dir.join(PID_FILE).display()))?;
     // Ports for components the topology does not keep: never one it hands out (those are not
     // bound yet, so the system could offer them again).
     let mut taken: std::collections::HashSet<u16> = topo
@@ -331,7 +450,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             store_args.push("--client-cert-auth".into());
             store_args.push("--peer-client-cert-auth".into());
         }
-        procs.push(Supervised::new(format!("store member s{i}"), store_args));
+        procs.push(
+            Supervised::new(format!("store member s{i}"), store_args).serving(
+                format!("{scheme}://127.0.0.1:{client}"),
+                Probe::Tcp(*client),
+            ),
+        );
     }
     let endpoints: Vec<String> = ports
         .iter()
@@ -360,7 +484,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let (kms_plugin, encryption_args) = if args.encryption == "kms" {
-        let (plugin, config) = start_kms(&args.data_dir, &exe).await?;
+        let (plugin, config) = start_kms(&args.data_dir, &exe, &logs).await?;
         (
             Some(plugin),
             vec![
@@ -374,29 +498,32 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let mut api_addrs = Vec::new();
     for (i, port) in topo.apiservers.iter().copied().enumerate() {
         api_addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-        procs.push(Supervised::new(
-            format!("apiserver {i}"),
-            vec![
-                "apiserver".into(),
-                format!("--etcd-servers={endpoints}"),
-                format!("--secure-port={port}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--tls-cert-file={}", pki.apiserver_cert.display()),
-                format!("--tls-private-key-file={}", pki.apiserver_key.display()),
-                format!("--client-ca-file={}", pki.ca.display()),
-                "--anonymous-auth=false".into(),
-                format!(
-                    "--kubelet-client-certificate={}",
-                    kubelet_client.0.display()
-                ),
-                format!("--kubelet-client-key={}", kubelet_client.1.display()),
-                format!("--kubelet-certificate-authority={}", pki.ca.display()),
-            ]
-            .into_iter()
-            .chain(encryption_args.iter().cloned())
-            .chain(etcd_client_args.iter().cloned())
-            .collect(),
-        ));
+        procs.push(
+            Supervised::new(
+                format!("apiserver {i}"),
+                vec![
+                    "apiserver".into(),
+                    format!("--etcd-servers={endpoints}"),
+                    format!("--secure-port={port}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--tls-cert-file={}", pki.apiserver_cert.display()),
+                    format!("--tls-private-key-file={}", pki.apiserver_key.display()),
+                    format!("--client-ca-file={}", pki.ca.display()),
+                    "--anonymous-auth=false".into(),
+                    format!(
+                        "--kubelet-client-certificate={}",
+                        kubelet_client.0.display()
+                    ),
+                    format!("--kubelet-client-key={}", kubelet_client.1.display()),
+                    format!("--kubelet-certificate-authority={}", pki.ca.display()),
+                ]
+                .into_iter()
+                .chain(encryption_args.iter().cloned())
+                .chain(etcd_client_args.iter().cloned())
+                .collect(),
+            )
+            .serving(format!("https://127.0.0.1:{port}"), Probe::Tcp(port)),
+        );
     }
     // Components reach the apiservers directly, failing over between them.
     let masters: Vec<String> = topo
@@ -416,17 +543,23 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     )
     .with_context(|| format!("writing {}", cm_kubeconfig.display()))?;
     for (i, port) in topo.controller_managers.iter().copied().enumerate() {
-        procs.push(Supervised::new(
-            format!("controller-manager {i}"),
-            vec![
-                "controller-manager".into(),
-                format!("--kubeconfig={}", cm_kubeconfig.display()),
-                format!("--master={}", masters.join(",")),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--root-ca-file={}", pki.ca.display()),
-            ],
-        ));
+        procs.push(
+            Supervised::new(
+                format!("controller-manager {i}"),
+                vec![
+                    "controller-manager".into(),
+                    format!("--kubeconfig={}", cm_kubeconfig.display()),
+                    format!("--master={}", masters.join(",")),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={port}"),
+                    format!("--root-ca-file={}", pki.ca.display()),
+                ],
+            )
+            .serving(
+                format!("https://127.0.0.1:{port}/healthz"),
+                Probe::Tcp(port),
+            ),
+        );
     }
     let sched_kubeconfig = args.data_dir.join("scheduler.kubeconfig");
     std::fs::write(
@@ -440,19 +573,25 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     )
     .with_context(|| format!("writing {}", sched_kubeconfig.display()))?;
     for (i, port) in topo.schedulers.iter().copied().enumerate() {
-        procs.push(Supervised::new(
-            format!("scheduler {i}"),
-            vec![
-                "scheduler".into(),
-                format!("--kubeconfig={}", sched_kubeconfig.display()),
-                format!("--master={}", masters.join(",")),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                // kube-scheduler's clientConnection defaults.
-                "--kube-api-qps=50".into(),
-                "--kube-api-burst=100".into(),
-            ],
-        ));
+        procs.push(
+            Supervised::new(
+                format!("scheduler {i}"),
+                vec![
+                    "scheduler".into(),
+                    format!("--kubeconfig={}", sched_kubeconfig.display()),
+                    format!("--master={}", masters.join(",")),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={port}"),
+                    // kube-scheduler's clientConnection defaults.
+                    "--kube-api-qps=50".into(),
+                    "--kube-api-burst=100".into(),
+                ],
+            )
+            .serving(
+                format!("https://127.0.0.1:{port}/healthz"),
+                Probe::Tcp(port),
+            ),
+        );
     }
     let nodes_dir = args.data_dir.join("nodes");
     // Pod networks need iproute2; without it pods share the host's network.
@@ -496,20 +635,27 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         )
         .with_context(|| format!("writing {}", kc.display()))?;
         for i in 0..dns_replicas {
-            procs.push(Supervised::new(
-                format!("dns {i}"),
-                vec![
-                    "dns".into(),
-                    format!("--kubeconfig={}", kc.display()),
-                    format!("--master={}", masters.join(",")),
-                    format!(
-                        "--dns-address={}:53",
-                        crate::cluster_dns::replica_address(i)
-                    ),
-                    "--bind-address=127.0.0.1".into(),
-                    format!("--secure-port={}", spare_port()?),
-                ],
-            ));
+            let health = spare_port()?;
+            procs.push(
+                Supervised::new(
+                    format!("dns {i}"),
+                    vec![
+                        "dns".into(),
+                        format!("--kubeconfig={}", kc.display()),
+                        format!("--master={}", masters.join(",")),
+                        format!(
+                            "--dns-address={}:53",
+                            crate::cluster_dns::replica_address(i)
+                        ),
+                        "--bind-address=127.0.0.1".into(),
+                        format!("--secure-port={health}"),
+                    ],
+                )
+                .serving(
+                    format!("{}:53", crate::cluster_dns::replica_address(i)),
+                    Probe::Tcp(health),
+                ),
+            );
         }
     }
     for (i, port) in topo.nodes.iter().copied().enumerate() {
@@ -556,26 +702,29 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 ));
             }
         }
-        procs.push(Supervised::new(
-            format!("node {name}"),
-            [
-                "node".into(),
-                format!("--kubeconfig={}", kc.display()),
-                format!("--master={}", masters.join(",")),
-                format!("--node-name={name}"),
-                format!("--port={port}"),
-                format!("--root-dir={}", nodes_dir.display()),
-                format!("--tls-cert-file={}", serving.0.display()),
-                format!("--tls-private-key-file={}", serving.1.display()),
-                format!("--client-ca-file={}", pki.ca.display()),
-                "--kube-api-qps=50".into(),
-                "--kube-api-burst=100".into(),
-                "--shutdown-grace-period=8s".into(),
-            ]
-            .into_iter()
-            .chain(node_args)
-            .collect(),
-        ));
+        procs.push(
+            Supervised::new(
+                format!("node {name}"),
+                [
+                    "node".into(),
+                    format!("--kubeconfig={}", kc.display()),
+                    format!("--master={}", masters.join(",")),
+                    format!("--node-name={name}"),
+                    format!("--port={port}"),
+                    format!("--root-dir={}", nodes_dir.display()),
+                    format!("--tls-cert-file={}", serving.0.display()),
+                    format!("--tls-private-key-file={}", serving.1.display()),
+                    format!("--client-ca-file={}", pki.ca.display()),
+                    "--kube-api-qps=50".into(),
+                    "--kube-api-burst=100".into(),
+                    "--shutdown-grace-period=8s".into(),
+                ]
+                .into_iter()
+                .chain(node_args)
+                .collect(),
+            )
+            .serving(format!("https://127.0.0.1:{port}"), Probe::Tcp(port)),
+        );
     }
     if args.hollow_nodes > 0 {
         let client = crate::pki::issue(
@@ -610,11 +759,45 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ],
         ));
     }
+    // Dependency order: the store, then the apiservers, then everything that talks to them,
+    // each stage waiting (up to a minute) for the one before to serve.
     for p in &mut procs {
-        p.start(&exe)?;
+        p.log_to(&logs);
     }
-    // Started above, before the apiservers that need it.
-    procs.extend(kms_plugin);
+    let stage = |p: &Supervised| match p.args[0].as_str() {
+        "store" => 0,
+        "apiserver" => 1,
+        _ => 2,
+    };
+    for st in 0..3 {
+        for p in procs.iter_mut().filter(|p| stage(p) == st) {
+            p.start(&exe)?;
+        }
+        // The store and the apiservers get a minute; the rest a few seconds, so that the
+        // table printed when ready is mostly green without holding the user up.
+        let limit = if st < 2 { 60 } else { 15 };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(limit);
+        for p in procs.iter().filter(|p| stage(p) == st) {
+            while !p.healthy().await && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if st < 2 && !p.healthy().await {
+                eprintln!(
+                    "keelson up: {} is not serving on {} yet (log: {})",
+                    p.name,
+                    p.endpoint,
+                    p.log
+                        .as_ref()
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    // Started before the apiservers that need it; supervised with the rest from here on.
+    if let Some(k) = kms_plugin {
+        procs.insert(0, k);
+    }
     tokio::spawn(crate::balancer::run(
         balancer,
         api_addrs.clone(),
@@ -669,13 +852,18 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             crate::cluster_dns::replica_address(0)
         );
     }
-    println!(
-        "  try:        KUBECONFIG={} kubectl get namespaces",
-        kubeconfig.display()
-    );
+    println!("  logs:       {}", logs.display());
+    let mut rows = Vec::new();
+    for p in &procs {
+        rows.push(p.row().await);
+    }
+    print_table(&rows);
+    write_status(&args.data_dir, &rows);
+    println!("export KUBECONFIG={}", kubeconfig.display());
     println!("Press Ctrl-C to stop.");
     // Supervision: a component that exits is restarted, with a growing delay if it keeps dying.
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut status_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -683,6 +871,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
         for p in &mut procs {
             p.check(&exe);
+        }
+        if status_at.elapsed() >= Duration::from_secs(2) {
+            status_at = tokio::time::Instant::now();
+            let mut rows = Vec::new();
+            for p in &procs {
+                rows.push(p.row().await);
+            }
+            write_status(&args.data_dir, &rows);
         }
     }
     for p in &procs {
@@ -695,7 +891,46 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if dns_replicas > 0 {
         crate::cluster_dns::teardown(dns_replicas).await;
     }
+    let _ = std::fs::remove_file(args.data_dir.join(STATUS_FILE));
+    let _ = std::fs::remove_file(args.data_dir.join(PID_FILE));
     Ok(())
+}
+
+/// `<data>/up.pid`: the process of a running `keelson up`.
+pub(crate) const PID_FILE: &str = "up.pid";
+/// `<data>/status.json`: the status table, rewritten every 2 s while `up` runs.
+pub(crate) const STATUS_FILE: &str = "status.json";
+
+/// The pid of a `keelson up` still running on `data_dir`.
+pub(crate) fn running_up(data_dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_up = cmd.split(|b| *b == 0).any(|a| a == b"up");
+    is_up.then_some(pid)
+}
+
+fn write_status(data_dir: &std::path::Path, rows: &[Row]) {
+    let tmp = data_dir.join("status.json.tmp");
+    if let Ok(body) = serde_json::to_vec_pretty(rows)
+        && std::fs::write(&tmp, body).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, data_dir.join(STATUS_FILE));
+    }
+}
+
+/// How `up` tells that a component serves.
+#[derive(Debug, Clone)]
+enum Probe {
+    /// A TCP port on 127.0.0.1 accepts connections.
+    Tcp(u16),
+    /// A unix socket exists.
+    Unix(PathBuf),
+    /// Running is all there is to see.
+    Running,
 }
 
 /// A component process that is restarted when it exits.
@@ -706,6 +941,57 @@ struct Supervised {
     started: std::time::Instant,
     delay: Duration,
     restart_at: Option<std::time::Instant>,
+    /// Where its stdout and stderr go (appended); inherited when unset.
+    log: Option<PathBuf>,
+    /// What a user points a client at.
+    endpoint: String,
+    probe: Probe,
+    restarts: u32,
+}
+
+/// One row of the status table (and of `<data>/status.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Row {
+    pub(crate) component: String,
+    pub(crate) pid: Option<u32>,
+    pub(crate) endpoint: String,
+    pub(crate) health: String,
+    pub(crate) restarts: u32,
+    pub(crate) log: String,
+}
+
+/// Prints rows as an aligned table.
+pub(crate) fn print_table(rows: &[Row]) {
+    let w = |f: &dyn Fn(&Row) -> String, title: &str| {
+        rows.iter()
+            .map(|r| f(r).len())
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
+    };
+    let pid = |r: &Row| r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    let (wc, wp, we) = (
+        w(&|r| r.component.clone(), "COMPONENT"),
+        w(&pid, "PID"),
+        w(&|r| r.endpoint.clone(), "ENDPOINT"),
+    );
+    println!(
+        "  {:wc$}  {:>wp$}  {:we$}  HEALTH",
+        "COMPONENT", "PID", "ENDPOINT"
+    );
+    for r in rows {
+        let health = if r.restarts > 0 {
+            format!("{} (restarted {}x)", r.health, r.restarts)
+        } else {
+            r.health.clone()
+        };
+        println!(
+            "  {:wc$}  {:>wp$}  {:we$}  {health}",
+            r.component,
+            pid(r),
+            r.endpoint
+        );
+    }
 }
 
 impl Supervised {
@@ -717,19 +1003,89 @@ impl Supervised {
             started: std::time::Instant::now(),
             delay: Duration::from_secs(1),
             restart_at: None,
+            log: None,
+            endpoint: String::new(),
+            probe: Probe::Running,
+            restarts: 0,
         }
     }
 
+    /// Sets what the status table shows and how health is probed.
+    fn serving(mut self, endpoint: String, probe: Probe) -> Self {
+        self.endpoint = endpoint;
+        self.probe = probe;
+        self
+    }
+
+    /// `<logs>/<name with dashes>.log`.
+    fn log_to(&mut self, logs: &std::path::Path) {
+        let file: String = self
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        self.log = Some(logs.join(format!("{file}.log")));
+    }
+
     fn start(&mut self, exe: &std::path::Path) -> anyhow::Result<()> {
-        let child = Command::new(exe)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.args).stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(log) = &self.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("opening {}", log.display()))?;
+            let f2 = f.try_clone()?;
+            cmd.stdout(f).stderr(f2);
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.name))?;
         self.child = Some(child);
         self.started = std::time::Instant::now();
         Ok(())
+    }
+
+    async fn healthy(&self) -> bool {
+        if self.child.is_none() {
+            return false;
+        }
+        match &self.probe {
+            Probe::Tcp(port) => tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(("127.0.0.1", *port)),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            Probe::Unix(path) => path.exists(),
+            Probe::Running => true,
+        }
+    }
+
+    async fn row(&self) -> Row {
+        let health = if self.child.is_none() {
+            "down (restarting)".to_string()
+        } else if self.healthy().await {
+            "ok".to_string()
+        } else {
+            match self.probe {
+                Probe::Tcp(_) | Probe::Unix(_) => "not serving yet".to_string(),
+                Probe::Running => "ok".to_string(),
+            }
+        };
+        Row {
+            component: self.name.clone(),
+            pid: self.child.as_ref().and_then(Child::id),
+            endpoint: self.endpoint.clone(),
+            health,
+            restarts: self.restarts,
+            log: self
+                .log
+                .as_ref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default(),
+        }
     }
 
     /// Notices an exit and restarts after the current delay (doubling up to 30 s while the
@@ -748,6 +1104,7 @@ impl Supervised {
             );
             self.restart_at = Some(std::time::Instant::now() + self.delay);
             self.delay = (self.delay * 2).min(Duration::from_secs(30));
+            self.restarts += 1;
         }
         if self.child.is_none()
             && self

@@ -55,6 +55,16 @@ impl Drop for StopOnPanic {
         for l in tail.iter().rev() {
             eprintln!("{l}");
         }
+        // The components log to <data>/logs/.
+        let logs = self.1.with_file_name("data").join("logs");
+        for e in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!("--- {} (last lines) ---", e.path().display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         let children: Vec<u32> = children_of(self.0).iter().map(|(p, _)| *p).collect();
         let pid = nix::unistd::Pid::from_raw(self.0 as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
@@ -648,4 +658,130 @@ spec:
             "process {p} still running"
         );
     }
+}
+
+/// `up --detach` returns once the cluster is ready; `keelson status` lists every component with
+/// its pid and health; `keelson down` stops them all; a second `up` on a data dir in use is
+/// refused.
+#[test]
+fn up_detach_status_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let keelson = env!("CARGO_BIN_EXE_keelson");
+    let data_arg = data.display().to_string();
+    let up = Command::new(keelson)
+        .args([
+            "up", "--detach", "--single", "--nodes", "0", "--port", &port,
+        ])
+        .args(["--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&up.stdout).to_string();
+    let pid_file = data.join("up.pid");
+    let up_pid: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0);
+    // Whatever happens below, the background cluster goes.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_keelson"))
+                .args(["down", "--data-dir", &self.0])
+                .output();
+        }
+    }
+    let _down = Down(data_arg.clone());
+    assert!(
+        up.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(text.contains("export KUBECONFIG="), "{text}");
+    assert!(text.contains("COMPONENT"), "{text}");
+    assert!(up_pid > 0);
+    let kc = data.join("admin.kubeconfig");
+    let out = kubectl(&kc, dir.path(), &["get", "ns", "default", "-o", "name"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each component logs to its own file.
+    assert!(data.join("logs").join("apiserver-0.log").exists());
+    // Every component reports healthy (status.json is refreshed every 2 s).
+    let components = [
+        "store member s0",
+        "apiserver 0",
+        "controller-manager 0",
+        "scheduler 0",
+        "kms-plugin",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = Command::new(keelson)
+            .args(["status", "--data-dir", &data_arg])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&status.stdout).to_string();
+        assert!(status.status.success(), "{table}");
+        let all_ok = components.iter().all(|c| {
+            table
+                .lines()
+                .find(|l| l.trim_start().starts_with(c))
+                .is_some_and(|l| l.trim_end().ends_with("ok"))
+        });
+        if all_ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every component healthy:\n{table}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pids = children_of(up_pid);
+    assert!(pids.len() >= 5, "{pids:?}");
+    // A second up on the same data dir is refused before anything starts.
+    let again = Command::new(keelson)
+        .args(["up", "--single", "--nodes", "0", "--port", "0"])
+        .args(["--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is in use by keelson up"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let down = Command::new(keelson)
+        .args(["down", "--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for (p, cmd) in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists()
+                || std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ")
+                    != cmd,
+            "{cmd} (pid {p}) still running after down"
+        );
+    }
+    let status = Command::new(keelson)
+        .args(["status", "--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
 }
