@@ -24,6 +24,7 @@ mod proxy;
 mod scheduler;
 mod secrets;
 mod store;
+mod up;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -60,6 +61,8 @@ enum Cmd {
     /// Secret create latency with encryption at rest off and with KMS v2 (`keelson up
     /// --encryption none|kms`).
     Secrets(secrets::SecretsArgs),
+    /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
+    Up(up::UpArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -521,5 +524,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dns(a) => rt.block_on(dns::run(a)),
         Cmd::Proxy(a) => rt.block_on(proxy::run(a)),
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
+        Cmd::Up(a) => rt.block_on(up::run(a)),
     }
 }
