@@ -310,20 +310,6 @@ impl Topology {
 /// The `kubernetes` Service address with the default `--service-cluster-ip-range`.
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
-async fn wait_listening(port: u16, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -375,6 +361,49 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
+    // Every port the components will listen on must be free before anything starts.
+    let named = topo
+        .stores
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (c, p))| {
+            [
+                (format!("store member s{i} (client)"), *c),
+                (format!("store member s{i} (peer)"), *p),
+            ]
+        })
+        .chain(
+            topo.apiservers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("apiserver {i}"), *p)),
+        )
+        .chain(
+            topo.controller_managers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("controller-manager {i}"), *p)),
+        )
+        .chain(
+            topo.schedulers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("scheduler {i}"), *p)),
+        )
+        .chain(
+            topo.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("node-{i}"), *p)),
+        );
+    for (what, port) in named {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+            bail!(
+                "port {port} for {what} is not free ({e}); stop what uses it (the ports of {} are fixed: the store's membership remembers them)",
+                args.data_dir.join("topology.json").display()
+            );
+        }
+    }
     std::fs::write(args.data_dir.join(PID_FILE), std::process::id().to_string())
         .with_context(|| format!("writing {}", args.data_dir.join(PID_FILE).display()))?;
     // Ports for components the topology does not keep: never one it hands out (those are not
@@ -759,6 +788,17 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             ],
         ));
     }
+    tokio::spawn(crate::balancer::run(
+        balancer,
+        api_addrs.clone(),
+        shutdown.clone(),
+    ));
+    let kubeconfig = args.data_dir.join("admin.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        crate::pki::admin_kubeconfig(&pki, &format!("https://127.0.0.1:{}", args.port))?,
+    )
+    .with_context(|| format!("writing {}", kubeconfig.display()))?;
     // Dependency order: the store, then the apiservers, then everything that talks to them,
     // each stage waiting (up to a minute) for the one before to serve.
     for p in &mut procs {
@@ -793,26 +833,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 );
             }
         }
+        if st == 1 && !api_ready(&kubeconfig, Duration::from_secs(60)).await {
+            eprintln!("keelson up: the apiservers are not ready (/readyz) after 60 s");
+        }
     }
     // Started before the apiservers that need it; supervised with the rest from here on.
     if let Some(k) = kms_plugin {
         procs.insert(0, k);
-    }
-    tokio::spawn(crate::balancer::run(
-        balancer,
-        api_addrs.clone(),
-        shutdown.clone(),
-    ));
-    let kubeconfig = args.data_dir.join("admin.kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        crate::pki::admin_kubeconfig(&pki, &format!("https://127.0.0.1:{}", args.port))?,
-    )
-    .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    for a in &api_addrs {
-        if !wait_listening(a.port(), Duration::from_secs(60)).await {
-            tracing::warn!(address = %a, "apiserver not listening yet");
-        }
     }
     if dns_replicas > 0
         && let Err(e) = crate::cluster_dns::publish_when_ready(
@@ -894,6 +921,29 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let _ = std::fs::remove_file(args.data_dir.join(STATUS_FILE));
     let _ = std::fs::remove_file(args.data_dir.join(PID_FILE));
     Ok(())
+}
+
+/// Waits until `/readyz` answers ok through the balancer (the store has a leader and the
+/// apiservers reach it), at most `limit`.
+async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let client = keelson_client::connect::connect(
+                &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
+            )
+            .await?;
+            let body = client
+                .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                .await?;
+            anyhow::Ok(body.trim() == "ok")
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// `<data>/up.pid`: the process of a running `keelson up`.

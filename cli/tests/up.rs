@@ -941,4 +941,20 @@ fn up_detach_status_down() {
         .output()
         .unwrap();
     assert!(!status.status.success());
+    // A port of the cluster taken by someone else: refused before anything starts.
+    let topo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("topology.json")).unwrap()).unwrap();
+    let api_port = topo["apiservers"][0].as_u64().unwrap() as u16;
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", api_port)).unwrap();
+    let again = Command::new(keelson)
+        .args(["up", "--single", "--nodes", "0", "--port", &port])
+        .args(["--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        err.contains(&format!("port {api_port} for apiserver 0 is not free")),
+        "{err}"
+    );
 }
