@@ -810,6 +810,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         _ => 2,
     };
     for st in 0..3 {
+        let names: Vec<&str> = procs
+            .iter()
+            .filter(|p| stage(p) == st)
+            .map(|p| p.name.as_str())
+            .collect();
+        if !names.is_empty() {
+            eprintln!("keelson up: starting {}", names.join(", "));
+        }
         for p in procs.iter_mut().filter(|p| stage(p) == st) {
             p.start(&exe)?;
         }

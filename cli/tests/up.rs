@@ -905,6 +905,23 @@ fn up_detach_status_down() {
     }
     let pids = children_of(up_pid);
     assert!(pids.len() >= 5, "{pids:?}");
+    for args in [
+        &["create", "configmap", "kept", "--from-literal=a=b"][..],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "kept",
+            "--from-literal=p=s3cret",
+        ][..],
+    ] {
+        let out = kubectl(&kc, dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // A second up on the same data dir is refused before anything starts.
     let again = Command::new(keelson)
         .args(["up", "--single", "--nodes", "0", "--port", "0"])
@@ -957,4 +974,27 @@ fn up_detach_status_down() {
         err.contains(&format!("port {api_port} for apiserver 0 is not free")),
         "{err}"
     );
+    drop(_squatter);
+    // `up` again on the same data dir: the same cluster, with its objects and readable Secrets
+    // (the store and the KMS keys persisted).
+    let up = Command::new(keelson)
+        .args([
+            "up", "--detach", "--single", "--nodes", "0", "--port", &port,
+        ])
+        .args(["--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &["get", "secret", "kept", "-o", "jsonpath={.data.p}"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "czNjcmV0");
+    let out = kubectl(&kc, dir.path(), &["get", "configmap", "kept", "-o", "name"]);
+    assert!(out.status.success());
 }
