@@ -806,6 +806,31 @@ spec:
     .unwrap();
     let status = up.wait().unwrap();
     assert!(status.success(), "keelson up exited with {status}");
+    // Nothing of the pods is left: no pod veth or network namespace, no mount under the data
+    // directory.
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(
+        !links
+            .lines()
+            .any(|l| l.split(": ").nth(1).is_some_and(|n| n.starts_with("kv"))),
+        "pod veths left behind:\n{links}"
+    );
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout).to_string();
+    assert!(
+        !netns.lines().any(|l| l.starts_with("kp-")),
+        "pod netns left behind:\n{netns}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data_s = data.display().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&data_s)),
+        "mounts left under {data_s}"
+    );
     for p in all {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists()
