@@ -130,7 +130,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::KmsPlugin(config) => keelson_kms::plugin::run(*config, shutdown)
             .await
             .map_err(anyhow::Error::msg)?,
-        Command::Up(args) if args.detach => up::detach(&args).await?,
+        Command::Up(args) if args.detach => up::detach(&args, shutdown).await?,
         Command::Up(args) => up::run(args, shutdown).await?,
         Command::Status(args) => up::status(&args)?,
         Command::Down(args) => up::down(&args).await?,

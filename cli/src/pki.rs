@@ -40,8 +40,18 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The CA's parameters (its subject is what issued certificates name as their issuer).
+/// The cluster CA's common name.
+const CLUSTER_CA: &str = "keelson-ca";
+/// The store's own CA (as kubeadm's etcd CA): only certificates it signs reach the store, so a
+/// component's cluster certificate gives no direct access to etcd.
+pub const ETCD_CA: &str = "keelson-etcd-ca";
+
+/// The cluster CA's parameters (its subject is what issued certificates name as their issuer).
 fn ca_params() -> anyhow::Result<CertificateParams> {
+    ca_params_named(CLUSTER_CA)
+}
+
+fn ca_params_named(cn: &str) -> anyhow::Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
@@ -49,8 +59,37 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    p.distinguished_name.push(DnType::CommonName, "keelson-ca");
+    p.distinguished_name.push(DnType::CommonName, cn);
     Ok(p)
+}
+
+/// A CA named `cn` under `dir` (`ca.crt`, `ca.key`), made once; a new one removes every
+/// certificate the old one signed there. Returns the CA certificate's path.
+pub fn ensure_ca(dir: &Path, cn: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if crt.exists() && key.exists() {
+        return Ok(crt);
+    }
+    remove_certificates(dir)?;
+    let ca_key = KeyPair::generate()?;
+    let cert = ca_params_named(cn)?.self_signed(&ca_key)?;
+    std::fs::write(&crt, cert.pem())?;
+    write_private(&key, &ca_key.serialize_pem())?;
+    Ok(crt)
+}
+
+fn remove_certificates(dir: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "crt" || x == "key") {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A certificate and key signed by the CA under `dir` (made once, then reused): a client
@@ -62,13 +101,25 @@ pub fn issue(
     org: Option<&str>,
     names: &[String],
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    issue_by(dir, CLUSTER_CA, file, cn, org, names)
+}
+
+/// [`issue`] by the CA named `ca` under `dir` (see [`ensure_ca`]).
+pub fn issue_by(
+    dir: &Path,
+    ca: &str,
+    file: &str,
+    cn: &str,
+    org: Option<&str>,
+    names: &[String],
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert_path = dir.join(format!("{file}.crt"));
     let key_path = dir.join(format!("{file}.key"));
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
     let ca_pem = std::fs::read_to_string(dir.join("ca.key")).context("reading the CA key")?;
-    let issuer = Issuer::new(ca_params()?, KeyPair::from_pem(&ca_pem)?);
+    let issuer = Issuer::new(ca_params_named(ca)?, KeyPair::from_pem(&ca_pem)?);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -117,15 +168,7 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
     }
     // A new CA: every certificate of the old one goes, so `issue` makes them again rather than
     // handing out certificates the new CA does not sign.
-    for e in std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-    {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "crt" || x == "key") {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        }
-    }
+    remove_certificates(dir)?;
     let ca_key = KeyPair::generate()?;
     let ca_params = ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;

@@ -73,7 +73,7 @@ pub struct DataDirArgs {
 
 /// `keelson up --detach`: starts `keelson up` (the same flags) in its own process group with
 /// its output in `<data>/up.log`, and returns once it is ready, printing what it printed.
-pub async fn detach(args: &Args) -> anyhow::Result<()> {
+pub async fn detach(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     if let Some(pid) = running_up(&args.data_dir) {
@@ -119,12 +119,19 @@ pub async fn detach(args: &Args) -> anyhow::Result<()> {
             eprint!("{text}");
             bail!("keelson up exited ({status}) before the cluster was ready");
         }
+        let stop = |why: String| -> anyhow::Result<()> {
+            // The background `up` stops what it started on SIGTERM.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            bail!("{why}; stopping it (see {})", log_path.display())
+        };
+        if shutdown.is_cancelled() {
+            return stop("interrupted before the cluster was ready".into());
+        }
         if std::time::Instant::now() > deadline {
-            bail!(
-                "keelson up (pid {}) not ready within 300 s; see {}",
-                child.id(),
-                log_path.display()
-            );
+            return stop(format!(
+                "keelson up (pid {}) not ready within 300 s",
+                child.id()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -136,17 +143,23 @@ pub fn status(args: &DataDirArgs) -> anyhow::Result<()> {
         bail!("no keelson up is running on {}", args.data_dir.display());
     };
     let path = args.data_dir.join(STATUS_FILE);
-    let rows: Vec<Row> = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("reading {}", path.display()))?;
+    let Ok(bytes) = std::fs::read(&path) else {
+        println!(
+            "keelson up (pid {pid}) on {} is starting",
+            args.data_dir.display()
+        );
+        return Ok(());
+    };
+    let rows: Vec<Row> =
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
     println!("keelson up (pid {pid}) on {}:", args.data_dir.display());
     print_table(&rows);
     Ok(())
 }
 
-/// `keelson down`: stops the `keelson up` running on the data directory (SIGTERM: components
-/// stop in order, nodes stop their pods first) and waits for it to exit.
+/// `keelson down`: stops the `keelson up` running on the data directory (SIGTERM to it, which
+/// stops every component, nodes stopping their pods first) and waits until it has let go of the
+/// data directory.
 pub async fn down(args: &DataDirArgs) -> anyhow::Result<()> {
     let Some(pid) = running_up(&args.data_dir) else {
         bail!("no keelson up is running on {}", args.data_dir.display());
@@ -154,7 +167,7 @@ pub async fn down(args: &DataDirArgs) -> anyhow::Result<()> {
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
         .with_context(|| format!("signalling keelson up (pid {pid})"))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+    while running_up(&args.data_dir).is_some() {
         if std::time::Instant::now() > deadline {
             bail!("keelson up (pid {pid}) still running 90 s after SIGTERM");
         }
@@ -326,13 +339,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    if let Some(pid) = running_up(&args.data_dir) {
-        bail!(
-            "{} is in use by keelson up (pid {pid}); stop it with `keelson down --data-dir {}`",
-            args.data_dir.display(),
-            args.data_dir.display()
-        );
-    }
+    // Held until `up` ends, whichever way: the data dir is ours, and `status`/`down` find us.
+    let _lock = PidLock::take(&args.data_dir)?;
     let logs = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
@@ -404,8 +412,6 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             );
         }
     }
-    std::fs::write(args.data_dir.join(PID_FILE), std::process::id().to_string())
-        .with_context(|| format!("writing {}", args.data_dir.join(PID_FILE).display()))?;
     // Ports for components the topology does not keep: never one it hands out (those are not
     // bound yet, so the system could offer them again).
     let mut taken: std::collections::HashSet<u16> = topo
@@ -436,6 +442,17 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     )?;
     let ports = topo.stores.clone();
     let scheme = if topo.store_tls { "https" } else { "http" };
+    let etcd_pki = pki_dir.join("etcd");
+    let etcd_ca = crate::pki::ensure_ca(&etcd_pki, crate::pki::ETCD_CA)?;
+    // For people with etcdctl.
+    let etcdctl_client = crate::pki::issue_by(
+        &etcd_pki,
+        crate::pki::ETCD_CA,
+        "etcdctl",
+        "etcdctl",
+        None,
+        &[],
+    )?;
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
@@ -458,9 +475,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         ];
         if topo.store_tls {
             // One certificate per member, for its client and peer ports and as its identity
-            // towards the other members; clients and peers must present the cluster CA's.
-            let (cert, key) = crate::pki::issue(
-                &pki_dir,
+            // towards the other members; clients and peers must present one of the etcd CA.
+            let (cert, key) = crate::pki::issue_by(
+                &etcd_pki,
+                crate::pki::ETCD_CA,
                 &format!("store-{i}"),
                 &format!("s{i}"),
                 None,
@@ -469,10 +487,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             for (flag, path) in [
                 ("cert-file", &cert),
                 ("key-file", &key),
-                ("trusted-ca-file", &pki.ca),
+                ("trusted-ca-file", &etcd_ca),
                 ("peer-cert-file", &cert),
                 ("peer-key-file", &key),
-                ("peer-trusted-ca-file", &pki.ca),
+                ("peer-trusted-ca-file", &etcd_ca),
             ] {
                 store_args.push(format!("--{flag}={}", path.display()));
             }
@@ -493,15 +511,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let endpoints = endpoints.join(",");
     let mut etcd_client_args = Vec::new();
     if topo.store_tls {
-        let (cert, key) = crate::pki::issue(
-            &pki_dir,
+        let (cert, key) = crate::pki::issue_by(
+            &etcd_pki,
+            crate::pki::ETCD_CA,
             "apiserver-etcd-client",
             "kube-apiserver-etcd-client",
             None,
             &[],
         )?;
         etcd_client_args = vec![
-            format!("--etcd-cafile={}", pki.ca.display()),
+            format!("--etcd-cafile={}", etcd_ca.display()),
             format!("--etcd-certfile={}", cert.display()),
             format!("--etcd-keyfile={}", key.display()),
         ];
@@ -809,6 +828,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         "apiserver" => 1,
         _ => 2,
     };
+    // Started before the apiservers that need it; supervised with the rest from here on.
+    if let Some(k) = kms_plugin {
+        procs.insert(0, k);
+    }
     for st in 0..3 {
         let names: Vec<&str> = procs
             .iter()
@@ -818,36 +841,68 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         if !names.is_empty() {
             eprintln!("keelson up: starting {}", names.join(", "));
         }
-        for p in procs.iter_mut().filter(|p| stage(p) == st) {
+        // (The KMS plugin runs already.)
+        for p in procs
+            .iter_mut()
+            .filter(|p| stage(p) == st && p.child.is_none())
+        {
             p.start(&exe)?;
         }
-        // The store and the apiservers get a minute; the rest a few seconds, so that the
-        // table printed when ready is mostly green without holding the user up.
+        // The store and the apiservers must serve within a minute (or `up` stops what it
+        // started and says why); the rest get a few seconds, so that the table printed when
+        // ready is mostly green without holding the user up.
         let limit = if st < 2 { 60 } else { 15 };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(limit);
-        for p in procs.iter().filter(|p| stage(p) == st) {
-            while !p.healthy().await && tokio::time::Instant::now() < deadline {
+        let mut failure = None;
+        for p in procs.iter_mut().filter(|p| stage(p) == st) {
+            loop {
+                if shutdown.is_cancelled() {
+                    stop_all(&mut procs).await;
+                    return Ok(());
+                }
+                if let Some(status) = p.exited() {
+                    failure = Some(format!("{} exited ({status})", p.name));
+                    break;
+                }
+                if p.healthy().await {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    if st < 2 {
+                        failure = Some(format!(
+                            "{} is not serving on {} after {limit} s",
+                            p.name, p.endpoint
+                        ));
+                    }
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if st < 2 && !p.healthy().await {
-                eprintln!(
-                    "keelson up: {} is not serving on {} yet (log: {})",
-                    p.name,
-                    p.endpoint,
-                    p.log
-                        .as_ref()
-                        .map(|l| l.display().to_string())
-                        .unwrap_or_default()
-                );
+            if let Some(f) = &failure {
+                let log = p
+                    .log
+                    .as_ref()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default();
+                failure = Some(format!("{f}; see {log}"));
+                break;
             }
         }
-        if st == 1 && !api_ready(&kubeconfig, Duration::from_secs(60)).await {
-            eprintln!("keelson up: the apiservers are not ready (/readyz) after 60 s");
+        if failure.is_none() && st == 1 {
+            tokio::select! {
+                ok = api_ready(&kubeconfig, Duration::from_secs(60)) => if !ok {
+                    failure = Some("the apiservers are not ready (/readyz) after 60 s; see their logs".into());
+                },
+                _ = shutdown.cancelled() => {
+                    stop_all(&mut procs).await;
+                    return Ok(());
+                }
+            }
         }
-    }
-    // Started before the apiservers that need it; supervised with the rest from here on.
-    if let Some(k) = kms_plugin {
-        procs.insert(0, k);
+        if let Some(f) = failure {
+            stop_all(&mut procs).await;
+            bail!("{f}; stopped everything that was started");
+        }
     }
     if dns_replicas > 0
         && let Err(e) = crate::cluster_dns::publish_when_ready(
@@ -868,9 +923,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if topo.store_tls {
         println!(
             "  etcdctl:    etcdctl --endpoints={endpoints} --cacert={} --cert={} --key={}",
-            pki.ca.display(),
-            pki.admin_cert.display(),
-            pki.admin_key.display()
+            etcd_ca.display(),
+            etcdctl_client.0.display(),
+            etcdctl_client.1.display()
         );
     }
     println!("  kubeconfig: {}", kubeconfig.display());
@@ -916,19 +971,73 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             write_status(&args.data_dir, &rows);
         }
     }
-    for p in &procs {
-        p.terminate();
-    }
-    for p in &mut procs {
-        // Nodes give their pods up to 8 s to stop.
-        p.wait_or_kill(Duration::from_secs(15)).await;
-    }
+    stop_all(&mut procs).await;
     if dns_replicas > 0 {
         crate::cluster_dns::teardown(dns_replicas).await;
     }
-    let _ = std::fs::remove_file(args.data_dir.join(STATUS_FILE));
-    let _ = std::fs::remove_file(args.data_dir.join(PID_FILE));
     Ok(())
+}
+
+/// SIGTERM to every component, then up to 15 s each (nodes give their pods up to 8 s) before
+/// SIGKILL.
+async fn stop_all(procs: &mut [Supervised]) {
+    for p in procs.iter() {
+        p.terminate();
+    }
+    for p in procs.iter_mut() {
+        p.wait_or_kill(Duration::from_secs(15)).await;
+    }
+}
+
+/// An exclusive lock on `<data>/up.pid`, which holds the pid of the `keelson up` owning the
+/// data dir. The kernel drops the lock when the process ends, however it ends, so a leftover
+/// file never blocks a new `up`; the files are removed on a clean exit.
+struct PidLock {
+    _file: std::fs::File,
+    dir: PathBuf,
+}
+
+impl PidLock {
+    fn take(dir: &std::path::Path) -> anyhow::Result<PidLock> {
+        use std::io::Write as _;
+        let path = dir.join(PID_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "{} is in use by keelson up (pid {}); stop it with `keelson down --data-dir {}`",
+                    dir.display(),
+                    pid.trim(),
+                    dir.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        file.write_all(std::process::id().to_string().as_bytes())?;
+        let _ = std::fs::remove_file(dir.join(STATUS_FILE));
+        Ok(PidLock {
+            _file: file,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(STATUS_FILE));
+        let _ = std::fs::remove_file(self.dir.join(PID_FILE));
+    }
 }
 
 /// Waits until `/readyz` answers ok through the balancer (the store has a leader and the
@@ -961,14 +1070,16 @@ pub(crate) const STATUS_FILE: &str = "status.json";
 
 /// The pid of a `keelson up` still running on `data_dir`.
 pub(crate) fn running_up(data_dir: &std::path::Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(data_dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let is_up = cmd.split(|b| *b == 0).any(|a| a == b"up");
-    is_up.then_some(pid)
+    let path = data_dir.join(PID_FILE);
+    let file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it: no `up` runs here.
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => {
+            std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+        }
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
 }
 
 fn write_status(data_dir: &std::path::Path, rows: &[Row]) {
@@ -1103,6 +1214,13 @@ impl Supervised {
         self.child = Some(child);
         self.started = std::time::Instant::now();
         Ok(())
+    }
+
+    /// The exit status, if the process has ended (and not been restarted).
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     async fn healthy(&self) -> bool {

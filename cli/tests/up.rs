@@ -192,7 +192,7 @@ fn up_serves_kubectl_and_survives_component_kills() {
     );
     // The store speaks TLS and wants a client certificate of the cluster CA.
     assert!(store_endpoints.starts_with("https://"), "{store_endpoints}");
-    let pki = data.join("pki");
+    let pki = data.join("pki").join("etcd");
     let no_cert = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={store_endpoints}"))
@@ -208,12 +208,36 @@ fn up_serves_kubectl_and_survives_component_kills() {
         !no_cert.status.success(),
         "the store served a client without a certificate"
     );
+    // A certificate of the cluster CA (the admin's) is not one of the store's.
+    let cluster_cert = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={store_endpoints}"))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            data.join("pki").join("admin.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            data.join("pki").join("admin.key").display()
+        ))
+        .args([
+            "--command-timeout=3s",
+            "get",
+            "/registry/secrets/default/db",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !cluster_cert.status.success(),
+        "the store served a client with a cluster-CA certificate"
+    );
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={store_endpoints}"))
         .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-        .arg(format!("--cert={}", pki.join("admin.crt").display()))
-        .arg(format!("--key={}", pki.join("admin.key").display()))
+        .arg(format!("--cert={}", pki.join("etcdctl.crt").display()))
+        .arg(format!("--key={}", pki.join("etcdctl.key").display()))
         .args(["get", "/registry/secrets/default/db", "-w", "json"])
         .output()
         .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)");
@@ -646,15 +670,14 @@ spec:
     // Kill -9, one at a time, the store leader, the leading controller-manager and the leading
     // scheduler: after each, kubectl keeps working, the Deployment scales up and everything
     // created before is still there.
-    let pki = data.join("pki");
     let up_pid = up.id();
     let leader_store = || -> u32 {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={store_endpoints}"))
             .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("admin.crt").display()))
-            .arg(format!("--key={}", pki.join("admin.key").display()))
+            .arg(format!("--cert={}", pki.join("etcdctl.crt").display()))
+            .arg(format!("--key={}", pki.join("etcdctl.key").display()))
             .args(["endpoint", "status", "-w", "json"])
             .output()
             .unwrap();

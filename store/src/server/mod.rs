@@ -371,6 +371,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             "an https:// --listen-client-urls needs --cert-file and --key-file".into(),
         ));
     }
+    if config.client_cert_auth && !client_addrs.iter().any(|(_, https)| *https) {
+        return Err(ServerError::Config(
+            "--client-cert-auth needs an https:// --listen-client-urls".into(),
+        ));
+    }
+    if config.peer_client_cert_auth && !peer_addrs.iter().any(|(_, https)| *https) {
+        return Err(ServerError::Config(
+            "--peer-client-cert-auth needs an https:// --listen-peer-urls".into(),
+        ));
+    }
     if peer_addrs.iter().any(|(_, https)| *https) && peer_tls.is_none() {
         return Err(ServerError::Config(
             "an https:// --listen-peer-urls needs --peer-cert-file and --peer-key-file".into(),

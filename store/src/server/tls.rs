@@ -115,15 +115,20 @@ impl TlsFiles<'_> {
             std::fs::read(path)
                 .map_err(|e| ServerError::Config(format!("--{p}{flag} {}: {e}", path.display())))
         };
-        let mut cfg = tonic::transport::ClientTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(read(cert, "cert-file")?, read(key, "key-file")?),
-        );
-        if let Some(ca) = self.ca {
-            cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(read(
+        let ca = self.ca.ok_or_else(|| {
+            ServerError::Config(format!(
+                "--{p}cert-file needs --{p}trusted-ca-file: it verifies the other members when this one dials them"
+            ))
+        })?;
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                read(cert, "cert-file")?,
+                read(key, "key-file")?,
+            ))
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
                 ca,
                 "trusted-ca-file",
             )?));
-        }
         Ok(Some(cfg))
     }
 }
