@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt as _;
 
 use axum::body::Body;
 use axum::http::{Response, StatusCode};
@@ -174,9 +175,24 @@ impl KubeletClient {
             let (Ok(b), Ok(c)) = (backend.await, client.await) else {
                 return;
             };
-            let mut b = hyper_util::rt::TokioIo::new(b);
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            let (mut br, mut bw) = tokio::io::split(hyper_util::rt::TokioIo::new(b));
+            let (mut cr, mut cw) = tokio::io::split(hyper_util::rt::TokioIo::new(c));
+            // Each direction on its own: a failed write towards the kubelet (it has finished)
+            // must not cut off what the kubelet still sends the client (the exit status and
+            // the Close frame). The kubelet's side ends the exchange.
+            let up = async {
+                let _ = tokio::io::copy(&mut cr, &mut bw).await;
+                let _ = bw.shutdown().await;
+                std::future::pending::<()>().await
+            };
+            let down = async {
+                let _ = tokio::io::copy(&mut br, &mut cw).await;
+                let _ = cw.shutdown().await;
+            };
+            tokio::select! {
+                _ = down => {}
+                _ = up => {}
+            }
         });
         Ok(out.body(Body::empty()).expect("response"))
     }

@@ -11,6 +11,17 @@ use anyhow::{Context, bail};
 
 use crate::{Terminating, child_pids, rss_mib};
 
+/// The `keelson` subcommands `up` runs, in table order.
+const COMPONENTS: [&str; 7] = [
+    "store",
+    "apiserver",
+    "controller-manager",
+    "scheduler",
+    "node",
+    "dns",
+    "kms-plugin",
+];
+
 /// Flags of `keelson-bench up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -80,15 +91,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     times.push(("cold (new data dir)".to_string(), cold));
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let mut rss = Vec::new();
-    for sub in [
-        "store",
-        "apiserver",
-        "controller-manager",
-        "scheduler",
-        "node",
-        "dns",
-        "kms-plugin",
-    ] {
+    for sub in COMPONENTS {
         for pid in child_pids(up.0.id(), sub) {
             if let Some(m) = rss_mib(pid) {
                 rss.push((sub, m));
@@ -108,15 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("\n| component | processes | RSS each (MiB) | total (MiB) |\n|---|---|---|---|");
     let mut total = up_rss;
-    for sub in [
-        "store",
-        "apiserver",
-        "controller-manager",
-        "scheduler",
-        "node",
-        "dns",
-        "kms-plugin",
-    ] {
+    for sub in COMPONENTS {
         let each: Vec<f64> = rss
             .iter()
             .filter(|(s, _)| *s == sub)

@@ -193,54 +193,40 @@ fn up_serves_kubectl_and_survives_component_kills() {
     // The store speaks TLS and wants a client certificate of the cluster CA.
     assert!(store_endpoints.starts_with("https://"), "{store_endpoints}");
     let pki = data.join("pki").join("etcd");
-    let no_cert = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={store_endpoints}"))
-        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-        .args([
-            "--command-timeout=3s",
-            "get",
-            "/registry/secrets/default/db",
-        ])
-        .output()
-        .unwrap();
+    // etcdctl against the store with the etcd CA and, optionally, a client certificate.
+    let etcdctl = |cert: Option<(std::path::PathBuf, std::path::PathBuf)>, args: &[&str]| {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={store_endpoints}"))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg("--command-timeout=5s");
+        if let Some((c, k)) = cert {
+            cmd.arg(format!("--cert={}", c.display()))
+                .arg(format!("--key={}", k.display()));
+        }
+        cmd.args(args)
+            .output()
+            .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)")
+    };
+    let etcdctl_cert = || Some((pki.join("etcdctl.crt"), pki.join("etcdctl.key")));
+    let get_db = ["get", "/registry/secrets/default/db"];
     assert!(
-        !no_cert.status.success(),
+        !etcdctl(None, &get_db).status.success(),
         "the store served a client without a certificate"
     );
     // A certificate of the cluster CA (the admin's) is not one of the store's.
-    let cluster_cert = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={store_endpoints}"))
-        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-        .arg(format!(
-            "--cert={}",
-            data.join("pki").join("admin.crt").display()
-        ))
-        .arg(format!(
-            "--key={}",
-            data.join("pki").join("admin.key").display()
-        ))
-        .args([
-            "--command-timeout=3s",
-            "get",
-            "/registry/secrets/default/db",
-        ])
-        .output()
-        .unwrap();
+    let admin = Some((
+        data.join("pki").join("admin.crt"),
+        data.join("pki").join("admin.key"),
+    ));
     assert!(
-        !cluster_cert.status.success(),
+        !etcdctl(admin, &get_db).status.success(),
         "the store served a client with a cluster-CA certificate"
     );
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={store_endpoints}"))
-        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-        .arg(format!("--cert={}", pki.join("etcdctl.crt").display()))
-        .arg(format!("--key={}", pki.join("etcdctl.key").display()))
-        .args(["get", "/registry/secrets/default/db", "-w", "json"])
-        .output()
-        .expect("etcdctl must be installed (apt-get install etcd-client; .ci/run does this)");
+    let out = etcdctl(
+        etcdctl_cert(),
+        &["get", "/registry/secrets/default/db", "-w", "json"],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let stored = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
@@ -672,15 +658,7 @@ spec:
     // created before is still there.
     let up_pid = up.id();
     let leader_store = || -> u32 {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={store_endpoints}"))
-            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("etcdctl.crt").display()))
-            .arg(format!("--key={}", pki.join("etcdctl.key").display()))
-            .args(["endpoint", "status", "-w", "json"])
-            .output()
-            .unwrap();
+        let out = etcdctl(etcdctl_cert(), &["endpoint", "status", "-w", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let ep = v
             .as_array()

@@ -131,59 +131,77 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
         let _ = exited.wait_for(Option::is_some).await.map(|_| ());
     };
     tokio::pin!(ended);
-    let input = async {
-        while let Some(data) = next_frame(&mut rx).await {
-            // Only stdin frames count; v5's stdin close (255) leaves the container's stdin
-            // open for other attachers.
-            if data.first() == Some(&0)
-                && let Some(s) = &stdin
-            {
-                let mut g = s.lock().await;
-                if let Some(w) = g.as_mut()
-                    && w.write_all(&data[1..]).await.is_err()
+    // The client frames are read in this block only, so `rx` is free for the closing handshake.
+    {
+        let input = async {
+            while let Some(data) = next_frame(&mut rx).await {
+                // Only stdin frames count; v5's stdin close (255) leaves the container's stdin
+                // open for other attachers.
+                if data.first() == Some(&0)
+                    && let Some(s) = &stdin
                 {
-                    *g = None;
-                }
-            }
-        }
-    };
-    tokio::pin!(input);
-    let wanted = |chan: u8| (chan == 1 && q.stdout) || (chan == 2 && (q.stderr || q.tty));
-    let frame = |chan: u8, bytes: &[u8]| {
-        let mut frame = Vec::with_capacity(bytes.len() + 1);
-        frame.push(if q.tty { 1 } else { chan });
-        frame.extend_from_slice(bytes);
-        Message::Binary(frame.into())
-    };
-    loop {
-        tokio::select! {
-            // Output first: what the container wrote before it ended is sent before the end.
-            biased;
-            chunk = output.recv() => match chunk {
-                Ok((chan, bytes)) => {
-                    if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
-                        return;
+                    let mut g = s.lock().await;
+                    if let Some(w) = g.as_mut()
+                        && w.write_all(&data[1..]).await.is_err()
+                    {
+                        *g = None;
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => break,
-            },
-            _ = &mut ended => {
-                // Whatever is still queued was written before the exit.
-                while let Ok((chan, bytes)) = output.try_recv() {
-                    if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
-                        return;
-                    }
-                }
-                break;
             }
-            _ = &mut input => return,
+        };
+        tokio::pin!(input);
+        let wanted = |chan: u8| (chan == 1 && q.stdout) || (chan == 2 && (q.stderr || q.tty));
+        let frame = |chan: u8, bytes: &[u8]| {
+            let mut frame = Vec::with_capacity(bytes.len() + 1);
+            frame.push(if q.tty { 1 } else { chan });
+            frame.extend_from_slice(bytes);
+            Message::Binary(frame.into())
+        };
+        loop {
+            tokio::select! {
+                // Output first: what the container wrote before it ended is sent before the end.
+                biased;
+                chunk = output.recv() => match chunk {
+                    Ok((chan, bytes)) => {
+                        if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                },
+                _ = &mut ended => {
+                    // Whatever is still queued was written before the exit.
+                    while let Ok((chan, bytes)) = output.try_recv() {
+                        if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    break;
+                }
+                _ = &mut input => return,
+            }
         }
     }
     let mut frame = vec![3u8];
     frame.extend_from_slice(exit_status(0, &[]).to_string().as_bytes());
     let _ = tx.send(Message::Binary(frame.into())).await;
     let _ = tx.send(Message::Close(Some(normal_close()))).await;
+    await_close(&mut rx).await;
+}
+
+/// After our Close: reads (and drops) what the client still sends until its Close, at most 2 s.
+/// Closing a socket with unread data makes the kernel reset the connection, and a reset can
+/// lose the status and Close frames still on their way to the client.
+async fn await_close(rx: &mut futures::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(m)) = rx.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The client's next binary frame; `None` once it closed or failed.
@@ -287,6 +305,7 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
     let _ = out_tx.send(frame).await;
     drop(out_tx);
     let _ = writer.await;
+    await_close(&mut rx).await;
 }
 
 type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;

@@ -91,6 +91,18 @@ fn wait_for_prefix(c: &ApiCluster, prefix: &str) {
     );
 }
 
+/// The migration users run after a key change: `kubectl get secrets -o json | kubectl replace
+/// -f -`.
+fn rewrite_secrets(c: &ApiCluster) {
+    let json = c.ok(&["get", "secrets", "-o", "json"]);
+    let out = c.kubectl_stdin(&["replace", "-f", "-"], &json);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Successful automatic reloads so far (the apiserver's counter).
 fn reloads(c: &ApiCluster) -> f64 {
     let text = c.ok(&["get", "--raw", "/metrics"]);
@@ -190,13 +202,7 @@ fn providers_reload_reorder_and_rotate() {
     let only_new_first = format!("{BOX_B}{}", all.replace(BOX_B, ""));
     std::fs::write(&path, config(&only_new_first, &sock)).unwrap();
     wait_for_prefix(&c, "k8s:enc:secretbox:v1:b:");
-    let json = c.ok(&["get", "secrets", "-o", "json"]);
-    let out = c.kubectl_stdin(&["replace", "-f", "-"], &json);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rewrite_secrets(&c);
     for i in 0..orders.len() {
         let raw = stored(&c, &format!("/registry/secrets/default/s{i}"));
         assert!(
@@ -329,13 +335,7 @@ fn kms_plugin_killed_and_restarted() {
     };
     assert_eq!(key_id("after"), "kek-2");
     assert_eq!(key_id("before"), "kek-1");
-    let json = c.ok(&["get", "secrets", "-o", "json"]);
-    let out = c.kubectl_stdin(&["replace", "-f", "-"], &json);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rewrite_secrets(&c);
     assert_eq!(key_id("before"), "kek-2");
     assert_eq!(key_id("while-down"), "kek-2");
     // Nothing needs kek-1 any more: remove it; a fresh apiserver (no cached seeds) reads all.
