@@ -115,7 +115,17 @@ fn reloads(c: &ApiCluster) -> f64 {
         .sum()
 }
 
-fn start_plugin(dir: &Path) -> Child {
+/// A running `keelson kms-plugin`, killed when dropped (a failing test leaves none behind).
+struct PluginProcess(Child);
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_plugin(dir: &Path) -> PluginProcess {
     let sock = dir.join("kms.sock");
     let _ = std::fs::remove_file(&sock);
     let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
@@ -135,15 +145,15 @@ fn start_plugin(dir: &Path) -> Child {
         )
         .spawn()
         .unwrap();
+    let plugin = PluginProcess(child);
     eventually(Duration::from_secs(20), "the kms plugin socket", || {
         sock.exists()
     });
-    child
+    plugin
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn kill(plugin: PluginProcess) {
+    drop(plugin);
 }
 
 fn keys_dir() -> (tempfile::TempDir, PathBuf) {
