@@ -153,7 +153,7 @@ async fn decrypt(enc: &Option<Arc<Encryption>>, mut kv: Kv) -> Result<Kv, EtcdEr
         if kv.value.starts_with(crate::encryption::ENCRYPTED) {
             return Err(transform_error(
                 &kv.key,
-                "identity transformer tried to read encrypted data".into(),
+                crate::encryption::IDENTITY_REFUSES.into(),
             ));
         }
         return Ok(kv);

@@ -46,11 +46,7 @@ const CLUSTER_CA: &str = "keelson-ca";
 /// component's cluster certificate gives no direct access to etcd.
 pub const ETCD_CA: &str = "keelson-etcd-ca";
 
-/// The cluster CA's parameters (its subject is what issued certificates name as their issuer).
-fn ca_params() -> anyhow::Result<CertificateParams> {
-    ca_params_named(CLUSTER_CA)
-}
-
+/// A CA's parameters (its subject is what issued certificates name as their issuer).
 fn ca_params_named(cn: &str) -> anyhow::Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -71,12 +67,20 @@ pub fn ensure_ca(dir: &Path, cn: &str) -> anyhow::Result<PathBuf> {
     if crt.exists() && key.exists() {
         return Ok(crt);
     }
+    new_ca(dir, cn)?;
+    Ok(crt)
+}
+
+/// Makes a new CA named `cn` in `dir`, removing every certificate of the one before; returns it
+/// as an issuer.
+fn new_ca(dir: &Path, cn: &str) -> anyhow::Result<Issuer<'static, KeyPair>> {
     remove_certificates(dir)?;
     let ca_key = KeyPair::generate()?;
-    let cert = ca_params_named(cn)?.self_signed(&ca_key)?;
-    std::fs::write(&crt, cert.pem())?;
-    write_private(&key, &ca_key.serialize_pem())?;
-    Ok(crt)
+    let params = ca_params_named(cn)?;
+    let cert = params.self_signed(&ca_key)?;
+    std::fs::write(dir.join("ca.crt"), cert.pem())?;
+    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    Ok(Issuer::new(params, ca_key))
 }
 
 fn remove_certificates(dir: &Path) -> anyhow::Result<()> {
@@ -168,13 +172,7 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
     }
     // A new CA: every certificate of the old one goes, so `issue` makes them again rather than
     // handing out certificates the new CA does not sign.
-    remove_certificates(dir)?;
-    let ca_key = KeyPair::generate()?;
-    let ca_params = ca_params()?;
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    std::fs::write(&pki.ca, ca_cert.pem())?;
-    write_private(&ca_key_path, &ca_key.serialize_pem())?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    let issuer = new_ca(dir, CLUSTER_CA)?;
 
     let names: Vec<String> = [
         "127.0.0.1",

@@ -177,11 +177,10 @@ pub async fn down(args: &DataDirArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The KMS plugin `up` runs and the EncryptionConfiguration that points the apiservers at it;
-/// returns the supervised plugin (already started, its socket listening) and the config path.
-async fn start_kms(
+/// The KMS plugin `up` runs (not started yet: it starts with the store, and its socket is its
+/// health) and the EncryptionConfiguration that points the apiservers at it.
+fn kms_plugin(
     data_dir: &std::path::Path,
-    exe: &std::path::Path,
     logs: &std::path::Path,
 ) -> anyhow::Result<(Supervised, PathBuf)> {
     let dir = std::path::absolute(data_dir.join("kms")).context("locating the data directory")?;
@@ -213,17 +212,6 @@ async fn start_kms(
     )
     .serving(endpoint.clone(), Probe::Unix(sock.clone()));
     plugin.log_to(logs);
-    plugin.start(exe)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "the KMS plugin did not listen on {} within 20 s",
-                sock.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok((plugin, config))
 }
 
@@ -251,6 +239,33 @@ struct Topology {
 }
 
 impl Topology {
+    /// Every port the components listen on, with the component it belongs to.
+    fn ports(&self) -> Vec<(String, u16)> {
+        let each = |what: &str, ports: &[u16]| -> Vec<(String, u16)> {
+            ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("{what} {i}"), *p))
+                .collect()
+        };
+        let mut out: Vec<(String, u16)> = self
+            .stores
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (c, p))| {
+                [
+                    (format!("store member s{i} (client)"), *c),
+                    (format!("store member s{i} (peer)"), *p),
+                ]
+            })
+            .collect();
+        out.extend(each("apiserver", &self.apiservers));
+        out.extend(each("controller-manager", &self.controller_managers));
+        out.extend(each("scheduler", &self.schedulers));
+        out.extend(each("node", &self.nodes));
+        out
+    }
+
     fn load_or_create(
         dir: &std::path::Path,
         stores: usize,
@@ -370,42 +385,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
     // Every port the components will listen on must be free before anything starts.
-    let named = topo
-        .stores
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (c, p))| {
-            [
-                (format!("store member s{i} (client)"), *c),
-                (format!("store member s{i} (peer)"), *p),
-            ]
-        })
-        .chain(
-            topo.apiservers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("apiserver {i}"), *p)),
-        )
-        .chain(
-            topo.controller_managers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("controller-manager {i}"), *p)),
-        )
-        .chain(
-            topo.schedulers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("scheduler {i}"), *p)),
-        )
-        .chain(
-            topo.nodes
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("node-{i}"), *p)),
-        );
-    for (what, port) in named {
-        if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+    let named = topo.ports();
+    for (what, port) in &named {
+        if let Err(e) = TcpListener::bind(("127.0.0.1", *port)) {
             bail!(
                 "port {port} for {what} is not free ({e}); stop what uses it (the ports of {} are fixed: the store's membership remembers them)",
                 args.data_dir.join("topology.json").display()
@@ -414,16 +396,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     // Ports for components the topology does not keep: never one it hands out (those are not
     // bound yet, so the system could offer them again).
-    let mut taken: std::collections::HashSet<u16> = topo
-        .stores
-        .iter()
-        .flat_map(|(c, p)| [*c, *p])
-        .chain(topo.apiservers.iter().copied())
-        .chain(topo.controller_managers.iter().copied())
-        .chain(topo.schedulers.iter().copied())
-        .chain(topo.nodes.iter().copied())
-        .chain([args.port])
-        .collect();
+    let mut taken: std::collections::HashSet<u16> =
+        named.iter().map(|(_, p)| *p).chain([args.port]).collect();
     let mut spare_port = move || -> anyhow::Result<u16> {
         loop {
             let p = free_port()?;
@@ -532,7 +506,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let (kms_plugin, encryption_args) = if args.encryption == "kms" {
-        let (plugin, config) = start_kms(&args.data_dir, &exe, &logs).await?;
+        let (plugin, config) = kms_plugin(&args.data_dir, &logs)?;
         (
             Some(plugin),
             vec![
@@ -824,11 +798,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         p.log_to(&logs);
     }
     let stage = |p: &Supervised| match p.args[0].as_str() {
-        "store" => 0,
+        "store" | "kms-plugin" => 0,
         "apiserver" => 1,
         _ => 2,
     };
-    // Started before the apiservers that need it; supervised with the rest from here on.
+    // The apiservers need it: it starts with the store.
     if let Some(k) = kms_plugin {
         procs.insert(0, k);
     }
@@ -841,11 +815,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         if !names.is_empty() {
             eprintln!("keelson up: starting {}", names.join(", "));
         }
-        // (The KMS plugin runs already.)
-        for p in procs
-            .iter_mut()
-            .filter(|p| stage(p) == st && p.child.is_none())
-        {
+        for p in procs.iter_mut().filter(|p| stage(p) == st) {
             p.start(&exe)?;
         }
         // The store and the apiservers must serve within a minute (or `up` stops what it

@@ -122,6 +122,7 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
         );
         let _ = tx.send(Message::Binary(frame.into())).await;
         let _ = tx.send(Message::Close(Some(normal_close()))).await;
+        await_close(&mut rx).await;
         return;
     };
     let mut output = io.output;

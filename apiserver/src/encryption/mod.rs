@@ -57,38 +57,17 @@ pub trait Transformer: Send + Sync {
     fn write<'a>(&'a self, data: &'a [u8], ad: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, String>>;
 }
 
-/// `identity`: stores plaintext, refuses to hand out encrypted data as if it were plaintext.
-pub struct Identity;
-
-impl Transformer for Identity {
-    fn read<'a>(&'a self, data: &'a [u8], _ad: &'a [u8]) -> BoxFuture<'a, Result<Read, String>> {
-        Box::pin(async move {
-            if data.starts_with(ENCRYPTED) {
-                return Err("identity transformer tried to read encrypted data".into());
-            }
-            Ok(Read {
-                data: data.to_vec(),
-                stale: false,
-            })
-        })
-    }
-
-    fn write<'a>(
-        &'a self,
-        data: &'a [u8],
-        _ad: &'a [u8],
-    ) -> BoxFuture<'a, Result<Vec<u8>, String>> {
-        Box::pin(async move { Ok(data.to_vec()) })
-    }
-}
+/// What `identity` (and a resource without providers) says about encrypted data: it is
+/// refused, never handed out as if it were the object.
+pub const IDENTITY_REFUSES: &str = "identity transformer tried to read encrypted data";
 
 /// One entry of a resource's prefix list.
 struct Entry {
-    prefix: Vec<u8>,
+    prefix: String,
     /// How errors name it: `aescbc key "k1"`, `kms provider "local"`, `identity`.
     label: String,
-    transformer: Arc<dyn Transformer>,
-    identity: bool,
+    /// None for `identity`, which passes values through (without a copy).
+    transformer: Option<Arc<dyn Transformer>>,
 }
 
 /// A resource's providers in configuration order.
@@ -117,10 +96,9 @@ impl Providers {
         for p in provs {
             match p {
                 Provider::Identity => entries.push(Entry {
-                    prefix: Vec::new(),
+                    prefix: String::new(),
                     label: "identity".into(),
-                    transformer: Arc::new(Identity),
-                    identity: true,
+                    transformer: None,
                 }),
                 Provider::AesGcm(keys) | Provider::AesCbc(keys) | Provider::Secretbox(keys) => {
                     let kind = match p {
@@ -138,10 +116,9 @@ impl Providers {
                             format!("{kind} key {name:?}: invalid key size {}", key.len())
                         })?;
                         entries.push(Entry {
-                            prefix: format!("k8s:enc:{kind}:v1:{name}:").into_bytes(),
+                            prefix: format!("k8s:enc:{kind}:v1:{name}:"),
                             label: format!("{kind} key {name:?}"),
-                            transformer: t,
-                            identity: false,
+                            transformer: Some(t),
                         });
                     }
                 }
@@ -150,10 +127,9 @@ impl Providers {
                         .get(name)
                         .ok_or_else(|| format!("kms provider {name:?} was not started"))?;
                     entries.push(Entry {
-                        prefix: format!("k8s:enc:kms:v2:{name}:").into_bytes(),
+                        prefix: format!("k8s:enc:kms:v2:{name}:"),
                         label: format!("kms provider {name:?}"),
-                        transformer: k.clone(),
-                        identity: false,
+                        transformer: Some(k.clone()),
                     });
                 }
             }
@@ -171,25 +147,25 @@ impl Providers {
     ) -> Result<(Vec<u8>, bool), String> {
         let mut errs = Vec::new();
         for (i, e) in self.entries.iter().enumerate() {
-            if e.identity {
+            let Some(t) = &e.transformer else {
                 if data.starts_with(ENCRYPTED) {
                     continue;
                 }
                 m.transformation("from_storage", "identity", true, Duration::ZERO);
                 return Ok((data, i != 0));
-            }
-            let Some(rest) = data.strip_prefix(e.prefix.as_slice()) else {
+            };
+            let Some(rest) = data.strip_prefix(e.prefix.as_bytes()) else {
                 continue;
             };
             let start = Instant::now();
-            let prefix = String::from_utf8_lossy(&e.prefix);
-            match e.transformer.read(rest, ad).await {
+            let prefix = &e.prefix;
+            match t.read(rest, ad).await {
                 Ok(r) => {
-                    m.transformation("from_storage", &prefix, true, start.elapsed());
+                    m.transformation("from_storage", prefix, true, start.elapsed());
                     return Ok((r.data, r.stale || i != 0));
                 }
                 Err(err) => {
-                    m.transformation("from_storage", &prefix, false, start.elapsed());
+                    m.transformation("from_storage", prefix, false, start.elapsed());
                     errs.push(format!("{}: {err}", e.label));
                 }
             }
@@ -213,22 +189,22 @@ impl Providers {
         m: &EncryptionMetrics,
     ) -> Result<Vec<u8>, String> {
         let e = &self.entries[0];
-        if e.identity {
+        let Some(t) = &e.transformer else {
             m.transformation("to_storage", "", true, Duration::ZERO);
             return Ok(data);
-        }
+        };
         let start = Instant::now();
-        let prefix = String::from_utf8_lossy(&e.prefix);
-        match e.transformer.write(&data, ad).await {
+        let prefix = &e.prefix;
+        match t.write(&data, ad).await {
             Ok(sealed) => {
-                m.transformation("to_storage", &prefix, true, start.elapsed());
+                m.transformation("to_storage", prefix, true, start.elapsed());
                 let mut out = Vec::with_capacity(e.prefix.len() + sealed.len());
-                out.extend_from_slice(&e.prefix);
+                out.extend_from_slice(e.prefix.as_bytes());
                 out.extend_from_slice(&sealed);
                 Ok(out)
             }
             Err(err) => {
-                m.transformation("to_storage", &prefix, false, start.elapsed());
+                m.transformation("to_storage", prefix, false, start.elapsed());
                 Err(format!("{}: {err}", e.label))
             }
         }
@@ -362,8 +338,9 @@ impl Encryption {
             return Some(p.clone());
         }
         let second = parts.next()?;
+        // `first/second` as a slice of the key (no allocation per lookup).
         cur.by_storage
-            .get(format!("{first}/{second}").as_str())
+            .get(&rest[..first.len() + 1 + second.len()])
             .cloned()
     }
 
@@ -375,9 +352,7 @@ impl Encryption {
     ) -> Result<(Vec<u8>, bool), String> {
         match self.providers(key) {
             Some(p) => p.read(value, key, &self.metrics).await,
-            None if value.starts_with(ENCRYPTED) => {
-                Err("identity transformer tried to read encrypted data".into())
-            }
+            None if value.starts_with(ENCRYPTED) => Err(IDENTITY_REFUSES.into()),
             None => Ok((value, false)),
         }
     }
