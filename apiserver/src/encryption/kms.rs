@@ -56,8 +56,13 @@ pub fn key_id_hash(id: &str) -> String {
         return String::new();
     }
     let d = Sha256::digest(id.as_bytes());
-    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in d {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Decrypted seeds by cache key, with the time each was stored.
