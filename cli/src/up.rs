@@ -219,6 +219,9 @@ fn kms_plugin(
 /// store members at the addresses the Raft membership remembers.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Topology {
+    /// The layout of the data dir ([`DATA_FORMAT`] when written; absent in the first one).
+    #[serde(default = "first_format")]
+    format: u32,
     /// (client, peer) port per store member.
     stores: Vec<(u16, u16)>,
     /// Secure port per apiserver.
@@ -238,7 +241,75 @@ struct Topology {
     store_tls: bool,
 }
 
+/// The data dir layout this keelson writes and reads. A newer layout is refused rather than
+/// half-understood; an older one is read (and upgraded in place, where that is ever needed).
+const DATA_FORMAT: u32 = 1;
+
+fn first_format() -> u32 {
+    1
+}
+
+/// What `up` itself may have written into a data dir before its topology: the lock and the
+/// background run's output.
+const BEFORE_TOPOLOGY: [&str; 2] = [PID_FILE, "up.log"];
+
 impl Topology {
+    /// Refuses a data dir this keelson cannot run: one written by a newer keelson, one whose
+    /// topology is unreadable, or a non-empty directory that is not a `keelson up` data dir
+    /// (an etcd data dir, say). Reads only.
+    fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+        let path = dir.join("topology.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{} is unreadable: not a keelson up data dir, or a damaged one; use another --data-dir",
+                        path.display()
+                    )
+                })?;
+                let format = match v.get("format") {
+                    None => first_format(),
+                    Some(f) => f
+                        .as_u64()
+                        .and_then(|f| u32::try_from(f).ok())
+                        .with_context(|| {
+                            format!("{}: format {f} is not a version number", path.display())
+                        })?,
+                };
+                if format > DATA_FORMAT {
+                    bail!(
+                        "{} was written by a newer keelson (data format {format}; this keelson reads up to {DATA_FORMAT}); run that keelson, or use another --data-dir",
+                        dir.display()
+                    );
+                }
+                serde_json::from_value::<Topology>(v).with_context(|| {
+                    format!(
+                        "{} does not describe a cluster this keelson can run; use another --data-dir",
+                        path.display()
+                    )
+                })?;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let foreign: Vec<String> = std::fs::read_dir(dir)
+                    .with_context(|| format!("reading {}", dir.display()))?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !BEFORE_TOPOLOGY.contains(&n.as_str()))
+                    .collect();
+                if !foreign.is_empty() {
+                    bail!(
+                        "{} is not empty ({}) and has no topology.json: it is not a keelson up data dir; use an empty or new --data-dir",
+                        dir.display(),
+                        foreign.join(", ")
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// Every port the components listen on, with the component it belongs to.
     fn ports(&self) -> Vec<(String, u16)> {
         let each = |what: &str, ports: &[u16]| -> Vec<(String, u16)> {
@@ -307,6 +378,7 @@ impl Topology {
             return Ok(t);
         }
         let mut t = Topology {
+            format: DATA_FORMAT,
             stores: Vec::new(),
             apiservers: Vec::new(),
             controller_managers: Vec::new(),
@@ -352,21 +424,6 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if apis == 0 {
         bail!("--apiservers must be at least 1");
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    // Held until `up` ends, whichever way: the data dir is ours, and `status`/`down` find us.
-    let _lock = PidLock::take(&args.data_dir)?;
-    let logs = args.data_dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
-    let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
-        Ok(l) => l,
-        Err(e) => bail!(
-            "cannot listen on 127.0.0.1:{} for the apiserver balancer ({e}); choose another with --port",
-            args.port
-        ),
-    };
-    let exe = std::env::current_exe().context("locating the keelson binary")?;
     let cms = if args.single {
         1
     } else {
@@ -378,11 +435,25 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     } else {
         args.nodes
     };
+    // Everything that can refuse the start is checked before anything is written or started.
     if nodes > 0 && !nix::unistd::geteuid().is_root() {
         bail!(
             "process-runtime nodes need root (namespaces, cgroups, a bridge per node); run as root, or pass --nodes 0 (with --hollow-nodes N for simulated nodes)"
         );
     }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // Held until `up` ends, whichever way: the data dir is ours, and `status`/`down` find us.
+    let _lock = PidLock::take(&args.data_dir)?;
+    Topology::check_data_dir(&args.data_dir)?;
+    let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
+        Ok(l) => l,
+        Err(e) => bail!(
+            "cannot listen on 127.0.0.1:{} for the apiserver balancer ({e}); choose another with --port",
+            args.port
+        ),
+    };
+    let exe = std::env::current_exe().context("locating the keelson binary")?;
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
     // Every port the components will listen on must be free before anything starts.
     let named = topo.ports();
@@ -406,6 +477,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             }
         }
     };
+    let logs = args.data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
     let pki_dir = args.data_dir.join("pki");
     let kubelet_client = crate::pki::issue(
         &pki_dir,

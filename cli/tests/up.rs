@@ -261,19 +261,34 @@ fn up_serves_kubectl_and_survives_component_kills() {
         assert!(Instant::now() < nodes_by, "nodes never became Ready");
         std::thread::sleep(Duration::from_millis(300));
     }
-    // The controllers, the scheduler and the nodes work: a Deployment gets its pods, they are
-    // spread over the nodes and run, and one controller-manager and one scheduler lead.
-    let out = kubectl(
-        &kc,
-        dir.path(),
-        &[
-            "create",
-            "deployment",
-            "web",
-            "--image=registry.k8s.io/pause:3.9",
-            "--replicas=2",
-        ],
-    );
+    // The controllers, the scheduler and the nodes work: a Deployment whose pods prefer not to
+    // share a node gets one pod on each, they run, and one controller-manager and one scheduler
+    // lead.
+    let web = dir.path().join("web.yaml");
+    std::fs::write(
+        &web,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            podAffinityTerm:
+              topologyKey: kubernetes.io/hostname
+              labelSelector: {matchLabels: {app: web}}
+      containers: [{name: pause, image: registry.k8s.io/pause:3.9}]
+"#,
+    )
+    .unwrap();
+    let out = kubectl(&kc, dir.path(), &["apply", "-f", &web.to_string_lossy()]);
     assert!(
         out.status.success(),
         "{}",
@@ -455,6 +470,57 @@ fn up_serves_kubectl_and_survives_component_kills() {
         "jsonpath={range .items[*]}{.metadata.name} {end}",
     ]);
     let servers: Vec<&str> = servers.split_whitespace().collect();
+    // Its EndpointSlice lists both pods, ready, by pod IP; each pod answers HTTP on its pod IP
+    // (from the host, through the node's bridge) with its own name.
+    let by_ip = ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=example",
+        "-o",
+        "jsonpath={range .items[*]}{.status.podIP}={.metadata.name} {end}",
+    ]);
+    let mut ips: Vec<&str> = by_ip
+        .split_whitespace()
+        .filter_map(|p| p.split_once('=').map(|(ip, _)| ip))
+        .collect();
+    ips.sort();
+    let slice_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=example",
+            "-o",
+            "jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {end}",
+        ]);
+        let mut ready: Vec<&str> = ready.split_whitespace().collect();
+        ready.sort();
+        if ready == ips {
+            break;
+        }
+        assert!(
+            Instant::now() < slice_by,
+            "EndpointSlice of example has ready {ready:?}, pods are at {ips:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for pair in by_ip.split_whitespace() {
+        let (ip, name) = pair.split_once('=').unwrap();
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect_timeout(
+            &format!("{ip}:8080").parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("pod {name} at {ip}:8080: {e}"));
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"GET /who HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{name}: {answer}");
+        assert_eq!(answer.split("\r\n\r\n").nth(1).map(str::trim), Some(name));
+    }
     for node in ["node-0", "node-1"] {
         let name = format!("curl-{node}");
         let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
@@ -798,6 +864,29 @@ spec:
     let out = kubectl(&kc, dir.path(), &["get", "secret", "db", "-o", "name"]);
     assert!(out.status.success());
 
+    // The nodes' cgroups (one base per node and hierarchy, named by node and a tag of its data
+    // dir), there while pods run.
+    let cgroups: Vec<std::path::PathBuf> = ["node-0", "node-1"]
+        .iter()
+        .flat_map(|n| {
+            let root = data.join("nodes").join(n);
+            let tag = keelson_node::process::net::tag(&root.display().to_string());
+            ["memory", "cpu", "unified", ""]
+                .iter()
+                .map(move |h| {
+                    std::path::Path::new("/sys/fs/cgroup")
+                        .join(h)
+                        .join("keelson")
+                        .join(format!("{n}-{}", &tag[..6]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| d.is_dir())
+        .collect();
+    assert!(
+        cgroups.len() >= 2,
+        "no cgroup of the nodes found under /sys/fs/cgroup/*/keelson: {cgroups:?}"
+    );
     // Ctrl-C stops everything.
     let all: Vec<u32> = children_of(up.id()).iter().map(|(p, _)| *p).collect();
     nix::sys::signal::kill(
@@ -832,6 +921,8 @@ spec:
         !mounts.lines().any(|l| l.contains(&data_s)),
         "mounts left under {data_s}"
     );
+    let left: Vec<_> = cgroups.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
     for p in all {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists()
@@ -1023,4 +1114,83 @@ fn up_detach_status_down() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "czNjcmV0");
     let out = kubectl(&kc, dir.path(), &["get", "configmap", "kept", "-o", "name"]);
     assert!(out.status.success());
+}
+
+/// `up` refuses, before writing or starting anything, a data dir written by a newer keelson, one
+/// with an unreadable topology, a directory that is not a `keelson up` data dir, and (not root)
+/// process-runtime nodes.
+#[test]
+fn up_refuses_what_it_cannot_run() {
+    let keelson = env!("CARGO_BIN_EXE_keelson");
+    let listing = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let refused = |data: &std::path::Path, extra: &[&str], wanted: &str| {
+        let before = data.exists().then(|| listing(data));
+        let out = Command::new(keelson)
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "up started on {}", data.display());
+        assert!(err.contains(wanted), "wanted {wanted:?} in: {err}");
+        assert_eq!(
+            data.exists().then(|| listing(data)),
+            before,
+            "up changed {} before refusing",
+            data.display()
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(
+        newer.join("topology.json"),
+        r#"{"format": 99, "stores": [], "layout": "from the future"}"#,
+    )
+    .unwrap();
+    refused(
+        &newer,
+        &[],
+        "was written by a newer keelson (data format 99; this keelson reads up to 1)",
+    );
+
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    std::fs::write(damaged.join("topology.json"), "{\"stores\": [[1, ").unwrap();
+    refused(&damaged, &[], "topology.json is unreadable");
+
+    // An etcd data dir (or anything else) is not taken over.
+    let etcd = dir.path().join("etcd");
+    std::fs::create_dir_all(etcd.join("member").join("wal")).unwrap();
+    refused(
+        &etcd,
+        &[],
+        "is not empty (member) and has no topology.json: it is not a keelson up data dir",
+    );
+
+    // Without root, process-runtime nodes are refused before the data dir is even made.
+    let fresh = dir.path().join("fresh");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", keelson])
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(&fresh)
+        .output()
+        .expect("setpriv (util-linux) must be installed; .ci/run installs it");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("process-runtime nodes need root"),
+        "not-root refusal: {err}"
+    );
+    assert!(!fresh.exists());
 }
