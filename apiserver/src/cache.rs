@@ -26,6 +26,9 @@ use crate::resources::{self, Resource};
 use crate::status::ApiResult;
 use crate::watch::{WatchParams, bookmark, encode_event, expired, matches};
 
+/// The RBAC API group, whose caches run even when caching is off (the authorizer reads them).
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
 /// How long a consistent read waits for the cache before going to the store.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
@@ -119,8 +122,10 @@ impl Cache {
         let mut cachers = Vec::new();
         for res in resources::all()
             .iter()
-            .filter(|r| r.resource != "bindings" && ring_size > 0)
+            .filter(|r| !r.create_only() && (ring_size > 0 || r.group == RBAC_GROUP))
         {
+            // The authorizer reads RBAC objects from their caches, which therefore always run.
+            let ring_size = if ring_size == 0 { 100 } else { ring_size };
             let (tx, _) = broadcast::channel(4096);
             let c = Arc::new(Cacher {
                 res,
@@ -169,6 +174,22 @@ impl Cacher {
             return None;
         }
         st.objects.get(&key).map(|o| o.value.clone())
+    }
+
+    /// Every cached object with its store key, when the cache is ready.
+    pub fn entries(&self) -> Option<Vec<(Vec<u8>, Value)>> {
+        let st = self.state.read();
+        st.ready.then(|| {
+            st.objects
+                .iter()
+                .map(|(k, o)| (k.clone(), o.value.clone()))
+                .collect()
+        })
+    }
+
+    /// The cache's events from now on (a relist ends with a [`Kind::Reset`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
     }
 
     /// Whether the cache holds a complete copy.

@@ -28,12 +28,16 @@ pub struct PeerIdentity {
 }
 
 /// An authenticated user, as `user.Info`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserInfo {
     /// User name.
     pub name: String,
     /// Groups.
     pub groups: Vec<String>,
+    /// UID (empty when the authenticator has none).
+    pub uid: String,
+    /// Extra attributes.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Settings of the chain.
@@ -48,6 +52,8 @@ pub struct ChainConfig {
     pub mutating: Option<Arc<Semaphore>>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The authorizers.
+    pub authz: Arc<crate::authz::Authorizer>,
 }
 
 /// The request info the request-info layer attached (empty if it did not run).
@@ -171,11 +177,16 @@ pub async fn authenticate(
         Some(cn) if !cn.is_empty() => {
             let mut groups = peer.organizations.clone();
             groups.push("system:authenticated".into());
-            UserInfo { name: cn, groups }
+            UserInfo {
+                name: cn,
+                groups,
+                ..Default::default()
+            }
         }
         _ if cfg.anonymous_auth => UserInfo {
             name: "system:anonymous".into(),
             groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
         },
         _ => return ApiError::unauthorized().into_response(),
     };
@@ -221,10 +232,190 @@ pub async fn max_in_flight(
     }
 }
 
-/// Authorization slot. `AlwaysAllow` is the only mode until RBAC lands (logged at startup).
-pub async fn authorize(req: Request<Body>, next: Next) -> Response {
-    if req.extensions().get::<UserInfo>().is_none() {
+/// Impersonation: `Impersonate-User`, `Impersonate-Uid`, `Impersonate-Group` and
+/// `Impersonate-Extra-<key>` make the request act as another user, when the requester may
+/// `impersonate` each of them (users, uids, groups, service accounts, user extras).
+pub async fn impersonate(
+    State(cfg): State<Arc<ChainConfig>>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    match impersonated(
+        &cfg.authz,
+        req.headers(),
+        req.extensions().get::<UserInfo>(),
+    ) {
+        Ok(None) => {}
+        Ok(Some(user)) => {
+            for h in IMPERSONATION_HEADERS {
+                req.headers_mut().remove(*h);
+            }
+            let extras: Vec<http::HeaderName> = req
+                .headers()
+                .keys()
+                .filter(|k| k.as_str().starts_with(EXTRA_PREFIX))
+                .cloned()
+                .collect();
+            for k in extras {
+                req.headers_mut().remove(k);
+            }
+            req.extensions_mut().insert(user);
+        }
+        Err(e) => return e.into_response(),
+    }
+    next.run(req).await
+}
+
+const IMPERSONATION_HEADERS: &[&str] =
+    &["impersonate-user", "impersonate-uid", "impersonate-group"];
+const EXTRA_PREFIX: &str = "impersonate-extra-";
+
+/// The user the request impersonates, if it does, each part checked with the `impersonate` verb.
+fn impersonated(
+    authz: &crate::authz::Authorizer,
+    headers: &http::HeaderMap,
+    requester: Option<&UserInfo>,
+) -> Result<Option<UserInfo>, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    };
+    let user = values("impersonate-user");
+    let uid = values("impersonate-uid");
+    let groups = values("impersonate-group");
+    let mut extra: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (k, v) in headers {
+        if let Some(key) = k.as_str().strip_prefix(EXTRA_PREFIX) {
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .into_owned();
+            if let Ok(v) = v.to_str() {
+                extra.entry(key).or_default().push(v.to_string());
+            }
+        }
+    }
+    if user.is_empty() && uid.is_empty() && groups.is_empty() && extra.is_empty() {
+        return Ok(None);
+    }
+    let Some(requester) = requester else {
+        return Err(ApiError::unauthorized());
+    };
+    let [name] = user.as_slice() else {
+        return Err(ApiError::bad_request(if user.is_empty() {
+            "requested impersonation of groups, a uid or extras without impersonating a user"
+                .to_string()
+        } else {
+            "only one Impersonate-User header is allowed".to_string()
+        }));
+    };
+    if uid.len() > 1 {
+        return Err(ApiError::bad_request(
+            "only one Impersonate-Uid header is allowed",
+        ));
+    }
+    let check = |verb_target: crate::authz::Attributes| authz.check(&verb_target);
+    use crate::authz::Attributes as A;
+    match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => check(A::resource(
+            requester,
+            "impersonate",
+            ns,
+            "",
+            "serviceaccounts",
+            "",
+            sa,
+        ))?,
+        None => check(A::resource(
+            requester,
+            "impersonate",
+            "",
+            "",
+            "users",
+            "",
+            name,
+        ))?,
+    }
+    for g in &groups {
+        check(A::resource(
+            requester,
+            "impersonate",
+            "",
+            "",
+            "groups",
+            "",
+            g,
+        ))?;
+    }
+    for u in &uid {
+        check(A::resource(
+            requester,
+            "impersonate",
+            "",
+            "authentication.k8s.io",
+            "uids",
+            "",
+            u,
+        ))?;
+    }
+    for (k, vs) in &extra {
+        for v in vs {
+            check(A::resource(
+                requester,
+                "impersonate",
+                "",
+                "authentication.k8s.io",
+                "userextras",
+                k,
+                v,
+            ))?;
+        }
+    }
+    // As upstream: everyone but anonymous is authenticated; service accounts are in their
+    // groups.
+    let mut all_groups = groups;
+    if let Some((ns, _)) = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        for g in [
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+        ] {
+            if !all_groups.contains(&g) {
+                all_groups.push(g);
+            }
+        }
+    }
+    if name != "system:anonymous" && !all_groups.iter().any(|g| g == "system:authenticated") {
+        all_groups.push("system:authenticated".into());
+    }
+    Ok(Some(UserInfo {
+        name: name.clone(),
+        groups: all_groups,
+        uid: uid.into_iter().next().unwrap_or_default(),
+        extra,
+    }))
+}
+
+/// Authorization: the request's user, verb and resource go to the authorizers of
+/// `--authorization-mode`; anything not allowed is 403 with upstream's message.
+pub async fn authorize(
+    State(cfg): State<Arc<ChainConfig>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let Some(user) = req.extensions().get::<UserInfo>() else {
         return ApiError::forbidden("no user on the request").into_response();
+    };
+    let info = request_info_of(&req);
+    if let Err(e) = cfg.authz.check(&crate::authz::Attributes::of(user, &info)) {
+        return e.into_response();
     }
     next.run(req).await
 }
@@ -250,6 +441,11 @@ mod tests {
             readonly: Some(Arc::new(Semaphore::new(1))),
             mutating: Some(Arc::new(Semaphore::new(1))),
             metrics: Metrics::new(),
+            authz: Arc::new(crate::authz::Authorizer::new(
+                vec![crate::authz::Mode::AlwaysAllow],
+                None,
+                None,
+            )),
         });
         let handler = move || {
             let gate = gate.clone();
@@ -263,7 +459,7 @@ mod tests {
         };
         Router::new()
             .fallback(handler)
-            .layer(from_fn(authorize))
+            .layer(from_fn_with_state(cfg.clone(), authorize))
             .layer(from_fn_with_state(cfg.clone(), max_in_flight))
             .layer(from_fn_with_state(cfg.clone(), authenticate))
             .layer(from_fn_with_state(cfg.clone(), with_timeout))

@@ -43,6 +43,8 @@ pub struct ApiState {
     pub cache: Arc<crate::cache::Cache>,
     /// The client for kubelets (pods/log).
     pub kubelet: Arc<crate::kubelet::KubeletClient>,
+    /// The authorizers (reviews, RBAC's escalation check).
+    pub authz: Arc<crate::authz::Authorizer>,
     /// Encryption at rest, when configured (its health checks).
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
 }
@@ -268,6 +270,7 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
 /// The write options of a request: dry run and the field manager (`fieldManager`, else the
 /// User-Agent's product name, as upstream).
 fn write_opts(
+    admit: &Option<crate::registry::Admit>,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     subresource: &str,
@@ -303,6 +306,7 @@ fn write_opts(
             applied: false,
         }),
         namespace_checked: false,
+        admit: admit.clone(),
     })
 }
 
@@ -474,13 +478,17 @@ async fn health(
         if let Some(enc) = &state.encryption {
             checks.extend(enc.health_checks().await);
         }
+        if let Some(rbac) = state.authz.rbac() {
+            checks.push(("poststarthook/rbac/bootstrap-roles".into(), rbac.ready()));
+        }
     }
     let excluded: Vec<&str> = query
         .get("exclude")
         .map(|e| e.split(',').collect())
         .unwrap_or_default();
-    if let Some(one) = rest.first() {
-        return match checks.iter().find(|(n, _)| n == one) {
+    if !rest.is_empty() {
+        let one = rest.join("/");
+        return match checks.iter().find(|(n, _)| *n == one) {
             Some((_, Ok(()))) => Ok((StatusCode::OK, "ok").into_response()),
             Some((n, Err(e))) => Ok((
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -587,6 +595,10 @@ async fn resource_request(
     let ns = info.namespace.as_str();
     let name = info.name.as_str();
     let headers = req.headers().clone();
+    let admit = req
+        .extensions()
+        .get::<crate::authz::UserInfo>()
+        .and_then(|u| state.authz.admission(res, u));
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
     match (info.verb.as_str(), sub) {
         ("get", None | Some(Sub::Status)) => {
@@ -728,9 +740,33 @@ async fn resource_request(
             );
             Ok(r)
         }
+        ("create", None) if res.storage.is_empty() => {
+            let out = negotiate(&headers, &q, false)?;
+            let user = req
+                .extensions()
+                .get::<crate::authz::UserInfo>()
+                .cloned()
+                .unwrap_or_default();
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut obj = decode_document(&ct, &body)?;
+            check_type(&mut obj, res.group, res.version, res.kind)?;
+            let warnings = validation::check(
+                res.group,
+                res.version,
+                res.definition,
+                &mut obj,
+                field_validation(&q)?,
+            )?;
+            let answer = crate::authz::review::answer(&state.authz, res, ns, &user, obj)?;
+            Ok(add_warnings(
+                render_object(res, &answer, out, StatusCode::CREATED),
+                &warnings,
+            ))
+        }
         ("create", None) => {
             let out = negotiate(&headers, &q, false)?;
-            let mut w = write_opts(&q, &headers, "")?;
+            let mut w = write_opts(&admit, &q, &headers, "")?;
             if res.namespaced {
                 let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
                 if let Some(n) = state.cache.get(nsres).and_then(|c| c.peek("", ns)) {
@@ -827,6 +863,7 @@ async fn resource_request(
         ("update", None | Some(Sub::Status)) => {
             let out = negotiate(&headers, &q, false)?;
             let w = write_opts(
+                &admit,
                 &q,
                 &headers,
                 if sub == Some(Sub::Status) {
@@ -851,7 +888,7 @@ async fn resource_request(
             ))
         }
         ("update", Some(Sub::Scale)) => {
-            let w = write_opts(&q, &headers, "scale")?;
+            let w = write_opts(&admit, &q, &headers, "scale")?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
             let mut scale = decode_document(&ct, &body)?;
@@ -878,7 +915,7 @@ async fn resource_request(
         }
         ("patch", None | Some(Sub::Status) | Some(Sub::Scale)) => {
             let out = negotiate(&headers, &q, false)?;
-            let w = write_opts(&q, &headers, sub.map(Sub::name).unwrap_or(""))?;
+            let w = write_opts(&admit, &q, &headers, sub.map(Sub::name).unwrap_or(""))?;
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             if ct == "application/apply-patch+yaml" {

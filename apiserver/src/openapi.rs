@@ -216,7 +216,7 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
         ns_param.push(json!({"name": "namespace", "in": "path", "required": true, "description": "object name and auth scope, such as for teams and projects", "schema": {"type": "string", "uniqueItems": true}}));
     }
     let name_param = json!({"name": "name", "in": "path", "required": true, "description": format!("name of the {}", r.kind), "schema": {"type": "string", "uniqueItems": true}});
-    if r.resource == "bindings" {
+    if r.create_only() {
         paths.insert(base, json!({"parameters": ns_param, "post": op(&op_id("create", r, ""), "post", gvk, common_write_params(false), Some(body), obj)}));
         return;
     }

@@ -4,6 +4,8 @@
 //! rules come from [`crate::strategy`].
 
 use base64::Engine;
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
 use crate::alloc::{Ranges, Requested};
@@ -80,6 +82,31 @@ pub struct WriteOpts {
     /// The request namespace was found (and not terminating) in the watch cache, so create
     /// need not read it from the store; a cache miss leaves this false and the store decides.
     pub namespace_checked: bool,
+    /// A last check of the object about to be written, after defaulting and validation
+    /// (validating admission; RBAC's escalation check).
+    pub admit: Option<Admit>,
+}
+
+/// The check behind [`Admit`]: `(namespace, object)`.
+pub type AdmitFn = dyn Fn(&str, &Value) -> ApiResult<()> + Send + Sync;
+
+/// A check of an object about to be written.
+#[derive(Clone)]
+pub struct Admit(pub Arc<AdmitFn>);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit")
+    }
+}
+
+impl WriteOpts {
+    fn admit(&self, ns: &str, obj: &Value) -> ApiResult<()> {
+        match &self.admit {
+            Some(a) => (a.0)(ns, obj),
+            None => Ok(()),
+        }
+    }
 }
 
 impl WriteOpts {
@@ -481,6 +508,7 @@ impl Registry {
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;
+        w.admit(ns, &obj)?;
         self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
         let template = obj.clone();
@@ -658,6 +686,7 @@ impl Registry {
         }
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
+        w.admit(ns, &obj)?;
         self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)

@@ -3,7 +3,8 @@
 //! carry upstream's names, short names, categories and storage paths.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
+    batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
     discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
     policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
@@ -122,9 +123,15 @@ impl Resource {
         format!("{}List", self.kind)
     }
 
+    /// Whether the resource is only created, never read back: `bindings` (which writes the
+    /// pod) and the reviews (answered, not stored; their storage path is empty).
+    pub fn create_only(&self) -> bool {
+        self.resource == "bindings" || self.storage.is_empty()
+    }
+
     /// Standard verbs for the resource collection and items.
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.resource == "bindings" {
+        if self.create_only() {
             return &["create"];
         }
         &[
@@ -472,6 +479,78 @@ pub fn all() -> &'static [Resource] {
                 "statefulsets",
                 "io.k8s.api.apps.v1.StatefulSet",
                 apps::StatefulSet
+            ),
+            // authentication.k8s.io/v1 and authorization.k8s.io/v1: reviews, created and
+            // answered, never stored.
+            res!(
+                "authentication.k8s.io",
+                "v1",
+                "selfsubjectreviews",
+                "selfsubjectreview",
+                "SelfSubjectReview",
+                false,
+                NONE,
+                NONE,
+                NOSUB,
+                "",
+                "io.k8s.api.authentication.v1.SelfSubjectReview",
+                authentication::SelfSubjectReview
+            ),
+            res!(
+                "authorization.k8s.io",
+                "v1",
+                "localsubjectaccessreviews",
+                "localsubjectaccessreview",
+                "LocalSubjectAccessReview",
+                true,
+                NONE,
+                NONE,
+                NOSUB,
+                "",
+                "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+                authorization::LocalSubjectAccessReview
+            ),
+            res!(
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+                "selfsubjectaccessreview",
+                "SelfSubjectAccessReview",
+                false,
+                NONE,
+                NONE,
+                NOSUB,
+                "",
+                "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+                authorization::SelfSubjectAccessReview
+            ),
+            res!(
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectrulesreviews",
+                "selfsubjectrulesreview",
+                "SelfSubjectRulesReview",
+                false,
+                NONE,
+                NONE,
+                NOSUB,
+                "",
+                "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+                authorization::SelfSubjectRulesReview
+            ),
+            res!(
+                "authorization.k8s.io",
+                "v1",
+                "subjectaccessreviews",
+                "subjectaccessreview",
+                "SubjectAccessReview",
+                false,
+                NONE,
+                NONE,
+                NOSUB,
+                "",
+                "io.k8s.api.authorization.v1.SubjectAccessReview",
+                authorization::SubjectAccessReview
             ),
             // batch/v1
             res!(

@@ -154,8 +154,9 @@ pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
             .layer(from_fn_with_state(chain.clone(), filters::with_metrics))
             .layer(from_fn_with_state(chain.clone(), filters::with_timeout))
             .layer(from_fn_with_state(chain.clone(), filters::authenticate))
+            .layer(from_fn_with_state(chain.clone(), filters::impersonate))
             .layer(from_fn_with_state(chain.clone(), filters::max_in_flight))
-            .layer(from_fn(filters::authorize)),
+            .layer(from_fn_with_state(chain.clone(), filters::authorize)),
     )
 }
 
@@ -253,18 +254,11 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
 
 /// Runs `keelson apiserver` until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let modes: Vec<&str> = config
-        .authorization_mode
-        .split(',')
-        .map(str::trim)
-        .collect();
-    if modes != ["AlwaysAllow"] {
-        return Err(StartError(format!(
-            "--authorization-mode={}: only AlwaysAllow is available in this build (RBAC and Node arrive with the security chain)",
-            config.authorization_mode
-        )));
+    let modes =
+        crate::authz::Authorizer::parse_modes(&config.authorization_mode).map_err(StartError)?;
+    if modes.contains(&crate::authz::Mode::AlwaysAllow) {
+        tracing::warn!("authorization mode AlwaysAllow: every authenticated request is allowed");
     }
-    tracing::warn!("authorization mode AlwaysAllow: every authenticated request is allowed");
     let etcd = Etcd::new(
         &config.etcd_servers,
         &EtcdTls {
@@ -321,7 +315,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.default_watch_cache_size,
         &shutdown,
     );
+    let rbac = modes
+        .contains(&crate::authz::Mode::Rbac)
+        .then(|| crate::authz::RbacSource::start(&cache, &shutdown));
+    if let Some(src) = &rbac {
+        tokio::spawn(crate::authz::bootstrap::ensure(
+            registry.clone(),
+            src.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let node = match modes.contains(&crate::authz::Mode::Node) {
+        true => {
+            Some(crate::authz::node::NodeAuthorizer::start(&cache, &shutdown).map_err(StartError)?)
+        }
+        false => None,
+    };
+    let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
     let state = Arc::new(ApiState {
+        authz: authz.clone(),
         registry,
         cache,
         min_request_timeout: config.min_request_timeout,
@@ -350,6 +362,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         readonly: limit(config.max_requests_inflight),
         mutating: limit(config.max_mutating_requests_inflight),
         metrics,
+        authz,
     });
     let endpoint_ip = match config.advertise_address.unwrap_or(config.bind_address) {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),

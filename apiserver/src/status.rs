@@ -69,7 +69,8 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
+    /// Sets `details` (group, kind as the resource, name).
+    pub fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
         if !group.is_empty() {
             self.details.group = Some(group.to_string());
         }

@@ -2,6 +2,7 @@
 
 mod balancer;
 mod cluster_dns;
+mod grants;
 mod pki;
 mod up;
 

@@ -213,7 +213,7 @@ pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {
     )?;
     client(
         (&pki.controller_manager.0, &pki.controller_manager.1),
-        "system:kube-controller-manager",
+        crate::grants::CONTROLLER_MANAGER,
         None,
     )?;
     client(

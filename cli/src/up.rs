@@ -606,6 +606,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--tls-private-key-file={}", pki.apiserver_key.display()),
                     format!("--client-ca-file={}", pki.ca.display()),
                     "--anonymous-auth=false".into(),
+                    "--authorization-mode=Node,RBAC".into(),
                     format!(
                         "--kubelet-client-certificate={}",
                         kubelet_client.0.display()
@@ -633,7 +634,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         crate::pki::kubeconfig(
             &pki,
             &masters[0],
-            "system:kube-controller-manager",
+            crate::grants::CONTROLLER_MANAGER,
             (&pki.controller_manager.0, &pki.controller_manager.1),
         )?,
     )
@@ -718,14 +719,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     };
     if dns_replicas > 0 {
         crate::cluster_dns::setup(dns_replicas).await?;
-        let client = crate::pki::issue(&pki_dir, "dns", "system:keelson-dns", None, &[])?;
+        let client = crate::pki::issue(&pki_dir, "dns", crate::grants::DNS, None, &[])?;
         let kc = args.data_dir.join("dns.kubeconfig");
         std::fs::write(
             &kc,
             crate::pki::kubeconfig(
                 &pki,
                 &masters[0],
-                "system:keelson-dns",
+                crate::grants::DNS,
                 (&client.0, &client.1),
             )?,
         )
@@ -823,11 +824,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     if args.hollow_nodes > 0 {
+        // One identity for many nodes: not a node's (the Node authorizer admits one node per
+        // identity), bound to the system:node role instead (see grants.rs).
         let client = crate::pki::issue(
             &pki_dir,
-            "hollow-nodes",
-            "system:node:hollow-node",
-            Some("system:nodes"),
+            "hollow-nodes-client",
+            crate::grants::HOLLOW_NODES,
+            None,
             &[],
         )?;
         let kc = args.data_dir.join("hollow-nodes.kubeconfig");
@@ -836,7 +839,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             crate::pki::kubeconfig(
                 &pki,
                 &masters[0],
-                "system:node:hollow-node",
+                crate::grants::HOLLOW_NODES,
                 (&client.0, &client.1),
             )?,
         )
@@ -936,6 +939,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             tokio::select! {
                 ok = api_ready(&kubeconfig, Duration::from_secs(60)) => if !ok {
                     failure = Some("the apiservers are not ready (/readyz) after 60 s; see their logs".into());
+                } else if let Err(e) = crate::grants::apply(&kubeconfig).await {
+                    failure = Some(format!("granting the components their RBAC roles: {e:#}"));
                 },
                 _ = shutdown.cancelled() => {
                     stop_all(&mut procs).await;

@@ -2,6 +2,7 @@
 //! shared list-watch informers (one watch per resource for all controllers) through
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -37,6 +38,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use keelson_client::events::Recorder;
 use keelson_client::health::{Health, ServingArgs};
 use keelson_client::informer::{Index, Informer};
@@ -52,6 +54,7 @@ use crate::util::Reconciler;
 
 /// The controllers this binary has, by their upstream names.
 pub const KNOWN_CONTROLLERS: &[&str] = &[
+    "clusterrole-aggregation",
     "cronjob",
     "daemonset",
     "deployment",
@@ -235,6 +238,7 @@ pub struct Informers {
     deployments: Option<Informer<Deployment>>,
     namespaces: Option<Informer<Namespace>>,
     serviceaccounts: Option<Informer<ServiceAccount>>,
+    clusterroles: Option<Informer<ClusterRole>>,
     services: Option<Informer<Service>>,
     endpoints: Option<Informer<Endpoints>>,
     endpointslices: Option<Informer<EndpointSlice>>,
@@ -279,6 +283,7 @@ impl Informers {
             deployments: None,
             namespaces: None,
             serviceaccounts: None,
+            clusterroles: None,
             services: None,
             endpoints: None,
             endpointslices: None,
@@ -330,6 +335,11 @@ impl Informers {
     /// ServiceAccounts in all namespaces.
     pub fn serviceaccounts(&mut self) -> &mut Informer<ServiceAccount> {
         lazy(&mut self.serviceaccounts, &self.client)
+    }
+
+    /// ClusterRoles.
+    pub fn clusterroles(&mut self) -> &mut Informer<ClusterRole> {
+        lazy(&mut self.clusterroles, &self.client)
     }
 
     /// Services in all namespaces.
@@ -497,6 +507,7 @@ impl Informers {
             deployments,
             namespaces,
             serviceaccounts,
+            clusterroles,
             services,
             endpoints,
             endpointslices,
@@ -673,6 +684,10 @@ async fn run_controllers(
                 let threshold = config.terminated_pod_gc_threshold.max(0) as usize;
                 let ctl = podgc::PodGc::new(&mut informers, threshold);
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(t))));
+            }
+            "clusterrole-aggregation" => {
+                let ctl = clusterroleaggregation::ClusterRoleAggregation::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
             }
             "ttl-after-finished" => {
                 let ctl = ttlafterfinished::TtlAfterFinished::new(&mut informers);

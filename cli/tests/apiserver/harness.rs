@@ -39,14 +39,20 @@ fn write(path: &Path, s: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-pub fn pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
+fn ca_params() -> CertificateParams {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "keelson-test-ca");
+    ca_params
+}
+
+pub fn pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_params = ca_params();
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    write(&dir.join("ca.key"), &ca_key.serialize_pem());
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate().unwrap();
     let server_params =
@@ -223,6 +229,33 @@ impl ApiCluster {
             self.pki.admin_key.display()
         );
         write(&self.dir.path().join(name), &kc)
+    }
+
+    /// A client certificate of the cluster CA for `user` in `groups` (CN and O), and a
+    /// kubeconfig with it against the first apiserver; returns the kubeconfig's path.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let dir = self.dir.path();
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let file = user.replace(':', "_");
+        let crt = write(&dir.join(format!("{file}.crt")), &cert.pem());
+        let pem = write(&dir.join(format!("{file}.key")), &key.serialize_pem());
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: u, namespace: default}}\ncurrent-context: k\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+            self.api_ports[0],
+            self.pki.ca.display(),
+            crt.display(),
+            pem.display()
+        );
+        write(&dir.join(format!("{file}.kubeconfig")), &kc)
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

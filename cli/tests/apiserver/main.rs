@@ -13,4 +13,5 @@ mod kube_rs;
 mod kubectl;
 mod multi;
 mod python;
+mod rbac;
 mod subresources;

@@ -1,0 +1,119 @@
+//! What `keelson up` grants its components beyond the bootstrap RBAC policy, applied once the
+//! apiservers are ready and before anything else starts:
+//!
+//! - the controller-manager runs every controller under its own identity
+//!   (`system:kube-controller-manager`), not under per-controller service accounts, so it is
+//!   bound to `cluster-admin`;
+//! - the nodes run the service proxy and the network policy agent in-process, under the node's
+//!   identity: the `system:nodes` group is bound to `system:node-proxier` and to a role that reads
+//!   NetworkPolicies, namespaces and pods;
+//! - the cluster DNS (`system:keelson-dns`) gets CoreDNS's read access (Services, Endpoints,
+//!   EndpointSlices, namespaces, pods; `system:kube-dns` lacks EndpointSlices);
+//! - the hollow nodes (many nodes behind one identity, `system:keelson-hollow-nodes`) are bound to
+//!   `system:node`, since the Node authorizer admits one node per identity.
+//!
+//! Everything carries the label `app.kubernetes.io/managed-by=keelson-up` and is server-side
+//! applied, so a restart re-applies it unchanged.
+
+use std::path::Path;
+
+use anyhow::Context;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+/// The controller-manager's user (its client certificate's CN).
+pub const CONTROLLER_MANAGER: &str = "system:kube-controller-manager";
+/// The cluster DNS servers' user.
+pub const DNS: &str = "system:keelson-dns";
+/// The hollow nodes' user.
+pub const HOLLOW_NODES: &str = "system:keelson-hollow-nodes";
+
+fn binding(name: &str, role: &str, kind: &str, subject: &str) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}],
+    })
+}
+
+/// The ClusterRoles and ClusterRoleBindings `up` applies.
+pub fn objects() -> (Vec<Value>, Vec<Value>) {
+    let roles = vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "keelson:dns", "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
+            "rules": [
+                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "keelson:network-policy-agent", "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
+            "rules": [
+                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["namespaces", "pods"], "verbs": ["get", "list", "watch"]},
+            ],
+        }),
+    ];
+    let bindings = vec![
+        binding(
+            "keelson:controller-manager",
+            "cluster-admin",
+            "User",
+            CONTROLLER_MANAGER,
+        ),
+        binding(
+            "keelson:node-proxier",
+            "system:node-proxier",
+            "Group",
+            "system:nodes",
+        ),
+        binding(
+            "keelson:network-policy-agent",
+            "keelson:network-policy-agent",
+            "Group",
+            "system:nodes",
+        ),
+        binding("keelson:dns", "keelson:dns", "User", DNS),
+        binding("keelson:hollow-nodes", "system:node", "User", HOLLOW_NODES),
+    ];
+    (roles, bindings)
+}
+
+/// Applies [`objects`] with the admin's kubeconfig.
+pub async fn apply(kubeconfig: &Path) -> anyhow::Result<()> {
+    let client = keelson_client::connect::connect(
+        &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
+    )
+    .await?;
+    let pp = PatchParams::apply("keelson-up").force();
+    let (roles, bindings) = objects();
+    let api: Api<ClusterRole> = Api::all(client.clone());
+    for r in roles {
+        let name = r["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.patch(&name, &pp, &Patch::Apply(&r))
+            .await
+            .with_context(|| format!("applying ClusterRole {name}"))?;
+    }
+    let api: Api<ClusterRoleBinding> = Api::all(client);
+    for b in bindings {
+        let name = b["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        api.patch(&name, &pp, &Patch::Apply(&b))
+            .await
+            .with_context(|| format!("applying ClusterRoleBinding {name}"))?;
+    }
+    Ok(())
+}
