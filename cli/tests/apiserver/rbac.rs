@@ -18,7 +18,7 @@ fn text(o: &Output) -> (String, String) {
 
 #[test]
 fn rbac_decides_with_upstream_semantics_and_messages() {
-    let c = ApiCluster::start_with(Backend::Keelson, 1, &["--authorization-mode=RBAC"]);
+    let c = ApiCluster::start_with(Backend::Keelson, 1, &["--authorization-mode=Node,RBAC"]);
     let admin = |args: &[&str]| ok(c.kubectl(args), args);
     eventually(Duration::from_secs(30), "the bootstrap policy", || {
         c.kubectl(&["get", "--raw", "/readyz/poststarthook/rbac/bootstrap-roles"])
@@ -248,4 +248,53 @@ fn rbac_decides_with_upstream_semantics_and_messages() {
         "{:?}",
         text(&o)
     );
+
+    // Node authorization: a kubelet reads the Secrets its pods use, no other node's, and no
+    // list of them; it may renew its own Lease only.
+    admin(&["create", "secret", "generic", "db", "--from-literal=p=s"]);
+    admin(&["create", "secret", "generic", "other", "--from-literal=p=s"]);
+    crate::harness::apply(
+        &c,
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "uses-db", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "pause",
+              "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}]}]}}"#,
+    );
+    let n1 = c.user_kubeconfig("system:node:n1", &["system:nodes"]);
+    let n2 = c.user_kubeconfig("system:node:n2", &["system:nodes"]);
+    eventually(Duration::from_secs(10), "n1 may read db", || {
+        c.kubectl_with(&n1, &["get", "secret", "db"])
+            .status
+            .success()
+    });
+    let o = c.kubectl_with(&n2, &["get", "secret", "db"]);
+    assert!(
+        text(&o).1.contains(
+            r#"secrets "db" is forbidden: User "system:node:n2" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'n2' and this object"#
+        ),
+        "{:?}",
+        text(&o)
+    );
+    assert!(
+        !c.kubectl_with(&n1, &["get", "secret", "other"])
+            .status
+            .success()
+    );
+    let o = c.kubectl_with(&n1, &["get", "secrets"]);
+    assert!(
+        text(&o)
+            .1
+            .contains("can only read individual secrets objects"),
+        "{:?}",
+        text(&o)
+    );
+    assert!(c.kubectl_with(&n1, &["get", "pods", "-A"]).status.success());
+    let o = c.kubectl_with(&n1, &["-n", "kube-node-lease", "create", "configmap", "x"]);
+    assert!(!o.status.success());
+    // The pod goes: so does n1's access.
+    admin(&["delete", "pod", "uses-db", "--grace-period=0", "--force"]);
+    eventually(Duration::from_secs(10), "n1 no longer reads db", || {
+        !c.kubectl_with(&n1, &["get", "secret", "db"])
+            .status
+            .success()
+    });
 }
