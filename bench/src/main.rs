@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod authz;
 mod controllers;
 mod dns;
 mod hollow;
@@ -61,6 +62,9 @@ enum Cmd {
     /// Secret create latency with encryption at rest off and with KMS v2 (`keelson up
     /// --encryption none|kms`).
     Secrets(secrets::SecretsArgs),
+    /// Pod get/create latency of a non-admin user with `--authorization-mode` AlwaysAllow and
+    /// Node,RBAC (1,000 Roles and RoleBindings of other users around).
+    Authz(authz::AuthzArgs),
     /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
     Up(up::UpArgs),
 }
@@ -524,6 +528,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dns(a) => rt.block_on(dns::run(a)),
         Cmd::Proxy(a) => rt.block_on(proxy::run(a)),
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
+        Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
     }
 }

@@ -45,6 +45,16 @@ enum Command {
     Status(up::DataDirArgs),
     /// Stop a cluster started with `keelson up --detach`.
     Down(up::DataDirArgs),
+    /// Kubeconfig files for a `keelson up` cluster.
+    #[command(subcommand)]
+    Kubeconfig(KubeconfigCommand),
+}
+
+#[derive(Subcommand)]
+enum KubeconfigCommand {
+    /// Print a kubeconfig for a new user (a client certificate of the cluster CA), as
+    /// `kubeadm kubeconfig user`.
+    User(pki::UserArgs),
 }
 
 fn init_tracing() {
@@ -135,6 +145,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args, shutdown).await?,
         Command::Status(args) => up::status(&args)?,
         Command::Down(args) => up::down(&args).await?,
+        Command::Kubeconfig(KubeconfigCommand::User(args)) => pki::user_kubeconfig(&args)?,
     }
     Ok(())
 }

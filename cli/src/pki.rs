@@ -122,18 +122,80 @@ pub fn issue_by(
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
+    let (cert, key) = sign(dir, ca, cn, org.as_slice(), names)?;
+    std::fs::write(&cert_path, cert)?;
+    write_private(&key_path, &key)?;
+    Ok((cert_path, key_path))
+}
+
+/// A new client certificate (CN `cn`, an O per group) signed by the CA named `ca` under `dir`:
+/// (certificate PEM, key PEM).
+pub fn sign(
+    dir: &Path,
+    ca: &str,
+    cn: &str,
+    orgs: &[&str],
+    names: &[String],
+) -> anyhow::Result<(String, String)> {
     let ca_pem = std::fs::read_to_string(dir.join("ca.key")).context("reading the CA key")?;
     let issuer = Issuer::new(ca_params_named(ca)?, KeyPair::from_pem(&ca_pem)?);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(DnType::CommonName, cn);
-    if let Some(o) = org {
-        params.distinguished_name.push(DnType::OrganizationName, o);
+    for o in orgs {
+        params.distinguished_name.push(DnType::OrganizationName, *o);
     }
     let cert = params.signed_by(&key, &issuer)?;
-    std::fs::write(&cert_path, cert.pem())?;
-    write_private(&key_path, &key.serialize_pem())?;
-    Ok((cert_path, key_path))
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// `keelson kubeconfig user`: a kubeconfig (certificates embedded) for a new user of a
+/// `keelson up` cluster, as `kubeadm kubeconfig user` makes.
+#[derive(Debug, clap::Args)]
+pub struct UserArgs {
+    /// The user name (the certificate's CommonName).
+    #[arg(long)]
+    pub client_name: String,
+    /// A group of the user (the certificate's Organization); repeat for several.
+    #[arg(long)]
+    pub org: Vec<String>,
+    /// The data directory of the cluster (`keelson up --data-dir`).
+    #[arg(long, default_value = "keelson-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Prints the kubeconfig of [`UserArgs`] on stdout.
+pub fn user_kubeconfig(args: &UserArgs) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    if args.client_name.is_empty() {
+        anyhow::bail!("--client-name must not be empty");
+    }
+    let dir = args.data_dir.join("pki");
+    let admin =
+        std::fs::read_to_string(args.data_dir.join("admin.kubeconfig")).with_context(|| {
+            format!(
+                "{} has no cluster (no admin.kubeconfig); start one with keelson up",
+                args.data_dir.display()
+            )
+        })?;
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .context("admin.kubeconfig has no server")?
+        .trim()
+        .to_string();
+    let orgs: Vec<&str> = args.org.iter().map(String::as_str).collect();
+    let (cert, key) = sign(&dir, CLUSTER_CA, &args.client_name, &orgs, &[])?;
+    let ca = std::fs::read(dir.join("ca.crt")).context("reading the cluster CA")?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    print!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts:\n- name: {user}@keelson\n  context:\n    cluster: keelson\n    user: {user}\ncurrent-context: {user}@keelson\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(&ca),
+        b64(cert.as_bytes()),
+        b64(key.as_bytes()),
+        user = args.client_name,
+    );
+    Ok(())
 }
 
 /// Loads the PKI under `dir`, creating whatever is missing. `service_ip` is the `kubernetes`

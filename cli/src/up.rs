@@ -57,6 +57,10 @@ pub struct Args {
     /// with `none`.
     #[arg(long, default_value = "kms", value_parser = ["kms", "none"])]
     pub encryption: String,
+    /// The apiservers' `--authorization-mode`. With RBAC, the components get their roles (see
+    /// the README); `AlwaysAllow` is for comparisons (`keelson-bench authz`).
+    #[arg(long, default_value = "Node,RBAC")]
+    pub authorization_mode: String,
     /// Run in the background: return once the cluster is ready (output in `<data>/up.log`);
     /// `keelson status` shows it, `keelson down` stops it.
     #[arg(long)]
@@ -436,6 +440,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         args.nodes
     };
     // Everything that can refuse the start is checked before anything is written or started.
+    let rbac = keelson_apiserver::authz::Authorizer::parse_modes(&args.authorization_mode)
+        .map_err(anyhow::Error::msg)?
+        .contains(&keelson_apiserver::authz::Mode::Rbac);
     if nodes > 0 && !nix::unistd::geteuid().is_root() {
         bail!(
             "process-runtime nodes need root (namespaces, cgroups, a bridge per node); run as root, or pass --nodes 0 (with --hollow-nodes N for simulated nodes)"
@@ -606,7 +613,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--tls-private-key-file={}", pki.apiserver_key.display()),
                     format!("--client-ca-file={}", pki.ca.display()),
                     "--anonymous-auth=false".into(),
-                    "--authorization-mode=Node,RBAC".into(),
+                    format!("--authorization-mode={}", args.authorization_mode),
                     format!(
                         "--kubelet-client-certificate={}",
                         kubelet_client.0.display()
@@ -939,7 +946,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             tokio::select! {
                 ok = api_ready(&kubeconfig, Duration::from_secs(60)) => if !ok {
                     failure = Some("the apiservers are not ready (/readyz) after 60 s; see their logs".into());
-                } else if let Err(e) = crate::grants::apply(&kubeconfig).await {
+                } else if rbac
+                    && let Err(e) = crate::grants::apply(&kubeconfig).await
+                {
                     failure = Some(format!("granting the components their RBAC roles: {e:#}"));
                 },
                 _ = shutdown.cancelled() => {

@@ -1039,6 +1039,49 @@ fn up_detach_status_down() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // A user of the cluster's own: RBAC on, nothing granted but discovery and whoami.
+    let out = Command::new(keelson)
+        .args([
+            "kubeconfig",
+            "user",
+            "--client-name",
+            "jane",
+            "--org",
+            "devs",
+        ])
+        .args(["--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jane = dir.path().join("jane.kubeconfig");
+    std::fs::write(&jane, &out.stdout).unwrap();
+    let who = kubectl(
+        &jane,
+        dir.path(),
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout).trim(),
+        r#"jane ["devs","system:authenticated"]"#,
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    let denied = kubectl(&jane, dir.path(), &["get", "configmaps"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .contains(r#"User "jane" cannot list resource "configmaps""#),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
     // A second up on the same data dir is refused before anything starts.
     let again = Command::new(keelson)
         .args(["up", "--single", "--nodes", "0", "--port", "0"])
