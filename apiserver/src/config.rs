@@ -40,10 +40,35 @@ pub struct Config {
     /// system:unauthenticated).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub anonymous_auth: bool,
-    /// Ordered list of plug-ins to do authorization on secure port. Only AlwaysAllow is available
-    /// until RBAC lands; it is logged at startup.
+    /// Ordered list of plug-ins to do authorization on secure port: AlwaysAllow, AlwaysDeny,
+    /// Node, RBAC.
     #[arg(long, default_value = "AlwaysAllow")]
     pub authorization_mode: String,
+    /// Identifier of the service account token issuer (the `iss` of the tokens it issues);
+    /// repeat to also accept tokens of earlier issuers (the first one issues).
+    #[arg(long)]
+    pub service_account_issuer: Vec<String>,
+    /// File containing PEM public (or private) keys that verify service account tokens; repeat
+    /// for several files. Defaults to --service-account-signing-key-file.
+    #[arg(long)]
+    pub service_account_key_file: Vec<PathBuf>,
+    /// File containing the PEM private key that signs service account tokens (RSA or P-256).
+    #[arg(long)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// Identifiers of the API: tokens must be for one of these audiences (default: the
+    /// issuers).
+    #[arg(long, value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+    /// The longest validity of a token the TokenRequest API issues (Go duration; 0 = no limit).
+    #[arg(long, default_value = "0s", value_parser = parse_go_duration)]
+    pub service_account_max_token_expiration: std::time::Duration,
+    /// Whether service account tokens are checked against the store: the account, and the pod
+    /// or secret a token is bound to, must still exist.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub service_account_lookup: bool,
+    /// A CSV file of static bearer tokens (`token,user,uid,"group1,group2"`), for tests.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
     /// List of etcd servers to connect with (scheme://ip:port), comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub etcd_servers: Vec<String>,

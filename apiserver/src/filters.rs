@@ -44,8 +44,8 @@ pub struct UserInfo {
 pub struct ChainConfig {
     /// Timeout of non-long-running requests.
     pub request_timeout: Duration,
-    /// Allow unauthenticated requests as system:anonymous.
-    pub anonymous_auth: bool,
+    /// The authenticators.
+    pub authn: Arc<crate::authn::Authenticator>,
     /// Read-only in-flight limit (None = unlimited).
     pub readonly: Option<Arc<Semaphore>>,
     /// Mutating in-flight limit (None = unlimited).
@@ -162,7 +162,7 @@ pub async fn with_timeout(
     }
 }
 
-/// Authentication by client certificate (CN = user, O = groups); anonymous when allowed.
+/// Authentication: the authenticators of [`crate::authn`]; 401 when none accepts the request.
 pub async fn authenticate(
     State(cfg): State<Arc<ChainConfig>>,
     mut req: Request<Body>,
@@ -173,25 +173,16 @@ pub async fn authenticate(
         .get::<PeerIdentity>()
         .cloned()
         .unwrap_or_default();
-    let user = match peer.common_name {
-        Some(cn) if !cn.is_empty() => {
-            let mut groups = peer.organizations.clone();
-            groups.push("system:authenticated".into());
-            UserInfo {
-                name: cn,
-                groups,
-                ..Default::default()
-            }
+    match cfg.authn.authenticate(&peer, req.headers()).await {
+        Ok(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
         }
-        _ if cfg.anonymous_auth => UserInfo {
-            name: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
-            ..Default::default()
-        },
-        _ => return ApiError::unauthorized().into_response(),
-    };
-    req.extensions_mut().insert(user);
-    next.run(req).await
+        Err(e) => {
+            tracing::debug!(reason = %e.0, "unauthenticated request");
+            ApiError::unauthorized().into_response()
+        }
+    }
 }
 
 /// Max-in-flight: separate limits for read-only and mutating requests; long-running requests are
@@ -437,7 +428,7 @@ mod tests {
     ) -> Router {
         let cfg = Arc::new(ChainConfig {
             request_timeout: timeout,
-            anonymous_auth: anonymous,
+            authn: Arc::new(crate::authn::Authenticator::certificates_only(anonymous)),
             readonly: Some(Arc::new(Semaphore::new(1))),
             mutating: Some(Arc::new(Semaphore::new(1))),
             metrics: Metrics::new(),

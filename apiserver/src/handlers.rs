@@ -43,6 +43,8 @@ pub struct ApiState {
     pub cache: Arc<crate::cache::Cache>,
     /// The client for kubelets (pods/log).
     pub kubelet: Arc<crate::kubelet::KubeletClient>,
+    /// Signs service-account tokens (TokenRequest), when configured.
+    pub token_issuer: Option<Arc<crate::authn::serviceaccount::TokenIssuer>>,
     /// The authorizers (reviews, RBAC's escalation check).
     pub authz: Arc<crate::authz::Authorizer>,
     /// Encryption at rest, when configured (its health checks).
@@ -786,6 +788,13 @@ async fn resource_request(
                 &warnings,
             ))
         }
+        ("create", Some(Sub::Token)) => {
+            let ct = content_type(&headers);
+            let body = read_body(req.into_body()).await?;
+            let mut tr = decode_document(&ct, &body)?;
+            check_type(&mut tr, "authentication.k8s.io", "v1", "TokenRequest")?;
+            token_request(state, ns, name, tr, dry_run(&q)?).await
+        }
         ("create", Some(Sub::Binding)) => {
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
@@ -1122,6 +1131,156 @@ fn scale_of(res: &Resource, obj: &Value) -> Value {
 }
 
 /// `pods/binding`: sets `spec.nodeName` of an unbound pod.
+/// `serviceaccounts/<name>/token`: a signed token for the account, for the requested
+/// audiences and lifetime, optionally bound to a pod, secret or node of the same namespace
+/// (which must exist, with the given UID; a pod must run as this account).
+async fn token_request(
+    state: &ApiState,
+    ns: &str,
+    name: &str,
+    mut tr: Value,
+    dry_run: bool,
+) -> ApiResult<Response> {
+    use crate::authn::serviceaccount::{Bound, now};
+    let Some(issuer) = &state.token_issuer else {
+        return Err(ApiError::path_not_found());
+    };
+    let sa_res = resources::find("", "v1", "serviceaccounts").expect("served");
+    let sa = state.registry.get(sa_res, ns, name).await?;
+    let invalid = |field: &str, value: &Value, msg: &str| {
+        ApiError::invalid(
+            "authentication.k8s.io",
+            "TokenRequest",
+            name,
+            vec![crate::status::Cause::new(
+                "FieldValueInvalid",
+                field,
+                format!("Invalid value: {value}: {msg}"),
+            )],
+        )
+    };
+    let mut seconds = tr
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    if seconds < 600 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(seconds),
+            "may not specify a duration less than 10 minutes",
+        ));
+    }
+    if seconds > 1 << 32 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            &json!(seconds),
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    if let Some(max) = issuer.max_expiration {
+        seconds = seconds.min(max.as_secs() as i64);
+    }
+    let audiences: Vec<String> = tr
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let bound = match tr.pointer("/spec/boundObjectRef").filter(|b| !b.is_null()) {
+        None => None,
+        Some(b) => {
+            let kind = b.get("kind").and_then(Value::as_str).unwrap_or("");
+            let bname = b.get("name").and_then(Value::as_str).unwrap_or("");
+            let (resource, bns) = match kind {
+                "Pod" => ("pods", ns),
+                "Secret" => ("secrets", ns),
+                "Node" => ("nodes", ""),
+                _ => {
+                    return Err(invalid(
+                        "spec.boundObjectRef.kind",
+                        &json!(kind),
+                        "supported values: \"Pod\", \"Secret\", \"Node\"",
+                    ));
+                }
+            };
+            let res = resources::find("", "v1", resource).expect("served");
+            let obj = state.registry.get(res, bns, bname).await?;
+            let uid = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if let Some(want) = b
+                .get("uid")
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty())
+                && want != uid
+            {
+                return Err(ApiError::conflict(
+                    "",
+                    resource,
+                    bname,
+                    &format!(
+                        "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
+                    ),
+                ));
+            }
+            if kind == "Pod" {
+                let pod_sa = obj
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                if pod_sa != name {
+                    return Err(ApiError::bad_request(format!(
+                        "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                    )));
+                }
+            }
+            Some(Bound {
+                kind: kind.into(),
+                name: bname.into(),
+                uid,
+            })
+        }
+    };
+    let sa_uid = sa
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (token, exp) = issuer
+        .issue(ns, name, sa_uid, &audiences, seconds, bound.as_ref(), now())
+        .map_err(ApiError::internal)?;
+    let audiences = if audiences.is_empty() {
+        issuer.default_audiences.clone()
+    } else {
+        audiences
+    };
+    tr["metadata"] =
+        json!({"name": name, "namespace": ns, "creationTimestamp": object::now_rfc3339()});
+    tr["spec"]["audiences"] = json!(audiences);
+    tr["spec"]["expirationSeconds"] = json!(seconds);
+    let expiry = jiff::Timestamp::from_second(exp)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    tr["status"] = json!({
+        "token": if dry_run { String::new() } else { token },
+        "expirationTimestamp": expiry,
+    });
+    let mut r = (
+        StatusCode::CREATED,
+        serde_json::to_vec(&tr).unwrap_or_default(),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
 async fn bind(
     state: &ApiState,
     res: &'static Resource,

@@ -177,6 +177,7 @@ fn def_for(kind_def: &str, sub: Sub) -> String {
         Sub::Scale => "io.k8s.api.autoscaling.v1.Scale".into(),
         Sub::Binding => "io.k8s.api.core.v1.Binding".into(),
         Sub::Eviction => "io.k8s.api.policy.v1.Eviction".into(),
+        Sub::Token => "io.k8s.api.authentication.v1.TokenRequest".into(),
     }
 }
 
@@ -259,7 +260,7 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
             .map(|(i, c)| if i == 0 { c.to_ascii_uppercase() } else { c })
             .collect();
         let entry = match sub {
-            Sub::Binding | Sub::Eviction => json!({
+            Sub::Binding | Sub::Eviction | Sub::Token => json!({
                 "parameters": item_params,
                 "post": op(&op_id("create", r, &suffix), "post", sgvk, common_write_params(false), Some(json!({"content": content(sobj.clone(), &["*/*"]), "required": true})), sobj.clone()),
             }),
@@ -336,6 +337,9 @@ fn build_doc(group: &str, version: &str) -> Value {
                 }
                 Sub::Binding => {
                     generator.subschema_for::<k8s_openapi::api::core::v1::Binding>();
+                }
+                Sub::Token => {
+                    generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
                 }
                 Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => {}
             }

@@ -29,6 +29,8 @@ pub enum Sub {
     Exec,
     /// `pods/attach`: a container's own streams, through the kubelet.
     Attach,
+    /// `serviceaccounts/token`: create an authentication.k8s.io/v1 TokenRequest.
+    Token,
 }
 
 impl Sub {
@@ -43,6 +45,7 @@ impl Sub {
             Sub::Log => "log",
             Sub::Exec => "exec",
             Sub::Attach => "attach",
+            Sub::Token => "token",
         }
     }
 
@@ -57,6 +60,7 @@ impl Sub {
             Sub::Log => ("", "v1", "Pod"),
             Sub::Exec => ("", "v1", "PodExecOptions"),
             Sub::Attach => ("", "v1", "PodAttachOptions"),
+            Sub::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
 
@@ -64,7 +68,7 @@ impl Sub {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Sub::Status | Sub::Scale => &["get", "patch", "update"],
-            Sub::Binding | Sub::Eviction => &["create"],
+            Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
             Sub::Exec | Sub::Attach => &["create", "get"],
@@ -390,7 +394,7 @@ pub fn all() -> &'static [Resource] {
                 true,
                 &["sa"],
                 NONE,
-                NOSUB,
+                &[Sub::Token],
                 "serviceaccounts",
                 "io.k8s.api.core.v1.ServiceAccount",
                 core::ServiceAccount

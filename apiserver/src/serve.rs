@@ -259,6 +259,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     if modes.contains(&crate::authz::Mode::AlwaysAllow) {
         tracing::warn!("authorization mode AlwaysAllow: every authenticated request is allowed");
     }
+    let (sa_issuer, sa_validator) = crate::authn::service_accounts(&config).map_err(StartError)?;
+    let tokens = match &config.token_auth_file {
+        Some(p) => crate::authn::read_token_file(p).map_err(StartError)?,
+        None => Default::default(),
+    };
     let etcd = Etcd::new(
         &config.etcd_servers,
         &EtcdTls {
@@ -334,6 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
     let state = Arc::new(ApiState {
         authz: authz.clone(),
+        token_issuer: sa_issuer.map(Arc::new),
         registry,
         cache,
         min_request_timeout: config.min_request_timeout,
@@ -356,9 +362,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             Some(Arc::new(Semaphore::new(n)))
         }
     };
+    let authn = Arc::new(crate::authn::Authenticator::new(
+        config.anonymous_auth,
+        tokens,
+        sa_validator,
+        Some((state.registry.clone(), state.cache.clone())),
+    ));
     let chain = Arc::new(ChainConfig {
         request_timeout: config.request_timeout,
-        anonymous_auth: config.anonymous_auth,
+        authn,
         readonly: limit(config.max_requests_inflight),
         mutating: limit(config.max_mutating_requests_inflight),
         metrics,

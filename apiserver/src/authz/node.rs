@@ -53,6 +53,12 @@ pub fn pod_refs(pod: &Value) -> Vec<Ref> {
         }
     };
     let spec = pod.get("spec").unwrap_or(&Value::Null);
+    let account = spec
+        .get("serviceAccountName")
+        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| Value::String("default".into()));
+    add("serviceaccounts", Some(&account));
     for s in spec
         .get("imagePullSecrets")
         .and_then(Value::as_array)
@@ -334,9 +340,22 @@ impl NodeAuthorizer {
                     ));
                 }
                 "serviceaccounts" => {
-                    return Decision::NoOpinion(
-                        "can only create tokens for individual service accounts".into(),
-                    );
+                    // Tokens (TokenRequest) for the accounts its pods run as; nothing else.
+                    if a.verb != "create" || a.subresource != "token" || a.name.is_empty() {
+                        return Decision::NoOpinion(
+                            "can only create tokens for individual service accounts".into(),
+                        );
+                    }
+                    if self
+                        .graph
+                        .read()
+                        .uses(node, a.resource, a.namespace, a.name)
+                    {
+                        return Decision::Allow(String::new());
+                    }
+                    return Decision::NoOpinion(format!(
+                        "no relationship found between node '{node}' and this object"
+                    ));
                 }
                 _ => {}
             }
@@ -455,6 +474,25 @@ mod tests {
             a.authorize(&get(&n1, "persistentvolumes", "", "pv1")),
             Decision::Allow(String::new())
         );
+        // Tokens for the account its pod runs as (`default` here), and only tokens.
+        let token =
+            |u, name| Attributes::resource(u, "create", "ns", "", "serviceaccounts", "token", name);
+        assert_eq!(
+            a.authorize(&token(&n1, "default")),
+            Decision::Allow(String::new())
+        );
+        assert!(matches!(
+            a.authorize(&token(&n1, "admin")),
+            Decision::NoOpinion(_)
+        ));
+        assert!(matches!(
+            a.authorize(&token(&n2, "default")),
+            Decision::NoOpinion(_)
+        ));
+        assert!(matches!(
+            a.authorize(&get(&n1, "serviceaccounts", "ns", "default")),
+            Decision::NoOpinion(_)
+        ));
         assert!(matches!(
             a.authorize(&get(&n1, "persistentvolumes", "", "pv2")),
             Decision::NoOpinion(_)

@@ -15,3 +15,4 @@ mod multi;
 mod python;
 mod rbac;
 mod subresources;
+mod tokens;
