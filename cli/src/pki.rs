@@ -198,6 +198,19 @@ pub fn user_kubeconfig(args: &UserArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The service-account token key pair (`sa.key`, PKCS#8 P-256, and `sa.pub`) under `dir`, made
+/// once, as kubeadm makes its `sa.key`/`sa.pub`: (private, public).
+pub fn service_account_keys(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (private, public) = (dir.join("sa.key"), dir.join("sa.pub"));
+    if !(private.exists() && public.exists()) {
+        let key = KeyPair::generate()?;
+        write_private(&private, &key.serialize_pem())?;
+        std::fs::write(&public, key.public_key_pem())
+            .with_context(|| format!("writing {}", public.display()))?;
+    }
+    Ok((private, public))
+}
+
 /// Loads the PKI under `dir`, creating whatever is missing. `service_ip` is the `kubernetes`
 /// Service address, added to the serving certificate's names.
 pub fn ensure(dir: &Path, service_ip: &str) -> anyhow::Result<Pki> {

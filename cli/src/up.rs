@@ -411,6 +411,9 @@ impl Topology {
     }
 }
 
+/// The issuer of service-account tokens (kubeadm's default).
+const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 /// The `kubernetes` Service address with the default `--service-cluster-ip-range`.
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
@@ -488,6 +491,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let pki = crate::pki::ensure(&args.data_dir.join("pki"), KUBERNETES_SERVICE_IP)?;
     let pki_dir = args.data_dir.join("pki");
+    let (sa_key, sa_pub) = crate::pki::service_account_keys(&pki_dir)?;
     let kubelet_client = crate::pki::issue(
         &pki_dir,
         "apiserver-kubelet-client",
@@ -614,6 +618,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--client-ca-file={}", pki.ca.display()),
                     "--anonymous-auth=false".into(),
                     format!("--authorization-mode={}", args.authorization_mode),
+                    format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+                    format!("--service-account-signing-key-file={}", sa_key.display()),
+                    format!("--service-account-key-file={}", sa_pub.display()),
                     format!(
                         "--kubelet-client-certificate={}",
                         kubelet_client.0.display()

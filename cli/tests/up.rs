@@ -1082,6 +1082,56 @@ fn up_detach_status_down() {
         "{}",
         String::from_utf8_lossy(&denied.stderr)
     );
+    // Service-account tokens: issued by TokenRequest (once the controller has made the
+    // `default` account), accepted as the account.
+    let by = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = kubectl(&kc, dir.path(), &["create", "token", "default"]);
+        if out.status.success() || Instant::now() > by {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let server = std::fs::read_to_string(&kc)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    let with_token = dir.path().join("token.kubeconfig");
+    std::fs::write(
+        &with_token,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: t}}\ncurrent-context: k\nusers:\n- name: t\n  user:\n    token: {token}\n",
+            data.join("pki").join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    let who = kubectl(
+        &with_token,
+        dir.path(),
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout).trim(),
+        "system:serviceaccount:default:default",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
     // A second up on the same data dir is refused before anything starts.
     let again = Command::new(keelson)
         .args(["up", "--single", "--nodes", "0", "--port", "0"])
