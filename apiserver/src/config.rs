@@ -66,6 +66,22 @@ pub struct Config {
     /// or secret a token is bound to, must still exist.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub service_account_lookup: bool,
+    /// Path to the file that defines the audit policy (audit.k8s.io/v1 Policy).
+    #[arg(long)]
+    pub audit_policy_file: Option<PathBuf>,
+    /// If set, all requests coming to the apiserver are logged to this file ('-' means
+    /// standard out), as the audit policy says.
+    #[arg(long)]
+    pub audit_log_path: Option<String>,
+    /// The maximum number of days to retain old audit log files (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxage: u64,
+    /// The maximum number of old audit log files to retain (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxbackup: usize,
+    /// The maximum size in megabytes of the audit log file before it gets rotated (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_maxsize: u64,
     /// A CSV file of static bearer tokens (`token,user,uid,"group1,group2"`), for tests.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,

@@ -54,6 +54,8 @@ pub struct ChainConfig {
     pub metrics: Metrics,
     /// The authorizers.
     pub authz: Arc<crate::authz::Authorizer>,
+    /// Auditing, when a policy and a log are configured.
+    pub audit: Option<crate::audit::Auditor>,
 }
 
 /// The request info the request-info layer attached (empty if it did not run).
@@ -238,6 +240,9 @@ pub async fn impersonate(
     ) {
         Ok(None) => {}
         Ok(Some(user)) => {
+            if let Some(a) = crate::audit::context(&req) {
+                a.impersonating(&user);
+            }
             for h in IMPERSONATION_HEADERS {
                 req.headers_mut().remove(*h);
             }
@@ -405,10 +410,22 @@ pub async fn authorize(
         return ApiError::forbidden("no user on the request").into_response();
     };
     let info = request_info_of(&req);
-    if let Err(e) = cfg.authz.check(&crate::authz::Attributes::of(user, &info)) {
-        return e.into_response();
+    let attrs = crate::authz::Attributes::of(user, &info);
+    let decision = cfg.authz.authorize(&attrs);
+    if let Some(a) = crate::audit::context(&req) {
+        let (d, reason) = match &decision {
+            crate::authz::Decision::Allow(r) => ("allow", r),
+            crate::authz::Decision::Deny(r) | crate::authz::Decision::NoOpinion(r) => ("forbid", r),
+        };
+        a.annotate("authorization.k8s.io/decision", d);
+        a.annotate("authorization.k8s.io/reason", reason);
     }
-    next.run(req).await
+    match decision {
+        crate::authz::Decision::Allow(_) => next.run(req).await,
+        crate::authz::Decision::Deny(r) | crate::authz::Decision::NoOpinion(r) => {
+            attrs.forbidden(&r).into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +454,7 @@ mod tests {
                 None,
                 None,
             )),
+            audit: None,
         });
         let handler = move || {
             let gate = gate.clone();

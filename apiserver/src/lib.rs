@@ -8,6 +8,7 @@
 //! etcd.
 
 pub mod alloc;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod cache;

@@ -154,6 +154,7 @@ pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
             .layer(from_fn_with_state(chain.clone(), filters::with_metrics))
             .layer(from_fn_with_state(chain.clone(), filters::with_timeout))
             .layer(from_fn_with_state(chain.clone(), filters::authenticate))
+            .layer(from_fn_with_state(chain.clone(), crate::audit::audit))
             .layer(from_fn_with_state(chain.clone(), filters::impersonate))
             .layer(from_fn_with_state(chain.clone(), filters::max_in_flight))
             .layer(from_fn_with_state(chain.clone(), filters::authorize)),
@@ -368,8 +369,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         sa_validator,
         Some((state.registry.clone(), state.cache.clone())),
     ));
+    let audit = match (&config.audit_policy_file, &config.audit_log_path) {
+        (Some(policy), Some(path)) => {
+            let text = std::fs::read_to_string(policy).map_err(|e| {
+                StartError(format!("--audit-policy-file {}: {e}", policy.display()))
+            })?;
+            let policy = crate::audit::policy::Policy::parse(&text).map_err(|e| {
+                StartError(format!("--audit-policy-file {}: {e}", policy.display()))
+            })?;
+            let backend = crate::audit::log::LogBackend::open(
+                path,
+                crate::audit::log::Rotation {
+                    max_size_mb: config.audit_log_maxsize,
+                    max_backups: config.audit_log_maxbackup,
+                    max_age_days: config.audit_log_maxage,
+                },
+            )
+            .map_err(StartError)?;
+            Some(crate::audit::Auditor { policy, backend })
+        }
+        (None, Some(_)) => {
+            tracing::warn!("--audit-log-path without --audit-policy-file: nothing is audited");
+            None
+        }
+        _ => None,
+    };
     let chain = Arc::new(ChainConfig {
         request_timeout: config.request_timeout,
+        audit,
         authn,
         readonly: limit(config.max_requests_inflight),
         mutating: limit(config.max_mutating_requests_inflight),
@@ -430,6 +457,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 .unwrap_or_default();
             let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(identity.clone());
+                req.extensions_mut()
+                    .insert(crate::audit::RemoteAddr(remote));
                 let app = app.clone();
                 async move {
                     let req = req.map(Body::new);
