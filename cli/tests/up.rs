@@ -1022,6 +1022,47 @@ fn up_detach_status_down() {
     }
     let pids = children_of(up_pid);
     assert!(pids.len() >= 5, "{pids:?}");
+    // CIS-style checks of the apiserver's flags: no anonymous requests, no AlwaysAllow, Node and
+    // RBAC, encryption at rest, audit on, TLS to the store, service-account keys.
+    let (_, api) = pids
+        .iter()
+        .find(|(_, c)| c.contains(" apiserver "))
+        .expect("an apiserver");
+    let flag = |name: &str| {
+        api.split(' ')
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("no --{name} in {api}"))
+            .to_string()
+    };
+    assert_eq!(flag("anonymous-auth"), "false");
+    let modes = flag("authorization-mode");
+    assert!(!modes.contains("AlwaysAllow"), "{modes}");
+    assert!(modes.split(',').any(|m| m == "Node") && modes.split(',').any(|m| m == "RBAC"));
+    for f in [
+        "encryption-provider-config",
+        "audit-policy-file",
+        "audit-log-path",
+        "audit-log-maxage",
+        "audit-log-maxbackup",
+        "audit-log-maxsize",
+        "etcd-cafile",
+        "etcd-certfile",
+        "etcd-keyfile",
+        "tls-cert-file",
+        "client-ca-file",
+        "kubelet-certificate-authority",
+        "service-account-key-file",
+        "service-account-signing-key-file",
+        "service-account-issuer",
+    ] {
+        assert!(!flag(f).is_empty(), "--{f} empty");
+    }
+    assert!(
+        flag("etcd-servers")
+            .split(',')
+            .all(|u| u.starts_with("https://"))
+    );
+    assert!(!api.contains("--profiling=true"));
     for args in [
         &["create", "configmap", "kept", "--from-literal=a=b"][..],
         &[
@@ -1132,6 +1173,20 @@ fn up_detach_status_down() {
         "{}",
         String::from_utf8_lossy(&who.stderr)
     );
+    // The audit log has the admin's writes, at Metadata.
+    let audit = std::fs::read_to_string(data.join("logs").join("audit.log")).unwrap_or_default();
+    let kept = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["resource"] == "configmaps"
+                && e["objectRef"]["name"] == "kept"
+        });
+    let kept = kept.unwrap_or_else(|| panic!("no audit event of the configmap's create:\n{audit}"));
+    assert_eq!(kept["level"], "Metadata");
+    assert_eq!(kept["user"]["username"], "kubernetes-admin");
+    assert!(!audit.contains("s3cret") && !audit.contains("czNjcmV0"));
     // A second up on the same data dir is refused before anything starts.
     let again = Command::new(keelson)
         .args(["up", "--single", "--nodes", "0", "--port", "0"])

@@ -253,7 +253,10 @@ pub async fn audit(
     }
     // Other responses: small enough to read whole, for their Status or (RequestResponse)
     // their object.
-    let wants_body = code >= 400 || decision.level == Level::RequestResponse;
+    // A create names its object only in the body: the event's objectRef gets the name from
+    // the created object, as upstream's does.
+    let unnamed = info.is_resource_request && info.name.is_empty() && info.verb == "create";
+    let wants_body = code >= 400 || decision.level == Level::RequestResponse || unnamed;
     if !wants_body || info.is_long_running() {
         finish(&mut event, code, None);
         emit(Stage::ResponseComplete, &event);
@@ -265,6 +268,15 @@ pub async fn audit(
         Err(_) => bytes::Bytes::new(),
     };
     let obj = body_object(&content_type(&parts.headers), &bytes);
+    if unnamed
+        && code < 400
+        && let Some(name) = obj
+            .as_ref()
+            .and_then(|o| o.pointer("/metadata/name"))
+            .and_then(Value::as_str)
+    {
+        event["objectRef"]["name"] = json!(name);
+    }
     if decision.level == Level::RequestResponse
         && let Some(o) = obj.clone()
     {
