@@ -66,6 +66,13 @@ pub struct Config {
     /// or secret a token is bound to, must still exist.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub service_account_lookup: bool,
+    /// Admission plugins to enable besides the default ones (NamespaceLifecycle, Priority,
+    /// DefaultTolerationSeconds): NodeRestriction.
+    #[arg(long, value_delimiter = ',')]
+    pub enable_admission_plugins: Vec<String>,
+    /// Admission plugins to disable.
+    #[arg(long, value_delimiter = ',')]
+    pub disable_admission_plugins: Vec<String>,
     /// Path to the file that defines the audit policy (audit.k8s.io/v1 Policy).
     #[arg(long)]
     pub audit_policy_file: Option<PathBuf>,

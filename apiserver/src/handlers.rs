@@ -43,6 +43,8 @@ pub struct ApiState {
     pub cache: Arc<crate::cache::Cache>,
     /// The client for kubelets (pods/log).
     pub kubelet: Arc<crate::kubelet::KubeletClient>,
+    /// The admission plugins in force.
+    pub admission: crate::admission::Plugins,
     /// Signs service-account tokens (TokenRequest), when configured.
     pub token_issuer: Option<Arc<crate::authn::serviceaccount::TokenIssuer>>,
     /// The authorizers (reviews, RBAC's escalation check).
@@ -600,7 +602,7 @@ async fn resource_request(
     let admit = req
         .extensions()
         .get::<crate::authz::UserInfo>()
-        .and_then(|u| state.authz.admission(res, u));
+        .and_then(|u| crate::admission::write_check(&state.admission, &state.authz, res, u));
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
     match (info.verb.as_str(), sub) {
         ("get", None | Some(Sub::Status)) => {

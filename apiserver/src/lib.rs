@@ -7,6 +7,7 @@
 //! the etcd v3 API only ([`etcd::Etcd`]), so the server runs unchanged on keelson-store or on a real
 //! etcd.
 
+pub mod admission;
 pub mod alloc;
 pub mod audit;
 pub mod authn;

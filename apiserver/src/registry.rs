@@ -87,8 +87,8 @@ pub struct WriteOpts {
     pub admit: Option<Admit>,
 }
 
-/// The check behind [`Admit`]: `(namespace, object)`.
-pub type AdmitFn = dyn Fn(&str, &Value) -> ApiResult<()> + Send + Sync;
+/// The check behind [`Admit`]: `(namespace, the object before (None on create), the object)`.
+pub type AdmitFn = dyn Fn(&str, Option<&Value>, &Value) -> ApiResult<()> + Send + Sync;
 
 /// A check of an object about to be written.
 #[derive(Clone)]
@@ -101,9 +101,9 @@ impl std::fmt::Debug for Admit {
 }
 
 impl WriteOpts {
-    fn admit(&self, ns: &str, obj: &Value) -> ApiResult<()> {
+    fn admit(&self, ns: &str, old: Option<&Value>, obj: &Value) -> ApiResult<()> {
         match &self.admit {
-            Some(a) => (a.0)(ns, obj),
+            Some(a) => (a.0)(ns, old, obj),
             None => Ok(()),
         }
     }
@@ -508,7 +508,7 @@ impl Registry {
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;
-        w.admit(ns, &obj)?;
+        w.admit(ns, None, &obj)?;
         self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
         let template = obj.clone();
@@ -686,7 +686,7 @@ impl Registry {
         }
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
-        w.admit(ns, &obj)?;
+        w.admit(ns, Some(&old), &obj)?;
         self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)

@@ -338,7 +338,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         false => None,
     };
     let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
+    let admission = crate::admission::Plugins::from_flags(
+        &config.enable_admission_plugins,
+        &config.disable_admission_plugins,
+    )
+    .map_err(StartError)?;
     let state = Arc::new(ApiState {
+        admission,
         authz: authz.clone(),
         token_issuer: sa_issuer.map(Arc::new),
         registry,

@@ -653,6 +653,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--client-ca-file={}", pki.ca.display()),
                     "--anonymous-auth=false".into(),
                     format!("--authorization-mode={}", args.authorization_mode),
+                    "--enable-admission-plugins=NodeRestriction".into(),
                     format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
                     format!("--service-account-signing-key-file={}", sa_key.display()),
                     format!("--service-account-key-file={}", sa_pub.display()),

@@ -429,22 +429,6 @@ impl Authorizer {
         out
     }
 
-    /// The write check of `user`'s writes of `res`: RBAC's escalation check on roles and
-    /// bindings (nothing for other resources, or without RBAC).
-    pub fn admission(
-        self: &Arc<Self>,
-        res: &crate::resources::Resource,
-        user: &UserInfo,
-    ) -> Option<crate::registry::Admit> {
-        if res.group != "rbac.authorization.k8s.io" || self.rbac().is_none() {
-            return None;
-        }
-        let (authz, user, resource) = (self.clone(), user.clone(), res.resource);
-        Some(crate::registry::Admit(Arc::new(move |ns, obj| {
-            authz.confirm_no_escalation(&user, resource, ns, obj)
-        })))
-    }
-
     /// RBAC's escalation check on a write of a role or binding by `user`: a role may only
     /// carry permissions its writer has (or the writer may `escalate` roles); a binding may only
     /// bind a role whose permissions the writer has (or the writer may `bind` that role). No

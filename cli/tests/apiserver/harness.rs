@@ -288,8 +288,13 @@ impl ApiCluster {
 
     /// Runs kubectl with `input` on stdin.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        self.kubectl_with_stdin(&self.kubeconfig(), args, input)
+    }
+
+    /// Runs kubectl with `kubeconfig` and `input` on stdin.
+    pub fn kubectl_with_stdin(&self, kubeconfig: &Path, args: &[&str], input: &str) -> Output {
         let mut child = self
-            .kubectl_cmd(&self.kubeconfig(), args)
+            .kubectl_cmd(kubeconfig, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

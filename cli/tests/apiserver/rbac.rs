@@ -18,7 +18,14 @@ fn text(o: &Output) -> (String, String) {
 
 #[test]
 fn rbac_decides_with_upstream_semantics_and_messages() {
-    let c = ApiCluster::start_with(Backend::Keelson, 1, &["--authorization-mode=Node,RBAC"]);
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &[
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+        ],
+    );
     let admin = |args: &[&str]| ok(c.kubectl(args), args);
     eventually(Duration::from_secs(30), "the bootstrap policy", || {
         c.kubectl(&["get", "--raw", "/readyz/poststarthook/rbac/bootstrap-roles"])
@@ -290,6 +297,27 @@ fn rbac_decides_with_upstream_semantics_and_messages() {
     assert!(c.kubectl_with(&n1, &["get", "pods", "-A"]).status.success());
     let o = c.kubectl_with(&n1, &["-n", "kube-node-lease", "create", "configmap", "x"]);
     assert!(!o.status.success());
+    // NodeRestriction: a node writes its own Node only, and creates only mirror pods.
+    let n2_node = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}}"#;
+    let o = c.kubectl_with_stdin(&n1, &["create", "-f", "-"], n2_node);
+    assert!(
+        text(&o)
+            .1
+            .contains(r#"node "n1" is not allowed to modify node "n2""#),
+        "{:?}",
+        text(&o)
+    );
+    let n1_node = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#;
+    let o = c.kubectl_with_stdin(&n1, &["create", "-f", "-"], n1_node);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let plain = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mine", "namespace": "default"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "pause"}]}}"#;
+    let o = c.kubectl_with_stdin(&n1, &["create", "-f", "-"], plain);
+    assert!(
+        text(&o).1.contains("can only create mirror pods"),
+        "{:?}",
+        text(&o)
+    );
     // The pod goes: so does n1's access.
     admin(&["delete", "pod", "uses-db", "--grace-period=0", "--force"]);
     eventually(Duration::from_secs(10), "n1 no longer reads db", || {

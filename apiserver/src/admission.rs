@@ -1,0 +1,213 @@
+//! Admission plugins (`--enable-admission-plugins`, `--disable-admission-plugins`), and the
+//! per-request write check they and RBAC's escalation rule feed ([`crate::registry::Admit`]).
+//!
+//! Built in and always on: NamespaceLifecycle (writes into a missing or terminating namespace
+//! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). Opt-in:
+//! NodeRestriction (a kubelet may only write its own Node and the pods bound to it, and only
+//! mirror pods).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::authz::node::node_name;
+use crate::authz::{Authorizer, UserInfo};
+use crate::registry::Admit;
+use crate::resources::Resource;
+use crate::status::{ApiError, ApiResult};
+
+/// Plugins that run whatever the flags say.
+const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
+/// Plugins the flags turn on.
+const OPT_IN: &[&str] = &["NodeRestriction"];
+
+/// The admission plugins in force.
+#[derive(Debug, Clone, Default)]
+pub struct Plugins {
+    /// NodeRestriction.
+    pub node_restriction: bool,
+}
+
+impl Plugins {
+    /// Reads the flags. Naming a plugin this server does not have, or disabling one it always
+    /// runs, is refused rather than ignored.
+    pub fn from_flags(enable: &[String], disable: &[String]) -> Result<Plugins, String> {
+        let mut p = Plugins::default();
+        for name in enable.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            if disable.iter().any(|d| d.trim() == name) {
+                return Err(format!(
+                    "admission plugin {name:?} is both enabled and disabled"
+                ));
+            }
+            match name {
+                "NodeRestriction" => p.node_restriction = true,
+                n if ALWAYS_ON.contains(&n) => {}
+                n => {
+                    return Err(format!(
+                        "--enable-admission-plugins: {n:?} is not available in this build (available: {})",
+                        ALWAYS_ON
+                            .iter()
+                            .chain(OPT_IN)
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+        for name in disable.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            if ALWAYS_ON.contains(&name) {
+                return Err(format!(
+                    "--disable-admission-plugins: {name:?} cannot be turned off in this build"
+                ));
+            }
+            if !OPT_IN.contains(&name) {
+                return Err(format!(
+                    "--disable-admission-plugins: unknown plugin {name:?}"
+                ));
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// The write check for `user`'s writes of `res`, if any applies: RBAC's escalation check on
+/// roles and bindings, NodeRestriction on a node's writes of pods and nodes.
+pub fn write_check(
+    plugins: &Plugins,
+    authz: &Arc<Authorizer>,
+    res: &'static Resource,
+    user: &UserInfo,
+) -> Option<Admit> {
+    let rbac = res.group == "rbac.authorization.k8s.io" && authz.rbac().is_some();
+    let node = plugins
+        .node_restriction
+        .then(|| node_name(user).map(str::to_string))
+        .flatten()
+        .filter(|_| res.group.is_empty() && matches!(res.resource, "pods" | "nodes"));
+    if !rbac && node.is_none() {
+        return None;
+    }
+    let (authz, user) = (authz.clone(), user.clone());
+    Some(Admit(Arc::new(move |ns, old, obj| {
+        if rbac {
+            authz.confirm_no_escalation(&user, res.resource, ns, obj)?;
+        }
+        if let Some(node) = &node {
+            node_restriction(node, res.resource, old, obj)?;
+        }
+        Ok(())
+    })))
+}
+
+fn forbidden(msg: String) -> ApiError {
+    ApiError::forbidden(msg)
+}
+
+/// NodeRestriction on a write of a pod or node by `node`: `old` is the object before an update
+/// (None on create).
+pub fn node_restriction(
+    node: &str,
+    resource: &str,
+    old: Option<&Value>,
+    obj: &Value,
+) -> ApiResult<()> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let bound = |o: &Value| {
+        o.pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    match resource {
+        "nodes" if name != node => Err(forbidden(format!(
+            "nodes {name:?} is forbidden: node {node:?} is not allowed to modify node {name:?}"
+        ))),
+        "pods" => match old {
+            // A node creates only mirror pods, bound to itself.
+            None => {
+                let mirror = obj
+                    .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+                    .is_some();
+                if !mirror {
+                    return Err(forbidden(format!(
+                        "pods {name:?} is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node {node:?} can only create mirror pods"
+                    )));
+                }
+                if bound(obj) != node {
+                    return Err(forbidden(format!(
+                        "pods {name:?} is forbidden: node {node:?} can only create pods with spec.nodeName set to itself"
+                    )));
+                }
+                Ok(())
+            }
+            Some(old) if bound(old) != node => Err(forbidden(format!(
+                "pods {name:?} is forbidden: node {node:?} can only update pod status for pods with spec.nodeName set to itself"
+            ))),
+            Some(_) => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn flags_name_only_what_exists() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(
+            Plugins::from_flags(&s(&["NodeRestriction"]), &[])
+                .unwrap()
+                .node_restriction
+        );
+        assert!(Plugins::from_flags(&s(&["NamespaceLifecycle", "Priority"]), &[]).is_ok());
+        assert!(
+            Plugins::from_flags(&s(&["PodSecurity"]), &[])
+                .unwrap_err()
+                .contains("not available")
+        );
+        assert!(Plugins::from_flags(&[], &s(&["Priority"])).is_err());
+        assert!(Plugins::from_flags(&s(&["NodeRestriction"]), &s(&["NodeRestriction"])).is_err());
+        assert!(
+            !Plugins::from_flags(&[], &s(&["NodeRestriction"]))
+                .unwrap()
+                .node_restriction
+        );
+    }
+
+    #[test]
+    fn nodes_write_only_themselves_and_their_pods() {
+        let node = |n: &str| json!({"metadata": {"name": n}});
+        assert!(node_restriction("n1", "nodes", None, &node("n1")).is_ok());
+        let e = node_restriction("n1", "nodes", Some(&node("n2")), &node("n2")).unwrap_err();
+        assert_eq!(e.code, 403);
+        assert!(e.message.contains("is not allowed to modify node \"n2\""));
+        let pod = |bound: &str, mirror: bool| {
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"nodeName": bound}});
+            if mirror {
+                p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
+            }
+            p
+        };
+        // Updates (status included) of its own pods only.
+        assert!(node_restriction("n1", "pods", Some(&pod("n1", false)), &pod("n1", false)).is_ok());
+        assert!(
+            node_restriction("n1", "pods", Some(&pod("n2", false)), &pod("n1", false)).is_err()
+        );
+        // Creates: mirror pods bound to itself.
+        assert!(node_restriction("n1", "pods", None, &pod("n1", true)).is_ok());
+        assert!(node_restriction("n1", "pods", None, &pod("n2", true)).is_err());
+        assert!(
+            node_restriction("n1", "pods", None, &pod("n1", false))
+                .unwrap_err()
+                .message
+                .contains("can only create mirror pods")
+        );
+    }
+}
