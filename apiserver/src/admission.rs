@@ -2,9 +2,10 @@
 //! per-request write check they and RBAC's escalation rule feed ([`crate::registry::Admit`]).
 //!
 //! Built in and always on: NamespaceLifecycle (writes into a missing or terminating namespace
-//! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). Opt-in:
-//! NodeRestriction (a kubelet may only write its own Node and the pods bound to it, and only
-//! mirror pods).
+//! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). On unless
+//! disabled: ServiceAccount (pods run as an existing account and get its API credentials; see
+//! [`crate::registry::Registry`]). Off unless enabled: NodeRestriction (a kubelet may only
+//! write its own Node and the pods bound to it, and only mirror pods).
 
 use std::sync::Arc;
 
@@ -18,14 +19,25 @@ use crate::status::{ApiError, ApiResult};
 
 /// Plugins that run whatever the flags say.
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
-/// Plugins the flags turn on.
-const OPT_IN: &[&str] = &["NodeRestriction"];
+/// Plugins the flags turn on or off.
+const OPTIONAL: &[&str] = &["NodeRestriction", "ServiceAccount"];
 
 /// The admission plugins in force.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Plugins {
-    /// NodeRestriction.
+    /// NodeRestriction (off unless enabled, as upstream).
     pub node_restriction: bool,
+    /// ServiceAccount (on unless disabled, as upstream).
+    pub service_account: bool,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Plugins {
+            node_restriction: false,
+            service_account: true,
+        }
+    }
 }
 
 impl Plugins {
@@ -41,13 +53,14 @@ impl Plugins {
             }
             match name {
                 "NodeRestriction" => p.node_restriction = true,
+                "ServiceAccount" => p.service_account = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
                         "--enable-admission-plugins: {n:?} is not available in this build (available: {})",
                         ALWAYS_ON
                             .iter()
-                            .chain(OPT_IN)
+                            .chain(OPTIONAL)
                             .copied()
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -61,10 +74,14 @@ impl Plugins {
                     "--disable-admission-plugins: {name:?} cannot be turned off in this build"
                 ));
             }
-            if !OPT_IN.contains(&name) {
-                return Err(format!(
-                    "--disable-admission-plugins: unknown plugin {name:?}"
-                ));
+            match name {
+                "NodeRestriction" => p.node_restriction = false,
+                "ServiceAccount" => p.service_account = false,
+                _ => {
+                    return Err(format!(
+                        "--disable-admission-plugins: unknown plugin {name:?}"
+                    ));
+                }
             }
         }
         Ok(p)
@@ -178,6 +195,12 @@ mod tests {
             !Plugins::from_flags(&[], &s(&["NodeRestriction"]))
                 .unwrap()
                 .node_restriction
+        );
+        assert!(Plugins::from_flags(&[], &[]).unwrap().service_account);
+        assert!(
+            !Plugins::from_flags(&[], &s(&["ServiceAccount"]))
+                .unwrap()
+                .service_account
         );
     }
 

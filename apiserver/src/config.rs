@@ -67,7 +67,7 @@ pub struct Config {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub service_account_lookup: bool,
     /// Admission plugins to enable besides the default ones (NamespaceLifecycle, Priority,
-    /// DefaultTolerationSeconds): NodeRestriction.
+    /// DefaultTolerationSeconds, ServiceAccount): NodeRestriction.
     #[arg(long, value_delimiter = ',')]
     pub enable_admission_plugins: Vec<String>,
     /// Admission plugins to disable.

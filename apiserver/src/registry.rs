@@ -131,6 +131,8 @@ pub struct Registry {
     etcd: Etcd,
     prefix: String,
     ranges: std::sync::Arc<Ranges>,
+    /// The ServiceAccount admission plugin is on.
+    service_accounts: bool,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -178,7 +180,14 @@ impl Registry {
             etcd,
             prefix: prefix.trim_end_matches('/').to_string(),
             ranges: std::sync::Arc::new(ranges),
+            service_accounts: false,
         }
+    }
+
+    /// Turns the ServiceAccount admission plugin on (see [`Registry::admit_service_account`]).
+    pub fn with_service_account_admission(mut self, on: bool) -> Self {
+        self.service_accounts = on;
+        self
     }
 
     /// Records the write in `managedFields` (not for internal writes or applies, which have
@@ -463,6 +472,109 @@ impl Registry {
         Ok(())
     }
 
+    /// The ServiceAccount admission plugin, on pod creation: the pod runs as `default` unless
+    /// it names an account; the account must exist; unless automounting is off (on the pod, or
+    /// else on the account) every container gets the account's API credentials at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` from a projected `kube-api-access-*`
+    /// volume (a bound token, the cluster CA, the namespace); the account's image pull secrets
+    /// are added to a pod that has none. Mirror pods are left alone.
+    async fn admit_service_account(&self, pod: &mut Value, ns: &str) -> ApiResult<()> {
+        if pod
+            .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+            .is_some()
+        {
+            return Ok(());
+        }
+        let name = match pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+        {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => "default".to_string(),
+        };
+        pod["spec"]["serviceAccountName"] = json!(name);
+        pod["spec"]["serviceAccount"] = json!(name);
+        let sares = resources::find("", "v1", "serviceaccounts").expect("served");
+        let sa = match self.get_raw(sares, ns, &name).await {
+            Ok((sa, _, _)) => sa,
+            Err(e) if e.code == 404 => {
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{}\" is forbidden: error looking up service account {ns}/{name}: serviceaccount \"{name}\" not found",
+                    object::name(pod)
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if pod
+            .pointer("/spec/imagePullSecrets")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+            && let Some(ps) = sa
+                .get("imagePullSecrets")
+                .and_then(Value::as_array)
+                .filter(|p| !p.is_empty())
+        {
+            pod["spec"]["imagePullSecrets"] = json!(ps);
+        }
+        let automount = pod
+            .pointer("/spec/automountServiceAccountToken")
+            .and_then(Value::as_bool)
+            .or_else(|| {
+                sa.get("automountServiceAccountToken")
+                    .and_then(Value::as_bool)
+            })
+            .unwrap_or(true);
+        if !automount {
+            return Ok(());
+        }
+        const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let containers = ["initContainers", "containers"];
+        let mounted = containers.iter().any(|g| {
+            pod.pointer(&format!("/spec/{g}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|c| {
+                    c.get("volumeMounts")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(MOUNT))
+        });
+        if mounted {
+            return Ok(());
+        }
+        let volume = format!("kube-api-access-{}", object::random_suffix(5));
+        let spec = pod["spec"].as_object_mut().expect("a pod has a spec");
+        let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+        if let Some(v) = volumes.as_array_mut() {
+            v.push(json!({"name": volume, "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+            ]}}));
+        }
+        for g in containers {
+            for c in spec
+                .get_mut(g)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let mounts = c
+                    .as_object_mut()
+                    .expect("a container is an object")
+                    .entry("volumeMounts")
+                    .or_insert_with(|| json!([]));
+                if let Some(m) = mounts.as_array_mut() {
+                    m.push(json!({"name": volume, "readOnly": true, "mountPath": MOUNT}));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Creates an object. `ns` is the request namespace.
     pub async fn create(
         &self,
@@ -504,6 +616,9 @@ impl Registry {
         strategy::prepare_for_create(res, &mut obj);
         if res.resource == "pods" && res.group.is_empty() {
             self.admit_priority(&mut obj).await?;
+            if self.service_accounts {
+                self.admit_service_account(&mut obj, ns).await?;
+            }
         }
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();

@@ -314,7 +314,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         config.advertise_address.unwrap_or(config.bind_address),
         config.secure_port
     );
-    let registry = Registry::new(etcd, &config.etcd_prefix, ranges);
+    let admission = crate::admission::Plugins::from_flags(
+        &config.enable_admission_plugins,
+        &config.disable_admission_plugins,
+    )
+    .map_err(StartError)?;
+    let registry = Registry::new(etcd, &config.etcd_prefix, ranges)
+        .with_service_account_admission(admission.service_account);
     let cache = crate::cache::Cache::start(
         &registry,
         &metrics,
@@ -338,11 +344,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         false => None,
     };
     let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
-    let admission = crate::admission::Plugins::from_flags(
-        &config.enable_admission_plugins,
-        &config.disable_admission_plugins,
-    )
-    .map_err(StartError)?;
     let state = Arc::new(ApiState {
         admission,
         authz: authz.clone(),

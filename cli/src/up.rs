@@ -654,6 +654,13 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     "--anonymous-auth=false".into(),
                     format!("--authorization-mode={}", args.authorization_mode),
                     "--enable-admission-plugins=NodeRestriction".into(),
+                    // Without a controller-manager nothing makes the `default` accounts pods
+                    // run as, and the ServiceAccount plugin would refuse every pod.
+                    if cms == 0 {
+                        "--disable-admission-plugins=ServiceAccount".into()
+                    } else {
+                        "--enable-admission-plugins=ServiceAccount".into()
+                    },
                     format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
                     format!("--service-account-signing-key-file={}", sa_key.display()),
                     format!("--service-account-key-file={}", sa_pub.display()),
@@ -1006,6 +1013,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             bail!("{f}; stopped everything that was started");
         }
     }
+    // Pods run as a ServiceAccount (the admission plugin refuses them otherwise): ready means
+    // the controller-manager has made `default/default`.
+    if cms > 0 && !default_account_ready(&kubeconfig, Duration::from_secs(60)).await {
+        stop_all(&mut procs).await;
+        bail!(
+            "the controller-manager made no ServiceAccount default/default in 60 s; see its logs; stopped everything that was started"
+        );
+    }
     if dns_replicas > 0
         && let Err(e) = crate::cluster_dns::publish_when_ready(
             &kubeconfig,
@@ -1161,6 +1176,27 @@ async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Waits until the ServiceAccount `default/default` exists, at most `limit`.
+async fn default_account_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let client = keelson_client::connect::connect(
+                &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
+            )
+            .await?;
+            let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+                kube::Api::namespaced(client, "default");
+            anyhow::Ok(api.get_opt("default").await?.is_some())
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
 }

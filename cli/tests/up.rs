@@ -401,6 +401,78 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A pod gets its account's API credentials (ServiceAccount admission, the kubelet's
+    // TokenRequest through the Node authorizer): a token bound to the pod, the CA, the
+    // namespace. The token authenticates as the account.
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &[
+            "run",
+            "creds",
+            "--image=busybox",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && cat token && echo && grep -c CERTIFICATE ca.crt",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let phase = kubectl(
+            &kc,
+            dir.path(),
+            &["get", "pod", "creds", "-o", "jsonpath={.status.phase}"],
+        );
+        if String::from_utf8_lossy(&phase.stdout) == "Succeeded" {
+            break;
+        }
+        assert!(Instant::now() < creds_by, "pod creds never succeeded");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = kubectl(&kc, dir.path(), &["logs", "creds"]);
+    let logs = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines.first(), Some(&"default"), "{logs}");
+    assert_eq!(lines.get(2), Some(&"2"), "the CA bundle: {logs}");
+    let server = std::fs::read_to_string(&kc)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    let pod_token = dir.path().join("pod-token.kubeconfig");
+    std::fs::write(
+        &pod_token,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: t}}\ncurrent-context: k\nusers:\n- name: t\n  user:\n    token: {}\n",
+            data.join("pki").join("ca.crt").display(),
+            lines.get(1).copied().unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    let who = kubectl(&pod_token, dir.path(), &["auth", "whoami", "-o", "json"]);
+    let who: serde_json::Value = serde_json::from_slice(&who.stdout)
+        .unwrap_or_else(|_| panic!("whoami: {}", String::from_utf8_lossy(&who.stderr)));
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"],
+        serde_json::json!(["creds"])
+    );
+
     // The seed walkthrough: a Service in front of a Deployment answers by its DNS name from
     // pods on both nodes (cluster DNS, the proxy on each node), reaching both endpoints, and
     // its NodePort answers on the host.

@@ -281,9 +281,8 @@ async fn request_token(
         },
         ..Default::default()
     };
-    let data = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
     let out: TokenRequest = api
-        .create_subresource("token", sa, &PostParams::default(), &data)
+        .create_subresource("token", sa, &PostParams::default(), &req)
         .await
         .map_err(|e| format!("failed to fetch token for service account {ns}/{sa}: {e}"))?;
     out.status

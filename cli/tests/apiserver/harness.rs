@@ -165,7 +165,16 @@ impl ApiCluster {
             pki,
             etcd_url,
             api_ports: Vec::new(),
-            api_args: api_args.iter().map(|s| s.to_string()).collect(),
+            // No controller-manager makes ServiceAccounts here: pods need none unless a test
+            // turns the ServiceAccount admission plugin on.
+            api_args: api_args
+                .iter()
+                .map(|s| s.to_string())
+                .chain(
+                    (!api_args.iter().any(|a| a.contains("ServiceAccount")))
+                        .then(|| "--disable-admission-plugins=ServiceAccount".to_string()),
+                )
+                .collect(),
             store,
             apis: Vec::new(),
         };

@@ -151,6 +151,53 @@ fn resolve_program(prog: &str, env: &[(String, String)]) -> Result<PathBuf, Stri
 
 /// The command line of a container: command + args with `$(VAR)` expanded; `pause` images
 /// sleep forever.
+/// `path` as the container sees it: symlinks in the directories it shares with the host are
+/// followed (an absolute target is the same path in the container, since those directories are
+/// the host's), so `/var/run/secrets` is `/run/secrets`, inside the container's own `/run`.
+fn in_container(path: &str) -> String {
+    let mut resolved = std::path::PathBuf::from("/");
+    let mut parts: std::collections::VecDeque<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = parts.pop_front() {
+        let next = resolved.join(&part);
+        let top = next
+            .components()
+            .nth(1)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let link = (shim::shared_from_host(&top) && hops < 40)
+            .then(|| std::fs::read_link(&next).ok())
+            .flatten();
+        match link {
+            Some(target) => {
+                hops += 1;
+                let rest: Vec<String> = target
+                    .to_string_lossy()
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if target.is_absolute() {
+                    resolved = std::path::PathBuf::from("/");
+                }
+                for p in rest.into_iter().rev() {
+                    parts.push_front(p);
+                }
+            }
+            None if part == ".." => {
+                resolved.pop();
+            }
+            None if part == "." => {}
+            None => resolved = next,
+        }
+    }
+    resolved.to_string_lossy().into_owned()
+}
+
 fn command_line(c: &Container, env: &[(String, String)]) -> Result<Vec<String>, String> {
     let mut argv: Vec<String> = c
         .command
@@ -490,8 +537,15 @@ impl Runtime for ProcessRuntime {
             }
             let argv = command_line(c, &env).map_err(|m| err("StartError", m))?;
             let prog = resolve_program(&argv[0], &env).map_err(|m| err("StartError", m))?;
-            for m in &spec.mounts {
-                if !m.container_path.starts_with('/') {
+            // Paths through the host's symlinks (`/var/run` → `/run`) are mounted where they
+            // lead inside the container.
+            let mounts: Vec<(String, &crate::runtime::Mount)> = spec
+                .mounts
+                .iter()
+                .map(|m| (in_container(&m.container_path), m))
+                .collect();
+            for (path, m) in &mounts {
+                if !path.starts_with('/') {
                     return Err(err(
                         "CreateContainerError",
                         format!("mountPath {:?} must be absolute", m.container_path),
@@ -499,14 +553,9 @@ impl Runtime for ProcessRuntime {
                 }
                 // The container's root is made of the host's top-level directories: a path
                 // inside one of them must already exist (nothing is created on the host).
-                let top = m
-                    .container_path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
+                let top = path.trim_start_matches('/').split('/').next().unwrap_or("");
                 let shared = shim::shared_from_host(top) && Path::new("/").join(top).is_dir();
-                if shared && !Path::new(&m.container_path).exists() {
+                if shared && !Path::new(path).exists() {
                     return Err(err(
                         "CreateContainerError",
                         format!(
@@ -549,10 +598,10 @@ impl Runtime for ProcessRuntime {
             for d in &cgroups {
                 cmd.arg("--cgroup").arg(d);
             }
-            for m in &spec.mounts {
+            for (path, m) in &mounts {
                 cmd.arg("--bind")
                     .arg(&m.host_path)
-                    .arg(&m.container_path)
+                    .arg(path)
                     .arg(if m.read_only { "ro" } else { "rw" });
             }
             cmd.arg("--").arg(&prog).args(&argv[1..]);
@@ -681,5 +730,22 @@ impl Runtime for ProcessRuntime {
             let _ = std::fs::remove_dir_all(self.root.join("logs"));
             let _ = std::fs::remove_dir_all(self.root.join("ipam"));
         })
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    #[test]
+    fn container_paths_follow_the_hosts_symlinks() {
+        use super::in_container;
+        assert_eq!(in_container("/usr/share/../lib"), "/usr/lib");
+        assert_eq!(in_container("/tmp/./a"), "/tmp/a");
+        if std::fs::read_link("/var/run").is_ok() {
+            let run = std::fs::canonicalize("/var/run").unwrap();
+            assert_eq!(
+                in_container("/var/run/secrets/kubernetes.io/serviceaccount"),
+                format!("{}/secrets/kubernetes.io/serviceaccount", run.display())
+            );
+        }
     }
 }
