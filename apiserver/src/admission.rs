@@ -4,7 +4,7 @@
 //! Built in and always on: NamespaceLifecycle (writes into a missing or terminating namespace
 //! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). On unless
 //! disabled: ServiceAccount (pods run as an existing account and get its API credentials; see
-//! [`crate::registry::Registry`]). Off unless enabled: NodeRestriction (a kubelet may only
+//! [`crate::registry::Registry`]) and PodSecurity ([`crate::podsecurity`]). Off unless enabled: NodeRestriction (a kubelet may only
 //! write its own Node and the pods bound to it, and only mirror pods).
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::status::{ApiError, ApiResult};
 /// Plugins that run whatever the flags say.
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
 /// Plugins the flags turn on or off.
-const OPTIONAL: &[&str] = &["NodeRestriction", "ServiceAccount"];
+const OPTIONAL: &[&str] = &["NodeRestriction", "PodSecurity", "ServiceAccount"];
 
 /// The admission plugins in force.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Plugins {
     pub node_restriction: bool,
     /// ServiceAccount (on unless disabled, as upstream).
     pub service_account: bool,
+    /// PodSecurity (on unless disabled, as upstream).
+    pub pod_security: bool,
 }
 
 impl Default for Plugins {
@@ -36,6 +38,7 @@ impl Default for Plugins {
         Plugins {
             node_restriction: false,
             service_account: true,
+            pod_security: true,
         }
     }
 }
@@ -54,6 +57,7 @@ impl Plugins {
             match name {
                 "NodeRestriction" => p.node_restriction = true,
                 "ServiceAccount" => p.service_account = true,
+                "PodSecurity" => p.pod_security = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -77,6 +81,7 @@ impl Plugins {
             match name {
                 "NodeRestriction" => p.node_restriction = false,
                 "ServiceAccount" => p.service_account = false,
+                "PodSecurity" => p.pod_security = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -96,6 +101,24 @@ pub fn write_check(
     res: &'static Resource,
     user: &UserInfo,
 ) -> Option<Admit> {
+    if res.group.is_empty() && res.resource == "namespaces" && plugins.pod_security {
+        return Some(Admit(Arc::new(|_, _, obj| {
+            crate::podsecurity::validate_labels(obj).map_err(|m| {
+                ApiError::invalid(
+                    "",
+                    "Namespace",
+                    obj.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                    vec![crate::status::Cause::new(
+                        "FieldValueNotSupported",
+                        "metadata.labels",
+                        m,
+                    )],
+                )
+            })
+        })));
+    }
     let rbac = res.group == "rbac.authorization.k8s.io" && authz.rbac().is_some();
     let node = plugins
         .node_restriction
@@ -185,7 +208,7 @@ mod tests {
         );
         assert!(Plugins::from_flags(&s(&["NamespaceLifecycle", "Priority"]), &[]).is_ok());
         assert!(
-            Plugins::from_flags(&s(&["PodSecurity"]), &[])
+            Plugins::from_flags(&s(&["LimitRanger"]), &[])
                 .unwrap_err()
                 .contains("not available")
         );

@@ -780,10 +780,15 @@ async fn resource_request(
             }
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
+            let audit = crate::audit::context(&req);
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
-            let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            let mut warnings =
+                validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            if state.admission.pod_security && res.namespaced {
+                warnings.extend(pod_security(state, res, ns, &obj, audit.as_deref()).await?);
+            }
             let created = state.registry.create(res, ns, obj, &w).await?;
             Ok(add_warnings(
                 render_object(res, &with_type(res, created), out, StatusCode::CREATED),
@@ -1133,6 +1138,79 @@ fn scale_of(res: &Resource, obj: &Value) -> Value {
 }
 
 /// `pods/binding`: sets `spec.nodeName` of an unbound pod.
+/// The PodSecurity plugin on a create of a pod or a workload with a pod template: the
+/// namespace's `enforce` level refuses a violating pod; `warn` returns warnings; `audit`
+/// annotates the audit event. Returns the warnings.
+async fn pod_security(
+    state: &ApiState,
+    res: &Resource,
+    ns: &str,
+    obj: &Value,
+    audit: Option<&crate::audit::AuditContext>,
+) -> ApiResult<Vec<String>> {
+    use crate::podsecurity::{Level, check, describe, modes, pod_of};
+    let Some((meta, spec)) = pod_of(res.kind, obj) else {
+        return Ok(Vec::new());
+    };
+    let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let namespace = match state.cache.get(nsres).and_then(|c| c.peek("", ns)) {
+        Some(n) => n,
+        None => match state.registry.get(nsres, "", ns).await {
+            Ok(n) => n,
+            // A missing namespace is NamespaceLifecycle's to refuse.
+            Err(_) => return Ok(Vec::new()),
+        },
+    };
+    let m = modes(&namespace);
+    let mut warnings = Vec::new();
+    let mut judged: Vec<(Level, Vec<(String, String)>)> = Vec::new();
+    let mut violations = |level: Level| -> Vec<(String, String)> {
+        if let Some((_, v)) = judged.iter().find(|(l, _)| *l == level) {
+            return v.clone();
+        }
+        let v = check(level, meta, spec);
+        judged.push((level, v.clone()));
+        v
+    };
+    if let Some(p) = &m.enforce
+        && res.kind == "Pod"
+    {
+        let v = violations(p.level);
+        if !v.is_empty() {
+            return Err(ApiError::forbidden(format!(
+                "pods {:?} is forbidden: violates {}",
+                object::name(obj),
+                describe(p, &v)
+            ))
+            .with_details("", "pods", object::name(obj)));
+        }
+    }
+    // Workloads are checked against `enforce` too, but only warned about.
+    let warn_policies = m
+        .warn
+        .iter()
+        .chain(m.enforce.iter().filter(|_| res.kind != "Pod"));
+    for p in warn_policies {
+        let v = violations(p.level);
+        if !v.is_empty() {
+            let w = format!("would violate {}", describe(p, &v));
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+    }
+    if let (Some(p), Some(a)) = (&m.audit, audit) {
+        let v = violations(p.level);
+        if !v.is_empty() {
+            a.annotate(
+                "pod-security.kubernetes.io/audit-violations",
+                &format!("would violate {}", describe(p, &v)),
+            );
+        }
+    }
+    Ok(warnings)
+}
+
 /// `serviceaccounts/<name>/token`: a signed token for the account, for the requested
 /// audiences and lifetime, optionally bound to a pod, secret or node of the same namespace
 /// (which must exist, with the given UID; a pod must run as this account).

@@ -27,6 +27,7 @@ pub mod object;
 pub mod openapi;
 pub mod openapi_pb;
 pub mod patch;
+pub mod podsecurity;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;

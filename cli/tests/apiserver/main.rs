@@ -2,6 +2,7 @@
 //! TLS and client certificates, driven by the real kubectl. The same scenarios run on
 //! keelson-store and on a real etcd 3.4.
 
+mod admission;
 mod audit;
 mod behaviour;
 #[allow(dead_code)]
