@@ -94,12 +94,14 @@ impl Plugins {
 }
 
 /// The write check for `user`'s writes of `res`, if any applies: RBAC's escalation check on
-/// roles and bindings, NodeRestriction on a node's writes of pods and nodes.
+/// roles and bindings, NodeRestriction on a node's writes of pods and nodes, and PodSecurity's
+/// `enforce` level (`pod_security`, for pods) on new pods.
 pub fn write_check(
     plugins: &Plugins,
     authz: &Arc<Authorizer>,
     res: &'static Resource,
     user: &UserInfo,
+    pod_security: Option<crate::podsecurity::Policy>,
 ) -> Option<Admit> {
     if res.group.is_empty() && res.resource == "namespaces" && plugins.pod_security {
         return Some(Admit(Arc::new(|_, _, obj| {
@@ -125,7 +127,7 @@ pub fn write_check(
         .then(|| node_name(user).map(str::to_string))
         .flatten()
         .filter(|_| res.group.is_empty() && matches!(res.resource, "pods" | "nodes"));
-    if !rbac && node.is_none() {
+    if !rbac && node.is_none() && pod_security.is_none() {
         return None;
     }
     let (authz, user) = (authz.clone(), user.clone());
@@ -136,8 +138,57 @@ pub fn write_check(
         if let Some(node) = &node {
             node_restriction(node, res.resource, old, obj)?;
         }
+        // PodSecurity `enforce`: a new pod must meet its namespace's level.
+        if let (Some(p), None) = (&pod_security, old) {
+            let v = crate::podsecurity::check(
+                p.level,
+                obj.get("metadata").unwrap_or(&Value::Null),
+                obj.get("spec").unwrap_or(&Value::Null),
+            );
+            if !v.is_empty() {
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                return Err(forbidden(format!(
+                    "pods {name:?} is forbidden: violates {}",
+                    crate::podsecurity::describe(p, &v)
+                ))
+                .with_details("", "pods", name));
+            }
+        }
         Ok(())
     })))
+}
+
+/// NodeRestriction on a delete by `node`: its own Node, and pods bound to it (`target`).
+pub fn node_may_delete(
+    node: &str,
+    res: &Resource,
+    name: &str,
+    target: Option<&Value>,
+) -> ApiResult<()> {
+    if !res.group.is_empty() {
+        return Ok(());
+    }
+    match res.resource {
+        "nodes" if name != node => Err(forbidden(format!(
+            "nodes {name:?} is forbidden: node {node:?} is not allowed to delete node {name:?}"
+        ))),
+        "pods" => {
+            let on = target
+                .and_then(|p| p.pointer("/spec/nodeName"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if on != node {
+                return Err(forbidden(format!(
+                    "pods {name:?} is forbidden: node {node:?} can only delete pods with spec.nodeName set to itself"
+                )));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn forbidden(msg: String) -> ApiError {
@@ -167,7 +218,9 @@ pub fn node_restriction(
             "nodes {name:?} is forbidden: node {node:?} is not allowed to modify node {name:?}"
         ))),
         "pods" => match old {
-            // A node creates only mirror pods, bound to itself.
+            // A node creates only mirror pods, bound to itself, that reach nothing through
+            // the API (no account, secret, configmap or claim: the Node authorizer would open
+            // those to it).
             None => {
                 let mirror = obj
                     .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
@@ -180,6 +233,17 @@ pub fn node_restriction(
                 if bound(obj) != node {
                     return Err(forbidden(format!(
                         "pods {name:?} is forbidden: node {node:?} can only create pods with spec.nodeName set to itself"
+                    )));
+                }
+                if let Some((kind, _, _)) = crate::authz::node::pod_refs(obj).first() {
+                    let what = match *kind {
+                        "serviceaccounts" => "a service account",
+                        "secrets" => "secrets",
+                        "configmaps" => "configmaps",
+                        _ => "persistentvolumeclaims",
+                    };
+                    return Err(forbidden(format!(
+                        "pods {name:?} is forbidden: node {node:?} can not create pods that reference {what}"
                     )));
                 }
                 Ok(())
@@ -248,6 +312,19 @@ mod tests {
         );
         // Creates: mirror pods bound to itself.
         assert!(node_restriction("n1", "pods", None, &pod("n1", true)).is_ok());
+        let mut with_secret = pod("n1", true);
+        with_secret["spec"]["volumes"] = json!([{"name": "s", "secret": {"secretName": "x"}}]);
+        assert!(
+            node_restriction("n1", "pods", None, &with_secret)
+                .unwrap_err()
+                .message
+                .contains("can not create pods that reference secrets")
+        );
+        let pods = crate::resources::find("", "v1", "pods").unwrap();
+        assert!(node_may_delete("n1", pods, "p", Some(&pod("n1", false))).is_ok());
+        assert!(node_may_delete("n1", pods, "p", Some(&pod("n2", false))).is_err());
+        let nodes = crate::resources::find("", "v1", "nodes").unwrap();
+        assert!(node_may_delete("n1", nodes, "n2", None).is_err());
         assert!(node_restriction("n1", "pods", None, &pod("n2", true)).is_err());
         assert!(
             node_restriction("n1", "pods", None, &pod("n1", false))

@@ -599,10 +599,28 @@ async fn resource_request(
     let ns = info.namespace.as_str();
     let name = info.name.as_str();
     let headers = req.headers().clone();
-    let admit = req
-        .extensions()
-        .get::<crate::authz::UserInfo>()
-        .and_then(|u| crate::admission::write_check(&state.admission, &state.authz, res, u));
+    // Writes only: the admission checks of this user's write, with the namespace's enforced
+    // Pod Security level for pods (checked on the object as stored, after mutation).
+    let admit = match (
+        info.is_mutating(),
+        req.extensions().get::<crate::authz::UserInfo>(),
+    ) {
+        (true, Some(u)) => {
+            let enforce = if state.admission.pod_security
+                && res.group.is_empty()
+                && res.resource == "pods"
+                && sub.is_none()
+            {
+                namespace_of(state, ns)
+                    .await
+                    .and_then(|n| crate::podsecurity::modes(&n).enforce)
+            } else {
+                None
+            };
+            crate::admission::write_check(&state.admission, &state.authz, res, u, enforce)
+        }
+        _ => None,
+    };
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
     match (info.verb.as_str(), sub) {
         ("get", None | Some(Sub::Status)) => {
@@ -796,11 +814,12 @@ async fn resource_request(
             ))
         }
         ("create", Some(Sub::Token)) => {
+            let node = restricted_node(state, &req);
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
             let mut tr = decode_document(&ct, &body)?;
             check_type(&mut tr, "authentication.k8s.io", "v1", "TokenRequest")?;
-            token_request(state, ns, name, tr, dry_run(&q)?).await
+            token_request(state, ns, name, tr, dry_run(&q)?, node.as_deref()).await
         }
         ("create", Some(Sub::Binding)) => {
             let ct = content_type(&headers);
@@ -991,6 +1010,14 @@ async fn resource_request(
             ))
         }
         ("delete", None) => {
+            if let Some(node) = restricted_node(state, &req) {
+                let target = if res.group.is_empty() && res.resource == "pods" {
+                    Some(state.registry.get(res, ns, name).await?)
+                } else {
+                    None
+                };
+                crate::admission::node_may_delete(&node, res, name, target.as_ref())?;
+            }
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
             let opts = delete_options(&q, &ct, &body)?;
@@ -1138,9 +1165,9 @@ fn scale_of(res: &Resource, obj: &Value) -> Value {
 }
 
 /// `pods/binding`: sets `spec.nodeName` of an unbound pod.
-/// The PodSecurity plugin on a create of a pod or a workload with a pod template: the
-/// namespace's `enforce` level refuses a violating pod; `warn` returns warnings; `audit`
-/// annotates the audit event. Returns the warnings.
+/// The PodSecurity plugin's `warn` and `audit` modes on a create of a pod or a workload with a
+/// pod template: warnings for the client (returned), an annotation for the audit event. (The
+/// `enforce` mode is a write check: [`crate::admission::write_check`].)
 async fn pod_security(
     state: &ApiState,
     res: &Resource,
@@ -1152,14 +1179,9 @@ async fn pod_security(
     let Some((meta, spec)) = pod_of(res.kind, obj) else {
         return Ok(Vec::new());
     };
-    let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let namespace = match state.cache.get(nsres).and_then(|c| c.peek("", ns)) {
-        Some(n) => n,
-        None => match state.registry.get(nsres, "", ns).await {
-            Ok(n) => n,
-            // A missing namespace is NamespaceLifecycle's to refuse.
-            Err(_) => return Ok(Vec::new()),
-        },
+    // A missing namespace is NamespaceLifecycle's to refuse.
+    let Some(namespace) = namespace_of(state, ns).await else {
+        return Ok(Vec::new());
     };
     let m = modes(&namespace);
     let mut warnings = Vec::new();
@@ -1172,25 +1194,8 @@ async fn pod_security(
         judged.push((level, v.clone()));
         v
     };
-    if let Some(p) = &m.enforce
-        && res.kind == "Pod"
-    {
-        let v = violations(p.level);
-        if !v.is_empty() {
-            return Err(ApiError::forbidden(format!(
-                "pods {:?} is forbidden: violates {}",
-                object::name(obj),
-                describe(p, &v)
-            ))
-            .with_details("", "pods", object::name(obj)));
-        }
-    }
-    // Workloads are checked against `enforce` too, but only warned about.
-    let warn_policies = m
-        .warn
-        .iter()
-        .chain(m.enforce.iter().filter(|_| res.kind != "Pod"));
-    for p in warn_policies {
+    // (A pod's `enforce` level is checked at the write, on the object as stored.)
+    for p in m.warn.iter() {
         let v = violations(p.level);
         if !v.is_empty() {
             let w = format!("would violate {}", describe(p, &v));
@@ -1214,12 +1219,32 @@ async fn pod_security(
 /// `serviceaccounts/<name>/token`: a signed token for the account, for the requested
 /// audiences and lifetime, optionally bound to a pod, secret or node of the same namespace
 /// (which must exist, with the given UID; a pod must run as this account).
+/// A namespace from the watch cache, or from the store when the cache does not have it.
+async fn namespace_of(state: &ApiState, ns: &str) -> Option<Value> {
+    let nsres = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    match state.cache.get(nsres).and_then(|c| c.peek("", ns)) {
+        Some(n) => Some(n),
+        None => state.registry.get(nsres, "", ns).await.ok(),
+    }
+}
+
+/// The node a request comes from, when NodeRestriction applies to it.
+fn restricted_node(state: &ApiState, req: &Request<Body>) -> Option<String> {
+    if !state.admission.node_restriction {
+        return None;
+    }
+    req.extensions()
+        .get::<crate::authz::UserInfo>()
+        .and_then(|u| crate::authz::node::node_name(u).map(str::to_string))
+}
+
 async fn token_request(
     state: &ApiState,
     ns: &str,
     name: &str,
     mut tr: Value,
     dry_run: bool,
+    node: Option<&str>,
 ) -> ApiResult<Response> {
     use crate::authn::serviceaccount::{Bound, now};
     let Some(issuer) = &state.token_issuer else {
@@ -1319,6 +1344,27 @@ async fn token_request(
                     )));
                 }
             }
+            // NodeRestriction: a node's tokens are bound to a pod (by UID) running on it.
+            if let Some(node) = node {
+                let on = obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if kind != "Pod"
+                    || b.get("uid")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    return Err(ApiError::forbidden(format!(
+                        "serviceaccounts {name:?} is forbidden: node requested token not bound to a pod"
+                    )));
+                }
+                if on != node {
+                    return Err(ApiError::forbidden(format!(
+                        "serviceaccounts {name:?} is forbidden: node requested token bound to a pod scheduled on a different node"
+                    )));
+                }
+            }
             Some(Bound {
                 kind: kind.into(),
                 name: bname.into(),
@@ -1326,6 +1372,11 @@ async fn token_request(
             })
         }
     };
+    if node.is_some() && bound.is_none() {
+        return Err(ApiError::forbidden(format!(
+            "serviceaccounts {name:?} is forbidden: node requested token not bound to a pod"
+        )));
+    }
     let sa_uid = sa
         .pointer("/metadata/uid")
         .and_then(Value::as_str)

@@ -86,10 +86,12 @@ pub fn modes(namespace: &Value) -> Modes {
                 .to_string(),
         })
     };
+    // Without their own labels, audit and warn follow enforce, as upstream.
+    let enforce = mode("enforce");
     Modes {
-        enforce: mode("enforce"),
-        audit: mode("audit"),
-        warn: mode("warn"),
+        audit: mode("audit").or_else(|| enforce.clone()),
+        warn: mode("warn").or_else(|| enforce.clone()),
+        enforce,
     }
 }
 
@@ -275,7 +277,8 @@ pub fn check(level: Level, meta: &Value, spec: &Value) -> Vec<(String, String)> 
         .filter(|v| v.get("hostPath").is_some())
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    if !host_path.is_empty() {
+    // At restricted, the volume-type check covers hostPath (upstream's override).
+    if !host_path.is_empty() && level != Level::Restricted {
         out.push((
             "hostPath volumes".into(),
             format!(
@@ -639,10 +642,7 @@ mod tests {
         s["containers"][0]["securityContext"]["runAsUser"] = json!(0);
         let v = check(Level::Restricted, &json!({}), &s);
         let names: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            ["hostPath volumes", "restricted volume types", "runAsUser=0"]
-        );
+        assert_eq!(names, ["restricted volume types", "runAsUser=0"]);
     }
 
     #[test]
@@ -654,7 +654,8 @@ mod tests {
         let m = modes(&ns);
         assert_eq!(m.enforce.as_ref().unwrap().label(), "baseline:v1.32");
         assert_eq!(m.warn.as_ref().unwrap().label(), "restricted:latest");
-        assert!(m.audit.is_none());
+        // No audit label: audit follows enforce.
+        assert_eq!(m.audit.as_ref().unwrap().label(), "baseline:v1.32");
         assert!(validate_labels(&ns).is_ok());
         let bad = json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "strict"}}});
         assert!(

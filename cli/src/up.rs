@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long, default_value = "Node,RBAC")]
     pub authorization_mode: String,
     /// Auditing by the apiservers: `metadata` (every request but health checks and node
-    /// heartbeats, at the Metadata level, to `<data>/logs/audit.log`, rotated at 100 MB, 5 kept)
+    /// heartbeats, at the Metadata level, to `<data>/logs/audit-<i>.log`, rotated at 100 MB,
+    /// 5 kept)
     /// or `none`.
     #[arg(long, default_value = "metadata", value_parser = ["metadata", "none"])]
     pub audit: String,
@@ -475,8 +476,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     // Held until `up` ends, whichever way: the data dir is ours, and `status`/`down` find us.
-    let _lock = PidLock::take(&args.data_dir)?;
+    // Read-only, so before the lock writes anything into a directory that may not be ours.
     Topology::check_data_dir(&args.data_dir)?;
+    let _lock = PidLock::take(&args.data_dir)?;
     let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
         Err(e) => bail!(
@@ -629,7 +631,6 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             .with_context(|| format!("writing {}", policy.display()))?;
         vec![
             format!("--audit-policy-file={}", policy.display()),
-            format!("--audit-log-path={}", logs.join("audit.log").display()),
             "--audit-log-maxsize=100".into(),
             "--audit-log-maxbackup=5".into(),
             "--audit-log-maxage=7".into(),
@@ -654,13 +655,6 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     "--anonymous-auth=false".into(),
                     format!("--authorization-mode={}", args.authorization_mode),
                     "--enable-admission-plugins=NodeRestriction".into(),
-                    // Without a controller-manager nothing makes the `default` accounts pods
-                    // run as, and the ServiceAccount plugin would refuse every pod.
-                    if cms == 0 {
-                        "--disable-admission-plugins=ServiceAccount".into()
-                    } else {
-                        "--enable-admission-plugins=ServiceAccount".into()
-                    },
                     format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
                     format!("--service-account-signing-key-file={}", sa_key.display()),
                     format!("--service-account-key-file={}", sa_pub.display()),
@@ -672,8 +666,18 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--kubelet-certificate-authority={}", pki.ca.display()),
                 ]
                 .into_iter()
+                // Without a controller-manager nothing makes the `default` accounts pods run
+                // as, and the ServiceAccount plugin (on by default) would refuse every pod.
+                .chain((cms == 0).then(|| "--disable-admission-plugins=ServiceAccount".to_string()))
                 .chain(encryption_args.iter().cloned())
                 .chain(audit_args.iter().cloned())
+                // One audit file per apiserver: each rotates its own.
+                .chain((!audit_args.is_empty()).then(|| {
+                    format!(
+                        "--audit-log-path={}",
+                        logs.join(format!("audit-{i}.log")).display()
+                    )
+                }))
                 .chain(etcd_client_args.iter().cloned())
                 .collect(),
             )
@@ -1015,11 +1019,20 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     // Pods run as a ServiceAccount (the admission plugin refuses them otherwise): ready means
     // the controller-manager has made `default/default`.
-    if cms > 0 && !default_account_ready(&kubeconfig, Duration::from_secs(60)).await {
-        stop_all(&mut procs).await;
-        bail!(
-            "the controller-manager made no ServiceAccount default/default in 60 s; see its logs; stopped everything that was started"
-        );
+    if cms > 0 {
+        let ready = tokio::select! {
+            r = default_account_ready(&kubeconfig, Duration::from_secs(60)) => r,
+            _ = shutdown.cancelled() => {
+                stop_all(&mut procs).await;
+                return Ok(());
+            }
+        };
+        if !ready {
+            stop_all(&mut procs).await;
+            bail!(
+                "the controller-manager made no ServiceAccount default/default in 60 s; see its logs; stopped everything that was started"
+            );
+        }
     }
     if dns_replicas > 0
         && let Err(e) = crate::cluster_dns::publish_when_ready(
@@ -1157,9 +1170,13 @@ impl Drop for PidLock {
     }
 }
 
-/// Waits until `/readyz` answers ok through the balancer (the store has a leader and the
-/// apiservers reach it), at most `limit`.
-async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
+/// Asks `check` with a client of `kubeconfig` (at most 5 s a try) until it says yes, at most
+/// `limit`.
+async fn until_api<F, Fut>(kubeconfig: &std::path::Path, limit: Duration, check: F) -> bool
+where
+    F: Fn(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         let attempt = async {
@@ -1167,10 +1184,7 @@ async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
                 &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
             )
             .await?;
-            let body = client
-                .request_text(http::Request::get("/readyz").body(Vec::new())?)
-                .await?;
-            anyhow::Ok(body.trim() == "ok")
+            check(client).await
         };
         if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
             return true;
@@ -1180,25 +1194,26 @@ async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
     false
 }
 
+/// Waits until `/readyz` answers ok through the balancer (the store has a leader and the
+/// apiservers reach it), at most `limit`.
+async fn api_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
+    until_api(kubeconfig, limit, |client| async move {
+        let body = client
+            .request_text(http::Request::get("/readyz").body(Vec::new())?)
+            .await?;
+        Ok(body.trim() == "ok")
+    })
+    .await
+}
+
 /// Waits until the ServiceAccount `default/default` exists, at most `limit`.
 async fn default_account_ready(kubeconfig: &std::path::Path, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        let attempt = async {
-            let client = keelson_client::connect::connect(
-                &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
-            )
-            .await?;
-            let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                kube::Api::namespaced(client, "default");
-            anyhow::Ok(api.get_opt("default").await?.is_some())
-        };
-        if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    until_api(kubeconfig, limit, |client| async move {
+        let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(client, "default");
+        Ok(api.get_opt("default").await?.is_some())
+    })
+    .await
 }
 
 /// `<data>/up.pid`: the process of a running `keelson up`.

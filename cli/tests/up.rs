@@ -90,6 +90,51 @@ impl Drop for StopOnPanic {
     }
 }
 
+/// Waits (60 s at most) until pod `name` has succeeded.
+fn wait_succeeded(kc: &std::path::Path, home: &std::path::Path, name: &str) {
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let phase = kubectl(
+            kc,
+            home,
+            &["get", "pod", name, "-o", "jsonpath={.status.phase}"],
+        );
+        if String::from_utf8_lossy(&phase.stdout) == "Succeeded" {
+            return;
+        }
+        assert!(Instant::now() < by, "pod {name} never succeeded");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Writes a kubeconfig at `out` that authenticates with `token` (no client certificate) to
+/// the server of the admin kubeconfig `kc`, trusting the cluster CA of `data`.
+fn token_kubeconfig(
+    kc: &std::path::Path,
+    data: &std::path::Path,
+    token: &str,
+    out: &std::path::Path,
+) -> std::path::PathBuf {
+    let server = std::fs::read_to_string(kc)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("server:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    std::fs::write(
+        out,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: t}}\ncurrent-context: k\nusers:\n- name: t\n  user:\n    token: {token}\n",
+            data.join("pki").join("ca.crt").display()
+        ),
+    )
+    .unwrap();
+    out.to_path_buf()
+}
+
 #[test]
 fn up_serves_kubectl_and_survives_component_kills() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,19 +425,7 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let logs_by = Instant::now() + Duration::from_secs(60);
-    loop {
-        let phase = kubectl(
-            &kc,
-            dir.path(),
-            &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"],
-        );
-        if String::from_utf8_lossy(&phase.stdout) == "Succeeded" {
-            break;
-        }
-        assert!(Instant::now() < logs_by, "pod hello never succeeded");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_succeeded(&kc, dir.path(), "hello");
     let out = kubectl(&kc, dir.path(), &["logs", "hello"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -424,43 +457,18 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let creds_by = Instant::now() + Duration::from_secs(60);
-    loop {
-        let phase = kubectl(
-            &kc,
-            dir.path(),
-            &["get", "pod", "creds", "-o", "jsonpath={.status.phase}"],
-        );
-        if String::from_utf8_lossy(&phase.stdout) == "Succeeded" {
-            break;
-        }
-        assert!(Instant::now() < creds_by, "pod creds never succeeded");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_succeeded(&kc, dir.path(), "creds");
     let out = kubectl(&kc, dir.path(), &["logs", "creds"]);
     let logs = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = logs.lines().collect();
     assert_eq!(lines.first(), Some(&"default"), "{logs}");
     assert_eq!(lines.get(2), Some(&"2"), "the CA bundle: {logs}");
-    let server = std::fs::read_to_string(&kc)
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("server:")
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap();
-    let pod_token = dir.path().join("pod-token.kubeconfig");
-    std::fs::write(
-        &pod_token,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: t}}\ncurrent-context: k\nusers:\n- name: t\n  user:\n    token: {}\n",
-            data.join("pki").join("ca.crt").display(),
-            lines.get(1).copied().unwrap_or_default()
-        ),
-    )
-    .unwrap();
+    let pod_token = token_kubeconfig(
+        &kc,
+        &data,
+        lines.get(1).copied().unwrap_or_default(),
+        &dir.path().join("pod-token.kubeconfig"),
+    );
     let who = kubectl(&pod_token, dir.path(), &["auth", "whoami", "-o", "json"]);
     let who: serde_json::Value = serde_json::from_slice(&who.stdout)
         .unwrap_or_else(|_| panic!("whoami: {}", String::from_utf8_lossy(&who.stderr)));
@@ -1211,24 +1219,7 @@ fn up_detach_status_down() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let server = std::fs::read_to_string(&kc)
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("server:")
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap();
-    let with_token = dir.path().join("token.kubeconfig");
-    std::fs::write(
-        &with_token,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\n    certificate-authority: {}\ncontexts:\n- name: k\n  context: {{cluster: k, user: t}}\ncurrent-context: k\nusers:\n- name: t\n  user:\n    token: {token}\n",
-            data.join("pki").join("ca.crt").display()
-        ),
-    )
-    .unwrap();
+    let with_token = token_kubeconfig(&kc, &data, &token, &dir.path().join("token.kubeconfig"));
     let who = kubectl(
         &with_token,
         dir.path(),
@@ -1246,7 +1237,7 @@ fn up_detach_status_down() {
         String::from_utf8_lossy(&who.stderr)
     );
     // The audit log has the admin's writes, at Metadata.
-    let audit = std::fs::read_to_string(data.join("logs").join("audit.log")).unwrap_or_default();
+    let audit = std::fs::read_to_string(data.join("logs").join("audit-0.log")).unwrap_or_default();
     let kept = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -92,11 +92,26 @@ impl Writer {
             dir
         };
         let prefix = format!("{}-", stem.to_string_lossy());
+        let suffix = path
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        // Only our backups: `<stem>-YYYY-MM-DDTHH-MM-SS.mmm<.ext>`.
+        let ours = |name: &str| {
+            name.strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(&suffix))
+                .is_some_and(|stamp| {
+                    stamp.len() == 23
+                        && stamp
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || matches!(c, '-' | 'T' | '.'))
+                })
+        };
         let mut backups: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.path() != path)
+            .filter(|e| ours(&e.file_name().to_string_lossy()) && e.path() != path)
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         backups.sort();
@@ -182,6 +197,7 @@ mod tests {
                 max_age_days: 0,
             },
         };
+        std::fs::write(dir.path().join("audit-notes.log"), "mine").unwrap();
         let line = vec![b'x'; 300 * 1024];
         for _ in 0..14 {
             w.write(&line);
@@ -195,12 +211,13 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(names.contains(&"audit-notes.log".to_string()), "{names:?}");
         assert!(names.contains(&"audit.log".to_string()));
         assert!(
             names
                 .iter()
-                .filter(|n| *n != "audit.log")
+                .filter(|n| *n != "audit.log" && *n != "audit-notes.log")
                 .all(|n| n.starts_with("audit-") && n.ends_with(".log")),
             "{names:?}"
         );

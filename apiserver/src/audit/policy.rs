@@ -92,7 +92,7 @@ struct Rule {
 
 /// A parsed policy.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     #[serde(default)]
     api_version: String,
@@ -155,14 +155,6 @@ impl Policy {
     }
 }
 
-fn url_matches(rule: &str, path: &str) -> bool {
-    rule == "*"
-        || rule == path
-        || rule
-            .strip_suffix('*')
-            .is_some_and(|prefix| path.starts_with(prefix))
-}
-
 impl Rule {
     fn matches(&self, user: &UserInfo, info: &RequestInfo) -> bool {
         if !self.users.is_empty() && !self.users.contains(&user.name) {
@@ -191,7 +183,7 @@ impl Rule {
                 || !self
                     .non_resource_urls
                     .iter()
-                    .any(|u| url_matches(u, &info.path)))
+                    .any(|u| crate::authz::rbac::url_matches(u, &info.path)))
         {
             return false;
         }

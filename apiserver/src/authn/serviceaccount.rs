@@ -226,8 +226,13 @@ pub fn still_valid(obj: Option<&Value>, uid: &str, what: &str) -> Result<(), Str
     if s(o, "/metadata/uid") != uid {
         return Err(format!("{what} was recreated (the UID differs)"));
     }
-    if o.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|d| !d.is_null())
+    // A pod keeps its access through graceful termination: tokens stop a minute after the
+    // deletion began, as upstream's.
+    if let Some(t) = o
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        && t.as_second() < now() - LEEWAY
     {
         return Err(format!("{what} is being deleted"));
     }
@@ -314,5 +319,9 @@ mod tests {
                 .unwrap_err()
                 .contains("deleted")
         );
+        // Just begun: still valid for the grace of a minute.
+        let soon = jiff::Timestamp::from_second(now()).unwrap().to_string();
+        let d = json!({"metadata": {"uid": "a", "deletionTimestamp": soon}});
+        assert!(still_valid(Some(&d), "a", "pod").is_ok());
     }
 }

@@ -451,7 +451,6 @@ impl Authorizer {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let owned = policy.rules_for(user, namespace);
         let wanted: Vec<Rule> = match resource {
             "roles" | "clusterroles" => {
                 let may = Attributes::resource(
@@ -466,10 +465,28 @@ impl Authorizer {
                 if self.check(&may).is_ok() {
                     return Ok(());
                 }
-                obj.get("rules")
+                let mut rules: Vec<Rule> = obj
+                    .get("rules")
                     .and_then(Value::as_array)
                     .map(|rs| rs.iter().map(Rule::from_json).collect())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                // An aggregated role gathers whatever its selectors will match: only a writer
+                // who holds every permission may make one, as upstream.
+                if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+                    let star = vec!["*".to_string()];
+                    rules.push(Rule {
+                        verbs: star.clone(),
+                        api_groups: star.clone(),
+                        resources: star.clone(),
+                        ..Default::default()
+                    });
+                    rules.push(Rule {
+                        verbs: star.clone(),
+                        non_resource_urls: star,
+                        ..Default::default()
+                    });
+                }
+                rules
             }
             "rolebindings" | "clusterrolebindings" => {
                 let role_kind = obj
@@ -480,15 +497,17 @@ impl Authorizer {
                     .pointer("/roleRef/name")
                     .and_then(Value::as_str)
                     .unwrap_or("");
-                let (role_resource, role_ns) = if role_kind == "Role" {
-                    ("roles", namespace)
+                let role_resource = if role_kind == "Role" {
+                    "roles"
                 } else {
-                    ("clusterroles", "")
+                    "clusterroles"
                 };
+                // `bind` is asked in the binding's namespace (so it can be delegated per
+                // namespace, for ClusterRoles too), as upstream.
                 let may = Attributes::resource(
                     user,
                     "bind",
-                    role_ns,
+                    namespace,
                     "rbac.authorization.k8s.io",
                     role_resource,
                     "",
@@ -502,10 +521,20 @@ impl Authorizer {
                 } else {
                     policy.cluster_role(role)
                 };
-                rules.map(|r| r.to_vec()).unwrap_or_default()
+                // A binding to a role that does not exist (yet) would grant whatever it later
+                // holds: refused, as upstream's lookup refuses it.
+                let Some(rules) = rules else {
+                    return Err(ApiError::not_found(
+                        "rbac.authorization.k8s.io",
+                        role_resource,
+                        role,
+                    ));
+                };
+                rules.to_vec()
             }
             _ => return Ok(()),
         };
+        let owned = policy.rules_for(user, namespace);
         let missing: Vec<String> = wanted
             .iter()
             .filter(|r| !rbac::covers(&owned, r))

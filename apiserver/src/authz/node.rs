@@ -53,12 +53,8 @@ pub fn pod_refs(pod: &Value) -> Vec<Ref> {
         }
     };
     let spec = pod.get("spec").unwrap_or(&Value::Null);
-    let account = spec
-        .get("serviceAccountName")
-        .filter(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-        .cloned()
-        .unwrap_or_else(|| Value::String("default".into()));
-    add("serviceaccounts", Some(&account));
+    // The account the pod names (the ServiceAccount plugin fills it in).
+    add("serviceaccounts", spec.get("serviceAccountName"));
     for s in spec
         .get("imagePullSecrets")
         .and_then(Value::as_array)
@@ -315,8 +311,13 @@ impl NodeAuthorizer {
         if a.resource_request && a.api_group.is_empty() {
             match a.resource {
                 "secrets" | "configmaps" | "persistentvolumeclaims" | "persistentvolumes" => {
-                    // Reading one object its pods use; nothing else of these.
-                    if !matches!(a.verb, "get" | "list" | "watch") || a.name.is_empty() {
+                    // Reading one object its pods use; nothing else of these (PVs: get only).
+                    let reads: &[&str] = if a.resource == "persistentvolumes" {
+                        &["get"]
+                    } else {
+                        &["get", "list", "watch"]
+                    };
+                    if !reads.contains(&a.verb) || a.name.is_empty() {
                         return Decision::NoOpinion(format!(
                             "can only read individual {} objects",
                             a.resource
@@ -433,7 +434,7 @@ mod tests {
             ..Default::default()
         }];
         let a = NodeAuthorizer::with_rules(rules);
-        let pod = json!({"metadata": {"namespace": "ns", "name": "p"}, "spec": {"nodeName": "n1",
+        let pod = json!({"metadata": {"namespace": "ns", "name": "p"}, "spec": {"nodeName": "n1", "serviceAccountName": "default",
             "imagePullSecrets": [{"name": "pull"}],
             "containers": [{"name": "c", "env": [{"name": "E", "valueFrom": {"secretKeyRef": {"name": "env-s", "key": "k"}}}],
                 "envFrom": [{"configMapRef": {"name": "env-cm"}}]}],

@@ -121,7 +121,9 @@ fn has_or_star(set: &[String], v: &str) -> bool {
     set.iter().any(|s| s == "*" || s == v)
 }
 
-fn url_matches(rule: &str, path: &str) -> bool {
+/// Whether a `nonResourceURLs` entry matches `path`: `*`, the path itself, or a prefix ending
+/// in `*` (RBAC's and the audit policy's rule).
+pub(crate) fn url_matches(rule: &str, path: &str) -> bool {
     rule == "*"
         || rule == path
         || rule

@@ -89,9 +89,13 @@ fn service_account_tokens_authenticate_until_what_they_name_is_gone() {
         c.kubectl_with(&robot, &["get", "pods"]).status.success()
     });
     // A tampered token, or one for another audience, is a 401.
-    let mut forged = token.clone();
-    forged.pop();
-    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    // A claim changed (the middle part), the signature kept.
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let claims = &mut parts[1];
+    let i = claims.len() / 2;
+    let swapped = if &claims[i..i + 1] == "A" { "B" } else { "A" };
+    claims.replace_range(i..i + 1, swapped);
+    let forged = parts.join(".");
     let o = c.kubectl_with(&token_kubeconfig(&c, "forged", &forged), &["get", "pods"]);
     assert!(stderr(&o).contains("Unauthorized"), "{}", stderr(&o));
     let vault = admin(&["create", "token", "robot", "--audience=vault"]);

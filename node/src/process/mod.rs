@@ -149,8 +149,6 @@ fn resolve_program(prog: &str, env: &[(String, String)]) -> Result<PathBuf, Stri
         .ok_or_else(|| format!("exec: {prog:?}: executable file not found in $PATH"))
 }
 
-/// The command line of a container: command + args with `$(VAR)` expanded; `pause` images
-/// sleep forever.
 /// `path` as the container sees it: symlinks in the directories it shares with the host are
 /// followed (an absolute target is the same path in the container, since those directories are
 /// the host's), so `/var/run/secrets` is `/run/secrets`, inside the container's own `/run`.
@@ -198,6 +196,8 @@ fn in_container(path: &str) -> String {
     resolved.to_string_lossy().into_owned()
 }
 
+/// The command line of a container: command + args with `$(VAR)` expanded; `pause` images
+/// sleep forever.
 fn command_line(c: &Container, env: &[(String, String)]) -> Result<Vec<String>, String> {
     let mut argv: Vec<String> = c
         .command
