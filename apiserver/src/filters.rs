@@ -372,23 +372,28 @@ fn impersonated(
             ))?;
         }
     }
-    // As upstream: everyone but anonymous is authenticated; service accounts are in their
-    // groups.
+    // As upstream: a service account without groups given gets its account groups; anyone
+    // but anonymous is authenticated unless `system:unauthenticated` was asked for; anonymous
+    // is unauthenticated.
     let mut all_groups = groups;
-    if let Some((ns, _)) = name
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|r| r.split_once(':'))
+    if all_groups.is_empty()
+        && let Some((ns, _)) = name
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|r| r.split_once(':'))
     {
-        for g in [
+        all_groups = vec![
             "system:serviceaccounts".to_string(),
             format!("system:serviceaccounts:{ns}"),
-        ] {
-            if !all_groups.contains(&g) {
-                all_groups.push(g);
-            }
-        }
+        ];
     }
-    if name != "system:anonymous" && !all_groups.iter().any(|g| g == "system:authenticated") {
+    let has = |g: &str, gs: &[String]| gs.iter().any(|x| x == g);
+    if name == "system:anonymous" {
+        if !has("system:unauthenticated", &all_groups) {
+            all_groups.push("system:unauthenticated".into());
+        }
+    } else if !has("system:authenticated", &all_groups)
+        && !has("system:unauthenticated", &all_groups)
+    {
         all_groups.push("system:authenticated".into());
     }
     Ok(Some(UserInfo {
@@ -513,6 +518,50 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap().status(), 200);
         assert_eq!(post.await.unwrap().unwrap().status(), 200);
         assert_eq!(watch.await.unwrap().unwrap().status(), 200);
+    }
+
+    #[test]
+    fn impersonated_groups_follow_upstream() {
+        let authz =
+            crate::authz::Authorizer::new(vec![crate::authz::Mode::AlwaysAllow], None, None);
+        let admin = UserInfo {
+            name: "admin".into(),
+            ..Default::default()
+        };
+        let as_user = |user: &str, groups: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            h.insert("impersonate-user", user.parse().unwrap());
+            for g in groups {
+                h.append("impersonate-group", g.parse().unwrap());
+            }
+            impersonated(&authz, &h, Some(&admin))
+                .unwrap()
+                .unwrap()
+                .groups
+        };
+        assert_eq!(
+            as_user("system:serviceaccount:ns:sa", &[]),
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:ns",
+                "system:authenticated"
+            ]
+        );
+        assert_eq!(
+            as_user("system:serviceaccount:ns:sa", &["g"]),
+            ["g", "system:authenticated"]
+        );
+        assert_eq!(as_user("system:anonymous", &[]), ["system:unauthenticated"]);
+        assert_eq!(
+            as_user("bob", &["system:unauthenticated"]),
+            ["system:unauthenticated"]
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("impersonate-group", "g".parse().unwrap());
+        assert_eq!(
+            impersonated(&authz, &h, Some(&admin)).unwrap_err().code,
+            400
+        );
     }
 
     #[tokio::test]
