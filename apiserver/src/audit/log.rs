@@ -159,12 +159,27 @@ impl LogBackend {
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    writer.write(&line);
-                    while let Ok(more) = rx.try_recv() {
-                        writer.write(&more);
+                // Written through a buffer that is flushed once the queue has been quiet for
+                // 20 ms (and at most every 100 ms), so a busy server makes few write calls.
+                let mut since_flush = std::time::Instant::now();
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(20)) {
+                        Ok(line) => {
+                            writer.write(&line);
+                            if since_flush.elapsed() >= Duration::from_millis(100) {
+                                let _ = writer.out.flush();
+                                since_flush = std::time::Instant::now();
+                            }
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = writer.out.flush();
+                            since_flush = std::time::Instant::now();
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            let _ = writer.out.flush();
+                            return;
+                        }
                     }
-                    let _ = writer.out.flush();
                 }
             })
             .map_err(|e| format!("starting the audit log writer: {e}"))?;

@@ -68,9 +68,7 @@ fn user_json(u: &UserInfo) -> Value {
 }
 
 fn micro_now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+    format!("{:.6}", jiff::Timestamp::now())
 }
 
 fn without_managed_fields(mut v: Value, omit: bool) -> Value {
@@ -121,12 +119,12 @@ pub async fn audit(
     if decision.level == Level::None {
         return next.run(req).await;
     }
-    let emit = |stage: Stage, event: &Value| {
+    // Stamps the event with its stage and writes it (the event is reused for later stages).
+    let emit = |stage: Stage, event: &mut Value| {
         if !decision.omit_stages.contains(&stage) {
-            let mut e = event.clone();
-            e["stage"] = json!(stage.as_str());
-            e["stageTimestamp"] = json!(micro_now());
-            auditor.backend.write(&e);
+            event["stage"] = json!(stage.as_str());
+            event["stageTimestamp"] = json!(micro_now());
+            auditor.backend.write(event);
         }
     };
     let id = req
@@ -195,7 +193,7 @@ pub async fn audit(
     } else {
         Request::from_parts(parts, body)
     };
-    emit(Stage::RequestReceived, &event);
+    emit(Stage::RequestReceived, &mut event);
     let ctx = Arc::new(AuditContext::default());
     let mut req = req;
     req.extensions_mut().insert(ctx.clone());
@@ -229,9 +227,9 @@ pub async fn audit(
     let code = resp.status().as_u16();
     if info.is_long_running() && resp.status().is_success() {
         // Streams: ResponseStarted now, ResponseComplete when the stream ends.
-        let mut started = event.clone();
+        let mut started = event;
         finish(&mut started, code, None);
-        emit(Stage::ResponseStarted, &started);
+        emit(Stage::ResponseStarted, &mut started);
         let done = OnDrop(Some(Box::new({
             let auditor = cfg.clone();
             let omit = decision.omit_stages.contains(&Stage::ResponseComplete);
@@ -259,7 +257,7 @@ pub async fn audit(
     let wants_body = code >= 400 || decision.level == Level::RequestResponse || unnamed;
     if !wants_body || info.is_long_running() {
         finish(&mut event, code, None);
-        emit(Stage::ResponseComplete, &event);
+        emit(Stage::ResponseComplete, &mut event);
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -283,7 +281,7 @@ pub async fn audit(
         event["responseObject"] = without_managed_fields(o, decision.omit_managed_fields);
     }
     finish(&mut event, code, obj);
-    emit(Stage::ResponseComplete, &event);
+    emit(Stage::ResponseComplete, &mut event);
     Response::from_parts(parts, Body::from(bytes))
 }
 

@@ -121,6 +121,14 @@ fn audit_log_records_each_level_as_upstream() {
     );
     assert!(created.get("requestObject").is_none());
     assert!(!created["auditID"].as_str().unwrap().is_empty());
+    // Microsecond RFC 3339 timestamps, as upstream's.
+    for k in ["requestReceivedTimestamp", "stageTimestamp"] {
+        let t = created[k].as_str().unwrap();
+        assert!(
+            t.len() == 27 && t.ends_with('Z') && t.as_bytes()[19] == b'.',
+            "{k}: {t}"
+        );
+    }
 
     let cm = find(&evs, &|e| {
         e["verb"] == "create" && e["objectRef"]["resource"] == "configmaps"
