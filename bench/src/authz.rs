@@ -29,6 +29,10 @@ pub struct AuthzArgs {
     /// Pod gets and creates, each, one at a time.
     #[arg(long, default_value_t = 1000)]
     ops: usize,
+    /// Auditing of the chain-on cluster (`metadata` as `keelson up` runs, or `none` to see
+    /// authorization alone).
+    #[arg(long, default_value = "metadata", value_parser = ["metadata", "none"])]
+    audit: String,
 }
 
 async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
@@ -66,7 +70,7 @@ async fn one(
     let audit = if mode == "AlwaysAllow" {
         "none"
     } else {
-        "metadata"
+        args.audit.as_str()
     };
     let cluster = start_cluster_with(
         keelson,

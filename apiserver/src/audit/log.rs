@@ -6,7 +6,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 /// Rotation settings (0 = no limit).
@@ -22,8 +25,15 @@ pub struct Rotation {
 
 /// Where events go.
 pub struct LogBackend {
-    tx: mpsc::SyncSender<Vec<u8>>,
+    /// Events not written yet; the writer thread takes them every few milliseconds, so a
+    /// request never wakes it.
+    queue: Arc<Mutex<Vec<u8>>>,
+    /// Events dropped because the queue was over [`MAX_QUEUED`] bytes (a stuck disk).
+    dropped: AtomicU64,
 }
+
+/// Bytes of events queued before new ones are dropped (and counted).
+const MAX_QUEUED: usize = 64 << 20;
 
 struct Writer {
     path: Option<PathBuf>,
@@ -154,43 +164,46 @@ impl LogBackend {
                 rotation,
             }
         };
-        // Requests block (upstream's "blocking" mode) only when 10,000 events are queued.
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(10_000);
+        let queue: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+        let taken = queue.clone();
         std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
-                // Written through a buffer that is flushed once the queue has been quiet for
-                // 20 ms (and at most every 100 ms), so a busy server makes few write calls.
-                let mut since_flush = std::time::Instant::now();
+                // Every 10 ms: write what was queued, line by line (for rotation), and flush.
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(20)) {
-                        Ok(line) => {
-                            writer.write(&line);
-                            if since_flush.elapsed() >= Duration::from_millis(100) {
-                                let _ = writer.out.flush();
-                                since_flush = std::time::Instant::now();
-                            }
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            let _ = writer.out.flush();
-                            since_flush = std::time::Instant::now();
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            let _ = writer.out.flush();
+                    std::thread::sleep(Duration::from_millis(10));
+                    let batch = std::mem::take(&mut *taken.lock());
+                    if batch.is_empty() {
+                        if Arc::strong_count(&taken) == 1 {
                             return;
                         }
+                        continue;
                     }
+                    for line in batch.split_inclusive(|b| *b == b'\n') {
+                        writer.write(line);
+                    }
+                    let _ = writer.out.flush();
                 }
             })
             .map_err(|e| format!("starting the audit log writer: {e}"))?;
-        Ok(LogBackend { tx })
+        Ok(LogBackend {
+            queue,
+            dropped: AtomicU64::new(0),
+        })
     }
 
     /// Queues one event.
     pub fn write(&self, event: &serde_json::Value) {
-        let mut line = serde_json::to_vec(event).unwrap_or_default();
-        line.push(b'\n');
-        let _ = self.tx.send(line);
+        let mut q = self.queue.lock();
+        if q.len() > MAX_QUEUED {
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!("the audit log is not keeping up: events are being dropped");
+            }
+            return;
+        }
+        if serde_json::to_writer(&mut *q, event).is_ok() {
+            q.push(b'\n');
+        }
     }
 }
 
