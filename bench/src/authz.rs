@@ -1,9 +1,10 @@
 //! `keelson-bench authz`: what the security chain costs a request. Two clusters with the same
 //! objects (1,000 Roles and 1,000 RoleBindings over 100 namespaces, for other users), one with
 //! `--authorization-mode=AlwaysAllow` and no audit, one as `keelson up` runs by default
-//! (`Node,RBAC`, audit at Metadata). A user of its own client
-//! certificate (not `system:masters`, which RBAC never evaluates), allowed by one RoleBinding,
-//! gets and creates pods one at a time; the p50s are compared.
+//! (`Node,RBAC`, audit at Metadata), both running at once. A user of its own client certificate
+//! (not `system:masters`, which RBAC never evaluates), allowed by one RoleBinding, creates and
+//! then gets pods one at a time, each operation on one cluster then the other; the p50s are
+//! compared.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use crate::{row, run_ops, start_cluster_with};
+use crate::{row, start_cluster_with};
 
 /// Flags of `keelson-bench authz`.
 #[derive(clap::Args, Debug)]
@@ -60,12 +61,12 @@ fn user_kubeconfig(keelson: &Path, admin_kubeconfig: &Path, user: &str) -> anyho
     Ok(path)
 }
 
-/// Rows of the table and the (create, get) p50s in µs.
-async fn one(
+/// A cluster of `mode`, set up and warmed: the measured user's pod API in `bench`.
+async fn prepare(
     args: &AuthzArgs,
     keelson: &Path,
     mode: &str,
-) -> anyhow::Result<(Vec<String>, [u64; 2])> {
+) -> anyhow::Result<(crate::Cluster, Api<Pod>)> {
     // Off: no authorization, no audit. On: the whole chain as `keelson up` runs it.
     let audit = if mode == "AlwaysAllow" {
         "none"
@@ -138,11 +139,6 @@ async fn one(
     )?)
     .await?;
     let pods: Api<Pod> = Api::namespaced(user, "bench");
-    let pod = |name: String| -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": name},
-            "spec": {"containers": [{"name": "c", "image": "pause"}]}}))
-        .expect("a valid pod")
-    };
     // Warm-up (and the RBAC policy seeing the binding): until the user's create succeeds.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut warm = 0;
@@ -158,27 +154,13 @@ async fn one(
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
     }
-    let mut rows = Vec::new();
-    let p = pods.clone();
-    let (el, h, err) = run_ops(1, args.ops, move |i| {
-        let p = p.clone();
-        async move {
-            p.create(&PostParams::default(), &pod(format!("pod-{i}")))
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    rows.push(row(&format!("{mode}: pod create"), args.ops, el, &h, err));
-    let create_p50 = h.value_at_quantile(0.5);
-    let p = pods.clone();
-    let (el, h, err) = run_ops(1, args.ops, move |i| {
-        let p = p.clone();
-        async move { p.get(&format!("pod-{}", i % 1000)).await.is_ok() }
-    })
-    .await;
-    rows.push(row(&format!("{mode}: pod get"), args.ops, el, &h, err));
-    Ok((rows, [create_p50, h.value_at_quantile(0.5)]))
+    Ok((cluster, pods))
+}
+
+fn pod(name: String) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "pause"}]}}))
+    .expect("a valid pod")
 }
 
 /// Runs the comparison and prints a markdown table.
@@ -191,11 +173,46 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
         "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string(),
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
-    let mut p50s = Vec::new();
-    for mode in ["AlwaysAllow", "Node,RBAC"] {
-        let (rows, p) = one(&args, &keelson, mode).await?;
-        report.extend(rows);
-        p50s.push(p);
+    // Both clusters run side by side and take requests in turn, so both see the same machine
+    // at the same moment (cluster-to-cluster start-up differences otherwise move p50 by ±15 %).
+    let (_off_cluster, off) = prepare(&args, &keelson, "AlwaysAllow").await?;
+    let (_on_cluster, on) = prepare(&args, &keelson, "Node,RBAC").await?;
+    let hist =
+        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+    let mut p50s = [[0u64; 2]; 2];
+    for (phase, op) in ["pod create", "pod get"].into_iter().enumerate() {
+        let (mut h, mut el, mut errors) =
+            ([hist(), hist()], [std::time::Duration::ZERO; 2], [0; 2]);
+        for i in 0..args.ops {
+            for (side, api) in [&off, &on].into_iter().enumerate() {
+                let start = std::time::Instant::now();
+                let ok = if phase == 0 {
+                    api.create(&PostParams::default(), &pod(format!("pod-{i}")))
+                        .await
+                        .is_ok()
+                } else {
+                    api.get(&format!("pod-{}", i % args.ops.max(1)))
+                        .await
+                        .is_ok()
+                };
+                let d = start.elapsed();
+                el[side] += d;
+                let _ = h[side].record(d.as_micros().max(1) as u64);
+                if !ok {
+                    errors[side] += 1;
+                }
+            }
+        }
+        for (side, mode) in ["AlwaysAllow", "Node,RBAC"].into_iter().enumerate() {
+            report.push(row(
+                &format!("{mode}: {op}"),
+                args.ops,
+                el[side],
+                &h[side],
+                errors[side],
+            ));
+            p50s[side][phase] = h[side].value_at_quantile(0.5);
+        }
     }
     println!("{}", report.join("\n"));
     let added = |i: usize| (p50s[1][i] as f64 / p50s[0][i].max(1) as f64 - 1.0) * 100.0;
