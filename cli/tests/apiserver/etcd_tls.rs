@@ -99,9 +99,15 @@ fn store_and_apiserver_over_mutual_tls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     // The peers talk over TLS: the members list their https peer URLs, and every member
     // (each one answering alone) agrees on the value.
-    let out = etcdctl_tls(&endpoints, Some(&pki), &["member", "list"]);
-    let list = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(list.matches("https://127.0.0.1:").count(), 6, "{list}");
+    // A member shows as `unstarted` (no client URL) until it has published itself, which can
+    // come after the first write commits.
+    let mut list = String::new();
+    eventually(Duration::from_secs(20), "every member started", || {
+        let out = etcdctl_tls(&endpoints, Some(&pki), &["member", "list"]);
+        list = String::from_utf8_lossy(&out.stdout).into_owned();
+        list.matches("https://127.0.0.1:").count() == 6
+    });
+    assert!(!list.contains("unstarted"), "{list}");
     for ep in endpoints.split(',') {
         let out = etcdctl_tls(ep, Some(&pki), &["get", "tls-probe", "--print-value-only"]);
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{ep}");
