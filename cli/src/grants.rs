@@ -93,27 +93,22 @@ pub async fn apply(kubeconfig: &Path) -> anyhow::Result<()> {
         &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
     )
     .await?;
-    let pp = PatchParams::apply("keelson-up").force();
     let (roles, bindings) = objects();
-    let api: Api<ClusterRole> = Api::all(client.clone());
-    for r in roles {
-        let name = r["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        api.patch(&name, &pp, &Patch::Apply(&r))
+    apply_all(Api::<ClusterRole>::all(client.clone()), &roles).await?;
+    apply_all(Api::<ClusterRoleBinding>::all(client), &bindings).await
+}
+
+/// Server-side applies each object (by its name) through `api`.
+async fn apply_all<K>(api: Api<K>, objects: &[Value]) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply("keelson-up").force();
+    for o in objects {
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        api.patch(name, &pp, &Patch::Apply(o))
             .await
-            .with_context(|| format!("applying ClusterRole {name}"))?;
-    }
-    let api: Api<ClusterRoleBinding> = Api::all(client);
-    for b in bindings {
-        let name = b["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        api.patch(&name, &pp, &Patch::Apply(&b))
-            .await
-            .with_context(|| format!("applying ClusterRoleBinding {name}"))?;
+            .with_context(|| format!("applying {} {name}", o["kind"].as_str().unwrap_or("")))?;
     }
     Ok(())
 }

@@ -90,6 +90,44 @@ impl Drop for StopOnPanic {
     }
 }
 
+/// `kubectl run` of a busybox pod running `script`; waits until it has succeeded and returns
+/// its log.
+fn run_to_completion(
+    kc: &std::path::Path,
+    home: &std::path::Path,
+    name: &str,
+    script: &str,
+) -> String {
+    let out = kubectl(
+        kc,
+        home,
+        &[
+            "run",
+            name,
+            "--image=busybox",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_succeeded(kc, home, name);
+    let out = kubectl(kc, home, &["logs", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits (60 s at most) until pod `name` has succeeded.
 fn wait_succeeded(kc: &std::path::Path, home: &std::path::Path, name: &str) {
     let by = Instant::now() + Duration::from_secs(60);
@@ -405,61 +443,18 @@ spec:
 
     // kubectl logs goes apiserver -> kubelet over TLS (client certificate, verified serving
     // certificate).
-    let out = kubectl(
-        &kc,
-        dir.path(),
-        &[
-            "run",
-            "hello",
-            "--image=busybox",
-            "--restart=Never",
-            "--command",
-            "--",
-            "sh",
-            "-c",
-            "echo hello from keelson",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_succeeded(&kc, dir.path(), "hello");
-    let out = kubectl(&kc, dir.path(), &["logs", "hello"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hello from keelson\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let hello = run_to_completion(&kc, dir.path(), "hello", "echo hello from keelson");
+    assert_eq!(hello, "hello from keelson\n");
 
     // A pod gets its account's API credentials (ServiceAccount admission, the kubelet's
     // TokenRequest through the Node authorizer): a token bound to the pod, the CA, the
     // namespace. The token authenticates as the account.
-    let out = kubectl(
+    let logs = run_to_completion(
         &kc,
         dir.path(),
-        &[
-            "run",
-            "creds",
-            "--image=busybox",
-            "--restart=Never",
-            "--command",
-            "--",
-            "sh",
-            "-c",
-            "cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && cat token && echo && grep -c CERTIFICATE ca.crt",
-        ],
+        "creds",
+        "cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && cat token && echo && grep -c CERTIFICATE ca.crt",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_succeeded(&kc, dir.path(), "creds");
-    let out = kubectl(&kc, dir.path(), &["logs", "creds"]);
-    let logs = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = logs.lines().collect();
     assert_eq!(lines.first(), Some(&"default"), "{logs}");
     assert_eq!(lines.get(2), Some(&"2"), "the CA bundle: {logs}");

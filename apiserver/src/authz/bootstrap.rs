@@ -230,11 +230,7 @@ pub fn reconcile(existing: &Value, wanted: &Object) -> Option<Value> {
     let mut out = existing.clone();
     let mut changed = false;
     if matches!(wanted.resource, "roles" | "clusterroles") {
-        let have: Vec<Rule> = existing
-            .get("rules")
-            .and_then(Value::as_array)
-            .map(|rs| rs.iter().map(Rule::from_json).collect())
-            .unwrap_or_default();
+        let have = rbac::rules_of(existing);
         // An aggregated role's rules are the aggregation controller's to fill.
         if wanted.value.get("aggregationRule").is_none() {
             let rules = out["rules"].as_array_mut();

@@ -465,11 +465,7 @@ impl Authorizer {
                 if self.check(&may).is_ok() {
                     return Ok(());
                 }
-                let mut rules: Vec<Rule> = obj
-                    .get("rules")
-                    .and_then(Value::as_array)
-                    .map(|rs| rs.iter().map(Rule::from_json).collect())
-                    .unwrap_or_default();
+                let mut rules = rbac::rules_of(obj);
                 // An aggregated role gathers whatever its selectors will match: only a writer
                 // who holds every permission may make one, as upstream.
                 if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {

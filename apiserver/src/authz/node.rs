@@ -400,11 +400,7 @@ fn node_rules() -> Vec<Rule> {
     super::bootstrap::policy()
         .into_iter()
         .find(|o| o.resource == "clusterroles" && o.value["metadata"]["name"] == "system:node")
-        .and_then(|o| {
-            o.value["rules"]
-                .as_array()
-                .map(|rs| rs.iter().map(Rule::from_json).collect())
-        })
+        .map(|o| super::rbac::rules_of(&o.value))
         .unwrap_or_default()
 }
 

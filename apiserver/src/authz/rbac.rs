@@ -28,9 +28,14 @@ pub struct Rule {
     pub non_resource_urls: Vec<String>,
 }
 
-fn strings(v: &Value, field: &str) -> Vec<String> {
-    v.get(field)
-        .and_then(Value::as_array)
+/// The strings of the array `field` of `v` (empty when absent).
+pub(crate) fn strings(v: &Value, field: &str) -> Vec<String> {
+    string_list(v.get(field))
+}
+
+/// The strings of an array value (empty when it is not one).
+pub(crate) fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|s| s.as_str().map(str::to_string))
@@ -222,13 +227,12 @@ pub struct Policy {
     roles: HashMap<(String, String), Arc<Vec<Rule>>>,
 }
 
-fn rules_of(role: &Value) -> Arc<Vec<Rule>> {
-    Arc::new(
-        role.get("rules")
-            .and_then(Value::as_array)
-            .map(|rs| rs.iter().map(Rule::from_json).collect())
-            .unwrap_or_default(),
-    )
+/// The `rules` of a Role or ClusterRole object.
+pub(crate) fn rules_of(role: &Value) -> Vec<Rule> {
+    role.get("rules")
+        .and_then(Value::as_array)
+        .map(|rs| rs.iter().map(Rule::from_json).collect())
+        .unwrap_or_default()
 }
 
 fn meta<'a>(o: &'a Value, f: &str) -> &'a str {
@@ -248,11 +252,16 @@ impl Policy {
     ) -> Policy {
         let cluster_roles: HashMap<String, Arc<Vec<Rule>>> = cluster_roles
             .iter()
-            .map(|r| (meta(r, "name").to_string(), rules_of(r)))
+            .map(|r| (meta(r, "name").to_string(), Arc::new(rules_of(r))))
             .collect();
         let roles: HashMap<(&str, &str), Arc<Vec<Rule>>> = roles
             .iter()
-            .map(|r| ((meta(r, "namespace"), meta(r, "name")), rules_of(r)))
+            .map(|r| {
+                (
+                    (meta(r, "namespace"), meta(r, "name")),
+                    Arc::new(rules_of(r)),
+                )
+            })
             .collect();
         let mut p = Policy::default();
         for b in cluster_bindings {
@@ -369,7 +378,7 @@ pub fn covers(owner: &[Rule], rule: &Rule) -> bool {
             for url in &rule.non_resource_urls {
                 let ok = owner.iter().any(|o| {
                     has_or_star(&o.verbs, verb)
-                        && o.non_resource_urls.iter().any(|u| url_covered(u, url))
+                        && o.non_resource_urls.iter().any(|u| url_matches(u, url))
                 });
                 if !ok {
                     return false;
@@ -403,13 +412,6 @@ pub fn covers(owner: &[Rule], rule: &Rule) -> bool {
         }
     }
     true
-}
-
-fn url_covered(owner: &str, url: &str) -> bool {
-    owner == url
-        || owner
-            .strip_suffix('*')
-            .is_some_and(|p| url.starts_with(p.trim_end_matches('*')))
 }
 
 fn resource_covered(owner: &[String], resource: &str) -> bool {

@@ -31,27 +31,19 @@ fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
 
 /// The user a SubjectAccessReview asks about.
 fn subject(spec: &Value) -> UserInfo {
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    use super::rbac::{string_list, strings};
     let extra: BTreeMap<String, Vec<String>> = spec
         .get("extra")
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), strings(Some(v))))
+                .map(|(k, v)| (k.clone(), string_list(Some(v))))
                 .collect()
         })
         .unwrap_or_default();
     UserInfo {
         name: str_at(spec, "/user").to_string(),
-        groups: strings(spec.get("groups")),
+        groups: strings(spec, "groups"),
         uid: str_at(spec, "/uid").to_string(),
         extra,
     }
@@ -81,28 +73,11 @@ pub fn answer(
         "selfsubjectrulesreviews" => {
             let ns = str_at(&obj, "/spec/namespace").to_string();
             let rules = authz.rules_for(requester, &ns);
-            let resource_rules: Vec<Value> = rules
-                .resource_rules
-                .iter()
-                .map(|r| {
-                    let mut v = json!({"verbs": r.verbs});
-                    for (k, f) in [
-                        ("apiGroups", &r.api_groups),
-                        ("resources", &r.resources),
-                        ("resourceNames", &r.resource_names),
-                    ] {
-                        if !f.is_empty() {
-                            v[k] = json!(f);
-                        }
-                    }
-                    v
-                })
-                .collect();
-            let non_resource_rules: Vec<Value> = rules
-                .non_resource_rules
-                .iter()
-                .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
-                .collect();
+            let json = |rs: &[super::rbac::Rule]| -> Vec<Value> {
+                rs.iter().map(super::rbac::Rule::to_json).collect()
+            };
+            let (resource_rules, non_resource_rules) =
+                (json(&rules.resource_rules), json(&rules.non_resource_rules));
             obj["status"] = json!({
                 "resourceRules": resource_rules,
                 "nonResourceRules": non_resource_rules,
