@@ -4,6 +4,7 @@ mod balancer;
 mod cluster_dns;
 mod grants;
 mod pki;
+mod ports;
 mod up;
 
 use clap::{Parser, Subcommand};

@@ -370,19 +370,19 @@ impl Topology {
             // Apiservers are stateless: their number may change between runs.
             t.apiservers.truncate(apiservers);
             while t.apiservers.len() < apiservers {
-                t.apiservers.push(free_port()?);
+                t.apiservers.push(crate::ports::free_port()?);
             }
             t.controller_managers.truncate(controller_managers);
             while t.controller_managers.len() < controller_managers {
-                t.controller_managers.push(free_port()?);
+                t.controller_managers.push(crate::ports::free_port()?);
             }
             t.schedulers.truncate(schedulers);
             while t.schedulers.len() < schedulers {
-                t.schedulers.push(free_port()?);
+                t.schedulers.push(crate::ports::free_port()?);
             }
             t.nodes.truncate(nodes);
             while t.nodes.len() < nodes {
-                t.nodes.push(free_port()?);
+                t.nodes.push(crate::ports::free_port()?);
             }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
@@ -397,19 +397,20 @@ impl Topology {
             store_tls: true,
         };
         for _ in 0..stores {
-            t.stores.push((free_port()?, free_port()?));
+            t.stores
+                .push((crate::ports::free_port()?, crate::ports::free_port()?));
         }
         for _ in 0..apiservers {
-            t.apiservers.push(free_port()?);
+            t.apiservers.push(crate::ports::free_port()?);
         }
         for _ in 0..controller_managers {
-            t.controller_managers.push(free_port()?);
+            t.controller_managers.push(crate::ports::free_port()?);
         }
         for _ in 0..schedulers {
-            t.schedulers.push(free_port()?);
+            t.schedulers.push(crate::ports::free_port()?);
         }
         for _ in 0..nodes {
-            t.nodes.push(free_port()?);
+            t.nodes.push(crate::ports::free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -438,10 +439,6 @@ const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.loc
 
 /// The `kubernetes` Service address with the default `--service-cluster-ip-range`.
 const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// Starts the cluster and waits for Ctrl-C, then stops every process it started.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -504,7 +501,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         named.iter().map(|(_, p)| *p).chain([args.port]).collect();
     let mut spare_port = move || -> anyhow::Result<u16> {
         loop {
-            let p = free_port()?;
+            let p = crate::ports::free_port()?;
             if taken.insert(p) {
                 return Ok(p);
             }

@@ -1,7 +1,6 @@
 //! Starts a store (keelson-store or etcd) and apiservers with a test PKI, and runs kubectl.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -18,11 +17,7 @@ pub enum Backend {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::ports::free_port().unwrap()
 }
 
 /// A cluster CA, a serving certificate for 127.0.0.1 and an admin client certificate.

@@ -14,6 +14,8 @@ mod harness;
 mod kube_rs;
 mod kubectl;
 mod multi;
+#[path = "../../src/ports.rs"]
+mod ports;
 mod python;
 mod rbac;
 mod subresources;

@@ -13,5 +13,7 @@ mod endpoints;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod nodes;
+#[path = "../../src/ports.rs"]
+mod ports;
 mod support;
 mod workloads;

@@ -9,6 +9,8 @@ mod dns;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod policy;
+#[path = "../../src/ports.rs"]
+mod ports;
 mod proxy;
 #[allow(dead_code)]
 #[path = "../node/support.rs"]

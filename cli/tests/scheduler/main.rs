@@ -9,5 +9,7 @@ mod component;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod placement;
+#[path = "../../src/ports.rs"]
+mod ports;
 mod preemption;
 mod support;

@@ -4,3 +4,5 @@
 mod cluster;
 mod etcdctl;
 mod kill_leader;
+#[path = "../../src/ports.rs"]
+mod ports;
