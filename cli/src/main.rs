@@ -4,7 +4,6 @@ mod balancer;
 mod cluster_dns;
 mod grants;
 mod pki;
-mod ports;
 mod up;
 
 use clap::{Parser, Subcommand};

@@ -370,19 +370,20 @@ impl Topology {
             // Apiservers are stateless: their number may change between runs.
             t.apiservers.truncate(apiservers);
             while t.apiservers.len() < apiservers {
-                t.apiservers.push(crate::ports::free_port()?);
+                t.apiservers.push(keelson_client::ports::free_port()?);
             }
             t.controller_managers.truncate(controller_managers);
             while t.controller_managers.len() < controller_managers {
-                t.controller_managers.push(crate::ports::free_port()?);
+                t.controller_managers
+                    .push(keelson_client::ports::free_port()?);
             }
             t.schedulers.truncate(schedulers);
             while t.schedulers.len() < schedulers {
-                t.schedulers.push(crate::ports::free_port()?);
+                t.schedulers.push(keelson_client::ports::free_port()?);
             }
             t.nodes.truncate(nodes);
             while t.nodes.len() < nodes {
-                t.nodes.push(crate::ports::free_port()?);
+                t.nodes.push(keelson_client::ports::free_port()?);
             }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
@@ -397,20 +398,23 @@ impl Topology {
             store_tls: true,
         };
         for _ in 0..stores {
-            t.stores
-                .push((crate::ports::free_port()?, crate::ports::free_port()?));
+            t.stores.push((
+                keelson_client::ports::free_port()?,
+                keelson_client::ports::free_port()?,
+            ));
         }
         for _ in 0..apiservers {
-            t.apiservers.push(crate::ports::free_port()?);
+            t.apiservers.push(keelson_client::ports::free_port()?);
         }
         for _ in 0..controller_managers {
-            t.controller_managers.push(crate::ports::free_port()?);
+            t.controller_managers
+                .push(keelson_client::ports::free_port()?);
         }
         for _ in 0..schedulers {
-            t.schedulers.push(crate::ports::free_port()?);
+            t.schedulers.push(keelson_client::ports::free_port()?);
         }
         for _ in 0..nodes {
-            t.nodes.push(crate::ports::free_port()?);
+            t.nodes.push(keelson_client::ports::free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -501,7 +505,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         named.iter().map(|(_, p)| *p).chain([args.port]).collect();
     let mut spare_port = move || -> anyhow::Result<u16> {
         loop {
-            let p = crate::ports::free_port()?;
+            let p = keelson_client::ports::free_port()?;
             if taken.insert(p) {
                 return Ok(p);
             }

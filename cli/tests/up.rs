@@ -5,9 +5,6 @@
 //! scheduler, one at a time, leaves kubectl working, scale-ups completing and nothing lost;
 //! Ctrl-C stops every process. `up --detach`, `keelson status` and `keelson down`.
 
-#[path = "../src/ports.rs"]
-mod ports;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -179,7 +176,7 @@ fn token_kubeconfig(
 #[test]
 fn up_serves_kubectl_and_survives_component_kills() {
     let dir = tempfile::tempdir().unwrap();
-    let port = ports::free_port().unwrap();
+    let port = keelson_client::ports::free_port().unwrap();
     let data = dir.path().join("data");
     // Kept in the test's temporary directory; its end is printed when the test fails.
     let up_log = dir.path().join("up.log");
@@ -1015,7 +1012,7 @@ spec:
 fn up_detach_status_down() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = ports::free_port().unwrap().to_string();
+    let port = keelson_client::ports::free_port().unwrap().to_string();
     let keelson = env!("CARGO_BIN_EXE_keelson");
     let data_arg = data.display().to_string();
     let up = Command::new(keelson)

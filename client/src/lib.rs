@@ -15,6 +15,7 @@ pub mod health;
 pub mod informer;
 pub mod leader;
 pub mod net;
+pub mod ports;
 pub mod queue;
 pub mod services;
 

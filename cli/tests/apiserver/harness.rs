@@ -17,7 +17,7 @@ pub enum Backend {
 }
 
 pub fn free_port() -> u16 {
-    crate::ports::free_port().unwrap()
+    keelson_client::ports::free_port().unwrap()
 }
 
 /// A cluster CA, a serving certificate for 127.0.0.1 and an admin client certificate.

@@ -14,8 +14,6 @@ mod harness;
 mod kube_rs;
 mod kubectl;
 mod multi;
-#[path = "../../src/ports.rs"]
-mod ports;
 mod python;
 mod rbac;
 mod subresources;

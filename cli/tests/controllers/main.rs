@@ -13,7 +13,5 @@ mod endpoints;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod nodes;
-#[path = "../../src/ports.rs"]
-mod ports;
 mod support;
 mod workloads;

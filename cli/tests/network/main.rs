@@ -9,8 +9,6 @@ mod dns;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod policy;
-#[path = "../../src/ports.rs"]
-mod ports;
 mod proxy;
 #[allow(dead_code)]
 #[path = "../node/support.rs"]

@@ -10,7 +10,5 @@ mod component;
 mod harness;
 mod hollow;
 mod lifecycle;
-#[path = "../../src/ports.rs"]
-mod ports;
 mod support;
 mod termination;

@@ -9,7 +9,5 @@ mod component;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod placement;
-#[path = "../../src/ports.rs"]
-mod ports;
 mod preemption;
 mod support;

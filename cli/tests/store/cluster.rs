@@ -19,7 +19,7 @@ pub struct Cluster {
 }
 
 fn free_port() -> u16 {
-    crate::ports::free_port().unwrap()
+    keelson_client::ports::free_port().unwrap()
 }
 
 impl Cluster {

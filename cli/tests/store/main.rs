@@ -4,5 +4,3 @@
 mod cluster;
 mod etcdctl;
 mod kill_leader;
-#[path = "../../src/ports.rs"]
-mod ports;

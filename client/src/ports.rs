@@ -5,8 +5,7 @@
 //! later (after the stores and apiservers have opened dozens of connections) can be taken by
 //! then, and a long-lived connection (a watch) keeps it taken. So ports are drawn at random from
 //! below the ephemeral range, where no outgoing connection lands, and checked free by binding.
-//! This file is also compiled into the integration tests (`#[path]`), which start components the
-//! same way.
+//! `keelson up`, the chaos runs and the integration tests start components the same way.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
