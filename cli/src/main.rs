@@ -48,6 +48,9 @@ enum Command {
     /// Kubeconfig files for a `keelson up` cluster.
     #[command(subcommand)]
     Kubeconfig(KubeconfigCommand),
+    /// Fault injection against a store cluster (keelson-store or etcd) with history checkers.
+    #[command(subcommand)]
+    Chaos(keelson_chaos::run::Command),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +149,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Status(args) => up::status(&args)?,
         Command::Down(args) => up::down(&args).await?,
         Command::Kubeconfig(KubeconfigCommand::User(args)) => pki::user_kubeconfig(&args)?,
+        Command::Chaos(command) => keelson_chaos::run::main(command).await?,
     }
     Ok(())
 }

@@ -1,0 +1,250 @@
+//! A store cluster on loopback whose members the run can kill, pause and restart: keelson-store
+//! (`keelson store`) or, as the control, a real etcd started with the same flags.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use keelson_etcdpb::etcdserverpb::{
+    RangeRequest, StatusRequest, kv_client::KvClient, maintenance_client::MaintenanceClient,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+/// What runs the members.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// `keelson store` from this binary.
+    Keelson(PathBuf),
+    /// A real etcd (Debian's etcd-server is 3.4).
+    Etcd(PathBuf),
+}
+
+impl Target {
+    /// `keelson` or `etcd`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Keelson(_) => "keelson",
+            Target::Etcd(_) => "etcd",
+        }
+    }
+}
+
+/// One member.
+pub struct Member {
+    /// `m0`, `m1`, ...
+    pub name: String,
+    /// Client URL.
+    pub client: String,
+    peer: String,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The members, started in `dir`.
+pub struct Cluster {
+    target: Target,
+    initial: String,
+    /// Members in start order.
+    pub members: Vec<Member>,
+}
+
+/// A channel to one endpoint that connects when first used and gives up on a call after
+/// `timeout` (none for watch streams, which last).
+pub fn channel(url: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let mut e = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_millis(500));
+    if let Some(t) = timeout {
+        e = e.timeout(t);
+    }
+    Ok(e.connect_lazy())
+}
+
+impl Cluster {
+    /// Starts `n` members with their data and logs under `dir`.
+    pub fn start(target: Target, n: usize, dir: &Path) -> anyhow::Result<Cluster> {
+        if n == 0 {
+            bail!("a cluster needs at least one member");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            let port = || keelson_client::ports::free_port().context("choosing a port");
+            members.push(Member {
+                name: format!("m{i}"),
+                client: format!("http://127.0.0.1:{}", port()?),
+                peer: format!("http://127.0.0.1:{}", port()?),
+                dir: dir.join(format!("m{i}")),
+                log: dir.join(format!("m{i}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            target,
+            initial,
+            members,
+        };
+        for i in 0..n {
+            c.start_member(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// Starts (or restarts, on its old data) member `i`.
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        if m.child.is_some() {
+            return Ok(());
+        }
+        let mut cmd = match &self.target {
+            Target::Keelson(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("store");
+                c
+            }
+            Target::Etcd(bin) => Command::new(bin),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .with_context(|| format!("opening {}", m.log.display()))?;
+        let child = cmd
+            .args(["--name", &m.name])
+            .arg(format!("--data-dir={}", m.dir.display()))
+            .arg(format!("--listen-client-urls={}", m.client))
+            .arg(format!("--advertise-client-urls={}", m.client))
+            .arg(format!("--listen-peer-urls={}", m.peer))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer))
+            .arg(format!("--initial-cluster={}", self.initial))
+            // Small, so a member that was down catches up by snapshot.
+            .arg("--snapshot-count=1000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.target.name()))?;
+        m.child = Some(child);
+        m.paused = false;
+        Ok(())
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.members[i].paused = false;
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT of member `i`.
+    pub fn pause(&mut self, i: usize, pause: bool) -> anyhow::Result<()> {
+        let m = &mut self.members[i];
+        let Some(c) = &m.child else {
+            bail!("{} is not running", m.name);
+        };
+        let signal = if pause {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(c.id() as i32), signal)?;
+        m.paused = pause;
+        Ok(())
+    }
+
+    /// Members that run and are not paused.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some() && !self.members[i].paused)
+            .collect()
+    }
+
+    /// Members that are down (killed) or paused.
+    pub fn impaired(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_none() || self.members[i].paused)
+            .collect()
+    }
+
+    /// The member the live members agree leads, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for &i in &self.live() {
+            let Ok(ch) = channel(&self.members[i].client, Some(Duration::from_millis(500))) else {
+                continue;
+            };
+            let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await else {
+                continue;
+            };
+            let s = s.into_inner();
+            let id = s.header.map(|h| h.member_id).unwrap_or(0);
+            ids.push((id, i));
+            if s.leader != 0 {
+                leader = Some(s.leader);
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(id, _)| *id == leader)
+            .map(|(_, i)| i)
+    }
+
+    /// Waits until every live member serves a linearizable read.
+    pub async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut ok = true;
+            for &i in &self.live() {
+                let ch = channel(&self.members[i].client, Some(Duration::from_secs(1)))?;
+                let read = KvClient::new(ch)
+                    .range(RangeRequest {
+                        key: b"health".to_vec(),
+                        ..Default::default()
+                    })
+                    .await;
+                ok &= read.is_ok();
+            }
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the {} cluster did not become healthy within {limit:?} (logs: {})",
+                    self.target.name(),
+                    self.members
+                        .iter()
+                        .map(|m| m.log.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! `keelson chaos run`, `sweep` and `check`: start a cluster, run traffic while faults come and
+//! go, heal, let every watcher catch up, read every key, then check the history and write the run
+//! directory (history as JSON lines, the fault timeline, `report.md`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, Target};
+use crate::faults::{self, Fault, Heal};
+use crate::history::{FaultStep, History, Input, Operation};
+use crate::traffic::{self, Clock, Kv, Load, WatchEnd};
+use crate::{Check, Verdict, check_all};
+
+/// Flags shared by `run` and `sweep`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// What runs the store: keelson (`keelson store`) or etcd (the control).
+    #[arg(long, value_enum, default_value = "keelson")]
+    pub target: TargetKind,
+    /// The keelson binary (default: this one).
+    #[arg(long)]
+    pub keelson: Option<PathBuf>,
+    /// The etcd binary for `--target etcd`.
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// Members of the cluster.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// How long traffic runs (faults come and go meanwhile).
+    #[arg(long, default_value = "10s", value_parser = humantime_secs)]
+    pub duration: Duration,
+    /// Concurrent KV clients.
+    #[arg(long, default_value_t = 6)]
+    pub clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 8)]
+    pub keys: usize,
+    /// Operations per second over all clients.
+    #[arg(long, default_value_t = 150.0)]
+    pub qps: f64,
+    /// Watchers on the key prefix.
+    #[arg(long, default_value_t = 3)]
+    pub watchers: usize,
+    /// A call without an answer within this is recorded as an unknown outcome.
+    #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+    pub op_timeout: Duration,
+    /// Compact (to 50 revisions behind the head) this often; 0 turns compaction off.
+    #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+    pub compact_interval: Duration,
+    /// Healthy time before each fault.
+    #[arg(long, default_value = "1s", value_parser = humantime_secs)]
+    pub fault_interval: Duration,
+    /// How long a fault lasts before it is healed.
+    #[arg(long, default_value = "1500ms", value_parser = humantime_secs)]
+    pub fault_hold: Duration,
+    /// Time the checkers may spend.
+    #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+    pub check_budget: Duration,
+}
+
+/// `--target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetKind {
+    /// keelson-store.
+    Keelson,
+    /// A real etcd.
+    Etcd,
+}
+
+/// Durations as `10s`, `1500ms`, `2m` or plain seconds.
+pub fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 10s, 1500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How a run came out.
+pub struct Outcome {
+    /// Where its history and report are.
+    pub dir: PathBuf,
+    /// The checkers' results.
+    pub checks: Vec<Check>,
+    /// Operations recorded, and how many of them got no answer.
+    pub operations: usize,
+    /// Operations without an answer.
+    pub unknown: usize,
+    /// Watch events recorded.
+    pub events: usize,
+    /// Faults injected.
+    pub faults: usize,
+}
+
+impl Outcome {
+    /// The worst verdict.
+    pub fn verdict(&self) -> Verdict {
+        if self.checks.iter().any(|c| c.verdict == Verdict::Violation) {
+            Verdict::Violation
+        } else if self.checks.iter().any(|c| c.verdict == Verdict::Unknown) {
+            Verdict::Unknown
+        } else {
+            Verdict::Ok
+        }
+    }
+}
+
+fn target(o: &Options) -> anyhow::Result<Target> {
+    Ok(match o.target {
+        TargetKind::Keelson => Target::Keelson(match &o.keelson {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("finding the keelson binary")?,
+        }),
+        TargetKind::Etcd => Target::Etcd(o.etcd.clone()),
+    })
+}
+
+/// Runs traffic with `faults` (cycled through, one at a time) and checks the history; the run
+/// directory is `dir`.
+pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Outcome> {
+    if o.clients == 0 || o.keys == 0 || o.qps <= 0.0 {
+        bail!("--clients, --keys and --qps must be positive");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = target(o)?;
+    let data = dir.join("members");
+    let mut cluster = Cluster::start(target.clone(), o.members, &data)?;
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+    let endpoints = Arc::new(cluster.endpoints());
+    let load = Load {
+        prefix: "/chaos/".into(),
+        keys: o.keys,
+        qps: o.qps,
+        timeout: o.op_timeout,
+    };
+    let clock = Clock::start();
+    let stop = CancellationToken::new();
+    let (final_tx, final_rx) = tokio::sync::watch::channel(None);
+    let abort = CancellationToken::new();
+
+    let watchers: Vec<_> = (0..o.watchers)
+        .map(|i| {
+            tokio::spawn(traffic::watcher(
+                i,
+                endpoints.clone(),
+                load.prefix.clone(),
+                1,
+                clock,
+                WatchEnd {
+                    revision: final_rx.clone(),
+                    abort: abort.clone(),
+                },
+            ))
+        })
+        .collect();
+    let clients: Vec<_> = (0..o.clients)
+        .map(|i| {
+            tokio::spawn(traffic::client(
+                i,
+                o.clients,
+                endpoints.clone(),
+                load.clone(),
+                clock,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let compactor = (!o.compact_interval.is_zero()).then(|| {
+        tokio::spawn(traffic::compactor(
+            endpoints.clone(),
+            o.compact_interval,
+            50,
+            clock,
+            stop.clone(),
+        ))
+    });
+
+    // Faults, one at a time, until the traffic's time is up.
+    let mut timeline = Vec::new();
+    let end = tokio::time::Instant::now() + o.duration;
+    let mut next = 0;
+    while !faults.is_empty() && tokio::time::Instant::now() + o.fault_interval < end {
+        tokio::time::sleep(o.fault_interval).await;
+        let fault = faults[next % faults.len()];
+        next += 1;
+        let (detail, heal) = faults::inject(fault, &mut cluster).await?;
+        tracing::info!(fault = fault.name(), %detail, "injected");
+        timeline.push(step(fault, "inject", detail, clock));
+        tokio::time::sleep(
+            o.fault_hold
+                .min(end.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+        let detail = faults::heal(&heal, &mut cluster)?;
+        if !matches!(heal, Heal::Nothing) {
+            timeline.push(step(fault, "heal", detail, clock));
+        }
+    }
+    tokio::time::sleep_until(end).await;
+    stop.cancel();
+
+    let mut history = History {
+        faults: timeline,
+        ..History::default()
+    };
+    for c in clients {
+        history.operations.extend(c.await??);
+    }
+    if let Some(c) = compactor {
+        history.compactions = c.await?;
+    }
+    // Every member back, then one last write for the watchers to reach and a read of every key.
+    cluster
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .context("after the faults")?;
+    let mut kv = Kv::new(&endpoints, 0, Duration::from_secs(10))?;
+    let last_client = o.clients;
+    let record = |input: Input, output, invoke| Operation {
+        client: last_client,
+        invoke,
+        complete: clock.now(),
+        input,
+        output,
+    };
+    let input = Input::Put {
+        key: format!("{}end", load.prefix),
+        value: "end".into(),
+    };
+    let invoke = clock.now();
+    let output = kv.run(&input).await;
+    let end_revision = output.revision();
+    history.operations.push(record(input, output, invoke));
+    for k in 0..o.keys {
+        let input = Input::Get {
+            key: format!("{}k{k}", load.prefix),
+        };
+        let invoke = clock.now();
+        let output = kv.run(&input).await;
+        history.operations.push(record(input, output, invoke));
+    }
+    let _ = final_tx.send(Some(end_revision.unwrap_or(i64::MAX)));
+    let catch_up = tokio::spawn({
+        let abort = abort.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            abort.cancel();
+        }
+    });
+    for w in watchers {
+        history.watches.push(w.await?);
+    }
+    catch_up.abort();
+    drop(cluster);
+    history.save(dir)?;
+
+    let checks = check_all(&history, o.check_budget);
+    let outcome = Outcome {
+        dir: dir.to_path_buf(),
+        operations: history.operations.len(),
+        unknown: history
+            .operations
+            .iter()
+            .filter(|op| op.output.revision().is_none())
+            .count(),
+        events: checks
+            .iter()
+            .find(|c| c.name == "watch")
+            .map(|c| c.checked)
+            .unwrap_or(0),
+        faults: history
+            .faults
+            .iter()
+            .filter(|f| f.action == "inject")
+            .count(),
+        checks,
+    };
+    std::fs::write(dir.join("report.md"), report(o, faults, &history, &outcome))?;
+    Ok(outcome)
+}
+
+fn step(fault: Fault, action: &str, detail: String, clock: Clock) -> FaultStep {
+    FaultStep {
+        fault: fault.name().into(),
+        action: action.into(),
+        detail,
+        at: clock.now(),
+    }
+}
+
+/// `report.md` of a run.
+fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -> String {
+    let mut r = String::new();
+    let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
+    let _ = writeln!(
+        r,
+        "# chaos run: {:?}, faults {}\n",
+        o.target,
+        names.join(",")
+    );
+    let _ = writeln!(
+        r,
+        "{} members, {} clients on {} keys at {} ops/s for {:?}, {} watchers, compaction every {:?}.\n",
+        o.members, o.clients, o.keys, o.qps, o.duration, o.watchers, o.compact_interval
+    );
+    let _ = writeln!(
+        r,
+        "{} operations ({} without an answer), {} watch events, {} compactions, {} faults.\n",
+        outcome.operations,
+        outcome.unknown,
+        outcome.events,
+        history.compactions.len(),
+        outcome.faults
+    );
+    let _ = writeln!(r, "## Verdicts\n");
+    for c in &outcome.checks {
+        let _ = writeln!(
+            r,
+            "- **{}**: {:?} ({} checked)",
+            c.name, c.verdict, c.checked
+        );
+        for d in &c.details {
+            let _ = writeln!(r, "    {d}");
+        }
+    }
+    let _ = writeln!(r, "\n## Fault timeline\n");
+    for f in &history.faults {
+        let _ = writeln!(
+            r,
+            "- {:8.3} s {} {}: {}",
+            f.at as f64 / 1e9,
+            f.fault,
+            f.action,
+            f.detail
+        );
+    }
+    r
+}
+
+/// Checks a recorded run directory again.
+pub fn check_dir(dir: &Path, budget: Duration) -> anyhow::Result<Vec<Check>> {
+    let history = History::load(dir)?;
+    Ok(check_all(&history, budget))
+}
+
+/// One line per checker.
+pub fn summary(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| format!("{} {:?} ({} checked)", c.name, c.verdict, c.checked))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `keelson chaos ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Traffic against a fresh cluster while faults come and go, then the checkers.
+    Run(RunArgs),
+    /// Every fault class alone, one run each (on each target), and a summary table.
+    Sweep(SweepArgs),
+    /// Check a recorded run directory again.
+    Check(CheckArgs),
+}
+
+/// Flags of `keelson chaos run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    options: Options,
+    /// Fault classes, cycled through one at a time (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<Fault>,
+    /// The run directory (default: chaos-runs/<target>-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Flags of `keelson chaos sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    options: Options,
+    /// Targets to sweep (the etcd run is the control: it should pass too).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "keelson")]
+    targets: Vec<TargetKind>,
+    /// Fault classes (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<Fault>,
+    /// Where the runs go (default: chaos-runs/sweep-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Flags of `keelson chaos check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// A run directory.
+    dir: PathBuf,
+    /// Time the checkers may spend.
+    #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+    check_budget: Duration,
+}
+
+fn default_dir(what: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("chaos-runs").join(format!("{what}-{secs}"))
+}
+
+fn faults_or_all(f: &[Fault]) -> Vec<Fault> {
+    if f.is_empty() {
+        Fault::ALL.to_vec()
+    } else {
+        f.to_vec()
+    }
+}
+
+fn verdict_error(what: &str, v: Verdict) -> anyhow::Result<()> {
+    match v {
+        Verdict::Ok => Ok(()),
+        Verdict::Violation => bail!("{what}: a checker found a violation"),
+        Verdict::Unknown => bail!("{what}: a checker could not decide within its budget"),
+    }
+}
+
+/// Runs a `keelson chaos` command.
+pub async fn main(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(a) => {
+            let dir = a
+                .out
+                .unwrap_or_else(|| default_dir(&format!("{:?}", a.options.target).to_lowercase()));
+            let faults = faults_or_all(&a.faults);
+            let o = run(&a.options, &faults, &dir).await?;
+            println!(
+                "{} operations ({} unknown), {} watch events, {} faults: {}",
+                o.operations,
+                o.unknown,
+                o.events,
+                o.faults,
+                summary(&o.checks)
+            );
+            println!("report: {}", dir.join("report.md").display());
+            verdict_error("chaos run", o.verdict())
+        }
+        Command::Sweep(a) => {
+            let dir = a.out.unwrap_or_else(|| default_dir("sweep"));
+            let mut table = String::from(
+                "| target | fault | operations | unknown | watch events | faults | verdict |\n|---|---|---|---|---|---|---|\n",
+            );
+            let mut worst = Verdict::Ok;
+            for &t in &a.targets {
+                for fault in faults_or_all(&a.faults) {
+                    let o = Options {
+                        target: t,
+                        ..a.options.clone()
+                    };
+                    let name = format!("{:?}-{}", t, fault.name()).to_lowercase();
+                    let out = run(&o, &[fault], &dir.join(&name)).await?;
+                    let v = out.verdict();
+                    println!(
+                        "{name}: {} operations ({} unknown), {} events, {} faults: {}",
+                        out.operations,
+                        out.unknown,
+                        out.events,
+                        out.faults,
+                        summary(&out.checks)
+                    );
+                    let _ = writeln!(
+                        table,
+                        "| {:?} | {} | {} | {} | {} | {} | {:?} |",
+                        t,
+                        fault.name(),
+                        out.operations,
+                        out.unknown,
+                        out.events,
+                        out.faults,
+                        v
+                    );
+                    if v != Verdict::Ok && worst != Verdict::Violation {
+                        worst = v;
+                    }
+                }
+            }
+            std::fs::write(dir.join("summary.md"), &table)?;
+            print!("{table}");
+            verdict_error("chaos sweep", worst)
+        }
+        Command::Check(a) => {
+            let checks = check_dir(&a.dir, a.check_budget)?;
+            for c in &checks {
+                println!("{}: {:?} ({} checked)", c.name, c.verdict, c.checked);
+                for d in &c.details {
+                    println!("    {d}");
+                }
+            }
+            let worst = if checks.iter().any(|c| c.verdict == Verdict::Violation) {
+                Verdict::Violation
+            } else if checks.iter().any(|c| c.verdict == Verdict::Unknown) {
+                Verdict::Unknown
+            } else {
+                Verdict::Ok
+            };
+            verdict_error("chaos check", worst)
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The traffic of a run: KV clients (get, put, delete, compare-and-set on mod revisions) at a
+//! bounded rate, watchers on the key prefix that reopen where they left off, and a compactor.
+//! Every operation is recorded with its invoke and complete times; an error is an unknown outcome.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keelson_etcdpb::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchRequest, compare, kv_client::KvClient, request_op,
+    watch_client::WatchClient, watch_request,
+};
+use keelson_etcdpb::mvccpb::event::EventType;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::channel;
+use crate::history::{Compaction, Input, Operation, Output, WatchEntry, WatchEvent, WatchHistory};
+
+/// Nanoseconds since the run started.
+#[derive(Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// A clock starting now.
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Nanoseconds since the start.
+    pub fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// What the KV clients do.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// Keys live under this prefix.
+    pub prefix: String,
+    /// How many keys the clients share (few keys: more contention, more to check).
+    pub keys: usize,
+    /// Operations per second over all clients.
+    pub qps: f64,
+    /// A call without an answer within this is an unknown outcome.
+    pub timeout: Duration,
+}
+
+/// A small seeded generator (xorshift64*), so a client's choices depend only on its number.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n.max(1)
+    }
+}
+
+/// A KV client that moves to the next endpoint after an error, like etcd's client does.
+pub struct Kv {
+    endpoints: Vec<String>,
+    at: usize,
+    timeout: Duration,
+    client: KvClient<tonic::transport::Channel>,
+}
+
+impl Kv {
+    /// A client on `endpoints[first % len]`.
+    pub fn new(endpoints: &[String], first: usize, timeout: Duration) -> anyhow::Result<Kv> {
+        let at = first % endpoints.len();
+        Ok(Kv {
+            client: KvClient::new(channel(&endpoints[at], Some(timeout))?),
+            endpoints: endpoints.to_vec(),
+            at,
+            timeout,
+        })
+    }
+
+    fn fail_over(&mut self) {
+        self.at = (self.at + 1) % self.endpoints.len();
+        if let Ok(ch) = channel(&self.endpoints[self.at], Some(self.timeout)) {
+            self.client = KvClient::new(ch);
+        }
+    }
+
+    /// Runs one operation and says what came back.
+    pub async fn run(&mut self, input: &Input) -> Output {
+        let result = self.call(input).await;
+        result.unwrap_or_else(|e| {
+            self.fail_over();
+            Output::Unknown {
+                error: e.message().chars().take(200).collect(),
+            }
+        })
+    }
+
+    async fn call(&mut self, input: &Input) -> Result<Output, tonic::Status> {
+        let header = |h: Option<keelson_etcdpb::etcdserverpb::ResponseHeader>| {
+            h.map(|h| h.revision).unwrap_or(0)
+        };
+        Ok(match input {
+            Input::Get { key } => {
+                let r = self
+                    .client
+                    .range(RangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let kv = r.kvs.first();
+                Output::Get {
+                    value: kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                    mod_revision: kv.map(|kv| kv.mod_revision).unwrap_or(0),
+                    revision: header(r.header),
+                }
+            }
+            Input::Put { key, value } => {
+                let r = self
+                    .client
+                    .put(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: value.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Output::Put {
+                    revision: header(r.header),
+                }
+            }
+            Input::Delete { key } => {
+                let r = self
+                    .client
+                    .delete_range(DeleteRangeRequest {
+                        key: key.clone().into_bytes(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Output::Delete {
+                    deleted: r.deleted,
+                    revision: header(r.header),
+                }
+            }
+            Input::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                let r = self
+                    .client
+                    .txn(TxnRequest {
+                        compare: vec![Compare {
+                            result: compare::CompareResult::Equal as i32,
+                            target: compare::CompareTarget::Mod as i32,
+                            key: key.clone().into_bytes(),
+                            target_union: Some(compare::TargetUnion::ModRevision(*expected)),
+                            ..Default::default()
+                        }],
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: key.clone().into_bytes(),
+                                value: value.clone().into_bytes(),
+                                ..Default::default()
+                            })),
+                        }],
+                        failure: vec![],
+                    })
+                    .await?
+                    .into_inner();
+                Output::Cas {
+                    succeeded: r.succeeded,
+                    revision: header(r.header),
+                }
+            }
+        })
+    }
+}
+
+/// One client: operations at `load.qps / clients` per second until `stop`.
+pub async fn client(
+    id: usize,
+    clients: usize,
+    endpoints: Arc<Vec<String>>,
+    load: Load,
+    clock: Clock,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<Operation>> {
+    let mut kv = Kv::new(&endpoints, id, load.timeout)?;
+    let mut rng = Rng::new(id as u64 + 1);
+    let period = Duration::from_secs_f64(clients as f64 / load.qps.max(0.001));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The mod revision this client last saw per key: what its compare-and-sets expect.
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    let mut history = Vec::new();
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let key = format!("{}k{}", load.prefix, rng.below(load.keys));
+        seq += 1;
+        let value = format!("c{id}-{seq}");
+        let input = match rng.below(10) {
+            0..=3 => Input::Get { key },
+            4..=6 => Input::Put { key, value },
+            7 => Input::Delete { key },
+            _ => Input::Cas {
+                expected: seen.get(&key).copied().unwrap_or(0),
+                key,
+                value,
+            },
+        };
+        let invoke = clock.now();
+        let output = kv.run(&input).await;
+        let complete = clock.now();
+        match (&input, &output) {
+            (Input::Get { key }, Output::Get { mod_revision, .. }) => {
+                seen.insert(key.clone(), *mod_revision);
+            }
+            (Input::Put { key, .. }, Output::Put { revision })
+            | (
+                Input::Cas { key, .. },
+                Output::Cas {
+                    succeeded: true,
+                    revision,
+                },
+            ) => {
+                seen.insert(key.clone(), *revision);
+            }
+            (Input::Delete { key }, Output::Delete { .. }) => {
+                seen.insert(key.clone(), 0);
+            }
+            _ => {}
+        }
+        history.push(Operation {
+            client: id,
+            invoke,
+            complete,
+            input,
+            output,
+        });
+    }
+    Ok(history)
+}
+
+/// When a watcher may stop: once it has seen `revision` (the run's last write), or at `abort`.
+#[derive(Clone)]
+pub struct WatchEnd {
+    /// The revision to reach, set when the traffic has stopped.
+    pub revision: tokio::sync::watch::Receiver<Option<i64>>,
+    /// Give up waiting.
+    pub abort: CancellationToken,
+}
+
+/// A watch on `prefix` from `start` that survives faults: when the stream breaks it reopens on
+/// the next endpoint from the revision after the last event; when told its revision was
+/// compacted, from the compact revision.
+pub async fn watcher(
+    id: usize,
+    endpoints: Arc<Vec<String>>,
+    prefix: String,
+    start: i64,
+    clock: Clock,
+    mut end: WatchEnd,
+) -> WatchHistory {
+    let mut history = WatchHistory {
+        watcher: id,
+        prefix: prefix.clone(),
+        entries: Vec::new(),
+    };
+    let mut at = id % endpoints.len();
+    let mut next = start;
+    let mut last = 0i64;
+    // A stream that delivers nothing for this long while the run waits for it is reopened
+    // elsewhere (its member may be paused).
+    let stall = Duration::from_secs(3);
+    'reopen: loop {
+        if end.abort.is_cancelled() || end.revision.borrow().is_some_and(|r| last >= r) {
+            break;
+        }
+        let Ok(ch) = channel(&endpoints[at], None) else {
+            break;
+        };
+        at = (at + 1) % endpoints.len();
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: prefix.clone().into_bytes(),
+                    range_end: prefix_end(prefix.as_bytes()),
+                    start_revision: next,
+                    ..Default::default()
+                },
+            )),
+        };
+        history.entries.push(WatchEntry::Opened {
+            start_revision: next,
+            at: clock.now(),
+        });
+        let requests = futures::stream::once(async { create }).chain(futures::stream::pending());
+        let mut stream = match WatchClient::new(ch).watch(requests).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                history.entries.push(WatchEntry::Broken {
+                    error: e.message().to_string(),
+                    at: clock.now(),
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        loop {
+            let waiting = end.revision.borrow().is_some();
+            let message = tokio::select! {
+                _ = end.abort.cancelled() => break 'reopen,
+                changed = end.revision.changed(), if !waiting => {
+                    if changed.is_err() {
+                        break 'reopen;
+                    }
+                    continue;
+                }
+                m = stream.next() => m,
+                _ = tokio::time::sleep(stall), if waiting => {
+                    history.entries.push(WatchEntry::Broken {
+                        error: format!("no events for {stall:?} while the run waits"),
+                        at: clock.now(),
+                    });
+                    continue 'reopen;
+                }
+            };
+            let response = match message {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    history.entries.push(WatchEntry::Broken {
+                        error: e.message().chars().take(200).collect(),
+                        at: clock.now(),
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'reopen;
+                }
+                None => {
+                    history.entries.push(WatchEntry::Broken {
+                        error: "stream ended".into(),
+                        at: clock.now(),
+                    });
+                    continue 'reopen;
+                }
+            };
+            if response.compact_revision > 0 {
+                history.entries.push(WatchEntry::Compacted {
+                    compact_revision: response.compact_revision,
+                    at: clock.now(),
+                });
+                next = response.compact_revision;
+                continue 'reopen;
+            }
+            if response.canceled {
+                history.entries.push(WatchEntry::Broken {
+                    error: format!("cancelled: {}", response.cancel_reason),
+                    at: clock.now(),
+                });
+                continue 'reopen;
+            }
+            let header = response.header.map(|h| h.revision).unwrap_or(0);
+            let now = clock.now();
+            for e in response.events {
+                let Some(kv) = e.kv else { continue };
+                let delete = e.r#type == EventType::Delete as i32;
+                history.entries.push(WatchEntry::Event(WatchEvent {
+                    key: String::from_utf8_lossy(&kv.key).into_owned(),
+                    value: (!delete).then(|| String::from_utf8_lossy(&kv.value).into_owned()),
+                    revision: kv.mod_revision,
+                    header_revision: header,
+                    at: now,
+                }));
+                last = last.max(kv.mod_revision);
+                next = last + 1;
+            }
+            if end.revision.borrow().is_some_and(|r| last >= r) {
+                break 'reopen;
+            }
+        }
+    }
+    history
+}
+
+/// The end of the range that holds every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Compacts to `keep` revisions behind the head every `every` until `stop`.
+pub async fn compactor(
+    endpoints: Arc<Vec<String>>,
+    every: Duration,
+    keep: i64,
+    clock: Clock,
+    stop: CancellationToken,
+) -> Vec<Compaction> {
+    let mut done = Vec::new();
+    let mut last = 0;
+    let mut at = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        at += 1;
+        let Ok(ch) = channel(
+            &endpoints[at % endpoints.len()],
+            Some(Duration::from_secs(2)),
+        ) else {
+            continue;
+        };
+        let mut kv = KvClient::new(ch);
+        let Ok(head) = kv
+            .range(RangeRequest {
+                key: b"compaction-probe".to_vec(),
+                ..Default::default()
+            })
+            .await
+        else {
+            continue;
+        };
+        let revision = head.into_inner().header.map(|h| h.revision).unwrap_or(0) - keep;
+        if revision <= last {
+            continue;
+        }
+        let asked = clock.now();
+        let acknowledged = kv
+            .compact(CompactionRequest {
+                revision,
+                physical: false,
+            })
+            .await
+            .is_ok();
+        last = revision;
+        done.push(Compaction {
+            revision,
+            at: asked,
+            acknowledged,
+        });
+    }
+    done
+}
