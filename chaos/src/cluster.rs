@@ -13,6 +13,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::netns::Network;
+
 /// What runs the members.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -51,6 +53,8 @@ pub struct Cluster {
     initial: String,
     /// Members in start order.
     pub members: Vec<Member>,
+    /// The members' namespaces, when their links can be cut (dropped after the members).
+    pub network: Option<Network>,
 }
 
 /// A channel to one endpoint that connects when first used and gives up on a call after
@@ -64,19 +68,33 @@ pub fn channel(url: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> 
 }
 
 impl Cluster {
-    /// Starts `n` members with their data and logs under `dir`.
-    pub fn start(target: Target, n: usize, dir: &Path) -> anyhow::Result<Cluster> {
+    /// Starts `n` members with their data and logs under `dir`; with `network`, each in a
+    /// network namespace of its own (see [`Network`]), else all on 127.0.0.1.
+    pub fn start(target: Target, n: usize, dir: &Path, network: bool) -> anyhow::Result<Cluster> {
         if n == 0 {
             bail!("a cluster needs at least one member");
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let network = if network {
+            Some(Network::create(n)?)
+        } else {
+            None
+        };
         let mut members = Vec::new();
         for i in 0..n {
             let port = || keelson_client::ports::free_port().context("choosing a port");
+            // In a namespace of its own a member has every port to itself: etcd's defaults.
+            let (client, peer) = match &network {
+                Some(net) => (format!("{}:2379", net.ip(i)), format!("{}:2380", net.ip(i))),
+                None => (
+                    format!("127.0.0.1:{}", port()?),
+                    format!("127.0.0.1:{}", port()?),
+                ),
+            };
             members.push(Member {
                 name: format!("m{i}"),
-                client: format!("http://127.0.0.1:{}", port()?),
-                peer: format!("http://127.0.0.1:{}", port()?),
+                client: format!("http://{client}"),
+                peer: format!("http://{peer}"),
                 dir: dir.join(format!("m{i}")),
                 log: dir.join(format!("m{i}.log")),
                 child: None,
@@ -92,6 +110,7 @@ impl Cluster {
             target,
             initial,
             members,
+            network,
         };
         for i in 0..n {
             c.start_member(i)?;
@@ -110,14 +129,20 @@ impl Cluster {
         if m.child.is_some() {
             return Ok(());
         }
-        let mut cmd = match &self.target {
-            Target::Keelson(bin) => {
-                let mut c = Command::new(bin);
-                c.arg("store");
+        let (bin, subcommand) = match &self.target {
+            Target::Keelson(bin) => (bin, Some("store")),
+            Target::Etcd(bin) => (bin, None),
+        };
+        let mut cmd = match &self.network {
+            // `ip netns exec` enters the namespace and executes the program: same process.
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", net.namespace(i)]).arg(bin);
                 c
             }
-            Target::Etcd(bin) => Command::new(bin),
+            None => Command::new(bin),
         };
+        cmd.args(subcommand);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use keelson_etcdpb::etcdserverpb::{DefragmentRequest, maintenance_client::MaintenanceClient};
 
 use crate::cluster::{Cluster, channel};
@@ -23,11 +24,19 @@ pub enum Fault {
     PauseFollower,
     /// Defragment every member while traffic and watches run.
     Defragment,
+    /// Cut the leader off from the other members, both ways (clients still reach it).
+    PartitionLeader,
+    /// Cut a follower off from the other members, both ways.
+    PartitionFollower,
+    /// The leader hears no other member but they hear it (one-way loss).
+    OneWayLeader,
+    /// Every member drops 30 % of what the others send it.
+    PacketLoss,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -35,7 +44,22 @@ impl Fault {
         Fault::PauseLeader,
         Fault::PauseFollower,
         Fault::Defragment,
+        Fault::PartitionLeader,
+        Fault::PartitionFollower,
+        Fault::OneWayLeader,
+        Fault::PacketLoss,
     ];
+
+    /// The fault cuts links, so the members need namespaces of their own.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionLeader
+                | Fault::PartitionFollower
+                | Fault::OneWayLeader
+                | Fault::PacketLoss
+        )
+    }
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -47,6 +71,10 @@ impl Fault {
             Fault::PauseLeader => "pause-leader",
             Fault::PauseFollower => "pause-follower",
             Fault::Defragment => "defragment",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionFollower => "partition-follower",
+            Fault::OneWayLeader => "one-way-leader",
+            Fault::PacketLoss => "packet-loss",
         }
     }
 }
@@ -58,6 +86,8 @@ pub enum Heal {
     Restart(Vec<usize>),
     /// SIGCONT these members.
     Resume(Vec<usize>),
+    /// Remove the link rules of these members.
+    Reconnect(Vec<usize>),
     /// Nothing to undo.
     Nothing,
 }
@@ -161,6 +191,47 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             }
             (done.join(", "), Heal::Nothing)
         }
+        Fault::PartitionLeader | Fault::PartitionFollower | Fault::OneWayLeader => {
+            let l = leader(cluster).await;
+            let victim = if fault == Fault::PartitionFollower {
+                follower(cluster, l)
+            } else {
+                l
+            };
+            let Some(v) = victim else {
+                return Ok(("no such member: skipped".into(), Heal::Nothing));
+            };
+            let net = cluster
+                .network
+                .as_ref()
+                .context("link faults need the members' namespaces")?;
+            let one_way = fault == Fault::OneWayLeader;
+            net.cut(v, true, !one_way, None)?;
+            let role = if Some(v) == l { "leader" } else { "follower" };
+            let how = if one_way {
+                "hears no other member"
+            } else {
+                "cut off from the other members"
+            };
+            (
+                format!("{} ({role}) {how}", name(cluster, v)),
+                Heal::Reconnect(vec![v]),
+            )
+        }
+        Fault::PacketLoss => {
+            let net = cluster
+                .network
+                .as_ref()
+                .context("link faults need the members' namespaces")?;
+            let all: Vec<usize> = (0..cluster.members.len()).collect();
+            for &i in &all {
+                net.cut(i, true, false, Some(30))?;
+            }
+            (
+                "every member drops 30 % of what the others send it".into(),
+                Heal::Reconnect(all),
+            )
+        }
     })
 }
 
@@ -184,6 +255,14 @@ pub fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> {
                 cluster.pause(i, false)?;
             }
             format!("resumed {}", names(cluster, v))
+        }
+        Heal::Reconnect(v) => {
+            if let Some(net) = &cluster.network {
+                for &i in v {
+                    net.heal(i)?;
+                }
+            }
+            format!("reconnected {}", names(cluster, v))
         }
         Heal::Nothing => "nothing to heal".into(),
     })

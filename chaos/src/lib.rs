@@ -3,14 +3,15 @@
 //! history checked: linearizability of the KV operations against a model of etcd, the revision
 //! order across keys, and the watch guarantees.
 //!
-//! Not here yet (see the chaos issue): network partitions and delays between members, lost
-//! un-fsynced writes, membership changes, leases, failpoints inside the store, deterministic
-//! simulation, the control-plane convergence checks and plots.
+//! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
+//! membership changes, leases, failpoints inside the store, deterministic simulation, the
+//! control-plane convergence checks and plots.
 
 pub mod cluster;
 pub mod faults;
 pub mod history;
 pub mod linearizability;
+pub mod netns;
 pub mod resolve;
 pub mod revisions;
 pub mod run;

@@ -140,7 +140,8 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let target = target(o)?;
     let data = dir.join("members");
-    let mut cluster = Cluster::start(target.clone(), o.members, &data)?;
+    let network = faults.iter().any(|f| f.needs_network());
+    let mut cluster = Cluster::start(target.clone(), o.members, &data, network)?;
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let endpoints = Arc::new(cluster.endpoints());
     let load = Load {

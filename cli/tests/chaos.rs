@@ -1,5 +1,6 @@
-//! `keelson chaos` end to end: a CI-sized sweep runs every fault class against keelson-store and
-//! a subset against a real etcd (the control), and every checker passes; a recorded history that
+//! `keelson chaos` end to end: a CI-sized sweep runs every fault class (kills, pauses,
+//! defragmentation, partitions and packet loss between members in network namespaces) against
+//! keelson-store and a subset against a real etcd (the control), and every checker passes; a recorded history that
 //! is tampered with (an acknowledged write lost, a watch event dropped) fails `keelson chaos
 //! check`.
 
@@ -58,6 +59,10 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "pause-leader",
         "pause-follower",
         "defragment",
+        "partition-leader",
+        "partition-follower",
+        "one-way-leader",
+        "packet-loss",
     ] {
         let row = summary
             .lines()
@@ -79,8 +84,12 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
 #[test]
 fn the_same_checks_pass_on_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = sweep(dir.path(), "etcd", "kill-leader,pause-follower,kill-all");
-    assert_eq!(summary.matches("| Ok |").count(), 3, "{summary}");
+    let summary = sweep(
+        dir.path(),
+        "etcd",
+        "kill-leader,pause-follower,kill-all,partition-leader",
+    );
+    assert_eq!(summary.matches("| Ok |").count(), 4, "{summary}");
 }
 
 #[test]
