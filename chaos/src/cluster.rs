@@ -158,7 +158,11 @@ impl Cluster {
             .arg(format!("--initial-cluster={}", self.initial))
             // Small, so a member that was down catches up by snapshot.
             .arg("--snapshot-count=1000")
-            .env("RUST_LOG", "warn")
+            // Members log warnings unless KEELSON_CHAOS_MEMBER_LOG asks for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("KEELSON_CHAOS_MEMBER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

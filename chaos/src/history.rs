@@ -220,6 +220,41 @@ pub struct FaultStep {
     pub at: u64,
 }
 
+/// A lease the run granted, the key it attached and the keep-alives it sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRecord {
+    /// The lease ID.
+    pub lease: i64,
+    /// The TTL the grant answered with, in seconds.
+    pub ttl: i64,
+    /// When the grant was sent.
+    pub granted: u64,
+    /// The key put with the lease (the put is also in the operations).
+    pub key: String,
+    /// Keep-alives: when sent and the TTL answered (0: the lease was gone); unanswered ones are
+    /// left out.
+    pub keepalives: Vec<KeepAlive>,
+}
+
+/// An answered keep-alive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAlive {
+    /// When it was sent.
+    pub invoke: u64,
+    /// The TTL answered, in seconds.
+    pub ttl: i64,
+}
+
+/// Lease keys a member still held when the run stopped waiting for them to expire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseLeftover {
+    /// The member.
+    pub member: String,
+    /// Keys of leases that should have expired.
+    pub keys: Vec<String>,
+}
+
 /// Everything a run recorded.
 #[derive(Clone, Debug, Default)]
 pub struct History {
@@ -231,12 +266,18 @@ pub struct History {
     pub compactions: Vec<Compaction>,
     /// The fault timeline.
     pub faults: Vec<FaultStep>,
+    /// Leases granted.
+    pub leases: Vec<LeaseRecord>,
+    /// What the members still held of expired leases at the end.
+    pub lease_leftovers: Vec<LeaseLeftover>,
 }
 
 const OPERATIONS: &str = "operations.jsonl";
 const WATCHES: &str = "watches.jsonl";
 const COMPACTIONS: &str = "compactions.jsonl";
 const FAULTS: &str = "faults.jsonl";
+const LEASES: &str = "leases.jsonl";
+const LEASE_LEFTOVERS: &str = "lease-leftovers.jsonl";
 
 impl History {
     /// Writes the history as JSON lines into `dir`.
@@ -245,7 +286,9 @@ impl History {
         write_lines(&dir.join(OPERATIONS), &self.operations)?;
         write_lines(&dir.join(WATCHES), &self.watches)?;
         write_lines(&dir.join(COMPACTIONS), &self.compactions)?;
-        write_lines(&dir.join(FAULTS), &self.faults)
+        write_lines(&dir.join(FAULTS), &self.faults)?;
+        write_lines(&dir.join(LEASES), &self.leases)?;
+        write_lines(&dir.join(LEASE_LEFTOVERS), &self.lease_leftovers)
     }
 
     /// Reads a history `save` wrote.
@@ -255,6 +298,8 @@ impl History {
             watches: read_lines(&dir.join(WATCHES))?,
             compactions: read_lines(&dir.join(COMPACTIONS))?,
             faults: read_lines(&dir.join(FAULTS))?,
+            leases: read_lines(&dir.join(LEASES))?,
+            lease_leftovers: read_lines(&dir.join(LEASE_LEFTOVERS))?,
         })
     }
 }

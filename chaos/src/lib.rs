@@ -1,15 +1,16 @@
 //! `keelson chaos`: real etcd v3 traffic against a store cluster (keelson-store or a real etcd
 //! 3.4, the control) while faults are injected, every operation and watch event recorded, and the
 //! history checked: linearizability of the KV operations against a model of etcd, the revision
-//! order across keys, and the watch guarantees.
+//! order across keys, the watch guarantees and the lease guarantees.
 //!
 //! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
-//! membership changes, leases, failpoints inside the store, deterministic simulation, the
+//! membership changes, failpoints inside the store, deterministic simulation, the
 //! control-plane convergence checks and plots.
 
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod leases;
 pub mod linearizability;
 pub mod netns;
 pub mod resolve;
@@ -54,6 +55,17 @@ pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec
     vec![
         linearizability,
         revisions::check(&history.operations),
-        watch::check(&history.watches, &history.operations, &history.compactions),
+        watch::check(
+            &history.watches,
+            &history.operations,
+            &history.compactions,
+            &history.leases,
+        ),
+        leases::check(
+            &history.leases,
+            &history.operations,
+            &history.watches,
+            &history.lease_leftovers,
+        ),
     ]
 }

@@ -1,7 +1,8 @@
 //! Unanswered writes resolved from the watch streams, as etcd's robustness suite patches its
 //! histories: a put or compare-and-set whose (unique) value appears in a watch happened, at that
 //! event's revision, before the event arrived; one that never appears, though the watches covered
-//! every revision it could have had, never happened. A delete event no answered delete explains
+//! every revision it could have had (from the last one answered before it was sent to the run's
+//! last write, made seconds after the last fault healed), never happened. A delete event no answered delete explains
 //! is given to an unanswered delete of that key sent before it; an unanswered delete left over
 //! either never happened or found nothing, which is the same to the model. What cannot be
 //! resolved stays unknown. This keeps the linearizability search small: every unanswered write
@@ -190,9 +191,10 @@ fn merge(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
     out
 }
 
-/// `lo..=hi` lies within one of the merged intervals (an empty range always does).
+/// `lo..=hi` is not empty and lies within one of the merged intervals. (Empty: nothing was
+/// written after the operation, so nothing shows it did not happen last.)
 fn covers(merged: &[(i64, i64)], lo: i64, hi: i64) -> bool {
-    lo > hi || merged.iter().any(|&(s, e)| s <= lo && hi <= e)
+    lo <= hi && merged.iter().any(|&(s, e)| s <= lo && hi <= e)
 }
 
 #[cfg(test)]

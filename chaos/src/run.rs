@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, Target};
 use crate::faults::{self, Fault, Heal};
-use crate::history::{FaultStep, History, Input, Operation};
+use crate::history::{FaultStep, History, Input, LeaseLeftover, Operation};
 use crate::traffic::{self, Clock, Kv, Load, WatchEnd};
 use crate::{Check, Verdict, check_all};
+use keelson_etcdpb::etcdserverpb::{RangeRequest, kv_client::KvClient};
 
 /// Flags shared by `run` and `sweep`.
 #[derive(clap::Args, Debug, Clone)]
@@ -182,6 +183,16 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             ))
         })
         .collect();
+    let leases = tokio::spawn(traffic::leases(
+        o.clients + 1,
+        endpoints.clone(),
+        format!("{}lease/", load.prefix),
+        LEASE_TTL,
+        Duration::from_millis(400),
+        o.op_timeout,
+        clock,
+        stop.clone(),
+    ));
     let compactor = (!o.compact_interval.is_zero()).then(|| {
         tokio::spawn(traffic::compactor(
             endpoints.clone(),
@@ -226,11 +237,16 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     if let Some(c) = compactor {
         history.compactions = c.await?;
     }
-    // Every member back, then one last write for the watchers to reach and a read of every key.
+    let (records, puts) = leases.await?;
+    history.leases = records;
+    history.operations.extend(puts);
+    // Every member back; every lease left to expire; then one last write for the watchers to
+    // reach (after the expiries) and a read of every key.
     cluster
         .wait_healthy(Duration::from_secs(30))
         .await
         .context("after the faults")?;
+    history.lease_leftovers = wait_for_expiry(&cluster, &format!("{}lease/", load.prefix)).await?;
     let mut kv = Kv::new(&endpoints, 0, Duration::from_secs(10))?;
     let last_client = o.clients;
     let record = |input: Input, output, invoke| Operation {
@@ -296,6 +312,48 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     Ok(outcome)
 }
 
+/// The TTL of the run's leases, in seconds (etcd's minimum with its default election timeout).
+const LEASE_TTL: i64 = 2;
+
+/// Waits until no member holds a key under `prefix` (every lease has expired), reading each
+/// member on its own; gives up after the TTL three times over plus 10 s (a new leader extends the
+/// leases it inherits) and returns what each member still held then.
+async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<LeaseLeftover>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3 * LEASE_TTL as u64 + 10);
+    loop {
+        let mut left = Vec::new();
+        for m in &cluster.members {
+            let ch = crate::cluster::channel(&m.client, Some(Duration::from_secs(2)))?;
+            let keys = match KvClient::new(ch)
+                .range(RangeRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: traffic::prefix_end(prefix.as_bytes()),
+                    serializable: true,
+                    keys_only: true,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(r) => r
+                    .into_inner()
+                    .kvs
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                    .collect(),
+                Err(e) => vec![format!("(unreadable: {})", e.message())],
+            };
+            left.push(LeaseLeftover {
+                member: m.name.clone(),
+                keys,
+            });
+        }
+        if left.iter().all(|l| l.keys.is_empty()) || tokio::time::Instant::now() > deadline {
+            return Ok(left.into_iter().filter(|l| !l.keys.is_empty()).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn step(fault: Fault, action: &str, detail: String, clock: Clock) -> FaultStep {
     FaultStep {
         fault: fault.name().into(),
@@ -322,11 +380,12 @@ fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -
     );
     let _ = writeln!(
         r,
-        "{} operations ({} without an answer), {} watch events, {} compactions, {} faults.\n",
+        "{} operations ({} without an answer), {} watch events, {} compactions, {} leases, {} faults.\n",
         outcome.operations,
         outcome.unknown,
         outcome.events,
         history.compactions.len(),
+        history.leases.len(),
         outcome.faults
     );
     let _ = writeln!(r, "## Verdicts\n");

@@ -8,15 +8,19 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use keelson_etcdpb::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchRequest, compare, kv_client::KvClient, request_op,
-    watch_client::WatchClient, watch_request,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, compare,
+    kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
+    watch_request,
 };
 use keelson_etcdpb::mvccpb::event::EventType;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::channel;
-use crate::history::{Compaction, Input, Operation, Output, WatchEntry, WatchEvent, WatchHistory};
+use crate::history::{
+    Compaction, Input, KeepAlive, LeaseRecord, Operation, Output, WatchEntry, WatchEvent,
+    WatchHistory,
+};
 
 /// Nanoseconds since the run started.
 #[derive(Clone, Copy)]
@@ -91,7 +95,12 @@ impl Kv {
 
     /// Runs one operation and says what came back.
     pub async fn run(&mut self, input: &Input) -> Output {
-        let result = self.call(input).await;
+        self.run_leased(input, 0).await
+    }
+
+    /// Runs one operation; a put is attached to `lease` (0: none).
+    pub async fn run_leased(&mut self, input: &Input, lease: i64) -> Output {
+        let result = self.call(input, lease).await;
         result.unwrap_or_else(|e| {
             self.fail_over();
             Output::Unknown {
@@ -100,7 +109,7 @@ impl Kv {
         })
     }
 
-    async fn call(&mut self, input: &Input) -> Result<Output, tonic::Status> {
+    async fn call(&mut self, input: &Input, lease: i64) -> Result<Output, tonic::Status> {
         let header = |h: Option<keelson_etcdpb::etcdserverpb::ResponseHeader>| {
             h.map(|h| h.revision).unwrap_or(0)
         };
@@ -127,6 +136,7 @@ impl Kv {
                     .put(PutRequest {
                         key: key.clone().into_bytes(),
                         value: value.clone().into_bytes(),
+                        lease,
                         ..Default::default()
                     })
                     .await?
@@ -251,6 +261,115 @@ pub async fn client(
         });
     }
     Ok(history)
+}
+
+/// Leases: one granted every `every` with a key put under `prefix` attached; every other one kept
+/// alive three times, 600 ms apart, then left to expire like the rest. The puts are recorded as
+/// operations of client `client`.
+#[allow(clippy::too_many_arguments)]
+pub async fn leases(
+    client: usize,
+    endpoints: Arc<Vec<String>>,
+    prefix: String,
+    ttl: i64,
+    every: Duration,
+    timeout: Duration,
+    clock: Clock,
+    stop: CancellationToken,
+) -> (Vec<LeaseRecord>, Vec<Operation>) {
+    let mut kv = match Kv::new(&endpoints, client, timeout) {
+        Ok(kv) => kv,
+        Err(_) => return (Vec::new(), Vec::new()),
+    };
+    let mut at = client;
+    let Ok(ch) = channel(&endpoints[at % endpoints.len()], Some(timeout)) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut leases = LeaseClient::new(ch);
+    let mut records: Vec<LeaseRecord> = Vec::new();
+    let mut puts = Vec::new();
+    // (record index, keep-alives left, next one due)
+    let mut kept: Vec<(usize, u32, Instant)> = Vec::new();
+    let mut next_grant = Instant::now();
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let mut failed = false;
+        if Instant::now() >= next_grant {
+            next_grant = Instant::now() + every;
+            let granted = clock.now();
+            match leases.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await {
+                Ok(g) => {
+                    let g = g.into_inner();
+                    n += 1;
+                    let key = format!("{prefix}l{n}");
+                    let input = Input::Put {
+                        key: key.clone(),
+                        value: format!("lease-{n}"),
+                    };
+                    let invoke = clock.now();
+                    let output = kv.run_leased(&input, g.id).await;
+                    puts.push(Operation {
+                        client,
+                        invoke,
+                        complete: clock.now(),
+                        input,
+                        output,
+                    });
+                    records.push(LeaseRecord {
+                        lease: g.id,
+                        ttl: g.ttl,
+                        granted,
+                        key,
+                        keepalives: Vec::new(),
+                    });
+                    if n.is_multiple_of(2) {
+                        kept.push((
+                            records.len() - 1,
+                            3,
+                            Instant::now() + Duration::from_millis(600),
+                        ));
+                    }
+                }
+                Err(_) => failed = true,
+            }
+        }
+        for (record, left, due) in &mut kept {
+            if *left == 0 || Instant::now() < *due {
+                continue;
+            }
+            let lease = records[*record].lease;
+            let invoke = clock.now();
+            let request = LeaseKeepAliveRequest { id: lease };
+            let answer = match leases
+                .lease_keep_alive(futures::stream::once(async move { request }))
+                .await
+            {
+                Ok(s) => s.into_inner().next().await.and_then(Result::ok),
+                Err(_) => None,
+            };
+            match answer {
+                Some(r) => records[*record]
+                    .keepalives
+                    .push(KeepAlive { invoke, ttl: r.ttl }),
+                None => failed = true,
+            }
+            *left -= 1;
+            *due = Instant::now() + Duration::from_millis(600);
+        }
+        kept.retain(|k| k.1 > 0);
+        if failed {
+            at += 1;
+            if let Ok(ch) = channel(&endpoints[at % endpoints.len()], Some(timeout)) {
+                leases = LeaseClient::new(ch);
+            }
+        }
+    }
+    (records, puts)
 }
 
 /// When a watcher may stop: once it has seen `revision` (the run's last write), or at `abort`.
@@ -394,7 +513,7 @@ pub async fn watcher(
 }
 
 /// The end of the range that holds every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -6,14 +6,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::history::{Compaction, Input, Operation, Output, WatchEntry, WatchHistory};
+use crate::history::{Compaction, Input, LeaseRecord, Operation, Output, WatchEntry, WatchHistory};
 use crate::{Check, Verdict};
 
 /// At most this many lines of detail per check.
 const MAX_DETAILS: usize = 20;
 
 /// Checks every watch stream.
-pub fn check(watches: &[WatchHistory], history: &[Operation], compactions: &[Compaction]) -> Check {
+pub fn check(
+    watches: &[WatchHistory],
+    history: &[Operation],
+    compactions: &[Compaction],
+    leases: &[LeaseRecord],
+) -> Check {
+    // Keys deleted by their lease's expiry rather than by a client.
+    let leased: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
     let mut details = Vec::new();
     let mut note = |d: String| {
         if details.len() < MAX_DETAILS {
@@ -88,7 +95,9 @@ pub fn check(watches: &[WatchHistory], history: &[Operation], compactions: &[Com
                     Some(_) => {}
                 },
                 None => {
-                    if first_delete.get(e.key.as_str()).is_none_or(|t| *t > e.at) {
+                    if !leased.contains(e.key.as_str())
+                        && first_delete.get(e.key.as_str()).is_none_or(|t| *t > e.at)
+                    {
                         note(format!(
                             "watcher {}: delete event for {} at revision {} that no client asked for",
                             w.watcher, e.key, e.revision
@@ -276,7 +285,7 @@ mod tests {
             event("/k/b", "2", 3),
             event("/k/a", "3", 4),
         ]);
-        let c = check(&[w], &writes(), &[]);
+        let c = check(&[w], &writes(), &[], &[]);
         assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.details);
     }
 
@@ -287,7 +296,7 @@ mod tests {
             event("/k/a", "1", 2),
             event("/k/a", "3", 4),
         ]);
-        let c = check(&[gap], &writes(), &[]);
+        let c = check(&[gap], &writes(), &[], &[]);
         assert_eq!(c.verdict, Verdict::Violation);
         assert!(c.details[0].contains("missed /k/b at revision 3"), "{c:?}");
 
@@ -305,7 +314,7 @@ mod tests {
             opened(5),
             event("/k/b", "2", 3),
         ]);
-        let c = check(&[back], &writes(), &[]);
+        let c = check(&[back], &writes(), &[], &[]);
         assert_eq!(c.verdict, Verdict::Violation);
         assert!(
             c.details.iter().any(|d| d.contains("back in time")),
@@ -320,7 +329,7 @@ mod tests {
             event("/k/a", "zzz", 4),
         ]);
         assert_eq!(
-            check(&[invented], &writes(), &[]).verdict,
+            check(&[invented], &writes(), &[], &[]).verdict,
             Verdict::Violation
         );
 
@@ -329,7 +338,10 @@ mod tests {
             event("/k/a", "1", 2),
             event("/k/b", "2", 3),
         ]);
-        assert_eq!(check(&[short], &writes(), &[]).verdict, Verdict::Violation);
+        assert_eq!(
+            check(&[short], &writes(), &[], &[]).verdict,
+            Verdict::Violation
+        );
     }
 
     #[test]
@@ -350,10 +362,10 @@ mod tests {
             at: 35,
             acknowledged: true,
         }];
-        let c = check(std::slice::from_ref(&honest), &writes(), &compacted);
+        let c = check(std::slice::from_ref(&honest), &writes(), &compacted, &[]);
         assert_eq!(c.verdict, Verdict::Ok, "{:?}", c.details);
         // The same stream with no compaction asked for.
-        let c = check(&[honest], &writes(), &[]);
+        let c = check(&[honest], &writes(), &[], &[]);
         assert_eq!(c.verdict, Verdict::Violation);
         // Compacted, but revision 3's event silently dropped after reopening.
         let lossy = watch(vec![
@@ -366,7 +378,7 @@ mod tests {
             event("/k/a", "3", 4),
         ]);
         assert_eq!(
-            check(&[lossy], &writes(), &compacted).verdict,
+            check(&[lossy], &writes(), &compacted, &[]).verdict,
             Verdict::Violation
         );
     }
@@ -407,6 +419,7 @@ mod tests {
                 },
             ],
             &h,
+            &[],
             &[],
         );
         assert_eq!(c.verdict, Verdict::Violation);

@@ -90,10 +90,36 @@ impl Lessor {
         }
         let ttl = node.shared().mvcc.read().leases().get(&id).map(|l| l.ttl);
         let Some(ttl) = ttl else { return Ok(0) };
+        let now = Instant::now();
+        let expired = self.with_deadlines(node, |d| d.get(&id).is_some_and(|at| *at <= now));
+        if expired {
+            return self.await_revocation(node, id).await;
+        }
         self.with_deadlines(node, |d| {
             d.insert(id, Instant::now() + Duration::from_secs(ttl as u64))
         });
         Ok(ttl)
+    }
+
+    /// A keep-alive for a lease that has expired: its revocation may already be in the log, so
+    /// renewing it would promise a TTL the revocation breaks (found by `keelson chaos`: a key
+    /// deleted a moment after its lease was renewed). As etcd's lessor does, wait for the
+    /// revocation and answer "not found"; if this member stops leading meanwhile, say so (the
+    /// client retries elsewhere).
+    async fn await_revocation(&self, node: &Node, id: i64) -> Result<i64> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if !node.shared().mvcc.read().leases().contains_key(&id) {
+                return Ok(0);
+            }
+            if !node.is_leader() {
+                return Err(StoreError::NotLeader);
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Remaining and granted TTL (and keys if asked); TTL -1 when the lease does not exist.
