@@ -5,7 +5,7 @@
 //!
 //! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
 //! membership changes, failpoints inside the store, deterministic simulation, the
-//! control-plane convergence checks and plots.
+//! control-plane convergence checks.
 
 pub mod cluster;
 pub mod faults;
@@ -13,6 +13,7 @@ pub mod history;
 pub mod leases;
 pub mod linearizability;
 pub mod netns;
+pub mod plot;
 pub mod resolve;
 pub mod revisions;
 pub mod run;

@@ -309,6 +309,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         checks,
     };
     std::fs::write(dir.join("report.md"), report(o, faults, &history, &outcome))?;
+    std::fs::write(dir.join("history.svg"), crate::plot::svg(&history))?;
     Ok(outcome)
 }
 
@@ -388,6 +389,7 @@ fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -
         history.leases.len(),
         outcome.faults
     );
+    let _ = writeln!(r, "![latency, throughput and faults](history.svg)\n");
     let _ = writeln!(r, "## Verdicts\n");
     for c in &outcome.checks {
         let _ = writeln!(
