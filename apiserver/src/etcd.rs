@@ -2,6 +2,8 @@
 //! failover. It works against keelson-store and a real etcd alike, since both speak the same API
 //! (the stubs come from `keelson-etcdpb`, generated without a system `protoc`).
 
+pub use keelson_etcdpb::prefix_end;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -691,16 +693,4 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 fn kv(ch: Channel) -> KvClient<Channel> {
     KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
-}
-
-/// The end of the key range that holds every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

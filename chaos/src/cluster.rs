@@ -55,6 +55,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The members' namespaces, when their links can be cut (dropped after the members).
     pub network: Option<Network>,
+    /// `setpriv` is there to tie the members' lives to this process.
+    pdeathsig: bool,
 }
 
 /// A channel to one endpoint that connects when first used and gives up on a call after
@@ -106,11 +108,18 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.peer))
             .collect::<Vec<_>>()
             .join(",");
+        let pdeathsig = Command::new("setpriv")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         let mut c = Cluster {
             target,
             initial,
             members,
             network,
+            pdeathsig,
         };
         for i in 0..n {
             c.start_member(i)?;
@@ -133,16 +142,20 @@ impl Cluster {
             Target::Keelson(bin) => (bin, Some("store")),
             Target::Etcd(bin) => (bin, None),
         };
-        let mut cmd = match &self.network {
-            // `ip netns exec` enters the namespace and executes the program: same process.
-            Some(net) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", net.namespace(i)]).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        cmd.args(subcommand);
+        // The program, run through `ip netns exec` (which enters the namespace and executes it:
+        // same process) and through `setpriv --pdeathsig KILL` where it exists, so members die
+        // with this process even when it is killed before it can stop them.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(net) = &self.network {
+            argv.extend(["ip", "netns", "exec", net.namespace(i)].map(Into::into));
+        }
+        if self.pdeathsig {
+            argv.extend(["setpriv", "--pdeathsig", "KILL", "--"].map(Into::into));
+        }
+        argv.push(bin.into());
+        argv.extend(subcommand.map(Into::into));
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -4,7 +4,7 @@
 //! key was deleted; every expired lease's key is deleted, the deletion reaches the watches, and no
 //! member keeps the key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::history::{LeaseLeftover, LeaseRecord, Operation, WatchEntry, WatchHistory};
 use crate::{Check, Verdict};
@@ -39,12 +39,14 @@ pub fn check(
             *t = (*t).min(e.at);
         }
     }
+    let written: HashSet<&str> = operations
+        .iter()
+        .filter(|o| o.output.mutated())
+        .map(|o| o.input.key())
+        .collect();
     for l in leases {
         let ns = |ttl: i64| ttl.max(0) as u64 * SECOND;
-        let attached = put_seen.contains_key(l.key.as_str())
-            || operations
-                .iter()
-                .any(|o| o.input.key() == l.key && o.output.mutated());
+        let attached = put_seen.contains_key(l.key.as_str()) || written.contains(l.key.as_str());
         let Some(&gone) = deleted.get(l.key.as_str()) else {
             if attached {
                 note(format!(

@@ -53,7 +53,24 @@ pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec
         "unanswered writes: {} seen in a watch, {} never happened, {} left unknown",
         stats.happened, stats.dropped, stats.unknown
     ));
+    let errors: Vec<String> = history
+        .faults
+        .iter()
+        .filter(|f| f.action == "error")
+        .map(|f| format!("{}: {}", f.fault, f.detail))
+        .collect();
+    let recovery = Check {
+        name: "recovery",
+        checked: history.faults.len(),
+        verdict: if errors.is_empty() {
+            Verdict::Ok
+        } else {
+            Verdict::Violation
+        },
+        details: errors,
+    };
     vec![
+        recovery,
         linearizability,
         revisions::check(&history.operations),
         watch::check(

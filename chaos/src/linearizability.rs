@@ -42,9 +42,8 @@ struct Op {
     index: usize,
 }
 
-/// The model's transitions: the states `op` can lead to from `s` (none: `op` cannot happen in
-/// `s`; two: an unanswered compare-and-set on a revision the model has not learned yet).
-fn step(s: State, op: &Op) -> Vec<State> {
+/// The model's transitions: the state `op` leads to from `s`, if it can happen there.
+fn step(s: State, op: &Op) -> Option<State> {
     let written = |revision: Option<i64>| State {
         value: op.value,
         mod_rev: revision,
@@ -65,28 +64,24 @@ fn step(s: State, op: &Op) -> Vec<State> {
             },
         ) => {
             if op.value != s.value || *revision < s.floor {
-                return vec![];
+                return None;
             }
             match s.mod_rev {
-                Some(m) if m == *mod_revision => vec![s],
-                Some(_) => vec![],
+                Some(m) if m == *mod_revision => Some(s),
+                Some(_) => None,
                 // The unanswered write that set the value is now seen: learn its revision.
-                None if *mod_revision > s.floor => vec![State {
+                None if *mod_revision > s.floor && *revision >= *mod_revision => Some(State {
                     mod_rev: Some(*mod_revision),
                     floor: *mod_revision,
                     ..s
-                }],
-                None => vec![],
+                }),
+                None => None,
             }
         }
         (Input::Put { .. }, Output::Put { revision }) => {
-            if *revision > s.floor {
-                vec![written(Some(*revision))]
-            } else {
-                vec![]
-            }
+            (*revision > s.floor).then(|| written(Some(*revision)))
         }
-        (Input::Put { .. }, Output::Unknown { .. }) => vec![written(None)],
+        (Input::Put { .. }, Output::Unknown { .. }) => Some(written(None)),
         (
             Input::Delete { .. },
             Output::Delete {
@@ -94,17 +89,13 @@ fn step(s: State, op: &Op) -> Vec<State> {
                 revision,
             },
         ) => match (s.value.is_some(), *d) {
-            (true, 1) if *revision > s.floor => vec![deleted(Some(*revision))],
-            (false, 0) if *revision >= s.floor => vec![s],
-            _ => vec![],
+            (true, 1) if *revision > s.floor => Some(deleted(Some(*revision))),
+            (false, 0) if *revision >= s.floor => Some(s),
+            _ => None,
         },
-        (Input::Delete { .. }, Output::Unknown { .. }) => {
-            if s.value.is_some() {
-                vec![deleted(None)]
-            } else {
-                vec![s]
-            }
-        }
+        // An unanswered operation is placed only where it takes effect: one that would change
+        // nothing is the same as one that never happened, which the search allows anyway.
+        (Input::Delete { .. }, Output::Unknown { .. }) => s.value.is_some().then(|| deleted(None)),
         (
             Input::Cas { expected, .. },
             Output::Cas {
@@ -114,25 +105,18 @@ fn step(s: State, op: &Op) -> Vec<State> {
         ) => {
             let holds = s.mod_rev.map(|m| m == *expected);
             if *succeeded {
-                let possible = holds.unwrap_or(*expected > s.floor);
-                if possible && *revision > s.floor {
-                    vec![written(Some(*revision))]
-                } else {
-                    vec![]
-                }
-            } else if holds != Some(true) && *revision >= s.floor {
-                vec![s]
+                let possible = holds.unwrap_or(*expected > s.floor && *revision > *expected);
+                (possible && *revision > s.floor).then(|| written(Some(*revision)))
             } else {
-                vec![]
+                (holds != Some(true) && *revision >= s.floor).then_some(s)
             }
         }
         (Input::Cas { .. }, Output::Unknown { .. }) => match s.mod_rev {
-            Some(m) if m == op_expected(op) => vec![written(None)],
-            Some(_) => vec![s],
-            None => vec![written(None), s],
+            Some(m) if m != op_expected(op) => None,
+            _ => Some(written(None)),
         },
         // An answer of the wrong kind: the client recorded nonsense.
-        _ => vec![],
+        _ => None,
     }
 }
 
@@ -183,7 +167,7 @@ fn search(ops: &[Op], deadline: Instant) -> KeyResult {
     let children = |state: State, done: &[u64]| -> Vec<(usize, State)> {
         eligible(done)
             .into_iter()
-            .flat_map(|i| step(state, &ops[i]).into_iter().map(move |s| (i, s)))
+            .filter_map(|i| step(state, &ops[i]).map(|s| (i, s)))
             .collect()
     };
     let mut visited: HashSet<(Vec<u64>, State)> = HashSet::new();

@@ -34,14 +34,72 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bridges of chaos runs on this host: (name, subnet, owner pid).
+fn chaos_bridges() -> Vec<(String, u8, u32)> {
+    let Ok(o) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(':').nth(1)?.trim();
+            let (subnet, pid) = name.strip_prefix("kch")?.split_once('p')?;
+            Some((name.to_string(), subnet.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Removes what a run that died without cleaning up (kill -9, a test timeout) left: its members
+/// (still running inside their namespaces), the namespaces and the bridge.
+fn remove_stale(bridge: &str) {
+    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let prefix = format!("{bridge}-");
+    for ns in String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+    {
+        if let Ok(p) = Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let _ = run(&["ip", "netns", "delete", ns]);
+    }
+    let _ = run(&["ip", "link", "delete", bridge]);
+}
+
 impl Network {
-    /// A bridge on a free 10.213.X.0/24 and `n` namespaces attached to it.
+    /// A bridge on a free 10.213.X.0/24 and `n` namespaces attached to it. The bridge's name
+    /// carries the subnet and this process's id, so a later run can tell a dead run's leftovers
+    /// and remove them.
     pub fn create(n: usize) -> anyhow::Result<Network> {
-        let seed = std::process::id() as usize;
+        let pid = std::process::id();
+        let mut taken = Vec::new();
+        for (name, subnet, owner) in chaos_bridges() {
+            if std::path::Path::new(&format!("/proc/{owner}")).exists() {
+                taken.push(subnet);
+            } else {
+                remove_stale(&name);
+            }
+        }
         let mut last = None;
-        for attempt in 0..50 {
-            let subnet = ((seed + attempt * 37) % 250 + 1) as u8;
-            let bridge = format!("kchaos{subnet}");
+        for attempt in 0..250usize {
+            let subnet = ((pid as usize + attempt * 37) % 250 + 1) as u8;
+            if taken.contains(&subnet) {
+                continue;
+            }
+            let bridge = format!("kch{subnet}p{pid}");
             match run(&["ip", "link", "add", &bridge, "type", "bridge"]) {
                 Ok(()) => {
                     let mut net = Network {
@@ -55,7 +113,7 @@ impl Network {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free bridge")))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("every 10.213.X.0/24 is in use")))
             .context("creating the bridge for the members' namespaces (needs root and iproute2)")
     }
 
@@ -74,7 +132,7 @@ impl Network {
             let ns = format!("{}-m{i}", self.bridge);
             run(&["ip", "netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
-            let host = format!("{}v{i}", self.bridge);
+            let host = format!("kch{}v{i}", self.subnet);
             run(&[
                 "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
@@ -123,26 +181,35 @@ impl Network {
         outbound: bool,
         percent: Option<u8>,
     ) -> anyhow::Result<()> {
-        self.heal(i)?;
         let others = self.others(i);
-        if others.is_empty() {
-            return Ok(());
-        }
         let chance = percent
             .map(|p| format!("numgen random mod 100 < {p} "))
             .unwrap_or_default();
-        let mut rules = String::from("table inet keelson-chaos {\n");
-        if inbound {
-            rules += &format!(
+        let mut table = String::from("table inet keelson-chaos {\n");
+        if inbound && !others.is_empty() {
+            table += &format!(
                 "  chain input {{ type filter hook input priority 0; ip saddr {{ {others} }} {chance}drop; }}\n"
             );
         }
-        if outbound {
-            rules += &format!(
+        if outbound && !others.is_empty() {
+            table += &format!(
                 "  chain output {{ type filter hook output priority 0; ip daddr {{ {others} }} {chance}drop; }}\n"
             );
         }
-        rules += "}\n";
+        table += "}\n";
+        self.nft(i, &table)
+    }
+
+    /// Removes member `i`'s rules.
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        self.nft(i, "")
+    }
+
+    /// Replaces the chaos table in member `i`'s namespace by `table` in one transaction (adding
+    /// the table first makes the delete succeed when there was none).
+    fn nft(&self, i: usize, table: &str) -> anyhow::Result<()> {
+        let script =
+            format!("add table inet keelson-chaos\ndelete table inet keelson-chaos\n{table}");
         let mut child = Command::new("ip")
             .args(["netns", "exec", self.namespace(i), "nft", "-f", "-"])
             .stdin(Stdio::piped())
@@ -153,43 +220,15 @@ impl Network {
             .stdin
             .take()
             .context("nft stdin")?
-            .write_all(rules.as_bytes())?;
+            .write_all(script.as_bytes())?;
         let o = child.wait_with_output()?;
         if !o.status.success() {
             bail!(
-                "nft refused {rules}: {}",
+                "nft refused {script}: {}",
                 String::from_utf8_lossy(&o.stderr)
             );
         }
         Ok(())
-    }
-
-    /// Removes member `i`'s rules.
-    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
-        // Deleting a table that is not there fails; flushing first makes both cases one.
-        let ns = self.namespace(i);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "add",
-            "table",
-            "inet",
-            "keelson-chaos",
-        ])?;
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            "keelson-chaos",
-        ])
     }
 }
 

@@ -26,14 +26,14 @@ pub struct Resolved {
     pub unknown: usize,
 }
 
-/// The history with unanswered writes resolved (and unanswered reads, which tell nothing,
-/// dropped).
+/// The history with unanswered writes resolved.
 pub fn resolve(ops: &[Operation], watches: &[WatchHistory]) -> (Vec<Operation>, Resolved) {
     let mut puts: HashMap<&str, (i64, u64)> = HashMap::new();
     let mut deletes: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
-    let mut intervals: Vec<(i64, i64)> = Vec::new();
+    // Revisions covered, per watched prefix (a watch says nothing of keys outside its prefix).
+    let mut intervals: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
     for w in watches {
-        intervals.extend(coverage(w));
+        intervals.entry(&w.prefix).or_default().extend(coverage(w));
         for e in &w.entries {
             let WatchEntry::Event(e) = e else { continue };
             match &e.value {
@@ -52,7 +52,14 @@ pub fn resolve(ops: &[Operation], watches: &[WatchHistory]) -> (Vec<Operation>, 
             }
         }
     }
-    let covered = merge(intervals);
+    let covered: Vec<(&str, Vec<(i64, i64)>)> =
+        intervals.into_iter().map(|(p, v)| (p, merge(v))).collect();
+    // Every revision from `lo` to `hi` was watched on a prefix of `key`.
+    let watched = |key: &str, lo: i64, hi: i64| {
+        covered
+            .iter()
+            .any(|(p, merged)| key.starts_with(p) && covers(merged, lo, hi))
+    };
     let last = ops
         .iter()
         .filter_map(|o| o.output.revision())
@@ -114,9 +121,10 @@ pub fn resolve(ops: &[Operation], watches: &[WatchHistory]) -> (Vec<Operation>, 
             output,
             ..o.clone()
         };
-        let whole_range_watched = covers(&covered, floor_at(o.invoke) + 1, last);
+        let whole_range_watched = watched(o.input.key(), floor_at(o.invoke) + 1, last);
         match &o.input {
-            Input::Get { .. } => {}
+            // Unanswered reads tell nothing; the linearizability check leaves them out.
+            Input::Get { .. } => out.push(o.clone()),
             Input::Put { value, .. } | Input::Cas { value, .. } => {
                 if let Some(&(revision, at)) = puts.get(value.as_str()) {
                     let output = match o.input {
@@ -168,7 +176,7 @@ pub fn resolve(ops: &[Operation], watches: &[WatchHistory]) -> (Vec<Operation>, 
         if used[i] {
             continue;
         }
-        if covers(&covered, floor_at(o.invoke) + 1, last) {
+        if watched(o.input.key(), floor_at(o.invoke) + 1, last) {
             stats.dropped += 1;
         } else {
             out.push((*o).clone());

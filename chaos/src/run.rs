@@ -15,6 +15,7 @@ use crate::faults::{self, Fault, Heal};
 use crate::history::{FaultStep, History, Input, LeaseLeftover, Operation};
 use crate::traffic::{self, Clock, Kv, Load, WatchEnd};
 use crate::{Check, Verdict, check_all};
+use keelson_client::duration::parse_go_duration;
 use keelson_etcdpb::etcdserverpb::{RangeRequest, kv_client::KvClient};
 
 /// Flags shared by `run` and `sweep`.
@@ -33,7 +34,7 @@ pub struct Options {
     #[arg(long, default_value_t = 3)]
     pub members: usize,
     /// How long traffic runs (faults come and go meanwhile).
-    #[arg(long, default_value = "10s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
     pub duration: Duration,
     /// Concurrent KV clients.
     #[arg(long, default_value_t = 6)]
@@ -48,19 +49,19 @@ pub struct Options {
     #[arg(long, default_value_t = 3)]
     pub watchers: usize,
     /// A call without an answer within this is recorded as an unknown outcome.
-    #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
     pub op_timeout: Duration,
     /// Compact (to 50 revisions behind the head) this often; 0 turns compaction off.
-    #[arg(long, default_value = "2s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
     pub compact_interval: Duration,
     /// Healthy time before each fault.
-    #[arg(long, default_value = "1s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "1s", value_parser = parse_go_duration)]
     pub fault_interval: Duration,
     /// How long a fault lasts before it is healed.
-    #[arg(long, default_value = "1500ms", value_parser = humantime_secs)]
+    #[arg(long, default_value = "1500ms", value_parser = parse_go_duration)]
     pub fault_hold: Duration,
     /// Time the checkers may spend.
-    #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "60s", value_parser = parse_go_duration)]
     pub check_budget: Duration,
 }
 
@@ -71,26 +72,6 @@ pub enum TargetKind {
     Keelson,
     /// A real etcd.
     Etcd,
-}
-
-/// Durations as `10s`, `1500ms`, `2m` or plain seconds.
-pub fn humantime_secs(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (use e.g. 10s, 1500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// How a run came out.
@@ -112,13 +93,18 @@ pub struct Outcome {
 impl Outcome {
     /// The worst verdict.
     pub fn verdict(&self) -> Verdict {
-        if self.checks.iter().any(|c| c.verdict == Verdict::Violation) {
-            Verdict::Violation
-        } else if self.checks.iter().any(|c| c.verdict == Verdict::Unknown) {
-            Verdict::Unknown
-        } else {
-            Verdict::Ok
-        }
+        worst(&self.checks)
+    }
+}
+
+/// The worst verdict of `checks`: a violation, else an undecided check, else ok.
+pub fn worst(checks: &[Check]) -> Verdict {
+    if checks.iter().any(|c| c.verdict == Verdict::Violation) {
+        Verdict::Violation
+    } else if checks.iter().any(|c| c.verdict == Verdict::Unknown) {
+        Verdict::Unknown
+    } else {
+        Verdict::Ok
     }
 }
 
@@ -203,7 +189,12 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         ))
     });
 
-    // Faults, one at a time, until the traffic's time is up.
+    // Whatever happens from here on, the traffic and the watchers stop with this function.
+    let _stop_traffic = stop.clone().drop_guard();
+    let _stop_watchers = abort.clone().drop_guard();
+
+    // Faults, one at a time, until the traffic's time is up. A fault that cannot be injected or
+    // healed ends the schedule and is reported (the "recovery" check), never losing the history.
     let mut timeline = Vec::new();
     let end = tokio::time::Instant::now() + o.duration;
     let mut next = 0;
@@ -211,17 +202,29 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         tokio::time::sleep(o.fault_interval).await;
         let fault = faults[next % faults.len()];
         next += 1;
-        let (detail, heal) = faults::inject(fault, &mut cluster).await?;
-        tracing::info!(fault = fault.name(), %detail, "injected");
-        timeline.push(step(fault, "inject", detail, clock));
+        let heal = match faults::inject(fault, &mut cluster).await {
+            Ok((detail, heal)) => {
+                tracing::info!(fault = fault.name(), %detail, "injected");
+                timeline.push(step(fault.name(), "inject", detail, clock));
+                heal
+            }
+            Err(e) => {
+                timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
+                break;
+            }
+        };
         tokio::time::sleep(
             o.fault_hold
                 .min(end.saturating_duration_since(tokio::time::Instant::now())),
         )
         .await;
-        let detail = faults::heal(&heal, &mut cluster)?;
-        if !matches!(heal, Heal::Nothing) {
-            timeline.push(step(fault, "heal", detail, clock));
+        match faults::heal(&heal, &mut cluster) {
+            Ok(_) if matches!(heal, Heal::Nothing) => {}
+            Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
+            Err(e) => {
+                timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
+                break;
+            }
         }
     }
     tokio::time::sleep_until(end).await;
@@ -242,11 +245,18 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     history.operations.extend(puts);
     // Every member back; every lease left to expire; then one last write for the watchers to
     // reach (after the expiries) and a read of every key.
-    cluster
-        .wait_healthy(Duration::from_secs(30))
-        .await
-        .context("after the faults")?;
-    history.lease_leftovers = wait_for_expiry(&cluster, &format!("{}lease/", load.prefix)).await?;
+    match cluster.wait_healthy(Duration::from_secs(30)).await {
+        Ok(()) => {
+            history.lease_leftovers =
+                wait_for_expiry(&cluster, &format!("{}lease/", load.prefix)).await?;
+        }
+        Err(e) => history.faults.push(step(
+            "recovery",
+            "error",
+            format!("after the faults: {e:#}"),
+            clock,
+        )),
+    }
     let mut kv = Kv::new(&endpoints, 0, Duration::from_secs(10))?;
     let last_client = o.clients;
     let record = |input: Input, output, invoke| Operation {
@@ -328,7 +338,7 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
             let keys = match KvClient::new(ch)
                 .range(RangeRequest {
                     key: prefix.as_bytes().to_vec(),
-                    range_end: traffic::prefix_end(prefix.as_bytes()),
+                    range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
                     serializable: true,
                     keys_only: true,
                     ..Default::default()
@@ -355,9 +365,9 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
     }
 }
 
-fn step(fault: Fault, action: &str, detail: String, clock: Clock) -> FaultStep {
+fn step(fault: &str, action: &str, detail: String, clock: Clock) -> FaultStep {
     FaultStep {
-        fault: fault.name().into(),
+        fault: fault.into(),
         action: action.into(),
         detail,
         at: clock.now(),
@@ -476,7 +486,7 @@ pub struct CheckArgs {
     /// A run directory.
     dir: PathBuf,
     /// Time the checkers may spend.
-    #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+    #[arg(long, default_value = "60s", value_parser = parse_go_duration)]
     check_budget: Duration,
 }
 
@@ -575,14 +585,7 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
                     println!("    {d}");
                 }
             }
-            let worst = if checks.iter().any(|c| c.verdict == Verdict::Violation) {
-                Verdict::Violation
-            } else if checks.iter().any(|c| c.verdict == Verdict::Unknown) {
-                Verdict::Unknown
-            } else {
-                Verdict::Ok
-            };
-            verdict_error("chaos check", worst)
+            verdict_error("chaos check", worst(&checks))
         }
     }
 }

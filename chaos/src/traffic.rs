@@ -415,7 +415,7 @@ pub async fn watcher(
             request_union: Some(watch_request::RequestUnion::CreateRequest(
                 WatchCreateRequest {
                     key: prefix.clone().into_bytes(),
-                    range_end: prefix_end(prefix.as_bytes()),
+                    range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
                     start_revision: next,
                     ..Default::default()
                 },
@@ -479,6 +479,11 @@ pub async fn watcher(
                     compact_revision: response.compact_revision,
                     at: clock.now(),
                 });
+                // A server that says so for a revision it does not hold back from would make
+                // this loop spin: pause before reopening.
+                if response.compact_revision <= next {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 next = response.compact_revision;
                 continue 'reopen;
             }
@@ -510,18 +515,6 @@ pub async fn watcher(
         }
     }
     history
-}
-
-/// The end of the range that holds every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// Compacts to `keep` revisions behind the head every `every` until `stop`.

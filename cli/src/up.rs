@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use keelson_client::ports::free_port;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -370,20 +371,19 @@ impl Topology {
             // Apiservers are stateless: their number may change between runs.
             t.apiservers.truncate(apiservers);
             while t.apiservers.len() < apiservers {
-                t.apiservers.push(keelson_client::ports::free_port()?);
+                t.apiservers.push(free_port()?);
             }
             t.controller_managers.truncate(controller_managers);
             while t.controller_managers.len() < controller_managers {
-                t.controller_managers
-                    .push(keelson_client::ports::free_port()?);
+                t.controller_managers.push(free_port()?);
             }
             t.schedulers.truncate(schedulers);
             while t.schedulers.len() < schedulers {
-                t.schedulers.push(keelson_client::ports::free_port()?);
+                t.schedulers.push(free_port()?);
             }
             t.nodes.truncate(nodes);
             while t.nodes.len() < nodes {
-                t.nodes.push(keelson_client::ports::free_port()?);
+                t.nodes.push(free_port()?);
             }
             std::fs::write(&path, serde_json::to_string_pretty(&t)?)?;
             return Ok(t);
@@ -398,23 +398,19 @@ impl Topology {
             store_tls: true,
         };
         for _ in 0..stores {
-            t.stores.push((
-                keelson_client::ports::free_port()?,
-                keelson_client::ports::free_port()?,
-            ));
+            t.stores.push((free_port()?, free_port()?));
         }
         for _ in 0..apiservers {
-            t.apiservers.push(keelson_client::ports::free_port()?);
+            t.apiservers.push(free_port()?);
         }
         for _ in 0..controller_managers {
-            t.controller_managers
-                .push(keelson_client::ports::free_port()?);
+            t.controller_managers.push(free_port()?);
         }
         for _ in 0..schedulers {
-            t.schedulers.push(keelson_client::ports::free_port()?);
+            t.schedulers.push(free_port()?);
         }
         for _ in 0..nodes {
-            t.nodes.push(keelson_client::ports::free_port()?);
+            t.nodes.push(free_port()?);
         }
         std::fs::write(&path, serde_json::to_string_pretty(&t)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -505,7 +501,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         named.iter().map(|(_, p)| *p).chain([args.port]).collect();
     let mut spare_port = move || -> anyhow::Result<u16> {
         loop {
-            let p = keelson_client::ports::free_port()?;
+            let p = free_port()?;
             if taken.insert(p) {
                 return Ok(p);
             }

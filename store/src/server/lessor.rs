@@ -88,16 +88,24 @@ impl Lessor {
                 .map_err(|s| StoreError::Internal(s.message().to_string()))?;
             return Ok(resp.into_inner().ttl);
         }
+        // Everything committed before this keep-alive is applied here first (a grant, or a
+        // revocation an earlier leader committed), as etcd's leader does for lease operations.
+        node.read_barrier().await?;
         let ttl = node.shared().mvcc.read().leases().get(&id).map(|l| l.ttl);
         let Some(ttl) = ttl else { return Ok(0) };
         let now = Instant::now();
-        let expired = self.with_deadlines(node, |d| d.get(&id).is_some_and(|at| *at <= now));
-        if expired {
+        // Checked and renewed under one lock, so the expiry loop cannot propose the revocation
+        // in between.
+        let renewed = self.with_deadlines(node, |d| match d.get(&id) {
+            Some(at) if *at <= now => false,
+            _ => {
+                d.insert(id, now + Duration::from_secs(ttl as u64));
+                true
+            }
+        });
+        if !renewed {
             return self.await_revocation(node, id).await;
         }
-        self.with_deadlines(node, |d| {
-            d.insert(id, Instant::now() + Duration::from_secs(ttl as u64))
-        });
         Ok(ttl)
     }
 
