@@ -224,9 +224,12 @@ impl Lessor {
                             id,
                         })),
                     };
-                    match node.propose(req).await {
+                    match node.propose_as_leader(req).await {
                         Ok(_) | Err(StoreError::LeaseNotFound) => {
                             tracing::debug!(lease = id, "lease expired and revoked")
+                        }
+                        Err(StoreError::NotLeader) => {
+                            tracing::debug!(lease = id, "not leading any more: expiry left to the leader")
                         }
                         Err(e) => {
                             tracing::warn!(lease = id, error = %e, "revoking expired lease failed; will retry")

@@ -233,6 +233,36 @@ impl Node {
         }
     }
 
+    /// Proposes `req` only if this member leads, never forwarding it: for what only a leader may
+    /// decide (revoking an expired lease). A leader that was stalled (paused, a slow disk) may
+    /// still believe it leads; forwarded, its stale decision would reach the new leader and
+    /// commit (etcd issues 12528 and 15247; `keelson chaos` shows the latter on etcd 3.4.23).
+    /// Appended in a term it no longer leads, it cannot commit.
+    pub async fn propose_as_leader(
+        &self,
+        req: InternalRequest,
+    ) -> Result<internal_response::Response> {
+        let batch = Batch {
+            requests: vec![req],
+        };
+        let resp = match self.inner.raft.client_write(Pb(batch)).await {
+            Ok(r) => r.data.0,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return Err(StoreError::NotLeader);
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                return Err(StoreError::Internal(e.to_string()));
+            }
+            Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+        };
+        self.inner.metrics.proposals_committed.inc();
+        match resp.responses.into_iter().next().and_then(|r| r.response) {
+            Some(internal_response::Response::Error(e)) => Err(StoreError::from_apply_code(e.code)),
+            Some(r) => Ok(r),
+            None => Err(StoreError::Internal("empty apply response".into())),
+        }
+    }
+
     /// Appends a batch on the leader, forwarding to it from a follower; waits out elections.
     pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
