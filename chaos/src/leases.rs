@@ -6,8 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::Check;
 use crate::history::{LeaseLeftover, LeaseRecord, Operation, WatchEntry, WatchHistory};
-use crate::{Check, Verdict};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -97,21 +97,13 @@ pub fn check(
             ));
         }
     }
-    Check {
-        name: "leases",
-        checked: leases.len(),
-        verdict: if details.is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Violation
-        },
-        details,
-    }
+    Check::findings("leases", leases.len(), details)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Verdict;
     use crate::history::{KeepAlive, WatchEvent};
 
     fn lease(keepalives: Vec<KeepAlive>) -> LeaseRecord {

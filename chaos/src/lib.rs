@@ -45,6 +45,22 @@ pub struct Check {
     pub details: Vec<String>,
 }
 
+impl Check {
+    /// A check whose findings are violations: ok when there are none.
+    pub fn findings(name: &'static str, checked: usize, details: Vec<String>) -> Check {
+        Check {
+            name,
+            checked,
+            verdict: if details.is_empty() {
+                Verdict::Ok
+            } else {
+                Verdict::Violation
+            },
+            details,
+        }
+    }
+}
+
 /// Runs every checker on a recorded history.
 pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec<Check> {
     let (resolved, stats) = resolve::resolve(&history.operations, &history.watches);
@@ -59,16 +75,7 @@ pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec
         .filter(|f| f.action == "error")
         .map(|f| format!("{}: {}", f.fault, f.detail))
         .collect();
-    let recovery = Check {
-        name: "recovery",
-        checked: history.faults.len(),
-        verdict: if errors.is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Violation
-        },
-        details: errors,
-    };
+    let recovery = Check::findings("recovery", history.faults.len(), errors);
     vec![
         recovery,
         linearizability,

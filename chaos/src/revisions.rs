@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use crate::Check;
 use crate::history::Operation;
 use crate::linearizability::describe;
-use crate::{Check, Verdict};
 
 /// Checks the revisions of the answered operations.
 pub fn check(history: &[Operation]) -> Check {
@@ -61,21 +61,13 @@ pub fn check(history: &[Operation]) -> Check {
             ));
         }
     }
-    Check {
-        name: "revisions",
-        checked: answered.len(),
-        verdict: if details.is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Violation
-        },
-        details,
-    }
+    Check::findings("revisions", answered.len(), details)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Verdict;
     use crate::history::{Input, Output};
 
     fn put(invoke: u64, complete: u64, key: &str, revision: i64) -> Operation {

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::Check;
 use crate::history::{Compaction, Input, LeaseRecord, Operation, Output, WatchEntry, WatchHistory};
-use crate::{Check, Verdict};
 
 /// At most this many lines of detail per check.
 const MAX_DETAILS: usize = 20;
@@ -179,16 +179,7 @@ pub fn check(
             ));
         }
     }
-    Check {
-        name: "watch",
-        checked: events,
-        verdict: if details.is_empty() {
-            Verdict::Ok
-        } else {
-            Verdict::Violation
-        },
-        details,
-    }
+    Check::findings("watch", events, details)
 }
 
 /// The revisions a stream covered: each (re)opened watch from its start revision (or its first
@@ -228,6 +219,7 @@ pub fn coverage(w: &WatchHistory) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Verdict;
     use crate::history::WatchEvent;
 
     fn put(key: &str, value: &str, revision: i64, at: u64) -> Operation {

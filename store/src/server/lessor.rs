@@ -229,7 +229,10 @@ impl Lessor {
                             tracing::debug!(lease = id, "lease expired and revoked")
                         }
                         Err(StoreError::NotLeader) => {
-                            tracing::debug!(lease = id, "not leading any more: expiry left to the leader")
+                            tracing::debug!(
+                                lease = id,
+                                "not leading any more: expiry left to the leader"
+                            )
                         }
                         Err(e) => {
                             tracing::warn!(lease = id, error = %e, "revoking expired lease failed; will retry")
