@@ -109,7 +109,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let pdeathsig = Command::new("setpriv")
-            .arg("--version")
+            .args(["--pdeathsig", "KILL", "--", "true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -144,7 +144,9 @@ impl Cluster {
         };
         // The program, run through `ip netns exec` (which enters the namespace and executes it:
         // same process) and through `setpriv --pdeathsig KILL` where it exists, so members die
-        // with this process even when it is killed before it can stop them.
+        // with this process even when it is killed before it can stop them. (The signal comes
+        // when the forking thread ends: drive a cluster from the runtime's threads, never from
+        // a `spawn_blocking` one.)
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         if let Some(net) = &self.network {
             argv.extend(["ip", "netns", "exec", net.namespace(i)].map(Into::into));
@@ -211,6 +213,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Best effort, after a fault could not be injected or healed: every member running and
+    /// resumed, every link restored.
+    pub fn restore_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].paused {
+                let _ = self.pause(i, false);
+            }
+            let _ = self.start_member(i);
+            if let Some(net) = &self.network {
+                let _ = net.heal(i);
+            }
+        }
+    }
+
     /// Members that run and are not paused.
     pub fn live(&self) -> Vec<usize> {
         (0..self.members.len())
@@ -249,9 +265,12 @@ impl Cluster {
             .map(|(_, i)| i)
     }
 
-    /// Waits until every live member serves a linearizable read.
+    /// Waits until every live member serves a linearizable read (none live: an error).
     pub async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
+        if self.live().is_empty() {
+            bail!("no member is running");
+        }
         loop {
             let mut ok = true;
             for &i in &self.live() {

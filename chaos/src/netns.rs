@@ -34,8 +34,8 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bridges of chaos runs on this host: (name, subnet, owner pid).
-fn chaos_bridges() -> Vec<(String, u8, u32)> {
+/// The bridges of chaos runs on this host: (subnet, owner pid from the bridge's alias).
+fn chaos_bridges() -> Vec<(u8, Option<u32>)> {
     let Ok(o) = Command::new("ip")
         .args(["-o", "link", "show", "type", "bridge"])
         .output()
@@ -46,60 +46,63 @@ fn chaos_bridges() -> Vec<(String, u8, u32)> {
         .lines()
         .filter_map(|l| {
             let name = l.split(':').nth(1)?.trim();
-            let (subnet, pid) = name.strip_prefix("kch")?.split_once('p')?;
-            Some((name.to_string(), subnet.parse().ok()?, pid.parse().ok()?))
+            let subnet = name.strip_prefix("kch")?.parse().ok()?;
+            let owner = l
+                .split("alias keelson-chaos:")
+                .nth(1)
+                .and_then(|p| p.split_whitespace().next()?.parse().ok());
+            Some((subnet, owner))
         })
         .collect()
 }
 
-/// Removes what a run that died without cleaning up (kill -9, a test timeout) left: its members
-/// (still running inside their namespaces), the namespaces and the bridge.
-fn remove_stale(bridge: &str) {
-    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    let prefix = format!("{bridge}-");
-    for ns in String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&prefix))
-    {
-        if let Ok(p) = Command::new("ip").args(["netns", "pids", ns]).output() {
-            for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+/// Removes what a run that died without cleaning up (kill -9, a test timeout) left on `subnet`:
+/// its members (still running inside their namespaces), the namespaces, the veths and the
+/// bridge.
+fn remove_stale(subnet: u8) {
+    let bridge = format!("kch{subnet}");
+    if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
+        let prefix = format!("{bridge}-");
+        for ns in String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+        {
+            if let Ok(p) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&p.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                 }
             }
+            let _ = run(&["ip", "netns", "delete", ns]);
+            if let Some(i) = ns.strip_prefix(&prefix).and_then(|m| m.strip_prefix('m')) {
+                let _ = run(&["ip", "link", "delete", &format!("{bridge}v{i}")]);
+            }
         }
-        let _ = run(&["ip", "netns", "delete", ns]);
     }
-    let _ = run(&["ip", "link", "delete", bridge]);
+    let _ = run(&["ip", "link", "delete", &bridge]);
 }
 
 impl Network {
-    /// A bridge on a free 10.213.X.0/24 and `n` namespaces attached to it. The bridge's name
-    /// carries the subnet and this process's id, so a later run can tell a dead run's leftovers
-    /// and remove them.
+    /// A bridge on a free 10.213.X.0/24 and `n` namespaces attached to it. Creating the bridge
+    /// `kchX` claims the subnet; its alias names this process, so a later run can tell a dead
+    /// run's leftovers and remove them. (Liveness is judged in this PID namespace: runs in
+    /// containers sharing the host's network but not its PIDs would not see each other.)
     pub fn create(n: usize) -> anyhow::Result<Network> {
         let pid = std::process::id();
-        let mut taken = Vec::new();
-        for (name, subnet, owner) in chaos_bridges() {
-            if std::path::Path::new(&format!("/proc/{owner}")).exists() {
-                taken.push(subnet);
-            } else {
-                remove_stale(&name);
+        for (subnet, owner) in chaos_bridges() {
+            if owner.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                remove_stale(subnet);
             }
         }
         let mut last = None;
         for attempt in 0..250usize {
             let subnet = ((pid as usize + attempt * 37) % 250 + 1) as u8;
-            if taken.contains(&subnet) {
-                continue;
-            }
-            let bridge = format!("kch{subnet}p{pid}");
+            let bridge = format!("kch{subnet}");
             match run(&["ip", "link", "add", &bridge, "type", "bridge"]) {
                 Ok(()) => {
                     let mut net = Network {
@@ -107,6 +110,14 @@ impl Network {
                         subnet,
                         namespaces: Vec::new(),
                     };
+                    run(&[
+                        "ip",
+                        "link",
+                        "set",
+                        &net.bridge,
+                        "alias",
+                        &format!("keelson-chaos:{pid}"),
+                    ])?;
                     net.attach(n)?;
                     return Ok(net);
                 }
@@ -132,7 +143,7 @@ impl Network {
             let ns = format!("{}-m{i}", self.bridge);
             run(&["ip", "netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
-            let host = format!("kch{}v{i}", self.subnet);
+            let host = format!("{}v{i}", self.bridge);
             run(&[
                 "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;

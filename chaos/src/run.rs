@@ -210,6 +210,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             }
             Err(e) => {
                 timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
+                cluster.restore_all();
                 break;
             }
         };
@@ -223,6 +224,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
             Err(e) => {
                 timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
+                cluster.restore_all();
                 break;
             }
         }
@@ -333,7 +335,9 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3 * LEASE_TTL as u64 + 10);
     loop {
         let mut left = Vec::new();
-        for m in &cluster.members {
+        let mut unread = false;
+        for i in cluster.live() {
+            let m = &cluster.members[i];
             let ch = crate::cluster::channel(&m.client, Some(Duration::from_secs(2)))?;
             let keys = match KvClient::new(ch)
                 .range(RangeRequest {
@@ -351,14 +355,20 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
                     .iter()
                     .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
                     .collect(),
-                Err(e) => vec![format!("(unreadable: {})", e.message())],
+                // A member that cannot be read now is read again on the next round.
+                Err(_) => {
+                    unread = true;
+                    continue;
+                }
             };
             left.push(LeaseLeftover {
                 member: m.name.clone(),
                 keys,
             });
         }
-        if left.iter().all(|l| l.keys.is_empty()) || tokio::time::Instant::now() > deadline {
+        if (!unread && left.iter().all(|l| l.keys.is_empty()))
+            || tokio::time::Instant::now() > deadline
+        {
             return Ok(left.into_iter().filter(|l| !l.keys.is_empty()).collect());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

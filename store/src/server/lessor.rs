@@ -88,21 +88,33 @@ impl Lessor {
                 .map_err(|s| StoreError::Internal(s.message().to_string()))?;
             return Ok(resp.into_inner().ttl);
         }
-        // Everything committed before this keep-alive is applied here first (a grant, or a
-        // revocation an earlier leader committed), as etcd's leader does for lease operations.
-        node.read_barrier().await?;
+        // Leadership confirmed and everything committed before this keep-alive applied here
+        // first (a grant, or a revocation an earlier leader committed), as etcd's leader does for
+        // lease operations; never forwarded, so a member that has just lost office cannot renew.
+        let term = node.raft().metrics().borrow().current_term;
+        node.leader_barrier().await?;
         let ttl = node.shared().mvcc.read().leases().get(&id).map(|l| l.ttl);
         let Some(ttl) = ttl else { return Ok(0) };
         let now = Instant::now();
         // Checked and renewed under one lock, so the expiry loop cannot propose the revocation
-        // in between.
-        let renewed = self.with_deadlines(node, |d| match d.get(&id) {
-            Some(at) if *at <= now => false,
-            _ => {
-                d.insert(id, now + Duration::from_secs(ttl as u64));
-                true
+        // in between, and only in the term whose leadership was confirmed.
+        let renewed = {
+            let mut d = self.deadlines.lock();
+            if !node.is_leader() || node.raft().metrics().borrow().current_term != term {
+                return Err(StoreError::NotLeader);
             }
-        });
+            if d.term != term {
+                d.term = term;
+                d.at.clear();
+            }
+            match d.at.get(&id) {
+                Some(at) if *at <= now => false,
+                _ => {
+                    d.at.insert(id, now + Duration::from_secs(ttl as u64));
+                    true
+                }
+            }
+        };
         if !renewed {
             return self.await_revocation(node, id).await;
         }
@@ -224,7 +236,11 @@ impl Lessor {
                             id,
                         })),
                     };
-                    match node.propose_as_leader(req).await {
+                    let revoked = match node.leader_barrier().await {
+                        Ok(()) => node.propose_as_leader(req).await,
+                        Err(e) => Err(e),
+                    };
+                    match revoked {
                         Ok(_) | Err(StoreError::LeaseNotFound) => {
                             tracing::debug!(lease = id, "lease expired and revoked")
                         }

@@ -237,7 +237,7 @@ impl Node {
     /// decide (revoking an expired lease). A leader that was stalled (paused, a slow disk) may
     /// still believe it leads; forwarded, its stale decision would reach the new leader and
     /// commit (etcd issues 12528 and 15247; `keelson chaos` shows the latter on etcd 3.4.23).
-    /// Appended in a term it no longer leads, it cannot commit.
+    /// Callers confirm leadership first ([`Node::leader_barrier`]), as etcd's fix does.
     pub async fn propose_as_leader(
         &self,
         req: InternalRequest,
@@ -245,7 +245,12 @@ impl Node {
         let batch = Batch {
             requests: vec![req],
         };
-        let resp = match self.inner.raft.client_write(Pb(batch)).await {
+        let write = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.raft.client_write(Pb(batch)));
+        let Ok(written) = write.await else {
+            self.inner.metrics.proposals_failed.inc();
+            return Err(StoreError::Timeout);
+        };
+        let resp = match written {
             Ok(r) => r.data.0,
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 return Err(StoreError::NotLeader);
@@ -260,6 +265,18 @@ impl Node {
             Some(internal_response::Response::Error(e)) => Err(StoreError::from_apply_code(e.code)),
             Some(r) => Ok(r),
             None => Err(StoreError::Internal("empty apply response".into())),
+        }
+    }
+
+    /// Confirms with a quorum that this member leads and applies everything committed so far,
+    /// without forwarding: `NotLeader` when another member leads or no quorum answers in time.
+    pub async fn leader_barrier(&self) -> Result<()> {
+        let confirm = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.raft.ensure_linearizable());
+        match confirm.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
+            Ok(Err(RaftError::APIError(_))) => Err(StoreError::NotLeader),
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 
