@@ -121,8 +121,8 @@ fn target(o: &Options) -> anyhow::Result<Target> {
 /// Runs traffic with `faults` (cycled through, one at a time) and checks the history; the run
 /// directory is `dir`.
 pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Outcome> {
-    if o.clients == 0 || o.keys == 0 || o.qps <= 0.0 {
-        bail!("--clients, --keys and --qps must be positive");
+    if o.members == 0 || o.clients == 0 || o.keys == 0 || o.qps <= 0.0 {
+        bail!("--members, --clients, --keys and --qps must be positive");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let target = target(o)?;
