@@ -144,6 +144,9 @@ impl Network {
             run(&["ip", "netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
             let host = format!("{}v{i}", self.bridge);
+            // A veth of an earlier network on this subnet outlives it while a process still
+            // holds its namespace; holding the bridge's name makes it ours to remove.
+            let _ = run(&["ip", "link", "delete", &host]);
             run(&[
                 "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &ns,
             ])?;
@@ -245,7 +248,10 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        for ns in &self.namespaces {
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            // Deleting the host end removes the pair now, not when the namespace's last
+            // process is gone.
+            let _ = run(&["ip", "link", "delete", &format!("{}v{i}", self.bridge)]);
             let _ = run(&["ip", "netns", "delete", ns]);
         }
         let _ = run(&["ip", "link", "delete", &self.bridge]);
