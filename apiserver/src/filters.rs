@@ -106,6 +106,33 @@ fn scope(info: &RequestInfo) -> &'static str {
     }
 }
 
+/// The `verb` label as kube-apiserver reports it: the REST action (`POST`, `PUT`, `PATCH`,
+/// `DELETE`, `DELETECOLLECTION`, `GET`, `LIST`, `WATCH`), `APPLY` for server-side apply,
+/// `CONNECT` for exec, attach, port-forward and proxy, and the HTTP method outside resources.
+fn metric_verb(info: &RequestInfo, req: &Request<Body>) -> String {
+    if !info.is_resource_request {
+        return req.method().as_str().to_string();
+    }
+    if matches!(
+        info.subresource.as_str(),
+        "exec" | "attach" | "portforward" | "proxy"
+    ) {
+        return "CONNECT".into();
+    }
+    let apply = || {
+        req.headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/apply-patch"))
+    };
+    match info.verb.as_str() {
+        "create" => "POST".into(),
+        "update" => "PUT".into(),
+        "patch" if apply() => "APPLY".into(),
+        v => v.to_ascii_uppercase(),
+    }
+}
+
 /// Metrics: `apiserver_request_total` and `apiserver_request_duration_seconds` per request.
 pub async fn with_metrics(
     State(cfg): State<Arc<ChainConfig>>,
@@ -113,15 +140,11 @@ pub async fn with_metrics(
     next: Next,
 ) -> Response {
     let info = request_info_of(&req);
+    let verb = metric_verb(&info, &req);
     let start = Instant::now();
     let resp = next.run(req).await;
-    let verb = info.verb.to_ascii_uppercase();
     let mut labels = RequestLabels {
-        verb: if info.verb == "list" && info.is_resource_request {
-            "LIST".into()
-        } else {
-            verb
-        },
+        verb,
         group: info.api_group.clone(),
         version: info.api_version.clone(),
         resource: info.resource.clone(),

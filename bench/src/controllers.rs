@@ -31,7 +31,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
 
-use crate::{child_pids, rss_mib, start_cluster};
+use keelson_bench::procs::{child_pids, cpu_seconds, rss_mib};
+
+use crate::start_cluster;
 
 #[derive(clap::Args, Debug)]
 pub struct ControllersArgs {
@@ -71,17 +73,6 @@ impl Drop for ControllerManager {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// CPU seconds (user + system) the process has used.
-pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3; utime and stime are fields 14 and 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 fn deployment(name: &str, replicas: i32) -> Deployment {

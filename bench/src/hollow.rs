@@ -14,8 +14,10 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::controllers::cpu_seconds;
-use crate::{Terminating, child_pids, rss_mib, start_cluster};
+use keelson_bench::cluster::Terminating;
+use keelson_bench::procs::{child_pids, cpu_seconds, rss_mib};
+
+use crate::start_cluster;
 
 #[derive(clap::Args, Debug)]
 pub struct HollowArgs {

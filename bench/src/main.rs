@@ -10,9 +10,7 @@
 //! data directory) unless `--kubeconfig` points at one. Every phase is bounded by counts.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,7 +25,10 @@ mod secrets;
 mod store;
 mod up;
 
-use anyhow::{Context, bail};
+use keelson_bench::cluster::Cluster;
+use keelson_bench::procs::{child_pids, rss_mib};
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
@@ -67,6 +68,9 @@ enum Cmd {
     Authz(authz::AuthzArgs),
     /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
     Up(up::UpArgs),
+    /// Density (as `keelson bench density`): hollow nodes, saturation and latency pods, the
+    /// Kubernetes SLIs and SLOs, a run directory with samples, summary and plots.
+    Density(keelson_bench::density::DensityArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,35 +117,6 @@ fn pod(name: &str) -> Pod {
     .expect("a valid pod")
 }
 
-pub(crate) struct Cluster {
-    _dir: tempfile::TempDir,
-    up: Child,
-    kubeconfig: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-INT")
-            .arg(self.up.id().to_string())
-            .status();
-        let _ = self.up.wait();
-    }
-}
-
-/// A child process stopped with SIGTERM (and waited for) when dropped.
-pub(crate) struct Terminating(pub(crate) Child);
-
-impl Drop for Terminating {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `keelson up` with one apiserver and no controller-managers (benches that need one
 /// start it themselves, to measure it alone).
 pub(crate) fn start_cluster(keelson: &Path, stores: usize) -> anyhow::Result<Cluster> {
@@ -154,89 +129,28 @@ pub(crate) fn start_cluster_with(
     stores: usize,
     extra: &[&str],
 ) -> anyhow::Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let data = dir.path().join("data");
-    let mut up = Command::new(keelson)
-        .args([
-            "up",
-            "--apiservers",
-            "1",
-            "--controller-managers",
-            "0",
-            "--schedulers",
-            "0",
-            "--nodes",
-            "0",
-            "--stores",
-            &stores.to_string(),
-            "--port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {} up", keelson.display()))?;
-    let mut lines = BufReader::new(up.stdout.take().context("stdout")?).lines();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("Press Ctrl-C") => break,
-            Some(Ok(_)) => {}
-            _ => bail!("keelson up ended before it was ready"),
-        }
-        if Instant::now() > deadline {
-            bail!("keelson up not ready in 120 s");
-        }
-    }
-    Ok(Cluster {
-        _dir: dir,
-        up,
-        kubeconfig: data.join("admin.kubeconfig"),
-    })
+    let mut args: Vec<String> = [
+        "--apiservers",
+        "1",
+        "--controller-managers",
+        "0",
+        "--schedulers",
+        "0",
+        "--nodes",
+        "0",
+        "--stores",
+        &stores.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Cluster::start(keelson, &args)
 }
 
 /// PIDs of the `keelson apiserver` children of `parent`.
 fn apiserver_pids(parent: u32) -> Vec<u32> {
     child_pids(parent, "apiserver")
-}
-
-/// PIDs of the `keelson <subcommand>` children of `parent`.
-pub(crate) fn child_pids(parent: u32, subcommand: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-        let ppid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse::<u32>().ok());
-        let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && cmd.split('\0').nth(1) == Some(subcommand) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -530,5 +444,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
+        Cmd::Density(a) => rt.block_on(async {
+            let keelson = std::env::current_exe()?.with_file_name("keelson");
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+            });
+            keelson_bench::density::run(a, &keelson, shutdown).await?;
+            Ok(())
+        }),
     }
 }

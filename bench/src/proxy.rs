@@ -23,7 +23,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use crate::{Terminating, start_cluster};
+use keelson_bench::cluster::Terminating;
+
+use crate::start_cluster;
 
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {

@@ -302,7 +302,7 @@ async fn wait_count(
 }
 
 fn process_cpu() -> f64 {
-    crate::controllers::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    keelson_bench::procs::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 async fn in_process(
@@ -598,7 +598,7 @@ async fn api(
         })
         .collect();
     let created: Mutex<HashMap<String, Instant>> = Mutex::default();
-    let cpu0 = crate::controllers::cpu_seconds(sched_pid).unwrap_or(0.0);
+    let cpu0 = keelson_bench::procs::cpu_seconds(sched_pid).unwrap_or(0.0);
     let t0 = Instant::now();
     let e = create_all(&client, measured, args.clients, Some(&created)).await;
     if e > 0 {
@@ -629,8 +629,8 @@ async fn api(
         .copied()
         .unwrap_or(t0);
     let elapsed = last - t0;
-    let cpu =
-        (crate::controllers::cpu_seconds(sched_pid).unwrap_or(0.0) - cpu0) / elapsed.as_secs_f64();
+    let cpu = (keelson_bench::procs::cpu_seconds(sched_pid).unwrap_or(0.0) - cpu0)
+        / elapsed.as_secs_f64();
     let mut latency = new_hist();
     for (k, t) in &c {
         if let Some(bt) = b.get(k) {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{Terminating, child_pids, rss_mib};
+use keelson_bench::cluster::Terminating;
+use keelson_bench::procs::{child_pids, rss_mib};
 
 /// The `keelson` subcommands `up` runs, in table order.
 const COMPONENTS: [&str; 7] = [

@@ -51,6 +51,16 @@ enum Command {
     /// Fault injection against a store cluster (keelson-store or etcd) with history checkers.
     #[command(subcommand)]
     Chaos(keelson_chaos::run::Command),
+    /// Scale runs on hollow nodes with the Kubernetes SLIs measured (ClusterLoader2's method).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Density: saturation pods through Deployments up to P per node, then latency pods; API
+    /// call latency, pod startup, scheduling throughput, watch lag, component CPU and memory.
+    Density(keelson_bench::density::DensityArgs),
 }
 
 #[derive(Subcommand)]
@@ -150,6 +160,10 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Down(args) => up::down(&args).await?,
         Command::Kubeconfig(KubeconfigCommand::User(args)) => pki::user_kubeconfig(&args)?,
         Command::Chaos(command) => keelson_chaos::run::main(command).await?,
+        Command::Bench(BenchCommand::Density(args)) => {
+            let keelson = std::env::current_exe()?;
+            keelson_bench::density::run(args, &keelson, shutdown).await?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,562 @@
+//! The density run, ClusterLoader2's density test on one machine: a cluster with N hollow nodes
+//! (started here with `keelson up`, or any cluster given by `--kubeconfig`), saturation pods
+//! created through Deployments at a fixed rate up to P per node, then latency pods created one by
+//! one at a lower rate, with the Kubernetes scalability SLIs measured throughout:
+//!
+//! - API call latency per (resource, subresource, verb, scope) from the apiservers' own
+//!   `apiserver_request_duration_seconds`, differenced between scrapes (every client's calls:
+//!   controllers, scheduler, nodes, the run's own);
+//! - LIST latency per scope (the run LISTs its namespace and, in pages, the cluster's pods);
+//! - pod startup per phase (created → bound → running, observed by watch);
+//! - scheduling throughput; watch event lag (a probe object written twice a second and watched
+//!   from another connection);
+//! - CPU and RSS of every component and the store's size (when the run started the cluster).
+//!
+//! The run directory gets the raw samples (CSV), `summary.json`, `summary.md` and SVG plots.
+//! Everything the run creates is deleted at the end, and a cluster it started is stopped.
+
+mod histograms;
+mod observe;
+mod report;
+mod slo;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use observe::{ComponentSampler, GROUP_LABEL, Timelines};
+pub use report::Report;
+use report::{Samples, Workload};
+
+/// The namespace of the saturation Deployments and the watch-lag probe.
+const SATURATION_NS: &str = "density";
+/// The namespace of the latency pods.
+const LATENCY_NS: &str = "density-latency";
+/// Pods a hollow node takes (`keelson node --max-pods` default).
+const MAX_PODS: usize = 110;
+
+/// Flags of a density run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DensityArgs {
+    /// Run against this cluster instead of starting one; its Ready nodes are used as they are.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The keelson binary that starts the cluster.
+    #[arg(long)]
+    pub keelson: Option<PathBuf>,
+    /// Hollow nodes of the started cluster.
+    #[arg(long, default_value_t = 50)]
+    pub nodes: usize,
+    /// Store members of the started cluster.
+    #[arg(long, default_value_t = 3)]
+    pub stores: usize,
+    /// Apiservers of the started cluster.
+    #[arg(long, default_value_t = 1)]
+    pub apiservers: usize,
+    /// Saturation pods per node.
+    #[arg(long, default_value_t = 10)]
+    pub pods_per_node: usize,
+    /// Saturation pods created per second (Deployments are created at the pace that gives it).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Replicas of each saturation Deployment.
+    #[arg(long, default_value_t = 50)]
+    pub deployment_size: usize,
+    /// Latency pods, created one by one after the saturation pods run; pod startup is judged
+    /// on them.
+    #[arg(long, default_value_t = 50)]
+    pub latency_pods: usize,
+    /// Latency pods created per second.
+    #[arg(long, default_value_t = 5.0)]
+    pub latency_rate: f64,
+    /// Seconds between samples of metrics, CPU and memory.
+    #[arg(long, default_value_t = 5)]
+    pub sample_every: u64,
+    /// Seconds each phase (nodes Ready, saturation pods running, latency pods running, the
+    /// run's namespaces deleted) may take.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Where run directories are made (`<out>/density-<time>`).
+    #[arg(long, default_value = "density-runs")]
+    pub out: PathBuf,
+    /// Exit with an error when an SLO is not met (the report is written either way).
+    #[arg(long)]
+    pub fail_on_slo: bool,
+}
+
+impl DensityArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("--nodes", self.nodes),
+            ("--stores", self.stores),
+            ("--apiservers", self.apiservers),
+            ("--pods-per-node", self.pods_per_node),
+            ("--deployment-size", self.deployment_size),
+            ("--latency-pods", self.latency_pods),
+            ("--sample-every", self.sample_every as usize),
+            ("--timeout", self.timeout as usize),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        for (flag, v) in [("--rate", self.rate), ("--latency-rate", self.latency_rate)] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{flag} must be a positive number of pods per second, not {v}");
+            }
+        }
+        if self.kubeconfig.is_none()
+            && self.pods_per_node + self.latency_pods.div_ceil(self.nodes) > MAX_PODS
+        {
+            bail!(
+                "{} saturation and {} latency pods per node exceed the {MAX_PODS} pods a hollow node takes",
+                self.pods_per_node,
+                self.latency_pods.div_ceil(self.nodes)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the density workload and writes its run directory; returns the directory and report.
+/// Fails when the workload does not complete, when an SLI has no data, and with
+/// `--fail-on-slo` when an SLO is not met, after writing what was measured.
+/// `keelson` starts the cluster unless `--keelson` names another binary; `shutdown` ends the
+/// workload early (the run still cleans up).
+pub async fn run(
+    args: DensityArgs,
+    keelson: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(PathBuf, Report)> {
+    args.validate()?;
+    let keelson = args.keelson.as_deref().unwrap_or(keelson);
+    let cluster = match &args.kubeconfig {
+        Some(_) => None,
+        None => {
+            eprintln!(
+                "density: starting keelson up with {} hollow nodes",
+                args.nodes
+            );
+            let c = Cluster::start(
+                keelson,
+                &[
+                    format!("--stores={}", args.stores),
+                    format!("--apiservers={}", args.apiservers),
+                    "--controller-managers=1".into(),
+                    "--schedulers=1".into(),
+                    "--nodes=0".into(),
+                    "--dns-replicas=0".into(),
+                    format!("--hollow-nodes={}", args.nodes),
+                ],
+            )?;
+            eprintln!("density: cluster data in {}", c.data.display());
+            Some(c)
+        }
+    };
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .or_else(|| cluster.as_ref().map(|c| c.kubeconfig.clone()))
+        .context("no kubeconfig")?;
+    let kc = Kubeconfig::read_from(&kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config.clone())?;
+    let apiservers = match &cluster {
+        Some(c) => c
+            .apiservers()?
+            .iter()
+            .map(|url| {
+                let mut cfg = config.clone();
+                cfg.cluster_url = url.parse()?;
+                Ok(Client::try_from(cfg)?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        // Another connection than the run's own, for the watch-lag probe's watcher.
+        None => vec![Client::try_from(config.clone())?],
+    };
+    let nodes = wait_for_nodes(&client, &args, cluster.is_some()).await?;
+    let workload = Workload {
+        nodes,
+        pods_per_node: args.pods_per_node,
+        saturation_pods: nodes * args.pods_per_node,
+        deployment_size: args.deployment_size,
+        rate: args.rate,
+        latency_pods: args.latency_pods,
+        latency_rate: args.latency_rate,
+        cluster: match &args.kubeconfig {
+            Some(k) => k.display().to_string(),
+            None => "started".into(),
+        },
+    };
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [SATURATION_NS, LATENCY_NS] {
+        if namespaces.get_opt(ns).await?.is_some() {
+            bail!("namespace {ns} exists: a density run uses and deletes it; delete it first");
+        }
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+    let dir = args.out.join(format!("density-{stamp}"));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for ns in [SATURATION_NS, LATENCY_NS] {
+        if let Err(e) = create_namespace(&client, ns).await {
+            let _ = cleanup(&client, Duration::from_secs(args.timeout)).await;
+            return Err(e);
+        }
+    }
+    let t0 = Instant::now();
+    let (samples, result) = measure(
+        &args,
+        &workload,
+        &client,
+        &apiservers,
+        cluster.as_ref(),
+        t0,
+        &shutdown,
+    )
+    .await;
+    eprintln!("density: deleting the run's namespaces");
+    let cleaned = cleanup(&client, Duration::from_secs(args.timeout)).await;
+    drop(cluster);
+    // What was measured is written even when the workload failed: where it broke is a result.
+    let report = report::summarise(workload, t0.elapsed().as_secs_f64(), &samples);
+    report::write(&dir, &report, &samples)?;
+    println!("{}", report::markdown(&report));
+    println!("Run directory: {}", dir.display());
+    result?;
+    cleaned?;
+    if !report.missing.is_empty() {
+        bail!("incomplete report: {}", report.missing.join("; "));
+    }
+    let failed: Vec<String> = report
+        .verdicts
+        .iter()
+        .filter(|v| !v.pass)
+        .map(|v| format!("{} ({:.3} s > {} s)", v.subject, v.p99, v.threshold))
+        .collect();
+    if args.fail_on_slo && !failed.is_empty() {
+        bail!("SLOs not met: {}", failed.join(", "));
+    }
+    Ok((dir, report))
+}
+
+fn ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits for the started cluster's hollow nodes to be Ready, or counts an attached cluster's.
+async fn wait_for_nodes(
+    client: &Client,
+    args: &DensityArgs,
+    started: bool,
+) -> anyhow::Result<usize> {
+    let api: Api<Node> = Api::all(client.clone());
+    let want = if started { args.nodes } else { 1 };
+    let bar = bar(want as u64, "nodes Ready");
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let n = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|n| ready(n))
+            .count();
+        bar.set_position(n.min(want) as u64);
+        if n >= want {
+            bar.finish();
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            bail!("{n} of {want} nodes Ready after {} s", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Creates `ns` (it must not exist: the run deletes it at the end) and waits for its default
+/// ServiceAccount, without which pods are refused.
+async fn create_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    match api.create(&PostParams::default(), &body).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            bail!("namespace {ns} exists: a density run uses and deletes it; delete it first")
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating namespace {ns}")),
+    }
+    let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sa.get_opt("default").await?.is_none() {
+        if Instant::now() > deadline {
+            bail!(
+                "no default ServiceAccount in {ns} after 60 s (is a controller-manager running?)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+fn pod_template(group: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"labels": {GROUP_LABEL: group}},
+        "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10",
+            "resources": {"requests": {"cpu": "1m", "memory": "10Mi"}}}]}
+    })
+}
+
+/// The workload with its observers: what they sampled, and how the workload ended.
+async fn measure(
+    args: &DensityArgs,
+    w: &Workload,
+    client: &Client,
+    apiservers: &[Client],
+    cluster: Option<&Cluster>,
+    t0: Instant,
+    shutdown: &CancellationToken,
+) -> (Samples, anyhow::Result<()>) {
+    let stop = CancellationToken::new();
+    let timelines = Arc::new(Timelines::new(t0));
+    let lag = Arc::new(Mutex::new(Vec::new()));
+    let mut sampler = cluster.map(|c| ComponentSampler::new(&c.data));
+    let sampled = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
+    let result = match observe::scrape(apiservers, 0.0).await {
+        Err(e) => Err(e.context("reading the apiservers' /metrics")),
+        Ok(first) => {
+            sampled.lock().0.push(first);
+            if let Some(s) = sampler.as_mut() {
+                let (c, store) = s.sample(0.0);
+                let mut g = sampled.lock();
+                g.1.extend(c);
+                g.2.push((0.0, store));
+            }
+            let mut tasks = vec![
+                tokio::spawn(observe::watch_pods(
+                    client.clone(),
+                    timelines.clone(),
+                    stop.clone(),
+                )),
+                tokio::spawn(observe::watch_lag(
+                    client.clone(),
+                    // Another connection, as another client would have.
+                    apiservers[apiservers.len() - 1].clone(),
+                    SATURATION_NS.into(),
+                    lag.clone(),
+                    t0,
+                    stop.clone(),
+                )),
+                tokio::spawn(observe::list_probe(
+                    client.clone(),
+                    SATURATION_NS.into(),
+                    Duration::from_secs(args.sample_every),
+                    stop.clone(),
+                )),
+            ];
+            let (servers, sampled, stopped) = (apiservers.to_vec(), sampled.clone(), stop.clone());
+            let every = Duration::from_secs(args.sample_every);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
+                loop {
+                    tokio::select! {
+                        _ = stopped.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let at = t0.elapsed().as_secs_f64();
+                    match observe::scrape(&servers, at).await {
+                        Ok(s) => sampled.lock().0.push(s),
+                        Err(e) => tracing::warn!(error = %e, "scraping /metrics failed"),
+                    }
+                    if let Some(s) = sampler.as_mut() {
+                        let (c, store) = s.sample(at);
+                        let mut g = sampled.lock();
+                        g.1.extend(c);
+                        g.2.push((at, store));
+                    }
+                }
+            }));
+            let result = tokio::select! {
+                r = workload(args, w, client, &timelines) => r,
+                _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            };
+            stop.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+            result
+        }
+    };
+    // The last interval ends now.
+    let at = t0.elapsed().as_secs_f64();
+    let last = observe::scrape(apiservers, at).await;
+    let mut g = sampled.lock();
+    match last {
+        Ok(s) if !g.0.is_empty() => g.0.push(s),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "scraping /metrics at the end failed"),
+    }
+    if let Some(c) = cluster {
+        // A fresh sampler has no CPU baseline: only the store size is taken.
+        let (_, store) = ComponentSampler::new(&c.data).sample(at);
+        g.2.push((at, store));
+    }
+    let (scrapes, components, store) = std::mem::take(&mut *g);
+    let samples = Samples {
+        pods: timelines.records(),
+        scrapes,
+        watch_lag: lag.lock().clone(),
+        components,
+        store,
+        sampled_components: cluster.is_some(),
+    };
+    (samples, result)
+}
+
+/// Saturation Deployments at the configured pod rate until every pod runs, then latency pods.
+async fn workload(
+    args: &DensityArgs,
+    w: &Workload,
+    client: &Client,
+    timelines: &Arc<Timelines>,
+) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SATURATION_NS);
+    let bar_ = bar(w.saturation_pods as u64, "saturation pods");
+    let start = Instant::now();
+    let (mut created, mut i) = (0usize, 0usize);
+    while created < w.saturation_pods {
+        let size = args.deployment_size.min(w.saturation_pods - created);
+        let name = format!("saturation-{i}");
+        let mut template = pod_template("saturation");
+        template["metadata"]["labels"]["app"] = json!(name);
+        let body: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"replicas": size, "selector": {"matchLabels": {"app": name}},
+                "template": template}
+        }))?;
+        deployments
+            .create(&PostParams::default(), &body)
+            .await
+            .with_context(|| format!("creating Deployment {name}"))?;
+        created += size;
+        i += 1;
+        bar_.set_message(format!("{i} Deployments"));
+        let due = start + Duration::from_secs_f64(created as f64 / args.rate);
+        while Instant::now() < due {
+            bar_.set_position(timelines.counts("saturation").2 as u64);
+            tokio::time::sleep_until(due.min(Instant::now() + Duration::from_millis(500)).into())
+                .await;
+        }
+    }
+    wait_running(
+        timelines,
+        "saturation",
+        w.saturation_pods,
+        &bar_,
+        args.timeout,
+    )
+    .await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), LATENCY_NS);
+    let bar_ = bar(w.latency_pods as u64, "latency pods");
+    let start = Instant::now();
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..w.latency_pods {
+        let due = start + Duration::from_secs_f64(i as f64 / args.latency_rate);
+        tokio::time::sleep_until(due.into()).await;
+        bar_.set_position(timelines.counts("latency").2 as u64);
+        let name = format!("latency-{i}");
+        let mut body = pod_template("latency");
+        body["metadata"]["name"] = json!(name);
+        let body: Pod = serde_json::from_value(body)?;
+        let (pods, timelines) = (pods.clone(), timelines.clone());
+        creates.spawn(async move {
+            timelines.created(LATENCY_NS, &name, "latency", timelines.now());
+            pods.create(&PostParams::default(), &body)
+                .await
+                .with_context(|| format!("creating pod {name}"))
+                .map(|_| ())
+        });
+    }
+    while let Some(r) = creates.join_next().await {
+        r??;
+    }
+    wait_running(timelines, "latency", w.latency_pods, &bar_, args.timeout).await
+}
+
+async fn wait_running(
+    timelines: &Timelines,
+    group: &str,
+    want: usize,
+    bar: &ProgressBar,
+    timeout: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let (_, bound, running) = timelines.counts(group);
+        bar.set_position(running as u64);
+        if running >= want {
+            bar.finish();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            bail!("{running} of {want} {group} pods running ({bound} bound) after {timeout} s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes the run's namespaces and waits until they are gone (their pods end gracefully, as
+/// the nodes confirm).
+async fn cleanup(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for ns in [SATURATION_NS, LATENCY_NS] {
+        match api.delete(ns, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting namespace {ns}")),
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    for ns in [SATURATION_NS, LATENCY_NS] {
+        while api.get_opt(ns).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!(
+                    "namespace {ns} still exists {} s after its deletion",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}

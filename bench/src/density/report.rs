@@ -1,0 +1,590 @@
+//! The run directory: raw samples as CSV, the SLIs and verdicts as JSON and markdown, and SVG
+//! plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::histograms;
+use super::observe::{ComponentSample, PodRecord, Scrape};
+use super::slo::{self, ApiCall, Percentiles, Startup, Throughput, Verdict};
+
+/// The workload a report describes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Workload {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub saturation_pods: usize,
+    pub deployment_size: usize,
+    pub rate: f64,
+    pub latency_pods: usize,
+    pub latency_rate: f64,
+    /// `started` (by the run) or the kubeconfig the run attached to.
+    pub cluster: String,
+}
+
+/// A component's use over the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentUse {
+    pub component: String,
+    pub cpu_cores_avg: f64,
+    pub cpu_cores_max: f64,
+    pub rss_mib_max: f64,
+}
+
+/// Everything a run measured, summarised.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// What ran.
+    pub workload: Workload,
+    /// How long the measured part took.
+    pub seconds: f64,
+    /// Latency of every kind of API call, slowest p99 first.
+    pub api_calls: Vec<ApiCall>,
+    /// Pod startup per group (`saturation`, `latency`).
+    pub pod_startup: BTreeMap<String, Startup>,
+    /// Pods bound per second.
+    pub scheduling_throughput: Option<Throughput>,
+    /// Watch event lag, seconds.
+    pub watch_lag: Option<Percentiles>,
+    /// CPU and memory of every component (a started cluster only).
+    pub components: Vec<ComponentUse>,
+    /// The largest store member's data directory, bytes.
+    pub store_bytes_max: Option<u64>,
+    /// The SLOs judged.
+    pub verdicts: Vec<Verdict>,
+    /// SLIs without data; a report with any is incomplete and the run fails.
+    pub missing: Vec<String>,
+}
+
+/// The raw samples of a run.
+pub struct Samples {
+    pub pods: Vec<PodRecord>,
+    pub scrapes: Vec<Scrape>,
+    pub watch_lag: Vec<(f64, f64)>,
+    pub components: Vec<ComponentSample>,
+    pub store: Vec<(f64, u64)>,
+    /// Whether the run could see the components' processes.
+    pub sampled_components: bool,
+}
+
+/// Computes the report from the samples.
+pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
+    let window = match (s.scrapes.first(), s.scrapes.last()) {
+        (Some(a), Some(b)) if s.scrapes.len() > 1 => histograms::window(&a.servers, &b.servers),
+        _ => Default::default(),
+    };
+    let api_calls = slo::api_calls(&window);
+    let mut pod_startup = BTreeMap::new();
+    for group in ["saturation", "latency"] {
+        let times: Vec<slo::PodTimes> = s
+            .pods
+            .iter()
+            .filter(|p| p.group == group)
+            .map(|p| p.times.clone())
+            .collect();
+        if let Some(st) = slo::startup(&times) {
+            pod_startup.insert(group.to_string(), st);
+        }
+    }
+    let bound: Vec<f64> = s.pods.iter().filter_map(|p| p.times.bound).collect();
+    let lags: Vec<f64> = s.watch_lag.iter().map(|l| l.1).collect();
+    let mut by_component: BTreeMap<&str, Vec<&ComponentSample>> = BTreeMap::new();
+    for c in &s.components {
+        by_component.entry(&c.component).or_default().push(c);
+    }
+    let components = by_component
+        .into_iter()
+        .map(|(name, v)| {
+            // The first sample of a process has no interval behind it.
+            let cpu: Vec<f64> = v.iter().skip(1).map(|c| c.cpu_cores).collect();
+            ComponentUse {
+                component: name.to_string(),
+                cpu_cores_avg: cpu.iter().sum::<f64>() / cpu.len().max(1) as f64,
+                cpu_cores_max: cpu.iter().copied().fold(0.0, f64::max),
+                rss_mib_max: v.iter().map(|c| c.rss_mib).fold(0.0, f64::max),
+            }
+        })
+        .collect::<Vec<_>>();
+    let mut missing = slo::missing(
+        &api_calls,
+        workload.latency_pods,
+        pod_startup.get("latency"),
+    );
+    let scheduling_throughput = slo::throughput(&bound);
+    if scheduling_throughput.is_none() {
+        missing.push("fewer than two pods were bound".into());
+    }
+    let watch_lag = slo::percentiles(&lags);
+    if watch_lag.is_none() {
+        missing.push("no watch lag sample".into());
+    }
+    if s.sampled_components && (components.is_empty() || s.store.is_empty()) {
+        missing.push("no component or store sample".into());
+    }
+    let verdicts = match pod_startup.get("latency") {
+        Some(latency) => slo::verdicts(&api_calls, latency),
+        None => Vec::new(),
+    };
+    Report {
+        workload,
+        seconds,
+        api_calls,
+        pod_startup,
+        scheduling_throughput,
+        watch_lag,
+        components,
+        store_bytes_max: s.store.iter().map(|x| x.1).max(),
+        verdicts,
+        missing,
+    }
+}
+
+fn csv(
+    dir: &Path,
+    name: &str,
+    header: &str,
+    rows: impl Iterator<Item = String>,
+) -> anyhow::Result<()> {
+    let mut body = format!("{header}\n");
+    for r in rows {
+        body.push_str(&r);
+        body.push('\n');
+    }
+    std::fs::write(dir.join(name), body).with_context(|| format!("writing {name}"))
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.4}")).unwrap_or_default()
+}
+
+/// Writes the raw samples, `summary.json`, `summary.md` and the plots into `dir`.
+pub fn write(dir: &Path, report: &Report, s: &Samples) -> anyhow::Result<()> {
+    csv(
+        dir,
+        "pods.csv",
+        "namespace,name,group,node,created_s,bound_s,running_s",
+        s.pods.iter().map(|p| {
+            format!(
+                "{},{},{},{},{},{},{}",
+                p.namespace,
+                p.name,
+                p.group,
+                p.node.clone().unwrap_or_default(),
+                opt(p.times.created),
+                opt(p.times.bound),
+                opt(p.times.running)
+            )
+        }),
+    )?;
+    csv(
+        dir,
+        "api-calls.csv",
+        "resource,subresource,verb,scope,count,p50_s,p90_s,p99_s",
+        report.api_calls.iter().map(|c| {
+            format!(
+                "{},{},{},{},{},{:.4},{:.4},{:.4}",
+                c.resource, c.subresource, c.verb, c.scope, c.count, c.p50, c.p90, c.p99
+            )
+        }),
+    )?;
+    let intervals = api_intervals(&s.scrapes);
+    csv(
+        dir,
+        "api-latency-over-time.csv",
+        "end_s,resource,subresource,verb,scope,count,p50_s,p99_s",
+        intervals.iter().flat_map(|(at, calls)| {
+            calls.iter().map(move |c| {
+                format!(
+                    "{at:.1},{},{},{},{},{},{:.4},{:.4}",
+                    c.resource, c.subresource, c.verb, c.scope, c.count, c.p50, c.p99
+                )
+            })
+        }),
+    )?;
+    csv(
+        dir,
+        "watch-lag.csv",
+        "sent_s,lag_s",
+        s.watch_lag
+            .iter()
+            .map(|(at, lag)| format!("{at:.3},{lag:.4}")),
+    )?;
+    csv(
+        dir,
+        "components.csv",
+        "at_s,component,pid,cpu_cores,rss_mib",
+        s.components.iter().map(|c| {
+            format!(
+                "{:.1},{},{},{:.3},{:.1}",
+                c.at, c.component, c.pid, c.cpu_cores, c.rss_mib
+            )
+        }),
+    )?;
+    csv(
+        dir,
+        "store.csv",
+        "at_s,bytes",
+        s.store.iter().map(|(at, b)| format!("{at:.1},{b}")),
+    )?;
+    std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(report)?)?;
+    std::fs::write(dir.join("summary.md"), markdown(report))?;
+    plots(dir, report, s, &intervals)
+}
+
+/// The API calls of each interval between consecutive scrapes, by the interval's end.
+fn api_intervals(scrapes: &[Scrape]) -> Vec<(f64, Vec<ApiCall>)> {
+    scrapes
+        .windows(2)
+        .map(|w| {
+            (
+                w[1].at,
+                slo::api_calls(&histograms::window(&w[0].servers, &w[1].servers)),
+            )
+        })
+        .collect()
+}
+
+/// The report as markdown.
+pub fn markdown(r: &Report) -> String {
+    let w = &r.workload;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Density run\n");
+    let _ = writeln!(
+        s,
+        "{} nodes, {} saturation pods ({} per node, Deployments of {} at {}/s), {} latency pods at {}/s; cluster: {}; {:.0} s.\n",
+        w.nodes,
+        w.saturation_pods,
+        w.pods_per_node,
+        w.deployment_size,
+        w.rate,
+        w.latency_pods,
+        w.latency_rate,
+        w.cluster,
+        r.seconds
+    );
+    if !r.missing.is_empty() {
+        let _ = writeln!(s, "**Incomplete: {}.**\n", r.missing.join("; "));
+    }
+    let failed = r.verdicts.iter().filter(|v| !v.pass).count();
+    let _ = writeln!(
+        s,
+        "## SLOs: {}\n\n| SLO | call or pods | p99 | threshold | |\n|---|---|---|---|---|",
+        if failed == 0 {
+            "all met".to_string()
+        } else {
+            format!("{failed} not met")
+        }
+    );
+    for v in &r.verdicts {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} s | {} s | {} |",
+            v.slo,
+            v.subject,
+            v.p99,
+            v.threshold,
+            if v.pass { "met" } else { "**NOT MET**" }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Pod startup (seconds)\n\n| pods | phase | count | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|---|"
+    );
+    for (group, st) in &r.pod_startup {
+        for (phase, p) in [
+            ("create → bound", &st.schedule),
+            ("bound → running", &st.run),
+            ("create → running (SLI)", &st.total),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {group} | {phase} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                p.count, p.p50, p.p90, p.p99, p.max
+            );
+        }
+    }
+    if let Some(t) = &r.scheduling_throughput {
+        let p = &t.per_second;
+        let _ = writeln!(
+            s,
+            "\n## Scheduling throughput\n\n{:.1} pods/s on average; per second p50 {:.0}, p90 {:.0}, p99 {:.0}, max {:.0}.",
+            t.average, p.p50, p.p90, p.p99, p.max
+        );
+    }
+    if let Some(l) = &r.watch_lag {
+        let _ = writeln!(
+            s,
+            "\n## Watch event lag\n\nFrom the start of a write to its event at another client, {} samples: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+            l.count,
+            l.p50 * 1e3,
+            l.p90 * 1e3,
+            l.p99 * 1e3,
+            l.max * 1e3
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## API calls (all clients, from the apiservers' metrics)\n\n| verb | resource | scope | count | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|---|---|"
+    );
+    for c in &r.api_calls {
+        let sub = if c.subresource.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", c.subresource)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {}{sub} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            c.verb,
+            c.resource,
+            c.scope,
+            c.count,
+            c.p50 * 1e3,
+            c.p90 * 1e3,
+            c.p99 * 1e3
+        );
+    }
+    if !r.components.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Components\n\n| component | CPU cores avg | CPU cores max | RSS max MiB |\n|---|---|---|---|"
+        );
+        for c in &r.components {
+            let _ = writeln!(
+                s,
+                "| {} | {:.2} | {:.2} | {:.0} |",
+                c.component, c.cpu_cores_avg, c.cpu_cores_max, c.rss_mib_max
+            );
+        }
+    }
+    if let Some(b) = r.store_bytes_max {
+        let _ = writeln!(
+            s,
+            "\nLargest store member data directory: {:.1} MiB.",
+            b as f64 / 1048576.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPlots: `api-latency.svg`, `pods.svg`, `pod-startup-cdf.svg`{}.",
+        if r.components.is_empty() {
+            ""
+        } else {
+            ", `components.svg`, `components-rss.svg`"
+        }
+    );
+    s
+}
+
+type Series = (String, Vec<(f64, f64)>);
+
+/// A line chart of `series` as an SVG file.
+fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
+    let points = || series.iter().flat_map(|s| s.1.iter());
+    let x_max = points().map(|p| p.0).fold(1e-9, f64::max);
+    let y_max = points().map(|p| p.1).fold(1e-9, f64::max) * 1.05;
+    let root = SVGBackend::new(path, (1000, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(plot_error)?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    if !series.is_empty() {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(plot_error)?;
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+fn plot_error<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e}")
+}
+
+/// Counts of `times` per `bin` seconds, as a rate.
+fn rate(times: impl Iterator<Item = f64>, bin: f64) -> Vec<(f64, f64)> {
+    let mut counts: BTreeMap<i64, f64> = BTreeMap::new();
+    for t in times {
+        *counts.entry((t / bin).floor() as i64).or_default() += 1.0;
+    }
+    let Some(&last) = counts.keys().last() else {
+        return Vec::new();
+    };
+    (0..=last)
+        .map(|b| {
+            (
+                (b as f64 + 1.0) * bin,
+                counts.get(&b).copied().unwrap_or(0.0) / bin,
+            )
+        })
+        .collect()
+}
+
+fn plots(
+    dir: &Path,
+    r: &Report,
+    s: &Samples,
+    intervals: &[(f64, Vec<ApiCall>)],
+) -> anyhow::Result<()> {
+    // p99 over time of the busiest calls an SLO covers.
+    let mut busiest: Vec<&ApiCall> = r
+        .api_calls
+        .iter()
+        .filter(|c| slo::api_slo(c).is_some())
+        .collect();
+    busiest.sort_by_key(|c| std::cmp::Reverse(c.count));
+    let series: Vec<Series> = busiest
+        .iter()
+        .take(8)
+        .map(|c| {
+            let key = (&c.resource, &c.subresource, &c.verb, &c.scope);
+            let pts = intervals
+                .iter()
+                .filter_map(|(at, calls)| {
+                    calls
+                        .iter()
+                        .find(|x| (&x.resource, &x.subresource, &x.verb, &x.scope) == key)
+                        .map(|x| (*at, x.p99))
+                })
+                .collect();
+            (format!("{} {} ({})", c.verb, c.resource, c.scope), pts)
+        })
+        .collect();
+    line_chart(
+        &dir.join("api-latency.svg"),
+        "API call latency p99 per sampling interval",
+        "seconds since start",
+        "p99 (s)",
+        &series,
+    )?;
+    let bin = 5.0;
+    let of = |f: fn(&PodRecord) -> Option<f64>| rate(s.pods.iter().filter_map(f), bin);
+    line_chart(
+        &dir.join("pods.svg"),
+        "Pods created, bound and running (per second, 5 s bins)",
+        "seconds since start",
+        "pods/s",
+        &[
+            ("created".into(), of(|p| p.times.created)),
+            ("bound".into(), of(|p| p.times.bound)),
+            ("running".into(), of(|p| p.times.running)),
+        ],
+    )?;
+    let cdf = |group: &str| -> Series {
+        let mut v: Vec<f64> = s
+            .pods
+            .iter()
+            .filter(|p| p.group == group)
+            .filter_map(|p| Some(p.times.running? - p.times.created?))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len() as f64;
+        let pts = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (*x, (i + 1) as f64 / n))
+            .collect();
+        (format!("{group} pods"), pts)
+    };
+    line_chart(
+        &dir.join("pod-startup-cdf.svg"),
+        "Pod startup latency (create to running, observed by watch): CDF",
+        "seconds",
+        "fraction of pods",
+        &[cdf("latency"), cdf("saturation")],
+    )?;
+    if !s.components.is_empty() {
+        let mut cpu: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut rss: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        for c in &s.components {
+            cpu.entry(&c.component)
+                .or_default()
+                .push((c.at, c.cpu_cores));
+            rss.entry(&c.component).or_default().push((c.at, c.rss_mib));
+        }
+        let named = |m: BTreeMap<&str, Vec<(f64, f64)>>| -> Vec<Series> {
+            m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        };
+        line_chart(
+            &dir.join("components.svg"),
+            "CPU of every component",
+            "seconds since start",
+            "cores",
+            &named(cpu),
+        )?;
+        line_chart(
+            &dir.join("components-rss.svg"),
+            "Resident memory of every component",
+            "seconds since start",
+            "MiB",
+            &named(rss),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_fill_empty_bins() {
+        let r = rate([0.5, 1.0, 11.0].into_iter(), 5.0);
+        assert_eq!(r, vec![(5.0, 0.4), (10.0, 0.0), (15.0, 0.2)]);
+        assert!(rate(std::iter::empty(), 5.0).is_empty());
+    }
+
+    #[test]
+    fn plots_are_svg_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.svg");
+        line_chart(
+            &path,
+            "t",
+            "x",
+            "y",
+            &[
+                ("a".into(), vec![(0.0, 1.0), (2.0, 3.0)]),
+                ("b".into(), vec![]),
+            ],
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        // The title, the series' line and its legend entry.
+        assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+        assert!(svg.contains("\nt\n") && svg.contains("\na\n"), "{svg}");
+    }
+}

@@ -1,0 +1,252 @@
+//! `keelson bench density` end to end, CI-sized: a started cluster of 50 hollow nodes with 500
+//! saturation pods, every SLI computed from what the run saw (apiserver metrics, pod watches,
+//! the watch probe, component processes), and nothing left behind; attached to a cluster, it
+//! refuses namespaces it would delete and leaves the cluster as it found it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use keelson_bench::cluster::Cluster;
+use serde_json::Value;
+
+/// The two runs would share two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn density(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["bench", "density"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run keelson bench density")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl must be installed")
+}
+
+/// The one run directory under `out`.
+fn run_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+fn summary(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+fn count_of(s: &Value, verb: &str, resource: &str) -> u64 {
+    s["api_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verb"] == verb && c["resource"] == resource && c["subresource"] == "")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn density_measures_every_sli_from_real_samples_and_cleans_up() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let o = density(&[
+        "--nodes=50",
+        "--pods-per-node=10",
+        "--latency-pods=25",
+        &format!("--out={}", out.display()),
+    ]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    let run = run_dir(&out);
+    let s = summary(&run);
+    assert_eq!(s["missing"], serde_json::json!([]), "{log}");
+    assert_eq!(s["workload"]["nodes"], 50);
+    // Every pod was created once through the API, and the apiserver's own histogram saw it.
+    assert!(count_of(&s, "POST", "pods") >= 525, "{log}");
+    assert!(count_of(&s, "POST", "deployments.apps") >= 10, "{log}");
+    assert!(count_of(&s, "LIST", "pods") >= 2, "{log}");
+    assert_eq!(s["pod_startup"]["saturation"]["total"]["count"], 500);
+    assert_eq!(s["pod_startup"]["latency"]["total"]["count"], 25);
+    assert!(s["scheduling_throughput"]["average"].as_f64().unwrap() > 0.0);
+    assert!(s["watch_lag"]["count"].as_u64().unwrap() > 0);
+    let verdicts = s["verdicts"].as_array().unwrap();
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| v["subject"] == "POST pods (namespace)")
+    );
+    assert!(verdicts.iter().any(|v| v["subject"] == "latency pods"));
+    let components: Vec<&str> = s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    for want in [
+        "store member s0",
+        "apiserver 0",
+        "controller-manager 0",
+        "scheduler 0",
+        "50 hollow nodes",
+    ] {
+        assert!(components.contains(&want), "{want} not in {components:?}");
+    }
+    assert!(s["store_bytes_max"].as_u64().unwrap() > 0);
+    // The raw samples behind them.
+    let pods = std::fs::read_to_string(run.join("pods.csv")).unwrap();
+    assert_eq!(pods.lines().count(), 1 + 525);
+    assert!(
+        pods.lines()
+            .skip(1)
+            .all(|l| l.split(',').skip(4).all(|t| !t.is_empty())),
+        "a pod without a complete timeline:\n{pods}"
+    );
+    for csv in [
+        "api-calls.csv",
+        "api-latency-over-time.csv",
+        "watch-lag.csv",
+    ] {
+        let body = std::fs::read_to_string(run.join(csv)).unwrap();
+        assert!(body.lines().count() > 1, "{csv} is empty");
+    }
+    for svg in [
+        "api-latency.svg",
+        "pods.svg",
+        "pod-startup-cdf.svg",
+        "components.svg",
+        "components-rss.svg",
+    ] {
+        let body = std::fs::read_to_string(run.join(svg)).unwrap();
+        assert!(body.starts_with("<svg"), "{svg}");
+    }
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(md.contains("## SLOs") && md.contains("| latency | create → running (SLI) | 25 |"));
+    // The cluster it started is gone, processes and data.
+    let data = log
+        .lines()
+        .find_map(|l| l.strip_prefix("density: cluster data in "))
+        .expect("the run names its cluster's data directory");
+    assert!(!Path::new(data).exists(), "{data} is left behind");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+        assert!(
+            !cmd.contains(data),
+            "a process of the run's cluster lives on: {cmd}"
+        );
+    }
+}
+
+#[test]
+fn density_attached_refuses_namespaces_it_would_delete_and_leaves_the_cluster_as_it_was() {
+    let _serial = SERIAL.lock();
+    let cluster = Cluster::start(
+        Path::new(env!("CARGO_BIN_EXE_keelson")),
+        &[
+            "--single".into(),
+            "--nodes=0".into(),
+            "--hollow-nodes=5".into(),
+        ],
+    )
+    .unwrap();
+    let kc = cluster.kubeconfig.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let args = |extra: &[&str]| -> Vec<String> {
+        [
+            format!("--kubeconfig={}", kc.display()),
+            "--pods-per-node=4".into(),
+            "--latency-pods=5".into(),
+            format!("--out={}", out.display()),
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        density(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // Bad flags: a clear error, nothing made.
+    let o = run(&["--rate=0"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--rate must be a positive number"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+
+    // A namespace the run would delete exists: refused, and nothing changed.
+    assert!(
+        kubectl(&kc, &["create", "namespace", "density-latency"])
+            .status
+            .success()
+    );
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("namespace density-latency exists"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        kubectl(&kc, &["get", "namespace", "density-latency"])
+            .status
+            .success()
+    );
+    assert!(
+        !kubectl(&kc, &["get", "namespace", "density"])
+            .status
+            .success()
+    );
+    assert!(!out.exists());
+    assert!(
+        kubectl(&kc, &["delete", "namespace", "density-latency", "--wait"])
+            .status
+            .success()
+    );
+
+    // The run uses the cluster's nodes as they are and deletes all it made.
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run_dir(&out));
+    assert_eq!(s["workload"]["nodes"], 5);
+    assert_eq!(s["missing"], serde_json::json!([]));
+    assert_eq!(s["pod_startup"]["saturation"]["total"]["count"], 20);
+    assert_eq!(s["components"], serde_json::json!([]));
+    for ns in ["density", "density-latency"] {
+        assert!(!kubectl(&kc, &["get", "namespace", ns]).status.success());
+    }
+    let left = kubectl(
+        &kc,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "-l",
+            "density.keelson.dev/group",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(left.status.success());
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
