@@ -94,10 +94,12 @@ pub async fn with_request_info(mut req: Request<Body>, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The `scope` label as kube-apiserver reports it: a create is about one object, like a request
+/// that names one.
 fn scope(info: &RequestInfo) -> &'static str {
     if !info.is_resource_request {
         ""
-    } else if !info.name.is_empty() {
+    } else if !info.name.is_empty() || info.verb == "create" {
         "resource"
     } else if !info.namespace.is_empty() {
         "namespace"
@@ -107,8 +109,9 @@ fn scope(info: &RequestInfo) -> &'static str {
 }
 
 /// The `verb` label as kube-apiserver reports it: the REST action (`POST`, `PUT`, `PATCH`,
-/// `DELETE`, `DELETECOLLECTION`, `GET`, `LIST`, `WATCH`), `APPLY` for server-side apply,
-/// `CONNECT` for exec, attach, port-forward and proxy, and the HTTP method outside resources.
+/// `DELETE` (of one object or a collection), `GET`, `LIST`, `WATCH`), `APPLY` for server-side
+/// apply, `CONNECT` for exec, attach, port-forward and proxy, and the HTTP method outside
+/// resources.
 fn metric_verb(info: &RequestInfo, req: &Request<Body>) -> String {
     if !info.is_resource_request {
         return req.method().as_str().to_string();
@@ -129,6 +132,7 @@ fn metric_verb(info: &RequestInfo, req: &Request<Body>) -> String {
         "create" => "POST".into(),
         "update" => "PUT".into(),
         "patch" if apply() => "APPLY".into(),
+        "deletecollection" => "DELETE".into(),
         v => v.to_ascii_uppercase(),
     }
 }
@@ -458,6 +462,50 @@ pub async fn authorize(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metric_labels_are_upstreams() {
+        let cases = [
+            ("POST", "/api/v1/namespaces/a/pods", "", "POST", "resource"),
+            ("PUT", "/api/v1/namespaces/a/pods/p", "", "PUT", "resource"),
+            ("PATCH", "/api/v1/nodes/n/status", "", "PATCH", "resource"),
+            (
+                "PATCH",
+                "/api/v1/namespaces/a/configmaps/c",
+                "application/apply-patch+yaml",
+                "APPLY",
+                "resource",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/a/pods",
+                "",
+                "DELETE",
+                "namespace",
+            ),
+            ("GET", "/api/v1/pods", "", "LIST", "cluster"),
+            ("GET", "/api/v1/namespaces/a/pods", "", "LIST", "namespace"),
+            ("GET", "/api/v1/namespaces/a/pods/p", "", "GET", "resource"),
+            (
+                "GET",
+                "/api/v1/namespaces/a/pods/p/exec",
+                "",
+                "CONNECT",
+                "resource",
+            ),
+            ("GET", "/healthz", "", "GET", ""),
+        ];
+        for (method, path, content_type, verb, scope) in cases {
+            let mut req = http::Request::builder().method(method).uri(path);
+            if !content_type.is_empty() {
+                req = req.header(http::header::CONTENT_TYPE, content_type);
+            }
+            let req = req.body(axum::body::Body::empty()).unwrap();
+            let info = crate::request_info::parse(req.method(), path, None);
+            assert_eq!(super::metric_verb(&info, &req), verb, "{method} {path}");
+            assert_eq!(super::scope(&info), scope, "{method} {path}");
+        }
+    }
+
     use super::*;
     use axum::Router;
     use axum::middleware::{from_fn, from_fn_with_state};

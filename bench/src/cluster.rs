@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -31,39 +31,49 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Starts `keelson up <args>` on a new temporary data directory and a free balancer port,
-    /// and waits until it says it is ready.
+    /// in a process group of its own (a Ctrl-C meant for the caller leaves it to the caller to
+    /// stop), and waits until it says it is ready.
     pub fn start(keelson: &Path, args: &[String]) -> anyhow::Result<Cluster> {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir()?;
         let port = keelson_client::ports::free_port()?;
         let data = dir.path().join("data");
+        let errors = dir.path().join("up.stderr");
         let mut up = Command::new(keelson)
             .arg("up")
             .args(args)
             .args(["--port", &port.to_string(), "--data-dir"])
             .arg(&data)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&errors)?)
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {} up", keelson.display()))?;
-        let mut lines = BufReader::new(up.stdout.take().context("stdout")?).lines();
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let stdout = up.stdout.take().context("stdout")?;
         let cluster = Cluster {
             _dir: dir,
             up,
             kubeconfig: data.join("admin.kubeconfig"),
             data,
         };
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("Press Ctrl-C") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("keelson up ended before it was ready"),
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ready = BufReader::new(stdout)
+                .lines()
+                .any(|l| l.is_ok_and(|l| l.starts_with("Press Ctrl-C")));
+            let _ = tx.send(ready);
+        });
+        let why = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(true) => return Ok(cluster),
+            Ok(false) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                "ended before it was ready"
             }
-            if Instant::now() > deadline {
-                bail!("keelson up not ready in 120 s");
-            }
-        }
-        Ok(cluster)
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => "was not ready in 120 s",
+        };
+        let log = std::fs::read_to_string(&errors).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!("keelson up {why}:\n{}", tail.join("\n"))
     }
 
     /// The apiservers' own URLs (not the balancer's), from `<data>/status.json`.
@@ -86,6 +96,14 @@ impl Cluster {
         }
         Ok(urls)
     }
+}
+
+/// Whether the node's Ready condition is True.
+pub fn node_ready(n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// A child process stopped with SIGTERM (and waited for) when dropped.

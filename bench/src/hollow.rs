@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use keelson_bench::cluster::Terminating;
+use keelson_bench::cluster::{Terminating, node_ready};
 use keelson_bench::procs::{child_pids, cpu_seconds, rss_mib};
 
 use crate::start_cluster;
@@ -39,13 +39,6 @@ pub struct HollowArgs {
     /// Seconds registration may take.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
-}
-
-fn ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
@@ -75,7 +68,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     loop {
         let list = nodes.list(&ListParams::default()).await?;
-        if list.items.iter().filter(|n| ready(n)).count() >= args.count {
+        if list.items.iter().filter(|n| node_ready(n)).count() >= args.count {
             break;
         }
         if t0.elapsed() > Duration::from_secs(args.timeout) {
@@ -124,7 +117,7 @@ pub async fn run(args: HollowArgs) -> anyhow::Result<()> {
             prev.insert(name, stamp);
         }
         let list = nodes.list(&ListParams::default()).await?;
-        not_ready_seen = not_ready_seen.max(list.items.iter().filter(|n| !ready(n)).count());
+        not_ready_seen = not_ready_seen.max(list.items.iter().filter(|n| !node_ready(n)).count());
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let secs = w0.elapsed().as_secs_f64();

@@ -204,9 +204,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
             a.endpoints,
             t0.elapsed().as_secs_f64()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = keelson_client::ports::free_port()?;
         let log = tempfile::NamedTempFile::new()?;
         let started = Instant::now();
         let proxy = Terminating(

@@ -519,9 +519,7 @@ async fn api(
         bail!("{errs} node creates failed");
     }
     let log = tempfile::NamedTempFile::new()?;
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let metrics_port = keelson_client::ports::free_port()?;
     let sched = Proc(
         Command::new(&keelson)
             .arg("scheduler")

@@ -67,9 +67,7 @@ impl Drop for Members {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(keelson_client::ports::free_port()?)
 }
 
 /// Starts `n` members of `program` (keelson's `store` subcommand or etcd) with the same flags.

@@ -84,9 +84,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = keelson_client::ports::free_port()?;
     let mut times = Vec::new();
     let (up, cold) = start(&keelson, &data, &args, port)?;
     times.push(("cold (new data dir)".to_string(), cold));

@@ -90,7 +90,7 @@ fn density_measures_every_sli_from_real_samples_and_cleans_up() {
     assert!(
         verdicts
             .iter()
-            .any(|v| v["subject"] == "POST pods (namespace)")
+            .any(|v| v["subject"] == "POST pods (resource)")
     );
     assert!(verdicts.iter().any(|v| v["subject"] == "latency pods"));
     let components: Vec<&str> = s["components"]
@@ -166,6 +166,31 @@ fn density_attached_refuses_namespaces_it_would_delete_and_leaves_the_cluster_as
     )
     .unwrap();
     let kc = cluster.kubeconfig.clone();
+    // An attached run takes the nodes Ready when it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let o = kubectl(
+            &kc,
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+            ],
+        );
+        let ready = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| *l == "True")
+            .count();
+        if ready == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ready} of 5 nodes Ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs");
     let args = |extra: &[&str]| -> Vec<String> {

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, node_ready};
 use observe::{ComponentSampler, GROUP_LABEL, Timelines};
 pub use report::Report;
 use report::{Samples, Workload};
@@ -150,18 +150,18 @@ pub async fn run(
                 "density: starting keelson up with {} hollow nodes",
                 args.nodes
             );
-            let c = Cluster::start(
-                keelson,
-                &[
-                    format!("--stores={}", args.stores),
-                    format!("--apiservers={}", args.apiservers),
-                    "--controller-managers=1".into(),
-                    "--schedulers=1".into(),
-                    "--nodes=0".into(),
-                    "--dns-replicas=0".into(),
-                    format!("--hollow-nodes={}", args.nodes),
-                ],
-            )?;
+            let up_args = vec![
+                format!("--stores={}", args.stores),
+                format!("--apiservers={}", args.apiservers),
+                "--controller-managers=1".into(),
+                "--schedulers=1".into(),
+                "--nodes=0".into(),
+                "--dns-replicas=0".into(),
+                format!("--hollow-nodes={}", args.nodes),
+            ];
+            let keelson = keelson.to_path_buf();
+            let c =
+                tokio::task::spawn_blocking(move || Cluster::start(&keelson, &up_args)).await??;
             eprintln!("density: cluster data in {}", c.data.display());
             Some(c)
         }
@@ -208,17 +208,21 @@ pub async fn run(
             bail!("namespace {ns} exists: a density run uses and deletes it; delete it first");
         }
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
-    let dir = args.out.join(format!("density-{stamp}"));
-    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut created = Vec::new();
     for ns in [SATURATION_NS, LATENCY_NS] {
         if let Err(e) = create_namespace(&client, ns).await {
-            let _ = cleanup(&client, Duration::from_secs(args.timeout)).await;
+            let _ = cleanup(&client, &created, Duration::from_secs(args.timeout)).await;
             return Err(e);
         }
+        created.push(ns);
     }
+    let dir = match run_dir(&args.out) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = cleanup(&client, &created, Duration::from_secs(args.timeout)).await;
+            return Err(e);
+        }
+    };
     let t0 = Instant::now();
     let (samples, result) = measure(
         &args,
@@ -230,14 +234,23 @@ pub async fn run(
         &shutdown,
     )
     .await;
-    eprintln!("density: deleting the run's namespaces");
-    let cleaned = cleanup(&client, Duration::from_secs(args.timeout)).await;
-    drop(cluster);
-    // What was measured is written even when the workload failed: where it broke is a result.
+    // What was measured is written first, and even when the workload failed: where it broke
+    // is a result.
     let report = report::summarise(workload, t0.elapsed().as_secs_f64(), &samples);
     report::write(&dir, &report, &samples)?;
     println!("{}", report::markdown(&report));
     println!("Run directory: {}", dir.display());
+    let cleaned = match cluster {
+        // Stopping the cluster removes it with everything the run made.
+        Some(c) => {
+            drop(c);
+            Ok(())
+        }
+        None => {
+            eprintln!("density: deleting the run's namespaces");
+            cleanup(&client, &created, Duration::from_secs(args.timeout)).await
+        }
+    };
     result?;
     cleaned?;
     if !report.missing.is_empty() {
@@ -255,11 +268,13 @@ pub async fn run(
     Ok((dir, report))
 }
 
-fn ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// A new `<out>/density-<time>` directory.
+fn run_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+    let dir = out.join(format!("density-{stamp}"));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Waits for the started cluster's hollow nodes to be Ready, or counts an attached cluster's.
@@ -278,7 +293,7 @@ async fn wait_for_nodes(
             .await?
             .items
             .iter()
-            .filter(|n| ready(n))
+            .filter(|n| node_ready(n))
             .count();
         bar.set_position(n.min(want) as u64);
         if n >= want {
@@ -335,6 +350,41 @@ fn pod_template(group: &str) -> serde_json::Value {
     })
 }
 
+/// Runs `f` until it ends or `stop` is cancelled.
+async fn until(stop: CancellationToken, f: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = f => {}
+    }
+}
+
+/// What the sampler collects.
+#[derive(Default)]
+struct Sampled {
+    scrapes: Vec<observe::Scrape>,
+    components: Vec<observe::ComponentSample>,
+    store: Vec<(f64, u64)>,
+}
+
+impl Sampled {
+    /// Samples the components (first: their CPU is per interval, up to now) and the apiservers.
+    async fn take(
+        &mut self,
+        sampler: Option<&mut ComponentSampler>,
+        apiservers: &[Client],
+        t0: Instant,
+    ) -> anyhow::Result<()> {
+        if let Some(s) = sampler {
+            let (c, store) = s.sample(t0.elapsed().as_secs_f64());
+            self.components.extend(c);
+            self.store.push((t0.elapsed().as_secs_f64(), store));
+        }
+        let scrape = observe::scrape(apiservers, t0.elapsed().as_secs_f64()).await?;
+        self.scrapes.push(scrape);
+        Ok(())
+    }
+}
+
 /// The workload with its observers: what they sampled, and how the workload ended.
 async fn measure(
     args: &DensityArgs,
@@ -349,93 +399,87 @@ async fn measure(
     let timelines = Arc::new(Timelines::new(t0));
     let lag = Arc::new(Mutex::new(Vec::new()));
     let mut sampler = cluster.map(|c| ComponentSampler::new(&c.data));
-    let sampled = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
-    let result = match observe::scrape(apiservers, 0.0).await {
+    let mut sampled = Sampled::default();
+    let every = Duration::from_secs(args.sample_every);
+    let result = match sampled.take(sampler.as_mut(), apiservers, t0).await {
         Err(e) => Err(e.context("reading the apiservers' /metrics")),
-        Ok(first) => {
-            sampled.lock().0.push(first);
-            if let Some(s) = sampler.as_mut() {
-                let (c, store) = s.sample(0.0);
-                let mut g = sampled.lock();
-                g.1.extend(c);
-                g.2.push((0.0, store));
-            }
-            let mut tasks = vec![
-                tokio::spawn(observe::watch_pods(
-                    client.clone(),
-                    timelines.clone(),
+        Ok(()) => {
+            let (listed, listed_rx) = tokio::sync::oneshot::channel();
+            let tasks = vec![
+                tokio::spawn(until(
                     stop.clone(),
+                    observe::watch_pods(client.clone(), timelines.clone(), listed),
                 )),
-                tokio::spawn(observe::watch_lag(
-                    client.clone(),
-                    // Another connection, as another client would have.
-                    apiservers[apiservers.len() - 1].clone(),
-                    SATURATION_NS.into(),
-                    lag.clone(),
-                    t0,
+                tokio::spawn(until(
                     stop.clone(),
+                    observe::watch_lag(
+                        client.clone(),
+                        // Another connection, as another client would have.
+                        apiservers[apiservers.len() - 1].clone(),
+                        SATURATION_NS.into(),
+                        lag.clone(),
+                        t0,
+                    ),
                 )),
-                tokio::spawn(observe::list_probe(
-                    client.clone(),
-                    SATURATION_NS.into(),
-                    Duration::from_secs(args.sample_every),
+                tokio::spawn(until(
                     stop.clone(),
+                    observe::list_probe(client.clone(), SATURATION_NS.into(), every),
                 )),
             ];
-            let (servers, sampled, stopped) = (apiservers.to_vec(), sampled.clone(), stop.clone());
-            let every = Duration::from_secs(args.sample_every);
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
-                loop {
-                    tokio::select! {
-                        _ = stopped.cancelled() => return,
-                        _ = tick.tick() => {}
+            let sampling = {
+                let (servers, stop) = (apiservers.to_vec(), stop.clone());
+                let mut sampled = std::mem::take(&mut sampled);
+                let mut sampler = sampler.take();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tick.tick() => {}
+                        }
+                        let taken = tokio::select! {
+                            _ = stop.cancelled() => break,
+                            r = sampled.take(sampler.as_mut(), &servers, t0) => r,
+                        };
+                        if let Err(e) = taken {
+                            tracing::warn!(error = %e, "sampling failed");
+                        }
                     }
-                    let at = t0.elapsed().as_secs_f64();
-                    match observe::scrape(&servers, at).await {
-                        Ok(s) => sampled.lock().0.push(s),
-                        Err(e) => tracing::warn!(error = %e, "scraping /metrics failed"),
-                    }
-                    if let Some(s) = sampler.as_mut() {
-                        let (c, store) = s.sample(at);
-                        let mut g = sampled.lock();
-                        g.1.extend(c);
-                        g.2.push((at, store));
-                    }
-                }
-            }));
-            let result = tokio::select! {
-                r = workload(args, w, client, &timelines) => r,
-                _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+                    (sampled, sampler)
+                })
+            };
+            // Pods are timed from their first sight: the watch must be open before any exists.
+            let result = match tokio::time::timeout(Duration::from_secs(60), listed_rx).await {
+                Ok(Ok(())) => tokio::select! {
+                    r = workload(args, w, client, &timelines) => r,
+                    _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+                },
+                _ => Err(anyhow::anyhow!("the pod watch did not start within 60 s")),
             };
             stop.cancel();
             for t in tasks {
                 let _ = t.await;
             }
+            match sampling.await {
+                Ok((s, back)) => {
+                    sampled = s;
+                    sampler = back;
+                }
+                Err(e) => tracing::warn!(error = %e, "the sampler failed"),
+            }
+            // The last interval ends now.
+            if let Err(e) = sampled.take(sampler.as_mut(), apiservers, t0).await {
+                tracing::warn!(error = %e, "sampling at the end failed");
+            }
             result
         }
     };
-    // The last interval ends now.
-    let at = t0.elapsed().as_secs_f64();
-    let last = observe::scrape(apiservers, at).await;
-    let mut g = sampled.lock();
-    match last {
-        Ok(s) if !g.0.is_empty() => g.0.push(s),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "scraping /metrics at the end failed"),
-    }
-    if let Some(c) = cluster {
-        // A fresh sampler has no CPU baseline: only the store size is taken.
-        let (_, store) = ComponentSampler::new(&c.data).sample(at);
-        g.2.push((at, store));
-    }
-    let (scrapes, components, store) = std::mem::take(&mut *g);
     let samples = Samples {
         pods: timelines.records(),
-        scrapes,
+        scrapes: sampled.scrapes,
         watch_lag: lag.lock().clone(),
-        components,
-        store,
+        components: sampled.components,
+        store: sampled.store,
         sampled_components: cluster.is_some(),
     };
     (samples, result)
@@ -535,11 +579,11 @@ async fn wait_running(
     }
 }
 
-/// Deletes the run's namespaces and waits until they are gone (their pods end gracefully, as
-/// the nodes confirm).
-async fn cleanup(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+/// Deletes the namespaces the run created and waits until they are gone (their pods end
+/// gracefully, as the nodes confirm).
+async fn cleanup(client: &Client, created: &[&str], timeout: Duration) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
-    for ns in [SATURATION_NS, LATENCY_NS] {
+    for ns in created {
         match api.delete(ns, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -547,7 +591,7 @@ async fn cleanup(client: &Client, timeout: Duration) -> anyhow::Result<()> {
         }
     }
     let deadline = Instant::now() + timeout;
-    for ns in [SATURATION_NS, LATENCY_NS] {
+    for ns in created {
         while api.get_opt(ns).await?.is_some() {
             if Instant::now() > deadline {
                 bail!(

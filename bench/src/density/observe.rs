@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::histograms::{self, Family};
 use super::slo::PodTimes;
@@ -130,22 +129,27 @@ fn running(pod: &Pod) -> bool {
         })
 }
 
-/// Watches the run's pods in every namespace into `timelines` until `stop`.
-pub async fn watch_pods(client: Client, timelines: Arc<Timelines>, stop: CancellationToken) {
+/// Watches the run's pods in every namespace into `timelines`; `listed` is told once the
+/// watch is open (its initial list done).
+pub async fn watch_pods(
+    client: Client,
+    timelines: Arc<Timelines>,
+    listed: tokio::sync::oneshot::Sender<()>,
+) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().labels(GROUP_LABEL);
-    let mut events = watcher(api, config).boxed();
-    loop {
-        let event = tokio::select! {
-            e = events.next() => e,
-            _ = stop.cancelled() => return,
-        };
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut listed = Some(listed);
+    while let Some(event) = events.next().await {
         match event {
-            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
-                timelines.observe(&p)
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => timelines.observe(&p),
+            Ok(watcher::Event::InitDone) => {
+                if let Some(tx) = listed.take() {
+                    let _ = tx.send(());
+                }
             }
-            Some(_) => {}
-            None => return,
+            Ok(watcher::Event::Delete(_) | watcher::Event::Init) => {}
+            Err(e) => tracing::debug!(error = %e, "pod watch failed; retrying"),
         }
     }
 }
@@ -173,67 +177,56 @@ pub async fn scrape(apiservers: &[Client], at: f64) -> anyhow::Result<Scrape> {
 
 /// Writes a probe ConfigMap's `sent` field every 500 ms and watches it from another
 /// connection: each event's lag is its arrival minus the start of the write that caused it.
+/// Writing and watching run side by side, so a slow write delays no event.
 pub async fn watch_lag(
     writer: Client,
     watcher_client: Client,
     namespace: String,
     samples: Arc<Mutex<Vec<(f64, f64)>>>,
     t0: Instant,
-    stop: CancellationToken,
 ) {
     const NAME: &str = "watch-lag-probe";
     let write: Api<ConfigMap> = Api::namespaced(writer, &namespace);
     let watch: Api<ConfigMap> = Api::namespaced(watcher_client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
-    let mut events = watcher(watch, config).boxed();
-    let mut seen: std::collections::HashSet<String> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let params = PatchParams::apply("keelson-bench").force();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                let sent = format!("{:.6}", t0.elapsed().as_secs_f64());
-                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": NAME}, "data": {"sent": sent}});
-                if let Err(e) = write.patch(NAME, &params, &Patch::Apply(cm)).await {
-                    tracing::debug!(error = %e, "watch lag probe write failed");
-                }
+    let writes = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let params = PatchParams::apply("keelson-bench").force();
+        loop {
+            tick.tick().await;
+            let sent = format!("{:.6}", t0.elapsed().as_secs_f64());
+            let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": NAME}, "data": {"sent": sent}});
+            if let Err(e) = write.patch(NAME, &params, &Patch::Apply(cm)).await {
+                tracing::debug!(error = %e, "watch lag probe write failed");
             }
-            e = events.next() => match e {
-                Some(Ok(watcher::Event::Apply(cm))) => {
-                    let now = t0.elapsed().as_secs_f64();
-                    let sent = cm.data.as_ref().and_then(|d| d.get("sent")).cloned();
-                    if let Some(sent) = sent
-                        && seen.insert(sent.clone())
-                        && let Ok(at) = sent.parse::<f64>()
-                    {
-                        samples.lock().push((at, now - at));
-                    }
-                }
-                Some(_) => {}
-                None => return,
-            },
         }
-    }
+    };
+    let reads = async {
+        let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
+        let mut events = watcher(watch, config).default_backoff().boxed();
+        let mut seen: std::collections::HashSet<String> = Default::default();
+        while let Some(e) = events.next().await {
+            let now = t0.elapsed().as_secs_f64();
+            if let Ok(watcher::Event::Apply(cm)) = e
+                && let Some(sent) = cm.data.as_ref().and_then(|d| d.get("sent"))
+                && seen.insert(sent.clone())
+                && let Ok(at) = sent.parse::<f64>()
+            {
+                samples.lock().push((at, now - at));
+            }
+        }
+    };
+    tokio::join!(writes, reads);
 }
 
 /// LISTs pods in `namespace` and, page by page as informers do, across the cluster, so both
 /// LIST scopes are measured under the load.
-pub async fn list_probe(
-    client: Client,
-    namespace: String,
-    every: Duration,
-    stop: CancellationToken,
-) {
+pub async fn list_probe(client: Client, namespace: String, every: Duration) {
     let ns: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let all: Api<Pod> = Api::all(client);
     let mut tick = tokio::time::interval(every);
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+        tick.tick().await;
         let _ = ns.list(&ListParams::default()).await;
         let mut params = ListParams::default().limit(500);
         while let Ok(page) = all.list(&params).await {

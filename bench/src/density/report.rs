@@ -74,10 +74,14 @@ pub struct Samples {
 
 /// Computes the report from the samples.
 pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
-    let window = match (s.scrapes.first(), s.scrapes.last()) {
-        (Some(a), Some(b)) if s.scrapes.len() > 1 => histograms::window(&a.servers, &b.servers),
-        _ => Default::default(),
-    };
+    // The sum of consecutive intervals, as Prometheus' increase() does: a server restarted
+    // between two scrapes loses only that interval's calls before the restart.
+    let mut window = histograms::Family::new();
+    for w in s.scrapes.windows(2) {
+        for (labels, h) in histograms::window(&w[0].servers, &w[1].servers) {
+            window.entry(labels).or_default().add(&h);
+        }
+    }
     let api_calls = slo::api_calls(&window);
     let mut pod_startup = BTreeMap::new();
     for group in ["saturation", "latency"] {
@@ -91,7 +95,13 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
             pod_startup.insert(group.to_string(), st);
         }
     }
-    let bound: Vec<f64> = s.pods.iter().filter_map(|p| p.times.bound).collect();
+    // Throughput while the scheduler is saturated, not over the latency pods' slow trickle.
+    let bound: Vec<f64> = s
+        .pods
+        .iter()
+        .filter(|p| p.group == "saturation")
+        .filter_map(|p| p.times.bound)
+        .collect();
     let lags: Vec<f64> = s.watch_lag.iter().map(|l| l.1).collect();
     let mut by_component: BTreeMap<&str, Vec<&ComponentSample>> = BTreeMap::new();
     for c in &s.components {
@@ -126,10 +136,7 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     if s.sampled_components && (components.is_empty() || s.store.is_empty()) {
         missing.push("no component or store sample".into());
     }
-    let verdicts = match pod_startup.get("latency") {
-        Some(latency) => slo::verdicts(&api_calls, latency),
-        None => Vec::new(),
-    };
+    let verdicts = slo::verdicts(&api_calls, pod_startup.get("latency"));
     Report {
         workload,
         seconds,

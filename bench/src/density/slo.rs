@@ -184,8 +184,8 @@ pub fn api_slo(call: &ApiCall) -> Option<(&'static str, f64)> {
 }
 
 /// Every SLO judged on the run's SLIs: one verdict per API call an SLO covers, and pod startup
-/// of the latency pods.
-pub fn verdicts(api: &[ApiCall], latency_pods: &Startup) -> Vec<Verdict> {
+/// of the latency pods when any started.
+pub fn verdicts(api: &[ApiCall], latency_pods: Option<&Startup>) -> Vec<Verdict> {
     let mut out: Vec<Verdict> = api
         .iter()
         .filter_map(|c| {
@@ -204,13 +204,15 @@ pub fn verdicts(api: &[ApiCall], latency_pods: &Startup) -> Vec<Verdict> {
             })
         })
         .collect();
-    out.push(Verdict {
-        slo: "pod startup latency".into(),
-        subject: "latency pods".into(),
-        p99: latency_pods.total.p99,
-        threshold: 5.0,
-        pass: latency_pods.total.p99 <= 5.0,
-    });
+    if let Some(latency) = latency_pods {
+        out.push(Verdict {
+            slo: "pod startup latency".into(),
+            subject: "latency pods".into(),
+            p99: latency.total.p99,
+            threshold: 5.0,
+            pass: latency.total.p99 <= 5.0,
+        });
+    }
     out
 }
 
@@ -286,7 +288,7 @@ mod tests {
         let mut totals = vec![1.0; 99];
         totals.push(6.0);
         let startup = startup(&pods(&totals)).unwrap();
-        let v = verdicts(&api, &startup);
+        let v = verdicts(&api, Some(&startup));
         let got: Vec<(&str, bool)> = v.iter().map(|v| (v.subject.as_str(), v.pass)).collect();
         assert_eq!(
             got,
@@ -299,9 +301,11 @@ mod tests {
                 ("latency pods", true),
             ]
         );
+        // Without latency pods the API calls are still judged.
+        assert_eq!(verdicts(&api, None).len(), 5);
         // Two slow pods in a hundred break it.
         totals[0] = 5.1;
-        let v = verdicts(&api, &startup_of(&totals));
+        let v = verdicts(&api, Some(&startup_of(&totals)));
         assert!(!v.last().unwrap().pass);
         assert_eq!(v.last().unwrap().p99, 5.1);
     }
