@@ -24,6 +24,7 @@ use kube::{Client, Config};
 use serde_json::json;
 
 use keelson_bench::cluster::Terminating;
+use keelson_bench::density::histograms::{self, Histogram};
 
 use crate::start_cluster;
 
@@ -99,65 +100,11 @@ fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// (upper bound, cumulative count) of a histogram's buckets, with its count and sum.
-fn histogram(text: &str, name: &str) -> (Vec<(f64, f64)>, f64, f64) {
-    let mut buckets = Vec::new();
-    let (mut count, mut sum) = (0.0, 0.0);
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix(&format!("{name}_bucket{{le=\"")) {
-            let (le, v) = rest.split_once("\"}").unwrap_or(("", ""));
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::NAN)
-            };
-            buckets.push((le, v.trim().parse().unwrap_or(0.0)));
-        } else if let Some(v) = l.strip_prefix(&format!("{name}_count ")) {
-            count = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = l.strip_prefix(&format!("{name}_sum ")) {
-            sum = v.trim().parse().unwrap_or(0.0);
-        }
-    }
-    (buckets, count, sum)
-}
-
-/// `histogram_quantile`: linear interpolation inside the bucket holding the quantile.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    if total == 0.0 {
-        return f64::NAN;
-    }
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for &(le, c) in buckets {
-        if c >= rank {
-            if le.is_infinite() {
-                return prev.0;
-            }
-            let within = if c > prev.1 {
-                (rank - prev.1) / (c - prev.1)
-            } else {
-                0.0
-            };
-            return prev.0 + (le - prev.0) * within;
-        }
-        prev = (le, c);
-    }
-    prev.0
-}
-
-/// Count and sum of a histogram, less an earlier reading.
-fn delta(
-    now: &(Vec<(f64, f64)>, f64, f64),
-    before: &(Vec<(f64, f64)>, f64, f64),
-) -> Vec<(f64, f64)> {
-    now.0
-        .iter()
-        .map(|(le, c)| {
-            let b = before.0.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1);
-            (*le, c - b)
-        })
-        .collect()
+/// The unlabelled histogram `name` of a metrics page (empty when absent).
+fn histogram(text: &str, name: &str) -> anyhow::Result<Histogram> {
+    Ok(histograms::parse(text, name)?
+        .remove(&histograms::Labels::new())
+        .unwrap_or_default())
 }
 
 pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
@@ -221,8 +168,8 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
         let first = loop {
             if let Ok(t) = scrape(port) {
-                let h = histogram(&t, "kubeproxy_sync_proxy_rules_duration_seconds");
-                if h.1 >= 1.0 {
+                let h = histogram(&t, "kubeproxy_sync_proxy_rules_duration_seconds")?;
+                if h.count() >= 1.0 {
                     break h;
                 }
             }
@@ -233,12 +180,12 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         };
         println!(
             "proxy: first full sync {:.2} s (nft transaction), rules in place {:.1} s after start (list included)",
-            first.2,
+            first.sum,
             started.elapsed().as_secs_f64()
         );
         let before = scrape(port)?;
-        let before_prog = histogram(&before, "kubeproxy_network_programming_duration_seconds");
-        let before_sync = histogram(&before, "kubeproxy_sync_proxy_rules_duration_seconds");
+        let before_prog = histogram(&before, "kubeproxy_network_programming_duration_seconds")?;
+        let before_sync = histogram(&before, "kubeproxy_sync_proxy_rules_duration_seconds")?;
         // Changes at a fixed rate: each moves one endpoint of a random Service.
         let period = Duration::from_secs_f64(1.0 / a.rate);
         let mut tick = tokio::time::interval(period);
@@ -264,49 +211,28 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
         // Let the last changes land.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let text = scrape(port)?;
-        let prog = histogram(&text, "kubeproxy_network_programming_duration_seconds");
-        let sync = histogram(&text, "kubeproxy_sync_proxy_rules_duration_seconds");
-        let pd = delta(&prog, &before_prog);
-        let sd = delta(&sync, &before_sync);
-        let syncs = sync.1 - before_sync.1;
+        let pd = histogram(&text, "kubeproxy_network_programming_duration_seconds")?
+            .since(Some(&before_prog));
+        let sd = histogram(&text, "kubeproxy_sync_proxy_rules_duration_seconds")?
+            .since(Some(&before_sync));
+        let syncs = sd.count();
+        let q = |h: &Histogram, q: f64| h.quantile(q).unwrap_or(f64::NAN);
         println!(
             "proxy: {n} Services x {} endpoints, {} changes at {:.1}/s ({:.1} s): programming latency p50 {:.3} s, p90 {:.3} s, p99 {:.3} s ({} measured); {} syncs, mean {:.1} ms, p99 {:.1} ms",
             a.endpoints,
             a.changes,
             a.changes as f64 / spent,
             spent,
-            quantile(&pd, 0.5),
-            quantile(&pd, 0.9),
-            quantile(&pd, 0.99),
-            prog.1 - before_prog.1,
+            q(&pd, 0.5),
+            q(&pd, 0.9),
+            q(&pd, 0.99),
+            pd.count(),
             syncs,
-            (sync.2 - before_sync.2) / syncs.max(1.0) * 1000.0,
-            quantile(&sd, 0.99) * 1000.0
+            sd.sum / syncs.max(1.0) * 1000.0,
+            q(&sd, 0.99) * 1000.0
         );
         drop(proxy);
         drop(cluster);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_interpolate_within_buckets() {
-        let b = vec![
-            (0.1, 50.0),
-            (0.5, 90.0),
-            (1.0, 100.0),
-            (f64::INFINITY, 100.0),
-        ];
-        assert!((quantile(&b, 0.5) - 0.1).abs() < 1e-9);
-        assert!((quantile(&b, 0.7) - 0.3).abs() < 1e-9);
-        assert!((quantile(&b, 0.95) - 0.75).abs() < 1e-9);
-        let text = "x_bucket{le=\"0.1\"} 2\nx_bucket{le=\"+Inf\"} 3\nx_sum 0.5\nx_count 3\n";
-        let (buckets, count, sum) = histogram(text, "x");
-        assert_eq!(buckets.len(), 2);
-        assert_eq!((count, sum), (3.0, 0.5));
-    }
 }

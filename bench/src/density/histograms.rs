@@ -7,10 +7,14 @@ use std::collections::BTreeMap;
 /// A label set without `le`, sorted by name.
 pub type Labels = BTreeMap<String, String>;
 
-/// One histogram: cumulative counts per upper bound (`le`), ascending, `+Inf` last.
+/// One histogram: cumulative counts per upper bound (`le`), ascending, `+Inf` last, and the
+/// sum of the observations.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Histogram {
+    /// (upper bound, cumulative count).
     pub buckets: Vec<(f64, f64)>,
+    /// The sum of every observation.
+    pub sum: f64,
 }
 
 impl Histogram {
@@ -63,11 +67,13 @@ impl Histogram {
                 .zip(&earlier.buckets)
                 .map(|(now, then)| (now.0, now.1 - then.1))
                 .collect(),
+            sum: self.sum - earlier.sum,
         }
     }
 
     /// Adds another histogram with the same bounds (another server's).
     pub fn add(&mut self, other: &Histogram) {
+        self.sum += other.sum;
         if self.buckets.is_empty() {
             self.buckets = other.buckets.clone();
             return;
@@ -83,23 +89,31 @@ pub type Family = BTreeMap<Labels, Histogram>;
 
 /// The series of histogram `name` in a Prometheus or OpenMetrics text page.
 pub fn parse(text: &str, name: &str) -> anyhow::Result<Family> {
-    let prefix = format!("{name}_bucket");
+    let (bucket, sum) = (format!("{name}_bucket"), format!("{name}_sum"));
     let mut family = Family::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
-            continue;
+        let (is_bucket, rest) = match (line.strip_prefix(&bucket), line.strip_prefix(&sum)) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => continue,
         };
         let (mut labels, rest) = match rest.strip_prefix('{') {
             Some(inner) => {
                 parse_labels(inner).map_err(|e| anyhow::anyhow!("{e} in metrics line {line:?}"))?
             }
-            None => (Labels::new(), rest),
+            None if rest.starts_with(' ') => (Labels::new(), rest),
+            // Another metric whose name starts the same.
+            None => continue,
         };
         let value: f64 = rest
             .split_whitespace()
             .next()
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no value in metrics line {line:?}"))?;
+        if !is_bucket {
+            family.entry(labels).or_default().sum = value;
+            continue;
+        }
         let le = labels
             .remove("le")
             .ok_or_else(|| anyhow::anyhow!("bucket without le in {line:?}"))?;
@@ -209,6 +223,7 @@ apiserver_request_total{verb="GET",code="200"} 7
             ("scope", "namespace"),
         ])];
         assert_eq!(post.count(), 10.0);
+        assert_eq!(post.sum, 1.5);
         // Rank 5 of 10 lies a quarter into (0.1, 0.2].
         assert!((post.quantile(0.5).unwrap() - 0.125).abs() < 1e-9);
         // Rank 9.9 lies 95 % into (0.2, 1.0].
@@ -227,6 +242,7 @@ apiserver_request_total{verb="GET",code="200"} 7
                 (1.0, counts[1]),
                 (f64::INFINITY, counts[2]),
             ],
+            sum: 0.0,
         };
         let k = key(&[("verb", "PUT")]);
         let before = vec![Family::from([(k.clone(), h([1.0, 2.0, 2.0]))])];
@@ -244,6 +260,21 @@ apiserver_request_total{verb="GET",code="200"} 7
         // A restarted server's counts went down: all of what it has now is new.
         let restarted = vec![Family::from([(k.clone(), h([0.0, 1.0, 1.0]))])];
         assert_eq!(window(&before, &restarted)[&k], h([0.0, 1.0, 1.0]));
+    }
+
+    #[test]
+    fn unlabelled_histograms_keep_their_sum() {
+        let text =
+            "x_bucket{le=\"0.1\"} 2\nx_bucket{le=\"+Inf\"} 3\nx_sum 0.5\nx_count 3\nx_summary 9\n";
+        let f = parse(text, "x").unwrap();
+        let h = &f[&Labels::new()];
+        assert_eq!((h.count(), h.sum, h.buckets.len()), (3.0, 0.5, 2));
+        let earlier = Histogram {
+            buckets: vec![(0.1, 1.0), (f64::INFINITY, 1.0)],
+            sum: 0.2,
+        };
+        let d = h.since(Some(&earlier));
+        assert_eq!((d.count(), (d.sum * 10.0).round()), (2.0, 3.0));
     }
 
     #[test]

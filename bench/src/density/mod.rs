@@ -15,7 +15,7 @@
 //! The run directory gets the raw samples (CSV), `summary.json`, `summary.md` and SVG plots.
 //! Everything the run creates is deleted at the end, and a cluster it started is stopped.
 
-mod histograms;
+pub mod histograms;
 mod observe;
 mod report;
 mod slo;

@@ -386,6 +386,7 @@ mod tests {
         };
         let h = |n: f64| Histogram {
             buckets: vec![(0.1, n), (1.0, n), (f64::INFINITY, n)],
+            sum: 0.0,
         };
         let w = Family::from([
             (labels("apps", "v1"), h(7.0)),
