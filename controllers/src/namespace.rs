@@ -51,9 +51,22 @@ impl NamespaceController {
     }
 
     async fn sync(self: Arc<Self>, name: String) -> SyncResult {
-        let Some(ns) = self.namespaces.get(&ObjectRef::new(&name)) else {
+        let Some(cached) = self.namespaces.get(&ObjectRef::new(&name)) else {
             return Ok(None);
         };
+        if !deleting(&cached.metadata) {
+            return Ok(None);
+        }
+        // As upstream's deleter: the namespace as it is now, not as the cache last saw it. A
+        // namespace deleted and created again under the same name must not be emptied by a
+        // sync for the old one.
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let Some(ns) = api.get_opt(&name).await? else {
+            return Ok(None);
+        };
+        if ns.metadata.uid != cached.metadata.uid {
+            return Ok(None);
+        }
         let finalizers = ns
             .spec
             .as_ref()
@@ -123,11 +136,10 @@ impl NamespaceController {
             return Ok(Some(Duration::from_secs(2)));
         }
         // Empty: remove our finalizer.
-        let mut done = (*ns).clone();
+        let mut done = ns.clone();
         if let Some(spec) = done.spec.as_mut() {
             spec.finalizers = Some(finalizers.into_iter().filter(|f| f != FINALIZER).collect());
         }
-        let api: Api<Namespace> = Api::all(self.client.clone());
         match api
             .replace_subresource("finalize", &name, &PostParams::default(), &done)
             .await
