@@ -139,10 +139,14 @@ type PodKey = (String, String);
 struct Writes {
     pending: HashMap<PodKey, serde_json::Value>,
     in_flight: std::collections::HashSet<PodKey>,
+    /// Consecutive failed writes per pod (for the retry back-off).
+    failures: HashMap<PodKey, u32>,
 }
 
 /// Writes pod statuses: the latest status per pod wins, a few pods at a time, and never two
-/// writes of one pod at once (so an older status cannot land after a newer one).
+/// writes of one pod at once (so an older status cannot land after a newer one). A write that
+/// fails for a reason that may pass (no answer, 429, 5xx) is tried again with back-off unless a
+/// newer status replaced it.
 struct StatusWriter {
     state: Arc<Mutex<Writes>>,
     tx: tokio::sync::mpsc::UnboundedSender<PodKey>,
@@ -177,21 +181,48 @@ impl StatusWriter {
                 let again = again.clone();
                 tokio::spawn(async move {
                     let api: Api<Pod> = Api::namespaced(client, &key.0);
-                    if let Err(e) = api
+                    let failed = match api
                         .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&body))
                         .await
                     {
-                        let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
-                        if !gone {
+                        Ok(_) => None,
+                        Err(kube::Error::Api(s)) if s.code == 404 => None,
+                        Err(e) => {
                             tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "pod status update failed");
+                            let transient = match &e {
+                                kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+                                _ => true,
+                            };
+                            transient.then_some(body)
                         }
-                    }
-                    let mut w = st.lock();
-                    w.in_flight.remove(&key);
-                    if w.pending.contains_key(&key) {
+                    };
+                    drop(permit);
+                    let retry_in = {
+                        let mut w = st.lock();
+                        w.in_flight.remove(&key);
+                        match failed {
+                            Some(body) if !w.pending.contains_key(&key) => {
+                                let n = w.failures.entry(key.clone()).or_insert(0);
+                                *n += 1;
+                                let delay = Duration::from_millis(500)
+                                    .saturating_mul(1 << (*n - 1).min(6))
+                                    .min(Duration::from_secs(30));
+                                w.pending.insert(key.clone(), body);
+                                Some(delay)
+                            }
+                            _ => {
+                                w.failures.remove(&key);
+                                if w.pending.contains_key(&key) {
+                                    let _ = again.send(key.clone());
+                                }
+                                None
+                            }
+                        }
+                    };
+                    if let Some(delay) = retry_in {
+                        tokio::time::sleep(delay).await;
                         let _ = again.send(key);
                     }
-                    drop(permit);
                 });
             }
         });
@@ -206,6 +237,13 @@ impl StatusWriter {
         if fresh && !w.in_flight.contains(&key) {
             let _ = self.tx.send(key);
         }
+    }
+
+    /// A write of this pod's status is queued or in flight.
+    fn busy(&self, ns: &str, name: &str) -> bool {
+        let key = (ns.to_string(), name.to_string());
+        let w = self.state.lock();
+        w.pending.contains_key(&key) || w.in_flight.contains(&key)
     }
 
     fn idle(&self) -> bool {
@@ -320,6 +358,14 @@ impl<R: Runtime> Agent<R> {
             pod.metadata.name.as_deref().unwrap_or(""),
             status,
         );
+    }
+
+    /// A write of this pod's status is queued or in flight.
+    pub fn status_busy(&self, pod: &Pod) -> bool {
+        self.shared.status.busy(
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or(""),
+        )
     }
 
     /// A pod bound to this node changed (informer callback).

@@ -93,6 +93,32 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// The API shows a phase or conditions other than what this worker last wrote, and no write
+    /// of ours is on its way: someone else wrote the status (the node lifecycle controller marks
+    /// a silent node's pods not ready) or a write of ours was lost. Ours is written again, as
+    /// upstream's status manager reconciles.
+    fn reconcile(&self, pod: &Pod) {
+        fn summary(s: Option<&PodStatus>) -> (Option<&str>, Vec<(&str, &str)>) {
+            let mut conds: Vec<(&str, &str)> = s
+                .and_then(|s| s.conditions.as_ref())
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| (c.type_.as_str(), c.status.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            conds.sort_unstable();
+            (s.and_then(|s| s.phase.as_deref()), conds)
+        }
+        let last = self.last.lock();
+        let Some(mine) = last.as_ref() else {
+            return;
+        };
+        if summary(pod.status.as_ref()) != summary(Some(mine)) && !self.agent.status_busy(pod) {
+            self.agent.write_status(pod, mine);
+        }
+    }
+
     fn event(&self, container: Option<&str>, warn: bool, reason: &str, msg: String) {
         let pod = self.pod();
         self.agent.event(&pod, container, warn, reason, msg);
@@ -129,6 +155,7 @@ impl<R: Runtime> Worker<R> {
         loop {
             let pod = rx.borrow_and_update().clone();
             self.state.lock().pod = pod.clone();
+            self.reconcile(&pod);
             if pod.metadata.deletion_timestamp.is_some() {
                 let grace = pod
                     .metadata

@@ -411,4 +411,16 @@ fn probes_restarts_and_bad_input() {
         !now.is_empty() && now != started && marker() == running
     });
     wait_field(&c, "slow-ready", READY, |v| v == "True");
+    // Another writer marks the pod not ready (as the node lifecycle controller does for a
+    // silent node): the node writes its own status again.
+    c.ok(&[
+        "patch",
+        "pod",
+        "slow-ready",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+    ]);
+    wait_field(&c, "slow-ready", READY, |v| v == "True");
 }
