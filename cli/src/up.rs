@@ -68,10 +68,26 @@ pub struct Args {
     /// or `none`.
     #[arg(long, default_value = "metadata", value_parser = ["metadata", "none"])]
     pub audit: String,
+    /// Client QPS (and burst) of the controller-managers and schedulers, as the Kubernetes
+    /// scalability jobs raise them (100); unset, their upstream defaults (20/30 and 50/100).
+    #[arg(long)]
+    pub control_plane_qps: Option<u32>,
     /// Run in the background: return once the cluster is ready (output in `<data>/up.log`);
     /// `keelson status` shows it, `keelson down` stops it.
     #[arg(long)]
     pub detach: bool,
+}
+
+/// `--kube-api-qps` and `--kube-api-burst` of a control-plane component: `qps` for both when
+/// given, else the component's own defaults (none: the flags' defaults).
+fn qps_flags(qps: Option<u32>, defaults: Option<(u32, u32)>) -> Vec<String> {
+    match qps.map(|q| (q, q)).or(defaults) {
+        Some((qps, burst)) => vec![
+            format!("--kube-api-qps={qps}"),
+            format!("--kube-api-burst={burst}"),
+        ],
+        None => Vec::new(),
+    }
 }
 
 /// Flags of `keelson status` and `keelson down`.
@@ -709,7 +725,10 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={port}"),
                     format!("--root-ca-file={}", pki.ca.display()),
-                ],
+                ]
+                .into_iter()
+                .chain(qps_flags(args.control_plane_qps, None))
+                .collect(),
             )
             .serving(
                 format!("https://127.0.0.1:{port}/healthz"),
@@ -738,10 +757,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     format!("--master={}", masters.join(",")),
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={port}"),
-                    // kube-scheduler's clientConnection defaults.
-                    "--kube-api-qps=50".into(),
-                    "--kube-api-burst=100".into(),
-                ],
+                ]
+                .into_iter()
+                // kube-scheduler's clientConnection defaults.
+                .chain(qps_flags(args.control_plane_qps, Some((50, 100))))
+                .collect(),
             )
             .serving(
                 format!("https://127.0.0.1:{port}/healthz"),

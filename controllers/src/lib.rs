@@ -546,8 +546,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let health = Arc::new(Health::new());
     let identity = default_identity();
     let elector = if config.leader.leader_elect {
+        // A client of its own, as upstream's leader-election client: renewals never queue
+        // behind the controllers' requests for the client's QPS.
         Some(LeaderElector::new(
-            client.clone(),
+            connect(&config.client).await?,
             &config.leader,
             "kube-controller-manager",
             identity.clone(),

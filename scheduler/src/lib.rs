@@ -108,8 +108,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     let profiles = config::frameworks(&file, &handle).map_err(Error::Config)?;
     let health = Arc::new(Health::new());
     let elector = if config.leader.leader_elect {
+        // A client of its own, as upstream's leader-election client: renewals never queue
+        // behind the scheduler's requests for the client's QPS.
         Some(LeaderElector::new(
-            client.clone(),
+            connect(&config.client).await?,
             &config.leader,
             "kube-scheduler",
             default_identity(),
