@@ -1,8 +1,8 @@
 //! Keelson's benchmarks and load generators. The `keelson-bench` binary (`src/main.rs`) holds
 //! the micro and component benchmarks; the library holds what `keelson bench` shares with it:
-//! the density run (ClusterLoader2's methodology on hollow nodes), starting a cluster, and
-//! reading processes from `/proc`.
+//! the scale runs (density and load, ClusterLoader2's methodology on hollow nodes), starting a
+//! cluster, and reading processes from `/proc`.
 
 pub mod cluster;
-pub mod density;
 pub mod procs;
+pub mod scale;

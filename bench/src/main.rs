@@ -70,7 +70,10 @@ enum Cmd {
     Up(up::UpArgs),
     /// Density (as `keelson bench density`): hollow nodes, saturation and latency pods, the
     /// Kubernetes SLIs and SLOs, a run directory with samples, summary and plots.
-    Density(keelson_bench::density::DensityArgs),
+    Density(keelson_bench::scale::density::DensityArgs),
+    /// Load (as `keelson bench load`): Deployments of CL2's three sizes with Services, created,
+    /// scaled and deleted at a pod rate, with the same SLIs and report.
+    Load(keelson_bench::scale::load::LoadArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -444,16 +447,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
-        Cmd::Density(a) => rt.block_on(async {
-            let keelson = std::env::current_exe()?.with_file_name("keelson");
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                token.cancel();
-            });
-            keelson_bench::density::run(a, &keelson, shutdown).await?;
-            Ok(())
-        }),
+        Cmd::Density(a) => rt.block_on(scale(keelson_bench::scale::Plan::Density(a))),
+        Cmd::Load(a) => rt.block_on(scale(keelson_bench::scale::Plan::Load(a))),
     }
+}
+
+/// A scale run with the `keelson` binary beside this one; Ctrl-C ends the workload early (the
+/// run still reports and cleans up).
+async fn scale(plan: keelson_bench::scale::Plan) -> anyhow::Result<()> {
+    let keelson = std::env::current_exe()?.with_file_name("keelson");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    keelson_bench::scale::run(plan, &keelson, shutdown).await?;
+    Ok(())
 }

@@ -24,7 +24,7 @@ use kube::{Client, Config};
 use serde_json::json;
 
 use keelson_bench::cluster::Terminating;
-use keelson_bench::density::histograms::{self, Histogram};
+use keelson_bench::scale::histograms::{self, Histogram};
 
 use crate::start_cluster;
 

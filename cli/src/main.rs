@@ -60,7 +60,10 @@ enum Command {
 enum BenchCommand {
     /// Density: saturation pods through Deployments up to P per node, then latency pods; API
     /// call latency, pod startup, scheduling throughput, watch lag, component CPU and memory.
-    Density(keelson_bench::density::DensityArgs),
+    Density(keelson_bench::scale::density::DensityArgs),
+    /// Load: Deployments of three sizes with Services, created, scaled to random sizes and
+    /// deleted at a pod rate; the same SLIs, pod startup judged on every pod.
+    Load(keelson_bench::scale::load::LoadArgs),
 }
 
 #[derive(Subcommand)]
@@ -160,9 +163,13 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Down(args) => up::down(&args).await?,
         Command::Kubeconfig(KubeconfigCommand::User(args)) => pki::user_kubeconfig(&args)?,
         Command::Chaos(command) => keelson_chaos::run::main(command).await?,
-        Command::Bench(BenchCommand::Density(args)) => {
+        Command::Bench(command) => {
+            let plan = match command {
+                BenchCommand::Density(a) => keelson_bench::scale::Plan::Density(a),
+                BenchCommand::Load(a) => keelson_bench::scale::Plan::Load(a),
+            };
             let keelson = std::env::current_exe()?;
-            keelson_bench::density::run(args, &keelson, shutdown).await?;
+            keelson_bench::scale::run(plan, &keelson, shutdown).await?;
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
-//! `keelson bench density` end to end, CI-sized: a started cluster of 50 hollow nodes with 500
-//! saturation pods, every SLI computed from what the run saw (apiserver metrics, pod watches,
-//! the watch probe, component processes), and nothing left behind; attached to a cluster, it
-//! refuses namespaces it would delete and leaves the cluster as it found it.
+//! `keelson bench density` and `load` end to end, CI-sized: a started cluster of 50 hollow nodes
+//! with 500 saturation pods, every SLI computed from what the run saw (apiserver metrics, pod
+//! watches, the watch probe, component processes), and nothing left behind; attached to a
+//! cluster, density refuses namespaces it would delete and leaves the cluster as it found it,
+//! and load creates, scales and deletes its Deployments and Services.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,13 +13,17 @@ use serde_json::Value;
 /// The two runs would share two cores: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn density(args: &[&str]) -> Output {
+fn bench(workload: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["bench", "density"])
+        .args(["bench", workload])
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
-        .expect("run keelson bench density")
+        .expect("run keelson bench")
+}
+
+fn density(args: &[&str]) -> Output {
+    bench("density", args)
 }
 
 fn text(o: &Output) -> String {
@@ -154,7 +159,7 @@ fn density_measures_every_sli_from_real_samples_and_cleans_up() {
 }
 
 #[test]
-fn density_attached_refuses_namespaces_it_would_delete_and_leaves_the_cluster_as_it_was() {
+fn attached_runs_refuse_namespaces_they_would_delete_and_leave_the_cluster_as_it_was() {
     let _serial = SERIAL.lock();
     let cluster = Cluster::start(
         Path::new(env!("CARGO_BIN_EXE_keelson")),
@@ -267,11 +272,53 @@ fn density_attached_refuses_namespaces_it_would_delete_and_leaves_the_cluster_as
             "pods",
             "-A",
             "-l",
-            "density.keelson.dev/group",
+            "bench.keelson.dev/group",
             "-o",
             "name",
         ],
     );
     assert!(left.status.success());
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+
+    // Load: 50 pods in CL2's mix (here 1 of 10, 4 of 5, 10 of 2), half with Services, created,
+    // scaled and deleted.
+    let out = dir.path().join("load-runs");
+    let o = bench(
+        "load",
+        &[
+            &format!("--kubeconfig={}", kc.display()),
+            "--pods-per-node=10",
+            "--deployment-sizes=10,5,2",
+            "--rate=25",
+            &format!("--out={}", out.display()),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let s = summary(&run_dir(&out));
+    assert_eq!(s["missing"], serde_json::json!([]));
+    assert_eq!(s["workload"]["kind"], "load");
+    assert_eq!(s["workload"]["params"]["pods"], 50);
+    assert_eq!(s["workload"]["params"]["deployments"], 15);
+    assert_eq!(s["workload"]["params"]["services"], 7);
+    assert!(s["pod_startup"]["load"]["total"]["count"].as_u64().unwrap() >= 50);
+    for (verb, resource, n) in [
+        ("POST", "deployments.apps", 15),
+        ("PATCH", "deployments.apps", 15),
+        ("DELETE", "deployments.apps", 15),
+        ("POST", "services", 7),
+        ("DELETE", "services", 7),
+    ] {
+        assert!(
+            count_of(&s, verb, resource) >= n,
+            "{verb} {resource}: {}",
+            count_of(&s, verb, resource)
+        );
+    }
+    let verdicts = s["verdicts"].as_array().unwrap();
+    assert!(verdicts.iter().any(|v| v["subject"] == "load pods"));
+    assert!(
+        !kubectl(&kc, &["get", "namespace", "load-1"])
+            .status
+            .success()
+    );
 }

@@ -1,12 +1,17 @@
-//! The density run, ClusterLoader2's density test on one machine: a cluster with N hollow nodes
-//! (started here with `keelson up`, or any cluster given by `--kubeconfig`), saturation pods
-//! created through Deployments at a fixed rate up to P per node, then latency pods created one by
-//! one at a lower rate, with the Kubernetes scalability SLIs measured throughout:
+//! Scale runs on hollow nodes, ClusterLoader2's method on one machine: a cluster with N hollow
+//! nodes (started here with `keelson up`, or any cluster given by `--kubeconfig`), a workload,
+//! and the Kubernetes scalability SLIs measured throughout. Two workloads:
 //!
+//! - [`density`]: saturation pods through Deployments at a fixed rate up to P per node, then
+//!   latency pods one by one at a lower rate (pod startup is judged on those);
+//! - [`load`]: Deployments of CL2's three sizes with Services, created at a pod rate, scaled to
+//!   random sizes, then deleted (pod startup is judged on every pod).
+//!
+//! The SLIs:
 //! - API call latency per (resource, subresource, verb, scope) from the apiservers' own
 //!   `apiserver_request_duration_seconds`, differenced between scrapes (every client's calls:
 //!   controllers, scheduler, nodes, the run's own);
-//! - LIST latency per scope (the run LISTs its namespace and, in pages, the cluster's pods);
+//! - LIST latency per scope (the run LISTs a namespace and, in pages, the cluster's pods);
 //! - pod startup per phase (created → bound → running, observed by watch);
 //! - scheduling throughput; watch event lag (a probe object written twice a second and watched
 //!   from another connection);
@@ -15,7 +20,9 @@
 //! The run directory gets the raw samples (CSV), `summary.json`, `summary.md` and SVG plots.
 //! Everything the run creates is deleted at the end, and a cluster it started is stopped.
 
+pub mod density;
 pub mod histograms;
+pub mod load;
 mod observe;
 mod report;
 mod slo;
@@ -26,8 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -40,16 +46,12 @@ use observe::{ComponentSampler, GROUP_LABEL, Timelines};
 pub use report::Report;
 use report::{Samples, Workload};
 
-/// The namespace of the saturation Deployments and the watch-lag probe.
-const SATURATION_NS: &str = "density";
-/// The namespace of the latency pods.
-const LATENCY_NS: &str = "density-latency";
 /// Pods a hollow node takes (`keelson node --max-pods` default).
 const MAX_PODS: usize = 110;
 
-/// Flags of a density run.
+/// Flags every scale run has: the cluster, sampling, bounds and output.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DensityArgs {
+pub struct RunArgs {
     /// Run against this cluster instead of starting one; its Ready nodes are used as they are.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -65,89 +67,128 @@ pub struct DensityArgs {
     /// Apiservers of the started cluster.
     #[arg(long, default_value_t = 1)]
     pub apiservers: usize,
-    /// Saturation pods per node.
-    #[arg(long, default_value_t = 10)]
-    pub pods_per_node: usize,
-    /// Saturation pods created per second (Deployments are created at the pace that gives it).
-    #[arg(long, default_value_t = 20.0)]
-    pub rate: f64,
-    /// Replicas of each saturation Deployment.
-    #[arg(long, default_value_t = 50)]
-    pub deployment_size: usize,
-    /// Latency pods, created one by one after the saturation pods run; pod startup is judged
-    /// on them.
-    #[arg(long, default_value_t = 50)]
-    pub latency_pods: usize,
-    /// Latency pods created per second.
-    #[arg(long, default_value_t = 5.0)]
-    pub latency_rate: f64,
+    /// Client QPS and burst of the started cluster's controller-manager and scheduler (the
+    /// Kubernetes scalability jobs run them at 100).
+    #[arg(long, default_value_t = 100)]
+    pub control_plane_qps: u32,
     /// Seconds between samples of metrics, CPU and memory.
     #[arg(long, default_value_t = 5)]
     pub sample_every: u64,
-    /// Seconds each phase (nodes Ready, saturation pods running, latency pods running, the
-    /// run's namespaces deleted) may take.
+    /// Seconds each phase (nodes Ready, pods running, pods gone, the run's namespaces deleted)
+    /// may take.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-    /// Where run directories are made (`<out>/density-<time>`).
-    #[arg(long, default_value = "density-runs")]
+    /// Where run directories are made (`<out>/<workload>-<time>`).
+    #[arg(long, default_value = "scale-runs")]
     pub out: PathBuf,
     /// Exit with an error when an SLO is not met (the report is written either way).
     #[arg(long)]
     pub fail_on_slo: bool,
 }
 
-impl DensityArgs {
+impl RunArgs {
     fn validate(&self) -> anyhow::Result<()> {
-        let positive = [
+        for (flag, v) in [
             ("--nodes", self.nodes),
             ("--stores", self.stores),
             ("--apiservers", self.apiservers),
-            ("--pods-per-node", self.pods_per_node),
-            ("--deployment-size", self.deployment_size),
-            ("--latency-pods", self.latency_pods),
             ("--sample-every", self.sample_every as usize),
             ("--timeout", self.timeout as usize),
-        ];
-        for (flag, v) in positive {
+        ] {
             if v == 0 {
                 bail!("{flag} must be at least 1");
             }
-        }
-        for (flag, v) in [("--rate", self.rate), ("--latency-rate", self.latency_rate)] {
-            if !(v.is_finite() && v > 0.0) {
-                bail!("{flag} must be a positive number of pods per second, not {v}");
-            }
-        }
-        if self.kubeconfig.is_none()
-            && self.pods_per_node + self.latency_pods.div_ceil(self.nodes) > MAX_PODS
-        {
-            bail!(
-                "{} saturation and {} latency pods per node exceed the {MAX_PODS} pods a hollow node takes",
-                self.pods_per_node,
-                self.latency_pods.div_ceil(self.nodes)
-            );
         }
         Ok(())
     }
 }
 
-/// Runs the density workload and writes its run directory; returns the directory and report.
+/// A positive rate flag.
+fn positive_rate(flag: &str, v: f64) -> anyhow::Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("{flag} must be a positive number of pods per second, not {v}");
+    }
+    Ok(())
+}
+
+/// The workload of a run.
+pub enum Plan {
+    /// Saturation, then latency pods.
+    Density(density::DensityArgs),
+    /// Deployments created, scaled and deleted.
+    Load(load::LoadArgs),
+}
+
+impl Plan {
+    fn common(&self) -> &RunArgs {
+        match self {
+            Plan::Density(a) => &a.run,
+            Plan::Load(a) => &a.run,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Plan::Density(_) => "density",
+            Plan::Load(_) => "load",
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.common().validate()?;
+        match self {
+            Plan::Density(a) => a.validate(),
+            Plan::Load(a) => a.validate(),
+        }
+    }
+
+    /// The namespaces the run creates and deletes (the first holds the probes).
+    fn namespaces(&self, nodes: usize) -> Vec<String> {
+        match self {
+            Plan::Density(_) => density::namespaces(),
+            Plan::Load(a) => a.namespaces(nodes),
+        }
+    }
+
+    fn workload(&self, nodes: usize, cluster: String) -> Workload {
+        match self {
+            Plan::Density(a) => a.workload(nodes, cluster),
+            Plan::Load(a) => a.workload(nodes, cluster),
+        }
+    }
+
+    async fn drive(
+        &self,
+        w: &Workload,
+        client: &Client,
+        timelines: &Arc<Timelines>,
+    ) -> anyhow::Result<()> {
+        match self {
+            Plan::Density(a) => density::drive(a, w, client, timelines).await,
+            Plan::Load(a) => a.drive(w, client, timelines).await,
+        }
+    }
+}
+
+/// Runs the workload and writes its run directory; returns the directory and report.
 /// Fails when the workload does not complete, when an SLI has no data, and with
 /// `--fail-on-slo` when an SLO is not met, after writing what was measured.
 /// `keelson` starts the cluster unless `--keelson` names another binary; `shutdown` ends the
 /// workload early (the run still cleans up).
 pub async fn run(
-    args: DensityArgs,
+    plan: Plan,
     keelson: &Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(PathBuf, Report)> {
-    args.validate()?;
+    plan.validate()?;
+    let kind = plan.kind();
+    let args = plan.common();
     let keelson = args.keelson.as_deref().unwrap_or(keelson);
     let cluster = match &args.kubeconfig {
         Some(_) => None,
         None => {
             eprintln!(
-                "density: starting keelson up with {} hollow nodes",
+                "{kind}: starting keelson up with {} hollow nodes",
                 args.nodes
             );
             let up_args = vec![
@@ -158,11 +199,12 @@ pub async fn run(
                 "--nodes=0".into(),
                 "--dns-replicas=0".into(),
                 format!("--hollow-nodes={}", args.nodes),
+                format!("--control-plane-qps={}", args.control_plane_qps),
             ];
             let keelson = keelson.to_path_buf();
             let c =
                 tokio::task::spawn_blocking(move || Cluster::start(&keelson, &up_args)).await??;
-            eprintln!("density: cluster data in {}", c.data.display());
+            eprintln!("{kind}: cluster data in {}", c.data.display());
             Some(c)
         }
     };
@@ -188,45 +230,42 @@ pub async fn run(
         // Another connection than the run's own, for the watch-lag probe's watcher.
         None => vec![Client::try_from(config.clone())?],
     };
-    let nodes = wait_for_nodes(&client, &args, cluster.is_some()).await?;
-    let workload = Workload {
+    let nodes = wait_for_nodes(&client, args, cluster.is_some()).await?;
+    let workload = plan.workload(
         nodes,
-        pods_per_node: args.pods_per_node,
-        saturation_pods: nodes * args.pods_per_node,
-        deployment_size: args.deployment_size,
-        rate: args.rate,
-        latency_pods: args.latency_pods,
-        latency_rate: args.latency_rate,
-        cluster: match &args.kubeconfig {
+        match &args.kubeconfig {
             Some(k) => k.display().to_string(),
             None => "started".into(),
         },
-    };
+    );
+    let wanted = plan.namespaces(nodes);
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in [SATURATION_NS, LATENCY_NS] {
+    for ns in &wanted {
         if namespaces.get_opt(ns).await?.is_some() {
-            bail!("namespace {ns} exists: a density run uses and deletes it; delete it first");
+            bail!("namespace {ns} exists: a {kind} run uses and deletes it; delete it first");
         }
     }
-    let mut created = Vec::new();
-    for ns in [SATURATION_NS, LATENCY_NS] {
-        if let Err(e) = create_namespace(&client, ns).await {
-            let _ = cleanup(&client, &created, Duration::from_secs(args.timeout)).await;
+    let timeout = Duration::from_secs(args.timeout);
+    let mut created: Vec<String> = Vec::new();
+    for ns in &wanted {
+        if let Err(e) = create_namespace(&client, ns, kind).await {
+            let _ = cleanup(&client, &created, timeout).await;
             return Err(e);
         }
-        created.push(ns);
+        created.push(ns.clone());
     }
-    let dir = match run_dir(&args.out) {
+    let dir = match run_dir(&args.out, kind) {
         Ok(d) => d,
         Err(e) => {
-            let _ = cleanup(&client, &created, Duration::from_secs(args.timeout)).await;
+            let _ = cleanup(&client, &created, timeout).await;
             return Err(e);
         }
     };
     let t0 = Instant::now();
     let (samples, result) = measure(
-        &args,
+        &plan,
         &workload,
+        &wanted,
         &client,
         &apiservers,
         cluster.as_ref(),
@@ -247,8 +286,8 @@ pub async fn run(
             Ok(())
         }
         None => {
-            eprintln!("density: deleting the run's namespaces");
-            cleanup(&client, &created, Duration::from_secs(args.timeout)).await
+            eprintln!("{kind}: deleting the run's namespaces");
+            cleanup(&client, &created, timeout).await
         }
     };
     result?;
@@ -268,21 +307,17 @@ pub async fn run(
     Ok((dir, report))
 }
 
-/// A new `<out>/density-<time>` directory.
-fn run_dir(out: &Path) -> anyhow::Result<PathBuf> {
+/// A new `<out>/<kind>-<time>` directory.
+fn run_dir(out: &Path, kind: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
-    let dir = out.join(format!("density-{stamp}"));
+    let dir = out.join(format!("{kind}-{stamp}"));
     std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
 /// Waits for the started cluster's hollow nodes to be Ready, or counts an attached cluster's.
-async fn wait_for_nodes(
-    client: &Client,
-    args: &DensityArgs,
-    started: bool,
-) -> anyhow::Result<usize> {
+async fn wait_for_nodes(client: &Client, args: &RunArgs, started: bool) -> anyhow::Result<usize> {
     let api: Api<Node> = Api::all(client.clone());
     let want = if started { args.nodes } else { 1 };
     let bar = bar(want as u64, "nodes Ready");
@@ -309,13 +344,13 @@ async fn wait_for_nodes(
 
 /// Creates `ns` (it must not exist: the run deletes it at the end) and waits for its default
 /// ServiceAccount, without which pods are refused.
-async fn create_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+async fn create_namespace(client: &Client, ns: &str, kind: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     match api.create(&PostParams::default(), &body).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            bail!("namespace {ns} exists: a density run uses and deletes it; delete it first")
+            bail!("namespace {ns} exists: a {kind} run uses and deletes it; delete it first")
         }
         Err(e) => return Err(e).with_context(|| format!("creating namespace {ns}")),
     }
@@ -332,7 +367,7 @@ async fn create_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>18} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
@@ -342,6 +377,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A pod template of the run's `group`: one container that requests little.
 fn pod_template(group: &str) -> serde_json::Value {
     json!({
         "metadata": {"labels": {GROUP_LABEL: group}},
@@ -386,9 +422,11 @@ impl Sampled {
 }
 
 /// The workload with its observers: what they sampled, and how the workload ended.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
-    args: &DensityArgs,
+    plan: &Plan,
     w: &Workload,
+    namespaces: &[String],
     client: &Client,
     apiservers: &[Client],
     cluster: Option<&Cluster>,
@@ -400,7 +438,7 @@ async fn measure(
     let lag = Arc::new(Mutex::new(Vec::new()));
     let mut sampler = cluster.map(|c| ComponentSampler::new(&c.data));
     let mut sampled = Sampled::default();
-    let every = Duration::from_secs(args.sample_every);
+    let every = Duration::from_secs(plan.common().sample_every);
     let result = match sampled.take(sampler.as_mut(), apiservers, t0).await {
         Err(e) => Err(e.context("reading the apiservers' /metrics")),
         Ok(()) => {
@@ -416,14 +454,14 @@ async fn measure(
                         client.clone(),
                         // Another connection, as another client would have.
                         apiservers[apiservers.len() - 1].clone(),
-                        SATURATION_NS.into(),
+                        namespaces[0].clone(),
                         lag.clone(),
                         t0,
                     ),
                 )),
                 tokio::spawn(until(
                     stop.clone(),
-                    observe::list_probe(client.clone(), SATURATION_NS.into(), every),
+                    observe::list_probe(client.clone(), namespaces[0].clone(), every),
                 )),
             ];
             let sampling = {
@@ -451,7 +489,7 @@ async fn measure(
             // Pods are timed from their first sight: the watch must be open before any exists.
             let result = match tokio::time::timeout(Duration::from_secs(60), listed_rx).await {
                 Ok(Ok(())) => tokio::select! {
-                    r = workload(args, w, client, &timelines) => r,
+                    r = plan.drive(w, client, &timelines) => r,
                     _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
                 },
                 _ => Err(anyhow::anyhow!("the pod watch did not start within 60 s")),
@@ -485,77 +523,7 @@ async fn measure(
     (samples, result)
 }
 
-/// Saturation Deployments at the configured pod rate until every pod runs, then latency pods.
-async fn workload(
-    args: &DensityArgs,
-    w: &Workload,
-    client: &Client,
-    timelines: &Arc<Timelines>,
-) -> anyhow::Result<()> {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), SATURATION_NS);
-    let bar_ = bar(w.saturation_pods as u64, "saturation pods");
-    let start = Instant::now();
-    let (mut created, mut i) = (0usize, 0usize);
-    while created < w.saturation_pods {
-        let size = args.deployment_size.min(w.saturation_pods - created);
-        let name = format!("saturation-{i}");
-        let mut template = pod_template("saturation");
-        template["metadata"]["labels"]["app"] = json!(name);
-        let body: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": name},
-            "spec": {"replicas": size, "selector": {"matchLabels": {"app": name}},
-                "template": template}
-        }))?;
-        deployments
-            .create(&PostParams::default(), &body)
-            .await
-            .with_context(|| format!("creating Deployment {name}"))?;
-        created += size;
-        i += 1;
-        bar_.set_message(format!("{i} Deployments"));
-        let due = start + Duration::from_secs_f64(created as f64 / args.rate);
-        while Instant::now() < due {
-            bar_.set_position(timelines.counts("saturation").2 as u64);
-            tokio::time::sleep_until(due.min(Instant::now() + Duration::from_millis(500)).into())
-                .await;
-        }
-    }
-    wait_running(
-        timelines,
-        "saturation",
-        w.saturation_pods,
-        &bar_,
-        args.timeout,
-    )
-    .await?;
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), LATENCY_NS);
-    let bar_ = bar(w.latency_pods as u64, "latency pods");
-    let start = Instant::now();
-    let mut creates = tokio::task::JoinSet::new();
-    for i in 0..w.latency_pods {
-        let due = start + Duration::from_secs_f64(i as f64 / args.latency_rate);
-        tokio::time::sleep_until(due.into()).await;
-        bar_.set_position(timelines.counts("latency").2 as u64);
-        let name = format!("latency-{i}");
-        let mut body = pod_template("latency");
-        body["metadata"]["name"] = json!(name);
-        let body: Pod = serde_json::from_value(body)?;
-        let (pods, timelines) = (pods.clone(), timelines.clone());
-        creates.spawn(async move {
-            timelines.created(LATENCY_NS, &name, "latency", timelines.now());
-            pods.create(&PostParams::default(), &body)
-                .await
-                .with_context(|| format!("creating pod {name}"))
-                .map(|_| ())
-        });
-    }
-    while let Some(r) = creates.join_next().await {
-        r??;
-    }
-    wait_running(timelines, "latency", w.latency_pods, &bar_, args.timeout).await
-}
-
+/// Waits until `want` pods of `group` have run.
 async fn wait_running(
     timelines: &Timelines,
     group: &str,
@@ -581,7 +549,7 @@ async fn wait_running(
 
 /// Deletes the namespaces the run created and waits until they are gone (their pods end
 /// gracefully, as the nodes confirm).
-async fn cleanup(client: &Client, created: &[&str], timeout: Duration) -> anyhow::Result<()> {
+async fn cleanup(client: &Client, created: &[String], timeout: Duration) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     for ns in created {
         match api.delete(ns, &DeleteParams::default()).await {

@@ -20,14 +20,14 @@ use super::slo::PodTimes;
 use crate::procs::{cpu_seconds, rss_mib};
 
 /// The label every pod of a run carries, with its group as value.
-pub const GROUP_LABEL: &str = "density.keelson.dev/group";
+pub const GROUP_LABEL: &str = "bench.keelson.dev/group";
 
 /// One pod seen by the run.
 #[derive(Clone, Debug, Serialize)]
 pub struct PodRecord {
     pub namespace: String,
     pub name: String,
-    /// `saturation` or `latency`.
+    /// `saturation` or `latency` (density), `load`.
     pub group: String,
     pub node: Option<String>,
     #[serde(flatten)]

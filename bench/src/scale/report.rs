@@ -16,15 +16,22 @@ use super::slo::{self, ApiCall, Percentiles, Startup, Throughput, Verdict};
 /// The workload a report describes.
 #[derive(Clone, Debug, Serialize)]
 pub struct Workload {
+    /// `density` or `load`.
+    pub kind: String,
     pub nodes: usize,
-    pub pods_per_node: usize,
-    pub saturation_pods: usize,
-    pub deployment_size: usize,
-    pub rate: f64,
-    pub latency_pods: usize,
-    pub latency_rate: f64,
+    /// One line for the summary.
+    pub description: String,
+    /// The workload's flags and the sizes they gave.
+    pub params: serde_json::Value,
     /// `started` (by the run) or the kubeconfig the run attached to.
     pub cluster: String,
+    /// The pod group the pod startup SLO is judged on, and how many of its pods must have a
+    /// complete timeline.
+    pub judged: String,
+    pub judged_pods: usize,
+    /// The pod group whose binding rate is the scheduling throughput (created while the
+    /// scheduler is saturated).
+    pub saturating: String,
 }
 
 /// A component's use over the run.
@@ -84,7 +91,9 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     }
     let api_calls = slo::api_calls(&window);
     let mut pod_startup = BTreeMap::new();
-    for group in ["saturation", "latency"] {
+    let groups: std::collections::BTreeSet<&str> =
+        s.pods.iter().map(|p| p.group.as_str()).collect();
+    for group in groups {
         let times: Vec<slo::PodTimes> = s
             .pods
             .iter()
@@ -99,7 +108,7 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     let bound: Vec<f64> = s
         .pods
         .iter()
-        .filter(|p| p.group == "saturation")
+        .filter(|p| p.group == workload.saturating)
         .filter_map(|p| p.times.bound)
         .collect();
     let lags: Vec<f64> = s.watch_lag.iter().map(|l| l.1).collect();
@@ -122,8 +131,9 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
         .collect::<Vec<_>>();
     let mut missing = slo::missing(
         &api_calls,
-        workload.latency_pods,
-        pod_startup.get("latency"),
+        &workload.judged,
+        workload.judged_pods,
+        pod_startup.get(&workload.judged),
     );
     let scheduling_throughput = slo::throughput(&bound);
     if scheduling_throughput.is_none() {
@@ -136,7 +146,11 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     if s.sampled_components && (components.is_empty() || s.store.is_empty()) {
         missing.push("no component or store sample".into());
     }
-    let verdicts = slo::verdicts(&api_calls, pod_startup.get("latency"));
+    let verdicts = slo::verdicts(
+        &api_calls,
+        &workload.judged,
+        pod_startup.get(&workload.judged),
+    );
     Report {
         workload,
         seconds,
@@ -260,19 +274,15 @@ fn api_intervals(scrapes: &[Scrape]) -> Vec<(f64, Vec<ApiCall>)> {
 pub fn markdown(r: &Report) -> String {
     let w = &r.workload;
     let mut s = String::new();
-    let _ = writeln!(s, "# Density run\n");
+    let mut title = w.kind.clone();
+    if let Some(first) = title.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let _ = writeln!(s, "# {title} run\n");
     let _ = writeln!(
         s,
-        "{} nodes, {} saturation pods ({} per node, Deployments of {} at {}/s), {} latency pods at {}/s; cluster: {}; {:.0} s.\n",
-        w.nodes,
-        w.saturation_pods,
-        w.pods_per_node,
-        w.deployment_size,
-        w.rate,
-        w.latency_pods,
-        w.latency_rate,
-        w.cluster,
-        r.seconds
+        "{}; cluster: {}; {:.0} s.\n",
+        w.description, w.cluster, r.seconds
     );
     if !r.missing.is_empty() {
         let _ = writeln!(s, "**Incomplete: {}.**\n", r.missing.join("; "));
@@ -531,7 +541,7 @@ fn plots(
         "Pod startup latency (create to running, observed by watch): CDF",
         "seconds",
         "fraction of pods",
-        &[cdf("latency"), cdf("saturation")],
+        &r.pod_startup.keys().map(|g| cdf(g)).collect::<Vec<_>>(),
     )?;
     if !s.components.is_empty() {
         let mut cpu: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();

@@ -185,7 +185,7 @@ pub fn api_slo(call: &ApiCall) -> Option<(&'static str, f64)> {
 
 /// Every SLO judged on the run's SLIs: one verdict per API call an SLO covers, and pod startup
 /// of the latency pods when any started.
-pub fn verdicts(api: &[ApiCall], latency_pods: Option<&Startup>) -> Vec<Verdict> {
+pub fn verdicts(api: &[ApiCall], judged: &str, startup: Option<&Startup>) -> Vec<Verdict> {
     let mut out: Vec<Verdict> = api
         .iter()
         .filter_map(|c| {
@@ -204,13 +204,13 @@ pub fn verdicts(api: &[ApiCall], latency_pods: Option<&Startup>) -> Vec<Verdict>
             })
         })
         .collect();
-    if let Some(latency) = latency_pods {
+    if let Some(st) = startup {
         out.push(Verdict {
             slo: "pod startup latency".into(),
-            subject: "latency pods".into(),
-            p99: latency.total.p99,
+            subject: format!("{judged} pods"),
+            p99: st.total.p99,
             threshold: 5.0,
-            pass: latency.total.p99 <= 5.0,
+            pass: st.total.p99 <= 5.0,
         });
     }
     out
@@ -219,8 +219,9 @@ pub fn verdicts(api: &[ApiCall], latency_pods: Option<&Startup>) -> Vec<Verdict>
 /// What a complete report needs and a run did not give: one line per missing SLI.
 pub fn missing(
     api: &[ApiCall],
-    expected_latency_pods: usize,
-    latency: Option<&Startup>,
+    judged: &str,
+    expected: usize,
+    startup: Option<&Startup>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let has = |pred: &dyn Fn(&ApiCall) -> bool| api.iter().any(pred);
@@ -232,10 +233,10 @@ pub fn missing(
             out.push(format!("no {scope}-scoped LIST was measured"));
         }
     }
-    match latency {
-        None => out.push("no latency pod started".to_string()),
-        Some(s) if s.total.count < expected_latency_pods => out.push(format!(
-            "{} of {expected_latency_pods} latency pods have a complete timeline",
+    match startup {
+        None => out.push(format!("no {judged} pod started")),
+        Some(s) if s.total.count < expected => out.push(format!(
+            "{} of {expected} {judged} pods have a complete timeline",
             s.total.count
         )),
         Some(_) => {}
@@ -288,7 +289,7 @@ mod tests {
         let mut totals = vec![1.0; 99];
         totals.push(6.0);
         let startup = startup(&pods(&totals)).unwrap();
-        let v = verdicts(&api, Some(&startup));
+        let v = verdicts(&api, "latency", Some(&startup));
         let got: Vec<(&str, bool)> = v.iter().map(|v| (v.subject.as_str(), v.pass)).collect();
         assert_eq!(
             got,
@@ -302,10 +303,11 @@ mod tests {
             ]
         );
         // Without latency pods the API calls are still judged.
-        assert_eq!(verdicts(&api, None).len(), 5);
+        assert_eq!(verdicts(&api, "load", None).len(), 5);
         // Two slow pods in a hundred break it.
         totals[0] = 5.1;
-        let v = verdicts(&api, Some(&startup_of(&totals)));
+        let v = verdicts(&api, "load", Some(&startup_of(&totals)));
+        assert_eq!(v.last().unwrap().subject, "load pods");
         assert!(!v.last().unwrap().pass);
         assert_eq!(v.last().unwrap().p99, 5.1);
     }
@@ -348,7 +350,7 @@ mod tests {
     #[test]
     fn a_report_without_data_names_what_is_missing() {
         assert_eq!(
-            missing(&[], 10, None),
+            missing(&[], "latency", 10, None),
             vec![
                 "no mutating API call was measured",
                 "no namespace-scoped LIST was measured",
@@ -363,10 +365,10 @@ mod tests {
         ];
         let s = startup_of(&[1.0; 9]);
         assert_eq!(
-            missing(&api, 10, Some(&s)),
-            vec!["9 of 10 latency pods have a complete timeline"]
+            missing(&api, "load", 10, Some(&s)),
+            vec!["9 of 10 load pods have a complete timeline"]
         );
-        assert!(missing(&api, 9, Some(&s)).is_empty());
+        assert!(missing(&api, "load", 9, Some(&s)).is_empty());
     }
 
     #[test]
