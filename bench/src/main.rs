@@ -68,12 +68,10 @@ enum Cmd {
     Authz(authz::AuthzArgs),
     /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
     Up(up::UpArgs),
-    /// Density (as `keelson bench density`): hollow nodes, saturation and latency pods, the
-    /// Kubernetes SLIs and SLOs, a run directory with samples, summary and plots.
-    Density(keelson_bench::scale::density::DensityArgs),
-    /// Load (as `keelson bench load`): Deployments of CL2's three sizes with Services, created,
-    /// scaled and deleted at a pod rate, with the same SLIs and report.
-    Load(keelson_bench::scale::load::LoadArgs),
+    /// Scale runs (as `keelson bench density|load`): hollow nodes, ClusterLoader2's workloads,
+    /// the Kubernetes SLIs and SLOs, a run directory with samples, summary and plots.
+    #[command(flatten)]
+    Scale(keelson_bench::scale::Plan),
 }
 
 #[derive(clap::Args, Debug)]
@@ -447,8 +445,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
-        Cmd::Density(a) => rt.block_on(scale(keelson_bench::scale::Plan::Density(a))),
-        Cmd::Load(a) => rt.block_on(scale(keelson_bench::scale::Plan::Load(a))),
+        Cmd::Scale(plan) => rt.block_on(scale(plan)),
     }
 }
 

@@ -53,17 +53,7 @@ enum Command {
     Chaos(keelson_chaos::run::Command),
     /// Scale runs on hollow nodes with the Kubernetes SLIs measured (ClusterLoader2's method).
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Density: saturation pods through Deployments up to P per node, then latency pods; API
-    /// call latency, pod startup, scheduling throughput, watch lag, component CPU and memory.
-    Density(keelson_bench::scale::density::DensityArgs),
-    /// Load: Deployments of three sizes with Services, created, scaled to random sizes and
-    /// deleted at a pod rate; the same SLIs, pod startup judged on every pod.
-    Load(keelson_bench::scale::load::LoadArgs),
+    Bench(keelson_bench::scale::Plan),
 }
 
 #[derive(Subcommand)]
@@ -163,11 +153,7 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Down(args) => up::down(&args).await?,
         Command::Kubeconfig(KubeconfigCommand::User(args)) => pki::user_kubeconfig(&args)?,
         Command::Chaos(command) => keelson_chaos::run::main(command).await?,
-        Command::Bench(command) => {
-            let plan = match command {
-                BenchCommand::Density(a) => keelson_bench::scale::Plan::Density(a),
-                BenchCommand::Load(a) => keelson_bench::scale::Plan::Load(a),
-            };
+        Command::Bench(plan) => {
             let keelson = std::env::current_exe()?;
             keelson_bench::scale::run(plan, &keelson, shutdown).await?;
         }

@@ -15,11 +15,12 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use keelson_client::events::{EventType, Recorder};
 use keelson_client::informer::Change;
+use keelson_client::queue::WorkQueue;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NodeSettings};
@@ -134,120 +135,93 @@ impl<R> Shared<R> {
 
 type PodKey = (String, String);
 
-/// Queued and in-flight status writes.
+/// Statuses waiting to be written, and the pods whose write is in flight.
 #[derive(Default)]
 struct Writes {
     pending: HashMap<PodKey, serde_json::Value>,
     in_flight: std::collections::HashSet<PodKey>,
-    /// Consecutive failed writes per pod (for the retry back-off).
-    failures: HashMap<PodKey, u32>,
 }
 
-/// Writes pod statuses: the latest status per pod wins, a few pods at a time, and never two
-/// writes of one pod at once (so an older status cannot land after a newer one). A write that
-/// fails for a reason that may pass (no answer, 429, 5xx) is tried again with back-off unless a
-/// newer status replaced it.
+/// Writes pod statuses through a work queue (client-go's semantics): the latest status per pod
+/// wins, a few pods at a time, never two writes of one pod at once (so an older status cannot
+/// land after a newer one). A write that fails for a reason that may pass (no answer, 429, 5xx)
+/// is retried with the queue's back-off unless a newer status replaced it.
 struct StatusWriter {
-    state: Arc<Mutex<Writes>>,
-    tx: tokio::sync::mpsc::UnboundedSender<PodKey>,
+    writes: Arc<Mutex<Writes>>,
+    queue: WorkQueue<PodKey>,
+}
+
+/// A failed write worth trying again.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 impl StatusWriter {
     fn start(client: Client, writers: usize) -> Self {
-        let state: Arc<Mutex<Writes>> = Arc::default();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PodKey>();
-        let st = state.clone();
-        let again = tx.clone();
-        tokio::spawn(async move {
-            let sem = Arc::new(Semaphore::new(writers));
-            while let Some(key) = rx.recv().await {
-                let Ok(permit) = sem.clone().acquire_owned().await else {
-                    return;
-                };
-                let body = {
-                    let mut w = st.lock();
-                    if w.in_flight.contains(&key) {
-                        // Sent again when the write in flight finishes.
-                        continue;
-                    }
-                    let Some(body) = w.pending.remove(&key) else {
-                        continue;
-                    };
-                    w.in_flight.insert(key.clone());
-                    body
-                };
-                let client = client.clone();
-                let st = st.clone();
-                let again = again.clone();
-                tokio::spawn(async move {
-                    let api: Api<Pod> = Api::namespaced(client, &key.0);
-                    let failed = match api
-                        .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&body))
-                        .await
-                    {
-                        Ok(_) => None,
-                        Err(kube::Error::Api(s)) if s.code == 404 => None,
-                        Err(e) => {
-                            tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "pod status update failed");
-                            let transient = match &e {
-                                kube::Error::Api(s) => s.code == 429 || s.code >= 500,
-                                _ => true,
-                            };
-                            transient.then_some(body)
+        let writes: Arc<Mutex<Writes>> = Arc::default();
+        let queue = WorkQueue::with_backoff(Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..writers {
+            let (client, writes, queue) = (client.clone(), writes.clone(), queue.clone());
+            tokio::spawn(async move {
+                while let Some(key) = queue.get().await {
+                    let body = {
+                        let mut w = writes.lock();
+                        let body = w.pending.remove(&key);
+                        if body.is_some() {
+                            w.in_flight.insert(key.clone());
                         }
+                        body
                     };
-                    drop(permit);
-                    let retry_in = {
-                        let mut w = st.lock();
+                    if let Some(body) = body {
+                        let api: Api<Pod> = Api::namespaced(client.clone(), &key.0);
+                        let retry = match api
+                            .patch_status(&key.1, &PatchParams::default(), &Patch::Strategic(&body))
+                            .await
+                        {
+                            Ok(_) => false,
+                            Err(kube::Error::Api(s)) if s.code == 404 => false,
+                            Err(e) => {
+                                tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "pod status update failed");
+                                transient(&e)
+                            }
+                        };
+                        let mut w = writes.lock();
                         w.in_flight.remove(&key);
-                        match failed {
-                            Some(body) if !w.pending.contains_key(&key) => {
-                                let n = w.failures.entry(key.clone()).or_insert(0);
-                                *n += 1;
-                                let delay = Duration::from_millis(500)
-                                    .saturating_mul(1 << (*n - 1).min(6))
-                                    .min(Duration::from_secs(30));
-                                w.pending.insert(key.clone(), body);
-                                Some(delay)
-                            }
-                            _ => {
-                                w.failures.remove(&key);
-                                if w.pending.contains_key(&key) {
-                                    let _ = again.send(key.clone());
-                                }
-                                None
-                            }
+                        if retry && !w.pending.contains_key(&key) {
+                            w.pending.insert(key.clone(), body);
+                            drop(w);
+                            queue.add_rate_limited(key.clone());
+                        } else {
+                            drop(w);
+                            queue.forget(&key);
                         }
-                    };
-                    if let Some(delay) = retry_in {
-                        tokio::time::sleep(delay).await;
-                        let _ = again.send(key);
                     }
-                });
-            }
-        });
-        Self { state, tx }
-    }
-
-    fn write(&self, ns: &str, name: &str, status: &PodStatus) {
-        let key = (ns.to_string(), name.to_string());
-        let body = json!({ "status": status });
-        let mut w = self.state.lock();
-        let fresh = w.pending.insert(key.clone(), body).is_none();
-        if fresh && !w.in_flight.contains(&key) {
-            let _ = self.tx.send(key);
+                    queue.done(&key);
+                }
+            });
         }
+        Self { writes, queue }
     }
 
-    /// A write of this pod's status is queued or in flight.
+    fn write(&self, ns: &str, name: &str, body: serde_json::Value) {
+        let key = (ns.to_string(), name.to_string());
+        self.writes.lock().pending.insert(key.clone(), body);
+        self.queue.add(key);
+    }
+
+    /// A write of this pod's status is queued, waiting for a retry, or in flight.
     fn busy(&self, ns: &str, name: &str) -> bool {
         let key = (ns.to_string(), name.to_string());
-        let w = self.state.lock();
+        let w = self.writes.lock();
         w.pending.contains_key(&key) || w.in_flight.contains(&key)
     }
 
     fn idle(&self) -> bool {
-        let w = self.state.lock();
+        let w = self.writes.lock();
         w.pending.is_empty() && w.in_flight.is_empty()
     }
 }
@@ -351,16 +325,22 @@ impl<R: Runtime> Agent<R> {
         self.shared.recorder.record(r, kind, reason, msg);
     }
 
-    /// Queues a pod status write.
+    /// Queues a pod status write: a strategic merge patch, in which conditions merge by type,
+    /// so only the node's own are sent and other writers' (readiness gates, DisruptionTarget)
+    /// stay as they are.
     pub fn write_status(&self, pod: &Pod, status: &PodStatus) {
+        let mut status = status.clone();
+        if let Some(cs) = status.conditions.as_mut() {
+            cs.retain(|c| crate::status::node_condition(&c.type_));
+        }
         self.shared.status.write(
             pod.metadata.namespace.as_deref().unwrap_or("default"),
             pod.metadata.name.as_deref().unwrap_or(""),
-            status,
+            json!({ "status": status }),
         );
     }
 
-    /// A write of this pod's status is queued or in flight.
+    /// A write of this pod's status is queued, waiting for a retry, or in flight.
     pub fn status_busy(&self, pod: &Pod) -> bool {
         self.shared.status.busy(
             pod.metadata.namespace.as_deref().unwrap_or("default"),

@@ -77,6 +77,15 @@ impl Slot {
     }
 }
 
+/// The pod conditions the node owns; others (readiness gates, DisruptionTarget) belong to
+/// other writers.
+pub fn node_condition(type_: &str) -> bool {
+    matches!(
+        type_,
+        "PodReadyToStartContainers" | "Initialized" | "ContainersReady" | "Ready"
+    )
+}
+
 /// A waiting state.
 pub fn waiting(reason: &str, message: Option<String>) -> ContainerState {
     ContainerState {
@@ -329,12 +338,7 @@ impl PodState {
         let names = |v: &[&str]| format!("[{}]", v.join(" "));
         let mut conditions: Vec<PodCondition> = old_conds
             .iter()
-            .filter(|c| {
-                !matches!(
-                    c.type_.as_str(),
-                    "PodReadyToStartContainers" | "Initialized" | "ContainersReady" | "Ready"
-                )
-            })
+            .filter(|c| !node_condition(&c.type_))
             .cloned()
             .collect();
         conditions.push(cond(

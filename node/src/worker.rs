@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
 use crate::runtime::{ContainerHandle, Exit, Mount, ProbeKind, Runtime, StartSpec};
-use crate::status::{PodState, Verdict, running, terminated, waiting};
+use crate::status::{PodState, Verdict, node_condition, running, terminated, waiting};
 
 /// The first restart delay after the first restart, and the cap (upstream: 10 s, 5 min).
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -81,11 +81,31 @@ impl<R: Runtime> Worker<R> {
         &self.agent.shared.runtime
     }
 
-    /// Builds the status and queues a write when it changed.
+    /// Builds the status and queues a write when it changed. The node's own conditions come
+    /// from what it last wrote, other writers' as the API has them.
     fn publish(&self) {
         let st = self.state.lock();
         let mut last = self.last.lock();
-        let old = last.clone().or_else(|| st.pod.status.clone());
+        let old = match last.clone() {
+            Some(mut mine) => {
+                let theirs = st
+                    .pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !node_condition(&c.type_));
+                let own = mine.conditions.take().into_iter().flatten();
+                mine.conditions = Some(
+                    own.filter(|c| node_condition(&c.type_))
+                        .chain(theirs.cloned())
+                        .collect(),
+                );
+                Some(mine)
+            }
+            None => st.pod.status.clone(),
+        };
         let new = st.build(old.as_ref());
         if last.as_ref() != Some(&new) {
             self.agent.write_status(&st.pod, &new);
@@ -93,20 +113,25 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
-    /// The API shows a phase or conditions other than what this worker last wrote, and no write
-    /// of ours is on its way: someone else wrote the status (the node lifecycle controller marks
-    /// a silent node's pods not ready) or a write of ours was lost. Ours is written again, as
-    /// upstream's status manager reconciles.
+    /// A new version of the pod arrived. Once this worker has written a status: other writers'
+    /// conditions (readiness gates) may change its own, and when the API shows another phase
+    /// or other node conditions than it last wrote, with no write of its own on the way,
+    /// someone else wrote them (the node lifecycle controller marks a silent node's pods not
+    /// ready) or a write was lost, so its own are written again, as upstream's status manager
+    /// reconciles.
     fn reconcile(&self, pod: &Pod) {
+        if self.last.lock().is_none() {
+            return;
+        }
+        self.publish();
         fn summary(s: Option<&PodStatus>) -> (Option<&str>, Vec<(&str, &str)>) {
             let mut conds: Vec<(&str, &str)> = s
                 .and_then(|s| s.conditions.as_ref())
-                .map(|cs| {
-                    cs.iter()
-                        .map(|c| (c.type_.as_str(), c.status.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .into_iter()
+                .flatten()
+                .filter(|c| node_condition(&c.type_))
+                .map(|c| (c.type_.as_str(), c.status.as_str()))
+                .collect();
             conds.sort_unstable();
             (s.and_then(|s| s.phase.as_deref()), conds)
         }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::observe::Timelines;
 use super::report::Workload;
-use super::{MAX_PODS, RunArgs, bar, pod_template, positive_rate, wait_running};
+use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, wait_running};
 
 /// The namespace of the saturation Deployments and the probes.
 const SATURATION_NS: &str = "density";
@@ -98,6 +98,7 @@ impl DensityArgs {
             judged: "latency".into(),
             judged_pods: self.latency_pods,
             saturating: "saturation".into(),
+            saturating_pods: saturation_pods,
         }
     }
 }
@@ -112,7 +113,7 @@ pub(super) async fn drive(
     let saturation_pods = w.nodes * args.pods_per_node;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), SATURATION_NS);
     let bar_ = bar(saturation_pods as u64, "saturation pods");
-    let start = Instant::now();
+    let mut pacer = Pacer::new(args.rate);
     let (mut created, mut i) = (0usize, 0usize);
     while created < saturation_pods {
         let size = args.deployment_size.min(saturation_pods - created);
@@ -131,12 +132,11 @@ pub(super) async fn drive(
         created += size;
         i += 1;
         bar_.set_message(format!("{i} Deployments"));
-        let due = start + Duration::from_secs_f64(created as f64 / args.rate);
-        while Instant::now() < due {
-            bar_.set_position(timelines.counts("saturation").2 as u64);
-            tokio::time::sleep_until(due.min(Instant::now() + Duration::from_millis(500)).into())
-                .await;
-        }
+        pacer
+            .done(size, || {
+                bar_.set_position(timelines.counts("saturation").2 as u64)
+            })
+            .await;
     }
     wait_running(
         timelines,

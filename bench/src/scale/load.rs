@@ -16,11 +16,12 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use super::observe::{GROUP_LABEL, Timelines};
 use super::report::Workload;
-use super::{MAX_PODS, RunArgs, bar, pod_template, positive_rate, wait_running};
+use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, wait_running};
 
 /// The pod group of every pod of a load run.
 const GROUP: &str = "load";
@@ -174,7 +175,9 @@ impl LoadArgs {
             cluster,
             judged: GROUP.into(),
             judged_pods: pods,
+            // The pods of the creation phase; scale-ups come after they all run.
             saturating: GROUP.into(),
+            saturating_pods: pods,
         }
     }
 
@@ -224,7 +227,7 @@ impl LoadArgs {
         wait_running(timelines, GROUP, pods, &b, self.run.timeout).await?;
 
         // Scale every Deployment to a random size between half and one and a half its own.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let scaled: Vec<usize> = plan
             .iter()
             .map(|d| {
@@ -274,35 +277,6 @@ impl LoadArgs {
         b.finish();
         let namespaces = self.namespaces(w.nodes);
         wait_pods_gone(client, &namespaces, timeout).await
-    }
-}
-
-/// Paces work at a number of pods per second from its start.
-struct Pacer {
-    start: Instant,
-    rate: f64,
-    pods: usize,
-}
-
-impl Pacer {
-    fn new(rate: f64) -> Self {
-        Pacer {
-            start: Instant::now(),
-            rate,
-            pods: 0,
-        }
-    }
-
-    /// `pods` more were asked for: sleeps until the rate allows the next, calling `tick`
-    /// every half second meanwhile.
-    async fn done(&mut self, pods: usize, tick: impl Fn()) {
-        self.pods += pods;
-        let due = self.start + Duration::from_secs_f64(self.pods as f64 / self.rate);
-        while Instant::now() < due {
-            tick();
-            tokio::time::sleep_until(due.min(Instant::now() + Duration::from_millis(500)).into())
-                .await;
-        }
     }
 }
 

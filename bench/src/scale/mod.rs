@@ -111,11 +111,14 @@ fn positive_rate(flag: &str, v: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The workload of a run.
+/// The workload of a run (the `keelson bench` subcommands).
+#[derive(clap::Subcommand, Debug, Clone)]
 pub enum Plan {
-    /// Saturation, then latency pods.
+    /// Density: saturation pods through Deployments up to P per node, then latency pods; API
+    /// call latency, pod startup, scheduling throughput, watch lag, component CPU and memory.
     Density(density::DensityArgs),
-    /// Deployments created, scaled and deleted.
+    /// Load: Deployments of three sizes with Services, created, scaled to random sizes and
+    /// deleted at a pod rate; the same SLIs, pod startup judged on every pod.
     Load(load::LoadArgs),
 }
 
@@ -276,7 +279,7 @@ pub async fn run(
     // What was measured is written first, and even when the workload failed: where it broke
     // is a result.
     let report = report::summarise(workload, t0.elapsed().as_secs_f64(), &samples);
-    report::write(&dir, &report, &samples)?;
+    let written = report::write(&dir, &report, &samples);
     println!("{}", report::markdown(&report));
     println!("Run directory: {}", dir.display());
     let cleaned = match cluster {
@@ -290,6 +293,7 @@ pub async fn run(
             cleanup(&client, &created, timeout).await
         }
     };
+    written?;
     result?;
     cleaned?;
     if !report.missing.is_empty() {
@@ -521,6 +525,35 @@ async fn measure(
         sampled_components: cluster.is_some(),
     };
     (samples, result)
+}
+
+/// Paces work at a number of pods per second from its start.
+pub(crate) struct Pacer {
+    start: Instant,
+    rate: f64,
+    pods: usize,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: f64) -> Self {
+        Pacer {
+            start: Instant::now(),
+            rate,
+            pods: 0,
+        }
+    }
+
+    /// `pods` more were asked for: sleeps until the rate allows the next, calling `tick`
+    /// every half second meanwhile.
+    pub(crate) async fn done(&mut self, pods: usize, tick: impl Fn()) {
+        self.pods += pods;
+        let due = self.start + Duration::from_secs_f64(self.pods as f64 / self.rate);
+        while Instant::now() < due {
+            tick();
+            tokio::time::sleep_until(due.min(Instant::now() + Duration::from_millis(500)).into())
+                .await;
+        }
+    }
 }
 
 /// Waits until `want` pods of `group` have run.

@@ -29,9 +29,10 @@ pub struct Workload {
     /// complete timeline.
     pub judged: String,
     pub judged_pods: usize,
-    /// The pod group whose binding rate is the scheduling throughput (created while the
-    /// scheduler is saturated).
+    /// The pod group whose binding rate is the scheduling throughput, and how many of its
+    /// first-bound pods were created while the scheduler was saturated (those are counted).
     pub saturating: String,
+    pub saturating_pods: usize,
 }
 
 /// A component's use over the run.
@@ -104,13 +105,16 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
             pod_startup.insert(group.to_string(), st);
         }
     }
-    // Throughput while the scheduler is saturated, not over the latency pods' slow trickle.
-    let bound: Vec<f64> = s
+    // Throughput while the scheduler is saturated: the saturating group's first-bound pods,
+    // not the latency pods' trickle or a load's scale-ups.
+    let mut bound: Vec<f64> = s
         .pods
         .iter()
         .filter(|p| p.group == workload.saturating)
         .filter_map(|p| p.times.bound)
         .collect();
+    bound.sort_by(f64::total_cmp);
+    bound.truncate(workload.saturating_pods);
     let lags: Vec<f64> = s.watch_lag.iter().map(|l| l.1).collect();
     let mut by_component: BTreeMap<&str, Vec<&ComponentSample>> = BTreeMap::new();
     for c in &s.components {
