@@ -209,13 +209,17 @@ async fn key_order_decides_writes_and_staleness() {
         new.from_storage(ad, rewritten).await.unwrap(),
         (b"v".to_vec(), false)
     );
-    // A key of the same name with other bytes does not decrypt: an error, never garbage.
+    // A key of the same name with other bytes never gives the value back. CBC carries no
+    // integrity check (as upstream's aescbc): most wrong keys fail the padding check, but about
+    // one in 256 decrypts to garbage with valid padding.
     let wrong = load(
         dir.path(),
         "  - aescbc: {keys: [{name: k1, secret: \"$KEY16\"}]}\n",
     )
     .await;
-    assert!(wrong.from_storage(ad, stored).await.is_err());
+    if let Ok((value, _)) = wrong.from_storage(ad, stored).await {
+        assert_ne!(value, b"v".to_vec());
+    }
 }
 
 #[tokio::test]
