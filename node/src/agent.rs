@@ -207,17 +207,18 @@ impl StatusWriter {
         Self { writes, queue }
     }
 
-    fn write(&self, ns: &str, name: &str, body: serde_json::Value) {
+    /// Queues `body` for the pod; with `unless_busy`, only when no write of it is queued,
+    /// waiting for a retry, or in flight.
+    fn write(&self, ns: &str, name: &str, body: serde_json::Value, unless_busy: bool) {
         let key = (ns.to_string(), name.to_string());
-        self.writes.lock().pending.insert(key.clone(), body);
+        {
+            let mut w = self.writes.lock();
+            if unless_busy && (w.pending.contains_key(&key) || w.in_flight.contains(&key)) {
+                return;
+            }
+            w.pending.insert(key.clone(), body);
+        }
         self.queue.add(key);
-    }
-
-    /// A write of this pod's status is queued, waiting for a retry, or in flight.
-    fn busy(&self, ns: &str, name: &str) -> bool {
-        let key = (ns.to_string(), name.to_string());
-        let w = self.writes.lock();
-        w.pending.contains_key(&key) || w.in_flight.contains(&key)
     }
 
     fn idle(&self) -> bool {
@@ -329,6 +330,16 @@ impl<R: Runtime> Agent<R> {
     /// so only the node's own are sent and other writers' (readiness gates, DisruptionTarget)
     /// stay as they are.
     pub fn write_status(&self, pod: &Pod, status: &PodStatus) {
+        self.queue_status(pod, status, false);
+    }
+
+    /// As [`Self::write_status`], unless a write of this pod's status is already queued,
+    /// waiting for a retry, or in flight.
+    pub fn write_status_unless_busy(&self, pod: &Pod, status: &PodStatus) {
+        self.queue_status(pod, status, true);
+    }
+
+    fn queue_status(&self, pod: &Pod, status: &PodStatus, unless_busy: bool) {
         let mut status = status.clone();
         if let Some(cs) = status.conditions.as_mut() {
             cs.retain(|c| crate::status::node_condition(&c.type_));
@@ -337,15 +348,8 @@ impl<R: Runtime> Agent<R> {
             pod.metadata.namespace.as_deref().unwrap_or("default"),
             pod.metadata.name.as_deref().unwrap_or(""),
             json!({ "status": status }),
+            unless_busy,
         );
-    }
-
-    /// A write of this pod's status is queued, waiting for a retry, or in flight.
-    pub fn status_busy(&self, pod: &Pod) -> bool {
-        self.shared.status.busy(
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name.as_deref().unwrap_or(""),
-        )
     }
 
     /// A pod bound to this node changed (informer callback).

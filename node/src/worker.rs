@@ -139,8 +139,8 @@ impl<R: Runtime> Worker<R> {
         let Some(mine) = last.as_ref() else {
             return;
         };
-        if summary(pod.status.as_ref()) != summary(Some(mine)) && !self.agent.status_busy(pod) {
-            self.agent.write_status(pod, mine);
+        if summary(pod.status.as_ref()) != summary(Some(mine)) {
+            self.agent.write_status_unless_busy(pod, mine);
         }
     }
 
