@@ -4,8 +4,10 @@
 //! Built in and always on: NamespaceLifecycle (writes into a missing or terminating namespace
 //! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). On unless
 //! disabled: ServiceAccount (pods run as an existing account and get its API credentials; see
-//! [`crate::registry::Registry`]) and PodSecurity ([`crate::podsecurity`]). Off unless enabled: NodeRestriction (a kubelet may only
-//! write its own Node and the pods bound to it, and only mirror pods).
+//! [`crate::registry::Registry`]), PodSecurity ([`crate::podsecurity`]), and
+//! MutatingAdmissionWebhook and ValidatingAdmissionWebhook ([`crate::webhook`]). Off unless
+//! enabled: NodeRestriction (a kubelet may only write its own Node and the pods bound to it,
+//! and only mirror pods).
 
 use std::sync::Arc;
 
@@ -20,7 +22,13 @@ use crate::status::{ApiError, ApiResult};
 /// Plugins that run whatever the flags say.
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
 /// Plugins the flags turn on or off.
-const OPTIONAL: &[&str] = &["NodeRestriction", "PodSecurity", "ServiceAccount"];
+const OPTIONAL: &[&str] = &[
+    "MutatingAdmissionWebhook",
+    "NodeRestriction",
+    "PodSecurity",
+    "ServiceAccount",
+    "ValidatingAdmissionWebhook",
+];
 
 /// The admission plugins in force.
 #[derive(Debug, Clone)]
@@ -31,6 +39,10 @@ pub struct Plugins {
     pub service_account: bool,
     /// PodSecurity (on unless disabled, as upstream).
     pub pod_security: bool,
+    /// MutatingAdmissionWebhook (on unless disabled, as upstream).
+    pub mutating_webhook: bool,
+    /// ValidatingAdmissionWebhook (on unless disabled, as upstream).
+    pub validating_webhook: bool,
 }
 
 impl Default for Plugins {
@@ -39,6 +51,8 @@ impl Default for Plugins {
             node_restriction: false,
             service_account: true,
             pod_security: true,
+            mutating_webhook: true,
+            validating_webhook: true,
         }
     }
 }
@@ -58,6 +72,8 @@ impl Plugins {
                 "NodeRestriction" => p.node_restriction = true,
                 "ServiceAccount" => p.service_account = true,
                 "PodSecurity" => p.pod_security = true,
+                "MutatingAdmissionWebhook" => p.mutating_webhook = true,
+                "ValidatingAdmissionWebhook" => p.validating_webhook = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -82,6 +98,8 @@ impl Plugins {
                 "NodeRestriction" => p.node_restriction = false,
                 "ServiceAccount" => p.service_account = false,
                 "PodSecurity" => p.pod_security = false,
+                "MutatingAdmissionWebhook" => p.mutating_webhook = false,
+                "ValidatingAdmissionWebhook" => p.validating_webhook = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"

@@ -120,11 +120,12 @@ impl Cache {
         shutdown: &CancellationToken,
     ) -> Arc<Cache> {
         let mut cachers = Vec::new();
-        for res in resources::all()
-            .iter()
-            .filter(|r| !r.create_only() && (ring_size > 0 || r.group == RBAC_GROUP))
-        {
-            // The authorizer reads RBAC objects from their caches, which therefore always run.
+        for res in resources::all().iter().filter(|r| {
+            !r.create_only()
+                && (ring_size > 0 || r.group == RBAC_GROUP || r.group == crate::webhook::GROUP)
+        }) {
+            // The authorizer reads RBAC objects, and the webhook plugins their configurations,
+            // from their caches, which therefore always run.
             let ring_size = if ring_size == 0 { 100 } else { ring_size };
             let (tx, _) = broadcast::channel(4096);
             let c = Arc::new(Cacher {

@@ -51,6 +51,8 @@ pub struct ApiState {
     pub authz: Arc<crate::authz::Authorizer>,
     /// Encryption at rest, when configured (its health checks).
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
+    /// The admission webhook plugins, unless both are disabled.
+    pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
 }
 
 /// How a response body is rendered.
@@ -273,8 +275,32 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
 
 /// The write options of a request: dry run and the field manager (`fieldManager`, else the
 /// User-Agent's product name, as upstream).
+/// The admission of one write: the built-in check and the webhooks.
+struct Admission {
+    check: Option<crate::registry::Admit>,
+    hooks: Option<Arc<crate::webhook::Call>>,
+}
+
+/// The admission webhooks of a create through a subresource (binding, eviction, token).
+async fn admit_sub_create(
+    admit: &Admission,
+    ns: &str,
+    name: &str,
+    obj: &mut Value,
+    dry_run: bool,
+) -> ApiResult<()> {
+    use crate::webhook::Operation;
+    if let Some(h) = &admit.hooks {
+        h.mutate(Operation::Create, ns, name, None, obj, dry_run)
+            .await?;
+        h.validate(Operation::Create, ns, name, None, Some(obj), dry_run)
+            .await?;
+    }
+    Ok(())
+}
+
 fn write_opts(
-    admit: &Option<crate::registry::Admit>,
+    admit: &Admission,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     subresource: &str,
@@ -310,7 +336,8 @@ fn write_opts(
             applied: false,
         }),
         namespace_checked: false,
-        admit: admit.clone(),
+        admit: admit.check.clone(),
+        hooks: admit.hooks.clone(),
     })
 }
 
@@ -485,6 +512,11 @@ async fn health(
         if let Some(rbac) = state.authz.rbac() {
             checks.push(("poststarthook/rbac/bootstrap-roles".into(), rbac.ready()));
         }
+        if probe == "readyz"
+            && let Some(w) = &state.webhooks
+        {
+            checks.push(("informer-sync".into(), w.ready()));
+        }
     }
     let excluded: Vec<&str> = query
         .get("exclude")
@@ -621,8 +653,21 @@ async fn resource_request(
         }
         _ => None,
     };
+    // Writes only: the admission webhooks that may apply.
+    let hooks = match (
+        info.is_mutating(),
+        &state.webhooks,
+        req.extensions().get::<crate::authz::UserInfo>(),
+    ) {
+        (true, Some(w), Some(u)) => w.call(res, sub.map(Sub::name).unwrap_or(""), u),
+        _ => None,
+    };
+    let admit = Admission {
+        check: admit,
+        hooks: hooks.clone(),
+    };
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
-    match (info.verb.as_str(), sub) {
+    let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {
         ("get", None | Some(Sub::Status)) => {
             let out = negotiate(&headers, &q, allow_table)?;
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
@@ -647,7 +692,7 @@ async fn resource_request(
         }
         ("get", Some(Sub::Scale)) => {
             let obj = state.registry.get(res, ns, name).await?;
-            Ok(json_response(&scale_of(res, &obj)))
+            Ok(json_response(&object::scale_of(res, &obj)))
         }
         ("list", None) => {
             let out = negotiate(&headers, &q, true)?;
@@ -819,6 +864,7 @@ async fn resource_request(
             let body = read_body(req.into_body()).await?;
             let mut tr = decode_document(&ct, &body)?;
             check_type(&mut tr, "authentication.k8s.io", "v1", "TokenRequest")?;
+            admit_sub_create(&admit, ns, name, &mut tr, dry_run(&q)?).await?;
             token_request(state, ns, name, tr, dry_run(&q)?, node.as_deref()).await
         }
         ("create", Some(Sub::Binding)) => {
@@ -826,12 +872,13 @@ async fn resource_request(
             let body = read_body(req.into_body()).await?;
             let mut b = decode_document(&ct, &body)?;
             check_type(&mut b, "", "v1", "Binding")?;
+            admit_sub_create(&admit, ns, name, &mut b, dry_run(&q)?).await?;
             bind(state, res, ns, name, &b, dry_run(&q)?).await
         }
         ("create", Some(Sub::Eviction)) => {
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
-            let ev = decode_document(&ct, &body)?;
+            let mut ev = decode_document(&ct, &body)?;
             let av = ev
                 .get("apiVersion")
                 .and_then(Value::as_str)
@@ -852,6 +899,7 @@ async fn resource_request(
                     "name in URL does not match name in Eviction object ({body_name} != {name})"
                 )));
             }
+            admit_sub_create(&admit, ns, name, &mut ev, dry_run(&q)?).await?;
             evict(state, res, ns, name, &ev, dry_run(&q)?).await
         }
         ("update", Some(Sub::Finalize)) => {
@@ -946,7 +994,7 @@ async fn resource_request(
                     Ok(o)
                 })
                 .await?;
-            Ok(json_response(&scale_of(res, &updated)))
+            Ok(json_response(&object::scale_of(res, &updated)))
         }
         ("patch", None | Some(Sub::Status) | Some(Sub::Scale)) => {
             let out = negotiate(&headers, &q, false)?;
@@ -966,7 +1014,7 @@ async fn resource_request(
                 .registry
                 .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
                     let base = if is_scale {
-                        scale_of(res, old)
+                        object::scale_of(res, old)
                     } else {
                         with_type(res, old.clone())
                     };
@@ -1002,7 +1050,7 @@ async fn resource_request(
                 .await?;
             let warnings = warnings.into_inner().unwrap_or_default();
             if is_scale {
-                return Ok(json_response(&scale_of(res, &updated)));
+                return Ok(json_response(&object::scale_of(res, &updated)));
             }
             Ok(add_warnings(
                 render_object(res, &with_type(res, updated), out, StatusCode::OK),
@@ -1020,7 +1068,8 @@ async fn resource_request(
             }
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
-            let opts = delete_options(&q, &ct, &body)?;
+            let mut opts = delete_options(&q, &ct, &body)?;
+            opts.hooks = admit.hooks.clone();
             let d = state.registry.delete(res, ns, name, &opts).await?;
             let obj = with_type(res, d.object);
             let code = if d.gone {
@@ -1041,7 +1090,8 @@ async fn resource_request(
         ("deletecollection", None) => {
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
-            let opts = delete_options(&q, &ct, &body)?;
+            let mut opts = delete_options(&q, &ct, &body)?;
+            opts.hooks = admit.hooks.clone();
             let lo = list_options(res, &q)?;
             let page = state.registry.list(res, ns, &lo).await?;
             let mut deleted = Vec::new();
@@ -1062,6 +1112,10 @@ async fn resource_request(
             "the server does not allow this method on the requested resource ({} {})",
             info.verb, info.path
         ))),
+    } }.await;
+    match (result, hooks) {
+        (Ok(r), Some(h)) => Ok(add_warnings(r, &h.warnings())),
+        (r, _) => r,
     }
 }
 
@@ -1123,45 +1177,6 @@ fn delete_options(q: &HashMap<String, String>, ct: &str, body: &[u8]) -> ApiResu
         opts.dry_run = true;
     }
     Ok(opts)
-}
-
-/// The autoscaling/v1 Scale view of a scalable object.
-fn scale_of(res: &Resource, obj: &Value) -> Value {
-    let selector = match obj.pointer("/spec/selector") {
-        Some(Value::Object(m))
-            if m.contains_key("matchLabels") || m.contains_key("matchExpressions") =>
-        {
-            m.get("matchLabels")
-                .and_then(Value::as_object)
-                .map(|l| {
-                    l.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default()
-        }
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => String::new(),
-    };
-    let m = object::meta(obj);
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": m.get("name"),
-            "namespace": m.get("namespace"),
-            "uid": m.get("uid"),
-            "resourceVersion": m.get("resourceVersion"),
-            "creationTimestamp": m.get("creationTimestamp"),
-        },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if res.kind == "StatefulSet" { 1 } else { 0 })},
-        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
-    })
 }
 
 /// `pods/binding`: sets `spec.nodeName` of an unbound pod.

@@ -40,6 +40,7 @@ pub mod strategy;
 pub mod table;
 pub mod validation;
 pub mod watch;
+pub mod webhook;
 
 pub use config::Config;
 pub use serve::run;

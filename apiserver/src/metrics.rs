@@ -111,6 +111,25 @@ pub struct Metrics {
     pub objects: Family<ResourceLabel, Gauge>,
     /// `apiserver_watch_events_total`.
     pub watch_events: Family<KindLabels, Counter>,
+    /// `apiserver_admission_webhook_admission_duration_seconds`.
+    pub webhook_durations: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Labels of the admission webhook latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook's name.
+    pub name: String,
+    /// `CREATE`, `UPDATE`, `DELETE`.
+    pub operation: String,
+    /// Whether the request was refused (denied or failed).
+    pub rejected: String,
+    /// `admit` (mutating) or `validating`.
+    pub r#type: String,
+}
+
+fn new_webhook_histogram() -> Histogram {
+    Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 25.0])
 }
 
 /// The `resource` label (`pods`, `deployments.apps`).
@@ -152,6 +171,9 @@ impl Metrics {
             dropped: Family::default(),
             objects: Family::default(),
             watch_events: Family::default(),
+            webhook_durations: Family::new_with_constructor(
+                new_webhook_histogram as fn() -> Histogram,
+            ),
         };
         {
             let mut r = m.registry.lock();
@@ -178,8 +200,32 @@ impl Metrics {
                 "Number of events sent in watch clients",
                 m.watch_events.clone(),
             );
+            r.register(
+                "apiserver_admission_webhook_admission_duration_seconds",
+                "Admission webhook latency histogram in seconds, identified by name and broken out for each operation and API resource and type (validate or admit)",
+                m.webhook_durations.clone(),
+            );
         }
         m
+    }
+
+    /// Records one call of an admission webhook.
+    pub fn webhook_admission(
+        &self,
+        name: &str,
+        kind: &str,
+        operation: &str,
+        rejected: bool,
+        took: std::time::Duration,
+    ) {
+        self.webhook_durations
+            .get_or_create(&WebhookLabels {
+                name: name.into(),
+                operation: operation.into(),
+                rejected: rejected.to_string(),
+                r#type: kind.into(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// A guard that holds one registered-watcher count for `res`.

@@ -174,6 +174,45 @@ pub fn human_duration(secs: i64) -> String {
     }
 }
 
+/// The autoscaling/v1 Scale view of a scalable object.
+pub fn scale_of(res: &Resource, obj: &Value) -> Value {
+    let selector = match obj.pointer("/spec/selector") {
+        Some(Value::Object(m))
+            if m.contains_key("matchLabels") || m.contains_key("matchExpressions") =>
+        {
+            m.get("matchLabels")
+                .and_then(Value::as_object)
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        }
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => String::new(),
+    };
+    let m = meta(obj);
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m.get("name"),
+            "namespace": m.get("namespace"),
+            "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"),
+            "creationTimestamp": m.get("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(if res.kind == "StatefulSet" { 1 } else { 0 })},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0), "selector": selector},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

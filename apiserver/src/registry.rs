@@ -15,6 +15,7 @@ use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::strategy;
+use crate::webhook::Operation;
 
 /// Options of a list request.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +60,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// The admission webhooks of the request, if any may apply.
+    pub hooks: Option<Arc<crate::webhook::Call>>,
 }
 
 /// Who is writing, for `managedFields`.
@@ -85,6 +88,8 @@ pub struct WriteOpts {
     /// A last check of the object about to be written, after defaulting and validation
     /// (validating admission; RBAC's escalation check).
     pub admit: Option<Admit>,
+    /// The admission webhooks of the request, if any may apply.
+    pub hooks: Option<Arc<crate::webhook::Call>>,
 }
 
 /// The check behind [`Admit`]: `(namespace, the object before (None on create), the object)`.
@@ -620,10 +625,27 @@ impl Registry {
                 self.admit_service_account(&mut obj, ns).await?;
             }
         }
+        if let Some(h) = &w.hooks {
+            let name = meta_str(&obj, "name").to_string();
+            if h.mutate(Operation::Create, ns, &name, None, &mut obj, w.dry_run)
+                .await?
+            {
+                strategy::default(res, &mut obj);
+                strategy::prepare_for_create(res, &mut obj);
+                if res.namespaced {
+                    set_meta(&mut obj, "namespace", json!(ns));
+                }
+            }
+        }
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
         strategy::validate(res, &obj)?;
         w.admit(ns, None, &obj)?;
+        if let Some(h) = &w.hooks {
+            let name = meta_str(&obj, "name").to_string();
+            h.validate(Operation::Create, ns, &name, None, Some(&obj), w.dry_run)
+                .await?;
+        }
         self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
         let template = obj.clone();
@@ -793,15 +815,35 @@ impl Registry {
             }
             m.remove("selfLink");
         }
-        if status_only {
-            strategy::prepare_for_status_update(&old, &mut obj);
-        } else {
-            strategy::default(res, &mut obj);
-            strategy::prepare_for_update(res, &old, &mut obj);
+        let prepare = |obj: &mut Value| {
+            if status_only {
+                strategy::prepare_for_status_update(&old, obj);
+            } else {
+                strategy::default(res, obj);
+                strategy::prepare_for_update(res, &old, obj);
+            }
+        };
+        prepare(&mut obj);
+        if let Some(h) = &w.hooks
+            && h.mutate(Operation::Update, ns, name, Some(&old), &mut obj, w.dry_run)
+                .await?
+        {
+            prepare(&mut obj);
         }
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
         w.admit(ns, Some(&old), &obj)?;
+        if let Some(h) = &w.hooks {
+            h.validate(
+                Operation::Update,
+                ns,
+                name,
+                Some(&old),
+                Some(&obj),
+                w.dry_run,
+            )
+            .await?;
+        }
         self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)
@@ -993,6 +1035,9 @@ impl Registry {
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {old_rv}"
                     ),
                 ));
+            }
+            if let Some(h) = &opts.hooks {
+                h.delete(ns, name, &old, opts.dry_run).await?;
             }
             let mut obj = old.clone();
             let mut finalizers: Vec<Value> = meta(&obj)

@@ -3,10 +3,11 @@
 //! carry upstream's names, short names, categories and storage paths.
 
 use k8s_openapi::api::{
-    apps::v1 as apps, authentication::v1 as authentication, authorization::v1 as authorization,
-    batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
-    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+    admissionregistration::v1 as admissionregistration, apps::v1 as apps,
+    authentication::v1 as authentication, authorization::v1 as authorization, batch::v1 as batch,
+    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+    events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -774,6 +775,35 @@ pub fn all() -> &'static [Resource] {
                 "storageclasses",
                 "io.k8s.api.storage.v1.StorageClass",
                 storage::StorageClass
+            ),
+            // admissionregistration.k8s.io/v1
+            res!(
+                "admissionregistration.k8s.io",
+                "v1",
+                "mutatingwebhookconfigurations",
+                "mutatingwebhookconfiguration",
+                "MutatingWebhookConfiguration",
+                false,
+                NONE,
+                &["api-extensions"],
+                NOSUB,
+                "mutatingwebhookconfigurations",
+                "io.k8s.api.admissionregistration.v1.MutatingWebhookConfiguration",
+                admissionregistration::MutatingWebhookConfiguration
+            ),
+            res!(
+                "admissionregistration.k8s.io",
+                "v1",
+                "validatingwebhookconfigurations",
+                "validatingwebhookconfiguration",
+                "ValidatingWebhookConfiguration",
+                false,
+                NONE,
+                &["api-extensions"],
+                NOSUB,
+                "validatingwebhookconfigurations",
+                "io.k8s.api.admissionregistration.v1.ValidatingWebhookConfiguration",
+                admissionregistration::ValidatingWebhookConfiguration
             ),
         ]
     })

@@ -344,7 +344,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         false => None,
     };
     let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
+    let webhooks = (admission.mutating_webhook || admission.validating_webhook).then(|| {
+        crate::webhook::Webhooks::start(
+            &cache,
+            registry.clone(),
+            metrics.clone(),
+            admission.mutating_webhook,
+            admission.validating_webhook,
+            &shutdown,
+        )
+    });
     let state = Arc::new(ApiState {
+        webhooks,
         admission,
         authz: authz.clone(),
         token_issuer: sa_issuer.map(Arc::new),

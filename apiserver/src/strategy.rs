@@ -291,6 +291,8 @@ pub fn default(res: &Resource, obj: &mut Value) {
         "Secret" => {
             set_default(obj, &["type"], json!("Opaque"));
         }
+        "MutatingWebhookConfiguration" => crate::webhook::config::default(obj, true),
+        "ValidatingWebhookConfiguration" => crate::webhook::config::default(obj, false),
         _ => {}
     }
 }
@@ -507,6 +509,10 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "Lease" => {}
         "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
         "PriorityClass" => require(obj, "/value", "value", &mut causes),
+        "MutatingWebhookConfiguration" => crate::webhook::config::validate(obj, true, &mut causes),
+        "ValidatingWebhookConfiguration" => {
+            crate::webhook::config::validate(obj, false, &mut causes)
+        }
         _ => {}
     }
     if causes.is_empty() {

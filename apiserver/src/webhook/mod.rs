@@ -1,0 +1,1011 @@
+//! The MutatingAdmissionWebhook and ValidatingAdmissionWebhook admission plugins: webhooks from
+//! `admissionregistration.k8s.io/v1` configurations, matched by rules, namespace and object
+//! selectors, called with an `admission.k8s.io/v1` AdmissionReview over HTTPS.
+//!
+//! As upstream:
+//! - Configurations apply in the order of their names, webhooks in their order within one.
+//! - Mutating webhooks run one after another, after the built-in mutating plugins; each JSON
+//!   patch is applied before the next is called. When a later webhook changes the object, the
+//!   earlier ones with `reinvocationPolicy: IfNeeded` are called once more.
+//! - Validating webhooks run in parallel after validation and the built-in validating plugins;
+//!   one denial refuses the request.
+//! - A denial answers with the webhook's status (at least 400), its message prefixed with
+//!   `admission webhook "name" denied the request`. A webhook that cannot be called, times
+//!   out or answers nonsense refuses the request with a 500 under `failurePolicy: Fail` and is
+//!   skipped under `Ignore`.
+//! - Writes of webhook configurations are never sent to webhooks, so a broken webhook can
+//!   always be removed.
+//! - Service references are resolved to the Service's endpoints (as upstream's
+//!   `--enable-aggregator-routing`), and to its ClusterIP when it has none; the certificate
+//!   must name `<service>.<namespace>.svc`.
+//!
+//! Not here yet: `matchConditions` (CEL; configurations with them are refused), the CONNECT
+//! operation (exec, attach, port-forward), webhook client credentials
+//! (`--admission-control-config-file`), and the audit annotations of mutations.
+
+pub mod client;
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Hook, Kind, Rule, Target};
+
+use crate::authz::UserInfo;
+use crate::resources::Resource;
+use crate::status::{ApiError, ApiResult, Cause};
+
+/// The API group of the configurations.
+pub const GROUP: &str = "admissionregistration.k8s.io";
+
+/// An admission operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// CREATE.
+    Create,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+}
+
+impl Operation {
+    /// Upstream's name of the operation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+
+    fn options_kind(self) -> &'static str {
+        match self {
+            Operation::Create => "CreateOptions",
+            Operation::Update => "UpdateOptions",
+            Operation::Delete => "DeleteOptions",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Hooks {
+    mutating: Vec<Arc<Hook>>,
+    validating: Vec<Arc<Hook>>,
+}
+
+/// The webhooks in force, rebuilt from the watch caches of the configurations on every change.
+pub struct Source {
+    hooks: RwLock<Arc<Hooks>>,
+    synced: AtomicBool,
+}
+
+impl Source {
+    /// Follows the configuration caches of `cache` until `shutdown`.
+    pub fn start(
+        cache: &Arc<crate::cache::Cache>,
+        client: Arc<client::Client>,
+        shutdown: &CancellationToken,
+    ) -> Arc<Self> {
+        let src = Arc::new(Source {
+            hooks: RwLock::new(Arc::new(Hooks::default())),
+            synced: AtomicBool::new(false),
+        });
+        let find = |r: &str| {
+            let res =
+                crate::resources::find(GROUP, "v1", r).expect("webhook configurations are served");
+            cache
+                .get(res)
+                .expect("webhook configurations are always cached")
+                .clone()
+        };
+        let cachers = [
+            find("mutatingwebhookconfigurations"),
+            find("validatingwebhookconfigurations"),
+        ];
+        tokio::spawn(src.clone().follow(cachers, client, shutdown.clone()));
+        src
+    }
+
+    /// A source of fixed webhooks (tests).
+    pub fn fixed(mutating: Vec<Hook>, validating: Vec<Hook>) -> Arc<Self> {
+        Arc::new(Source {
+            hooks: RwLock::new(Arc::new(Hooks {
+                mutating: mutating.into_iter().map(Arc::new).collect(),
+                validating: validating.into_iter().map(Arc::new).collect(),
+            })),
+            synced: AtomicBool::new(true),
+        })
+    }
+
+    async fn follow(
+        self: Arc<Self>,
+        cachers: [Arc<crate::cache::Cacher>; 2],
+        client: Arc<client::Client>,
+        shutdown: CancellationToken,
+    ) {
+        let [mc, vc] = cachers;
+        let (mut ms, mut vs) = (mc.subscribe(), vc.subscribe());
+        loop {
+            match (mc.entries(), vc.entries()) {
+                (Some(m), Some(v)) => {
+                    // Cache entries are ordered by key, which ends in the name.
+                    let build = |e: Vec<(Vec<u8>, Value)>, kind| {
+                        e.iter()
+                            .flat_map(|(_, o)| config::hooks_of(o, kind))
+                            .map(Arc::new)
+                            .collect()
+                    };
+                    *self.hooks.write() = Arc::new(Hooks {
+                        mutating: build(m, Kind::Mutating),
+                        validating: build(v, Kind::Validating),
+                    });
+                    client.clear();
+                    self.synced.store(true, Ordering::Release);
+                }
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = ms.recv() => {}
+                _ = vs.recv() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            for s in [&mut ms, &mut vs] {
+                while !matches!(
+                    s.try_recv(),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                        | tokio::sync::broadcast::error::TryRecvError::Closed)
+                ) {}
+            }
+        }
+    }
+
+    /// Whether the configurations have been read from complete caches.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    fn current(&self) -> Arc<Hooks> {
+        self.hooks.read().clone()
+    }
+}
+
+/// The webhook admission plugins of a server.
+pub struct Webhooks {
+    source: Arc<Source>,
+    client: Arc<client::Client>,
+    cache: Option<Arc<crate::cache::Cache>>,
+    registry: Option<crate::registry::Registry>,
+    mutating: bool,
+    validating: bool,
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Webhooks {
+    /// The plugins (`mutating`, `validating` say which are on), following `cache`.
+    pub fn start(
+        cache: &Arc<crate::cache::Cache>,
+        registry: crate::registry::Registry,
+        metrics: crate::metrics::Metrics,
+        mutating: bool,
+        validating: bool,
+        shutdown: &CancellationToken,
+    ) -> Arc<Self> {
+        let client = Arc::new(client::Client::default());
+        Arc::new(Webhooks {
+            source: Source::start(cache, client.clone(), shutdown),
+            client,
+            cache: Some(cache.clone()),
+            registry: Some(registry),
+            mutating,
+            validating,
+            metrics: Some(metrics),
+        })
+    }
+
+    /// Plugins over fixed webhooks, without caches (tests): namespaces have no labels and
+    /// Service references do not resolve.
+    pub fn fixed(source: Arc<Source>) -> Arc<Self> {
+        Arc::new(Webhooks {
+            source,
+            client: Arc::new(client::Client::default()),
+            cache: None,
+            registry: None,
+            mutating: true,
+            validating: true,
+            metrics: None,
+        })
+    }
+
+    /// `/readyz/informer-sync` part: the configurations are loaded.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.source.synced() {
+            Ok(())
+        } else {
+            Err("the admission webhook configurations are not loaded yet".into())
+        }
+    }
+
+    /// The admission webhooks of one request of `user` on `res` (and subresource `sub`), or
+    /// `None` when none can apply.
+    pub fn call(
+        self: &Arc<Self>,
+        res: &'static Resource,
+        sub: &str,
+        user: &UserInfo,
+    ) -> Option<Arc<Call>> {
+        if exempt(res) {
+            return None;
+        }
+        Some(Arc::new(Call {
+            webhooks: self.clone(),
+            res,
+            sub: sub.to_string(),
+            user: user.clone(),
+            warnings: parking_lot::Mutex::new(Vec::new()),
+        }))
+    }
+}
+
+/// Whether webhooks never see writes of `res`: their own configurations.
+fn exempt(res: &Resource) -> bool {
+    res.group == GROUP
+        && matches!(
+            res.resource,
+            "mutatingwebhookconfigurations"
+                | "validatingwebhookconfigurations"
+                | "validatingadmissionpolicies"
+                | "validatingadmissionpolicybindings"
+        )
+}
+
+/// Whether `rule` covers `op` on `res`/`sub`.
+pub fn rule_matches(rule: &Rule, op: Operation, res: &Resource, sub: &str) -> bool {
+    let has = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+    if !has(&rule.operations, op.as_str())
+        || !has(&rule.groups, res.group)
+        || !has(&rule.versions, res.version)
+    {
+        return false;
+    }
+    let scope_ok = match rule.scope.as_str() {
+        "Cluster" => !res.namespaced,
+        "Namespaced" => res.namespaced,
+        _ => true,
+    };
+    if !scope_ok {
+        return false;
+    }
+    rule.resources.iter().any(|r| {
+        let (rr, rs) = match r.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (r.as_str(), None),
+        };
+        let res_ok = rr == "*" || rr == res.resource;
+        let sub_ok = match rs {
+            None => sub.is_empty(),
+            Some("*") => true,
+            Some(s) => s == sub,
+        };
+        res_ok && sub_ok
+    })
+}
+
+fn labels(obj: Option<&Value>) -> Option<BTreeMap<String, String>> {
+    let m = obj?.pointer("/metadata/labels").and_then(Value::as_object);
+    Some(
+        m.map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default(),
+    )
+}
+
+/// What one call of a webhook said.
+#[derive(Debug, Default)]
+struct Answer {
+    allowed: bool,
+    status: Option<Value>,
+    patch: Option<Vec<u8>>,
+    warnings: Vec<String>,
+}
+
+/// The admission webhooks of one request, carried in the write options.
+pub struct Call {
+    webhooks: Arc<Webhooks>,
+    res: &'static Resource,
+    sub: String,
+    user: UserInfo,
+    warnings: parking_lot::Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("resource", &self.res.resource)
+            .field("sub", &self.sub)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request as webhooks see it.
+struct Attrs<'a> {
+    op: Operation,
+    ns: &'a str,
+    name: &'a str,
+    old: Option<&'a Value>,
+    dry_run: bool,
+}
+
+impl Call {
+    /// The warnings webhooks returned so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().clone()
+    }
+
+    /// The kind of the object the request carries: the resource's, or the subresource's own.
+    fn kind(&self) -> (&'static str, &'static str, &'static str) {
+        match self.sub.as_str() {
+            "scale" => ("autoscaling", "v1", "Scale"),
+            "binding" => ("", "v1", "Binding"),
+            "eviction" => ("policy", "v1", "Eviction"),
+            "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
+            _ => (self.res.group, self.res.version, self.res.kind),
+        }
+    }
+
+    /// The object as sent: typed, and as a Scale for the scale subresource.
+    fn outgoing(&self, obj: &Value) -> Value {
+        let (g, v, k) = self.kind();
+        if self.sub == "scale" && obj.get("kind").and_then(Value::as_str) != Some("Scale") {
+            return crate::object::scale_of(self.res, obj);
+        }
+        let mut o = obj.clone();
+        if let Some(m) = o.as_object_mut() {
+            m.insert("kind".into(), json!(k));
+            m.insert(
+                "apiVersion".into(),
+                json!(if g.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("{g}/{v}")
+                }),
+            );
+        }
+        o
+    }
+
+    fn selected(&self, hooks: &[Arc<Hook>], a: &Attrs<'_>, obj: Option<&Value>) -> Vec<Arc<Hook>> {
+        hooks
+            .iter()
+            .filter(|h| {
+                h.rules
+                    .iter()
+                    .any(|r| rule_matches(r, a.op, self.res, &self.sub))
+            })
+            .filter(|h| match &h.object_selector {
+                None => true,
+                Some(sel) => [labels(obj), labels(a.old)]
+                    .into_iter()
+                    .flatten()
+                    .any(|l| sel.matches(&l)),
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps the webhooks whose namespace selector takes the request's namespace.
+    async fn in_namespace(
+        &self,
+        hooks: Vec<Arc<Hook>>,
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+    ) -> ApiResult<Vec<Arc<Hook>>> {
+        if hooks.iter().all(|h| h.namespace_selector.is_none()) {
+            return Ok(hooks);
+        }
+        let ns_labels = if self.res.group.is_empty() && self.res.resource == "namespaces" {
+            labels(obj.or(a.old))
+        } else if !self.res.namespaced {
+            // The selector does not apply to other cluster-scoped objects.
+            return Ok(hooks);
+        } else {
+            Some(self.namespace_labels(a.ns).await?)
+        };
+        let ns_labels = ns_labels.unwrap_or_default();
+        Ok(hooks
+            .into_iter()
+            .filter(|h| {
+                h.namespace_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&ns_labels))
+            })
+            .collect())
+    }
+
+    async fn namespace_labels(&self, ns: &str) -> ApiResult<BTreeMap<String, String>> {
+        let nsres = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+        let w = &self.webhooks;
+        if let Some(n) = w
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(nsres))
+            .and_then(|c| c.peek("", ns))
+        {
+            return Ok(labels(Some(&n)).unwrap_or_default());
+        }
+        match &w.registry {
+            Some(r) => match r.get(nsres, "", ns).await {
+                Ok(n) => Ok(labels(Some(&n)).unwrap_or_default()),
+                Err(e) if e.code == 404 => Ok(BTreeMap::new()),
+                Err(e) => Err(e),
+            },
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    fn not_ready(&self) -> ApiError {
+        ApiError::forbidden(format!(
+            "{} \"\" is forbidden: not yet ready to handle request",
+            self.res.resource
+        ))
+    }
+
+    /// Runs the mutating webhooks on `obj` (`old` is the stored object of an update); true
+    /// when they changed it. For DELETE (`obj` is the old object) patches are not applied.
+    pub async fn mutate(
+        &self,
+        op: Operation,
+        ns: &str,
+        name: &str,
+        old: Option<&Value>,
+        obj: &mut Value,
+        dry_run: bool,
+    ) -> ApiResult<bool> {
+        if !self.webhooks.mutating {
+            return Ok(false);
+        }
+        if !self.webhooks.source.synced() {
+            return Err(self.not_ready());
+        }
+        let a = Attrs {
+            op,
+            ns,
+            name,
+            old,
+            dry_run,
+        };
+        let all = self.webhooks.source.current();
+        if all.mutating.is_empty() {
+            return Ok(false);
+        }
+        let object = (op != Operation::Delete).then_some(&*obj);
+        let hooks = self.selected(&all.mutating, &a, object);
+        let hooks = self.in_namespace(hooks, &a, object).await?;
+        if hooks.is_empty() {
+            return Ok(false);
+        }
+        let mut current = self.outgoing(obj);
+        let original = current.clone();
+        let old_out = old.map(|o| self.outgoing(o));
+        // Webhooks with IfNeeded that ran before the last change, and those due again.
+        let mut invoked: Vec<usize> = Vec::new();
+        let mut again: Vec<usize> = Vec::new();
+        for (i, h) in hooks.iter().enumerate() {
+            let changed = self
+                .mutate_one(h, &a, old_out.as_ref(), &mut current)
+                .await?;
+            if changed {
+                again.append(&mut invoked);
+            }
+            if h.reinvoke {
+                invoked.push(i);
+            }
+        }
+        again.sort_unstable();
+        again.dedup();
+        for i in again {
+            self.mutate_one(&hooks[i], &a, old_out.as_ref(), &mut current)
+                .await?;
+        }
+        if current == original || op == Operation::Delete {
+            return Ok(false);
+        }
+        if self.sub == "scale" {
+            if let Some(r) = current.pointer("/spec/replicas") {
+                obj["spec"]["replicas"] = r.clone();
+            }
+            return Ok(true);
+        }
+        let typed = obj.get("kind").is_some();
+        if !typed && let Some(m) = current.as_object_mut() {
+            m.remove("kind");
+            m.remove("apiVersion");
+        }
+        *obj = current;
+        Ok(true)
+    }
+
+    /// Calls one mutating webhook and applies its patch to `current`; true when it changed.
+    async fn mutate_one(
+        &self,
+        h: &Hook,
+        a: &Attrs<'_>,
+        old: Option<&Value>,
+        current: &mut Value,
+    ) -> ApiResult<bool> {
+        let object = (a.op != Operation::Delete).then_some(&*current);
+        let answer = match self.invoke(h, a, object, old).await {
+            Ok(ans) => ans,
+            Err(e) => return self.failed(h, a, e),
+        };
+        if !answer.allowed {
+            return Err(denied(&h.name, answer.status.as_ref()));
+        }
+        let Some(patch) = answer.patch else {
+            return Ok(false);
+        };
+        if a.op == Operation::Delete {
+            return Ok(false);
+        }
+        let applied = (|| -> Result<Value, String> {
+            let p: json_patch::Patch = serde_json::from_slice(&patch)
+                .map_err(|e| format!("the patch is not a JSON patch: {e}"))?;
+            let mut patched = current.clone();
+            json_patch::patch(&mut patched, &p).map_err(|e| e.to_string())?;
+            for f in ["kind", "apiVersion"] {
+                if patched.get(f) != current.get(f) {
+                    return Err(format!("the patch may not change {f}"));
+                }
+            }
+            for f in ["/metadata/name", "/metadata/namespace"] {
+                let before = current.pointer(f).and_then(Value::as_str).unwrap_or("");
+                let after = patched.pointer(f).and_then(Value::as_str).unwrap_or("");
+                if !before.is_empty() && before != after {
+                    return Err(format!("the patch may not change {}", &f[1..]));
+                }
+            }
+            Ok(patched)
+        })();
+        match applied {
+            Ok(p) => {
+                let changed = p != *current;
+                *current = p;
+                Ok(changed)
+            }
+            Err(e) => self.failed(h, a, format!("failed to apply the patch: {e}")),
+        }
+    }
+
+    /// The webhooks of a DELETE of `old`: mutating webhooks may refuse it (their patches are
+    /// not applied), then the validating ones.
+    pub async fn delete(&self, ns: &str, name: &str, old: &Value, dry_run: bool) -> ApiResult<()> {
+        let mut scratch = old.clone();
+        self.mutate(
+            Operation::Delete,
+            ns,
+            name,
+            Some(old),
+            &mut scratch,
+            dry_run,
+        )
+        .await?;
+        self.validate(Operation::Delete, ns, name, Some(old), None, dry_run)
+            .await
+    }
+
+    /// Runs the validating webhooks, in parallel; `obj` is None for DELETE.
+    pub async fn validate(
+        &self,
+        op: Operation,
+        ns: &str,
+        name: &str,
+        old: Option<&Value>,
+        obj: Option<&Value>,
+        dry_run: bool,
+    ) -> ApiResult<()> {
+        if !self.webhooks.validating {
+            return Ok(());
+        }
+        if !self.webhooks.source.synced() {
+            return Err(self.not_ready());
+        }
+        let all = self.webhooks.source.current();
+        if all.validating.is_empty() {
+            return Ok(());
+        }
+        let a = Attrs {
+            op,
+            ns,
+            name,
+            old,
+            dry_run,
+        };
+        let hooks = self.selected(&all.validating, &a, obj);
+        let hooks = self.in_namespace(hooks, &a, obj).await?;
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        let object = obj.map(|o| self.outgoing(o));
+        let old_out = old.map(|o| self.outgoing(o));
+        let results = futures::future::join_all(hooks.iter().map(|h| {
+            let (a, object, old_out) = (&a, object.as_ref(), old_out.as_ref());
+            async move {
+                match self.invoke(h, a, object, old_out).await {
+                    Ok(ans) if ans.patch.is_some() => self
+                        .failed(
+                            h,
+                            a,
+                            "validating webhook may not return response.patch".into(),
+                        )
+                        .map(|_| ()),
+                    Ok(ans) if !ans.allowed => Err(denied(&h.name, ans.status.as_ref())),
+                    Ok(_) => Ok(()),
+                    Err(e) => self.failed(h, a, e).map(|_| ()),
+                }
+            }
+        }))
+        .await;
+        results.into_iter().collect::<ApiResult<Vec<()>>>()?;
+        Ok(())
+    }
+
+    /// A webhook that could not be called: refuses under Fail, is skipped under Ignore.
+    fn failed(&self, h: &Hook, a: &Attrs<'_>, why: String) -> ApiResult<bool> {
+        let msg = format!("failed calling webhook {:?}: {why}", h.name);
+        if h.fail_closed {
+            tracing::warn!(webhook = %h.name, operation = a.op.as_str(), "{msg}; failurePolicy Fail refuses the request");
+            Err(ApiError::internal(msg))
+        } else {
+            tracing::warn!(webhook = %h.name, operation = a.op.as_str(), "{msg}; failurePolicy Ignore lets the request pass");
+            Ok(false)
+        }
+    }
+
+    /// The AdmissionReview for one call.
+    fn review(&self, uid: &str, a: &Attrs<'_>, obj: Option<&Value>, old: Option<&Value>) -> Value {
+        let (g, v, k) = self.kind();
+        let kind = json!({"group": g, "version": v, "kind": k});
+        let resource = json!({"group": self.res.group, "version": self.res.version, "resource": self.res.resource});
+        let mut user = json!({"username": self.user.name});
+        if !self.user.uid.is_empty() {
+            user["uid"] = json!(self.user.uid);
+        }
+        if !self.user.groups.is_empty() {
+            user["groups"] = json!(self.user.groups);
+        }
+        if !self.user.extra.is_empty() {
+            user["extra"] = json!(self.user.extra);
+        }
+        let mut options = json!({"apiVersion": "meta.k8s.io/v1", "kind": a.op.options_kind()});
+        if a.dry_run {
+            options["dryRun"] = json!(["All"]);
+        }
+        let mut req = json!({
+            "uid": uid,
+            "kind": kind,
+            "resource": resource,
+            "requestKind": kind,
+            "requestResource": resource,
+            "operation": a.op.as_str(),
+            "userInfo": user,
+            "object": obj.cloned().unwrap_or(Value::Null),
+            "oldObject": old.cloned().unwrap_or(Value::Null),
+            "dryRun": a.dry_run,
+            "options": options,
+        });
+        let name = if a.name.is_empty() {
+            obj.map(crate::object::name).unwrap_or("")
+        } else {
+            a.name
+        };
+        if !name.is_empty() {
+            req["name"] = json!(name);
+        }
+        if !a.ns.is_empty() {
+            req["namespace"] = json!(a.ns);
+        }
+        if !self.sub.is_empty() {
+            req["subResource"] = json!(self.sub);
+            req["requestSubResource"] = json!(self.sub);
+        }
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req})
+    }
+
+    /// Calls `h`; an `Err` is a failed call (subject to the failure policy).
+    async fn invoke(
+        &self,
+        h: &Hook,
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+        old: Option<&Value>,
+    ) -> Result<Answer, String> {
+        if a.dry_run && !h.dry_run_safe {
+            // Not a call failure: the request itself cannot be served.
+            return Ok(Answer {
+                allowed: false,
+                status: Some(
+                    json!({"code": 400, "reason": "BadRequest", "message": "does not support dry run"}),
+                ),
+                ..Default::default()
+            });
+        }
+        let started = Instant::now();
+        let uid = crate::object::new_uid();
+        let body =
+            serde_json::to_vec(&self.review(&uid, a, obj, old)).map_err(|e| e.to_string())?;
+        let url = h.target.display(h.timeout);
+        let r = tokio::time::timeout(h.timeout, self.post(h, Bytes::from(body))).await;
+        let outcome = match r {
+            Err(_) => Err(format!(
+                "failed to call webhook: Post {url:?}: context deadline exceeded"
+            )),
+            Ok(Err(e)) => Err(format!("failed to call webhook: Post {url:?}: {e}")),
+            Ok(Ok((status, body))) => parse_answer(status, &body, &uid, h.kind),
+        };
+        if let Some(m) = &self.webhooks.metrics {
+            let rejected = !matches!(&outcome, Ok(ans) if ans.allowed);
+            m.webhook_admission(
+                &h.name,
+                h.kind.label(),
+                a.op.as_str(),
+                rejected,
+                started.elapsed(),
+            );
+        }
+        if let Ok(ans) = &outcome
+            && !ans.warnings.is_empty()
+        {
+            self.warnings.lock().extend(ans.warnings.iter().cloned());
+        }
+        outcome
+    }
+
+    /// Sends the review to where `h` points.
+    async fn post(&self, h: &Hook, body: Bytes) -> Result<(u16, Bytes), String> {
+        let tls = h.tls.as_ref().map_err(Clone::clone)?;
+        let query = format!("timeout={}s", h.timeout.as_secs());
+        let (host, port, path) = match &h.target {
+            Target::Url { host, port, path } => (host.clone(), *port, path.clone()),
+            Target::Service {
+                namespace,
+                name,
+                path,
+                port,
+            } => {
+                let (host, p) = self.resolve(namespace, name, *port).await?;
+                (host, p, path.clone())
+            }
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.webhooks
+            .client
+            .post(
+                &host,
+                port,
+                &h.target.server_name(),
+                tls,
+                &format!("{path}{sep}{query}"),
+                body,
+            )
+            .await
+    }
+
+    /// A Service port to an address: a ready endpoint of the Service, else its ClusterIP.
+    async fn resolve(&self, ns: &str, name: &str, port: u16) -> Result<(String, u16), String> {
+        let cache = self
+            .webhooks
+            .cache
+            .as_ref()
+            .ok_or_else(|| "service references cannot be resolved here".to_string())?;
+        let peek = |r: &str| {
+            let res = crate::resources::find("", "v1", r).expect("core resources are served");
+            cache.get(res).and_then(|c| c.peek(ns, name))
+        };
+        let svc = match peek("services") {
+            Some(s) => s,
+            None => {
+                let res = crate::resources::find("", "v1", "services").expect("services");
+                match &self.webhooks.registry {
+                    Some(r) => r
+                        .get(res, ns, name)
+                        .await
+                        .map_err(|_| format!("service \"{name}\" not found"))?,
+                    None => return Err(format!("service \"{name}\" not found")),
+                }
+            }
+        };
+        let sp = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("port").and_then(Value::as_u64) == Some(u64::from(port)))
+            })
+            .ok_or_else(|| format!("no service port {port} found for service \"{name}\""))?;
+        let port_name = sp.get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(ep) = peek("endpoints") {
+            for subset in ep
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ports = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let p = ports
+                    .iter()
+                    .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)
+                    .or_else(|| (ports.len() == 1).then(|| &ports[0]))
+                    .and_then(|p| p.get("port").and_then(Value::as_u64))
+                    .and_then(|p| u16::try_from(p).ok());
+                let ip = subset
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.first())
+                    .and_then(|a| a.get("ip"))
+                    .and_then(Value::as_str);
+                if let (Some(ip), Some(p)) = (ip, p) {
+                    return Ok((ip.to_string(), p));
+                }
+            }
+        }
+        match svc.pointer("/spec/clusterIP").and_then(Value::as_str) {
+            Some(ip) if !ip.is_empty() && ip != "None" => Ok((ip.to_string(), port)),
+            _ => Err(format!("service \"{name}\" has no ready endpoints")),
+        }
+    }
+}
+
+/// Reads a webhook's answer, checking it as upstream does.
+fn parse_answer(status: u16, body: &[u8], uid: &str, kind: Kind) -> Result<Answer, String> {
+    if !(200..300).contains(&status) {
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
+        return Err(format!(
+            "failed to call webhook: the server responded with status {status}: {text}"
+        ));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("received invalid webhook response: {e}"))?;
+    let av = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let k = v.get("kind").and_then(Value::as_str).unwrap_or("");
+    if av != "admission.k8s.io/v1" || k != "AdmissionReview" {
+        return Err(format!(
+            "received invalid webhook response: expected webhook response of admission.k8s.io/v1, Kind=AdmissionReview, got {av}, Kind={k}"
+        ));
+    }
+    let r = v.get("response").filter(|r| r.is_object()).ok_or_else(|| {
+        "received invalid webhook response: webhook response was absent".to_string()
+    })?;
+    let got = r.get("uid").and_then(Value::as_str).unwrap_or("");
+    if got != uid {
+        return Err(format!(
+            "received invalid webhook response: expected response.uid={uid:?}, got {got:?}"
+        ));
+    }
+    let patch = match r
+        .get("patch")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    {
+        None => None,
+        Some(p) => {
+            if kind == Kind::Validating {
+                return Err("received invalid webhook response: validating webhook may not return response.patch".into());
+            }
+            match r.get("patchType").and_then(Value::as_str) {
+                Some("JSONPatch") => {}
+                None | Some("") => {
+                    return Err("received invalid webhook response: webhook returned response.patch but not response.patchType".into());
+                }
+                Some(t) => {
+                    return Err(format!(
+                        "received invalid webhook response: webhook returned invalid response.patchType of {t:?}"
+                    ));
+                }
+            }
+            Some(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, p).map_err(
+                    |e| format!("received invalid webhook response: the patch is not base64: {e}"),
+                )?,
+            )
+        }
+    };
+    Ok(Answer {
+        allowed: r.get("allowed").and_then(Value::as_bool).unwrap_or(false),
+        status: r.get("status").cloned(),
+        patch,
+        warnings: r
+            .get("warnings")
+            .and_then(Value::as_array)
+            .map(|w| {
+                w.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// The status reasons a webhook may answer with, as the static strings errors carry.
+fn known_reason(r: &str) -> &'static str {
+    const REASONS: &[&str] = &[
+        "Unauthorized",
+        "Forbidden",
+        "NotFound",
+        "AlreadyExists",
+        "Conflict",
+        "Gone",
+        "Invalid",
+        "ServerTimeout",
+        "Timeout",
+        "TooManyRequests",
+        "BadRequest",
+        "MethodNotAllowed",
+        "NotAcceptable",
+        "RequestEntityTooLarge",
+        "UnsupportedMediaType",
+        "InternalError",
+        "Expired",
+        "ServiceUnavailable",
+    ];
+    REASONS.iter().copied().find(|x| *x == r).unwrap_or("")
+}
+
+/// The error of a denial: the webhook's status with at least code 400, the message prefixed.
+fn denied(name: &str, status: Option<&Value>) -> ApiError {
+    let empty = json!({});
+    let s = status.unwrap_or(&empty);
+    let code = s
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..600).contains(c))
+        .unwrap_or(400);
+    let reason = s.get("reason").and_then(Value::as_str).unwrap_or("");
+    let message = s.get("message").and_then(Value::as_str).unwrap_or("");
+    let by = format!("admission webhook {name:?} denied the request");
+    let text = match (message.is_empty(), reason.is_empty()) {
+        (false, _) => format!("{by}: {message}"),
+        (true, false) => format!("{by}: {reason}"),
+        (true, true) => format!("{by} without explanation"),
+    };
+    let mut e = ApiError::new(code, known_reason(reason), text);
+    if let Some(d) = s.get("details") {
+        e.details.name = d.get("name").and_then(Value::as_str).map(str::to_string);
+        e.details.group = d.get("group").and_then(Value::as_str).map(str::to_string);
+        e.details.kind = d.get("kind").and_then(Value::as_str).map(str::to_string);
+        e.details.causes = d
+            .get("causes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+                Cause::new(f("reason"), f("field"), f("message"))
+            })
+            .collect();
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests;
