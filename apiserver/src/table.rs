@@ -166,6 +166,9 @@ pub fn columns(res: &Resource) -> Vec<Col> {
             ("Allowed Disruptions", "integer", "", 0),
             AGE,
         ],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            vec![NAME, ("Webhooks", "integer", "", 0), AGE]
+        }
         _ => vec![NAME, AGE],
     }
 }
@@ -794,6 +797,15 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
                 "N/A".into()
             }),
             json!(i(o.pointer("/status/disruptionsAllowed"))),
+            age,
+        ],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![
+            name,
+            json!(
+                o.get("webhooks")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            ),
             age,
         ],
         _ => vec![name, age],

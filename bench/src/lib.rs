@@ -6,3 +6,4 @@
 pub mod cluster;
 pub mod procs;
 pub mod scale;
+pub mod webhook_server;

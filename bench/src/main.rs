@@ -24,6 +24,7 @@ mod scheduler;
 mod secrets;
 mod store;
 mod up;
+mod webhook;
 
 use keelson_bench::cluster::Cluster;
 use keelson_bench::procs::{child_pids, rss_mib};
@@ -66,6 +67,9 @@ enum Cmd {
     /// Pod get/create latency of a non-admin user with `--authorization-mode` AlwaysAllow and
     /// Node,RBAC (1,000 Roles and RoleBindings of other users around).
     Authz(authz::AuthzArgs),
+    /// Pod create latency with no admission webhook, a validating one, and a mutating plus
+    /// a validating one, beside the webhook round trip alone.
+    Webhook(webhook::WebhookArgs),
     /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
     Up(up::UpArgs),
     /// Scale runs (as `keelson bench density|load`): hollow nodes, ClusterLoader2's workloads,
@@ -444,6 +448,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Proxy(a) => rt.block_on(proxy::run(a)),
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
+        Cmd::Webhook(a) => rt.block_on(webhook::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
         Cmd::Scale(plan) => rt.block_on(scale(plan)),
     }

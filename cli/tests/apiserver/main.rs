@@ -18,3 +18,4 @@ mod python;
 mod rbac;
 mod subresources;
 mod tokens;
+mod webhooks;
