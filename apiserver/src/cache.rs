@@ -122,10 +122,13 @@ impl Cache {
         let mut cachers = Vec::new();
         for res in resources::all().iter().filter(|r| {
             !r.create_only()
-                && (ring_size > 0 || r.group == RBAC_GROUP || r.group == crate::webhook::GROUP)
+                && (ring_size > 0
+                    || r.group == RBAC_GROUP
+                    || r.group == crate::webhook::GROUP
+                    || r.group == crate::flowcontrol::GROUP)
         }) {
-            // The authorizer reads RBAC objects, and the webhook plugins their configurations,
-            // from their caches, which therefore always run.
+            // The authorizer reads RBAC objects, the webhook plugins and API Priority and
+            // Fairness their configurations, from their caches, which therefore always run.
             let ring_size = if ring_size == 0 { 100 } else { ring_size };
             let (tx, _) = broadcast::channel(4096);
             let c = Arc::new(Cacher {
@@ -191,6 +194,12 @@ impl Cacher {
     /// The cache's events from now on (a relist ends with a [`Kind::Reset`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
+    }
+
+    /// How many objects the cache holds, when it is ready.
+    pub fn object_count(&self) -> Option<usize> {
+        let st = self.state.read();
+        st.ready.then(|| st.objects.len())
     }
 
     /// Whether the cache holds a complete copy.

@@ -113,6 +113,11 @@ pub struct Config {
     /// A port range to reserve for services with NodePort visibility.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
+    /// API Priority and Fairness: requests are classified by FlowSchemas into priority levels
+    /// that share `--max-requests-inflight` + `--max-mutating-requests-inflight` seats
+    /// (instead of the two separate in-flight limits).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_priority_and_fairness: bool,
     /// The maximum number of non-mutating requests in flight at a given time (0 = no limit).
     #[arg(long, default_value_t = 400)]
     pub max_requests_inflight: usize,

@@ -56,6 +56,8 @@ pub struct ChainConfig {
     pub authz: Arc<crate::authz::Authorizer>,
     /// Auditing, when a policy and a log are configured.
     pub audit: Option<crate::audit::Auditor>,
+    /// API Priority and Fairness, which replaces the in-flight limits when on.
+    pub apf: Option<Arc<crate::flowcontrol::Apf>>,
 }
 
 /// The request info the request-info layer attached (empty if it did not run).
@@ -212,6 +214,36 @@ pub async fn authenticate(
             ApiError::unauthorized().into_response()
         }
     }
+}
+
+/// Flow control: API Priority and Fairness when it is on ([`crate::flowcontrol`]), else the
+/// max-in-flight limits.
+pub async fn flow_control(
+    State(cfg): State<Arc<ChainConfig>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let Some(apf) = cfg.apf.clone() else {
+        return max_in_flight(State(cfg), req, next).await;
+    };
+    let info = request_info_of(&req);
+    // Long-running requests other than watches are not flow-controlled, as upstream.
+    if info.is_long_running() && info.verb != "watch" {
+        return next.run(req).await;
+    }
+    let user = req
+        .extensions()
+        .get::<UserInfo>()
+        .cloned()
+        .unwrap_or_default();
+    let method = req.method().as_str().to_ascii_lowercase();
+    let query = req.uri().query().map(str::to_string);
+    let r = crate::flowcontrol::Request {
+        info: &info,
+        user: &user,
+        method: &method,
+    };
+    apf.handle(r, query.as_deref(), || next.run(req)).await
 }
 
 /// Max-in-flight: separate limits for read-only and mutating requests; long-running requests are
@@ -531,6 +563,7 @@ mod tests {
                 None,
             )),
             audit: None,
+            apf: None,
         });
         let handler = move || {
             let gate = gate.clone();

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub encryption: Option<Arc<crate::encryption::Encryption>>,
     /// The admission webhook plugins, unless both are disabled.
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
+    /// API Priority and Fairness, when enabled.
+    pub apf: Option<Arc<crate::flowcontrol::Apf>>,
 }
 
 /// How a response body is rendered.
@@ -516,6 +518,12 @@ async fn health(
             && let Some(w) = &state.webhooks
         {
             checks.push(("informer-sync".into(), w.ready()));
+        }
+        if let Some(apf) = &state.apf {
+            checks.push((
+                "poststarthook/apiserver/bootstrap-system-flowcontrol-configuration".into(),
+                apf.ready(),
+            ));
         }
     }
     let excluded: Vec<&str> = query

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod etcd;
 pub mod filters;
+pub mod flowcontrol;
 pub mod handlers;
 pub mod kubelet;
 pub mod managed;

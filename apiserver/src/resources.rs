@@ -6,8 +6,8 @@ use k8s_openapi::api::{
     admissionregistration::v1 as admissionregistration, apps::v1 as apps,
     authentication::v1 as authentication, authorization::v1 as authorization, batch::v1 as batch,
     coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    events::v1 as events, networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
-    scheduling::v1 as scheduling, storage::v1 as storage,
+    events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
+    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -775,6 +775,35 @@ pub fn all() -> &'static [Resource] {
                 "storageclasses",
                 "io.k8s.api.storage.v1.StorageClass",
                 storage::StorageClass
+            ),
+            // flowcontrol.apiserver.k8s.io/v1
+            res!(
+                "flowcontrol.apiserver.k8s.io",
+                "v1",
+                "flowschemas",
+                "flowschema",
+                "FlowSchema",
+                false,
+                NONE,
+                NONE,
+                STATUS,
+                "flowschemas",
+                "io.k8s.api.flowcontrol.v1.FlowSchema",
+                flowcontrol::FlowSchema
+            ),
+            res!(
+                "flowcontrol.apiserver.k8s.io",
+                "v1",
+                "prioritylevelconfigurations",
+                "prioritylevelconfiguration",
+                "PriorityLevelConfiguration",
+                false,
+                NONE,
+                NONE,
+                STATUS,
+                "prioritylevelconfigurations",
+                "io.k8s.api.flowcontrol.v1.PriorityLevelConfiguration",
+                flowcontrol::PriorityLevelConfiguration
             ),
             // admissionregistration.k8s.io/v1
             res!(

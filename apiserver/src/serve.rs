@@ -156,7 +156,7 @@ pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
             .layer(from_fn_with_state(chain.clone(), filters::authenticate))
             .layer(from_fn_with_state(chain.clone(), crate::audit::audit))
             .layer(from_fn_with_state(chain.clone(), filters::impersonate))
-            .layer(from_fn_with_state(chain.clone(), filters::max_in_flight))
+            .layer(from_fn_with_state(chain.clone(), filters::flow_control))
             .layer(from_fn_with_state(chain.clone(), filters::authorize)),
     )
 }
@@ -354,7 +354,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             &shutdown,
         )
     });
+    let apf = config.enable_priority_and_fairness.then(|| {
+        let seats = config.max_requests_inflight + config.max_mutating_requests_inflight;
+        crate::flowcontrol::Apf::start(
+            u32::try_from(seats).unwrap_or(u32::MAX),
+            config.request_timeout,
+            &cache,
+            registry.clone(),
+            &metrics,
+            &shutdown,
+        )
+    });
     let state = Arc::new(ApiState {
+        apf: apf.clone(),
         webhooks,
         admission,
         authz: authz.clone(),
@@ -420,6 +432,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         mutating: limit(config.max_mutating_requests_inflight),
         metrics,
         authz,
+        apf,
     });
     let endpoint_ip = match config.advertise_address.unwrap_or(config.bind_address) {
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),

@@ -208,6 +208,16 @@ pub fn default(res: &Resource, obj: &mut Value) {
         }
         "Namespace" => {
             set_default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+            // As upstream (since 1.21): every namespace carries its name as a label, so
+            // selectors can pick namespaces by name.
+            let name = meta_str(obj, "name").to_string();
+            if !name.is_empty() {
+                let m = crate::object::meta_mut(obj);
+                if !m.get("labels").is_some_and(Value::is_object) {
+                    m.insert("labels".into(), json!({}));
+                }
+                m["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            }
         }
         "Service" => {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));

@@ -50,7 +50,7 @@ fn webhook(name: &str, url: String, ca: &str, namespaces: &[&str]) -> Value {
         "clientConfig": {"url": url, "caBundle": ca},
         "sideEffects": "None",
         "admissionReviewVersions": ["v1"],
-        "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]},
+        "namespaceSelector": {"matchExpressions": [{"key": "bench.keelson.dev/webhooks", "operator": "In", "values": namespaces}]},
         "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
     })
 }
@@ -86,7 +86,9 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         namespaces
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                &serde_json::from_value(
+                    json!({"metadata": {"name": ns, "labels": {"bench.keelson.dev/webhooks": ns}}}),
+                )?,
             )
             .await
             .with_context(|| format!("creating namespace {ns}"))?;
@@ -131,15 +133,16 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         .collect();
     // Warm-up, and the webhooks in force: until a pod in `mutated` comes back labelled.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut warm = 0;
+    let (mut warm, mut tries) = (0, 0);
     while warm < 50 {
+        tries += 1;
         let p = apis[2]
-            .create(&PostParams::default(), &pod(format!("warm-{warm}")))
+            .create(&PostParams::default(), &pod(format!("warm-{tries}")))
             .await?;
         if p.metadata.labels.is_some_and(|l| l.contains_key("mutated")) {
             warm += 1;
             for api in &apis[..2] {
-                api.create(&PostParams::default(), &pod(format!("warm-{warm}")))
+                api.create(&PostParams::default(), &pod(format!("warm-{tries}")))
                     .await?;
             }
         } else {

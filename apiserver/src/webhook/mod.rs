@@ -249,6 +249,12 @@ impl Webhooks {
         if exempt(res) {
             return None;
         }
+        if self.source.synced() {
+            let hooks = self.source.current();
+            if hooks.mutating.is_empty() && hooks.validating.is_empty() {
+                return None;
+            }
+        }
         Some(Arc::new(Call {
             webhooks: self.clone(),
             res,
@@ -458,11 +464,20 @@ impl Call {
         }
     }
 
-    fn not_ready(&self) -> ApiError {
-        ApiError::forbidden(format!(
-            "{} \"\" is forbidden: not yet ready to handle request",
-            self.res.resource
-        ))
+    /// Waits (up to 5 s) for the configurations to be loaded; as upstream, a request is
+    /// refused rather than admitted without the webhooks that may apply to it.
+    async fn synced(&self) -> ApiResult<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.webhooks.source.synced() {
+            if Instant::now() > deadline {
+                return Err(ApiError::forbidden(format!(
+                    "{} \"\" is forbidden: not yet ready to handle request",
+                    self.res.resource
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Runs the mutating webhooks on `obj` (`old` is the stored object of an update); true
@@ -479,9 +494,7 @@ impl Call {
         if !self.webhooks.mutating {
             return Ok(false);
         }
-        if !self.webhooks.source.synced() {
-            return Err(self.not_ready());
-        }
+        self.synced().await?;
         let a = Attrs {
             op,
             ns,
@@ -621,9 +634,7 @@ impl Call {
         if !self.webhooks.validating {
             return Ok(());
         }
-        if !self.webhooks.source.synced() {
-            return Err(self.not_ready());
-        }
+        self.synced().await?;
         let all = self.webhooks.source.current();
         if all.validating.is_empty() {
             return Ok(());

@@ -10,6 +10,7 @@ mod behaviour;
 mod cluster;
 mod encryption;
 mod etcd_tls;
+mod flowcontrol;
 mod harness;
 mod kube_rs;
 mod kubectl;
