@@ -647,7 +647,11 @@ async fn validating_webhooks_deny_with_status_and_failure_policy_decides_on_erro
 
 #[test]
 fn webhook_configurations_are_never_sent_to_webhooks() {
-    let w = Webhooks::fixed(Source::fixed(Vec::new(), Vec::new()));
+    let v = hooks(
+        json!({"metadata": {"name": "v"}, "webhooks": [webhook("any.example.com", "https://127.0.0.1:1/")]}),
+        Kind::Validating,
+    );
+    let w = Webhooks::fixed(Source::fixed(Vec::new(), v));
     for r in [
         "mutatingwebhookconfigurations",
         "validatingwebhookconfigurations",
@@ -658,5 +662,11 @@ fn webhook_configurations_are_never_sent_to_webhooks() {
     assert!(
         w.call(find("", "v1", "pods").unwrap(), "", &user())
             .is_some()
+    );
+    // Without any webhook, writes skip the plugins altogether.
+    let none = Webhooks::fixed(Source::fixed(Vec::new(), Vec::new()));
+    assert!(
+        none.call(find("", "v1", "pods").unwrap(), "", &user())
+            .is_none()
     );
 }
