@@ -165,6 +165,47 @@ impl Cache {
     }
 }
 
+/// Calls `rebuild` with the objects of every one of `cachers` (in their order) once all hold a
+/// complete copy, and again after every change, until `shutdown`; changes that arrive together
+/// make one rebuild. (The authorizer, the webhook plugins and API Priority and Fairness follow
+/// their configurations this way.)
+pub async fn follow(
+    cachers: Vec<Arc<Cacher>>,
+    shutdown: CancellationToken,
+    mut rebuild: impl FnMut(Vec<Vec<Value>>) + Send,
+) {
+    let mut subs: Vec<_> = cachers.iter().map(|c| c.subscribe()).collect();
+    loop {
+        let all: Option<Vec<Vec<Value>>> = cachers
+            .iter()
+            .map(|c| c.entries().map(|e| e.into_iter().map(|(_, v)| v).collect()))
+            .collect();
+        match all {
+            Some(v) => rebuild(v),
+            // A cache that (re)lists is waited for.
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+        {
+            let changed = futures::future::select_all(subs.iter_mut().map(|s| Box::pin(s.recv())));
+            tokio::select! {
+                _ = changed => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        for s in &mut subs {
+            while !matches!(
+                s.try_recv(),
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+            ) {}
+        }
+    }
+}
+
 impl Cacher {
     fn prefix(&self, ns: &str) -> Vec<u8> {
         object::collection_prefix(self.registry.prefix(), self.res, ns)

@@ -275,8 +275,6 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
     }
 }
 
-/// The write options of a request: dry run and the field manager (`fieldManager`, else the
-/// User-Agent's product name, as upstream).
 /// The admission of one write: the built-in check and the webhooks.
 struct Admission {
     check: Option<crate::registry::Admit>,
@@ -301,6 +299,8 @@ async fn admit_sub_create(
     Ok(())
 }
 
+/// The write options of a request: dry run and the field manager (`fieldManager`, else the
+/// User-Agent's product name, as upstream).
 fn write_opts(
     admit: &Admission,
     q: &HashMap<String, String>,

@@ -627,14 +627,32 @@ impl Registry {
         }
         if let Some(h) = &w.hooks {
             let name = meta_str(&obj, "name").to_string();
+            let fixed: Vec<(&str, Option<Value>)> = ["uid", "creationTimestamp", "namespace"]
+                .into_iter()
+                .map(|f| (f, meta(&obj).get(f).cloned()))
+                .collect();
             if h.mutate(Operation::Create, ns, &name, None, &mut obj, w.dry_run)
                 .await?
             {
+                // A webhook may not set what the server sets.
+                let m = object::meta_mut(&mut obj);
+                for f in [
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "selfLink",
+                    "generation",
+                ] {
+                    m.remove(f);
+                }
+                for (f, v) in fixed {
+                    match v {
+                        Some(v) => m.insert(f.into(), v),
+                        None => m.remove(f),
+                    };
+                }
                 strategy::default(res, &mut obj);
                 strategy::prepare_for_create(res, &mut obj);
-                if res.namespaced {
-                    set_meta(&mut obj, "namespace", json!(ns));
-                }
             }
         }
         let generate =
@@ -796,9 +814,10 @@ impl Registry {
         status_only: bool,
         w: &WriteOpts,
     ) -> ApiResult<Value> {
-        {
-            let om = meta(&old).clone();
-            let m = object::meta_mut(&mut obj);
+        // What a client (or a mutating webhook) may not change, then the strategy's rules.
+        let prepare = |obj: &mut Value| {
+            let om = meta(&old);
+            let m = object::meta_mut(obj);
             m.insert("name".into(), json!(name));
             for f in [
                 "uid",
@@ -814,8 +833,6 @@ impl Registry {
                 };
             }
             m.remove("selfLink");
-        }
-        let prepare = |obj: &mut Value| {
             if status_only {
                 strategy::prepare_for_status_update(&old, obj);
             } else {

@@ -124,7 +124,8 @@ fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-fn set_default(obj: &mut Value, path: &[&str], v: Value) {
+/// Sets `path` in `obj` to `v` when it is absent or null, making the objects on the way.
+pub(crate) fn set_default(obj: &mut Value, path: &[&str], v: Value) {
     let mut cur = obj;
     for (i, seg) in path.iter().enumerate() {
         if !cur.is_object() {
@@ -302,6 +303,8 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["type"], json!("Opaque"));
         }
         "MutatingWebhookConfiguration" => crate::webhook::config::default(obj, true),
+        "FlowSchema" => crate::flowcontrol::config::default_schema(obj),
+        "PriorityLevelConfiguration" => crate::flowcontrol::config::default_level(obj),
         "ValidatingWebhookConfiguration" => crate::webhook::config::default(obj, false),
         _ => {}
     }
@@ -520,6 +523,10 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
         "PriorityClass" => require(obj, "/value", "value", &mut causes),
         "MutatingWebhookConfiguration" => crate::webhook::config::validate(obj, true, &mut causes),
+        "FlowSchema" => crate::flowcontrol::config::validate_schema(obj, &mut causes),
+        "PriorityLevelConfiguration" => {
+            crate::flowcontrol::config::validate_level(obj, &mut causes)
+        }
         "ValidatingWebhookConfiguration" => {
             crate::webhook::config::validate(obj, false, &mut causes)
         }

@@ -13,7 +13,6 @@ pub mod review;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use parking_lot::RwLock;
 use serde_json::Value;
@@ -196,7 +195,15 @@ impl RbacSource {
             find("clusterrolebindings"),
             find("rolebindings"),
         ];
-        tokio::spawn(src.clone().follow(cachers, shutdown.clone()));
+        let me = src.clone();
+        tokio::spawn(crate::cache::follow(
+            cachers.to_vec(),
+            shutdown.clone(),
+            move |v| {
+                *me.policy.write() = Arc::new(Policy::build(&v[0], &v[1], &v[2], &v[3]));
+                me.synced.store(true, Ordering::Release);
+            },
+        ));
         src
     }
 
@@ -207,52 +214,6 @@ impl RbacSource {
             synced: AtomicBool::new(true),
             bootstrapped: AtomicBool::new(true),
         })
-    }
-
-    async fn follow(
-        self: Arc<Self>,
-        cachers: [Arc<crate::cache::Cacher>; 4],
-        shutdown: CancellationToken,
-    ) {
-        let mut subs: Vec<_> = cachers.iter().map(|c| c.subscribe()).collect();
-        loop {
-            // Rebuild from complete caches; a cache that relists is waited for.
-            let all: Option<Vec<Vec<Value>>> = cachers
-                .iter()
-                .map(|c| c.entries().map(|e| e.into_iter().map(|(_, v)| v).collect()))
-                .collect();
-            match all {
-                Some(v) => {
-                    let policy = Policy::build(&v[0], &v[1], &v[2], &v[3]);
-                    *self.policy.write() = Arc::new(policy);
-                    self.synced.store(true, Ordering::Release);
-                }
-                None => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-            // Wait for a change, then take every change already queued before rebuilding once.
-            let (a, b) = subs.split_at_mut(2);
-            let (s0, s1) = a.split_at_mut(1);
-            let (s2, s3) = b.split_at_mut(1);
-            tokio::select! {
-                _ = s0[0].recv() => {}
-                _ = s1[0].recv() => {}
-                _ = s2[0].recv() => {}
-                _ = s3[0].recv() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            for s in &mut subs {
-                while !matches!(
-                    s.try_recv(),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                        | tokio::sync::broadcast::error::TryRecvError::Closed)
-                ) {}
-            }
-        }
     }
 
     /// The current policy.

@@ -2,6 +2,8 @@
 //! Kubernetes 1.29, unchanged through 1.33), and the ensurer that keeps them in the store: the
 //! mandatory ones (`exempt`, `catch-all`) always as defined, the suggested ones created when
 //! missing and updated while their `apf.kubernetes.io/autoupdate-spec` annotation says true.
+//! Not done yet: upstream also deletes objects with that annotation true whose names are no
+//! longer among the defaults.
 
 use std::time::Duration;
 
@@ -292,7 +294,9 @@ pub async fn ensure(registry: &Registry) -> Result<(), String> {
             if !fix_annotation && !spec_differs {
                 continue;
             }
-            let mut next = crate::object::without_rv(&current);
+            // The read's resourceVersion is the precondition: a concurrent edit wins, and the
+            // next pass looks again.
+            let mut next = current.clone();
             if spec_differs {
                 next["spec"] = spec;
             }

@@ -25,6 +25,7 @@
 //! the Dangling condition is not written to FlowSchema status (a dangling schema is skipped).
 
 pub mod bootstrap;
+pub mod config;
 pub mod queueset;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::authz::UserInfo;
+use crate::authz::rbac::string_list;
 use crate::request_info::RequestInfo;
 use queueset::{Mode, QueueSet, Rejection, Start};
 
@@ -283,17 +285,6 @@ pub struct Request<'a> {
     pub method: &'a str,
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `["*"]` alone matches everything; otherwise the value must be listed.
 fn has(list: &[String], v: &str) -> bool {
     (list.len() == 1 && list[0] == "*") || list.iter().any(|x| x == v)
@@ -384,14 +375,14 @@ fn parse_rule(r: &Value) -> PolicyRule {
         .into_iter()
         .flatten()
         .map(|x| ResourceRule {
-            verbs: strings(x.get("verbs")),
-            groups: strings(x.get("apiGroups")),
-            resources: strings(x.get("resources")),
+            verbs: string_list(x.get("verbs")),
+            groups: string_list(x.get("apiGroups")),
+            resources: string_list(x.get("resources")),
             cluster_scope: x
                 .get("clusterScope")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-            namespaces: strings(x.get("namespaces")),
+            namespaces: string_list(x.get("namespaces")),
         })
         .collect();
     let urls = r
@@ -400,8 +391,8 @@ fn parse_rule(r: &Value) -> PolicyRule {
         .into_iter()
         .flatten()
         .map(|x| UrlRule {
-            verbs: strings(x.get("verbs")),
-            urls: strings(x.get("nonResourceURLs")),
+            verbs: string_list(x.get("verbs")),
+            urls: string_list(x.get("nonResourceURLs")),
         })
         .collect();
     PolicyRule {
@@ -512,7 +503,15 @@ impl Apf {
                 .clone()
         };
         let cachers = [find("prioritylevelconfigurations"), find("flowschemas")];
-        tokio::spawn(apf.clone().follow(cachers, shutdown.clone()));
+        let me = apf.clone();
+        tokio::spawn(crate::cache::follow(
+            cachers.to_vec(),
+            shutdown.clone(),
+            move |v| {
+                me.digest(&v[0], &v[1]);
+                me.synced.store(true, Ordering::Release);
+            },
+        ));
         apf
     }
 
@@ -559,43 +558,6 @@ impl Apf {
         apf.synced.store(true, Ordering::Release);
         apf.bootstrapped.store(true, Ordering::Release);
         Arc::new(apf)
-    }
-
-    async fn follow(
-        self: Arc<Self>,
-        cachers: [Arc<crate::cache::Cacher>; 2],
-        shutdown: CancellationToken,
-    ) {
-        let [lc, sc] = cachers;
-        let (mut ls, mut ss) = (lc.subscribe(), sc.subscribe());
-        loop {
-            match (lc.entries(), sc.entries()) {
-                (Some(l), Some(s)) => {
-                    let l: Vec<Value> = l.into_iter().map(|(_, v)| v).collect();
-                    let s: Vec<Value> = s.into_iter().map(|(_, v)| v).collect();
-                    self.digest(&l, &s);
-                    self.synced.store(true, Ordering::Release);
-                }
-                _ => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-            tokio::select! {
-                _ = ls.recv() => {}
-                _ = ss.recv() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            for s in [&mut ls, &mut ss] {
-                while !matches!(
-                    s.try_recv(),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                        | tokio::sync::broadcast::error::TryRecvError::Closed)
-                ) {}
-            }
-        }
     }
 
     /// Rebuilds the classifier and the levels' limits from the stored objects.
@@ -786,7 +748,9 @@ impl Apf {
             .and_then(|c| c.get(res))
             .and_then(|c| c.object_count())
         else {
-            return max;
+            // No count for the resource (its cache is off): one seat, as upstream when the
+            // count is unknown.
+            return 1;
         };
         let limit = query
             .and_then(|q| {
@@ -824,21 +788,24 @@ impl Apf {
             Start::Run(q) => Ok(q),
             Start::Reject(why) => Err(why),
             Start::Wait(rx, q, id) => {
-                let inqueue = self.metrics.inqueue.get_or_create(&flow).clone();
-                inqueue.inc();
-                let waited = tokio::time::timeout(self.wait_limit, rx).await;
-                inqueue.dec();
-                match waited {
-                    Ok(Ok(())) => Ok(Some(q)),
-                    _ => {
-                        if level.qs.lock().withdraw(q, id) {
-                            Err(Rejection::TimeOut)
-                        } else {
-                            // Dispatched just as the wait ended: it holds its seats.
-                            Ok(Some(q))
-                        }
-                    }
-                }
+                let gauge = self.metrics.inqueue.get_or_create(&flow).clone();
+                gauge.inc();
+                // If this future is dropped while queued (client gone, request timeout), the
+                // guard withdraws it, or gives back the seats it was just dispatched to.
+                let mut waiting = Waiting {
+                    level: level.clone(),
+                    queue: q,
+                    id,
+                    seats,
+                    rx,
+                    gauge,
+                    settled: false,
+                };
+                let dispatched = tokio::select! {
+                    r = &mut waiting.rx => r.is_ok(),
+                    _ = tokio::time::sleep(self.wait_limit) => false,
+                };
+                waiting.settle(dispatched)
             }
         };
         let exempt = level.name == "exempt";
@@ -926,6 +893,53 @@ impl Apf {
             }
         }
         resp
+    }
+}
+
+/// A request waiting in a queue.
+struct Waiting {
+    level: Arc<Level>,
+    queue: usize,
+    id: u64,
+    seats: u32,
+    rx: tokio::sync::oneshot::Receiver<()>,
+    gauge: Gauge,
+    settled: bool,
+}
+
+impl Waiting {
+    /// The wait is over (`dispatched`, or its time ran out): the queue to run on, or the
+    /// refusal. A request dispatched just as its time ran out runs.
+    fn settle(&mut self, dispatched: bool) -> Result<Option<usize>, Rejection> {
+        self.settled = true;
+        self.gauge.dec();
+        if dispatched {
+            return Ok(Some(self.queue));
+        }
+        let mut qs = self.level.qs.lock();
+        if qs.withdraw(self.queue, self.id) {
+            return Err(Rejection::TimeOut);
+        }
+        // Not queued any more: dispatched meanwhile (its seats are taken) unless it vanished.
+        if self.rx.try_recv().is_ok() {
+            Ok(Some(self.queue))
+        } else {
+            Err(Rejection::TimeOut)
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.gauge.dec();
+        let mut qs = self.level.qs.lock();
+        if !qs.withdraw(self.queue, self.id) && self.rx.try_recv().is_ok() {
+            // Dispatched, but nobody will run it: give the seats back.
+            qs.finish(self.seats, Some(self.queue), Duration::ZERO);
+        }
     }
 }
 

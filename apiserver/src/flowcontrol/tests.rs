@@ -449,3 +449,132 @@ async fn a_flood_of_lists_from_one_user_does_not_starve_node_heartbeats() {
     let _ = open.send(true);
     assert_eq!(blocker.await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn a_queued_request_that_goes_away_gives_its_place_back() {
+    let (levels, schemas) = defaults();
+    // global-default has one seat; a queued request waits up to 2.5 s.
+    let apf = Apf::fixed(6, Duration::from_secs(10), &levels, &schemas);
+    let dev = user("dev", &["system:authenticated"]);
+    let list = resource("list", "", "pods", "", "");
+    let (open, held) = gate();
+    let holder = {
+        let (apf, dev, list, mut held) = (apf.clone(), dev.clone(), list.clone(), held.clone());
+        tokio::spawn(async move {
+            let r = Request {
+                info: &list,
+                user: &dev,
+                method: "get",
+            };
+            apf.handle(r, None, || async move {
+                let _ = held.wait_for(|o| *o).await;
+                ok()
+            })
+            .await
+            .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let level = apf.levels.lock()["global-default"].clone();
+    // A second request queues; its client goes away (the future is dropped).
+    let queued = {
+        let (apf, dev, list) = (apf.clone(), dev.clone(), list.clone());
+        tokio::spawn(async move {
+            let r = Request {
+                info: &list,
+                user: &dev,
+                method: "get",
+            };
+            apf.handle(r, None, || async { ok() }).await.status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(level.qs.lock().waiting(), 1);
+    queued.abort();
+    let _ = queued.await;
+    assert_eq!(level.qs.lock().waiting(), 0, "withdrawn from its queue");
+    let _ = open.send(true);
+    assert_eq!(holder.await.unwrap(), 200);
+    assert_eq!(level.qs.lock().seats_in_use(), 0, "every seat given back");
+    // The level still serves.
+    let r = Request {
+        info: &list,
+        user: &dev,
+        method: "get",
+    };
+    assert_eq!(apf.handle(r, None, || async { ok() }).await.status(), 200);
+}
+
+#[test]
+fn flow_control_objects_are_validated_as_upstream() {
+    let check = |kind: &str, mut obj: Value| {
+        let mut causes = Vec::new();
+        if kind == "level" {
+            config::default_level(&mut obj);
+            config::validate_level(&obj, &mut causes);
+        } else {
+            config::default_schema(&mut obj);
+            config::validate_schema(&obj, &mut causes);
+        }
+        causes
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for l in bootstrap::mandatory_levels()
+        .into_iter()
+        .chain(bootstrap::suggested_levels())
+    {
+        assert_eq!(check("level", l), "");
+    }
+    for s in bootstrap::mandatory_schemas()
+        .into_iter()
+        .chain(bootstrap::suggested_schemas())
+    {
+        assert_eq!(check("schema", s), "");
+    }
+    let queued = |q: Value| json!({"metadata": {"name": "x"}, "spec": {"type": "Limited", "limited": {"limitResponse": {"type": "Queue", "queuing": q}}}});
+    // Defaults fill zeros as upstream.
+    let mut d = queued(json!({}));
+    config::default_level(&mut d);
+    assert_eq!(d["spec"]["limited"]["nominalConcurrencyShares"], 30);
+    assert_eq!(
+        d["spec"]["limited"]["limitResponse"]["queuing"],
+        json!({"queues": 64, "handSize": 8, "queueLengthLimit": 50})
+    );
+    assert!(
+        check("level", queued(json!({"queues": 4, "handSize": 8})))
+            .contains("should not be greater than queues (4)")
+    );
+    assert!(
+        check("level", queued(json!({"queues": 1_000_000_000}))).contains("must be at most 65536")
+    );
+    assert!(
+        check("level", queued(json!({"queues": 65536, "handSize": 8}))).contains("entropy bits")
+    );
+    assert!(
+        check(
+            "level",
+            json!({"metadata": {"name": "x"}, "spec": {"type": "Exempt"}})
+        )
+        .contains("only the priority level named \"exempt\"")
+    );
+    assert!(check("level", json!({"metadata": {"name": "x"}, "spec": {"type": "Limited", "limited": {"lendablePercent": 101, "limitResponse": {"type": "Reject"}}}})).contains("between 0 and 100"));
+    let schema = |spec: Value| json!({"metadata": {"name": "s"}, "spec": spec});
+    assert!(
+        check(
+            "schema",
+            schema(
+                json!({"priorityLevelConfiguration": {"name": "p"}, "matchingPrecedence": 20000})
+            )
+        )
+        .contains("between 1 and 10000")
+    );
+    assert!(
+        check("schema", schema(json!({"matchingPrecedence": 5})))
+            .contains("spec.priorityLevelConfiguration.name")
+    );
+    assert!(check("schema", schema(json!({"priorityLevelConfiguration": {"name": "p"}, "rules": [{"subjects": [{"kind": "Robot"}], "resourceRules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]}]}))).contains("Unsupported value: \"Robot\""));
+    assert!(check("schema", schema(json!({"priorityLevelConfiguration": {"name": "p"}, "rules": [{"subjects": [{"kind": "User", "user": {"name": "u"}}], "resourceRules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]}]}))).contains("must supply at least one namespace"));
+}

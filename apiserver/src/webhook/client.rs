@@ -108,21 +108,25 @@ impl Client {
                 .body(Full::new(body.clone()))
                 .map_err(|e| e.to_string())
         };
-        // A kept connection the webhook has closed meanwhile fails before anything was
-        // answered; then one fresh connection is tried.
+        // A kept connection the webhook has closed meanwhile fails before the request is
+        // sent; then one fresh connection is tried.
         let (mut send, reused) = match self.take(&key) {
             Some(s) => (s, true),
             None => (Self::connect(host, port, server_name, tls).await?, false),
         };
-        let resp = match send.send_request(request()?).await {
+        let resp = match send.try_send_request(request()?).await {
             Ok(r) => r,
-            Err(_) if reused => {
+            Err(mut e) => {
+                // Only a request that was never sent is retried, so a webhook is not called
+                // twice.
+                if !reused || e.take_message().is_none() {
+                    return Err(e.into_error().to_string());
+                }
                 send = Self::connect(host, port, server_name, tls).await?;
                 send.send_request(request()?)
                     .await
                     .map_err(|e| e.to_string())?
             }
-            Err(e) => return Err(e.to_string()),
         };
         let status = resp.status().as_u16();
         let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);

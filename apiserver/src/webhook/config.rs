@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::authz::rbac::string_list;
 use crate::selectors::LabelSelector;
 use crate::status::Cause;
+use crate::strategy::set_default;
 
 /// Mutating or validating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +110,10 @@ pub struct Hook {
     pub rules: Vec<Rule>,
     /// `failurePolicy: Fail` (else Ignore).
     pub fail_closed: bool,
-    /// `matchPolicy: Equivalent` (else Exact). This server serves one version of each
-    /// resource, so both match the same requests.
-    pub equivalent: bool,
     /// `namespaceSelector`; `None` selects everything.
     pub namespace_selector: Option<LabelSelector>,
     /// `objectSelector`; `None` selects everything.
     pub object_selector: Option<LabelSelector>,
-    /// `sideEffects` is `None` or `NoneOnDryRun`: the webhook may be called on dry runs.
-    pub dry_run_safe: bool,
     /// `timeoutSeconds`.
     pub timeout: Duration,
     /// `reinvocationPolicy: IfNeeded` (mutating only).
@@ -139,48 +136,29 @@ impl std::fmt::Debug for Hook {
     }
 }
 
-fn set_default(obj: &mut Value, key: &str, v: Value) {
-    if let Some(m) = obj.as_object_mut()
-        && m.get(key).is_none_or(Value::is_null)
-    {
-        m.insert(key.to_string(), v);
-    }
-}
-
 /// Applies upstream's v1 defaults to every webhook of a configuration.
 pub fn default(obj: &mut Value, mutating: bool) {
     let Some(hooks) = obj.get_mut("webhooks").and_then(Value::as_array_mut) else {
         return;
     };
     for h in hooks {
-        set_default(h, "failurePolicy", json!("Fail"));
-        set_default(h, "matchPolicy", json!("Equivalent"));
-        set_default(h, "namespaceSelector", json!({}));
-        set_default(h, "objectSelector", json!({}));
-        set_default(h, "timeoutSeconds", json!(10));
+        set_default(h, &["failurePolicy"], json!("Fail"));
+        set_default(h, &["matchPolicy"], json!("Equivalent"));
+        set_default(h, &["namespaceSelector"], json!({}));
+        set_default(h, &["objectSelector"], json!({}));
+        set_default(h, &["timeoutSeconds"], json!(10));
         if mutating {
-            set_default(h, "reinvocationPolicy", json!("Never"));
+            set_default(h, &["reinvocationPolicy"], json!("Never"));
         }
         if let Some(svc) = h.pointer_mut("/clientConfig/service") {
-            set_default(svc, "port", json!(443));
+            set_default(svc, &["port"], json!(443));
         }
         if let Some(rules) = h.get_mut("rules").and_then(Value::as_array_mut) {
             for r in rules {
-                set_default(r, "scope", json!("*"));
+                set_default(r, &["scope"], json!("*"));
             }
         }
     }
-}
-
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn unsupported(field: &str, got: &str, allowed: &[&str]) -> Cause {
@@ -232,7 +210,7 @@ fn check_enum(
 
 /// A list of a rule that may be `*` alone: required, no empty entries, and `*` excludes others.
 fn check_list(r: &Value, key: &str, path: &str, causes: &mut Vec<Cause>) {
-    let items = strings(r.get(key));
+    let items = string_list(r.get(key));
     let field = format!("{path}.{key}");
     if items.is_empty() {
         causes.push(Cause::new("FieldValueRequired", &field, "Required value"));
@@ -256,7 +234,7 @@ fn check_list(r: &Value, key: &str, path: &str, causes: &mut Vec<Cause>) {
 }
 
 fn check_resources(r: &Value, path: &str, causes: &mut Vec<Cause>) {
-    let items = strings(r.get("resources"));
+    let items = string_list(r.get("resources"));
     let field = format!("{path}.resources");
     if items.is_empty() {
         causes.push(Cause::new("FieldValueRequired", &field, "Required value"));
@@ -417,7 +395,7 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
         {
             let rp = format!("{path}.rules[{j}]");
             check_list(r, "operations", &rp, causes);
-            for op in strings(r.get("operations")) {
+            for op in string_list(r.get("operations")) {
                 if !matches!(
                     op.as_str(),
                     "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT"
@@ -484,7 +462,7 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
                 format!("Invalid value: {t}: the timeout value must be between 1 and 30 seconds"),
             ));
         }
-        let versions = strings(h.get("admissionReviewVersions"));
+        let versions = string_list(h.get("admissionReviewVersions"));
         if versions.is_empty() {
             causes.push(Cause::new(
                 "FieldValueRequired",
@@ -496,6 +474,13 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
                 "FieldValueInvalid",
                 &format!("{path}.admissionReviewVersions"),
                 format!("Invalid value: {versions:?}: must include at least one of v1, v1beta1"),
+            ));
+        } else if !versions.iter().any(|v| v == "v1") {
+            // Upstream may fall back to v1beta1; this server speaks admission.k8s.io/v1 only.
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                &format!("{path}.admissionReviewVersions"),
+                format!("Invalid value: {versions:?}: this server sends admission.k8s.io/v1 reviews only; include v1"),
             ));
         }
         for sel in ["namespaceSelector", "objectSelector"] {
@@ -577,9 +562,11 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
 fn tls_config(ca_bundle: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     if ca_bundle.is_empty() {
-        let found = rustls_native_certs::load_native_certs();
-        for c in found.certs {
-            let _ = roots.add(c);
+        static NATIVE: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+            std::sync::OnceLock::new();
+        let native = NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs);
+        for c in native {
+            let _ = roots.add(c.clone());
         }
     } else {
         let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca_bundle)
@@ -658,10 +645,10 @@ pub fn hooks_of(obj: &Value, kind: Kind) -> Vec<Hook> {
             .into_iter()
             .flatten()
             .map(|r| Rule {
-                operations: strings(r.get("operations")),
-                groups: strings(r.get("apiGroups")),
-                versions: strings(r.get("apiVersions")),
-                resources: strings(r.get("resources")),
+                operations: string_list(r.get("operations")),
+                groups: string_list(r.get("apiGroups")),
+                versions: string_list(r.get("apiVersions")),
+                resources: string_list(r.get("resources")),
                 scope: r
                     .get("scope")
                     .and_then(Value::as_str)
@@ -675,10 +662,8 @@ pub fn hooks_of(obj: &Value, kind: Kind) -> Vec<Hook> {
             name: s("name").to_string(),
             rules,
             fail_closed: s("failurePolicy") != "Ignore",
-            equivalent: s("matchPolicy") != "Exact",
             namespace_selector: selector("namespaceSelector"),
             object_selector: selector("objectSelector"),
-            dry_run_safe: matches!(s("sideEffects"), "None" | "NoneOnDryRun"),
             timeout: Duration::from_secs(
                 h.get("timeoutSeconds")
                     .and_then(Value::as_u64)

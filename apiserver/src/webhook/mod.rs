@@ -110,7 +110,26 @@ impl Source {
             find("mutatingwebhookconfigurations"),
             find("validatingwebhookconfigurations"),
         ];
-        tokio::spawn(src.clone().follow(cachers, client, shutdown.clone()));
+        let me = src.clone();
+        tokio::spawn(crate::cache::follow(
+            cachers.to_vec(),
+            shutdown.clone(),
+            move |v| {
+                // Cache entries are ordered by key, which ends in the name.
+                let build = |objs: &[Value], kind| {
+                    objs.iter()
+                        .flat_map(|o| config::hooks_of(o, kind))
+                        .map(Arc::new)
+                        .collect()
+                };
+                *me.hooks.write() = Arc::new(Hooks {
+                    mutating: build(&v[0], Kind::Mutating),
+                    validating: build(&v[1], Kind::Validating),
+                });
+                client.clear();
+                me.synced.store(true, Ordering::Release);
+            },
+        ));
         src
     }
 
@@ -123,53 +142,6 @@ impl Source {
             })),
             synced: AtomicBool::new(true),
         })
-    }
-
-    async fn follow(
-        self: Arc<Self>,
-        cachers: [Arc<crate::cache::Cacher>; 2],
-        client: Arc<client::Client>,
-        shutdown: CancellationToken,
-    ) {
-        let [mc, vc] = cachers;
-        let (mut ms, mut vs) = (mc.subscribe(), vc.subscribe());
-        loop {
-            match (mc.entries(), vc.entries()) {
-                (Some(m), Some(v)) => {
-                    // Cache entries are ordered by key, which ends in the name.
-                    let build = |e: Vec<(Vec<u8>, Value)>, kind| {
-                        e.iter()
-                            .flat_map(|(_, o)| config::hooks_of(o, kind))
-                            .map(Arc::new)
-                            .collect()
-                    };
-                    *self.hooks.write() = Arc::new(Hooks {
-                        mutating: build(m, Kind::Mutating),
-                        validating: build(v, Kind::Validating),
-                    });
-                    client.clear();
-                    self.synced.store(true, Ordering::Release);
-                }
-                _ => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-            tokio::select! {
-                _ = ms.recv() => {}
-                _ = vs.recv() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            for s in [&mut ms, &mut vs] {
-                while !matches!(
-                    s.try_recv(),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Empty
-                        | tokio::sync::broadcast::error::TryRecvError::Closed)
-                ) {}
-            }
-        }
     }
 
     /// Whether the configurations have been read from complete caches.
@@ -600,7 +572,12 @@ impl Call {
                 *current = p;
                 Ok(changed)
             }
-            Err(e) => self.failed(h, a, format!("failed to apply the patch: {e}")),
+            // As upstream, a patch that cannot be applied fails the request whatever the
+            // failure policy says.
+            Err(e) => Err(ApiError::internal(format!(
+                "failed calling webhook {:?}: failed to apply the patch: {e}",
+                h.name
+            ))),
         }
     }
 
@@ -656,14 +633,8 @@ impl Call {
         let results = futures::future::join_all(hooks.iter().map(|h| {
             let (a, object, old_out) = (&a, object.as_ref(), old_out.as_ref());
             async move {
+                // (`parse_answer` refuses a patch from a validating webhook.)
                 match self.invoke(h, a, object, old_out).await {
-                    Ok(ans) if ans.patch.is_some() => self
-                        .failed(
-                            h,
-                            a,
-                            "validating webhook may not return response.patch".into(),
-                        )
-                        .map(|_| ()),
                     Ok(ans) if !ans.allowed => Err(denied(&h.name, ans.status.as_ref())),
                     Ok(_) => Ok(()),
                     Err(e) => self.failed(h, a, e).map(|_| ()),
@@ -679,10 +650,10 @@ impl Call {
     fn failed(&self, h: &Hook, a: &Attrs<'_>, why: String) -> ApiResult<bool> {
         let msg = format!("failed calling webhook {:?}: {why}", h.name);
         if h.fail_closed {
-            tracing::warn!(webhook = %h.name, operation = a.op.as_str(), "{msg}; failurePolicy Fail refuses the request");
+            tracing::warn!(webhook = %h.name, configuration = %h.config, operation = a.op.as_str(), "{msg}; failurePolicy Fail refuses the request");
             Err(ApiError::internal(msg))
         } else {
-            tracing::warn!(webhook = %h.name, operation = a.op.as_str(), "{msg}; failurePolicy Ignore lets the request pass");
+            tracing::warn!(webhook = %h.name, configuration = %h.config, operation = a.op.as_str(), "{msg}; failurePolicy Ignore lets the request pass");
             Ok(false)
         }
     }
@@ -745,16 +716,6 @@ impl Call {
         obj: Option<&Value>,
         old: Option<&Value>,
     ) -> Result<Answer, String> {
-        if a.dry_run && !h.dry_run_safe {
-            // Not a call failure: the request itself cannot be served.
-            return Ok(Answer {
-                allowed: false,
-                status: Some(
-                    json!({"code": 400, "reason": "BadRequest", "message": "does not support dry run"}),
-                ),
-                ..Default::default()
-            });
-        }
         let started = Instant::now();
         let uid = crate::object::new_uid();
         let body =
@@ -989,7 +950,7 @@ fn denied(name: &str, status: Option<&Value>) -> ApiError {
         .get("code")
         .and_then(Value::as_u64)
         .and_then(|c| u16::try_from(c).ok())
-        .filter(|c| (400..600).contains(c))
+        .filter(|c| (400..1000).contains(c))
         .unwrap_or(400);
     let reason = s.get("reason").and_then(Value::as_str).unwrap_or("");
     let message = s.get("message").and_then(Value::as_str).unwrap_or("");

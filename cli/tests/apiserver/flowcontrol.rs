@@ -199,11 +199,12 @@ fn priority_and_fairness_isolates_a_flood_from_node_heartbeats() {
             served.load(Ordering::Relaxed),
             other.load(Ordering::Relaxed),
         );
-        assert!(beats > 10, "{beats} heartbeats");
+        assert!(beats > 0, "{beats} heartbeats");
         assert_eq!(other, 0, "only 429s may fail the flood");
         (served, refused)
     });
-    // kube-rs retries a 429 itself, so the server's counts tell how much was refused.
+    // kube-rs retries a 429 itself (so the heartbeats' `expect`s above would not see one
+    // either): the server's counts tell what was refused, and that no node request was.
     let (served, _refused_seen) = outcome;
     assert!(served > 0);
     let metrics = c.ok(&["get", "--raw", "/metrics"]);
@@ -239,7 +240,7 @@ fn priority_and_fairness_isolates_a_flood_from_node_heartbeats() {
         r#"apiserver_flowcontrol_nominal_limit_seats{priority_level="workload-low"}"#
     ));
 
-    // Off: no classification headers, and the flow-control objects are still served.
+    // Off: no flow-control metrics, and the flow-control objects are still served.
     drop(c);
     let off = ApiCluster::start_with(
         Backend::Keelson,

@@ -323,12 +323,14 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
         )
     };
     apply(&c, &slow("Fail"));
+    // A fresh name per probe: a name taken by an earlier probe must not pass for a refusal.
+    let mut probe = 0;
     eventually(Duration::from_secs(20), "the slow webhook", || {
-        !s.reviews("/slow").is_empty()
-            || !c
-                .kubectl(&["create", "secret", "generic", "probe-slow"])
-                .status
-                .success()
+        probe += 1;
+        let name = format!("probe-slow-{probe}");
+        !c.kubectl(&["create", "secret", "generic", &name])
+            .status
+            .success()
     });
     let err = c.fails(&["create", "secret", "generic", "s1"]);
     assert!(
@@ -374,13 +376,15 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
             )],
         ),
     );
+    let mut probe = 0;
     eventually(
         Duration::from_secs(20),
         "the Service-referenced webhook",
         || {
-            !c.kubectl(&["create", "configmap", "forbidden"])
-                .status
-                .success()
+            probe += 1;
+            let name = format!("svc-probe-{probe}");
+            c.kubectl(&["create", "configmap", &name]).status.success()
+                && !s.reviews("/svc").is_empty()
         },
     );
     let err = c.fails(&["create", "configmap", "forbidden"]);
