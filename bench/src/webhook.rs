@@ -234,5 +234,11 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         p50[2] as i64 - p50[0] as i64,
         p50[3]
     );
+    println!(
+        "TLS connections to the webhook server: {} (the apiserver's and the direct client's)",
+        server
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }

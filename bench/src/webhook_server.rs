@@ -19,6 +19,8 @@ pub struct WebhookServer {
     pub ca_bundle: String,
     /// Every review received, as `{"path": ..., "review": ...}`, when recording.
     pub seen: Arc<Mutex<Vec<Value>>>,
+    /// TLS connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WebhookServer {
@@ -82,8 +84,11 @@ pub async fn start(answer: Answer, names: &[&str], record: bool) -> anyhow::Resu
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = record.then(|| seen.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tcp.set_nodelay(true);
             let (acceptor, log, answer) = (acceptor.clone(), log.clone(), answer.clone());
             tokio::spawn(async move {
@@ -123,5 +128,6 @@ pub async fn start(answer: Answer, names: &[&str], record: bool) -> anyhow::Resu
         port,
         ca_bundle: base64::engine::general_purpose::STANDARD.encode(ca.pem()),
         seen,
+        connections,
     })
 }
