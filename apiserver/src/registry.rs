@@ -92,6 +92,17 @@ pub struct WriteOpts {
     pub hooks: Option<Arc<crate::webhook::Call>>,
 }
 
+/// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
+/// anew) or it belongs to later writes.
+const SERVER_SET_ON_CREATE: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "generation",
+];
+
 /// The check behind [`Admit`]: `(namespace, the object before (None on create), the object)`.
 pub type AdmitFn = dyn Fn(&str, Option<&Value>, &Value) -> ApiResult<()> + Send + Sync;
 
@@ -604,15 +615,8 @@ impl Registry {
         }
         {
             let m = object::meta_mut(&mut obj);
-            for f in [
-                "uid",
-                "resourceVersion",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "selfLink",
-                "generation",
-            ] {
-                m.remove(f);
+            for f in SERVER_SET_ON_CREATE {
+                m.remove(*f);
             }
             m.insert("uid".into(), json!(object::new_uid()));
             m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
@@ -636,14 +640,8 @@ impl Registry {
             {
                 // A webhook may not set what the server sets.
                 let m = object::meta_mut(&mut obj);
-                for f in [
-                    "resourceVersion",
-                    "deletionTimestamp",
-                    "deletionGracePeriodSeconds",
-                    "selfLink",
-                    "generation",
-                ] {
-                    m.remove(f);
+                for f in SERVER_SET_ON_CREATE {
+                    m.remove(*f);
                 }
                 for (f, v) in fixed {
                     match v {
