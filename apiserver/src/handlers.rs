@@ -1121,8 +1121,12 @@ async fn resource_request(
             info.verb, info.path
         ))),
     } }.await;
+    // Webhook warnings go out with the answer, a refusal included, as upstream.
     match (result, hooks) {
         (Ok(r), Some(h)) => Ok(add_warnings(r, &h.warnings())),
+        (Err(e), Some(h)) if !h.warnings().is_empty() => {
+            Ok(add_warnings(e.into_response(), &h.warnings()))
+        }
         (r, _) => r,
     }
 }

@@ -26,7 +26,9 @@ fn respond(path: &str, review: &Value) -> (Duration, Value) {
         "/validate" => {
             if obj["metadata"]["labels"]["deny"] == "true" {
                 let status = json!({"code": 403, "reason": "Forbidden", "message": "pods labelled deny=true are refused"});
-                return (Duration::ZERO, reply(review, false, None, Some(status)));
+                let mut a = reply(review, false, None, Some(status));
+                a["response"]["warnings"] = json!(["the deny label is for tests"]);
+                return (Duration::ZERO, a);
             }
             let mut a = reply(review, true, None, None);
             a["response"]["warnings"] = json!(["checked by the test webhook"]);
@@ -247,6 +249,10 @@ fn webhooks_mutate_deny_and_follow_their_failure_policy() {
     ]);
     assert!(
         err.contains(r#"Error from server (Forbidden): admission webhook "deny.hooks.keelson.dev" denied the request: pods labelled deny=true are refused"#),
+        "{err}"
+    );
+    assert!(
+        err.contains("Warning: the deny label is for tests"),
         "{err}"
     );
     c.fails(&["-n", "hooked", "get", "pod", "bad"]);
