@@ -1123,11 +1123,15 @@ async fn resource_request(
     } }.await;
     // Webhook warnings go out with the answer, a refusal included, as upstream.
     match (result, hooks) {
-        (Ok(r), Some(h)) => Ok(add_warnings(r, &h.warnings())),
-        (Err(e), Some(h)) if !h.warnings().is_empty() => {
-            Ok(add_warnings(e.into_response(), &h.warnings()))
+        (r, Some(h)) => {
+            let warnings = h.warnings();
+            match r {
+                Ok(r) => Ok(add_warnings(r, &warnings)),
+                Err(e) if !warnings.is_empty() => Ok(add_warnings(e.into_response(), &warnings)),
+                Err(e) => Err(e),
+            }
         }
-        (r, _) => r,
+        (r, None) => r,
     }
 }
 

@@ -36,7 +36,8 @@ pub struct AuthzArgs {
     audit: String,
 }
 
-async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+/// A client from a kubeconfig file.
+pub(crate) async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)?;
     Ok(Client::try_from(
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?,

@@ -73,13 +73,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     )
     .await?;
     let cluster = start_cluster(&keelson, 1)?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&cluster.kubeconfig)?,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?,
-    )?;
+    let client = crate::authz::client(&cluster.kubeconfig).await?;
     let spaces = ["plain", "validated", "mutated"];
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in spaces {

@@ -209,28 +209,30 @@ pub fn suggested_schemas() -> Vec<Value> {
     ]
 }
 
-/// Whether the ensurer may update `current`'s spec: always for mandatory objects; for
-/// suggested ones as the annotation says, or, without a readable annotation, only while the
-/// object was never changed (generation 1).
-fn auto_update(current: &Value, mandatory: bool) -> bool {
-    if mandatory {
-        return true;
-    }
-    let ann = current
+/// The object's autoupdate annotation, when it reads as a boolean.
+fn annotation(current: &Value) -> Option<bool> {
+    current
         .pointer(&format!(
             "/metadata/annotations/{}",
             AUTOUPDATE.replace('/', "~1")
         ))
-        .and_then(Value::as_str);
-    match ann.and_then(parse_bool) {
-        Some(b) => b,
-        None => {
-            current
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                == Some(1)
-        }
+        .and_then(Value::as_str)
+        .and_then(parse_bool)
+}
+
+/// Whether the ensurer may update `current`'s spec (`ann`: its annotation): always for
+/// mandatory objects; for suggested ones as the annotation says, or, without a readable
+/// annotation, only while the object was never changed (generation 1).
+fn auto_update(current: &Value, ann: Option<bool>, mandatory: bool) -> bool {
+    if mandatory {
+        return true;
     }
+    ann.unwrap_or_else(|| {
+        current
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            == Some(1)
+    })
 }
 
 /// Go's `strconv.ParseBool`.
@@ -274,14 +276,8 @@ pub async fn ensure(registry: &Registry) -> Result<(), String> {
                 }
                 Err(e) => return Err(format!("reading {}/{name}: {}", res.resource, e.message)),
             };
-            let update = auto_update(&current, mandatory);
-            let ann = current
-                .pointer(&format!(
-                    "/metadata/annotations/{}",
-                    AUTOUPDATE.replace('/', "~1")
-                ))
-                .and_then(Value::as_str)
-                .and_then(parse_bool);
+            let ann = annotation(&current);
+            let update = auto_update(&current, ann, mandatory);
             let fix_annotation = ann != Some(update);
             let mut spec = want["spec"].clone();
             if name == "exempt" && res.resource == "prioritylevelconfigurations" {

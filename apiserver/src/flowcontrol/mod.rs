@@ -29,8 +29,8 @@ pub mod config;
 pub mod queueset;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -268,11 +268,92 @@ struct Schema {
     level_uid: String,
     distinguisher: Distinguisher,
     rules: Vec<PolicyRule>,
+    metrics: FlowMetrics,
+}
+
+/// The metrics of one (level, schema) pair: each series is looked up in its family on first
+/// use (when it appears in `/metrics`, as before), then kept, rather than on every request.
+struct FlowMetrics {
+    level: String,
+    schema: String,
+    dispatched: OnceLock<Counter>,
+    inqueue: OnceLock<Gauge>,
+    executing: OnceLock<(Gauge, Gauge)>,
+    /// Waits of requests that went on to run, and of refused ones.
+    waited: [OnceLock<Histogram>; 2],
+    /// Refusals by reason (indexed by the reason's discriminant).
+    rejected: [OnceLock<Counter>; 3],
+}
+
+impl FlowMetrics {
+    fn new(level: &str, schema: &str) -> Self {
+        FlowMetrics {
+            level: level.to_string(),
+            schema: schema.to_string(),
+            dispatched: OnceLock::new(),
+            inqueue: OnceLock::new(),
+            executing: OnceLock::new(),
+            waited: Default::default(),
+            rejected: Default::default(),
+        }
+    }
+
+    fn flow(&self) -> FlowLabels {
+        FlowLabels {
+            priority_level: self.level.clone(),
+            flow_schema: self.schema.clone(),
+        }
+    }
+
+    fn dispatched(&self, m: &Metrics) -> &Counter {
+        self.dispatched
+            .get_or_init(|| m.dispatched.get_or_create(&self.flow()).clone())
+    }
+
+    fn inqueue(&self, m: &Metrics) -> &Gauge {
+        self.inqueue
+            .get_or_init(|| m.inqueue.get_or_create(&self.flow()).clone())
+    }
+
+    /// `current_executing_requests` and `current_executing_seats`.
+    fn executing(&self, m: &Metrics) -> &(Gauge, Gauge) {
+        self.executing.get_or_init(|| {
+            let flow = self.flow();
+            (
+                m.executing.get_or_create(&flow).clone(),
+                m.executing_seats.get_or_create(&flow).clone(),
+            )
+        })
+    }
+
+    fn waited(&self, m: &Metrics, execute: bool) -> &Histogram {
+        self.waited[usize::from(!execute)].get_or_init(|| {
+            m.wait
+                .get_or_create(&WaitLabels {
+                    priority_level: self.level.clone(),
+                    flow_schema: self.schema.clone(),
+                    execute: execute.to_string(),
+                })
+                .clone()
+        })
+    }
+
+    fn rejected(&self, m: &Metrics, why: Rejection) -> &Counter {
+        self.rejected[why as usize].get_or_init(|| {
+            m.rejected
+                .get_or_create(&RejectLabels {
+                    priority_level: self.level.clone(),
+                    flow_schema: self.schema.clone(),
+                    reason: why.label().into(),
+                })
+                .clone()
+        })
+    }
 }
 
 #[derive(Default)]
 struct Config {
-    schemas: Vec<Schema>,
+    schemas: Vec<Arc<Schema>>,
 }
 
 /// What a request is, for classification.
@@ -630,17 +711,16 @@ impl Apf {
             uids.insert(name.clone(), (level, uid.clone()));
         }
         drop(map);
-        let mut out: Vec<Schema> = Vec::new();
-        let stored: Vec<&Value> = schemas.iter().collect();
+        let mut out: Vec<Arc<Schema>> = Vec::new();
         let imagined: Vec<Value> = bootstrap::mandatory_schemas()
             .into_iter()
             .filter(|m| {
-                !stored
+                !schemas
                     .iter()
                     .any(|s| crate::object::name(s) == crate::object::name(m))
             })
             .collect();
-        for s in stored.into_iter().chain(imagined.iter()) {
+        for s in schemas.iter().chain(imagined.iter()) {
             let name = crate::object::name(s).to_string();
             let level_name = s
                 .pointer("/spec/priorityLevelConfiguration/name")
@@ -650,7 +730,8 @@ impl Apf {
                 // Dangling: its level does not exist.
                 continue;
             };
-            out.push(Schema {
+            out.push(Arc::new(Schema {
+                metrics: FlowMetrics::new(&level.name, &name),
                 uid: crate::object::meta_str(s, "uid").to_string(),
                 precedence: s
                     .pointer("/spec/matchingPrecedence")
@@ -674,7 +755,7 @@ impl Apf {
                     .map(parse_rule)
                     .collect(),
                 name,
-            });
+            }));
         }
         out.sort_by(|a, b| {
             a.precedence
@@ -704,9 +785,8 @@ impl Apf {
         Ok(())
     }
 
-    /// The first schema that matches `r`: (schema name, schema uid, level, level uid,
-    /// distinguisher).
-    fn classify(&self, r: &Request<'_>) -> Option<(String, String, Arc<Level>, String, u64)> {
+    /// The first schema that matches `r`, and the request's flow hash.
+    fn classify(&self, r: &Request<'_>) -> Option<(Arc<Schema>, u64)> {
         let cfg = self.config.read().clone();
         let s = cfg
             .schemas
@@ -723,13 +803,7 @@ impl Apf {
         } else {
             0
         };
-        Some((
-            s.name.clone(),
-            s.uid.clone(),
-            s.level.clone(),
-            s.level_uid.clone(),
-            hash,
-        ))
+        Some((s.clone(), hash))
     }
 
     /// The seats of a request: one, or for a LIST one per 100 objects it may return.
@@ -774,21 +848,19 @@ impl Apf {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = axum::response::Response>,
     {
-        let Some((schema, schema_uid, level, level_uid, hash)) = self.classify(&r) else {
+        let Some((schema, hash)) = self.classify(&r) else {
             return run().await;
         };
-        let seats = self.seats(r.info, query, &level);
-        let flow = FlowLabels {
-            priority_level: level.name.clone(),
-            flow_schema: schema.clone(),
-        };
+        let level = &schema.level;
+        let (m, family) = (&schema.metrics, &self.metrics);
+        let seats = self.seats(r.info, query, level);
         let started = Instant::now();
         let start = level.qs.lock().start(seats, hash);
         let queue = match start {
             Start::Run(q) => Ok(q),
             Start::Reject(why) => Err(why),
             Start::Wait(rx, q, id) => {
-                let gauge = self.metrics.inqueue.get_or_create(&flow).clone();
+                let gauge = m.inqueue(family).clone();
                 gauge.inc();
                 // If this future is dropped while queued (client gone, request timeout), the
                 // guard withdraws it, or gives back the seats it was just dispatched to.
@@ -808,22 +880,14 @@ impl Apf {
                 waiting.settle(dispatched)
             }
         };
-        let exempt = level.name == "exempt";
-        if !exempt {
-            self.metrics
-                .wait
-                .get_or_create(&WaitLabels {
-                    priority_level: level.name.clone(),
-                    flow_schema: schema.clone(),
-                    execute: queue.is_ok().to_string(),
-                })
+        if level.name != "exempt" {
+            m.waited(family, queue.is_ok())
                 .observe(started.elapsed().as_secs_f64());
         }
         let mut resp = match queue {
             Ok(q) => {
-                self.metrics.dispatched.get_or_create(&flow).inc();
-                let executing = self.metrics.executing.get_or_create(&flow).clone();
-                let executing_seats = self.metrics.executing_seats.get_or_create(&flow).clone();
+                m.dispatched(family).inc();
+                let (executing, executing_seats) = m.executing(family).clone();
                 executing.inc();
                 executing_seats.inc_by(i64::from(seats));
                 // Seats go back when the request is done, or dropped (client gone).
@@ -853,19 +917,12 @@ impl Apf {
                 }
             }
             Err(why) => {
-                self.metrics
-                    .rejected
-                    .get_or_create(&RejectLabels {
-                        priority_level: level.name.clone(),
-                        flow_schema: schema.clone(),
-                        reason: why.label().into(),
-                    })
-                    .inc();
+                m.rejected(family, why).inc();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 let retry = level.retry.lock().record(now);
-                tracing::debug!(level = %level.name, schema = %schema, reason = why.label(), "request refused by API Priority and Fairness");
+                tracing::debug!(level = %level.name, schema = %schema.name, reason = why.label(), "request refused by API Priority and Fairness");
                 let mut r = axum::response::Response::new(axum::body::Body::from(
                     "Too many requests, please try again later.\n",
                 ));
@@ -885,10 +942,10 @@ impl Apf {
         };
         let h = resp.headers_mut();
         for (k, v) in [
-            ("x-kubernetes-pf-flowschema-uid", schema_uid),
-            ("x-kubernetes-pf-prioritylevel-uid", level_uid),
+            ("x-kubernetes-pf-flowschema-uid", &schema.uid),
+            ("x-kubernetes-pf-prioritylevel-uid", &schema.level_uid),
         ] {
-            if let Ok(v) = http::HeaderValue::from_str(&v) {
+            if let Ok(v) = http::HeaderValue::from_str(v) {
                 h.insert(k, v);
             }
         }

@@ -80,14 +80,14 @@ fn requests_are_classified_as_upstreams_defaults_say() {
     let (levels, schemas) = defaults();
     let apf = Apf::fixed(600, Duration::from_secs(60), &levels, &schemas);
     let class = |info: &RequestInfo, u: &UserInfo, method: &str| {
-        let (s, _, l, _, _) = apf
+        let (s, _) = apf
             .classify(&Request {
                 info,
                 user: u,
                 method,
             })
             .unwrap();
-        (s, l.name.clone())
+        (s.name.clone(), s.level.name.clone())
     };
     let admin = user(
         "kubernetes-admin",
@@ -209,14 +209,17 @@ fn nominal_limits_are_the_levels_shares_of_the_server() {
     let bare = Apf::fixed(600, Duration::from_secs(60), &[], &[]);
     let dev = user("alice", &["system:authenticated"]);
     let info = resource("get", "", "pods", "", "default");
-    let (s, _, l, _, _) = bare
+    let (s, _) = bare
         .classify(&Request {
             info: &info,
             user: &dev,
             method: "get",
         })
         .unwrap();
-    assert_eq!((s.as_str(), l.name.as_str()), ("catch-all", "catch-all"));
+    assert_eq!(
+        (s.name.as_str(), s.level.name.as_str()),
+        ("catch-all", "catch-all")
+    );
     assert!(bare.limits().contains(&("catch-all".to_string(), 600)));
 }
 

@@ -26,7 +26,6 @@
 pub mod client;
 pub mod config;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -281,18 +280,6 @@ pub fn rule_matches(rule: &Rule, op: Operation, res: &Resource, sub: &str) -> bo
     })
 }
 
-fn labels(obj: Option<&Value>) -> Option<BTreeMap<String, String>> {
-    let m = obj?.pointer("/metadata/labels").and_then(Value::as_object);
-    Some(
-        m.map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default(),
-    )
-}
-
 /// What one call of a webhook said.
 #[derive(Debug, Default)]
 struct Answer {
@@ -367,55 +354,53 @@ impl Call {
         o
     }
 
-    fn selected(&self, hooks: &[Arc<Hook>], a: &Attrs<'_>, obj: Option<&Value>) -> Vec<Arc<Hook>> {
-        hooks
+    /// The webhooks of `hooks` whose rules, object selector (on the object or the old one)
+    /// and namespace selector take this request.
+    async fn matching(
+        &self,
+        hooks: &[Arc<Hook>],
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+    ) -> ApiResult<Vec<Arc<Hook>>> {
+        let hooks: Vec<Arc<Hook>> = hooks
             .iter()
             .filter(|h| {
                 h.rules
                     .iter()
                     .any(|r| rule_matches(r, a.op, self.res, &self.sub))
             })
-            .filter(|h| match &h.object_selector {
-                None => true,
-                Some(sel) => [labels(obj), labels(a.old)]
-                    .into_iter()
-                    .flatten()
-                    .any(|l| sel.matches(&l)),
+            .filter(|h| {
+                h.object_selector
+                    .as_ref()
+                    .is_none_or(|sel| obj.into_iter().chain(a.old).any(|o| sel.matches_object(o)))
             })
             .cloned()
-            .collect()
-    }
-
-    /// Keeps the webhooks whose namespace selector takes the request's namespace.
-    async fn in_namespace(
-        &self,
-        hooks: Vec<Arc<Hook>>,
-        a: &Attrs<'_>,
-        obj: Option<&Value>,
-    ) -> ApiResult<Vec<Arc<Hook>>> {
+            .collect();
         if hooks.iter().all(|h| h.namespace_selector.is_none()) {
             return Ok(hooks);
         }
-        let ns_labels = if self.res.group.is_empty() && self.res.resource == "namespaces" {
-            labels(obj.or(a.old))
+        // A Namespace is judged by its own labels; other cluster-scoped objects are not
+        // filtered by the namespace selector.
+        let namespace = if self.res.group.is_empty() && self.res.resource == "namespaces" {
+            obj.or(a.old).cloned()
         } else if !self.res.namespaced {
-            // The selector does not apply to other cluster-scoped objects.
             return Ok(hooks);
         } else {
-            Some(self.namespace_labels(a.ns).await?)
+            self.namespace(a.ns).await?
         };
-        let ns_labels = ns_labels.unwrap_or_default();
+        let namespace = namespace.unwrap_or(Value::Null);
         Ok(hooks
             .into_iter()
             .filter(|h| {
                 h.namespace_selector
                     .as_ref()
-                    .is_none_or(|s| s.matches(&ns_labels))
+                    .is_none_or(|s| s.matches_object(&namespace))
             })
             .collect())
     }
 
-    async fn namespace_labels(&self, ns: &str) -> ApiResult<BTreeMap<String, String>> {
+    /// The namespace `ns` (None when it does not exist), from the cache when it holds it.
+    async fn namespace(&self, ns: &str) -> ApiResult<Option<Value>> {
         let nsres = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
         let w = &self.webhooks;
         if let Some(n) = w
@@ -424,15 +409,15 @@ impl Call {
             .and_then(|c| c.get(nsres))
             .and_then(|c| c.peek("", ns))
         {
-            return Ok(labels(Some(&n)).unwrap_or_default());
+            return Ok(Some(n));
         }
         match &w.registry {
             Some(r) => match r.get(nsres, "", ns).await {
-                Ok(n) => Ok(labels(Some(&n)).unwrap_or_default()),
-                Err(e) if e.code == 404 => Ok(BTreeMap::new()),
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.code == 404 => Ok(None),
                 Err(e) => Err(e),
             },
-            None => Ok(BTreeMap::new()),
+            None => Ok(None),
         }
     }
 
@@ -479,14 +464,13 @@ impl Call {
             return Ok(false);
         }
         let object = (op != Operation::Delete).then_some(&*obj);
-        let hooks = self.selected(&all.mutating, &a, object);
-        let hooks = self.in_namespace(hooks, &a, object).await?;
+        let hooks = self.matching(&all.mutating, &a, object).await?;
         if hooks.is_empty() {
             return Ok(false);
         }
         let mut current = self.outgoing(obj);
-        let original = current.clone();
         let old_out = old.map(|o| self.outgoing(o));
+        let mut any_change = false;
         // Webhooks with IfNeeded that ran before the last change, and those due again.
         let mut invoked: Vec<usize> = Vec::new();
         let mut again: Vec<usize> = Vec::new();
@@ -495,6 +479,7 @@ impl Call {
                 .mutate_one(h, &a, old_out.as_ref(), &mut current)
                 .await?;
             if changed {
+                any_change = true;
                 again.append(&mut invoked);
             }
             if h.reinvoke {
@@ -504,10 +489,11 @@ impl Call {
         again.sort_unstable();
         again.dedup();
         for i in again {
-            self.mutate_one(&hooks[i], &a, old_out.as_ref(), &mut current)
+            any_change |= self
+                .mutate_one(&hooks[i], &a, old_out.as_ref(), &mut current)
                 .await?;
         }
-        if current == original || op == Operation::Delete {
+        if !any_change || op == Operation::Delete {
             return Ok(false);
         }
         if self.sub == "scale" {
@@ -623,8 +609,7 @@ impl Call {
             old,
             dry_run,
         };
-        let hooks = self.selected(&all.validating, &a, obj);
-        let hooks = self.in_namespace(hooks, &a, obj).await?;
+        let hooks = self.matching(&all.validating, &a, obj).await?;
         if hooks.is_empty() {
             return Ok(());
         }

@@ -3,7 +3,6 @@
 //! effect, and a flood of LISTs from one user is refused with 429s while a node's heartbeats
 //! (lease renewals and node status reads) all go through.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,20 +10,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
 
-use crate::harness::{ApiCluster, Backend, apply, eventually};
-
-async fn client(kubeconfig: &Path) -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
+use crate::harness::{ApiCluster, Backend, apply, eventually, kube_client};
 
 fn names(c: &ApiCluster, resource: &str) -> Vec<String> {
     let out = c.ok(&["get", resource, "-o", "jsonpath={.items[*].metadata.name}"]);
@@ -99,7 +87,7 @@ fn priority_and_fairness_isolates_a_flood_from_node_heartbeats() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = rt.block_on(async {
-        let admin = client(&c.kubeconfig()).await;
+        let admin = kube_client(&c.kubeconfig()).await;
         // Objects for the flood to list, and the node's lease.
         let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
         for i in 0..1000 {
@@ -125,7 +113,7 @@ fn priority_and_fairness_isolates_a_flood_from_node_heartbeats() {
         assert_eq!(resp.headers()["x-kubernetes-pf-flowschema-uid"], exempt_fs.as_str());
         assert_eq!(resp.headers()["x-kubernetes-pf-prioritylevel-uid"], exempt_pl.as_str());
 
-        let flood_client = client(&flooder).await;
+        let flood_client = kube_client(&flooder).await;
         // The flooder's schema is in force once its requests carry its UIDs.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -175,7 +163,7 @@ fn priority_and_fairness_isolates_a_flood_from_node_heartbeats() {
                 }
             }));
         }
-        let node_client = client(&node).await;
+        let node_client = kube_client(&node).await;
         let node_leases: Api<Lease> = Api::namespaced(node_client, "default");
         let mut beats = 0;
         while Instant::now() < stop {
