@@ -5,7 +5,8 @@
 //! are refused), Priority and DefaultTolerationSeconds (in the pod strategy). On unless
 //! disabled: ServiceAccount (pods run as an existing account and get its API credentials; see
 //! [`crate::registry::Registry`]), PodSecurity ([`crate::podsecurity`]), and
-//! MutatingAdmissionWebhook and ValidatingAdmissionWebhook ([`crate::webhook`]). Off unless
+//! MutatingAdmissionWebhook and ValidatingAdmissionWebhook ([`crate::webhook`]), LimitRanger
+//! ([`crate::limitranger`]) and ResourceQuota ([`crate::resourcequota`]). Off unless
 //! enabled: NodeRestriction (a kubelet may only write its own Node and the pods bound to it,
 //! and only mirror pods).
 
@@ -23,9 +24,11 @@ use crate::status::{ApiError, ApiResult};
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
 /// Plugins the flags turn on or off.
 const OPTIONAL: &[&str] = &[
+    "LimitRanger",
     "MutatingAdmissionWebhook",
     "NodeRestriction",
     "PodSecurity",
+    "ResourceQuota",
     "ServiceAccount",
     "ValidatingAdmissionWebhook",
 ];
@@ -43,6 +46,10 @@ pub struct Plugins {
     pub mutating_webhook: bool,
     /// ValidatingAdmissionWebhook (on unless disabled, as upstream).
     pub validating_webhook: bool,
+    /// LimitRanger (on unless disabled, as upstream).
+    pub limit_ranger: bool,
+    /// ResourceQuota (on unless disabled, as upstream).
+    pub resource_quota: bool,
 }
 
 impl Default for Plugins {
@@ -53,6 +60,8 @@ impl Default for Plugins {
             pod_security: true,
             mutating_webhook: true,
             validating_webhook: true,
+            limit_ranger: true,
+            resource_quota: true,
         }
     }
 }
@@ -74,6 +83,8 @@ impl Plugins {
                 "PodSecurity" => p.pod_security = true,
                 "MutatingAdmissionWebhook" => p.mutating_webhook = true,
                 "ValidatingAdmissionWebhook" => p.validating_webhook = true,
+                "LimitRanger" => p.limit_ranger = true,
+                "ResourceQuota" => p.resource_quota = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -100,6 +111,8 @@ impl Plugins {
                 "PodSecurity" => p.pod_security = false,
                 "MutatingAdmissionWebhook" => p.mutating_webhook = false,
                 "ValidatingAdmissionWebhook" => p.validating_webhook = false,
+                "LimitRanger" => p.limit_ranger = false,
+                "ResourceQuota" => p.resource_quota = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -209,6 +222,30 @@ pub fn node_may_delete(
     }
 }
 
+/// An admission plugin's refusal of `obj`, as upstream words it:
+/// `<resource>[.<group>] "<name>" is forbidden: <why>`, naming the object by its name, else
+/// its generateName.
+pub fn refusal(res: &Resource, obj: &Value, why: &str) -> ApiError {
+    let meta = |f: &str| {
+        obj.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let name = meta("name")
+        .or_else(|| meta("generateName"))
+        .unwrap_or("Unknown");
+    let gr = if res.group.is_empty() {
+        res.resource.to_string()
+    } else {
+        format!("{}.{}", res.resource, res.group)
+    };
+    ApiError::forbidden(format!("{gr} {name:?} is forbidden: {why}")).with_details(
+        res.group,
+        res.resource,
+        name,
+    )
+}
+
 fn forbidden(msg: String) -> ApiError {
     ApiError::forbidden(msg)
 }
@@ -290,7 +327,7 @@ mod tests {
         );
         assert!(Plugins::from_flags(&s(&["NamespaceLifecycle", "Priority"]), &[]).is_ok());
         assert!(
-            Plugins::from_flags(&s(&["LimitRanger"]), &[])
+            Plugins::from_flags(&s(&["EventRateLimit"]), &[])
                 .unwrap_err()
                 .contains("not available")
         );
@@ -302,6 +339,10 @@ mod tests {
                 .node_restriction
         );
         assert!(Plugins::from_flags(&[], &[]).unwrap().service_account);
+        let off = Plugins::from_flags(&[], &s(&["LimitRanger", "ResourceQuota"])).unwrap();
+        assert!(!off.limit_ranger && !off.resource_quota);
+        let on = Plugins::from_flags(&[], &[]).unwrap();
+        assert!(on.limit_ranger && on.resource_quota);
         assert!(
             !Plugins::from_flags(&[], &s(&["ServiceAccount"]))
                 .unwrap()

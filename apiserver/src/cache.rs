@@ -125,10 +125,13 @@ impl Cache {
                 && (ring_size > 0
                     || r.group == RBAC_GROUP
                     || r.group == crate::webhook::GROUP
-                    || r.group == crate::flowcontrol::GROUP)
+                    || r.group == crate::flowcontrol::GROUP
+                    || (r.group.is_empty()
+                        && matches!(r.resource, "resourcequotas" | "limitranges")))
         }) {
             // The authorizer reads RBAC objects, the webhook plugins and API Priority and
-            // Fairness their configurations, from their caches, which therefore always run.
+            // Fairness their configurations, and the ResourceQuota and LimitRanger plugins
+            // their objects, from their caches, which therefore always run.
             let ring_size = if ring_size == 0 { 100 } else { ring_size };
             let (tx, _) = broadcast::channel(4096);
             let c = Arc::new(Cacher {
@@ -219,6 +222,31 @@ impl Cacher {
             return None;
         }
         st.objects.get(&key).map(|o| o.value.clone())
+    }
+
+    /// The cached objects of namespace `ns`, when the cache is ready.
+    pub fn in_namespace(&self, ns: &str) -> Option<Vec<Value>> {
+        let prefix = self.prefix(ns);
+        let st = self.state.read();
+        st.ready.then(|| {
+            st.objects
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, o)| o.value.clone())
+                .collect()
+        })
+    }
+
+    /// Whether namespace `ns` holds any object, when the cache is ready.
+    pub fn any_in(&self, ns: &str) -> Option<bool> {
+        let prefix = self.prefix(ns);
+        let st = self.state.read();
+        st.ready.then(|| {
+            st.objects
+                .range(prefix.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix))
+        })
     }
 
     /// Every cached object with its store key, when the cache is ready.

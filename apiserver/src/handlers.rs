@@ -55,6 +55,10 @@ pub struct ApiState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// API Priority and Fairness, when enabled.
     pub apf: Option<Arc<crate::flowcontrol::Apf>>,
+    /// The LimitRanger admission plugin, unless disabled.
+    pub limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
+    /// The ResourceQuota admission plugin, unless disabled.
+    pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
 }
 
 /// How a response body is rendered.
@@ -275,10 +279,13 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
     }
 }
 
-/// The admission of one write: the built-in check and the webhooks.
+/// The admission of one write: the built-in check, the webhooks, and the built-in plugins that
+/// read other objects (for writes of the object itself, not of a subresource).
 struct Admission {
     check: Option<crate::registry::Admit>,
     hooks: Option<Arc<crate::webhook::Call>>,
+    limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
+    quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
 }
 
 /// The admission webhooks of a create through a subresource (binding, eviction, token).
@@ -340,6 +347,8 @@ fn write_opts(
         namespace_checked: false,
         admit: admit.check.clone(),
         hooks: admit.hooks.clone(),
+        limit_ranger: admit.limit_ranger.clone(),
+        quota: admit.quota.clone(),
     })
 }
 
@@ -670,9 +679,12 @@ async fn resource_request(
         (true, Some(w), Some(u)) => w.call(res, sub.map(Sub::name).unwrap_or(""), u),
         _ => None,
     };
+    let whole = info.is_mutating() && sub.is_none();
     let admit = Admission {
         check: admit,
         hooks: hooks.clone(),
+        limit_ranger: state.limit_ranger.clone().filter(|_| whole),
+        quota: state.quota.clone().filter(|_| whole),
     };
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
     let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {

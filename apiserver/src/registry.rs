@@ -90,6 +90,11 @@ pub struct WriteOpts {
     pub admit: Option<Admit>,
     /// The admission webhooks of the request, if any may apply.
     pub hooks: Option<Arc<crate::webhook::Call>>,
+    /// The LimitRanger admission plugin, when it is on and the write is not to a subresource.
+    pub limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
+    /// The ResourceQuota admission plugin, when it is on and the write is not to a
+    /// subresource.
+    pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
 }
 
 /// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
@@ -102,6 +107,20 @@ const SERVER_SET_ON_CREATE: &[&str] = &[
     "selfLink",
     "generation",
 ];
+
+/// Sets a name from the object's generateName (at most 58 characters of it) and a random
+/// suffix.
+fn generate_name(obj: &mut Value) {
+    let base = meta_str(obj, "generateName");
+    let cut = base
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|end| *end <= 58)
+        .last()
+        .unwrap_or(0);
+    let name = format!("{}{}", &base[..cut], object::random_suffix(5));
+    set_meta(obj, "name", json!(name));
+}
 
 /// The check behind [`Admit`]: `(namespace, the object before (None on create), the object)`.
 pub type AdmitFn = dyn Fn(&str, Option<&Value>, &Value) -> ApiResult<()> + Send + Sync;
@@ -624,6 +643,9 @@ impl Registry {
         strategy::default(res, &mut obj);
         strategy::prepare_for_create(res, &mut obj);
         if res.resource == "pods" && res.group.is_empty() {
+            if let Some(l) = &w.limit_ranger {
+                l.default_pod(ns, &mut obj).await?;
+            }
             self.admit_priority(&mut obj).await?;
             if self.service_accounts {
                 self.admit_service_account(&mut obj, ns).await?;
@@ -653,32 +675,33 @@ impl Registry {
                 strategy::prepare_for_create(res, &mut obj);
             }
         }
+        // The name is generated before validation, so validating admission sees it (a clash
+        // when writing generates another).
         let generate =
             meta_str(&obj, "name").is_empty() && !meta_str(&obj, "generateName").is_empty();
+        if generate {
+            generate_name(&mut obj);
+        }
         strategy::validate(res, &obj)?;
         w.admit(ns, None, &obj)?;
+        if let Some(l) = &w.limit_ranger {
+            l.validate(res, ns, false, &obj).await?;
+        }
         if let Some(h) = &w.hooks {
             let name = meta_str(&obj, "name").to_string();
             h.validate(Operation::Create, ns, &name, None, Some(&obj), w.dry_run)
                 .await?;
+        }
+        if let Some(q) = &w.quota {
+            q.admit(res, ns, None, &obj, w.dry_run).await?;
         }
         self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
         let template = obj.clone();
         for attempt in 0..16 {
             let mut obj = template.clone();
-            if generate {
-                let base = meta_str(&obj, "generateName").to_string();
-                let base = if base.len() > 58 {
-                    base[..58].to_string()
-                } else {
-                    base
-                };
-                set_meta(
-                    &mut obj,
-                    "name",
-                    json!(format!("{base}{}", object::random_suffix(5))),
-                );
+            if generate && attempt > 0 {
+                generate_name(&mut obj);
                 strategy::validate(res, &obj)?;
             }
             let name = object::name(&obj).to_string();
@@ -848,6 +871,11 @@ impl Registry {
         strategy::validate(res, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
         w.admit(ns, Some(&old), &obj)?;
+        // Built-in plugins leave subresources alone, and an object on its way out.
+        let leaving = !meta_str(&old, "deletionTimestamp").is_empty();
+        if let Some(l) = w.limit_ranger.as_ref().filter(|_| !status_only && !leaving) {
+            l.validate(res, ns, true, &obj).await?;
+        }
         if let Some(h) = &w.hooks {
             h.validate(
                 Operation::Update,
@@ -859,6 +887,9 @@ impl Registry {
             )
             .await?;
         }
+        if let Some(q) = w.quota.as_ref().filter(|_| !status_only) {
+            q.admit(res, ns, Some(&old), &obj, w.dry_run).await?;
+        }
         self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)
@@ -869,6 +900,24 @@ impl Registry {
         self.release(if r.is_ok() { &release } else { &taken })
             .await;
         r
+    }
+
+    /// Writes a status the server itself computed from `old` (as read, with its
+    /// resourceVersion as the precondition): no admission, only the status rules and
+    /// validation. A conflict means another writer came first.
+    pub async fn write_status(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        old: &Value,
+        mut obj: Value,
+    ) -> ApiResult<Value> {
+        let old_rv = parse_rv(meta_str(old, "resourceVersion"))?;
+        strategy::prepare_for_status_update(old, &mut obj);
+        strategy::validate(res, &obj)?;
+        self.write_update(res, ns, name, (old.clone(), false), old_rv, obj, false)
+            .await
     }
 
     /// Writes an already prepared update with `old_rv` as the precondition; a no-op returns the old

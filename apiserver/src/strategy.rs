@@ -205,6 +205,33 @@ pub fn default(res: &Resource, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
+                // A pod's requests default to its limits (not a template's: the pods made
+                // from it get this).
+                for list in ["containers", "initContainers"] {
+                    for c in spec
+                        .get_mut(list)
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let Some(limits) = c
+                            .pointer("/resources/limits")
+                            .and_then(Value::as_object)
+                            .cloned()
+                        else {
+                            continue;
+                        };
+                        let r = &mut c["resources"];
+                        if !r.get("requests").is_some_and(Value::is_object) {
+                            r["requests"] = json!({});
+                        }
+                        for (k, v) in limits {
+                            if r["requests"].get(&k).is_none() {
+                                r["requests"][k] = v;
+                            }
+                        }
+                    }
+                }
             }
         }
         "Namespace" => {
@@ -302,6 +329,7 @@ pub fn default(res: &Resource, obj: &mut Value) {
         "Secret" => {
             set_default(obj, &["type"], json!("Opaque"));
         }
+        "LimitRange" => crate::limitranger::default_limit_range(obj),
         "MutatingWebhookConfiguration" => crate::webhook::config::default(obj, true),
         "FlowSchema" => crate::flowcontrol::config::default_schema(obj),
         "PriorityLevelConfiguration" => crate::flowcontrol::config::default_level(obj),
@@ -522,6 +550,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "Lease" => {}
         "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
         "PriorityClass" => require(obj, "/value", "value", &mut causes),
+        "LimitRange" => crate::limitranger::validate_limit_range(obj, &mut causes),
+        "ResourceQuota" => crate::resourcequota::validate_quota(obj, &mut causes),
         "MutatingWebhookConfiguration" => crate::webhook::config::validate(obj, true, &mut causes),
         "FlowSchema" => crate::flowcontrol::config::validate_schema(obj, &mut causes),
         "PriorityLevelConfiguration" => {

@@ -20,6 +20,7 @@ mod controllers;
 mod dns;
 mod hollow;
 mod proxy;
+mod quota;
 mod scheduler;
 mod secrets;
 mod store;
@@ -70,6 +71,9 @@ enum Cmd {
     /// Pod create latency with no admission webhook, a validating one, and a mutating plus
     /// a validating one, beside the webhook round trip alone.
     Webhook(webhook::WebhookArgs),
+    /// Pod create latency with no quota, a ResourceQuota, and a ResourceQuota plus LimitRange
+    /// defaults; parallel creates with and without a quota; the charges checked.
+    Quota(quota::QuotaArgs),
     /// `keelson up`: time to ready (cold and warm) and the RSS of every component.
     Up(up::UpArgs),
     /// Scale runs (as `keelson bench density|load`): hollow nodes, ClusterLoader2's workloads,
@@ -449,6 +453,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Webhook(a) => rt.block_on(webhook::run(a)),
+        Cmd::Quota(a) => rt.block_on(quota::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
         Cmd::Scale(plan) => rt.block_on(scale(plan)),
     }

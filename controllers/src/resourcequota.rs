@@ -1,12 +1,13 @@
 //! The resource quota controller, as upstream's `pkg/controller/resourcequota`: keeps each
-//! ResourceQuota's `status.hard` (a copy of `spec.hard`) and `status.used` — object counts
-//! (`pods`, `services`, `services.nodeports`, `services.loadbalancers`, `configmaps`,
-//! `secrets`, `persistentvolumeclaims`, `replicationcontrollers`, `resourcequotas`,
-//! `count/<resource>[.<group>]`) and compute totals of the namespace's non-terminal pods
-//! (`requests.cpu`/`cpu`, `requests.memory`/`memory`, `limits.cpu`, `limits.memory`,
-//! `requests.ephemeral-storage`, `limits.ephemeral-storage`) and of PVCs (`requests.storage`).
-//! Recomputed when a quota or a pod in its namespace changes, and every
-//! `--resource-quota-sync-period`. Enforcement is the apiserver's admission (security issue).
+//! ResourceQuota's `status.hard` (a copy of `spec.hard`) and `status.used`, charging exactly
+//! what the apiserver's ResourceQuota admission charges (both use `keelson-quota`): pods
+//! (`pods`, `count/pods`, compute requests and limits, hugepages and extended resources, within
+//! the quota's scopes), services (`services`, `services.nodeports`, `services.loadbalancers`),
+//! claims (`persistentvolumeclaims`, `requests.storage`, also per storage class) and the object
+//! count of any namespaced resource (`count/<resource>[.<group>]`, and `configmaps`, `secrets`,
+//! `replicationcontrollers`, `resourcequotas` by name). Recomputed when a quota's limits
+//! change, when a pod or service in its namespace frees what it used, and every
+//! `--resource-quota-sync-period`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +17,11 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use keelson_client::informer::Index;
+use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
+use keelson_quota::quantity::{self, UNIT};
+use keelson_quota::scope;
+use keelson_quota::usage::{self, Usage};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::discovery::Scope;
@@ -27,98 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::discovery::Resources;
-use crate::util::{SyncResult, key_of, pod_terminal, replace_status, run_workers, split_key};
-
-/// A quantity as an exact number of thousandths (milli-units).
-fn parse_milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let neg = int.starts_with('-');
-    let int: i128 = int.trim_start_matches(['-', '+']).parse().unwrap_or(0);
-    let mut frac_milli: i128 = 0;
-    let mut scale = 100;
-    for c in frac.chars().take(3) {
-        frac_milli += i128::from(c.to_digit(10)?) * scale;
-        scale /= 10;
-    }
-    let base = int * 1000 + frac_milli;
-    let mul: i128 = match suffix {
-        "" => 1,
-        "m" => return Some(if neg { -base / 1000 } else { base / 1000 }),
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        s if s.starts_with(['e', 'E']) => 10i128.checked_pow(s[1..].parse().ok()?)?,
-        _ => return None,
-    };
-    let v = base.checked_mul(mul)?;
-    Some(if neg { -v } else { v })
-}
-
-/// Milli-units back to a quantity: whole numbers plainly (binary suffixes for byte-like
-/// resources when exact), otherwise in `m`.
-fn format_milli(v: i128, bytes: bool) -> String {
-    if v % 1000 != 0 {
-        return format!("{v}m");
-    }
-    let n = v / 1000;
-    if bytes && n != 0 {
-        for (suffix, size) in [
-            ("Ti", 1i128 << 40),
-            ("Gi", 1 << 30),
-            ("Mi", 1 << 20),
-            ("Ki", 1 << 10),
-        ] {
-            if n % size == 0 {
-                return format!("{}{suffix}", n / size);
-            }
-        }
-    }
-    n.to_string()
-}
-
-/// Sum of one resource over a pod's containers, as upstream: the larger of the app containers'
-/// sum and the largest init container.
-fn pod_amount(pod: &Pod, kind: &str, resource: &str) -> i128 {
-    let Some(spec) = pod.spec.as_ref() else {
-        return 0;
-    };
-    let get = |r: &Option<k8s_openapi::api::core::v1::ResourceRequirements>| -> i128 {
-        let r = r.as_ref();
-        let map = if kind == "requests" {
-            // Requests default to limits when only limits are set.
-            r.and_then(|r| {
-                r.requests
-                    .as_ref()
-                    .and_then(|m| m.get(resource))
-                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(resource)))
-            })
-        } else {
-            r.and_then(|r| r.limits.as_ref().and_then(|m| m.get(resource)))
-        };
-        map.and_then(|q| parse_milli(&q.0)).unwrap_or(0)
-    };
-    let apps: i128 = spec.containers.iter().map(|c| get(&c.resources)).sum();
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| get(&c.resources))
-        .max()
-        .unwrap_or(0);
-    apps.max(init)
-}
+use crate::util::{SyncResult, key_of, replace_status, run_workers, split_key};
 
 /// The resource quota controller.
 pub struct ResourceQuotaController {
@@ -126,6 +39,7 @@ pub struct ResourceQuotaController {
     resources: Arc<Resources>,
     quotas: Store<ResourceQuota>,
     pods: Index<Pod>,
+    services: Store<Service>,
     queue: WorkQueue<String>,
     resync: Duration,
 }
@@ -140,21 +54,68 @@ impl ResourceQuotaController {
         let queue = WorkQueue::new();
         let quotas = informers.resourcequotas().store();
         let pods = informers.pods_by_namespace();
+        let services = informers.services().store();
+        // A quota is counted when it is new or its limits changed (its status changing is
+        // admission charging it, which needs no recount).
         {
             let q = queue.clone();
-            informers
-                .resourcequotas()
-                .on_change(move |c| q.add(key_of(&c.object().metadata)));
+            informers.resourcequotas().on_change(move |c| match c {
+                Change::Added(rq) => q.add(key_of(&rq.metadata)),
+                Change::Updated { old, new } => {
+                    let hard = |rq: &ResourceQuota| rq.spec.as_ref().and_then(|s| s.hard.clone());
+                    let status_hard = new.status.as_ref().and_then(|s| s.hard.clone());
+                    if old.spec != new.spec || hard(new) != status_hard {
+                        q.add(key_of(&new.metadata));
+                    }
+                }
+                Change::Deleted(_) => {}
+            });
         }
-        {
-            let q = queue.clone();
-            let quotas = quotas.clone();
-            informers.pods().on_change(move |c| {
-                let ns = c.object().namespace();
+        // As upstream, what objects use is recounted when they free it (deletes, pods that
+        // finish or change scope, services that change type), not when they are made:
+        // admission charged those already, and a recount from a cache that has not seen them
+        // yet would give their charge back.
+        let requeue = |q: WorkQueue<String>, quotas: Store<ResourceQuota>| {
+            move |ns: Option<String>| {
                 for rq in quotas.state() {
                     if rq.namespace() == ns {
                         q.add(key_of(&rq.metadata));
                     }
+                }
+            }
+        };
+        {
+            let f = requeue(queue.clone(), quotas.clone());
+            informers.pods().on_change(move |c| {
+                let frees = match c {
+                    Change::Added(_) => false,
+                    Change::Deleted(_) => true,
+                    Change::Updated { old, new } => {
+                        let now = k8s_openapi::jiff::Timestamp::now();
+                        let deadline =
+                            |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+                        (usage::pod_charged(old, now) && !usage::pod_charged(new, now))
+                            || deadline(old) != deadline(new)
+                    }
+                };
+                if frees {
+                    f(c.object().namespace());
+                }
+            });
+        }
+        {
+            let f = requeue(queue.clone(), quotas.clone());
+            informers.services().on_change(move |c| {
+                let frees = match c {
+                    Change::Added(_) => false,
+                    Change::Deleted(_) => true,
+                    Change::Updated { old, new } => {
+                        let ty = |s: &Service| s.spec.as_ref().and_then(|s| s.type_.clone());
+                        ty(old) != ty(new)
+                    }
+                };
+                if frees {
+                    f(c.object().namespace());
                 }
             });
         }
@@ -163,6 +124,7 @@ impl ResourceQuotaController {
             resources,
             quotas,
             pods,
+            services,
             queue,
             resync,
         })
@@ -217,7 +179,7 @@ impl ResourceQuotaController {
         let api: Api<PartialObjectMeta<DynamicObject>> =
             Api::namespaced_with(self.client.clone(), ns, ar);
         Ok(Some(
-            api.list(&ListParams::default()).await?.items.len() as i128 * 1000,
+            api.list(&ListParams::default()).await?.items.len() as i128 * UNIT,
         ))
     }
 
@@ -226,140 +188,61 @@ impl ResourceQuotaController {
         let Some(rq) = self.quotas.get(&ObjectRef::new(name).within(ns)) else {
             return Ok(None);
         };
-        let hard = rq
-            .spec
-            .as_ref()
-            .and_then(|s| s.hard.clone())
-            .unwrap_or_default();
-        let pods: Vec<Arc<Pod>> = self
-            .pods
-            .get(ns)
-            .into_iter()
-            .filter(|p| !pod_terminal(p))
-            .collect();
+        let spec = rq.spec.clone().unwrap_or_default();
+        let hard = spec.hard.clone().unwrap_or_default();
+        let scoped = scope::is_scoped(&spec);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let wants = |f: fn(&str) -> bool| hard.keys().any(|k| f(k));
+        // What the objects of each kind in the namespace use, for the kinds the quota limits.
+        let mut total = Usage::new();
+        if wants(usage::tracked_by_pods) {
+            for p in self.pods.get(ns) {
+                if scope::applies(&spec, Some(&p)) {
+                    total = usage::add(&total, &usage::pod_usage(&p, now));
+                }
+            }
+        }
+        if !scoped && wants(usage::tracked_by_services) {
+            for s in self.services.state() {
+                if s.namespace().as_deref() == Some(ns) {
+                    total = usage::add(&total, &usage::service_usage(&s));
+                }
+            }
+        }
+        if !scoped && wants(usage::tracked_by_claims) {
+            for c in Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await?
+                .items
+            {
+                total = usage::add(&total, &usage::claim_usage(&c));
+            }
+        }
         let mut used: BTreeMap<String, Quantity> = BTreeMap::new();
-        let mut services: Option<Vec<Service>> = None;
-        let mut pvcs: Option<Vec<PersistentVolumeClaim>> = None;
-        for resource in hard.keys() {
-            let (value, bytes): (Option<i128>, bool) = match resource.as_str() {
-                "pods" | "count/pods" => (Some(pods.len() as i128 * 1000), false),
-                "cpu" | "requests.cpu" => (
-                    Some(pods.iter().map(|p| pod_amount(p, "requests", "cpu")).sum()),
-                    false,
-                ),
-                "memory" | "requests.memory" => (
-                    Some(
-                        pods.iter()
-                            .map(|p| pod_amount(p, "requests", "memory"))
-                            .sum(),
-                    ),
-                    true,
-                ),
-                "limits.cpu" => (
-                    Some(pods.iter().map(|p| pod_amount(p, "limits", "cpu")).sum()),
-                    false,
-                ),
-                "limits.memory" => (
-                    Some(pods.iter().map(|p| pod_amount(p, "limits", "memory")).sum()),
-                    true,
-                ),
-                "ephemeral-storage" | "requests.ephemeral-storage" => (
-                    Some(
-                        pods.iter()
-                            .map(|p| pod_amount(p, "requests", "ephemeral-storage"))
-                            .sum(),
-                    ),
-                    true,
-                ),
-                "limits.ephemeral-storage" => (
-                    Some(
-                        pods.iter()
-                            .map(|p| pod_amount(p, "limits", "ephemeral-storage"))
-                            .sum(),
-                    ),
-                    true,
-                ),
-                "services" | "services.nodeports" | "services.loadbalancers" => {
-                    if services.is_none() {
-                        services = Some(
-                            Api::<Service>::namespaced(self.client.clone(), ns)
-                                .list(&ListParams::default())
-                                .await?
-                                .items,
-                        );
-                    }
-                    let svcs = services.as_deref().unwrap_or_default();
-                    let n = match resource.as_str() {
-                        "services" => svcs.len(),
-                        "services.nodeports" => svcs
-                            .iter()
-                            .filter(|s| {
-                                matches!(
-                                    s.spec.as_ref().and_then(|s| s.type_.as_deref()),
-                                    Some("NodePort" | "LoadBalancer")
-                                )
-                            })
-                            .map(|s| {
-                                s.spec
-                                    .as_ref()
-                                    .and_then(|s| s.ports.as_ref())
-                                    .map_or(0, |p| p.len())
-                            })
-                            .sum(),
-                        _ => svcs
-                            .iter()
-                            .filter(|s| {
-                                s.spec.as_ref().and_then(|s| s.type_.as_deref())
-                                    == Some("LoadBalancer")
-                            })
-                            .count(),
-                    };
-                    (Some(n as i128 * 1000), false)
-                }
-                "persistentvolumeclaims" | "requests.storage" => {
-                    if pvcs.is_none() {
-                        pvcs = Some(
-                            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
-                                .list(&ListParams::default())
-                                .await?
-                                .items,
-                        );
-                    }
-                    let list = pvcs.as_deref().unwrap_or_default();
-                    if resource == "persistentvolumeclaims" {
-                        (Some(list.len() as i128 * 1000), false)
-                    } else {
-                        let total = list
-                            .iter()
-                            .filter_map(|p| {
-                                p.spec
-                                    .as_ref()?
-                                    .resources
-                                    .as_ref()?
-                                    .requests
-                                    .as_ref()?
-                                    .get("storage")
-                            })
-                            .filter_map(|q| parse_milli(&q.0))
-                            .sum();
-                        (Some(total), true)
-                    }
-                }
-                "configmaps" => (self.count(ns, "configmaps", "").await?, false),
-                "secrets" => (self.count(ns, "secrets", "").await?, false),
-                "replicationcontrollers" => {
-                    (self.count(ns, "replicationcontrollers", "").await?, false)
-                }
-                "resourcequotas" => (self.count(ns, "resourcequotas", "").await?, false),
-                r if r.starts_with("count/") => {
-                    let what = &r["count/".len()..];
-                    let (plural, group) = what.split_once('.').unwrap_or((what, ""));
-                    (self.count(ns, plural, group).await?, false)
-                }
-                _ => (None, false),
+        for (resource, limit) in &hard {
+            let value = if usage::tracked_by_pods(resource)
+                || (!scoped
+                    && (usage::tracked_by_services(resource) || usage::tracked_by_claims(resource)))
+            {
+                Some(total.get(resource).copied().unwrap_or(0))
+            } else if scoped {
+                None
+            } else if let Some(what) = resource.strip_prefix("count/") {
+                let (plural, group) = what.split_once('.').unwrap_or((what, ""));
+                self.count(ns, plural, group).await?
+            } else if matches!(
+                resource.as_str(),
+                "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas"
+            ) {
+                self.count(ns, resource, "").await?
+            } else {
+                None
             };
             if let Some(v) = value {
-                used.insert(resource.clone(), Quantity(format_milli(v, bytes)));
+                used.insert(
+                    resource.clone(),
+                    Quantity(quantity::format(v, quantity::is_binary(&limit.0))),
+                );
             }
         }
         let status = ResourceQuotaStatus {
@@ -372,24 +255,5 @@ impl ResourceQuotaController {
         let mut updated = (*rq).clone();
         updated.status = Some(status);
         replace_status(&self.client, &updated).await.map(|_| None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities_sum_exactly() {
-        assert_eq!(parse_milli("100m"), Some(100));
-        assert_eq!(parse_milli("1.5"), Some(1500));
-        assert_eq!(parse_milli("2"), Some(2000));
-        assert_eq!(parse_milli("1Ki"), Some(1024 * 1000));
-        assert_eq!(parse_milli("1e3"), Some(1_000_000));
-        assert_eq!(parse_milli("bogus"), None);
-        assert_eq!(format_milli(1500, false), "1500m");
-        assert_eq!(format_milli(2000, false), "2");
-        assert_eq!(format_milli((256 << 20) * 1000, true), "256Mi");
-        assert_eq!(format_milli(0, true), "0");
     }
 }

@@ -13,5 +13,6 @@ mod endpoints;
 #[path = "../apiserver/harness.rs"]
 mod harness;
 mod nodes;
+mod quota;
 mod support;
 mod workloads;
