@@ -123,21 +123,20 @@ impl QuotaAdmission {
         let mut charged: BTreeSet<String> = BTreeSet::new();
         let mut last_conflict = None;
         for _ in 0..ATTEMPTS {
-            let quotas = self
+            let mut quotas = self
                 .registry
                 .list(self.quotas, ns, &ListOptions::default())
                 .await?
                 .items;
-            let charges = self.check(res, obj, old, pod.as_ref(), &new_usage, &quotas, now)?;
+            // A quota this write was charged to already is not checked again.
+            quotas.retain(|q| !charged.contains(crate::object::name(q)));
+            let charges = Self::check(res, obj, old, pod.as_ref(), &new_usage, &quotas, now)?;
             if dry_run {
                 return Ok(());
             }
             last_conflict = None;
             for c in charges {
                 let name = crate::object::name(&c.quota).to_string();
-                if charged.contains(&name) {
-                    continue;
-                }
                 let mut q = c.quota.clone();
                 q["status"]["used"] = json!(c.used);
                 match self
@@ -166,7 +165,6 @@ impl QuotaAdmission {
     /// that applies would then have used.
     #[allow(clippy::too_many_arguments)]
     fn check(
-        &self,
         res: &Resource,
         obj: &Value,
         old: Option<&Value>,
@@ -531,6 +529,102 @@ pub fn validate_quota(obj: &Value, causes: &mut Vec<Cause>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quota(name: &str, spec: Value, hard: Value, used: Value) -> Value {
+        json!({"metadata": {"name": name, "resourceVersion": "7"}, "spec": spec,
+               "status": {"hard": hard, "used": used}})
+    }
+
+    fn check(
+        res: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        quotas: &[Value],
+    ) -> ApiResult<Vec<Charge>> {
+        let res = crate::resources::find("", "v1", res).unwrap();
+        let now = Timestamp::now();
+        let pod: Option<Pod> = (res.resource == "pods")
+            .then(|| serde_json::from_value(obj.clone()).ok())
+            .flatten();
+        let usage = usage::usage_of("", res.resource, obj, now);
+        QuotaAdmission::check(res, obj, old, pod.as_ref(), &usage, quotas, now)
+    }
+
+    #[test]
+    fn charges_and_refusals() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c",
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}}]}});
+        let compute = quota(
+            "compute",
+            json!({}),
+            json!({"requests.cpu": "1", "requests.memory": "2Gi", "pods": "5"}),
+            json!({"requests.cpu": "700m", "requests.memory": "512Mi", "pods": "2"}),
+        );
+        let err = check("pods", &pod, None, std::slice::from_ref(&compute))
+            .err()
+            .unwrap();
+        assert_eq!(err.code, 403);
+        assert_eq!(
+            err.message,
+            r#"pods "p" is forbidden: exceeded quota: compute, requested: requests.cpu=500m, used: requests.cpu=700m, limited: requests.cpu=1"#
+        );
+        // Room enough: the charge adds to what is used, in the limit's notation.
+        let roomy = quota(
+            "compute",
+            json!({}),
+            json!({"requests.cpu": "2", "requests.memory": "2Gi", "pods": "5"}),
+            json!({"requests.cpu": "700m", "requests.memory": "512Mi", "pods": "2"}),
+        );
+        let charges = check("pods", &pod, None, &[roomy]).unwrap();
+        assert_eq!(charges.len(), 1);
+        assert_eq!(
+            json!(charges[0].used),
+            json!({"requests.cpu": "1200m", "requests.memory": "1536Mi", "pods": "3"})
+        );
+        // A scoped quota applies to pods in its scope only; a quota not yet counted refuses.
+        let best_effort = quota(
+            "be",
+            json!({"scopes": ["BestEffort"]}),
+            json!({"pods": "0"}),
+            json!({"pods": "0"}),
+        );
+        assert!(
+            check("pods", &pod, None, &[best_effort])
+                .unwrap()
+                .is_empty()
+        );
+        let uncounted = quota(
+            "new",
+            json!({}),
+            json!({"pods": "5", "count/configmaps": "1"}),
+            json!({}),
+        );
+        assert_eq!(
+            check("pods", &pod, None, &[uncounted])
+                .err()
+                .unwrap()
+                .message,
+            r#"pods "p" is forbidden: status unknown for quota: new, resources: pods"#
+        );
+        // A service update is charged for what it adds: becoming a NodePort.
+        let svc_q = quota(
+            "svc",
+            json!({}),
+            json!({"services": "1", "services.nodeports": "1"}),
+            json!({"services": "1", "services.nodeports": "0"}),
+        );
+        let old = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        let new = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        let charges = check("services", &new, Some(&old), std::slice::from_ref(&svc_q)).unwrap();
+        assert_eq!(
+            json!(charges[0].used),
+            json!({"services": "1", "services.nodeports": "1"})
+        );
+        let two = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81}]}});
+        assert!(check("services", &two, Some(&old), &[svc_q]).err().unwrap().message.contains(
+            "exceeded quota: svc, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"
+        ));
+    }
 
     fn messages(obj: Value) -> Vec<String> {
         let mut c = Vec::new();
