@@ -6,7 +6,8 @@
 //! disabled: ServiceAccount (pods run as an existing account and get its API credentials; see
 //! [`crate::registry::Registry`]), PodSecurity ([`crate::podsecurity`]), and
 //! MutatingAdmissionWebhook and ValidatingAdmissionWebhook ([`crate::webhook`]), LimitRanger
-//! ([`crate::limitranger`]) and ResourceQuota ([`crate::resourcequota`]). Off unless
+//! ([`crate::limitranger`]), ResourceQuota ([`crate::resourcequota`]), DefaultStorageClass,
+//! DefaultIngressClass and PersistentVolumeClaimResize ([`crate::classes`]). Off unless
 //! enabled: NodeRestriction (a kubelet may only write its own Node and the pods bound to it,
 //! and only mirror pods).
 
@@ -24,9 +25,12 @@ use crate::status::{ApiError, ApiResult};
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
 /// Plugins the flags turn on or off.
 const OPTIONAL: &[&str] = &[
+    "DefaultIngressClass",
+    "DefaultStorageClass",
     "LimitRanger",
     "MutatingAdmissionWebhook",
     "NodeRestriction",
+    "PersistentVolumeClaimResize",
     "PodSecurity",
     "ResourceQuota",
     "ServiceAccount",
@@ -50,6 +54,12 @@ pub struct Plugins {
     pub limit_ranger: bool,
     /// ResourceQuota (on unless disabled, as upstream).
     pub resource_quota: bool,
+    /// DefaultStorageClass (on unless disabled, as upstream).
+    pub default_storage_class: bool,
+    /// DefaultIngressClass (on unless disabled, as upstream).
+    pub default_ingress_class: bool,
+    /// PersistentVolumeClaimResize (on unless disabled, as upstream).
+    pub pvc_resize: bool,
 }
 
 impl Default for Plugins {
@@ -62,6 +72,9 @@ impl Default for Plugins {
             validating_webhook: true,
             limit_ranger: true,
             resource_quota: true,
+            default_storage_class: true,
+            default_ingress_class: true,
+            pvc_resize: true,
         }
     }
 }
@@ -85,6 +98,9 @@ impl Plugins {
                 "ValidatingAdmissionWebhook" => p.validating_webhook = true,
                 "LimitRanger" => p.limit_ranger = true,
                 "ResourceQuota" => p.resource_quota = true,
+                "DefaultStorageClass" => p.default_storage_class = true,
+                "DefaultIngressClass" => p.default_ingress_class = true,
+                "PersistentVolumeClaimResize" => p.pvc_resize = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -113,6 +129,9 @@ impl Plugins {
                 "ValidatingAdmissionWebhook" => p.validating_webhook = false,
                 "LimitRanger" => p.limit_ranger = false,
                 "ResourceQuota" => p.resource_quota = false,
+                "DefaultStorageClass" => p.default_storage_class = false,
+                "DefaultIngressClass" => p.default_ingress_class = false,
+                "PersistentVolumeClaimResize" => p.pvc_resize = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -121,6 +140,96 @@ impl Plugins {
             }
         }
         Ok(p)
+    }
+}
+
+/// The built-in admission plugins that read other objects: LimitRanger, ResourceQuota and the
+/// class plugins. They apply to clients' writes of whole objects, not of subresources.
+#[derive(Debug, Default)]
+pub struct Builtin {
+    /// LimitRanger, when on.
+    pub limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
+    /// ResourceQuota, when on.
+    pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
+    /// DefaultStorageClass, DefaultIngressClass and PersistentVolumeClaimResize.
+    pub classes: Option<Arc<crate::classes::ClassPlugins>>,
+}
+
+impl Builtin {
+    /// The plugins the flags turn on, reading from `cache`.
+    pub fn start(
+        plugins: &Plugins,
+        registry: &crate::registry::Registry,
+        cache: &crate::cache::Cache,
+    ) -> Self {
+        Builtin {
+            limit_ranger: plugins
+                .limit_ranger
+                .then(|| crate::limitranger::LimitRanger::new(registry.clone(), cache)),
+            quota: plugins
+                .resource_quota
+                .then(|| crate::resourcequota::QuotaAdmission::new(registry.clone(), cache)),
+            classes: (plugins.default_storage_class
+                || plugins.default_ingress_class
+                || plugins.pvc_resize)
+                .then(|| {
+                    crate::classes::ClassPlugins::new(
+                        registry.clone(),
+                        cache,
+                        plugins.default_storage_class,
+                        plugins.default_ingress_class,
+                        plugins.pvc_resize,
+                    )
+                }),
+        }
+    }
+
+    /// The mutating part, on create (before the webhooks): LimitRanger's defaults for pods,
+    /// the default classes for claims and Ingresses.
+    pub async fn mutate_create(&self, res: &Resource, ns: &str, obj: &mut Value) -> ApiResult<()> {
+        if let Some(l) = &self.limit_ranger
+            && res.group.is_empty()
+            && res.resource == "pods"
+        {
+            l.default_pod(ns, obj).await?;
+        }
+        if let Some(c) = &self.classes {
+            c.default_class(res, obj).await?;
+        }
+        Ok(())
+    }
+
+    /// The validating part (before the webhooks; `old` on update): LimitRanger's bounds and
+    /// claim resizing.
+    pub async fn validate(
+        &self,
+        res: &Resource,
+        ns: &str,
+        old: Option<&Value>,
+        obj: &Value,
+    ) -> ApiResult<()> {
+        if let Some(l) = &self.limit_ranger {
+            l.validate(res, ns, old.is_some(), obj).await?;
+        }
+        if let (Some(c), Some(old)) = (&self.classes, old) {
+            c.check_resize(res, old, obj).await?;
+        }
+        Ok(())
+    }
+
+    /// The last plugin (after the webhooks): ResourceQuota checks and charges the write.
+    pub async fn charge(
+        &self,
+        res: &Resource,
+        ns: &str,
+        old: Option<&Value>,
+        obj: &Value,
+        dry_run: bool,
+    ) -> ApiResult<()> {
+        match &self.quota {
+            Some(q) => q.admit(res, ns, old, obj, dry_run).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -55,10 +55,8 @@ pub struct ApiState {
     pub webhooks: Option<Arc<crate::webhook::Webhooks>>,
     /// API Priority and Fairness, when enabled.
     pub apf: Option<Arc<crate::flowcontrol::Apf>>,
-    /// The LimitRanger admission plugin, unless disabled.
-    pub limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
-    /// The ResourceQuota admission plugin, unless disabled.
-    pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
+    /// The built-in admission plugins that read other objects.
+    pub builtin: Arc<crate::admission::Builtin>,
 }
 
 /// How a response body is rendered.
@@ -284,8 +282,7 @@ fn dry_run(q: &HashMap<String, String>) -> ApiResult<bool> {
 struct Admission {
     check: Option<crate::registry::Admit>,
     hooks: Option<Arc<crate::webhook::Call>>,
-    limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
-    quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
+    builtin: Option<Arc<crate::admission::Builtin>>,
 }
 
 /// The admission webhooks of a create through a subresource (binding, eviction, token).
@@ -347,8 +344,7 @@ fn write_opts(
         namespace_checked: false,
         admit: admit.check.clone(),
         hooks: admit.hooks.clone(),
-        limit_ranger: admit.limit_ranger.clone(),
-        quota: admit.quota.clone(),
+        builtin: admit.builtin.clone(),
     })
 }
 
@@ -683,8 +679,7 @@ async fn resource_request(
     let admit = Admission {
         check: admit,
         hooks: hooks.clone(),
-        limit_ranger: state.limit_ranger.clone().filter(|_| whole),
-        quota: state.quota.clone().filter(|_| whole),
+        builtin: whole.then(|| state.builtin.clone()),
     };
     let allow_table = sub.is_none() || sub == Some(Sub::Status);
     let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {

@@ -90,11 +90,9 @@ pub struct WriteOpts {
     pub admit: Option<Admit>,
     /// The admission webhooks of the request, if any may apply.
     pub hooks: Option<Arc<crate::webhook::Call>>,
-    /// The LimitRanger admission plugin, when it is on and the write is not to a subresource.
-    pub limit_ranger: Option<Arc<crate::limitranger::LimitRanger>>,
-    /// The ResourceQuota admission plugin, when it is on and the write is not to a
-    /// subresource.
-    pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
+    /// The built-in admission plugins that read other objects (a client's write of a whole
+    /// object only).
+    pub builtin: Option<Arc<crate::admission::Builtin>>,
 }
 
 /// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
@@ -642,10 +640,10 @@ impl Registry {
         }
         strategy::default(res, &mut obj);
         strategy::prepare_for_create(res, &mut obj);
+        if let Some(b) = &w.builtin {
+            b.mutate_create(res, ns, &mut obj).await?;
+        }
         if res.resource == "pods" && res.group.is_empty() {
-            if let Some(l) = &w.limit_ranger {
-                l.default_pod(ns, &mut obj).await?;
-            }
             self.admit_priority(&mut obj).await?;
             if self.service_accounts {
                 self.admit_service_account(&mut obj, ns).await?;
@@ -684,16 +682,16 @@ impl Registry {
         }
         strategy::validate(res, &obj)?;
         w.admit(ns, None, &obj)?;
-        if let Some(l) = &w.limit_ranger {
-            l.validate(res, ns, false, &obj).await?;
+        if let Some(b) = &w.builtin {
+            b.validate(res, ns, None, &obj).await?;
         }
         if let Some(h) = &w.hooks {
             let name = meta_str(&obj, "name").to_string();
             h.validate(Operation::Create, ns, &name, None, Some(&obj), w.dry_run)
                 .await?;
         }
-        if let Some(q) = &w.quota {
-            q.admit(res, ns, None, &obj, w.dry_run).await?;
+        if let Some(b) = &w.builtin {
+            b.charge(res, ns, None, &obj, w.dry_run).await?;
         }
         self.record(res, None, &mut obj, w);
         let requested = Requested::of(&obj);
@@ -873,8 +871,8 @@ impl Registry {
         w.admit(ns, Some(&old), &obj)?;
         // Built-in plugins leave subresources alone, and an object on its way out.
         let leaving = !meta_str(&old, "deletionTimestamp").is_empty();
-        if let Some(l) = w.limit_ranger.as_ref().filter(|_| !status_only && !leaving) {
-            l.validate(res, ns, true, &obj).await?;
+        if let Some(b) = w.builtin.as_ref().filter(|_| !status_only && !leaving) {
+            b.validate(res, ns, Some(&old), &obj).await?;
         }
         if let Some(h) = &w.hooks {
             h.validate(
@@ -887,8 +885,8 @@ impl Registry {
             )
             .await?;
         }
-        if let Some(q) = w.quota.as_ref().filter(|_| !status_only) {
-            q.admit(res, ns, Some(&old), &obj, w.dry_run).await?;
+        if let Some(b) = w.builtin.as_ref().filter(|_| !status_only) {
+            b.charge(res, ns, Some(&old), &obj, w.dry_run).await?;
         }
         self.record(res, Some(&old), &mut obj, w);
         let (taken, release) = self

@@ -365,15 +365,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             &shutdown,
         )
     });
-    let limit_ranger = admission
-        .limit_ranger
-        .then(|| crate::limitranger::LimitRanger::new(registry.clone(), &cache));
-    let quota = admission
-        .resource_quota
-        .then(|| crate::resourcequota::QuotaAdmission::new(registry.clone(), &cache));
+    let builtin = Arc::new(crate::admission::Builtin::start(
+        &admission, &registry, &cache,
+    ));
     let state = Arc::new(ApiState {
-        limit_ranger,
-        quota,
+        builtin,
         apf: apf.clone(),
         webhooks,
         admission,

@@ -88,3 +88,91 @@ fn pod_security_levels_per_namespace() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// DefaultStorageClass and DefaultIngressClass give new claims and Ingresses the newest
+/// default class; PersistentVolumeClaimResize lets a claim grow only when it is bound and its
+/// class allows expansion.
+#[test]
+fn default_classes_and_claim_resizing() {
+    let c = ApiCluster::start_with(Backend::Keelson, 1, &[]);
+    let class = |name: &str, default: bool, expand: bool| {
+        format!(
+            r#"{{"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {{"name": "{name}",
+              "annotations": {{"storageclass.kubernetes.io/is-default-class": "{default}"}}}},
+              "provisioner": "example.com/disk", "allowVolumeExpansion": {expand}}}"#
+        )
+    };
+    apply(&c, &class("slow", true, false));
+    // Timestamps have second resolution: the newer default is made a second later.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    apply(&c, &class("fast", true, true));
+    apply(&c, &class("fixed", false, false));
+    let claim = |name: &str, class: Option<&str>| {
+        let class = class.map_or(String::new(), |c| format!(r#""storageClassName": "{c}","#));
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "{name}", "namespace": "default"}},
+              "spec": {{{class} "accessModes": ["ReadWriteOnce"], "resources": {{"requests": {{"storage": "1Gi"}}}}}}}}"#
+        )
+    };
+    apply(&c, &claim("a", None));
+    apply(&c, &claim("b", Some("")));
+    apply(&c, &claim("c", Some("fixed")));
+    let class_of = |n: &str| c.ok(&["get", "pvc", n, "-o", "jsonpath={.spec.storageClassName}"]);
+    assert_eq!(class_of("a"), "fast");
+    assert_eq!(class_of("b"), "");
+
+    apply(
+        &c,
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "nginx",
+          "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "example.com/ingress"}}"#,
+    );
+    c.ok(&["create", "ingress", "web", "--rule=example.com/=web:80"]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "ingress",
+            "web",
+            "-o",
+            "jsonpath={.spec.ingressClassName}"
+        ]),
+        "nginx"
+    );
+
+    let grow = |n: &str| {
+        c.kubectl(&[
+            "patch",
+            "pvc",
+            n,
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ])
+    };
+    let o = grow("a");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            r#"persistentvolumeclaims "a" is forbidden: Only bound persistent volume claims can be expanded"#
+        ),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for n in ["a", "c"] {
+        c.ok(&[
+            "patch",
+            "pvc",
+            n,
+            "--subresource=status",
+            "-p",
+            r#"{"status":{"phase":"Bound"}}"#,
+        ]);
+    }
+    let o = grow("a");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = grow("c");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            r#"persistentvolumeclaims "c" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"#
+        ),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
