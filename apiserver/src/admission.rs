@@ -7,7 +7,8 @@
 //! [`crate::registry::Registry`]), PodSecurity ([`crate::podsecurity`]), and
 //! MutatingAdmissionWebhook and ValidatingAdmissionWebhook ([`crate::webhook`]), LimitRanger
 //! ([`crate::limitranger`]), ResourceQuota ([`crate::resourcequota`]), DefaultStorageClass,
-//! DefaultIngressClass and PersistentVolumeClaimResize ([`crate::classes`]). Off unless
+//! DefaultIngressClass and PersistentVolumeClaimResize ([`crate::classes`]),
+//! ValidatingAdmissionPolicy ([`crate::policy`]). Off unless
 //! enabled: NodeRestriction (a kubelet may only write its own Node and the pods bound to it,
 //! and only mirror pods).
 
@@ -34,6 +35,7 @@ const OPTIONAL: &[&str] = &[
     "PodSecurity",
     "ResourceQuota",
     "ServiceAccount",
+    "ValidatingAdmissionPolicy",
     "ValidatingAdmissionWebhook",
 ];
 
@@ -60,6 +62,8 @@ pub struct Plugins {
     pub default_ingress_class: bool,
     /// PersistentVolumeClaimResize (on unless disabled, as upstream).
     pub pvc_resize: bool,
+    /// ValidatingAdmissionPolicy (on unless disabled, as upstream).
+    pub validating_policy: bool,
 }
 
 impl Default for Plugins {
@@ -75,6 +79,7 @@ impl Default for Plugins {
             default_storage_class: true,
             default_ingress_class: true,
             pvc_resize: true,
+            validating_policy: true,
         }
     }
 }
@@ -101,6 +106,7 @@ impl Plugins {
                 "DefaultStorageClass" => p.default_storage_class = true,
                 "DefaultIngressClass" => p.default_ingress_class = true,
                 "PersistentVolumeClaimResize" => p.pvc_resize = true,
+                "ValidatingAdmissionPolicy" => p.validating_policy = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -132,6 +138,7 @@ impl Plugins {
                 "DefaultStorageClass" => p.default_storage_class = false,
                 "DefaultIngressClass" => p.default_ingress_class = false,
                 "PersistentVolumeClaimResize" => p.pvc_resize = false,
+                "ValidatingAdmissionPolicy" => p.validating_policy = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"

@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod openapi_pb;
 pub mod patch;
 pub mod podsecurity;
+pub mod policy;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;

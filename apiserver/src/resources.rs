@@ -834,6 +834,34 @@ pub fn all() -> &'static [Resource] {
                 "io.k8s.api.admissionregistration.v1.ValidatingWebhookConfiguration",
                 admissionregistration::ValidatingWebhookConfiguration
             ),
+            res!(
+                "admissionregistration.k8s.io",
+                "v1",
+                "validatingadmissionpolicies",
+                "validatingadmissionpolicy",
+                "ValidatingAdmissionPolicy",
+                false,
+                NONE,
+                &["api-extensions"],
+                STATUS,
+                "validatingadmissionpolicies",
+                "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy",
+                admissionregistration::ValidatingAdmissionPolicy
+            ),
+            res!(
+                "admissionregistration.k8s.io",
+                "v1",
+                "validatingadmissionpolicybindings",
+                "validatingadmissionpolicybinding",
+                "ValidatingAdmissionPolicyBinding",
+                false,
+                NONE,
+                &["api-extensions"],
+                NOSUB,
+                "validatingadmissionpolicybindings",
+                "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicyBinding",
+                admissionregistration::ValidatingAdmissionPolicyBinding
+            ),
         ]
     })
 }

@@ -22,7 +22,8 @@ pub struct LabelSelector {
     reqs: Vec<Req>,
 }
 
-fn valid_label_key(k: &str) -> bool {
+/// A qualified name (a label key): an optional DNS subdomain prefix and `/`, then a name part.
+pub fn valid_label_key(k: &str) -> bool {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),

@@ -344,16 +344,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         false => None,
     };
     let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
-    let webhooks = (admission.mutating_webhook || admission.validating_webhook).then(|| {
-        crate::webhook::Webhooks::start(
-            &cache,
-            registry.clone(),
-            metrics.clone(),
-            admission.mutating_webhook,
-            admission.validating_webhook,
-            &shutdown,
-        )
-    });
+    let webhooks =
+        (admission.mutating_webhook || admission.validating_webhook || admission.validating_policy)
+            .then(|| {
+                crate::webhook::Webhooks::start(
+                    &cache,
+                    registry.clone(),
+                    metrics.clone(),
+                    admission.mutating_webhook,
+                    admission.validating_webhook,
+                    admission.validating_policy,
+                    &shutdown,
+                )
+            });
     let apf = config.enable_priority_and_fairness.then(|| {
         let seats = config.max_requests_inflight + config.max_mutating_requests_inflight;
         crate::flowcontrol::Apf::start(

@@ -34,6 +34,8 @@ fn tracks_generation(res: &Resource) -> bool {
             | "PriorityClass"
             | "ResourceQuota"
             | "EndpointSlice"
+            | "ValidatingAdmissionPolicy"
+            | "ValidatingAdmissionPolicyBinding"
     )
 }
 
@@ -331,6 +333,8 @@ pub fn default(res: &Resource, obj: &mut Value) {
         }
         "LimitRange" => crate::limitranger::default_limit_range(obj),
         "MutatingWebhookConfiguration" => crate::webhook::config::default(obj, true),
+        "ValidatingAdmissionPolicy" => crate::policy::default_policy(obj),
+        "ValidatingAdmissionPolicyBinding" => crate::policy::default_binding(obj),
         "FlowSchema" => crate::flowcontrol::config::default_schema(obj),
         "PriorityLevelConfiguration" => crate::flowcontrol::config::default_level(obj),
         "ValidatingWebhookConfiguration" => crate::webhook::config::default(obj, false),
@@ -553,6 +557,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "LimitRange" => crate::limitranger::validate_limit_range(obj, &mut causes),
         "ResourceQuota" => crate::resourcequota::validate_quota(obj, &mut causes),
         "MutatingWebhookConfiguration" => crate::webhook::config::validate(obj, true, &mut causes),
+        "ValidatingAdmissionPolicy" => crate::policy::validate_policy(obj, &mut causes),
+        "ValidatingAdmissionPolicyBinding" => crate::policy::validate_binding(obj, &mut causes),
         "FlowSchema" => crate::flowcontrol::config::validate_schema(obj, &mut causes),
         "PriorityLevelConfiguration" => {
             crate::flowcontrol::config::validate_level(obj, &mut causes)

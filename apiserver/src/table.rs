@@ -169,6 +169,18 @@ pub fn columns(res: &Resource) -> Vec<Col> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             vec![NAME, ("Webhooks", "integer", "", 0), AGE]
         }
+        "ValidatingAdmissionPolicy" => vec![
+            NAME,
+            ("Validations", "integer", "", 0),
+            ("ParamKind", "string", "", 0),
+            AGE,
+        ],
+        "ValidatingAdmissionPolicyBinding" => vec![
+            NAME,
+            ("PolicyName", "string", "", 0),
+            ("ParamRef", "string", "", 0),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -797,6 +809,38 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
                 "N/A".into()
             }),
             json!(i(o.pointer("/status/disruptionsAllowed"))),
+            age,
+        ],
+        "ValidatingAdmissionPolicy" => vec![
+            name,
+            json!(
+                o.pointer("/spec/validations")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            ),
+            json!(match o.pointer("/spec/paramKind") {
+                Some(p) if p.is_object() => format!(
+                    "{}/{}",
+                    p.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+                    p.get("kind").and_then(Value::as_str).unwrap_or("")
+                ),
+                _ => "<unset>".into(),
+            }),
+            age,
+        ],
+        "ValidatingAdmissionPolicyBinding" => vec![
+            name,
+            json!(s(o.pointer("/spec/policyName"))),
+            json!(match o.pointer("/spec/paramRef") {
+                Some(p) if p.is_object() => {
+                    let n = p.get("name").and_then(Value::as_str).unwrap_or("*");
+                    match p.get("namespace").and_then(Value::as_str) {
+                        Some(ns) if !ns.is_empty() => format!("{ns}/{n}"),
+                        _ => format!("*/{n}"),
+                    }
+                }
+                _ => "<unset>".into(),
+            }),
             age,
         ],
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![

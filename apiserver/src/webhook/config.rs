@@ -12,6 +12,9 @@ use crate::selectors::LabelSelector;
 use crate::status::Cause;
 use crate::strategy::set_default;
 
+/// The variables a webhook's matchConditions may use.
+pub const CONDITION_VARIABLES: &[&str] = &["object", "oldObject", "request"];
+
 /// Mutating or validating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -123,6 +126,8 @@ pub struct Hook {
     /// TLS settings from `caBundle` (the system roots when it is empty), or why they could
     /// not be made (every call then fails, under the failure policy).
     pub tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// `matchConditions`, compiled (or why one does not compile).
+    pub conditions: Vec<Result<crate::policy::expr::Expression, String>>,
 }
 
 impl std::fmt::Debug for Hook {
@@ -280,6 +285,35 @@ fn check_resources(r: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// One rule (of a webhook, or a policy's resource rules) at `rp`: operations, groups,
+/// versions, resources and scope.
+pub fn validate_rule(r: &Value, rp: &str, causes: &mut Vec<Cause>) {
+    check_list(r, "operations", rp, causes);
+    for op in string_list(r.get("operations")) {
+        if !matches!(
+            op.as_str(),
+            "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT"
+        ) {
+            causes.push(unsupported(
+                &format!("{rp}.operations"),
+                &op,
+                &["*", "CONNECT", "CREATE", "DELETE", "UPDATE"],
+            ));
+        }
+    }
+    check_list(r, "apiGroups", rp, causes);
+    check_list(r, "apiVersions", rp, causes);
+    check_resources(r, rp, causes);
+    check_enum(
+        r,
+        "scope",
+        rp,
+        &["*", "Cluster", "Namespaced"],
+        false,
+        causes,
+    );
+}
+
 /// Whether `s` is a DNS-1123 subdomain with at least three labels, as webhook names must be.
 fn qualified_webhook_name(s: &str) -> bool {
     s.len() <= 253
@@ -393,31 +427,7 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
             .flatten()
             .enumerate()
         {
-            let rp = format!("{path}.rules[{j}]");
-            check_list(r, "operations", &rp, causes);
-            for op in string_list(r.get("operations")) {
-                if !matches!(
-                    op.as_str(),
-                    "*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT"
-                ) {
-                    causes.push(unsupported(
-                        &format!("{rp}.operations"),
-                        &op,
-                        &["*", "CONNECT", "CREATE", "DELETE", "UPDATE"],
-                    ));
-                }
-            }
-            check_list(r, "apiGroups", &rp, causes);
-            check_list(r, "apiVersions", &rp, causes);
-            check_resources(r, &rp, causes);
-            check_enum(
-                r,
-                "scope",
-                &rp,
-                &["*", "Cluster", "Namespaced"],
-                false,
-                causes,
-            );
+            validate_rule(r, &format!("{path}.rules[{j}]"), causes);
         }
         check_enum(
             h,
@@ -492,16 +502,14 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
                 ));
             }
         }
-        if h.get("matchConditions")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
-        {
-            causes.push(Cause::new(
-                "FieldValueForbidden",
-                &format!("{path}.matchConditions"),
-                "Forbidden: matchConditions (CEL) are not supported by this server yet; leave them out",
-            ));
-        }
+        crate::policy::validate_conditions(
+            h.get("matchConditions")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice),
+            &format!("{path}.matchConditions"),
+            CONDITION_VARIABLES,
+            causes,
+        );
         let cc = h.get("clientConfig");
         let url = cc.and_then(|c| c.get("url")).and_then(Value::as_str);
         let svc = cc.and_then(|c| c.get("service")).filter(|s| !s.is_null());
@@ -673,6 +681,18 @@ pub fn hooks_of(obj: &Value, kind: Kind) -> Vec<Hook> {
             reinvoke: s("reinvocationPolicy") == "IfNeeded",
             target,
             tls: tls_config(cc.get("caBundle").and_then(Value::as_str).unwrap_or("")),
+            conditions: h
+                .get("matchConditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    crate::policy::expr::compile(
+                        c.get("expression").and_then(Value::as_str).unwrap_or(""),
+                        CONDITION_VARIABLES,
+                    )
+                })
+                .collect(),
         });
     }
     out

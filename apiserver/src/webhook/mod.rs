@@ -19,9 +19,14 @@
 //!   `--enable-aggregator-routing`), and to its ClusterIP when it has none; the certificate
 //!   must name `<service>.<namespace>.svc`.
 //!
-//! Not here yet: `matchConditions` (CEL; configurations with them are refused), the CONNECT
-//! operation (exec, attach, port-forward), webhook client credentials
-//! (`--admission-control-config-file`), and the audit annotations of mutations.
+//! - `matchConditions` (CEL, see [`crate::policy::expr`]) are evaluated after the rules and
+//!   selectors: any false skips the webhook; otherwise an error refuses the request (403)
+//!   under `Fail` and skips the webhook under `Ignore`.
+//! - The ValidatingAdmissionPolicy plugin ([`crate::policy`]) runs here too, before the
+//!   validating webhooks, on the same matching and namespace lookups.
+//!
+//! Not here yet: the CONNECT operation (exec, attach, port-forward), webhook client
+//! credentials (`--admission-control-config-file`), and the audit annotations of mutations.
 
 pub mod client;
 pub mod config;
@@ -78,6 +83,8 @@ impl Operation {
 struct Hooks {
     mutating: Vec<Arc<Hook>>,
     validating: Vec<Arc<Hook>>,
+    /// ValidatingAdmissionPolicies with their bindings.
+    policies: Vec<Arc<crate::policy::Bound>>,
 }
 
 /// The webhooks in force, rebuilt from the watch caches of the configurations on every change.
@@ -87,10 +94,12 @@ pub struct Source {
 }
 
 impl Source {
-    /// Follows the configuration caches of `cache` until `shutdown`.
+    /// Follows the configuration caches of `cache` until `shutdown`; with `registry`, also
+    /// keeps each policy's status (`observedGeneration`, `typeChecking`) current.
     pub fn start(
         cache: &Arc<crate::cache::Cache>,
         client: Arc<client::Client>,
+        registry: Option<crate::registry::Registry>,
         shutdown: &CancellationToken,
     ) -> Arc<Self> {
         let src = Arc::new(Source {
@@ -108,8 +117,11 @@ impl Source {
         let cachers = [
             find("mutatingwebhookconfigurations"),
             find("validatingwebhookconfigurations"),
+            find("validatingadmissionpolicies"),
+            find("validatingadmissionpolicybindings"),
         ];
         let me = src.clone();
+        let status_writes = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
         tokio::spawn(crate::cache::follow(
             cachers.to_vec(),
             shutdown.clone(),
@@ -124,9 +136,15 @@ impl Source {
                 *me.hooks.write() = Arc::new(Hooks {
                     mutating: build(&v[0], Kind::Mutating),
                     validating: build(&v[1], Kind::Validating),
+                    policies: crate::policy::bind(&v[2], &v[3]),
                 });
                 client.clear();
                 me.synced.store(true, Ordering::Release);
+                if let Some(r) = &registry {
+                    for p in &v[2] {
+                        crate::policy::keep_status(r, p, &status_writes);
+                    }
+                }
             },
         ));
         src
@@ -138,6 +156,7 @@ impl Source {
             hooks: RwLock::new(Arc::new(Hooks {
                 mutating: mutating.into_iter().map(Arc::new).collect(),
                 validating: validating.into_iter().map(Arc::new).collect(),
+                policies: Vec::new(),
             })),
             synced: AtomicBool::new(true),
         })
@@ -161,27 +180,32 @@ pub struct Webhooks {
     registry: Option<crate::registry::Registry>,
     mutating: bool,
     validating: bool,
+    /// The ValidatingAdmissionPolicy plugin is on.
+    policies: bool,
     metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Webhooks {
-    /// The plugins (`mutating`, `validating` say which are on), following `cache`.
+    /// The plugins (`mutating`, `validating`, `policies` say which are on), following
+    /// `cache`.
     pub fn start(
         cache: &Arc<crate::cache::Cache>,
         registry: crate::registry::Registry,
         metrics: crate::metrics::Metrics,
         mutating: bool,
         validating: bool,
+        policies: bool,
         shutdown: &CancellationToken,
     ) -> Arc<Self> {
         let client = Arc::new(client::Client::default());
         Arc::new(Webhooks {
-            source: Source::start(cache, client.clone(), shutdown),
+            source: Source::start(cache, client.clone(), Some(registry.clone()), shutdown),
             client,
             cache: Some(cache.clone()),
             registry: Some(registry),
             mutating,
             validating,
+            policies,
             metrics: Some(metrics),
         })
     }
@@ -196,6 +220,7 @@ impl Webhooks {
             registry: None,
             mutating: true,
             validating: true,
+            policies: true,
             metrics: None,
         })
     }
@@ -222,7 +247,10 @@ impl Webhooks {
         }
         if self.source.synced() {
             let hooks = self.source.current();
-            if hooks.mutating.is_empty() && hooks.validating.is_empty() {
+            if hooks.mutating.is_empty()
+                && hooks.validating.is_empty()
+                && (hooks.policies.is_empty() || !self.policies)
+            {
                 return None;
             }
         }
@@ -376,27 +404,250 @@ impl Call {
             })
             .cloned()
             .collect();
-        if hooks.iter().all(|h| h.namespace_selector.is_none()) {
+        let hooks = if hooks.iter().all(|h| h.namespace_selector.is_none()) {
+            hooks
+        } else {
+            let namespace = self.namespace_object(a, obj).await?;
+            match namespace {
+                // Other cluster-scoped objects are not filtered by the namespace selector.
+                None if !self.res.namespaced => hooks,
+                namespace => {
+                    let namespace = namespace.unwrap_or(Value::Null);
+                    hooks
+                        .into_iter()
+                        .filter(|h| {
+                            h.namespace_selector
+                                .as_ref()
+                                .is_none_or(|s| s.matches_object(&namespace))
+                        })
+                        .collect()
+                }
+            }
+        };
+        if hooks.iter().all(|h| h.conditions.is_empty()) {
             return Ok(hooks);
         }
-        // A Namespace is judged by its own labels; other cluster-scoped objects are not
-        // filtered by the namespace selector.
-        let namespace = if self.res.group.is_empty() && self.res.resource == "namespaces" {
-            obj.or(a.old).cloned()
+        // matchConditions: any false skips the webhook; errors follow its failure policy.
+        let act = self.activation(a, obj, None);
+        let mut out = Vec::new();
+        for h in hooks {
+            let mut errors = Vec::new();
+            let mut skip = false;
+            for c in &h.conditions {
+                match c.as_ref().map(|e| (e, e.eval_bool(&act))) {
+                    Ok((_, Ok(true))) => {}
+                    Ok((_, Ok(false))) => skip = true,
+                    Ok((e, Err(why))) => errors.push(format!(
+                        "expression '{}' resulted in error: {why}",
+                        e.source
+                    )),
+                    Err(why) => errors.push(format!("compilation error: {why}")),
+                }
+            }
+            if skip {
+                continue;
+            }
+            if !errors.is_empty() {
+                if h.fail_closed {
+                    let gr = if self.res.group.is_empty() {
+                        self.res.resource.to_string()
+                    } else {
+                        format!("{}.{}", self.res.resource, self.res.group)
+                    };
+                    return Err(ApiError::forbidden(format!(
+                        "{gr} {:?} is forbidden: {}",
+                        a.name,
+                        crate::policy::aggregate(errors)
+                    ))
+                    .with_details(self.res.group, self.res.resource, a.name));
+                }
+                continue;
+            }
+            out.push(h);
+        }
+        Ok(out)
+    }
+
+    /// The namespace a request is judged by: a Namespace's own object, the request's
+    /// namespace for namespaced objects, none for other cluster-scoped objects.
+    async fn namespace_object(
+        &self,
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+    ) -> ApiResult<Option<Value>> {
+        if self.res.group.is_empty() && self.res.resource == "namespaces" {
+            Ok(obj.or(a.old).cloned())
         } else if !self.res.namespaced {
-            return Ok(hooks);
+            Ok(None)
         } else {
-            self.namespace(a.ns).await?
+            self.namespace(a.ns).await
+        }
+    }
+
+    /// The CEL variables of a request (`namespace` for policies, whose expressions may see
+    /// it).
+    fn activation(
+        &self,
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+        namespace: Option<&Value>,
+    ) -> crate::policy::expr::Activation {
+        use crate::policy::expr::to_cel;
+        let object =
+            |o: Option<&Value>| o.map_or(::cel::Value::Null, |o| to_cel(&self.outgoing(o)));
+        // A Namespace's own request has no namespaceObject.
+        let namespace = if self.res.group.is_empty() && self.res.resource == "namespaces" {
+            None
+        } else {
+            namespace
         };
-        let namespace = namespace.unwrap_or(Value::Null);
-        Ok(hooks
-            .into_iter()
-            .filter(|h| {
-                h.namespace_selector
-                    .as_ref()
-                    .is_none_or(|s| s.matches_object(&namespace))
-            })
-            .collect())
+        crate::policy::expr::Activation::new(vec![
+            ("object", object(obj)),
+            ("oldObject", object(a.old)),
+            (
+                "request",
+                crate::policy::request_value(
+                    a.op.as_str(),
+                    self.kind(),
+                    self.res,
+                    &self.sub,
+                    a.ns,
+                    a.name,
+                    &self.user,
+                    a.dry_run,
+                ),
+            ),
+            ("namespaceObject", crate::policy::namespace_value(namespace)),
+        ])
+    }
+
+    /// Runs the ValidatingAdmissionPolicies in force: the first denial refuses the request,
+    /// warnings are kept for the response.
+    async fn run_policies(
+        &self,
+        policies: &[Arc<crate::policy::Bound>],
+        a: &Attrs<'_>,
+        obj: Option<&Value>,
+    ) -> ApiResult<()> {
+        use crate::policy::Decision;
+        let namespace = self.namespace_object(a, obj).await?;
+        let target = crate::policy::Target {
+            op: a.op,
+            res: self.res,
+            sub: &self.sub,
+            name: a.name,
+            obj,
+            old: a.old,
+            namespace: namespace.as_ref(),
+        };
+        let mut act: Option<crate::policy::expr::Activation> = None;
+        for b in policies {
+            let decisions = match &b.policy.matcher {
+                None => b.config_error(
+                    "failed to configure policy: policy contained no match constraints, a required field".into(),
+                ),
+                Some(m) if !m.matches(&target, false) => continue,
+                Some(_) if b.binding.matcher.as_ref().is_some_and(|m| !m.matches(&target, true)) => {
+                    continue;
+                }
+                Some(_) => {
+                    let act = act.get_or_insert_with(|| self.activation(a, obj, namespace.as_ref()));
+                    match self.params(b, a.ns).await {
+                        Err(why) => b.config_error(format!("failed to configure binding: {why}")),
+                        Ok(None) => b.evaluate(act, None),
+                        Ok(Some(params)) => params
+                            .iter()
+                            .flat_map(|p| b.evaluate(act, Some(p)))
+                            .collect(),
+                    }
+                }
+            };
+            for d in decisions {
+                match d {
+                    Decision::Warn(w) => self.warnings.lock().push(w),
+                    Decision::Deny(msg, reason) => {
+                        let name = if a.name.is_empty() {
+                            obj.map(|o| crate::object::meta_str(o, "generateName"))
+                                .unwrap_or("")
+                        } else {
+                            a.name
+                        };
+                        return Err(crate::policy::refusal(self.res, name, &msg, &reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parameters of a binding: None when the policy or binding takes none; an error
+    /// when they cannot be looked up, or are missing and the binding says Deny.
+    async fn params(
+        &self,
+        b: &crate::policy::Bound,
+        ns: &str,
+    ) -> Result<Option<Vec<Value>>, String> {
+        let (Some((api_version, kind)), Some(pr)) = (&b.policy.param_kind, &b.binding.param_ref)
+        else {
+            return Ok(None);
+        };
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let Some(res) = crate::resources::all()
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.kind == kind)
+        else {
+            return Err(format!("paramKind kind `{kind}` not known"));
+        };
+        let pns = if res.namespaced {
+            match pr.namespace.as_deref() {
+                Some(n) => n.to_string(),
+                None if ns.is_empty() => {
+                    return Err("cannot use namespaced paramRef in policy binding that matches cluster-scoped resources".into());
+                }
+                None => ns.to_string(),
+            }
+        } else {
+            String::new()
+        };
+        let cacher = self.webhooks.cache.as_ref().and_then(|c| c.get(res));
+        let found: Vec<Value> = match (&pr.name, &self.webhooks.registry) {
+            (Some(name), reg) => {
+                match cacher.and_then(|c| c.is_ready().then(|| c.peek(&pns, name))) {
+                    Some(v) => v.into_iter().collect(),
+                    None => match reg {
+                        Some(r) => match r.get(res, &pns, name).await {
+                            Ok(v) => vec![v],
+                            Err(e) if e.code == 404 => Vec::new(),
+                            Err(e) => return Err(e.message),
+                        },
+                        None => Vec::new(),
+                    },
+                }
+            }
+            (None, reg) => {
+                let all = match cacher.and_then(|c| c.in_namespace(&pns)) {
+                    Some(v) => v,
+                    None => match reg {
+                        Some(r) => {
+                            r.list(res, &pns, &Default::default())
+                                .await
+                                .map_err(|e| e.message)?
+                                .items
+                        }
+                        None => Vec::new(),
+                    },
+                };
+                all.into_iter()
+                    .filter(|o| pr.selector.as_ref().is_none_or(|s| s.matches_object(o)))
+                    .collect()
+            }
+        };
+        if found.is_empty() && pr.deny_if_missing {
+            return Err(
+                "no params found for policy binding with `Deny` parameterNotFoundAction".into(),
+            );
+        }
+        Ok(Some(found))
     }
 
     /// The namespace `ns` (None when it does not exist), from the cache when it holds it.
@@ -594,14 +845,11 @@ impl Call {
         obj: Option<&Value>,
         dry_run: bool,
     ) -> ApiResult<()> {
-        if !self.webhooks.validating {
+        if !self.webhooks.validating && !self.webhooks.policies {
             return Ok(());
         }
         self.synced().await?;
         let all = self.webhooks.source.current();
-        if all.validating.is_empty() {
-            return Ok(());
-        }
         let a = Attrs {
             op,
             ns,
@@ -609,6 +857,12 @@ impl Call {
             old,
             dry_run,
         };
+        if self.webhooks.policies && !all.policies.is_empty() {
+            self.run_policies(&all.policies, &a, obj).await?;
+        }
+        if !self.webhooks.validating || all.validating.is_empty() {
+            return Ok(());
+        }
         let hooks = self.matching(&all.validating, &a, obj).await?;
         if hooks.is_empty() {
             return Ok(());

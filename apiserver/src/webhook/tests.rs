@@ -168,9 +168,24 @@ fn configurations_are_defaulted_and_validated_as_upstream() {
             json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}))
         .contains("objectSelector")
     );
+    assert_eq!(
+        bad(&|h| h["matchConditions"] =
+            json!([{"name": "x", "expression": "request.operation == 'CREATE'"}])),
+        ""
+    );
+    let m = bad(&|h| {
+        h["matchConditions"] = json!([
+            {"name": "x", "expression": "params.a"},
+            {"name": "x", "expression": "true"}
+        ])
+    });
     assert!(
-        bad(&|h| h["matchConditions"] = json!([{"name": "x", "expression": "true"}]))
-            .contains("not supported")
+        m.contains("webhooks[0].matchConditions[0].expression: Invalid value: \"params.a\": compilation failed: ERROR: <input>:1:1: undeclared reference to 'params'"),
+        "{m}"
+    );
+    assert!(
+        m.contains("webhooks[0].matchConditions[1].name: Duplicate value: \"x\""),
+        "{m}"
     );
     let mut dup = ok.clone();
     dup["webhooks"] = json!([

@@ -15,6 +15,7 @@ mod harness;
 mod kube_rs;
 mod kubectl;
 mod multi;
+mod policies;
 mod python;
 mod rbac;
 mod subresources;
