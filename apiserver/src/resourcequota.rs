@@ -7,8 +7,10 @@
 //! namespaced object are charged, updates of services and claims are charged for what they
 //! grow; subresources, events and reviews are not; a quota is enforced once the controller has
 //! written its `status.hard`, and refuses writes while its `status.used` lacks a resource it
-//! limits. Charges are serialised per namespace on this server, and other servers' charges are
-//! detected by the status write's resourceVersion precondition (then re-read and re-checked).
+//! limits. Charges are made per namespace by one worker on this server, which takes the
+//! writes waiting in a batch, checks them one after another and writes each quota once for
+//! all of them; other servers' charges are detected by the status write's resourceVersion
+//! precondition (then re-read and re-checked).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -48,8 +50,21 @@ pub struct QuotaAdmission {
     registry: Registry,
     quotas: &'static Resource,
     cache: Option<Arc<Cacher>>,
-    /// One lock per namespace: charges in a namespace are made one after another.
-    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The writes waiting in each namespace; a namespace is here while its worker runs.
+    queues: parking_lot::Mutex<HashMap<String, Vec<Pending>>>,
+}
+
+/// A write waiting to be checked and charged.
+struct Pending {
+    res: &'static Resource,
+    obj: Value,
+    old: Option<Value>,
+    pod: Option<Pod>,
+    usage: Usage,
+    dry_run: bool,
+    /// Quotas an earlier attempt charged it to already.
+    charged: BTreeSet<String>,
+    reply: tokio::sync::oneshot::Sender<ApiResult<()>>,
 }
 
 impl std::fmt::Debug for QuotaAdmission {
@@ -74,16 +89,8 @@ impl QuotaAdmission {
             registry,
             quotas,
             cache: cache.get(quotas).cloned(),
-            locks: parking_lot::Mutex::new(HashMap::new()),
+            queues: parking_lot::Mutex::new(HashMap::new()),
         })
-    }
-
-    fn lock(&self, ns: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock();
-        if locks.len() > 4096 {
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        locks.entry(ns.to_string()).or_default().clone()
     }
 
     /// Whether a write of `res` is charged at all: creates of namespaced objects, updates of
@@ -99,7 +106,7 @@ impl QuotaAdmission {
     /// Checks and charges the write of `obj` (`old` is the object before an update) in
     /// namespace `ns`. A dry run is checked and not charged.
     pub async fn admit(
-        &self,
+        self: &Arc<Self>,
         res: &Resource,
         ns: &str,
         old: Option<&Value>,
@@ -112,53 +119,181 @@ impl QuotaAdmission {
         if self.cache.as_ref().and_then(|c| c.any_in(ns)) == Some(false) {
             return Ok(());
         }
+        let res = crate::resources::find(res.group, res.version, res.resource)
+            .ok_or_else(|| ApiError::internal("resource quota: unknown resource"))?;
         let now = Timestamp::now();
-        let pod: Option<Pod> = (res.group.is_empty() && res.resource == "pods")
-            .then(|| serde_json::from_value(obj.clone()).ok())
-            .flatten();
-        let new_usage = usage::usage_of(res.group, res.resource, obj, now);
-        let lock = self.lock(ns);
-        let _serial = lock.lock().await;
-        // Quotas already charged by an earlier attempt.
-        let mut charged: BTreeSet<String> = BTreeSet::new();
-        let mut last_conflict = None;
-        for _ in 0..ATTEMPTS {
-            let mut quotas = self
-                .registry
-                .list(self.quotas, ns, &ListOptions::default())
-                .await?
-                .items;
-            // A quota this write was charged to already is not checked again.
-            quotas.retain(|q| !charged.contains(crate::object::name(q)));
-            let charges = Self::check(res, obj, old, pod.as_ref(), &new_usage, &quotas, now)?;
-            if dry_run {
-                return Ok(());
-            }
-            last_conflict = None;
-            for c in charges {
-                let name = crate::object::name(&c.quota).to_string();
-                let mut q = c.quota.clone();
-                q["status"]["used"] = json!(c.used);
-                match self
-                    .registry
-                    .write_status(self.quotas, ns, &name, &c.quota, q)
-                    .await
-                {
-                    Ok(_) => {
-                        charged.insert(name);
-                    }
-                    Err(e) if e.code == 409 => {
-                        last_conflict = Some(e);
-                        break;
-                    }
-                    Err(e) => return Err(e),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            res,
+            pod: (res.group.is_empty() && res.resource == "pods")
+                .then(|| serde_json::from_value(obj.clone()).ok())
+                .flatten(),
+            usage: usage::usage_of(res.group, res.resource, obj, now),
+            obj: obj.clone(),
+            old: old.cloned(),
+            dry_run,
+            charged: BTreeSet::new(),
+            reply,
+        };
+        // Joins the namespace's queue; the first write starts its worker.
+        let start = {
+            let mut queues = self.queues.lock();
+            match queues.get_mut(ns) {
+                Some(q) => {
+                    q.push(pending);
+                    false
+                }
+                None => {
+                    queues.insert(ns.to_string(), vec![pending]);
+                    true
                 }
             }
-            if last_conflict.is_none() {
-                return Ok(());
+        };
+        if start {
+            let me = self.clone();
+            let ns = ns.to_string();
+            tokio::spawn(async move { me.work(ns).await });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("resource quota evaluation failed")))
+    }
+
+    /// Drains a namespace's queue, batch by batch, until it is empty.
+    async fn work(self: Arc<Self>, ns: String) {
+        // Should a batch panic, the queue goes (its writes are answered with an error) so
+        // that the next write starts afresh.
+        struct Reset<'a>(&'a QuotaAdmission, &'a str, bool);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    self.0.queues.lock().remove(self.1);
+                }
             }
         }
-        Err(last_conflict.unwrap_or_else(|| ApiError::internal("resource quota charge failed")))
+        let mut reset = Reset(&self, &ns, true);
+        loop {
+            let batch = {
+                let mut queues = self.queues.lock();
+                match queues.get_mut(&ns) {
+                    Some(q) if !q.is_empty() => std::mem::take(q),
+                    _ => {
+                        queues.remove(&ns);
+                        reset.2 = false;
+                        return;
+                    }
+                }
+            };
+            self.charge_batch(&ns, batch).await;
+        }
+    }
+
+    /// Checks the writes of a batch one after another against the quotas as they would be
+    /// after the earlier ones, then writes each quota that changed once. Writes whose quotas
+    /// another writer changed first are re-checked against fresh quotas (not against the ones
+    /// they were charged to already).
+    async fn charge_batch(&self, ns: &str, mut batch: Vec<Pending>) {
+        let now = Timestamp::now();
+        let mut last_conflict = None;
+        for _ in 0..ATTEMPTS {
+            let quotas = match self
+                .registry
+                .list(self.quotas, ns, &ListOptions::default())
+                .await
+            {
+                Ok(page) => page.items,
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            };
+            let name_of = |q: &Value| crate::object::name(q).to_string();
+            let mut running = quotas.clone();
+            let mut waiting: Vec<(Pending, Vec<usize>)> = Vec::new();
+            for p in batch.drain(..) {
+                let view: Vec<Value> = running
+                    .iter()
+                    .filter(|q| !p.charged.contains(crate::object::name(q)))
+                    .cloned()
+                    .collect();
+                match Self::check(
+                    p.res,
+                    &p.obj,
+                    p.old.as_ref(),
+                    p.pod.as_ref(),
+                    &p.usage,
+                    &view,
+                    now,
+                ) {
+                    Err(e) => {
+                        let _ = p.reply.send(Err(e));
+                    }
+                    Ok(charges) if p.dry_run || charges.is_empty() => {
+                        let _ = p.reply.send(Ok(()));
+                    }
+                    Ok(charges) => {
+                        let mut at = Vec::new();
+                        for c in charges {
+                            let name = name_of(&c.quota);
+                            if let Some(i) = running.iter().position(|q| name_of(q) == name) {
+                                running[i]["status"]["used"] = json!(c.used);
+                                at.push(i);
+                            }
+                        }
+                        waiting.push((p, at));
+                    }
+                }
+            }
+            let changed: BTreeSet<usize> = waiting.iter().flat_map(|(_, at)| at.clone()).collect();
+            let mut outcome: BTreeMap<usize, ApiResult<()>> = BTreeMap::new();
+            for i in changed {
+                let r = self
+                    .registry
+                    .write_status(
+                        self.quotas,
+                        ns,
+                        &name_of(&quotas[i]),
+                        &quotas[i],
+                        running[i].clone(),
+                    )
+                    .await
+                    .map(|_| ());
+                if let Err(e) = &r
+                    && e.code == 409
+                {
+                    last_conflict = Some(e.clone());
+                }
+                outcome.insert(i, r);
+            }
+            for (mut p, at) in waiting {
+                let failed = at
+                    .iter()
+                    .filter_map(|i| outcome.get(i).and_then(|r| r.as_ref().err()))
+                    .find(|e| e.code != 409)
+                    .cloned();
+                if let Some(e) = failed {
+                    let _ = p.reply.send(Err(e));
+                } else if at.iter().all(|i| matches!(outcome.get(i), Some(Ok(())))) {
+                    let _ = p.reply.send(Ok(()));
+                } else {
+                    for i in &at {
+                        if matches!(outcome.get(i), Some(Ok(()))) {
+                            p.charged.insert(name_of(&quotas[*i]));
+                        }
+                    }
+                    batch.push(p);
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+        }
+        let e = last_conflict.unwrap_or_else(|| ApiError::internal("resource quota charge failed"));
+        for p in batch {
+            let _ = p.reply.send(Err(e.clone()));
+        }
     }
 
     /// The checks of one write against the namespace's `quotas` (as listed); what each quota
