@@ -362,6 +362,21 @@ pub fn refusal(res: &Resource, obj: &Value, why: &str) -> ApiError {
     )
 }
 
+/// Upstream's aggregate of error messages: one as itself, several de-duplicated in `[a, b]`.
+pub fn aggregate(errors: Vec<String>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for e in errors {
+        if !seen.contains(&e) {
+            seen.push(e);
+        }
+    }
+    if seen.len() == 1 {
+        seen.remove(0)
+    } else {
+        format!("[{}]", seen.join(", "))
+    }
+}
+
 fn forbidden(msg: String) -> ApiError {
     ApiError::forbidden(msg)
 }

@@ -129,27 +129,15 @@ fn check_item(
             errors.push(format!(
                 "{k} max limit to request ratio per {kind} is {ratio}, but no limit is specified or limit is 0"
             ));
-        } else if l * quantity::UNIT > e * r {
+        } else if match (l.checked_mul(quantity::UNIT), e.checked_mul(r)) {
+            (Some(a), Some(b)) => a > b,
+            _ => l as f64 / r as f64 > e as f64 / quantity::UNIT as f64,
+        } {
             errors.push(format!(
                 "{k} max limit to request ratio per {kind} is {ratio}, but provided ratio is {:.6}",
                 l as f64 / r as f64
             ));
         }
-    }
-}
-
-/// Upstream's aggregate of errors: one as itself, several de-duplicated in `[a, b]`.
-fn aggregate(errors: Vec<String>) -> String {
-    let mut seen = Vec::new();
-    for e in errors {
-        if !seen.contains(&e) {
-            seen.push(e);
-        }
-    }
-    if seen.len() == 1 {
-        seen.remove(0)
-    } else {
-        format!("[{}]", seen.join(", "))
     }
 }
 
@@ -345,7 +333,7 @@ impl LimitRanger {
                 }
             }
             if !errors.is_empty() {
-                return Err(refusal(res, obj, &aggregate(errors)));
+                return Err(refusal(res, obj, &crate::admission::aggregate(errors)));
             }
         }
         Ok(())
@@ -579,6 +567,7 @@ pub fn validate_limit_range(obj: &Value, causes: &mut Vec<Cause>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::aggregate;
 
     fn item(v: Value) -> LimitRangeItem {
         serde_json::from_value(v).unwrap()

@@ -642,6 +642,8 @@ impl Registry {
         strategy::prepare_for_create(res, &mut obj);
         if let Some(b) = &w.builtin {
             b.mutate_create(res, ns, &mut obj).await?;
+            // What the plugins filled in counts (a pod's QoS class).
+            strategy::prepare_for_create(res, &mut obj);
         }
         if res.resource == "pods" && res.group.is_empty() {
             self.admit_priority(&mut obj).await?;

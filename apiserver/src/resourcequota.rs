@@ -388,7 +388,14 @@ impl QuotaAdmission {
             }
             let exceeded: Vec<(&String, i128)> = requested
                 .iter()
-                .filter(|(k, v)| amount(&used, k) + v > amount(&hard, k))
+                // A limit too large to hold is no limit.
+                .filter(|(k, v)| {
+                    let limit = hard
+                        .get(*k)
+                        .and_then(|q| quantity::parse(&q.0))
+                        .unwrap_or(i128::MAX);
+                    amount(&used, k).saturating_add(*v) > limit
+                })
                 .copied()
                 .collect();
             if !exceeded.is_empty() {

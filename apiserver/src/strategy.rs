@@ -207,33 +207,6 @@ pub fn default(res: &Resource, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
-                // A pod's requests default to its limits (not a template's: the pods made
-                // from it get this).
-                for list in ["containers", "initContainers"] {
-                    for c in spec
-                        .get_mut(list)
-                        .and_then(Value::as_array_mut)
-                        .into_iter()
-                        .flatten()
-                    {
-                        let Some(limits) = c
-                            .pointer("/resources/limits")
-                            .and_then(Value::as_object)
-                            .cloned()
-                        else {
-                            continue;
-                        };
-                        let r = &mut c["resources"];
-                        if !r.get("requests").is_some_and(Value::is_object) {
-                            r["requests"] = json!({});
-                        }
-                        for (k, v) in limits {
-                            if r["requests"].get(&k).is_none() {
-                                r["requests"][k] = v;
-                            }
-                        }
-                    }
-                }
             }
         }
         "Namespace" => {
@@ -849,6 +822,40 @@ pub fn fold_string_data(obj: &mut Value) {
     }
 }
 
+/// A new pod's container requests default to its limits, as upstream's `SetDefaults_Pod`
+/// (on create only: pods stored before this rule keep their spec, which updates may not
+/// change).
+fn default_requests_from_limits(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec") else {
+        return;
+    };
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c
+                .pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .cloned()
+            else {
+                continue;
+            };
+            let r = &mut c["resources"];
+            if !r.get("requests").is_some_and(Value::is_object) {
+                r["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                if r["requests"].get(&k).is_none() {
+                    r["requests"][k] = v;
+                }
+            }
+        }
+    }
+}
+
 /// Prepares a new object: clears status where the client may not set it, sets generation and
 /// resource-specific initial status.
 pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
@@ -867,6 +874,7 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
     match res.kind {
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
         "Pod" => {
+            default_requests_from_limits(obj);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
             let gated = obj
                 .pointer("/spec/schedulingGates")

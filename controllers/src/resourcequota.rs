@@ -6,7 +6,8 @@
 //! claims (`persistentvolumeclaims`, `requests.storage`, also per storage class) and the object
 //! count of any namespaced resource (`count/<resource>[.<group>]`, and `configmaps`, `secrets`,
 //! `replicationcontrollers`, `resourcequotas` by name). Recomputed when a quota's limits
-//! change, when a pod or service in its namespace frees what it used, and every
+//! change, when a pod or service in its namespace frees what it used, when an object of a
+//! kind it counts is deleted (watched once a quota names the kind), and every
 //! `--resource-quota-sync-period`.
 
 use std::collections::BTreeMap;
@@ -42,6 +43,12 @@ pub struct ResourceQuotaController {
     services: Store<Service>,
     queue: WorkQueue<String>,
     resync: Duration,
+    /// Resources whose deletes requeue the quotas of their namespace: the ones quotas count
+    /// beyond pods and services (claims, ConfigMaps, `count/...`), watched once a quota
+    /// names them.
+    monitored: parking_lot::Mutex<std::collections::HashSet<(String, String)>>,
+    /// Stops the delete monitors.
+    stop: CancellationToken,
 }
 
 impl ResourceQuotaController {
@@ -127,11 +134,20 @@ impl ResourceQuotaController {
             services,
             queue,
             resync,
+            monitored: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            stop: CancellationToken::new(),
         })
     }
 
     /// Runs `workers` sync workers (and the periodic resync) until `token` is cancelled.
     pub async fn run(self: Arc<Self>, workers: usize, token: CancellationToken) {
+        {
+            let (stop, token) = (self.stop.clone(), token.clone());
+            tokio::spawn(async move {
+                token.cancelled().await;
+                stop.cancel();
+            });
+        }
         let resync = {
             let me = self.clone();
             let token = token.clone();
@@ -157,6 +173,59 @@ impl ResourceQuotaController {
         )
         .await;
         let _ = resync.await;
+    }
+
+    /// Requeues the quotas of `ns`.
+    fn requeue(&self, ns: Option<&str>) {
+        for rq in self.quotas.state() {
+            if rq.namespace().as_deref() == ns {
+                self.queue.add(key_of(&rq.metadata));
+            }
+        }
+    }
+
+    /// Watches the deletes of `plural` in `group` (once), as upstream's quota monitor does,
+    /// so that what they free is given back without waiting for the resync.
+    fn monitor(self: &Arc<Self>, plural: &str, group: &str) {
+        if !self
+            .monitored
+            .lock()
+            .insert((group.to_string(), plural.to_string()))
+        {
+            return;
+        }
+        let Some((ar, caps)) = self
+            .resources
+            .preferred
+            .iter()
+            .find(|(ar, _)| ar.plural == plural && ar.group == group)
+        else {
+            return;
+        };
+        if caps.scope != Scope::Namespaced {
+            return;
+        }
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), ar);
+        let me = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::runtime::WatchStreamExt;
+            use kube::runtime::watcher::{self, Event};
+            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+            futures::pin_mut!(stream);
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => match ev {
+                        Some(ev) => ev,
+                        None => return,
+                    },
+                    _ = me.stop.cancelled() => return,
+                };
+                if let Ok(Event::Delete(obj)) = ev {
+                    me.requeue(obj.metadata.namespace.as_deref());
+                }
+            }
+        });
     }
 
     async fn count(
@@ -191,6 +260,22 @@ impl ResourceQuotaController {
         let spec = rq.spec.clone().unwrap_or_default();
         let hard = spec.hard.clone().unwrap_or_default();
         let scoped = scope::is_scoped(&spec);
+        // What the quota counts beyond pods and services is given back on delete.
+        for k in hard.keys() {
+            if usage::tracked_by_claims(k) {
+                self.monitor("persistentvolumeclaims", "");
+            } else if let Some(what) = k.strip_prefix("count/") {
+                let (plural, group) = what.split_once('.').unwrap_or((what, ""));
+                if !(group.is_empty() && matches!(plural, "pods" | "services")) {
+                    self.monitor(plural, group);
+                }
+            } else if matches!(
+                k.as_str(),
+                "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas"
+            ) {
+                self.monitor(k, "");
+            }
+        }
         let now = k8s_openapi::jiff::Timestamp::now();
         let wants = |f: fn(&str) -> bool| hard.keys().any(|k| f(k));
         // What the objects of each kind in the namespace use, for the kinds the quota limits.

@@ -107,8 +107,8 @@ fn cross_namespace_affinity(spec: &PodSpec) -> bool {
 }
 
 /// Whether `pod` meets one requirement. The PriorityClass scope compares the pod's class name
-/// (empty when it has none) with `In`/`NotIn`; `Exists` asks for a class. The other scopes are
-/// properties of the pod.
+/// (empty when it has none) with `In`/`NotIn`; `Exists` asks for a class and `DoesNotExist`
+/// for none. The other scopes are properties of the pod.
 fn pod_meets(r: &Requirement, pod: &Pod) -> bool {
     let default = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&default);
@@ -124,7 +124,7 @@ fn pod_meets(r: &Requirement, pod: &Pod) -> bool {
                 "Exists" => !class.is_empty(),
                 "In" => r.values.iter().any(|v| v == class),
                 "NotIn" => !r.values.iter().any(|v| v == class),
-                // The class name is always a (possibly empty) value, so it always "exists".
+                "DoesNotExist" => class.is_empty(),
                 _ => false,
             }
         }
@@ -177,6 +177,9 @@ mod tests {
         let not_high = spec(json!({"scopeSelector": {"matchExpressions": [
             {"scopeName": "PriorityClass", "operator": "NotIn", "values": ["high"]}]}}));
         assert!(!applies(&not_high, Some(&sized)) && applies(&not_high, Some(&plain)));
+        let no_class = spec(json!({"scopeSelector": {"matchExpressions": [
+            {"scopeName": "PriorityClass", "operator": "DoesNotExist"}]}}));
+        assert!(!applies(&no_class, Some(&sized)) && applies(&no_class, Some(&plain)));
         let any_class = spec(json!({"scopes": ["PriorityClass"]}));
         assert!(applies(&any_class, Some(&sized)) && !applies(&any_class, Some(&plain)));
         let cross = spec(json!({"scopes": ["CrossNamespacePodAffinity"]}));

@@ -216,17 +216,18 @@ pub fn service_usage(svc: &Service) -> Usage {
     u
 }
 
-/// The storage class a claim asks for (the field, else the beta annotation).
+/// The storage class a claim asks for: the beta annotation, else the field (upstream's
+/// precedence).
 pub fn claim_class(pvc: &PersistentVolumeClaim) -> Option<&str> {
-    pvc.spec
+    pvc.metadata
+        .annotations
         .as_ref()
-        .and_then(|s| s.storage_class_name.as_deref())
+        .and_then(|a| a.get("volume.beta.kubernetes.io/storage-class"))
+        .map(String::as_str)
         .or_else(|| {
-            pvc.metadata
-                .annotations
-                .as_ref()?
-                .get("volume.beta.kubernetes.io/storage-class")
-                .map(String::as_str)
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
         })
         .filter(|c| !c.is_empty())
 }

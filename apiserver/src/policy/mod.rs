@@ -246,14 +246,16 @@ pub fn policy_of(obj: &Value) -> Policy {
     };
     let variables = list("variables");
     let names = declared(param_kind.is_some(), !variables.is_empty());
+    // matchConditions run before variables are computed, so they may not use them.
+    let condition_names = declared(param_kind.is_some(), false);
     let compile = |src: &str| expr::compile(src, &names);
-    let named = |items: Vec<Value>| {
+    let named = |items: Vec<Value>, names: &[&str]| {
         items
             .iter()
             .map(|c| {
                 (
                     str_of(c, "name").unwrap_or("").to_string(),
-                    compile(str_of(c, "expression").unwrap_or("")),
+                    expr::compile(str_of(c, "expression").unwrap_or(""), names),
                 )
             })
             .collect()
@@ -265,8 +267,8 @@ pub fn policy_of(obj: &Value) -> Policy {
             .get("matchConstraints")
             .filter(|m| m.is_object())
             .map(matcher_of),
-        conditions: named(list("matchConditions")),
-        variables: named(variables),
+        conditions: named(list("matchConditions"), &condition_names),
+        variables: named(variables, &names),
         validations: list("validations")
             .iter()
             .map(|v| {
@@ -394,6 +396,8 @@ impl Bound {
     /// over `act` (object, oldObject, request, namespaceObject).
     pub fn evaluate(&self, act: &mut Activation, params: Option<&Value>) -> Vec<Decision> {
         let p = &self.policy;
+        // (The activation is shared between policies: no variables of another one.)
+        act.set("variables", ::cel::Value::Null);
         if p.param_kind.is_some() {
             act.set("params", params.map_or(::cel::Value::Null, expr::to_cel));
         }
@@ -412,7 +416,7 @@ impl Bound {
         }
         if !errors.is_empty() {
             return if p.fail_closed {
-                self.failed(&aggregate(errors), "Invalid")
+                self.failed(&crate::admission::aggregate(errors), "Invalid")
             } else {
                 Vec::new()
             };
@@ -462,21 +466,6 @@ impl Bound {
             }
         }
         out
-    }
-}
-
-/// Upstream's aggregate of messages: one as itself, several de-duplicated in `[a, b]`.
-pub fn aggregate(errors: Vec<String>) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    for e in errors {
-        if !seen.contains(&e) {
-            seen.push(e);
-        }
-    }
-    if seen.len() == 1 {
-        seen.remove(0)
-    } else {
-        format!("[{}]", seen.join(", "))
     }
 }
 
@@ -791,7 +780,12 @@ pub fn validate_policy(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    validate_conditions(&conditions, "spec.matchConditions", &names, causes);
+    validate_conditions(
+        &conditions,
+        "spec.matchConditions",
+        &declared(param_kind.is_some(), false),
+        causes,
+    );
     let mut seen = Vec::new();
     for (i, v) in variables.iter().enumerate() {
         let at = format!("spec.variables[{i}]");

@@ -190,6 +190,20 @@ fn objects_are_validated() {
             "spec.validationActions: Invalid value: [\"Deny\", \"Warn\"]: must not contain both Deny and Warn (repeating the same validation failure information in the API response and headers serves no purpose)",
         ]
     );
+    // matchConditions run before variables: they may not use them.
+    let conds = policy(
+        json!({"failurePolicy": "Fail", "matchConstraints": deployments(),
+        "variables": [{"name": "x", "expression": "1"}],
+        "matchConditions": [{"name": "c", "expression": "variables.x == 1"}],
+        "validations": [{"expression": "variables.x == 1"}]}),
+    );
+    let m = msgs(conds, validate_policy);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].contains("spec.matchConditions[0].expression")
+            && m[0].contains("undeclared reference to 'variables'"),
+        "{m:?}"
+    );
     assert_eq!(
         msgs(binding(json!({"policyName": "p"})), validate_binding),
         vec!["spec.validationActions: Required value: at least one validation action is required"]

@@ -199,7 +199,12 @@ impl Webhooks {
     ) -> Arc<Self> {
         let client = Arc::new(client::Client::default());
         Arc::new(Webhooks {
-            source: Source::start(cache, client.clone(), Some(registry.clone()), shutdown),
+            source: Source::start(
+                cache,
+                client.clone(),
+                policies.then(|| registry.clone()),
+                shutdown,
+            ),
             client,
             cache: Some(cache.clone()),
             registry: Some(registry),
@@ -457,7 +462,7 @@ impl Call {
                     return Err(ApiError::forbidden(format!(
                         "{gr} {:?} is forbidden: {}",
                         a.name,
-                        crate::policy::aggregate(errors)
+                        crate::admission::aggregate(errors)
                     ))
                     .with_details(self.res.group, self.res.resource, a.name));
                 }

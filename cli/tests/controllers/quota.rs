@@ -26,7 +26,7 @@ fn quota_and_limit_ranges_charge_and_refuse() {
         "q",
         "-n",
         "team",
-        "--hard=pods=3,requests.cpu=1,limits.memory=1Gi,services=1",
+        "--hard=pods=3,requests.cpu=1,limits.memory=1Gi,services=1,count/secrets=1",
     ]);
     let used = |k: &str| {
         c.ok(&[
@@ -141,6 +141,44 @@ fn quota_and_limit_ranges_charge_and_refuse() {
         ),
         "{err}"
     );
+
+    // Any counted kind is given back when deleted (the controller watches its deletes).
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    let err = c.fails(&[
+        "create",
+        "secret",
+        "generic",
+        "s2",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    assert!(
+        err.contains("exceeded quota: q, requested: count/secrets=1"),
+        "{err}"
+    );
+    c.ok(&["delete", "secret", "s1", "-n", "team"]);
+    eventually(Duration::from_secs(60), "the secret given back", || {
+        c.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "s2",
+            "-n",
+            "team",
+            "--from-literal=a=b",
+        ])
+        .status
+        .success()
+    });
 
     // A delete is given back by the controller; a dry run is checked but not charged.
     c.ok(&["delete", "pod", "c", "-n", "team", "--wait=false"]);
