@@ -34,6 +34,16 @@ use crate::Informers;
 use crate::discovery::Resources;
 use crate::util::{SyncResult, key_of, replace_status, run_workers, split_key};
 
+/// Whether a change frees quota: a delete, or an update `updated` says frees some (a create
+/// was charged by admission already).
+fn frees<K>(c: &Change<'_, K>, updated: impl Fn(&K, &K) -> bool) -> bool {
+    match c {
+        Change::Added(_) => false,
+        Change::Deleted(_) => true,
+        Change::Updated { old, new } => updated(old, new),
+    }
+}
+
 /// The resource quota controller.
 pub struct ResourceQuotaController {
     client: Client,
@@ -94,17 +104,13 @@ impl ResourceQuotaController {
         {
             let f = requeue(queue.clone(), quotas.clone());
             informers.pods().on_change(move |c| {
-                let frees = match c {
-                    Change::Added(_) => false,
-                    Change::Deleted(_) => true,
-                    Change::Updated { old, new } => {
-                        let now = k8s_openapi::jiff::Timestamp::now();
-                        let deadline =
-                            |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);
-                        (usage::pod_charged(old, now) && !usage::pod_charged(new, now))
-                            || deadline(old) != deadline(new)
-                    }
-                };
+                let frees = frees(&c, |old, new| {
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    let deadline =
+                        |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+                    (usage::pod_charged(old, now) && !usage::pod_charged(new, now))
+                        || deadline(old) != deadline(new)
+                });
                 if frees {
                     f(c.object().namespace());
                 }
@@ -113,15 +119,8 @@ impl ResourceQuotaController {
         {
             let f = requeue(queue.clone(), quotas.clone());
             informers.services().on_change(move |c| {
-                let frees = match c {
-                    Change::Added(_) => false,
-                    Change::Deleted(_) => true,
-                    Change::Updated { old, new } => {
-                        let ty = |s: &Service| s.spec.as_ref().and_then(|s| s.type_.clone());
-                        ty(old) != ty(new)
-                    }
-                };
-                if frees {
+                let ty = |s: &Service| s.spec.as_ref().and_then(|s| s.type_.clone());
+                if frees(&c, |old, new| ty(old) != ty(new)) {
                     f(c.object().namespace());
                 }
             });

@@ -325,6 +325,17 @@ pub fn tracked_by_claims(name: &str) -> bool {
         || name.ends_with(".storageclass.storage.k8s.io/persistentvolumeclaims")
 }
 
+/// The quota names of cpu and memory, by request and by limit: what pods must state where a
+/// quota limits them, and what scoped quotas may limit besides `pods`.
+pub const CPU_MEMORY: [&str; 6] = [
+    "cpu",
+    "memory",
+    "requests.cpu",
+    "requests.memory",
+    "limits.cpu",
+    "limits.memory",
+];
+
 /// Whether quota resource `name` is charged by objects of `resource` in `group`.
 pub fn tracked_by(group: &str, resource: &str, name: &str) -> bool {
     match (group, resource) {
@@ -346,17 +357,9 @@ pub fn pod_constraints<'a>(
     restricted: impl IntoIterator<Item = &'a str>,
     pod: &Pod,
 ) -> Result<(), String> {
-    const CHECKED: [&str; 6] = [
-        "cpu",
-        "memory",
-        "requests.cpu",
-        "requests.memory",
-        "limits.cpu",
-        "limits.memory",
-    ];
     let required: Vec<&str> = restricted
         .into_iter()
-        .filter(|r| CHECKED.contains(r))
+        .filter(|r| CPU_MEMORY.contains(r))
         .collect();
     let Some(spec) = pod.spec.as_ref().filter(|_| !required.is_empty()) else {
         return Ok(());

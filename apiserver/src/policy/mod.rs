@@ -194,17 +194,7 @@ fn rules_of(v: Option<&Value>) -> Vec<NamedRule> {
         .into_iter()
         .flatten()
         .map(|r| NamedRule {
-            rule: Rule {
-                operations: string_list(r.get("operations")),
-                groups: string_list(r.get("apiGroups")),
-                versions: string_list(r.get("apiVersions")),
-                resources: string_list(r.get("resources")),
-                scope: r
-                    .get("scope")
-                    .and_then(Value::as_str)
-                    .unwrap_or("*")
-                    .to_string(),
-            },
+            rule: crate::webhook::config::rule_of(r),
             names: string_list(r.get("resourceNames")),
         })
         .collect()

@@ -598,6 +598,21 @@ fn tls_config(ca_bundle: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
+/// One rule as written (`operations`, `apiGroups`, `apiVersions`, `resources`, `scope`).
+pub fn rule_of(r: &Value) -> Rule {
+    Rule {
+        operations: string_list(r.get("operations")),
+        groups: string_list(r.get("apiGroups")),
+        versions: string_list(r.get("apiVersions")),
+        resources: string_list(r.get("resources")),
+        scope: r
+            .get("scope")
+            .and_then(Value::as_str)
+            .unwrap_or("*")
+            .to_string(),
+    }
+}
+
 /// The webhooks of a stored configuration (already defaulted and validated), in order.
 pub fn hooks_of(obj: &Value, kind: Kind) -> Vec<Hook> {
     let config = crate::object::name(obj).to_string();
@@ -652,17 +667,7 @@ pub fn hooks_of(obj: &Value, kind: Kind) -> Vec<Hook> {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|r| Rule {
-                operations: string_list(r.get("operations")),
-                groups: string_list(r.get("apiGroups")),
-                versions: string_list(r.get("apiVersions")),
-                resources: string_list(r.get("resources")),
-                scope: r
-                    .get("scope")
-                    .and_then(Value::as_str)
-                    .unwrap_or("*")
-                    .to_string(),
-            })
+            .map(rule_of)
             .collect();
         out.push(Hook {
             kind,
