@@ -350,6 +350,11 @@ pub fn refusal(res: &Resource, obj: &Value, why: &str) -> ApiError {
     let name = meta("name")
         .or_else(|| meta("generateName"))
         .unwrap_or("Unknown");
+    forbidden_named(res, name, why)
+}
+
+/// `<resource>[.<group>] "<name>" is forbidden: <why>` (403, with details).
+pub fn forbidden_named(res: &Resource, name: &str, why: &str) -> ApiError {
     let gr = if res.group.is_empty() {
         res.resource.to_string()
     } else {

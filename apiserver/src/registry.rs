@@ -638,13 +638,13 @@ impl Registry {
             m.insert("uid".into(), json!(object::new_uid()));
             m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
         }
-        strategy::default(res, &mut obj);
-        strategy::prepare_for_create(res, &mut obj);
+        strategy::default_for_create(res, &mut obj);
+        // The built-in plugins fill in before the strategy prepares (a pod's QoS class counts
+        // what they set).
         if let Some(b) = &w.builtin {
             b.mutate_create(res, ns, &mut obj).await?;
-            // What the plugins filled in counts (a pod's QoS class).
-            strategy::prepare_for_create(res, &mut obj);
         }
+        strategy::prepare_for_create(res, &mut obj);
         if res.resource == "pods" && res.group.is_empty() {
             self.admit_priority(&mut obj).await?;
             if self.service_accounts {
@@ -671,7 +671,7 @@ impl Registry {
                         None => m.remove(f),
                     };
                 }
-                strategy::default(res, &mut obj);
+                strategy::default_for_create(res, &mut obj);
                 strategy::prepare_for_create(res, &mut obj);
             }
         }

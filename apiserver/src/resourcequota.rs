@@ -123,12 +123,17 @@ impl QuotaAdmission {
             .ok_or_else(|| ApiError::internal("resource quota: unknown resource"))?;
         let now = Timestamp::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // A pod is read once: for its usage, its scopes and the "must specify" check.
+        let pod: Option<Pod> = (res.group.is_empty() && res.resource == "pods")
+            .then(|| serde_json::from_value(obj.clone()).ok())
+            .flatten();
         let pending = Pending {
             res,
-            pod: (res.group.is_empty() && res.resource == "pods")
-                .then(|| serde_json::from_value(obj.clone()).ok())
-                .flatten(),
-            usage: usage::usage_of(res.group, res.resource, obj, now),
+            usage: match &pod {
+                Some(p) => usage::pod_usage(p, now),
+                None => usage::usage_of(res.group, res.resource, obj, now),
+            },
+            pod,
             obj: obj.clone(),
             old: old.cloned(),
             dry_run,

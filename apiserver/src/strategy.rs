@@ -822,6 +822,14 @@ pub fn fold_string_data(obj: &mut Value) {
     }
 }
 
+/// The defaults of a new object: [`default`], and a pod's requests from its limits.
+pub fn default_for_create(res: &Resource, obj: &mut Value) {
+    default(res, obj);
+    if res.kind == "Pod" {
+        default_requests_from_limits(obj);
+    }
+}
+
 /// A new pod's container requests default to its limits, as upstream's `SetDefaults_Pod`
 /// (on create only: pods stored before this rule keep their spec, which updates may not
 /// change).
@@ -874,7 +882,6 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
     match res.kind {
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
         "Pod" => {
-            default_requests_from_limits(obj);
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
             let gated = obj
                 .pointer("/spec/schedulingGates")

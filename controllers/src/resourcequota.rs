@@ -34,6 +34,15 @@ use crate::Informers;
 use crate::discovery::Resources;
 use crate::util::{SyncResult, key_of, replace_status, run_workers, split_key};
 
+/// Requeues the quotas of namespace `ns`.
+fn requeue_namespace(quotas: &Store<ResourceQuota>, queue: &WorkQueue<String>, ns: Option<&str>) {
+    for rq in quotas.state() {
+        if rq.namespace().as_deref() == ns {
+            queue.add(key_of(&rq.metadata));
+        }
+    }
+}
+
 /// Whether a change frees quota: a delete, or an update `updated` says frees some (a create
 /// was charged by admission already).
 fn frees<K>(c: &Change<'_, K>, updated: impl Fn(&K, &K) -> bool) -> bool {
@@ -93,13 +102,7 @@ impl ResourceQuotaController {
         // admission charged those already, and a recount from a cache that has not seen them
         // yet would give their charge back.
         let requeue = |q: WorkQueue<String>, quotas: Store<ResourceQuota>| {
-            move |ns: Option<String>| {
-                for rq in quotas.state() {
-                    if rq.namespace() == ns {
-                        q.add(key_of(&rq.metadata));
-                    }
-                }
-            }
+            move |ns: Option<String>| requeue_namespace(&quotas, &q, ns.as_deref())
         };
         {
             let f = requeue(queue.clone(), quotas.clone());
@@ -174,15 +177,6 @@ impl ResourceQuotaController {
         let _ = resync.await;
     }
 
-    /// Requeues the quotas of `ns`.
-    fn requeue(&self, ns: Option<&str>) {
-        for rq in self.quotas.state() {
-            if rq.namespace().as_deref() == ns {
-                self.queue.add(key_of(&rq.metadata));
-            }
-        }
-    }
-
     /// Watches the deletes of `plural` in `group` (once), as upstream's quota monitor does,
     /// so that what they free is given back without waiting for the resync.
     fn monitor(self: &Arc<Self>, plural: &str, group: &str) {
@@ -221,7 +215,7 @@ impl ResourceQuotaController {
                     _ = me.stop.cancelled() => return,
                 };
                 if let Ok(Event::Delete(obj)) = ev {
-                    me.requeue(obj.metadata.namespace.as_deref());
+                    requeue_namespace(&me.quotas, &me.queue, obj.metadata.namespace.as_deref());
                 }
             }
         });

@@ -467,13 +467,8 @@ pub fn refusal(res: &crate::resources::Resource, name: &str, msg: &str, reason: 
         "RequestEntityTooLarge" => (413, "RequestEntityTooLarge"),
         _ => (422, "Invalid"),
     };
-    let gr = if res.group.is_empty() {
-        res.resource.to_string()
-    } else {
-        format!("{}.{}", res.resource, res.group)
-    };
-    let mut e = ApiError::new(code, reason, format!("{gr} {name:?} is forbidden: {msg}"))
-        .with_details(res.group, res.resource, name);
+    let mut e = crate::admission::forbidden_named(res, name, msg);
+    (e.code, e.reason) = (code, reason);
     e.details.causes.push(Cause::new("", "", msg));
     e
 }

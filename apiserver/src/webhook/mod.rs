@@ -122,6 +122,13 @@ impl Source {
         ];
         let me = src.clone();
         let status_writes = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
+        // What the last rebuild was made from: webhooks are rebuilt (and their connections
+        // dropped) only when their configurations change, and policies recompiled only when a
+        // policy (by uid and generation) or a binding changes, not when the server writes a status.
+        let mut last_hooks: Option<(Vec<Value>, Vec<Value>)> = None;
+        // (Each policy by name, uid and generation; the bindings as they are.)
+        type PolicyKey = (Vec<(String, String, i64)>, Vec<Value>);
+        let mut last_policies: Option<PolicyKey> = None;
         tokio::spawn(crate::cache::follow(
             cachers.to_vec(),
             shutdown.clone(),
@@ -133,12 +140,39 @@ impl Source {
                         .map(Arc::new)
                         .collect()
                 };
+                let current = me.current();
+                let hooks_key = (v[0].clone(), v[1].clone());
+                let (mutating, validating) = if last_hooks.as_ref() == Some(&hooks_key) {
+                    (current.mutating.clone(), current.validating.clone())
+                } else {
+                    client.clear();
+                    (build(&v[0], Kind::Mutating), build(&v[1], Kind::Validating))
+                };
+                last_hooks = Some(hooks_key);
+                let policies_key = (
+                    v[2].iter()
+                        .map(|p| {
+                            let g = p.pointer("/metadata/generation").and_then(Value::as_i64);
+                            (
+                                crate::object::name(p).to_string(),
+                                crate::object::meta_str(p, "uid").to_string(),
+                                g.unwrap_or(0),
+                            )
+                        })
+                        .collect(),
+                    v[3].clone(),
+                );
+                let policies = if last_policies.as_ref() == Some(&policies_key) {
+                    current.policies.clone()
+                } else {
+                    crate::policy::bind(&v[2], &v[3])
+                };
+                last_policies = Some(policies_key);
                 *me.hooks.write() = Arc::new(Hooks {
-                    mutating: build(&v[0], Kind::Mutating),
-                    validating: build(&v[1], Kind::Validating),
-                    policies: crate::policy::bind(&v[2], &v[3]),
+                    mutating,
+                    validating,
+                    policies,
                 });
-                client.clear();
                 me.synced.store(true, Ordering::Release);
                 if let Some(r) = &registry {
                     for p in &v[2] {
@@ -454,17 +488,11 @@ impl Call {
             }
             if !errors.is_empty() {
                 if h.fail_closed {
-                    let gr = if self.res.group.is_empty() {
-                        self.res.resource.to_string()
-                    } else {
-                        format!("{}.{}", self.res.resource, self.res.group)
-                    };
-                    return Err(ApiError::forbidden(format!(
-                        "{gr} {:?} is forbidden: {}",
+                    return Err(crate::admission::forbidden_named(
+                        self.res,
                         a.name,
-                        crate::admission::aggregate(errors)
-                    ))
-                    .with_details(self.res.group, self.res.resource, a.name));
+                        &crate::admission::aggregate(errors),
+                    ));
                 }
                 continue;
             }
