@@ -41,7 +41,7 @@ pub struct Config {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub anonymous_auth: bool,
     /// Ordered list of plug-ins to do authorization on secure port: AlwaysAllow, AlwaysDeny,
-    /// Node, RBAC.
+    /// Node, RBAC, Webhook.
     #[arg(long, default_value = "AlwaysAllow")]
     pub authorization_mode: String,
     /// Identifier of the service account token issuer (the `iss` of the tokens it issues);
@@ -92,6 +92,57 @@ pub struct Config {
     /// A CSV file of static bearer tokens (`token,user,uid,"group1,group2"`), for tests.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// Enable to allow secrets of type 'bootstrap.kubernetes.io/token' in the 'kube-system'
+    /// namespace to be used for TLS bootstrapping authentication.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_bootstrap_token_auth: bool,
+    /// File with webhook configuration for token authentication in kubeconfig format. The API
+    /// server will query the remote service to determine authentication for bearer tokens.
+    #[arg(long)]
+    pub authentication_token_webhook_config_file: Option<PathBuf>,
+    /// The duration to cache responses from the webhook token authenticator.
+    #[arg(long, default_value = "2m0s", value_parser = parse_go_duration)]
+    pub authentication_token_webhook_cache_ttl: std::time::Duration,
+    /// The API version of the authentication.k8s.io TokenReview to send to and expect from the
+    /// webhook (v1 or v1beta1).
+    #[arg(long, default_value = "v1")]
+    pub authentication_token_webhook_version: String,
+    /// Root certificate bundle to use to verify client certificates on incoming requests before
+    /// trusting usernames in headers specified by --requestheader-username-headers.
+    #[arg(long)]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// List of client certificate common names to allow to provide usernames in headers
+    /// specified by --requestheader-username-headers. If empty, any client certificate
+    /// validated by the authorities in --requestheader-client-ca-file is allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_allowed_names: Vec<String>,
+    /// List of request headers to inspect for usernames. X-Remote-User is common.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_username_headers: Vec<String>,
+    /// List of request headers to inspect for UIDs. X-Remote-Uid is suggested.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_uid_headers: Vec<String>,
+    /// List of request headers to inspect for groups. X-Remote-Group is suggested.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_group_headers: Vec<String>,
+    /// List of request header prefixes to inspect. X-Remote-Extra- is suggested.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// File with webhook configuration in kubeconfig format, used with
+    /// --authorization-mode=Webhook. The API server will query the remote service to determine
+    /// access on the API server's secure port.
+    #[arg(long)]
+    pub authorization_webhook_config_file: Option<PathBuf>,
+    /// The API version of the authorization.k8s.io SubjectAccessReview to send to and expect
+    /// from the webhook (v1 or v1beta1).
+    #[arg(long, default_value = "v1")]
+    pub authorization_webhook_version: String,
+    /// The duration to cache 'authorized' responses from the webhook authorizer.
+    #[arg(long, default_value = "5m0s", value_parser = parse_go_duration)]
+    pub authorization_webhook_cache_authorized_ttl: std::time::Duration,
+    /// The duration to cache 'unauthorized' responses from the webhook authorizer.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: std::time::Duration,
     /// List of etcd servers to connect with (scheme://ip:port), comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub etcd_servers: Vec<String>,

@@ -25,6 +25,9 @@ pub struct PeerIdentity {
     pub common_name: Option<String>,
     /// Subject Organizations.
     pub organizations: Vec<String>,
+    /// The certificate is an authenticating proxy's (`--requestheader-client-ca-file` and
+    /// `--requestheader-allowed-names`).
+    pub front_proxy: bool,
 }
 
 /// An authenticated user, as `user.Info`.
@@ -204,7 +207,7 @@ pub async fn authenticate(
         .get::<PeerIdentity>()
         .cloned()
         .unwrap_or_default();
-    match cfg.authn.authenticate(&peer, req.headers()).await {
+    match cfg.authn.authenticate(&peer, req.headers_mut()).await {
         Ok(user) => {
             req.extensions_mut().insert(user);
             next.run(req).await
@@ -296,7 +299,9 @@ pub async fn impersonate(
         &cfg.authz,
         req.headers(),
         req.extensions().get::<UserInfo>(),
-    ) {
+    )
+    .await
+    {
         Ok(None) => {}
         Ok(Some(user)) => {
             if let Some(a) = crate::audit::context(&req) {
@@ -326,7 +331,7 @@ const IMPERSONATION_HEADERS: &[&str] =
 const EXTRA_PREFIX: &str = "impersonate-extra-";
 
 /// The user the request impersonates, if it does, each part checked with the `impersonate` verb.
-fn impersonated(
+async fn impersonated(
     authz: &crate::authz::Authorizer,
     headers: &http::HeaderMap,
     requester: Option<&UserInfo>,
@@ -371,64 +376,77 @@ fn impersonated(
             "only one Impersonate-Uid header is allowed",
         ));
     }
-    let check = |verb_target: crate::authz::Attributes| authz.check(&verb_target);
     use crate::authz::Attributes as A;
     match name
         .strip_prefix("system:serviceaccount:")
         .and_then(|r| r.split_once(':'))
     {
-        Some((ns, sa)) => check(A::resource(
-            requester,
-            "impersonate",
-            ns,
-            "",
-            "serviceaccounts",
-            "",
-            sa,
-        ))?,
-        None => check(A::resource(
-            requester,
-            "impersonate",
-            "",
-            "",
-            "users",
-            "",
-            name,
-        ))?,
+        Some((ns, sa)) => {
+            authz
+                .check(&A::resource(
+                    requester,
+                    "impersonate",
+                    ns,
+                    "",
+                    "serviceaccounts",
+                    "",
+                    sa,
+                ))
+                .await?
+        }
+        None => {
+            authz
+                .check(&A::resource(
+                    requester,
+                    "impersonate",
+                    "",
+                    "",
+                    "users",
+                    "",
+                    name,
+                ))
+                .await?
+        }
     }
     for g in &groups {
-        check(A::resource(
-            requester,
-            "impersonate",
-            "",
-            "",
-            "groups",
-            "",
-            g,
-        ))?;
+        authz
+            .check(&A::resource(
+                requester,
+                "impersonate",
+                "",
+                "",
+                "groups",
+                "",
+                g,
+            ))
+            .await?;
     }
     for u in &uid {
-        check(A::resource(
-            requester,
-            "impersonate",
-            "",
-            "authentication.k8s.io",
-            "uids",
-            "",
-            u,
-        ))?;
-    }
-    for (k, vs) in &extra {
-        for v in vs {
-            check(A::resource(
+        authz
+            .check(&A::resource(
                 requester,
                 "impersonate",
                 "",
                 "authentication.k8s.io",
-                "userextras",
-                k,
-                v,
-            ))?;
+                "uids",
+                "",
+                u,
+            ))
+            .await?;
+    }
+    for (k, vs) in &extra {
+        for v in vs {
+            authz
+                .check(&A::resource(
+                    requester,
+                    "impersonate",
+                    "",
+                    "authentication.k8s.io",
+                    "userextras",
+                    k,
+                    v,
+                ))
+                .await?;
         }
     }
     // As upstream: a service account without groups given gets its account groups; anyone
@@ -475,7 +493,7 @@ pub async fn authorize(
     };
     let info = request_info_of(&req);
     let attrs = crate::authz::Attributes::of(user, &info);
-    let decision = cfg.authz.authorize(&attrs);
+    let decision = cfg.authz.authorize(&attrs).await;
     if let Some(a) = crate::audit::context(&req) {
         let (d, reason) = match &decision {
             crate::authz::Decision::Allow(r) => ("allow", r),
@@ -624,27 +642,28 @@ mod tests {
         assert_eq!(watch.await.unwrap().unwrap().status(), 200);
     }
 
-    #[test]
-    fn impersonated_groups_follow_upstream() {
+    #[tokio::test]
+    async fn impersonated_groups_follow_upstream() {
         let authz =
             crate::authz::Authorizer::new(vec![crate::authz::Mode::AlwaysAllow], None, None);
         let admin = UserInfo {
             name: "admin".into(),
             ..Default::default()
         };
-        let as_user = |user: &str, groups: &[&str]| {
+        let as_user = async |user: &str, groups: &[&str]| {
             let mut h = http::HeaderMap::new();
             h.insert("impersonate-user", user.parse().unwrap());
             for g in groups {
                 h.append("impersonate-group", g.parse().unwrap());
             }
             impersonated(&authz, &h, Some(&admin))
+                .await
                 .unwrap()
                 .unwrap()
                 .groups
         };
         assert_eq!(
-            as_user("system:serviceaccount:ns:sa", &[]),
+            as_user("system:serviceaccount:ns:sa", &[]).await,
             [
                 "system:serviceaccounts",
                 "system:serviceaccounts:ns",
@@ -652,18 +671,24 @@ mod tests {
             ]
         );
         assert_eq!(
-            as_user("system:serviceaccount:ns:sa", &["g"]),
+            as_user("system:serviceaccount:ns:sa", &["g"]).await,
             ["g", "system:authenticated"]
         );
-        assert_eq!(as_user("system:anonymous", &[]), ["system:unauthenticated"]);
         assert_eq!(
-            as_user("bob", &["system:unauthenticated"]),
+            as_user("system:anonymous", &[]).await,
+            ["system:unauthenticated"]
+        );
+        assert_eq!(
+            as_user("bob", &["system:unauthenticated"]).await,
             ["system:unauthenticated"]
         );
         let mut h = http::HeaderMap::new();
         h.insert("impersonate-group", "g".parse().unwrap());
         assert_eq!(
-            impersonated(&authz, &h, Some(&admin)).unwrap_err().code,
+            impersonated(&authz, &h, Some(&admin))
+                .await
+                .unwrap_err()
+                .code,
             400
         );
     }

@@ -840,7 +840,7 @@ async fn resource_request(
                 &mut obj,
                 field_validation(&q)?,
             )?;
-            let answer = crate::authz::review::answer(&state.authz, res, ns, &user, obj)?;
+            let answer = crate::authz::review::answer(&state.authz, res, ns, &user, obj).await?;
             Ok(add_warnings(
                 render_object(res, &answer, out, StatusCode::CREATED),
                 &warnings,

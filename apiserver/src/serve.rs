@@ -77,8 +77,79 @@ fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), S
     Ok((cert, key))
 }
 
-/// Builds the rustls server configuration from the flags.
-pub fn tls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
+/// Which authorities vouch for a client certificate: `--client-ca-file` (its subject is the
+/// user) and `--requestheader-client-ca-file` (an authenticating proxy, when its CommonName is
+/// in `--requestheader-allowed-names` or that list is empty).
+#[derive(Clone, Default)]
+pub struct ClientCas {
+    client: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    proxy: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    allowed_names: Vec<String>,
+}
+
+fn roots_of(files: &[(&Path, &str)]) -> Result<rustls::RootCertStore, StartError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (path, flag) in files {
+        for c in load_certs(path)? {
+            roots
+                .add(c)
+                .map_err(|e| StartError(format!("{flag} {}: {e}", path.display())))?;
+        }
+    }
+    Ok(roots)
+}
+
+fn verifier_of(
+    files: &[(&Path, &str)],
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, StartError> {
+    rustls::server::WebPkiClientVerifier::builder(Arc::new(roots_of(files)?))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| StartError(format!("{}: {e}", files[0].1)))
+}
+
+impl ClientCas {
+    /// The identity of a connection whose client presented `chain` (already verified against
+    /// the union of the authorities by the handshake).
+    pub fn identity(&self, chain: &[CertificateDer<'_>]) -> PeerIdentity {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return PeerIdentity::default();
+        };
+        let (user, proxy) = match &self.proxy {
+            // Only the client CA: the handshake verified against it alone.
+            None => (self.client.is_some(), false),
+            Some(p) => {
+                let now = rustls::pki_types::UnixTime::now();
+                let by = |v: &Arc<dyn rustls::server::danger::ClientCertVerifier>| {
+                    v.verify_client_cert(leaf, intermediates, now).is_ok()
+                };
+                (self.client.as_ref().is_some_and(by), by(p))
+            }
+        };
+        let (common_name, organizations) = subject_of(leaf);
+        let front_proxy = proxy
+            && (self.allowed_names.is_empty()
+                || common_name
+                    .as_ref()
+                    .is_some_and(|cn| self.allowed_names.contains(cn)));
+        if user {
+            PeerIdentity {
+                common_name,
+                organizations,
+                front_proxy,
+            }
+        } else {
+            PeerIdentity {
+                front_proxy,
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Builds the rustls server configuration from the flags, and what tells the client
+/// certificates of users and of proxies apart.
+pub fn tls_config(config: &Config) -> Result<(rustls::ServerConfig, ClientCas), StartError> {
     let (cert_path, key_path) = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         (None, None) => self_signed(&config.cert_dir)?,
@@ -90,32 +161,35 @@ pub fn tls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
     };
     let certs = load_certs(&cert_path)?;
     let key = load_key(&key_path)?;
+    let client = config
+        .client_ca_file
+        .as_deref()
+        .map(|p| (p, "--client-ca-file"));
+    let proxy = config
+        .requestheader_client_ca_file
+        .as_deref()
+        .map(|p| (p, "--requestheader-client-ca-file"));
+    let cas = ClientCas {
+        client: client.map(|c| verifier_of(&[c])).transpose()?,
+        proxy: proxy.map(|p| verifier_of(&[p])).transpose()?,
+        allowed_names: config.requestheader_allowed_names.clone(),
+    };
+    let all: Vec<(&Path, &str)> = client.into_iter().chain(proxy).collect();
     let builder = rustls::ServerConfig::builder();
-    let builder = match &config.client_ca_file {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in load_certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| StartError(format!("--client-ca-file {}: {e}", ca.display())))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| StartError(format!("--client-ca-file {}: {e}", ca.display())))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
+    let builder = if all.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(verifier_of(&all)?)
     };
     let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| StartError(format!("--tls-cert-file/--tls-private-key-file: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    Ok((cfg, cas))
 }
 
-/// The identity in a verified client certificate: CN and O of the subject.
-pub fn peer_identity(cert: &CertificateDer<'_>) -> PeerIdentity {
+/// CommonName and Organizations of a certificate's subject.
+fn subject_of(cert: &CertificateDer<'_>) -> (Option<String>, Vec<String>) {
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
         Ok((_, c)) => {
             let subject = c.subject();
@@ -128,12 +202,9 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> PeerIdentity {
                 .iter_organization()
                 .filter_map(|a| a.as_str().ok().map(str::to_string))
                 .collect();
-            PeerIdentity {
-                common_name,
-                organizations,
-            }
+            (common_name, organizations)
         }
-        Err(_) => PeerIdentity::default(),
+        Err(_) => (None, Vec::new()),
     }
 }
 
@@ -308,7 +379,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &config.etcd_prefix,
     )
     .map_err(StartError)?;
-    let tls = Arc::new(tls_config(&config)?);
+    let (tls, client_cas) = tls_config(&config)?;
+    let (tls, client_cas) = (Arc::new(tls), Arc::new(client_cas));
     let advertise = format!(
         "{}:{}",
         config.advertise_address.unwrap_or(config.bind_address),
@@ -343,7 +415,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         }
         false => None,
     };
-    let authz = Arc::new(crate::authz::Authorizer::new(modes, rbac, node));
+    let webhook_mode = modes.contains(&crate::authz::Mode::Webhook);
+    let mut authz = crate::authz::Authorizer::new(modes, rbac, node);
+    match (&config.authorization_webhook_config_file, webhook_mode) {
+        (Some(file), true) => {
+            authz = authz.with_webhook(
+                crate::authz::webhook::WebhookAuthorizer::new(
+                    file,
+                    &config.authorization_webhook_version,
+                    config.authorization_webhook_cache_authorized_ttl,
+                    config.authorization_webhook_cache_unauthorized_ttl,
+                )
+                .map_err(StartError)?,
+            );
+        }
+        (None, true) => {
+            return Err(StartError(
+                "--authorization-mode=Webhook needs --authorization-webhook-config-file".into(),
+            ));
+        }
+        (Some(_), false) => {
+            return Err(StartError(
+                "--authorization-webhook-config-file is only used with --authorization-mode=...,Webhook"
+                    .into(),
+            ));
+        }
+        (None, false) => {}
+    }
+    let authz = Arc::new(authz);
     let webhooks =
         (admission.mutating_webhook || admission.validating_webhook || admission.validating_policy)
             .then(|| {
@@ -400,12 +499,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             Some(Arc::new(Semaphore::new(n)))
         }
     };
-    let authn = Arc::new(crate::authn::Authenticator::new(
+    let mut authn = crate::authn::Authenticator::new(
         config.anonymous_auth,
         tokens,
         sa_validator,
         Some((state.registry.clone(), state.cache.clone())),
-    ));
+    );
+    if config.enable_bootstrap_token_auth {
+        authn = authn.with_bootstrap_tokens();
+    }
+    if config.requestheader_client_ca_file.is_some() {
+        authn = authn.with_request_header(crate::authn::requestheader::RequestHeader {
+            username: config.requestheader_username_headers.clone(),
+            uid: config.requestheader_uid_headers.clone(),
+            group: config.requestheader_group_headers.clone(),
+            extra_prefixes: config.requestheader_extra_headers_prefix.clone(),
+        });
+    }
+    if let Some(file) = &config.authentication_token_webhook_config_file {
+        authn = authn.with_webhook(
+            crate::authn::webhook::TokenWebhook::new(
+                file,
+                &config.authentication_token_webhook_version,
+                config.authentication_token_webhook_cache_ttl,
+                crate::authn::api_audiences(&config),
+            )
+            .map_err(StartError)?,
+        );
+    }
+    let authn = Arc::new(authn);
     let audit = match (&config.audit_policy_file, &config.audit_log_path) {
         (Some(policy), Some(path)) => {
             let text = std::fs::read_to_string(policy).map_err(|e| {
@@ -470,6 +592,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let client_cas = client_cas.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -490,8 +613,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|c| c.first())
-                .map(peer_identity)
+                .map(|c| client_cas.identity(c))
                 .unwrap_or_default();
             let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(identity.clone());

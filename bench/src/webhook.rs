@@ -193,6 +193,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
                 "127.0.0.1",
                 &tls,
                 "/validate?timeout=10s",
+                None,
                 bytes::Bytes::from(review.clone()),
             )
             .await

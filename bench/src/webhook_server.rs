@@ -17,7 +17,8 @@ pub struct WebhookServer {
     pub port: u16,
     /// Its CA, base64-encoded PEM, as `clientConfig.caBundle` takes it.
     pub ca_bundle: String,
-    /// Every review received, as `{"path": ..., "review": ...}`, when recording.
+    /// Every review received, as `{"path": ..., "review": ..., "authorization": ...}` (the
+    /// Authorization header, null without one), when recording.
     pub seen: Arc<Mutex<Vec<Value>>>,
     /// TLS connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
@@ -95,19 +96,24 @@ pub async fn start(answer: Answer, names: &[&str], record: bool) -> anyhow::Resu
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
                         let (log, answer) = (log.clone(), answer.clone());
                         async move {
                             use http_body_util::BodyExt as _;
                             let path = req.uri().path().to_string();
+                            let authorization = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
                             let body = req.into_body().collect().await?.to_bytes();
                             let review: Value =
                                 serde_json::from_slice(&body).unwrap_or(Value::Null);
                             if let Some(log) = &log {
                                 log.lock()
                                     .unwrap_or_else(|e| e.into_inner())
-                                    .push(json!({"path": path, "review": review}));
+                                    .push(json!({"path": path, "review": review, "authorization": authorization}));
                             }
                             let (delay, out) = answer(&path, &review);
                             if !delay.is_zero() {
@@ -117,7 +123,8 @@ pub async fn start(answer: Answer, names: &[&str], record: bool) -> anyhow::Resu
                                 bytes::Bytes::from(serde_json::to_vec(&out).unwrap_or_default()),
                             )))
                         }
-                    });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;

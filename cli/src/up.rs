@@ -986,7 +986,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     stop_all(&mut procs).await;
                     return Ok(());
                 }
-                if let Some(status) = p.exited() {
+                if st == 2 {
+                    // What runs on the apiservers is restarted when it exits, as it is once
+                    // the cluster is up: a scheduler or controller-manager exits when it loses
+                    // its lease, which a slow start can cause.
+                    p.check(&exe);
+                } else if let Some(status) = p.exited() {
                     failure = Some(format!("{} exited ({status})", p.name));
                     break;
                 }
@@ -1037,12 +1042,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     // Pods run as a ServiceAccount (the admission plugin refuses them otherwise): ready means
     // the controller-manager has made `default/default`.
     if cms > 0 {
-        let ready = tokio::select! {
-            r = default_account_ready(&kubeconfig, Duration::from_secs(60)) => r,
-            _ = shutdown.cancelled() => {
-                stop_all(&mut procs).await;
-                return Ok(());
+        let ready = supervising(&mut procs, &exe, async {
+            tokio::select! {
+                r = default_account_ready(&kubeconfig, Duration::from_secs(60)) => Some(r),
+                _ = shutdown.cancelled() => None,
             }
+        })
+        .await;
+        let Some(ready) = ready else {
+            stop_all(&mut procs).await;
+            return Ok(());
         };
         if !ready {
             stop_all(&mut procs).await;
@@ -1052,10 +1061,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         }
     }
     if dns_replicas > 0
-        && let Err(e) = crate::cluster_dns::publish_when_ready(
-            &kubeconfig,
-            dns_replicas,
-            Duration::from_secs(60),
+        && let Err(e) = supervising(
+            &mut procs,
+            &exe,
+            crate::cluster_dns::publish_when_ready(
+                &kubeconfig,
+                dns_replicas,
+                Duration::from_secs(60),
+            ),
         )
         .await
     {
@@ -1123,6 +1136,26 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         crate::cluster_dns::teardown(dns_replicas).await;
     }
     Ok(())
+}
+
+/// Awaits `fut` while restarting the components that exit.
+async fn supervising<T>(
+    procs: &mut [Supervised],
+    exe: &std::path::Path,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tick.tick() => {
+                for p in procs.iter_mut() {
+                    p.check(exe);
+                }
+            }
+        }
+    }
 }
 
 /// SIGTERM to every component, then up to 15 s each (nodes give their pods up to 8 s) before

@@ -1,10 +1,17 @@
-//! Authentication, as kube-apiserver's union of authenticators, asked in order: the client
-//! certificate (CN = user, O = groups), a static token file (`--token-auth-file`),
-//! service-account tokens, then anonymous when `--anonymous-auth` allows it. A bearer token
-//! that no authenticator accepts is a 401, never anonymous.
+//! Authentication, as kube-apiserver's union of authenticators, asked in order: the
+//! authenticating proxy's headers (`--requestheader-*`, for a client with a proxy
+//! certificate), the client certificate (CN = user, O = groups), then for a bearer token the
+//! static token file (`--token-auth-file`), service-account tokens, bootstrap tokens
+//! (`--enable-bootstrap-token-auth`) and the token webhook
+//! (`--authentication-token-webhook-config-file`), the first that accepts it winning; then
+//! anonymous when `--anonymous-auth` allows it. A bearer token that no authenticator accepts is a
+//! 401, never anonymous. Every authenticated user is in `system:authenticated`.
 
+pub mod bootstrap;
 pub mod jwt;
+pub mod requestheader;
 pub mod serviceaccount;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,14 +23,22 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::filters::{PeerIdentity, UserInfo};
 use crate::registry::Registry;
+use requestheader::RequestHeader;
 use serviceaccount::{TokenIssuer, TokenValidator};
+use webhook::TokenWebhook;
+
+/// The group of every authenticated user.
+pub const AUTHENTICATED: &str = "system:authenticated";
 
 /// The authenticators.
 pub struct Authenticator {
     anonymous: bool,
     tokens: HashMap<String, UserInfo>,
     service_accounts: Option<TokenValidator>,
-    /// For service-account lookups.
+    bootstrap_tokens: bool,
+    request_header: Option<RequestHeader>,
+    webhook: Option<TokenWebhook>,
+    /// For service-account and bootstrap-token lookups.
     registry: Option<(Registry, Arc<crate::cache::Cache>)>,
 }
 
@@ -58,7 +73,7 @@ pub fn read_token_file(path: &Path) -> Result<HashMap<String, UserInfo>, String>
                 i + 1
             ));
         }
-        let mut groups: Vec<String> = fields
+        let groups: Vec<String> = fields
             .get(3)
             .map(|g| {
                 g.split(',')
@@ -68,7 +83,6 @@ pub fn read_token_file(path: &Path) -> Result<HashMap<String, UserInfo>, String>
                     .collect()
             })
             .unwrap_or_default();
-        groups.push("system:authenticated".into());
         out.insert(
             fields[0].clone(),
             UserInfo {
@@ -84,6 +98,15 @@ pub fn read_token_file(path: &Path) -> Result<HashMap<String, UserInfo>, String>
 
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// `--api-audiences`, by default the service-account issuers (as upstream).
+pub fn api_audiences(config: &Config) -> Vec<String> {
+    if config.api_audiences.is_empty() {
+        config.service_account_issuer.clone()
+    } else {
+        config.api_audiences.clone()
+    }
 }
 
 /// The token issuer and validator of the service-account flags: `(issuer, validator)`, either
@@ -102,11 +125,7 @@ pub fn service_accounts(
         }
         return Ok((None, None));
     }
-    let audiences = if config.api_audiences.is_empty() {
-        issuers.clone()
-    } else {
-        config.api_audiences.clone()
-    };
+    let audiences = api_audiences(config);
     let issuer = match signing {
         Some(p) => Some(TokenIssuer {
             key: jwt::SigningKey::from_pem(&read(p, "--service-account-signing-key-file")?)
@@ -159,6 +178,9 @@ impl Authenticator {
             anonymous,
             tokens,
             service_accounts,
+            bootstrap_tokens: false,
+            request_header: None,
+            webhook: None,
             registry,
         }
     }
@@ -168,18 +190,54 @@ impl Authenticator {
         Self::new(anonymous, HashMap::new(), None, None)
     }
 
-    /// The user of a request, or why there is none.
+    /// Also accepts bootstrap tokens.
+    pub fn with_bootstrap_tokens(mut self) -> Self {
+        self.bootstrap_tokens = true;
+        self
+    }
+
+    /// Also accepts the users an authenticating proxy names.
+    pub fn with_request_header(mut self, rh: RequestHeader) -> Self {
+        self.request_header = Some(rh);
+        self
+    }
+
+    /// Also asks a token webhook.
+    pub fn with_webhook(mut self, w: TokenWebhook) -> Self {
+        self.webhook = Some(w);
+        self
+    }
+
+    /// The user of a request, or why there is none. The credentials that authenticated it
+    /// (the Authorization header, the proxy's headers) are removed from `headers`, as upstream.
     pub async fn authenticate(
         &self,
         peer: &PeerIdentity,
-        headers: &HeaderMap,
+        headers: &mut HeaderMap,
     ) -> Result<UserInfo, Unauthenticated> {
+        let mut user = self.find(peer, headers).await?;
+        if user.name != ANONYMOUS && !user.groups.iter().any(|g| g == AUTHENTICATED) {
+            user.groups.push(AUTHENTICATED.into());
+        }
+        Ok(user)
+    }
+
+    async fn find(
+        &self,
+        peer: &PeerIdentity,
+        headers: &mut HeaderMap,
+    ) -> Result<UserInfo, Unauthenticated> {
+        if let Some(rh) = &self.request_header
+            && peer.front_proxy
+            && let Some(u) = rh.user(headers)
+        {
+            rh.clear(headers);
+            return Ok(u);
+        }
         if let Some(cn) = peer.common_name.as_ref().filter(|c| !c.is_empty()) {
-            let mut groups = peer.organizations.clone();
-            groups.push("system:authenticated".into());
             return Ok(UserInfo {
                 name: cn.clone(),
-                groups,
+                groups: peer.organizations.clone(),
                 ..Default::default()
             });
         }
@@ -190,26 +248,68 @@ impl Authenticator {
                 let (scheme, token) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
         if let Some(token) = bearer {
-            if let Some(u) = self.tokens.get(token) {
-                return Ok(u.clone());
-            }
-            if let Some(v) = &self.service_accounts
-                && TokenValidator::is_jwt(token)
-            {
-                return self.service_account(v, token).await;
-            }
-            return Err(Unauthenticated("invalid bearer token".into()));
+            let user = self.token(&token).await?;
+            headers.remove(http::header::AUTHORIZATION);
+            return Ok(user);
         }
         if self.anonymous {
             return Ok(UserInfo {
-                name: "system:anonymous".into(),
+                name: ANONYMOUS.into(),
                 groups: vec!["system:unauthenticated".into()],
                 ..Default::default()
             });
         }
         Err(Unauthenticated("no credentials".into()))
+    }
+
+    /// The token authenticators in upstream's order; the first that accepts the token wins.
+    async fn token(&self, token: &str) -> Result<UserInfo, Unauthenticated> {
+        if let Some(u) = self.tokens.get(token) {
+            return Ok(u.clone());
+        }
+        let mut why = Vec::new();
+        if let Some(v) = &self.service_accounts
+            && TokenValidator::is_jwt(token)
+        {
+            match self.service_account(v, token).await {
+                Ok(u) => return Ok(u),
+                Err(e) => why.push(e.0),
+            }
+        }
+        if self.bootstrap_tokens
+            && let Some((id, secret)) = bootstrap::parse(token)
+        {
+            let s = match &self.registry {
+                Some((registry, cache)) => {
+                    lookup(
+                        registry,
+                        cache,
+                        "secrets",
+                        bootstrap::NAMESPACE,
+                        &bootstrap::secret_name(id),
+                    )
+                    .await
+                }
+                None => None,
+            };
+            match bootstrap::user_of(s.as_ref(), id, secret, jiff::Timestamp::now()) {
+                Ok(u) => return Ok(u),
+                Err(e) => why.push(e),
+            }
+        }
+        if let Some(w) = &self.webhook {
+            match w.authenticate(token).await {
+                Ok(u) => return Ok(u),
+                Err(e) => why.push(e),
+            }
+        }
+        if why.is_empty() {
+            why.push("invalid bearer token".into());
+        }
+        Err(Unauthenticated(why.join("; ")))
     }
 
     async fn service_account(
@@ -248,6 +348,9 @@ impl Authenticator {
     }
 }
 
+/// The anonymous user.
+pub const ANONYMOUS: &str = "system:anonymous";
+
 /// An object from the watch cache, or from the store when the cache does not have it (yet).
 pub async fn lookup(
     registry: &Registry,
@@ -274,7 +377,7 @@ mod tests {
         std::fs::write(&p, "# comment\nabc,alice,1,\"devs,ops\"\ndef,bob,2\n").unwrap();
         let t = read_token_file(&p).unwrap();
         assert_eq!(t["abc"].name, "alice");
-        assert_eq!(t["abc"].groups, ["devs", "ops", "system:authenticated"]);
+        assert_eq!(t["abc"].groups, ["devs", "ops"]);
         assert_eq!(t["def"].uid, "2");
         std::fs::write(&p, "onlytoken\n").unwrap();
         assert!(read_token_file(&p).unwrap_err().contains("line 1"));
@@ -297,25 +400,73 @@ mod tests {
             m
         };
         let none = PeerIdentity::default();
+        let mut good = h("Bearer good");
+        let alice = a.authenticate(&none, &mut good).await.unwrap();
         assert_eq!(
-            a.authenticate(&none, &h("Bearer good")).await.unwrap().name,
-            "alice"
+            (alice.name.as_str(), alice.groups.as_slice()),
+            ("alice", ["system:authenticated".to_string()].as_slice())
         );
-        assert!(a.authenticate(&none, &h("Bearer bad")).await.is_err());
+        assert!(good.is_empty(), "the token is not passed on");
+        let mut bad = h("Bearer bad");
+        assert!(a.authenticate(&none, &mut bad).await.is_err());
+        assert_eq!(bad.len(), 1);
+        let anon = a.authenticate(&none, &mut HeaderMap::new()).await.unwrap();
         assert_eq!(
-            a.authenticate(&none, &HeaderMap::new()).await.unwrap().name,
-            "system:anonymous"
+            (anon.name.as_str(), anon.groups.as_slice()),
+            (
+                "system:anonymous",
+                ["system:unauthenticated".to_string()].as_slice()
+            )
         );
         let cert = PeerIdentity {
             common_name: Some("carol".into()),
             organizations: vec!["g".into()],
+            front_proxy: false,
         };
         assert_eq!(
-            a.authenticate(&cert, &h("Bearer bad"))
+            a.authenticate(&cert, &mut h("Bearer bad"))
                 .await
                 .unwrap()
                 .groups,
             ["g", "system:authenticated"]
         );
+    }
+
+    #[tokio::test]
+    async fn proxies_speak_for_users_only_with_a_proxy_certificate() {
+        let a = Authenticator::certificates_only(false).with_request_header(RequestHeader {
+            username: vec!["X-Remote-User".into()],
+            group: vec!["X-Remote-Group".into()],
+            ..Default::default()
+        });
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", "dave".parse().unwrap());
+        h.insert("x-remote-group", "devs".parse().unwrap());
+        // A client certificate of the client CA is its own user; the headers stay.
+        let client = PeerIdentity {
+            common_name: Some("carol".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            a.authenticate(&client, &mut h.clone()).await.unwrap().name,
+            "carol"
+        );
+        // Without a certificate the headers mean nothing.
+        assert!(
+            a.authenticate(&PeerIdentity::default(), &mut h.clone())
+                .await
+                .is_err()
+        );
+        let proxy = PeerIdentity {
+            front_proxy: true,
+            ..Default::default()
+        };
+        let mut sent = h.clone();
+        let u = a.authenticate(&proxy, &mut sent).await.unwrap();
+        assert_eq!(u.name, "dave");
+        assert_eq!(u.groups, ["devs", "system:authenticated"]);
+        assert!(sent.is_empty());
+        // A proxy that names nobody is not a user itself.
+        assert!(a.authenticate(&proxy, &mut HeaderMap::new()).await.is_err());
     }
 }

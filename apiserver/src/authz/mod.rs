@@ -1,6 +1,6 @@
 //! Authorization, as kube-apiserver's `--authorization-mode`: an ordered list of authorizers
 //! asked in turn until one allows or denies; members of `system:masters` are allowed before any
-//! of them. Modes: `AlwaysAllow`, `AlwaysDeny`, `RBAC`.
+//! of them. Modes: `AlwaysAllow`, `AlwaysDeny`, `Node`, `RBAC`, `Webhook`.
 //!
 //! Also here: impersonation (`Impersonate-*` headers, each checked with the `impersonate` verb),
 //! the access reviews (`kubectl auth can-i`, `kubectl auth whoami`), RBAC's escalation check on
@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod node;
 pub mod rbac;
 pub mod review;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,6 +164,8 @@ pub enum Mode {
     Rbac,
     /// Kubelets: what their pods use, their own lease, the `system:node` rules.
     Node,
+    /// A SubjectAccessReview webhook.
+    Webhook,
 }
 
 /// The RBAC objects as the authorizer sees them, rebuilt from the watch caches on every change.
@@ -244,6 +247,7 @@ pub struct Authorizer {
     modes: Vec<Mode>,
     rbac: Option<Arc<RbacSource>>,
     node: Option<Arc<node::NodeAuthorizer>>,
+    webhook: Option<Arc<webhook::WebhookAuthorizer>>,
 }
 
 /// The rules a user has in a namespace (`SelfSubjectRulesReview`).
@@ -268,15 +272,16 @@ impl Authorizer {
                 "AlwaysDeny" => Mode::AlwaysDeny,
                 "RBAC" => Mode::Rbac,
                 "Node" => Mode::Node,
-                "ABAC" | "Webhook" => {
+                "Webhook" => Mode::Webhook,
+                "ABAC" => {
                     return Err(format!(
-                        "--authorization-mode: {m} is not available in this build (AlwaysAllow, AlwaysDeny, Node and RBAC are)"
+                        "--authorization-mode: {m} is not available in this build (AlwaysAllow, AlwaysDeny, Node, RBAC and Webhook are)"
                     ));
                 }
                 "" => return Err("--authorization-mode: an empty mode".into()),
                 other => {
                     return Err(format!(
-                        "--authorization-mode: unknown mode {other:?} (AlwaysAllow, AlwaysDeny, Node, RBAC)"
+                        "--authorization-mode: unknown mode {other:?} (AlwaysAllow, AlwaysDeny, Node, RBAC, Webhook)"
                     ));
                 }
             };
@@ -295,7 +300,18 @@ impl Authorizer {
         rbac: Option<Arc<RbacSource>>,
         node: Option<Arc<node::NodeAuthorizer>>,
     ) -> Self {
-        Authorizer { modes, rbac, node }
+        Authorizer {
+            modes,
+            rbac,
+            node,
+            webhook: None,
+        }
+    }
+
+    /// Asks `w` where the modes say `Webhook`.
+    pub fn with_webhook(mut self, w: webhook::WebhookAuthorizer) -> Self {
+        self.webhook = Some(Arc::new(w));
+        self
     }
 
     /// Whether RBAC is one of the modes.
@@ -309,39 +325,73 @@ impl Authorizer {
     }
 
     /// Asks each authorizer in turn.
-    pub fn authorize(&self, a: &Attributes) -> Decision {
+    pub async fn authorize(&self, a: &Attributes<'_>) -> Decision {
         if a.user.groups.iter().any(|g| g == MASTERS) {
             return Decision::Allow(String::new());
         }
         let mut reasons = Vec::new();
         for m in &self.modes {
-            match m {
-                Mode::AlwaysAllow => return Decision::Allow(String::new()),
-                Mode::AlwaysDeny => {
-                    return Decision::Deny("Everything is forbidden.".into());
-                }
-                Mode::Rbac => {
-                    let Some(src) = &self.rbac else { continue };
-                    if let Some(g) = src.policy().allowed_by(a) {
-                        return Decision::Allow(format!("RBAC: allowed by {}", g.source));
-                    }
-                    if !src.synced() {
-                        reasons.push("RBAC: the policy is not loaded yet".to_string());
+            if *m == Mode::Webhook {
+                if let Some(w) = &self.webhook {
+                    match w.authorize(a).await {
+                        d @ (Decision::Allow(_) | Decision::Deny(_)) => return d,
+                        Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
+                        Decision::NoOpinion(_) => {}
                     }
                 }
-                Mode::Node => match self.node.as_ref().map(|n| n.authorize(a)) {
-                    Some(d @ (Decision::Allow(_) | Decision::Deny(_))) => return d,
-                    Some(Decision::NoOpinion(r)) if !r.is_empty() => reasons.push(r),
-                    _ => {}
-                },
+            } else if let Some(d) = self.ask_local(*m, a, &mut reasons) {
+                return d;
             }
         }
         Decision::NoOpinion(reasons.join("\n"))
     }
 
+    /// Asks the authorizers that answer without a round trip (all but the webhook), for the
+    /// checks made inside a write.
+    pub fn authorize_local(&self, a: &Attributes<'_>) -> Decision {
+        if a.user.groups.iter().any(|g| g == MASTERS) {
+            return Decision::Allow(String::new());
+        }
+        let mut reasons = Vec::new();
+        for m in &self.modes {
+            if let Some(d) = self.ask_local(*m, a, &mut reasons) {
+                return d;
+            }
+        }
+        Decision::NoOpinion(reasons.join("\n"))
+    }
+
+    /// The answer of one in-process authorizer, when it has one that ends the search; its
+    /// reason for having none is added to `reasons`.
+    fn ask_local(&self, m: Mode, a: &Attributes, reasons: &mut Vec<String>) -> Option<Decision> {
+        match m {
+            Mode::AlwaysAllow => Some(Decision::Allow(String::new())),
+            Mode::AlwaysDeny => Some(Decision::Deny("Everything is forbidden.".into())),
+            Mode::Rbac => {
+                let src = self.rbac.as_ref()?;
+                if let Some(g) = src.policy().allowed_by(a) {
+                    return Some(Decision::Allow(format!("RBAC: allowed by {}", g.source)));
+                }
+                if !src.synced() {
+                    reasons.push("RBAC: the policy is not loaded yet".to_string());
+                }
+                None
+            }
+            Mode::Node => match self.node.as_ref().map(|n| n.authorize(a)) {
+                Some(d @ (Decision::Allow(_) | Decision::Deny(_))) => Some(d),
+                Some(Decision::NoOpinion(r)) if !r.is_empty() => {
+                    reasons.push(r);
+                    None
+                }
+                _ => None,
+            },
+            Mode::Webhook => None,
+        }
+    }
+
     /// Allowed, or the 403 for the request.
-    pub fn check(&self, a: &Attributes) -> ApiResult<()> {
-        match self.authorize(a) {
+    pub async fn check(&self, a: &Attributes<'_>) -> ApiResult<()> {
+        match self.authorize(a).await {
             Decision::Allow(_) => Ok(()),
             Decision::Deny(r) | Decision::NoOpinion(r) => Err(a.forbidden(&r)),
         }
@@ -385,6 +435,8 @@ impl Authorizer {
                 }
                 // The Node authorizer's answers depend on the object: it cannot list rules.
                 Mode::Node => out.incomplete |= node::node_name(user).is_some(),
+                // Nor can a webhook, as upstream's.
+                Mode::Webhook => out.incomplete = true,
             }
         }
         out
@@ -393,7 +445,8 @@ impl Authorizer {
     /// RBAC's escalation check on a write of a role or binding by `user`: a role may only
     /// carry permissions its writer has (or the writer may `escalate` roles); a binding may only
     /// bind a role whose permissions the writer has (or the writer may `bind` that role). No
-    /// check without RBAC, as upstream.
+    /// check without RBAC, as upstream. `escalate` and `bind` are asked of the in-process
+    /// authorizers only: this runs inside the write, where the webhook is not asked.
     pub fn confirm_no_escalation(
         &self,
         user: &UserInfo,
@@ -423,7 +476,7 @@ impl Authorizer {
                     "",
                     name,
                 );
-                if self.check(&may).is_ok() {
+                if matches!(self.authorize_local(&may), Decision::Allow(_)) {
                     return Ok(());
                 }
                 let mut rules = rbac::rules_of(obj);
@@ -470,7 +523,7 @@ impl Authorizer {
                     "",
                     role,
                 );
-                if self.check(&may).is_ok() {
+                if matches!(self.authorize_local(&may), Decision::Allow(_)) {
                     return Ok(());
                 }
                 let rules = if role_kind == "Role" {

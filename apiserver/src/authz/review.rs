@@ -50,7 +50,7 @@ fn subject(spec: &Value) -> UserInfo {
 }
 
 /// Answers a review created by `requester` (already decoded and checked against its schema).
-pub fn answer(
+pub async fn answer(
     authz: &Authorizer,
     res: &Resource,
     namespace: &str,
@@ -134,30 +134,38 @@ pub fn answer(
                 obj["metadata"]["namespace"] = json!(namespace);
             }
             let decision = match (&ra, nra) {
-                (Some(ra), _) => authz.authorize(&Attributes {
-                    user: &user,
-                    verb: str_at(ra, "/verb"),
-                    namespace: str_at(ra, "/namespace"),
-                    api_group: str_at(ra, "/group"),
-                    api_version: str_at(ra, "/version"),
-                    resource: str_at(ra, "/resource"),
-                    subresource: str_at(ra, "/subresource"),
-                    name: str_at(ra, "/name"),
-                    path: "",
-                    resource_request: true,
-                }),
-                (None, Some(nra)) => authz.authorize(&Attributes {
-                    user: &user,
-                    verb: str_at(nra, "/verb"),
-                    namespace: "",
-                    api_group: "",
-                    api_version: "",
-                    resource: "",
-                    subresource: "",
-                    name: "",
-                    path: str_at(nra, "/path"),
-                    resource_request: false,
-                }),
+                (Some(ra), _) => {
+                    authz
+                        .authorize(&Attributes {
+                            user: &user,
+                            verb: str_at(ra, "/verb"),
+                            namespace: str_at(ra, "/namespace"),
+                            api_group: str_at(ra, "/group"),
+                            api_version: str_at(ra, "/version"),
+                            resource: str_at(ra, "/resource"),
+                            subresource: str_at(ra, "/subresource"),
+                            name: str_at(ra, "/name"),
+                            path: "",
+                            resource_request: true,
+                        })
+                        .await
+                }
+                (None, Some(nra)) => {
+                    authz
+                        .authorize(&Attributes {
+                            user: &user,
+                            verb: str_at(nra, "/verb"),
+                            namespace: "",
+                            api_group: "",
+                            api_version: "",
+                            resource: "",
+                            subresource: "",
+                            name: "",
+                            path: str_at(nra, "/path"),
+                            resource_request: false,
+                        })
+                        .await
+                }
                 (None, None) => unreachable!("exactly one of the attributes was checked above"),
             };
             let mut status = serde_json::Map::new();
@@ -212,8 +220,8 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn access_reviews_answer_for_the_requester_or_the_subject() {
+    #[tokio::test]
+    async fn access_reviews_answer_for_the_requester_or_the_subject() {
         let a = authz();
         let dev = UserInfo {
             name: "dana".into(),
@@ -231,6 +239,7 @@ mod tests {
             &dev,
             ssar("list", "dev"),
         )
+        .await
         .unwrap();
         assert_eq!(r["status"]["allowed"], true);
         assert_eq!(
@@ -244,6 +253,7 @@ mod tests {
             &dev,
             ssar("delete", "dev"),
         )
+        .await
         .unwrap();
         assert_eq!(r["status"], json!({"allowed": false}));
         let r = answer(
@@ -253,6 +263,7 @@ mod tests {
             &dev,
             ssar("list", "prod"),
         )
+        .await
         .unwrap();
         assert_eq!(r["status"]["allowed"], false);
 
@@ -262,16 +273,23 @@ mod tests {
             json!({"kind": "SubjectAccessReview", "spec": {"user": "x", "groups": [group],
             "nonResourceAttributes": {"path": "/version", "verb": "get"}}})
         };
-        let r = answer(&a, res("subjectaccessreviews"), "", &dev, sar("ops")).unwrap();
+        let r = answer(&a, res("subjectaccessreviews"), "", &dev, sar("ops"))
+            .await
+            .unwrap();
         assert_eq!(r["status"]["allowed"], true);
-        let r = answer(&a, res("subjectaccessreviews"), "", &dev, sar("devs")).unwrap();
+        let r = answer(&a, res("subjectaccessreviews"), "", &dev, sar("devs"))
+            .await
+            .unwrap();
         assert_eq!(r["status"]["allowed"], false);
         let empty = json!({"kind": "SubjectAccessReview", "spec": {"nonResourceAttributes": {"path": "/", "verb": "get"}}});
-        let e = answer(&a, res("subjectaccessreviews"), "", &dev, empty).unwrap_err();
+        let e = answer(&a, res("subjectaccessreviews"), "", &dev, empty)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, 422);
         let both = json!({"kind": "SelfSubjectAccessReview", "spec": {"resourceAttributes": {}, "nonResourceAttributes": {}}});
         assert_eq!(
             answer(&a, res("selfsubjectaccessreviews"), "", &dev, both)
+                .await
                 .unwrap_err()
                 .code,
             422
@@ -282,7 +300,9 @@ mod tests {
             json!({"kind": "LocalSubjectAccessReview", "metadata": {"namespace": "dev"},
                 "spec": {"groups": ["devs"], "resourceAttributes": {"verb": "get", "resource": "pods", "namespace": ns}}})
         };
-        let r = answer(&a, res("localsubjectaccessreviews"), "dev", &dev, local("")).unwrap();
+        let r = answer(&a, res("localsubjectaccessreviews"), "dev", &dev, local(""))
+            .await
+            .unwrap();
         assert_eq!(r["status"]["allowed"], true);
         assert_eq!(r["spec"]["resourceAttributes"]["namespace"], "dev");
         let e = answer(
@@ -292,12 +312,13 @@ mod tests {
             &dev,
             local("prod"),
         )
+        .await
         .unwrap_err();
         assert_eq!(e.code, 400);
     }
 
-    #[test]
-    fn rules_and_identity_reviews() {
+    #[tokio::test]
+    async fn rules_and_identity_reviews() {
         let a = authz();
         let dev = UserInfo {
             name: "dana".into(),
@@ -305,7 +326,9 @@ mod tests {
             ..Default::default()
         };
         let ssrr = |ns: &str| json!({"kind": "SelfSubjectRulesReview", "spec": {"namespace": ns}});
-        let r = answer(&a, res("selfsubjectrulesreviews"), "", &dev, ssrr("dev")).unwrap();
+        let r = answer(&a, res("selfsubjectrulesreviews"), "", &dev, ssrr("dev"))
+            .await
+            .unwrap();
         assert_eq!(
             r["status"]["resourceRules"],
             json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}])
@@ -315,7 +338,9 @@ mod tests {
             json!([{"verbs": ["get"], "nonResourceURLs": ["/version"]}])
         );
         assert_eq!(r["status"]["incomplete"], false);
-        let r = answer(&a, res("selfsubjectrulesreviews"), "", &dev, ssrr("prod")).unwrap();
+        let r = answer(&a, res("selfsubjectrulesreviews"), "", &dev, ssrr("prod"))
+            .await
+            .unwrap();
         assert_eq!(r["status"]["resourceRules"], json!([]));
 
         let r = answer(
@@ -325,6 +350,7 @@ mod tests {
             &dev,
             json!({"kind": "SelfSubjectReview"}),
         )
+        .await
         .unwrap();
         assert_eq!(
             r["status"]["userInfo"],

@@ -79,7 +79,9 @@ impl Client {
     }
 
     /// POSTs `body` (JSON) to `path_and_query` at `host:port`, checking the certificate against
-    /// `server_name`; returns the HTTP status and body. The caller bounds the time.
+    /// `server_name`, with `bearer` as the token if given; returns the HTTP status and body. The
+    /// caller bounds the time.
+    #[allow(clippy::too_many_arguments)]
     pub async fn post(
         &self,
         host: &str,
@@ -87,6 +89,7 @@ impl Client {
         server_name: &str,
         tls: &Arc<rustls::ClientConfig>,
         path_and_query: &str,
+        bearer: Option<&str>,
         body: Bytes,
     ) -> Result<(u16, Bytes), String> {
         let key = Key {
@@ -101,12 +104,14 @@ impl Client {
             format!("{server_name}:{port}")
         };
         let request = || {
-            http::Request::post(path_and_query)
+            let mut r = http::Request::post(path_and_query)
                 .header("host", authority.as_str())
                 .header("content-type", "application/json")
-                .header("accept", "application/json")
-                .body(Full::new(body.clone()))
-                .map_err(|e| e.to_string())
+                .header("accept", "application/json");
+            if let Some(token) = bearer {
+                r = r.header("authorization", format!("Bearer {token}"));
+            }
+            r.body(Full::new(body.clone())).map_err(|e| e.to_string())
         };
         // A kept connection the webhook has closed meanwhile fails before the request is
         // sent; then one fresh connection is tried.

@@ -30,6 +30,7 @@
 
 pub mod client;
 pub mod config;
+pub mod remote;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1044,6 +1045,7 @@ impl Call {
                 &h.target.server_name(),
                 tls,
                 &format!("{path}{sep}{query}"),
+                None,
                 body,
             )
             .await

@@ -4,6 +4,7 @@
 
 mod admission;
 mod audit;
+mod authn;
 mod behaviour;
 #[allow(dead_code)]
 #[path = "../store/cluster.rs"]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::harness::{ApiCluster, Backend, eventually, ok};
 
-fn token_kubeconfig(c: &ApiCluster, name: &str, token: &str) -> PathBuf {
+pub(crate) fn token_kubeconfig(c: &ApiCluster, name: &str, token: &str) -> PathBuf {
     let path = c.dir.path().join(format!("{name}.kubeconfig"));
     std::fs::write(
         &path,
@@ -22,7 +22,7 @@ fn token_kubeconfig(c: &ApiCluster, name: &str, token: &str) -> PathBuf {
     path
 }
 
-fn stderr(o: &std::process::Output) -> String {
+pub(crate) fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
