@@ -89,6 +89,40 @@ pub struct Config {
     /// The maximum size in megabytes of the audit log file before it gets rotated (0 = never).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxsize: u64,
+    /// Path to a kubeconfig formatted file that defines the audit webhook configuration.
+    #[arg(long)]
+    pub audit_webhook_config_file: Option<PathBuf>,
+    /// Strategy for sending audit events: batch (buffer and send asynchronously), blocking
+    /// (each event sent while the request waits) or blocking-strict (as blocking, and a failure
+    /// at the RequestReceived stage fails the request).
+    #[arg(long, default_value = "batch")]
+    pub audit_webhook_mode: String,
+    /// The size of the buffer to store events before batching and writing.
+    #[arg(long, default_value_t = 10000)]
+    pub audit_webhook_batch_buffer_size: usize,
+    /// The maximum size of a batch.
+    #[arg(long, default_value_t = 400)]
+    pub audit_webhook_batch_max_size: usize,
+    /// The amount of time to wait before force writing the batch that hadn't reached the max
+    /// size.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub audit_webhook_batch_max_wait: std::time::Duration,
+    /// Whether batching throttling is enabled.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit_webhook_batch_throttle_enable: bool,
+    /// Maximum average number of batches per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub audit_webhook_batch_throttle_qps: f64,
+    /// Maximum number of requests sent at the same moment if ThrottleQPS was not utilized
+    /// before.
+    #[arg(long, default_value_t = 15)]
+    pub audit_webhook_batch_throttle_burst: usize,
+    /// The amount of time to wait before retrying the first failed request.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub audit_webhook_initial_backoff: std::time::Duration,
+    /// API group and version used for serializing audit events written to webhook.
+    #[arg(long, default_value = "audit.k8s.io/v1")]
+    pub audit_webhook_version: String,
     /// A CSV file of static bearer tokens (`token,user,uid,"group1,group2"`), for tests.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,

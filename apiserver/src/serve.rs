@@ -208,6 +208,74 @@ fn subject_of(cert: &CertificateDer<'_>) -> (Option<String>, Vec<String>) {
     }
 }
 
+/// The auditor of the audit flags, if they ask for one.
+fn audit_of(config: &Config) -> Result<Option<crate::audit::Auditor>, StartError> {
+    let sinks = config.audit_log_path.is_some() || config.audit_webhook_config_file.is_some();
+    let Some(policy_file) = &config.audit_policy_file else {
+        if sinks {
+            tracing::warn!(
+                "--audit-log-path or --audit-webhook-config-file without --audit-policy-file: nothing is audited"
+            );
+        }
+        return Ok(None);
+    };
+    if !sinks {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(policy_file).map_err(|e| {
+        StartError(format!(
+            "--audit-policy-file {}: {e}",
+            policy_file.display()
+        ))
+    })?;
+    let policy = crate::audit::policy::Policy::parse(&text).map_err(|e| {
+        StartError(format!(
+            "--audit-policy-file {}: {e}",
+            policy_file.display()
+        ))
+    })?;
+    let log = match &config.audit_log_path {
+        Some(path) => Some(
+            crate::audit::log::LogBackend::open(
+                path,
+                crate::audit::log::Rotation {
+                    max_size_mb: config.audit_log_maxsize,
+                    max_backups: config.audit_log_maxbackup,
+                    max_age_days: config.audit_log_maxage,
+                },
+            )
+            .map_err(StartError)?,
+        ),
+        None => None,
+    };
+    let webhook = match &config.audit_webhook_config_file {
+        Some(file) => {
+            use crate::audit::webhook::{Batching, Mode, WebhookBackend};
+            let mode = Mode::parse(&config.audit_webhook_mode).map_err(StartError)?;
+            let batching = Batching {
+                buffer_size: config.audit_webhook_batch_buffer_size,
+                max_size: config.audit_webhook_batch_max_size,
+                max_wait: config.audit_webhook_batch_max_wait,
+                throttle_qps: config
+                    .audit_webhook_batch_throttle_enable
+                    .then_some(config.audit_webhook_batch_throttle_qps),
+                throttle_burst: config.audit_webhook_batch_throttle_burst,
+                initial_backoff: config.audit_webhook_initial_backoff,
+            };
+            Some(
+                WebhookBackend::new(file, mode, &config.audit_webhook_version, batching)
+                    .map_err(StartError)?,
+            )
+        }
+        None => None,
+    };
+    Ok(Some(crate::audit::Auditor {
+        policy,
+        log,
+        webhook,
+    }))
+}
+
 /// The router with the whole filter chain.
 pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
     let handler = move |State(state): State<Arc<ApiState>>, req: Request| async move {
@@ -528,31 +596,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         );
     }
     let authn = Arc::new(authn);
-    let audit = match (&config.audit_policy_file, &config.audit_log_path) {
-        (Some(policy), Some(path)) => {
-            let text = std::fs::read_to_string(policy).map_err(|e| {
-                StartError(format!("--audit-policy-file {}: {e}", policy.display()))
-            })?;
-            let policy = crate::audit::policy::Policy::parse(&text).map_err(|e| {
-                StartError(format!("--audit-policy-file {}: {e}", policy.display()))
-            })?;
-            let backend = crate::audit::log::LogBackend::open(
-                path,
-                crate::audit::log::Rotation {
-                    max_size_mb: config.audit_log_maxsize,
-                    max_backups: config.audit_log_maxbackup,
-                    max_age_days: config.audit_log_maxage,
-                },
-            )
-            .map_err(StartError)?;
-            Some(crate::audit::Auditor { policy, backend })
-        }
-        (None, Some(_)) => {
-            tracing::warn!("--audit-log-path without --audit-policy-file: nothing is audited");
-            None
-        }
-        _ => None,
-    };
+    let audit = audit_of(&config)?;
     let chain = Arc::new(ChainConfig {
         request_timeout: config.request_timeout,
         audit,

@@ -43,6 +43,25 @@ fn kubectl(
         .expect("kubectl must be installed")
 }
 
+/// The last lines of each component's log (in `<data>/logs/`).
+fn component_logs(data: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(data.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        out.push_str(&format!("--- {} (last lines) ---\n", e.path().display()));
+        for l in tail.iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Stops `keelson up` (Ctrl-C, then kill -9 of it and its children) if the test fails, so a
 /// failure leaves no cluster behind.
 struct StopOnPanic(u32, std::path::PathBuf);
@@ -58,16 +77,7 @@ impl Drop for StopOnPanic {
         for l in tail.iter().rev() {
             eprintln!("{l}");
         }
-        // The components log to <data>/logs/.
-        let logs = self.1.with_file_name("data").join("logs");
-        for e in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            eprintln!("--- {} (last lines) ---", e.path().display());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
+        eprint!("{}", component_logs(&self.1.with_file_name("data")));
         let children: Vec<u32> = children_of(self.0).iter().map(|(p, _)| *p).collect();
         let pid = nix::unistd::Pid::from_raw(self.0 as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
@@ -1040,8 +1050,9 @@ fn up_detach_status_down() {
     let _down = Down(data_arg.clone());
     assert!(
         up.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&up.stderr)
+        "{text}{}{}",
+        String::from_utf8_lossy(&up.stderr),
+        component_logs(&data)
     );
     assert!(text.contains("export KUBECONFIG="), "{text}");
     assert!(text.contains("COMPONENT"), "{text}");

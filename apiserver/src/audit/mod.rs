@@ -7,6 +7,7 @@
 
 pub mod log;
 pub mod policy;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -29,8 +30,23 @@ use policy::{Level, Policy, Stage};
 pub struct Auditor {
     /// The policy.
     pub policy: Policy,
-    /// The log.
-    pub backend: log::LogBackend,
+    /// The log (`--audit-log-path`).
+    pub log: Option<log::LogBackend>,
+    /// The webhook (`--audit-webhook-config-file`).
+    pub webhook: Option<webhook::WebhookBackend>,
+}
+
+impl Auditor {
+    /// Hands an event to every backend; an error when a `blocking-strict` webhook failed.
+    pub async fn write(&self, event: &Value) -> Result<(), String> {
+        if let Some(l) = &self.log {
+            l.write(event);
+        }
+        match &self.webhook {
+            Some(w) => w.write(event).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// The client's address, set per connection by the server.
@@ -120,12 +136,13 @@ pub async fn audit(
         return next.run(req).await;
     }
     // Stamps the event with its stage and writes it (the event is reused for later stages).
-    let emit = |stage: Stage, event: &mut Value| {
-        if !decision.omit_stages.contains(&stage) {
-            event["stage"] = json!(stage.as_str());
-            event["stageTimestamp"] = json!(micro_now());
-            auditor.backend.write(event);
+    let emit = async |stage: Stage, event: &mut Value| -> Result<(), String> {
+        if decision.omit_stages.contains(&stage) {
+            return Ok(());
         }
+        event["stage"] = json!(stage.as_str());
+        event["stageTimestamp"] = json!(micro_now());
+        auditor.write(event).await
     };
     let id = req
         .headers()
@@ -193,7 +210,10 @@ pub async fn audit(
     } else {
         Request::from_parts(parts, body)
     };
-    emit(Stage::RequestReceived, &mut event);
+    // As upstream, a request whose first event cannot be stored (`blocking-strict`) fails.
+    if emit(Stage::RequestReceived, &mut event).await.is_err() {
+        return ApiError::internal("failed to store audit event").into_response();
+    }
     let ctx = Arc::new(AuditContext::default());
     let mut req = req;
     req.extensions_mut().insert(ctx.clone());
@@ -229,16 +249,21 @@ pub async fn audit(
         // Streams: ResponseStarted now, ResponseComplete when the stream ends.
         let mut started = event;
         finish(&mut started, code, None);
-        emit(Stage::ResponseStarted, &mut started);
+        let _ = emit(Stage::ResponseStarted, &mut started).await;
         let done = OnDrop(Some(Box::new({
-            let auditor = cfg.clone();
+            let cfg = cfg.clone();
             let omit = decision.omit_stages.contains(&Stage::ResponseComplete);
             move || {
-                if let (false, Some(a)) = (omit, auditor.audit.as_ref()) {
-                    let mut e = started;
-                    e["stage"] = json!(Stage::ResponseComplete.as_str());
-                    e["stageTimestamp"] = json!(micro_now());
-                    a.backend.write(&e);
+                let mut e = started;
+                e["stage"] = json!(Stage::ResponseComplete.as_str());
+                e["stageTimestamp"] = json!(micro_now());
+                // The stream has ended: nothing waits for the event any more.
+                if let (false, Ok(rt)) = (omit, tokio::runtime::Handle::try_current()) {
+                    rt.spawn(async move {
+                        if let Some(a) = cfg.audit.as_ref() {
+                            let _ = a.write(&e).await;
+                        }
+                    });
                 }
             }
         })));
@@ -257,7 +282,7 @@ pub async fn audit(
     let wants_body = code >= 400 || decision.level == Level::RequestResponse || unnamed;
     if !wants_body || info.is_long_running() {
         finish(&mut event, code, None);
-        emit(Stage::ResponseComplete, &mut event);
+        let _ = emit(Stage::ResponseComplete, &mut event).await;
         return resp;
     }
     let (parts, body) = resp.into_parts();
@@ -281,7 +306,7 @@ pub async fn audit(
         event["responseObject"] = without_managed_fields(o, decision.omit_managed_fields);
     }
     finish(&mut event, code, obj);
-    emit(Stage::ResponseComplete, &mut event);
+    let _ = emit(Stage::ResponseComplete, &mut event).await;
     Response::from_parts(parts, Body::from(bytes))
 }
 

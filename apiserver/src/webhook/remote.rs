@@ -215,6 +215,15 @@ impl Remote {
 
     /// POSTs `body` and returns the JSON answer; anything but a 2xx JSON object is an error.
     pub async fn post(&self, body: &Value) -> Result<Value, String> {
+        let answer = self.send(body).await?;
+        serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| format!("{self:?}: the answer is not a JSON object"))
+    }
+
+    /// POSTs `body` and returns the answer's body; anything but a 2xx is an error.
+    pub async fn send(&self, body: &Value) -> Result<Bytes, String> {
         let body = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
         let call = self.client.post(
             &self.host,
@@ -234,10 +243,7 @@ impl Remote {
             let text: String = text.chars().take(200).collect();
             return Err(format!("{self:?}: HTTP {status}: {text}"));
         }
-        serde_json::from_slice::<Value>(&answer)
-            .ok()
-            .filter(Value::is_object)
-            .ok_or_else(|| format!("{self:?}: the answer is not a JSON object"))
+        Ok(answer)
     }
 }
 

@@ -155,3 +155,155 @@ fn audit_log_records_each_level_as_upstream() {
     });
     assert!(started.is_some(), "a watch has a ResponseStarted stage");
 }
+
+/// A kubeconfig for the test's webhook server at `path`, with a bearer token.
+fn audit_webhook_kubeconfig(
+    dir: &std::path::Path,
+    server: &keelson_bench::webhook_server::WebhookServer,
+) -> std::path::PathBuf {
+    let p = dir.join("audit-webhook.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: hook\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: apiserver\n  user: {{token: audit-secret}}\ncontexts:\n- name: hook\n  context: {{cluster: hook, user: apiserver}}\ncurrent-context: hook\n",
+            server.url("/audit"),
+            server.ca_bundle
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn audit_hook() -> (
+    tokio::runtime::Runtime,
+    keelson_bench::webhook_server::WebhookServer,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(keelson_bench::webhook_server::start(
+            std::sync::Arc::new(|_: &str, _: &Value| (Duration::ZERO, serde_json::json!({}))),
+            &[],
+            true,
+        ))
+        .unwrap();
+    (rt, server)
+}
+
+/// Every event the webhook received, and the size of each list it came in.
+fn hooked_events(
+    server: &keelson_bench::webhook_server::WebhookServer,
+) -> (Vec<Value>, Vec<usize>) {
+    let lists = server.reviews("/audit");
+    let sizes = lists
+        .iter()
+        .map(|l| l["items"].as_array().map_or(0, Vec::len))
+        .collect();
+    let events = lists
+        .iter()
+        .flat_map(|l| l["items"].as_array().cloned().unwrap_or_default())
+        .collect();
+    (events, sizes)
+}
+
+#[test]
+fn audit_webhook_batches_events_and_blocking_strict_fails_requests_it_cannot_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (rt, server) = audit_hook();
+    let hook = audit_webhook_kubeconfig(dir.path(), &server);
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &[
+            &format!("--audit-policy-file={}", policy.display()),
+            &format!("--audit-webhook-config-file={}", hook.display()),
+            "--audit-webhook-batch-max-wait=500ms",
+            "--audit-webhook-batch-max-size=3",
+        ],
+    );
+    for i in 0..7 {
+        let name = format!("cm{i}");
+        ok(
+            c.kubectl(&["create", "configmap", &name, "--from-literal=k=v"]),
+            &["create configmap"],
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the creates at the webhook",
+        || {
+            let (events, _) = hooked_events(&server);
+            (0..7).all(|i| {
+                events.iter().any(|e| {
+                    e["verb"] == "create" && e["objectRef"]["name"] == format!("cm{i}").as_str()
+                })
+            })
+        },
+    );
+    let (events, sizes) = hooked_events(&server);
+    assert!(sizes.iter().all(|n| (1..=3).contains(n)), "{sizes:?}");
+    let lists = server.reviews("/audit");
+    assert!(
+        lists
+            .iter()
+            .all(|l| l["kind"] == "EventList" && l["apiVersion"] == "audit.k8s.io/v1")
+    );
+    let cm0 = events
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["name"] == "cm0")
+        .unwrap();
+    assert_eq!(cm0["level"], "RequestResponse");
+    assert_eq!(cm0["stage"], "ResponseComplete");
+    assert_eq!(cm0["requestObject"]["data"]["k"], "v");
+    assert!(events.iter().all(|e| e["stage"] != "RequestReceived"));
+    let seen = server.seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|s| s["authorization"] == "Bearer audit-secret")
+    );
+    drop(seen);
+    drop(c);
+    drop(rt);
+
+    // blocking-strict: the event is at the webhook when the request is answered; once the
+    // webhook is gone, requests fail.
+    let (rt, server) = audit_hook();
+    let hook = audit_webhook_kubeconfig(dir.path(), &server);
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+    )
+    .unwrap();
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &[
+            &format!("--audit-policy-file={}", policy.display()),
+            &format!("--audit-webhook-config-file={}", hook.display()),
+            "--audit-webhook-mode=blocking-strict",
+        ],
+    );
+    ok(
+        c.kubectl(&["create", "configmap", "strict", "--from-literal=k=v"]),
+        &["create configmap"],
+    );
+    let (events, sizes) = hooked_events(&server);
+    assert!(sizes.iter().all(|n| *n == 1), "one event per request");
+    let stages: Vec<&Value> = events
+        .iter()
+        // (A create's name is known once the object is: not at RequestReceived.)
+        .filter(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "configmaps")
+        .map(|e| &e["stage"])
+        .collect();
+    assert_eq!(stages, ["RequestReceived", "ResponseComplete"]);
+    drop(rt);
+    let o = c.kubectl(&["get", "configmap", "strict"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("failed to store audit event"), "{err}");
+}

@@ -266,7 +266,9 @@ fn token_and_authorization_webhooks() {
     let hooked = token_kubeconfig(&c, "hooked", "hook-token");
     // (RBAC lets every authenticated user ask who it is once the bootstrap policy is loaded.)
     eventually(Duration::from_secs(20), "the bootstrap RBAC policy", || {
-        c.kubectl_with(&hooked, &["auth", "whoami"]).status.success()
+        c.kubectl_with(&hooked, &["auth", "whoami"])
+            .status
+            .success()
     });
     let o = c.kubectl_with(
         &hooked,
