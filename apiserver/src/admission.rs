@@ -35,6 +35,8 @@ const OPTIONAL: &[&str] = &[
     "PodSecurity",
     "ResourceQuota",
     "ServiceAccount",
+    "StorageObjectInUseProtection",
+    "TaintNodesByCondition",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionWebhook",
 ];
@@ -64,6 +66,13 @@ pub struct Plugins {
     pub pvc_resize: bool,
     /// ValidatingAdmissionPolicy (on unless disabled, as upstream).
     pub validating_policy: bool,
+    /// TaintNodesByCondition (on unless disabled, as upstream): new nodes start with the
+    /// `node.kubernetes.io/not-ready:NoSchedule` taint, which the node lifecycle controller
+    /// removes once the node is Ready.
+    pub taint_nodes_by_condition: bool,
+    /// StorageObjectInUseProtection (on unless disabled, as upstream): new claims and volumes
+    /// get the finalizers the pvc- and pv-protection controllers remove once they are unused.
+    pub storage_protection: bool,
 }
 
 impl Default for Plugins {
@@ -80,6 +89,8 @@ impl Default for Plugins {
             default_ingress_class: true,
             pvc_resize: true,
             validating_policy: true,
+            taint_nodes_by_condition: true,
+            storage_protection: true,
         }
     }
 }
@@ -107,6 +118,8 @@ impl Plugins {
                 "DefaultIngressClass" => p.default_ingress_class = true,
                 "PersistentVolumeClaimResize" => p.pvc_resize = true,
                 "ValidatingAdmissionPolicy" => p.validating_policy = true,
+                "TaintNodesByCondition" => p.taint_nodes_by_condition = true,
+                "StorageObjectInUseProtection" => p.storage_protection = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -139,6 +152,8 @@ impl Plugins {
                 "DefaultIngressClass" => p.default_ingress_class = false,
                 "PersistentVolumeClaimResize" => p.pvc_resize = false,
                 "ValidatingAdmissionPolicy" => p.validating_policy = false,
+                "TaintNodesByCondition" => p.taint_nodes_by_condition = false,
+                "StorageObjectInUseProtection" => p.storage_protection = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -160,6 +175,10 @@ pub struct Builtin {
     pub quota: Option<Arc<crate::resourcequota::QuotaAdmission>>,
     /// DefaultStorageClass, DefaultIngressClass and PersistentVolumeClaimResize.
     pub classes: Option<Arc<crate::classes::ClassPlugins>>,
+    /// TaintNodesByCondition.
+    pub taint_new_nodes: bool,
+    /// StorageObjectInUseProtection.
+    pub protect_storage: bool,
 }
 
 impl Builtin {
@@ -188,12 +207,25 @@ impl Builtin {
                         plugins.pvc_resize,
                     )
                 }),
+            taint_new_nodes: plugins.taint_nodes_by_condition,
+            protect_storage: plugins.storage_protection,
         }
     }
 
     /// The mutating part, on create (before the webhooks): LimitRanger's defaults for pods,
-    /// the default classes for claims and Ingresses.
+    /// the default classes for claims and Ingresses, the not-ready taint of new nodes, the
+    /// protection finalizers of claims and volumes.
     pub async fn mutate_create(&self, res: &Resource, ns: &str, obj: &mut Value) -> ApiResult<()> {
+        if self.taint_new_nodes && res.group.is_empty() && res.resource == "nodes" {
+            taint_not_ready(obj);
+        }
+        if self.protect_storage && res.group.is_empty() {
+            match res.resource {
+                "persistentvolumeclaims" => add_finalizer(obj, "kubernetes.io/pvc-protection"),
+                "persistentvolumes" => add_finalizer(obj, "kubernetes.io/pv-protection"),
+                _ => {}
+            }
+        }
         if let Some(l) = &self.limit_ranger
             && res.group.is_empty()
             && res.resource == "pods"
@@ -237,6 +269,56 @@ impl Builtin {
             Some(q) => q.admit(res, ns, old, obj, dry_run).await,
             None => Ok(()),
         }
+    }
+}
+
+/// Adds `finalizer` to an object unless it has it.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let list = meta
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if list.is_null() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(l) = list.as_array_mut()
+        && !l.iter().any(|f| f.as_str() == Some(finalizer))
+    {
+        l.push(Value::String(finalizer.into()));
+    }
+}
+
+/// The taint TaintNodesByCondition gives new nodes.
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+/// Adds `node.kubernetes.io/not-ready:NoSchedule` to a node unless it has it.
+fn taint_not_ready(node: &mut Value) {
+    let Some(n) = node.as_object_mut() else {
+        return;
+    };
+    let spec = n
+        .entry("spec")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let taints = spec
+        .entry("taints")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if taints.is_null() {
+        *taints = Value::Array(Vec::new());
+    }
+    let Some(list) = taints.as_array_mut() else {
+        return;
+    };
+    let has = list.iter().any(|t| {
+        t.get("key").and_then(Value::as_str) == Some(NOT_READY_TAINT)
+            && t.get("effect").and_then(Value::as_str) == Some("NoSchedule")
+    });
+    if !has {
+        list.push(serde_json::json!({"key": NOT_READY_TAINT, "effect": "NoSchedule"}));
     }
 }
 
@@ -452,6 +534,40 @@ pub fn node_restriction(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn claims_and_volumes_get_their_finalizer_once() {
+        let mut pvc = json!({"metadata": {"name": "c", "finalizers": ["mine"]}});
+        add_finalizer(&mut pvc, "kubernetes.io/pvc-protection");
+        add_finalizer(&mut pvc, "kubernetes.io/pvc-protection");
+        assert_eq!(
+            pvc["metadata"]["finalizers"],
+            json!(["mine", "kubernetes.io/pvc-protection"])
+        );
+        let mut pv = json!({"metadata": {"name": "v"}});
+        add_finalizer(&mut pv, "kubernetes.io/pv-protection");
+        assert_eq!(
+            pv["metadata"]["finalizers"],
+            json!(["kubernetes.io/pv-protection"])
+        );
+    }
+
+    #[test]
+    fn new_nodes_are_tainted_not_ready_once() {
+        let mut bare = json!({"metadata": {"name": "n"}});
+        taint_not_ready(&mut bare);
+        assert_eq!(
+            bare["spec"]["taints"],
+            json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}])
+        );
+        taint_not_ready(&mut bare);
+        assert_eq!(bare["spec"]["taints"].as_array().unwrap().len(), 1);
+        let mut other = json!({"spec": {"taints": [
+            {"key": "dedicated", "value": "db", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]}});
+        taint_not_ready(&mut other);
+        assert_eq!(other["spec"]["taints"].as_array().unwrap().len(), 3);
+    }
 
     #[test]
     fn flags_name_only_what_exists() {

@@ -680,8 +680,14 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 ]
                 .into_iter()
                 // Without a controller-manager nothing makes the `default` accounts pods run
-                // as, and the ServiceAccount plugin (on by default) would refuse every pod.
-                .chain((cms == 0).then(|| "--disable-admission-plugins=ServiceAccount".to_string()))
+                // as, and the ServiceAccount plugin (on by default) would refuse every pod;
+                // nor does anything take the not-ready taint TaintNodesByCondition gives new
+                // nodes off them, or the finalizers StorageObjectInUseProtection gives claims
+                // and volumes.
+                .chain((cms == 0).then(|| {
+                    "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition,StorageObjectInUseProtection"
+                        .to_string()
+                }))
                 .chain(encryption_args.iter().cloned())
                 .chain(audit_args.iter().cloned())
                 // One audit file per apiserver: each rotates its own.

@@ -25,6 +25,7 @@ pub mod statefulset;
 mod testing;
 pub mod ttlafterfinished;
 pub mod util;
+pub mod volumeprotection;
 
 use std::sync::Arc;
 
@@ -34,8 +35,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Service,
-    ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -66,6 +67,8 @@ pub const KNOWN_CONTROLLERS: &[&str] = &[
     "nodeipam",
     "nodelifecycle",
     "podgc",
+    "pv-protection",
+    "pvc-protection",
     "replicaset",
     "replicationcontroller",
     "resourcequota",
@@ -85,6 +88,8 @@ fn canonical(name: &str) -> String {
         "node-ipam" => "nodeipam".into(),
         "pod-garbage-collector" => "podgc".into(),
         "endpoints" => "endpoint".into(),
+        "persistentvolume-protection" => "pv-protection".into(),
+        "persistentvolumeclaim-protection" => "pvc-protection".into(),
         n => n.into(),
     }
 }
@@ -258,6 +263,9 @@ pub struct Informers {
     pods_by_controller: Option<Index<Pod>>,
     pods_by_namespace: Option<Index<Pod>>,
     replicasets_by_controller: Option<Index<ReplicaSet>>,
+    claims: Option<Informer<PersistentVolumeClaim>>,
+    volumes: Option<Informer<PersistentVolume>>,
+    pods_by_claim: Option<Index<Pod>>,
     started: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -303,6 +311,9 @@ impl Informers {
             pods_by_controller: None,
             pods_by_namespace: None,
             replicasets_by_controller: None,
+            claims: None,
+            volumes: None,
+            pods_by_claim: None,
             started: Vec::new(),
         }
     }
@@ -435,6 +446,26 @@ impl Informers {
         self.pods_by_node.clone().expect("just set")
     }
 
+    /// PersistentVolumeClaims in all namespaces.
+    pub fn claims(&mut self) -> &mut Informer<PersistentVolumeClaim> {
+        lazy(&mut self.claims, &self.client)
+    }
+
+    /// PersistentVolumes.
+    pub fn volumes(&mut self) -> &mut Informer<PersistentVolume> {
+        lazy(&mut self.volumes, &self.client)
+    }
+
+    /// Pods by the claims they use, as `<namespace>/<claim>` (ephemeral volumes' claims
+    /// included).
+    pub fn pods_by_claim(&mut self) -> Index<Pod> {
+        if self.pods_by_claim.is_none() {
+            let index = self.pods().add_index(volumeprotection::claims_of);
+            self.pods_by_claim = Some(index);
+        }
+        self.pods_by_claim.clone().expect("just set")
+    }
+
     /// Jobs in all namespaces.
     pub fn jobs(&mut self) -> &mut Informer<Job> {
         lazy(&mut self.jobs, &self.client)
@@ -520,7 +551,9 @@ impl Informers {
             revisions,
             resourcequotas,
             root_ca_configmaps,
-            replicationcontrollers
+            replicationcontrollers,
+            claims,
+            volumes
         );
         for r in ready {
             tokio::select! {
@@ -689,6 +722,14 @@ async fn run_controllers(
             }
             "clusterrole-aggregation" => {
                 let ctl = clusterroleaggregation::ClusterRoleAggregation::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
+            }
+            "pvc-protection" => {
+                let ctl = volumeprotection::PvcProtection::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
+            }
+            "pv-protection" => {
+                let ctl = volumeprotection::PvProtection::new(&mut informers);
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(1, t))));
             }
             "ttl-after-finished" => {

@@ -9,7 +9,10 @@
 //!   stopped posting node status.") and its pods are marked not ready.
 //! - Taints follow the Ready condition: `node.kubernetes.io/not-ready` (False) and
 //!   `node.kubernetes.io/unreachable` (Unknown), each as NoSchedule and NoExecute (with
-//!   `timeAdded`); `node.kubernetes.io/unschedulable:NoSchedule` follows `spec.unschedulable`.
+//!   `timeAdded`); `node.kubernetes.io/unschedulable:NoSchedule` follows `spec.unschedulable`,
+//!   and the memory-pressure, disk-pressure, pid-pressure and network-unavailable NoSchedule
+//!   taints their conditions being True. The not-ready NoSchedule taint the
+//!   TaintNodesByCondition admission plugin gives new nodes goes once they are Ready.
 //! - Pods on a node with NoExecute taints they do not tolerate are deleted at once; pods that
 //!   tolerate them for `tolerationSeconds` are deleted when that runs out (from the taint's
 //!   `timeAdded`); pods that tolerate them forever stay.
@@ -37,6 +40,16 @@ use crate::util::{SyncResult, is_not_found, object_ref, pod_terminal, run_worker
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// Conditions that, when True, taint a node NoSchedule (upstream's TaintNodesByCondition).
+const PRESSURE_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
 
 /// Health timing (flags as kube-controller-manager's).
 #[derive(Debug, Clone, Copy)]
@@ -323,12 +336,28 @@ impl NodeLifecycleController {
         if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
             want.push((UNSCHEDULABLE, "NoSchedule"));
         }
+        for (condition, key) in PRESSURE_TAINTS {
+            let on = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == *condition && c.status == "True")
+                });
+            if on {
+                want.push((key, "NoSchedule"));
+            }
+        }
         let current = node
             .spec
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let ours = [NOT_READY, UNREACHABLE, UNSCHEDULABLE];
+        let ours: Vec<&str> = [NOT_READY, UNREACHABLE, UNSCHEDULABLE]
+            .into_iter()
+            .chain(PRESSURE_TAINTS.iter().map(|(_, k)| *k))
+            .collect();
         let mut taints: Vec<Taint> = current
             .iter()
             .filter(|t| {

@@ -160,14 +160,27 @@ impl ApiCluster {
             pki,
             etcd_url,
             api_ports: Vec::new(),
-            // No controller-manager makes ServiceAccounts here: pods need none unless a test
-            // turns the ServiceAccount admission plugin on.
+            // No controller-manager makes ServiceAccounts, takes the not-ready taint off nodes
+            // or the protection finalizers off claims here: those plugins are off unless a
+            // test names them.
             api_args: api_args
                 .iter()
                 .map(|s| s.to_string())
                 .chain(
                     (!api_args.iter().any(|a| a.contains("ServiceAccount")))
                         .then(|| "--disable-admission-plugins=ServiceAccount".to_string()),
+                )
+                .chain(
+                    (!api_args.iter().any(|a| a.contains("TaintNodesByCondition")))
+                        .then(|| "--disable-admission-plugins=TaintNodesByCondition".to_string()),
+                )
+                .chain(
+                    (!api_args
+                        .iter()
+                        .any(|a| a.contains("StorageObjectInUseProtection")))
+                    .then(|| {
+                        "--disable-admission-plugins=StorageObjectInUseProtection".to_string()
+                    }),
                 )
                 .collect(),
             store,

@@ -249,3 +249,94 @@ fn resource_quota_status_counts_usage() {
     ]);
     assert_eq!(hard, "11");
 }
+
+#[test]
+fn claims_and_volumes_in_use_are_protected_until_released() {
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &["--enable-admission-plugins=StorageObjectInUseProtection"],
+    );
+    let _cm = ControllerManager::start(
+        &c,
+        "controller-manager",
+        "cm0",
+        &[
+            "--leader-elect=false",
+            "--controllers=pvc-protection,pv-protection",
+        ],
+    );
+    let get = |args: &[&str]| {
+        let o = c.kubectl(args);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"db"},
+        "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}}}}"#,
+    );
+    assert_eq!(
+        c.ok(&["get", "pvc", "db", "-o", "jsonpath={.metadata.finalizers}"]),
+        r#"["kubernetes.io/pvc-protection"]"#
+    );
+    // A scheduled pod uses the claim (no kubelet here: it stays Pending on its node).
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"user"},
+        "spec":{"nodeName":"n1","containers":[{"name":"c","image":"nginx"}],
+        "volumes":[{"name":"data","persistentVolumeClaim":{"claimName":"db"}}]}}"#,
+    );
+    c.ok(&["delete", "pvc", "db", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        get(&[
+            "get",
+            "pvc",
+            "db",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}"
+        ])
+        .is_some_and(|t| !t.is_empty()),
+        "the claim waits for its pod"
+    );
+    c.ok(&["delete", "pod", "user", "--grace-period=0", "--force"]);
+    eventually(Duration::from_secs(30), "the claim gone", || {
+        get(&["get", "pvc", "db", "-o", "name"]).is_none()
+    });
+
+    // A volume waits while it is Bound.
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv1"},
+        "spec":{"capacity":{"storage":"1Gi"},"accessModes":["ReadWriteOnce"],
+        "hostPath":{"path":"/tmp/pv1"}}}"#,
+    );
+    assert_eq!(
+        c.ok(&["get", "pv", "pv1", "-o", "jsonpath={.metadata.finalizers}"]),
+        r#"["kubernetes.io/pv-protection"]"#
+    );
+    let phase = |p: &str| {
+        c.ok(&[
+            "patch",
+            "pv",
+            "pv1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"phase":"{p}"}}}}"#),
+        ]);
+    };
+    phase("Bound");
+    c.ok(&["delete", "pv", "pv1", "--wait=false"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        get(&["get", "pv", "pv1", "-o", "name"]).is_some(),
+        "a bound volume stays"
+    );
+    phase("Released");
+    eventually(Duration::from_secs(30), "the volume gone", || {
+        get(&["get", "pv", "pv1", "-o", "name"]).is_none()
+    });
+}

@@ -187,3 +187,61 @@ fn unreachable_node_is_tainted_and_its_pods_evicted_by_toleration() {
         !c.kubectl(&["get", "job", "short-lived"]).status.success()
     });
 }
+
+#[test]
+fn new_nodes_start_not_ready_and_condition_taints_follow_conditions() {
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &["--enable-admission-plugins=TaintNodesByCondition"],
+    );
+    let taints = || {
+        c.ok(&[
+            "get",
+            "node",
+            "n2",
+            "-o",
+            "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+        ])
+        .trim()
+        .to_string()
+    };
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n2"}}"#,
+    );
+    assert_eq!(taints(), "node.kubernetes.io/not-ready:NoSchedule");
+    let _cm = ControllerManager::start(
+        &c,
+        "controller-manager",
+        "cm0",
+        &["--leader-elect=false", "--controllers=nodelifecycle"],
+    );
+    let status = |memory: &str| {
+        format!(
+            r#"{{"status":{{"conditions":[
+            {{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{t}","lastTransitionTime":"{t}"}},
+            {{"type":"MemoryPressure","status":"{memory}","reason":"KubeletHasInsufficientMemory","lastHeartbeatTime":"{t}","lastTransitionTime":"{t}"}}]}}}}"#,
+            t = now()
+        )
+    };
+    let patch = |body: &str| {
+        c.ok(&[
+            "patch",
+            "node",
+            "n2",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            body,
+        ])
+    };
+    patch(&status("True"));
+    eventually(
+        Duration::from_secs(30),
+        "the memory-pressure taint alone",
+        || taints() == "node.kubernetes.io/memory-pressure:NoSchedule",
+    );
+    patch(&status("False"));
+    eventually(Duration::from_secs(30), "no taints", || taints().is_empty());
+}

@@ -1,0 +1,323 @@
+//! The storage-object-in-use protection controllers, as upstream's
+//! `pkg/controller/volume/pvcprotection` and `pvprotection`:
+//!
+//! - A PersistentVolumeClaim carries the `kubernetes.io/pvc-protection` finalizer (added here
+//!   when the StorageObjectInUseProtection admission plugin did not). Once it is being deleted,
+//!   the finalizer goes when no scheduled pod that has not finished uses it, directly or as an
+//!   ephemeral volume's claim. The informer's answer is confirmed by a live list of the
+//!   namespace's pods before the finalizer goes, as upstream.
+//! - A PersistentVolume carries `kubernetes.io/pv-protection`; once it is being deleted, the
+//!   finalizer goes when the volume is not Bound.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use keelson_client::informer::{Change, Index};
+use keelson_client::queue::WorkQueue;
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::Informers;
+use crate::util::{SyncResult, deleting, is_conflict, is_not_found, key_of, reconciler, split_key};
+
+/// The finalizer on claims.
+pub const PVC_FINALIZER: &str = "kubernetes.io/pvc-protection";
+/// The finalizer on volumes.
+pub const PV_FINALIZER: &str = "kubernetes.io/pv-protection";
+
+/// The claims a pod uses, as `<namespace>/<claim>`: its persistentVolumeClaim volumes, and the
+/// `<pod>-<volume>` claims of its ephemeral volumes.
+pub fn claims_of(pod: &Pod) -> Vec<String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| {
+            if let Some(c) = &v.persistent_volume_claim {
+                Some(format!("{ns}/{}", c.claim_name))
+            } else {
+                v.ephemeral
+                    .as_ref()
+                    .map(|_| format!("{ns}/{name}-{}", v.name))
+            }
+        })
+        .collect()
+}
+
+/// Whether `pod` keeps its claims in use: scheduled, and not finished.
+fn holds_claims(pod: &Pod) -> bool {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    scheduled && !finished
+}
+
+fn has(meta: &ObjectMeta, finalizer: &str) -> bool {
+    meta.finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// The merge patch that sets the finalizers to `want` if the object is still at its
+/// resourceVersion.
+fn finalizers_patch(meta: &ObjectMeta, want: Vec<String>) -> serde_json::Value {
+    json!({"metadata": {"finalizers": want, "resourceVersion": meta.resource_version}})
+}
+
+/// `meta`'s finalizers with `finalizer` added (`add`) or removed.
+fn with_finalizer(meta: &ObjectMeta, finalizer: &str, add: bool) -> Vec<String> {
+    let mut list: Vec<String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if add {
+        list.push(finalizer.to_string());
+    }
+    list
+}
+
+/// The PVC protection controller.
+pub struct PvcProtection {
+    client: Client,
+    claims: Store<PersistentVolumeClaim>,
+    pods_by_claim: Index<Pod>,
+    queue: WorkQueue<String>,
+}
+
+impl PvcProtection {
+    /// Registers the controller's handlers on the shared informers.
+    pub fn new(informers: &mut Informers) -> Arc<Self> {
+        let queue = WorkQueue::new();
+        let claims = informers.claims().store();
+        let pods_by_claim = informers.pods_by_claim();
+        {
+            let q = queue.clone();
+            informers.claims().on_change(move |c| {
+                let pvc = c.object();
+                let wanted = !deleting(&pvc.metadata) && !has(&pvc.metadata, PVC_FINALIZER);
+                let releasable = deleting(&pvc.metadata) && has(&pvc.metadata, PVC_FINALIZER);
+                if wanted || releasable {
+                    q.add(key_of(&pvc.metadata));
+                }
+            });
+        }
+        {
+            // A pod that goes, or finishes, may free the claims it used.
+            let (q, claims) = (queue.clone(), claims.clone());
+            informers.pods().on_change(move |c| {
+                let pod = match c {
+                    Change::Deleted(p) => p,
+                    Change::Updated { new, .. } if !holds_claims(new) => new,
+                    _ => return,
+                };
+                for key in claims_of(pod) {
+                    let (ns, name) = split_key(&key);
+                    if claims
+                        .get(&ObjectRef::new(name).within(ns))
+                        .is_some_and(|pvc| deleting(&pvc.metadata))
+                    {
+                        q.add(key);
+                    }
+                }
+            });
+        }
+        Arc::new(Self {
+            client: informers.client(),
+            claims,
+            pods_by_claim,
+            queue,
+        })
+    }
+
+    async fn sync(self: Arc<Self>, key: String) -> SyncResult {
+        let (ns, name) = split_key(&key);
+        let Some(pvc) = self.claims.get(&ObjectRef::new(name).within(ns)) else {
+            return Ok(None);
+        };
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let want = match (deleting(&pvc.metadata), has(&pvc.metadata, PVC_FINALIZER)) {
+            (false, false) => with_finalizer(&pvc.metadata, PVC_FINALIZER, true),
+            (true, true) => {
+                if self.pods_by_claim.get(&key).iter().any(|p| holds_claims(p)) {
+                    return Ok(None);
+                }
+                // The cache may lag: ask the apiserver before letting the claim go.
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+                let live = pods.list(&ListParams::default()).await?;
+                if live
+                    .items
+                    .iter()
+                    .any(|p| holds_claims(p) && claims_of(p).contains(&key))
+                {
+                    return Ok(None);
+                }
+                tracing::info!(claim = %key, "removing the protection finalizer of an unused claim");
+                with_finalizer(&pvc.metadata, PVC_FINALIZER, false)
+            }
+            _ => return Ok(None),
+        };
+        let patch = finalizers_patch(&pvc.metadata, want);
+        match api
+            .patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(None),
+            // Deleted meanwhile, or changed: the next event brings it back.
+            Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+reconciler!(PvcProtection, "pvc-protection");
+
+/// The PV protection controller.
+pub struct PvProtection {
+    client: Client,
+    volumes: Store<PersistentVolume>,
+    queue: WorkQueue<String>,
+}
+
+fn bound(pv: &PersistentVolume) -> bool {
+    pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+}
+
+impl PvProtection {
+    /// Registers the controller's handlers on the shared informers.
+    pub fn new(informers: &mut Informers) -> Arc<Self> {
+        let queue = WorkQueue::new();
+        let volumes = informers.volumes().store();
+        {
+            let q = queue.clone();
+            informers.volumes().on_change(move |c| {
+                let pv = c.object();
+                let d = deleting(&pv.metadata);
+                let f = has(&pv.metadata, PV_FINALIZER);
+                if (!d && !f) || (d && f && !bound(pv)) {
+                    q.add(key_of(&pv.metadata));
+                }
+            });
+        }
+        Arc::new(Self {
+            client: informers.client(),
+            volumes,
+            queue,
+        })
+    }
+
+    async fn sync(self: Arc<Self>, key: String) -> SyncResult {
+        let Some(pv) = self.volumes.get(&ObjectRef::new(&key)) else {
+            return Ok(None);
+        };
+        let want = match (deleting(&pv.metadata), has(&pv.metadata, PV_FINALIZER)) {
+            (false, false) => with_finalizer(&pv.metadata, PV_FINALIZER, true),
+            (true, true) if !bound(&pv) => {
+                tracing::info!(volume = %key, "removing the protection finalizer of an unbound volume");
+                with_finalizer(&pv.metadata, PV_FINALIZER, false)
+            }
+            _ => return Ok(None),
+        };
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        let patch = finalizers_patch(&pv.metadata, want);
+        match api
+            .patch(&key, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+reconciler!(PvProtection, "pv-protection");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        EphemeralVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, PodStatus, Volume,
+    };
+
+    fn pod(node: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: (!node.is_empty()).then(|| node.to_string()),
+                volumes: Some(vec![
+                    Volume {
+                        name: "data".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: "db".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "scratch".into(),
+                        ephemeral: Some(EphemeralVolumeSource::default()),
+                        ..Default::default()
+                    },
+                    Volume {
+                        name: "tmp".into(),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn claims_are_held_by_scheduled_unfinished_pods() {
+        assert_eq!(
+            claims_of(&pod("n1", "Running")),
+            ["ns/db", "ns/web-scratch"]
+        );
+        assert!(holds_claims(&pod("n1", "Running")));
+        assert!(holds_claims(&pod("n1", "Pending")));
+        assert!(!holds_claims(&pod("", "Pending")), "not scheduled");
+        assert!(!holds_claims(&pod("n1", "Succeeded")));
+        assert!(!holds_claims(&pod("n1", "Failed")));
+    }
+
+    #[test]
+    fn finalizers_are_added_once_and_removed_alone() {
+        let meta = ObjectMeta {
+            finalizers: Some(vec!["other".into(), PVC_FINALIZER.into()]),
+            resource_version: Some("7".into()),
+            ..Default::default()
+        };
+        assert_eq!(with_finalizer(&meta, PVC_FINALIZER, false), ["other"]);
+        assert_eq!(
+            with_finalizer(&meta, PVC_FINALIZER, true),
+            ["other", PVC_FINALIZER]
+        );
+        assert_eq!(
+            finalizers_patch(&meta, vec![]),
+            json!({"metadata": {"finalizers": [], "resourceVersion": "7"}})
+        );
+    }
+}
