@@ -26,6 +26,9 @@ use crate::status::{ApiError, ApiResult};
 const ALWAYS_ON: &[&str] = &["NamespaceLifecycle", "Priority", "DefaultTolerationSeconds"];
 /// Plugins the flags turn on or off.
 const OPTIONAL: &[&str] = &[
+    "CertificateApproval",
+    "CertificateSigning",
+    "CertificateSubjectRestriction",
     "DefaultIngressClass",
     "DefaultStorageClass",
     "LimitRanger",
@@ -73,6 +76,12 @@ pub struct Plugins {
     /// StorageObjectInUseProtection (on unless disabled, as upstream): new claims and volumes
     /// get the finalizers the pvc- and pv-protection controllers remove once they are unused.
     pub storage_protection: bool,
+    /// CertificateApproval (on unless disabled, as upstream).
+    pub certificate_approval: bool,
+    /// CertificateSigning (on unless disabled, as upstream).
+    pub certificate_signing: bool,
+    /// CertificateSubjectRestriction (on unless disabled, as upstream).
+    pub certificate_subject_restriction: bool,
 }
 
 impl Default for Plugins {
@@ -91,6 +100,9 @@ impl Default for Plugins {
             validating_policy: true,
             taint_nodes_by_condition: true,
             storage_protection: true,
+            certificate_approval: true,
+            certificate_signing: true,
+            certificate_subject_restriction: true,
         }
     }
 }
@@ -120,6 +132,9 @@ impl Plugins {
                 "ValidatingAdmissionPolicy" => p.validating_policy = true,
                 "TaintNodesByCondition" => p.taint_nodes_by_condition = true,
                 "StorageObjectInUseProtection" => p.storage_protection = true,
+                "CertificateApproval" => p.certificate_approval = true,
+                "CertificateSigning" => p.certificate_signing = true,
+                "CertificateSubjectRestriction" => p.certificate_subject_restriction = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -154,6 +169,9 @@ impl Plugins {
                 "ValidatingAdmissionPolicy" => p.validating_policy = false,
                 "TaintNodesByCondition" => p.taint_nodes_by_condition = false,
                 "StorageObjectInUseProtection" => p.storage_protection = false,
+                "CertificateApproval" => p.certificate_approval = false,
+                "CertificateSigning" => p.certificate_signing = false,
+                "CertificateSubjectRestriction" => p.certificate_subject_restriction = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -329,9 +347,42 @@ pub fn write_check(
     plugins: &Plugins,
     authz: &Arc<Authorizer>,
     res: &'static Resource,
+    subresource: &str,
     user: &UserInfo,
     pod_security: Option<crate::podsecurity::Policy>,
 ) -> Option<Admit> {
+    if res.kind == crate::certificates::KIND {
+        // CertificateApproval on `/approval`; CertificateSigning when `/status` sets the
+        // certificate.
+        let verb = match subresource {
+            "approval" if plugins.certificate_approval => "approve",
+            "status" if plugins.certificate_signing => "sign",
+            _ => return None,
+        };
+        let (authz, user) = (authz.clone(), user.clone());
+        return Some(Admit(Arc::new(move |_, old, obj| {
+            if verb == "sign"
+                && old.and_then(|o| o.pointer("/status/certificate"))
+                    == obj.pointer("/status/certificate")
+            {
+                return Ok(());
+            }
+            let signer = obj
+                .pointer("/spec/signerName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if crate::certificates::signer_allowed(&authz, &user, verb, signer) {
+                return Ok(());
+            }
+            Err(forbidden_named(
+                res,
+                obj.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                &format!("user not permitted to {verb} requests with signerName {signer:?}"),
+            ))
+        })));
+    }
     if res.group.is_empty() && res.resource == "namespaces" && plugins.pod_security {
         return Some(Admit(Arc::new(|_, _, obj| {
             crate::podsecurity::validate_labels(obj).map_err(|m| {

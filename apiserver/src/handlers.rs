@@ -309,7 +309,7 @@ fn write_opts(
     admit: &Admission,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
-    subresource: &str,
+    subresource: &'static str,
 ) -> ApiResult<WriteOpts> {
     let name = match q.get("fieldManager") {
         Some(m) if !m.is_empty() => {
@@ -345,7 +345,14 @@ fn write_opts(
         admit: admit.check.clone(),
         hooks: admit.hooks.clone(),
         builtin: admit.builtin.clone(),
+        subresource,
     })
+}
+
+/// Whether a subresource writes the status alone (`/status`, and `/approval` of a
+/// CertificateSigningRequest, whose conditions live in the status).
+fn status_like(sub: Option<Sub>) -> bool {
+    matches!(sub, Some(Sub::Status | Sub::Approval))
 }
 
 fn field_validation(q: &HashMap<String, String>) -> ApiResult<FieldValidation> {
@@ -662,7 +669,14 @@ async fn resource_request(
             } else {
                 None
             };
-            crate::admission::write_check(&state.admission, &state.authz, res, u, enforce)
+            crate::admission::write_check(
+                &state.admission,
+                &state.authz,
+                res,
+                sub.map(Sub::name).unwrap_or(""),
+                u,
+                enforce,
+            )
         }
         _ => None,
     };
@@ -681,9 +695,9 @@ async fn resource_request(
         hooks: hooks.clone(),
         builtin: whole.then(|| state.builtin.clone()),
     };
-    let allow_table = sub.is_none() || sub == Some(Sub::Status);
+    let allow_table = sub.is_none() || status_like(sub);
     let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {
-        ("get", None | Some(Sub::Status)) => {
+        ("get", None | Some(Sub::Status | Sub::Approval)) => {
             let out = negotiate(&headers, &q, allow_table)?;
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
             Ok(render_object(res, &obj, out, StatusCode::OK))
@@ -859,11 +873,22 @@ async fn resource_request(
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let audit = crate::audit::context(&req);
+            let req_user = req.extensions().get::<crate::authz::UserInfo>().cloned();
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
             let mut warnings =
                 validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            if res.kind == crate::certificates::KIND {
+                // Who asked is the server's to say; CertificateSubjectRestriction.
+                let user = req_user.unwrap_or_default();
+                crate::certificates::set_requester(&mut obj, &user);
+                if state.admission.certificate_subject_restriction {
+                    crate::certificates::subject_restriction(&obj).map_err(|m| {
+                        crate::admission::forbidden_named(res, object::name(&obj), &m)
+                    })?;
+                }
+            }
             if state.admission.pod_security && res.namespaced {
                 warnings.extend(pod_security(state, res, ns, &obj, audit.as_deref()).await?);
             }
@@ -958,18 +983,9 @@ async fn resource_request(
                 .await?;
             Ok(json_response(&with_type(res, updated)))
         }
-        ("update", None | Some(Sub::Status)) => {
+        ("update", None | Some(Sub::Status | Sub::Approval)) => {
             let out = negotiate(&headers, &q, false)?;
-            let w = write_opts(
-                &admit,
-                &q,
-                &headers,
-                if sub == Some(Sub::Status) {
-                    "status"
-                } else {
-                    ""
-                },
-            )?;
+            let w = write_opts(&admit, &q, &headers, sub.map(Sub::name).unwrap_or(""))?;
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
@@ -978,7 +994,7 @@ async fn resource_request(
             let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
             let updated = state
                 .registry
-                .update(res, ns, name, obj, sub == Some(Sub::Status), &w)
+                .update(res, ns, name, obj, status_like(sub), &w)
                 .await?;
             Ok(add_warnings(
                 render_object(res, &with_type(res, updated), out, StatusCode::OK),
@@ -1011,7 +1027,7 @@ async fn resource_request(
                 .await?;
             Ok(json_response(&object::scale_of(res, &updated)))
         }
-        ("patch", None | Some(Sub::Status) | Some(Sub::Scale)) => {
+        ("patch", None | Some(Sub::Status | Sub::Scale | Sub::Approval)) => {
             let out = negotiate(&headers, &q, false)?;
             let w = write_opts(&admit, &q, &headers, sub.map(Sub::name).unwrap_or(""))?;
             let fv = field_validation(&q)?;
@@ -1027,7 +1043,7 @@ async fn resource_request(
             let is_scale = sub == Some(Sub::Scale);
             let updated = state
                 .registry
-                .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
+                .guaranteed_update(res, ns, name, status_like(sub), &w, |old| {
                     let base = if is_scale {
                         object::scale_of(res, old)
                     } else {
@@ -1562,8 +1578,8 @@ async fn server_side_apply(
         )));
     }
     let warnings = validation::check(res.group, res.version, res.definition, &mut applied, fv)?;
-    let subresource = if sub == Some(Sub::Status) {
-        "status"
+    let subresource = if status_like(sub) {
+        sub.map(Sub::name).unwrap_or("")
     } else {
         ""
     };
@@ -1604,7 +1620,7 @@ async fn server_side_apply(
     }
     let updated = state
         .registry
-        .guaranteed_update(res, ns, name, sub == Some(Sub::Status), &w, |old| {
+        .guaranteed_update(res, ns, name, status_like(sub), &w, |old| {
             let base = object::without_rv(&with_type(res, old.clone()));
             crate::managed::apply(
                 &sch,

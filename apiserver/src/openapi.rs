@@ -173,7 +173,9 @@ fn op(
 
 fn def_for(kind_def: &str, sub: Sub) -> String {
     match sub {
-        Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => kind_def.to_string(),
+        Sub::Status | Sub::Approval | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => {
+            kind_def.to_string()
+        }
         Sub::Scale => "io.k8s.api.autoscaling.v1.Scale".into(),
         Sub::Binding => "io.k8s.api.core.v1.Binding".into(),
         Sub::Eviction => "io.k8s.api.policy.v1.Eviction".into(),
@@ -341,7 +343,12 @@ fn build_doc(group: &str, version: &str) -> Value {
                 Sub::Token => {
                     generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
                 }
-                Sub::Status | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => {}
+                Sub::Status
+                | Sub::Approval
+                | Sub::Finalize
+                | Sub::Log
+                | Sub::Exec
+                | Sub::Attach => {}
             }
         }
         paths_for(r, &mut paths);

@@ -93,6 +93,8 @@ pub struct WriteOpts {
     /// The built-in admission plugins that read other objects (a client's write of a whole
     /// object only).
     pub builtin: Option<Arc<crate::admission::Builtin>>,
+    /// The subresource written (`""`, `"status"`, `"approval"`, ...).
+    pub subresource: &'static str,
 }
 
 /// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
@@ -859,6 +861,9 @@ impl Registry {
             } else {
                 strategy::default(res, obj);
                 strategy::prepare_for_update(res, &old, obj);
+            }
+            if res.kind == crate::certificates::KIND {
+                crate::certificates::prepare_update(&old, obj, w.subresource);
             }
         };
         prepare(&mut obj);

@@ -5,9 +5,10 @@
 use k8s_openapi::api::{
     admissionregistration::v1 as admissionregistration, apps::v1 as apps,
     authentication::v1 as authentication, authorization::v1 as authorization, batch::v1 as batch,
-    coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
-    events::v1 as events, flowcontrol::v1 as flowcontrol, networking::v1 as networking,
-    policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
+    certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
+    discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol,
+    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -32,6 +33,8 @@ pub enum Sub {
     Attach,
     /// `serviceaccounts/token`: create an authentication.k8s.io/v1 TokenRequest.
     Token,
+    /// `certificatesigningrequests/approval`: the Approved and Denied conditions.
+    Approval,
 }
 
 impl Sub {
@@ -47,13 +50,14 @@ impl Sub {
             Sub::Exec => "exec",
             Sub::Attach => "attach",
             Sub::Token => "token",
+            Sub::Approval => "approval",
         }
     }
 
     /// `(group, version, kind)` of the subresource's own type.
     pub fn response_kind(self, res: &Resource) -> (&'static str, &'static str, &'static str) {
         match self {
-            Sub::Status => (res.group, res.version, res.kind),
+            Sub::Status | Sub::Approval => (res.group, res.version, res.kind),
             Sub::Scale => ("autoscaling", "v1", "Scale"),
             Sub::Binding => ("", "v1", "Binding"),
             Sub::Eviction => ("policy", "v1", "Eviction"),
@@ -68,7 +72,7 @@ impl Sub {
     /// Verbs the subresource supports.
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Sub::Status | Sub::Scale => &["get", "patch", "update"],
+            Sub::Status | Sub::Scale | Sub::Approval => &["get", "patch", "update"],
             Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
@@ -585,6 +589,21 @@ pub fn all() -> &'static [Resource] {
                 "jobs",
                 "io.k8s.api.batch.v1.Job",
                 batch::Job
+            ),
+            // certificates.k8s.io/v1
+            res!(
+                "certificates.k8s.io",
+                "v1",
+                "certificatesigningrequests",
+                "certificatesigningrequest",
+                "CertificateSigningRequest",
+                false,
+                &["csr"],
+                NONE,
+                &[Sub::Status, Sub::Approval],
+                "certificatesigningrequests",
+                "io.k8s.api.certificates.v1.CertificateSigningRequest",
+                certificates::CertificateSigningRequest
             ),
             // coordination.k8s.io/v1
             res!(

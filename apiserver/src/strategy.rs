@@ -427,6 +427,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
     }
     validate_labels(obj, &mut causes);
     match res.kind {
+        crate::certificates::KIND => crate::certificates::validate(obj, &mut causes),
         "Pod" => match obj.get("spec") {
             Some(spec) => validate_containers(spec, "spec", &mut causes),
             None => causes.push(Cause::new(
@@ -746,6 +747,9 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), A
                 "Invalid value: field is immutable",
             ));
         }
+    }
+    if res.kind == crate::certificates::KIND {
+        crate::certificates::validate_update(old, new, &mut causes);
     }
     if matches!(res.kind, "ConfigMap" | "Secret") && old.get("immutable") == Some(&json!(true)) {
         for f in ["data", "binaryData", "stringData"] {

@@ -127,6 +127,14 @@ pub fn columns(res: &Resource) -> Vec<Col> {
             AGE,
         ],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "CertificateSigningRequest" => vec![
+            NAME,
+            AGE,
+            ("SignerName", "string", "", 0),
+            ("Requestor", "string", "", 0),
+            ("RequestedDuration", "string", "", 0),
+            ("Condition", "string", "", 0),
+        ],
         "Event" if res.group.is_empty() => vec![
             ("Last Seen", "string", "", 0),
             ("Type", "string", "", 0),
@@ -706,6 +714,19 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, json!(s(o.pointer("/spec/holderIdentity"))), age],
+        "CertificateSigningRequest" => vec![
+            name,
+            age,
+            json!(s(o.pointer("/spec/signerName"))),
+            json!(s(o.pointer("/spec/username"))),
+            json!(
+                o.pointer("/spec/expirationSeconds")
+                    .and_then(Value::as_i64)
+                    .map(crate::object::human_duration)
+                    .unwrap_or_else(|| "<none>".into())
+            ),
+            json!(crate::certificates::condition_summary(o)),
+        ],
         "Event" if res.group.is_empty() => {
             let last = o
                 .get("lastTimestamp")

@@ -6,6 +6,7 @@ mod admission;
 mod audit;
 mod authn;
 mod behaviour;
+mod certificates;
 #[allow(dead_code)]
 #[path = "../store/cluster.rs"]
 mod cluster;
