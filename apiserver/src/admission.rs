@@ -37,6 +37,7 @@ const OPTIONAL: &[&str] = &[
     "PersistentVolumeClaimResize",
     "PodSecurity",
     "ResourceQuota",
+    "RuntimeClass",
     "ServiceAccount",
     "StorageObjectInUseProtection",
     "TaintNodesByCondition",
@@ -82,6 +83,8 @@ pub struct Plugins {
     pub certificate_signing: bool,
     /// CertificateSubjectRestriction (on unless disabled, as upstream).
     pub certificate_subject_restriction: bool,
+    /// RuntimeClass (on unless disabled, as upstream).
+    pub runtime_class: bool,
 }
 
 impl Default for Plugins {
@@ -103,6 +106,7 @@ impl Default for Plugins {
             certificate_approval: true,
             certificate_signing: true,
             certificate_subject_restriction: true,
+            runtime_class: true,
         }
     }
 }
@@ -135,6 +139,7 @@ impl Plugins {
                 "CertificateApproval" => p.certificate_approval = true,
                 "CertificateSigning" => p.certificate_signing = true,
                 "CertificateSubjectRestriction" => p.certificate_subject_restriction = true,
+                "RuntimeClass" => p.runtime_class = true,
                 n if ALWAYS_ON.contains(&n) => {}
                 n => {
                     return Err(format!(
@@ -172,6 +177,7 @@ impl Plugins {
                 "CertificateApproval" => p.certificate_approval = false,
                 "CertificateSigning" => p.certificate_signing = false,
                 "CertificateSubjectRestriction" => p.certificate_subject_restriction = false,
+                "RuntimeClass" => p.runtime_class = false,
                 _ => {
                     return Err(format!(
                         "--disable-admission-plugins: unknown plugin {name:?}"
@@ -215,7 +221,8 @@ impl Builtin {
                 .then(|| crate::resourcequota::QuotaAdmission::new(registry.clone(), cache)),
             classes: (plugins.default_storage_class
                 || plugins.default_ingress_class
-                || plugins.pvc_resize)
+                || plugins.pvc_resize
+                || plugins.runtime_class)
                 .then(|| {
                     crate::classes::ClassPlugins::new(
                         registry.clone(),
@@ -223,6 +230,7 @@ impl Builtin {
                         plugins.default_storage_class,
                         plugins.default_ingress_class,
                         plugins.pvc_resize,
+                        plugins.runtime_class,
                     )
                 }),
             taint_new_nodes: plugins.taint_nodes_by_condition,
@@ -252,6 +260,7 @@ impl Builtin {
         }
         if let Some(c) = &self.classes {
             c.default_class(res, obj).await?;
+            c.runtime_class(res, obj).await?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use k8s_openapi::api::{
     authentication::v1 as authentication, authorization::v1 as authorization, batch::v1 as batch,
     certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
     discovery::v1 as discovery, events::v1 as events, flowcontrol::v1 as flowcontrol,
-    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    networking::v1 as networking, node::v1 as node, policy::v1 as policy, rbac::v1 as rbac,
     scheduling::v1 as scheduling, storage::v1 as storage,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -692,6 +692,21 @@ pub fn all() -> &'static [Resource] {
                 "networkpolicies",
                 "io.k8s.api.networking.v1.NetworkPolicy",
                 networking::NetworkPolicy
+            ),
+            // node.k8s.io/v1
+            res!(
+                "node.k8s.io",
+                "v1",
+                "runtimeclasses",
+                "runtimeclass",
+                "RuntimeClass",
+                false,
+                NONE,
+                NONE,
+                NOSUB,
+                "runtimeclasses",
+                "io.k8s.api.node.v1.RuntimeClass",
+                node::RuntimeClass
             ),
             // policy/v1
             res!(

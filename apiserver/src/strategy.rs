@@ -428,6 +428,15 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
     validate_labels(obj, &mut causes);
     match res.kind {
         crate::certificates::KIND => crate::certificates::validate(obj, &mut causes),
+        "RuntimeClass" => match obj.get("handler").and_then(Value::as_str) {
+            None | Some("") => causes.push(Cause::new("FieldValueRequired", "handler", "Required value")),
+            Some(h) if !valid_dns_label(h) => causes.push(Cause::new(
+                "FieldValueInvalid",
+                "handler",
+                format!("Invalid value: {h:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+            )),
+            _ => {}
+        },
         "Pod" => match obj.get("spec") {
             Some(spec) => validate_containers(spec, "spec", &mut causes),
             None => causes.push(Cause::new(
@@ -737,6 +746,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), A
         ],
         "RoleBinding" | "ClusterRoleBinding" => &[("/roleRef", "roleRef")],
         "PriorityClass" => &[("/value", "value")],
+        "RuntimeClass" => &[("/handler", "handler")],
         _ => &[],
     };
     for (ptr, field) in immutable {

@@ -127,6 +127,7 @@ pub fn columns(res: &Resource) -> Vec<Col> {
             AGE,
         ],
         "Lease" => vec![NAME, ("Holder", "string", "", 0), AGE],
+        "RuntimeClass" => vec![NAME, ("Handler", "string", "", 0), AGE],
         "CertificateSigningRequest" => vec![
             NAME,
             AGE,
@@ -714,6 +715,7 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, json!(s(o.pointer("/spec/holderIdentity"))), age],
+        "RuntimeClass" => vec![name, json!(s(o.get("handler"))), age],
         "CertificateSigningRequest" => vec![
             name,
             age,

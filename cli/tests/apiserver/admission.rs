@@ -176,3 +176,70 @@ fn default_classes_and_claim_resizing() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn runtime_classes_give_pods_their_overhead_and_scheduling() {
+    let c = ApiCluster::start_with(Backend::Keelson, 1, &[]);
+    apply(
+        &c,
+        r#"{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "kata"},
+          "handler": "kata", "overhead": {"podFixed": {"cpu": "250m", "memory": "120Mi"}},
+          "scheduling": {"nodeSelector": {"runtime": "kata"},
+            "tolerations": [{"key": "kata", "operator": "Exists", "effect": "NoSchedule"}]}}"#,
+    );
+    let table = c.ok(&["get", "runtimeclass", "kata", "--no-headers"]);
+    assert!(
+        table.starts_with("kata") && table.contains(" kata "),
+        "{table}"
+    );
+    let pod = |name: &str, class: &str, extra: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+              "spec": {{"runtimeClassName": "{class}", {extra} "containers": [{{"name": "c", "image": "nginx"}}]}}}}"#
+        )
+    };
+    apply(&c, &pod("light", "kata", ""));
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "light",
+            "-o",
+            "jsonpath={.spec.overhead.cpu} {.spec.overhead.memory} {.spec.nodeSelector.runtime} {.spec.tolerations[?(@.key==\"kata\")].effect}",
+        ]),
+        "250m 120Mi kata NoSchedule"
+    );
+    let refused = |manifest: &str| {
+        let o = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = refused(&pod("ghost", "gvisor", ""));
+    assert!(
+        e.contains(r#"pod rejected: RuntimeClass "gvisor" not found"#),
+        "{e}"
+    );
+    let e = refused(&pod(
+        "clash",
+        "kata",
+        r#""nodeSelector": {"runtime": "runc"},"#,
+    ));
+    assert!(
+        e.contains("conflict: runtimeClass.scheduling.nodeSelector[runtime]"),
+        "{e}"
+    );
+    // The handler is immutable.
+    let o = c.kubectl(&[
+        "patch",
+        "runtimeclass",
+        "kata",
+        "--type=merge",
+        "-p",
+        r#"{"handler":"runc"}"#,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("field is immutable"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
