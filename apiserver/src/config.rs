@@ -73,6 +73,10 @@ pub struct Config {
     /// Admission plugins to disable.
     #[arg(long, value_delimiter = ',')]
     pub disable_admission_plugins: Vec<String>,
+    /// File with admission control configuration (an AdmissionConfiguration; EventRateLimit
+    /// reads its limits from it).
+    #[arg(long)]
+    pub admission_control_config_file: Option<PathBuf>,
     /// Path to the file that defines the audit policy (audit.k8s.io/v1 Policy).
     #[arg(long)]
     pub audit_policy_file: Option<PathBuf>,

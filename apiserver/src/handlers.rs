@@ -669,14 +669,26 @@ async fn resource_request(
             } else {
                 None
             };
-            crate::admission::write_check(
+            let check = crate::admission::write_check(
                 &state.admission,
                 &state.authz,
                 res,
                 sub.map(Sub::name).unwrap_or(""),
                 u,
                 enforce,
-            )
+            );
+            // EventRateLimit: creates and updates of core Events, dry runs aside.
+            match &state.builtin.event_rate {
+                Some(l)
+                    if res.group.is_empty()
+                        && res.resource == "events"
+                        && matches!(info.verb.as_str(), "create" | "update" | "patch")
+                        && !dry_run(&q)? =>
+                {
+                    Some(crate::admission::with_event_rate(check, l.clone(), u))
+                }
+                _ => check,
+            }
         }
         _ => None,
     };

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod discovery;
 pub mod encryption;
 pub mod etcd;
+pub mod eventratelimit;
 pub mod filters;
 pub mod flowcontrol;
 pub mod handlers;

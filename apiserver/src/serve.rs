@@ -535,9 +535,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             &shutdown,
         )
     });
-    let builtin = Arc::new(crate::admission::Builtin::start(
-        &admission, &registry, &cache,
-    ));
+    let mut builtin = crate::admission::Builtin::start(&admission, &registry, &cache);
+    if admission.event_rate_limit {
+        let limiter = match &config.admission_control_config_file {
+            Some(f) => crate::eventratelimit::EventRateLimit::from_admission_config(f)
+                .map_err(StartError)?,
+            None => None,
+        };
+        builtin.event_rate = Some(Arc::new(limiter.ok_or_else(|| {
+            StartError("EventRateLimit needs its limits in --admission-control-config-file".into())
+        })?));
+    }
+    let builtin = Arc::new(builtin);
     let state = Arc::new(ApiState {
         builtin,
         apf: apf.clone(),

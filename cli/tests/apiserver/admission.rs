@@ -243,3 +243,54 @@ fn runtime_classes_give_pods_their_overhead_and_scheduling() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn event_rate_limit_refuses_events_over_their_namespace_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admission.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: EventRateLimit\n  path: eventratelimit.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("eventratelimit.yaml"),
+        "apiVersion: eventratelimit.admission.k8s.io/v1alpha1\nkind: Configuration\nlimits:\n- type: Namespace\n  qps: 0.001\n  burst: 3\n",
+    )
+    .unwrap();
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &[
+            "--enable-admission-plugins=EventRateLimit",
+            &format!("--admission-control-config-file={}", config.display()),
+        ],
+    );
+    let event = |ns: &str, name: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Event", "metadata": {{"name": "{name}", "namespace": "{ns}"}},
+              "involvedObject": {{"kind": "Pod", "name": "p", "namespace": "{ns}"}},
+              "reason": "Test", "message": "m", "type": "Normal"}}"#
+        )
+    };
+    for i in 0..3 {
+        let o = c.kubectl_stdin(&["create", "-f", "-"], &event("default", &format!("e{i}")));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // A dry run takes no token.
+    let o = c.kubectl_stdin(
+        &["create", "--dry-run=server", "-f", "-"],
+        &event("default", "dry"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = c.kubectl_stdin(&["create", "-f", "-"], &event("default", "e3"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("limit reached on type Namespace for key default"),
+        "{err}"
+    );
+    // Another namespace has its own budget; other kinds are not limited.
+    let o = c.kubectl_stdin(&["create", "-f", "-"], &event("kube-system", "e0"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    c.ok(&["create", "configmap", "not-an-event"]);
+}
