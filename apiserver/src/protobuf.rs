@@ -415,10 +415,14 @@ fn message(message: &str, buf: &[u8], depth: usize) -> ApiResult<Value> {
             }
             Some(n) => {
                 // Go writes unset non-pointer strings as "" and zero times as empty messages;
-                // JSON would omit both, so they are dropped here.
+                // JSON would omit both, so they are dropped here. Likewise false and 0 of the
+                // non-pointer fields Go's JSON omits when zero.
                 match values.into_iter().last() {
                     Some(Value::Null) => {}
                     Some(Value::String(s)) if s.is_empty() && f.kind == "string" => {}
+                    Some(Value::Bool(false)) if omitted_when_zero(message, &n) => {}
+                    Some(Value::Number(z))
+                        if z.as_i64() == Some(0) && omitted_when_zero(message, &n) => {}
                     Some(v) => {
                         out.insert(n, v);
                     }
@@ -428,6 +432,64 @@ fn message(message: &str, buf: &[u8], depth: usize) -> ApiResult<Value> {
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Whether field `field` (JSON name) of `message` is a non-pointer Go bool or integer tagged
+/// `omitempty`: Go's protobuf writes its zero, Go's JSON leaves it out, and so does this
+/// decoder (so that a template sent as protobuf stores, compares and hashes as the same one
+/// sent as JSON). Pointer fields (`replicas`, `automountServiceAccountToken`, ...) keep a zero.
+fn omitted_when_zero(message: &str, field: &str) -> bool {
+    let short = message.rsplit('.').next().unwrap_or(message);
+    matches!(
+        (short, field),
+        ("ObjectMeta", "generation")
+            | ("PodSpec", "hostNetwork" | "hostPID" | "hostIPC")
+            | (
+                "Container" | "EphemeralContainerCommon",
+                "stdin" | "stdinOnce" | "tty"
+            )
+            | ("ContainerPort", "hostPort")
+            | ("VolumeMount", "readOnly")
+            | (
+                "Probe",
+                "initialDelaySeconds"
+                    | "timeoutSeconds"
+                    | "periodSeconds"
+                    | "successThreshold"
+                    | "failureThreshold"
+            )
+            | (
+                "DeploymentSpec" | "ReplicaSetSpec" | "StatefulSetSpec" | "DaemonSetSpec",
+                "minReadySeconds"
+            )
+            | ("DeploymentSpec", "paused")
+            | ("ServiceSpec", "publishNotReadyAddresses")
+            | ("ServicePort", "nodePort")
+            | (
+                "GCEPersistentDiskVolumeSource" | "AWSElasticBlockStoreVolumeSource",
+                "readOnly" | "partition"
+            )
+            | ("ScaleIOVolumeSource", "readOnly" | "sslEnabled")
+            | (
+                "ISCSIVolumeSource",
+                "readOnly" | "chapAuthDiscovery" | "chapAuthSession"
+            )
+            | (
+                "PersistentVolumeClaimVolumeSource"
+                    | "NFSVolumeSource"
+                    | "RBDVolumeSource"
+                    | "CephFSVolumeSource"
+                    | "CinderVolumeSource"
+                    | "FCVolumeSource"
+                    | "AzureFileVolumeSource"
+                    | "FlexVolumeSource"
+                    | "QuobyteVolumeSource"
+                    | "PortworxVolumeSource"
+                    | "StorageOSVolumeSource",
+                "readOnly"
+            )
+            | ("SubjectAccessReviewStatus", "denied")
+    )
 }
 
 fn message_value(target: &str, buf: &[u8], depth: usize) -> ApiResult<Value> {
@@ -840,7 +902,9 @@ mod tests {
             json!({"name": "cm", "optional": true})
         );
         assert_eq!(c["resources"]["limits"]["cpu"], "500m");
-        assert_eq!(v["spec"]["template"]["spec"]["hostIPC"], false);
+        // Go's JSON leaves out a non-pointer false; a pointer zero stays.
+        assert_eq!(v["spec"]["template"]["spec"].get("hostIPC"), None);
+        assert_eq!(v["spec"]["replicas"], 0);
     }
 
     #[test]

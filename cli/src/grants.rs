@@ -1,9 +1,10 @@
 //! What `keelson up` grants its components beyond the bootstrap RBAC policy, applied once the
 //! apiservers are ready and before anything else starts:
 //!
-//! - the controller-manager runs every controller under its own identity
-//!   (`system:kube-controller-manager`), not under per-controller service accounts, so it is
-//!   bound to `cluster-admin`;
+//! - nothing for the controller-manager: it runs with `--use-service-account-credentials`, each
+//!   controller as its own ServiceAccount bound to its bootstrap `system:controller:*` role, and
+//!   its own identity (`system:kube-controller-manager`) has the bootstrap role of that name (the
+//!   `cluster-admin` binding earlier versions made is removed);
 //! - the nodes run the service proxy and the network policy agent in-process, under the node's
 //!   identity: the `system:nodes` group is bound to `system:node-proxier` and to a role that reads
 //!   NetworkPolicies, namespaces and pods;
@@ -64,12 +65,6 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
     ];
     let bindings = vec![
         binding(
-            "keelson:controller-manager",
-            "cluster-admin",
-            "User",
-            CONTROLLER_MANAGER,
-        ),
-        binding(
             "keelson:node-proxier",
             "system:node-proxier",
             "Group",
@@ -95,8 +90,21 @@ pub async fn apply(kubeconfig: &Path) -> anyhow::Result<()> {
     .await?;
     let (roles, bindings) = objects();
     apply_all(Api::<ClusterRole>::all(client.clone()), &roles).await?;
-    apply_all(Api::<ClusterRoleBinding>::all(client), &bindings).await
+    let api = Api::<ClusterRoleBinding>::all(client);
+    apply_all(api.clone(), &bindings).await?;
+    // The controller-manager's cluster-admin binding of earlier versions goes.
+    match api
+        .delete(OBSOLETE_BINDING, &kube::api::DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {OBSOLETE_BINDING}")),
+    }
 }
+
+/// The binding of the controller-manager to `cluster-admin` that earlier versions made.
+const OBSOLETE_BINDING: &str = "keelson:controller-manager";
 
 /// Server-side applies each object (by its name) through `api`.
 async fn apply_all<K>(api: Api<K>, objects: &[Value]) -> anyhow::Result<()>

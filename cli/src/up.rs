@@ -731,6 +731,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={port}"),
                     format!("--root-ca-file={}", pki.ca.display()),
+                    // Each controller as its own ServiceAccount, with its bootstrap role.
+                    "--use-service-account-credentials=true".into(),
                 ]
                 .into_iter()
                 .chain(qps_flags(args.control_plane_qps, None))

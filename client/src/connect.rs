@@ -94,6 +94,25 @@ fn parse_master(s: &str) -> Result<http::Uri, ConnectError> {
 /// Builds a client from the flags: one connection pool per apiserver, failing over between them.
 pub async fn connect(args: &ClientArgs) -> Result<Client, ConnectError> {
     let config = load_config(args).await?;
+    connect_with(args, config)
+}
+
+/// Like [`connect`], authenticating with the bearer token in `token_file` instead of the
+/// kubeconfig's credentials; the file is read again while it changes (a service account's
+/// token that is refreshed).
+pub async fn connect_with_token_file(
+    args: &ClientArgs,
+    token_file: &std::path::Path,
+) -> Result<Client, ConnectError> {
+    let mut config = load_config(args).await?;
+    config.auth_info = kube::config::AuthInfo {
+        token_file: Some(token_file.display().to_string()),
+        ..Default::default()
+    };
+    connect_with(args, config)
+}
+
+fn connect_with(args: &ClientArgs, config: Config) -> Result<Client, ConnectError> {
     let urls = if args.master.is_empty() {
         vec![config.cluster_url.clone()]
     } else {

@@ -632,19 +632,22 @@ impl DeploymentController {
         }
         let api: Api<Deployment> =
             Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());
-        let patch = json!({"metadata": {"annotations": {REVISION: value}}});
+        // An update, as upstream's controller makes (its role may not patch Deployments); a
+        // stale copy conflicts and the sync is retried.
+        let mut annotated = d.clone();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(REVISION.into(), value.clone());
         match api
-            .patch(
-                &d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .replace(&d.name_any(), &PostParams::default(), &annotated)
             .await
         {
             // Carry on with the new resourceVersion, so the status write does not conflict.
-            Ok(patched) => {
-                if patched.metadata.resource_version.is_some() {
-                    d.metadata.resource_version = patched.metadata.resource_version;
+            Ok(written) => {
+                if written.metadata.resource_version.is_some() {
+                    d.metadata.resource_version = written.metadata.resource_version;
                 }
                 d.metadata
                     .annotations
@@ -1259,13 +1262,14 @@ mod tests {
         assert_eq!(ann[DESIRED_REPLICAS], "4");
         assert_eq!(ann[MAX_REPLICAS], "5");
         assert_eq!(ann["kubernetes.io/change-cause"], "first");
-        // The Deployment records the revision and a Progressing condition.
-        let patches = taken(
+        // The Deployment records the revision (with an update, as its role allows) and a
+        // Progressing condition.
+        let updates = taken(
             &calls,
-            "PATCH",
+            "PUT",
             "/apis/apps/v1/namespaces/default/deployments/web",
         );
-        assert!(patches.iter().any(|(_, p)| {
+        assert!(updates.iter().any(|(_, p)| {
             p.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
                 == Some(&serde_json::json!("1"))
         }));

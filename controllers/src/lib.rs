@@ -3,6 +3,7 @@
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
 pub mod clusterroleaggregation;
+pub mod credentials;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -110,6 +111,9 @@ pub struct Config {
     /// enables the controller named 'foo', '-foo' disables the controller named 'foo'.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
+    /// If true, use individual service account credentials for each controller.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub use_service_account_credentials: bool,
     /// The number of deployment objects that are allowed to sync concurrently.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
@@ -237,7 +241,10 @@ pub fn enabled(flags: &[String]) -> Result<Vec<&'static str>, String> {
 
 /// The shared informers, created on first use by the controllers that need them.
 pub struct Informers {
+    /// The controller-manager's own client: the informers list and watch with it.
     client: Client,
+    /// The client of the controller being set up ([`Informers::act_as`]).
+    acting: Client,
     pods: Option<Informer<Pod>>,
     replicasets: Option<Informer<ReplicaSet>>,
     deployments: Option<Informer<Deployment>>,
@@ -285,6 +292,7 @@ impl Informers {
     /// No informers yet.
     pub fn new(client: Client) -> Self {
         Self {
+            acting: client.clone(),
             client,
             pods: None,
             replicasets: None,
@@ -320,7 +328,12 @@ impl Informers {
 
     /// The API client.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.acting.clone()
+    }
+
+    /// Makes [`Informers::client`] return `client` (the next controller's own) from now on.
+    pub fn act_as(&mut self, client: Client) {
+        self.acting = client;
     }
 
     /// Pods in all namespaces.
@@ -607,9 +620,18 @@ async fn run_controllers(
     config: Config,
     token: CancellationToken,
 ) {
-    // Events name the controller that made them, as upstream's (`kubectl describe` shows it).
-    let recorder = |component: &str| Recorder::new(client.clone(), component, None);
     let mut informers = Informers::new(client.clone());
+    let credentials = if config.use_service_account_credentials {
+        match credentials::Credentials::new(client.clone(), config.client.clone(), token.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot keep the controllers' tokens; stopping");
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     let needs_discovery = controllers
         .iter()
@@ -633,6 +655,29 @@ async fn run_controllers(
     let mut pending: Vec<Box<dyn FnOnce(CancellationToken) -> tokio::task::JoinHandle<()> + Send>> =
         Vec::new();
     for c in &controllers {
+        // Each controller writes as its own ServiceAccount with the flag on.
+        if let Some(creds) = &credentials {
+            let own = match credentials::account_of(c) {
+                Some(account) => loop {
+                    match creds.client_for(account).await {
+                        Ok(cl) => break cl,
+                        Err(e) => {
+                            tracing::warn!(controller = %c, error = %e, "cannot act as the controller's service account yet; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                                _ = token.cancelled() => return,
+                            }
+                        }
+                    }
+                },
+                None => client.clone(),
+            };
+            informers.act_as(own);
+        }
+        // Events name the controller that made them, as upstream's (`kubectl describe` shows
+        // it).
+        let acting = informers.client();
+        let recorder = |component: &str| Recorder::new(acting.clone(), component, None);
         match *c {
             "replicaset" => {
                 let ctl = replicaset::ReplicaSetController::<ReplicaSet>::new(
@@ -788,7 +833,7 @@ async fn run_controllers(
                 let Some(res) = resources.clone() else {
                     continue;
                 };
-                let ctl = garbagecollector::GarbageCollector::new(client.clone(), res);
+                let ctl = garbagecollector::GarbageCollector::new(acting.clone(), res);
                 let n = config.concurrent_gc_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
             }

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use keelson_client::informer::{Change, Index};
 use keelson_client::queue::WorkQueue;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::Informers;
 use crate::util::{SyncResult, deleting, is_conflict, is_not_found, key_of, reconciler, split_key};
@@ -63,12 +62,6 @@ fn holds_claims(pod: &Pod) -> bool {
 
 fn has(meta: &ObjectMeta, finalizer: &str) -> bool {
     meta.finalizers.iter().flatten().any(|f| f == finalizer)
-}
-
-/// The merge patch that sets the finalizers to `want` if the object is still at its
-/// resourceVersion.
-fn finalizers_patch(meta: &ObjectMeta, want: Vec<String>) -> serde_json::Value {
-    json!({"metadata": {"finalizers": want, "resourceVersion": meta.resource_version}})
 }
 
 /// `meta`'s finalizers with `finalizer` added (`add`) or removed.
@@ -166,13 +159,12 @@ impl PvcProtection {
             }
             _ => return Ok(None),
         };
-        let patch = finalizers_patch(&pvc.metadata, want);
+        // An update of the cached copy, as upstream's (its role may not patch claims); a stale
+        // copy conflicts.
+        let mut updated = (*pvc).clone();
+        updated.metadata.finalizers = Some(want);
         match api
-            .patch(
-                &pvc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .replace(&pvc.name_any(), &PostParams::default(), &updated)
             .await
         {
             Ok(_) => Ok(None),
@@ -232,11 +224,9 @@ impl PvProtection {
             _ => return Ok(None),
         };
         let api: Api<PersistentVolume> = Api::all(self.client.clone());
-        let patch = finalizers_patch(&pv.metadata, want);
-        match api
-            .patch(&key, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let mut updated = (*pv).clone();
+        updated.metadata.finalizers = Some(want);
+        match api.replace(&key, &PostParams::default(), &updated).await {
             Ok(_) => Ok(None),
             Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(None),
             Err(e) => Err(e),
@@ -314,10 +304,6 @@ mod tests {
         assert_eq!(
             with_finalizer(&meta, PVC_FINALIZER, true),
             ["other", PVC_FINALIZER]
-        );
-        assert_eq!(
-            finalizers_patch(&meta, vec![]),
-            json!({"metadata": {"finalizers": [], "resourceVersion": "7"}})
         );
     }
 }

@@ -136,6 +136,9 @@ fn deployment_rollout_history_undo_scale_and_self_healing() {
         "jsonpath={range .items[*]}{.spec.template.spec.containers[0].image}={.metadata.annotations.deployment\\.kubernetes\\.io/revision} {end}",
     ]);
     assert!(revs.contains("nginx:1.0=3"), "{revs}");
+    // The first ReplicaSet is reused, not a copy made (the template kubectl sent as protobuf
+    // stored as the JSON one would be).
+    assert_eq!(revs.split_whitespace().count(), 2, "{revs}");
 
     // Scaling, and a deleted pod is replaced.
     c.ok(&["scale", "deployment/web", "--replicas=5"]);
@@ -420,4 +423,99 @@ fn daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     ]);
     eventually(Duration::from_secs(60), "only n1", || targets() == ["n1"]);
     kubelet.abort();
+}
+
+#[test]
+fn controllers_act_as_their_own_service_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("sa.key");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let policy = dir.path().join("audit.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  resources: [{group: apps, resources: [replicasets, deployments]}]\n- level: None\n",
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.log");
+    let c = ApiCluster::start_with(
+        Backend::Keelson,
+        1,
+        &[
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            &format!("--service-account-signing-key-file={}", key.display()),
+            &format!("--audit-policy-file={}", policy.display()),
+            &format!("--audit-log-path={}", audit.display()),
+        ],
+    );
+    let _cm = ControllerManager::start(
+        &c,
+        "controller-manager",
+        "cm0",
+        &[
+            "--leader-elect=false",
+            "--controllers=deployment,replicaset",
+            "--use-service-account-credentials",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(client(&c.kubeconfig()));
+    let _kubelet = {
+        let _in_runtime = rt.enter();
+        fake_kubelet(client, "default")
+    };
+    eventually(Duration::from_secs(30), "the controllers' accounts", || {
+        c.kubectl(&["get", "sa", "-n", "kube-system", "deployment-controller"])
+            .status
+            .success()
+            && c.kubectl(&["get", "sa", "-n", "kube-system", "replicaset-controller"])
+                .status
+                .success()
+    });
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.0",
+        "--replicas=2",
+    ]);
+    rollout_ok(&c, "deployment/web");
+    assert_eq!(pods(&c, "web").len(), 2);
+    // Under RBAC, each write came from the controller's own account: the ReplicaSet from the
+    // deployment controller, the Deployment's revision from it too.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |verb: &str, resource: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .map(|e| e["user"]["username"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        by("create", "replicasets"),
+        ["system:serviceaccount:kube-system:deployment-controller"]
+    );
+    assert!(
+        by("update", "deployments")
+            .iter()
+            .all(|u| u == "system:serviceaccount:kube-system:deployment-controller"),
+        "{:?}",
+        by("update", "deployments")
+    );
+    // Nothing was forbidden (a conflict, retried, may happen).
+    let refused: Vec<String> = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["user"]["username"], e["verb"], e["requestURI"]
+            )
+        })
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }
