@@ -387,10 +387,27 @@ pub fn write_check(
 ) -> Option<Admit> {
     if res.kind == crate::certificates::KIND {
         // CertificateApproval on `/approval`; CertificateSigning when `/status` sets the
-        // certificate.
+        // certificate; CertificateSubjectRestriction on create.
         let verb = match subresource {
             "approval" if plugins.certificate_approval => "approve",
             "status" if plugins.certificate_signing => "sign",
+            // CertificateSubjectRestriction, on create (after the requester is recorded).
+            "" if plugins.certificate_subject_restriction => {
+                return Some(Admit(Arc::new(move |_, old, obj| {
+                    if old.is_some() {
+                        return Ok(());
+                    }
+                    crate::certificates::subject_restriction(obj).map_err(|m| {
+                        forbidden_named(
+                            res,
+                            obj.pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or(""),
+                            &m,
+                        )
+                    })
+                })));
+            }
             _ => return None,
         };
         let (authz, user) = (authz.clone(), user.clone());

@@ -74,8 +74,9 @@ pub fn set_requester(obj: &mut Value, user: &UserInfo) {
     }
 }
 
-/// The PEM-decoded request's subject organizations, or why it is not a request.
-fn request_organizations(obj: &Value) -> Result<Vec<String>, String> {
+/// The PEM-decoded request's subject organizations (None for one whose string type cannot be
+/// read), or why it is not a request.
+fn request_organizations(obj: &Value) -> Result<Vec<Option<String>>, String> {
     use x509_parser::prelude::FromDer as _;
     let b64 = obj
         .pointer("/spec/request")
@@ -95,7 +96,7 @@ fn request_organizations(obj: &Value) -> Result<Vec<String>, String> {
         .certification_request_info
         .subject
         .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .map(|o| o.as_str().ok().map(str::to_string))
         .collect())
 }
 
@@ -203,16 +204,38 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         ));
     }
     for (i, c) in conditions.iter().enumerate() {
-        if c.get("status")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
+        let t = c.get("type").and_then(Value::as_str).unwrap_or("");
+        if t.is_empty() {
             causes.push(Cause::new(
                 "FieldValueRequired",
-                &format!("status.conditions[{i}].status"),
+                &format!("status.conditions[{i}].type"),
                 "Required value",
             ));
         }
+        match c.get("status").and_then(Value::as_str) {
+            None | Some("") => causes.push(Cause::new(
+                "FieldValueRequired",
+                &format!("status.conditions[{i}].status"),
+                "Required value",
+            )),
+            Some(st) if matches!(t, "Approved" | "Denied" | "Failed") && st != "True" => causes
+                .push(Cause::new(
+                    "FieldValueNotSupported",
+                    &format!("status.conditions[{i}].status"),
+                    format!("Unsupported value: {st:?}: supported values: \"True\""),
+                )),
+            _ => {}
+        }
+    }
+    if obj
+        .get("status")
+        .is_some_and(|s| !s.is_object() && !s.is_null())
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "status",
+            "Invalid value: must be an object",
+        ));
     }
 }
 
@@ -229,6 +252,13 @@ fn approval_condition(c: &Value) -> bool {
 /// right place.)
 pub fn prepare_update(old: &Value, new: &mut Value, subresource: &str) {
     new["spec"] = old.get("spec").cloned().unwrap_or(Value::Null);
+    // A status that is not an object is refused by validation; leave it to that.
+    if new
+        .get("status")
+        .is_some_and(|s| !s.is_object() && !s.is_null())
+    {
+        return;
+    }
     let old_conditions: Vec<Value> = old
         .pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -273,6 +303,35 @@ pub fn prepare_update(old: &Value, new: &mut Value, subresource: &str) {
             s.remove("conditions");
         }
     } else {
+        // Timestamps the writer left out: now, or the unchanged condition's transition (as
+        // upstream's populateConditionTimestamps).
+        let now = crate::object::now_rfc3339();
+        let before_of = |t: Option<&Value>| {
+            old.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|l| l.iter().find(|o| o.get("type") == t))
+                .cloned()
+        };
+        let merged: Vec<Value> = merged
+            .into_iter()
+            .map(|mut c| {
+                let before = before_of(c.get("type"));
+                let same = before
+                    .as_ref()
+                    .is_some_and(|b| b.get("status") == c.get("status"));
+                if let Some(m) = c.as_object_mut() {
+                    for f in ["lastUpdateTime", "lastTransitionTime"] {
+                        if m.get(f).is_none_or(Value::is_null) {
+                            let keep = (f == "lastTransitionTime" && same)
+                                .then(|| before.as_ref().and_then(|b| b.get(f)).cloned())
+                                .flatten();
+                            m.insert(f.into(), keep.unwrap_or_else(|| json!(now)));
+                        }
+                    }
+                }
+                c
+            })
+            .collect();
         new["status"]["conditions"] = Value::Array(merged);
     }
 }
@@ -280,13 +339,15 @@ pub fn prepare_update(old: &Value, new: &mut Value, subresource: &str) {
 /// Update rules beyond [`validate`]: an approval stays, the certificate is set once and only
 /// on an approved request.
 pub fn validate_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    // Approved, Denied and Failed, once there, stay.
     let kinds = |o: &Value| -> Vec<String> {
         o.pointer("/status/conditions")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter(|c| approval_condition(c))
-            .filter_map(|c| c.get("type").and_then(Value::as_str).map(str::to_string))
+            .filter_map(|c| c.get("type").and_then(Value::as_str))
+            .filter(|t| matches!(*t, "Approved" | "Denied" | "Failed"))
+            .map(str::to_string)
             .collect()
     };
     for k in kinds(old) {
@@ -337,20 +398,27 @@ pub fn subject_restriction(obj: &Value) -> Result<(), String> {
     if obj.pointer("/spec/signerName").and_then(Value::as_str) != Some(KUBE_APISERVER_CLIENT) {
         return Ok(());
     }
+    // An organization this server cannot read is refused too: it might say system:masters.
     match request_organizations(obj) {
-        Ok(orgs) if orgs.iter().any(|o| o == crate::authz::MASTERS) => Err(format!(
-            "use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"
-        )),
+        Ok(orgs)
+            if orgs
+                .iter()
+                .any(|o| o.as_deref().is_none_or(|o| o == crate::authz::MASTERS)) =>
+        {
+            Err(format!(
+                "use of {KUBE_APISERVER_CLIENT} signer with system:masters group is not allowed"
+            ))
+        }
         _ => Ok(()),
     }
 }
 
 /// Whether `user` may `verb` (approve, sign) requests for `signer`: on that signer's name, or
-/// on `<domain>/*`. Asked of the in-process authorizers (this runs inside the write).
+/// on `<domain>/*` ([`Authorizer::authorize_in_write`]).
 pub fn signer_allowed(authz: &Authorizer, user: &UserInfo, verb: &str, signer: &str) -> bool {
     let ask = |name: &str| {
         matches!(
-            authz.authorize_local(&Attributes::resource(
+            authz.authorize_in_write(&Attributes::resource(
                 user,
                 verb,
                 "",
@@ -370,27 +438,36 @@ pub fn signer_allowed(authz: &Authorizer, user: &UserInfo, verb: &str, signer: &
         .is_some_and(|(domain, _)| ask(&format!("{domain}/*")))
 }
 
-/// The CONDITION column of `kubectl get csr`: `Approved,Issued`, `Denied`, `Pending`, ...
+/// The CONDITION column of `kubectl get csr`, as upstream's printer: `Denied`, `Approved` or
+/// `Pending`, then `,Failed`, then `,Issued`.
 pub fn condition_summary(obj: &Value) -> String {
-    let mut parts: Vec<String> = obj
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|c| c.get("status").and_then(Value::as_str) != Some("False"))
-        .filter_map(|c| c.get("type").and_then(Value::as_str).map(str::to_string))
-        .collect();
-    if parts.is_empty() {
-        parts.push("Pending".into());
+    let has = |t: &str| {
+        obj.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|c| c.get("type").and_then(Value::as_str) == Some(t))
+            })
+    };
+    let mut out = if has("Denied") {
+        "Denied"
+    } else if has("Approved") {
+        "Approved"
+    } else {
+        "Pending"
+    }
+    .to_string();
+    if has("Failed") {
+        out.push_str(",Failed");
     }
     if obj
         .pointer("/status/certificate")
         .and_then(Value::as_str)
         .is_some_and(|c| !c.is_empty())
     {
-        parts.push("Issued".into());
+        out.push_str(",Issued");
     }
-    parts.join(",")
+    out
 }
 
 #[cfg(test)]
@@ -472,7 +549,15 @@ pub(crate) mod tests {
         prepare_update(&old, &mut new, "approval");
         assert_eq!(new["spec"]["signerName"], "a/b");
         assert_eq!(new["status"]["certificate"], "Y2VydA==");
-        assert_eq!(new["status"]["conditions"], json!([approved, failed]));
+        let types: Vec<&Value> = new["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["type"])
+            .collect();
+        assert_eq!(types, [&json!("Approved"), &json!("Failed")]);
+        // The approval got its timestamps.
+        assert!(new["status"]["conditions"][0]["lastUpdateTime"].is_string());
         // Status: approval conditions stay as they were.
         let mut status = json!({"status": {"conditions": [approved.clone()]}});
         prepare_update(&old, &mut status, "status");
@@ -498,6 +583,12 @@ pub(crate) mod tests {
     #[test]
     fn conditions_summarise_as_kubectl_shows_them() {
         assert_eq!(condition_summary(&json!({})), "Pending");
+        assert_eq!(
+            condition_summary(
+                &json!({"status": {"conditions": [{"type": "Failed", "status": "True"}]}})
+            ),
+            "Pending,Failed"
+        );
         assert_eq!(
             condition_summary(
                 &json!({"status": {"conditions": [{"type": "Approved", "status": "True"}], "certificate": "eA=="}})

@@ -225,24 +225,29 @@ impl EventRateLimit {
         Ok(None)
     }
 
-    /// Takes a token from each limit for an event `user` writes in `ns`; the first limit with
-    /// none left refuses it.
+    /// Takes a token from each limit for an event `user` writes in `ns` (every limit is
+    /// charged, as upstream); any limit with none left refuses it.
     pub fn accept(&self, user: &str, ns: &str, event: &Value) -> ApiResult<()> {
         let now = Instant::now();
-        for l in &self.limits {
-            let key = key_of(l.kind, user, ns, event);
-            if !l.take(&key, now) {
-                return Err(ApiError::new(
-                    429,
-                    "TooManyRequests",
-                    format!(
-                        "Too many requests: limit reached on type {} for key {key}",
-                        l.kind.name()
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        let refusals: Vec<String> = self
+            .limits
+            .iter()
+            .filter_map(|l| {
+                let key = key_of(l.kind, user, ns, event);
+                (!l.take(&key, now))
+                    .then(|| format!("limit reached on type {} for key {key}", l.kind.name()))
+            })
+            .collect();
+        let why = match refusals.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        Err(ApiError::new(
+            429,
+            "TooManyRequests",
+            format!("Too many requests: {why}"),
+        ))
     }
 }
 

@@ -28,6 +28,9 @@ pub struct PeerIdentity {
     /// The certificate is an authenticating proxy's (`--requestheader-client-ca-file` and
     /// `--requestheader-allowed-names`).
     pub front_proxy: bool,
+    /// A certificate was presented that names no user (a proxy's, or one of the proxy CA with
+    /// a name not allowed): without other credentials the request is refused, never anonymous.
+    pub unusable_certificate: bool,
 }
 
 /// An authenticated user, as `user.Info`.
@@ -497,7 +500,9 @@ pub async fn authorize(
     if let Some(a) = crate::audit::context(&req) {
         let (d, reason) = match &decision {
             crate::authz::Decision::Allow(r) => ("allow", r),
-            crate::authz::Decision::Deny(r) | crate::authz::Decision::NoOpinion(r) => ("forbid", r),
+            crate::authz::Decision::Deny(r)
+            | crate::authz::Decision::NoOpinion(r)
+            | crate::authz::Decision::Error(r) => ("forbid", r),
         };
         a.annotate("authorization.k8s.io/decision", d);
         a.annotate("authorization.k8s.io/reason", reason);
@@ -507,6 +512,7 @@ pub async fn authorize(
         crate::authz::Decision::Deny(r) | crate::authz::Decision::NoOpinion(r) => {
             attrs.forbidden(&r).into_response()
         }
+        crate::authz::Decision::Error(e) => ApiError::internal(e).into_response(),
     }
 }
 

@@ -283,6 +283,7 @@ struct Admission {
     check: Option<crate::registry::Admit>,
     hooks: Option<Arc<crate::webhook::Call>>,
     builtin: Option<Arc<crate::admission::Builtin>>,
+    user: Option<crate::authz::UserInfo>,
 }
 
 /// The admission webhooks of a create through a subresource (binding, eviction, token).
@@ -346,6 +347,7 @@ fn write_opts(
         hooks: admit.hooks.clone(),
         builtin: admit.builtin.clone(),
         subresource,
+        requester: admit.user.clone(),
     })
 }
 
@@ -706,6 +708,7 @@ async fn resource_request(
         check: admit,
         hooks: hooks.clone(),
         builtin: whole.then(|| state.builtin.clone()),
+        user: req.extensions().get::<crate::authz::UserInfo>().cloned(),
     };
     let allow_table = sub.is_none() || status_like(sub);
     let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {
@@ -885,22 +888,11 @@ async fn resource_request(
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let audit = crate::audit::context(&req);
-            let req_user = req.extensions().get::<crate::authz::UserInfo>().cloned();
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
             let mut warnings =
                 validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
-            if res.kind == crate::certificates::KIND {
-                // Who asked is the server's to say; CertificateSubjectRestriction.
-                let user = req_user.unwrap_or_default();
-                crate::certificates::set_requester(&mut obj, &user);
-                if state.admission.certificate_subject_restriction {
-                    crate::certificates::subject_restriction(&obj).map_err(|m| {
-                        crate::admission::forbidden_named(res, object::name(&obj), &m)
-                    })?;
-                }
-            }
             if state.admission.pod_security && res.namespaced {
                 warnings.extend(pod_security(state, res, ns, &obj, audit.as_deref()).await?);
             }

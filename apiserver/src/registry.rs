@@ -95,6 +95,8 @@ pub struct WriteOpts {
     pub builtin: Option<Arc<crate::admission::Builtin>>,
     /// The subresource written (`""`, `"status"`, `"approval"`, ...).
     pub subresource: &'static str,
+    /// Who writes (a CertificateSigningRequest records its requester).
+    pub requester: Option<crate::authz::UserInfo>,
 }
 
 /// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
@@ -676,6 +678,10 @@ impl Registry {
                 strategy::default_for_create(res, &mut obj);
                 strategy::prepare_for_create(res, &mut obj);
             }
+        }
+        // Who asked for a certificate is the server's to say, after any mutation.
+        if res.kind == crate::certificates::KIND {
+            crate::certificates::set_requester(&mut obj, &w.requester.clone().unwrap_or_default());
         }
         // The name is generated before validation, so validating admission sees it (a clash
         // when writing generates another).

@@ -137,10 +137,12 @@ impl ClientCas {
                 common_name,
                 organizations,
                 front_proxy,
+                unusable_certificate: false,
             }
         } else {
             PeerIdentity {
                 front_proxy,
+                unusable_certificate: true,
                 ..Default::default()
             }
         }

@@ -52,12 +52,13 @@ pub fn account_of(controller: &str) -> Option<&'static str> {
     })
 }
 
-/// Makes per-controller clients.
+/// Makes per-controller clients: one per account (controllers sharing an account share it).
 pub struct Credentials {
     root: Client,
     args: ClientArgs,
     dir: PathBuf,
     token: CancellationToken,
+    made: tokio::sync::Mutex<std::collections::HashMap<String, Client>>,
 }
 
 impl Credentials {
@@ -82,12 +83,17 @@ impl Credentials {
             args,
             dir,
             token,
+            made: Default::default(),
         })
     }
 
     /// A client acting as `account`: the account is made if missing, its token written and
     /// kept fresh.
     pub async fn client_for(&self, account: &str) -> Result<Client, String> {
+        let mut made = self.made.lock().await;
+        if let Some(c) = made.get(account) {
+            return Ok(c.clone());
+        }
         let accounts: Api<ServiceAccount> = Api::namespaced(self.root.clone(), NAMESPACE);
         if accounts
             .get_opt(account)
@@ -111,12 +117,11 @@ impl Credentials {
         }
         let file = self.dir.join(format!("{account}.token"));
         let lifetime = write_token(&accounts, account, &file).await?;
-        let (accounts, name, path, stop) = (
-            accounts.clone(),
-            account.to_string(),
-            file.clone(),
-            self.token.clone(),
-        );
+        let client = keelson_client::connect::connect_with_token_file(&self.args, &file)
+            .await
+            .map_err(|e| e.to_string())?;
+        // One refresher per account, started once its client exists.
+        let (name, path, stop) = (account.to_string(), file.clone(), self.token.clone());
         tokio::spawn(async move {
             let mut wait = lifetime.mul_f64(0.8);
             loop {
@@ -133,9 +138,8 @@ impl Credentials {
                 };
             }
         });
-        keelson_client::connect::connect_with_token_file(&self.args, &file)
-            .await
-            .map_err(|e| e.to_string())
+        made.insert(account.to_string(), client.clone());
+        Ok(client)
     }
 }
 
@@ -162,7 +166,8 @@ async fn write_token(
     let status = answer
         .status
         .ok_or_else(|| format!("the token request for {account} has no status"))?;
-    let tmp = file.with_extension("new");
+    // A name of its own per write, renamed over the file whole.
+    let tmp = file.with_extension(format!("new-{}", rand::random::<u64>()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -3,11 +3,12 @@
 //!
 //! - A PersistentVolumeClaim carries the `kubernetes.io/pvc-protection` finalizer (added here
 //!   when the StorageObjectInUseProtection admission plugin did not). Once it is being deleted,
-//!   the finalizer goes when no scheduled pod that has not finished uses it, directly or as an
-//!   ephemeral volume's claim. The informer's answer is confirmed by a live list of the
-//!   namespace's pods before the finalizer goes, as upstream.
+//!   the finalizer goes when no scheduled pod uses it: as a persistentVolumeClaim volume (while
+//!   the pod object exists, whatever its phase), or as the claim of an ephemeral volume the pod
+//!   owns (until the pod is shut down). The informer's answer is confirmed by a live list of
+//!   the namespace's pods before the finalizer goes, as upstream.
 //! - A PersistentVolume carries `kubernetes.io/pv-protection`; once it is being deleted, the
-//!   finalizer goes when the volume is not Bound.
+//!   finalizer goes when the volume is not Bound to a claim that still exists.
 
 use std::sync::Arc;
 
@@ -46,18 +47,44 @@ pub fn claims_of(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-/// Whether `pod` keeps its claims in use: scheduled, and not finished.
-fn holds_claims(pod: &Pod) -> bool {
+/// A pod shut down for good: being deleted with no grace left.
+fn shut_down(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        && pod.metadata.deletion_grace_period_seconds == Some(0)
+}
+
+/// Whether `pod` uses `pvc`, as upstream's `podUsesPVC`: only scheduled pods count; a
+/// persistentVolumeClaim volume holds the claim while the pod exists, an ephemeral volume's
+/// claim while the pod (its owner) is not shut down.
+fn uses_claim(pod: &Pod, pvc: &PersistentVolumeClaim) -> bool {
     let scheduled = pod
         .spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty());
-    let finished = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    scheduled && !finished
+    if !scheduled || pod.metadata.namespace != pvc.metadata.namespace {
+        return false;
+    }
+    let name = pvc.metadata.name.as_deref().unwrap_or("");
+    let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+    let owned = pvc
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == pod.metadata.uid.as_ref());
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == name)
+                || (v.ephemeral.is_some()
+                    && format!("{pod_name}-{}", v.name) == name
+                    && owned
+                    && !shut_down(pod))
+        })
 }
 
 fn has(meta: &ObjectMeta, finalizer: &str) -> bool {
@@ -105,12 +132,12 @@ impl PvcProtection {
             });
         }
         {
-            // A pod that goes, or finishes, may free the claims it used.
+            // A pod that goes, or is being deleted, may free the claims it used.
             let (q, claims) = (queue.clone(), claims.clone());
             informers.pods().on_change(move |c| {
                 let pod = match c {
                     Change::Deleted(p) => p,
-                    Change::Updated { new, .. } if !holds_claims(new) => new,
+                    Change::Updated { new, .. } if new.metadata.deletion_timestamp.is_some() => new,
                     _ => return,
                 };
                 for key in claims_of(pod) {
@@ -141,17 +168,18 @@ impl PvcProtection {
         let want = match (deleting(&pvc.metadata), has(&pvc.metadata, PVC_FINALIZER)) {
             (false, false) => with_finalizer(&pvc.metadata, PVC_FINALIZER, true),
             (true, true) => {
-                if self.pods_by_claim.get(&key).iter().any(|p| holds_claims(p)) {
+                if self
+                    .pods_by_claim
+                    .get(&key)
+                    .iter()
+                    .any(|p| uses_claim(p, &pvc))
+                {
                     return Ok(None);
                 }
                 // The cache may lag: ask the apiserver before letting the claim go.
                 let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
                 let live = pods.list(&ListParams::default()).await?;
-                if live
-                    .items
-                    .iter()
-                    .any(|p| holds_claims(p) && claims_of(p).contains(&key))
-                {
+                if live.items.iter().any(|p| uses_claim(p, &pvc)) {
                     return Ok(None);
                 }
                 tracing::info!(claim = %key, "removing the protection finalizer of an unused claim");
@@ -181,11 +209,25 @@ reconciler!(PvcProtection, "pvc-protection");
 pub struct PvProtection {
     client: Client,
     volumes: Store<PersistentVolume>,
+    claims: Store<PersistentVolumeClaim>,
     queue: WorkQueue<String>,
 }
 
-fn bound(pv: &PersistentVolume) -> bool {
-    pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+/// Whether a volume is in use: Bound, to a claim that still exists (the same one, by uid).
+/// (No binder marks a volume Released here, so a volume whose claim is gone is free.)
+fn in_use(pv: &PersistentVolume, claims: &Store<PersistentVolumeClaim>) -> bool {
+    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
+        return false;
+    }
+    let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return false;
+    };
+    let (Some(ns), Some(name)) = (r.namespace.as_deref(), r.name.as_deref()) else {
+        return false;
+    };
+    claims
+        .get(&ObjectRef::new(name).within(ns))
+        .is_some_and(|c| r.uid.is_none() || c.metadata.uid == r.uid)
 }
 
 impl PvProtection {
@@ -193,20 +235,35 @@ impl PvProtection {
     pub fn new(informers: &mut Informers) -> Arc<Self> {
         let queue = WorkQueue::new();
         let volumes = informers.volumes().store();
+        let claims = informers.claims().store();
         {
             let q = queue.clone();
             informers.volumes().on_change(move |c| {
                 let pv = c.object();
-                let d = deleting(&pv.metadata);
-                let f = has(&pv.metadata, PV_FINALIZER);
-                if (!d && !f) || (d && f && !bound(pv)) {
+                let (d, f) = (deleting(&pv.metadata), has(&pv.metadata, PV_FINALIZER));
+                if (!d && !f) || (d && f) {
                     q.add(key_of(&pv.metadata));
+                }
+            });
+        }
+        {
+            // A claim that goes frees its volume.
+            let (q, volumes) = (queue.clone(), volumes.clone());
+            informers.claims().on_change(move |c| {
+                if let Change::Deleted(pvc) = c
+                    && let Some(v) = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref())
+                    && volumes
+                        .get(&ObjectRef::new(v))
+                        .is_some_and(|pv| deleting(&pv.metadata))
+                {
+                    q.add(v.to_string());
                 }
             });
         }
         Arc::new(Self {
             client: informers.client(),
             volumes,
+            claims,
             queue,
         })
     }
@@ -217,7 +274,7 @@ impl PvProtection {
         };
         let want = match (deleting(&pv.metadata), has(&pv.metadata, PV_FINALIZER)) {
             (false, false) => with_finalizer(&pv.metadata, PV_FINALIZER, true),
-            (true, true) if !bound(&pv) => {
+            (true, true) if !in_use(&pv, &self.claims) => {
                 tracing::info!(volume = %key, "removing the protection finalizer of an unbound volume");
                 with_finalizer(&pv.metadata, PV_FINALIZER, false)
             }
@@ -281,16 +338,43 @@ mod tests {
     }
 
     #[test]
-    fn claims_are_held_by_scheduled_unfinished_pods() {
+    fn claims_are_used_as_upstream_counts_them() {
         assert_eq!(
             claims_of(&pod("n1", "Running")),
             ["ns/db", "ns/web-scratch"]
         );
-        assert!(holds_claims(&pod("n1", "Running")));
-        assert!(holds_claims(&pod("n1", "Pending")));
-        assert!(!holds_claims(&pod("", "Pending")), "not scheduled");
-        assert!(!holds_claims(&pod("n1", "Succeeded")));
-        assert!(!holds_claims(&pod("n1", "Failed")));
+        let claim = |name: &str, owner: Option<&str>| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                owner_references: owner.map(|uid| {
+                    vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            uid: uid.into(),
+                            controller: Some(true),
+                            ..Default::default()
+                        },
+                    ]
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let db = claim("db", None);
+        assert!(uses_claim(&pod("n1", "Running"), &db));
+        // A finished pod holds its claim until it is deleted, as upstream.
+        assert!(uses_claim(&pod("n1", "Succeeded"), &db));
+        assert!(!uses_claim(&pod("", "Pending"), &db), "not scheduled");
+        // An ephemeral claim counts only when the pod owns it and is not shut down.
+        let mut p = pod("n1", "Running");
+        p.metadata.uid = Some("u1".into());
+        assert!(uses_claim(&p, &claim("web-scratch", Some("u1"))));
+        assert!(!uses_claim(&p, &claim("web-scratch", Some("other"))));
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        p.metadata.deletion_grace_period_seconds = Some(0);
+        assert!(!uses_claim(&p, &claim("web-scratch", Some("u1"))));
     }
 
     #[test]

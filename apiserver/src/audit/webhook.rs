@@ -7,8 +7,9 @@
 //!   `--audit-webhook-batch-max-size`, or sooner once the oldest has waited
 //!   `--audit-webhook-batch-max-wait`; batches are sent at most
 //!   `--audit-webhook-batch-throttle-qps` per second (bursts of
-//!   `--audit-webhook-batch-throttle-burst`) when throttling is on, and retried with a growing
-//!   delay from `--audit-webhook-initial-backoff`, a few times, before they are given up.
+//!   `--audit-webhook-batch-throttle-burst`) when throttling is on, at most that burst of
+//!   batches in flight, and retried with a growing delay from `--audit-webhook-initial-backoff`,
+//!   a few times, before they are given up.
 //! - `blocking`: each event is sent before the request goes on; a failure is logged.
 //! - `blocking-strict`: as `blocking`, and a request whose RequestReceived event cannot be
 //!   sent fails.
@@ -175,6 +176,7 @@ impl WebhookBackend {
 
 /// Collects events into batches and sends them, each batch in a task of its own.
 async fn batcher(remote: Arc<Remote>, mut rx: mpsc::Receiver<Value>, b: Batching) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(b.throttle_burst.max(1)));
     let mut tokens = b.throttle_burst.max(1) as f64;
     let mut refilled = tokio::time::Instant::now();
     while let Some(first) = rx.recv().await {
@@ -199,15 +201,25 @@ async fn batcher(remote: Arc<Remote>, mut rx: mpsc::Receiver<Value>, b: Batching
             tokens = (tokens + now.duration_since(refilled).as_secs_f64() * qps).min(burst);
             refilled = now;
             if tokens < 1.0 {
-                let wait = Duration::from_secs_f64((1.0 - tokens) / qps);
+                let wait = Duration::try_from_secs_f64((1.0 - tokens) / qps)
+                    .unwrap_or(Duration::MAX)
+                    .min(Duration::from_secs(3600));
                 tokio::time::sleep(wait).await;
                 tokens = 1.0;
                 refilled = tokio::time::Instant::now();
             }
             tokens -= 1.0;
         }
+        // At most `burst` batches in flight: with the webhook down, the buffer (and its
+        // bound) holds what waits, not a pile of retrying tasks.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let (remote, backoff) = (remote.clone(), b.initial_backoff);
-        tokio::spawn(async move { send_with_retries(&remote, batch, backoff).await });
+        tokio::spawn(async move {
+            send_with_retries(&remote, batch, backoff).await;
+            drop(permit);
+        });
         if closed {
             break;
         }

@@ -255,6 +255,13 @@ impl Authenticator {
             headers.remove(http::header::AUTHORIZATION);
             return Ok(user);
         }
+        if peer.unusable_certificate {
+            // As upstream's x509 authenticator, whose error a failing union does not pass on
+            // to anonymous.
+            return Err(Unauthenticated(
+                "the client certificate names no user".into(),
+            ));
+        }
         if self.anonymous {
             return Ok(UserInfo {
                 name: ANONYMOUS.into(),
@@ -284,14 +291,7 @@ impl Authenticator {
         {
             let s = match &self.registry {
                 Some((registry, cache)) => {
-                    lookup(
-                        registry,
-                        cache,
-                        "secrets",
-                        bootstrap::NAMESPACE,
-                        &bootstrap::secret_name(id),
-                    )
-                    .await
+                    bootstrap_secret(registry, cache, &bootstrap::secret_name(id)).await
                 }
                 None => None,
             };
@@ -350,6 +350,21 @@ impl Authenticator {
 
 /// The anonymous user.
 pub const ANONYMOUS: &str = "system:anonymous";
+
+/// A bootstrap token's secret. Anyone can send a well-formed token, so once the secrets'
+/// watch cache is ready it alone answers (a miss is no secret), as upstream's lister does;
+/// the store is read only before that.
+async fn bootstrap_secret(
+    registry: &Registry,
+    cache: &crate::cache::Cache,
+    name: &str,
+) -> Option<Value> {
+    let res = crate::resources::find("", "v1", "secrets")?;
+    match cache.get(res).filter(|c| c.is_ready()) {
+        Some(c) => c.peek(bootstrap::NAMESPACE, name),
+        None => registry.get(res, bootstrap::NAMESPACE, name).await.ok(),
+    }
+}
 
 /// An object from the watch cache, or from the store when the cache does not have it (yet).
 pub async fn lookup(
@@ -421,7 +436,7 @@ mod tests {
         let cert = PeerIdentity {
             common_name: Some("carol".into()),
             organizations: vec!["g".into()],
-            front_proxy: false,
+            ..Default::default()
         };
         assert_eq!(
             a.authenticate(&cert, &mut h("Bearer bad"))
@@ -459,6 +474,7 @@ mod tests {
         );
         let proxy = PeerIdentity {
             front_proxy: true,
+            unusable_certificate: true,
             ..Default::default()
         };
         let mut sent = h.clone();
@@ -466,7 +482,14 @@ mod tests {
         assert_eq!(u.name, "dave");
         assert_eq!(u.groups, ["devs", "system:authenticated"]);
         assert!(sent.is_empty());
-        // A proxy that names nobody is not a user itself.
-        assert!(a.authenticate(&proxy, &mut HeaderMap::new()).await.is_err());
+        // A proxy that names nobody is not a user itself, nor anonymous.
+        let anonymous_too =
+            Authenticator::certificates_only(true).with_request_header(RequestHeader {
+                username: vec!["X-Remote-User".into()],
+                ..Default::default()
+            });
+        for a in [&a, &anonymous_too] {
+            assert!(a.authenticate(&proxy, &mut HeaderMap::new()).await.is_err());
+        }
     }
 }

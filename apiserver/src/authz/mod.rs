@@ -151,6 +151,9 @@ pub enum Decision {
     Deny(String),
     /// Neither; the next authorizer is asked.
     NoOpinion(String),
+    /// Nothing allowed or denied, and an authorizer (the webhook) could not be asked: a 500,
+    /// not a 403, as upstream.
+    Error(String),
 }
 
 /// One `--authorization-mode`.
@@ -330,20 +333,41 @@ impl Authorizer {
             return Decision::Allow(String::new());
         }
         let mut reasons = Vec::new();
+        let mut errors = Vec::new();
         for m in &self.modes {
             if *m == Mode::Webhook {
                 if let Some(w) = &self.webhook {
                     match w.authorize(a).await {
-                        d @ (Decision::Allow(_) | Decision::Deny(_)) => return d,
-                        Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
-                        Decision::NoOpinion(_) => {}
+                        Ok(d @ (Decision::Allow(_) | Decision::Deny(_))) => return d,
+                        Ok(Decision::NoOpinion(r) | Decision::Error(r)) if !r.is_empty() => {
+                            reasons.push(r)
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(e),
                     }
                 }
             } else if let Some(d) = self.ask_local(*m, a, &mut reasons) {
                 return d;
             }
         }
+        if !errors.is_empty() {
+            return Decision::Error(errors.join("; "));
+        }
         Decision::NoOpinion(reasons.join("\n"))
+    }
+
+    /// The whole chain for the checks made inside a write, which cannot wait: with a webhook
+    /// among the modes it is asked on a blocking section of the runtime's worker (answers are
+    /// cached); otherwise nothing waits.
+    pub fn authorize_in_write(&self, a: &Attributes<'_>) -> Decision {
+        if self.webhook.is_some()
+            && self.modes.contains(&Mode::Webhook)
+            && let Ok(h) = tokio::runtime::Handle::try_current()
+            && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(|| h.block_on(self.authorize(a)));
+        }
+        self.authorize_local(a)
     }
 
     /// Asks the authorizers that answer without a round trip (all but the webhook), for the
@@ -394,6 +418,7 @@ impl Authorizer {
         match self.authorize(a).await {
             Decision::Allow(_) => Ok(()),
             Decision::Deny(r) | Decision::NoOpinion(r) => Err(a.forbidden(&r)),
+            Decision::Error(e) => Err(ApiError::internal(e)),
         }
     }
 
@@ -445,8 +470,8 @@ impl Authorizer {
     /// RBAC's escalation check on a write of a role or binding by `user`: a role may only
     /// carry permissions its writer has (or the writer may `escalate` roles); a binding may only
     /// bind a role whose permissions the writer has (or the writer may `bind` that role). No
-    /// check without RBAC, as upstream. `escalate` and `bind` are asked of the in-process
-    /// authorizers only: this runs inside the write, where the webhook is not asked.
+    /// check without RBAC, as upstream. `escalate` and `bind` are asked of the whole chain
+    /// ([`Authorizer::authorize_in_write`]).
     pub fn confirm_no_escalation(
         &self,
         user: &UserInfo,
@@ -476,7 +501,7 @@ impl Authorizer {
                     "",
                     name,
                 );
-                if matches!(self.authorize_local(&may), Decision::Allow(_)) {
+                if matches!(self.authorize_in_write(&may), Decision::Allow(_)) {
                     return Ok(());
                 }
                 let mut rules = rbac::rules_of(obj);
@@ -523,7 +548,7 @@ impl Authorizer {
                     "",
                     role,
                 );
-                if matches!(self.authorize_local(&may), Decision::Allow(_)) {
+                if matches!(self.authorize_in_write(&may), Decision::Allow(_)) {
                     return Ok(());
                 }
                 let rules = if role_kind == "Role" {

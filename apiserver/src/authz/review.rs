@@ -173,6 +173,10 @@ pub async fn answer(
                 Decision::Allow(r) => (true, false, r),
                 Decision::Deny(r) => (false, true, r),
                 Decision::NoOpinion(r) => (false, false, r),
+                Decision::Error(e) => {
+                    status.insert("evaluationError".into(), json!(e));
+                    (false, false, String::new())
+                }
             };
             status.insert("allowed".into(), json!(allowed));
             if denied {

@@ -1,12 +1,13 @@
 //! The webhook authorizer (`--authorization-mode=...,Webhook` with
 //! `--authorization-webhook-config-file`): each question goes to the webhook as an
 //! `authorization.k8s.io/v1` SubjectAccessReview; `status.allowed` allows, `status.denied`
-//! denies outright, anything else is no opinion (the next authorizer is asked).
+//! denies outright, anything else is no opinion (the next authorizer is asked). A webhook
+//! that cannot be asked makes the request fail with a 500 unless another authorizer allows or
+//! denies it, as upstream.
 //!
 //! As upstream, answers are kept by question: allowed ones for
 //! `--authorization-webhook-cache-authorized-ttl` (5m), others for
-//! `--authorization-webhook-cache-unauthorized-ttl` (30s). A webhook that cannot be reached
-//! has no opinion, and is asked again next time.
+//! `--authorization-webhook-cache-unauthorized-ttl` (30s); a failure is not kept.
 
 use std::time::Duration;
 
@@ -46,8 +47,9 @@ impl WebhookAuthorizer {
         })
     }
 
-    /// The review's `spec` for a question (empty fields left out, as upstream sends them).
-    pub fn spec(a: &Attributes) -> Value {
+    /// The review's `spec` for a question (empty fields left out, as upstream sends them);
+    /// `v1beta1` names the groups `group`.
+    pub fn spec(a: &Attributes, v1beta1: bool) -> Value {
         let mut spec = Map::new();
         let put = |m: &mut Map<String, Value>, k: &str, v: &str| {
             if !v.is_empty() {
@@ -73,7 +75,8 @@ impl WebhookAuthorizer {
         put(&mut spec, "user", &a.user.name);
         put(&mut spec, "uid", &a.user.uid);
         if !a.user.groups.is_empty() {
-            spec.insert("groups".into(), json!(a.user.groups));
+            let key = if v1beta1 { "group" } else { "groups" };
+            spec.insert(key.into(), json!(a.user.groups));
         }
         if !a.user.extra.is_empty() {
             spec.insert("extra".into(), json!(a.user.extra));
@@ -81,29 +84,26 @@ impl WebhookAuthorizer {
         Value::Object(spec)
     }
 
-    /// The webhook's decision on `a`.
-    pub async fn authorize(&self, a: &Attributes<'_>) -> Decision {
-        let spec = Self::spec(a);
+    /// The webhook's decision on `a`, or why it could not be asked.
+    pub async fn authorize(&self, a: &Attributes<'_>) -> Result<Decision, String> {
+        let spec = Self::spec(a, self.api_version.ends_with("v1beta1"));
         let key = spec.to_string();
         if let Some(d) = self.cache.get(&key) {
-            return d;
+            return Ok(d);
         }
         let review =
             json!({"apiVersion": self.api_version, "kind": "SubjectAccessReview", "spec": spec});
-        let answer = match self.remote.post(&review).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "the authorization webhook could not be asked");
-                return Decision::NoOpinion(format!("the authorization webhook failed: {e}"));
-            }
-        };
+        let answer = self.remote.post(&review).await.map_err(|e| {
+            tracing::warn!(error = %e, "the authorization webhook could not be asked");
+            format!("the authorization webhook failed: {e}")
+        })?;
         let d = decide(&answer);
         let ttl = match d {
             Decision::Allow(_) => self.allowed_ttl,
             _ => self.refused_ttl,
         };
         self.cache.put(key, d.clone(), ttl);
-        d
+        Ok(d)
     }
 }
 
@@ -155,7 +155,7 @@ mod tests {
         };
         let a = Attributes::resource(&user, "get", "ns", "apps", "deployments", "scale", "web");
         assert_eq!(
-            WebhookAuthorizer::spec(&a),
+            WebhookAuthorizer::spec(&a, false),
             json!({"resourceAttributes": {"namespace": "ns", "verb": "get", "group": "apps",
                     "version": "*", "resource": "deployments", "subresource": "scale", "name": "web"},
                    "user": "alice", "groups": ["devs", "system:authenticated"]})
@@ -166,8 +166,13 @@ mod tests {
             ..Attributes::resource(&user, "get", "", "", "", "", "")
         };
         assert_eq!(
-            WebhookAuthorizer::spec(&path)["nonResourceAttributes"],
+            WebhookAuthorizer::spec(&path, false)["nonResourceAttributes"],
             json!({"path": "/healthz", "verb": "get"})
+        );
+        // v1beta1 calls them `group`.
+        assert_eq!(
+            WebhookAuthorizer::spec(&a, true)["group"],
+            json!(["devs", "system:authenticated"])
         );
     }
 

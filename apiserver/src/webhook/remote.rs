@@ -263,7 +263,7 @@ impl<K: Eq + Hash, V: Clone> Default for TtlCache<K, V> {
     }
 }
 
-impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     /// The answer for `key`, if one is kept and has not expired.
     pub fn get(&self, key: &K) -> Option<V> {
         let entries = self.entries.lock();
@@ -280,10 +280,17 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         }
         let now = Instant::now();
         let mut entries = self.entries.lock();
-        if entries.len() >= CACHE_ENTRIES {
+        if entries.len() >= CACHE_ENTRIES && !entries.contains_key(&key) {
             entries.retain(|_, (_, until)| now < *until);
-            if entries.len() >= CACHE_ENTRIES {
-                entries.clear();
+            // Still full: the answer closest to expiring makes room (never the whole cache,
+            // so a flood of new keys cannot push every kept answer out at once).
+            if entries.len() >= CACHE_ENTRIES
+                && let Some(k) = entries
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(k, _)| k.clone())
+            {
+                entries.remove(&k);
             }
         }
         entries.insert(key, (value, now + ttl));

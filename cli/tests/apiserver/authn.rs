@@ -385,5 +385,14 @@ fn token_and_authorization_webhooks() {
     let stranger = token_kubeconfig(&c, "stranger", "not-a-known-token");
     let o = c.kubectl_with(&stranger, &["get", "configmaps"]);
     assert!(stderr(&o).contains("Unauthorized"), "{}", stderr(&o));
+    // With the webhook gone, a question nobody answers is a 500, not a 403 (the token's
+    // answer is still cached).
     drop(rt);
+    let o = c.kubectl_with(&hooked, &["get", "deployments"]);
+    assert!(
+        stderr(&o).contains("the authorization webhook failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("Forbidden"), "{}", stderr(&o));
 }

@@ -306,36 +306,39 @@ fn claims_and_volumes_in_use_are_protected_until_released() {
         get(&["get", "pvc", "db", "-o", "name"]).is_none()
     });
 
-    // A volume waits while it is Bound.
+    // A volume waits while it is Bound to a claim that exists; the claim's deletion frees it.
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion":"v1","kind":"PersistentVolumeClaim","metadata":{"name":"held"},
+        "spec":{"accessModes":["ReadWriteOnce"],"resources":{"requests":{"storage":"1Gi"}},
+        "volumeName":"pv1"}}"#,
+    );
     c.kubectl_stdin(
         &["apply", "-f", "-"],
         r#"{"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"pv1"},
         "spec":{"capacity":{"storage":"1Gi"},"accessModes":["ReadWriteOnce"],
-        "hostPath":{"path":"/tmp/pv1"}}}"#,
+        "hostPath":{"path":"/tmp/pv1"},"claimRef":{"namespace":"default","name":"held"}}}"#,
     );
     assert_eq!(
         c.ok(&["get", "pv", "pv1", "-o", "jsonpath={.metadata.finalizers}"]),
         r#"["kubernetes.io/pv-protection"]"#
     );
-    let phase = |p: &str| {
-        c.ok(&[
-            "patch",
-            "pv",
-            "pv1",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &format!(r#"{{"status":{{"phase":"{p}"}}}}"#),
-        ]);
-    };
-    phase("Bound");
+    c.ok(&[
+        "patch",
+        "pv",
+        "pv1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Bound"}}"#,
+    ]);
     c.ok(&["delete", "pv", "pv1", "--wait=false"]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         get(&["get", "pv", "pv1", "-o", "name"]).is_some(),
         "a bound volume stays"
     );
-    phase("Released");
+    c.ok(&["delete", "pvc", "held", "--wait=false"]);
     eventually(Duration::from_secs(30), "the volume gone", || {
         get(&["get", "pv", "pv1", "-o", "name"]).is_none()
     });

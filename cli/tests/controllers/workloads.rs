@@ -448,6 +448,17 @@ fn controllers_act_as_their_own_service_accounts() {
             &format!("--audit-log-path={}", audit.display()),
         ],
     );
+    // The bootstrap roles must be in force first (before that, RBAC refuses everyone).
+    eventually(Duration::from_secs(30), "the bootstrap RBAC policy", || {
+        let o = c.kubectl(&[
+            "auth",
+            "can-i",
+            "update",
+            "deployments",
+            "--as=system:serviceaccount:kube-system:deployment-controller",
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim() == "yes"
+    });
     let _cm = ControllerManager::start(
         &c,
         "controller-manager",
