@@ -30,6 +30,16 @@ impl WebhookServer {
         format!("https://127.0.0.1:{}{path}", self.port)
     }
 
+    /// A kubeconfig naming this server at `path` (its CA inline) and a bearer `token`, as the
+    /// apiserver's webhook flags take it (`--authentication-token-webhook-config-file`, ...).
+    pub fn kubeconfig(&self, path: &str, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: hook\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: apiserver\n  user: {{token: {token}}}\ncontexts:\n- name: hook\n  context: {{cluster: hook, user: apiserver}}\ncurrent-context: hook\n",
+            self.url(path),
+            self.ca_bundle
+        )
+    }
+
     /// The reviews received on `path`.
     pub fn reviews(&self, path: &str) -> Vec<Value> {
         self.seen
@@ -54,6 +64,21 @@ pub fn reply(review: &Value, allowed: bool, patch: Option<Value>, status: Option
         r["status"] = s;
     }
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": r})
+}
+
+/// [`start`] on a runtime of its own (one worker), for callers without one (tests driving
+/// kubectl synchronously); the server stops when the runtime is dropped.
+pub fn start_on_own_runtime(
+    answer: Answer,
+    names: &[&str],
+    record: bool,
+) -> anyhow::Result<(tokio::runtime::Runtime, WebhookServer)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let server = rt.block_on(start(answer, names, record))?;
+    Ok((rt, server))
 }
 
 /// Starts a server on the current tokio runtime whose certificate names 127.0.0.1 and

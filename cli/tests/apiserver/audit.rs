@@ -156,41 +156,24 @@ fn audit_log_records_each_level_as_upstream() {
     assert!(started.is_some(), "a watch has a ResponseStarted stage");
 }
 
-/// A kubeconfig for the test's webhook server at `path`, with a bearer token.
-fn audit_webhook_kubeconfig(
+/// The test's audit webhook server (answers every list with `{}`), and a kubeconfig for it
+/// in `dir`.
+fn audit_hook(
     dir: &std::path::Path,
-    server: &keelson_bench::webhook_server::WebhookServer,
-) -> std::path::PathBuf {
-    let p = dir.join("audit-webhook.yaml");
-    std::fs::write(
-        &p,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: hook\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: apiserver\n  user: {{token: audit-secret}}\ncontexts:\n- name: hook\n  context: {{cluster: hook, user: apiserver}}\ncurrent-context: hook\n",
-            server.url("/audit"),
-            server.ca_bundle
-        ),
-    )
-    .unwrap();
-    p
-}
-
-fn audit_hook() -> (
+) -> (
     tokio::runtime::Runtime,
     keelson_bench::webhook_server::WebhookServer,
+    std::path::PathBuf,
 ) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt
-        .block_on(keelson_bench::webhook_server::start(
-            std::sync::Arc::new(|_: &str, _: &Value| (Duration::ZERO, serde_json::json!({}))),
-            &[],
-            true,
-        ))
-        .unwrap();
-    (rt, server)
+    let (rt, server) = keelson_bench::webhook_server::start_on_own_runtime(
+        std::sync::Arc::new(|_: &str, _: &Value| (Duration::ZERO, serde_json::json!({}))),
+        &[],
+        true,
+    )
+    .unwrap();
+    let p = dir.join("audit-webhook.yaml");
+    std::fs::write(&p, server.kubeconfig("/audit", "audit-secret")).unwrap();
+    (rt, server, p)
 }
 
 /// Every event the webhook received, and the size of each list it came in.
@@ -214,8 +197,7 @@ fn audit_webhook_batches_events_and_blocking_strict_fails_requests_it_cannot_rec
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    let (rt, server) = audit_hook();
-    let hook = audit_webhook_kubeconfig(dir.path(), &server);
+    let (rt, server, hook) = audit_hook(dir.path());
     let c = ApiCluster::start_with(
         Backend::Keelson,
         1,
@@ -272,8 +254,7 @@ fn audit_webhook_batches_events_and_blocking_strict_fails_requests_it_cannot_rec
 
     // blocking-strict: the event is at the webhook when the request is answered; once the
     // webhook is gone, requests fail.
-    let (rt, server) = audit_hook();
-    let hook = audit_webhook_kubeconfig(dir.path(), &server);
+    let (rt, server, hook) = audit_hook(dir.path());
     std::fs::write(
         &policy,
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",

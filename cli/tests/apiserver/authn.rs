@@ -226,28 +226,13 @@ fn respond(path: &str, review: &Value) -> (Duration, Value) {
 
 fn webhook_kubeconfig(dir: &Path, name: &str, server: &WebhookServer, path: &str) -> PathBuf {
     let p = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &p,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: hook\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: apiserver\n  user: {{token: apiserver-secret}}\ncontexts:\n- name: hook\n  context: {{cluster: hook, user: apiserver}}\ncurrent-context: hook\n",
-            server.url(path),
-            server.ca_bundle
-        ),
-    )
-    .unwrap();
+    std::fs::write(&p, server.kubeconfig(path, "apiserver-secret")).unwrap();
     p
 }
 
 #[test]
 fn token_and_authorization_webhooks() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let server = rt
-        .block_on(webhook_server::start(Arc::new(respond), &[], true))
-        .unwrap();
+    let (rt, server) = webhook_server::start_on_own_runtime(Arc::new(respond), &[], true).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let authn = webhook_kubeconfig(dir.path(), "authn", &server, "/authn");
     let authz = webhook_kubeconfig(dir.path(), "authz", &server, "/authz");

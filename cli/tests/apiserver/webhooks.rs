@@ -59,19 +59,7 @@ fn respond(path: &str, review: &Value) -> (Duration, Value) {
 
 /// The test's webhook server, on a runtime of its own (kubectl runs synchronously).
 fn hook_server() -> (tokio::runtime::Runtime, WebhookServer) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let s = rt
-        .block_on(webhook_server::start(
-            Arc::new(respond),
-            &["hook.hooks.svc"],
-            true,
-        ))
-        .unwrap();
-    (rt, s)
+    webhook_server::start_on_own_runtime(Arc::new(respond), &["hook.hooks.svc"], true).unwrap()
 }
 
 fn webhook(name: &str, client: Value, ops: &[&str], resources: &[&str], extra: Value) -> Value {
