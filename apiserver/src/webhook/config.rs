@@ -568,34 +568,53 @@ pub fn validate(obj: &Value, mutating: bool, causes: &mut Vec<Cause>) {
 }
 
 fn tls_config(ca_bundle: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if ca_bundle.is_empty() {
-        static NATIVE: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
-            std::sync::OnceLock::new();
-        let native = NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs);
-        for c in native {
-            let _ = roots.add(c.clone());
-        }
+    let pem = if ca_bundle.is_empty() {
+        None
     } else {
-        let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca_bundle)
-            .map_err(|e| format!("caBundle is not base64: {e}"))?;
-        let certs = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
-            .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
-            .map_err(|e| format!("caBundle: {e}"))?;
-        if certs.is_empty() {
-            return Err("caBundle holds no PEM certificate".into());
+        Some(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca_bundle)
+                .map_err(|e| format!("caBundle is not base64: {e}"))?,
+        )
+    };
+    Ok(Arc::new(
+        client_tls(pem.as_deref(), "caBundle")?.with_no_client_auth(),
+    ))
+}
+
+/// A TLS client configuration (client authentication still to choose) that trusts the PEM
+/// certificates of `ca_pem`, or the system's roots when there is none; `what` names the
+/// authorities in errors. Shared by admission webhooks and the kubeconfig-described ones.
+pub fn client_tls(
+    ca_pem: Option<&[u8]>,
+    what: &str,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        None => {
+            static NATIVE: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+                std::sync::OnceLock::new();
+            let native = NATIVE.get_or_init(|| rustls_native_certs::load_native_certs().certs);
+            for c in native {
+                let _ = roots.add(c.clone());
+            }
         }
-        for c in certs {
-            roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
+        Some(pem) => {
+            let certs = rustls::pki_types::pem::PemObject::pem_slice_iter(pem)
+                .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
+                .map_err(|e| format!("{what}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("{what} holds no PEM certificate"));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| format!("{what}: {e}"))?;
+            }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+        .with_root_certificates(roots))
 }
 
 /// One rule as written (`operations`, `apiGroups`, `apiVersions`, `resources`, `scope`).

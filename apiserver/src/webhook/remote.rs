@@ -143,32 +143,8 @@ impl Remote {
         {
             return Err("insecure-skip-tls-verify is not supported: give the server's certificate-authority".into());
         }
-        let mut roots = rustls::RootCertStore::empty();
-        match data_or_file(cluster, "certificate-authority", base)? {
-            Some(pem) => {
-                let certs = CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("certificate-authority: {e}"))?;
-                if certs.is_empty() {
-                    return Err("certificate-authority holds no PEM certificate".into());
-                }
-                for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("certificate-authority: {e}"))?;
-                }
-            }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
-                }
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
+        let ca = data_or_file(cluster, "certificate-authority", base)?;
+        let builder = super::config::client_tls(ca.as_deref(), "certificate-authority")?;
         let cert = data_or_file(user, "client-certificate", base)?;
         let key = data_or_file(user, "client-key", base)?;
         let tls = match (cert, key) {

@@ -136,59 +136,46 @@ fn signing_requests_are_approved_and_signed_only_by_who_may() {
     // The certificate: `sign` is needed, which rita lacks; an admin may.
     let cert = certificate();
     let status = json!({"status": {"certificate": cert}}).to_string();
-    let o = c.kubectl_with(
-        &rita,
-        &[
-            "patch",
-            "csr",
-            "dev",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-    );
+    // `kubectl patch csr dev --subresource=status` with a merge patch, as `kubeconfig`'s user.
+    let patch_status = |kubeconfig: &std::path::Path, body: &str| {
+        c.kubectl_with(
+            kubeconfig,
+            &[
+                "patch",
+                "csr",
+                "dev",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                body,
+            ],
+        )
+    };
+    let admin_kc = c.kubeconfig();
+    let o = patch_status(&rita, &status);
     assert!(
         stderr(&o).contains("user not permitted to sign requests"),
         "{}",
         stderr(&o)
     );
-    admin(&[
-        "patch",
-        "csr",
-        "dev",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status,
-    ]);
+    ok(patch_status(&admin_kc, &status), &["patch status"]);
     let table = admin(&["get", "csr", "dev", "--no-headers"]);
     assert!(table.contains("Approved,Issued"), "{table}");
     // Once set, the certificate stays; the status cannot take the approval away; the spec
     // does not change.
-    let o = c.kubectl(&[
-        "patch",
-        "csr",
-        "dev",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
+    let o = patch_status(
+        &admin_kc,
         &json!({"status": {"certificate": certificate()}}).to_string(),
-    ]);
+    );
     assert!(
         stderr(&o).contains("may not modify existing certificate"),
         "{}",
         stderr(&o)
     );
-    admin(&[
-        "patch",
-        "csr",
-        "dev",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"conditions":null}}"#,
-    ]);
+    ok(
+        patch_status(&admin_kc, r#"{"status":{"conditions":null}}"#),
+        &["patch status"],
+    );
     assert_eq!(get("dev", "{.status.conditions[0].type}"), "Approved");
     admin(&[
         "patch",
