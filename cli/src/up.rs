@@ -731,6 +731,12 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                     "--bind-address=127.0.0.1".into(),
                     format!("--secure-port={port}"),
                     format!("--root-ca-file={}", pki.ca.display()),
+                    // CertificateSigningRequests are issued by the cluster CA.
+                    format!("--cluster-signing-cert-file={}", pki.ca.display()),
+                    format!(
+                        "--cluster-signing-key-file={}",
+                        pki.ca.with_file_name("ca.key").display()
+                    ),
                     // Each controller as its own ServiceAccount, with its bootstrap role.
                     "--use-service-account-credentials=true".into(),
                 ]

@@ -279,6 +279,81 @@ fn up_serves_kubectl_and_survives_component_kills() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A user's CertificateSigningRequest, approved by the admin, is issued by the cluster CA
+    // (the controller-manager signs with it) and the certificate logs in as that user.
+    {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "carol");
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "testers");
+        let request = p.serialize_request(&key).unwrap().pem().unwrap();
+        let csr = serde_json::json!({"apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest", "metadata": {"name": "carol"},
+            "spec": {"request": b64.encode(request), "usages": ["client auth"],
+                     "signerName": "kubernetes.io/kube-apiserver-client"}});
+        let csr_file = dir.path().join("carol-csr.json");
+        std::fs::write(&csr_file, csr.to_string()).unwrap();
+        for args in [
+            &["create", "-f", csr_file.to_str().unwrap()][..],
+            &["certificate", "approve", "carol"],
+        ] {
+            let out = kubectl(&kc, dir.path(), args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let issued = Instant::now() + Duration::from_secs(30);
+        let cert = loop {
+            let out = kubectl(
+                &kc,
+                dir.path(),
+                &[
+                    "get",
+                    "csr",
+                    "carol",
+                    "-o",
+                    "jsonpath={.status.certificate}",
+                ],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !text.is_empty() {
+                break b64.decode(text).unwrap();
+            }
+            assert!(
+                Instant::now() < issued,
+                "the request was not issued\n{}",
+                component_logs(&data)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let (crt, pem) = (dir.path().join("carol.crt"), dir.path().join("carol.key"));
+        std::fs::write(&crt, cert).unwrap();
+        std::fs::write(&pem, key.serialize_pem()).unwrap();
+        let out = kubectl(
+            &kc,
+            dir.path(),
+            &[
+                &format!("--client-certificate={}", crt.display()),
+                &format!("--client-key={}", pem.display()),
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            r#"carol ["testers","system:authenticated"]"#,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The store speaks TLS and wants a client certificate of the cluster CA.
     assert!(store_endpoints.starts_with("https://"), "{store_endpoints}");
     let pki = data.join("pki").join("etcd");

@@ -30,6 +30,7 @@ pub fn account_of(controller: &str) -> Option<&'static str> {
     Some(match controller {
         "clusterrole-aggregation" => "clusterrole-aggregation-controller",
         "cronjob" => "cronjob-controller",
+        "csrapproving" | "csrcleaner" | "csrsigning" => "certificate-controller",
         "daemonset" => "daemon-set-controller",
         "deployment" => "deployment-controller",
         "endpoint" => "endpoint-controller",

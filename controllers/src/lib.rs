@@ -2,6 +2,7 @@
 //! shared list-watch informers (one watch per resource for all controllers) through
 //! keelson-client, running only while this replica holds the `kube-controller-manager` Lease.
 
+pub mod certificates;
 pub mod clusterroleaggregation;
 pub mod credentials;
 pub mod cronjob;
@@ -34,6 +35,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
@@ -58,6 +60,9 @@ use crate::util::Reconciler;
 pub const KNOWN_CONTROLLERS: &[&str] = &[
     "clusterrole-aggregation",
     "cronjob",
+    "csrapproving",
+    "csrcleaner",
+    "csrsigning",
     "daemonset",
     "deployment",
     "endpoint",
@@ -91,6 +96,9 @@ fn canonical(name: &str) -> String {
         "endpoints" => "endpoint".into(),
         "persistentvolume-protection" => "pv-protection".into(),
         "persistentvolumeclaim-protection" => "pvc-protection".into(),
+        "certificatesigningrequest-signing" => "csrsigning".into(),
+        "certificatesigningrequest-approving" => "csrapproving".into(),
+        "certificatesigningrequest-cleaner" => "csrcleaner".into(),
         n => n.into(),
     }
 }
@@ -190,6 +198,9 @@ pub struct Config {
     /// The number of garbage collector workers that are allowed to sync concurrently.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub signing: certificates::SigningArgs,
 }
 
 /// Why the controller-manager stopped with an error.
@@ -273,6 +284,7 @@ pub struct Informers {
     claims: Option<Informer<PersistentVolumeClaim>>,
     volumes: Option<Informer<PersistentVolume>>,
     pods_by_claim: Option<Index<Pod>>,
+    csrs: Option<Informer<CertificateSigningRequest>>,
     started: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -322,6 +334,7 @@ impl Informers {
             claims: None,
             volumes: None,
             pods_by_claim: None,
+            csrs: None,
             started: Vec::new(),
         }
     }
@@ -533,6 +546,11 @@ impl Informers {
         self.replicasets_by_controller.clone().expect("just set")
     }
 
+    /// CertificateSigningRequests.
+    pub fn certificate_signing_requests(&mut self) -> &mut Informer<CertificateSigningRequest> {
+        lazy(&mut self.csrs, &self.client)
+    }
+
     /// Starts every informer that was asked for and waits until each has listed once.
     pub async fn start(&mut self, token: &CancellationToken) {
         let mut ready = Vec::new();
@@ -566,7 +584,8 @@ impl Informers {
             root_ca_configmaps,
             replicationcontrollers,
             claims,
-            volumes
+            volumes,
+            csrs
         );
         for r in ready {
             tokio::select! {
@@ -584,6 +603,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("--root-ca-file {}: {e}", path.display())))?;
     }
+    let authorities = if controllers.contains(&"csrsigning") {
+        config.signing.authorities().map_err(Error::Config)?
+    } else {
+        Default::default()
+    };
     if config.allocate_node_cidrs {
         nodeipam::Cidrs::new(&config.cluster_cidr, config.node_cidr_mask_size)
             .map_err(Error::Config)?;
@@ -606,7 +630,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     keelson_client::health::serve(&config.serving, 10257, health.clone(), shutdown.clone()).await?;
     tracing::info!(?controllers, "starting controller-manager");
-    let lead = move |token: CancellationToken| run_controllers(client, controllers, config, token);
+    let lead = move |token: CancellationToken| {
+        run_controllers(client, controllers, config, authorities, token)
+    };
     match elector {
         Some(e) => e.run(shutdown, lead).await?,
         None => lead(shutdown).await,
@@ -618,6 +644,7 @@ async fn run_controllers(
     client: Client,
     controllers: Vec<&'static str>,
     config: Config,
+    authorities: std::collections::BTreeMap<&'static str, Arc<certificates::authority::Authority>>,
     token: CancellationToken,
 ) {
     let mut informers = Informers::new(client.clone());
@@ -836,6 +863,26 @@ async fn run_controllers(
                 let ctl = garbagecollector::GarbageCollector::new(acting.clone(), res);
                 let n = config.concurrent_gc_syncs;
                 pending.push(Box::new(move |t| tokio::spawn(ctl.run(n, t))));
+            }
+            "csrsigning" => {
+                if authorities.is_empty() {
+                    tracing::info!("no --cluster-signing-* files: not signing certificates");
+                    continue;
+                }
+                let ctl = certificates::CsrSigning::new(
+                    &mut informers,
+                    authorities.clone(),
+                    config.signing.cluster_signing_duration,
+                );
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(5, t))));
+            }
+            "csrapproving" => {
+                let ctl = certificates::CsrApproving::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(5, t))));
+            }
+            "csrcleaner" => {
+                let ctl = certificates::CsrCleaner::new(&mut informers);
+                pending.push(Box::new(move |t| tokio::spawn(ctl.run(t))));
             }
             _ => {}
         }

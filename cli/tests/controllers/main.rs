@@ -3,6 +3,7 @@
 //! needs pods to become ready.
 
 mod batch;
+mod certificates;
 mod cleanup;
 #[allow(dead_code)]
 #[path = "../common/component.rs"]
