@@ -196,6 +196,10 @@ pub struct Config {
     /// The prefix to prepend to all resource paths in etcd.
     #[arg(long, default_value = "/registry")]
     pub etcd_prefix: String,
+    /// The interval of compaction requests. If 0, the compaction request from apiserver is
+    /// disabled.
+    #[arg(long, default_value = "5m0s", value_parser = parse_go_duration)]
+    pub etcd_compaction_interval: std::time::Duration,
     /// A CIDR notation IP range from which to assign service cluster IPs.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,

@@ -138,6 +138,10 @@ pub enum WatchEvent {
     },
 }
 
+/// The key whose version orders the apiservers' compactions and whose value is the last
+/// revision compacted to (kube-apiserver's, at the root of the keyspace).
+pub const COMPACT_REV_KEY: &str = "compact_rev_key";
+
 /// An etcd v3 client over several endpoints. Requests go to the current endpoint; on a transport
 /// failure the next endpoint is tried, so losing one store member is invisible to API clients.
 #[derive(Clone)]
@@ -456,6 +460,68 @@ impl Etcd {
             .collect();
         self.conditional(key, vec![mod_is(key, expected)], success)
             .await
+    }
+
+    /// One round of the periodic store compaction, as kube-apiserver's (storage/etcd3): the
+    /// version of [`COMPACT_REV_KEY`] is a logical clock shared by every apiserver on the
+    /// store. If it still is `clock`, this apiserver wins the round: it advances the clock and
+    /// compacts the store to `last_revision`, the store's revision when it won the round
+    /// before (so one interval of history is kept). Otherwise another apiserver compacted;
+    /// this one only catches up with the clock. Returns the new clock and the revision to
+    /// compact to next time.
+    pub async fn compaction_round(
+        &self,
+        clock: i64,
+        last_revision: i64,
+    ) -> Result<(i64, i64), EtcdError> {
+        let key = COMPACT_REV_KEY.as_bytes();
+        let resp = self
+            .txn(pb::TxnRequest {
+                compare: vec![pb::Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    key: key.to_vec(),
+                    range_end: vec![],
+                    target_union: Some(compare::TargetUnion::Version(clock)),
+                }],
+                // Not through encryption: the key is outside the registry prefix and holds
+                // only a revision number.
+                success: vec![put_op(key, last_revision.to_string().into_bytes())],
+                failure: vec![range_op(key)],
+            })
+            .await?;
+        let now = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        if !resp.succeeded {
+            let version = resp
+                .responses
+                .into_iter()
+                .find_map(|r| match r.response {
+                    Some(response_op::Response::ResponseRange(rr)) => {
+                        rr.kvs.into_iter().next().map(|kv| kv.version)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Ok((version, now));
+        }
+        if last_revision > 0 {
+            let req = pb::CompactionRequest {
+                revision: last_revision,
+                physical: false,
+            };
+            match self
+                .with_failover(
+                    |ch| async move { kv(ch).compact(req).await.map(|r| r.into_inner()) },
+                )
+                .await
+            {
+                Ok(_) => tracing::info!(revision = last_revision, "compacted the store"),
+                // Someone compacted further already (etcdctl, auto-compaction): fine.
+                Err(EtcdError::Compacted { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((clock + 1, now))
     }
 
     /// Watches `[start, end)` from `revision` (inclusive) with previous values. The stream ends

@@ -461,6 +461,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &config.disable_admission_plugins,
     )
     .map_err(StartError)?;
+    if !config.etcd_compaction_interval.is_zero() {
+        tokio::spawn(compact_periodically(
+            etcd.clone(),
+            config.etcd_compaction_interval,
+            shutdown.clone(),
+        ));
+    }
     let registry = Registry::new(etcd, &config.etcd_prefix, ranges)
         .with_service_account_admission(admission.service_account);
     let cache = crate::cache::Cache::start(
@@ -694,4 +701,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         });
     }
     Ok(())
+}
+
+/// Compacts the store every `interval`, keeping about one interval of history, in turns with
+/// the other apiservers on the store ([`Etcd::compaction_round`]).
+async fn compact_periodically(
+    etcd: Etcd,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let (mut clock, mut revision) = (0, 0);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match etcd.compaction_round(clock, revision).await {
+            Ok((c, r)) => (clock, revision) = (c, r),
+            Err(e) => tracing::warn!(error = %e, "compacting the store failed"),
+        }
+    }
 }

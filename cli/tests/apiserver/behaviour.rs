@@ -138,3 +138,55 @@ fn store_down_is_503() {
     assert!(!ready.status.success());
     assert_eq!(c.ok(&["get", "--raw", "/livez"]), "ok");
 }
+
+/// The revision of a `--write-out=json` etcdctl answer's header.
+fn header_revision(json: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+#[test]
+fn apiservers_compact_the_store_periodically_in_turns() {
+    for backend in [Backend::Keelson, Backend::Etcd] {
+        let c = ApiCluster::start_with(backend, 2, &["--etcd-compaction-interval=1s"]);
+        c.ok(&["create", "configmap", "history", "--from-literal=v=0"]);
+        let key = "/registry/configmaps/default/history";
+        let first = header_revision(&etcd_ok(etcdctl(
+            &c.etcd_url,
+            &["get", key, "--write-out=json"],
+        )));
+        for v in 1..=3 {
+            c.ok(&[
+                "patch",
+                "configmap",
+                "history",
+                "-p",
+                &format!(r#"{{"data":{{"v":"{v}"}}}}"#),
+            ]);
+        }
+        // Within a few rounds the store forgets the first revision: one interval of history
+        // is kept, and the revision compacted to is recorded for the next apiserver.
+        crate::harness::eventually(
+            std::time::Duration::from_secs(20),
+            "the store compacted past the first revision",
+            || {
+                let out = etcdctl(&c.etcd_url, &["get", key, &format!("--rev={first}")]);
+                String::from_utf8_lossy(&out.stderr)
+                    .contains("required revision has been compacted")
+            },
+        );
+        let recorded: i64 = etcd_ok(etcdctl(
+            &c.etcd_url,
+            &["get", "compact_rev_key", "--print-value-only"],
+        ))
+        .trim()
+        .parse()
+        .expect("compact_rev_key holds a revision");
+        assert!(recorded >= first, "{recorded} < {first}");
+        // The newest state is untouched.
+        assert_eq!(
+            c.ok(&["get", "configmap", "history", "-o", "jsonpath={.data.v}"]),
+            "3"
+        );
+    }
+}

@@ -114,44 +114,53 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let (pairs, applied, membership) = {
-            let mvcc = self.shared.mvcc.read();
-            let pairs: Vec<Pair> = mvcc.backend().range(b"", b"").map_err(storage_read_error)?;
-            let (applied, membership) = self.shared.applied.read().clone();
-            (pairs, applied, membership)
-        };
-        let data = bincode::serialize(&pairs).map_err(storage_error)?;
-        let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-            None => format!("0-0-{}", data.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
-        self.persist_snapshot(&stored)?;
-        *self.shared.snapshot.lock() = Some(stored);
+        // Copying and encoding a large state is seconds of CPU: on a thread of its own, so the
+        // runtime's workers keep serving raft heartbeats and clients meanwhile. Writers wait
+        // only for the copy, not for the encoding and the write to disk.
+        let shared = self.shared.clone();
+        let stored = tokio::task::spawn_blocking(move || -> Result<_, StorageError<NodeId>> {
+            let (pairs, applied, membership) = {
+                let mvcc = shared.mvcc.read();
+                let pairs: Vec<Pair> =
+                    mvcc.backend().range(b"", b"").map_err(storage_read_error)?;
+                let (applied, membership) = shared.applied.read().clone();
+                (pairs, applied, membership)
+            };
+            let data = bincode::serialize(&pairs).map_err(storage_error)?;
+            drop(pairs);
+            let snapshot_id = match applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+                None => format!("0-0-{}", data.len()),
+            };
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                data,
+            };
+            persist_snapshot(&shared, &stored)?;
+            *shared.snapshot.lock() = Some(stored.clone());
+            Ok(stored)
+        })
+        .await
+        .map_err(storage_error)??;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
         })
     }
 }
 
-impl StateMachine {
-    fn persist_snapshot(&self, s: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-        if let Some(t) = &self.shared.snapshot_store {
-            let bytes = bincode::serialize(s).map_err(storage_error)?;
-            t.insert("current", bytes).map_err(storage_error)?;
-            t.flush().map_err(storage_error)?;
-        }
-        Ok(())
+/// Writes `s` to the snapshot store (if any), durably.
+fn persist_snapshot(shared: &Shared, s: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
+    if let Some(t) = &shared.snapshot_store {
+        let bytes = bincode::serialize(s).map_err(storage_error)?;
+        t.insert("current", bytes).map_err(storage_error)?;
+        t.flush().map_err(storage_error)?;
     }
+    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -255,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        self.persist_snapshot(&stored)?;
+        persist_snapshot(&self.shared, &stored)?;
         *self.shared.snapshot.lock() = Some(stored);
         // Watchers on this member missed whatever the snapshot skipped: an empty batch whose
         // first revision is past everything makes each of them catch up from the backend.
