@@ -140,8 +140,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 },
                 data,
             };
-            persist_snapshot(&shared, &stored)?;
-            *shared.snapshot.lock() = Some(stored.clone());
+            // A snapshot installed meanwhile (from the leader) may be newer than this one: the
+            // newest is kept, so lagging members are never sent one whose logs are purged.
+            let mut current = shared.snapshot.lock();
+            if current
+                .as_ref()
+                .is_none_or(|c| c.meta.last_log_id <= stored.meta.last_log_id)
+            {
+                persist_snapshot(&shared, &stored)?;
+                *current = Some(stored.clone());
+            }
             Ok(stored)
         })
         .await
