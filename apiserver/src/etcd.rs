@@ -402,12 +402,7 @@ impl Etcd {
                 resp.header.map(|h| h.revision).unwrap_or(0),
             ));
         }
-        let current = resp.responses.into_iter().find_map(|r| match r.response {
-            Some(response_op::Response::ResponseRange(rr)) => {
-                rr.kvs.into_iter().next().map(Kv::from)
-            }
-            _ => None,
-        });
+        let current = read_back(resp.responses).map(Kv::from);
         // Left as stored: callers only ask whether the key exists, and a value that cannot be
         // decrypted must not turn a conflict into an error.
         Ok(WriteOutcome::Failed(current))
@@ -477,13 +472,7 @@ impl Etcd {
         let key = COMPACT_REV_KEY.as_bytes();
         let resp = self
             .txn(pb::TxnRequest {
-                compare: vec![pb::Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Version as i32,
-                    key: key.to_vec(),
-                    range_end: vec![],
-                    target_union: Some(compare::TargetUnion::Version(clock)),
-                }],
+                compare: vec![version_is(key, clock)],
                 // Not through encryption: the key is outside the registry prefix and holds
                 // only a revision number.
                 success: vec![put_op(key, last_revision.to_string().into_bytes())],
@@ -492,16 +481,7 @@ impl Etcd {
             .await?;
         let now = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
         if !resp.succeeded {
-            let version = resp
-                .responses
-                .into_iter()
-                .find_map(|r| match r.response {
-                    Some(response_op::Response::ResponseRange(rr)) => {
-                        rr.kvs.into_iter().next().map(|kv| kv.version)
-                    }
-                    _ => None,
-                })
-                .unwrap_or(0);
+            let version = read_back(resp.responses).map_or(0, |kv| kv.version);
             return Ok((version, now));
         }
         if last_revision > 0 {
@@ -716,6 +696,24 @@ fn absent(key: &[u8]) -> pb::Compare {
         range_end: vec![],
         target_union: Some(compare::TargetUnion::CreateRevision(0)),
     }
+}
+
+fn version_is(key: &[u8], version: i64) -> pb::Compare {
+    pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Version as i32,
+        key: key.to_vec(),
+        range_end: vec![],
+        target_union: Some(compare::TargetUnion::Version(version)),
+    }
+}
+
+/// The key a failed transaction's [`range_op`] read back, if it exists.
+fn read_back(responses: Vec<pb::ResponseOp>) -> Option<mvccpb::KeyValue> {
+    responses.into_iter().find_map(|r| match r.response {
+        Some(response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+        _ => None,
+    })
 }
 
 fn mod_is(key: &[u8], rev: i64) -> pb::Compare {
