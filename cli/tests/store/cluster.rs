@@ -15,6 +15,8 @@ pub struct Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     pub initial: String,
+    /// Flags given to every member besides the cluster's own.
+    pub extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -25,6 +27,11 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts `n` members and waits until they serve a linearizable read.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Like [`Cluster::start`], with `extra` flags for every member.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 0..n {
@@ -44,6 +51,7 @@ impl Cluster {
         let mut c = Cluster {
             members,
             initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         for i in 0..n {
@@ -65,6 +73,7 @@ impl Cluster {
             .arg(format!("--initial-advertise-peer-urls={}", m.peer))
             .arg(format!("--initial-cluster={}", self.initial))
             .arg("--snapshot-count=200")
+            .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,3 +4,4 @@
 mod cluster;
 mod etcdctl;
 mod kill_leader;
+mod snapshots;

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::RwLock;
 
 use super::{Backend, BackendError, Pair, WriteBatch};
@@ -11,6 +13,7 @@ use super::{Backend, BackendError, Pair, WriteBatch};
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    in_use: AtomicU64,
 }
 
 impl MemoryBackend {
@@ -63,6 +66,15 @@ impl Backend for MemoryBackend {
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
         let mut map = self.map.write();
+        let delta = super::batch_delta(&batch, &mut |k| {
+            map.get(k).map_or(0, |v| (k.len() + v.len()) as u64)
+        });
+        self.in_use.store(
+            self.in_use
+                .load(Ordering::Relaxed)
+                .saturating_add_signed(delta),
+            Ordering::Relaxed,
+        );
         for (k, v) in batch.ops {
             match v {
                 Some(v) => map.insert(k, v),
@@ -73,7 +85,9 @@ impl Backend for MemoryBackend {
     }
 
     fn clear(&self) -> Result<(), BackendError> {
-        self.map.write().clear();
+        let mut map = self.map.write();
+        map.clear();
+        self.in_use.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -82,10 +96,10 @@ impl Backend for MemoryBackend {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.map
-            .read()
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum()
+        self.size_in_use()
+    }
+
+    fn size_in_use(&self) -> u64 {
+        self.in_use.load(Ordering::Relaxed)
     }
 }

@@ -85,6 +85,27 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes completed writes durable.
     fn flush(&self) -> Result<(), BackendError>;
 
-    /// Bytes used on disk (or in memory), for quota and `Status.dbSize`.
+    /// Bytes the engine occupies on disk (or in memory), for `Status.dbSize`.
     fn size_bytes(&self) -> u64;
+
+    /// Bytes of the pairs stored (keys and values), for the quota and `Status.dbSizeInUse`.
+    fn size_in_use(&self) -> u64;
+}
+
+/// The change in stored bytes that `batch` makes, given the size each key has before it
+/// (`size_of`: key and value length, 0 when absent). A key written twice in one batch counts
+/// once, at its final size.
+fn batch_delta(batch: &WriteBatch, size_of: &mut dyn FnMut(&[u8]) -> u64) -> i64 {
+    let mut after: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+    let mut delta = 0i64;
+    for (k, v) in &batch.ops {
+        let before = match after.get(k.as_slice()) {
+            Some(n) => *n,
+            None => size_of(k),
+        };
+        let now = v.as_ref().map_or(0, |v| (k.len() + v.len()) as u64);
+        delta += now as i64 - before as i64;
+        after.insert(k, now);
+    }
+    delta
 }

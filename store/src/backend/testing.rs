@@ -9,6 +9,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Backend>) {
     batch_applies_ops_in_order(make().as_ref());
     for_each_stops_when_asked(make().as_ref());
     clear_removes_everything(make().as_ref());
+    size_in_use_counts_the_pairs_stored(make().as_ref());
 }
 
 fn put(b: &dyn Backend, k: &[u8], v: &[u8]) {
@@ -73,6 +74,27 @@ fn clear_removes_everything(b: &dyn Backend) {
     put(b, b"a", b"1");
     b.clear().unwrap();
     assert!(b.range(b"", b"").unwrap().is_empty());
+}
+
+fn size_in_use_counts_the_pairs_stored(b: &dyn Backend) {
+    assert_eq!(b.size_in_use(), 0);
+    put(b, b"ab", b"123");
+    assert_eq!(b.size_in_use(), 5);
+    put(b, b"ab", b"1");
+    assert_eq!(b.size_in_use(), 3, "an overwrite counts the new value only");
+    let mut wb = WriteBatch::default();
+    wb.put(b"c", b"12");
+    wb.put(b"c", b"1234");
+    wb.delete(b"ab");
+    wb.delete(b"missing");
+    b.write(wb).unwrap();
+    assert_eq!(
+        b.size_in_use(),
+        5,
+        "a key written twice in a batch counts once"
+    );
+    b.clear().unwrap();
+    assert_eq!(b.size_in_use(), 0);
 }
 
 #[cfg(test)]

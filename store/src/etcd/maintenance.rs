@@ -1,5 +1,6 @@
 //! `etcdserverpb.Maintenance`: Status, Alarm, Hash, HashKV, Snapshot, Defragment.
 
+use std::io::Read;
 use std::pin::Pin;
 
 use futures::Stream;
@@ -20,6 +21,7 @@ use crate::error::StoreError;
 use crate::raft::pb::InternalRequest;
 use crate::raft::pb::internal_request::Request as Rq;
 use crate::raft::pb::internal_response::Response as Rs;
+use crate::raft::snapshot;
 use crate::server::node::Node;
 use crate::server::quota::Quota;
 
@@ -93,7 +95,7 @@ impl Maintenance for MaintenanceService {
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let m = self.node.raft().metrics().borrow().clone();
-        let (db_size, errors) = {
+        let ((db_size, db_size_in_use), errors) = {
             let mvcc = self.node.shared().mvcc.read();
             let errors = mvcc
                 .alarms()
@@ -105,7 +107,13 @@ impl Maintenance for MaintenanceService {
                     format!("memberID:{member} alarm:{name} ")
                 })
                 .collect();
-            (mvcc.backend().size_bytes() as i64, errors)
+            (
+                (
+                    mvcc.backend().size_bytes() as i64,
+                    mvcc.backend().size_in_use() as i64,
+                ),
+                errors,
+            )
         };
         let learner = self
             .node
@@ -122,7 +130,7 @@ impl Maintenance for MaintenanceService {
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner: learner,
             storage_version: STORAGE_VERSION.to_string(),
             db_size_quota: self.quota.bytes() as i64,
@@ -176,38 +184,58 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        // A consistent dump of the backend, followed (like etcd) by its sha256 so a reader can
-        // verify it arrived whole.
-        let (pairs, header) = {
-            let m = self.node.shared().mvcc.read();
-            (
-                m.backend().range(b"", b"").map_err(StoreError::from)?,
-                self.node.header(m.current_revision()),
-            )
-        };
-        let mut blob = bincode::serialize(&pairs)
-            .map_err(|e| StoreError::Internal(format!("snapshot: {e}")))?;
+        // A consistent dump of the state (written to a file without holding the state's
+        // lock), followed (like etcd) by its sha256 so a reader can verify it arrived whole.
+        let shared = self.node.shared().clone();
+        let (path, dumped) =
+            tokio::task::spawn_blocking(move || snapshot::dump_to_file(&shared, &shared.snapshots))
+                .await
+                .map_err(|e| StoreError::Internal(format!("snapshot: {e}")))?
+                .map_err(|e| StoreError::Internal(format!("snapshot: {e}")))?;
+        let header = self.node.header(dumped.revision);
         // etcdctl expects the body in 512-byte pages (bbolt's) before the checksum; the padding
         // is ignored when the dump is read back.
-        blob.resize(blob.len().div_ceil(512) * 512, 0);
-        let digest = Sha256::digest(&blob);
-        blob.extend_from_slice(&digest);
+        let padded = dumped.size.div_ceil(512) * 512;
+        let total = padded + 32;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let total = blob.len();
-            let mut sent = 0;
-            for chunk in blob.chunks(SNAPSHOT_CHUNK) {
-                sent += chunk.len();
-                let resp = SnapshotResponse {
+        tokio::task::spawn_blocking(move || {
+            let send = |blob: Vec<u8>, sent: u64| {
+                tx.blocking_send(Ok(SnapshotResponse {
                     header,
-                    remaining_bytes: (total - sent) as u64,
-                    blob: chunk.to_vec(),
+                    remaining_bytes: total - sent,
+                    blob,
                     version: STORAGE_VERSION.to_string(),
-                };
-                if tx.send(Ok(resp)).await.is_err() {
-                    return;
+                }))
+                .is_ok()
+            };
+            let result = (|| -> std::io::Result<()> {
+                let mut file = std::fs::File::open(&path)?;
+                let mut digest = Sha256::new();
+                let mut sent = 0u64;
+                while sent < padded {
+                    let want = (padded - sent).min(SNAPSHOT_CHUNK as u64) as usize;
+                    let mut chunk = vec![0u8; want];
+                    let mut got = 0;
+                    while got < want {
+                        match file.read(&mut chunk[got..])? {
+                            0 => break,
+                            n => got += n,
+                        }
+                    }
+                    // Past the end of the dump: the zero padding.
+                    digest.update(&chunk);
+                    sent += want as u64;
+                    if !send(chunk, sent) {
+                        return Ok(());
+                    }
                 }
+                send(digest.finalize().to_vec(), total);
+                Ok(())
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
             }
+            let _ = std::fs::remove_file(&path);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -116,6 +116,10 @@ pub struct Mvcc {
     events: Vec<Event>,
     /// Revision before the first event in `events`.
     events_base: i64,
+    /// Dumps in progress ([`Mvcc::pin`]): while any runs, compaction keeps its records.
+    pins: usize,
+    /// Record keys compacted while pinned, deleted when the last pin goes.
+    deferred: Vec<[u8; 17]>,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -192,6 +196,8 @@ impl Mvcc {
             overlay: HashMap::new(),
             events: Vec::new(),
             events_base: 0,
+            pins: 0,
+            deferred: Vec::new(),
         };
         m.reload()?;
         Ok(m)
@@ -206,6 +212,7 @@ impl Mvcc {
         self.batch = WriteBatch::default();
         self.overlay.clear();
         self.events.clear();
+        self.deferred.clear();
         self.current_rev = match self.backend.get(&keys::meta_key("current_rev"))? {
             Some(v) => be_i64(&v)?,
             None => 1,
@@ -245,6 +252,16 @@ impl Mvcc {
         })?;
         if let Some(e) = err {
             return Err(e);
+        }
+        // A compaction's records may outlive it on disk (deferred by a dump, then a crash):
+        // whatever it would have removed goes now.
+        let leftovers = self.prune(self.compact_rev);
+        if !leftovers.is_empty() {
+            let mut batch = WriteBatch::default();
+            for k in leftovers {
+                batch.delete(k.to_vec());
+            }
+            self.backend.write(batch)?;
         }
         for (k, v) in self.backend.range(b"l", b"m")? {
             let id = be_i64(&k[1..])?;
@@ -477,7 +494,7 @@ impl Mvcc {
             let rev = keys::parse_rev_key(k);
             match (rev, decode_record(v)) {
                 (Some((main, sub)), Ok((tombstone, kv))) => {
-                    if range.contains(&kv.key) {
+                    if range.contains(&kv.key) && self.kept(&kv.key, main, sub) {
                         let prev = self.index.get(&kv.key).and_then(|h| h.before(main, sub));
                         let prev_kv = match prev.map(|p| self.record(p.main, p.sub)) {
                             Some(Ok((_, kv))) => Some(kv),
@@ -666,10 +683,29 @@ impl Mvcc {
         if rev > self.current_rev {
             return Err(StoreError::FutureRev);
         }
+        for k in self.prune(rev) {
+            self.overlay.remove(&k);
+            if self.pins > 0 {
+                self.deferred.push(k);
+            } else {
+                self.batch.delete(k.to_vec());
+            }
+        }
+        self.compact_rev = rev;
+        self.batch
+            .put(keys::meta_key("compact_rev"), rev.to_be_bytes().to_vec());
+        Ok(CompactionResponse {
+            header: self.header(),
+        })
+    }
+
+    /// Drops from the index every revision a compaction at `rev` removes (for each key the
+    /// newest revision <= `rev` stays unless it is a tombstone, and everything after it) and
+    /// returns their record keys.
+    fn prune(&mut self, rev: i64) -> Vec<[u8; 17]> {
         let mut empty = Vec::new();
-        let mut drop_records = Vec::new();
+        let mut dropped = Vec::new();
         for (key, h) in self.index.iter_mut() {
-            // Keep the newest revision <= rev (unless it is a tombstone) and everything after.
             let upto = h.revs.partition_point(|r| r.main <= rev);
             if upto == 0 {
                 continue;
@@ -680,7 +716,7 @@ impl Mvcc {
                 upto - 1
             };
             for r in h.revs.drain(..keep_from) {
-                drop_records.push(keys::rev_key(r.main, r.sub));
+                dropped.push(keys::rev_key(r.main, r.sub));
             }
             if h.revs.is_empty() {
                 empty.push(key.clone());
@@ -689,16 +725,27 @@ impl Mvcc {
         for k in empty {
             self.index.remove(&k);
         }
-        for k in drop_records {
-            self.overlay.remove(&k);
-            self.batch.delete(k.to_vec());
+        dropped
+    }
+
+    /// Starts a dump: until the matching [`Mvcc::unpin`], no record at or below the current
+    /// revision leaves the backend (compactions update the index at once and delete their
+    /// records later), so the records can be copied without holding the state's lock.
+    pub fn pin(&mut self) {
+        self.pins += 1;
+    }
+
+    /// Ends a dump started by [`Mvcc::pin`]; the last one deletes what compactions deferred.
+    pub fn unpin(&mut self) -> Result<()> {
+        self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 && !self.deferred.is_empty() {
+            let mut batch = WriteBatch::default();
+            for k in std::mem::take(&mut self.deferred) {
+                batch.delete(k.to_vec());
+            }
+            self.backend.write(batch)?;
         }
-        self.compact_rev = rev;
-        self.batch
-            .put(keys::meta_key("compact_rev"), rev.to_be_bytes().to_vec());
-        Ok(CompactionResponse {
-            header: self.header(),
-        })
+        Ok(())
     }
 
     fn apply_lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {
@@ -1075,12 +1122,38 @@ impl Mvcc {
         };
         let mut h = crc32fast::Hasher::new();
         let end = keys::rev_key(at + 1, 0);
+        let mut err = None;
         self.backend.for_each(b"r", &end, &mut |k, v| {
+            if let Some((main, sub)) = keys::parse_rev_key(k)
+                && main <= self.compact_rev
+            {
+                match decode_record(v) {
+                    Ok((_, kv)) if !self.kept(&kv.key, main, sub) => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
+                }
+            }
             h.update(k);
             h.update(v);
             true
         })?;
-        Ok((h.finalize(), at))
+        match err {
+            Some(e) => Err(e),
+            None => Ok((h.finalize(), at)),
+        }
+    }
+
+    /// Whether the record of `key` at `(main, sub)` survived compaction: those at or below the
+    /// compaction point may still be on disk while a dump runs ([`Mvcc::pin`]).
+    fn kept(&self, key: &[u8], main: i64, sub: i64) -> bool {
+        main > self.compact_rev
+            || self
+                .index
+                .get(key)
+                .is_some_and(|h| h.revs.iter().any(|r| r.main == main && r.sub == sub))
     }
 }
 

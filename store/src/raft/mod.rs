@@ -11,9 +11,8 @@
 
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
-
-use std::io::Cursor;
 
 use openraft::{AnyError, StorageError, StorageIOError};
 use prost::Message;
@@ -86,7 +85,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,24 +1,22 @@
 //! openraft's state machine: applies committed batches to the shared [`Mvcc`], publishes their
-//! watch events, and builds / installs snapshots.
+//! watch events, and builds / installs snapshots (files, see [`snapshot`](super::snapshot)).
 //!
 //! The state machine's own records (last applied log id, membership) are written in the same
 //! atomic backend batch as the data they describe, so a restart resumes exactly after the last
-//! applied entry. Snapshots are a dump of every backend pair, sent in chunks by openraft.
+//! applied entry.
 
-use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageError};
-use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
+use parking_lot::RwLock;
 use tokio::sync::broadcast;
 
 use super::pb::BatchResponse;
-use super::{
-    LogId, Member, NodeId, Pb, StoredMembership, TypeConfig, storage_error, storage_read_error,
-};
-use crate::backend::{Backend, Pair, WriteBatch};
+use super::snapshot::{self, DumpError, SnapshotDir, SnapshotFile};
+use super::{LogId, Member, NodeId, Pb, StoredMembership, TypeConfig, storage_error};
+use crate::backend::Backend;
 use crate::mvcc::{EventBatch, Mvcc};
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -29,8 +27,10 @@ pub struct Shared {
     pub events: broadcast::Sender<EventBatch>,
     /// Last applied log id and membership.
     pub applied: RwLock<(Option<LogId>, StoredMembership)>,
-    snapshot: Mutex<Option<StoredSnapshot>>,
-    snapshot_store: Option<sled::Tree>,
+    /// Where snapshots are kept.
+    pub snapshots: SnapshotDir,
+    /// Snapshots installed so far: a dump that sees this change read a state that went away.
+    pub(crate) installs: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -41,48 +41,28 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Member>,
-    data: Vec<u8>,
-}
-
 /// Capacity of the event broadcast; a watch stream that falls further behind catches up from
 /// the backend instead of holding memory.
 const EVENT_BUFFER: usize = 1024;
 
 impl Shared {
-    /// Loads the state kept in `backend`; `snapshot_store` (if any) keeps the latest snapshot
-    /// across restarts.
+    /// Loads the state kept in `backend`, with its snapshots in `snapshots`.
     pub fn open(
         backend: Arc<dyn Backend>,
-        snapshot_store: Option<sled::Tree>,
+        snapshots: SnapshotDir,
         min_lease_ttl: i64,
     ) -> Result<Arc<Shared>, crate::error::StoreError> {
         let mvcc = Mvcc::open(backend, min_lease_ttl)?;
         let applied: Option<LogId> = decode_meta(&mvcc, "raft_applied")?.flatten();
         let membership: StoredMembership =
             decode_meta(&mvcc, "raft_membership")?.unwrap_or_default();
-        let snapshot =
-            match &snapshot_store {
-                Some(t) => match t
-                    .get("current")
-                    .map_err(|e| crate::error::StoreError::Internal(e.to_string()))?
-                {
-                    Some(v) => Some(bincode::deserialize(&v).map_err(|e| {
-                        crate::error::StoreError::Internal(format!("snapshot: {e}"))
-                    })?),
-                    None => None,
-                },
-                None => None,
-            };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Arc::new(Shared {
             mvcc: RwLock::new(mvcc),
             events,
             applied: RwLock::new((applied, membership)),
-            snapshot: Mutex::new(snapshot),
-            snapshot_store,
+            snapshots,
+            installs: AtomicU64::new(0),
         }))
     }
 }
@@ -114,61 +94,45 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        // Copying and encoding a large state is seconds of CPU: on a thread of its own, so the
-        // runtime's workers keep serving raft heartbeats and clients meanwhile. Writers wait
-        // only for the copy, not for the encoding and the write to disk.
+        // Dumping a large state is seconds of IO and CPU: on a thread of its own, so the
+        // runtime's workers keep serving raft heartbeats and clients meanwhile; writers wait
+        // only while the dump pins the state.
         let shared = self.shared.clone();
-        let stored = tokio::task::spawn_blocking(move || -> Result<_, StorageError<NodeId>> {
-            let (pairs, applied, membership) = {
-                let mvcc = shared.mvcc.read();
-                let pairs: Vec<Pair> =
-                    mvcc.backend().range(b"", b"").map_err(storage_read_error)?;
-                let (applied, membership) = shared.applied.read().clone();
-                (pairs, applied, membership)
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
+            let (path, dumped) = match snapshot::dump_to_file(&shared, &shared.snapshots) {
+                Ok(d) => d,
+                // The installed snapshot is newer than this one would have been.
+                Err(DumpError::Superseded) => return Ok(()),
+                Err(DumpError::Store(e)) => return Err(storage_error(e)),
             };
-            let data = bincode::serialize(&pairs).map_err(storage_error)?;
-            drop(pairs);
-            let snapshot_id = match applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
-                None => format!("0-0-{}", data.len()),
+            let snapshot_id = match dumped.applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, dumped.size),
+                None => format!("0-0-{}", dumped.size),
             };
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: applied,
-                    last_membership: membership,
-                    snapshot_id,
-                },
-                data,
+            let meta = SnapshotMeta {
+                last_log_id: dumped.applied,
+                last_membership: dumped.membership,
+                snapshot_id,
             };
             // A snapshot installed meanwhile (from the leader) may be newer than this one: the
             // newest is kept, so lagging members are never sent one whose logs are purged.
-            let mut current = shared.snapshot.lock();
-            if current
-                .as_ref()
-                .is_none_or(|c| c.meta.last_log_id <= stored.meta.last_log_id)
-            {
-                persist_snapshot(&shared, &stored)?;
-                *current = Some(stored.clone());
-            }
-            Ok(stored)
+            shared
+                .snapshots
+                .replace(&meta, &path, true)
+                .map_err(storage_error)?;
+            Ok(())
         })
         .await
         .map_err(storage_error)??;
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        match self.shared.snapshots.open_current().await {
+            Ok(Some((meta, file))) => Ok(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            }),
+            Ok(None) => Err(storage_error("no snapshot after building one")),
+            Err(e) => Err(storage_error(e)),
+        }
     }
-}
-
-/// Writes `s` to the snapshot store (if any), durably.
-fn persist_snapshot(shared: &Shared, s: &StoredSnapshot) -> Result<(), StorageError<NodeId>> {
-    if let Some(t) = &shared.snapshot_store {
-        let bytes = bincode::serialize(s).map_err(storage_error)?;
-        t.insert("current", bytes).map_err(storage_error)?;
-        t.flush().map_err(storage_error)?;
-    }
-    Ok(())
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -235,45 +199,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        let path = self.shared.snapshots.tmp_path();
+        SnapshotFile::create(path)
+            .await
+            .map(Box::new)
+            .map_err(storage_error)
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
-        let pairs: Vec<Pair> = bincode::deserialize(&data).map_err(storage_read_error)?;
-        let revision = {
-            let mut mvcc = self.shared.mvcc.write();
-            let backend = mvcc.backend().clone();
-            backend.clear().map_err(storage_error)?;
-            let mut batch = WriteBatch::default();
-            for (k, v) in pairs {
-                batch.put(k, v);
-            }
-            backend.write(batch).map_err(storage_error)?;
-            mvcc.reload().map_err(storage_error)?;
-            mvcc.put_meta(
-                "raft_applied",
-                bincode::serialize(&meta.last_log_id).map_err(storage_error)?,
-            );
-            mvcc.put_meta(
-                "raft_membership",
-                bincode::serialize(&meta.last_membership).map_err(storage_error)?,
-            );
-            mvcc.commit().map_err(storage_error)?;
-            *self.shared.applied.write() = (meta.last_log_id, meta.last_membership.clone());
-            mvcc.current_revision()
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        persist_snapshot(&self.shared, &stored)?;
-        *self.shared.snapshot.lock() = Some(stored);
+        snapshot.sync().await.map_err(storage_error)?;
+        let path = snapshot.path().to_path_buf();
+        drop(snapshot);
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        // Reading and writing the whole state: on a thread of its own (see build_snapshot).
+        let revision = tokio::task::spawn_blocking(move || {
+            let revision =
+                snapshot::install(&shared, &path, meta.last_log_id, &meta.last_membership)?;
+            shared.snapshots.replace(&meta, &path, false)?;
+            Ok::<_, crate::error::StoreError>(revision)
+        })
+        .await
+        .map_err(storage_error)?
+        .map_err(storage_error)?;
         // Watchers on this member missed whatever the snapshot skipped: an empty batch whose
         // first revision is past everything makes each of them catch up from the backend.
         let _ = self.shared.events.send(EventBatch {
@@ -287,9 +240,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.shared.snapshot.lock().as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+        let current = self
+            .shared
+            .snapshots
+            .open_current()
+            .await
+            .map_err(storage_error)?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(file),
         }))
     }
 }

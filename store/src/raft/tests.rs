@@ -5,6 +5,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
 use super::log_store::LogStore;
+use super::snapshot::SnapshotDir;
 use super::state_machine::{Shared, StateMachine};
 use super::{NodeId, TypeConfig};
 use crate::backend::SledBackend;
@@ -21,8 +22,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledStoreBuil
             .expect("open sled");
         let log = LogStore::open(&db, None).expect("log store");
         let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
-        let snapshots = db.open_tree("snapshot").expect("snapshot tree");
-        let shared = Shared::open(backend, Some(snapshots), 2).expect("state machine");
+        let snapshots = SnapshotDir::open(&dir.path().join("snap")).expect("snapshot dir");
+        let shared = Shared::open(backend, snapshots, 2).expect("state machine");
         Ok((dir, log, StateMachine::new(shared)))
     }
 }
@@ -30,4 +31,185 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledStoreBuil
 #[test]
 fn openraft_storage_suite_passes_on_sled() {
     Suite::test_all(SledStoreBuilder).expect("openraft storage suite");
+}
+
+mod snapshots {
+    use std::io::{Cursor, Seek, SeekFrom, Write};
+    use std::sync::Arc;
+
+    use keelson_etcdpb::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest};
+    use tempfile::TempDir;
+
+    use crate::backend::SledBackend;
+    use crate::raft::pb::InternalRequest;
+    use crate::raft::pb::internal_request::Request as Rq;
+    use crate::raft::snapshot::{self, SnapshotDir};
+    use crate::raft::state_machine::Shared;
+
+    fn shared() -> (TempDir, Arc<Shared>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .cache_capacity(1 << 20)
+            .open()
+            .expect("open sled");
+        let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
+        let snapshots = SnapshotDir::open(&dir.path().join("snap")).expect("snapshot dir");
+        (dir, Shared::open(backend, snapshots, 2).expect("state"))
+    }
+
+    fn apply(s: &Shared, r: Rq) {
+        let mut m = s.mvcc.write();
+        m.apply(&InternalRequest { request: Some(r) });
+        m.commit().unwrap();
+    }
+
+    fn put(s: &Shared, k: &str, v: &str) {
+        apply(
+            s,
+            Rq::Put(PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn all_at(s: &Shared, revision: i64) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        let r = s
+            .mvcc
+            .read()
+            .range(&RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision,
+                ..Default::default()
+            })
+            .unwrap();
+        r.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value, kv.mod_revision))
+            .collect()
+    }
+
+    /// An output that, at its first write (after the dump has let go of the state's lock),
+    /// runs `during` once: writes and a compaction racing the copy.
+    struct Racing<'a> {
+        out: Cursor<Vec<u8>>,
+        during: Option<Box<dyn FnOnce() + 'a>>,
+    }
+
+    impl Write for Racing<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(f) = self.during.take() {
+                f();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for Racing<'_> {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.out.seek(pos)
+        }
+    }
+
+    #[test]
+    fn a_dump_is_the_state_at_its_start_while_writes_and_compaction_go_on() {
+        let (_a_dir, a) = shared();
+        for i in 0..50 {
+            put(&a, &format!("k{}", i % 10), &format!("v{i}"));
+        }
+        let at = a.mvcc.read().current_revision();
+        let expected = all_at(&a, at);
+        let mut out = Racing {
+            out: Cursor::new(Vec::new()),
+            during: Some(Box::new(|| {
+                for i in 0..20 {
+                    put(&a, &format!("k{}", i % 15), "later");
+                }
+                let now = a.mvcc.read().current_revision();
+                apply(
+                    &a,
+                    Rq::Compaction(CompactionRequest {
+                        revision: now,
+                        physical: false,
+                    }),
+                );
+            })),
+        };
+        let dumped = snapshot::dump(&a, &mut out).expect("dump");
+        assert_eq!(dumped.revision, at);
+        assert_eq!(dumped.size, out.out.get_ref().len() as u64);
+        // The compaction's records went once the dump ended.
+        let now = a.mvcc.read().current_revision();
+        assert_eq!(a.mvcc.read().compact_revision(), now);
+        let on_disk = a.mvcc.read().backend().range(b"r", b"s").unwrap().len();
+        assert_eq!(on_disk, 15, "one record per key after the compaction");
+
+        // Installed elsewhere, the dump is exactly the state at `at`, history included.
+        let (b_dir, b) = shared();
+        let file = b_dir.path().join("dump");
+        std::fs::write(&file, out.out.get_ref()).unwrap();
+        let applied = a.applied.read().clone();
+        let revision = snapshot::install(&b, &file, applied.0, &applied.1).expect("install");
+        assert_eq!(revision, at);
+        assert_eq!(all_at(&b, 0), expected);
+        assert_eq!(all_at(&b, 20), all_at_before_compaction(&expected, 20));
+        assert_eq!(b.mvcc.read().compact_revision(), 0);
+        assert_eq!(
+            b.mvcc.read().backend().size_in_use(),
+            b.mvcc
+                .read()
+                .backend()
+                .range(b"", b"")
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>()
+        );
+    }
+
+    /// What `k0..k9` held at `rev` in the history the test writes (`v{i}` at revision i + 2).
+    fn all_at_before_compaction(
+        latest: &[(Vec<u8>, Vec<u8>, i64)],
+        rev: i64,
+    ) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        let mut out: Vec<_> = latest
+            .iter()
+            .map(|(k, _, _)| {
+                let key: usize = String::from_utf8_lossy(&k[1..]).parse().unwrap();
+                // The newest write of `key` at or before `rev`.
+                let i = (0..50)
+                    .filter(|i| i % 10 == key && i + 2 <= rev as usize)
+                    .max()
+                    .unwrap();
+                (k.clone(), format!("v{i}").into_bytes(), i as i64 + 2)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_dump_superseded_by_an_install_is_refused() {
+        let (dir, a) = shared();
+        put(&a, "a", "1");
+        let (path, _) = snapshot::dump_to_file(&a, &a.snapshots).expect("dump");
+        let mut out = Racing {
+            out: Cursor::new(Vec::new()),
+            during: Some(Box::new(|| {
+                let applied = a.applied.read().clone();
+                snapshot::install(&a, &path, applied.0, &applied.1).expect("install");
+            })),
+        };
+        assert!(matches!(
+            snapshot::dump(&a, &mut out),
+            Err(snapshot::DumpError::Superseded)
+        ));
+        drop(dir);
+    }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// `etcd_mvcc_db_total_size_in_bytes`.
     pub db_size: Gauge,
+    /// `etcd_mvcc_db_total_size_in_use_in_bytes`.
+    pub db_size_in_use: Gauge,
     /// `etcd_debugging_mvcc_current_revision`.
     pub current_revision: Gauge,
     /// `etcd_debugging_mvcc_compact_revision`.
@@ -57,6 +59,7 @@ impl Metrics {
             proposals_failed: Counter::default(),
             wal_fsync: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             db_size: Gauge::default(),
+            db_size_in_use: Gauge::default(),
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
         };
@@ -95,6 +98,11 @@ impl Metrics {
             "etcd_mvcc_db_total_size_in_bytes",
             "Total size of the underlying database physically allocated in bytes.",
             m.db_size.clone(),
+        );
+        r.register(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            m.db_size_in_use.clone(),
         );
         r.register(
             "etcd_debugging_mvcc_current_revision",

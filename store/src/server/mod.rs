@@ -42,6 +42,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{MAX_PEER_MESSAGE, Network, Peers};
 use crate::raft::pb::raft_peer_server::RaftPeerServer;
 use crate::raft::pb::{InternalRequest, MemberAttributes, MembersRequest, internal_request};
+use crate::raft::snapshot::{SnapshotDir, migrate_legacy};
 use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::{Member, NodeId, Raft};
 
@@ -485,12 +486,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         path: db_path.clone(),
         reason: e.to_string(),
     })?;
-    let snapshots = db.open_tree("snapshot").map_err(|e| ServerError::DataDir {
+    let snap_path = data_dir.join("snap");
+    let snapshots = SnapshotDir::open(&snap_path).map_err(|e| ServerError::DataDir {
+        path: snap_path.clone(),
+        reason: e.to_string(),
+    })?;
+    // Snapshots were kept in the database before they were files.
+    let legacy = db.open_tree("snapshot").map_err(|e| ServerError::DataDir {
         path: db_path.clone(),
         reason: e.to_string(),
     })?;
+    migrate_legacy(&legacy, &snapshots).map_err(|e| ServerError::DataDir {
+        path: snap_path.clone(),
+        reason: e.to_string(),
+    })?;
     let min_ttl = ((3 * config.election_timeout) as f64 / 2.0 / 1000.0).ceil() as i64;
-    let shared = Shared::open(Arc::new(backend), Some(snapshots), min_ttl.max(1)).map_err(|e| {
+    let shared = Shared::open(Arc::new(backend), snapshots, min_ttl.max(1)).map_err(|e| {
         ServerError::DataDir {
             path: db_path.clone(),
             reason: format!("cannot load state: {e}"),
@@ -691,6 +702,7 @@ async fn watch_metrics(node: Node, shutdown: CancellationToken) {
         {
             let mvcc = node.shared().mvcc.read();
             m.db_size.set(mvcc.backend().size_bytes() as i64);
+            m.db_size_in_use.set(mvcc.backend().size_in_use() as i64);
             m.current_revision.set(mvcc.current_revision());
             m.compact_revision.set(mvcc.compact_revision());
         }

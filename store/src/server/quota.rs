@@ -2,6 +2,11 @@
 //! NOSPACE alarm (through Raft, so every member refuses writes) and fail with
 //! "database space exceeded", as in etcd. Reads, deletes and compaction still work, so an
 //! operator can free space and disarm the alarm.
+//!
+//! etcd measures bbolt's file; keelson-store measures the bytes its state holds (keys and
+//! values of the state tree, what `Status.dbSizeInUse` reports), because sled's size on disk
+//! also counts the raft log and segments it has not reclaimed yet. A compaction therefore frees
+//! quota at once; a defragment is not needed before disarming.
 
 use keelson_etcdpb::etcdserverpb::alarm_request::AlarmAction;
 use keelson_etcdpb::etcdserverpb::{AlarmRequest, AlarmType};
@@ -40,7 +45,7 @@ impl Quota {
     pub async fn check(&self, node: &Node, cost: usize) -> Result<()> {
         let (size, armed) = {
             let m = node.shared().mvcc.read();
-            (m.backend().size_bytes(), m.no_space())
+            (m.backend().size_in_use(), m.no_space())
         };
         if armed {
             return Err(StoreError::NoSpace);

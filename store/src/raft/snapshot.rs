@@ -1,0 +1,491 @@
+//! Snapshots as files: a dump of the state machine's backend, written while applies go on,
+//! kept in the snapshot directory, sent to lagging members in chunks and installed from a file.
+//!
+//! A dump holds the state's write lock only to pin the state ([`Mvcc::pin`]) and copy the few
+//! records that change in place (metadata, leases, members, alarms). Revision records never
+//! change once written, and a pinned state defers the deletes of compaction, so the records at
+//! or below the pinned revision are streamed to the file without any lock.
+//!
+//! Dump format: a little-endian `u64` pair count, then for each pair its key and value, each as
+//! a little-endian `u64` length and the bytes (which is also how bincode encodes the
+//! `Vec<(Vec<u8>, Vec<u8>)>` the earlier in-memory snapshots were).
+//!
+//! [`Mvcc::pin`]: crate::mvcc::Mvcc::pin
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use openraft::storage::SnapshotMeta;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+
+use super::state_machine::Shared;
+use super::{LogId, Member, NodeId, StoredMembership};
+use crate::backend::WriteBatch;
+use crate::error::StoreError;
+use crate::mvcc::keys;
+
+/// A snapshot's data as openraft moves it around: an open file and where it is.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    file: tokio::fs::File,
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    /// A new, empty file at `path`, to receive a snapshot into.
+    pub async fn create(path: PathBuf) -> Result<SnapshotFile, StoreError> {
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_error("create", &path, e))?;
+        Ok(SnapshotFile { file, path })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes what was written durable.
+    pub async fn sync(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.file.flush().await?;
+        self.file.sync_all().await
+    }
+}
+
+impl AsyncRead for SnapshotFile {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SnapshotFile {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+impl AsyncSeek for SnapshotFile {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        Pin::new(&mut self.file).start_seek(position)
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        Pin::new(&mut self.file).poll_complete(cx)
+    }
+}
+
+/// The snapshot directory: the current snapshot (`current.meta` names it, `<id>.snap` holds
+/// its data) and files being written or received (`*.tmp`).
+#[derive(Debug)]
+pub struct SnapshotDir {
+    dir: PathBuf,
+    current: Mutex<Option<SnapshotMeta<NodeId, Member>>>,
+    next_tmp: AtomicU64,
+}
+
+const META_FILE: &str = "current.meta";
+
+fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("snapshot: {what} {}: {e}", path.display()))
+}
+
+impl SnapshotDir {
+    /// Opens (creating) `dir`, removing files no snapshot uses: partial writes and receptions
+    /// cut short by a crash, and snapshots already replaced.
+    pub fn open(dir: &Path) -> Result<SnapshotDir, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+        let meta_path = dir.join(META_FILE);
+        let current: Option<SnapshotMeta<NodeId, Member>> = match std::fs::read(&meta_path) {
+            Ok(b) => Some(bincode::deserialize(&b).map_err(|e| io_error("decode", &meta_path, e))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error("read", &meta_path, e)),
+        };
+        let keep = current.as_ref().map(|m| data_name(&m.snapshot_id));
+        if let Some(name) = &keep
+            && !dir.join(name).exists()
+        {
+            return Err(io_error("missing data of", &dir.join(name), "not found"));
+        }
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))? {
+            let entry = entry.map_err(|e| io_error("list", dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale =
+                (name.ends_with(".snap") && Some(&name) != keep.as_ref()) || name.ends_with(".tmp");
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(SnapshotDir {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(current),
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    /// The current snapshot's metadata.
+    pub fn current(&self) -> Option<SnapshotMeta<NodeId, Member>> {
+        self.current.lock().clone()
+    }
+
+    /// A new, unused path for a file being written.
+    pub fn tmp_path(&self) -> PathBuf {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{}-{n}.tmp", std::process::id()))
+    }
+
+    /// The data file of the current snapshot, opened for reading.
+    pub async fn open_current(
+        &self,
+    ) -> Result<Option<(SnapshotMeta<NodeId, Member>, SnapshotFile)>, StoreError> {
+        let Some(meta) = self.current() else {
+            return Ok(None);
+        };
+        let path = self.dir.join(data_name(&meta.snapshot_id));
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_error("open", &path, e))?;
+        Ok(Some((meta, SnapshotFile { file, path })))
+    }
+
+    /// Makes the complete, synced file at `tmp` the current snapshot, described by `meta`,
+    /// unless `only_if_newer` and the current one is newer (then `tmp` is removed). Returns
+    /// whether it was made current.
+    pub fn replace(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        tmp: &Path,
+        only_if_newer: bool,
+    ) -> Result<bool, StoreError> {
+        let mut current = self.current.lock();
+        if only_if_newer
+            && current
+                .as_ref()
+                .is_some_and(|c| c.last_log_id > meta.last_log_id)
+        {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(false);
+        }
+        let data = self.dir.join(data_name(&meta.snapshot_id));
+        std::fs::rename(tmp, &data).map_err(|e| io_error("rename", tmp, e))?;
+        let meta_tmp = self.tmp_path();
+        let bytes = bincode::serialize(meta).map_err(|e| io_error("encode", &meta_tmp, e))?;
+        write_synced(&meta_tmp, &bytes)?;
+        let meta_path = self.dir.join(META_FILE);
+        std::fs::rename(&meta_tmp, &meta_path).map_err(|e| io_error("rename", &meta_tmp, e))?;
+        sync_dir(&self.dir)?;
+        if let Some(old) = current.replace(meta.clone()) {
+            let old = self.dir.join(data_name(&old.snapshot_id));
+            if old != data {
+                // An open reader (a transfer to a lagging member) keeps the data until it is done.
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The data file name of snapshot `id` (ids are `term-index-size`; anything else is escaped).
+fn data_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.snap")
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(path).map_err(|e| io_error("create", path, e))?;
+    f.write_all(bytes).map_err(|e| io_error("write", path, e))?;
+    f.sync_all().map_err(|e| io_error("sync", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync", dir, e))
+}
+
+/// What a dump captured.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    /// The store revision of the dump.
+    pub revision: i64,
+    /// The last log entry applied to the state dumped.
+    pub applied: Option<LogId>,
+    /// The membership of that state.
+    pub membership: StoredMembership,
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// Why a dump did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// A snapshot was installed while the dump ran: the records read may belong to either.
+    #[error("a snapshot was installed during the dump")]
+    Superseded,
+    /// Reading the state or writing the output failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Ends a dump's pin when dropped, on every path.
+struct Pinned<'a>(&'a Shared);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.mvcc.write().unpin() {
+            tracing::error!(error = %e, "deleting the records compacted during a dump failed");
+        }
+    }
+}
+
+/// Writes the state as it is now to `out` (see the module docs), holding the state's lock
+/// only while the records that change in place are copied.
+pub fn dump<W: Write + Seek>(shared: &Shared, out: &mut W) -> Result<Dumped, DumpError> {
+    let installs = shared.installs.load(Ordering::SeqCst);
+    let (before, after, revision, applied, membership, pin) = {
+        let mut mvcc = shared.mvcc.write();
+        let backend = mvcc.backend().clone();
+        let before = backend.range(b"", b"r").map_err(StoreError::from)?;
+        let after = backend.range(b"s", b"").map_err(StoreError::from)?;
+        let (applied, membership) = shared.applied.read().clone();
+        mvcc.pin();
+        (
+            before,
+            after,
+            mvcc.current_revision(),
+            applied,
+            membership,
+            Pinned(shared),
+        )
+    };
+    let backend = shared.mvcc.read().backend().clone();
+    let start = out.stream_position().map_err(write_error)?;
+    let mut count = 0u64;
+    let mut size = 8u64;
+    out.write_all(&0u64.to_le_bytes()).map_err(write_error)?;
+    let mut put = |out: &mut W, k: &[u8], v: &[u8]| -> std::io::Result<()> {
+        for part in [k, v] {
+            out.write_all(&(part.len() as u64).to_le_bytes())?;
+            out.write_all(part)?;
+        }
+        count += 1;
+        size += 16 + (k.len() + v.len()) as u64;
+        Ok(())
+    };
+    for (k, v) in &before {
+        put(out, k, v).map_err(write_error)?;
+    }
+    let mut failed = None;
+    backend
+        .for_each(
+            b"r",
+            &keys::rev_key(revision + 1, 0),
+            &mut |k, v| match put(out, k, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            },
+        )
+        .map_err(StoreError::from)?;
+    if let Some(e) = failed {
+        return Err(write_error(e).into());
+    }
+    for (k, v) in &after {
+        put(out, k, v).map_err(write_error)?;
+    }
+    drop(pin);
+    if shared.installs.load(Ordering::SeqCst) != installs {
+        return Err(DumpError::Superseded);
+    }
+    let end = out.stream_position().map_err(write_error)?;
+    out.seek(SeekFrom::Start(start)).map_err(write_error)?;
+    out.write_all(&count.to_le_bytes()).map_err(write_error)?;
+    out.seek(SeekFrom::Start(end)).map_err(write_error)?;
+    out.flush().map_err(write_error)?;
+    Ok(Dumped {
+        revision,
+        applied,
+        membership,
+        size,
+    })
+}
+
+fn write_error(e: std::io::Error) -> StoreError {
+    StoreError::Internal(format!("snapshot: write: {e}"))
+}
+
+/// Dumps the state into a new synced file of `dir`, returning its path.
+pub fn dump_to_file(shared: &Shared, dir: &SnapshotDir) -> Result<(PathBuf, Dumped), DumpError> {
+    let path = dir.tmp_path();
+    let result = (|| {
+        let file = File::create(&path).map_err(|e| io_error("create", &path, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let dumped = dump(shared, &mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| io_error("write", &path, e.error()))?;
+        file.sync_all().map_err(|e| io_error("sync", &path, e))?;
+        Ok(dumped)
+    })();
+    match result {
+        Ok(d) => Ok((path, d)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Reads the pairs of a dump from `r`, calling `f` for each, in order.
+pub fn read_pairs(
+    r: &mut impl Read,
+    f: &mut dyn FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let corrupt = |e: std::io::Error| StoreError::Internal(format!("snapshot: read: {e}"));
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n).map_err(corrupt)?;
+    let count = u64::from_le_bytes(n);
+    let part = |r: &mut dyn Read| -> Result<Vec<u8>, StoreError> {
+        let mut n = [0u8; 8];
+        r.read_exact(&mut n).map_err(corrupt)?;
+        let len = u64::from_le_bytes(n);
+        // The length comes from the file: read what is there rather than trusting it.
+        let mut buf = Vec::new();
+        r.take(len).read_to_end(&mut buf).map_err(corrupt)?;
+        if buf.len() as u64 != len {
+            return Err(StoreError::Internal("snapshot: truncated".into()));
+        }
+        Ok(buf)
+    };
+    for _ in 0..count {
+        let k = part(r)?;
+        let v = part(r)?;
+        f(k, v)?;
+    }
+    Ok(())
+}
+
+/// Bytes of pairs written to the backend at once while installing a snapshot.
+const INSTALL_BATCH_BYTES: usize = 32 << 20;
+
+/// Replaces the state with the dump in the file at `path`, which was taken at `applied` with
+/// `membership`. Returns the store revision afterwards.
+pub fn install(
+    shared: &Shared,
+    path: &Path,
+    applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<i64, StoreError> {
+    let file = File::open(path).map_err(|e| io_error("open", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut mvcc = shared.mvcc.write();
+    // Any dump running now reads a state that is going away.
+    shared.installs.fetch_add(1, Ordering::SeqCst);
+    let backend = mvcc.backend().clone();
+    backend.clear()?;
+    // The applied log id is written last, with the membership, so a crash part way leaves a
+    // state that does not claim to be the snapshot's.
+    let applied_key = keys::meta_key("raft_applied");
+    let mut batch = WriteBatch::default();
+    let mut bytes = 0;
+    read_pairs(&mut r, &mut |k, v| {
+        if k == applied_key {
+            return Ok(());
+        }
+        bytes += k.len() + v.len();
+        batch.put(k, v);
+        if bytes >= INSTALL_BATCH_BYTES {
+            backend.write(std::mem::take(&mut batch))?;
+            bytes = 0;
+        }
+        Ok(())
+    })?;
+    backend.write(batch)?;
+    mvcc.reload()?;
+    mvcc.put_meta(
+        "raft_applied",
+        bincode::serialize(&applied).map_err(|e| StoreError::Internal(e.to_string()))?,
+    );
+    mvcc.put_meta(
+        "raft_membership",
+        bincode::serialize(membership).map_err(|e| StoreError::Internal(e.to_string()))?,
+    );
+    mvcc.commit()?;
+    backend.flush()?;
+    *shared.applied.write() = (applied, membership.clone());
+    Ok(mvcc.current_revision())
+}
+
+/// A snapshot as the store kept it before snapshots were files (in sled tree `snapshot`).
+#[derive(Deserialize, Serialize)]
+struct LegacySnapshot {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: Vec<u8>,
+}
+
+/// Moves a snapshot kept by an earlier version in `tree` into `dir`.
+pub fn migrate_legacy(tree: &sled::Tree, dir: &SnapshotDir) -> Result<(), StoreError> {
+    const KEY: &str = "current";
+    let internal = |e: sled::Error| StoreError::Internal(format!("snapshot: {e}"));
+    let Some(v) = tree.get(KEY).map_err(internal)? else {
+        return Ok(());
+    };
+    if dir.current().is_none() {
+        let legacy: LegacySnapshot = bincode::deserialize(&v)
+            .map_err(|e| StoreError::Internal(format!("snapshot: decode: {e}")))?;
+        let tmp = dir.tmp_path();
+        write_synced(&tmp, &legacy.data)?;
+        dir.replace(&legacy.meta, &tmp, false)?;
+    }
+    tree.remove(KEY).map_err(internal)?;
+    tree.flush().map_err(internal)?;
+    Ok(())
+}
+
+/// All pairs of a dump in memory (tests).
+#[cfg(test)]
+pub fn read_all(r: &mut impl Read) -> Result<Vec<crate::backend::Pair>, StoreError> {
+    let mut out = Vec::new();
+    read_pairs(r, &mut |k, v| {
+        out.push((k, v));
+        Ok(())
+    })?;
+    Ok(out)
+}
