@@ -116,10 +116,11 @@ pub struct Mvcc {
     events: Vec<Event>,
     /// Revision before the first event in `events`.
     events_base: i64,
-    /// Dumps in progress ([`Mvcc::pin`]): while any runs, compaction keeps its records.
+    /// Dumps in progress ([`Mvcc::pin`]): while any runs, compacted records stay.
     pins: usize,
-    /// Record keys compacted while pinned, deleted when the last pin goes.
-    deferred: Vec<[u8; 17]>,
+    /// Keys of the records compactions removed from the index, not yet deleted from the
+    /// backend ([`Mvcc::take_compacted`]).
+    compacted: Vec<[u8; 17]>,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -197,7 +198,7 @@ impl Mvcc {
             events: Vec::new(),
             events_base: 0,
             pins: 0,
-            deferred: Vec::new(),
+            compacted: Vec::new(),
         };
         m.reload()?;
         Ok(m)
@@ -212,7 +213,7 @@ impl Mvcc {
         self.batch = WriteBatch::default();
         self.overlay.clear();
         self.events.clear();
-        self.deferred.clear();
+        self.compacted.clear();
         self.current_rev = match self.backend.get(&keys::meta_key("current_rev"))? {
             Some(v) => be_i64(&v)?,
             None => 1,
@@ -253,8 +254,8 @@ impl Mvcc {
         if let Some(e) = err {
             return Err(e);
         }
-        // A compaction's records may outlive it on disk (deferred by a dump, then a crash):
-        // whatever it would have removed goes now.
+        // A compaction's records may outlive it on disk (their deletes come later, and a crash
+        // may come first): whatever it would have removed goes now.
         let leftovers = self.prune(self.compact_rev);
         if !leftovers.is_empty() {
             let mut batch = WriteBatch::default();
@@ -683,13 +684,11 @@ impl Mvcc {
         if rev > self.current_rev {
             return Err(StoreError::FutureRev);
         }
+        // The records are deleted later, in chunks and off the apply path (etcd also deletes
+        // a compaction's keys in batches); reads never see them, the index has them no more.
         for k in self.prune(rev) {
             self.overlay.remove(&k);
-            if self.pins > 0 {
-                self.deferred.push(k);
-            } else {
-                self.batch.delete(k.to_vec());
-            }
+            self.compacted.push(k);
         }
         self.compact_rev = rev;
         self.batch
@@ -729,23 +728,31 @@ impl Mvcc {
     }
 
     /// Starts a dump: until the matching [`Mvcc::unpin`], no record at or below the current
-    /// revision leaves the backend (compactions update the index at once and delete their
-    /// records later), so the records can be copied without holding the state's lock.
+    /// revision leaves the backend ([`Mvcc::take_compacted`] gives nothing), so the records can
+    /// be copied without holding the state's lock.
     pub fn pin(&mut self) {
         self.pins += 1;
     }
 
-    /// Ends a dump started by [`Mvcc::pin`]; the last one deletes what compactions deferred.
-    pub fn unpin(&mut self) -> Result<()> {
+    /// Ends a dump started by [`Mvcc::pin`].
+    pub fn unpin(&mut self) {
         self.pins = self.pins.saturating_sub(1);
-        if self.pins == 0 && !self.deferred.is_empty() {
-            let mut batch = WriteBatch::default();
-            for k in std::mem::take(&mut self.deferred) {
-                batch.delete(k.to_vec());
-            }
-            self.backend.write(batch)?;
+    }
+
+    /// Whether compacted records wait to be deleted.
+    pub fn has_compacted(&self) -> bool {
+        !self.compacted.is_empty()
+    }
+
+    /// Up to `max` keys of compacted records, for the caller to delete from the backend; none
+    /// while a dump runs. Deleting them later than taken is safe: a reload removes whatever
+    /// a crash left.
+    pub fn take_compacted(&mut self, max: usize) -> Vec<[u8; 17]> {
+        if self.pins > 0 {
+            return Vec::new();
         }
-        Ok(())
+        let n = max.min(self.compacted.len());
+        self.compacted.drain(..n).collect()
     }
 
     fn apply_lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {

@@ -267,9 +267,7 @@ struct Pinned<'a>(&'a Shared);
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.mvcc.write().unpin() {
-            tracing::error!(error = %e, "deleting the records compacted during a dump failed");
-        }
+        self.0.mvcc.write().unpin();
     }
 }
 

@@ -6,17 +6,17 @@
 //! applied entry.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageError};
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use tokio::sync::broadcast;
 
 use super::pb::BatchResponse;
 use super::snapshot::{self, DumpError, SnapshotDir, SnapshotFile};
 use super::{LogId, Member, NodeId, Pb, StoredMembership, TypeConfig, storage_error};
-use crate::backend::Backend;
+use crate::backend::{Backend, WriteBatch};
 use crate::mvcc::{EventBatch, Mvcc};
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -31,7 +31,13 @@ pub struct Shared {
     pub snapshots: SnapshotDir,
     /// Snapshots installed so far: a dump that sees this change read a state that went away.
     pub(crate) installs: AtomicU64,
+    /// Whether a task deletes compacted records now.
+    deleting: AtomicBool,
 }
+
+/// Compacted records deleted per backend write: each write holds the state's read lock (so no
+/// snapshot is installed under it), which applies wait for.
+const COMPACTED_CHUNK: usize = 10_000;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,7 +69,44 @@ impl Shared {
             applied: RwLock::new((applied, membership)),
             snapshots,
             installs: AtomicU64::new(0),
+            deleting: AtomicBool::new(false),
         }))
+    }
+
+    /// Deletes the records compactions removed from the index, a chunk at a time, until none
+    /// is left or a dump runs. Returns how many were deleted.
+    pub fn delete_compacted(&self) -> Result<usize, crate::error::StoreError> {
+        let mut deleted = 0;
+        loop {
+            let mut mvcc = self.mvcc.write();
+            let keys = mvcc.take_compacted(COMPACTED_CHUNK);
+            if keys.is_empty() {
+                return Ok(deleted);
+            }
+            // Taken and deleted under one lock (downgraded so readers go on): a snapshot
+            // installed in between could need records with the same keys.
+            let mvcc = RwLockWriteGuard::downgrade(mvcc);
+            let mut batch = WriteBatch::default();
+            for k in &keys {
+                batch.delete(k.to_vec());
+            }
+            mvcc.backend().write(batch)?;
+            deleted += keys.len();
+        }
+    }
+
+    /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already.
+    fn spawn_delete_compacted(self: &Arc<Self>) {
+        if !self.mvcc.read().has_compacted() || self.deleting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = shared.delete_compacted() {
+                tracing::error!(error = %e, "deleting compacted records failed");
+            }
+            shared.deleting.store(false, Ordering::SeqCst);
+        });
     }
 }
 
@@ -190,6 +233,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No receiver is fine: nobody is watching.
             let _ = self.shared.events.send(ev);
         }
+        self.shared.spawn_delete_compacted();
         Ok(out)
     }
 
