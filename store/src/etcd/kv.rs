@@ -29,6 +29,28 @@ impl KvService {
         KvService { node, quota }
     }
 
+    /// What `physical` asks of a compaction: return once this member has applied it and
+    /// deleted its records (bounded: a long snapshot dump holds the deletes back).
+    async fn wait_compacted(&self, revision: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            {
+                let m = self.node.shared().mvcc.read();
+                if m.compact_revision() >= revision && !m.has_compacted() {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    revision,
+                    "physical compaction: records not yet deleted after 60s"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     fn fill_header(&self, h: &mut Option<keelson_etcdpb::etcdserverpb::ResponseHeader>) {
         let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
         *h = self.node.header(rev);
@@ -159,6 +181,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let c = req.into_inner();
+        let (physical, revision) = (c.physical, c.revision);
         match self
             .node
             .propose(InternalRequest {
@@ -167,6 +190,9 @@ impl Kv for KvService {
             .await?
         {
             Rs::Compaction(mut r) => {
+                if physical {
+                    self.wait_compacted(revision).await;
+                }
                 self.fill_header(&mut r.header);
                 Ok(Response::new(r))
             }

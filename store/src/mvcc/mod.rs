@@ -739,6 +739,11 @@ impl Mvcc {
         self.pins = self.pins.saturating_sub(1);
     }
 
+    /// Whether a dump runs.
+    pub fn pinned(&self) -> bool {
+        self.pins > 0
+    }
+
     /// Whether compacted records wait to be deleted.
     pub fn has_compacted(&self) -> bool {
         !self.compacted.is_empty()
@@ -752,7 +757,7 @@ impl Mvcc {
             return Vec::new();
         }
         let n = max.min(self.compacted.len());
-        self.compacted.drain(..n).collect()
+        self.compacted.split_off(self.compacted.len() - n)
     }
 
     fn apply_lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse> {

@@ -16,6 +16,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
@@ -30,11 +31,25 @@ use crate::backend::WriteBatch;
 use crate::error::StoreError;
 use crate::mvcc::keys;
 
-/// A snapshot's data as openraft moves it around: an open file and where it is.
+/// A snapshot's metadata.
+pub type Meta = SnapshotMeta<NodeId, Member>;
+
+/// A snapshot's data as openraft moves it around: an open file and where it is. A file being
+/// received is removed when dropped unless [`SnapshotFile::keep`] adopted it (openraft drops
+/// streams it abandons and snapshots it no longer needs).
 #[derive(Debug)]
 pub struct SnapshotFile {
     file: tokio::fs::File,
     path: PathBuf,
+    temporary: bool,
+}
+
+impl Drop for SnapshotFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl SnapshotFile {
@@ -47,19 +62,43 @@ impl SnapshotFile {
             .open(&path)
             .await
             .map_err(|e| io_error("create", &path, e))?;
-        Ok(SnapshotFile { file, path })
+        Ok(SnapshotFile {
+            file,
+            path,
+            temporary: true,
+        })
+    }
+
+    /// Makes what was written durable and returns the path, which the caller now owns.
+    pub async fn keep(mut self) -> Result<PathBuf, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let synced = async {
+            self.file.flush().await?;
+            self.file.sync_all().await
+        }
+        .await;
+        synced.map_err(|e| io_error("sync", &self.path, e))?;
+        if self.temporary {
+            self.temporary = false;
+            return Ok(self.path.clone());
+        }
+        // Not a file this member received (openraft's storage tests pass another store's
+        // current snapshot): copied, so that store keeps its own.
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let copy = dir.join(format!("copy-{}.tmp", std::process::id()));
+        tokio::fs::copy(&self.path, &copy)
+            .await
+            .map_err(|e| io_error("copy", &self.path, e))?;
+        Ok(copy)
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Makes what was written durable.
-    pub async fn sync(&mut self) -> std::io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.file.flush().await?;
-        self.file.sync_all().await
     }
 }
 
@@ -106,11 +145,13 @@ impl AsyncSeek for SnapshotFile {
 #[derive(Debug)]
 pub struct SnapshotDir {
     dir: PathBuf,
-    current: Mutex<Option<SnapshotMeta<NodeId, Member>>>,
+    current: Mutex<Option<Meta>>,
     next_tmp: AtomicU64,
 }
 
 const META_FILE: &str = "current.meta";
+/// Present while the current snapshot is being installed into the state.
+const PENDING_FILE: &str = "install.pending";
 
 fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("snapshot: {what} {}: {e}", path.display()))
@@ -122,17 +163,24 @@ impl SnapshotDir {
     pub fn open(dir: &Path) -> Result<SnapshotDir, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
         let meta_path = dir.join(META_FILE);
-        let current: Option<SnapshotMeta<NodeId, Member>> = match std::fs::read(&meta_path) {
+        let current: Option<Meta> = match std::fs::read(&meta_path) {
             Ok(b) => Some(bincode::deserialize(&b).map_err(|e| io_error("decode", &meta_path, e))?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error("read", &meta_path, e)),
         };
-        let keep = current.as_ref().map(|m| data_name(&m.snapshot_id));
-        if let Some(name) = &keep
-            && !dir.join(name).exists()
+        let mut current = current;
+        if let Some(m) = &current
+            && !dir.join(data_name(&m.snapshot_id)).exists()
         {
-            return Err(io_error("missing data of", &dir.join(name), "not found"));
+            let data = dir.join(data_name(&m.snapshot_id));
+            // The state needs the file only while an install of it is unfinished.
+            if dir.join(PENDING_FILE).exists() {
+                return Err(io_error("missing data of", &data, "not found"));
+            }
+            tracing::warn!(path = %data.display(), "snapshot data missing; starting without a snapshot");
+            current = None;
         }
+        let keep = current.as_ref().map(|m| data_name(&m.snapshot_id));
         for entry in std::fs::read_dir(dir).map_err(|e| io_error("list", dir, e))? {
             let entry = entry.map_err(|e| io_error("list", dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -150,7 +198,7 @@ impl SnapshotDir {
     }
 
     /// The current snapshot's metadata.
-    pub fn current(&self) -> Option<SnapshotMeta<NodeId, Member>> {
+    pub fn current(&self) -> Option<Meta> {
         self.current.lock().clone()
     }
 
@@ -161,17 +209,52 @@ impl SnapshotDir {
     }
 
     /// The data file of the current snapshot, opened for reading.
-    pub async fn open_current(
-        &self,
-    ) -> Result<Option<(SnapshotMeta<NodeId, Member>, SnapshotFile)>, StoreError> {
-        let Some(meta) = self.current() else {
+    pub fn open_current(&self) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
+        // Opened under the lock: a replacement removes the file it replaces.
+        let current = self.current.lock();
+        let Some(meta) = current.clone() else {
             return Ok(None);
         };
         let path = self.dir.join(data_name(&meta.snapshot_id));
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io_error("open", &path, e))?;
-        Ok(Some((meta, SnapshotFile { file, path })))
+        let file = File::open(&path).map_err(|e| io_error("open", &path, e))?;
+        Ok(Some((
+            meta,
+            SnapshotFile {
+                file: tokio::fs::File::from_std(file),
+                path,
+                temporary: false,
+            },
+        )))
+    }
+
+    /// The data file of the current snapshot.
+    pub fn current_path(&self) -> Option<PathBuf> {
+        let current = self.current.lock();
+        current
+            .as_ref()
+            .map(|m| self.dir.join(data_name(&m.snapshot_id)))
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.dir.join(PENDING_FILE)
+    }
+
+    /// Whether an install of the current snapshot was cut short.
+    pub fn install_pending(&self) -> bool {
+        self.pending_path().exists()
+    }
+
+    /// Records, durably, that the current snapshot is being installed.
+    pub fn begin_install(&self) -> Result<(), StoreError> {
+        write_synced(&self.pending_path(), b"")?;
+        sync_dir(&self.dir)
+    }
+
+    /// Records that the install finished.
+    pub fn end_install(&self) -> Result<(), StoreError> {
+        let p = self.pending_path();
+        std::fs::remove_file(&p).map_err(|e| io_error("remove", &p, e))?;
+        sync_dir(&self.dir)
     }
 
     /// Makes the complete, synced file at `tmp` the current snapshot, described by `meta`,
@@ -179,7 +262,7 @@ impl SnapshotDir {
     /// whether it was made current.
     pub fn replace(
         &self,
-        meta: &SnapshotMeta<NodeId, Member>,
+        meta: &Meta,
         tmp: &Path,
         only_if_newer: bool,
     ) -> Result<bool, StoreError> {
@@ -262,18 +345,19 @@ pub enum DumpError {
     Store(#[from] StoreError),
 }
 
-/// Ends a dump's pin when dropped, on every path.
-struct Pinned<'a>(&'a Shared);
+/// Ends a dump's pin when dropped, on every path, and lets the compacted records go.
+struct Pinned<'a>(&'a Arc<Shared>);
 
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
         self.0.mvcc.write().unpin();
+        self.0.spawn_delete_compacted();
     }
 }
 
 /// Writes the state as it is now to `out` (see the module docs), holding the state's lock
 /// only while the records that change in place are copied.
-pub fn dump<W: Write + Seek>(shared: &Shared, out: &mut W) -> Result<Dumped, DumpError> {
+pub fn dump<W: Write + Seek>(shared: &Arc<Shared>, out: &mut W) -> Result<Dumped, DumpError> {
     let installs = shared.installs.load(Ordering::SeqCst);
     let (before, after, revision, applied, membership, pin) = {
         let mut mvcc = shared.mvcc.write();
@@ -350,7 +434,10 @@ fn write_error(e: std::io::Error) -> StoreError {
 }
 
 /// Dumps the state into a new synced file of `dir`, returning its path.
-pub fn dump_to_file(shared: &Shared, dir: &SnapshotDir) -> Result<(PathBuf, Dumped), DumpError> {
+pub fn dump_to_file(
+    shared: &Arc<Shared>,
+    dir: &SnapshotDir,
+) -> Result<(PathBuf, Dumped), DumpError> {
     let path = dir.tmp_path();
     let result = (|| {
         let file = File::create(&path).map_err(|e| io_error("create", &path, e))?;
@@ -400,6 +487,56 @@ pub fn read_pairs(
     Ok(())
 }
 
+/// Reads the whole dump at `path`, so a damaged file is refused before the state is touched.
+pub fn check(path: &Path) -> Result<(), StoreError> {
+    let file = File::open(path).map_err(|e| io_error("open", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    read_pairs(&mut r, &mut |_, _| Ok(()))?;
+    let mut rest = [0u8; 1];
+    match r.read(&mut rest) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(StoreError::Internal(format!(
+            "snapshot: {}: data past the last pair",
+            path.display()
+        ))),
+        Err(e) => Err(io_error("read", path, e)),
+    }
+}
+
+/// Makes the complete, synced snapshot file at `path` (taken at `meta`) the current snapshot
+/// and the state. Crash-safe: the snapshot is made current and an install marked pending before
+/// the state is cleared, and [`resume_install`] finishes the job at the next start. Returns the
+/// store revision afterwards.
+pub fn install_file(shared: &Shared, path: &Path, meta: &Meta) -> Result<i64, StoreError> {
+    check(path)?;
+    shared.snapshots.replace(meta, path, false)?;
+    shared.snapshots.begin_install()?;
+    let current = shared
+        .snapshots
+        .current_path()
+        .ok_or_else(|| StoreError::Internal("snapshot: none after replacing it".into()))?;
+    let revision = install(shared, &current, meta.last_log_id, &meta.last_membership)?;
+    shared.snapshots.end_install()?;
+    Ok(revision)
+}
+
+/// Finishes an install a crash cut short (see [`install_file`]); true if there was one.
+pub fn resume_install(shared: &Shared) -> Result<bool, StoreError> {
+    if !shared.snapshots.install_pending() {
+        return Ok(false);
+    }
+    let (Some(meta), Some(path)) = (shared.snapshots.current(), shared.snapshots.current_path())
+    else {
+        return Err(StoreError::Internal(
+            "snapshot: an install is pending but there is no snapshot".into(),
+        ));
+    };
+    tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install cut short");
+    install(shared, &path, meta.last_log_id, &meta.last_membership)?;
+    shared.snapshots.end_install()?;
+    Ok(true)
+}
+
 /// Bytes of pairs written to the backend at once while installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 32 << 20;
 
@@ -418,8 +555,8 @@ pub fn install(
     shared.installs.fetch_add(1, Ordering::SeqCst);
     let backend = mvcc.backend().clone();
     backend.clear()?;
-    // The applied log id is written last, with the membership, so a crash part way leaves a
-    // state that does not claim to be the snapshot's.
+    // The applied log id is written last, with the membership (a crash part way is finished
+    // at the next start: see `install_file`).
     let applied_key = keys::meta_key("raft_applied");
     let mut batch = WriteBatch::default();
     let mut bytes = 0;
@@ -454,7 +591,7 @@ pub fn install(
 /// A snapshot as the store kept it before snapshots were files (in sled tree `snapshot`).
 #[derive(Deserialize, Serialize)]
 struct LegacySnapshot {
-    meta: SnapshotMeta<NodeId, Member>,
+    meta: Meta,
     data: Vec<u8>,
 }
 

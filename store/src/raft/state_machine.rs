@@ -73,6 +73,11 @@ impl Shared {
         }))
     }
 
+    /// Snapshots installed since the start.
+    pub fn installs(&self) -> u64 {
+        self.installs.load(Ordering::SeqCst)
+    }
+
     /// Deletes the records compactions removed from the index, a chunk at a time, until none
     /// is left or a dump runs. Returns how many were deleted.
     pub fn delete_compacted(&self) -> Result<usize, crate::error::StoreError> {
@@ -95,17 +100,33 @@ impl Shared {
         }
     }
 
-    /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already.
-    fn spawn_delete_compacted(self: &Arc<Self>) {
+    /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already (or
+    /// there is no runtime: the next apply starts it).
+    pub(crate) fn spawn_delete_compacted(self: &Arc<Self>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if !self.mvcc.read().has_compacted() || self.deleting.swap(true, Ordering::SeqCst) {
             return;
         }
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = shared.delete_compacted() {
-                tracing::error!(error = %e, "deleting compacted records failed");
+        rt.spawn_blocking(move || {
+            loop {
+                if let Err(e) = shared.delete_compacted() {
+                    tracing::error!(error = %e, "deleting compacted records failed");
+                }
+                shared.deleting.store(false, Ordering::SeqCst);
+                // Keys a compaction queued after the last take, when its apply found this
+                // task still running, are taken now (unless a dump holds them: its end
+                // starts another task).
+                let mvcc = shared.mvcc.read();
+                if !mvcc.has_compacted()
+                    || mvcc.pinned()
+                    || shared.deleting.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
             }
-            shared.deleting.store(false, Ordering::SeqCst);
         });
     }
 }
@@ -167,7 +188,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
         .await
         .map_err(storage_error)??;
-        match self.shared.snapshots.open_current().await {
+        // The one just built, or a newer one installed meanwhile (installs make the snapshot
+        // current before they touch the state, so a superseded dump always finds it).
+        match self.shared.snapshots.open_current() {
             Ok(Some((meta, file))) => Ok(Snapshot {
                 meta,
                 snapshot: Box::new(file),
@@ -254,19 +277,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        mut snapshot: Box<SnapshotFile>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
-        snapshot.sync().await.map_err(storage_error)?;
-        let path = snapshot.path().to_path_buf();
-        drop(snapshot);
+        let path = snapshot.keep().await.map_err(storage_error)?;
         let shared = self.shared.clone();
         let meta = meta.clone();
         // Reading and writing the whole state: on a thread of its own (see build_snapshot).
         let revision = tokio::task::spawn_blocking(move || {
-            let revision =
-                snapshot::install(&shared, &path, meta.last_log_id, &meta.last_membership)?;
-            shared.snapshots.replace(&meta, &path, false)?;
-            Ok::<_, crate::error::StoreError>(revision)
+            let installed = snapshot::install_file(&shared, &path, &meta);
+            if installed.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            installed
         })
         .await
         .map_err(storage_error)?
@@ -288,7 +310,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .shared
             .snapshots
             .open_current()
-            .await
             .map_err(storage_error)?;
         Ok(current.map(|(meta, file)| Snapshot {
             meta,

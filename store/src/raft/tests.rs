@@ -139,6 +139,11 @@ mod snapshots {
                         physical: false,
                     }),
                 );
+                assert_eq!(
+                    a.delete_compacted().unwrap(),
+                    0,
+                    "the dump holds the records"
+                );
             })),
         };
         let dumped = snapshot::dump(&a, &mut out).expect("dump");
@@ -194,6 +199,101 @@ mod snapshots {
             .collect();
         out.sort();
         out
+    }
+
+    fn open_at(dir: &std::path::Path) -> Arc<Shared> {
+        // sled's flusher may hold the previous instance's lock for a moment after a drop.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("db"))
+                .cache_capacity(1 << 20)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) if attempts < 100 => {
+                    attempts += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopening sled: {e}"),
+            }
+        };
+        let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
+        let snapshots = SnapshotDir::open(&dir.join("snap")).expect("snapshot dir");
+        Shared::open(backend, snapshots, 2).expect("state")
+    }
+
+    #[test]
+    fn an_install_cut_short_by_a_crash_is_finished_at_the_next_start() {
+        let (_a_dir, a) = shared();
+        for i in 0..30 {
+            put(&a, &format!("k{}", i % 7), &format!("v{i}"));
+        }
+        let (path, dumped) = snapshot::dump_to_file(&a, &a.snapshots).expect("dump");
+        let meta = openraft::SnapshotMeta {
+            last_log_id: dumped.applied,
+            last_membership: dumped.membership.clone(),
+            snapshot_id: "1-2-3".into(),
+        };
+        let b_dir = tempfile::tempdir().unwrap();
+        {
+            let b = open_at(b_dir.path());
+            put(&b, "other", "state");
+            // What install_file does up to a crash after the state was cleared.
+            let moved = b_dir.path().join("snap/received.tmp");
+            std::fs::copy(&path, &moved).unwrap();
+            b.snapshots.replace(&meta, &moved, false).unwrap();
+            b.snapshots.begin_install().unwrap();
+            b.mvcc.read().backend().clear().unwrap();
+            b.mvcc.read().backend().flush().unwrap();
+        }
+        let b = open_at(b_dir.path());
+        assert!(snapshot::resume_install(&b).unwrap());
+        assert!(!b.snapshots.install_pending());
+        assert_eq!(all_at(&b, 0), all_at(&a, 0));
+        assert_eq!(b.mvcc.read().current_revision(), dumped.revision);
+        assert_eq!(b.applied.read().0, dumped.applied);
+        assert!(
+            !snapshot::resume_install(&b).unwrap(),
+            "nothing left to finish"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_received_file_is_removed_unless_kept() {
+        let (_dir, a) = shared();
+        let dropped = a.snapshots.tmp_path();
+        drop(
+            snapshot::SnapshotFile::create(dropped.clone())
+                .await
+                .unwrap(),
+        );
+        assert!(!dropped.exists(), "an abandoned reception leaves no file");
+        let kept = a.snapshots.tmp_path();
+        let f = snapshot::SnapshotFile::create(kept.clone()).await.unwrap();
+        assert_eq!(f.keep().await.unwrap(), kept);
+        assert!(kept.exists());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_refused_before_the_state_is_touched() {
+        let (_a_dir, a) = shared();
+        put(&a, "a", "1");
+        let (path, dumped) = snapshot::dump_to_file(&a, &a.snapshots).expect("dump");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let (_b_dir, b) = shared();
+        put(&b, "b", "2");
+        let meta = openraft::SnapshotMeta {
+            last_log_id: dumped.applied,
+            last_membership: dumped.membership,
+            snapshot_id: "1-2-3".into(),
+        };
+        let err = snapshot::install_file(&b, &path, &meta).unwrap_err();
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert_eq!(all_at(&b, 0).len(), 1, "the state is unchanged");
+        assert!(b.snapshots.current().is_none());
     }
 
     #[test]

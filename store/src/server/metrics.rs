@@ -28,6 +28,8 @@ pub struct Metrics {
     pub db_size: Gauge,
     /// `etcd_mvcc_db_total_size_in_use_in_bytes`.
     pub db_size_in_use: Gauge,
+    /// `etcd_network_snapshot_receive_success` (without etcd's `From` label).
+    pub snapshot_receives: Counter,
     /// `etcd_debugging_mvcc_current_revision`.
     pub current_revision: Gauge,
     /// `etcd_debugging_mvcc_compact_revision`.
@@ -60,6 +62,7 @@ impl Metrics {
             wal_fsync: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             db_size: Gauge::default(),
             db_size_in_use: Gauge::default(),
+            snapshot_receives: Counter::default(),
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
         };
@@ -103,6 +106,11 @@ impl Metrics {
             "etcd_mvcc_db_total_size_in_use_in_bytes",
             "Total size of the underlying database logically in use in bytes.",
             m.db_size_in_use.clone(),
+        );
+        r.register(
+            "etcd_network_snapshot_receive_success",
+            "Total number of successful snapshot receives",
+            m.snapshot_receives.clone(),
         );
         r.register(
             "etcd_debugging_mvcc_current_revision",

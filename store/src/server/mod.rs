@@ -42,7 +42,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{MAX_PEER_MESSAGE, Network, Peers};
 use crate::raft::pb::raft_peer_server::RaftPeerServer;
 use crate::raft::pb::{InternalRequest, MemberAttributes, MembersRequest, internal_request};
-use crate::raft::snapshot::{SnapshotDir, migrate_legacy};
+use crate::raft::snapshot::{SnapshotDir, migrate_legacy, resume_install};
 use crate::raft::state_machine::{Shared, StateMachine};
 use crate::raft::{Member, NodeId, Raft};
 
@@ -507,6 +507,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             reason: format!("cannot load state: {e}"),
         }
     })?;
+    resume_install(&shared).map_err(|e| ServerError::DataDir {
+        path: snap_path.clone(),
+        reason: format!("cannot finish the snapshot install cut short: {e}"),
+    })?;
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
@@ -686,6 +690,7 @@ async fn publish_attributes(
 async fn watch_metrics(node: Node, shutdown: CancellationToken) {
     let mut rx = node.raft().metrics();
     let mut last_leader = None;
+    let mut installs_seen = node.shared().installs();
     loop {
         let (leader, _) = {
             let m = rx.borrow_and_update();
@@ -703,6 +708,10 @@ async fn watch_metrics(node: Node, shutdown: CancellationToken) {
             let mvcc = node.shared().mvcc.read();
             m.db_size.set(mvcc.backend().size_bytes() as i64);
             m.db_size_in_use.set(mvcc.backend().size_in_use() as i64);
+            let installs = node.shared().installs();
+            m.snapshot_receives
+                .inc_by(installs.saturating_sub(installs_seen));
+            installs_seen = installs;
             m.current_revision.set(mvcc.current_revision());
             m.compact_revision.set(mvcc.compact_revision());
         }
