@@ -352,20 +352,21 @@ impl<R: Runtime> Agent<R> {
         );
     }
 
-    /// A pod bound to this node changed (informer callback).
-    pub fn pod_changed(self: &Arc<Self>, change: Change<'_, Pod>) {
+    /// A pod bound to this node changed (informer callback). `cached` is the informer's copy
+    /// of the pod, when the caller has it: the workers share it rather than copy the pod.
+    pub fn pod_changed(self: &Arc<Self>, change: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
         match change {
             Change::Added(p) | Change::Updated { new: p, .. } => {
                 let uid = p.uid().unwrap_or_default();
+                let pod = cached.unwrap_or_else(|| Arc::new(p.clone()));
                 let mut workers = self.workers.lock();
                 if let Some(w) = workers.get(&uid) {
-                    w.tx.send_replace(Arc::new(p.clone()));
+                    w.tx.send_replace(pod);
                     return;
                 }
                 if self.stopping.is_cancelled() {
                     return;
                 }
-                let pod = Arc::new(p.clone());
                 let admit = self.admit(&pod, workers.values());
                 let (tx, rx) = watch::channel(pod.clone());
                 let gone = CancellationToken::new();

@@ -70,6 +70,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     }
 }
 
+/// The informer's own copy of a changed pod (the store holds the new object when handlers run).
+fn cached(store: &kube::runtime::reflector::Store<Pod>, c: &Change<'_, Pod>) -> Option<Arc<Pod>> {
+    match c {
+        Change::Deleted(_) => None,
+        _ => store.get(&kube::runtime::reflector::ObjectRef::from(c.object())),
+    }
+}
+
 async fn run_with<R: Runtime>(
     config: Config,
     node: config::NodeSettings,
@@ -137,7 +145,11 @@ async fn run_with<R: Runtime>(
             let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", a.name()));
             let mut inf = Informer::new(api, cfg);
             let a = a.clone();
-            inf.on_change(move |c| a.pod_changed(c));
+            let store = inf.store();
+            inf.on_change(move |c| {
+                let pod = cached(&store, &c);
+                a.pod_changed(c, pod);
+            });
             tasks.push(tokio::spawn(inf.run(shutdown.clone())));
         }
     } else {
@@ -145,6 +157,7 @@ async fn run_with<R: Runtime>(
         let cfg = watcher::Config::default().fields("spec.nodeName!=");
         let mut inf = Informer::new(api, cfg);
         let agents = agents.clone();
+        let store = inf.store();
         inf.on_change(move |c: Change<'_, Pod>| {
             let node = c
                 .object()
@@ -152,7 +165,8 @@ async fn run_with<R: Runtime>(
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref());
             if let Some(a) = node.and_then(|n| agents.get(n)) {
-                a.pod_changed(c);
+                let pod = cached(&store, &c);
+                a.pod_changed(c, pod);
             }
         });
         tasks.push(tokio::spawn(inf.run(shutdown.clone())));

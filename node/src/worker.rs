@@ -611,10 +611,17 @@ impl<R: Runtime> Worker<R> {
                     if let Some(f) = first.take() {
                         let _ = f.send(());
                     }
-                    let probes = tokio::spawn(self.clone().probe(i, h.clone(), instance.clone()));
+                    // A task (and its memory) only for a container that has probes: most
+                    // pods of a hollow fleet have none, and live for the whole run.
+                    let probes = (c.startup_probe.is_some()
+                        || c.liveness_probe.is_some()
+                        || c.readiness_probe.is_some())
+                    .then(|| tokio::spawn(self.clone().probe(i, h.clone(), instance.clone())));
                     let exit = wait_exit(&h).await;
                     instance.cancel();
-                    let _ = probes.await;
+                    if let Some(probes) = probes {
+                        let _ = probes.await;
+                    }
                     self.exited(false, i, &exit);
                     exit
                 }
