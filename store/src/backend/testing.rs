@@ -12,6 +12,27 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Backend>) {
     size_in_use_counts_the_pairs_stored(make().as_ref());
 }
 
+/// Opens the sled database at `path` with a small cache, waiting for a previous instance in
+/// this process to let go of it (sled's flusher thread may hold its file lock for a moment
+/// after the instance is dropped).
+pub fn open_sled(path: &std::path::Path) -> sled::Db {
+    let mut attempts = 0;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(1 << 20)
+            .open()
+        {
+            Ok(db) => return db,
+            Err(_) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("opening sled at {}: {e}", path.display()),
+        }
+    }
+}
+
 fn put(b: &dyn Backend, k: &[u8], v: &[u8]) {
     let mut wb = WriteBatch::default();
     wb.put(k, v);

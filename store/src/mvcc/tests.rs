@@ -467,24 +467,7 @@ fn events_between_replays_history_with_prev_kv() {
 fn state_survives_reopen_on_sled() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
-        // sled's flusher thread may still hold the previous instance's file lock for a moment
-        // after it is dropped; wait for it rather than fail.
-        let mut attempts = 0;
-        let db = loop {
-            match sled::Config::new()
-                .path(dir.path())
-                .cache_capacity(1 << 20)
-                .open()
-            {
-                Ok(db) => break db,
-                Err(e) if attempts < 100 => {
-                    attempts += 1;
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("reopening sled: {e}"),
-            }
-        };
+        let db = crate::backend::testing::open_sled(dir.path());
         Mvcc::open(Arc::new(SledBackend::open(&db, "sm").unwrap()), 2).unwrap()
     };
     {

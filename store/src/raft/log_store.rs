@@ -10,18 +10,20 @@
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageError, Vote};
+use parking_lot::Mutex;
 
 use super::{LogId, NodeId, TypeConfig, storage_error, storage_read_error};
 
 type Entry = openraft::Entry<TypeConfig>;
 
 /// Observes fsync durations (for `etcd_disk_wal_fsync_duration_seconds`).
-pub type FsyncObserver = std::sync::Arc<dyn Fn(f64) + Send + Sync>;
+pub type FsyncObserver = Arc<dyn Fn(f64) + Send + Sync>;
 
 /// The log store; clones share the same trees.
 #[derive(Clone)]
@@ -30,7 +32,16 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Index of the last purged entry: entries up to it are gone for readers at once, and
+    /// deleted from the tree in the background ([`LogStore::purge`]).
+    purged: Arc<Mutex<Option<u64>>>,
+    /// Whether a background deletion of purged entries runs.
+    deleting: Arc<AtomicBool>,
 }
+
+/// Purged log entries deleted per sled batch, with a pause between batches, so appends (and
+/// their fsyncs) are never stuck behind one large deletion (etcd also compacts in batches).
+const PURGE_CHUNK: usize = 1000;
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,12 +77,64 @@ impl LogStore {
                 }
             })
             .map_err(sled::Error::Io)?;
-        Ok(LogStore {
+        let store = LogStore {
             db: db.clone(),
             log,
             meta,
             flusher: tx,
-        })
+            purged: Arc::default(),
+            deleting: Arc::default(),
+        };
+        let last_purged: Option<LogId> = store
+            .meta_get("last_purged")
+            .map_err(|e| sled::Error::Unsupported(e.to_string()))?;
+        *store.purged.lock() = last_purged.map(|l| l.index);
+        // Entries a purge had not deleted yet when the process stopped.
+        store.spawn_delete_purged();
+        Ok(store)
+    }
+
+    /// Deletes the purged entries still in the tree, a chunk at a time, on a thread of its own
+    /// (unless one runs already; it picks up later purges before it stops).
+    fn spawn_delete_purged(&self) {
+        if self.deleting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (log, purged, deleting) =
+            (self.log.clone(), self.purged.clone(), self.deleting.clone());
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-purge".into())
+            .spawn(move || {
+                loop {
+                    let Some(upto) = *purged.lock() else { break };
+                    let mut batch = sled::Batch::default();
+                    let mut n = 0;
+                    for item in log.range(..=idx_key(upto)).take(PURGE_CHUNK) {
+                        match item {
+                            Ok((k, _)) => {
+                                batch.remove(k);
+                                n += 1;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "reading purged log entries failed");
+                                break;
+                            }
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    if let Err(e) = log.apply_batch(batch) {
+                        tracing::error!(error = %e, "deleting purged log entries failed");
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                deleting.store(false, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.deleting.store(false, Ordering::SeqCst);
+        }
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -111,6 +174,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
+        // Purged entries may still be in the tree until the background deletion reaches them.
+        let start = match *self.purged.lock() {
+            Some(p) => start.max(p + 1),
+            None => start,
+        };
+        if let Bound::Included(end) = range.end_bound()
+            && *end < start
+        {
+            return Ok(Vec::new());
+        }
+        if let Bound::Excluded(end) = range.end_bound()
+            && *end <= start
+        {
+            return Ok(Vec::new());
+        }
         let iter = match range.end_bound() {
             Bound::Included(i) => self.log.range(idx_key(start)..=idx_key(*i)),
             Bound::Excluded(i) => self.log.range(idx_key(start)..idx_key(*i)),
@@ -130,13 +208,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged: Option<LogId> = self.meta_get("last_purged")?;
-        let last = match self.log.last().map_err(storage_read_error)? {
+        let last_entry = match self.log.last().map_err(storage_read_error)? {
             Some((_, v)) => Some(
                 bincode::deserialize::<Entry>(&v)
                     .map_err(storage_read_error)?
                     .log_id,
             ),
-            None => last_purged,
+            None => None,
+        };
+        // The tree's last entry may be one already purged (not deleted yet), or older than
+        // a purge that followed a snapshot install.
+        let last = match (last_entry, last_purged) {
+            (Some(e), Some(p)) if e.index <= p.index => Some(p),
+            (Some(e), _) => Some(e),
+            (None, p) => p,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -201,13 +286,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        // This runs on raft's core task: only the record is written here. Deleting a
+        // snapshot interval of entries at once (100,000 by default) blocked heartbeats for
+        // seconds; a background thread deletes them in chunks.
         self.meta_put("last_purged", &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=idx_key(log_id.index)) {
-            let (k, _) = item.map_err(storage_read_error)?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(storage_error)?;
-        self.flush()
+        self.flush()?;
+        *self.purged.lock() = Some(log_id.index);
+        self.spawn_delete_purged();
+        Ok(())
     }
 }

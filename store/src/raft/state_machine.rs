@@ -36,8 +36,9 @@ pub struct Shared {
 }
 
 /// Compacted records deleted per backend write: each write holds the state's read lock (so no
-/// snapshot is installed under it), which applies wait for.
-const COMPACTED_CHUNK: usize = 10_000;
+/// snapshot is installed under it), which applies wait for; a short pause between writes lets
+/// appends and applies through (etcd deletes a compaction's keys 1,000 at a time too).
+const COMPACTED_CHUNK: usize = 1000;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +97,9 @@ impl Shared {
                 batch.delete(k.to_vec());
             }
             mvcc.backend().write(batch)?;
+            drop(mvcc);
             deleted += keys.len();
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 

@@ -202,23 +202,7 @@ mod snapshots {
     }
 
     fn open_at(dir: &std::path::Path) -> Arc<Shared> {
-        // sled's flusher may hold the previous instance's lock for a moment after a drop.
-        let mut attempts = 0;
-        let db = loop {
-            match sled::Config::new()
-                .path(dir.join("db"))
-                .cache_capacity(1 << 20)
-                .open()
-            {
-                Ok(db) => break db,
-                Err(e) if attempts < 100 => {
-                    attempts += 1;
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => panic!("reopening sled: {e}"),
-            }
-        };
+        let db = crate::backend::testing::open_sled(&dir.join("db"));
         let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
         let snapshots = SnapshotDir::open(&dir.join("snap")).expect("snapshot dir");
         Shared::open(backend, snapshots, 2).expect("state")
@@ -313,5 +297,56 @@ mod snapshots {
             Err(snapshot::DumpError::Superseded)
         ));
         drop(dir);
+    }
+}
+
+mod log {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
+
+    use crate::raft::TypeConfig;
+    use crate::raft::log_store::LogStore;
+
+    fn entry(index: u64) -> openraft::Entry<TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn purged_entries_are_gone_for_readers_at_once_and_from_disk_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::backend::testing::open_sled(dir.path());
+        let mut log = LogStore::open(&db, None).unwrap();
+        log.blocking_append((1..=5000).map(entry)).await.unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4000))
+            .await
+            .unwrap();
+        let read = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(read.first().map(|e| e.log_id.index), Some(4001));
+        assert_eq!(read.len(), 1000);
+        assert!(log.try_get_log_entries(10..20).await.unwrap().is_empty());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4000));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5000));
+
+        // A purge past the end (after a snapshot install) leaves the purged id as the last.
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 6000))
+            .await
+            .unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6000));
+        assert!(log.try_get_log_entries(0..).await.unwrap().is_empty());
+
+        // The background deletion empties the tree (bounded wait).
+        let tree = db.open_tree("raft_log").unwrap();
+        for _ in 0..200 {
+            if tree.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{} purged entries still on disk after 10 s", tree.len());
     }
 }
