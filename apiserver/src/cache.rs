@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::RwLock;
@@ -87,6 +87,42 @@ struct State {
     oldest: i64,
     objects: BTreeMap<Vec<u8>, Arc<Obj>>,
     ring: VecDeque<Arc<Event>>,
+    /// When each event of `ring` arrived, in the same order.
+    ring_times: VecDeque<Instant>,
+}
+
+/// History the ring keeps once it holds more than [`RING_MIN`] events: kube-apiserver sizes
+/// its watch cache to keep about this much (`eventFreshDuration`), shrinking it when the
+/// oldest event is older. A watch resuming from further back gets 410 Gone and relists.
+const RING_FRESH: Duration = Duration::from_secs(75);
+/// Events the ring keeps whatever their age (kube-apiserver's lower bound).
+const RING_MIN: usize = 100;
+
+/// Adds `event`, arrived at `now`, to the ring and drops what it no longer keeps: beyond `max`
+/// events, and beyond [`RING_MIN`] those older than [`RING_FRESH`]. Returns the revision of the
+/// newest event dropped.
+fn push_event(
+    ring: &mut VecDeque<Arc<Event>>,
+    times: &mut VecDeque<Instant>,
+    event: Arc<Event>,
+    now: Instant,
+    max: usize,
+) -> Option<i64> {
+    ring.push_back(event);
+    times.push_back(now);
+    let mut dropped = None;
+    while ring.len() > max
+        || (ring.len() > RING_MIN
+            && times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > RING_FRESH))
+    {
+        times.pop_front();
+        if let Some(old) = ring.pop_front() {
+            dropped = Some(old.rev);
+        }
+    }
+    dropped
 }
 
 /// The cache of one resource.
@@ -146,6 +182,7 @@ impl Cache {
                     oldest: 0,
                     objects: BTreeMap::new(),
                     ring: VecDeque::new(),
+                    ring_times: VecDeque::new(),
                 }),
                 ring_size,
                 tx,
@@ -340,7 +377,7 @@ impl Cacher {
             }
         }
         let (mut rx, handle) = etcd
-            .watch_with_progress(&prefix, &end, revision + 1)
+            .watch_with_progress(&prefix, &end, revision + 1, false)
             .await?;
         {
             let mut st = self.state.write();
@@ -348,6 +385,7 @@ impl Cacher {
             st.revision = revision;
             st.oldest = revision;
             st.ring.clear();
+            st.ring_times.clear();
             st.ready = true;
             self.set_object_count(st.objects.len());
         }
@@ -432,11 +470,15 @@ impl Cacher {
         };
         st.revision = st.revision.max(event.rev);
         let event = Arc::new(event);
-        st.ring.push_back(event.clone());
-        while st.ring.len() > self.ring_size {
-            if let Some(old) = st.ring.pop_front() {
-                st.oldest = old.rev;
-            }
+        let state = &mut *st;
+        if let Some(dropped) = push_event(
+            &mut state.ring,
+            &mut state.ring_times,
+            event.clone(),
+            Instant::now(),
+            self.ring_size,
+        ) {
+            state.oldest = dropped;
         }
         self.set_object_count(st.objects.len());
         let _ = self.tx.send(event);
@@ -793,4 +835,48 @@ enum First {
     Snapshot(Vec<Arc<Obj>>, i64),
     Replay(Vec<Arc<Event>>),
     Expired(i64, i64),
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    fn event(rev: i64) -> Arc<Event> {
+        Arc::new(Event {
+            kind: Kind::Added,
+            rev,
+            key: Vec::new(),
+            obj: None,
+            prev: None,
+        })
+    }
+
+    #[test]
+    fn the_ring_keeps_at_most_max_events_and_beyond_the_minimum_only_fresh_ones() {
+        let (mut ring, mut times) = (VecDeque::new(), VecDeque::new());
+        let start = Instant::now();
+        // 300 events over 300 s, one a second, into a ring of at most 250.
+        let mut oldest = 0;
+        for rev in 1..=300 {
+            let at = start + Duration::from_secs(rev as u64);
+            if let Some(d) = push_event(&mut ring, &mut times, event(rev), at, 250) {
+                oldest = d;
+            }
+            if rev <= RING_MIN as i64 {
+                assert_eq!(ring.len(), rev as usize, "young and few: all kept");
+            }
+        }
+        // Only the last 75 s (76 events) are fresh, but the minimum of 100 stays.
+        assert_eq!(ring.len(), RING_MIN);
+        assert_eq!(ring.front().unwrap().rev, 201);
+        assert_eq!(oldest, 200, "a resume from before revision 200 is expired");
+
+        // A burst within the freshness window is bounded by `max` alone.
+        let (mut ring, mut times) = (VecDeque::new(), VecDeque::new());
+        for rev in 1..=1000 {
+            push_event(&mut ring, &mut times, event(rev), start, 250);
+        }
+        assert_eq!(ring.len(), 250);
+        assert_eq!(ring.front().unwrap().rev, 751);
+    }
 }

@@ -225,8 +225,9 @@ pub struct Config {
     /// random between this and twice this.
     #[arg(long, default_value_t = 1800)]
     pub min_request_timeout: u64,
-    /// Events kept per resource in the watch cache for watches that resume from a
-    /// resourceVersion; 0 disables the cache (lists and watches go to the store).
+    /// Most events kept per resource in the watch cache for watches that resume from a
+    /// resourceVersion (beyond 100, only those of the last 75 s are kept, as kube-apiserver
+    /// sizes its cache); 0 disables the cache (lists and watches go to the store).
     #[arg(long, default_value_t = 16384)]
     pub default_watch_cache_size: usize,
     /// Client certificate for talking to kubelets (pods/log).

@@ -517,16 +517,22 @@ impl Etcd {
         end: &[u8],
         revision: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchEvent, EtcdError>>, EtcdError> {
-        Ok(self.watch_with_progress(start, end, revision).await?.0)
+        Ok(self
+            .watch_with_progress(start, end, revision, true)
+            .await?
+            .0)
     }
 
     /// Like [`Etcd::watch`], also returning a handle that asks the store for a progress
     /// notification (answered as [`WatchEvent::Progress`] with the store's current revision).
+    /// Without `prev_kv`, events carry no previous value (the watch cache has it already),
+    /// which spares the store a read and this side a decryption per event.
     pub async fn watch_with_progress(
         &self,
         start: &[u8],
         end: &[u8],
         revision: i64,
+        prev_kv: bool,
     ) -> Result<
         (
             tokio::sync::mpsc::Receiver<Result<WatchEvent, EtcdError>>,
@@ -541,7 +547,7 @@ impl Etcd {
                     range_end: end.to_vec(),
                     start_revision: revision,
                     progress_notify: true,
-                    prev_kv: true,
+                    prev_kv,
                     ..Default::default()
                 },
             )),
