@@ -91,9 +91,10 @@ struct State {
     ring_times: VecDeque<Instant>,
 }
 
-/// History the ring keeps once it holds more than [`RING_MIN`] events: kube-apiserver sizes
-/// its watch cache to keep about this much (`eventFreshDuration`), shrinking it when the
-/// oldest event is older. A watch resuming from further back gets 410 Gone and relists.
+/// History the ring keeps once it holds more than [`RING_MIN`] events. kube-apiserver sizes
+/// its watch cache around the same `eventFreshDuration`, though it keeps at least that much
+/// (growing the cache up to 102,400 events) where this keeps at most that much. A watch
+/// resuming from further back gets 410 Gone and relists.
 const RING_FRESH: Duration = Duration::from_secs(75);
 /// Events the ring keeps whatever their age (kube-apiserver's lower bound).
 const RING_MIN: usize = 100;

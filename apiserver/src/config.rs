@@ -226,8 +226,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1800)]
     pub min_request_timeout: u64,
     /// Most events kept per resource in the watch cache for watches that resume from a
-    /// resourceVersion (beyond 100, only those of the last 75 s are kept, as kube-apiserver
-    /// sizes its cache); 0 disables the cache (lists and watches go to the store).
+    /// resourceVersion (beyond 100, only those of the last 75 s: kube-apiserver sizes its
+    /// cache around the same 75 s); 0 disables the cache (lists and watches go to the store).
     #[arg(long, default_value_t = 16384)]
     pub default_watch_cache_size: usize,
     /// Client certificate for talking to kubelets (pods/log).

@@ -526,7 +526,7 @@ impl Etcd {
     /// Like [`Etcd::watch`], also returning a handle that asks the store for a progress
     /// notification (answered as [`WatchEvent::Progress`] with the store's current revision).
     /// Without `prev_kv`, events carry no previous value (the watch cache has it already),
-    /// which spares the store a read and this side a decryption per event.
+    /// which spares the bytes on the wire and a decryption per event on this side.
     pub async fn watch_with_progress(
         &self,
         start: &[u8],

@@ -35,8 +35,13 @@ impl KvService {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             {
-                let m = self.node.shared().mvcc.read();
-                if m.compact_revision() >= revision && !m.has_compacted() {
+                let shared = self.node.shared();
+                let m = shared.mvcc.read();
+                // Keys taken by the deleting task leave the state before their write is done.
+                if m.compact_revision() >= revision
+                    && !m.has_compacted()
+                    && !shared.deleting_compacted()
+                {
                     return;
                 }
             }

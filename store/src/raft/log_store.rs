@@ -95,7 +95,7 @@ impl LogStore {
     }
 
     /// Deletes the purged entries still in the tree, a chunk at a time, on a thread of its own
-    /// (unless one runs already; it picks up later purges before it stops).
+    /// (unless one runs already: that one picks up later purges before it stops).
     fn spawn_delete_purged(&self) {
         if self.deleting.swap(true, Ordering::SeqCst) {
             return;
@@ -106,31 +106,20 @@ impl LogStore {
             .name("raft-log-purge".into())
             .spawn(move || {
                 loop {
-                    let Some(upto) = *purged.lock() else { break };
-                    let mut batch = sled::Batch::default();
-                    let mut n = 0;
-                    for item in log.range(..=idx_key(upto)).take(PURGE_CHUNK) {
-                        match item {
-                            Ok((k, _)) => {
-                                batch.remove(k);
-                                n += 1;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "reading purged log entries failed");
-                                break;
-                            }
-                        }
+                    delete_purged(&log, &purged);
+                    deleting.store(false, Ordering::SeqCst);
+                    // A purge that found this thread still running left its entries to it: if
+                    // any remain, go on (unless another thread has started meanwhile).
+                    let upto = *purged.lock();
+                    let left = upto.is_some_and(|u| {
+                        log.range(..=idx_key(u))
+                            .next()
+                            .is_some_and(|item| item.is_ok())
+                    });
+                    if !left || deleting.swap(true, Ordering::SeqCst) {
+                        return;
                     }
-                    if n == 0 {
-                        break;
-                    }
-                    if let Err(e) = log.apply_batch(batch) {
-                        tracing::error!(error = %e, "deleting purged log entries failed");
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-                deleting.store(false, Ordering::SeqCst);
             });
         if spawned.is_err() {
             self.deleting.store(false, Ordering::SeqCst);
@@ -156,6 +145,36 @@ impl LogStore {
     fn flush(&self) -> Result<(), StorageError<NodeId>> {
         self.db.flush().map_err(storage_error)?;
         Ok(())
+    }
+}
+
+/// Deletes the log entries up to the purged index, [`PURGE_CHUNK`] per batch with a pause
+/// between batches, until none is left or sled fails.
+fn delete_purged(log: &sled::Tree, purged: &Mutex<Option<u64>>) {
+    loop {
+        let Some(upto) = *purged.lock() else { return };
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in log.range(..=idx_key(upto)).take(PURGE_CHUNK) {
+            match item {
+                Ok((k, _)) => {
+                    batch.remove(k);
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading purged log entries failed");
+                    return;
+                }
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = log.apply_batch(batch) {
+            tracing::error!(error = %e, "deleting purged log entries failed");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

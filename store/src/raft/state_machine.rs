@@ -74,6 +74,12 @@ impl Shared {
         }))
     }
 
+    /// Whether compacted records are being deleted now (taken from the state, maybe not yet
+    /// written): with nothing left in the state either, every compaction is on disk.
+    pub fn deleting_compacted(&self) -> bool {
+        self.deleting.load(Ordering::SeqCst)
+    }
+
     /// Snapshots installed since the start.
     pub fn installs(&self) -> u64 {
         self.installs.load(Ordering::SeqCst)
