@@ -694,24 +694,31 @@ impl ProgressHandle {
     }
 }
 
-fn absent(key: &[u8]) -> pb::Compare {
+/// A compare that `key`'s `target` equals `value`.
+fn equal(key: &[u8], target: compare::CompareTarget, value: compare::TargetUnion) -> pb::Compare {
     pb::Compare {
         result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Create as i32,
+        target: target as i32,
         key: key.to_vec(),
         range_end: vec![],
-        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+        target_union: Some(value),
     }
 }
 
+fn absent(key: &[u8]) -> pb::Compare {
+    equal(
+        key,
+        compare::CompareTarget::Create,
+        compare::TargetUnion::CreateRevision(0),
+    )
+}
+
 fn version_is(key: &[u8], version: i64) -> pb::Compare {
-    pb::Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Version as i32,
-        key: key.to_vec(),
-        range_end: vec![],
-        target_union: Some(compare::TargetUnion::Version(version)),
-    }
+    equal(
+        key,
+        compare::CompareTarget::Version,
+        compare::TargetUnion::Version(version),
+    )
 }
 
 /// The key a failed transaction's [`range_op`] read back, if it exists.
@@ -723,13 +730,11 @@ fn read_back(responses: Vec<pb::ResponseOp>) -> Option<mvccpb::KeyValue> {
 }
 
 fn mod_is(key: &[u8], rev: i64) -> pb::Compare {
-    pb::Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Mod as i32,
-        key: key.to_vec(),
-        range_end: vec![],
-        target_union: Some(compare::TargetUnion::ModRevision(rev)),
-    }
+    equal(
+        key,
+        compare::CompareTarget::Mod,
+        compare::TargetUnion::ModRevision(rev),
+    )
 }
 
 fn delete_op(key: &[u8]) -> pb::RequestOp {

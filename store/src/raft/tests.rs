@@ -48,14 +48,8 @@ mod snapshots {
 
     fn shared() -> (TempDir, Arc<Shared>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .cache_capacity(1 << 20)
-            .open()
-            .expect("open sled");
-        let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
-        let snapshots = SnapshotDir::open(&dir.path().join("snap")).expect("snapshot dir");
-        (dir, Shared::open(backend, snapshots, 2).expect("state"))
+        let shared = open_at(dir.path());
+        (dir, shared)
     }
 
     fn apply(s: &Shared, r: Rq) {
