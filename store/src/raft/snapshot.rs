@@ -95,11 +95,6 @@ impl SnapshotFile {
             .map_err(|e| io_error("copy", &self.path, e))?;
         Ok(copy)
     }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl AsyncRead for SnapshotFile {
@@ -648,15 +643,4 @@ pub fn migrate_legacy(tree: &sled::Tree, dir: &SnapshotDir) -> Result<(), StoreE
     tree.remove(KEY).map_err(internal)?;
     tree.flush().map_err(internal)?;
     Ok(())
-}
-
-/// All pairs of a dump in memory (tests).
-#[cfg(test)]
-pub fn read_all(r: &mut impl Read) -> Result<Vec<crate::backend::Pair>, StoreError> {
-    let mut out = Vec::new();
-    read_pairs(r, &mut |k, v| {
-        out.push((k, v));
-        Ok(())
-    })?;
-    Ok(out)
 }
