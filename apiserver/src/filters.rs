@@ -145,7 +145,8 @@ fn metric_verb(info: &RequestInfo, req: &Request<Body>) -> String {
     }
 }
 
-/// Metrics: `apiserver_request_total` and `apiserver_request_duration_seconds` per request.
+/// Metrics: `apiserver_request_total`, `apiserver_request_duration_seconds` and
+/// `apiserver_request_sli_duration_seconds` per request.
 pub async fn with_metrics(
     State(cfg): State<Arc<ChainConfig>>,
     req: Request<Body>,
@@ -154,7 +155,7 @@ pub async fn with_metrics(
     let info = request_info_of(&req);
     let verb = metric_verb(&info, &req);
     let start = Instant::now();
-    let resp = next.run(req).await;
+    let (resp, tracked) = crate::metrics::tracking(next.run(req)).await;
     let mut labels = RequestLabels {
         verb,
         group: info.api_group.clone(),
@@ -165,12 +166,18 @@ pub async fn with_metrics(
         component: "apiserver".into(),
         code: String::new(),
     };
-    if !info.is_long_running() {
+    // Requests flow control refused are counted, not timed (as upstream).
+    if !info.is_long_running() && !tracked.dropped {
         let d = crate::metrics::DurationLabels::from(&labels);
+        let took = start.elapsed();
         cfg.metrics
             .durations
             .get_or_create(&d)
-            .observe(start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        cfg.metrics
+            .sli_durations
+            .get_or_create(&d)
+            .observe(took.saturating_sub(tracked.excluded).as_secs_f64());
     }
     labels.code = resp.status().as_u16().to_string();
     cfg.metrics.requests.get_or_create(&labels).inc();
@@ -285,6 +292,7 @@ pub async fn max_in_flight(
         }
         Err(_) => {
             cfg.metrics.dropped.get_or_create(&labels).inc();
+            crate::metrics::mark_dropped();
             ApiError::too_many_requests().into_response()
         }
     }

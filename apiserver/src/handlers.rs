@@ -369,6 +369,12 @@ pub async fn handle(state: Arc<ApiState>, info: RequestInfo, req: Request<Body>)
     }
 }
 
+/// The watch cache's copy of an object, for an update to start from instead of reading the
+/// store (as kube-apiserver's cacher passes its object to `GuaranteedUpdate`).
+fn cached_copy(state: &ApiState, res: &Resource, ns: &str, name: &str) -> Option<Value> {
+    state.cache.get(res)?.peek(ns, name)
+}
+
 async fn dispatch(state: &ApiState, info: &RequestInfo, req: Request<Body>) -> ApiResult<Response> {
     let query = query_map(req.uri().query());
     if info.is_resource_request {
@@ -998,7 +1004,15 @@ async fn resource_request(
             let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
             let updated = state
                 .registry
-                .update(res, ns, name, obj, status_like(sub), &w)
+                .update(
+                    res,
+                    ns,
+                    name,
+                    obj,
+                    status_like(sub),
+                    &w,
+                    cached_copy(state, res, ns, name),
+                )
                 .await?;
             Ok(add_warnings(
                 render_object(res, &with_type(res, updated), out, StatusCode::OK),
@@ -1018,7 +1032,7 @@ async fn resource_request(
             let want_rv = object::meta_str(&scale, "resourceVersion").to_string();
             let updated = state
                 .registry
-                .guaranteed_update(res, ns, name, false, &w, |old| {
+                .guaranteed_update(res, ns, name, false, &w, cached_copy(state, res, ns, name), |old| {
                     let mut o = old.clone();
                     if !want_rv.is_empty() {
                         object::set_meta(&mut o, "resourceVersion", json!(want_rv));
@@ -1047,7 +1061,7 @@ async fn resource_request(
             let is_scale = sub == Some(Sub::Scale);
             let updated = state
                 .registry
-                .guaranteed_update(res, ns, name, status_like(sub), &w, |old| {
+                .guaranteed_update(res, ns, name, status_like(sub), &w, cached_copy(state, res, ns, name), |old| {
                     let base = if is_scale {
                         object::scale_of(res, old)
                     } else {
@@ -1595,12 +1609,13 @@ async fn server_side_apply(
     });
     let sch = crate::managed::Schemas::of(res.group, res.version);
     let av = res.api_version();
-    let exists = match state.registry.get(res, ns, name).await {
-        Ok(_) => true,
-        Err(e) if e.code == 404 => false,
+    // The store's object, read to know whether the apply creates: the update starts from it.
+    let current = match state.registry.get(res, ns, name).await {
+        Ok(o) => Some(o),
+        Err(e) if e.code == 404 => None,
         Err(e) => return Err(e),
     };
-    if !exists && sub.is_none() {
+    if current.is_none() && sub.is_none() {
         let obj = crate::managed::apply(
             &sch,
             res.definition,
@@ -1624,7 +1639,7 @@ async fn server_side_apply(
     }
     let updated = state
         .registry
-        .guaranteed_update(res, ns, name, status_like(sub), &w, |old| {
+        .guaranteed_update(res, ns, name, status_like(sub), &w, current, |old| {
             let base = object::without_rv(&with_type(res, old.clone()));
             crate::managed::apply(
                 &sch,

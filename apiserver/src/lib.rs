@@ -21,6 +21,8 @@ pub mod discovery;
 pub mod encryption;
 pub mod etcd;
 pub mod eventratelimit;
+#[cfg(test)]
+mod fake_kv;
 pub mod filters;
 pub mod flowcontrol;
 pub mod handlers;

@@ -99,6 +99,17 @@ pub struct WriteOpts {
     pub requester: Option<crate::authz::UserInfo>,
 }
 
+/// Where the object an update starts from was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// From the store; `stale` when its stored form is due a rewrite (an older encryption key
+    /// or storage version).
+    Store { stale: bool },
+    /// From the watch cache, which may lag the store (kube-apiserver's `cachedExistingObject`):
+    /// the write's precondition catches a stale start, and a no-op is confirmed with the store.
+    Cache,
+}
+
 /// Metadata a create may not carry in: the server sets it (uid and creationTimestamp are set
 /// anew) or it belongs to later writes.
 const SERVER_SET_ON_CREATE: &[&str] = &[
@@ -794,16 +805,19 @@ impl Registry {
         ))
     }
 
-    /// Replaces an object (PUT). `status_only` is the `/status` subresource. When `expected_rv`
-    /// is `None` the body's resourceVersion (if any) is the precondition.
+    /// Replaces an object (PUT). `status_only` is the `/status` subresource; the body's
+    /// resourceVersion (if any) is the precondition. The update may start from `cached`, the
+    /// watch cache's copy, instead of reading the store.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
         res: &Resource,
         ns: &str,
         name: &str,
-        obj: Value,
+        mut obj: Value,
         status_only: bool,
         w: &WriteOpts,
+        cached: Option<Value>,
     ) -> ApiResult<Value> {
         let body_name = object::name(&obj).to_string();
         if !body_name.is_empty() && body_name != name {
@@ -819,13 +833,75 @@ impl Registry {
                 ));
             }
         }
-        let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
         let body_rv = meta_str(&obj, "resourceVersion").to_string();
-        if !body_rv.is_empty() && parse_rv(&body_rv)? != old_rv {
-            return Err(ApiError::modified(res.group, res.resource, name));
+        let mut next = self.cached_start(cached, w);
+        loop {
+            let (old, old_rv, origin) = self.start(res, ns, name, next.take()).await?;
+            let r = if !body_rv.is_empty() && parse_rv(&body_rv)? != old_rv {
+                Err(ApiError::modified(res.group, res.resource, name))
+            } else {
+                let obj = if origin == Origin::Cache {
+                    obj.clone()
+                } else {
+                    std::mem::take(&mut obj)
+                };
+                self.prepare_and_write(res, ns, name, (old, origin), old_rv, obj, status_only, w)
+                    .await
+            };
+            match r {
+                Err(e) if origin == Origin::Cache => {
+                    next = Some(self.behind(res, ns, name, old_rv, e).await?);
+                }
+                other => return other,
+            }
         }
-        self.prepare_and_write(res, ns, name, (old, stale), old_rv, obj, status_only, w)
-            .await
+    }
+
+    /// The cached object an update may start from, with its resourceVersion (not for a dry
+    /// run, which writes nothing that would check it).
+    fn cached_start(&self, cached: Option<Value>, w: &WriteOpts) -> Option<(Value, i64, Origin)> {
+        let v = cached.filter(|_| !w.dry_run)?;
+        let rv = parse_rv(meta_str(&v, "resourceVersion")).ok()?;
+        Some((v, rv, Origin::Cache))
+    }
+
+    /// The object an update starts from: `given`, else the store's.
+    async fn start(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        given: Option<(Value, i64, Origin)>,
+    ) -> ApiResult<(Value, i64, Origin)> {
+        match given {
+            Some(s) => Ok(s),
+            None => {
+                let (old, rv, stale) = self.get_raw(res, ns, name).await?;
+                Ok((old, rv, Origin::Store { stale }))
+            }
+        }
+    }
+
+    /// An update that started from the cached object at `cached_rv` failed with `e`: the
+    /// store's object to try again from when the cache was behind, else `e` (as upstream, an
+    /// error the store's own object would have given too stands). Errors of the store itself
+    /// (5xx) are not retried.
+    async fn behind(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        cached_rv: i64,
+        e: ApiError,
+    ) -> ApiResult<(Value, i64, Origin)> {
+        if e.code >= 500 {
+            return Err(e);
+        }
+        let (old, rv, stale) = self.get_raw(res, ns, name).await?;
+        if rv == cached_rv {
+            return Err(e);
+        }
+        Ok((old, rv, Origin::Store { stale }))
     }
 
     /// The update pipeline shared by PUT, patches and applies: keeps what a client may not
@@ -837,7 +913,7 @@ impl Registry {
         res: &Resource,
         ns: &str,
         name: &str,
-        (old, stale): (Value, bool),
+        (old, origin): (Value, Origin),
         old_rv: i64,
         mut obj: Value,
         status_only: bool,
@@ -906,7 +982,7 @@ impl Registry {
             .carry_over(res, &old, &mut obj, w.dry_run || status_only)
             .await?;
         let r = self
-            .write_update(res, ns, name, (old, stale), old_rv, obj, w.dry_run)
+            .write_update(res, ns, name, (old, origin), old_rv, obj, w.dry_run)
             .await;
         self.release(if r.is_ok() { &release } else { &taken })
             .await;
@@ -927,8 +1003,16 @@ impl Registry {
         let old_rv = parse_rv(meta_str(old, "resourceVersion"))?;
         strategy::prepare_for_status_update(old, &mut obj);
         strategy::validate(res, &obj)?;
-        self.write_update(res, ns, name, (old.clone(), false), old_rv, obj, false)
-            .await
+        self.write_update(
+            res,
+            ns,
+            name,
+            (old.clone(), Origin::Store { stale: false }),
+            old_rv,
+            obj,
+            false,
+        )
+        .await
     }
 
     /// Writes an already prepared update with `old_rv` as the precondition; a no-op returns the old
@@ -940,16 +1024,25 @@ impl Registry {
         res: &Resource,
         ns: &str,
         name: &str,
-        (old, stale): (Value, bool),
+        (old, origin): (Value, Origin),
         old_rv: i64,
         mut obj: Value,
         dry_run: bool,
     ) -> ApiResult<Value> {
         set_meta(&mut obj, "resourceVersion", json!(old_rv.to_string()));
-        if obj == old && !stale {
-            return Ok(old);
-        }
         let key = object::key(&self.prefix, res, ns, name);
+        if obj == old {
+            match origin {
+                Origin::Store { stale: false } => return Ok(old),
+                Origin::Store { stale: true } => {}
+                // No change to the cached object: unchanged only if the store still holds it.
+                Origin::Cache => match self.etcd.get(&key).await? {
+                    Some(kv) if kv.mod_revision == old_rv && !kv.stale => return Ok(old),
+                    Some(kv) if kv.mod_revision == old_rv => {}
+                    _ => return Err(ApiError::modified(res.group, res.resource, name)),
+                },
+            }
+        }
         let finalizers_empty = meta(&obj)
             .get("finalizers")
             .and_then(Value::as_array)
@@ -995,8 +1088,10 @@ impl Registry {
         }
     }
 
-    /// Read-modify-write: reads the object, applies `f` to it and writes the result, retrying on
-    /// conflicts when the change carries no resourceVersion precondition of its own (patches).
+    /// Read-modify-write: reads the object (or starts from `cached`, the watch cache's copy),
+    /// applies `f` to it and writes the result, retrying on conflicts when the change carries no
+    /// resourceVersion precondition of its own (patches).
+    #[allow(clippy::too_many_arguments)]
     pub async fn guaranteed_update<F>(
         &self,
         res: &Resource,
@@ -1004,35 +1099,51 @@ impl Registry {
         name: &str,
         status_only: bool,
         w: &WriteOpts,
+        cached: Option<Value>,
         f: F,
     ) -> ApiResult<Value>
     where
         F: Fn(&Value) -> ApiResult<Value>,
     {
         let mut attempts = 0;
+        let mut next = self.cached_start(cached, w);
         loop {
             attempts += 1;
-            let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
-            let obj = f(&old)?;
-            if !obj.is_object() {
-                return Err(ApiError::bad_request(
+            let (old, old_rv, origin) = self.start(res, ns, name, next.take()).await?;
+            let mut precondition = String::new();
+            let r = match f(&old) {
+                Err(e) => Err(e),
+                Ok(obj) if !obj.is_object() => Err(ApiError::bad_request(
                     "the patched object is not a JSON object",
-                ));
-            }
-            let precondition = meta_str(&obj, "resourceVersion").to_string();
-            if !precondition.is_empty() && parse_rv(&precondition)? != old_rv {
-                return Err(ApiError::modified(res.group, res.resource, name));
-            }
-            let body_name = object::name(&obj).to_string();
-            if body_name != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
-                )));
-            }
-            let r = self
-                .prepare_and_write(res, ns, name, (old, stale), old_rv, obj, status_only, w)
-                .await;
+                )),
+                Ok(obj) => {
+                    precondition = meta_str(&obj, "resourceVersion").to_string();
+                    let body_name = object::name(&obj).to_string();
+                    if !precondition.is_empty() && parse_rv(&precondition)? != old_rv {
+                        Err(ApiError::modified(res.group, res.resource, name))
+                    } else if body_name != name {
+                        Err(ApiError::bad_request(format!(
+                            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                        )))
+                    } else {
+                        self.prepare_and_write(
+                            res,
+                            ns,
+                            name,
+                            (old, origin),
+                            old_rv,
+                            obj,
+                            status_only,
+                            w,
+                        )
+                        .await
+                    }
+                }
+            };
             match r {
+                Err(e) if origin == Origin::Cache => {
+                    next = Some(self.behind(res, ns, name, old_rv, e).await?);
+                }
                 Err(e)
                     if e.code == 409
                         && e.reason == "Conflict"
@@ -1065,7 +1176,15 @@ impl Registry {
             let (old, old_rv, stale) = self.get_raw(res, ns, name).await?;
             let obj = f(&old)?;
             match self
-                .write_update(res, ns, name, (old, stale), old_rv, obj, dry_run)
+                .write_update(
+                    res,
+                    ns,
+                    name,
+                    (old, Origin::Store { stale }),
+                    old_rv,
+                    obj,
+                    dry_run,
+                )
                 .await
             {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && attempts < 10 => continue,
@@ -1254,6 +1373,220 @@ fn pod_terminated_or_unbound(pod: &Value) -> bool {
         .and_then(Value::as_str)
         .unwrap_or("");
     !bound || phase == "Succeeded" || phase == "Failed"
+}
+
+#[cfg(test)]
+mod cached_start_tests {
+    //! Updates that start from the watch cache's copy of the object.
+    use super::*;
+    use crate::fake_kv::FakeKv;
+
+    struct Setup {
+        registry: Registry,
+        kv: FakeKv,
+        res: &'static Resource,
+        key: Vec<u8>,
+    }
+
+    impl Setup {
+        async fn new() -> Setup {
+            let kv = FakeKv::default();
+            let url = kv.serve().await;
+            let etcd = Etcd::new(&[url], &crate::etcd::EtcdTls::default()).unwrap();
+            let ranges = Ranges::parse("10.0.0.0/24", "30000-32767", "/registry").unwrap();
+            let res = resources::find("", "v1", "configmaps").unwrap();
+            Setup {
+                registry: Registry::new(etcd, "/registry", ranges),
+                kv,
+                res,
+                key: object::key("/registry", res, "default", "c"),
+            }
+        }
+
+        /// Another writer stores the ConfigMap with `data`; returns the object as the cache
+        /// would hold it.
+        fn store(&self, data: Value) -> Value {
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "default", "uid": "u1",
+                    "creationTimestamp": "2026-12-04T00:00:00Z"},
+                "data": data});
+            let rev = self
+                .kv
+                .put(&self.key, object::encode_stored(self.res, &obj));
+            self.stored_at(rev)
+        }
+
+        fn stored_at(&self, rev: i64) -> Value {
+            let (bytes, at) = self.kv.get(&self.key).unwrap();
+            assert_eq!(at, rev);
+            object::decode_stored(self.res, &bytes, rev).unwrap()
+        }
+
+        fn stored(&self) -> (Value, i64) {
+            let (bytes, rev) = self.kv.get(&self.key).unwrap();
+            (object::decode_stored(self.res, &bytes, rev).unwrap(), rev)
+        }
+
+        async fn patch(
+            &self,
+            cached: Option<Value>,
+            f: impl Fn(&Value) -> ApiResult<Value>,
+        ) -> ApiResult<Value> {
+            self.registry
+                .guaranteed_update(
+                    self.res,
+                    "default",
+                    "c",
+                    false,
+                    &WriteOpts::internal(),
+                    cached,
+                    f,
+                )
+                .await
+        }
+
+        async fn put(&self, obj: Value, cached: Option<Value>) -> ApiResult<Value> {
+            self.registry
+                .update(
+                    self.res,
+                    "default",
+                    "c",
+                    obj,
+                    false,
+                    &WriteOpts::internal(),
+                    cached,
+                )
+                .await
+        }
+    }
+
+    fn set(key: &'static str, v: &'static str) -> impl Fn(&Value) -> ApiResult<Value> {
+        move |old| {
+            let mut o = old.clone();
+            o["data"][key] = json!(v);
+            Ok(object::without_rv(&o))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_current_cached_copy_saves_the_read() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        let reads = s.kv.reads();
+        let out = s.patch(Some(cached), set("y", "2")).await.unwrap();
+        assert_eq!(s.kv.reads(), reads, "the update read the store");
+        assert_eq!(out["data"], json!({"x": "1", "y": "2"}));
+        assert_eq!(s.stored().0["data"], json!({"x": "1", "y": "2"}));
+    }
+
+    #[tokio::test]
+    async fn a_stale_cached_copy_loses_no_write() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        s.store(json!({"x": "2"}));
+        let out = s.patch(Some(cached), set("y", "3")).await.unwrap();
+        assert_eq!(out["data"], json!({"x": "2", "y": "3"}));
+        assert_eq!(s.stored().0["data"], json!({"x": "2", "y": "3"}));
+    }
+
+    #[tokio::test]
+    async fn a_put_is_judged_by_the_store_not_the_cache() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        let current = s.store(json!({"x": "2"}));
+        // At the store's resourceVersion: written, though the cache is behind.
+        let mut body = current.clone();
+        body["data"] = json!({"x": "3"});
+        let out = s.put(body, Some(cached.clone())).await.unwrap();
+        assert_eq!(s.stored().0["data"], json!({"x": "3"}));
+        // At the cache's (stale) resourceVersion: refused, and nothing written.
+        let before = s.stored();
+        let mut stale = cached.clone();
+        stale["data"] = json!({"x": "4"});
+        let e = s.put(stale, Some(cached)).await.unwrap_err();
+        assert_eq!((e.code, e.reason), (409, "Conflict"));
+        assert_eq!(s.stored(), before);
+        assert_eq!(meta_str(&out, "resourceVersion"), before.1.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_no_op_against_a_stale_copy_is_written() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        s.store(json!({"x": "2"}));
+        let out = s.patch(Some(cached), set("x", "1")).await.unwrap();
+        assert_eq!(out["data"], json!({"x": "1"}));
+        let (now, rev) = s.stored();
+        assert_eq!(now["data"], json!({"x": "1"}));
+        assert_eq!(meta_str(&out, "resourceVersion"), rev.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_no_op_against_a_current_copy_writes_nothing() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        let (_, rev) = s.stored();
+        let out = s.patch(Some(cached), set("x", "1")).await.unwrap();
+        assert_eq!(meta_str(&out, "resourceVersion"), rev.to_string());
+        assert_eq!(s.stored().1, rev);
+    }
+
+    #[tokio::test]
+    async fn a_cached_copy_of_a_deleted_object_is_not_found() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        s.kv.delete(&s.key);
+        let e = s.patch(Some(cached), set("y", "1")).await.unwrap_err();
+        assert_eq!(e.code, 404);
+        assert!(s.kv.get(&s.key).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_starts_from_the_store() {
+        let s = Setup::new().await;
+        let cached = s.store(json!({"x": "1"}));
+        s.store(json!({"x": "2"}));
+        let before = s.stored();
+        let w = WriteOpts {
+            dry_run: true,
+            ..WriteOpts::internal()
+        };
+        let out = s
+            .registry
+            .guaranteed_update(
+                s.res,
+                "default",
+                "c",
+                false,
+                &w,
+                Some(cached),
+                set("y", "1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["data"], json!({"x": "2", "y": "1"}));
+        assert_eq!(s.stored(), before);
+    }
+
+    #[tokio::test]
+    async fn an_error_from_a_stale_copy_is_checked_against_the_store() {
+        let s = Setup::new().await;
+        // Refuses to change an object whose x is 1.
+        let guarded = |old: &Value| {
+            if old["data"]["x"] == "1" {
+                return Err(ApiError::bad_request("x is 1"));
+            }
+            set("y", "1")(old)
+        };
+        let cached = s.store(json!({"x": "1"}));
+        // The cache is current: the error stands.
+        let e = s.patch(Some(cached.clone()), guarded).await.unwrap_err();
+        assert_eq!(e.code, 400);
+        // The cache is behind: the store's object decides.
+        s.store(json!({"x": "2"}));
+        let out = s.patch(Some(cached), guarded).await.unwrap();
+        assert_eq!(out["data"], json!({"x": "2", "y": "1"}));
+    }
 }
 
 #[cfg(test)]

@@ -381,6 +381,7 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
                     "kubernetes",
                     false,
                     &WriteOpts::internal(),
+                    None,
                     add_self,
                 )
                 .await

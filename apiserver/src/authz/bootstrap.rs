@@ -343,6 +343,7 @@ async fn ensure_one(registry: &Registry, o: &Object) -> crate::status::ApiResult
             name,
             false,
             &WriteOpts::internal(),
+            None,
             |existing| Ok(reconcile(existing, o).unwrap_or_else(|| existing.clone())),
         )
         .await

@@ -298,7 +298,7 @@ pub async fn ensure(registry: &Registry) -> Result<(), String> {
             }
             next["metadata"]["annotations"][AUTOUPDATE] = json!(update.to_string());
             match registry
-                .update(res, "", &name, next, false, &WriteOpts::internal())
+                .update(res, "", &name, next, false, &WriteOpts::internal(), None)
                 .await
             {
                 Ok(_) => {}

@@ -880,9 +880,11 @@ impl Apf {
                 waiting.settle(dispatched)
             }
         };
+        let waited = started.elapsed();
+        crate::metrics::exclude_from_sli(waited);
         if level.name != "exempt" {
             m.waited(family, queue.is_ok())
-                .observe(started.elapsed().as_secs_f64());
+                .observe(waited.as_secs_f64());
         }
         let mut resp = match queue {
             Ok(q) => {
@@ -918,6 +920,7 @@ impl Apf {
             }
             Err(why) => {
                 m.rejected(family, why).inc();
+                crate::metrics::mark_dropped();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
