@@ -11,7 +11,9 @@
 //! - the cluster DNS (`system:keelson-dns`) gets CoreDNS's read access (Services, Endpoints,
 //!   EndpointSlices, namespaces, pods; `system:kube-dns` lacks EndpointSlices);
 //! - the hollow nodes (many nodes behind one identity, `system:keelson-hollow-nodes`) are bound to
-//!   `system:node`, since the Node authorizer admits one node per identity.
+//!   `system:node` for what they do as one (their shared pod watch, Events), and may impersonate
+//!   each of their nodes' kubelet identities (`system:node:<name>`, group `system:nodes`), which
+//!   they write as (`keelson node --impersonate-nodes`).
 //!
 //! Everything carries the label `app.kubernetes.io/managed-by=keelson-up` and is server-side
 //! applied, so a restart re-applies it unchanged.
@@ -41,9 +43,17 @@ fn binding(name: &str, role: &str, kind: &str, subject: &str) -> Value {
     })
 }
 
-/// The ClusterRoles and ClusterRoleBindings `up` applies.
-pub fn objects() -> (Vec<Value>, Vec<Value>) {
-    let roles = vec![
+/// The name prefix of `up`'s hollow nodes (`keelson node --hollow` names them
+/// `hollow-node-0`, `hollow-node-1`, ...).
+pub const HOLLOW_NODE_PREFIX: &str = "hollow-node";
+
+/// The ClusterRoles and ClusterRoleBindings `up` applies, for a cluster of `hollow_nodes`
+/// hollow nodes.
+pub fn objects(hollow_nodes: usize) -> (Vec<Value>, Vec<Value>) {
+    let node_users: Vec<String> = (0..hollow_nodes)
+        .map(|i| format!("system:node:{HOLLOW_NODE_PREFIX}-{i}"))
+        .collect();
+    let mut roles = vec![
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -63,7 +73,7 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
             ],
         }),
     ];
-    let bindings = vec![
+    let mut bindings = vec![
         binding(
             "keelson:node-proxier",
             "system:node-proxier",
@@ -79,16 +89,33 @@ pub fn objects() -> (Vec<Value>, Vec<Value>) {
         binding("keelson:dns", "keelson:dns", "User", DNS),
         binding("keelson:hollow-nodes", "system:node", "User", HOLLOW_NODES),
     ];
+    if hollow_nodes > 0 {
+        roles.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "keelson:hollow-nodes-impersonate", "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
+            "rules": [
+                {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": node_users},
+                {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["system:nodes"]},
+            ],
+        }));
+        bindings.push(binding(
+            "keelson:hollow-nodes-impersonate",
+            "keelson:hollow-nodes-impersonate",
+            "User",
+            HOLLOW_NODES,
+        ));
+    }
     (roles, bindings)
 }
 
 /// Applies [`objects`] with the admin's kubeconfig.
-pub async fn apply(kubeconfig: &Path) -> anyhow::Result<()> {
+pub async fn apply(kubeconfig: &Path, hollow_nodes: usize) -> anyhow::Result<()> {
     let client = keelson_client::connect::connect(
         &keelson_client::connect::ClientArgs::from_kubeconfig(kubeconfig),
     )
     .await?;
-    let (roles, bindings) = objects();
+    let (roles, bindings) = objects(hollow_nodes);
     apply_all(Api::<ClusterRole>::all(client.clone()), &roles).await?;
     let api = Api::<ClusterRoleBinding>::all(client);
     apply_all(api.clone(), &bindings).await?;

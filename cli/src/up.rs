@@ -918,7 +918,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     }
     if args.hollow_nodes > 0 {
         // One identity for many nodes: not a node's (the Node authorizer admits one node per
-        // identity), bound to the system:node role instead (see grants.rs).
+        // identity), bound to the system:node role, and allowed to act as each of its nodes
+        // (see grants.rs).
         let client = crate::pki::issue(
             &pki_dir,
             "hollow-nodes-client",
@@ -948,6 +949,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 "--port=0".into(),
                 format!("--client-ca-file={}", pki.ca.display()),
                 "--kube-api-qps=0".into(),
+                format!("--node-name={}", crate::grants::HOLLOW_NODE_PREFIX),
+                "--impersonate-nodes".into(),
             ],
         ));
     }
@@ -1038,7 +1041,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 ok = api_ready(&kubeconfig, Duration::from_secs(60)) => if !ok {
                     failure = Some("the apiservers are not ready (/readyz) after 60 s; see their logs".into());
                 } else if rbac
-                    && let Err(e) = crate::grants::apply(&kubeconfig).await
+                    && let Err(e) = crate::grants::apply(&kubeconfig, args.hollow_nodes).await
                 {
                     failure = Some(format!("granting the components their RBAC roles: {e:#}"));
                 },

@@ -143,6 +143,61 @@ fn connect_with(args: &ClientArgs, config: Config) -> Result<Client, ConnectErro
     Ok(Client::new(svc, config.default_namespace))
 }
 
+/// A client that acts as `user` in `groups` through `base` (`Impersonate-User` and
+/// `Impersonate-Group` on every request), sharing `base`'s connections: how one process of
+/// many hollow nodes gives each node its own kubelet identity. `base`'s user needs the
+/// `impersonate` verb on that user and those groups.
+pub fn impersonating(
+    base: &Client,
+    user: &str,
+    groups: &[&str],
+) -> Result<Client, http::header::InvalidHeaderValue> {
+    let mut headers = vec![(
+        http::header::HeaderName::from_static("impersonate-user"),
+        http::HeaderValue::from_str(user)?,
+    )];
+    for g in groups {
+        headers.push((
+            http::header::HeaderName::from_static("impersonate-group"),
+            http::HeaderValue::from_str(g)?,
+        ));
+    }
+    let svc = Impersonate {
+        base: base.clone(),
+        headers: Arc::new(headers),
+    };
+    Ok(Client::new(svc, base.default_namespace()))
+}
+
+#[derive(Clone)]
+struct Impersonate {
+    base: Client,
+    headers: Arc<Vec<(http::header::HeaderName, http::HeaderValue)>>,
+}
+
+impl tower::Service<Request<Body>> for Impersonate {
+    type Response = Response<Body>;
+    type Error = kube::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, kube::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // Replaces whatever impersonation the base client's configuration asks for.
+        let h = req.headers_mut();
+        for (k, _) in self.headers.iter() {
+            h.remove(k);
+        }
+        for (k, v) in self.headers.iter() {
+            h.append(k.clone(), v.clone());
+        }
+        let base = self.base.clone();
+        Box::pin(async move { base.send(req).await })
+    }
+}
+
 /// A token bucket as golang.org/x/time/rate's: `qps` tokens a second, at most `burst` saved.
 /// Reservations may drive it negative; the caller then waits until its token exists.
 #[derive(Debug)]

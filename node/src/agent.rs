@@ -51,6 +51,8 @@ pub struct Shared<R> {
     lease_seconds: i32,
     /// What pods' `/etc/resolv.conf` is made from.
     pub dns: crate::dns::DnsSettings,
+    /// Each node acts as its own kubelet identity (`--impersonate-nodes`).
+    impersonate_nodes: bool,
 }
 
 impl<R: Runtime> Shared<R> {
@@ -93,7 +95,7 @@ impl<R: Runtime> Shared<R> {
             ..Default::default()
         };
         Arc::new(Self {
-            status: StatusWriter::start(client.clone(), config.status_writers.max(1)),
+            status: StatusWriter::start(config.status_writers.max(1)),
             system_info,
             client,
             runtime,
@@ -103,6 +105,7 @@ impl<R: Runtime> Shared<R> {
             shutdown_grace: config.shutdown_grace_period,
             report_every: config.node_status_report_frequency,
             lease_seconds: config.node_lease_duration_seconds,
+            impersonate_nodes: config.hollow && config.impersonate_nodes,
             dns: crate::dns::DnsSettings {
                 cluster_dns: config.cluster_dns.clone(),
                 cluster_domain: config.cluster_domain.clone(),
@@ -138,7 +141,8 @@ type PodKey = (String, String);
 /// Statuses waiting to be written, and the pods whose write is in flight.
 #[derive(Default)]
 struct Writes {
-    pending: HashMap<PodKey, serde_json::Value>,
+    /// The status to write, and the client of the pod's node.
+    pending: HashMap<PodKey, (Client, serde_json::Value)>,
     in_flight: std::collections::HashSet<PodKey>,
 }
 
@@ -161,11 +165,11 @@ fn transient(e: &kube::Error) -> bool {
 }
 
 impl StatusWriter {
-    fn start(client: Client, writers: usize) -> Self {
+    fn start(writers: usize) -> Self {
         let writes: Arc<Mutex<Writes>> = Arc::default();
         let queue = WorkQueue::with_backoff(Duration::from_millis(500), Duration::from_secs(30));
         for _ in 0..writers {
-            let (client, writes, queue) = (client.clone(), writes.clone(), queue.clone());
+            let (writes, queue) = (writes.clone(), queue.clone());
             tokio::spawn(async move {
                 while let Some(key) = queue.get().await {
                     let body = {
@@ -176,7 +180,7 @@ impl StatusWriter {
                         }
                         body
                     };
-                    if let Some(body) = body {
+                    if let Some((client, body)) = body {
                         let api: Api<Pod> = Api::namespaced(client.clone(), &key.0);
                         let retry = match api
                             .patch_status(&key.1, &PatchParams::default(), &Patch::Strategic(&body))
@@ -192,7 +196,7 @@ impl StatusWriter {
                         let mut w = writes.lock();
                         w.in_flight.remove(&key);
                         if retry && !w.pending.contains_key(&key) {
-                            w.pending.insert(key.clone(), body);
+                            w.pending.insert(key.clone(), (client, body));
                             drop(w);
                             queue.add_rate_limited(key.clone());
                         } else {
@@ -209,14 +213,21 @@ impl StatusWriter {
 
     /// Queues `body` for the pod; with `unless_busy`, only when no write of it is queued,
     /// waiting for a retry, or in flight.
-    fn write(&self, ns: &str, name: &str, body: serde_json::Value, unless_busy: bool) {
+    fn write(
+        &self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+        body: serde_json::Value,
+        unless_busy: bool,
+    ) {
         let key = (ns.to_string(), name.to_string());
         {
             let mut w = self.writes.lock();
             if unless_busy && (w.pending.contains_key(&key) || w.in_flight.contains(&key)) {
                 return;
             }
-            w.pending.insert(key.clone(), body);
+            w.pending.insert(key.clone(), (client.clone(), body));
         }
         self.queue.add(key);
     }
@@ -237,6 +248,8 @@ struct WorkerEntry {
 pub struct Agent<R> {
     /// Shared state.
     pub shared: Arc<Shared<R>>,
+    /// The node's API client: the process's, or one acting as this node's kubelet identity.
+    pub client: Client,
     /// The node's settings.
     pub settings: NodeSettings,
     port: AtomicU16,
@@ -252,8 +265,17 @@ impl<R: Runtime> Agent<R> {
             .labels
             .insert("kubernetes.io/hostname".into(), settings.name.clone());
         let stopping = shared.shutdown.child_token();
+        let client = if shared.impersonate_nodes {
+            let user = format!("system:node:{}", settings.name);
+            // (Node names are RFC 1123 subdomains, checked with the flags: valid header values.)
+            keelson_client::connect::impersonating(&shared.client, &user, &["system:nodes"])
+                .expect("a node name is a valid header value")
+        } else {
+            shared.client.clone()
+        };
         Arc::new(Self {
             shared,
+            client,
             settings,
             port: AtomicU16::new(0),
             workers: Mutex::new(HashMap::new()),
@@ -345,6 +367,7 @@ impl<R: Runtime> Agent<R> {
             cs.retain(|c| crate::status::node_condition(&c.type_));
         }
         self.shared.status.write(
+            &self.client,
             pod.metadata.namespace.as_deref().unwrap_or("default"),
             pod.metadata.name.as_deref().unwrap_or(""),
             json!({ "status": status }),
@@ -540,13 +563,13 @@ impl<R: Runtime> Agent<R> {
                         None
                     }
                 };
-                next_lease = now + renew;
+                next_lease = now + jittered(renew);
             }
             if now >= next_status {
                 if let Err(e) = self.update_status(&mut last_status).await {
                     tracing::warn!(node = %self.name(), error = %e, "error updating node status");
                 }
-                next_status = now + self.shared.update_every;
+                next_status = now + jittered(self.shared.update_every);
             }
             let wake = next_lease.min(next_status);
             tokio::select! {
@@ -557,7 +580,7 @@ impl<R: Runtime> Agent<R> {
     }
 
     async fn register(&self) -> Result<(), kube::Error> {
-        let api: Api<Node> = Api::all(self.shared.client.clone());
+        let api: Api<Node> = Api::all(self.client.clone());
         let node = Node {
             metadata: ObjectMeta {
                 name: Some(self.settings.name.clone()),
@@ -590,7 +613,7 @@ impl<R: Runtime> Agent<R> {
     }
 
     async fn renew_lease(&self, cached: Option<Lease>) -> Result<Lease, kube::Error> {
-        let api: Api<Lease> = Api::namespaced(self.shared.client.clone(), "kube-node-lease");
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         let now = MicroTime(Timestamp::now());
         let mut lease = match cached {
             Some(l) => l,
@@ -715,7 +738,7 @@ impl<R: Runtime> Agent<R> {
                 return Ok(());
             }
         }
-        let api: Api<Node> = Api::all(self.shared.client.clone());
+        let api: Api<Node> = Api::all(self.client.clone());
         api.patch_status(
             &self.settings.name,
             &PatchParams::default(),
@@ -736,6 +759,12 @@ impl<R: Runtime> Agent<R> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `period` stretched by up to 4 %, as the kubelet's loops are (`wait.JitterUntil` with a
+/// factor of 0.04), so a fleet's heartbeats started together drift apart.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(1.0 + rand::random_range(0.0..0.04))
 }
 
 fn host_ports(pod: &Pod) -> Vec<(String, i32, String)> {

@@ -88,6 +88,14 @@ pub struct Config {
     /// With --hollow: how many nodes this process runs.
     #[arg(long, default_value_t = 1)]
     pub count: usize,
+    /// With --hollow: each node acts as its own kubelet identity (user `system:node:<name>` in
+    /// group `system:nodes`) by impersonation, so that the Node authorizer, NodeRestriction and
+    /// API Priority and Fairness see one kubelet per node, as they do real ones. The process's
+    /// user needs the `impersonate` verb on those users and on the group. The node's writes
+    /// (registration, Lease, node and pod status, a pod's final delete) carry the node's
+    /// identity; the pod watch and Events stay the process's.
+    #[arg(long)]
+    pub impersonate_nodes: bool,
     /// With --hollow: `shared` (one pod watch for all nodes) or `per-node` (one watch each,
     /// as real kubelets load the apiserver).
     #[arg(long, default_value = "shared")]
@@ -242,6 +250,22 @@ impl Config {
                 .unwrap_or_else(|| "localhost".into())
                 .to_lowercase()
         };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(format!(
+                "--node-name {name:?}: a node name must be a lowercase RFC 1123 subdomain"
+            ));
+        }
+        if self.impersonate_nodes && !self.hollow {
+            return Err("--impersonate-nodes is for --hollow nodes".into());
+        }
         let mut labels = pairs(&self.node_labels, "--node-labels")?;
         for (k, v) in [
             ("kubernetes.io/os", "linux"),

@@ -215,7 +215,7 @@ impl<R: Runtime> Worker<R> {
     async fn final_delete(&self) {
         let pod = self.pod();
         let api: Api<Pod> = Api::namespaced(
-            self.agent.shared.client.clone(),
+            self.agent.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
         let dp = DeleteParams {

@@ -1,5 +1,6 @@
-//! Hollow nodes: a thousand in one process register, renew their Leases and stay Ready, and run
-//! pods through the same lifecycle with simulated containers.
+//! Hollow nodes: a thousand in one process register (each as its own kubelet identity), renew
+//! their Leases and stay Ready, and run pods through the same lifecycle with simulated
+//! containers.
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ fn a_thousand_hollow_nodes_stay_ready_and_run_pods() {
         "--count=1000".into(),
         format!("--port={port}"),
         "--kube-api-qps=0".into(),
+        "--impersonate-nodes".into(),
     ];
     let _fleet = Component::spawn(&c, "node", "hollow", &args, port);
     let ready_count = || {
@@ -69,6 +71,18 @@ fn a_thousand_hollow_nodes_stay_ready_and_run_pods() {
         renew("hollow-node-500") != before
     });
     assert_eq!(ready_count(), 1000, "still Ready after a renewal round");
+    // Each node wrote as its own kubelet (`--impersonate-nodes`): API Priority and Fairness put
+    // the writes in the nodes' priority level, as it does real kubelets'.
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    let as_nodes: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_flowcontrol_dispatched_requests_total{")
+                && l.contains(r#"priority_level="node-high""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(as_nodes >= 2000.0, "{as_nodes} requests as nodes");
     // Pods run the same lifecycle with simulated containers.
     apply(
         &c,
