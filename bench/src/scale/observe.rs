@@ -154,25 +154,30 @@ pub async fn watch_pods(
     }
 }
 
-/// One scrape of every apiserver's `apiserver_request_duration_seconds`.
+/// One scrape of every apiserver's request latencies.
 #[derive(Clone)]
 pub struct Scrape {
     pub at: f64,
+    /// `apiserver_request_sli_duration_seconds`, per server: the latency the SLO judges, which
+    /// leaves out time queued by API Priority and Fairness and spent in admission webhooks
+    /// (kube-apiserver 1.27+). From a server without it, the whole latency.
     pub servers: Vec<Family>,
+    /// `apiserver_request_duration_seconds`, per server: the whole latency.
+    pub whole: Vec<Family>,
 }
 
 /// GETs `/metrics` of every apiserver (one client each) and parses the request latencies.
 pub async fn scrape(apiservers: &[Client], at: f64) -> anyhow::Result<Scrape> {
-    let mut servers = Vec::new();
+    let (mut servers, mut whole) = (Vec::new(), Vec::new());
     for c in apiservers {
         let req = http::Request::get("/metrics").body(Vec::new())?;
         let text = c.request_text(req).await?;
-        servers.push(histograms::parse(
-            &text,
-            "apiserver_request_duration_seconds",
-        )?);
+        let all = histograms::parse(&text, "apiserver_request_duration_seconds")?;
+        let sli = histograms::parse(&text, "apiserver_request_sli_duration_seconds")?;
+        servers.push(if sli.is_empty() { all.clone() } else { sli });
+        whole.push(all);
     }
-    Ok(Scrape { at, servers })
+    Ok(Scrape { at, servers, whole })
 }
 
 /// Writes a probe ConfigMap's `sent` field every 500 ms and watches it from another

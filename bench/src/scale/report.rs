@@ -84,13 +84,16 @@ pub struct Samples {
 pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     // The sum of consecutive intervals, as Prometheus' increase() does: a server restarted
     // between two scrapes loses only that interval's calls before the restart.
-    let mut window = histograms::Family::new();
+    let (mut window, mut whole) = (histograms::Family::new(), histograms::Family::new());
     for w in s.scrapes.windows(2) {
         for (labels, h) in histograms::window(&w[0].servers, &w[1].servers) {
             window.entry(labels).or_default().add(&h);
         }
+        for (labels, h) in histograms::window(&w[0].whole, &w[1].whole) {
+            whole.entry(labels).or_default().add(&h);
+        }
     }
-    let api_calls = slo::api_calls(&window);
+    let api_calls = slo::api_calls_with_whole(&window, &whole);
     let mut pod_startup = BTreeMap::new();
     let groups: std::collections::BTreeSet<&str> =
         s.pods.iter().map(|p| p.group.as_str()).collect();
@@ -209,11 +212,19 @@ pub fn write(dir: &Path, report: &Report, s: &Samples) -> anyhow::Result<()> {
     csv(
         dir,
         "api-calls.csv",
-        "resource,subresource,verb,scope,count,p50_s,p90_s,p99_s",
+        "resource,subresource,verb,scope,count,p50_s,p90_s,p99_s,whole_p99_s",
         report.api_calls.iter().map(|c| {
             format!(
-                "{},{},{},{},{},{:.4},{:.4},{:.4}",
-                c.resource, c.subresource, c.verb, c.scope, c.count, c.p50, c.p90, c.p99
+                "{},{},{},{},{},{:.4},{:.4},{:.4},{:.4}",
+                c.resource,
+                c.subresource,
+                c.verb,
+                c.scope,
+                c.count,
+                c.p50,
+                c.p90,
+                c.p99,
+                c.p99_whole
             )
         }),
     )?;
@@ -221,12 +232,12 @@ pub fn write(dir: &Path, report: &Report, s: &Samples) -> anyhow::Result<()> {
     csv(
         dir,
         "api-latency-over-time.csv",
-        "end_s,resource,subresource,verb,scope,count,p50_s,p99_s",
+        "end_s,resource,subresource,verb,scope,count,p50_s,p99_s,whole_p99_s",
         intervals.iter().flat_map(|(at, calls)| {
             calls.iter().map(move |c| {
                 format!(
-                    "{at:.1},{},{},{},{},{},{:.4},{:.4}",
-                    c.resource, c.subresource, c.verb, c.scope, c.count, c.p50, c.p99
+                    "{at:.1},{},{},{},{},{},{:.4},{:.4},{:.4}",
+                    c.resource, c.subresource, c.verb, c.scope, c.count, c.p50, c.p99, c.p99_whole
                 )
             })
         }),
@@ -268,7 +279,10 @@ fn api_intervals(scrapes: &[Scrape]) -> Vec<(f64, Vec<ApiCall>)> {
         .map(|w| {
             (
                 w[1].at,
-                slo::api_calls(&histograms::window(&w[0].servers, &w[1].servers)),
+                slo::api_calls_with_whole(
+                    &histograms::window(&w[0].servers, &w[1].servers),
+                    &histograms::window(&w[0].whole, &w[1].whole),
+                ),
             )
         })
         .collect()
@@ -350,7 +364,7 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## API calls (all clients, from the apiservers' metrics)\n\n| verb | resource | scope | count | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|---|---|---|"
+        "\n## API calls (all clients, from the apiservers' metrics)\n\nLatency as the SLO counts it (`apiserver_request_sli_duration_seconds`: without time queued by API Priority and Fairness or spent in admission webhooks), and the p99 of the whole latency (`apiserver_request_duration_seconds`).\n\n| verb | resource | scope | count | p50 ms | p90 ms | p99 ms | whole p99 ms |\n|---|---|---|---|---|---|---|---|"
     );
     for c in &r.api_calls {
         let sub = if c.subresource.is_empty() {
@@ -360,14 +374,15 @@ pub fn markdown(r: &Report) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {}{sub} | {} | {} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {}{sub} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
             c.verb,
             c.resource,
             c.scope,
             c.count,
             c.p50 * 1e3,
             c.p90 * 1e3,
-            c.p99 * 1e3
+            c.p99 * 1e3,
+            c.p99_whole * 1e3
         );
     }
     if !r.components.is_empty() {
