@@ -93,15 +93,15 @@ pub fn objects(hollow_nodes: usize) -> (Vec<Value>, Vec<Value>) {
         roles.push(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": "keelson:hollow-nodes-impersonate", "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
+            "metadata": {"name": HOLLOW_IMPERSONATION, "labels": {"app.kubernetes.io/managed-by": "keelson-up"}},
             "rules": [
                 {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": node_users},
                 {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": ["system:nodes"]},
             ],
         }));
         bindings.push(binding(
-            "keelson:hollow-nodes-impersonate",
-            "keelson:hollow-nodes-impersonate",
+            HOLLOW_IMPERSONATION,
+            HOLLOW_IMPERSONATION,
             "User",
             HOLLOW_NODES,
         ));
@@ -117,18 +117,32 @@ pub async fn apply(kubeconfig: &Path, hollow_nodes: usize) -> anyhow::Result<()>
     .await?;
     let (roles, bindings) = objects(hollow_nodes);
     apply_all(Api::<ClusterRole>::all(client.clone()), &roles).await?;
-    let api = Api::<ClusterRoleBinding>::all(client);
+    let api = Api::<ClusterRoleBinding>::all(client.clone());
     apply_all(api.clone(), &bindings).await?;
-    // The controller-manager's cluster-admin binding of earlier versions goes.
-    match api
-        .delete(OBSOLETE_BINDING, &kube::api::DeleteParams::default())
-        .await
-    {
+    // The controller-manager's cluster-admin binding of earlier versions goes, and so does the
+    // hollow nodes' impersonation when there are none now.
+    remove(&api, OBSOLETE_BINDING).await?;
+    if hollow_nodes == 0 {
+        remove(&api, HOLLOW_IMPERSONATION).await?;
+        remove(&Api::<ClusterRole>::all(client), HOLLOW_IMPERSONATION).await?;
+    }
+    Ok(())
+}
+
+/// Deletes `name` if it exists.
+async fn remove<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {OBSOLETE_BINDING}")),
+        Err(e) => Err(e).with_context(|| format!("removing {name}")),
     }
 }
+
+/// The ClusterRole and ClusterRoleBinding that let the hollow nodes act as their nodes.
+const HOLLOW_IMPERSONATION: &str = "keelson:hollow-nodes-impersonate";
 
 /// The binding of the controller-manager to `cluster-admin` that earlier versions made.
 const OBSOLETE_BINDING: &str = "keelson:controller-manager";
@@ -146,4 +160,31 @@ where
             .with_context(|| format!("applying {} {name}", o["kind"].as_str().unwrap_or("")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hollow_nodes_may_impersonate_exactly_their_nodes() {
+        let named = |v: &[Value], n: &str| v.iter().any(|o| o["metadata"]["name"] == n);
+        let (roles, bindings) = objects(0);
+        assert!(!named(&roles, HOLLOW_IMPERSONATION) && !named(&bindings, HOLLOW_IMPERSONATION));
+        let (roles, bindings) = objects(3);
+        assert!(named(&bindings, HOLLOW_IMPERSONATION));
+        let role = roles
+            .iter()
+            .find(|o| o["metadata"]["name"] == HOLLOW_IMPERSONATION)
+            .unwrap();
+        assert_eq!(
+            role["rules"][0]["resourceNames"],
+            json!([
+                "system:node:hollow-node-0",
+                "system:node:hollow-node-1",
+                "system:node:hollow-node-2"
+            ])
+        );
+        assert_eq!(role["rules"][1]["resourceNames"], json!(["system:nodes"]));
+    }
 }

@@ -64,8 +64,11 @@ enum KubeconfigCommand {
 }
 
 fn init_tracing() {
+    // kube-client's tracing layer logs every 5xx answer as an error without saying which
+    // request it was (`up`'s readiness probe meets 500s from /readyz while the apiserver
+    // starts); callers report their failures themselves.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+        .unwrap_or_else(|_| "info,openraft=warn,sled=warn,kube_client::client::builder=off".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
