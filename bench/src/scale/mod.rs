@@ -9,8 +9,10 @@
 //!
 //! The SLIs:
 //! - API call latency per (resource, subresource, verb, scope) from the apiservers' own
-//!   `apiserver_request_duration_seconds`, differenced between scrapes (every client's calls:
-//!   controllers, scheduler, nodes, the run's own);
+//!   `apiserver_request_sli_duration_seconds` (without API Priority and Fairness queueing and
+//!   webhook calls, as Kubernetes defines the SLI since 1.27), with the whole latency's p99 from
+//!   `apiserver_request_duration_seconds` beside it, differenced between scrapes (every
+//!   client's calls: controllers, scheduler, nodes, the run's own);
 //! - LIST latency per scope (the run LISTs a namespace and, in pages, the cluster's pods);
 //! - pod startup per phase (created → bound → running, observed by watch);
 //! - scheduling throughput; watch event lag (a probe object written twice a second and watched

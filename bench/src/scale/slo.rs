@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use super::histograms::{Family, Histogram};
 
 /// Latency of one kind of API call over the measured window, from the apiservers' own
-/// `apiserver_request_duration_seconds` (every client's calls, not only the load generator's).
+/// `apiserver_request_sli_duration_seconds` (every client's calls, not only the load
+/// generator's).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ApiCall {
     /// The resource, qualified by its group (`pods`, `deployments.apps`).
