@@ -1413,13 +1413,9 @@ mod cached_start_tests {
             let rev = self
                 .kv
                 .put(&self.key, object::encode_stored(self.res, &obj));
-            self.stored_at(rev)
-        }
-
-        fn stored_at(&self, rev: i64) -> Value {
-            let (bytes, at) = self.kv.get(&self.key).unwrap();
+            let (stored, at) = self.stored();
             assert_eq!(at, rev);
-            object::decode_stored(self.res, &bytes, rev).unwrap()
+            stored
         }
 
         fn stored(&self) -> (Value, i64) {

@@ -53,7 +53,7 @@ pub fn api_calls_with_whole(sli: &Family, whole: &Family) -> Vec<ApiCall> {
     calls
 }
 
-/// The API calls of a window of `apiserver_request_duration_seconds`, slowest p99 first. The
+/// The API calls of a window of a request latency histogram, slowest p99 first. The
 /// versions of a resource are one SLI: their histograms are added.
 pub fn api_calls(window: &Family) -> Vec<ApiCall> {
     let mut merged: BTreeMap<[String; 4], Histogram> = BTreeMap::new();
@@ -74,16 +74,19 @@ pub fn api_calls(window: &Family) -> Vec<ApiCall> {
     let mut out: Vec<ApiCall> = merged
         .into_iter()
         .filter(|(k, h)| h.count() > 0.0 && !k[0].is_empty())
-        .map(|([resource, subresource, verb, scope], h)| ApiCall {
-            resource,
-            subresource,
-            verb,
-            scope,
-            count: h.count() as u64,
-            p50: h.quantile(0.5).unwrap_or(0.0),
-            p90: h.quantile(0.9).unwrap_or(0.0),
-            p99: h.quantile(0.99).unwrap_or(0.0),
-            p99_whole: h.quantile(0.99).unwrap_or(0.0),
+        .map(|([resource, subresource, verb, scope], h)| {
+            let p99 = h.quantile(0.99).unwrap_or(0.0);
+            ApiCall {
+                resource,
+                subresource,
+                verb,
+                scope,
+                count: h.count() as u64,
+                p50: h.quantile(0.5).unwrap_or(0.0),
+                p90: h.quantile(0.9).unwrap_or(0.0),
+                p99,
+                p99_whole: p99,
+            }
         })
         .collect();
     out.sort_by(|a, b| b.p99.total_cmp(&a.p99));
