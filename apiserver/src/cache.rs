@@ -1,5 +1,6 @@
 //! The watch cache: per resource, one store watch on the resource's key prefix feeds an
-//! in-memory copy of every object (kept with its JSON encoding) and a ring of recent events.
+//! in-memory copy of every object (its JSON encoding and the fields selectors read) and a ring
+//! of recent events.
 //! Lists and watches are served from it; each event is encoded once and the same bytes go to
 //! every watcher.
 //!
@@ -23,8 +24,10 @@ use crate::metrics::Metrics;
 use crate::object;
 use crate::registry::{ListOptions, ListPage, Registry, encode_continue, parse_rv};
 use crate::resources::{self, Resource};
+use crate::selectors::{self, FieldSelector, LabelSelector};
 use crate::status::ApiResult;
-use crate::watch::{WatchParams, bookmark, encode_event, expired, matches};
+use crate::strategy;
+use crate::watch::{WatchParams, bookmark, encode_event, expired};
 
 /// The RBAC API group, whose caches run even when caching is off (the authorizer reads them).
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -32,12 +35,17 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// How long a consistent read waits for the cache before going to the store.
 const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
-/// A cached object: decoded, and encoded once as JSON (with kind, apiVersion, resourceVersion).
+/// A cached object: its JSON encoding (with kind, apiVersion, resourceVersion) and what selectors
+/// read from it. The decoded object is not kept: as a `serde_json::Value` it takes about ten
+/// times the memory of its encoding, and most reads send the encoding as it is.
 pub struct Obj {
-    /// The object.
-    pub value: Value,
     /// Its JSON encoding.
     pub json: Bytes,
+    /// `metadata.labels`.
+    labels: Box<[(Box<str>, Box<str>)]>,
+    /// The values of the resource's selectable fields, in the order of
+    /// [`strategy::field_selector_fields`].
+    fields: Box<[Box<str>]>,
 }
 
 impl Obj {
@@ -46,8 +54,48 @@ impl Obj {
             m.insert("kind".into(), json!(res.kind));
             m.insert("apiVersion".into(), json!(res.api_version()));
         }
-        let json = Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-        Arc::new(Obj { value, json })
+        let labels = value
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.as_str().into(), s.into())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let fields = strategy::field_selector_fields(res)
+            .iter()
+            .map(|f| selectors::field_value(&value, f).into_boxed_str())
+            .collect();
+        let mut json = serde_json::to_vec(&value).unwrap_or_default();
+        // A vector whose length is its capacity becomes `Bytes` without keeping spare room.
+        json.shrink_to_fit();
+        Arc::new(Obj {
+            json: Bytes::from(json),
+            labels,
+            fields,
+        })
+    }
+
+    /// The object, decoded from its encoding.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// Whether the object matches both selectors; `res` is the resource it belongs to.
+    fn selected(&self, res: &Resource, labels: &LabelSelector, fields: &FieldSelector) -> bool {
+        labels.matches_with(|k| {
+            self.labels
+                .iter()
+                .find(|(l, _)| &**l == k)
+                .map(|(_, v)| &**v)
+        }) && fields.matches_with(|f| {
+            strategy::field_selector_fields(res)
+                .iter()
+                .position(|n| *n == f)
+                .and_then(|i| self.fields.get(i))
+                .map(|v| &**v)
+        })
     }
 }
 
@@ -259,7 +307,7 @@ impl Cacher {
         if !st.ready {
             return None;
         }
-        st.objects.get(&key).map(|o| o.value.clone())
+        st.objects.get(&key).map(|o| o.value())
     }
 
     /// The cached objects of namespace `ns`, when the cache is ready.
@@ -270,7 +318,7 @@ impl Cacher {
             st.objects
                 .range(prefix.clone()..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(_, o)| o.value.clone())
+                .map(|(_, o)| o.value())
                 .collect()
         })
     }
@@ -293,7 +341,7 @@ impl Cacher {
         st.ready.then(|| {
             st.objects
                 .iter()
-                .map(|(k, o)| (k.clone(), o.value.clone()))
+                .map(|(k, o)| (k.clone(), o.value()))
                 .collect()
         })
     }
@@ -457,7 +505,7 @@ impl Cacher {
                     st.revision = st.revision.max(revision);
                     return;
                 };
-                let mut last = prev.value.clone();
+                let mut last = prev.value();
                 object::set_meta(&mut last, "resourceVersion", json!(revision.to_string()));
                 let obj = Obj::new(self.res, last);
                 Event {
@@ -569,7 +617,7 @@ impl Cacher {
         let mut seen = 0i64;
         while let Some((k, o)) = range.next() {
             seen += 1;
-            if !(opts.labels.matches_object(&o.value) && opts.fields.matches_object(&o.value)) {
+            if !o.selected(self.res, &opts.labels, &opts.fields) {
                 continue;
             }
             items.push(o.clone());
@@ -639,7 +687,7 @@ impl Cacher {
                     .objects
                     .range(prefix.clone()..)
                     .take_while(|(k, _)| k.starts_with(&prefix))
-                    .filter(|(_, o)| matches(&p, &o.value))
+                    .filter(|(_, o)| o.selected(self.res, &p.labels, &p.fields))
                     .map(|(_, o)| o.clone())
                     .collect();
                 (First::Snapshot(objs, st.revision), sub, st.revision)
@@ -752,7 +800,7 @@ impl Cacher {
     fn line(&self, p: &WatchParams, ty: &str, obj: &Obj) -> Bytes {
         self.events_counter.inc();
         if p.table.is_some() {
-            return encode_event(self.res, p, ty, &obj.value);
+            return encode_event(self.res, p, ty, &obj.value());
         }
         let mut b = BytesMut::with_capacity(obj.json.len() + 32);
         b.put_slice(b"{\"type\":\"");
@@ -767,8 +815,11 @@ impl Cacher {
     /// matching is ADDED, one that stops matching is DELETED.
     fn event_line(&self, p: &WatchParams, e: &Event) -> Option<Bytes> {
         let obj = e.obj.as_ref()?;
-        let now = matches(p, &obj.value);
-        let before = e.prev.as_ref().is_some_and(|o| matches(p, &o.value));
+        let now = obj.selected(self.res, &p.labels, &p.fields);
+        let before = e
+            .prev
+            .as_ref()
+            .is_some_and(|o| o.selected(self.res, &p.labels, &p.fields));
         let ty = match (e.kind, before, now) {
             (Kind::Added, _, true) => "ADDED",
             (Kind::Modified, true, true) => "MODIFIED",
@@ -797,7 +848,7 @@ impl CachedPage {
     /// The page with copies of the objects, for renderings that rework them (tables, YAML).
     pub fn into_page(self) -> ListPage {
         ListPage {
-            items: self.items.iter().map(|o| o.value.clone()).collect(),
+            items: self.items.iter().map(|o| o.value()).collect(),
             revision: self.revision,
             continue_token: self.continue_token,
             remaining: self.remaining,
@@ -879,5 +930,55 @@ mod ring_tests {
         }
         assert_eq!(ring.len(), 250);
         assert_eq!(ring.front().unwrap().rev, 751);
+    }
+}
+
+#[cfg(test)]
+mod obj_tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_object_keeps_its_encoding_and_answers_selectors_as_the_decoded_object_would() {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let pod = json!({
+            "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7",
+                         "labels": {"app": "web", "tier": "fe"}},
+            "spec": {"nodeName": "n1", "hostNetwork": true},
+            "status": {"phase": "Running"},
+        });
+        let o = Obj::new(pods, pod.clone());
+        let mut want = pod.clone();
+        want["kind"] = json!("Pod");
+        want["apiVersion"] = json!("v1");
+        assert_eq!(o.value(), want, "the decoded object is the one cached");
+        assert_eq!(o.json.len(), serde_json::to_vec(&want).unwrap().len());
+
+        for (labels, fields) in [
+            ("", ""),
+            ("app=web", ""),
+            ("app in (web,db),!missing", "spec.nodeName=n1"),
+            ("tier", "status.phase!=Pending,spec.hostNetwork=true"),
+            ("app!=web", ""),
+            ("", "spec.nodeName="),
+            ("", "spec.nodeName=n2"),
+            ("missing notin (x)", "metadata.name=p,metadata.namespace=ns"),
+            ("", "status.podIP="),
+            ("app=db", "spec.nodeName=n1"),
+        ] {
+            let l = LabelSelector::parse(labels).unwrap();
+            let f = FieldSelector::parse(fields, strategy::field_selector_fields(pods)).unwrap();
+            assert_eq!(
+                o.selected(pods, &l, &f),
+                l.matches_object(&want) && f.matches_object(&want),
+                "labels {labels:?} fields {fields:?}"
+            );
+        }
+        let l = LabelSelector::parse("app=web").unwrap();
+        let f = FieldSelector::parse("spec.nodeName=n1", strategy::field_selector_fields(pods))
+            .unwrap();
+        assert!(o.selected(pods, &l, &f));
+        let f = FieldSelector::parse("spec.nodeName=n2", strategy::field_selector_fields(pods))
+            .unwrap();
+        assert!(!o.selected(pods, &l, &f));
     }
 }

@@ -293,10 +293,10 @@ impl NodeAuthorizer {
                         drop(g);
                         continue 'relist;
                     }
-                    (Kind::Deleted, Some(o)) if pvcs => g.set_pvc(&o.value, true),
+                    (Kind::Deleted, Some(o)) if pvcs => g.set_pvc(&o.value(), true),
                     (Kind::Deleted, _) => g.remove_pod(&ev.key),
-                    (Kind::Added | Kind::Modified, Some(o)) if pvcs => g.set_pvc(&o.value, false),
-                    (Kind::Added | Kind::Modified, Some(o)) => g.set_pod(&ev.key, &o.value),
+                    (Kind::Added | Kind::Modified, Some(o)) if pvcs => g.set_pvc(&o.value(), false),
+                    (Kind::Added | Kind::Modified, Some(o)) => g.set_pod(&ev.key, &o.value()),
                     _ => {}
                 }
             }
