@@ -153,8 +153,11 @@ where
     writer: reflector::store::Writer<K>,
     handlers: Vec<Handler<K>>,
     indexes: Vec<(IndexFn<K>, Index<K>)>,
-    /// Objects of a relist in progress.
-    relisted: Vec<K>,
+    /// The keys of a relist in progress (the objects wait in `writer`'s buffer, so a relist
+    /// holds one new copy of each object, not two).
+    relisted: Vec<ObjectRef<K>>,
+    /// What this informer's owner trims from each object, beyond managedFields.
+    trim_more: Option<Box<dyn Fn(&mut K) + Send + Sync>>,
     synced: Synced,
 }
 
@@ -173,6 +176,7 @@ where
             handlers: Vec::new(),
             indexes: Vec::new(),
             relisted: Vec::new(),
+            trim_more: None,
             synced: Synced::default(),
         }
     }
@@ -195,6 +199,19 @@ where
             if let Some(n) = &new {
                 index.insert(&f(n), ObjectRef::from(n.as_ref()), n.clone());
             }
+        }
+    }
+
+    /// Trims `f` from every object before it is cached (what its owner never reads, to save
+    /// memory), after managedFields.
+    pub fn trim_with(&mut self, f: impl Fn(&mut K) + Send + Sync + 'static) {
+        self.trim_more = Some(Box::new(f));
+    }
+
+    fn trim(&self, obj: &mut K) {
+        trim(obj);
+        if let Some(f) = &self.trim_more {
+            f(obj);
         }
     }
 
@@ -249,7 +266,7 @@ where
     pub fn apply_event(&mut self, ev: Event<K>) {
         match ev {
             Event::Apply(mut obj) => {
-                trim(&mut obj);
+                self.trim(&mut obj);
                 let key = ObjectRef::from(&obj);
                 let old = self.store.get(&key);
                 self.writer.apply_watcher_event(&Event::Apply(obj));
@@ -277,10 +294,9 @@ where
                 self.writer.apply_watcher_event(&Event::Init);
             }
             Event::InitApply(mut obj) => {
-                trim(&mut obj);
-                self.writer
-                    .apply_watcher_event(&Event::InitApply(obj.clone()));
-                self.relisted.push(obj);
+                self.trim(&mut obj);
+                self.relisted.push(ObjectRef::from(&obj));
+                self.writer.apply_watcher_event(&Event::InitApply(obj));
             }
             Event::InitDone => {
                 let before: HashMap<ObjectRef<K>, Arc<K>> = self
@@ -299,8 +315,10 @@ where
                     }
                 }
                 let mut seen = std::collections::HashSet::new();
-                for obj in std::mem::take(&mut self.relisted) {
-                    let key = ObjectRef::from(&obj);
+                for key in std::mem::take(&mut self.relisted) {
+                    let Some(obj) = self.store.get(&key) else {
+                        continue;
+                    };
                     match before.get(&key) {
                         Some(old) => self.emit(Change::Updated { old, new: &obj }),
                         None => self.emit(Change::Added(&obj)),

@@ -144,6 +144,9 @@ async fn run_with<R: Runtime>(
             let api: Api<Pod> = Api::all(client.clone());
             let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", a.name()));
             let mut inf = Informer::new(api, cfg);
+            if config.hollow {
+                inf.trim_with(hollow::trim_pod);
+            }
             let a = a.clone();
             let store = inf.store();
             inf.on_change(move |c| {
@@ -156,6 +159,7 @@ async fn run_with<R: Runtime>(
         let api: Api<Pod> = Api::all(client.clone());
         let cfg = watcher::Config::default().fields("spec.nodeName!=");
         let mut inf = Informer::new(api, cfg);
+        inf.trim_with(hollow::trim_pod);
         let agents = agents.clone();
         let store = inf.store();
         inf.on_change(move |c: Change<'_, Pod>| {
