@@ -80,6 +80,8 @@ fn trim<K: Resource>(obj: &mut K) {
 
 type Handler<K> = Box<dyn Fn(Change<'_, K>) + Send + Sync>;
 
+type TrimFn<K> = Box<dyn Fn(&mut K) + Send + Sync>;
+
 /// Index key -> the objects under it.
 type Buckets<K> = HashMap<String, HashMap<ObjectRef<K>, Arc<K>>>;
 
@@ -157,7 +159,7 @@ where
     /// holds one new copy of each object, not two).
     relisted: Vec<ObjectRef<K>>,
     /// What this informer's owner trims from each object, beyond managedFields.
-    trim_more: Option<Box<dyn Fn(&mut K) + Send + Sync>>,
+    trim_more: Option<TrimFn<K>>,
     synced: Synced,
 }
 
