@@ -72,10 +72,51 @@ pub struct Args {
     /// scalability jobs raise them (100); unset, their upstream defaults (20/30 and 50/100).
     #[arg(long)]
     pub control_plane_qps: Option<u32>,
+    /// An etcd-compatible binary to run as the store members in place of `keelson store`, with
+    /// the same (etcd's) flags: e.g. `/usr/bin/etcd`, to compare the control plane on both.
+    #[arg(long)]
+    pub store_binary: Option<PathBuf>,
     /// Run in the background: return once the cluster is ready (output in `<data>/up.log`);
     /// `keelson status` shows it, `keelson down` stops it.
     #[arg(long)]
     pub detach: bool,
+}
+
+/// Refuses store members' data the chosen store binary cannot read: keelson-store's
+/// (`member.json`) under `--store-binary`, or another store's (etcd's `member/`) without it.
+fn check_store_data(
+    data: &std::path::Path,
+    store_binary: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    for member in std::fs::read_dir(data).into_iter().flatten().flatten() {
+        let dir = member.path();
+        if !member.file_name().to_string_lossy().starts_with("store-") {
+            continue;
+        }
+        match store_binary {
+            Some(bin) if dir.join("member.json").exists() => bail!(
+                "{} holds keelson-store data, which {} cannot read; use a new --data-dir",
+                dir.display(),
+                bin.display()
+            ),
+            None if dir.join("member").exists() => bail!(
+                "{} holds another store's data (etcd's member/): start it with the same --store-binary, or use a new --data-dir",
+                dir.display()
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where `program` is: itself when it names a path, else the first match in `PATH`.
+fn find_program(program: &std::path::Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// `--kube-api-qps` and `--kube-api-burst` of a control-plane component: `qps` for both when
@@ -462,6 +503,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     if n == 0 {
         bail!("--stores must be at least 1");
     }
+    if let Some(bin) = &args.store_binary
+        && find_program(bin).is_none()
+    {
+        bail!("--store-binary {}: no such program", bin.display());
+    }
     let apis = if args.single { 1 } else { args.apiservers };
     if apis == 0 {
         bail!("--apiservers must be at least 1");
@@ -491,6 +537,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     // Held until `up` ends, whichever way: the data dir is ours, and `status`/`down` find us.
     // Read-only, so before the lock writes anything into a directory that may not be ours.
     Topology::check_data_dir(&args.data_dir)?;
+    check_store_data(&args.data_dir, args.store_binary.as_deref())?;
     let _lock = PidLock::take(&args.data_dir)?;
     let balancer = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
         Ok(l) => l,
@@ -592,12 +639,16 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             store_args.push("--client-cert-auth".into());
             store_args.push("--peer-client-cert-auth".into());
         }
-        procs.push(
-            Supervised::new(format!("store member s{i}"), store_args).serving(
-                format!("{scheme}://127.0.0.1:{client}"),
-                Probe::Tcp(*client),
-            ),
+        let mut member = Supervised::new(format!("store member s{i}"), store_args).serving(
+            format!("{scheme}://127.0.0.1:{client}"),
+            Probe::Tcp(*client),
         );
+        if let Some(bin) = &args.store_binary {
+            // The same flags, without the `store` subcommand.
+            member.args.remove(0);
+            member.program = Some(bin.clone());
+        }
+        procs.push(member);
     }
     let endpoints: Vec<String> = ports
         .iter()
@@ -971,6 +1022,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         p.log_to(&logs);
     }
     let stage = |p: &Supervised| match p.args[0].as_str() {
+        _ if p.program.is_some() => 0,
         "store" | "kms-plugin" => 0,
         "apiserver" => 1,
         _ => 2,
@@ -1325,6 +1377,8 @@ enum Probe {
 /// A component process that is restarted when it exits.
 struct Supervised {
     name: String,
+    /// What runs, when not this binary.
+    program: Option<PathBuf>,
     args: Vec<String>,
     child: Option<Child>,
     started: std::time::Instant,
@@ -1387,6 +1441,7 @@ impl Supervised {
     fn new(name: String, args: Vec<String>) -> Self {
         Supervised {
             name,
+            program: None,
             args,
             child: None,
             started: std::time::Instant::now(),
@@ -1417,7 +1472,7 @@ impl Supervised {
     }
 
     fn start(&mut self, exe: &std::path::Path) -> anyhow::Result<()> {
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(self.program.as_deref().unwrap_or(exe));
         cmd.args(&self.args).stdin(Stdio::null()).kill_on_drop(true);
         if let Some(log) = &self.log {
             let f = std::fs::OpenOptions::new()

@@ -164,6 +164,66 @@ fn density_measures_every_sli_from_real_samples_and_cleans_up() {
     }
 }
 
+/// `--compare etcd`: the same workload on keelson-store, then on etcd (Debian's 3.4, which
+/// .ci/run installs) as the store, reported side by side; both clusters are gone afterwards.
+#[test]
+fn density_compares_keelson_store_with_etcd_side_by_side() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let o = density(&[
+        "--nodes=5",
+        "--pods-per-node=4",
+        "--deployment-size=10",
+        "--latency-pods=5",
+        "--compare=etcd",
+        &format!("--out={}", out.display()),
+    ]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    let compare = dirs
+        .iter()
+        .find(|d| d.to_string_lossy().contains("density-compare-"))
+        .expect("a comparison directory");
+    let s = summary(compare);
+    let runs = s["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let cluster = |i: usize| runs[i]["cluster"].as_str().unwrap().to_string();
+    assert!(cluster(0).starts_with("keelson-store, "), "{}", cluster(0));
+    assert!(cluster(1).starts_with("store etcd, "), "{}", cluster(1));
+    for r in runs {
+        let report = &r["report"];
+        assert_eq!(report["missing"], serde_json::json!([]), "{log}");
+        assert_eq!(report["pod_startup"]["latency"]["total"]["count"], 5);
+        assert_eq!(report["pod_startup"]["saturation"]["total"]["count"], 20);
+        assert!(count_of(report, "POST", "pods") >= 25, "{log}");
+        let run = PathBuf::from(r["dir"].as_str().unwrap());
+        assert!(dirs.contains(&run), "{run:?} not in {dirs:?}");
+        assert_eq!(summary(&run)["workload"], report["workload"]);
+    }
+    let md = std::fs::read_to_string(compare.join("summary.md")).unwrap();
+    assert!(
+        md.contains(&format!("| cluster | {} | {} |", cluster(0), cluster(1))),
+        "{md}"
+    );
+    assert!(md.contains("| POST | pods | resource |"), "{md}");
+    assert!(md.contains("| store member s0 |"), "{md}");
+    // Both clusters are gone, processes and data.
+    let data: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("density: cluster data in "))
+        .collect();
+    assert_eq!(data.len(), 2, "{log}");
+    for d in data {
+        assert!(!Path::new(d).exists(), "{d} is left behind");
+    }
+}
+
 #[test]
 fn attached_runs_refuse_namespaces_they_would_delete_and_leave_the_cluster_as_it_was() {
     let _serial = SERIAL.lock();

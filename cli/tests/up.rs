@@ -1461,6 +1461,31 @@ fn up_refuses_what_it_cannot_run() {
         "is not empty (member) and has no topology.json: it is not a keelson up data dir",
     );
 
+    // A store binary that does not exist, and one that cannot read the members' data.
+    const TOPOLOGY: &str = r#"{"format": 1, "stores": [[1, 2]], "apiservers": [3], "controller_managers": [], "schedulers": [], "nodes": [], "store_tls": true}"#;
+    refused(
+        &dir.path().join("nostore"),
+        &["--store-binary", "/nonexistent/etcd"],
+        "--store-binary /nonexistent/etcd: no such program",
+    );
+    let keelson_data = dir.path().join("keelson-store-data");
+    std::fs::create_dir_all(keelson_data.join("store-0")).unwrap();
+    std::fs::write(keelson_data.join("topology.json"), TOPOLOGY).unwrap();
+    std::fs::write(keelson_data.join("store-0").join("member.json"), "{}").unwrap();
+    refused(
+        &keelson_data,
+        &["--store-binary", "etcd"],
+        "holds keelson-store data, which etcd cannot read",
+    );
+    let etcd_data = dir.path().join("etcd-data");
+    std::fs::create_dir_all(etcd_data.join("store-0").join("member")).unwrap();
+    std::fs::write(etcd_data.join("topology.json"), TOPOLOGY).unwrap();
+    refused(
+        &etcd_data,
+        &[],
+        "holds another store's data (etcd's member/)",
+    );
+
     // Without root, process-runtime nodes are refused before the data dir is even made.
     let fresh = dir.path().join("fresh");
     let out = Command::new("setpriv")
@@ -1476,4 +1501,70 @@ fn up_refuses_what_it_cannot_run() {
         "not-root refusal: {err}"
     );
     assert!(!fresh.exists());
+}
+
+/// `--store-binary etcd`: the store members are etcd (Debian's 3.4, which .ci/run installs),
+/// started with the same flags and certificates, and the cluster works on it.
+#[test]
+fn up_runs_etcd_as_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let port = keelson_client::ports::free_port().unwrap().to_string();
+    let keelson = env!("CARGO_BIN_EXE_keelson");
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(env!("CARGO_BIN_EXE_keelson"))
+                .args(["down", "--data-dir", &self.0])
+                .output();
+        }
+    }
+    let _down = Down(data_arg.clone());
+    let up = Command::new(keelson)
+        .args([
+            "up", "--detach", "--single", "--nodes", "0", "--port", &port,
+        ])
+        .args(["--store-binary", "etcd", "--data-dir", &data_arg])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}{}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr),
+        component_logs(&data)
+    );
+    let up_pid: u32 = std::fs::read_to_string(data.join("up.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stores: Vec<u32> = children_of(up_pid)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("--initial-cluster="))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(stores.len(), 1, "{:?}", children_of(up_pid));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", stores[0])).unwrap();
+    assert_eq!(exe.file_name().unwrap(), "etcd", "{}", exe.display());
+    // etcd's own data layout, and a cluster that stores and lists objects on it.
+    assert!(data.join("store-0").join("member").join("wal").is_dir());
+    let kc = data.join("admin.kubeconfig");
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &["create", "configmap", "on-etcd", "--from-literal=k=v"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(
+        &kc,
+        dir.path(),
+        &["get", "configmap", "on-etcd", "-o", "jsonpath={.data.k}"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v");
 }

@@ -394,6 +394,8 @@ mod tests {
                 timeout: 1,
                 out: "x".into(),
                 fail_on_slo: false,
+                store_binary: None,
+                compare: None,
             },
             pods_per_node,
             rate: 10.0,

@@ -86,6 +86,36 @@ pub struct RunArgs {
     /// Exit with an error when an SLO is not met (the report is written either way).
     #[arg(long)]
     pub fail_on_slo: bool,
+    /// An etcd-compatible binary run as the started cluster's store members in place of
+    /// `keelson store` (`keelson up --store-binary`), e.g. `/usr/bin/etcd`.
+    #[arg(long)]
+    pub store_binary: Option<PathBuf>,
+    /// Run the workload a second time, on a cluster that differs in one thing, and report both
+    /// side by side (`<out>/<workload>-compare-<time>`): `etcd` (etcd from PATH as the store
+    /// members, in place of keelson-store), `etcd=PATH`, or `keelson=PATH` (another keelson
+    /// build starts the cluster). Only with a started cluster.
+    #[arg(long, value_parser = Compare::parse)]
+    pub compare: Option<Compare>,
+}
+
+/// What the second run of a comparison changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compare {
+    /// The store members are this etcd-compatible binary.
+    Etcd(PathBuf),
+    /// This keelson binary starts the cluster.
+    Keelson(PathBuf),
+}
+
+impl Compare {
+    fn parse(s: &str) -> Result<Compare, String> {
+        match s.split_once('=') {
+            None if s == "etcd" => Ok(Compare::Etcd("etcd".into())),
+            Some(("etcd", p)) if !p.is_empty() => Ok(Compare::Etcd(p.into())),
+            Some(("keelson", p)) if !p.is_empty() => Ok(Compare::Keelson(p.into())),
+            _ => Err(format!("{s:?}: expected etcd, etcd=PATH or keelson=PATH")),
+        }
+    }
 }
 
 impl RunArgs {
@@ -101,7 +131,24 @@ impl RunArgs {
                 bail!("{flag} must be at least 1");
             }
         }
+        if self.kubeconfig.is_some() {
+            if self.compare.is_some() {
+                bail!("--compare starts the clusters it compares; it cannot attach (--kubeconfig)");
+            }
+            if self.store_binary.is_some() {
+                bail!("--store-binary is for a started cluster, not with --kubeconfig");
+            }
+        }
         Ok(())
+    }
+
+    /// What the cluster a run starts is made of, for a comparison's columns.
+    fn cluster_label(&self, keelson: &Path) -> String {
+        let keelson = self.keelson.as_deref().unwrap_or(keelson);
+        match &self.store_binary {
+            Some(store) => format!("store {}, the rest {}", store.display(), keelson.display()),
+            None => format!("keelson-store, {}", keelson.display()),
+        }
     }
 }
 
@@ -129,6 +176,13 @@ impl Plan {
         match self {
             Plan::Density(a) => &a.run,
             Plan::Load(a) => &a.run,
+        }
+    }
+
+    fn common_mut(&mut self) -> &mut RunArgs {
+        match self {
+            Plan::Density(a) => &mut a.run,
+            Plan::Load(a) => &mut a.run,
         }
     }
 
@@ -175,9 +229,10 @@ impl Plan {
     }
 }
 
-/// Runs the workload and writes its run directory; returns the directory and report.
-/// Fails when the workload does not complete, when an SLI has no data, and with
-/// `--fail-on-slo` when an SLO is not met, after writing what was measured.
+/// Runs the workload and writes its run directory; returns the directory and report (with
+/// `--compare`: runs it twice, writes the comparison's directory too, and returns that with
+/// the first run's report). Fails when the workload does not complete, when an SLI has no
+/// data, and with `--fail-on-slo` when an SLO is not met, after writing what was measured.
 /// `keelson` starts the cluster unless `--keelson` names another binary; `shutdown` ends the
 /// workload early (the run still cleans up).
 pub async fn run(
@@ -186,6 +241,100 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(PathBuf, Report)> {
     plan.validate()?;
+    let args = plan.common().clone();
+    let Some(other) = args.compare.clone() else {
+        return run_once(&plan, keelson, &shutdown)
+            .await?
+            .verdict(args.fail_on_slo);
+    };
+    let kind = plan.kind();
+    let mut first = plan.clone();
+    first.common_mut().compare = None;
+    let mut second = first.clone();
+    match other {
+        Compare::Etcd(p) => second.common_mut().store_binary = Some(p),
+        Compare::Keelson(p) => second.common_mut().keelson = Some(p),
+    }
+    let (a, b) = (
+        first.common().cluster_label(keelson),
+        second.common().cluster_label(keelson),
+    );
+    eprintln!("{kind}: run A of 2, on {a}");
+    let ran_a = run_once(&first, keelson, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return ran_a.verdict(args.fail_on_slo);
+    }
+    eprintln!("{kind}: run B of 2, on {b}");
+    let ran_b = run_once(&second, keelson, &shutdown).await?;
+    let dir = run_dir(&args.out, &format!("{kind}-compare"))?;
+    let md = report::comparison(&[
+        report::Compared {
+            label: a.clone(),
+            dir: &ran_a.dir,
+            report: &ran_a.report,
+        },
+        report::Compared {
+            label: b.clone(),
+            dir: &ran_b.dir,
+            report: &ran_b.report,
+        },
+    ]);
+    std::fs::write(dir.join("summary.md"), &md)
+        .with_context(|| format!("writing {}", dir.join("summary.md").display()))?;
+    let json = serde_json::to_vec_pretty(&json!({
+        "runs": [
+            {"cluster": a, "dir": ran_a.dir, "report": ran_a.report},
+            {"cluster": b, "dir": ran_b.dir, "report": ran_b.report},
+        ]
+    }))?;
+    std::fs::write(dir.join("summary.json"), json)
+        .with_context(|| format!("writing {}", dir.join("summary.json").display()))?;
+    println!("{md}");
+    println!("Comparison directory: {}", dir.display());
+    let report = ran_a.verdict(args.fail_on_slo).context("run A")?.1;
+    ran_b.verdict(args.fail_on_slo).context("run B")?;
+    Ok((dir, report))
+}
+
+/// A run whose report was written; `failure` is what went wrong after measuring (the workload
+/// did not complete, writing or cleaning up failed).
+struct Ran {
+    dir: PathBuf,
+    report: Report,
+    failure: Option<anyhow::Error>,
+}
+
+impl Ran {
+    /// The run's directory and report, or why it failed: a failure, an SLI without data, and
+    /// (`fail_on_slo`) an SLO not met.
+    fn verdict(self, fail_on_slo: bool) -> anyhow::Result<(PathBuf, Report)> {
+        if let Some(e) = self.failure {
+            return Err(e);
+        }
+        if !self.report.missing.is_empty() {
+            bail!("incomplete report: {}", self.report.missing.join("; "));
+        }
+        let failed: Vec<String> = self
+            .report
+            .verdicts
+            .iter()
+            .filter(|v| !v.pass)
+            .map(|v| format!("{} ({:.3} s > {} s)", v.subject, v.p99, v.threshold))
+            .collect();
+        if fail_on_slo && !failed.is_empty() {
+            bail!("SLOs not met: {}", failed.join(", "));
+        }
+        Ok((self.dir, self.report))
+    }
+}
+
+/// One run of the workload: starts (or attaches to) the cluster, measures, writes the run
+/// directory, cleans up. `Err` when it failed before there was anything to report.
+async fn run_once(
+    plan: &Plan,
+    keelson: &Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ran> {
     let kind = plan.kind();
     let args = plan.common();
     let keelson = args.keelson.as_deref().unwrap_or(keelson);
@@ -196,7 +345,7 @@ pub async fn run(
                 "{kind}: starting keelson up with {} hollow nodes",
                 args.nodes
             );
-            let up_args = vec![
+            let mut up_args = vec![
                 format!("--stores={}", args.stores),
                 format!("--apiservers={}", args.apiservers),
                 "--controller-managers=1".into(),
@@ -206,6 +355,9 @@ pub async fn run(
                 format!("--hollow-nodes={}", args.nodes),
                 format!("--control-plane-qps={}", args.control_plane_qps),
             ];
+            if let Some(store) = &args.store_binary {
+                up_args.push(format!("--store-binary={}", store.display()));
+            }
             let keelson = keelson.to_path_buf();
             let c =
                 tokio::task::spawn_blocking(move || Cluster::start(&keelson, &up_args)).await??;
@@ -268,14 +420,14 @@ pub async fn run(
     };
     let t0 = Instant::now();
     let (samples, result) = measure(
-        &plan,
+        plan,
         &workload,
         &wanted,
         &client,
         &apiservers,
         cluster.as_ref(),
         t0,
-        &shutdown,
+        shutdown,
     )
     .await;
     // What was measured is written first, and even when the workload failed: where it broke
@@ -295,22 +447,11 @@ pub async fn run(
             cleanup(&client, &created, timeout).await
         }
     };
-    written?;
-    result?;
-    cleaned?;
-    if !report.missing.is_empty() {
-        bail!("incomplete report: {}", report.missing.join("; "));
-    }
-    let failed: Vec<String> = report
-        .verdicts
-        .iter()
-        .filter(|v| !v.pass)
-        .map(|v| format!("{} ({:.3} s > {} s)", v.subject, v.p99, v.threshold))
-        .collect();
-    if args.fail_on_slo && !failed.is_empty() {
-        bail!("SLOs not met: {}", failed.join(", "));
-    }
-    Ok((dir, report))
+    Ok(Ran {
+        dir,
+        report,
+        failure: written.and(result).and(cleaned).err(),
+    })
 }
 
 /// A new `<out>/<kind>-<time>` directory.
@@ -606,4 +747,32 @@ async fn cleanup(client: &Client, created: &[String], timeout: Duration) -> anyh
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+
+    #[test]
+    fn compare_names_etcd_or_another_keelson() {
+        assert_eq!(Compare::parse("etcd"), Ok(Compare::Etcd("etcd".into())));
+        assert_eq!(
+            Compare::parse("etcd=/usr/bin/etcd"),
+            Ok(Compare::Etcd("/usr/bin/etcd".into()))
+        );
+        assert_eq!(
+            Compare::parse("keelson=/tmp/old/keelson"),
+            Ok(Compare::Keelson("/tmp/old/keelson".into()))
+        );
+        for bad in [
+            "",
+            "etcd=",
+            "keelson",
+            "keelson=",
+            "/usr/bin/etcd",
+            "zookeeper=/x",
+        ] {
+            assert!(Compare::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

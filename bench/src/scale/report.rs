@@ -417,6 +417,178 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
+/// One run of a comparison: what differed, where its directory is, what it measured.
+pub struct Compared<'a> {
+    pub label: String,
+    pub dir: &'a Path,
+    pub report: &'a Report,
+}
+
+/// `resource/subresource`.
+fn call_resource(c: &ApiCall) -> String {
+    if c.subresource.is_empty() {
+        c.resource.clone()
+    } else {
+        format!("{}/{}", c.resource, c.subresource)
+    }
+}
+
+/// Runs of one workload side by side (`--compare`): the SLO verdicts, pod startup, scheduling
+/// throughput, watch lag, every kind of API call and every component, one column per run.
+pub fn comparison(runs: &[Compared<'_>]) -> String {
+    let mut s = String::new();
+    let Some(first) = runs.first() else {
+        return s;
+    };
+    let w = &first.report.workload;
+    let _ = writeln!(
+        s,
+        "# Comparison of {} {} runs
+",
+        runs.len(),
+        w.kind
+    );
+    let _ = writeln!(
+        s,
+        "{}.
+",
+        w.description
+    );
+    let names: Vec<String> = (0..runs.len())
+        .map(|i| char::from(b'A' + (i % 26) as u8).to_string())
+        .collect();
+    let row = |s: &mut String, title: &str, cell: &dyn Fn(&Report) -> String| {
+        let cells: Vec<String> = runs.iter().map(|r| cell(r.report)).collect();
+        let _ = writeln!(s, "| {title} | {} |", cells.join(" | "));
+    };
+    let _ = writeln!(
+        s,
+        "| | {} |\n|---|{}",
+        names.join(" | "),
+        "---|".repeat(runs.len())
+    );
+    let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    let _ = writeln!(s, "| cluster | {} |", labels.join(" | "));
+    let dirs: Vec<String> = runs.iter().map(|r| r.dir.display().to_string()).collect();
+    let _ = writeln!(s, "| run directory | {} |", dirs.join(" | "));
+    row(&mut s, "SLOs", &|r| {
+        let failed: Vec<&str> = r
+            .verdicts
+            .iter()
+            .filter(|v| !v.pass)
+            .map(|v| v.subject.as_str())
+            .collect();
+        match (r.missing.is_empty(), failed.is_empty()) {
+            (false, _) => format!("incomplete: {}", r.missing.join("; ")),
+            (true, true) => "all met".into(),
+            (true, false) => format!("not met: {}", failed.join(", ")),
+        }
+    });
+    row(&mut s, "measured for", &|r| format!("{:.0} s", r.seconds));
+    for (group, what) in [(&w.judged, "judged"), (&w.saturating, "saturating")] {
+        row(
+            &mut s,
+            &format!("pod startup p50 / p99, {group} pods ({what})"),
+            &|r| match r.pod_startup.get(group) {
+                Some(st) => format!("{:.3} / {:.3} s", st.total.p50, st.total.p99),
+                None => "-".into(),
+            },
+        );
+    }
+    row(&mut s, "scheduling throughput", &|r| {
+        r.scheduling_throughput
+            .as_ref()
+            .map_or("-".into(), |t| format!("{:.1} pods/s", t.average))
+    });
+    row(&mut s, "watch event lag p50 / p99", &|r| {
+        r.watch_lag.as_ref().map_or("-".into(), |l| {
+            format!("{:.1} / {:.1} ms", l.p50 * 1e3, l.p99 * 1e3)
+        })
+    });
+    row(&mut s, "largest store data directory", &|r| {
+        r.store_bytes_max
+            .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+    });
+
+    // Every kind of API call any run saw, the slowest (by its worst p99) first.
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for r in runs {
+        for c in &r.report.api_calls {
+            let k = (c.verb.clone(), call_resource(c), c.scope.clone());
+            if !calls.contains(&k) {
+                calls.push(k);
+            }
+        }
+    }
+    let find = |r: &Report, k: &(String, String, String)| -> Option<ApiCall> {
+        r.api_calls
+            .iter()
+            .find(|c| c.verb == k.0 && call_resource(c) == k.1 && c.scope == k.2)
+            .cloned()
+    };
+    let worst = |k: &(String, String, String)| {
+        runs.iter()
+            .filter_map(|r| find(r.report, k))
+            .map(|c| c.p99)
+            .fold(0.0, f64::max)
+    };
+    calls.sort_by(|a, b| worst(b).total_cmp(&worst(a)));
+    let _ = writeln!(
+        s,
+        "\n## API calls: count and p99 ms (SLI)\n\n| verb | resource | scope | {} |\n|---|---|---|{}",
+        names
+            .iter()
+            .map(|n| format!("{n} count | {n} p99"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|---|".repeat(runs.len())
+    );
+    for k in &calls {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| match find(r.report, k) {
+                Some(c) => format!("{} | {:.0}", c.count, c.p99 * 1e3),
+                None => "- | -".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} | {} | {} |", k.0, k.1, k.2, cells.join(" | "));
+    }
+
+    let mut components: Vec<&str> = Vec::new();
+    for r in runs {
+        for c in &r.report.components {
+            if !components.contains(&c.component.as_str()) {
+                components.push(&c.component);
+            }
+        }
+    }
+    if !components.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Components: CPU cores (average) and RSS MiB (max)\n\n| component | {} |\n|---|{}",
+            names
+                .iter()
+                .map(|n| format!("{n} CPU | {n} RSS"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|---|".repeat(runs.len())
+        );
+        for name in components {
+            let cells: Vec<String> = runs
+                .iter()
+                .map(
+                    |r| match r.report.components.iter().find(|c| c.component == name) {
+                        Some(c) => format!("{:.2} | {:.0}", c.cpu_cores_avg, c.rss_mib_max),
+                        None => "- | -".into(),
+                    },
+                )
+                .collect();
+            let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+        }
+    }
+    s
+}
+
 type Series = (String, Vec<(f64, f64)>);
 
 /// A line chart of `series` as an SVG file.
@@ -622,5 +794,134 @@ mod tests {
         // The title, the series' line and its legend entry.
         assert!(svg.starts_with("<svg") && svg.contains("polyline"));
         assert!(svg.contains("\nt\n") && svg.contains("\na\n"), "{svg}");
+    }
+
+    fn report(pod_p99: f64, post_pods_p99: f64, extra_call: bool, rss: f64) -> Report {
+        let pct = |p99: f64| Percentiles {
+            count: 10,
+            p50: p99 / 2.0,
+            p90: p99,
+            p99,
+            max: p99,
+        };
+        let call = |verb: &str, sub: &str, p99: f64| ApiCall {
+            resource: "pods".into(),
+            subresource: sub.into(),
+            verb: verb.into(),
+            scope: "resource".into(),
+            count: 100,
+            p50: p99 / 4.0,
+            p90: p99 / 2.0,
+            p99,
+            p99_whole: p99,
+        };
+        let mut api_calls = vec![call("POST", "", post_pods_p99)];
+        if extra_call {
+            api_calls.push(call("POST", "binding", 0.9));
+        }
+        Report {
+            workload: Workload {
+                kind: "density".into(),
+                nodes: 5,
+                description: "5 nodes".into(),
+                params: serde_json::json!({}),
+                cluster: "started".into(),
+                judged: "latency".into(),
+                judged_pods: 10,
+                saturating: "saturation".into(),
+                saturating_pods: 10,
+            },
+            seconds: 60.0,
+            api_calls,
+            pod_startup: [(
+                "latency".to_string(),
+                Startup {
+                    schedule: pct(pod_p99),
+                    run: pct(pod_p99),
+                    total: pct(pod_p99),
+                },
+            )]
+            .into(),
+            scheduling_throughput: None,
+            watch_lag: Some(pct(0.1)),
+            components: vec![ComponentUse {
+                component: "apiserver 0".into(),
+                cpu_cores_avg: 0.25,
+                cpu_cores_max: 0.5,
+                rss_mib_max: rss,
+            }],
+            store_bytes_max: Some(1048576),
+            verdicts: vec![Verdict {
+                slo: "pod startup latency".into(),
+                subject: "latency pods".into(),
+                p99: pod_p99,
+                threshold: 5.0,
+                pass: pod_p99 <= 5.0,
+            }],
+            missing: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_comparison_puts_each_run_in_its_column_and_every_call_in_a_row() {
+        let (a, b) = (
+            report(0.5, 0.2, false, 100.0),
+            report(6.0, 0.4, true, 300.0),
+        );
+        let md = comparison(&[
+            Compared {
+                label: "keelson-store".into(),
+                dir: Path::new("/runs/a"),
+                report: &a,
+            },
+            Compared {
+                label: "store /usr/bin/etcd".into(),
+                dir: Path::new("/runs/b"),
+                report: &b,
+            },
+        ]);
+        let line = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no line {start:?} in\n{md}"))
+                .to_string()
+        };
+        assert_eq!(
+            line("| cluster"),
+            "| cluster | keelson-store | store /usr/bin/etcd |"
+        );
+        assert_eq!(
+            line("| run directory"),
+            "| run directory | /runs/a | /runs/b |"
+        );
+        assert_eq!(line("| SLOs"), "| SLOs | all met | not met: latency pods |");
+        assert_eq!(
+            line("| pod startup p50 / p99, latency"),
+            "| pod startup p50 / p99, latency pods (judged) | 0.250 / 0.500 s | 3.000 / 6.000 s |"
+        );
+        // A group neither run has, a figure neither has.
+        assert_eq!(
+            line("| pod startup p50 / p99, saturation"),
+            "| pod startup p50 / p99, saturation pods (saturating) | - | - |"
+        );
+        assert_eq!(line("| scheduling"), "| scheduling throughput | - | - |");
+        // Calls: the slowest first; one only B made.
+        let calls: Vec<&str> = md.lines().filter(|l| l.starts_with("| POST")).collect();
+        assert_eq!(
+            calls,
+            [
+                "| POST | pods/binding | resource | - | - | 100 | 900 |",
+                "| POST | pods | resource | 100 | 200 | 100 | 400 |",
+            ]
+        );
+        assert_eq!(
+            line("| apiserver 0"),
+            "| apiserver 0 | 0.25 | 100 | 0.25 | 300 |"
+        );
+        // Every table row has as many cells as its header.
+        for table in md.split("\n\n").filter(|t| t.starts_with('|')) {
+            let widths: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
+            assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
+        }
     }
 }
