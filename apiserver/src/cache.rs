@@ -303,24 +303,32 @@ impl Cacher {
     /// The cached object `ns/name`, when the cache is ready and holds it.
     pub fn peek(&self, ns: &str, name: &str) -> Option<Value> {
         let key = object::key(self.registry.prefix(), self.res, ns, name);
-        let st = self.state.read();
-        if !st.ready {
-            return None;
-        }
-        st.objects.get(&key).map(|o| o.value())
+        let obj = {
+            let st = self.state.read();
+            if !st.ready {
+                return None;
+            }
+            st.objects.get(&key).cloned()
+        };
+        // Decoded without the lock, which the cache's writer waits for.
+        obj.map(|o| o.value())
     }
 
     /// The cached objects of namespace `ns`, when the cache is ready.
     pub fn in_namespace(&self, ns: &str) -> Option<Vec<Value>> {
         let prefix = self.prefix(ns);
-        let st = self.state.read();
-        st.ready.then(|| {
+        let objs: Vec<Arc<Obj>> = {
+            let st = self.state.read();
+            if !st.ready {
+                return None;
+            }
             st.objects
                 .range(prefix.clone()..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(_, o)| o.value())
+                .map(|(_, o)| o.clone())
                 .collect()
-        })
+        };
+        Some(objs.iter().map(|o| o.value()).collect())
     }
 
     /// Whether namespace `ns` holds any object, when the cache is ready.
@@ -337,13 +345,17 @@ impl Cacher {
 
     /// Every cached object with its store key, when the cache is ready.
     pub fn entries(&self) -> Option<Vec<(Vec<u8>, Value)>> {
-        let st = self.state.read();
-        st.ready.then(|| {
+        let objs: Vec<(Vec<u8>, Arc<Obj>)> = {
+            let st = self.state.read();
+            if !st.ready {
+                return None;
+            }
             st.objects
                 .iter()
-                .map(|(k, o)| (k.clone(), o.value()))
+                .map(|(k, o)| (k.clone(), o.clone()))
                 .collect()
-        })
+        };
+        Some(objs.into_iter().map(|(k, o)| (k, o.value())).collect())
     }
 
     /// The cache's events from now on (a relist ends with a [`Kind::Reset`]).

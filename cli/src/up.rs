@@ -109,16 +109,6 @@ fn check_store_data(
     Ok(())
 }
 
-/// Where `program` is: itself when it names a path, else the first match in `PATH`.
-fn find_program(program: &std::path::Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// `--kube-api-qps` and `--kube-api-burst` of a control-plane component: `qps` for both when
 /// given, else the component's own defaults (none: the flags' defaults).
 fn qps_flags(qps: Option<u32>, defaults: Option<(u32, u32)>) -> Vec<String> {
@@ -504,7 +494,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         bail!("--stores must be at least 1");
     }
     if let Some(bin) = &args.store_binary
-        && find_program(bin).is_none()
+        && keelson_client::program::find(bin).is_none()
     {
         bail!("--store-binary {}: no such program", bin.display());
     }

@@ -30,6 +30,17 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Stops the `keelson up --detach` cluster of a data directory when dropped.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(["down", "--data-dir", &self.0])
+            .output();
+    }
+}
+
 fn kubectl(
     kubeconfig: &std::path::Path,
     home: &std::path::Path,
@@ -1114,14 +1125,6 @@ fn up_detach_status_down() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or(0);
     // Whatever happens below, the background cluster goes.
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_keelson"))
-                .args(["down", "--data-dir", &self.0])
-                .output();
-        }
-    }
     let _down = Down(data_arg.clone());
     assert!(
         up.status.success(),
@@ -1512,14 +1515,6 @@ fn up_runs_etcd_as_the_store() {
     let data_arg = data.display().to_string();
     let port = keelson_client::ports::free_port().unwrap().to_string();
     let keelson = env!("CARGO_BIN_EXE_keelson");
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_keelson"))
-                .args(["down", "--data-dir", &self.0])
-                .output();
-        }
-    }
     let _down = Down(data_arg.clone());
     let up = Command::new(keelson)
         .args([

@@ -16,6 +16,7 @@ pub mod informer;
 pub mod leader;
 pub mod net;
 pub mod ports;
+pub mod program;
 pub mod queue;
 pub mod services;
 

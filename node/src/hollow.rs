@@ -39,9 +39,10 @@ impl HollowRuntime {
     }
 }
 
-/// Trims from a pod what a hollow node never reads, before its pod cache keeps it: the volumes
-/// (nothing is mounted) and the containers' mounts of them, about a third of a typical pod's
-/// memory. The API's object is untouched: status writes are patches of the status alone.
+/// Trims from a pod what a hollow node's runtime never reads, before its pod cache keeps it: the
+/// volumes (nothing is mounted) and the containers' mounts of them, about a third of a typical
+/// pod's memory. The API's object is untouched (status writes are patches of the status alone);
+/// the node's own `/pods` endpoint shows the trimmed pods.
 pub fn trim_pod(pod: &mut Pod) {
     if let Some(spec) = pod.spec.as_mut() {
         spec.volumes = None;

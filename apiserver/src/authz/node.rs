@@ -287,16 +287,21 @@ impl NodeAuthorizer {
                     Err(RecvError::Lagged(_)) => continue 'relist,
                     Err(RecvError::Closed) => return,
                 };
+                if ev.kind == Kind::Reset {
+                    continue 'relist;
+                }
+                // Decoded before the graph is locked: authorizations wait for the lock. (A
+                // deleted pod is removed by its key.)
+                let obj = match ev.kind {
+                    Kind::Deleted if !pvcs => None,
+                    _ => ev.obj.as_ref().map(|o| o.value()),
+                };
                 let mut g = self.graph.write();
-                match (ev.kind, &ev.obj) {
-                    (Kind::Reset, _) => {
-                        drop(g);
-                        continue 'relist;
-                    }
-                    (Kind::Deleted, Some(o)) if pvcs => g.set_pvc(&o.value(), true),
+                match (ev.kind, &obj) {
+                    (Kind::Deleted, Some(o)) if pvcs => g.set_pvc(o, true),
                     (Kind::Deleted, _) => g.remove_pod(&ev.key),
-                    (Kind::Added | Kind::Modified, Some(o)) if pvcs => g.set_pvc(&o.value(), false),
-                    (Kind::Added | Kind::Modified, Some(o)) => g.set_pod(&ev.key, &o.value()),
+                    (Kind::Added | Kind::Modified, Some(o)) if pvcs => g.set_pvc(o, false),
+                    (Kind::Added | Kind::Modified, Some(o)) => g.set_pod(&ev.key, o),
                     _ => {}
                 }
             }

@@ -131,6 +131,24 @@ impl RunArgs {
                 bail!("{flag} must be at least 1");
             }
         }
+        // A program that is not there is found now, not after a first run of half an hour.
+        let programs = [
+            ("--store-binary", self.store_binary.as_deref()),
+            (
+                "--compare",
+                match &self.compare {
+                    Some(Compare::Etcd(p) | Compare::Keelson(p)) => Some(p.as_path()),
+                    None => None,
+                },
+            ),
+        ];
+        for (flag, program) in programs {
+            if let Some(p) = program
+                && keelson_client::program::find(p).is_none()
+            {
+                bail!("{flag}: {}: no such program", p.display());
+            }
+        }
         if self.kubeconfig.is_some() {
             if self.compare.is_some() {
                 bail!("--compare starts the clusters it compares; it cannot attach (--kubeconfig)");
@@ -265,7 +283,9 @@ pub async fn run(
         return ran_a.verdict(args.fail_on_slo);
     }
     eprintln!("{kind}: run B of 2, on {b}");
-    let ran_b = run_once(&second, keelson, &shutdown).await?;
+    let ran_b = run_once(&second, keelson, &shutdown)
+        .await
+        .with_context(|| format!("run B failed; run A is in {}", ran_a.dir.display()))?;
     let dir = run_dir(&args.out, &format!("{kind}-compare"))?;
     let md = report::comparison(&[
         report::Compared {
@@ -774,5 +794,30 @@ mod compare_tests {
         ] {
             assert!(Compare::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_missing_program_or_an_attached_cluster_is_refused_before_any_run() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            plan: Plan,
+        }
+        let refused = |args: &[&str]| {
+            let argv = ["bench", "density"].iter().chain(args);
+            let plan = <Cli as clap::Parser>::try_parse_from(argv).unwrap().plan;
+            plan.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(&["--compare", "keelson=/nonexistent/keelson"]),
+            "--compare: /nonexistent/keelson: no such program"
+        );
+        assert_eq!(
+            refused(&["--store-binary", "no-such-etcd-anywhere"]),
+            "--store-binary: no-such-etcd-anywhere: no such program"
+        );
+        assert!(
+            refused(&["--compare", "etcd=/bin/sh", "--kubeconfig", "/x"]).contains("--compare")
+        );
     }
 }

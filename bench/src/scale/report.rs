@@ -485,7 +485,13 @@ pub fn comparison(runs: &[Compared<'_>]) -> String {
         }
     });
     row(&mut s, "measured for", &|r| format!("{:.0} s", r.seconds));
-    for (group, what) in [(&w.judged, "judged"), (&w.saturating, "saturating")] {
+    // (A load run judges the pods it saturates with: one row.)
+    let groups = if w.judged == w.saturating {
+        vec![(&w.judged, "judged")]
+    } else {
+        vec![(&w.judged, "judged"), (&w.saturating, "saturating")]
+    };
+    for (group, what) in groups {
         row(
             &mut s,
             &format!("pod startup p50 / p99, {group} pods ({what})"),
