@@ -433,6 +433,21 @@ fn call_resource(c: &ApiCall) -> String {
     }
 }
 
+/// The rest of a table's header with two columns per run (`A count | A p99 | ...`) after
+/// `leading` columns, and its separator line.
+fn run_columns(names: &[String], first: &str, second: &str, leading: usize) -> String {
+    let cells: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n} {first} | {n} {second}"))
+        .collect();
+    format!(
+        "{} |\n|{}{}",
+        cells.join(" | "),
+        "---|".repeat(leading),
+        "---|---|".repeat(names.len())
+    )
+}
+
 /// Runs of one workload side by side (`--compare`): the SLO verdicts, pod startup, scheduling
 /// throughput, watch lag, every kind of API call and every component, one column per run.
 pub fn comparison(runs: &[Compared<'_>]) -> String {
@@ -526,12 +541,11 @@ pub fn comparison(runs: &[Compared<'_>]) -> String {
             }
         }
     }
-    let find = |r: &Report, k: &(String, String, String)| -> Option<ApiCall> {
+    fn find<'a>(r: &'a Report, k: &(String, String, String)) -> Option<&'a ApiCall> {
         r.api_calls
             .iter()
             .find(|c| c.verb == k.0 && call_resource(c) == k.1 && c.scope == k.2)
-            .cloned()
-    };
+    }
     let worst = |k: &(String, String, String)| {
         runs.iter()
             .filter_map(|r| find(r.report, k))
@@ -541,13 +555,8 @@ pub fn comparison(runs: &[Compared<'_>]) -> String {
     calls.sort_by(|a, b| worst(b).total_cmp(&worst(a)));
     let _ = writeln!(
         s,
-        "\n## API calls: count and p99 ms (SLI)\n\n| verb | resource | scope | {} |\n|---|---|---|{}",
-        names
-            .iter()
-            .map(|n| format!("{n} count | {n} p99"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|---|".repeat(runs.len())
+        "\n## API calls: count and p99 ms (SLI)\n\n| verb | resource | scope | {}",
+        run_columns(&names, "count", "p99", 3)
     );
     for k in &calls {
         let cells: Vec<String> = runs
@@ -571,13 +580,8 @@ pub fn comparison(runs: &[Compared<'_>]) -> String {
     if !components.is_empty() {
         let _ = writeln!(
             s,
-            "\n## Components: CPU cores (average) and RSS MiB (max)\n\n| component | {} |\n|---|{}",
-            names
-                .iter()
-                .map(|n| format!("{n} CPU | {n} RSS"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            "---|---|".repeat(runs.len())
+            "\n## Components: CPU cores (average) and RSS MiB (max)\n\n| component | {}",
+            run_columns(&names, "CPU", "RSS", 1)
         );
         for name in components {
             let cells: Vec<String> = runs
