@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -239,6 +239,8 @@ impl StatusWriter {
 }
 
 struct WorkerEntry {
+    /// Tells this entry from a later worker of the same pod (after a node failure).
+    id: u64,
     tx: watch::Sender<Arc<Pod>>,
     gone: CancellationToken,
     state: Arc<Mutex<PodState>>,
@@ -254,8 +256,12 @@ pub struct Agent<R> {
     pub settings: NodeSettings,
     port: AtomicU16,
     workers: Mutex<HashMap<String, WorkerEntry>>,
+    next_worker: AtomicU64,
     node_uid: Mutex<Option<String>>,
     stopping: CancellationToken,
+    /// The kubelet's current life, a child of `stopping`: cancelled when the node fails
+    /// ([`Self::fail`]), replaced when it comes back ([`Self::recover`]).
+    life: Mutex<CancellationToken>,
 }
 
 impl<R: Runtime> Agent<R> {
@@ -265,6 +271,7 @@ impl<R: Runtime> Agent<R> {
             .labels
             .insert("kubernetes.io/hostname".into(), settings.name.clone());
         let stopping = shared.shutdown.child_token();
+        let life = Mutex::new(stopping.child_token());
         let client = if shared.impersonate_nodes {
             let user = format!("system:node:{}", settings.name);
             // (Node names are RFC 1123 subdomains, checked with the flags: valid header values.)
@@ -279,8 +286,10 @@ impl<R: Runtime> Agent<R> {
             settings,
             port: AtomicU16::new(0),
             workers: Mutex::new(HashMap::new()),
+            next_worker: AtomicU64::new(0),
             node_uid: Mutex::new(None),
             stopping,
+            life,
         })
     }
 
@@ -297,6 +306,55 @@ impl<R: Runtime> Agent<R> {
     /// The node is shutting down: workers stop their pods.
     pub fn stopping(&self) -> &CancellationToken {
         &self.stopping
+    }
+
+    /// The kubelet's current life: cancelled when the node fails (or shuts down). Workers
+    /// started in this life end with it.
+    pub fn life(&self) -> CancellationToken {
+        self.life.lock().clone()
+    }
+
+    /// Whether the node has failed and not come back ([`Self::fail`]).
+    pub fn is_down(&self) -> bool {
+        self.life.lock().is_cancelled() && !self.stopping.is_cancelled()
+    }
+
+    /// The node fails, as a killed kubelet does (chaos on hollow nodes): from now on it sends
+    /// nothing (no Lease renewals, node or pod status, Events or final deletes), its pod workers
+    /// end where they stand without terminating anything (a hollow node's containers are gone
+    /// with it), and pod changes are ignored until [`Self::recover`]. False when it is already
+    /// down or stopping.
+    pub fn fail(&self) -> bool {
+        {
+            let life = self.life.lock();
+            if life.is_cancelled() {
+                return false;
+            }
+            life.cancel();
+        }
+        // Later pod changes find no worker, and see the node down under this same lock.
+        self.workers.lock().clear();
+        tracing::warn!(node = %self.name(), "node failed (chaos): its kubelet is down");
+        true
+    }
+
+    /// A failed node comes back, as a restarted kubelet: it registers again (the Node exists),
+    /// renews its Lease, posts its status, and starts workers for `pods`, the pods bound to it
+    /// now (deleted ones are gone; terminating ones are terminated). False unless it was down.
+    pub fn recover(self: &Arc<Self>, pods: impl IntoIterator<Item = Arc<Pod>>) -> bool {
+        {
+            let mut life = self.life.lock();
+            if !life.is_cancelled() || self.stopping.is_cancelled() {
+                return false;
+            }
+            *life = self.stopping.child_token();
+        }
+        tracing::info!(node = %self.name(), "node recovered: its kubelet is back");
+        tokio::spawn(self.clone().heartbeat());
+        for pod in pods {
+            self.pod_changed(Change::Added(&pod), Some(pod.clone()));
+        }
+        true
     }
 
     /// The pods this node runs, as last seen.
@@ -331,6 +389,9 @@ impl<R: Runtime> Agent<R> {
 
     /// Records an event about a pod (or one of its containers).
     pub fn event(&self, pod: &Pod, container: Option<&str>, warn: bool, reason: &str, msg: String) {
+        if self.is_down() {
+            return;
+        }
         let r = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
@@ -362,6 +423,9 @@ impl<R: Runtime> Agent<R> {
     }
 
     fn queue_status(&self, pod: &Pod, status: &PodStatus, unless_busy: bool) {
+        if self.is_down() {
+            return;
+        }
         let mut status = status.clone();
         if let Some(cs) = status.conditions.as_mut() {
             cs.retain(|c| crate::status::node_condition(&c.type_));
@@ -387,7 +451,9 @@ impl<R: Runtime> Agent<R> {
                     w.tx.send_replace(pod);
                     return;
                 }
-                if self.stopping.is_cancelled() {
+                let life = self.life();
+                if life.is_cancelled() {
+                    // Stopping, or down.
                     return;
                 }
                 let admit = self.admit(&pod, workers.values());
@@ -397,19 +463,24 @@ impl<R: Runtime> Agent<R> {
                     pod.clone(),
                     self.settings.ip.to_string(),
                 )));
+                let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
                 workers.insert(
                     uid.clone(),
                     WorkerEntry {
+                        id,
                         tx,
                         gone: gone.clone(),
                         state: state.clone(),
                     },
                 );
-                let w = Worker::new(self.clone(), state, rx, gone);
+                let w = Worker::new(self.clone(), state, rx, gone, life);
                 let me = self.clone();
                 tokio::spawn(async move {
                     worker::run(w, admit).await;
-                    me.workers.lock().remove(&uid);
+                    let mut workers = me.workers.lock();
+                    if workers.get(&uid).is_some_and(|w| w.id == id) {
+                        workers.remove(&uid);
+                    }
                 });
             }
             Change::Deleted(p) => {
@@ -529,7 +600,7 @@ impl<R: Runtime> Agent<R> {
     pub async fn heartbeat(self: Arc<Self>) {
         // Spread a fleet's heartbeats over the first interval.
         let jitter = rand::random_range(0..=self.shared.update_every.as_millis() as u64 / 4);
-        let stop = self.stopping.clone();
+        let stop = self.life();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
             _ = stop.cancelled() => return,

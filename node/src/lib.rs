@@ -9,6 +9,7 @@ pub mod config;
 pub mod dns;
 pub mod env;
 pub mod exec;
+pub mod failure;
 pub mod hollow;
 pub mod logs_query;
 pub mod netpol;
@@ -139,7 +140,8 @@ async fn run_with<R: Runtime>(
     // Pods bound to our nodes: one watch per node, or one shared watch for a hollow fleet.
     let per_node = !config.hollow || config.hollow_watch == "per-node";
     let mut tasks = Vec::new();
-    if per_node {
+    let pods_of: failure::PodsOf = if per_node {
+        let mut stores = HashMap::new();
         for a in agents.values() {
             let api: Api<Pod> = Api::all(client.clone());
             let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", a.name()));
@@ -149,12 +151,14 @@ async fn run_with<R: Runtime>(
             }
             let a = a.clone();
             let store = inf.store();
+            stores.insert(a.name().to_string(), store.clone());
             inf.on_change(move |c| {
                 let pod = cached(&store, &c);
                 a.pod_changed(c, pod);
             });
             tasks.push(tokio::spawn(inf.run(shutdown.clone())));
         }
+        Arc::new(move |name: &str| stores.get(name).map(|s| s.state()).unwrap_or_default())
     } else {
         let api: Api<Pod> = Api::all(client.clone());
         let cfg = watcher::Config::default().fields("spec.nodeName!=");
@@ -173,6 +177,17 @@ async fn run_with<R: Runtime>(
                 a.pod_changed(c, pod);
             }
         });
+        let all = inf.store();
+        tasks.push(tokio::spawn(inf.run(shutdown.clone())));
+        Arc::new(move |name: &str| {
+            all.state()
+                .into_iter()
+                .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name))
+                .collect()
+        })
+    };
+    if config.hollow {
+        let inf = failure::informer(client.clone(), agents.clone(), pods_of, shutdown.clone());
         tasks.push(tokio::spawn(inf.run(shutdown.clone())));
     }
     shutdown.cancelled().await;

@@ -33,6 +33,8 @@ pub struct Worker<R> {
     state: Arc<Mutex<PodState>>,
     rx: Mutex<Option<watch::Receiver<Arc<Pod>>>>,
     gone: CancellationToken,
+    /// The kubelet's life this worker belongs to ([`Agent::life`]).
+    life: CancellationToken,
     last: Mutex<Option<PodStatus>>,
     backoff: Mutex<HashMap<String, Duration>>,
 }
@@ -53,6 +55,8 @@ enum Stop {
     Gone,
     /// The node is stopping.
     Shutdown,
+    /// The node failed ([`Agent::fail`]): the worker ends where it stands.
+    Killed,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -62,12 +66,14 @@ impl<R: Runtime> Worker<R> {
         state: Arc<Mutex<PodState>>,
         rx: watch::Receiver<Arc<Pod>>,
         gone: CancellationToken,
+        life: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             agent,
             state,
             rx: Mutex::new(Some(rx)),
             gone,
+            life,
             last: Mutex::new(None),
             backoff: Mutex::new(HashMap::new()),
         })
@@ -194,9 +200,12 @@ impl<R: Runtime> Worker<R> {
                 return Stop::Deleted(Duration::from_secs(grace.max(0) as u64));
             }
             tokio::select! {
+                biased;
+                _ = self.agent.stopping().cancelled() => return Stop::Shutdown,
+                // (The life ends with the node's stopping too: that is a shutdown, above.)
+                _ = self.life.cancelled() => return Stop::Killed,
                 r = rx.changed() => if r.is_err() { return Stop::Gone },
                 _ = self.gone.cancelled() => return Stop::Gone,
-                _ = self.agent.stopping().cancelled() => return Stop::Shutdown,
             }
         }
     }
@@ -996,6 +1005,8 @@ pub async fn run<R: Runtime>(w: Arc<Worker<R>>, admit: Result<(), Verdict>) {
                     Stop::Deleted(g) => *g,
                     Stop::Gone => MIN_GRACE,
                     Stop::Shutdown => w.grace_of_spec().min(w.agent.shared.shutdown_grace),
+                    // Nothing is terminated: the containers' supervisors end with `cancel`.
+                    Stop::Killed => return,
                 };
                 Box::pin(w.terminate(grace)).await;
                 Box::pin(w.rt().remove_sandbox(&w.pod())).await;
@@ -1017,6 +1028,9 @@ pub async fn run<R: Runtime>(w: Arc<Worker<R>>, admit: Result<(), Verdict>) {
             }
         }
     };
+    if let Stop::Killed = stop {
+        return;
+    }
     Box::pin(w.rt().remove_pod_data(&w.pod())).await;
     if let Stop::Deleted(_) = stop {
         Box::pin(w.final_delete()).await;
@@ -1056,7 +1070,13 @@ mod size_tests {
         let pod = Arc::new(Pod::default());
         let (_tx, rx) = watch::channel(pod.clone());
         let state = Arc::new(Mutex::new(PodState::new(pod, "10.0.0.1".into())));
-        let w = Worker::new(agent, state, rx, CancellationToken::new());
+        let w = Worker::new(
+            agent,
+            state,
+            rx,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
         let (first, _) = oneshot::channel();
         let run = std::mem::size_of_val(&run(w.clone(), Ok(())));
         let supervise = std::mem::size_of_val(&w.clone().supervise(

@@ -131,3 +131,81 @@ fn a_thousand_hollow_nodes_stay_ready_and_run_pods() {
     assert_eq!(field(&c, "unready", READY), "False");
     c.ok(&["delete", "pod", "runs", "--wait=true", "--timeout=60s"]);
 }
+
+/// A hollow node fails while labelled `hollow.keelson.dev/down-for`: its kubelet does nothing
+/// (a deleted pod stays terminating, a new pod does not start) while its neighbours carry on;
+/// it comes back when the label is removed, or by itself after the duration (and removes the
+/// label). A malformed label fails nothing.
+#[test]
+fn a_labelled_hollow_node_fails_and_comes_back() {
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let port = free_port();
+    let args: Vec<String> = vec![
+        format!("--kubeconfig={}", c.kubeconfig().display()),
+        "--hollow".into(),
+        "--count=3".into(),
+        format!("--port={port}"),
+    ];
+    let _fleet = Component::spawn(&c, "node", "hollow", &args, port);
+    let pod = |name: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]}})
+        .to_string()
+    };
+    crate::support::wait_node_ready(&c, "hollow-node-1");
+    apply(&c, &pod("before", "hollow-node-1"));
+    wait_field(&c, "before", "{.status.phase}", |v| v == "Running");
+    let label = "hollow.keelson.dev/down-for";
+    c.ok(&["label", "node", "hollow-node-1", &format!("{label}=10m")]);
+    // (A watch event is processed in milliseconds.)
+    std::thread::sleep(Duration::from_secs(2));
+    c.ok(&["delete", "pod", "before", "--wait=false"]);
+    apply(&c, &pod("during", "hollow-node-1"));
+    apply(&c, &pod("neighbour", "hollow-node-2"));
+    wait_field(&c, "neighbour", "{.status.phase}", |v| v == "Running");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(
+        field(&c, "before", "{.metadata.deletionTimestamp}"),
+        "",
+        "the deleted pod stays terminating on the failed node"
+    );
+    assert_eq!(
+        field(&c, "during", "{.status.containerStatuses}"),
+        "",
+        "no container of the new pod started on the failed node"
+    );
+
+    // Removing the label brings the node back at once: it finishes what it missed.
+    c.ok(&["label", "node", "hollow-node-1", &format!("{label}-")]);
+    wait_field(&c, "during", "{.status.phase}", |v| v == "Running");
+    eventually(
+        Duration::from_secs(60),
+        "the terminating pod deleted",
+        || !c.kubectl(&["get", "pod", "before"]).status.success(),
+    );
+
+    // A failure for a duration ends by itself, and the node removes the label.
+    c.ok(&["label", "node", "hollow-node-1", &format!("{label}=3s")]);
+    let labelled = || {
+        c.ok(&[
+            "get",
+            "node",
+            "hollow-node-1",
+            "-o",
+            "jsonpath={.metadata.labels.hollow\\.keelson\\.dev/down-for}",
+        ])
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the node removed its label",
+        || labelled().is_empty(),
+    );
+    apply(&c, &pod("after", "hollow-node-1"));
+    wait_field(&c, "after", "{.status.phase}", |v| v == "Running");
+
+    // A malformed duration fails nothing.
+    c.ok(&["label", "node", "hollow-node-2", &format!("{label}=soon")]);
+    std::thread::sleep(Duration::from_secs(2));
+    apply(&c, &pod("still", "hollow-node-2"));
+    wait_field(&c, "still", "{.status.phase}", |v| v == "Running");
+}
