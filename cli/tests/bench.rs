@@ -388,3 +388,52 @@ fn attached_runs_refuse_namespaces_they_would_delete_and_leave_the_cluster_as_it
             .success()
     );
 }
+
+/// Chaos during a density run: hollow nodes fail and come back, apiservers are killed and
+/// restarted by `up`, and the workload still completes (its writes retried) with every SLI
+/// measured and every fault in the report with when its target was back.
+#[test]
+fn density_under_chaos_completes_and_reports_every_fault() {
+    let _serial = SERIAL.lock();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("runs");
+    let o = density(&[
+        "--nodes=10",
+        "--pods-per-node=20",
+        "--rate=10",
+        "--latency-pods=10",
+        "--apiservers=2",
+        "--chaos-node-failures=0.2",
+        "--chaos-interval=3",
+        "--chaos-node-downtime=4",
+        "--chaos-kill-apiserver-every=6",
+        &format!("--out={}", out.display()),
+    ]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    let run = run_dir(&out);
+    let s = summary(&run);
+    assert_eq!(s["missing"], serde_json::json!([]), "{log}");
+    assert_eq!(s["pod_startup"]["saturation"]["total"]["count"], 200);
+    assert_eq!(s["pod_startup"]["latency"]["total"]["count"], 10);
+    let faults = s["faults"].as_array().unwrap();
+    let of = |kind: &str| -> Vec<&Value> { faults.iter().filter(|f| f["kind"] == kind).collect() };
+    let (nodes, apiservers) = (of("node-failure"), of("apiserver-kill"));
+    // Two nodes a round, a round every 3 s of a run of 20 s or more.
+    assert!(nodes.len() >= 4, "{faults:?}");
+    assert!(
+        nodes.iter().any(|f| f["back_after"].as_f64().is_some()),
+        "no failed node came back: {faults:?}"
+    );
+    assert!(!apiservers.is_empty(), "{faults:?}");
+    assert!(
+        apiservers
+            .iter()
+            .any(|f| f["back_after"].as_f64().is_some_and(|b| b > 0.0)),
+        "no killed apiserver came back: {faults:?}"
+    );
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(md.contains("## Chaos"), "{md}");
+    let csv = std::fs::read_to_string(run.join("chaos.csv")).unwrap();
+    assert_eq!(csv.lines().count(), faults.len() + 1, "{csv}");
+}

@@ -326,6 +326,16 @@ fn not_sent(e: &kube::Error) -> bool {
     false
 }
 
+/// Whether a failed request is worth trying again: no connection (an apiserver restarting),
+/// throttled (429), or a server error (5xx).
+pub fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,15 +155,6 @@ struct StatusWriter {
     queue: WorkQueue<PodKey>,
 }
 
-/// A failed write worth trying again.
-fn transient(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
-        _ => false,
-    }
-}
-
 impl StatusWriter {
     fn start(writers: usize) -> Self {
         let writes: Arc<Mutex<Writes>> = Arc::default();
@@ -190,7 +181,7 @@ impl StatusWriter {
                             Err(kube::Error::Api(s)) if s.code == 404 => false,
                             Err(e) => {
                                 tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e, "pod status update failed");
-                                transient(&e)
+                                keelson_client::connect::transient(&e)
                             }
                         };
                         let mut w = writes.lock();

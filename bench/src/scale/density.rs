@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::observe::Timelines;
 use super::report::Workload;
-use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, wait_running};
+use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, retried, wait_running};
 
 /// The namespace of the saturation Deployments and the probes.
 const SATURATION_NS: &str = "density";
@@ -99,6 +99,7 @@ impl DensityArgs {
             judged_pods: self.latency_pods,
             saturating: "saturation".into(),
             saturating_pods: saturation_pods,
+            chaos: None,
         }
     }
 }
@@ -125,8 +126,8 @@ pub(super) async fn drive(
             "spec": {"replicas": size, "selector": {"matchLabels": {"app": name}},
                 "template": template}
         }))?;
-        deployments
-            .create(&PostParams::default(), &body)
+        let post = PostParams::default();
+        retried(409, || deployments.create(&post, &body))
             .await
             .with_context(|| format!("creating Deployment {name}"))?;
         created += size;
@@ -162,7 +163,8 @@ pub(super) async fn drive(
         let (pods, timelines) = (pods.clone(), timelines.clone());
         creates.spawn(async move {
             timelines.created(LATENCY_NS, &name, "latency", timelines.now());
-            pods.create(&PostParams::default(), &body)
+            let post = PostParams::default();
+            retried(409, || pods.create(&post, &body))
                 .await
                 .with_context(|| format!("creating pod {name}"))
                 .map(|_| ())

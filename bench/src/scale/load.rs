@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::observe::{GROUP_LABEL, Timelines};
 use super::report::Workload;
-use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, wait_running};
+use super::{MAX_PODS, Pacer, RunArgs, bar, pod_template, positive_rate, retried, wait_running};
 
 /// The pod group of every pod of a load run.
 const GROUP: &str = "load";
@@ -178,6 +178,7 @@ impl LoadArgs {
             // The pods of the creation phase; scale-ups come after they all run.
             saturating: GROUP.into(),
             saturating_pods: pods,
+            chaos: None,
         }
     }
 
@@ -200,7 +201,8 @@ impl LoadArgs {
                 "spec": {"selector": {"app": d.name},
                     "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
             }))?;
-            api.create(&PostParams::default(), &body)
+            let post = PostParams::default();
+            retried(409, || api.create(&post, &body))
                 .await
                 .with_context(|| format!("creating Service {}/{}", d.namespace, d.name))?;
         }
@@ -215,7 +217,8 @@ impl LoadArgs {
                 "spec": {"replicas": d.replicas, "selector": {"matchLabels": {"app": d.name}},
                     "template": template}
             }))?;
-            api.create(&PostParams::default(), &body)
+            let post = PostParams::default();
+            retried(409, || api.create(&post, &body))
                 .await
                 .with_context(|| format!("creating Deployment {}/{}", d.namespace, d.name))?;
             pacer
@@ -239,13 +242,12 @@ impl LoadArgs {
         let mut pacer = Pacer::new(self.rate);
         for (d, &to) in plan.iter().zip(&scaled) {
             let api: Api<Deployment> = Api::namespaced(client.clone(), &d.namespace);
-            api.patch(
-                &d.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": to}})),
-            )
-            .await
-            .with_context(|| format!("scaling Deployment {}/{}", d.namespace, d.name))?;
+            let scale = Patch::Merge(json!({"spec": {"replicas": to}}));
+            // (A scale lands the same however often it is sent.)
+            let params = PatchParams::default();
+            retried(0, || api.patch(&d.name, &params, &scale))
+                .await
+                .with_context(|| format!("scaling Deployment {}/{}", d.namespace, d.name))?;
             pacer.done(d.replicas.abs_diff(to), || b.inc(0)).await;
             b.inc(1);
         }
@@ -262,12 +264,14 @@ impl LoadArgs {
         let mut pacer = Pacer::new(self.rate);
         for (d, &size) in plan.iter().zip(&scaled) {
             let api: Api<Deployment> = Api::namespaced(client.clone(), &d.namespace);
-            api.delete(&d.name, &DeleteParams::background())
+            let background = DeleteParams::background();
+            retried(404, || api.delete(&d.name, &background))
                 .await
                 .with_context(|| format!("deleting Deployment {}/{}", d.namespace, d.name))?;
             if d.service {
                 let api: Api<Service> = Api::namespaced(client.clone(), &d.namespace);
-                api.delete(&d.name, &DeleteParams::default())
+                let params = DeleteParams::default();
+                retried(404, || api.delete(&d.name, &params))
                     .await
                     .with_context(|| format!("deleting Service {}/{}", d.namespace, d.name))?;
             }
@@ -307,7 +311,9 @@ async fn wait_settled(
         let mut waiting = None;
         for ns in &namespaces {
             let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            for d in api.list(&ListParams::default()).await?.items {
+            let all = ListParams::default();
+            let list = retried(0, || api.list(&all)).await?;
+            for d in list.into_iter().flat_map(|l| l.items) {
                 let Some(&n) = want.get(&(*ns, d.name_any().as_str())) else {
                     continue;
                 };
@@ -356,7 +362,9 @@ async fn wait_pods_gone(
     for ns in namespaces {
         let api: Api<Pod> = Api::namespaced(client.clone(), ns);
         loop {
-            let left = api.list(&params).await?;
+            let Some(left) = retried(0, || api.list(&params)).await? else {
+                continue;
+            };
             if left.items.is_empty() {
                 break;
             }
@@ -396,6 +404,13 @@ mod tests {
                 fail_on_slo: false,
                 store_binary: None,
                 compare: None,
+                chaos: crate::scale::chaos::ChaosArgs {
+                    chaos_node_failures: 0.0,
+                    chaos_interval: 60,
+                    chaos_node_downtime: 600,
+                    chaos_kill_apiserver_every: 0,
+                    chaos_seed: 1,
+                },
             },
             pods_per_node,
             rate: 10.0,

@@ -22,6 +22,7 @@
 //! The run directory gets the raw samples (CSV), `summary.json`, `summary.md` and SVG plots.
 //! Everything the run creates is deleted at the end, and a cluster it started is stopped.
 
+pub mod chaos;
 pub mod density;
 pub mod histograms;
 pub mod load;
@@ -96,6 +97,9 @@ pub struct RunArgs {
     /// build starts the cluster). Only with a started cluster.
     #[arg(long, value_parser = Compare::parse)]
     pub compare: Option<Compare>,
+    /// Faults injected while the workload runs.
+    #[command(flatten)]
+    pub chaos: chaos::ChaosArgs,
 }
 
 /// What the second run of a comparison changes.
@@ -149,6 +153,7 @@ impl RunArgs {
                 bail!("{flag}: {}: no such program", p.display());
             }
         }
+        self.chaos.validate(self.kubeconfig.is_some())?;
         if self.kubeconfig.is_some() {
             if self.compare.is_some() {
                 bail!("--compare starts the clusters it compares; it cannot attach (--kubeconfig)");
@@ -408,13 +413,14 @@ async fn run_once(
         None => vec![Client::try_from(config.clone())?],
     };
     let nodes = wait_for_nodes(&client, args, cluster.is_some()).await?;
-    let workload = plan.workload(
+    let mut workload = plan.workload(
         nodes,
         match &args.kubeconfig {
             Some(k) => k.display().to_string(),
             None => "started".into(),
         },
     );
+    workload.chaos = args.chaos.describe();
     let wanted = plan.namespaces(nodes);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in &wanted {
@@ -603,6 +609,7 @@ async fn measure(
     let stop = CancellationToken::new();
     let timelines = Arc::new(Timelines::new(t0));
     let lag = Arc::new(Mutex::new(Vec::new()));
+    let faults = chaos::Faults::default();
     let mut sampler = cluster.map(|c| ComponentSampler::new(&c.data));
     let mut sampled = Sampled::default();
     let every = Duration::from_secs(plan.common().sample_every);
@@ -629,6 +636,16 @@ async fn measure(
                 tokio::spawn(until(
                     stop.clone(),
                     observe::list_probe(client.clone(), namespaces[0].clone(), every),
+                )),
+                // (Ends by itself at `stop`, once the failed nodes are back.)
+                tokio::spawn(chaos::run(
+                    plan.common().chaos.clone(),
+                    client.clone(),
+                    apiservers.to_vec(),
+                    cluster.map(|c| c.data.clone()),
+                    faults.clone(),
+                    t0,
+                    stop.clone(),
                 )),
             ];
             let sampling = {
@@ -686,8 +703,40 @@ async fn measure(
         components: sampled.components,
         store: sampled.store,
         sampled_components: cluster.is_some(),
+        faults: faults.lock().clone(),
     };
     (samples, result)
+}
+
+/// Runs an API call (`f`), retrying for up to a minute what a restarting apiserver answers
+/// (no connection, 429, 5xx): chaos runs kill apiservers under the workload. Once retried,
+/// the code `landed` (409 for a create, 404 for a delete; 0 for none) means an earlier
+/// attempt landed: `None`.
+pub(crate) async fn retried<T, Fut>(
+    landed: u16,
+    mut f: impl FnMut() -> Fut,
+) -> Result<Option<T>, kube::Error>
+where
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut wait = Duration::from_millis(200);
+    let mut again = false;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(kube::Error::Api(s)) if again && landed != 0 && s.code == landed => {
+                return Ok(None);
+            }
+            Err(e) if keelson_client::connect::transient(&e) && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "write failed; retrying");
+                again = true;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Paces work at a number of pods per second from its start.

@@ -9,6 +9,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use super::chaos::Fault;
 use super::histograms;
 use super::observe::{ComponentSample, PodRecord, Scrape};
 use super::slo::{self, ApiCall, Percentiles, Startup, Throughput, Verdict};
@@ -33,6 +34,8 @@ pub struct Workload {
     /// first-bound pods were created while the scheduler was saturated (those are counted).
     pub saturating: String,
     pub saturating_pods: usize,
+    /// The chaos injected, if any (one line).
+    pub chaos: Option<String>,
 }
 
 /// A component's use over the run.
@@ -67,6 +70,8 @@ pub struct Report {
     pub verdicts: Vec<Verdict>,
     /// SLIs without data; a report with any is incomplete and the run fails.
     pub missing: Vec<String>,
+    /// The faults injected (chaos), in order.
+    pub faults: Vec<Fault>,
 }
 
 /// The raw samples of a run.
@@ -78,6 +83,8 @@ pub struct Samples {
     pub store: Vec<(f64, u64)>,
     /// Whether the run could see the components' processes.
     pub sampled_components: bool,
+    /// The faults injected (chaos).
+    pub faults: Vec<Fault>,
 }
 
 /// Computes the report from the samples.
@@ -153,6 +160,9 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     if s.sampled_components && (components.is_empty() || s.store.is_empty()) {
         missing.push("no component or store sample".into());
     }
+    if workload.chaos.is_some() && s.faults.is_empty() {
+        missing.push("chaos was asked for but no fault was injected (the run ended first)".into());
+    }
     let verdicts = slo::verdicts(
         &api_calls,
         &workload.judged,
@@ -169,6 +179,7 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
         store_bytes_max: s.store.iter().map(|x| x.1).max(),
         verdicts,
         missing,
+        faults: s.faults.clone(),
     }
 }
 
@@ -267,6 +278,16 @@ pub fn write(dir: &Path, report: &Report, s: &Samples) -> anyhow::Result<()> {
         "at_s,bytes",
         s.store.iter().map(|(at, b)| format!("{at:.1},{b}")),
     )?;
+    if report.workload.chaos.is_some() {
+        csv(
+            dir,
+            "chaos.csv",
+            "at_s,fault,target,back_after_s",
+            s.faults
+                .iter()
+                .map(|f| format!("{:.1},{},{},{}", f.at, f.kind, f.target, opt(f.back_after))),
+        )?;
+    }
     std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(report)?)?;
     std::fs::write(dir.join("summary.md"), markdown(report))?;
     plots(dir, report, s, &intervals)
@@ -403,6 +424,38 @@ pub fn markdown(r: &Report) -> String {
             s,
             "\nLargest store member data directory: {:.1} MiB.",
             b as f64 / 1048576.0
+        );
+    }
+    if let Some(chaos) = &w.chaos {
+        let _ = writeln!(s, "\n## Chaos\n\n{chaos}.\n");
+        let _ = writeln!(
+            s,
+            "| fault | injected | back | back after p50 s | back after max s |\n|---|---|---|---|---|"
+        );
+        for kind in ["node-failure", "apiserver-kill"] {
+            let of: Vec<&Fault> = r.faults.iter().filter(|f| f.kind == kind).collect();
+            if of.is_empty() {
+                continue;
+            }
+            let mut back: Vec<f64> = of.iter().filter_map(|f| f.back_after).collect();
+            back.sort_by(f64::total_cmp);
+            let (p50, max) = match back.len() {
+                0 => ("-".to_string(), "-".to_string()),
+                n => (
+                    format!("{:.1}", back[(n - 1) / 2]),
+                    format!("{:.1}", back[n - 1]),
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "| {kind} | {} | {} | {p50} | {max} |",
+                of.len(),
+                back.len()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nEvery fault, with when it was injected and when its target was back: `chaos.csv`."
         );
     }
     let _ = writeln!(
@@ -840,6 +893,7 @@ mod tests {
                 judged_pods: 10,
                 saturating: "saturation".into(),
                 saturating_pods: 10,
+                chaos: None,
             },
             seconds: 60.0,
             api_calls,
@@ -869,6 +923,7 @@ mod tests {
                 pass: pod_p99 <= 5.0,
             }],
             missing: Vec::new(),
+            faults: Vec::new(),
         }
     }
 
