@@ -47,6 +47,11 @@ pub struct Args {
     /// Number of hollow nodes (simulated containers), all in one process.
     #[arg(long, default_value_t = 0)]
     pub hollow_nodes: usize,
+    /// How often hollow nodes post their status even when it has not changed (the kubelet's
+    /// `--node-status-report-frequency`, 5m; kubelets before 1.17 posted every 10s): node
+    /// status churn for scale runs.
+    #[arg(long, default_value = "5m", value_parser = keelson_client::duration::parse_go_duration)]
+    pub hollow_node_status_report_frequency: std::time::Duration,
     /// Port of the balancer in front of the apiservers (the kubeconfig's server).
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
@@ -501,6 +506,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let apis = if args.single { 1 } else { args.apiservers };
     if apis == 0 {
         bail!("--apiservers must be at least 1");
+    }
+    if args.hollow_node_status_report_frequency < std::time::Duration::from_secs(1) {
+        bail!("--hollow-node-status-report-frequency must be at least 1s");
     }
     let cms = if args.single {
         1
@@ -992,6 +1000,17 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
                 "--kube-api-qps=0".into(),
                 format!("--node-name={}", crate::grants::HOLLOW_NODE_PREFIX),
                 "--impersonate-nodes".into(),
+                format!(
+                    "--node-status-report-frequency={}ms",
+                    args.hollow_node_status_report_frequency.as_millis()
+                ),
+                // (The status is looked at this often: a report cannot come more often.)
+                format!(
+                    "--node-status-update-frequency={}ms",
+                    args.hollow_node_status_report_frequency
+                        .min(std::time::Duration::from_secs(10))
+                        .as_millis()
+                ),
             ],
         ));
     }

@@ -389,11 +389,12 @@ fn attached_runs_refuse_namespaces_they_would_delete_and_leave_the_cluster_as_it
     );
 }
 
-/// Chaos during a density run: hollow nodes fail and come back, apiservers are killed and
-/// restarted by `up`, and the workload still completes (its writes retried) with every SLI
-/// measured and every fault in the report with when its target was back.
+/// Chaos and churn during a density run: hollow nodes fail and come back, apiservers are
+/// killed and restarted by `up`, ConfigMaps, Secrets and node status are rewritten beside the
+/// workload, and the workload still completes (its writes retried) with every SLI measured and
+/// every fault in the report with when its target was back.
 #[test]
-fn density_under_chaos_completes_and_reports_every_fault() {
+fn density_under_chaos_and_churn_completes_and_reports_every_fault() {
     let _serial = SERIAL.lock();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs");
@@ -407,6 +408,8 @@ fn density_under_chaos_completes_and_reports_every_fault() {
         "--chaos-interval=3",
         "--chaos-node-downtime=4",
         "--chaos-kill-apiserver-every=6",
+        "--churn-config-qps=20",
+        "--churn-node-status-every=2",
         &format!("--out={}", out.display()),
     ]);
     let log = text(&o);
@@ -432,8 +435,29 @@ fn density_under_chaos_completes_and_reports_every_fault() {
             .any(|f| f["back_after"].as_f64().is_some_and(|b| b > 0.0)),
         "no killed apiserver came back: {faults:?}"
     );
+    // Churn: config changes beside the workload, and every node's status every 2 s rather
+    // than on change or every 5 minutes.
+    let written = s["churned"]["writes"].as_u64().unwrap();
+    assert!(written >= 100, "{}", s["churned"]);
+    assert!(count_of(&s, "APPLY", "configmaps") + count_of(&s, "PATCH", "configmaps") > 0);
+    assert!(count_of(&s, "APPLY", "secrets") + count_of(&s, "PATCH", "secrets") > 0);
+    let status = |s: &Value| -> u64 {
+        s["api_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["verb"] == "PATCH" && c["resource"] == "nodes" && c["subresource"] == "status"
+            })
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum()
+    };
+    // Ten nodes for 20 s or more, each down part of the time, and the calls a killed apiserver
+    // served since its last scrape lost: 73 posts seen (without the churn: 9).
+    assert!(status(&s) >= 30, "{} node status posts", status(&s));
     let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(md.contains("## Chaos"), "{md}");
+    assert!(md.contains("Churn: 20 config changes/s"), "{md}");
     let csv = std::fs::read_to_string(run.join("chaos.csv")).unwrap();
     assert_eq!(csv.lines().count(), faults.len() + 1, "{csv}");
 }

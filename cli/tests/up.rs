@@ -1464,6 +1464,17 @@ fn up_refuses_what_it_cannot_run() {
         "is not empty (member) and has no topology.json: it is not a keelson up data dir",
     );
 
+    refused(
+        &dir.path().join("churn"),
+        &[
+            "--hollow-nodes",
+            "1",
+            "--hollow-node-status-report-frequency",
+            "0s",
+        ],
+        "--hollow-node-status-report-frequency must be at least 1s",
+    );
+
     // A store binary that does not exist, and one that cannot read the members' data.
     const TOPOLOGY: &str = r#"{"format": 1, "stores": [[1, 2]], "apiservers": [3], "controller_managers": [], "schedulers": [], "nodes": [], "store_tls": true}"#;
     refused(

@@ -787,6 +787,9 @@ impl<R: Runtime> Agent<R> {
         &self,
         last: &mut Option<(NodeStatus, Instant)>,
     ) -> Result<(), kube::Error> {
+        // (A report is timed from when it was due, so one every `report_every` is not pushed
+        // to the next look by the request's own latency.)
+        let looked = Instant::now();
         let status = self.node_status(last.as_ref().map(|(s, _)| s));
         if let Some((prev, at)) = last.as_ref() {
             let strip = |s: &NodeStatus| {
@@ -807,7 +810,7 @@ impl<R: Runtime> Agent<R> {
             &Patch::Merge(json!({ "status": status })),
         )
         .await?;
-        *last = Some((status, Instant::now()));
+        *last = Some((status, looked));
         Ok(())
     }
 

@@ -351,3 +351,50 @@ async fn kill_apiservers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        chaos: ChaosArgs,
+    }
+
+    fn flags(args: &[&str]) -> ChaosArgs {
+        Flags::parse_from(std::iter::once("bench").chain(args.iter().copied())).chaos
+    }
+
+    #[test]
+    fn chaos_is_off_unless_asked_and_bad_flags_are_refused() {
+        let off = flags(&[]);
+        assert!(!off.any());
+        assert_eq!(off.describe(), None);
+        off.validate(true).unwrap();
+        let on = flags(&[
+            "--chaos-node-failures=0.01",
+            "--chaos-kill-apiserver-every=120",
+        ]);
+        assert_eq!(
+            on.describe().unwrap(),
+            "1% of the nodes failed every 60 s for 600 s, an apiserver killed every 120 s"
+        );
+        on.validate(false).unwrap();
+        let err = on.validate(true).unwrap_err().to_string();
+        assert!(err.contains("needs a started cluster"), "{err}");
+        for (bad, wanted) in [
+            ("--chaos-node-failures=1.5", "between 0 and 1"),
+            ("--chaos-node-failures=-0.1", "between 0 and 1"),
+            ("--chaos-interval=0", "--chaos-interval must be at least 1"),
+            (
+                "--chaos-node-downtime=0",
+                "--chaos-node-downtime must be at least 1",
+            ),
+        ] {
+            let err = flags(&[bad]).validate(false).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{bad}: {err}");
+        }
+    }
+}

@@ -100,6 +100,7 @@ impl DensityArgs {
             saturating: "saturation".into(),
             saturating_pods: saturation_pods,
             chaos: None,
+            churn: None,
         }
     }
 }

@@ -179,6 +179,7 @@ impl LoadArgs {
             saturating: GROUP.into(),
             saturating_pods: pods,
             chaos: None,
+            churn: None,
         }
     }
 
@@ -410,6 +411,10 @@ mod tests {
                     chaos_node_downtime: 600,
                     chaos_kill_apiserver_every: 0,
                     chaos_seed: 1,
+                },
+                churn: crate::scale::churn::ChurnArgs {
+                    churn_config_qps: 0.0,
+                    churn_node_status_every: None,
                 },
             },
             pods_per_node,

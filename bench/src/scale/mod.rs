@@ -23,6 +23,7 @@
 //! Everything the run creates is deleted at the end, and a cluster it started is stopped.
 
 pub mod chaos;
+pub mod churn;
 pub mod density;
 pub mod histograms;
 pub mod load;
@@ -100,6 +101,9 @@ pub struct RunArgs {
     /// Faults injected while the workload runs.
     #[command(flatten)]
     pub chaos: chaos::ChaosArgs,
+    /// Writes beside the workload's while it runs.
+    #[command(flatten)]
+    pub churn: churn::ChurnArgs,
 }
 
 /// What the second run of a comparison changes.
@@ -154,6 +158,7 @@ impl RunArgs {
             }
         }
         self.chaos.validate(self.kubeconfig.is_some())?;
+        self.churn.validate(self.kubeconfig.is_some())?;
         if self.kubeconfig.is_some() {
             if self.compare.is_some() {
                 bail!("--compare starts the clusters it compares; it cannot attach (--kubeconfig)");
@@ -383,6 +388,7 @@ async fn run_once(
             if let Some(store) = &args.store_binary {
                 up_args.push(format!("--store-binary={}", store.display()));
             }
+            up_args.extend(args.churn.up_args());
             let keelson = keelson.to_path_buf();
             let c =
                 tokio::task::spawn_blocking(move || Cluster::start(&keelson, &up_args)).await??;
@@ -421,6 +427,7 @@ async fn run_once(
         },
     );
     workload.chaos = args.chaos.describe();
+    workload.churn = args.churn.describe();
     let wanted = plan.namespaces(nodes);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in &wanted {
@@ -610,6 +617,7 @@ async fn measure(
     let timelines = Arc::new(Timelines::new(t0));
     let lag = Arc::new(Mutex::new(Vec::new()));
     let faults = chaos::Faults::default();
+    let churned = Arc::new(churn::Counters::default());
     let mut sampler = cluster.map(|c| ComponentSampler::new(&c.data));
     let mut sampled = Sampled::default();
     let every = Duration::from_secs(plan.common().sample_every);
@@ -637,7 +645,15 @@ async fn measure(
                     stop.clone(),
                     observe::list_probe(client.clone(), namespaces[0].clone(), every),
                 )),
-                // (Ends by itself at `stop`, once the failed nodes are back.)
+                // (These two end by themselves at `stop`, the chaos once the failed nodes are
+                // back.)
+                tokio::spawn(churn::config(
+                    plan.common().churn.churn_config_qps,
+                    client.clone(),
+                    namespaces[0].clone(),
+                    churned.clone(),
+                    stop.clone(),
+                )),
                 tokio::spawn(chaos::run(
                     plan.common().chaos.clone(),
                     client.clone(),
@@ -704,6 +720,7 @@ async fn measure(
         store: sampled.store,
         sampled_components: cluster.is_some(),
         faults: faults.lock().clone(),
+        churned: (plan.common().churn.churn_config_qps > 0.0).then(|| churned.get()),
     };
     (samples, result)
 }

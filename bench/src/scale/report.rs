@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::chaos::Fault;
+use super::churn::Churned;
 use super::histograms;
 use super::observe::{ComponentSample, PodRecord, Scrape};
 use super::slo::{self, ApiCall, Percentiles, Startup, Throughput, Verdict};
@@ -36,6 +37,8 @@ pub struct Workload {
     pub saturating_pods: usize,
     /// The chaos injected, if any (one line).
     pub chaos: Option<String>,
+    /// The churn beside the workload, if any (one line).
+    pub churn: Option<String>,
 }
 
 /// A component's use over the run.
@@ -72,6 +75,8 @@ pub struct Report {
     pub missing: Vec<String>,
     /// The faults injected (chaos), in order.
     pub faults: Vec<Fault>,
+    /// What the config churn wrote, when on.
+    pub churned: Option<Churned>,
 }
 
 /// The raw samples of a run.
@@ -85,6 +90,8 @@ pub struct Samples {
     pub sampled_components: bool,
     /// The faults injected (chaos).
     pub faults: Vec<Fault>,
+    /// What the config churn wrote, when on.
+    pub churned: Option<Churned>,
 }
 
 /// Computes the report from the samples.
@@ -160,6 +167,9 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
     if s.sampled_components && (components.is_empty() || s.store.is_empty()) {
         missing.push("no component or store sample".into());
     }
+    if s.churned.as_ref().is_some_and(|c| c.writes == 0) {
+        missing.push("config churn was asked for but no write succeeded".into());
+    }
     if workload.chaos.is_some() && s.faults.is_empty() {
         missing.push("chaos was asked for but no fault was injected (the run ended first)".into());
     }
@@ -180,6 +190,7 @@ pub fn summarise(workload: Workload, seconds: f64, s: &Samples) -> Report {
         verdicts,
         missing,
         faults: s.faults.clone(),
+        churned: s.churned.clone(),
     }
 }
 
@@ -323,6 +334,13 @@ pub fn markdown(r: &Report) -> String {
         "{}; cluster: {}; {:.0} s.\n",
         w.description, w.cluster, r.seconds
     );
+    if let Some(churn) = &w.churn {
+        let _ = write!(s, "Churn: {churn}");
+        if let Some(c) = &r.churned {
+            let _ = write!(s, "; {} config writes ({} failed)", c.writes, c.failed);
+        }
+        let _ = writeln!(s, ".\n");
+    }
     if !r.missing.is_empty() {
         let _ = writeln!(s, "**Incomplete: {}.**\n", r.missing.join("; "));
     }
@@ -894,6 +912,7 @@ mod tests {
                 saturating: "saturation".into(),
                 saturating_pods: 10,
                 chaos: None,
+                churn: None,
             },
             seconds: 60.0,
             api_calls,
@@ -924,6 +943,7 @@ mod tests {
             }],
             missing: Vec::new(),
             faults: Vec::new(),
+            churned: None,
         }
     }
 
