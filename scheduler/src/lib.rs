@@ -269,8 +269,17 @@ impl Informers {
             Api::all(self.client.clone()),
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         );
+        pods.trim_with(types::trim_pod);
         let s = sched.clone();
-        pods.on_change(move |c| handle_pod(&s, c));
+        let store = pods.store();
+        pods.on_change(move |c| {
+            // The informer's own copy, shared by the queue and cache rather than copied.
+            let cached = match &c {
+                Change::Deleted(_) => None,
+                _ => store.get(&kube::runtime::reflector::ObjectRef::from(c.object())),
+            };
+            handle_pod(&s, c, cached)
+        });
         let mut nodes: Informer<Node> = informer(&self.client);
         let s = sched.clone();
         nodes.on_change(move |c| handle_node(&s, c));
@@ -359,8 +368,10 @@ fn is_terminal(p: &Pod) -> bool {
     )
 }
 
-/// Keeps the cache, queue and nominations in step with a pod change.
-pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>) {
+/// Keeps the cache, queue and nominations in step with a pod change. `cached` is the
+/// informer's copy of the pod, when the caller has it: kept rather than copied.
+pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
+    let shared = |p: &Pod| cached.clone().unwrap_or_else(|| Arc::new(p.clone()));
     match c {
         Change::Added(p) | Change::Updated { new: p, .. } => {
             let old = match c {
@@ -374,7 +385,7 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>) {
                     s.queue.on_event(Event::AssignedPodDelete);
                     return;
                 }
-                let info = Arc::new(PodInfo::new(Arc::new(p.clone())));
+                let info = Arc::new(PodInfo::new(shared(p)));
                 s.cache.lock().add_or_update_pod(info);
                 s.queue.delete(&key);
                 s.nominator.lock().remove(&key);
@@ -398,7 +409,7 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>) {
                 // Our own binding is in flight; the watch has not caught up yet.
                 return;
             }
-            let info = Arc::new(PodInfo::new(Arc::new(p.clone())));
+            let info = Arc::new(PodInfo::new(shared(p)));
             let nominated = p
                 .status
                 .as_ref()

@@ -969,6 +969,54 @@ impl NodeInfo {
     }
 }
 
+/// Trims from a pod what scheduling never reads, before the scheduler's informer keeps it
+/// (about half of a running pod's memory): containers keep their name, requests and limits,
+/// ports and restart policy (a sidecar's requests count differently); volumes only the kinds
+/// plugins look at (claims, and the disks VolumeRestrictions compares); the status only its
+/// phase, start time, nominated node and PodScheduled condition; the annotations go. The API's
+/// object is untouched: the scheduler writes bindings, status patches and deletes, never the
+/// pod it cached.
+pub fn trim_pod(pod: &mut Pod) {
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let keep = |c: &mut Container| {
+            *c = Container {
+                name: std::mem::take(&mut c.name),
+                resources: c.resources.take(),
+                ports: c.ports.take(),
+                restart_policy: c.restart_policy.take(),
+                ..Default::default()
+            };
+        };
+        spec.containers.iter_mut().for_each(keep);
+        spec.init_containers.iter_mut().flatten().for_each(keep);
+        spec.ephemeral_containers = None;
+        if let Some(vs) = spec.volumes.as_mut() {
+            vs.retain(|v| {
+                v.persistent_volume_claim.is_some()
+                    || v.ephemeral.is_some()
+                    || v.gce_persistent_disk.is_some()
+                    || v.aws_elastic_block_store.is_some()
+                    || v.iscsi.is_some()
+                    || v.rbd.is_some()
+            });
+        }
+    }
+    if let Some(st) = pod.status.as_mut() {
+        if let Some(cs) = st.conditions.as_mut() {
+            cs.retain(|c| c.type_ == "PodScheduled");
+        }
+        st.container_statuses = None;
+        st.init_container_statuses = None;
+        st.ephemeral_container_statuses = None;
+        st.pod_ips = None;
+        st.host_ips = None;
+        st.message = None;
+        st.resize = None;
+        st.resource_claim_statuses = None;
+    }
+}
+
 /// The PVC names a pod's volumes use.
 pub fn pvc_names(pod: &Pod) -> impl Iterator<Item = &str> {
     pod.spec
@@ -999,6 +1047,82 @@ mod tests {
         assert_eq!(parse_quantity("abc", 1), None);
         assert_eq!(parse_quantity("1Zi", 1), None);
         assert_eq!(parse_quantity("", 1), None);
+    }
+
+    #[test]
+    fn a_trimmed_pod_schedules_as_the_whole_one() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "a"},
+                "annotations": {"note": "x".repeat(1000)}},
+            "spec": {
+                "nodeName": "n1", "priority": 5, "schedulerName": "default-scheduler",
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a"}}}],
+                "initContainers": [{"name": "side", "image": "i", "restartPolicy": "Always",
+                    "resources": {"requests": {"cpu": "100m"}}}],
+                "containers": [{"name": "c", "image": "nginx", "command": ["run"],
+                    "env": [{"name": "A", "value": "x".repeat(500)}],
+                    "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                    "volumeMounts": [{"name": "token", "mountPath": "/t"}],
+                    "readinessProbe": {"exec": {"command": ["true"]}}}],
+                "volumes": [
+                    {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "claim"}},
+                    {"name": "disk", "gcePersistentDisk": {"pdName": "pd"}},
+                ],
+            },
+            "status": {"phase": "Running", "nominatedNodeName": "n1",
+                "startTime": "2026-01-01T00:00:00Z", "podIP": "10.0.0.1",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ],
+                "containerStatuses": [{"name": "c", "image": "nginx", "imageID": "", "ready": true,
+                    "restartCount": 0}]},
+        }))
+        .unwrap();
+        let mut trimmed = pod.clone();
+        trim_pod(&mut trimmed);
+        let (whole, small) = (PodInfo::new(Arc::new(pod)), PodInfo::new(Arc::new(trimmed)));
+        assert_eq!(small.requests, whole.requests);
+        assert_eq!(small.non_zero, whole.non_zero);
+        assert_eq!(small.ports, whole.ports);
+        assert_eq!(small.labels, whole.labels);
+        assert_eq!(small.priority, whole.priority);
+        assert_eq!(small.tolerations, whole.tolerations);
+        assert_eq!(small.hard_spread.len(), 1);
+        assert_eq!(pvc_names(&small.pod).collect::<Vec<_>>(), ["claim"]);
+        let spec = small.pod.spec.as_ref().unwrap();
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["data", "disk"]);
+        let c = &spec.containers[0];
+        assert!(c.env.is_none() && c.image.is_none() && c.readiness_probe.is_none());
+        assert!(c.volume_mounts.is_none());
+        assert_eq!(
+            spec.node_selector,
+            whole.pod.spec.as_ref().unwrap().node_selector
+        );
+        let st = small.pod.status.as_ref().unwrap();
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+        assert_eq!(st.nominated_node_name.as_deref(), Some("n1"));
+        assert!(st.start_time.is_some());
+        let kept: Vec<&str> = st
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kept, ["PodScheduled"]);
+        assert!(st.container_statuses.is_none());
+        assert!(small.pod.metadata.annotations.is_none());
     }
 
     #[test]
