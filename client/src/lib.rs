@@ -19,5 +19,6 @@ pub mod ports;
 pub mod program;
 pub mod queue;
 pub mod services;
+pub mod trim;
 
 pub use connect::{ClientArgs, connect};

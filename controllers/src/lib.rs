@@ -349,9 +349,18 @@ impl Informers {
         self.acting = client;
     }
 
-    /// Pods in all namespaces.
+    /// Pods in all namespaces, trimmed of what no controller reads (containers cut to name,
+    /// ports, resources and restart policy; only claim and disk volumes), as the scheduler's.
     pub fn pods(&mut self) -> &mut Informer<Pod> {
-        lazy(&mut self.pods, &self.client)
+        let fresh = self.pods.is_none();
+        let inf = lazy(&mut self.pods, &self.client);
+        if fresh {
+            inf.trim_with(|p| {
+                keelson_client::trim::containers(p);
+                keelson_client::trim::volumes(p);
+            });
+        }
+        inf
     }
 
     /// ReplicaSets in all namespaces.

@@ -978,30 +978,8 @@ impl NodeInfo {
 /// pod it cached.
 pub fn trim_pod(pod: &mut Pod) {
     pod.metadata.annotations = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        let keep = |c: &mut Container| {
-            *c = Container {
-                name: std::mem::take(&mut c.name),
-                resources: c.resources.take(),
-                ports: c.ports.take(),
-                restart_policy: c.restart_policy.take(),
-                ..Default::default()
-            };
-        };
-        spec.containers.iter_mut().for_each(keep);
-        spec.init_containers.iter_mut().flatten().for_each(keep);
-        spec.ephemeral_containers = None;
-        if let Some(vs) = spec.volumes.as_mut() {
-            vs.retain(|v| {
-                v.persistent_volume_claim.is_some()
-                    || v.ephemeral.is_some()
-                    || v.gce_persistent_disk.is_some()
-                    || v.aws_elastic_block_store.is_some()
-                    || v.iscsi.is_some()
-                    || v.rbd.is_some()
-            });
-        }
-    }
+    keelson_client::trim::containers(pod);
+    keelson_client::trim::volumes(pod);
     if let Some(st) = pod.status.as_mut() {
         if let Some(cs) = st.conditions.as_mut() {
             cs.retain(|c| c.type_ == "PodScheduled");
