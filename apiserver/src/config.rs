@@ -200,6 +200,10 @@ pub struct Config {
     /// disabled.
     #[arg(long, default_value = "5m0s", value_parser = parse_go_duration)]
     pub etcd_compaction_interval: std::time::Duration,
+    /// Amount of time to retain events: each expires this long after its last write (through
+    /// a store lease). 0 keeps them until deleted.
+    #[arg(long, default_value = "1h0m0s", value_parser = parse_go_duration)]
+    pub event_ttl: std::time::Duration,
     /// A CIDR notation IP range from which to assign service cluster IPs.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,

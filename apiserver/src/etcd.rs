@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keelson_etcdpb::etcdserverpb::{
-    self as pb, compare, kv_client::KvClient, request_op, response_op, watch_client::WatchClient,
+    self as pb, compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op,
+    watch_client::WatchClient,
 };
 use keelson_etcdpb::mvccpb;
 use tokio_stream::StreamExt;
@@ -363,6 +364,27 @@ impl Etcd {
         })
     }
 
+    /// Grants a lease of `ttl` (whole seconds, rounded up): keys attached to it are deleted
+    /// when it expires.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, EtcdError> {
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let req = pb::LeaseGrantRequest {
+            ttl: secs.min(i64::MAX as u64) as i64,
+            id: 0,
+        };
+        let resp = self
+            .with_failover(|ch| async move { LeaseClient::new(ch).lease_grant(req).await })
+            .await?
+            .into_inner();
+        if !resp.error.is_empty() {
+            return Err(EtcdError::Other(format!(
+                "granting a lease: {}",
+                resp.error
+            )));
+        }
+        Ok(resp.id)
+    }
+
     /// The current store revision.
     pub async fn current_revision(&self) -> Result<i64, EtcdError> {
         let req = pb::RangeRequest {
@@ -410,31 +432,39 @@ impl Etcd {
 
     /// Writes `key` only if it does not exist.
     pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<WriteOutcome, EtcdError> {
-        self.create_all(key, value, &[]).await
+        self.create_all(key, value, 0, &[]).await
     }
 
-    /// Writes `key` only if its mod_revision is `expected`.
+    /// Writes `key` only if its mod_revision is `expected`, attached to `lease` (0: none; the
+    /// key then outlives any lease it had).
     pub async fn update(
         &self,
         key: &[u8],
         value: Vec<u8>,
         expected: i64,
+        lease: i64,
     ) -> Result<WriteOutcome, EtcdError> {
         let value = self.encrypt(key, value).await?;
-        self.conditional(key, vec![mod_is(key, expected)], vec![put_op(key, value)])
-            .await
+        self.conditional(
+            key,
+            vec![mod_is(key, expected)],
+            vec![leased_put_op(key, value, lease)],
+        )
+        .await
     }
 
-    /// Creates `key` and every key of `extra` in one transaction, only if none of them exists.
-    /// On failure, returns the current state of `key` (None when only an extra key was taken).
+    /// Creates `key` (attached to `lease`, 0: none) and every key of `extra` in one
+    /// transaction, only if none of them exists. On failure, returns the current state of `key`
+    /// (None when only an extra key was taken).
     pub async fn create_all(
         &self,
         key: &[u8],
         value: Vec<u8>,
+        lease: i64,
         extra: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<WriteOutcome, EtcdError> {
         let mut compare = vec![absent(key)];
-        let mut success = vec![put_op(key, self.encrypt(key, value).await?)];
+        let mut success = vec![leased_put_op(key, self.encrypt(key, value).await?, lease)];
         for (k, v) in extra {
             compare.push(absent(k));
             success.push(put_op(k, self.encrypt(k, v.clone()).await?));
@@ -749,10 +779,16 @@ fn delete_op(key: &[u8]) -> pb::RequestOp {
 }
 
 fn put_op(key: &[u8], value: Vec<u8>) -> pb::RequestOp {
+    leased_put_op(key, value, 0)
+}
+
+/// A put attached to `lease` (0: none).
+fn leased_put_op(key: &[u8], value: Vec<u8>, lease: i64) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(request_op::Request::RequestPut(pb::PutRequest {
             key: key.to_vec(),
             value,
+            lease,
             ..Default::default()
         })),
     }

@@ -181,6 +181,45 @@ pub struct Registry {
     ranges: std::sync::Arc<Ranges>,
     /// The ServiceAccount admission plugin is on.
     service_accounts: bool,
+    /// Events expire (`--event-ttl`) through store leases.
+    event_leases: Option<std::sync::Arc<Leases>>,
+}
+
+/// Store leases for keys that expire a while after each write (kube-apiserver's storage
+/// lease manager): one lease is shared by the writes of a short window, granted for the TTL
+/// plus that window, so a key lives at least the TTL after its last write, a little longer at
+/// most, and the store holds a lease per minute rather than one per key.
+pub struct Leases {
+    ttl: std::time::Duration,
+    reuse: std::time::Duration,
+    /// The lease being shared and when it expires.
+    current: tokio::sync::Mutex<Option<(i64, std::time::Instant)>>,
+}
+
+impl Leases {
+    /// Leases for a TTL: a lease is shared for 5 % of the TTL, at most a minute.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Leases {
+            ttl,
+            reuse: (ttl / 20).min(std::time::Duration::from_secs(60)),
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A lease that outlives now + TTL: the shared one while it does, else a new one.
+    async fn get(&self, etcd: &Etcd) -> ApiResult<i64> {
+        let mut current = self.current.lock().await;
+        let now = std::time::Instant::now();
+        if let Some((id, expires)) = *current
+            && expires > now + self.ttl
+        {
+            return Ok(id);
+        }
+        let ttl = self.ttl + self.reuse;
+        let id = etcd.grant_lease(ttl).await?;
+        *current = Some((id, now + ttl));
+        Ok(id)
+    }
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -229,6 +268,24 @@ impl Registry {
             prefix: prefix.trim_end_matches('/').to_string(),
             ranges: std::sync::Arc::new(ranges),
             service_accounts: false,
+            event_leases: None,
+        }
+    }
+
+    /// Events expire `ttl` after they were last written (`--event-ttl`); `None`: never.
+    pub fn with_event_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.event_leases = ttl.map(|t| std::sync::Arc::new(Leases::new(t)));
+        self
+    }
+
+    /// The lease a write of `res` carries: the events' (core and events.k8s.io share their
+    /// storage), else none.
+    async fn lease_for(&self, res: &Resource) -> ApiResult<i64> {
+        match &self.event_leases {
+            Some(l) if res.resource == "events" && matches!(res.group, "" | "events.k8s.io") => {
+                l.get(&self.etcd).await
+            }
+            _ => Ok(0),
         }
     }
 
@@ -734,9 +791,10 @@ impl Registry {
                 return Ok(obj);
             }
             let key = object::key(&self.prefix, res, ns, &name);
+            let lease = self.lease_for(res).await?;
             match self
                 .etcd
-                .create_all(&key, object::encode_stored(res, &obj), &extra)
+                .create_all(&key, object::encode_stored(res, &obj), lease, &extra)
                 .await?
             {
                 WriteOutcome::Written(rev) => {
@@ -1074,9 +1132,10 @@ impl Registry {
         if dry_run {
             return Ok(obj);
         }
+        let lease = self.lease_for(res).await?;
         match self
             .etcd
-            .update(&key, object::encode_stored(res, &obj), old_rv)
+            .update(&key, object::encode_stored(res, &obj), old_rv, lease)
             .await?
         {
             WriteOutcome::Written(rev) => {
@@ -1329,9 +1388,10 @@ impl Registry {
                     gone: false,
                 });
             }
+            let lease = self.lease_for(res).await?;
             match self
                 .etcd
-                .update(&key, object::encode_stored(res, &obj), old_rv)
+                .update(&key, object::encode_stored(res, &obj), old_rv, lease)
                 .await?
             {
                 WriteOutcome::Written(rev) => {

@@ -470,7 +470,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         ));
     }
     let registry = Registry::new(etcd, &config.etcd_prefix, ranges)
-        .with_service_account_admission(admission.service_account);
+        .with_service_account_admission(admission.service_account)
+        .with_event_ttl(Some(config.event_ttl).filter(|t| !t.is_zero()));
     let cache = crate::cache::Cache::start(
         &registry,
         &metrics,

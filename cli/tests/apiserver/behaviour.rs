@@ -190,3 +190,55 @@ fn apiservers_compact_the_store_periodically_in_turns() {
         );
     }
 }
+
+/// `--event-ttl`: Events (core and events.k8s.io, one storage) expire that long after their
+/// last write through store leases, on keelson-store and on etcd; other objects stay.
+#[test]
+fn events_expire_after_the_event_ttl() {
+    for backend in [Backend::Keelson, Backend::Etcd] {
+        let c = ApiCluster::start_with(backend, 1, &["--event-ttl=3s"]);
+        c.ok(&["create", "configmap", "stays"]);
+        let core = |name: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": name},
+                "involvedObject": {"kind": "ConfigMap", "name": "stays", "namespace": "default"},
+                "reason": "Tested", "message": "m", "type": "Normal", "count": 1})
+            .to_string()
+        };
+        crate::harness::apply(&c, &core("core"));
+        crate::harness::apply(
+            &c,
+            &serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": "new-api"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                "reportingController": "tests", "reportingInstance": "t", "action": "Test",
+                "reason": "Tested", "type": "Normal",
+                "regarding": {"kind": "ConfigMap", "name": "stays", "namespace": "default"}})
+            .to_string(),
+        );
+        let events = || c.ok(&["get", "events", "-o", "name"]);
+        assert!(events().contains("core"), "{}", events());
+        assert!(events().contains("new-api"), "{}", events());
+        // An update takes a fresh lease: the event lives the TTL after it.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        c.ok(&[
+            "patch",
+            "event",
+            "core",
+            "--type=merge",
+            "-p",
+            r#"{"count": 2}"#,
+        ]);
+        assert!(
+            events().contains("core"),
+            "updated event gone: {}",
+            events()
+        );
+        crate::harness::eventually(std::time::Duration::from_secs(30), "events expired", || {
+            events().is_empty()
+        });
+        assert_eq!(
+            c.ok(&["get", "configmap", "stays", "-o", "name"]).trim(),
+            "configmap/stays"
+        );
+    }
+}
