@@ -197,22 +197,24 @@ pub struct Cache {
 
 impl Cache {
     /// Starts one cacher per resource, each keeping `ring_size` recent events; they fill in the
-    /// background. A size of 0 disables caching.
+    /// background. A size of 0 disables caching, as does `off` for the resources it names
+    /// (`(group, resource)`).
     pub fn start(
         registry: &Registry,
         metrics: &Metrics,
         ring_size: usize,
+        off: &std::collections::BTreeSet<(String, String)>,
         shutdown: &CancellationToken,
     ) -> Arc<Cache> {
         let mut cachers = Vec::new();
         for res in resources::all().iter().filter(|r| {
-            !r.create_only()
-                && (ring_size > 0
-                    || r.group == RBAC_GROUP
-                    || r.group == crate::webhook::GROUP
-                    || r.group == crate::flowcontrol::GROUP
-                    || (r.group.is_empty()
-                        && matches!(r.resource, "resourcequotas" | "limitranges")))
+            let read_here = r.group == RBAC_GROUP
+                || r.group == crate::webhook::GROUP
+                || r.group == crate::flowcontrol::GROUP
+                || (r.group.is_empty() && matches!(r.resource, "resourcequotas" | "limitranges"));
+            let wanted =
+                ring_size > 0 && !off.contains(&(r.group.to_string(), r.resource.to_string()));
+            !r.create_only() && (wanted || read_here)
         }) {
             // The authorizer reads RBAC objects, the webhook plugins and API Priority and
             // Fairness their configurations, and the ResourceQuota and LimitRanger plugins

@@ -234,6 +234,14 @@ pub struct Config {
     /// cache around the same 75 s); 0 disables the cache (lists and watches go to the store).
     #[arg(long, default_value_t = 16384)]
     pub default_watch_cache_size: usize,
+    /// Watch cache settings for some resources, comma separated, each `resource[.group]#size`
+    /// (resource plural and lowercase, group left out for the core API). As upstream's, the
+    /// only meaningful size is 0, which turns the resource's cache off (its lists and watches
+    /// go to the store); any other size keeps it on. Events of both APIs are off unless named
+    /// here, as kube-apiserver's defaults have them. The caches the apiserver reads itself
+    /// (RBAC, webhook and flow-control configurations, quotas, limit ranges) stay on.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_cache_sizes: Vec<String>,
     /// Client certificate for talking to kubelets (pods/log).
     #[arg(long)]
     pub kubelet_client_certificate: Option<PathBuf>,
@@ -311,5 +319,71 @@ mod tests {
         assert_eq!(parse_go_duration("250ms").unwrap().as_millis(), 250);
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("3x").is_err());
+    }
+}
+
+/// The resources whose watch cache is off: upstream's defaults (Events, of both APIs) with
+/// `--watch-cache-sizes` applied, as `(group, resource)`.
+pub fn watch_cache_off(
+    sizes: &[String],
+) -> Result<std::collections::BTreeSet<(String, String)>, String> {
+    let mut off: std::collections::BTreeSet<(String, String)> = [
+        (String::new(), "events".to_string()),
+        ("events.k8s.io".to_string(), "events".to_string()),
+    ]
+    .into();
+    for entry in sizes.iter().filter(|e| !e.is_empty()) {
+        let bad = || {
+            format!(
+                "--watch-cache-sizes {entry:?}: expected resource[.group]#size, e.g. pods#0 or deployments.apps#0"
+            )
+        };
+        let (name, size) = entry.split_once('#').ok_or_else(bad)?;
+        let size: u64 = size.trim().parse().map_err(|_| bad())?;
+        let (resource, group) = name.trim().split_once('.').unwrap_or((name.trim(), ""));
+        if resource.is_empty() {
+            return Err(bad());
+        }
+        let key = (group.to_string(), resource.to_string());
+        if size == 0 {
+            off.insert(key);
+        } else {
+            off.remove(&key);
+        }
+    }
+    Ok(off)
+}
+
+#[cfg(test)]
+mod watch_cache_tests {
+    use super::watch_cache_off;
+
+    fn key(g: &str, r: &str) -> (String, String) {
+        (g.to_string(), r.to_string())
+    }
+
+    #[test]
+    fn events_are_uncached_unless_named_and_zero_sizes_turn_caches_off() {
+        let off = watch_cache_off(&[]).unwrap();
+        assert!(off.contains(&key("", "events")));
+        assert!(off.contains(&key("events.k8s.io", "events")));
+        assert!(!off.contains(&key("", "pods")));
+        let off = watch_cache_off(&[
+            "pods#0".into(),
+            "deployments.apps#0".into(),
+            "events#100".into(),
+        ])
+        .unwrap();
+        assert!(off.contains(&key("", "pods")));
+        assert!(off.contains(&key("apps", "deployments")));
+        assert!(!off.contains(&key("", "events")));
+        assert!(off.contains(&key("events.k8s.io", "events")));
+        for bad in ["pods", "pods#x", "#0", "pods#-1"] {
+            let err = watch_cache_off(&[bad.into()]).unwrap_err();
+            assert!(
+                err.contains("expected resource[.group]#size"),
+                "{bad}: {err}"
+            );
+        }
     }
 }
