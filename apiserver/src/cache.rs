@@ -197,13 +197,13 @@ pub struct Cache {
 
 impl Cache {
     /// Starts one cacher per resource, each keeping `ring_size` recent events; they fill in the
-    /// background. A size of 0 disables caching, as does `off` for the resources it names
-    /// (`(group, resource)`).
+    /// background. A size of 0 disables caching, except for the resources `named` turns on
+    /// (`(group, resource)` to on, which also turns caches off).
     pub fn start(
         registry: &Registry,
         metrics: &Metrics,
         ring_size: usize,
-        off: &std::collections::BTreeSet<(String, String)>,
+        named: &std::collections::BTreeMap<(String, String), bool>,
         shutdown: &CancellationToken,
     ) -> Arc<Cache> {
         let mut cachers = Vec::new();
@@ -212,8 +212,10 @@ impl Cache {
                 || r.group == crate::webhook::GROUP
                 || r.group == crate::flowcontrol::GROUP
                 || (r.group.is_empty() && matches!(r.resource, "resourcequotas" | "limitranges"));
-            let wanted =
-                ring_size > 0 && !off.contains(&(r.group.to_string(), r.resource.to_string()));
+            let wanted = named
+                .get(&(r.group.to_string(), r.resource.to_string()))
+                .copied()
+                .unwrap_or(ring_size > 0);
             !r.create_only() && (wanted || read_here)
         }) {
             // The authorizer reads RBAC objects, the webhook plugins and API Priority and

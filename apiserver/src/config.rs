@@ -237,9 +237,10 @@ pub struct Config {
     /// Watch cache settings for some resources, comma separated, each `resource[.group]#size`
     /// (resource plural and lowercase, group left out for the core API). As upstream's, the
     /// only meaningful size is 0, which turns the resource's cache off (its lists and watches
-    /// go to the store); any other size keeps it on. Events of both APIs are off unless named
-    /// here, as kube-apiserver's defaults have them. The caches the apiserver reads itself
-    /// (RBAC, webhook and flow-control configurations, quotas, limit ranges) stay on.
+    /// go to the store); any other size turns it on (with --default-watch-cache-size 0 too).
+    /// Events of both APIs are off unless named here, as kube-apiserver's defaults have them.
+    /// The caches the apiserver reads itself (RBAC, webhook and flow-control configurations,
+    /// quotas, limit ranges) stay on.
     #[arg(long, value_delimiter = ',')]
     pub watch_cache_sizes: Vec<String>,
     /// Client certificate for talking to kubelets (pods/log).
@@ -322,14 +323,15 @@ mod tests {
     }
 }
 
-/// The resources whose watch cache is off: upstream's defaults (Events, of both APIs) with
-/// `--watch-cache-sizes` applied, as `(group, resource)`.
-pub fn watch_cache_off(
+/// The resources whose watch cache is turned on or off by name, `(group, resource)` to on:
+/// upstream's defaults (Events, of both APIs, off) with `--watch-cache-sizes` applied. The
+/// others follow `--default-watch-cache-size`.
+pub fn watch_cache_settings(
     sizes: &[String],
-) -> Result<std::collections::BTreeSet<(String, String)>, String> {
-    let mut off: std::collections::BTreeSet<(String, String)> = [
-        (String::new(), "events".to_string()),
-        ("events.k8s.io".to_string(), "events".to_string()),
+) -> Result<std::collections::BTreeMap<(String, String), bool>, String> {
+    let mut set: std::collections::BTreeMap<(String, String), bool> = [
+        ((String::new(), "events".to_string()), false),
+        (("events.k8s.io".to_string(), "events".to_string()), false),
     ]
     .into();
     for entry in sizes.iter().filter(|e| !e.is_empty()) {
@@ -344,19 +346,14 @@ pub fn watch_cache_off(
         if resource.is_empty() {
             return Err(bad());
         }
-        let key = (group.to_string(), resource.to_string());
-        if size == 0 {
-            off.insert(key);
-        } else {
-            off.remove(&key);
-        }
+        set.insert((group.to_string(), resource.to_string()), size > 0);
     }
-    Ok(off)
+    Ok(set)
 }
 
 #[cfg(test)]
 mod watch_cache_tests {
-    use super::watch_cache_off;
+    use super::watch_cache_settings;
 
     fn key(g: &str, r: &str) -> (String, String) {
         (g.to_string(), r.to_string())
@@ -364,22 +361,22 @@ mod watch_cache_tests {
 
     #[test]
     fn events_are_uncached_unless_named_and_zero_sizes_turn_caches_off() {
-        let off = watch_cache_off(&[]).unwrap();
-        assert!(off.contains(&key("", "events")));
-        assert!(off.contains(&key("events.k8s.io", "events")));
-        assert!(!off.contains(&key("", "pods")));
-        let off = watch_cache_off(&[
+        let set = watch_cache_settings(&[]).unwrap();
+        assert_eq!(set.get(&key("", "events")), Some(&false));
+        assert_eq!(set.get(&key("events.k8s.io", "events")), Some(&false));
+        assert_eq!(set.get(&key("", "pods")), None);
+        let set = watch_cache_settings(&[
             "pods#0".into(),
             "deployments.apps#0".into(),
             "events#100".into(),
         ])
         .unwrap();
-        assert!(off.contains(&key("", "pods")));
-        assert!(off.contains(&key("apps", "deployments")));
-        assert!(!off.contains(&key("", "events")));
-        assert!(off.contains(&key("events.k8s.io", "events")));
+        assert_eq!(set.get(&key("", "pods")), Some(&false));
+        assert_eq!(set.get(&key("apps", "deployments")), Some(&false));
+        assert_eq!(set.get(&key("", "events")), Some(&true));
+        assert_eq!(set.get(&key("events.k8s.io", "events")), Some(&false));
         for bad in ["pods", "pods#x", "#0", "pods#-1"] {
-            let err = watch_cache_off(&[bad.into()]).unwrap_err();
+            let err = watch_cache_settings(&[bad.into()]).unwrap_err();
             assert!(
                 err.contains("expected resource[.group]#size"),
                 "{bad}: {err}"

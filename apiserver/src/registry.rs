@@ -186,17 +186,22 @@ pub struct Registry {
 }
 
 /// Store leases for keys that expire a while after each write (kube-apiserver's storage
-/// lease manager): one lease is shared by the writes of a short window, granted for the TTL
-/// plus that window, so a key lives at least the TTL after its last write, a little longer at
-/// most, and the store holds a lease per minute rather than one per key.
+/// lease manager): one lease is shared by the writes of a short window (at most
+/// [`Leases::MAX_KEYS`] of them), granted for the TTL plus that window, so a key lives at
+/// least the TTL after its last write, a little longer at most, and the store holds a lease
+/// per minute rather than one per key.
 pub struct Leases {
     ttl: std::time::Duration,
     reuse: std::time::Duration,
-    /// The lease being shared and when it expires.
-    current: tokio::sync::Mutex<Option<(i64, std::time::Instant)>>,
+    /// The lease being shared, when it expires, and how many writes it carries.
+    current: tokio::sync::Mutex<Option<(i64, std::time::Instant, usize)>>,
 }
 
 impl Leases {
+    /// Writes one lease carries at most (upstream's default), so that its expiry deletes a
+    /// bounded number of keys at once.
+    pub const MAX_KEYS: usize = 1000;
+
     /// Leases for a TTL: a lease is shared for 5 % of the TTL, at most a minute.
     pub fn new(ttl: std::time::Duration) -> Self {
         Leases {
@@ -210,14 +215,16 @@ impl Leases {
     async fn get(&self, etcd: &Etcd) -> ApiResult<i64> {
         let mut current = self.current.lock().await;
         let now = std::time::Instant::now();
-        if let Some((id, expires)) = *current
-            && expires > now + self.ttl
+        if let Some((id, expires, attached)) = current.as_mut()
+            && *expires > now + self.ttl
+            && *attached < Self::MAX_KEYS
         {
-            return Ok(id);
+            *attached += 1;
+            return Ok(*id);
         }
         let ttl = self.ttl + self.reuse;
         let id = etcd.grant_lease(ttl).await?;
-        *current = Some((id, now + ttl));
+        *current = Some((id, now + ttl, 1));
         Ok(id)
     }
 }

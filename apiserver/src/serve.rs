@@ -399,8 +399,8 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let modes =
         crate::authz::Authorizer::parse_modes(&config.authorization_mode).map_err(StartError)?;
-    let cache_off =
-        crate::config::watch_cache_off(&config.watch_cache_sizes).map_err(StartError)?;
+    let cache_named =
+        crate::config::watch_cache_settings(&config.watch_cache_sizes).map_err(StartError)?;
     if modes.contains(&crate::authz::Mode::AlwaysAllow) {
         tracing::warn!("authorization mode AlwaysAllow: every authenticated request is allowed");
     }
@@ -478,7 +478,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         &registry,
         &metrics,
         config.default_watch_cache_size,
-        &cache_off,
+        &cache_named,
         &shutdown,
     );
     let rbac = modes

@@ -330,20 +330,41 @@ impl<R: Runtime> Agent<R> {
     }
 
     /// A failed node comes back, as a restarted kubelet: it registers again (the Node exists),
-    /// renews its Lease, posts its status, and starts workers for `pods`, the pods bound to it
-    /// now (deleted ones are gone; terminating ones are terminated). False unless it was down.
-    pub fn recover(self: &Arc<Self>, pods: impl IntoIterator<Item = Arc<Pod>>) -> bool {
-        {
+    /// renews its Lease, posts its status, and starts workers for the pods bound to it now
+    /// (`pods()`: deleted ones are gone; terminating ones are terminated), oldest first, as
+    /// the kubelet admits them. False unless it was down.
+    pub fn recover(self: &Arc<Self>, pods: impl Fn() -> Vec<Arc<Pod>>) -> bool {
+        let life = {
             let mut life = self.life.lock();
             if !life.is_cancelled() || self.stopping.is_cancelled() {
                 return false;
             }
             *life = self.stopping.child_token();
-        }
+            life.clone()
+        };
         tracing::info!(node = %self.name(), "node recovered: its kubelet is back");
-        tokio::spawn(self.clone().heartbeat());
-        for pod in pods {
-            self.pod_changed(Change::Added(&pod), Some(pod.clone()));
+        tokio::spawn(self.clone().heartbeat(life));
+        // Pod changes reach the workers from now on; the pods are read after that, so none is
+        // missed in between.
+        let mut bound = pods();
+        bound.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        for pod in &bound {
+            self.pod_changed(Change::Added(pod), Some(pod.clone()));
+        }
+        // A pod deleted after the read may have had its deletion seen before its worker
+        // existed: its worker ends now.
+        let now: std::collections::HashSet<String> =
+            pods().iter().filter_map(|p| p.uid()).collect();
+        for (uid, w) in self.workers.lock().iter() {
+            if !now.contains(uid) {
+                w.gone.cancel();
+            }
         }
         true
     }
@@ -587,17 +608,20 @@ impl<R: Runtime> Agent<R> {
         Ok(())
     }
 
-    /// Registers the node, then renews its Lease and posts its status until shutdown.
-    pub async fn heartbeat(self: Arc<Self>) {
+    /// Registers the node, then renews its Lease and posts its status until `stop` (the
+    /// kubelet's life: [`Self::life`]).
+    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         // Spread a fleet's heartbeats over the first interval.
         let jitter = rand::random_range(0..=self.shared.update_every.as_millis() as u64 / 4);
-        let stop = self.life();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(jitter)) => {}
             _ = stop.cancelled() => return,
         }
         let mut backoff = Duration::from_millis(500);
         loop {
+            if stop.is_cancelled() {
+                return;
+            }
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => {
@@ -617,7 +641,9 @@ impl<R: Runtime> Agent<R> {
         let mut next_status = Instant::now();
         loop {
             let now = Instant::now();
-            if now >= next_lease {
+            // (Each write first checks the node is still up: a failure ends the loop at the
+            // next look, not after a last heartbeat.)
+            if now >= next_lease && !stop.is_cancelled() {
                 lease = match self.renew_lease(lease.take()).await {
                     Ok(l) => Some(l),
                     Err(e) => {
@@ -627,8 +653,8 @@ impl<R: Runtime> Agent<R> {
                 };
                 next_lease = now + jittered(renew);
             }
-            if now >= next_status {
-                if let Err(e) = self.update_status(&mut last_status).await {
+            if now >= next_status && !stop.is_cancelled() {
+                if let Err(e) = self.update_status(&mut last_status, now).await {
                     tracing::warn!(node = %self.name(), error = %e, "error updating node status");
                 }
                 next_status = now + jittered(self.shared.update_every);
@@ -783,13 +809,14 @@ impl<R: Runtime> Agent<R> {
         }
     }
 
+    /// Posts the node's status if it changed, or if the last post is `report_every` old at
+    /// `looked` (when it was due: a report every `report_every` is not pushed to the next look
+    /// by the requests' own latency).
     async fn update_status(
         &self,
         last: &mut Option<(NodeStatus, Instant)>,
+        looked: Instant,
     ) -> Result<(), kube::Error> {
-        // (A report is timed from when it was due, so one every `report_every` is not pushed
-        // to the next look by the request's own latency.)
-        let looked = Instant::now();
         let status = self.node_status(last.as_ref().map(|(s, _)| s));
         if let Some((prev, at)) = last.as_ref() {
             let strip = |s: &NodeStatus| {
@@ -799,7 +826,9 @@ impl<R: Runtime> Agent<R> {
                 }
                 s
             };
-            if strip(prev) == strip(&status) && at.elapsed() < self.shared.report_every {
+            if strip(prev) == strip(&status)
+                && looked.duration_since(*at) < self.shared.report_every
+            {
                 return Ok(());
             }
         }

@@ -36,6 +36,9 @@ struct Failures<R> {
     client: kube::Client,
     /// Cancelled to bring a failed node back early (its label was removed).
     wakes: Mutex<HashMap<String, CancellationToken>>,
+    /// Nodes back from a failure whose label this process is removing: updates that still
+    /// carry it are that failure's, not a new one (until the label's removal is seen).
+    back: Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
 }
 
@@ -53,6 +56,7 @@ pub fn informer<R: Runtime>(
         pods_of,
         client,
         wakes: Mutex::new(HashMap::new()),
+        back: Mutex::new(std::collections::HashSet::new()),
         shutdown,
     });
     inf.on_change(move |c| failures.clone().changed(c));
@@ -68,11 +72,15 @@ impl<R: Runtime> Failures<R> {
         };
         let (Change::Added(node) | Change::Updated { new: node, .. }) = c else {
             // The label is gone (or the Node): back now.
+            self.back.lock().remove(&name);
             if let Some(wake) = self.wakes.lock().get(&name) {
                 wake.cancel();
             }
             return;
         };
+        if self.back.lock().contains(&name) {
+            return;
+        }
         let value = node
             .metadata
             .labels
@@ -100,20 +108,24 @@ impl<R: Runtime> Failures<R> {
                 _ = self.shutdown.cancelled() => return,
             }
             self.wakes.lock().remove(&name);
-            agent.recover((self.pods_of)(&name));
-            if !wake.is_cancelled() {
+            let unlabel = !wake.is_cancelled();
+            if unlabel {
+                self.back.lock().insert(name.clone());
+            }
+            agent.recover(|| (self.pods_of)(&name));
+            if unlabel {
                 self.unlabel(&name).await;
             }
         });
     }
 
-    /// Removes the failure label of a node that is back (retried for a minute: the apiserver
-    /// may itself be restarting in a chaos run).
+    /// Removes the failure label of a node that is back, retried until it is gone (the
+    /// apiserver may itself be restarting in a chaos run) or the process stops.
     async fn unlabel(&self, name: &str) {
         let api: Api<Node> = Api::all(self.client.clone());
         let patch = json!({"metadata": {"labels": {DOWN_FOR_LABEL: null}}});
         let mut wait = Duration::from_millis(500);
-        for _ in 0..8 {
+        loop {
             match api
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -135,7 +135,7 @@ async fn run_with<R: Runtime>(
     );
     for a in agents.values() {
         a.set_port(port);
-        tokio::spawn(a.clone().heartbeat());
+        tokio::spawn(a.clone().heartbeat(a.life()));
     }
     // Pods bound to our nodes: one watch per node, or one shared watch for a hollow fleet.
     let per_node = !config.hollow || config.hollow_watch == "per-node";

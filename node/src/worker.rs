@@ -90,6 +90,9 @@ impl<R: Runtime> Worker<R> {
     /// Builds the status and queues a write when it changed. The node's own conditions come
     /// from what it last wrote, other writers' as the API has them.
     fn publish(&self) {
+        if self.killed() {
+            return;
+        }
         let st = self.state.lock();
         let mut last = self.last.lock();
         let old = match last.clone() {
@@ -150,7 +153,30 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Whether the node failed in this worker's life ([`Agent::fail`]): the worker and its
+    /// supervisors end, and say nothing more (a later life has its own workers).
+    fn killed(&self) -> bool {
+        self.life.is_cancelled() && !self.agent.stopping().is_cancelled()
+    }
+
+    /// The container's exit; `None` if the node fails first.
+    async fn exit_of(&self, h: &Arc<dyn ContainerHandle>) -> Option<Exit> {
+        tokio::select! {
+            e = wait_exit(h) => return Some(e),
+            _ = self.life.cancelled() => {}
+        }
+        // (The life also ends when the node stops: then the container is being stopped.)
+        if self.killed() {
+            None
+        } else {
+            Some(wait_exit(h).await)
+        }
+    }
+
     fn event(&self, container: Option<&str>, warn: bool, reason: &str, msg: String) {
+        if self.killed() {
+            return;
+        }
         let pod = self.pod();
         self.agent.event(&pod, container, warn, reason, msg);
     }
@@ -623,11 +649,13 @@ impl<R: Runtime> Worker<R> {
                     };
                     let probes = has_probes
                         .then(|| tokio::spawn(self.clone().probe(i, h.clone(), instance.clone())));
-                    let exit = wait_exit(&h).await;
+                    let exit = self.exit_of(&h).await;
                     instance.cancel();
                     if let Some(probes) = probes {
                         let _ = probes.await;
                     }
+                    // The node failed: this supervisor ends with its worker.
+                    let Some(exit) = exit else { return };
                     self.exited(false, i, &exit);
                     exit
                 }
@@ -1028,7 +1056,8 @@ pub async fn run<R: Runtime>(w: Arc<Worker<R>>, admit: Result<(), Verdict>) {
             }
         }
     };
-    if let Stop::Killed = stop {
+    // (Also when the node failed during a termination.)
+    if matches!(stop, Stop::Killed) || w.killed() {
         return;
     }
     Box::pin(w.rt().remove_pod_data(&w.pod())).await;

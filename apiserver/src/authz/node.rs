@@ -234,7 +234,7 @@ impl NodeAuthorizer {
         };
         let (Some(pods), Some(pvcs)) = (find("pods"), find("persistentvolumeclaims")) else {
             return Err(
-                "--authorization-mode=Node needs the watch cache (--default-watch-cache-size > 0)"
+                "--authorization-mode=Node needs the watch cache of pods and persistentvolumeclaims (--default-watch-cache-size > 0, not turned off by --watch-cache-sizes)"
                     .into(),
             );
         };

@@ -243,17 +243,19 @@ async fn note_nodes_back(api: &Api<Node>, faults: &Faults, t0: Instant) -> anyho
     Ok(())
 }
 
-/// Removes the failure label from every node that has it.
+/// Removes the failure label from every node that has it (retried: an apiserver may be
+/// restarting as the run ends).
 async fn recover_all(client: &Client) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
-    let patch = json!({"metadata": {"labels": {DOWN_FOR_LABEL: null}}});
-    for n in api
-        .list(&ListParams::default().labels(DOWN_FOR_LABEL))
-        .await?
-        .items
-    {
+    let patch = Patch::Merge(json!({"metadata": {"labels": {DOWN_FOR_LABEL: null}}}));
+    let (labelled, params) = (
+        ListParams::default().labels(DOWN_FOR_LABEL),
+        PatchParams::default(),
+    );
+    let down = super::retried(0, || api.list(&labelled)).await?;
+    for n in down.into_iter().flat_map(|l| l.items) {
         let name = n.metadata.name.unwrap_or_default();
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        super::retried(404, || api.patch(&name, &params, &patch))
             .await
             .with_context(|| format!("removing {DOWN_FOR_LABEL} from node {name}"))?;
     }
@@ -313,6 +315,12 @@ async fn kill_apiservers(
             tracing::warn!(apiserver = %rows[i].0, "apiserver not running: not killed");
             continue;
         };
+        // (`status.json` is rewritten every 2 s: the pid must still be that apiserver's.)
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.split(|b| *b == 0).any(|arg| arg == b"apiserver") {
+            tracing::warn!(apiserver = %name, pid, "not running as listed (restarting?): not killed");
+            continue;
+        }
         let pid_ = nix::unistd::Pid::from_raw(pid as i32);
         if let Err(e) = nix::sys::signal::kill(pid_, nix::sys::signal::Signal::SIGKILL) {
             tracing::warn!(apiserver = %name, pid, error = %e, "killing the apiserver");

@@ -195,17 +195,19 @@ fn apiservers_compact_the_store_periodically_in_turns() {
 /// last write through store leases, on keelson-store and on etcd; other objects stay.
 #[test]
 fn events_expire_after_the_event_ttl() {
+    use std::time::{Duration, Instant};
     for backend in [Backend::Keelson, Backend::Etcd] {
-        let c = ApiCluster::start_with(backend, 1, &["--event-ttl=3s"]);
+        let c = ApiCluster::start_with(backend, 1, &["--event-ttl=10s"]);
         c.ok(&["create", "configmap", "stays"]);
-        let core = |name: &str| {
-            serde_json::json!({"apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": name},
+        let created = Instant::now();
+        crate::harness::apply(
+            &c,
+            &serde_json::json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "core"},
                 "involvedObject": {"kind": "ConfigMap", "name": "stays", "namespace": "default"},
                 "reason": "Tested", "message": "m", "type": "Normal", "count": 1})
-            .to_string()
-        };
-        crate::harness::apply(&c, &core("core"));
+            .to_string(),
+        );
         crate::harness::apply(
             &c,
             &serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
@@ -218,8 +220,9 @@ fn events_expire_after_the_event_ttl() {
         let events = || c.ok(&["get", "events", "-o", "name"]);
         assert!(events().contains("core"), "{}", events());
         assert!(events().contains("new-api"), "{}", events());
-        // An update takes a fresh lease: the event lives the TTL after it.
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        // An update takes a fresh lease: the updated event outlives the other by as long as
+        // the update came after their creation (5 s).
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(created.elapsed()));
         c.ok(&[
             "patch",
             "event",
@@ -228,12 +231,15 @@ fn events_expire_after_the_event_ttl() {
             "-p",
             r#"{"count": 2}"#,
         ]);
+        crate::harness::eventually(Duration::from_secs(40), "the first event expired", || {
+            !events().contains("new-api")
+        });
         assert!(
             events().contains("core"),
-            "updated event gone: {}",
+            "the updated event expired with the other: {}",
             events()
         );
-        crate::harness::eventually(std::time::Duration::from_secs(30), "events expired", || {
+        crate::harness::eventually(Duration::from_secs(40), "every event expired", || {
             events().is_empty()
         });
         assert_eq!(
