@@ -57,11 +57,17 @@ fn summary(dir: &Path) -> Value {
 }
 
 fn count_of(s: &Value, verb: &str, resource: &str) -> u64 {
+    count_of_sub(s, verb, resource, "")
+}
+
+fn count_of_sub(s: &Value, verb: &str, resource: &str, subresource: &str) -> u64 {
     s["api_calls"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c["verb"] == verb && c["resource"] == resource && c["subresource"] == "")
+        .filter(|c| {
+            c["verb"] == verb && c["resource"] == resource && c["subresource"] == subresource
+        })
         .map(|c| c["count"].as_u64().unwrap())
         .sum()
 }
@@ -441,20 +447,10 @@ fn density_under_chaos_and_churn_completes_and_reports_every_fault() {
     assert!(written >= 100, "{}", s["churned"]);
     assert!(count_of(&s, "APPLY", "configmaps") + count_of(&s, "PATCH", "configmaps") > 0);
     assert!(count_of(&s, "APPLY", "secrets") + count_of(&s, "PATCH", "secrets") > 0);
-    let status = |s: &Value| -> u64 {
-        s["api_calls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| {
-                c["verb"] == "PATCH" && c["resource"] == "nodes" && c["subresource"] == "status"
-            })
-            .map(|c| c["count"].as_u64().unwrap())
-            .sum()
-    };
     // Ten nodes for 20 s or more, each down part of the time, and the calls a killed apiserver
     // served since its last scrape lost: 73 posts seen (without the churn: 9).
-    assert!(status(&s) >= 30, "{} node status posts", status(&s));
+    let posts = count_of_sub(&s, "PATCH", "nodes", "status");
+    assert!(posts >= 30, "{posts} node status posts");
     let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(md.contains("## Chaos"), "{md}");
     assert!(md.contains("Churn: 20 config changes/s"), "{md}");
