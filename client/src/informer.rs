@@ -72,6 +72,19 @@ impl<'a, K> Change<'a, K> {
     }
 }
 
+/// The store's own copy of the object a change is about (the store holds the new object when
+/// handlers run), so a handler can keep it rather than copy it; `None` for a deletion.
+pub fn cached<K>(store: &Store<K>, c: &Change<'_, K>) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    match c {
+        Change::Deleted(_) => None,
+        _ => store.get(&ObjectRef::from(c.object())),
+    }
+}
+
 /// Drops what no controller reads but every object carries: managedFields (as client-go's
 /// `TransformStripManagedFields`, which kube-controller-manager's informers use).
 fn trim<K: Resource>(obj: &mut K) {

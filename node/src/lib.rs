@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use keelson_client::connect;
-use keelson_client::informer::{Change, Informer};
+use keelson_client::informer::{Change, Informer, cached};
 use kube::api::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
@@ -68,14 +68,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 .map_err(Error::Runtime)?,
         );
         run_with(config, node, client, rt, shutdown).await
-    }
-}
-
-/// The informer's own copy of a changed pod (the store holds the new object when handlers run).
-fn cached(store: &kube::runtime::reflector::Store<Pod>, c: &Change<'_, Pod>) -> Option<Arc<Pod>> {
-    match c {
-        Change::Deleted(_) => None,
-        _ => store.get(&kube::runtime::reflector::ObjectRef::from(c.object())),
     }
 }
 

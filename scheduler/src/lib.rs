@@ -274,11 +274,8 @@ impl Informers {
         let store = pods.store();
         pods.on_change(move |c| {
             // The informer's own copy, shared by the queue and cache rather than copied.
-            let cached = match &c {
-                Change::Deleted(_) => None,
-                _ => store.get(&kube::runtime::reflector::ObjectRef::from(c.object())),
-            };
-            handle_pod(&s, c, cached)
+            let pod = keelson_client::informer::cached(&store, &c);
+            handle_pod(&s, c, pod)
         });
         let mut nodes: Informer<Node> = informer(&self.client);
         let s = sched.clone();
