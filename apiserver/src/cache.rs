@@ -10,7 +10,7 @@
 //! gets `410 Expired`; a cache that is not ready (starting, relisting) sends requests to the store.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -27,7 +27,7 @@ use crate::resources::{self, Resource};
 use crate::selectors::{self, FieldSelector, LabelSelector};
 use crate::status::ApiResult;
 use crate::strategy;
-use crate::watch::{WatchParams, bookmark, encode_event, expired};
+use crate::watch::{Render, WatchParams, bookmark, encode_event, expired, protobuf_frame};
 
 /// The RBAC API group, whose caches run even when caching is off (the authorizer reads them).
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -126,6 +126,9 @@ pub struct Event {
     pub obj: Option<Arc<Obj>>,
     /// The object before the change.
     pub prev: Option<Arc<Obj>>,
+    /// The protobuf encoding of `obj`, made by the first protobuf watcher that sends it and
+    /// shared by the others (`None` inside when it has none).
+    pb: OnceLock<Option<Bytes>>,
 }
 
 struct State {
@@ -400,6 +403,7 @@ impl Cacher {
                             key: Vec::new(),
                             obj: None,
                             prev: None,
+                            pb: OnceLock::new(),
                         }));
                     }
                     *self.progress.lock() = None;
@@ -491,6 +495,7 @@ impl Cacher {
                         key: Vec::new(),
                         obj: None,
                         prev: None,
+                        pb: OnceLock::new(),
                     }));
                 }
                 drop(st);
@@ -514,6 +519,7 @@ impl Cacher {
                     key: kv.key,
                     obj: Some(obj),
                     prev,
+                    pb: OnceLock::new(),
                 }
             }
             WatchEvent::Delete { key, revision, .. } => {
@@ -530,6 +536,7 @@ impl Cacher {
                     key,
                     obj: Some(obj),
                     prev: Some(prev),
+                    pb: OnceLock::new(),
                 }
             }
         };
@@ -739,7 +746,7 @@ impl Cacher {
                 }
                 First::Snapshot(objs, rev) => {
                     for o in objs {
-                        if tx.send(me.line(&p, "ADDED", &o)).await.is_err() {
+                        if tx.send(me.line(&p, "ADDED", &o, None)).await.is_err() {
                             return;
                         }
                     }
@@ -812,11 +819,28 @@ impl Cacher {
         Some(Ok(rx))
     }
 
-    /// One watch line for `obj`; plain JSON watches reuse the object's encoding.
-    fn line(&self, p: &WatchParams, ty: &str, obj: &Obj) -> Bytes {
+    /// One watch line for `obj`; plain JSON watches reuse the object's encoding, protobuf
+    /// watches the encoding in `pb` (the event's, shared by its watchers) when there is one.
+    fn line(
+        &self,
+        p: &WatchParams,
+        ty: &str,
+        obj: &Obj,
+        pb: Option<&OnceLock<Option<Bytes>>>,
+    ) -> Bytes {
         self.events_counter.inc();
-        if p.table.is_some() {
-            return encode_event(self.res, p, ty, &obj.value());
+        match p.render {
+            Render::Json => {}
+            Render::Protobuf => {
+                let encode = || crate::protobuf::encode(&obj.value()).map(Bytes::from);
+                return match pb {
+                    Some(cell) => protobuf_frame(ty, cell.get_or_init(encode).as_deref()),
+                    None => protobuf_frame(ty, encode().as_deref()),
+                };
+            }
+            Render::Table(_) | Render::Metadata => {
+                return encode_event(self.res, p, ty, &obj.value());
+            }
         }
         let mut b = BytesMut::with_capacity(obj.json.len() + 32);
         b.put_slice(b"{\"type\":\"");
@@ -844,7 +868,7 @@ impl Cacher {
             (Kind::Deleted, true, _) => "DELETED",
             _ => return None,
         };
-        Some(self.line(p, ty, obj))
+        Some(self.line(p, ty, obj, Some(&e.pb)))
     }
 }
 
@@ -916,6 +940,7 @@ mod ring_tests {
             key: Vec::new(),
             obj: None,
             prev: None,
+            pb: OnceLock::new(),
         })
     }
 

@@ -66,7 +66,7 @@ enum Output {
     Yaml,
     Table(IncludeObject),
     Metadata,
-    /// `application/vnd.kubernetes.protobuf` (objects and lists; watches stay JSON).
+    /// `application/vnd.kubernetes.protobuf` (objects, lists and watches).
     Protobuf,
 }
 
@@ -824,11 +824,18 @@ async fn resource_request(
                     .unwrap_or(false),
                 timeout: watch::timeout(timeout_seconds, state.min_request_timeout),
                 send_initial_events: q.get("sendInitialEvents").and_then(|v| parse_bool(v)),
-                table: match out {
-                    Output::Table(i) => Some(i),
-                    _ => None,
+                render: match out {
+                    Output::Table(i) => watch::Render::Table(i),
+                    Output::Metadata => watch::Render::Metadata,
+                    // Kinds without a protobuf form are watched in JSON, as upstream does for
+                    // custom resources.
+                    Output::Protobuf if crate::protobuf::has_schema(&res.api_version(), res.kind) => {
+                        watch::Render::Protobuf
+                    }
+                    _ => watch::Render::Json,
                 },
             };
+            let content_type = params.render.content_type();
             let cached = match state.cache.get(res) {
                 Some(c) => c.watch(ns, params.clone()).await,
                 None => None,
@@ -849,7 +856,7 @@ async fn resource_request(
             let mut r = Response::new(Body::from_stream(stream));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static(content_type),
             );
             r.headers_mut().insert(
                 header::CACHE_CONTROL,

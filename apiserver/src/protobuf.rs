@@ -586,6 +586,28 @@ pub fn encode(obj: &Value) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether objects of `api_version` and `kind` have a protobuf form.
+pub fn has_schema(api_version: &str, kind: &str) -> bool {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    schema().contains_key(&format!("{}.{kind}", package(group, version, kind)))
+}
+
+/// One frame of a protobuf watch stream (`application/vnd.kubernetes.protobuf;stream=watch`):
+/// a 4-byte big-endian length, then a `meta.v1.WatchEvent {1: type, 2: RawExtension {1: raw}}`
+/// written bare (no magic, no envelope), whose `raw` is the object's own protobuf body, magic
+/// and envelope included, as [`encode`] makes it.
+pub fn watch_frame(ty: &str, object: &[u8]) -> bytes::Bytes {
+    let mut raw = Vec::with_capacity(object.len() + 4);
+    encode_bytes(1, object, &mut raw);
+    let mut event = Vec::with_capacity(raw.len() + ty.len() + 8);
+    encode_bytes(1, ty.as_bytes(), &mut event);
+    encode_bytes(2, &raw, &mut event);
+    let mut out = Vec::with_capacity(event.len() + 4);
+    out.extend_from_slice(&(event.len() as u32).to_be_bytes());
+    out.extend_from_slice(&event);
+    bytes::Bytes::from(out)
+}
+
 fn encode_scalar(kind: &str, tag: u32, v: &Value, out: &mut Vec<u8>) -> Result<(), String> {
     match kind {
         "string" => encode_bytes(tag, v.as_str().ok_or("not a string")?.as_bytes(), out),
@@ -975,6 +997,25 @@ mod tests {
         assert_eq!(l.items.len(), 1);
         assert_eq!(l.metadata.unwrap().resource_version.as_deref(), Some("5"));
         assert!(encode(&json!({"apiVersion": "example.com/v1", "kind": "Widget"})).is_none());
+    }
+
+    #[test]
+    fn a_watch_frame_is_a_length_prefixed_watch_event_that_k8s_pb_reads() {
+        assert!(has_schema("v1", "ConfigMap"));
+        assert!(has_schema("apps/v1", "Deployment"));
+        assert!(has_schema("v1", "Status"));
+        assert!(!has_schema("example.com/v1", "Widget"));
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "7"}, "data": {"k": "v"}});
+        let object = encode(&cm).unwrap();
+        let frame = watch_frame("MODIFIED", &object);
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let ev =
+            k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(&frame[4..]).unwrap();
+        assert_eq!(ev.r#type.as_deref(), Some("MODIFIED"));
+        let raw = ev.object.unwrap().raw.unwrap();
+        assert_eq!(raw, object);
+        assert_eq!(decode(&raw).unwrap(), cm);
     }
 
     #[test]

@@ -107,3 +107,163 @@ fn kube_rs_crud_watch_relist_and_apply() {
         assert!(managers.contains(&"bob".to_string()), "{managers:?}");
     });
 }
+
+const PROTOBUF: &str = "application/vnd.kubernetes.protobuf, application/json";
+
+/// Opens a watch with `accept`; returns the response's content type and its body.
+async fn open_watch(
+    client: &Client,
+    path: &str,
+    accept: &str,
+) -> (String, std::pin::Pin<Box<kube::client::Body>>) {
+    let req = http::Request::get(path)
+        .header("Accept", accept)
+        .body(Vec::new())
+        .unwrap();
+    let resp = client
+        .send(req.map(kube::client::Body::from))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    (ct, Box::pin(resp.into_body()))
+}
+
+/// Reads from `body` until `done` finds a whole item at the front of `buf`.
+async fn read_until<T>(
+    body: &mut std::pin::Pin<Box<kube::client::Body>>,
+    buf: &mut Vec<u8>,
+    mut done: impl FnMut(&mut Vec<u8>) -> Option<T>,
+) -> T {
+    loop {
+        if let Some(t) = done(buf) {
+            return t;
+        }
+        let frame = tokio::time::timeout(
+            Duration::from_secs(10),
+            http_body_util::BodyExt::frame(body),
+        )
+        .await
+        .expect("a watch event within 10 s")
+        .expect("the watch ended early")
+        .unwrap();
+        if let Ok(d) = frame.into_data() {
+            buf.extend_from_slice(&d);
+        }
+    }
+}
+
+/// The next event of a protobuf watch stream: its type, and the kind and message of its object
+/// (as client-go reads them: a 4-byte length, a bare WatchEvent, an enveloped object).
+async fn next_pb(
+    body: &mut std::pin::Pin<Box<kube::client::Body>>,
+    buf: &mut Vec<u8>,
+) -> (String, String, Vec<u8>) {
+    use k8s_pb::apimachinery::pkg::{apis::meta::v1::WatchEvent as PbEvent, runtime::Unknown};
+    use prost::Message;
+    let (ty, raw) = read_until(body, buf, |b| {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().unwrap()) as usize;
+        let frame = b.get(4..4 + n)?;
+        let ev = PbEvent::decode(frame).unwrap();
+        let out = (ev.r#type.unwrap(), ev.object.unwrap().raw.unwrap());
+        b.drain(..4 + n);
+        Some(out)
+    })
+    .await;
+    assert_eq!(&raw[..4], b"k8s\0");
+    let unknown = Unknown::decode(&raw[4..]).unwrap();
+    (
+        ty,
+        unknown.type_meta.unwrap().kind.unwrap(),
+        unknown.raw.unwrap(),
+    )
+}
+
+#[test]
+fn protobuf_and_metadata_watches() {
+    use k8s_pb::api::core::v1 as pb;
+    use prost::Message;
+    let c = ApiCluster::start_with(Backend::Keelson, 1, &["--default-watch-cache-size=8"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = client(&c).await;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let first = cms.create(&PostParams::default(), &cm("p1", "1")).await.unwrap();
+        let from = first.metadata.resource_version.unwrap();
+
+        // From the watch cache: the initial ADDED, then live events, each a protobuf frame.
+        let (ct, mut body) = open_watch(&client, "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=30", PROTOBUF).await;
+        assert_eq!(ct, "application/vnd.kubernetes.protobuf;stream=watch");
+        let mut buf = Vec::new();
+        let mut seen = Vec::new();
+        let (ty, kind, raw) = next_pb(&mut body, &mut buf).await;
+        let got = pb::ConfigMap::decode(&raw[..]).unwrap();
+        assert_eq!((ty.as_str(), kind.as_str()), ("ADDED", "ConfigMap"));
+        assert_eq!(got.metadata.unwrap().name.as_deref(), Some("p1"));
+        assert_eq!(got.data.get("k").map(String::as_str), Some("1"));
+        cms.create(&PostParams::default(), &cm("p2", "2")).await.unwrap();
+        cms.delete("p1", &DeleteParams::default()).await.unwrap();
+        while seen.len() < 2 {
+            let (ty, _, raw) = next_pb(&mut body, &mut buf).await;
+            let name = pb::ConfigMap::decode(&raw[..]).unwrap().metadata.unwrap().name.unwrap();
+            seen.push(format!("{ty} {name}"));
+        }
+        assert_eq!(seen, ["ADDED p2", "DELETED p1"]);
+
+        // A resourceVersion the cache no longer holds: a protobuf Status with 410.
+        for i in 0..10 {
+            cms.create(&PostParams::default(), &cm(&format!("q{i}"), "x")).await.unwrap();
+        }
+        let (_, mut old) = open_watch(&client, &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={from}"), PROTOBUF).await;
+        let mut buf = Vec::new();
+        let (ty, kind, raw) = next_pb(&mut old, &mut buf).await;
+        assert_eq!((ty.as_str(), kind.as_str()), ("ERROR", "Status"));
+        let status = k8s_pb::apimachinery::pkg::apis::meta::v1::Status::decode(&raw[..]).unwrap();
+        assert_eq!((status.code, status.reason.as_deref()), (Some(410), Some("Expired")));
+
+        // Events are not cached by default: the store-fed watch writes protobuf too.
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+        let rv = events.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+        let (ct, mut body) = open_watch(&client, &format!("/api/v1/namespaces/default/events?watch=1&resourceVersion={rv}&timeoutSeconds=30"), PROTOBUF).await;
+        assert_eq!(ct, "application/vnd.kubernetes.protobuf;stream=watch");
+        let ev: k8s_openapi::api::core::v1::Event = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "e1"}, "reason": "Tested", "message": "hello",
+            "involvedObject": {"kind": "ConfigMap", "name": "p2", "namespace": "default"}})).unwrap();
+        events.create(&PostParams::default(), &ev).await.unwrap();
+        let mut buf = Vec::new();
+        let (ty, kind, raw) = next_pb(&mut body, &mut buf).await;
+        assert_eq!((ty.as_str(), kind.as_str()), ("ADDED", "Event"));
+        let got = pb::Event::decode(&raw[..]).unwrap();
+        assert_eq!((got.reason.as_deref(), got.message.as_deref()), (Some("Tested"), Some("hello")));
+
+        // Metadata-only clients get PartialObjectMetadata objects, bookmarks included.
+        let (ct, mut body) = open_watch(
+            &client,
+            "/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=30&labelSelector=suite%3Dkube-rs&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json",
+        )
+        .await;
+        assert_eq!(ct, "application/json");
+        let mut buf = Vec::new();
+        let mut names = Vec::new();
+        loop {
+            let line = read_until(&mut body, &mut buf, |b| {
+                let end = b.iter().position(|c| *c == b'\n')?;
+                let line: serde_json::Value = serde_json::from_slice(&b[..end]).unwrap();
+                b.drain(..=end);
+                Some(line)
+            })
+            .await;
+            assert_eq!(line["object"]["kind"], "PartialObjectMetadata", "{line}");
+            assert_eq!(line["object"]["apiVersion"], "meta.k8s.io/v1", "{line}");
+            assert!(line["object"].get("data").is_none(), "{line}");
+            if line["type"] == "BOOKMARK" {
+                break;
+            }
+            names.push(line["object"]["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        names.sort();
+        assert_eq!(names.len(), 11, "{names:?}");
+        assert_eq!(names[0], "p2");
+    });
+}
