@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::object;
 use crate::registry::{ListOptions, ListPage, Registry, encode_continue, parse_rv};
 use crate::resources::{self, Resource};
-use crate::selectors::{self, FieldSelector, LabelSelector};
+use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiResult;
 use crate::strategy;
 use crate::watch::{Render, WatchParams, bookmark, encode_event, expired, protobuf_frame};
@@ -65,7 +65,7 @@ impl Obj {
             .unwrap_or_default();
         let fields = strategy::field_selector_fields(res)
             .iter()
-            .map(|f| selectors::field_value(&value, f).into_boxed_str())
+            .map(|f| strategy::field_value(res, &value, f).into_boxed_str())
             .collect();
         let mut json = serde_json::to_vec(&value).unwrap_or_default();
         // A vector whose length is its capacity becomes `Bytes` without keeping spare room.
@@ -586,6 +586,9 @@ impl Cacher {
     /// Serves a list from the cache, or `None` when it must go to the store (continue tokens,
     /// exact resourceVersions, a cache that is not ready or not fresh enough in time).
     pub async fn list(&self, ns: &str, opts: &ListOptions) -> Option<ApiResult<CachedPage>> {
+        if let Err(e) = crate::registry::validate_list_options(opts) {
+            return Some(Err(e));
+        }
         if opts.resource_version_match.as_deref() == Some("Exact") || !self.is_ready() {
             return None;
         }
@@ -1010,7 +1013,7 @@ mod obj_tests {
             let f = FieldSelector::parse(fields, strategy::field_selector_fields(pods)).unwrap();
             assert_eq!(
                 o.selected(pods, &l, &f),
-                l.matches_object(&want) && f.matches_object(&want),
+                l.matches_object(&want) && f.matches_object(pods, &want),
                 "labels {labels:?} fields {fields:?}"
             );
         }

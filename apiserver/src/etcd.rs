@@ -430,6 +430,28 @@ impl Etcd {
         Ok(WriteOutcome::Failed(current))
     }
 
+    /// Writes `key` whatever it holds, attached to `lease` (0: none).
+    pub async fn put(&self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, EtcdError> {
+        let value = self.encrypt(key, value).await?;
+        let resp = self
+            .txn(pb::TxnRequest {
+                success: vec![leased_put_op(key, value, lease)],
+                ..Default::default()
+            })
+            .await?;
+        Ok(resp.header.map(|h| h.revision).unwrap_or(0))
+    }
+
+    /// Deletes `key` if it exists.
+    pub async fn delete(&self, key: &[u8]) -> Result<(), EtcdError> {
+        self.txn(pb::TxnRequest {
+            success: vec![delete_op(key)],
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Writes `key` only if it does not exist.
     pub async fn create(&self, key: &[u8], value: Vec<u8>) -> Result<WriteOutcome, EtcdError> {
         self.create_all(key, value, 0, &[]).await

@@ -622,6 +622,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panicking_handler_is_a_500_status_and_the_server_goes_on() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/fine", axum::routing::get(|| async { "fine" }))
+            .layer(from_fn(recover_panics));
+        let r = app.clone().oneshot(get("/boom")).await.unwrap();
+        assert_eq!(r.status(), 500);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("InternalError"))
+        );
+        assert!(
+            !status["message"].as_str().unwrap().contains("handler bug"),
+            "{status}"
+        );
+        let r = app.oneshot(get("/fine")).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    #[tokio::test]
     async fn over_the_in_flight_limit_is_429_and_watches_are_exempt() {
         let gate = Arc::new(tokio::sync::Notify::new());
         let (tx, mut entered) = tokio::sync::mpsc::unbounded_channel();

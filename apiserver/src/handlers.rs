@@ -626,6 +626,13 @@ fn list_body(res: &Resource, page: crate::registry::ListPage) -> Value {
     json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": md, "items": items})
 }
 
+fn not_allowed(info: &RequestInfo) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "the server does not allow this method on the requested resource ({} {})",
+        info.verb, info.path
+    ))
+}
+
 async fn resource_request(
     state: &ApiState,
     info: &RequestInfo,
@@ -718,6 +725,9 @@ async fn resource_request(
     };
     let allow_table = sub.is_none() || status_like(sub);
     let result: ApiResult<Response> = async { match (info.verb.as_str(), sub) {
+        // No route: POST to an object, PUT or PATCH to a collection.
+        ("create", None) if !name.is_empty() => Err(not_allowed(info)),
+        ("update" | "patch", _) if name.is_empty() => Err(not_allowed(info)),
         ("get", None | Some(Sub::Status | Sub::Approval)) => {
             let out = negotiate(&headers, &q, allow_table)?;
             let obj = with_type(res, state.registry.get(res, ns, name).await?);
@@ -904,8 +914,14 @@ async fn resource_request(
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
-            let mut warnings =
-                validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            let mut warnings = validation::check_duplicates(&ct, &body, fv)?;
+            warnings.extend(validation::check(
+                res.group,
+                res.version,
+                res.definition,
+                &mut obj,
+                fv,
+            )?);
             if state.admission.pod_security && res.namespaced {
                 warnings.extend(pod_security(state, res, ns, &obj, audit.as_deref()).await?);
             }
@@ -1008,7 +1024,14 @@ async fn resource_request(
             let body = read_body(req.into_body()).await?;
             let mut obj = decode_document(&ct, &body)?;
             check_type(&mut obj, res.group, res.version, res.kind)?;
-            let warnings = validation::check(res.group, res.version, res.definition, &mut obj, fv)?;
+            let mut warnings = validation::check_duplicates(&ct, &body, fv)?;
+            warnings.extend(validation::check(
+                res.group,
+                res.version,
+                res.definition,
+                &mut obj,
+                fv,
+            )?);
             let updated = state
                 .registry
                 .update(
@@ -1164,10 +1187,7 @@ async fn resource_request(
                 &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
             ))
         }
-        _ => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource ({} {})",
-            info.verb, info.path
-        ))),
+        _ => Err(not_allowed(info)),
     } }.await;
     // Webhook warnings go out with the answer, a refusal included, as upstream.
     match (result, hooks) {

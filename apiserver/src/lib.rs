@@ -14,11 +14,13 @@ pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod certificates;
+pub mod checks;
 pub mod classes;
 pub mod config;
 pub mod convert;
 pub mod discovery;
 pub mod encryption;
+pub mod endpoint_reconciler;
 pub mod etcd;
 pub mod eventratelimit;
 #[cfg(test)]

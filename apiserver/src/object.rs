@@ -176,27 +176,9 @@ pub fn human_duration(secs: i64) -> String {
 
 /// The autoscaling/v1 Scale view of a scalable object.
 pub fn scale_of(res: &Resource, obj: &Value) -> Value {
-    let selector = match obj.pointer("/spec/selector") {
-        Some(Value::Object(m))
-            if m.contains_key("matchLabels") || m.contains_key("matchExpressions") =>
-        {
-            m.get("matchLabels")
-                .and_then(Value::as_object)
-                .map(|l| {
-                    l.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default()
-        }
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => String::new(),
-    };
+    // matchLabels and matchExpressions both (an HPA selects pods with it), or a
+    // ReplicationController's plain map.
+    let selector = crate::table::label_selector(obj.pointer("/spec/selector"));
     let m = meta(obj);
     json!({
         "kind": "Scale",

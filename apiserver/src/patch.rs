@@ -457,6 +457,23 @@ fn strategic_merge(
             }
         }
     }
+    // An order for a list the patch leaves alone reorders the list as it is.
+    for (k, order) in p {
+        let (Some(field), Value::Array(order)) = (k.strip_prefix("$setElementOrder/"), order)
+        else {
+            continue;
+        };
+        if p.contains_key(field) {
+            continue;
+        }
+        let key = ctx
+            .property(schema, field)
+            .and_then(|p| p.get("x-kubernetes-patch-merge-key"))
+            .and_then(Value::as_str);
+        if let Some(Value::Array(list)) = out.get_mut(field) {
+            reorder(list, order, key);
+        }
+    }
     Some(Value::Object(out))
 }
 
@@ -497,6 +514,9 @@ fn merge_list(
                 out.push(v.clone());
             }
         }
+        if let Some(Value::Array(order)) = order {
+            reorder(&mut out, order, None);
+        }
         return out;
     };
     let mut out = cur.to_vec();
@@ -526,15 +546,24 @@ fn merge_list(
         }
     }
     if let Some(Value::Array(order)) = order {
-        let rank = |e: &Value| {
-            order
-                .iter()
-                .position(|o| o.get(key) == e.get(key))
-                .unwrap_or(usize::MAX)
-        };
-        out.sort_by_key(rank);
+        reorder(&mut out, order, Some(key));
     }
     out
+}
+
+/// Puts `list` in the order `$setElementOrder` gives (elements matched by `key`, or whole for
+/// primitives); elements it does not name keep their relative order, after those it does.
+fn reorder(list: &mut [Value], order: &[Value], key: Option<&str>) {
+    let rank = |e: &Value| {
+        order
+            .iter()
+            .position(|o| match key {
+                Some(k) => o.get(k).is_some() && o.get(k) == e.get(k),
+                None => o == e,
+            })
+            .unwrap_or(usize::MAX)
+    };
+    list.sort_by_key(rank);
 }
 
 #[cfg(test)]
@@ -588,6 +617,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(replaced["data"], json!({"c": "3"}));
+    }
+
+    #[test]
+    fn set_element_order_orders_keyed_and_primitive_lists() {
+        let base = json!({"metadata": {"finalizers": ["a", "b"]}, "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]}}}});
+        let patch = json!({"metadata": {"$setElementOrder/finalizers": ["c", "b", "a"], "finalizers": ["c"]},
+            "spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}]}}}});
+        let out = apply(
+            PatchKind::Strategic,
+            "apps",
+            "v1",
+            "io.k8s.api.apps.v1.Deployment",
+            &base,
+            &patch,
+        )
+        .unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["c", "b", "a"]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "b", "image": "2"}, {"name": "a", "image": "1"}])
+        );
     }
 
     #[test]

@@ -13,9 +13,53 @@ use crate::etcd::{Etcd, EtcdError, WriteOutcome, prefix_end};
 use crate::object::{self, meta, meta_str, set_meta};
 use crate::resources::{self, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::status::{ApiError, ApiResult};
+use crate::status::{ApiError, ApiResult, Cause};
 use crate::strategy;
 use crate::webhook::Operation;
+
+/// Upstream's checks of a list's `resourceVersionMatch`: 422 Invalid on `ListOptions`.
+pub fn validate_list_options(opts: &ListOptions) -> ApiResult<()> {
+    let Some(m) = opts.resource_version_match.as_deref() else {
+        return Ok(());
+    };
+    let field = "resourceVersionMatch";
+    let mut causes = Vec::new();
+    if opts.resource_version.is_none() {
+        causes.push(Cause::new(
+            "FieldValueForbidden",
+            field,
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    if opts.continue_token.is_some() {
+        causes.push(Cause::new(
+            "FieldValueForbidden",
+            field,
+            "Forbidden: resourceVersionMatch is forbidden when continue is provided",
+        ));
+    }
+    if m != "Exact" && m != "NotOlderThan" {
+        causes.push(Cause::new(
+            "FieldValueNotSupported",
+            field,
+            format!(
+                "Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+            ),
+        ));
+    }
+    if m == "Exact" && opts.resource_version.as_deref() == Some("0") {
+        causes.push(Cause::new(
+            "FieldValueForbidden",
+            field,
+            "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", causes))
+    }
+}
 
 /// Options of a list request.
 #[derive(Debug, Clone, Default)]
@@ -413,6 +457,7 @@ impl Registry {
 
     /// Lists objects of `res` in `ns` (all namespaces if empty).
     pub async fn list(&self, res: &Resource, ns: &str, opts: &ListOptions) -> ApiResult<ListPage> {
+        validate_list_options(opts)?;
         let prefix = object::collection_prefix(&self.prefix, res, ns);
         let end = prefix_end(&prefix);
         let (mut start, mut revision, serializable) = match &opts.continue_token {
@@ -426,20 +471,20 @@ impl Registry {
                 let rv = opts.resource_version.as_deref().map(parse_rv).transpose()?;
                 match (rv, opts.resource_version_match.as_deref()) {
                     (Some(rv), Some("Exact")) => (prefix.clone(), rv, false),
-                    (None, Some(m)) => {
-                        return Err(ApiError::bad_request(format!(
-                            "resourceVersionMatch: Forbidden: resourceVersionMatch {m:?} is forbidden unless resourceVersion is provided"
-                        )));
-                    }
-                    (_, Some(m)) if m != "NotOlderThan" && m != "Exact" => {
-                        return Err(ApiError::bad_request(format!(
-                            "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
-                        )));
-                    }
                     (Some(0), _) => (prefix.clone(), 0, true),
                     _ => (prefix.clone(), 0, false),
                 }
             }
+        };
+        // Not older than a resourceVersion: the store must have reached it.
+        let at_least = match (&opts.continue_token, opts.resource_version_match.as_deref()) {
+            (None, None | Some("NotOlderThan")) => opts
+                .resource_version
+                .as_deref()
+                .map(parse_rv)
+                .transpose()?
+                .unwrap_or(0),
+            _ => 0,
         };
         let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();
         let mut items = Vec::new();
@@ -477,13 +522,16 @@ impl Registry {
             };
             if revision == 0 {
                 revision = r.revision;
+                if at_least > revision {
+                    return Err(ApiError::too_large_resource_version(at_least, revision));
+                }
             }
             let n = r.kvs.len();
             let mut last_key = None;
             for (i, kv) in r.kvs.into_iter().enumerate() {
                 let obj = object::decode_stored(res, &kv.value, kv.mod_revision)?;
                 last_key = Some(kv.key);
-                if opts.labels.matches_object(&obj) && opts.fields.matches_object(&obj) {
+                if opts.labels.matches_object(&obj) && opts.fields.matches_object(res, &obj) {
                     items.push(obj);
                 }
                 if opts.limit > 0 && items.len() as i64 >= opts.limit {

@@ -291,11 +291,11 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
-    /// Whether the object matches; fields are looked up by their JSON path (`spec.nodeName`),
-    /// a missing field reading as the empty string.
-    pub fn matches_object(&self, obj: &Value) -> bool {
+    /// Whether `obj`, an object of `res`, matches; fields have the values upstream's field
+    /// sets give them ([`crate::strategy::field_value`]).
+    pub fn matches_object(&self, res: &crate::resources::Resource, obj: &Value) -> bool {
         self.terms.iter().all(|(k, neg, v)| {
-            let got = field_value(obj, k);
+            let got = crate::strategy::field_value(res, obj, k);
             (got == *v) != *neg
         })
     }
@@ -389,7 +389,7 @@ mod tests {
                 ],
             )
             .unwrap()
-            .matches_object(&obj)
+            .matches_object(crate::resources::find("", "v1", "pods").unwrap(), &obj)
         };
         assert!(f("spec.nodeName=n1,status.phase!=Failed"));
         assert!(!f("metadata.name=q"));

@@ -306,8 +306,9 @@ pub fn app(state: Arc<ApiState>, chain: Arc<ChainConfig>) -> Router {
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the system namespaces and the `kubernetes` Service once the store answers, and adds
-/// this server to the `kubernetes` Endpoints; several apiservers racing is fine.
+/// Creates the system namespaces and the `kubernetes` Service once the store answers, then
+/// keeps this server in the `kubernetes` Endpoints until `shutdown` (and takes it out then);
+/// several apiservers racing is fine.
 async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: CancellationToken) {
     let nsres = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
     let mut pending: Vec<&str> = SYSTEM_NAMESPACES.to_vec();
@@ -333,66 +334,21 @@ async fn bootstrap(registry: Registry, advertise: (String, u16), shutdown: Cance
         }
     }
     let svcres = crate::resources::find("", "v1", "services").expect("services are served");
-    let epres = crate::resources::find("", "v1", "endpoints").expect("endpoints are served");
     let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": registry.ranges().first_ip().to_string(), "type": "ClusterIP", "sessionAffinity": "None",
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": advertise.1}]}});
     while !shutdown.is_cancelled() {
-        let svc_ok = match registry
+        match registry
             .create(svcres, "default", svc.clone(), &WriteOpts::internal())
             .await
         {
-            Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => true,
-            Err(e) => {
-                tracing::debug!(error = %e, "kubernetes service not created yet");
-                false
-            }
-        };
-        let (ip, port) = (advertise.0.clone(), advertise.1);
-        let add_self = |old: &serde_json::Value| -> crate::status::ApiResult<serde_json::Value> {
-            let mut o = crate::object::without_rv(old);
-            let mut addrs: Vec<serde_json::Value> = o
-                .pointer("/subsets/0/addresses")
-                .and_then(serde_json::Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if !addrs.iter().any(|a| a["ip"] == ip) {
-                addrs.push(serde_json::json!({"ip": ip}));
-            }
-            o["subsets"] = serde_json::json!([{"addresses": addrs, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
-            Ok(o)
-        };
-        let ep = serde_json::json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"}});
-        let ep_ok = match registry
-            .create(
-                epres,
-                "default",
-                add_self(&ep).unwrap_or(ep.clone()),
-                &WriteOpts::internal(),
-            )
-            .await
-        {
-            Ok(_) => true,
-            Err(e) if e.code == 409 => registry
-                .guaranteed_update(
-                    epres,
-                    "default",
-                    "kubernetes",
-                    false,
-                    &WriteOpts::internal(),
-                    None,
-                    add_self,
-                )
-                .await
-                .is_ok(),
-            Err(_) => false,
-        };
-        if svc_ok && ep_ok {
-            return;
+            Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => break,
+            Err(e) => tracing::debug!(error = %e, "kubernetes service not created yet"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    crate::endpoint_reconciler::run(registry, advertise.0, advertise.1, shutdown).await;
 }
 
 /// Runs `keelson apiserver` until `shutdown` is cancelled.
@@ -634,7 +590,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         ip => ip.to_string(),
     };
-    tokio::spawn(bootstrap(
+    let bootstrapped = tokio::spawn(bootstrap(
         state.registry.clone(),
         (endpoint_ip, config.secure_port),
         shutdown.clone(),
@@ -705,6 +661,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             }
         });
     }
+    // Out of the `kubernetes` Endpoints before going (bounded: the store may be gone too).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), bootstrapped).await;
     Ok(())
 }
 

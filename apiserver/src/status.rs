@@ -246,6 +246,21 @@ impl ApiError {
         Self::new(504, "Timeout", message)
     }
 
+    /// 504 for a read that needs a resourceVersion newer than the store has reached
+    /// (upstream's "Too large resource version", with its cause and a retry after a second).
+    pub fn too_large_resource_version(min: i64, current: i64) -> Self {
+        let mut e = Self::timeout(format!(
+            "Timeout: Too large resource version: {min}, current: {current}"
+        ));
+        e.details.causes.push(Cause::new(
+            "ResourceVersionTooLarge",
+            "",
+            "Too large resource version",
+        ));
+        e.details.retry_after = Some(1);
+        e
+    }
+
     /// 403 Forbidden.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message)

@@ -55,9 +55,13 @@ pub fn valid_dns_subdomain(s: &str) -> bool {
 
 fn name_rule(res: &Resource) -> (fn(&str) -> bool, &'static str) {
     match res.kind {
-        "Namespace" | "Service" => (
+        "Namespace" => (
             valid_dns_label,
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        ),
+        "Service" => (
+            |s: &str| valid_dns_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase()),
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
         ),
         // RBAC names are path segments only.
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => (
@@ -74,7 +78,7 @@ fn name_rule(res: &Resource) -> (fn(&str) -> bool, &'static str) {
 }
 
 /// A qualified name (`[prefix/]name`), as label and annotation keys must be.
-fn valid_qualified_key(k: &str) -> bool {
+pub(crate) fn valid_qualified_key(k: &str) -> bool {
     match k.rsplit_once('/') {
         Some((p, n)) => valid_dns_subdomain(p) && valid_qualified_name_part(n),
         None => valid_qualified_name_part(k),
@@ -226,6 +230,15 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
             set_default(obj, &["spec", "sessionAffinity"], json!("None"));
             set_default(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
+            if matches!(
+                obj.pointer("/spec/type").and_then(Value::as_str),
+                Some("NodePort" | "LoadBalancer")
+            ) {
+                set_default(obj, &["spec", "externalTrafficPolicy"], json!("Cluster"));
+            }
+            if obj.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer") {
+                set_default(obj, &["spec", "allocateLoadBalancerNodePorts"], json!(true));
+            }
             if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     set_default(p, &["protocol"], json!("TCP"));
@@ -256,8 +269,31 @@ pub fn default(res: &Resource, obj: &mut Value) {
             }
             default_template(obj);
         }
-        "ReplicaSet" | "ReplicationController" => {
+        "ReplicaSet" => {
             set_default(obj, &["spec", "replicas"], json!(1));
+            default_template(obj);
+        }
+        "ReplicationController" => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            // As upstream's v1 defaults: the selector and the controller's own labels come
+            // from the template's labels when left out.
+            let labels = obj.pointer("/spec/template/metadata/labels").cloned();
+            if let Some(labels) = labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty())) {
+                if obj
+                    .pointer("/spec/selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
+                    obj["spec"]["selector"] = labels.clone();
+                }
+                let m = crate::object::meta_mut(obj);
+                if m.get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|l| l.is_empty())
+                {
+                    m.insert("labels".into(), labels);
+                }
+            }
             default_template(obj);
         }
         "StatefulSet" => {
@@ -269,6 +305,32 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 &["spec", "updateStrategy", "type"],
                 json!("RollingUpdate"),
             );
+            if obj
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                == Some("RollingUpdate")
+            {
+                set_default(
+                    obj,
+                    &["spec", "updateStrategy", "rollingUpdate", "partition"],
+                    json!(0),
+                );
+            }
+            for f in ["whenDeleted", "whenScaled"] {
+                set_default(
+                    obj,
+                    &["spec", "persistentVolumeClaimRetentionPolicy", f],
+                    json!("Retain"),
+                );
+            }
+            if let Some(ts) = obj
+                .pointer_mut("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array_mut)
+            {
+                for t in ts {
+                    set_default(t, &["spec", "volumeMode"], json!("Filesystem"));
+                }
+            }
             default_template(obj);
         }
         "DaemonSet" => {
@@ -278,7 +340,65 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 &["spec", "updateStrategy", "type"],
                 json!("RollingUpdate"),
             );
+            if obj
+                .pointer("/spec/updateStrategy/type")
+                .and_then(Value::as_str)
+                == Some("RollingUpdate")
+            {
+                let ru = ["spec", "updateStrategy", "rollingUpdate"];
+                set_default(obj, &[ru[0], ru[1], ru[2], "maxUnavailable"], json!(1));
+                set_default(obj, &[ru[0], ru[1], ru[2], "maxSurge"], json!(0));
+            }
             default_template(obj);
+        }
+        "PersistentVolume" => {
+            set_default(
+                obj,
+                &["spec", "persistentVolumeReclaimPolicy"],
+                json!("Retain"),
+            );
+            set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
+            set_default(obj, &["status", "phase"], json!("Pending"));
+        }
+        "PersistentVolumeClaim" => {
+            set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
+            set_default(obj, &["status", "phase"], json!("Pending"));
+        }
+        "StorageClass" => {
+            set_default(obj, &["reclaimPolicy"], json!("Delete"));
+            set_default(obj, &["volumeBindingMode"], json!("Immediate"));
+        }
+        "PriorityClass" => {
+            set_default(obj, &["preemptionPolicy"], json!("PreemptLowerPriority"));
+        }
+        "NetworkPolicy" => {
+            if obj.pointer("/spec/policyTypes").is_none_or(Value::is_null)
+                && obj.get("spec").is_some()
+            {
+                let mut types = vec![json!("Ingress")];
+                if obj
+                    .pointer("/spec/egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| !e.is_empty())
+                {
+                    types.push(json!("Egress"));
+                }
+                obj["spec"]["policyTypes"] = json!(types);
+            }
+            for dir in ["ingress", "egress"] {
+                if let Some(rules) = obj
+                    .pointer_mut(&format!("/spec/{dir}"))
+                    .and_then(Value::as_array_mut)
+                {
+                    for r in rules {
+                        if let Some(ports) = r.get_mut("ports").and_then(Value::as_array_mut) {
+                            for p in ports {
+                                set_default(p, &["protocol"], json!("TCP"));
+                            }
+                        }
+                    }
+                }
+            }
         }
         "Job" => {
             set_default(obj, &["spec", "backoffLimit"], json!(6));
@@ -401,6 +521,66 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<Cause>) {
                 "Invalid value: {}: `selector` does not match template `labels`",
                 serde_json::to_string(&labels).unwrap_or_default()
             ),
+        ));
+    }
+}
+
+/// A ReplicationController: a template whose labels its (plain map) selector matches, and
+/// a replica count that is not negative.
+fn validate_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
+    let selector = obj.pointer("/spec/selector").and_then(Value::as_object);
+    match selector {
+        Some(sel) if !sel.is_empty() => {
+            let labels = obj
+                .pointer("/spec/template/metadata/labels")
+                .and_then(Value::as_object);
+            if obj.pointer("/spec/template").is_some()
+                && !sel
+                    .iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            {
+                causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    "spec.template.metadata.labels",
+                    format!(
+                        "Invalid value: {}: `selector` does not match template `labels`",
+                        serde_json::to_string(&labels).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        _ => causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.selector",
+            "Required value",
+        )),
+    }
+    match obj.pointer("/spec/template/spec") {
+        Some(spec) => {
+            validate_containers(spec, "spec.template.spec", causes);
+            if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str)
+                && rp != "Always"
+            {
+                causes.push(Cause::new(
+                    "FieldValueNotSupported",
+                    "spec.template.spec.restartPolicy",
+                    format!("Unsupported value: {rp:?}: supported values: \"Always\""),
+                ));
+            }
+        }
+        None => causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.template",
+            "Required value",
+        )),
+    }
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "spec.replicas",
+            format!("Invalid value: {r}: must be greater than or equal to 0"),
         ));
     }
 }
@@ -534,6 +714,19 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
             validate_service_port_clashes(ports.map_or(&[][..], Vec::as_slice), &mut causes);
         }
         "NetworkPolicy" => validate_network_policy(obj, &mut causes),
+        "ReplicationController" => validate_replication_controller(obj, &mut causes),
+        "PersistentVolume" => crate::checks::persistent_volume(obj, &mut causes),
+        "PersistentVolumeClaim" => crate::checks::persistent_volume_claim(obj, &mut causes),
+        "StorageClass" => crate::checks::storage_class(obj, &mut causes),
+        "Ingress" => crate::checks::ingress(obj, &mut causes),
+        "IngressClass" => crate::checks::ingress_class(obj, &mut causes),
+        "Endpoints" => crate::checks::endpoints(obj, &mut causes),
+        "EndpointSlice" => crate::checks::endpoint_slice(obj, &mut causes),
+        "PodDisruptionBudget" => crate::checks::pod_disruption_budget(obj, &mut causes),
+        "Role" => crate::checks::policy_rules(obj, false, &mut causes),
+        "ClusterRole" => crate::checks::policy_rules(obj, true, &mut causes),
+        "ConfigMap" => crate::checks::config_map(obj, &mut causes),
+        "Secret" => crate::checks::secret(obj, &mut causes),
         "Lease" => {}
         "RoleBinding" | "ClusterRoleBinding" => require(obj, "/roleRef", "roleRef", &mut causes),
         "PriorityClass" => require(obj, "/value", "value", &mut causes),
@@ -734,6 +927,20 @@ fn validate_network_policy(obj: &Value, causes: &mut Vec<Cause>) {
 /// Validates an update against the old object: immutable fields.
 pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), ApiError> {
     let mut causes = Vec::new();
+    // Kinds whose spec is compared whole: an object stored before a default existed gets it
+    // first, so that the default's arrival is not taken for a change.
+    let defaulted;
+    let old = if matches!(
+        res.kind,
+        "StatefulSet" | "PersistentVolume" | "PersistentVolumeClaim"
+    ) {
+        let mut o = old.clone();
+        default(res, &mut o);
+        defaulted = o;
+        &defaulted
+    } else {
+        old
+    };
     let name = meta_str(new, "name");
     let immutable: &[(&str, &str)] = match res.kind {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
@@ -761,6 +968,7 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), A
     if res.kind == crate::certificates::KIND {
         crate::certificates::validate_update(old, new, &mut causes);
     }
+    crate::checks::update(res.kind, old, new, &mut causes);
     if matches!(res.kind, "ConfigMap" | "Secret") && old.get("immutable") == Some(&json!(true)) {
         for f in ["data", "binaryData", "stringData"] {
             if old.get(f) != new.get(f) {
@@ -1122,22 +1330,167 @@ pub fn field_selector_fields(res: &Resource) -> &'static [&'static str] {
             "reportingController",
         ],
         "Node" => &["metadata.name", "spec.unschedulable"],
+        "Service" => &[
+            "metadata.name",
+            "metadata.namespace",
+            "spec.clusterIP",
+            "spec.type",
+        ],
+        "CertificateSigningRequest" => &["metadata.name", "spec.signerName"],
         "Namespace" => &["metadata.name", "status.phase"],
         "Secret" => &["metadata.name", "metadata.namespace", "type"],
         "ReplicaSet" | "ReplicationController" => {
             &["metadata.name", "metadata.namespace", "status.replicas"]
         }
         "Job" => &["metadata.name", "metadata.namespace", "status.successful"],
-        "PersistentVolumeClaim" | "PersistentVolume" => {
-            &["metadata.name", "metadata.namespace", "status.phase"]
-        }
+        // `name` is a leftover upstream keeps for compatibility.
+        "PersistentVolumeClaim" => &["metadata.name", "metadata.namespace", "name"],
+        "PersistentVolume" => &["metadata.name", "name"],
         _ => &["metadata.name", "metadata.namespace"],
+    }
+}
+
+/// The value of a selectable field of `obj` as upstream's field sets give it: a few fields are
+/// not at their JSON path (a Job's `status.successful` is its `status.succeeded`, an Event's
+/// `source` its `source.component`, a volume's or claim's `name` its `metadata.name`), and
+/// booleans and counts left unset read as `false` and `0`.
+pub fn field_value(res: &Resource, obj: &Value, field: &str) -> String {
+    let path = match (res.kind, field) {
+        ("Job", "status.successful") => "status.succeeded",
+        ("Event", "source") => "source.component",
+        ("PersistentVolume" | "PersistentVolumeClaim", "name") => "metadata.name",
+        _ => field,
+    };
+    let v = crate::selectors::field_value(obj, path);
+    if !v.is_empty() {
+        return v;
+    }
+    match (res.kind, field) {
+        ("Pod", "spec.hostNetwork") | ("Node", "spec.unschedulable") => "false".into(),
+        ("Job", "status.successful")
+        | ("ReplicaSet" | "ReplicationController", "status.replicas") => "0".into(),
+        _ => v,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_of_workloads_storage_and_policies_are_upstreams() {
+        let r = |g: &str, v: &str, n: &str| crate::resources::find(g, v, n).unwrap();
+        let mut ds = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        default(r("apps", "v1", "daemonsets"), &mut ds);
+        assert_eq!(
+            ds["spec"]["updateStrategy"]["rollingUpdate"],
+            json!({"maxUnavailable": 1, "maxSurge": 0})
+        );
+        let mut sts = json!({"spec": {"volumeClaimTemplates": [{"spec": {}}], "template": {"spec": {"containers": []}}}});
+        default(r("apps", "v1", "statefulsets"), &mut sts);
+        assert_eq!(
+            sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"],
+            0
+        );
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+            "Filesystem"
+        );
+        let mut rc = json!({"metadata": {"name": "rc"}, "spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let rcs = r("", "v1", "replicationcontrollers");
+        default(rcs, &mut rc);
+        assert_eq!(rc["spec"]["selector"], json!({"app": "a"}));
+        assert_eq!(rc["metadata"]["labels"], json!({"app": "a"}));
+        assert!(validate(rcs, &rc).is_ok());
+        rc["spec"]["selector"] = json!({"app": "b"});
+        assert!(validate(rcs, &rc).is_err());
+        let mut pv = json!({"spec": {}});
+        default(r("", "v1", "persistentvolumes"), &mut pv);
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["status"]["phase"], "Pending");
+        let mut sc = json!({"provisioner": "p"});
+        default(r("storage.k8s.io", "v1", "storageclasses"), &mut sc);
+        assert_eq!(
+            (
+                sc["reclaimPolicy"].as_str(),
+                sc["volumeBindingMode"].as_str()
+            ),
+            (Some("Delete"), Some("Immediate"))
+        );
+        let mut np = json!({"spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}});
+        default(r("networking.k8s.io", "v1", "networkpolicies"), &mut np);
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert_eq!(np["spec"]["egress"][0]["ports"][0]["protocol"], "TCP");
+        let mut svc = json!({"metadata": {"name": "1abc"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        let svcs = r("", "v1", "services");
+        default(svcs, &mut svc);
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+        let e = validate(svcs, &svc).unwrap_err();
+        assert!(e.message.contains("DNS-1035"), "{}", e.message);
+    }
+
+    #[test]
+    fn selectable_fields_read_as_upstream_field_sets_give_them() {
+        let r = |g: &str, v: &str, n: &str| crate::resources::find(g, v, n).unwrap();
+        let node = r("", "v1", "nodes");
+        assert_eq!(field_value(node, &json!({}), "spec.unschedulable"), "false");
+        assert_eq!(
+            field_value(
+                node,
+                &json!({"spec": {"unschedulable": true}}),
+                "spec.unschedulable"
+            ),
+            "true"
+        );
+        let pods = r("", "v1", "pods");
+        assert_eq!(
+            field_value(pods, &json!({"spec": {}}), "spec.hostNetwork"),
+            "false"
+        );
+        assert_eq!(field_value(pods, &json!({}), "spec.nodeName"), "");
+        let jobs = r("batch", "v1", "jobs");
+        assert_eq!(field_value(jobs, &json!({}), "status.successful"), "0");
+        assert_eq!(
+            field_value(
+                jobs,
+                &json!({"status": {"succeeded": 3}}),
+                "status.successful"
+            ),
+            "3"
+        );
+        let rs = r("apps", "v1", "replicasets");
+        assert_eq!(
+            field_value(rs, &json!({"status": {}}), "status.replicas"),
+            "0"
+        );
+        let events = r("", "v1", "events");
+        let ev = json!({"source": {"component": "kubelet", "host": "n1"}});
+        assert_eq!(field_value(events, &ev, "source"), "kubelet");
+        let pvc = r("", "v1", "persistentvolumeclaims");
+        assert_eq!(
+            field_value(pvc, &json!({"metadata": {"name": "c"}}), "name"),
+            "c"
+        );
+        let svc = r("", "v1", "services");
+        assert!(field_selector_fields(svc).contains(&"spec.clusterIP"));
+        let sel = crate::selectors::FieldSelector::parse(
+            "spec.type=ClusterIP,spec.clusterIP!=None",
+            field_selector_fields(svc),
+        )
+        .unwrap();
+        assert!(sel.matches_object(
+            svc,
+            &json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1"}})
+        ));
+        assert!(!sel.matches_object(
+            svc,
+            &json!({"spec": {"type": "ClusterIP", "clusterIP": "None"}})
+        ));
+    }
 
     #[test]
     fn secret_string_data_folds_into_data() {

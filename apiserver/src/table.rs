@@ -136,12 +136,67 @@ pub fn columns(res: &Resource) -> Vec<Col> {
             ("RequestedDuration", "string", "", 0),
             ("Condition", "string", "", 0),
         ],
-        "Event" if res.group.is_empty() => vec![
+        // Both APIs' Events print alike, as upstream's (one registry serves both).
+        "Event" => vec![
             ("Last Seen", "string", "", 0),
             ("Type", "string", "", 0),
             ("Reason", "string", "", 0),
             ("Object", "string", "", 0),
+            ("Subobject", "string", "", 1),
+            ("Source", "string", "", 1),
             ("Message", "string", "", 0),
+            ("First Seen", "string", "", 1),
+            ("Count", "string", "", 1),
+            ("Name", "string", "", 1),
+        ],
+        "PersistentVolume" => vec![
+            NAME,
+            ("Capacity", "string", "", 0),
+            ("Access Modes", "string", "", 0),
+            ("Reclaim Policy", "string", "", 0),
+            ("Status", "string", "", 0),
+            ("Claim", "string", "", 0),
+            ("StorageClass", "string", "", 0),
+            ("VolumeAttributesClass", "string", "", 0),
+            ("Reason", "string", "", 0),
+            AGE,
+            ("VolumeMode", "string", "", 1),
+        ],
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            ("Request", "string", "", 0),
+            ("Limit", "string", "", 0),
+        ],
+        "LimitRange" => vec![NAME, ("Created At", "string", "date", 0)],
+        "ControllerRevision" => vec![
+            NAME,
+            ("Controller", "string", "", 0),
+            ("Revision", "integer", "", 0),
+            AGE,
+        ],
+        "NetworkPolicy" => vec![NAME, ("Pod-Selector", "string", "", 0), AGE],
+        "Ingress" => vec![
+            NAME,
+            ("Class", "string", "", 0),
+            ("Hosts", "string", "", 0),
+            ("Address", "string", "", 0),
+            ("Ports", "string", "", 0),
+            AGE,
+        ],
+        "IngressClass" => vec![
+            NAME,
+            ("Controller", "string", "", 0),
+            ("Parameters", "string", "", 0),
+            AGE,
+        ],
+        "StorageClass" => vec![
+            NAME,
+            ("Provisioner", "string", "", 0),
+            ("ReclaimPolicy", "string", "", 0),
+            ("VolumeBindingMode", "string", "", 0),
+            ("AllowVolumeExpansion", "string", "", 0),
+            AGE,
         ],
         "PriorityClass" => vec![
             NAME,
@@ -166,7 +221,9 @@ pub fn columns(res: &Resource) -> Vec<Col> {
             ("Capacity", "string", "", 0),
             ("Access Modes", "string", "", 0),
             ("StorageClass", "string", "", 0),
+            ("VolumeAttributesClass", "string", "", 0),
             AGE,
+            ("VolumeMode", "string", "", 1),
         ],
         "PodDisruptionBudget" => vec![
             NAME,
@@ -261,6 +318,185 @@ fn selector_string(sel: Option<&Value>) -> String {
     } else {
         parts.join(",")
     }
+}
+
+fn unset(v: String) -> String {
+    if v.is_empty() { "<unset>".into() } else { v }
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: Option<&Value>) -> String {
+    modes
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|m| match m.as_str().unwrap_or("") {
+                    "ReadWriteOnce" => "RWO".to_string(),
+                    "ReadOnlyMany" => "ROX".into(),
+                    "ReadWriteMany" => "RWX".into(),
+                    "ReadWriteOncePod" => "RWOP".into(),
+                    x => x.into(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn volume_mode(o: &Value) -> String {
+    match s(o.pointer("/spec/volumeMode")) {
+        m if m.is_empty() => "Filesystem".into(),
+        m => m,
+    }
+}
+
+/// A label selector as `metav1.FormatLabelSelector` writes it (`""` when it selects everything).
+pub(crate) fn label_selector(sel: Option<&Value>) -> String {
+    match selector_string(sel) {
+        s if s == "<none>" => String::new(),
+        s => s,
+    }
+}
+
+/// A quota's `Request` and `Limit` cells: `name: used/hard` for each hard limit, by name.
+fn quota_usage(o: &Value) -> (String, String) {
+    let hard = o.pointer("/spec/hard").and_then(Value::as_object);
+    let used = o.pointer("/status/used");
+    let mut names: Vec<&String> = hard.map(|h| h.keys().collect()).unwrap_or_default();
+    names.sort();
+    let (mut requests, mut limits) = (Vec::new(), Vec::new());
+    for n in names {
+        let h = s(hard.and_then(|h| h.get(n)));
+        let u = match used.and_then(|u| u.get(n)) {
+            Some(v) => s(Some(v)),
+            None => "0".into(),
+        };
+        let cell = format!("{n}: {u}/{h}");
+        if n.starts_with("limits") {
+            limits.push(cell);
+        } else {
+            requests.push(cell);
+        }
+    }
+    (requests.join(", "), limits.join(", "))
+}
+
+/// An Event's row, from either API's form (events.k8s.io keeps the core fields under
+/// `regarding`, `note` and `deprecated*` names).
+fn event_cells(o: &Value) -> Vec<Value> {
+    let get = |core: &str, new: &str| {
+        let v = s(o.pointer(core));
+        if v.is_empty() { s(o.pointer(new)) } else { v }
+    };
+    let since = |t: &str| {
+        if t.is_empty() {
+            "<unknown>".to_string()
+        } else {
+            human_age(t)
+        }
+    };
+    let mut first = since(&get("/firstTimestamp", "/deprecatedFirstTimestamp"));
+    if first == "<unknown>" {
+        first = since(&s(o.get("eventTime")));
+    }
+    let last_ts = get("/lastTimestamp", "/deprecatedLastTimestamp");
+    let mut last = if last_ts.is_empty() {
+        first.clone()
+    } else {
+        since(&last_ts)
+    };
+    let mut count = o
+        .get("count")
+        .or_else(|| o.get("deprecatedCount"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if let Some(series) = o.get("series").filter(|v| v.is_object()) {
+        last = since(&s(series.get("lastObservedTime")));
+        count = i(series.get("count"));
+    } else if count == 0 {
+        count = 1;
+    }
+    let kind = get("/involvedObject/kind", "/regarding/kind").to_lowercase();
+    let target_name = get("/involvedObject/name", "/regarding/name");
+    let target = if target_name.is_empty() {
+        kind
+    } else {
+        format!("{kind}/{target_name}")
+    };
+    let component = match get("/source/component", "/deprecatedSource/component") {
+        c if c.is_empty() => s(o.get("reportingController")),
+        c => c,
+    };
+    let instance = match get("/source/host", "/deprecatedSource/host") {
+        h if h.is_empty() => s(o.get("reportingInstance")),
+        h => h,
+    };
+    let source = if instance.is_empty() {
+        component
+    } else {
+        format!("{component}, {instance}")
+    };
+    vec![
+        json!(last),
+        json!(s(o.get("type"))),
+        json!(s(o.get("reason"))),
+        json!(target),
+        json!(get("/involvedObject/fieldPath", "/regarding/fieldPath")),
+        json!(source),
+        json!(get("/message", "/note").trim()),
+        json!(first),
+        json!(count),
+        json!(meta_str(o, "name")),
+    ]
+}
+
+/// An Ingress's row: class, hosts (at most three named), load-balancer addresses, ports.
+fn ingress_cells(o: &Value) -> Vec<Value> {
+    let class = match s(o.pointer("/spec/ingressClassName")) {
+        c if c.is_empty() => "<none>".to_string(),
+        c => c,
+    };
+    let hosts: Vec<String> = o
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| s(r.get("host")))
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let hosts = match hosts.len() {
+        0 => "*".to_string(),
+        n if n > 3 => format!("{} + {} more...", hosts[..3].join(","), n - 3),
+        _ => hosts.join(","),
+    };
+    let addresses: Vec<String> = o
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| match s(x.get("ip")) {
+                    ip if ip.is_empty() => s(x.get("hostname")),
+                    ip => ip,
+                })
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let tls = o
+        .pointer("/spec/tls")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    vec![
+        json!(meta_str(o, "name")),
+        json!(class),
+        json!(hosts),
+        json!(addresses.join(",")),
+        json!(if tls { "80, 443" } else { "80" }),
+        json!(human_age(meta_str(o, "creationTimestamp"))),
+    ]
 }
 
 fn pod_cells(p: &Value) -> Vec<Value> {
@@ -729,24 +965,107 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
             ),
             json!(crate::certificates::condition_summary(o)),
         ],
-        "Event" if res.group.is_empty() => {
-            let last = o
-                .get("lastTimestamp")
-                .and_then(Value::as_str)
-                .or_else(|| o.get("eventTime").and_then(Value::as_str))
-                .map(human_age)
-                .unwrap_or_else(|| "<unknown>".into());
-            let obj = format!(
-                "{}/{}",
-                s(o.pointer("/involvedObject/kind")).to_lowercase(),
-                s(o.pointer("/involvedObject/name"))
-            );
+        "Event" => event_cells(o),
+        "PersistentVolume" => {
+            let claim = match o.pointer("/spec/claimRef") {
+                Some(c) if c.is_object() => {
+                    format!("{}/{}", s(c.get("namespace")), s(c.get("name")))
+                }
+                _ => String::new(),
+            };
             vec![
-                json!(last),
-                json!(s(o.get("type"))),
-                json!(s(o.get("reason"))),
-                json!(obj),
-                json!(s(o.get("message"))),
+                name,
+                json!(s(o.pointer("/spec/capacity/storage"))),
+                json!(access_modes(o.pointer("/spec/accessModes"))),
+                json!(s(o.pointer("/spec/persistentVolumeReclaimPolicy"))),
+                json!(s(o.pointer("/status/phase"))),
+                json!(claim),
+                json!(s(o.pointer("/spec/storageClassName"))),
+                json!(unset(s(o.pointer("/spec/volumeAttributesClassName")))),
+                json!(s(o.pointer("/status/reason"))),
+                age,
+                json!(volume_mode(o)),
+            ]
+        }
+        "ResourceQuota" => {
+            let (requests, limits) = quota_usage(o);
+            vec![name, age, json!(requests), json!(limits)]
+        }
+        "LimitRange" => vec![name, json!(meta_str(o, "creationTimestamp"))],
+        "ControllerRevision" => {
+            let controller = meta(o)
+                .get("ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| {
+                    refs.iter()
+                        .find(|r| r.get("controller") == Some(&json!(true)))
+                })
+                .map(|r| {
+                    let group = s(r.get("apiVersion"))
+                        .rsplit_once('/')
+                        .map(|(g, _)| g.to_string())
+                        .unwrap_or_default();
+                    let kind = s(r.get("kind")).to_lowercase();
+                    let name = s(r.get("name"));
+                    if group.is_empty() {
+                        format!("{kind}/{name}")
+                    } else {
+                        format!("{kind}.{group}/{name}")
+                    }
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(controller), json!(i(o.get("revision"))), age]
+        }
+        "NetworkPolicy" => vec![
+            name,
+            json!(or_none(label_selector(o.pointer("/spec/podSelector")))),
+            age,
+        ],
+        "Ingress" => ingress_cells(o),
+        "IngressClass" => {
+            let params = match o.pointer("/spec/parameters") {
+                Some(p) if p.is_object() => {
+                    let mut k = s(p.get("kind"));
+                    let group = s(p.get("apiGroup"));
+                    if !group.is_empty() {
+                        k = format!("{k}.{group}");
+                    }
+                    format!("{k}/{}", s(p.get("name")))
+                }
+                _ => "<none>".into(),
+            };
+            vec![
+                name,
+                json!(s(o.pointer("/spec/controller"))),
+                json!(params),
+                age,
+            ]
+        }
+        "StorageClass" => {
+            let mut n = meta_str(o, "name").to_string();
+            let annotations = meta(o).get("annotations");
+            if [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|k| annotations.and_then(|a| a.get(*k)) == Some(&json!("true")))
+            {
+                n.push_str(" (default)");
+            }
+            let or = |v: String, d: &str| if v.is_empty() { d.to_string() } else { v };
+            vec![
+                json!(n),
+                json!(s(o.get("provisioner"))),
+                json!(or(s(o.get("reclaimPolicy")), "Delete")),
+                json!(or(s(o.get("volumeBindingMode")), "Immediate")),
+                json!(
+                    o.get("allowVolumeExpansion")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                        .to_string()
+                ),
+                age,
             ]
         }
         "PriorityClass" => vec![
@@ -794,29 +1113,16 @@ pub fn cells(res: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "PersistentVolumeClaim" => {
-            let modes: Vec<String> = o
-                .pointer("/status/accessModes")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|m| match m.as_str().unwrap_or("") {
-                            "ReadWriteOnce" => "RWO".to_string(),
-                            "ReadOnlyMany" => "ROX".into(),
-                            "ReadWriteMany" => "RWX".into(),
-                            "ReadWriteOncePod" => "RWOP".into(),
-                            x => x.into(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
             vec![
                 name,
                 json!(s(o.pointer("/status/phase"))),
                 json!(s(o.pointer("/spec/volumeName"))),
                 json!(s(o.pointer("/status/capacity/storage"))),
-                json!(modes.join(",")),
+                json!(access_modes(o.pointer("/status/accessModes"))),
                 json!(or_none(s(o.pointer("/spec/storageClassName")))),
+                json!(unset(s(o.pointer("/spec/volumeAttributesClassName")))),
                 age,
+                json!(volume_mode(o)),
             ]
         }
         "PodDisruptionBudget" => vec![
@@ -973,5 +1279,101 @@ mod tests {
             [json!("p"), json!("1/1"), json!("Running"), json!("2")]
         );
         assert_eq!(c[5..7], [json!("10.0.0.5"), json!("n1")]);
+    }
+
+    #[test]
+    fn storage_policy_and_event_rows_have_upstream_cells() {
+        let at = "2020-01-01T00:00:00Z";
+        let pv = json!({"metadata": {"name": "v", "creationTimestamp": at}, "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"], "persistentVolumeReclaimPolicy": "Retain", "claimRef": {"namespace": "d", "name": "c"}, "storageClassName": "fast"}, "status": {"phase": "Bound"}});
+        let c = cells(find("", "v1", "persistentvolumes").unwrap(), &pv);
+        assert_eq!(
+            c[1..9],
+            [
+                json!("1Gi"),
+                json!("RWO,ROX"),
+                json!("Retain"),
+                json!("Bound"),
+                json!("d/c"),
+                json!("fast"),
+                json!("<unset>"),
+                json!("")
+            ]
+        );
+        assert_eq!(c[10], json!("Filesystem"));
+        let quota = json!({"metadata": {"name": "q", "creationTimestamp": at}, "spec": {"hard": {"pods": "10", "limits.cpu": "2", "requests.cpu": "1"}}, "status": {"used": {"pods": "3"}}});
+        let c = cells(find("", "v1", "resourcequotas").unwrap(), &quota);
+        assert_eq!(
+            c[2..],
+            [
+                json!("pods: 3/10, requests.cpu: 0/1"),
+                json!("limits.cpu: 0/2")
+            ]
+        );
+        let rev = json!({"metadata": {"name": "web-1", "creationTimestamp": at, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "controller": true}]}, "revision": 3});
+        let c = cells(find("apps", "v1", "controllerrevisions").unwrap(), &rev);
+        assert_eq!(c[1..3], [json!("statefulset.apps/web"), json!(3)]);
+        let np = json!({"metadata": {"name": "n", "creationTimestamp": at}, "spec": {"podSelector": {}}});
+        assert_eq!(
+            cells(
+                find("networking.k8s.io", "v1", "networkpolicies").unwrap(),
+                &np
+            )[1],
+            json!("<none>")
+        );
+        let ing = json!({"metadata": {"name": "i", "creationTimestamp": at}, "spec": {"ingressClassName": "nginx", "rules": [{"host": "a.example"}, {"host": "b.example"}], "tls": [{"hosts": ["a.example"]}]}, "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}]}}});
+        let c = cells(find("networking.k8s.io", "v1", "ingresses").unwrap(), &ing);
+        assert_eq!(
+            c[1..5],
+            [
+                json!("nginx"),
+                json!("a.example,b.example"),
+                json!("10.0.0.9"),
+                json!("80, 443")
+            ]
+        );
+        let sc = json!({"metadata": {"name": "fast", "creationTimestamp": at, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "p.example"});
+        let c = cells(find("storage.k8s.io", "v1", "storageclasses").unwrap(), &sc);
+        assert_eq!(
+            c[..5],
+            [
+                json!("fast (default)"),
+                json!("p.example"),
+                json!("Delete"),
+                json!("Immediate"),
+                json!("false")
+            ]
+        );
+        // The same Event in both APIs prints the same row.
+        let core = json!({"metadata": {"name": "e", "creationTimestamp": at}, "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"}, "reason": "Pulled", "type": "Normal", "message": "done ", "source": {"component": "kubelet", "host": "n1"}, "count": 4, "firstTimestamp": at, "lastTimestamp": at});
+        let new = json!({"metadata": {"name": "e", "creationTimestamp": at}, "regarding": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"}, "reason": "Pulled", "type": "Normal", "note": "done ", "deprecatedSource": {"component": "kubelet", "host": "n1"}, "deprecatedCount": 4, "deprecatedFirstTimestamp": at, "deprecatedLastTimestamp": at});
+        let c = cells(find("", "v1", "events").unwrap(), &core);
+        assert_eq!(
+            c,
+            cells(find("events.k8s.io", "v1", "events").unwrap(), &new)
+        );
+        assert_eq!(
+            c[1..],
+            [
+                json!("Normal"),
+                json!("Pulled"),
+                json!("pod/p"),
+                json!("spec.containers{c}"),
+                json!("kubelet, n1"),
+                json!("done"),
+                c[0].clone(),
+                json!(4),
+                json!("e")
+            ]
+        );
+    }
+
+    #[test]
+    fn scale_selectors_keep_their_expressions() {
+        let rs = json!({"metadata": {"name": "r"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "canary", "operator": "DoesNotExist"}]}}});
+        let scale = crate::object::scale_of(find("apps", "v1", "replicasets").unwrap(), &rs);
+        assert_eq!(scale["status"]["selector"], "app=web,tier in (a,b),!canary");
+        let rc = json!({"metadata": {"name": "r"}, "spec": {"selector": {"app": "web"}}});
+        let scale = crate::object::scale_of(find("", "v1", "replicationcontrollers").unwrap(), &rc);
+        assert_eq!(scale["status"]["selector"], "app=web");
     }
 }

@@ -151,10 +151,133 @@ pub fn check(
     }
 }
 
+/// Fields a JSON body gives twice (serde keeps the last, as Go's decoder does), as paths
+/// (`spec.replicas`, `spec.containers[0].name`).
+fn duplicate_paths(body: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Dups<'a> {
+        path: String,
+        out: &'a RefCell<Vec<String>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Dups<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Dups<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{}.{k}", self.path)
+                };
+                if !seen.insert(k) {
+                    self.out.borrow_mut().push(path.clone());
+                }
+                m.next_value_seed(Dups {
+                    path,
+                    out: self.out,
+                })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while s
+                .next_element_seed(Dups {
+                    path: format!("{}[{i}]", self.path),
+                    out: self.out,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let out = RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = Dups {
+        path: String::new(),
+        out: &out,
+    }
+    .deserialize(&mut de);
+    out.into_inner()
+}
+
+/// Duplicate fields of a JSON request body under `fv`: warnings, or an error under Strict (as
+/// upstream's strict decoding). Bodies of other types are left to their own decoders.
+pub fn check_duplicates(
+    content_type: &str,
+    body: &[u8],
+    fv: FieldValidation,
+) -> ApiResult<Vec<String>> {
+    if fv == FieldValidation::Ignore || content_type != "application/json" {
+        return Ok(Vec::new());
+    }
+    let msgs: Vec<String> = duplicate_paths(body)
+        .into_iter()
+        .map(|p| format!("duplicate field \"{p}\""))
+        .collect();
+    match fv {
+        FieldValidation::Strict if !msgs.is_empty() => Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            msgs.join(", ")
+        ))),
+        _ => Ok(msgs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn duplicate_fields_are_found_with_their_paths() {
+        let body = br#"{"metadata": {"name": "a", "name": "b"}, "spec": {"containers": [{"name": "c", "image": "i", "image": "j"}]}}"#;
+        assert_eq!(
+            duplicate_paths(body),
+            ["metadata.name", "spec.containers[0].image"]
+        );
+        let warned = check_duplicates("application/json", body, FieldValidation::Warn).unwrap();
+        assert_eq!(warned[0], "duplicate field \"metadata.name\"");
+        let e = check_duplicates("application/json", body, FieldValidation::Strict).unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(
+            check_duplicates("application/json", body, FieldValidation::Ignore)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(duplicate_paths(br#"{"a": {"b": 1}, "c": [1, {"b": 2}]}"#).is_empty());
+    }
 
     #[test]
     fn unknown_fields_are_found_dropped_or_rejected() {

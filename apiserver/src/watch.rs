@@ -62,8 +62,8 @@ impl Render {
     }
 }
 
-pub(crate) fn matches(p: &WatchParams, obj: &Value) -> bool {
-    p.labels.matches_object(obj) && p.fields.matches_object(obj)
+pub(crate) fn matches(res: &Resource, p: &WatchParams, obj: &Value) -> bool {
+    p.labels.matches_object(obj) && p.fields.matches_object(res, obj)
 }
 
 pub(crate) fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Value) -> Bytes {
@@ -139,6 +139,16 @@ pub(crate) fn initial_events(p: &WatchParams, rv: Option<i64>) -> ApiResult<bool
             Ok(true)
         }
         Some(false) => Ok(false),
+        None if p.resource_version_match.is_some() => Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![crate::status::Cause::new(
+                "FieldValueForbidden",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )],
+        )),
         None => Ok(rv.is_none() || rv == Some(0)),
     }
 }
@@ -252,8 +262,8 @@ pub async fn start(
                     };
                     let old = prev
                         .and_then(|pk| object::decode_stored(res, &pk.value, pk.mod_revision).ok());
-                    let now = matches(&p, &new);
-                    let before = old.as_ref().is_some_and(|o| matches(&p, o));
+                    let now = matches(res, &p, &new);
+                    let before = old.as_ref().is_some_and(|o| matches(res, &p, o));
                     match (old.is_some(), before, now) {
                         (false, _, true) => Some(encode_event(res, &p, "ADDED", &new)),
                         (true, true, true) => Some(encode_event(res, &p, "MODIFIED", &new)),
@@ -268,7 +278,7 @@ pub async fn start(
                 Some(Ok(WatchEvent::Delete { revision, prev, .. })) => {
                     start_rev = revision + 1;
                     match prev.and_then(|pk| object::decode_stored(res, &pk.value, revision).ok()) {
-                        Some(old) if matches(&p, &old) => {
+                        Some(old) if matches(res, &p, &old) => {
                             Some(encode_event(res, &p, "DELETED", &old))
                         }
                         _ => None,

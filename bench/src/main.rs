@@ -102,6 +102,9 @@ struct ApiArgs {
     /// Gets in the get phase.
     #[arg(long, default_value_t = 5000)]
     gets: usize,
+    /// Paged LISTs (`limit=500`, the first page) issued by the clients after the gets.
+    #[arg(long, default_value_t = 500)]
+    lists: usize,
     /// Watchers in the watch phase.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
@@ -294,6 +297,15 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     })
     .await;
     report.push(row("pod get", args.gets, el, &h, err));
+
+    // List: the first page of 500, as informers and paging clients ask for it.
+    let p = pods.clone();
+    let (el, h, err) = run_ops(args.clients, args.lists, move |_| {
+        let p = p.clone();
+        async move { p.list(&ListParams::default().limit(500)).await.is_ok() }
+    })
+    .await;
+    report.push(row("pod list (limit=500)", args.lists, el, &h, err));
 
     // Watch fan-out: W watchers, then create pods; latency from the create request to each
     // watcher's ADDED event.

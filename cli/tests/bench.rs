@@ -423,7 +423,16 @@ fn density_under_chaos_and_churn_completes_and_reports_every_fault() {
     let run = run_dir(&out);
     let s = summary(&run);
     assert_eq!(s["missing"], serde_json::json!([]), "{log}");
-    assert_eq!(s["pod_startup"]["saturation"]["total"]["count"], 200);
+    // At least the 200 pods asked for: an apiserver killed mid-create can leave a create whose
+    // outcome the ReplicaSet controller does not learn, and (as upstream's) it makes another
+    // pod and deletes the spare later; each started pod is measured.
+    let started = s["pod_startup"]["saturation"]["total"]["count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (200..=210).contains(&started),
+        "{started} pods started\n{log}"
+    );
     assert_eq!(s["pod_startup"]["latency"]["total"]["count"], 10);
     let faults = s["faults"].as_array().unwrap();
     let of = |kind: &str| -> Vec<&Value> { faults.iter().filter(|f| f["kind"] == kind).collect() };

@@ -359,6 +359,21 @@ impl ApiCluster {
         }
     }
 
+    /// Stops apiserver `i` as an init system would: SIGTERM, then waits for it to exit.
+    #[allow(dead_code)] // used by some of the test binaries that share this file
+    pub fn stop_apiserver(&mut self, i: usize) {
+        if let Some(mut c) = self.apis[i].take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn kill_apiserver(&mut self, i: usize) {
         if let Some(mut c) = self.apis[i].take() {
             let _ = c.kill();

@@ -20,9 +20,43 @@ fn cm(name: &str, v: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"suite": "kube-rs"}}, "data": {"k": v}})).unwrap()
 }
 
+type Watch = futures::stream::BoxStream<
+    'static,
+    Result<kube::runtime::watcher::Event<ConfigMap>, kube::runtime::watcher::Error>,
+>;
+
+/// Waits (at most 20 s) for the watcher to finish a list; returns the status codes of the
+/// errors it reported meanwhile (it goes on after each).
+async fn next_init_done(w: &mut Watch) -> Vec<u16> {
+    let done = async {
+        let mut errors = Vec::new();
+        loop {
+            match w.next().await {
+                Some(Ok(kube::runtime::watcher::Event::InitDone)) => return errors,
+                Some(Ok(_)) => {}
+                Some(Err(kube::runtime::watcher::Error::WatchError(s))) => errors.push(s.code),
+                Some(Err(e)) => panic!("watcher error {e:?}"),
+                None => panic!("the watcher ended"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), done)
+        .await
+        .expect("a list within 20 s")
+}
+
 #[test]
 fn kube_rs_crud_watch_relist_and_apply() {
-    let c = ApiCluster::start_with(Backend::Keelson, 1, &["--default-watch-cache-size=8"]);
+    kube_rs_on(Backend::Keelson);
+}
+
+#[test]
+fn kube_rs_crud_watch_relist_and_apply_on_etcd() {
+    kube_rs_on(Backend::Etcd);
+}
+
+fn kube_rs_on(backend: Backend) {
+    let c = ApiCluster::start_with(backend, 1, &["--default-watch-cache-size=8"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = client(&c).await;
@@ -81,6 +115,22 @@ fn kube_rs_crud_watch_relist_and_apply() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         handle.abort();
+
+        // A watcher whose resourceVersion falls out of the cache's window while it reconnects
+        // gets 410 and lists again: its watches end every second (timeoutSeconds=1), and while
+        // one is open, 12 writes the selector leaves out push the cache's 8 events past it.
+        let cfg = kube::runtime::watcher::Config::default().labels("suite=kube-rs").timeout(1);
+        let mut w = kube::runtime::watcher(cms.clone(), cfg).boxed();
+        assert_eq!(next_init_done(&mut w).await, Vec::<u16>::new());
+        let mut unlabelled = cm("x", "x");
+        unlabelled.metadata.labels = None;
+        for i in 0..12 {
+            unlabelled.metadata.name = Some(format!("other{i}"));
+            cms.create(&PostParams::default(), &unlabelled).await.unwrap();
+        }
+        cms.create(&PostParams::default(), &cm("during", "x")).await.unwrap();
+        // The next list (InitDone comes only from one) follows the 410.
+        assert_eq!(next_init_done(&mut w).await, [410]);
 
         // Protobuf answers for clients that ask for them first (client-go components do).
         let req = http::Request::get("/api/v1/namespaces/default/configmaps/a")
@@ -265,5 +315,151 @@ fn protobuf_and_metadata_watches() {
         names.sort();
         assert_eq!(names.len(), 11, "{names:?}");
         assert_eq!(names[0], "p2");
+        let metrics = c.ok(&["get", "--raw", "/metrics"]);
+        assert!(metrics.contains("apiserver_watch_events_total{"), "no apiserver_watch_events_total");
+    });
+}
+
+/// A raw request: the status, the Retry-After header, and the body as JSON (`Null` if it is not).
+async fn raw(
+    client: &Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Option<String>, serde_json::Value) {
+    let mut req = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .send(
+            req.body(kube::client::Body::from(body.as_bytes().to_vec()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        retry,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn list_options_field_selectors_and_bad_requests_answer_as_upstream() {
+    list_options_on(Backend::Keelson);
+}
+
+#[test]
+fn list_options_field_selectors_and_bad_requests_answer_as_upstream_on_etcd() {
+    list_options_on(Backend::Etcd);
+}
+
+fn list_options_on(backend: Backend) {
+    let c = ApiCluster::start(backend, 1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Without kube-rs's own retries of 429, 503 and 504, so that each answer is seen.
+        let kc = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        config.default_retry = false;
+        let client = Client::try_from(config).unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let made = cms.create(&PostParams::default(), &cm("o1", "1")).await.unwrap();
+        let rv: i64 = made.metadata.resource_version.unwrap().parse().unwrap();
+        let list = "/api/v1/namespaces/default/configmaps";
+
+        // resourceVersionMatch: checked as upstream's ListOptions validation (422).
+        let (code, _, body) = raw(&client, "GET", &format!("{list}?resourceVersionMatch=Exact"), &[], "").await;
+        assert_eq!((code, body["reason"].as_str()), (422, Some("Invalid")), "{body}");
+        assert!(body["message"].as_str().unwrap().contains("forbidden unless resourceVersion is provided"), "{body}");
+        let (code, _, body) = raw(&client, "GET", &format!("{list}?resourceVersion={rv}&resourceVersionMatch=Newest"), &[], "").await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("Unsupported value: \"Newest\""), "{body}");
+        let (code, _, body) = raw(&client, "GET", &format!("{list}?watch=1&resourceVersion={rv}&resourceVersionMatch=NotOlderThan"), &[], "").await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("unless sendInitialEvents is provided"), "{body}");
+
+        // NotOlderThan a revision the store has reached: served; beyond it: 504 after the
+        // cache's wait (configmaps) or at once (events are not cached), with the cause.
+        let (code, _, body) = raw(&client, "GET", &format!("{list}?resourceVersion={rv}&resourceVersionMatch=NotOlderThan"), &[], "").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+        for path in [list, "/api/v1/namespaces/default/events"] {
+            let (code, retry, body) = raw(&client, "GET", &format!("{path}?resourceVersion={}&resourceVersionMatch=NotOlderThan", rv + 1000), &[], "").await;
+            assert_eq!((code, body["reason"].as_str(), retry.as_deref()), (504, Some("Timeout"), Some("1")), "{path}: {body}");
+            assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge", "{body}");
+            assert!(body["message"].as_str().unwrap().starts_with("Timeout: Too large resource version"), "{body}");
+        }
+
+        // Field selectors with upstream's values: unset booleans and counts are false and 0.
+        for (name, spec) in [("n1", serde_json::json!({})), ("n2", serde_json::json!({"unschedulable": true}))] {
+            let node = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": spec});
+            let (code, _, body) = raw(&client, "POST", "/api/v1/nodes", &[("Content-Type", "application/json")], &node.to_string()).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        let names = |body: &serde_json::Value| -> Vec<String> {
+            body["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        };
+        let (_, _, body) = raw(&client, "GET", "/api/v1/nodes?fieldSelector=spec.unschedulable%3Dfalse", &[], "").await;
+        assert_eq!(names(&body), ["n1"], "{body}");
+        let (_, _, body) = raw(&client, "GET", "/api/v1/nodes?fieldSelector=spec.unschedulable%21%3Dfalse", &[], "").await;
+        assert_eq!(names(&body), ["n2"], "{body}");
+        for (name, ip) in [("plain", None), ("headless", Some("None"))] {
+            let mut svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"ports": [{"port": 80}], "selector": {"app": name}}});
+            if let Some(ip) = ip {
+                svc["spec"]["clusterIP"] = serde_json::json!(ip);
+            }
+            let (code, _, body) = raw(&client, "POST", "/api/v1/namespaces/kube-public/services", &[("Content-Type", "application/json")], &svc.to_string()).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        let (_, _, body) = raw(&client, "GET", "/api/v1/namespaces/kube-public/services?fieldSelector=spec.clusterIP%21%3DNone,spec.type%3DClusterIP", &[], "").await;
+        assert_eq!(names(&body), ["plain"], "{body}");
+        let (code, _, body) = raw(&client, "GET", "/api/v1/namespaces/kube-public/services?fieldSelector=spec.bogus%3D1", &[], "").await;
+        assert_eq!(code, 400, "{body}");
+
+        // Bad requests: method, media types, names and types that do not match the URL.
+        let json = [("Content-Type", "application/json")];
+        let (code, _, body) = raw(&client, "POST", &format!("{list}/o1"), &json, "{}").await;
+        assert_eq!((code, body["reason"].as_str()), (405, Some("MethodNotAllowed")), "{body}");
+        let (code, _, body) = raw(&client, "GET", &format!("{list}/o1"), &[("Accept", "text/csv")], "").await;
+        assert_eq!((code, body["reason"].as_str()), (406, Some("NotAcceptable")), "{body}");
+        let (code, _, body) = raw(&client, "POST", list, &[("Content-Type", "text/csv")], "a,b").await;
+        assert_eq!((code, body["reason"].as_str()), (415, Some("UnsupportedMediaType")), "{body}");
+        let other = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}});
+        let (code, _, body) = raw(&client, "PUT", &format!("{list}/o1"), &json, &other.to_string()).await;
+        assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")), "{body}");
+        let apps = serde_json::json!({"apiVersion": "apps/v1", "kind": "ConfigMap", "metadata": {"name": "o2"}});
+        let (code, _, body) = raw(&client, "POST", list, &json, &apps.to_string()).await;
+        assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")), "{body}");
+        let (code, _, body) = raw(&client, "POST", list, &json, "{\"apiVersion\": ").await;
+        assert_eq!((code, body["reason"].as_str()), (400, Some("BadRequest")), "{body}");
+        let twice = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "o3"}, "data": {"k": "1", "k": "2"}}"#;
+        let (code, _, body) = raw(&client, "POST", &format!("{list}?fieldValidation=Strict"), &json, twice).await;
+        assert_eq!(code, 400, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("duplicate field \"data.k\""), "{body}");
+        // Nothing was written by any of them.
+        assert_eq!(cms.list(&ListParams::default()).await.unwrap().items.len(), 1);
+
+        // kube-apiserver's metric names, with what was done above counted.
+        let metrics = c.ok(&["get", "--raw", "/metrics"]);
+        for name in [
+            "apiserver_request_total{",
+            "apiserver_request_duration_seconds_bucket{",
+            "apiserver_storage_objects{resource=\"configmaps\"}",
+        ] {
+            assert!(metrics.contains(name), "{name} missing from /metrics");
+        }
+        assert!(metrics.lines().any(|l| l.starts_with("apiserver_request_total{") && l.contains("code=\"504\"")), "the 504s are not counted");
     });
 }

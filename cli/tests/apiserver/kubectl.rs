@@ -116,6 +116,96 @@ fn walkthrough(c: &ApiCluster) {
         w.contains("IMAGES") && w.contains("nginx:1.25") && w.contains("app=web"),
         "{w}"
     );
+    // Pods (bound by hand: no scheduler here) and the kinds printed beyond the workloads.
+    c.ok(&[
+        "run",
+        "p1",
+        "-n",
+        "team",
+        "--image=nginx",
+        "--overrides",
+        r#"{"spec":{"nodeName":"n1"}}"#,
+    ]);
+    let lines = |t: &str| -> Vec<Vec<String>> {
+        t.lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    let t = lines(&c.ok(&["get", "pods", "-n", "team", "-o", "wide"]));
+    assert_eq!(
+        t[0],
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
+    assert_eq!(t[1][..4], ["p1", "0/1", "Pending", "0"]);
+    assert_eq!(t[1][5..], ["<none>", "n1", "<none>", "<none>"]);
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: slow, annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}}\nprovisioner: example.com/slow\n",
+    );
+    let t = lines(&c.ok(&["get", "storageclass"]));
+    assert_eq!(
+        t[0],
+        [
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        t[1][..6],
+        [
+            "slow",
+            "(default)",
+            "example.com/slow",
+            "Delete",
+            "Immediate",
+            "false"
+        ]
+    );
+    c.ok(&["create", "namespace", "printing"]);
+    c.ok(&[
+        "create",
+        "quota",
+        "q",
+        "-n",
+        "printing",
+        "--hard=pods=10,limits.cpu=2",
+    ]);
+    let t = c.ok(&["get", "quota", "-n", "printing"]);
+    assert!(
+        t.starts_with("NAME")
+            && t.contains("REQUEST")
+            && t.contains("LIMIT")
+            && t.contains("limits.cpu: "),
+        "{t}"
+    );
+    c.ok(&[
+        "create",
+        "ingress",
+        "web",
+        "-n",
+        "printing",
+        "--class=nginx",
+        "--rule=web.example/=web:80",
+    ]);
+    let t = lines(&c.ok(&["get", "ingress", "-n", "printing"]));
+    assert_eq!(t[0], ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]);
+    assert_eq!(t[1][..4], ["web", "nginx", "web.example", "80"]);
     let all = c.ok(&["get", "svc", "-A"]);
     assert!(
         all.contains("NAMESPACE") && all.contains("kubernetes") && all.contains("10.96.0.1"),

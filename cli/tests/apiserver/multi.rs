@@ -61,6 +61,63 @@ fn two_apiservers_share_writes_and_watches() {
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "v");
+    // Both apiservers are in the `kubernetes` Endpoints and EndpointSlices (one subset and one
+    // slice per port: they share 127.0.0.1), and one that stops cleanly takes itself out.
+    let ports_of = |c: &ApiCluster, args: &[&str]| -> Vec<u16> {
+        let out = c.kubectl_with(&second, args);
+        let mut p: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        p.sort();
+        p
+    };
+    let endpoints = [
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.subsets[*].ports[*].port}",
+    ];
+    let slices = [
+        "get",
+        "endpointslices",
+        "-n",
+        "default",
+        "-l",
+        "kubernetes.io/service-name=kubernetes",
+        "-o",
+        "jsonpath={.items[*].ports[*].port}",
+    ];
+    let mut both = c.api_ports.clone();
+    both.sort();
+    eventually(
+        Duration::from_secs(20),
+        "both apiservers in the kubernetes endpoints and slices",
+        || ports_of(&c, &endpoints) == both && ports_of(&c, &slices) == both,
+    );
+    let label = c.ok(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.metadata.labels}",
+    ]);
+    assert!(
+        label.contains("\"endpointslice.kubernetes.io/skip-mirror\":\"true\""),
+        "{label}"
+    );
+    c.stop_apiserver(0);
+    let left = vec![c.api_ports[1]];
+    eventually(
+        Duration::from_secs(5),
+        "the stopped apiserver out of the kubernetes endpoints and slices",
+        || ports_of(&c, &endpoints) == left && ports_of(&c, &slices) == left,
+    );
     // Losing the first apiserver does not affect clients of the second.
     c.kill_apiserver(0);
     let out = c.kubectl_with(

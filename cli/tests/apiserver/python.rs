@@ -4,7 +4,16 @@ use crate::harness::{ApiCluster, Backend};
 
 #[test]
 fn python_client_crud_and_watch() {
-    let c = ApiCluster::start(Backend::Keelson, 1);
+    python_client_on(Backend::Keelson);
+}
+
+#[test]
+fn python_client_crud_and_watch_on_etcd() {
+    python_client_on(Backend::Etcd);
+}
+
+fn python_client_on(backend: Backend) {
+    let c = ApiCluster::start(backend, 1);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/apiserver/python_client.py"
@@ -18,7 +27,7 @@ fn python_client_crud_and_watch() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || !stdout.contains("OK") {
         panic!(
-            "python client failed (pip install kubernetes; .ci/run does this):\n{stdout}\n{stderr}\n{}",
+            "python client failed on {backend:?} (pip install kubernetes; .ci/run does this):\n{stdout}\n{stderr}\n{}",
             c.logs()
         );
     }

@@ -41,7 +41,11 @@ fn images(c: &ApiCluster, app: &str) -> Vec<String> {
 fn rollout_ok(c: &ApiCluster, what: &str) {
     let out = c.ok(&["rollout", "status", what, "--timeout=90s"]);
     assert!(
-        out.contains("successfully rolled out") || out.contains("rolling update complete"),
+        // A StatefulSet's partition (0 by default, as upstream's) makes kubectl say
+        // "partitioned roll out complete".
+        out.contains("successfully rolled out")
+            || out.contains("rolling update complete")
+            || out.contains("partitioned roll out complete"),
         "{out}\n{}",
         c.logs()
     );

@@ -175,7 +175,9 @@ pub fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             continue;
         };
         let pname = p.name.clone().unwrap_or_default();
-        let mut eps: BTreeMap<Ipv4Addr, Endpoint> = BTreeMap::new();
+        // By address and port: one address may serve on several ports (apiservers of one
+        // host in the `kubernetes` slices).
+        let mut eps: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
         for s in slices {
             if s.address_type != "IPv4" {
                 continue;
@@ -204,10 +206,10 @@ pub fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
                     if let Ok(ip) = a.parse::<Ipv4Addr>() {
                         // Listed twice (slices mid-update): the ready entry wins.
                         let new = ep(ip);
-                        match eps.get(&ip) {
+                        match eps.get(&(ip, port)) {
                             Some(old) if old.ready || !new.ready => {}
                             _ => {
-                                eps.insert(ip, new);
+                                eps.insert((ip, port), new);
                             }
                         }
                     }
