@@ -835,7 +835,7 @@ impl Cacher {
         match p.render {
             Render::Json => {}
             Render::Protobuf => {
-                let encode = || crate::protobuf::encode(&obj.value()).map(Bytes::from);
+                let encode = || crate::protobuf::encode_lenient(&obj.value()).map(Bytes::from);
                 return match pb {
                     Some(cell) => protobuf_frame(ty, cell.get_or_init(encode).as_deref()),
                     None => protobuf_frame(ty, encode().as_deref()),

@@ -683,10 +683,39 @@ pub fn secret(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// `v` compared as upstream compares typed objects: a null, `""`, `0`, `false`, `{}` or `[]`
+/// member is the same as a missing one.
+fn semantic(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), semantic(v)))
+                .filter(|(_, v)| !is_zero(v))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(semantic).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+    }
+}
+
 /// The fields of `kind` an update may not change, beyond the workloads' (a few kinds allow
 /// only some of their spec to change: those are compared without the fields that may).
 pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
-    let same = |ptr: &str| old.pointer(ptr) == new.pointer(ptr);
+    let same = |ptr: &str| {
+        semantic(old.pointer(ptr).unwrap_or(&Value::Null))
+            == semantic(new.pointer(ptr).unwrap_or(&Value::Null))
+    };
     let immutable = |field: &str, causes: &mut Vec<Cause>| {
         causes.push(Cause::new(
             "FieldValueInvalid",
@@ -701,7 +730,7 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
                 m.remove(*k);
             }
         }
-        v
+        semantic(&v)
     };
     match kind {
         "Secret" if !same("/type") => immutable("type", causes),
@@ -737,10 +766,18 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
             }
         }
         "PersistentVolumeClaim" => {
-            let mutable = ["resources", "volumeAttributesClassName", "volumeName"];
-            let bound_now = str_at(old, "/spec/volumeName").is_none_or(str::is_empty);
+            let mutable = [
+                "resources",
+                "volumeAttributesClassName",
+                "volumeName",
+                "storageClassName",
+            ];
+            let unbound = str_at(old, "/spec/volumeName").is_none_or(str::is_empty);
+            // An unbound claim without a class may get one (a default class made later).
+            let class_given = unbound && str_at(old, "/spec/storageClassName").is_none();
             if without(old, "/spec", &mutable) != without(new, "/spec", &mutable)
-                || (!bound_now && !same("/spec/volumeName"))
+                || (!unbound && !same("/spec/volumeName"))
+                || (!class_given && !same("/spec/storageClassName"))
             {
                 causes.push(Cause::new("FieldValueForbidden", "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
             }
@@ -876,6 +913,12 @@ mod tests {
         rebound["spec"]["volumeName"] = json!("pv2");
         update("PersistentVolumeClaim", &bound, &rebound, &mut c);
         assert_eq!(c.len(), 1);
+        // Zero values and missing members are the same, as for upstream's typed objects.
+        let mut c = Vec::new();
+        let kubectl = json!({"spec": {"serviceName": "", "volumeClaimTemplates": [{"metadata": {"name": "d"}}]}});
+        let typed = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "d", "creationTimestamp": null}, "status": {}}]}});
+        update("StatefulSet", &kubectl, &typed, &mut c);
+        assert!(c.is_empty());
         let mut c = Vec::new();
         update(
             "Secret",

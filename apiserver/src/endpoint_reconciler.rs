@@ -3,8 +3,8 @@
 //! under `<prefix>/masterleases/` on a 15 s lease and renews it every 10 s; on each round it
 //! lists the live keys and writes the Endpoints (labelled so that no mirroring controller copies
 //! them) and the EndpointSlice only when they differ from what the live apiservers make. An
-//! apiserver that stops cleanly removes its key and itself; one that dies drops out when its
-//! lease expires.
+//! apiserver that stops cleanly removes its key and itself (unless it is the last: then, as
+//! upstream, its address stays); one that dies drops out when its lease expires.
 //!
 //! Upstream keys a lease by the apiserver's IP and assumes every apiserver serves on the same
 //! port. Apiservers of one host (as in `keelson up`) share an IP, so a key here is `<ip>:<port>`,
@@ -137,6 +137,11 @@ pub async fn reconcile(registry: &Registry, ip: &str, port: u16, present: bool) 
         members.insert((ip.to_string(), port));
     } else {
         members.remove(&(ip.to_string(), port));
+    }
+    if members.is_empty() {
+        // The last apiserver going: as upstream, the objects keep its address rather than
+        // say no apiserver exists (clients reconnect when it is back).
+        return Ok(());
     }
     let groups = by_port(&members);
     write_endpoints(registry, &groups).await?;

@@ -568,6 +568,16 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
 /// a `runtime.Unknown` envelope. `None` when the kind has no protobuf schema or the object does
 /// not fit it (the caller answers in JSON then).
 pub fn encode(obj: &Value) -> Option<Vec<u8>> {
+    encode_with(obj, false)
+}
+
+/// As [`encode`], but a field that does not fit its message is left out rather than failing
+/// the whole object: for watch streams, which cannot fall back to JSON midway.
+pub fn encode_lenient(obj: &Value) -> Option<Vec<u8>> {
+    encode_with(obj, true)
+}
+
+fn encode_with(obj: &Value, lenient: bool) -> Option<Vec<u8>> {
     let api_version = obj.get("apiVersion")?.as_str()?;
     let kind = obj.get("kind")?.as_str()?;
     let (group, version) = match api_version.split_once('/') {
@@ -576,7 +586,7 @@ pub fn encode(obj: &Value) -> Option<Vec<u8>> {
     };
     let msg = format!("{}.{kind}", package(group, version, kind));
     schema().get(&msg)?;
-    let raw = encode_message(&msg, obj, 0).ok()?;
+    let raw = encode_message(&msg, obj, 0, lenient).ok()?;
     let mut tm = Vec::new();
     encode_bytes(1, api_version.as_bytes(), &mut tm);
     encode_bytes(2, kind.as_bytes(), &mut tm);
@@ -641,7 +651,12 @@ fn parse_go_duration_nanos(s: &str) -> Option<i64> {
 }
 
 /// Encodes the JSON object `v` as message `message`.
-fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, String> {
+fn encode_message(
+    message: &str,
+    v: &Value,
+    depth: usize,
+    lenient: bool,
+) -> Result<Vec<u8>, String> {
     if depth > 64 {
         return Err("nesting too deep".into());
     }
@@ -708,14 +723,38 @@ fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, Str
     tags.sort();
     for tag in tags {
         let f = &fields[tag];
+        let mark = out.len();
+        match encode_field(f, v, obj, depth, lenient, &mut out) {
+            Ok(()) => {}
+            // Lenient: a field that does not fit its message is left out, the rest goes.
+            Err(e) if lenient => {
+                tracing::debug!(message, field = %f.snake, error = %e, "protobuf: field left out");
+                out.truncate(mark);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes field `f` of the JSON object `obj` (whose value is `v`) into `out`.
+fn encode_field(
+    f: &Field,
+    v: &Value,
+    obj: &Map<String, Value>,
+    depth: usize,
+    lenient: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    {
         let Some(name) = f.json.clone() else {
             // Inlined embedded struct: its fields sit in this object.
-            let sub = encode_message(&f.target, v, depth + 1)?;
-            encode_bytes(f.tag, &sub, &mut out);
-            continue;
+            let sub = encode_message(&f.target, v, depth + 1, lenient)?;
+            encode_bytes(f.tag, &sub, out);
+            return Ok(());
         };
         let Some(val) = obj.get(&name).filter(|x| !x.is_null()) else {
-            continue;
+            return Ok(());
         };
         if let Some(value_kind) = f.kind.strip_prefix("map:") {
             for (k, item) in val
@@ -725,13 +764,17 @@ fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, Str
                 let mut entry = Vec::new();
                 encode_bytes(1, k.as_bytes(), &mut entry);
                 if value_kind == "message" {
-                    encode_bytes(2, &encode_message(&f.target, item, depth + 1)?, &mut entry);
+                    encode_bytes(
+                        2,
+                        &encode_message(&f.target, item, depth + 1, lenient)?,
+                        &mut entry,
+                    );
                 } else {
                     encode_scalar(value_kind, 2, item, &mut entry)?;
                 }
-                encode_bytes(f.tag, &entry, &mut out);
+                encode_bytes(f.tag, &entry, out);
             }
-            continue;
+            return Ok(());
         }
         let items: Vec<&Value> = if f.repeated {
             val.as_array()
@@ -745,15 +788,15 @@ fn encode_message(message: &str, v: &Value, depth: usize) -> Result<Vec<u8>, Str
             if f.kind == "message" {
                 encode_bytes(
                     f.tag,
-                    &encode_message(&f.target, item, depth + 1)?,
-                    &mut out,
+                    &encode_message(&f.target, item, depth + 1, lenient)?,
+                    out,
                 );
             } else {
-                encode_scalar(&f.kind, f.tag, item, &mut out)?;
+                encode_scalar(&f.kind, f.tag, item, out)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes protobuf fields for tests and clients: a length-delimited field.

@@ -1068,7 +1068,7 @@ impl Registry {
         {
             prepare(&mut obj);
         }
-        strategy::validate(res, &obj)?;
+        strategy::validate_changed(res, &old, &obj)?;
         strategy::validate_update(res, &old, &obj)?;
         w.admit(ns, Some(&old), &obj)?;
         // Built-in plugins leave subresources alone, and an object on its way out.
@@ -1115,7 +1115,7 @@ impl Registry {
     ) -> ApiResult<Value> {
         let old_rv = parse_rv(meta_str(old, "resourceVersion"))?;
         strategy::prepare_for_status_update(old, &mut obj);
-        strategy::validate(res, &obj)?;
+        strategy::validate_changed(res, old, &obj)?;
         self.write_update(
             res,
             ns,

@@ -590,16 +590,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         ip => ip.to_string(),
     };
-    let bootstrapped = tokio::spawn(bootstrap(
-        state.registry.clone(),
-        (endpoint_ip, config.secure_port),
-        shutdown.clone(),
-    ));
+    let registry = state.registry.clone();
     let app = app(state, chain);
     let addr = SocketAddr::new(config.bind_address, config.secure_port);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| StartError(format!("listen on {addr}: {e}")))?;
+    // Only once it listens does this server say it serves (in the `kubernetes` Endpoints).
+    let bootstrapped = tokio::spawn(bootstrap(
+        registry,
+        (endpoint_ip, config.secure_port),
+        shutdown.clone(),
+    ));
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), etcd = ?config.etcd_servers, "Serving securely");
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {

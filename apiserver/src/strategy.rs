@@ -300,15 +300,26 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["spec", "replicas"], json!(1));
             set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
             set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
-            set_default(
-                obj,
-                &["spec", "updateStrategy", "type"],
-                json!("RollingUpdate"),
-            );
+            // As upstream's: a strategy left out becomes RollingUpdate with a rollingUpdate of
+            // its own; a rollingUpdate given or made gets partition 0.
+            if obj
+                .pointer("/spec/updateStrategy/type")
+                .is_none_or(Value::is_null)
+            {
+                set_default(
+                    obj,
+                    &["spec", "updateStrategy", "type"],
+                    json!("RollingUpdate"),
+                );
+                set_default(obj, &["spec", "updateStrategy", "rollingUpdate"], json!({}));
+            }
             if obj
                 .pointer("/spec/updateStrategy/type")
                 .and_then(Value::as_str)
                 == Some("RollingUpdate")
+                && obj
+                    .pointer("/spec/updateStrategy/rollingUpdate")
+                    .is_some_and(Value::is_object)
             {
                 set_default(
                     obj,
@@ -358,11 +369,9 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 json!("Retain"),
             );
             set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
-            set_default(obj, &["status", "phase"], json!("Pending"));
         }
         "PersistentVolumeClaim" => {
             set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
-            set_default(obj, &["status", "phase"], json!("Pending"));
         }
         "StorageClass" => {
             set_default(obj, &["reclaimPolicy"], json!("Delete"));
@@ -372,9 +381,10 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["preemptionPolicy"], json!("PreemptLowerPriority"));
         }
         "NetworkPolicy" => {
-            if obj.pointer("/spec/policyTypes").is_none_or(Value::is_null)
-                && obj.get("spec").is_some()
-            {
+            let unset = obj
+                .pointer("/spec/policyTypes")
+                .is_none_or(|t| t.is_null() || t.as_array().is_some_and(Vec::is_empty));
+            if unset && obj.get("spec").is_some_and(Value::is_object) {
                 let mut types = vec![json!("Ingress")];
                 if obj
                     .pointer("/spec/egress")
@@ -924,22 +934,54 @@ fn validate_network_policy(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Validates the object an update writes, ratcheting as upstream does for rules that tighten:
+/// what `old` already broke the same way does not refuse the update (a status update, or a
+/// finalizer's removal, of an object stored before a check existed goes through).
+pub fn validate_changed(res: &Resource, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let Err(mut e) = validate(res, new) else {
+        return Ok(());
+    };
+    if let Err(before) = validate(res, old) {
+        let known = |c: &Cause| {
+            before
+                .details
+                .causes
+                .iter()
+                .any(|b| b.field == c.field && b.message == c.message)
+        };
+        e.details.causes.retain(|c| !known(c));
+        if e.details.causes.is_empty() {
+            return Ok(());
+        }
+        let name = meta_str(new, "name");
+        return Err(ApiError::invalid(
+            res.group,
+            res.kind,
+            name,
+            std::mem::take(&mut e.details.causes),
+        ));
+    }
+    Err(e)
+}
+
 /// Validates an update against the old object: immutable fields.
 pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Result<(), ApiError> {
     let mut causes = Vec::new();
-    // Kinds whose spec is compared whole: an object stored before a default existed gets it
-    // first, so that the default's arrival is not taken for a change.
-    let defaulted;
-    let old = if matches!(
+    // Kinds whose fields are compared whole: both sides get the defaults, so that neither an
+    // object stored before a default existed nor a status update (whose object is not
+    // defaulted) takes a default's arrival for a change.
+    let (defaulted_old, defaulted_new);
+    let (old, new) = if matches!(
         res.kind,
-        "StatefulSet" | "PersistentVolume" | "PersistentVolumeClaim"
+        "StatefulSet" | "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" | "Secret"
     ) {
-        let mut o = old.clone();
+        let (mut o, mut n) = (old.clone(), new.clone());
         default(res, &mut o);
-        defaulted = o;
-        &defaulted
+        default(res, &mut n);
+        (defaulted_old, defaulted_new) = (o, n);
+        (&defaulted_old, &defaulted_new)
     } else {
-        old
+        (old, new)
     };
     let name = meta_str(new, "name");
     let immutable: &[(&str, &str)] = match res.kind {
@@ -1103,6 +1145,8 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
     }
     match res.kind {
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
+        // Their defaulted phase (upstream defaults it when the object is read).
+        "PersistentVolume" | "PersistentVolumeClaim" => obj["status"] = json!({"phase": "Pending"}),
         "Pod" => {
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(obj)});
             let gated = obj
@@ -1408,9 +1452,11 @@ mod tests {
         assert!(validate(rcs, &rc).is_ok());
         rc["spec"]["selector"] = json!({"app": "b"});
         assert!(validate(rcs, &rc).is_err());
-        let mut pv = json!({"spec": {}});
-        default(r("", "v1", "persistentvolumes"), &mut pv);
+        let pvs = r("", "v1", "persistentvolumes");
+        let mut pv = json!({"spec": {}, "status": {"phase": "Bound"}});
+        default(pvs, &mut pv);
         assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        prepare_for_create(pvs, &mut pv);
         assert_eq!(pv["status"]["phase"], "Pending");
         let mut sc = json!({"provisioner": "p"});
         default(r("storage.k8s.io", "v1", "storageclasses"), &mut sc);

@@ -152,56 +152,84 @@ pub fn check(
 }
 
 /// Fields a JSON body gives twice (serde keeps the last, as Go's decoder does), as paths
-/// (`spec.replicas`, `spec.containers[0].name`).
+/// (`spec.replicas`, `spec.containers[0].name`). The path is kept as a stack of segments and
+/// written out only for a duplicate: this runs on every JSON create and update.
 fn duplicate_paths(body: &[u8]) -> Vec<String> {
     use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
 
-    struct Dups<'a> {
-        path: String,
+    enum Seg {
+        Key(String),
+        Index(usize),
+    }
+    struct Walk<'a> {
+        path: &'a RefCell<Vec<Seg>>,
         out: &'a RefCell<Vec<String>>,
     }
-    impl<'de> DeserializeSeed<'de> for Dups<'_> {
+    fn written(path: &[Seg], last: &str) -> String {
+        let mut s = String::new();
+        for seg in path {
+            match seg {
+                Seg::Key(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(k);
+                }
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        if !s.is_empty() {
+            s.push('.');
+        }
+        s.push_str(last);
+        s
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
         type Value = ();
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_any(self)
         }
     }
-    impl<'de> Visitor<'de> for Dups<'_> {
+    impl<'de> Visitor<'de> for Walk<'_> {
         type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
+            let mut seen: std::collections::HashSet<String> = Default::default();
             while let Some(k) = m.next_key::<String>()? {
-                let path = if self.path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{}.{k}", self.path)
-                };
-                if !seen.insert(k) {
-                    self.out.borrow_mut().push(path.clone());
+                if seen.contains(&k) {
+                    let p = written(&self.path.borrow(), &k);
+                    self.out.borrow_mut().push(p);
                 }
-                m.next_value_seed(Dups {
-                    path,
+                self.path.borrow_mut().push(Seg::Key(k));
+                m.next_value_seed(Walk {
+                    path: self.path,
                     out: self.out,
                 })?;
+                if let Some(Seg::Key(k)) = self.path.borrow_mut().pop() {
+                    seen.insert(k);
+                }
             }
             Ok(())
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<(), A::Error> {
             let mut i = 0;
-            while s
-                .next_element_seed(Dups {
-                    path: format!("{}[{i}]", self.path),
-                    out: self.out,
-                })?
-                .is_some()
-            {
+            loop {
+                self.path.borrow_mut().push(Seg::Index(i));
+                let more = s
+                    .next_element_seed(Walk {
+                        path: self.path,
+                        out: self.out,
+                    })?
+                    .is_some();
+                self.path.borrow_mut().pop();
+                if !more {
+                    return Ok(());
+                }
                 i += 1;
             }
-            Ok(())
         }
         fn visit_bool<E>(self, _: bool) -> Result<(), E> {
             Ok(())
@@ -222,10 +250,10 @@ fn duplicate_paths(body: &[u8]) -> Vec<String> {
             Ok(())
         }
     }
-    let out = RefCell::new(Vec::new());
+    let (path, out) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
     let mut de = serde_json::Deserializer::from_slice(body);
-    let _ = Dups {
-        path: String::new(),
+    let _ = Walk {
+        path: &path,
         out: &out,
     }
     .deserialize(&mut de);

@@ -69,7 +69,7 @@ pub(crate) fn matches(res: &Resource, p: &WatchParams, obj: &Value) -> bool {
 pub(crate) fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Value) -> Bytes {
     let object = match (p.render, ty) {
         (Render::Protobuf, _) => {
-            return protobuf_frame(ty, crate::protobuf::encode(obj).as_deref());
+            return protobuf_frame(ty, crate::protobuf::encode_lenient(obj).as_deref());
         }
         (Render::Table(include), "ADDED" | "MODIFIED" | "DELETED") => {
             let rv = object::meta_str(obj, "resourceVersion").to_string();
@@ -86,9 +86,10 @@ pub(crate) fn encode_event(res: &Resource, p: &WatchParams, ty: &str, obj: &Valu
     Bytes::from(line)
 }
 
-/// The protobuf frame of an event whose object encodes as `encoded`. An object without a
-/// protobuf form (the handler answers in JSON for kinds that have none, so this is a fault)
-/// becomes an ERROR event, on which clients end the watch and list again.
+/// The protobuf frame of an event whose object encodes as `encoded` (leniently: a field that
+/// does not fit is left out). An object with no protobuf form at all (the handler answers in
+/// JSON for kinds that have none, so this is a fault) becomes an ERROR event, on which clients
+/// end the watch and list again.
 pub(crate) fn protobuf_frame(ty: &str, encoded: Option<&[u8]>) -> Bytes {
     match encoded {
         Some(b) => crate::protobuf::watch_frame(ty, b),
