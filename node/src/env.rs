@@ -1,11 +1,12 @@
 //! A container's environment as upstream's kubelet builds it: `envFrom` first, then `env` in
 //! order with `$(VAR)` expansion, `valueFrom` field/resource/ConfigMap/Secret references. A
 //! missing required ConfigMap or Secret (or key) is an error naming it
-//! (CreateContainerConfigError).
+//! (CreateContainerConfigError). Service variables (`KUBERNETES_SERVICE_HOST` and the rest)
+//! come after, for the names the container does not set.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Client;
 use kube::api::Api;
 
@@ -161,13 +162,102 @@ fn set(vars: &mut Vec<(String, String)>, k: String, v: String) {
     }
 }
 
-/// The container's environment, in order.
+/// An environment variable name made from a Service or port name, as upstream's.
+fn env_name(s: &str) -> String {
+    s.replace('-', "_").to_ascii_uppercase()
+}
+
+/// The variables upstream's kubelet gives containers for `services` (those with a cluster IP):
+/// `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT` (the first port) and
+/// `<NAME>_SERVICE_PORT_<PORT NAME>`, and Docker's link variables (`<NAME>_PORT`,
+/// `<NAME>_PORT_<port>_<PROTO>` with `_PROTO`, `_PORT` and `_ADDR`).
+pub fn service_vars(services: &[Service]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let spec = svc.spec.as_ref();
+        let Some(ip) = spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let ports = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+        let Some(first) = ports.first() else {
+            continue;
+        };
+        let name = env_name(svc.metadata.name.as_deref().unwrap_or_default());
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!("{name}_SERVICE_PORT_{}", env_name(n)),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let host_port = |port: i32| match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:{port}"),
+            _ => format!("{ip}:{port}"),
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            let url = format!("{}://{}", proto.to_ascii_lowercase(), host_port(p.port));
+            if i == 0 {
+                out.push((format!("{name}_PORT"), url.clone()));
+            }
+            let prefix = format!("{name}_PORT_{}_{}", p.port, proto.to_ascii_uppercase());
+            out.push((format!("{prefix}_PROTO"), proto.to_ascii_lowercase()));
+            out.push((format!("{prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{prefix}_ADDR"), ip.to_string()));
+            out.push((prefix, url));
+        }
+    }
+    out
+}
+
+/// A pod's Service variables, as upstream's kubelet gives them: the `kubernetes` Service of
+/// `default` always (what in-cluster clients find the API by), and with `enableServiceLinks`
+/// (the default) every Service of the pod's namespace, which wins over `default/kubernetes` for
+/// a Service of the same name.
+pub async fn service_env(client: &Client, pod: &Pod) -> Result<Vec<(String, String)>, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    if links {
+        let list = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("listing the services of {ns}: {e}"))?;
+        for s in list.items {
+            services.insert(s.metadata.name.clone().unwrap_or_default(), s);
+        }
+    }
+    if !services.contains_key("kubernetes")
+        && let Some(master) = Api::<Service>::namespaced(client.clone(), "default")
+            .get_opt("kubernetes")
+            .await
+            .map_err(|e| format!("reading service default/kubernetes: {e}"))?
+    {
+        services.insert("kubernetes".into(), master);
+    }
+    let services: Vec<Service> = services.into_values().collect();
+    Ok(service_vars(&services))
+}
+
+/// The container's environment, in order: its `envFrom` and `env`, then the Service variables
+/// (`services`, from [`service_env`]) they do not set; `$(VAR)` sees both.
 pub async fn resolve(
     client: &Client,
     pod: &Pod,
     c: &Container,
     pod_ip: &str,
     host_ip: &str,
+    services: &[(String, String)],
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -266,10 +356,18 @@ pub async fn resolve(
                 None
             }
         } else {
-            Some(expand(e.value.as_deref().unwrap_or(""), &vars))
+            // Later entries win in `expand`: the container's own over the Services'.
+            let lookup: Vec<(String, String)> =
+                services.iter().chain(vars.iter()).cloned().collect();
+            Some(expand(e.value.as_deref().unwrap_or(""), &lookup))
         };
         if let Some(v) = value {
             set(&mut vars, e.name.clone(), v);
+        }
+    }
+    for (k, v) in services {
+        if !vars.iter().any(|(n, _)| n == k) {
+            vars.push((k.clone(), v.clone()));
         }
     }
     Ok(vars)
@@ -278,6 +376,38 @@ pub async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_variables_are_upstreams() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "my-db"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "sql", "port": 5432}, {"name": "metrics-http", "port": 9187, "protocol": "TCP"}]}}))
+        .unwrap();
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}))
+        .unwrap();
+        let vars: BTreeMap<String, String> = service_vars(&[svc, headless]).into_iter().collect();
+        let want = [
+            ("MY_DB_SERVICE_HOST", "10.96.0.7"),
+            ("MY_DB_SERVICE_PORT", "5432"),
+            ("MY_DB_SERVICE_PORT_SQL", "5432"),
+            ("MY_DB_SERVICE_PORT_METRICS_HTTP", "9187"),
+            ("MY_DB_PORT", "tcp://10.96.0.7:5432"),
+            ("MY_DB_PORT_5432_TCP", "tcp://10.96.0.7:5432"),
+            ("MY_DB_PORT_5432_TCP_PROTO", "tcp"),
+            ("MY_DB_PORT_5432_TCP_PORT", "5432"),
+            ("MY_DB_PORT_5432_TCP_ADDR", "10.96.0.7"),
+            ("MY_DB_PORT_9187_TCP", "tcp://10.96.0.7:9187"),
+            ("MY_DB_PORT_9187_TCP_PROTO", "tcp"),
+            ("MY_DB_PORT_9187_TCP_PORT", "9187"),
+            ("MY_DB_PORT_9187_TCP_ADDR", "10.96.0.7"),
+        ];
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(vars, want);
+    }
 
     #[test]
     fn expansion_follows_upstream() {

@@ -370,7 +370,14 @@ impl<R: Runtime> Worker<R> {
         let env = if self.rt().materializes() {
             let ip = self.pod_ip();
             let host_ip = self.state.lock().host_ip.clone();
-            match crate::env::resolve(&self.agent.shared.client, &pod, &c, &ip, &host_ip).await {
+            let client = &self.agent.shared.client;
+            let resolved = match crate::env::service_env(client, &pod).await {
+                Ok(services) => {
+                    crate::env::resolve(client, &pod, &c, &ip, &host_ip, &services).await
+                }
+                Err(e) => Err(e),
+            };
+            match resolved {
                 Ok(e) => e,
                 Err(msg) => {
                     fail("CreateContainerConfigError", msg);

@@ -41,6 +41,7 @@ spec:
     - |
       cat /work/order
       echo "$GREETING $PASSWORD $ME"
+      echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $KUBERNETES_PORT_443_TCP_PROTO $SELF"
       cat /cfg/greeting; echo
       hostname
       i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done
@@ -48,6 +49,7 @@ spec:
     - {name: GREETING, valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}}
     - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
     - {name: ME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: SELF, value: "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT_HTTPS)"}
     volumeMounts:
     - {name: work, mountPath: /work}
     - {name: cfg, mountPath: /cfg, readOnly: true}
@@ -97,8 +99,8 @@ fn init_containers_env_volumes_and_logs() {
         logs.contains("tick 2")
     });
     assert!(
-        logs.starts_with("one\ntwo\nhello s3cr3t web\nhello\nweb\ntick 1\n"),
-        "init order, env, configMap volume, hostname: {logs:?}"
+        logs.starts_with("one\ntwo\nhello s3cr3t web\n10.96.0.1:443 tcp https://10.96.0.1:443\nhello\nweb\ntick 1\n"),
+        "init order, env (Service variables too), configMap volume, hostname: {logs:?}"
     );
     let tail = c.ok(&["logs", "web", "-c", "main", "--tail=1"]);
     assert_eq!(tail.lines().count(), 1, "{tail:?}");
