@@ -93,6 +93,10 @@ struct ApiArgs {
     /// Store members of the started cluster.
     #[arg(long, default_value_t = 3)]
     stores: usize,
+    /// More `keelson up` flags for the started cluster (repeatable), e.g.
+    /// `--up-arg=--audit=none`.
+    #[arg(long = "up-arg", allow_hyphen_values = true)]
+    up_args: Vec<String>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -243,7 +247,8 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
                 Some(k) => k.clone(),
                 None => std::env::current_exe()?.with_file_name("keelson"),
             };
-            Some(start_cluster(&keelson, args.stores)?)
+            let extra: Vec<&str> = args.up_args.iter().map(String::as_str).collect();
+            Some(start_cluster_with(&keelson, args.stores, &extra)?)
         }
     };
     let kc_path = args
@@ -321,8 +326,12 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         watchers.push(tokio::spawn(async move {
             let mut h = new_hist();
             let mut seen = 0;
-            let Ok(stream) = p.watch(&WatchParams::default().timeout(290), &rv).await else {
-                return (h, seen);
+            let stream = match p.watch(&WatchParams::default().timeout(290), &rv).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("a watcher could not start: {e}");
+                    return (h, seen);
+                }
             };
             let mut stream = stream.boxed();
             while seen < want {
@@ -335,7 +344,10 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
                         }
                     }
                     Ok(Ok(Some(_))) => {}
-                    _ => break,
+                    other => {
+                        eprintln!("a watcher ended after {seen} events: {other:?}");
+                        break;
+                    }
                 }
             }
             (h, seen)

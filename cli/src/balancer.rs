@@ -24,15 +24,20 @@ pub async fn run(listener: TcpListener, backends: Vec<SocketAddr>, shutdown: Can
         let start = next.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let n = backends.len();
-            for i in 0..n {
-                let addr = backends[(start + i) % n];
-                if let Ok(Ok(mut upstream)) =
-                    tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
-                {
-                    let _ = upstream.set_nodelay(true);
-                    let _ = client.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    return;
+            // A second round waits longer: under a storm of connections (a thousand watchers,
+            // nodes coming back after a restart) an apiserver's accept queue fills and a SYN
+            // is answered only when retransmitted, after a second.
+            for wait in [Duration::from_secs(1), Duration::from_secs(10)] {
+                for i in 0..n {
+                    let addr = backends[(start + i) % n];
+                    if let Ok(Ok(mut upstream)) =
+                        tokio::time::timeout(wait, TcpStream::connect(addr)).await
+                    {
+                        let _ = upstream.set_nodelay(true);
+                        let _ = client.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
+                    }
                 }
             }
             tracing::warn!("no apiserver accepted a connection");
