@@ -626,6 +626,27 @@ fn list_body(res: &Resource, page: crate::registry::ListPage) -> Value {
     json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": md, "items": items})
 }
 
+/// The object a create or update sends, of `res`, with the warnings `fv` asks for (duplicate
+/// and unknown fields, the unknown ones dropped) or its refusal under Strict.
+fn decoded_body(
+    res: &Resource,
+    ct: &str,
+    body: &[u8],
+    fv: FieldValidation,
+) -> ApiResult<(Value, Vec<String>)> {
+    let mut obj = decode_document(ct, body)?;
+    check_type(&mut obj, res.group, res.version, res.kind)?;
+    let mut warnings = validation::check_duplicates(ct, body, fv)?;
+    warnings.extend(validation::check(
+        res.group,
+        res.version,
+        res.definition,
+        &mut obj,
+        fv,
+    )?);
+    Ok((obj, warnings))
+}
+
 fn not_allowed(info: &RequestInfo) -> ApiError {
     ApiError::method_not_allowed(format!(
         "the server does not allow this method on the requested resource ({} {})",
@@ -912,16 +933,7 @@ async fn resource_request(
             let ct = content_type(&headers);
             let audit = crate::audit::context(&req);
             let body = read_body(req.into_body()).await?;
-            let mut obj = decode_document(&ct, &body)?;
-            check_type(&mut obj, res.group, res.version, res.kind)?;
-            let mut warnings = validation::check_duplicates(&ct, &body, fv)?;
-            warnings.extend(validation::check(
-                res.group,
-                res.version,
-                res.definition,
-                &mut obj,
-                fv,
-            )?);
+            let (obj, mut warnings) = decoded_body(res, &ct, &body, fv)?;
             if state.admission.pod_security && res.namespaced {
                 warnings.extend(pod_security(state, res, ns, &obj, audit.as_deref()).await?);
             }
@@ -1022,16 +1034,7 @@ async fn resource_request(
             let fv = field_validation(&q)?;
             let ct = content_type(&headers);
             let body = read_body(req.into_body()).await?;
-            let mut obj = decode_document(&ct, &body)?;
-            check_type(&mut obj, res.group, res.version, res.kind)?;
-            let mut warnings = validation::check_duplicates(&ct, &body, fv)?;
-            warnings.extend(validation::check(
-                res.group,
-                res.version,
-                res.definition,
-                &mut obj,
-                fv,
-            )?);
+            let (obj, warnings) = decoded_body(res, &ct, &body, fv)?;
             let updated = state
                 .registry
                 .update(

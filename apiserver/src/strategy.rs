@@ -584,6 +584,11 @@ fn validate_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
             "Required value",
         )),
     }
+    check_replicas(obj, causes);
+}
+
+/// `spec.replicas` may not be negative.
+fn check_replicas(obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
         && r < 0
     {
@@ -645,15 +650,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
                     "Required value",
                 )),
             }
-            if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
-                && r < 0
-            {
-                causes.push(Cause::new(
-                    "FieldValueInvalid",
-                    "spec.replicas",
-                    format!("Invalid value: {r}: must be greater than or equal to 0"),
-                ));
-            }
+            check_replicas(obj, &mut causes);
         }
         "Job" => {
             match obj.pointer("/spec/template/spec") {

@@ -7,7 +7,16 @@ use crate::harness::{ApiCluster, Backend, eventually};
 
 #[test]
 fn two_apiservers_share_writes_and_watches() {
-    let mut c = ApiCluster::start(Backend::Keelson, 2);
+    two_apiservers_on(Backend::Keelson);
+}
+
+#[test]
+fn two_apiservers_share_writes_and_watches_on_etcd() {
+    two_apiservers_on(Backend::Etcd);
+}
+
+fn two_apiservers_on(backend: Backend) {
+    let mut c = ApiCluster::start(backend, 2);
     let second = c.write_kubeconfig("second.kubeconfig", c.api_ports[1]);
     // A watch through the second apiserver sees a write through the first.
     let out_path = c.dir.path().join("watch2.out");
