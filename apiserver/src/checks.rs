@@ -723,14 +723,18 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
             "Invalid value: field is immutable",
         ));
     };
-    let without = |v: &Value, ptr: &str, keep: &[&str]| -> Value {
-        let mut v = v.pointer(ptr).cloned().unwrap_or(Value::Null);
-        if let Some(m) = v.as_object_mut() {
-            for k in keep {
-                m.remove(*k);
+    // Whether the spec changed in a field `mutable` does not name.
+    let spec_changed_beyond = |mutable: &[&str]| {
+        let rest = |v: &Value| {
+            let mut v = v.pointer("/spec").cloned().unwrap_or(Value::Null);
+            if let Some(m) = v.as_object_mut() {
+                for k in mutable {
+                    m.remove(*k);
+                }
             }
-        }
-        semantic(&v)
+            semantic(&v)
+        };
+        rest(old) != rest(new)
     };
     match kind {
         "Secret" if !same("/type") => immutable("type", causes),
@@ -761,7 +765,7 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
                 "persistentVolumeClaimRetentionPolicy",
                 "minReadySeconds",
             ];
-            if without(old, "/spec", &mutable) != without(new, "/spec", &mutable) {
+            if spec_changed_beyond(&mutable) {
                 causes.push(Cause::new("FieldValueForbidden", "spec", "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"));
             }
         }
@@ -775,7 +779,7 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
             let unbound = str_at(old, "/spec/volumeName").is_none_or(str::is_empty);
             // An unbound claim without a class may get one (a default class made later).
             let class_given = unbound && str_at(old, "/spec/storageClassName").is_none();
-            if without(old, "/spec", &mutable) != without(new, "/spec", &mutable)
+            if spec_changed_beyond(&mutable)
                 || (!unbound && !same("/spec/volumeName"))
                 || (!class_given && !same("/spec/storageClassName"))
             {
@@ -794,7 +798,7 @@ pub fn update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
                 "volumeMode",
                 "volumeAttributesClassName",
             ];
-            if without(old, "/spec", &mutable) != without(new, "/spec", &mutable) {
+            if spec_changed_beyond(&mutable) {
                 causes.push(Cause::new(
                     "FieldValueForbidden",
                     "spec.persistentvolumesource",

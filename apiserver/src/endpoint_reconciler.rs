@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::etcd::prefix_end;
 use crate::registry::{DeleteOptions, ListOptions, Registry, WriteOpts};
-use crate::resources;
+use crate::resources::{self, Resource};
 use crate::selectors::LabelSelector;
 use crate::status::ApiResult;
 
@@ -148,6 +148,18 @@ pub async fn reconcile(registry: &Registry, ip: &str, port: u16, present: bool) 
     write_slices(registry, &groups).await
 }
 
+/// Creates `obj` in `default`; one another apiserver made first is left for the next round to
+/// compare.
+async fn create(registry: &Registry, res: &Resource, obj: Value) -> ApiResult<()> {
+    match registry
+        .create(res, NAMESPACE, obj, &WriteOpts::internal())
+        .await
+    {
+        Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn write_endpoints(
     registry: &Registry,
     groups: &BTreeMap<u16, Vec<String>>,
@@ -190,14 +202,7 @@ async fn write_endpoints(
             let ep = json!({"apiVersion": "v1", "kind": "Endpoints",
                 "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": {SKIP_MIRROR: "true"}},
                 "subsets": want});
-            match registry
-                .create(res, NAMESPACE, ep, &WriteOpts::internal())
-                .await
-            {
-                // Another apiserver made it first: the next round compares.
-                Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => Ok(()),
-                Err(e) => Err(e),
-            }
+            create(registry, res, ep).await
         }
         Err(e) => Err(e),
     }
@@ -260,13 +265,7 @@ async fn write_slices(registry: &Registry, groups: &BTreeMap<u16, Vec<String>>) 
                     )
                     .await?;
             }
-            None => match registry
-                .create(res, NAMESPACE, slice, &WriteOpts::internal())
-                .await
-            {
-                Ok(_) | Err(crate::status::ApiError { code: 409, .. }) => {}
-                Err(e) => return Err(e),
-            },
+            None => create(registry, res, slice).await?,
         }
     }
     Ok(())

@@ -546,11 +546,7 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
     if kind.is_empty() || api_version.is_empty() {
         return Err(malformed("the envelope has no apiVersion or kind"));
     }
-    let (group, version) = match api_version.split_once('/') {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), api_version.clone()),
-    };
-    let msg = format!("{}.{kind}", package(&group, &version, &kind));
+    let msg = message_name(&api_version, &kind);
     if !schema().contains_key(&msg) {
         return Err(ApiError::new(
             415,
@@ -580,11 +576,7 @@ pub fn encode_lenient(obj: &Value) -> Option<Vec<u8>> {
 fn encode_with(obj: &Value, lenient: bool) -> Option<Vec<u8>> {
     let api_version = obj.get("apiVersion")?.as_str()?;
     let kind = obj.get("kind")?.as_str()?;
-    let (group, version) = match api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", api_version),
-    };
-    let msg = format!("{}.{kind}", package(group, version, kind));
+    let msg = message_name(api_version, kind);
     schema().get(&msg)?;
     let raw = encode_message(&msg, obj, 0, lenient).ok()?;
     let mut tm = Vec::new();
@@ -598,8 +590,14 @@ fn encode_with(obj: &Value, lenient: bool) -> Option<Vec<u8>> {
 
 /// Whether objects of `api_version` and `kind` have a protobuf form.
 pub fn has_schema(api_version: &str, kind: &str) -> bool {
+    schema().contains_key(&message_name(api_version, kind))
+}
+
+/// The proto message of `kind` in `api_version` (`apps/v1`, `Deployment` →
+/// `api.apps.v1.Deployment`).
+fn message_name(api_version: &str, kind: &str) -> String {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    schema().contains_key(&format!("{}.{kind}", package(group, version, kind)))
+    format!("{}.{kind}", package(group, version, kind))
 }
 
 /// One frame of a protobuf watch stream (`application/vnd.kubernetes.protobuf;stream=watch`):

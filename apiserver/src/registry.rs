@@ -460,6 +460,11 @@ impl Registry {
         validate_list_options(opts)?;
         let prefix = object::collection_prefix(&self.prefix, res, ns);
         let end = prefix_end(&prefix);
+        // A continue token carries its own revision; the parameter is read only without one.
+        let rv = match &opts.continue_token {
+            Some(_) => None,
+            None => opts.resource_version.as_deref().map(parse_rv).transpose()?,
+        };
         let (mut start, mut revision, serializable) = match &opts.continue_token {
             Some(tok) => {
                 let t = decode_continue(tok)?;
@@ -467,23 +472,15 @@ impl Registry {
                 s.extend_from_slice(t.start.as_bytes());
                 (s, t.rv, false)
             }
-            None => {
-                let rv = opts.resource_version.as_deref().map(parse_rv).transpose()?;
-                match (rv, opts.resource_version_match.as_deref()) {
-                    (Some(rv), Some("Exact")) => (prefix.clone(), rv, false),
-                    (Some(0), _) => (prefix.clone(), 0, true),
-                    _ => (prefix.clone(), 0, false),
-                }
-            }
+            None => match (rv, opts.resource_version_match.as_deref()) {
+                (Some(rv), Some("Exact")) => (prefix.clone(), rv, false),
+                (Some(0), _) => (prefix.clone(), 0, true),
+                _ => (prefix.clone(), 0, false),
+            },
         };
         // Not older than a resourceVersion: the store must have reached it.
         let at_least = match (&opts.continue_token, opts.resource_version_match.as_deref()) {
-            (None, None | Some("NotOlderThan")) => opts
-                .resource_version
-                .as_deref()
-                .map(parse_rv)
-                .transpose()?
-                .unwrap_or(0),
+            (None, None | Some("NotOlderThan")) => rv.unwrap_or(0),
             _ => 0,
         };
         let filtered = !opts.labels.is_empty() || !opts.fields.is_empty();

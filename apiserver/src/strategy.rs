@@ -517,13 +517,22 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<Cause>) {
         }
         return;
     };
+    template_labels_match(obj, sel, causes);
+}
+
+/// The template's labels must carry every `key: value` of the selector `sel`.
+fn template_labels_match(
+    obj: &Value,
+    sel: &serde_json::Map<String, Value>,
+    causes: &mut Vec<Cause>,
+) {
     let labels = obj
         .pointer("/spec/template/metadata/labels")
         .and_then(Value::as_object);
-    let ok = sel
+    if !sel
         .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-    if !ok {
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    {
         causes.push(Cause::new(
             "FieldValueInvalid",
             "spec.template.metadata.labels",
@@ -541,22 +550,8 @@ fn validate_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
     let selector = obj.pointer("/spec/selector").and_then(Value::as_object);
     match selector {
         Some(sel) if !sel.is_empty() => {
-            let labels = obj
-                .pointer("/spec/template/metadata/labels")
-                .and_then(Value::as_object);
-            if obj.pointer("/spec/template").is_some()
-                && !sel
-                    .iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            {
-                causes.push(Cause::new(
-                    "FieldValueInvalid",
-                    "spec.template.metadata.labels",
-                    format!(
-                        "Invalid value: {}: `selector` does not match template `labels`",
-                        serde_json::to_string(&labels).unwrap_or_default()
-                    ),
-                ));
+            if obj.pointer("/spec/template").is_some() {
+                template_labels_match(obj, sel, causes);
             }
         }
         _ => causes.push(Cause::new(
