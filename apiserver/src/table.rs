@@ -388,22 +388,16 @@ fn event_cells(o: &Value) -> Vec<Value> {
         let v = s(o.pointer(core));
         if v.is_empty() { s(o.pointer(new)) } else { v }
     };
-    let since = |t: &str| {
-        if t.is_empty() {
-            "<unknown>".to_string()
-        } else {
-            human_age(t)
-        }
-    };
-    let mut first = since(&get("/firstTimestamp", "/deprecatedFirstTimestamp"));
+    // An absent time reads "<unknown>" (human_age), as upstream's translateTimestampSince.
+    let mut first = human_age(&get("/firstTimestamp", "/deprecatedFirstTimestamp"));
     if first == "<unknown>" {
-        first = since(&s(o.get("eventTime")));
+        first = human_age(&s(o.get("eventTime")));
     }
     let last_ts = get("/lastTimestamp", "/deprecatedLastTimestamp");
     let mut last = if last_ts.is_empty() {
         first.clone()
     } else {
-        since(&last_ts)
+        human_age(&last_ts)
     };
     let mut count = o
         .get("count")
@@ -411,7 +405,7 @@ fn event_cells(o: &Value) -> Vec<Value> {
         .and_then(Value::as_i64)
         .unwrap_or(0);
     if let Some(series) = o.get("series").filter(|v| v.is_object()) {
-        last = since(&s(series.get("lastObservedTime")));
+        last = human_age(&s(series.get("lastObservedTime")));
         count = i(series.get("count"));
     } else if count == 0 {
         count = 1;
