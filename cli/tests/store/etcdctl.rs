@@ -104,6 +104,52 @@ fn etcdctl_works_against_a_three_member_cluster() {
         );
     }
 
+    // The per-endpoint commands, with the URLs as given (etcdctl 3.4 then sends the whole URL
+    // as the HTTP/2 authority): one row per member, the same hash everywhere, one leader.
+    let all: Vec<&str> = c.members.iter().map(|m| m.client.as_str()).collect();
+    let all = all.join(",");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(etcdctl(&all, &["endpoint", "status", "-w", "json"]))).unwrap();
+    let rows = status.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{status}");
+    let leaders: Vec<_> = rows
+        .iter()
+        .filter(|r| r["Status"]["leader"] == r["Status"]["header"]["member_id"])
+        .collect();
+    assert_eq!(leaders.len(), 1, "{status}");
+    assert!(
+        rows.iter()
+            .all(|r| r["Status"]["version"].as_str().unwrap().starts_with("3.5")),
+        "{status}"
+    );
+    // Members apply at their own pace: the hashes agree once all have the same revision.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ok(etcdctl(&all, &["endpoint", "hashkv", "-w", "json"]));
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{out}");
+        let seen: std::collections::BTreeSet<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["HashKV"]["header"]["revision"], r["HashKV"]["hash"]
+                )
+            })
+            .collect();
+        if seen.len() == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hashes differ: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // etcdctl 3.4 prints the health lines on stderr.
+    let out = etcdctl(&all, &["endpoint", "health"]);
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{health}");
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
     // Snapshot save produces a file etcdctl accepts (it checks the trailing sha256).
     let snap = c.members[0].dir.with_extension("snapshot.db");
     let out = etcdctl(&m0, &["snapshot", "save", snap.to_str().unwrap()]);

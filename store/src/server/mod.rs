@@ -3,6 +3,7 @@
 //!
 //! Start with [`run`]; tests and `keelson up` start the binary with etcd's flags.
 
+pub mod authority;
 pub mod http;
 pub mod lessor;
 pub mod metrics;
@@ -604,10 +605,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     let mut tasks = tokio::task::JoinSet::new();
     for (l, tls) in client_listeners {
-        serve_on(&mut tasks, l, tls, client_router.clone(), shutdown.clone())?;
+        serve_on(
+            &mut tasks,
+            l,
+            tls,
+            client_router.clone(),
+            true,
+            shutdown.clone(),
+        )?;
     }
     for (l, tls) in peer_listeners {
-        serve_on(&mut tasks, l, tls, peer_router.clone(), shutdown.clone())?;
+        serve_on(
+            &mut tasks,
+            l,
+            tls,
+            peer_router.clone(),
+            false,
+            shutdown.clone(),
+        )?;
     }
     shutdown.cancelled().await;
     // Streams (watch, keep-alive) never end on their own: give servers a moment, then go.
@@ -620,36 +635,50 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     Ok(())
 }
 
-/// Serves `router` on `l`, over TLS when `tls` is set, until `shutdown`.
+/// Serves `router` on `l`, over TLS when `tls` is set, until `shutdown`; with `clients`,
+/// connections get [`authority::FixAuthority`] (etcdctl's per-endpoint commands need it).
 fn serve_on(
     tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
     l: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
+    clients: bool,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    use authority::FixAuthorityListener;
     // Small request/response exchanges must not wait for delayed ACKs: no Nagle.
     use axum::serve::ListenerExt;
-    match tls {
-        Some(cfg) => {
+    let stop = shutdown.cancelled_owned();
+    match (tls, clients) {
+        (Some(cfg), clients) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let l = tls::TlsListener::new(l, cfg)
                 .map_err(|source| ServerError::Listen { addr, source })?;
-            tasks.spawn(async move {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            });
+            if clients {
+                let l = FixAuthorityListener(l);
+                tasks.spawn(
+                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
+                );
+            } else {
+                tasks.spawn(
+                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
+                );
+            }
         }
-        None => {
+        (None, clients) => {
             let l = l.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            tasks.spawn(async move {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            });
+            if clients {
+                let l = FixAuthorityListener(l);
+                tasks.spawn(
+                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
+                );
+            } else {
+                tasks.spawn(
+                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
+                );
+            }
         }
     }
     Ok(())
