@@ -4,19 +4,20 @@ use keelson_etcdpb::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     Member as PbMember,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tonic::{Request, Response, Status};
 
 use super::lessor::Lessor;
 use super::node::Node;
+use crate::error::StoreError;
 use crate::raft::network::{decode, encode};
 use crate::raft::pb::raft_peer_server::RaftPeer;
 use crate::raft::pb::{
     ChangeMembersRequest, ChangeMembersResponse, MembersRequest, MembersResponse, ProposeRequest,
     ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
 };
-use crate::raft::{NodeId, Pb, TypeConfig};
+use crate::raft::{NodeId, TypeConfig};
 
 /// Serves peers.
 #[derive(Debug, Clone)]
@@ -81,16 +82,11 @@ impl RaftPeer for PeerService {
         req: Request<ProposeRequest>,
     ) -> Result<Response<ProposeResponse>, Status> {
         let batch = req.into_inner().batch.unwrap_or_default();
-        match self.node.raft().client_write(Pb(batch)).await {
-            Ok(r) => {
-                self.node.metrics().proposals_committed.inc();
-                Ok(Response::new(ProposeResponse {
-                    responses: Some(r.data.0),
-                }))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::failed_precondition("not leader"))
-            }
+        match self.node.propose_forwarded(batch).await {
+            Ok(responses) => Ok(Response::new(ProposeResponse {
+                responses: Some(responses),
+            })),
+            Err(StoreError::NotLeader) => Err(Status::failed_precondition("not leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
