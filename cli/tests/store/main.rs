@@ -2,6 +2,8 @@
 //! and by a gRPC client generated from etcd's protos.
 
 mod cluster;
+mod concurrency;
+mod differential;
 mod etcdctl;
 mod kill_leader;
 mod snapshots;

@@ -3,6 +3,7 @@
 //! MVCC state after the read barrier.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

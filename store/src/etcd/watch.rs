@@ -226,10 +226,7 @@ impl Stream_ {
                     watch_id: id,
                     canceled: true,
                     compact_revision: compact_rev,
-                    cancel_reason: StoreError::Compacted
-                        .to_string()
-                        .trim_start_matches("etcdserver: ")
-                        .to_string(),
+                    // etcd sends no reason here: the compact revision says it.
                     ..Default::default()
                 };
                 self.send(resp).await

@@ -885,10 +885,6 @@ impl Mvcc {
         if sub > 0 {
             self.set_current_rev(main);
         }
-        // Headers inside a txn carry the revision after the whole txn.
-        let rev = self.current_rev;
-        let mut responses = responses;
-        fix_headers(&mut responses, rev);
         Ok(responses)
     }
 
@@ -912,7 +908,8 @@ impl Mvcc {
         for op in ops {
             let resp = match &op.request {
                 Some(request_op::Request::RequestRange(r)) => {
-                    // Reads inside a txn see the txn's own earlier writes.
+                    // Reads inside a txn see the txn's own earlier writes (and report the
+                    // revision they read at).
                     let saved = self.current_rev;
                     if *sub > 0 {
                         self.current_rev = main;
@@ -922,18 +919,24 @@ impl Mvcc {
                     response_op::Response::ResponseRange(res?)
                 }
                 Some(request_op::Request::RequestPut(p)) => {
-                    response_op::Response::ResponsePut(self.put(p, main, sub)?)
+                    let mut r = self.put(p, main, sub)?;
+                    r.header = revision_header(main);
+                    response_op::Response::ResponsePut(r)
                 }
                 Some(request_op::Request::RequestDeleteRange(d)) => {
-                    response_op::Response::ResponseDeleteRange(self.delete_range(d, main, sub)?)
+                    let mut r = self.delete_range(d, main, sub)?;
+                    r.header = revision_header(if *sub > 0 { main } else { main - 1 });
+                    response_op::Response::ResponseDeleteRange(r)
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
                     let ok = paths.get(*path_idx).copied().unwrap_or(false);
                     *path_idx += 1;
                     let branch = if ok { &t.success } else { &t.failure };
                     let responses = self.execute_with_paths(branch, main, sub, paths, path_idx)?;
+                    // etcd fills in only the outermost txn's header: a nested one has a
+                    // header with revision 0.
                     response_op::Response::ResponseTxn(TxnResponse {
-                        header: None,
+                        header: Some(ResponseHeader::default()),
                         succeeded: ok,
                         responses,
                     })
@@ -1169,23 +1172,14 @@ impl Mvcc {
     }
 }
 
-fn fix_headers(responses: &mut [ResponseOp], rev: i64) {
-    for r in responses {
-        let header = Some(ResponseHeader {
-            revision: rev,
-            ..Default::default()
-        });
-        match &mut r.response {
-            Some(response_op::Response::ResponseRange(x)) => x.header = header,
-            Some(response_op::Response::ResponsePut(x)) => x.header = header,
-            Some(response_op::Response::ResponseDeleteRange(x)) => x.header = header,
-            Some(response_op::Response::ResponseTxn(x)) => {
-                x.header = header;
-                fix_headers(&mut x.responses, rev);
-            }
-            None => {}
-        }
-    }
+/// A header at `revision`, as the operations inside a txn carry: etcd gives each the
+/// revision the txn had reached when it ran (the one before the txn until its first change,
+/// the txn's own after it).
+fn revision_header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 fn op_put(p: &PutRequest) -> RequestOp {

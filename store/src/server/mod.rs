@@ -24,6 +24,8 @@ use keelson_etcdpb::etcdserverpb::kv_server::KvServer;
 use keelson_etcdpb::etcdserverpb::lease_server::LeaseServer;
 use keelson_etcdpb::etcdserverpb::maintenance_server::MaintenanceServer;
 use keelson_etcdpb::etcdserverpb::watch_server::WatchServer;
+use keelson_etcdpb::v3electionpb::election_server::ElectionServer;
+use keelson_etcdpb::v3lockpb::lock_server::LockServer;
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,7 @@ use self::peer::PeerService;
 use self::quota::Quota;
 use crate::backend::SledBackend;
 use crate::etcd::cluster::{ClusterService, fnv64, validate_urls};
+use crate::etcd::concurrency::ConcurrencyService;
 use crate::etcd::kv::KvService;
 use crate::etcd::lease::LeaseService;
 use crate::etcd::maintenance::MaintenanceService;
@@ -575,26 +578,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
 
     let max_msg = config.max_request_bytes + 512 * 1024;
-    let routes = tonic::service::Routes::new(
-        KvServer::new(KvService::new(node.clone(), quota)).max_decoding_message_size(max_msg),
-    )
-    .add_service(
-        WatchServer::new(WatchService::new(
+    let kv = KvService::new(node.clone(), quota);
+    let leases = LeaseService::new(node.clone(), lessor.clone());
+    let concurrency = ConcurrencyService::new(node.clone(), kv.clone(), leases.clone());
+    let routes = tonic::service::Routes::new(KvServer::new(kv).max_decoding_message_size(max_msg))
+        .add_service(
+            WatchServer::new(WatchService::new(
+                node.clone(),
+                config.watch_progress_notify_interval,
+                config.max_request_bytes,
+            ))
+            .max_decoding_message_size(max_msg),
+        )
+        .add_service(LeaseServer::new(leases))
+        .add_service(LockServer::new(concurrency.clone()))
+        .add_service(ElectionServer::new(concurrency))
+        .add_service(ClusterServer::new(ClusterService::new(node.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(
             node.clone(),
-            config.watch_progress_notify_interval,
-            config.max_request_bytes,
-        ))
-        .max_decoding_message_size(max_msg),
-    )
-    .add_service(LeaseServer::new(LeaseService::new(
-        node.clone(),
-        lessor.clone(),
-    )))
-    .add_service(ClusterServer::new(ClusterService::new(node.clone())))
-    .add_service(MaintenanceServer::new(MaintenanceService::new(
-        node.clone(),
-        quota,
-    )));
+            quota,
+        )));
     let client_router = http::routes(routes.into_axum_router(), node.clone());
     let peer_router = tonic::service::Routes::new(
         RaftPeerServer::new(PeerService::new(node.clone(), lessor))

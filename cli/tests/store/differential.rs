@@ -1,0 +1,787 @@
+//! Differential: one scripted client session run against a real etcd 3.4 cluster (Debian's
+//! etcd-server) and against keelson-store, both three members started with the same flags.
+//! Every response is written down with what differs by nature (cluster and member IDs, raft
+//! terms, a lease's remaining seconds, how a watch groups its events) left out, and the two
+//! transcripts must be equal: revisions, versions, values, errors (code and message) and
+//! watch events.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keelson_chaos::cluster::{Cluster, Target};
+use keelson_etcdpb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
+use keelson_etcdpb::etcdserverpb::lease_client::LeaseClient;
+use keelson_etcdpb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use keelson_etcdpb::etcdserverpb::watch_client::WatchClient;
+use keelson_etcdpb::etcdserverpb::watch_create_request::FilterType;
+use keelson_etcdpb::etcdserverpb::watch_request::RequestUnion;
+use keelson_etcdpb::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseLeasesRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp,
+    ResponseHeader, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse, request_op,
+};
+use keelson_etcdpb::v3electionpb::election_client::ElectionClient;
+use keelson_etcdpb::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
+};
+use keelson_etcdpb::v3lockpb::lock_client::LockClient;
+use keelson_etcdpb::v3lockpb::{LockRequest, UnlockRequest};
+use tonic::transport::Channel;
+
+/// Records one step: the response with its header's identities cleared, or the error.
+#[derive(Default)]
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    /// Records a call's response message (or error).
+    fn add<T: Debug>(
+        &mut self,
+        step: &str,
+        r: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Option<T> {
+        self.note(step, r.map(tonic::Response::into_inner))
+    }
+
+    fn note<T: Debug>(&mut self, step: &str, r: Result<T, tonic::Status>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                let text = scrub(&format!("{v:?}"));
+                self.0.push(format!("{step}: {text}"));
+                Some(v)
+            }
+            Err(s) => {
+                self.0
+                    .push(format!("{step}: ERROR {:?} {}", s.code(), s.message()));
+                None
+            }
+        }
+    }
+}
+
+/// Clears what differs between two clusters by nature from a response's Debug text.
+fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // `name: <number>` for the fields that are identities, not data.
+    while let Some(pos) = ["cluster_id: ", "member_id: ", "raft_term: ", "ttl: "]
+        .iter()
+        .filter_map(|f| rest.find(f).map(|p| (p, f.len())))
+        .min()
+        .map(|(p, l)| (p, p + l))
+    {
+        let (start, value) = pos;
+        // `granted_ttl` is data; only a bare `ttl` (the seconds left) is cleared.
+        let bare_ttl = rest[start..].starts_with("ttl: ") && rest[..start].ends_with("granted_");
+        out.push_str(&rest[..value]);
+        rest = &rest[value..];
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(rest.len());
+        if bare_ttl {
+            out.push_str(&rest[..digits]);
+        } else {
+            out.push('_');
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn span(key: &str, end: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        range_end: end.into(),
+        ..Default::default()
+    }
+}
+
+fn op_put(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(put(key, value))),
+    }
+}
+
+fn op_get(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(get(key))),
+    }
+}
+
+fn cmp(key: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
+    Compare {
+        key: key.into(),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(u),
+        ..Default::default()
+    }
+}
+
+/// Every watch event from `start` on `key`..`end` until the stream reaches `until`, flattened
+/// (how events are grouped into responses is the server's choice), plus the first response's
+/// compaction/cancel fields.
+async fn watch_events(
+    ch: Channel,
+    create: WatchCreateRequest,
+    until: i64,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut w = WatchClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    })
+    .await
+    .unwrap();
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(msg) = tokio::time::timeout(left, stream.message()).await else {
+            out.push("(timed out)".to_string());
+            return Ok(out);
+        };
+        let Some(r): Option<WatchResponse> = msg? else {
+            out.push("(stream ended)".to_string());
+            return Ok(out);
+        };
+        if r.created || r.canceled || r.compact_revision != 0 {
+            out.push(format!(
+                "created={} canceled={} compact_revision={} reason={:?}",
+                r.created, r.canceled, r.compact_revision, r.cancel_reason
+            ));
+            if r.canceled {
+                return Ok(out);
+            }
+        }
+        for e in &r.events {
+            out.push(scrub(&format!("{e:?}")));
+        }
+        if r.events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+            >= Some(until)
+        {
+            return Ok(out);
+        }
+    }
+}
+
+async fn session(endpoint: &str) -> Vec<String> {
+    let ch = Channel::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvClient::new(ch.clone());
+    let mut lease = LeaseClient::new(ch.clone());
+    let mut t = Transcript::default();
+
+    // Puts: revisions and versions from a new cluster's first write (revision 2).
+    t.add("put a", kv.put(put("a", "1")).await);
+    t.add(
+        "put a prev_kv",
+        kv.put(PutRequest {
+            prev_kv: true,
+            ..put("a", "2")
+        })
+        .await,
+    );
+    for (k, v) in [
+        ("b", "1"),
+        ("c", "1"),
+        ("d/x", "1"),
+        ("d/y", "2"),
+        ("e", ""),
+    ] {
+        t.add(&format!("put {k}"), kv.put(put(k, v)).await);
+    }
+
+    // Ranges with every option.
+    t.add("get a", kv.range(get("a")).await);
+    t.add("get missing", kv.range(get("zz")).await);
+    t.add(
+        "range a..e limit 2",
+        kv.range(RangeRequest {
+            limit: 2,
+            ..span("a", "e")
+        })
+        .await,
+    );
+    t.add(
+        "range all by mod desc",
+        kv.range(RangeRequest {
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Mod as i32,
+            ..span("\0", "\0")
+        })
+        .await,
+    );
+    t.add(
+        "range by value asc",
+        kv.range(RangeRequest {
+            sort_order: SortOrder::Ascend as i32,
+            sort_target: SortTarget::Value as i32,
+            ..span("a", "\0")
+        })
+        .await,
+    );
+    t.add(
+        "range keys_only",
+        kv.range(RangeRequest {
+            keys_only: true,
+            ..span("a", "z")
+        })
+        .await,
+    );
+    t.add(
+        "range count_only",
+        kv.range(RangeRequest {
+            count_only: true,
+            ..span("a", "z")
+        })
+        .await,
+    );
+    t.add(
+        "range at revision 2",
+        kv.range(RangeRequest {
+            revision: 2,
+            ..span("a", "z")
+        })
+        .await,
+    );
+    t.add(
+        "range min_mod 4 max_create 6",
+        kv.range(RangeRequest {
+            min_mod_revision: 4,
+            max_create_revision: 6,
+            ..span("a", "z")
+        })
+        .await,
+    );
+    t.add("range prefix d/", kv.range(span("d/", "d0")).await);
+    t.add(
+        "range serializable",
+        kv.range(RangeRequest {
+            serializable: true,
+            ..get("b")
+        })
+        .await,
+    );
+
+    // Deletes.
+    t.add(
+        "delete b prev_kv",
+        kv.delete_range(DeleteRangeRequest {
+            key: "b".into(),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await,
+    );
+    t.add(
+        "delete missing",
+        kv.delete_range(DeleteRangeRequest {
+            key: "zz".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    t.add(
+        "delete prefix d/",
+        kv.delete_range(DeleteRangeRequest {
+            key: "d/".into(),
+            range_end: "d0".into(),
+            prev_kv: true,
+        })
+        .await,
+    );
+    t.add("put b again", kv.put(put("b", "2")).await);
+
+    // Transactions: every compare target, both branches, a nested txn.
+    use CompareResult::*;
+    use CompareTarget::*;
+    t.add(
+        "txn value and version",
+        kv.txn(TxnRequest {
+            compare: vec![
+                cmp("a", Value, Equal, TargetUnion::Value("2".into())),
+                cmp("a", Version, Greater, TargetUnion::Version(1)),
+            ],
+            success: vec![op_put("a", "3"), op_get("a")],
+            failure: vec![op_get("b")],
+        })
+        .await,
+    );
+    t.add(
+        "txn create and mod fail",
+        kv.txn(TxnRequest {
+            compare: vec![
+                cmp("b", Create, Equal, TargetUnion::CreateRevision(3)),
+                cmp("c", Mod, Less, TargetUnion::ModRevision(100)),
+            ],
+            success: vec![op_put("x", "no")],
+            failure: vec![op_get("b"), op_put("f", "1")],
+        })
+        .await,
+    );
+    t.add(
+        "txn value of a missing key",
+        kv.txn(TxnRequest {
+            compare: vec![cmp(
+                "nokey",
+                Value,
+                NotEqual,
+                TargetUnion::Value("v".into()),
+            )],
+            success: vec![op_get("a")],
+            failure: vec![op_get("c")],
+        })
+        .await,
+    );
+    t.add(
+        "txn nested, reads before and after writes",
+        kv.txn(TxnRequest {
+            compare: vec![
+                cmp("a", Lease, Equal, TargetUnion::Lease(0)),
+                cmp("nokey", Version, Equal, TargetUnion::Version(0)),
+            ],
+            success: vec![
+                op_get("a"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: "nothing".into(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(TxnRequest {
+                        compare: vec![cmp("c", Value, Equal, TargetUnion::Value("1".into()))],
+                        success: vec![op_get("g"), op_put("g", "nested"), op_get("g")],
+                        failure: vec![],
+                    })),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: "nothing".into(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                op_get("g"),
+            ],
+            failure: vec![],
+        })
+        .await,
+    );
+    t.add(
+        "txn compare over a range",
+        kv.txn(TxnRequest {
+            compare: vec![Compare {
+                range_end: "z".into(),
+                ..cmp("a", Version, Greater, TargetUnion::Version(0))
+            }],
+            success: vec![op_get("a")],
+            failure: vec![op_get("c")],
+        })
+        .await,
+    );
+    t.add(
+        "txn read-only",
+        kv.txn(TxnRequest {
+            compare: vec![],
+            success: vec![op_get("a"), op_get("g")],
+            failure: vec![],
+        })
+        .await,
+    );
+
+    // Bad input: etcd's codes and messages, and nothing changes.
+    t.add("put empty key", kv.put(put("", "v")).await);
+    t.add(
+        "range future revision",
+        kv.range(RangeRequest {
+            revision: 999,
+            ..get("a")
+        })
+        .await,
+    );
+    t.add(
+        "txn too many ops",
+        kv.txn(TxnRequest {
+            success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+            ..Default::default()
+        })
+        .await,
+    );
+    t.add(
+        "txn duplicate key",
+        kv.txn(TxnRequest {
+            success: vec![op_put("dup", "1"), op_put("dup", "2")],
+            ..Default::default()
+        })
+        .await,
+    );
+    t.add(
+        "put unknown lease",
+        kv.put(PutRequest {
+            lease: 0x4242,
+            ..put("l", "v")
+        })
+        .await,
+    );
+    t.add(
+        "put ignore_value missing key",
+        kv.put(PutRequest {
+            ignore_value: true,
+            ..put("nokey", "")
+        })
+        .await,
+    );
+    t.add(
+        "put ignore_lease with a lease",
+        kv.put(PutRequest {
+            ignore_lease: true,
+            lease: 5,
+            ..put("a", "v")
+        })
+        .await,
+    );
+    t.add(
+        "put ignore_value keeps the value",
+        kv.put(PutRequest {
+            ignore_value: true,
+            prev_kv: true,
+            ..put("a", "")
+        })
+        .await,
+    );
+    t.add(
+        "revoke unknown lease",
+        lease.lease_revoke(LeaseRevokeRequest { id: 0x4242 }).await,
+    );
+    t.add(
+        "lease ttl too large",
+        lease
+            .lease_grant(LeaseGrantRequest {
+                ttl: 9_000_000_001,
+                id: 0x99,
+            })
+            .await,
+    );
+
+    // Leases with a chosen ID: attach, time to live with keys, list, revoke.
+    t.add(
+        "lease grant",
+        lease
+            .lease_grant(LeaseGrantRequest {
+                ttl: 60,
+                id: 0x1234,
+            })
+            .await,
+    );
+    t.add(
+        "lease grant twice",
+        lease
+            .lease_grant(LeaseGrantRequest {
+                ttl: 60,
+                id: 0x1234,
+            })
+            .await,
+    );
+    t.add(
+        "put with lease",
+        kv.put(PutRequest {
+            lease: 0x1234,
+            ..put("leased", "v")
+        })
+        .await,
+    );
+    t.add(
+        "txn compare lease",
+        kv.txn(TxnRequest {
+            compare: vec![cmp("leased", Lease, Equal, TargetUnion::Lease(0x1234))],
+            success: vec![op_get("leased")],
+            failure: vec![],
+        })
+        .await,
+    );
+    t.add(
+        "lease time to live",
+        lease
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: 0x1234,
+                keys: true,
+            })
+            .await,
+    );
+    t.add(
+        "lease leases",
+        lease.lease_leases(LeaseLeasesRequest {}).await,
+    );
+    t.add(
+        "lease revoke",
+        lease.lease_revoke(LeaseRevokeRequest { id: 0x1234 }).await,
+    );
+    t.add("get leased after revoke", kv.range(get("leased")).await);
+    t.add(
+        "lease time to live revoked",
+        lease
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: 0x1234,
+                keys: true,
+            })
+            .await,
+    );
+
+    // Watches: the whole history from revision 1 with prev_kv, a filtered one, then
+    // compaction and a watch from before it.
+    let now = kv.range(get("a")).await.unwrap().into_inner();
+    let now = now.header.map_or(0, |h: ResponseHeader| h.revision);
+    let history = watch_events(
+        ch.clone(),
+        WatchCreateRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            start_revision: 1,
+            prev_kv: true,
+            ..Default::default()
+        },
+        now,
+    )
+    .await;
+    t.note("watch all from 1", history);
+    let deletes = watch_events(
+        ch.clone(),
+        WatchCreateRequest {
+            key: "a".into(),
+            range_end: "z".into(),
+            start_revision: 1,
+            filters: vec![FilterType::Noput as i32],
+            ..Default::default()
+        },
+        now,
+    )
+    .await;
+    t.note("watch deletes only", deletes);
+    t.add(
+        "compact",
+        kv.compact(CompactionRequest {
+            revision: now - 3,
+            physical: true,
+        })
+        .await,
+    );
+    t.add(
+        "compact again",
+        kv.compact(CompactionRequest {
+            revision: now - 3,
+            physical: false,
+        })
+        .await,
+    );
+    t.add(
+        "compact future",
+        kv.compact(CompactionRequest {
+            revision: now + 100,
+            physical: false,
+        })
+        .await,
+    );
+    t.add(
+        "range compacted revision",
+        kv.range(RangeRequest {
+            revision: 2,
+            ..get("a")
+        })
+        .await,
+    );
+    let compacted = watch_events(
+        ch.clone(),
+        WatchCreateRequest {
+            key: "a".into(),
+            start_revision: 2,
+            ..Default::default()
+        },
+        now,
+    )
+    .await;
+    t.note("watch from compacted", compacted);
+
+    // Lock and Election with chosen leases.
+    let mut locks = LockClient::new(ch.clone());
+    let mut elections = ElectionClient::new(ch.clone());
+    t.add(
+        "lease for lock",
+        lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0x51 })
+            .await,
+    );
+    let held = t.add(
+        "lock",
+        locks
+            .lock(LockRequest {
+                name: "job".into(),
+                lease: 0x51,
+            })
+            .await,
+    );
+    t.add(
+        "unlock",
+        locks
+            .unlock(UnlockRequest {
+                key: held.map(|h| h.key).unwrap_or_default(),
+            })
+            .await,
+    );
+    t.add(
+        "lock unknown lease",
+        locks
+            .lock(LockRequest {
+                name: "job".into(),
+                lease: 0x52,
+            })
+            .await,
+    );
+    t.add(
+        "election no leader",
+        elections.leader(LeaderRequest { name: "ev".into() }).await,
+    );
+    let won = t.add(
+        "campaign",
+        elections
+            .campaign(CampaignRequest {
+                name: "ev".into(),
+                lease: 0x51,
+                value: "p1".into(),
+            })
+            .await,
+    );
+    let leader = won.and_then(|w| w.leader).unwrap_or_default();
+    t.add(
+        "proclaim",
+        elections
+            .proclaim(ProclaimRequest {
+                leader: Some(leader.clone()),
+                value: "p2".into(),
+            })
+            .await,
+    );
+    t.add(
+        "leader",
+        elections.leader(LeaderRequest { name: "ev".into() }).await,
+    );
+    t.add(
+        "proclaim stale",
+        elections
+            .proclaim(ProclaimRequest {
+                leader: Some(LeaderKey {
+                    rev: leader.rev + 100,
+                    ..leader.clone()
+                }),
+                value: "p3".into(),
+            })
+            .await,
+    );
+    t.add(
+        "proclaim without leader",
+        elections
+            .proclaim(ProclaimRequest {
+                leader: None,
+                value: "p3".into(),
+            })
+            .await,
+    );
+    t.add(
+        "resign",
+        elections
+            .resign(ResignRequest {
+                leader: Some(leader),
+            })
+            .await,
+    );
+    t.add(
+        "resign without leader",
+        elections.resign(ResignRequest { leader: None }).await,
+    );
+    t.add(
+        "leader after resign",
+        elections.leader(LeaderRequest { name: "ev".into() }).await,
+    );
+    t.0
+}
+
+async fn ready(endpoint: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut kv) = KvClient::connect(endpoint.to_string()).await
+            && kv.range(get("ready")).await.is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{endpoint} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn transcript(target: Target, dir: PathBuf) -> Vec<String> {
+    let cluster = Cluster::start(target, 3, &dir, false).unwrap();
+    for e in cluster.endpoints() {
+        ready(&e).await;
+    }
+    // A member that is likely a follower in both, so forwarding is part of the session.
+    session(&cluster.endpoints()[1]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_session_gets_the_same_responses_from_etcd_and_keelson() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = transcript(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
+    let keelson = transcript(
+        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
+        dir.path().join("keelson"),
+    )
+    .await;
+    if let Ok(path) = std::env::var("KEELSON_DIFF_DUMP") {
+        std::fs::write(format!("{path}.etcd"), etcd.join("\n")).unwrap();
+        std::fs::write(format!("{path}.keelson"), keelson.join("\n")).unwrap();
+    }
+    let differing: Vec<String> = etcd
+        .iter()
+        .zip(&keelson)
+        .filter(|(e, k)| e != k)
+        .map(|(e, k)| format!("etcd:    {e}\nkeelson: {k}"))
+        .collect();
+    assert!(
+        differing.is_empty() && etcd.len() == keelson.len(),
+        "{} of {} steps differ:\n{}",
+        differing.len(),
+        etcd.len(),
+        differing.join("\n\n")
+    );
+}
