@@ -66,6 +66,8 @@ pub enum StoreError {
     Corrupt,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: permission denied")]
     PermissionDenied,
     /// The request is well formed but asks for something this store does not do.
@@ -134,7 +136,7 @@ impl StoreError {
             | TooManyLearners
             | NotLeader
             | BadLeaderTransferee => Code::FailedPrecondition,
-            NoLeader | Timeout | Stopped | Unhealthy => Code::Unavailable,
+            NoLeader | Timeout | LeaderTransferTimeout | Stopped | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             PermissionDenied => Code::PermissionDenied,
             Internal(_) => Code::Internal,

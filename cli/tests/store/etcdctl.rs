@@ -164,3 +164,53 @@ fn etcdctl_works_against_a_three_member_cluster() {
     let out = etcdctl(&m0, &["put", "", "x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("key is not provided"));
 }
+
+/// `etcdctl move-leader`: the leader hands over to the chosen voter; writes go on; a
+/// transferee that is not a member is refused.
+#[test]
+fn etcdctl_move_leader_hands_leadership_to_the_chosen_member() {
+    let c = Cluster::start(3);
+    let all: Vec<&str> = c.members.iter().map(|m| m.client.as_str()).collect();
+    let all = all.join(",");
+    let leaders = || -> (u64, Vec<u64>) {
+        let out = ok(etcdctl(&all, &["endpoint", "status", "-w", "json"]));
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
+        assert!(
+            rows.iter()
+                .all(|r| r["Status"]["leader"].as_u64() == Some(leader)),
+            "members disagree on the leader: {out}"
+        );
+        let ids = rows
+            .iter()
+            .map(|r| r["Status"]["header"]["member_id"].as_u64().unwrap())
+            .collect();
+        (leader, ids)
+    };
+    let (before, ids) = leaders();
+    let target = *ids.iter().find(|id| **id != before).unwrap();
+    let out = ok(etcdctl(&all, &["move-leader", &format!("{target:x}")]));
+    assert_eq!(
+        out.trim(),
+        format!("Leadership transferred from {before:x} to {target:x}")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while leaders().0 != target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the members never agreed on the new leader"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ok(etcdctl(&all, &["put", "after-move", "v"])).trim(), "OK");
+    assert_eq!(
+        ok(etcdctl(&all, &["get", "after-move", "--print-value-only"])).trim(),
+        "v"
+    );
+    let out = etcdctl(&all, &["move-leader", "abcdef"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
+    assert_eq!(leaders().0, target);
+}

@@ -135,3 +135,104 @@ async fn acknowledged_writes_survive_kill_of_the_leader() {
         }
     }
 }
+
+/// MoveLeader while clients write through every member: leadership moves to the chosen
+/// member, writes wait out the handover instead of failing, and every acknowledged write is
+/// there afterwards. A follower refuses MoveLeader as etcd does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_under_load_keeps_every_acknowledged_write() {
+    use keelson_etcdpb::etcdserverpb::MoveLeaderRequest;
+    let c = Cluster::start(3);
+    let leader = leader_index(&c).await;
+    let target = (leader + 1) % 3;
+    let status = |i: usize| {
+        let url = c.members[i].client.clone();
+        async move {
+            let mut m = MaintenanceClient::connect(url).await.unwrap();
+            m.status(StatusRequest {}).await.unwrap().into_inner()
+        }
+    };
+    let target_id = status(target).await.header.unwrap().member_id;
+
+    let acked: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let endpoint = c.members[w].client.clone();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = KvClient::connect(endpoint).await.unwrap();
+            // Bounded: at most 2,000 writes or until told to stop.
+            for i in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("m{w}/{i:04}");
+                let req = PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                };
+                let resp = tokio::time::timeout(Duration::from_secs(10), client.put(req)).await;
+                let resp = resp.expect("a write hung").expect("a write failed");
+                let rev = resp.into_inner().header.unwrap().revision;
+                acked.lock().unwrap().insert(key, rev);
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "writes are not acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let follower = (leader + 2) % 3;
+    let mut m = MaintenanceClient::connect(c.members[follower].client.clone())
+        .await
+        .unwrap();
+    let err = m
+        .move_leader(MoveLeaderRequest { target_id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(err.message(), "etcdserver: not leader");
+
+    let mut m = MaintenanceClient::connect(c.members[leader].client.clone())
+        .await
+        .unwrap();
+    m.move_leader(MoveLeaderRequest { target_id })
+        .await
+        .expect("the transfer failed");
+    assert_eq!(status(target).await.leader, target_id);
+    let moved_at = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < moved_at + 100 {
+        assert!(Instant::now() < deadline, "no writes after the transfer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    for m in &c.members {
+        let mut client = KvClient::connect(m.client.clone()).await.unwrap();
+        let kvs = client
+            .range(RangeRequest {
+                key: b"m".to_vec(),
+                range_end: b"n".to_vec(),
+                keys_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs;
+        let present: BTreeMap<String, i64> = kvs
+            .iter()
+            .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision))
+            .collect();
+        assert_eq!(present, acked, "on {}", m.name);
+    }
+}

@@ -242,11 +242,12 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: MoveLeader is not supported by keelson-store yet",
-        ))
+        self.node.move_leader(req.into_inner().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.node.current_header(),
+        }))
     }
 
     async fn downgrade(

@@ -58,6 +58,11 @@ struct Inner {
     proposals: mpsc::Sender<Pending>,
     reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
     metrics: Metrics,
+    /// Held for writing while leadership is handed over (MoveLeader): no entry is appended
+    /// meanwhile, since every append would renew the followers' leases on this leader.
+    transfer: tokio::sync::RwLock<()>,
+    /// Counts election holds, so a hold's end only resumes elections if no later one began.
+    holds: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -90,6 +95,8 @@ impl Node {
                 proposals: ptx,
                 reads: rtx,
                 metrics,
+                transfer: tokio::sync::RwLock::new(()),
+                holds: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         tokio::spawn(node.clone().proposer(prx));
@@ -257,7 +264,11 @@ impl Node {
     /// not lead, its own requests are forwarded and forwarded ones refused.
     async fn write_pending(&self, pending: Vec<Pending>) {
         let requests = pending.iter().flat_map(|p| p.requests.clone()).collect();
-        let result = match self.inner.raft.client_write(Pb(Batch { requests })).await {
+        let written = {
+            let _no_transfer = self.inner.transfer.read().await;
+            self.inner.raft.client_write(Pb(Batch { requests })).await
+        };
+        let result = match written {
             Ok(r) => {
                 self.inner.metrics.proposals_committed.inc();
                 Ok(r.data.0)
@@ -296,7 +307,10 @@ impl Node {
         let batch = Batch {
             requests: vec![req],
         };
-        let write = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.raft.client_write(Pb(batch)));
+        let write = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let _no_transfer = self.inner.transfer.read().await;
+            self.inner.raft.client_write(Pb(batch)).await
+        });
         let Ok(written) = write.await else {
             self.inner.metrics.proposals_failed.inc();
             return Err(StoreError::Timeout);
@@ -335,7 +349,11 @@ impl Node {
     pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let leader = match self.inner.raft.client_write(Pb(batch.clone())).await {
+            let written = {
+                let _no_transfer = self.inner.transfer.read().await;
+                self.inner.raft.client_write(Pb(batch.clone())).await
+            };
+            let leader = match written {
                 Ok(r) => {
                     self.inner.metrics.proposals_committed.inc();
                     return Ok(r.data.0);
@@ -384,6 +402,131 @@ impl Node {
             Err(s) if s.code() == tonic::Code::Unavailable => Err(StoreError::NoLeader),
             Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
             Err(s) => Err(StoreError::Internal(s.message().to_string())),
+        }
+    }
+
+    /// Holds off this member's elections for `hold`, or resumes them now (`None`). A hold
+    /// ends by itself, so a leader transfer that dies halfway leaves no member unable to
+    /// campaign.
+    pub fn hold_elections(&self, hold: Option<Duration>) {
+        use std::sync::atomic::Ordering;
+        let generation = self.inner.holds.fetch_add(1, Ordering::SeqCst) + 1;
+        let config = self.inner.raft.runtime_config();
+        let Some(hold) = hold else {
+            config.elect(true);
+            return;
+        };
+        config.elect(false);
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            if node.inner.holds.load(Ordering::SeqCst) == generation {
+                node.inner.raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Hands leadership to the voter `target` (etcd's MoveLeader), from the leader.
+    ///
+    /// openraft 0.9 has no leader transfer, so this builds one from what it has: appends stop
+    /// (client writes wait), `target` is brought level with the log, the leader stops its
+    /// heartbeats and every voter but `target` holds off elections; once the followers' leader
+    /// leases lapse (an election timeout or two) `target` campaigns and wins. Elections and
+    /// heartbeats resume however it ends.
+    pub async fn move_leader(&self, target: NodeId) -> Result<()> {
+        if !self.is_leader() {
+            return Err(StoreError::NotLeader);
+        }
+        let voter = self
+            .members()
+            .get(&target)
+            .is_some_and(|(_, learner)| !learner);
+        if !voter {
+            return Err(StoreError::BadLeaderTransferee);
+        }
+        if target == self.inner.id {
+            return Ok(());
+        }
+        let election_timeout = Duration::from_millis(self.inner.raft.config().election_timeout_max);
+        let _no_appends = self.inner.transfer.write().await;
+        let deadline = Instant::now() + REQUEST_TIMEOUT + 4 * election_timeout;
+        // The transferee must have every entry, or the others would refuse it their votes.
+        loop {
+            let m = self.inner.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.inner.id) {
+                return Err(StoreError::NotLeader);
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map(|l| l.index);
+            if matched >= m.last_log_index {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let hold = deadline.saturating_duration_since(Instant::now()) + election_timeout;
+        let voters: Vec<(NodeId, Member)> = self
+            .members()
+            .into_iter()
+            .filter(|(id, (_, learner))| !learner && *id != self.inner.id)
+            .map(|(id, (m, _))| (id, m))
+            .collect();
+        self.inner.raft.runtime_config().heartbeat(false);
+        self.hold_elections(Some(hold));
+        for (id, member) in &voters {
+            let req = crate::raft::pb::TransferRequest {
+                hold_ms: if *id == target {
+                    0
+                } else {
+                    hold.as_millis() as u64
+                },
+                campaign: *id == target,
+            };
+            self.send_transfer(member, req).await;
+        }
+        let moved = loop {
+            let leader = self.leader();
+            if leader == Some(target) {
+                break Ok(());
+            }
+            if leader.is_some() && leader != Some(self.inner.id) {
+                // Another member won after all (the transferee failed meanwhile).
+                break Err(StoreError::LeaderTransferTimeout);
+            }
+            if Instant::now() >= deadline {
+                break Err(StoreError::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.inner.raft.runtime_config().heartbeat(true);
+        self.hold_elections(None);
+        for (id, member) in &voters {
+            if *id != target {
+                let req = crate::raft::pb::TransferRequest {
+                    hold_ms: 0,
+                    campaign: false,
+                };
+                self.send_transfer(member, req).await;
+            }
+        }
+        moved
+    }
+
+    /// Sends a transfer step to a peer; a member that cannot be reached cannot campaign
+    /// either, so failures are only logged.
+    async fn send_transfer(&self, member: &Member, req: crate::raft::pb::TransferRequest) {
+        let Ok(mut client) = self.inner.peers.client(member) else {
+            return;
+        };
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(Duration::from_secs(2));
+        if let Err(e) = client.transfer(req).await {
+            tracing::warn!(member = %member, error = %e, "leader transfer step not delivered");
         }
     }
 

@@ -15,7 +15,8 @@ use crate::raft::network::{decode, encode};
 use crate::raft::pb::raft_peer_server::RaftPeer;
 use crate::raft::pb::{
     ChangeMembersRequest, ChangeMembersResponse, MembersRequest, MembersResponse, ProposeRequest,
-    ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+    ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, TransferRequest,
+    TransferResponse,
 };
 use crate::raft::{NodeId, TypeConfig};
 
@@ -89,6 +90,28 @@ impl RaftPeer for PeerService {
             Err(StoreError::NotLeader) => Err(Status::failed_precondition("not leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+
+    async fn transfer(
+        &self,
+        req: Request<TransferRequest>,
+    ) -> Result<Response<TransferResponse>, Status> {
+        let r = req.into_inner();
+        if r.hold_ms > 0 {
+            self.node
+                .hold_elections(Some(std::time::Duration::from_millis(r.hold_ms)));
+        } else {
+            self.node.hold_elections(None);
+        }
+        if r.campaign {
+            self.node
+                .raft()
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        Ok(Response::new(TransferResponse {}))
     }
 
     async fn read_index(
