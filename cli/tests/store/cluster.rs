@@ -62,6 +62,25 @@ impl Cluster {
     }
 
     pub fn start_member(&mut self, i: usize) {
+        let initial = self.initial.clone();
+        self.start_member_in(i, &initial, "new");
+    }
+
+    /// A member not started yet, with its own ports: for MemberAdd.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let dir = self.members[0].dir.with_file_name(name);
+        self.members.push(Member {
+            name: name.to_string(),
+            client: format!("http://127.0.0.1:{}", free_port()),
+            peer: format!("http://127.0.0.1:{}", free_port()),
+            dir,
+            child: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` with `--initial-cluster=initial --initial-cluster-state=state`.
+    pub fn start_member_in(&mut self, i: usize, initial: &str, state: &str) {
         let m = &mut self.members[i];
         let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
             .arg("store")
@@ -71,7 +90,8 @@ impl Cluster {
             .arg(format!("--advertise-client-urls={}", m.client))
             .arg(format!("--listen-peer-urls={}", m.peer))
             .arg(format!("--initial-advertise-peer-urls={}", m.peer))
-            .arg(format!("--initial-cluster={}", self.initial))
+            .arg(format!("--initial-cluster={initial}"))
+            .arg(format!("--initial-cluster-state={state}"))
             .arg("--snapshot-count=200")
             .args(&self.extra)
             .env("RUST_LOG", "warn")

@@ -6,4 +6,5 @@ mod concurrency;
 mod differential;
 mod etcdctl;
 mod kill_leader;
+mod membership;
 mod snapshots;

@@ -1,0 +1,181 @@
+//! Membership changes under load, through etcdctl: a member added with `member add` joins
+//! with `--initial-cluster-state existing` and catches up, a learner is added and promoted
+//! once in sync, a voter is removed, and no acknowledged write is lost on the way.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
+use keelson_etcdpb::etcdserverpb::{PutRequest, RangeRequest};
+
+use crate::cluster::{Cluster, etcdctl, ok};
+
+/// `member list` as (name, id in hex, is learner) for started members.
+fn members(endpoint: &str) -> Vec<(String, String, bool)> {
+    let out = ok(etcdctl(endpoint, &["member", "list"]));
+    out.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (f[2].to_string(), f[0].to_string(), f[5] == "true")
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_promoted_and_removed_under_load() {
+    let mut c = Cluster::start(3);
+    let m0 = c.members[0].client.clone();
+
+    let acked: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let endpoint = c.members[w].client.clone();
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = KvClient::connect(endpoint).await.unwrap();
+            // Bounded: at most 3,000 writes or until told to stop.
+            for i in 0..3000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("load/{w}/{i:04}");
+                let req = PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: vec![b'x'; 128],
+                    ..Default::default()
+                };
+                // A failed or timed-out write is unknown: not counted.
+                if let Ok(Ok(resp)) =
+                    tokio::time::timeout(Duration::from_secs(10), client.put(req)).await
+                {
+                    let rev = resp.into_inner().header.unwrap().revision;
+                    acked.lock().unwrap().insert(key, rev);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+
+    // Blocking etcdctl calls run on their own thread so the writers keep going.
+    let c = tokio::task::spawn_blocking(move || {
+        // A voter joins with --initial-cluster-state existing.
+        let added = c.new_member("m3");
+        let peer = c.members[added].peer.clone();
+        let out = ok(etcdctl(
+            &m0,
+            &["member", "add", "m3", &format!("--peer-urls={peer}")],
+        ));
+        assert!(
+            out.contains("Member") && out.contains("added to cluster"),
+            "{out}"
+        );
+        let initial = format!("{},m3={peer}", c.initial);
+        c.start_member_in(added, &initial, "existing");
+        let m3 = c.members[added].client.clone();
+        wait_for("m3 serves reads", Duration::from_secs(30), || {
+            etcdctl(&m3, &["get", "ready-probe"]).status.success()
+        });
+        wait_for("m3 listed as started", Duration::from_secs(30), || {
+            members(&m0).iter().any(|(n, _, l)| n == "m3" && !l)
+        });
+
+        // A learner joins, catches up and is promoted.
+        let learner = c.new_member("m4");
+        let peer = c.members[learner].peer.clone();
+        let out = ok(etcdctl(
+            &m0,
+            &[
+                "member",
+                "add",
+                "m4",
+                "--learner",
+                &format!("--peer-urls={peer}"),
+            ],
+        ));
+        assert!(out.contains("added to cluster"), "{out}");
+        let initial = format!("{initial},m4={peer}");
+        c.start_member_in(learner, &initial, "existing");
+        wait_for("m4 listed as a learner", Duration::from_secs(30), || {
+            members(&m0).iter().any(|(n, _, l)| n == "m4" && *l)
+        });
+        let id = members(&m0)
+            .into_iter()
+            .find(|(n, _, _)| n == "m4")
+            .unwrap()
+            .1;
+        wait_for("m4 promoted", Duration::from_secs(30), || {
+            etcdctl(&m0, &["member", "promote", &id]).status.success()
+        });
+        assert!(members(&m0).iter().any(|(n, _, l)| n == "m4" && !l));
+
+        // A voter leaves; its process is stopped.
+        let id = members(&m0)
+            .into_iter()
+            .find(|(n, _, _)| n == "m2")
+            .unwrap()
+            .1;
+        let out = ok(etcdctl(&m0, &["member", "remove", &id]));
+        assert!(out.contains("removed from cluster"), "{out}");
+        c.kill(2);
+        let names: Vec<String> = members(&m0).into_iter().map(|m| m.0).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(!names.contains(&"m2".to_string()), "{names:?}");
+        c
+    })
+    .await
+    .unwrap();
+
+    let before = acked.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < before + 50 {
+        assert!(Instant::now() < deadline, "no writes after the changes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // Every acknowledged write is on every remaining member (a linearizable read first, so
+    // each has applied everything).
+    let acked = acked.lock().unwrap().clone();
+    for i in [0, 1, 3, 4] {
+        let m = &c.members[i];
+        let mut kv = KvClient::connect(m.client.clone()).await.unwrap();
+        kv.range(RangeRequest {
+            key: b"ready-probe".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let kvs = kv
+            .range(RangeRequest {
+                key: b"load/".to_vec(),
+                range_end: b"load0".to_vec(),
+                keys_only: true,
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs;
+        let present: BTreeMap<String, i64> = kvs
+            .iter()
+            .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.mod_revision))
+            .collect();
+        for (k, rev) in &acked {
+            assert_eq!(present.get(k), Some(rev), "{k} on {}", m.name);
+        }
+    }
+}
