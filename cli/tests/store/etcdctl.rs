@@ -172,23 +172,25 @@ fn etcdctl_move_leader_hands_leadership_to_the_chosen_member() {
     let c = Cluster::start(3);
     let all: Vec<&str> = c.members.iter().map(|m| m.client.as_str()).collect();
     let all = all.join(",");
-    let leaders = || -> (u64, Vec<u64>) {
+    // The leader all members agree on (None while they do not), and the member IDs.
+    let leaders = || -> (Option<u64>, Vec<u64>) {
         let out = ok(etcdctl(&all, &["endpoint", "status", "-w", "json"]));
         let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
         let rows = rows.as_array().unwrap().clone();
-        let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
-        assert!(
-            rows.iter()
-                .all(|r| r["Status"]["leader"].as_u64() == Some(leader)),
-            "members disagree on the leader: {out}"
-        );
+        let leader = rows[0]["Status"]["leader"].as_u64();
+        let agreed = rows
+            .iter()
+            .all(|r| r["Status"]["leader"].as_u64() == leader)
+            .then_some(leader)
+            .flatten();
         let ids = rows
             .iter()
             .map(|r| r["Status"]["header"]["member_id"].as_u64().unwrap())
             .collect();
-        (leader, ids)
+        (agreed, ids)
     };
     let (before, ids) = leaders();
+    let before = before.expect("the members agree on a leader once the cluster is ready");
     let target = *ids.iter().find(|id| **id != before).unwrap();
     let out = ok(etcdctl(&all, &["move-leader", &format!("{target:x}")]));
     assert_eq!(
@@ -196,7 +198,7 @@ fn etcdctl_move_leader_hands_leadership_to_the_chosen_member() {
         format!("Leadership transferred from {before:x} to {target:x}")
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while leaders().0 != target {
+    while leaders().0 != Some(target) {
         assert!(
             std::time::Instant::now() < deadline,
             "the members never agreed on the new leader"
@@ -212,5 +214,5 @@ fn etcdctl_move_leader_hands_leadership_to_the_chosen_member() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("etcdserver: bad leader transferee"), "{err}");
-    assert_eq!(leaders().0, target);
+    assert_eq!(leaders().0, Some(target));
 }

@@ -23,7 +23,9 @@ use axum::http::uri::Authority;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE_LEN: usize = 24;
+/// The client connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -34,6 +36,10 @@ const PRIORITY: u8 = 0x20;
 /// The largest frame the server accepts unless it says otherwise (RFC 9113 section 4.2;
 /// hyper's server keeps this default).
 const MAX_FRAME: usize = 16_384;
+
+/// The largest header block taken (HPACK-encoded): hyper's server accepts header lists of
+/// 16 KiB decoded; an encoded block is smaller, so this leaves room.
+const MAX_BLOCK: usize = 64 * 1024;
 
 enum Mode {
     /// The connection preface, this many bytes of it still to come.
@@ -94,6 +100,13 @@ impl<S> FixAuthority<S> {
                 }
                 Mode::Preface(left) => {
                     let n = left.min(self.raw.len());
+                    // Not HTTP/2 (the port also serves `/health` and `/metrics` over HTTP/1):
+                    // nothing to look at.
+                    let at = PREFACE_LEN - left;
+                    if self.raw[..n] != PREFACE[at..at + n] {
+                        self.mode = Mode::Pass;
+                        continue;
+                    }
                     let part = self.raw.split_to(n);
                     self.out.unsplit(part);
                     if n < left {
@@ -123,6 +136,10 @@ impl<S> FixAuthority<S> {
                         self.out.unsplit(head);
                         self.skip = len;
                         continue;
+                    }
+                    // h2 never sees these frames whole: enforce its limits here.
+                    if len > MAX_FRAME {
+                        return Err(malformed("header frame larger than the frame size"));
                     }
                     if self.raw.len() < FRAME_HEADER + len {
                         return Ok(());
@@ -159,6 +176,9 @@ impl<S> FixAuthority<S> {
                 }
             }
             (CONTINUATION, Some(mut b)) if b.stream == stream => {
+                if b.fragment.len() + payload.len() > MAX_BLOCK {
+                    return Err(malformed("header block too large"));
+                }
                 b.fragment.extend_from_slice(payload);
                 b.original.extend_from_slice(frame);
                 b
@@ -369,8 +389,6 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
@@ -402,7 +420,7 @@ mod tests {
 
     /// Splits the frames after the preface into (kind, flags, stream, payload).
     fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
-        assert_eq!(&bytes[..PREFACE_LEN], PREFACE);
+        assert_eq!(&bytes[..PREFACE_LEN], PREFACE.as_slice());
         let mut rest = &bytes[PREFACE_LEN..];
         let mut out = Vec::new();
         while !rest.is_empty() {
@@ -504,12 +522,17 @@ mod tests {
         let mut headers = request("http://127.0.0.1:2379");
         headers.push((b"x-big", vec![b'a'; 40_000]));
         let mut input = PREFACE.to_vec();
-        input.extend(frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &encode(&mut enc, &headers),
-        ));
+        // Sent as a client must: frames no larger than the server's maximum.
+        let block = encode(&mut enc, &headers);
+        let pieces: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let mut flags = if i == 0 { END_STREAM } else { 0 };
+            if i + 1 == pieces.len() {
+                flags |= END_HEADERS;
+            }
+            input.extend(frame(kind, flags, 1, piece));
+        }
         let got = frames(&through(&input, 4096).await);
         let kinds: Vec<(u8, u8)> = got.iter().map(|f| (f.0, f.1)).collect();
         assert_eq!(
@@ -524,6 +547,47 @@ mod tests {
         let block: Vec<u8> = got.iter().flat_map(|f| f.3.clone()).collect();
         let decoded = loona_hpack::Decoder::new().decode(&block).unwrap();
         assert_eq!(decoded.last().unwrap().1.len(), 40_000);
+    }
+
+    #[tokio::test]
+    async fn http1_requests_pass_untouched() {
+        // 25 bytes: one past the preface's length, which must not wait for a frame header.
+        let get = b"GET /metrics HTTP/1.0\r\n\r\n";
+        assert_eq!(get.len(), 25);
+        for step in [1, 4096] {
+            assert_eq!(through(get, step).await, get);
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_continuations_are_refused() {
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, 0, 1, &[0x82]));
+        for _ in 0..10 {
+            input.extend(frame(CONTINUATION, 0, 1, &[0u8; MAX_FRAME]));
+        }
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut fixed = FixAuthority::new(server);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(&input).await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        let err = fixed.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // An oversized header frame is refused before it is buffered.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0xff, 0xff, 0xff, HEADERS, 0, 0, 0, 0, 1]);
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut fixed = FixAuthority::new(server);
+        client.write_all(&input).await.unwrap();
+        let mut buf = vec![0u8; 64];
+        let err = loop {
+            match fixed.read(&mut buf).await {
+                Ok(n) => assert!(n > 0, "the connection ended without an error"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

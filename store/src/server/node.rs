@@ -59,7 +59,8 @@ struct Inner {
     reads: mpsc::UnboundedSender<oneshot::Sender<Result<()>>>,
     metrics: Metrics,
     /// Held for writing while leadership is handed over (MoveLeader): no entry is appended
-    /// meanwhile, since every append would renew the followers' leases on this leader.
+    /// and no read confirmed meanwhile, since every append and every confirmation round
+    /// renews the followers' leases on this leader.
     transfer: tokio::sync::RwLock<()>,
     /// Counts election holds, so a hold's end only resumes elections if no later one began.
     holds: std::sync::atomic::AtomicU64,
@@ -336,7 +337,10 @@ impl Node {
     /// Confirms with a quorum that this member leads and applies everything committed so far,
     /// without forwarding: `NotLeader` when another member leads or no quorum answers in time.
     pub async fn leader_barrier(&self) -> Result<()> {
-        let confirm = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.raft.ensure_linearizable());
+        let confirm = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let _no_transfer = self.inner.transfer.read().await;
+            self.inner.raft.ensure_linearizable().await
+        });
         match confirm.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
@@ -405,6 +409,18 @@ impl Node {
         }
     }
 
+    /// The log index a follower must apply before a linearizable read (ReadIndex), confirmed
+    /// with a quorum; waits while leadership is being handed over.
+    pub async fn read_index(
+        &self,
+    ) -> std::result::Result<
+        Option<crate::raft::LogId>,
+        RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
+    > {
+        let _no_transfer = self.inner.transfer.read().await;
+        Ok(self.inner.raft.get_read_log_id().await?.0)
+    }
+
     /// Holds off this member's elections for `hold`, or resumes them now (`None`). A hold
     /// ends by itself, so a leader transfer that dies halfway leaves no member unable to
     /// campaign.
@@ -433,7 +449,17 @@ impl Node {
     /// heartbeats and every voter but `target` holds off elections; once the followers' leader
     /// leases lapse (an election timeout or two) `target` campaigns and wins. Elections and
     /// heartbeats resume however it ends.
+    ///
+    /// The handover runs as a task of its own: a caller that goes away halfway (a client's
+    /// deadline) does not leave heartbeats off or elections held.
     pub async fn move_leader(&self, target: NodeId) -> Result<()> {
+        let node = self.clone();
+        tokio::spawn(async move { node.hand_over(target).await })
+            .await
+            .map_err(|e| StoreError::Internal(format!("leader transfer: {e}")))?
+    }
+
+    async fn hand_over(&self, target: NodeId) -> Result<()> {
         if !self.is_leader() {
             return Err(StoreError::NotLeader);
         }
@@ -478,16 +504,21 @@ impl Node {
             .collect();
         self.inner.raft.runtime_config().heartbeat(false);
         self.hold_elections(Some(hold));
-        for (id, member) in &voters {
+        // The others hold first, then the transferee campaigns.
+        let holds = voters.iter().filter(|(id, _)| *id != target).map(|(_, m)| {
             let req = crate::raft::pb::TransferRequest {
-                hold_ms: if *id == target {
-                    0
-                } else {
-                    hold.as_millis() as u64
-                },
-                campaign: *id == target,
+                hold_ms: hold.as_millis() as u64,
+                campaign: false,
             };
-            self.send_transfer(member, req).await;
+            self.send_transfer(m, req)
+        });
+        futures::future::join_all(holds).await;
+        if let Some((_, m)) = voters.iter().find(|(id, _)| *id == target) {
+            let req = crate::raft::pb::TransferRequest {
+                hold_ms: 0,
+                campaign: true,
+            };
+            self.send_transfer(m, req).await;
         }
         let moved = loop {
             let leader = self.leader();
@@ -505,15 +536,14 @@ impl Node {
         };
         self.inner.raft.runtime_config().heartbeat(true);
         self.hold_elections(None);
-        for (id, member) in &voters {
-            if *id != target {
-                let req = crate::raft::pb::TransferRequest {
-                    hold_ms: 0,
-                    campaign: false,
-                };
-                self.send_transfer(member, req).await;
-            }
-        }
+        let resumes = voters.iter().filter(|(id, _)| *id != target).map(|(_, m)| {
+            let req = crate::raft::pb::TransferRequest {
+                hold_ms: 0,
+                campaign: false,
+            };
+            self.send_transfer(m, req)
+        });
+        futures::future::join_all(resumes).await;
         moved
     }
 
@@ -547,7 +577,11 @@ impl Node {
     async fn read_index_round(&self) -> Result<()> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let leader = match self.inner.raft.ensure_linearizable().await {
+            let confirmed = {
+                let _no_transfer = self.inner.transfer.read().await;
+                self.inner.raft.ensure_linearizable().await
+            };
+            let leader = match confirmed {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f.leader_node,
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,

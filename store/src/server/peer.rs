@@ -118,8 +118,8 @@ impl RaftPeer for PeerService {
         &self,
         _req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        match self.node.raft().get_read_log_id().await {
-            Ok((read, _)) => Ok(Response::new(ReadIndexResponse {
+        match self.node.read_index().await {
+            Ok(read) => Ok(Response::new(ReadIndexResponse {
                 index: read.map(|l| l.index).unwrap_or(0),
             })),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
