@@ -70,6 +70,36 @@ pub enum StoreError {
     LeaderTransferTimeout,
     #[error("etcdserver: permission denied")]
     PermissionDenied,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
     /// The request is well formed but asks for something this store does not do.
     #[error("{0}")]
     InvalidArgument(String),
@@ -95,6 +125,18 @@ impl StoreError {
             StoreError::EmptyKey => 10,
             StoreError::DuplicateKey => 11,
             StoreError::TooManyOps => 12,
+            StoreError::RootUserNotExist => 13,
+            StoreError::RootRoleNotExist => 14,
+            StoreError::UserAlreadyExist => 15,
+            StoreError::UserEmpty => 16,
+            StoreError::UserNotFound => 17,
+            StoreError::RoleAlreadyExist => 18,
+            StoreError::RoleNotFound => 19,
+            StoreError::RoleEmpty => 20,
+            StoreError::RoleNotGranted => 21,
+            StoreError::PermissionNotGranted => 22,
+            StoreError::PermissionNotGiven => 23,
+            StoreError::InvalidAuthMgmt => 24,
             _ => 0,
         }
     }
@@ -114,6 +156,18 @@ impl StoreError {
             10 => StoreError::EmptyKey,
             11 => StoreError::DuplicateKey,
             12 => StoreError::TooManyOps,
+            13 => StoreError::RootUserNotExist,
+            14 => StoreError::RootRoleNotExist,
+            15 => StoreError::UserAlreadyExist,
+            16 => StoreError::UserEmpty,
+            17 => StoreError::UserNotFound,
+            18 => StoreError::RoleAlreadyExist,
+            19 => StoreError::RoleNotFound,
+            20 => StoreError::RoleEmpty,
+            21 => StoreError::RoleNotGranted,
+            22 => StoreError::PermissionNotGranted,
+            23 => StoreError::PermissionNotGiven,
+            24 => StoreError::InvalidAuthMgmt,
             other => StoreError::Internal(format!("unknown apply error code {other}")),
         }
     }
@@ -123,7 +177,8 @@ impl StoreError {
         use StoreError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | MemberBadUrls | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
+            | MemberBadUrls | RequestTooLarge | UserEmpty | RoleEmpty | AuthFailed
+            | PermissionNotGiven | InvalidAuthMgmt | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
@@ -135,7 +190,17 @@ impl StoreError {
             | LearnerNotReady
             | TooManyLearners
             | NotLeader
-            | BadLeaderTransferee => Code::FailedPrecondition,
+            | BadLeaderTransferee
+            | RootUserNotExist
+            | RootRoleNotExist
+            | UserAlreadyExist
+            | UserNotFound
+            | RoleAlreadyExist
+            | RoleNotFound
+            | RoleNotGranted
+            | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            InvalidAuthToken => Code::Unauthenticated,
             NoLeader | Timeout | LeaderTransferTimeout | Stopped | Unhealthy => Code::Unavailable,
             Corrupt => Code::DataLoss,
             PermissionDenied => Code::PermissionDenied,

@@ -10,6 +10,7 @@
 //!   linearizable reads, the lessor, and the etcd gRPC services in [`etcd`].
 //! - [`error`]: [`StoreError`] and its single mapping to etcd's gRPC codes and messages.
 
+pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod etcd;

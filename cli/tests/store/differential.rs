@@ -733,7 +733,210 @@ async fn session(endpoint: &str) -> Vec<String> {
         "leader after resign",
         elections.leader(LeaderRequest { name: "ev".into() }).await,
     );
+    auth_session(&mut t, ch).await;
     t.0
+}
+
+/// A request carrying a simple token, as etcd's clients send it.
+fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("token", token.parse().expect("a token is ASCII"));
+    r
+}
+
+type AuthResult =
+    Result<tonic::Response<keelson_etcdpb::etcdserverpb::AuthenticateResponse>, tonic::Status>;
+
+/// Records an Authenticate call by its header (tokens differ by nature); returns the token.
+fn login(t: &mut Transcript, step: &str, r: AuthResult) -> String {
+    let r = r.map(tonic::Response::into_inner);
+    t.note(step, r.as_ref().map(|a| a.header).map_err(Clone::clone));
+    r.map(|a| a.token).unwrap_or_default()
+}
+
+/// Users, roles, permissions, `auth enable`, and what tokens then allow (at the end: with
+/// auth on, every later step would need a token). AuthStatus is left out: etcd 3.4 does not
+/// have it (3.5 added it; `tests/store/auth.rs` checks keelson's).
+async fn auth_session(t: &mut Transcript, ch: Channel) {
+    use keelson_etcdpb::authpb::Permission;
+    use keelson_etcdpb::authpb::permission::Type as Perm;
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    use keelson_etcdpb::etcdserverpb::{
+        AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleGetRequest,
+        AuthRoleGrantPermissionRequest, AuthRoleListRequest, AuthRoleRevokePermissionRequest,
+        AuthUserAddRequest, AuthUserDeleteRequest, AuthUserGetRequest, AuthUserGrantRoleRequest,
+        AuthUserListRequest, AuthUserRevokeRoleRequest, AuthenticateRequest,
+    };
+    let mut auth = AuthClient::new(ch.clone());
+    let mut kv = KvClient::new(ch.clone());
+    let user = |name: &str, password: &str| AuthUserAddRequest {
+        name: name.into(),
+        password: password.into(),
+        ..Default::default()
+    };
+    let grant = |role: &str, perm: Perm, key: &str, end: &str| AuthRoleGrantPermissionRequest {
+        name: role.into(),
+        perm: Some(Permission {
+            perm_type: perm as i32,
+            key: key.into(),
+            range_end: end.into(),
+        }),
+    };
+    let grant_role = |u: &str, r: &str| AuthUserGrantRoleRequest {
+        user: u.into(),
+        role: r.into(),
+    };
+    let role = |name: &str| AuthRoleAddRequest { name: name.into() };
+    let credentials = |name: &str, password: &str| AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    t.add("user add root", auth.user_add(user("root", "rootpw")).await);
+    t.add(
+        "user add alice",
+        auth.user_add(user("alice", "alicepw")).await,
+    );
+    t.add(
+        "user add alice again",
+        auth.user_add(user("alice", "x")).await,
+    );
+    t.add("user add empty name", auth.user_add(user("", "x")).await);
+    t.add("role add app", auth.role_add(role("app")).await);
+    t.add("role add app again", auth.role_add(role("app")).await);
+    t.add("role add empty", auth.role_add(role("")).await);
+    t.add(
+        "grant prefix",
+        auth.role_grant_permission(grant("app", Perm::Readwrite, "app/", "app0"))
+            .await,
+    );
+    t.add(
+        "grant one key",
+        auth.role_grant_permission(grant("app", Perm::Read, "shared", ""))
+            .await,
+    );
+    t.add(
+        "grant to a missing role",
+        auth.role_grant_permission(grant("nope", Perm::Read, "k", ""))
+            .await,
+    );
+    t.add(
+        "grant role",
+        auth.user_grant_role(grant_role("alice", "app")).await,
+    );
+    t.add(
+        "grant a missing role",
+        auth.user_grant_role(grant_role("alice", "nope")).await,
+    );
+    t.add(
+        "grant to a missing user",
+        auth.user_grant_role(grant_role("bob", "app")).await,
+    );
+    let get_user = |name: &str| AuthUserGetRequest { name: name.into() };
+    t.add("user get", auth.user_get(get_user("alice")).await);
+    t.add("user get missing", auth.user_get(get_user("bob")).await);
+    let get_role = |name: &str| AuthRoleGetRequest { role: name.into() };
+    t.add("role get", auth.role_get(get_role("app")).await);
+    t.add("role get missing", auth.role_get(get_role("nope")).await);
+    t.add("user list", auth.user_list(AuthUserListRequest {}).await);
+    t.add("role list", auth.role_list(AuthRoleListRequest {}).await);
+    t.add(
+        "auth enable without the root role",
+        auth.auth_enable(AuthEnableRequest {}).await,
+    );
+    t.add("role add root", auth.role_add(role("root")).await);
+    t.add(
+        "grant root",
+        auth.user_grant_role(grant_role("root", "root")).await,
+    );
+    t.add("auth enable", auth.auth_enable(AuthEnableRequest {}).await);
+    t.add(
+        "authenticate wrong password",
+        auth.authenticate(credentials("alice", "wrong")).await,
+    );
+    t.add(
+        "authenticate unknown user",
+        auth.authenticate(credentials("bob", "x")).await,
+    );
+    let r = auth.authenticate(credentials("alice", "alicepw")).await;
+    let alice = login(t, "authenticate alice", r);
+    t.add(
+        "alice put app/x",
+        kv.put(with_token(&alice, put("app/x", "1"))).await,
+    );
+    t.add(
+        "alice put shared",
+        kv.put(with_token(&alice, put("shared", "1"))).await,
+    );
+    t.add(
+        "alice get shared",
+        kv.range(with_token(&alice, get("shared"))).await,
+    );
+    t.add(
+        "alice range beyond her prefix",
+        kv.range(with_token(&alice, span("app/", "b"))).await,
+    );
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("app/y", "2")],
+        failure: vec![op_put("other", "3")],
+    };
+    t.add(
+        "alice txn touching another key",
+        kv.txn(with_token(&alice, txn)).await,
+    );
+    t.add(
+        "alice user list",
+        auth.user_list(with_token(&alice, AuthUserListRequest {}))
+            .await,
+    );
+    t.add("get without a token", kv.range(get("shared")).await);
+    t.add(
+        "get with a bad token",
+        kv.range(with_token("bogus.1", get("shared"))).await,
+    );
+    let r = auth.authenticate(credentials("root", "rootpw")).await;
+    let root = login(t, "authenticate root", r);
+    let revoke = || AuthRoleRevokePermissionRequest {
+        role: "app".into(),
+        key: "shared".into(),
+        range_end: vec![],
+    };
+    t.add(
+        "revoke permission",
+        auth.role_revoke_permission(with_token(&root, revoke()))
+            .await,
+    );
+    t.add(
+        "revoke it again",
+        auth.role_revoke_permission(with_token(&root, revoke()))
+            .await,
+    );
+    let not_granted = AuthUserRevokeRoleRequest {
+        name: "alice".into(),
+        role: "root".into(),
+    };
+    t.add(
+        "revoke a role not granted",
+        auth.user_revoke_role(with_token(&root, not_granted)).await,
+    );
+    let root_user = AuthUserDeleteRequest {
+        name: "root".into(),
+    };
+    t.add(
+        "delete root while enabled",
+        auth.user_delete(with_token(&root, root_user)).await,
+    );
+    t.add(
+        "alice get shared after the revoke",
+        kv.range(with_token(&alice, get("shared"))).await,
+    );
+    t.add(
+        "auth disable",
+        auth.auth_disable(with_token(&root, AuthDisableRequest {}))
+            .await,
+    );
+    t.add("get after disable", kv.range(get("shared")).await);
 }
 
 async fn ready(endpoint: &str) {

@@ -15,7 +15,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::error::{Result, StoreError};
+use crate::etcd::auth::authorize;
 use crate::raft::pb::{ChangeMembersRequest, change_members_request::Change};
 use crate::raft::{Member, NodeId};
 use crate::server::node::{Node, REQUEST_TIMEOUT};
@@ -256,6 +258,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         let a = req.into_inner();
         validate_urls(&a.peer_ur_ls)?;
         Ok(Response::new(decode(&self.change(Change::Add(a)).await?)?))
@@ -265,6 +268,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         Ok(Response::new(decode(
             &self.change(Change::Remove(req.into_inner())).await?,
         )?))
@@ -274,6 +278,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         Ok(Response::new(decode(
             &self.change(Change::Update(req.into_inner())).await?,
         )?))
@@ -296,6 +301,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         Ok(Response::new(decode(
             &self.change(Change::Promote(req.into_inner())).await?,
         )?))

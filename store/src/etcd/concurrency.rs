@@ -36,7 +36,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::error::StoreError;
+use crate::etcd::auth::{Internal, authorize};
 use crate::etcd::kv::KvService;
 use crate::etcd::lease::LeaseService;
 use crate::mvcc::EventBatch;
@@ -75,11 +77,11 @@ impl ConcurrencyService {
     }
 
     async fn range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
-        Ok(self.kv.range(Request::new(r)).await?.into_inner())
+        Ok(self.kv.range(internal(r)).await?.into_inner())
     }
 
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        Ok(self.kv.txn(Request::new(t)).await?.into_inner())
+        Ok(self.kv.txn(internal(t)).await?.into_inner())
     }
 
     /// Puts `key` (with `value` and `lease`) unless it exists. Returns the transaction's
@@ -99,25 +101,20 @@ impl ConcurrencyService {
             })
             .await?;
         let header = resp.header.unwrap_or_default();
-        let ranges: Vec<&RangeResponse> = resp
-            .responses
-            .iter()
-            .filter_map(|r| match &r.response {
-                Some(response_op::Response::ResponseRange(r)) => Some(r),
-                _ => None,
-            })
-            .collect();
+        // Both branches end with the oldest key's range; the failure branch starts with ours.
+        let range_at = |i: usize| match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
+            Some(response_op::Response::ResponseRange(r)) => Some(r),
+            _ => None,
+        };
         let (rev, existing) = if resp.succeeded {
             (header.revision, None)
         } else {
-            let mine = ranges
-                .first()
+            let mine = range_at(0)
                 .and_then(|r| r.kvs.first())
-                .ok_or_else(|| internal("the queued key vanished within its transaction"))?;
+                .ok_or_else(|| internal_error("the queued key vanished within its transaction"))?;
             (mine.create_revision, Some(mine.value.clone()))
         };
-        let owner = ranges
-            .get(1)
+        let owner = range_at(1)
             .and_then(|r| r.kvs.first())
             .map(|kv| kv.create_revision);
         Ok(Queued {
@@ -281,13 +278,16 @@ impl Drop for Withdraw {
 }
 
 /// Waits for the first event matching `pred`: `Some` with it, or `None` when events were
-/// missed (the broadcast lagged) and the caller must look again.
+/// missed (the broadcast lagged, or a snapshot install skipped them) and the caller must look
+/// again.
 async fn next_event(
     events: &mut broadcast::Receiver<EventBatch>,
     pred: impl Fn(&Event) -> bool,
 ) -> Result<Option<Event>, Status> {
     loop {
         match events.recv().await {
+            // An empty batch says events were skipped (a snapshot was installed): look again.
+            Ok(batch) if batch.events.is_empty() => return Ok(None),
             Ok(batch) => {
                 if let Some(e) = batch.events.iter().find(|e| pred(e)) {
                     return Ok(Some(e.clone()));
@@ -299,8 +299,27 @@ async fn next_event(
     }
 }
 
-fn internal(msg: &str) -> Status {
+fn internal_error(msg: &str) -> Status {
     StoreError::Internal(msg.into()).into()
+}
+
+/// A request to the member's own KV service on behalf of a caller checked already.
+fn internal<T>(message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.extensions_mut().insert(Internal);
+    r
+}
+
+/// Checks that the caller may read and write the queue of `name` (auth on).
+fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8]) -> Result<(), Status> {
+    let prefix = queue_prefix(name);
+    let end = keelson_etcdpb::prefix_end(&prefix);
+    authorize(
+        node,
+        req,
+        &[Need::Read(&prefix, &end), Need::Write(&prefix, &end)],
+    )
+    .map_err(as_recipe_error)
 }
 
 /// The queue of lock or election `name`: `name/`.
@@ -454,6 +473,7 @@ fn as_recipe_error(s: Status) -> Status {
 #[tonic::async_trait]
 impl Lock for ConcurrencyService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        check_queue(&self.node, &req, &req.get_ref().name)?;
         let resp = self.acquire(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -462,10 +482,12 @@ impl Lock for ConcurrencyService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])
+            .map_err(as_recipe_error)?;
         let key = req.into_inner().key;
         let resp = self
             .kv
-            .delete_range(Request::new(DeleteRangeRequest {
+            .delete_range(internal(DeleteRangeRequest {
                 key,
                 ..Default::default()
             }))
@@ -486,6 +508,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        check_queue(&self.node, &req, &req.get_ref().name)?;
         let resp = self.campaign_for(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -494,6 +517,13 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        authorize(
+            &self.node,
+            &req,
+            &[Need::Write(&key.unwrap_or_default(), &[])],
+        )
+        .map_err(as_recipe_error)?;
         let r = req.into_inner();
         let leader = leader_key(r.leader)?;
         let header = self
@@ -509,6 +539,9 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let prefix = queue_prefix(&req.get_ref().name);
+        let end = keelson_etcdpb::prefix_end(&prefix);
+        authorize(&self.node, &req, &[Need::Read(&prefix, &end)]).map_err(as_recipe_error)?;
         let resp = self.current_leader(&req.into_inner().name).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -519,6 +552,9 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let prefix = queue_prefix(&req.get_ref().name);
+        let end = keelson_etcdpb::prefix_end(&prefix);
+        authorize(&self.node, &req, &[Need::Read(&prefix, &end)]).map_err(as_recipe_error)?;
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
         let s = self.clone();
@@ -530,6 +566,13 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        authorize(
+            &self.node,
+            &req,
+            &[Need::Write(&key.unwrap_or_default(), &[])],
+        )
+        .map_err(as_recipe_error)?;
         let leader = leader_key(req.into_inner().leader)?;
         let header = self
             .delete_if_created_at(&leader.key, leader.rev)

@@ -8,7 +8,9 @@ use keelson_etcdpb::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::error::StoreError;
+use crate::etcd::auth::authorize;
 use crate::mvcc::{check_key, check_put, check_txn};
 use crate::raft::pb::InternalRequest;
 use crate::raft::pb::internal_request::Request as Rq;
@@ -90,9 +92,35 @@ fn all_serializable(ops: &[RequestOp]) -> bool {
     })
 }
 
+/// What a txn needs while auth is on: read on every compared key and range, and what each
+/// operation of both branches needs, nested txns included (as etcd checks).
+fn txn_needs<'a>(t: &'a TxnRequest, out: &mut Vec<Need<'a>>) {
+    for c in &t.compare {
+        out.push(Need::Read(&c.key, &c.range_end));
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                out.push(Need::Read(&r.key, &r.range_end))
+            }
+            Some(request_op::Request::RequestPut(p)) => out.push(Need::Write(&p.key, &[])),
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                out.push(Need::Write(&d.key, &d.range_end))
+            }
+            Some(request_op::Request::RequestTxn(t)) => txn_needs(t, out),
+            None => {}
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        authorize(
+            &self.node,
+            &req,
+            &[Need::Read(&req.get_ref().key, &req.get_ref().range_end)],
+        )?;
         let r = req.into_inner();
         check_key(&r.key)?;
         if !r.serializable {
@@ -104,6 +132,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])?;
         let p = req.into_inner();
         check_put(&p)?;
         self.quota.check(&self.node, p.encoded_len()).await?;
@@ -126,6 +155,11 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        authorize(
+            &self.node,
+            &req,
+            &[Need::Write(&req.get_ref().key, &req.get_ref().range_end)],
+        )?;
         let d = req.into_inner();
         check_key(&d.key)?;
         match self
@@ -144,6 +178,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let mut needs = Vec::new();
+        txn_needs(req.get_ref(), &mut needs);
+        authorize(&self.node, &req, &needs)?;
         let t = req.into_inner();
         check_txn(&t)?;
         if is_read_only(&t.success) && is_read_only(&t.failure) {
@@ -185,6 +222,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        authorize(&self.node, &req, &[])?;
         let c = req.into_inner();
         let (physical, revision) = (c.physical, c.revision);
         match self

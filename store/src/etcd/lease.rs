@@ -14,7 +14,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Need;
 use crate::error::StoreError;
+use crate::etcd::auth::authorize;
 use crate::mvcc::MAX_LEASE_TTL;
 use crate::raft::pb::InternalRequest;
 use crate::raft::pb::internal_request::Request as Rq;
@@ -73,6 +75,18 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // Revoking deletes the lease's keys: write on each of them (auth on).
+        let keys: Vec<Vec<u8>> = self
+            .node
+            .shared()
+            .mvcc
+            .read()
+            .leases()
+            .get(&req.get_ref().id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default();
+        let needs: Vec<Need<'_>> = keys.iter().map(|k| Need::Write(k, &[])).collect();
+        authorize(&self.node, &req, &needs)?;
         match self
             .node
             .propose(InternalRequest {

@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::error::StoreError;
+use crate::etcd::auth::authorize;
 use crate::raft::pb::InternalRequest;
 use crate::raft::pb::internal_request::Request as Rq;
 use crate::raft::pb::internal_response::Response as Rs;
@@ -52,6 +54,9 @@ const SNAPSHOT_CHUNK: usize = 32 * 1024;
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        if req.get_ref().action != AlarmAction::Get as i32 {
+            authorize(&self.node, &req, &[Need::Admin])?;
+        }
         let a = req.into_inner();
         if a.action == AlarmAction::Get as i32 {
             let alarms = self
@@ -140,8 +145,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         // sled reclaims space itself (log-structured segments are rewritten in the background);
         // a flush makes the reported size current.
         self.node
@@ -156,7 +162,8 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         let (hash, _) = self.node.shared().mvcc.read().hash_kv(0)?;
         Ok(Response::new(HashResponse {
             header: self.node.current_header(),
@@ -168,6 +175,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         let m = self.node.shared().mvcc.read();
         let (hash, rev) = m.hash_kv(req.get_ref().revision)?;
         Ok(Response::new(HashKvResponse {
@@ -182,8 +190,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         // A consistent dump of the state (written to a file without holding the state's
         // lock), followed (like etcd) by its sha256 so a reader can verify it arrived whole.
         let shared = self.node.shared().clone();
@@ -244,6 +253,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        authorize(&self.node, &req, &[Need::Admin])?;
         self.node.move_leader(req.into_inner().target_id).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: self.node.current_header(),

@@ -2,6 +2,7 @@
 //! propose writes through [`Node`](crate::server::node::Node), and serve reads from the shared
 //! MVCC state after the read barrier.
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod kv;

@@ -28,6 +28,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Need;
 use crate::error::StoreError;
 use crate::mvcc::{EventBatch, KeyRange};
 use crate::server::node::Node;
@@ -98,6 +99,8 @@ struct Stream_ {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     max_bytes: usize,
+    /// The `token` the stream was opened with (auth).
+    token: Option<String>,
 }
 
 /// The stream closed: stop serving it.
@@ -144,7 +147,41 @@ impl Stream_ {
         Ok(())
     }
 
+    /// Whether the stream's user may read what `c` watches (auth on): the refusal as etcd
+    /// words a watch's cancel reason otherwise.
+    fn permitted(&self, c: &WatchCreateRequest) -> Result<(), String> {
+        let m = self.node.shared().mvcc.read();
+        if !m.auth().enabled() {
+            return Ok(());
+        }
+        let refused = |e: StoreError| format!("rpc error: code = {:?} desc = {e}", e.code());
+        let token = self
+            .token
+            .as_deref()
+            .ok_or_else(|| refused(StoreError::UserEmpty))?;
+        let user = m
+            .tokens()
+            .user(token)
+            .ok_or_else(|| refused(StoreError::InvalidAuthToken))?;
+        if m.auth().permits(&user, Need::Read(&c.key, &c.range_end)) {
+            Ok(())
+        } else {
+            Err(refused(StoreError::PermissionDenied))
+        }
+    }
+
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        if let Err(reason) = self.permitted(&c) {
+            let resp = WatchResponse {
+                header: self.node.current_header(),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: reason,
+                ..Default::default()
+            };
+            return self.send(resp).await;
+        }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {
                 let resp = WatchResponse {
@@ -353,6 +390,11 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        let token = req
+            .metadata()
+            .get("token")
+            .and_then(|t| t.to_str().ok())
+            .map(str::to_string);
         let input = req.into_inner();
         let events = self.node.shared().events.subscribe();
         let (tx, rx) = mpsc::channel(256);
@@ -362,6 +404,7 @@ impl Watch for WatchService {
             watchers: BTreeMap::new(),
             next_id: 0,
             max_bytes: self.max_response_bytes,
+            token,
         };
         tokio::spawn(serve(s, input, events, self.progress_interval));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -99,6 +99,9 @@ pub struct EventBatch {
     pub revision: i64,
 }
 
+/// The metadata record holding the auth state.
+const AUTH_META: &str = "auth";
+
 /// The MVCC state: in-memory index plus the records in the backend.
 pub struct Mvcc {
     backend: Arc<dyn Backend>,
@@ -121,6 +124,9 @@ pub struct Mvcc {
     /// Keys of the records compactions removed from the index, not yet deleted from the
     /// backend ([`Mvcc::take_compacted`]).
     compacted: Vec<[u8; 17]>,
+    /// Users, roles and whether auth is on (replicated), and the simple tokens handed out.
+    auth: crate::auth::AuthStore,
+    tokens: crate::auth::Tokens,
 }
 
 impl std::fmt::Debug for Mvcc {
@@ -199,6 +205,8 @@ impl Mvcc {
             events_base: 0,
             pins: 0,
             compacted: Vec::new(),
+            auth: crate::auth::AuthStore::default(),
+            tokens: crate::auth::Tokens::default(),
         };
         m.reload()?;
         Ok(m)
@@ -295,7 +303,45 @@ impl Mvcc {
                 self.alarms.insert((member, alarm));
             }
         }
+        self.auth = match self.backend.get(&keys::meta_key(AUTH_META))? {
+            Some(b) => crate::auth::AuthStore::decode(&b)?,
+            None => crate::auth::AuthStore::default(),
+        };
+        self.tokens.forget(None);
         Ok(())
+    }
+
+    /// The auth state.
+    pub fn auth(&self) -> &crate::auth::AuthStore {
+        &self.auth
+    }
+
+    /// The simple tokens handed out.
+    pub fn tokens(&self) -> &crate::auth::Tokens {
+        &self.tokens
+    }
+
+    /// Applies an auth change and keeps the new state with the entry's writes.
+    fn apply_auth(
+        &mut self,
+        change: &crate::raft::pb::AuthChange,
+    ) -> Result<crate::raft::pb::AuthChanged> {
+        use crate::raft::pb::auth_change::Change;
+        self.auth.apply(change)?;
+        match &change.change {
+            Some(Change::Authenticate(t)) => self.tokens.assign(&t.token, &t.user),
+            Some(Change::UserDelete(u)) => self.tokens.forget(Some(&u.name)),
+            Some(Change::UserChangePassword(u)) => self.tokens.forget(Some(&u.name)),
+            Some(Change::Disable(_)) => self.tokens.forget(None),
+            _ => {}
+        }
+        if !matches!(change.change, Some(Change::Authenticate(_))) {
+            self.batch
+                .put(keys::meta_key(AUTH_META), self.auth.encode());
+        }
+        Ok(crate::raft::pb::AuthChanged {
+            revision: self.auth.revision(),
+        })
     }
 
     /// The backend the state lives in.
@@ -565,6 +611,7 @@ impl Mvcc {
                 Ok(Rs::Publish(Default::default()))
             }
             Some(Rq::Alarm(a)) => Ok(Rs::Alarm(self.apply_alarm(a))),
+            Some(Rq::Auth(c)) => self.apply_auth(c).map(Rs::Auth),
             None => Err(StoreError::InvalidArgument("empty request".into())),
         };
         let response = match result {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keelson_etcdpb::etcdserverpb::CompactionRequest;
+use keelson_etcdpb::etcdserverpb::auth_server::AuthServer;
 use keelson_etcdpb::etcdserverpb::cluster_server::ClusterServer;
 use keelson_etcdpb::etcdserverpb::kv_server::KvServer;
 use keelson_etcdpb::etcdserverpb::lease_server::LeaseServer;
@@ -36,6 +37,7 @@ use self::node::Node;
 use self::peer::PeerService;
 use self::quota::Quota;
 use crate::backend::SledBackend;
+use crate::etcd::auth::AuthService;
 use crate::etcd::cluster::{ClusterService, fnv64, validate_urls};
 use crate::etcd::concurrency::ConcurrencyService;
 use crate::etcd::kv::KvService;
@@ -593,6 +595,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(LeaseServer::new(leases))
         .add_service(LockServer::new(concurrency.clone()))
         .add_service(ElectionServer::new(concurrency))
+        .add_service(AuthServer::new(AuthService::new(node.clone())))
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(
             node.clone(),

@@ -1,0 +1,176 @@
+//! Auth through etcdctl on a three-member cluster: users, roles and key-range permissions,
+//! `auth enable`, and what each user may then do with its token (handed out by one member,
+//! honoured by all).
+
+use crate::cluster::{Cluster, etcdctl, ok};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn etcdctl_users_roles_and_permissions_once_auth_is_enabled() {
+    let c = Cluster::start(3);
+    let all: Vec<&str> = c.members.iter().map(|m| m.client.as_str()).collect();
+    let all = all.join(",");
+    let run = |args: &[&str]| ok(etcdctl(&all, args));
+
+    run(&["user", "add", "root:rootpw"]);
+    run(&["role", "add", "app"]);
+    run(&[
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "app/",
+        "--prefix=true",
+    ]);
+    run(&["role", "grant-permission", "app", "read", "shared"]);
+    run(&["user", "add", "alice:alicepw"]);
+    run(&["user", "grant-role", "alice", "app"]);
+    run(&["put", "shared", "s"]);
+    run(&["put", "secret", "x"]);
+    assert!(run(&["user", "get", "alice"]).contains("Roles: app"));
+    let role = run(&["role", "get", "app"]);
+    assert!(
+        role.contains("[app/, app0) (prefix app/)") && role.contains("shared"),
+        "{role}"
+    );
+    assert_eq!(run(&["user", "list"]), "alice\nroot\n");
+    let out = etcdctl(&all, &["user", "add", "alice:again"]);
+    assert!(
+        stderr(&out).contains("user name already exists"),
+        "{}",
+        stderr(&out)
+    );
+
+    // etcdctl creates the root role and grants it to root when enabling needs it.
+    assert!(run(&["auth", "enable"]).contains("Authentication Enabled"));
+
+    let out = etcdctl(&all, &["get", "shared"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("user name is empty"),
+        "{}",
+        stderr(&out)
+    );
+    let out = etcdctl(&all, &["--user=alice:wrong", "get", "shared"]);
+    assert!(
+        stderr(&out).contains("authentication failed, invalid user ID or password"),
+        "{}",
+        stderr(&out)
+    );
+
+    let alice = |args: &[&str]| {
+        let mut a = vec!["--user=alice:alicepw"];
+        a.extend_from_slice(args);
+        etcdctl(&all, &a)
+    };
+    assert_eq!(ok(alice(&["put", "app/x", "1"])).trim(), "OK");
+    assert_eq!(ok(alice(&["get", "shared"])), "shared\ns\n");
+    assert_eq!(ok(alice(&["get", "app/", "--prefix"])), "app/x\n1\n");
+    for denied in [
+        vec!["put", "shared", "no"],
+        vec!["get", "secret"],
+        vec!["get", "", "--prefix"],
+        vec!["del", "app/", "app0x"],
+        vec!["user", "list"],
+        vec!["auth", "disable"],
+    ] {
+        let out = alice(&denied);
+        assert!(!out.status.success(), "{denied:?} was allowed");
+        assert!(
+            stderr(&out).contains("permission denied"),
+            "{denied:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A transaction is checked on every compare and both branches.
+    let out = crate::cluster::etcdctl_stdin(
+        &all,
+        &["--user=alice:alicepw", "txn"],
+        Some("value(\"app/x\") = \"1\"\n\nput app/y 2\n\nput secret 3\n\n"),
+    );
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+
+    let root = |args: &[&str]| {
+        let mut a = vec!["--user=root:rootpw"];
+        a.extend_from_slice(args);
+        ok(etcdctl(&all, &a))
+    };
+    assert_eq!(
+        root(&["get", "", "--prefix", "--keys-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        3
+    );
+    root(&["role", "revoke-permission", "app", "shared"]);
+    let out = alice(&["get", "shared"]);
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(root(&["auth", "disable"]).contains("Authentication Disabled"));
+    assert_eq!(run(&["get", "secret", "--print-value-only"]).trim(), "x");
+}
+
+/// AuthStatus (etcd 3.5's; etcdctl 3.4 cannot ask): whether auth is on and its revision,
+/// which counts the changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_status_reports_the_state_and_its_revision() {
+    use keelson_etcdpb::etcdserverpb::AuthStatusRequest;
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    let c = Cluster::start(1);
+    let endpoint = c.members[0].client.clone();
+    let mut auth = AuthClient::connect(endpoint.clone()).await.unwrap();
+    let before = auth
+        .auth_status(AuthStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!before.enabled);
+    let e = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        ok(etcdctl(&e, &["user", "add", "root:pw"]));
+        ok(etcdctl(&e, &["auth", "enable"]));
+    })
+    .await
+    .unwrap();
+    let after = auth
+        .auth_status(AuthStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.enabled);
+    // user add, role add root, grant, enable.
+    assert_eq!(after.auth_revision, before.auth_revision + 4);
+
+    // The state is kept with the data: a restarted member still has it.
+    let mut c = c;
+    c.kill(0);
+    c.start_member(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let restarted = loop {
+        if let Ok(mut a) = AuthClient::connect(endpoint.clone()).await
+            && let Ok(s) = a.auth_status(AuthStatusRequest {}).await
+        {
+            break s.into_inner();
+        }
+        assert!(std::time::Instant::now() < deadline, "no restart");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(restarted.enabled);
+    assert_eq!(restarted.auth_revision, after.auth_revision);
+    let e = endpoint.clone();
+    let users =
+        tokio::task::spawn_blocking(move || ok(etcdctl(&e, &["--user=root:pw", "user", "list"])))
+            .await
+            .unwrap();
+    assert_eq!(users, "root\n");
+}

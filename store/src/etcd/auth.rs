@@ -1,0 +1,412 @@
+//! `etcdserverpb.Auth` (users, roles, `auth enable`, Authenticate), and [`authorize`], the
+//! check every other service makes while auth is on.
+//!
+//! Requests carry the simple token Authenticate handed out in the `token` gRPC metadata, as
+//! etcd's clients send it. With auth on, a request without one is refused with `user name is
+//! empty`, an unknown or expired one with `invalid auth token`, and one the user's roles do not
+//! cover with `permission denied`; the `root` role may do everything, and cluster and
+//! maintenance changes need it.
+
+use keelson_etcdpb::etcdserverpb::auth_server::Auth;
+use keelson_etcdpb::etcdserverpb::{
+    AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
+    AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
+    AuthRoleGetRequest, AuthRoleGetResponse, AuthRoleGrantPermissionRequest,
+    AuthRoleGrantPermissionResponse, AuthRoleListRequest, AuthRoleListResponse,
+    AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse, AuthStatusRequest,
+    AuthStatusResponse, AuthUserAddRequest, AuthUserAddResponse, AuthUserChangePasswordRequest,
+    AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse,
+    AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse,
+    AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
+    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, ResponseHeader,
+};
+use rand::Rng;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Need;
+use crate::error::StoreError;
+use crate::raft::pb::auth_change::Change;
+use crate::raft::pb::internal_request::Request as Rq;
+use crate::raft::pb::internal_response::Response as Rs;
+use crate::raft::pb::{AuthChange, InternalRequest, SimpleToken};
+use crate::server::node::Node;
+
+/// bcrypt's cost for stored passwords (etcd's `--bcrypt-cost` default).
+const BCRYPT_COST: u32 = 10;
+
+/// Marks a request one service makes of another inside the member (Lock and Election run on
+/// the KV service): its caller was checked already.
+#[derive(Debug, Clone, Copy)]
+pub struct Internal;
+
+/// Checks that the caller of `req` may do all of `needs` (nothing to check while auth is off).
+pub fn authorize<T>(node: &Node, req: &Request<T>, needs: &[Need<'_>]) -> Result<(), Status> {
+    if req.extensions().get::<Internal>().is_some() {
+        return Ok(());
+    }
+    let m = node.shared().mvcc.read();
+    if !m.auth().enabled() {
+        return Ok(());
+    }
+    let user = caller(&m, req)?;
+    if needs.iter().all(|n| m.auth().permits(&user, *n)) {
+        Ok(())
+    } else {
+        Err(StoreError::PermissionDenied.into())
+    }
+}
+
+/// The user whose token `req` carries (auth on).
+fn caller<T>(m: &crate::mvcc::Mvcc, req: &Request<T>) -> Result<String, Status> {
+    let token = req
+        .metadata()
+        .get("token")
+        .and_then(|t| t.to_str().ok())
+        .ok_or(StoreError::UserEmpty)?;
+    Ok(m.tokens().user(token).ok_or(StoreError::InvalidAuthToken)?)
+}
+
+/// The caller while auth is on (`None` while it is off).
+fn caller_if_enabled<T>(node: &Node, req: &Request<T>) -> Result<Option<String>, Status> {
+    let m = node.shared().mvcc.read();
+    if !m.auth().enabled() {
+        return Ok(None);
+    }
+    caller(&m, req).map(Some)
+}
+
+/// A random simple token: 16 letters, then `.` and a counter, as etcd's look.
+fn new_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut rng = rand::rng();
+    let letters: String = (0..16)
+        .map(|_| {
+            let i = rng.random_range(0..52u8);
+            (if i < 26 { b'a' + i } else { b'A' + i - 26 }) as char
+        })
+        .collect();
+    format!("{letters}.{}", COUNT.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
+async fn hash(password: String) -> Result<String, Status> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("hashing the password: {e}")))
+}
+
+/// The Auth service.
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    node: Node,
+}
+
+impl AuthService {
+    /// The service for `node`.
+    pub fn new(node: Node) -> AuthService {
+        AuthService { node }
+    }
+
+    /// Applies `change` through Raft; returns the response header.
+    async fn change(&self, change: Change) -> Result<Option<ResponseHeader>, Status> {
+        match self
+            .node
+            .propose(InternalRequest {
+                request: Some(Rq::Auth(AuthChange {
+                    change: Some(change),
+                })),
+            })
+            .await?
+        {
+            Rs::Auth(_) => Ok(self.node.current_header()),
+            _ => Err(StoreError::Internal("unexpected response to an auth change".into()).into()),
+        }
+    }
+
+    /// Refuses unless auth is off or the caller holds the root role.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        authorize(&self.node, req, &[Need::Admin])
+    }
+
+    /// Refuses unless auth is off, the caller is root, or the caller is `user`.
+    fn admin_or_self<T>(&self, req: &Request<T>, user: &str) -> Result<(), Status> {
+        match caller_if_enabled(&self.node, req)? {
+            Some(u) if u == user => Ok(()),
+            _ => self.admin(req),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        req: Request<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::Enable(req.into_inner())).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
+    }
+
+    async fn auth_disable(
+        &self,
+        req: Request<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::Disable(req.into_inner())).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
+    }
+
+    async fn auth_status(
+        &self,
+        _req: Request<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.node.read_barrier().await?;
+        let (enabled, auth_revision) = {
+            let m = self.node.shared().mvcc.read();
+            (m.auth().enabled(), m.auth().revision())
+        };
+        Ok(Response::new(AuthStatusResponse {
+            header: self.node.current_header(),
+            enabled,
+            auth_revision,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        req: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let r = req.into_inner();
+        self.node.read_barrier().await?;
+        let stored = {
+            let m = self.node.shared().mvcc.read();
+            if !m.auth().enabled() {
+                return Err(StoreError::AuthNotEnabled.into());
+            }
+            m.auth().user(&r.name).map(|u| {
+                let no_password = u.options.as_ref().is_some_and(|o| o.no_password);
+                (
+                    String::from_utf8_lossy(&u.password).into_owned(),
+                    no_password,
+                )
+            })
+        };
+        let Some((hashed, no_password)) = stored else {
+            return Err(StoreError::AuthFailed.into());
+        };
+        let password = r.password;
+        let ok = !no_password
+            && tokio::task::spawn_blocking(move || bcrypt::verify(password, &hashed))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .unwrap_or(false);
+        if !ok {
+            return Err(StoreError::AuthFailed.into());
+        }
+        let token = new_token();
+        let header = self
+            .change(Change::Authenticate(SimpleToken {
+                user: r.name,
+                token: token.clone(),
+            }))
+            .await?;
+        Ok(Response::new(AuthenticateResponse { header, token }))
+    }
+
+    async fn user_add(
+        &self,
+        req: Request<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        self.admin(&req)?;
+        let mut r = req.into_inner();
+        if r.name.is_empty() {
+            return Err(StoreError::UserEmpty.into());
+        }
+        let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
+        if !no_password && r.hashed_password.is_empty() {
+            r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+        }
+        r.password.clear();
+        let header = self.change(Change::UserAdd(r)).await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
+    }
+
+    async fn user_get(
+        &self,
+        req: Request<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        self.admin_or_self(&req, &req.get_ref().name)?;
+        self.node.read_barrier().await?;
+        let roles = {
+            let m = self.node.shared().mvcc.read();
+            let u = m
+                .auth()
+                .user(&req.get_ref().name)
+                .ok_or(StoreError::UserNotFound)?;
+            u.roles.clone()
+        };
+        Ok(Response::new(AuthUserGetResponse {
+            header: self.node.current_header(),
+            roles,
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        req: Request<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.admin(&req)?;
+        self.node.read_barrier().await?;
+        let users = self.node.shared().mvcc.read().auth().user_names();
+        Ok(Response::new(AuthUserListResponse {
+            header: self.node.current_header(),
+            users,
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        req: Request<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::UserDelete(req.into_inner())).await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
+    }
+
+    async fn user_change_password(
+        &self,
+        req: Request<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        self.admin_or_self(&req, &req.get_ref().name)?;
+        let mut r = req.into_inner();
+        if r.hashed_password.is_empty() {
+            r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+        }
+        r.password.clear();
+        let header = self.change(Change::UserChangePassword(r)).await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        req: Request<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::UserGrantRole(req.into_inner())).await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        req: Request<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        self.admin(&req)?;
+        let header = self
+            .change(Change::UserRevokeRole(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
+    }
+
+    async fn role_add(
+        &self,
+        req: Request<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::RoleAdd(req.into_inner())).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
+    }
+
+    async fn role_get(
+        &self,
+        req: Request<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        // A user may read the roles it holds.
+        let own = match caller_if_enabled(&self.node, &req)? {
+            Some(u) => {
+                let m = self.node.shared().mvcc.read();
+                m.auth()
+                    .user(&u)
+                    .is_some_and(|u| u.roles.contains(&req.get_ref().role))
+            }
+            None => true,
+        };
+        if !own {
+            self.admin(&req)?;
+        }
+        self.node.read_barrier().await?;
+        let perm = {
+            let m = self.node.shared().mvcc.read();
+            let role = m.auth().role(&req.get_ref().role);
+            match role {
+                Some(r) => r.key_permission.clone(),
+                None if req.get_ref().role == crate::auth::ROOT => Vec::new(),
+                None => return Err(StoreError::RoleNotFound.into()),
+            }
+        };
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self.node.current_header(),
+            perm,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        req: Request<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.admin(&req)?;
+        self.node.read_barrier().await?;
+        let roles = self.node.shared().mvcc.read().auth().role_names();
+        Ok(Response::new(AuthRoleListResponse {
+            header: self.node.current_header(),
+            roles,
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        req: Request<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        self.admin(&req)?;
+        let header = self.change(Change::RoleDelete(req.into_inner())).await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        req: Request<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        self.admin(&req)?;
+        let header = self
+            .change(Change::RoleGrantPermission(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        req: Request<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        self.admin(&req)?;
+        let header = self
+            .change(Change::RoleRevokePermission(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_look_like_etcds() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        let (letters, n) = a.split_once('.').unwrap();
+        assert_eq!(letters.len(), 16);
+        assert!(letters.chars().all(|c| c.is_ascii_alphabetic()));
+        assert!(n.parse::<u64>().is_ok());
+    }
+}
