@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use keelson_etcdpb::authpb::permission::Type as PermType;
 use keelson_etcdpb::authpb::{Permission, Role, User, UserAddOptions};
+use keelson_etcdpb::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest, request_op};
 use parking_lot::Mutex;
 
 use crate::error::{Result, StoreError};
@@ -243,7 +244,17 @@ impl AuthStore {
                     return Err(StoreError::PermissionNotGranted);
                 }
             }
-            Change::Authenticate(_) => return Ok(()),
+            Change::Authenticate(t) => {
+                // Checked against the password at `auth_revision`: anything changed since
+                // (a new password, the user gone, auth off) refuses the token.
+                if !self.enabled || t.auth_revision != self.revision {
+                    return Err(StoreError::AuthOldRevision);
+                }
+                if !self.users.contains_key(&t.user) {
+                    return Err(StoreError::AuthFailed);
+                }
+                return Ok(());
+            }
         }
         self.revision += 1;
         Ok(())
@@ -286,6 +297,42 @@ impl AuthStore {
             .map(interval)
             .collect();
         covered(&granted, key, end)
+    }
+}
+
+/// What a write needs while auth is on (as etcd checks): write on what it changes, and read
+/// on it too when it asks for the previous values.
+pub fn put_needs<'a>(p: &'a PutRequest, out: &mut Vec<Need<'a>>) {
+    out.push(Need::Write(&p.key, &[]));
+    if p.prev_kv {
+        out.push(Need::Read(&p.key, &[]));
+    }
+}
+
+/// See [`put_needs`].
+pub fn delete_needs<'a>(d: &'a DeleteRangeRequest, out: &mut Vec<Need<'a>>) {
+    out.push(Need::Write(&d.key, &d.range_end));
+    if d.prev_kv {
+        out.push(Need::Read(&d.key, &d.range_end));
+    }
+}
+
+/// What a txn needs: read on every compared key and range, and what each operation of both
+/// branches needs, nested txns included.
+pub fn txn_needs<'a>(t: &'a TxnRequest, out: &mut Vec<Need<'a>>) {
+    for c in &t.compare {
+        out.push(Need::Read(&c.key, &c.range_end));
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                out.push(Need::Read(&r.key, &r.range_end))
+            }
+            Some(request_op::Request::RequestPut(p)) => put_needs(p, out),
+            Some(request_op::Request::RequestDeleteRange(d)) => delete_needs(d, out),
+            Some(request_op::Request::RequestTxn(t)) => txn_needs(t, out),
+            None => {}
+        }
     }
 }
 

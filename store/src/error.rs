@@ -100,6 +100,8 @@ pub enum StoreError {
     InvalidAuthToken,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// The request is well formed but asks for something this store does not do.
     #[error("{0}")]
     InvalidArgument(String),
@@ -137,6 +139,9 @@ impl StoreError {
             StoreError::PermissionNotGranted => 22,
             StoreError::PermissionNotGiven => 23,
             StoreError::InvalidAuthMgmt => 24,
+            StoreError::AuthOldRevision => 25,
+            StoreError::PermissionDenied => 26,
+            StoreError::AuthFailed => 27,
             _ => 0,
         }
     }
@@ -168,6 +173,9 @@ impl StoreError {
             22 => StoreError::PermissionNotGranted,
             23 => StoreError::PermissionNotGiven,
             24 => StoreError::InvalidAuthMgmt,
+            25 => StoreError::AuthOldRevision,
+            26 => StoreError::PermissionDenied,
+            27 => StoreError::AuthFailed,
             other => StoreError::Internal(format!("unknown apply error code {other}")),
         }
     }
@@ -178,7 +186,9 @@ impl StoreError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | MemberBadUrls | RequestTooLarge | UserEmpty | RoleEmpty | AuthFailed
-            | PermissionNotGiven | InvalidAuthMgmt | InvalidArgument(_) => Code::InvalidArgument,
+            | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision | InvalidArgument(_) => {
+                Code::InvalidArgument
+            }
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,

@@ -79,8 +79,18 @@ impl Cluster {
         self.members.len() - 1
     }
 
+    /// Starts member `i` with its stderr piped (for a start expected to fail).
+    pub fn start_member_with_stderr(&mut self, i: usize) {
+        let initial = self.initial.clone();
+        self.spawn(i, &initial, "new", Stdio::piped());
+    }
+
     /// Starts member `i` with `--initial-cluster=initial --initial-cluster-state=state`.
     pub fn start_member_in(&mut self, i: usize, initial: &str, state: &str) {
+        self.spawn(i, initial, state, Stdio::inherit());
+    }
+
+    fn spawn(&mut self, i: usize, initial: &str, state: &str, stderr: Stdio) {
         let m = &mut self.members[i];
         let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
             .arg("store")
@@ -97,6 +107,7 @@ impl Cluster {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start keelson store");
         m.child = Some(child);

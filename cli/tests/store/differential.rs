@@ -456,6 +456,10 @@ async fn session(endpoint: &str) -> Vec<String> {
         .await,
     );
     t.add(
+        "put over --max-request-bytes",
+        kv.put(put("big", &"v".repeat(1_600_000))).await,
+    );
+    t.add(
         "put ignore_value missing key",
         kv.put(PutRequest {
             ignore_value: true,
@@ -816,6 +820,11 @@ async fn auth_session(t: &mut Transcript, ch: Channel) {
             .await,
     );
     t.add(
+        "grant write-only prefix",
+        auth.role_grant_permission(grant("app", Perm::Write, "wo/", "wo0"))
+            .await,
+    );
+    t.add(
         "grant to a missing role",
         auth.role_grant_permission(grant("nope", Perm::Read, "k", ""))
             .await,
@@ -871,6 +880,27 @@ async fn auth_session(t: &mut Transcript, ch: Channel) {
     t.add(
         "alice get shared",
         kv.range(with_token(&alice, get("shared"))).await,
+    );
+    t.add(
+        "alice put write-only",
+        kv.put(with_token(&alice, put("wo/k", "1"))).await,
+    );
+    let prev = PutRequest {
+        prev_kv: true,
+        ..put("wo/k", "2")
+    };
+    t.add(
+        "alice put write-only asking prev_kv",
+        kv.put(with_token(&alice, prev)).await,
+    );
+    let del = DeleteRangeRequest {
+        key: "wo/".into(),
+        range_end: "wo0".into(),
+        prev_kv: true,
+    };
+    t.add(
+        "alice delete write-only asking prev_kv",
+        kv.delete_range(with_token(&alice, del)).await,
     );
     t.add(
         "alice range beyond her prefix",

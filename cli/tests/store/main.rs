@@ -4,6 +4,7 @@
 mod auth;
 mod cluster;
 mod concurrency;
+mod datadir;
 mod differential;
 mod etcdctl;
 mod kill_leader;

@@ -40,17 +40,23 @@ const BCRYPT_COST: u32 = 10;
 pub struct Internal;
 
 /// Checks that the caller of `req` may do all of `needs` (nothing to check while auth is off).
-pub fn authorize<T>(node: &Node, req: &Request<T>, needs: &[Need<'_>]) -> Result<(), Status> {
+/// Returns the caller while auth is on, for writes to carry into the log (applying them checks
+/// again, against the auth state of that moment).
+pub fn authorize<T>(
+    node: &Node,
+    req: &Request<T>,
+    needs: &[Need<'_>],
+) -> Result<Option<String>, Status> {
     if req.extensions().get::<Internal>().is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let m = node.shared().mvcc.read();
     if !m.auth().enabled() {
-        return Ok(());
+        return Ok(None);
     }
     let user = caller(&m, req)?;
     if needs.iter().all(|n| m.auth().permits(&user, *n)) {
-        Ok(())
+        Ok(Some(user))
     } else {
         Err(StoreError::PermissionDenied.into())
     }
@@ -116,6 +122,7 @@ impl AuthService {
                 request: Some(Rq::Auth(AuthChange {
                     change: Some(change),
                 })),
+                ..Default::default()
             })
             .await?
         {
@@ -126,7 +133,7 @@ impl AuthService {
 
     /// Refuses unless auth is off or the caller holds the root role.
     fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        authorize(&self.node, req, &[Need::Admin])
+        authorize(&self.node, req, &[Need::Admin]).map(|_| ())
     }
 
     /// Refuses unless auth is off, the caller is root, or the caller is `user`.
@@ -179,40 +186,53 @@ impl Auth for AuthService {
         req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let r = req.into_inner();
-        self.node.read_barrier().await?;
-        let stored = {
-            let m = self.node.shared().mvcc.read();
-            if !m.auth().enabled() {
-                return Err(StoreError::AuthNotEnabled.into());
+        // The password is checked against the state at one auth revision; the token is
+        // applied only if nothing changed since (else the check runs again).
+        for _ in 0..3 {
+            self.node.read_barrier().await?;
+            let stored = {
+                let m = self.node.shared().mvcc.read();
+                if !m.auth().enabled() {
+                    return Err(StoreError::AuthNotEnabled.into());
+                }
+                let revision = m.auth().revision();
+                m.auth().user(&r.name).map(|u| {
+                    let no_password = u.options.as_ref().is_some_and(|o| o.no_password);
+                    let hashed = String::from_utf8_lossy(&u.password).into_owned();
+                    (hashed, no_password, revision)
+                })
+            };
+            let Some((hashed, no_password, revision)) = stored else {
+                return Err(StoreError::AuthFailed.into());
+            };
+            let password = r.password.clone();
+            let ok = !no_password
+                && tokio::task::spawn_blocking(move || bcrypt::verify(password, &hashed))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .unwrap_or(false);
+            if !ok {
+                return Err(StoreError::AuthFailed.into());
             }
-            m.auth().user(&r.name).map(|u| {
-                let no_password = u.options.as_ref().is_some_and(|o| o.no_password);
-                (
-                    String::from_utf8_lossy(&u.password).into_owned(),
-                    no_password,
-                )
-            })
-        };
-        let Some((hashed, no_password)) = stored else {
-            return Err(StoreError::AuthFailed.into());
-        };
-        let password = r.password;
-        let ok = !no_password
-            && tokio::task::spawn_blocking(move || bcrypt::verify(password, &hashed))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .unwrap_or(false);
-        if !ok {
-            return Err(StoreError::AuthFailed.into());
+            let token = new_token();
+            let assigned = self
+                .change(Change::Authenticate(SimpleToken {
+                    user: r.name.clone(),
+                    token: token.clone(),
+                    auth_revision: revision,
+                }))
+                .await;
+            match assigned {
+                Ok(header) => {
+                    // The token must work here at once: this member applies it first.
+                    self.node.read_barrier().await?;
+                    return Ok(Response::new(AuthenticateResponse { header, token }));
+                }
+                Err(e) if e.message() == StoreError::AuthOldRevision.to_string() => continue,
+                Err(e) => return Err(e),
+            }
         }
-        let token = new_token();
-        let header = self
-            .change(Change::Authenticate(SimpleToken {
-                user: r.name,
-                token: token.clone(),
-            }))
-            .await?;
-        Ok(Response::new(AuthenticateResponse { header, token }))
+        Err(StoreError::AuthOldRevision.into())
     }
 
     async fn user_add(
@@ -279,7 +299,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.admin_or_self(&req, &req.get_ref().name)?;
+        self.admin(&req)?;
         let mut r = req.into_inner();
         if r.hashed_password.is_empty() {
             r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
@@ -341,7 +361,6 @@ impl Auth for AuthService {
             let role = m.auth().role(&req.get_ref().role);
             match role {
                 Some(r) => r.key_permission.clone(),
-                None if req.get_ref().role == crate::auth::ROOT => Vec::new(),
                 None => return Err(StoreError::RoleNotFound.into()),
             }
         };

@@ -319,6 +319,7 @@ fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8]) -> Result<(), Stat
         req,
         &[Need::Read(&prefix, &end), Need::Write(&prefix, &end)],
     )
+    .map(|_| ())
     .map_err(as_recipe_error)
 }
 

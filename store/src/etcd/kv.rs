@@ -8,7 +8,7 @@ use keelson_etcdpb::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Need;
+use crate::auth::{Need, delete_needs, put_needs, txn_needs};
 use crate::error::StoreError;
 use crate::etcd::auth::authorize;
 use crate::mvcc::{check_key, check_put, check_txn};
@@ -23,12 +23,27 @@ use crate::server::quota::Quota;
 pub struct KvService {
     node: Node,
     quota: Quota,
+    /// `--max-request-bytes`: larger writes are refused before they reach the log.
+    max_request_bytes: usize,
 }
 
 impl KvService {
     /// The service for `node`.
-    pub fn new(node: Node, quota: Quota) -> KvService {
-        KvService { node, quota }
+    pub fn new(node: Node, quota: Quota, max_request_bytes: usize) -> KvService {
+        KvService {
+            node,
+            quota,
+            max_request_bytes,
+        }
+    }
+
+    /// etcd's `request is too large` for a write bigger than `--max-request-bytes` (the gRPC
+    /// limit is 512 KiB above it, so such a request arrives and is refused here).
+    fn check_size(&self, len: usize) -> Result<(), StoreError> {
+        if len > self.max_request_bytes {
+            return Err(StoreError::RequestTooLarge);
+        }
+        Ok(())
     }
 
     /// What `physical` asks of a compaction: return once this member has applied it and
@@ -92,54 +107,38 @@ fn all_serializable(ops: &[RequestOp]) -> bool {
     })
 }
 
-/// What a txn needs while auth is on: read on every compared key and range, and what each
-/// operation of both branches needs, nested txns included (as etcd checks).
-fn txn_needs<'a>(t: &'a TxnRequest, out: &mut Vec<Need<'a>>) {
-    for c in &t.compare {
-        out.push(Need::Read(&c.key, &c.range_end));
-    }
-    for op in t.success.iter().chain(&t.failure) {
-        match &op.request {
-            Some(request_op::Request::RequestRange(r)) => {
-                out.push(Need::Read(&r.key, &r.range_end))
-            }
-            Some(request_op::Request::RequestPut(p)) => out.push(Need::Write(&p.key, &[])),
-            Some(request_op::Request::RequestDeleteRange(d)) => {
-                out.push(Need::Write(&d.key, &d.range_end))
-            }
-            Some(request_op::Request::RequestTxn(t)) => txn_needs(t, out),
-            None => {}
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        check_key(&req.get_ref().key)?;
+        if !req.get_ref().serializable {
+            self.node.read_barrier().await?;
+        }
+        // After the barrier: the permissions read are those of the state read.
         authorize(
             &self.node,
             &req,
             &[Need::Read(&req.get_ref().key, &req.get_ref().range_end)],
         )?;
         let r = req.into_inner();
-        check_key(&r.key)?;
-        if !r.serializable {
-            self.node.read_barrier().await?;
-        }
         let mut resp = self.node.shared().mvcc.read().range(&r)?;
         self.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])?;
+        let mut needs = Vec::new();
+        put_needs(req.get_ref(), &mut needs);
+        let user = authorize(&self.node, &req, &needs)?;
         let p = req.into_inner();
         check_put(&p)?;
+        self.check_size(p.encoded_len())?;
         self.quota.check(&self.node, p.encoded_len()).await?;
         match self
             .node
             .propose(InternalRequest {
                 request: Some(Rq::Put(p)),
+                user: user.unwrap_or_default(),
             })
             .await?
         {
@@ -155,17 +154,16 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        authorize(
-            &self.node,
-            &req,
-            &[Need::Write(&req.get_ref().key, &req.get_ref().range_end)],
-        )?;
+        let mut needs = Vec::new();
+        delete_needs(req.get_ref(), &mut needs);
+        let user = authorize(&self.node, &req, &needs)?;
         let d = req.into_inner();
         check_key(&d.key)?;
         match self
             .node
             .propose(InternalRequest {
                 request: Some(Rq::DeleteRange(d)),
+                user: user.unwrap_or_default(),
             })
             .await?
         {
@@ -180,9 +178,10 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let mut needs = Vec::new();
         txn_needs(req.get_ref(), &mut needs);
-        authorize(&self.node, &req, &needs)?;
+        let user = authorize(&self.node, &req, &needs)?;
         let t = req.into_inner();
         check_txn(&t)?;
+        self.check_size(t.encoded_len())?;
         if is_read_only(&t.success) && is_read_only(&t.failure) {
             // etcd serves read-only txns locally, after the read barrier unless all serializable.
             if !(all_serializable(&t.success) && all_serializable(&t.failure)) {
@@ -190,6 +189,7 @@ impl Kv for KvService {
             }
             let resp = self.node.shared().mvcc.write().apply(&InternalRequest {
                 request: Some(Rq::Txn(t)),
+                ..Default::default()
             });
             return match resp.response {
                 Some(Rs::Txn(mut r)) => {
@@ -207,6 +207,7 @@ impl Kv for KvService {
             .node
             .propose(InternalRequest {
                 request: Some(Rq::Txn(t)),
+                user: user.unwrap_or_default(),
             })
             .await?
         {
@@ -229,6 +230,7 @@ impl Kv for KvService {
             .node
             .propose(InternalRequest {
                 request: Some(Rq::Compaction(c)),
+                ..Default::default()
             })
             .await?
         {

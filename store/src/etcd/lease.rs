@@ -57,6 +57,7 @@ impl Lease for LeaseService {
             .node
             .propose(InternalRequest {
                 request: Some(Rq::LeaseGrant(g)),
+                ..Default::default()
             })
             .await?
         {
@@ -86,11 +87,12 @@ impl Lease for LeaseService {
             .map(|l| l.keys.iter().cloned().collect())
             .unwrap_or_default();
         let needs: Vec<Need<'_>> = keys.iter().map(|k| Need::Write(k, &[])).collect();
-        authorize(&self.node, &req, &needs)?;
+        let user = authorize(&self.node, &req, &needs)?;
         match self
             .node
             .propose(InternalRequest {
                 request: Some(Rq::LeaseRevoke(req.into_inner())),
+                user: user.unwrap_or_default(),
             })
             .await?
         {

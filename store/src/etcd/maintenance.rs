@@ -84,6 +84,7 @@ impl Maintenance for MaintenanceService {
             .node
             .propose(InternalRequest {
                 request: Some(Rq::Alarm(a)),
+                ..Default::default()
             })
             .await?
         {

@@ -311,6 +311,33 @@ impl Mvcc {
         Ok(())
     }
 
+    /// A client write checked for a user while auth was on, checked again against the auth
+    /// state it applies in (deterministic: every member refuses the same writes).
+    fn still_permitted(&self, req: &InternalRequest) -> Result<()> {
+        use crate::auth::{Need, delete_needs, put_needs, txn_needs};
+        use internal_request::Request as Rq;
+        if req.user.is_empty() || !self.auth.enabled() {
+            return Ok(());
+        }
+        let mut needs = Vec::new();
+        match &req.request {
+            Some(Rq::Put(p)) => put_needs(p, &mut needs),
+            Some(Rq::DeleteRange(d)) => delete_needs(d, &mut needs),
+            Some(Rq::Txn(t)) => txn_needs(t, &mut needs),
+            Some(Rq::LeaseRevoke(l)) => {
+                if let Some(lease) = self.leases.get(&l.id) {
+                    needs.extend(lease.keys.iter().map(|k| Need::Write(k, &[])));
+                }
+            }
+            _ => {}
+        }
+        if needs.iter().all(|n| self.auth.permits(&req.user, *n)) {
+            Ok(())
+        } else {
+            Err(StoreError::PermissionDenied)
+        }
+    }
+
     /// The auth state.
     pub fn auth(&self) -> &crate::auth::AuthStore {
         &self.auth
@@ -585,6 +612,13 @@ impl Mvcc {
     pub fn apply(&mut self, req: &InternalRequest) -> InternalResponse {
         use internal_request::Request as Rq;
         use internal_response::Response as Rs;
+        if let Err(e) = self.still_permitted(req) {
+            return InternalResponse {
+                response: Some(Rs::Error(ApplyError {
+                    code: e.apply_code(),
+                })),
+            };
+        }
         let result = match &req.request {
             Some(Rq::Put(p)) => {
                 self.apply_txn_ops(std::slice::from_ref(&op_put(p)))

@@ -54,7 +54,10 @@ mod snapshots {
 
     fn apply(s: &Shared, r: Rq) {
         let mut m = s.mvcc.write();
-        m.apply(&InternalRequest { request: Some(r) });
+        m.apply(&InternalRequest {
+            request: Some(r),
+            ..Default::default()
+        });
         m.commit().unwrap();
     }
 

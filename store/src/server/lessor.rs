@@ -235,6 +235,7 @@ impl Lessor {
                         request: Some(internal_request::Request::LeaseRevoke(LeaseRevokeRequest {
                             id,
                         })),
+                        ..Default::default()
                     };
                     let revoked = match node.leader_barrier().await {
                         Ok(()) => node.propose_as_leader(req).await,

@@ -423,6 +423,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
 
     let db_path = data_dir.join("db");
+    // A member that has an identity has a log: without it the member would restart empty
+    // under its old ID and vote as if it had never promised anything. Refuse.
+    if data_dir.join(IDENTITY_FILE).exists() && !db_path.join("conf").exists() {
+        return Err(ServerError::DataDir {
+            path: db_path.clone(),
+            reason: "this member's database is missing (the data dir has a member identity): \
+                     restore the data dir, or remove the member and add it back with \
+                     --initial-cluster-state existing"
+                .into(),
+        });
+    }
     let db = sled::Config::new()
         .path(&db_path)
         .cache_capacity(256 << 20)
@@ -580,7 +591,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
 
     let max_msg = config.max_request_bytes + 512 * 1024;
-    let kv = KvService::new(node.clone(), quota);
+    let kv = KvService::new(node.clone(), quota, config.max_request_bytes);
     let leases = LeaseService::new(node.clone(), lessor.clone());
     let concurrency = ConcurrencyService::new(node.clone(), kv.clone(), leases.clone());
     let routes = tonic::service::Routes::new(KvServer::new(kv).max_decoding_message_size(max_msg))
@@ -707,6 +718,7 @@ async fn publish_attributes(
         }
         let req = InternalRequest {
             request: Some(internal_request::Request::Publish(attrs.clone())),
+            ..Default::default()
         };
         match node.propose(req).await {
             Ok(_) => {
@@ -827,6 +839,7 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
                 revision: target,
                 physical: false,
             })),
+            ..Default::default()
         };
         match node.propose(req).await {
             Ok(_) => tracing::info!(revision = target, "auto-compacted"),

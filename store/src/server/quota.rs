@@ -61,6 +61,7 @@ impl Quota {
         if let Err(e) = node
             .propose(InternalRequest {
                 request: Some(internal_request::Request::Alarm(alarm)),
+                ..Default::default()
             })
             .await
         {
