@@ -619,7 +619,10 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
             }),
         );
     }
-    auth(&mut m, Change::RoleAdd(AuthRoleAddRequest { name: "w".into() }));
+    auth(
+        &mut m,
+        Change::RoleAdd(AuthRoleAddRequest { name: "w".into() }),
+    );
     auth(
         &mut m,
         Change::RoleGrantPermission(AuthRoleGrantPermissionRequest {
@@ -674,5 +677,9 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
     let reopened = Mvcc::open(backend, 2).unwrap();
     assert!(reopened.auth().enabled());
     assert!(reopened.auth().is_root("root"));
-    assert!(!reopened.auth().permits("alice", crate::auth::Need::Write(b"a", b"")));
+    assert!(
+        !reopened
+            .auth()
+            .permits("alice", crate::auth::Need::Write(b"a", b""))
+    );
 }
