@@ -187,6 +187,22 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    let (elapsed, h, errors, _) = run_ops_until(clients, total, None, op).await;
+    (elapsed, h, errors)
+}
+
+/// [`run_ops`] that also stops starting operations at `deadline`; returns (elapsed, latency
+/// histogram in µs, errors, operations done).
+pub(crate) async fn run_ops_until<F, Fut>(
+    clients: usize,
+    total: usize,
+    deadline: Option<Instant>,
+    op: F,
+) -> (Duration, Histogram<u64>, usize, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let op = Arc::new(op);
     let start = Instant::now();
@@ -198,6 +214,9 @@ where
             let mut h = new_hist();
             let mut errors = 0;
             loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     break;
@@ -219,7 +238,8 @@ where
             errors += e;
         }
     }
-    (start.elapsed(), all, errors)
+    let done = all.len() as usize;
+    (start.elapsed(), all, errors, done)
 }
 
 pub(crate) fn row(

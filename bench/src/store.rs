@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keelson_etcdpb::etcdserverpb::{
-    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, kv_client::KvClient,
-    watch_client::WatchClient, watch_request,
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
 };
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{new_hist, row, run_ops};
+use crate::{new_hist, run_ops, run_ops_until};
 
 /// Flags of `keelson-bench store`.
 #[derive(clap::Args, Debug)]
@@ -49,6 +49,72 @@ pub struct StoreArgs {
     /// Puts made while the watchers listen.
     #[arg(long, default_value_t = 200)]
     watch_puts: usize,
+    /// Compare-and-put transactions in the txn phase (compare on the key's version, put in
+    /// one branch, range in the other, as the apiserver's optimistic writes).
+    #[arg(long, default_value_t = 20000)]
+    txns: usize,
+    /// Operations in the mixed phase: one put for every four linearizable ranges.
+    #[arg(long, default_value_t = 20000)]
+    mixed: usize,
+    /// Key size in bytes (0: the natural `bench/key-NNNNNNNN`, 18 bytes); longer keys are
+    /// padded.
+    #[arg(long, default_value_t = 0)]
+    key_size: usize,
+    /// Distinct keys written and read (0: one per put).
+    #[arg(long, default_value_t = 0)]
+    keyspace: usize,
+    /// Stops each phase after this many seconds even if its count is not reached (0: none).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+}
+
+/// How keys are named: key number `i` of the keyspace, padded to the key size.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    space: usize,
+    size: usize,
+}
+
+impl Keys {
+    fn of(args: &StoreArgs) -> Keys {
+        let space = if args.keyspace > 0 {
+            args.keyspace
+        } else {
+            args.puts.max(1)
+        };
+        Keys {
+            space,
+            size: args.key_size,
+        }
+    }
+
+    fn key(&self, i: usize) -> Vec<u8> {
+        let mut k = format!("bench/key-{:08}", i % self.space).into_bytes();
+        if k.len() < self.size {
+            k.resize(self.size, b'k');
+        }
+        k
+    }
+}
+
+/// A table row with p99.9 besides the usual columns.
+fn store_row(
+    name: &str,
+    n: usize,
+    elapsed: Duration,
+    h: &hdrhistogram::Histogram<u64>,
+    errors: usize,
+) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "| {name} | {n} | {:.0}/s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {errors} |",
+        n as f64 / elapsed.as_secs_f64().max(1e-9),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    )
 }
 
 struct Members {
@@ -163,66 +229,124 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     let value = Arc::new(vec![b'v'; args.value_size]);
     let mut rows = Vec::new();
     let n = args.clients;
-    let (c, v) = (clients.clone(), value.clone());
-    let (el, h, err) = run_ops(args.clients, args.puts, move |i| {
-        let mut kv = c[i % n].clone();
-        let v = v.clone();
+    let keys = Keys::of(args);
+    let deadline =
+        || (args.duration > 0).then(|| Instant::now() + Duration::from_secs(args.duration));
+    let put = move |kv: &mut KvClient<Channel>, k: Vec<u8>, v: Vec<u8>| {
+        let mut kv = kv.clone();
         async move {
             kv.put(PutRequest {
-                key: format!("bench/key-{i:08}").into_bytes(),
-                value: v.to_vec(),
+                key: k,
+                value: v,
                 ..Default::default()
             })
             .await
             .is_ok()
         }
+    };
+    let get = move |kv: &mut KvClient<Channel>, k: Vec<u8>, serializable: bool| {
+        let mut kv = kv.clone();
+        async move {
+            kv.range(RangeRequest {
+                key: k,
+                serializable,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        }
+    };
+
+    let (c, v) = (clients.clone(), value.clone());
+    let (el, h, err, done) = run_ops_until(args.clients, args.puts, deadline(), move |i| {
+        put(&mut c[i % n].clone(), keys.key(i), v.to_vec())
     })
     .await;
-    rows.push(row(
+    rows.push(store_row(
         &format!("{label}: put ({} B values)", args.value_size),
-        args.puts,
+        done,
         el,
         &h,
         err,
     ));
-    let c = clients.clone();
-    let puts = args.puts.max(1);
-    let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
+    for (serializable, what) in [(false, "linearizable"), (true, "serializable")] {
+        let c = clients.clone();
+        let (el, h, err, done) = run_ops_until(args.clients, args.ranges, deadline(), move |i| {
+            get(&mut c[i % n].clone(), keys.key(i * 7919), serializable)
+        })
+        .await;
+        rows.push(store_row(
+            &format!("{label}: {what} range (1 key)"),
+            done,
+            el,
+            &h,
+            err,
+        ));
+    }
+
+    // Compare-and-put: the key's version compared (as the apiserver's optimistic writes
+    // compare its revision), a put in one branch and a range in the other.
+    let (c, v) = (clients.clone(), value.clone());
+    let (el, h, err, done) = run_ops_until(args.clients, args.txns, deadline(), move |i| {
         let mut kv = c[i % n].clone();
+        let k = keys.key(i);
+        let v = v.to_vec();
         async move {
-            kv.range(RangeRequest {
-                key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(),
+            let compare = Compare {
+                key: k.clone(),
+                target: compare::CompareTarget::Version as i32,
+                result: compare::CompareResult::Greater as i32,
+                target_union: Some(compare::TargetUnion::Version(-1)),
                 ..Default::default()
+            };
+            let put = RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: k.clone(),
+                    value: v,
+                    ..Default::default()
+                })),
+            };
+            let read = RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: k,
+                    ..Default::default()
+                })),
+            };
+            kv.txn(TxnRequest {
+                compare: vec![compare],
+                success: vec![put],
+                failure: vec![read],
             })
             .await
             .is_ok()
         }
     })
     .await;
-    rows.push(row(
-        &format!("{label}: linearizable range (1 key)"),
-        args.ranges,
+    rows.push(store_row(
+        &format!("{label}: txn (compare, put)"),
+        done,
         el,
         &h,
         err,
     ));
-    let c = clients.clone();
-    let (el, h, err) = run_ops(args.clients, args.ranges, move |i| {
+
+    // Mixed: one put for every four linearizable ranges.
+    let (c, v) = (clients.clone(), value.clone());
+    let (el, h, err, done) = run_ops_until(args.clients, args.mixed, deadline(), move |i| {
         let mut kv = c[i % n].clone();
+        let v = v.to_vec();
         async move {
-            kv.range(RangeRequest {
-                key: format!("bench/key-{:08}", (i * 7919) % puts).into_bytes(),
-                serializable: true,
-                ..Default::default()
-            })
-            .await
-            .is_ok()
+            if i % 5 == 0 {
+                put(&mut kv, keys.key(i), v).await
+            } else {
+                get(&mut kv, keys.key(i * 7919), false).await
+            }
         }
     })
     .await;
-    rows.push(row(
-        &format!("{label}: serializable range (1 key)"),
-        args.ranges,
+    rows.push(store_row(
+        &format!("{label}: mixed (1 put : 4 ranges)"),
+        done,
         el,
         &h,
         err,
@@ -313,7 +437,7 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         }
     }
     let missing = args.watchers * args.watch_puts - delivered + perr;
-    rows.push(row(
+    rows.push(store_row(
         &format!(
             "{label}: watch delivery ({} watchers x {} puts)",
             args.watchers, args.watch_puts
@@ -329,8 +453,9 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
 /// Runs `keelson-bench store`.
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let mut rows = vec![
-        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string(),
-        "|---|---|---|---|---|---|---|---|".to_string(),
+        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |"
+            .to_string(),
+        "|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     if !args.endpoints.is_empty() {
         rows.extend(load(&args, &args.endpoints, "given endpoints").await?);
