@@ -310,17 +310,31 @@ fn internal<T>(message: T) -> Request<T> {
     r
 }
 
-/// Checks that the caller may read and write the queue of `name` (auth on).
-fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8]) -> Result<(), Status> {
+/// Checks that the caller may read (and with `write`, write) the queue of `name` (auth on).
+fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8], write: bool) -> Result<(), Status> {
     let prefix = queue_prefix(name);
     let end = keelson_etcdpb::prefix_end(&prefix);
-    authorize(
-        node,
-        req,
-        &[Need::Read(&prefix, &end), Need::Write(&prefix, &end)],
-    )
-    .map(|_| ())
-    .map_err(as_recipe_error)
+    let read = Need::Read(&prefix, &end);
+    let needs: &[Need<'_>] = if write {
+        &[read, Need::Write(&prefix, &end)]
+    } else {
+        &[read]
+    };
+    authorize(node, req, needs)
+        .map(|_| ())
+        .map_err(as_recipe_error)
+}
+
+/// Checks that the caller may write the leader key a request names (auth on).
+fn check_leader_key<T>(
+    node: &Node,
+    req: &Request<T>,
+    leader: Option<&LeaderKey>,
+) -> Result<(), Status> {
+    let key = leader.map(|l| l.key.as_slice()).unwrap_or_default();
+    authorize(node, req, &[Need::Write(key, &[])])
+        .map(|_| ())
+        .map_err(as_recipe_error)
 }
 
 /// The queue of lock or election `name`: `name/`.
@@ -474,7 +488,7 @@ fn as_recipe_error(s: Status) -> Status {
 #[tonic::async_trait]
 impl Lock for ConcurrencyService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name)?;
+        check_queue(&self.node, &req, &req.get_ref().name, true)?;
         let resp = self.acquire(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -509,7 +523,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name)?;
+        check_queue(&self.node, &req, &req.get_ref().name, true)?;
         let resp = self.campaign_for(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -518,13 +532,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
-        authorize(
-            &self.node,
-            &req,
-            &[Need::Write(&key.unwrap_or_default(), &[])],
-        )
-        .map_err(as_recipe_error)?;
+        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
         let r = req.into_inner();
         let leader = leader_key(r.leader)?;
         let header = self
@@ -540,9 +548,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let prefix = queue_prefix(&req.get_ref().name);
-        let end = keelson_etcdpb::prefix_end(&prefix);
-        authorize(&self.node, &req, &[Need::Read(&prefix, &end)]).map_err(as_recipe_error)?;
+        check_queue(&self.node, &req, &req.get_ref().name, false)?;
         let resp = self.current_leader(&req.into_inner().name).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -553,9 +559,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
-        let prefix = queue_prefix(&req.get_ref().name);
-        let end = keelson_etcdpb::prefix_end(&prefix);
-        authorize(&self.node, &req, &[Need::Read(&prefix, &end)]).map_err(as_recipe_error)?;
+        check_queue(&self.node, &req, &req.get_ref().name, false)?;
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
         let s = self.clone();
@@ -567,13 +571,7 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
-        authorize(
-            &self.node,
-            &req,
-            &[Need::Write(&key.unwrap_or_default(), &[])],
-        )
-        .map_err(as_recipe_error)?;
+        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
         let leader = leader_key(req.into_inner().leader)?;
         let header = self
             .delete_if_created_at(&leader.key, leader.rev)

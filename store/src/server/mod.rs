@@ -666,39 +666,42 @@ fn serve_on(
     // Small request/response exchanges must not wait for delayed ACKs: no Nagle.
     use axum::serve::ListenerExt;
     let stop = shutdown.cancelled_owned();
-    match (tls, clients) {
-        (Some(cfg), clients) => {
+    match tls {
+        Some(cfg) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let l = tls::TlsListener::new(l, cfg)
                 .map_err(|source| ServerError::Listen { addr, source })?;
             if clients {
-                let l = FixAuthorityListener(l);
-                tasks.spawn(
-                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
-                );
+                spawn_serve(tasks, FixAuthorityListener(l), router, stop);
             } else {
-                tasks.spawn(
-                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
-                );
+                spawn_serve(tasks, l, router, stop);
             }
         }
-        (None, clients) => {
+        None => {
             let l = l.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
             if clients {
-                let l = FixAuthorityListener(l);
-                tasks.spawn(
-                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
-                );
+                spawn_serve(tasks, FixAuthorityListener(l), router, stop);
             } else {
-                tasks.spawn(
-                    async move { axum::serve(l, router).with_graceful_shutdown(stop).await },
-                );
+                spawn_serve(tasks, l, router, stop);
             }
         }
     }
     Ok(())
+}
+
+/// Serves `router` on `l` in a task of `tasks` until `stop`.
+fn spawn_serve<L>(
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    l: L,
+    router: axum::Router,
+    stop: tokio_util::sync::WaitForCancellationFutureOwned,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tasks.spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await });
 }
 
 async fn publish_attributes(
