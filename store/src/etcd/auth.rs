@@ -51,25 +51,36 @@ pub fn authorize<T>(
         return Ok(None);
     }
     let m = node.shared().mvcc.read();
+    Ok(permitted(&m, token_of(req), needs)?)
+}
+
+/// The simple token a request carries in its `token` metadata, as etcd's clients send it.
+pub fn token_of<T>(req: &Request<T>) -> Option<&str> {
+    req.metadata().get("token").and_then(|t| t.to_str().ok())
+}
+
+/// Whether the holder of `token` may do all of `needs` in state `m`: the user while auth is
+/// on, `None` while it is off.
+pub fn permitted(
+    m: &crate::mvcc::Mvcc,
+    token: Option<&str>,
+    needs: &[Need<'_>],
+) -> Result<Option<String>, StoreError> {
     if !m.auth().enabled() {
         return Ok(None);
     }
-    let user = caller(&m, req)?;
+    let user = user_of(m, token)?;
     if needs.iter().all(|n| m.auth().permits(&user, *n)) {
         Ok(Some(user))
     } else {
-        Err(StoreError::PermissionDenied.into())
+        Err(StoreError::PermissionDenied)
     }
 }
 
-/// The user whose token `req` carries (auth on).
-fn caller<T>(m: &crate::mvcc::Mvcc, req: &Request<T>) -> Result<String, Status> {
-    let token = req
-        .metadata()
-        .get("token")
-        .and_then(|t| t.to_str().ok())
-        .ok_or(StoreError::UserEmpty)?;
-    Ok(m.tokens().user(token).ok_or(StoreError::InvalidAuthToken)?)
+/// The user `token` names (auth on).
+fn user_of(m: &crate::mvcc::Mvcc, token: Option<&str>) -> Result<String, StoreError> {
+    let token = token.ok_or(StoreError::UserEmpty)?;
+    m.tokens().user(token).ok_or(StoreError::InvalidAuthToken)
 }
 
 /// The caller while auth is on (`None` while it is off).
@@ -78,7 +89,7 @@ fn caller_if_enabled<T>(node: &Node, req: &Request<T>) -> Result<Option<String>,
     if !m.auth().enabled() {
         return Ok(None);
     }
-    caller(&m, req).map(Some)
+    Ok(user_of(&m, token_of(req)).map(Some)?)
 }
 
 /// A random simple token: 16 letters, then `.` and a counter, as etcd's look.

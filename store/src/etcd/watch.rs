@@ -151,23 +151,10 @@ impl Stream_ {
     /// words a watch's cancel reason otherwise.
     fn permitted(&self, c: &WatchCreateRequest) -> Result<(), String> {
         let m = self.node.shared().mvcc.read();
-        if !m.auth().enabled() {
-            return Ok(());
-        }
-        let refused = |e: StoreError| format!("rpc error: code = {:?} desc = {e}", e.code());
-        let token = self
-            .token
-            .as_deref()
-            .ok_or_else(|| refused(StoreError::UserEmpty))?;
-        let user = m
-            .tokens()
-            .user(token)
-            .ok_or_else(|| refused(StoreError::InvalidAuthToken))?;
-        if m.auth().permits(&user, Need::Read(&c.key, &c.range_end)) {
-            Ok(())
-        } else {
-            Err(refused(StoreError::PermissionDenied))
-        }
+        let need = [Need::Read(&c.key, &c.range_end)];
+        crate::etcd::auth::permitted(&m, self.token.as_deref(), &need)
+            .map(|_| ())
+            .map_err(|e| format!("rpc error: code = {:?} desc = {e}", e.code()))
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
@@ -390,11 +377,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let token = req
-            .metadata()
-            .get("token")
-            .and_then(|t| t.to_str().ok())
-            .map(str::to_string);
+        let token = crate::etcd::auth::token_of(&req).map(str::to_string);
         let input = req.into_inner();
         let events = self.node.shared().events.subscribe();
         let (tx, rx) = mpsc::channel(256);

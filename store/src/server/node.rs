@@ -265,10 +265,7 @@ impl Node {
     /// not lead, its own requests are forwarded and forwarded ones refused.
     async fn write_pending(&self, pending: Vec<Pending>) {
         let requests = pending.iter().flat_map(|p| p.requests.clone()).collect();
-        let written = {
-            let _no_transfer = self.inner.transfer.read().await;
-            self.inner.raft.client_write(Pb(Batch { requests })).await
-        };
+        let written = self.append(Batch { requests }).await;
         let result = match written {
             Ok(r) => {
                 self.inner.metrics.proposals_committed.inc();
@@ -308,10 +305,7 @@ impl Node {
         let batch = Batch {
             requests: vec![req],
         };
-        let write = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let _no_transfer = self.inner.transfer.read().await;
-            self.inner.raft.client_write(Pb(batch)).await
-        });
+        let write = tokio::time::timeout(REQUEST_TIMEOUT, self.append(batch));
         let Ok(written) = write.await else {
             self.inner.metrics.proposals_failed.inc();
             return Err(StoreError::Timeout);
@@ -337,10 +331,7 @@ impl Node {
     /// Confirms with a quorum that this member leads and applies everything committed so far,
     /// without forwarding: `NotLeader` when another member leads or no quorum answers in time.
     pub async fn leader_barrier(&self) -> Result<()> {
-        let confirm = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let _no_transfer = self.inner.transfer.read().await;
-            self.inner.raft.ensure_linearizable().await
-        });
+        let confirm = tokio::time::timeout(REQUEST_TIMEOUT, self.confirm());
         match confirm.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::Fatal(_))) => Err(StoreError::Stopped),
@@ -353,11 +344,7 @@ impl Node {
     pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let written = {
-                let _no_transfer = self.inner.transfer.read().await;
-                self.inner.raft.client_write(Pb(batch.clone())).await
-            };
-            let leader = match written {
+            let leader = match self.append(batch.clone()).await {
                 Ok(r) => {
                     self.inner.metrics.proposals_committed.inc();
                     return Ok(r.data.0);
@@ -407,6 +394,31 @@ impl Node {
             Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
             Err(s) => Err(StoreError::Internal(s.message().to_string())),
         }
+    }
+
+    /// Appends `batch` through Raft on this member (no forwarding), waiting out a leader
+    /// transfer: the one place client writes reach openraft.
+    async fn append(
+        &self,
+        batch: Batch,
+    ) -> std::result::Result<
+        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    > {
+        let _no_transfer = self.inner.transfer.read().await;
+        self.inner.raft.client_write(Pb(batch)).await
+    }
+
+    /// Confirms leadership with a quorum and applies what is committed (openraft's
+    /// `ensure_linearizable`), waiting out a leader transfer.
+    async fn confirm(
+        &self,
+    ) -> std::result::Result<
+        Option<crate::raft::LogId>,
+        RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
+    > {
+        let _no_transfer = self.inner.transfer.read().await;
+        self.inner.raft.ensure_linearizable().await
     }
 
     /// The log index a follower must apply before a linearizable read (ReadIndex), confirmed
@@ -505,20 +517,14 @@ impl Node {
         self.inner.raft.runtime_config().heartbeat(false);
         self.hold_elections(Some(hold));
         // The others hold first, then the transferee campaigns.
-        let holds = voters.iter().filter(|(id, _)| *id != target).map(|(_, m)| {
-            let req = crate::raft::pb::TransferRequest {
-                hold_ms: hold.as_millis() as u64,
-                campaign: false,
-            };
-            self.send_transfer(m, req)
-        });
-        futures::future::join_all(holds).await;
+        let others: Vec<&Member> = voters
+            .iter()
+            .filter(|(id, _)| *id != target)
+            .map(|(_, m)| m)
+            .collect();
+        self.tell(&others, hold.as_millis() as u64, false).await;
         if let Some((_, m)) = voters.iter().find(|(id, _)| *id == target) {
-            let req = crate::raft::pb::TransferRequest {
-                hold_ms: 0,
-                campaign: true,
-            };
-            self.send_transfer(m, req).await;
+            self.tell(&[m], 0, true).await;
         }
         let moved = loop {
             let leader = self.leader();
@@ -536,28 +542,26 @@ impl Node {
         };
         self.inner.raft.runtime_config().heartbeat(true);
         self.hold_elections(None);
-        let resumes = voters.iter().filter(|(id, _)| *id != target).map(|(_, m)| {
-            let req = crate::raft::pb::TransferRequest {
-                hold_ms: 0,
-                campaign: false,
-            };
-            self.send_transfer(m, req)
-        });
-        futures::future::join_all(resumes).await;
+        self.tell(&others, 0, false).await;
         moved
     }
 
-    /// Sends a transfer step to a peer; a member that cannot be reached cannot campaign
-    /// either, so failures are only logged.
-    async fn send_transfer(&self, member: &Member, req: crate::raft::pb::TransferRequest) {
-        let Ok(mut client) = self.inner.peers.client(member) else {
-            return;
-        };
-        let mut req = tonic::Request::new(req);
-        req.set_timeout(Duration::from_secs(2));
-        if let Err(e) = client.transfer(req).await {
-            tracing::warn!(member = %member, error = %e, "leader transfer step not delivered");
-        }
+    /// Sends a transfer step to `members` at once (hold elections for `hold_ms`, or resume
+    /// them with 0; `campaign`); a member that cannot be reached cannot campaign either, so
+    /// failures are only logged.
+    async fn tell(&self, members: &[&Member], hold_ms: u64, campaign: bool) {
+        let sends = members.iter().map(|member| async move {
+            let Ok(mut client) = self.inner.peers.client(member) else {
+                return;
+            };
+            let mut req =
+                tonic::Request::new(crate::raft::pb::TransferRequest { hold_ms, campaign });
+            req.set_timeout(Duration::from_secs(2));
+            if let Err(e) = client.transfer(req).await {
+                tracing::warn!(member = %member, error = %e, "leader transfer step not delivered");
+            }
+        });
+        futures::future::join_all(sends).await;
     }
 
     async fn read_barrier_loop(self, mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<()>>>) {
@@ -577,11 +581,7 @@ impl Node {
     async fn read_index_round(&self) -> Result<()> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let confirmed = {
-                let _no_transfer = self.inner.transfer.read().await;
-                self.inner.raft.ensure_linearizable().await
-            };
-            let leader = match confirmed {
+            let leader = match self.confirm().await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => f.leader_node,
                 Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => None,
