@@ -6,6 +6,7 @@ mod cluster;
 mod concurrency;
 mod datadir;
 mod differential;
+mod etcd_client;
 mod etcdctl;
 mod kill_leader;
 mod membership;
