@@ -38,6 +38,7 @@ async fn health(State(node): State<Node>) -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Node>) -> impl IntoResponse {
+    super::refresh_store_metrics(&node);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics().render(),

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub db_size_in_use: Gauge,
     /// `etcd_network_snapshot_receive_success` (without etcd's `From` label).
     pub snapshot_receives: Counter,
+    /// The snapshot installs `snapshot_receives` has counted.
+    pub installs_counted: Arc<std::sync::atomic::AtomicU64>,
     /// `etcd_debugging_mvcc_current_revision`.
     pub current_revision: Gauge,
     /// `etcd_debugging_mvcc_compact_revision`.
@@ -63,6 +65,7 @@ impl Metrics {
             db_size: Gauge::default(),
             db_size_in_use: Gauge::default(),
             snapshot_receives: Counter::default(),
+            installs_counted: Arc::default(),
             current_revision: Gauge::default(),
             compact_revision: Gauge::default(),
         };

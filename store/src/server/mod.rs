@@ -737,15 +737,14 @@ async fn publish_attributes(
     }
 }
 
+/// Keeps the leader gauges current: at once on a leader, vote or membership change
+/// (openraft's server metrics, which change only then). The store's own gauges are read when
+/// `/metrics` is scraped ([`refresh_store_metrics`]).
 async fn watch_metrics(node: Node, shutdown: CancellationToken) {
-    let mut rx = node.raft().metrics();
+    let mut rx = node.raft().server_metrics();
     let mut last_leader = None;
-    let mut installs_seen = node.shared().installs();
     loop {
-        let (leader, _) = {
-            let m = rx.borrow_and_update();
-            (m.current_leader, m.current_term)
-        };
+        let leader = rx.borrow_and_update().current_leader;
         let m = node.metrics();
         m.has_leader.set(i64::from(leader.is_some()));
         m.is_leader.set(i64::from(leader == Some(node.id())));
@@ -754,23 +753,28 @@ async fn watch_metrics(node: Node, shutdown: CancellationToken) {
             tracing::info!(leader = leader.map(|l| format!("{l:x}")), "leader changed");
             last_leader = leader;
         }
-        {
-            let mvcc = node.shared().mvcc.read();
-            m.db_size.set(mvcc.backend().size_bytes() as i64);
-            m.db_size_in_use.set(mvcc.backend().size_in_use() as i64);
-            let installs = node.shared().installs();
-            m.snapshot_receives
-                .inc_by(installs.saturating_sub(installs_seen));
-            installs_seen = installs;
-            m.current_revision.set(mvcc.current_revision());
-            m.compact_revision.set(mvcc.compact_revision());
-        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// Sets the size, revision and snapshot metrics from the store as it is now.
+pub(crate) fn refresh_store_metrics(node: &Node) {
+    let m = node.metrics();
+    let mvcc = node.shared().mvcc.read();
+    m.db_size.set(mvcc.backend().size_bytes() as i64);
+    m.db_size_in_use.set(mvcc.backend().size_in_use() as i64);
+    m.current_revision.set(mvcc.current_revision());
+    m.compact_revision.set(mvcc.compact_revision());
+    drop(mvcc);
+    // Concurrent scrapes count each install once.
+    let installs = node.shared().installs();
+    let counted = m
+        .installs_counted
+        .fetch_max(installs, std::sync::atomic::Ordering::Relaxed);
+    m.snapshot_receives.inc_by(installs.saturating_sub(counted));
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -37,7 +37,7 @@ const FORWARD_IN_FLIGHT: usize = 8;
 /// Requests waiting for the proposer, with where their responses go.
 struct Pending {
     requests: Vec<InternalRequest>,
-    reply: oneshot::Sender<Result<Vec<InternalResponse>>>,
+    reply: Reply,
     /// Sent here by another member: never forwarded again (two members that each take the
     /// other for the leader would pass it back and forth).
     forwarded: bool,
@@ -264,33 +264,46 @@ impl Node {
     /// Appends the requests of `pending` as one entry and answers each; when this member does
     /// not lead, its own requests are forwarded and forwarded ones refused.
     async fn write_pending(&self, pending: Vec<Pending>) {
-        let requests = pending.iter().flat_map(|p| p.requests.clone()).collect();
-        let written = self.append(Batch { requests }).await;
-        let result = match written {
-            Ok(r) => {
-                self.inner.metrics.proposals_committed.inc();
-                Ok(r.data.0)
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                let (forwarded, own): (Vec<_>, Vec<_>) =
-                    pending.into_iter().partition(|p| p.forwarded);
-                for p in forwarded {
-                    let _ = p.reply.send(Err(StoreError::NotLeader));
+        // A member that knows another leads forwards at once, without asking Raft first.
+        if self.leader().is_none_or(|l| l == self.inner.id) {
+            let requests = pending.iter().flat_map(|p| p.requests.clone()).collect();
+            let result = match self.append(Batch { requests }).await {
+                Ok(r) => {
+                    self.inner.metrics.proposals_committed.inc();
+                    Ok(r.data.0)
                 }
-                if own.is_empty() {
-                    return;
+                // Not appended (or cut from the log by a new leader): never applied.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Err(StoreError::NotLeader)
                 }
-                let requests = own.iter().flat_map(|p| p.requests.clone()).collect();
-                let result = self.write(Batch { requests }).await;
-                answer(own, result);
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(StoreError::Internal(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
+            };
+            if !matches!(result, Err(StoreError::NotLeader)) {
+                answer(pending, result);
                 return;
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(StoreError::Internal(e.to_string()))
-            }
-            Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
-        };
-        answer(pending, result);
+        }
+        let (forwarded, own): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.forwarded);
+        for p in forwarded {
+            let _ = p.reply.send(Err(StoreError::NotLeader));
+        }
+        if own.is_empty() {
+            return;
+        }
+        let mut requests = Vec::new();
+        let replies = own
+            .into_iter()
+            .map(|p| {
+                let n = p.requests.len();
+                requests.extend(p.requests);
+                (p.reply, n)
+            })
+            .collect();
+        let result = self.write(Batch { requests }).await;
+        reply_all(replies, result);
     }
 
     /// Proposes `req` only if this member leads, never forwarding it: for what only a leader may
@@ -341,23 +354,28 @@ impl Node {
     }
 
     /// Appends a batch on the leader, forwarding to it from a follower; waits out elections.
+    /// Tries again only where the batch cannot have reached a log: a member that says it does
+    /// not lead (before appending, or after a new leader cut the entry), a leader that could
+    /// not be connected to. Any other failure leaves the outcome unknown (`request timed
+    /// out`): a second try could apply the batch twice.
     pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let leader = match self.append(batch.clone()).await {
-                Ok(r) => {
-                    self.inner.metrics.proposals_committed.inc();
-                    return Ok(r.data.0);
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    f.leader_id.zip(f.leader_node)
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(StoreError::Internal(e.to_string()));
-                }
-                Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+            let leader = match self.leader_member() {
+                Some((id, member)) if id != self.inner.id => Some(member),
+                _ => match self.append(batch.clone()).await {
+                    Ok(r) => {
+                        self.inner.metrics.proposals_committed.inc();
+                        return Ok(r.data.0);
+                    }
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node,
+                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                        return Err(StoreError::Internal(e.to_string()));
+                    }
+                    Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+                },
             };
-            if let Some((_, member)) = leader {
+            if let Some(member) = leader {
                 match self.forward(&member, batch.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(StoreError::NoLeader) | Err(StoreError::NotLeader) => {}
@@ -376,6 +394,8 @@ impl Node {
         }
     }
 
+    /// Sends `batch` to the leader. `NotLeader` and `NoLeader` (no connection could be made)
+    /// mean it reached no log; any other failure after sending is an unknown outcome.
     async fn forward(&self, leader: &Member, batch: Batch) -> Result<BatchResponse> {
         let mut client = self
             .inner
@@ -390,9 +410,10 @@ impl Node {
                 .responses
                 .ok_or_else(|| StoreError::Internal("empty forward response".into())),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
-            Err(s) if s.code() == tonic::Code::Unavailable => Err(StoreError::NoLeader),
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
-            Err(s) => Err(StoreError::Internal(s.message().to_string())),
+            Err(s) if s.code() == tonic::Code::Unavailable && connection_refused(&s) => {
+                Err(StoreError::NoLeader)
+            }
+            Err(_) => Err(StoreError::Timeout),
         }
     }
 
@@ -619,28 +640,51 @@ impl Node {
     }
 }
 
+/// The call failed because the peer refused the connection: nothing was sent.
+fn connection_refused(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Hands each of `pending` its share of `result`'s responses, in order.
 fn answer(pending: Vec<Pending>, result: Result<BatchResponse>) {
+    let replies = pending
+        .into_iter()
+        .map(|p| (p.reply, p.requests.len()))
+        .collect();
+    reply_all(replies, result);
+}
+
+type Reply = oneshot::Sender<Result<Vec<InternalResponse>>>;
+
+/// Hands each waiter its share of `result`: `n` responses each, in order.
+fn reply_all(replies: Vec<(Reply, usize)>, result: Result<BatchResponse>) {
     let resp = match result {
-        Ok(r) if r.responses.len() == pending.iter().map(|p| p.requests.len()).sum::<usize>() => r,
+        Ok(r) if r.responses.len() == replies.iter().map(|(_, n)| n).sum::<usize>() => r,
         Ok(_) => {
-            for p in pending {
-                let _ = p
-                    .reply
-                    .send(Err(StoreError::Internal("response count mismatch".into())));
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Internal("response count mismatch".into())));
             }
             return;
         }
         Err(e) => {
-            for p in pending {
-                let _ = p.reply.send(Err(e.clone()));
+            for (reply, _) in replies {
+                let _ = reply.send(Err(e.clone()));
             }
             return;
         }
     };
     let mut responses = resp.responses.into_iter();
-    for p in pending {
-        let mine = responses.by_ref().take(p.requests.len()).collect();
-        let _ = p.reply.send(Ok(mine));
+    for (reply, n) in replies {
+        let mine = responses.by_ref().take(n).collect();
+        let _ = reply.send(Ok(mine));
     }
 }
