@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keelson_etcdpb::etcdserverpb::{
-    RangeRequest, StatusRequest, kv_client::KvClient, maintenance_client::MaintenanceClient,
+    MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest, StatusRequest,
+    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -45,6 +46,10 @@ pub struct Member {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Added to a running cluster (MemberAdd): starts with `--initial-cluster-state existing`.
+    existing: bool,
+    /// Taken out of the cluster (MemberRemove) and not added back yet.
+    pub removed: bool,
 }
 
 /// The members, started in `dir`.
@@ -101,6 +106,8 @@ impl Cluster {
                 log: dir.join(format!("m{i}.log")),
                 child: None,
                 paused: false,
+                existing: false,
+                removed: false,
             });
         }
         let initial = members
@@ -138,6 +145,9 @@ impl Cluster {
         if m.child.is_some() {
             return Ok(());
         }
+        if m.removed {
+            bail!("{} was removed from the cluster: add it back first", m.name);
+        }
         let (bin, subcommand) = match &self.target {
             Target::Keelson(bin) => (bin, Some("store")),
             Target::Etcd(bin) => (bin, None),
@@ -171,6 +181,10 @@ impl Cluster {
             .arg(format!("--listen-peer-urls={}", m.peer))
             .arg(format!("--initial-advertise-peer-urls={}", m.peer))
             .arg(format!("--initial-cluster={}", self.initial))
+            .arg(format!(
+                "--initial-cluster-state={}",
+                if m.existing { "existing" } else { "new" }
+            ))
             // Small, so a member that was down catches up by snapshot.
             .arg("--snapshot-count=1000")
             // Members log warnings unless KEELSON_CHAOS_MEMBER_LOG asks for more.
@@ -220,11 +234,98 @@ impl Cluster {
             if self.members[i].paused {
                 let _ = self.pause(i, false);
             }
-            let _ = self.start_member(i);
+            // A removed member stays out: adding it back needs the cluster's API.
+            if !self.members[i].removed {
+                let _ = self.start_member(i);
+            }
             if let Some(net) = &self.network {
                 let _ = net.heal(i);
             }
         }
+    }
+
+    /// Takes member `i` out of the cluster (MemberRemove through another live member), then
+    /// kills it and deletes its data: it can only come back as a new member.
+    pub async fn remove_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let via = self.cluster_client(i)?;
+        let list = via
+            .clone()
+            .member_list(MemberListRequest::default())
+            .await?;
+        let id = list
+            .into_inner()
+            .members
+            .iter()
+            .find(|m| m.peer_ur_ls.contains(&self.members[i].peer))
+            .map(|m| m.id)
+            .with_context(|| format!("{} is not in the member list", self.members[i].name))?;
+        retry_cluster_call(|| {
+            let mut c = via.clone();
+            async move {
+                match c.member_remove(MemberRemoveRequest { id }).await {
+                    // An earlier try went through though its answer was lost.
+                    Err(e) if e.code() == tonic::Code::NotFound => {
+                        Ok(tonic::Response::new(Default::default()))
+                    }
+                    r => r,
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("removing {}", self.members[i].name))?;
+        self.kill(i);
+        let m = &mut self.members[i];
+        m.removed = true;
+        std::fs::remove_dir_all(&m.dir).with_context(|| format!("deleting {}", m.dir.display()))?;
+        Ok(())
+    }
+
+    /// Adds member `i` back (MemberAdd with its peer URL, through a live member) and starts it
+    /// empty: it catches up from the others.
+    pub async fn add_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let via = self.cluster_client(i)?;
+        let peer = self.members[i].peer.clone();
+        retry_cluster_call(|| {
+            let mut c = via.clone();
+            let peer_ur_ls = vec![peer.clone()];
+            async move {
+                let r = c
+                    .member_add(MemberAddRequest {
+                        peer_ur_ls,
+                        is_learner: false,
+                    })
+                    .await;
+                match r {
+                    // An earlier try went through though its answer was lost.
+                    Err(e)
+                        if e.code() == tonic::Code::FailedPrecondition
+                            && e.message().contains("already exists") =>
+                    {
+                        Ok(tonic::Response::new(Default::default()))
+                    }
+                    r => r,
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("adding {} back", self.members[i].name))?;
+        let m = &mut self.members[i];
+        m.removed = false;
+        m.existing = true;
+        self.start_member(i)
+    }
+
+    /// A Cluster API client on a live member other than `i`.
+    fn cluster_client(&self, i: usize) -> anyhow::Result<ClusterClient<Channel>> {
+        let via = self
+            .live()
+            .into_iter()
+            .find(|&j| j != i)
+            .context("no other live member")?;
+        Ok(ClusterClient::new(channel(
+            &self.members[via].client,
+            Some(Duration::from_secs(5)),
+        )?))
     }
 
     /// Members that run and are not paused.
@@ -298,6 +399,26 @@ impl Cluster {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A membership change, tried again for up to 10 s while the cluster refuses it for now
+/// (a change still in progress, an election, a member not yet in sync).
+async fn retry_cluster_call<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e.message(), "membership change refused; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("{}", e.message()),
         }
     }
 }

@@ -32,11 +32,14 @@ pub enum Fault {
     OneWayLeader,
     /// Every member drops 30 % of what the others send it.
     PacketLoss,
+    /// A follower taken out of the cluster (MemberRemove), killed and its data deleted; on
+    /// heal added back as a new member (MemberAdd) that catches up from the others.
+    ReplaceFollower,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -48,6 +51,7 @@ impl Fault {
         Fault::PartitionFollower,
         Fault::OneWayLeader,
         Fault::PacketLoss,
+        Fault::ReplaceFollower,
     ];
 
     /// The fault cuts links, so the members need namespaces of their own.
@@ -75,6 +79,7 @@ impl Fault {
             Fault::PartitionFollower => "partition-follower",
             Fault::OneWayLeader => "one-way-leader",
             Fault::PacketLoss => "packet-loss",
+            Fault::ReplaceFollower => "replace-follower",
         }
     }
 }
@@ -88,6 +93,8 @@ pub enum Heal {
     Resume(Vec<usize>),
     /// Remove the link rules of these members.
     Reconnect(Vec<usize>),
+    /// Add this removed member back and start it.
+    Rejoin(usize),
     /// Nothing to undo.
     Nothing,
 }
@@ -218,6 +225,20 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Heal::Reconnect(vec![v]),
             )
         }
+        Fault::ReplaceFollower => {
+            let l = leader(cluster).await;
+            let Some(f) = follower(cluster, l) else {
+                return Ok(("no follower: skipped".into(), Heal::Nothing));
+            };
+            cluster.remove_member(f).await?;
+            (
+                format!(
+                    "removed {} (follower) from the cluster, killed it and deleted its data",
+                    name(cluster, f)
+                ),
+                Heal::Rejoin(f),
+            )
+        }
         Fault::PacketLoss => {
             let net = cluster
                 .network
@@ -236,7 +257,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
 }
 
 /// Undoes an injected fault.
-pub fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> {
+pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> {
     let names = |c: &Cluster, v: &[usize]| {
         v.iter()
             .map(|&i| c.members[i].name.clone())
@@ -263,6 +284,10 @@ pub fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> {
                 }
             }
             format!("reconnected {}", names(cluster, v))
+        }
+        Heal::Rejoin(i) => {
+            cluster.add_member(*i).await?;
+            format!("added {} back as a new member", names(cluster, &[*i]))
         }
         Heal::Nothing => "nothing to heal".into(),
     })

@@ -136,6 +136,10 @@ pub struct Operation {
     pub input: Input,
     /// The answer.
     pub output: Output,
+    /// The transaction this operation was part of: the puts of one multi-key txn are recorded
+    /// as one operation per key, answered at the same revision, sharing this number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<u64>,
 }
 
 /// One entry of a watch stream, as the watcher saw it.
@@ -157,6 +161,14 @@ pub enum WatchEntry {
     Compacted {
         /// The compact revision the server reported.
         compact_revision: i64,
+        /// When.
+        at: u64,
+    },
+    /// A progress notification: the server says the stream has had every event up to
+    /// `revision`.
+    Progress {
+        /// The header revision of the notification.
+        revision: i64,
         /// When.
         at: u64,
     },
@@ -183,6 +195,10 @@ pub struct WatchEvent {
     pub header_revision: i64,
     /// When it arrived.
     pub at: u64,
+    /// Which response of the stream carried it (counted from 1 per watcher): the events of one
+    /// transaction must come in one response.
+    #[serde(default)]
+    pub response: u64,
 }
 
 /// One watcher's stream over the whole run.

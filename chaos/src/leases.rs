@@ -122,6 +122,7 @@ mod tests {
             revision: 2,
             header_revision: 2,
             at: put,
+            response: 1,
         })];
         if let Some(at) = delete {
             entries.push(WatchEntry::Event(WatchEvent {
@@ -130,6 +131,7 @@ mod tests {
                 revision: 3,
                 header_revision: 3,
                 at,
+                response: 2,
             }));
         }
         WatchHistory {

@@ -1,11 +1,11 @@
 //! `keelson chaos`: real etcd v3 traffic against a store cluster (keelson-store or a real etcd
 //! 3.4, the control) while faults are injected, every operation and watch event recorded, and the
 //! history checked: linearizability of the KV operations against a model of etcd, the revision
-//! order across keys, the watch guarantees and the lease guarantees.
+//! order across keys, multi-key txns seen whole, the watch guarantees (progress notifications
+//! included) and the lease guarantees.
 //!
 //! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
-//! membership changes, failpoints inside the store, deterministic simulation, the
-//! control-plane convergence checks.
+//! failpoints inside the store, deterministic simulation, the control-plane convergence checks.
 
 pub mod cluster;
 pub mod faults;
@@ -18,6 +18,7 @@ pub mod resolve;
 pub mod revisions;
 pub mod run;
 pub mod traffic;
+pub mod txns;
 pub mod watch;
 
 /// How a check came out.
@@ -80,6 +81,7 @@ pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec
         recovery,
         linearizability,
         revisions::check(&history.operations),
+        txns::check(&history.operations, &history.watches),
         watch::check(
             &history.watches,
             &history.operations,

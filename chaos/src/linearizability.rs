@@ -410,6 +410,7 @@ mod tests {
     fn op(client: usize, invoke: u64, complete: u64, input: Input, output: Output) -> Operation {
         Operation {
             client,
+            txn: None,
             invoke,
             complete,
             input,

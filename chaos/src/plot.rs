@@ -136,6 +136,7 @@ mod tests {
             operations: vec![
                 Operation {
                     client: 0,
+                    txn: None,
                     invoke: 0,
                     complete: 5_000_000,
                     input: Input::Get { key: "a".into() },
@@ -147,6 +148,7 @@ mod tests {
                 },
                 Operation {
                     client: 1,
+                    txn: None,
                     invoke: 1_000_000_000,
                     complete: 3_000_000_000,
                     input: Input::Put {

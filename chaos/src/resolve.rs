@@ -213,6 +213,7 @@ mod tests {
     fn unknown_put(invoke: u64, key: &str, value: &str) -> Operation {
         Operation {
             client: 0,
+            txn: None,
             invoke,
             complete: invoke + 10,
             input: Input::Put {
@@ -230,6 +231,7 @@ mod tests {
         let ops = vec![
             Operation {
                 client: 1,
+                txn: None,
                 invoke: 0,
                 complete: 5,
                 input: Input::Put {
@@ -248,6 +250,7 @@ mod tests {
                 revision,
                 header_revision: revision,
                 at,
+                response: revision as u64,
             })
         };
         let w = WatchHistory {

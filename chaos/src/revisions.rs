@@ -1,6 +1,6 @@
 //! What ties keys together: one revision counter for the whole store. An operation sent after
 //! another was answered sees at least its revision (a write gets a higher one), and no two writes
-//! share a revision (every write here is its own transaction).
+//! share a revision unless they are puts of one multi-key txn.
 
 use std::collections::HashMap;
 
@@ -52,6 +52,7 @@ pub fn check(history: &[Operation]) -> Check {
         }
         let r = o.output.revision().unwrap_or(0);
         if let Some(other) = writes.insert(r, o)
+            && (other.txn.is_none() || other.txn != o.txn)
             && details.len() < 20
         {
             details.push(format!(
@@ -73,6 +74,7 @@ mod tests {
     fn put(invoke: u64, complete: u64, key: &str, revision: i64) -> Operation {
         Operation {
             client: 0,
+            txn: None,
             invoke,
             complete,
             input: Input::Put {
@@ -85,6 +87,7 @@ mod tests {
     fn get(invoke: u64, complete: u64, key: &str, revision: i64) -> Operation {
         Operation {
             client: 1,
+            txn: None,
             invoke,
             complete,
             input: Input::Get { key: key.into() },
@@ -114,5 +117,15 @@ mod tests {
         assert_eq!(check(&same).verdict, Verdict::Violation);
         let duplicate = vec![put(0, 10, "a", 2), put(0, 10, "b", 2)];
         assert_eq!(check(&duplicate).verdict, Verdict::Violation);
+        // The puts of one txn share its revision; puts of two txns do not.
+        let txn = |t, key| Operation {
+            txn: Some(t),
+            ..put(0, 10, key, 2)
+        };
+        assert_eq!(check(&[txn(1, "a"), txn(1, "b")]).verdict, Verdict::Ok);
+        assert_eq!(
+            check(&[txn(1, "a"), txn(2, "b")]).verdict,
+            Verdict::Violation
+        );
     }
 }

@@ -48,6 +48,10 @@ pub struct Options {
     /// Watchers on the key prefix.
     #[arg(long, default_value_t = 3)]
     pub watchers: usize,
+    /// Each watcher asks for a progress notification this often (etcd's `ProgressRequest`);
+    /// 0 turns them off.
+    #[arg(long, default_value = "500ms", value_parser = parse_go_duration)]
+    pub progress_interval: Duration,
     /// A call without an answer within this is recorded as an unknown outcome.
     #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
     pub op_timeout: Duration,
@@ -149,6 +153,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
                 endpoints.clone(),
                 load.prefix.clone(),
                 1,
+                o.progress_interval,
                 clock,
                 WatchEnd {
                     revision: final_rx.clone(),
@@ -219,7 +224,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
                 .min(end.saturating_duration_since(tokio::time::Instant::now())),
         )
         .await;
-        match faults::heal(&heal, &mut cluster) {
+        match faults::heal(&heal, &mut cluster).await {
             Ok(_) if matches!(heal, Heal::Nothing) => {}
             Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
             Err(e) => {
@@ -263,6 +268,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     let last_client = o.clients;
     let record = |input: Input, output, invoke| Operation {
         client: last_client,
+        txn: None,
         invoke,
         complete: clock.now(),
         input,

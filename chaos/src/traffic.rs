@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keelson_etcdpb::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest, compare,
-    kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
-    watch_request,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest,
+    WatchRequest, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
+    watch_client::WatchClient, watch_request,
 };
 use keelson_etcdpb::mvccpb::event::EventType;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +107,36 @@ impl Kv {
                 error: e.message().chars().take(200).collect(),
             }
         })
+    }
+
+    /// Puts every `(key, value)` in one txn (no compares): one revision for all of them. The
+    /// answer is a put's, shared by every part.
+    pub async fn run_txn(&mut self, puts: &[(String, String)]) -> Output {
+        let request = TxnRequest {
+            compare: vec![],
+            success: puts
+                .iter()
+                .map(|(key, value)| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: key.clone().into_bytes(),
+                        value: value.clone().into_bytes(),
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            failure: vec![],
+        };
+        match self.client.txn(request).await {
+            Ok(r) => Output::Put {
+                revision: r.into_inner().header.map(|h| h.revision).unwrap_or(0),
+            },
+            Err(e) => {
+                self.fail_over();
+                Output::Unknown {
+                    error: e.message().chars().take(200).collect(),
+                }
+            }
+        }
     }
 
     async fn call(&mut self, input: &Input, lease: i64) -> Result<Output, tonic::Status> {
@@ -220,7 +250,42 @@ pub async fn client(
         let key = format!("{}k{}", load.prefix, rng.below(load.keys));
         seq += 1;
         let value = format!("c{id}-{seq}");
-        let input = match rng.below(10) {
+        let choice = rng.below(10);
+        if choice == 6 && load.keys >= 2 {
+            // A txn putting two or three keys at once.
+            let mut keys = vec![key];
+            let want = 2 + rng.below(2).min(load.keys - 2);
+            while keys.len() < want {
+                let k = format!("{}k{}", load.prefix, rng.below(load.keys));
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            let puts: Vec<(String, String)> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, k)| (k, format!("{value}.{i}")))
+                .collect();
+            let invoke = clock.now();
+            let output = kv.run_txn(&puts).await;
+            let complete = clock.now();
+            let txn = ((id as u64) << 32) | seq;
+            for (key, value) in puts {
+                if let Output::Put { revision } = output {
+                    seen.insert(key.clone(), revision);
+                }
+                history.push(Operation {
+                    client: id,
+                    txn: Some(txn),
+                    invoke,
+                    complete,
+                    input: Input::Put { key, value },
+                    output: output.clone(),
+                });
+            }
+            continue;
+        }
+        let input = match choice {
             0..=3 => Input::Get { key },
             4..=6 => Input::Put { key, value },
             7 => Input::Delete { key },
@@ -254,6 +319,7 @@ pub async fn client(
         }
         history.push(Operation {
             client: id,
+            txn: None,
             invoke,
             complete,
             input,
@@ -315,6 +381,7 @@ pub async fn leases(
                     let output = kv.run_leased(&input, g.id).await;
                     puts.push(Operation {
                         client,
+                        txn: None,
                         invoke,
                         complete: clock.now(),
                         input,
@@ -383,12 +450,14 @@ pub struct WatchEnd {
 
 /// A watch on `prefix` from `start` that survives faults: when the stream breaks it reopens on
 /// the next endpoint from the revision after the last event; when told its revision was
-/// compacted, from the compact revision.
+/// compacted, from the compact revision. It asks for a progress notification every `progress`
+/// (zero: never) and records the answers.
 pub async fn watcher(
     id: usize,
     endpoints: Arc<Vec<String>>,
     prefix: String,
     start: i64,
+    progress: Duration,
     clock: Clock,
     mut end: WatchEnd,
 ) -> WatchHistory {
@@ -400,6 +469,8 @@ pub async fn watcher(
     let mut at = id % endpoints.len();
     let mut next = start;
     let mut last = 0i64;
+    // Responses with events or progress, over every stream of this watcher.
+    let mut responses = 0u64;
     // A stream that delivers nothing for this long while the run waits for it is reopened
     // elsewhere (its member may be paused).
     let stall = Duration::from_secs(3);
@@ -425,7 +496,14 @@ pub async fn watcher(
             start_revision: next,
             at: clock.now(),
         });
-        let requests = futures::stream::once(async { create }).chain(futures::stream::pending());
+        // The create, then a progress request every `progress` while the stream is open.
+        let (mut asks, requests) = futures::channel::mpsc::channel::<WatchRequest>(4);
+        let _ = asks.try_send(create);
+        let mut progress_tick = tokio::time::interval(progress.max(Duration::from_millis(1)));
+        progress_tick.tick().await;
+        // When the stream last moved on (an event, or progress past the last event): progress
+        // notifications that repeat an old revision do not keep a stalled stream alive.
+        let mut advanced = tokio::time::Instant::now();
         let mut stream = match WatchClient::new(ch).watch(requests).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
@@ -445,10 +523,22 @@ pub async fn watcher(
                     if changed.is_err() {
                         break 'reopen;
                     }
+                    // The wait for the last write starts now.
+                    advanced = tokio::time::Instant::now();
                     continue;
                 }
                 m = stream.next() => m,
-                _ = tokio::time::sleep(stall), if waiting => {
+                _ = progress_tick.tick(), if !progress.is_zero() => {
+                    let ask = WatchRequest {
+                        request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                            WatchProgressRequest {},
+                        )),
+                    };
+                    // A full queue means the stream is not being read: skip this one.
+                    let _ = asks.try_send(ask);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(advanced + stall), if waiting => {
                     history.entries.push(WatchEntry::Broken {
                         error: format!("no events for {stall:?} while the run waits"),
                         at: clock.now(),
@@ -496,6 +586,21 @@ pub async fn watcher(
             }
             let header = response.header.map(|h| h.revision).unwrap_or(0);
             let now = clock.now();
+            if response.created {
+                continue;
+            }
+            responses += 1;
+            if response.events.is_empty() {
+                if header > last {
+                    advanced = tokio::time::Instant::now();
+                }
+                history.entries.push(WatchEntry::Progress {
+                    revision: header,
+                    at: now,
+                });
+                continue;
+            }
+            advanced = tokio::time::Instant::now();
             for e in response.events {
                 let Some(kv) = e.kv else { continue };
                 let delete = e.r#type == EventType::Delete as i32;
@@ -505,6 +610,7 @@ pub async fn watcher(
                     revision: kv.mod_revision,
                     header_revision: header,
                     at: now,
+                    response: responses,
                 }));
                 last = last.max(kv.mod_revision);
                 next = last + 1;

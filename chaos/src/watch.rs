@@ -119,10 +119,23 @@ pub fn check(
         let mut seen: HashSet<(i64, &str)> = HashSet::new();
         let mut last = 0i64;
         let mut segment_start = 0i64;
+        // The highest progress notification of the current stream.
+        let mut promised = 0i64;
         for entry in &w.entries {
             match entry {
-                WatchEntry::Opened { start_revision, .. } => segment_start = *start_revision,
+                WatchEntry::Opened { start_revision, .. } => {
+                    segment_start = *start_revision;
+                    promised = 0;
+                }
+                WatchEntry::Progress { revision, .. } => promised = promised.max(*revision),
                 WatchEntry::Event(e) => {
+                    if e.revision <= promised {
+                        note(format!(
+                            "watcher {}: event {} at revision {} after a progress notification \
+                             at {promised}",
+                            w.watcher, e.key, e.revision
+                        ));
+                    }
                     if e.revision < last {
                         note(format!(
                             "watcher {}: went back in time: revision {} after {last}",
@@ -183,8 +196,9 @@ pub fn check(
 }
 
 /// The revisions a stream covered: each (re)opened watch from its start revision (or its first
-/// event, for a watch from "now") to its last event. Segments whose events went back before their
-/// start are left out (`check` reports those).
+/// event, for a watch from "now") to its last event or the last progress notification beyond it
+/// (the server's word that nothing up to there is left to send; `check` holds it to that).
+/// Segments whose events went back before their start are left out (`check` reports those).
 pub fn coverage(w: &WatchHistory) -> Vec<(i64, i64)> {
     let mut covered = Vec::new();
     let mut segment: Option<(i64, Option<i64>)> = None;
@@ -209,6 +223,14 @@ pub fn coverage(w: &WatchHistory) -> Vec<(i64, i64)> {
                     *end = Some(e.revision);
                 }
             }
+            WatchEntry::Progress { revision, .. } => {
+                if let Some((start, end)) = &mut segment
+                    && *start > 0
+                    && *revision >= *start
+                {
+                    *end = Some(end.unwrap_or(*revision).max(*revision));
+                }
+            }
             WatchEntry::Compacted { .. } | WatchEntry::Broken { .. } => close(&mut segment),
         }
     }
@@ -225,6 +247,7 @@ mod tests {
     fn put(key: &str, value: &str, revision: i64, at: u64) -> Operation {
         Operation {
             client: 0,
+            txn: None,
             invoke: at,
             complete: at + 5,
             input: Input::Put {
@@ -241,6 +264,7 @@ mod tests {
             revision,
             header_revision: revision,
             at: 1000,
+            response: revision as u64,
         })
     }
     fn opened(start_revision: i64) -> WatchEntry {
@@ -381,6 +405,7 @@ mod tests {
         let mut h = writes();
         h.push(Operation {
             client: 1,
+            txn: None,
             invoke: 25,
             complete: 29,
             input: Input::Put {
@@ -417,5 +442,58 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Violation);
         assert_eq!(c.details.len(), 1, "{c:?}");
         assert!(c.details[0].contains("missed /k/c at revision 5"), "{c:?}");
+    }
+
+    #[test]
+    fn progress_notifications_must_be_honest() {
+        let progress = |revision| WatchEntry::Progress { revision, at: 500 };
+        // Honest: everything up to 3 came before the notification at 3.
+        let honest = watch(vec![
+            opened(1),
+            event("/k/a", "1", 2),
+            event("/k/b", "2", 3),
+            progress(3),
+            event("/k/a", "3", 4),
+        ]);
+        let c = check(&[honest], &writes(), &[], &[]);
+        assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
+        // The etcd 3.4 behaviour the robustness suite reported: a notification overtaking an
+        // event it claims was sent.
+        let early = watch(vec![
+            opened(1),
+            event("/k/a", "1", 2),
+            progress(3),
+            event("/k/b", "2", 3),
+            event("/k/a", "3", 4),
+        ]);
+        let c = check(&[early], &writes(), &[], &[]);
+        assert_eq!(c.verdict, Verdict::Violation);
+        assert!(
+            c.details[0].contains("revision 3 after a progress notification at 3"),
+            "{c:?}"
+        );
+        // A notification claims what it covers: a write at or below it that never came is a
+        // gap, though no later event shows the stream passed it.
+        let lying = watch(vec![opened(1), event("/k/a", "1", 2), progress(4)]);
+        let c = check(std::slice::from_ref(&lying), &writes(), &[], &[]);
+        assert!(
+            c.details
+                .iter()
+                .any(|d| d.contains("missed /k/b at revision 3")),
+            "{c:?}"
+        );
+        assert_eq!(coverage(&lying), vec![(1, 4)]);
+        // A reopened stream starts with no promise.
+        let reopened = watch(vec![
+            opened(1),
+            event("/k/a", "1", 2),
+            event("/k/b", "2", 3),
+            progress(3),
+            opened(3),
+            event("/k/b", "2", 3),
+            event("/k/a", "3", 4),
+        ]);
+        let c = check(&[reopened], &writes(), &[], &[]);
+        assert!(c.details.iter().all(|d| !d.contains("progress")), "{c:?}");
     }
 }
