@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keelson_etcdpb::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberRemoveRequest, RangeRequest, StatusRequest,
-    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
+    MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberRemoveRequest, RangeRequest, StatusRequest, cluster_client::ClusterClient,
+    kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -312,7 +313,29 @@ impl Cluster {
         let m = &mut self.members[i];
         m.removed = false;
         m.existing = true;
-        self.start_member(i)
+        self.start_member(i)?;
+        // A retried MemberAdd whose first try went half through (keelson adds a learner, then
+        // makes it a voter) may leave a learner: promote it once it has caught up.
+        let peer = self.members[i].peer.clone();
+        let learner = |list: &MemberListResponse| {
+            list.members
+                .iter()
+                .find(|m| m.peer_ur_ls.contains(&peer))
+                .map(|m| (m.id, m.is_learner))
+        };
+        let list = via
+            .clone()
+            .member_list(MemberListRequest::default())
+            .await?;
+        if let Some((id, true)) = learner(list.get_ref()) {
+            retry_cluster_call(|| {
+                let mut c = via.clone();
+                async move { c.member_promote(MemberPromoteRequest { id }).await }
+            })
+            .await
+            .with_context(|| format!("promoting {}", self.members[i].name))?;
+        }
+        Ok(())
     }
 
     /// A Cluster API client on a live member other than `i`.

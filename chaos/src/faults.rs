@@ -226,8 +226,13 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             )
         }
         Fault::ReplaceFollower => {
-            let l = leader(cluster).await;
-            let Some(f) = follower(cluster, l) else {
+            let Some(l) = leader(cluster).await else {
+                return Ok((
+                    "no leader elected within 5 s: skipped".into(),
+                    Heal::Nothing,
+                ));
+            };
+            let Some(f) = follower(cluster, Some(l)) else {
                 return Ok(("no follower: skipped".into(), Heal::Nothing));
             };
             cluster.remove_member(f).await?;

@@ -58,6 +58,8 @@ pub enum StoreError {
     NotLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: unhealthy cluster")]
@@ -211,7 +213,9 @@ impl StoreError {
             | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,
             InvalidAuthToken => Code::Unauthenticated,
-            NoLeader | Timeout | LeaderTransferTimeout | Stopped | Unhealthy => Code::Unavailable,
+            NoLeader | Timeout | LeaderChanged | LeaderTransferTimeout | Stopped | Unhealthy => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
             PermissionDenied => Code::PermissionDenied,
             Internal(_) => Code::Internal,

@@ -261,49 +261,98 @@ impl Node {
         }
     }
 
-    /// Appends the requests of `pending` as one entry and answers each; when this member does
-    /// not lead, its own requests are forwarded and forwarded ones refused.
+    /// Appends the requests of `pending` as one entry and answers each when this member leads;
+    /// otherwise its own requests go to the leader ([`Node::write`]) and forwarded ones back
+    /// to their sender.
     async fn write_pending(&self, pending: Vec<Pending>) {
-        // A member that knows another leads forwards at once, without asking Raft first.
-        if self.leader().is_none_or(|l| l == self.inner.id) {
-            let requests = pending.iter().flat_map(|p| p.requests.clone()).collect();
-            let result = match self.append(Batch { requests }).await {
-                Ok(r) => {
-                    self.inner.metrics.proposals_committed.inc();
-                    Ok(r.data.0)
-                }
-                // Not appended (or cut from the log by a new leader): never applied.
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Err(StoreError::NotLeader)
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(StoreError::Internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(_)) => Err(StoreError::Stopped),
-            };
-            if !matches!(result, Err(StoreError::NotLeader)) {
-                answer(pending, result);
-                return;
+        let leads = self.leader() == Some(self.inner.id);
+        let mut requests = Vec::new();
+        let mut replies = Vec::with_capacity(pending.len());
+        for p in pending {
+            if !leads && p.forwarded {
+                // Never appended here: the sender may try the leader.
+                let _ = p.reply.send(Err(StoreError::NotLeader));
+                continue;
             }
+            replies.push((p.reply, p.requests.len(), p.forwarded));
+            requests.extend(p.requests);
         }
-        let (forwarded, own): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| p.forwarded);
-        for p in forwarded {
-            let _ = p.reply.send(Err(StoreError::NotLeader));
-        }
-        if own.is_empty() {
+        if replies.is_empty() {
             return;
         }
-        let mut requests = Vec::new();
-        let replies = own
-            .into_iter()
-            .map(|p| {
-                let n = p.requests.len();
-                requests.extend(p.requests);
-                (p.reply, n)
-            })
-            .collect();
-        let result = self.write(Batch { requests }).await;
-        reply_all(replies, result);
+        let mut batch = Batch { requests };
+        if leads {
+            match self.try_append(batch).await {
+                Ok(result) => {
+                    let replies = replies.into_iter().map(|(r, n, _)| (r, n)).collect();
+                    return reply_all(replies, result);
+                }
+                // Leadership moved before anything was appended: forwarded requests go back,
+                // this member's own go to the new leader.
+                Err(unsent) => {
+                    let mut unsent = unsent.requests.into_iter();
+                    let mut own = Vec::new();
+                    let mut own_replies = Vec::new();
+                    for (reply, n, forwarded) in replies {
+                        let mine = unsent.by_ref().take(n);
+                        if forwarded {
+                            let _ = reply.send(Err(StoreError::NotLeader));
+                        } else {
+                            own.extend(mine);
+                            own_replies.push((reply, n));
+                        }
+                    }
+                    if own_replies.is_empty() {
+                        return;
+                    }
+                    batch = Batch { requests: own };
+                    replies = own_replies
+                        .into_iter()
+                        .map(|(r, n)| (r, n, false))
+                        .collect();
+                }
+            }
+        }
+        let result = self.write(batch).await;
+        reply_all(
+            replies.into_iter().map(|(r, n, _)| (r, n)).collect(),
+            result,
+        );
+    }
+
+    /// Appends `batch` on this member, once; hands it back (`Err`) if this member turns out
+    /// not to lead before anything is appended (a leader transfer just ended). A write Raft
+    /// refuses or drops after that is not tried again: openraft answers "forward to leader"
+    /// both to a write it refused and to one it appended and then cut from this member's log
+    /// for a new leader's entries, and a write cut here may still commit from another member's
+    /// copy. Either way the outcome is `leader changed`, as etcd reports a proposal its leader
+    /// lost. A write whose answer never comes (its entry dropped by a snapshot install) times
+    /// out.
+    async fn try_append(&self, batch: Batch) -> std::result::Result<Result<BatchResponse>, Batch> {
+        let written = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let _no_transfer = self.inner.transfer.read().await;
+            if self.leader() != Some(self.inner.id) {
+                return Err(batch);
+            }
+            Ok(self.inner.raft.client_write(Pb(batch)).await)
+        });
+        let result = match written.await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(batch)) => return Err(batch),
+            Ok(Ok(Ok(r))) => {
+                self.inner.metrics.proposals_committed.inc();
+                return Ok(Ok(r.data.0));
+            }
+            Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => {
+                Err(StoreError::LeaderChanged)
+            }
+            Ok(Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))))) => {
+                Err(StoreError::Internal(e.to_string()))
+            }
+            Ok(Ok(Err(RaftError::Fatal(_)))) => Err(StoreError::Stopped),
+        };
+        self.inner.metrics.proposals_failed.inc();
+        Ok(result)
     }
 
     /// Proposes `req` only if this member leads, never forwarding it: for what only a leader may
@@ -354,33 +403,23 @@ impl Node {
     }
 
     /// Appends a batch on the leader, forwarding to it from a follower; waits out elections.
-    /// Tries again only where the batch cannot have reached a log: a member that says it does
-    /// not lead (before appending, or after a new leader cut the entry), a leader that could
-    /// not be connected to. Any other failure leaves the outcome unknown (`request timed
-    /// out`): a second try could apply the batch twice.
-    pub async fn write(&self, batch: Batch) -> Result<BatchResponse> {
+    /// Sends it again only when it cannot have reached a log: the member it went to did not
+    /// lead (and appended nothing), or refused the connection. Any other failure leaves the
+    /// outcome unknown: a second try could apply the batch twice.
+    pub async fn write(&self, mut batch: Batch) -> Result<BatchResponse> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let leader = match self.leader_member() {
-                Some((id, member)) if id != self.inner.id => Some(member),
-                _ => match self.append(batch.clone()).await {
-                    Ok(r) => {
-                        self.inner.metrics.proposals_committed.inc();
-                        return Ok(r.data.0);
-                    }
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node,
-                    Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                        return Err(StoreError::Internal(e.to_string()));
-                    }
-                    Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
+            match self.leader_member() {
+                Some((id, _)) if id == self.inner.id => match self.try_append(batch).await {
+                    Ok(result) => return result,
+                    Err(unsent) => batch = unsent,
                 },
-            };
-            if let Some(member) = leader {
-                match self.forward(&member, batch.clone()).await {
+                Some((_, member)) => match self.forward(&member, batch.clone()).await {
                     Ok(r) => return Ok(r),
                     Err(StoreError::NoLeader) | Err(StoreError::NotLeader) => {}
                     Err(e) => return Err(e),
-                }
+                },
+                None => {}
             }
             if Instant::now() >= deadline {
                 self.inner.metrics.proposals_failed.inc();
@@ -412,6 +451,9 @@ impl Node {
             Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(StoreError::NotLeader),
             Err(s) if s.code() == tonic::Code::Unavailable && connection_refused(&s) => {
                 Err(StoreError::NoLeader)
+            }
+            Err(s) if s.message() == StoreError::LeaderChanged.to_string() => {
+                Err(StoreError::LeaderChanged)
             }
             Err(_) => Err(StoreError::Timeout),
         }
@@ -652,15 +694,6 @@ fn connection_refused(status: &tonic::Status) -> bool {
         cause = e.source();
     }
     false
-}
-
-/// Hands each of `pending` its share of `result`'s responses, in order.
-fn answer(pending: Vec<Pending>, result: Result<BatchResponse>) {
-    let replies = pending
-        .into_iter()
-        .map(|p| (p.reply, p.requests.len()))
-        .collect();
-    reply_all(replies, result);
 }
 
 type Reply = oneshot::Sender<Result<Vec<InternalResponse>>>;

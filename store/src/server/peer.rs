@@ -87,7 +87,7 @@ impl RaftPeer for PeerService {
             Ok(responses) => Ok(Response::new(ProposeResponse {
                 responses: Some(responses),
             })),
-            // Not in this member's log (or cut from it): the sender may try the new leader.
+            // Not appended: the sender may try the leader.
             Err(StoreError::NotLeader) => Err(Status::failed_precondition("not leader")),
             // Perhaps appended: the sender must not try again.
             Err(e) => Err(Status::unknown(e.to_string())),
