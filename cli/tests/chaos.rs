@@ -46,8 +46,14 @@ fn sweep(dir: &Path, target: &str, faults: &str, extra: &[&str]) -> String {
     }
     args.extend(CI_SIZED);
     let o = chaos(&args);
-    assert!(o.status.success(), "{}", text(&o));
-    std::fs::read_to_string(dir.join("summary.md")).unwrap()
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        explain(dir, &summary)
+    );
+    summary
 }
 
 /// The summary, followed by the verdicts of every run that found a violation (the run

@@ -284,7 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for e in entries {
-            let bytes = bincode::serialize(&e).map_err(storage_error)?;
+            let bytes = super::to_bincode(&e).map_err(storage_error)?;
             batch.insert(&idx_key(e.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(storage_error)?;

@@ -72,6 +72,14 @@ impl<'de, T: Message + Default> Deserialize<'de> for Pb<T> {
     }
 }
 
+/// bincode's bytes for `v`, as `bincode::serialize` makes them, without its sizing pass (which
+/// would encode every protobuf payload twice).
+pub fn to_bincode<T: Serialize>(v: &T) -> bincode::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    bincode::serialize_into(&mut out, v)?;
+    Ok(out)
+}
+
 /// A log entry's payload.
 pub type Request = Pb<pb::Batch>;
 /// What applying a payload returns: one response per request.

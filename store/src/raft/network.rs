@@ -137,7 +137,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 /// Encodes a value for a [`RaftMessage`].
 pub fn encode<T: Serialize>(v: &T) -> Result<RaftMessage, tonic::Status> {
-    bincode::serialize(v)
+    super::to_bincode(v)
         .map(|data| RaftMessage { data })
         .map_err(|e| tonic::Status::internal(format!("encode: {e}")))
 }

@@ -347,3 +347,27 @@ mod log {
         panic!("{} purged entries still on disk after 10 s", tree.len());
     }
 }
+
+#[test]
+fn to_bincode_makes_the_bytes_bincode_serialize_makes() {
+    use super::pb::{Batch, InternalRequest, internal_request};
+    use keelson_etcdpb::etcdserverpb::PutRequest;
+    let put = |k: &str| InternalRequest {
+        request: Some(internal_request::Request::Put(PutRequest {
+            key: k.into(),
+            value: vec![7; 256],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let entry: openraft::Entry<TypeConfig> = openraft::Entry {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
+        payload: openraft::EntryPayload::Normal(super::Pb(Batch {
+            requests: vec![put("a"), put("b")],
+        })),
+    };
+    let bytes = super::to_bincode(&entry).unwrap();
+    assert_eq!(bytes, bincode::serialize(&entry).unwrap());
+    let back: openraft::Entry<TypeConfig> = bincode::deserialize(&bytes).unwrap();
+    assert_eq!(back.log_id, entry.log_id);
+}
