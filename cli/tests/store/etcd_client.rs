@@ -31,10 +31,17 @@ async fn connect(endpoints: &[&str]) -> Client {
         .expect("connect")
 }
 
+/// The call failed in the transport (the connection broke under it: "transport error",
+/// "operation was canceled"), not in the server.
+fn in_transport(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
+}
+
 /// Runs `call` until it does not fail for want of a member (30 s at most). The client balances
 /// over its endpoints without retrying: a call routed to the dead member fails with Unavailable
-/// (no connection) or with a transport error (the connection broke under it), and its callers
-/// retry those. The calls here may be repeated: puts of fixed keys and values, and reads.
+/// (no connection, or the member's own "leader changed") or in the transport (the connection
+/// broke under it), and its callers retry those. The calls here may be repeated: puts of fixed
+/// keys and values, and reads.
 async fn until_available<T, F, Fut>(mut call: F) -> T
 where
     F: FnMut() -> Fut,
@@ -45,7 +52,7 @@ where
         match call().await {
             Ok(answer) => return answer,
             Err(Error::GRpcStatus(s))
-                if s.code() == tonic::Code::Unavailable || s.message() == "transport error" =>
+                if s.code() == tonic::Code::Unavailable || in_transport(&s) =>
             {
                 assert!(
                     Instant::now() < deadline,
