@@ -367,22 +367,11 @@ impl Node {
         let batch = Batch {
             requests: vec![req],
         };
-        let write = tokio::time::timeout(REQUEST_TIMEOUT, self.append(batch));
-        let Ok(written) = write.await else {
-            self.inner.metrics.proposals_failed.inc();
-            return Err(StoreError::Timeout);
+        // Not leading, or the write lost with the leadership: a later leader decides again.
+        let resp = match self.try_append(batch).await {
+            Ok(Err(StoreError::LeaderChanged)) | Err(_) => return Err(StoreError::NotLeader),
+            Ok(result) => result?,
         };
-        let resp = match written {
-            Ok(r) => r.data.0,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(StoreError::NotLeader);
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                return Err(StoreError::Internal(e.to_string()));
-            }
-            Err(RaftError::Fatal(_)) => return Err(StoreError::Stopped),
-        };
-        self.inner.metrics.proposals_committed.inc();
         match resp.responses.into_iter().next().and_then(|r| r.response) {
             Some(internal_response::Response::Error(e)) => Err(StoreError::from_apply_code(e.code)),
             Some(r) => Ok(r),
@@ -457,19 +446,6 @@ impl Node {
             }
             Err(_) => Err(StoreError::Timeout),
         }
-    }
-
-    /// Appends `batch` through Raft on this member (no forwarding), waiting out a leader
-    /// transfer: the one place client writes reach openraft.
-    async fn append(
-        &self,
-        batch: Batch,
-    ) -> std::result::Result<
-        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
-        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
-    > {
-        let _no_transfer = self.inner.transfer.read().await;
-        self.inner.raft.client_write(Pb(batch)).await
     }
 
     /// Confirms leadership with a quorum and applies what is committed (openraft's
