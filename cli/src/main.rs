@@ -9,6 +9,11 @@ mod up;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc's malloc, which took about 11 % of all CPU time in the store's
+/// put benchmark (`bench/RESULTS.md`), and was the apiserver's largest single cost in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keelson",

@@ -14,7 +14,7 @@ mod sled;
 pub mod testing;
 
 pub use self::memory::MemoryBackend;
-pub use self::sled::SledBackend;
+pub use self::sled::{SledBackend, SledDb};
 
 /// A failure of the storage engine itself.
 #[derive(Debug, thiserror::Error)]
@@ -31,17 +31,28 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Per op: whether the caller knows the key is absent before this batch.
+    new: Vec<bool>,
 }
 
 impl WriteBatch {
     /// Stores `value` under `key`.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), Some(value.into())));
+        self.new.push(false);
+    }
+
+    /// Stores `value` under `key`, which the caller knows holds nothing before this batch (the
+    /// backend's size accounting then skips reading it).
+    pub fn put_new(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+        self.new.push(true);
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
+        self.new.push(false);
     }
 
     /// Whether nothing was added.
@@ -93,14 +104,15 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// The change in stored bytes that `batch` makes, given the size each key has before it
-/// (`size_of`: key and value length, 0 when absent). A key written twice in one batch counts
-/// once, at its final size.
+/// (`size_of`: key and value length, 0 when absent; not asked for keys put with
+/// [`WriteBatch::put_new`]). A key written twice in one batch counts once, at its final size.
 fn batch_delta(batch: &WriteBatch, size_of: &mut dyn FnMut(&[u8]) -> u64) -> i64 {
     let mut after: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
     let mut delta = 0i64;
-    for (k, v) in &batch.ops {
+    for ((k, v), new) in batch.ops.iter().zip(&batch.new) {
         let before = match after.get(k.as_slice()) {
             Some(n) => *n,
+            None if *new => 0,
             None => size_of(k),
         };
         let now = v.as_ref().map_or(0, |v| (k.len() + v.len()) as u64);

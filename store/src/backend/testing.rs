@@ -15,14 +15,10 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Backend>) {
 /// Opens the sled database at `path` with a small cache, waiting for a previous instance in
 /// this process to let go of it (sled's flusher thread may hold its file lock for a moment
 /// after the instance is dropped).
-pub fn open_sled(path: &std::path::Path) -> sled::Db {
+pub fn open_sled(path: &std::path::Path) -> super::SledDb {
     let mut attempts = 0;
     loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(1 << 20)
-            .open()
-        {
+        match super::SledDb::open(path, 1 << 20) {
             Ok(db) => return db,
             Err(_) if attempts < 100 => {
                 attempts += 1;
@@ -114,6 +110,16 @@ fn size_in_use_counts_the_pairs_stored(b: &dyn Backend) {
         5,
         "a key written twice in a batch counts once"
     );
+    let mut wb = WriteBatch::default();
+    wb.put_new(b"n", b"123");
+    wb.put(b"n", b"1");
+    b.write(wb).unwrap();
+    assert_eq!(b.get(b"n").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        b.size_in_use(),
+        7,
+        "a new key counts from nothing, then as any other"
+    );
     b.clear().unwrap();
     assert_eq!(b.size_in_use(), 0);
 }
@@ -133,11 +139,7 @@ mod tests {
         let dirs = std::sync::Mutex::new(Vec::new());
         run_all(&|| {
             let dir = tempfile::tempdir().unwrap();
-            let db = sled::Config::new()
-                .path(dir.path())
-                .cache_capacity(1 << 20)
-                .open()
-                .unwrap();
+            let db = open_sled(dir.path());
             dirs.lock().unwrap().push(dir);
             Box::new(SledBackend::open(&db, "t").unwrap())
         });

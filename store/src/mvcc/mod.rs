@@ -107,6 +107,8 @@ pub struct Mvcc {
     backend: Arc<dyn Backend>,
     index: BTreeMap<Vec<u8>, KeyHistory>,
     current_rev: i64,
+    /// Whether `current_rev` changed since the last `commit` (written once per commit).
+    rev_unsaved: bool,
     compact_rev: i64,
     leases: BTreeMap<i64, LeaseInfo>,
     members: BTreeMap<u64, MemberAttributes>,
@@ -194,6 +196,7 @@ impl Mvcc {
             backend,
             index: BTreeMap::new(),
             current_rev: 1,
+            rev_unsaved: false,
             compact_rev: 0,
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -219,6 +222,7 @@ impl Mvcc {
         self.members.clear();
         self.alarms.clear();
         self.batch = WriteBatch::default();
+        self.rev_unsaved = false;
         self.overlay.clear();
         self.events.clear();
         self.compacted.clear();
@@ -429,7 +433,8 @@ impl Mvcc {
     fn put_record(&mut self, main: i64, sub: i64, kind: u8, kv: &KeyValue) {
         let k = keys::rev_key(main, sub);
         let v = encode_record(kind, kv);
-        self.batch.put(k.to_vec(), v.clone());
+        // Revisions only grow, so no record has this key yet.
+        self.batch.put_new(k.to_vec(), v.clone());
         self.overlay.insert(k, v);
     }
 
@@ -689,6 +694,12 @@ impl Mvcc {
 
     /// Writes everything applied since the last commit to the backend, atomically.
     pub fn commit(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.rev_unsaved) {
+            self.batch.put(
+                keys::meta_key("current_rev"),
+                self.current_rev.to_be_bytes().to_vec(),
+            );
+        }
         let batch = std::mem::take(&mut self.batch);
         self.overlay.clear();
         if !batch.is_empty() {
@@ -753,8 +764,7 @@ impl Mvcc {
 
     fn set_current_rev(&mut self, rev: i64) {
         self.current_rev = rev;
-        self.batch
-            .put(keys::meta_key("current_rev"), rev.to_be_bytes().to_vec());
+        self.rev_unsaved = true;
     }
 
     fn apply_compaction(&mut self, c: &CompactionRequest) -> Result<CompactionResponse> {

@@ -4,7 +4,7 @@
 //! openraft may only be told an append is done once it is durable. sled buffers writes (and
 //! flushes in the background only every 500 ms), so `append` writes the entries and then hands
 //! the completion callback to a flusher thread. The flusher takes every callback waiting, runs
-//! one `Db::flush` (an fsync covering all of them, and any state machine writes too), then calls
+//! one [`SledDb::sync`] (an fsync covering all of them, and any state machine writes too), then calls
 //! them back: many concurrent appends share one fsync. Callbacks complete in append order since
 //! one thread handles them in channel order. `save_vote` flushes before it returns.
 
@@ -19,6 +19,7 @@ use openraft::{RaftLogReader, StorageError, Vote};
 use parking_lot::Mutex;
 
 use super::{LogId, NodeId, TypeConfig, storage_error, storage_read_error};
+use crate::backend::SledDb;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -28,7 +29,7 @@ pub type FsyncObserver = Arc<dyn Fn(f64) + Send + Sync>;
 /// The log store; clones share the same trees.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: SledDb,
     log: sled::Tree,
     meta: sled::Tree,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
@@ -51,9 +52,9 @@ impl Debug for LogStore {
 
 impl LogStore {
     /// Opens the log trees of `db` and starts the flusher thread.
-    pub fn open(db: &sled::Db, on_fsync: Option<FsyncObserver>) -> Result<LogStore, sled::Error> {
-        let log = db.open_tree("raft_log")?;
-        let meta = db.open_tree("raft_meta")?;
+    pub fn open(db: &SledDb, on_fsync: Option<FsyncObserver>) -> Result<LogStore, sled::Error> {
+        let log = db.db().open_tree("raft_log")?;
+        let meta = db.db().open_tree("raft_meta")?;
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
         std::thread::Builder::new()
@@ -63,7 +64,7 @@ impl LogStore {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let started = Instant::now();
-                    let res = flush_db.flush().map(|_| ());
+                    let res = flush_db.sync();
                     if let Some(observe) = &on_fsync {
                         observe(started.elapsed().as_secs_f64());
                     }
@@ -143,7 +144,7 @@ impl LogStore {
     }
 
     fn flush(&self) -> Result<(), StorageError<NodeId>> {
-        self.db.flush().map_err(storage_error)?;
+        self.db.sync().map_err(storage_error)?;
         Ok(())
     }
 }

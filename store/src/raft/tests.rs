@@ -15,11 +15,7 @@ struct SledStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path())
-            .cache_capacity(1 << 20)
-            .open()
-            .expect("open sled");
+        let db = crate::backend::testing::open_sled(dir.path());
         let log = LogStore::open(&db, None).expect("log store");
         let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
         let snapshots = SnapshotDir::open(&dir.path().join("snap")).expect("snapshot dir");
@@ -337,7 +333,7 @@ mod log {
         assert!(log.try_get_log_entries(0..).await.unwrap().is_empty());
 
         // The background deletion empties the tree (bounded wait).
-        let tree = db.open_tree("raft_log").unwrap();
+        let tree = db.db().open_tree("raft_log").unwrap();
         for _ in 0..200 {
             if tree.is_empty() {
                 return;

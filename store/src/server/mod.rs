@@ -434,11 +434,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
                 .into(),
         });
     }
-    let db = sled::Config::new()
-        .path(&db_path)
-        .cache_capacity(256 << 20)
-        .open()
-        .map_err(|e| ServerError::DataDir {
+    let db =
+        crate::backend::SledDb::open(&db_path, 256 << 20).map_err(|e| ServerError::DataDir {
             path: db_path.clone(),
             reason: format!(
                 "cannot open the database (corrupt, or in use by another process): {e}"
@@ -509,10 +506,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         reason: e.to_string(),
     })?;
     // Snapshots were kept in the database before they were files.
-    let legacy = db.open_tree("snapshot").map_err(|e| ServerError::DataDir {
-        path: db_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let legacy = db
+        .db()
+        .open_tree("snapshot")
+        .map_err(|e| ServerError::DataDir {
+            path: db_path.clone(),
+            reason: e.to_string(),
+        })?;
     migrate_legacy(&legacy, &snapshots).map_err(|e| ServerError::DataDir {
         path: snap_path.clone(),
         reason: e.to_string(),
@@ -648,7 +648,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     })
     .await;
     let _ = raft.shutdown().await;
-    let _ = db.flush_async().await;
+    let _ = tokio::task::spawn_blocking(move || db.sync()).await;
     Ok(())
 }
 
