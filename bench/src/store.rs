@@ -97,17 +97,23 @@ impl Keys {
     }
 }
 
-/// A table row with p99.9 besides the usual columns.
+/// A table row with p99.9 besides the usual columns, and the members' CPU time per operation
+/// when the bench started them.
 fn store_row(
     name: &str,
     n: usize,
     elapsed: Duration,
     h: &hdrhistogram::Histogram<u64>,
     errors: usize,
+    cpu: &Cpu,
 ) -> String {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let cpu = match cpu.per_op(n) {
+        Some(us) => format!("{us:.0}"),
+        None => "-".into(),
+    };
     format!(
-        "| {name} | {n} | {:.0}/s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {errors} |",
+        "| {name} | {n} | {:.0}/s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {errors} | {cpu} |",
         n as f64 / elapsed.as_secs_f64().max(1e-9),
         ms(0.5),
         ms(0.9),
@@ -117,10 +123,56 @@ fn store_row(
     )
 }
 
+/// CPU time (user and system) the members used from [`Cpu::start`] on.
+struct Cpu {
+    pids: Vec<u32>,
+    at_start: Option<u64>,
+}
+
+impl Cpu {
+    fn start(pids: &[u32]) -> Cpu {
+        Cpu {
+            pids: pids.to_vec(),
+            at_start: cpu_micros(pids),
+        }
+    }
+
+    /// Microseconds of CPU per operation since the start, over `ops` operations; `None` for
+    /// endpoints the bench did not start (or a member that went away).
+    fn per_op(&self, ops: usize) -> Option<f64> {
+        let used = cpu_micros(&self.pids)?.checked_sub(self.at_start?)?;
+        (ops > 0).then(|| used as f64 / ops as f64)
+    }
+}
+
+/// CPU time the processes `pids` have used, in microseconds, from `/proc/<pid>/stat` (user and
+/// system time are fields 14 and 15, in USER_HZ ticks: 100 per second on Linux).
+fn cpu_micros(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3.
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks * 10_000)
+}
+
 struct Members {
     _dir: tempfile::TempDir,
     children: Vec<Child>,
     endpoints: Vec<String>,
+}
+
+impl Members {
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
 }
 
 impl Drop for Members {
@@ -216,7 +268,12 @@ async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs every phase against `endpoints`; returns the table rows.
-async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Result<Vec<String>> {
+async fn load(
+    args: &StoreArgs,
+    endpoints: &[String],
+    pids: &[u32],
+    label: &str,
+) -> anyhow::Result<Vec<String>> {
     wait_ready(endpoints).await?;
     // One connection per client, spread over the members.
     let mut clients = Vec::new();
@@ -258,6 +315,7 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     };
 
     let (c, v) = (clients.clone(), value.clone());
+    let cpu = Cpu::start(pids);
     let (el, h, err, done) = run_ops_until(args.clients, args.puts, deadline(), move |i| {
         put(&mut c[i % n].clone(), keys.key(i), v.to_vec())
     })
@@ -268,9 +326,11 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         el,
         &h,
         err,
+        &cpu,
     ));
     for (serializable, what) in [(false, "linearizable"), (true, "serializable")] {
         let c = clients.clone();
+        let cpu = Cpu::start(pids);
         let (el, h, err, done) = run_ops_until(args.clients, args.ranges, deadline(), move |i| {
             get(&mut c[i % n].clone(), keys.key(i * 7919), serializable)
         })
@@ -281,12 +341,14 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
             el,
             &h,
             err,
+            &cpu,
         ));
     }
 
     // Compare-and-put: the key's version compared (as the apiserver's optimistic writes
     // compare its revision), a put in one branch and a range in the other.
     let (c, v) = (clients.clone(), value.clone());
+    let cpu = Cpu::start(pids);
     let (el, h, err, done) = run_ops_until(args.clients, args.txns, deadline(), move |i| {
         let mut kv = c[i % n].clone();
         let k = keys.key(i);
@@ -328,10 +390,12 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         el,
         &h,
         err,
+        &cpu,
     ));
 
     // Mixed: one put for every four linearizable ranges.
     let (c, v) = (clients.clone(), value.clone());
+    let cpu = Cpu::start(pids);
     let (el, h, err, done) = run_ops_until(args.clients, args.mixed, deadline(), move |i| {
         let mut kv = c[i % n].clone();
         let v = v.to_vec();
@@ -350,6 +414,7 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         el,
         &h,
         err,
+        &cpu,
     ));
 
     // Watch fan-out: W watchers on one prefix (spread over the members, 50 streams per
@@ -410,6 +475,7 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
     let c = clients.clone();
     let s = sent.clone();
     let start = Instant::now();
+    let cpu = Cpu::start(pids);
     let (_, _, perr) = run_ops(args.clients, args.watch_puts, move |i| {
         let mut kv = c[i % n].clone();
         let s = s.clone();
@@ -446,6 +512,7 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
         start.elapsed(),
         &wh,
         missing,
+        &cpu,
     ));
     Ok(rows)
 }
@@ -453,24 +520,24 @@ async fn load(args: &StoreArgs, endpoints: &[String], label: &str) -> anyhow::Re
 /// Runs `keelson-bench store`.
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let mut rows = vec![
-        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |"
+        "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | members' CPU µs/op |"
             .to_string(),
-        "|---|---|---|---|---|---|---|---|---|".to_string(),
+        "|---|---|---|---|---|---|---|---|---|---|".to_string(),
     ];
     if !args.endpoints.is_empty() {
-        rows.extend(load(&args, &args.endpoints, "given endpoints").await?);
+        rows.extend(load(&args, &args.endpoints, &[], "given endpoints").await?);
     } else {
         let keelson = match &args.keelson {
             Some(k) => k.clone(),
             None => std::env::current_exe()?.with_file_name("keelson"),
         };
         let members = start(&keelson, Some("store"), args.members)?;
-        rows.extend(load(&args, &members.endpoints, "keelson-store").await?);
+        rows.extend(load(&args, &members.endpoints, &members.pids(), "keelson-store").await?);
         drop(members);
         if args.compare_etcd {
             let etcd = start(Path::new("etcd"), None, args.members)
                 .context("--compare-etcd needs etcd (apt-get install etcd-server)")?;
-            rows.extend(load(&args, &etcd.endpoints, "etcd").await?);
+            rows.extend(load(&args, &etcd.endpoints, &etcd.pids(), "etcd").await?);
         }
     }
     println!(
