@@ -187,18 +187,10 @@ impl Kv for KvService {
             if !(all_serializable(&t.success) && all_serializable(&t.failure)) {
                 self.node.read_barrier().await?;
             }
-            let resp = self.node.shared().mvcc.write().apply(&InternalRequest {
-                request: Some(Rq::Txn(t)),
-                ..Default::default()
-            });
-            return match resp.response {
-                Some(Rs::Txn(mut r)) => {
-                    self.fill_header(&mut r.header);
-                    Ok(Response::new(r))
-                }
-                Some(Rs::Error(e)) => Err(StoreError::from_apply_code(e.code).into()),
-                _ => Err(StoreError::Internal("unexpected response to txn".into()).into()),
-            };
+            // Under the read lock: reads and applies go on meanwhile.
+            let mut r = self.node.shared().mvcc.read().read_txn(&t)?;
+            self.fill_header(&mut r.header);
+            return Ok(Response::new(r));
         }
         if has_put(&t.success) || has_put(&t.failure) {
             self.quota.check(&self.node, t.encoded_len()).await?;

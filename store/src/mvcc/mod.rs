@@ -924,6 +924,49 @@ impl Mvcc {
         })
     }
 
+    /// Answers a txn whose branches only read (ranges and nested read-only txns), as applying
+    /// it would, without taking the state for writing; `InvalidArgument` if a branch writes.
+    pub fn read_txn(&self, t: &TxnRequest) -> Result<TxnResponse> {
+        check_txn(t)?;
+        let succeeded = self.compares_hold(&t.compare)?;
+        Ok(TxnResponse {
+            header: self.header(),
+            succeeded,
+            responses: self.read_ops(if succeeded { &t.success } else { &t.failure })?,
+        })
+    }
+
+    /// [`Mvcc::execute_with_paths`] for read-only ops: nested compares are evaluated as they
+    /// come, since nothing before them writes.
+    fn read_ops(&self, ops: &[RequestOp]) -> Result<Vec<ResponseOp>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    response_op::Response::ResponseRange(self.range(r)?)
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    let ok = self.compares_hold(&t.compare)?;
+                    response_op::Response::ResponseTxn(TxnResponse {
+                        header: Some(ResponseHeader::default()),
+                        succeeded: ok,
+                        responses: self.read_ops(if ok { &t.success } else { &t.failure })?,
+                    })
+                }
+                Some(_) => {
+                    return Err(StoreError::InvalidArgument(
+                        "a read-only txn may not write".into(),
+                    ));
+                }
+                None => return Err(StoreError::InvalidArgument("empty request op".into())),
+            };
+            out.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(out)
+    }
+
     fn apply_txn_ops(&mut self, ops: &[RequestOp]) -> Result<Vec<ResponseOp>> {
         self.check_writes(ops, &[], &mut 0)?;
         self.run_ops(ops, &[])

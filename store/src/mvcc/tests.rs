@@ -683,3 +683,53 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
             .permits("alice", crate::auth::Need::Write(b"a", b""))
     );
 }
+
+#[test]
+fn read_txn_answers_as_applying_a_read_only_txn_does() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1"); // 2
+    put(&mut m, "b", "2"); // 3
+    let read = |k: &str, rev: i64| RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: k.into(),
+            revision: rev,
+            ..Default::default()
+        })),
+    };
+    let nested = |cmp_rev: i64| RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            compare: vec![cmp_mod("b", cmp_rev)],
+            success: vec![read("b", 0)],
+            failure: vec![read("a", 2)],
+        })),
+    };
+    for (outer, inner) in [(2, 3), (2, 9), (9, 3), (9, 9)] {
+        let t = TxnRequest {
+            compare: vec![cmp_mod("a", outer)],
+            success: vec![read("a", 0), nested(inner)],
+            failure: vec![nested(inner), read("b", 0)],
+        };
+        let read_only = m.read_txn(&t).unwrap();
+        let Rs::Txn(applied) = apply(&mut m, Rq::Txn(t)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(read_only, applied, "compares {outer}/{inner}");
+        assert_eq!(m.current_revision(), 3);
+    }
+    // Errors as applying gives them: a compacted revision, a write.
+    compact(&mut m, 3);
+    let t = TxnRequest {
+        success: vec![read("a", 2)],
+        ..Default::default()
+    };
+    assert!(matches!(m.read_txn(&t), Err(StoreError::Compacted)));
+    let t = TxnRequest {
+        success: vec![op_put_kv("a", "x")],
+        ..Default::default()
+    };
+    assert!(matches!(
+        m.read_txn(&t),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert_eq!(m.current_revision(), 3);
+}
