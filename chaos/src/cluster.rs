@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use keelson_etcdpb::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberRemoveRequest, RangeRequest, StatusRequest, cluster_client::ClusterClient,
+    MemberRemoveRequest, PutRequest, RangeRequest, StatusRequest, cluster_client::ClusterClient,
     kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use nix::sys::signal::{Signal, kill};
@@ -64,6 +64,9 @@ pub struct Cluster {
     /// `setpriv` is there to tie the members' lives to this process.
     pdeathsig: bool,
 }
+
+/// `--snapshot-count` of every member: small, so a member that was down catches up by snapshot.
+const SNAPSHOT_COUNT: u64 = 300;
 
 /// A channel to one endpoint that connects when first used and gives up on a call after
 /// `timeout` (none for watch streams, which last).
@@ -186,8 +189,7 @@ impl Cluster {
                 "--initial-cluster-state={}",
                 if m.existing { "existing" } else { "new" }
             ))
-            // Small, so a member that was down catches up by snapshot.
-            .arg("--snapshot-count=1000")
+            .arg(format!("--snapshot-count={SNAPSHOT_COUNT}"))
             // Members log warnings unless KEELSON_CHAOS_MEMBER_LOG asks for more.
             .env(
                 "RUST_LOG",
@@ -387,6 +389,112 @@ impl Cluster {
         ids.into_iter()
             .find(|(id, _)| *id == leader)
             .map(|(_, i)| i)
+    }
+
+    /// Log entries the leader must move past a member that stopped, so that what the member
+    /// misses is no longer in the leader's log and it has to install a snapshot. keelson-store
+    /// snapshots every `--snapshot-count` entries and keeps as many behind the snapshot; etcd
+    /// 3.4 keeps 5,000 (`SnapshotCatchUpEntries`).
+    pub fn entries_past_the_log(&self) -> u64 {
+        let kept = match self.target {
+            Target::Keelson(_) => SNAPSHOT_COUNT,
+            Target::Etcd(_) => 5000,
+        };
+        kept + 2 * SNAPSHOT_COUNT + 100
+    }
+
+    /// Member `i`'s last Raft log index (Status).
+    pub async fn raft_index(&self, i: usize) -> anyhow::Result<u64> {
+        let ch = channel(&self.members[i].client, Some(Duration::from_secs(2)))?;
+        let s = MaintenanceClient::new(ch).status(StatusRequest {}).await?;
+        Ok(s.into_inner().raft_index)
+    }
+
+    /// Writes filler keys (under `/chaos-filler/`, outside the traffic's prefix) through the
+    /// live members, 8 at a time, until member `leader`'s log has grown by `entries`, or
+    /// `limit` has passed, or 200,000 were written. Returns how many were written and how far
+    /// the log grew.
+    pub async fn fill(
+        &self,
+        leader: usize,
+        entries: u64,
+        limit: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        const MOST: usize = 200_000;
+        let start = self.raft_index(leader).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let live = self.live();
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let ch = channel(
+                &self.members[live[w % live.len()]].client,
+                Some(Duration::from_secs(2)),
+            )?;
+            let (stop, written) = (stop.clone(), written.clone());
+            writers.push(tokio::spawn(async move {
+                let mut kv = KvClient::new(ch);
+                let mut n = 0;
+                while !stop.is_cancelled() {
+                    let key = format!("/chaos-filler/{w}/{n}").into_bytes();
+                    n += 1;
+                    let put = kv.put(PutRequest {
+                        key,
+                        value: b"filler".to_vec(),
+                        ..Default::default()
+                    });
+                    if put.await.is_ok()
+                        && written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MOST
+                    {
+                        break;
+                    }
+                }
+            }));
+        }
+        let deadline = Instant::now() + limit;
+        let mut grown = 0;
+        while Instant::now() < deadline && written.load(std::sync::atomic::Ordering::Relaxed) < MOST
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(now) = self.raft_index(leader).await {
+                grown = now.saturating_sub(start);
+                if grown >= entries {
+                    break;
+                }
+            }
+        }
+        stop.cancel();
+        for w in writers {
+            let _ = w.await;
+        }
+        Ok((written.load(std::sync::atomic::Ordering::Relaxed), grown))
+    }
+
+    /// Snapshots member `i` has received, from its `etcd_network_snapshot_receive_success`
+    /// counter (summed over etcd's `From` label).
+    pub async fn snapshots_received(&self, i: usize) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.members[i]
+            .client
+            .strip_prefix("http://")
+            .context("a plain-HTTP client URL")?;
+        let fetch = async {
+            let mut conn = tokio::net::TcpStream::connect(addr).await?;
+            let request =
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            conn.write_all(request.as_bytes()).await?;
+            let mut body = String::new();
+            conn.read_to_string(&mut body).await?;
+            anyhow::Ok(body)
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .context("reading /metrics timed out")??;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("etcd_network_snapshot_receive_success"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
     }
 
     /// Waits until every live member serves a linearizable read (none live: an error).

@@ -35,11 +35,15 @@ pub enum Fault {
     /// A follower taken out of the cluster (MemberRemove), killed and its data deleted; on
     /// heal added back as a new member (MemberAdd) that catches up from the others.
     ReplaceFollower,
+    /// A follower killed while filler writes move the leader's log past it (by more than the
+    /// log keeps after a snapshot); on heal it restarts and has to install a snapshot, which
+    /// the heal waits for and reports.
+    SnapshotInstall,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -52,6 +56,7 @@ impl Fault {
         Fault::OneWayLeader,
         Fault::PacketLoss,
         Fault::ReplaceFollower,
+        Fault::SnapshotInstall,
     ];
 
     /// The fault cuts links, so the members need namespaces of their own.
@@ -80,6 +85,7 @@ impl Fault {
             Fault::OneWayLeader => "one-way-leader",
             Fault::PacketLoss => "packet-loss",
             Fault::ReplaceFollower => "replace-follower",
+            Fault::SnapshotInstall => "snapshot-install",
         }
     }
 }
@@ -95,9 +101,16 @@ pub enum Heal {
     Reconnect(Vec<usize>),
     /// Add this removed member back and start it.
     Rejoin(usize),
+    /// Restart this member, which is behind the leader's log, and wait for its snapshot.
+    RestartBehind(usize),
     /// Nothing to undo.
     Nothing,
 }
+
+/// How long `snapshot-install` writes filler before giving up on moving the log far enough.
+const FILL_LIMIT: Duration = Duration::from_secs(60);
+/// How long its heal waits for the restarted member to receive a snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(20);
 
 /// The leader, waiting up to 5 s for an election to settle.
 async fn leader(cluster: &Cluster) -> Option<usize> {
@@ -244,6 +257,34 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Heal::Rejoin(f),
             )
         }
+        Fault::SnapshotInstall => {
+            let Some(l) = leader(cluster).await else {
+                return Ok((
+                    "no leader elected within 5 s: skipped".into(),
+                    Heal::Nothing,
+                ));
+            };
+            let Some(f) = follower(cluster, Some(l)) else {
+                return Ok(("no follower: skipped".into(), Heal::Nothing));
+            };
+            cluster.kill(f);
+            let want = cluster.entries_past_the_log();
+            let (written, grown) = cluster.fill(l, want, FILL_LIMIT).await?;
+            let short = if grown < want {
+                format!(" (short of the {want} wanted: {FILL_LIMIT:?} passed)")
+            } else {
+                String::new()
+            };
+            (
+                format!(
+                    "killed {} (follower), then {written} filler writes moved {}'s log \
+                     {grown} entries past it{short}",
+                    name(cluster, f),
+                    name(cluster, l)
+                ),
+                Heal::RestartBehind(f),
+            )
+        }
         Fault::PacketLoss => {
             let net = cluster
                 .network
@@ -289,6 +330,23 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
                 }
             }
             format!("reconnected {}", names(cluster, v))
+        }
+        Heal::RestartBehind(i) => {
+            cluster.start_member(*i)?;
+            let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+            let received = loop {
+                let n = cluster.snapshots_received(*i).await.unwrap_or(0);
+                if n > 0 || tokio::time::Instant::now() >= deadline {
+                    break n;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let name = names(cluster, &[*i]);
+            if received > 0 {
+                format!("restarted {name}; it installed a snapshot ({received} received)")
+            } else {
+                format!("restarted {name}; it installed no snapshot within {SNAPSHOT_WAIT:?}")
+            }
         }
         Heal::Rejoin(i) => {
             cluster.add_member(*i).await?;

@@ -1,7 +1,8 @@
 //! `keelson chaos` end to end: a CI-sized sweep runs every fault class (kills, pauses,
 //! defragmentation, partitions and packet loss between members in network namespaces, a
-//! follower removed and added back) against keelson-store and a subset against a real etcd (the
-//! control), and every checker (linearizability, revisions, multi-key txns, watches with their
+//! follower removed and added back, a follower left behind the leader's log until it installs a
+//! snapshot) against keelson-store and a subset against a real etcd (the control), and every
+//! checker (linearizability, revisions, multi-key txns, watches with their
 //! progress notifications, leases) passes; a recorded history that is tampered with (an
 //! acknowledged write lost, a watch event dropped, a progress notification moved ahead of an
 //! event, a txn's events split) fails `keelson chaos check`.
@@ -86,6 +87,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "one-way-leader",
         "packet-loss",
         "replace-follower",
+        "snapshot-install",
     ] {
         let row = summary
             .lines()
@@ -101,6 +103,9 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         let report =
             std::fs::read_to_string(dir.path().join(format!("keelson-{fault}/report.md"))).unwrap();
         assert!(report.contains(&format!("{fault} inject")), "{report}");
+        if fault == "snapshot-install" {
+            assert!(report.contains("it installed a snapshot"), "{report}");
+        }
         // Leases were granted, kept alive and left to expire, and their checker ran. A fault
         // that stops the leader through most of a 4 s run may leave one grant answered.
         let leases: usize = report
@@ -135,12 +140,18 @@ fn the_same_checks_pass_on_etcd() {
     let summary = sweep(
         dir.path(),
         "etcd",
-        "kill-leader,pause-follower,kill-all,partition-leader",
+        "kill-leader,pause-follower,kill-all,partition-leader,snapshot-install",
         &["--progress-interval=0"],
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("etcd-snapshot-install/report.md"))
+            .unwrap()
+            .contains("it installed a snapshot"),
+        "{summary}"
     );
     assert_eq!(
         summary.matches("| Ok |").count(),
-        4,
+        5,
         "{}",
         explain(dir.path(), &summary)
     );
