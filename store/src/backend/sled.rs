@@ -1,8 +1,10 @@
 //! The durable [`Backend`]: one sled tree; and [`SledDb`], the database it and the Raft log
 //! share, with a flush that really reaches the disk.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,14 +13,21 @@ use super::{Backend, BackendError, Pair, WriteBatch};
 /// A sled database whose [`SledDb::sync`] is an fsync.
 ///
 /// # Correctness
-/// sled's own `flush` writes its buffers and waits for them with `sync_file_range`, which
-/// flushes neither the drive's write cache nor the file's size: after a power cut a write it
-/// reported durable can be gone. [`SledDb::sync`] follows it with `fdatasync` on sled's data
-/// file (fsync works on any descriptor of the file), which covers both, as etcd's WAL does.
+/// - sled's own `flush` writes its buffers and waits for them with `sync_file_range`, which
+///   flushes neither the drive's write cache nor the file's size: after a power cut a write it
+///   reported durable can be gone. [`SledDb::sync`] follows it with `fdatasync` on sled's data
+///   file (fsync works on any descriptor of the file), which covers both, as etcd's WAL does.
+/// - sled writes a value larger than about a quarter of a segment (128 KiB) to a file of its
+///   own under `blobs/`, with a plain write and no fsync ever, and keeps only a pointer in the
+///   data file. `sync` fsyncs every blob file it has not synced yet, and the directory, before
+///   and after the data file.
 #[derive(Debug, Clone)]
 pub struct SledDb {
     db: sled::Db,
     data: Arc<File>,
+    blobs: PathBuf,
+    /// Blob files synced so far (names that are gone are forgotten at the next sync).
+    synced_blobs: Arc<parking_lot::Mutex<HashSet<OsString>>>,
 }
 
 impl SledDb {
@@ -29,12 +38,18 @@ impl SledDb {
             .path(path)
             .cache_capacity(cache_capacity)
             .open()?;
-        // sled keeps all its pages in this one file (`Config::db_path`).
+        // sled keeps its pages in this one file (`Config::db_path`), but for blobs.
         let data = File::open(path.join("db"))?;
-        Ok(SledDb {
+        let db = SledDb {
             db,
             data: Arc::new(data),
-        })
+            blobs: path.join("blobs"),
+            synced_blobs: Arc::default(),
+        };
+        // The names of the files sled created.
+        File::open(path)?.sync_all()?;
+        db.sync()?;
+        Ok(db)
     }
 
     /// The database.
@@ -42,10 +57,39 @@ impl SledDb {
         &self.db
     }
 
-    /// Makes every completed write durable: sled's flush, then `fdatasync`.
+    /// Makes every completed write durable: its blobs, sled's flush, then `fdatasync`, then
+    /// any blob written meanwhile (so no pointer made durable here points at a lost file).
     pub fn sync(&self) -> Result<(), sled::Error> {
+        self.sync_blobs()?;
         self.db.flush()?;
         self.data.sync_data()?;
+        self.sync_blobs()?;
+        Ok(())
+    }
+
+    /// fsyncs the blob files not synced yet, then their directory.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let mut synced = self.synced_blobs.lock();
+        let mut present = HashSet::new();
+        let mut new = false;
+        for entry in std::fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(f) => f.sync_data()?,
+                    // sled removed it meanwhile (its page was rewritten).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            File::open(&self.blobs)?.sync_all()?;
+        }
+        *synced = present;
         Ok(())
     }
 }
@@ -190,5 +234,28 @@ mod tests {
             after >= before + (1 << 20),
             "sled's data file grew from {before} to {after} bytes for 1 MiB written"
         );
+        assert!(
+            db.synced_blobs.lock().is_empty(),
+            "4 KiB values are no blobs"
+        );
+    }
+
+    #[test]
+    fn sync_reaches_the_blobs_of_large_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SledDb::open(dir.path(), 1 << 20).unwrap();
+        let tree = db.db().open_tree("t").unwrap();
+        tree.insert(b"big", vec![7u8; 1 << 20]).unwrap();
+        db.sync().unwrap();
+        let files: HashSet<OsString> = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(!files.is_empty(), "a 1 MiB value goes to a blob file");
+        assert_eq!(*db.synced_blobs.lock(), files);
+        drop((tree, db));
+        let db = crate::backend::testing::open_sled(dir.path());
+        let tree = db.db().open_tree("t").unwrap();
+        assert_eq!(tree.get(b"big").unwrap().unwrap().len(), 1 << 20);
     }
 }

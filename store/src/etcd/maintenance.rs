@@ -150,13 +150,12 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         authorize(&self.node, &req, &[Need::Admin])?;
         // sled reclaims space itself (log-structured segments are rewritten in the background);
-        // a flush makes the reported size current.
-        self.node
-            .shared()
-            .mvcc
-            .read()
-            .backend()
-            .flush()
+        // a flush makes the reported size current. An fsync: off the runtime's threads and
+        // outside the state's lock.
+        let backend = self.node.shared().mvcc.read().backend().clone();
+        tokio::task::spawn_blocking(move || backend.flush())
+            .await
+            .map_err(|e| StoreError::Internal(format!("defragment: {e}")))?
             .map_err(StoreError::from)?;
         Ok(Response::new(DefragmentResponse {
             header: self.node.current_header(),

@@ -915,7 +915,7 @@ impl Mvcc {
         let ops = if succeeded { &t.success } else { &t.failure };
         let mut paths = Vec::new();
         self.choose_paths(ops, &mut paths)?;
-        self.check_writes(ops, &paths, &mut 0)?;
+        self.check_ops(ops, &paths, &mut 0)?;
         let responses = self.run_ops(ops, &paths)?;
         Ok(TxnResponse {
             header: self.header(),
@@ -968,7 +968,7 @@ impl Mvcc {
     }
 
     fn apply_txn_ops(&mut self, ops: &[RequestOp]) -> Result<Vec<ResponseOp>> {
-        self.check_writes(ops, &[], &mut 0)?;
+        self.check_ops(ops, &[], &mut 0)?;
         self.run_ops(ops, &[])
     }
 
@@ -984,9 +984,15 @@ impl Mvcc {
         Ok(())
     }
 
-    fn check_writes(&self, ops: &[RequestOp], paths: &[bool], path_idx: &mut usize) -> Result<()> {
+    /// Everything that could fail in the ops about to run, checked before any of them writes
+    /// (as etcd's `checkRequests`): an op failing halfway would leave the txn half applied.
+    /// Ranges are checked against the revision before the txn, as etcd does.
+    fn check_ops(&self, ops: &[RequestOp], paths: &[bool], path_idx: &mut usize) -> Result<()> {
         for op in ops {
             match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    self.check_rev(r.revision)?;
+                }
                 Some(request_op::Request::RequestPut(p)) => {
                     if p.lease != 0 && !self.leases.contains_key(&p.lease) {
                         return Err(StoreError::LeaseNotFound);
@@ -1003,9 +1009,10 @@ impl Mvcc {
                 Some(request_op::Request::RequestTxn(t)) => {
                     let ok = paths.get(*path_idx).copied().unwrap_or(false);
                     *path_idx += 1;
-                    self.check_writes(if ok { &t.success } else { &t.failure }, paths, path_idx)?;
+                    self.check_ops(if ok { &t.success } else { &t.failure }, paths, path_idx)?;
                 }
-                _ => {}
+                Some(request_op::Request::RequestDeleteRange(_)) => {}
+                None => return Err(StoreError::InvalidArgument("empty request op".into())),
             }
         }
         Ok(())

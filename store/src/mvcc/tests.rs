@@ -733,3 +733,35 @@ fn read_txn_answers_as_applying_a_read_only_txn_does() {
     ));
     assert_eq!(m.current_revision(), 3);
 }
+
+#[test]
+fn a_txn_whose_range_fails_writes_nothing() {
+    let mut m = mvcc();
+    put(&mut m, "a", "1"); // 2
+    m.take_events();
+    let range = |rev: i64| RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: "a".into(),
+            revision: rev,
+            ..Default::default()
+        })),
+    };
+    // A put, then a range at a future revision (even the txn's own): etcd refuses the whole
+    // txn before writing anything.
+    for rev in [3, 99] {
+        let err = apply(
+            &mut m,
+            txn(vec![], vec![op_put_kv("b", "x"), range(rev)], vec![]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::FutureRev), "{err:?}");
+        assert_eq!(m.current_revision(), 2);
+        assert_eq!(get(&m, "b", 0).unwrap(), None);
+    }
+    let events = m.take_events();
+    assert!(events.is_none(), "no watch event for a refused txn");
+    // The next write takes revision 3, and its record is its own.
+    assert_eq!(put(&mut m, "c", "3"), 3);
+    assert_eq!(get(&m, "c", 0).unwrap().unwrap().value, b"3");
+    assert_eq!(get(&m, "a", 0).unwrap().unwrap().value, b"1");
+}
