@@ -425,6 +425,9 @@ impl Cluster {
         let stop = tokio_util::sync::CancellationToken::new();
         let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let live = self.live();
+        if live.is_empty() {
+            bail!("no live member to write through");
+        }
         let mut writers = Vec::new();
         for w in 0..8 {
             let ch = channel(
@@ -443,8 +446,10 @@ impl Cluster {
                         value: b"filler".to_vec(),
                         ..Default::default()
                     });
-                    if put.await.is_ok()
-                        && written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MOST
+                    if put.await.is_err() {
+                        // No member answers for now (an election): no busy loop.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    } else if written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= MOST
                     {
                         break;
                     }
@@ -480,13 +485,13 @@ impl Cluster {
             .context("a plain-HTTP client URL")?;
         let fetch = async {
             let mut conn = tokio::net::TcpStream::connect(addr).await?;
-            let request =
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
             conn.write_all(request.as_bytes()).await?;
             let mut body = String::new();
             conn.read_to_string(&mut body).await?;
             anyhow::Ok(body)
         };
+        // HTTP/1.0: the answer is the body as it is (never chunked), then the connection ends.
         let body = tokio::time::timeout(Duration::from_secs(5), fetch)
             .await
             .context("reading /metrics timed out")??;

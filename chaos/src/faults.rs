@@ -343,9 +343,12 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
             };
             let name = names(cluster, &[*i]);
             if received > 0 {
-                format!("restarted {name}; it installed a snapshot ({received} received)")
+                format!(
+                    "restarted {name}; it received a snapshot \
+                     (etcd_network_snapshot_receive_success {received})"
+                )
             } else {
-                format!("restarted {name}; it installed no snapshot within {SNAPSHOT_WAIT:?}")
+                format!("restarted {name}; it received no snapshot within {SNAPSHOT_WAIT:?}")
             }
         }
         Heal::Rejoin(i) => {

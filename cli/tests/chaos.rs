@@ -104,7 +104,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
             std::fs::read_to_string(dir.path().join(format!("keelson-{fault}/report.md"))).unwrap();
         assert!(report.contains(&format!("{fault} inject")), "{report}");
         if fault == "snapshot-install" {
-            assert!(report.contains("it installed a snapshot"), "{report}");
+            assert!(report.contains("it received a snapshot"), "{report}");
         }
         // Leases were granted, kept alive and left to expire, and their checker ran. A fault
         // that stops the leader through most of a 4 s run may leave one grant answered.
@@ -146,7 +146,7 @@ fn the_same_checks_pass_on_etcd() {
     assert!(
         std::fs::read_to_string(dir.path().join("etcd-snapshot-install/report.md"))
             .unwrap()
-            .contains("it installed a snapshot"),
+            .contains("it received a snapshot"),
         "{summary}"
     );
     assert_eq!(
