@@ -123,6 +123,17 @@ async fn leader(cluster: &Cluster) -> Option<usize> {
     None
 }
 
+/// The leader and a follower, or why the fault is skipped.
+async fn leader_and_follower(cluster: &Cluster) -> Result<(usize, usize), String> {
+    let Some(l) = leader(cluster).await else {
+        return Err("no leader elected within 5 s: skipped".into());
+    };
+    match cluster.live().into_iter().find(|&i| i != l) {
+        Some(f) => Ok((l, f)),
+        None => Err("no follower: skipped".into()),
+    }
+}
+
 /// Injects `fault`; returns what was done and how to heal it.
 pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(String, Heal)> {
     let name = |c: &Cluster, i: usize| c.members[i].name.clone();
@@ -239,14 +250,9 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             )
         }
         Fault::ReplaceFollower => {
-            let Some(l) = leader(cluster).await else {
-                return Ok((
-                    "no leader elected within 5 s: skipped".into(),
-                    Heal::Nothing,
-                ));
-            };
-            let Some(f) = follower(cluster, Some(l)) else {
-                return Ok(("no follower: skipped".into(), Heal::Nothing));
+            let (_, f) = match leader_and_follower(cluster).await {
+                Ok(pair) => pair,
+                Err(skipped) => return Ok((skipped, Heal::Nothing)),
             };
             cluster.remove_member(f).await?;
             (
@@ -258,14 +264,9 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             )
         }
         Fault::SnapshotInstall => {
-            let Some(l) = leader(cluster).await else {
-                return Ok((
-                    "no leader elected within 5 s: skipped".into(),
-                    Heal::Nothing,
-                ));
-            };
-            let Some(f) = follower(cluster, Some(l)) else {
-                return Ok(("no follower: skipped".into(), Heal::Nothing));
+            let (l, f) = match leader_and_follower(cluster).await {
+                Ok(pair) => pair,
+                Err(skipped) => return Ok((skipped, Heal::Nothing)),
             };
             cluster.kill(f);
             let want = cluster.entries_past_the_log();
