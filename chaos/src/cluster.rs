@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use keelson_etcdpb::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberRemoveRequest, PutRequest, RangeRequest, StatusRequest, cluster_client::ClusterClient,
-    kv_client::KvClient, maintenance_client::MaintenanceClient,
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest,
+    RangeRequest, StatusRequest, cluster_client::ClusterClient, kv_client::KvClient,
+    maintenance_client::MaintenanceClient,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -251,15 +251,9 @@ impl Cluster {
     /// kills it and deletes its data: it can only come back as a new member.
     pub async fn remove_member(&mut self, i: usize) -> anyhow::Result<()> {
         let via = self.cluster_client(i)?;
-        let list = via
-            .clone()
-            .member_list(MemberListRequest::default())
-            .await?;
-        let id = list
-            .into_inner()
-            .members
-            .iter()
-            .find(|m| m.peer_ur_ls.contains(&self.members[i].peer))
+        let id = self
+            .listed(&via, i)
+            .await?
             .map(|m| m.id)
             .with_context(|| format!("{} is not in the member list", self.members[i].name))?;
         retry_cluster_call(|| {
@@ -318,18 +312,10 @@ impl Cluster {
         self.start_member(i)?;
         // A retried MemberAdd whose first try went half through (keelson adds a learner, then
         // makes it a voter) may leave a learner: promote it once it has caught up.
-        let peer = self.members[i].peer.clone();
-        let learner = |list: &MemberListResponse| {
-            list.members
-                .iter()
-                .find(|m| m.peer_ur_ls.contains(&peer))
-                .map(|m| (m.id, m.is_learner))
-        };
-        let list = via
-            .clone()
-            .member_list(MemberListRequest::default())
-            .await?;
-        if let Some((id, true)) = learner(list.get_ref()) {
+        if let Some(m) = self.listed(&via, i).await?
+            && m.is_learner
+        {
+            let id = m.id;
             retry_cluster_call(|| {
                 let mut c = via.clone();
                 async move { c.member_promote(MemberPromoteRequest { id }).await }
@@ -338,6 +324,23 @@ impl Cluster {
             .with_context(|| format!("promoting {}", self.members[i].name))?;
         }
         Ok(())
+    }
+
+    /// Member `i`'s entry in the member list (found by its peer URL), asked through `via`.
+    async fn listed(
+        &self,
+        via: &ClusterClient<Channel>,
+        i: usize,
+    ) -> anyhow::Result<Option<keelson_etcdpb::etcdserverpb::Member>> {
+        let list = via
+            .clone()
+            .member_list(MemberListRequest::default())
+            .await?;
+        Ok(list
+            .into_inner()
+            .members
+            .into_iter()
+            .find(|m| m.peer_ur_ls.contains(&self.members[i].peer)))
     }
 
     /// A Cluster API client on a live member other than `i`.

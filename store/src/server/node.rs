@@ -268,13 +268,16 @@ impl Node {
         let leads = self.leader() == Some(self.inner.id);
         let mut requests = Vec::new();
         let mut replies = Vec::with_capacity(pending.len());
+        // Per reply: whether another member forwarded its requests.
+        let mut forwarded = Vec::with_capacity(pending.len());
         for p in pending {
             if !leads && p.forwarded {
                 // Never appended here: the sender may try the leader.
                 let _ = p.reply.send(Err(StoreError::NotLeader));
                 continue;
             }
-            replies.push((p.reply, p.requests.len(), p.forwarded));
+            replies.push((p.reply, p.requests.len()));
+            forwarded.push(p.forwarded);
             requests.extend(p.requests);
         }
         if replies.is_empty() {
@@ -283,17 +286,14 @@ impl Node {
         let mut batch = Batch { requests };
         if leads {
             match self.try_append(batch).await {
-                Ok(result) => {
-                    let replies = replies.into_iter().map(|(r, n, _)| (r, n)).collect();
-                    return reply_all(replies, result);
-                }
+                Ok(result) => return reply_all(replies, result),
                 // Leadership moved before anything was appended: forwarded requests go back,
                 // this member's own go to the new leader.
                 Err(unsent) => {
                     let mut unsent = unsent.requests.into_iter();
                     let mut own = Vec::new();
                     let mut own_replies = Vec::new();
-                    for (reply, n, forwarded) in replies {
+                    for ((reply, n), forwarded) in replies.into_iter().zip(forwarded) {
                         let mine = unsent.by_ref().take(n);
                         if forwarded {
                             let _ = reply.send(Err(StoreError::NotLeader));
@@ -306,18 +306,12 @@ impl Node {
                         return;
                     }
                     batch = Batch { requests: own };
-                    replies = own_replies
-                        .into_iter()
-                        .map(|(r, n)| (r, n, false))
-                        .collect();
+                    replies = own_replies;
                 }
             }
         }
         let result = self.write(batch).await;
-        reply_all(
-            replies.into_iter().map(|(r, n, _)| (r, n)).collect(),
-            result,
-        );
+        reply_all(replies, result);
     }
 
     /// Appends `batch` on this member, once; hands it back (`Err`) if this member turns out
