@@ -9,11 +9,13 @@
 //! - [`server`]: one member: flags ([`server::Config`]), bootstrap, the write proposer (batching),
 //!   linearizable reads, the lessor, and the etcd gRPC services in [`etcd`].
 //! - [`error`]: [`StoreError`] and its single mapping to etcd's gRPC codes and messages.
+//! - [`failpoint`]: named points where tests make a member crash (the `failpoints` feature).
 
 pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod etcd;
+pub mod failpoint;
 pub mod mvcc;
 pub mod raft;
 pub mod server;

@@ -20,11 +20,15 @@ use parking_lot::Mutex;
 
 use super::{LogId, NodeId, TypeConfig, storage_error, storage_read_error};
 use crate::backend::SledDb;
+use crate::failpoint::failpoint;
 
 type Entry = openraft::Entry<TypeConfig>;
 
 /// Observes fsync durations (for `etcd_disk_wal_fsync_duration_seconds`).
 pub type FsyncObserver = Arc<dyn Fn(f64) + Send + Sync>;
+
+/// Whether the durable snapshot covers a log index.
+pub type SnapshotCovers = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 /// The log store; clones share the same trees.
 #[derive(Clone)]
@@ -33,9 +37,16 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
-    /// Index of the last purged entry: entries up to it are gone for readers at once, and
-    /// deleted from the tree in the background ([`LogStore::purge`]).
+    /// Index of the last purged entry: entries up to it are gone for readers at once.
     purged: Arc<Mutex<Option<u64>>>,
+    /// Index of the last purged entry on disk: entries up to it are deleted from the tree in
+    /// the background ([`LogStore::purge`]).
+    durable_purged: Arc<Mutex<Option<u64>>>,
+    /// A purge waiting for the snapshot that covers it to be durable (see
+    /// [`LogStore::with_snapshot_check`]).
+    deferred: Arc<Mutex<Option<LogId>>>,
+    /// Whether the durable snapshot covers an index (none: purges are never deferred).
+    covers: Option<SnapshotCovers>,
     /// Whether a background deletion of purged entries runs.
     deleting: Arc<AtomicBool>,
 }
@@ -68,6 +79,7 @@ impl LogStore {
                     if let Some(observe) = &on_fsync {
                         observe(started.elapsed().as_secs_f64());
                     }
+                    failpoint!("raftAfterSave");
                     for cb in waiting {
                         let r = match &res {
                             Ok(()) => Ok(()),
@@ -84,15 +96,83 @@ impl LogStore {
             meta,
             flusher: tx,
             purged: Arc::default(),
+            durable_purged: Arc::default(),
+            deferred: Arc::default(),
+            covers: None,
             deleting: Arc::default(),
         };
         let last_purged: Option<LogId> = store
             .meta_get("last_purged")
             .map_err(|e| sled::Error::Unsupported(e.to_string()))?;
         *store.purged.lock() = last_purged.map(|l| l.index);
+        *store.durable_purged.lock() = last_purged.map(|l| l.index);
         // Entries a purge had not deleted yet when the process stopped.
         store.spawn_delete_purged();
         Ok(store)
+    }
+
+    /// Makes purges wait until the durable snapshot covers them (`covers`).
+    ///
+    /// openraft purges the log a received snapshot covers as soon as it hands the snapshot to
+    /// the state machine, before it is installed. Written at once, that purge outlives a crash
+    /// that cuts the install short, and the member cannot start again: its log is purged
+    /// beyond its snapshot, which openraft refuses. So a purge the durable snapshot does not
+    /// cover yet is written (and its entries deleted) only once it does; readers skip the
+    /// entries at once.
+    pub fn with_snapshot_check(mut self, covers: SnapshotCovers) -> LogStore {
+        self.covers = Some(covers);
+        self
+    }
+
+    /// Writes the purge up to `log_id` (unless one as far is written), then deletes the
+    /// entries in the background.
+    fn write_purge(&self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        // Held while writing: purges are written in order, never going back.
+        let mut deferred = self.deferred.lock();
+        if self
+            .durable_purged
+            .lock()
+            .is_some_and(|p| p >= log_id.index)
+        {
+            return Ok(());
+        }
+        self.meta_put("last_purged", &log_id)?;
+        self.flush()?;
+        *self.durable_purged.lock() = Some(log_id.index);
+        if deferred.is_some_and(|d| d.index <= log_id.index) {
+            *deferred = None;
+        }
+        drop(deferred);
+        self.spawn_delete_purged();
+        Ok(())
+    }
+
+    /// Waits, on a thread of its own, for the snapshot that covers the deferred purge (the
+    /// newest one) and writes it then.
+    fn spawn_write_deferred(&self, covers: SnapshotCovers) {
+        let store = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-purge-wait".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    let Some(id) = *store.deferred.lock() else {
+                        return;
+                    };
+                    if covers(id.index) {
+                        if let Err(e) = store.write_purge(id) {
+                            tracing::error!(error = %e, "writing a deferred log purge failed");
+                            return;
+                        }
+                        if store.deferred.lock().is_none() {
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the deferred log purge");
+        }
     }
 
     /// Deletes the purged entries still in the tree, a chunk at a time, on a thread of its own
@@ -101,8 +181,11 @@ impl LogStore {
         if self.deleting.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (log, purged, deleting) =
-            (self.log.clone(), self.purged.clone(), self.deleting.clone());
+        let (log, purged, deleting) = (
+            self.log.clone(),
+            self.durable_purged.clone(),
+            self.deleting.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("raft-log-purge".into())
             .spawn(move || {
@@ -283,6 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        failpoint!("raftBeforeSave");
         let mut batch = sled::Batch::default();
         for e in entries {
             let bytes = super::to_bincode(&e).map_err(storage_error)?;
@@ -309,10 +393,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // This runs on raft's core task: only the record is written here. Deleting a
         // snapshot interval of entries at once (100,000 by default) blocked heartbeats for
         // seconds; a background thread deletes them in chunks.
-        self.meta_put("last_purged", &log_id)?;
-        self.flush()?;
-        *self.purged.lock() = Some(log_id.index);
-        self.spawn_delete_purged();
-        Ok(())
+        {
+            let mut purged = self.purged.lock();
+            *purged = (*purged).max(Some(log_id.index));
+        }
+        if let Some(covers) = &self.covers
+            && !covers(log_id.index)
+        {
+            let mut deferred = self.deferred.lock();
+            let waiting = deferred.is_some();
+            if deferred.is_none_or(|d| d.index < log_id.index) {
+                *deferred = Some(log_id);
+            }
+            drop(deferred);
+            if !waiting {
+                self.spawn_write_deferred(covers.clone());
+            }
+            return Ok(());
+        }
+        self.write_purge(log_id)
     }
 }

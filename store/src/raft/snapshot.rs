@@ -404,6 +404,7 @@ pub fn dump<W: Write + Seek>(shared: &Arc<Shared>, out: &mut W) -> Result<Dumped
     if let Some(e) = failed {
         return Err(write_error(e).into());
     }
+    crate::failpoint::failpoint!("raftDuringSaveSnap");
     for (k, v) in &after {
         put(out, k, v).map_err(write_error)?;
     }
@@ -604,6 +605,7 @@ pub fn install(
         Ok(())
     })?;
     backend.write(batch)?;
+    crate::failpoint::failpoint!("raftDuringApplySnap");
     mvcc.reload()?;
     mvcc.put_meta(
         "raft_applied",

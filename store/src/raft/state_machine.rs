@@ -17,6 +17,7 @@ use super::pb::BatchResponse;
 use super::snapshot::{self, DumpError, SnapshotDir, SnapshotFile};
 use super::{LogId, Member, NodeId, Pb, StoredMembership, TypeConfig, storage_error};
 use crate::backend::{Backend, WriteBatch};
+use crate::failpoint::failpoint;
 use crate::mvcc::{EventBatch, Mvcc};
 
 /// State shared between the state machine (writer) and the gRPC services (readers).
@@ -172,6 +173,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // only while the dump pins the state.
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
+            failpoint!("raftBeforeSaveSnap");
             let (path, dumped) = match snapshot::dump_to_file(&shared, &shared.snapshots) {
                 Ok(d) => d,
                 // The installed snapshot is newer than this one would have been.
@@ -193,6 +195,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 .snapshots
                 .replace(&meta, &path, true)
                 .map_err(storage_error)?;
+            failpoint!("raftAfterSaveSnap");
             Ok(())
         })
         .await
@@ -224,6 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        failpoint!("raftBeforeApply");
         let mut out = Vec::new();
         let events = {
             let mut mvcc = self.shared.mvcc.write();
@@ -258,6 +262,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 bincode::serialize(&membership).map_err(storage_error)?,
             );
             mvcc.commit().map_err(storage_error)?;
+            failpoint!("raftAfterApply");
             *self.shared.applied.write() = (applied, membership);
             mvcc.take_events()
         };
@@ -293,10 +298,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         // Reading and writing the whole state: on a thread of its own (see build_snapshot).
         let revision = tokio::task::spawn_blocking(move || {
+            failpoint!("raftBeforeApplySnap");
             let installed = snapshot::install_file(&shared, &path, &meta);
             if installed.is_err() {
                 let _ = std::fs::remove_file(&path);
             }
+            failpoint!("raftAfterApplySnap");
             installed
         })
         .await

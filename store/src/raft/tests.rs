@@ -342,6 +342,45 @@ mod log {
         }
         panic!("{} purged entries still on disk after 10 s", tree.len());
     }
+
+    #[tokio::test]
+    async fn a_purge_the_durable_snapshot_does_not_cover_is_written_only_once_it_does() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::backend::testing::open_sled(dir.path());
+        let snapshot = std::sync::Arc::new(AtomicU64::new(100));
+        let covered = snapshot.clone();
+        let mut log = LogStore::open(&db, None)
+            .unwrap()
+            .with_snapshot_check(std::sync::Arc::new(move |i| {
+                covered.load(Ordering::SeqCst) >= i
+            }));
+        log.blocking_append((1..=300).map(entry)).await.unwrap();
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        // Covered: written at once.
+        log.purge(id(100)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(100)));
+        // A received snapshot at 250, not installed yet: readers skip the entries, but the
+        // log on disk (what a restart finds) keeps them and the old purge.
+        log.purge(id(250)).await.unwrap();
+        let read = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(read.first().map(|e| e.log_id.index), Some(251));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(100)));
+        let tree = db.db().open_tree("raft_log").unwrap();
+        assert!(tree.get(250u64.to_be_bytes()).unwrap().is_some());
+        // Installed: the purge is written (bounded wait).
+        snapshot.store(250, Ordering::SeqCst);
+        for _ in 0..200 {
+            if log.get_log_state().await.unwrap().last_purged_log_id == Some(id(250)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the deferred purge was not written within 10 s of the snapshot");
+    }
 }
 
 #[test]

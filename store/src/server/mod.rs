@@ -399,6 +399,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         ));
     }
     let retention = auto_compaction(&config)?;
+    crate::failpoint::from_env(shutdown.clone())
+        .await
+        .map_err(ServerError::Config)?;
 
     // Bind first, so a port clash fails fast and peers can reach us as soon as Raft starts.
     let mut client_listeners = Vec::new();
@@ -528,6 +531,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         path: snap_path.clone(),
         reason: format!("cannot finish the snapshot install cut short: {e}"),
     })?;
+    let log = log.with_snapshot_check({
+        let shared = shared.clone();
+        Arc::new(move |index| {
+            shared
+                .snapshots
+                .current()
+                .and_then(|m| m.last_log_id)
+                .is_some_and(|l| l.index >= index)
+        })
+    });
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
