@@ -43,6 +43,10 @@ pub struct Member {
     /// Client URL.
     pub client: String,
     peer: String,
+    /// Where its failpoints are armed (`GOFAIL_HTTP`, host:port), if the run uses them.
+    failpoints: Option<String>,
+    /// `GOFAIL_FAILPOINTS` for its next start only.
+    arm_at_start: Option<String>,
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -63,10 +67,46 @@ pub struct Cluster {
     pub network: Option<Network>,
     /// `setpriv` is there to tie the members' lives to this process.
     pdeathsig: bool,
+    /// The failpoints the `failpoint` fault takes in turn (see [`crate::faults::FAILPOINTS`]).
+    pub failpoints: Vec<String>,
+    /// How many times the `failpoint` fault has taken one.
+    pub failpoints_taken: usize,
 }
 
 /// `--snapshot-count` of every member: small, so a member that was down catches up by snapshot.
 const SNAPSHOT_COUNT: u64 = 300;
+
+/// Sends one HTTP/1.0 request to `addr` (host:port) and returns the status code and the body.
+/// HTTP/1.0: the answer's body comes as it is (never chunked), then the connection ends.
+async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("{method} http://{addr}{path} timed out"))??;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} http://{addr}{path}: no HTTP status in the answer"))?;
+    Ok((status, body.to_string()))
+}
 
 /// A channel to one endpoint that connects when first used and gives up on a call after
 /// `timeout` (none for watch streams, which last).
@@ -80,8 +120,15 @@ pub fn channel(url: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> 
 
 impl Cluster {
     /// Starts `n` members with their data and logs under `dir`; with `network`, each in a
-    /// network namespace of its own (see [`Network`]), else all on 127.0.0.1.
-    pub fn start(target: Target, n: usize, dir: &Path, network: bool) -> anyhow::Result<Cluster> {
+    /// network namespace of its own (see [`Network`]), else all on 127.0.0.1; with
+    /// `failpoints`, each serving its failpoints (`GOFAIL_HTTP`).
+    pub fn start(
+        target: Target,
+        n: usize,
+        dir: &Path,
+        network: bool,
+        failpoints: bool,
+    ) -> anyhow::Result<Cluster> {
         if n == 0 {
             bail!("a cluster needs at least one member");
         }
@@ -102,10 +149,17 @@ impl Cluster {
                     format!("127.0.0.1:{}", port()?),
                 ),
             };
+            let failpoints = match (&network, failpoints) {
+                (_, false) => None,
+                (Some(net), true) => Some(format!("{}:22381", net.ip(i))),
+                (None, true) => Some(format!("127.0.0.1:{}", port()?)),
+            };
             members.push(Member {
                 name: format!("m{i}"),
                 client: format!("http://{client}"),
                 peer: format!("http://{peer}"),
+                failpoints,
+                arm_at_start: None,
                 dir: dir.join(format!("m{i}")),
                 log: dir.join(format!("m{i}.log")),
                 child: None,
@@ -131,6 +185,8 @@ impl Cluster {
             members,
             network,
             pdeathsig,
+            failpoints: Vec::new(),
+            failpoints_taken: 0,
         };
         for i in 0..n {
             c.start_member(i)?;
@@ -172,6 +228,15 @@ impl Cluster {
         argv.extend(subcommand.map(Into::into));
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
+        // Failpoints (in builds that have them: gofail's variables, which etcd reads too).
+        match &m.failpoints {
+            Some(addr) => cmd.env("GOFAIL_HTTP", addr),
+            None => cmd.env_remove("GOFAIL_HTTP"),
+        };
+        match m.arm_at_start.take() {
+            Some(spec) => cmd.env("GOFAIL_FAILPOINTS", spec),
+            None => cmd.env_remove("GOFAIL_FAILPOINTS"),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -203,6 +268,41 @@ impl Cluster {
         m.child = Some(child);
         m.paused = false;
         Ok(())
+    }
+
+    /// Starts member `i` with failpoints armed from the start (`GOFAIL_FAILPOINTS`, `spec`
+    /// as `name=term;...`); a later start has none.
+    pub fn start_member_armed(&mut self, i: usize, spec: &str) -> anyhow::Result<()> {
+        self.members[i].arm_at_start = Some(spec.to_string());
+        let started = self.start_member(i);
+        self.members[i].arm_at_start = None;
+        started
+    }
+
+    /// How member `i`'s process ended, if it has (it then counts as down, to be restarted).
+    pub fn exited(&mut self, i: usize) -> Option<String> {
+        let m = &mut self.members[i];
+        let status = m.child.as_mut()?.try_wait().ok()??;
+        m.child = None;
+        m.paused = false;
+        Some(status.to_string())
+    }
+
+    /// Sends `method path` with `body` to member `i`'s failpoint server (`GOFAIL_HTTP`);
+    /// returns the status code and the body.
+    pub async fn failpoint_request(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let m = &self.members[i];
+        let addr = m
+            .failpoints
+            .as_deref()
+            .with_context(|| format!("{} serves no failpoints in this run", m.name))?;
+        http_request(addr, method, path, body).await
     }
 
     /// kill -9 of member `i`.
@@ -414,17 +514,19 @@ impl Cluster {
     }
 
     /// Writes filler keys (under `/chaos-filler/`, outside the traffic's prefix) through the
-    /// live members, 8 at a time, until member `leader`'s log has grown by `entries`, or
-    /// `limit` has passed, or 200,000 were written. Returns how many were written and how far
-    /// the log grew.
+    /// live members, 8 at a time, until member `measured`'s log has grown by `entries`, or
+    /// member `until_exit` (if given) has exited, or `limit` has passed, or 200,000 were
+    /// written. Returns how many were written, how far the log grew and how `until_exit`
+    /// ended (if it did).
     pub async fn fill(
-        &self,
-        leader: usize,
+        &mut self,
+        measured: usize,
         entries: u64,
         limit: Duration,
-    ) -> anyhow::Result<(usize, u64)> {
+        until_exit: Option<usize>,
+    ) -> anyhow::Result<(usize, u64, Option<String>)> {
         const MOST: usize = 200_000;
-        let start = self.raft_index(leader).await?;
+        let start = self.raft_index(measured).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let live = self.live();
@@ -461,10 +563,17 @@ impl Cluster {
         }
         let deadline = Instant::now() + limit;
         let mut grown = 0;
+        let mut exit = None;
         while Instant::now() < deadline && written.load(std::sync::atomic::Ordering::Relaxed) < MOST
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Ok(now) = self.raft_index(leader).await {
+            if let Some(v) = until_exit {
+                exit = self.exited(v);
+                if exit.is_some() {
+                    break;
+                }
+            }
+            if let Ok(now) = self.raft_index(measured).await {
                 grown = now.saturating_sub(start);
                 if grown >= entries {
                     break;
@@ -475,29 +584,21 @@ impl Cluster {
         for w in writers {
             let _ = w.await;
         }
-        Ok((written.load(std::sync::atomic::Ordering::Relaxed), grown))
+        Ok((
+            written.load(std::sync::atomic::Ordering::Relaxed),
+            grown,
+            exit,
+        ))
     }
 
     /// Snapshots member `i` has received, from its `etcd_network_snapshot_receive_success`
     /// counter (summed over etcd's `From` label).
     pub async fn snapshots_received(&self, i: usize) -> anyhow::Result<u64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.members[i]
             .client
             .strip_prefix("http://")
             .context("a plain-HTTP client URL")?;
-        let fetch = async {
-            let mut conn = tokio::net::TcpStream::connect(addr).await?;
-            let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-            conn.write_all(request.as_bytes()).await?;
-            let mut body = String::new();
-            conn.read_to_string(&mut body).await?;
-            anyhow::Ok(body)
-        };
-        // HTTP/1.0: the answer is the body as it is (never chunked), then the connection ends.
-        let body = tokio::time::timeout(Duration::from_secs(5), fetch)
-            .await
-            .context("reading /metrics timed out")??;
+        let (_, body) = http_request(addr, "GET", "/metrics", "").await?;
         Ok(body
             .lines()
             .filter(|l| l.starts_with("etcd_network_snapshot_receive_success"))

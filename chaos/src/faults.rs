@@ -39,11 +39,16 @@ pub enum Fault {
     /// log keeps after a snapshot); on heal it restarts and has to install a snapshot, which
     /// the heal waits for and reports.
     SnapshotInstall,
+    /// A member crashes at a failpoint inside the store (`GOFAIL_HTTP`; keelson built with the
+    /// `failpoints` feature, or an etcd built with gofail): the points of `--failpoints` in
+    /// turn, each armed with `panic` and reached by filler writes (or, for the snapshot
+    /// install points, a snapshot sent to a follower that was down). Restarted on heal.
+    Failpoint,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -57,6 +62,7 @@ impl Fault {
         Fault::PacketLoss,
         Fault::ReplaceFollower,
         Fault::SnapshotInstall,
+        Fault::Failpoint,
     ];
 
     /// The fault cuts links, so the members need namespaces of their own.
@@ -86,6 +92,7 @@ impl Fault {
             Fault::PacketLoss => "packet-loss",
             Fault::ReplaceFollower => "replace-follower",
             Fault::SnapshotInstall => "snapshot-install",
+            Fault::Failpoint => "failpoint",
         }
     }
 }
@@ -106,6 +113,37 @@ pub enum Heal {
     /// Nothing to undo.
     Nothing,
 }
+
+/// What makes a failpoint's code run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// Any write: every member appends and applies it.
+    Writes,
+    /// A snapshot build: every member builds one each `--snapshot-count` entries.
+    SnapshotBuild,
+    /// A snapshot install: on a member that the leader's log has moved past.
+    SnapshotInstall,
+}
+
+/// The failpoints the `failpoint` fault knows how to reach: keelson-store's (see
+/// `keelson_store::failpoint::POINTS`). The names etcd's gofail build shares
+/// (`raftBeforeSave`, `raftAfterSave`, `raftBeforeSaveSnap`, `raftAfterSaveSnap`,
+/// `raftBeforeApplySnap`, `raftAfterApplySnap`) mean the same there.
+pub const FAILPOINTS: [(&str, Reached); 10] = [
+    ("raftBeforeSave", Reached::Writes),
+    ("raftAfterSave", Reached::Writes),
+    ("raftBeforeApply", Reached::Writes),
+    ("raftAfterApply", Reached::Writes),
+    ("raftBeforeSaveSnap", Reached::SnapshotBuild),
+    ("raftDuringSaveSnap", Reached::SnapshotBuild),
+    ("raftAfterSaveSnap", Reached::SnapshotBuild),
+    ("raftBeforeApplySnap", Reached::SnapshotInstall),
+    ("raftDuringApplySnap", Reached::SnapshotInstall),
+    ("raftAfterApplySnap", Reached::SnapshotInstall),
+];
+
+/// How long writes go on before an armed failpoint counts as not reached.
+const CRASH_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `snapshot-install` writes filler before giving up on moving the log far enough.
 const FILL_LIMIT: Duration = Duration::from_secs(60);
@@ -270,7 +308,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             };
             cluster.kill(f);
             let want = cluster.entries_past_the_log();
-            let (written, grown) = cluster.fill(l, want, FILL_LIMIT).await?;
+            let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
             let short = if grown < want {
                 format!(" (short of the {want} wanted: {FILL_LIMIT:?} passed)")
             } else {
@@ -286,6 +324,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Heal::RestartBehind(f),
             )
         }
+        Fault::Failpoint => return crash_at_failpoint(cluster).await,
         Fault::PacketLoss => {
             let net = cluster
                 .network
@@ -298,6 +337,121 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             (
                 "every member drops 30 % of what the others send it".into(),
                 Heal::Reconnect(all),
+            )
+        }
+    })
+}
+
+/// `failpoint`: the next point of `cluster.failpoints`, armed on a member, reached, and the
+/// member's crash awaited. Points that writes reach go on the leader and on a follower in
+/// alternate rounds.
+async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, Heal)> {
+    if cluster.failpoints.is_empty() {
+        return Ok(("no failpoints chosen: skipped".into(), Heal::Nothing));
+    }
+    let taken = cluster.failpoints_taken;
+    cluster.failpoints_taken += 1;
+    let point = cluster.failpoints[taken % cluster.failpoints.len()].clone();
+    let Some(&(_, reached)) = FAILPOINTS.iter().find(|(n, _)| *n == point) else {
+        anyhow::bail!("unknown failpoint {point}");
+    };
+    let (l, f) = match leader_and_follower(cluster).await {
+        Ok(pair) => pair,
+        Err(skipped) => return Ok((skipped, Heal::Nothing)),
+    };
+    let name = |c: &Cluster, i: usize| c.members[i].name.clone();
+    // The target's build must have the point: gofail lists every point it has on `GET /`.
+    match cluster.failpoint_request(l, "GET", "/", "").await {
+        Ok((200, list)) if list.lines().any(|l| l.split('=').next() == Some(&point)) => {}
+        Ok((200, _)) => {
+            return Ok((
+                format!("the members have no failpoint {point}: skipped"),
+                Heal::Nothing,
+            ));
+        }
+        _ => {
+            return Ok((
+                "no failpoint server on GOFAIL_HTTP (a build without failpoints): skipped".into(),
+                Heal::Nothing,
+            ));
+        }
+    }
+    let armed = format!("{point}=panic");
+    if reached == Reached::SnapshotInstall {
+        // As snapshot-install, with the point armed in the follower from its restart on.
+        cluster.kill(f);
+        let want = cluster.entries_past_the_log();
+        let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
+        cluster.start_member_armed(f, &armed)?;
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+        let exit = loop {
+            if let Some(exit) = cluster.exited(f) {
+                break Some(exit);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let setup = format!(
+            "killed {} (follower), {written} filler writes moved {}'s log {grown} entries past \
+             it, restarted it with {armed}",
+            name(cluster, f),
+            name(cluster, l)
+        );
+        return Ok(match exit {
+            Some(exit) => (
+                format!("{setup}; it crashed there ({exit})"),
+                Heal::Restart(vec![f]),
+            ),
+            None => {
+                let _ = cluster
+                    .failpoint_request(f, "DELETE", &format!("/{point}"), "")
+                    .await;
+                (
+                    format!("{setup}; not reached within {SNAPSHOT_WAIT:?} (disarmed)"),
+                    Heal::Nothing,
+                )
+            }
+        });
+    }
+    let round = taken / cluster.failpoints.len();
+    let (victim, role, other) = if round.is_multiple_of(2) {
+        (l, "leader", f)
+    } else {
+        (f, "follower", l)
+    };
+    match cluster
+        .failpoint_request(victim, "PUT", &format!("/{point}"), "panic")
+        .await?
+    {
+        (204, _) => {}
+        (status, body) => anyhow::bail!(
+            "arming {point} on {}: {status} {}",
+            name(cluster, victim),
+            body.trim()
+        ),
+    }
+    // Writes reach every member's append and apply; twice the snapshot interval of them
+    // reaches every member's snapshot build.
+    let (entries, limit) = match reached {
+        Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
+        _ => (u64::MAX, CRASH_WAIT),
+    };
+    let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+    let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
+    Ok(match exit {
+        Some(exit) => (
+            format!("{setup}; it crashed there ({exit}) after {written} filler writes"),
+            Heal::Restart(vec![victim]),
+        ),
+        None => {
+            let _ = cluster
+                .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
+                .await;
+            (
+                format!("{setup}; not reached by {written} filler writes (disarmed)"),
+                Heal::Nothing,
             )
         }
     })

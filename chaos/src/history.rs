@@ -286,6 +286,8 @@ pub struct History {
     pub leases: Vec<LeaseRecord>,
     /// What the members still held of expired leases at the end.
     pub lease_leftovers: Vec<LeaseLeftover>,
+    /// Every member's copy of the traffic's keys at the end.
+    pub replicas: Vec<crate::replicas::ReplicaRead>,
 }
 
 const OPERATIONS: &str = "operations.jsonl";
@@ -294,6 +296,7 @@ const COMPACTIONS: &str = "compactions.jsonl";
 const FAULTS: &str = "faults.jsonl";
 const LEASES: &str = "leases.jsonl";
 const LEASE_LEFTOVERS: &str = "lease-leftovers.jsonl";
+const REPLICAS: &str = "replicas.jsonl";
 
 impl History {
     /// Writes the history as JSON lines into `dir`.
@@ -304,7 +307,8 @@ impl History {
         write_lines(&dir.join(COMPACTIONS), &self.compactions)?;
         write_lines(&dir.join(FAULTS), &self.faults)?;
         write_lines(&dir.join(LEASES), &self.leases)?;
-        write_lines(&dir.join(LEASE_LEFTOVERS), &self.lease_leftovers)
+        write_lines(&dir.join(LEASE_LEFTOVERS), &self.lease_leftovers)?;
+        write_lines(&dir.join(REPLICAS), &self.replicas)
     }
 
     /// Reads a history `save` wrote.
@@ -316,6 +320,12 @@ impl History {
             faults: read_lines(&dir.join(FAULTS))?,
             leases: read_lines(&dir.join(LEASES))?,
             lease_leftovers: read_lines(&dir.join(LEASE_LEFTOVERS))?,
+            // Runs recorded before the replicas check have none.
+            replicas: if dir.join(REPLICAS).exists() {
+                read_lines(&dir.join(REPLICAS))?
+            } else {
+                Vec::new()
+            },
         })
     }
 }

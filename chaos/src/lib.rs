@@ -2,10 +2,10 @@
 //! 3.4, the control) while faults are injected, every operation and watch event recorded, and the
 //! history checked: linearizability of the KV operations against a model of etcd, the revision
 //! order across keys, multi-key txns seen whole, the watch guarantees (progress notifications
-//! included) and the lease guarantees.
+//! included), the lease guarantees, and every member holding the same keys at the end.
 //!
 //! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
-//! failpoints inside the store, deterministic simulation, the control-plane convergence checks.
+//! deterministic simulation, the control-plane convergence checks.
 
 pub mod cluster;
 pub mod faults;
@@ -14,6 +14,7 @@ pub mod leases;
 pub mod linearizability;
 pub mod netns;
 pub mod plot;
+pub mod replicas;
 pub mod resolve;
 pub mod revisions;
 pub mod run;
@@ -94,5 +95,6 @@ pub fn check_all(history: &history::History, budget: std::time::Duration) -> Vec
             &history.watches,
             &history.lease_leftovers,
         ),
+        replicas::check(&history.replicas),
     ]
 }

@@ -67,6 +67,10 @@ pub struct Options {
     /// Time the checkers may spend.
     #[arg(long, default_value = "60s", value_parser = parse_go_duration)]
     pub check_budget: Duration,
+    /// The failpoints the `failpoint` fault takes in turn, comma-separated (default: every
+    /// one it knows).
+    #[arg(long, value_delimiter = ',')]
+    pub failpoints: Vec<String>,
 }
 
 /// `--target`.
@@ -130,9 +134,22 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let target = target(o)?;
+    let known: Vec<&str> = faults::FAILPOINTS.iter().map(|(n, _)| *n).collect();
+    if let Some(bad) = o.failpoints.iter().find(|p| !known.contains(&p.as_str())) {
+        bail!(
+            "--failpoints: no failpoint {bad:?} (known: {})",
+            known.join(", ")
+        );
+    }
     let data = dir.join("members");
     let network = faults.iter().any(|f| f.needs_network());
-    let mut cluster = Cluster::start(target.clone(), o.members, &data, network)?;
+    let failpoints = faults.contains(&Fault::Failpoint);
+    let mut cluster = Cluster::start(target.clone(), o.members, &data, network, failpoints)?;
+    cluster.failpoints = if o.failpoints.is_empty() {
+        known.iter().map(|n| n.to_string()).collect()
+    } else {
+        o.failpoints.clone()
+    };
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let endpoints = Arc::new(cluster.endpoints());
     let load = Load {
@@ -302,6 +319,10 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         history.watches.push(w.await?);
     }
     catch_up.abort();
+    if let Some(r) = end_revision {
+        history.replicas =
+            crate::replicas::read(&cluster, &load.prefix, r, Duration::from_secs(15)).await;
+    }
     drop(cluster);
     history.save(dir)?;
 
