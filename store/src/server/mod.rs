@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::lessor::Lessor;
 use self::metrics::Metrics;
-use self::node::Node;
+use self::node::{Node, RestoredLeader};
 use self::peer::PeerService;
 use self::quota::Quota;
 use crate::backend::SledBackend;
@@ -334,6 +334,26 @@ async fn discover_existing(
     Err(ServerError::Join(last_err))
 }
 
+/// Whether this member led before it stopped (its vote is its own and committed): openraft then
+/// makes it leader again at once, in the same term (see [`RestoredLeader`]).
+async fn restored_leader(
+    id: NodeId,
+    log: &mut LogStore,
+) -> Result<Option<RestoredLeader>, openraft::StorageError<NodeId>> {
+    use openraft::storage::RaftLogStorage;
+    let Some(vote) = log.read_vote().await? else {
+        return Ok(None);
+    };
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(id) {
+        return Ok(None);
+    }
+    let last = log.get_log_state().await?.last_log_id;
+    Ok(Some(RestoredLeader {
+        term: vote.leader_id().term,
+        last_index: last.map_or(0, |l| l.index),
+    }))
+}
+
 /// Starts a member and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let data_dir = config
@@ -531,7 +551,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         path: snap_path.clone(),
         reason: format!("cannot finish the snapshot install cut short: {e}"),
     })?;
-    let log = log.with_snapshot_check({
+    let mut log = log.with_snapshot_check({
         let shared = shared.clone();
         Arc::new(move |index| {
             shared
@@ -556,6 +576,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
     .validate()
     .map_err(|e| ServerError::Config(e.to_string()))?;
+    let restored = restored_leader(id, &mut log)
+        .await
+        .map_err(|e| ServerError::DataDir {
+            path: db_path.clone(),
+            reason: e.to_string(),
+        })?;
     let raft = Raft::new(
         id,
         Arc::new(raft_config),
@@ -588,6 +614,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         shared,
         peers,
         metrics,
+        restored,
     );
     let lessor = Lessor::new(id);
     let quota = Quota::new(config.quota_backend_bytes);

@@ -64,6 +64,23 @@ struct Inner {
     transfer: tokio::sync::RwLock<()>,
     /// Counts election holds, so a hold's end only resumes elections if no later one began.
     holds: std::sync::atomic::AtomicU64,
+    /// When this member led before it restarted: that term and its last log index then (see
+    /// [`RestoredLeader`]).
+    restored: Option<RestoredLeader>,
+}
+
+/// A member that led before a restart leads again at once in the same term (openraft keeps
+/// its leadership without an election), with no new entry of its own to commit. Its
+/// committed index (not fsynced) and its state (applied after the log's fsync, synced by the
+/// next one) may then be older than writes it acknowledged before: a read at its committed
+/// index would go back in time (openraft issue 1511). Every write it acknowledged is in its
+/// log, so in that term reads also wait until the log it had at the restart is applied.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoredLeader {
+    /// The term it led in.
+    pub term: u64,
+    /// Its last log index at the restart.
+    pub last_index: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -83,6 +100,7 @@ impl Node {
         shared: Arc<Shared>,
         peers: Peers,
         metrics: Metrics,
+        restored: Option<RestoredLeader>,
     ) -> Node {
         let (ptx, prx) = mpsc::channel(4096);
         let (rtx, rrx) = mpsc::unbounded_channel();
@@ -98,6 +116,7 @@ impl Node {
                 metrics,
                 transfer: tokio::sync::RwLock::new(()),
                 holds: std::sync::atomic::AtomicU64::new(0),
+                restored,
             }),
         };
         tokio::spawn(node.clone().proposer(prx));
@@ -451,7 +470,35 @@ impl Node {
         RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
     > {
         let _no_transfer = self.inner.transfer.read().await;
-        self.inner.raft.ensure_linearizable().await
+        let read = self.inner.raft.ensure_linearizable().await?;
+        if let Some(floor) = self.restored_floor() {
+            let applied = self
+                .inner
+                .raft
+                .wait(Some(REQUEST_TIMEOUT))
+                .applied_index_at_least(Some(floor), "the log at the restart")
+                .await;
+            if applied.is_err() {
+                return Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+                    openraft::error::QuorumNotEnough {
+                        cluster: "the log this leader had when it restarted is not committed \
+                                  yet"
+                        .into(),
+                        got: Default::default(),
+                    },
+                )));
+            }
+        }
+        Ok(read)
+    }
+
+    /// The log index reads must reach while this member leads in the term it restarted in
+    /// (see [`RestoredLeader`]).
+    fn restored_floor(&self) -> Option<u64> {
+        let r = self.inner.restored?;
+        let m = self.inner.raft.metrics().borrow().clone();
+        (m.current_term == r.term && m.last_applied.is_none_or(|a| a.index < r.last_index))
+            .then_some(r.last_index)
     }
 
     /// The log index a follower must apply before a linearizable read (ReadIndex), confirmed
@@ -463,7 +510,13 @@ impl Node {
         RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
     > {
         let _no_transfer = self.inner.transfer.read().await;
-        Ok(self.inner.raft.get_read_log_id().await?.0)
+        let read = self.inner.raft.get_read_log_id().await?.0;
+        Ok(match (read, self.restored_floor()) {
+            (Some(r), Some(floor)) if floor > r.index => {
+                Some(crate::raft::LogId::new(r.leader_id, floor))
+            }
+            (read, _) => read,
+        })
     }
 
     /// Holds off this member's elections for `hold`, or resumes them now (`None`). A hold
