@@ -15,6 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::lazyfs::Lazy;
 use crate::netns::Network;
 
 /// What runs the members.
@@ -65,12 +66,26 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// The members' namespaces, when their links can be cut (dropped after the members).
     pub network: Option<Network>,
+    /// The lazy filesystems under the members' data directories, when their unsynced writes
+    /// can be lost (unmounted after the members are killed), or why there are none.
+    lazy: Result<Vec<Lazy>, String>,
     /// `setpriv` is there to tie the members' lives to this process.
     pdeathsig: bool,
     /// The failpoints the `failpoint` fault takes in turn (see [`crate::faults::FAILPOINTS`]).
     pub failpoints: Vec<String>,
     /// How many times the `failpoint` fault has taken one.
     pub failpoints_taken: usize,
+}
+
+/// How a cluster is set up for the faults of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Setup {
+    /// Each member in a network namespace of its own (link faults).
+    pub network: bool,
+    /// Each member serving its failpoints.
+    pub failpoints: bool,
+    /// Each member's data directory on a lazy filesystem (lost unsynced writes).
+    pub lazy_disks: bool,
 }
 
 /// `--snapshot-count` of every member: small, so a member that was down catches up by snapshot.
@@ -119,16 +134,17 @@ pub fn channel(url: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> 
 }
 
 impl Cluster {
-    /// Starts `n` members with their data and logs under `dir`; with `network`, each in a
-    /// network namespace of its own (see [`Network`]), else all on 127.0.0.1; with
-    /// `failpoints`, each serving its failpoints (`GOFAIL_HTTP`).
-    pub fn start(
-        target: Target,
-        n: usize,
-        dir: &Path,
-        network: bool,
-        failpoints: bool,
-    ) -> anyhow::Result<Cluster> {
+    /// Starts `n` members with their data and logs under `dir`; with `setup.network`, each in
+    /// a network namespace of its own (see [`Network`]), else all on 127.0.0.1; with
+    /// `setup.failpoints`, each serving its failpoints (`GOFAIL_HTTP`); with
+    /// `setup.lazy_disks`, each with its data directory on a [`Lazy`] filesystem (if one can
+    /// be mounted: else [`Cluster::lose_unsynced`] says why not).
+    pub fn start(target: Target, n: usize, dir: &Path, setup: Setup) -> anyhow::Result<Cluster> {
+        let Setup {
+            network,
+            failpoints,
+            lazy_disks,
+        } = setup;
         if n == 0 {
             bail!("a cluster needs at least one member");
         }
@@ -179,11 +195,23 @@ impl Cluster {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
+        let lazy = if lazy_disks {
+            members
+                .iter()
+                .map(|m| {
+                    let backing = m.dir.with_extension("backing");
+                    Lazy::mount(&backing, &m.dir).map_err(|e| format!("{e:#}"))
+                })
+                .collect()
+        } else {
+            Err("the run was started without lazy disks".into())
+        };
         let mut c = Cluster {
             target,
             initial,
             members,
             network,
+            lazy,
             pdeathsig,
             failpoints: Vec::new(),
             failpoints_taken: 0,
@@ -305,6 +333,29 @@ impl Cluster {
         http_request(addr, method, path, body).await
     }
 
+    /// Whether the members' unsynced writes can be lost, or why not.
+    pub fn can_lose_unsynced(&self) -> Result<(), String> {
+        self.lazy.as_ref().map(|_| ()).map_err(|e| e.clone())
+    }
+
+    /// Loses what the stopped members `which` had not fsynced (their data directories go back
+    /// to their last syncs); returns the files changed (`member/path`) with the bytes each
+    /// lost, or why it cannot.
+    pub fn lose_unsynced(&mut self, which: &[usize]) -> Result<Vec<(String, u64)>, String> {
+        let lazy = self.lazy.as_ref().map_err(|e| e.clone())?;
+        let mut lost = Vec::new();
+        for &i in which {
+            let m = &self.members[i];
+            if m.child.is_some() {
+                return Err(format!("{} is running", m.name));
+            }
+            for (path, bytes) in lazy[i].lose_unsynced().map_err(|e| format!("{e:#}"))? {
+                lost.push((format!("{}/{}", m.name, path.display()), bytes));
+            }
+        }
+        Ok(lost)
+    }
+
     /// kill -9 of member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
@@ -373,7 +424,18 @@ impl Cluster {
         self.kill(i);
         let m = &mut self.members[i];
         m.removed = true;
-        std::fs::remove_dir_all(&m.dir).with_context(|| format!("deleting {}", m.dir.display()))?;
+        // What is in the directory: it may be a mount point.
+        let entries =
+            std::fs::read_dir(&m.dir).with_context(|| format!("reading {}", m.dir.display()))?;
+        for e in entries {
+            let path = e?.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("deleting {}", path.display()))?;
+        }
         Ok(())
     }
 

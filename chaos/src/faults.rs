@@ -39,6 +39,10 @@ pub enum Fault {
     /// log keeps after a snapshot); on heal it restarts and has to install a snapshot, which
     /// the heal waits for and reports.
     SnapshotInstall,
+    /// kill -9 of every member, and what they had not fsynced is lost: their data directories
+    /// are on a FUSE layer that drops every write since a file's last fsync (a power cut).
+    /// Restarted on heal.
+    LoseUnsynced,
     /// A member crashes at a failpoint inside the store (`GOFAIL_HTTP`; keelson built with the
     /// `failpoints` feature, or an etcd built with gofail): the points of `--failpoints` in
     /// turn, each armed with `panic` and reached by filler writes (or, for the snapshot
@@ -48,7 +52,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -62,6 +66,7 @@ impl Fault {
         Fault::PacketLoss,
         Fault::ReplaceFollower,
         Fault::SnapshotInstall,
+        Fault::LoseUnsynced,
         Fault::Failpoint,
     ];
 
@@ -92,6 +97,7 @@ impl Fault {
             Fault::PacketLoss => "packet-loss",
             Fault::ReplaceFollower => "replace-follower",
             Fault::SnapshotInstall => "snapshot-install",
+            Fault::LoseUnsynced => "lose-unsynced",
             Fault::Failpoint => "failpoint",
         }
     }
@@ -325,6 +331,35 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             )
         }
         Fault::Failpoint => return crash_at_failpoint(cluster).await,
+        Fault::LoseUnsynced => {
+            if let Err(why) = cluster.can_lose_unsynced() {
+                return Ok((format!("no lazy disks ({why}): skipped"), Heal::Nothing));
+            }
+            let all: Vec<usize> = (0..cluster.members.len())
+                .filter(|&i| !cluster.members[i].removed)
+                .collect();
+            for &i in &all {
+                cluster.kill(i);
+            }
+            match cluster.lose_unsynced(&all) {
+                Ok(lost) => {
+                    let files: Vec<String> =
+                        lost.iter().map(|(f, b)| format!("{f} {b} B")).collect();
+                    (
+                        format!(
+                            "killed every member and lost what they had not fsynced: {}",
+                            if files.is_empty() {
+                                "nothing".into()
+                            } else {
+                                files.join(", ")
+                            }
+                        ),
+                        Heal::Restart(all),
+                    )
+                }
+                Err(why) => anyhow::bail!("losing unsynced writes: {why}"),
+            }
+        }
         Fault::PacketLoss => {
             let net = cluster
                 .network

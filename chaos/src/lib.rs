@@ -4,12 +4,13 @@
 //! order across keys, multi-key txns seen whole, the watch guarantees (progress notifications
 //! included), the lease guarantees, and every member holding the same keys at the end.
 //!
-//! Not here yet (see the chaos issue): delays between members, lost un-fsynced writes,
-//! deterministic simulation, the control-plane convergence checks.
+//! Not here yet (see the chaos issue): delays between members, deterministic simulation, the
+//! control-plane convergence checks.
 
 pub mod cluster;
 pub mod faults;
 pub mod history;
+pub mod lazyfs;
 pub mod leases;
 pub mod linearizability;
 pub mod netns;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, Target};
+use crate::cluster::{Cluster, Setup, Target};
 use crate::faults::{self, Fault, Heal};
 use crate::history::{FaultStep, History, Input, LeaseLeftover, Operation};
 use crate::traffic::{self, Clock, Kv, Load, WatchEnd};
@@ -143,8 +143,12 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     }
     let data = dir.join("members");
     let network = faults.iter().any(|f| f.needs_network());
-    let failpoints = faults.contains(&Fault::Failpoint);
-    let mut cluster = Cluster::start(target.clone(), o.members, &data, network, failpoints)?;
+    let setup = Setup {
+        network,
+        failpoints: faults.contains(&Fault::Failpoint),
+        lazy_disks: faults.contains(&Fault::LoseUnsynced),
+    };
+    let mut cluster = Cluster::start(target.clone(), o.members, &data, setup)?;
     cluster.failpoints = if o.failpoints.is_empty() {
         known.iter().map(|n| n.to_string()).collect()
     } else {

@@ -1,7 +1,8 @@
 //! `keelson chaos` end to end: a CI-sized sweep runs every fault class (kills, pauses,
 //! defragmentation, partitions and packet loss between members in network namespaces, a
 //! follower removed and added back, a follower left behind the leader's log until it installs a
-//! snapshot, a crash at a failpoint inside the store) against keelson-store and a subset
+//! snapshot, every member killed with its unsynced writes lost, a crash at a failpoint inside
+//! the store) against keelson-store and a subset
 //! against a real etcd (the control), and every checker (linearizability, revisions, multi-key
 //! txns, watches with their progress notifications, leases, replicas) passes; a crash at each
 //! of the store's failpoints is survived; a recorded history that is tampered with (an
@@ -110,6 +111,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "packet-loss",
         "replace-follower",
         "snapshot-install",
+        "lose-unsynced",
         "failpoint",
     ] {
         let row = summary
@@ -131,6 +133,12 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         }
         if fault == "failpoint" {
             assert!(report.contains("it crashed there"), "{report}");
+        }
+        if fault == "lose-unsynced" {
+            assert!(
+                report.contains("lost what they had not fsynced: m"),
+                "{report}"
+            );
         }
         assert!(report.contains("**replicas**: Ok"), "{report}");
         // Leases were granted, kept alive and left to expire, and their checker ran. A fault

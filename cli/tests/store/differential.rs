@@ -1025,7 +1025,7 @@ async fn ready(endpoint: &str) {
 }
 
 async fn transcript(target: Target, dir: PathBuf) -> Vec<String> {
-    let cluster = Cluster::start(target, 3, &dir, false, false).unwrap();
+    let cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
     for e in cluster.endpoints() {
         ready(&e).await;
     }
