@@ -308,12 +308,19 @@ impl Cluster {
     }
 
     /// How member `i`'s process ended, if it has (it then counts as down, to be restarted).
-    pub fn exited(&mut self, i: usize) -> Option<String> {
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let m = &mut self.members[i];
         let status = m.child.as_mut()?.try_wait().ok()??;
         m.child = None;
         m.paused = false;
-        Some(status.to_string())
+        Some(status)
+    }
+
+    /// Member `i`'s log (stdout and stderr of every start), as far as it can be read.
+    pub fn member_log(&self, i: usize) -> String {
+        std::fs::read(&self.members[i].log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// Sends `method path` with `body` to member `i`'s failpoint server (`GOFAIL_HTTP`);
@@ -586,7 +593,7 @@ impl Cluster {
         entries: u64,
         limit: Duration,
         until_exit: Option<usize>,
-    ) -> anyhow::Result<(usize, u64, Option<String>)> {
+    ) -> anyhow::Result<(usize, u64, Option<std::process::ExitStatus>)> {
         const MOST: usize = 200_000;
         let start = self.raft_index(measured).await?;
         let stop = tokio_util::sync::CancellationToken::new();

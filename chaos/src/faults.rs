@@ -377,6 +377,37 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
     })
 }
 
+/// How often member `i`'s log says it crashed at `point` (keelson-store's message, or
+/// gofail's panic naming the point).
+fn crashes_logged(cluster: &Cluster, i: usize, point: &str) -> usize {
+    cluster
+        .member_log(i)
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("failpoint {point}: crashing"))
+                || (l.contains("failpoint panic") && l.contains(point))
+        })
+        .count()
+}
+
+/// Checks that member `i`, which exited with `status`, crashed at `point` (its log says so
+/// once more than `before` times): any other exit is an error of the run.
+fn crashed_there(
+    cluster: &Cluster,
+    i: usize,
+    point: &str,
+    before: usize,
+    status: std::process::ExitStatus,
+) -> anyhow::Result<String> {
+    if crashes_logged(cluster, i, point) <= before {
+        anyhow::bail!(
+            "{} exited ({status}) but not at failpoint {point} (see its log)",
+            cluster.members[i].name
+        );
+    }
+    Ok(format!("it crashed there ({status})"))
+}
+
 /// `failpoint`: the next point of `cluster.failpoints`, armed on a member, reached, and the
 /// member's crash awaited. Points that writes reach go on the leader and on a follower in
 /// alternate rounds.
@@ -417,9 +448,10 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         cluster.kill(f);
         let want = cluster.entries_past_the_log();
         let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
+        let before = crashes_logged(cluster, f, &point);
         cluster.start_member_armed(f, &armed)?;
         let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
-        let exit = loop {
+        let mut exit = loop {
             if let Some(exit) = cluster.exited(f) {
                 break Some(exit);
             }
@@ -434,20 +466,26 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
             name(cluster, f),
             name(cluster, l)
         );
+        if exit.is_none() {
+            let _ = cluster
+                .failpoint_request(f, "DELETE", &format!("/{point}"), "")
+                .await;
+            // It may have got there just before.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            exit = cluster.exited(f);
+        }
         return Ok(match exit {
-            Some(exit) => (
-                format!("{setup}; it crashed there ({exit})"),
+            Some(status) => (
+                format!(
+                    "{setup}; {}",
+                    crashed_there(cluster, f, &point, before, status)?
+                ),
                 Heal::Restart(vec![f]),
             ),
-            None => {
-                let _ = cluster
-                    .failpoint_request(f, "DELETE", &format!("/{point}"), "")
-                    .await;
-                (
-                    format!("{setup}; not reached within {SNAPSHOT_WAIT:?} (disarmed)"),
-                    Heal::Nothing,
-                )
-            }
+            None => (
+                format!("{setup}; not reached within {SNAPSHOT_WAIT:?} (disarmed)"),
+                Heal::Nothing,
+            ),
         });
     }
     let round = taken / cluster.failpoints.len();
@@ -456,6 +494,7 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
     } else {
         (f, "follower", l)
     };
+    let before = crashes_logged(cluster, victim, &point);
     match cluster
         .failpoint_request(victim, "PUT", &format!("/{point}"), "panic")
         .await?
@@ -473,22 +512,28 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
         _ => (u64::MAX, CRASH_WAIT),
     };
-    let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+    let (written, _, mut exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
     let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
+    if exit.is_none() {
+        let _ = cluster
+            .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
+            .await;
+        // It may have got there just before.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        exit = cluster.exited(victim);
+    }
     Ok(match exit {
-        Some(exit) => (
-            format!("{setup}; it crashed there ({exit}) after {written} filler writes"),
+        Some(status) => (
+            format!(
+                "{setup}; {} after {written} filler writes",
+                crashed_there(cluster, victim, &point, before, status)?
+            ),
             Heal::Restart(vec![victim]),
         ),
-        None => {
-            let _ = cluster
-                .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
-                .await;
-            (
-                format!("{setup}; not reached by {written} filler writes (disarmed)"),
-                Heal::Nothing,
-            )
-        }
+        None => (
+            format!("{setup}; not reached by {written} filler writes (disarmed)"),
+            Heal::Nothing,
+        ),
     })
 }
 

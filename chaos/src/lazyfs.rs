@@ -51,6 +51,9 @@ struct State {
     next_inode: u64,
     /// Open files by handle, with their inode.
     open: HashMap<u64, (u64, File)>,
+    /// Open directories by handle, with what they listed when opened (offsets into a
+    /// listing stay valid while the directory changes).
+    dirs: HashMap<u64, Vec<(u64, FileType, std::ffi::OsString)>>,
     next_handle: u64,
     /// Files changed since their last sync, by inode.
     unsynced: HashMap<u64, Undo>,
@@ -81,6 +84,7 @@ impl Lazy {
             inodes,
             next_inode: INodeNo::ROOT.0 + 1,
             open: HashMap::new(),
+            dirs: HashMap::new(),
             next_handle: 1,
             unsynced: HashMap::new(),
         }));
@@ -106,6 +110,7 @@ impl Lazy {
         let mut st = lock(&self.state);
         let unsynced = std::mem::take(&mut st.unsynced);
         st.open.clear();
+        st.dirs.clear();
         let mut lost = Vec::new();
         for (inode, undo) in unsynced {
             // A file deleted since has nothing to put back.
@@ -405,14 +410,21 @@ impl Filesystem for LazyFs {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        _flags: RenameFlags,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        // RENAME_NOREPLACE and RENAME_EXCHANGE are not passed on.
+        if flags.bits() != 0 {
+            return reply.error(Errno::EINVAL);
+        }
         let mut st = lock(&self.state);
         let result = (|| {
             let from = st.child(parent.0, name)?;
             let to = st.child(newparent.0, newname)?;
             std::fs::rename(st.backing.join(&from), st.backing.join(&to)).map_err(|e| errno(&e))?;
+            if from == to {
+                return Ok(());
+            }
             // What was at the target is gone.
             st.repath(&to, None);
             st.repath(&from, Some(&to));
@@ -593,14 +605,7 @@ impl Filesystem for LazyFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let mut st = lock(&self.state);
         let result = (|| {
             let rel = st.paths.get(&ino.0).cloned().ok_or(Errno::ENOENT)?;
@@ -622,19 +627,64 @@ impl Filesystem for LazyFs {
                 let i = st.inode(&rel.join(e.file_name()));
                 entries.push((i, kind, e.file_name()));
             }
-            Ok(entries)
+            let h = st.next_handle;
+            st.next_handle += 1;
+            st.dirs.insert(h, entries);
+            Ok(h)
         })();
         match result {
-            Ok(entries) => {
-                for (n, (i, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(i), n as u64 + 1, kind, name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+            Ok(h) => reply.opened(FileHandle(h), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let st = lock(&self.state);
+        let Some(entries) = st.dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (n, (i, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*i), n as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.state).dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    // No extended attributes (ENOSYS: the kernel stops asking, as with fuser's defaults, but
+    // without a warning).
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

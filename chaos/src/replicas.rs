@@ -113,6 +113,7 @@ pub fn check(reads: &[ReplicaRead]) -> Check {
     let read: Vec<&ReplicaRead> = reads.iter().filter(|r| r.error.is_none()).collect();
     let Some(first) = read.first() else {
         let mut c = Check::findings("replicas", 0, findings);
+        // A run recorded before this check has no reads, and nothing to find.
         c.details.push("no member was read".into());
         return c;
     };

@@ -67,6 +67,9 @@ pub struct Options {
     /// Time the checkers may spend.
     #[arg(long, default_value = "60s", value_parser = parse_go_duration)]
     pub check_budget: Duration,
+    /// How often a progress line goes to stderr (0: never).
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub progress_every: Duration,
     /// The failpoints the `failpoint` fault takes in turn, comma-separated (default: every
     /// one it knows).
     #[arg(long, value_delimiter = ',')]
@@ -161,6 +164,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         keys: o.keys,
         qps: o.qps,
         timeout: o.op_timeout,
+        done: Arc::default(),
     };
     let clock = Clock::start();
     let stop = CancellationToken::new();
@@ -218,6 +222,18 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     // Whatever happens from here on, the traffic and the watchers stop with this function.
     let _stop_traffic = stop.clone().drop_guard();
     let _stop_watchers = abort.clone().drop_guard();
+    let injected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    if !o.progress_every.is_zero() {
+        tokio::spawn(progress(
+            format!("{} {}", target.name(), fault_names(faults)),
+            o.duration,
+            o.progress_every,
+            load.done.clone(),
+            injected.clone(),
+            clock,
+            stop.clone(),
+        ));
+    }
 
     // Faults, one at a time, until the traffic's time is up. A fault that cannot be injected or
     // healed ends the schedule and is reported (the "recovery" check), never losing the history.
@@ -231,6 +247,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         let heal = match faults::inject(fault, &mut cluster).await {
             Ok((detail, heal)) => {
                 tracing::info!(fault = fault.name(), %detail, "injected");
+                injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 timeline.push(step(fault.name(), "inject", detail, clock));
                 heal
             }
@@ -323,10 +340,21 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         history.watches.push(w.await?);
     }
     catch_up.abort();
-    if let Some(r) = end_revision {
-        history.replicas =
-            crate::replicas::read(&cluster, &load.prefix, r, Duration::from_secs(15)).await;
-    }
+    history.replicas = match end_revision {
+        Some(r) => crate::replicas::read(&cluster, &load.prefix, r, Duration::from_secs(15)).await,
+        // Nothing to compare the members at: each counts as unread.
+        None => cluster
+            .members
+            .iter()
+            .filter(|m| !m.removed)
+            .map(|m| crate::replicas::ReplicaRead {
+                member: m.name.clone(),
+                revision: 0,
+                kvs: Vec::new(),
+                error: Some("the run's last write failed: no revision to read at".into()),
+            })
+            .collect(),
+    };
     drop(cluster);
     history.save(dir)?;
 
@@ -354,6 +382,43 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     std::fs::write(dir.join("report.md"), report(o, faults, &history, &outcome))?;
     std::fs::write(dir.join("history.svg"), crate::plot::svg(&history))?;
     Ok(outcome)
+}
+
+/// The faults' names, comma-separated.
+fn fault_names(faults: &[Fault]) -> String {
+    faults
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Prints a progress line to stderr every `every` until `stop`: time, operations, faults.
+async fn progress(
+    what: String,
+    duration: Duration,
+    every: Duration,
+    done: Arc<traffic::Done>,
+    injected: Arc<std::sync::atomic::AtomicUsize>,
+    clock: Clock,
+    stop: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        eprintln!(
+            "chaos {what}: {:.0} s of {:.0} s, {} operations answered, {} unanswered, {} faults",
+            clock.now() as f64 / 1e9,
+            duration.as_secs_f64(),
+            done.answered.load(Relaxed),
+            done.unanswered.load(Relaxed),
+            injected.load(Relaxed)
+        );
+    }
 }
 
 /// The TTL of the run's leases, in seconds (etcd's minimum with its default election timeout).

@@ -49,6 +49,28 @@ pub struct Load {
     pub qps: f64,
     /// A call without an answer within this is an unknown outcome.
     pub timeout: Duration,
+    /// Operations done so far, for the progress lines.
+    pub done: Arc<Done>,
+}
+
+/// Operations the clients have done so far.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// With an answer.
+    pub answered: std::sync::atomic::AtomicUsize,
+    /// Without one (unknown outcomes).
+    pub unanswered: std::sync::atomic::AtomicUsize,
+}
+
+impl Done {
+    fn count(&self, output: &Output) {
+        let counter = if output.revision().is_some() {
+            &self.answered
+        } else {
+            &self.unanswered
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A small seeded generator (xorshift64*), so a client's choices depend only on its number.
@@ -269,6 +291,7 @@ pub async fn client(
             let invoke = clock.now();
             let output = kv.run_txn(&puts).await;
             let complete = clock.now();
+            load.done.count(&output);
             let txn = ((id as u64) << 32) | seq;
             for (key, value) in puts {
                 if let Output::Put { revision } = output {
@@ -298,6 +321,7 @@ pub async fn client(
         let invoke = clock.now();
         let output = kv.run(&input).await;
         let complete = clock.now();
+        load.done.count(&output);
         match (&input, &output) {
             (Input::Get { key }, Output::Get { mod_revision, .. }) => {
                 seen.insert(key.clone(), *mod_revision);

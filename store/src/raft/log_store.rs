@@ -148,7 +148,9 @@ impl LogStore {
     }
 
     /// Waits, on a thread of its own, for the snapshot that covers the deferred purge (the
-    /// newest one) and writes it then.
+    /// newest one) and writes it then. It gives up when every other handle on the store is
+    /// gone (raft stopped), or when the write fails: the purge stays unwritten, which is
+    /// safe (the next purge, or the next start, writes one as far).
     fn spawn_write_deferred(&self, covers: SnapshotCovers) {
         let store = self.clone();
         let spawned = std::thread::Builder::new()
@@ -159,9 +161,14 @@ impl LogStore {
                     let Some(id) = *store.deferred.lock() else {
                         return;
                     };
+                    if Arc::strong_count(&store.deferred) <= 1 {
+                        *store.deferred.lock() = None;
+                        return;
+                    }
                     if covers(id.index) {
                         if let Err(e) = store.write_purge(id) {
                             tracing::error!(error = %e, "writing a deferred log purge failed");
+                            *store.deferred.lock() = None;
                             return;
                         }
                         if store.deferred.lock().is_none() {
@@ -172,7 +179,24 @@ impl LogStore {
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the deferred log purge");
+            *self.deferred.lock() = None;
         }
+    }
+
+    /// At start, with `snapshot` the installed snapshot's last log id: if the log lacks that
+    /// entry (the snapshot was received, not built from this log) and no purge as far is
+    /// written, writes one. That is the purge deferred until the install, when the process
+    /// stopped before it was written: without it the log would have a hole between its
+    /// entries before the snapshot and those appended after it.
+    pub fn purge_to_snapshot(&self, snapshot: LogId) -> Result<(), StorageError<NodeId>> {
+        if self
+            .log
+            .contains_key(idx_key(snapshot.index))
+            .map_err(storage_read_error)?
+        {
+            return Ok(());
+        }
+        self.write_purge(snapshot)
     }
 
     /// Deletes the purged entries still in the tree, a chunk at a time, on a thread of its own

@@ -381,6 +381,33 @@ mod log {
         }
         panic!("the deferred purge was not written within 10 s of the snapshot");
     }
+
+    #[tokio::test]
+    async fn at_start_a_purge_deferred_for_an_installed_snapshot_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::backend::testing::open_sled(dir.path());
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let mut log = LogStore::open(&db, None)
+            .unwrap()
+            .with_snapshot_check(std::sync::Arc::new(|_| false));
+        log.blocking_append((1..=100).map(entry)).await.unwrap();
+        // A snapshot at 250 received: the purge waits for it. The install finishes, entries
+        // after it are appended, and the process stops before the purge is written.
+        log.purge(id(250)).await.unwrap();
+        log.blocking_append((251..=260).map(entry)).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open(&db, None).unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        // At the start, with the snapshot installed: the hole 101..=250 is purged.
+        log.purge_to_snapshot(id(250)).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(250)));
+        assert_eq!(state.last_log_id, Some(id(260)));
+        // A snapshot built from this log (its entry is there) purges nothing.
+        log.purge_to_snapshot(id(255)).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(250)));
+    }
 }
 
 #[test]

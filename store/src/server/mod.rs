@@ -551,16 +551,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         path: snap_path.clone(),
         reason: format!("cannot finish the snapshot install cut short: {e}"),
     })?;
+    // A purge waits until a snapshot that covers it is installed and durable: current, no
+    // install pending, applied (see `LogStore::with_snapshot_check`).
     let mut log = log.with_snapshot_check({
         let shared = shared.clone();
         Arc::new(move |index| {
-            shared
-                .snapshots
-                .current()
-                .and_then(|m| m.last_log_id)
-                .is_some_and(|l| l.index >= index)
+            let covered = |l: Option<crate::raft::LogId>| l.is_some_and(|l| l.index >= index);
+            covered(shared.snapshots.current().and_then(|m| m.last_log_id))
+                && covered(shared.applied.read().0)
+                && !shared.snapshots.install_pending()
         })
     });
+    if let Some(snapshot) = shared.snapshots.current().and_then(|m| m.last_log_id) {
+        log.purge_to_snapshot(snapshot)
+            .map_err(|e| ServerError::DataDir {
+                path: db_path.clone(),
+                reason: format!("cannot purge the log up to the snapshot: {e}"),
+            })?;
+    }
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
