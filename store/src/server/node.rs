@@ -134,10 +134,10 @@ impl Node {
         let deadline = Instant::now() + 2 * REQUEST_TIMEOUT;
         while Instant::now() < deadline {
             let m = self.inner.raft.metrics().borrow().clone();
-            if m.current_term != r.term || m.last_applied.is_some_and(|a| a.index >= r.last_index) {
+            if m.current_term > r.term || m.last_applied.is_some_and(|a| a.index >= r.last_index) {
                 return;
             }
-            if m.current_leader == Some(self.inner.id) {
+            if m.current_term == r.term && m.current_leader == Some(self.inner.id) {
                 match self.inner.raft.client_write(Pb(Batch::default())).await {
                     Ok(_) => return,
                     Err(RaftError::Fatal(_)) => return,
@@ -333,18 +333,7 @@ impl Node {
                 // Leadership moved before anything was appended: forwarded requests go back,
                 // this member's own go to the new leader.
                 Err(unsent) => {
-                    let mut unsent = unsent.requests.into_iter();
-                    let mut own = Vec::new();
-                    let mut own_replies = Vec::new();
-                    for ((reply, n), forwarded) in replies.into_iter().zip(forwarded) {
-                        let mine = unsent.by_ref().take(n);
-                        if forwarded {
-                            let _ = reply.send(Err(StoreError::NotLeader));
-                        } else {
-                            own.extend(mine);
-                            own_replies.push((reply, n));
-                        }
-                    }
+                    let (own, own_replies) = split_unsent(unsent.requests, replies, forwarded);
                     if own_replies.is_empty() {
                         return;
                     }
@@ -521,7 +510,8 @@ impl Node {
     fn restored_floor(&self) -> Option<u64> {
         let r = self.inner.restored?;
         let m = self.inner.raft.metrics().borrow().clone();
-        (m.current_term == r.term && m.last_applied.is_none_or(|a| a.index < r.last_index))
+        // Only a later term, whose leader's first entry covers the old log, lifts it early.
+        (m.current_term <= r.term && m.last_applied.is_none_or(|a| a.index < r.last_index))
             .then_some(r.last_index)
     }
 
@@ -745,6 +735,31 @@ fn connection_refused(status: &tonic::Status) -> bool {
 
 type Reply = oneshot::Sender<Result<Vec<InternalResponse>>>;
 
+/// Splits requests handed back unsent (`n` per reply, in the replies' order) into this
+/// member's own, to send again, with their replies; the replies of forwarded requests are
+/// answered `NotLeader` (the member that forwarded them tries the new leader).
+fn split_unsent<R>(
+    requests: Vec<R>,
+    replies: Vec<(Reply, usize)>,
+    forwarded: Vec<bool>,
+) -> (Vec<R>, Vec<(Reply, usize)>) {
+    let mut requests = requests.into_iter();
+    let mut own = Vec::new();
+    let mut own_replies = Vec::new();
+    for ((reply, n), forwarded) in replies.into_iter().zip(forwarded) {
+        // Taken whether kept or not: `take` is lazy, and requests left in the iterator would
+        // go out as the next reply's (an acknowledged write lost, another written twice).
+        let mine: Vec<R> = requests.by_ref().take(n).collect();
+        if forwarded {
+            let _ = reply.send(Err(StoreError::NotLeader));
+        } else {
+            own.extend(mine);
+            own_replies.push((reply, n));
+        }
+    }
+    (own, own_replies)
+}
+
 /// Hands each waiter its share of `result`: `n` responses each, in order.
 fn reply_all(replies: Vec<(Reply, usize)>, result: Result<BatchResponse>) {
     let resp = match result {
@@ -766,5 +781,40 @@ fn reply_all(replies: Vec<(Reply, usize)>, result: Result<BatchResponse>) {
     for (reply, n) in replies {
         let mine = responses.by_ref().take(n).collect();
         let _ = reply.send(Ok(mine));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsent_requests_go_back_with_their_own_replies() {
+        let mut receivers = Vec::new();
+        let mut replies = Vec::new();
+        for n in [2, 1, 2, 1] {
+            let (tx, rx) = oneshot::channel();
+            replies.push((tx, n));
+            receivers.push(rx);
+        }
+        let forwarded = vec![true, false, true, false];
+        let (own, own_replies) =
+            split_unsent(vec!["a1", "a2", "b1", "c1", "c2", "d1"], replies, forwarded);
+        // Only this member's own requests are sent again, each with its own reply.
+        assert_eq!(own, vec!["b1", "d1"]);
+        assert_eq!(
+            own_replies.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+            vec![1, 1]
+        );
+        // The forwarded ones are told to try the new leader.
+        let mut rx = receivers.into_iter();
+        for forwarded in [true, false, true, false] {
+            let mut r = rx.next().unwrap();
+            match r.try_recv() {
+                Ok(Err(StoreError::NotLeader)) => assert!(forwarded),
+                Err(_) => assert!(!forwarded),
+                Ok(other) => panic!("unexpected answer {other:?}"),
+            }
+        }
     }
 }
