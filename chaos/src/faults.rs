@@ -467,26 +467,18 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
             name(cluster, l)
         );
         if exit.is_none() {
-            let _ = cluster
-                .failpoint_request(f, "DELETE", &format!("/{point}"), "")
-                .await;
-            // It may have got there just before.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            exit = cluster.exited(f);
+            exit = disarm(cluster, f, &point).await;
         }
-        return Ok(match exit {
-            Some(status) => (
-                format!(
-                    "{setup}; {}",
-                    crashed_there(cluster, f, &point, before, status)?
-                ),
-                Heal::Restart(vec![f]),
-            ),
-            None => (
-                format!("{setup}; not reached within {SNAPSHOT_WAIT:?} (disarmed)"),
-                Heal::Nothing,
-            ),
-        });
+        return outcome(
+            cluster,
+            f,
+            &point,
+            before,
+            exit,
+            setup,
+            "",
+            format!("within {SNAPSHOT_WAIT:?}"),
+        );
     }
     let round = taken / cluster.failpoints.len();
     let (victim, role, other) = if round.is_multiple_of(2) {
@@ -515,23 +507,52 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
     let (written, _, mut exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
     let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
     if exit.is_none() {
-        let _ = cluster
-            .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
-            .await;
-        // It may have got there just before.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        exit = cluster.exited(victim);
+        exit = disarm(cluster, victim, &point).await;
     }
+    outcome(
+        cluster,
+        victim,
+        &point,
+        before,
+        exit,
+        setup,
+        &format!(" after {written} filler writes"),
+        format!("by {written} filler writes"),
+    )
+}
+
+/// Disarms `point` on member `i`, then sees whether it crashed there just before.
+async fn disarm(cluster: &mut Cluster, i: usize, point: &str) -> Option<std::process::ExitStatus> {
+    let _ = cluster
+        .failpoint_request(i, "DELETE", &format!("/{point}"), "")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.exited(i)
+}
+
+/// What a `failpoint` injection did: member `i` crashed at `point` (restarted on heal), or it
+/// was not reached (`unreached` says how it was tried).
+#[allow(clippy::too_many_arguments)]
+fn outcome(
+    cluster: &Cluster,
+    i: usize,
+    point: &str,
+    before: usize,
+    exit: Option<std::process::ExitStatus>,
+    setup: String,
+    crashed_after: &str,
+    unreached: String,
+) -> anyhow::Result<(String, Heal)> {
     Ok(match exit {
         Some(status) => (
             format!(
-                "{setup}; {} after {written} filler writes",
-                crashed_there(cluster, victim, &point, before, status)?
+                "{setup}; {}{crashed_after}",
+                crashed_there(cluster, i, point, before, status)?
             ),
-            Heal::Restart(vec![victim]),
+            Heal::Restart(vec![i]),
         ),
         None => (
-            format!("{setup}; not reached by {written} filler writes (disarmed)"),
+            format!("{setup}; not reached {unreached} (disarmed)"),
             Heal::Nothing,
         ),
     })

@@ -287,6 +287,29 @@ fn libc_accmode() -> i32 {
     0o3
 }
 
+impl LazyFs {
+    /// Removes `name` from `parent` with `remove` (a file or an empty directory) and forgets
+    /// its paths and records.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) {
+        let mut st = lock(&self.state);
+        let result = st.child(parent.0, name).and_then(|rel| {
+            remove(&st.backing.join(&rel)).map_err(|e| errno(&e))?;
+            st.repath(&rel, None);
+            Ok(())
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
 impl Filesystem for LazyFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let mut st = lock(&self.state);
@@ -378,29 +401,11 @@ impl Filesystem for LazyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = lock(&self.state);
-        let result = st.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_file(st.backing.join(&rel)).map_err(|e| errno(&e))?;
-            st.repath(&rel, None);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = lock(&self.state);
-        let result = st.child(parent.0, name).and_then(|rel| {
-            std::fs::remove_dir(st.backing.join(&rel)).map_err(|e| errno(&e))?;
-            st.repath(&rel, None);
-            Ok(())
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| std::fs::remove_dir(p));
     }
 
     fn rename(
