@@ -189,6 +189,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: dumped.membership,
                 snapshot_id,
             };
+            // The state the dump was taken from is synced only by the log's next fsync: were
+            // the snapshot current before that, a power cut could leave the snapshot ahead of
+            // the state, which openraft refuses at every start.
+            let backend = shared.mvcc.read().backend().clone();
+            backend.flush().map_err(storage_error)?;
             // A snapshot installed meanwhile (from the leader) may be newer than this one: the
             // newest is kept, so lagging members are never sent one whose logs are purged.
             shared
