@@ -178,6 +178,24 @@ async fn leader_and_follower(cluster: &Cluster) -> Result<(usize, usize), String
     }
 }
 
+/// Kills follower `f`, then writes filler until leader `l`'s log has moved past what it keeps
+/// after a snapshot; says what was done.
+async fn leave_behind(cluster: &mut Cluster, l: usize, f: usize) -> anyhow::Result<String> {
+    cluster.kill(f);
+    let want = cluster.entries_past_the_log();
+    let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
+    let short = if grown < want {
+        format!(" (short of the {want} wanted: {FILL_LIMIT:?} passed)")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "killed {} (follower), then {written} filler writes moved {}'s log {grown} entries \
+         past it{short}",
+        cluster.members[f].name, cluster.members[l].name
+    ))
+}
+
 /// Injects `fault`; returns what was done and how to heal it.
 pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(String, Heal)> {
     let name = |c: &Cluster, i: usize| c.members[i].name.clone();
@@ -312,23 +330,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Ok(pair) => pair,
                 Err(skipped) => return Ok((skipped, Heal::Nothing)),
             };
-            cluster.kill(f);
-            let want = cluster.entries_past_the_log();
-            let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
-            let short = if grown < want {
-                format!(" (short of the {want} wanted: {FILL_LIMIT:?} passed)")
-            } else {
-                String::new()
-            };
-            (
-                format!(
-                    "killed {} (follower), then {written} filler writes moved {}'s log \
-                     {grown} entries past it{short}",
-                    name(cluster, f),
-                    name(cluster, l)
-                ),
-                Heal::RestartBehind(f),
-            )
+            (leave_behind(cluster, l, f).await?, Heal::RestartBehind(f))
         }
         Fault::Failpoint => return crash_at_failpoint(cluster).await,
         Fault::LoseUnsynced => {
@@ -445,13 +447,11 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
     let armed = format!("{point}=panic");
     if reached == Reached::SnapshotInstall {
         // As snapshot-install, with the point armed in the follower from its restart on.
-        cluster.kill(f);
-        let want = cluster.entries_past_the_log();
-        let (written, grown, _) = cluster.fill(l, want, FILL_LIMIT, None).await?;
+        let behind = leave_behind(cluster, l, f).await?;
         let before = crashes_logged(cluster, f, &point);
         cluster.start_member_armed(f, &armed)?;
         let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
-        let mut exit = loop {
+        let exit = loop {
             if let Some(exit) = cluster.exited(f) {
                 break Some(exit);
             }
@@ -460,25 +460,14 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let setup = format!(
-            "killed {} (follower), {written} filler writes moved {}'s log {grown} entries past \
-             it, restarted it with {armed}",
-            name(cluster, f),
-            name(cluster, l)
-        );
-        if exit.is_none() {
-            exit = disarm(cluster, f, &point).await;
-        }
-        return outcome(
-            cluster,
-            f,
-            &point,
-            before,
-            exit,
-            setup,
-            "",
-            format!("within {SNAPSHOT_WAIT:?}"),
-        );
+        let setup = format!("{behind}, restarted it with {armed}");
+        return Ok(match crash_seen(cluster, f, &point, before, exit).await? {
+            Some(crash) => (format!("{setup}; {crash}"), Heal::Restart(vec![f])),
+            None => (
+                format!("{setup}; not reached within {SNAPSHOT_WAIT:?} (disarmed)"),
+                Heal::Nothing,
+            ),
+        });
     }
     let round = taken / cluster.failpoints.len();
     let (victim, role, other) = if round.is_multiple_of(2) {
@@ -504,58 +493,45 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
         _ => (u64::MAX, CRASH_WAIT),
     };
-    let (written, _, mut exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+    let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
     let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
-    if exit.is_none() {
-        exit = disarm(cluster, victim, &point).await;
-    }
-    outcome(
-        cluster,
-        victim,
-        &point,
-        before,
-        exit,
-        setup,
-        &format!(" after {written} filler writes"),
-        format!("by {written} filler writes"),
+    Ok(
+        match crash_seen(cluster, victim, &point, before, exit).await? {
+            Some(crash) => (
+                format!("{setup}; {crash} after {written} filler writes"),
+                Heal::Restart(vec![victim]),
+            ),
+            None => (
+                format!("{setup}; not reached by {written} filler writes (disarmed)"),
+                Heal::Nothing,
+            ),
+        },
     )
 }
 
-/// Disarms `point` on member `i`, then sees whether it crashed there just before.
-async fn disarm(cluster: &mut Cluster, i: usize, point: &str) -> Option<std::process::ExitStatus> {
-    let _ = cluster
-        .failpoint_request(i, "DELETE", &format!("/{point}"), "")
-        .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    cluster.exited(i)
-}
-
-/// What a `failpoint` injection did: member `i` crashed at `point` (restarted on heal), or it
-/// was not reached (`unreached` says how it was tried).
-#[allow(clippy::too_many_arguments)]
-fn outcome(
-    cluster: &Cluster,
+/// Whether member `i` crashed at `point` (`before` crashes there were logged earlier), given
+/// how it exited if it did: if not, the point is disarmed and the member looked at once more
+/// (it may have got there just before). `Some` says how it crashed; an exit anywhere else is
+/// an error of the run.
+async fn crash_seen(
+    cluster: &mut Cluster,
     i: usize,
     point: &str,
     before: usize,
     exit: Option<std::process::ExitStatus>,
-    setup: String,
-    crashed_after: &str,
-    unreached: String,
-) -> anyhow::Result<(String, Heal)> {
-    Ok(match exit {
-        Some(status) => (
-            format!(
-                "{setup}; {}{crashed_after}",
-                crashed_there(cluster, i, point, before, status)?
-            ),
-            Heal::Restart(vec![i]),
-        ),
-        None => (
-            format!("{setup}; not reached {unreached} (disarmed)"),
-            Heal::Nothing,
-        ),
-    })
+) -> anyhow::Result<Option<String>> {
+    let exit = match exit {
+        Some(status) => Some(status),
+        None => {
+            let _ = cluster
+                .failpoint_request(i, "DELETE", &format!("/{point}"), "")
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster.exited(i)
+        }
+    };
+    exit.map(|status| crashed_there(cluster, i, point, before, status))
+        .transpose()
 }
 
 /// Undoes an injected fault.

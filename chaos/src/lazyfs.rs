@@ -27,6 +27,7 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use nix::fcntl::OFlag;
 
 /// Attributes and entries are never cached by the kernel: files change behind its back when
 /// unsynced writes are lost.
@@ -270,21 +271,24 @@ impl State {
     }
 }
 
+/// Whether `flags` (an open's) has `flag`.
+fn has(flags: i32, flag: OFlag) -> bool {
+    flags & flag.bits() != 0
+}
+
 fn open_options(flags: i32) -> OpenOptions {
     let mut o = OpenOptions::new();
     // Writable handles read too: a write keeps what it replaces.
-    match flags & libc_accmode() {
-        0 => o.read(true),
-        _ => o.read(true).write(true),
-    };
+    if has(flags, OFlag::O_ACCMODE) {
+        o.read(true).write(true);
+    } else {
+        o.read(true);
+    }
     // The kernel handles O_APPEND's offsets; creation flags are the caller's business.
-    let passed = flags & !(libc_accmode() | 0o100 | 0o200 | 0o1000 | 0o2000);
-    o.custom_flags(passed);
+    let handled =
+        OFlag::O_ACCMODE | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC | OFlag::O_APPEND;
+    o.custom_flags(flags & !handled.bits());
     o
-}
-
-fn libc_accmode() -> i32 {
-    0o3
 }
 
 impl LazyFs {
@@ -467,10 +471,10 @@ impl Filesystem for LazyFs {
         let result = st.child(parent.0, name).and_then(|rel| {
             let mut o = open_options(flags);
             o.create(true).mode(mode);
-            if flags & 0o200 != 0 {
+            if has(flags, OFlag::O_EXCL) {
                 o.create_new(true);
             }
-            if flags & 0o1000 != 0 {
+            if has(flags, OFlag::O_TRUNC) {
                 o.truncate(true);
             }
             let f = o.open(st.backing.join(&rel)).map_err(|e| errno(&e))?;

@@ -38,16 +38,26 @@ pub struct ReplicaRead {
 
 /// Reads the keys under `prefix` at `revision` from every member that is in the cluster,
 /// each on its own; a member that has not applied `revision` yet (or does not answer) is asked
-/// again until `limit` has passed.
+/// again until `limit` has passed. Without a revision (the run's last write failed) every
+/// member counts as unread.
 pub async fn read(
     cluster: &Cluster,
     prefix: &str,
-    revision: i64,
+    revision: Option<i64>,
     limit: Duration,
 ) -> Vec<ReplicaRead> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut out = Vec::new();
     for m in cluster.members.iter().filter(|m| !m.removed) {
+        let Some(revision) = revision else {
+            out.push(ReplicaRead {
+                member: m.name.clone(),
+                revision: 0,
+                kvs: Vec::new(),
+                error: Some("the run's last write failed: no revision to read at".into()),
+            });
+            continue;
+        };
         let request = RangeRequest {
             key: prefix.as_bytes().to_vec(),
             range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),

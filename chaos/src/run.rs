@@ -340,21 +340,13 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         history.watches.push(w.await?);
     }
     catch_up.abort();
-    history.replicas = match end_revision {
-        Some(r) => crate::replicas::read(&cluster, &load.prefix, r, Duration::from_secs(15)).await,
-        // Nothing to compare the members at: each counts as unread.
-        None => cluster
-            .members
-            .iter()
-            .filter(|m| !m.removed)
-            .map(|m| crate::replicas::ReplicaRead {
-                member: m.name.clone(),
-                revision: 0,
-                kvs: Vec::new(),
-                error: Some("the run's last write failed: no revision to read at".into()),
-            })
-            .collect(),
-    };
+    history.replicas = crate::replicas::read(
+        &cluster,
+        &load.prefix,
+        end_revision,
+        Duration::from_secs(15),
+    )
+    .await;
     drop(cluster);
     history.save(dir)?;
 
@@ -483,12 +475,11 @@ fn step(fault: &str, action: &str, detail: String, clock: Clock) -> FaultStep {
 /// `report.md` of a run.
 fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -> String {
     let mut r = String::new();
-    let names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     let _ = writeln!(
         r,
         "# chaos run: {:?}, faults {}\n",
         o.target,
-        names.join(",")
+        fault_names(faults)
     );
     let _ = writeln!(
         r,

@@ -151,7 +151,10 @@ impl LogStore {
     /// newest one) and writes it then. It gives up when every other handle on the store is
     /// gone (raft stopped), or when the write fails: the purge stays unwritten, which is
     /// safe (the next purge, or the next start, writes one as far).
-    fn spawn_write_deferred(&self, covers: SnapshotCovers) {
+    fn spawn_write_deferred(&self) {
+        let Some(covers) = self.covers.clone() else {
+            return;
+        };
         let store = self.clone();
         let spawned = std::thread::Builder::new()
             .name("raft-log-purge-wait".into())
@@ -431,7 +434,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             drop(deferred);
             if !waiting {
-                self.spawn_write_deferred(covers.clone());
+                self.spawn_write_deferred();
             }
             return Ok(());
         }

@@ -197,6 +197,11 @@ impl SnapshotDir {
         self.current.lock().clone()
     }
 
+    /// The current snapshot's last log id.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.current.lock().as_ref().and_then(|m| m.last_log_id)
+    }
+
     /// A new, unused path for a file being written.
     pub fn tmp_path(&self) -> PathBuf {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);

@@ -557,12 +557,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         let shared = shared.clone();
         Arc::new(move |index| {
             let covered = |l: Option<crate::raft::LogId>| l.is_some_and(|l| l.index >= index);
-            covered(shared.snapshots.current().and_then(|m| m.last_log_id))
+            covered(shared.snapshots.last_log_id())
                 && covered(shared.applied.read().0)
                 && !shared.snapshots.install_pending()
         })
     });
-    if let Some(snapshot) = shared.snapshots.current().and_then(|m| m.last_log_id) {
+    if let Some(snapshot) = shared.snapshots.last_log_id() {
         log.purge_to_snapshot(snapshot)
             .map_err(|e| ServerError::DataDir {
                 path: db_path.clone(),

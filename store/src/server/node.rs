@@ -122,7 +122,7 @@ impl Node {
         tokio::spawn(node.clone().proposer(prx));
         tokio::spawn(node.clone().read_barrier_loop(rrx));
         if let Some(r) = restored {
-            tokio::spawn(node.clone().commit_restored_log(r));
+            tokio::spawn(node.clone().commit_restored_log(r.term));
         }
         node
     }
@@ -130,14 +130,11 @@ impl Node {
     /// Appends an empty entry in the restored leader's term, which commits the log it had at
     /// the restart (entries of an earlier term are only committed by one of the leader's own):
     /// reads wait for that log, and without a client write it would never commit.
-    async fn commit_restored_log(self, r: RestoredLeader) {
+    async fn commit_restored_log(self, term: u64) {
         let deadline = Instant::now() + 2 * REQUEST_TIMEOUT;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && self.restored_floor().is_some() {
             let m = self.inner.raft.metrics().borrow().clone();
-            if m.current_term > r.term || m.last_applied.is_some_and(|a| a.index >= r.last_index) {
-                return;
-            }
-            if m.current_term == r.term && m.current_leader == Some(self.inner.id) {
+            if m.current_term == term && m.current_leader == Some(self.inner.id) {
                 match self.inner.raft.client_write(Pb(Batch::default())).await {
                     Ok(_) => return,
                     Err(RaftError::Fatal(_)) => return,
