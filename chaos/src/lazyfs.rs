@@ -186,6 +186,21 @@ fn attr(inode: u64, m: &std::fs::Metadata) -> FileAttr {
 }
 
 impl State {
+    /// The attributes of `inode`: through its open handle `fh` or its path, or, deleted but
+    /// still open (a snapshot being sent while a newer one replaced it), any handle on it.
+    fn metadata(&self, inode: u64, fh: Option<FileHandle>) -> Result<std::fs::Metadata, Errno> {
+        let open = fh.and_then(|h| self.open.get(&h.0)).or_else(|| {
+            self.open
+                .values()
+                .find(|(i, _)| *i == inode)
+                .filter(|_| !self.paths.contains_key(&inode))
+        });
+        match open {
+            Some((_, f)) => f.metadata().map_err(|e| errno(&e)),
+            None => std::fs::symlink_metadata(self.path(inode)?).map_err(|e| errno(&e)),
+        }
+    }
+
     fn path(&self, inode: u64) -> Result<PathBuf, Errno> {
         self.paths
             .get(&inode)
@@ -323,12 +338,9 @@ impl Filesystem for LazyFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let st = lock(&self.state);
-        match st
-            .path(ino.0)
-            .and_then(|p| std::fs::symlink_metadata(p).map_err(|e| errno(&e)))
-        {
+        match st.metadata(ino.0, fh) {
             Ok(m) => reply.attr(&TTL, &attr(ino.0, &m)),
             Err(e) => reply.error(e),
         }
@@ -764,6 +776,25 @@ mod tests {
         drop(f);
         lazy.lose_unsynced().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        // A deleted file still open can be read and measured (a snapshot sent while a newer one
+        // replaced it).
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = File::open(&path).unwrap();
+            std::fs::remove_file(mnt.join("sub/unsynced")).unwrap();
+            let kept = mnt.join("sub/kept");
+            std::fs::copy(&path, &kept).unwrap();
+            let mut g = File::open(&kept).unwrap();
+            std::fs::remove_file(&kept).unwrap();
+            assert_eq!(g.seek(SeekFrom::End(0)).unwrap(), 11);
+            assert_eq!(g.metadata().unwrap().len(), 11);
+            g.seek(SeekFrom::Start(0)).unwrap();
+            let mut text = String::new();
+            g.read_to_string(&mut text).unwrap();
+            assert_eq!(text, "hello world");
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+        }
         // Renames keep the record with the file.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(b"J", 0).unwrap();
