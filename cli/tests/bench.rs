@@ -42,6 +42,38 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("kubectl must be installed")
 }
 
+/// The saturation pods of `pods.csv` summed up: pods per ReplicaSet (from their generated
+/// names), and the rows of any ReplicaSet whose count differs from the most common one.
+fn pods_per_replicaset(run: &Path) -> String {
+    let pods = std::fs::read_to_string(run.join("pods.csv")).unwrap_or_default();
+    let mut by_set: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for line in pods.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.get(2) != Some(&"saturation") {
+            continue;
+        }
+        let name = fields[1];
+        let set = name.rsplit_once('-').map_or(name, |(set, _)| set);
+        by_set.entry(set.to_string()).or_default().push(line);
+    }
+    let mut sizes: std::collections::HashMap<usize, usize> = Default::default();
+    for rows in by_set.values() {
+        *sizes.entry(rows.len()).or_default() += 1;
+    }
+    let usual = sizes
+        .into_iter()
+        .max_by_key(|&(_, n)| n)
+        .map_or(0, |(size, _)| size);
+    let mut out = String::new();
+    for (set, rows) in &by_set {
+        out += &format!("{set}: {} pods\n", rows.len());
+    }
+    for (set, rows) in by_set.iter().filter(|(_, rows)| rows.len() != usual) {
+        out += &format!("{set}:\n{}\n", rows.join("\n"));
+    }
+    out
+}
+
 /// The one run directory under `out`.
 fn run_dir(out: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(out)
@@ -93,12 +125,12 @@ fn density_measures_every_sli_from_real_samples_and_cleans_up() {
     assert!(count_of(&s, "POST", "pods") >= 525, "{log}");
     assert!(count_of(&s, "POST", "deployments.apps") >= 10, "{log}");
     assert!(count_of(&s, "LIST", "pods") >= 2, "{log}");
-    // (On a miscount, the pods' names show which ReplicaSets made them.)
+    // (On a miscount, the pods per ReplicaSet say which one made too many or too few.)
     assert_eq!(
         s["pod_startup"]["saturation"]["total"]["count"],
         500,
         "{}",
-        std::fs::read_to_string(run.join("pods.csv")).unwrap_or_default()
+        pods_per_replicaset(&run)
     );
     assert_eq!(s["pod_startup"]["latency"]["total"]["count"], 25);
     assert!(s["scheduling_throughput"]["average"].as_f64().unwrap() > 0.0);

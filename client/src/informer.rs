@@ -133,25 +133,48 @@ where
             .unwrap_or_default()
     }
 
-    fn remove(&self, keys: &[String], r: &ObjectRef<K>) {
+    /// Takes an object out from under its old keys and puts its new version under its new
+    /// keys, in one step: a reader in between would miss it (a ReplicaSet counting its pods
+    /// while one of them changed would create one too many).
+    fn replace(&self, old: Option<(Vec<String>, ObjectRef<K>)>, new: Option<(Vec<String>, Arc<K>)>)
+    where
+        K::DynamicType: Default,
+    {
         let mut map = self.map.write();
-        for k in keys {
-            if let Some(m) = map.get_mut(k) {
-                m.remove(r);
-                if m.is_empty() {
-                    map.remove(k);
+        if let Some((keys, r)) = old {
+            for k in keys {
+                if let Some(m) = map.get_mut(&k) {
+                    m.remove(&r);
+                    if m.is_empty() {
+                        map.remove(&k);
+                    }
                 }
+            }
+        }
+        if let Some((keys, obj)) = new {
+            let r = ObjectRef::from(obj.as_ref());
+            for k in keys {
+                map.entry(k).or_default().insert(r.clone(), obj.clone());
             }
         }
     }
 
-    fn insert(&self, keys: &[String], r: ObjectRef<K>, obj: Arc<K>) {
-        let mut map = self.map.write();
-        for k in keys {
-            map.entry(k.clone())
-                .or_default()
-                .insert(r.clone(), obj.clone());
+    /// Indexes `objects` afresh (after a relist), swapping the new index in at once.
+    fn rebuild(&self, f: &IndexFn<K>, objects: &[Arc<K>])
+    where
+        K::DynamicType: Default,
+    {
+        let mut fresh = Buckets::new();
+        for obj in objects {
+            let r = ObjectRef::from(obj.as_ref());
+            for k in f(obj) {
+                fresh
+                    .entry(k)
+                    .or_insert_with(HashMap::new)
+                    .insert(r.clone(), obj.clone());
+            }
         }
+        *self.map.write() = fresh;
     }
 }
 
@@ -208,12 +231,10 @@ where
     /// Keeps the indexes in step with one object's change (`new` None: deleted).
     fn reindex(&self, old: Option<&K>, new: Option<Arc<K>>) {
         for (f, index) in &self.indexes {
-            if let Some(o) = old {
-                index.remove(&f(o), &ObjectRef::from(o));
-            }
-            if let Some(n) = &new {
-                index.insert(&f(n), ObjectRef::from(n.as_ref()), n.clone());
-            }
+            index.replace(
+                old.map(|o| (f(o), ObjectRef::from(o))),
+                new.as_ref().map(|n| (f(n), n.clone())),
+            );
         }
     }
 
@@ -322,11 +343,9 @@ where
                     .collect();
                 self.writer.apply_watcher_event(&Event::InitDone);
                 if !self.indexes.is_empty() {
-                    for (_, index) in &self.indexes {
-                        index.map.write().clear();
-                    }
-                    for obj in self.store.state() {
-                        self.reindex(None, Some(obj));
+                    let objects = self.store.state();
+                    for (f, index) in &self.indexes {
+                        index.rebuild(f, &objects);
                     }
                 }
                 let mut seen = std::collections::HashSet::new();
@@ -396,5 +415,68 @@ mod tests {
         synced.wait().await;
         assert_eq!(index.get("ns").len(), 2);
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn readers_never_see_an_object_missing_from_an_index_while_it_changes() {
+        // A ReplicaSet worker that counted its pods while one was between removal and
+        // insertion (an update) or while a relist rebuilt the index created one pod too many.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let client = kube::Client::new(
+            tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+                http::Response::builder()
+                    .status(500)
+                    .body(kube::client::Body::from(Vec::new()))
+            }),
+            "default",
+        );
+        let mut inf: Informer<ConfigMap> =
+            Informer::new(Api::all(client), watcher::Config::default());
+        let index = inf.add_index(|c| c.metadata.namespace.clone().into_iter().collect());
+        let cm = |name: &str, version: usize| ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        inf.apply_event(Event::Init);
+        inf.apply_event(Event::InitApply(cm("a", 0)));
+        inf.apply_event(Event::InitApply(cm("b", 0)));
+        inf.apply_event(Event::InitDone);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (index, done) = (index.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut reads, mut short) = (0u64, 0u64);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    reads += 1;
+                    short += (index.get("ns").len() != 2) as u64;
+                }
+                (reads, short)
+            })
+        };
+        for v in 1..=20_000 {
+            if v % 100 == 0 {
+                inf.apply_event(Event::Init);
+                inf.apply_event(Event::InitApply(cm("a", v)));
+                inf.apply_event(Event::InitApply(cm("b", v)));
+                inf.apply_event(Event::InitDone);
+            } else {
+                inf.apply_event(Event::Apply(cm(if v % 2 == 0 { "a" } else { "b" }, v)));
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (reads, short) = reader.join().unwrap();
+        assert!(reads > 0);
+        assert_eq!(
+            short, 0,
+            "{short} of {reads} reads saw fewer than 2 objects"
+        );
     }
 }
