@@ -1467,9 +1467,16 @@ pub fn admit_namespace(n: &Value, ns: &str) -> ApiResult<()> {
     if !meta_str(n, "deletionTimestamp").is_empty()
         || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
     {
-        return Err(ApiError::forbidden(format!(
+        let mut e = ApiError::forbidden(format!(
             "unable to create new content in namespace {ns} because it is being terminated"
-        )));
+        ));
+        // What controllers look for to stop creating there (upstream's NamespaceTerminating).
+        e.details.causes.push(crate::status::Cause::new(
+            "NamespaceTerminating",
+            "metadata.namespace",
+            format!("namespace {ns} is being terminated"),
+        ));
+        return Err(e);
     }
     Ok(())
 }

@@ -34,8 +34,9 @@ use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::nodelifecycle::tolerates;
 use crate::util::{
-    SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller, is_not_found, key_of,
-    object_ref, pod_available, pod_ready, reconciler, replace_status, selector_or_event, split_key,
+    Expectations, SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller,
+    is_not_found, key_of, namespace_terminating, object_ref, owner_key, pod_available, pod_ready,
+    reconciler, replace_status, selector_or_event, split_key,
 };
 
 /// The DaemonSet controller.
@@ -46,6 +47,9 @@ pub struct DaemonSetController {
     pods: Index<Pod>,
     revisions: Index<ControllerRevision>,
     queue: WorkQueue<String>,
+    /// The creations and deletions asked for and not yet seen: until they are, a sync would
+    /// read a cache without them and create a node's pod twice (or delete one twice).
+    expectations: Arc<Expectations>,
     recorder: Recorder,
 }
 
@@ -186,11 +190,16 @@ impl DaemonSetController {
                 }
             });
         }
+        let expectations = Arc::new(Expectations::default());
         {
             let q = queue.clone();
-            informers
-                .pods()
-                .on_change(move |c| enqueue_controller(&q, "DaemonSet", &c));
+            let (exp, sets) = (expectations.clone(), sets.clone());
+            informers.pods().on_change(move |c| {
+                if let Some(k) = owner_key(&sets, c.object()) {
+                    exp.observe(&k, &c);
+                }
+                enqueue_controller(&q, "DaemonSet", &c)
+            });
         }
         Arc::new(Self {
             client: informers.client(),
@@ -199,6 +208,7 @@ impl DaemonSetController {
             pods,
             revisions,
             queue,
+            expectations,
             recorder,
         })
     }
@@ -206,6 +216,7 @@ impl DaemonSetController {
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(ds) = self.sets.get(&ObjectRef::new(name).within(ns)) else {
+            self.expectations.forget(&key);
             return Ok(None);
         };
         let ds = (*ds).clone();
@@ -216,6 +227,8 @@ impl DaemonSetController {
             return Ok(None);
         };
         let uid = ds.uid().unwrap_or_default();
+        // Taken before the cache is read, as the ReplicaSet controller does.
+        let act = self.expectations.satisfied(&key);
         let pods = claim_indexed(&self.client, &self.pods, &ds, &selector, |_| true).await?;
         let mut status = ds.status.clone().unwrap_or_default();
         let (update, revisions) = history::ensure(
@@ -234,7 +247,8 @@ impl DaemonSetController {
         for p in &pods {
             match target_node(p) {
                 Some(n) => by_node.entry(n).or_default().push(p.clone()),
-                None => to_delete.push(p.clone()),
+                None if !deleting(&p.metadata) => to_delete.push(p.clone()),
+                None => {}
             }
         }
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -290,7 +304,7 @@ impl DaemonSetController {
         for (_, ps) in by_node {
             to_delete.extend(ps.into_iter().filter(|p| !deleting(&p.metadata)));
         }
-        if !deleting(&ds.metadata) {
+        if act && !deleting(&ds.metadata) {
             // Rolling update within maxUnavailable.
             let rolling = spec
                 .update_strategy
@@ -323,6 +337,9 @@ impl DaemonSetController {
                     }
                 }
             }
+            self.expectations
+                .expect_deletions(&key, to_delete.iter().map(|p| key_of(&p.metadata)));
+            let mut failed = None;
             for p in &to_delete {
                 match api.delete(&p.name_any(), &DeleteParams::default()).await {
                     Ok(_) => self.recorder.record(
@@ -331,11 +348,21 @@ impl DaemonSetController {
                         "SuccessfulDelete",
                         format!("Deleted pod: {}", p.name_any()),
                     ),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // Not deleted by this call: nothing to wait for.
+                        self.expectations
+                            .deletion_observed(&key, &key_of(&p.metadata));
+                        if !is_not_found(&e) {
+                            failed = Some(e);
+                        }
+                    }
                 }
             }
-            for node in &to_create {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            self.expectations.expect_creations(&key, to_create.len());
+            for (i, node) in to_create.iter().enumerate() {
                 let pod = self.pod_for(&ds, node, &update_name);
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(p) => self.recorder.record(
@@ -345,6 +372,11 @@ impl DaemonSetController {
                         format!("Created pod: {}", p.name_any()),
                     ),
                     Err(e) => {
+                        self.expectations
+                            .creations_skipped(&key, to_create.len() - i);
+                        if namespace_terminating(&e) {
+                            break;
+                        }
                         self.recorder.record(
                             object_ref(&ds),
                             EventType::Warning,
@@ -491,5 +523,45 @@ mod tests {
             Some([("role".to_string(), "web".to_string())].into());
         assert!(!should_run(&t, &node("a", &[], None)));
         assert!(should_run(&t, &node("a", &[("role", "web")], None)));
+    }
+
+    #[tokio::test]
+    async fn against_a_fake_api_a_node_gets_one_pod_however_often_it_syncs() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = DaemonSetController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "daemon-set-controller", None),
+        );
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid", "generation": 1},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                "template": {"metadata": {"labels": {"app": "agent"}},
+                    "spec": {"containers": [{"name": "c", "image": "agent"}]}}},
+        }))
+        .unwrap();
+        informers.daemonsets().apply_event(Event::Apply(ds));
+        informers
+            .nodes()
+            .apply_event(Event::Apply(node("n1", &[], None)));
+        let creates = || taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(creates().len(), 1);
+        // Synced again before the watch shows that pod: nothing more (expectations).
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(creates().len(), 1, "a second pod for n1");
+        // The pod arrives: still one.
+        let mut pod: Pod = serde_json::from_value(creates()[0].1.clone()).unwrap();
+        pod.metadata.name = Some("agent-0".into());
+        pod.metadata.uid = Some("p-uid".into());
+        informers.pods().apply_event(Event::Apply(pod.clone()));
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(creates().len(), 1);
+        // Its deletion is seen: n1 gets a new one.
+        informers.pods().apply_event(Event::Delete(pod));
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(creates().len(), 2, "n1 gets a new pod");
     }
 }

@@ -33,7 +33,7 @@ use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
     Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
-    key_of, object_ref, pod_ready, reconciler, selector_or_event, split_key,
+    key_of, namespace_terminating, object_ref, pod_ready, reconciler, selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -206,7 +206,10 @@ impl JobController {
         ) else {
             return Ok(None);
         };
-        let _uid = job.uid().unwrap_or_default();
+        // Whether the cache has shown every pod this Job asked for, taken before the cache is
+        // read: taken after, a pod seen in between would satisfy it without being in `pods`,
+        // and the Job would create it again.
+        let act = self.expectations.satisfied(&key);
         let pods = claim_indexed(&self.client, &self.pods, &job, &selector, |_| true).await?;
         let mut status = job.status.clone().unwrap_or_default();
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
@@ -367,7 +370,7 @@ impl JobController {
                 if status.start_time.is_none() {
                     status.start_time = Some(Time(now));
                 }
-                if self.expectations.satisfied(&key)
+                if act
                     && !deleting(&job.metadata)
                     && let Err(e) = self
                         .create_pods(&job, &key, &pod_api, &active, succeeded, &done_indexes)
@@ -540,6 +543,9 @@ impl JobController {
         if let Some(e) = err {
             self.expectations
                 .creations_skipped(key, to_create.len() - created.len());
+            if namespace_terminating(&e) {
+                return Ok(());
+            }
             self.recorder.record(
                 object_ref(job),
                 EventType::Warning,

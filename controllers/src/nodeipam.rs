@@ -165,7 +165,12 @@ impl NodeIpam {
         };
         let cidr = self.cidrs.subnet(i);
         let api: Api<Node> = Api::all(self.client.clone());
-        let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+        // Against the node as cached: had another sync given it a range meanwhile (the cache a
+        // step behind), this one fails with a conflict rather than replacing that range.
+        let patch = json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]}
+        });
         match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

@@ -33,8 +33,8 @@ use kube::{Client, ResourceExt};
 use crate::Informers;
 use crate::util::{
     Expectations, Reconciler, SyncResult, claim_indexed, controller_of, controller_ref, deleting,
-    is_not_found, key_of, matches, object_ref, parse_selector, pod_active, pod_available,
-    pod_ready, pod_ready_since, replace_status, split_key,
+    is_not_found, key_of, matches, namespace_terminating, object_ref, owner_key, parse_selector,
+    pod_active, pod_available, pod_ready, pod_ready_since, replace_status, split_key,
 };
 
 /// Most pods created or deleted in one sync, as upstream's `BurstReplicas`.
@@ -111,17 +111,6 @@ pub struct ReplicaSetController<K: Replicated = ReplicaSet> {
     recorder: Recorder,
 }
 
-/// The key of the object in `sets` that is `pod`'s controller (kind, name and UID must match).
-fn owner_key<K: Replicated>(sets: &Store<K>, pod: &Pod) -> Option<String> {
-    let r = controller_of(&pod.metadata)?;
-    if r.kind != K::kind(&()) || r.api_version != K::api_version(&()) {
-        return None;
-    }
-    let ns = pod.namespace().unwrap_or_default();
-    let rs = sets.get(&ObjectRef::new(&r.name).within(&ns))?;
-    (rs.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
-}
-
 /// Keys of the objects in the pod's namespace whose selector matches it.
 fn matching_sets<K: Replicated>(sets: &Store<K>, pod: &Pod) -> Vec<String> {
     let ns = pod.namespace().unwrap_or_default();
@@ -156,11 +145,7 @@ impl<K: Replicated> ReplicaSetController<K> {
             informers.pods().on_change(move |c| match c {
                 Change::Added(pod) => {
                     if let Some(k) = owner_key(&sets, pod) {
-                        if deleting(&pod.metadata) {
-                            exp.deletion_observed(&k, &key_of(&pod.metadata));
-                        } else {
-                            exp.creation_observed(&k);
-                        }
+                        exp.observe(&k, &c);
                         q.add(k);
                     } else if controller_of(&pod.metadata).is_none() {
                         matching_sets(&sets, pod).into_iter().for_each(|k| q.add(k));
@@ -172,11 +157,8 @@ impl<K: Replicated> ReplicaSetController<K> {
                     }
                     let new_owner = owner_key(&sets, new);
                     let old_owner = owner_key(&sets, old);
-                    if deleting(&new.metadata)
-                        && !deleting(&old.metadata)
-                        && let Some(k) = &new_owner
-                    {
-                        exp.deletion_observed(k, &key_of(&new.metadata));
+                    if let Some(k) = &new_owner {
+                        exp.observe(k, &c);
                     }
                     if let Some(k) = old_owner
                         && Some(&k) != new_owner.as_ref()
@@ -193,7 +175,7 @@ impl<K: Replicated> ReplicaSetController<K> {
                 }
                 Change::Deleted(pod) => {
                     if let Some(k) = owner_key(&sets, pod) {
-                        exp.deletion_observed(&k, &key_of(&pod.metadata));
+                        exp.observe(&k, &c);
                         q.add(k);
                     }
                 }
@@ -330,6 +312,9 @@ impl<K: Replicated> ReplicaSetController<K> {
             }
             if let Some(e) = err {
                 self.expectations.creations_skipped(key, n - created.len());
+                if namespace_terminating(&e) {
+                    return None;
+                }
                 self.recorder.record(
                     object_ref(owner),
                     EventType::Warning,

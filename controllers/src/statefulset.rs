@@ -32,8 +32,8 @@ use crate::Informers;
 use crate::history::{self, REVISION_LABEL};
 use crate::util::{
     SyncResult, claim_indexed, controller_ref, deleting, enqueue_controller, is_conflict,
-    is_not_found, key_of, object_ref, pod_available, pod_ready, reconciler, replace_status,
-    selector_or_event, split_key,
+    is_not_found, key_of, namespace_terminating, object_ref, pod_available, pod_ready, reconciler,
+    replace_status, selector_or_event, split_key,
 };
 
 /// The StatefulSet controller.
@@ -387,6 +387,7 @@ impl StatefulSetController {
             }
             // The previous pod of this ordinal is still being deleted.
             Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) if namespace_terminating(&e) => Ok(()),
             Err(e) => {
                 self.recorder.record(
                     object_ref(set),

@@ -206,6 +206,39 @@ impl Expectations {
     pub fn forget(&self, key: &str) {
         self.inner.lock().remove(key);
     }
+
+    /// Counts a change to a pod of `key` against what `key` expects: a pod added (not being
+    /// deleted) is a creation seen; one added while being deleted, marked for deletion, or
+    /// deleted is a deletion seen.
+    pub fn observe(&self, key: &str, change: &keelson_client::informer::Change<'_, Pod>) {
+        use keelson_client::informer::Change;
+        match change {
+            Change::Added(p) if deleting(&p.metadata) => {
+                self.deletion_observed(key, &key_of(&p.metadata))
+            }
+            Change::Added(_) => self.creation_observed(key),
+            Change::Updated { old, new } if deleting(&new.metadata) && !deleting(&old.metadata) => {
+                self.deletion_observed(key, &key_of(&new.metadata))
+            }
+            Change::Updated { .. } => {}
+            Change::Deleted(p) => self.deletion_observed(key, &key_of(&p.metadata)),
+        }
+    }
+}
+
+/// The key (`ns/name`) of the object in `owners` that controls `pod`: kind, name and UID must
+/// match, so a pod of an earlier object of the same name is not counted for a new one.
+pub fn owner_key<K>(owners: &kube::runtime::reflector::Store<K>, pod: &Pod) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let r = controller_of(&pod.metadata)?;
+    if r.kind != K::kind(&()) || r.api_version != K::api_version(&()) {
+        return None;
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let owner = owners.get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns))?;
+    (owner.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
 }
 
 /// What a sync asks of the queue afterwards.
@@ -516,6 +549,15 @@ pub(crate) use reconciler;
 /// True for a 404 from the API.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// True for a create refused because its namespace is being deleted (the `NamespaceTerminating`
+/// cause): as upstream, a controller neither retries it nor reports it (an event could not be
+/// written there either).
+pub fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.details.as_ref().is_some_and(|d| {
+        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+    }))
 }
 
 /// True for a 409 AlreadyExists/Conflict from the API.

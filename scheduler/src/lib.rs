@@ -402,7 +402,11 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
                 s.nominator.lock().remove(&key);
                 return;
             }
-            if s.cache.lock().is_assumed(&key) {
+            // The cache stays locked until the pod is queued: the scheduling loop assumes a pod
+            // (under this lock) and then lets the queue forget it, so a pod found not assumed
+            // here is queued while still in flight (an update), never re-added after.
+            let cache = s.cache.lock();
+            if cache.is_assumed(&key) {
                 // Our own binding is in flight; the watch has not caught up yet.
                 return;
             }
@@ -418,6 +422,7 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
             } else {
                 s.queue.add(info);
             }
+            drop(cache);
         }
         Change::Deleted(p) => {
             let key = types::pod_key(p);

@@ -128,8 +128,10 @@ fn eviction_finalize_and_events() {
         c.ok(&["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"]),
         "Terminating"
     );
-    let e = c.fails(&["create", "configmap", "late", "-n", "doomed"]);
+    // (-v=8 shows the Status body: its cause is what controllers stop creating on.)
+    let e = c.fails(&["create", "configmap", "late", "-n", "doomed", "-v=8"]);
     assert!(e.contains("being terminated"), "{e}");
+    assert!(e.contains("NamespaceTerminating"), "{e}");
     let fin = write(
         &c,
         "fin.json",

@@ -685,3 +685,64 @@ fn inter_pod_affinity_memo_sees_changes() {
     let s3 = snap(nodes);
     assert!(filter(&pl, &anti, &s3, "c").is_ok(), "and its removal");
 }
+
+#[test]
+fn a_volume_chosen_for_one_claim_is_not_offered_to_another_before_the_cache_shows_it() {
+    use crate::framework::{CycleState, Plugin};
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    let (storage_classes, mut w) = reflector::store::<StorageClass>();
+    w.apply_watcher_event(&Event::Apply(
+        serde_json::from_value(json!({"metadata": {"name": "local"},
+            "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}))
+        .unwrap(),
+    ));
+    let (pvs, mut w) = reflector::store::<PersistentVolume>();
+    w.apply_watcher_event(&Event::Apply(
+        serde_json::from_value(json!({"metadata": {"name": "pv1", "resourceVersion": "7"},
+            "spec": {"storageClassName": "local", "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"]}}))
+        .unwrap(),
+    ));
+    let (pvcs, mut w) = reflector::store::<PersistentVolumeClaim>();
+    for c in ["a", "b"] {
+        w.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(json!({"metadata": {"name": c, "namespace": "default"},
+                "spec": {"storageClassName": "local", "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap(),
+        ));
+    }
+    let pl = volumebinding::VolumeBinding::new(
+        Listers {
+            storage_classes,
+            pvs,
+            pvcs,
+            ..Listers::empty()
+        },
+        None,
+    );
+    let s = snap(vec![node_info(node("n", "1", "1Gi", json!({})), vec![])]);
+    let with_claim = |name: &str, claim: &str| {
+        info(pod(
+            name,
+            "",
+            "",
+            json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}}),
+        ))
+    };
+    let (pa, pb) = (with_claim("pa", "a"), with_claim("pb", "b"));
+    assert!(filter(&pl, &pb, &s, "n").is_ok(), "pv1 is free");
+    // pa takes pv1 at Reserve; its claimRef is not in the cache yet.
+    let mut st = CycleState::default();
+    assert!(pl.pre_filter(&mut st, &pa, &s).1.is_ok());
+    assert!(pl.reserve(&mut st, &pa, s.get("n").unwrap()).is_ok());
+    let st_b = filter(&pl, &pb, &s, "n");
+    assert_eq!(st_b.reasons, [volumebinding::ERR_BIND_CONFLICT]);
+    assert!(filter(&pl, &pa, &s, "n").is_ok(), "pa may still have it");
+    // Its binding failed: pv1 is free again.
+    pl.unreserve(&mut st, &pa, "n");
+    assert!(filter(&pl, &pb, &s, "n").is_ok());
+}

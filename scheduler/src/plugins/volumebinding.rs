@@ -3,7 +3,7 @@
 //! that fits and is reachable, or a provisioner. The chosen PVs are bound to the claims before the
 //! pod is (PreBind). Unbound `Immediate` claims are left to the PV controller.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -27,13 +27,29 @@ const NAME: &str = "VolumeBinding";
 pub struct VolumeBinding {
     listers: Listers,
     client: Option<kube::Client>,
+    /// PVs chosen at Reserve, by name, with the claim (`ns/name`) they were chosen for
+    /// (upstream's assume cache): until the PV cache shows their claimRef, a pod scheduled in
+    /// the meantime would see them free and give them to a second claim.
+    assumed: Arc<parking_lot::Mutex<HashMap<String, String>>>,
 }
 
 impl VolumeBinding {
     /// A new plugin.
     pub fn new(listers: Listers, client: Option<kube::Client>) -> Self {
-        VolumeBinding { listers, client }
+        VolumeBinding {
+            listers,
+            client,
+            assumed: Arc::default(),
+        }
     }
+}
+
+fn claim_key(pvc: &PersistentVolumeClaim) -> String {
+    format!(
+        "{}/{}",
+        pvc.metadata.namespace.as_deref().unwrap_or(""),
+        pvc.metadata.name.as_deref().unwrap_or("")
+    )
 }
 
 #[derive(Clone, Default)]
@@ -90,10 +106,19 @@ impl VolumeBinding {
         let modes = spec.access_modes.clone().unwrap_or_default();
         let class = Self::class_of(pvc);
         let mut best: Option<(i64, String)> = None;
+        let claim = claim_key(pvc);
+        let mut assumed = self.assumed.lock();
         for pv in self.listers.pvs.state() {
             let name = pv.metadata.name.clone().unwrap_or_default();
             let Some(ps) = pv.spec.as_ref() else { continue };
             if taken.contains(&name) || pv.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // Once the cache shows a claimRef, it decides, not the assumption.
+            if ps.claim_ref.is_some() {
+                assumed.remove(&name);
+            }
+            if assumed.get(&name).is_some_and(|c| *c != claim) {
                 continue;
             }
             if let Some(c) = &ps.claim_ref
@@ -264,6 +289,13 @@ impl Plugin for VolumeBinding {
         }
         match self.choose(st, node) {
             Some(chosen) => {
+                let mut assumed = self.assumed.lock();
+                for (pvc, pv) in &chosen {
+                    if let Some(pv) = pv {
+                        assumed.insert(pv.clone(), claim_key(pvc));
+                    }
+                }
+                drop(assumed);
                 if let Some(st) = state.read_mut::<State>(NAME) {
                     st.chosen = chosen;
                 }
@@ -274,7 +306,14 @@ impl Plugin for VolumeBinding {
     }
     fn unreserve(&self, state: &mut CycleState, _: &PodInfo, _: &str) {
         if let Some(st) = state.read_mut::<State>(NAME) {
-            st.chosen.clear();
+            let mut assumed = self.assumed.lock();
+            for (pvc, pv) in st.chosen.drain(..) {
+                if let Some(pv) = pv
+                    && assumed.get(&pv) == Some(&claim_key(&pvc))
+                {
+                    assumed.remove(&pv);
+                }
+            }
         }
     }
     fn pre_bind(
@@ -285,6 +324,7 @@ impl Plugin for VolumeBinding {
     ) -> BoxFuture<'static, Status> {
         let st = state.read::<State>(NAME).cloned();
         let client = self.client.clone();
+        let pvs = self.listers.pvs.clone();
         let chosen = st.as_ref().map(|s| s.chosen.clone()).unwrap_or_default();
         Box::pin(async move {
             if chosen.is_empty() {
@@ -307,7 +347,25 @@ impl Plugin for VolumeBinding {
                     continue;
                 };
                 let vols: Api<PersistentVolume> = Api::all(client.clone());
-                let claim_ref = serde_json::json!({"spec": {"claimRef": {
+                // The PV as this scheduler last saw it: its resourceVersion makes the patch a
+                // compare-and-set, so a claimRef written meanwhile by anyone else (another
+                // scheduler, the PV controller) fails this binding rather than being overwritten.
+                let Some(seen) = pvs.get(&ObjectRef::new(&pv)) else {
+                    return Status::error(format!("volume {pv} is gone"));
+                };
+                if let Some(c) = seen.spec.as_ref().and_then(|s| s.claim_ref.as_ref())
+                    && (c.namespace.as_deref(), c.name.as_deref())
+                        != (Some(ns.as_str()), Some(name.as_str()))
+                {
+                    return Status::error(format!(
+                        "volume {pv} is bound to another claim ({}/{})",
+                        c.namespace.as_deref().unwrap_or(""),
+                        c.name.as_deref().unwrap_or("")
+                    ));
+                }
+                let claim_ref = serde_json::json!({
+                    "metadata": {"resourceVersion": seen.metadata.resource_version},
+                    "spec": {"claimRef": {
                     "kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": ns, "name": name,
                     "uid": pvc.metadata.uid, "resourceVersion": pvc.metadata.resource_version}}});
                 if let Err(e) = vols.patch(&pv, &pp, &Patch::Merge(&claim_ref)).await {
