@@ -376,17 +376,22 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn synced_once_the_list_is_in_the_index_and_the_handlers() {
-        // The informer is fed by hand; its client is never called.
-        let client = kube::Client::new(
+    /// A client for informers fed by hand: it is never called (it would answer 500). It
+    /// needs a Tokio runtime entered.
+    fn unused_client() -> kube::Client {
+        kube::Client::new(
             tower::service_fn(|_req: http::Request<kube::client::Body>| async {
                 http::Response::builder()
                     .status(500)
                     .body(kube::client::Body::from(Vec::new()))
             }),
             "default",
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn synced_once_the_list_is_in_the_index_and_the_handlers() {
+        let client = unused_client();
         let mut inf: Informer<ConfigMap> =
             Informer::new(Api::all(client), watcher::Config::default());
         let index = inf.add_index(|c| c.metadata.namespace.clone().into_iter().collect());
@@ -425,14 +430,7 @@ mod tests {
             .build()
             .unwrap();
         let _guard = rt.enter();
-        let client = kube::Client::new(
-            tower::service_fn(|_req: http::Request<kube::client::Body>| async {
-                http::Response::builder()
-                    .status(500)
-                    .body(kube::client::Body::from(Vec::new()))
-            }),
-            "default",
-        );
+        let client = unused_client();
         let mut inf: Informer<ConfigMap> =
             Informer::new(Api::all(client), watcher::Config::default());
         let index = inf.add_index(|c| c.metadata.namespace.clone().into_iter().collect());

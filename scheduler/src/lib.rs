@@ -402,6 +402,12 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
                 s.nominator.lock().remove(&key);
                 return;
             }
+            let info = Arc::new(PodInfo::new(shared(p)));
+            let nominated = p
+                .status
+                .as_ref()
+                .and_then(|st| st.nominated_node_name.clone())
+                .unwrap_or_default();
             // The cache stays locked until the pod is queued: the scheduling loop assumes a pod
             // (under this lock) and then lets the queue forget it, so a pod found not assumed
             // here is queued while still in flight (an update), never re-added after.
@@ -410,12 +416,6 @@ pub fn handle_pod(s: &Scheduler, c: Change<'_, Pod>, cached: Option<Arc<Pod>>) {
                 // Our own binding is in flight; the watch has not caught up yet.
                 return;
             }
-            let info = Arc::new(PodInfo::new(shared(p)));
-            let nominated = p
-                .status
-                .as_ref()
-                .and_then(|st| st.nominated_node_name.clone())
-                .unwrap_or_default();
             s.nominator.lock().set(&info, &nominated);
             if s.queue.contains(&key) {
                 s.queue.update(info);
