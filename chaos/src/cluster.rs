@@ -408,7 +408,7 @@ impl Cluster {
     /// Takes member `i` out of the cluster (MemberRemove through another live member), then
     /// kills it and deletes its data: it can only come back as a new member.
     pub async fn remove_member(&mut self, i: usize) -> anyhow::Result<()> {
-        let via = self.cluster_client(i)?;
+        let via = self.cluster_client(i).await?;
         let id = self
             .listed(&via, i)
             .await?
@@ -449,7 +449,7 @@ impl Cluster {
     /// Adds member `i` back (MemberAdd with its peer URL, through a live member) and starts it
     /// empty: it catches up from the others.
     pub async fn add_member(&mut self, i: usize) -> anyhow::Result<()> {
-        let via = self.cluster_client(i)?;
+        let via = self.cluster_client(i).await?;
         let peer = self.members[i].peer.clone();
         retry_cluster_call(|| {
             let mut c = via.clone();
@@ -501,28 +501,50 @@ impl Cluster {
         via: &ClusterClient<Channel>,
         i: usize,
     ) -> anyhow::Result<Option<keelson_etcdpb::etcdserverpb::Member>> {
-        let list = via
-            .clone()
-            .member_list(MemberListRequest::default())
-            .await?;
+        let list = retry_cluster_call(|| {
+            let mut c = via.clone();
+            async move { c.member_list(MemberListRequest::default()).await }
+        })
+        .await?;
         Ok(list
-            .into_inner()
             .members
             .into_iter()
             .find(|m| m.peer_ur_ls.contains(&self.members[i].peer)))
     }
 
-    /// A Cluster API client on a live member other than `i`.
-    fn cluster_client(&self, i: usize) -> anyhow::Result<ClusterClient<Channel>> {
-        let via = self
-            .live()
-            .into_iter()
-            .find(|&j| j != i)
-            .context("no other live member")?;
-        Ok(ClusterClient::new(channel(
-            &self.members[via].client,
-            Some(Duration::from_secs(5)),
-        )?))
+    /// A Cluster API client on a live member other than `i` that answers: each is asked for
+    /// the member list in turn, for up to 10 s. A member just added back may not serve yet
+    /// (etcd's does not until it has joined), and asking only the first one timed out.
+    async fn cluster_client(&self, i: usize) -> anyhow::Result<ClusterClient<Channel>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut last = None;
+            for j in self.live().into_iter().filter(|&j| j != i) {
+                let mut c = ClusterClient::new(channel(
+                    &self.members[j].client,
+                    Some(Duration::from_secs(5)),
+                )?);
+                let probe = Duration::from_secs(2);
+                match tokio::time::timeout(probe, c.member_list(MemberListRequest::default())).await
+                {
+                    Ok(Ok(_)) => return Ok(c),
+                    Ok(Err(e)) => last = Some(format!("{}: {}", self.members[j].name, e.message())),
+                    Err(_) => {
+                        last = Some(format!(
+                            "{}: no answer within {probe:?}",
+                            self.members[j].name
+                        ))
+                    }
+                }
+            }
+            let Some(last) = last else {
+                bail!("no other live member");
+            };
+            if Instant::now() >= deadline {
+                bail!("no other live member answered a member list (last: {last})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Members that run and are not paused.

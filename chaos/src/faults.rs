@@ -35,6 +35,10 @@ pub enum Fault {
     /// A follower taken out of the cluster (MemberRemove), killed and its data deleted; on
     /// heal added back as a new member (MemberAdd) that catches up from the others.
     ReplaceFollower,
+    /// The leader removed from the cluster (MemberRemove through another member, while it
+    /// leads), killed and its data deleted; the others elect a new one. On heal it is added back
+    /// as a new member that catches up from the others.
+    RemoveLeader,
     /// A follower killed while filler writes move the leader's log past it (by more than the
     /// log keeps after a snapshot); on heal it restarts and has to install a snapshot, which
     /// the heal waits for and reports.
@@ -52,7 +56,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -65,6 +69,7 @@ impl Fault {
         Fault::OneWayLeader,
         Fault::PacketLoss,
         Fault::ReplaceFollower,
+        Fault::RemoveLeader,
         Fault::SnapshotInstall,
         Fault::LoseUnsynced,
         Fault::Failpoint,
@@ -96,6 +101,7 @@ impl Fault {
             Fault::OneWayLeader => "one-way-leader",
             Fault::PacketLoss => "packet-loss",
             Fault::ReplaceFollower => "replace-follower",
+            Fault::RemoveLeader => "remove-leader",
             Fault::SnapshotInstall => "snapshot-install",
             Fault::LoseUnsynced => "lose-unsynced",
             Fault::Failpoint => "failpoint",
@@ -311,18 +317,23 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Heal::Reconnect(vec![v]),
             )
         }
-        Fault::ReplaceFollower => {
-            let (_, f) = match leader_and_follower(cluster).await {
+        Fault::ReplaceFollower | Fault::RemoveLeader => {
+            let (l, f) = match leader_and_follower(cluster).await {
                 Ok(pair) => pair,
                 Err(skipped) => return Ok((skipped, Heal::Nothing)),
             };
-            cluster.remove_member(f).await?;
+            let (i, role) = if fault == Fault::RemoveLeader {
+                (l, "leader")
+            } else {
+                (f, "follower")
+            };
+            cluster.remove_member(i).await?;
             (
                 format!(
-                    "removed {} (follower) from the cluster, killed it and deleted its data",
-                    name(cluster, f)
+                    "removed {} ({role}) from the cluster, killed it and deleted its data",
+                    name(cluster, i)
                 ),
-                Heal::Rejoin(f),
+                Heal::Rejoin(i),
             )
         }
         Fault::SnapshotInstall => {

@@ -110,6 +110,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "one-way-leader",
         "packet-loss",
         "replace-follower",
+        "remove-leader",
         "snapshot-install",
         "lose-unsynced",
         "failpoint",

@@ -11,3 +11,4 @@ mod harness;
 mod placement;
 mod preemption;
 mod support;
+mod volumes;
