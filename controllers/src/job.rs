@@ -14,7 +14,7 @@
 //!   Job gets `FailureTarget` and `Failed`. Success: `SuccessCriteriaMet` and `Complete`,
 //!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,11 @@ pub struct JobController {
     queue: WorkQueue<String>,
     expectations: Arc<Expectations>,
     recorder: Recorder,
+    /// Each Job as this controller last wrote it, until the cache shows that version or a
+    /// later one. Its status counts pods whose tracking finalizers were then removed: a sync
+    /// on an older cached copy (the Job watch behind the pod watch) would count them nowhere
+    /// and start their replacements.
+    written: parking_lot::Mutex<HashMap<String, Arc<Job>>>,
 }
 
 fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
@@ -185,16 +190,40 @@ impl JobController {
             queue,
             expectations,
             recorder,
+            written: Default::default(),
         })
+    }
+
+    /// The newer of the cached Job and the one this controller last wrote (resourceVersions
+    /// compared as numbers, as keelson's and etcd's are; a non-number leaves the cached one).
+    fn newest(&self, key: &str, cached: Arc<Job>) -> Arc<Job> {
+        let mut written = self.written.lock();
+        let Some(mine) = written.get(key) else {
+            return cached;
+        };
+        let rv = |j: &Job| {
+            j.metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match (rv(mine), rv(&cached)) {
+            (Some(m), Some(c)) if m > c && mine.metadata.uid == cached.metadata.uid => mine.clone(),
+            _ => {
+                written.remove(key);
+                cached
+            }
+        }
     }
 
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
             self.expectations.forget(&key);
+            self.written.lock().remove(&key);
             return Ok(None);
         };
-        let mut job = (*job).clone();
+        let mut job = (*self.newest(&key, job)).clone();
         let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let spec = job.spec.clone().unwrap_or_default();
@@ -422,8 +451,13 @@ impl JobController {
         }
         let mut updated = job.clone();
         updated.status = Some(status);
-        api.replace_status(&job.name_any(), &PostParams::default(), &updated)
-            .await
+        let written = api
+            .replace_status(&job.name_any(), &PostParams::default(), &updated)
+            .await?;
+        self.written
+            .lock()
+            .insert(key_of(&written.metadata), Arc::new(written.clone()));
+        Ok(written)
     }
 
     async fn delete_pods(
@@ -652,6 +686,74 @@ mod tests {
                 .1
                 .pointer("/status/startTime")
                 .is_some()
+        );
+    }
+
+    /// The Job watch can be behind the pod watch: a sync then sees a pod whose tracking
+    /// finalizer this controller removed after counting it, on a Job whose status does not
+    /// count it yet. It must not start that pod's replacement.
+    #[tokio::test]
+    async fn a_job_cache_behind_its_own_status_write_starts_no_extra_pod() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = JobController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "job-controller", None),
+        );
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
+            "spec": {"completions": 2, "parallelism": 2,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
+            "status": {"active": 1, "startTime": "2026-12-06T09:00:00Z"},
+        }))
+        .unwrap();
+        let pod = |finalizers: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "pi-0", "namespace": "default", "uid": "p0-uid", "resourceVersion": "9",
+                    "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
+                    "finalizers": finalizers,
+                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                        "uid": "j-uid", "controller": true}]},
+                "spec": {"containers": [{"name": "c", "image": "perl"}]},
+                "status": {"phase": "Succeeded"},
+            }))
+            .unwrap()
+        };
+        informers.jobs().apply_event(Event::Apply(job));
+        informers
+            .pods()
+            .apply_event(Event::Apply(pod(serde_json::json!([TRACKING_FINALIZER]))));
+        // The first sync counts pi-0, removes its finalizer and starts the one pod left to run.
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let created = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        assert_eq!(created.len(), 1);
+        // The pod watch shows both changes; the Job watch still shows resourceVersion 10.
+        informers
+            .pods()
+            .apply_event(Event::Apply(pod(serde_json::json!([]))));
+        let mut new_pod: Pod = serde_json::from_value(created[0].1.clone()).unwrap();
+        new_pod.metadata.name = Some("pi-1".into());
+        new_pod.metadata.uid = Some("p1-uid".into());
+        informers.pods().apply_event(Event::Apply(new_pod));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1,
+            "a second pod was started for the one that succeeded"
+        );
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/batch/v1/namespaces/default/jobs/pi/status",
+        );
+        assert_eq!(
+            status.last().unwrap().1.pointer("/status/succeeded"),
+            Some(&serde_json::json!(1)),
+            "the status went back on a count"
         );
     }
 }

@@ -8,8 +8,8 @@ use kube::Client;
 pub type Calls = Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>;
 
 /// A fake API server: records every request and answers with the request body (a name
-/// filled in for generateName, generation 1 on creates), as a real one would for creates and
-/// updates.
+/// filled in for generateName, generation 1 on creates, the next resourceVersion on a PUT that
+/// sent one), as a real one would for creates and updates.
 pub fn fake_client() -> (Client, Calls) {
     let calls: Calls = Arc::default();
     let recorded = calls.clone();
@@ -38,6 +38,15 @@ pub fn fake_client() -> (Client, Calls) {
             }
             if method == "POST" && v.pointer("/metadata/generation").is_none() {
                 v["metadata"]["generation"] = serde_json::json!(1);
+            }
+            // A write makes a new version: the next resourceVersion after the one sent.
+            if let Some(rv) = v
+                .pointer("/metadata/resourceVersion")
+                .and_then(|r| r.as_str())
+                .and_then(|r| r.parse::<u64>().ok())
+                && method == "PUT"
+            {
+                v["metadata"]["resourceVersion"] = serde_json::json!((rv + 1).to_string());
             }
             let status = if method == "POST" { 201 } else { 200 };
             Ok::<_, std::convert::Infallible>(
