@@ -440,12 +440,14 @@ mod tests {
                 "NodeResourcesFit",
                 "VolumeRestrictions",
                 "VolumeBinding",
+                "VolumeZone",
                 "PodTopologySpread",
                 "InterPodAffinity"
             ]
         );
         let w: HashMap<_, _> = fw.score.iter().map(|(p, w)| (p.name(), *w)).collect();
         assert_eq!(w["TaintToleration"], 3);
+        assert_eq!(w["ImageLocality"], 1);
         assert_eq!(w["InterPodAffinity"], 2);
         assert_eq!(w["NodeResourcesFit"], 1);
         assert_eq!(names(&fw.bind), ["DefaultBinder"]);

@@ -872,6 +872,9 @@ pub struct NodeInfo {
     pub used_ports: Vec<HostPort>,
     /// Names of the PVCs the pods use, with how many pods use each (`namespace/name`).
     pub pvc_refs: HashMap<String, usize>,
+    /// The container images the node reports holding, each of their names with its size in
+    /// bytes.
+    pub images: HashMap<String, i64>,
     /// Changes on every change; unique across all nodes (see [`next_generation`]).
     pub generation: u64,
 }
@@ -893,6 +896,7 @@ impl NodeInfo {
             non_zero_requested: Resources::default(),
             used_ports: Vec::new(),
             pvc_refs: HashMap::new(),
+            images: HashMap::new(),
             generation: 0,
         };
         n.set_node(node);
@@ -911,6 +915,17 @@ impl NodeInfo {
                 .as_ref()
                 .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref())),
         );
+        self.images = node
+            .status
+            .as_ref()
+            .and_then(|s| s.images.as_ref())
+            .into_iter()
+            .flatten()
+            .flat_map(|i| {
+                let size = i.size_bytes.unwrap_or(0);
+                i.names.iter().flatten().map(move |n| (n.clone(), size))
+            })
+            .collect();
         self.node = node;
         self.generation = next_generation();
     }

@@ -2,6 +2,7 @@
 
 pub mod defaultbinder;
 pub mod defaultpreemption;
+pub mod imagelocality;
 pub mod interpodaffinity;
 pub mod nodeaffinity;
 pub mod nodename;
@@ -14,6 +15,7 @@ pub mod schedulinggates;
 pub mod tainttoleration;
 pub mod volumebinding;
 pub mod volumerestrictions;
+pub mod volumezone;
 
 #[cfg(test)]
 mod tests;
@@ -34,23 +36,23 @@ pub const DEFAULTS: &[(&str, i64)] = &[
     ("NodeResourcesFit", 1),
     ("VolumeRestrictions", 0),
     ("VolumeBinding", 0),
+    ("VolumeZone", 0),
     ("PodTopologySpread", 2),
     ("InterPodAffinity", 2),
     ("DefaultPreemption", 0),
     ("NodeResourcesBalancedAllocation", 1),
+    ("ImageLocality", 1),
     ("DefaultBinder", 0),
 ];
 
 /// Upstream plugins this scheduler does not implement; disabling them is accepted (configs
 /// written for kube-scheduler often do), enabling them is an error that says so.
 pub const NOT_IMPLEMENTED: &[&str] = &[
-    "ImageLocality",
     "NodeVolumeLimits",
     "EBSLimits",
     "GCEPDLimits",
     "AzureDiskLimits",
     "CinderLimits",
-    "VolumeZone",
     "DynamicResources",
 ];
 
@@ -76,6 +78,8 @@ pub fn build(
         "InterPodAffinity" => Arc::new(interpodaffinity::InterPodAffinity::new(args, l())?),
         "PodTopologySpread" => Arc::new(podtopologyspread::PodTopologySpread::new(args, l())?),
         "VolumeRestrictions" => Arc::new(volumerestrictions::VolumeRestrictions::new(l())),
+        "VolumeZone" => Arc::new(volumezone::VolumeZone::new(l())),
+        "ImageLocality" => Arc::new(imagelocality::ImageLocality),
         "VolumeBinding" => Arc::new(volumebinding::VolumeBinding::new(
             l(),
             handle.client.clone(),

@@ -746,3 +746,137 @@ fn a_volume_chosen_for_one_claim_is_not_offered_to_another_before_the_cache_show
     pl.unreserve(&mut st, &pa, "n");
     assert!(filter(&pl, &pb, &s, "n").is_ok());
 }
+
+#[test]
+fn image_locality_scores_by_size_and_spread() {
+    use imagelocality::{ImageLocality, normalized};
+    assert_eq!(normalized("nginx"), "nginx:latest");
+    assert_eq!(
+        normalized("registry:5000/team/app"),
+        "registry:5000/team/app:latest"
+    );
+    assert_eq!(normalized("team/app:v1"), "team/app:v1");
+    assert_eq!(normalized("app@sha256:0abc"), "app@sha256:0abc");
+    const MIB: i64 = 1024 * 1024;
+    let holding = |name: &str, images: serde_json::Value| {
+        node_with(
+            name,
+            "1",
+            "1Gi",
+            json!({}),
+            json!({"status": {"images": images}}),
+        )
+    };
+    let nginx = json!([{"names": ["docker.io/library/nginx@sha256:0abc", "nginx:latest"], "sizeBytes": 500 * MIB},
+                       {"names": ["huge:v1"], "sizeBytes": 3000 * MIB}]);
+    let s = snap(vec![
+        node_info(holding("a", nginx.clone()), vec![]),
+        node_info(node("b", "1", "1Gi", json!({})), vec![]),
+        node_info(holding("c", nginx), vec![]),
+    ]);
+    let with_image = |image: &str| {
+        info(pod(
+            "p",
+            "",
+            "",
+            json!({"spec": {"containers": [{"name": "c", "image": image}]}}),
+        ))
+    };
+    // 500 MiB held by 2 of 3 nodes: 333 MiB over the 23 MiB floor, out of 977 MiB.
+    assert_eq!(
+        scores(&ImageLocality, &with_image("nginx"), &s),
+        [31, 0, 31]
+    );
+    // Another tag is another image.
+    assert_eq!(
+        scores(&ImageLocality, &with_image("nginx:1.25"), &s),
+        [0, 0, 0]
+    );
+    // Past 1000 MiB per container the score is the maximum.
+    assert_eq!(
+        scores(&ImageLocality, &with_image("huge:v1"), &s),
+        [100, 0, 100]
+    );
+    // Init containers count too, and raise the ceiling: two containers, one image held.
+    let two = info(pod(
+        "p",
+        "",
+        "",
+        json!({"spec": {"initContainers": [{"name": "i", "image": "huge:v1"}],
+                        "containers": [{"name": "c", "image": "busybox"}]}}),
+    ));
+    // 3000 MiB x 2/3 = 2000 MiB, over the floor by 1977 MiB out of 1977 MiB: the maximum.
+    assert_eq!(scores(&ImageLocality, &two, &s), [100, 0, 100]);
+}
+
+#[test]
+fn volume_zone_keeps_pods_in_their_volumes_zones() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    let (pvcs, mut claims) = reflector::store::<PersistentVolumeClaim>();
+    let (pvs, mut volumes) = reflector::store::<PersistentVolume>();
+    for (claim, volume) in [("data", "pv-z12"), ("old", "pv-beta"), ("free", "")] {
+        let c: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": claim, "namespace": "default"},
+            "spec": {"volumeName": volume}
+        }))
+        .unwrap();
+        claims.apply_watcher_event(&Event::Apply(c));
+    }
+    for (name, labels) in [
+        (
+            "pv-z12",
+            json!({"topology.kubernetes.io/zone": "z1__z2", "topology.kubernetes.io/region": "r1"}),
+        ),
+        (
+            "pv-beta",
+            json!({"failure-domain.beta.kubernetes.io/zone": "z3"}),
+        ),
+    ] {
+        let v: PersistentVolume =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        volumes.apply_watcher_event(&Event::Apply(v));
+    }
+    let pl = volumezone::VolumeZone::new(Listers {
+        pvcs,
+        pvs,
+        ..Listers::empty()
+    });
+    let zone = |z: &str, r: &str| json!({"topology.kubernetes.io/zone": z, "topology.kubernetes.io/region": r});
+    let s = snap(vec![
+        node_info(node("z1", "1", "1Gi", zone("z1", "r1")), vec![]),
+        node_info(node("z2-r2", "1", "1Gi", zone("z2", "r2")), vec![]),
+        node_info(node("z3", "1", "1Gi", zone("z3", "r1")), vec![]),
+        node_info(node("bare", "1", "1Gi", json!({})), vec![]),
+    ]);
+    let using = |claim: &str| {
+        info(pod(
+            "p",
+            "",
+            "",
+            json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}}),
+        ))
+    };
+    let verdicts = |p: &crate::types::PodInfo| -> Vec<String> {
+        ["z1", "z2-r2", "z3", "bare"]
+            .iter()
+            .map(|n| filter(&pl, p, &s, n).reasons.join(","))
+            .collect()
+    };
+    let no = volumezone::ERR_REASON;
+    assert_eq!(no, "node(s) had no available volume zone");
+    // Zone z1 or z2, and region r1: z2-r2 is in the wrong region; a node without topology
+    // labels is not held to them.
+    assert_eq!(verdicts(&using("data")), ["", no, no, ""]);
+    let st = filter(&pl, &using("data"), &s, "z3");
+    assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
+    // A PV's beta label matches the node's GA label.
+    assert_eq!(verdicts(&using("old")), [no, no, "", ""]);
+    // Unbound claims are left to VolumeBinding; a missing claim is reported.
+    assert_eq!(verdicts(&using("free")), ["", "", "", ""]);
+    assert_eq!(
+        filter(&pl, &using("gone"), &s, "z1").reasons,
+        ["persistentvolumeclaim \"gone\" not found"]
+    );
+}
