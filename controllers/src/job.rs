@@ -32,8 +32,9 @@ use serde_json::json;
 use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
-    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
-    key_of, namespace_terminating, object_ref, pod_ready, reconciler, selector_or_event, split_key,
+    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict,
+    is_not_found, key_of, namespace_terminating, object_ref, pod_ready, reconciler,
+    selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -54,6 +55,10 @@ pub struct JobController {
     /// on an older cached copy (the Job watch behind the pod watch) would count them nowhere
     /// and start their replacements.
     written: parking_lot::Mutex<HashMap<String, Arc<Job>>>,
+    /// Per Job, the pods whose tracking finalizer this controller removed, until the pod
+    /// cache shows it gone (upstream's finalizer expectations): they are counted in the Job's
+    /// status already, and a pod cache behind the removal would have them counted again.
+    freed: Arc<parking_lot::Mutex<HashMap<String, HashSet<String>>>>,
 }
 
 fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
@@ -153,6 +158,7 @@ impl JobController {
     pub fn new(informers: &mut Informers, recorder: Recorder) -> Arc<Self> {
         let queue = WorkQueue::new();
         let expectations = Arc::new(Expectations::default());
+        let freed: Arc<parking_lot::Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
         let jobs = informers.jobs().store();
         let pods = informers.pods_by_controller();
         {
@@ -165,10 +171,25 @@ impl JobController {
             let q = queue.clone();
             let exp = expectations.clone();
             let jobs = jobs.clone();
+            let freed = freed.clone();
             informers.pods().on_change(move |c| {
                 let Some(k) = owner_key(&jobs, c.object()) else {
                     return;
                 };
+                let tracked = c
+                    .object()
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == TRACKING_FINALIZER);
+                if matches!(c, Change::Deleted(_)) || !tracked {
+                    let mut freed = freed.lock();
+                    if let Some(pods) = freed.get_mut(&k) {
+                        pods.remove(&c.object().uid().unwrap_or_default());
+                        if pods.is_empty() {
+                            freed.remove(&k);
+                        }
+                    }
+                }
                 match &c {
                     Change::Added(p) if !deleting(&p.metadata) => exp.creation_observed(&k),
                     Change::Added(p) | Change::Deleted(p) => {
@@ -191,7 +212,20 @@ impl JobController {
             expectations,
             recorder,
             written: Default::default(),
+            freed,
         })
+    }
+
+    /// Removes the pod's tracking finalizer and remembers that it did.
+    async fn free(&self, key: &str, api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+        if remove_tracking_finalizer(api, pod).await? {
+            self.freed
+                .lock()
+                .entry(key.to_string())
+                .or_default()
+                .insert(pod.uid().unwrap_or_default());
+        }
+        Ok(())
     }
 
     /// The newer of the cached Job and the one this controller last wrote (resourceVersions
@@ -221,6 +255,7 @@ impl JobController {
         let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
             self.expectations.forget(&key);
             self.written.lock().remove(&key);
+            self.freed.lock().remove(&key);
             return Ok(None);
         };
         let mut job = (*self.newest(&key, job)).clone();
@@ -248,10 +283,15 @@ impl JobController {
         let mut unc_ok: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
         let mut unc_failed: Vec<String> = uncounted.failed.clone().unwrap_or_default();
         let mut newly = false;
+        let freed = self.freed.lock().get(&key).cloned().unwrap_or_default();
         for p in &pods {
             let tracked = p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
             let pid = p.uid().unwrap_or_default();
-            if !tracked || unc_ok.contains(&pid) || unc_failed.contains(&pid) {
+            if !tracked
+                || freed.contains(&pid)
+                || unc_ok.contains(&pid)
+                || unc_failed.contains(&pid)
+            {
                 continue;
             }
             // A pod deleted before it finished counts as failed, as upstream — unless the Job
@@ -260,7 +300,7 @@ impl JobController {
                 "Succeeded" => unc_ok.push(pid),
                 "Failed" => unc_failed.push(pid),
                 _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
-                    remove_tracking_finalizer(&pod_api, p).await?;
+                    self.free(&key, &pod_api, p).await?;
                     continue;
                 }
                 _ if deleting(&p.metadata) => unc_failed.push(pid),
@@ -275,11 +315,11 @@ impl JobController {
             job = self.write_status(&api, &job, status.clone()).await?;
         }
         let recorded: HashSet<&String> = unc_ok.iter().chain(unc_failed.iter()).collect();
-        for p in pods
-            .iter()
-            .filter(|p| recorded.contains(&p.uid().unwrap_or_default()))
-        {
-            remove_tracking_finalizer(&pod_api, p).await?;
+        for p in pods.iter().filter(|p| {
+            let pid = p.uid().unwrap_or_default();
+            recorded.contains(&pid) && !freed.contains(&pid)
+        }) {
+            self.free(&key, &pod_api, p).await?;
         }
         if !unc_ok.is_empty() || !unc_failed.is_empty() {
             let mut indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
@@ -451,9 +491,19 @@ impl JobController {
         }
         let mut updated = job.clone();
         updated.status = Some(status);
-        let written = api
+        let written = match api
             .replace_status(&job.name_any(), &PostParams::default(), &updated)
-            .await?;
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                // Someone else wrote it: the cache, not this copy, has the news.
+                if is_conflict(&e) {
+                    self.written.lock().remove(&key_of(&job.metadata));
+                }
+                return Err(e);
+            }
+        };
         self.written
             .lock()
             .insert(key_of(&written.metadata), Arc::new(written.clone()));
@@ -594,14 +644,15 @@ impl JobController {
 
 reconciler!(JobController, "job");
 
-async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+/// Removes the pod's tracking finalizer; whether it had one.
+async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
     let rest: Vec<&String> = pod
         .finalizers()
         .iter()
         .filter(|f| *f != TRACKING_FINALIZER)
         .collect();
     if rest.len() == pod.finalizers().len() {
-        return Ok(());
+        return Ok(false);
     }
     let patch = json!({"metadata": {
         "finalizers": if rest.is_empty() { serde_json::Value::Null } else { json!(rest) },
@@ -615,8 +666,8 @@ async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube
         )
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -686,6 +737,66 @@ mod tests {
                 .1
                 .pointer("/status/startTime")
                 .is_some()
+        );
+    }
+
+    /// The pod watch can be behind the Job watch: a sync then sees the pod it counted and
+    /// freed still carrying its tracking finalizer, on a Job whose status counts it. It must
+    /// not count it again.
+    #[tokio::test]
+    async fn a_pod_cache_behind_a_finalizer_removal_counts_no_pod_twice() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = JobController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "job-controller", None),
+        );
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
+            "spec": {"completions": 3, "parallelism": 1,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
+            "status": {"active": 1, "startTime": "2026-12-06T09:00:00Z"},
+        }))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi-0", "namespace": "default", "uid": "p0-uid", "resourceVersion": "9",
+                "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
+                "finalizers": [TRACKING_FINALIZER],
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                    "uid": "j-uid", "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "perl"}]},
+            "status": {"phase": "Succeeded"},
+        }))
+        .unwrap();
+        informers.jobs().apply_event(Event::Apply(job));
+        informers.pods().apply_event(Event::Apply(pod));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let created = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        assert_eq!(created.len(), 1);
+        let mut new_pod: Pod = serde_json::from_value(created[0].1.clone()).unwrap();
+        new_pod.metadata.name = Some("pi-1".into());
+        new_pod.metadata.uid = Some("p1-uid".into());
+        informers.pods().apply_event(Event::Apply(new_pod));
+        // pi-0 still shows its finalizer: the pod watch has not seen the removal yet.
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let status = taken(
+            &calls,
+            "PUT",
+            "/apis/batch/v1/namespaces/default/jobs/pi/status",
+        );
+        assert_eq!(
+            status.last().unwrap().1.pointer("/status/succeeded"),
+            Some(&serde_json::json!(1)),
+            "pi-0 was counted twice"
+        );
+        assert_eq!(
+            taken(&calls, "PATCH", "/api/v1/namespaces/default/pods/pi-0").len(),
+            1,
+            "the finalizer was removed twice"
         );
     }
 
