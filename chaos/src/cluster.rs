@@ -43,7 +43,8 @@ pub struct Member {
     pub name: String,
     /// Client URL.
     pub client: String,
-    peer: String,
+    /// Peer URL.
+    pub peer: String,
     /// Where its failpoints are armed (`GOFAIL_HTTP`, host:port), if the run uses them.
     failpoints: Option<String>,
     /// `GOFAIL_FAILPOINTS` for its next start only.

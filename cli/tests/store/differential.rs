@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use keelson_chaos::cluster::{Cluster, Target};
+use keelson_etcdpb::etcdserverpb::cluster_client::ClusterClient;
 use keelson_etcdpb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
 use keelson_etcdpb::etcdserverpb::lease_client::LeaseClient;
@@ -19,8 +20,10 @@ use keelson_etcdpb::etcdserverpb::watch_create_request::FilterType;
 use keelson_etcdpb::etcdserverpb::watch_request::RequestUnion;
 use keelson_etcdpb::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseLeasesRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp,
-    ResponseHeader, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse, request_op,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest, PutRequest, RangeRequest,
+    RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    request_op,
 };
 use keelson_etcdpb::v3electionpb::election_client::ElectionClient;
 use keelson_etcdpb::v3electionpb::{
@@ -779,8 +782,89 @@ async fn session(endpoint: &str) -> Vec<String> {
         "leader after resign",
         elections.leader(LeaderRequest { name: "ev".into() }).await,
     );
+    membership_session(&mut t, ch.clone()).await;
     auth_session(&mut t, ch).await;
     t.0
+}
+
+/// The Cluster API's answers to changes it must refuse, and to an update that changes nothing
+/// (members are recorded by count: their URLs hold each run's own ports).
+async fn membership_session(t: &mut Transcript, ch: Channel) {
+    // Past the 5 s every voter must have been connected for before an add (the strict
+    // reconfiguration check), so the add below is judged on its URL in both.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut cluster = ClusterClient::new(ch);
+    let list = cluster
+        .member_list(MemberListRequest::default())
+        .await
+        .expect("member list")
+        .into_inner();
+    t.note("member list", Ok::<_, tonic::Status>(list.members.len()));
+    let first = list.members[0].clone();
+    let second_peer = list.members[1].peer_ur_ls.clone();
+    const UNKNOWN: u64 = 0x0dea_dbee_f000_0001;
+    t.add(
+        "member update unknown",
+        cluster
+            .member_update(MemberUpdateRequest {
+                id: UNKNOWN,
+                peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+            })
+            .await,
+    );
+    t.add(
+        "member remove unknown",
+        cluster
+            .member_remove(MemberRemoveRequest { id: UNKNOWN })
+            .await,
+    );
+    t.add(
+        "member promote unknown",
+        cluster
+            .member_promote(MemberPromoteRequest { id: UNKNOWN })
+            .await,
+    );
+    t.add(
+        "member promote a voter",
+        cluster
+            .member_promote(MemberPromoteRequest { id: first.id })
+            .await,
+    );
+    t.add(
+        "member add a peer URL in use",
+        cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: first.peer_ur_ls.clone(),
+                is_learner: false,
+            })
+            .await,
+    );
+    t.add(
+        "member add a bad URL",
+        cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec!["not a url".into()],
+                is_learner: false,
+            })
+            .await,
+    );
+    t.add(
+        "member update to another member's URL",
+        cluster
+            .member_update(MemberUpdateRequest {
+                id: first.id,
+                peer_ur_ls: second_peer,
+            })
+            .await,
+    );
+    let same = cluster
+        .member_update(MemberUpdateRequest {
+            id: first.id,
+            peer_ur_ls: first.peer_ur_ls.clone(),
+        })
+        .await
+        .map(|r| r.into_inner().members.len());
+    t.note("member update to its own URLs", same);
 }
 
 /// A request carrying a simple token, as etcd's clients send it.
@@ -1059,4 +1143,90 @@ async fn a_scripted_session_gets_the_same_responses_from_etcd_and_keelson() {
         etcd.len(),
         differing.join("\n\n")
     );
+}
+
+/// With a follower down: what adding a voter, removing a voter the quorum needs, and removing
+/// the member that is down get, in order; then whether the cluster still takes writes.
+async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<String> {
+    let mut cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
+    for e in cluster.endpoints() {
+        ready(&e).await;
+    }
+    // Every voter connected for longer than the strict check's 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.is_none() && Instant::now() < deadline {
+        leader = cluster.leader().await;
+    }
+    let leader = leader.expect("a leader");
+    let down = (leader + 1) % 3;
+    let other = 3 - leader - down;
+    let ch = Channel::from_shared(cluster.endpoints()[leader].clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut members = ClusterClient::new(ch.clone());
+    let list = members
+        .member_list(MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let id_of = |i: usize| {
+        let peer = cluster.members[i].peer.clone();
+        list.iter()
+            .find(|m| m.peer_ur_ls.contains(&peer))
+            .map(|m| m.id)
+            .expect("listed")
+    };
+    let (down_id, other_id) = (id_of(down), id_of(other));
+    cluster.kill(down);
+    // Long enough for the leader to find the member gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut t = Transcript::default();
+    t.note(
+        "add a voter",
+        members
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec!["http://127.0.0.1:9".into()],
+                is_learner: false,
+            })
+            .await
+            .map(|r| r.into_inner().members.len()),
+    );
+    t.note(
+        "remove a live voter",
+        members
+            .member_remove(MemberRemoveRequest { id: other_id })
+            .await
+            .map(|r| r.into_inner().members.len()),
+    );
+    t.note(
+        "remove the member that is down",
+        members
+            .member_remove(MemberRemoveRequest { id: down_id })
+            .await
+            .map(|r| r.into_inner().members.len()),
+    );
+    t.add("put after", KvClient::new(ch).put(put("after", "1")).await);
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfiguration_checks_refuse_what_etcd_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd =
+        reconfig_with_a_follower_down(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
+    let keelson = reconfig_with_a_follower_down(
+        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
+        dir.path().join("keelson"),
+    )
+    .await;
+    assert_eq!(keelson, etcd);
+    // What etcd answered, so a change on both sides cannot pass unnoticed.
+    assert!(etcd[0].contains("unhealthy cluster"), "{etcd:?}");
+    assert!(etcd[1].contains("ERROR"), "{etcd:?}");
+    assert!(!etcd[2].contains("ERROR"), "{etcd:?}");
 }

@@ -64,6 +64,8 @@ fn status_to_error(s: &Status) -> StoreError {
         StoreError::NoLeader,
         StoreError::NotLeader,
         StoreError::Timeout,
+        StoreError::MemberNotEnoughStarted,
+        StoreError::Unhealthy,
     ];
     all.into_iter()
         .find(|e| e.to_string() == s.message())
@@ -111,6 +113,95 @@ fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> StoreErro
     }
 }
 
+/// How long every voter must have been reachable before a change that leans on it (etcd's
+/// `HealthInterval`).
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// etcd's `--strict-reconfig-check`, judged on the leader, which hears from every peer: a
+/// change is refused when the cluster could lose its quorum through it.
+/// - Adding a voter needs a quorum of the grown cluster among the started voters (those that
+///   published their name), except a second member for a single one; any add needs every
+///   voter reachable for [`HEALTH_INTERVAL`].
+/// - Removing a voter needs a quorum of the rest among its started voters and, unless the
+///   member is down already, a quorum of the rest among the voters reachable for that long.
+/// - Promoting a learner needs a quorum of the grown cluster among the started voters and it.
+fn check_reconfig(
+    node: &Node,
+    members: &BTreeMap<NodeId, (Member, bool)>,
+    change: &Change,
+) -> Result<()> {
+    if !node.strict_reconfig() {
+        return Ok(());
+    }
+    let started: BTreeSet<NodeId> = node
+        .shared()
+        .mvcc
+        .read()
+        .members()
+        .iter()
+        .filter(|(_, a)| !a.name.is_empty())
+        .map(|(id, _)| *id)
+        .collect();
+    let voters: Vec<NodeId> = members
+        .iter()
+        .filter(|(_, (_, learner))| !learner)
+        .map(|(id, _)| *id)
+        .collect();
+    let long_enough = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+    let connected = |id: NodeId| {
+        id == node.id()
+            || matches!((node.peers().active_since(id), long_enough), (Some(t), Some(s)) if t <= s)
+    };
+    let started_voters = |except: Option<NodeId>| {
+        voters
+            .iter()
+            .filter(|v| Some(**v) != except && started.contains(v))
+            .count()
+    };
+    match change {
+        Change::Add(a) => {
+            let grown = voters.len() + 1;
+            let up = started_voters(None);
+            // A learner does not count towards the quorum; a second member for a single one
+            // is always allowed.
+            let exempt = a.is_learner || (up == 1 && grown == 2);
+            if !exempt && up < quorum(grown) {
+                return Err(StoreError::MemberNotEnoughStarted);
+            }
+            if !voters.iter().all(|v| connected(*v)) {
+                return Err(StoreError::Unhealthy);
+            }
+        }
+        Change::Remove(r) => {
+            if !matches!(members.get(&r.id), Some((_, false))) {
+                return Ok(());
+            }
+            if started_voters(Some(r.id)) < quorum(voters.len() - 1) {
+                return Err(StoreError::MemberNotEnoughStarted);
+            }
+            // A member that is down is no part of the active quorum.
+            if r.id != node.id() && node.peers().active_since(r.id).is_none() {
+                return Ok(());
+            }
+            let active = voters.iter().filter(|v| connected(**v)).count();
+            if active.saturating_sub(1) < quorum(voters.len() - 1) {
+                return Err(StoreError::Unhealthy);
+            }
+        }
+        Change::Promote(_) => {
+            if started_voters(None) + 1 < quorum(voters.len() + 1) {
+                return Err(StoreError::MemberNotEnoughStarted);
+            }
+        }
+        Change::Update(_) => {}
+    }
+    Ok(())
+}
+
 /// Runs a membership change on this member, which must lead; returns the encoded etcd response.
 pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
     if !node.is_leader() {
@@ -121,6 +212,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
     match req.change {
         Some(Change::Add(a)) => {
             validate_urls(&a.peer_ur_ls)?;
+            check_reconfig(node, &members, &Change::Add(a.clone()))?;
             let taken = members
                 .values()
                 .any(|(m, _)| m.peer_urls.iter().any(|u| a.peer_ur_ls.contains(u)));
@@ -170,6 +262,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
             .encode_to_vec())
         }
         Some(Change::Remove(r)) => {
+            check_reconfig(node, &members, &Change::Remove(r))?;
             let Some((_, learner)) = members.get(&r.id) else {
                 return Err(StoreError::MemberNotFound);
             };
@@ -206,6 +299,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
             if (matched as f64) < (last as f64) * 0.9 {
                 return Err(StoreError::LearnerNotReady);
             }
+            check_reconfig(node, &members, &Change::Promote(p))?;
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
                 .await
                 .map_err(raft_err)?;

@@ -35,6 +35,9 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// What this member presents to `https://` peers.
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Since when each peer has answered every Raft RPC this member sent it (etcd's
+    /// `ActiveSince`); a peer that could not be reached has no entry.
+    active: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -60,6 +63,22 @@ impl Peers {
         Peers {
             channels: Arc::default(),
             tls,
+            active: Arc::default(),
+        }
+    }
+
+    /// Since when `id` has answered this member's Raft RPCs without a break; None if the
+    /// last one failed in transport or none was sent (only a leader sends them all the time).
+    pub fn active_since(&self, id: NodeId) -> Option<std::time::Instant> {
+        self.active.lock().get(&id).copied()
+    }
+
+    fn mark(&self, id: NodeId, reached: bool) {
+        let mut active = self.active.lock();
+        if reached {
+            active.entry(id).or_insert_with(std::time::Instant::now);
+        } else {
+            active.remove(&id);
         }
     }
 
@@ -122,6 +141,7 @@ impl Network {
 pub struct PeerConnection {
     target: NodeId,
     client: Result<RaftPeerClient<Channel>, String>,
+    peers: Peers,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -131,6 +151,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerConnection {
             target,
             client: self.peers.client(node).map_err(|e| e.to_string()),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -180,10 +201,12 @@ impl PeerConnection {
         };
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                self.peers.mark(self.target, false);
                 RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
             }
             _ => RPCError::Network(NetworkError::new(&Msg(s.message().to_string()))),
         })?;
+        self.peers.mark(self.target, true);
         let result: Result<Resp, E> = decode(reply.get_ref())
             .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e.message().to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -134,6 +134,11 @@ pub struct Config {
     /// --peer-trusted-ca-file.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: bool,
+    /// Reject membership changes that could cost the cluster its quorum: adding or promoting
+    /// a voter while too few members have started or not every voter has been connected for
+    /// 5 s, removing a voter the active quorum needs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub strict_reconfig_check: bool,
 }
 
 /// Why a member could not start or stopped.
@@ -624,6 +629,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics,
         restored,
     );
+    node.set_strict_reconfig(config.strict_reconfig_check);
     let lessor = Lessor::new(id);
     let quota = Quota::new(config.quota_backend_bytes);
     tokio::spawn(lessor.clone().run(node.clone(), shutdown.clone()));

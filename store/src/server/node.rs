@@ -67,6 +67,9 @@ struct Inner {
     /// When this member led before it restarted: that term and its last log index then (see
     /// [`RestoredLeader`]).
     restored: Option<RestoredLeader>,
+    /// Refuse membership changes that could cost the cluster its quorum
+    /// (`--strict-reconfig-check`).
+    strict_reconfig: std::sync::atomic::AtomicBool,
 }
 
 /// A member that led before a restart leads again at once in the same term (openraft keeps
@@ -117,6 +120,7 @@ impl Node {
                 transfer: tokio::sync::RwLock::new(()),
                 holds: std::sync::atomic::AtomicU64::new(0),
                 restored,
+                strict_reconfig: std::sync::atomic::AtomicBool::new(true),
             }),
         };
         tokio::spawn(node.clone().proposer(prx));
@@ -168,6 +172,20 @@ impl Node {
     /// Peer channels.
     pub fn peers(&self) -> &Peers {
         &self.inner.peers
+    }
+
+    /// Whether membership changes that could cost the quorum are refused (on by default).
+    pub fn strict_reconfig(&self) -> bool {
+        self.inner
+            .strict_reconfig
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Node::strict_reconfig`].
+    pub fn set_strict_reconfig(&self, on: bool) {
+        self.inner
+            .strict_reconfig
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Metrics.
