@@ -90,6 +90,7 @@ impl Plugin for ImageLocality {
         if st.total == 0 || node.images.is_empty() {
             return 0;
         }
+        // Saturating: a node may report any size.
         let sum: i64 = st
             .images
             .iter()
@@ -97,7 +98,7 @@ impl Plugin for ImageLocality {
                 let size = *node.images.get(name)?;
                 Some((size as f64 * (*held as f64 / st.total as f64)) as i64)
             })
-            .sum();
+            .fold(0, i64::saturating_add);
         let max = MAX_CONTAINER_THRESHOLD * st.images.len() as i64;
         let clamped = if sum < MIN_THRESHOLD {
             MIN_THRESHOLD

@@ -816,13 +816,28 @@ fn volume_zone_keeps_pods_in_their_volumes_zones() {
     use kube::runtime::watcher::Event;
     let (pvcs, mut claims) = reflector::store::<PersistentVolumeClaim>();
     let (pvs, mut volumes) = reflector::store::<PersistentVolume>();
-    for (claim, volume) in [("data", "pv-z12"), ("old", "pv-beta"), ("free", "")] {
+    for (claim, volume, class) in [
+        ("data", "pv-z12", ""),
+        ("old", "pv-beta", ""),
+        ("free", "", ""),
+        ("later", "", "local"),
+        ("now", "", "standard"),
+        ("nowhere", "", "missing"),
+    ] {
         let c: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": claim, "namespace": "default"},
-            "spec": {"volumeName": volume}
+            "spec": {"volumeName": volume, "storageClassName": class}
         }))
         .unwrap();
         claims.apply_watcher_event(&Event::Apply(c));
+    }
+    let (storage_classes, mut classes) =
+        reflector::store::<k8s_openapi::api::storage::v1::StorageClass>();
+    for (name, mode) in [("local", "WaitForFirstConsumer"), ("standard", "Immediate")] {
+        let sc = serde_json::from_value(json!({"metadata": {"name": name},
+            "provisioner": "x", "volumeBindingMode": mode}))
+        .unwrap();
+        classes.apply_watcher_event(&Event::Apply(sc));
     }
     for (name, labels) in [
         (
@@ -841,6 +856,7 @@ fn volume_zone_keeps_pods_in_their_volumes_zones() {
     let pl = volumezone::VolumeZone::new(Listers {
         pvcs,
         pvs,
+        storage_classes,
         ..Listers::empty()
     });
     let zone = |z: &str, r: &str| json!({"topology.kubernetes.io/zone": z, "topology.kubernetes.io/region": r});
@@ -873,8 +889,22 @@ fn volume_zone_keeps_pods_in_their_volumes_zones() {
     assert_eq!(st.code, Code::UnschedulableAndUnresolvable);
     // A PV's beta label matches the node's GA label.
     assert_eq!(verdicts(&using("old")), [no, no, "", ""]);
-    // Unbound claims are left to VolumeBinding; a missing claim is reported.
-    assert_eq!(verdicts(&using("free")), ["", "", "", ""]);
+    // An unbound claim of a class bound at first use is VolumeBinding's; other unbound
+    // claims, and a missing one, are reported.
+    assert_eq!(verdicts(&using("later")), ["", "", "", ""]);
+    for (claim, reason) in [
+        (
+            "free",
+            "PersistentVolumeClaim had no pv name and storageClass name",
+        ),
+        ("now", "PersistentVolume had no name"),
+        (
+            "nowhere",
+            "storageclass.storage.k8s.io \"missing\" not found",
+        ),
+    ] {
+        assert_eq!(filter(&pl, &using(claim), &s, "z1").reasons, [reason]);
+    }
     assert_eq!(
         filter(&pl, &using("gone"), &s, "z1").reasons,
         ["persistentvolumeclaim \"gone\" not found"]

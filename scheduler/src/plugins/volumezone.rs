@@ -1,8 +1,11 @@
 //! VolumeZone: a pod whose bound volumes are labelled with zones or regions runs only on nodes
-//! in one of them. Unbound claims are VolumeBinding's to judge.
+//! in one of them. Unbound claims of a `WaitForFirstConsumer` class are skipped (VolumeBinding
+//! picks their volume); other unbound claims make the pod unschedulable, with upstream's
+//! reasons.
 
 use std::collections::HashSet;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
@@ -36,6 +39,28 @@ impl VolumeZone {
     /// A new plugin.
     pub fn new(listers: Listers) -> Self {
         VolumeZone { listers }
+    }
+
+    /// An unbound claim: fine if its class binds at first use, else why the pod cannot run.
+    fn unbound(&self, pvc: &PersistentVolumeClaim) -> Result<(), String> {
+        let class = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref())
+            .unwrap_or("");
+        if class.is_empty() {
+            return Err("PersistentVolumeClaim had no pv name and storageClass name".into());
+        }
+        let Some(sc) = self.listers.storage_classes.get(&ObjectRef::new(class)) else {
+            return Err(format!("storageclass.storage.k8s.io \"{class}\" not found"));
+        };
+        match sc.volume_binding_mode.as_deref() {
+            None => Err(format!(
+                "VolumeBindingMode not set for StorageClass \"{class}\""
+            )),
+            Some("WaitForFirstConsumer") => Ok(()),
+            Some(_) => Err("PersistentVolume had no name".into()),
+        }
     }
 }
 
@@ -79,7 +104,10 @@ impl Plugin for VolumeZone {
             };
             let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref());
             let Some(volume) = volume.filter(|v| !v.is_empty()) else {
-                continue;
+                match self.unbound(&pvc) {
+                    Ok(()) => continue,
+                    Err(reason) => return (None, Status::unresolvable(reason)),
+                }
             };
             let Some(pv) = self.listers.pvs.get(&ObjectRef::new(volume)) else {
                 return (
