@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_client::events::{EventType, Recorder};
@@ -83,6 +83,77 @@ fn pod_index(p: &Pod) -> Option<i32> {
         .get(INDEX_KEY)
         .or_else(|| p.labels().get(INDEX_KEY))
         .and_then(|v| v.parse().ok())
+}
+
+/// What a Job's `podFailurePolicy` does with a failed pod: the action of the first rule it
+/// matches, with the message upstream gives a `FailJob` match; None when no rule matches (the
+/// failure counts).
+fn failure_policy_verdict(spec: &JobSpec, pod: &Pod) -> Option<(String, String)> {
+    let rules = &spec.pod_failure_policy.as_ref()?.rules;
+    let status = pod.status.as_ref();
+    let (ns, name) = (
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or(""),
+    );
+    for (i, rule) in rules.iter().enumerate() {
+        let action = rule.action.as_str();
+        if let Some(req) = &rule.on_exit_codes {
+            // Regular containers first, then init containers; exit code 0 never matches.
+            let statuses = status
+                .into_iter()
+                .flat_map(|s| {
+                    s.container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.init_container_statuses.iter().flatten())
+                })
+                .filter(|c| req.container_name.as_ref().is_none_or(|n| *n == c.name));
+            for c in statuses {
+                let Some(code) = c
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| t.exit_code)
+                else {
+                    continue;
+                };
+                let listed = req.values.contains(&code);
+                let matched = match req.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    _ => false,
+                };
+                if code != 0 && matched {
+                    return Some((
+                        action.to_string(),
+                        format!(
+                            "Container {} for pod {ns}/{name} failed with exit code {code} \
+                             matching {action} rule at index {i}",
+                            c.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for want in rule.on_pod_conditions.iter().flatten() {
+            let has = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == want.type_ && c.status == want.status)
+                });
+            if has {
+                return Some((
+                    action.to_string(),
+                    format!(
+                        "Pod {ns}/{name} has condition {} matching {action} rule at index {i}",
+                        want.type_
+                    ),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn has_condition(s: &JobStatus, t: &str) -> bool {
@@ -298,12 +369,35 @@ impl JobController {
             // itself removed it (finished or suspended): then it is only released.
             match phase(p) {
                 "Succeeded" => unc_ok.push(pid),
-                "Failed" => unc_failed.push(pid),
+                "Failed" => match failure_policy_verdict(&spec, p) {
+                    // Not counted towards the backoff limit: only released.
+                    Some((action, _)) if action == "Ignore" => {
+                        self.free(&key, &pod_api, p).await?;
+                        continue;
+                    }
+                    Some((action, message)) if action == "FailJob" => {
+                        // Recorded with the failure, so it survives this sync.
+                        if !has_condition(&status, "FailureTarget") {
+                            set_condition(
+                                &mut status,
+                                "FailureTarget",
+                                "True",
+                                "PodFailurePolicy",
+                                &message,
+                            );
+                        }
+                        unc_failed.push(pid)
+                    }
+                    _ => unc_failed.push(pid),
+                },
                 _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
                     self.free(&key, &pod_api, p).await?;
                     continue;
                 }
-                _ if deleting(&p.metadata) => unc_failed.push(pid),
+                // Under a pod failure policy a pod being deleted is judged once it has failed.
+                _ if deleting(&p.metadata) && spec.pod_failure_policy.is_none() => {
+                    unc_failed.push(pid)
+                }
                 _ => continue,
             }
             newly = true;
@@ -366,15 +460,28 @@ impl JobController {
                         .is_ok_and(|end| end <= now)
                 })
             });
-            let failure = if failed > backoff_limit {
+            let target = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "FailureTarget" && c.status == "True")
+                .map(|c| {
+                    (
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    )
+                });
+            let failure = if let Some(t) = target {
+                Some(t)
+            } else if failed > backoff_limit {
                 Some((
-                    "BackoffLimitExceeded",
-                    "Job has reached the specified backoff limit",
+                    "BackoffLimitExceeded".to_string(),
+                    "Job has reached the specified backoff limit".to_string(),
                 ))
             } else if deadline_passed && !suspended {
                 Some((
-                    "DeadlineExceeded",
-                    "Job was active longer than specified deadline",
+                    "DeadlineExceeded".to_string(),
+                    "Job was active longer than specified deadline".to_string(),
                 ))
             } else {
                 None
@@ -405,10 +512,10 @@ impl JobController {
                     "Job completed".into(),
                 );
             } else if let Some((reason, message)) = failure {
-                set_condition(&mut status, "FailureTarget", "True", reason, message);
-                set_condition(&mut status, "Failed", "True", reason, message);
+                set_condition(&mut status, "FailureTarget", "True", &reason, &message);
+                set_condition(&mut status, "Failed", "True", &reason, &message);
                 self.recorder
-                    .record(object_ref(&job), EventType::Warning, reason, message.into());
+                    .record(object_ref(&job), EventType::Warning, &reason, message);
             } else if suspended {
                 if !has_condition(&status, "Suspended") {
                     set_condition(
@@ -737,6 +844,156 @@ mod tests {
                 .1
                 .pointer("/status/startTime")
                 .is_some()
+        );
+    }
+
+    fn failed_pod(name: &str, exit: i32, conditions: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                "resourceVersion": "9",
+                "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
+                "finalizers": [TRACKING_FINALIZER],
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                    "uid": "j-uid", "controller": true}]},
+            "spec": {"containers": [{"name": "main", "image": "perl"}]},
+            "status": {"phase": "Failed", "conditions": conditions,
+                "containerStatuses": [{"name": "main", "image": "perl", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit}}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_failure_policy_rules_match_as_upstream() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "template": {},
+            "podFailurePolicy": {"rules": [
+                {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}},
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [1]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+        }))
+        .unwrap();
+        let verdict = |p: &Pod| failure_policy_verdict(&spec, p).map(|(a, _)| a);
+        assert_eq!(
+            verdict(&failed_pod("a", 3, json!([]))).as_deref(),
+            Some("Count")
+        );
+        let (action, message) =
+            failure_policy_verdict(&spec, &failed_pod("b", 1, json!([]))).unwrap();
+        assert_eq!(action, "FailJob");
+        assert_eq!(
+            message,
+            "Container main for pod default/b failed with exit code 1 matching FailJob rule at index 1"
+        );
+        // Exit code 0 matches no exit-code rule, NotIn included.
+        let evicted = failed_pod(
+            "c",
+            0,
+            json!([{"type": "DisruptionTarget", "status": "True"}]),
+        );
+        assert_eq!(verdict(&evicted).as_deref(), Some("Ignore"));
+        assert_eq!(verdict(&failed_pod("d", 0, json!([]))), None);
+        // A condition with another status does not match.
+        let other = failed_pod(
+            "e",
+            0,
+            json!([{"type": "DisruptionTarget", "status": "False"}]),
+        );
+        assert_eq!(verdict(&other), None);
+    }
+
+    /// Ignore keeps a failure from counting towards the backoff limit; FailJob fails the Job
+    /// at once, with upstream's reason and message.
+    #[tokio::test]
+    async fn against_a_fake_api_the_pod_failure_policy_ignores_and_fails() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = JobController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "job-controller", None),
+        );
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
+            "spec": {"completions": 3, "parallelism": 1, "backoffLimit": 0,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                "podFailurePolicy": {"rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                ]},
+                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "perl"}]}}},
+            "status": {"startTime": "2026-12-06T09:00:00Z"},
+        }))
+        .unwrap();
+        informers.jobs().apply_event(Event::Apply(job));
+        let status_of_last_write = || {
+            taken(
+                &calls,
+                "PUT",
+                "/apis/batch/v1/namespaces/default/jobs/pi/status",
+            )
+            .last()
+            .unwrap()
+            .1["status"]
+                .clone()
+        };
+        // Evicted: ignored, so backoffLimit 0 is not exceeded and a replacement starts.
+        informers.pods().apply_event(Event::Apply(failed_pod(
+            "pi-evicted",
+            137,
+            json!([{"type": "DisruptionTarget", "status": "True"}]),
+        )));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = status_of_last_write();
+        assert_eq!(st.get("failed"), None, "{st}");
+        assert_eq!(st.get("conditions"), None, "{st}");
+        assert_eq!(
+            taken(
+                &calls,
+                "PATCH",
+                "/api/v1/namespaces/default/pods/pi-evicted"
+            )
+            .len(),
+            1,
+            "the ignored pod is released"
+        );
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1
+        );
+        // Exit code 42 in main: the Job fails, by the policy, not the backoff limit.
+        informers
+            .pods()
+            .apply_event(Event::Apply(failed_pod("pi-fatal", 42, json!([]))));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = status_of_last_write();
+        assert_eq!(st["failed"], json!(1), "{st}");
+        let conditions: Vec<(String, String, String)> = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap().to_string(),
+                    c["reason"].as_str().unwrap().to_string(),
+                    c["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let message = "Container main for pod default/pi-fatal failed with exit code 42 matching FailJob rule at index 1";
+        assert_eq!(
+            conditions,
+            [
+                (
+                    "FailureTarget".into(),
+                    "PodFailurePolicy".into(),
+                    message.into()
+                ),
+                ("Failed".into(), "PodFailurePolicy".into(), message.into()),
+            ]
         );
     }
 
