@@ -367,9 +367,23 @@ impl JobController {
             }
             // A pod deleted before it finished counts as failed, as upstream — unless the Job
             // itself removed it (finished or suspended): then it is only released.
-            match phase(p) {
-                "Succeeded" => unc_ok.push(pid),
-                "Failed" => match failure_policy_verdict(&spec, p) {
+            let failed = match phase(p) {
+                "Succeeded" => false,
+                "Failed" => true,
+                _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
+                    self.free(&key, &pod_api, p).await?;
+                    continue;
+                }
+                // Deleted before it finished (evicted, preempted, orphaned): a failure, judged
+                // by the policy like any other (no PodGC here marks such pods Failed first, as
+                // upstream's does).
+                _ if deleting(&p.metadata) => true,
+                _ => continue,
+            };
+            if !failed {
+                unc_ok.push(pid);
+            } else {
+                match failure_policy_verdict(&spec, p) {
                     // Not counted towards the backoff limit: only released.
                     Some((action, _)) if action == "Ignore" => {
                         self.free(&key, &pod_api, p).await?;
@@ -389,16 +403,7 @@ impl JobController {
                         unc_failed.push(pid)
                     }
                     _ => unc_failed.push(pid),
-                },
-                _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
-                    self.free(&key, &pod_api, p).await?;
-                    continue;
                 }
-                // Under a pod failure policy a pod being deleted is judged once it has failed.
-                _ if deleting(&p.metadata) && spec.pod_failure_policy.is_none() => {
-                    unc_failed.push(pid)
-                }
-                _ => continue,
             }
             newly = true;
         }
