@@ -32,9 +32,8 @@ use serde_json::json;
 use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
-    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_conflict,
-    is_not_found, key_of, namespace_terminating, object_ref, pod_ready, reconciler,
-    selector_or_event, split_key,
+    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
+    key_of, namespace_terminating, object_ref, pod_ready, reconciler, selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -287,16 +286,26 @@ impl JobController {
         })
     }
 
-    /// Removes the pod's tracking finalizer and remembers that it did.
+    /// Removes the pod's tracking finalizer and remembers that it did (before the call, as
+    /// upstream: the pod watch may show the removal before the call returns).
     async fn free(&self, key: &str, api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
-        if remove_tracking_finalizer(api, pod).await? {
-            self.freed
-                .lock()
-                .entry(key.to_string())
-                .or_default()
-                .insert(pod.uid().unwrap_or_default());
+        let uid = pod.uid().unwrap_or_default();
+        self.freed
+            .lock()
+            .entry(key.to_string())
+            .or_default()
+            .insert(uid.clone());
+        let removed = remove_tracking_finalizer(api, pod).await;
+        if !matches!(removed, Ok(true)) {
+            let mut freed = self.freed.lock();
+            if let Some(pods) = freed.get_mut(key) {
+                pods.remove(&uid);
+                if pods.is_empty() {
+                    freed.remove(key);
+                }
+            }
         }
-        Ok(())
+        removed.map(drop)
     }
 
     /// The newer of the cached Job and the one this controller last wrote (resourceVersions
@@ -345,6 +354,9 @@ impl JobController {
         // read: taken after, a pod seen in between would satisfy it without being in `pods`,
         // and the Job would create it again.
         let act = self.expectations.satisfied(&key);
+        // Before the pods are read, for the same reason: a removal seen in between would leave
+        // a pod that still shows its finalizer out of `freed`, and it would be counted again.
+        let freed = self.freed.lock().get(&key).cloned().unwrap_or_default();
         let pods = claim_indexed(&self.client, &self.pods, &job, &selector, |_| true).await?;
         let mut status = job.status.clone().unwrap_or_default();
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
@@ -354,7 +366,6 @@ impl JobController {
         let mut unc_ok: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
         let mut unc_failed: Vec<String> = uncounted.failed.clone().unwrap_or_default();
         let mut newly = false;
-        let freed = self.freed.lock().get(&key).cloned().unwrap_or_default();
         for p in &pods {
             let tracked = p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
             let pid = p.uid().unwrap_or_default();
@@ -603,19 +614,11 @@ impl JobController {
         }
         let mut updated = job.clone();
         updated.status = Some(status);
-        let written = match api
+        // On a conflict the remembered copy stays: until the cache shows a later version,
+        // it is still the newest this controller knows (and writes with it conflict anyway).
+        let written = api
             .replace_status(&job.name_any(), &PostParams::default(), &updated)
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                // Someone else wrote it: the cache, not this copy, has the news.
-                if is_conflict(&e) {
-                    self.written.lock().remove(&key_of(&job.metadata));
-                }
-                return Err(e);
-            }
-        };
+            .await?;
         self.written
             .lock()
             .insert(key_of(&written.metadata), Arc::new(written.clone()));

@@ -177,11 +177,22 @@ fn check_reconfig(
             }
         }
         Change::Remove(r) => {
-            if !matches!(members.get(&r.id), Some((_, false))) {
-                return Ok(());
-            }
-            if started_voters(Some(r.id)) < quorum(voters.len() - 1) {
+            let known = match members.get(&r.id) {
+                Some((_, true)) => return Ok(()),
+                Some((_, false)) => true,
+                // As etcd: judged as if it were no voter, then not found.
+                None => false,
+            };
+            let rest = if known {
+                voters.len() - 1
+            } else {
+                voters.len()
+            };
+            if started_voters(Some(r.id)) < quorum(rest) {
                 return Err(StoreError::MemberNotEnoughStarted);
+            }
+            if !known {
+                return Ok(());
             }
             // A member that is down is no part of the active quorum.
             if r.id != node.id() && node.peers().active_since(r.id).is_none() {

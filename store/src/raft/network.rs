@@ -26,6 +26,10 @@ use super::pb::RaftMessage;
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::{Member, NodeId, TypeConfig};
 
+/// The longest a peer may go without answering and still count as connected: a few
+/// heartbeats (100 ms apart by default), under an election timeout.
+const ANSWER_GAP: Duration = Duration::from_millis(500);
+
 /// Largest peer message accepted (snapshot chunks and large entries).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
@@ -35,9 +39,10 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// What this member presents to `https://` peers.
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Since when each peer has answered every Raft RPC this member sent it (etcd's
-    /// `ActiveSince`); a peer that could not be reached has no entry.
-    active: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
+    /// Since when each peer has answered the Raft RPCs this member sent it without a break
+    /// (etcd's `ActiveSince`), and when it last answered; a peer that could not be reached
+    /// has no entry.
+    active: Arc<Mutex<HashMap<NodeId, (std::time::Instant, std::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -68,18 +73,27 @@ impl Peers {
     }
 
     /// Since when `id` has answered this member's Raft RPCs without a break; None if the
-    /// last one failed in transport or none was sent (only a leader sends them all the time).
+    /// last one failed in transport, none was answered for [`ANSWER_GAP`] (openraft drops a
+    /// call that outlives its timeout, so a hung or cut-off peer never fails one), or none
+    /// was sent (only a leader sends them all the time).
     pub fn active_since(&self, id: NodeId) -> Option<std::time::Instant> {
-        self.active.lock().get(&id).copied()
+        let (since, last) = *self.active.lock().get(&id)?;
+        (last.elapsed() <= ANSWER_GAP).then_some(since)
     }
 
     fn mark(&self, id: NodeId, reached: bool) {
         let mut active = self.active.lock();
-        if reached {
-            active.entry(id).or_insert_with(std::time::Instant::now);
-        } else {
+        if !reached {
             active.remove(&id);
+            return;
         }
+        let now = std::time::Instant::now();
+        let entry = active.entry(id).or_insert((now, now));
+        // A gap in the answers is a break: the peer is active again from now.
+        if now.duration_since(entry.1) > ANSWER_GAP {
+            entry.0 = now;
+        }
+        entry.1 = now;
     }
 
     /// A gRPC client for the member's first peer URL.
