@@ -790,6 +790,60 @@ async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<bool, ku
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Calls, fake_client, taken};
+    use kube::runtime::watcher::Event;
+
+    /// A Job controller on a fake API, its informers, and the API's record of calls.
+    fn on_fake_api() -> (Arc<JobController>, crate::Informers, Calls) {
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = JobController::new(
+            &mut informers,
+            Recorder::new(client, "job-controller", None),
+        );
+        (ctl, informers, calls)
+    }
+
+    /// Job `pi` (uid `j-uid`, resourceVersion 10, one container `main`, restartPolicy Never)
+    /// with the keys of `spec` set in its spec, and `status`.
+    fn pi_job(spec: serde_json::Value, status: serde_json::Value) -> Job {
+        let mut job = json!({
+            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
+            "spec": {
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "perl"}]}}},
+            "status": status,
+        });
+        for (k, v) in spec.as_object().expect("an object") {
+            job["spec"][k] = v.clone();
+        }
+        serde_json::from_value(job).unwrap()
+    }
+
+    /// Pod `name` (uid `<name>-uid`) of Job pi, with `finalizers` and `status`.
+    fn pi_pod(name: &str, finalizers: serde_json::Value, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                "resourceVersion": "9",
+                "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
+                "finalizers": finalizers,
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
+                    "uid": "j-uid", "controller": true}]},
+            "spec": {"containers": [{"name": "main", "image": "perl"}]},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// The `n`th pod the controller created, as the pod watch would show it, named `name`.
+    fn created(calls: &Calls, n: usize, name: &str) -> Pod {
+        let posts = taken(calls, "POST", "/api/v1/namespaces/default/pods");
+        let mut pod: Pod = serde_json::from_value(posts[n].1.clone()).unwrap();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.uid = Some(format!("{name}-uid"));
+        pod
+    }
 
     #[test]
     fn completed_indexes_round_trip_in_interval_form() {
@@ -802,22 +856,11 @@ mod tests {
 
     #[tokio::test]
     async fn against_a_fake_api_a_job_starts_parallelism_tracked_pods() {
-        use crate::testing::{fake_client, taken};
-        use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
-        let mut informers = crate::Informers::new(client.clone());
-        let ctl = JobController::new(
-            &mut informers,
-            Recorder::new(client.clone(), "job-controller", None),
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 5, "parallelism": 2, "completionMode": "Indexed"}),
+            json!(null),
         );
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid"},
-            "spec": {"completions": 5, "parallelism": 2, "completionMode": "Indexed",
-                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
-        }))
-        .unwrap();
         informers.jobs().apply_event(Event::Apply(job));
         ctl.clone().sync("default/pi".into()).await.unwrap();
         let pods = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
@@ -856,19 +899,13 @@ mod tests {
     }
 
     fn failed_pod(name: &str, exit: i32, conditions: serde_json::Value) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
-                "resourceVersion": "9",
-                "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
-                "finalizers": [TRACKING_FINALIZER],
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
-                    "uid": "j-uid", "controller": true}]},
-            "spec": {"containers": [{"name": "main", "image": "perl"}]},
-            "status": {"phase": "Failed", "conditions": conditions,
+        pi_pod(
+            name,
+            json!([TRACKING_FINALIZER]),
+            json!({"phase": "Failed", "conditions": conditions,
                 "containerStatuses": [{"name": "main", "image": "perl", "imageID": "", "ready": false,
-                    "restartCount": 0, "state": {"terminated": {"exitCode": exit}}}]},
-        }))
-        .unwrap()
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit}}}]}),
+        )
     }
 
     #[test]
@@ -915,27 +952,15 @@ mod tests {
     /// at once, with upstream's reason and message.
     #[tokio::test]
     async fn against_a_fake_api_the_pod_failure_policy_ignores_and_fails() {
-        use crate::testing::{fake_client, taken};
-        use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
-        let mut informers = crate::Informers::new(client.clone());
-        let ctl = JobController::new(
-            &mut informers,
-            Recorder::new(client.clone(), "job-controller", None),
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 3, "parallelism": 1, "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+            ]}}),
+            json!({"startTime": "2026-12-06T09:00:00Z"}),
         );
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
-            "spec": {"completions": 3, "parallelism": 1, "backoffLimit": 0,
-                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                "podFailurePolicy": {"rules": [
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                    {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
-                ]},
-                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                    "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "perl"}]}}},
-            "status": {"startTime": "2026-12-06T09:00:00Z"},
-        }))
-        .unwrap();
         informers.jobs().apply_event(Event::Apply(job));
         let status_of_last_write = || {
             taken(
@@ -1010,42 +1035,26 @@ mod tests {
     /// not count it again.
     #[tokio::test]
     async fn a_pod_cache_behind_a_finalizer_removal_counts_no_pod_twice() {
-        use crate::testing::{fake_client, taken};
-        use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
-        let mut informers = crate::Informers::new(client.clone());
-        let ctl = JobController::new(
-            &mut informers,
-            Recorder::new(client.clone(), "job-controller", None),
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 3, "parallelism": 1}),
+            json!({"active": 1, "startTime": "2026-12-06T09:00:00Z"}),
         );
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
-            "spec": {"completions": 3, "parallelism": 1,
-                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
-            "status": {"active": 1, "startTime": "2026-12-06T09:00:00Z"},
-        }))
-        .unwrap();
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pi-0", "namespace": "default", "uid": "p0-uid", "resourceVersion": "9",
-                "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
-                "finalizers": [TRACKING_FINALIZER],
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
-                    "uid": "j-uid", "controller": true}]},
-            "spec": {"containers": [{"name": "c", "image": "perl"}]},
-            "status": {"phase": "Succeeded"},
-        }))
-        .unwrap();
+        let pod = pi_pod(
+            "pi-0",
+            json!([TRACKING_FINALIZER]),
+            json!({"phase": "Succeeded"}),
+        );
         informers.jobs().apply_event(Event::Apply(job));
         informers.pods().apply_event(Event::Apply(pod));
         ctl.clone().sync("default/pi".into()).await.unwrap();
-        let created = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
-        assert_eq!(created.len(), 1);
-        let mut new_pod: Pod = serde_json::from_value(created[0].1.clone()).unwrap();
-        new_pod.metadata.name = Some("pi-1".into());
-        new_pod.metadata.uid = Some("p1-uid".into());
-        informers.pods().apply_event(Event::Apply(new_pod));
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1
+        );
+        informers
+            .pods()
+            .apply_event(Event::Apply(created(&calls, 0, "pi-1")));
         // pi-0 still shows its finalizer: the pod watch has not seen the removal yet.
         ctl.clone().sync("default/pi".into()).await.unwrap();
         let status = taken(
@@ -1070,34 +1079,13 @@ mod tests {
     /// count it yet. It must not start that pod's replacement.
     #[tokio::test]
     async fn a_job_cache_behind_its_own_status_write_starts_no_extra_pod() {
-        use crate::testing::{fake_client, taken};
-        use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
-        let mut informers = crate::Informers::new(client.clone());
-        let ctl = JobController::new(
-            &mut informers,
-            Recorder::new(client.clone(), "job-controller", None),
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 2, "parallelism": 2}),
+            json!({"active": 1, "startTime": "2026-12-06T09:00:00Z"}),
         );
-        let job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "pi", "namespace": "default", "uid": "j-uid", "resourceVersion": "10"},
-            "spec": {"completions": 2, "parallelism": 2,
-                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-uid"}},
-                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "perl"}]}}},
-            "status": {"active": 1, "startTime": "2026-12-06T09:00:00Z"},
-        }))
-        .unwrap();
-        let pod = |finalizers: serde_json::Value| -> Pod {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "pi-0", "namespace": "default", "uid": "p0-uid", "resourceVersion": "9",
-                    "labels": {"batch.kubernetes.io/controller-uid": "j-uid"},
-                    "finalizers": finalizers,
-                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "pi",
-                        "uid": "j-uid", "controller": true}]},
-                "spec": {"containers": [{"name": "c", "image": "perl"}]},
-                "status": {"phase": "Succeeded"},
-            }))
-            .unwrap()
+        let pod = |finalizers: serde_json::Value| {
+            pi_pod("pi-0", finalizers, json!({"phase": "Succeeded"}))
         };
         informers.jobs().apply_event(Event::Apply(job));
         informers
@@ -1105,16 +1093,15 @@ mod tests {
             .apply_event(Event::Apply(pod(serde_json::json!([TRACKING_FINALIZER]))));
         // The first sync counts pi-0, removes its finalizer and starts the one pod left to run.
         ctl.clone().sync("default/pi".into()).await.unwrap();
-        let created = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
-        assert_eq!(created.len(), 1);
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1
+        );
         // The pod watch shows both changes; the Job watch still shows resourceVersion 10.
+        informers.pods().apply_event(Event::Apply(pod(json!([]))));
         informers
             .pods()
-            .apply_event(Event::Apply(pod(serde_json::json!([]))));
-        let mut new_pod: Pod = serde_json::from_value(created[0].1.clone()).unwrap();
-        new_pod.metadata.name = Some("pi-1".into());
-        new_pod.metadata.uid = Some("p1-uid".into());
-        informers.pods().apply_event(Event::Apply(new_pod));
+            .apply_event(Event::Apply(created(&calls, 0, "pi-1")));
         ctl.clone().sync("default/pi".into()).await.unwrap();
         assert_eq!(
             taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
