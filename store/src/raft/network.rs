@@ -26,10 +26,6 @@ use super::pb::RaftMessage;
 use super::pb::raft_peer_client::RaftPeerClient;
 use super::{Member, NodeId, TypeConfig};
 
-/// The longest a peer may go without answering and still count as connected: a few
-/// heartbeats (100 ms apart by default), under an election timeout.
-const ANSWER_GAP: Duration = Duration::from_millis(500);
-
 /// Largest peer message accepted (snapshot chunks and large entries).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
@@ -43,6 +39,9 @@ pub struct Peers {
     /// (etcd's `ActiveSince`), and when it last answered; a peer that could not be reached
     /// has no entry.
     active: Arc<Mutex<HashMap<NodeId, (std::time::Instant, std::time::Instant)>>>,
+    /// The longest a peer may go without answering and still count as connected (the
+    /// election timeout: several heartbeats, whatever `--heartbeat-interval` is).
+    answer_gap: Duration,
 }
 
 impl std::fmt::Debug for Peers {
@@ -69,16 +68,23 @@ impl Peers {
             channels: Arc::default(),
             tls,
             active: Arc::default(),
+            answer_gap: Duration::from_secs(1),
         }
     }
 
+    /// Sets how long a peer may go without answering and still count as connected.
+    pub fn with_answer_gap(mut self, gap: Duration) -> Peers {
+        self.answer_gap = gap;
+        self
+    }
+
     /// Since when `id` has answered this member's Raft RPCs without a break; None if the
-    /// last one failed in transport, none was answered for [`ANSWER_GAP`] (openraft drops a
+    /// last one failed in transport, none was answered for the answer gap (openraft drops a
     /// call that outlives its timeout, so a hung or cut-off peer never fails one), or none
     /// was sent (only a leader sends them all the time).
     pub fn active_since(&self, id: NodeId) -> Option<std::time::Instant> {
         let (since, last) = *self.active.lock().get(&id)?;
-        (last.elapsed() <= ANSWER_GAP).then_some(since)
+        (last.elapsed() <= self.answer_gap).then_some(since)
     }
 
     fn mark(&self, id: NodeId, reached: bool) {
@@ -90,7 +96,7 @@ impl Peers {
         let now = std::time::Instant::now();
         let entry = active.entry(id).or_insert((now, now));
         // A gap in the answers is a break: the peer is active again from now.
-        if now.duration_since(entry.1) > ANSWER_GAP {
+        if now.duration_since(entry.1) > self.answer_gap {
             entry.0 = now;
         }
         entry.1 = now;

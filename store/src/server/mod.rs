@@ -470,7 +470,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             ),
         })?;
     let identity = read_identity(&data_dir)?;
-    let peers = Peers::new(peer_files.client_config()?);
+    let peers = Peers::new(peer_files.client_config()?)
+        .with_answer_gap(Duration::from_millis(config.election_timeout.max(1)));
     let (identity, bootstrap) = match identity {
         Some(id) => (id, None),
         None if config.initial_cluster_state == "existing" => (
