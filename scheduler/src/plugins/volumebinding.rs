@@ -44,6 +44,18 @@ impl VolumeBinding {
     }
 }
 
+/// The pod's claim `name` from the cache, or the reason the pod cannot run without it.
+pub fn find_claim(
+    listers: &Listers,
+    pod: &PodInfo,
+    name: &str,
+) -> Result<Arc<PersistentVolumeClaim>, Status> {
+    listers
+        .pvcs
+        .get(&ObjectRef::new(name).within(&pod.namespace))
+        .ok_or_else(|| Status::unresolvable(format!("persistentvolumeclaim \"{name}\" not found")))
+}
+
 fn claim_key(pvc: &PersistentVolumeClaim) -> String {
     format!(
         "{}/{}",
@@ -217,15 +229,9 @@ impl Plugin for VolumeBinding {
         }
         let mut st = State::default();
         for c in names {
-            let Some(pvc) = self
-                .listers
-                .pvcs
-                .get(&ObjectRef::new(c).within(&pod.namespace))
-            else {
-                return (
-                    None,
-                    Status::unresolvable(format!("persistentvolumeclaim \"{c}\" not found")),
-                );
+            let pvc = match find_claim(&self.listers, pod, c) {
+                Ok(pvc) => pvc,
+                Err(status) => return (None, status),
             };
             if pvc.metadata.deletion_timestamp.is_some() {
                 return (

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::framework::{CycleState, Event, Listers, Plugin, Point, Snapshot, Status};
+use crate::plugins::volumebinding::find_claim;
 use crate::types::{NodeInfo, PodInfo, pvc_names};
 
 /// Reason: the node is outside every zone (or region) of a volume.
@@ -92,15 +93,9 @@ impl Plugin for VolumeZone {
     ) -> (Option<HashSet<String>>, Status) {
         let mut topologies = Vec::new();
         for c in pvc_names(&pod.pod) {
-            let Some(pvc) = self
-                .listers
-                .pvcs
-                .get(&ObjectRef::new(c).within(&pod.namespace))
-            else {
-                return (
-                    None,
-                    Status::unresolvable(format!("persistentvolumeclaim \"{c}\" not found")),
-                );
+            let pvc = match find_claim(&self.listers, pod, c) {
+                Ok(pvc) => pvc,
+                Err(status) => return (None, status),
             };
             let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref());
             let Some(volume) = volume.filter(|v| !v.is_empty()) else {
