@@ -294,6 +294,9 @@ pub fn reconcile(existing: &Value, wanted: &Object) -> Option<Value> {
     changed.then_some(out)
 }
 
+/// How many bootstrap objects are created or reconciled at once.
+const BOOTSTRAP_IN_FLIGHT: usize = 16;
+
 /// Creates and reconciles the bootstrap policy until it is all in place (retrying while the
 /// store is unavailable), then marks `src` bootstrapped. Several apiservers doing this at once is
 /// fine: a create that loses gets 409 and reconciles, an update that loses retries.
@@ -305,11 +308,20 @@ pub async fn ensure(
     let objects = policy();
     let mut pending: Vec<&Object> = objects.iter().collect();
     while !pending.is_empty() && !stop.is_cancelled() {
+        // Several at a time: one after the other, the ~100 objects took 13 s to reconcile
+        // after a restart under load, and the apiserver is not ready until they are.
         let mut left = Vec::new();
-        for o in pending {
-            if let Err(e) = ensure_one(&registry, o).await {
-                tracing::debug!(object = %o.value["metadata"]["name"], error = %e, "bootstrap RBAC object not in place yet");
-                left.push(o);
+        for chunk in pending.chunks(BOOTSTRAP_IN_FLIGHT) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for o in chunk {
+                calls.push(ensure_one(&registry, o));
+            }
+            let outcomes = futures::future::join_all(calls).await;
+            for (o, outcome) in chunk.iter().zip(outcomes) {
+                if let Err(e) = outcome {
+                    tracing::debug!(object = %o.value["metadata"]["name"], error = %e, "bootstrap RBAC object not in place yet");
+                    left.push(*o);
+                }
             }
         }
         pending = left;
