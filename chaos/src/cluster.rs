@@ -409,10 +409,11 @@ impl Cluster {
     /// Takes member `i` out of the cluster (MemberRemove through another live member), then
     /// kills it and deletes its data: it can only come back as a new member.
     pub async fn remove_member(&mut self, i: usize) -> anyhow::Result<()> {
-        let via = self.cluster_client(i).await?;
-        let id = self
-            .listed(&via, i)
-            .await?
+        let (via, list) = self.cluster_client(i).await?;
+        let peer = &self.members[i].peer;
+        let id = list
+            .iter()
+            .find(|m| m.peer_ur_ls.contains(peer))
             .map(|m| m.id)
             .with_context(|| format!("{} is not in the member list", self.members[i].name))?;
         retry_cluster_call(|| {
@@ -450,7 +451,7 @@ impl Cluster {
     /// Adds member `i` back (MemberAdd with its peer URL, through a live member) and starts it
     /// empty: it catches up from the others.
     pub async fn add_member(&mut self, i: usize) -> anyhow::Result<()> {
-        let via = self.cluster_client(i).await?;
+        let (via, _) = self.cluster_client(i).await?;
         let peer = self.members[i].peer.clone();
         retry_cluster_call(|| {
             let mut c = via.clone();
@@ -513,10 +514,17 @@ impl Cluster {
             .find(|m| m.peer_ur_ls.contains(&self.members[i].peer)))
     }
 
-    /// A Cluster API client on a live member other than `i` that answers: each is asked for
-    /// the member list in turn, for up to 10 s. A member just added back may not serve yet
-    /// (etcd's does not until it has joined), and asking only the first one timed out.
-    async fn cluster_client(&self, i: usize) -> anyhow::Result<ClusterClient<Channel>> {
+    /// A Cluster API client on a live member other than `i` that answers, with the member list
+    /// it answered: each is asked in turn, for up to 10 s. A member just added back may not
+    /// serve yet (etcd's does not until it has joined), and asking only the first one timed
+    /// out.
+    async fn cluster_client(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<(
+        ClusterClient<Channel>,
+        Vec<keelson_etcdpb::etcdserverpb::Member>,
+    )> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut last = None;
@@ -528,7 +536,7 @@ impl Cluster {
                 let probe = Duration::from_secs(2);
                 match tokio::time::timeout(probe, c.member_list(MemberListRequest::default())).await
                 {
-                    Ok(Ok(_)) => return Ok(c),
+                    Ok(Ok(list)) => return Ok((c, list.into_inner().members)),
                     Ok(Err(e)) => last = Some(format!("{}: {}", self.members[j].name, e.message())),
                     Err(_) => {
                         last = Some(format!(

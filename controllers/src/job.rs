@@ -57,7 +57,7 @@ pub struct JobController {
     /// Per Job, the pods whose tracking finalizer this controller removed, until the pod
     /// cache shows it gone (upstream's finalizer expectations): they are counted in the Job's
     /// status already, and a pod cache behind the removal would have them counted again.
-    freed: Arc<parking_lot::Mutex<HashMap<String, HashSet<String>>>>,
+    freed: Arc<Freed>,
 }
 
 fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
@@ -228,7 +228,7 @@ impl JobController {
     pub fn new(informers: &mut Informers, recorder: Recorder) -> Arc<Self> {
         let queue = WorkQueue::new();
         let expectations = Arc::new(Expectations::default());
-        let freed: Arc<parking_lot::Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+        let freed: Arc<Freed> = Arc::default();
         let jobs = informers.jobs().store();
         let pods = informers.pods_by_controller();
         {
@@ -252,13 +252,7 @@ impl JobController {
                     .iter()
                     .any(|f| f == TRACKING_FINALIZER);
                 if matches!(c, Change::Deleted(_)) || !tracked {
-                    let mut freed = freed.lock();
-                    if let Some(pods) = freed.get_mut(&k) {
-                        pods.remove(&c.object().uid().unwrap_or_default());
-                        if pods.is_empty() {
-                            freed.remove(&k);
-                        }
-                    }
+                    unfree(&freed, &k, &c.object().uid().unwrap_or_default());
                 }
                 match &c {
                     Change::Added(p) if !deleting(&p.metadata) => exp.creation_observed(&k),
@@ -297,13 +291,7 @@ impl JobController {
             .insert(uid.clone());
         let removed = remove_tracking_finalizer(api, pod).await;
         if !matches!(removed, Ok(true)) {
-            let mut freed = self.freed.lock();
-            if let Some(pods) = freed.get_mut(key) {
-                pods.remove(&uid);
-                if pods.is_empty() {
-                    freed.remove(key);
-                }
-            }
+            unfree(&self.freed, key, &uid);
         }
         removed.map(drop)
     }
@@ -758,6 +746,21 @@ impl JobController {
 }
 
 reconciler!(JobController, "job");
+
+/// Per Job key, the pods whose tracking finalizer the controller removed (see
+/// `JobController::freed`).
+type Freed = parking_lot::Mutex<HashMap<String, HashSet<String>>>;
+
+/// Forgets that pod `uid` of Job `key` was freed; a Job left with none loses its entry.
+fn unfree(freed: &Freed, key: &str, uid: &str) {
+    let mut freed = freed.lock();
+    if let Some(pods) = freed.get_mut(key) {
+        pods.remove(uid);
+        if pods.is_empty() {
+            freed.remove(key);
+        }
+    }
+}
 
 /// Removes the pod's tracking finalizer; whether it had one.
 async fn remove_tracking_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<bool, kube::Error> {
