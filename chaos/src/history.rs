@@ -330,7 +330,7 @@ impl History {
     }
 }
 
-fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
+pub(crate) fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(f);
     for item in items {
@@ -341,7 +341,7 @@ fn write_lines<T: Serialize>(path: &Path, items: &[T]) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_lines<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+pub(crate) fn read_lines<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {

@@ -4,10 +4,14 @@
 //! order across keys, multi-key txns seen whole, the watch guarantees (progress notifications
 //! included), the lease guarantees, and every member holding the same keys at the end.
 //!
-//! Not here yet (see the chaos issue): delays between members, deterministic simulation, the
-//! control-plane convergence checks.
+//! `keelson chaos control-plane` (the `control` module) does the same for the control plane:
+//! components of a `keelson up` cluster killed and paused under a workload, then the checks
+//! that nothing acknowledged was lost, no pod was bound twice and everything converged.
+//!
+//! Not here yet (see the chaos issue): delays between members, deterministic simulation.
 
 pub mod cluster;
+pub mod control;
 pub mod faults;
 pub mod history;
 pub mod lazyfs;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::history::History;
+use crate::history::{FaultStep, History};
 
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 420.0;
@@ -12,20 +12,44 @@ const RIGHT: f64 = 60.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 40.0;
 
-/// The plot as an SVG document.
+/// One operation on the plot: sent and completed (ns since the run started), and whether it
+/// was answered.
+#[derive(Clone, Copy, Debug)]
+pub struct Point {
+    /// When it was sent.
+    pub invoke: u64,
+    /// When it completed.
+    pub complete: u64,
+    /// It got an answer.
+    pub answered: bool,
+}
+
+/// The plot of a KV history as an SVG document.
 pub fn svg(history: &History) -> String {
-    let end = history
+    let points: Vec<Point> = history
         .operations
         .iter()
+        .map(|o| Point {
+            invoke: o.invoke,
+            complete: o.complete,
+            answered: o.output.revision().is_some(),
+        })
+        .collect();
+    svg_of(&points, &history.faults)
+}
+
+/// The plot of `points` and `faults` as an SVG document.
+pub fn svg_of(points: &[Point], faults: &[FaultStep]) -> String {
+    let end = points
+        .iter()
         .map(|o| o.complete)
-        .chain(history.faults.iter().map(|f| f.at))
+        .chain(faults.iter().map(|f| f.at))
         .max()
         .unwrap_or(1)
         .max(1) as f64
         / 1e9;
-    let answered = |o: &&crate::history::Operation| o.output.revision().is_some();
-    let max_latency = history
-        .operations
+    let answered = |o: &&Point| o.answered;
+    let max_latency = points
         .iter()
         .map(|o| (o.complete - o.invoke.min(o.complete)) as f64 / 1e6)
         .fold(1.0f64, f64::max);
@@ -41,11 +65,11 @@ pub fn svg(history: &History) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     // Faults: from each injection to its heal (or the end).
-    for (i, f) in history.faults.iter().enumerate() {
+    for (i, f) in faults.iter().enumerate() {
         if f.action != "inject" {
             continue;
         }
-        let healed = history.faults[i + 1..]
+        let healed = faults[i + 1..]
             .iter()
             .find(|h| h.action == "heal" && h.fault == f.fault)
             .map(|h| h.at as f64 / 1e9)
@@ -81,9 +105,9 @@ pub fn svg(history: &History) -> String {
         );
     }
     // Latency of every operation, at its completion.
-    for o in &history.operations {
+    for o in points {
         let latency = (o.complete - o.invoke.min(o.complete)) as f64 / 1e6;
-        let color = if answered(&o) { "steelblue" } else { "crimson" };
+        let color = if o.answered { "steelblue" } else { "crimson" };
         let _ = writeln!(
             s,
             r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="{color}"/>"#,
@@ -94,7 +118,7 @@ pub fn svg(history: &History) -> String {
     // Throughput of answered operations per 250 ms, on the right axis.
     let buckets = (end / 0.25).ceil() as usize + 1;
     let mut counts = vec![0usize; buckets];
-    for o in history.operations.iter().filter(answered) {
+    for o in points.iter().filter(answered) {
         counts[((o.complete as f64 / 1e9) / 0.25) as usize] += 1;
     }
     let peak = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 4.0;

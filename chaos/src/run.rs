@@ -544,8 +544,11 @@ pub enum Command {
     Run(RunArgs),
     /// Every fault class alone, one run each (on each target), and a summary table.
     Sweep(SweepArgs),
-    /// Check a recorded run directory again.
+    /// Check a recorded run directory again (a store run or a control-plane run).
     Check(CheckArgs),
+    /// A `keelson up` cluster under a workload while its components are killed and paused;
+    /// then nothing acknowledged lost, no pod bound twice, everything converged.
+    ControlPlane(crate::control::ControlArgs),
 }
 
 /// Flags of `keelson chaos run`.
@@ -675,7 +678,11 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
             verdict_error("chaos sweep", worst)
         }
         Command::Check(a) => {
-            let checks = check_dir(&a.dir, a.check_budget)?;
+            let checks = if crate::control::history::ControlHistory::is_in(&a.dir) {
+                crate::control::check_dir(&a.dir)?
+            } else {
+                check_dir(&a.dir, a.check_budget)?
+            };
             for c in &checks {
                 println!("{}: {:?} ({} checked)", c.name, c.verdict, c.checked);
                 for d in &c.details {
@@ -683,6 +690,23 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
                 }
             }
             verdict_error("chaos check", worst(&checks))
+        }
+        Command::ControlPlane(a) => {
+            let dir = a
+                .out
+                .clone()
+                .unwrap_or_else(|| default_dir("control-plane"));
+            let o = crate::control::run(&a, &dir).await?;
+            println!(
+                "{} writes ({} unknown), {} pods, {} faults: {}",
+                o.writes,
+                o.unknown,
+                o.pods,
+                o.faults,
+                summary(&o.checks)
+            );
+            println!("report: {}", dir.join("report.md").display());
+            verdict_error("chaos control-plane", worst(&o.checks))
         }
     }
 }

@@ -377,3 +377,121 @@ fn a_tampered_history_fails_the_check() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("split over responses"), "{}", text(&o));
 }
+
+/// The control plane: a `keelson up` cluster with hollow nodes under a workload (Deployments
+/// scaled and rolled out, ConfigMaps created, patched and deleted) while every control-plane
+/// fault class hits it once (an apiserver, a store member and the hollow nodes killed, the
+/// leading controller-manager and scheduler killed, then each leader paused for longer than its
+/// Lease); nothing acknowledged is lost, no pod is bound twice, and the cluster converges. The
+/// recorded run passes `keelson chaos check` again, and fails it once an acknowledged write is
+/// made to be lost or a pod to be bound twice.
+#[test]
+fn the_control_plane_converges_and_loses_nothing_under_component_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = chaos(&[
+        "control-plane",
+        "--duration=70s",
+        "--fault-interval=3s",
+        "--pause-hold=17s",
+        "--progress-every=0",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap_or_default();
+    let up_log = std::fs::read_to_string(run.join("cluster/up.log")).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{report}\n{up_log}", text(&o));
+    for fault in [
+        "kill-apiserver",
+        "kill-store",
+        "kill-nodes",
+        "kill-controller-manager",
+        "kill-scheduler",
+        "pause-controller-manager",
+        "pause-scheduler",
+    ] {
+        assert!(report.contains(&format!("{fault} inject")), "{report}");
+    }
+    // The HA faults hit the leaders; a paused leader was resumed.
+    for what in ["controller-manager", "scheduler"] {
+        let hit = report
+            .lines()
+            .filter(|l| l.contains(&format!("{what} inject")))
+            .count();
+        let leader = report
+            .lines()
+            .filter(|l| l.contains(&format!("{what} inject")) && l.contains(", leader)"))
+            .count();
+        assert!(hit == 2 && leader == 2, "{what}:\n{report}");
+        assert!(
+            report.contains(&format!("pause-{what} heal: SIGCONT")),
+            "{report}"
+        );
+    }
+    assert!(report.contains("**objects**: Ok"), "{report}");
+    assert!(report.contains("**bound-once**: Ok"), "{report}");
+    assert!(report.contains("**convergence**: Ok"), "{report}");
+    // The workload did something: writes of every kind, pods made and bound.
+    let writes = std::fs::read_to_string(run.join("writes.jsonl")).unwrap();
+    for (verb, object) in [
+        ("create", "configmap/"),
+        ("patch", "configmap/"),
+        ("delete", "configmap/"),
+        ("patch", "/replicas"),
+        ("patch", "/template"),
+    ] {
+        assert!(
+            writes
+                .lines()
+                .any(|l| l.contains(&format!(r#""verb":"{verb}""#)) && l.contains(object)),
+            "no {verb} of {object}"
+        );
+    }
+    let pods = std::fs::read_to_string(run.join("pods.jsonl")).unwrap();
+    assert!(
+        pods.lines()
+            .filter(|l| l.contains(r#""node":"hollow-node-"#))
+            .count()
+            > 10
+    );
+
+    let o = chaos(&["check", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An acknowledged configmap write made to be lost: the object is gone at the end.
+    let finals_path = run.join("finals.json");
+    let finals = std::fs::read_to_string(&finals_path).unwrap();
+    let mut map: std::collections::BTreeMap<String, Option<String>> =
+        serde_json::from_str(&finals).unwrap();
+    let present = map
+        .iter()
+        .find(|(k, v)| k.starts_with("configmap/") && v.is_some())
+        .map(|(k, _)| k.clone())
+        .expect("a configmap left at the end");
+    map.insert(present.clone(), None);
+    std::fs::write(&finals_path, serde_json::to_vec(&map).unwrap()).unwrap();
+    let o = chaos(&["check", run.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("{present}: ends absent")),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&finals_path, finals).unwrap();
+
+    // A pod seen on a second node.
+    let pods_path = run.join("pods.jsonl");
+    let bound = pods
+        .lines()
+        .find(|l| l.contains(r#""node":"hollow-node-0""#))
+        .expect("a pod on hollow-node-0");
+    let moved = bound.replace(r#""node":"hollow-node-0""#, r#""node":"hollow-node-1""#);
+    std::fs::write(&pods_path, format!("{pods}{moved}\n")).unwrap();
+    let o = chaos(&["check", run.to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("was bound to hollow-node-0 and hollow-node-1"),
+        "{}",
+        text(&o)
+    );
+}
