@@ -192,6 +192,23 @@ fn is_transport(status: &tonic::Status) -> bool {
     )
 }
 
+/// Whether a call certainly never reached the store: no connection could be made to the
+/// endpoint, or the member had no leader to propose it to (etcd refuses before proposing;
+/// keelson-store says so only when no leader's log was reached).
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.message() == "etcdserver: no leader" {
+        return true;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn map_status(status: tonic::Status) -> EtcdError {
     let msg = status.message();
     if msg.contains("required revision has been compacted") {
@@ -281,8 +298,31 @@ impl Etcd {
     }
 
     /// Runs `op` against the current endpoint, moving on to the next one on transport errors
-    /// until every endpoint has been tried once.
+    /// until every endpoint has been tried once. Reads (and calls as harmless to repeat) only:
+    /// a write goes through [`Etcd::mutate`].
     async fn with_failover<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.failover(op, false).await
+    }
+
+    /// Runs the write `op` as [`Etcd::with_failover`] does, but moves on to the next endpoint
+    /// only when the write certainly never reached the store (as etcd's client retries
+    /// mutations): after a connection that broke, or a deadline, it may have been applied, and
+    /// sent again it would fail its compare (a create would see its own object and report a
+    /// clash, or take another generated name for the same object), so its error goes back to
+    /// the caller as an unknown outcome. The next call starts on the next endpoint.
+    async fn mutate<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.failover(op, true).await
+    }
+
+    async fn failover<T, F, Fut>(&self, op: F, write: bool) -> Result<T, EtcdError>
     where
         F: Fn(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -299,6 +339,17 @@ impl Etcd {
                         self.current.store(idx, Ordering::Relaxed);
                     }
                     return Ok(v);
+                }
+                Err(s) if write && !never_sent(&s) => {
+                    if is_transport(&s) {
+                        let _ = self.current.compare_exchange(
+                            start,
+                            (idx + 1) % n,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    return Err(map_status(s));
                 }
                 Err(s) if is_transport(&s) || s.message().contains("leader") => {
                     tracing::debug!(endpoint = %url, error = %s, "etcd endpoint failed; trying the next");
@@ -398,7 +449,7 @@ impl Etcd {
     }
 
     async fn txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
-        self.with_failover(|ch| {
+        self.mutate(|ch| {
             let req = req.clone();
             async move { kv(ch).txn(req).await.map(|r| r.into_inner()) }
         })

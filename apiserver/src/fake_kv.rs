@@ -15,6 +15,8 @@ struct State {
     rev: i64,
     keys: BTreeMap<Vec<u8>, KeyValue>,
     reads: u64,
+    /// Transactions still to apply and then answer as a connection that broke would.
+    lose_answers: usize,
 }
 
 impl State {
@@ -94,6 +96,22 @@ impl FakeKv {
     /// How many reads (ranges, also inside transactions) were served.
     pub fn reads(&self) -> u64 {
         self.0.lock().reads
+    }
+
+    /// The next `n` transactions are applied, then answered with the error a connection that
+    /// broke before the answer gives (`Unavailable`): the client cannot know they were applied.
+    pub fn lose_answers(&self, n: usize) {
+        self.0.lock().lose_answers = n;
+    }
+
+    /// The keys stored under `prefix`.
+    pub fn keys_under(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let st = self.0.lock();
+        st.keys
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -182,6 +200,10 @@ impl kv_server::Kv for FakeKv {
         }
         if wrote {
             st.rev = rev;
+        }
+        if st.lose_answers > 0 {
+            st.lose_answers -= 1;
+            return Err(Status::unavailable("error reading a body from connection"));
         }
         Ok(Response::new(pb::TxnResponse {
             header: header(st.rev),

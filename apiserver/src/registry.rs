@@ -1495,6 +1495,62 @@ fn pod_terminated_or_unbound(pod: &Value) -> bool {
 }
 
 #[cfg(test)]
+mod unknown_outcome_tests {
+    //! A write whose answer is lost is not sent again.
+    use super::*;
+    use crate::fake_kv::FakeKv;
+
+    async fn create(etcd: Etcd) -> ApiResult<Value> {
+        let res = resources::find("", "v1", "configmaps").unwrap();
+        let ranges = Ranges::parse("10.0.0.0/24", "30000-32767", "/registry").unwrap();
+        let registry = Registry::new(etcd, "/registry", ranges);
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"generateName": "c-", "namespace": "default"}});
+        let w = WriteOpts {
+            namespace_checked: true,
+            ..WriteOpts::internal()
+        };
+        registry.create(res, "default", obj, &w).await
+    }
+
+    /// Two servers on one store: two members.
+    async fn two_members(kv: &FakeKv) -> Etcd {
+        let urls = [kv.serve().await, kv.serve().await];
+        Etcd::new(&urls, &crate::etcd::EtcdTls::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_answer_is_lost_is_an_error_and_made_once() {
+        let kv = FakeKv::default();
+        let etcd = two_members(&kv).await;
+        kv.lose_answers(1);
+        // Sent again to the other member, the create would find its own object there, take it
+        // for a clash of generated names and store the object a second time under another
+        // name, with the same uid.
+        let err = create(etcd.clone()).await.unwrap_err();
+        assert_eq!(err.code, 503, "{err:?}");
+        assert_eq!(kv.keys_under(b"/registry/configmaps/").len(), 1);
+        // The next write goes to the other member.
+        create(etcd).await.unwrap();
+        assert_eq!(kv.keys_under(b"/registry/configmaps/").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_no_member_received_goes_to_the_next() {
+        let kv = FakeKv::default();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let urls = [closed, kv.serve().await];
+        let etcd = Etcd::new(&urls, &crate::etcd::EtcdTls::default()).unwrap();
+        let created = create(etcd).await.unwrap();
+        assert!(object::name(&created).starts_with("c-"));
+        assert_eq!(kv.keys_under(b"/registry/configmaps/").len(), 1);
+    }
+}
+
+#[cfg(test)]
 mod cached_start_tests {
     //! Updates that start from the watch cache's copy of the object.
     use super::*;
