@@ -405,6 +405,7 @@ impl DeploymentController {
             let allowed = want + if is_rolling(d) { surge } else { 0 };
             let current: i32 = all_sets.iter().map(rs_replicas).sum();
             let to_add = allowed - current;
+            let mut sizes: Vec<i32> = all_sets.iter().map(rs_replicas).collect();
             if to_add != 0 {
                 let mut order: Vec<usize> = active.clone();
                 // Adding: largest (then newest) first; removing: smallest (then oldest) first.
@@ -416,7 +417,6 @@ impl DeploymentController {
                         ra.cmp(&rb).then(a.cmp(&b))
                     }
                 });
-                let mut sizes: Vec<i32> = all_sets.iter().map(rs_replicas).collect();
                 let mut added = 0;
                 for &i in &order {
                     if added == to_add {
@@ -439,13 +439,16 @@ impl DeploymentController {
                 if let Some(&first) = order.first() {
                     sizes[first] = (sizes[first] + to_add - added).max(0);
                 }
-                for (rs, size) in all_sets.iter_mut().zip(sizes) {
-                    if size != rs_replicas(rs)
-                        || (rs_replicas(rs) > 0
-                            && annotation_i32(rs, DESIRED_REPLICAS) != Some(want))
-                    {
-                        *rs = self.scale(d, rs, size).await?;
-                    }
+            }
+            // Every active set gets the new desired and max annotations, even when nothing is
+            // left to add or remove (the sets already add up to what is allowed, as when a
+            // scale and a new template come together): with its old annotation it would make
+            // every later sync a scaling event, and the rollout would never start.
+            for (rs, size) in all_sets.iter_mut().zip(sizes) {
+                let stale = annotation_i32(rs, DESIRED_REPLICAS) != Some(want)
+                    || annotation_i32(rs, MAX_REPLICAS) != Some(allowed);
+                if size != rs_replicas(rs) || (rs_replicas(rs) > 0 && stale) {
+                    *rs = self.scale(d, rs, size).await?;
                 }
             }
         }
@@ -1213,6 +1216,71 @@ mod tests {
         assert_eq!(ann["kubernetes.io/change-cause"], "v2");
         assert!(!ann.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
         assert!(!copy_annotations(&d, &mut ann, 3));
+    }
+
+    /// A scale and a new template seen together, with the active sets already adding up to
+    /// what is allowed: the sets' annotations still follow the scale (else every later sync
+    /// would be a scaling event and the new template would never roll out; found by
+    /// `keelson chaos control-plane`).
+    #[tokio::test]
+    async fn against_a_fake_api_a_scale_with_nothing_to_add_still_annotates_the_sets() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = DeploymentController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "deployment-controller", None),
+        );
+        let template = |rev: &str| {
+            serde_json::json!({"metadata": {"labels": {"app": "web"}, "annotations": {"rev": rev}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]}})
+        };
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 9,
+                "annotations": {REVISION: "2"}},
+            "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                "template": template("r3")},
+        }))
+        .unwrap();
+        let rs =
+            |name: &str, rev: &str, replicas: i32, desired: i32, created: &str| -> ReplicaSet {
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "default", "uid": name,
+                        "resourceVersion": "5", "creationTimestamp": created,
+                        "labels": {"app": "web"},
+                        "annotations": {REVISION: rev, DESIRED_REPLICAS: desired.to_string(),
+                            MAX_REPLICAS: (desired + 2).to_string()},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                            "name": "web", "uid": "d-uid", "controller": true}]},
+                    "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                        "template": template(&format!("r{rev}"))},
+                }))
+                .unwrap()
+            };
+        informers.deployments().apply_event(Event::Apply(d));
+        // 3 + 5 = 8 = 6 + a surge of 2: nothing to add or remove.
+        for set in [
+            rs("web-a", "1", 3, 8, "2026-12-06T00:00:00Z"),
+            rs("web-b", "2", 5, 7, "2026-12-06T00:01:00Z"),
+        ] {
+            informers.replicasets().apply_event(Event::Apply(set));
+        }
+        // (The fake answers a patch with the patch itself, which is no whole ReplicaSet: the
+        // sync stops after the first.)
+        let _ = ctl.clone().sync("default/web".into()).await;
+        let patched = taken(
+            &calls,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/replicasets/",
+        );
+        let (path, patch) = patched.first().expect("no set was annotated");
+        assert!(path.ends_with("/web-a"), "{path}");
+        assert_eq!(patch.pointer("/spec/replicas"), Some(&serde_json::json!(3)));
+        let ann = patch.pointer("/metadata/annotations").unwrap();
+        assert_eq!(ann[DESIRED_REPLICAS], "6");
+        assert_eq!(ann[MAX_REPLICAS], "8");
     }
 
     #[tokio::test]
