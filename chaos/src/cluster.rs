@@ -57,6 +57,8 @@ pub struct Member {
     existing: bool,
     /// Taken out of the cluster (MemberRemove) and not added back yet.
     pub removed: bool,
+    /// Its `--initial-cluster` when not the cluster's first one (a member that grew it).
+    initial: Option<String>,
 }
 
 /// The members, started in `dir`.
@@ -183,6 +185,7 @@ impl Cluster {
                 paused: false,
                 existing: false,
                 removed: false,
+                initial: None,
             });
         }
         let initial = members
@@ -278,7 +281,10 @@ impl Cluster {
             .arg(format!("--advertise-client-urls={}", m.client))
             .arg(format!("--listen-peer-urls={}", m.peer))
             .arg(format!("--initial-advertise-peer-urls={}", m.peer))
-            .arg(format!("--initial-cluster={}", self.initial))
+            .arg(format!(
+                "--initial-cluster={}",
+                m.initial.as_deref().unwrap_or(&self.initial)
+            ))
             .arg(format!(
                 "--initial-cluster-state={}",
                 if m.existing { "existing" } else { "new" }
@@ -357,7 +363,11 @@ impl Cluster {
             if m.child.is_some() {
                 return Err(format!("{} is running", m.name));
             }
-            for (path, bytes) in lazy[i].lose_unsynced().map_err(|e| format!("{e:#}"))? {
+            // A member that grew the cluster has no lazy disk.
+            let Some(disk) = lazy.get(i) else {
+                continue;
+            };
+            for (path, bytes) in disk.lose_unsynced().map_err(|e| format!("{e:#}"))? {
                 lost.push((format!("{}/{}", m.name, path.display()), bytes));
             }
         }
@@ -448,8 +458,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds member `i` back (MemberAdd with its peer URL, through a live member) and starts it
-    /// empty: it catches up from the others.
+    /// Adds member `i` (back) to the cluster (MemberAdd with its peer URL, through a live
+    /// member) and starts it empty: it catches up from the others.
     pub async fn add_member(&mut self, i: usize) -> anyhow::Result<()> {
         let (via, _) = self.cluster_client(i).await?;
         let peer = self.members[i].peer.clone();
@@ -495,6 +505,56 @@ impl Cluster {
             .with_context(|| format!("promoting {}", self.members[i].name))?;
         }
         Ok(())
+    }
+
+    /// Grows the cluster by a new member (one not there before, with ports of its own): added
+    /// with MemberAdd through a live member and started empty, with `--initial-cluster` the
+    /// members now in the cluster and itself; it catches up from the others. Returns its index.
+    /// Not with namespaces (one per member, made at the start).
+    pub async fn grow(&mut self) -> anyhow::Result<usize> {
+        if self.network.is_some() {
+            bail!("the members run in namespaces made at the start: the cluster cannot grow");
+        }
+        let i = self.members.len();
+        let port = || keelson_client::ports::free_port().context("choosing a port");
+        let failpoints = match self.members[0].failpoints {
+            Some(_) => Some(format!("127.0.0.1:{}", port()?)),
+            None => None,
+        };
+        let dir = self.members[0].dir.with_file_name(format!("m{i}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut m = Member {
+            name: format!("m{i}"),
+            client: format!("http://127.0.0.1:{}", port()?),
+            peer: format!("http://127.0.0.1:{}", port()?),
+            failpoints,
+            arm_at_start: None,
+            log: dir.with_extension("log"),
+            dir,
+            child: None,
+            paused: false,
+            existing: true,
+            // Until MemberAdd has taken it in.
+            removed: true,
+            initial: None,
+        };
+        let initial: Vec<String> = self
+            .in_cluster()
+            .into_iter()
+            .map(|j| format!("{}={}", self.members[j].name, self.members[j].peer))
+            .chain([format!("{}={}", m.name, m.peer)])
+            .collect();
+        m.initial = Some(initial.join(","));
+        self.members.push(m);
+        self.add_member(i).await?;
+        Ok(i)
+    }
+
+    /// Members in the cluster (not removed), running or not.
+    pub fn in_cluster(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| !self.members[i].removed)
+            .collect()
     }
 
     /// Member `i`'s entry in the member list (found by its peer URL), asked through `via`.
@@ -563,9 +623,10 @@ impl Cluster {
             .collect()
     }
 
-    /// Members that are down (killed) or paused.
+    /// Members in the cluster that are down (killed) or paused.
     pub fn impaired(&self) -> Vec<usize> {
-        (0..self.members.len())
+        self.in_cluster()
+            .into_iter()
             .filter(|&i| self.members[i].child.is_none() || self.members[i].paused)
             .collect()
     }

@@ -39,6 +39,11 @@ pub enum Fault {
     /// leads), killed and its data deleted; the others elect a new one. On heal it is added back
     /// as a new member that catches up from the others.
     RemoveLeader,
+    /// The cluster grown by a new member (MemberAdd, started empty: it catches up from the
+    /// others while the traffic runs); on heal the member is removed again (MemberRemove,
+    /// killed, its data deleted), so each injection adds one that was never there before.
+    /// Not with link faults (their namespaces are made at the start).
+    AddMember,
     /// A follower killed while filler writes move the leader's log past it (by more than the
     /// log keeps after a snapshot); on heal it restarts and has to install a snapshot, which
     /// the heal waits for and reports.
@@ -56,7 +61,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 17] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -70,6 +75,7 @@ impl Fault {
         Fault::PacketLoss,
         Fault::ReplaceFollower,
         Fault::RemoveLeader,
+        Fault::AddMember,
         Fault::SnapshotInstall,
         Fault::LoseUnsynced,
         Fault::Failpoint,
@@ -102,6 +108,7 @@ impl Fault {
             Fault::PacketLoss => "packet-loss",
             Fault::ReplaceFollower => "replace-follower",
             Fault::RemoveLeader => "remove-leader",
+            Fault::AddMember => "add-member",
             Fault::SnapshotInstall => "snapshot-install",
             Fault::LoseUnsynced => "lose-unsynced",
             Fault::Failpoint => "failpoint",
@@ -120,6 +127,8 @@ pub enum Heal {
     Reconnect(Vec<usize>),
     /// Add this removed member back and start it.
     Rejoin(usize),
+    /// Remove this member, which grew the cluster, again.
+    Shrink(usize),
     /// Restart this member, which is behind the leader's log, and wait for its snapshot.
     RestartBehind(usize),
     /// Nothing to undo.
@@ -249,7 +258,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             }
         }
         Fault::KillMajority => {
-            let majority = cluster.members.len() / 2 + 1;
+            let majority = cluster.in_cluster().len() / 2 + 1;
             let mut victims: Vec<usize> = leader(cluster).await.into_iter().collect();
             for i in cluster.live() {
                 if victims.len() < majority && !victims.contains(&i) {
@@ -266,7 +275,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             )
         }
         Fault::KillAll => {
-            let all: Vec<usize> = (0..cluster.members.len()).collect();
+            let all = cluster.in_cluster();
             for &i in &all {
                 cluster.kill(i);
             }
@@ -336,6 +345,23 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Heal::Rejoin(i),
             )
         }
+        Fault::AddMember => {
+            if cluster.network.is_some() {
+                return Ok((
+                    "the members run in namespaces made at the start: skipped".into(),
+                    Heal::Nothing,
+                ));
+            }
+            let i = cluster.grow().await?;
+            (
+                format!(
+                    "added {} as a new member ({} members); it catches up from the others",
+                    name(cluster, i),
+                    cluster.in_cluster().len()
+                ),
+                Heal::Shrink(i),
+            )
+        }
         Fault::SnapshotInstall => {
             let (l, f) = match leader_and_follower(cluster).await {
                 Ok(pair) => pair,
@@ -348,9 +374,7 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
             if let Err(why) = cluster.can_lose_unsynced() {
                 return Ok((format!("no lazy disks ({why}): skipped"), Heal::Nothing));
             }
-            let all: Vec<usize> = (0..cluster.members.len())
-                .filter(|&i| !cluster.members[i].removed)
-                .collect();
+            let all = cluster.in_cluster();
             for &i in &all {
                 cluster.kill(i);
             }
@@ -597,6 +621,14 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
         Heal::Rejoin(i) => {
             cluster.add_member(*i).await?;
             format!("added {} back as a new member", names(cluster, &[*i]))
+        }
+        Heal::Shrink(i) => {
+            cluster.remove_member(*i).await?;
+            format!(
+                "removed {} again, killed it and deleted its data ({} members)",
+                names(cluster, &[*i]),
+                cluster.in_cluster().len()
+            )
         }
         Heal::Nothing => "nothing to heal".into(),
     })

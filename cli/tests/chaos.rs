@@ -1,6 +1,6 @@
 //! `keelson chaos` end to end: a CI-sized sweep runs every fault class (kills, pauses,
 //! defragmentation, partitions and packet loss between members in network namespaces, a
-//! follower removed and added back, a follower left behind the leader's log until it installs a
+//! follower removed and added back, the cluster grown by a member and shrunk again, a follower left behind the leader's log until it installs a
 //! snapshot, every member killed with its unsynced writes lost, a crash at a failpoint inside
 //! the store) against keelson-store and a subset
 //! against a real etcd (the control), and every checker (linearizability, revisions, multi-key
@@ -111,6 +111,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "packet-loss",
         "replace-follower",
         "remove-leader",
+        "add-member",
         "snapshot-install",
         "lose-unsynced",
         "failpoint",
@@ -131,6 +132,13 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         assert!(report.contains(&format!("{fault} inject")), "{report}");
         if fault == "snapshot-install" {
             assert!(report.contains("it received a snapshot"), "{report}");
+        }
+        if fault == "add-member" {
+            assert!(report.contains("as a new member (4 members)"), "{report}");
+            assert!(
+                report.contains("again, killed it and deleted its data (3 members)"),
+                "{report}"
+            );
         }
         if fault == "failpoint" {
             assert!(report.contains("it crashed there"), "{report}");
@@ -382,7 +390,7 @@ fn a_tampered_history_fails_the_check() {
 /// scaled and rolled out, ConfigMaps created, patched and deleted) while every control-plane
 /// fault class hits it once (an apiserver, a store member and the hollow nodes killed, the
 /// leading controller-manager and scheduler killed, then each leader paused for longer than its
-/// Lease); nothing acknowledged is lost, no pod is bound twice, and the cluster converges. The
+/// Lease, then every component killed at once); nothing acknowledged is lost, no pod is bound twice, and the cluster converges. The
 /// recorded run passes `keelson chaos check` again, and fails it once an acknowledged write is
 /// made to be lost or a pod to be bound twice.
 #[test]
@@ -391,7 +399,7 @@ fn the_control_plane_converges_and_loses_nothing_under_component_faults() {
     let run = dir.path().join("run");
     let o = chaos(&[
         "control-plane",
-        "--duration=70s",
+        "--duration=85s",
         "--fault-interval=3s",
         "--pause-hold=17s",
         "--progress-every=0",
@@ -409,6 +417,7 @@ fn the_control_plane_converges_and_loses_nothing_under_component_faults() {
         "kill-scheduler",
         "pause-controller-manager",
         "pause-scheduler",
+        "kill-all",
     ] {
         assert!(report.contains(&format!("{fault} inject")), "{report}");
     }

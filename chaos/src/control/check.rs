@@ -82,11 +82,24 @@ pub fn objects(writes: &[Write], finals: &BTreeMap<String, Option<String>>) -> C
 
 /// A pod is bound to one node, once: the watch never sees its `nodeName` change or go back to
 /// empty, and no two `Scheduled` events of one pod name different nodes (nor one the watch did
-/// not see).
+/// not see). Nor do two pods share a UID (one create stored twice).
 pub fn bound_once(h: &ControlHistory) -> Check {
     let mut nodes: BTreeMap<&str, (&str, BTreeSet<&str>)> = BTreeMap::new();
     let mut details = Vec::new();
     let mut bound: BTreeMap<&str, bool> = BTreeMap::new();
+    // A UID names one object: two pods with one UID are one object stored twice.
+    let mut names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for p in &h.pods {
+        names.entry(&p.uid).or_default().insert(&p.name);
+    }
+    for (uid, n) in &names {
+        if n.len() > 1 {
+            details.push(format!(
+                "pods {} share the uid {uid}",
+                n.iter().copied().collect::<Vec<_>>().join(" and ")
+            ));
+        }
+    }
     for p in &h.pods {
         let e = nodes.entry(&p.uid).or_insert((&p.name, BTreeSet::new()));
         match &p.node {
@@ -281,6 +294,16 @@ mod tests {
         h.pods.pop();
         h.pods.push(seen(5, "u2", None, false));
         assert!(bound_once(&h).details[0].contains("went back to empty"));
+        h.pods.pop();
+        // One object stored twice under two names.
+        let mut twin = seen(5, "u2", Some("n2"), false);
+        twin.name = "pod-twin".into();
+        h.pods.push(twin);
+        assert!(
+            bound_once(&h).details[0].contains("pods pod-twin and pod-u2 share the uid u2"),
+            "{:?}",
+            bound_once(&h)
+        );
         h.pods.pop();
         // A second scheduler's event for another node, missed by the watch.
         h.scheduled.push(Scheduled {

@@ -27,11 +27,14 @@ pub enum ControlFault {
     KillStore,
     /// kill -9 of the process of every hollow node; `keelson up` restarts it.
     KillNodes,
+    /// kill -9 of every component at once (a power cut of the whole control plane and its
+    /// nodes); `keelson up` restarts them all.
+    KillAll,
 }
 
 impl ControlFault {
     /// Every class, in the order a run cycles through them.
-    pub const ALL: [ControlFault; 7] = [
+    pub const ALL: [ControlFault; 8] = [
         ControlFault::KillApiserver,
         ControlFault::KillStore,
         ControlFault::KillNodes,
@@ -39,6 +42,7 @@ impl ControlFault {
         ControlFault::KillScheduler,
         ControlFault::PauseControllerManager,
         ControlFault::PauseScheduler,
+        ControlFault::KillAll,
     ];
 
     /// The name used on the command line and in reports.
@@ -51,10 +55,11 @@ impl ControlFault {
             ControlFault::PauseScheduler => "pause-scheduler",
             ControlFault::KillStore => "kill-store",
             ControlFault::KillNodes => "kill-nodes",
+            ControlFault::KillAll => "kill-all",
         }
     }
 
-    /// The components it picks from (`keelson` subcommands).
+    /// The components it picks from (`keelson` subcommands; every one for `kill-all`).
     fn kind(self) -> &'static str {
         match self {
             ControlFault::KillApiserver => "apiserver",
@@ -64,6 +69,7 @@ impl ControlFault {
             ControlFault::KillScheduler | ControlFault::PauseScheduler => "scheduler",
             ControlFault::KillStore => "store",
             ControlFault::KillNodes => "node",
+            ControlFault::KillAll => "",
         }
     }
 
@@ -93,6 +99,20 @@ pub async fn inject(
     cluster: &mut UpCluster,
     round: usize,
 ) -> anyhow::Result<Injected> {
+    if fault == ControlFault::KillAll {
+        let mut killed = Vec::new();
+        for c in cluster.components()? {
+            if let Some(pid) = c.pid.filter(|p| c.runs_as(*p)) {
+                cluster.signal(pid, Signal::SIGKILL)?;
+                killed.push(c.component);
+            }
+        }
+        return Ok(if killed.is_empty() {
+            Injected::Skipped("every component is being restarted".into())
+        } else {
+            Injected::Done(format!("SIGKILL to {}", killed.join(", ")), None)
+        });
+    }
     let leader_fault = matches!(
         fault,
         ControlFault::KillControllerManager
