@@ -240,7 +240,7 @@ fn the_same_checks_pass_on_etcd() {
     let summary = sweep(
         dir.path(),
         "etcd",
-        "kill-leader,pause-follower,kill-all,partition-leader,snapshot-install",
+        "kill-leader,pause-follower,kill-all,partition-leader,snapshot-install,add-member",
         &["--progress-interval=0"],
     );
     assert!(
@@ -251,7 +251,7 @@ fn the_same_checks_pass_on_etcd() {
     );
     assert_eq!(
         summary.matches("| Ok |").count(),
-        5,
+        6,
         "{}",
         explain(dir.path(), &summary)
     );
@@ -388,9 +388,9 @@ fn a_tampered_history_fails_the_check() {
 
 /// The control plane: a `keelson up` cluster with hollow nodes under a workload (Deployments
 /// scaled and rolled out, ConfigMaps created, patched and deleted) while every control-plane
-/// fault class hits it once (an apiserver, a store member and the hollow nodes killed, the
-/// leading controller-manager and scheduler killed, then each leader paused for longer than its
-/// Lease, then every component killed at once); nothing acknowledged is lost, no pod is bound twice, and the cluster converges. The
+/// fault class hits it once (an apiserver, a store member and the hollow nodes killed, every
+/// component killed at once, the leading controller-manager and scheduler killed, then each
+/// leader paused for longer than its Lease); nothing acknowledged is lost, no pod is bound twice, and the cluster converges. The
 /// recorded run passes `keelson chaos check` again, and fails it once an acknowledged write is
 /// made to be lost or a pod to be bound twice.
 #[test]
@@ -399,7 +399,7 @@ fn the_control_plane_converges_and_loses_nothing_under_component_faults() {
     let run = dir.path().join("run");
     let o = chaos(&[
         "control-plane",
-        "--duration=85s",
+        "--duration=90s",
         "--fault-interval=3s",
         "--pause-hold=17s",
         "--progress-every=0",
@@ -416,8 +416,8 @@ fn the_control_plane_converges_and_loses_nothing_under_component_faults() {
         "kill-controller-manager",
         "kill-scheduler",
         "pause-controller-manager",
-        "pause-scheduler",
         "kill-all",
+        "pause-scheduler",
     ] {
         assert!(report.contains(&format!("{fault} inject")), "{report}");
     }

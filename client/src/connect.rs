@@ -303,7 +303,7 @@ impl tower::Service<Request<Body>> for Failover {
 
 /// True when the error shows the request never reached the server (connection refused or
 /// not established), so even a non-idempotent request may be sent elsewhere.
-fn not_sent(e: &kube::Error) -> bool {
+pub fn not_sent(e: &kube::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if s.downcast_ref::<hyper_util::client::legacy::Error>()

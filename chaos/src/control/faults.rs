@@ -38,11 +38,12 @@ impl ControlFault {
         ControlFault::KillApiserver,
         ControlFault::KillStore,
         ControlFault::KillNodes,
+        // (Before a fault that waits for a leader: the next one finds components back.)
+        ControlFault::KillAll,
         ControlFault::KillControllerManager,
         ControlFault::KillScheduler,
         ControlFault::PauseControllerManager,
         ControlFault::PauseScheduler,
-        ControlFault::KillAll,
     ];
 
     /// The name used on the command line and in reports.

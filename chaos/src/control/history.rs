@@ -24,6 +24,11 @@ pub enum Outcome {
         /// The Status reason.
         reason: String,
     },
+    /// Never sent: no connection to an apiserver could be made. It did not happen.
+    NotSent {
+        /// What the client saw.
+        error: String,
+    },
     /// No answer, a lost connection or a 5xx: it may or may not have happened (now or later).
     Unknown {
         /// What the client saw.

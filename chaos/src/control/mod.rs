@@ -388,11 +388,17 @@ fn report(
         .iter()
         .filter(|w| matches!(w.outcome, Outcome::Refused { .. }))
         .count();
+    let not_sent = h
+        .writes
+        .iter()
+        .filter(|w| matches!(w.outcome, Outcome::NotSent { .. }))
+        .count();
     let _ = writeln!(
         r,
-        "{} writes ({} refused, {} without a known outcome), {} pods seen, {} Scheduled events, {} faults.\n",
+        "{} writes ({} refused, {} never sent, {} without a known outcome), {} pods seen, {} Scheduled events, {} faults.\n",
         o.writes,
         refused,
+        not_sent,
         o.unknown,
         o.pods,
         h.scheduled.len(),

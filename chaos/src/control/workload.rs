@@ -81,6 +81,9 @@ where
                 reason: s.reason.clone(),
             }
         }
+        Ok(Err(e)) if keelson_client::connect::not_sent(&e) => Outcome::NotSent {
+            error: e.to_string(),
+        },
         Ok(Err(e)) => Outcome::Unknown {
             error: e.to_string(),
         },
@@ -315,7 +318,7 @@ pub async fn configmaps(
             (Outcome::Ok, _) => Some(true),
             (Outcome::Refused { code: 409, .. }, "create") => Some(true),
             (Outcome::Refused { code: 404, .. }, _) => Some(false),
-            (Outcome::Refused { .. }, _) => exists[k],
+            (Outcome::Refused { .. } | Outcome::NotSent { .. }, _) => exists[k],
             (Outcome::Unknown { .. }, _) => None,
         };
         writes.push(done);
