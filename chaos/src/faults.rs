@@ -623,9 +623,22 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
             format!("added {} back as a new member", names(cluster, &[*i]))
         }
         Heal::Shrink(i) => {
+            // First: what the member caught up to is what the others hold. (A member that
+            // differs stays in the cluster, where the end of the run reads it again.)
+            let same =
+                crate::replicas::compare_member(cluster, *i, crate::traffic::PREFIX, SNAPSHOT_WAIT)
+                    .await;
+            if same.verdict != crate::Verdict::Ok {
+                anyhow::bail!(
+                    "{} does not hold what the others hold: {}",
+                    names(cluster, &[*i]),
+                    same.details.join("; ")
+                );
+            }
             cluster.remove_member(*i).await?;
             format!(
-                "removed {} again, killed it and deleted its data ({} members)",
+                "{}; removed {} again, killed it and deleted its data ({} members)",
+                same.details.join("; "),
                 names(cluster, &[*i]),
                 cluster.in_cluster().len()
             )

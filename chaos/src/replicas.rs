@@ -106,6 +106,82 @@ pub async fn read(
     out
 }
 
+/// Member `i`'s copy of the keys under `prefix`, read from itself at the revision it has
+/// applied, against another live member's copy at that same revision: the check of the two
+/// (as [`check`]). Read again (up to `limit`) while either cannot be read, the other has not
+/// applied that revision yet, or has compacted it (the traffic goes on meanwhile).
+pub async fn compare_member(cluster: &Cluster, i: usize, prefix: &str, limit: Duration) -> Check {
+    let deadline = tokio::time::Instant::now() + limit;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let copy =
+        |member: &str, revision: i64, r: keelson_etcdpb::etcdserverpb::RangeResponse| ReplicaRead {
+            member: member.to_string(),
+            revision,
+            kvs: r
+                .kvs
+                .iter()
+                .map(|kv| ReplicaKv {
+                    key: text(&kv.key),
+                    value: text(&kv.value),
+                    meta: [kv.create_revision, kv.mod_revision, kv.version, kv.lease],
+                })
+                .collect(),
+            error: None,
+        };
+    let range = |url: &str, revision: i64| {
+        let request = RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
+            revision,
+            serializable: true,
+            ..Default::default()
+        };
+        let ch = channel(url, Some(Duration::from_secs(2)));
+        async move {
+            KvClient::new(ch.map_err(|e| e.to_string())?)
+                .range(request)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| e.message().to_string())
+        }
+    };
+    loop {
+        let other = cluster.live().into_iter().find(|&j| j != i);
+        let last = match other {
+            None => "no other live member".to_string(),
+            Some(j) => {
+                let (a, b) = (&cluster.members[i], &cluster.members[j]);
+                match range(&a.client, 0).await {
+                    Err(e) => format!("{}: {e}", a.name),
+                    Ok(mine) => {
+                        let at = mine.header.as_ref().map(|h| h.revision).unwrap_or(0);
+                        match range(&b.client, at).await {
+                            Err(e) => format!("{} at revision {at}: {e}", b.name),
+                            Ok(theirs) => {
+                                return check(&[
+                                    copy(&b.name, at, theirs),
+                                    copy(&a.name, at, mine),
+                                ]);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Check::findings(
+                "replicas",
+                0,
+                vec![format!(
+                    "{} could not be compared within {limit:?}: {last}",
+                    cluster.members[i].name
+                )],
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Differences shown per member before the rest are counted.
 const SHOWN: usize = 5;
 

@@ -160,7 +160,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let endpoints = Arc::new(cluster.endpoints());
     let load = Load {
-        prefix: "/chaos/".into(),
+        prefix: traffic::PREFIX.into(),
         keys: o.keys,
         qps: o.qps,
         timeout: o.op_timeout,

@@ -22,6 +22,9 @@ use crate::history::{
     WatchHistory,
 };
 
+/// Where the traffic's keys live.
+pub const PREFIX: &str = "/chaos/";
+
 /// Nanoseconds since the run started.
 #[derive(Clone, Copy)]
 pub struct Clock(Instant);

@@ -400,9 +400,12 @@ impl DeploymentController {
                     *rs = self.scale(d, rs, 0).await?;
                 }
             }
-        } else {
+        } else if is_rolling(d) {
+            // Proportional scaling, for rolling Deployments only (as upstream's).
             let (surge, _) = fenceposts(d);
-            let allowed = want + if is_rolling(d) { surge } else { 0 };
+            // The max annotation scale() writes; nothing is allowed for 0 replicas.
+            let max = want + surge;
+            let allowed = if want > 0 { max } else { 0 };
             let current: i32 = all_sets.iter().map(rs_replicas).sum();
             let to_add = allowed - current;
             let mut sizes: Vec<i32> = all_sets.iter().map(rs_replicas).collect();
@@ -446,7 +449,7 @@ impl DeploymentController {
             // every later sync a scaling event, and the rollout would never start.
             for (rs, size) in all_sets.iter_mut().zip(sizes) {
                 let stale = annotation_i32(rs, DESIRED_REPLICAS) != Some(want)
-                    || annotation_i32(rs, MAX_REPLICAS) != Some(allowed);
+                    || annotation_i32(rs, MAX_REPLICAS) != Some(max);
                 if size != rs_replicas(rs) || (rs_replicas(rs) > 0 && stale) {
                     *rs = self.scale(d, rs, size).await?;
                 }

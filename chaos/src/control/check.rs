@@ -8,7 +8,30 @@ use crate::Check;
 
 /// Runs every control-plane checker.
 pub fn check_all(h: &ControlHistory) -> Vec<Check> {
-    vec![objects(&h.writes, &h.finals), bound_once(h), convergence(h)]
+    let objects = match &h.finals {
+        Some(finals) => objects(&h.writes, finals),
+        None => Check {
+            name: "objects",
+            checked: 0,
+            verdict: crate::Verdict::Unknown,
+            details: vec!["the objects could not be read at the end".into()],
+        },
+    };
+    vec![recovery(h), objects, bound_once(h), convergence(h)]
+}
+
+/// Every fault was injected and healed, and the run could read what it needed at the end:
+/// an error in the timeline (a fault that could not be injected ends the schedule early) is a
+/// violation, so a run cut short never passes as a whole one.
+pub fn recovery(h: &ControlHistory) -> Check {
+    let errors: Vec<String> = h
+        .faults
+        .iter()
+        .filter(|f| f.action == "error")
+        .map(|f| format!("{:.3} s {}: {}", f.at as f64 / 1e9, f.fault, f.detail))
+        .collect();
+    let injected = h.faults.iter().filter(|f| f.action == "inject").count();
+    Check::findings("recovery", injected, errors)
 }
 
 /// Every written object ends as its last acknowledged write left it, or as a write with an
@@ -313,6 +336,30 @@ mod tests {
             count: 1,
         });
         assert_eq!(bound_once(&h).verdict, Verdict::Violation);
+    }
+
+    #[test]
+    fn an_error_in_the_timeline_fails_recovery_and_no_final_read_leaves_objects_undecided() {
+        let step = |action: &str| crate::history::FaultStep {
+            fault: "kill-all".into(),
+            action: action.into(),
+            detail: "x".into(),
+            at: 1,
+        };
+        let mut h = ControlHistory {
+            faults: vec![step("inject")],
+            finals: Some(BTreeMap::new()),
+            ..Default::default()
+        };
+        assert_eq!(recovery(&h).verdict, Verdict::Ok);
+        h.faults.push(step("error"));
+        assert_eq!(recovery(&h).verdict, Verdict::Violation);
+        h.finals = None;
+        let objects = check_all(&h)
+            .into_iter()
+            .find(|c| c.name == "objects")
+            .unwrap();
+        assert_eq!(objects.verdict, Verdict::Unknown);
     }
 
     #[test]

@@ -138,14 +138,16 @@ impl UpCluster {
         serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// Sends `signal` to `pid`, a component of this cluster.
-    pub fn signal(&mut self, pid: u32, signal: Signal) -> anyhow::Result<()> {
-        kill(Pid::from_raw(pid as i32), signal)
-            .with_context(|| format!("sending {signal} to pid {pid}"))?;
-        match signal {
-            Signal::SIGSTOP => self.paused.push(pid),
-            Signal::SIGCONT => self.paused.retain(|p| *p != pid),
-            _ => {}
+    /// Sends `signal` to `pid`, a component of this cluster (`ESRCH` if it has just exited).
+    pub fn signal(&mut self, pid: u32, signal: Signal) -> nix::Result<()> {
+        // Whatever comes of a SIGCONT, the pid is not to be resumed again (it may be another
+        // process's by then).
+        if signal == Signal::SIGCONT {
+            self.paused.retain(|p| *p != pid);
+        }
+        kill(Pid::from_raw(pid as i32), signal)?;
+        if signal == Signal::SIGSTOP {
+            self.paused.push(pid);
         }
         Ok(())
     }

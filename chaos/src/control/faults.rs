@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 
 use super::cluster::{Component, UpCluster};
@@ -103,8 +103,10 @@ pub async fn inject(
     if fault == ControlFault::KillAll {
         let mut killed = Vec::new();
         for c in cluster.components()? {
-            if let Some(pid) = c.pid.filter(|p| c.runs_as(*p)) {
-                cluster.signal(pid, Signal::SIGKILL)?;
+            // (One that exited meanwhile is being restarted already.)
+            if let Some(pid) = c.pid.filter(|p| c.runs_as(*p))
+                && cluster.signal(pid, Signal::SIGKILL).is_ok()
+            {
                 killed.push(c.component);
             }
         }
@@ -169,7 +171,16 @@ pub async fn inject(
     } else {
         Signal::SIGKILL
     };
-    cluster.signal(pid, signal)?;
+    match cluster.signal(pid, signal) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => {
+            return Ok(Injected::Skipped(format!(
+                "{} (pid {pid}) exited before the {signal}",
+                target.component
+            )));
+        }
+        Err(e) => bail!("sending {signal} to {} (pid {pid}): {e}", target.component),
+    }
     Ok(Injected::Done(
         format!("{signal} to {} (pid {pid}, {why})", target.component),
         fault.pauses().then_some(pid),
@@ -178,7 +189,9 @@ pub async fn inject(
 
 /// Heals a pause: SIGCONT.
 pub fn heal(cluster: &mut UpCluster, pid: u32) -> anyhow::Result<String> {
-    cluster.signal(pid, Signal::SIGCONT)?;
+    cluster
+        .signal(pid, Signal::SIGCONT)
+        .with_context(|| format!("sending SIGCONT to pid {pid}"))?;
     Ok(format!("SIGCONT to pid {pid}"))
 }
 

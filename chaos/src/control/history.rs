@@ -118,9 +118,9 @@ pub struct ControlHistory {
     pub scheduled: Vec<Scheduled>,
     /// The fault timeline.
     pub faults: Vec<FaultStep>,
-    /// What every written object (the keys of `Write::object`) held at the end; none when it
-    /// did not exist.
-    pub finals: BTreeMap<String, Option<String>>,
+    /// What every written object (the keys of `Write::object`) held at the end (none when it
+    /// did not exist); none at all when the cluster could not be read at the end.
+    pub finals: Option<BTreeMap<String, Option<String>>>,
     /// How the cluster converged.
     pub convergence: Convergence,
 }
@@ -145,7 +145,9 @@ impl ControlHistory {
         write_lines(&dir.join(PODS), &self.pods)?;
         write_lines(&dir.join(SCHEDULED), &self.scheduled)?;
         write_lines(&dir.join(FAULTS), &self.faults)?;
-        std::fs::write(dir.join(FINALS), serde_json::to_vec_pretty(&self.finals)?)?;
+        if let Some(finals) = &self.finals {
+            std::fs::write(dir.join(FINALS), serde_json::to_vec_pretty(finals)?)?;
+        }
         std::fs::write(
             dir.join(CONVERGENCE),
             serde_json::to_vec_pretty(&self.convergence)?,
@@ -164,7 +166,11 @@ impl ControlHistory {
             pods: read_lines(&dir.join(PODS))?,
             scheduled: read_lines(&dir.join(SCHEDULED))?,
             faults: read_lines(&dir.join(FAULTS))?,
-            finals: serde_json::from_slice(&json(FINALS)?).context(FINALS)?,
+            finals: if dir.join(FINALS).exists() {
+                Some(serde_json::from_slice(&json(FINALS)?).context(FINALS)?)
+            } else {
+                None
+            },
             convergence: serde_json::from_slice(&json(CONVERGENCE)?).context(CONVERGENCE)?,
         })
     }

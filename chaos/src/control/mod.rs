@@ -114,8 +114,13 @@ fn step(fault: &str, action: &str, detail: String, clock: Clock) -> FaultStep {
 /// Runs the workload on a new cluster while `faults` come and go, then checks; `dir` is the
 /// run directory.
 pub async fn run(a: &ControlArgs, dir: &Path) -> anyhow::Result<ControlOutcome> {
-    if a.deployments == 0 || a.writers == 0 || a.configmaps == 0 || a.qps <= 0.0 {
-        bail!("--deployments, --writers, --configmaps and --qps must be positive");
+    if a.deployments == 0
+        || a.writers == 0
+        || a.configmaps == 0
+        || a.qps <= 0.0
+        || !a.qps.is_finite()
+    {
+        bail!("--deployments, --writers, --configmaps and --qps must be positive (and finite)");
     }
     if a.hollow_nodes == 0 {
         bail!("--hollow-nodes must be at least 1: the pods need somewhere to run");
@@ -268,8 +273,17 @@ async fn drive(
     tokio::time::sleep_until(end).await;
     stop.cancel();
     cluster.resume_all();
+    // From here on, what goes wrong is recorded as an error in the timeline (a `recovery`
+    // violation) and the history is kept.
     for t in writers {
-        history.writes.extend(t.await?);
+        match t.await {
+            Ok(w) => history.writes.extend(w),
+            Err(e) => {
+                history
+                    .faults
+                    .push(step("end", "error", format!("a writer failed: {e}"), clock))
+            }
+        }
     }
     history.faults.push(step(
         "end",
@@ -283,16 +297,38 @@ async fn drive(
     let written: Vec<String> = history.writes.iter().map(|w| w.object.clone()).collect();
     history.finals = loop {
         match workload::finals(&client, written.iter().cloned()).await {
-            Ok(f) => break f,
+            Ok(f) => break Some(f),
             Err(e) if tokio::time::Instant::now() > deadline => {
-                bail!("reading what the objects hold at the end: {e}")
+                history.faults.push(step(
+                    "end",
+                    "error",
+                    format!("reading what the objects hold at the end: {e}"),
+                    clock,
+                ));
+                break None;
             }
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     };
-    history.scheduled = workload::scheduled(&client).await.unwrap_or_default();
+    match workload::scheduled(&client).await {
+        Ok(s) => history.scheduled = s,
+        Err(e) => history.faults.push(step(
+            "end",
+            "error",
+            format!("listing the Scheduled events: {e}"),
+            clock,
+        )),
+    }
     stop_watch.cancel();
-    history.pods = pods.await?;
+    match pods.await {
+        Ok(p) => history.pods = p,
+        Err(e) => history.faults.push(step(
+            "end",
+            "error",
+            format!("the pod watch failed: {e}"),
+            clock,
+        )),
+    }
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     history.save(dir)?;
     let checks = check::check_all(&history);

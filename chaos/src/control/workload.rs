@@ -24,6 +24,9 @@ use crate::traffic::{Clock, Rng};
 pub const NAMESPACE: &str = "chaos";
 /// The pod template annotation a rollout changes.
 const REVISION: &str = "chaos.keelson.dev/rollout";
+/// The Deployment annotation a scale sets with the replicas, unique to the scale (replicas
+/// alone take few values: a lost scale could end at a value another write set).
+const SCALE: &str = "chaos.keelson.dev/scale";
 
 /// What the workload does.
 #[derive(Clone, Debug)]
@@ -103,9 +106,14 @@ where
     }
 }
 
-fn deployment(name: &str, replicas: u32, revision: &str) -> anyhow::Result<Deployment> {
+fn deployment(
+    name: &str,
+    replicas: u32,
+    scale: &str,
+    revision: &str,
+) -> anyhow::Result<Deployment> {
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": {SCALE: scale}},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
@@ -151,12 +159,13 @@ pub async fn setup(
     for i in 0..w.deployments {
         let name = format!("web-{i}");
         let revision = format!("r0-{i}");
-        let d = deployment(&name, replicas, &revision)?;
+        let scale = format!("s0-{i}");
+        let d = deployment(&name, replicas, &scale, &revision)?;
         let created = write(
             0,
             format!("deployment/{name}/replicas"),
             "create",
-            Some(replicas.to_string()),
+            Some(format!("{replicas} {scale}")),
             w.timeout,
             clock,
             counts,
@@ -213,12 +222,13 @@ pub async fn scaler(
             .await
         } else {
             let n = rng.below(w.max_replicas as usize + 1);
-            let patch = json!({"spec": {"replicas": n}});
+            let tag = format!("s{}", round + 1);
+            let patch = json!({"metadata": {"annotations": {SCALE: tag}}, "spec": {"replicas": n}});
             write(
                 0,
                 format!("deployment/{name}/replicas"),
                 "patch",
-                Some(n.to_string()),
+                Some(format!("{n} {tag}")),
                 w.timeout,
                 clock,
                 &counts,
@@ -438,9 +448,19 @@ pub async fn finals(
     for d in ds.list(&ListParams::default()).await? {
         let name = d.metadata.name.clone().unwrap_or_default();
         let spec = d.spec.as_ref();
+        let scale = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SCALE))
+            .cloned()
+            .unwrap_or_default();
         out.insert(
             format!("deployment/{name}/replicas"),
-            Some(spec.and_then(|s| s.replicas).unwrap_or(1).to_string()),
+            Some(format!(
+                "{} {scale}",
+                spec.and_then(|s| s.replicas).unwrap_or(1)
+            )),
         );
         let revision = spec
             .and_then(|s| s.template.metadata.as_ref())
@@ -554,6 +574,12 @@ pub fn deployment_pending(d: &Deployment, rss: &[ReplicaSet], pods: &[Pod]) -> V
             continue;
         };
         let pod = p.metadata.name.as_deref().unwrap_or_default();
+        let (_, phase, _, _) = pod_state(p);
+        // Finished pods are not the ReplicaSet's any more (upstream's controllers leave them to
+        // the pod garbage collector).
+        if phase == "Succeeded" || phase == "Failed" {
+            continue;
+        }
         if p.metadata.deletion_timestamp.is_some() {
             out.push(format!("deployment {name}: pod {pod} still terminating"));
             continue;
