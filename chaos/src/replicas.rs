@@ -36,6 +36,29 @@ pub struct ReplicaRead {
     pub error: Option<String>,
 }
 
+/// What `member` answered to a range at `revision`.
+fn copy(
+    member: &str,
+    revision: i64,
+    r: keelson_etcdpb::etcdserverpb::RangeResponse,
+) -> ReplicaRead {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    ReplicaRead {
+        member: member.to_string(),
+        revision,
+        kvs: r
+            .kvs
+            .iter()
+            .map(|kv| ReplicaKv {
+                key: text(&kv.key),
+                value: text(&kv.value),
+                meta: [kv.create_revision, kv.mod_revision, kv.version, kv.lease],
+            })
+            .collect(),
+        error: None,
+    }
+}
+
 /// Reads the keys under `prefix` at `revision` from every member that is in the cluster,
 /// each on its own; a member that has not applied `revision` yet (or does not answer) is asked
 /// again until `limit` has passed. Without a revision (the run's last write failed) every
@@ -78,23 +101,8 @@ pub async fn read(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         out.push(match result {
-            Ok(r) => ReplicaRead {
-                member: m.name.clone(),
-                revision,
-                kvs: r
-                    .into_inner()
-                    .kvs
-                    .iter()
-                    .map(|kv| ReplicaKv {
-                        key: text(&kv.key),
-                        value: text(&kv.value),
-                        meta: [kv.create_revision, kv.mod_revision, kv.version, kv.lease],
-                    })
-                    .collect(),
-                error: None,
-            },
+            Ok(r) => copy(&m.name, revision, r.into_inner()),
             Err(e) => ReplicaRead {
                 member: m.name.clone(),
                 revision,
@@ -112,22 +120,6 @@ pub async fn read(
 /// applied that revision yet, or has compacted it (the traffic goes on meanwhile).
 pub async fn compare_member(cluster: &Cluster, i: usize, prefix: &str, limit: Duration) -> Check {
     let deadline = tokio::time::Instant::now() + limit;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let copy =
-        |member: &str, revision: i64, r: keelson_etcdpb::etcdserverpb::RangeResponse| ReplicaRead {
-            member: member.to_string(),
-            revision,
-            kvs: r
-                .kvs
-                .iter()
-                .map(|kv| ReplicaKv {
-                    key: text(&kv.key),
-                    value: text(&kv.value),
-                    meta: [kv.create_revision, kv.mod_revision, kv.version, kv.lease],
-                })
-                .collect(),
-            error: None,
-        };
     let range = |url: &str, revision: i64| {
         let request = RangeRequest {
             key: prefix.as_bytes().to_vec(),

@@ -497,8 +497,14 @@ fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -
         outcome.faults
     );
     let _ = writeln!(r, "![latency, throughput and faults](history.svg)\n");
+    verdicts_and_timeline(&mut r, &outcome.checks, &history.faults);
+    r
+}
+
+/// The verdicts and the fault timeline, the end of a run's `report.md`.
+pub(crate) fn verdicts_and_timeline(r: &mut String, checks: &[Check], faults: &[FaultStep]) {
     let _ = writeln!(r, "## Verdicts\n");
-    for c in &outcome.checks {
+    for c in checks {
         let _ = writeln!(
             r,
             "- **{}**: {:?} ({} checked)",
@@ -509,7 +515,7 @@ fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -
         }
     }
     let _ = writeln!(r, "\n## Fault timeline\n");
-    for f in &history.faults {
+    for f in faults {
         let _ = writeln!(
             r,
             "- {:8.3} s {} {}: {}",
@@ -519,7 +525,6 @@ fn report(o: &Options, faults: &[Fault], history: &History, outcome: &Outcome) -
             f.detail
         );
     }
-    r
 }
 
 /// Checks a recorded run directory again.

@@ -441,28 +441,7 @@ fn report(
         o.faults
     );
     let _ = writeln!(r, "![write latency, throughput and faults](history.svg)\n");
-    let _ = writeln!(r, "## Verdicts\n");
-    for c in &o.checks {
-        let _ = writeln!(
-            r,
-            "- **{}**: {:?} ({} checked)",
-            c.name, c.verdict, c.checked
-        );
-        for d in &c.details {
-            let _ = writeln!(r, "    {d}");
-        }
-    }
-    let _ = writeln!(r, "\n## Fault timeline\n");
-    for f in &h.faults {
-        let _ = writeln!(
-            r,
-            "- {:8.3} s {} {}: {}",
-            f.at as f64 / 1e9,
-            f.fault,
-            f.action,
-            f.detail
-        );
-    }
+    crate::run::verdicts_and_timeline(&mut r, &o.checks, &h.faults);
     r
 }
 
