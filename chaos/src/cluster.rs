@@ -804,14 +804,16 @@ impl Cluster {
     }
 }
 
-/// A membership change, tried again for up to 10 s while the cluster refuses it for now
-/// (a change still in progress, an election, a member not yet in sync).
+/// A membership change, tried again for up to 20 s while the cluster refuses it for now
+/// (a change still in progress, an election, a member not yet in sync; the strict
+/// reconfiguration check refuses adds until every member has answered for 5 s, which on a
+/// loaded machine took more than 10 s once).
 async fn retry_cluster_call<T, F, Fut>(mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match call().await {
             Ok(r) => return Ok(r.into_inner()),

@@ -16,7 +16,7 @@ use keelson_chaos::history::{History, Input, Output as OpOutput, WatchEntry};
 
 /// Held by the tests that start the heaviest clusters (the failpoint run and the control-plane
 /// run), so they do not run at the same time: on two cores, side by side, the failpoint run
-/// fell behind its schedule and did not reach its last point within its 100 s.
+/// fell behind its schedule and did not reach its last point.
 static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
@@ -196,7 +196,9 @@ fn a_crash_at_every_failpoint_is_survived() {
     let o = chaos(&[
         "run",
         "--faults=failpoint",
-        "--duration=100s",
+        // Each snapshot point takes 15-25 s on a loaded 2-core machine (filler writes, then a
+        // snapshot sent to a member that was down): 100 s reached only 9 of the 10 in CI.
+        "--duration=150s",
         "--fault-interval=500ms",
         "--fault-hold=1s",
         "--compact-interval=1s",
