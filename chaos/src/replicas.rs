@@ -36,6 +36,18 @@ pub struct ReplicaRead {
     pub error: Option<String>,
 }
 
+/// A member's own (serializable) read of the keys under `prefix` at `revision` (0: the
+/// revision it has applied).
+fn local_read(prefix: &str, revision: i64) -> RangeRequest {
+    RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
+        revision,
+        serializable: true,
+        ..Default::default()
+    }
+}
+
 /// What `member` answered to a range at `revision`.
 fn copy(
     member: &str,
@@ -81,13 +93,7 @@ pub async fn read(
             });
             continue;
         };
-        let request = RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
-            revision,
-            serializable: true,
-            ..Default::default()
-        };
+        let request = local_read(prefix, revision);
         let result = loop {
             let answer = match channel(&m.client, Some(Duration::from_secs(2))) {
                 Ok(ch) => KvClient::new(ch)
@@ -121,13 +127,7 @@ pub async fn read(
 pub async fn compare_member(cluster: &Cluster, i: usize, prefix: &str, limit: Duration) -> Check {
     let deadline = tokio::time::Instant::now() + limit;
     let range = |url: &str, revision: i64| {
-        let request = RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
-            revision,
-            serializable: true,
-            ..Default::default()
-        };
+        let request = local_read(prefix, revision);
         let ch = channel(url, Some(Duration::from_secs(2)));
         async move {
             KvClient::new(ch.map_err(|e| e.to_string())?)
