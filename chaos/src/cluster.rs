@@ -623,14 +623,6 @@ impl Cluster {
             .collect()
     }
 
-    /// Members in the cluster that are down (killed) or paused.
-    pub fn impaired(&self) -> Vec<usize> {
-        self.in_cluster()
-            .into_iter()
-            .filter(|&i| self.members[i].child.is_none() || self.members[i].paused)
-            .collect()
-    }
-
     /// The member the live members agree leads, if any.
     pub async fn leader(&self) -> Option<usize> {
         let mut ids = Vec::new();
