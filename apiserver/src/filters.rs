@@ -504,7 +504,22 @@ pub async fn authorize(
     };
     let info = request_info_of(&req);
     let attrs = crate::authz::Attributes::of(user, &info);
-    let decision = cfg.authz.authorize(&attrs).await;
+    let mut decision = cfg.authz.authorize(&attrs).await;
+    // A WebSocket exec, attach or port-forward is a GET, and needs `create` as well, as its SPDY
+    // form (a POST) does: upstream's AuthorizePodWebsocketUpgradeCreatePermission, on by default
+    // since 1.30.
+    let connect_get = info.verb == "get"
+        && info.api_group.is_empty()
+        && info.resource == "pods"
+        && matches!(info.subresource.as_str(), "exec" | "attach" | "portforward");
+    let create = crate::authz::Attributes {
+        verb: "create",
+        ..attrs
+    };
+    if connect_get && matches!(decision, crate::authz::Decision::Allow(_)) {
+        decision = cfg.authz.authorize(&create).await;
+    }
+    let attrs = if connect_get { create } else { attrs };
     if let Some(a) = crate::audit::context(&req) {
         let (d, reason) = match &decision {
             crate::authz::Decision::Allow(r) => ("allow", r),

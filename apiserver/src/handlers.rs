@@ -761,7 +761,13 @@ async fn resource_request(
             let (host, port) = kubelet_of(state, &pod, name).await?;
             let raw = req.uri().query().unwrap_or("").to_string();
             let path = format!("/{}/{ns}/{name}/{container}?{raw}", sub.name());
-            state.kubelet.upgrade(&host, port, &path, req).await
+            state.kubelet.upgrade(&host, port, &path, req, false).await
+        }
+        ("get" | "create", Some(Sub::PortForward)) => {
+            let pod = state.registry.get(res, ns, name).await?;
+            let (host, port) = kubelet_of(state, &pod, name).await?;
+            let path = crate::kubelet::port_forward_path(ns, name, req.uri().query())?;
+            state.kubelet.upgrade(&host, port, &path, req, true).await
         }
         ("get", Some(Sub::Log)) => {
             let pod = state.registry.get(res, ns, name).await?;

@@ -120,27 +120,33 @@ impl KubeletClient {
             .map_err(|e| e.to_string())
     }
 
-    /// Proxies an upgrade request (exec over WebSocket) to the kubelet: the client's upgrade
-    /// headers go through, the kubelet's 101 comes back, then bytes flow both ways.
+    /// Proxies an upgrade request to the kubelet: a WebSocket, or for port forwarding
+    /// (`spdy`) also an upgrade to SPDY/3.1. The client's method and upgrade headers go
+    /// through, the kubelet's 101 comes back, then bytes flow both ways.
     pub async fn upgrade(
         &self,
         host: &str,
         port: u16,
         path_and_query: &str,
         mut req: axum::http::Request<Body>,
+        spdy: bool,
     ) -> ApiResult<Response<Body>> {
         let unreachable = |e: String| {
             ApiError::unavailable(format!("error dialing backend https://{host}:{port}: {e}"))
         };
-        let websocket = req
+        let upgrade = req
             .headers()
             .get("upgrade")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        if !websocket {
-            return Err(ApiError::bad_request(
-                "Upgrade request required: exec is streamed over WebSocket (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported",
-            ));
+            .unwrap_or("");
+        let allowed = upgrade.eq_ignore_ascii_case("websocket")
+            || (spdy && upgrade.eq_ignore_ascii_case("SPDY/3.1"));
+        if !allowed {
+            return Err(ApiError::bad_request(if spdy {
+                "Upgrade request required: port forwarding is streamed over WebSocket or SPDY/3.1"
+            } else {
+                "Upgrade request required: exec is streamed over WebSocket (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported"
+            }));
         }
         let tls = self.connect(host, port).await.map_err(unreachable)?;
         let (mut send, conn) =
@@ -148,10 +154,17 @@ impl KubeletClient {
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn.with_upgrades());
-        let mut up = http::Request::get(path_and_query).header("host", format!("{host}:{port}"));
+        let mut up = http::Request::builder()
+            .method(req.method().clone())
+            .uri(path_and_query)
+            .header("host", format!("{host}:{port}"));
         for (k, v) in req.headers() {
             let n = k.as_str();
-            if n.starts_with("sec-websocket-") || n == "upgrade" || n == "connection" {
+            if n.starts_with("sec-websocket-")
+                || n == "upgrade"
+                || n == "connection"
+                || n == "x-stream-protocol-version"
+            {
                 up = up.header(k, v);
             }
         }
@@ -226,6 +239,35 @@ const LOG_PARAMS: &[&str] = &[
     "sinceTime",
     "limitBytes",
 ];
+
+/// The kubelet path of `pods/portforward`: the `ports` of the request (each may list several)
+/// become the kubelet's `port` parameters, as upstream's apiserver passes them.
+pub fn port_forward_path(ns: &str, name: &str, query: Option<&str>) -> ApiResult<String> {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k != "ports" {
+            continue;
+        }
+        for p in v.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => {
+                    out.append_pair("port", &n.to_string());
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid port {p:?}: must be between 1 and 65535"
+                    )));
+                }
+            }
+        }
+    }
+    let q = out.finish();
+    Ok(if q.is_empty() {
+        format!("/portForward/{ns}/{name}")
+    } else {
+        format!("/portForward/{ns}/{name}?{q}")
+    })
+}
 
 /// Which container `pods/log` reads, as upstream decides it; errors as upstream's.
 pub fn log_container(pod: &Value, requested: Option<&str>) -> ApiResult<String> {
@@ -355,6 +397,22 @@ impl rustls::client::danger::ServerCertVerifier for Unverified {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn port_forward_ports_become_the_kubelets_port_parameters() {
+        assert_eq!(
+            port_forward_path("ns", "p", None).unwrap(),
+            "/portForward/ns/p"
+        );
+        assert_eq!(
+            port_forward_path("ns", "p", Some("ports=80,8080&ports=9090&pretty=1")).unwrap(),
+            "/portForward/ns/p?port=80&port=8080&port=9090"
+        );
+        for bad in ["ports=0", "ports=x", "ports=70000", "ports=80,"] {
+            let e = port_forward_path("ns", "p", Some(bad)).unwrap_err();
+            assert_eq!(e.code, 400, "{bad}");
+        }
+    }
 
     #[test]
     fn container_choice_and_errors_follow_upstream() {

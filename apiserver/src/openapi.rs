@@ -173,9 +173,13 @@ fn op(
 
 fn def_for(kind_def: &str, sub: Sub) -> String {
     match sub {
-        Sub::Status | Sub::Approval | Sub::Finalize | Sub::Log | Sub::Exec | Sub::Attach => {
-            kind_def.to_string()
-        }
+        Sub::Status
+        | Sub::Approval
+        | Sub::Finalize
+        | Sub::Log
+        | Sub::Exec
+        | Sub::Attach
+        | Sub::PortForward => kind_def.to_string(),
         Sub::Scale => "io.k8s.api.autoscaling.v1.Scale".into(),
         Sub::Binding => "io.k8s.api.core.v1.Binding".into(),
         Sub::Eviction => "io.k8s.api.policy.v1.Eviction".into(),
@@ -275,6 +279,11 @@ fn paths_for(r: &Resource, paths: &mut Map<String, Value>) {
                 "get": op(&op_id("connectGet", r, &suffix), "get", sgvk, ["command", "container", "stdin", "stdout", "stderr", "tty"].iter().map(|p| param(p, "query", "Exec option as upstream's PodExecOptions.", if matches!(*p, "command" | "container") { "string" } else { "boolean" })).collect(), None, json!({"type": "string"})),
                 "post": op(&op_id("connectPost", r, &suffix), "post", sgvk, vec![], None, json!({"type": "string"})),
             }),
+            Sub::PortForward => json!({
+                "parameters": item_params,
+                "get": op(&op_id("connectGet", r, &suffix), "get", sgvk, vec![param("ports", "query", "List of ports to forward (the WebSocket channel protocol).", "integer")], None, json!({"type": "string"})),
+                "post": op(&op_id("connectPost", r, &suffix), "post", sgvk, vec![], None, json!({"type": "string"})),
+            }),
             Sub::Finalize => json!({
                 "parameters": item_params,
                 "put": op(&op_id("replace", r, &suffix), "put", sgvk, common_write_params(false), Some(json!({"content": content(sobj.clone(), &["*/*"]), "required": true})), sobj.clone()),
@@ -348,7 +357,8 @@ fn build_doc(group: &str, version: &str) -> Value {
                 | Sub::Finalize
                 | Sub::Log
                 | Sub::Exec
-                | Sub::Attach => {}
+                | Sub::Attach
+                | Sub::PortForward => {}
             }
         }
         paths_for(r, &mut paths);

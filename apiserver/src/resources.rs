@@ -31,6 +31,8 @@ pub enum Sub {
     Exec,
     /// `pods/attach`: a container's own streams, through the kubelet.
     Attach,
+    /// `pods/portforward`: TCP connections into the pod's network, through the kubelet.
+    PortForward,
     /// `serviceaccounts/token`: create an authentication.k8s.io/v1 TokenRequest.
     Token,
     /// `certificatesigningrequests/approval`: the Approved and Denied conditions.
@@ -49,6 +51,7 @@ impl Sub {
             Sub::Log => "log",
             Sub::Exec => "exec",
             Sub::Attach => "attach",
+            Sub::PortForward => "portforward",
             Sub::Token => "token",
             Sub::Approval => "approval",
         }
@@ -65,6 +68,7 @@ impl Sub {
             Sub::Log => ("", "v1", "Pod"),
             Sub::Exec => ("", "v1", "PodExecOptions"),
             Sub::Attach => ("", "v1", "PodAttachOptions"),
+            Sub::PortForward => ("", "v1", "PodPortForwardOptions"),
             Sub::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
@@ -76,7 +80,7 @@ impl Sub {
             Sub::Binding | Sub::Eviction | Sub::Token => &["create"],
             Sub::Finalize => &["update"],
             Sub::Log => &["get"],
-            Sub::Exec | Sub::Attach => &["create", "get"],
+            Sub::Exec | Sub::Attach | Sub::PortForward => &["create", "get"],
         }
     }
 }
@@ -342,7 +346,8 @@ pub fn all() -> &'static [Resource] {
                     Sub::Eviction,
                     Sub::Log,
                     Sub::Exec,
-                    Sub::Attach
+                    Sub::Attach,
+                    Sub::PortForward
                 ],
                 "pods",
                 "io.k8s.api.core.v1.Pod",

@@ -190,6 +190,19 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// The node's pod CIDR became known (from the Node object).
     fn set_pod_cidr(&self, _cidr: &str) {}
+    /// Connects to `port` on the pod's loopback, inside its network namespace (port forwarding).
+    fn dial<'a>(
+        &'a self,
+        _pod: &'a Pod,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(format!(
+                "the {name} runtime runs no processes: nothing listens on port {port}"
+            ))
+        })
+    }
     /// Removes node-wide resources (the node is stopping).
     fn teardown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

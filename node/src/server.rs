@@ -1,7 +1,8 @@
 //! The kubelet API (HTTPS, `--port`): `/healthz`, `/pods`, `/metrics`, and
 //! `/containerLogs/{namespace}/{pod}/{container}` with upstream's query parameters (follow,
 //! tailLines, sinceSeconds, sinceTime, previous, timestamps, limitBytes), which the apiserver's
-//! `pods/log` proxies so `kubectl logs` works.
+//! `pods/log` proxies so `kubectl logs` works; `/exec`, `/attach` and `/portForward`, which
+//! `pods/exec`, `pods/attach` and `pods/portforward` proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use keelson_client::health::{ServingArgs, serve_router};
@@ -49,6 +50,7 @@ pub async fn serve<R: Runtime>(
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec::<R>))
         .route("/attach/{namespace}/{pod}/{container}", get(attach::<R>))
+        .route("/portForward/{namespace}/{pod}", any(port_forward::<R>))
         .with_state(agents);
     let addr = SocketAddr::new(config.address, config.port);
     serve_router(&args, addr, config.client_ca_file.as_deref(), app, shutdown)
@@ -111,6 +113,42 @@ async fn attach<R: Runtime>(
         Ok(q) => stream(&agents, &ns, &pod, &container, ws, q, true),
         Err(e) => bad(StatusCode::BAD_REQUEST, e),
     }
+}
+
+/// Port forwarding into a pod's network namespace (GET for a WebSocket, POST for SPDY).
+async fn port_forward<R: Runtime>(
+    State(agents): State<Agents<R>>,
+    Path((ns, pod)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let Some((runtime, state)) = agents
+        .values()
+        .find_map(|a| Some((a.shared.runtime.clone(), a.pod_state(&ns, &pod)?)))
+    else {
+        return bad(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        );
+    };
+    let (obj, ready) = {
+        let st = state.lock();
+        (st.pod.clone(), st.sandbox_ready)
+    };
+    if !ready {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            format!("pod {ns}/{pod} has no sandbox yet"),
+        );
+    }
+    let target = crate::portforward::Target {
+        pod: format!("{ns}/{pod}"),
+        uid: obj.metadata.uid.clone().unwrap_or_default(),
+    };
+    let dial: crate::portforward::Dialer = Arc::new(move |port| {
+        let (runtime, obj) = (runtime.clone(), obj.clone());
+        Box::pin(async move { runtime.dial(&obj, port).await })
+    });
+    crate::portforward::serve(req, dial, target).await
 }
 
 /// Exec or attach on a running container.

@@ -156,6 +156,34 @@ fn rbac_decides_with_upstream_semantics_and_messages() {
         "{list}"
     );
 
+    // A WebSocket exec (a GET) needs `create` on pods/exec, not only `get`.
+    admin(&[
+        "create",
+        "role",
+        "exec-getter",
+        "--verb=get",
+        "--resource=pods/exec",
+    ]);
+    admin(&[
+        "create",
+        "rolebinding",
+        "devs-exec-get",
+        "--role=exec-getter",
+        "--group=devs",
+    ]);
+    admin(&["run", "idle", "--image=busybox", "--", "sleep", "1"]);
+    eventually(Duration::from_secs(10), "alice may get pods/exec", || {
+        can(&alice, &["get", "pods", "--subresource=exec"]) == (Some(0), "yes".to_string())
+    });
+    // kubectl logs why its WebSocket (a GET) failed before it falls back to SPDY (a POST).
+    let (_, err) = text(&as_alice(&["exec", "-v=6", "idle", "--", "true"]));
+    assert!(
+        err.lines().any(|l| l.contains(
+            r#"RemoteCommand fallback: unable to upgrade streaming request: pods "idle" is forbidden: User "alice" cannot create resource "pods/exec" in API group "" in the namespace "default""#
+        )),
+        "{err}"
+    );
+
     // Impersonation needs the `impersonate` verb.
     let o = as_alice(&["get", "pods", "--as", "bob"]);
     assert!(

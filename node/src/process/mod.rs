@@ -491,6 +491,20 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    fn dial<'a>(
+        &'a self,
+        pod: &'a Pod,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>> {
+        let netns = Network::netns_path(uid(pod));
+        Box::pin(async move {
+            if host_network(pod) || !netns.exists() {
+                return net::dial_loopback(port).await;
+            }
+            net::dial_in(netns, port).await
+        })
+    }
+
     fn remove_sandbox<'a>(&'a self, pod: &'a Pod) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let u = uid(pod).to_string();

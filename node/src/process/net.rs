@@ -207,6 +207,46 @@ impl Network {
     }
 }
 
+/// Connects to `port` on loopback: `127.0.0.1`, then `[::1]`.
+pub async fn dial_loopback(port: u16) -> Result<tokio::net::TcpStream, String> {
+    match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => Ok(s),
+        Err(v4) => tokio::net::TcpStream::connect(("::1", port))
+            .await
+            .map_err(|v6| format!("connecting to localhost:{port}: IPv4: {v4}; IPv6: {v6}")),
+    }
+}
+
+/// Connects to `port` on loopback inside the network namespace at `netns`. The socket is made
+/// on a thread of its own that enters the namespace and then ends: a socket stays in the
+/// namespace it was created in, and no pooled thread is moved.
+pub async fn dial_in(netns: PathBuf, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = (|| {
+            let f = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+            let timeout = std::time::Duration::from_secs(10);
+            let s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)
+                .or_else(|v4| {
+                std::net::TcpStream::connect_timeout(
+                    &(std::net::Ipv6Addr::LOCALHOST, port).into(),
+                    timeout,
+                )
+                .map_err(|v6| format!("connecting to localhost:{port}: IPv4: {v4}; IPv6: {v6}"))
+            })?;
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok::<_, String>(s)
+        })();
+        let _ = tx.send(r);
+    });
+    let s = rx
+        .await
+        .map_err(|_| "the dialing thread died".to_string())??;
+    tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
