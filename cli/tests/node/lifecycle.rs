@@ -164,6 +164,27 @@ fn init_containers_env_volumes_and_logs() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert_eq!(out.status.code(), Some(4), "{text:?}");
+    // kubectl cp, both ways: tar through exec, stdin in and stdout out.
+    let up = c.dir.path().join("upload.txt");
+    std::fs::write(&up, "copied in\n").unwrap();
+    c.ok(&[
+        "cp",
+        "-c",
+        "main",
+        up.to_str().unwrap(),
+        "web:/work/upload.txt",
+    ]);
+    let out = c.ok(&["exec", "web", "-c", "main", "--", "cat", "/work/upload.txt"]);
+    assert_eq!(out, "copied in\n");
+    let down = c.dir.path().join("order.txt");
+    c.ok(&[
+        "cp",
+        "-c",
+        "main",
+        "web:/work/order",
+        down.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "one\ntwo\n");
     // kubectl attach -i: the container's stdin and its live output.
     apply(&c, TALKER);
     wait_field(&c, "talker", "{.status.phase}", |v| v == "Running");
