@@ -10,6 +10,11 @@
 //! - Updates: a ControllerRevision per template; `RollingUpdate` replaces pods from the highest
 //!   ordinal down to `partition`, one at a time, each once the rest are ready; `OnDelete` only
 //!   uses the new revision for pods that are re-created. Failed pods are replaced.
+//! - `persistentVolumeClaimRetentionPolicy`: with `whenDeleted: Delete` the claims are owned by
+//!   the set, with `whenScaled: Delete` the claims of a pod being scaled away by that pod (set
+//!   before the pod is deleted), so the garbage collector deletes them after their owner; a pod
+//!   whose claim is still being deleted waits for it to go. `Retain` (the default) removes
+//!   such references again.
 //! - Status: replicas, readyReplicas, availableReplicas, currentReplicas, updatedReplicas,
 //!   currentRevision, updateRevision, observedGeneration.
 
@@ -17,10 +22,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use keelson_client::events::{EventType, Recorder};
 use keelson_client::informer::Index;
 use keelson_client::queue::WorkQueue;
@@ -42,8 +48,72 @@ pub struct StatefulSetController {
     sets: Store<StatefulSet>,
     pods: Index<Pod>,
     revisions: Index<ControllerRevision>,
+    claims: Store<PersistentVolumeClaim>,
     queue: WorkQueue<String>,
     recorder: Recorder,
+}
+
+/// Which owners the retention policy wants a template claim to have: `(set, pod)`. A claim of
+/// a pod being scaled away (`condemned`) is owned by the pod when `whenScaled` is Delete;
+/// otherwise by the set when `whenDeleted` is Delete (upstream's StatefulSetAutoDeletePVC).
+fn wanted_owners(spec: &StatefulSetSpec, condemned: bool) -> (bool, bool) {
+    let policy = spec.persistent_volume_claim_retention_policy.as_ref();
+    let delete = |v: Option<&String>| v.map(String::as_str) == Some("Delete");
+    let pod = condemned && delete(policy.and_then(|p| p.when_scaled.as_ref()));
+    let set = !pod && delete(policy.and_then(|p| p.when_deleted.as_ref()));
+    (set, pod)
+}
+
+/// A plain (not controller) owner reference.
+fn owner_ref(api_version: &str, kind: &str, name: String, uid: String) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name,
+        uid,
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// The claim's owner references as `want` has them (see [`wanted_owners`]), or `None` when
+/// they already are. References to earlier pods of the same name go too: the garbage collector
+/// would delete the claim once such a pod is gone.
+fn fixed_owners(
+    claim: &PersistentVolumeClaim,
+    set: &StatefulSet,
+    pod: &Pod,
+    (want_set, want_pod): (bool, bool),
+) -> Option<Vec<OwnerReference>> {
+    let before = claim.metadata.owner_references.clone().unwrap_or_default();
+    let set_uid = set.uid().unwrap_or_default();
+    let pod_uid = pod.uid().unwrap_or_default();
+    let mut refs: Vec<OwnerReference> = before
+        .iter()
+        .filter(|r| {
+            let keep_set = want_set || r.uid != set_uid;
+            let keep_pod =
+                (want_pod && r.uid == pod_uid) || r.kind != "Pod" || r.name != pod.name_any();
+            keep_set && keep_pod
+        })
+        .cloned()
+        .collect();
+    if want_set && !refs.iter().any(|r| r.uid == set_uid) {
+        refs.push(owner_ref("apps/v1", "StatefulSet", set.name_any(), set_uid));
+    }
+    if want_pod && !refs.iter().any(|r| r.uid == pod_uid) {
+        refs.push(owner_ref("v1", "Pod", pod.name_any(), pod_uid));
+    }
+    (refs != before).then_some(refs)
+}
+
+/// The names of an ordinal's claims, one per `volumeClaimTemplates` entry.
+fn claim_names(set: &StatefulSet, spec: &StatefulSetSpec, ord: i32) -> Vec<String> {
+    spec.volume_claim_templates
+        .iter()
+        .flatten()
+        .map(|t| format!("{}-{}-{ord}", t.name_any(), set.name_any()))
+        .collect()
 }
 
 fn ordinal_of(set: &str, pod: &Pod) -> Option<i32> {
@@ -72,6 +142,7 @@ impl StatefulSetController {
         let sets = informers.statefulsets().store();
         let pods = informers.pods_by_controller();
         let revisions = informers.revisions_by_controller();
+        let claims = informers.claims().store();
         {
             let q = queue.clone();
             informers
@@ -89,8 +160,47 @@ impl StatefulSetController {
             sets,
             pods,
             revisions,
+            claims,
             queue,
             recorder,
+        })
+    }
+
+    /// Brings the owner references of a pod's claims in line with the retention policy.
+    async fn fix_claims(
+        &self,
+        set: &StatefulSet,
+        spec: &StatefulSetSpec,
+        pod: &Pod,
+        ord: i32,
+        condemned: bool,
+    ) -> Result<(), kube::Error> {
+        let ns = set.namespace().unwrap_or_default();
+        let want = wanted_owners(spec, condemned);
+        for name in claim_names(set, spec, ord) {
+            let Some(claim) = self.claims.get(&ObjectRef::new(&name).within(&ns)) else {
+                continue;
+            };
+            if deleting(&claim.metadata) {
+                continue;
+            }
+            if let Some(refs) = fixed_owners(&claim, set, pod, want) {
+                let mut c = (*claim).clone();
+                c.metadata.owner_references = (!refs.is_empty()).then_some(refs);
+                let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+                api.replace(&name, &PostParams::default(), &c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether one of the ordinal's claims is still being deleted (its pod must wait).
+    fn claim_going(&self, set: &StatefulSet, spec: &StatefulSetSpec, ord: i32) -> bool {
+        let ns = set.namespace().unwrap_or_default();
+        claim_names(set, spec, ord).iter().any(|n| {
+            self.claims
+                .get(&ObjectRef::new(n).within(&ns))
+                .is_some_and(|c| deleting(&c.metadata))
         })
     }
 
@@ -157,9 +267,29 @@ impl StatefulSetController {
             if deleting_set {
                 break 'work;
             }
+            // Claims owned as the retention policy says, before any pod is deleted.
+            if !spec
+                .volume_claim_templates
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                for p in &pods {
+                    if let Some(ord) = ordinal_of(name, p) {
+                        let condemned = !(0..replicas).contains(&ord);
+                        self.fix_claims(&set, &spec, p, ord, condemned).await?;
+                    }
+                }
+            }
             // Create, replace failed pods, in ordinal order.
             for ord in 0..replicas {
                 match by_ordinal.get(&ord) {
+                    None if self.claim_going(&set, &spec, ord) => {
+                        requeue = Some(Duration::from_secs(1));
+                        if !parallel {
+                            break 'work;
+                        }
+                    }
                     None => {
                         let rev = if rolling && ord < partition {
                             &current
@@ -338,6 +468,14 @@ impl StatefulSetController {
                 .labels
                 .get_or_insert_with(Default::default)
                 .extend(spec.selector.match_labels.clone().unwrap_or_default());
+            if wanted_owners(&spec, false).0 {
+                pvc.metadata.owner_references = Some(vec![owner_ref(
+                    "apps/v1",
+                    "StatefulSet",
+                    set.name_any(),
+                    set.uid().unwrap_or_default(),
+                )]);
+            }
             pvc.status = None;
             match pvc_api.create(&PostParams::default(), &pvc).await {
                 Ok(_) => self.recorder.record(
@@ -411,5 +549,115 @@ async fn delete_pod(api: &Api<Pod>, p: &Pod) -> Result<(), kube::Error> {
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn spec(scaled: &str, deleted: &str) -> StatefulSetSpec {
+        StatefulSetSpec {
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some(scaled.into()),
+                    when_deleted: Some(deleted.into()),
+                },
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_retention_policy_picks_the_claims_owners() {
+        assert_eq!(
+            wanted_owners(&StatefulSetSpec::default(), true),
+            (false, false)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Retain", "Retain"), true),
+            (false, false)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Retain", "Delete"), true),
+            (true, false)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Delete", "Retain"), true),
+            (false, true)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Delete", "Retain"), false),
+            (false, false)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Delete", "Delete"), true),
+            (false, true)
+        );
+        assert_eq!(
+            wanted_owners(&spec("Delete", "Delete"), false),
+            (true, false)
+        );
+    }
+
+    #[test]
+    fn claim_owners_are_added_removed_and_stale_pod_references_dropped() {
+        let meta = |name: &str, uid: &str| ObjectMeta {
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+        let set = StatefulSet {
+            metadata: meta("db", "s1"),
+            ..Default::default()
+        };
+        let pod = Pod {
+            metadata: meta("db-1", "p2"),
+            ..Default::default()
+        };
+        let other = owner_ref("v1", "ConfigMap", "keep".into(), "x".into());
+        let claim = |refs: Vec<OwnerReference>| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                owner_references: Some(refs),
+                ..meta("data-db-1", "c1")
+            },
+            ..Default::default()
+        };
+        let stale = owner_ref("v1", "Pod", "db-1".into(), "p1".into());
+        let current = owner_ref("v1", "Pod", "db-1".into(), "p2".into());
+        let set_ref = owner_ref("apps/v1", "StatefulSet", "db".into(), "s1".into());
+        assert_eq!(
+            fixed_owners(
+                &claim(vec![other.clone(), stale.clone()]),
+                &set,
+                &pod,
+                (false, true)
+            ),
+            Some(vec![other.clone(), current.clone()])
+        );
+        assert_eq!(
+            fixed_owners(
+                &claim(vec![other.clone(), current.clone()]),
+                &set,
+                &pod,
+                (false, true)
+            ),
+            None
+        );
+        assert_eq!(
+            fixed_owners(&claim(vec![current.clone()]), &set, &pod, (true, false)),
+            Some(vec![set_ref.clone()])
+        );
+        assert_eq!(
+            fixed_owners(
+                &claim(vec![other.clone(), set_ref]),
+                &set,
+                &pod,
+                (false, false)
+            ),
+            Some(vec![other])
+        );
     }
 }

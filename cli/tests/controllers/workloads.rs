@@ -282,6 +282,7 @@ fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
     let _cm = ControllerManager::start(&c, "controller-manager", "cm0", &["--leader-elect=false"]);
     let sts = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"db"},
         "spec":{"replicas":3,"serviceName":"db","selector":{"matchLabels":{"app":"db"}},
+        "persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"},
         "template":{"metadata":{"labels":{"app":"db"}},"spec":{"containers":[{"name":"db","image":"postgres:16"}]}},
         "volumeClaimTemplates":[{"metadata":{"name":"data"},"spec":{"accessModes":["ReadWriteOnce"],
         "resources":{"requests":{"storage":"1Gi"}}}}]}}"#;
@@ -343,11 +344,42 @@ fn statefulset_orders_pods_claims_volumes_and_rolls_back_to_front() {
     let history = c.ok(&["rollout", "history", "statefulset/db"]);
     assert!(history.contains('2'), "{history}");
 
-    // Scale down removes the highest ordinals.
+    // Scale down removes the highest ordinals, and (whenScaled: Delete) their claims, which
+    // the pods being removed owned.
     c.ok(&["scale", "statefulset/db", "--replicas=1"]);
     eventually(Duration::from_secs(60), "only db-0 left", || {
         pods(&c, "db") == ["db-0"]
     });
+    let claims = || {
+        c.ok(&[
+            "get",
+            "pvc",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}:{.metadata.ownerReferences[*].kind} {end}",
+        ])
+    };
+    eventually(
+        Duration::from_secs(60),
+        "the scaled-away claims gone",
+        || claims().trim() == "data-db-0:",
+    );
+    // whenDeleted: Delete makes the set own the claims; deleting the set deletes them.
+    c.ok(&[
+        "patch",
+        "statefulset/db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+    ]);
+    eventually(Duration::from_secs(30), "the set owns data-db-0", || {
+        claims().trim() == "data-db-0:StatefulSet"
+    });
+    c.ok(&["delete", "statefulset/db"]);
+    eventually(
+        Duration::from_secs(60),
+        "data-db-0 deleted with the set",
+        || claims().trim().is_empty(),
+    );
     kubelet.abort();
 }
 
