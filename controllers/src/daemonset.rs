@@ -8,8 +8,10 @@
 //!   scheduler binds them), carry `controller-revision-hash` and `pod-template-generation`.
 //! - Extra pods on a node, pods on nodes that no longer qualify and failed pods are deleted.
 //! - `RollingUpdate` replaces old-revision pods while at most `maxUnavailable` (default 1) of the
-//!   desired nodes lack an available pod (unavailable old pods first); `OnDelete` waits for the
-//!   user to delete them.
+//!   desired nodes lack an available pod (unavailable old pods first). With `maxSurge` above 0
+//!   the new pod starts beside the old one instead, on at most `maxSurge` nodes at a time (at
+//!   once where the old pod is unavailable), and the old pod goes when the new one is available
+//!   or the old one is not ready. `OnDelete` waits for the user to delete them.
 //! - Status: desired/current/updated NumberScheduled, numberMisscheduled, numberReady,
 //!   numberAvailable, numberUnavailable, observedGeneration.
 
@@ -51,6 +53,19 @@ pub struct DaemonSetController {
     /// read a cache without them and create a node's pod twice (or delete one twice).
     expectations: Arc<Expectations>,
     recorder: Recorder,
+}
+
+/// `maxSurge` or `maxUnavailable` for `total` nodes: a count, or a percentage rounded up, as
+/// upstream's; `default` when unset.
+fn scaled(v: Option<&IntOrString>, total: i32, default: i32) -> i32 {
+    match v {
+        Some(IntOrString::Int(n)) => (*n).max(0),
+        Some(IntOrString::String(p)) => {
+            let pct: f64 = p.trim_end_matches('%').parse().unwrap_or(0.0);
+            (pct * f64::from(total) / 100.0).ceil().max(0.0) as i32
+        }
+        None => default,
+    }
 }
 
 /// The tolerations every daemon pod gets, as upstream.
@@ -253,6 +268,28 @@ impl DaemonSetController {
         }
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = jiff::Timestamp::now();
+        let rolling = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .is_none_or(|t| t == "RollingUpdate");
+        let rolling_args = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref());
+        let eligible = nodes
+            .iter()
+            .filter(|n| should_run(&spec.template, n))
+            .count() as i32;
+        let max_surge = if rolling {
+            scaled(rolling_args.and_then(|r| r.max_surge.as_ref()), eligible, 0)
+        } else {
+            0
+        };
+        // Nodes with an old pod and no new one (whether the old one is available), and nodes
+        // where a surged new pod is not available yet.
+        let mut surge_candidates: Vec<(bool, String)> = Vec::new();
+        let mut surging = 0;
         let mut to_create: Vec<String> = Vec::new();
         let (mut desired, mut current, mut misscheduled, mut ready, mut available, mut updated) =
             (0, 0, 0, 0, 0, 0);
@@ -282,8 +319,40 @@ impl DaemonSetController {
                 continue;
             }
             current += 1;
-            // Keep the oldest, as upstream.
-            to_delete.extend(live.drain(1..));
+            if max_surge > 0 {
+                // The oldest pod of each revision stays; the old one goes once the new one is
+                // available, or when it is not ready itself.
+                let (mut old, mut new) = (None, None);
+                for p in live.drain(..) {
+                    let slot = if p.labels().get(REVISION_LABEL) == Some(&update_name) {
+                        &mut new
+                    } else {
+                        &mut old
+                    };
+                    match slot {
+                        None => *slot = Some(p),
+                        Some(_) => to_delete.push(p),
+                    }
+                }
+                match (&old, &new) {
+                    (Some(o), Some(n)) => {
+                        if !pod_ready(o) || pod_available(n, min_ready, now) {
+                            to_delete.push(o.clone());
+                        } else {
+                            surging += 1;
+                        }
+                    }
+                    (Some(o), None) => {
+                        surge_candidates.push((pod_available(o, min_ready, now), node_name))
+                    }
+                    _ => {}
+                }
+                live.extend(old.into_iter().chain(new));
+                live.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            } else {
+                // Keep the oldest, as upstream.
+                to_delete.extend(live.drain(1..));
+            }
             let p = &live[0];
             let is_available = pod_available(p, min_ready, now);
             if pod_ready(p) {
@@ -296,7 +365,7 @@ impl DaemonSetController {
             }
             if p.labels().get(REVISION_LABEL) == Some(&update_name) {
                 updated += 1;
-            } else {
+            } else if max_surge == 0 {
                 old_pods.push((is_available, p.clone()));
             }
         }
@@ -305,26 +374,25 @@ impl DaemonSetController {
             to_delete.extend(ps.into_iter().filter(|p| !deleting(&p.metadata)));
         }
         if act && !deleting(&ds.metadata) {
-            // Rolling update within maxUnavailable.
-            let rolling = spec
-                .update_strategy
-                .as_ref()
-                .and_then(|s| s.type_.as_deref())
-                .is_none_or(|t| t == "RollingUpdate");
-            if rolling && !old_pods.is_empty() {
-                let max_unavailable = match spec
-                    .update_strategy
-                    .as_ref()
-                    .and_then(|s| s.rolling_update.as_ref())
-                    .and_then(|r| r.max_unavailable.clone())
-                {
-                    Some(IntOrString::Int(n)) => n,
-                    Some(IntOrString::String(p)) => {
-                        let pct: f64 = p.trim_end_matches('%').parse().unwrap_or(0.0);
-                        (pct * f64::from(desired) / 100.0).ceil() as i32
-                    }
-                    None => 1,
+            // Surge: new pods beside old ones, at most maxSurge nodes at a time (unavailable
+            // old pods first, and those regardless of the budget; then by node name).
+            surge_candidates.sort();
+            let mut budget = max_surge - surging;
+            for (avail, node) in surge_candidates {
+                if !avail {
+                    to_create.push(node);
+                } else if budget > 0 {
+                    budget -= 1;
+                    to_create.push(node);
                 }
+            }
+            // Rolling update within maxUnavailable.
+            if rolling && !old_pods.is_empty() {
+                let max_unavailable = scaled(
+                    rolling_args.and_then(|r| r.max_unavailable.as_ref()),
+                    desired,
+                    1,
+                )
                 .max(1);
                 old_pods.sort_by_key(|(avail, _)| *avail);
                 let mut budget = max_unavailable - unavailable_nodes;
@@ -563,5 +631,105 @@ mod tests {
         informers.pods().apply_event(Event::Delete(pod));
         ctl.clone().sync("default/agent".into()).await.unwrap();
         assert_eq!(creates().len(), 2, "n1 gets a new pod");
+    }
+
+    #[tokio::test]
+    async fn with_max_surge_the_new_pod_starts_before_the_old_one_goes() {
+        use crate::testing::{fake_client, taken};
+        use kube::runtime::watcher::Event;
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = DaemonSetController::new(
+            &mut informers,
+            Recorder::new(client.clone(), "daemon-set-controller", None),
+        );
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid", "generation": 2},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                "updateStrategy": {"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": {"app": "agent"}},
+                    "spec": {"containers": [{"name": "c", "image": "agent:2"}]}}},
+        }))
+        .unwrap();
+        informers.daemonsets().apply_event(Event::Apply(ds));
+        let pod = |name: &str, node: &str, rev: &str, ready: bool, age: i64| -> Pod {
+            let created = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age);
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                    "creationTimestamp": created.to_string(),
+                    "labels": {"app": "agent", REVISION_LABEL: rev},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                        "name": "agent", "uid": "ds-uid", "controller": true}]},
+                "spec": {"containers": [{"name": "c", "image": "x"}],
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                        {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name",
+                            "operator": "In", "values": [node]}]}]}}}},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready",
+                    "status": if ready { "True" } else { "False" },
+                    "lastTransitionTime": created.to_string()}]},
+            }))
+            .unwrap()
+        };
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            informers
+                .nodes()
+                .apply_event(Event::Apply(node(n, &[], None)));
+            // n3's old pod is not ready.
+            let p = pod(&format!("old-{n}"), n, "old", i < 2, 100);
+            informers.pods().apply_event(Event::Apply(p));
+        }
+        let creates = || {
+            let mut v: Vec<String> = taken(&calls, "POST", "/api/v1/namespaces/default/pods")
+                .iter()
+                .map(|(_, b)| {
+                    b.pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchFields/0/values/0")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let deletes = || {
+            let mut v: Vec<String> = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/")
+                .into_iter()
+                .map(|(p, _)| p.rsplit('/').next().unwrap_or("").to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        // One surge (n1, the first available node) and n3, whose old pod is unavailable; the
+        // unready old pod goes at once; no available old pod is deleted.
+        assert_eq!(creates(), ["n1", "n3"]);
+        assert_eq!(deletes(), Vec::<String>::new());
+        let rev =
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods")[0].1["metadata"]["labels"]
+                [REVISION_LABEL]
+                .as_str()
+                .unwrap()
+                .to_string();
+        // The new pods arrive, not ready yet: nothing more happens (n1 is the surge in flight),
+        // except that n3's unready old pod goes beside its new one.
+        for n in ["n1", "n3"] {
+            informers
+                .pods()
+                .apply_event(Event::Apply(pod(&format!("new-{n}"), n, &rev, false, 1)));
+        }
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(creates(), ["n1", "n3"]);
+        assert_eq!(deletes(), ["old-n3"]);
+        informers
+            .pods()
+            .apply_event(Event::Delete(pod("old-n3", "n3", "old", false, 100)));
+        // n1's new pod is available: its old pod goes, and n2 gets its surge.
+        informers
+            .pods()
+            .apply_event(Event::Apply(pod("new-n1", "n1", &rev, true, 1)));
+        ctl.clone().sync("default/agent".into()).await.unwrap();
+        assert_eq!(deletes(), ["old-n1", "old-n3"]);
+        assert_eq!(creates(), ["n1", "n2", "n3"]);
     }
 }

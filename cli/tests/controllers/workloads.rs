@@ -447,6 +447,19 @@ fn daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     eventually(Duration::from_secs(60), "new image everywhere", || {
         images(&c, "agent") == ["agent:2"] && targets() == ["n1", "n2"]
     });
+    // maxSurge: each node's new pod starts beside the old one.
+    c.ok(&[
+        "patch",
+        "ds",
+        "agent",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}},"template":{"spec":{"containers":[{"name":"agent","image":"agent:3"}]}}}}"#,
+    ]);
+    rollout_ok(&c, "daemonset/agent");
+    eventually(Duration::from_secs(60), "agent:3 everywhere", || {
+        images(&c, "agent") == ["agent:3"] && targets() == ["n1", "n2"]
+    });
 
     // A node selector narrows it to n1.
     c.ok(&[
