@@ -516,10 +516,12 @@ pub async fn authorize(
         verb: "create",
         ..attrs
     };
-    if connect_get && matches!(decision, crate::authz::Decision::Allow(_)) {
+    // A refusal names the verb refused.
+    let ask_create = connect_get && matches!(decision, crate::authz::Decision::Allow(_));
+    if ask_create {
         decision = cfg.authz.authorize(&create).await;
     }
-    let attrs = if connect_get { create } else { attrs };
+    let attrs = if ask_create { create } else { attrs };
     if let Some(a) = crate::audit::context(&req) {
         let (d, reason) = match &decision {
             crate::authz::Decision::Allow(r) => ("allow", r),

@@ -224,6 +224,7 @@ async fn kubelet_error(resp: http::Response<hyper::body::Incoming>) -> ApiError 
     let msg = body.trim().to_string();
     match code {
         400 => ApiError::bad_request(msg),
+        403 => ApiError::new(403, "Forbidden", msg),
         404 => ApiError::new(404, "NotFound", msg),
         _ => ApiError::internal(msg),
     }

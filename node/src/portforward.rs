@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -61,12 +62,13 @@ pub async fn serve(req: Request<axum::body::Body>, dial: Dialer, target: Target)
         .to_string();
     if upgrade.eq_ignore_ascii_case("websocket") {
         let query = req.uri().query().unwrap_or("").to_string();
+        let offered = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
         let (mut parts, _) = req.into_parts();
         let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(ws) => ws,
             Err(e) => return e.into_response(),
         };
-        return websocket(ws, &query, dial, target);
+        return websocket(ws, offered, &query, dial, target);
     }
     if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         return spdy_upgrade(req, dial, target);
@@ -78,10 +80,23 @@ pub async fn serve(req: Request<axum::body::Body>, dial: Dialer, target: Target)
         .into_response()
 }
 
-fn websocket(ws: WebSocketUpgrade, query: &str, dial: Dialer, target: Target) -> Response {
+fn websocket(
+    ws: WebSocketUpgrade,
+    offered: bool,
+    query: &str,
+    dial: Dialer,
+    target: Target,
+) -> Response {
     let ws = ws.protocols([TUNNEL_PROTOCOL, CHANNEL_PROTOCOL]);
     match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(TUNNEL_PROTOCOL) => ws.on_upgrade(move |socket| tunnel(socket, dial, target)),
+        None if offered => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "requested protocol(s) are not supported; supports [{TUNNEL_PROTOCOL} {CHANNEL_PROTOCOL}]"
+            ),
+        )
+            .into_response(),
         // The channel protocol, also when the client names no subprotocol (as upstream).
         _ => match ports(query) {
             Ok(ports) => ws.on_upgrade(move |socket| channels(socket, ports, dial, target)),
@@ -111,6 +126,10 @@ pub fn ports(query: &str) -> Result<Vec<u16>, String> {
     if out.is_empty() {
         return Err("query parameter \"port\" is required".into());
     }
+    // Two channels per port, numbered by one byte.
+    if out.len() > 128 {
+        return Err(format!("{} ports asked for; at most 128", out.len()));
+    }
     Ok(out)
 }
 
@@ -129,7 +148,8 @@ fn spdy_upgrade(mut req: Request<axum::body::Body>, dial: Dialer, target: Target
         let mut r = (
             StatusCode::FORBIDDEN,
             format!(
-                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts [\"{PROTOCOL}\"]"
+                "unable to upgrade: unable to negotiate protocol: client supports [{}], server accepts [{PROTOCOL}]",
+                offered.join(" ")
             ),
         )
             .into_response();
@@ -142,7 +162,10 @@ fn spdy_upgrade(mut req: Request<axum::body::Body>, dial: Dialer, target: Target
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(up) => session(hyper_util::rt::TokioIo::new(up), dial, target).await,
+            Ok(up) => {
+                let io = hyper_util::rt::TokioIo::new(up);
+                session(io, dial, target, STREAM_TIMEOUT).await
+            }
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
         }
     });
@@ -158,6 +181,15 @@ fn spdy_upgrade(mut req: Request<axum::body::Body>, dial: Dialer, target: Target
     }
     r
 }
+
+/// How long the other direction of a forwarded connection may go on once one has ended.
+const GRACE: Duration = Duration::from_secs(1);
+/// How long a pair of streams may stay incomplete, and how long the client's bytes may wait for
+/// a connection that does not take them, before the stream is given up (upstream's stream
+/// creation timeout).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// A session with no frame for this long ends (upstream's streaming connection idle timeout).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 
 /// What the session's writer sends: SPDY frames, or channel messages (`stream` is the channel,
 /// `fin` unused) in the channel protocol.
@@ -200,8 +232,9 @@ async fn forward(
                         break;
                     }
                 }
+                // Nothing more is taken from the client (its sender sees the close).
+                from_client.close();
                 let _ = w.shutdown().await;
-                std::future::pending::<()>().await
             };
             let down = async {
                 let mut buf = vec![0u8; 32 * 1024];
@@ -222,9 +255,13 @@ async fn forward(
                     }
                 }
             };
+            tokio::pin!(up, down);
+            // When one direction ends the other gets a second to finish (as containerd does):
+            // a pod that keeps writing after the client closed its side must not hold the
+            // connection, and the client, forever.
             tokio::select! {
-                e = down => e,
-                _ = up => None,
+                e = &mut down => e,
+                _ = &mut up => tokio::time::timeout(GRACE, &mut down).await.unwrap_or(None),
             }
         }
     };
@@ -298,11 +335,12 @@ fn check_stream(headers: &spdy::Headers) -> Result<(Kind, u16), String> {
 }
 
 /// The streams of one forwarded connection while they arrive.
-#[derive(Default)]
 struct Pair {
     error: Option<u32>,
     data: Option<(u32, mpsc::Receiver<Bytes>)>,
+    /// The data stream's port.
     port: u16,
+    since: tokio::time::Instant,
 }
 
 /// One SPDY connection: streams come in pairs, each pair one forwarded TCP connection.
@@ -310,6 +348,7 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
     io: IO,
     dial: Dialer,
     target: Target,
+    stream_timeout: Duration,
 ) {
     let (r, w) = tokio::io::split(io);
     let (out, rx) = mpsc::channel::<Out>(64);
@@ -321,12 +360,40 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
     // The forwarding task of each stream.
     let mut running: HashMap<u32, tokio::task::AbortHandle> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let frame = match reader.next().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
+        let next = tokio::select! {
+            r = tokio::time::timeout(IDLE_TIMEOUT, reader.next()) => r,
+            _ = sweep.tick() => {
+                // Pairs whose other stream never came: the error stream says so, both go.
+                let stale: Vec<String> = pairs
+                    .iter()
+                    .filter(|(_, p)| p.since.elapsed() >= stream_timeout)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in stale {
+                    let p = pairs.remove(&k).expect("listed");
+                    if let Some(e) = p.error {
+                        let msg = format!("timed out waiting for streams of request {k}");
+                        let _ = out.send(Out::Data { stream: e, bytes: msg.into(), fin: true }).await;
+                    }
+                    if let Some((d, _)) = p.data {
+                        inbound.remove(&d);
+                        let _ = out.send(Out::Reset(d)).await;
+                    }
+                }
+                continue;
+            }
+        };
+        let frame = match next {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "port-forward connection");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("port-forward connection idle for {IDLE_TIMEOUT:?}");
                 break;
             }
         };
@@ -348,7 +415,12 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
                         Kind::Error => id.to_string(),
                         Kind::Data => id.saturating_sub(2).to_string(),
                     });
-                let pair = pairs.entry(request.clone()).or_default();
+                let pair = pairs.entry(request.clone()).or_insert_with(|| Pair {
+                    error: None,
+                    data: None,
+                    port,
+                    since: tokio::time::Instant::now(),
+                });
                 let taken = match kind {
                     Kind::Error => pair.error.is_some(),
                     Kind::Data => pair.data.is_some(),
@@ -359,10 +431,10 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
                     continue;
                 }
                 let _ = out.send(Out::Reply(id)).await;
-                pair.port = port;
                 match kind {
                     Kind::Error => pair.error = Some(id),
                     Kind::Data => {
+                        pair.port = port;
                         let (tx, rx) = mpsc::channel(64);
                         if !fin {
                             inbound.insert(id, tx);
@@ -386,9 +458,23 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
             Frame::Data { id, fin, data } => {
                 if !data.is_empty()
                     && let Some(tx) = inbound.get(&id)
-                    && tx.send(data).await.is_err()
                 {
-                    inbound.remove(&id);
+                    // Waiting here holds up the whole connection (SPDY as Kubernetes speaks it
+                    // has no flow control), so a stream that takes nothing for long is reset.
+                    match tokio::time::timeout(stream_timeout, tx.send(data)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            inbound.remove(&id);
+                        }
+                        Err(_) => {
+                            tracing::debug!(stream = id, "a port-forward stream takes no data");
+                            inbound.remove(&id);
+                            if let Some(h) = running.remove(&id) {
+                                h.abort();
+                            }
+                            let _ = out.send(Out::Reset(id)).await;
+                        }
+                    }
                 }
                 if fin {
                     inbound.remove(&id);
@@ -421,14 +507,15 @@ async fn session<IO: AsyncRead + AsyncWrite + Send + 'static>(
 /// SPDY tunnelled through a WebSocket: the binary messages are the byte stream.
 async fn tunnel(socket: WebSocket, dial: Dialer, target: Target) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let session = tokio::spawn(session(theirs, dial, target));
+    let session = tokio::spawn(session(theirs, dial, target, STREAM_TIMEOUT));
     let (mut tx, mut rx) = socket.split();
     let (mut r, mut w) = tokio::io::split(ours);
     let inbound = async {
         while let Some(Ok(m)) = rx.next().await {
             match m {
                 Message::Binary(b) if w.write_all(&b).await.is_err() => break,
-                Message::Close(_) => break,
+                // The tunnel carries binary messages only.
+                Message::Close(_) | Message::Text(_) => break,
                 _ => {}
             }
         }
@@ -453,7 +540,20 @@ async fn tunnel(socket: WebSocket, dial: Dialer, target: Target) {
 
 /// The channel protocol: one connection per listed port, opened at once.
 async fn channels(socket: WebSocket, ports: Vec<u16>, dial: Dialer, target: Target) {
+    // Each channel's port first, before any connection can write.
     let (mut tx, mut rx) = socket.split();
+    for (i, &port) in ports.iter().enumerate() {
+        for ch in [2 * i, 2 * i + 1] {
+            let [lo, hi] = port.to_le_bytes();
+            if tx
+                .send(Message::Binary(vec![ch as u8, lo, hi].into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
     let (out, mut out_rx) = mpsc::channel::<Out>(64);
     let writer = async move {
         while let Some(o) = out_rx.recv().await {
@@ -477,16 +577,6 @@ async fn channels(socket: WebSocket, ports: Vec<u16>, dial: Dialer, target: Targ
     let mut tasks = JoinSet::new();
     for (i, &port) in ports.iter().enumerate() {
         let (data, error) = (2 * i as u32, 2 * i as u32 + 1);
-        for stream in [data, error] {
-            let bytes = Bytes::copy_from_slice(&port.to_le_bytes());
-            let _ = out
-                .send(Out::Data {
-                    stream,
-                    bytes,
-                    fin: false,
-                })
-                .await;
-        }
         let (itx, irx) = mpsc::channel(64);
         inbound.push(Some(itx));
         let sink = Sink {
@@ -537,6 +627,15 @@ mod tests {
         assert!(ports("port=").unwrap_err().contains("cannot be empty"));
         assert!(ports("port=0").unwrap_err().contains("must be > 0"));
         assert!(ports("port=70000").unwrap_err().contains("unable to parse"));
+        let many: Vec<String> = (1..=129).map(|p| p.to_string()).collect();
+        let q = format!("port={}", many.join(","));
+        assert!(ports(&q).unwrap_err().contains("at most 128"));
+        assert_eq!(
+            ports(&format!("port={}", many[..128].join(",")))
+                .unwrap()
+                .len(),
+            128
+        );
     }
 
     #[test]
@@ -565,7 +664,7 @@ mod tests {
             pod: "default/web".into(),
             uid: "u1".into(),
         };
-        let s = tokio::spawn(session(server, dial, target));
+        let s = tokio::spawn(session(server, dial, target, STREAM_TIMEOUT));
         let (r, mut w) = tokio::io::split(client);
         let mut frames = FrameWriter::new();
         for f in script(&mut frames) {
@@ -592,6 +691,80 @@ mod tests {
             .expect("the session ends when the client hangs up")
             .unwrap();
         seen
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_keeps_writing_after_the_client_closed_gets_a_second() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Writes forever and never closes.
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            while s.write_all(b"tick\n").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let dial: Dialer = Arc::new(move |p| {
+            Box::pin(async move {
+                TcpStream::connect(("127.0.0.1", p))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let p = port.to_string();
+        // exchange() waits (10 s at most) for both streams to end.
+        let seen = exchange(dial, |f| {
+            vec![
+                open(f, 1, "error", &p),
+                open(f, 3, "data", &p),
+                FrameWriter::data(3, true, b"bye"),
+            ]
+        })
+        .await;
+        assert!(
+            seen.iter()
+                .any(|f| matches!(f, Frame::Data { id: 3, data, .. } if data.starts_with(b"tick"))),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pair_left_incomplete_times_out_on_its_error_stream() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let dial: Dialer = Arc::new(|_| Box::pin(async { Err("unused".to_string()) }));
+        let target = Target {
+            pod: "default/web".into(),
+            uid: "u1".into(),
+        };
+        let timeout = Duration::from_millis(300);
+        let s = tokio::spawn(session(server, dial, target, timeout));
+        let (r, mut w) = tokio::io::split(client);
+        let mut f = FrameWriter::new();
+        w.write_all(&f.syn_stream(
+            1,
+            false,
+            &[("streamType", "error"), ("port", "80"), ("requestID", "7")],
+        ))
+        .await
+        .unwrap();
+        let mut reader = FrameReader::new(r);
+        let started = tokio::time::Instant::now();
+        let mut error = Vec::new();
+        loop {
+            if let Frame::Data { id: 1, data, fin } = reader.next().await.unwrap().unwrap() {
+                error.extend_from_slice(&data);
+                if fin {
+                    break;
+                }
+            }
+        }
+        assert!(started.elapsed() >= timeout);
+        assert_eq!(
+            String::from_utf8(error).unwrap(),
+            "timed out waiting for streams of request 7"
+        );
+        w.shutdown().await.unwrap();
+        s.await.unwrap();
     }
 
     fn open(f: &mut FrameWriter, id: u32, kind: &str, port: &str) -> Vec<u8> {

@@ -35,6 +35,11 @@ pub const CANCEL: u32 = 5;
 
 const STREAM_ID: u32 = 0x7fff_ffff;
 
+/// The largest control frame read (header blocks of port forwarding are a few dozen bytes).
+const MAX_CONTROL: usize = 1 << 20;
+/// The largest header block once inflated (a bound against compression bombs).
+const MAX_HEADERS: usize = 256 << 10;
+
 /// A header block: names (lower case on the wire) and values.
 pub type Headers = Vec<(String, String)>;
 
@@ -129,6 +134,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let flags = head[4];
         let fin = flags & FLAG_FIN != 0;
         let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+        if head[0] & 0x80 != 0 && len > MAX_CONTROL {
+            return Err(invalid(format!(
+                "a control frame of {len} bytes is too large"
+            )));
+        }
         let mut body = vec![0u8; len];
         self.io.read_exact(&mut body).await?;
         let first = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
@@ -190,7 +200,7 @@ fn inflate(d: &mut Decompress, mut input: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(4 * input.len() + 256);
     loop {
         if out.len() == out.capacity() {
-            out.reserve(out.capacity());
+            out.reserve(out.capacity().min(MAX_HEADERS));
         }
         let (in0, out0) = (d.total_in(), d.total_out());
         let res = d.decompress_vec(input, &mut out, FlushDecompress::Sync);
@@ -204,6 +214,11 @@ fn inflate(d: &mut Decompress, mut input: &[u8]) -> io::Result<Vec<u8>> {
             }
             Err(e) => return Err(invalid(format!("header block: {e}"))),
             Ok(_) => {}
+        }
+        if out.len() > MAX_HEADERS {
+            return Err(invalid(format!(
+                "a header block inflates to more than {MAX_HEADERS} bytes"
+            )));
         }
         let made = d.total_out() - out0;
         if input.is_empty() && out.len() < out.capacity() {
@@ -458,6 +473,11 @@ mod tests {
         assert!(FrameReader::new(syn.as_slice()).next().await.is_err());
         let short = FrameWriter::control(RST_STREAM, 0, &[0, 0, 0, 1]);
         assert!(FrameReader::new(short.as_slice()).next().await.is_err());
+        // A header block that inflates past the bound (a compression bomb) is refused.
+        let big = "x".repeat(MAX_HEADERS + 1);
+        let bomb = FrameWriter::new().syn_reply(1, false, &[("a", big.as_str())]);
+        assert!(bomb.len() < 4096, "compresses well: {}", bomb.len());
+        assert!(FrameReader::new(bomb.as_slice()).next().await.is_err());
         // A frame cut off mid-body is an error, not a clean end.
         let data = FrameWriter::data(1, false, b"hello");
         assert!(FrameReader::new(&data[..10]).next().await.is_err());

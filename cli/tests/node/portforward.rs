@@ -173,7 +173,10 @@ from kubernetes import client, config
 from kubernetes.stream import portforward
 config.load_kube_config(sys.argv[1])
 api = client.CoreV1Api()
-pf = portforward(api.connect_get_namespaced_pod_portforward, 'pf', 'default', ports='8080')
+# Many ports (two channels each), all but the first refused.
+ports = [8080] + list(range(9001, 9040))
+pf = portforward(api.connect_get_namespaced_pod_portforward, 'pf', 'default',
+                 ports=','.join(map(str, ports)))
 s = pf.socket(8080)
 s.setblocking(True)
 s.sendall(b'GET /hello.txt HTTP/1.0\r\n\r\n')
@@ -187,6 +190,12 @@ s.close()
 print(data.split(b'\r\n')[0].decode())
 print(data.split(b'\r\n\r\n', 1)[1].decode(), end='')
 print('error:', pf.error(8080))
+import time
+for _ in range(100):
+    if pf.error(9039) is not None:
+        break
+    time.sleep(0.1)
+print('refused:', pf.error(9039))
 "#;
     let out = Command::new("python3")
         .args(["-c", script])
@@ -197,7 +206,8 @@ print('error:', pf.error(8080))
     assert!(
         out.status.success()
             && stdout.contains(" 200 ")
-            && stdout.contains("keelson-pf\nerror: None"),
+            && stdout.contains("keelson-pf\nerror: None")
+            && stdout.contains("refused: error forwarding port 9039 to pod default/pf"),
         "python client (pip install kubernetes; .ci/run does this): {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -498,8 +498,16 @@ impl Runtime for ProcessRuntime {
     ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>> {
         let netns = Network::netns_path(uid(pod));
         Box::pin(async move {
-            if host_network(pod) || !netns.exists() {
+            // The host's loopback only for pods that share the host's network; a pod whose
+            // namespace is gone (its sandbox removed) is refused, never sent to the host.
+            if host_network(pod) || self.net.lock().await.is_none() {
                 return net::dial_loopback(port).await;
+            }
+            if !netns.exists() {
+                return Err(format!(
+                    "the pod's network namespace {} is gone",
+                    netns.display()
+                ));
             }
             net::dial_in(netns, port).await
         })

@@ -222,25 +222,32 @@ pub async fn dial_loopback(port: u16) -> Result<tokio::net::TcpStream, String> {
 /// namespace it was created in, and no pooled thread is moved.
 pub async fn dial_in(netns: PathBuf, port: u16) -> Result<tokio::net::TcpStream, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let r = (|| {
-            let f = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("entering {}: {e}", netns.display()))?;
-            let timeout = std::time::Duration::from_secs(10);
-            let s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)
-                .or_else(|v4| {
-                std::net::TcpStream::connect_timeout(
-                    &(std::net::Ipv6Addr::LOCALHOST, port).into(),
-                    timeout,
-                )
-                .map_err(|v6| format!("connecting to localhost:{port}: IPv4: {v4}; IPv6: {v6}"))
-            })?;
-            s.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok::<_, String>(s)
-        })();
-        let _ = tx.send(r);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("netns-dial".into())
+        .spawn(move || {
+            let r = (|| {
+                let f =
+                    std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+                let timeout = std::time::Duration::from_secs(10);
+                let s =
+                    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)
+                        .or_else(|v4| {
+                        std::net::TcpStream::connect_timeout(
+                            &(std::net::Ipv6Addr::LOCALHOST, port).into(),
+                            timeout,
+                        )
+                        .map_err(|v6| {
+                            format!("connecting to localhost:{port}: IPv4: {v4}; IPv6: {v6}")
+                        })
+                    })?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                Ok::<_, String>(s)
+            })();
+            let _ = tx.send(r);
+        });
+    spawned.map_err(|e| format!("starting a thread to dial port {port}: {e}"))?;
     let s = rx
         .await
         .map_err(|_| "the dialing thread died".to_string())??;
