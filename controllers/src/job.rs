@@ -373,9 +373,9 @@ impl JobController {
                     self.free(&key, &pod_api, p).await?;
                     continue;
                 }
-                // Deleted before it finished (evicted, preempted, orphaned): a failure, judged
-                // by the policy like any other (no PodGC here marks such pods Failed first, as
-                // upstream's does).
+                // Deleted before it finished (evicted, preempted): a failure, judged by the
+                // policy like any other. (PodGC marks the pods of a vanished node Failed before
+                // deleting them, as upstream's.)
                 _ if deleting(&p.metadata) => true,
                 _ => continue,
             };

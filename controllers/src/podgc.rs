@@ -3,15 +3,18 @@
 //! - terminated pods (Succeeded/Failed) beyond `--terminated-pod-gc-threshold` (12500; 0 turns
 //!   this off) are deleted, oldest first;
 //! - pods bound to a node that no longer exists are deleted (after the node has been missing
-//!   for a 40 s quarantine, as upstream);
-//! - unscheduled pods that are being deleted are deleted at once (grace period 0).
+//!   for a 40 s quarantine, as upstream), first marked Failed with a `DisruptionTarget`
+//!   condition (reason `DeletionByPodGC`): no kubelet will report their end, and a Job's
+//!   `podFailurePolicy` can match the condition;
+//! - unscheduled pods that are being deleted are marked Failed and deleted at once (grace
+//!   period 0).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +73,39 @@ impl PodGc {
         }
     }
 
+    /// Marks a pod that has not finished Failed (with a `DisruptionTarget` condition of this
+    /// reason and message, if given), then force-deletes it, as upstream's PodGC.
+    async fn fail_and_delete(
+        &self,
+        pod: &Pod,
+        condition: Option<(&str, &str)>,
+    ) -> Result<(), kube::Error> {
+        if !pod_terminal(pod) {
+            let mut status = serde_json::json!({"phase": "Failed"});
+            if let Some((reason, message)) = condition {
+                status["conditions"] = serde_json::json!([{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": jiff::Timestamp::now().to_string(),
+                }]);
+            }
+            let api: Api<Pod> =
+                Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+            let patch = Patch::Strategic(serde_json::json!({"status": status}));
+            match api
+                .patch_status(&pod.name_any(), &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.delete(pod, true).await
+    }
+
     async fn pass(&self, missing_since: &mut HashMap<String, Instant>) -> Result<(), kube::Error> {
         let pods = self.pods.state();
         // Terminated pods over the threshold, oldest first.
@@ -91,7 +127,7 @@ impl PodGc {
         for p in &pods {
             let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 if p.metadata.deletion_timestamp.is_some() {
-                    self.delete(p, true).await?;
+                    self.fail_and_delete(p, None).await?;
                 }
                 continue;
             };
@@ -109,11 +145,83 @@ impl PodGc {
                     .await?
                     .is_none();
                 if gone {
-                    self.delete(p, true).await?;
+                    let why = ("DeletionByPodGC", "PodGC: node no longer exists");
+                    self.fail_and_delete(p, Some(why)).await?;
                 }
             }
         }
         missing_since.retain(|n, _| seen_missing.contains(n));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{fake_client_without, taken};
+    use kube::runtime::watcher::Event;
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, deleting: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid"),
+                "deletionTimestamp": deleting.then_some("2026-01-01T00:00:00Z")},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pods_of_a_vanished_node_are_marked_failed_then_deleted() {
+        let (client, calls) = fake_client_without(vec!["/api/v1/nodes/gone".into()]);
+        let mut informers = crate::Informers::new(client);
+        let gc = PodGc::new(&mut informers, 0);
+        for p in [
+            pod("orphan", Some("gone"), "Running", false),
+            pod("finished", Some("gone"), "Succeeded", false),
+            pod("unscheduled", None, "Pending", true),
+            pod("waiting", None, "Pending", false),
+        ] {
+            informers.pods().apply_event(Event::Apply(p));
+        }
+        // The node has been missing past the quarantine.
+        let since = Instant::now()
+            .checked_sub(QUARANTINE + Duration::from_secs(1))
+            .unwrap();
+        let mut missing = HashMap::from([("gone".to_string(), since)]);
+        gc.pass(&mut missing).await.unwrap();
+        let patches = taken(&calls, "PATCH", "/api/v1/namespaces/default/pods/");
+        let patched = |name: &str| {
+            patches
+                .iter()
+                .find(|(p, _)| p == &format!("/api/v1/namespaces/default/pods/{name}/status"))
+                .map(|(_, b)| b.clone())
+        };
+        let orphan = patched("orphan").expect("the orphan marked Failed");
+        assert_eq!(orphan["status"]["phase"], "Failed");
+        let cond = &orphan["status"]["conditions"][0];
+        assert_eq!(cond["type"], "DisruptionTarget");
+        assert_eq!(cond["status"], "True");
+        assert_eq!(cond["reason"], "DeletionByPodGC");
+        assert_eq!(cond["message"], "PodGC: node no longer exists");
+        let unscheduled = patched("unscheduled").expect("marked Failed");
+        assert_eq!(
+            unscheduled,
+            serde_json::json!({"status": {"phase": "Failed"}})
+        );
+        assert!(
+            patched("finished").is_none(),
+            "a finished pod keeps its phase"
+        );
+        assert_eq!(patches.len(), 2, "{patches:?}");
+        let mut deleted: Vec<String> = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/")
+            .into_iter()
+            .map(|(p, b)| {
+                assert_eq!(b["gracePeriodSeconds"], 0, "{p}");
+                p.rsplit('/').next().unwrap().to_string()
+            })
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, ["finished", "orphan", "unscheduled"]);
     }
 }

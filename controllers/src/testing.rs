@@ -11,12 +11,19 @@ pub type Calls = Arc<std::sync::Mutex<Vec<(String, String, serde_json::Value)>>>
 /// filled in for generateName, generation 1 on creates, the next resourceVersion on a PUT that
 /// sent one), as a real one would for creates and updates.
 pub fn fake_client() -> (Client, Calls) {
+    fake_client_without(Vec::new())
+}
+
+/// [`fake_client`], where a GET of one of the `missing` paths answers 404 NotFound.
+pub fn fake_client_without(missing: Vec<String>) -> (Client, Calls) {
+    let missing = Arc::new(missing);
     let calls: Calls = Arc::default();
     let recorded = calls.clone();
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
         let recorded = recorded.clone();
         let counter = counter.clone();
+        let missing = missing.clone();
         async move {
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
@@ -26,7 +33,19 @@ pub fn fake_client() -> (Client, Calls) {
             recorded
                 .lock()
                 .unwrap()
-                .push((method.clone(), path, v.clone()));
+                .push((method.clone(), path.clone(), v.clone()));
+            if method == "GET" && missing.iter().any(|m| m == &path) {
+                let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": format!("{path} not found")});
+                return Ok(http::Response::builder()
+                    .status(404)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&status).unwrap(),
+                    ))
+                    .unwrap());
+            }
             if method == "POST" && v.pointer("/metadata/name").is_none() {
                 let base = v
                     .pointer("/metadata/generateName")
