@@ -86,12 +86,13 @@ fn failure(message: String) -> serde_json::Value {
 }
 
 /// Upgrades to a WebSocket and runs the command (`attach` false) or attaches to the
-/// container's own streams (`attach` true).
+/// container's own streams (`attach` true; `stdin_once` is the container's `stdinOnce`).
 pub fn serve(
     ws: WebSocketUpgrade,
     handle: Arc<dyn ContainerHandle>,
     q: ExecQuery,
     attach: bool,
+    stdin_once: bool,
 ) -> Response {
     let ws = ws.protocols(PROTOCOLS);
     let Some(proto) = ws.selected_protocol().and_then(|p| p.to_str().ok()) else {
@@ -103,15 +104,22 @@ pub fn serve(
     };
     let v5 = proto == PROTOCOLS[0];
     if attach {
-        ws.on_upgrade(move |socket| run_attach(socket, handle, q))
+        ws.on_upgrade(move |socket| run_attach(socket, handle, q, v5, stdin_once))
     } else {
         ws.on_upgrade(move |socket| run(socket, handle, q, v5))
     }
 }
 
 /// Attach: the container's output as it is written, the client's input to its stdin, until
-/// the container exits or the client leaves.
-async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery) {
+/// the container exits or the client leaves. With `stdinOnce` the container's stdin closes when
+/// this client closes its stdin (v5) or leaves, as upstream: `kubectl run -i --rm` relies on it.
+async fn run_attach(
+    socket: WebSocket,
+    handle: Arc<dyn ContainerHandle>,
+    q: ExecQuery,
+    v5: bool,
+    stdin_once: bool,
+) {
     let (mut tx, mut rx) = socket.split();
     let Some(io) = handle.attach() else {
         let mut frame = vec![3u8];
@@ -134,20 +142,32 @@ async fn run_attach(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: Exec
     tokio::pin!(ended);
     // The client frames are read in this block only, so `rx` is free for the closing handshake.
     {
+        let close_stdin = async || {
+            if let Some(s) = &stdin {
+                *s.lock().await = None;
+            }
+        };
         let input = async {
             while let Some(data) = next_frame(&mut rx).await {
-                // Only stdin frames count; v5's stdin close (255) leaves the container's stdin
-                // open for other attachers.
-                if data.first() == Some(&0)
-                    && let Some(s) = &stdin
-                {
-                    let mut g = s.lock().await;
-                    if let Some(w) = g.as_mut()
-                        && w.write_all(&data[1..]).await.is_err()
-                    {
-                        *g = None;
+                match data.first() {
+                    Some(0) => {
+                        if let Some(s) = &stdin {
+                            let mut g = s.lock().await;
+                            if let Some(w) = g.as_mut()
+                                && w.write_all(&data[1..]).await.is_err()
+                            {
+                                *g = None;
+                            }
+                        }
                     }
+                    // v5's stdin close: without stdinOnce the container's stdin stays open
+                    // for other attachers.
+                    Some(255) if v5 && data.get(1) == Some(&0) && stdin_once => close_stdin().await,
+                    _ => {}
                 }
+            }
+            if stdin_once {
+                close_stdin().await;
             }
         };
         tokio::pin!(input);

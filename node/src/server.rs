@@ -167,16 +167,25 @@ fn stream<R: Runtime>(
             format!("pod {ns}/{pod} not found on this node"),
         );
     };
-    let handle = {
+    let (handle, stdin_once) = {
         let st = state.lock();
-        st.init
+        let handle = st
+            .init
             .iter()
             .chain(&st.app)
             .find(|s| s.name == container && s.running())
-            .and_then(|s| s.handle.clone())
+            .and_then(|s| s.handle.clone());
+        let spec = st.pod.spec.as_ref();
+        let stdin_once = spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|c| c.name == container)
+            .and_then(|c| c.stdin_once)
+            .unwrap_or(false);
+        (handle, stdin_once)
     };
     match handle {
-        Some(h) => crate::exec::serve(ws, h, q, attach),
+        Some(h) => crate::exec::serve(ws, h, q, attach, stdin_once),
         None => bad(
             StatusCode::BAD_REQUEST,
             format!("container {container} is not running in pod {pod}"),

@@ -196,6 +196,31 @@ fn init_containers_env_volumes_and_logs() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got hello");
     wait_field(&c, "talker", "{.status.phase}", |v| v == "Succeeded");
+    // kubectl run -i --rm: with stdinOnce the container's stdin closes when kubectl closes its
+    // own, so `cat` ends and kubectl deletes the pod.
+    let out = c.kubectl_stdin(
+        &[
+            "run",
+            "once",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image=busybox",
+            "--overrides",
+            r#"{"apiVersion":"v1","spec":{"nodeName":"n-life"}}"#,
+            "--command",
+            "--",
+            "cat",
+        ],
+        "hello once\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("hello once"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#"pod "once" deleted"#), "{stdout}");
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");
