@@ -135,6 +135,7 @@ async fn run_attach(
     };
     let mut output = io.output;
     let stdin = io.stdin.filter(|_| q.stdin);
+    let terminal = io.tty.filter(|_| q.tty);
     let mut exited = handle.exited();
     let ended = async move {
         let _ = exited.wait_for(Option::is_some).await.map(|_| ());
@@ -158,6 +159,11 @@ async fn run_attach(
                             {
                                 *g = None;
                             }
+                        }
+                    }
+                    Some(4) => {
+                        if let Some(path) = &terminal {
+                            resize(path, &data[1..]).await;
                         }
                     }
                     // v5's stdin close: without stdinOnce the container's stdin stays open

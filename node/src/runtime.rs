@@ -117,8 +117,13 @@ pub struct AttachIo {
     /// Output chunks as they are written: (1 stdout or 2 stderr, bytes).
     pub output: tokio::sync::broadcast::Receiver<(u8, Vec<u8>)>,
     /// The container's stdin, when its spec has `stdin: true`.
-    pub stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+    pub stdin: Option<Stdin>,
+    /// The container's terminal, when its spec has `tty: true`.
+    pub tty: Option<PathBuf>,
 }
+
+/// Where a container's stdin goes (a pipe, or its terminal); `None` once closed.
+pub type Stdin = Arc<tokio::sync::Mutex<Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>>>;
 
 /// A running (or finished) container.
 pub trait ContainerHandle: Send + Sync {

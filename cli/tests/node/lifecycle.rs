@@ -221,6 +221,33 @@ fn init_containers_env_volumes_and_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains(r#"pod "once" deleted"#), "{stdout}");
+    // kubectl run -it --rm (under `script`, so kubectl has a terminal): a `tty: true` container
+    // runs on a terminal of its own, and attach reaches it.
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            r#"kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    // Typed after a while (what is typed before kubectl reads waits in the terminal), and the
+    // terminal kept open until kubectl is done.
+    let mut input = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::io::Write::write_all(&mut input, b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(input);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("got hello"),
+        "{text:?}"
+    );
+    assert!(text.contains(r#"pod "tt" deleted"#), "{text:?}");
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");

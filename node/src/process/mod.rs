@@ -226,7 +226,8 @@ struct Proc {
     id: String,
     shim_pid: i32,
     live: logs::Live,
-    stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+    stdin: Option<crate::runtime::Stdin>,
+    tty: Option<PathBuf>,
     exit: watch::Sender<Option<Exit>>,
     cgroups: Vec<PathBuf>,
     env: Vec<(String, String)>,
@@ -414,6 +415,7 @@ impl ContainerHandle for Proc {
         Some(crate::runtime::AttachIo {
             output: self.live.subscribe(),
             stdin: self.stdin.clone(),
+            tty: self.tty.clone(),
         })
     }
 
@@ -557,7 +559,12 @@ impl Runtime for ProcessRuntime {
                     ),
                 );
             }
-            let argv = command_line(c, &env).map_err(|m| err("StartError", m))?;
+            let mut argv = command_line(c, &env).map_err(|m| err("StartError", m))?;
+            let tty = c.tty == Some(true);
+            if tty {
+                // The terminal becomes the controlling terminal of the command's new session.
+                argv.splice(0..0, ["setsid".to_string(), "-c".to_string()]);
+            }
             let prog = resolve_program(&argv[0], &env).map_err(|m| err("StartError", m))?;
             // Paths through the host's symlinks (`/var/run` → `/run`) are mounted where they
             // lead inside the container.
@@ -628,16 +635,38 @@ impl Runtime for ProcessRuntime {
             }
             cmd.arg("--").arg(&prog).args(&argv[1..]);
             cmd.env_clear()
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(if c.stdin == Some(true) {
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            // `tty: true`: stdin, stdout and stderr are one terminal, read and written through
+            // its master side (its output is the log's stdout, as upstream).
+            let pty = if tty {
+                let pty = nix::pty::openpty(None, None)
+                    .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
+                let path = nix::unistd::ttyname(&pty.slave)
+                    .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
+                let slave = |f: &std::os::fd::OwnedFd| {
+                    f.try_clone()
+                        .map(Stdio::from)
+                        .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))
+                };
+                cmd.stdin(slave(&pty.slave)?)
+                    .stdout(slave(&pty.slave)?)
+                    .stderr(slave(&pty.slave)?);
+                Some((std::fs::File::from(pty.master), path))
+            } else {
+                cmd.stdin(if c.stdin == Some(true) {
                     Stdio::piped()
                 } else {
                     Stdio::null()
                 })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let mut child = cmd
-                .spawn()
+                None
+            };
+            let spawned = cmd.spawn();
+            // Our copies of the terminal's slave side close here: the master reads its end
+            // once the container's processes are gone.
+            drop(cmd);
+            let mut child = spawned
                 .map_err(|e| err("StartError", format!("start {}: {e}", self.exe.display())))?;
             let shim_pid = child.id().unwrap_or(0) as i32;
             let id = format!(
@@ -645,18 +674,34 @@ impl Runtime for ProcessRuntime {
                 self.next_id.fetch_add(1, Ordering::Relaxed) ^ ((shim_pid as u64) << 32)
             );
             let (live, _) = tokio::sync::broadcast::channel(256);
-            let out = child
-                .stdout
-                .take()
-                .map(|o| tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone())));
-            let errp = child
-                .stderr
-                .take()
-                .map(|o| tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone())));
-            let stdin = child
-                .stdin
-                .take()
-                .map(|i| Arc::new(tokio::sync::Mutex::new(Some(i))));
+            let boxed =
+                |w: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| -> crate::runtime::Stdin {
+                    Arc::new(tokio::sync::Mutex::new(Some(w)))
+                };
+            let (out, errp, stdin, tty) = match pty {
+                Some((master, path)) => {
+                    let input = master
+                        .try_clone()
+                        .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
+                    let reader = tokio::fs::File::from_std(master);
+                    let out = tokio::spawn(logs::pump(reader, "stdout", log.clone(), live.clone()));
+                    let stdin = (c.stdin == Some(true))
+                        .then(|| boxed(Box::new(tokio::fs::File::from_std(input))));
+                    (Some(out), None, stdin, Some(path))
+                }
+                None => {
+                    let out = child
+                        .stdout
+                        .take()
+                        .map(|o| tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone())));
+                    let errp = child
+                        .stderr
+                        .take()
+                        .map(|o| tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone())));
+                    let stdin = child.stdin.take().map(|i| boxed(Box::new(i)));
+                    (out, errp, stdin, None)
+                }
+            };
 
             let (tx, _) = watch::channel(None);
             let h = Arc::new(Proc {
@@ -664,6 +709,7 @@ impl Runtime for ProcessRuntime {
                 shim_pid,
                 live,
                 stdin,
+                tty,
                 exit: tx,
                 cgroups: cgroups.clone(),
                 env,
