@@ -13,6 +13,11 @@
 //!   longer than `activeDeadlineSeconds` (`DeadlineExceeded`): remaining pods are deleted and the
 //!   Job gets `FailureTarget` and `Failed`. Success: `SuccessCriteriaMet` and `Complete`,
 //!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
+//! - `podReplacementPolicy`: with `TerminatingOrFailed` (the default) a pod being deleted is
+//!   replaced, and counted failed, at once; with `Failed` (the default when a
+//!   `podFailurePolicy` is set) only once it has reached the Failed phase, and the pods still
+//!   terminating count against `parallelism` (and hold their index). `status.terminating`
+//!   counts them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -68,6 +73,20 @@ fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
     let ns = pod.namespace().unwrap_or_default();
     let job = jobs.get(&ObjectRef::new(&r.name).within(&ns))?;
     (job.uid().as_deref() == Some(r.uid.as_str())).then(|| format!("{ns}/{}", r.name))
+}
+
+/// Whether a pod being deleted is replaced only once it has failed (`podReplacementPolicy:
+/// Failed`, the default with a `podFailurePolicy`).
+fn only_failed_replaced(spec: &JobSpec) -> bool {
+    match spec.pod_replacement_policy.as_deref() {
+        Some(p) => p == "Failed",
+        None => spec.pod_failure_policy.is_some(),
+    }
+}
+
+/// A pod being deleted that has not reached a terminal phase.
+fn terminating(p: &Pod) -> bool {
+    deleting(&p.metadata) && !matches!(phase(p), "Succeeded" | "Failed")
 }
 
 fn phase(p: &Pod) -> &str {
@@ -374,9 +393,9 @@ impl JobController {
                     continue;
                 }
                 // Deleted before it finished (evicted, preempted): a failure, judged by the
-                // policy like any other. (PodGC marks the pods of a vanished node Failed before
-                // deleting them, as upstream's.)
-                _ if deleting(&p.metadata) => true,
+                // policy like any other; with `podReplacementPolicy: Failed` only once its
+                // phase says so (the kubelet, or PodGC for a vanished node, sets it).
+                _ if deleting(&p.metadata) && !only_failed_replaced(&spec) => true,
                 _ => continue,
             };
             if !failed {
@@ -550,10 +569,16 @@ impl JobController {
                 if status.start_time.is_none() {
                     status.start_time = Some(Time(now));
                 }
+                // With `podReplacementPolicy: Failed` the pods still terminating keep their
+                // places.
+                let mut occupied = active.clone();
+                if only_failed_replaced(&spec) {
+                    occupied.extend(pods.iter().filter(|p| terminating(p)));
+                }
                 if act
                     && !deleting(&job.metadata)
                     && let Err(e) = self
-                        .create_pods(&job, &key, &pod_api, &active, succeeded, &done_indexes)
+                        .create_pods(&job, &key, &pod_api, &occupied, succeeded, &done_indexes)
                         .await
                 {
                     self.write_status(&api, &job, self.finish_status(&job, status, &pods))
@@ -581,6 +606,7 @@ impl JobController {
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
         status.active = (!finished && !active.is_empty()).then_some(active.len() as i32);
         status.ready = Some(active.iter().filter(|p| pod_ready(p)).count() as i32);
+        status.terminating = Some(pods.iter().filter(|p| terminating(p)).count() as i32);
         if status.succeeded == Some(0) {
             status.succeeded = None;
         }
@@ -856,6 +882,66 @@ mod tests {
         pod.metadata.name = Some(name.into());
         pod.metadata.uid = Some(format!("{name}-uid"));
         pod
+    }
+
+    #[tokio::test]
+    async fn pod_replacement_policy_decides_when_a_terminating_pod_is_replaced() {
+        let terminating = || {
+            let mut p = pi_pod(
+                "going",
+                json!([TRACKING_FINALIZER]),
+                json!({"phase": "Running"}),
+            );
+            p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            p
+        };
+        let running = pi_pod(
+            "busy",
+            json!([TRACKING_FINALIZER]),
+            json!({"phase": "Running"}),
+        );
+        let status = json!({"active": 2, "startTime": "2026-12-06T09:00:00Z"});
+        // Failed: the terminating pod keeps its place and is not counted failed yet.
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 4, "parallelism": 2, "podReplacementPolicy": "Failed"}),
+            status.clone(),
+        );
+        informers.jobs().apply_event(Event::Apply(job));
+        informers.pods().apply_event(Event::Apply(running.clone()));
+        informers.pods().apply_event(Event::Apply(terminating()));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        assert!(taken(&calls, "POST", "/api/v1/namespaces/default/pods").is_empty());
+        let st = last_status(&calls);
+        assert_eq!(st["terminating"], 1, "{st}");
+        assert_eq!(st["active"], 1, "{st}");
+        assert!(st["failed"].is_null(), "{st}");
+        // Once it has failed, it is counted and replaced.
+        let mut failed = terminating();
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        informers.pods().apply_event(Event::Apply(failed));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = last_status(&calls);
+        assert_eq!(st["failed"], 1, "{st}");
+        assert_eq!(st["terminating"], 0, "{st}");
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1
+        );
+        // TerminatingOrFailed (the default without a podFailurePolicy): replaced at once, and
+        // counted failed.
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(json!({"completions": 4, "parallelism": 2}), status);
+        informers.jobs().apply_event(Event::Apply(job));
+        informers.pods().apply_event(Event::Apply(running));
+        informers.pods().apply_event(Event::Apply(terminating()));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = last_status(&calls);
+        assert_eq!(st["failed"], 1, "{st}");
+        assert_eq!(
+            taken(&calls, "POST", "/api/v1/namespaces/default/pods").len(),
+            1
+        );
     }
 
     #[test]

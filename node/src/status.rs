@@ -417,8 +417,8 @@ impl PodState {
             ..Default::default()
         };
         if let Some(v) = &self.verdict {
-            st.reason = Some(v.reason.clone());
-            st.message = Some(v.message.clone());
+            st.reason = (!v.reason.is_empty()).then(|| v.reason.clone());
+            st.message = (!v.message.is_empty()).then(|| v.message.clone());
         }
         st
     }

@@ -1057,6 +1057,19 @@ pub async fn run<R: Runtime>(w: Arc<Worker<R>>, admit: Result<(), Verdict>) {
                             message: "Pod was terminated in response to imminent node shutdown.".into(),
                         });
                     }
+                    // A deleted pod ends in a terminal phase before it goes, as upstream's
+                    // kubelet does (whatever its restart policy): Succeeded when every app
+                    // container exited 0, else Failed. A Job counts it from that phase.
+                    if matches!(stop, Stop::Deleted(_)) && st.verdict.is_none()
+                        && !matches!(st.phase(), "Succeeded" | "Failed")
+                    {
+                        let ok = st.app.iter().all(|s| s.exit_code() == Some(0));
+                        st.verdict = Some(Verdict {
+                            phase: if ok { "Succeeded" } else { "Failed" },
+                            reason: String::new(),
+                            message: String::new(),
+                        });
+                    }
                 }
                 w.publish();
                 stop
