@@ -106,7 +106,16 @@ impl PodGc {
         self.delete(pod, true).await
     }
 
+    /// One pass; a pod that cannot be collected is logged and the others still are (the last
+    /// such error is returned).
     async fn pass(&self, missing_since: &mut HashMap<String, Instant>) -> Result<(), kube::Error> {
+        let mut last_error = None;
+        let mut keep = |r: Result<(), kube::Error>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "pod gc could not collect a pod");
+                last_error = Some(e);
+            }
+        };
         let pods = self.pods.state();
         // Terminated pods over the threshold, oldest first.
         if self.threshold > 0 {
@@ -118,7 +127,7 @@ impl PodGc {
                 done.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
                 let excess = done.len() - self.threshold;
                 for p in done.into_iter().take(excess) {
-                    self.delete(p, false).await?;
+                    keep(self.delete(p, false).await);
                 }
             }
         }
@@ -127,7 +136,7 @@ impl PodGc {
         for p in &pods {
             let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else {
                 if p.metadata.deletion_timestamp.is_some() {
-                    self.fail_and_delete(p, None).await?;
+                    keep(self.fail_and_delete(p, None).await);
                 }
                 continue;
             };
@@ -140,18 +149,24 @@ impl PodGc {
             seen_missing.push(node.clone());
             if since.elapsed() >= QUARANTINE {
                 // Confirm with the API before deleting on a cache's word.
-                let gone = Api::<Node>::all(self.client.clone())
-                    .get_opt(&node)
-                    .await?
-                    .is_none();
+                let gone = match Api::<Node>::all(self.client.clone()).get_opt(&node).await {
+                    Ok(n) => n.is_none(),
+                    Err(e) => {
+                        keep(Err(e));
+                        false
+                    }
+                };
                 if gone {
                     let why = ("DeletionByPodGC", "PodGC: node no longer exists");
-                    self.fail_and_delete(p, Some(why)).await?;
+                    keep(self.fail_and_delete(p, Some(why)).await);
                 }
             }
         }
         missing_since.retain(|n, _| seen_missing.contains(n));
-        Ok(())
+        match last_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

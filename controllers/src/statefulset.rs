@@ -194,13 +194,22 @@ impl StatefulSetController {
         Ok(())
     }
 
-    /// Whether one of the ordinal's claims is still being deleted (its pod must wait).
+    /// Whether one of the ordinal's claims is going: being deleted, or owned by an earlier
+    /// pod of the ordinal (called before its pod is created, so such a pod is gone and the
+    /// garbage collector will delete the claim; upstream's stale claim). The pod must wait
+    /// for a fresh claim.
     fn claim_going(&self, set: &StatefulSet, spec: &StatefulSetSpec, ord: i32) -> bool {
         let ns = set.namespace().unwrap_or_default();
+        let pod_name = format!("{}-{ord}", set.name_any());
         claim_names(set, spec, ord).iter().any(|n| {
             self.claims
                 .get(&ObjectRef::new(n).within(&ns))
-                .is_some_and(|c| deleting(&c.metadata))
+                .is_some_and(|c| {
+                    deleting(&c.metadata)
+                        || c.owner_references()
+                            .iter()
+                            .any(|r| r.kind == "Pod" && r.name == pod_name)
+                })
         })
     }
 
@@ -600,6 +609,46 @@ mod tests {
             wanted_owners(&spec("Delete", "Delete"), false),
             (true, false)
         );
+    }
+
+    #[tokio::test]
+    async fn a_claim_owned_by_an_earlier_pod_or_being_deleted_holds_the_new_pod() {
+        use kube::runtime::watcher::Event;
+        let (client, _) = crate::testing::fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = StatefulSetController::new(
+            &mut informers,
+            Recorder::new(client, "statefulset-controller", None),
+        );
+        let set: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "ns", "uid": "s1"},
+            "spec": {"selector": {}, "template": {},
+                "volumeClaimTemplates": [{"metadata": {"name": "data"}}]},
+        }))
+        .unwrap();
+        let spec = set.spec.clone().unwrap();
+        let claim = |name: &str, refs: serde_json::Value, deleting: bool| {
+            let c: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns", "ownerReferences": refs,
+                    "deletionTimestamp": deleting.then_some("2026-01-01T00:00:00Z")},
+            }))
+            .unwrap();
+            c
+        };
+        let pod_ref = |name: &str| serde_json::json!([{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": "old"}]);
+        for c in [
+            claim("data-db-0", serde_json::json!([]), false),
+            claim("data-db-1", pod_ref("db-1"), false),
+            claim("data-db-2", serde_json::json!([]), true),
+            claim("data-db-3", pod_ref("db-9"), false),
+        ] {
+            informers.claims().apply_event(Event::Apply(c));
+        }
+        assert!(!ctl.claim_going(&set, &spec, 0));
+        assert!(ctl.claim_going(&set, &spec, 1), "owned by an earlier db-1");
+        assert!(ctl.claim_going(&set, &spec, 2), "being deleted");
+        assert!(!ctl.claim_going(&set, &spec, 3), "another pod's reference");
+        assert!(!ctl.claim_going(&set, &spec, 4), "no claim yet");
     }
 
     #[test]
