@@ -349,8 +349,8 @@ struct Io {
 
 fn spawn(mut cmd: tokio::process::Command, q: &ExecQuery) -> std::io::Result<Io> {
     if q.tty {
-        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
+        let pty = crate::pty::open()?;
+        let path = pty.path;
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));

@@ -17,6 +17,7 @@ pub mod portforward;
 pub mod probe;
 pub mod process;
 pub mod proxy;
+pub mod pty;
 pub mod runtime;
 pub mod server;
 pub mod spdy;

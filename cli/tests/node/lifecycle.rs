@@ -226,7 +226,7 @@ fn init_containers_env_volumes_and_logs() {
     let mut child = std::process::Command::new("script")
         .args([
             "-qec",
-            r#"kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
+            r#"timeout 120 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
             "/dev/null",
         ])
         .env("KUBECONFIG", c.kubeconfig())

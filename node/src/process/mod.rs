@@ -639,19 +639,17 @@ impl Runtime for ProcessRuntime {
             // `tty: true`: stdin, stdout and stderr are one terminal, read and written through
             // its master side (its output is the log's stdout, as upstream).
             let pty = if tty {
-                let pty = nix::pty::openpty(None, None)
-                    .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
-                let path = nix::unistd::ttyname(&pty.slave)
-                    .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
-                let slave = |f: &std::os::fd::OwnedFd| {
-                    f.try_clone()
-                        .map(Stdio::from)
-                        .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))
-                };
+                let terminal =
+                    |e: std::io::Error| err("CreateContainerError", format!("terminal: {e}"));
+                let pty = crate::pty::open().map_err(terminal)?;
+                let slave = |f: &std::fs::File| f.try_clone().map(Stdio::from).map_err(terminal);
                 cmd.stdin(slave(&pty.slave)?)
                     .stdout(slave(&pty.slave)?)
                     .stderr(slave(&pty.slave)?);
-                Some((std::fs::File::from(pty.master), path))
+                // Cloned before the start, so nothing can fail once the container runs.
+                let master = std::fs::File::from(pty.master);
+                let input = master.try_clone().map_err(terminal)?;
+                Some((master, input, pty.path))
             } else {
                 cmd.stdin(if c.stdin == Some(true) {
                     Stdio::piped()
@@ -679,10 +677,7 @@ impl Runtime for ProcessRuntime {
                     Arc::new(tokio::sync::Mutex::new(Some(w)))
                 };
             let (out, errp, stdin, tty) = match pty {
-                Some((master, path)) => {
-                    let input = master
-                        .try_clone()
-                        .map_err(|e| err("CreateContainerError", format!("terminal: {e}")))?;
+                Some((master, input, path)) => {
                     let reader = tokio::fs::File::from_std(master);
                     let out = tokio::spawn(logs::pump(reader, "stdout", log.clone(), live.clone()));
                     let stdin = (c.stdin == Some(true))
