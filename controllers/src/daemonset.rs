@@ -701,8 +701,8 @@ mod tests {
             v
         };
         ctl.clone().sync("default/agent".into()).await.unwrap();
-        // One surge (n1, the first available node) and n3, whose old pod is unavailable; the
-        // unready old pod goes at once; no available old pod is deleted.
+        // One surge (n1, the first available node) and n3, whose old pod is unavailable (beyond
+        // the budget); nothing is deleted until a new pod is there.
         assert_eq!(creates(), ["n1", "n3"]);
         assert_eq!(deletes(), Vec::<String>::new());
         let rev =

@@ -389,7 +389,8 @@ impl StatefulSetController {
         let updated = count(&|p| p.labels().get(REVISION_LABEL) == Some(&update_name));
         let on_current = count(&|p| p.labels().get(REVISION_LABEL) == Some(&current_name));
         if min_ready > 0 && ready > available {
-            requeue = Some(Duration::from_secs(min_ready as u64));
+            let d = Duration::from_secs(min_ready as u64);
+            requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
         }
         status.observed_generation = set.metadata.generation;
         status.replicas = live.len() as i32;
