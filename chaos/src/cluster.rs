@@ -78,6 +78,8 @@ pub struct Cluster {
     pub failpoints: Vec<String>,
     /// How many times the `failpoint` fault has taken one.
     pub failpoints_taken: usize,
+    /// Flags added to every member's command line.
+    flags: Vec<String>,
 }
 
 /// How a cluster is set up for the faults of a run.
@@ -143,6 +145,18 @@ impl Cluster {
     /// `setup.lazy_disks`, each with its data directory on a [`Lazy`] filesystem (if one can
     /// be mounted: else [`Cluster::lose_unsynced`] says why not).
     pub fn start(target: Target, n: usize, dir: &Path, setup: Setup) -> anyhow::Result<Cluster> {
+        Self::start_with(target, n, dir, setup, &[])
+    }
+
+    /// [`Cluster::start`], with `flags` added to every member's command line (etcd's flags:
+    /// both stores take them).
+    pub fn start_with(
+        target: Target,
+        n: usize,
+        dir: &Path,
+        setup: Setup,
+        flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let Setup {
             network,
             failpoints,
@@ -219,6 +233,7 @@ impl Cluster {
             pdeathsig,
             failpoints: Vec::new(),
             failpoints_taken: 0,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..n {
             c.start_member(i)?;
@@ -290,6 +305,7 @@ impl Cluster {
                 if m.existing { "existing" } else { "new" }
             ))
             .arg(format!("--snapshot-count={SNAPSHOT_COUNT}"))
+            .args(&self.flags)
             // Members log warnings unless KEELSON_CHAOS_MEMBER_LOG asks for more.
             .env(
                 "RUST_LOG",

@@ -113,36 +113,43 @@ impl Stream_ {
 
     async fn send_events(&self, id: i64, events: Vec<Event>, revision: i64) -> Result<(), Closed> {
         let w = &self.watchers[&id];
-        let header = self.node.header(revision);
-        if !w.fragment {
-            return self
-                .send(WatchResponse {
-                    header,
-                    watch_id: id,
-                    events,
-                    ..Default::default()
-                })
-                .await;
+        let whole = WatchResponse {
+            header: self.node.header(revision),
+            watch_id: id,
+            events,
+            ..Default::default()
+        };
+        // As etcd: only a response of two events or more reaching `--max-request-bytes` is
+        // split, into responses below the limit (or of one event) that say `fragment`, all but
+        // the last.
+        if !w.fragment || whole.events.len() < 2 || whole.encoded_len() < self.max_bytes {
+            return self.send(whole).await;
         }
-        // Split into responses no larger than the limit; all but the last say `fragment`.
-        let mut chunk = Vec::new();
-        let mut size = 0;
-        let total = events.len();
-        for (i, e) in events.into_iter().enumerate() {
-            size += e.encoded_len();
-            chunk.push(e);
-            let last = i + 1 == total;
-            if size >= self.max_bytes || last {
-                let resp = WatchResponse {
-                    header,
-                    watch_id: id,
-                    fragment: !last,
-                    events: std::mem::take(&mut chunk),
-                    ..Default::default()
-                };
-                self.send(resp).await?;
-                size = 0;
+        let empty = WatchResponse {
+            header: whole.header,
+            watch_id: id,
+            fragment: true,
+            ..Default::default()
+        };
+        let base = empty.encoded_len();
+        let total = whole.events.len();
+        let mut events = whole.events.into_iter().peekable();
+        let mut sent = 0;
+        while sent < total {
+            let mut cur = empty.clone();
+            let mut size = base;
+            while let Some(e) = events.peek() {
+                let len = e.encoded_len();
+                let grown = size + 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+                if !cur.events.is_empty() && grown >= self.max_bytes {
+                    break;
+                }
+                size = grown;
+                cur.events.push(events.next().expect("peeked"));
             }
+            sent += cur.events.len();
+            cur.fragment = sent < total;
+            self.send(cur).await?;
         }
         Ok(())
     }

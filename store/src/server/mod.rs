@@ -645,6 +645,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         tokio::spawn(auto_compact(node.clone(), r, shutdown.clone()));
     }
 
+    // etcd's gRPC limit: `--max-request-bytes` and 512 KiB of overhead. Watch responses are
+    // fragmented at the same size, as etcd's.
     let max_msg = config.max_request_bytes + 512 * 1024;
     let kv = KvService::new(node.clone(), quota, config.max_request_bytes);
     let leases = LeaseService::new(node.clone(), lessor.clone());
@@ -654,7 +656,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             WatchServer::new(WatchService::new(
                 node.clone(),
                 config.watch_progress_notify_interval,
-                config.max_request_bytes,
+                max_msg,
             ))
             .max_decoding_message_size(max_msg),
         )

@@ -1,0 +1,63 @@
+//! Pseudo-terminals for `tty: true` containers and `exec -t`. Both ends are opened
+//! close-on-exec, so no other process the kubelet starts inherits them (a child gets the slave
+//! side only as the stdin, stdout and stderr it is given).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+
+/// A new terminal.
+pub struct Pty {
+    /// The master side (what the kubelet reads and writes).
+    pub master: OwnedFd,
+    /// The slave side (the container's terminal).
+    pub slave: std::fs::File,
+    /// The slave's path (`/dev/pts/N`).
+    pub path: PathBuf,
+}
+
+/// Opens a new terminal.
+pub fn open() -> std::io::Result<Pty> {
+    let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&m)?;
+    nix::pty::unlockpt(&m)?;
+    let path = PathBuf::from(nix::pty::ptsname_r(&m)?);
+    // The standard library opens files close-on-exec.
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(&path)?;
+    // A close-on-exec duplicate; the original closes with `m`.
+    let master = m.as_fd().try_clone_to_owned()?;
+    Ok(Pty {
+        master,
+        slave,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn both_ends_are_close_on_exec_and_connected() {
+        let p = open().unwrap();
+        for fd in [p.master.as_raw_fd(), p.slave.as_raw_fd()] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & nix::libc::FD_CLOEXEC, 0, "fd {fd}");
+        }
+        assert!(p.path.starts_with("/dev/pts"));
+        let mut master = std::fs::File::from(p.master);
+        let mut slave = p.slave;
+        slave.write_all(b"hi\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = master.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"hi"), "{:?}", &buf[..n]);
+    }
+}
