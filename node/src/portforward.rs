@@ -704,13 +704,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        let dial: Dialer = Arc::new(move |p| {
-            Box::pin(async move {
-                TcpStream::connect(("127.0.0.1", p))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
+        let dial = loopback();
         let p = port.to_string();
         // exchange() waits (10 s at most) for both streams to end.
         let seen = exchange(dial, |f| {
@@ -767,6 +761,17 @@ mod tests {
         s.await.unwrap();
     }
 
+    /// Dials the host's loopback.
+    fn loopback() -> Dialer {
+        Arc::new(|p| {
+            Box::pin(async move {
+                TcpStream::connect(("127.0.0.1", p))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    }
+
     fn open(f: &mut FrameWriter, id: u32, kind: &str, port: &str) -> Vec<u8> {
         f.syn_stream(
             id,
@@ -786,13 +791,7 @@ mod tests {
             s.read_to_end(&mut got).await.unwrap();
             s.write_all(&got.to_ascii_uppercase()).await.unwrap();
         });
-        let dial: Dialer = Arc::new(move |p| {
-            Box::pin(async move {
-                TcpStream::connect(("127.0.0.1", p))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
+        let dial = loopback();
         let p = port.to_string();
         let seen = exchange(dial, |f| {
             vec![
