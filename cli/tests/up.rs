@@ -63,7 +63,14 @@ fn component_logs(data: &std::path::Path) -> String {
         .flatten()
     {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        // Backtrace frames (RUST_BACKTRACE is set in CI) would push the error itself out.
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with("at ")
+                || t.split_once(": ")
+                    .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
+        let tail: Vec<&str> = text.lines().rev().filter(|l| !frame(l)).take(30).collect();
         out.push_str(&format!("--- {} (last lines) ---\n", e.path().display()));
         for l in tail.iter().rev() {
             out.push_str(l);
