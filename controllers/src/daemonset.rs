@@ -593,16 +593,26 @@ mod tests {
         assert!(should_run(&t, &node("a", &[("role", "web")], None)));
     }
 
-    #[tokio::test]
-    async fn against_a_fake_api_a_node_gets_one_pod_however_often_it_syncs() {
-        use crate::testing::{fake_client, taken};
-        use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
+    /// A DaemonSet controller on a fake API, its informers, and the API's record of calls.
+    fn on_fake_api() -> (
+        Arc<DaemonSetController>,
+        crate::Informers,
+        crate::testing::Calls,
+    ) {
+        let (client, calls) = crate::testing::fake_client();
         let mut informers = crate::Informers::new(client.clone());
         let ctl = DaemonSetController::new(
             &mut informers,
-            Recorder::new(client.clone(), "daemon-set-controller", None),
+            Recorder::new(client, "daemon-set-controller", None),
         );
+        (ctl, informers, calls)
+    }
+
+    #[tokio::test]
+    async fn against_a_fake_api_a_node_gets_one_pod_however_often_it_syncs() {
+        use crate::testing::taken;
+        use kube::runtime::watcher::Event;
+        let (ctl, mut informers, calls) = on_fake_api();
         let ds: DaemonSet = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid", "generation": 1},
             "spec": {"selector": {"matchLabels": {"app": "agent"}},
@@ -635,14 +645,9 @@ mod tests {
 
     #[tokio::test]
     async fn with_max_surge_the_new_pod_starts_before_the_old_one_goes() {
-        use crate::testing::{fake_client, taken};
+        use crate::testing::taken;
         use kube::runtime::watcher::Event;
-        let (client, calls) = fake_client();
-        let mut informers = crate::Informers::new(client.clone());
-        let ctl = DaemonSetController::new(
-            &mut informers,
-            Recorder::new(client.clone(), "daemon-set-controller", None),
-        );
+        let (ctl, mut informers, calls) = on_fake_api();
         let ds: DaemonSet = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "agent", "namespace": "default", "uid": "ds-uid", "generation": 2},
             "spec": {"selector": {"matchLabels": {"app": "agent"}},

@@ -107,12 +107,17 @@ fn fixed_owners(
     (refs != before).then_some(refs)
 }
 
+/// The claim of template `template` for ordinal `ord`: `<template>-<set>-<ordinal>`.
+fn claim_name(template: &str, set: &StatefulSet, ord: i32) -> String {
+    format!("{template}-{}-{ord}", set.name_any())
+}
+
 /// The names of an ordinal's claims, one per `volumeClaimTemplates` entry.
 fn claim_names(set: &StatefulSet, spec: &StatefulSetSpec, ord: i32) -> Vec<String> {
     spec.volume_claim_templates
         .iter()
         .flatten()
-        .map(|t| format!("{}-{}-{ord}", t.name_any(), set.name_any()))
+        .map(|t| claim_name(&t.name_any(), set, ord))
         .collect()
 }
 
@@ -470,7 +475,7 @@ impl StatefulSetController {
         let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
         for t in spec.volume_claim_templates.clone().unwrap_or_default() {
             let tname = t.metadata.name.clone().unwrap_or_default();
-            let claim_name = format!("{tname}-{}-{ord}", set.name_any());
+            let claim_name = claim_name(&tname, set, ord);
             let mut pvc = t.clone();
             pvc.metadata.name = Some(claim_name.clone());
             pvc.metadata.namespace = Some(ns.clone());

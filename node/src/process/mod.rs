@@ -108,6 +108,12 @@ impl ProcessRuntime {
         }
         Ok(net.clone())
     }
+
+    /// Whether the pod has a network namespace of its own (not hostNetwork, and the node has a
+    /// pod network); otherwise it shares the host's.
+    async fn own_network(&self, pod: &Pod) -> bool {
+        !host_network(pod) && self.net.lock().await.is_some()
+    }
 }
 
 fn uid(pod: &Pod) -> &str {
@@ -502,7 +508,7 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move {
             // The host's loopback only for pods that share the host's network; a pod whose
             // namespace is gone (its sandbox removed) is refused, never sent to the host.
-            if host_network(pod) || self.net.lock().await.is_none() {
+            if !self.own_network(pod).await {
                 return net::dial_loopback(port).await;
             }
             if !netns.exists() {
@@ -621,7 +627,7 @@ impl Runtime for ProcessRuntime {
                 .arg(c.working_dir.as_deref().unwrap_or("/"))
                 .arg("--tmp")
                 .arg(self.pod_dir(u).join("tmp"));
-            if !host_network(pod) && self.net.lock().await.is_some() {
+            if self.own_network(pod).await {
                 cmd.arg("--netns").arg(Network::netns_path(u));
             }
             for d in &cgroups {
