@@ -223,30 +223,10 @@ fn init_containers_env_volumes_and_logs() {
     assert!(stdout.contains(r#"pod "once" deleted"#), "{stdout}");
     // kubectl run -it --rm (under `script`, so kubectl has a terminal): a `tty: true` container
     // runs on a terminal of its own, and attach reaches it.
-    let mut child = std::process::Command::new("script")
-        .args([
-            "-qec",
-            r#"timeout 120 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
-            "/dev/null",
-        ])
-        .env("KUBECONFIG", c.kubeconfig())
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    // Typed after a while (what is typed before kubectl reads waits in the terminal), and the
-    // terminal kept open until kubectl is done.
-    let mut input = child.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    std::io::Write::write_all(&mut input, b"hello\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    drop(input);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("/dev/pts/") && text.contains("got hello"),
-        "{text:?}"
-    );
+    let text = run_on_terminal(&c);
+    if !(text.contains("/dev/pts/") && text.contains("got hello")) {
+        panic!("{text:?}\n{}", terminal_evidence(&c, "tt"));
+    }
     assert!(text.contains(r#"pod "tt" deleted"#), "{text:?}");
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
@@ -259,6 +239,83 @@ fn init_containers_env_volumes_and_logs() {
     });
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+/// Runs `kubectl run -it --rm` on a terminal (under `script`) and types a line once kubectl
+/// shows its prompt; returns everything the terminal showed.
+fn run_on_terminal(c: &ApiCluster) -> String {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            r#"timeout 60 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
+            "/dev/null",
+        ])
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (mut out, shown) = (child.stdout.take().unwrap(), shown.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                shown.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+    // Typed once kubectl is attached (its prompt shown), and the terminal kept open until
+    // kubectl is done.
+    let mut input = child.stdin.take().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !text().contains("try pressing enter") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    input.write_all(b"hello\n").unwrap();
+    child.wait().unwrap();
+    drop(input);
+    reader.join().unwrap();
+    text()
+}
+
+/// What a failed terminal run leaves to look at: the pod's status and log, and the state of
+/// the container's processes.
+fn terminal_evidence(c: &ApiCluster, pod: &str) -> String {
+    let out = |args: &[&str]| {
+        let o = c.kubectl(args);
+        format!(
+            "$ kubectl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let mut text = out(&["get", "pod", pod, "-o", "jsonpath={.status}"]);
+    text += &out(&["logs", pod]);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("read x; tty") {
+            continue;
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let stdin = std::fs::read_link(dir.join("fd/0")).unwrap_or_default();
+        text += &format!(
+            "\nprocess {}: {:?}\nstat: {}wchan: {}\nstdin: {}\n",
+            dir.display(),
+            String::from_utf8_lossy(&cmdline),
+            read("stat"),
+            read("wchan"),
+            stdin.display()
+        );
+    }
+    text
 }
 
 const PROBES: &str = r#"
