@@ -15,6 +15,7 @@ use keelson_etcdpb::etcdserverpb::{
 };
 use keelson_etcdpb::mvccpb;
 use tokio_stream::StreamExt;
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::encryption::Encryption;
@@ -143,11 +144,27 @@ pub enum WatchEvent {
 /// revision compacted to (kube-apiserver's, at the root of the keyspace).
 pub const COMPACT_REV_KEY: &str = "compact_rev_key";
 
+type RequireLeader = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// A connection to one store member whose every call asks for a leader (`hasleader: true`,
+/// etcd's `WithRequireLeader`): a member without one refuses it at once, before anything runs,
+/// so the call moves on to the next member certain that it did nothing, and a watch on a
+/// member that lost its leader ends instead of waiting on it.
+type StoreChannel = InterceptedService<Channel, RequireLeader>;
+
+fn require_leader(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(req)
+}
+
 /// An etcd v3 client over several endpoints. Requests go to the current endpoint; on a transport
 /// failure the next endpoint is tried, so losing one store member is invisible to API clients.
 #[derive(Clone)]
 pub struct Etcd {
-    channels: Arc<Vec<(String, Channel)>>,
+    channels: Arc<Vec<(String, StoreChannel)>>,
     current: Arc<AtomicUsize>,
     encryption: Option<Arc<Encryption>>,
 }
@@ -193,8 +210,8 @@ fn is_transport(status: &tonic::Status) -> bool {
 }
 
 /// Whether a call certainly never reached the store: no connection could be made to the
-/// endpoint, or the member had no leader to propose it to (etcd refuses before proposing;
-/// keelson-store says so only when no leader's log was reached).
+/// endpoint, or the member had no leader (both stores refuse a require-leader call before it
+/// runs).
 fn never_sent(status: &tonic::Status) -> bool {
     if status.message() == "etcdserver: no leader" {
         return true;
@@ -272,7 +289,10 @@ impl Etcd {
                     .tls_config(cfg)
                     .map_err(|e| format!("--etcd-servers {s}: {e}"))?;
             }
-            channels.push((url, ep.connect_lazy()));
+            channels.push((
+                url,
+                InterceptedService::new(ep.connect_lazy(), require_leader as RequireLeader),
+            ));
         }
         Ok(Etcd {
             channels: Arc::new(channels),
@@ -302,7 +322,7 @@ impl Etcd {
     /// a write goes through [`Etcd::mutate`].
     async fn with_failover<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(StoreChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         self.failover(op, false).await
@@ -316,7 +336,7 @@ impl Etcd {
     /// the caller as an unknown outcome. The next call starts on the next endpoint.
     async fn mutate<T, F, Fut>(&self, op: F) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(StoreChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         self.failover(op, true).await
@@ -324,7 +344,7 @@ impl Etcd {
 
     async fn failover<T, F, Fut>(&self, op: F, write: bool) -> Result<T, EtcdError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(StoreChannel) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let n = self.channels.len();
@@ -879,6 +899,6 @@ fn range_op(key: &[u8]) -> pb::RequestOp {
 /// Largest store response accepted (pages are far smaller; one large object must still fit).
 const MAX_MESSAGE: usize = 64 << 20;
 
-fn kv(ch: Channel) -> KvClient<Channel> {
+fn kv(ch: StoreChannel) -> KvClient<StoreChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }

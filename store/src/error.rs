@@ -58,6 +58,10 @@ pub enum StoreError {
     NotLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A write that found no leader to propose to within the request timeout: etcd answers
+    /// with its request context's error (code Unknown).
+    #[error("context deadline exceeded")]
+    DeadlineExceeded,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
     #[error("etcdserver: server stopped")]
@@ -219,6 +223,7 @@ impl StoreError {
             Corrupt => Code::DataLoss,
             PermissionDenied => Code::PermissionDenied,
             Internal(_) => Code::Internal,
+            DeadlineExceeded => Code::Unknown,
         }
     }
 }

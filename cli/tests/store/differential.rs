@@ -1349,3 +1349,238 @@ async fn fragments_and_progress_notifications_match_etcd() {
         "{etcd:?}"
     );
 }
+
+/// One member with `--auto-compaction-mode=periodic --auto-compaction-retention=2s`: once the
+/// writes stop, the history up to the last write is compacted away, and reads, compactions and
+/// watches below it are refused as etcd refuses them.
+async fn auto_compaction(target: Target, dir: PathBuf) -> Vec<String> {
+    let flags = [
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=2s",
+    ];
+    let cluster = Cluster::start_with(target, 1, &dir, Default::default(), &flags).unwrap();
+    let endpoint = cluster.endpoints()[0].clone();
+    ready(&endpoint).await;
+    let ch = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvClient::new(ch.clone());
+    let mut last = 0;
+    for i in 0..5 {
+        let r = kv
+            .put(put("ac", &i.to_string()))
+            .await
+            .unwrap()
+            .into_inner();
+        last = r.header.map_or(0, |h| h.revision);
+    }
+    let at = |revision: i64| RangeRequest {
+        revision,
+        ..get("ac")
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while kv.range(at(last - 1)).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "revision {} was not compacted within 40 s",
+            last - 1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut t = Transcript::default();
+    t.add("range below the compaction", kv.range(at(last - 1)).await);
+    t.add("range at the last write", kv.range(at(last)).await);
+    let compact = CompactionRequest {
+        revision: last - 1,
+        physical: false,
+    };
+    t.add("compact below it", kv.compact(compact).await);
+    let mut w = WatchClient::new(ch);
+    // The request stream stays open (a closed one ends the watch stream).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: "ac".into(),
+            start_revision: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut responses: Vec<WatchResponse> = Vec::new();
+    while responses.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(r))) => responses.push(r),
+            other => {
+                t.0.push(format!("watch from revision 1: ended with {other:?}"));
+                break;
+            }
+        }
+    }
+    for r in responses {
+        t.note("watch from revision 1", Ok::<_, tonic::Status>(r));
+    }
+    drop(tx);
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_matches_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = auto_compaction(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
+    let keelson = auto_compaction(
+        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
+        dir.path().join("keelson"),
+    )
+    .await;
+    assert_eq!(keelson, etcd);
+    assert!(
+        etcd[0].contains("required revision has been compacted"),
+        "{etcd:?}"
+    );
+}
+
+/// `msg` with `hasleader: true` in its metadata (clientv3's `WithRequireLeader`).
+fn require_leader<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("hasleader", "true".parse().unwrap());
+    r
+}
+
+/// Whether a call took the request timeout (7 s in both) rather than answering at once.
+fn waited(started: Instant) -> &'static str {
+    if started.elapsed() >= Duration::from_secs(5) {
+        "(after the request timeout)"
+    } else {
+        "(at once)"
+    }
+}
+
+/// Three members, then the leader and one follower killed: what the last member answers with
+/// no leader to reach. Without `hasleader` a write, a lease grant and a linearizable read wait
+/// out the request timeout, a serializable read answers; with it, calls are refused at once,
+/// and a watch that asked for a leader ends once the member has gone without one.
+async fn without_a_leader(target: Target, dir: PathBuf) -> Vec<String> {
+    use keelson_etcdpb::etcdserverpb::StatusRequest;
+    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+    let mut cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
+    let endpoints = cluster.endpoints();
+    for e in &endpoints {
+        ready(e).await;
+    }
+    let mut kv = KvClient::connect(endpoints[0].clone()).await.unwrap();
+    kv.put(put("nl/before", "1")).await.unwrap();
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader.is_none() {
+        for (i, e) in endpoints.iter().enumerate() {
+            let mut m = MaintenanceClient::connect(e.clone()).await.unwrap();
+            let s = m.status(StatusRequest {}).await.unwrap().into_inner();
+            if s.leader != 0 && Some(s.leader) == s.header.map(|h| h.member_id) {
+                leader = Some(i);
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+    }
+    let leader = leader.unwrap();
+    let last = (0..3).find(|i| *i != leader).unwrap();
+    let other = (0..3).find(|i| *i != leader && *i != last).unwrap();
+    let ch = Channel::from_shared(endpoints[last].clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // A watch that asks for a leader, made while there is one.
+    let (wtx, wrx) = tokio::sync::mpsc::channel(1);
+    let create = |key: &str| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.into(),
+            ..Default::default()
+        })),
+    };
+    wtx.send(create("nl/")).await.unwrap();
+    let mut watch = WatchClient::new(ch.clone())
+        .watch(require_leader(tokio_stream::wrappers::ReceiverStream::new(
+            wrx,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().unwrap().created);
+    cluster.kill(leader);
+    cluster.kill(other);
+    // Past an election timeout: the last member knows it has no leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut kv = KvClient::new(ch.clone());
+    let mut t = Transcript::default();
+    let started = Instant::now();
+    t.add("put", kv.put(put("nl/after", "1")).await);
+    t.0.push(waited(started).into());
+    let started = Instant::now();
+    t.add("linearizable range", kv.range(get("nl/before")).await);
+    t.0.push(waited(started).into());
+    let serializable = RangeRequest {
+        serializable: true,
+        ..get("nl/before")
+    };
+    t.add("serializable range", kv.range(serializable.clone()).await);
+    let started = Instant::now();
+    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+    let mut lease = LeaseClient::new(ch.clone());
+    t.add("lease grant", lease.lease_grant(grant).await);
+    t.0.push(waited(started).into());
+    let started = Instant::now();
+    t.add(
+        "put, hasleader",
+        kv.put(require_leader(put("nl/after", "1"))).await,
+    );
+    t.add(
+        "serializable range, hasleader",
+        kv.range(require_leader(serializable)).await,
+    );
+    t.0.push(waited(started).into());
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let refused = WatchClient::new(ch)
+        .watch(require_leader(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+        .await;
+    t.add("new watch, hasleader", refused.map(|r| r.map(|_| "stream")));
+    // The watch made before: ended (within three election timeouts of the loss).
+    let ended = tokio::time::timeout(Duration::from_secs(15), watch.message()).await;
+    t.0.push(match ended {
+        Ok(Err(s)) => format!("earlier watch: ended with {:?} {}", s.code(), s.message()),
+        other => format!("earlier watch: {other:?}"),
+    });
+    drop(wtx);
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_leader_requests_are_refused_as_etcd_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
+    let keelson = without_a_leader(
+        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
+        dir.path().join("keelson"),
+    )
+    .await;
+    assert_eq!(keelson, etcd);
+    // What etcd answers (so the comparison is not of two equally wrong transcripts).
+    for line in [
+        "put: ERROR Unknown context deadline exceeded",
+        "linearizable range: ERROR Unavailable etcdserver: request timed out",
+        "put, hasleader: ERROR Unavailable etcdserver: no leader",
+        "earlier watch: ended with Unavailable etcdserver: no leader",
+    ] {
+        assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
+    }
+}

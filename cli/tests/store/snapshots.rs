@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
 use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
 use keelson_etcdpb::etcdserverpb::{
-    CompactionRequest, HashKvRequest, PutRequest, RangeRequest, StatusRequest,
+    CompactionRequest, HashKvRequest, HashRequest, PutRequest, RangeRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -53,15 +53,17 @@ async fn a_member_that_missed_compacted_history_catches_up_from_a_snapshot() {
         .await
         .unwrap();
     // 1,000 entries with --snapshot-count=200: the logs the stopped member needs are purged.
+    // A third of the keys hold 24 KiB values, so the snapshot spans several of the 1 MiB
+    // chunks it is sent in.
     let mut last = 0;
     for i in 0..1000 {
-        last = put(
-            &mut kv,
-            &format!("k{:03}", i % 300),
-            format!("v{i}").into_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut value = format!("v{i}").into_bytes();
+        if i % 300 < 100 {
+            value.resize(24 << 10, b'.');
+        }
+        last = put(&mut kv, &format!("k{:03}", i % 300), value)
+            .await
+            .unwrap();
     }
     kv.compact(CompactionRequest {
         revision: last - 100,
@@ -89,6 +91,17 @@ async fn a_member_that_missed_compacted_history_catches_up_from_a_snapshot() {
         c.members[2].dir.join("snap/current.meta").exists(),
         "the member keeps the snapshot it installed"
     );
+    let installed: u64 = std::fs::read_dir(c.members[2].dir.join("snap"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .map(|e| e.metadata().unwrap().len())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        installed > 3 << 20,
+        "a snapshot of several 1 MiB chunks: {installed} bytes"
+    );
     let out = std::process::Command::new("curl")
         .args(["-s", "-m", "5", &format!("{}/metrics", c.members[2].client)])
         .output()
@@ -113,6 +126,22 @@ async fn a_member_that_missed_compacted_history_catches_up_from_a_snapshot() {
     }
     assert_eq!(hashes[0].1, last - 100);
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    // Hash (of everything at the current revision) agrees too, and moves with a write.
+    let mut whole = Vec::new();
+    for m in &c.members {
+        let mut mc = MaintenanceClient::connect(m.client.clone()).await.unwrap();
+        whole.push(mc.hash(HashRequest {}).await.unwrap().into_inner().hash);
+    }
+    assert!(whole.iter().all(|h| *h == whole[0]), "{whole:?}");
+    let mut mc = MaintenanceClient::connect(c.members[2].client.clone())
+        .await
+        .unwrap();
+    put(&mut kv, "k000", b"moved".to_vec()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mc.hash(HashRequest {}).await.unwrap().into_inner().hash == whole[0] {
+        assert!(Instant::now() < deadline, "Hash did not change after a put");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // And it serves the history the compaction kept.
     let out = ok(etcdctl(
         &c.members[2].client,

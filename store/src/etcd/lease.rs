@@ -1,8 +1,5 @@
 //! `etcdserverpb.Lease`: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases.
 
-use std::pin::Pin;
-
-use futures::Stream;
 use keelson_etcdpb::etcdserverpb::lease_server::Lease;
 use keelson_etcdpb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -17,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Need;
 use crate::error::StoreError;
 use crate::etcd::auth::authorize;
+use crate::etcd::require_leader;
 use crate::mvcc::MAX_LEASE_TTL;
 use crate::raft::pb::InternalRequest;
 use crate::raft::pb::internal_request::Request as Rq;
@@ -38,7 +36,7 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+type KeepAliveStream = require_leader::BoxStream<LeaseKeepAliveResponse>;
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -111,6 +109,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let metadata = req.metadata().clone();
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
@@ -131,7 +130,10 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = Box::pin(ReceiverStream::new(rx));
+        Ok(Response::new(require_leader::guard(
+            &self.node, &metadata, out,
+        )))
     }
 
     async fn lease_time_to_live(

@@ -8,4 +8,5 @@ pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod require_leader;
 pub mod watch;

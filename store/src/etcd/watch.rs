@@ -12,10 +12,8 @@
 //! bounded broadcast, or a snapshot was installed) the gap is replayed from the backend first.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::time::Duration;
 
-use futures::Stream;
 use keelson_etcdpb::etcdserverpb::watch_create_request::FilterType;
 use keelson_etcdpb::etcdserverpb::watch_request::RequestUnion;
 use keelson_etcdpb::etcdserverpb::watch_server::Watch;
@@ -30,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Need;
 use crate::error::StoreError;
+use crate::etcd::require_leader;
 use crate::mvcc::{EventBatch, KeyRange};
 use crate::server::node::Node;
 
@@ -253,11 +252,12 @@ impl Stream_ {
             Err((StoreError::Compacted, compact_rev)) => {
                 self.watchers.remove(&id);
                 let resp = WatchResponse {
-                    header: self.node.current_header(),
+                    // etcd's header carries no revision here (its compaction notice has none),
+                    // and no reason: the compact revision says it.
+                    header: self.node.header(0),
                     watch_id: id,
                     canceled: true,
                     compact_revision: compact_rev,
-                    // etcd sends no reason here: the compact revision says it.
                     ..Default::default()
                 };
                 self.send(resp).await
@@ -374,7 +374,7 @@ async fn serve(
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type WatchStream = require_leader::BoxStream<WatchResponse>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -385,6 +385,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let token = crate::etcd::auth::token_of(&req).map(str::to_string);
+        let metadata = req.metadata().clone();
         let input = req.into_inner();
         let events = self.node.shared().events.subscribe();
         let (tx, rx) = mpsc::channel(256);
@@ -397,6 +398,9 @@ impl Watch for WatchService {
             token,
         };
         tokio::spawn(serve(s, input, events, self.progress_interval));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let out = Box::pin(ReceiverStream::new(rx));
+        Ok(Response::new(require_leader::guard(
+            &self.node, &metadata, out,
+        )))
     }
 }

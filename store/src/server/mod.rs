@@ -641,6 +641,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         shutdown.clone(),
     ));
     tokio::spawn(watch_metrics(node.clone(), shutdown.clone()));
+    tokio::spawn(node.clone().monitor_leader(shutdown.clone()));
     if let Some(r) = retention {
         tokio::spawn(auto_compact(node.clone(), r, shutdown.clone()));
     }
@@ -669,7 +670,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             node.clone(),
             quota,
         )));
-    let client_router = http::routes(routes.into_axum_router(), node.clone());
+    let grpc = routes
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::etcd::require_leader::check,
+        ));
+    let client_router = http::routes(grpc, node.clone());
     let peer_router = tonic::service::Routes::new(
         RaftPeerServer::new(PeerService::new(node.clone(), lessor))
             .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -867,12 +874,20 @@ fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
 }
 
 /// Leader-driven compaction, as etcd's compactors: `periodic` keeps `retention` worth of
-/// history (sampling the revision every tenth of it), `revision` keeps the last N revisions
-/// (checked every 5 minutes, as etcd does).
+/// history (sampling the revision every tenth of it, or every 6 minutes past an hour of
+/// retention; at most every 100 ms), `revision` keeps the last N revisions (checked every 5
+/// minutes, as etcd does).
 async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationToken) {
     let interval = match retention {
-        Retention::Periodic(d) => (d / 10).max(Duration::from_secs(1)),
+        Retention::Periodic(d) => {
+            (d.min(Duration::from_secs(3600)) / 10).max(Duration::from_millis(100))
+        }
         Retention::Revisions(_) => Duration::from_secs(300),
+    };
+    // The samples spanning the retention: the oldest is the revision `retention` ago.
+    let window = match retention {
+        Retention::Periodic(d) => (d.as_millis() / interval.as_millis()).max(1) as usize,
+        Retention::Revisions(_) => 0,
     };
     let mut samples: std::collections::VecDeque<i64> = Default::default();
     let mut tick = tokio::time::interval(interval);
@@ -888,7 +903,7 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
         let target = match retention {
             Retention::Periodic(_) => {
                 samples.push_back(current);
-                if samples.len() <= 10 {
+                if samples.len() <= window {
                     continue;
                 }
                 samples.pop_front().unwrap_or(0)

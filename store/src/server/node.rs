@@ -9,6 +9,7 @@ use keelson_etcdpb::etcdserverpb::ResponseHeader;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 use crate::error::{Result, StoreError};
@@ -70,6 +71,9 @@ struct Inner {
     /// Refuse membership changes that could cost the cluster its quorum
     /// (`--strict-reconfig-check`).
     strict_reconfig: std::sync::atomic::AtomicBool,
+    /// Bumped each time this member has gone three election timeouts without a leader:
+    /// require-leader streams end then ([`Node::monitor_leader`]).
+    leader_lost: tokio::sync::watch::Sender<u64>,
 }
 
 /// A member that led before a restart leads again at once in the same term (openraft keeps
@@ -121,6 +125,7 @@ impl Node {
                 holds: std::sync::atomic::AtomicU64::new(0),
                 restored,
                 strict_reconfig: std::sync::atomic::AtomicBool::new(true),
+                leader_lost: tokio::sync::watch::Sender::new(0),
             }),
         };
         tokio::spawn(node.clone().proposer(prx));
@@ -201,6 +206,50 @@ impl Node {
     /// Whether this member leads.
     pub fn is_leader(&self) -> bool {
         self.leader() == Some(self.inner.id)
+    }
+
+    /// Whether this member has a leader it can reach through: a follower that knows one, or a
+    /// leader that a majority of the voters answered within an election timeout (etcd's leader
+    /// steps down without them; openraft's stays, so an isolated leader counts as none).
+    pub fn has_leader(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow().clone();
+        match m.current_leader {
+            None => false,
+            Some(l) if l != self.inner.id => true,
+            Some(_) => {
+                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                let answering = voters
+                    .iter()
+                    .filter(|v| {
+                        **v == self.inner.id || self.inner.peers.active_since(**v).is_some()
+                    })
+                    .count();
+                answering * 2 > voters.len()
+            }
+        }
+    }
+
+    /// Ends streams that require a leader, as etcd's monitor does: once this member has gone
+    /// three election timeouts without one (checked each election timeout), until `shutdown`.
+    pub async fn monitor_leader(self, shutdown: CancellationToken) {
+        let election = Duration::from_millis(self.inner.raft.config().election_timeout_min.max(1));
+        let mut leaderless = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(election) => {}
+            }
+            leaderless = if self.has_leader() { 0 } else { leaderless + 1 };
+            if leaderless >= 3 {
+                self.inner.leader_lost.send_modify(|n| *n += 1);
+                leaderless = 0;
+            }
+        }
+    }
+
+    /// Changes each time require-leader streams are to end ([`Node::monitor_leader`]).
+    pub fn leader_lost(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.leader_lost.subscribe()
     }
 
     /// The leader's Raft record, if a leader is known.
@@ -453,8 +502,9 @@ impl Node {
             }
             if Instant::now() >= deadline {
                 self.inner.metrics.proposals_failed.inc();
+                // As etcd's: a proposal that never found a leader ends with its context.
                 return Err(if self.leader().is_none() {
-                    StoreError::NoLeader
+                    StoreError::DeadlineExceeded
                 } else {
                     StoreError::Timeout
                 });
@@ -723,11 +773,8 @@ impl Node {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(if self.leader().is_none() {
-                    StoreError::NoLeader
-                } else {
-                    StoreError::Timeout
-                });
+                // etcd's read index waits out its timeout whether or not a leader is known.
+                return Err(StoreError::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
