@@ -146,6 +146,13 @@ pub const COMPACT_REV_KEY: &str = "compact_rev_key";
 
 type RequireLeader = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 
+/// What a member without a leader answers a require-leader call.
+const NO_LEADER: &str = "etcdserver: no leader";
+
+/// How long calls wait out an election in which no member has a leader (etcd's request
+/// timeout with the default election timeout).
+const LEADERLESS_WAIT: Duration = Duration::from_secs(7);
+
 /// A connection to one store member whose every call asks for a leader (`hasleader: true`,
 /// etcd's `WithRequireLeader`): a member without one refuses it at once, before anything runs,
 /// so the call moves on to the next member certain that it did nothing, and a watch on a
@@ -213,7 +220,7 @@ fn is_transport(status: &tonic::Status) -> bool {
 /// endpoint, or the member had no leader (both stores refuse a require-leader call before it
 /// runs).
 fn never_sent(status: &tonic::Status) -> bool {
-    if status.message() == "etcdserver: no leader" {
+    if status.message() == NO_LEADER {
         return true;
     }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
@@ -348,39 +355,51 @@ impl Etcd {
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let n = self.channels.len();
-        let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let (url, ch) = &self.channels[idx];
-            match op(ch.clone()).await {
-                Ok(v) => {
-                    if i > 0 {
-                        self.current.store(idx, Ordering::Relaxed);
+        // When every member refused for want of a leader (an election is going on), the
+        // round is tried again until one is elected, for up to the store's request timeout.
+        let deadline = tokio::time::Instant::now() + LEADERLESS_WAIT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let start = self.current.load(Ordering::Relaxed);
+            let mut last = None;
+            let mut leaderless = true;
+            for i in 0..n {
+                let idx = (start + i) % n;
+                let (url, ch) = &self.channels[idx];
+                match op(ch.clone()).await {
+                    Ok(v) => {
+                        if i > 0 {
+                            self.current.store(idx, Ordering::Relaxed);
+                        }
+                        return Ok(v);
                     }
-                    return Ok(v);
-                }
-                Err(s) if write && !never_sent(&s) => {
-                    if is_transport(&s) {
-                        let _ = self.current.compare_exchange(
-                            start,
-                            (idx + 1) % n,
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
+                    Err(s) if write && !never_sent(&s) => {
+                        if is_transport(&s) {
+                            let _ = self.current.compare_exchange(
+                                start,
+                                (idx + 1) % n,
+                                Ordering::Relaxed,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        return Err(map_status(s));
                     }
-                    return Err(map_status(s));
+                    Err(s) if is_transport(&s) || s.message().contains("leader") => {
+                        tracing::debug!(endpoint = %url, error = %s, "etcd endpoint failed; trying the next");
+                        leaderless &= s.message() == NO_LEADER;
+                        last = Some(s);
+                    }
+                    Err(s) => return Err(map_status(s)),
                 }
-                Err(s) if is_transport(&s) || s.message().contains("leader") => {
-                    tracing::debug!(endpoint = %url, error = %s, "etcd endpoint failed; trying the next");
-                    last = Some(s);
-                }
-                Err(s) => return Err(map_status(s)),
             }
+            if !leaderless || tokio::time::Instant::now() + pause > deadline {
+                return Err(EtcdError::Unavailable(
+                    last.map(|s| s.message().to_string()).unwrap_or_default(),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        Err(EtcdError::Unavailable(
-            last.map(|s| s.message().to_string()).unwrap_or_default(),
-        ))
     }
 
     async fn range_request(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
@@ -901,4 +920,57 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 fn kv(ch: StoreChannel) -> KvClient<StoreChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn two_members() -> Etcd {
+        let urls = [
+            "http://127.0.0.1:9".to_string(),
+            "http://127.0.0.1:10".into(),
+        ];
+        Etcd::new(&urls, &EtcdTls::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn calls_wait_out_an_election_in_which_no_member_has_a_leader() {
+        let etcd = two_members();
+        let calls = AtomicUsize::new(0);
+        // Three rounds of both members refusing for want of a leader, then an answer.
+        let r = etcd
+            .mutate(|_| {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n < 6 {
+                        Err(tonic::Status::unavailable(NO_LEADER))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 6);
+        // Another refusal ends the call after one round; a write of unknown outcome at once.
+        let calls = AtomicUsize::new(0);
+        let r: Result<(), _> = etcd
+            .with_failover(|_| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(tonic::Status::unavailable("connection refused")) }
+            })
+            .await;
+        assert!(matches!(r, Err(EtcdError::Unavailable(_))));
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        let calls = AtomicUsize::new(0);
+        let r: Result<(), _> = etcd
+            .mutate(|_| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(tonic::Status::unknown("context deadline exceeded")) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
 }

@@ -6,7 +6,7 @@
 //! ([`AuthStore::apply`], deterministic; passwords arrive hashed) and kept in the backend with
 //! the rest of the state, so snapshots carry them. Simple tokens are assigned through Raft too
 //! (every member accepts a token any member handed out) but live in memory only, for
-//! [`TOKEN_TTL`] after their last use, as etcd's do.
+//! `--auth-token-ttl` (by default [`TOKEN_TTL`]) after their last use, as etcd's do.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::raft::pb::{AuthChange, AuthState};
 
 /// The user and role that may do everything.
 pub const ROOT: &str = "root";
-/// How long a simple token lives after its last use (etcd's `--auth-token-ttl`, 300 s).
+/// How long a simple token lives after its last use by default (etcd's `--auth-token-ttl`).
 pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// What a request needs.
@@ -426,19 +426,36 @@ fn reaches_further(end: End<'_>, best: Option<End<'_>>) -> bool {
     }
 }
 
-/// Simple tokens: each names a user until [`TOKEN_TTL`] after its last use.
-#[derive(Debug, Default)]
+/// Simple tokens: each names a user until its time to live (`--auth-token-ttl`, by default
+/// [`TOKEN_TTL`]) has passed since its last use.
+#[derive(Debug)]
 pub struct Tokens {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    ttl: Mutex<Duration>,
+}
+
+impl Default for Tokens {
+    fn default() -> Tokens {
+        Tokens {
+            tokens: Mutex::default(),
+            ttl: Mutex::new(TOKEN_TTL),
+        }
+    }
 }
 
 impl Tokens {
+    /// Sets how long a token lives after its last use.
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self.ttl.lock() = ttl;
+    }
+
     /// Records a token handed out (applied through Raft on every member).
     pub fn assign(&self, token: &str, user: &str) {
         let mut t = self.tokens.lock();
         let now = Instant::now();
         t.retain(|_, (_, until)| *until > now);
-        t.insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
+        let ttl = *self.ttl.lock();
+        t.insert(token.to_string(), (user.to_string(), now + ttl));
     }
 
     /// The user a token names, renewing it; `None` if unknown or expired.
@@ -447,7 +464,7 @@ impl Tokens {
         let now = Instant::now();
         match t.get_mut(token) {
             Some((user, until)) if *until > now => {
-                *until = now + TOKEN_TTL;
+                *until = now + *self.ttl.lock();
                 Some(user.clone())
             }
             Some(_) => {

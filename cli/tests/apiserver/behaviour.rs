@@ -10,6 +10,30 @@ fn apiserver_fails_over_between_store_members() {
     let urls: Vec<String> = store.members.iter().map(|m| m.client.clone()).collect();
     let c = ApiCluster::on_store(&urls.join(","), 1, &[]);
     c.ok(&["create", "configmap", "before", "--from-literal=a=1"]);
+    // Kill the leader: until another is elected the members refuse the apiserver's calls
+    // (it asks for a leader), and it waits the election out instead of failing them.
+    let leader = urls
+        .iter()
+        .position(|u| {
+            let status: serde_json::Value =
+                serde_json::from_str(&etcd_ok(etcdctl(u, &["endpoint", "status", "-w", "json"])))
+                    .unwrap();
+            let s = &status[0]["Status"];
+            s["leader"].as_u64().is_some() && s["leader"] == s["header"]["member_id"]
+        })
+        .expect("a leader");
+    store.kill(leader);
+    for i in 0..5 {
+        let out = c.kubectl(&["create", "configmap", &format!("leaderless-{i}")]);
+        assert!(
+            out.status.success(),
+            "write {i} after losing the store's leader: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs()
+        );
+    }
+    store.start_member(leader);
+    store.wait_ready(std::time::Duration::from_secs(30));
     // The apiserver talks to the first endpoint first: kill that member.
     store.kill(0);
     for i in 0..5 {

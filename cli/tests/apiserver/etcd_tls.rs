@@ -33,7 +33,9 @@ fn etcdctl_tls(endpoints: &str, pki: Option<&Pki>, args: &[&str]) -> Output {
     cmd.args(args).output().expect("etcdctl must be installed")
 }
 
-fn start_members(dir: &Path, pki: &Pki) -> (Members, String) {
+/// Starts the members; returns them, their client endpoints (comma-separated) and their peer
+/// URLs.
+fn start_members(dir: &Path, pki: &Pki) -> (Members, String, Vec<String>) {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
@@ -78,14 +80,32 @@ fn start_members(dir: &Path, pki: &Pki) -> (Members, String) {
         .map(|(c, _)| format!("https://127.0.0.1:{c}"))
         .collect::<Vec<_>>()
         .join(",");
-    (Members(children), endpoints)
+    let peers = ports
+        .iter()
+        .map(|(_, p)| format!("https://127.0.0.1:{p}"))
+        .collect();
+    (Members(children), endpoints, peers)
+}
+
+/// The HTTP status curl got from `url` over TLS trusting `ca`, with the client certificate
+/// `cert` if any: "000" when the TLS handshake failed.
+fn curl_status(url: &str, ca: &Path, cert: Option<(&Path, &Path)>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(ca);
+    if let Some((c, k)) = cert {
+        cmd.arg("--cert").arg(c).arg("--key").arg(k);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
 fn store_and_apiserver_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
-    let (_members, endpoints) = start_members(dir.path(), &pki);
+    let (_members, endpoints, peers) = start_members(dir.path(), &pki);
     eventually(Duration::from_secs(40), "the TLS store cluster", || {
         etcdctl_tls(&endpoints, Some(&pki), &["put", "tls-probe", "1"])
             .status
@@ -138,6 +158,18 @@ fn store_and_apiserver_over_mutual_tls() {
             .success()
     );
 
+    // The peer port (--peer-client-cert-auth) completes a TLS handshake only with a client
+    // certificate from --peer-trusted-ca-file: none, or one from another authority, is refused.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let stranger = crate::harness::pki(&other);
+    let own = (pki.admin_cert.as_path(), pki.admin_key.as_path());
+    let foreign = (stranger.admin_cert.as_path(), stranger.admin_key.as_path());
+    for peer in &peers {
+        assert_ne!(curl_status(peer, &pki.ca, Some(own)), "000", "{peer}");
+        assert_eq!(curl_status(peer, &pki.ca, None), "000", "{peer}");
+        assert_eq!(curl_status(peer, &pki.ca, Some(foreign)), "000", "{peer}");
+    }
     // An apiserver on it, with the etcd client flags.
     let args = [
         format!("--etcd-cafile={}", pki.ca.display()),

@@ -273,11 +273,15 @@ fn run_on_terminal(c: &ApiCluster) -> String {
     // kubectl is done.
     let mut input = child.stdin.take().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while !text().contains("try pressing enter") && std::time::Instant::now() < deadline {
+    while !text().contains("try pressing enter")
+        && child.try_wait().unwrap().is_none()
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
-    input.write_all(b"hello\n").unwrap();
+    // kubectl may have ended already (what it showed says why).
+    let _ = input.write_all(b"hello\n");
     child.wait().unwrap();
     drop(input);
     reader.join().unwrap();

@@ -174,3 +174,78 @@ async fn auth_status_reports_the_state_and_its_revision() {
             .unwrap();
     assert_eq!(users, "root\n");
 }
+
+/// `--auth-token-ttl`: a simple token stays valid while it is used and expires once it has gone
+/// unused for the TTL. `--bcrypt-cost` is accepted; `--auth-token=jwt` is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_tokens_expire_after_the_auth_token_ttl() {
+    use keelson_etcdpb::etcdserverpb::AuthenticateRequest;
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
+    use keelson_etcdpb::etcdserverpb::{PutRequest, RangeRequest};
+    use std::time::Duration;
+
+    let c = Cluster::start_with(1, &["--auth-token-ttl=2", "--bcrypt-cost=4"]);
+    let endpoint = c.members[0].client.clone();
+    let e = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        ok(etcdctl(&e, &["user", "add", "root:pw"]));
+        ok(etcdctl(&e, &["auth", "enable"]));
+    })
+    .await
+    .unwrap();
+    let token = AuthClient::connect(endpoint.clone())
+        .await
+        .unwrap()
+        .authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut kv = KvClient::connect(endpoint).await.unwrap();
+    let range = |token: &str| {
+        let mut r = tonic::Request::new(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        r.metadata_mut().insert("token", token.parse().unwrap());
+        r
+    };
+    // Used every second for four seconds: each use renews it.
+    for _ in 0..4 {
+        kv.range(range(&token)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Unused for three: gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = kv.range(range(&token)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "etcdserver: invalid auth token");
+    let mut put = tonic::Request::new(PutRequest {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    put.metadata_mut().insert("token", token.parse().unwrap());
+    assert_eq!(
+        kv.put(put).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .arg("store")
+        .arg(format!("--data-dir={}", dir.path().join("d").display()))
+        .arg("--auth-token=jwt,sign-method=RS256")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--auth-token jwt is not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

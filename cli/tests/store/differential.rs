@@ -1464,11 +1464,32 @@ fn waited(started: Instant) -> &'static str {
     }
 }
 
-/// Three members, then the leader and one follower killed: what the last member answers with
+/// Calls without `hasleader` to a member without a leader: a write, a linearizable read and a
+/// lease grant wait out the request timeout; a serializable read answers.
+async fn without_a_leader_unasked(t: &mut Transcript, ch: Channel) {
+    let mut kv = KvClient::new(ch.clone());
+    let started = Instant::now();
+    t.add("put", kv.put(put("nl/after", "1")).await);
+    t.0.push(waited(started).into());
+    let started = Instant::now();
+    t.add("linearizable range", kv.range(get("nl/before")).await);
+    t.0.push(waited(started).into());
+    let serializable = RangeRequest {
+        serializable: true,
+        ..get("nl/before")
+    };
+    t.add("serializable range", kv.range(serializable).await);
+    let started = Instant::now();
+    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+    t.add("lease grant", LeaseClient::new(ch).lease_grant(grant).await);
+    t.0.push(waited(started).into());
+}
+
+/// Three members, then the leader and one follower killed (or both followers): what the last member answers with
 /// no leader to reach. Without `hasleader` a write, a lease grant and a linearizable read wait
 /// out the request timeout, a serializable read answers; with it, calls are refused at once,
 /// and a watch that asked for a leader ends once the member has gone without one.
-async fn without_a_leader(target: Target, dir: PathBuf) -> Vec<String> {
+async fn without_a_leader(target: Target, dir: PathBuf, keep_leader: bool) -> Vec<String> {
     use keelson_etcdpb::etcdserverpb::StatusRequest;
     use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
     let mut cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
@@ -1491,8 +1512,13 @@ async fn without_a_leader(target: Target, dir: PathBuf) -> Vec<String> {
         assert!(Instant::now() < deadline, "no leader");
     }
     let leader = leader.unwrap();
-    let last = (0..3).find(|i| *i != leader).unwrap();
-    let other = (0..3).find(|i| *i != leader && *i != last).unwrap();
+    // The member kept: a follower, or the leader itself (which loses its followers).
+    let last = if keep_leader {
+        leader
+    } else {
+        (0..3).find(|i| *i != leader).unwrap()
+    };
+    let gone: Vec<usize> = (0..3).filter(|i| *i != last).collect();
     let ch = Channel::from_shared(endpoints[last].clone())
         .unwrap()
         .connect()
@@ -1515,28 +1541,20 @@ async fn without_a_leader(target: Target, dir: PathBuf) -> Vec<String> {
         .unwrap()
         .into_inner();
     assert!(watch.message().await.unwrap().unwrap().created);
-    cluster.kill(leader);
-    cluster.kill(other);
+    for i in gone {
+        cluster.kill(i);
+    }
     // Past an election timeout: the last member knows it has no leader.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut kv = KvClient::new(ch.clone());
     let mut t = Transcript::default();
-    let started = Instant::now();
-    t.add("put", kv.put(put("nl/after", "1")).await);
-    t.0.push(waited(started).into());
-    let started = Instant::now();
-    t.add("linearizable range", kv.range(get("nl/before")).await);
-    t.0.push(waited(started).into());
     let serializable = RangeRequest {
         serializable: true,
         ..get("nl/before")
     };
-    t.add("serializable range", kv.range(serializable.clone()).await);
-    let started = Instant::now();
-    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
-    let mut lease = LeaseClient::new(ch.clone());
-    t.add("lease grant", lease.lease_grant(grant).await);
-    t.0.push(waited(started).into());
+    if !keep_leader {
+        without_a_leader_unasked(&mut t, ch.clone()).await;
+    }
     let started = Instant::now();
     t.add(
         "put, hasleader",
@@ -1567,13 +1585,22 @@ async fn without_a_leader(target: Target, dir: PathBuf) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_leader_requests_are_refused_as_etcd_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let etcd = without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
-    let keelson = without_a_leader(
-        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
-        dir.path().join("keelson"),
-    )
-    .await;
+    let keelson_bin = || Target::Keelson(env!("CARGO_BIN_EXE_keelson").into());
+    let etcd = without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd"), false).await;
+    let keelson = without_a_leader(keelson_bin(), dir.path().join("keelson"), false).await;
     assert_eq!(keelson, etcd);
+    // A leader whose followers are gone: etcd's steps down, keelson's (openraft's stays
+    // leader) counts as having none once a majority stops answering.
+    let etcd_alone =
+        without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd-l"), true).await;
+    let keelson_alone = without_a_leader(keelson_bin(), dir.path().join("keelson-l"), true).await;
+    assert_eq!(keelson_alone, etcd_alone);
+    assert!(
+        etcd_alone
+            .iter()
+            .any(|l| l == "earlier watch: ended with Unavailable etcdserver: no leader"),
+        "{etcd_alone:#?}"
+    );
     // What etcd answers (so the comparison is not of two equally wrong transcripts).
     for line in [
         "put: ERROR Unknown context deadline exceeded",

@@ -31,9 +31,6 @@ use crate::raft::pb::internal_response::Response as Rs;
 use crate::raft::pb::{AuthChange, InternalRequest, SimpleToken};
 use crate::server::node::Node;
 
-/// bcrypt's cost for stored passwords (etcd's `--bcrypt-cost` default).
-const BCRYPT_COST: u32 = 10;
-
 /// Marks a request one service makes of another inside the member (Lock and Election run on
 /// the KV service): its caller was checked already.
 #[derive(Debug, Clone, Copy)]
@@ -106,8 +103,8 @@ fn new_token() -> String {
     format!("{letters}.{}", COUNT.fetch_add(1, Ordering::Relaxed) + 1)
 }
 
-async fn hash(password: String) -> Result<String, Status> {
-    tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
+async fn hash(password: String, cost: u32) -> Result<String, Status> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::internal(format!("hashing the password: {e}")))
@@ -117,12 +114,14 @@ async fn hash(password: String) -> Result<String, Status> {
 #[derive(Debug, Clone)]
 pub struct AuthService {
     node: Node,
+    /// bcrypt's cost for the passwords it stores (`--bcrypt-cost`).
+    bcrypt_cost: u32,
 }
 
 impl AuthService {
-    /// The service for `node`.
-    pub fn new(node: Node) -> AuthService {
-        AuthService { node }
+    /// The service for `node`, hashing passwords at `bcrypt_cost`.
+    pub fn new(node: Node, bcrypt_cost: u32) -> AuthService {
+        AuthService { node, bcrypt_cost }
     }
 
     /// Applies `change` through Raft; returns the response header.
@@ -257,7 +256,7 @@ impl Auth for AuthService {
         }
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         if !no_password && r.hashed_password.is_empty() {
-            r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+            r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
         let header = self.change(Change::UserAdd(r)).await?;
@@ -313,7 +312,7 @@ impl Auth for AuthService {
         self.admin(&req)?;
         let mut r = req.into_inner();
         if r.hashed_password.is_empty() {
-            r.hashed_password = hash(std::mem::take(&mut r.password)).await?;
+            r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
         let header = self.change(Change::UserChangePassword(r)).await?;

@@ -64,6 +64,7 @@ fn status_to_error(s: &Status) -> StoreError {
         StoreError::NoLeader,
         StoreError::NotLeader,
         StoreError::Timeout,
+        StoreError::DeadlineExceeded,
         StoreError::MemberNotEnoughStarted,
         StoreError::Unhealthy,
     ];

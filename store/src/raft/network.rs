@@ -220,8 +220,13 @@ impl PeerConnection {
             _ => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            // A refused or broken connection is a break at once; a late answer (a slow fsync
+            // past the heartbeat's timeout) is not: the answer gap judges a peer gone quiet.
+            tonic::Code::Unavailable => {
                 self.peers.mark(self.target, false);
+                RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
+            }
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))
             }
             _ => RPCError::Network(NetworkError::new(&Msg(s.message().to_string()))),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keelson_etcdpb::etcdserverpb::CompactionRequest;
 use keelson_etcdpb::etcdserverpb::auth_server::AuthServer;
@@ -139,6 +139,16 @@ pub struct Config {
     /// 5 s, removing a voter the active quorum needs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
+    /// The v3 authentication token type: `simple` (the only one served; `jwt,...` is refused).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// How long (seconds) a simple token stays valid after its last use.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt's cost for hashing user passwords, 4 to 31 (another value is replaced by the
+    /// default, 10, with a warning, as etcd does).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
 }
 
 /// Why a member could not start or stopped.
@@ -424,6 +434,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         ));
     }
     let retention = auto_compaction(&config)?;
+    let bcrypt_cost = auth_options(&config)?;
     crate::failpoint::from_env(shutdown.clone())
         .await
         .map_err(ServerError::Config)?;
@@ -631,6 +642,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         restored,
     );
     node.set_strict_reconfig(config.strict_reconfig_check);
+    node.shared()
+        .mvcc
+        .read()
+        .tokens()
+        .set_ttl(Duration::from_secs(config.auth_token_ttl));
     let lessor = Lessor::new(id);
     let quota = Quota::new(config.quota_backend_bytes);
     tokio::spawn(lessor.clone().run(node.clone(), shutdown.clone()));
@@ -664,7 +680,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(LeaseServer::new(leases))
         .add_service(LockServer::new(concurrency.clone()))
         .add_service(ElectionServer::new(concurrency))
-        .add_service(AuthServer::new(AuthService::new(node.clone())))
+        .add_service(AuthServer::new(AuthService::new(node.clone(), bcrypt_cost)))
         .add_service(ClusterServer::new(ClusterService::new(node.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(
             node.clone(),
@@ -841,6 +857,38 @@ pub(crate) fn refresh_store_metrics(node: &Node) {
     m.snapshot_receives.inc_by(installs.saturating_sub(counted));
 }
 
+/// Checks the auth flags; returns the bcrypt cost to use.
+fn auth_options(config: &Config) -> Result<u32, ServerError> {
+    let kind = config.auth_token.split(',').next().unwrap_or("");
+    match kind {
+        "simple" => {}
+        "jwt" => {
+            return Err(ServerError::Config(
+                "--auth-token jwt is not supported: keelson-store issues simple tokens only".into(),
+            ));
+        }
+        other => {
+            return Err(ServerError::Config(format!(
+                "--auth-token: unknown token type {other:?} (only \"simple\" is supported)"
+            )));
+        }
+    }
+    if config.auth_token_ttl == 0 {
+        return Err(ServerError::Config(
+            "--auth-token-ttl must be at least 1 second".into(),
+        ));
+    }
+    if !(4..=31).contains(&config.bcrypt_cost) {
+        tracing::warn!(
+            given = config.bcrypt_cost,
+            default = 10,
+            "use default bcrypt cost instead of the invalid given cost"
+        );
+        return Ok(10);
+    }
+    Ok(config.bcrypt_cost)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Retention {
     Periodic(Duration),
@@ -873,24 +921,23 @@ fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
     }
 }
 
-/// Leader-driven compaction, as etcd's compactors: `periodic` keeps `retention` worth of
-/// history (sampling the revision every tenth of it, or every 6 minutes past an hour of
-/// retention; at most every 100 ms), `revision` keeps the last N revisions (checked every 5
-/// minutes, as etcd does).
+/// Leader-driven compaction, as etcd's compactors: `periodic` keeps at least `retention`
+/// worth of history (sampling the revision every tenth of it, or every 6 minutes past an hour
+/// of retention, at most every 100 ms, and compacting at most once per retention or hour),
+/// `revision` keeps the last N revisions (checked every 5 minutes, as etcd does).
 async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationToken) {
-    let interval = match retention {
-        Retention::Periodic(d) => {
-            (d.min(Duration::from_secs(3600)) / 10).max(Duration::from_millis(100))
-        }
-        Retention::Revisions(_) => Duration::from_secs(300),
+    let hour = Duration::from_secs(3600);
+    let (interval, every) = match retention {
+        Retention::Periodic(d) => (
+            (d.min(hour) / 10).max(Duration::from_millis(100)),
+            d.min(hour),
+        ),
+        Retention::Revisions(_) => (Duration::from_secs(300), Duration::ZERO),
     };
-    // The samples spanning the retention: the oldest is the revision `retention` ago.
-    let window = match retention {
-        Retention::Periodic(d) => (d.as_millis() / interval.as_millis()).max(1) as usize,
-        Retention::Revisions(_) => 0,
-    };
-    let mut samples: std::collections::VecDeque<i64> = Default::default();
+    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
+    let mut last_compaction: Option<Instant> = None;
     let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -901,16 +948,25 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
             (m.current_revision(), m.compact_revision())
         };
         let target = match retention {
-            Retention::Periodic(_) => {
-                samples.push_back(current);
-                if samples.len() <= window {
-                    continue;
+            Retention::Periodic(d) => {
+                let now = Instant::now();
+                samples.push_back((now, current));
+                // The newest revision sampled at least `d` ago (stamped, so late ticks do
+                // not shorten the history kept).
+                while samples.len() > 1 && now.duration_since(samples[1].0) >= d {
+                    samples.pop_front();
                 }
-                samples.pop_front().unwrap_or(0)
+                match samples.front() {
+                    Some((at, rev)) if now.duration_since(*at) >= d => *rev,
+                    _ => continue,
+                }
             }
             Retention::Revisions(n) => current - n,
         };
         if !node.is_leader() || target <= compacted || target <= 0 {
+            continue;
+        }
+        if last_compaction.is_some_and(|t| t.elapsed() < every) {
             continue;
         }
         let req = InternalRequest {
@@ -921,7 +977,10 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
             ..Default::default()
         };
         match node.propose(req).await {
-            Ok(_) => tracing::info!(revision = target, "auto-compacted"),
+            Ok(_) => {
+                tracing::info!(revision = target, "auto-compacted");
+                last_compaction = Some(Instant::now());
+            }
             Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed"),
         }
     }

@@ -212,7 +212,13 @@ impl Node {
     /// leader that a majority of the voters answered within an election timeout (etcd's leader
     /// steps down without them; openraft's stays, so an isolated leader counts as none).
     pub fn has_leader(&self) -> bool {
-        let m = self.inner.raft.metrics().borrow().clone();
+        // While this leader hands over (MoveLeader) it sends nothing and its peers fall quiet,
+        // but it leads until the target takes over, as etcd's does.
+        if self.inner.transfer.try_read().is_err() {
+            return true;
+        }
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
         match m.current_leader {
             None => false,
             Some(l) if l != self.inner.id => true,
@@ -240,9 +246,9 @@ impl Node {
                 _ = tokio::time::sleep(election) => {}
             }
             leaderless = if self.has_leader() { 0 } else { leaderless + 1 };
+            // Each further timeout without one ends the streams begun since.
             if leaderless >= 3 {
                 self.inner.leader_lost.send_modify(|n| *n += 1);
-                leaderless = 0;
             }
         }
     }
