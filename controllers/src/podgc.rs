@@ -1,7 +1,7 @@
 //! The pod garbage collector, as upstream's `pkg/controller/podgc`, every 20 s:
 //!
 //! - terminated pods (Succeeded/Failed) beyond `--terminated-pod-gc-threshold` (12500; 0 turns
-//!   this off) are deleted, oldest first;
+//!   this off) are deleted, oldest first, with a grace period of 0;
 //! - pods bound to a node that no longer exists are deleted (after the node has been missing
 //!   for a 40 s quarantine, as upstream), first marked Failed with a `DisruptionTarget`
 //!   condition (reason `DeletionByPodGC`): no kubelet will report their end, and a Job's
@@ -58,11 +58,12 @@ impl PodGc {
         }
     }
 
-    async fn delete(&self, pod: &Pod, force: bool) -> Result<(), kube::Error> {
+    /// Deletes `pod` with a grace period of 0, as upstream's PodGC deletes every pod.
+    async fn delete(&self, pod: &Pod) -> Result<(), kube::Error> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let dp = DeleteParams {
-            grace_period_seconds: force.then_some(0),
+            grace_period_seconds: Some(0),
             ..Default::default()
         };
         tracing::info!(pod = %crate::util::key_of(&pod.metadata), "garbage collecting pod");
@@ -103,7 +104,7 @@ impl PodGc {
                 Err(e) => return Err(e),
             }
         }
-        self.delete(pod, true).await
+        self.delete(pod).await
     }
 
     /// One pass; a pod that cannot be collected is logged and the others still are (the last
@@ -126,8 +127,9 @@ impl PodGc {
             if done.len() > self.threshold {
                 done.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
                 let excess = done.len() - self.threshold;
+                // Force-deleted, as upstream's (they are terminal: nothing is marked).
                 for p in done.into_iter().take(excess) {
-                    keep(self.delete(p, false).await);
+                    keep(self.fail_and_delete(p, None).await);
                 }
             }
         }
@@ -238,5 +240,37 @@ mod tests {
             .collect();
         deleted.sort();
         assert_eq!(deleted, ["finished", "orphan", "unscheduled"]);
+    }
+
+    #[tokio::test]
+    async fn terminated_pods_past_the_threshold_are_force_deleted_oldest_first() {
+        let (client, calls) = fake_client_without(vec![]);
+        let mut informers = crate::Informers::new(client);
+        let gc = PodGc::new(&mut informers, 2);
+        for (name, phase, created) in [
+            ("new-done", "Succeeded", "2026-01-04T00:00:00Z"),
+            ("old-done", "Succeeded", "2026-01-01T00:00:00Z"),
+            ("old-failed", "Failed", "2026-01-02T00:00:00Z"),
+            ("mid-done", "Succeeded", "2026-01-03T00:00:00Z"),
+            ("oldest-running", "Running", "2025-12-01T00:00:00Z"),
+        ] {
+            let mut p = pod(name, Some("n1"), phase, false);
+            p.metadata.creation_timestamp = serde_json::from_value(serde_json::json!(created)).ok();
+            informers.pods().apply_event(Event::Apply(p));
+        }
+        informers.nodes().apply_event(Event::Apply(
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}})).unwrap(),
+        ));
+        gc.pass(&mut HashMap::new()).await.unwrap();
+        assert!(taken(&calls, "PATCH", "/api/v1/namespaces/default/pods/").is_empty());
+        let mut deleted: Vec<String> = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/")
+            .into_iter()
+            .map(|(p, b)| {
+                assert_eq!(b["gracePeriodSeconds"], 0, "{p}");
+                p.rsplit('/').next().unwrap().to_string()
+            })
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, ["old-done", "old-failed"]);
     }
 }
