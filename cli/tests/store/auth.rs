@@ -120,6 +120,17 @@ fn etcdctl_users_roles_and_permissions_once_auth_is_enabled() {
     assert_eq!(run(&["get", "secret", "--print-value-only"]).trim(), "x");
 }
 
+/// Adds `root` (password `pw`) and enables auth, through etcdctl.
+async fn enable_auth(endpoint: &str) {
+    let e = endpoint.to_string();
+    tokio::task::spawn_blocking(move || {
+        ok(etcdctl(&e, &["user", "add", "root:pw"]));
+        ok(etcdctl(&e, &["auth", "enable"]));
+    })
+    .await
+    .unwrap();
+}
+
 /// AuthStatus (etcd 3.5's; etcdctl 3.4 cannot ask): whether auth is on and its revision,
 /// which counts the changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,13 +146,7 @@ async fn auth_status_reports_the_state_and_its_revision() {
         .unwrap()
         .into_inner();
     assert!(!before.enabled);
-    let e = endpoint.clone();
-    tokio::task::spawn_blocking(move || {
-        ok(etcdctl(&e, &["user", "add", "root:pw"]));
-        ok(etcdctl(&e, &["auth", "enable"]));
-    })
-    .await
-    .unwrap();
+    enable_auth(&endpoint).await;
     let after = auth
         .auth_status(AuthStatusRequest {})
         .await
@@ -187,13 +192,7 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
 
     let c = Cluster::start_with(1, &["--auth-token-ttl=2", "--bcrypt-cost=4"]);
     let endpoint = c.members[0].client.clone();
-    let e = endpoint.clone();
-    tokio::task::spawn_blocking(move || {
-        ok(etcdctl(&e, &["user", "add", "root:pw"]));
-        ok(etcdctl(&e, &["auth", "enable"]));
-    })
-    .await
-    .unwrap();
+    enable_auth(&endpoint).await;
     let token = AuthClient::connect(endpoint.clone())
         .await
         .unwrap()

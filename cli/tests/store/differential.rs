@@ -1286,6 +1286,19 @@ async fn watch_shapes(ch: Channel, create: WatchCreateRequest, events: usize) ->
     }
 }
 
+/// A one-member cluster started with `flags`, once it answers, and a channel to it.
+async fn one_member(target: Target, dir: &std::path::Path, flags: &[&str]) -> (Cluster, Channel) {
+    let cluster = Cluster::start_with(target, 1, dir, Default::default(), flags).unwrap();
+    let endpoint = cluster.endpoints()[0].clone();
+    ready(&endpoint).await;
+    let ch = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (cluster, ch)
+}
+
 /// One member with `--max-request-bytes=4096` (watch responses are fragmented, for a watch
 /// that asks, at that and etcd's 512 KiB of gRPC overhead: a catch-up of 400 events of 1.5 KB
 /// splits in two) and a 1 s progress notification interval.
@@ -1294,14 +1307,7 @@ async fn fragments_and_progress(target: Target, dir: PathBuf) -> Vec<String> {
         "--max-request-bytes=4096",
         "--experimental-watch-progress-notify-interval=1s",
     ];
-    let cluster = Cluster::start_with(target, 1, &dir, Default::default(), &flags).unwrap();
-    let endpoint = cluster.endpoints()[0].clone();
-    ready(&endpoint).await;
-    let ch = Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_cluster, ch) = one_member(target, &dir, &flags).await;
     let mut kv = KvClient::new(ch.clone());
     let mut first = 0;
     for i in 0..400 {
@@ -1358,14 +1364,7 @@ async fn auto_compaction(target: Target, dir: PathBuf) -> Vec<String> {
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=2s",
     ];
-    let cluster = Cluster::start_with(target, 1, &dir, Default::default(), &flags).unwrap();
-    let endpoint = cluster.endpoints()[0].clone();
-    ready(&endpoint).await;
-    let ch = Channel::from_shared(endpoint)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_cluster, ch) = one_member(target, &dir, &flags).await;
     let mut kv = KvClient::new(ch.clone());
     let mut last = 0;
     for i in 0..5 {
