@@ -188,6 +188,19 @@ mod tests {
         .unwrap()
     }
 
+    /// The names of the pods deleted, sorted; each deletion had a grace period of 0.
+    fn force_deleted(calls: &crate::testing::Calls) -> Vec<String> {
+        let mut deleted: Vec<String> = taken(calls, "DELETE", "/api/v1/namespaces/default/pods/")
+            .into_iter()
+            .map(|(p, b)| {
+                assert_eq!(b["gracePeriodSeconds"], 0, "{p}");
+                p.rsplit('/').next().unwrap().to_string()
+            })
+            .collect();
+        deleted.sort();
+        deleted
+    }
+
     #[tokio::test]
     async fn pods_of_a_vanished_node_are_marked_failed_then_deleted() {
         let (client, calls) = fake_client_without(vec!["/api/v1/nodes/gone".into()]);
@@ -231,14 +244,7 @@ mod tests {
             "a finished pod keeps its phase"
         );
         assert_eq!(patches.len(), 2, "{patches:?}");
-        let mut deleted: Vec<String> = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/")
-            .into_iter()
-            .map(|(p, b)| {
-                assert_eq!(b["gracePeriodSeconds"], 0, "{p}");
-                p.rsplit('/').next().unwrap().to_string()
-            })
-            .collect();
-        deleted.sort();
+        let deleted = force_deleted(&calls);
         assert_eq!(deleted, ["finished", "orphan", "unscheduled"]);
     }
 
@@ -263,14 +269,7 @@ mod tests {
         ));
         gc.pass(&mut HashMap::new()).await.unwrap();
         assert!(taken(&calls, "PATCH", "/api/v1/namespaces/default/pods/").is_empty());
-        let mut deleted: Vec<String> = taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/")
-            .into_iter()
-            .map(|(p, b)| {
-                assert_eq!(b["gracePeriodSeconds"], 0, "{p}");
-                p.rsplit('/').next().unwrap().to_string()
-            })
-            .collect();
-        deleted.sort();
+        let deleted = force_deleted(&calls);
         assert_eq!(deleted, ["old-done", "old-failed"]);
     }
 }

@@ -1095,6 +1095,23 @@ async fn auth_session(t: &mut Transcript, ch: Channel) {
     t.add("get after disable", kv.range(get("shared")).await);
 }
 
+/// Runs `session` on a real etcd and on keelson, each with a directory of its own; returns
+/// (etcd's, keelson's).
+async fn on_both<F, Fut>(session: F) -> (Vec<String>, Vec<String>)
+where
+    F: Fn(Target, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = session(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
+    let keelson = session(
+        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
+        dir.path().join("keelson"),
+    )
+    .await;
+    (etcd, keelson)
+}
+
 async fn ready(endpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1119,13 +1136,7 @@ async fn transcript(target: Target, dir: PathBuf) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_session_gets_the_same_responses_from_etcd_and_keelson() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = transcript(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
-    let keelson = transcript(
-        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
-        dir.path().join("keelson"),
-    )
-    .await;
+    let (etcd, keelson) = on_both(transcript).await;
     if let Ok(path) = std::env::var("KEELSON_DIFF_DUMP") {
         std::fs::write(format!("{path}.etcd"), etcd.join("\n")).unwrap();
         std::fs::write(format!("{path}.keelson"), keelson.join("\n")).unwrap();
@@ -1228,14 +1239,7 @@ async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_reconfiguration_checks_refuse_what_etcd_refuses() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd =
-        reconfig_with_a_follower_down(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
-    let keelson = reconfig_with_a_follower_down(
-        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
-        dir.path().join("keelson"),
-    )
-    .await;
+    let (etcd, keelson) = on_both(reconfig_with_a_follower_down).await;
     assert_eq!(keelson, etcd);
     // What etcd answered, so a change on both sides cannot pass unnoticed.
     assert!(etcd[0].contains("unhealthy cluster"), "{etcd:?}");
@@ -1340,13 +1344,7 @@ async fn fragments_and_progress(target: Target, dir: PathBuf) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragments_and_progress_notifications_match_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = fragments_and_progress(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
-    let keelson = fragments_and_progress(
-        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
-        dir.path().join("keelson"),
-    )
-    .await;
+    let (etcd, keelson) = on_both(fragments_and_progress).await;
     assert_eq!(keelson, etcd);
     // What etcd answers: the catch-up in two fragments, and a progress notification.
     assert!(etcd.iter().any(|l| l.contains("fragment=true")), "{etcd:?}");
@@ -1432,13 +1430,7 @@ async fn auto_compaction(target: Target, dir: PathBuf) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_auto_compaction_matches_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = auto_compaction(Target::Etcd("etcd".into()), dir.path().join("etcd")).await;
-    let keelson = auto_compaction(
-        Target::Keelson(env!("CARGO_BIN_EXE_keelson").into()),
-        dir.path().join("keelson"),
-    )
-    .await;
+    let (etcd, keelson) = on_both(auto_compaction).await;
     assert_eq!(keelson, etcd);
     assert!(
         etcd[0].contains("required revision has been compacted"),
@@ -1583,16 +1575,11 @@ async fn without_a_leader(target: Target, dir: PathBuf, keep_leader: bool) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_leader_requests_are_refused_as_etcd_refuses_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let keelson_bin = || Target::Keelson(env!("CARGO_BIN_EXE_keelson").into());
-    let etcd = without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd"), false).await;
-    let keelson = without_a_leader(keelson_bin(), dir.path().join("keelson"), false).await;
+    let (etcd, keelson) = on_both(|t, d| without_a_leader(t, d, false)).await;
     assert_eq!(keelson, etcd);
     // A leader whose followers are gone: etcd's steps down, keelson's (openraft's stays
     // leader) counts as having none once a majority stops answering.
-    let etcd_alone =
-        without_a_leader(Target::Etcd("etcd".into()), dir.path().join("etcd-l"), true).await;
-    let keelson_alone = without_a_leader(keelson_bin(), dir.path().join("keelson-l"), true).await;
+    let (etcd_alone, keelson_alone) = on_both(|t, d| without_a_leader(t, d, true)).await;
     assert_eq!(keelson_alone, etcd_alone);
     assert!(
         etcd_alone
