@@ -29,7 +29,7 @@ const LOWEST: u16 = 20000;
 pub fn free_port() -> std::io::Result<u16> {
     match Book::open() {
         Ok(mut book) => {
-            let port = pick(&book.booked)?;
+            let port = pick(&book.booked())?;
             book.add(port);
             Ok(port)
         }
@@ -67,7 +67,6 @@ fn pick(booked: &HashSet<u16>) -> std::io::Result<u16> {
 /// The book of ports handed out recently, held locked.
 struct Book {
     file: std::fs::File,
-    booked: HashSet<u16>,
     /// The entries still current: `(port, seconds since the epoch)`.
     entries: Vec<(u16, u64)>,
 }
@@ -99,12 +98,12 @@ impl Book {
             })
             .filter(|&(_, t)| now.saturating_sub(t) < BOOKED_FOR.as_secs())
             .collect();
-        let booked = entries.iter().map(|&(p, _)| p).collect();
-        Ok(Book {
-            file,
-            booked,
-            entries,
-        })
+        Ok(Book { file, entries })
+    }
+
+    /// The ports booked now.
+    fn booked(&self) -> HashSet<u16> {
+        self.entries.iter().map(|&(p, _)| p).collect()
     }
 
     /// Books `port` and writes the book back (stale entries dropped); the lock goes with
@@ -151,7 +150,7 @@ mod tests {
     fn a_port_handed_out_is_booked_for_other_pickers() {
         let p = free_port().unwrap();
         let book = Book::open().unwrap();
-        assert!(book.booked.contains(&p), "{p} not booked");
+        assert!(book.booked().contains(&p), "{p} not booked");
         drop(book);
         // Another picker (the book read afresh) never gets it while it is booked.
         for _ in 0..50 {

@@ -45,8 +45,8 @@ pub fn guard<T: Send + 'static>(
     if metadata.get(KEY).is_none_or(|v| v != HAS_LEADER) {
         return stream;
     }
-    let mut lost = node.leader_lost();
-    lost.mark_unchanged();
+    // A new receiver has seen the current value: only a later loss ends the stream.
+    let lost = node.leader_lost();
     Box::pin(futures::stream::unfold(
         Some((stream, lost)),
         |state| async move {
