@@ -157,6 +157,7 @@ fn init_containers_env_volumes_and_logs() {
             "kubectl exec -it web -c main -- sh -c 'tty; exit 4'",
             "/dev/null",
         ])
+        .env("SHELL", "/bin/sh")
         .env("KUBECONFIG", c.kubeconfig())
         .env("HOME", c.dir.path())
         .output()
@@ -243,15 +244,22 @@ fn init_containers_env_volumes_and_logs() {
 
 /// Runs `kubectl run -it --rm` on a terminal (under `script`) and types a line once kubectl
 /// shows its prompt; returns everything the terminal showed.
+///
+/// `script` runs the command through `$SHELL -c`, set here to dash as on CI. dash keeps itself
+/// as the terminal's foreground process, and a plain `timeout` would move itself and kubectl
+/// into a process group of their own in the background, where kubectl's switch to raw mode
+/// stops it (SIGTTOU) with the typed line left unread: `--foreground` keeps them in the
+/// terminal's foreground group.
 fn run_on_terminal(c: &ApiCluster) -> String {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let mut child = std::process::Command::new("script")
         .args([
             "-qec",
-            r#"timeout 60 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
+            r#"timeout --foreground 60 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
             "/dev/null",
         ])
+        .env("SHELL", "/bin/sh")
         .env("KUBECONFIG", c.kubeconfig())
         .env("HOME", c.dir.path())
         .stdin(std::process::Stdio::piped())
