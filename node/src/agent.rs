@@ -438,15 +438,11 @@ impl<R: Runtime> Agent<R> {
         if self.is_down() {
             return;
         }
-        let mut status = status.clone();
-        if let Some(cs) = status.conditions.as_mut() {
-            cs.retain(|c| crate::status::node_condition(&c.type_));
-        }
         self.shared.status.write(
             &self.client,
             pod.metadata.namespace.as_deref().unwrap_or("default"),
             pod.metadata.name.as_deref().unwrap_or(""),
-            json!({ "status": status }),
+            crate::status::status_patch(status),
             unless_busy,
         );
     }

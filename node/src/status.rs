@@ -86,6 +86,26 @@ pub fn node_condition(type_: &str) -> bool {
     )
 }
 
+/// The strategic merge patch that writes the node's part of a pod's status: its own
+/// conditions only (other writers' stay as they are), each with `reason` and `message` set to
+/// null when it has none, since conditions merge by type and a field left out would keep an
+/// earlier text (a Ready condition turned True still saying "containers with unready status").
+pub fn status_patch(status: &PodStatus) -> serde_json::Value {
+    let mut status = status.clone();
+    if let Some(cs) = status.conditions.as_mut() {
+        cs.retain(|c| node_condition(&c.type_));
+    }
+    let mut body = serde_json::json!({ "status": status });
+    if let Some(cs) = body["status"]["conditions"].as_array_mut() {
+        for c in cs.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+            for field in ["reason", "message"] {
+                c.entry(field).or_insert(serde_json::Value::Null);
+            }
+        }
+    }
+    body
+}
+
 /// A waiting state.
 pub fn waiting(reason: &str, message: Option<String>) -> ContainerState {
     ContainerState {
@@ -519,5 +539,28 @@ mod tests {
         assert_eq!(ready(&s2, "Ready").status, "True");
         assert_eq!(ready(&s2, "Initialized").last_transition_time, t);
         assert_eq!(s2.phase.as_deref(), Some("Running"));
+        // The patch clears the texts a condition no longer has, and carries only the node's
+        // conditions.
+        let mut with_gate = s2.clone();
+        with_gate.conditions.as_mut().unwrap().push(PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        let patch = status_patch(&with_gate);
+        let conds = patch["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 4, "{conds:?}");
+        let ready = conds.iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(ready["status"], "True");
+        assert!(ready["reason"].is_null() && ready["message"].is_null());
+        assert!(ready.as_object().unwrap().contains_key("message"));
+        let patch = status_patch(&s1);
+        let unready = &patch["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ContainersReady")
+            .unwrap()["message"];
+        assert_eq!(unready, "containers with unready status: [c1]");
     }
 }

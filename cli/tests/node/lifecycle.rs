@@ -426,6 +426,18 @@ fn probes_restarts_and_bad_input() {
     let first = field(&c, "slow-ready", READY);
     assert_eq!(first, "False", "not ready before the probe passes");
     wait_field(&c, "slow-ready", READY, |v| v == "True");
+    // Turned True, the condition says no more why it was False.
+    let ready: serde_json::Value = serde_json::from_str(&field(
+        &c,
+        "slow-ready",
+        r#"{.status.conditions[?(@.type=="Ready")]}"#,
+    ))
+    .unwrap();
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert!(
+        ready.get("reason").is_none() && ready.get("message").is_none(),
+        "{ready}"
+    );
     // Liveness failure: killed and restarted.
     wait_field(
         &c,
