@@ -522,6 +522,101 @@ pub fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// Checks a Job's counts and per-index failure settings, with upstream's messages:
+/// `backoffLimitPerIndex` only for Indexed Jobs, `maxFailedIndexes` only beside it and at most
+/// `completions` (and 100000), a `FailIndex` rule only with `backoffLimitPerIndex`.
+pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
+    let int = |k: &str| obj.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
+    let invalid = |field: &str, v: i64, msg: &str| {
+        Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {v}: {msg}"),
+        )
+    };
+    for k in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if let Some(v) = int(k).filter(|v| *v < 0) {
+            causes.push(invalid(
+                &format!("spec.{k}"),
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    const MAX_INDEXES: i64 = 100_000;
+    let indexed = str_at(obj, "/spec/completionMode") == Some("Indexed");
+    let per_index = int("backoffLimitPerIndex");
+    if let Some(v) = per_index
+        && !indexed
+    {
+        causes.push(invalid(
+            "spec.backoffLimitPerIndex",
+            v,
+            "requires indexed completion mode",
+        ));
+    }
+    if let Some(m) = int("maxFailedIndexes") {
+        if per_index.is_none() {
+            causes.push(Cause::new(
+                "FieldValueRequired",
+                "spec.backoffLimitPerIndex",
+                "Required value: when maxFailedIndexes is specified",
+            ));
+        }
+        if m > MAX_INDEXES {
+            causes.push(invalid(
+                "spec.maxFailedIndexes",
+                m,
+                "must be less than or equal to 100000",
+            ));
+        }
+        if let Some(c) = int("completions")
+            && m > c
+        {
+            causes.push(invalid(
+                "spec.maxFailedIndexes",
+                m,
+                "must be less than or equal to completions",
+            ));
+        }
+    }
+    if per_index.is_some()
+        && let Some(c) = int("completions").filter(|c| *c > MAX_INDEXES)
+    {
+        causes.push(invalid(
+            "spec.completions",
+            c,
+            "must be less than or equal to 100000 when backoffLimitPerIndex is specified",
+        ));
+    }
+    let rules = obj
+        .pointer("/spec/podFailurePolicy/rules")
+        .and_then(Value::as_array);
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        let field = format!("spec.podFailurePolicy.rules[{i}].action");
+        match rule.get("action").and_then(Value::as_str) {
+            Some("FailIndex") if per_index.is_none() => causes.push(Cause::new(
+                "FieldValueInvalid",
+                &field,
+                "Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+            )),
+            Some("FailJob" | "FailIndex" | "Ignore" | "Count") => {}
+            Some(other) => causes.push(not_supported(
+                &field,
+                other,
+                &["Count", "FailIndex", "FailJob", "Ignore"],
+            )),
+            None => causes.push(required(&field)),
+        }
+    }
+}
+
 /// Checks the rules of a Role or ClusterRole: verbs always; resource rules need API groups
 /// and resources; non-resource URLs only in cluster roles and not beside resources.
 pub fn policy_rules(obj: &Value, cluster: bool, causes: &mut Vec<Cause>) {
@@ -824,6 +919,30 @@ mod tests {
         c.into_iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect()
+    }
+
+    #[test]
+    fn job_failure_limits_per_index_as_upstream() {
+        let ok = json!({"spec": {"completionMode": "Indexed", "completions": 4, "backoffLimitPerIndex": 1, "maxFailedIndexes": 4,
+            "podFailurePolicy": {"rules": [{"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}});
+        assert!(causes(job, ok).is_empty());
+        let bad = json!({"spec": {"completions": 2, "maxFailedIndexes": 3, "parallelism": -1,
+            "podFailurePolicy": {"rules": [{"action": "FailIndex"}, {"action": "Retry"}]}}});
+        assert_eq!(
+            causes(job, bad),
+            [
+                "spec.parallelism: Invalid value: -1: must be greater than or equal to 0",
+                "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
+                "spec.maxFailedIndexes: Invalid value: 3: must be less than or equal to completions",
+                "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+                "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Retry\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+            ]
+        );
+        let not_indexed = json!({"spec": {"backoffLimitPerIndex": 2}});
+        assert_eq!(
+            causes(job, not_indexed),
+            ["spec.backoffLimitPerIndex: Invalid value: 2: requires indexed completion mode"]
+        );
     }
 
     #[test]

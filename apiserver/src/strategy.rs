@@ -411,7 +411,16 @@ pub fn default(res: &Resource, obj: &mut Value) {
             }
         }
         "Job" => {
-            set_default(obj, &["spec", "backoffLimit"], json!(6));
+            // With a limit per index the Job-wide limit is off unless set.
+            let backoff_limit = if obj
+                .pointer("/spec/backoffLimitPerIndex")
+                .is_some_and(|v| !v.is_null())
+            {
+                i32::MAX
+            } else {
+                6
+            };
+            set_default(obj, &["spec", "backoffLimit"], json!(backoff_limit));
             set_default(obj, &["spec", "completionMode"], json!("NonIndexed"));
             set_default(obj, &["spec", "suspend"], json!(false));
             if obj.pointer("/spec/parallelism").is_none() {
@@ -648,6 +657,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
             check_replicas(obj, &mut causes);
         }
         "Job" => {
+            crate::checks::job(obj, &mut causes);
             match obj.pointer("/spec/template/spec") {
                 Some(spec) => {
                     validate_containers(spec, "spec.template.spec", &mut causes);

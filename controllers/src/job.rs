@@ -18,6 +18,17 @@
 //!   `podFailurePolicy` is set) only once it has reached the Failed phase, and the pods still
 //!   terminating count against `parallelism` (and hold their index). `status.terminating`
 //!   counts them.
+//! - Failed pods are replaced after upstream's back-off: 10 s after a failure, doubling with
+//!   each failure since the last success, at most 10 minutes.
+//! - `backoffLimitPerIndex` (Indexed Jobs): each index has its own limit and back-off. Its pods
+//!   carry the index's failure count (`batch.kubernetes.io/job-index-failure-count`, and
+//!   `...-ignored-failure-count` for failures an `Ignore` rule left uncounted); an index whose
+//!   pod fails with the count at the limit, or matches a `FailIndex` rule, is failed
+//!   (`status.failedIndexes`) and not retried. More failed indexes than `maxFailedIndexes`
+//!   fail the Job (`MaxFailedIndexesExceeded`); so does every index being done with some
+//!   failed (`FailedIndexes`).
+//! - With `restartPolicy: OnFailure` containers restart in their pods, and the Job fails once
+//!   the restarts in its running pods reach `backoffLimit`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -45,6 +56,16 @@ use crate::util::{
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// The completion index of a pod of an Indexed Job.
 pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
+/// With a `backoffLimitPerIndex`: the failures of the pod's index before it that counted...
+pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// ... and those an `Ignore` rule of the `podFailurePolicy` left uncounted (set when not 0).
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+
+/// The wait before a failed pod's replacement, after one failure; it doubles with each
+/// further failure...
+const FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+/// ... up to this.
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The Job controller.
 pub struct JobController {
@@ -63,6 +84,260 @@ pub struct JobController {
     /// cache shows it gone (upstream's finalizer expectations): they are counted in the Job's
     /// status already, and a pod cache behind the removal would have them counted again.
     freed: Arc<Freed>,
+    /// Per Job, its failures since its last success (upstream keeps them in memory too).
+    backoff: parking_lot::Mutex<HashMap<String, Backoff>>,
+}
+
+/// A Job's pod failures since its last success, and when the last of them finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Backoff {
+    failures: u32,
+    last_failure: Option<jiff::Timestamp>,
+}
+
+impl Backoff {
+    /// The record once newly finished pods are counted (their finish times): a success
+    /// restarts the count from the failures after it.
+    fn after(mut self, succeeded: &[jiff::Timestamp], failed: &[jiff::Timestamp]) -> Self {
+        match succeeded.iter().max() {
+            None => {
+                if let Some(last) = failed.iter().max() {
+                    self.failures += failed.len() as u32;
+                    self.last_failure = Some(*last);
+                }
+            }
+            Some(ok) => {
+                let later: Vec<jiff::Timestamp> =
+                    failed.iter().filter(|t| *t > ok).copied().collect();
+                self.failures = later.len() as u32;
+                self.last_failure = later.into_iter().max();
+            }
+        }
+        self
+    }
+
+    /// How long a replacement must still wait.
+    fn left(&self, now: jiff::Timestamp) -> Duration {
+        self.last_failure
+            .map_or(Duration::ZERO, |t| backoff_left(self.failures, t, now))
+    }
+}
+
+/// What is left at `now` of the wait after `failures` failures, the last at `last`.
+fn backoff_left(failures: u32, last: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let mut wait = FAILURE_BACKOFF;
+    for _ in 1..failures {
+        wait = wait.saturating_mul(2);
+        if wait >= MAX_FAILURE_BACKOFF {
+            wait = MAX_FAILURE_BACKOFF;
+            break;
+        }
+    }
+    let since = Duration::try_from(now.duration_since(last)).unwrap_or(Duration::ZERO);
+    wait.saturating_sub(since)
+}
+
+/// When a pod finished, as upstream judges it: the last of its containers' finish times, else
+/// when its Ready condition turned False, else when its deletion was asked, else its creation.
+fn finished_at(p: &Pod) -> jiff::Timestamp {
+    let st = p.status.as_ref();
+    let containers = st.into_iter().flat_map(|s| {
+        s.container_statuses
+            .iter()
+            .flatten()
+            .chain(s.init_container_statuses.iter().flatten())
+    });
+    containers
+        .filter_map(|c| {
+            Some(
+                c.state
+                    .as_ref()?
+                    .terminated
+                    .as_ref()?
+                    .finished_at
+                    .as_ref()?
+                    .0,
+            )
+        })
+        .max()
+        .or_else(|| {
+            let ready = st?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == "False").then_some(ready.last_transition_time.as_ref()?.0)
+        })
+        .or_else(|| {
+            let at = p.metadata.deletion_timestamp.as_ref()?.0;
+            let grace = p.metadata.deletion_grace_period_seconds.unwrap_or(0);
+            at.checked_sub(jiff::SignedDuration::from_secs(grace)).ok()
+        })
+        .or_else(|| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or_else(jiff::Timestamp::now)
+}
+
+fn count_annotation(p: &Pod, key: &str) -> i32 {
+    p.annotations()
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v >= 0)
+        .unwrap_or(0)
+}
+
+/// With `restartPolicy: OnFailure` (containers restart in their pods): whether the restarts
+/// in the running and pending pods reached the backoff limit (with a limit of 0, any).
+fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[Arc<Pod>]) -> bool {
+    let on_failure = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        == Some("OnFailure");
+    if !on_failure {
+        return false;
+    }
+    let restarts: i32 = pods
+        .iter()
+        .filter(|p| matches!(phase(p), "Running" | "Pending"))
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum();
+    match spec.backoff_limit.unwrap_or(6) {
+        0 => restarts > 0,
+        limit => restarts >= limit,
+    }
+}
+
+/// The limit per index, for an Indexed Job that has one.
+fn limit_per_index(spec: &JobSpec) -> Option<i32> {
+    spec.backoff_limit_per_index
+        .filter(|_| spec.completion_mode.as_deref() == Some("Indexed"))
+}
+
+/// Whether a pod counts as failed for its replacement: Failed, or being deleted when such
+/// pods are replaced at once.
+fn failed_for_replacement(spec: &JobSpec, p: &Pod) -> bool {
+    phase(p) == "Failed" || (terminating(p) && !only_failed_replaced(spec))
+}
+
+/// Per index, the failed pod a new pod of it replaces: the one with the most failures
+/// recorded, the last to finish among equals.
+fn replaced_by_index<'a>(spec: &JobSpec, pods: &'a [Arc<Pod>]) -> HashMap<i32, &'a Arc<Pod>> {
+    let completions = spec.completions.unwrap_or(0);
+    let all = |p: &Pod| {
+        count_annotation(p, INDEX_FAILURE_COUNT) + count_annotation(p, INDEX_IGNORED_FAILURE_COUNT)
+    };
+    let mut out: HashMap<i32, &Arc<Pod>> = HashMap::new();
+    for p in pods.iter().filter(|p| failed_for_replacement(spec, p)) {
+        let Some(i) = pod_index(p).filter(|i| (0..completions).contains(i)) else {
+            continue;
+        };
+        let later = out
+            .get(&i)
+            .is_none_or(|cur| (all(cur), finished_at(cur)) <= (all(p), finished_at(p)));
+        if later {
+            out.insert(i, p);
+        }
+    }
+    out
+}
+
+/// A pod to create: its index (Indexed Jobs) and, with a limit per index, the failures of the
+/// index so far (counted, ignored).
+#[derive(Debug, Clone, PartialEq)]
+struct NewPod {
+    index: Option<i32>,
+    failures: Option<(i32, i32)>,
+}
+
+/// The pods to create now, and how long until more may be (a back-off still running).
+/// `occupied` are the pods holding places; `done` and `failed` the finished indexes.
+fn plan_pods(
+    spec: &JobSpec,
+    occupied: &[&Arc<Pod>],
+    pods: &[Arc<Pod>],
+    succeeded: i32,
+    (done, failed): (&BTreeSet<i32>, &BTreeSet<i32>),
+    backoff: Backoff,
+    now: jiff::Timestamp,
+) -> (Vec<NewPod>, Option<Duration>) {
+    let parallelism = spec.parallelism.unwrap_or(1).max(0);
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    // Which pods are wanted: indexes for an Indexed Job, a count otherwise.
+    let wanted: Vec<Option<i32>> = if indexed {
+        let completions = spec.completions.unwrap_or(1);
+        let running: HashSet<i32> = occupied.iter().filter_map(|p| pod_index(p)).collect();
+        let room = (parallelism as usize).saturating_sub(occupied.len());
+        (0..completions)
+            .filter(|i| !done.contains(i) && !failed.contains(i) && !running.contains(i))
+            .take(room)
+            .map(Some)
+            .collect()
+    } else {
+        let want = match spec.completions {
+            Some(c) => (c - succeeded).min(parallelism),
+            // Work queue: keep parallelism running until one succeeds.
+            None if succeeded > 0 => 0,
+            None => parallelism,
+        };
+        vec![None; (want - occupied.len() as i32).max(0) as usize]
+    };
+    if wanted.is_empty() {
+        return (Vec::new(), None);
+    }
+    if limit_per_index(spec).is_none() {
+        let left = backoff.left(now);
+        if !left.is_zero() {
+            return (Vec::new(), Some(left));
+        }
+        let new = wanted.into_iter().map(|index| NewPod {
+            index,
+            failures: None,
+        });
+        return (new.collect(), None);
+    }
+    // Each index on its own back-off, from the failures its last pod recorded.
+    let replaced = replaced_by_index(spec, pods);
+    let (mut new, mut wait) = (Vec::new(), None::<Duration>);
+    for i in wanted.into_iter().flatten() {
+        let (failures, left) = match replaced.get(&i) {
+            None => ((0, 0), Duration::ZERO),
+            Some(p) => {
+                let (counted, ignored) = (
+                    count_annotation(p, INDEX_FAILURE_COUNT),
+                    count_annotation(p, INDEX_IGNORED_FAILURE_COUNT),
+                );
+                let left = backoff_left((counted + ignored + 1) as u32, finished_at(p), now);
+                let ignore =
+                    matches!(failure_policy_verdict(spec, p), Some((a, _)) if a == "Ignore");
+                let failures = if ignore {
+                    (counted, ignored + 1)
+                } else {
+                    (counted + 1, ignored)
+                };
+                (failures, left)
+            }
+        };
+        if left.is_zero() {
+            new.push(NewPod {
+                index: Some(i),
+                failures: Some(failures),
+            });
+        } else {
+            wait = Some(wait.map_or(left, |w| w.min(left)));
+        }
+    }
+    (new, wait)
 }
 
 fn owner_key(jobs: &Store<Job>, pod: &Pod) -> Option<String> {
@@ -203,7 +478,8 @@ fn set_condition(s: &mut JobStatus, t: &str, status: &str, reason: &str, message
     });
 }
 
-/// Upstream's interval form of a set of indexes: `0-2,5,7-8`.
+/// Upstream's interval form of a set of indexes: `0-2,5,7,8` (a run of three or more as its
+/// ends).
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
     let mut iter = set.iter().copied().peekable();
@@ -213,10 +489,10 @@ pub fn format_indexes(set: &BTreeSet<i32>) -> String {
             end += 1;
             iter.next();
         }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
+        out.push(match end - start {
+            0 => start.to_string(),
+            1 => format!("{start},{end}"),
+            _ => format!("{start}-{end}"),
         });
     }
     out.join(",")
@@ -296,6 +572,7 @@ impl JobController {
             recorder,
             written: Default::default(),
             freed,
+            backoff: Default::default(),
         })
     }
 
@@ -343,6 +620,7 @@ impl JobController {
             self.expectations.forget(&key);
             self.written.lock().remove(&key);
             self.freed.lock().remove(&key);
+            self.backoff.lock().remove(&key);
             return Ok(None);
         };
         let mut job = (*self.newest(&key, job)).clone();
@@ -373,6 +651,10 @@ impl JobController {
         let mut unc_ok: Vec<String> = uncounted.succeeded.clone().unwrap_or_default();
         let mut unc_failed: Vec<String> = uncounted.failed.clone().unwrap_or_default();
         let mut newly = false;
+        // The finish times of the pods seen finished now, for the back-off.
+        let (mut ok_at, mut failed_at) = (Vec::new(), Vec::new());
+        let per_index = limit_per_index(&spec);
+        let mut failed_indexes = parse_indexes(status.failed_indexes.as_deref().unwrap_or(""));
         for p in &pods {
             let tracked = p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
             let pid = p.uid().unwrap_or_default();
@@ -399,9 +681,23 @@ impl JobController {
                 _ => continue,
             };
             if !failed {
+                ok_at.push(finished_at(p));
                 unc_ok.push(pid);
             } else {
-                match failure_policy_verdict(&spec, p) {
+                failed_at.push(finished_at(p));
+                let verdict = failure_policy_verdict(&spec, p);
+                // With a limit per index: a Failed pod fails its index at a `FailIndex` rule,
+                // or when the counted failures before it reached the limit.
+                if let (Some(limit), Some(i), "Failed") = (per_index, pod_index(p), phase(p)) {
+                    let action = verdict.as_ref().map(|(a, _)| a.as_str());
+                    let counted = action != Some("Ignore");
+                    if action == Some("FailIndex")
+                        || (counted && count_annotation(p, INDEX_FAILURE_COUNT) >= limit)
+                    {
+                        failed_indexes.insert(i);
+                    }
+                }
+                match verdict {
                     // Not counted towards the backoff limit: only released.
                     Some((action, _)) if action == "Ignore" => {
                         self.free(&key, &pod_api, p).await?;
@@ -425,12 +721,21 @@ impl JobController {
             }
             newly = true;
         }
+        if per_index.is_some() {
+            status.failed_indexes = Some(format_indexes(&failed_indexes));
+        }
         if newly {
             uncounted.succeeded = Some(unc_ok.clone());
             uncounted.failed = Some(unc_failed.clone());
             status.uncounted_terminated_pods = Some(uncounted.clone());
             job = self.write_status(&api, &job, status.clone()).await?;
         }
+        let backoff = {
+            let mut all = self.backoff.lock();
+            let b = all.entry(key.clone()).or_default();
+            *b = b.after(&ok_at, &failed_at);
+            *b
+        };
         let recorded: HashSet<&String> = unc_ok.iter().chain(unc_failed.iter()).collect();
         for p in pods.iter().filter(|p| {
             let pid = p.uid().unwrap_or_default();
@@ -496,7 +801,7 @@ impl JobController {
                 });
             let failure = if let Some(t) = target {
                 Some(t)
-            } else if failed > backoff_limit {
+            } else if failed > backoff_limit || past_backoff_limit_on_failure(&spec, &pods) {
                 Some((
                     "BackoffLimitExceeded".to_string(),
                     "Job has reached the specified backoff limit".to_string(),
@@ -505,6 +810,24 @@ impl JobController {
                 Some((
                     "DeadlineExceeded".to_string(),
                     "Job was active longer than specified deadline".to_string(),
+                ))
+            } else if per_index.is_some()
+                && spec
+                    .max_failed_indexes
+                    .is_some_and(|m| failed_indexes.len() as i64 > m as i64)
+            {
+                Some((
+                    "MaxFailedIndexesExceeded".to_string(),
+                    "Job has exceeded the specified maximal number of failed indexes".to_string(),
+                ))
+            } else if per_index.is_some()
+                && !failed_indexes.is_empty()
+                && (failed_indexes.len() + done_indexes.len()) as i64
+                    >= completions.unwrap_or(0) as i64
+            {
+                Some((
+                    "FailedIndexes".to_string(),
+                    "Job has failed indexes".to_string(),
                 ))
             } else {
                 None
@@ -575,18 +898,27 @@ impl JobController {
                 if only_failed_replaced(&spec) {
                     occupied.extend(pods.iter().filter(|p| terminating(p)));
                 }
+                let (new, wait) = plan_pods(
+                    &spec,
+                    &occupied,
+                    &pods,
+                    succeeded,
+                    (&done_indexes, &failed_indexes),
+                    backoff,
+                    now,
+                );
                 if act
                     && !deleting(&job.metadata)
-                    && let Err(e) = self
-                        .create_pods(&job, &key, &pod_api, &occupied, succeeded, &done_indexes)
-                        .await
+                    && let Err(e) = self.create_pods(&job, &key, &pod_api, &new).await
                 {
                     self.write_status(&api, &job, self.finish_status(&job, status, &pods))
                         .await?;
                     return Err(e);
                 }
+                requeue = wait;
                 if let Some(d) = spec.active_deadline_seconds {
-                    requeue = Some(Duration::from_secs(d.max(1) as u64));
+                    let d = Duration::from_secs(d.max(1) as u64);
+                    requeue = Some(requeue.map_or(d, |w| w.min(d)));
                 }
             }
         }
@@ -677,36 +1009,12 @@ impl JobController {
         job: &Job,
         key: &str,
         api: &Api<Pod>,
-        active: &[&Arc<Pod>],
-        succeeded: i32,
-        done_indexes: &BTreeSet<i32>,
+        to_create: &[NewPod],
     ) -> Result<(), kube::Error> {
-        let spec = job.spec.clone().unwrap_or_default();
-        let parallelism = spec.parallelism.unwrap_or(1).max(0);
-        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-        // Which pods to create: indexes for an Indexed Job, a count otherwise.
-        let to_create: Vec<Option<i32>> = if indexed {
-            let completions = spec.completions.unwrap_or(1);
-            let running: HashSet<i32> = active.iter().filter_map(|p| pod_index(p)).collect();
-            let room = (parallelism as usize).saturating_sub(active.len());
-            (0..completions)
-                .filter(|i| !done_indexes.contains(i) && !running.contains(i))
-                .take(room)
-                .map(Some)
-                .collect()
-        } else {
-            let want = match spec.completions {
-                Some(c) => (c - succeeded).min(parallelism),
-                // Work queue: keep parallelism running until one succeeds.
-                None if succeeded > 0 => 0,
-                None => parallelism,
-            };
-            let n = (want - active.len() as i32).max(0) as usize;
-            vec![None; n]
-        };
         if to_create.is_empty() {
             return Ok(());
         }
+        let spec = job.spec.clone().unwrap_or_default();
         self.expectations.expect_creations(key, to_create.len());
         let template = spec.template.clone();
         let (created, err) = slow_start(to_create.len(), |i| {
@@ -723,7 +1031,17 @@ impl JobController {
                 .finalizers
                 .get_or_insert_with(Vec::new)
                 .push(TRACKING_FINALIZER.into());
-            match to_create[i] {
+            if let Some((counted, ignored)) = to_create[i].failures {
+                let notes = pod
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                notes.insert(INDEX_FAILURE_COUNT.into(), counted.to_string());
+                if ignored > 0 {
+                    notes.insert(INDEX_IGNORED_FAILURE_COUNT.into(), ignored.to_string());
+                }
+            }
+            match to_create[i].index {
                 Some(index) => {
                     pod.metadata.generate_name = Some(format!("{}-{index}-", job.name_any()));
                     pod.metadata
@@ -892,7 +1210,9 @@ mod tests {
                 json!([TRACKING_FINALIZER]),
                 json!({"phase": "Running"}),
             );
-            p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            // Deleted a minute ago: its failure's back-off is over.
+            let ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+            p.metadata.deletion_timestamp = Some(Time(ago));
             p
         };
         let running = pi_pod(
@@ -947,7 +1267,8 @@ mod tests {
     #[test]
     fn completed_indexes_round_trip_in_interval_form() {
         let set: BTreeSet<i32> = [0, 1, 2, 5, 7, 8].into();
-        assert_eq!(format_indexes(&set), "0-2,5,7-8");
+        assert_eq!(format_indexes(&set), "0-2,5,7,8");
+        assert_eq!(parse_indexes("0-2,5,7,8"), set);
         assert_eq!(parse_indexes("0-2,5,7-8"), set);
         assert_eq!(format_indexes(&BTreeSet::new()), "");
         assert!(parse_indexes("").is_empty());
@@ -997,13 +1318,16 @@ mod tests {
         );
     }
 
+    /// A finish time whose failure back-off is long over.
+    const LONG_AGO: &str = "2020-01-01T00:00:00Z";
+
     fn failed_pod(name: &str, exit: i32, conditions: serde_json::Value) -> Pod {
         pi_pod(
             name,
             json!([TRACKING_FINALIZER]),
             json!({"phase": "Failed", "conditions": conditions,
                 "containerStatuses": [{"name": "main", "image": "perl", "imageID": "", "ready": false,
-                    "restartCount": 0, "state": {"terminated": {"exitCode": exit}}}]}),
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit, "finishedAt": LONG_AGO}}}]}),
         )
     }
 
@@ -1116,6 +1440,165 @@ mod tests {
                 ("Failed".into(), "PodFailurePolicy".into(), message.into()),
             ]
         );
+    }
+
+    #[test]
+    fn failed_pods_wait_out_upstreams_backoff() {
+        let now = jiff::Timestamp::now();
+        let ago = |s: i64| now - jiff::SignedDuration::from_secs(s);
+        // 10 s after one failure, doubling with each further one, at most 10 minutes.
+        assert_eq!(backoff_left(1, ago(4), now), Duration::from_secs(6));
+        assert_eq!(backoff_left(3, ago(0), now), Duration::from_secs(40));
+        assert_eq!(backoff_left(30, ago(0), now), MAX_FAILURE_BACKOFF);
+        assert_eq!(backoff_left(1, ago(11), now), Duration::ZERO);
+        assert_eq!(backoff_left(0, ago(0), now), Duration::ZERO);
+        // A success restarts the count from the failures after it.
+        let b = Backoff::default().after(&[], &[ago(30), ago(5)]);
+        assert_eq!((b.failures, b.last_failure), (2, Some(ago(5))));
+        assert_eq!(b.left(now), Duration::from_secs(15));
+        let b = b.after(&[ago(3)], &[ago(4), ago(2)]);
+        assert_eq!((b.failures, b.last_failure), (1, Some(ago(2))));
+        assert_eq!(b.after(&[ago(1)], &[]), Backoff::default());
+        // A Job whose pod failed just now creates nothing, and comes back once the wait is
+        // over.
+        let spec: JobSpec =
+            serde_json::from_value(json!({"template": {}, "completions": 2, "parallelism": 2}))
+                .unwrap();
+        let none = BTreeSet::new();
+        let fresh = Backoff::default().after(&[], &[now]);
+        let (new, wait) = plan_pods(&spec, &[], &[], 0, (&none, &none), fresh, now);
+        assert!(new.is_empty());
+        assert_eq!(wait, Some(FAILURE_BACKOFF));
+        let (new, wait) = plan_pods(&spec, &[], &[], 0, (&none, &none), Backoff::default(), now);
+        assert_eq!((new.len(), wait), (2, None));
+    }
+
+    #[test]
+    fn restarts_in_place_count_against_the_backoff_limit() {
+        let spec = |policy: &str, limit: i32| -> JobSpec {
+            serde_json::from_value(json!({"backoffLimit": limit,
+                "template": {"spec": {"restartPolicy": policy, "containers": []}}}))
+            .unwrap()
+        };
+        let restarted = |phase: &str, n: i32| {
+            Arc::new(pi_pod(
+                "p",
+                json!([]),
+                json!({"phase": phase, "containerStatuses": [{"name": "main", "image": "perl",
+                    "imageID": "", "ready": false, "restartCount": n}]}),
+            ))
+        };
+        let pods = [restarted("Running", 1), restarted("Pending", 1)];
+        assert!(past_backoff_limit_on_failure(&spec("OnFailure", 2), &pods));
+        assert!(!past_backoff_limit_on_failure(&spec("OnFailure", 3), &pods));
+        assert!(!past_backoff_limit_on_failure(&spec("Never", 1), &pods));
+        // Restarts of finished pods no longer count; with a limit of 0 any restart fails.
+        let done = [restarted("Failed", 5)];
+        assert!(!past_backoff_limit_on_failure(&spec("OnFailure", 1), &done));
+        assert!(past_backoff_limit_on_failure(
+            &spec("OnFailure", 0),
+            &[restarted("Running", 1)]
+        ));
+    }
+
+    /// With `backoffLimitPerIndex`, each index is retried up to its limit on its own, its pods
+    /// carrying its failure count; a `FailIndex` rule fails an index at once; more failed
+    /// indexes than `maxFailedIndexes` fail the Job and stop the other indexes' pods.
+    #[tokio::test]
+    async fn against_a_fake_api_each_index_has_its_own_backoff_limit() {
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+                "backoffLimit": i32::MAX, "backoffLimitPerIndex": 1, "maxFailedIndexes": 1,
+                "podFailurePolicy": {"rules": [
+                    {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}}]}}),
+            json!({"startTime": "2026-12-06T09:00:00Z"}),
+        );
+        informers.jobs().apply_event(Event::Apply(job));
+        let sync = || ctl.clone().sync("default/pi".into());
+        let posts = || taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        let note = |p: &serde_json::Value, key: &str| {
+            p.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1")))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        sync().await.unwrap();
+        let first = posts();
+        assert_eq!(first.len(), 3);
+        assert!(
+            first
+                .iter()
+                .all(|(_, p)| note(p, INDEX_FAILURE_COUNT) == "0"),
+            "{first:?}"
+        );
+        let of_index = |i: &str| {
+            first
+                .iter()
+                .position(|(_, p)| note(p, INDEX_KEY) == i)
+                .unwrap()
+        };
+        let fail = |n: usize, name: &str, exit: i32| {
+            let mut p = created(&calls, n, name);
+            p.status = failed_pod(name, exit, json!([])).status;
+            p
+        };
+        let (i0, i1, i2) = (of_index("0"), of_index("1"), of_index("2"));
+        // Index 0 fails once: retried, its new pod carrying the failure.
+        informers
+            .pods()
+            .apply_event(Event::Apply(fail(i0, "pi-a", 1)));
+        for (n, name) in [(i1, "pi-b"), (i2, "pi-c")] {
+            informers
+                .pods()
+                .apply_event(Event::Apply(created(&calls, n, name)));
+        }
+        sync().await.unwrap();
+        let all = posts();
+        assert_eq!(all.len(), 4);
+        assert_eq!(note(&all[3].1, INDEX_KEY), "0");
+        assert_eq!(note(&all[3].1, INDEX_FAILURE_COUNT), "1");
+        let st = last_status(&calls);
+        assert_eq!(
+            (st["failed"].clone(), st["failedIndexes"].clone()),
+            (json!(1), json!("")),
+            "{st}"
+        );
+        // Its second failure reaches the limit: the index is failed and not retried. One
+        // failed index is within maxFailedIndexes.
+        informers
+            .pods()
+            .apply_event(Event::Apply(fail(3, "pi-d", 1)));
+        sync().await.unwrap();
+        assert_eq!(posts().len(), 4);
+        let st = last_status(&calls);
+        assert_eq!(st["failedIndexes"], "0", "{st}");
+        assert_eq!(st.get("conditions"), None, "{st}");
+        // Index 1 matches the FailIndex rule: failed at its first failure, a second failed
+        // index, so the Job fails and index 2's pod is deleted.
+        informers
+            .pods()
+            .apply_event(Event::Apply(fail(i1, "pi-b", 42)));
+        sync().await.unwrap();
+        let st = last_status(&calls);
+        assert_eq!(st["failedIndexes"], "0,1", "{st}");
+        let failed = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Failed")
+            .cloned()
+            .unwrap();
+        assert_eq!(failed["reason"], "MaxFailedIndexesExceeded");
+        assert_eq!(
+            failed["message"],
+            "Job has exceeded the specified maximal number of failed indexes"
+        );
+        assert_eq!(
+            taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/pi-c").len(),
+            1
+        );
+        assert_eq!(posts().len(), 4);
     }
 
     /// The pod watch can be behind the Job watch: a sync then sees the pod it counted and

@@ -148,6 +148,79 @@ fn jobs_complete_fail_and_index() {
         "job/indexed",
         "--timeout=30s",
     ]);
+
+    // A limit per index: only for Indexed Jobs.
+    let refused = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &job("per-index-plain", r#""backoffLimitPerIndex":1,"#),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("requires indexed completion mode"),
+        "{err}"
+    );
+    // With a limit of 0 an index fails at its first failure and is not retried; the other
+    // index still runs to success, and the Job then fails for its failed index.
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &job(
+            "per-index",
+            r#""completions":2,"parallelism":2,"completionMode":"Indexed","backoffLimitPerIndex":0,"#,
+        ),
+    );
+    assert_eq!(
+        jsonpath(&c, "job/per-index", "{.spec.backoffLimit}"),
+        "2147483647",
+        "the Job-wide limit is off"
+    );
+    let by_index = || -> Vec<(String, String)> {
+        let out = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "batch.kubernetes.io/job-name=per-index",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}={.metadata.annotations.batch\\.kubernetes\\.io/job-index-failure-count} {end}",
+        ]);
+        out.split_whitespace()
+            .map(|p| {
+                let v: Vec<&str> = p.split('=').collect();
+                assert_eq!(v[2], "0", "no failures yet: {p}");
+                (v[0].to_string(), v[1].to_string())
+            })
+            .collect()
+    };
+    eventually(Duration::from_secs(60), "two indexed pods", || {
+        by_index().len() == 2
+    });
+    for (pod, index) in by_index() {
+        let phase = if index == "0" { "Failed" } else { "Succeeded" };
+        c.ok(&[
+            "patch",
+            "pod",
+            &pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"phase":"{phase}"}}}}"#),
+        ]);
+    }
+    eventually(Duration::from_secs(60), "job failed by its index", || {
+        jsonpath(
+            &c,
+            "job/per-index",
+            "{.status.conditions[?(@.type==\"Failed\")].reason}",
+        ) == "FailedIndexes"
+    });
+    assert_eq!(
+        jsonpath(&c, "job/per-index", "{.status.failedIndexes}"),
+        "0"
+    );
+    assert_eq!(
+        jsonpath(&c, "job/per-index", "{.status.completedIndexes}"),
+        "1"
+    );
+    assert_eq!(by_index().len(), 2, "the failed index was not retried");
 }
 
 #[test]
