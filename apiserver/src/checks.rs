@@ -595,6 +595,17 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             "must be less than or equal to 100000 when backoffLimitPerIndex is specified",
         ));
     }
+    if let Some(policy) = obj.pointer("/spec/successPolicy").filter(|v| !v.is_null()) {
+        if indexed {
+            success_policy(policy, int("completions").unwrap_or(0), causes);
+        } else {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                "spec.successPolicy",
+                format!("Invalid value: {policy}: requires indexed completion mode"),
+            ));
+        }
+    }
     let rules = obj
         .pointer("/spec/podFailurePolicy/rules")
         .and_then(Value::as_array);
@@ -615,6 +626,127 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             None => causes.push(required(&field)),
         }
     }
+}
+
+/// Checks the rules of an Indexed Job's `successPolicy` against its `completions`.
+fn success_policy(policy: &Value, completions: i64, causes: &mut Vec<Cause>) {
+    const MAX_RULES: usize = 20;
+    const MAX_INDEXES_TEXT: usize = 64 * 1024;
+    let rules = policy
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if rules.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
+            "spec.successPolicy.rules",
+            "Required value: at least one rules must be specified when the successPolicy is specified",
+        ));
+    }
+    if rules.len() > MAX_RULES {
+        causes.push(Cause::new(
+            "FieldValueTooMany",
+            "spec.successPolicy.rules",
+            format!(
+                "Too many: {}: must have at most {MAX_RULES} items",
+                rules.len()
+            ),
+        ));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("spec.successPolicy.rules[{i}]");
+        let listed = rule.get("succeededIndexes").and_then(Value::as_str);
+        let count = rule.get("succeededCount").and_then(Value::as_i64);
+        let mut total = 0;
+        if let Some(text) = listed {
+            let field = format!("{path}.succeededIndexes");
+            if text.len() > MAX_INDEXES_TEXT {
+                causes.push(Cause::new(
+                    "FieldValueTooLong",
+                    &field,
+                    format!("Too long: may not be more than {MAX_INDEXES_TEXT} bytes"),
+                ));
+            }
+            match count_indexes(text, completions) {
+                Ok(n) => total = n,
+                Err(e) => causes.push(Cause::new(
+                    "FieldValueInvalid",
+                    &field,
+                    format!("Invalid value: {text:?}: error parsing succeededIndexes: {e}"),
+                )),
+            }
+        }
+        if let Some(n) = count {
+            let field = format!("{path}.succeededCount");
+            let invalid = |msg: String| {
+                Cause::new(
+                    "FieldValueInvalid",
+                    &field,
+                    format!("Invalid value: {n}: {msg}"),
+                )
+            };
+            if n < 0 {
+                causes.push(invalid("must be greater than or equal to 0".into()));
+            }
+            if n > completions {
+                causes.push(invalid(format!(
+                    "must be less than or equal to {completions} (the number of specified completions)"
+                )));
+            }
+            if listed.is_some() && n > total {
+                causes.push(invalid(format!(
+                    "must be less than or equal to {total} (the number of indexes in the specified succeededIndexes field)"
+                )));
+            }
+        }
+        if listed.is_none() && count.is_none() {
+            causes.push(Cause::new(
+                "FieldValueRequired",
+                &path,
+                "Required value: at least one of succeededCount or succeededIndexes must be specified",
+            ));
+        }
+    }
+}
+
+/// How many indexes an interval list (`0,2-4`) names: in increasing order, each below
+/// `completions`.
+fn count_indexes(text: &str, completions: i64) -> Result<i64, String> {
+    if text.is_empty() {
+        return Ok(0);
+    }
+    let (mut last, mut total): (Option<i64>, i64) = (None, 0);
+    for part in text.split(',') {
+        let ends: Vec<&str> = part.split('-').collect();
+        if ends.len() > 2 {
+            return Err(format!(
+                "the fragment {part:?} violates the requirement that an index interval can have at most two parts separated by '-'"
+            ));
+        }
+        let mut first = None;
+        for end in &ends {
+            let n: i64 = end
+                .parse()
+                .ok()
+                .filter(|n| (0..=i64::from(i32::MAX)).contains(n))
+                .ok_or_else(|| format!("cannot convert string to integer for index: {end:?}"))?;
+            if n >= completions {
+                return Err(format!("too large index: {end:?}"));
+            }
+            if let Some(prev) = last
+                && prev >= n
+            {
+                return Err(format!(
+                    "non-increasing order, previous: {prev}, current: {n}"
+                ));
+            }
+            total += first.map_or(1, |f| n - f);
+            first.get_or_insert(n);
+            last = Some(n);
+        }
+    }
+    Ok(total)
 }
 
 /// Checks the rules of a Role or ClusterRole: verbs always; resource rules need API groups
@@ -938,6 +1070,21 @@ mod tests {
                 "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Retry\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
             ]
         );
+        let policy = json!({"spec": {"completionMode": "Indexed", "completions": 5, "successPolicy": {"rules": [
+            {"succeededIndexes": "0,2-4", "succeededCount": 4}, {"succeededCount": 6}, {},
+            {"succeededIndexes": "3,1"}, {"succeededIndexes": "1-9"}, {"succeededIndexes": "0-2", "succeededCount": 4}]}}});
+        assert_eq!(
+            causes(job, policy),
+            [
+                "spec.successPolicy.rules[1].succeededCount: Invalid value: 6: must be less than or equal to 5 (the number of specified completions)",
+                "spec.successPolicy.rules[2]: Required value: at least one of succeededCount or succeededIndexes must be specified",
+                "spec.successPolicy.rules[3].succeededIndexes: Invalid value: \"3,1\": error parsing succeededIndexes: non-increasing order, previous: 3, current: 1",
+                "spec.successPolicy.rules[4].succeededIndexes: Invalid value: \"1-9\": error parsing succeededIndexes: too large index: \"9\"",
+                "spec.successPolicy.rules[5].succeededCount: Invalid value: 4: must be less than or equal to 3 (the number of indexes in the specified succeededIndexes field)",
+            ]
+        );
+        let plain = json!({"spec": {"successPolicy": {"rules": [{"succeededCount": 1}]}}});
+        assert!(causes(job, plain)[0].ends_with("requires indexed completion mode"));
         let not_indexed = json!({"spec": {"backoffLimitPerIndex": 2}});
         assert_eq!(
             causes(job, not_indexed),

@@ -10,9 +10,12 @@
 //!   `batch.kubernetes.io/job-completion-index`), `status.completedIndexes` in upstream's
 //!   interval form (`1,3-5`).
 //! - Failure: more failed pods than `backoffLimit` (reason `BackoffLimitExceeded`), or running
-//!   longer than `activeDeadlineSeconds` (`DeadlineExceeded`): remaining pods are deleted and the
-//!   Job gets `FailureTarget` and `Failed`. Success: `SuccessCriteriaMet` and `Complete`,
-//!   `completionTime`. `suspend` deletes active pods and sets `Suspended`.
+//!   longer than `activeDeadlineSeconds` (`DeadlineExceeded`): the Job gets `FailureTarget`,
+//!   its remaining pods are deleted, and it is `Failed` once none is left running or
+//!   terminating (they count as failed as they go). Success (the completions reached, or a rule
+//!   of an Indexed Job's `successPolicy`, reason `SuccessPolicy`): `SuccessCriteriaMet`, the
+//!   remaining pods deleted, then `Complete` and `completionTime` likewise. `suspend` deletes
+//!   active pods and sets `Suspended`.
 //! - `podReplacementPolicy`: with `TerminatingOrFailed` (the default) a pod being deleted is
 //!   replaced, and counted failed, at once; with `Failed` (the default when a
 //!   `podFailurePolicy` is set) only once it has reached the Failed phase, and the pods still
@@ -478,6 +481,46 @@ fn set_condition(s: &mut JobStatus, t: &str, status: &str, reason: &str, message
     });
 }
 
+/// The reason and message of a true condition.
+fn condition_text(s: &JobStatus, t: &str) -> Option<(String, String)> {
+    let c = s
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == t && c.status == "True")?;
+    Some((
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    ))
+}
+
+/// The first rule of an Indexed Job's `successPolicy` that its succeeded indexes meet, as
+/// upstream words it: all of `succeededIndexes` (those below `completions`), or
+/// `succeededCount` of them, or `succeededCount` indexes at all.
+fn success_policy_match(spec: &JobSpec, done: &BTreeSet<i32>) -> Option<String> {
+    let rules = &spec.success_policy.as_ref()?.rules;
+    if done.is_empty() || spec.completion_mode.as_deref() != Some("Indexed") {
+        return None;
+    }
+    let completions = spec.completions.unwrap_or(0);
+    let at_least = |n: i32| n.max(0) as usize;
+    rules
+        .iter()
+        .position(|r| match (&r.succeeded_indexes, r.succeeded_count) {
+            (Some(listed), count) => {
+                let want: BTreeSet<i32> = parse_indexes(listed)
+                    .into_iter()
+                    .filter(|i| *i < completions)
+                    .collect();
+                !want.is_empty()
+                    && want.intersection(done).count() >= count.map_or(want.len(), at_least)
+            }
+            (None, Some(count)) => done.len() >= at_least(count),
+            (None, None) => false,
+        })
+        .map(|i| format!("Matched rules at index {i}"))
+}
+
 /// Upstream's interval form of a set of indexes: `0-2,5,7,8` (a run of three or more as its
 /// ends).
 pub fn format_indexes(set: &BTreeSet<i32>) -> String {
@@ -645,6 +688,12 @@ impl JobController {
         let pods = claim_indexed(&self.client, &self.pods, &job, &selector, |_| true).await?;
         let mut status = job.status.clone().unwrap_or_default();
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
+        if finished {
+            self.backoff.lock().remove(&key);
+        }
+        // Decided but not yet final (its pods still going): success, or failure.
+        let met = has_condition(&status, "SuccessCriteriaMet");
+        let failing = has_condition(&status, "FailureTarget");
 
         // 1. Count finished pods through uncountedTerminatedPods.
         let mut uncounted = status.uncounted_terminated_pods.clone().unwrap_or_default();
@@ -666,14 +715,16 @@ impl JobController {
                 continue;
             }
             // A pod deleted before it finished counts as failed, as upstream — unless the Job
-            // itself removed it (finished or suspended): then it is only released.
+            // itself removed it (finished, succeeded or suspended): then it is only released.
             let failed = match phase(p) {
                 "Succeeded" => false,
                 "Failed" => true,
-                _ if deleting(&p.metadata) && (finished || spec.suspend == Some(true)) => {
+                _ if deleting(&p.metadata) && (finished || met || spec.suspend == Some(true)) => {
                     self.free(&key, &pod_api, p).await?;
                     continue;
                 }
+                // A failing Job's pods count as failed as they go.
+                _ if deleting(&p.metadata) && failing => true,
                 // Deleted before it finished (evicted, preempted): a failure, judged by the
                 // policy like any other; with `podReplacementPolicy: Failed` only once its
                 // phase says so (the kubelet, or PodGC for a vanished node, sets it).
@@ -799,7 +850,9 @@ impl JobController {
                         c.message.clone().unwrap_or_default(),
                     )
                 });
-            let failure = if let Some(t) = target {
+            let failure = if met {
+                None
+            } else if let Some(t) = target {
                 Some(t)
             } else if failed > backoff_limit || past_backoff_limit_on_failure(&spec, &pods) {
                 Some((
@@ -832,36 +885,51 @@ impl JobController {
             } else {
                 None
             };
-            if complete || failure.is_some() || suspended {
+            // Success: criteria met before (kept), a rule of the success policy, or the
+            // completions reached.
+            let success = if met {
+                condition_text(&status, "SuccessCriteriaMet")
+            } else if failure.is_some() {
+                None
+            } else if let Some(message) = success_policy_match(&spec, &done_indexes) {
+                Some(("SuccessPolicy".to_string(), message))
+            } else {
+                complete.then(|| {
+                    (
+                        "CompletionsReached".to_string(),
+                        "Reached expected number of succeeded pods".to_string(),
+                    )
+                })
+            };
+            if success.is_some() || failure.is_some() || suspended {
                 self.delete_pods(&job, &key, &pod_api, &active).await?;
             }
-            if complete {
-                set_condition(
-                    &mut status,
-                    "SuccessCriteriaMet",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                );
-                set_condition(
-                    &mut status,
-                    "Complete",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                );
-                status.completion_time = Some(Time(now));
-                self.recorder.record(
-                    object_ref(&job),
-                    EventType::Normal,
-                    "Completed",
-                    "Job completed".into(),
-                );
+            // Decided, the Job says so at once (SuccessCriteriaMet, FailureTarget); it is
+            // Complete or Failed once none of its pods is left running or terminating.
+            let settled = active.is_empty() && !pods.iter().any(|p| terminating(p));
+            if let Some((reason, message)) = success {
+                if !met {
+                    set_condition(&mut status, "SuccessCriteriaMet", "True", &reason, &message);
+                }
+                if settled {
+                    set_condition(&mut status, "Complete", "True", &reason, &message);
+                    status.completion_time = Some(Time(now));
+                    self.recorder.record(
+                        object_ref(&job),
+                        EventType::Normal,
+                        "Completed",
+                        "Job completed".into(),
+                    );
+                }
             } else if let Some((reason, message)) = failure {
-                set_condition(&mut status, "FailureTarget", "True", &reason, &message);
-                set_condition(&mut status, "Failed", "True", &reason, &message);
-                self.recorder
-                    .record(object_ref(&job), EventType::Warning, &reason, message);
+                if !has_condition(&status, "FailureTarget") {
+                    set_condition(&mut status, "FailureTarget", "True", &reason, &message);
+                }
+                if settled {
+                    set_condition(&mut status, "Failed", "True", &reason, &message);
+                    self.recorder
+                        .record(object_ref(&job), EventType::Warning, &reason, message);
+                }
             } else if suspended {
                 if !has_condition(&status, "Suspended") {
                     set_condition(
@@ -1575,23 +1643,25 @@ mod tests {
         assert_eq!(st["failedIndexes"], "0", "{st}");
         assert_eq!(st.get("conditions"), None, "{st}");
         // Index 1 matches the FailIndex rule: failed at its first failure, a second failed
-        // index, so the Job fails and index 2's pod is deleted.
+        // index, so the Job is failing and index 2's pod is deleted...
         informers
             .pods()
             .apply_event(Event::Apply(fail(i1, "pi-b", 42)));
         sync().await.unwrap();
         let st = last_status(&calls);
         assert_eq!(st["failedIndexes"], "0,1", "{st}");
-        let failed = st["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Failed")
-            .cloned()
-            .unwrap();
-        assert_eq!(failed["reason"], "MaxFailedIndexesExceeded");
+        let condition = |st: &serde_json::Value, t: &str| {
+            st["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+        };
+        let target = condition(&st, "FailureTarget").unwrap();
+        assert_eq!(target["reason"], "MaxFailedIndexesExceeded");
         assert_eq!(
-            failed["message"],
+            target["message"],
             "Job has exceeded the specified maximal number of failed indexes"
         );
         assert_eq!(
@@ -1599,6 +1669,95 @@ mod tests {
             1
         );
         assert_eq!(posts().len(), 4);
+        // ... and Failed once that pod is gone.
+        assert!(condition(&st, "Failed").is_none(), "{st}");
+        informers
+            .pods()
+            .apply_event(Event::Delete(created(&calls, i2, "pi-c")));
+        sync().await.unwrap();
+        let st = last_status(&calls);
+        let failed = condition(&st, "Failed").unwrap();
+        assert_eq!(failed["reason"], "MaxFailedIndexesExceeded");
+    }
+
+    /// A success policy decides for an Indexed Job: SuccessCriteriaMet at once, with the
+    /// rule's index; the other pods are deleted, and the Job is Complete once they are gone.
+    #[tokio::test]
+    async fn against_a_fake_api_a_success_policy_completes_the_job() {
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+                "successPolicy": {"rules": [
+                    {"succeededIndexes": "0-2", "succeededCount": 3},
+                    {"succeededIndexes": "1,3", "succeededCount": 1}]}}),
+            json!({"startTime": "2026-12-06T09:00:00Z"}),
+        );
+        informers.jobs().apply_event(Event::Apply(job));
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let posts = taken(&calls, "POST", "/api/v1/namespaces/default/pods");
+        assert_eq!(posts.len(), 4);
+        let index = |n: usize| {
+            posts[n]
+                .1
+                .pointer("/metadata/annotations/batch.kubernetes.io~1job-completion-index")
+                .and_then(|v| v.as_str())
+                .unwrap()
+                .to_string()
+        };
+        // Index 3 succeeds: rule 1 is met.
+        for n in 0..4 {
+            let mut p = created(&calls, n, &format!("pod-{}", index(n)));
+            if index(n) == "3" {
+                p.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+            }
+            informers.pods().apply_event(Event::Apply(p));
+        }
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = last_status(&calls);
+        let conditions: Vec<(&str, &str, &str)> = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap(),
+                    c["reason"].as_str().unwrap(),
+                    c["message"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            conditions,
+            [(
+                "SuccessCriteriaMet",
+                "SuccessPolicy",
+                "Matched rules at index 1"
+            )]
+        );
+        for i in ["0", "1", "2"] {
+            let path = format!("/api/v1/namespaces/default/pods/pod-{i}");
+            assert_eq!(taken(&calls, "DELETE", &path).len(), 1, "{path}");
+        }
+        // The deleted pods go: Complete, with the same reason and message.
+        for n in 0..4 {
+            if index(n) != "3" {
+                let p = created(&calls, n, &format!("pod-{}", index(n)));
+                informers.pods().apply_event(Event::Delete(p));
+            }
+        }
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = last_status(&calls);
+        let complete = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Complete")
+            .cloned()
+            .unwrap();
+        assert_eq!(complete["reason"], "SuccessPolicy");
+        assert_eq!(complete["message"], "Matched rules at index 1");
+        assert!(st["completionTime"].is_string(), "{st}");
+        assert_eq!(st["completedIndexes"], "3", "{st}");
     }
 
     /// The pod watch can be behind the Job watch: a sync then sees the pod it counted and

@@ -221,6 +221,54 @@ fn jobs_complete_fail_and_index() {
         "1"
     );
     assert_eq!(by_index().len(), 2, "the failed index was not retried");
+
+    // A success policy: one succeeded index is enough. The Job says so at once
+    // (SuccessCriteriaMet), its other pods are deleted, and it is Complete once they are gone.
+    c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &job(
+            "any-one",
+            r#""completions":3,"parallelism":3,"completionMode":"Indexed","successPolicy":{"rules":[{"succeededCount":1}]},"#,
+        ),
+    );
+    let pods = || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "batch.kubernetes.io/job-name=any-one",
+            "-o",
+            "name",
+        ])
+    };
+    eventually(Duration::from_secs(60), "three indexed pods", || {
+        pods().lines().count() == 3
+    });
+    let first = pods().lines().next().unwrap().to_string();
+    c.ok(&[
+        "patch",
+        &first,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Succeeded"}}"#,
+    ]);
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/any-one",
+        "--timeout=60s",
+    ]);
+    let reasons = jsonpath(
+        &c,
+        "job/any-one",
+        "{range .status.conditions[*]}{.type}={.reason}={.message};{end}",
+    );
+    assert_eq!(
+        reasons,
+        "SuccessCriteriaMet=SuccessPolicy=Matched rules at index 0;Complete=SuccessPolicy=Matched rules at index 0;"
+    );
+    assert_eq!(pods().lines().collect::<Vec<_>>(), [first.as_str()]);
 }
 
 #[test]
