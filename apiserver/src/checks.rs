@@ -522,12 +522,13 @@ pub fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// Checks a Job's counts and per-index failure settings, with upstream's messages:
-/// `backoffLimitPerIndex` only for Indexed Jobs, `maxFailedIndexes` only beside it and at most
-/// `completions` (and 100000), a `FailIndex` rule only with `backoffLimitPerIndex`.
+/// Checks a Job's counts, completion mode, per-index failure settings, success and failure
+/// policies, with upstream's messages: `backoffLimitPerIndex` and `maxFailedIndexes` only for
+/// Indexed Jobs (`maxFailedIndexes` beside a limit per index, at most `completions`), the
+/// limits above 100000 completions, a `FailIndex` rule only with `backoffLimitPerIndex`.
 pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
     let int = |k: &str| obj.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
-    let invalid = |field: &str, v: i64, msg: &str| {
+    let invalid = |field: &str, v: &dyn std::fmt::Display, msg: &str| {
         Cause::new(
             "FieldValueInvalid",
             field,
@@ -544,59 +545,107 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
         if let Some(v) = int(k).filter(|v| *v < 0) {
             causes.push(invalid(
                 &format!("spec.{k}"),
-                v,
+                &v,
                 "must be greater than or equal to 0",
             ));
         }
     }
-    const MAX_INDEXES: i64 = 100_000;
-    let indexed = str_at(obj, "/spec/completionMode") == Some("Indexed");
+    // Indexed Jobs' limits (upstream's).
+    const MAX_INDEXED_PARALLELISM: i64 = 100_000;
+    const MAX_FAILED_INDEXES: i64 = 100_000;
+    const COMPLETIONS_SOFT_LIMIT: i64 = 100_000;
+    const LIMIT_FOR_HIGH_COMPLETIONS: i64 = 10_000;
     let per_index = int("backoffLimitPerIndex");
-    if let Some(v) = per_index
-        && !indexed
-    {
-        causes.push(invalid(
+    let max_failed = int("maxFailedIndexes");
+    if max_failed.is_some() && per_index.is_none() {
+        causes.push(Cause::new(
+            "FieldValueRequired",
             "spec.backoffLimitPerIndex",
-            v,
-            "requires indexed completion mode",
+            "Required value: when maxFailedIndexes is specified",
         ));
     }
-    if let Some(m) = int("maxFailedIndexes") {
-        if per_index.is_none() {
-            causes.push(Cause::new(
-                "FieldValueRequired",
-                "spec.backoffLimitPerIndex",
-                "Required value: when maxFailedIndexes is specified",
-            ));
+    let mode = str_at(obj, "/spec/completionMode");
+    match mode {
+        Some("Indexed") => {
+            let completions = int("completions");
+            if completions.is_none() {
+                causes.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.completions",
+                    "Required value: when completion mode is Indexed",
+                ));
+            }
+            if let Some(p) = int("parallelism").filter(|p| *p > MAX_INDEXED_PARALLELISM) {
+                causes.push(invalid(
+                    "spec.parallelism",
+                    &p,
+                    "must be less than or equal to 100000 when completion mode is Indexed",
+                ));
+            }
+            if let (Some(m), Some(c)) = (max_failed, completions)
+                && m > c
+            {
+                causes.push(invalid(
+                    "spec.maxFailedIndexes",
+                    &m,
+                    "must be less than or equal to completions",
+                ));
+            }
+            if let Some(m) = max_failed.filter(|m| *m > MAX_FAILED_INDEXES) {
+                causes.push(invalid(
+                    "spec.maxFailedIndexes",
+                    &m,
+                    "must be less than or equal to 100000",
+                ));
+            }
+            if completions.is_some_and(|c| c > COMPLETIONS_SOFT_LIMIT) && per_index.is_some() {
+                let high =
+                    "when completions are above 100000 and used with backoff limit per index";
+                if max_failed.is_none() {
+                    causes.push(Cause::new(
+                        "FieldValueRequired",
+                        "spec.maxFailedIndexes",
+                        "Required value: must be specified when completions is above 100000",
+                    ));
+                }
+                if let Some(p) = int("parallelism").filter(|p| *p > LIMIT_FOR_HIGH_COMPLETIONS) {
+                    causes.push(invalid(
+                        "spec.parallelism",
+                        &p,
+                        &format!("must be less than or equal to 10000 {high}"),
+                    ));
+                }
+                if let Some(m) = max_failed.filter(|m| *m > LIMIT_FOR_HIGH_COMPLETIONS) {
+                    causes.push(invalid(
+                        "spec.maxFailedIndexes",
+                        &m,
+                        &format!("must be less than or equal to 10000 {high}"),
+                    ));
+                }
+            }
         }
-        if m > MAX_INDEXES {
-            causes.push(invalid(
-                "spec.maxFailedIndexes",
-                m,
-                "must be less than or equal to 100000",
-            ));
+        None | Some("NonIndexed") => {
+            for (k, v) in [
+                ("backoffLimitPerIndex", per_index),
+                ("maxFailedIndexes", max_failed),
+            ] {
+                if let Some(v) = v {
+                    causes.push(invalid(
+                        &format!("spec.{k}"),
+                        &v,
+                        "requires indexed completion mode",
+                    ));
+                }
+            }
         }
-        if let Some(c) = int("completions")
-            && m > c
-        {
-            causes.push(invalid(
-                "spec.maxFailedIndexes",
-                m,
-                "must be less than or equal to completions",
-            ));
-        }
-    }
-    if per_index.is_some()
-        && let Some(c) = int("completions").filter(|c| *c > MAX_INDEXES)
-    {
-        causes.push(invalid(
-            "spec.completions",
-            c,
-            "must be less than or equal to 100000 when backoffLimitPerIndex is specified",
-        ));
+        Some(other) => causes.push(not_supported(
+            "spec.completionMode",
+            other,
+            &["NonIndexed", "Indexed"],
+        )),
     }
     if let Some(policy) = obj.pointer("/spec/successPolicy").filter(|v| !v.is_null()) {
-        if indexed {
+        if mode == Some("Indexed") {
             success_policy(policy, int("completions").unwrap_or(0), causes);
         } else {
             causes.push(Cause::new(
@@ -606,24 +655,69 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    let rules = obj
-        .pointer("/spec/podFailurePolicy/rules")
+    let failure_policy = obj
+        .pointer("/spec/podFailurePolicy")
+        .filter(|v| !v.is_null());
+    let rules = failure_policy
+        .and_then(|p| p.get("rules"))
         .and_then(Value::as_array);
+    const ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
     for (i, rule) in rules.into_iter().flatten().enumerate() {
-        let field = format!("spec.podFailurePolicy.rules[{i}].action");
-        match rule.get("action").and_then(Value::as_str) {
-            Some("FailIndex") if per_index.is_none() => causes.push(Cause::new(
+        let path = format!("spec.podFailurePolicy.rules[{i}]");
+        let field = format!("{path}.action");
+        match rule.get("action").and_then(Value::as_str).unwrap_or("") {
+            "" => causes.push(Cause::new(
+                "FieldValueRequired",
+                &field,
+                "Required value: valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]",
+            )),
+            "FailIndex" if per_index.is_none() => causes.push(invalid(
+                &field,
+                &"\"FailIndex\"",
+                "requires the backoffLimitPerIndex to be set",
+            )),
+            a if ACTIONS.contains(&a) => {}
+            other => causes.push(not_supported(&field, other, ACTIONS)),
+        }
+        let on_codes = rule.get("onExitCodes").is_some_and(|v| !v.is_null());
+        let on_conditions = rule
+            .get("onPodConditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty());
+        let shape = match (on_codes, on_conditions) {
+            (true, true) => {
+                Some("specifying both OnExitCodes and OnPodConditions is not supported")
+            }
+            (false, false) => Some("specifying one of OnExitCodes and OnPodConditions is required"),
+            _ => None,
+        };
+        if let Some(msg) = shape {
+            causes.push(Cause::new(
                 "FieldValueInvalid",
-                &field,
-                "Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
-            )),
-            Some("FailJob" | "FailIndex" | "Ignore" | "Count") => {}
-            Some(other) => causes.push(not_supported(
-                &field,
-                other,
-                &["Count", "FailIndex", "FailJob", "Ignore"],
-            )),
-            None => causes.push(required(&field)),
+                &path,
+                format!("Invalid value: {msg}"),
+            ));
+        }
+    }
+    // A failure policy judges pods that end: their containers are not restarted in place.
+    let restart = str_at(obj, "/spec/template/spec/restartPolicy");
+    if failure_policy.is_some()
+        && let Some(r) = restart.filter(|r| *r == "OnFailure")
+    {
+        causes.push(invalid(
+            "spec.template.spec.restartPolicy",
+            &format!("{r:?}"),
+            "only \"Never\" is supported when podFailurePolicy is specified",
+        ));
+    }
+    if let Some(p) = str_at(obj, "/spec/podReplacementPolicy") {
+        let allowed: &[&str] = if failure_policy.is_some() {
+            &["Failed"]
+        } else {
+            &["Failed", "TerminatingOrFailed"]
+        };
+        if !allowed.contains(&p) {
+            causes.push(not_supported("spec.podReplacementPolicy", p, allowed));
         }
     }
 }
@@ -1056,10 +1150,12 @@ mod tests {
     #[test]
     fn job_failure_limits_per_index_as_upstream() {
         let ok = json!({"spec": {"completionMode": "Indexed", "completions": 4, "backoffLimitPerIndex": 1, "maxFailedIndexes": 4,
-            "podFailurePolicy": {"rules": [{"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}});
+            "podFailurePolicy": {"rules": [{"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]},
+            "template": {"spec": {"restartPolicy": "Never"}}}});
         assert!(causes(job, ok).is_empty());
-        let bad = json!({"spec": {"completions": 2, "maxFailedIndexes": 3, "parallelism": -1,
-            "podFailurePolicy": {"rules": [{"action": "FailIndex"}, {"action": "Retry"}]}}});
+        let bad = json!({"spec": {"completionMode": "Indexed", "completions": 2, "maxFailedIndexes": 3, "parallelism": -1,
+            "podReplacementPolicy": "TerminatingOrFailed", "template": {"spec": {"restartPolicy": "OnFailure"}},
+            "podFailurePolicy": {"rules": [{"action": "FailIndex", "onExitCodes": {}}, {"action": "Retry"}]}}});
         assert_eq!(
             causes(job, bad),
             [
@@ -1068,6 +1164,18 @@ mod tests {
                 "spec.maxFailedIndexes: Invalid value: 3: must be less than or equal to completions",
                 "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
                 "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Retry\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+                "spec.podFailurePolicy.rules[1]: Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified",
+                "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\"",
+            ]
+        );
+        // Above 100000 completions a limit per index needs maxFailedIndexes, and lower limits.
+        let high = json!({"spec": {"completionMode": "Indexed", "completions": 200000, "backoffLimitPerIndex": 1, "parallelism": 20000}});
+        assert_eq!(
+            causes(job, high),
+            [
+                "spec.maxFailedIndexes: Required value: must be specified when completions is above 100000",
+                "spec.parallelism: Invalid value: 20000: must be less than or equal to 10000 when completions are above 100000 and used with backoff limit per index",
             ]
         );
         let policy = json!({"spec": {"completionMode": "Indexed", "completions": 5, "successPolicy": {"rules": [
@@ -1085,10 +1193,13 @@ mod tests {
         );
         let plain = json!({"spec": {"successPolicy": {"rules": [{"succeededCount": 1}]}}});
         assert!(causes(job, plain)[0].ends_with("requires indexed completion mode"));
-        let not_indexed = json!({"spec": {"backoffLimitPerIndex": 2}});
+        let not_indexed = json!({"spec": {"backoffLimitPerIndex": 2, "maxFailedIndexes": 1}});
         assert_eq!(
             causes(job, not_indexed),
-            ["spec.backoffLimitPerIndex: Invalid value: 2: requires indexed completion mode"]
+            [
+                "spec.backoffLimitPerIndex: Invalid value: 2: requires indexed completion mode",
+                "spec.maxFailedIndexes: Invalid value: 1: requires indexed completion mode",
+            ]
         );
     }
 

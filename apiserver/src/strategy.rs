@@ -423,12 +423,22 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["spec", "backoffLimit"], json!(backoff_limit));
             set_default(obj, &["spec", "completionMode"], json!("NonIndexed"));
             set_default(obj, &["spec", "suspend"], json!(false));
-            if obj.pointer("/spec/parallelism").is_none() {
-                set_default(obj, &["spec", "parallelism"], json!(1));
-            }
-            if obj.pointer("/spec/completions").is_none() {
+            // Completions default to 1 only with parallelism unset too: a parallelism alone
+            // makes a work queue, done when one pod succeeds.
+            let unset = |obj: &Value, f: &str| {
+                obj.pointer(&format!("/spec/{f}"))
+                    .is_none_or(Value::is_null)
+            };
+            if unset(obj, "completions") && unset(obj, "parallelism") {
                 set_default(obj, &["spec", "completions"], json!(1));
             }
+            set_default(obj, &["spec", "parallelism"], json!(1));
+            let replacement = if unset(obj, "podFailurePolicy") {
+                "TerminatingOrFailed"
+            } else {
+                "Failed"
+            };
+            set_default(obj, &["spec", "podReplacementPolicy"], json!(replacement));
             default_template(obj);
         }
         "CronJob" => {

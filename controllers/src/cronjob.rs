@@ -24,8 +24,8 @@ use kube::{Client, ResourceExt};
 
 use crate::Informers;
 use crate::util::{
-    SyncResult, controller_of, controller_ref, deleting, is_conflict, is_not_found, key_of,
-    object_ref, reconciler, replace_status, split_key,
+    SyncResult, Written, controller_of, controller_ref, deleting, is_conflict, is_not_found,
+    key_of, object_ref, reconciler, split_key,
 };
 
 /// A parsed cron schedule (five fields, or one of the `@` shorthands).
@@ -246,6 +246,10 @@ pub struct CronJobController {
     jobs: Index<Job>,
     queue: WorkQueue<String>,
     recorder: Recorder,
+    /// Each CronJob as this controller last wrote it, until the cache shows that version or a
+    /// later one: a sync on an older copy (without its last `lastScheduleTime`) would start
+    /// the Job of a schedule time it has handled again, had that Job since been deleted.
+    written: Written<CronJob>,
 }
 
 fn job_finished(j: &Job) -> Option<&'static str> {
@@ -287,15 +291,17 @@ impl CronJobController {
             jobs,
             queue,
             recorder,
+            written: Written::default(),
         })
     }
 
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(cj) = self.cronjobs.get(&ObjectRef::new(name).within(ns)) else {
+            self.written.forget(&key);
             return Ok(None);
         };
-        let cj = (*cj).clone();
+        let cj = (*self.written.newest(&key, cj)).clone();
         let spec = cj.spec.clone().unwrap_or_default();
         let job_api: Api<Job> = Api::namespaced(self.client.clone(), ns);
         let mut jobs: Vec<Arc<Job>> = self.jobs.get(&cj.uid().unwrap_or_default());
@@ -508,7 +514,19 @@ impl CronJobController {
         }
         let mut updated = cj.clone();
         updated.status = Some(status);
-        replace_status(&self.client, &updated).await.map(drop)
+        let api: Api<CronJob> =
+            Api::namespaced(self.client.clone(), &cj.namespace().unwrap_or_default());
+        match api
+            .replace_status(&cj.name_any(), &PostParams::default(), &updated)
+            .await
+        {
+            Ok(written) => {
+                self.written.remember(written);
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -517,6 +535,53 @@ reconciler!(CronJobController, "cronjob");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{fake_client, taken};
+    use kube::runtime::watcher::Event;
+
+    /// The cache can be behind the controller's own status write. A sync on the older copy
+    /// (no `lastScheduleTime` yet) must not start the Job of a schedule time it has handled,
+    /// even once that Job is gone (deleted by the history limit, or by hand).
+    #[tokio::test]
+    async fn a_cache_behind_its_own_status_write_starts_no_job_twice() {
+        let (client, calls) = fake_client();
+        let mut informers = crate::Informers::new(client.clone());
+        let ctl = CronJobController::new(
+            &mut informers,
+            Recorder::new(client, "cronjob-controller", None),
+        );
+        let created = Timestamp::now() - jiff::SignedDuration::from_secs(180);
+        let cj: CronJob = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "tick", "namespace": "default", "uid": "cj-uid",
+                "resourceVersion": "5", "creationTimestamp": created.to_string()},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}},
+        }))
+        .unwrap();
+        informers.cronjobs().apply_event(Event::Apply(cj));
+        let names = || -> Vec<String> {
+            taken(&calls, "POST", "/apis/batch/v1/namespaces/default/jobs")
+                .iter()
+                .map(|(_, j)| j["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        ctl.clone().sync("default/tick".into()).await.unwrap();
+        let first = names();
+        assert_eq!(first.len(), 1, "{first:?}");
+        let written = taken(
+            &calls,
+            "PUT",
+            "/apis/batch/v1/namespaces/default/cronjobs/tick/status",
+        );
+        assert!(written[0].1["status"]["lastScheduleTime"].is_string());
+        // The Job is not in the cache (gone), nor is the status write.
+        ctl.clone().sync("default/tick".into()).await.unwrap();
+        let again = names();
+        assert_eq!(
+            again.iter().filter(|n| **n == first[0]).count(),
+            1,
+            "{again:?}"
+        );
+    }
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()

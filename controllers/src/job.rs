@@ -51,8 +51,9 @@ use serde_json::json;
 use crate::Informers;
 use crate::replicaset::slow_start;
 use crate::util::{
-    Expectations, SyncResult, claim_indexed, controller_of, controller_ref, deleting, is_not_found,
-    key_of, namespace_terminating, object_ref, pod_ready, reconciler, selector_or_event, split_key,
+    Expectations, SyncResult, Written, claim_indexed, controller_of, controller_ref, deleting,
+    is_not_found, key_of, namespace_terminating, object_ref, pod_ready, reconciler,
+    selector_or_event, split_key,
 };
 
 /// The finalizer that keeps a finished pod until the Job has counted it.
@@ -82,7 +83,7 @@ pub struct JobController {
     /// later one. Its status counts pods whose tracking finalizers were then removed: a sync
     /// on an older cached copy (the Job watch behind the pod watch) would count them nowhere
     /// and start their replacements.
-    written: parking_lot::Mutex<HashMap<String, Arc<Job>>>,
+    written: Written<Job>,
     /// Per Job, the pods whose tracking finalizer this controller removed, until the pod
     /// cache shows it gone (upstream's finalizer expectations): they are counted in the Job's
     /// status already, and a pod cache behind the removal would have them counted again.
@@ -235,13 +236,17 @@ fn failed_for_replacement(spec: &JobSpec, p: &Pod) -> bool {
 
 /// Per index, the failed pod a new pod of it replaces: the one with the most failures
 /// recorded, the last to finish among equals.
-fn replaced_by_index<'a>(spec: &JobSpec, pods: &'a [Arc<Pod>]) -> HashMap<i32, &'a Arc<Pod>> {
+fn replaced_by_index<'a>(
+    spec: &JobSpec,
+    pods: impl Iterator<Item = &'a Arc<Pod>>,
+) -> HashMap<i32, &'a Arc<Pod>> {
     let completions = spec.completions.unwrap_or(0);
     let all = |p: &Pod| {
-        count_annotation(p, INDEX_FAILURE_COUNT) + count_annotation(p, INDEX_IGNORED_FAILURE_COUNT)
+        count_annotation(p, INDEX_FAILURE_COUNT)
+            .saturating_add(count_annotation(p, INDEX_IGNORED_FAILURE_COUNT))
     };
     let mut out: HashMap<i32, &Arc<Pod>> = HashMap::new();
-    for p in pods.iter().filter(|p| failed_for_replacement(spec, p)) {
+    for p in pods.filter(|p| failed_for_replacement(spec, p)) {
         let Some(i) = pod_index(p).filter(|i| (0..completions).contains(i)) else {
             continue;
         };
@@ -264,11 +269,12 @@ struct NewPod {
 }
 
 /// The pods to create now, and how long until more may be (a back-off still running).
-/// `occupied` are the pods holding places; `done` and `failed` the finished indexes.
+/// `occupied` are the pods holding places; `done` and `failed` the finished indexes; `replaced`
+/// (with a limit per index) the failed pod each waiting index replaces.
 fn plan_pods(
     spec: &JobSpec,
     occupied: &[&Arc<Pod>],
-    pods: &[Arc<Pod>],
+    replaced: &HashMap<i32, &Arc<Pod>>,
     succeeded: i32,
     (done, failed): (&BTreeSet<i32>, &BTreeSet<i32>),
     backoff: Backoff,
@@ -310,7 +316,6 @@ fn plan_pods(
         return (new.collect(), None);
     }
     // Each index on its own back-off, from the failures its last pod recorded.
-    let replaced = replaced_by_index(spec, pods);
     let (mut new, mut wait) = (Vec::new(), None::<Duration>);
     for i in wanted.into_iter().flatten() {
         let (failures, left) = match replaced.get(&i) {
@@ -320,13 +325,14 @@ fn plan_pods(
                     count_annotation(p, INDEX_FAILURE_COUNT),
                     count_annotation(p, INDEX_IGNORED_FAILURE_COUNT),
                 );
-                let left = backoff_left((counted + ignored + 1) as u32, finished_at(p), now);
+                let all = counted.saturating_add(ignored).saturating_add(1);
+                let left = backoff_left(all as u32, finished_at(p), now);
                 let ignore =
                     matches!(failure_policy_verdict(spec, p), Some((a, _)) if a == "Ignore");
                 let failures = if ignore {
-                    (counted, ignored + 1)
+                    (counted, ignored.saturating_add(1))
                 } else {
-                    (counted + 1, ignored)
+                    (counted.saturating_add(1), ignored)
                 };
                 (failures, left)
             }
@@ -635,38 +641,16 @@ impl JobController {
         removed.map(drop)
     }
 
-    /// The newer of the cached Job and the one this controller last wrote (resourceVersions
-    /// compared as numbers, as keelson's and etcd's are; a non-number leaves the cached one).
-    fn newest(&self, key: &str, cached: Arc<Job>) -> Arc<Job> {
-        let mut written = self.written.lock();
-        let Some(mine) = written.get(key) else {
-            return cached;
-        };
-        let rv = |j: &Job| {
-            j.metadata
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        match (rv(mine), rv(&cached)) {
-            (Some(m), Some(c)) if m > c && mine.metadata.uid == cached.metadata.uid => mine.clone(),
-            _ => {
-                written.remove(key);
-                cached
-            }
-        }
-    }
-
     async fn sync(self: Arc<Self>, key: String) -> SyncResult {
         let (ns, name) = split_key(&key);
         let Some(job) = self.jobs.get(&ObjectRef::new(name).within(ns)) else {
             self.expectations.forget(&key);
-            self.written.lock().remove(&key);
+            self.written.forget(&key);
             self.freed.lock().remove(&key);
             self.backoff.lock().remove(&key);
             return Ok(None);
         };
-        let mut job = (*self.newest(&key, job)).clone();
+        let mut job = (*self.written.newest(&key, job)).clone();
         let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let spec = job.spec.clone().unwrap_or_default();
@@ -704,6 +688,7 @@ impl JobController {
         let (mut ok_at, mut failed_at) = (Vec::new(), Vec::new());
         let per_index = limit_per_index(&spec);
         let mut failed_indexes = parse_indexes(status.failed_indexes.as_deref().unwrap_or(""));
+        let mut ignored: Vec<&Arc<Pod>> = Vec::new();
         for p in &pods {
             let tracked = p.finalizers().iter().any(|f| f == TRACKING_FINALIZER);
             let pid = p.uid().unwrap_or_default();
@@ -737,9 +722,10 @@ impl JobController {
             } else {
                 failed_at.push(finished_at(p));
                 let verdict = failure_policy_verdict(&spec, p);
-                // With a limit per index: a Failed pod fails its index at a `FailIndex` rule,
+                // With a limit per index: a failed pod fails its index at a `FailIndex` rule,
                 // or when the counted failures before it reached the limit.
-                if let (Some(limit), Some(i), "Failed") = (per_index, pod_index(p), phase(p)) {
+                let in_range = |i: &i32| (0..spec.completions.unwrap_or(0)).contains(i);
+                if let (Some(limit), Some(i)) = (per_index, pod_index(p).filter(in_range)) {
                     let action = verdict.as_ref().map(|(a, _)| a.as_str());
                     let counted = action != Some("Ignore");
                     if action == Some("FailIndex")
@@ -749,9 +735,14 @@ impl JobController {
                     }
                 }
                 match verdict {
-                    // Not counted towards the backoff limit: only released.
+                    // Not counted towards the backoff limit: only released (with a limit per
+                    // index, below, unless held for its index's next pod).
                     Some((action, _)) if action == "Ignore" => {
-                        self.free(&key, &pod_api, p).await?;
+                        if per_index.is_some() {
+                            ignored.push(p);
+                        } else {
+                            self.free(&key, &pod_api, p).await?;
+                        }
                         continue;
                     }
                     Some((action, message)) if action == "FailJob" => {
@@ -781,19 +772,60 @@ impl JobController {
             status.uncounted_terminated_pods = Some(uncounted.clone());
             job = self.write_status(&api, &job, status.clone()).await?;
         }
-        let backoff = {
+        let backoff = if finished {
+            Backoff::default()
+        } else {
             let mut all = self.backoff.lock();
             let b = all.entry(key.clone()).or_default();
             *b = b.after(&ok_at, &failed_at);
             *b
         };
+        // With a limit per index, the last failed pod of an index waiting for its next pod
+        // keeps its tracking finalizer, and so stays (counted only then), until that pod
+        // exists: the new pod takes its index's failure count from it.
+        let held: HashMap<i32, &Arc<Pod>> =
+            if per_index.is_some() && !finished && !met && !failing && !deleting(&job.metadata) {
+                let mut done = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+                done.extend(
+                    pods.iter()
+                        .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
+                        .filter_map(|p| pod_index(p)),
+                );
+                let busy: HashSet<i32> = pods
+                    .iter()
+                    .filter(|p| {
+                        matches!(phase(p), "Pending" | "Running" | "Unknown")
+                            && !deleting(&p.metadata)
+                    })
+                    .filter_map(|p| pod_index(p))
+                    .collect();
+                let tracked = pods.iter().filter(|p| {
+                    p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
+                        && !freed.contains(&p.uid().unwrap_or_default())
+                });
+                let mut held = replaced_by_index(&spec, tracked);
+                held.retain(|i, _| {
+                    !done.contains(i) && !failed_indexes.contains(i) && !busy.contains(i)
+                });
+                held
+            } else {
+                HashMap::new()
+            };
+        let kept: HashSet<String> = held.values().filter_map(|p| p.uid()).collect();
         let recorded: HashSet<&String> = unc_ok.iter().chain(unc_failed.iter()).collect();
         for p in pods.iter().filter(|p| {
             let pid = p.uid().unwrap_or_default();
-            recorded.contains(&pid) && !freed.contains(&pid)
+            recorded.contains(&pid) && !freed.contains(&pid) && !kept.contains(&pid)
         }) {
             self.free(&key, &pod_api, p).await?;
         }
+        for p in ignored {
+            if !kept.contains(&p.uid().unwrap_or_default()) {
+                self.free(&key, &pod_api, p).await?;
+            }
+        }
+        let held_back = unc_failed.iter().filter(|u| kept.contains(*u)).count();
+        unc_failed.retain(|u| !kept.contains(u));
         if !unc_ok.is_empty() || !unc_failed.is_empty() {
             let mut indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
             for p in pods
@@ -809,7 +841,14 @@ impl JobController {
             if spec.completion_mode.as_deref() == Some("Indexed") {
                 status.completed_indexes = Some(format_indexes(&indexes));
             }
-            status.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+            status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
+                failed: (!kept.is_empty()).then(|| {
+                    let mut held: Vec<String> = kept.iter().cloned().collect();
+                    held.sort();
+                    held
+                }),
+                ..Default::default()
+            });
         }
 
         let active: Vec<&Arc<Pod>> = pods
@@ -819,7 +858,8 @@ impl JobController {
             })
             .collect();
         let succeeded = status.succeeded.unwrap_or(0);
-        let failed = status.failed.unwrap_or(0);
+        // The failures held back count too.
+        let failed = status.failed.unwrap_or(0) + held_back as i32;
         let suspended = spec.suspend.unwrap_or(false);
         let now = jiff::Timestamp::now();
         let mut requeue = None;
@@ -969,7 +1009,7 @@ impl JobController {
                 let (new, wait) = plan_pods(
                     &spec,
                     &occupied,
-                    &pods,
+                    &held,
                     succeeded,
                     (&done_indexes, &failed_indexes),
                     backoff,
@@ -1033,9 +1073,7 @@ impl JobController {
         let written = api
             .replace_status(&job.name_any(), &PostParams::default(), &updated)
             .await?;
-        self.written
-            .lock()
-            .insert(key_of(&written.metadata), Arc::new(written.clone()));
+        self.written.remember(written.clone());
         Ok(written)
     }
 
@@ -1534,10 +1572,18 @@ mod tests {
                 .unwrap();
         let none = BTreeSet::new();
         let fresh = Backoff::default().after(&[], &[now]);
-        let (new, wait) = plan_pods(&spec, &[], &[], 0, (&none, &none), fresh, now);
+        let (new, wait) = plan_pods(&spec, &[], &HashMap::new(), 0, (&none, &none), fresh, now);
         assert!(new.is_empty());
         assert_eq!(wait, Some(FAILURE_BACKOFF));
-        let (new, wait) = plan_pods(&spec, &[], &[], 0, (&none, &none), Backoff::default(), now);
+        let (new, wait) = plan_pods(
+            &spec,
+            &[],
+            &HashMap::new(),
+            0,
+            (&none, &none),
+            Backoff::default(),
+            now,
+        );
         assert_eq!((new.len(), wait), (2, None));
     }
 
@@ -1579,7 +1625,8 @@ mod tests {
             json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
                 "backoffLimit": i32::MAX, "backoffLimitPerIndex": 1, "maxFailedIndexes": 1,
                 "podFailurePolicy": {"rules": [
-                    {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}}]}}),
+                    {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [42]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}}),
             json!({"startTime": "2026-12-06T09:00:00Z"}),
         );
         informers.jobs().apply_event(Event::Apply(job));
@@ -1591,7 +1638,27 @@ mod tests {
                 .unwrap_or("")
                 .to_string()
         };
-        sync().await.unwrap();
+        let patched = |name: &str| {
+            taken(
+                &calls,
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+            )
+            .len()
+        };
+        // The controller's `n`th pod as the watch shows it, named `name`, with `status`.
+        let shown = |n: usize, name: &str, status: serde_json::Value| {
+            let mut p = created(&calls, n, name);
+            p.status = Some(serde_json::from_value(status).unwrap());
+            Event::Apply(p)
+        };
+        let failed = |exit: i32, at: &str, conditions: serde_json::Value| {
+            json!({"phase": "Failed", "conditions": conditions,
+                "containerStatuses": [{"name": "main", "image": "perl", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit, "finishedAt": at}}}]})
+        };
+        let running = || json!({"phase": "Running"});
+        assert_eq!(sync().await.unwrap(), None);
         let first = posts();
         assert_eq!(first.len(), 3);
         assert!(
@@ -1606,47 +1673,70 @@ mod tests {
                 .position(|(_, p)| note(p, INDEX_KEY) == i)
                 .unwrap()
         };
-        let fail = |n: usize, name: &str, exit: i32| {
-            let mut p = created(&calls, n, name);
-            p.status = failed_pod(name, exit, json!([])).status;
-            p
-        };
         let (i0, i1, i2) = (of_index("0"), of_index("1"), of_index("2"));
-        // Index 0 fails once: retried, its new pod carrying the failure.
-        informers
-            .pods()
-            .apply_event(Event::Apply(fail(i0, "pi-a", 1)));
-        for (n, name) in [(i1, "pi-b"), (i2, "pi-c")] {
-            informers
-                .pods()
-                .apply_event(Event::Apply(created(&calls, n, name)));
-        }
+        // Index 0 fails just now: no new pod until its back-off is over, and the sync comes
+        // back then. The failed pod keeps its finalizer meanwhile, its failure uncounted.
+        let pods = informers.pods();
+        pods.apply_event(shown(
+            i0,
+            "pi-a",
+            failed(1, &jiff::Timestamp::now().to_string(), json!([])),
+        ));
+        pods.apply_event(shown(i1, "pi-b", running()));
+        pods.apply_event(shown(i2, "pi-c", running()));
+        let wait = sync().await.unwrap().expect("a requeue for the back-off");
+        assert!(
+            wait <= FAILURE_BACKOFF && wait > Duration::from_secs(5),
+            "{wait:?}"
+        );
+        assert_eq!(posts().len(), 3);
+        assert_eq!(patched("pi-a"), 0);
+        let st = last_status(&calls);
+        assert_eq!(
+            st["uncountedTerminatedPods"]["failed"],
+            json!(["pi-a-uid"]),
+            "{st}"
+        );
+        // The back-off over, index 0's new pod carries the failure; the failed pod is
+        // released (and counted) once the new one shows.
+        pods.apply_event(shown(i0, "pi-a", failed(1, LONG_AGO, json!([]))));
         sync().await.unwrap();
         let all = posts();
         assert_eq!(all.len(), 4);
         assert_eq!(note(&all[3].1, INDEX_KEY), "0");
         assert_eq!(note(&all[3].1, INDEX_FAILURE_COUNT), "1");
+        assert_eq!(patched("pi-a"), 0, "held until its successor shows");
+        pods.apply_event(shown(3, "pi-d", running()));
+        sync().await.unwrap();
+        assert_eq!(patched("pi-a"), 1);
         let st = last_status(&calls);
         assert_eq!(
             (st["failed"].clone(), st["failedIndexes"].clone()),
             (json!(1), json!("")),
             "{st}"
         );
-        // Its second failure reaches the limit: the index is failed and not retried. One
-        // failed index is within maxFailedIndexes.
-        informers
-            .pods()
-            .apply_event(Event::Apply(fail(3, "pi-d", 1)));
+        // Index 2 is evicted (an Ignore rule): replaced, its failure counted as ignored.
+        let evicted = json!([{"type": "DisruptionTarget", "status": "True"}]);
+        pods.apply_event(shown(i2, "pi-c", failed(137, LONG_AGO, evicted)));
         sync().await.unwrap();
-        assert_eq!(posts().len(), 4);
+        let all = posts();
+        assert_eq!(all.len(), 5);
+        assert_eq!(note(&all[4].1, INDEX_KEY), "2");
+        assert_eq!(note(&all[4].1, INDEX_FAILURE_COUNT), "0");
+        assert_eq!(note(&all[4].1, INDEX_IGNORED_FAILURE_COUNT), "1");
+        pods.apply_event(shown(4, "pi-e", running()));
+        // Index 0 fails again, at its limit: the index is failed and not retried. One failed
+        // index is within maxFailedIndexes.
+        pods.apply_event(shown(3, "pi-d", failed(1, LONG_AGO, json!([]))));
+        sync().await.unwrap();
+        assert_eq!(posts().len(), 5);
         let st = last_status(&calls);
         assert_eq!(st["failedIndexes"], "0", "{st}");
+        assert_eq!(st["failed"], 2, "the ignored failure is not counted: {st}");
         assert_eq!(st.get("conditions"), None, "{st}");
         // Index 1 matches the FailIndex rule: failed at its first failure, a second failed
         // index, so the Job is failing and index 2's pod is deleted...
-        informers
-            .pods()
-            .apply_event(Event::Apply(fail(i1, "pi-b", 42)));
+        pods.apply_event(shown(i1, "pi-b", failed(42, LONG_AGO, json!([]))));
         sync().await.unwrap();
         let st = last_status(&calls);
         assert_eq!(st["failedIndexes"], "0,1", "{st}");
@@ -1665,15 +1755,13 @@ mod tests {
             "Job has exceeded the specified maximal number of failed indexes"
         );
         assert_eq!(
-            taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/pi-c").len(),
+            taken(&calls, "DELETE", "/api/v1/namespaces/default/pods/pi-e").len(),
             1
         );
-        assert_eq!(posts().len(), 4);
+        assert_eq!(posts().len(), 5);
         // ... and Failed once that pod is gone.
         assert!(condition(&st, "Failed").is_none(), "{st}");
-        informers
-            .pods()
-            .apply_event(Event::Delete(created(&calls, i2, "pi-c")));
+        pods.apply_event(Event::Delete(created(&calls, 4, "pi-e")));
         sync().await.unwrap();
         let st = last_status(&calls);
         let failed = condition(&st, "Failed").unwrap();

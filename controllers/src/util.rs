@@ -499,6 +499,50 @@ pub fn enqueue_controller<K: Resource>(
     }
 }
 
+/// Objects as a controller last wrote them, until its cache shows that version or a later
+/// one: a sync on an older cached copy would act again on what the write already recorded.
+pub struct Written<K>(Mutex<HashMap<String, Arc<K>>>);
+
+impl<K> Default for Written<K> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Resource> Written<K> {
+    /// Remembers `obj` as written.
+    pub fn remember(&self, obj: K) {
+        self.0.lock().insert(key_of(obj.meta()), Arc::new(obj));
+    }
+
+    /// Forgets the object of `key` (it is gone).
+    pub fn forget(&self, key: &str) {
+        self.0.lock().remove(key);
+    }
+
+    /// The newer of the cached object and the one last written (resourceVersions compared as
+    /// numbers, as keelson's and etcd's are; a non-number leaves the cached one).
+    pub fn newest(&self, key: &str, cached: Arc<K>) -> Arc<K> {
+        let mut written = self.0.lock();
+        let Some(mine) = written.get(key) else {
+            return cached;
+        };
+        let rv = |o: &K| {
+            o.meta()
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match (rv(mine), rv(&cached)) {
+            (Some(m), Some(c)) if m > c && mine.meta().uid == cached.meta().uid => mine.clone(),
+            _ => {
+                written.remove(key);
+                cached
+            }
+        }
+    }
+}
+
 /// Writes `updated`'s status through the status subresource (a conflict if its resourceVersion
 /// is stale). `Ok(false)` when the object is gone, which is not an error for a controller.
 pub async fn replace_status<K>(client: &Client, updated: &K) -> Result<bool, kube::Error>

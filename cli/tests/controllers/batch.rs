@@ -117,6 +117,25 @@ fn jobs_complete_fail_and_index() {
     });
     assert_eq!(jsonpath(&c, "job/flaky", "{.status.failed}"), "2");
 
+    // A parallelism alone makes a work queue: completions stay unset (as upstream defaults).
+    c.kubectl_stdin(&["apply", "-f", "-"], &job("queue", r#""parallelism":2,"#));
+    assert_eq!(
+        jsonpath(
+            &c,
+            "job/queue",
+            "{.spec.completions}/{.spec.parallelism}/{.spec.podReplacementPolicy}"
+        ),
+        "/2/TerminatingOrFailed"
+    );
+    eventually(Duration::from_secs(60), "work queue done", || {
+        finish_pods(&c, "queue", "Succeeded");
+        jsonpath(
+            &c,
+            "job/queue",
+            "{.status.conditions[?(@.type==\"Complete\")].status}",
+        ) == "True"
+    });
+
     // Indexed: one pod per index, completed indexes in interval form.
     c.kubectl_stdin(
         &["apply", "-f", "-"],
