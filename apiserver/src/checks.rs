@@ -527,7 +527,14 @@ pub fn pod_disruption_budget(obj: &Value, causes: &mut Vec<Cause>) {
 /// Indexed Jobs (`maxFailedIndexes` beside a limit per index, at most `completions`), the
 /// limits above 100000 completions, a `FailIndex` rule only with `backoffLimitPerIndex`.
 pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
-    let int = |k: &str| obj.pointer(&format!("/spec/{k}")).and_then(Value::as_i64);
+    if let Some(spec) = obj.get("spec") {
+        job_spec(spec, "spec", causes);
+    }
+}
+
+/// Checks a Job spec found at `path` (a Job's `spec`, a CronJob's `spec.jobTemplate.spec`).
+pub fn job_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let int = |k: &str| spec.get(k).and_then(Value::as_i64);
     let invalid = |field: &str, v: &dyn std::fmt::Display, msg: &str| {
         Cause::new(
             "FieldValueInvalid",
@@ -544,7 +551,7 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
     ] {
         if let Some(v) = int(k).filter(|v| *v < 0) {
             causes.push(invalid(
-                &format!("spec.{k}"),
+                &format!("{path}.{k}"),
                 &v,
                 "must be greater than or equal to 0",
             ));
@@ -560,24 +567,24 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
     if max_failed.is_some() && per_index.is_none() {
         causes.push(Cause::new(
             "FieldValueRequired",
-            "spec.backoffLimitPerIndex",
+            &format!("{path}.backoffLimitPerIndex"),
             "Required value: when maxFailedIndexes is specified",
         ));
     }
-    let mode = str_at(obj, "/spec/completionMode");
+    let mode = str_at(spec, "/completionMode");
     match mode {
         Some("Indexed") => {
             let completions = int("completions");
             if completions.is_none() {
                 causes.push(Cause::new(
                     "FieldValueRequired",
-                    "spec.completions",
+                    &format!("{path}.completions"),
                     "Required value: when completion mode is Indexed",
                 ));
             }
             if let Some(p) = int("parallelism").filter(|p| *p > MAX_INDEXED_PARALLELISM) {
                 causes.push(invalid(
-                    "spec.parallelism",
+                    &format!("{path}.parallelism"),
                     &p,
                     "must be less than or equal to 100000 when completion mode is Indexed",
                 ));
@@ -586,14 +593,14 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
                 && m > c
             {
                 causes.push(invalid(
-                    "spec.maxFailedIndexes",
+                    &format!("{path}.maxFailedIndexes"),
                     &m,
                     "must be less than or equal to completions",
                 ));
             }
             if let Some(m) = max_failed.filter(|m| *m > MAX_FAILED_INDEXES) {
                 causes.push(invalid(
-                    "spec.maxFailedIndexes",
+                    &format!("{path}.maxFailedIndexes"),
                     &m,
                     "must be less than or equal to 100000",
                 ));
@@ -604,20 +611,20 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
                 if max_failed.is_none() {
                     causes.push(Cause::new(
                         "FieldValueRequired",
-                        "spec.maxFailedIndexes",
+                        &format!("{path}.maxFailedIndexes"),
                         "Required value: must be specified when completions is above 100000",
                     ));
                 }
                 if let Some(p) = int("parallelism").filter(|p| *p > LIMIT_FOR_HIGH_COMPLETIONS) {
                     causes.push(invalid(
-                        "spec.parallelism",
+                        &format!("{path}.parallelism"),
                         &p,
                         &format!("must be less than or equal to 10000 {high}"),
                     ));
                 }
                 if let Some(m) = max_failed.filter(|m| *m > LIMIT_FOR_HIGH_COMPLETIONS) {
                     causes.push(invalid(
-                        "spec.maxFailedIndexes",
+                        &format!("{path}.maxFailedIndexes"),
                         &m,
                         &format!("must be less than or equal to 10000 {high}"),
                     ));
@@ -631,7 +638,7 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             ] {
                 if let Some(v) = v {
                     causes.push(invalid(
-                        &format!("spec.{k}"),
+                        &format!("{path}.{k}"),
                         &v,
                         "requires indexed completion mode",
                     ));
@@ -639,31 +646,52 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             }
         }
         Some(other) => causes.push(not_supported(
-            "spec.completionMode",
+            &format!("{path}.completionMode"),
             other,
             &["NonIndexed", "Indexed"],
         )),
     }
-    if let Some(policy) = obj.pointer("/spec/successPolicy").filter(|v| !v.is_null()) {
+    if let Some(policy) = spec.get("successPolicy").filter(|v| !v.is_null()) {
         if mode == Some("Indexed") {
-            success_policy(policy, int("completions").unwrap_or(0), causes);
+            // Without completions (refused above) its rules cannot be judged.
+            if let Some(completions) = int("completions") {
+                success_policy(
+                    policy,
+                    completions,
+                    &format!("{path}.successPolicy"),
+                    causes,
+                );
+            }
         } else {
             causes.push(Cause::new(
                 "FieldValueInvalid",
-                "spec.successPolicy",
+                &format!("{path}.successPolicy"),
                 format!("Invalid value: {policy}: requires indexed completion mode"),
             ));
         }
     }
-    let failure_policy = obj
-        .pointer("/spec/podFailurePolicy")
-        .filter(|v| !v.is_null());
+    let failure_policy = spec.get("podFailurePolicy").filter(|v| !v.is_null());
     let rules = failure_policy
         .and_then(|p| p.get("rules"))
         .and_then(Value::as_array);
     const ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
+    const MAX_RULES: usize = 20;
+    if let Some(n) = rules.map(Vec::len).filter(|n| *n > MAX_RULES) {
+        causes.push(Cause::new(
+            "FieldValueTooMany",
+            &format!("{path}.podFailurePolicy.rules"),
+            format!("Too many: {n}: must have at most {MAX_RULES} items"),
+        ));
+    }
+    let containers: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| spec.pointer(&format!("/template/spec/{k}")))
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
     for (i, rule) in rules.into_iter().flatten().enumerate() {
-        let path = format!("spec.podFailurePolicy.rules[{i}]");
+        let path = format!("{path}.podFailurePolicy.rules[{i}]");
         let field = format!("{path}.action");
         match rule.get("action").and_then(Value::as_str).unwrap_or("") {
             "" => causes.push(Cause::new(
@@ -678,6 +706,9 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
             )),
             a if ACTIONS.contains(&a) => {}
             other => causes.push(not_supported(&field, other, ACTIONS)),
+        }
+        if let Some(codes) = rule.get("onExitCodes").filter(|v| !v.is_null()) {
+            exit_codes(codes, &format!("{path}.onExitCodes"), &containers, causes);
         }
         let on_codes = rule.get("onExitCodes").is_some_and(|v| !v.is_null());
         let on_conditions = rule
@@ -700,30 +731,110 @@ pub fn job(obj: &Value, causes: &mut Vec<Cause>) {
         }
     }
     // A failure policy judges pods that end: their containers are not restarted in place.
-    let restart = str_at(obj, "/spec/template/spec/restartPolicy");
+    let restart = str_at(spec, "/template/spec/restartPolicy");
     if failure_policy.is_some()
         && let Some(r) = restart.filter(|r| *r == "OnFailure")
     {
         causes.push(invalid(
-            "spec.template.spec.restartPolicy",
+            &format!("{path}.template.spec.restartPolicy"),
             &format!("{r:?}"),
             "only \"Never\" is supported when podFailurePolicy is specified",
         ));
     }
-    if let Some(p) = str_at(obj, "/spec/podReplacementPolicy") {
+    if let Some(p) = str_at(spec, "/podReplacementPolicy") {
         let allowed: &[&str] = if failure_policy.is_some() {
             &["Failed"]
         } else {
             &["Failed", "TerminatingOrFailed"]
         };
         if !allowed.contains(&p) {
-            causes.push(not_supported("spec.podReplacementPolicy", p, allowed));
+            causes.push(not_supported(
+                &format!("{path}.podReplacementPolicy"),
+                p,
+                allowed,
+            ));
         }
     }
 }
 
+/// Checks a pod failure policy rule's `onExitCodes` at `at`, with upstream's messages.
+fn exit_codes(codes: &Value, at: &str, containers: &[&str], causes: &mut Vec<Cause>) {
+    const OPERATORS: &[&str] = &["In", "NotIn"];
+    const MAX_VALUES: usize = 255;
+    let op = codes.get("operator").and_then(Value::as_str).unwrap_or("");
+    let op_field = format!("{at}.operator");
+    match op {
+        "" => causes.push(Cause::new(
+            "FieldValueRequired",
+            &op_field,
+            "Required value: valid values: [\"In\" \"NotIn\"]",
+        )),
+        o if OPERATORS.contains(&o) => {}
+        other => causes.push(not_supported(&op_field, other, OPERATORS)),
+    }
+    if let Some(name) = codes.get("containerName").and_then(Value::as_str)
+        && !containers.contains(&name)
+    {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            &format!("{at}.containerName"),
+            format!(
+                "Invalid value: {name:?}: must be one of the container or initContainer names in the pod template"
+            ),
+        ));
+    }
+    let values: Vec<i64> = codes
+        .get("values")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let values_field = format!("{at}.values");
+    if values.is_empty() {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            &values_field,
+            "Invalid value: []: at least one value is required",
+        ));
+    } else if values.len() > MAX_VALUES {
+        causes.push(Cause::new(
+            "FieldValueTooMany",
+            &values_field,
+            format!(
+                "Too many: {}: must have at most {MAX_VALUES} items",
+                values.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (j, v) in values.iter().enumerate() {
+        let field = format!("{values_field}[{j}]");
+        if op == "In" && *v == 0 {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                &field,
+                "Invalid value: 0: must not be 0 for the In operator",
+            ));
+        }
+        if !seen.insert(*v) {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &field,
+                format!("Duplicate value: {v}"),
+            ));
+        }
+    }
+    if values.windows(2).any(|w| w[0] > w[1]) {
+        let list: Vec<String> = values.iter().map(i64::to_string).collect();
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            &values_field,
+            format!("Invalid value: [{}]: must be ordered", list.join(",")),
+        ));
+    }
+}
+
 /// Checks the rules of an Indexed Job's `successPolicy` against its `completions`.
-fn success_policy(policy: &Value, completions: i64, causes: &mut Vec<Cause>) {
+fn success_policy(policy: &Value, completions: i64, at: &str, causes: &mut Vec<Cause>) {
     const MAX_RULES: usize = 20;
     const MAX_INDEXES_TEXT: usize = 64 * 1024;
     let rules = policy
@@ -734,14 +845,14 @@ fn success_policy(policy: &Value, completions: i64, causes: &mut Vec<Cause>) {
     if rules.is_empty() {
         causes.push(Cause::new(
             "FieldValueRequired",
-            "spec.successPolicy.rules",
+            &format!("{at}.rules"),
             "Required value: at least one rules must be specified when the successPolicy is specified",
         ));
     }
     if rules.len() > MAX_RULES {
         causes.push(Cause::new(
             "FieldValueTooMany",
-            "spec.successPolicy.rules",
+            &format!("{at}.rules"),
             format!(
                 "Too many: {}: must have at most {MAX_RULES} items",
                 rules.len()
@@ -749,7 +860,7 @@ fn success_policy(policy: &Value, completions: i64, causes: &mut Vec<Cause>) {
         ));
     }
     for (i, rule) in rules.iter().enumerate() {
-        let path = format!("spec.successPolicy.rules[{i}]");
+        let path = format!("{at}.rules[{i}]");
         let listed = rule.get("succeededIndexes").and_then(Value::as_str);
         let count = rule.get("succeededCount").and_then(Value::as_i64);
         let mut total = 0;
@@ -1163,10 +1274,34 @@ mod tests {
                 "spec.backoffLimitPerIndex: Required value: when maxFailedIndexes is specified",
                 "spec.maxFailedIndexes: Invalid value: 3: must be less than or equal to completions",
                 "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set",
+                "spec.podFailurePolicy.rules[0].onExitCodes.operator: Required value: valid values: [\"In\" \"NotIn\"]",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values: Invalid value: []: at least one value is required",
                 "spec.podFailurePolicy.rules[1].action: Unsupported value: \"Retry\": supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
                 "spec.podFailurePolicy.rules[1]: Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
                 "spec.template.spec.restartPolicy: Invalid value: \"OnFailure\": only \"Never\" is supported when podFailurePolicy is specified",
                 "spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\": supported values: \"Failed\"",
+            ]
+        );
+        // Exit code rules, in a CronJob's Job template.
+        let codes = json!({"podFailurePolicy": {"rules": [{"action": "Count",
+            "onExitCodes": {"operator": "In", "containerName": "nope", "values": [0, 3, 3, 1]}}]},
+            "template": {"spec": {"containers": [{"name": "main"}]}}});
+        let mut got = Vec::new();
+        job_spec(&codes, "spec.jobTemplate.spec", &mut got);
+        let got: Vec<String> = got
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let at = "spec.jobTemplate.spec.podFailurePolicy.rules[0].onExitCodes";
+        assert_eq!(
+            got,
+            [
+                format!(
+                    "{at}.containerName: Invalid value: \"nope\": must be one of the container or initContainer names in the pod template"
+                ),
+                format!("{at}.values[0]: Invalid value: 0: must not be 0 for the In operator"),
+                format!("{at}.values[2]: Duplicate value: 3"),
+                format!("{at}.values: Invalid value: [0,3,3,1]: must be ordered"),
             ]
         );
         // Above 100000 completions a limit per index needs maxFailedIndexes, and lower limits.

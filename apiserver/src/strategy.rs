@@ -131,6 +131,21 @@ fn validate_labels(obj: &Value, causes: &mut Vec<Cause>) {
 }
 
 /// Sets `path` in `obj` to `v` when it is absent or null, making the objects on the way.
+/// A Job spec's pod failure policy: a pod condition pattern's status defaults to True.
+fn default_failure_policy(spec: &mut Value) {
+    let rules = spec
+        .pointer_mut("/podFailurePolicy/rules")
+        .and_then(Value::as_array_mut);
+    for rule in rules.into_iter().flatten() {
+        let patterns = rule
+            .get_mut("onPodConditions")
+            .and_then(Value::as_array_mut);
+        for p in patterns.into_iter().flatten() {
+            set_default(p, &["status"], json!("True"));
+        }
+    }
+}
+
 pub(crate) fn set_default(obj: &mut Value, path: &[&str], v: Value) {
     let mut cur = obj;
     for (i, seg) in path.iter().enumerate() {
@@ -439,6 +454,9 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 "Failed"
             };
             set_default(obj, &["spec", "podReplacementPolicy"], json!(replacement));
+            if let Some(spec) = obj.get_mut("spec") {
+                default_failure_policy(spec);
+            }
             default_template(obj);
         }
         "CronJob" => {
@@ -446,6 +464,9 @@ pub fn default(res: &Resource, obj: &mut Value) {
             set_default(obj, &["spec", "suspend"], json!(false));
             set_default(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
             set_default(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
+            if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec") {
+                default_failure_policy(spec);
+            }
             if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -686,6 +707,9 @@ pub fn validate(res: &Resource, obj: &Value) -> Result<(), ApiError> {
         "CronJob" => {
             require(obj, "/spec/schedule", "spec.schedule", &mut causes);
             require(obj, "/spec/jobTemplate", "spec.jobTemplate", &mut causes);
+            if let Some(spec) = obj.pointer("/spec/jobTemplate/spec") {
+                crate::checks::job_spec(spec, "spec.jobTemplate.spec", &mut causes);
+            }
         }
         "Service" => {
             let ty = obj

@@ -438,11 +438,15 @@ fn failure_policy_verdict(spec: &JobSpec, pod: &Pod) -> Option<(String, String)>
             }
         }
         for want in rule.on_pod_conditions.iter().flatten() {
+            // A pattern's status defaults to True.
+            let want_status = Some(want.status.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("True");
             let has = status
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|cs| {
                     cs.iter()
-                        .any(|c| c.type_ == want.type_ && c.status == want.status)
+                        .any(|c| c.type_ == want.type_ && c.status == want_status)
                 });
             if has {
                 return Some((
@@ -725,7 +729,11 @@ impl JobController {
                 // With a limit per index: a failed pod fails its index at a `FailIndex` rule,
                 // or when the counted failures before it reached the limit.
                 let in_range = |i: &i32| (0..spec.completions.unwrap_or(0)).contains(i);
-                if let (Some(limit), Some(i)) = (per_index, pod_index(p).filter(in_range)) {
+                if let (Some(limit), Some(i), true) = (
+                    per_index,
+                    pod_index(p).filter(in_range),
+                    failed_for_replacement(&spec, p),
+                ) {
                     let action = verdict.as_ref().map(|(a, _)| a.as_str());
                     let counted = action != Some("Ignore");
                     if action == Some("FailIndex")
@@ -745,7 +753,8 @@ impl JobController {
                         }
                         continue;
                     }
-                    Some((action, message)) if action == "FailJob" => {
+                    // Once the Job succeeded (or finished), a FailJob match only counts.
+                    Some((action, message)) if action == "FailJob" && !met && !finished => {
                         // Recorded with the failure, so it survives this sync.
                         if !has_condition(&status, "FailureTarget") {
                             set_condition(
@@ -783,34 +792,40 @@ impl JobController {
         // With a limit per index, the last failed pod of an index waiting for its next pod
         // keeps its tracking finalizer, and so stays (counted only then), until that pod
         // exists: the new pod takes its index's failure count from it.
-        let held: HashMap<i32, &Arc<Pod>> =
-            if per_index.is_some() && !finished && !met && !failing && !deleting(&job.metadata) {
-                let mut done = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
-                done.extend(
-                    pods.iter()
-                        .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
-                        .filter_map(|p| pod_index(p)),
-                );
-                let busy: HashSet<i32> = pods
-                    .iter()
-                    .filter(|p| {
-                        matches!(phase(p), "Pending" | "Running" | "Unknown")
-                            && !deleting(&p.metadata)
-                    })
-                    .filter_map(|p| pod_index(p))
-                    .collect();
-                let tracked = pods.iter().filter(|p| {
-                    p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
-                        && !freed.contains(&p.uid().unwrap_or_default())
-                });
-                let mut held = replaced_by_index(&spec, tracked);
-                held.retain(|i, _| {
-                    !done.contains(i) && !failed_indexes.contains(i) && !busy.contains(i)
-                });
-                held
-            } else {
-                HashMap::new()
-            };
+        // Not once the Job is decided (a FailJob match above included), suspended or deleted.
+        let deciding = has_condition(&status, "FailureTarget");
+        let holding = per_index.is_some()
+            && !(finished || met || failing || deciding)
+            && spec.suspend != Some(true)
+            && !deleting(&job.metadata);
+        let held: HashMap<i32, &Arc<Pod>> = if holding {
+            let mut done = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+            done.extend(
+                pods.iter()
+                    .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
+                    .filter_map(|p| pod_index(p)),
+            );
+            let busy: HashSet<i32> = pods
+                .iter()
+                .filter(|p| {
+                    matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
+                })
+                .filter_map(|p| pod_index(p))
+                .collect();
+            // Not the pods released above in this sync.
+            let freed_now = self.freed.lock().get(&key).cloned().unwrap_or_default();
+            let tracked = pods.iter().filter(|p| {
+                p.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
+                    && !freed_now.contains(&p.uid().unwrap_or_default())
+            });
+            let mut held = replaced_by_index(&spec, tracked);
+            held.retain(|i, _| {
+                !done.contains(i) && !failed_indexes.contains(i) && !busy.contains(i)
+            });
+            held
+        } else {
+            HashMap::new()
+        };
         let kept: HashSet<String> = held.values().filter_map(|p| p.uid()).collect();
         let recorded: HashSet<&String> = unc_ok.iter().chain(unc_failed.iter()).collect();
         for p in pods.iter().filter(|p| {
@@ -824,7 +839,13 @@ impl JobController {
                 self.free(&key, &pod_api, p).await?;
             }
         }
-        let held_back = unc_failed.iter().filter(|u| kept.contains(*u)).count();
+        // The held pods recorded as failed (an ignored one is not) stay uncounted.
+        let uncounted_held: Vec<String> = unc_failed
+            .iter()
+            .filter(|u| kept.contains(*u))
+            .cloned()
+            .collect();
+        let held_back = uncounted_held.len();
         unc_failed.retain(|u| !kept.contains(u));
         if !unc_ok.is_empty() || !unc_failed.is_empty() {
             let mut indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
@@ -842,11 +863,7 @@ impl JobController {
                 status.completed_indexes = Some(format_indexes(&indexes));
             }
             status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
-                failed: (!kept.is_empty()).then(|| {
-                    let mut held: Vec<String> = kept.iter().cloned().collect();
-                    held.sort();
-                    held
-                }),
+                failed: (!uncounted_held.is_empty()).then_some(uncounted_held),
                 ..Default::default()
             });
         }
@@ -946,7 +963,10 @@ impl JobController {
             }
             // Decided, the Job says so at once (SuccessCriteriaMet, FailureTarget); it is
             // Complete or Failed once none of its pods is left running or terminating.
-            let settled = active.is_empty() && !pods.iter().any(|p| terminating(p));
+            // Not before every pod asked for shows (expectations) and every finished one is
+            // counted.
+            let settled =
+                act && held_back == 0 && active.is_empty() && !pods.iter().any(|p| terminating(p));
             if let Some((reason, message)) = success {
                 if !met {
                     set_condition(&mut status, "SuccessCriteriaMet", "True", &reason, &message);
@@ -1766,6 +1786,89 @@ mod tests {
         let st = last_status(&calls);
         let failed = condition(&st, "Failed").unwrap();
         assert_eq!(failed["reason"], "MaxFailedIndexesExceeded");
+    }
+
+    /// A per-index Job decided while failed pods wait, held, for their indexes' next pods:
+    /// it is Complete only once they are released and counted; an ignored failure is never
+    /// counted, held or not.
+    #[tokio::test]
+    async fn against_a_fake_api_a_decided_job_counts_its_held_pods_before_it_completes() {
+        let (ctl, mut informers, calls) = on_fake_api();
+        let job = pi_job(
+            json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+                "backoffLimit": i32::MAX, "backoffLimitPerIndex": 2,
+                "successPolicy": {"rules": [{"succeededIndexes": "1"}]},
+                "podFailurePolicy": {"rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}}),
+            json!({"startTime": "2026-12-06T09:00:00Z", "active": 3}),
+        );
+        informers.jobs().apply_event(Event::Apply(job));
+        let now = jiff::Timestamp::now().to_string();
+        let pod = |name: &str, index: i32, status: serde_json::Value| {
+            let mut p = pi_pod(name, json!([TRACKING_FINALIZER]), status);
+            p.metadata.annotations = Some(
+                [
+                    (INDEX_KEY.to_string(), index.to_string()),
+                    (INDEX_FAILURE_COUNT.to_string(), "0".to_string()),
+                ]
+                .into(),
+            );
+            Event::Apply(p)
+        };
+        let failed = |exit: i32, conditions: serde_json::Value| {
+            json!({"phase": "Failed", "conditions": conditions,
+                "containerStatuses": [{"name": "main", "image": "perl", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": {"terminated": {"exitCode": exit, "finishedAt": now}}}]})
+        };
+        let evicted = json!([{"type": "DisruptionTarget", "status": "True"}]);
+        informers
+            .pods()
+            .apply_event(pod("pi-0", 0, failed(137, evicted)));
+        informers
+            .pods()
+            .apply_event(pod("pi-1", 1, json!({"phase": "Succeeded"})));
+        informers
+            .pods()
+            .apply_event(pod("pi-2", 2, failed(1, json!([]))));
+        // Index 1 meets the success policy while indexes 0 and 2 wait out their back-off.
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        let st = last_status(&calls);
+        let types: Vec<&str> = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["SuccessCriteriaMet"], "{st}");
+        assert_eq!(
+            st["uncountedTerminatedPods"]["failed"],
+            json!(["pi-2-uid"]),
+            "{st}"
+        );
+        let patched = |name: &str| {
+            taken(
+                &calls,
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+            )
+            .len()
+        };
+        assert_eq!((patched("pi-0"), patched("pi-2")), (0, 0));
+        // Decided, nothing is held: both are released, the counted failure counted, and the
+        // Job is Complete.
+        ctl.clone().sync("default/pi".into()).await.unwrap();
+        assert_eq!((patched("pi-0"), patched("pi-2")), (1, 1));
+        let st = last_status(&calls);
+        assert_eq!(st["failed"], 1, "{st}");
+        assert_eq!(st["succeeded"], 1, "{st}");
+        assert!(st["uncountedTerminatedPods"]["failed"].is_null(), "{st}");
+        let complete = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Complete")
+            .cloned();
+        assert_eq!(complete.unwrap()["reason"], "SuccessPolicy", "{st}");
     }
 
     /// A success policy decides for an Indexed Job: SuccessCriteriaMet at once, with the
