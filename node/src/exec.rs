@@ -136,6 +136,9 @@ async fn run_attach(
     let mut output = io.output;
     let stdin = io.stdin.filter(|_| q.stdin);
     let terminal = io.tty.filter(|_| q.tty);
+    // Closing a terminal's stdin hangs the terminal up, as containerd does: its shell sees
+    // the end and exits.
+    let hangup = io.hangup.filter(|_| stdin.is_some());
     let mut exited = handle.exited();
     let ended = async move {
         let _ = exited.wait_for(Option::is_some).await.map(|_| ());
@@ -146,6 +149,9 @@ async fn run_attach(
         let close_stdin = async || {
             if let Some(s) = &stdin {
                 *s.lock().await = None;
+            }
+            if let Some(h) = &hangup {
+                h.cancel();
             }
         };
         let input = async {
@@ -278,13 +284,29 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
         Some(cmd) => match spawn(cmd, &q) {
             Err(e) => failure(format!("exec: {e}")),
             Ok(mut io) => {
+                // A terminal hangs up once its stdin is closed (by the client, or as it
+                // leaves): the output pump then lets go of the master too.
+                let hangup = tokio_util::sync::CancellationToken::new();
                 let pumps: Vec<_> = io
                     .outputs
                     .drain(..)
-                    .map(|(r, chan)| tokio::spawn(pump(r, chan, out_tx.clone())))
+                    .map(|(r, chan)| {
+                        let (out_tx, hangup) = (out_tx.clone(), hangup.clone());
+                        let tty = io.tty.is_some();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = pump(r, chan, out_tx) => {}
+                                _ = hangup.cancelled(), if tty => {}
+                            }
+                        })
+                    })
                     .collect();
                 let mut stdin = io.input.take();
                 let tty = io.tty.clone();
+                let hang_up = |stdin: &mut Option<Writer>| {
+                    *stdin = None;
+                    hangup.cancel();
+                };
                 // Client frames: stdin data, stdin close (v5), terminal resize.
                 let reader = async {
                     while let Some(data) = next_frame(&mut rx).await {
@@ -301,12 +323,12 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
                                     resize(path, &data[1..]).await;
                                 }
                             }
-                            Some(255) if v5 && data.get(1) == Some(&0) => stdin = None,
+                            Some(255) if v5 && data.get(1) == Some(&0) => hang_up(&mut stdin),
                             _ => {}
                         }
                     }
                     // The client went away: stop feeding input.
-                    drop(stdin.take());
+                    hang_up(&mut stdin);
                     std::future::pending::<()>().await
                 };
                 let code = tokio::select! {
@@ -351,16 +373,16 @@ fn spawn(mut cmd: tokio::process::Command, q: &ExecQuery) -> std::io::Result<Io>
     if q.tty {
         let pty = crate::pty::open()?;
         let path = pty.path;
+        let (reader, writer) = crate::pty::master_halves(pty.master)?;
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));
         let child = cmd.spawn()?;
-        // Our copies of the terminal's slave side close here, so the master reads EOF (EIO)
+        // Our copies of the terminal's slave side close here, so the master reads the end
         // once the command's processes are gone.
         drop(cmd);
-        let master = std::fs::File::from(pty.master);
-        let input: Writer = Box::new(tokio::fs::File::from_std(master.try_clone()?));
-        let output: Reader = Box::new(tokio::fs::File::from_std(master));
+        let input: Writer = Box::new(writer);
+        let output: Reader = Box::new(reader);
         return Ok(Io {
             child,
             input: q.stdin.then_some(input),

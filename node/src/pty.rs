@@ -2,11 +2,12 @@
 //! close-on-exec, so no other process the kubelet starts inherits them (a child gets the slave
 //! side only as the stdin, stdout and stderr it is given).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::net::unix::pipe;
 
 /// A new terminal.
 pub struct Pty {
@@ -39,6 +40,21 @@ pub fn open() -> std::io::Result<Pty> {
     })
 }
 
+/// A terminal's master side as a reader and a writer that wait on the runtime's reactor, not
+/// on a thread (the descriptor made non-blocking, and duplicated for the writer). The
+/// terminal hangs up once both are dropped: its processes' reads end, and its session leader
+/// is sent SIGHUP.
+pub fn master_halves(fd: OwnedFd) -> std::io::Result<(pipe::Receiver, pipe::Sender)> {
+    let raw = fd.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL)?);
+    fcntl(raw, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let writer = fd.try_clone()?;
+    Ok((
+        pipe::Receiver::from_owned_fd_unchecked(fd)?,
+        pipe::Sender::from_owned_fd_unchecked(writer)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +75,34 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = master.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"hi"), "{:?}", &buf[..n]);
+    }
+
+    /// Through the non-blocking master: what is written comes back (echoed by the terminal),
+    /// and once both halves are dropped, a read on the terminal fails (hung up).
+    #[tokio::test]
+    async fn the_master_reads_writes_and_hangs_up_when_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let p = open().unwrap();
+        let (mut reader, mut writer) = master_halves(p.master).unwrap();
+        writer.write_all(b"echo\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), reader.read(&mut buf))
+            .await
+            .expect("the echo")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"echo"), "{:?}", &buf[..n]);
+        let mut slave = p.slave;
+        let mut line = [0u8; 16];
+        assert_eq!(
+            slave.read(&mut line).unwrap(),
+            5,
+            "the line reached the terminal"
+        );
+        drop((reader, writer));
+        let after = slave.read(&mut line);
+        assert!(
+            matches!(after, Ok(0)) || after.is_err(),
+            "a hung-up terminal reads nothing: {after:?}"
+        );
     }
 }

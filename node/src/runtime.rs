@@ -120,6 +120,8 @@ pub struct AttachIo {
     pub stdin: Option<Stdin>,
     /// The container's terminal, when its spec has `tty: true`.
     pub tty: Option<PathBuf>,
+    /// Hangs the terminal up (with `tty: true`), once its stdin is closed for good.
+    pub hangup: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Where a container's stdin goes (a pipe, or its terminal); `None` once closed.

@@ -226,9 +226,23 @@ fn init_containers_env_volumes_and_logs() {
     // runs on a terminal of its own, and attach reaches it.
     let text = run_on_terminal(&c);
     if !(text.contains("/dev/pts/") && text.contains("got hello")) {
-        panic!("{text:?}\n{}", terminal_evidence(&c, "tt"));
+        panic!("{text:?}\n{}", terminal_evidence(&c, "tt", "read x; tty"));
     }
     assert!(text.contains(r#"pod "tt" deleted"#), "{text:?}");
+    // A client that leaves closes the terminal's stdin (stdinOnce), which hangs the terminal
+    // up, as containerd does: the shell's read ends, and so does the container.
+    leave_terminal(&c, "hup");
+    let ended = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_secs(1));
+        matches!(
+            field(&c, "hup", "{.status.phase}").as_str(),
+            "Succeeded" | "Failed"
+        )
+    });
+    if !ended {
+        panic!("{}", terminal_evidence(&c, "hup", "read x; echo"));
+    }
+    c.ok(&["delete", "pod", "hup", "--wait=false"]);
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
     let out = c.dir.path().join("follow.txt");
@@ -296,9 +310,48 @@ fn run_on_terminal(c: &ApiCluster) -> String {
     text()
 }
 
+/// Starts `kubectl run -it` (no `--rm`) of pod `pod` on a terminal, and once kubectl is
+/// attached (a typed key comes back, echoed by the container's terminal), closes the
+/// terminal: kubectl is hung up and leaves.
+fn leave_terminal(c: &ApiCluster, pod: &str) {
+    use std::io::{Read, Write};
+    let cmd = format!(
+        r#"timeout --foreground 60 kubectl run {pod} -it --restart=Never --image=busybox --overrides='{{"apiVersion":"v1","spec":{{"nodeName":"n-life"}}}}' --command -- sh -c 'read x; echo "after $x"'"#
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut out = child.stdout.take().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = |what: &str, shown: &mut Vec<u8>| {
+        while !String::from_utf8_lossy(shown).contains(what) {
+            match out.read(&mut buf) {
+                Ok(n @ 1..) => shown.extend_from_slice(&buf[..n]),
+                _ => panic!("kubectl ended: {:?}", String::from_utf8_lossy(shown)),
+            }
+        }
+    };
+    read_until("try pressing enter", &mut shown);
+    // kubectl's terminal is raw a moment after its prompt: what comes back then is the
+    // container's echo.
+    std::thread::sleep(Duration::from_secs(1));
+    input.write_all(b"Z").unwrap();
+    read_until("Z", &mut shown);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// What a failed terminal run leaves to look at: the pod's status and log, and the state of
-/// the container's processes.
-fn terminal_evidence(c: &ApiCluster, pod: &str) -> String {
+/// the container's processes (those whose command line holds `needle`).
+fn terminal_evidence(c: &ApiCluster, pod: &str, needle: &str) -> String {
     let out = |args: &[&str]| {
         let o = c.kubectl(args);
         format!(
@@ -313,7 +366,7 @@ fn terminal_evidence(c: &ApiCluster, pod: &str) -> String {
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let dir = entry.path();
         let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains("read x; tty") {
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
             continue;
         }
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();

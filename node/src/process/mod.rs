@@ -234,6 +234,8 @@ struct Proc {
     live: logs::Live,
     stdin: Option<crate::runtime::Stdin>,
     tty: Option<PathBuf>,
+    /// Hangs up a `tty: true` container's terminal (its output pump lets go of the master).
+    hangup: Option<tokio_util::sync::CancellationToken>,
     exit: watch::Sender<Option<Exit>>,
     cgroups: Vec<PathBuf>,
     env: Vec<(String, String)>,
@@ -422,6 +424,7 @@ impl ContainerHandle for Proc {
             output: self.live.subscribe(),
             stdin: self.stdin.clone(),
             tty: self.tty.clone(),
+            hangup: self.hangup.clone(),
         })
     }
 
@@ -652,10 +655,9 @@ impl Runtime for ProcessRuntime {
                 cmd.stdin(slave(&pty.slave)?)
                     .stdout(slave(&pty.slave)?)
                     .stderr(slave(&pty.slave)?);
-                // Cloned before the start, so nothing can fail once the container runs.
-                let master = std::fs::File::from(pty.master);
-                let input = master.try_clone().map_err(terminal)?;
-                Some((master, input, pty.path))
+                // Set up before the start, so nothing can fail once the container runs.
+                let halves = crate::pty::master_halves(pty.master).map_err(terminal)?;
+                Some((halves, pty.path))
             } else {
                 cmd.stdin(if c.stdin == Some(true) {
                     Stdio::piped()
@@ -682,27 +684,35 @@ impl Runtime for ProcessRuntime {
                 |w: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| -> crate::runtime::Stdin {
                     Arc::new(tokio::sync::Mutex::new(Some(w)))
                 };
-            let (out, errp, stdin, tty) = match pty {
-                Some((master, input, path)) => {
-                    let reader = tokio::fs::File::from_std(master);
-                    let out = tokio::spawn(logs::pump(reader, "stdout", log.clone(), live.clone()));
-                    let stdin = (c.stdin == Some(true))
-                        .then(|| boxed(Box::new(tokio::fs::File::from_std(input))));
-                    (Some(out), None, stdin, Some(path))
-                }
-                None => {
-                    let out = child
-                        .stdout
-                        .take()
-                        .map(|o| tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone())));
-                    let errp = child
-                        .stderr
-                        .take()
-                        .map(|o| tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone())));
-                    let stdin = child.stdin.take().map(|i| boxed(Box::new(i)));
-                    (out, errp, stdin, None)
-                }
-            };
+            let (out, errp, stdin, tty, hangup) =
+                match pty {
+                    Some(((reader, writer), path)) => {
+                        // The pump holds the master until the terminal ends, or is told to hang up:
+                        // the master closes with the last holder (the stdin writer's goes when
+                        // stdin is closed).
+                        let hangup = tokio_util::sync::CancellationToken::new();
+                        let pump = logs::pump(reader, "stdout", log.clone(), live.clone());
+                        let cancelled = hangup.clone();
+                        let out = tokio::spawn(async move {
+                            tokio::select! {
+                                _ = pump => {}
+                                _ = cancelled.cancelled() => {}
+                            }
+                        });
+                        let stdin = (c.stdin == Some(true)).then(|| boxed(Box::new(writer)));
+                        (Some(out), None, stdin, Some(path), Some(hangup))
+                    }
+                    None => {
+                        let out = child.stdout.take().map(|o| {
+                            tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone()))
+                        });
+                        let errp = child.stderr.take().map(|o| {
+                            tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone()))
+                        });
+                        let stdin = child.stdin.take().map(|i| boxed(Box::new(i)));
+                        (out, errp, stdin, None, None)
+                    }
+                };
 
             let (tx, _) = watch::channel(None);
             let h = Arc::new(Proc {
@@ -711,6 +721,7 @@ impl Runtime for ProcessRuntime {
                 live,
                 stdin,
                 tty,
+                hangup,
                 exit: tx,
                 cgroups: cgroups.clone(),
                 env,
