@@ -197,6 +197,10 @@ async fn run_attach(
                 chunk = output.recv() => match chunk {
                     Ok((chan, bytes)) => {
                         if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                            // The client is gone.
+                            if stdin_once {
+                                close_stdin().await;
+                            }
                             return;
                         }
                     }
@@ -207,6 +211,10 @@ async fn run_attach(
                     // Whatever is still queued was written before the exit.
                     while let Ok((chan, bytes)) = output.try_recv() {
                         if wanted(chan) && tx.send(frame(chan, &bytes)).await.is_err() {
+                            // The client is gone.
+                            if stdin_once {
+                                close_stdin().await;
+                            }
                             return;
                         }
                     }
@@ -303,9 +311,11 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
                     .collect();
                 let mut stdin = io.input.take();
                 let tty = io.tty.clone();
+                // Only a session's own stdin, once closed, hangs its terminal up.
                 let hang_up = |stdin: &mut Option<Writer>| {
-                    *stdin = None;
-                    hangup.cancel();
+                    if stdin.take().is_some() {
+                        hangup.cancel();
+                    }
                 };
                 // Client frames: stdin data, stdin close (v5), terminal resize.
                 let reader = async {
@@ -335,8 +345,11 @@ async fn run(socket: WebSocket, handle: Arc<dyn ContainerHandle>, q: ExecQuery, 
                     s = io.child.wait() => s.ok(),
                     _ = reader => None,
                 };
-                for t in pumps {
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+                // What the command wrote before it ended; then the pumps stop, even if a
+                // process it left behind still holds its output open.
+                for mut t in pumps {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut t).await;
+                    t.abort();
                 }
                 match code {
                     Some(s) => {

@@ -42,8 +42,8 @@ pub fn open() -> std::io::Result<Pty> {
 
 /// A terminal's master side as a reader and a writer that wait on the runtime's reactor, not
 /// on a thread (the descriptor made non-blocking, and duplicated for the writer). The
-/// terminal hangs up once both are dropped: its processes' reads end, and its session leader
-/// is sent SIGHUP.
+/// terminal hangs up once both are dropped: its processes' reads end (its session leader is
+/// also sent SIGHUP, which a container's PID 1 ignores unless it handles it).
 pub fn master_halves(fd: OwnedFd) -> std::io::Result<(pipe::Receiver, pipe::Sender)> {
     let raw = fd.as_raw_fd();
     let flags = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL)?);

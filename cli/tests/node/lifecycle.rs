@@ -242,6 +242,9 @@ fn init_containers_env_volumes_and_logs() {
     if !ended {
         panic!("{}", terminal_evidence(&c, "hup", "read x; echo"));
     }
+    // Its last, unfinished line (the key echoed before the hang-up) is in its log.
+    let log = c.ok(&["logs", "hup"]);
+    assert!(log.contains('Z'), "{log:?}");
     c.ok(&["delete", "pod", "hup", "--wait=false"]);
     // Follow: lines written after the request arrive on the open stream.
     let seen: usize = logs.lines().filter(|l| l.starts_with("tick")).count();
@@ -256,6 +259,19 @@ fn init_containers_env_volumes_and_logs() {
     let _ = follow.wait();
 }
 
+/// Starts `cmd` on a terminal of its own (under `script`), its input and output piped.
+fn on_terminal(c: &ApiCluster, cmd: &str) -> std::process::Child {
+    std::process::Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)")
+}
+
 /// Runs `kubectl run -it --rm` on a terminal (under `script`) and types a line once kubectl
 /// shows its prompt; returns everything the terminal showed.
 ///
@@ -267,19 +283,10 @@ fn init_containers_env_volumes_and_logs() {
 fn run_on_terminal(c: &ApiCluster) -> String {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
-    let mut child = std::process::Command::new("script")
-        .args([
-            "-qec",
-            r#"timeout --foreground 60 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
-            "/dev/null",
-        ])
-        .env("SHELL", "/bin/sh")
-        .env("KUBECONFIG", c.kubeconfig())
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
+    let mut child = on_terminal(
+        c,
+        r#"timeout --foreground 60 kubectl run tt -it --rm --restart=Never --image=busybox --overrides='{"apiVersion":"v1","spec":{"nodeName":"n-life"}}' --command -- sh -c 'read x; tty; echo "got $x"'"#,
+    );
     let shown = Arc::new(Mutex::new(Vec::new()));
     let reader = {
         let (mut out, shown) = (child.stdout.take().unwrap(), shown.clone());
@@ -318,15 +325,7 @@ fn leave_terminal(c: &ApiCluster, pod: &str) {
     let cmd = format!(
         r#"timeout --foreground 60 kubectl run {pod} -it --restart=Never --image=busybox --overrides='{{"apiVersion":"v1","spec":{{"nodeName":"n-life"}}}}' --command -- sh -c 'read x; echo "after $x"'"#
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("SHELL", "/bin/sh")
-        .env("KUBECONFIG", c.kubeconfig())
-        .env("HOME", c.dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
+    let mut child = on_terminal(c, &cmd);
     let mut out = child.stdout.take().unwrap();
     let mut input = child.stdin.take().unwrap();
     let mut shown = Vec::new();

@@ -87,20 +87,25 @@ impl LogFile {
 /// Live output of a container for attach: (channel 1 stdout or 2 stderr, bytes).
 pub type Live = tokio::sync::broadcast::Sender<(u8, Vec<u8>)>;
 
-/// Copies a stream into the log, line by line, until it ends; raw chunks also go to `live`.
+/// Copies a stream into the log, line by line, until it ends or `stop` is cancelled (a last
+/// unfinished line is still written); raw chunks also go to `live`.
 pub async fn pump(
     mut r: impl AsyncRead + Unpin,
     stream: &'static str,
     log: Arc<Mutex<LogFile>>,
     live: Live,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let chan = if stream == "stdout" { 1 } else { 2 };
     let mut buf = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = r.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.cancelled() => break,
         };
         if live.receiver_count() > 0 {
             let _ = live.send((chan, buf[..n].to_vec()));

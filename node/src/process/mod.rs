@@ -436,6 +436,11 @@ impl ContainerHandle for Proc {
     }
 }
 
+/// A stop signal that never comes (pipes end when the container's processes are gone).
+fn never() -> tokio_util::sync::CancellationToken {
+    tokio_util::sync::CancellationToken::new()
+}
+
 fn limits(c: &Container) -> (Option<i64>, Option<i64>, Option<i64>) {
     let r = c.resources.as_ref();
     let get = |list: Option<
@@ -684,35 +689,29 @@ impl Runtime for ProcessRuntime {
                 |w: Box<dyn tokio::io::AsyncWrite + Send + Unpin>| -> crate::runtime::Stdin {
                     Arc::new(tokio::sync::Mutex::new(Some(w)))
                 };
-            let (out, errp, stdin, tty, hangup) =
-                match pty {
-                    Some(((reader, writer), path)) => {
-                        // The pump holds the master until the terminal ends, or is told to hang up:
-                        // the master closes with the last holder (the stdin writer's goes when
-                        // stdin is closed).
-                        let hangup = tokio_util::sync::CancellationToken::new();
-                        let pump = logs::pump(reader, "stdout", log.clone(), live.clone());
-                        let cancelled = hangup.clone();
-                        let out = tokio::spawn(async move {
-                            tokio::select! {
-                                _ = pump => {}
-                                _ = cancelled.cancelled() => {}
-                            }
-                        });
-                        let stdin = (c.stdin == Some(true)).then(|| boxed(Box::new(writer)));
-                        (Some(out), None, stdin, Some(path), Some(hangup))
-                    }
-                    None => {
-                        let out = child.stdout.take().map(|o| {
-                            tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone()))
-                        });
-                        let errp = child.stderr.take().map(|o| {
-                            tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone()))
-                        });
-                        let stdin = child.stdin.take().map(|i| boxed(Box::new(i)));
-                        (out, errp, stdin, None, None)
-                    }
-                };
+            let (out, errp, stdin, tty, hangup) = match pty {
+                Some(((reader, writer), path)) => {
+                    // The pump holds the master until the terminal ends, or is told to hang up:
+                    // the master closes with the last holder (the stdin writer's goes when
+                    // stdin is closed).
+                    let hangup = tokio_util::sync::CancellationToken::new();
+                    let pump =
+                        logs::pump(reader, "stdout", log.clone(), live.clone(), hangup.clone());
+                    let out = tokio::spawn(pump);
+                    let stdin = (c.stdin == Some(true)).then(|| boxed(Box::new(writer)));
+                    (Some(out), None, stdin, Some(path), Some(hangup))
+                }
+                None => {
+                    let out = child.stdout.take().map(|o| {
+                        tokio::spawn(logs::pump(o, "stdout", log.clone(), live.clone(), never()))
+                    });
+                    let errp = child.stderr.take().map(|o| {
+                        tokio::spawn(logs::pump(o, "stderr", log.clone(), live.clone(), never()))
+                    });
+                    let stdin = child.stdin.take().map(|i| boxed(Box::new(i)));
+                    (out, errp, stdin, None, None)
+                }
+            };
 
             let (tx, _) = watch::channel(None);
             let h = Arc::new(Proc {
