@@ -1319,6 +1319,16 @@ mod tests {
         puts.last().expect("a status write").1["status"].clone()
     }
 
+    /// How many PATCHes pod `name` got (its tracking finalizer removed).
+    fn patches(calls: &Calls, name: &str) -> usize {
+        taken(
+            calls,
+            "PATCH",
+            &format!("/api/v1/namespaces/default/pods/{name}"),
+        )
+        .len()
+    }
+
     /// The `n`th pod the controller created, as the pod watch would show it, named `name`.
     fn created(calls: &Calls, n: usize, name: &str) -> Pod {
         let posts = taken(calls, "POST", "/api/v1/namespaces/default/pods");
@@ -1658,14 +1668,7 @@ mod tests {
                 .unwrap_or("")
                 .to_string()
         };
-        let patched = |name: &str| {
-            taken(
-                &calls,
-                "PATCH",
-                &format!("/api/v1/namespaces/default/pods/{name}"),
-            )
-            .len()
-        };
+        let patched = |name: &str| patches(&calls, name);
         // The controller's `n`th pod as the watch shows it, named `name`, with `status`.
         let shown = |n: usize, name: &str, status: serde_json::Value| {
             let mut p = created(&calls, n, name);
@@ -1845,14 +1848,7 @@ mod tests {
             json!(["pi-2-uid"]),
             "{st}"
         );
-        let patched = |name: &str| {
-            taken(
-                &calls,
-                "PATCH",
-                &format!("/api/v1/namespaces/default/pods/{name}"),
-            )
-            .len()
-        };
+        let patched = |name: &str| patches(&calls, name);
         assert_eq!((patched("pi-0"), patched("pi-2")), (0, 0));
         // Decided, nothing is held: both are released, the counted failure counted, and the
         // Job is Complete.
