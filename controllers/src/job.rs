@@ -224,8 +224,7 @@ fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[Arc<Pod>]) -> bool {
 
 /// The limit per index, for an Indexed Job that has one.
 fn limit_per_index(spec: &JobSpec) -> Option<i32> {
-    spec.backoff_limit_per_index
-        .filter(|_| spec.completion_mode.as_deref() == Some("Indexed"))
+    spec.backoff_limit_per_index.filter(|_| indexed(spec))
 }
 
 /// Whether a pod counts as failed for its replacement: Failed, or being deleted when such
@@ -281,9 +280,8 @@ fn plan_pods(
     now: jiff::Timestamp,
 ) -> (Vec<NewPod>, Option<Duration>) {
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     // Which pods are wanted: indexes for an Indexed Job, a count otherwise.
-    let wanted: Vec<Option<i32>> = if indexed {
+    let wanted: Vec<Option<i32>> = if indexed(spec) {
         let completions = spec.completions.unwrap_or(1);
         let running: HashSet<i32> = occupied.iter().filter_map(|p| pod_index(p)).collect();
         let room = (parallelism as usize).saturating_sub(occupied.len());
@@ -366,6 +364,16 @@ fn only_failed_replaced(spec: &JobSpec) -> bool {
         Some(p) => p == "Failed",
         None => spec.pod_failure_policy.is_some(),
     }
+}
+
+/// A pod running or about to, not being deleted.
+fn active(p: &Pod) -> bool {
+    matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
+}
+
+/// Whether the Job is Indexed.
+fn indexed(spec: &JobSpec) -> bool {
+    spec.completion_mode.as_deref() == Some("Indexed")
 }
 
 /// A pod being deleted that has not reached a terminal phase.
@@ -798,18 +806,17 @@ impl JobController {
             && !(finished || met || failing || deciding)
             && spec.suspend != Some(true)
             && !deleting(&job.metadata);
+        // The completed indexes, those of the pods counted now included.
+        let mut done = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+        done.extend(
+            pods.iter()
+                .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
+                .filter_map(|p| pod_index(p)),
+        );
         let held: HashMap<i32, &Arc<Pod>> = if holding {
-            let mut done = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
-            done.extend(
-                pods.iter()
-                    .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
-                    .filter_map(|p| pod_index(p)),
-            );
             let busy: HashSet<i32> = pods
                 .iter()
-                .filter(|p| {
-                    matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
-                })
+                .filter(|p| active(p))
                 .filter_map(|p| pod_index(p))
                 .collect();
             // Not the pods released above in this sync.
@@ -848,19 +855,10 @@ impl JobController {
         let held_back = uncounted_held.len();
         unc_failed.retain(|u| !kept.contains(u));
         if !unc_ok.is_empty() || !unc_failed.is_empty() {
-            let mut indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
-            for p in pods
-                .iter()
-                .filter(|p| unc_ok.contains(&p.uid().unwrap_or_default()))
-            {
-                if let Some(i) = pod_index(p) {
-                    indexes.insert(i);
-                }
-            }
             status.succeeded = Some(status.succeeded.unwrap_or(0) + unc_ok.len() as i32);
             status.failed = Some(status.failed.unwrap_or(0) + unc_failed.len() as i32);
-            if spec.completion_mode.as_deref() == Some("Indexed") {
-                status.completed_indexes = Some(format_indexes(&indexes));
+            if indexed(&spec) {
+                status.completed_indexes = Some(format_indexes(&done));
             }
             status.uncounted_terminated_pods = Some(UncountedTerminatedPods {
                 failed: (!uncounted_held.is_empty()).then_some(uncounted_held),
@@ -868,12 +866,7 @@ impl JobController {
             });
         }
 
-        let active: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| {
-                matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
-            })
-            .collect();
+        let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| active(p)).collect();
         let succeeded = status.succeeded.unwrap_or(0);
         // The failures held back count too.
         let failed = status.failed.unwrap_or(0) + held_back as i32;
@@ -882,10 +875,9 @@ impl JobController {
         let mut requeue = None;
         if !finished {
             let completions = spec.completions;
-            let indexed = spec.completion_mode.as_deref() == Some("Indexed");
-            let done_indexes = parse_indexes(status.completed_indexes.as_deref().unwrap_or(""));
+            let done_indexes = &done;
             let complete = match completions {
-                Some(c) if indexed => done_indexes.len() as i32 >= c,
+                Some(c) if indexed(&spec) => done_indexes.len() as i32 >= c,
                 Some(c) => succeeded >= c,
                 None => succeeded > 0 && active.is_empty(),
             };
@@ -948,7 +940,7 @@ impl JobController {
                 condition_text(&status, "SuccessCriteriaMet")
             } else if failure.is_some() {
                 None
-            } else if let Some(message) = success_policy_match(&spec, &done_indexes) {
+            } else if let Some(message) = success_policy_match(&spec, done_indexes) {
                 Some(("SuccessPolicy".to_string(), message))
             } else {
                 complete.then(|| {
@@ -1031,7 +1023,7 @@ impl JobController {
                     &occupied,
                     &held,
                     succeeded,
-                    (&done_indexes, &failed_indexes),
+                    (done_indexes, &failed_indexes),
                     backoff,
                     now,
                 );
@@ -1057,12 +1049,7 @@ impl JobController {
 
     /// Active/ready counts on top of the computed status.
     fn finish_status(&self, job: &Job, mut status: JobStatus, pods: &[Arc<Pod>]) -> JobStatus {
-        let active: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| {
-                matches!(phase(p), "Pending" | "Running" | "Unknown") && !deleting(&p.metadata)
-            })
-            .collect();
+        let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| active(p)).collect();
         let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
         status.active = (!finished && !active.is_empty()).then_some(active.len() as i32);
         status.ready = Some(active.iter().filter(|p| pod_ready(p)).count() as i32);
