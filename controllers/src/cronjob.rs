@@ -25,7 +25,7 @@ use kube::{Client, ResourceExt};
 use crate::Informers;
 use crate::util::{
     SyncResult, Written, controller_of, controller_ref, deleting, is_conflict, is_not_found,
-    key_of, object_ref, reconciler, split_key,
+    key_of, object_ref, reconciler, replace_status, split_key,
 };
 
 /// A parsed cron schedule (five fields, or one of the `@` shorthands).
@@ -514,19 +514,10 @@ impl CronJobController {
         }
         let mut updated = cj.clone();
         updated.status = Some(status);
-        let api: Api<CronJob> =
-            Api::namespaced(self.client.clone(), &cj.namespace().unwrap_or_default());
-        match api
-            .replace_status(&cj.name_any(), &PostParams::default(), &updated)
-            .await
-        {
-            Ok(written) => {
-                self.written.remember(written);
-                Ok(())
-            }
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e),
+        if let Some(written) = replace_status(&self.client, &updated).await? {
+            self.written.remember(written);
         }
+        Ok(())
     }
 }
 

@@ -484,7 +484,7 @@ impl DaemonSetController {
         if ds.status.as_ref() != Some(&status) {
             let mut updated_ds = ds.clone();
             updated_ds.status = Some(status);
-            if !replace_status(&self.client, &updated_ds).await? {
+            if replace_status(&self.client, &updated_ds).await?.is_none() {
                 return Ok(None);
             }
         }

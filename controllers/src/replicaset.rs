@@ -250,7 +250,9 @@ impl<K: Replicated> ReplicaSetController<K> {
             failure.as_ref().map(|(r, m, _)| (*r, m.as_str())),
         );
         if rs.status.as_ref() != Some(&status)
-            && !replace_status(&self.client, &orig.with_status(&status)).await?
+            && replace_status(&self.client, &orig.with_status(&status))
+                .await?
+                .is_none()
         {
             return Ok(None);
         }

@@ -431,7 +431,7 @@ impl StatefulSetController {
         if set.status.as_ref() != Some(&status) {
             let mut updated_set = set.clone();
             updated_set.status = Some(status);
-            if !replace_status(&self.client, &updated_set).await? {
+            if replace_status(&self.client, &updated_set).await?.is_none() {
                 return Ok(None);
             }
         }

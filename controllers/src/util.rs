@@ -544,8 +544,9 @@ impl<K: Resource> Written<K> {
 }
 
 /// Writes `updated`'s status through the status subresource (a conflict if its resourceVersion
-/// is stale). `Ok(false)` when the object is gone, which is not an error for a controller.
-pub async fn replace_status<K>(client: &Client, updated: &K) -> Result<bool, kube::Error>
+/// is stale); the object as written. `Ok(None)` when it is gone, which is not an error for a
+/// controller.
+pub async fn replace_status<K>(client: &Client, updated: &K) -> Result<Option<K>, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -562,8 +563,8 @@ where
         )
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
+        Ok(written) => Ok(Some(written)),
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
