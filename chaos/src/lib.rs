@@ -8,7 +8,9 @@
 //! components of a `keelson up` cluster killed and paused under a workload, then the checks
 //! that nothing acknowledged was lost, no pod was bound twice and everything converged.
 //!
-//! Not here yet (see the chaos issue): delays between members, deterministic simulation.
+//! `keelson chaos sim` (the `sim` module) runs keelson-store's Raft and MVCC code in one
+//! process on a simulated clock and network, faults drawn from a seed, so that a seed replays
+//! exactly.
 
 pub mod cluster;
 pub mod control;
@@ -23,6 +25,7 @@ pub mod replicas;
 pub mod resolve;
 pub mod revisions;
 pub mod run;
+pub mod sim;
 pub mod traffic;
 pub mod txns;
 pub mod watch;

@@ -38,7 +38,7 @@ pub struct ReplicaRead {
 
 /// A member's own (serializable) read of the keys under `prefix` at `revision` (0: the
 /// revision it has applied).
-fn local_read(prefix: &str, revision: i64) -> RangeRequest {
+pub(crate) fn local_read(prefix: &str, revision: i64) -> RangeRequest {
     RangeRequest {
         key: prefix.as_bytes().to_vec(),
         range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
@@ -49,7 +49,7 @@ fn local_read(prefix: &str, revision: i64) -> RangeRequest {
 }
 
 /// What `member` answered to a range at `revision`.
-fn copy(
+pub(crate) fn copy(
     member: &str,
     revision: i64,
     r: keelson_etcdpb::etcdserverpb::RangeResponse,

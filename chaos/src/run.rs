@@ -554,6 +554,50 @@ pub enum Command {
     /// A `keelson up` cluster under a workload while its components are killed and paused;
     /// then nothing acknowledged lost, no pod bound twice, everything converged.
     ControlPlane(crate::control::ControlArgs),
+    /// Deterministic simulation: keelson-store's Raft and MVCC code in one process on a
+    /// simulated clock and network, with faults drawn from a seed (a seed replays exactly).
+    Sim(SimArgs),
+}
+
+/// Flags of `keelson chaos sim`.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How many seeds to run, from `--seed` on.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Simulated time the clients run for, per seed.
+    #[arg(long, default_value = "20s", value_parser = parse_go_duration)]
+    duration: Duration,
+    /// Members of the simulated cluster (1 to 7).
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 6)]
+    keys: usize,
+    /// Run without faults.
+    #[arg(long)]
+    no_faults: bool,
+    /// Plant a known bug, to see the checkers catch it.
+    #[arg(long, value_enum)]
+    bug: Option<crate::sim::Bug>,
+    /// Run every seed twice and fail if the two runs differ in anything.
+    #[arg(long)]
+    replay_check: bool,
+    /// Time the checkers may spend per seed.
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    check_budget: Duration,
+    /// Where the histories of seeds that fail go (default: chaos-runs/sim-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the members' logs (openraft's and the store's), which faults make plentiful.
+    #[arg(long)]
+    logs: bool,
 }
 
 /// Flags of `keelson chaos run`.
@@ -682,6 +726,19 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
             print!("{table}");
             verdict_error("chaos sweep", worst)
         }
+        Command::Sim(a) => {
+            // The simulation runs its own runtime on a thread of its own.
+            std::thread::spawn(move || {
+                if a.logs {
+                    sim(a)
+                } else {
+                    let quiet = tracing::subscriber::NoSubscriber::default();
+                    tracing::subscriber::with_default(quiet, || sim(a))
+                }
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the simulation panicked"))?
+        }
         Command::Check(a) => {
             let checks = if crate::control::history::ControlHistory::is_in(&a.dir) {
                 crate::control::check_dir(&a.dir)?
@@ -714,4 +771,81 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
             verdict_error("chaos control-plane", worst(&o.checks))
         }
     }
+}
+
+/// `keelson chaos sim`: each seed in turn; a failing seed's history is saved (for `keelson
+/// chaos check`) with the command that replays it.
+fn sim(a: SimArgs) -> anyhow::Result<()> {
+    let out = a.out.unwrap_or_else(|| default_dir("sim"));
+    let scratch = if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let mut worst_seen = Verdict::Ok;
+    let mut failed = Vec::new();
+    for seed in a.seed..a.seed.saturating_add(a.seeds) {
+        let options = crate::sim::Options {
+            seed,
+            duration: a.duration,
+            members: a.members,
+            clients: a.clients,
+            keys: a.keys,
+            faults: !a.no_faults,
+            bug: a.bug,
+            check_budget: a.check_budget,
+        };
+        let once = || -> anyhow::Result<crate::sim::Outcome> {
+            let dir = tempfile::Builder::new()
+                .prefix("keelson-sim")
+                .tempdir_in(&scratch)
+                .with_context(|| format!("a scratch directory in {}", scratch.display()))?;
+            crate::sim::run(&options, dir.path())
+        };
+        let outcome = once()?;
+        println!("{}", outcome.summary());
+        let mut verdict = outcome.verdict();
+        if a.replay_check {
+            let again = once()?;
+            if again.digest != outcome.digest
+                || again.history.operations != outcome.history.operations
+            {
+                println!(
+                    "seed {seed}: the replay differs (digest {:016x} against {:016x})",
+                    again.digest, outcome.digest
+                );
+                verdict = Verdict::Violation;
+            }
+        }
+        if verdict != Verdict::Ok {
+            let dir = out.join(format!("seed-{seed}"));
+            outcome.history.save(&dir)?;
+            for c in outcome.checks.iter().filter(|c| c.verdict != Verdict::Ok) {
+                for d in c.details.iter().take(20) {
+                    println!("    {}: {d}", c.name);
+                }
+            }
+            println!(
+                "    history: {}; replay: keelson chaos sim --seed {seed} --duration {:?} \
+                 --members {} --clients {} --keys {}{}{}",
+                dir.display(),
+                a.duration,
+                a.members,
+                a.clients,
+                a.keys,
+                if a.no_faults { " --no-faults" } else { "" },
+                a.bug
+                    .map(|b| format!(" --bug {b:?}").to_lowercase())
+                    .unwrap_or_default(),
+            );
+            failed.push(seed);
+            if verdict == Verdict::Violation || worst_seen == Verdict::Ok {
+                worst_seen = verdict;
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!("failing seeds: {failed:?}");
+    }
+    verdict_error("chaos sim", worst_seen)
 }

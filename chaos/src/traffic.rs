@@ -137,23 +137,9 @@ impl Kv {
     /// Puts every `(key, value)` in one txn (no compares): one revision for all of them. The
     /// answer is a put's, shared by every part.
     pub async fn run_txn(&mut self, puts: &[(String, String)]) -> Output {
-        let request = TxnRequest {
-            compare: vec![],
-            success: puts
-                .iter()
-                .map(|(key, value)| RequestOp {
-                    request: Some(request_op::Request::RequestPut(PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: value.clone().into_bytes(),
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
-            failure: vec![],
-        };
-        match self.client.txn(request).await {
+        match self.client.txn(txn_puts(puts)).await {
             Ok(r) => Output::Put {
-                revision: r.into_inner().header.map(|h| h.revision).unwrap_or(0),
+                revision: header_revision(r.into_inner().header),
             },
             Err(e) => {
                 self.fail_over();
@@ -165,87 +151,251 @@ impl Kv {
     }
 
     async fn call(&mut self, input: &Input, lease: i64) -> Result<Output, tonic::Status> {
-        let header = |h: Option<keelson_etcdpb::etcdserverpb::ResponseHeader>| {
-            h.map(|h| h.revision).unwrap_or(0)
+        let answer = match request(input, lease) {
+            Request::Range(r) => Answer::Range(self.client.range(r).await?.into_inner()),
+            Request::Put(r) => Answer::Put(self.client.put(r).await?.into_inner()),
+            Request::Delete(r) => Answer::Delete(self.client.delete_range(r).await?.into_inner()),
+            Request::Txn(r) => Answer::Txn(self.client.txn(r).await?.into_inner()),
         };
-        Ok(match input {
-            Input::Get { key } => {
-                let r = self
-                    .client
-                    .range(RangeRequest {
-                        key: key.clone().into_bytes(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                let kv = r.kvs.first();
-                Output::Get {
-                    value: kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-                    mod_revision: kv.map(|kv| kv.mod_revision).unwrap_or(0),
-                    revision: header(r.header),
+        Ok(output(answer))
+    }
+}
+
+/// The etcd request an operation sends.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// A linearizable range of one key.
+    Range(RangeRequest),
+    /// A put.
+    Put(PutRequest),
+    /// A delete of one key.
+    Delete(DeleteRangeRequest),
+    /// A compare-and-set, or a txn of puts.
+    Txn(TxnRequest),
+}
+
+/// What the store answered to a [`Request`].
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// To a range.
+    Range(keelson_etcdpb::etcdserverpb::RangeResponse),
+    /// To a put.
+    Put(keelson_etcdpb::etcdserverpb::PutResponse),
+    /// To a delete.
+    Delete(keelson_etcdpb::etcdserverpb::DeleteRangeResponse),
+    /// To a txn.
+    Txn(keelson_etcdpb::etcdserverpb::TxnResponse),
+}
+
+/// The request `input` sends; a put is attached to `lease` (0: none).
+pub fn request(input: &Input, lease: i64) -> Request {
+    match input {
+        Input::Get { key } => Request::Range(RangeRequest {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        }),
+        Input::Put { key, value } => Request::Put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: value.clone().into_bytes(),
+            lease,
+            ..Default::default()
+        }),
+        Input::Delete { key } => Request::Delete(DeleteRangeRequest {
+            key: key.clone().into_bytes(),
+            ..Default::default()
+        }),
+        Input::Cas {
+            key,
+            expected,
+            value,
+        } => Request::Txn(TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: key.clone().into_bytes(),
+                target_union: Some(compare::TargetUnion::ModRevision(*expected)),
+                ..Default::default()
+            }],
+            success: vec![put_op(key, value)],
+            failure: vec![],
+        }),
+    }
+}
+
+fn put_op(key: &str, value: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A txn putting every `(key, value)` at once (no compares): one revision for all of them.
+pub fn txn_puts(puts: &[(String, String)]) -> TxnRequest {
+    TxnRequest {
+        compare: vec![],
+        success: puts.iter().map(|(k, v)| put_op(k, v)).collect(),
+        failure: vec![],
+    }
+}
+
+fn header_revision(h: Option<keelson_etcdpb::etcdserverpb::ResponseHeader>) -> i64 {
+    h.map(|h| h.revision).unwrap_or(0)
+}
+
+/// What an answer says, as the history records it (a txn's as a compare-and-set).
+pub fn output(answer: Answer) -> Output {
+    match answer {
+        Answer::Range(r) => {
+            let kv = r.kvs.first();
+            Output::Get {
+                value: kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                mod_revision: kv.map(|kv| kv.mod_revision).unwrap_or(0),
+                revision: header_revision(r.header),
+            }
+        }
+        Answer::Put(r) => Output::Put {
+            revision: header_revision(r.header),
+        },
+        Answer::Delete(r) => Output::Delete {
+            deleted: r.deleted,
+            revision: header_revision(r.header),
+        },
+        Answer::Txn(r) => Output::Cas {
+            succeeded: r.succeeded,
+            revision: header_revision(r.header),
+        },
+    }
+}
+
+/// What a client does next: one operation, or a txn putting several keys.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A single-key operation.
+    One(Input),
+    /// `(key, value)` pairs put in one txn.
+    Txn(Vec<(String, String)>),
+}
+
+/// A client's choice of operations (seeded, so it depends only on the seed), with the mod
+/// revision it last saw per key for its compare-and-sets.
+pub struct Chooser {
+    id: usize,
+    prefix: String,
+    keys: usize,
+    rng: Rng,
+    seq: u64,
+    seen: HashMap<String, i64>,
+}
+
+impl Chooser {
+    /// Client `id`'s choices among `keys` keys under `prefix`.
+    pub fn new(id: usize, prefix: &str, keys: usize, seed: u64) -> Chooser {
+        Chooser {
+            id,
+            prefix: prefix.to_string(),
+            keys,
+            rng: Rng::new(seed),
+            seq: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The next step: four in ten gets, three puts (or a txn of puts), a delete, two
+    /// compare-and-sets on the last mod revision seen.
+    pub fn choose(&mut self) -> Step {
+        let key = format!("{}k{}", self.prefix, self.rng.below(self.keys));
+        self.seq += 1;
+        let value = format!("c{}-{}", self.id, self.seq);
+        let choice = self.rng.below(10);
+        if choice == 6 && self.keys >= 2 {
+            // A txn putting two or three keys at once.
+            let mut keys = vec![key];
+            let want = 2 + self.rng.below(2).min(self.keys - 2);
+            while keys.len() < want {
+                let k = format!("{}k{}", self.prefix, self.rng.below(self.keys));
+                if !keys.contains(&k) {
+                    keys.push(k);
                 }
             }
-            Input::Put { key, value } => {
-                let r = self
-                    .client
-                    .put(PutRequest {
-                        key: key.clone().into_bytes(),
-                        value: value.clone().into_bytes(),
-                        lease,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Put {
-                    revision: header(r.header),
-                }
-            }
-            Input::Delete { key } => {
-                let r = self
-                    .client
-                    .delete_range(DeleteRangeRequest {
-                        key: key.clone().into_bytes(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Output::Delete {
-                    deleted: r.deleted,
-                    revision: header(r.header),
-                }
-            }
-            Input::Cas {
+            return Step::Txn(
+                keys.into_iter()
+                    .enumerate()
+                    .map(|(i, k)| (k, format!("{value}.{i}")))
+                    .collect(),
+            );
+        }
+        Step::One(match choice {
+            0..=3 => Input::Get { key },
+            4..=6 => Input::Put { key, value },
+            7 => Input::Delete { key },
+            _ => Input::Cas {
+                expected: self.seen.get(&key).copied().unwrap_or(0),
                 key,
-                expected,
                 value,
-            } => {
-                let r = self
-                    .client
-                    .txn(TxnRequest {
-                        compare: vec![Compare {
-                            result: compare::CompareResult::Equal as i32,
-                            target: compare::CompareTarget::Mod as i32,
-                            key: key.clone().into_bytes(),
-                            target_union: Some(compare::TargetUnion::ModRevision(*expected)),
-                            ..Default::default()
-                        }],
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::RequestPut(PutRequest {
-                                key: key.clone().into_bytes(),
-                                value: value.clone().into_bytes(),
-                                ..Default::default()
-                            })),
-                        }],
-                        failure: vec![],
-                    })
-                    .await?
-                    .into_inner();
-                Output::Cas {
-                    succeeded: r.succeeded,
-                    revision: header(r.header),
-                }
-            }
+            },
         })
+    }
+
+    /// Records one finished step as operations (a txn as one per key, sharing a txn number)
+    /// and notes the mod revisions its answer shows.
+    pub fn record(
+        &mut self,
+        step: Step,
+        invoke: u64,
+        complete: u64,
+        output: Output,
+        history: &mut Vec<Operation>,
+    ) {
+        let input = match step {
+            Step::Txn(puts) => {
+                let txn = ((self.id as u64) << 32) | self.seq;
+                for (key, value) in puts {
+                    if let Output::Put { revision } = output {
+                        self.seen.insert(key.clone(), revision);
+                    }
+                    history.push(Operation {
+                        client: self.id,
+                        txn: Some(txn),
+                        invoke,
+                        complete,
+                        input: Input::Put { key, value },
+                        output: output.clone(),
+                    });
+                }
+                return;
+            }
+            Step::One(input) => input,
+        };
+        match (&input, &output) {
+            (Input::Get { key }, Output::Get { mod_revision, .. }) => {
+                self.seen.insert(key.clone(), *mod_revision);
+            }
+            (Input::Put { key, .. }, Output::Put { revision })
+            | (
+                Input::Cas { key, .. },
+                Output::Cas {
+                    succeeded: true,
+                    revision,
+                },
+            ) => {
+                self.seen.insert(key.clone(), *revision);
+            }
+            (Input::Delete { key }, Output::Delete { .. }) => {
+                self.seen.insert(key.clone(), 0);
+            }
+            _ => {}
+        }
+        history.push(Operation {
+            client: self.id,
+            txn: None,
+            invoke,
+            complete,
+            input,
+            output,
+        });
     }
 }
 
@@ -259,99 +409,25 @@ pub async fn client(
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<Operation>> {
     let mut kv = Kv::new(&endpoints, id, load.timeout)?;
-    let mut rng = Rng::new(id as u64 + 1);
+    let mut chooser = Chooser::new(id, &load.prefix, load.keys, id as u64 + 1);
     let period = Duration::from_secs_f64(clients as f64 / load.qps.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The mod revision this client last saw per key: what its compare-and-sets expect.
-    let mut seen: HashMap<String, i64> = HashMap::new();
     let mut history = Vec::new();
-    let mut seq = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let key = format!("{}k{}", load.prefix, rng.below(load.keys));
-        seq += 1;
-        let value = format!("c{id}-{seq}");
-        let choice = rng.below(10);
-        if choice == 6 && load.keys >= 2 {
-            // A txn putting two or three keys at once.
-            let mut keys = vec![key];
-            let want = 2 + rng.below(2).min(load.keys - 2);
-            while keys.len() < want {
-                let k = format!("{}k{}", load.prefix, rng.below(load.keys));
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-            let puts: Vec<(String, String)> = keys
-                .into_iter()
-                .enumerate()
-                .map(|(i, k)| (k, format!("{value}.{i}")))
-                .collect();
-            let invoke = clock.now();
-            let output = kv.run_txn(&puts).await;
-            let complete = clock.now();
-            load.done.count(&output);
-            let txn = ((id as u64) << 32) | seq;
-            for (key, value) in puts {
-                if let Output::Put { revision } = output {
-                    seen.insert(key.clone(), revision);
-                }
-                history.push(Operation {
-                    client: id,
-                    txn: Some(txn),
-                    invoke,
-                    complete,
-                    input: Input::Put { key, value },
-                    output: output.clone(),
-                });
-            }
-            continue;
-        }
-        let input = match choice {
-            0..=3 => Input::Get { key },
-            4..=6 => Input::Put { key, value },
-            7 => Input::Delete { key },
-            _ => Input::Cas {
-                expected: seen.get(&key).copied().unwrap_or(0),
-                key,
-                value,
-            },
-        };
+        let step = chooser.choose();
         let invoke = clock.now();
-        let output = kv.run(&input).await;
+        let output = match &step {
+            Step::One(input) => kv.run(input).await,
+            Step::Txn(puts) => kv.run_txn(puts).await,
+        };
         let complete = clock.now();
         load.done.count(&output);
-        match (&input, &output) {
-            (Input::Get { key }, Output::Get { mod_revision, .. }) => {
-                seen.insert(key.clone(), *mod_revision);
-            }
-            (Input::Put { key, .. }, Output::Put { revision })
-            | (
-                Input::Cas { key, .. },
-                Output::Cas {
-                    succeeded: true,
-                    revision,
-                },
-            ) => {
-                seen.insert(key.clone(), *revision);
-            }
-            (Input::Delete { key }, Output::Delete { .. }) => {
-                seen.insert(key.clone(), 0);
-            }
-            _ => {}
-        }
-        history.push(Operation {
-            client: id,
-            txn: None,
-            invoke,
-            complete,
-            input,
-            output,
-        });
+        chooser.record(step, invoke, complete, output, &mut history);
     }
     Ok(history)
 }

@@ -36,7 +36,9 @@ pub struct LogStore {
     db: SledDb,
     log: sled::Tree,
     meta: sled::Tree,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// The flusher thread's queue; `None`: `append` flushes before it returns (see
+    /// [`LogStore::open_inline`]).
+    flusher: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
     /// Index of the last purged entry: entries up to it are gone for readers at once.
     purged: Arc<Mutex<Option<u64>>>,
     /// Index of the last purged entry on disk: entries up to it are deleted from the tree in
@@ -64,8 +66,6 @@ impl Debug for LogStore {
 impl LogStore {
     /// Opens the log trees of `db` and starts the flusher thread.
     pub fn open(db: &SledDb, on_fsync: Option<FsyncObserver>) -> Result<LogStore, sled::Error> {
-        let log = db.db().open_tree("raft_log")?;
-        let meta = db.db().open_tree("raft_meta")?;
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flush_db = db.clone();
         std::thread::Builder::new()
@@ -90,11 +90,26 @@ impl LogStore {
                 }
             })
             .map_err(sled::Error::Io)?;
+        LogStore::with_flusher(db, Some(tx))
+    }
+
+    /// Opens the log trees of `db` without a flusher thread: `append` fsyncs and reports the
+    /// entries durable before it returns, so nothing happens off the caller's thread. Slower
+    /// (no group commit); for the deterministic simulation, whose single thread must decide
+    /// every ordering.
+    pub fn open_inline(db: &SledDb) -> Result<LogStore, sled::Error> {
+        LogStore::with_flusher(db, None)
+    }
+
+    fn with_flusher(
+        db: &SledDb,
+        flusher: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    ) -> Result<LogStore, sled::Error> {
         let store = LogStore {
             db: db.clone(),
-            log,
-            meta,
-            flusher: tx,
+            log: db.db().open_tree("raft_log")?,
+            meta: db.db().open_tree("raft_meta")?,
+            flusher,
             purged: Arc::default(),
             durable_purged: Arc::default(),
             deferred: Arc::default(),
@@ -400,9 +415,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&idx_key(e.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(storage_error)?;
-        self.flusher
-            .send(callback)
-            .map_err(|_| storage_error("log flusher stopped"))?;
+        match &self.flusher {
+            Some(flusher) => flusher
+                .send(callback)
+                .map_err(|_| storage_error("log flusher stopped"))?,
+            None => {
+                let res = self.db.sync().map_err(std::io::Error::other);
+                failpoint!("raftAfterSave");
+                callback.log_io_completed(res);
+            }
+        }
         Ok(())
     }
 

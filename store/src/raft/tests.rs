@@ -10,13 +10,21 @@ use super::state_machine::{Shared, StateMachine};
 use super::{NodeId, TypeConfig};
 use crate::backend::SledBackend;
 
-struct SledStoreBuilder;
+/// Builds the sled log store, with its flusher thread or (`inline`) syncing in `append`.
+struct SledStoreBuilder {
+    inline: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = crate::backend::testing::open_sled(dir.path());
-        let log = LogStore::open(&db, None).expect("log store");
+        let log = if self.inline {
+            LogStore::open_inline(&db)
+        } else {
+            LogStore::open(&db, None)
+        }
+        .expect("log store");
         let backend = Arc::new(SledBackend::open(&db, "sm").expect("backend"));
         let snapshots = SnapshotDir::open(&dir.path().join("snap")).expect("snapshot dir");
         let shared = Shared::open(backend, snapshots, 2).expect("state machine");
@@ -26,7 +34,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledStoreBuil
 
 #[test]
 fn openraft_storage_suite_passes_on_sled() {
-    Suite::test_all(SledStoreBuilder).expect("openraft storage suite");
+    Suite::test_all(SledStoreBuilder { inline: false }).expect("openraft storage suite");
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_sled_synced_inline() {
+    Suite::test_all(SledStoreBuilder { inline: true }).expect("openraft storage suite");
 }
 
 mod snapshots {

@@ -351,7 +351,7 @@ async fn discover_existing(
 
 /// Whether this member led before it stopped (its vote is its own and committed): openraft then
 /// makes it leader again at once, in the same term (see [`RestoredLeader`]).
-async fn restored_leader(
+pub async fn restored_leader(
     id: NodeId,
     log: &mut LogStore,
 ) -> Result<Option<RestoredLeader>, openraft::StorageError<NodeId>> {

@@ -1,0 +1,629 @@
+//! `keelson chaos sim`: deterministic simulation of keelson-store's Raft and MVCC layer.
+//!
+//! The members of a cluster run in one process, on one thread, on a runtime whose clock is
+//! simulated (tokio's paused time: when every task waits, the clock jumps to the next timer).
+//! Each member is the store's own code: openraft with keelson's sled log store and MVCC state
+//! machine, and keelson's [`Node`] (the proposer that batches writes, the read barrier, the
+//! restored-leader rule). Only the transport is replaced: [`net`] carries Raft's RPCs between
+//! members with seeded delays, losses, partitions and pauses, and clients call the members
+//! directly. A nemesis crashes and restarts members, partitions them, pauses them and slows or
+//! drops their messages, all drawn from the seed.
+//!
+//! Every random choice comes from the seed and the thread decides every ordering, so a seed
+//! replays exactly: the same operations, the same faults at the same simulated instants, the
+//! same messages (the run's digest hashes all of them). The log store syncs inline
+//! ([`LogStore::open_inline`]) and members take no snapshots, so no work happens off the
+//! thread. Simulated seconds cost little real time, so many seeds can be searched.
+//!
+//! The history goes through the same checkers as `keelson chaos run`
+//! ([`crate::check_all`]): linearizability, revisions, txns, replicas.
+//!
+//! What is not simulated: snapshots (their files go through blocking threads), leases (the
+//! lessor keeps real time), watches, membership changes, and the loss of writes not yet synced
+//! (a crash here is a kill -9: what the store wrote stays).
+
+mod net;
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keelson_store::StoreError;
+use keelson_store::backend::{SledBackend, SledDb};
+use keelson_store::raft::log_store::LogStore;
+use keelson_store::raft::network::Peers;
+use keelson_store::raft::pb::internal_request::Request as Rq;
+use keelson_store::raft::pb::internal_response::Response as Rs;
+use keelson_store::raft::pb::{Batch, InternalRequest};
+use keelson_store::raft::snapshot::SnapshotDir;
+use keelson_store::raft::state_machine::{Shared, StateMachine};
+use keelson_store::raft::{Member, NodeId, Raft};
+use keelson_store::server::metrics::Metrics;
+use keelson_store::server::node::Node;
+use keelson_store::server::restored_leader;
+use tokio::time::{Instant, sleep};
+
+pub use self::net::NetStats;
+use self::net::{Network, World};
+use crate::history::{FaultStep, History, Input, Operation, Output};
+use crate::replicas::{self, ReplicaRead};
+use crate::traffic::{self, Answer, Chooser, PREFIX, Request, Step};
+use crate::{Check, Verdict};
+
+/// A client call without an answer within this is an unknown outcome.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the end of a run may take to bring every member back and agree.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// A bug planted on purpose, to show the checkers catch what it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bug {
+    /// Reads are served by whichever member the client asks, without the read barrier (a
+    /// deposed leader or a lagging follower answers from its own state).
+    StaleReads,
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Every random choice of the run derives from it.
+    pub seed: u64,
+    /// Simulated time the clients run for.
+    pub duration: Duration,
+    /// Members of the cluster (1 to 7).
+    pub members: usize,
+    /// Clients, each running one operation at a time.
+    pub clients: usize,
+    /// Keys the clients share.
+    pub keys: usize,
+    /// Whether the nemesis injects faults.
+    pub faults: bool,
+    /// A bug to plant.
+    pub bug: Option<Bug>,
+    /// Time the checkers may spend.
+    pub check_budget: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            seed: 1,
+            duration: Duration::from_secs(20),
+            members: 3,
+            clients: 4,
+            keys: 6,
+            faults: true,
+            bug: None,
+            check_budget: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a simulated run did and what the checkers said.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The seed.
+    pub seed: u64,
+    /// The recorded history (times in simulated nanoseconds).
+    pub history: History,
+    /// The checkers' verdicts.
+    pub checks: Vec<Check>,
+    /// A hash of everything that happened (every message's fate and time, every operation,
+    /// every fault): equal for two runs of one seed.
+    pub digest: u64,
+    /// What happened to the messages.
+    pub net: NetStats,
+    /// The highest Raft term reached (how many elections there were, roughly).
+    pub term: u64,
+    /// Members crashed and restarted.
+    pub crashes: usize,
+}
+
+impl Outcome {
+    /// The worst verdict.
+    pub fn verdict(&self) -> Verdict {
+        crate::run::worst(&self.checks)
+    }
+
+    /// One line: operations, faults, messages, digest and the verdicts.
+    pub fn summary(&self) -> String {
+        let ops = &self.history.operations;
+        let unknown = ops
+            .iter()
+            .filter(|o| matches!(o.output, Output::Unknown { .. }))
+            .count();
+        format!(
+            "seed {}: {} operations ({} unknown), {} fault steps, {} crashes, term {}, {} \
+             messages ({} lost, {} refused), digest {:016x}: {}",
+            self.seed,
+            ops.len(),
+            unknown,
+            self.history.faults.len(),
+            self.crashes,
+            self.term,
+            self.net.delivered + self.net.lost + self.net.refused,
+            self.net.lost,
+            self.net.refused,
+            self.digest,
+            crate::run::summary(&self.checks)
+        )
+    }
+}
+
+/// Runs one simulated cluster under `options`, its members' data in `dir` (best on a
+/// memory filesystem: every append syncs). Blocks the calling thread, which must not be inside
+/// a tokio runtime.
+pub fn run(options: &Options, dir: &Path) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        (1..=7).contains(&options.members),
+        "--members must be 1 to 7, not {}",
+        options.members
+    );
+    anyhow::ensure!(options.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(options.keys >= 1, "--keys must be at least 1");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?;
+    let outcome = rt.block_on(simulate(options.clone(), dir.to_path_buf()));
+    // Tasks still waiting (a crashed member's) go with the runtime.
+    drop(rt);
+    outcome
+}
+
+/// A member's storage, kept across its restarts.
+struct Store {
+    id: NodeId,
+    dir: PathBuf,
+    db: SledDb,
+}
+
+async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
+    let world = Arc::new(World::new(o.seed, o.members));
+    let mut stores = Vec::new();
+    for id in world.ids() {
+        let path = dir.join(format!("m{id}"));
+        let db =
+            SledDb::open(&path, 1 << 20).with_context(|| format!("opening {}", path.display()))?;
+        stores.push(Store { id, dir: path, db });
+    }
+    let stores = Arc::new(stores);
+    let initial: BTreeMap<NodeId, Member> = world.ids().map(|id| (id, member(id))).collect();
+    for s in stores.iter() {
+        start(&world, s, Some(&initial)).await?;
+    }
+
+    let end = Instant::now() + o.duration;
+    let clients: Vec<_> = (0..o.clients)
+        .map(|c| tokio::spawn(client(world.clone(), o.clone(), c, end)))
+        .collect();
+    let nemesis = tokio::spawn(nemesis(world.clone(), stores.clone(), o.faults, end));
+    let mut operations = Vec::new();
+    for c in clients {
+        operations.extend(c.await.context("a client failed")?);
+    }
+    let (mut faults, crashes) = nemesis.await.context("the nemesis failed")?;
+    // Everything healed and every member up, then every member's copy of the keys.
+    world.heal_all();
+    for s in stores.iter() {
+        if world.raft(s.id).is_none()
+            && let Err(e) = start(&world, s, None).await
+        {
+            faults.push(step(
+                &world,
+                "restart",
+                "error",
+                format!("m{}: {e:#}", s.id),
+            ));
+        }
+    }
+    let replicas = match settle(&world).await {
+        Ok(r) => r,
+        Err(e) => {
+            faults.push(step(&world, "settle", "error", format!("{e:#}")));
+            Vec::new()
+        }
+    };
+    let term = world
+        .ids()
+        .filter_map(|id| world.raft(id))
+        .map(|r| r.metrics().borrow().current_term)
+        .max()
+        .unwrap_or(0);
+    for id in world.ids() {
+        if let Some((raft, _)) = world.take_running(id) {
+            let _ = raft.shutdown().await;
+        }
+    }
+
+    operations.sort_by_key(|op: &Operation| (op.complete, op.client));
+    let history = History {
+        operations,
+        faults,
+        replicas,
+        ..History::default()
+    };
+    let mut digest = std::hash::DefaultHasher::new();
+    digest.write_u64(world.digest());
+    for op in &history.operations {
+        digest.write(serde_json::to_string(op)?.as_bytes());
+    }
+    for f in &history.faults {
+        digest.write(serde_json::to_string(f)?.as_bytes());
+    }
+    let checks = crate::check_all(&history, o.check_budget);
+    Ok(Outcome {
+        seed: o.seed,
+        checks,
+        digest: digest.finish(),
+        net: world.stats(),
+        term,
+        crashes,
+        history,
+    })
+}
+
+fn member(id: NodeId) -> Member {
+    // No peer URL: nothing may dial a real connection (a follower's forward or read index
+    // fails at once; clients here ask the leader).
+    Member {
+        name: format!("m{id}"),
+        peer_urls: Vec::new(),
+    }
+}
+
+/// Starts (or restarts) the member whose storage is `s`, as `keelson store` does, with its
+/// network in the world; a new cluster's members are initialized with `bootstrap`.
+async fn start(
+    world: &Arc<World>,
+    s: &Store,
+    bootstrap: Option<&BTreeMap<NodeId, Member>>,
+) -> anyhow::Result<()> {
+    let mut log = LogStore::open_inline(&s.db)?;
+    let backend = SledBackend::open(&s.db, "mvcc")?;
+    let snapshots = SnapshotDir::open(&s.dir.join("snap"))?;
+    let shared = Shared::open(Arc::new(backend), snapshots, 1)?;
+    let restored = restored_leader(s.id, &mut log).await?;
+    // openraft draws each election timeout from its own (unseeded) generator: a range of one
+    // value takes the draw out, and the seed picks each member's timeout at each start.
+    let timeout = 1000 + world.below(1000) as u64;
+    let config = openraft::Config {
+        cluster_name: "sim".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: timeout,
+        election_timeout_max: timeout + 1,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_payload_entries: 64,
+        ..Default::default()
+    }
+    .validate()?;
+    let network = Network {
+        world: world.clone(),
+        from: s.id,
+    };
+    let raft = Raft::new(
+        s.id,
+        Arc::new(config),
+        network,
+        log,
+        StateMachine::new(shared.clone()),
+    )
+    .await?;
+    if let Some(members) = bootstrap {
+        raft.initialize(members.clone()).await?;
+    }
+    let node = Node::new(
+        s.id,
+        1,
+        raft.clone(),
+        shared,
+        Peers::new(None),
+        Metrics::new(),
+        restored,
+    );
+    world.note(&[100, s.id]);
+    world.set_running(s.id, raft, node);
+    Ok(())
+}
+
+/// Stops member `id` at once (a kill -9: what it wrote stays, what it was doing stops).
+async fn crash(world: &World, id: NodeId) {
+    world.note(&[101, id]);
+    if let Some((raft, _)) = world.take_running(id) {
+        let _ = raft.shutdown().await;
+    }
+}
+
+fn step(world: &World, fault: &str, action: &str, detail: String) -> FaultStep {
+    FaultStep {
+        fault: fault.into(),
+        action: action.into(),
+        detail,
+        at: world.now(),
+    }
+}
+
+/// One client: operations until `end`, each sent to the member it takes for the leader.
+async fn client(world: Arc<World>, o: Options, id: usize, end: Instant) -> Vec<Operation> {
+    let mut chooser = Chooser::new(
+        id,
+        PREFIX,
+        o.keys,
+        o.seed.wrapping_mul(1_000_003).wrapping_add(id as u64 + 1),
+    );
+    let mut target = world.any();
+    let mut history = Vec::new();
+    while Instant::now() < end {
+        sleep(world.millis(0, 20)).await;
+        let step = chooser.choose();
+        let invoke = world.now();
+        let output = perform(&world, &mut target, &step, o.bug).await;
+        let complete = world.now();
+        world.note(&[200, id as u64, invoke, complete]);
+        chooser.record(step, invoke, complete, output, &mut history);
+    }
+    history
+}
+
+/// Runs `step` on the member it should go to, following redirects, within the client timeout.
+async fn perform(world: &World, target: &mut NodeId, step: &Step, bug: Option<Bug>) -> Output {
+    let give_up = Instant::now() + CLIENT_TIMEOUT;
+    loop {
+        let stale_read =
+            bug == Some(Bug::StaleReads) && matches!(step, Step::One(Input::Get { .. }));
+        if stale_read {
+            *target = world.any();
+        }
+        match tokio::time::timeout_at(give_up, ask(world, *target, step, stale_read)).await {
+            Err(_) => {
+                return Output::Unknown {
+                    error: "client timeout".into(),
+                };
+            }
+            Ok(Ok(output)) => return output,
+            Ok(Err(hint)) => {
+                *target = hint.unwrap_or_else(|| world.any());
+                sleep(world.millis(10, 40)).await;
+            }
+        }
+    }
+}
+
+/// Sends `step` to member `target`: its answer, or `Err` with the leader it names when it
+/// did not take the step (it does not lead, or it is down).
+async fn ask(
+    world: &World,
+    target: NodeId,
+    step: &Step,
+    stale_read: bool,
+) -> Result<Output, Option<NodeId>> {
+    sleep(world.latency(0, target)).await;
+    world.wait_resumed(target, target).await;
+    let Some(node) = world.node(target) else {
+        return Err(None);
+    };
+    let unknown = |e: &dyn std::fmt::Display| {
+        Ok(Output::Unknown {
+            error: e.to_string(),
+        })
+    };
+    let request = match step {
+        Step::One(input) => traffic::request(input, 0),
+        Step::Txn(puts) => Request::Txn(traffic::txn_puts(puts)),
+    };
+    let write = match request {
+        Request::Range(r) => {
+            if !stale_read {
+                if !node.is_leader() {
+                    return Err(node.leader());
+                }
+                if let Err(e) = node.read_barrier().await {
+                    return unknown(&e);
+                }
+            }
+            let read = node.shared().mvcc.read().range(&r);
+            return match read {
+                Ok(r) => answered(world, target, step, Answer::Range(r)).await,
+                Err(e) => unknown(&e),
+            };
+        }
+        Request::Put(p) => Rq::Put(p),
+        Request::Delete(d) => Rq::DeleteRange(d),
+        Request::Txn(t) => Rq::Txn(t),
+    };
+    let batch = Batch {
+        requests: vec![InternalRequest {
+            request: Some(write),
+            user: String::new(),
+        }],
+    };
+    // As the leader's side of a forwarded proposal: a member that does not lead refuses it,
+    // having appended nothing.
+    let answer = match node.propose_forwarded(batch).await {
+        Err(StoreError::NotLeader) => return Err(node.leader()),
+        Err(e) => return unknown(&e),
+        Ok(b) => match b.responses.into_iter().next().and_then(|r| r.response) {
+            Some(Rs::Put(r)) => Answer::Put(r),
+            Some(Rs::DeleteRange(r)) => Answer::Delete(r),
+            Some(Rs::Txn(r)) => Answer::Txn(r),
+            other => return unknown(&format!("unexpected answer: {other:?}")),
+        },
+    };
+    answered(world, target, step, answer).await
+}
+
+/// The answer on its way back to the client, as the history records it.
+async fn answered(
+    world: &World,
+    target: NodeId,
+    step: &Step,
+    answer: Answer,
+) -> Result<Output, Option<NodeId>> {
+    sleep(world.latency(target, 0)).await;
+    world.wait_resumed(target, target).await;
+    Ok(match (step, traffic::output(answer)) {
+        // A txn of puts is recorded as puts.
+        (Step::Txn(_), Output::Cas { revision, .. }) => Output::Put { revision },
+        (_, out) => out,
+    })
+}
+
+/// Faults, one at a time, until `end`: what it did and how many crashes.
+async fn nemesis(
+    world: Arc<World>,
+    stores: Arc<Vec<Store>>,
+    enabled: bool,
+    end: Instant,
+) -> (Vec<FaultStep>, usize) {
+    let mut steps = Vec::new();
+    let mut crashes = 0;
+    if !enabled {
+        return (steps, crashes);
+    }
+    let ids: Vec<NodeId> = world.ids().collect();
+    loop {
+        sleep(world.millis(300, 1500)).await;
+        if Instant::now() >= end {
+            return (steps, crashes);
+        }
+        let hold = world.millis(200, 6000);
+        let leader = world.leader();
+        let victim = match (world.below(2), leader) {
+            (0, Some(l)) => l,
+            _ => world.any(),
+        };
+        let others = || ids.iter().copied().filter(move |&id| id != victim);
+        let (fault, detail) = match world.below(7) {
+            0 => {
+                for o in others() {
+                    world.set_cut(victim, o, true);
+                    world.set_cut(o, victim, true);
+                }
+                ("partition", format!("m{victim} cut off from the others"))
+            }
+            1 => {
+                // A minority (the victim and maybe one more) against the rest.
+                let mut minority = vec![victim];
+                if ids.len() >= 5 {
+                    minority.extend(others().nth(world.below(ids.len() - 1)));
+                }
+                for &a in &minority {
+                    for &b in ids.iter().filter(|b| !minority.contains(b)) {
+                        world.set_cut(a, b, true);
+                        world.set_cut(b, a, true);
+                    }
+                }
+                ("split", format!("{minority:?} against the rest"))
+            }
+            2 => {
+                let to = others()
+                    .nth(world.below(ids.len().saturating_sub(1)))
+                    .unwrap_or(victim);
+                world.set_cut(victim, to, true);
+                ("one-way", format!("m{victim} to m{to} loses every message"))
+            }
+            3 => {
+                crash(&world, victim).await;
+                crashes += 1;
+                ("crash", format!("m{victim} killed"))
+            }
+            4 => {
+                world.set_paused(victim, true);
+                ("pause", format!("m{victim} paused"))
+            }
+            5 => {
+                let delay = world.millis(50, 250);
+                world.set_slow(victim, delay);
+                ("slow", format!("m{victim}'s messages {delay:?} slower"))
+            }
+            _ => {
+                let loss = 50 + world.below(250);
+                world.set_loss(loss);
+                ("loss", format!("{loss}/1000 of all messages lost"))
+            }
+        };
+        world.note(&[300, victim]);
+        let leading = leader.map_or("no leader".to_string(), |l| format!("m{l} leading"));
+        steps.push(step(
+            &world,
+            fault,
+            "inject",
+            format!("{detail} for {hold:?} ({leading})"),
+        ));
+        sleep(hold).await;
+        world.heal_all();
+        let mut healed = detail;
+        if fault == "crash" {
+            let s = &stores[victim as usize - 1];
+            match start(&world, s, None).await {
+                Ok(()) => healed = format!("m{victim} restarted"),
+                Err(e) => {
+                    steps.push(step(&world, fault, "error", format!("m{victim}: {e:#}")));
+                    continue;
+                }
+            }
+        }
+        steps.push(step(&world, fault, "heal", healed));
+    }
+}
+
+/// Waits for a leader that can serve a linearizable read, then for every member to apply
+/// what it has, and reads every member's copy of the keys at the leader's revision.
+async fn settle(world: &World) -> anyhow::Result<Vec<ReplicaRead>> {
+    let until = Instant::now() + SETTLE;
+    let leader = loop {
+        if let Some(node) = world.leader().and_then(|id| world.node(id))
+            && node.read_barrier().await.is_ok()
+        {
+            break node;
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "no leader could serve a read {SETTLE:?} after the faults ended"
+        );
+        sleep(Duration::from_millis(100)).await;
+    };
+    let applied = leader
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index);
+    let revision = leader.shared().mvcc.read().current_revision();
+    let mut reads = Vec::new();
+    for id in world.ids() {
+        let name = format!("m{id}");
+        let Some(node) = world.node(id) else {
+            anyhow::bail!("{name} is not running");
+        };
+        let wait = until.saturating_duration_since(Instant::now());
+        node.raft()
+            .wait(Some(wait))
+            .applied_index_at_least(applied, "the leader's applied index")
+            .await
+            .with_context(|| format!("{name} did not catch up with the leader"))?;
+        let read = node
+            .shared()
+            .mvcc
+            .read()
+            .range(&replicas::local_read(PREFIX, revision));
+        reads.push(match read {
+            Ok(r) => replicas::copy(&name, revision, r),
+            Err(e) => ReplicaRead {
+                member: name,
+                revision,
+                kvs: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    Ok(reads)
+}
+
+#[cfg(test)]
+mod tests;
