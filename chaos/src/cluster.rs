@@ -59,6 +59,8 @@ pub struct Member {
     pub removed: bool,
     /// Its `--initial-cluster` when not the cluster's first one (a member that grew it).
     initial: Option<String>,
+    /// libfaketime's offset file for its wall clock (`+0`, `+2h`, ...).
+    clock: PathBuf,
 }
 
 /// The members, started in `dir`.
@@ -74,6 +76,11 @@ pub struct Cluster {
     lazy: Result<Vec<Lazy>, String>,
     /// `setpriv` is there to tie the members' lives to this process.
     pdeathsig: bool,
+    /// libfaketime, preloaded into the members so their wall clocks can be moved, or why
+    /// their clocks cannot be.
+    faketime: Result<PathBuf, String>,
+    /// Clock jumps so far (they go forward and back in turn).
+    pub clock_jumps: usize,
     /// The failpoints the `failpoint` fault takes in turn (see [`crate::faults::FAILPOINTS`]).
     pub failpoints: Vec<String>,
     /// How many times the `failpoint` fault has taken one.
@@ -91,7 +98,16 @@ pub struct Setup {
     pub failpoints: bool,
     /// Each member's data directory on a lazy filesystem (lost unsynced writes).
     pub lazy_disks: bool,
+    /// Each member under libfaketime (clock jumps).
+    pub clocks: bool,
 }
+
+/// Where Debian's `faketime` package puts the library.
+const FAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
 
 /// `--snapshot-count` of every member: small, so a member that was down catches up by snapshot.
 const SNAPSHOT_COUNT: u64 = 300;
@@ -104,6 +120,18 @@ async fn http_request(
     path: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    let answer = http_exchange(addr, method, path, body).await?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{method} http://{addr}{path}: no HTTP status in the answer"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The whole answer (status line, headers, body) to one HTTP/1.0 request.
+async fn http_exchange(addr: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await?;
@@ -116,16 +144,9 @@ async fn http_request(
         conn.read_to_string(&mut answer).await?;
         anyhow::Ok(answer)
     };
-    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+    tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .with_context(|| format!("{method} http://{addr}{path} timed out"))??;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{method} http://{addr}{path}: no HTTP status in the answer"))?;
-    Ok((status, body.to_string()))
+        .with_context(|| format!("{method} http://{addr}{path} timed out"))?
 }
 
 /// A channel to one endpoint that connects when first used and gives up on a call after
@@ -161,6 +182,7 @@ impl Cluster {
             network,
             failpoints,
             lazy_disks,
+            clocks,
         } = setup;
         if n == 0 {
             bail!("a cluster needs at least one member");
@@ -200,7 +222,26 @@ impl Cluster {
                 existing: false,
                 removed: false,
                 initial: None,
+                clock: dir.join(format!("m{i}.clock")),
             });
+        }
+        let faketime = match (&target, clocks) {
+            (_, false) => Err("the run was started without moving clocks".to_string()),
+            (Target::Etcd(_), true) => Err(
+                "etcd is Go, which reads the clock without libc: libfaketime cannot move it"
+                    .to_string(),
+            ),
+            (Target::Keelson(_), true) => FAKETIME
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .ok_or_else(|| format!("no libfaketime (apt-get install faketime): {FAKETIME:?}")),
+        };
+        if faketime.is_ok() {
+            for m in &members {
+                std::fs::write(&m.clock, "+0")
+                    .with_context(|| format!("writing {}", m.clock.display()))?;
+            }
         }
         let initial = members
             .iter()
@@ -231,6 +272,8 @@ impl Cluster {
             network,
             lazy,
             pdeathsig,
+            faketime,
+            clock_jumps: 0,
             failpoints: Vec::new(),
             failpoints_taken: 0,
             flags: flags.iter().map(|f| f.to_string()).collect(),
@@ -284,6 +327,14 @@ impl Cluster {
             Some(spec) => cmd.env("GOFAIL_FAILPOINTS", spec),
             None => cmd.env_remove("GOFAIL_FAILPOINTS"),
         };
+        // The wall clock only (the monotonic one never jumps), its offset read from the file
+        // again every second.
+        if let Ok(lib) = &self.faketime {
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &m.clock)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -363,6 +414,58 @@ impl Cluster {
         http_request(addr, method, path, body).await
     }
 
+    /// Whether the members' wall clocks can be moved, or why not.
+    pub fn can_jump_clocks(&self) -> Result<(), String> {
+        self.faketime.as_ref().map(|_| ()).map_err(|e| e.clone())
+    }
+
+    /// Sets member `i`'s wall clock `offset` from the real one (libfaketime's syntax: `+0`,
+    /// `+2h`, `-2h`); the member sees it within a second.
+    pub fn set_clock(&self, i: usize, offset: &str) -> anyhow::Result<()> {
+        self.can_jump_clocks().map_err(anyhow::Error::msg)?;
+        let m = &self.members[i];
+        std::fs::write(&m.clock, offset).with_context(|| format!("writing {}", m.clock.display()))
+    }
+
+    /// Moves member `i`'s wall clock two hours, forward and back in turn; says which way.
+    pub fn jump_clock(&mut self, i: usize) -> anyhow::Result<&'static str> {
+        let offset = if self.clock_jumps.is_multiple_of(2) {
+            "+2h"
+        } else {
+            "-2h"
+        };
+        self.set_clock(i, offset)?;
+        self.clock_jumps += 1;
+        Ok(offset)
+    }
+
+    /// How far member `i`'s wall clock is from this process's, in seconds, as the Date header
+    /// of its `/health` answer shows it (once libfaketime has read the new offset).
+    pub async fn clock_offset(&self, i: usize) -> anyhow::Result<i64> {
+        let addr = self.members[i]
+            .client
+            .trim_start_matches("http://")
+            .to_string();
+        // libfaketime reads the offset file again once a second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let answer = http_exchange(&addr, "GET", "/health", "").await?;
+        let date = answer
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("date")
+                    .then(|| value.trim().to_string())
+            })
+            .context("no Date header in the answer")?;
+        let theirs = httpdate::parse_http_date(&date).with_context(|| format!("Date: {date}"))?;
+        let ours = std::time::SystemTime::now();
+        Ok(match theirs.duration_since(ours) {
+            Ok(ahead) => ahead.as_secs() as i64,
+            Err(behind) => -(behind.duration().as_secs() as i64),
+        })
+    }
+
     /// Whether the members' unsynced writes can be lost, or why not.
     pub fn can_lose_unsynced(&self) -> Result<(), String> {
         self.lazy.as_ref().map(|_| ()).map_err(|e| e.clone())
@@ -395,6 +498,17 @@ impl Cluster {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // libfaketime keeps a semaphore and a shared memory segment per process, named by
+            // its PID, which it removes only when the process exits.
+            if self.faketime.is_ok() {
+                let pid = c.id();
+                for f in [
+                    format!("/dev/shm/faketime_shm_{pid}"),
+                    format!("/dev/shm/sem.faketime_sem_{pid}"),
+                ] {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
         }
         self.members[i].paused = false;
     }
@@ -546,6 +660,7 @@ impl Cluster {
             failpoints,
             arm_at_start: None,
             log: dir.with_extension("log"),
+            clock: dir.with_extension("clock"),
             dir,
             child: None,
             paused: false,
@@ -554,6 +669,10 @@ impl Cluster {
             removed: true,
             initial: None,
         };
+        if self.faketime.is_ok() {
+            std::fs::write(&m.clock, "+0")
+                .with_context(|| format!("writing {}", m.clock.display()))?;
+        }
         let initial: Vec<String> = self
             .in_cluster()
             .into_iter()

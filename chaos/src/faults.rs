@@ -57,11 +57,15 @@ pub enum Fault {
     /// turn, each armed with `panic` and reached by filler writes (or, for the snapshot
     /// install points, a snapshot sent to a follower that was down). Restarted on heal.
     Failpoint,
+    /// A member's wall clock jumps two hours (forward and back in turn), back on heal: the
+    /// members run under libfaketime (`LD_PRELOAD`, Debian's `faketime`), which the fault
+    /// moves. keelson only: etcd is Go, which reads the clock without libc.
+    ClockJump,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -79,6 +83,7 @@ impl Fault {
         Fault::SnapshotInstall,
         Fault::LoseUnsynced,
         Fault::Failpoint,
+        Fault::ClockJump,
     ];
 
     /// The fault cuts links, so the members need namespaces of their own.
@@ -112,6 +117,7 @@ impl Fault {
             Fault::SnapshotInstall => "snapshot-install",
             Fault::LoseUnsynced => "lose-unsynced",
             Fault::Failpoint => "failpoint",
+            Fault::ClockJump => "clock-jump",
         }
     }
 }
@@ -131,6 +137,8 @@ pub enum Heal {
     Shrink(usize),
     /// Restart this member, which is behind the leader's log, and wait for its snapshot.
     RestartBehind(usize),
+    /// Set this member's clock right again.
+    ClockBack(usize),
     /// Nothing to undo.
     Nothing,
 }
@@ -397,6 +405,34 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 Err(why) => anyhow::bail!("losing unsynced writes: {why}"),
             }
         }
+        Fault::ClockJump => {
+            if let Err(why) = cluster.can_jump_clocks() {
+                return Ok((format!("no clock to move ({why}): skipped"), Heal::Nothing));
+            }
+            let l = leader(cluster).await;
+            let Some(i) = l.or_else(|| cluster.live().first().copied()) else {
+                return Ok(("no member running: skipped".into(), Heal::Nothing));
+            };
+            let offset = cluster.jump_clock(i)?;
+            // hyper keeps the Date it rendered until the clock passes the next second it
+            // expects, so only a jump forward shows there at once.
+            let reads = if offset.starts_with('+') {
+                cluster.clock_offset(i).await.map_or_else(
+                    |e| format!("its clock could not be read: {e:#}"),
+                    |o| format!("its HTTP Date header is {o:+} s off"),
+                )
+            } else {
+                "a jump back does not show in its HTTP Date header".into()
+            };
+            (
+                format!(
+                    "{}'s wall clock moved {offset}{} ({reads})",
+                    name(cluster, i),
+                    if l == Some(i) { " (leader)" } else { "" }
+                ),
+                Heal::ClockBack(i),
+            )
+        }
         Fault::PacketLoss => {
             let net = cluster
                 .network
@@ -583,6 +619,10 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
                 cluster.start_member(i)?;
             }
             format!("restarted {}", names(cluster, v))
+        }
+        Heal::ClockBack(i) => {
+            cluster.set_clock(*i, "+0")?;
+            format!("set {}'s clock right", names(cluster, &[*i]))
         }
         Heal::Resume(v) => {
             for &i in v {

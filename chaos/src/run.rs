@@ -150,6 +150,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         network,
         failpoints: faults.contains(&Fault::Failpoint),
         lazy_disks: faults.contains(&Fault::LoseUnsynced),
+        clocks: faults.contains(&Fault::ClockJump),
     };
     let mut cluster = Cluster::start(target.clone(), o.members, &data, setup)?;
     cluster.failpoints = if o.failpoints.is_empty() {
@@ -825,18 +826,21 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
                     println!("    {}: {d}", c.name);
                 }
             }
+            let bug = a
+                .bug
+                .and_then(|b| clap::ValueEnum::to_possible_value(&b))
+                .map(|v| format!(" --bug {}", v.get_name()))
+                .unwrap_or_default();
             println!(
                 "    history: {}; replay: keelson chaos sim --seed {seed} --duration {:?} \
-                 --members {} --clients {} --keys {}{}{}",
+                 --members {} --clients {} --keys {} --check-budget {:?}{}{bug}",
                 dir.display(),
                 a.duration,
                 a.members,
                 a.clients,
                 a.keys,
+                a.check_budget,
                 if a.no_faults { " --no-faults" } else { "" },
-                a.bug
-                    .map(|b| format!(" --bug {b:?}").to_lowercase())
-                    .unwrap_or_default(),
             );
             failed.push(seed);
             if verdict == Verdict::Violation || worst_seen == Verdict::Ok {

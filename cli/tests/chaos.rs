@@ -2,7 +2,7 @@
 //! defragmentation, partitions and packet loss between members in network namespaces, a
 //! follower removed and added back, the cluster grown by a member and shrunk again, a follower left behind the leader's log until it installs a
 //! snapshot, every member killed with its unsynced writes lost, a crash at a failpoint inside
-//! the store) against keelson-store and a subset
+//! the store, a member's wall clock moved two hours) against keelson-store and a subset
 //! against a real etcd (the control), and every checker (linearizability, revisions, multi-key
 //! txns, watches with their progress notifications, leases, replicas) passes; a crash at each
 //! of the store's failpoints is survived; a recorded history that is tampered with (an
@@ -124,6 +124,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "snapshot-install",
         "lose-unsynced",
         "failpoint",
+        "clock-jump",
     ] {
         let row = summary
             .lines()
@@ -151,6 +152,17 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         }
         if fault == "failpoint" {
             assert!(report.contains("it crashed there"), "{report}");
+        }
+        if fault == "clock-jump" {
+            // The member's clock did move: two hours, give or take the seconds the reading
+            // took.
+            let off: i64 = report
+                .split("its HTTP Date header is ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no clock reading:\n{report}"));
+            assert!((7100..=7300).contains(&off), "{report}");
         }
         if fault == "lose-unsynced" {
             assert!(

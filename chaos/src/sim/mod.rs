@@ -19,8 +19,16 @@
 //! ([`crate::check_all`]): linearizability, revisions, txns, replicas.
 //!
 //! What is not simulated: snapshots (their files go through blocking threads), leases (the
-//! lessor keeps real time), watches, membership changes, and the loss of writes not yet synced
-//! (a crash here is a kill -9: what the store wrote stays).
+//! lessor keeps real time), watches, membership changes, forwarding between members (clients
+//! go to the member they take for the leader), SIGSTOP (a stall holds a member's messages but
+//! its timers run), and the loss of writes not yet synced (a crash here is a kill -9: what the
+//! store wrote stays).
+//!
+//! One ordering is not the seed's: tokio picks the branch of an unbiased `select!` at random
+//! (seeding it needs `tokio_unstable`). openraft has two: its replication back-off, where
+//! either branch leads to the same next step, and its metrics `wait`, whose timeout can race
+//! the change it waits for on the same tick; the store's restored-leader read floor waits
+//! through it. The simulation's own waits poll instead.
 
 mod net;
 
@@ -404,9 +412,10 @@ async fn ask(
 ) -> Result<Output, Option<NodeId>> {
     sleep(world.latency(0, target)).await;
     world.wait_resumed(target, target).await;
-    let Some(node) = world.node(target) else {
+    let Some((node, epoch)) = world.node(target) else {
         return Err(None);
     };
+    let answered = |answer| answered(world, target, epoch, step, answer);
     let unknown = |e: &dyn std::fmt::Display| {
         Ok(Output::Unknown {
             error: e.to_string(),
@@ -428,7 +437,7 @@ async fn ask(
             }
             let read = node.shared().mvcc.read().range(&r);
             return match read {
-                Ok(r) => answered(world, target, step, Answer::Range(r)).await,
+                Ok(r) => answered(Answer::Range(r)).await,
                 Err(e) => unknown(&e),
             };
         }
@@ -454,18 +463,25 @@ async fn ask(
             other => return unknown(&format!("unexpected answer: {other:?}")),
         },
     };
-    answered(world, target, step, answer).await
+    answered(answer).await
 }
 
-/// The answer on its way back to the client, as the history records it.
+/// The answer on its way back to the client, as the history records it; lost if the member
+/// crashed meanwhile (stopped since it had stopped `epoch` times: the connection is gone).
 async fn answered(
     world: &World,
     target: NodeId,
+    epoch: u64,
     step: &Step,
     answer: Answer,
 ) -> Result<Output, Option<NodeId>> {
     sleep(world.latency(target, 0)).await;
     world.wait_resumed(target, target).await;
+    if !world.same_epoch(target, epoch) {
+        return Ok(Output::Unknown {
+            error: "connection reset: the member crashed".into(),
+        });
+    }
     Ok(match (step, traffic::output(answer)) {
         // A txn of puts is recorded as puts.
         (Step::Txn(_), Output::Cas { revision, .. }) => Output::Put { revision },
@@ -534,7 +550,7 @@ async fn nemesis(
             }
             4 => {
                 world.set_paused(victim, true);
-                ("pause", format!("m{victim} paused"))
+                ("stall", format!("m{victim}'s messages held"))
             }
             5 => {
                 let delay = world.millis(50, 250);
@@ -577,7 +593,7 @@ async fn nemesis(
 async fn settle(world: &World) -> anyhow::Result<Vec<ReplicaRead>> {
     let until = Instant::now() + SETTLE;
     let leader = loop {
-        if let Some(node) = world.leader().and_then(|id| world.node(id))
+        if let Some((node, _)) = world.leader().and_then(|id| world.node(id))
             && node.read_barrier().await.is_ok()
         {
             break node;
@@ -588,25 +604,33 @@ async fn settle(world: &World) -> anyhow::Result<Vec<ReplicaRead>> {
         );
         sleep(Duration::from_millis(100)).await;
     };
-    let applied = leader
-        .raft()
-        .metrics()
-        .borrow()
-        .last_applied
-        .map(|l| l.index);
-    let revision = leader.shared().mvcc.read().current_revision();
+    // Read together: the state machine applies an entry before openraft's metrics show it.
+    let (applied, revision) = {
+        let mvcc = leader.shared().mvcc.read();
+        let applied = leader.shared().applied.read().0.map(|l| l.index);
+        (applied, mvcc.current_revision())
+    };
     let mut reads = Vec::new();
     for id in world.ids() {
         let name = format!("m{id}");
-        let Some(node) = world.node(id) else {
+        // Polled, not awaited through openraft's `wait` (its timeout races the change in an
+        // unseeded `select!`).
+        loop {
+            let Some((node, _)) = world.node(id) else {
+                anyhow::bail!("{name} is not running");
+            };
+            if node.shared().applied.read().0.map(|l| l.index) >= applied {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "{name} did not catch up with the leader's applied index {applied:?}"
+            );
+            sleep(Duration::from_millis(10)).await;
+        }
+        let Some((node, _)) = world.node(id) else {
             anyhow::bail!("{name} is not running");
         };
-        let wait = until.saturating_duration_since(Instant::now());
-        node.raft()
-            .wait(Some(wait))
-            .applied_index_at_least(applied, "the leader's applied index")
-            .await
-            .with_context(|| format!("{name} did not catch up with the leader"))?;
         let read = node
             .shared()
             .mvcc

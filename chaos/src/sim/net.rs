@@ -3,10 +3,15 @@
 //! a run draws from. Raft's RPCs go through [`Conn`], which delivers them by calling the target
 //! member's Raft directly after a simulated delay.
 //!
-//! A message is lost the way a dropped TCP segment is: the call hangs until openraft's timeout
-//! for it. A member that is down refuses at once. A member that restarted while a message was on
-//! its way never sees it (the connection it was sent on is gone), and neither does the sender
-//! see an answer from it.
+//! A message is lost the way a dropped TCP segment is: the call hangs until the deadline
+//! openraft gives the RPC, then fails as unreachable (as the real transport's timeout does). A
+//! member that is down refuses at once. A member that restarted while a message was on its way
+//! never sees it (the connection it was sent on is gone), and no answer reaches a sender that
+//! restarted; a request already sent still arrives after its sender died, as the kernel would
+//! deliver it.
+//!
+//! A pause holds a member's messages (and its clients' answers) until it resumes; the
+//! member's own timers go on, so it is a stalled network rather than a SIGSTOP.
 
 // openraft fixes its RPC error type (`RPCError`, large); boxing it would fight the trait.
 #![allow(clippy::result_large_err)]
@@ -180,9 +185,12 @@ impl World {
         })
     }
 
-    /// Member `id`'s node, while it runs.
-    pub(crate) fn node(&self, id: NodeId) -> Option<Node> {
-        self.with(|s| s.running[id as usize - 1].as_ref().map(|(_, n)| n.clone()))
+    /// Member `id`'s node, while it runs, and how many times it had stopped by then.
+    pub(crate) fn node(&self, id: NodeId) -> Option<(Node, u64)> {
+        self.with(|s| {
+            let i = id as usize - 1;
+            s.running[i].as_ref().map(|(_, n)| (n.clone(), s.epochs[i]))
+        })
     }
 
     /// Member `id`'s Raft, while it runs.
@@ -291,7 +299,8 @@ impl World {
         self.with(|s| s.cut.contains(&(from, to)))
     }
 
-    fn same_epoch(&self, id: NodeId, epoch: u64) -> bool {
+    /// Whether member `id` has not stopped since it had stopped `epoch` times.
+    pub(crate) fn same_epoch(&self, id: NodeId, epoch: u64) -> bool {
         self.with(|s| s.epochs[id as usize - 1] == epoch)
     }
 
@@ -351,10 +360,7 @@ impl Conn {
         let exchange = async {
             sleep(plan.there).await;
             world.wait_resumed(from, to).await;
-            if plan.lose_request
-                || world.is_cut(from, to)
-                || !world.same_epoch(from, plan.sender_epoch)
-            {
+            if plan.lose_request || world.is_cut(from, to) {
                 world.count(kind, from, to, LOST);
                 return std::future::pending().await;
             }

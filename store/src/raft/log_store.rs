@@ -122,7 +122,9 @@ impl LogStore {
         *store.purged.lock() = last_purged.map(|l| l.index);
         *store.durable_purged.lock() = last_purged.map(|l| l.index);
         // Entries a purge had not deleted yet when the process stopped.
-        store.spawn_delete_purged();
+        if last_purged.is_some() {
+            store.spawn_delete_purged();
+        }
         Ok(store)
     }
 
