@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::lazyfs::Lazy;
 use crate::netns::Network;
+use crate::proxy::Proxy;
 
 /// What runs the members.
 #[derive(Clone, Debug)]
@@ -43,8 +44,10 @@ pub struct Member {
     pub name: String,
     /// Client URL.
     pub client: String,
-    /// Peer URL.
+    /// Peer URL (advertised: a [`Proxy`] in front of it when the run delays links).
     pub peer: String,
+    /// Where it listens for peers (its peer URL unless a proxy is in front).
+    listen_peer: String,
     /// Where its failpoints are armed (`GOFAIL_HTTP`, host:port), if the run uses them.
     failpoints: Option<String>,
     /// `GOFAIL_FAILPOINTS` for its next start only.
@@ -81,6 +84,9 @@ pub struct Cluster {
     faketime: Result<PathBuf, String>,
     /// Clock jumps so far (they go forward and back in turn).
     pub clock_jumps: usize,
+    /// The delaying proxies in front of the first members' peer ports, when the run delays
+    /// links (empty otherwise).
+    proxies: Vec<Proxy>,
     /// The failpoints the `failpoint` fault takes in turn (see [`crate::faults::FAILPOINTS`]).
     pub failpoints: Vec<String>,
     /// How many times the `failpoint` fault has taken one.
@@ -100,6 +106,9 @@ pub struct Setup {
     pub lazy_disks: bool,
     /// Each member under libfaketime (clock jumps).
     pub clocks: bool,
+    /// A delaying proxy in front of each member's peer port (link delay; not with
+    /// `network`).
+    pub delays: bool,
 }
 
 /// Where Debian's `faketime` package puts the library.
@@ -183,6 +192,7 @@ impl Cluster {
             failpoints,
             lazy_disks,
             clocks,
+            delays,
         } = setup;
         if n == 0 {
             bail!("a cluster needs at least one member");
@@ -194,6 +204,7 @@ impl Cluster {
             None
         };
         let mut members = Vec::new();
+        let mut proxies = Vec::new();
         for i in 0..n {
             let port = || keelson_client::ports::free_port().context("choosing a port");
             // In a namespace of its own a member has every port to itself: etcd's defaults.
@@ -209,10 +220,20 @@ impl Cluster {
                 (Some(net), true) => Some(format!("{}:22381", net.ip(i))),
                 (None, true) => Some(format!("127.0.0.1:{}", port()?)),
             };
+            // Other members reach it through its proxy; it listens behind.
+            let advertised = if delays && network.is_none() {
+                let proxy = Proxy::start(peer.parse().context("a member's peer address")?)?;
+                let addr = proxy.addr();
+                proxies.push(proxy);
+                addr.to_string()
+            } else {
+                peer.clone()
+            };
             members.push(Member {
                 name: format!("m{i}"),
                 client: format!("http://{client}"),
-                peer: format!("http://{peer}"),
+                peer: format!("http://{advertised}"),
+                listen_peer: format!("http://{peer}"),
                 failpoints,
                 arm_at_start: None,
                 dir: dir.join(format!("m{i}")),
@@ -274,6 +295,7 @@ impl Cluster {
             pdeathsig,
             faketime,
             clock_jumps: 0,
+            proxies,
             failpoints: Vec::new(),
             failpoints_taken: 0,
             flags: flags.iter().map(|f| f.to_string()).collect(),
@@ -345,7 +367,7 @@ impl Cluster {
             .arg(format!("--data-dir={}", m.dir.display()))
             .arg(format!("--listen-client-urls={}", m.client))
             .arg(format!("--advertise-client-urls={}", m.client))
-            .arg(format!("--listen-peer-urls={}", m.peer))
+            .arg(format!("--listen-peer-urls={}", m.listen_peer))
             .arg(format!("--initial-advertise-peer-urls={}", m.peer))
             .arg(format!(
                 "--initial-cluster={}",
@@ -412,6 +434,27 @@ impl Cluster {
             .as_deref()
             .with_context(|| format!("{} serves no failpoints in this run", m.name))?;
         http_request(addr, method, path, body).await
+    }
+
+    /// Whether the links between members can be delayed, or why not.
+    pub fn can_delay(&self) -> Result<(), String> {
+        if self.proxies.is_empty() {
+            Err(
+                "the run was started without proxies between the members (they are not \
+                 made with link faults, whose namespaces give each member its own address)"
+                    .into(),
+            )
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Delays everything sent to the first members (and their answers) by `delay` each way;
+    /// zero: no delay.
+    pub fn set_delay(&self, delay: Duration) {
+        for p in &self.proxies {
+            p.set_delay(delay);
+        }
     }
 
     /// Whether the members' wall clocks can be moved, or why not.
@@ -653,10 +696,12 @@ impl Cluster {
         };
         let dir = self.members[0].dir.with_file_name(format!("m{i}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let peer = format!("http://127.0.0.1:{}", port()?);
         let mut m = Member {
             name: format!("m{i}"),
             client: format!("http://127.0.0.1:{}", port()?),
-            peer: format!("http://127.0.0.1:{}", port()?),
+            listen_peer: peer.clone(),
+            peer,
             failpoints,
             arm_at_start: None,
             log: dir.with_extension("log"),
@@ -892,6 +937,20 @@ impl Cluster {
             .filter(|l| l.starts_with("etcd_network_snapshot_receive_success"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64)
+    }
+
+    /// How long one linearizable read on member `i` takes (its read index is confirmed with a
+    /// quorum, so it crosses the links between members).
+    pub async fn timed_read(&self, i: usize) -> anyhow::Result<Duration> {
+        let ch = channel(&self.members[i].client, Some(Duration::from_secs(5)))?;
+        let started = Instant::now();
+        KvClient::new(ch)
+            .range(RangeRequest {
+                key: b"health".to_vec(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(started.elapsed())
     }
 
     /// Waits until every live member serves a linearizable read (none live: an error).

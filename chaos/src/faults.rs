@@ -61,11 +61,16 @@ pub enum Fault {
     /// members run under libfaketime (`LD_PRELOAD`, Debian's `faketime`), which the fault
     /// moves. keelson only: etcd is Go, which reads the clock without libc.
     ClockJump,
+    /// Every message between members waits 100 ms more each way (a TCP proxy in front of
+    /// each member's peer port holds what passes through it: this kernel has no netem);
+    /// removed on heal. Not with link faults (their namespaces give the members addresses of
+    /// their own).
+    Delay,
 }
 
 impl Fault {
     /// Every fault class, in the order a run cycles through them.
-    pub const ALL: [Fault; 18] = [
+    pub const ALL: [Fault; 19] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::KillMajority,
@@ -84,6 +89,7 @@ impl Fault {
         Fault::LoseUnsynced,
         Fault::Failpoint,
         Fault::ClockJump,
+        Fault::Delay,
     ];
 
     /// The fault cuts links, so the members need namespaces of their own.
@@ -118,6 +124,7 @@ impl Fault {
             Fault::LoseUnsynced => "lose-unsynced",
             Fault::Failpoint => "failpoint",
             Fault::ClockJump => "clock-jump",
+            Fault::Delay => "delay",
         }
     }
 }
@@ -139,6 +146,8 @@ pub enum Heal {
     RestartBehind(usize),
     /// Set this member's clock right again.
     ClockBack(usize),
+    /// Take the delay off the links.
+    Undelay,
     /// Nothing to undo.
     Nothing,
 }
@@ -218,6 +227,9 @@ async fn leave_behind(cluster: &mut Cluster, l: usize, f: usize) -> anyhow::Resu
         cluster.members[f].name, cluster.members[l].name
     ))
 }
+
+/// What the `delay` fault adds to each way of every link between members.
+const LINK_DELAY: Duration = Duration::from_millis(100);
 
 /// Injects `fault`; returns what was done and how to heal it.
 pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(String, Heal)> {
@@ -404,6 +416,35 @@ pub async fn inject(fault: Fault, cluster: &mut Cluster) -> anyhow::Result<(Stri
                 }
                 Err(why) => anyhow::bail!("losing unsynced writes: {why}"),
             }
+        }
+        Fault::Delay => {
+            if let Err(why) = cluster.can_delay() {
+                return Ok((format!("no delay ({why}): skipped"), Heal::Nothing));
+            }
+            let on = leader(cluster)
+                .await
+                .or_else(|| cluster.live().first().copied());
+            let read = async |c: &Cluster| match on {
+                Some(i) => c.timed_read(i).await.ok().map(|d| d.as_millis()),
+                None => None,
+            };
+            let before = read(cluster).await;
+            cluster.set_delay(LINK_DELAY);
+            let after = read(cluster).await;
+            let shown = match (on, before, after) {
+                (Some(i), Some(b), Some(a)) => format!(
+                    "; a linearizable read on {} took {a} ms (before: {b} ms)",
+                    name(cluster, i)
+                ),
+                _ => String::new(),
+            };
+            (
+                format!(
+                    "every message between members waits {} ms more each way{shown}",
+                    LINK_DELAY.as_millis()
+                ),
+                Heal::Undelay,
+            )
         }
         Fault::ClockJump => {
             if let Err(why) = cluster.can_jump_clocks() {
@@ -619,6 +660,10 @@ pub async fn heal(heal: &Heal, cluster: &mut Cluster) -> anyhow::Result<String> 
                 cluster.start_member(i)?;
             }
             format!("restarted {}", names(cluster, v))
+        }
+        Heal::Undelay => {
+            cluster.set_delay(Duration::ZERO);
+            "the links' delay removed".into()
         }
         Heal::ClockBack(i) => {
             cluster.set_clock(*i, "+0")?;

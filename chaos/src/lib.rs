@@ -21,6 +21,7 @@ pub mod leases;
 pub mod linearizability;
 pub mod netns;
 pub mod plot;
+pub mod proxy;
 pub mod replicas;
 pub mod resolve;
 pub mod revisions;

@@ -151,6 +151,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         failpoints: faults.contains(&Fault::Failpoint),
         lazy_disks: faults.contains(&Fault::LoseUnsynced),
         clocks: faults.contains(&Fault::ClockJump),
+        delays: faults.contains(&Fault::Delay) && !network,
     };
     let mut cluster = Cluster::start(target.clone(), o.members, &data, setup)?;
     cluster.failpoints = if o.failpoints.is_empty() {

@@ -2,7 +2,8 @@
 //! defragmentation, partitions and packet loss between members in network namespaces, a
 //! follower removed and added back, the cluster grown by a member and shrunk again, a follower left behind the leader's log until it installs a
 //! snapshot, every member killed with its unsynced writes lost, a crash at a failpoint inside
-//! the store, a member's wall clock moved two hours) against keelson-store and a subset
+//! the store, a member's wall clock moved two hours, 100 ms more on every link between members)
+//! against keelson-store and a subset
 //! against a real etcd (the control), and every checker (linearizability, revisions, multi-key
 //! txns, watches with their progress notifications, leases, replicas) passes; a crash at each
 //! of the store's failpoints is survived; a recorded history that is tampered with (an
@@ -125,6 +126,7 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         "lose-unsynced",
         "failpoint",
         "clock-jump",
+        "delay",
     ] {
         let row = summary
             .lines()
@@ -152,6 +154,18 @@ fn every_fault_class_passes_the_checkers_on_keelson() {
         }
         if fault == "failpoint" {
             assert!(report.contains("it crashed there"), "{report}");
+        }
+        if fault == "delay" {
+            // The delay was there: a read confirmed through a follower's proxy waited for it
+            // both ways.
+            let took: u64 = report
+                .split("a linearizable read on ")
+                .nth(1)
+                .and_then(|t| t.split(" took ").nth(1))
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no timed read:\n{report}"));
+            assert!(took >= 200, "{report}");
         }
         if fault == "clock-jump" {
             // The member's clock did move: two hours, give or take the seconds the reading

@@ -51,7 +51,7 @@ use keelson_store::raft::state_machine::{Shared, StateMachine};
 use keelson_store::raft::{Member, NodeId, Raft};
 use keelson_store::server::metrics::Metrics;
 use keelson_store::server::node::Node;
-use keelson_store::server::restored_leader;
+use keelson_store::server::{restored_leader, rpc_deadline};
 use tokio::time::{Instant, sleep};
 
 pub use self::net::NetStats;
@@ -302,7 +302,9 @@ async fn start(
     let timeout = 1000 + world.below(1000) as u64;
     let config = openraft::Config {
         cluster_name: "sim".into(),
-        heartbeat_interval: 100,
+        // As `keelson store` runs it, with its default --heartbeat-interval (100 ms).
+        heartbeat_interval: rpc_deadline(100, timeout),
+        enable_heartbeat: false,
         election_timeout_min: timeout,
         election_timeout_max: timeout + 1,
         snapshot_policy: openraft::SnapshotPolicy::Never,
@@ -334,6 +336,7 @@ async fn start(
         Metrics::new(),
         restored,
     );
+    node.send_heartbeats(Duration::from_millis(100));
     world.note(&[100, s.id]);
     world.set_running(s.id, raft, node);
     Ok(())

@@ -349,6 +349,17 @@ async fn discover_existing(
     Err(ServerError::Join(last_err))
 }
 
+/// The deadline openraft gives each AppendEntries and leadership confirmation: its heartbeat
+/// interval. At etcd's 100 ms, a peer whose answer takes longer (a link of 50 ms each way and
+/// a slow fsync) could never answer in time, and every failed call backs replication off for
+/// 500 ms: a cluster across such links stops committing where etcd only slows down. So
+/// openraft's interval is half the election timeout (well under it, so a leader that cannot
+/// reach a quorum still notices in time), never below `--heartbeat-interval`, and
+/// [`Node::send_heartbeats`] keeps the heartbeat rate.
+pub fn rpc_deadline(heartbeat_ms: u64, election_ms: u64) -> u64 {
+    (election_ms / 2).max(heartbeat_ms)
+}
+
 /// Whether this member led before it stopped (its vote is its own and committed): openraft then
 /// makes it leader again at once, in the same term (see [`RestoredLeader`]).
 pub async fn restored_leader(
@@ -589,7 +600,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
-        heartbeat_interval: config.heartbeat_interval,
+        // openraft's own heartbeats are off: the node sends them every --heartbeat-interval,
+        // and openraft's interval is only the RPCs' deadline.
+        heartbeat_interval: rpc_deadline(config.heartbeat_interval, config.election_timeout),
+        enable_heartbeat: false,
         election_timeout_min: config.election_timeout,
         election_timeout_max: config.election_timeout * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
@@ -641,6 +655,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         metrics,
         restored,
     );
+    node.send_heartbeats(Duration::from_millis(config.heartbeat_interval.max(1)));
     node.set_strict_reconfig(config.strict_reconfig_check);
     node.shared()
         .mvcc

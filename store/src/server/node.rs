@@ -65,6 +65,8 @@ struct Inner {
     transfer: tokio::sync::RwLock<()>,
     /// Counts election holds, so a hold's end only resumes elections if no later one began.
     holds: std::sync::atomic::AtomicU64,
+    /// Heartbeats are held while leadership is handed over ([`Node::send_heartbeats`]).
+    heartbeats_held: std::sync::atomic::AtomicBool,
     /// When this member led before it restarted: that term and its last log index then (see
     /// [`RestoredLeader`]).
     restored: Option<RestoredLeader>,
@@ -123,6 +125,7 @@ impl Node {
                 metrics,
                 transfer: tokio::sync::RwLock::new(()),
                 holds: std::sync::atomic::AtomicU64::new(0),
+                heartbeats_held: std::sync::atomic::AtomicBool::new(false),
                 restored,
                 strict_reconfig: std::sync::atomic::AtomicBool::new(true),
                 leader_lost: tokio::sync::watch::Sender::new(0),
@@ -152,6 +155,28 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Sends heartbeats every `every` while this member leads (openraft's own are off: its
+    /// interval is the RPCs' deadline, see [`super::rpc_deadline`]), except while a leader
+    /// transfer holds them. Ends when Raft stops.
+    pub fn send_heartbeats(&self, every: Duration) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let held = node
+                    .inner
+                    .heartbeats_held
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                // A follower ignores the trigger.
+                if !held && node.inner.raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// This member's ID.
@@ -685,7 +710,9 @@ impl Node {
             .filter(|(id, (_, learner))| !learner && *id != self.inner.id)
             .map(|(id, (m, _))| (id, m))
             .collect();
-        self.inner.raft.runtime_config().heartbeat(false);
+        self.inner
+            .heartbeats_held
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.hold_elections(Some(hold));
         // The others hold first, then the transferee campaigns.
         let others: Vec<&Member> = voters
@@ -711,7 +738,9 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        self.inner.raft.runtime_config().heartbeat(true);
+        self.inner
+            .heartbeats_held
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.hold_elections(None);
         self.tell(&others, 0, false).await;
         moved
