@@ -349,8 +349,8 @@ impl Cluster {
             Some(spec) => cmd.env("GOFAIL_FAILPOINTS", spec),
             None => cmd.env_remove("GOFAIL_FAILPOINTS"),
         };
-        // The wall clock only (the monotonic one never jumps), its offset read from the file
-        // again every second.
+        // The wall clock only (the monotonic one never jumps); libfaketime reads the offset
+        // file again once more than a second has passed since it last did.
         if let Ok(lib) = &self.faketime {
             cmd.env("LD_PRELOAD", lib)
                 .env("FAKETIME_TIMESTAMP_FILE", &m.clock)
@@ -362,6 +362,9 @@ impl Cluster {
             .append(true)
             .open(&m.log)
             .with_context(|| format!("opening {}", m.log.display()))?;
+        if let Some(p) = self.proxies.get(i) {
+            p.reopen()?;
+        }
         let child = cmd
             .args(["--name", &m.name])
             .arg(format!("--data-dir={}", m.dir.display()))
@@ -407,8 +410,13 @@ impl Cluster {
     pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
         let m = &mut self.members[i];
         let status = m.child.as_mut()?.try_wait().ok()??;
-        m.child = None;
+        let pid = m.child.take().map(|c| c.id());
         m.paused = false;
+        // Reaped already: a PID reused since is not likely this soon, and libfaketime's files
+        // of a process that panicked would stay otherwise.
+        if let Some(pid) = pid {
+            self.forget_process(i, pid);
+        }
         Some(status)
     }
 
@@ -489,24 +497,32 @@ impl Cluster {
             .client
             .trim_start_matches("http://")
             .to_string();
-        // libfaketime reads the offset file again once a second.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let answer = http_exchange(&addr, "GET", "/health", "").await?;
-        let date = answer
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("date")
-                    .then(|| value.trim().to_string())
-            })
-            .context("no Date header in the answer")?;
-        let theirs = httpdate::parse_http_date(&date).with_context(|| format!("Date: {date}"))?;
-        let ours = std::time::SystemTime::now();
-        Ok(match theirs.duration_since(ours) {
-            Ok(ahead) => ahead.as_secs() as i64,
-            Err(behind) => -(behind.duration().as_secs() as i64),
-        })
+        // libfaketime reads the offset file again only after more than a second (in whole
+        // seconds) since it last did: up to about two seconds after the change.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let answer = http_exchange(&addr, "GET", "/health", "").await?;
+            let date = answer
+                .lines()
+                .take_while(|l| !l.is_empty())
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("date")
+                        .then(|| value.trim().to_string())
+                })
+                .context("no Date header in the answer")?;
+            let theirs =
+                httpdate::parse_http_date(&date).with_context(|| format!("Date: {date}"))?;
+            let ours = std::time::SystemTime::now();
+            let off = match theirs.duration_since(ours) {
+                Ok(ahead) => ahead.as_secs() as i64,
+                Err(behind) => -(behind.duration().as_secs() as i64),
+            };
+            if off.abs() >= 60 || Instant::now() >= deadline {
+                return Ok(off);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Whether the members' unsynced writes can be lost, or why not.
@@ -540,20 +556,28 @@ impl Cluster {
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
+            // Before the wait: until it is reaped, the PID is not another process's.
+            self.forget_process(i, c.id());
             let _ = c.wait();
-            // libfaketime keeps a semaphore and a shared memory segment per process, named by
-            // its PID, which it removes only when the process exits.
-            if self.faketime.is_ok() {
-                let pid = c.id();
-                for f in [
-                    format!("/dev/shm/faketime_shm_{pid}"),
-                    format!("/dev/shm/sem.faketime_sem_{pid}"),
-                ] {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
         }
         self.members[i].paused = false;
+    }
+
+    /// What member `i`'s process `pid` leaves behind when it dies without exiting cleanly:
+    /// libfaketime's semaphore and shared memory segment (named by the PID; it removes them
+    /// only at a clean exit), and its proxy's listener (peers must find the port refusing).
+    fn forget_process(&self, i: usize, pid: u32) {
+        if self.faketime.is_ok() {
+            for f in [
+                format!("/dev/shm/faketime_shm_{pid}"),
+                format!("/dev/shm/sem.faketime_sem_{pid}"),
+            ] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        if let Some(p) = self.proxies.get(i) {
+            p.close();
+        }
     }
 
     /// SIGSTOP (`pause`) or SIGCONT of member `i`.

@@ -5,7 +5,10 @@
 //!
 //! Each direction reads what arrives, stamps it with the time it may leave (now plus the
 //! delay at that moment) and writes it out no earlier, in order: a byte stream is never
-//! reordered, so a shorter delay set later only shortens the wait of what arrives after.
+//! reordered, so a shorter delay set later only shortens the wait of what arrives after. When
+//! either side closes, the connection ends both ways (no half-close; what was still held is
+//! dropped). While the member is down the proxy does not listen, so peers are refused as they
+//! would be by the member's own port.
 //!
 //! The proxies run on a runtime of their own (one thread), so that a busy run (its clients,
 //! its checkers) never holds the members' messages longer than the delay asked for.
@@ -25,35 +28,75 @@ use tokio::time::Instant;
 /// A delaying proxy; stops (with every connection through it) when dropped.
 pub struct Proxy {
     addr: SocketAddr,
+    upstream: SocketAddr,
     /// The delay each way, in microseconds.
     delay: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    /// The listener's task while it listens (its connections go with it).
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("chaos-proxy")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the proxies' runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Listens on `addr` (port 0: a free one) and serves connections to `upstream` on the
+/// proxies' runtime.
+fn listen(
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    delay: Arc<AtomicU64>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let rt = runtime()?;
+    let _in = rt.enter();
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding a proxy on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let listener = TcpListener::from_std(listener)?;
+    Ok((addr, rt.spawn(accept(listener, upstream, delay))))
 }
 
 impl Proxy {
     /// A proxy on a free loopback port forwarding to `upstream`.
     pub fn start(upstream: SocketAddr) -> anyhow::Result<Proxy> {
-        static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
-            std::sync::OnceLock::new();
-        let rt = RUNTIME
-            .get_or_init(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("chaos-proxy")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("starting the proxies' runtime: {e}"))
-            })
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let _in = rt.enter();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a proxy")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = TcpListener::from_std(listener)?;
         let delay = Arc::new(AtomicU64::new(0));
-        let task = rt.spawn(accept(listener, upstream, delay.clone()));
-        Ok(Proxy { addr, delay, task })
+        let (addr, task) = listen("127.0.0.1:0".parse()?, upstream, delay.clone())?;
+        Ok(Proxy {
+            addr,
+            upstream,
+            delay,
+            task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// Stops listening and drops every connection through it, as the member behind it does
+    /// when it dies: peers then find the port refusing, as they would the member's own.
+    pub fn close(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port (after [`Proxy::close`], for a restarted member).
+    pub fn reopen(&self) -> anyhow::Result<()> {
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if task.is_none() {
+            let (_, t) = listen(self.addr, self.upstream, self.delay.clone())?;
+            *task = Some(t);
+        }
+        Ok(())
     }
 
     /// Where it listens.
@@ -70,7 +113,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.close();
     }
 }
 
@@ -79,10 +122,13 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, delay: Arc<AtomicU6
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((down, _)) = accepted else { continue };
-                connections.spawn(relay(down, upstream, delay.clone()));
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((down, _)) => {
+                    connections.spawn(relay(down, upstream, delay.clone()));
+                }
+                // Out of descriptors, say: wait rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
@@ -181,22 +227,5 @@ mod tests {
         );
         proxy.set_delay(Duration::ZERO);
         round_trip(b"and back").await;
-    }
-}
-#[cfg(test)]
-mod tmp_manual {
-    #[test]
-    fn tmp_manual_proxies() {
-        let Ok(spec) = std::env::var("TMP_PROXIES") else {
-            return;
-        };
-        let mut keep = Vec::new();
-        for p in spec.split(',') {
-            let (l, u) = p.split_once(':').unwrap();
-            let proxy = super::Proxy::start(format!("127.0.0.1:{u}").parse().unwrap()).unwrap();
-            std::fs::write(format!("/tmp/pxt/addr-{l}"), proxy.addr().to_string()).unwrap();
-            keep.push(proxy);
-        }
-        std::thread::sleep(std::time::Duration::from_secs(40));
     }
 }

@@ -336,7 +336,11 @@ async fn start(
         Metrics::new(),
         restored,
     );
-    node.send_heartbeats(Duration::from_millis(100));
+    // Ends when the member's Raft stops.
+    node.send_heartbeats(
+        Duration::from_millis(100),
+        tokio_util::sync::CancellationToken::new(),
+    );
     world.note(&[100, s.id]);
     world.set_running(s.id, raft, node);
     Ok(())

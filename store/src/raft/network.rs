@@ -221,7 +221,7 @@ impl PeerConnection {
         };
         let reply = reply.map_err(|s| match s.code() {
             // A refused or broken connection is a break at once; a late answer (a slow fsync
-            // past the heartbeat's timeout) is not: the answer gap judges a peer gone quiet.
+            // past openraft's deadline) is not: the answer gap judges a peer gone quiet.
             tonic::Code::Unavailable => {
                 self.peers.mark(self.target, false);
                 RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string())))

@@ -159,14 +159,18 @@ impl Node {
 
     /// Sends heartbeats every `every` while this member leads (openraft's own are off: its
     /// interval is the RPCs' deadline, see [`super::rpc_deadline`]), except while a leader
-    /// transfer holds them. Ends when Raft stops.
-    pub fn send_heartbeats(&self, every: Duration) {
+    /// transfer holds them. Ends with `shutdown`, or when Raft stops.
+    pub fn send_heartbeats(&self, every: Duration, shutdown: CancellationToken) {
         let node = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 let held = node
                     .inner
                     .heartbeats_held
