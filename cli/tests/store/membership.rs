@@ -23,8 +23,8 @@ fn members(endpoint: &str) -> Vec<(String, String, bool)> {
 }
 
 /// A membership change through etcdctl, tried again while the strict reconfiguration check
-/// refuses it because a voter has been connected for less than 5 s (as an operator would, and
-/// as etcd answers then too); its output.
+/// refuses it because a voter has been connected for less than 5 s or has not published its
+/// attributes yet (as an operator would, and as etcd answers then too); its output.
 fn change(endpoint: &str, args: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -33,8 +33,10 @@ fn change(endpoint: &str, args: &[&str]) -> String {
             return String::from_utf8(out.stdout).unwrap();
         }
         let err = String::from_utf8_lossy(&out.stderr);
+        let refused_for_now =
+            err.contains("unhealthy cluster") || err.contains("not enough started members");
         assert!(
-            err.contains("unhealthy cluster") && Instant::now() < deadline,
+            refused_for_now && Instant::now() < deadline,
             "etcdctl {args:?}: {err}"
         );
         std::thread::sleep(Duration::from_millis(500));
