@@ -779,11 +779,7 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
 /// chaos check`) with the command that replays it.
 fn sim(a: SimArgs) -> anyhow::Result<()> {
     let out = a.out.unwrap_or_else(|| default_dir("sim"));
-    let scratch = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
+    let scratch = crate::sim::scratch_dir();
     let mut worst_seen = Verdict::Ok;
     let mut failed = Vec::new();
     for seed in a.seed..a.seed.saturating_add(a.seeds) {

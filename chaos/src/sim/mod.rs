@@ -184,6 +184,16 @@ pub fn run(options: &Options, dir: &Path) -> anyhow::Result<Outcome> {
     outcome
 }
 
+/// Where a run's members keep their data: a memory filesystem when there is one (every
+/// append syncs).
+pub fn scratch_dir() -> PathBuf {
+    if Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// A member's storage, kept across its restarts.
 struct Store {
     id: NodeId,
@@ -622,21 +632,18 @@ async fn settle(world: &World) -> anyhow::Result<Vec<ReplicaRead>> {
         let name = format!("m{id}");
         // Polled, not awaited through openraft's `wait` (its timeout races the change in an
         // unseeded `select!`).
-        loop {
+        let node = loop {
             let Some((node, _)) = world.node(id) else {
                 anyhow::bail!("{name} is not running");
             };
             if node.shared().applied.read().0.map(|l| l.index) >= applied {
-                break;
+                break node;
             }
             anyhow::ensure!(
                 Instant::now() < until,
                 "{name} did not catch up with the leader's applied index {applied:?}"
             );
             sleep(Duration::from_millis(10)).await;
-        }
-        let Some((node, _)) = world.node(id) else {
-            anyhow::bail!("{name} is not running");
         };
         let read = node
             .shared()

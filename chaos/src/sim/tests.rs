@@ -8,11 +8,7 @@ use crate::Verdict;
 fn simulate(seed: u64, secs: u64, bug: Option<Bug>) -> Outcome {
     let dir = tempfile::Builder::new()
         .prefix("keelson-sim")
-        .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-            std::path::PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        })
+        .tempdir_in(super::scratch_dir())
         .expect("tempdir");
     let options = Options {
         seed,
