@@ -624,8 +624,15 @@ impl Node {
         RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
     > {
         let _no_transfer = self.inner.transfer.read().await;
+        // The floor as it stood before the read index was taken: the round that confirms
+        // leadership can apply the old log meanwhile, and the floor then lifts, while the index
+        // it returns is still the committed one from before (stale for the member that asked,
+        // which may not have applied the old log). A floor already lifted at this point is
+        // covered by the index: the committed index is at least the applied one, and a later
+        // term's first entry comes after the old log.
+        let floor = self.restored_floor();
         let read = self.inner.raft.get_read_log_id().await?.0;
-        Ok(match (read, self.restored_floor()) {
+        Ok(match (read, floor) {
             (Some(r), Some(floor)) if floor > r.index => {
                 Some(crate::raft::LogId::new(r.leader_id, floor))
             }
