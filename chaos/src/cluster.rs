@@ -352,6 +352,17 @@ impl Cluster {
         // The wall clock only (the monotonic one never jumps); libfaketime reads the offset
         // file again once more than a second has passed since it last did.
         if let Ok(lib) = &self.faketime {
+            // libfaketime's settings are ours alone: one inherited from this process (say
+            // `FAKETIME`, which overrides the offset file) would move the clock on its own.
+            for (k, _) in std::env::vars_os() {
+                let name = k.to_string_lossy();
+                if name.starts_with("FAKETIME")
+                    || name.starts_with("DONT_FAKE")
+                    || name.starts_with("NO_FAKE")
+                {
+                    cmd.env_remove(k);
+                }
+            }
             cmd.env("LD_PRELOAD", lib)
                 .env("FAKETIME_TIMESTAMP_FILE", &m.clock)
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
@@ -597,9 +608,13 @@ impl Cluster {
     }
 
     /// Best effort, after a fault could not be injected or healed: every member running and
-    /// resumed, every link restored.
+    /// resumed, every link restored, no delay, every clock right.
     pub fn restore_all(&mut self) {
+        self.set_delay(Duration::ZERO);
         for i in 0..self.members.len() {
+            if self.faketime.is_ok() {
+                let _ = self.set_clock(i, "+0");
+            }
             if self.members[i].paused {
                 let _ = self.pause(i, false);
             }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod control;
 pub mod faults;
 pub mod history;
+pub mod interrupt;
 pub mod lazyfs;
 pub mod leases;
 pub mod linearizability;

@@ -242,8 +242,12 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     let mut timeline = Vec::new();
     let end = tokio::time::Instant::now() + o.duration;
     let mut next = 0;
+    let interrupted = crate::interrupt::token();
     while !faults.is_empty() && tokio::time::Instant::now() + o.fault_interval < end {
-        tokio::time::sleep(o.fault_interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(o.fault_interval) => {}
+            _ = interrupted.cancelled() => break,
+        }
         let fault = faults[next % faults.len()];
         next += 1;
         let heal = match faults::inject(fault, &mut cluster).await {
@@ -259,11 +263,13 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
                 break;
             }
         };
-        tokio::time::sleep(
-            o.fault_hold
-                .min(end.saturating_duration_since(tokio::time::Instant::now())),
-        )
-        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(
+                o.fault_hold
+                    .min(end.saturating_duration_since(tokio::time::Instant::now())),
+            ) => {}
+            _ = interrupted.cancelled() => {}
+        }
         match faults::heal(&heal, &mut cluster).await {
             Ok(_) if matches!(heal, Heal::Nothing) => {}
             Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
@@ -274,7 +280,12 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             }
         }
     }
-    tokio::time::sleep_until(end).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(end) => {}
+        _ = interrupted.cancelled() => {
+            timeline.push(step("end", "interrupted", "Ctrl-C: the run ended early".into(), clock));
+        }
+    }
     stop.cancel();
 
     let mut history = History {
@@ -582,6 +593,10 @@ pub struct SimArgs {
     /// Keys the clients share.
     #[arg(long, default_value_t = 6)]
     keys: usize,
+    /// Watchers on the clients' keys (each held across faults, opened again elsewhere when
+    /// its member goes).
+    #[arg(long, default_value_t = 2)]
+    watchers: usize,
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
@@ -667,6 +682,7 @@ fn verdict_error(what: &str, v: Verdict) -> anyhow::Result<()> {
 
 /// Runs a `keelson chaos` command.
 pub async fn main(command: Command) -> anyhow::Result<()> {
+    crate::interrupt::install();
     match command {
         Command::Run(a) => {
             let dir = a
@@ -693,6 +709,9 @@ pub async fn main(command: Command) -> anyhow::Result<()> {
             let mut worst = Verdict::Ok;
             for &t in &a.targets {
                 for fault in faults_or_all(&a.faults) {
+                    if crate::interrupt::requested() {
+                        break;
+                    }
                     let o = Options {
                         target: t,
                         ..a.options.clone()
@@ -783,12 +802,17 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
     let mut worst_seen = Verdict::Ok;
     let mut failed = Vec::new();
     for seed in a.seed..a.seed.saturating_add(a.seeds) {
+        if crate::interrupt::requested() {
+            println!("interrupted before seed {seed}");
+            break;
+        }
         let options = crate::sim::Options {
             seed,
             duration: a.duration,
             members: a.members,
             clients: a.clients,
             keys: a.keys,
+            watchers: a.watchers,
             faults: !a.no_faults,
             bug: a.bug,
             check_budget: a.check_budget,
@@ -807,6 +831,7 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
             let again = once()?;
             if again.digest != outcome.digest
                 || again.history.operations != outcome.history.operations
+                || again.history.watches != outcome.history.watches
             {
                 println!(
                     "seed {seed}: the replay differs (digest {:016x} against {:016x})",
@@ -830,12 +855,13 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!(
                 "    history: {}; replay: keelson chaos sim --seed {seed} --duration {:?} \
-                 --members {} --clients {} --keys {} --check-budget {:?}{}{bug}",
+                 --members {} --clients {} --keys {} --watchers {} --check-budget {:?}{}{bug}",
                 dir.display(),
                 a.duration,
                 a.members,
                 a.clients,
                 a.keys,
+                a.watchers,
                 a.check_budget,
                 if a.no_faults { " --no-faults" } else { "" },
             );

@@ -117,7 +117,10 @@ async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
+    // The chaos commands take Ctrl-C themselves: they end their run early and clean up.
+    if !matches!(cli.command, Command::Chaos(_)) {
+        cancel_on_signal(shutdown.clone());
+    }
     match cli.command {
         Command::Store(config) => keelson_store::server::run(*config, shutdown).await?,
         Command::Apiserver(config) => keelson_apiserver::run(*config, shutdown).await?,

@@ -85,6 +85,31 @@ pub struct Args {
     /// `keelson status` shows it, `keelson down` stops it.
     #[arg(long)]
     pub detach: bool,
+    /// Stop (as on SIGTERM) when the process that started this one exits, even by kill -9:
+    /// for tools that run a cluster for their own lifetime (`keelson chaos control-plane`).
+    #[arg(long, hide = true)]
+    pub stop_with_parent: bool,
+}
+
+/// Cancels `shutdown` once this process's parent has gone (it is adopted by another).
+fn stop_with_parent(shutdown: CancellationToken) {
+    let parent = std::os::unix::process::parent_id();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!(
+                    "keelson up: the process that started it (pid {parent}) has exited; stopping"
+                );
+                shutdown.cancel();
+                return;
+            }
+        }
+    });
 }
 
 /// Refuses store members' data the chosen store binary cannot read: keelson-store's
@@ -137,6 +162,11 @@ pub struct DataDirArgs {
 /// `keelson up --detach`: starts `keelson up` (the same flags) in its own process group with
 /// its output in `<data>/up.log`, and returns once it is ready, printing what it printed.
 pub async fn detach(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.stop_with_parent {
+        bail!(
+            "--stop-with-parent cannot be used with --detach (the background cluster would stop as soon as it is ready)"
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     if let Some(pid) = running_up(&args.data_dir) {
@@ -494,6 +524,9 @@ const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// Starts the cluster and waits for Ctrl-C, then stops every process it started.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if args.stop_with_parent {
+        stop_with_parent(shutdown.clone());
+    }
     let n = if args.single { 1 } else { args.stores };
     if n == 0 {
         bail!("--stores must be at least 1");

@@ -142,16 +142,23 @@ pub async fn run(a: &ControlArgs, dir: &Path) -> anyhow::Result<ControlOutcome> 
         "--nodes=0".into(),
         format!("--hollow-nodes={}", a.hollow_nodes),
         "--dns-replicas=0".into(),
+        // A run killed before it can stop the cluster takes the cluster with it.
+        "--stop-with-parent".into(),
     ];
     if let Some(b) = &a.store_binary {
         up_args.push(format!("--store-binary={}", b.display()));
     }
     let data = dir.join("cluster");
+    let interrupted = crate::interrupt::token();
     let cluster = tokio::task::spawn_blocking(move || {
         UpCluster::start(&keelson, &data, &up_args, Duration::from_secs(300))
     })
     .await??;
-    drive(a, &faults, dir, cluster).await
+    if interrupted.is_cancelled() {
+        tokio::task::spawn_blocking(move || drop(cluster)).await?;
+        bail!("interrupted before the run started");
+    }
+    drive(a, &faults, dir, cluster, interrupted).await
 }
 
 /// The run on a started cluster; stops it (in the background of the runtime) before checking.
@@ -160,6 +167,7 @@ async fn drive(
     faults: &[ControlFault],
     dir: &Path,
     mut cluster: UpCluster,
+    interrupted: CancellationToken,
 ) -> anyhow::Result<ControlOutcome> {
     let config = keelson_client::connect::load_config(
         &keelson_client::connect::ClientArgs::from_kubeconfig(&cluster.kubeconfig),
@@ -241,7 +249,10 @@ async fn drive(
     let end = tokio::time::Instant::now() + a.duration;
     let mut round = 0;
     while tokio::time::Instant::now() + a.fault_interval < end {
-        tokio::time::sleep(a.fault_interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(a.fault_interval) => {}
+            _ = interrupted.cancelled() => break,
+        }
         let fault = faults[round % faults.len()];
         match faults::inject(fault, &mut cluster, round / faults.len()).await {
             Ok(Injected::Done(detail, paused)) => {
@@ -250,7 +261,10 @@ async fn drive(
                     .faults
                     .push(step(fault.name(), "inject", detail, clock));
                 if let Some(pid) = paused {
-                    tokio::time::sleep(a.pause_hold).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(a.pause_hold) => {}
+                        _ = interrupted.cancelled() => {}
+                    }
                     let healed =
                         faults::heal(&mut cluster, pid).unwrap_or_else(|e| format!("{e:#}"));
                     history
@@ -270,7 +284,18 @@ async fn drive(
         }
         round += 1;
     }
-    tokio::time::sleep_until(end).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(end) => {}
+        _ = interrupted.cancelled() => {}
+    }
+    if interrupted.is_cancelled() {
+        history.faults.push(step(
+            "end",
+            "interrupted",
+            "Ctrl-C: the faults and the workload ended early".into(),
+            clock,
+        ));
+    }
     stop.cancel();
     cluster.resume_all();
     // From here on, what goes wrong is recorded as an error in the timeline (a `recovery`

@@ -6,8 +6,11 @@
 //! machine, and keelson's [`Node`] (the proposer that batches writes, the read barrier, the
 //! restored-leader rule). Only the transport is replaced: [`net`] carries Raft's RPCs between
 //! members with seeded delays, losses, partitions and pauses, and clients call the members
-//! directly. A nemesis crashes and restarts members, partitions them, pauses them and slows or
-//! drops their messages, all drawn from the seed.
+//! directly (a follower's linearizable read asks the leader's read index over that network);
+//! watchers open the store's own watch service on a member, in process, and its answers
+//! reach them with the network's delays. A nemesis crashes and restarts members (one, or all
+//! at once), partitions them, pauses them and slows or drops their messages, all drawn from
+//! the seed.
 //!
 //! Every random choice comes from the seed and the thread decides every ordering, so a seed
 //! replays exactly: the same operations, the same faults at the same simulated instants, the
@@ -16,13 +19,13 @@
 //! thread. Simulated seconds cost little real time, so many seeds can be searched.
 //!
 //! The history goes through the same checkers as `keelson chaos run`
-//! ([`crate::check_all`]): linearizability, revisions, txns, replicas.
+//! ([`crate::check_all`]): linearizability, revisions, txns, watch, replicas.
 //!
 //! What is not simulated: snapshots (their files go through blocking threads), leases (the
-//! lessor keeps real time), watches, membership changes, forwarding between members (clients
-//! go to the member they take for the leader), SIGSTOP (a stall holds a member's messages but
-//! its timers run), and the loss of writes not yet synced (a crash here is a kill -9: what the
-//! store wrote stays).
+//! lessor keeps real time), compaction, membership changes, forwarded writes (clients write
+//! to the member they take for the leader), SIGSTOP (a stall holds a member's
+//! messages but its timers run), and the loss of writes not yet synced (a crash here is a
+//! kill -9: what the store wrote stays).
 //!
 //! One ordering is not the seed's: tokio picks the branch of an unbiased `select!` at random
 //! (seeding it needs `tokio_unstable`). openraft has two: its replication back-off, where
@@ -31,6 +34,7 @@
 //! through it. The simulation's own waits poll instead.
 
 mod net;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -73,6 +77,9 @@ pub enum Bug {
     /// Reads are served by whichever member the client asks, without the read barrier (a
     /// deposed leader or a lagging follower answers from its own state).
     StaleReads,
+    /// A watch opened again after its stream broke starts one revision late (as a store that
+    /// dropped the event at a reconnect would look).
+    WatchGaps,
 }
 
 /// What to simulate.
@@ -88,6 +95,8 @@ pub struct Options {
     pub clients: usize,
     /// Keys the clients share.
     pub keys: usize,
+    /// Watchers on the clients' keys, held across faults.
+    pub watchers: usize,
     /// Whether the nemesis injects faults.
     pub faults: bool,
     /// A bug to plant.
@@ -104,6 +113,7 @@ impl Default for Options {
             members: 3,
             clients: 4,
             keys: 6,
+            watchers: 2,
             faults: true,
             bug: None,
             check_budget: Duration::from_secs(30),
@@ -217,6 +227,14 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     }
 
     let end = Instant::now() + o.duration;
+    // The last revision, and when to stop waiting for it, once the run knows it.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(None);
+    let watchers: Vec<_> = (0..o.watchers)
+        .map(|w| {
+            let gaps = o.bug == Some(Bug::WatchGaps);
+            tokio::spawn(watchers::watcher(world.clone(), w, gaps, last_rx.clone()))
+        })
+        .collect();
     let clients: Vec<_> = (0..o.clients)
         .map(|c| tokio::spawn(client(world.clone(), o.clone(), c, end)))
         .collect();
@@ -247,6 +265,23 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
             Vec::new()
         }
     };
+    // The watchers go on until they have seen the last revision (the replicas' own, or the
+    // last acknowledged write's when the members could not agree).
+    let last = replicas
+        .iter()
+        .map(|r| r.revision)
+        .chain(
+            operations
+                .iter()
+                .filter_map(|op| op.output.mutated().then(|| op.output.revision()).flatten()),
+        )
+        .max()
+        .unwrap_or(0);
+    let _ = last_tx.send(Some((last, Instant::now() + SETTLE)));
+    let mut watches = Vec::new();
+    for w in watchers {
+        watches.push(w.await.context("a watcher failed")?);
+    }
     let term = world
         .ids()
         .filter_map(|id| world.raft(id))
@@ -262,6 +297,7 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     operations.sort_by_key(|op: &Operation| (op.complete, op.client));
     let history = History {
         operations,
+        watches,
         faults,
         replicas,
         ..History::default()
@@ -273,6 +309,9 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     }
     for f in &history.faults {
         digest.write(serde_json::to_string(f)?.as_bytes());
+    }
+    for w in &history.watches {
+        digest.write(serde_json::to_string(w)?.as_bytes());
     }
     let checks = crate::check_all(&history, o.check_budget);
     Ok(Outcome {
@@ -396,12 +435,14 @@ async fn client(world: Arc<World>, o: Options, id: usize, end: Instant) -> Vec<O
 }
 
 /// Runs `step` on the member it should go to, following redirects, within the client timeout.
-async fn perform(world: &World, target: &mut NodeId, step: &Step, bug: Option<Bug>) -> Output {
+async fn perform(world: &Arc<World>, target: &mut NodeId, step: &Step, bug: Option<Bug>) -> Output {
     let give_up = Instant::now() + CLIENT_TIMEOUT;
+    let get = matches!(step, Step::One(Input::Get { .. }));
     loop {
-        let stale_read =
-            bug == Some(Bug::StaleReads) && matches!(step, Step::One(Input::Get { .. }));
-        if stale_read {
+        let stale_read = get && bug == Some(Bug::StaleReads);
+        // Half the reads go to any member: a follower serves them through the leader's read
+        // index, as `keelson store`'s followers do.
+        if stale_read || (get && world.below(2) == 0) {
             *target = world.any();
         }
         match tokio::time::timeout_at(give_up, ask(world, *target, step, stale_read)).await {
@@ -422,7 +463,7 @@ async fn perform(world: &World, target: &mut NodeId, step: &Step, bug: Option<Bu
 /// Sends `step` to member `target`: its answer, or `Err` with the leader it names when it
 /// did not take the step (it does not lead, or it is down).
 async fn ask(
-    world: &World,
+    world: &Arc<World>,
     target: NodeId,
     step: &Step,
     stale_read: bool,
@@ -445,11 +486,12 @@ async fn ask(
     let write = match request {
         Request::Range(r) => {
             if !stale_read {
-                if !node.is_leader() {
-                    return Err(node.leader());
-                }
-                if let Err(e) = node.read_barrier().await {
-                    return unknown(&e);
+                if node.is_leader() {
+                    if let Err(e) = node.read_barrier().await {
+                        return unknown(&e);
+                    }
+                } else {
+                    follower_barrier(world, target, epoch, &node).await?;
                 }
             }
             let read = node.shared().mvcc.read().range(&r);
@@ -481,6 +523,33 @@ async fn ask(
         },
     };
     answered(answer).await
+}
+
+/// A follower's linearizable-read barrier, as `keelson store`'s: the read index from the
+/// leader it knows (the leader's own [`Node::read_index`], over the simulated network), then
+/// its own apply up to that index. `Err` (try elsewhere) without a leader or its answer.
+async fn follower_barrier(
+    world: &Arc<World>,
+    id: NodeId,
+    epoch: u64,
+    node: &Node,
+) -> Result<(), Option<NodeId>> {
+    let Some(leader) = node.leader() else {
+        return Err(None);
+    };
+    let index = net::Conn::new(world.clone(), id, leader)
+        .read_index(CLIENT_TIMEOUT)
+        .await
+        .map_err(|_| None)?;
+    // Polled, not awaited through openraft's `wait` (see the module's note on `select!`).
+    while node.shared().applied.read().0.map(|l| l.index) < index {
+        if !world.same_epoch(id, epoch) {
+            // It crashed: its connection is gone, and it will not apply again.
+            return Err(None);
+        }
+        sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 /// The answer on its way back to the client, as the history records it; lost if the member
@@ -531,7 +600,7 @@ async fn nemesis(
             _ => world.any(),
         };
         let others = || ids.iter().copied().filter(move |&id| id != victim);
-        let (fault, detail) = match world.below(7) {
+        let (fault, detail) = match world.below(8) {
             0 => {
                 for o in others() {
                     world.set_cut(victim, o, true);
@@ -565,6 +634,14 @@ async fn nemesis(
                 crashes += 1;
                 ("crash", format!("m{victim} killed"))
             }
+            7 => {
+                // The whole cluster at once (a power loss, but what was written stays).
+                for &id in &ids {
+                    crash(&world, id).await;
+                }
+                crashes += ids.len();
+                ("crash-all", "every member killed".to_string())
+            }
             4 => {
                 world.set_paused(victim, true);
                 ("stall", format!("m{victim}'s messages held"))
@@ -591,15 +668,25 @@ async fn nemesis(
         sleep(hold).await;
         world.heal_all();
         let mut healed = detail;
-        if fault == "crash" {
-            let s = &stores[victim as usize - 1];
-            match start(&world, s, None).await {
-                Ok(()) => healed = format!("m{victim} restarted"),
-                Err(e) => {
-                    steps.push(step(&world, fault, "error", format!("m{victim}: {e:#}")));
-                    continue;
-                }
+        let crashed: Vec<NodeId> = match fault {
+            "crash" => vec![victim],
+            "crash-all" => ids.clone(),
+            _ => Vec::new(),
+        };
+        let mut failed = false;
+        for &id in &crashed {
+            if let Err(e) = start(&world, &stores[id as usize - 1], None).await {
+                steps.push(step(&world, fault, "error", format!("m{id}: {e:#}")));
+                failed = true;
             }
+        }
+        if failed {
+            continue;
+        }
+        match fault {
+            "crash" => healed = format!("m{victim} restarted"),
+            "crash-all" => healed = "every member restarted".into(),
+            _ => {}
         }
         steps.push(step(&world, fault, "heal", healed));
     }

@@ -38,6 +38,7 @@ use crate::traffic::Rng;
 const APPEND: u64 = 1;
 const VOTE: u64 = 2;
 const SNAPSHOT: u64 = 3;
+const READ_INDEX: u64 = 4;
 const DELIVERED: u64 = 10;
 const LOST: u64 = 11;
 const ANSWER_LOST: u64 = 12;
@@ -193,6 +194,11 @@ impl World {
         })
     }
 
+    /// Member `id`'s Raft and node, while it runs.
+    pub(crate) fn running(&self, id: NodeId) -> Option<(Raft, Node)> {
+        self.with(|s| s.running[id as usize - 1].clone())
+    }
+
     /// Member `id`'s Raft, while it runs.
     pub(crate) fn raft(&self, id: NodeId) -> Option<Raft> {
         self.with(|s| s.running[id as usize - 1].as_ref().map(|(r, _)| r.clone()))
@@ -341,6 +347,26 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 impl Conn {
+    /// Member `from`'s connection to member `to`, for calls of the store's own (not Raft's).
+    pub(crate) fn new(world: Arc<World>, from: NodeId, to: NodeId) -> Conn {
+        Conn { world, from, to }
+    }
+
+    /// The store's ReadIndex call (a follower's linearizable read asks the leader for the
+    /// index to apply first), answered by the target's own [`Node::read_index`].
+    pub(crate) async fn read_index(
+        &self,
+        ttl: Duration,
+    ) -> Result<Option<u64>, RPCError<NodeId, Member, ReadIndexError>> {
+        self.call(READ_INDEX, ttl, |_, node| async move {
+            node.read_index()
+                .await
+                .map(|read| read.map(|l| l.index))
+                .map_err(|e| ReadIndexError(e.to_string()))
+        })
+        .await
+    }
+
     /// Carries one RPC to the target and its answer back, as the plan drawn for it says;
     /// `deliver` is the target Raft's handler.
     async fn call<Resp, E, F, Fut>(
@@ -351,7 +377,7 @@ impl Conn {
     ) -> Result<Resp, RPCError<NodeId, Member, E>>
     where
         E: std::error::Error,
-        F: FnOnce(Raft) -> Fut,
+        F: FnOnce(Raft, Node) -> Fut,
         Fut: Future<Output = Result<Resp, E>>,
     {
         let (world, from, to) = (&self.world, self.from, self.to);
@@ -364,14 +390,14 @@ impl Conn {
                 world.count(kind, from, to, LOST);
                 return std::future::pending().await;
             }
-            let raft = match world.raft(to) {
+            let (raft, node) = match world.running(to) {
                 Some(r) if world.same_epoch(to, plan.target_epoch) => r,
                 _ => {
                     world.count(kind, from, to, REFUSED);
                     return unreachable("connection refused");
                 }
             };
-            let answer = deliver(raft).await;
+            let answer = deliver(raft, node).await;
             sleep(plan.back).await;
             world.wait_resumed(from, to).await;
             if plan.lose_answer
@@ -398,7 +424,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(APPEND, option.hard_ttl(), |raft| async move {
+        self.call(APPEND, option.hard_ttl(), |raft, _| async move {
             raft.append_entries(rpc).await
         })
         .await
@@ -412,7 +438,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(SNAPSHOT, option.hard_ttl(), |raft| async move {
+        self.call(SNAPSHOT, option.hard_ttl(), |raft, _| async move {
             raft.install_snapshot(rpc).await
         })
         .await
@@ -423,9 +449,21 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call(VOTE, option.hard_ttl(), |raft| async move {
+        self.call(VOTE, option.hard_ttl(), |raft, _| async move {
             raft.vote(rpc).await
         })
         .await
     }
 }
+
+/// A ReadIndex the leader refused (it does not lead, or could not confirm it does).
+#[derive(Debug)]
+pub(crate) struct ReadIndexError(pub(crate) String);
+
+impl std::fmt::Display for ReadIndexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReadIndexError {}

@@ -31,6 +31,13 @@ fn a_seed_replays_exactly_and_passes_the_checkers() {
     );
     assert_eq!(first.history.operations, again.history.operations);
     assert_eq!(first.history.faults, again.history.faults);
+    assert_eq!(first.history.watches, again.history.watches);
+    let watch = first.checks.iter().find(|c| c.name == "watch").unwrap();
+    assert!(
+        watch.checked > 100,
+        "the watchers saw too little: {}",
+        first.summary()
+    );
     assert_eq!(
         first.digest,
         again.digest,
@@ -55,4 +62,18 @@ fn a_planted_stale_read_is_caught() {
                 .any(|c| c.name == "linearizability" && c.verdict == Verdict::Violation)
         });
     assert!(caught.is_some(), "no seed of ten showed the stale reads");
+}
+
+#[test]
+fn a_planted_watch_gap_is_caught() {
+    // A watch opened again one revision late: some seed's crash or stall breaks a stream
+    // while writes go on, and the revision skipped is one a write or the other watcher has.
+    let caught = (1..=10)
+        .map(|seed| simulate(seed, 10, Some(Bug::WatchGaps)))
+        .find(|o| {
+            o.checks
+                .iter()
+                .any(|c| c.name == "watch" && c.verdict == Verdict::Violation)
+        });
+    assert!(caught.is_some(), "no seed of ten showed the watch gap");
 }

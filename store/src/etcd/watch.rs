@@ -326,16 +326,33 @@ impl Stream_ {
     }
 }
 
-async fn serve(
+async fn serve<S>(
     mut s: Stream_,
-    mut input: Streaming<WatchRequest>,
+    mut input: S,
     mut events: broadcast::Receiver<EventBatch>,
     progress: Duration,
-) {
+) where
+    S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Unpin,
+{
     let mut tick = tokio::time::interval(progress);
+    // Ticks missed while the client was slow to read are not made up in a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick.tick().await;
     loop {
+        // In a fixed order, so that a run on a simulated clock replays exactly: the tick is
+        // ready once per interval, and a client's own requests come before its events.
         let step = tokio::select! {
+            biased;
+            _ = tick.tick() => {
+                let current = s.node.shared().mvcc.read().current_revision();
+                let due: Vec<i64> = s.watchers.iter().filter(|(_, w)| w.progress_notify && w.next_rev > current).map(|(id, _)| *id).collect();
+                let mut r = Ok(());
+                for id in due {
+                    r = s.send(WatchResponse { header: s.node.header(current), watch_id: id, ..Default::default() }).await;
+                    if r.is_err() { break; }
+                }
+                r
+            }
             req = input.next() => match req {
                 Some(Ok(WatchRequest { request_union: Some(RequestUnion::CreateRequest(c)) })) => s.create(c).await,
                 Some(Ok(WatchRequest { request_union: Some(RequestUnion::CancelRequest(c)) })) => {
@@ -357,16 +374,6 @@ async fn serve(
                 Err(broadcast::error::RecvError::Lagged(_)) => s.catch_up_all().await,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = tick.tick() => {
-                let current = s.node.shared().mvcc.read().current_revision();
-                let due: Vec<i64> = s.watchers.iter().filter(|(_, w)| w.progress_notify && w.next_rev > current).map(|(id, _)| *id).collect();
-                let mut r = Ok(());
-                for id in due {
-                    r = s.send(WatchResponse { header: s.node.header(current), watch_id: id, ..Default::default() }).await;
-                    if r.is_err() { break; }
-                }
-                r
-            }
         };
         if step.is_err() {
             return;
@@ -386,7 +393,25 @@ impl Watch for WatchService {
     ) -> Result<Response<WatchStream>, Status> {
         let token = crate::etcd::auth::token_of(&req).map(str::to_string);
         let metadata = req.metadata().clone();
-        let input = req.into_inner();
+        let out = Box::pin(self.open(req.into_inner(), token));
+        Ok(Response::new(require_leader::guard(
+            &self.node, &metadata, out,
+        )))
+    }
+}
+
+impl WatchService {
+    /// Serves one watch stream: the requests of `input` (sent with the auth `token`, if
+    /// any), answered on the stream returned, until `input` ends or the answers are dropped.
+    /// The gRPC method runs every stream through it; so does the simulation, in process.
+    pub fn open<S>(
+        &self,
+        input: S,
+        token: Option<String>,
+    ) -> ReceiverStream<Result<WatchResponse, Status>>
+    where
+        S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+    {
         let events = self.node.shared().events.subscribe();
         let (tx, rx) = mpsc::channel(256);
         let s = Stream_ {
@@ -398,9 +423,6 @@ impl Watch for WatchService {
             token,
         };
         tokio::spawn(serve(s, input, events, self.progress_interval));
-        let out = Box::pin(ReceiverStream::new(rx));
-        Ok(Response::new(require_leader::guard(
-            &self.node, &metadata, out,
-        )))
+        ReceiverStream::new(rx)
     }
 }
