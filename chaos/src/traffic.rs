@@ -10,8 +10,8 @@ use futures::StreamExt;
 use keelson_etcdpb::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest,
-    WatchRequest, compare, kv_client::KvClient, lease_client::LeaseClient, request_op,
-    watch_client::WatchClient, watch_request,
+    WatchRequest, WatchResponse, compare, kv_client::KvClient, lease_client::LeaseClient,
+    request_op, watch_client::WatchClient, watch_request,
 };
 use keelson_etcdpb::mvccpb::event::EventType;
 use tokio_util::sync::CancellationToken;
@@ -570,15 +570,12 @@ pub async fn watcher(
         entries: Vec::new(),
     };
     let mut at = id % endpoints.len();
-    let mut next = start;
-    let mut last = 0i64;
-    // Responses with events or progress, over every stream of this watcher.
-    let mut responses = 0u64;
+    let mut position = WatchPosition::from(start);
     // A stream that delivers nothing for this long while the run waits for it is reopened
     // elsewhere (its member may be paused).
     let stall = Duration::from_secs(3);
     'reopen: loop {
-        if end.abort.is_cancelled() || end.revision.borrow().is_some_and(|r| last >= r) {
+        if end.abort.is_cancelled() || end.revision.borrow().is_some_and(|r| position.last >= r) {
             break;
         }
         let Ok(ch) = channel(&endpoints[at], None) else {
@@ -590,13 +587,13 @@ pub async fn watcher(
                 WatchCreateRequest {
                     key: prefix.clone().into_bytes(),
                     range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
-                    start_revision: next,
+                    start_revision: position.next,
                     ..Default::default()
                 },
             )),
         };
         history.entries.push(WatchEntry::Opened {
-            start_revision: next,
+            start_revision: position.next,
             at: clock.now(),
         });
         // The create, then a progress request every `progress` while the stream is open.
@@ -667,63 +664,123 @@ pub async fn watcher(
                     continue 'reopen;
                 }
             };
-            if response.compact_revision > 0 {
-                history.entries.push(WatchEntry::Compacted {
-                    compact_revision: response.compact_revision,
-                    at: clock.now(),
-                });
-                // A server that says so for a revision it does not hold back from would make
-                // this loop spin: pause before reopening.
-                if response.compact_revision <= next {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            match position.take(&mut history, response, clock.now()) {
+                Taken::Reopen { pause } => {
+                    if pause {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue 'reopen;
                 }
-                next = response.compact_revision;
-                continue 'reopen;
-            }
-            if response.canceled {
-                history.entries.push(WatchEntry::Broken {
-                    error: format!("cancelled: {}", response.cancel_reason),
-                    at: clock.now(),
-                });
-                continue 'reopen;
-            }
-            let header = response.header.map(|h| h.revision).unwrap_or(0);
-            let now = clock.now();
-            if response.created {
-                continue;
-            }
-            responses += 1;
-            if response.events.is_empty() {
-                if header > last {
-                    advanced = tokio::time::Instant::now();
+                Taken::Created => continue,
+                Taken::Progress { moved_on } => {
+                    if moved_on {
+                        advanced = tokio::time::Instant::now();
+                    }
+                    continue;
                 }
-                history.entries.push(WatchEntry::Progress {
-                    revision: header,
-                    at: now,
-                });
-                continue;
+                Taken::Events => advanced = tokio::time::Instant::now(),
             }
-            advanced = tokio::time::Instant::now();
-            for e in response.events {
-                let Some(kv) = e.kv else { continue };
-                let delete = e.r#type == EventType::Delete as i32;
-                history.entries.push(WatchEntry::Event(WatchEvent {
-                    key: String::from_utf8_lossy(&kv.key).into_owned(),
-                    value: (!delete).then(|| String::from_utf8_lossy(&kv.value).into_owned()),
-                    revision: kv.mod_revision,
-                    header_revision: header,
-                    at: now,
-                    response: responses,
-                }));
-                last = last.max(kv.mod_revision);
-                next = last + 1;
-            }
-            if end.revision.borrow().is_some_and(|r| last >= r) {
+            if end.revision.borrow().is_some_and(|r| position.last >= r) {
                 break 'reopen;
             }
         }
     }
     history
+}
+
+/// Where a watcher stands over all its streams: the revision to open the next one from, the
+/// highest event revision seen, and the responses with events or progress so far.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchPosition {
+    /// The revision the next stream opens from.
+    pub next: i64,
+    /// The highest event revision seen.
+    pub last: i64,
+    /// Responses with events or progress, over every stream.
+    pub responses: u64,
+}
+
+impl From<i64> for WatchPosition {
+    /// A watcher that has seen nothing and starts from `start`.
+    fn from(start: i64) -> WatchPosition {
+        WatchPosition {
+            next: start,
+            last: 0,
+            responses: 0,
+        }
+    }
+}
+
+/// What a watch response meant for the watcher that took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Open the stream again (it was cancelled, or its start was compacted).
+    Reopen {
+        /// The server named a compact revision it does not hold back from: reopening at
+        /// once would spin.
+        pause: bool,
+    },
+    /// The stream was created.
+    Created,
+    /// A progress notification.
+    Progress {
+        /// It moved past the last event seen.
+        moved_on: bool,
+    },
+    /// Events, recorded.
+    Events,
+}
+
+impl WatchPosition {
+    /// Records `response`, received at `now`, in `history` as `keelson chaos run`'s watchers
+    /// record it, and moves on past its events.
+    pub fn take(&mut self, history: &mut WatchHistory, response: WatchResponse, now: u64) -> Taken {
+        if response.compact_revision > 0 {
+            history.entries.push(WatchEntry::Compacted {
+                compact_revision: response.compact_revision,
+                at: now,
+            });
+            let pause = response.compact_revision <= self.next;
+            self.next = response.compact_revision;
+            return Taken::Reopen { pause };
+        }
+        if response.canceled {
+            history.entries.push(WatchEntry::Broken {
+                error: format!("cancelled: {}", response.cancel_reason),
+                at: now,
+            });
+            return Taken::Reopen { pause: false };
+        }
+        if response.created {
+            return Taken::Created;
+        }
+        let header = response.header.map(|h| h.revision).unwrap_or(0);
+        self.responses += 1;
+        if response.events.is_empty() {
+            history.entries.push(WatchEntry::Progress {
+                revision: header,
+                at: now,
+            });
+            return Taken::Progress {
+                moved_on: header > self.last,
+            };
+        }
+        for e in response.events {
+            let Some(kv) = e.kv else { continue };
+            let delete = e.r#type == EventType::Delete as i32;
+            history.entries.push(WatchEntry::Event(WatchEvent {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                value: (!delete).then(|| String::from_utf8_lossy(&kv.value).into_owned()),
+                revision: kv.mod_revision,
+                header_revision: header,
+                at: now,
+                response: self.responses,
+            }));
+            self.last = self.last.max(kv.mod_revision);
+            self.next = self.last + 1;
+        }
+        Taken::Events
+    }
 }
 
 /// Compacts to `keep` revisions behind the head every `every` until `stop`.

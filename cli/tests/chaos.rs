@@ -82,7 +82,15 @@ fn member_logs(dir: &Path) -> String {
             .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
         {
             let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
+            // Without the frames of a backtrace, which would push the error that ended a
+            // member out of the tail.
+            let frame = |l: &&str| {
+                let t = l.trim_start();
+                t.starts_with("at ")
+                    || t.split_once(": ")
+                        .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+            };
+            let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n");
             out.push_str(&format!("\n{}:\n{tail}\n", log.path().display()));
         }

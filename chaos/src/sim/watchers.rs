@@ -9,13 +9,12 @@ use futures::StreamExt;
 use keelson_etcdpb::etcdserverpb::{
     WatchCreateRequest, WatchProgressRequest, WatchRequest, watch_request,
 };
-use keelson_etcdpb::mvccpb::event::EventType;
 use keelson_store::etcd::watch::WatchService;
 use tokio::time::{Instant, sleep};
 
 use super::net::World;
-use crate::history::{WatchEntry, WatchEvent, WatchHistory};
-use crate::traffic::PREFIX;
+use crate::history::{WatchEntry, WatchHistory};
+use crate::traffic::{PREFIX, Taken, WatchPosition};
 
 /// A stream that delivers nothing for this long while the run waits for it is opened again
 /// elsewhere (its member may be cut off from the others, and so learn nothing new).
@@ -38,16 +37,14 @@ pub(super) async fn watcher(
         prefix: PREFIX.into(),
         entries: Vec::new(),
     };
-    let mut next = 1i64;
-    let mut seen = 0i64;
-    let mut responses = 0u64;
+    let mut position = WatchPosition::from(1);
     let done = |seen: i64, last: &tokio::sync::watch::Receiver<Option<(i64, Instant)>>| match *last
         .borrow()
     {
         Some((r, give_up)) => seen >= r || Instant::now() >= give_up,
         None => false,
     };
-    'reopen: while !done(seen, &last) {
+    'reopen: while !done(position.last, &last) {
         let target = world.any();
         sleep(world.latency(0, target)).await;
         world.wait_resumed(target, target).await;
@@ -60,11 +57,11 @@ pub(super) async fn watcher(
             continue;
         };
         history.entries.push(WatchEntry::Opened {
-            start_revision: next,
+            start_revision: position.next,
             at: world.now(),
         });
-        let start = if gaps && seen > 0 { next + 1 } else { next };
-        world.note(&[400, id as u64, target, next as u64]);
+        let start = position.next + i64::from(gaps && position.last > 0);
+        world.note(&[400, id as u64, target, position.next as u64]);
         let (mut asks, requests) = futures::channel::mpsc::channel::<WatchRequest>(8);
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -84,7 +81,7 @@ pub(super) async fn watcher(
         let mut advanced = Instant::now();
         let mut was_waiting = last.borrow().is_some();
         loop {
-            if done(seen, &last) {
+            if done(position.last, &last) {
                 break 'reopen;
             }
             let waiting = last.borrow().is_some();
@@ -153,55 +150,23 @@ pub(super) async fn watcher(
                     continue 'reopen;
                 }
             };
-            let now = world.now();
-            if response.compact_revision > 0 {
-                history.entries.push(WatchEntry::Compacted {
-                    compact_revision: response.compact_revision,
-                    at: now,
-                });
-                if response.compact_revision <= next {
-                    sleep(Duration::from_millis(100)).await;
+            let events = response.events.len() as u64;
+            let header = response.header.as_ref().map_or(0, |h| h.revision);
+            world.note(&[401, id as u64, header as u64, events]);
+            match position.take(&mut history, response, world.now()) {
+                Taken::Reopen { pause } => {
+                    if pause {
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                    continue 'reopen;
                 }
-                next = response.compact_revision;
-                continue 'reopen;
-            }
-            if response.canceled {
-                history.entries.push(WatchEntry::Broken {
-                    error: format!("cancelled: {}", response.cancel_reason),
-                    at: now,
-                });
-                continue 'reopen;
-            }
-            if response.created {
-                continue;
-            }
-            let header = response.header.map(|h| h.revision).unwrap_or(0);
-            responses += 1;
-            world.note(&[401, id as u64, header as u64, response.events.len() as u64]);
-            if response.events.is_empty() {
-                if header > seen {
-                    advanced = Instant::now();
+                Taken::Created => {}
+                Taken::Progress { moved_on } => {
+                    if moved_on {
+                        advanced = Instant::now();
+                    }
                 }
-                history.entries.push(WatchEntry::Progress {
-                    revision: header,
-                    at: now,
-                });
-                continue;
-            }
-            advanced = Instant::now();
-            for e in response.events {
-                let Some(kv) = e.kv else { continue };
-                let delete = e.r#type == EventType::Delete as i32;
-                history.entries.push(WatchEntry::Event(WatchEvent {
-                    key: String::from_utf8_lossy(&kv.key).into_owned(),
-                    value: (!delete).then(|| String::from_utf8_lossy(&kv.value).into_owned()),
-                    revision: kv.mod_revision,
-                    header_revision: header,
-                    at: now,
-                    response: responses,
-                }));
-                seen = seen.max(kv.mod_revision);
-                next = seen + 1;
+                Taken::Events => advanced = Instant::now(),
             }
         }
     }
