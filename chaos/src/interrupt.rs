@@ -35,3 +35,17 @@ pub fn install() {
         }
     });
 }
+
+/// Sleeps until `deadline`, or less if Ctrl-C asks the run to end: whether it did.
+pub async fn sleep_until(deadline: tokio::time::Instant) -> bool {
+    let token = token();
+    tokio::select! {
+        _ = tokio::time::sleep_until(deadline) => token.is_cancelled(),
+        _ = token.cancelled() => true,
+    }
+}
+
+/// [`sleep_until`] `now + d`.
+pub async fn sleep(d: std::time::Duration) -> bool {
+    sleep_until(tokio::time::Instant::now() + d).await
+}

@@ -242,11 +242,9 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     let mut timeline = Vec::new();
     let end = tokio::time::Instant::now() + o.duration;
     let mut next = 0;
-    let interrupted = crate::interrupt::token();
     while !faults.is_empty() && tokio::time::Instant::now() + o.fault_interval < end {
-        tokio::select! {
-            _ = tokio::time::sleep(o.fault_interval) => {}
-            _ = interrupted.cancelled() => break,
+        if crate::interrupt::sleep(o.fault_interval).await {
+            break;
         }
         let fault = faults[next % faults.len()];
         next += 1;
@@ -263,13 +261,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
                 break;
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(
-                o.fault_hold
-                    .min(end.saturating_duration_since(tokio::time::Instant::now())),
-            ) => {}
-            _ = interrupted.cancelled() => {}
-        }
+        crate::interrupt::sleep_until(end.min(tokio::time::Instant::now() + o.fault_hold)).await;
         match faults::heal(&heal, &mut cluster).await {
             Ok(_) if matches!(heal, Heal::Nothing) => {}
             Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
@@ -280,11 +272,13 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             }
         }
     }
-    tokio::select! {
-        _ = tokio::time::sleep_until(end) => {}
-        _ = interrupted.cancelled() => {
-            timeline.push(step("end", "interrupted", "Ctrl-C: the run ended early".into(), clock));
-        }
+    if crate::interrupt::sleep_until(end).await {
+        timeline.push(step(
+            "end",
+            "interrupted",
+            "Ctrl-C: the run ended early".into(),
+            clock,
+        ));
     }
     stop.cancel();
 

@@ -149,16 +149,15 @@ pub async fn run(a: &ControlArgs, dir: &Path) -> anyhow::Result<ControlOutcome> 
         up_args.push(format!("--store-binary={}", b.display()));
     }
     let data = dir.join("cluster");
-    let interrupted = crate::interrupt::token();
     let cluster = tokio::task::spawn_blocking(move || {
         UpCluster::start(&keelson, &data, &up_args, Duration::from_secs(300))
     })
     .await??;
-    if interrupted.is_cancelled() {
+    if crate::interrupt::requested() {
         tokio::task::spawn_blocking(move || drop(cluster)).await?;
         bail!("interrupted before the run started");
     }
-    drive(a, &faults, dir, cluster, interrupted).await
+    drive(a, &faults, dir, cluster).await
 }
 
 /// The run on a started cluster; stops it (in the background of the runtime) before checking.
@@ -167,7 +166,6 @@ async fn drive(
     faults: &[ControlFault],
     dir: &Path,
     mut cluster: UpCluster,
-    interrupted: CancellationToken,
 ) -> anyhow::Result<ControlOutcome> {
     let config = keelson_client::connect::load_config(
         &keelson_client::connect::ClientArgs::from_kubeconfig(&cluster.kubeconfig),
@@ -249,9 +247,8 @@ async fn drive(
     let end = tokio::time::Instant::now() + a.duration;
     let mut round = 0;
     while tokio::time::Instant::now() + a.fault_interval < end {
-        tokio::select! {
-            _ = tokio::time::sleep(a.fault_interval) => {}
-            _ = interrupted.cancelled() => break,
+        if crate::interrupt::sleep(a.fault_interval).await {
+            break;
         }
         let fault = faults[round % faults.len()];
         match faults::inject(fault, &mut cluster, round / faults.len()).await {
@@ -261,10 +258,7 @@ async fn drive(
                     .faults
                     .push(step(fault.name(), "inject", detail, clock));
                 if let Some(pid) = paused {
-                    tokio::select! {
-                        _ = tokio::time::sleep(a.pause_hold) => {}
-                        _ = interrupted.cancelled() => {}
-                    }
+                    crate::interrupt::sleep(a.pause_hold).await;
                     let healed =
                         faults::heal(&mut cluster, pid).unwrap_or_else(|e| format!("{e:#}"));
                     history
@@ -284,11 +278,7 @@ async fn drive(
         }
         round += 1;
     }
-    tokio::select! {
-        _ = tokio::time::sleep_until(end) => {}
-        _ = interrupted.cancelled() => {}
-    }
-    if interrupted.is_cancelled() {
+    if crate::interrupt::sleep_until(end).await {
         history.faults.push(step(
             "end",
             "interrupted",

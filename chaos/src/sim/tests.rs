@@ -50,30 +50,32 @@ fn a_seed_replays_exactly_and_passes_the_checkers() {
     assert_eq!(other.verdict(), Verdict::Ok, "{}", other.summary());
 }
 
+/// Whether one of seeds 1 to 10, with `bug` planted, gets a violation from `checker`.
+fn caught(bug: Bug, checker: &str) -> bool {
+    (1..=10).any(|seed| {
+        simulate(seed, 10, Some(bug))
+            .checks
+            .iter()
+            .any(|c| c.name == checker && c.verdict == Verdict::Violation)
+    })
+}
+
 #[test]
 fn a_planted_stale_read_is_caught() {
     // Reads without the read barrier, from any member: some seed's partition or crash lets a
     // member that fell behind answer.
-    let caught = (1..=10)
-        .map(|seed| simulate(seed, 10, Some(Bug::StaleReads)))
-        .find(|o| {
-            o.checks
-                .iter()
-                .any(|c| c.name == "linearizability" && c.verdict == Verdict::Violation)
-        });
-    assert!(caught.is_some(), "no seed of ten showed the stale reads");
+    assert!(
+        caught(Bug::StaleReads, "linearizability"),
+        "no seed of ten showed the stale reads"
+    );
 }
 
 #[test]
 fn a_planted_watch_gap_is_caught() {
     // A watch opened again one revision late: some seed's crash or stall breaks a stream
     // while writes go on, and the revision skipped is one a write or the other watcher has.
-    let caught = (1..=10)
-        .map(|seed| simulate(seed, 10, Some(Bug::WatchGaps)))
-        .find(|o| {
-            o.checks
-                .iter()
-                .any(|c| c.name == "watch" && c.verdict == Verdict::Violation)
-        });
-    assert!(caught.is_some(), "no seed of ten showed the watch gap");
+    assert!(
+        caught(Bug::WatchGaps, "watch"),
+        "no seed of ten showed the watch gap"
+    );
 }
