@@ -4,11 +4,13 @@
 //! simulated (tokio's paused time: when every task waits, the clock jumps to the next timer).
 //! Each member is the store's own code: openraft with keelson's sled log store and MVCC state
 //! machine, and keelson's [`Node`] (the proposer that batches writes, the read barrier, the
-//! restored-leader rule). Only the transport is replaced: [`net`] carries Raft's RPCs between
-//! members with seeded delays, losses, partitions and pauses, and clients call the members
-//! directly (a follower's linearizable read asks the leader's read index over that network);
-//! watchers open the store's own watch service on a member, in process, and its answers
-//! reach them with the network's delays. A nemesis crashes and restarts members (one, or all
+//! restored-leader rule, the leader monitor that makes a leader without a quorum step down).
+//! Only the transport is replaced: [`net`] carries Raft's RPCs between members with seeded
+//! delays, losses, partitions and pauses (and records the answers in the sender's peer
+//! table, as the store's transport does), and clients call the members directly (a
+//! follower's linearizable read asks the leader's read index over that network); watchers
+//! open the store's own watch service on a member, in process, and its answers reach them
+//! with the network's delays. A nemesis crashes and restarts members (one, or all
 //! at once), partitions them, pauses them and slows or drops their messages, all drawn from
 //! the seed.
 //!
@@ -364,6 +366,7 @@ async fn start(
     let network = Network {
         world: world.clone(),
         from: s.id,
+        epoch: world.node_epoch(s.id),
     };
     let raft = Raft::new(
         s.id,
@@ -381,15 +384,14 @@ async fn start(
         1,
         raft.clone(),
         shared,
-        Peers::new(None),
+        Peers::new(None).with_answer_gap(Duration::from_millis(timeout)),
         Metrics::new(),
         restored,
     );
-    // Ends when the member's Raft stops.
-    node.send_heartbeats(
-        Duration::from_millis(100),
-        tokio_util::sync::CancellationToken::new(),
-    );
+    // Both end when the member's Raft stops.
+    let never = tokio_util::sync::CancellationToken::new();
+    node.send_heartbeats(Duration::from_millis(100), never.clone());
+    tokio::spawn(node.clone().monitor_leader(never));
     world.note(&[100, s.id]);
     world.set_running(s.id, raft, node);
     Ok(())

@@ -194,6 +194,11 @@ impl World {
         })
     }
 
+    /// How many times member `id` has stopped.
+    pub(crate) fn node_epoch(&self, id: NodeId) -> u64 {
+        self.with(|s| s.epochs[id as usize - 1])
+    }
+
     /// Member `id`'s Raft and node, while it runs.
     pub(crate) fn running(&self, id: NodeId) -> Option<(Raft, Node)> {
         self.with(|s| s.running[id as usize - 1].clone())
@@ -325,6 +330,8 @@ impl World {
 pub(crate) struct Network {
     pub(crate) world: Arc<World>,
     pub(crate) from: NodeId,
+    /// How many times `from` had stopped when this run of it started.
+    pub(crate) epoch: u64,
 }
 
 /// Member `from`'s connection to member `to`.
@@ -332,6 +339,9 @@ pub(crate) struct Conn {
     world: Arc<World>,
     from: NodeId,
     to: NodeId,
+    /// For Raft's calls, the run of `from` that makes them: their answers are recorded in its
+    /// peer table, as the store's transport records them.
+    raft_of: Option<u64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -342,6 +352,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             world: self.world.clone(),
             from: self.from,
             to: target,
+            raft_of: Some(self.epoch),
         }
     }
 }
@@ -349,7 +360,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 impl Conn {
     /// Member `from`'s connection to member `to`, for calls of the store's own (not Raft's).
     pub(crate) fn new(world: Arc<World>, from: NodeId, to: NodeId) -> Conn {
-        Conn { world, from, to }
+        Conn {
+            world,
+            from,
+            to,
+            raft_of: None,
+        }
     }
 
     /// The store's ReadIndex call (a follower's linearizable read asks the leader for the
@@ -394,6 +410,7 @@ impl Conn {
                 Some(r) if world.same_epoch(to, plan.target_epoch) => r,
                 _ => {
                     world.count(kind, from, to, REFUSED);
+                    self.mark(false);
                     return unreachable("connection refused");
                 }
             };
@@ -409,11 +426,24 @@ impl Conn {
                 return std::future::pending().await;
             }
             world.count(kind, from, to, DELIVERED);
+            self.mark(true);
             answer.map_err(|e| RPCError::RemoteError(RemoteError::new(to, e)))
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(r) => r,
             Err(_) => unreachable("timed out"),
+        }
+    }
+}
+
+impl Conn {
+    /// Records a Raft call's outcome in the sender's peer table, as the store's transport
+    /// does (if the run that sent it still runs).
+    fn mark(&self, reached: bool) {
+        if let Some((node, epoch)) = self.world.node(self.from)
+            && Some(epoch) == self.raft_of
+        {
+            node.peers().mark(self.to, reached);
         }
     }
 }

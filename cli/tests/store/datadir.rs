@@ -72,3 +72,30 @@ fn a_member_without_its_database_or_with_a_corrupt_identity_refuses_to_start() {
     assert!(!status.success());
     assert!(err.contains("member.json"), "{err}");
 }
+
+#[test]
+fn raft_timings_etcd_refuses_are_refused_before_the_data_dir_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flags, message) in [
+        (
+            ["--heartbeat-interval=300", "--election-timeout=1000"],
+            "--election-timeout[1000ms] should be at least as 5 times as --heartbeat-interval[300ms]",
+        ),
+        (
+            ["--heartbeat-interval=100", "--election-timeout=60000"],
+            "--election-timeout[60000ms] is too long, and should be set less than 50000ms",
+        ),
+    ] {
+        let dir = tmp.path().join("member");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(["store", "--data-dir"])
+            .arg(&dir)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} accepted");
+        assert!(err.contains(message), "{flags:?}: {err}");
+        assert!(!dir.exists(), "{flags:?}: the data dir was made");
+    }
+}

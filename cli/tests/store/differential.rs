@@ -1577,8 +1577,8 @@ async fn without_a_leader(target: Target, dir: PathBuf, keep_leader: bool) -> Ve
 async fn without_a_leader_requests_are_refused_as_etcd_refuses_them() {
     let (etcd, keelson) = on_both(|t, d| without_a_leader(t, d, false)).await;
     assert_eq!(keelson, etcd);
-    // A leader whose followers are gone: etcd's steps down, keelson's (openraft's stays
-    // leader) counts as having none once a majority stops answering.
+    // A leader whose followers are gone: it counts as having none once a majority stops
+    // answering, and steps down (etcd's CheckQuorum).
     let (etcd_alone, keelson_alone) = on_both(|t, d| without_a_leader(t, d, true)).await;
     assert_eq!(keelson_alone, etcd_alone);
     assert!(
@@ -1593,6 +1593,130 @@ async fn without_a_leader_requests_are_refused_as_etcd_refuses_them() {
         "linearizable range: ERROR Unavailable etcdserver: request timed out",
         "put, hasleader: ERROR Unavailable etcdserver: no leader",
         "earlier watch: ended with Unavailable etcdserver: no leader",
+    ] {
+        assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
+    }
+}
+
+/// The leader's Raft status as `member` reports it, polled until it knows none (up to 20 s).
+async fn leader_gone(ch: Channel) -> &'static str {
+    use keelson_etcdpb::etcdserverpb::StatusRequest;
+    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut m = MaintenanceClient::new(ch);
+    loop {
+        if let Ok(s) = m.status(StatusRequest {}).await
+            && s.get_ref().leader == 0
+        {
+            return "no leader";
+        }
+        if Instant::now() > deadline {
+            return "a leader still known after 20 s";
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Five members; the three that are neither the leader nor a chosen follower killed, so the
+/// leader lacks a quorum. What the two left report, then whether the cluster writes again
+/// once the three are back. etcd's leader steps down (CheckQuorum): neither of the two has a
+/// leader, calls that ask for one are refused, and watches that asked for one end.
+async fn a_minority_with_the_leader(target: Target, dir: PathBuf) -> Vec<String> {
+    let mut cluster = Cluster::start(target, 5, &dir, Default::default()).unwrap();
+    let endpoints = cluster.endpoints();
+    for e in &endpoints {
+        ready(e).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Some(l) = cluster.leader().await {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let follower = (0..5).find(|i| *i != leader).unwrap();
+    let kept = [("leader", leader), ("follower", follower)];
+    let mut watches = Vec::new();
+    for (_, i) in kept {
+        let ch = Channel::from_shared(endpoints[i].clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (wtx, wrx) = tokio::sync::mpsc::channel(1);
+        wtx.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: b"cq/".to_vec(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut watch = WatchClient::new(ch.clone())
+            .watch(require_leader(tokio_stream::wrappers::ReceiverStream::new(
+                wrx,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(watch.message().await.unwrap().unwrap().created);
+        watches.push((ch, wtx, watch));
+    }
+    let gone: Vec<usize> = (0..5).filter(|i| *i != leader && *i != follower).collect();
+    for &i in &gone {
+        cluster.kill(i);
+    }
+    let mut t = Transcript::default();
+    for ((role, _), (ch, _, watch)) in kept.iter().zip(&mut watches) {
+        t.0.push(format!("{role}: {}", leader_gone(ch.clone()).await));
+        t.add(
+            &format!("{role}: put, hasleader"),
+            KvClient::new(ch.clone())
+                .put(require_leader(put("cq/after", "1")))
+                .await,
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(20), watch.message()).await;
+        t.0.push(match ended {
+            Ok(Err(s)) => format!("{role}: watch ended with {:?} {}", s.code(), s.message()),
+            other => format!("{role}: watch {other:?}"),
+        });
+    }
+    for &i in &gone {
+        cluster.start_member(i).unwrap();
+    }
+    // Healed: a write through the follower goes through again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kv = KvClient::new(watches[1].0.clone());
+    loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            kv.put(require_leader(put("cq/healed", "1"))),
+        )
+        .await;
+        if let Ok(Ok(_)) = r {
+            t.0.push("healed: a put goes through".into());
+            break;
+        }
+        if Instant::now() > deadline {
+            t.0.push(format!("healed: no put in 60 s, the last: {r:?}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_quorum_steps_down_as_etcds_does() {
+    let (etcd, keelson) = on_both(a_minority_with_the_leader).await;
+    assert_eq!(keelson, etcd);
+    for line in [
+        "leader: no leader",
+        "follower: no leader",
+        "follower: put, hasleader: ERROR Unavailable etcdserver: no leader",
+        "follower: watch ended with Unavailable etcdserver: no leader",
+        "healed: a put goes through",
     ] {
         assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
     }

@@ -152,7 +152,7 @@ fn check_reconfig(
         .filter(|(_, (_, learner))| !learner)
         .map(|(id, _)| *id)
         .collect();
-    let long_enough = std::time::Instant::now().checked_sub(HEALTH_INTERVAL);
+    let long_enough = tokio::time::Instant::now().checked_sub(HEALTH_INTERVAL);
     let connected = |id: NodeId| {
         id == node.id()
             || matches!((node.peers().active_since(id), long_enough), (Some(t), Some(s)) if t <= s)

@@ -37,8 +37,8 @@ pub struct Peers {
     tls: Option<tonic::transport::ClientTlsConfig>,
     /// Since when each peer has answered the Raft RPCs this member sent it without a break
     /// (etcd's `ActiveSince`), and when it last answered; a peer that could not be reached
-    /// has no entry.
-    active: Arc<Mutex<HashMap<NodeId, (std::time::Instant, std::time::Instant)>>>,
+    /// has no entry. Tokio's clock, so that a simulation's paused time drives it.
+    active: Arc<Mutex<HashMap<NodeId, (tokio::time::Instant, tokio::time::Instant)>>>,
     /// The longest a peer may go without answering and still count as connected (the
     /// election timeout: several heartbeats, whatever `--heartbeat-interval` is).
     answer_gap: Duration,
@@ -82,18 +82,20 @@ impl Peers {
     /// last one failed in transport, none was answered for the answer gap (openraft drops a
     /// call that outlives its timeout, so a hung or cut-off peer never fails one), or none
     /// was sent (only a leader sends them all the time).
-    pub fn active_since(&self, id: NodeId) -> Option<std::time::Instant> {
+    pub fn active_since(&self, id: NodeId) -> Option<tokio::time::Instant> {
         let (since, last) = *self.active.lock().get(&id)?;
         (last.elapsed() <= self.answer_gap).then_some(since)
     }
 
-    fn mark(&self, id: NodeId, reached: bool) {
+    /// Records how a call to peer `id` went: answered (`reached`), or failed in transport (a
+    /// refused or broken connection). A call that timed out is not recorded.
+    pub fn mark(&self, id: NodeId, reached: bool) {
         let mut active = self.active.lock();
         if !reached {
             active.remove(&id);
             return;
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let entry = active.entry(id).or_insert((now, now));
         // A gap in the answers is a break: the peer is active again from now.
         if now.duration_since(entry.1) > self.answer_gap {

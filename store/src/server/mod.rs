@@ -390,10 +390,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", config.name)));
-    std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::DataDir {
-        path: data_dir.clone(),
-        reason: e.to_string(),
-    })?;
     let mut my_peer_urls = url_list(&config.initial_advertise_peer_urls);
     my_peer_urls.sort();
     validate_urls(&my_peer_urls)
@@ -449,10 +445,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         ));
     }
     let retention = auto_compaction(&config)?;
+    raft_timing(&config)?;
     let bcrypt_cost = auth_options(&config)?;
     crate::failpoint::from_env(shutdown.clone())
         .await
         .map_err(ServerError::Config)?;
+    // Made once the flags have passed: bad flags leave nothing behind.
+    std::fs::create_dir_all(&data_dir).map_err(|e| ServerError::DataDir {
+        path: data_dir.clone(),
+        reason: e.to_string(),
+    })?;
 
     // Bind first, so a port clash fails fast and peers can reach us as soon as Raft starts.
     let mut client_listeners = Vec::new();
@@ -877,6 +879,28 @@ pub(crate) fn refresh_store_metrics(node: &Node) {
         .installs_counted
         .fetch_max(installs, std::sync::atomic::Ordering::Relaxed);
     m.snapshot_receives.inc_by(installs.saturating_sub(counted));
+}
+
+/// Checks the heartbeat and election timeout as etcd does: a leader that a majority has not
+/// answered for an election timeout steps down, so the timeout must span several heartbeats.
+fn raft_timing(config: &Config) -> Result<(), ServerError> {
+    let (tick, election) = (config.heartbeat_interval, config.election_timeout);
+    if tick == 0 {
+        return Err(ServerError::Config(
+            "--heartbeat-interval must be at least 1 ms".into(),
+        ));
+    }
+    if 5 * tick > election {
+        return Err(ServerError::Config(format!(
+            "--election-timeout[{election}ms] should be at least as 5 times as --heartbeat-interval[{tick}ms]"
+        )));
+    }
+    if election > 50_000 {
+        return Err(ServerError::Config(format!(
+            "--election-timeout[{election}ms] is too long, and should be set less than 50000ms"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the auth flags; returns the bcrypt cost to use.

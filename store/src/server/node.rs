@@ -67,6 +67,9 @@ struct Inner {
     holds: std::sync::atomic::AtomicU64,
     /// Heartbeats are held while leadership is handed over ([`Node::send_heartbeats`]).
     heartbeats_held: std::sync::atomic::AtomicBool,
+    /// When heartbeats last resumed after a hold: the peers were quiet because nothing was
+    /// sent, not because they were gone, so this leader does not step down for it.
+    heartbeats_resumed: parking_lot::Mutex<Option<Instant>>,
     /// When this member led before it restarted: that term and its last log index then (see
     /// [`RestoredLeader`]).
     restored: Option<RestoredLeader>,
@@ -126,6 +129,7 @@ impl Node {
                 transfer: tokio::sync::RwLock::new(()),
                 holds: std::sync::atomic::AtomicU64::new(0),
                 heartbeats_held: std::sync::atomic::AtomicBool::new(false),
+                heartbeats_resumed: parking_lot::Mutex::new(None),
                 restored,
                 strict_reconfig: std::sync::atomic::AtomicBool::new(true),
                 leader_lost: tokio::sync::watch::Sender::new(0),
@@ -238,47 +242,95 @@ impl Node {
     }
 
     /// Whether this member has a leader it can reach through: a follower that knows one, or a
-    /// leader that a majority of the voters answered within an election timeout (etcd's leader
-    /// steps down without them; openraft's stays, so an isolated leader counts as none).
+    /// leader that a majority of the voters answered within an election timeout (without them
+    /// it counts as none, and [`Node::monitor_leader`] makes it step down).
     pub fn has_leader(&self) -> bool {
         // While this leader hands over (MoveLeader) it sends nothing and its peers fall quiet,
         // but it leads until the target takes over, as etcd's does.
         if self.inner.transfer.try_read().is_err() {
             return true;
         }
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
+        match self.leader() {
             None => false,
             Some(l) if l != self.inner.id => true,
-            Some(_) => {
-                let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-                let answering = voters
-                    .iter()
-                    .filter(|v| {
-                        **v == self.inner.id || self.inner.peers.active_since(**v).is_some()
-                    })
-                    .count();
-                answering * 2 > voters.len()
-            }
+            Some(_) => self.quorum_answers(),
         }
     }
 
-    /// Ends streams that require a leader, as etcd's monitor does: once this member has gone
-    /// three election timeouts without one (checked each election timeout), until `shutdown`.
+    /// Whether a majority of the voters, this member among them, answered its Raft calls
+    /// within the answer gap (an election timeout).
+    fn quorum_answers(&self) -> bool {
+        let voters: Vec<NodeId> = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let answering = voters
+            .iter()
+            .filter(|v| **v == self.inner.id || self.inner.peers.active_since(**v).is_some())
+            .count();
+        answering * 2 > voters.len()
+    }
+
+    /// Checks each election timeout, until `shutdown`, as etcd does: a leader that a majority
+    /// of the voters has not answered within an election timeout steps down (etcd's
+    /// CheckQuorum), and streams that require a leader end once this member has gone three
+    /// election timeouts without one (etcd's leader monitor). Ends too when Raft stops.
     pub async fn monitor_leader(self, shutdown: CancellationToken) {
         let election = Duration::from_millis(self.inner.raft.config().election_timeout_min.max(1));
         let mut leaderless = 0;
+        let mut checked = Instant::now();
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(election) => {}
+            }
+            if self.inner.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            // After a stall (a SIGSTOP, a starved process) the peers' answers to what this
+            // member sends now are yet to come: no step-down until the next check. Nor while
+            // heartbeats are or were just held for a leader transfer, which quiets the peers.
+            let on_time = checked.elapsed() <= election * 3 / 2;
+            checked = Instant::now();
+            if self.is_leader()
+                && on_time
+                && !self.heartbeats_quiet(election)
+                && !self.quorum_answers()
+            {
+                self.step_down().await;
             }
             leaderless = if self.has_leader() { 0 } else { leaderless + 1 };
             // Each further timeout without one ends the streams begun since.
             if leaderless >= 3 {
                 self.inner.leader_lost.send_modify(|n| *n += 1);
             }
+        }
+    }
+
+    /// Stops leading: openraft 0.9 has no CheckQuorum and no call to step down, so this member
+    /// grants, on its own, a vote for no member (etcd's `None`, 0: no member ID is 0) in the
+    /// next term, as if a candidate with a log no other can be ahead of had asked. It then
+    /// follows, and campaigns after an election timeout like any follower without a leader.
+    /// openraft refuses while its leader lease lasts (the longest election timeout since it
+    /// was elected); the monitor asks again at its next check.
+    async fn step_down(&self) {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let vote = openraft::Vote::new(term + 1, 0);
+        let any_log = openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, 0), u64::MAX);
+        let request = openraft::raft::VoteRequest::new(vote, Some(any_log));
+        match self.inner.raft.vote(request).await {
+            Ok(r) if r.vote_granted => tracing::warn!(
+                term,
+                "stepped down: a majority of the voters has not answered for an election timeout"
+            ),
+            Ok(r) => tracing::debug!(vote = %r.vote, "not stepping down yet (refused)"),
+            Err(e) => tracing::debug!(error = %e, "stepping down"),
         }
     }
 
@@ -721,9 +773,7 @@ impl Node {
             .filter(|(id, (_, learner))| !learner && *id != self.inner.id)
             .map(|(id, (m, _))| (id, m))
             .collect();
-        self.inner
-            .heartbeats_held
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.hold_heartbeats(true);
         self.hold_elections(Some(hold));
         // The others hold first, then the transferee campaigns.
         let others: Vec<&Member> = voters
@@ -749,12 +799,32 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        self.inner
-            .heartbeats_held
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.hold_heartbeats(false);
         self.hold_elections(None);
         self.tell(&others, 0, false).await;
         moved
+    }
+
+    /// Holds or resumes this leader's heartbeats ([`Node::send_heartbeats`]).
+    fn hold_heartbeats(&self, hold: bool) {
+        self.inner
+            .heartbeats_held
+            .store(hold, std::sync::atomic::Ordering::SeqCst);
+        if !hold {
+            *self.inner.heartbeats_resumed.lock() = Some(Instant::now());
+        }
+    }
+
+    /// Whether heartbeats are held, or resumed less than `gap` ago.
+    fn heartbeats_quiet(&self, gap: Duration) -> bool {
+        self.inner
+            .heartbeats_held
+            .load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .inner
+                .heartbeats_resumed
+                .lock()
+                .is_some_and(|at| at.elapsed() < gap)
     }
 
     /// Sends a transfer step to `members` at once (hold elections for `hold_ms`, or resume
