@@ -1,12 +1,15 @@
 //! etcd's authentication and role-based access control: users with bcrypt-hashed passwords,
 //! roles granting read/write on keys and key ranges, `auth enable` (which needs a `root` user
-//! holding the `root` role), and simple tokens.
+//! holding the `root` role), and the tokens Authenticate hands out: simple tokens, or JWTs
+//! ([`jwt`]).
 //!
 //! The users, roles and the enabled flag are replicated state: changes are applied through Raft
 //! ([`AuthStore::apply`], deterministic; passwords arrive hashed) and kept in the backend with
 //! the rest of the state, so snapshots carry them. Simple tokens are assigned through Raft too
 //! (every member accepts a token any member handed out) but live in memory only, for
 //! `--auth-token-ttl` (by default [`TOKEN_TTL`]) after their last use, as etcd's do.
+
+pub mod jwt;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -426,12 +429,14 @@ fn reaches_further(end: End<'_>, best: Option<End<'_>>) -> bool {
     }
 }
 
-/// Simple tokens: each names a user until its time to live (`--auth-token-ttl`, by default
-/// [`TOKEN_TTL`]) has passed since its last use.
+/// The tokens Authenticate hands out: simple tokens, each naming a user until its time to
+/// live (`--auth-token-ttl`, by default [`TOKEN_TTL`]) has passed since its last use, or JWT
+/// tokens ([`jwt`], `--auth-token jwt,...`).
 #[derive(Debug)]
 pub struct Tokens {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     ttl: Mutex<Duration>,
+    jwt: Mutex<Option<std::sync::Arc<jwt::JwtTokens>>>,
 }
 
 impl Default for Tokens {
@@ -439,11 +444,32 @@ impl Default for Tokens {
         Tokens {
             tokens: Mutex::default(),
             ttl: Mutex::new(TOKEN_TTL),
+            jwt: Mutex::default(),
         }
     }
 }
 
 impl Tokens {
+    /// Makes tokens JWTs from `provider` rather than simple tokens.
+    pub fn set_jwt(&self, provider: jwt::JwtTokens) {
+        *self.jwt.lock() = Some(std::sync::Arc::new(provider));
+    }
+
+    /// The JWT provider, when tokens are JWTs.
+    pub fn jwt(&self) -> Option<std::sync::Arc<jwt::JwtTokens>> {
+        self.jwt.lock().clone()
+    }
+
+    /// The user `token` names at auth revision `revision`: a JWT is checked by its signature,
+    /// expiry and revision ([`jwt::JwtTokens::user`]), a simple token is renewed; an unknown
+    /// or expired one is `invalid auth token`.
+    pub fn user_at(&self, token: &str, revision: u64) -> Result<String> {
+        match self.jwt() {
+            Some(p) => p.user(token, revision),
+            None => self.user(token).ok_or(StoreError::InvalidAuthToken),
+        }
+    }
+
     /// Sets how long a token lives after its last use.
     pub fn set_ttl(&self, ttl: Duration) {
         *self.ttl.lock() = ttl;

@@ -8,7 +8,7 @@
 //! 401, never anonymous. Every authenticated user is in `system:authenticated`.
 
 pub mod bootstrap;
-pub mod jwt;
+pub use keelson_jwt as jwt;
 pub mod requestheader;
 pub mod serviceaccount;
 pub mod webhook;

@@ -1721,3 +1721,180 @@ async fn a_leader_without_a_quorum_steps_down_as_etcds_does() {
         assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
     }
 }
+
+/// The claims of a JWT, unverified (what a client could read of it).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1).unwrap_or("");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Three members with `--auth-token jwt,<options>` (a TTL of 4 s): a token from one member
+/// works on another; it names the user and the auth revision; once the auth state changes it
+/// is refused as old, and a new one works; it expires; a token whose claims were changed is
+/// refused.
+async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String> {
+    use keelson_etcdpb::authpb::Permission;
+    use keelson_etcdpb::authpb::permission::Type as Perm;
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    use keelson_etcdpb::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest, AuthenticateRequest,
+    };
+    let flag = format!("--auth-token=jwt,{options},ttl=4s");
+    let cluster = Cluster::start_with(target, 3, &dir, Default::default(), &[&flag]).unwrap();
+    let mut channels = Vec::new();
+    for e in cluster.endpoints() {
+        ready(&e).await;
+        channels.push(Channel::from_shared(e).unwrap().connect().await.unwrap());
+    }
+    let mut t = Transcript::default();
+    let mut auth = AuthClient::new(channels[0].clone());
+    let grant = |perm: Perm, key: &str, end: &str| AuthRoleGrantPermissionRequest {
+        name: "app".into(),
+        perm: Some(Permission {
+            perm_type: perm as i32,
+            key: key.into(),
+            range_end: end.into(),
+        }),
+    };
+    for (name, password) in [("root", "rootpw"), ("alice", "alicepw")] {
+        let add = AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        };
+        t.add(&format!("user add {name}"), auth.user_add(add).await);
+    }
+    for (user, role) in [("root", "root"), ("alice", "app")] {
+        let add = AuthRoleAddRequest { name: role.into() };
+        t.add(&format!("role add {role}"), auth.role_add(add).await);
+        let g = AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        };
+        t.add(
+            &format!("grant {role} to {user}"),
+            auth.user_grant_role(g).await,
+        );
+    }
+    t.add(
+        "grant app/",
+        auth.role_grant_permission(grant(Perm::Readwrite, "app/", "app0"))
+            .await,
+    );
+    t.add("auth enable", auth.auth_enable(AuthEnableRequest {}).await);
+    let credentials = |name: &str, password: &str| AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let alice = login(
+        &mut t,
+        "authenticate alice",
+        auth.authenticate(credentials("alice", "alicepw")).await,
+    );
+    let claims = jwt_claims(&alice);
+    let mut fields: Vec<&String> = claims
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    fields.sort();
+    t.0.push(format!(
+        "token: {} parts, claims {fields:?}, username {}, revision {}",
+        alice.split('.').count(),
+        claims["username"],
+        claims["revision"]
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    t.0.push(format!(
+        "exp within the ttl: {}",
+        (1..=5).contains(&(exp - now))
+    ));
+    // Another member accepts it.
+    let mut kv1 = KvClient::new(channels[1].clone());
+    t.add(
+        "put app/a on another member",
+        kv1.put(with_token(&alice, put("app/a", "1"))).await,
+    );
+    t.add(
+        "put outside the role",
+        kv1.put(with_token(&alice, put("other", "1"))).await,
+    );
+    // A token whose claims were rewritten (root's name) keeps alice's signature: refused.
+    let parts: Vec<&str> = alice.split('.').collect();
+    let forged_claims = {
+        use base64::Engine as _;
+        let mut c = claims.clone();
+        c["username"] = "root".into();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string())
+    };
+    let forged = format!("{}.{forged_claims}.{}", parts[0], parts[2]);
+    t.add(
+        "put with a forged token",
+        kv1.put(with_token(&forged, put("app/b", "1"))).await,
+    );
+    // An auth change makes the token old.
+    let root = login(
+        &mut t,
+        "authenticate root",
+        auth.authenticate(credentials("root", "rootpw")).await,
+    );
+    t.add(
+        "grant shared (as root)",
+        auth.role_grant_permission(with_token(&root, grant(Perm::Read, "shared", "")))
+            .await,
+    );
+    t.add(
+        "put with the token from before the change",
+        kv1.put(with_token(&alice, put("app/a", "2"))).await,
+    );
+    let again = login(
+        &mut t,
+        "authenticate alice again",
+        auth.authenticate(credentials("alice", "alicepw")).await,
+    );
+    t.add(
+        "put with the new token",
+        kv1.put(with_token(&again, put("app/a", "3"))).await,
+    );
+    // Past its TTL.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    t.add(
+        "put with an expired token",
+        kv1.put(with_token(&again, put("app/a", "4"))).await,
+    );
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_tokens_behave_as_etcds() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../jwt/testdata");
+    for options in [
+        format!("sign-method=RS256,pub-key={keys}/sa-rsa.pub,priv-key={keys}/sa-rsa.key"),
+        // An EC key as `openssl ecparam -genkey` writes it (SEC1), and no pub-key.
+        format!("sign-method=ES256,priv-key={keys}/ec256-sec1.key"),
+    ] {
+        let (etcd, keelson) = on_both(|t, d| {
+            let options = options.clone();
+            async move { jwt_session(t, d, &options).await }
+        })
+        .await;
+        assert_eq!(keelson, etcd, "{options}");
+        for line in [
+            "exp within the ttl: true",
+            "put with the token from before the change: ERROR InvalidArgument etcdserver: revision of auth store is old",
+            "put with an expired token: ERROR Unauthenticated etcdserver: invalid auth token",
+            "put with a forged token: ERROR Unauthenticated etcdserver: invalid auth token",
+        ] {
+            assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
+        }
+    }
+}

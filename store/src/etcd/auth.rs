@@ -77,7 +77,7 @@ pub fn permitted(
 /// The user `token` names (auth on).
 fn user_of(m: &crate::mvcc::Mvcc, token: Option<&str>) -> Result<String, StoreError> {
     let token = token.ok_or(StoreError::UserEmpty)?;
-    m.tokens().user(token).ok_or(StoreError::InvalidAuthToken)
+    m.tokens().user_at(token, m.auth().revision())
 }
 
 /// The caller while auth is on (`None` while it is off).
@@ -223,6 +223,16 @@ impl Auth for AuthService {
                     .unwrap_or(false);
             if !ok {
                 return Err(StoreError::AuthFailed.into());
+            }
+            // A JWT needs no agreement: it names the auth revision the password was checked
+            // at, and any member refuses it once the auth state has moved on.
+            let jwt = self.node.shared().mvcc.read().tokens().jwt();
+            if let Some(provider) = jwt {
+                let token = provider.assign(&r.name, revision)?;
+                return Ok(Response::new(AuthenticateResponse {
+                    header: self.node.current_header(),
+                    token,
+                }));
             }
             let token = new_token();
             let assigned = self

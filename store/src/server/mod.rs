@@ -36,6 +36,7 @@ use self::metrics::Metrics;
 use self::node::{Node, RestoredLeader};
 use self::peer::PeerService;
 use self::quota::Quota;
+use crate::auth::jwt::JwtTokens;
 use crate::backend::SledBackend;
 use crate::etcd::auth::AuthService;
 use crate::etcd::cluster::{ClusterService, fnv64, validate_urls};
@@ -139,7 +140,8 @@ pub struct Config {
     /// 5 s, removing a voter the active quorum needs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub strict_reconfig_check: bool,
-    /// The v3 authentication token type: `simple` (the only one served; `jwt,...` is refused).
+    /// The v3 authentication token type: `simple`, or `jwt,sign-method=...,priv-key=...,
+    /// pub-key=...,ttl=...` as etcd's.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// How long (seconds) a simple token stays valid after its last use.
@@ -446,7 +448,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     }
     let retention = auto_compaction(&config)?;
     raft_timing(&config)?;
-    let bcrypt_cost = auth_options(&config)?;
+    let (jwt, bcrypt_cost) = auth_options(&config)?;
     crate::failpoint::from_env(shutdown.clone())
         .await
         .map_err(ServerError::Config)?;
@@ -666,11 +668,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         shutdown.clone(),
     );
     node.set_strict_reconfig(config.strict_reconfig_check);
-    node.shared()
-        .mvcc
-        .read()
-        .tokens()
-        .set_ttl(Duration::from_secs(config.auth_token_ttl));
+    {
+        let mvcc = node.shared().mvcc.read();
+        mvcc.tokens()
+            .set_ttl(Duration::from_secs(config.auth_token_ttl));
+        if let Some(provider) = jwt {
+            mvcc.tokens().set_jwt(provider);
+        }
+    }
     let lessor = Lessor::new(id);
     let quota = Quota::new(config.quota_backend_bytes);
     tokio::spawn(lessor.clone().run(node.clone(), shutdown.clone()));
@@ -903,22 +908,25 @@ fn raft_timing(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Checks the auth flags; returns the bcrypt cost to use.
-fn auth_options(config: &Config) -> Result<u32, ServerError> {
-    let kind = config.auth_token.split(',').next().unwrap_or("");
-    match kind {
-        "simple" => {}
-        "jwt" => {
-            return Err(ServerError::Config(
-                "--auth-token jwt is not supported: keelson-store issues simple tokens only".into(),
-            ));
-        }
+/// The auth flags checked: the JWT provider if `--auth-token` asks for one, and the bcrypt
+/// cost to use.
+fn auth_options(config: &Config) -> Result<(Option<JwtTokens>, u32), ServerError> {
+    let (kind, options) = config
+        .auth_token
+        .split_once(',')
+        .unwrap_or((&config.auth_token, ""));
+    let jwt = match kind {
+        "simple" => None,
+        "jwt" => Some(
+            JwtTokens::from_options(options)
+                .map_err(|e| ServerError::Config(format!("--auth-token: {e}")))?,
+        ),
         other => {
             return Err(ServerError::Config(format!(
-                "--auth-token: unknown token type {other:?} (only \"simple\" is supported)"
+                "--auth-token: auth: invalid auth options (unknown token type: {other})"
             )));
         }
-    }
+    };
     if config.auth_token_ttl == 0 {
         return Err(ServerError::Config(
             "--auth-token-ttl must be at least 1 second".into(),
@@ -930,9 +938,9 @@ fn auth_options(config: &Config) -> Result<u32, ServerError> {
             default = 10,
             "use default bcrypt cost instead of the invalid given cost"
         );
-        return Ok(10);
+        return Ok((jwt, 10));
     }
-    Ok(config.bcrypt_cost)
+    Ok((jwt, config.bcrypt_cost))
 }
 
 #[derive(Debug, Clone, Copy)]
