@@ -1053,6 +1053,96 @@ async fn auth_session(t: &mut Transcript, ch: Channel) {
     );
     let r = auth.authenticate(credentials("root", "rootpw")).await;
     let root = login(t, "authenticate root", r);
+    // Leases: a lease whose keys alice cannot all write is not hers to attach a key to, nor
+    // to revoke (etcd's checkLeasePuts).
+    let mut leases = LeaseClient::new(ch.clone());
+    let grant_lease = |id: i64| LeaseGrantRequest { ttl: 600, id };
+    let lease_put = |key: &str, lease: i64| PutRequest {
+        lease,
+        ..put(key, "l")
+    };
+    t.add(
+        "root grants lease 7001",
+        leases
+            .lease_grant(with_token(&root, grant_lease(7001)))
+            .await,
+    );
+    t.add(
+        "root puts other on lease 7001",
+        kv.put(with_token(&root, lease_put("other", 7001))).await,
+    );
+    t.add(
+        "alice puts app/l on lease 7001",
+        kv.put(with_token(&alice, lease_put("app/l", 7001))).await,
+    );
+    t.add(
+        "alice grants lease 7002",
+        leases
+            .lease_grant(with_token(&alice, grant_lease(7002)))
+            .await,
+    );
+    t.add(
+        "alice puts app/l on lease 7002",
+        kv.put(with_token(&alice, lease_put("app/l", 7002))).await,
+    );
+    t.add(
+        "alice puts app/l2 on lease 7002 in a txn",
+        kv.txn(with_token(
+            &alice,
+            TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(lease_put("app/l2", 7002))),
+                }],
+                failure: vec![],
+            },
+        ))
+        .await,
+    );
+    let ttl = |id: i64| LeaseTimeToLiveRequest { id, keys: true };
+    let ttl_keys = |r: Result<tonic::Response<_>, tonic::Status>| {
+        r.map(
+            |r: tonic::Response<keelson_etcdpb::etcdserverpb::LeaseTimeToLiveResponse>| {
+                let mut keys = r.into_inner().keys;
+                keys.sort();
+                tonic::Response::new(keys)
+            },
+        )
+    };
+    t.add(
+        "alice asks lease 7001's keys",
+        ttl_keys(
+            leases
+                .lease_time_to_live(with_token(&alice, ttl(7001)))
+                .await,
+        ),
+    );
+    t.add(
+        "alice asks lease 7002's keys",
+        ttl_keys(
+            leases
+                .lease_time_to_live(with_token(&alice, ttl(7002)))
+                .await,
+        ),
+    );
+    t.add(
+        "alice revokes lease 7001",
+        leases
+            .lease_revoke(with_token(&alice, LeaseRevokeRequest { id: 7001 }))
+            .await,
+    );
+    t.add(
+        "alice revokes lease 7002",
+        leases
+            .lease_revoke(with_token(&alice, LeaseRevokeRequest { id: 7002 }))
+            .await,
+    );
+    t.add(
+        "root revokes lease 7001",
+        leases
+            .lease_revoke(with_token(&root, LeaseRevokeRequest { id: 7001 }))
+            .await,
+    );
     let revoke = || AuthRoleRevokePermissionRequest {
         role: "app".into(),
         key: "shared".into(),

@@ -325,7 +325,15 @@ impl Mvcc {
         }
         let mut needs = Vec::new();
         match &req.request {
-            Some(Rq::Put(p)) => put_needs(p, &mut needs),
+            Some(Rq::Put(p)) => {
+                put_needs(p, &mut needs);
+                // A lease whose keys the user cannot all write is not theirs to revoke, so
+                // not theirs to attach a key to either (etcd's checkLeasePuts; a txn's puts
+                // are not checked so, as etcd's are not).
+                if let Some(lease) = self.leases.get(&p.lease) {
+                    needs.extend(lease.keys.iter().map(|k| Need::Write(k, &[])));
+                }
+            }
             Some(Rq::DeleteRange(d)) => delete_needs(d, &mut needs),
             Some(Rq::Txn(t)) => txn_needs(t, &mut needs),
             Some(Rq::LeaseRevoke(l)) => {
