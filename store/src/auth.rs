@@ -460,10 +460,10 @@ impl Tokens {
         self.jwt.lock().clone()
     }
 
-    /// The user `token` names at auth revision `revision`: a JWT is checked by its signature,
-    /// expiry and revision ([`jwt::JwtTokens::user`]), a simple token is renewed; an unknown
-    /// or expired one is `invalid auth token`.
-    pub fn user_at(&self, token: &str, revision: u64) -> Result<String> {
+    /// The user `token` names: a JWT is checked by its signature, its expiry and, given the
+    /// current auth `revision`, its own ([`jwt::JwtTokens::user`]); a simple token is renewed.
+    /// An unknown or expired one is `invalid auth token`.
+    pub fn user_at(&self, token: &str, revision: Option<u64>) -> Result<String> {
         match self.jwt() {
             Some(p) => p.user(token, revision),
             None => self.user(token).ok_or(StoreError::InvalidAuthToken),

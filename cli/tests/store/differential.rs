@@ -1942,6 +1942,17 @@ async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String>
         auth.role_grant_permission(with_token(&root, grant(Perm::Read, "shared", "")))
             .await,
     );
+    // Admin calls look at the user only: the same token serves a second change.
+    t.add(
+        "role add more (as root, the token from before the change)",
+        auth.role_add(with_token(
+            &root,
+            AuthRoleAddRequest {
+                name: "more".into(),
+            },
+        ))
+        .await,
+    );
     t.add(
         "put with the token from before the change",
         kv1.put(with_token(&alice, put("app/a", "2"))).await,

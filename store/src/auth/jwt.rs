@@ -58,8 +58,15 @@ impl JwtTokens {
     pub fn from_options(options: &str) -> Result<JwtTokens, String> {
         let mut method = "";
         let (mut public, mut private, mut ttl) = (None, None, DEFAULT_TTL);
-        for option in options.split(',').filter(|o| !o.is_empty()) {
-            let (k, v) = option.split_once('=').unwrap_or((option, ""));
+        let mut seen = std::collections::HashSet::new();
+        for option in options.split(',') {
+            // As etcd's: every option is one `key=value`, each key once.
+            let Some((k, v)) = option
+                .split_once('=')
+                .filter(|(k, v)| !v.contains('=') && seen.insert(k.to_string()))
+            else {
+                return Err(format!("{INVALID_OPTIONS} (bad option {option:?})"));
+            };
             let read = |path: &str| {
                 std::fs::read(path).map_err(|e| {
                     format!("{INVALID_OPTIONS} (problem loading JWT options: open {path}: {e})")
@@ -77,11 +84,16 @@ impl JwtTokens {
                 _ => tracing::warn!(option = k, "unknown JWT option ignored"),
             }
         }
-        let keys = if let Some(hmac) = method.strip_prefix("HS").map(|_| method) {
-            let secret = private.ok_or("auth: missing key data")?;
-            Keys::Hmac(HmacKey::new(hmac, &secret).ok_or_else(|| {
+        let keys = if method.starts_with("HS") {
+            let secret = private.unwrap_or_default();
+            let key = HmacKey::new(method, &secret).ok_or_else(|| {
                 format!("{INVALID_OPTIONS} (problem loading JWT options: auth: invalid auth signature method)")
-            })?)
+            })?;
+            // An empty secret would let anyone sign.
+            if secret.is_empty() {
+                return Err("auth: missing key data".into());
+            }
+            Keys::Hmac(key)
         } else {
             let alg = Alg::from_name(method).ok_or_else(|| {
                 format!("{INVALID_OPTIONS} (problem loading JWT options: auth: invalid auth signature method)")
@@ -113,8 +125,9 @@ impl JwtTokens {
         Ok(JwtTokens { keys, ttl })
     }
 
-    /// A token for `user`, issued at auth revision `revision`.
-    pub fn assign(&self, user: &str, revision: u64) -> Result<String, StoreError> {
+    /// A token for `user`, issued at auth revision `revision` (an error, in etcd's words, on a
+    /// member that only verifies).
+    pub fn assign(&self, user: &str, revision: u64) -> Result<String, String> {
         let claims = json!({
             "username": user,
             "revision": revision,
@@ -122,19 +135,19 @@ impl JwtTokens {
         });
         match &self.keys {
             Keys::Hmac(k) => Ok(k.sign_typed(&claims)),
-            Keys::Signature { sign: None, .. } => Err(StoreError::Internal(
-                "auth: token signing attempted with verify-only key".into(),
-            )),
+            Keys::Signature { sign: None, .. } => {
+                Err("auth: token signing attempted with verify-only key".into())
+            }
             Keys::Signature { sign: Some(k), .. } => k
                 .sign_typed(&claims)
-                .map_err(|e| StoreError::Internal(format!("signing a JWT: {e}"))),
+                .map_err(|e| format!("signing a JWT: {e}")),
         }
     }
 
-    /// The user `token` names, if it is valid now at auth revision `current`: a token that is
-    /// not this provider's or has expired is `invalid auth token`, one issued at an older auth
-    /// revision `revision of auth store is old`.
-    pub fn user(&self, token: &str, current: u64) -> Result<String, StoreError> {
+    /// The user `token` names, if it is valid now: a token that is not this provider's or has
+    /// expired is `invalid auth token`; given the `current` auth revision, one issued at an
+    /// older one is `revision of auth store is old`.
+    pub fn user(&self, token: &str, current: Option<u64>) -> Result<String, StoreError> {
         let claims = match &self.keys {
             Keys::Hmac(k) => k.verify(token),
             Keys::Signature { alg, verify, .. } => keelson_jwt::verify_with(verify, *alg, token),
@@ -150,7 +163,7 @@ impl JwtTokens {
         if field("exp").as_u64().is_some_and(|exp| exp < seconds_now()) {
             return Err(StoreError::InvalidAuthToken);
         }
-        if revision < current {
+        if current.is_some_and(|c| revision < c) {
             return Err(StoreError::AuthOldRevision);
         }
         Ok(user)
@@ -171,23 +184,25 @@ mod tests {
         let p =
             JwtTokens::from_options(&format!("sign-method=RS512,priv-key={rsa},ttl=1m")).unwrap();
         let t = p.assign("alice", 7).unwrap();
-        assert_eq!(p.user(&t, 7).unwrap(), "alice");
-        assert_eq!(p.user(&t, 8), Err(StoreError::AuthOldRevision));
-        assert_eq!(p.user("x.y.z", 7), Err(StoreError::InvalidAuthToken));
+        assert_eq!(p.user(&t, Some(7)).unwrap(), "alice");
+        assert_eq!(p.user(&t, Some(8)), Err(StoreError::AuthOldRevision));
+        // Admin checks do not look at the revision.
+        assert_eq!(p.user(&t, None).unwrap(), "alice");
+        assert_eq!(p.user("x.y.z", Some(7)), Err(StoreError::InvalidAuthToken));
         // Verify-only: checks tokens, issues none.
         let v = JwtTokens::from_options(&format!(
             "sign-method=RS512,pub-key={}",
             testdata("sa-rsa.pub")
         ))
         .unwrap();
-        assert_eq!(v.user(&t, 7).unwrap(), "alice");
+        assert_eq!(v.user(&t, Some(7)).unwrap(), "alice");
         assert!(v.assign("alice", 7).is_err());
         // Another algorithm over the same key does not verify it.
         let rs256 = JwtTokens::from_options(&format!("sign-method=RS256,priv-key={rsa}")).unwrap();
-        assert_eq!(rs256.user(&t, 7), Err(StoreError::InvalidAuthToken));
+        assert_eq!(rs256.user(&t, Some(7)), Err(StoreError::InvalidAuthToken));
         // Expired.
         let expired = p.keys_sign(json!({"username": "alice", "revision": 7, "exp": 1}));
-        assert_eq!(p.user(&expired, 7), Err(StoreError::InvalidAuthToken));
+        assert_eq!(p.user(&expired, Some(7)), Err(StoreError::InvalidAuthToken));
     }
 
     impl JwtTokens {
@@ -231,10 +246,25 @@ mod tests {
             let err = JwtTokens::from_options(&options).unwrap_err();
             assert!(err.contains(message), "{options}: {err}");
         }
+        for options in [
+            "sign-method=HS256,priv-key=/dev/null".to_string(),
+            format!("sign-method=HS256,priv-key={rsa},"),
+            format!("sign-method=HS256,priv-key={rsa},sign-method=HS256"),
+            format!("sign-method=HS256,priv-key,{rsa}"),
+            "sign-method=HS999".to_string(),
+        ] {
+            let err = JwtTokens::from_options(&options).unwrap_err();
+            let message = if options.ends_with("/dev/null") {
+                "auth: missing key data"
+            } else {
+                "auth: invalid auth options"
+            };
+            assert!(err.contains(message), "{options}: {err}");
+        }
         // HMAC with the key file's bytes as the secret; an unknown option is ignored.
         let h =
             JwtTokens::from_options(&format!("sign-method=HS256,priv-key={rsa},bogus=1")).unwrap();
         let t = h.assign("bob", 1).unwrap();
-        assert_eq!(h.user(&t, 1).unwrap(), "bob");
+        assert_eq!(h.user(&t, Some(1)).unwrap(), "bob");
     }
 }

@@ -1,8 +1,8 @@
 //! `etcdserverpb.Auth` (users, roles, `auth enable`, Authenticate), and [`authorize`], the
 //! check every other service makes while auth is on.
 //!
-//! Requests carry the simple token Authenticate handed out in the `token` gRPC metadata, as
-//! etcd's clients send it. With auth on, a request without one is refused with `user name is
+//! Requests carry the token Authenticate handed out (simple, or a JWT) in the `token` gRPC
+//! metadata, as etcd's clients send it. With auth on, a request without one is refused with `user name is
 //! empty`, an unknown or expired one with `invalid auth token`, and one the user's roles do not
 //! cover with `permission denied`; the `root` role may do everything, and cluster and
 //! maintenance changes need it.
@@ -66,7 +66,10 @@ pub fn permitted(
     if !m.auth().enabled() {
         return Ok(None);
     }
-    let user = user_of(m, token)?;
+    // As etcd's, only checks of keys refuse a JWT from before the latest auth change; admin
+    // checks look at the user alone.
+    let keys = needs.iter().any(|n| !matches!(n, Need::Admin));
+    let user = user_of(m, token, keys)?;
     if needs.iter().all(|n| m.auth().permits(&user, *n)) {
         Ok(Some(user))
     } else {
@@ -74,10 +77,16 @@ pub fn permitted(
     }
 }
 
-/// The user `token` names (auth on).
-fn user_of(m: &crate::mvcc::Mvcc, token: Option<&str>) -> Result<String, StoreError> {
+/// The user `token` names (auth on); a JWT from before the latest auth change only counts
+/// unless `current`.
+fn user_of(
+    m: &crate::mvcc::Mvcc,
+    token: Option<&str>,
+    current: bool,
+) -> Result<String, StoreError> {
     let token = token.ok_or(StoreError::UserEmpty)?;
-    m.tokens().user_at(token, m.auth().revision())
+    m.tokens()
+        .user_at(token, current.then(|| m.auth().revision()))
 }
 
 /// The caller while auth is on (`None` while it is off).
@@ -86,7 +95,7 @@ fn caller_if_enabled<T>(node: &Node, req: &Request<T>) -> Result<Option<String>,
     if !m.auth().enabled() {
         return Ok(None);
     }
-    Ok(user_of(&m, token_of(req)).map(Some)?)
+    Ok(user_of(&m, token_of(req), false).map(Some)?)
 }
 
 /// A random simple token: 16 letters, then `.` and a counter, as etcd's look.
@@ -228,7 +237,9 @@ impl Auth for AuthService {
             // at, and any member refuses it once the auth state has moved on.
             let jwt = self.node.shared().mvcc.read().tokens().jwt();
             if let Some(provider) = jwt {
-                let token = provider.assign(&r.name, revision)?;
+                let token = provider
+                    .assign(&r.name, revision)
+                    .map_err(Status::unknown)?;
                 return Ok(Response::new(AuthenticateResponse {
                     header: self.node.current_header(),
                     token,
