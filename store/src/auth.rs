@@ -40,12 +40,24 @@ pub enum Need<'a> {
 }
 
 /// The replicated auth state.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct AuthStore {
     enabled: bool,
+    /// Moves with every change but `auth enable`, from 1, as etcd's.
     revision: u64,
     users: BTreeMap<String, User>,
     roles: BTreeMap<String, Role>,
+}
+
+impl Default for AuthStore {
+    fn default() -> AuthStore {
+        AuthStore {
+            enabled: false,
+            revision: 1,
+            users: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        }
+    }
 }
 
 impl AuthStore {
@@ -126,7 +138,10 @@ impl AuthStore {
                 if !root.roles.iter().any(|r| r == ROOT) {
                     return Err(StoreError::RootRoleNotExist);
                 }
+                // etcd's leaves the revision as it is (a token from before a disable stays
+                // old: the disable moved it).
                 self.enabled = true;
+                return Ok(());
             }
             Change::Disable(_) => {
                 if !self.enabled {
@@ -608,7 +623,7 @@ mod tests {
         let before = s.revision();
         s.apply(&enable).unwrap();
         assert!(s.enabled());
-        assert_eq!(s.revision(), before + 1);
+        assert_eq!(s.revision(), before);
         assert!(s.permits(ROOT, Need::Admin));
         let again = AuthStore::decode(&s.encode()).unwrap();
         assert!(again.enabled() && again.is_root(ROOT));

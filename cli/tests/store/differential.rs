@@ -1832,8 +1832,8 @@ async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String>
     use keelson_etcdpb::authpb::permission::Type as Perm;
     use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
     use keelson_etcdpb::etcdserverpb::{
-        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-        AuthUserGrantRoleRequest, AuthenticateRequest,
+        AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
+        AuthUserAddRequest, AuthUserGrantRoleRequest, AuthenticateRequest,
     };
     let flag = format!("--auth-token=jwt,{options},ttl=4s");
     let cluster = Cluster::start_with(target, 3, &dir, Default::default(), &[&flag]).unwrap();
@@ -1972,6 +1972,30 @@ async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String>
         "put with an expired token",
         kv1.put(with_token(&again, put("app/a", "4"))).await,
     );
+    // Auth off and on again: the revision tokens name moves as etcd's does.
+    let root = login(
+        &mut t,
+        "authenticate root again",
+        auth.authenticate(credentials("root", "rootpw")).await,
+    );
+    t.add(
+        "auth disable",
+        auth.auth_disable(with_token(&root, AuthDisableRequest {}))
+            .await,
+    );
+    t.add(
+        "auth enable again",
+        auth.auth_enable(AuthEnableRequest {}).await,
+    );
+    let last = login(
+        &mut t,
+        "authenticate alice after re-enabling",
+        auth.authenticate(credentials("alice", "alicepw")).await,
+    );
+    t.0.push(format!(
+        "revision in the token after re-enabling: {}",
+        jwt_claims(&last)["revision"]
+    ));
     t.0
 }
 
