@@ -183,26 +183,47 @@ pub enum ServerError {
     Raft(String),
 }
 
-/// Parses `90s`, `30m`, `1h`, `250ms`, or a bare number of seconds.
+/// Parses a Go duration (`90s`, `1h30m`, `250ms`, `1.5h`, `5m0s`; units ns, us, µs, ms, s,
+/// m and h), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs_f64(secs))
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        let n: f64 = s.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        return Duration::try_from_secs_f64(n).map_err(|e| format!("invalid duration {s:?}: {e}"));
+    }
+    let mut rest = s;
+    let mut secs = 0.0;
+    if rest.is_empty() {
+        return Err("invalid duration \"\"".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let n: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => {
+                return Err(format!(
+                    "unknown unit {unit:?} in duration {s:?} (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        secs += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 /// Splits a comma-separated URL list.
@@ -1036,6 +1057,38 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
                 last_compaction = Some(Instant::now());
             }
             Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations_parse_and_bad_ones_are_refused() {
+        for (text, want) in [
+            ("90s", Duration::from_secs(90)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("5m0s", Duration::from_secs(300)),
+            ("250ms", Duration::from_millis(250)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("10us", Duration::from_micros(10)),
+            ("300", Duration::from_secs(300)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "abc",
+            "5x",
+            "1h30",
+            "m",
+            "1e400s",
+            "99999999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
 }
