@@ -68,7 +68,8 @@ impl AuthStore {
             .map_err(|e| StoreError::Internal(format!("auth state: {e}")))?;
         Ok(AuthStore {
             enabled: s.enabled,
-            revision: s.revision,
+            // From 1, as etcd's (a state that never changed was kept as 0 by older builds).
+            revision: s.revision.max(1),
             users: s
                 .users
                 .into_iter()

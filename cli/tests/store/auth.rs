@@ -182,7 +182,7 @@ async fn auth_status_reports_the_state_and_its_revision() {
 }
 
 /// `--auth-token-ttl`: a simple token stays valid while it is used and expires once it has gone
-/// unused for the TTL. `--bcrypt-cost` is accepted; `--auth-token=jwt` is refused at start.
+/// unused for the TTL. `--bcrypt-cost` is accepted; `--auth-token=jwt` without a key is refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_tokens_expire_after_the_auth_token_ttl() {
     use keelson_etcdpb::etcdserverpb::AuthenticateRequest;

@@ -1978,6 +1978,11 @@ async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String>
         "authenticate root again",
         auth.authenticate(credentials("root", "rootpw")).await,
     );
+    let before_disable = login(
+        &mut t,
+        "authenticate alice before the disable",
+        auth.authenticate(credentials("alice", "alicepw")).await,
+    );
     t.add(
         "auth disable",
         auth.auth_disable(with_token(&root, AuthDisableRequest {}))
@@ -1986,6 +1991,11 @@ async fn jwt_session(target: Target, dir: PathBuf, options: &str) -> Vec<String>
     t.add(
         "auth enable again",
         auth.auth_enable(AuthEnableRequest {}).await,
+    );
+    t.add(
+        "put with a token from before the disable",
+        kv1.put(with_token(&before_disable, put("app/a", "5")))
+            .await,
     );
     let last = login(
         &mut t,
@@ -2018,6 +2028,7 @@ async fn jwt_tokens_behave_as_etcds() {
             "put with the token from before the change: ERROR InvalidArgument etcdserver: revision of auth store is old",
             "put with an expired token: ERROR Unauthenticated etcdserver: invalid auth token",
             "put with a forged token: ERROR Unauthenticated etcdserver: invalid auth token",
+            "put with a token from before the disable: ERROR InvalidArgument etcdserver: revision of auth store is old",
         ] {
             assert!(etcd.iter().any(|l| l == line), "{line:?} in {etcd:#?}");
         }

@@ -77,7 +77,7 @@ impl JwtTokens {
                 "pub-key" => public = Some(read(v)?),
                 "priv-key" => private = Some(read(v)?),
                 "ttl" => {
-                    ttl = crate::server::parse_duration(v).map_err(|e| {
+                    ttl = crate::server::parse_go_duration(v).map_err(|e| {
                         format!("{INVALID_OPTIONS} (problem loading JWT options: {e})")
                     })?;
                 }
@@ -131,7 +131,7 @@ impl JwtTokens {
         let claims = json!({
             "username": user,
             "revision": revision,
-            "exp": seconds_now() + self.ttl.as_secs(),
+            "exp": seconds_now().saturating_add(self.ttl.as_secs()),
         });
         match &self.keys {
             Keys::Hmac(k) => Ok(k.sign_typed(&claims)),

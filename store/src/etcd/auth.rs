@@ -237,6 +237,12 @@ impl Auth for AuthService {
             // at, and any member refuses it once the auth state has moved on.
             let jwt = self.node.shared().mvcc.read().tokens().jwt();
             if let Some(provider) = jwt {
+                // Only if nothing changed while the password was checked (a new password, the
+                // user gone); else check again, as etcd's Authenticate does.
+                self.node.read_barrier().await?;
+                if self.node.shared().mvcc.read().auth().revision() != revision {
+                    continue;
+                }
                 let token = provider
                     .assign(&r.name, revision)
                     .map_err(Status::unknown)?;

@@ -39,6 +39,9 @@ pub struct Peers {
     /// (etcd's `ActiveSince`), and when it last answered; a peer that could not be reached
     /// has no entry. Tokio's clock, so that a simulation's paused time drives it.
     active: Arc<Mutex<HashMap<NodeId, (tokio::time::Instant, tokio::time::Instant)>>>,
+    /// When each peer last answered, kept through failed calls (etcd's `RecentActive`: a
+    /// leader without a quorum of recent answers steps down).
+    answered: Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>,
     /// The longest a peer may go without answering and still count as connected (the
     /// election timeout: several heartbeats, whatever `--heartbeat-interval` is).
     answer_gap: Duration,
@@ -68,6 +71,7 @@ impl Peers {
             channels: Arc::default(),
             tls,
             active: Arc::default(),
+            answered: Arc::default(),
             answer_gap: Duration::from_secs(1),
         }
     }
@@ -87,6 +91,15 @@ impl Peers {
         (last.elapsed() <= self.answer_gap).then_some(since)
     }
 
+    /// Whether `id` answered one of this member's Raft calls within the answer gap, whatever
+    /// became of the calls since.
+    pub fn answered_recently(&self, id: NodeId) -> bool {
+        self.answered
+            .lock()
+            .get(&id)
+            .is_some_and(|t| t.elapsed() <= self.answer_gap)
+    }
+
     /// Records how a call to peer `id` went: answered (`reached`), or failed in transport (a
     /// refused or broken connection). A call that timed out is not recorded.
     pub fn mark(&self, id: NodeId, reached: bool) {
@@ -96,6 +109,7 @@ impl Peers {
             return;
         }
         let now = tokio::time::Instant::now();
+        self.answered.lock().insert(id, now);
         let entry = active.entry(id).or_insert((now, now));
         // A gap in the answers is a break: the peer is active again from now.
         if now.duration_since(entry.1) > self.answer_gap {

@@ -189,13 +189,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
         let n: f64 = s.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        return Duration::try_from_secs_f64(n).map_err(|e| format!("invalid duration {s:?}: {e}"));
+        return go_range(n, s);
+    }
+    parse_go_duration(s)
+}
+
+/// Parses a duration as Go's `time.ParseDuration` does: a unit after every number (only `0`
+/// goes without), at most about 292 years.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("invalid duration \"\"".into());
     }
     let mut rest = s;
     let mut secs = 0.0;
-    if rest.is_empty() {
-        return Err("invalid duration \"\"".into());
-    }
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -209,7 +219,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
+            "us" | "µs" | "μs" => 1e-6,
             "ms" => 1e-3,
             "s" => 1.0,
             "m" => 60.0,
@@ -223,7 +233,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         secs += n * scale;
         rest = &rest[unit_len..];
     }
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    go_range(secs, s)
+}
+
+/// `secs` as a duration, if Go's (nanoseconds in an i64) can hold it.
+fn go_range(secs: f64, text: &str) -> Result<Duration, String> {
+    if !(0.0..=i64::MAX as f64 / 1e9).contains(&secs) {
+        return Err(format!("invalid duration {text:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Splits a comma-separated URL list.
@@ -722,7 +740,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(
             WatchServer::new(WatchService::new(
                 node.clone(),
-                config.watch_progress_notify_interval,
+                // etcd applies only an interval above zero.
+                if config.watch_progress_notify_interval.is_zero() {
+                    Duration::from_secs(600)
+                } else {
+                    config.watch_progress_notify_interval
+                },
                 max_msg,
             ))
             .max_decoding_message_size(max_msg),
@@ -987,11 +1010,23 @@ fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
                 ))
             }),
         _ => {
+            // A bare integer counts hours, as etcd's; anything else needs a unit.
             let d = match r.parse::<u64>() {
-                Ok(hours) => Duration::from_secs(hours * 3600),
-                Err(_) => parse_duration(r).map_err(ServerError::Config)?,
+                Ok(hours) => hours
+                    .checked_mul(3600)
+                    .filter(|s| *s <= i64::MAX as u64 / 1_000_000_000)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        ServerError::Config(format!(
+                            "--auto-compaction-retention {r:?} is too long"
+                        ))
+                    })?,
+                Err(_) => parse_go_duration(r).map_err(|e| {
+                    ServerError::Config(format!("--auto-compaction-retention: {e}"))
+                })?,
             };
-            Ok(Some(Retention::Periodic(d)))
+            // Zero in any unit turns compaction off, as etcd's.
+            Ok((!d.is_zero()).then_some(Retention::Periodic(d)))
         }
     }
 }
@@ -1063,7 +1098,7 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
 
 #[cfg(test)]
 mod duration_tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_go_duration};
     use std::time::Duration;
 
     #[test]
@@ -1087,8 +1122,19 @@ mod duration_tests {
             "m",
             "1e400s",
             "99999999999999999999999h",
+            "2562048h",
+            "-1s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        // Go's own: a unit after every number but 0.
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_go_duration("2562047h"),
+            Ok(Duration::from_secs(2562047 * 3600))
+        );
+        for bad in ["300", "1.5", "5m0"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -258,7 +258,8 @@ impl Node {
     }
 
     /// Whether a majority of the voters, this member among them, answered its Raft calls
-    /// within the answer gap (an election timeout).
+    /// within the answer gap (an election timeout; a failed call since does not count
+    /// against a peer, as in etcd's CheckQuorum).
     fn quorum_answers(&self) -> bool {
         let voters: Vec<NodeId> = self
             .inner
@@ -271,7 +272,7 @@ impl Node {
             .collect();
         let answering = voters
             .iter()
-            .filter(|v| **v == self.inner.id || self.inner.peers.active_since(**v).is_some())
+            .filter(|v| **v == self.inner.id || self.inner.peers.answered_recently(**v))
             .count();
         answering * 2 > voters.len()
     }
@@ -324,13 +325,16 @@ impl Node {
         let vote = openraft::Vote::new(term + 1, 0);
         let any_log = openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, 0), u64::MAX);
         let request = openraft::raft::VoteRequest::new(vote, Some(any_log));
-        match self.inner.raft.vote(request).await {
-            Ok(r) if r.vote_granted => tracing::warn!(
+        // Bounded, so a stalled Raft core does not stop the monitor.
+        let wait = Duration::from_millis(self.inner.raft.config().election_timeout_min.max(1));
+        match tokio::time::timeout(wait, self.inner.raft.vote(request)).await {
+            Err(_) => tracing::debug!("stepping down: no answer from Raft"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "stepping down"),
+            Ok(Ok(r)) if r.vote_granted => tracing::warn!(
                 term,
                 "stepped down: a majority of the voters has not answered for an election timeout"
             ),
-            Ok(r) => tracing::debug!(vote = %r.vote, "not stepping down yet (refused)"),
-            Err(e) => tracing::debug!(error = %e, "stepping down"),
+            Ok(Ok(r)) => tracing::debug!(vote = %r.vote, "not stepping down yet (refused)"),
         }
     }
 
