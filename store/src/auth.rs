@@ -478,11 +478,15 @@ impl Tokens {
 
     /// The user `token` names: a JWT is checked by its signature, its expiry and, given the
     /// current auth `revision`, its own ([`jwt::JwtTokens::user`]); a simple token is renewed.
-    /// An unknown or expired one is `invalid auth token`.
-    pub fn user_at(&self, token: &str, revision: Option<u64>) -> Result<String> {
+    /// An unknown or expired one is `invalid auth token`. With the user, a JWT's own auth
+    /// revision (a simple token has none).
+    pub fn user_at(&self, token: &str, revision: Option<u64>) -> Result<(String, Option<u64>)> {
         match self.jwt() {
-            Some(p) => p.user(token, revision),
-            None => self.user(token).ok_or(StoreError::InvalidAuthToken),
+            Some(p) => p.user(token, revision).map(|(u, r)| (u, Some(r))),
+            None => self
+                .user(token)
+                .map(|u| (u, None))
+                .ok_or(StoreError::InvalidAuthToken),
         }
     }
 

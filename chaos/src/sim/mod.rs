@@ -509,7 +509,7 @@ async fn ask(
     let batch = Batch {
         requests: vec![InternalRequest {
             request: Some(write),
-            user: String::new(),
+            ..Default::default()
         }],
     };
     // As the leader's side of a forwarded proposal: a member that does not lead refuses it,

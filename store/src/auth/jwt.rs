@@ -146,8 +146,9 @@ impl JwtTokens {
 
     /// The user `token` names, if it is valid now: a token that is not this provider's or has
     /// expired is `invalid auth token`; given the `current` auth revision, one issued at an
-    /// older one is `revision of auth store is old`.
-    pub fn user(&self, token: &str, current: Option<u64>) -> Result<String, StoreError> {
+    /// older one is `revision of auth store is old`. With the user, the auth revision the token
+    /// was issued at.
+    pub fn user(&self, token: &str, current: Option<u64>) -> Result<(String, u64), StoreError> {
         let claims = match &self.keys {
             Keys::Hmac(k) => k.verify(token),
             Keys::Signature { alg, verify, .. } => keelson_jwt::verify_with(verify, *alg, token),
@@ -166,7 +167,7 @@ impl JwtTokens {
         if current.is_some_and(|c| revision < c) {
             return Err(StoreError::AuthOldRevision);
         }
-        Ok(user)
+        Ok((user, revision))
     }
 }
 
@@ -184,10 +185,10 @@ mod tests {
         let p =
             JwtTokens::from_options(&format!("sign-method=RS512,priv-key={rsa},ttl=1m")).unwrap();
         let t = p.assign("alice", 7).unwrap();
-        assert_eq!(p.user(&t, Some(7)).unwrap(), "alice");
+        assert_eq!(p.user(&t, Some(7)).unwrap(), ("alice".into(), 7));
         assert_eq!(p.user(&t, Some(8)), Err(StoreError::AuthOldRevision));
         // Admin checks do not look at the revision.
-        assert_eq!(p.user(&t, None).unwrap(), "alice");
+        assert_eq!(p.user(&t, None).unwrap(), ("alice".into(), 7));
         assert_eq!(p.user("x.y.z", Some(7)), Err(StoreError::InvalidAuthToken));
         // Verify-only: checks tokens, issues none.
         let v = JwtTokens::from_options(&format!(
@@ -195,7 +196,7 @@ mod tests {
             testdata("sa-rsa.pub")
         ))
         .unwrap();
-        assert_eq!(v.user(&t, Some(7)).unwrap(), "alice");
+        assert_eq!(v.user(&t, Some(7)).unwrap(), ("alice".into(), 7));
         assert!(v.assign("alice", 7).is_err());
         // Another algorithm over the same key does not verify it.
         let rs256 = JwtTokens::from_options(&format!("sign-method=RS256,priv-key={rsa}")).unwrap();
@@ -265,6 +266,6 @@ mod tests {
         let h =
             JwtTokens::from_options(&format!("sign-method=HS256,priv-key={rsa},bogus=1")).unwrap();
         let t = h.assign("bob", 1).unwrap();
-        assert_eq!(h.user(&t, Some(1)).unwrap(), "bob");
+        assert_eq!(h.user(&t, Some(1)).unwrap(), ("bob".into(), 1));
     }
 }

@@ -36,16 +36,34 @@ use crate::server::node::Node;
 #[derive(Debug, Clone, Copy)]
 pub struct Internal;
 
-/// Checks that the caller of `req` may do all of `needs` (nothing to check while auth is off).
-/// Returns the caller while auth is on, for writes to carry into the log (applying them checks
-/// again, against the auth state of that moment).
-pub fn authorize<T>(
-    node: &Node,
-    req: &Request<T>,
-    needs: &[Need<'_>],
-) -> Result<Option<String>, Status> {
+/// Who a client write was checked for and at which auth revision, carried into the log with
+/// it as etcd's request header carries them: applying refuses the write if the auth state has
+/// changed since, or was turned on after a write checked with auth off.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The user, while auth was on.
+    user: String,
+    /// The auth revision; 0 for a request checked by another of the member's services (not
+    /// checked again).
+    revision: u64,
+}
+
+impl Checked {
+    /// The log entry for `request`, checked so.
+    pub fn entry(self, request: Rq) -> InternalRequest {
+        InternalRequest {
+            request: Some(request),
+            user: self.user,
+            auth_revision: self.revision,
+        }
+    }
+}
+
+/// Checks that the caller of `req` may do all of `needs` (nothing to check while auth is off),
+/// and says who it was checked for, for writes to carry into the log.
+pub fn authorize<T>(node: &Node, req: &Request<T>, needs: &[Need<'_>]) -> Result<Checked, Status> {
     if req.extensions().get::<Internal>().is_some() {
-        return Ok(None);
+        return Ok(Checked::default());
     }
     let m = node.shared().mvcc.read();
     Ok(permitted(&m, token_of(req), needs)?)
@@ -56,34 +74,40 @@ pub fn token_of<T>(req: &Request<T>) -> Option<&str> {
     req.metadata().get("token").and_then(|t| t.to_str().ok())
 }
 
-/// Whether the holder of `token` may do all of `needs` in state `m`: the user while auth is
-/// on, `None` while it is off.
+/// Whether the holder of `token` may do all of `needs` in state `m`, and who it was checked
+/// for: no user while auth is off.
 pub fn permitted(
     m: &crate::mvcc::Mvcc,
     token: Option<&str>,
     needs: &[Need<'_>],
-) -> Result<Option<String>, StoreError> {
+) -> Result<Checked, StoreError> {
+    let current = m.auth().revision();
     if !m.auth().enabled() {
-        return Ok(None);
+        return Ok(Checked {
+            user: String::new(),
+            revision: current,
+        });
     }
     // As etcd's, only checks of keys refuse a JWT from before the latest auth change; admin
     // checks look at the user alone.
     let keys = needs.iter().any(|n| !matches!(n, Need::Admin));
-    let user = user_of(m, token, keys)?;
+    let (user, issued) = user_of(m, token, keys)?;
     if needs.iter().all(|n| m.auth().permits(&user, *n)) {
-        Ok(Some(user))
+        // A JWT issued by a member further on carries its own, later revision (etcd's).
+        let revision = issued.map_or(current, |r| r.max(current));
+        Ok(Checked { user, revision })
     } else {
         Err(StoreError::PermissionDenied)
     }
 }
 
-/// The user `token` names (auth on); a JWT from before the latest auth change only counts
-/// unless `current`.
+/// The user `token` names (auth on), and a JWT's own auth revision; a JWT from before the
+/// latest auth change only counts unless `current`.
 fn user_of(
     m: &crate::mvcc::Mvcc,
     token: Option<&str>,
     current: bool,
-) -> Result<String, StoreError> {
+) -> Result<(String, Option<u64>), StoreError> {
     let token = token.ok_or(StoreError::UserEmpty)?;
     m.tokens()
         .user_at(token, current.then(|| m.auth().revision()))
@@ -95,7 +119,7 @@ fn caller_if_enabled<T>(node: &Node, req: &Request<T>) -> Result<Option<String>,
     if !m.auth().enabled() {
         return Ok(None);
     }
-    Ok(user_of(&m, token_of(req), false).map(Some)?)
+    Ok(user_of(&m, token_of(req), false).map(|(user, _)| Some(user))?)
 }
 
 /// A random simple token: 16 letters, then `.` and a counter, as etcd's look.

@@ -129,19 +129,12 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let mut needs = Vec::new();
         put_needs(req.get_ref(), &mut needs);
-        let user = authorize(&self.node, &req, &needs)?;
+        let checked = authorize(&self.node, &req, &needs)?;
         let p = req.into_inner();
         check_put(&p)?;
         self.check_size(p.encoded_len())?;
         self.quota.check(&self.node, p.encoded_len()).await?;
-        match self
-            .node
-            .propose(InternalRequest {
-                request: Some(Rq::Put(p)),
-                user: user.unwrap_or_default(),
-            })
-            .await?
-        {
+        match self.node.propose(checked.entry(Rq::Put(p))).await? {
             Rs::Put(mut r) => {
                 self.fill_header(&mut r.header);
                 Ok(Response::new(r))
@@ -156,17 +149,10 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let mut needs = Vec::new();
         delete_needs(req.get_ref(), &mut needs);
-        let user = authorize(&self.node, &req, &needs)?;
+        let checked = authorize(&self.node, &req, &needs)?;
         let d = req.into_inner();
         check_key(&d.key)?;
-        match self
-            .node
-            .propose(InternalRequest {
-                request: Some(Rq::DeleteRange(d)),
-                user: user.unwrap_or_default(),
-            })
-            .await?
-        {
+        match self.node.propose(checked.entry(Rq::DeleteRange(d))).await? {
             Rs::DeleteRange(mut r) => {
                 self.fill_header(&mut r.header);
                 Ok(Response::new(r))
@@ -178,7 +164,7 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let mut needs = Vec::new();
         txn_needs(req.get_ref(), &mut needs);
-        let user = authorize(&self.node, &req, &needs)?;
+        let checked = authorize(&self.node, &req, &needs)?;
         let t = req.into_inner();
         check_txn(&t)?;
         self.check_size(t.encoded_len())?;
@@ -195,14 +181,7 @@ impl Kv for KvService {
         if has_put(&t.success) || has_put(&t.failure) {
             self.quota.check(&self.node, t.encoded_len()).await?;
         }
-        match self
-            .node
-            .propose(InternalRequest {
-                request: Some(Rq::Txn(t)),
-                user: user.unwrap_or_default(),
-            })
-            .await?
-        {
+        match self.node.propose(checked.entry(Rq::Txn(t))).await? {
             Rs::Txn(mut r) => {
                 self.fill_header(&mut r.header);
                 Ok(Response::new(r))

@@ -85,13 +85,10 @@ impl Lease for LeaseService {
             .map(|l| l.keys.iter().cloned().collect())
             .unwrap_or_default();
         let needs: Vec<Need<'_>> = keys.iter().map(|k| Need::Write(k, &[])).collect();
-        let user = authorize(&self.node, &req, &needs)?;
+        let checked = authorize(&self.node, &req, &needs)?;
         match self
             .node
-            .propose(InternalRequest {
-                request: Some(Rq::LeaseRevoke(req.into_inner())),
-                user: user.unwrap_or_default(),
-            })
+            .propose(checked.entry(Rq::LeaseRevoke(req.into_inner())))
             .await?
         {
             Rs::LeaseRevoke(mut r) => {

@@ -315,13 +315,25 @@ impl Mvcc {
         Ok(())
     }
 
-    /// A client write checked for a user while auth was on, checked again against the auth
-    /// state it applies in (deterministic: every member refuses the same writes).
+    /// A client write checked again against the auth state it applies in, as etcd's apply
+    /// checks it (deterministic: every member refuses the same writes). Refused if it was
+    /// checked with auth off and auth is on now (`user name is empty`), or at an older auth
+    /// revision (`revision of auth store is old`: its client authenticates again), or if the
+    /// user may not do it now (a lease's keys can change without an auth change).
     fn still_permitted(&self, req: &InternalRequest) -> Result<()> {
         use crate::auth::{Need, delete_needs, put_needs, txn_needs};
         use internal_request::Request as Rq;
-        if req.user.is_empty() || !self.auth.enabled() {
+        // Neither: the member's own writes, and those checked by another of its services.
+        let client = req.auth_revision != 0 || !req.user.is_empty();
+        if !client || !self.auth.enabled() {
             return Ok(());
+        }
+        if req.user.is_empty() {
+            return Err(StoreError::UserEmpty);
+        }
+        // A write from an older build carries a user and no revision: its permissions decide.
+        if req.auth_revision != 0 && req.auth_revision < self.auth.revision() {
+            return Err(StoreError::AuthOldRevision);
         }
         let mut needs = Vec::new();
         match &req.request {

@@ -591,9 +591,9 @@ fn records_a_compaction_left_behind_are_removed_on_reload() {
     assert_eq!(reopened.hash_kv(0).unwrap(), plain.hash_kv(0).unwrap());
 }
 
-/// A write checked for a user before a revoke committed is refused when it applies after it,
-/// the same on every member; writes without a user (internal, or made while auth was off) are
-/// not checked. The auth state survives a reopen.
+/// A write checked for a user before an auth change committed is refused when it applies after
+/// it, the same on every member, as is one checked while auth was off and applied once it is
+/// on; the member's own writes are not checked. The auth state survives a reopen.
 #[test]
 fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
     use crate::raft::pb::AuthChange;
@@ -643,20 +643,48 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
             }),
         );
     }
-    auth(&mut m, Change::Enable(AuthEnableRequest {}));
-    let as_alice = |m: &mut Mvcc| {
+    let write = |m: &mut Mvcc, user: &str, auth_revision: u64| {
         let resp = m.apply(&InternalRequest {
             request: Some(Rq::Put(PutRequest {
                 key: b"a".to_vec(),
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
-            user: "alice".into(),
+            user: user.into(),
+            auth_revision,
         });
         m.commit().unwrap();
         resp.response.unwrap()
     };
-    assert!(matches!(as_alice(&mut m), Rs::Put(_)));
+    let refused = |r: Rs| match r {
+        Rs::Error(e) => StoreError::from_apply_code(e.code),
+        other => panic!("applied: {other:?}"),
+    };
+    // Checked while auth was off (no user), applied after it went on.
+    let off = m.auth().revision();
+    auth(&mut m, Change::Enable(AuthEnableRequest {}));
+    assert_eq!(
+        m.auth().revision(),
+        off,
+        "enable does not move the revision"
+    );
+    assert!(matches!(
+        refused(write(&mut m, "", off)),
+        StoreError::UserEmpty
+    ));
+    let at = m.auth().revision();
+    assert!(matches!(write(&mut m, "alice", at), Rs::Put(_)));
+    // A change alice's permissions do not depend on still makes her checked write old.
+    auth(
+        &mut m,
+        Change::RoleAdd(AuthRoleAddRequest { name: "x".into() }),
+    );
+    assert!(matches!(
+        refused(write(&mut m, "alice", at)),
+        StoreError::AuthOldRevision
+    ));
+    let now = m.auth().revision();
+    assert!(matches!(write(&mut m, "alice", now), Rs::Put(_)));
     auth(
         &mut m,
         Change::RoleRevokePermission(AuthRoleRevokePermissionRequest {
@@ -665,14 +693,16 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
             range_end: vec![],
         }),
     );
-    match as_alice(&mut m) {
-        Rs::Error(e) => assert!(matches!(
-            StoreError::from_apply_code(e.code),
-            StoreError::PermissionDenied
-        )),
-        other => panic!("applied: {other:?}"),
-    }
-    // Without a user: applied (internal writes, or ones made while auth was off).
+    // Checked before the revoke, or by an older build (no revision): refused.
+    assert!(matches!(
+        refused(write(&mut m, "alice", at + 1)),
+        StoreError::AuthOldRevision
+    ));
+    assert!(matches!(
+        refused(write(&mut m, "alice", 0)),
+        StoreError::PermissionDenied
+    ));
+    // The member's own writes (no user, no revision): applied.
     put(&mut m, "a", "internal");
     let reopened = Mvcc::open(backend, 2).unwrap();
     assert!(reopened.auth().enabled());
