@@ -182,7 +182,8 @@ async fn auth_status_reports_the_state_and_its_revision() {
 }
 
 /// `--auth-token-ttl`: a simple token stays valid while it is used and expires once it has gone
-/// unused for the TTL. `--bcrypt-cost` is accepted; `--auth-token=jwt` without a key is refused at start.
+/// unused for the TTL. `--bcrypt-cost` is accepted; `--auth-token` options etcd refuses are
+/// refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_tokens_expire_after_the_auth_token_ttl() {
     use keelson_etcdpb::etcdserverpb::AuthenticateRequest;
@@ -235,19 +236,23 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
         tonic::Code::Unauthenticated
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .arg("store")
-        .arg(format!("--data-dir={}", dir.path().join("d").display()))
-        .arg("--auth-token=jwt,sign-method=RS256")
-        .output()
-        .unwrap();
-    // JWT tokens without a key: refused as etcd refuses them, before anything is made.
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("auth: missing key data"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!dir.path().join("d").exists());
+    // Refused as etcd refuses them, before anything is made: JWT tokens without a key, and
+    // options that are not `key=value` after either type.
+    for (flag, error) in [
+        ("jwt,sign-method=RS256", "auth: missing key data"),
+        ("simple,junk", "auth: invalid auth options"),
+        ("simple,a=1,a=2", "auth: invalid auth options"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("store")
+            .arg(format!("--data-dir={}", dir.path().join("d").display()))
+            .arg(format!("--auth-token={flag}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: {stderr}");
+        assert!(stderr.contains(error), "{flag}: {stderr}");
+        assert!(!dir.path().join("d").exists(), "{flag}");
+    }
 }

@@ -52,21 +52,28 @@ fn seconds_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The options after `--auth-token`'s token type, as etcd reads them for either type: each one
+/// `key=value`, each key once.
+pub fn split_options(options: &str) -> Result<Vec<(&str, &str)>, String> {
+    let mut seen = std::collections::HashSet::new();
+    options
+        .split(',')
+        .map(|option| {
+            option
+                .split_once('=')
+                .filter(|(k, v)| !v.contains('=') && seen.insert(*k))
+                .ok_or_else(|| format!("{INVALID_OPTIONS} (bad option {option:?})"))
+        })
+        .collect()
+}
+
 impl JwtTokens {
     /// The provider `--auth-token jwt,<options>` describes (`options` is what follows
     /// `jwt,`); the error names what is wrong, in etcd's words where etcd has them.
     pub fn from_options(options: &str) -> Result<JwtTokens, String> {
         let mut method = "";
         let (mut public, mut private, mut ttl) = (None, None, DEFAULT_TTL);
-        let mut seen = std::collections::HashSet::new();
-        for option in options.split(',') {
-            // As etcd's: every option is one `key=value`, each key once.
-            let Some((k, v)) = option
-                .split_once('=')
-                .filter(|(k, v)| !v.contains('=') && seen.insert(k.to_string()))
-            else {
-                return Err(format!("{INVALID_OPTIONS} (bad option {option:?})"));
-            };
+        for (k, v) in split_options(options)? {
             let read = |path: &str| {
                 std::fs::read(path).map_err(|e| {
                     format!("{INVALID_OPTIONS} (problem loading JWT options: open {path}: {e})")

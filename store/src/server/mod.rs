@@ -960,7 +960,14 @@ fn auth_options(config: &Config) -> Result<(Option<JwtTokens>, u32), ServerError
         .split_once(',')
         .unwrap_or((&config.auth_token, ""));
     let jwt = match kind {
-        "simple" => None,
+        "simple" => {
+            // Options are checked as etcd's, and then unused.
+            if config.auth_token.contains(',') {
+                crate::auth::jwt::split_options(options)
+                    .map_err(|e| ServerError::Config(format!("--auth-token: {e}")))?;
+            }
+            None
+        }
         "jwt" => Some(
             JwtTokens::from_options(options)
                 .map_err(|e| ServerError::Config(format!("--auth-token: {e}")))?,

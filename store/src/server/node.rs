@@ -259,22 +259,25 @@ impl Node {
 
     /// Whether a majority of the voters, this member among them, answered its Raft calls
     /// within the answer gap (an election timeout; a failed call since does not count
-    /// against a peer, as in etcd's CheckQuorum).
+    /// against a peer, as in etcd's CheckQuorum). During a change of voters, a majority of
+    /// the old ones and of the new ones, as a commit needs.
     fn quorum_answers(&self) -> bool {
-        let voters: Vec<NodeId> = self
+        let configs = self
             .inner
             .raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .voter_ids()
-            .collect();
-        let answering = voters
-            .iter()
-            .filter(|v| **v == self.inner.id || self.inner.peers.answered_recently(**v))
-            .count();
-        answering * 2 > voters.len()
+            .get_joint_config()
+            .clone();
+        configs.iter().all(|voters| {
+            let answering = voters
+                .iter()
+                .filter(|v| **v == self.inner.id || self.inner.peers.answered_recently(**v))
+                .count();
+            answering * 2 > voters.len()
+        })
     }
 
     /// Checks each election timeout, until `shutdown`, as etcd does: a leader that a majority
