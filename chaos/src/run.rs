@@ -591,6 +591,10 @@ pub struct SimArgs {
     /// its member goes).
     #[arg(long, default_value_t = 2)]
     watchers: usize,
+    /// Compact (to 50 revisions behind the head, through the leader) this often, in simulated
+    /// time; 0 turns compaction off.
+    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
+    compact_interval: Duration,
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
@@ -807,6 +811,7 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
             clients: a.clients,
             keys: a.keys,
             watchers: a.watchers,
+            compact_interval: a.compact_interval,
             faults: !a.no_faults,
             bug: a.bug,
             check_budget: a.check_budget,

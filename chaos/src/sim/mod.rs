@@ -10,7 +10,9 @@
 //! table, as the store's transport does), and clients call the members directly (a
 //! follower's linearizable read asks the leader's read index over that network); watchers
 //! open the store's own watch service on a member, in process, and its answers reach them
-//! with the network's delays. A nemesis crashes and restarts members (one, or all
+//! with the network's delays. A compactor compacts to 50 revisions behind the head
+//! through the leader, as `keelson chaos run`'s does (the store deletes the compacted records
+//! inline here). A nemesis crashes and restarts members (one, or all
 //! at once), partitions them, pauses them and slows or drops their messages, all drawn from
 //! the seed.
 //!
@@ -24,7 +26,7 @@
 //! ([`crate::check_all`]): linearizability, revisions, txns, watch, replicas.
 //!
 //! What is not simulated: snapshots (their files go through blocking threads), leases (the
-//! lessor keeps real time), compaction, membership changes, forwarded writes (clients write
+//! lessor keeps real time), membership changes, forwarded writes (clients write
 //! to the member they take for the leader), SIGSTOP (a stall holds a member's
 //! messages but its timers run), and the loss of writes not yet synced (a crash here is a
 //! kill -9: what the store wrote stays).
@@ -45,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use keelson_etcdpb::etcdserverpb::CompactionRequest;
 use keelson_store::StoreError;
 use keelson_store::backend::{SledBackend, SledDb};
 use keelson_store::raft::log_store::LogStore;
@@ -62,7 +65,7 @@ use tokio::time::{Instant, sleep};
 
 pub use self::net::NetStats;
 use self::net::{Network, World};
-use crate::history::{FaultStep, History, Input, Operation, Output};
+use crate::history::{Compaction, FaultStep, History, Input, Operation, Output};
 use crate::replicas::{self, ReplicaRead};
 use crate::traffic::{self, Answer, Chooser, PREFIX, Request, Step};
 use crate::{Check, Verdict};
@@ -99,6 +102,8 @@ pub struct Options {
     pub keys: usize,
     /// Watchers on the clients' keys, held across faults.
     pub watchers: usize,
+    /// Compact this often (and up to half a second more); zero turns compaction off.
+    pub compact_interval: Duration,
     /// Whether the nemesis injects faults.
     pub faults: bool,
     /// A bug to plant.
@@ -116,6 +121,7 @@ impl Default for Options {
             clients: 4,
             keys: 6,
             watchers: 2,
+            compact_interval: Duration::from_secs(2),
             faults: true,
             bug: None,
             check_budget: Duration::from_secs(30),
@@ -157,11 +163,12 @@ impl Outcome {
             .filter(|o| matches!(o.output, Output::Unknown { .. }))
             .count();
         format!(
-            "seed {}: {} operations ({} unknown), {} fault steps, {} crashes, term {}, {} \
-             messages ({} lost, {} refused), digest {:016x}: {}",
+            "seed {}: {} operations ({} unknown), {} compactions, {} fault steps, {} crashes, \
+             term {}, {} messages ({} lost, {} refused), digest {:016x}: {}",
             self.seed,
             ops.len(),
             unknown,
+            self.history.compactions.len(),
             self.history.faults.len(),
             self.crashes,
             self.term,
@@ -241,10 +248,16 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
         .map(|c| tokio::spawn(client(world.clone(), o.clone(), c, end)))
         .collect();
     let nemesis = tokio::spawn(nemesis(world.clone(), stores.clone(), o.faults, end));
+    let compactor = (!o.compact_interval.is_zero())
+        .then(|| tokio::spawn(compactor(world.clone(), o.compact_interval, end)));
     let mut operations = Vec::new();
     for c in clients {
         operations.extend(c.await.context("a client failed")?);
     }
+    let compactions = match compactor {
+        Some(c) => c.await.context("the compactor failed")?,
+        None => Vec::new(),
+    };
     let (mut faults, crashes) = nemesis.await.context("the nemesis failed")?;
     // Everything healed and every member up, then every member's copy of the keys.
     world.heal_all();
@@ -302,6 +315,7 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
         watches,
         faults,
         replicas,
+        compactions,
         ..History::default()
     };
     let mut digest = std::hash::DefaultHasher::new();
@@ -347,6 +361,7 @@ async fn start(
     let backend = SledBackend::open(&s.db, "mvcc")?;
     let snapshots = SnapshotDir::open(&s.dir.join("snap"))?;
     let shared = Shared::open(Arc::new(backend), snapshots, 1)?;
+    shared.delete_compacted_inline();
     let restored = restored_leader(s.id, &mut log).await?;
     // openraft draws each election timeout from its own (unseeded) generator: a range of one
     // value takes the draw out, and the seed picks each member's timeout at each start.
@@ -575,6 +590,60 @@ async fn answered(
         (Step::Txn(_), Output::Cas { revision, .. }) => Output::Put { revision },
         (_, out) => out,
     })
+}
+
+/// Compacts to 50 revisions behind the head, every `every` and up to half a second more,
+/// until `end`, through the member taken for the leader (a member that does not lead
+/// refuses, having appended nothing, and nothing is recorded).
+async fn compactor(world: Arc<World>, every: Duration, end: Instant) -> Vec<Compaction> {
+    let mut done = Vec::new();
+    let mut last = 0;
+    loop {
+        sleep(every + world.millis(0, 500)).await;
+        if Instant::now() >= end {
+            return done;
+        }
+        let Some(leader) = world.leader() else {
+            continue;
+        };
+        sleep(world.latency(0, leader)).await;
+        world.wait_resumed(leader, leader).await;
+        let Some((node, epoch)) = world.node(leader) else {
+            continue;
+        };
+        let revision = node.shared().mvcc.read().current_revision() - 50;
+        if revision <= last {
+            continue;
+        }
+        let at = world.now();
+        world.note(&[500, leader, revision as u64]);
+        let batch = Batch {
+            requests: vec![InternalRequest {
+                request: Some(Rq::Compaction(CompactionRequest {
+                    revision,
+                    physical: false,
+                })),
+                ..Default::default()
+            }],
+        };
+        let acknowledged =
+            match tokio::time::timeout(CLIENT_TIMEOUT, node.propose_forwarded(batch)).await {
+                Ok(Err(StoreError::NotLeader)) => continue,
+                Ok(Ok(b)) => matches!(
+                    b.responses.into_iter().next().and_then(|r| r.response),
+                    Some(Rs::Compaction(_))
+                ),
+                Ok(Err(_)) | Err(_) => false,
+            };
+        // The answer on its way back, lost if the member crashed meanwhile.
+        sleep(world.latency(leader, 0)).await;
+        last = revision;
+        done.push(Compaction {
+            revision,
+            at,
+            acknowledged: acknowledged && world.same_epoch(leader, epoch),
+        });
+    }
 }
 
 /// Faults, one at a time, until `end`: what it did and how many crashes.

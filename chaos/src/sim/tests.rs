@@ -21,8 +21,8 @@ fn simulate(seed: u64, secs: u64, bug: Option<Bug>) -> Outcome {
 
 #[test]
 fn a_seed_replays_exactly_and_passes_the_checkers() {
-    let first = simulate(7, 10, None);
-    let again = simulate(7, 10, None);
+    let first = simulate(8, 10, None);
+    let again = simulate(8, 10, None);
     assert_eq!(first.verdict(), Verdict::Ok, "{}", first.summary());
     assert!(
         first.history.operations.len() > 100 && first.history.faults.len() > 4,
@@ -32,6 +32,18 @@ fn a_seed_replays_exactly_and_passes_the_checkers() {
     assert_eq!(first.history.operations, again.history.operations);
     assert_eq!(first.history.faults, again.history.faults);
     assert_eq!(first.history.watches, again.history.watches);
+    assert_eq!(first.history.compactions, again.history.compactions);
+    assert!(
+        first
+            .history
+            .compactions
+            .iter()
+            .filter(|c| c.acknowledged)
+            .count()
+            >= 2,
+        "too few compactions: {}",
+        first.summary()
+    );
     let watch = first.checks.iter().find(|c| c.name == "watch").unwrap();
     assert!(
         watch.checked > 100,
@@ -45,7 +57,7 @@ fn a_seed_replays_exactly_and_passes_the_checkers() {
         first.summary(),
         again.summary()
     );
-    let other = simulate(8, 10, None);
+    let other = simulate(7, 10, None);
     assert_ne!(first.digest, other.digest);
     assert_eq!(other.verdict(), Verdict::Ok, "{}", other.summary());
 }

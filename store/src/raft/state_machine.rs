@@ -34,6 +34,9 @@ pub struct Shared {
     pub(crate) installs: AtomicU64,
     /// Whether a task deletes compacted records now.
     deleting: AtomicBool,
+    /// Whether compacted records are deleted on the applying task rather than a blocking
+    /// thread (a deterministic simulation runs everything on one thread).
+    inline_deletes: AtomicBool,
 }
 
 /// Compacted records deleted per backend write: each write holds the state's read lock (so no
@@ -72,6 +75,7 @@ impl Shared {
             snapshots,
             installs: AtomicU64::new(0),
             deleting: AtomicBool::new(false),
+            inline_deletes: AtomicBool::new(false),
         }))
     }
 
@@ -110,9 +114,23 @@ impl Shared {
         }
     }
 
+    /// Deletes compacted records on the applying task from now on, not on a blocking thread
+    /// (for a deterministic simulation; applies take longer).
+    pub fn delete_compacted_inline(&self) {
+        self.inline_deletes.store(true, Ordering::SeqCst);
+    }
+
     /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already (or
-    /// there is no runtime: the next apply starts it).
+    /// there is no runtime: the next apply starts it); inline if so set.
     pub(crate) fn spawn_delete_compacted(self: &Arc<Self>) {
+        if self.inline_deletes.load(Ordering::SeqCst) {
+            if self.mvcc.read().has_compacted()
+                && let Err(e) = self.delete_compacted()
+            {
+                tracing::error!(error = %e, "deleting compacted records failed");
+            }
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
