@@ -1043,17 +1043,8 @@ fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
 /// of retention, at most every 100 ms, and compacting at most once per retention or hour),
 /// `revision` keeps the last N revisions (checked every 5 minutes, as etcd does).
 async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationToken) {
-    let hour = Duration::from_secs(3600);
-    let (interval, every) = match retention {
-        Retention::Periodic(d) => (
-            (d.min(hour) / 10).max(Duration::from_millis(100)),
-            d.min(hour),
-        ),
-        Retention::Revisions(_) => (Duration::from_secs(300), Duration::ZERO),
-    };
-    let mut samples: std::collections::VecDeque<(Instant, i64)> = Default::default();
-    let mut last_compaction: Option<Instant> = None;
-    let mut tick = tokio::time::interval(interval);
+    let mut compactor = Compactor::new(retention);
+    let mut tick = tokio::time::interval(compactor.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -1064,28 +1055,10 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
             let m = node.shared().mvcc.read();
             (m.current_revision(), m.compact_revision())
         };
-        let target = match retention {
-            Retention::Periodic(d) => {
-                let now = Instant::now();
-                samples.push_back((now, current));
-                // The newest revision sampled at least `d` ago (stamped, so late ticks do
-                // not shorten the history kept).
-                while samples.len() > 1 && now.duration_since(samples[1].0) >= d {
-                    samples.pop_front();
-                }
-                match samples.front() {
-                    Some((at, rev)) if now.duration_since(*at) >= d => *rev,
-                    _ => continue,
-                }
-            }
-            Retention::Revisions(n) => current - n,
+        let Some(target) = compactor.target(Instant::now(), current, compacted, node.is_leader())
+        else {
+            continue;
         };
-        if !node.is_leader() || target <= compacted || target <= 0 {
-            continue;
-        }
-        if last_compaction.is_some_and(|t| t.elapsed() < every) {
-            continue;
-        }
         let req = InternalRequest {
             request: Some(internal_request::Request::Compaction(CompactionRequest {
                 revision: target,
@@ -1096,10 +1069,132 @@ async fn auto_compact(node: Node, retention: Retention, shutdown: CancellationTo
         match node.propose(req).await {
             Ok(_) => {
                 tracing::info!(revision = target, "auto-compacted");
-                last_compaction = Some(Instant::now());
+                compactor.compacted(Instant::now());
             }
             Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed"),
         }
+    }
+}
+
+/// What the auto-compactor decides, apart from its timer and its proposals.
+struct Compactor {
+    retention: Retention,
+    /// Periodic mode: the revisions sampled at each look, oldest first.
+    samples: std::collections::VecDeque<(Instant, i64)>,
+    last_compaction: Option<Instant>,
+}
+
+impl Compactor {
+    fn new(retention: Retention) -> Compactor {
+        Compactor {
+            retention,
+            samples: Default::default(),
+            last_compaction: None,
+        }
+    }
+
+    /// How often it looks.
+    fn interval(&self) -> Duration {
+        match self.retention {
+            Retention::Periodic(d) => (d.min(HOUR) / 10).max(Duration::from_millis(100)),
+            Retention::Revisions(_) => Duration::from_secs(300),
+        }
+    }
+
+    /// The revision to compact to, looking at `now` with the `current` and `compacted`
+    /// revisions; only a `leader` compacts, but every member samples.
+    fn target(&mut self, now: Instant, current: i64, compacted: i64, leader: bool) -> Option<i64> {
+        let (target, every) = match self.retention {
+            Retention::Periodic(d) => {
+                self.samples.push_back((now, current));
+                // The newest revision sampled at least `d` ago (stamped, so late looks do not
+                // shorten the history kept).
+                while self.samples.len() > 1 && now.duration_since(self.samples[1].0) >= d {
+                    self.samples.pop_front();
+                }
+                match self.samples.front() {
+                    Some((at, rev)) if now.duration_since(*at) >= d => (*rev, d.min(HOUR)),
+                    _ => return None,
+                }
+            }
+            Retention::Revisions(n) => (current - n, Duration::ZERO),
+        };
+        if !leader || target <= compacted || target <= 0 {
+            return None;
+        }
+        if self
+            .last_compaction
+            .is_some_and(|t| now.duration_since(t) < every)
+        {
+            return None;
+        }
+        Some(target)
+    }
+
+    /// A compaction it asked for was applied at `now`.
+    fn compacted(&mut self, now: Instant) {
+        self.last_compaction = Some(now);
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod compactor_tests {
+    use super::{Compactor, Retention};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn revision_mode_keeps_the_last_n_revisions_checked_every_five_minutes() {
+        let mut c = Compactor::new(Retention::Revisions(100));
+        assert_eq!(c.interval(), Duration::from_secs(300));
+        let t = Instant::now();
+        // Not before there are more than N revisions, and only on the leader.
+        assert_eq!(c.target(t, 100, 0, true), None);
+        assert_eq!(c.target(t, 1000, 0, false), None);
+        assert_eq!(c.target(t, 1000, 0, true), Some(900));
+        c.compacted(t);
+        // Not again while the head is within N of the last compaction.
+        assert_eq!(c.target(t, 950, 900, true), None);
+        assert_eq!(
+            c.target(t + Duration::from_secs(300), 1200, 900, true),
+            Some(1100)
+        );
+    }
+
+    #[test]
+    fn periodic_mode_keeps_the_retention_of_history_and_compacts_once_per_period() {
+        let minute = Duration::from_secs(60);
+        let mut c = Compactor::new(Retention::Periodic(10 * minute));
+        assert_eq!(c.interval(), minute);
+        let t = Instant::now();
+        // Revision 10 + k at minute k.
+        let mut at = |k: u32, leader: bool, compacted: i64| {
+            c.target(t + k * minute, 10 + i64::from(k), compacted, leader)
+        };
+        for k in 0..10 {
+            assert_eq!(
+                at(k, true, 0),
+                None,
+                "minute {k}: less than 10 minutes sampled"
+            );
+        }
+        // At minute 10: what was current 10 minutes ago.
+        assert_eq!(at(10, true, 0), Some(10));
+        c.compacted(t + 10 * minute);
+        // Once per period: nothing before minute 20, then minute 10's revision.
+        for k in 11..20 {
+            assert_eq!(c.target(t + k * minute, 10 + i64::from(k), 10, true), None);
+        }
+        assert_eq!(c.target(t + 20 * minute, 30, 10, true), Some(20));
+        // A follower samples but does not compact.
+        let mut f = Compactor::new(Retention::Periodic(10 * minute));
+        for k in 0..=10 {
+            assert_eq!(f.target(t + k * minute, 10 + i64::from(k), 0, false), None);
+        }
+        // Past an hour of retention: a look every 6 minutes, a compaction at most hourly.
+        let long = Compactor::new(Retention::Periodic(5 * 60 * minute));
+        assert_eq!(long.interval(), 6 * minute);
     }
 }
 
