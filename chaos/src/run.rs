@@ -595,6 +595,10 @@ pub struct SimArgs {
     /// time; 0 turns compaction off.
     #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
     compact_interval: Duration,
+    /// Run without the lease client (leases granted with a key on each, some kept alive, all
+    /// left to expire).
+    #[arg(long)]
+    no_leases: bool,
     /// Run without faults.
     #[arg(long)]
     no_faults: bool,
@@ -812,6 +816,7 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
             keys: a.keys,
             watchers: a.watchers,
             compact_interval: a.compact_interval,
+            leases: !a.no_leases,
             faults: !a.no_faults,
             bug: a.bug,
             check_budget: a.check_budget,

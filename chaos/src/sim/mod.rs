@@ -25,8 +25,12 @@
 //! The history goes through the same checkers as `keelson chaos run`
 //! ([`crate::check_all`]): linearizability, revisions, txns, watch, replicas.
 //!
-//! What is not simulated: snapshots (their files go through blocking threads), leases (the
-//! lessor keeps real time), membership changes, forwarded writes (clients write
+//! A lease client grants leases with a key on each through the leader, keeps every other one
+//! alive through the leader's lessor (the store's own, whose expiry loop revokes them
+//! through Raft), and lets them all expire; the run then waits until no member holds a
+//! lease's key.
+//!
+//! What is not simulated: snapshots (their files go through blocking threads), membership changes, forwarded writes (clients write
 //! to the member they take for the leader), SIGSTOP (a stall holds a member's
 //! messages but its timers run), and the loss of writes not yet synced (a crash here is a
 //! kill -9: what the store wrote stays).
@@ -37,6 +41,7 @@
 //! the change it waits for on the same tick; the store's restored-leader read floor waits
 //! through it. The simulation's own waits poll instead.
 
+mod leases;
 mod net;
 mod watchers;
 
@@ -58,6 +63,7 @@ use keelson_store::raft::pb::{Batch, InternalRequest};
 use keelson_store::raft::snapshot::SnapshotDir;
 use keelson_store::raft::state_machine::{Shared, StateMachine};
 use keelson_store::raft::{Member, NodeId, Raft};
+use keelson_store::server::lessor::Lessor;
 use keelson_store::server::metrics::Metrics;
 use keelson_store::server::node::Node;
 use keelson_store::server::{restored_leader, rpc_deadline};
@@ -85,6 +91,9 @@ pub enum Bug {
     /// A watch opened again after its stream broke starts one revision late (as a store that
     /// dropped the event at a reconnect would look).
     WatchGaps,
+    /// Keep-alives are answered with the lease's TTL but renew nothing (as a lessor that lost
+    /// its renewals would look).
+    LostKeepAlives,
 }
 
 /// What to simulate.
@@ -104,6 +113,9 @@ pub struct Options {
     pub watchers: usize,
     /// Compact this often (and up to half a second more); zero turns compaction off.
     pub compact_interval: Duration,
+    /// Whether a lease client grants leases with keys attached, keeps some alive and lets
+    /// them expire.
+    pub leases: bool,
     /// Whether the nemesis injects faults.
     pub faults: bool,
     /// A bug to plant.
@@ -122,6 +134,7 @@ impl Default for Options {
             keys: 6,
             watchers: 2,
             compact_interval: Duration::from_secs(2),
+            leases: true,
             faults: true,
             bug: None,
             check_budget: Duration::from_secs(30),
@@ -250,12 +263,24 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     let nemesis = tokio::spawn(nemesis(world.clone(), stores.clone(), o.faults, end));
     let compactor = (!o.compact_interval.is_zero())
         .then(|| tokio::spawn(compactor(world.clone(), o.compact_interval, end)));
+    let lease_client = o.leases.then(|| {
+        let lost = o.bug == Some(Bug::LostKeepAlives);
+        tokio::spawn(leases::client(world.clone(), o.clients, lost, end))
+    });
     let mut operations = Vec::new();
     for c in clients {
         operations.extend(c.await.context("a client failed")?);
     }
     let compactions = match compactor {
         Some(c) => c.await.context("the compactor failed")?,
+        None => Vec::new(),
+    };
+    let lease_records = match lease_client {
+        Some(l) => {
+            let (records, puts) = l.await.context("the lease client failed")?;
+            operations.extend(puts);
+            records
+        }
         None => Vec::new(),
     };
     let (mut faults, crashes) = nemesis.await.context("the nemesis failed")?;
@@ -273,6 +298,12 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
             ));
         }
     }
+    // Every lease left to expire, then every member's copy of the keys.
+    let lease_leftovers = if lease_records.is_empty() {
+        Vec::new()
+    } else {
+        leases::wait_for_expiry(&world).await
+    };
     let replicas = match settle(&world).await {
         Ok(r) => r,
         Err(e) => {
@@ -316,7 +347,8 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
         faults,
         replicas,
         compactions,
-        ..History::default()
+        leases: lease_records,
+        lease_leftovers,
     };
     let mut digest = std::hash::DefaultHasher::new();
     digest.write_u64(world.digest());
@@ -407,8 +439,20 @@ async fn start(
     let never = tokio_util::sync::CancellationToken::new();
     node.send_heartbeats(Duration::from_millis(100), never.clone());
     tokio::spawn(node.clone().monitor_leader(never));
+    // The lease expiry loop, until the member crashes (polled: see the module's note).
+    let lessor = Lessor::new(s.id);
+    let stopped = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(lessor.clone().run(node.clone(), stopped.clone()));
+    let epoch = world.node_epoch(s.id);
+    let (w, id) = (world.clone(), s.id);
+    tokio::spawn(async move {
+        while w.same_epoch(id, epoch) {
+            sleep(Duration::from_millis(50)).await;
+        }
+        stopped.cancel();
+    });
     world.note(&[100, s.id]);
-    world.set_running(s.id, raft, node);
+    world.set_running(s.id, raft, node, lessor);
     Ok(())
 }
 
@@ -443,7 +487,7 @@ async fn client(world: Arc<World>, o: Options, id: usize, end: Instant) -> Vec<O
         sleep(world.millis(0, 20)).await;
         let step = chooser.choose();
         let invoke = world.now();
-        let output = perform(&world, &mut target, &step, o.bug).await;
+        let output = perform(&world, &mut target, &step, o.bug, 0).await;
         let complete = world.now();
         world.note(&[200, id as u64, invoke, complete]);
         chooser.record(step, invoke, complete, output, &mut history);
@@ -451,8 +495,15 @@ async fn client(world: Arc<World>, o: Options, id: usize, end: Instant) -> Vec<O
     history
 }
 
-/// Runs `step` on the member it should go to, following redirects, within the client timeout.
-async fn perform(world: &Arc<World>, target: &mut NodeId, step: &Step, bug: Option<Bug>) -> Output {
+/// Runs `step` on the member it should go to, following redirects, within the client timeout;
+/// a put is attached to `lease` (0: none).
+async fn perform(
+    world: &Arc<World>,
+    target: &mut NodeId,
+    step: &Step,
+    bug: Option<Bug>,
+    lease: i64,
+) -> Output {
     let give_up = Instant::now() + CLIENT_TIMEOUT;
     let get = matches!(step, Step::One(Input::Get { .. }));
     loop {
@@ -462,7 +513,7 @@ async fn perform(world: &Arc<World>, target: &mut NodeId, step: &Step, bug: Opti
         if stale_read || (get && world.below(2) == 0) {
             *target = world.any();
         }
-        match tokio::time::timeout_at(give_up, ask(world, *target, step, stale_read)).await {
+        match tokio::time::timeout_at(give_up, ask(world, *target, step, stale_read, lease)).await {
             Err(_) => {
                 return Output::Unknown {
                     error: "client timeout".into(),
@@ -477,13 +528,14 @@ async fn perform(world: &Arc<World>, target: &mut NodeId, step: &Step, bug: Opti
     }
 }
 
-/// Sends `step` to member `target`: its answer, or `Err` with the leader it names when it
-/// did not take the step (it does not lead, or it is down).
+/// Sends `step` to member `target` (a put attached to `lease`): its answer, or `Err` with the
+/// leader it names when it did not take the step (it does not lead, or it is down).
 async fn ask(
     world: &Arc<World>,
     target: NodeId,
     step: &Step,
     stale_read: bool,
+    lease: i64,
 ) -> Result<Output, Option<NodeId>> {
     sleep(world.latency(0, target)).await;
     world.wait_resumed(target, target).await;
@@ -497,7 +549,7 @@ async fn ask(
         })
     };
     let request = match step {
-        Step::One(input) => traffic::request(input, 0),
+        Step::One(input) => traffic::request(input, lease),
         Step::Txn(puts) => Request::Txn(traffic::txn_puts(puts)),
     };
     let write = match request {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keelson_store::raft::{Member, NodeId, Raft, TypeConfig};
+use keelson_store::server::lessor::Lessor;
 use keelson_store::server::node::Node;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -66,6 +67,8 @@ struct State {
     rng: Rng,
     /// Per member (index: id - 1): its Raft and node while it runs.
     running: Vec<Option<(Raft, Node)>>,
+    /// Per member: its lessor (lease deadlines and keep-alives) while it runs.
+    lessors: Vec<Option<Lessor>>,
     /// Per member: how many times it has stopped (a message sent before a stop is never
     /// delivered after it).
     epochs: Vec<u64>,
@@ -112,6 +115,7 @@ impl World {
             state: Mutex::new(State {
                 rng: Rng::new(seed),
                 running: vec![None; members],
+                lessors: vec![None; members],
                 epochs: vec![0; members],
                 cut: BTreeSet::new(),
                 paused: BTreeSet::new(),
@@ -173,16 +177,31 @@ impl World {
         self.with(|s| s.stats)
     }
 
-    /// Member `id` runs `raft`, `node`.
-    pub(crate) fn set_running(&self, id: NodeId, raft: Raft, node: Node) {
-        self.with(|s| s.running[id as usize - 1] = Some((raft, node)));
+    /// Member `id` runs `raft`, `node` and `lessor`.
+    pub(crate) fn set_running(&self, id: NodeId, raft: Raft, node: Node, lessor: Lessor) {
+        self.with(|s| {
+            s.running[id as usize - 1] = Some((raft, node));
+            s.lessors[id as usize - 1] = Some(lessor);
+        });
     }
 
     /// Member `id` stops: what it ran, to be shut down.
     pub(crate) fn take_running(&self, id: NodeId) -> Option<(Raft, Node)> {
         self.with(|s| {
             s.epochs[id as usize - 1] += 1;
+            s.lessors[id as usize - 1] = None;
             s.running[id as usize - 1].take()
+        })
+    }
+
+    /// Member `id`'s node and lessor, while it runs, and how many times it had stopped by then.
+    pub(crate) fn lessor(&self, id: NodeId) -> Option<(Node, Lessor, u64)> {
+        self.with(|s| {
+            let i = id as usize - 1;
+            match (&s.running[i], &s.lessors[i]) {
+                (Some((_, n)), Some(l)) => Some((n.clone(), l.clone(), s.epochs[i])),
+                _ => None,
+            }
         })
     }
 

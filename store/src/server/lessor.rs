@@ -210,7 +210,7 @@ impl Lessor {
                 .map(|(id, l)| (*id, l.ttl))
                 .collect();
             let now = Instant::now();
-            let expired: Vec<i64> = self.with_deadlines(&node, |d| {
+            let mut expired: Vec<i64> = self.with_deadlines(&node, |d| {
                 let live: std::collections::HashSet<i64> =
                     leases.iter().map(|(id, _)| *id).collect();
                 d.retain(|id, _| live.contains(id));
@@ -223,6 +223,8 @@ impl Lessor {
                     .map(|(id, _)| *id)
                     .collect()
             });
+            // In ID order, not the map's (a simulation replays the same revocations).
+            expired.sort_unstable();
             revoking.retain(|id, until| *until > now && leases.iter().any(|(l, _)| l == id));
             for id in expired {
                 if revoking.contains_key(&id) {
