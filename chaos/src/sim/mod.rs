@@ -361,6 +361,9 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     for w in &history.watches {
         digest.write(serde_json::to_string(w)?.as_bytes());
     }
+    digest.write(serde_json::to_string(&history.compactions)?.as_bytes());
+    digest.write(serde_json::to_string(&history.leases)?.as_bytes());
+    digest.write(serde_json::to_string(&history.lease_leftovers)?.as_bytes());
     let checks = crate::check_all(&history, o.check_budget);
     Ok(Outcome {
         seed: o.seed,
