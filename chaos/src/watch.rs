@@ -29,7 +29,7 @@ pub fn check(
     };
 
     // What happened at each revision: acknowledged writes, then every event any watcher saw.
-    let mut truth: BTreeMap<i64, HashMap<String, Option<String>>> = BTreeMap::new();
+    let mut truth: BTreeMap<i64, BTreeMap<String, Option<String>>> = BTreeMap::new();
     let mut writes_of_value: HashMap<&str, &Operation> = HashMap::new();
     let mut first_delete: HashMap<&str, u64> = HashMap::new();
     for o in history {
