@@ -41,14 +41,16 @@ pub(super) async fn client(
     // (record index, keep-alives left, next one due)
     let mut kept: Vec<(usize, u32, Instant)> = Vec::new();
     let mut next_grant = Instant::now();
-    let mut n: i64 = 0;
+    let (mut n, mut attempts) = (0, 0i64);
     let mut target = world.any();
     while Instant::now() < end {
         sleep(Duration::from_millis(100)).await;
         if Instant::now() >= next_grant {
             next_grant = Instant::now() + Duration::from_millis(400);
-            // Chosen here, as a client may (unique: the client's number above the count).
-            let id = ((client as i64 + 1) << 40) | (n + 1);
+            // Chosen here, as a client may: unique (the client's number above the count of
+            // attempts), so a grant that committed unanswered is not asked for again.
+            attempts += 1;
+            let id = ((client as i64 + 1) << 40) | attempts;
             let granted = world.now();
             if let Some(ttl) = grant(&world, &mut target, id).await {
                 n += 1;
@@ -133,6 +135,11 @@ async fn grant(world: &Arc<World>, target: &mut NodeId, id: i64) -> Option<i64> 
             },
             Ok(Err(_)) | Err(_) => return None,
         };
+        // A fresh lease starts its full TTL now, on the leader (as the Lease service's grant
+        // does).
+        if let Some((node, lessor, _)) = world.lessor(to) {
+            let _ = tokio::time::timeout(CLIENT_TIMEOUT, lessor.keep_alive(&node, id)).await;
+        }
         sleep(world.latency(to, 0)).await;
         return world.same_epoch(to, epoch).then_some(ttl);
     }

@@ -442,20 +442,12 @@ async fn start(
     let never = tokio_util::sync::CancellationToken::new();
     node.send_heartbeats(Duration::from_millis(100), never.clone());
     tokio::spawn(node.clone().monitor_leader(never));
-    // The lease expiry loop, until the member crashes (polled: see the module's note).
+    // The lease expiry loop, until the member crashes.
     let lessor = Lessor::new(s.id);
-    let stopped = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(lessor.clone().run(node.clone(), stopped.clone()));
-    let epoch = world.node_epoch(s.id);
-    let (w, id) = (world.clone(), s.id);
-    tokio::spawn(async move {
-        while w.same_epoch(id, epoch) {
-            sleep(Duration::from_millis(50)).await;
-        }
-        stopped.cancel();
-    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(lessor.clone().run(node.clone(), stop.clone()));
     world.note(&[100, s.id]);
-    world.set_running(s.id, raft, node, lessor);
+    world.set_running(s.id, raft, node, lessor, stop);
     Ok(())
 }
 

@@ -32,6 +32,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
 
 use crate::traffic::Rng;
 
@@ -67,8 +68,9 @@ struct State {
     rng: Rng,
     /// Per member (index: id - 1): its Raft and node while it runs.
     running: Vec<Option<(Raft, Node)>>,
-    /// Per member: its lessor (lease deadlines and keep-alives) while it runs.
-    lessors: Vec<Option<Lessor>>,
+    /// Per member: its lessor (lease deadlines and keep-alives) while it runs, and what stops
+    /// its expiry loop.
+    lessors: Vec<Option<(Lessor, CancellationToken)>>,
     /// Per member: how many times it has stopped (a message sent before a stop is never
     /// delivered after it).
     epochs: Vec<u64>,
@@ -177,11 +179,18 @@ impl World {
         self.with(|s| s.stats)
     }
 
-    /// Member `id` runs `raft`, `node` and `lessor`.
-    pub(crate) fn set_running(&self, id: NodeId, raft: Raft, node: Node, lessor: Lessor) {
+    /// Member `id` runs `raft`, `node` and `lessor`, whose expiry loop ends with `stop`.
+    pub(crate) fn set_running(
+        &self,
+        id: NodeId,
+        raft: Raft,
+        node: Node,
+        lessor: Lessor,
+        stop: CancellationToken,
+    ) {
         self.with(|s| {
             s.running[id as usize - 1] = Some((raft, node));
-            s.lessors[id as usize - 1] = Some(lessor);
+            s.lessors[id as usize - 1] = Some((lessor, stop));
         });
     }
 
@@ -189,7 +198,9 @@ impl World {
     pub(crate) fn take_running(&self, id: NodeId) -> Option<(Raft, Node)> {
         self.with(|s| {
             s.epochs[id as usize - 1] += 1;
-            s.lessors[id as usize - 1] = None;
+            if let Some((_, stop)) = s.lessors[id as usize - 1].take() {
+                stop.cancel();
+            }
             s.running[id as usize - 1].take()
         })
     }
@@ -199,7 +210,7 @@ impl World {
         self.with(|s| {
             let i = id as usize - 1;
             match (&s.running[i], &s.lessors[i]) {
-                (Some((_, n)), Some(l)) => Some((n.clone(), l.clone(), s.epochs[i])),
+                (Some((_, n)), Some((l, _))) => Some((n.clone(), l.clone(), s.epochs[i])),
                 _ => None,
             }
         })

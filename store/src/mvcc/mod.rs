@@ -328,13 +328,6 @@ impl Mvcc {
         if !client || !self.auth.enabled() {
             return Ok(());
         }
-        if req.user.is_empty() {
-            return Err(StoreError::UserEmpty);
-        }
-        // A write from an older build carries a user and no revision: its permissions decide.
-        if req.auth_revision != 0 && req.auth_revision < self.auth.revision() {
-            return Err(StoreError::AuthOldRevision);
-        }
         let mut needs = Vec::new();
         match &req.request {
             Some(Rq::Put(p)) => {
@@ -354,6 +347,18 @@ impl Mvcc {
                 }
             }
             _ => {}
+        }
+        // As etcd's, the user and revision are checked with each key: a write that touches
+        // none (a txn of nothing, a revoke of a lease without keys) is not refused.
+        if needs.is_empty() {
+            return Ok(());
+        }
+        if req.user.is_empty() {
+            return Err(StoreError::UserEmpty);
+        }
+        // A write from an older build carries a user and no revision: its permissions decide.
+        if req.auth_revision != 0 && req.auth_revision < self.auth.revision() {
+            return Err(StoreError::AuthOldRevision);
         }
         if needs.iter().all(|n| self.auth.permits(&req.user, *n)) {
             Ok(())

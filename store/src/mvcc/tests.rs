@@ -685,6 +685,15 @@ fn writes_are_checked_again_against_the_auth_state_they_apply_in() {
     ));
     let now = m.auth().revision();
     assert!(matches!(write(&mut m, "alice", now), Rs::Put(_)));
+    // As etcd's, only writes that touch keys are checked: an empty txn checked at the old
+    // revision applies.
+    let empty = m.apply(&InternalRequest {
+        request: Some(Rq::Txn(TxnRequest::default())),
+        user: "alice".into(),
+        auth_revision: at,
+    });
+    m.commit().unwrap();
+    assert!(matches!(empty.response, Some(Rs::Txn(_))), "{empty:?}");
     auth(
         &mut m,
         Change::RoleRevokePermission(AuthRoleRevokePermissionRequest {

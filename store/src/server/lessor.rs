@@ -193,7 +193,10 @@ impl Lessor {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut revoking: HashMap<i64, Instant> = HashMap::new();
         loop {
+            // Biased: a stopped member's loop ends rather than act once more (and a simulation
+            // replays the same way).
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
