@@ -83,10 +83,14 @@ pub fn permitted(
 ) -> Result<Checked, StoreError> {
     let current = m.auth().revision();
     if !m.auth().enabled() {
-        return Ok(Checked {
-            user: String::new(),
-            revision: current,
-        });
+        // A valid JWT still names its user and revision, as etcd 3.4's do on a member that
+        // has not applied `auth enable` yet: the write is then held to them when it applies
+        // (refused as old, not as without a user). Anything else: no user.
+        let jwt = token.zip(m.tokens().jwt());
+        let (user, revision) = jwt
+            .and_then(|(t, p)| p.user(t, None).ok())
+            .unwrap_or((String::new(), current));
+        return Ok(Checked { user, revision });
     }
     // As etcd's, only checks of keys refuse a JWT from before the latest auth change; admin
     // checks look at the user alone.
