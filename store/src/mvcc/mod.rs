@@ -815,8 +815,10 @@ impl Mvcc {
     }
 
     /// Drops from the index every revision a compaction at `rev` removes (for each key the
-    /// newest revision <= `rev` stays unless it is a tombstone, and everything after it) and
-    /// returns their record keys.
+    /// newest revision <= `rev` stays unless it is a tombstone below `rev`, and everything
+    /// after it) and returns their record keys. A tombstone at `rev` itself stays, so a watch
+    /// from `rev` still sees that delete (etcd's fix for its issue 18089; before it, etcd lost
+    /// the event).
     fn prune(&mut self, rev: i64) -> Vec<[u8; 17]> {
         let mut empty = Vec::new();
         let mut dropped = Vec::new();
@@ -825,7 +827,8 @@ impl Mvcc {
             if upto == 0 {
                 continue;
             }
-            let keep_from = if h.revs[upto - 1].tombstone {
+            let newest = &h.revs[upto - 1];
+            let keep_from = if newest.tombstone && newest.main < rev {
                 upto
             } else {
                 upto - 1
