@@ -137,7 +137,9 @@ async fn grant(world: &Arc<World>, target: &mut NodeId, id: i64) -> Option<i64> 
         };
         // A fresh lease starts its full TTL now, on the leader (as the Lease service's grant
         // does).
-        if let Some((node, lessor, _)) = world.lessor(to) {
+        if let Some((node, lessor, now)) = world.lessor(to)
+            && now == epoch
+        {
             let _ = tokio::time::timeout(CLIENT_TIMEOUT, lessor.keep_alive(&node, id)).await;
         }
         sleep(world.latency(to, 0)).await;
