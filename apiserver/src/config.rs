@@ -266,48 +266,7 @@ pub struct Config {
     pub encryption_provider_config_automatic_reload: bool,
 }
 
-/// Parses a Go-style duration (`1m0s`, `30s`, `500ms`, `1h`).
-pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() || n == 'µ' {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        num.clear();
-        total += v * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
-        };
-    }
-    if !num.is_empty() {
-        return Err(format!("invalid duration {s:?}: missing unit"));
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
-}
+pub use keelson_duration::parse_go_duration;
 
 #[cfg(test)]
 mod tests {

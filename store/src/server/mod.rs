@@ -194,55 +194,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     parse_go_duration(s)
 }
 
-/// Parses a duration as Go's `time.ParseDuration` does: a unit after every number (only `0`
-/// goes without), at most about 292 years.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("invalid duration \"\"".into());
-    }
-    let mut rest = s;
-    let mut secs = 0.0;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
-        let n: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            unit => {
-                return Err(format!(
-                    "unknown unit {unit:?} in duration {s:?} (use ns, us, ms, s, m or h)"
-                ));
-            }
-        };
-        secs += n * scale;
-        rest = &rest[unit_len..];
-    }
-    go_range(secs, s)
-}
-
-/// `secs` as a duration, if Go's (nanoseconds in an i64) can hold it.
-fn go_range(secs: f64, text: &str) -> Result<Duration, String> {
-    if !(0.0..=i64::MAX as f64 / 1e9).contains(&secs) {
-        return Err(format!("invalid duration {text:?}: out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+use keelson_duration::go_range;
+pub use keelson_duration::parse_go_duration;
 
 /// Splits a comma-separated URL list.
 fn url_list(s: &str) -> Vec<String> {
@@ -1200,7 +1153,7 @@ mod compactor_tests {
 
 #[cfg(test)]
 mod duration_tests {
-    use super::{parse_duration, parse_go_duration};
+    use super::parse_duration;
     use std::time::Duration;
 
     #[test]
@@ -1228,15 +1181,6 @@ mod duration_tests {
             "-1s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-        // Go's own: a unit after every number but 0.
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(
-            parse_go_duration("2562047h"),
-            Ok(Duration::from_secs(2562047 * 3600))
-        );
-        for bad in ["300", "1.5", "5m0"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
 }
