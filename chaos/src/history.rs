@@ -271,6 +271,19 @@ pub struct LeaseLeftover {
     pub keys: Vec<String>,
 }
 
+impl LeaseLeftover {
+    /// What `member` held: the keys of `kvs`.
+    pub fn new(member: String, kvs: &[keelson_etcdpb::mvccpb::KeyValue]) -> LeaseLeftover {
+        LeaseLeftover {
+            member,
+            keys: kvs
+                .iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect(),
+        }
+    }
+}
+
 /// Everything a run recorded.
 #[derive(Clone, Debug, Default)]
 pub struct History {

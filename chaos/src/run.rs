@@ -434,7 +434,7 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
         for i in cluster.live() {
             let m = &cluster.members[i];
             let ch = crate::cluster::channel(&m.client, Some(Duration::from_secs(2)))?;
-            let keys = match KvClient::new(ch)
+            let kvs = match KvClient::new(ch)
                 .range(RangeRequest {
                     key: prefix.as_bytes().to_vec(),
                     range_end: keelson_etcdpb::prefix_end(prefix.as_bytes()),
@@ -444,22 +444,14 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
                 })
                 .await
             {
-                Ok(r) => r
-                    .into_inner()
-                    .kvs
-                    .iter()
-                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-                    .collect(),
+                Ok(r) => r.into_inner().kvs,
                 // A member that cannot be read now is read again on the next round.
                 Err(_) => {
                     unread = true;
                     continue;
                 }
             };
-            left.push(LeaseLeftover {
-                member: m.name.clone(),
-                keys,
-            });
+            left.push(LeaseLeftover::new(m.name.clone(), &kvs));
         }
         if (!unread && left.iter().all(|l| l.keys.is_empty()))
             || tokio::time::Instant::now() > deadline

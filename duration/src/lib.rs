@@ -49,7 +49,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 
 /// `secs` as a duration, if Go's (nanoseconds in an i64) can hold it; `text` names it in the
 /// error.
-pub fn go_range(secs: f64, text: &str) -> Result<Duration, String> {
+fn go_range(secs: f64, text: &str) -> Result<Duration, String> {
     if !(0.0..=i64::MAX as f64 / 1e9).contains(&secs) {
         return Err(format!("invalid duration {text:?}: out of range"));
     }

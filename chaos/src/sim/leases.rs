@@ -12,11 +12,10 @@ use keelson_store::StoreError;
 use keelson_store::raft::NodeId;
 use keelson_store::raft::pb::internal_request::Request as Rq;
 use keelson_store::raft::pb::internal_response::Response as Rs;
-use keelson_store::raft::pb::{Batch, InternalRequest};
 use tokio::time::{Instant, sleep};
 
-use super::CLIENT_TIMEOUT;
 use super::net::World;
+use super::{CLIENT_TIMEOUT, propose_one};
 use crate::history::{Input, KeepAlive, LeaseLeftover, LeaseRecord, Operation};
 use crate::traffic::{PREFIX, Step};
 
@@ -116,24 +115,15 @@ async fn grant(world: &Arc<World>, target: &mut NodeId, id: i64) -> Option<i64> 
             *target = world.any();
             continue;
         };
-        let batch = Batch {
-            requests: vec![InternalRequest {
-                request: Some(Rq::LeaseGrant(LeaseGrantRequest { ttl: TTL, id })),
-                ..Default::default()
-            }],
-        };
-        let answer = tokio::time::timeout_at(give_up, node.propose_forwarded(batch)).await;
-        let ttl = match answer {
+        let grant = Rq::LeaseGrant(LeaseGrantRequest { ttl: TTL, id });
+        let ttl = match tokio::time::timeout_at(give_up, propose_one(&node, grant)).await {
             Ok(Err(StoreError::NotLeader)) => {
                 *target = node.leader().unwrap_or_else(|| world.any());
                 sleep(world.millis(10, 40)).await;
                 continue;
             }
-            Ok(Ok(b)) => match b.responses.into_iter().next().and_then(|r| r.response) {
-                Some(Rs::LeaseGrant(r)) => r.ttl,
-                _ => return None,
-            },
-            Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(Some(Rs::LeaseGrant(r)))) => r.ttl,
+            Ok(_) | Err(_) => return None,
         };
         // A fresh lease starts its full TTL now, on the leader (as the Lease service's grant
         // does).
@@ -207,21 +197,14 @@ pub(super) async fn wait_for_expiry(world: &World) -> Vec<LeaseLeftover> {
                 unread = true;
                 continue;
             };
-            let keys = match node.shared().mvcc.read().range(&read) {
-                Ok(r) => r
-                    .kvs
-                    .iter()
-                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-                    .collect(),
+            let kvs = match node.shared().mvcc.read().range(&read) {
+                Ok(r) => r.kvs,
                 Err(_) => {
                     unread = true;
                     continue;
                 }
             };
-            left.push(LeaseLeftover {
-                member: format!("m{id}"),
-                keys,
-            });
+            left.push(LeaseLeftover::new(format!("m{id}"), &kvs));
         }
         if (!unread && left.iter().all(|l| l.keys.is_empty())) || Instant::now() > deadline {
             return left.into_iter().filter(|l| !l.keys.is_empty()).collect();

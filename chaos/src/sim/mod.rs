@@ -30,10 +30,10 @@
 //! through Raft), and lets them all expire; the run then waits until no member holds a
 //! lease's key.
 //!
-//! What is not simulated: snapshots (their files go through blocking threads), membership changes, forwarded writes (clients write
-//! to the member they take for the leader), SIGSTOP (a stall holds a member's
-//! messages but its timers run), and the loss of writes not yet synced (a crash here is a
-//! kill -9: what the store wrote stays).
+//! What is not simulated: snapshots (their files go through blocking threads), membership
+//! changes, forwarded writes (clients write to the member they take for the leader), SIGSTOP
+//! (a stall holds a member's messages but its timers run), and the loss of writes not yet
+//! synced (a crash here is a kill -9: what the store wrote stays).
 //!
 //! One ordering is not the seed's: tokio picks the branch of an unbiased `select!` at random
 //! (seeding it needs `tokio_unstable`). openraft has two: its replication back-off, where
@@ -568,23 +568,13 @@ async fn ask(
         Request::Delete(d) => Rq::DeleteRange(d),
         Request::Txn(t) => Rq::Txn(t),
     };
-    let batch = Batch {
-        requests: vec![InternalRequest {
-            request: Some(write),
-            ..Default::default()
-        }],
-    };
-    // As the leader's side of a forwarded proposal: a member that does not lead refuses it,
-    // having appended nothing.
-    let answer = match node.propose_forwarded(batch).await {
+    let answer = match propose_one(&node, write).await {
         Err(StoreError::NotLeader) => return Err(node.leader()),
         Err(e) => return unknown(&e),
-        Ok(b) => match b.responses.into_iter().next().and_then(|r| r.response) {
-            Some(Rs::Put(r)) => Answer::Put(r),
-            Some(Rs::DeleteRange(r)) => Answer::Delete(r),
-            Some(Rs::Txn(r)) => Answer::Txn(r),
-            other => return unknown(&format!("unexpected answer: {other:?}")),
-        },
+        Ok(Some(Rs::Put(r))) => Answer::Put(r),
+        Ok(Some(Rs::DeleteRange(r))) => Answer::Delete(r),
+        Ok(Some(Rs::Txn(r))) => Answer::Txn(r),
+        Ok(other) => return unknown(&format!("unexpected answer: {other:?}")),
     };
     answered(answer).await
 }
@@ -639,6 +629,23 @@ async fn answered(
     })
 }
 
+/// `request` as the leader's side of a forwarded proposal: a member that does not lead refuses
+/// it (`NotLeader`), having appended nothing; else its answer.
+async fn propose_one(node: &Node, request: Rq) -> Result<Option<Rs>, StoreError> {
+    let batch = Batch {
+        requests: vec![InternalRequest {
+            request: Some(request),
+            ..Default::default()
+        }],
+    };
+    let answers = node.propose_forwarded(batch).await?;
+    Ok(answers
+        .responses
+        .into_iter()
+        .next()
+        .and_then(|r| r.response))
+}
+
 /// Compacts to 50 revisions behind the head, every `every` and up to half a second more,
 /// until `end`, through the member taken for the leader (a member that does not lead
 /// refuses, having appended nothing, and nothing is recorded).
@@ -664,23 +671,15 @@ async fn compactor(world: Arc<World>, every: Duration, end: Instant) -> Vec<Comp
         }
         let at = world.now();
         world.note(&[500, leader, revision as u64]);
-        let batch = Batch {
-            requests: vec![InternalRequest {
-                request: Some(Rq::Compaction(CompactionRequest {
-                    revision,
-                    physical: false,
-                })),
-                ..Default::default()
-            }],
-        };
+        let compact = Rq::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        });
         let acknowledged =
-            match tokio::time::timeout(CLIENT_TIMEOUT, node.propose_forwarded(batch)).await {
+            match tokio::time::timeout(CLIENT_TIMEOUT, propose_one(&node, compact)).await {
                 Ok(Err(StoreError::NotLeader)) => continue,
-                Ok(Ok(b)) => matches!(
-                    b.responses.into_iter().next().and_then(|r| r.response),
-                    Some(Rs::Compaction(_))
-                ),
-                Ok(Err(_)) | Err(_) => false,
+                Ok(answer) => matches!(answer, Ok(Some(Rs::Compaction(_)))),
+                Err(_) => false,
             };
         // The answer on its way back, lost if the member crashed meanwhile.
         sleep(world.latency(leader, 0)).await;

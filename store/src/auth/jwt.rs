@@ -84,7 +84,7 @@ impl JwtTokens {
                 "pub-key" => public = Some(read(v)?),
                 "priv-key" => private = Some(read(v)?),
                 "ttl" => {
-                    ttl = crate::server::parse_go_duration(v).map_err(|e| {
+                    ttl = keelson_duration::parse_go_duration(v).map_err(|e| {
                         format!("{INVALID_OPTIONS} (problem loading JWT options: {e})")
                     })?;
                 }

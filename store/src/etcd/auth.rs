@@ -85,8 +85,10 @@ pub fn permitted(
     if !m.auth().enabled() {
         // A valid JWT still names its user and revision, as etcd 3.4's do on a member that
         // has not applied `auth enable` yet: the write is then held to them when it applies
-        // (refused as old, not as without a user). Anything else: no user.
-        let jwt = token.zip(m.tokens().jwt());
+        // (refused as old, not as without a user). Anything else: no user. Only writes carry
+        // what this returns, so reads verify nothing.
+        let writes = needs.iter().any(|n| matches!(n, Need::Write(..)));
+        let jwt = token.filter(|_| writes).zip(m.tokens().jwt());
         let (user, revision) = jwt
             .and_then(|(t, p)| p.user(t, None).ok())
             .unwrap_or((String::new(), current));

@@ -35,16 +35,22 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// What this member presents to `https://` peers.
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Since when each peer has answered the Raft RPCs this member sent it without a break
-    /// (etcd's `ActiveSince`), and when it last answered; a peer that could not be reached
-    /// has no entry. Tokio's clock, so that a simulation's paused time drives it.
-    active: Arc<Mutex<HashMap<NodeId, (tokio::time::Instant, tokio::time::Instant)>>>,
-    /// When each peer last answered, kept through failed calls (etcd's `RecentActive`: a
-    /// leader without a quorum of recent answers steps down).
-    answered: Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>,
+    /// Each peer that answered a Raft RPC this member sent it.
+    active: Arc<Mutex<HashMap<NodeId, Answers>>>,
     /// The longest a peer may go without answering and still count as connected (the
     /// election timeout: several heartbeats, whatever `--heartbeat-interval` is).
     answer_gap: Duration,
+}
+
+/// How a peer has answered this member's Raft RPCs, in tokio's clock (so that a simulation's
+/// paused time drives it).
+#[derive(Debug, Clone, Copy)]
+struct Answers {
+    /// Since when it has answered without a break (etcd's `ActiveSince`); none once a call
+    /// failed in transport.
+    since: Option<tokio::time::Instant>,
+    /// When it last answered, kept through failed calls (etcd's `RecentActive`).
+    last: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Peers {
@@ -71,7 +77,6 @@ impl Peers {
             channels: Arc::default(),
             tls,
             active: Arc::default(),
-            answered: Arc::default(),
             answer_gap: Duration::from_secs(1),
         }
     }
@@ -87,17 +92,17 @@ impl Peers {
     /// call that outlives its timeout, so a hung or cut-off peer never fails one), or none
     /// was sent (only a leader sends them all the time).
     pub fn active_since(&self, id: NodeId) -> Option<tokio::time::Instant> {
-        let (since, last) = *self.active.lock().get(&id)?;
-        (last.elapsed() <= self.answer_gap).then_some(since)
+        let a = *self.active.lock().get(&id)?;
+        a.since.filter(|_| a.last.elapsed() <= self.answer_gap)
     }
 
     /// Whether `id` answered one of this member's Raft calls within the answer gap, whatever
     /// became of the calls since.
     pub fn answered_recently(&self, id: NodeId) -> bool {
-        self.answered
+        self.active
             .lock()
             .get(&id)
-            .is_some_and(|t| t.elapsed() <= self.answer_gap)
+            .is_some_and(|a| a.last.elapsed() <= self.answer_gap)
     }
 
     /// Records how a call to peer `id` went: answered (`reached`), or failed in transport (a
@@ -105,17 +110,21 @@ impl Peers {
     pub fn mark(&self, id: NodeId, reached: bool) {
         let mut active = self.active.lock();
         if !reached {
-            active.remove(&id);
+            if let Some(a) = active.get_mut(&id) {
+                a.since = None;
+            }
             return;
         }
         let now = tokio::time::Instant::now();
-        self.answered.lock().insert(id, now);
-        let entry = active.entry(id).or_insert((now, now));
-        // A gap in the answers is a break: the peer is active again from now.
-        if now.duration_since(entry.1) > self.answer_gap {
-            entry.0 = now;
+        let a = active.entry(id).or_insert(Answers {
+            since: None,
+            last: now,
+        });
+        // After a failed call or a gap in the answers, the peer is active again from now.
+        if a.since.is_none() || now.duration_since(a.last) > self.answer_gap {
+            a.since = Some(now);
         }
-        entry.1 = now;
+        a.last = now;
     }
 
     /// A gRPC client for the member's first peer URL.

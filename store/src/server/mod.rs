@@ -36,6 +36,8 @@ use self::metrics::Metrics;
 use self::node::{Node, RestoredLeader};
 use self::peer::PeerService;
 use self::quota::Quota;
+pub use keelson_duration::parse_go_duration;
+
 use crate::auth::jwt::JwtTokens;
 use crate::backend::SledBackend;
 use crate::etcd::auth::AuthService;
@@ -188,14 +190,10 @@ pub enum ServerError {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        let n: f64 = s.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        return go_range(n, s);
+        return parse_go_duration(&format!("{s}s"));
     }
     parse_go_duration(s)
 }
-
-use keelson_duration::go_range;
-pub use keelson_duration::parse_go_duration;
 
 /// Splits a comma-separated URL list.
 fn url_list(s: &str) -> Vec<String> {
@@ -972,19 +970,10 @@ fn auto_compaction(config: &Config) -> Result<Option<Retention>, ServerError> {
         _ => {
             // A bare integer counts hours, as etcd's; anything else needs a unit.
             let d = match r.parse::<u64>() {
-                Ok(hours) => hours
-                    .checked_mul(3600)
-                    .filter(|s| *s <= i64::MAX as u64 / 1_000_000_000)
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| {
-                        ServerError::Config(format!(
-                            "--auto-compaction-retention {r:?} is too long"
-                        ))
-                    })?,
-                Err(_) => parse_go_duration(r).map_err(|e| {
-                    ServerError::Config(format!("--auto-compaction-retention: {e}"))
-                })?,
-            };
+                Ok(hours) => parse_go_duration(&format!("{hours}h")),
+                Err(_) => parse_go_duration(r),
+            }
+            .map_err(|e| ServerError::Config(format!("--auto-compaction-retention: {e}")))?;
             // Zero in any unit turns compaction off, as etcd's.
             Ok((!d.is_zero()).then_some(Retention::Periodic(d)))
         }
@@ -1179,6 +1168,9 @@ mod duration_tests {
             "99999999999999999999999h",
             "2562048h",
             "-1s",
+            // Bare seconds are held to Go's range too.
+            "99999999999999999999999",
+            "-1",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }

@@ -307,7 +307,7 @@ impl Node {
                 && !self.heartbeats_quiet(election)
                 && !self.quorum_answers()
             {
-                self.step_down().await;
+                self.step_down(election).await;
             }
             leaderless = if self.has_leader() { 0 } else { leaderless + 1 };
             // Each further timeout without one ends the streams begun since.
@@ -322,14 +322,13 @@ impl Node {
     /// next term, as if a candidate with a log no other can be ahead of had asked. It then
     /// follows, and campaigns after an election timeout like any follower without a leader.
     /// openraft refuses while its leader lease lasts (the longest election timeout since it
-    /// was elected); the monitor asks again at its next check.
-    async fn step_down(&self) {
+    /// was elected); the monitor asks again at its next check. Waits at most `wait` for Raft.
+    async fn step_down(&self, wait: Duration) {
         let term = self.inner.raft.metrics().borrow().current_term;
         let vote = openraft::Vote::new(term + 1, 0);
         let any_log = openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, 0), u64::MAX);
         let request = openraft::raft::VoteRequest::new(vote, Some(any_log));
         // Bounded, so a stalled Raft core does not stop the monitor.
-        let wait = Duration::from_millis(self.inner.raft.config().election_timeout_min.max(1));
         match tokio::time::timeout(wait, self.inner.raft.vote(request)).await {
             Err(_) => tracing::debug!("stepping down: no answer from Raft"),
             Ok(Err(e)) => tracing::debug!(error = %e, "stepping down"),
