@@ -17,6 +17,8 @@ pub struct Cluster {
     pub initial: String,
     /// Flags given to every member besides the cluster's own.
     pub extra: Vec<String>,
+    /// Environment variables set for every member.
+    pub env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -32,6 +34,11 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` flags for every member.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with_env(n, extra, &[])
+    }
+
+    /// Like [`Cluster::start_with`], with `env` set for every member.
+    pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 0..n {
@@ -52,6 +59,10 @@ impl Cluster {
             members,
             initial,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         for i in 0..n {
@@ -105,6 +116,7 @@ impl Cluster {
             .arg("--snapshot-count=200")
             .args(&self.extra)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

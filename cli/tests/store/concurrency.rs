@@ -320,3 +320,127 @@ fn etcdctl_lock_and_elect_run_etcds_client_recipes() {
     let _ = candidate.kill();
     let _ = candidate.wait();
 }
+
+/// A request carrying `token`, as etcd's clients send it.
+fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("token", token.parse().expect("a token is ASCII"));
+    r
+}
+
+/// Arms (`PUT` with `term`) or disarms (`DELETE`) the member's `raftBeforeApply` failpoint
+/// over its `GOFAIL_HTTP` address.
+fn before_apply(gofail: &str, method: &str, term: &str) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-X", method, "--data-binary", term])
+        .arg(format!("http://{gofail}/raftBeforeApply"))
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{method} raftBeforeApply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With auth on, the writes Lock and Campaign make carry the caller's check into the log, as
+/// etcd's recipes (run through its KV service with the caller's context) do: a queue key put
+/// after an auth change is refused when it applies (`revision of auth store is old`), not
+/// written for a check the auth state has moved past. Each apply is held 300 ms, so the
+/// request's session lease is granted before the change and its key proposed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipe_writes_are_checked_again_when_they_apply() {
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    use keelson_etcdpb::etcdserverpb::{AuthRoleAddRequest, AuthenticateRequest};
+
+    let gofail = format!("127.0.0.1:{}", keelson_client::ports::free_port().unwrap());
+    let c = Cluster::start_with_env(1, &[], &[("GOFAIL_HTTP", gofail.as_str())]);
+    let endpoint = c.members[0].client.clone();
+    let e = endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let root = |args: &[&str]| {
+            let mut all = vec!["--user=root:pw"];
+            all.extend_from_slice(args);
+            ok(etcdctl(&e, &all))
+        };
+        ok(etcdctl(&e, &["user", "add", "root:pw"]));
+        ok(etcdctl(&e, &["auth", "enable"]));
+        root(&["role", "add", "queues"]);
+        for prefix in ["L/", "E/"] {
+            root(&[
+                "role",
+                "grant-permission",
+                "queues",
+                "readwrite",
+                prefix,
+                "--prefix",
+            ]);
+        }
+        root(&["user", "add", "u:pw"]);
+        root(&["user", "grant-role", "u", "queues"]);
+    })
+    .await
+    .unwrap();
+    let mut auth = AuthClient::connect(endpoint.clone()).await.unwrap();
+    let mut tokens = Vec::new();
+    for name in ["root", "u"] {
+        let request = AuthenticateRequest {
+            name: name.into(),
+            password: "pw".into(),
+        };
+        tokens.push(auth.authenticate(request).await.unwrap().into_inner().token);
+    }
+    let (root, user) = (tokens[0].clone(), tokens[1].clone());
+    let mut kv = KvClient::connect(endpoint.clone()).await.unwrap();
+    let locks = LockClient::connect(endpoint.clone()).await.unwrap();
+    let elections = ElectionClient::connect(endpoint.clone()).await.unwrap();
+
+    for (round, prefix) in ["L", "E"].into_iter().enumerate() {
+        before_apply(&gofail, "PUT", "sleep(300)");
+        let (mut locks, mut elections, u) = (locks.clone(), elections.clone(), user.clone());
+        let call = tokio::spawn(async move {
+            let name = prefix.as_bytes().to_vec();
+            if prefix == "L" {
+                let r = LockRequest { name, lease: 0 };
+                locks.lock(with_token(&u, r)).await.map(|_| ())
+            } else {
+                let r = CampaignRequest {
+                    name,
+                    lease: 0,
+                    value: b"v".to_vec(),
+                };
+                elections.campaign(with_token(&u, r)).await.map(|_| ())
+            }
+        });
+        // Checked and its lease proposed; the change goes into the log before its key.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let change = AuthRoleAddRequest {
+            name: format!("unrelated-{round}"),
+        };
+        auth.role_add(with_token(&root, change)).await.unwrap();
+        let refused = call.await.unwrap().unwrap_err();
+        before_apply(&gofail, "DELETE", "");
+        assert_eq!(
+            refused.message(),
+            "etcdserver: revision of auth store is old",
+            "{prefix}: {refused:?}"
+        );
+        let seen = with_token(
+            &root,
+            RangeRequest {
+                key: format!("{prefix}/").into_bytes(),
+                range_end: keelson_etcdpb::prefix_end(format!("{prefix}/").as_bytes()),
+                ..Default::default()
+            },
+        );
+        assert!(kv.range(seen).await.unwrap().into_inner().kvs.is_empty());
+    }
+    // The user may still lock: it was the check's revision that was refused.
+    let again = LockRequest {
+        name: b"L".to_vec(),
+        lease: 0,
+    };
+    let held = locks.clone().lock(with_token(&user, again)).await.unwrap();
+    assert!(held.into_inner().key.starts_with(b"L/"));
+}

@@ -11,6 +11,10 @@
 //!
 //! A request without a lease gets a fresh 60-second lease that is never renewed (etcd's
 //! session default). A waiter whose client goes away takes its key back, as etcd's does.
+//!
+//! With auth on, a request is checked once, up front, for what its recipe reads and writes;
+//! the recipe's writes carry that check into the log, so a write that applies after an auth
+//! change is refused as a client's own would be (`revision of auth store is old`).
 
 use std::pin::Pin;
 
@@ -38,7 +42,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Need;
 use crate::error::StoreError;
-use crate::etcd::auth::{Internal, authorize};
+use crate::etcd::auth::{Checked, Internal, authorize};
 use crate::etcd::kv::KvService;
 use crate::etcd::lease::LeaseService;
 use crate::mvcc::EventBatch;
@@ -53,12 +57,27 @@ pub struct ConcurrencyService {
     node: Node,
     kv: KvService,
     lease: LeaseService,
+    /// Whom the KV calls are made for; none (the member itself) outside a request.
+    caller: Checked,
 }
 
 impl ConcurrencyService {
     /// The services for `node`.
     pub fn new(node: Node, kv: KvService, lease: LeaseService) -> ConcurrencyService {
-        ConcurrencyService { node, kv, lease }
+        ConcurrencyService {
+            node,
+            kv,
+            lease,
+            caller: Checked::default(),
+        }
+    }
+
+    /// The services making their KV calls for `caller`.
+    fn on_behalf(&self, caller: Checked) -> ConcurrencyService {
+        ConcurrencyService {
+            caller,
+            ..self.clone()
+        }
     }
 
     /// `lease`, or a fresh unrenewed one when it is 0.
@@ -77,11 +96,11 @@ impl ConcurrencyService {
     }
 
     async fn range(&self, r: RangeRequest) -> Result<RangeResponse, Status> {
-        Ok(self.kv.range(internal(r)).await?.into_inner())
+        Ok(self.kv.range(self.internal(r)).await?.into_inner())
     }
 
     async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        Ok(self.kv.txn(internal(t)).await?.into_inner())
+        Ok(self.kv.txn(self.internal(t)).await?.into_inner())
     }
 
     /// Puts `key` (with `value` and `lease`) unless it exists. Returns the transaction's
@@ -303,15 +322,23 @@ fn internal_error(msg: &str) -> Status {
     StoreError::Internal(msg.into()).into()
 }
 
-/// A request to the member's own KV service on behalf of a caller checked already.
-fn internal<T>(message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.extensions_mut().insert(Internal);
-    r
+impl ConcurrencyService {
+    /// A request to the member's own KV service for the caller, checked already.
+    fn internal<T>(&self, message: T) -> Request<T> {
+        let mut r = Request::new(message);
+        r.extensions_mut().insert(Internal(self.caller.clone()));
+        r
+    }
 }
 
-/// Checks that the caller may read (and with `write`, write) the queue of `name` (auth on).
-fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8], write: bool) -> Result<(), Status> {
+/// Checks that the caller may read (and with `write`, write) the queue of `name` (auth on),
+/// and says who it was checked for.
+fn check_queue<T>(
+    node: &Node,
+    req: &Request<T>,
+    name: &[u8],
+    write: bool,
+) -> Result<Checked, Status> {
     let prefix = queue_prefix(name);
     let end = keelson_etcdpb::prefix_end(&prefix);
     let read = Need::Read(&prefix, &end);
@@ -320,21 +347,19 @@ fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8], write: bool) -> Re
     } else {
         &[read]
     };
-    authorize(node, req, needs)
-        .map(|_| ())
-        .map_err(as_recipe_error)
+    authorize(node, req, needs).map_err(as_recipe_error)
 }
 
-/// Checks that the caller may write the leader key a request names (auth on).
+/// Checks that the caller may read and write the leader key a request names (auth on): the
+/// proclaim's and the resign's transactions compare its create revision, then put or delete
+/// it. Says who it was checked for.
 fn check_leader_key<T>(
     node: &Node,
     req: &Request<T>,
     leader: Option<&LeaderKey>,
-) -> Result<(), Status> {
+) -> Result<Checked, Status> {
     let key = leader.map(|l| l.key.as_slice()).unwrap_or_default();
-    authorize(node, req, &[Need::Write(key, &[])])
-        .map(|_| ())
-        .map_err(as_recipe_error)
+    authorize(node, req, &[Need::Read(key, &[]), Need::Write(key, &[])]).map_err(as_recipe_error)
 }
 
 /// The queue of lock or election `name`: `name/`.
@@ -419,7 +444,7 @@ impl ConcurrencyService {
             });
         }
         let withdraw = Withdraw {
-            service: Some(self.clone()),
+            service: Some(self.on_behalf(Checked::default())),
             key: key.clone(),
             rev: queued.rev,
         };
@@ -448,7 +473,7 @@ impl ConcurrencyService {
             lease,
         };
         let withdraw = Withdraw {
-            service: Some(self.clone()),
+            service: Some(self.on_behalf(Checked::default())),
             key: key.clone(),
             rev: queued.rev,
         };
@@ -488,8 +513,8 @@ fn as_recipe_error(s: Status) -> Status {
 #[tonic::async_trait]
 impl Lock for ConcurrencyService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name, true)?;
-        let resp = self.acquire(req.into_inner()).await;
+        let caller = check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        let resp = self.on_behalf(caller).acquire(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
 
@@ -497,12 +522,12 @@ impl Lock for ConcurrencyService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])
+        let caller = authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])
             .map_err(as_recipe_error)?;
         let key = req.into_inner().key;
         let resp = self
             .kv
-            .delete_range(internal(DeleteRangeRequest {
+            .delete_range(self.on_behalf(caller).internal(DeleteRangeRequest {
                 key,
                 ..Default::default()
             }))
@@ -523,8 +548,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name, true)?;
-        let resp = self.campaign_for(req.into_inner()).await;
+        let caller = check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        let resp = self.on_behalf(caller).campaign_for(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
 
@@ -532,10 +557,11 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        let caller = check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
         let r = req.into_inner();
         let leader = leader_key(r.leader)?;
         let header = self
+            .on_behalf(caller)
             .proclaim_value(&leader, &r.value)
             .await
             .map_err(as_recipe_error)?;
@@ -548,8 +574,11 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name, false)?;
-        let resp = self.current_leader(&req.into_inner().name).await;
+        let caller = check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        let resp = self
+            .on_behalf(caller)
+            .current_leader(&req.into_inner().name)
+            .await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
 
@@ -559,10 +588,10 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
-        check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        let caller = check_queue(&self.node, &req, &req.get_ref().name, false)?;
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
-        let s = self.clone();
+        let s = self.on_behalf(caller);
         tokio::spawn(async move { s.observe(name, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -571,9 +600,10 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        let caller = check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
         let leader = leader_key(req.into_inner().leader)?;
         let header = self
+            .on_behalf(caller)
             .delete_if_created_at(&leader.key, leader.rev)
             .await
             .map_err(as_recipe_error)?;
