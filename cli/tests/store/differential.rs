@@ -1327,6 +1327,56 @@ async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<Stri
     t.0
 }
 
+/// Right after MoveLeader, adding a voter through the old leader. etcd's members keep streams
+/// to every peer, so its new leader knows each has been up for long; keelson's followers
+/// probe their peers to know as much (before, its new leader refused changes for 5 s).
+async fn reconfig_right_after_a_leader_change(target: Target, dir: PathBuf) -> Vec<String> {
+    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+    use keelson_etcdpb::etcdserverpb::{MoveLeaderRequest, StatusRequest};
+    let cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
+    for e in cluster.endpoints() {
+        ready(&e).await;
+    }
+    // Every voter connected for longer than the strict check's 5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader.is_none() && Instant::now() < deadline {
+        leader = cluster.leader().await;
+    }
+    let leader = leader.expect("a leader");
+    let channel = |i: usize| {
+        Channel::from_shared(cluster.endpoints()[i].clone())
+            .unwrap()
+            .connect_lazy()
+    };
+    let next = (leader + 1) % 3;
+    let status = MaintenanceClient::new(channel(next))
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let target_id = status.header.unwrap().member_id;
+    let mut t = Transcript::default();
+    t.add(
+        "move leader",
+        MaintenanceClient::new(channel(leader))
+            .move_leader(MoveLeaderRequest { target_id })
+            .await,
+    );
+    let mut old_leader = ClusterClient::new(channel(leader));
+    t.note("add a voter at once", add_voter(&mut old_leader).await);
+    t.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_knows_how_long_its_peers_have_been_up_as_etcds_does() {
+    let (etcd, keelson) = on_both(reconfig_right_after_a_leader_change).await;
+    assert_eq!(keelson, etcd);
+    // What etcd answered, so a change on both sides cannot pass unnoticed.
+    assert!(etcd[1].ends_with(": 4"), "{etcd:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_reconfiguration_checks_refuse_what_etcd_refuses() {
     let (etcd, keelson) = on_both(reconfig_with_a_follower_down).await;

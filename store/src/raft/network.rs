@@ -35,22 +35,26 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// What this member presents to `https://` peers.
     tls: Option<tonic::transport::ClientTlsConfig>,
-    /// Each peer that answered a Raft RPC this member sent it.
+    /// Each peer that answered a Raft RPC or a probe this member sent it.
     active: Arc<Mutex<HashMap<NodeId, Answers>>>,
     /// The longest a peer may go without answering and still count as connected (the
     /// election timeout: several heartbeats, whatever `--heartbeat-interval` is).
     answer_gap: Duration,
 }
 
-/// How a peer has answered this member's Raft RPCs, in tokio's clock (so that a simulation's
+/// How a peer has answered this member's calls, in tokio's clock (so that a simulation's
 /// paused time drives it).
 #[derive(Debug, Clone, Copy)]
 struct Answers {
-    /// Since when it has answered without a break (etcd's `ActiveSince`); none once a call
-    /// failed in transport.
+    /// Since when it has answered Raft RPCs and probes without a break (etcd's
+    /// `ActiveSince`, which every member's peer streams keep); none once a call failed in
+    /// transport.
     since: Option<tokio::time::Instant>,
-    /// When it last answered, kept through failed calls (etcd's `RecentActive`).
-    last: tokio::time::Instant,
+    /// When it last answered a Raft RPC or a probe.
+    heard: tokio::time::Instant,
+    /// When it last answered a Raft RPC, kept through failed calls (etcd's `RecentActive`,
+    /// which only Raft's own messages move).
+    raft: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -87,27 +91,37 @@ impl Peers {
         self
     }
 
-    /// Since when `id` has answered this member's Raft RPCs without a break; None if the
-    /// last one failed in transport, none was answered for the answer gap (openraft drops a
-    /// call that outlives its timeout, so a hung or cut-off peer never fails one), or none
-    /// was sent (only a leader sends them all the time).
+    /// Since when `id` has answered this member's Raft RPCs and probes without a break; None
+    /// if the last one failed in transport, or none was answered for the answer gap (openraft
+    /// drops a call that outlives its timeout, so a hung or cut-off peer never fails one).
     pub fn active_since(&self, id: NodeId) -> Option<tokio::time::Instant> {
         let a = *self.active.lock().get(&id)?;
-        a.since.filter(|_| a.last.elapsed() <= self.answer_gap)
+        a.since.filter(|_| a.heard.elapsed() <= self.answer_gap)
     }
 
     /// Whether `id` answered one of this member's Raft calls within the answer gap, whatever
-    /// became of the calls since.
+    /// became of the calls since (probes do not count).
     pub fn answered_recently(&self, id: NodeId) -> bool {
         self.active
             .lock()
             .get(&id)
-            .is_some_and(|a| a.last.elapsed() <= self.answer_gap)
+            .and_then(|a| a.raft)
+            .is_some_and(|t| t.elapsed() <= self.answer_gap)
     }
 
-    /// Records how a call to peer `id` went: answered (`reached`), or failed in transport (a
-    /// refused or broken connection). A call that timed out is not recorded.
+    /// Records how a Raft call to peer `id` went: answered (`reached`), or failed in transport
+    /// (a refused or broken connection). A call that timed out is not recorded.
     pub fn mark(&self, id: NodeId, reached: bool) {
+        self.record(id, reached, true);
+    }
+
+    /// Records how a probe of peer `id` went, as [`Peers::mark`] does a Raft call's; it
+    /// counts towards [`Peers::active_since`] only.
+    pub fn mark_probe(&self, id: NodeId, reached: bool) {
+        self.record(id, reached, false);
+    }
+
+    fn record(&self, id: NodeId, reached: bool, raft: bool) {
         let mut active = self.active.lock();
         if !reached {
             if let Some(a) = active.get_mut(&id) {
@@ -118,13 +132,32 @@ impl Peers {
         let now = tokio::time::Instant::now();
         let a = active.entry(id).or_insert(Answers {
             since: None,
-            last: now,
+            heard: now,
+            raft: None,
         });
         // After a failed call or a gap in the answers, the peer is active again from now.
-        if a.since.is_none() || now.duration_since(a.last) > self.answer_gap {
+        if a.since.is_none() || now.duration_since(a.heard) > self.answer_gap {
             a.since = Some(now);
         }
-        a.last = now;
+        a.heard = now;
+        if raft {
+            a.raft = Some(now);
+        }
+    }
+
+    /// How often a member probes its peers: half the answer gap, so a peer that answers
+    /// every probe never goes a gap without an answer.
+    pub fn probe_interval(&self) -> Duration {
+        self.answer_gap / 2
+    }
+
+    /// Whether `id` should be probed: nothing has been heard from it for a probe interval
+    /// (a leader's heartbeats keep its followers heard from, so it probes none of them).
+    pub fn needs_probe(&self, id: NodeId) -> bool {
+        self.active
+            .lock()
+            .get(&id)
+            .is_none_or(|a| a.heard.elapsed() >= self.probe_interval())
     }
 
     /// A gRPC client for the member's first peer URL.

@@ -677,6 +677,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     ));
     tokio::spawn(watch_metrics(node.clone(), shutdown.clone()));
     tokio::spawn(node.clone().monitor_leader(shutdown.clone()));
+    tokio::spawn(node.clone().probe_peers(shutdown.clone()));
     if let Some(r) = retention {
         tokio::spawn(auto_compact(node.clone(), r, shutdown.clone()));
     }

@@ -317,6 +317,53 @@ impl Node {
         }
     }
 
+    /// Probes, until `shutdown`, every peer this member has not heard from for a probe
+    /// interval, so that it knows how long each has been reachable whether it leads or not
+    /// (etcd's members learn it from their peer streams). A new leader's strict
+    /// reconfiguration check then judges its peers from before its election, as etcd's does,
+    /// instead of refusing changes for the first 5 s. Probes do not count towards CheckQuorum.
+    pub async fn probe_peers(self, shutdown: CancellationToken) {
+        use crate::raft::pb::ProbeRequest;
+        let peers = self.inner.peers.clone();
+        let interval = peers.probe_interval().max(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if self.inner.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            let due: Vec<(NodeId, Member)> = self
+                .members()
+                .into_iter()
+                .filter(|(id, _)| *id != self.inner.id && peers.needs_probe(*id))
+                .map(|(id, (member, _))| (id, member))
+                .collect();
+            let probes = due.into_iter().map(|(id, member)| {
+                let peers = peers.clone();
+                async move {
+                    let Ok(mut client) = peers.client(&member) else {
+                        return;
+                    };
+                    let mut request = tonic::Request::new(ProbeRequest {});
+                    request.set_timeout(interval);
+                    match client.probe(request).await {
+                        Ok(r) => peers.mark_probe(id, r.get_ref().id == id),
+                        // As a Raft call's: a refused or broken connection is a break, a late
+                        // answer only a silence.
+                        Err(s) if s.code() == tonic::Code::Unavailable => {
+                            peers.mark_probe(id, false)
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+            futures::future::join_all(probes).await;
+        }
+    }
+
     /// Stops leading: openraft 0.9 has no CheckQuorum and no call to step down, so this member
     /// grants, on its own, a vote for no member (etcd's `None`, 0: no member ID is 0) in the
     /// next term, as if a candidate with a log no other can be ahead of had asked. It then

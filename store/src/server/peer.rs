@@ -14,9 +14,9 @@ use crate::error::StoreError;
 use crate::raft::network::{decode, encode};
 use crate::raft::pb::raft_peer_server::RaftPeer;
 use crate::raft::pb::{
-    ChangeMembersRequest, ChangeMembersResponse, MembersRequest, MembersResponse, ProposeRequest,
-    ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, TransferRequest,
-    TransferResponse,
+    ChangeMembersRequest, ChangeMembersResponse, MembersRequest, MembersResponse, ProbeRequest,
+    ProbeResponse, ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
+    ReadIndexResponse, TransferRequest, TransferResponse,
 };
 use crate::raft::{NodeId, TypeConfig};
 
@@ -92,6 +92,10 @@ impl RaftPeer for PeerService {
             // Perhaps appended: the sender must not try again.
             Err(e) => Err(Status::unknown(e.to_string())),
         }
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse { id: self.node.id() }))
     }
 
     async fn transfer(
