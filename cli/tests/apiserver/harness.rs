@@ -444,11 +444,14 @@ pub fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// A kube-rs client from a kubeconfig file.
 #[allow(dead_code)] // used by some of the test binaries that share this file
 pub async fn kube_client(kubeconfig: &Path) -> kube::Client {
+    kube::Client::try_from(kube_config(kubeconfig).await).unwrap()
+}
+
+/// The client configuration a kubeconfig file gives.
+pub async fn kube_config(kubeconfig: &Path) -> kube::Config {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap();
-    kube::Client::try_from(config).unwrap()
+    kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap()
 }
