@@ -344,11 +344,12 @@ fn before_apply(gofail: &str, method: &str, term: &str) {
     );
 }
 
-/// With auth on, the writes Lock and Campaign make carry the caller's check into the log, as
-/// etcd's recipes (run through its KV service with the caller's context) do: a queue key put
-/// after an auth change is refused when it applies (`revision of auth store is old`), not
-/// written for a check the auth state has moved past. Each apply is held 300 ms, so the
-/// request's session lease is granted before the change and its key proposed after it.
+/// With auth on, the calls Lock and Campaign make of the KV service carry the client's token
+/// and are checked as its own, as etcd's recipes (run through its KV service with the
+/// caller's context) are: a queue key checked before an auth change that applies after it is
+/// refused when it applies (`revision of auth store is old`), not written for a check the
+/// auth state has moved past. Each apply is held 300 ms, so the change, proposed first, has
+/// not applied when the request is checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipe_writes_are_checked_again_when_they_apply() {
     use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
@@ -393,33 +394,37 @@ async fn recipe_writes_are_checked_again_when_they_apply() {
     }
     let (root, user) = (tokens[0].clone(), tokens[1].clone());
     let mut kv = KvClient::connect(endpoint.clone()).await.unwrap();
-    let locks = LockClient::connect(endpoint.clone()).await.unwrap();
-    let elections = ElectionClient::connect(endpoint.clone()).await.unwrap();
+    let mut locks = LockClient::connect(endpoint.clone()).await.unwrap();
+    let mut elections = ElectionClient::connect(endpoint.clone()).await.unwrap();
+    let mut leases = LeaseClient::connect(endpoint.clone()).await.unwrap();
 
     for (round, prefix) in ["L", "E"].into_iter().enumerate() {
+        let lease = grant(&mut leases).await;
         before_apply(&gofail, "PUT", "sleep(300)");
-        let (mut locks, mut elections, u) = (locks.clone(), elections.clone(), user.clone());
-        let call = tokio::spawn(async move {
-            let name = prefix.as_bytes().to_vec();
-            if prefix == "L" {
-                let r = LockRequest { name, lease: 0 };
-                locks.lock(with_token(&u, r)).await.map(|_| ())
-            } else {
-                let r = CampaignRequest {
-                    name,
-                    lease: 0,
-                    value: b"v".to_vec(),
-                };
-                elections.campaign(with_token(&u, r)).await.map(|_| ())
-            }
-        });
-        // Checked and its lease proposed; the change goes into the log before its key.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let change = AuthRoleAddRequest {
-            name: format!("unrelated-{round}"),
-        };
-        auth.role_add(with_token(&root, change)).await.unwrap();
-        let refused = call.await.unwrap().unwrap_err();
+        let mut admin = auth.clone();
+        let change = with_token(
+            &root,
+            AuthRoleAddRequest {
+                name: format!("unrelated-{round}"),
+            },
+        );
+        let change = tokio::spawn(async move { admin.role_add(change).await.map(|_| ()) });
+        // The change is in the log, not yet applied, when the request is checked.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let name = prefix.as_bytes().to_vec();
+        let refused = if prefix == "L" {
+            let r = LockRequest { name, lease };
+            locks.lock(with_token(&user, r)).await.map(|_| ())
+        } else {
+            let r = CampaignRequest {
+                name,
+                lease,
+                value: b"v".to_vec(),
+            };
+            elections.campaign(with_token(&user, r)).await.map(|_| ())
+        }
+        .unwrap_err();
+        change.await.unwrap().unwrap();
         before_apply(&gofail, "DELETE", "");
         assert_eq!(
             refused.message(),
@@ -436,11 +441,11 @@ async fn recipe_writes_are_checked_again_when_they_apply() {
         );
         assert!(kv.range(seen).await.unwrap().into_inner().kvs.is_empty());
     }
-    // The user may still lock: it was the check's revision that was refused.
+    // The user may still lock, checked at the current revision.
     let again = LockRequest {
         name: b"L".to_vec(),
         lease: 0,
     };
-    let held = locks.clone().lock(with_token(&user, again)).await.unwrap();
+    let held = locks.lock(with_token(&user, again)).await.unwrap();
     assert!(held.into_inner().key.starts_with(b"L/"));
 }

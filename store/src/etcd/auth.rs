@@ -31,21 +31,20 @@ use crate::raft::pb::internal_response::Response as Rs;
 use crate::raft::pb::{AuthChange, InternalRequest, SimpleToken};
 use crate::server::node::Node;
 
-/// Marks a request one service makes of another inside the member (Lock and Election run on
-/// the KV service): its caller was checked already, as this says. Its writes carry that check
-/// into the log, so they are checked again when they apply, as a client's own writes are
-/// (etcd's recipes call its KV service with the caller's context).
-#[derive(Debug, Clone)]
-pub struct Internal(pub Checked);
+/// Marks a request the member makes of its own KV service for itself (a Lock or Campaign
+/// waiter's key taken back after its client went away): not checked. Requests made for a
+/// client carry the client's token instead, and are checked as the client's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Internal;
 
 /// Who a client write was checked for and at which auth revision, carried into the log with
 /// it as etcd's request header carries them: applying refuses the write if the auth state has
 /// changed since, or was turned on after a write checked with auth off.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Checked {
     /// The user, while auth was on.
     user: String,
-    /// The auth revision; 0 for the member's own writes (not checked again).
+    /// The auth revision; 0 for the member's own requests (not checked again).
     revision: u64,
 }
 
@@ -63,8 +62,8 @@ impl Checked {
 /// Checks that the caller of `req` may do all of `needs` (nothing to check while auth is off),
 /// and says who it was checked for, for writes to carry into the log.
 pub fn authorize<T>(node: &Node, req: &Request<T>, needs: &[Need<'_>]) -> Result<Checked, Status> {
-    if let Some(Internal(checked)) = req.extensions().get::<Internal>() {
-        return Ok(checked.clone());
+    if req.extensions().get::<Internal>().is_some() {
+        return Ok(Checked::default());
     }
     let m = node.shared().mvcc.read();
     Ok(permitted(&m, token_of(req), needs)?)

@@ -12,9 +12,11 @@
 //! A request without a lease gets a fresh 60-second lease that is never renewed (etcd's
 //! session default). A waiter whose client goes away takes its key back, as etcd's does.
 //!
-//! With auth on, a request is checked once, up front, for what its recipe reads and writes;
-//! the recipe's writes carry that check into the log, so a write that applies after an auth
-//! change is refused as a client's own would be (`revision of auth store is old`).
+//! With auth on, a request is checked up front for the queue it works on, and each call its
+//! recipe makes of the KV service carries the client's token and is checked as the client's
+//! own, as etcd's recipes run through its KV service with the caller's context: a write
+//! checked before an auth change that applies after it is refused (`revision of auth store
+//! is old`).
 
 use std::pin::Pin;
 
@@ -42,7 +44,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Need;
 use crate::error::StoreError;
-use crate::etcd::auth::{Checked, Internal, authorize};
+use crate::etcd::auth::{Internal, authorize, token_of};
 use crate::etcd::kv::KvService;
 use crate::etcd::lease::LeaseService;
 use crate::mvcc::EventBatch;
@@ -57,8 +59,24 @@ pub struct ConcurrencyService {
     node: Node,
     kv: KvService,
     lease: LeaseService,
-    /// Whom the KV calls are made for; none (the member itself) outside a request.
-    caller: Checked,
+    /// Whom the KV calls are made for.
+    caller: Caller,
+}
+
+/// Whom the services' calls of the KV service are made for.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// The member itself (a waiter's key taken back): not checked.
+    Member,
+    /// A client, with the token it sent (if any): checked as its own calls.
+    Client(Option<String>),
+}
+
+impl Caller {
+    /// The client that sent `req`.
+    fn of<T>(req: &Request<T>) -> Caller {
+        Caller::Client(token_of(req).map(str::to_string))
+    }
 }
 
 impl ConcurrencyService {
@@ -68,12 +86,12 @@ impl ConcurrencyService {
             node,
             kv,
             lease,
-            caller: Checked::default(),
+            caller: Caller::Member,
         }
     }
 
     /// The services making their KV calls for `caller`.
-    fn on_behalf(&self, caller: Checked) -> ConcurrencyService {
+    fn on_behalf(&self, caller: Caller) -> ConcurrencyService {
         ConcurrencyService {
             caller,
             ..self.clone()
@@ -323,22 +341,26 @@ fn internal_error(msg: &str) -> Status {
 }
 
 impl ConcurrencyService {
-    /// A request to the member's own KV service for the caller, checked already.
+    /// A request to the member's own KV service for the caller.
     fn internal<T>(&self, message: T) -> Request<T> {
         let mut r = Request::new(message);
-        r.extensions_mut().insert(Internal(self.caller.clone()));
+        match &self.caller {
+            Caller::Member => {
+                r.extensions_mut().insert(Internal);
+            }
+            Caller::Client(token) => {
+                // It came as metadata, so it is one.
+                if let Some(t) = token.as_deref().and_then(|t| t.parse().ok()) {
+                    r.metadata_mut().insert("token", t);
+                }
+            }
+        }
         r
     }
 }
 
-/// Checks that the caller may read (and with `write`, write) the queue of `name` (auth on),
-/// and says who it was checked for.
-fn check_queue<T>(
-    node: &Node,
-    req: &Request<T>,
-    name: &[u8],
-    write: bool,
-) -> Result<Checked, Status> {
+/// Checks that the caller may read (and with `write`, write) the queue of `name` (auth on).
+fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8], write: bool) -> Result<(), Status> {
     let prefix = queue_prefix(name);
     let end = keelson_etcdpb::prefix_end(&prefix);
     let read = Need::Read(&prefix, &end);
@@ -347,19 +369,23 @@ fn check_queue<T>(
     } else {
         &[read]
     };
-    authorize(node, req, needs).map_err(as_recipe_error)
+    authorize(node, req, needs)
+        .map(|_| ())
+        .map_err(as_recipe_error)
 }
 
 /// Checks that the caller may read and write the leader key a request names (auth on): the
 /// proclaim's and the resign's transactions compare its create revision, then put or delete
-/// it. Says who it was checked for.
+/// it.
 fn check_leader_key<T>(
     node: &Node,
     req: &Request<T>,
     leader: Option<&LeaderKey>,
-) -> Result<Checked, Status> {
+) -> Result<(), Status> {
     let key = leader.map(|l| l.key.as_slice()).unwrap_or_default();
-    authorize(node, req, &[Need::Read(key, &[]), Need::Write(key, &[])]).map_err(as_recipe_error)
+    authorize(node, req, &[Need::Read(key, &[]), Need::Write(key, &[])])
+        .map(|_| ())
+        .map_err(as_recipe_error)
 }
 
 /// The queue of lock or election `name`: `name/`.
@@ -444,7 +470,7 @@ impl ConcurrencyService {
             });
         }
         let withdraw = Withdraw {
-            service: Some(self.on_behalf(Checked::default())),
+            service: Some(self.on_behalf(Caller::Member)),
             key: key.clone(),
             rev: queued.rev,
         };
@@ -473,7 +499,7 @@ impl ConcurrencyService {
             lease,
         };
         let withdraw = Withdraw {
-            service: Some(self.on_behalf(Checked::default())),
+            service: Some(self.on_behalf(Caller::Member)),
             key: key.clone(),
             rev: queued.rev,
         };
@@ -513,7 +539,8 @@ fn as_recipe_error(s: Status) -> Status {
 #[tonic::async_trait]
 impl Lock for ConcurrencyService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let caller = check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        let caller = Caller::of(&req);
         let resp = self.on_behalf(caller).acquire(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -522,8 +549,9 @@ impl Lock for ConcurrencyService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let caller = authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])
+        authorize(&self.node, &req, &[Need::Write(&req.get_ref().key, &[])])
             .map_err(as_recipe_error)?;
+        let caller = Caller::of(&req);
         let key = req.into_inner().key;
         let resp = self
             .kv
@@ -548,7 +576,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let caller = check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        check_queue(&self.node, &req, &req.get_ref().name, true)?;
+        let caller = Caller::of(&req);
         let resp = self.on_behalf(caller).campaign_for(req.into_inner()).await;
         resp.map(Response::new).map_err(as_recipe_error)
     }
@@ -557,7 +586,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let caller = check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        let caller = Caller::of(&req);
         let r = req.into_inner();
         let leader = leader_key(r.leader)?;
         let header = self
@@ -574,7 +604,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let caller = check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        let caller = Caller::of(&req);
         let resp = self
             .on_behalf(caller)
             .current_leader(&req.into_inner().name)
@@ -588,7 +619,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
-        let caller = check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        check_queue(&self.node, &req, &req.get_ref().name, false)?;
+        let caller = Caller::of(&req);
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(16);
         let s = self.on_behalf(caller);
@@ -600,7 +632,8 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let caller = check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        let caller = Caller::of(&req);
         let leader = leader_key(req.into_inner().leader)?;
         let header = self
             .on_behalf(caller)

@@ -151,13 +151,15 @@ impl Peers {
         self.answer_gap / 2
     }
 
-    /// Whether `id` should be probed: nothing has been heard from it for a probe interval
-    /// (a leader's heartbeats keep its followers heard from, so it probes none of them).
+    /// Whether `id` should be probed at a round of probes: nothing has been heard from it for
+    /// half a probe interval, so a peer answered just after the last round is probed again
+    /// (a leader's heartbeats keep its followers heard from, so it probes only those that
+    /// are slow to answer, or all while it holds heartbeats for a transfer).
     pub fn needs_probe(&self, id: NodeId) -> bool {
         self.active
             .lock()
             .get(&id)
-            .is_none_or(|a| a.heard.elapsed() >= self.probe_interval())
+            .is_none_or(|a| a.heard.elapsed() >= self.probe_interval() / 2)
     }
 
     /// A gRPC client for the member's first peer URL.
@@ -322,5 +324,49 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peers;
+    use std::time::Duration;
+    use tokio::time::{Instant, sleep};
+
+    /// A peer probed at every round (each answer a little after the round) stays active
+    /// from its first answer; a refused probe breaks that, the next answer starts it again;
+    /// and probes never count as the Raft answers CheckQuorum looks at.
+    #[tokio::test(start_paused = true)]
+    async fn probes_keep_a_peer_active_without_counting_for_check_quorum() {
+        let peers = Peers::new(None).with_answer_gap(Duration::from_millis(1000));
+        let interval = peers.probe_interval();
+        let answer = Duration::from_millis(3);
+        let mut first = None;
+        // Rounds every probe interval, each answered a little after it is sent.
+        for _ in 0..20 {
+            assert!(
+                peers.needs_probe(2),
+                "a peer heard from only by probes is probed"
+            );
+            sleep(answer).await;
+            peers.mark_probe(2, true);
+            let first = *first.get_or_insert_with(Instant::now);
+            assert_eq!(peers.active_since(2), Some(first));
+            assert!(!peers.answered_recently(2));
+            sleep(interval - answer).await;
+        }
+        peers.mark_probe(2, false);
+        assert_eq!(peers.active_since(2), None);
+        sleep(interval).await;
+        peers.mark_probe(2, true);
+        assert_eq!(peers.active_since(2), Some(Instant::now()));
+
+        // Raft answers every heartbeat: no probe is due, and CheckQuorum counts the peer.
+        for _ in 0..10 {
+            sleep(Duration::from_millis(100)).await;
+            peers.mark(3, true);
+            assert!(!peers.needs_probe(3));
+        }
+        assert!(peers.answered_recently(3));
     }
 }

@@ -341,12 +341,13 @@ impl Node {
                 .filter(|(id, _)| *id != self.inner.id && peers.needs_probe(*id))
                 .map(|(id, (member, _))| (id, member))
                 .collect();
-            let probes = due.into_iter().map(|(id, member)| {
+            // Each on its own: a peer that does not answer delays no other's probe.
+            for (id, member) in due {
+                let Ok(mut client) = peers.client(&member) else {
+                    continue;
+                };
                 let peers = peers.clone();
-                async move {
-                    let Ok(mut client) = peers.client(&member) else {
-                        return;
-                    };
+                tokio::spawn(async move {
                     let mut request = tonic::Request::new(ProbeRequest {});
                     request.set_timeout(interval);
                     match client.probe(request).await {
@@ -358,9 +359,8 @@ impl Node {
                         }
                         Err(_) => {}
                     }
-                }
-            });
-            futures::future::join_all(probes).await;
+                });
+            }
         }
     }
 
