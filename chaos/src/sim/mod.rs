@@ -13,8 +13,9 @@
 //! with the network's delays. A compactor compacts to 50 revisions behind the head
 //! through the leader, as `keelson chaos run`'s does (the store deletes the compacted records
 //! inline here). A nemesis crashes and restarts members (one, or all
-//! at once), partitions them, pauses them and slows or drops their messages, all drawn from
-//! the seed.
+//! at once), partitions them, pauses them and slows or drops their messages, and removes a
+//! member (the leader too) from the cluster, deletes its data and adds it back empty, as a
+//! learner that replays the log and is then promoted; all drawn from the seed.
 //!
 //! Every random choice comes from the seed and the thread decides every ordering, so a seed
 //! replays exactly: the same operations, the same faults at the same simulated instants, the
@@ -30,8 +31,8 @@
 //! through Raft), and lets them all expire; the run then waits until no member holds a
 //! lease's key.
 //!
-//! What is not simulated: snapshots (their files go through blocking threads), membership
-//! changes, forwarded writes (clients write to the member they take for the leader), SIGSTOP
+//! What is not simulated: snapshots (their files go through blocking threads, so a member
+//! added back catches up from the log, never purged here), forwarded writes (clients write to the member they take for the leader), SIGSTOP
 //! (a stall holds a member's messages but its timers run), and the loss of writes not yet
 //! synced (a crash here is a kill -9: what the store wrote stays).
 //!
@@ -226,21 +227,53 @@ pub fn scratch_dir() -> PathBuf {
     }
 }
 
-/// A member's storage, kept across its restarts.
+/// A member's storage, kept across its restarts and replaced when the member is removed and
+/// added back empty.
 struct Store {
     id: NodeId,
+    /// Where its data goes (a directory per generation of it: `<dir>.<n>` after `n` wipes).
     dir: PathBuf,
-    db: SledDb,
+    /// The current data: its directory, the database, and how many times it was wiped.
+    data: std::sync::Mutex<(PathBuf, SledDb, u32)>,
+}
+
+impl Store {
+    fn open(id: NodeId, dir: PathBuf) -> anyhow::Result<Store> {
+        let db =
+            SledDb::open(&dir, 1 << 20).with_context(|| format!("opening {}", dir.display()))?;
+        Ok(Store {
+            id,
+            data: std::sync::Mutex::new((dir.clone(), db, 0)),
+            dir,
+        })
+    }
+
+    /// The current data's directory and database.
+    fn current(&self) -> (PathBuf, SledDb) {
+        let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        (data.0.clone(), data.1.clone())
+    }
+
+    /// Deletes the member's data (it must not run) and starts it a new, empty database.
+    fn wipe(&self) -> anyhow::Result<()> {
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let n = data.2 + 1;
+        let path = self.dir.with_extension(n.to_string());
+        let db =
+            SledDb::open(&path, 1 << 20).with_context(|| format!("opening {}", path.display()))?;
+        let old = std::mem::replace(&mut *data, (path, db, n));
+        drop(old.1);
+        // The crashed member's tasks may still hold the old database: its files go once
+        // they let go (unlinked files stay readable until then).
+        std::fs::remove_dir_all(&old.0).with_context(|| format!("removing {}", old.0.display()))
+    }
 }
 
 async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
     let world = Arc::new(World::new(o.seed, o.members));
     let mut stores = Vec::new();
     for id in world.ids() {
-        let path = dir.join(format!("m{id}"));
-        let db =
-            SledDb::open(&path, 1 << 20).with_context(|| format!("opening {}", path.display()))?;
-        stores.push(Store { id, dir: path, db });
+        stores.push(Store::open(id, dir.join(format!("m{id}")))?);
     }
     let stores = Arc::new(stores);
     let initial: BTreeMap<NodeId, Member> = world.ids().map(|id| (id, member(id))).collect();
@@ -296,6 +329,12 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
                 "error",
                 format!("m{}: {e:#}", s.id),
             ));
+        }
+    }
+    // Every member a voter again (a removed one whose rejoin failed during the run).
+    for id in world.ids() {
+        if let Err(e) = rejoin(&world, id, Instant::now() + SETTLE).await {
+            faults.push(step(&world, "rejoin", "error", format!("m{id}: {e}")));
         }
     }
     // Every lease left to expire, then every member's copy of the keys.
@@ -392,9 +431,10 @@ async fn start(
     s: &Store,
     bootstrap: Option<&BTreeMap<NodeId, Member>>,
 ) -> anyhow::Result<()> {
-    let mut log = LogStore::open_inline(&s.db)?;
-    let backend = SledBackend::open(&s.db, "mvcc")?;
-    let snapshots = SnapshotDir::open(&s.dir.join("snap"))?;
+    let (dir, db) = s.current();
+    let mut log = LogStore::open_inline(&db)?;
+    let backend = SledBackend::open(&db, "mvcc")?;
+    let snapshots = SnapshotDir::open(&dir.join("snap"))?;
     let shared = Shared::open(Arc::new(backend), snapshots, 1)?;
     shared.delete_compacted_inline();
     let restored = restored_leader(s.id, &mut log).await?;
@@ -457,6 +497,67 @@ async fn crash(world: &World, id: NodeId) {
     if let Some((raft, _)) = world.take_running(id) {
         let _ = raft.shutdown().await;
     }
+}
+
+/// Removes member `victim` from the voters (and the cluster) through the leader, as
+/// `etcdctl member remove` does: `Ok` once the change committed, else why not (the change
+/// may still have committed when no answer came).
+async fn remove_member(world: &World, victim: NodeId) -> Result<(), String> {
+    let leader = world.leader().ok_or("no leader")?;
+    sleep(world.latency(0, leader)).await;
+    world.wait_resumed(leader, leader).await;
+    let raft = world.raft(leader).ok_or("the leader went down")?;
+    let change = openraft::ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([victim]));
+    match tokio::time::timeout(CLIENT_TIMEOUT, raft.change_membership(change, false)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// Makes member `id` a voter again through the leader, as `member add --learner` and
+/// `member promote` do: added as a learner if it is no member, promoted once its log is
+/// within 10 entries of the leader's. Tries again until `until`; `Ok` once it is a voter.
+async fn rejoin(world: &World, id: NodeId, until: Instant) -> Result<(), String> {
+    let mut last = String::from("no leader");
+    while Instant::now() < until {
+        sleep(Duration::from_millis(50)).await;
+        let Some(raft) = world.leader().and_then(|l| world.raft(l)) else {
+            continue;
+        };
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        let change = if membership.get_node(&id).is_none() {
+            raft.add_learner(id, member(id), false).await.map(|_| ())
+        } else {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if matched + 10 < m.last_log_index.unwrap_or(0) {
+                last = format!("m{id} has {matched} of {:?} entries", m.last_log_index);
+                continue;
+            }
+            let voters = std::collections::BTreeSet::from([id]);
+            let promote =
+                raft.change_membership(openraft::ChangeMembers::AddVoterIds(voters), false);
+            match tokio::time::timeout(CLIENT_TIMEOUT, promote).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => {
+                    last = "no answer to the promotion".into();
+                    continue;
+                }
+            }
+        };
+        if let Err(e) = change {
+            last = e.to_string();
+        }
+    }
+    Err(last)
 }
 
 fn step(world: &World, fault: &str, action: &str, detail: String) -> FaultStep {
@@ -717,7 +818,7 @@ async fn nemesis(
             _ => world.any(),
         };
         let others = || ids.iter().copied().filter(move |&id| id != victim);
-        let (fault, detail) = match world.below(8) {
+        let (fault, detail) = match world.below(9) {
             0 => {
                 for o in others() {
                     world.set_cut(victim, o, true);
@@ -758,6 +859,25 @@ async fn nemesis(
                 }
                 crashes += ids.len();
                 ("crash-all", "every member killed".to_string())
+            }
+            8 if ids.len() >= 2 => {
+                // Removed, its data deleted, started empty; added back when healed.
+                match remove_member(&world, victim).await {
+                    Ok(()) => {
+                        crash(&world, victim).await;
+                        crashes += 1;
+                        let store = &stores[victim as usize - 1];
+                        world.note(&[102, victim]);
+                        if let Err(e) = store.wipe() {
+                            steps.push(step(&world, "replace", "error", format!("{e:#}")));
+                        }
+                        if let Err(e) = start(&world, store, None).await {
+                            steps.push(step(&world, "replace", "error", format!("{e:#}")));
+                        }
+                        ("replace", format!("m{victim} removed, started again empty"))
+                    }
+                    Err(e) => ("replace", format!("m{victim} not removed ({e})")),
+                }
             }
             4 => {
                 world.set_paused(victim, true);
@@ -803,6 +923,13 @@ async fn nemesis(
         match fault {
             "crash" => healed = format!("m{victim} restarted"),
             "crash-all" => healed = "every member restarted".into(),
+            "replace" => match rejoin(&world, victim, Instant::now() + SETTLE).await {
+                Ok(()) => healed = format!("m{victim} a voter again"),
+                Err(e) => {
+                    steps.push(step(&world, fault, "error", format!("m{victim}: {e}")));
+                    continue;
+                }
+            },
             _ => {}
         }
         steps.push(step(&world, fault, "heal", healed));
