@@ -87,14 +87,21 @@ pub struct Args {
     pub detach: bool,
     /// Stop (as on SIGTERM) when the process that started this one exits, even by kill -9:
     /// for tools that run a cluster for their own lifetime (`keelson chaos control-plane`).
-    #[arg(long, hide = true)]
-    pub stop_with_parent: bool,
+    /// With `=PID`, the parent must be that process from the start: one that died before
+    /// this one looked is noticed too.
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "0")]
+    pub stop_with_parent: Option<u32>,
 }
 
-/// Cancels `shutdown` once this process's parent has gone (it is adopted by another).
-fn stop_with_parent(shutdown: CancellationToken) {
-    let parent = std::os::unix::process::parent_id();
+/// Cancels `shutdown` once this process's parent has gone (it is adopted by another): the
+/// parent `expected` names, or (0) the one it has now.
+fn stop_with_parent(expected: u32, shutdown: CancellationToken) {
+    let parent = match expected {
+        0 => std::os::unix::process::parent_id(),
+        pid => pid,
+    };
     tokio::spawn(async move {
+        // The first tick is at once: a parent gone already is noticed now.
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -162,7 +169,7 @@ pub struct DataDirArgs {
 /// `keelson up --detach`: starts `keelson up` (the same flags) in its own process group with
 /// its output in `<data>/up.log`, and returns once it is ready, printing what it printed.
 pub async fn detach(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if args.stop_with_parent {
+    if args.stop_with_parent.is_some() {
         bail!(
             "--stop-with-parent cannot be used with --detach (the background cluster would stop as soon as it is ready)"
         );
@@ -524,8 +531,8 @@ const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// Starts the cluster and waits for Ctrl-C, then stops every process it started.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if args.stop_with_parent {
-        stop_with_parent(shutdown.clone());
+    if let Some(parent) = args.stop_with_parent {
+        stop_with_parent(parent, shutdown.clone());
     }
     let n = if args.single { 1 } else { args.stores };
     if n == 0 {

@@ -1527,6 +1527,29 @@ fn up_refuses_what_it_cannot_run() {
         "not-root refusal: {err}"
     );
     assert!(!fresh.exists());
+
+    // `--stop-with-parent=PID` naming a process that is not its parent (one that died before
+    // `up` could look, so that it was adopted): it stops at once, with what it had started.
+    let orphan = dir.path().join("orphan");
+    let out = Command::new(keelson)
+        .args([
+            "up",
+            "--nodes",
+            "0",
+            "--dns-replicas",
+            "0",
+            "--stop-with-parent=1",
+        ])
+        .args(["--port", "0", "--data-dir"])
+        .arg(&orphan)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the process that started it (pid 1) has exited; stopping"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Press Ctrl-C"));
 }
 
 /// `--store-binary etcd`: the store members are etcd (Debian's 3.4, which .ci/run installs),

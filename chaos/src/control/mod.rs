@@ -142,8 +142,9 @@ pub async fn run(a: &ControlArgs, dir: &Path) -> anyhow::Result<ControlOutcome> 
         "--nodes=0".into(),
         format!("--hollow-nodes={}", a.hollow_nodes),
         "--dns-replicas=0".into(),
-        // A run killed before it can stop the cluster takes the cluster with it.
-        "--stop-with-parent".into(),
+        // A run killed before it can stop the cluster takes the cluster with it (even one
+        // killed before `up` looked at its parent).
+        format!("--stop-with-parent={}", std::process::id()),
     ];
     if let Some(b) = &a.store_binary {
         up_args.push(format!("--store-binary={}", b.display()));
