@@ -49,10 +49,14 @@ pub(super) async fn watcher(
         sleep(world.latency(0, target)).await;
         world.wait_resumed(target, target).await;
         let Some((node, epoch)) = world.node(target) else {
-            history.entries.push(WatchEntry::Broken {
-                error: format!("m{target}: connection refused"),
-                at: world.now(),
-            });
+            // Once per break: while every member is down (a crash-all), the tries that
+            // follow would add an entry every few hundred milliseconds.
+            if !matches!(history.entries.last(), Some(WatchEntry::Broken { .. })) {
+                history.entries.push(WatchEntry::Broken {
+                    error: format!("m{target}: connection refused"),
+                    at: world.now(),
+                });
+            }
             sleep(world.millis(100, 300)).await;
             continue;
         };
