@@ -441,6 +441,17 @@ async fn recipe_writes_are_checked_again_when_they_apply() {
         );
         assert!(kv.range(seen).await.unwrap().into_inner().kvs.is_empty());
     }
+    // A request without a leader key is refused for that before any permission check, as
+    // etcd's (the user may write no key "").
+    let missing = ProclaimRequest {
+        leader: None,
+        value: b"x".to_vec(),
+    };
+    let missing = elections
+        .proclaim(with_token(&user, missing))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.message(), "\"leader\" field must be provided");
     // The user may still lock, checked at the current revision.
     let again = LockRequest {
         name: b"L".to_vec(),

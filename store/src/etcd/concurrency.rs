@@ -377,12 +377,7 @@ fn check_queue<T>(node: &Node, req: &Request<T>, name: &[u8], write: bool) -> Re
 /// Checks that the caller may read and write the leader key a request names (auth on): the
 /// proclaim's and the resign's transactions compare its create revision, then put or delete
 /// it.
-fn check_leader_key<T>(
-    node: &Node,
-    req: &Request<T>,
-    leader: Option<&LeaderKey>,
-) -> Result<(), Status> {
-    let key = leader.map(|l| l.key.as_slice()).unwrap_or_default();
+fn check_leader_key<T>(node: &Node, req: &Request<T>, key: &[u8]) -> Result<(), Status> {
     authorize(node, req, &[Need::Read(key, &[]), Need::Write(key, &[])])
         .map(|_| ())
         .map_err(as_recipe_error)
@@ -586,10 +581,11 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        // A missing key is refused first, as etcd's server does before anything else.
+        let leader = leader_key(req.get_ref().leader.clone())?;
+        check_leader_key(&self.node, &req, &leader.key)?;
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let leader = leader_key(r.leader)?;
         let header = self
             .on_behalf(caller)
             .proclaim_value(&leader, &r.value)
@@ -632,9 +628,9 @@ impl Election for ConcurrencyService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        check_leader_key(&self.node, &req, req.get_ref().leader.as_ref())?;
+        let leader = leader_key(req.get_ref().leader.clone())?;
+        check_leader_key(&self.node, &req, &leader.key)?;
         let caller = Caller::of(&req);
-        let leader = leader_key(req.into_inner().leader)?;
         let header = self
             .on_behalf(caller)
             .delete_if_created_at(&leader.key, leader.rev)
