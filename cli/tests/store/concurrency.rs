@@ -14,6 +14,7 @@ use keelson_etcdpb::v3lockpb::lock_client::LockClient;
 use keelson_etcdpb::v3lockpb::{LockRequest, UnlockRequest};
 
 use crate::cluster::{Cluster, etcdctl, ok};
+use crate::differential::with_token;
 
 /// The keys under `prefix`, in create order.
 async fn queue(kv: &mut KvClient<tonic::transport::Channel>, prefix: &str) -> Vec<String> {
@@ -319,14 +320,6 @@ fn etcdctl_lock_and_elect_run_etcds_client_recipes() {
     assert!(shown.lines().any(|l| l == "p1"), "{shown}");
     let _ = candidate.kill();
     let _ = candidate.wait();
-}
-
-/// A request carrying `token`, as etcd's clients send it.
-fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("token", token.parse().expect("a token is ASCII"));
-    r
 }
 
 /// Arms (`PUT` with `term`) or disarms (`DELETE`) the member's `raftBeforeApply` failpoint

@@ -867,8 +867,8 @@ async fn membership_session(t: &mut Transcript, ch: Channel) {
     t.note("member update to its own URLs", same);
 }
 
-/// A request carrying a simple token, as etcd's clients send it.
-fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+/// A request carrying a token, as etcd's clients send it.
+pub fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("token", token.parse().expect("a token is ASCII"));
@@ -1256,10 +1256,10 @@ async fn add_voter(c: &mut ClusterClient<Channel>) -> Result<usize, tonic::Statu
     .map(|r| r.into_inner().members.len())
 }
 
-/// With a follower down: what adding a voter, removing a voter the quorum needs, and removing
-/// the member that is down get, in order; then whether the cluster still takes writes.
-async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<String> {
-    let mut cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
+/// Three members, every one serving and connected to the others for longer than the strict
+/// reconfiguration check's 5 s; and which leads.
+async fn settled(target: Target, dir: &std::path::Path) -> (Cluster, usize) {
+    let cluster = Cluster::start(target, 3, dir, Default::default()).unwrap();
     for e in cluster.endpoints() {
         ready(&e).await;
     }
@@ -1271,6 +1271,13 @@ async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<Stri
         leader = cluster.leader().await;
     }
     let leader = leader.expect("a leader");
+    (cluster, leader)
+}
+
+/// With a follower down: what adding a voter, removing a voter the quorum needs, and removing
+/// the member that is down get, in order; then whether the cluster still takes writes.
+async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<String> {
+    let (mut cluster, leader) = settled(target, &dir).await;
     let down = (leader + 1) % 3;
     let other = 3 - leader - down;
     let ch = Channel::from_shared(cluster.endpoints()[leader].clone())
@@ -1333,18 +1340,7 @@ async fn reconfig_with_a_follower_down(target: Target, dir: PathBuf) -> Vec<Stri
 async fn reconfig_right_after_a_leader_change(target: Target, dir: PathBuf) -> Vec<String> {
     use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
     use keelson_etcdpb::etcdserverpb::{MoveLeaderRequest, StatusRequest};
-    let cluster = Cluster::start(target, 3, &dir, Default::default()).unwrap();
-    for e in cluster.endpoints() {
-        ready(&e).await;
-    }
-    // Every voter connected for longer than the strict check's 5 s.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut leader = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leader.is_none() && Instant::now() < deadline {
-        leader = cluster.leader().await;
-    }
-    let leader = leader.expect("a leader");
+    let (cluster, leader) = settled(target, &dir).await;
     let channel = |i: usize| {
         Channel::from_shared(cluster.endpoints()[i].clone())
             .unwrap()
