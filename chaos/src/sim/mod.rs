@@ -20,8 +20,11 @@
 //! Every random choice comes from the seed and the thread decides every ordering, so a seed
 //! replays exactly: the same operations, the same faults at the same simulated instants, the
 //! same messages (the run's digest hashes all of them). The log store syncs inline
-//! ([`LogStore::open_inline`]) and members take no snapshots, so no work happens off the
-//! thread. Simulated seconds cost little real time, so many seeds can be searched.
+//! ([`LogStore::open_inline`]), and the state machine deletes compacted records and builds,
+//! sends and installs snapshots on the thread too ([`Shared::run_inline`]), so no work
+//! happens off it. Members snapshot every 300 entries and keep 300 behind, as `keelson chaos
+//! run`'s do, so a member that lags further, or one added back empty, is sent a snapshot.
+//! Simulated seconds cost little real time, so many seeds can be searched.
 //!
 //! The history goes through the same checkers as `keelson chaos run`
 //! ([`crate::check_all`]): linearizability, revisions, txns, watch, replicas.
@@ -31,10 +34,9 @@
 //! through Raft), and lets them all expire; the run then waits until no member holds a
 //! lease's key.
 //!
-//! What is not simulated: snapshots (their files go through blocking threads, so a member
-//! added back catches up from the log, never purged here), forwarded writes (clients write to the member they take for the leader), SIGSTOP
-//! (a stall holds a member's messages but its timers run), and the loss of writes not yet
-//! synced (a crash here is a kill -9: what the store wrote stays).
+//! What is not simulated: forwarded writes (clients write to the member they take for the
+//! leader), SIGSTOP (a stall holds a member's messages but its timers run), and the loss of
+//! writes not yet synced (a crash here is a kill -9: what the store wrote stays).
 //!
 //! One ordering is not the seed's: tokio picks the branch of an unbiased `select!` at random
 //! (seeding it needs `tokio_unstable`). openraft has two: its replication back-off, where
@@ -67,7 +69,7 @@ use keelson_store::raft::{Member, NodeId, Raft};
 use keelson_store::server::lessor::Lessor;
 use keelson_store::server::metrics::Metrics;
 use keelson_store::server::node::Node;
-use keelson_store::server::{restored_leader, rpc_deadline};
+use keelson_store::server::{ready_log, restored_leader, rpc_deadline};
 use tokio::time::{Instant, sleep};
 
 pub use self::net::NetStats;
@@ -79,6 +81,9 @@ use crate::{Check, Verdict};
 
 /// A client call without an answer within this is an unknown outcome.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Log entries between snapshots, and kept behind one.
+const SNAPSHOT_COUNT: u64 = 300;
 
 /// How long the end of a run may take to bring every member back and agree.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -161,6 +166,9 @@ pub struct Outcome {
     pub term: u64,
     /// Members crashed and restarted.
     pub crashes: usize,
+    /// Snapshots the members installed (sent by a leader to a member that lagged behind its
+    /// log, or one added back empty).
+    pub installs: u64,
 }
 
 impl Outcome {
@@ -178,6 +186,7 @@ impl Outcome {
             .count();
         format!(
             "seed {}: {} operations ({} unknown), {} compactions, {} fault steps, {} crashes, \
+             {} snapshot installs, \
              term {}, {} messages ({} lost, {} refused), digest {:016x}: {}",
             self.seed,
             ops.len(),
@@ -185,6 +194,7 @@ impl Outcome {
             self.history.compactions.len(),
             self.history.faults.len(),
             self.crashes,
+            self.installs,
             self.term,
             self.net.delivered + self.net.lost + self.net.refused,
             self.net.lost,
@@ -411,6 +421,7 @@ async fn simulate(o: Options, dir: PathBuf) -> anyhow::Result<Outcome> {
         net: world.stats(),
         term,
         crashes,
+        installs: world.installs(),
         history,
     })
 }
@@ -432,11 +443,12 @@ async fn start(
     bootstrap: Option<&BTreeMap<NodeId, Member>>,
 ) -> anyhow::Result<()> {
     let (dir, db) = s.current();
-    let mut log = LogStore::open_inline(&db)?;
+    let log = LogStore::open_inline(&db)?;
     let backend = SledBackend::open(&db, "mvcc")?;
     let snapshots = SnapshotDir::open(&dir.join("snap"))?;
     let shared = Shared::open(Arc::new(backend), snapshots, 1)?;
-    shared.delete_compacted_inline();
+    shared.run_inline();
+    let mut log = ready_log(&shared, log)?;
     let restored = restored_leader(s.id, &mut log).await?;
     // openraft draws each election timeout from its own (unseeded) generator: a range of one
     // value takes the draw out, and the seed picks each member's timeout at each start.
@@ -448,7 +460,13 @@ async fn start(
         enable_heartbeat: false,
         election_timeout_min: timeout,
         election_timeout_max: timeout + 1,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // As `keelson store` turns `--snapshot-count` into openraft's settings, with the 300
+        // `keelson chaos run` gives its members: a member that lags further, or one added
+        // back empty, is sent a snapshot.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_COUNT),
+        max_in_snapshot_log_to_keep: SNAPSHOT_COUNT,
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: 5000,
         max_payload_entries: 64,
         ..Default::default()
     }

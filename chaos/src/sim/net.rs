@@ -74,6 +74,8 @@ struct State {
     /// Per member: how many times it has stopped (a message sent before a stop is never
     /// delivered after it).
     epochs: Vec<u64>,
+    /// Snapshots installed by the members' runs that have stopped.
+    installs: u64,
     /// Directed links that lose every message.
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Members whose messages wait (a stopped process: SIGSTOP).
@@ -119,6 +121,7 @@ impl World {
                 running: vec![None; members],
                 lessors: vec![None; members],
                 epochs: vec![0; members],
+                installs: 0,
                 cut: BTreeSet::new(),
                 paused: BTreeSet::new(),
                 slow: BTreeMap::new(),
@@ -201,8 +204,17 @@ impl World {
             if let Some((_, stop)) = s.lessors[id as usize - 1].take() {
                 stop.cancel();
             }
-            s.running[id as usize - 1].take()
+            let running = s.running[id as usize - 1].take();
+            if let Some((_, node)) = &running {
+                s.installs += node.shared().installs();
+            }
+            running
         })
+    }
+
+    /// Snapshots installed so far by every member's runs that have stopped.
+    pub(crate) fn installs(&self) -> u64 {
+        self.with(|s| s.installs)
     }
 
     /// Member `id`'s node and lessor, while it runs, and how many times it had stopped by then.

@@ -105,9 +105,10 @@ fn planted_lost_keep_alives_are_caught() {
     );
 }
 
-/// A member removed from the cluster, its data deleted, comes back empty as a learner,
-/// replays the log, is promoted, and ends with the others' keys: the checkers pass, every
-/// member's copy among them. Seed 1 draws a removal in its 30 s.
+/// A member removed from the cluster, its data deleted, comes back empty as a learner, is
+/// sent a snapshot (the leader's log is purged behind its snapshots), is promoted, and ends
+/// with the others' keys: the checkers pass, every member's copy among them. Seed 1 draws a
+/// removal in its 30 s.
 #[test]
 fn a_member_removed_and_added_back_empty_catches_up() {
     let outcome = simulate(1, 30, None);
@@ -130,4 +131,6 @@ fn a_member_removed_and_added_back_empty_catches_up() {
     );
     assert!(steps[removed + 1].1.ends_with("a voter again"), "{steps:?}");
     assert_eq!(outcome.history.replicas.len(), 3, "{}", outcome.summary());
+    // Its log purged past where the member started over: it got a snapshot.
+    assert!(outcome.installs > 0, "{}", outcome.summary());
 }

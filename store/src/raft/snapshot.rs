@@ -39,9 +39,20 @@ pub type Meta = SnapshotMeta<NodeId, Member>;
 /// streams it abandons and snapshots it no longer needs).
 #[derive(Debug)]
 pub struct SnapshotFile {
-    file: tokio::fs::File,
+    file: Io,
     path: PathBuf,
     temporary: bool,
+}
+
+/// How a snapshot file is read and written.
+#[derive(Debug)]
+enum Io {
+    /// Through tokio's blocking threads.
+    Tokio(tokio::fs::File),
+    /// By blocking calls on the caller's task, so that nothing happens off the thread (a
+    /// deterministic simulation; see [`SnapshotDir::set_inline`]); with the result of the seek
+    /// started last.
+    Inline(File, Option<std::io::Result<u64>>),
 }
 
 impl Drop for SnapshotFile {
@@ -63,7 +74,22 @@ impl SnapshotFile {
             .await
             .map_err(|e| io_error("create", &path, e))?;
         Ok(SnapshotFile {
-            file,
+            file: Io::Tokio(file),
+            path,
+            temporary: true,
+        })
+    }
+
+    /// As [`SnapshotFile::create`], the file read and written inline.
+    pub fn create_inline(path: PathBuf) -> Result<SnapshotFile, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_error("create", &path, e))?;
+        Ok(SnapshotFile {
+            file: Io::Inline(file, None),
             path,
             temporary: true,
         })
@@ -72,11 +98,16 @@ impl SnapshotFile {
     /// Makes what was written durable and returns the path, which the caller now owns.
     pub async fn keep(mut self) -> Result<PathBuf, StoreError> {
         use tokio::io::AsyncWriteExt;
-        let synced = async {
-            self.file.flush().await?;
-            self.file.sync_all().await
-        }
-        .await;
+        let synced = match &mut self.file {
+            Io::Tokio(f) => {
+                async {
+                    f.flush().await?;
+                    f.sync_all().await
+                }
+                .await
+            }
+            Io::Inline(f, _) => f.flush().and_then(|()| f.sync_all()),
+        };
         synced.map_err(|e| io_error("sync", &self.path, e))?;
         if self.temporary {
             self.temporary = false;
@@ -90,9 +121,11 @@ impl SnapshotFile {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let copy = dir.join(format!("copy-{}.tmp", std::process::id()));
-        tokio::fs::copy(&self.path, &copy)
-            .await
-            .map_err(|e| io_error("copy", &self.path, e))?;
+        let copied = match self.file {
+            Io::Tokio(_) => tokio::fs::copy(&self.path, &copy).await,
+            Io::Inline(..) => std::fs::copy(&self.path, &copy),
+        };
+        copied.map_err(|e| io_error("copy", &self.path, e))?;
         Ok(copy)
     }
 }
@@ -103,7 +136,12 @@ impl AsyncRead for SnapshotFile {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_read(cx, buf)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).poll_read(cx, buf),
+            Io::Inline(f, _) => {
+                Poll::Ready(f.read(buf.initialize_unfilled()).map(|n| buf.advance(n)))
+            }
+        }
     }
 }
 
@@ -113,25 +151,44 @@ impl AsyncWrite for SnapshotFile {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.file).poll_write(cx, buf)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).poll_write(cx, buf),
+            Io::Inline(f, _) => Poll::Ready(f.write(buf)),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).poll_flush(cx),
+            Io::Inline(f, _) => Poll::Ready(f.flush()),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_shutdown(cx)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).poll_shutdown(cx),
+            Io::Inline(f, _) => Poll::Ready(f.flush()),
+        }
     }
 }
 
 impl AsyncSeek for SnapshotFile {
     fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
-        Pin::new(&mut self.file).start_seek(position)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).start_seek(position),
+            Io::Inline(f, done) => {
+                *done = Some(f.seek(position));
+                Ok(())
+            }
+        }
     }
 
     fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        Pin::new(&mut self.file).poll_complete(cx)
+        match &mut self.file {
+            Io::Tokio(f) => Pin::new(f).poll_complete(cx),
+            // No seek started: where the file is.
+            Io::Inline(f, done) => Poll::Ready(done.take().unwrap_or_else(|| f.stream_position())),
+        }
     }
 }
 
@@ -142,6 +199,8 @@ pub struct SnapshotDir {
     dir: PathBuf,
     current: Mutex<Option<Meta>>,
     next_tmp: AtomicU64,
+    /// Whether its files are read and written inline ([`SnapshotDir::set_inline`]).
+    inline: std::sync::atomic::AtomicBool,
 }
 
 const META_FILE: &str = "current.meta";
@@ -189,7 +248,29 @@ impl SnapshotDir {
             dir: dir.to_path_buf(),
             current: Mutex::new(current),
             next_tmp: AtomicU64::new(0),
+            inline: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Reads and writes snapshot files by blocking calls on the caller's task from now on,
+    /// not on tokio's blocking threads (for a deterministic simulation).
+    pub fn set_inline(&self) {
+        self.inline.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether snapshot files are read and written inline.
+    pub fn inline(&self) -> bool {
+        self.inline.load(Ordering::SeqCst)
+    }
+
+    /// A new, empty file to receive a snapshot into.
+    pub async fn receive(&self) -> Result<SnapshotFile, StoreError> {
+        let path = self.tmp_path();
+        if self.inline() {
+            SnapshotFile::create_inline(path)
+        } else {
+            SnapshotFile::create(path).await
+        }
     }
 
     /// The current snapshot's metadata.
@@ -217,10 +298,15 @@ impl SnapshotDir {
         };
         let path = self.dir.join(data_name(&meta.snapshot_id));
         let file = File::open(&path).map_err(|e| io_error("open", &path, e))?;
+        let file = if self.inline() {
+            Io::Inline(file, None)
+        } else {
+            Io::Tokio(tokio::fs::File::from_std(file))
+        };
         Ok(Some((
             meta,
             SnapshotFile {
-                file: tokio::fs::File::from_std(file),
+                file,
                 path,
                 temporary: false,
             },

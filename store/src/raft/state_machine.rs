@@ -114,10 +114,12 @@ impl Shared {
         }
     }
 
-    /// Deletes compacted records on the applying task from now on, not on a blocking thread
-    /// (for a deterministic simulation; applies take longer).
-    pub fn delete_compacted_inline(&self) {
+    /// Deletes compacted records on the applying task from now on, and builds and installs
+    /// snapshots on Raft's task, not on blocking threads (for a deterministic simulation;
+    /// applies take longer).
+    pub fn run_inline(&self) {
         self.inline_deletes.store(true, Ordering::SeqCst);
+        self.snapshots.set_inline();
     }
 
     /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already (or
@@ -171,6 +173,19 @@ fn decode_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Runs `f` on a blocking thread of its own, or (`inline`, for a deterministic simulation) on
+/// the caller's task.
+async fn off_thread<R: Send + 'static>(
+    inline: bool,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, tokio::task::JoinError> {
+    if inline {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f).await
+    }
+}
+
 /// The openraft state machine handle.
 #[derive(Clone, Debug)]
 pub struct StateMachine {
@@ -190,7 +205,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // runtime's workers keep serving raft heartbeats and clients meanwhile; writers wait
         // only while the dump pins the state.
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
+        let inline = shared.snapshots.inline();
+        off_thread(inline, move || -> Result<(), StorageError<NodeId>> {
             failpoint!("raftBeforeSaveSnap");
             let (path, dumped) = match snapshot::dump_to_file(&shared, &shared.snapshots) {
                 Ok(d) => d,
@@ -304,8 +320,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
-        let path = self.shared.snapshots.tmp_path();
-        SnapshotFile::create(path)
+        self.shared
+            .snapshots
+            .receive()
             .await
             .map(Box::new)
             .map_err(storage_error)
@@ -320,7 +337,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         // Reading and writing the whole state: on a thread of its own (see build_snapshot).
-        let revision = tokio::task::spawn_blocking(move || {
+        let inline = shared.snapshots.inline();
+        let revision = off_thread(inline, move || {
             failpoint!("raftBeforeApplySnap");
             let installed = snapshot::install_file(&shared, &path, &meta);
             if installed.is_err() {

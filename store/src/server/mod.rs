@@ -376,6 +376,48 @@ pub async fn restored_leader(
     }))
 }
 
+/// Why [`ready_log`] failed.
+#[derive(Debug)]
+pub enum Unready {
+    /// The snapshot install a crash cut short could not be finished.
+    Install(crate::StoreError),
+    /// The log could not be purged up to the current snapshot.
+    Purge(Box<openraft::StorageError<NodeId>>),
+}
+
+impl std::fmt::Display for Unready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unready::Install(e) => write!(f, "cannot finish the snapshot install cut short: {e}"),
+            Unready::Purge(e) => write!(f, "cannot purge the log up to the snapshot: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Unready {}
+
+/// Readies a member's log over its loaded state, as a start does: finishes a snapshot install
+/// a crash cut short, makes the log's purges wait until a snapshot that covers them is
+/// installed and durable (current, no install pending, applied; see
+/// `LogStore::with_snapshot_check`), and purges the log up to the current snapshot.
+pub fn ready_log(shared: &Arc<Shared>, log: LogStore) -> Result<LogStore, Unready> {
+    resume_install(shared).map_err(Unready::Install)?;
+    let log = log.with_snapshot_check({
+        let shared = shared.clone();
+        Arc::new(move |index| {
+            let covered = |l: Option<crate::raft::LogId>| l.is_some_and(|l| l.index >= index);
+            covered(shared.snapshots.last_log_id())
+                && covered(shared.applied.read().0)
+                && !shared.snapshots.install_pending()
+        })
+    });
+    if let Some(snapshot) = shared.snapshots.last_log_id() {
+        log.purge_to_snapshot(snapshot)
+            .map_err(|e| Unready::Purge(Box::new(e)))?;
+    }
+    Ok(log)
+}
+
 /// Starts a member and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let data_dir = config
@@ -573,28 +615,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             reason: format!("cannot load state: {e}"),
         }
     })?;
-    resume_install(&shared).map_err(|e| ServerError::DataDir {
-        path: snap_path.clone(),
-        reason: format!("cannot finish the snapshot install cut short: {e}"),
+    let mut log = ready_log(&shared, log).map_err(|e| match e {
+        Unready::Install(e) => ServerError::DataDir {
+            path: snap_path.clone(),
+            reason: format!("cannot finish the snapshot install cut short: {e}"),
+        },
+        Unready::Purge(e) => ServerError::DataDir {
+            path: db_path.clone(),
+            reason: format!("cannot purge the log up to the snapshot: {e}"),
+        },
     })?;
-    // A purge waits until a snapshot that covers it is installed and durable: current, no
-    // install pending, applied (see `LogStore::with_snapshot_check`).
-    let mut log = log.with_snapshot_check({
-        let shared = shared.clone();
-        Arc::new(move |index| {
-            let covered = |l: Option<crate::raft::LogId>| l.is_some_and(|l| l.index >= index);
-            covered(shared.snapshots.last_log_id())
-                && covered(shared.applied.read().0)
-                && !shared.snapshots.install_pending()
-        })
-    });
-    if let Some(snapshot) = shared.snapshots.last_log_id() {
-        log.purge_to_snapshot(snapshot)
-            .map_err(|e| ServerError::DataDir {
-                path: db_path.clone(),
-                reason: format!("cannot purge the log up to the snapshot: {e}"),
-            })?;
-    }
 
     let raft_config = openraft::Config {
         cluster_name: config.initial_cluster_token.clone(),
