@@ -94,9 +94,10 @@ impl LogStore {
     }
 
     /// Opens the log trees of `db` without a flusher thread: `append` fsyncs and reports the
-    /// entries durable before it returns, so nothing happens off the caller's thread. Slower
-    /// (no group commit); for the deterministic simulation, whose single thread must decide
-    /// every ordering.
+    /// entries durable before it returns, purged entries are deleted at once, and a deferred
+    /// purge is written by the next log call that finds it covered, so nothing happens off
+    /// the caller's thread. Slower (no group commit); for the deterministic simulation, whose
+    /// single thread must decide every ordering.
     pub fn open_inline(db: &SledDb) -> Result<LogStore, sled::Error> {
         LogStore::with_flusher(db, None)
     }
@@ -164,14 +165,37 @@ impl LogStore {
         Ok(())
     }
 
+    /// Whether this store works on the caller's thread only ([`LogStore::open_inline`]).
+    fn inline(&self) -> bool {
+        self.flusher.is_none()
+    }
+
+    /// Inline: writes the deferred purge if the durable snapshot covers it now (what the
+    /// waiting thread does otherwise), at each log call.
+    fn write_deferred_if_covered(&self) -> Result<(), StorageError<NodeId>> {
+        if !self.inline() {
+            return Ok(());
+        }
+        let (Some(covers), Some(id)) = (&self.covers, *self.deferred.lock()) else {
+            return Ok(());
+        };
+        if covers(id.index) {
+            self.write_purge(id)?;
+        }
+        Ok(())
+    }
+
     /// Waits, on a thread of its own, for the snapshot that covers the deferred purge (the
-    /// newest one) and writes it then. It gives up when every other handle on the store is
+    /// newest one) and writes it then (inline, the next log call that finds it covered does). It gives up when every other handle on the store is
     /// gone (raft stopped), or when the write fails: the purge stays unwritten, which is
     /// safe (the next purge, or the next start, writes one as far).
     fn spawn_write_deferred(&self) {
         let Some(covers) = self.covers.clone() else {
             return;
         };
+        if self.inline() {
+            return;
+        }
         let store = self.clone();
         let spawned = std::thread::Builder::new()
             .name("raft-log-purge-wait".into())
@@ -222,6 +246,10 @@ impl LogStore {
     /// Deletes the purged entries still in the tree, a chunk at a time, on a thread of its own
     /// (unless one runs already: that one picks up later purges before it stops).
     fn spawn_delete_purged(&self) {
+        if self.inline() {
+            delete_purged(&self.log, &self.durable_purged);
+            return;
+        }
         if self.deleting.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -393,6 +421,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.write_deferred_if_covered()?;
         // Not flushed on purpose: losing it only delays re-applying, as openraft documents.
         self.meta_put("committed", &committed)
     }
@@ -411,6 +440,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         failpoint!("raftBeforeSave");
+        self.write_deferred_if_covered()?;
         let mut batch = sled::Batch::default();
         for e in entries {
             let bytes = super::to_bincode(&e).map_err(storage_error)?;
@@ -444,6 +474,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // This runs on raft's core task: only the record is written here. Deleting a
         // snapshot interval of entries at once (100,000 by default) blocked heartbeats for
         // seconds; a background thread deletes them in chunks.
+        self.write_deferred_if_covered()?;
         {
             let mut purged = self.purged.lock();
             *purged = (*purged).max(Some(log_id.index));
