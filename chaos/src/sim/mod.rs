@@ -15,16 +15,18 @@
 //! inline here). A nemesis crashes and restarts members (one, or all
 //! at once), partitions them, pauses them and slows or drops their messages, and removes a
 //! member (the leader too) from the cluster, deletes its data and adds it back empty, as a
-//! learner that replays the log and is then promoted; all drawn from the seed.
+//! learner that catches up (from a snapshot when the log is purged past it) and is then
+//! promoted; all drawn from the seed.
 //!
 //! Every random choice comes from the seed and the thread decides every ordering, so a seed
 //! replays exactly: the same operations, the same faults at the same simulated instants, the
 //! same messages (the run's digest hashes all of them). The log store syncs, deletes purged
 //! entries and writes deferred purges inline ([`LogStore::open_inline`]), and the state
 //! machine deletes compacted records and builds, sends and installs snapshots on the thread
-//! too ([`Shared::run_inline`]), so no work happens off it. Members snapshot every 300 entries and keep 300 behind, as `keelson chaos
-//! run`'s do, so a member that lags further, or one added back empty, is sent a snapshot.
-//! Simulated seconds cost little real time, so many seeds can be searched.
+//! too ([`Shared::run_inline`]), so no work happens off it. Members snapshot every 300
+//! entries and keep 300 behind, as `keelson chaos run`'s do, so a member that lags further,
+//! or one added back empty, is sent a snapshot. Simulated seconds cost little real time, so
+//! many seeds can be searched.
 //!
 //! The history goes through the same checkers as `keelson chaos run`
 //! ([`crate::check_all`]): linearizability, revisions, txns, watch, replicas.

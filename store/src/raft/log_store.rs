@@ -186,9 +186,10 @@ impl LogStore {
     }
 
     /// Waits, on a thread of its own, for the snapshot that covers the deferred purge (the
-    /// newest one) and writes it then (inline, the next log call that finds it covered does). It gives up when every other handle on the store is
-    /// gone (raft stopped), or when the write fails: the purge stays unwritten, which is
-    /// safe (the next purge, or the next start, writes one as far).
+    /// newest one) and writes it then (inline, the next log call that finds it covered does).
+    /// It gives up when every other handle on the store is gone (raft stopped), or when the
+    /// write fails: the purge stays unwritten, which is safe (the next purge, or the next
+    /// start, writes one as far).
     fn spawn_write_deferred(&self) {
         let Some(covers) = self.covers.clone() else {
             return;
