@@ -253,7 +253,9 @@ impl SnapshotDir {
     }
 
     /// Reads and writes snapshot files by blocking calls on the caller's task from now on,
-    /// not on tokio's blocking threads (for a deterministic simulation).
+    /// not on tokio's blocking threads (for a deterministic simulation). The state machine
+    /// then builds and installs snapshots and deletes compacted records inline too
+    /// ([`Shared::run_inline`](super::state_machine::Shared::run_inline)).
     pub fn set_inline(&self) {
         self.inline.store(true, Ordering::SeqCst);
     }

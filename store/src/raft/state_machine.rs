@@ -34,9 +34,6 @@ pub struct Shared {
     pub(crate) installs: AtomicU64,
     /// Whether a task deletes compacted records now.
     deleting: AtomicBool,
-    /// Whether compacted records are deleted on the applying task rather than a blocking
-    /// thread (a deterministic simulation runs everything on one thread).
-    inline_deletes: AtomicBool,
 }
 
 /// Compacted records deleted per backend write: each write holds the state's read lock (so no
@@ -75,7 +72,6 @@ impl Shared {
             snapshots,
             installs: AtomicU64::new(0),
             deleting: AtomicBool::new(false),
-            inline_deletes: AtomicBool::new(false),
         }))
     }
 
@@ -118,14 +114,13 @@ impl Shared {
     /// snapshots on Raft's task, not on blocking threads (for a deterministic simulation;
     /// applies take longer).
     pub fn run_inline(&self) {
-        self.inline_deletes.store(true, Ordering::SeqCst);
         self.snapshots.set_inline();
     }
 
     /// Starts [`Shared::delete_compacted`] on a blocking thread unless it runs already (or
     /// there is no runtime: the next apply starts it); inline if so set.
     pub(crate) fn spawn_delete_compacted(self: &Arc<Self>) {
-        if self.inline_deletes.load(Ordering::SeqCst) {
+        if self.snapshots.inline() {
             if self.mvcc.read().has_compacted()
                 && let Err(e) = self.delete_compacted()
             {

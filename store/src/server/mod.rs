@@ -615,15 +615,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             reason: format!("cannot load state: {e}"),
         }
     })?;
-    let mut log = ready_log(&shared, log).map_err(|e| match e {
-        Unready::Install(e) => ServerError::DataDir {
-            path: snap_path.clone(),
-            reason: format!("cannot finish the snapshot install cut short: {e}"),
+    let mut log = ready_log(&shared, log).map_err(|e| ServerError::DataDir {
+        path: match e {
+            Unready::Install(_) => snap_path.clone(),
+            Unready::Purge(_) => db_path.clone(),
         },
-        Unready::Purge(e) => ServerError::DataDir {
-            path: db_path.clone(),
-            reason: format!("cannot purge the log up to the snapshot: {e}"),
-        },
+        reason: e.to_string(),
     })?;
 
     let raft_config = openraft::Config {

@@ -317,8 +317,8 @@ impl Node {
         }
     }
 
-    /// Probes, until `shutdown`, every peer this member has not heard from for a probe
-    /// interval, so that it knows how long each has been reachable whether it leads or not
+    /// Probes, every probe interval until `shutdown`, each peer this member has not heard
+    /// from for half of one ([`Peers::needs_probe`]), so that it knows how long each has been reachable whether it leads or not
     /// (etcd's members learn it from their peer streams). A new leader's strict
     /// reconfiguration check then judges its peers from before its election, as etcd's does,
     /// instead of refusing changes for the first 5 s. Probes do not count towards CheckQuorum.
