@@ -279,6 +279,20 @@ impl AuthStore {
         Ok(())
     }
 
+    /// Whether `user` may administer the store while auth is on (etcd's `IsAdminPermitted`):
+    /// refused without a user, for a user that does not exist, or without the root role.
+    pub fn admin_permitted(&self, user: &str) -> Result<()> {
+        if user.is_empty() {
+            return Err(StoreError::UserEmpty);
+        }
+        let u = self.users.get(user).ok_or(StoreError::UserNotFound)?;
+        if u.roles.iter().any(|r| r == ROOT) {
+            Ok(())
+        } else {
+            Err(StoreError::PermissionDenied)
+        }
+    }
+
     /// Whether `user` holds the root role.
     pub fn is_root(&self, user: &str) -> bool {
         self.users

@@ -256,3 +256,71 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
         assert!(!dir.path().join("d").exists(), "{flag}");
     }
 }
+
+/// A change to the auth state is permitted or refused as it applies, in log order, as etcd's
+/// is; reads of it are checked once the member has caught up. A follower whose applies are
+/// held back 300 ms has not applied `auth disable` when its client, answered that the disable
+/// is done, asks it for `auth enable` and for the user list without a token: both are served,
+/// as etcd serves them, not refused for a user name the follower's stale state wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_changes_are_checked_in_log_order_not_by_a_lagging_follower() {
+    use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
+    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+    use keelson_etcdpb::etcdserverpb::{
+        AuthDisableRequest, AuthEnableRequest, AuthStatusRequest, AuthUserListRequest,
+        AuthenticateRequest, StatusRequest,
+    };
+
+    use crate::cluster::before_apply;
+    use crate::differential::with_token;
+
+    let gofail: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", keelson_client::ports::free_port().unwrap()))
+        .collect();
+    let c = Cluster::start_each(3, &[], &[], |i| {
+        vec![("GOFAIL_HTTP".to_string(), gofail[i].clone())]
+    });
+    enable_auth(&c.members[0].client).await;
+    // A follower (no election is expected while the test runs).
+    let mut follower = None;
+    for (i, m) in c.members.iter().enumerate() {
+        let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
+        let s = status.status(StatusRequest {}).await.unwrap().into_inner();
+        if s.leader != s.header.unwrap().member_id {
+            follower = Some(i);
+        }
+    }
+    let f = follower.expect("a follower");
+    let mut auth = AuthClient::connect(c.members[f].client.clone())
+        .await
+        .unwrap();
+    for round in 0..2 {
+        // A disable forgets the simple tokens handed out.
+        let root = auth
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        before_apply(&gofail[f], "PUT", "sleep(300)");
+        auth.auth_disable(with_token(&root, AuthDisableRequest {}))
+            .await
+            .unwrap();
+        let served = if round == 0 {
+            auth.user_list(AuthUserListRequest {}).await.map(|_| ())
+        } else {
+            auth.auth_enable(AuthEnableRequest {}).await.map(|_| ())
+        };
+        before_apply(&gofail[f], "DELETE", "");
+        let what = ["the user list", "auth enable"][round];
+        assert!(served.is_ok(), "{what}: {served:?}");
+        if round == 0 {
+            auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+        }
+        let status = auth.auth_status(AuthStatusRequest {}).await.unwrap();
+        assert!(status.into_inner().enabled, "{what}");
+    }
+}

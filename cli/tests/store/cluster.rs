@@ -10,6 +10,8 @@ pub struct Member {
     pub peer: String,
     pub dir: PathBuf,
     pub child: Option<Child>,
+    /// Environment variables set for this member alone.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -39,6 +41,16 @@ impl Cluster {
 
     /// Like [`Cluster::start_with`], with `env` set for every member.
     pub fn start_with_env(n: usize, extra: &[&str], env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_each(n, extra, env, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::start_with_env`], with `member_env(i)` set for member `i` alone.
+    pub fn start_each(
+        n: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        member_env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::new();
         for i in 0..n {
@@ -48,6 +60,7 @@ impl Cluster {
                 peer: format!("http://127.0.0.1:{}", free_port()),
                 dir: dir.path().join(format!("m{i}")),
                 child: None,
+                env: member_env(i),
             });
         }
         let initial = members
@@ -86,6 +99,7 @@ impl Cluster {
             peer: format!("http://127.0.0.1:{}", free_port()),
             dir,
             child: None,
+            env: Vec::new(),
         });
         self.members.len() - 1
     }
@@ -117,6 +131,7 @@ impl Cluster {
             .args(&self.extra)
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -159,6 +174,21 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Arms (`PUT` with `term`) or disarms (`DELETE`) a member's `raftBeforeApply` failpoint
+/// over its `GOFAIL_HTTP` address.
+pub fn before_apply(gofail: &str, method: &str, term: &str) {
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-X", method, "--data-binary", term])
+        .arg(format!("http://{gofail}/raftBeforeApply"))
+        .output()
+        .expect("curl must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{method} raftBeforeApply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs etcdctl (v3 API) against `endpoints`.

@@ -13,7 +13,7 @@ use keelson_etcdpb::v3electionpb::{
 use keelson_etcdpb::v3lockpb::lock_client::LockClient;
 use keelson_etcdpb::v3lockpb::{LockRequest, UnlockRequest};
 
-use crate::cluster::{Cluster, etcdctl, ok};
+use crate::cluster::{Cluster, before_apply, etcdctl, ok};
 use crate::differential::with_token;
 
 /// The keys under `prefix`, in create order.
@@ -320,21 +320,6 @@ fn etcdctl_lock_and_elect_run_etcds_client_recipes() {
     assert!(shown.lines().any(|l| l == "p1"), "{shown}");
     let _ = candidate.kill();
     let _ = candidate.wait();
-}
-
-/// Arms (`PUT` with `term`) or disarms (`DELETE`) the member's `raftBeforeApply` failpoint
-/// over its `GOFAIL_HTTP` address.
-fn before_apply(gofail: &str, method: &str, term: &str) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-f", "-X", method, "--data-binary", term])
-        .arg(format!("http://{gofail}/raftBeforeApply"))
-        .output()
-        .expect("curl must be installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{method} raftBeforeApply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// With auth on, the calls Lock and Campaign make of the KV service carry the client's token

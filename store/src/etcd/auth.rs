@@ -98,6 +98,9 @@ pub fn permitted(
     // checks look at the user alone.
     let keys = needs.iter().any(|n| !matches!(n, Need::Admin));
     let (user, issued) = user_of(m, token, keys)?;
+    if needs.iter().any(|n| matches!(n, Need::Admin)) {
+        m.auth().admin_permitted(&user)?;
+    }
     if needs.iter().all(|n| m.auth().permits(&user, *n)) {
         // A JWT issued by a member further on carries its own, later revision (etcd's).
         let revision = issued.map_or(current, |r| r.max(current));
@@ -117,6 +120,31 @@ fn user_of(
     let token = token.ok_or(StoreError::UserEmpty)?;
     m.tokens()
         .user_at(token, current.then(|| m.auth().revision()))
+}
+
+/// Who asks for a change to the auth state, as etcd's server finds out before proposing it:
+/// the user a verified token names (an invalid one is refused here), else no one. Whether they
+/// may make the change is decided when it applies, in the auth state of that moment
+/// (`Mvcc::apply`): a member that has not applied an earlier change yet (auth turned off, the
+/// root role granted) must not refuse what the cluster permits, nor permit what it refuses.
+fn changer<T>(node: &Node, req: &Request<T>) -> Result<Checked, Status> {
+    let m = node.shared().mvcc.read();
+    let revision = m.auth().revision();
+    let token = token_of(req);
+    let user = if m.auth().enabled() {
+        match token {
+            Some(t) => user_of(&m, Some(t), false)?.0,
+            None => String::new(),
+        }
+    } else {
+        // As for writes (`permitted`): a valid JWT names its user.
+        token
+            .zip(m.tokens().jwt())
+            .and_then(|(t, p)| p.user(t, None).ok())
+            .map(|(user, _)| user)
+            .unwrap_or_default()
+    };
+    Ok(Checked { user, revision })
 }
 
 /// The caller while auth is on (`None` while it is off).
@@ -163,18 +191,27 @@ impl AuthService {
         AuthService { node, bcrypt_cost }
     }
 
-    /// Applies `change` through Raft; returns the response header.
-    async fn change(&self, change: Change) -> Result<Option<ResponseHeader>, Status> {
-        match self
-            .node
-            .propose(InternalRequest {
-                request: Some(Rq::Auth(AuthChange {
-                    change: Some(change),
-                })),
-                ..Default::default()
-            })
-            .await?
-        {
+    /// Applies `change` through Raft for the client of `req` (checked as it applies);
+    /// returns the response header.
+    async fn change<T>(
+        &self,
+        req: &Request<T>,
+        change: Change,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let checked = changer(&self.node, req)?;
+        self.propose(checked, change).await
+    }
+
+    /// Proposes `change`, carrying `checked` into the log.
+    async fn propose(
+        &self,
+        checked: Checked,
+        change: Change,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        let change = Rq::Auth(AuthChange {
+            change: Some(change),
+        });
+        match self.node.propose(checked.entry(change)).await? {
             Rs::Auth(_) => Ok(self.node.current_header()),
             _ => Err(StoreError::Internal("unexpected response to an auth change".into()).into()),
         }
@@ -200,8 +237,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::Enable(req.into_inner())).await?;
+        let header = self.change(&req, Change::Enable(*req.get_ref())).await?;
         Ok(Response::new(AuthEnableResponse { header }))
     }
 
@@ -209,8 +245,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::Disable(req.into_inner())).await?;
+        let header = self.change(&req, Change::Disable(*req.get_ref())).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
 
@@ -282,12 +317,16 @@ impl Auth for AuthService {
                 }));
             }
             let token = new_token();
+            // The member's own entry: it carries no user, and is not checked as it applies.
             let assigned = self
-                .change(Change::Authenticate(SimpleToken {
-                    user: r.name.clone(),
-                    token: token.clone(),
-                    auth_revision: revision,
-                }))
+                .propose(
+                    Checked::default(),
+                    Change::Authenticate(SimpleToken {
+                        user: r.name.clone(),
+                        token: token.clone(),
+                        auth_revision: revision,
+                    }),
+                )
                 .await;
             match assigned {
                 Ok(header) => {
@@ -306,17 +345,14 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        self.admin(&req)?;
-        let mut r = req.into_inner();
-        if r.name.is_empty() {
-            return Err(StoreError::UserEmpty.into());
-        }
+        // An empty name is refused as it applies, after the check of the caller (etcd's order).
+        let mut r = req.get_ref().clone();
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         if !no_password && r.hashed_password.is_empty() {
             r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
-        let header = self.change(Change::UserAdd(r)).await?;
+        let header = self.change(&req, Change::UserAdd(r)).await?;
         Ok(Response::new(AuthUserAddResponse { header }))
     }
 
@@ -324,8 +360,10 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        self.admin_or_self(&req, &req.get_ref().name)?;
+        // Checked in a state at least as new as the request (a change acknowledged before it
+        // was sent may not have applied here yet).
         self.node.read_barrier().await?;
+        self.admin_or_self(&req, &req.get_ref().name)?;
         let roles = {
             let m = self.node.shared().mvcc.read();
             let u = m
@@ -344,8 +382,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.admin(&req)?;
         self.node.read_barrier().await?;
+        self.admin(&req)?;
         let users = self.node.shared().mvcc.read().auth().user_names();
         Ok(Response::new(AuthUserListResponse {
             header: self.node.current_header(),
@@ -357,8 +395,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::UserDelete(req.into_inner())).await?;
+        let header = self
+            .change(&req, Change::UserDelete(req.get_ref().clone()))
+            .await?;
         Ok(Response::new(AuthUserDeleteResponse { header }))
     }
 
@@ -366,13 +405,12 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.admin(&req)?;
-        let mut r = req.into_inner();
+        let mut r = req.get_ref().clone();
         if r.hashed_password.is_empty() {
             r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
-        let header = self.change(Change::UserChangePassword(r)).await?;
+        let header = self.change(&req, Change::UserChangePassword(r)).await?;
         Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
 
@@ -380,8 +418,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::UserGrantRole(req.into_inner())).await?;
+        let header = self
+            .change(&req, Change::UserGrantRole(req.get_ref().clone()))
+            .await?;
         Ok(Response::new(AuthUserGrantRoleResponse { header }))
     }
 
@@ -389,9 +428,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        self.admin(&req)?;
         let header = self
-            .change(Change::UserRevokeRole(req.into_inner()))
+            .change(&req, Change::UserRevokeRole(req.get_ref().clone()))
             .await?;
         Ok(Response::new(AuthUserRevokeRoleResponse { header }))
     }
@@ -400,8 +438,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::RoleAdd(req.into_inner())).await?;
+        let header = self
+            .change(&req, Change::RoleAdd(req.get_ref().clone()))
+            .await?;
         Ok(Response::new(AuthRoleAddResponse { header }))
     }
 
@@ -409,6 +448,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        self.node.read_barrier().await?;
         // A user may read the roles it holds.
         let own = match caller_if_enabled(&self.node, &req)? {
             Some(u) => {
@@ -422,7 +462,6 @@ impl Auth for AuthService {
         if !own {
             self.admin(&req)?;
         }
-        self.node.read_barrier().await?;
         let perm = {
             let m = self.node.shared().mvcc.read();
             let role = m.auth().role(&req.get_ref().role);
@@ -441,8 +480,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.admin(&req)?;
         self.node.read_barrier().await?;
+        self.admin(&req)?;
         let roles = self.node.shared().mvcc.read().auth().role_names();
         Ok(Response::new(AuthRoleListResponse {
             header: self.node.current_header(),
@@ -454,8 +493,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        self.admin(&req)?;
-        let header = self.change(Change::RoleDelete(req.into_inner())).await?;
+        let header = self
+            .change(&req, Change::RoleDelete(req.get_ref().clone()))
+            .await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 
@@ -463,9 +503,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        self.admin(&req)?;
         let header = self
-            .change(Change::RoleGrantPermission(req.into_inner()))
+            .change(&req, Change::RoleGrantPermission(req.get_ref().clone()))
             .await?;
         Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
     }
@@ -474,9 +513,8 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        self.admin(&req)?;
         let header = self
-            .change(Change::RoleRevokePermission(req.into_inner()))
+            .change(&req, Change::RoleRevokePermission(req.get_ref().clone()))
             .await?;
         Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
     }

@@ -319,7 +319,8 @@ impl Mvcc {
     /// checks it (deterministic: every member refuses the same writes). Refused if it was
     /// checked with auth off and auth is on now (`user name is empty`), or at an older auth
     /// revision (`revision of auth store is old`: its client authenticates again), or if the
-    /// user may not do it now (a lease's keys can change without an auth change).
+    /// user may not do it now (a lease's keys can change without an auth change). A change to
+    /// the auth state is checked only here: it needs a user with the root role.
     fn still_permitted(&self, req: &InternalRequest) -> Result<()> {
         use crate::auth::{Need, delete_needs, put_needs, txn_needs};
         use internal_request::Request as Rq;
@@ -345,6 +346,16 @@ impl Mvcc {
                 if let Some(lease) = self.leases.get(&l.id) {
                     needs.extend(lease.keys.iter().map(|k| Need::Write(k, &[])));
                 }
+            }
+            // A change a client asks for needs root in the state it applies in, as etcd's
+            // apply checks it: the user decides, not the revision. (Authenticate's token is
+            // the member's own entry, and not checked.)
+            Some(Rq::Auth(c)) => {
+                use crate::raft::pb::auth_change::Change;
+                if matches!(c.change, Some(Change::Authenticate(_))) {
+                    return Ok(());
+                }
+                return self.auth.admin_permitted(&req.user);
             }
             _ => {}
         }
