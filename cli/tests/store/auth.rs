@@ -257,13 +257,14 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
     }
 }
 
-/// A change to the auth state is permitted or refused as it applies, in log order, as etcd's
-/// is; reads of it are checked once the member has caught up. A follower whose applies are
-/// held back 300 ms has not applied `auth disable` when its client, answered that the disable
-/// is done, asks it for `auth enable` and for the user list without a token: both are served,
-/// as etcd serves them, not refused for a user name the follower's stale state wants.
+/// A change to the auth state, or a read of it, is checked in a state at least as new as the
+/// request, as etcd's (which checks changes as they apply, in log order). A follower whose
+/// applies are held back 300 ms has not applied `auth disable` when its client, answered that
+/// the disable is done, asks it for the user list and then for `auth enable` without a token:
+/// both are served, as etcd serves them, not refused for a user name the follower's stale
+/// state wants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_changes_are_checked_in_log_order_not_by_a_lagging_follower() {
+async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
     use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
     use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
     use keelson_etcdpb::etcdserverpb::{
@@ -314,7 +315,17 @@ async fn auth_changes_are_checked_in_log_order_not_by_a_lagging_follower() {
         } else {
             auth.auth_enable(AuthEnableRequest {}).await.map(|_| ())
         };
+        let held = std::process::Command::new("curl")
+            .args(["-sS", "-f"])
+            .arg(format!("http://{}/raftBeforeApply/count", gofail[f]))
+            .output()
+            .unwrap();
         before_apply(&gofail[f], "DELETE", "");
+        let held = String::from_utf8_lossy(&held.stdout).trim().parse::<u64>();
+        assert!(
+            held.is_ok_and(|n| n > 0),
+            "the follower's applies were not held"
+        );
         let what = ["the user list", "auth enable"][round];
         assert!(served.is_ok(), "{what}: {served:?}");
         if round == 0 {

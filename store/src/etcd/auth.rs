@@ -42,7 +42,7 @@ pub struct Internal;
 /// changed since, or was turned on after a write checked with auth off.
 #[derive(Debug, Default)]
 pub struct Checked {
-    /// The user, while auth was on.
+    /// The user: while auth was on, or the one a valid JWT names while it was off.
     user: String,
     /// The auth revision; 0 for the member's own requests (not checked again).
     revision: u64,
@@ -85,9 +85,12 @@ pub fn permitted(
     if !m.auth().enabled() {
         // A valid JWT still names its user and revision, as etcd 3.4's do on a member that
         // has not applied `auth enable` yet: the write is then held to them when it applies
-        // (refused as old, not as without a user). Anything else: no user. Only writes carry
-        // what this returns, so reads verify nothing.
-        let writes = needs.iter().any(|n| matches!(n, Need::Write(..)));
+        // (refused as old, or not root, rather than as without a user). Anything else: no
+        // user. Only writes (and changes to the auth state) carry what this returns, so reads
+        // verify nothing.
+        let writes = needs
+            .iter()
+            .any(|n| matches!(n, Need::Write(..) | Need::Admin));
         let jwt = token.filter(|_| writes).zip(m.tokens().jwt());
         let (user, revision) = jwt
             .and_then(|(t, p)| p.user(t, None).ok())
@@ -120,31 +123,6 @@ fn user_of(
     let token = token.ok_or(StoreError::UserEmpty)?;
     m.tokens()
         .user_at(token, current.then(|| m.auth().revision()))
-}
-
-/// Who asks for a change to the auth state, as etcd's server finds out before proposing it:
-/// the user a verified token names (an invalid one is refused here), else no one. Whether they
-/// may make the change is decided when it applies, in the auth state of that moment
-/// (`Mvcc::apply`): a member that has not applied an earlier change yet (auth turned off, the
-/// root role granted) must not refuse what the cluster permits, nor permit what it refuses.
-fn changer<T>(node: &Node, req: &Request<T>) -> Result<Checked, Status> {
-    let m = node.shared().mvcc.read();
-    let revision = m.auth().revision();
-    let token = token_of(req);
-    let user = if m.auth().enabled() {
-        match token {
-            Some(t) => user_of(&m, Some(t), false)?.0,
-            None => String::new(),
-        }
-    } else {
-        // As for writes (`permitted`): a valid JWT names its user.
-        token
-            .zip(m.tokens().jwt())
-            .and_then(|(t, p)| p.user(t, None).ok())
-            .map(|(user, _)| user)
-            .unwrap_or_default()
-    };
-    Ok(Checked { user, revision })
 }
 
 /// The caller while auth is on (`None` while it is off).
@@ -191,15 +169,28 @@ impl AuthService {
         AuthService { node, bcrypt_cost }
     }
 
-    /// Applies `change` through Raft for the client of `req` (checked as it applies);
-    /// returns the response header.
+    /// Applies `change` through Raft for the client of `req`; returns the response header.
+    ///
+    /// The client must hold the root role (or auth be off) in a state at least as new as the
+    /// request: a member that has not applied a change acknowledged before (auth turned off,
+    /// the root role granted, the Authenticate that handed out the client's token) must not
+    /// refuse what the cluster permits. The user goes into the log with the change, which is
+    /// checked again as it applies (`Mvcc::apply`, etcd's `IsAdminPermitted` in its apply):
+    /// one checked before a change that applies first (the user's root role revoked, auth
+    /// turned on) is refused then, on every member alike.
     async fn change<T>(
         &self,
         req: &Request<T>,
         change: Change,
     ) -> Result<Option<ResponseHeader>, Status> {
-        let checked = changer(&self.node, req)?;
+        let checked = self.changer(req).await?;
         self.propose(checked, change).await
+    }
+
+    /// The client of `req`, who may change the auth state ([`AuthService::change`]).
+    async fn changer<T>(&self, req: &Request<T>) -> Result<Checked, Status> {
+        self.node.read_barrier().await?;
+        authorize(&self.node, req, &[Need::Admin])
     }
 
     /// Proposes `change`, carrying `checked` into the log.
@@ -345,14 +336,16 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        // An empty name is refused as it applies, after the check of the caller (etcd's order).
-        let mut r = req.get_ref().clone();
+        // Checked before the password is hashed; an empty name is refused as it applies,
+        // after the check of the caller (etcd's order).
+        let checked = self.changer(&req).await?;
+        let mut r = req.into_inner();
         let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
         if !no_password && r.hashed_password.is_empty() {
             r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
-        let header = self.change(&req, Change::UserAdd(r)).await?;
+        let header = self.propose(checked, Change::UserAdd(r)).await?;
         Ok(Response::new(AuthUserAddResponse { header }))
     }
 
@@ -405,12 +398,13 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let mut r = req.get_ref().clone();
+        let checked = self.changer(&req).await?;
+        let mut r = req.into_inner();
         if r.hashed_password.is_empty() {
             r.hashed_password = hash(std::mem::take(&mut r.password), self.bcrypt_cost).await?;
         }
         r.password.clear();
-        let header = self.change(&req, Change::UserChangePassword(r)).await?;
+        let header = self.propose(checked, Change::UserChangePassword(r)).await?;
         Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }
 

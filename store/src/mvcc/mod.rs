@@ -319,8 +319,8 @@ impl Mvcc {
     /// checks it (deterministic: every member refuses the same writes). Refused if it was
     /// checked with auth off and auth is on now (`user name is empty`), or at an older auth
     /// revision (`revision of auth store is old`: its client authenticates again), or if the
-    /// user may not do it now (a lease's keys can change without an auth change). A change to
-    /// the auth state is checked only here: it needs a user with the root role.
+    /// user may not do it now (a lease's keys can change without an auth change). A client's
+    /// change to the auth state needs a user with the root role.
     fn still_permitted(&self, req: &InternalRequest) -> Result<()> {
         use crate::auth::{Need, delete_needs, put_needs, txn_needs};
         use internal_request::Request as Rq;
@@ -348,15 +348,9 @@ impl Mvcc {
                 }
             }
             // A change a client asks for needs root in the state it applies in, as etcd's
-            // apply checks it: the user decides, not the revision. (Authenticate's token is
-            // the member's own entry, and not checked.)
-            Some(Rq::Auth(c)) => {
-                use crate::raft::pb::auth_change::Change;
-                if matches!(c.change, Some(Change::Authenticate(_))) {
-                    return Ok(());
-                }
-                return self.auth.admin_permitted(&req.user);
-            }
+            // apply checks it: the user decides, not the revision. (Authenticate's entry, the
+            // member's own, carries neither user nor revision: not checked.)
+            Some(Rq::Auth(_)) => return self.auth.admin_permitted(&req.user),
             _ => {}
         }
         // As etcd's, the user and revision are checked with each key: a write that touches

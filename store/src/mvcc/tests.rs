@@ -834,7 +834,15 @@ fn auth_changes_are_permitted_by_the_state_they_apply_in() {
         StoreError::PermissionDenied.to_string()
     );
     assert!(m.auth().role("b").is_none());
-    // An entry without user and revision (an older build's) is not checked.
+    // An entry without user and revision (a simple token's, the member's own, or an older
+    // build's) is not checked.
+    let token = Change::Authenticate(crate::raft::pb::SimpleToken {
+        user: "bob".into(),
+        token: "t.1".into(),
+        auth_revision: m.auth().revision(),
+    });
+    change(&mut m, "", 0, token).unwrap();
+    assert_eq!(m.tokens().user("t.1").as_deref(), Some("bob"));
     change(&mut m, "", 0, role("c")).unwrap();
     // Auth turned off: a change checked while it was on, for a user who may not, applies.
     change(&mut m, "root", on, Change::Disable(AuthDisableRequest {})).unwrap();
