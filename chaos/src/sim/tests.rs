@@ -134,3 +134,75 @@ fn a_member_removed_and_added_back_empty_catches_up() {
     // Its log purged past where the member started over: it got a snapshot.
     assert!(outcome.installs > 0, "{}", outcome.summary());
 }
+
+/// A voter removal whose caller gives up once the joint configuration is proposed (openraft's
+/// caller proposes both of its steps) leaves the joint configuration behind; the leader
+/// finishes it with no caller left: the removed member is gone, the configuration uniform.
+#[test]
+fn a_joint_configuration_whose_caller_gave_up_is_finished_by_the_leader() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use tokio::time::{Instant, sleep};
+
+    use super::net::World;
+    use super::{Store, member, start};
+
+    let dir = tempfile::Builder::new()
+        .prefix("keelson-sim")
+        .tempdir_in(super::scratch_dir())
+        .expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let world = Arc::new(World::new(11, 3));
+        let mut stores = Vec::new();
+        for id in world.ids() {
+            stores.push(Store::open(id, dir.path().join(format!("m{id}"))).unwrap());
+        }
+        let initial: BTreeMap<_, _> = world.ids().map(|id| (id, member(id))).collect();
+        for s in &stores {
+            start(&world, s, Some(&initial)).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let leader = loop {
+            if let Some(l) = world.leader() {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            sleep(Duration::from_millis(10)).await;
+        };
+        let raft = world.raft(leader).unwrap();
+        let victim = world.ids().find(|id| *id != leader).unwrap();
+        let remove = openraft::ChangeMembers::RemoveVoters(BTreeSet::from([victim]));
+        let caller = {
+            let raft = raft.clone();
+            tokio::spawn(async move { raft.change_membership(remove, false).await })
+        };
+        let configs = || {
+            let m = raft.metrics().borrow().membership_config.clone();
+            m.membership().get_joint_config().clone()
+        };
+        while configs().len() < 2 {
+            assert!(Instant::now() < deadline, "no joint configuration");
+            sleep(Duration::from_millis(1)).await;
+        }
+        caller.abort();
+        let left = configs();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while configs().len() > 1 {
+            assert!(Instant::now() < deadline, "still joint: {left:?}");
+            sleep(Duration::from_millis(10)).await;
+        }
+        let rest: BTreeSet<_> = world.ids().filter(|id| *id != victim).collect();
+        assert_eq!(configs(), vec![rest], "left {left:?}");
+        for id in world.ids() {
+            if let Some((raft, _)) = world.take_running(id) {
+                let _ = raft.shutdown().await;
+            }
+        }
+    });
+}

@@ -200,3 +200,51 @@ async fn members_are_added_promoted_and_removed_under_load() {
         }
     }
 }
+
+/// A member add whose client gives up before it is done still completes, as etcd's (one
+/// configuration change, which commits once proposed whoever waits for it): openraft adds a
+/// voter in three steps (as a learner, then the joint configuration, then the new one), and a
+/// caller that went away between them would leave a learner or a joint configuration. The
+/// member's applies are held 2 s, so the client's 1 s deadline passes in the first.
+#[test]
+fn a_member_add_whose_client_gave_up_still_completes() {
+    use crate::cluster::before_apply;
+
+    let gofail = format!("127.0.0.1:{}", keelson_client::ports::free_port().unwrap());
+    // The failpoint address is m0's alone.
+    let mut c = Cluster::start_each(1, &[], &[], |_| {
+        vec![("GOFAIL_HTTP".to_string(), gofail.clone())]
+    });
+    let m0 = c.members[0].client.clone();
+    let added = c.new_member("m1");
+    let peer = c.members[added].peer.clone();
+    // The strict reconfiguration check counts m0 once it has published its name.
+    wait_for("m0 listed as started", Duration::from_secs(30), || {
+        members(&m0).iter().all(|(name, _, _)| name == "m0")
+    });
+    before_apply(&gofail, "PUT", "sleep(2000)");
+    let add = etcdctl(
+        &m0,
+        &[
+            "--command-timeout=1s",
+            "member",
+            "add",
+            "m1",
+            &format!("--peer-urls={peer}"),
+        ],
+    );
+    before_apply(&gofail, "DELETE", "");
+    let err = String::from_utf8_lossy(&add.stderr);
+    assert!(
+        !add.status.success() && err.contains("deadline exceeded"),
+        "the add was to outlast its client: {err}"
+    );
+    let initial = format!("{},m1={peer}", c.initial);
+    c.start_member_in(added, &initial, "existing");
+    wait_for("m1 a started voter", Duration::from_secs(30), || {
+        members(&m0)
+            .iter()
+            .any(|(name, _, learner)| name == "m1" && !learner)
+    });
+    ok(etcdctl(&c.members[added].client, &["put", "after", "1"]));
+}

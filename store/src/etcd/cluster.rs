@@ -215,7 +215,24 @@ fn check_reconfig(
 }
 
 /// Runs a membership change on this member, which must lead; returns the encoded etcd response.
+///
+/// The change runs in a task of its own, one at a time with other membership changes: a voter
+/// added or removed is two configurations in openraft (the joint one, then the new), proposed
+/// in turn by whoever asked, so a caller that went away between them (a client that gave up)
+/// would leave the joint one. (A leader that goes down between them leaves it too: the next
+/// leader finishes it, [`Node::monitor_leader`].)
 pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let one = node.membership_changes();
+        let _one = one.lock().await;
+        run_change(&node, req).await
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("the membership change failed: {e}")))?
+}
+
+async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
     if !node.is_leader() {
         return Err(StoreError::NotLeader);
     }

@@ -76,6 +76,9 @@ struct Inner {
     /// Refuse membership changes that could cost the cluster its quorum
     /// (`--strict-reconfig-check`).
     strict_reconfig: std::sync::atomic::AtomicBool,
+    /// Held while a membership change runs on this member: one at a time, as etcd has at most
+    /// one configuration change pending ([`Node::membership_changes`]).
+    membership: Arc<tokio::sync::Mutex<()>>,
     /// Bumped each time this member has gone three election timeouts without a leader:
     /// require-leader streams end then ([`Node::monitor_leader`]).
     leader_lost: tokio::sync::watch::Sender<u64>,
@@ -132,6 +135,7 @@ impl Node {
                 heartbeats_resumed: parking_lot::Mutex::new(None),
                 restored,
                 strict_reconfig: std::sync::atomic::AtomicBool::new(true),
+                membership: Arc::new(tokio::sync::Mutex::new(())),
                 leader_lost: tokio::sync::watch::Sender::new(0),
             }),
         };
@@ -219,6 +223,12 @@ impl Node {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Held while a membership change runs on this member (openraft refuses a change while
+    /// another's configuration is uncommitted, and a change is two of them).
+    pub fn membership_changes(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.membership.clone()
+    }
+
     /// Sets [`Node::strict_reconfig`].
     pub fn set_strict_reconfig(&self, on: bool) {
         self.inner
@@ -288,6 +298,7 @@ impl Node {
         let election = Duration::from_millis(self.inner.raft.config().election_timeout_min.max(1));
         let mut leaderless = 0;
         let mut checked = Instant::now();
+        let mut joint = None;
         loop {
             tokio::select! {
                 biased;
@@ -309,12 +320,54 @@ impl Node {
             {
                 self.step_down(election).await;
             }
+            joint = self.finish_joint_config(joint);
             leaderless = if self.has_leader() { 0 } else { leaderless + 1 };
             // Each further timeout without one ends the streams begun since.
             if leaderless >= 3 {
                 self.inner.leader_lost.send_modify(|n| *n += 1);
             }
         }
+    }
+
+    /// On a leader, finishes a joint configuration left behind: openraft changes the voters in
+    /// two steps (the joint configuration, then the new one), both proposed by the caller of
+    /// its `change_membership`, so a caller stopped between them, or a leader that went down
+    /// between them, leaves the cluster in the joint one, needing a quorum of both the old and
+    /// the new voters. etcd's changes are one step and leave nothing so. A joint configuration
+    /// that is applied and still the latest at the next check (`seen` is the one found at the
+    /// last) has no caller left: the new configuration it was heading for is proposed, in the
+    /// background, unless another membership change runs. Returns the joint configuration
+    /// found now, for the next check.
+    fn finish_joint_config(&self, seen: Option<crate::raft::LogId>) -> Option<crate::raft::LogId> {
+        if !self.is_leader() {
+            return None;
+        }
+        let m = self.inner.raft.metrics().borrow().clone();
+        let configs = m.membership_config.membership().get_joint_config();
+        let (Some(id), [_, .., last]) = (m.membership_config.log_id(), configs.as_slice()) else {
+            return None;
+        };
+        let applied = m.last_applied.is_some_and(|a| a.index >= id.index);
+        if !applied || seen != Some(*id) {
+            return Some(*id);
+        }
+        let Ok(one) = self.inner.membership.clone().try_lock_owned() else {
+            return Some(*id);
+        };
+        let raft = self.inner.raft.clone();
+        let voters = last.clone();
+        tokio::spawn(async move {
+            let _one = one;
+            tracing::warn!(
+                ?voters,
+                "finishing a joint configuration left by a membership change"
+            );
+            let change = openraft::ChangeMembers::ReplaceAllVoters(voters);
+            if let Err(e) = raft.change_membership(change, false).await {
+                tracing::warn!(error = %e, "finishing a joint configuration");
+            }
+        });
+        Some(*id)
     }
 
     /// Probes, every probe interval until `shutdown`, each peer this member has not heard
