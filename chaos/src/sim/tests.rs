@@ -199,6 +199,8 @@ fn a_joint_configuration_whose_caller_gave_up_is_finished_by_the_leader() {
         }
         let rest: BTreeSet<_> = world.ids().filter(|id| *id != victim).collect();
         assert_eq!(configs(), vec![rest], "left {left:?}");
+        let m = raft.metrics().borrow().membership_config.clone();
+        assert!(m.membership().get_node(&victim).is_none(), "{m:?}");
         for id in world.ids() {
             if let Some((raft, _)) = world.take_running(id) {
                 let _ = raft.shutdown().await;

@@ -216,20 +216,37 @@ fn check_reconfig(
 
 /// Runs a membership change on this member, which must lead; returns the encoded etcd response.
 ///
-/// The change runs in a task of its own, one at a time with other membership changes: a voter
-/// added or removed is two configurations in openraft (the joint one, then the new), proposed
-/// in turn by whoever asked, so a caller that went away between them (a client that gave up)
-/// would leave the joint one. (A leader that goes down between them leaves it too: the next
-/// leader finishes it, [`Node::monitor_leader`].)
+/// One change at a time: one waits for the one before for up to the request timeout, while
+/// its client does. Once begun, it runs in a task of its own, to its end or until this member
+/// stops leading: a voter added or removed is two configurations in openraft (the joint one,
+/// then the new), proposed in turn by whoever asked, so a caller that went away between them
+/// (a client that gave up) would leave the joint one. (A leader that stops leading between
+/// them leaves it too: the next leader finishes it, [`Node::monitor_leader`]. openraft may
+/// never answer a change whose leader was deposed, which is why the task does not wait on.)
 pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
+    let one = tokio::time::timeout(REQUEST_TIMEOUT, node.membership_changes().lock_owned())
+        .await
+        .map_err(|_| StoreError::Timeout)?;
     let node = node.clone();
     tokio::spawn(async move {
-        let one = node.membership_changes();
-        let _one = one.lock().await;
-        run_change(&node, req).await
+        let _one = one;
+        let term = node.raft().metrics().borrow().current_term;
+        tokio::select! {
+            r = run_change(&node, req) => r,
+            _ = deposed(&node, term) => Err(StoreError::NotLeader),
+        }
     })
     .await
     .map_err(|e| StoreError::Internal(format!("the membership change failed: {e}")))?
+}
+
+/// Returns once this member no longer leads in `term` (or its Raft stopped).
+async fn deposed(node: &Node, term: u64) {
+    let me = node.id();
+    let mut metrics = node.raft().metrics();
+    let _ = metrics
+        .wait_for(|m| m.current_term != term || m.current_leader != Some(me))
+        .await;
 }
 
 async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {

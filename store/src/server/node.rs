@@ -347,8 +347,10 @@ impl Node {
         let (Some(id), [_, .., last]) = (m.membership_config.log_id(), configs.as_slice()) else {
             return None;
         };
-        let applied = m.last_applied.is_some_and(|a| a.index >= id.index);
-        if !applied || seen != Some(*id) {
+        if m.last_applied.is_none_or(|a| a.index < id.index) {
+            return None;
+        }
+        if seen != Some(*id) {
             return Some(*id);
         }
         let Ok(one) = self.inner.membership.clone().try_lock_owned() else {
@@ -362,6 +364,8 @@ impl Node {
                 ?voters,
                 "finishing a joint configuration left by a membership change"
             );
+            // Nodes that are voters of the old configuration only go (the change that left
+            // it was made with `retain` false, as every change here is); learners stay.
             let change = openraft::ChangeMembers::ReplaceAllVoters(voters);
             if let Err(e) = raft.change_membership(change, false).await {
                 tracing::warn!(error = %e, "finishing a joint configuration");
