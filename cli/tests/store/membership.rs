@@ -248,3 +248,43 @@ fn a_member_add_whose_client_gave_up_still_completes() {
     });
     ok(etcdctl(&c.members[added].client, &["put", "after", "1"]));
 }
+
+/// A one-member cluster grown as etcd's operators grow one (and as kubeadm grows a stacked
+/// etcd): `member add` answers at once, with the lines etcdctl prints for starting the new
+/// member, before that member runs; then it starts, joins, and is a voter: with it stopped
+/// again, the first member alone commits nothing.
+#[test]
+fn a_second_voter_is_added_before_it_runs_as_with_etcd() {
+    let mut c = Cluster::start(1);
+    let m0 = c.members[0].client.clone();
+    let added = c.new_member("m1");
+    let peer = c.members[added].peer.clone();
+    let out = change(
+        &m0,
+        &["member", "add", "m1", &format!("--peer-urls={peer}")],
+    );
+    let initial = out
+        .lines()
+        .find(|l| l.starts_with("ETCD_INITIAL_CLUSTER="))
+        .unwrap_or_else(|| panic!("{out}"));
+    for member in [format!("m0={}", c.members[0].peer), format!("m1={peer}")] {
+        assert!(initial.contains(&member), "{initial}");
+    }
+    assert!(
+        members(&m0)
+            .iter()
+            .any(|(name, _, learner)| name.is_empty() && !learner),
+        "listed as a voter not started yet"
+    );
+    let initial = format!("{},m1={peer}", c.initial);
+    c.start_member_in(added, &initial, "existing");
+    wait_for("m1 a started voter", Duration::from_secs(30), || {
+        members(&m0)
+            .iter()
+            .any(|(name, _, learner)| name == "m1" && !learner)
+    });
+    ok(etcdctl(&c.members[added].client, &["put", "grown", "1"]));
+    c.kill(added);
+    let alone = etcdctl(&m0, &["--command-timeout=3s", "put", "alone", "1"]);
+    assert!(!alone.status.success(), "m0 committed without m1");
+}

@@ -223,21 +223,66 @@ fn check_reconfig(
 /// (a client that gave up) would leave the joint one. (A leader that stops leading between
 /// them leaves it too: the next leader finishes it, [`Node::monitor_leader`]. openraft may
 /// never answer a change whose leader was deposed, which is why the task does not wait on.)
+/// A change answered before its end (the second voter, [`run_change`]) goes on after the
+/// answer, still holding its turn.
 pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
     let one = tokio::time::timeout(REQUEST_TIMEOUT, node.membership_changes().lock_owned())
         .await
         .map_err(|_| StoreError::Timeout)?;
     let node = node.clone();
+    let (answer, answered) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _one = one;
         let term = node.raft().metrics().borrow().current_term;
-        tokio::select! {
-            r = run_change(&node, req) => r,
-            _ = deposed(&node, term) => Err(StoreError::NotLeader),
+        let rest = tokio::select! {
+            r = run_change(&node, req) => match r {
+                Ok((response, rest)) => {
+                    let _ = answer.send(Ok(response));
+                    rest
+                }
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                    None
+                }
+            },
+            _ = deposed(&node, term) => {
+                let _ = answer.send(Err(StoreError::NotLeader));
+                None
+            }
+        };
+        if let Some(rest) = rest {
+            tokio::select! {
+                _ = rest => {}
+                _ = deposed(&node, term) => {}
+            }
         }
-    })
-    .await
-    .map_err(|e| StoreError::Internal(format!("the membership change failed: {e}")))?
+    });
+    answered
+        .await
+        .map_err(|_| StoreError::Internal("the membership change failed".into()))?
+}
+
+/// What is left of a change answered before its end.
+type Rest = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Returns once this leader's configuration has `id` among its voters (a joint one) and its
+/// own log holds it on disk (the leader counts itself matched up to an entry once flushed).
+async fn joint_on_disk(node: &Node, id: NodeId) {
+    let me = node.id();
+    let mut metrics = node.raft().metrics();
+    let _ = metrics
+        .wait_for(|m| {
+            let config = &m.membership_config;
+            let flushed = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&me).cloned().flatten());
+            config.membership().voter_ids().any(|v| v == id)
+                && config
+                    .log_id()
+                    .is_some_and(|c| flushed.is_some_and(|f| f.index >= c.index))
+        })
+        .await;
 }
 
 /// Returns once this member no longer leads in `term` (or its Raft stopped).
@@ -249,7 +294,8 @@ async fn deposed(node: &Node, term: u64) {
         .await;
 }
 
-async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
+/// Runs `req` on this leader: the encoded etcd response, and what is left to run after it.
+async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, Option<Rest>)> {
     if !node.is_leader() {
         return Err(StoreError::NotLeader);
     }
@@ -289,10 +335,40 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
             raft.add_learner(id, member, false)
                 .await
                 .map_err(raft_err)?;
+            let mut rest = None;
             if !a.is_learner {
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(raft_err)?;
+                let promote = {
+                    let raft = raft.clone();
+                    let voters = BTreeSet::from([id]);
+                    async move {
+                        raft.change_membership(ChangeMembers::AddVoterIds(voters), false)
+                            .await
+                    }
+                };
+                let mut promote = Box::pin(promote);
+                let alone = members.values().filter(|(_, learner)| !learner).count() == 1;
+                if alone {
+                    // The joint configuration needs the new member, which its operator starts
+                    // once told it was added. etcd's one-step change commits without it: so
+                    // the add is answered once the joint configuration is in this member's
+                    // log on disk (which none other can cut: no leader can be elected without
+                    // this member's vote), and the rest follows (or the next leader finishes
+                    // it, [`Node::monitor_leader`]).
+                    tokio::select! {
+                        r = &mut promote => {
+                            r.map_err(raft_err)?;
+                        }
+                        () = joint_on_disk(node, id) => {
+                            rest = Some(Box::pin(async move {
+                                if let Err(e) = promote.await {
+                                    tracing::warn!(error = %e, "adding the second voter");
+                                }
+                            }) as Rest);
+                        }
+                    }
+                } else {
+                    promote.await.map_err(raft_err)?;
+                }
             }
             let added = PbMember {
                 id,
@@ -300,12 +376,12 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
                 is_learner: a.is_learner,
                 ..Default::default()
             };
-            Ok(MemberAddResponse {
+            let response = MemberAddResponse {
                 header: node.current_header(),
                 member: Some(added),
                 members: member_list(node),
-            }
-            .encode_to_vec())
+            };
+            Ok((response.encode_to_vec(), rest))
         }
         Some(Change::Remove(r)) => {
             check_reconfig(node, &members, &Change::Remove(r))?;
@@ -320,11 +396,11 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
             raft.change_membership(change, false)
                 .await
                 .map_err(raft_err)?;
-            Ok(MemberRemoveResponse {
+            let response = MemberRemoveResponse {
                 header: node.current_header(),
                 members: member_list(node),
-            }
-            .encode_to_vec())
+            };
+            Ok((response.encode_to_vec(), None))
         }
         Some(Change::Promote(p)) => {
             let Some((_, learner)) = members.get(&p.id) else {
@@ -349,11 +425,11 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
                 .await
                 .map_err(raft_err)?;
-            Ok(MemberPromoteResponse {
+            let response = MemberPromoteResponse {
                 header: node.current_header(),
                 members: member_list(node),
-            }
-            .encode_to_vec())
+            };
+            Ok((response.encode_to_vec(), None))
         }
         Some(Change::Update(u)) => {
             validate_urls(&u.peer_ur_ls)?;
@@ -376,11 +452,11 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
             )
             .await
             .map_err(raft_err)?;
-            Ok(MemberUpdateResponse {
+            let response = MemberUpdateResponse {
                 header: node.current_header(),
                 members: member_list(node),
-            }
-            .encode_to_vec())
+            };
+            Ok((response.encode_to_vec(), None))
         }
         None => Err(StoreError::InvalidArgument(
             "empty membership change".into(),
