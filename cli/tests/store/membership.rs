@@ -201,58 +201,83 @@ async fn members_are_added_promoted_and_removed_under_load() {
     }
 }
 
-/// A member add whose client gives up before it is done still completes, as etcd's (one
-/// configuration change, which commits once proposed whoever waits for it): openraft adds a
-/// voter in three steps (as a learner, then the joint configuration, then the new one), and a
-/// caller that went away between them would leave a learner or a joint configuration. The
-/// member's applies are held 2 s, so the client's 1 s deadline passes in the first.
-#[test]
-fn a_member_add_whose_client_gave_up_still_completes() {
+/// A member remove whose client gives up before it is done still completes, as etcd's (one
+/// configuration change, which commits once proposed whoever waits for it): openraft removes
+/// a voter in two steps (the joint configuration, then the new one), and a caller that went
+/// away between them would leave the joint one, the member still listed and counted. The
+/// leader's applies are held 2 s, so the client's 1 s deadline passes in the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_remove_whose_client_gave_up_still_completes() {
+    use keelson_etcdpb::etcdserverpb::StatusRequest;
+    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+
     use crate::cluster::before_apply;
 
-    let gofail = format!("127.0.0.1:{}", keelson_client::ports::free_port().unwrap());
-    // The failpoint address is m0's alone.
-    let mut c = Cluster::start_each(1, &[], &[], |_| {
-        vec![("GOFAIL_HTTP".to_string(), gofail.clone())]
+    let gofail: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", keelson_client::ports::free_port().unwrap()))
+        .collect();
+    let c = Cluster::start_each(3, &[], &[], |i| {
+        vec![("GOFAIL_HTTP".to_string(), gofail[i].clone())]
     });
-    let m0 = c.members[0].client.clone();
-    let added = c.new_member("m1");
-    let peer = c.members[added].peer.clone();
-    // The strict reconfiguration check counts m0 once it has published its name.
-    wait_for("m0 listed as started", Duration::from_secs(30), || {
-        members(&m0).iter().all(|(name, _, _)| name == "m0")
-    });
-    before_apply(&gofail, "PUT", "sleep(2000)");
-    let add = etcdctl(
-        &m0,
-        &[
-            "--command-timeout=1s",
-            "member",
-            "add",
-            "m1",
-            &format!("--peer-urls={peer}"),
-        ],
-    );
-    before_apply(&gofail, "DELETE", "");
-    let err = String::from_utf8_lossy(&add.stderr);
-    assert!(
-        !add.status.success() && err.contains("deadline exceeded"),
-        "the add was to outlast its client: {err}"
-    );
-    let initial = format!("{},m1={peer}", c.initial);
-    c.start_member_in(added, &initial, "existing");
-    wait_for("m1 a started voter", Duration::from_secs(30), || {
-        members(&m0)
-            .iter()
-            .any(|(name, _, learner)| name == "m1" && !learner)
-    });
-    ok(etcdctl(&c.members[added].client, &["put", "after", "1"]));
+    let mut leader = None;
+    for (i, m) in c.members.iter().enumerate() {
+        let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
+        let s = status.status(StatusRequest {}).await.unwrap().into_inner();
+        if s.leader == s.header.unwrap().member_id {
+            leader = Some(i);
+        }
+    }
+    let l = leader.expect("a leader");
+    let endpoint = c.members[l].client.clone();
+    let victim = c.members[(l + 1) % 3].name.clone();
+    let gofail = gofail[l].clone();
+    tokio::task::spawn_blocking(move || {
+        let id_of = |name: &str| {
+            let listed = members(&endpoint);
+            listed
+                .into_iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, id, _)| id)
+        };
+        let id = id_of(&victim).expect("the victim listed");
+        // Until the strict reconfiguration check counts every member as up long enough.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let err = loop {
+            before_apply(&gofail, "PUT", "sleep(2000)");
+            let out = etcdctl(
+                &endpoint,
+                &["--command-timeout=1s", "member", "remove", &id],
+            );
+            before_apply(&gofail, "DELETE", "");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                !out.status.success(),
+                "the remove was to outlast its client"
+            );
+            let refused = err.contains("unhealthy cluster") || err.contains("not enough started");
+            if !refused {
+                break err;
+            }
+            assert!(Instant::now() < deadline, "{err}");
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(err.contains("deadline exceeded"), "{err}");
+        wait_for(
+            &format!("{victim} removed"),
+            Duration::from_secs(30),
+            || id_of(&victim).is_none() && members(&endpoint).len() == 2,
+        );
+        ok(etcdctl(&endpoint, &["put", "after", "1"]));
+    })
+    .await
+    .unwrap();
 }
 
 /// A one-member cluster grown as etcd's operators grow one (and as kubeadm grows a stacked
 /// etcd): `member add` answers at once, with the lines etcdctl prints for starting the new
-/// member, before that member runs; then it starts, joins, and is a voter: with it stopped
-/// again, the first member alone commits nothing.
+/// member, before that member runs; the first member then has no quorum and steps down; the
+/// new member starts, joins, and is a voter: with it stopped again, the first member alone
+/// commits nothing.
 #[test]
 fn a_second_voter_is_added_before_it_runs_as_with_etcd() {
     let mut c = Cluster::start(1);
@@ -276,6 +301,15 @@ fn a_second_voter_is_added_before_it_runs_as_with_etcd() {
             .any(|(name, _, learner)| name.is_empty() && !learner),
         "listed as a voter not started yet"
     );
+    // As an operator's would, m1 starts late: m0, without a quorum, has stepped down by then.
+    wait_for("m0 without a leader", Duration::from_secs(30), || {
+        let out = etcdctl(&m0, &["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        // etcdctl leaves a zero leader out.
+        let status = &status[0]["Status"];
+        status.is_object() && status["leader"].as_u64().unwrap_or(0) == 0
+    });
     let initial = format!("{},m1={peer}", c.initial);
     c.start_member_in(added, &initial, "existing");
     wait_for("m1 a started voter", Duration::from_secs(30), || {

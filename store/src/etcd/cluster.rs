@@ -234,7 +234,9 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
     tokio::spawn(async move {
         let _one = one;
         let term = node.raft().metrics().borrow().current_term;
+        // A change done as its member is deposed is answered as done.
         let rest = tokio::select! {
+            biased;
             r = run_change(&node, req) => match r {
                 Ok((response, rest)) => {
                     let _ = answer.send(Ok(response));
@@ -265,22 +267,27 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
 /// What is left of a change answered before its end.
 type Rest = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Returns once this leader's configuration has `id` among its voters (a joint one) and its
-/// own log holds it on disk (the leader counts itself matched up to an entry once flushed).
+/// Returns once this member's configuration has `id` among its voters (a joint one) and its
+/// own log holds it on disk. openraft 0.9's leader counts itself matched up to an entry only
+/// once its log store has flushed it; a member that no longer leads has no such count, but
+/// its core appended (and flushed) the configuration before it took up the vote that deposed
+/// it, one command after the other, so the configuration alone says it then.
 async fn joint_on_disk(node: &Node, id: NodeId) {
     let me = node.id();
     let mut metrics = node.raft().metrics();
     let _ = metrics
         .wait_for(|m| {
             let config = &m.membership_config;
-            let flushed = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&me).cloned().flatten());
-            config.membership().voter_ids().any(|v| v == id)
-                && config
-                    .log_id()
-                    .is_some_and(|c| flushed.is_some_and(|f| f.index >= c.index))
+            let flushed = match &m.replication {
+                Some(r) if m.current_leader == Some(me) => {
+                    let matched = r.get(&me).cloned().flatten();
+                    config
+                        .log_id()
+                        .is_some_and(|c| matched.is_some_and(|f| f.index >= c.index))
+                }
+                _ => true,
+            };
+            config.membership().voter_ids().any(|v| v == id) && flushed
         })
         .await;
 }
@@ -332,42 +339,46 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, 
                 name: String::new(),
                 peer_urls: a.peer_ur_ls.clone(),
             };
-            raft.add_learner(id, member, false)
-                .await
-                .map_err(raft_err)?;
             let mut rest = None;
-            if !a.is_learner {
-                let promote = {
+            if a.is_learner {
+                raft.add_learner(id, member, false)
+                    .await
+                    .map_err(raft_err)?;
+            } else {
+                // Node and voter in one change (no learner step a deposed leader could leave
+                // behind): the joint configuration, then the new one.
+                let add = {
                     let raft = raft.clone();
-                    let voters = BTreeSet::from([id]);
+                    let voters = BTreeMap::from([(id, member)]);
                     async move {
-                        raft.change_membership(ChangeMembers::AddVoterIds(voters), false)
+                        raft.change_membership(ChangeMembers::AddVoters(voters), false)
                             .await
                     }
                 };
-                let mut promote = Box::pin(promote);
+                let mut add = Box::pin(add);
                 let alone = members.values().filter(|(_, learner)| !learner).count() == 1;
                 if alone {
                     // The joint configuration needs the new member, which its operator starts
                     // once told it was added. etcd's one-step change commits without it: so
                     // the add is answered once the joint configuration is in this member's
                     // log on disk (which none other can cut: no leader can be elected without
-                    // this member's vote), and the rest follows (or the next leader finishes
-                    // it, [`Node::monitor_leader`]).
+                    // this member's vote), and the rest follows (or whichever member leads
+                    // next finishes it, [`Node::monitor_leader`]).
                     tokio::select! {
-                        r = &mut promote => {
-                            r.map_err(raft_err)?;
-                        }
+                        biased;
                         () = joint_on_disk(node, id) => {
                             rest = Some(Box::pin(async move {
-                                if let Err(e) = promote.await {
+                                if let Err(e) = add.await {
                                     tracing::warn!(error = %e, "adding the second voter");
                                 }
                             }) as Rest);
                         }
+                        r = &mut add => {
+                            r.map_err(raft_err)?;
+                        }
                     }
                 } else {
-                    promote.await.map_err(raft_err)?;
+                    add.await.map_err(raft_err)?;
                 }
             }
             let added = PbMember {

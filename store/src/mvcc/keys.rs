@@ -64,15 +64,3 @@ pub fn meta_key(name: &str) -> Vec<u8> {
     k.extend_from_slice(name.as_bytes());
     k
 }
-
-/// The smallest key greater than every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
