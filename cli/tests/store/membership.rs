@@ -205,7 +205,7 @@ async fn members_are_added_promoted_and_removed_under_load() {
 /// configuration change, which commits once proposed whoever waits for it): openraft removes
 /// a voter in two steps (the joint configuration, then the new one), and a caller that went
 /// away between them would leave the joint one, the member still listed and counted. The
-/// leader's applies are held 2 s, so the client's 1 s deadline passes in the first.
+/// members' applies are held 2 s, so the client's 1 s deadline passes in the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_remove_whose_client_gave_up_still_completes() {
     use keelson_etcdpb::etcdserverpb::StatusRequest;
@@ -219,6 +219,20 @@ async fn a_member_remove_whose_client_gave_up_still_completes() {
     let c = Cluster::start_each(3, &[], &[], |i| {
         vec![("GOFAIL_HTTP".to_string(), gofail[i].clone())]
     });
+    // Every member's name published (the victim is found by it).
+    let first = c.members[0].client.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "every member listed as started",
+            Duration::from_secs(30),
+            || {
+                let listed = members(&first);
+                listed.len() == 3 && listed.iter().all(|(name, _, _)| !name.is_empty())
+            },
+        )
+    })
+    .await
+    .unwrap();
     let mut leader = None;
     for (i, m) in c.members.iter().enumerate() {
         let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
@@ -230,8 +244,13 @@ async fn a_member_remove_whose_client_gave_up_still_completes() {
     let l = leader.expect("a leader");
     let endpoint = c.members[l].client.clone();
     let victim = c.members[(l + 1) % 3].name.clone();
-    let gofail = gofail[l].clone();
     tokio::task::spawn_blocking(move || {
+        // Armed on every member, should the leader change.
+        let hold = |method: &str, term: &str| {
+            for g in &gofail {
+                before_apply(g, method, term);
+            }
+        };
         let id_of = |name: &str| {
             let listed = members(&endpoint);
             listed
@@ -243,12 +262,12 @@ async fn a_member_remove_whose_client_gave_up_still_completes() {
         // Until the strict reconfiguration check counts every member as up long enough.
         let deadline = Instant::now() + Duration::from_secs(30);
         let err = loop {
-            before_apply(&gofail, "PUT", "sleep(2000)");
+            hold("PUT", "sleep(2000)");
             let out = etcdctl(
                 &endpoint,
                 &["--command-timeout=1s", "member", "remove", &id],
             );
-            before_apply(&gofail, "DELETE", "");
+            hold("DELETE", "");
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(
                 !out.status.success(),

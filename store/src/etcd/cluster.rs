@@ -268,28 +268,37 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
 type Rest = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Returns once this member's configuration has `id` among its voters (a joint one) and its
-/// own log holds it on disk. openraft 0.9's leader counts itself matched up to an entry only
-/// once its log store has flushed it; a member that no longer leads has no such count, but
-/// its core appended (and flushed) the configuration before it took up the vote that deposed
-/// it, one command after the other, so the configuration alone says it then.
+/// own log holds it on disk; never if its Raft stops first. openraft 0.9 publishes its metrics
+/// only between rounds of its core, after the round's commands ran, and its core awaits each
+/// append's flush among them: metrics that show the configuration come after its flush. (A
+/// leader also counts itself matched up to an entry only once flushed, which is checked too;
+/// a member deposed meanwhile has no such count.) To check again on an openraft upgrade: 0.10
+/// takes log IO off the core.
 async fn joint_on_disk(node: &Node, id: NodeId) {
     let me = node.id();
     let mut metrics = node.raft().metrics();
-    let _ = metrics
+    let stopped = metrics
         .wait_for(|m| {
             let config = &m.membership_config;
-            let flushed = match &m.replication {
-                Some(r) if m.current_leader == Some(me) => {
-                    let matched = r.get(&me).cloned().flatten();
-                    config
-                        .log_id()
-                        .is_some_and(|c| matched.is_some_and(|f| f.index >= c.index))
-                }
-                _ => true,
+            let flushed = if m.current_leader == Some(me) {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&me).cloned().flatten());
+                config
+                    .log_id()
+                    .is_some_and(|c| matched.is_some_and(|f| f.index >= c.index))
+            } else {
+                true
             };
-            config.membership().voter_ids().any(|v| v == id) && flushed
+            m.running_state.is_ok() && config.membership().voter_ids().any(|v| v == id) && flushed
         })
-        .await;
+        .await
+        .is_err();
+    if stopped {
+        // Stopped: the change's own answer says so.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Returns once this member no longer leads in `term` (or its Raft stopped).
