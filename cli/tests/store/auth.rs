@@ -120,6 +120,21 @@ fn etcdctl_users_roles_and_permissions_once_auth_is_enabled() {
     assert_eq!(run(&["get", "secret", "--print-value-only"]).trim(), "x");
 }
 
+/// A token of `root` (password `pw`) from the member `auth` talks to.
+async fn root_token(
+    auth: &mut keelson_etcdpb::etcdserverpb::auth_client::AuthClient<tonic::transport::Channel>,
+) -> String {
+    let credentials = keelson_etcdpb::etcdserverpb::AuthenticateRequest {
+        name: "root".into(),
+        password: "pw".into(),
+    };
+    auth.authenticate(credentials)
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 /// Adds `root` (password `pw`) and enables auth, through etcdctl.
 async fn enable_auth(endpoint: &str) {
     let e = endpoint.to_string();
@@ -186,7 +201,6 @@ async fn auth_status_reports_the_state_and_its_revision() {
 /// refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_tokens_expire_after_the_auth_token_ttl() {
-    use keelson_etcdpb::etcdserverpb::AuthenticateRequest;
     use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
     use keelson_etcdpb::etcdserverpb::kv_client::KvClient;
     use keelson_etcdpb::etcdserverpb::{PutRequest, RangeRequest};
@@ -195,17 +209,7 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
     let c = Cluster::start_with(1, &["--auth-token-ttl=2", "--bcrypt-cost=4"]);
     let endpoint = c.members[0].client.clone();
     enable_auth(&endpoint).await;
-    let token = AuthClient::connect(endpoint.clone())
-        .await
-        .unwrap()
-        .authenticate(AuthenticateRequest {
-            name: "root".into(),
-            password: "pw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = root_token(&mut AuthClient::connect(endpoint.clone()).await.unwrap()).await;
     let mut kv = KvClient::connect(endpoint).await.unwrap();
     let range = |token: &str| {
         let mut r = tonic::Request::new(RangeRequest {
@@ -269,7 +273,7 @@ async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
     use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
     use keelson_etcdpb::etcdserverpb::{
         AuthDisableRequest, AuthEnableRequest, AuthStatusRequest, AuthUserListRequest,
-        AuthenticateRequest, StatusRequest,
+        StatusRequest,
     };
 
     use crate::cluster::before_apply;
@@ -297,15 +301,7 @@ async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
         .unwrap();
     for round in 0..2 {
         // A disable forgets the simple tokens handed out.
-        let root = auth
-            .authenticate(AuthenticateRequest {
-                name: "root".into(),
-                password: "pw".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
+        let root = root_token(&mut auth).await;
         before_apply(&gofail[f], "PUT", "sleep(300)");
         auth.auth_disable(with_token(&root, AuthDisableRequest {}))
             .await
