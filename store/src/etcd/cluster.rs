@@ -247,7 +247,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
                     None
                 }
             },
-            _ = deposed(&node, term) => {
+            _ = node.deposed(term) => {
                 let _ = answer.send(Err(StoreError::NotLeader));
                 None
             }
@@ -255,7 +255,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
         if let Some(rest) = rest {
             tokio::select! {
                 _ = rest => {}
-                _ = deposed(&node, term) => {}
+                _ = node.deposed(term) => {}
             }
         }
     });
@@ -299,15 +299,6 @@ async fn joint_on_disk(node: &Node, id: NodeId) {
         // Stopped: the change's own answer says so.
         std::future::pending::<()>().await;
     }
-}
-
-/// Returns once this member no longer leads in `term` (or its Raft stopped).
-async fn deposed(node: &Node, term: u64) {
-    let me = node.id();
-    let mut metrics = node.raft().metrics();
-    let _ = metrics
-        .wait_for(|m| m.current_term != term || m.current_leader != Some(me))
-        .await;
 }
 
 /// Runs `req` on this leader: the encoded etcd response, and what is left to run after it.

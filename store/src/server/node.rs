@@ -356,8 +356,9 @@ impl Node {
         let Ok(one) = self.inner.membership.clone().try_lock_owned() else {
             return Some(*id);
         };
-        let raft = self.inner.raft.clone();
+        let node = self.clone();
         let voters = last.clone();
+        let term = m.current_term;
         tokio::spawn(async move {
             let _one = one;
             tracing::warn!(
@@ -367,11 +368,26 @@ impl Node {
             // Nodes that are voters of the old configuration only go (the change that left
             // it was made with `retain` false, as every change here is); learners stay.
             let change = openraft::ChangeMembers::ReplaceAllVoters(voters);
-            if let Err(e) = raft.change_membership(change, false).await {
-                tracing::warn!(error = %e, "finishing a joint configuration");
+            // Not past this leadership: openraft may never answer a deposed leader's change.
+            tokio::select! {
+                r = node.inner.raft.change_membership(change, false) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "finishing a joint configuration");
+                    }
+                }
+                () = node.deposed(term) => {}
             }
         });
         Some(*id)
+    }
+
+    /// Returns once this member no longer leads in `term` (or its Raft stopped).
+    pub async fn deposed(&self, term: u64) {
+        let me = self.inner.id;
+        let mut metrics = self.inner.raft.metrics();
+        let _ = metrics
+            .wait_for(|m| m.current_term != term || m.current_leader != Some(me))
+            .await;
     }
 
     /// Probes, every probe interval until `shutdown`, each peer this member has not heard
