@@ -270,13 +270,11 @@ async fn simple_tokens_expire_after_the_auth_token_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
     use keelson_etcdpb::etcdserverpb::auth_client::AuthClient;
-    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
     use keelson_etcdpb::etcdserverpb::{
         AuthDisableRequest, AuthEnableRequest, AuthStatusRequest, AuthUserListRequest,
-        StatusRequest,
     };
 
-    use crate::cluster::before_apply;
+    use crate::cluster::{before_apply, before_apply_hits};
     use crate::differential::with_token;
 
     let gofail: Vec<String> = (0..3)
@@ -287,15 +285,7 @@ async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
     });
     enable_auth(&c.members[0].client).await;
     // A follower (no election is expected while the test runs).
-    let mut follower = None;
-    for (i, m) in c.members.iter().enumerate() {
-        let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
-        let s = status.status(StatusRequest {}).await.unwrap().into_inner();
-        if s.leader != s.header.unwrap().member_id {
-            follower = Some(i);
-        }
-    }
-    let f = follower.expect("a follower");
+    let f = (c.leader_index().await + 1) % 3;
     let mut auth = AuthClient::connect(c.members[f].client.clone())
         .await
         .unwrap();
@@ -311,15 +301,10 @@ async fn a_lagging_follower_checks_auth_requests_in_an_up_to_date_state() {
         } else {
             auth.auth_enable(AuthEnableRequest {}).await.map(|_| ())
         };
-        let held = std::process::Command::new("curl")
-            .args(["-sS", "-f"])
-            .arg(format!("http://{}/raftBeforeApply/count", gofail[f]))
-            .output()
-            .unwrap();
+        let held = before_apply_hits(&gofail[f]);
         before_apply(&gofail[f], "DELETE", "");
-        let held = String::from_utf8_lossy(&held.stdout).trim().parse::<u64>();
         assert!(
-            held.is_ok_and(|n| n > 0),
+            held.is_some_and(|n| n > 0),
             "the follower's applies were not held"
         );
         let what = ["the user list", "auth enable"][round];

@@ -148,6 +148,20 @@ impl Cluster {
         }
     }
 
+    /// The index of the member that leads now, as the members' Status says.
+    pub async fn leader_index(&self) -> usize {
+        use keelson_etcdpb::etcdserverpb::StatusRequest;
+        use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+        for (i, m) in self.members.iter().enumerate() {
+            let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
+            let s = status.status(StatusRequest {}).await.unwrap().into_inner();
+            if s.leader == s.header.unwrap().member_id {
+                return i;
+            }
+        }
+        panic!("no member leads");
+    }
+
     pub fn wait_ready(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
@@ -189,6 +203,16 @@ pub fn before_apply(gofail: &str, method: &str, term: &str) {
         "{method} raftBeforeApply: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// How often a member's armed `raftBeforeApply` failpoint was hit (`None` if it cannot say).
+pub fn before_apply_hits(gofail: &str) -> Option<u64> {
+    let out = Command::new("curl")
+        .args(["-sS", "-f"])
+        .arg(format!("http://{gofail}/raftBeforeApply/count"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// Runs etcdctl (v3 API) against `endpoints`.

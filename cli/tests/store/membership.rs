@@ -208,9 +208,6 @@ async fn members_are_added_promoted_and_removed_under_load() {
 /// members' applies are held 2 s, so the client's 1 s deadline passes in the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_remove_whose_client_gave_up_still_completes() {
-    use keelson_etcdpb::etcdserverpb::StatusRequest;
-    use keelson_etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
-
     use crate::cluster::before_apply;
 
     let gofail: Vec<String> = (0..3)
@@ -233,15 +230,7 @@ async fn a_member_remove_whose_client_gave_up_still_completes() {
     })
     .await
     .unwrap();
-    let mut leader = None;
-    for (i, m) in c.members.iter().enumerate() {
-        let mut status = MaintenanceClient::connect(m.client.clone()).await.unwrap();
-        let s = status.status(StatusRequest {}).await.unwrap().into_inner();
-        if s.leader == s.header.unwrap().member_id {
-            leader = Some(i);
-        }
-    }
-    let l = leader.expect("a leader");
+    let l = c.leader_index().await;
     let endpoint = c.members[l].client.clone();
     let victim = c.members[(l + 1) % 3].name.clone();
     tokio::task::spawn_blocking(move || {

@@ -253,10 +253,7 @@ pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<
             }
         };
         if let Some(rest) = rest {
-            tokio::select! {
-                _ = rest => {}
-                _ = node.deposed(term) => {}
-            }
+            node.while_leading(term, rest).await;
         }
     });
     answered

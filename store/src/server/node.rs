@@ -368,17 +368,25 @@ impl Node {
             // Nodes that are voters of the old configuration only go (the change that left
             // it was made with `retain` false, as every change here is); learners stay.
             let change = openraft::ChangeMembers::ReplaceAllVoters(voters);
-            // Not past this leadership: openraft may never answer a deposed leader's change.
-            tokio::select! {
-                r = node.inner.raft.change_membership(change, false) => {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "finishing a joint configuration");
-                    }
+            let finish = async {
+                if let Err(e) = node.inner.raft.change_membership(change, false).await {
+                    tracing::warn!(error = %e, "finishing a joint configuration");
                 }
-                () = node.deposed(term) => {}
-            }
+            };
+            node.while_leading(term, finish).await;
         });
         Some(*id)
+    }
+
+    /// Runs `work` while this member leads in `term`: dropped once it is deposed (openraft
+    /// may never answer a change proposed by a deposed leader).
+    pub async fn while_leading(&self, term: u64, work: impl std::future::Future<Output = ()>) {
+        // Biased: the simulation's seed decides every ordering, not tokio's random pick.
+        tokio::select! {
+            biased;
+            () = work => {}
+            () = self.deposed(term) => {}
+        }
     }
 
     /// Returns once this member no longer leads in `term` (or its Raft stopped).
