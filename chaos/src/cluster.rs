@@ -311,8 +311,10 @@ impl Cluster {
         self.members.iter().map(|m| m.client.clone()).collect()
     }
 
-    /// Starts (or restarts, on its old data) member `i`.
+    /// Starts (or restarts, on its old data) member `i`; one that is running is left as it is.
     pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        // A member that died unnoticed (say while a fault was being injected) is started again.
+        let _ = self.exited(i);
         let m = &mut self.members[i];
         if m.child.is_some() {
             return Ok(());

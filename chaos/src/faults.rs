@@ -562,16 +562,7 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         let behind = leave_behind(cluster, l, f).await?;
         let before = crashes_logged(cluster, f, &point);
         cluster.start_member_armed(f, &armed)?;
-        let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
-        let exit = loop {
-            if let Some(exit) = cluster.exited(f) {
-                break Some(exit);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let exit = exit_within(cluster, f, SNAPSHOT_WAIT).await;
         let setup = format!("{behind}, restarted it with {armed}");
         return Ok(match crash_seen(cluster, f, &point, before, exit).await? {
             Some(crash) => (format!("{setup}; {crash}"), Heal::Restart(vec![f])),
@@ -588,37 +579,67 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         (f, "follower", l)
     };
     let before = crashes_logged(cluster, victim, &point);
-    match cluster
+    let crashed_unanswered = match cluster
         .failpoint_request(victim, "PUT", &format!("/{point}"), "panic")
-        .await?
+        .await
     {
-        (204, _) => {}
-        (status, body) => anyhow::bail!(
+        Ok((204, _)) => None,
+        Ok((status, body)) => anyhow::bail!(
             "arming {point} on {}: {status} {}",
             name(cluster, victim),
             body.trim()
         ),
-    }
+        // The traffic's own writes may reach the point before the member has answered the
+        // arming: its crash then ends the connection unanswered.
+        Err(e) => match exit_within(cluster, victim, Duration::from_secs(2)).await {
+            Some(exit) => Some(exit),
+            None => return Err(e),
+        },
+    };
     // Writes reach every member's append and apply; twice the snapshot interval of them
     // reaches every member's snapshot build.
     let (entries, limit) = match reached {
         Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
         _ => (u64::MAX, CRASH_WAIT),
     };
-    let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+    let (when, exit) = match crashed_unanswered {
+        Some(exit) => ("before it answered the arming".to_string(), Some(exit)),
+        None => {
+            let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+            (format!("after {written} filler writes"), exit)
+        }
+    };
     let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
     Ok(
         match crash_seen(cluster, victim, &point, before, exit).await? {
             Some(crash) => (
-                format!("{setup}; {crash} after {written} filler writes"),
+                format!("{setup}; {crash} {when}"),
                 Heal::Restart(vec![victim]),
             ),
             None => (
-                format!("{setup}; not reached by {written} filler writes (disarmed)"),
+                format!("{setup}; not reached {when} (disarmed)"),
                 Heal::Nothing,
             ),
         },
     )
+}
+
+/// How member `i` exited, if it does within `wait`.
+async fn exit_within(
+    cluster: &mut Cluster,
+    i: usize,
+    wait: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(exit) = cluster.exited(i) {
+            return Some(exit);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Whether member `i` crashed at `point` (`before` crashes there were logged earlier), given
