@@ -311,10 +311,12 @@ impl Cluster {
         self.members.iter().map(|m| m.client.clone()).collect()
     }
 
-    /// Starts (or restarts, on its old data) member `i`; one that is running is left as it is.
+    /// Starts (or restarts, on its old data) member `i`; one that is running is left as it is,
+    /// and one that exited unnoticed is started again.
     pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
-        // A member that died unnoticed (say while a fault was being injected) is started again.
-        let _ = self.exited(i);
+        if let Some(status) = self.exited(i) {
+            tracing::warn!(member = %self.members[i].name, %status, "had exited: started again");
+        }
         let m = &mut self.members[i];
         if m.child.is_some() {
             return Ok(());
@@ -610,10 +612,15 @@ impl Cluster {
     }
 
     /// Best effort, after a fault could not be injected or healed: every member running and
-    /// resumed, every link restored, no delay, every clock right.
-    pub fn restore_all(&mut self) {
+    /// resumed, every link restored, no delay, every clock right. Says which members it found
+    /// exited.
+    pub fn restore_all(&mut self) -> Vec<String> {
         self.set_delay(Duration::ZERO);
+        let mut found = Vec::new();
         for i in 0..self.members.len() {
+            if let Some(status) = self.exited(i) {
+                found.push(format!("{} had exited ({status})", self.members[i].name));
+            }
             if self.faketime.is_ok() {
                 let _ = self.set_clock(i, "+0");
             }
@@ -628,6 +635,7 @@ impl Cluster {
                 let _ = net.heal(i);
             }
         }
+        found
     }
 
     /// Takes member `i` out of the cluster (MemberRemove through another live member), then

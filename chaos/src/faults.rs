@@ -182,6 +182,9 @@ pub const FAILPOINTS: [(&str, Reached); 10] = [
 
 /// How long writes go on before an armed failpoint counts as not reached.
 const CRASH_WAIT: Duration = Duration::from_secs(10);
+/// How long a member that may have reached its failpoint just then is given to exit (a
+/// loaded machine may take a while to reap it).
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long `snapshot-install` writes filler before giving up on moving the log far enough.
 const FILL_LIMIT: Duration = Duration::from_secs(60);
@@ -591,9 +594,15 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         ),
         // The traffic's own writes may reach the point before the member has answered the
         // arming: its crash then ends the connection unanswered.
-        Err(e) => match exit_within(cluster, victim, Duration::from_secs(2)).await {
+        Err(e) => match exit_within(cluster, victim, EXIT_WAIT).await {
             Some(exit) => Some(exit),
-            None => return Err(e),
+            None => {
+                // It may have armed the point all the same.
+                let _ = cluster
+                    .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
+                    .await;
+                return Err(e);
+            }
         },
     };
     // Writes reach every member's append and apply; twice the snapshot interval of them
@@ -659,8 +668,7 @@ async fn crash_seen(
             let _ = cluster
                 .failpoint_request(i, "DELETE", &format!("/{point}"), "")
                 .await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            cluster.exited(i)
+            exit_within(cluster, i, EXIT_WAIT).await
         }
     };
     exit.map(|status| crashed_there(cluster, i, point, before, status))

@@ -257,7 +257,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             }
             Err(e) => {
                 timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
-                cluster.restore_all();
+                restore_all(&mut cluster, &mut timeline, clock);
                 break;
             }
         };
@@ -267,7 +267,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
             Ok(detail) => timeline.push(step(fault.name(), "heal", detail, clock)),
             Err(e) => {
                 timeline.push(step(fault.name(), "error", format!("{e:#}"), clock));
-                cluster.restore_all();
+                restore_all(&mut cluster, &mut timeline, clock);
                 break;
             }
         }
@@ -459,6 +459,15 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
             return Ok(left.into_iter().filter(|l| !l.keys.is_empty()).collect());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// [`Cluster::restore_all`], with the members it found exited in the timeline.
+fn restore_all(cluster: &mut Cluster, timeline: &mut Vec<FaultStep>, clock: Clock) {
+    let found = cluster.restore_all();
+    if !found.is_empty() {
+        let detail = format!("{}: restarted", found.join(", "));
+        timeline.push(step("recovery", "restore", detail, clock));
     }
 }
 
