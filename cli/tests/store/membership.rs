@@ -330,3 +330,61 @@ fn a_second_voter_is_added_before_it_runs_as_with_etcd() {
     let alone = etcdctl(&m0, &["--command-timeout=3s", "put", "alone", "1"]);
     assert!(!alone.status.success(), "m0 committed without m1");
 }
+
+/// A learner promoted beside a single voter while the learner is down (as with etcd, whose
+/// one-step change commits without it): `member promote` answers at once and lists it as a
+/// voter; the first member then has no quorum until the new voter runs again, which it then
+/// is: with it stopped once more, the first member alone commits nothing.
+#[test]
+fn a_learner_promoted_beside_a_single_voter_while_down_is_answered_as_with_etcd() {
+    let mut c = Cluster::start(1);
+    let m0 = c.members[0].client.clone();
+    let added = c.new_member("m1");
+    let peer = c.members[added].peer.clone();
+    change(
+        &m0,
+        &[
+            "member",
+            "add",
+            "m1",
+            "--learner",
+            &format!("--peer-urls={peer}"),
+        ],
+    );
+    let initial = format!("{},m1={peer}", c.initial);
+    c.start_member_in(added, &initial, "existing");
+    let m1 = c.members[added].client.clone();
+    ok(etcdctl(&m0, &["put", "before", "1"]));
+    wait_for(
+        "m1 a learner that has caught up",
+        Duration::from_secs(30),
+        || {
+            let read = etcdctl(
+                &m1,
+                &["get", "before", "--consistency=s", "--print-value-only"],
+            );
+            String::from_utf8_lossy(&read.stdout).trim() == "1"
+        },
+    );
+    let id = members(&m0)
+        .into_iter()
+        .find(|(name, _, learner)| name == "m1" && *learner)
+        .map(|(_, id, _)| id)
+        .expect("m1 listed as a learner");
+    c.kill(added);
+    let out = change(&m0, &["member", "promote", &id]);
+    assert!(out.contains("promoted"), "{out}");
+    assert!(
+        members(&m0)
+            .iter()
+            .any(|(name, listed, learner)| name == "m1" && *listed == id && !learner),
+        "listed as a voter"
+    );
+    c.start_member_in(added, &initial, "existing");
+    wait_for("a write through m1", Duration::from_secs(30), || {
+        etcdctl(&m1, &["put", "grown", "1"]).status.success()
+    });
+    c.kill(added);
+    let alone = etcdctl(&m0, &["--command-timeout=3s", "put", "alone", "1"]);
+    assert!(!alone.status.success(), "m0 committed without m1");
+}

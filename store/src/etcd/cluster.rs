@@ -104,7 +104,10 @@ pub fn validate_urls(urls: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> StoreError {
+/// What a membership change of openraft's fails with.
+type ChangeError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
+
+fn raft_err(e: ChangeError) -> StoreError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
@@ -223,7 +226,7 @@ fn check_reconfig(
 /// (a client that gave up) would leave the joint one. (A leader that stops leading between
 /// them leaves it too: the next leader finishes it, [`Node::monitor_leader`]. openraft may
 /// never answer a change whose leader was deposed, which is why the task does not wait on.)
-/// A change answered before its end (the second voter, [`run_change`]) goes on after the
+/// A change answered before its end (a second voter, [`add_voter`]) goes on after the
 /// answer, still holding its turn.
 pub async fn change_on_leader(node: &Node, req: ChangeMembersRequest) -> Result<Vec<u8>> {
     let one = tokio::time::timeout(REQUEST_TIMEOUT, node.membership_changes().lock_owned())
@@ -298,6 +301,41 @@ async fn joint_on_disk(node: &Node, id: NodeId) {
     }
 }
 
+/// Runs `change`, which makes `id` a voter (a new member, or a learner promoted), to its end;
+/// or, beside a single voter, until its first half is in hand, then returns the rest.
+///
+/// Beside a single voter, the joint configuration needs the new voter, which may not run yet
+/// (its operator starts a new member once told it was added) or may be down (a learner
+/// promoted). etcd's one-step change commits without it: so the change is answered once the
+/// joint configuration is in this member's log on disk (which none other can cut: no leader
+/// can be elected without this member's vote), and the rest follows (or whichever member
+/// leads next finishes it, [`Node::monitor_leader`]).
+async fn add_voter<T: Send + 'static>(
+    node: &Node,
+    members: &BTreeMap<NodeId, (Member, bool)>,
+    id: NodeId,
+    change: impl Future<Output = std::result::Result<T, ChangeError>> + Send + 'static,
+) -> Result<Option<Rest>> {
+    let mut change = Box::pin(change);
+    let alone = members.values().filter(|(_, learner)| !learner).count() == 1;
+    if !alone {
+        change.await.map_err(raft_err)?;
+        return Ok(None);
+    }
+    tokio::select! {
+        biased;
+        () = joint_on_disk(node, id) => Ok(Some(Box::pin(async move {
+            if let Err(e) = change.await {
+                tracing::warn!(error = %e, voter = id, "making a second voter");
+            }
+        }) as Rest)),
+        r = &mut change => {
+            r.map_err(raft_err)?;
+            Ok(None)
+        }
+    }
+}
+
 /// Runs `req` on this leader: the encoded etcd response, and what is left to run after it.
 async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, Option<Rest>)> {
     if !node.is_leader() {
@@ -344,39 +382,13 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, 
             } else {
                 // Node and voter in one change (no learner step a deposed leader could leave
                 // behind): the joint configuration, then the new one.
-                let add = {
-                    let raft = raft.clone();
-                    let voters = BTreeMap::from([(id, member)]);
-                    async move {
-                        raft.change_membership(ChangeMembers::AddVoters(voters), false)
-                            .await
-                    }
+                let raft = raft.clone();
+                let voters = BTreeMap::from([(id, member)]);
+                let add = async move {
+                    raft.change_membership(ChangeMembers::AddVoters(voters), false)
+                        .await
                 };
-                let mut add = Box::pin(add);
-                let alone = members.values().filter(|(_, learner)| !learner).count() == 1;
-                if alone {
-                    // The joint configuration needs the new member, which its operator starts
-                    // once told it was added. etcd's one-step change commits without it: so
-                    // the add is answered once the joint configuration is in this member's
-                    // log on disk (which none other can cut: no leader can be elected without
-                    // this member's vote), and the rest follows (or whichever member leads
-                    // next finishes it, [`Node::monitor_leader`]).
-                    tokio::select! {
-                        biased;
-                        () = joint_on_disk(node, id) => {
-                            rest = Some(Box::pin(async move {
-                                if let Err(e) = add.await {
-                                    tracing::warn!(error = %e, "adding the second voter");
-                                }
-                            }) as Rest);
-                        }
-                        r = &mut add => {
-                            r.map_err(raft_err)?;
-                        }
-                    }
-                } else {
-                    add.await.map_err(raft_err)?;
-                }
+                rest = add_voter(node, &members, id, add).await?;
             }
             let added = PbMember {
                 id,
@@ -430,14 +442,17 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, 
                 return Err(StoreError::LearnerNotReady);
             }
             check_reconfig(node, &members, &Change::Promote(p))?;
-            raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
-                .await
-                .map_err(raft_err)?;
+            let raft = raft.clone();
+            let promote = async move {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
+                    .await
+            };
+            let rest = add_voter(node, &members, p.id, promote).await?;
             let response = MemberPromoteResponse {
                 header: node.current_header(),
                 members: member_list(node),
             };
-            Ok((response.encode_to_vec(), None))
+            Ok((response.encode_to_vec(), rest))
         }
         Some(Change::Update(u)) => {
             validate_urls(&u.peer_ur_ls)?;
