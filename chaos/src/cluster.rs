@@ -613,14 +613,12 @@ impl Cluster {
 
     /// Best effort, after a fault could not be injected or healed: every member running and
     /// resumed, every link restored, no delay, every clock right. Says which members it found
-    /// exited.
+    /// exited, and whether they started again.
     pub fn restore_all(&mut self) -> Vec<String> {
         self.set_delay(Duration::ZERO);
         let mut found = Vec::new();
         for i in 0..self.members.len() {
-            if let Some(status) = self.exited(i) {
-                found.push(format!("{} had exited ({status})", self.members[i].name));
-            }
+            let exited = self.exited(i);
             if self.faketime.is_ok() {
                 let _ = self.set_clock(i, "+0");
             }
@@ -629,7 +627,14 @@ impl Cluster {
             }
             // A removed member stays out: adding it back needs the cluster's API.
             if !self.members[i].removed {
-                let _ = self.start_member(i);
+                let started = self.start_member(i);
+                if let Some(status) = exited {
+                    let name = &self.members[i].name;
+                    found.push(match started {
+                        Ok(()) => format!("{name} had exited ({status}): restarted"),
+                        Err(e) => format!("{name} had exited ({status}): not restarted: {e:#}"),
+                    });
+                }
             }
             if let Some(net) = &self.network {
                 let _ = net.heal(i);

@@ -582,43 +582,42 @@ async fn crash_at_failpoint(cluster: &mut Cluster) -> anyhow::Result<(String, He
         (f, "follower", l)
     };
     let before = crashes_logged(cluster, victim, &point);
-    let crashed_unanswered = match cluster
+    let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
+    let (when, exit) = match cluster
         .failpoint_request(victim, "PUT", &format!("/{point}"), "panic")
         .await
     {
-        Ok((204, _)) => None,
+        Ok((204, _)) => {
+            // Writes reach every member's append and apply; twice the snapshot interval of
+            // them reaches every member's snapshot build.
+            let (entries, limit) = match reached {
+                Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
+                _ => (u64::MAX, CRASH_WAIT),
+            };
+            let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
+            (format!("after {written} filler writes"), exit)
+        }
         Ok((status, body)) => anyhow::bail!(
             "arming {point} on {}: {status} {}",
             name(cluster, victim),
             body.trim()
         ),
         // The traffic's own writes may reach the point before the member has answered the
-        // arming: its crash then ends the connection unanswered.
-        Err(e) => match exit_within(cluster, victim, EXIT_WAIT).await {
-            Some(exit) => Some(exit),
-            None => {
-                // It may have armed the point all the same.
-                let _ = cluster
-                    .failpoint_request(victim, "DELETE", &format!("/{point}"), "")
-                    .await;
-                return Err(e);
-            }
-        },
-    };
-    // Writes reach every member's append and apply; twice the snapshot interval of them
-    // reaches every member's snapshot build.
-    let (entries, limit) = match reached {
-        Reached::SnapshotBuild => (cluster.entries_past_the_log(), FILL_LIMIT),
-        _ => (u64::MAX, CRASH_WAIT),
-    };
-    let (when, exit) = match crashed_unanswered {
-        Some(exit) => ("before it answered the arming".to_string(), Some(exit)),
-        None => {
-            let (written, _, exit) = cluster.fill(other, entries, limit, Some(victim)).await?;
-            (format!("after {written} filler writes"), exit)
+        // arming: its crash then ends the connection unanswered. (If it has not crashed, the
+        // point is disarmed, should it have been armed all the same.)
+        Err(e) => {
+            let seen = crash_seen(cluster, victim, &point, before, None)
+                .await
+                .with_context(|| format!("{e:#}"))?;
+            return match seen {
+                Some(crash) => Ok((
+                    format!("{setup}; {crash} before it answered the arming"),
+                    Heal::Restart(vec![victim]),
+                )),
+                None => Err(e),
+            };
         }
     };
-    let setup = format!("armed {armed} on {} ({role})", name(cluster, victim));
     Ok(
         match crash_seen(cluster, victim, &point, before, exit).await? {
             Some(crash) => (
@@ -652,9 +651,9 @@ async fn exit_within(
 }
 
 /// Whether member `i` crashed at `point` (`before` crashes there were logged earlier), given
-/// how it exited if it did: if not, the point is disarmed and the member looked at once more
-/// (it may have got there just before). `Some` says how it crashed; an exit anywhere else is
-/// an error of the run.
+/// how it exited if it did: if not, the point is disarmed and the member given
+/// [`EXIT_WAIT`] to exit (it may have got there just before). `Some` says how it crashed; an
+/// exit anywhere else, or a point that could not be disarmed, is an error of the run.
 async fn crash_seen(
     cluster: &mut Cluster,
     i: usize,
@@ -665,10 +664,21 @@ async fn crash_seen(
     let exit = match exit {
         Some(status) => Some(status),
         None => {
-            let _ = cluster
+            let disarmed = cluster
                 .failpoint_request(i, "DELETE", &format!("/{point}"), "")
                 .await;
-            exit_within(cluster, i, EXIT_WAIT).await
+            let exit = exit_within(cluster, i, EXIT_WAIT).await;
+            if exit.is_none() {
+                let name = &cluster.members[i].name;
+                match disarmed {
+                    Ok((204, _)) => {}
+                    Ok((status, body)) => {
+                        anyhow::bail!("disarming {point} on {name}: {status} {}", body.trim())
+                    }
+                    Err(e) => return Err(e.context(format!("disarming {point} on {name}"))),
+                }
+            }
+            exit
         }
     };
     exit.map(|status| crashed_there(cluster, i, point, before, status))

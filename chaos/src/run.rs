@@ -466,8 +466,7 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
 fn restore_all(cluster: &mut Cluster, timeline: &mut Vec<FaultStep>, clock: Clock) {
     let found = cluster.restore_all();
     if !found.is_empty() {
-        let detail = format!("{}: restarted", found.join(", "));
-        timeline.push(step("recovery", "restore", detail, clock));
+        timeline.push(step("recovery", "restore", found.join("; "), clock));
     }
 }
 

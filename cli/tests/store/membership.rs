@@ -354,6 +354,14 @@ fn a_learner_promoted_beside_a_single_voter_while_down_is_answered_as_with_etcd(
     let initial = format!("{},m1={peer}", c.initial);
     c.start_member_in(added, &initial, "existing");
     let m1 = c.members[added].client.clone();
+    let mut id = String::new();
+    wait_for("m1 listed as a learner", Duration::from_secs(30), || {
+        let listed = members(&m0)
+            .into_iter()
+            .find(|(name, _, learner)| name == "m1" && *learner);
+        listed.map(|(_, listed, _)| id = listed).is_some()
+    });
+    // Its name published, a last write: m1 has everything once it serves that.
     ok(etcdctl(&m0, &["put", "before", "1"]));
     wait_for(
         "m1 a learner that has caught up",
@@ -366,11 +374,6 @@ fn a_learner_promoted_beside_a_single_voter_while_down_is_answered_as_with_etcd(
             String::from_utf8_lossy(&read.stdout).trim() == "1"
         },
     );
-    let id = members(&m0)
-        .into_iter()
-        .find(|(name, _, learner)| name == "m1" && *learner)
-        .map(|(_, id, _)| id)
-        .expect("m1 listed as a learner");
     c.kill(added);
     let out = change(&m0, &["member", "promote", &id]);
     assert!(out.contains("promoted"), "{out}");
