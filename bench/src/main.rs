@@ -71,6 +71,10 @@ enum Cmd {
     /// Pod create latency with no admission webhook, a validating one, and a mutating plus
     /// a validating one, beside the webhook round trip alone.
     Webhook(webhook::WebhookArgs),
+    /// (For `webhook`: POSTs a review to its webhook server for each line on stdin, from a
+    /// process of its own, and prints each round trip in µs.)
+    #[command(hide = true)]
+    WebhookProbe(webhook::ProbeArgs),
     /// Pod create latency with no quota, a ResourceQuota, and a ResourceQuota plus LimitRange
     /// defaults; parallel creates with and without a quota; the charges checked.
     Quota(quota::QuotaArgs),
@@ -497,6 +501,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Secrets(a) => rt.block_on(secrets::run(a)),
         Cmd::Authz(a) => rt.block_on(authz::run(a)),
         Cmd::Webhook(a) => rt.block_on(webhook::run(a)),
+        Cmd::WebhookProbe(a) => rt.block_on(webhook::probe(a)),
         Cmd::Quota(a) => rt.block_on(quota::run(a)),
         Cmd::Up(a) => rt.block_on(up::run(a)),
         Cmd::Scale(plan) => rt.block_on(scale(plan)),

@@ -3,7 +3,11 @@
 //! `mutated` (one mutating webhook that patches a label, and the validating one). Creates go
 //! to the three in turn, so all see the same machine at the same moment; beside them, the same
 //! HTTPS client the apiserver uses POSTs a review straight to the webhook server, which is the
-//! round trip a webhook cannot avoid. Each webhook should add about one round trip, no more.
+//! round trip a webhook cannot avoid: once from this process, and once from a process of its
+//! own (`webhook-probe`), as the apiserver's calls come. The apiserver's own timing of each
+//! call (`apiserver_admission_webhook_admission_duration_seconds`, read before and after)
+//! says how much of what a webhook adds is its call. Each webhook should add about one round
+//! trip, no more.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +31,111 @@ pub struct WebhookArgs {
     /// Pod creates per namespace, one at a time.
     #[arg(long, default_value_t = 1000)]
     ops: usize,
+}
+
+/// Flags of `keelson-bench webhook-probe`.
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// The webhook server's port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// Its CA, base64-encoded PEM.
+    #[arg(long)]
+    ca_bundle: String,
+}
+
+/// `webhook-probe`: for each line on stdin, one review POSTed to the webhook server with the
+/// apiserver's webhook client; prints the round trip in µs (or `error`), a line each.
+pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tls = client_tls(&args.ca_bundle)?;
+    let body = bytes::Bytes::from(review()?);
+    let client = keelson_apiserver::webhook::client::Client::default();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while lines.next_line().await?.is_some() {
+        let (took, ok) = post_review(&client, args.port, &tls, body.clone()).await;
+        let line = if ok {
+            format!("{}\n", took.as_micros())
+        } else {
+            "error\n".to_string()
+        };
+        out.write_all(line.as_bytes()).await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+/// A client TLS configuration trusting the CA of `ca_bundle` (base64-encoded PEM).
+fn client_tls(ca_bundle: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ca_bundle)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(c?)?;
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ))
+}
+
+/// An AdmissionReview of a pod, as the apiserver sends for a create.
+fn review() -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "operation": "CREATE", "object": pod("x".into())}}),
+    )?)
+}
+
+/// One review POSTed to the webhook server's `/validate`: how long it took, and whether it
+/// was answered 200.
+async fn post_review(
+    client: &keelson_apiserver::webhook::client::Client,
+    port: u16,
+    tls: &Arc<rustls::ClientConfig>,
+    body: bytes::Bytes,
+) -> (Duration, bool) {
+    let start = Instant::now();
+    let ok = client
+        .post(
+            "127.0.0.1",
+            port,
+            "127.0.0.1",
+            tls,
+            "/validate?timeout=10s",
+            None,
+            body,
+        )
+        .await
+        .is_ok_and(|(code, _)| code == 200);
+    (start.elapsed(), ok)
+}
+
+/// The sum (s) and count of the apiserver's timings of the calls of webhook `name`
+/// (`apiserver_admission_webhook_admission_duration_seconds`, every label set of it).
+async fn webhook_timings(client: &kube::Client, name: &str) -> anyhow::Result<(f64, f64)> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let family = "apiserver_admission_webhook_admission_duration_seconds";
+    let label = format!("name=\"{name}\"");
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines().filter(|l| l.contains(&label)) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if series.starts_with(&format!("{family}_sum{{")) {
+            sum += value;
+        } else if series.starts_with(&format!("{family}_count{{")) {
+            count += value;
+        }
+    }
+    Ok((sum, count))
 }
 
 fn pod(name: String) -> Pod {
@@ -144,35 +253,55 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // The round trip alone: the apiserver's own webhook client, kept-alive, same review size.
+    // The round trip alone: the apiserver's own webhook client, kept-alive, same review size,
+    // from this process and from one of its own.
     let direct = keelson_apiserver::webhook::client::Client::default();
-    let tls = {
-        let pem = base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            &server.ca_bundle,
-        )?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            roots.add(c?)?;
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        )
+    let tls = client_tls(&server.ca_bundle)?;
+    let review = bytes::Bytes::from(review()?);
+    let mut prober = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["webhook-probe", "--port", &server.port.to_string()])
+        .args(["--ca-bundle", &server.ca_bundle])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting webhook-probe")?;
+    let mut probe_in = prober.stdin.take().context("the probe's stdin")?;
+    let mut probe_out = {
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(prober.stdout.take().context("the probe's stdout")?).lines()
     };
-    let review = serde_json::to_vec(
-        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {"uid": "u", "operation": "CREATE", "object": pod("x".into())}}),
-    )?;
+    let mut probe = async || -> anyhow::Result<(Duration, bool)> {
+        use tokio::io::AsyncWriteExt;
+        probe_in.write_all(b"\n").await?;
+        probe_in.flush().await?;
+        let line = probe_out
+            .next_line()
+            .await?
+            .context("webhook-probe ended")?;
+        Ok(match line.parse::<u64>() {
+            Ok(us) => (Duration::from_micros(us), true),
+            Err(_) => (Duration::ZERO, false),
+        })
+    };
+    // A first call each, for the connections.
+    let _ = post_review(&direct, server.port, &tls, review.clone()).await;
+    probe().await?;
+    let hooks = ["validate.bench.keelson.dev", "mutate.bench.keelson.dev"];
+    let mut before = Vec::new();
+    for hook in hooks {
+        before.push(webhook_timings(&client, hook).await?);
+    }
     let hist =
         || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
-    let mut h = [hist(), hist(), hist(), hist()];
-    let mut el = [Duration::ZERO; 4];
-    let mut errors = [0usize; 4];
+    let mut h = [hist(), hist(), hist(), hist(), hist()];
+    let mut el = [Duration::ZERO; 5];
+    let mut errors = [0usize; 5];
+    let mut record = |side: usize, d: Duration, ok: bool| {
+        el[side] += d;
+        let _ = h[side].record(d.as_micros().max(1) as u64);
+        errors[side] += usize::from(!ok);
+    };
     for i in 0..args.ops {
         for (side, api) in apis.iter().enumerate() {
             let start = Instant::now();
@@ -180,29 +309,24 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
                 .create(&PostParams::default(), &pod(format!("pod-{i}")))
                 .await
                 .is_ok();
-            let d = start.elapsed();
-            el[side] += d;
-            let _ = h[side].record(d.as_micros().max(1) as u64);
-            errors[side] += usize::from(!ok);
+            record(side, start.elapsed(), ok);
         }
-        let start = Instant::now();
-        let ok = direct
-            .post(
-                "127.0.0.1",
-                server.port,
-                "127.0.0.1",
-                &tls,
-                "/validate?timeout=10s",
-                None,
-                bytes::Bytes::from(review.clone()),
-            )
-            .await
-            .is_ok_and(|(code, _)| code == 200);
-        let d = start.elapsed();
-        el[3] += d;
-        let _ = h[3].record(d.as_micros().max(1) as u64);
-        errors[3] += usize::from(!ok);
+        let (d, ok) = post_review(&direct, server.port, &tls, review.clone()).await;
+        record(3, d, ok);
+        let (d, ok) = probe().await?;
+        record(4, d, ok);
     }
+    let mut timed = Vec::new();
+    for (hook, (sum, count)) in hooks.into_iter().zip(before) {
+        let (s, c) = webhook_timings(&client, hook).await?;
+        timed.push(if c > count {
+            (s - sum) / (c - count) * 1e6
+        } else {
+            0.0
+        });
+    }
+    drop(probe_in);
+    let _ = prober.wait().await;
     let mut report = vec![
         "| phase | ops | throughput | p50 ms | p90 ms | p99 ms | max ms | errors |".to_string(),
         "|---|---|---|---|---|---|---|---|".to_string(),
@@ -212,6 +336,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         "pod create, 1 validating webhook",
         "pod create, 1 mutating + 1 validating webhook",
         "webhook round trip alone (POST of a review)",
+        "webhook round trip alone, from another process",
     ]
     .into_iter()
     .enumerate()
@@ -221,13 +346,32 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     println!("{}", report.join("\n"));
     let p50: Vec<u64> = h.iter().map(|h| h.value_at_quantile(0.5)).collect();
     println!(
-        "\np50 µs: no webhook {}, validating {} ({:+}), mutating+validating {} ({:+}); round trip alone {}",
+        "\np50 µs: no webhook {}, validating {} ({:+}), mutating+validating {} ({:+}); round trip alone {}, from another process {}",
         p50[0],
         p50[1],
         p50[1] as i64 - p50[0] as i64,
         p50[2],
         p50[2] as i64 - p50[0] as i64,
-        p50[3]
+        p50[3],
+        p50[4],
+    );
+    let mean: Vec<f64> = el
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e6 / args.ops as f64)
+        .collect();
+    println!(
+        "mean µs: no webhook {:.0}, validating {:.0} ({:+.0}), mutating+validating {:.0} ({:+.0}); \
+         each call as the apiserver timed it (review built, POSTed, answer parsed): validating \
+         {:.0}, mutating {:.0}; round trip alone {:.0}, from another process {:.0}",
+        mean[0],
+        mean[1],
+        mean[1] - mean[0],
+        mean[2],
+        mean[2] - mean[0],
+        timed[0],
+        timed[1],
+        mean[3],
+        mean[4],
     );
     println!(
         "TLS connections to the webhook server: {} (the apiserver's and the direct client's)",
