@@ -217,6 +217,8 @@ pub async fn authenticate(
         .get::<PeerIdentity>()
         .cloned()
         .unwrap_or_default();
+    // Before the authenticators, which take the credentials out of the headers.
+    let tried = cfg.audit.as_ref().map(|_| attempted(&peer, &req));
     match cfg.authn.authenticate(&peer, req.headers_mut()).await {
         Ok(user) => {
             req.extensions_mut().insert(user);
@@ -224,8 +226,46 @@ pub async fn authenticate(
         }
         Err(e) => {
             tracing::debug!(reason = %e.0, "unauthenticated request");
+            if let (Some(auditor), Some(tried)) = (cfg.audit.as_ref(), tried) {
+                crate::audit::failed_authentication(auditor, req, &tried).await;
+            }
             ApiError::unauthorized().into_response()
         }
+    }
+}
+
+/// What a request offered to authenticate with, as kube-apiserver's audit of a failed
+/// authentication words it.
+fn attempted(peer: &PeerIdentity, req: &Request<Body>) -> String {
+    let mut tried = Vec::new();
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    let (scheme, rest) = authorization.split_once(' ').unwrap_or((authorization, ""));
+    let basic = scheme.eq_ignore_ascii_case("basic")
+        && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rest.trim())
+            .is_ok_and(|d| d.contains(&b':'));
+    if basic {
+        tried.push("basic");
+    }
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        tried.push("bearer");
+    }
+    let access_token = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "access_token" && !v.trim().is_empty());
+    if access_token {
+        tried.push("access_token");
+    }
+    if peer.common_name.is_some() || peer.unusable_certificate {
+        tried.push("x509");
+    }
+    if tried.is_empty() {
+        "Authentication failed, no credentials provided".into()
+    } else {
+        format!("Authentication failed, attempted: {}", tried.join(", "))
     }
 }
 
@@ -636,6 +676,72 @@ mod tests {
 
     fn get(path: &str) -> Request<Body> {
         Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_failed_authentication_names_what_was_tried_as_upstream() {
+        let with = |auth: &str, path: &str| {
+            let mut r = get(path);
+            if !auth.is_empty() {
+                r.headers_mut()
+                    .insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+            }
+            r
+        };
+        let none = PeerIdentity::default();
+        let cert = PeerIdentity {
+            common_name: Some("mallory".into()),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "",
+                "/api",
+                &none,
+                "Authentication failed, no credentials provided",
+            ),
+            (
+                "Bearer x",
+                "/api",
+                &none,
+                "Authentication failed, attempted: bearer",
+            ),
+            (
+                "bearer x",
+                "/api",
+                &cert,
+                "Authentication failed, attempted: bearer, x509",
+            ),
+            // "alice:pw"
+            (
+                "Basic YWxpY2U6cHc=",
+                "/api",
+                &none,
+                "Authentication failed, attempted: basic",
+            ),
+            (
+                "Basic not-base64!",
+                "/api",
+                &none,
+                "Authentication failed, no credentials provided",
+            ),
+            (
+                "Bearer",
+                "/api",
+                &none,
+                "Authentication failed, no credentials provided",
+            ),
+            (
+                "",
+                "/api?access_token=t",
+                &none,
+                "Authentication failed, attempted: access_token",
+            ),
+            ("", "/api", &cert, "Authentication failed, attempted: x509"),
+        ];
+        for (auth, path, peer, want) in cases {
+            assert_eq!(attempted(peer, &with(auth, path)), want, "{auth:?} {path}");
+        }
     }
 
     #[tokio::test]

@@ -116,6 +116,76 @@ fn content_type(h: &http::HeaderMap) -> String {
         .to_string()
 }
 
+/// The fields every event of `req` has, before its stage and response.
+fn new_event(level: Level, req: &Request<Body>, info: &RequestInfo, user: Value) -> Value {
+    let id = req
+        .headers()
+        .get("audit-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let mut event = json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": level.as_str(),
+        "auditID": id,
+        "requestURI": uri,
+        "verb": info.verb,
+        "user": user,
+        "sourceIPs": req.extensions().get::<RemoteAddr>().map(|a| vec![a.0.ip().to_string()]).unwrap_or_default(),
+        "requestReceivedTimestamp": micro_now(),
+    });
+    if let Some(ua) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        event["userAgent"] = json!(ua);
+    }
+    if info.is_resource_request {
+        let mut o = serde_json::Map::new();
+        for (k, v) in [
+            ("resource", &info.resource),
+            ("namespace", &info.namespace),
+            ("name", &info.name),
+            ("apiGroup", &info.api_group),
+            ("apiVersion", &info.api_version),
+            ("subresource", &info.subresource),
+        ] {
+            if !v.is_empty() {
+                o.insert(k.into(), json!(v));
+            }
+        }
+        event["objectRef"] = Value::Object(o);
+    }
+    event
+}
+
+/// Audits a request that no authenticator accepted, as kube-apiserver's failed-authentication
+/// audit does: one ResponseStarted event at the level the policy gives the request without a
+/// user, naming no user, with the 401 and what the request tried (`tried`: upstream's message,
+/// "Authentication failed, attempted: bearer" or "... no credentials provided").
+pub async fn failed_authentication(auditor: &Auditor, req: Request<Body>, tried: &str) {
+    let Some(info) = req.extensions().get::<RequestInfo>() else {
+        return;
+    };
+    let decision = auditor.policy.decide(&UserInfo::default(), info);
+    if decision.level == Level::None || decision.omit_stages.contains(&Stage::ResponseStarted) {
+        return;
+    }
+    let mut event = new_event(decision.level, &req, info, json!({}));
+    event["responseStatus"] = json!({"metadata": {}, "message": tried, "code": 401});
+    event["stage"] = json!(Stage::ResponseStarted.as_str());
+    event["stageTimestamp"] = json!(micro_now());
+    let _ = auditor.write(&event).await;
+}
+
 /// The audit filter.
 pub async fn audit(
     State(cfg): State<Arc<ChainConfig>>,
@@ -144,52 +214,7 @@ pub async fn audit(
         event["stageTimestamp"] = json!(micro_now());
         auditor.write(event).await
     };
-    let id = req
-        .headers()
-        .get("audit-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let uri = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let mut event = json!({
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": decision.level.as_str(),
-        "auditID": id,
-        "requestURI": uri,
-        "verb": info.verb,
-        "user": user_json(&user),
-        "sourceIPs": req.extensions().get::<RemoteAddr>().map(|a| vec![a.0.ip().to_string()]).unwrap_or_default(),
-        "requestReceivedTimestamp": micro_now(),
-    });
-    if let Some(ua) = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        event["userAgent"] = json!(ua);
-    }
-    if info.is_resource_request {
-        let mut o = serde_json::Map::new();
-        for (k, v) in [
-            ("resource", &info.resource),
-            ("namespace", &info.namespace),
-            ("name", &info.name),
-            ("apiGroup", &info.api_group),
-            ("apiVersion", &info.api_version),
-            ("subresource", &info.subresource),
-        ] {
-            if !v.is_empty() {
-                o.insert(k.into(), json!(v));
-            }
-        }
-        event["objectRef"] = Value::Object(o);
-    }
+    let mut event = new_event(decision.level, &req, &info, user_json(&user));
     // The request body, for Request and above (upstream records it for writes).
     let (parts, body) = req.into_parts();
     let req = if decision.level >= Level::Request && info.is_mutating() {

@@ -1,6 +1,6 @@
 //! `--audit-policy-file` and `--audit-log-path`: the events kubectl's requests leave, per
-//! level, with authorization's decision, the impersonated user, watch stages, and never a
-//! Secret's data below RequestResponse.
+//! level, with authorization's decision, the impersonated user, watch stages, a failed
+//! authentication's event, and never a Secret's data below RequestResponse.
 
 use std::time::Duration;
 
@@ -61,6 +61,15 @@ fn audit_log_records_each_level_as_upstream() {
     ]);
     let alice = c.user_kubeconfig("alice", &[]);
     assert!(!c.kubectl_with(&alice, &["get", "secrets"]).status.success());
+    // A token no authenticator takes (`--raw`: discovery, at level None, would stop kubectl
+    // first).
+    let stranger = crate::tokens::token_kubeconfig(&c, "stranger", "not-a-token");
+    let pods = "/api/v1/namespaces/default/pods";
+    assert!(
+        !c.kubectl_with(&stranger, &["get", "--raw", pods])
+            .status
+            .success()
+    );
     admin(&[
         "get",
         "configmaps",
@@ -146,6 +155,22 @@ fn audit_log_records_each_level_as_upstream() {
         denied["annotations"]["authorization.k8s.io/decision"],
         "forbid"
     );
+
+    // As upstream's failed-authentication audit: one ResponseStarted event, no user.
+    let failed: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 401)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["stage"], "ResponseStarted");
+    assert_eq!(failed[0]["user"], serde_json::json!({}));
+    assert_eq!(
+        failed[0]["responseStatus"]["message"],
+        "Authentication failed, attempted: bearer"
+    );
+    assert_eq!(failed[0]["verb"], "list");
+    assert_eq!(failed[0]["requestURI"], pods);
+    assert_eq!(failed[0]["objectRef"]["resource"], "pods");
 
     let imp = find(&evs, &|e| e["impersonatedUser"]["username"] == "bob").expect("as bob");
     assert_eq!(imp["user"]["username"], "kubernetes-admin");
