@@ -728,6 +728,7 @@ async fn resource_request(
         }
         _ => None,
     };
+    let audit = crate::audit::context(&req);
     // Writes only: the admission webhooks that may apply.
     let hooks = match (
         info.is_mutating(),
@@ -1198,9 +1199,11 @@ async fn resource_request(
         }
         _ => Err(not_allowed(info)),
     } }.await;
-    // Webhook warnings go out with the answer, a refusal included, as upstream.
+    // Webhook warnings go out with the answer, a refusal included, as upstream; policies'
+    // Audit failures go in the audit event.
     match (result, hooks) {
         (r, Some(h)) => {
+            h.publish_audit_failures(audit.as_deref());
             let warnings = h.warnings();
             match r {
                 Ok(r) => Ok(add_warnings(r, &warnings)),

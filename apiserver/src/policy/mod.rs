@@ -10,8 +10,9 @@
 //! `Warn`, `Audit`). Expressions are compiled when the objects are written, so a syntax error
 //! or a reference to a variable the expression may not use is refused then; they see
 //! `object`, `oldObject`, `request`, `namespaceObject`, `params` (with a paramKind) and
-//! `variables`. The `authorizer` variable is not provided (expressions using it are refused),
-//! and `Audit` records nothing yet.
+//! `variables`. The `authorizer` variable is not provided (expressions using it are refused).
+//! `Audit` records each failure in the request's audit event, as upstream's
+//! `validation.policy.admission.k8s.io/validation_failure` annotation.
 
 pub mod expr;
 
@@ -166,6 +167,8 @@ pub struct Binding {
     pub deny: bool,
     /// `validationActions` has Warn.
     pub warn: bool,
+    /// `validationActions`, as written (an Audit record names them).
+    pub actions: Vec<String>,
 }
 
 /// A policy with one of its bindings.
@@ -311,6 +314,7 @@ pub fn binding_of(obj: &Value) -> Binding {
             .map(matcher_of),
         deny: actions.iter().any(|a| a == "Deny"),
         warn: actions.iter().any(|a| a == "Warn"),
+        actions,
     }
 }
 
@@ -331,6 +335,7 @@ pub fn bind(policies: &[Value], bindings: &[Value]) -> Vec<Arc<Bound>> {
                     matcher: b.matcher.clone(),
                     deny: b.deny,
                     warn: b.warn,
+                    actions: b.actions.clone(),
                 },
             }));
         }
@@ -345,7 +350,13 @@ pub enum Decision {
     Deny(String, String),
     /// Allowed with a warning.
     Warn(String),
+    /// A failure for the request's audit event (`Audit`): upstream's record of it, with the
+    /// message, the policy, the binding, the index of the validation and the actions.
+    Audit(Value),
 }
+
+/// The audit annotation that lists a request's `Audit` failures, as a JSON array.
+pub const VALIDATION_FAILURE: &str = "validation.policy.admission.k8s.io/validation_failure";
 
 impl Bound {
     /// A refusal whatever the binding's actions (a configuration error), under the failure
@@ -364,8 +375,9 @@ impl Bound {
         }
     }
 
-    /// A failed validation (or an expression error), as the binding's actions say.
-    fn failed(&self, msg: &str, reason: &str) -> Vec<Decision> {
+    /// A failed validation (the `index`th, or an expression error), as the binding's actions
+    /// say.
+    fn failed(&self, msg: &str, reason: &str, index: usize) -> Vec<Decision> {
         let (p, b) = (&self.policy.name, &self.binding.name);
         let mut out = Vec::new();
         if self.binding.deny {
@@ -378,6 +390,15 @@ impl Bound {
             out.push(Decision::Warn(format!(
                 "Validation failed for ValidatingAdmissionPolicy '{p}' with binding '{b}': {msg}"
             )));
+        }
+        if self.binding.actions.iter().any(|a| a == "Audit") {
+            out.push(Decision::Audit(json!({
+                "message": msg,
+                "policy": p,
+                "binding": b,
+                "expressionIndex": index,
+                "validationActions": self.binding.actions,
+            })));
         }
         out
     }
@@ -406,7 +427,7 @@ impl Bound {
         }
         if !errors.is_empty() {
             return if p.fail_closed {
-                self.failed(&crate::admission::aggregate(errors), "Invalid")
+                self.failed(&crate::admission::aggregate(errors), "Invalid", 0)
             } else {
                 Vec::new()
             };
@@ -424,7 +445,7 @@ impl Bound {
             act.set("variables", ::cel::Value::from(vars));
         }
         let mut out = Vec::new();
-        for v in &p.validations {
+        for (i, v) in p.validations.iter().enumerate() {
             let reason = v.reason.as_deref().unwrap_or("Invalid");
             match v.expression.as_ref().map(|e| e.eval_bool(act)) {
                 Ok(Ok(true)) => {}
@@ -443,14 +464,15 @@ impl Bound {
                     let msg = from_expression
                         .or_else(|| v.message.clone())
                         .unwrap_or_else(|| format!("failed expression: {}", v.source.trim()));
-                    out.extend(self.failed(&msg, reason));
+                    out.extend(self.failed(&msg, reason, i));
                 }
                 Ok(Err(why)) if p.fail_closed => out.extend(self.failed(
                     &format!("expression '{}' resulted in error: {why}", v.source),
                     "Invalid",
+                    i,
                 )),
                 Err(why) if p.fail_closed => {
-                    out.extend(self.failed(&format!("compilation error: {why}"), "Invalid"))
+                    out.extend(self.failed(&format!("compilation error: {why}"), "Invalid", i))
                 }
                 _ => {}
             }

@@ -64,7 +64,8 @@ fn validations_decide_with_messages_and_actions() {
         )
         .is_empty()
     );
-    // An expression that fails to evaluate denies under Fail; a Warn binding only warns.
+    // An expression that fails to evaluate denies under Fail; a Warn binding only warns, an
+    // Audit one records the failure.
     let warn = bind(
         &[policy(
             json!({"failurePolicy": "Fail", "matchConstraints": deployments(),
@@ -76,7 +77,16 @@ fn validations_decide_with_messages_and_actions() {
     );
     assert_eq!(
         warn[0].evaluate(&mut act(json!({"spec": {}})), None),
-        vec![Decision::Warn("Validation failed for ValidatingAdmissionPolicy 'p' with binding 'b': expression 'object.spec.missing > 1' resulted in error: no such key: missing".into())]
+        vec![
+            Decision::Warn("Validation failed for ValidatingAdmissionPolicy 'p' with binding 'b': expression 'object.spec.missing > 1' resulted in error: no such key: missing".into()),
+            Decision::Audit(json!({
+                "message": "expression 'object.spec.missing > 1' resulted in error: no such key: missing",
+                "policy": "p",
+                "binding": "b",
+                "expressionIndex": 0,
+                "validationActions": ["Warn", "Audit"],
+            })),
+        ]
     );
     let ignore = bind(
         &[policy(

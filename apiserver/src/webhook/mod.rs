@@ -300,6 +300,7 @@ impl Webhooks {
             sub: sub.to_string(),
             user: user.clone(),
             warnings: parking_lot::Mutex::new(Vec::new()),
+            audit_failures: parking_lot::Mutex::new(Vec::new()),
         }))
     }
 }
@@ -364,6 +365,8 @@ pub struct Call {
     sub: String,
     user: UserInfo,
     warnings: parking_lot::Mutex<Vec<String>>,
+    /// ValidatingAdmissionPolicy failures of `Audit` bindings.
+    audit_failures: parking_lot::Mutex<Vec<Value>>,
 }
 
 impl std::fmt::Debug for Call {
@@ -388,6 +391,19 @@ impl Call {
     /// The warnings webhooks returned so far.
     pub fn warnings(&self) -> Vec<String> {
         self.warnings.lock().clone()
+    }
+
+    /// Puts the `Audit` failures of ValidatingAdmissionPolicies, if any, in the request's
+    /// audit event (`audit`: its context, when the request is audited), as upstream's one
+    /// annotation listing them all.
+    pub fn publish_audit_failures(&self, audit: Option<&crate::audit::AuditContext>) {
+        let failures = self.audit_failures.lock();
+        if let (Some(ctx), false) = (audit, failures.is_empty()) {
+            ctx.annotate(
+                crate::policy::VALIDATION_FAILURE,
+                &Value::Array(failures.clone()).to_string(),
+            );
+        }
     }
 
     /// The kind of the object the request carries: the resource's, or the subresource's own.
@@ -599,6 +615,7 @@ impl Call {
             for d in decisions {
                 match d {
                     Decision::Warn(w) => self.warnings.lock().push(w),
+                    Decision::Audit(record) => self.audit_failures.lock().push(record),
                     Decision::Deny(msg, reason) => {
                         let name = if a.name.is_empty() {
                             obj.map(|o| crate::object::meta_str(o, "generateName"))

@@ -1,6 +1,7 @@
 //! `--audit-policy-file` and `--audit-log-path`: the events kubectl's requests leave, per
 //! level, with authorization's decision, the impersonated user, watch stages, a failed
-//! authentication's event, and never a Secret's data below RequestResponse.
+//! authentication's event, a ValidatingAdmissionPolicy's Audit failures, and never a Secret's
+//! data below RequestResponse.
 
 use std::time::Duration;
 
@@ -179,6 +180,49 @@ fn audit_log_records_each_level_as_upstream() {
         e["verb"] == "watch" && e["stage"] == "ResponseStarted"
     });
     assert!(started.is_some(), "a watch has a ResponseStarted stage");
+
+    // A ValidatingAdmissionPolicy bound with Audit: the write goes through, and its event
+    // lists the failure in upstream's annotation.
+    crate::harness::apply(
+        &c,
+        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+          "metadata": {"name": "team-label"},
+          "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+              "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "validations": [{"expression": "true"},
+              {"expression": "has(object.metadata.labels)", "message": "configmaps need labels"}]}}"#,
+    );
+    crate::harness::apply(
+        &c,
+        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+          "metadata": {"name": "team-label-audit"},
+          "spec": {"policyName": "team-label", "validationActions": ["Audit"]}}"#,
+    );
+    let key = "validation.policy.admission.k8s.io/validation_failure";
+    let mut tries = 0;
+    let mut audited = None;
+    eventually(Duration::from_secs(20), "an audited policy failure", || {
+        tries += 1;
+        admin(&["create", "configmap", &format!("audited-{tries}")]);
+        audited = find(&events(&log), &|e| {
+            e["annotations"][key].is_string() && e["objectRef"]["resource"] == "configmaps"
+        });
+        audited.is_some()
+    });
+    let audited = audited.unwrap();
+    assert_eq!(audited["responseStatus"]["code"], 201);
+    let failures: Value =
+        serde_json::from_str(audited["annotations"][key].as_str().unwrap()).unwrap();
+    assert_eq!(
+        failures,
+        serde_json::json!([{
+            "message": "configmaps need labels",
+            "policy": "team-label",
+            "binding": "team-label-audit",
+            "expressionIndex": 1,
+            "validationActions": ["Audit"],
+        }])
+    );
 }
 
 /// The test's audit webhook server (answers every list with `{}`), and a kubeconfig for it
