@@ -31,6 +31,8 @@ pub struct PeerIdentity {
     /// A certificate was presented that names no user (a proxy's, or one of the proxy CA with
     /// a name not allowed): without other credentials the request is refused, never anonymous.
     pub unusable_certificate: bool,
+    /// A client certificate was presented (and passed the handshake).
+    pub certificate: bool,
 }
 
 /// An authenticated user, as `user.Info`.
@@ -217,8 +219,6 @@ pub async fn authenticate(
         .get::<PeerIdentity>()
         .cloned()
         .unwrap_or_default();
-    // Before the authenticators, which take the credentials out of the headers.
-    let tried = cfg.audit.as_ref().map(|_| attempted(&peer, &req));
     match cfg.authn.authenticate(&peer, req.headers_mut()).await {
         Ok(user) => {
             req.extensions_mut().insert(user);
@@ -226,7 +226,9 @@ pub async fn authenticate(
         }
         Err(e) => {
             tracing::debug!(reason = %e.0, "unauthenticated request");
-            if let (Some(auditor), Some(tried)) = (cfg.audit.as_ref(), tried) {
+            // (The authenticators take credentials out of the headers only when they accept.)
+            if let Some(auditor) = cfg.audit.as_ref() {
+                let tried = attempted(&peer, &req);
                 crate::audit::failed_authentication(auditor, req, &tried).await;
             }
             ApiError::unauthorized().into_response()
@@ -246,7 +248,7 @@ fn attempted(peer: &PeerIdentity, req: &Request<Body>) -> String {
         .trim();
     let (scheme, rest) = authorization.split_once(' ').unwrap_or((authorization, ""));
     let basic = scheme.eq_ignore_ascii_case("basic")
-        && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rest.trim())
+        && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, rest)
             .is_ok_and(|d| d.contains(&b':'));
     if basic {
         tried.push("basic");
@@ -254,12 +256,14 @@ fn attempted(peer: &PeerIdentity, req: &Request<Body>) -> String {
     if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
         tried.push("bearer");
     }
+    // The first value, as Go's `Query().Get`.
     let access_token = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .any(|(k, v)| k == "access_token" && !v.trim().is_empty());
+        .find(|(k, _)| k == "access_token")
+        .is_some_and(|(_, v)| !v.trim().is_empty());
     if access_token {
         tried.push("access_token");
     }
-    if peer.common_name.is_some() || peer.unusable_certificate {
+    if peer.certificate {
         tried.push("x509");
     }
     if tried.is_empty() {
@@ -689,8 +693,9 @@ mod tests {
             r
         };
         let none = PeerIdentity::default();
+        // (No CommonName: a certificate that names no user is tried all the same.)
         let cert = PeerIdentity {
-            common_name: Some("mallory".into()),
+            certificate: true,
             ..Default::default()
         };
         let cases = [
@@ -736,6 +741,12 @@ mod tests {
                 "/api?access_token=t",
                 &none,
                 "Authentication failed, attempted: access_token",
+            ),
+            (
+                "",
+                "/api?access_token=&access_token=t",
+                &none,
+                "Authentication failed, no credentials provided",
             ),
             ("", "/api", &cert, "Authentication failed, attempted: x509"),
         ];

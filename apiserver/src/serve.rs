@@ -138,11 +138,13 @@ impl ClientCas {
                 organizations,
                 front_proxy,
                 unusable_certificate: false,
+                certificate: true,
             }
         } else {
             PeerIdentity {
                 front_proxy,
                 unusable_certificate: true,
+                certificate: true,
                 ..Default::default()
             }
         }

@@ -298,9 +298,12 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let mut el = [Duration::ZERO; 5];
     let mut errors = [0usize; 5];
     let mut record = |side: usize, d: Duration, ok: bool| {
-        el[side] += d;
-        let _ = h[side].record(d.as_micros().max(1) as u64);
-        errors[side] += usize::from(!ok);
+        if ok {
+            el[side] += d;
+            let _ = h[side].record(d.as_micros().max(1) as u64);
+        } else {
+            errors[side] += 1;
+        }
     };
     for i in 0..args.ops {
         for (side, api) in apis.iter().enumerate() {
@@ -357,7 +360,8 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     );
     let mean: Vec<f64> = el
         .iter()
-        .map(|d| d.as_secs_f64() * 1e6 / args.ops as f64)
+        .zip(errors)
+        .map(|(d, e)| d.as_secs_f64() * 1e6 / (args.ops - e).max(1) as f64)
         .collect();
     println!(
         "mean µs: no webhook {:.0}, validating {:.0} ({:+.0}), mutating+validating {:.0} ({:+.0}); \
@@ -374,7 +378,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         mean[4],
     );
     println!(
-        "TLS connections to the webhook server: {} (the apiserver's and the direct client's)",
+        "TLS connections to the webhook server: {} (the apiserver's, the direct client's and the probe's)",
         server
             .connections
             .load(std::sync::atomic::Ordering::Relaxed)
