@@ -1203,7 +1203,7 @@ async fn resource_request(
     // Audit failures go in the audit event.
     match (result, hooks) {
         (r, Some(h)) => {
-            h.publish_audit_failures(audit.as_deref());
+            h.publish_audit(audit.as_deref());
             let warnings = h.warnings();
             match r {
                 Ok(r) => Ok(add_warnings(r, &warnings)),

@@ -12,7 +12,8 @@
 //! `object`, `oldObject`, `request`, `namespaceObject`, `params` (with a paramKind) and
 //! `variables`. The `authorizer` variable is not provided (expressions using it are refused).
 //! `Audit` records each failure in the request's audit event, as upstream's
-//! `validation.policy.admission.k8s.io/validation_failure` annotation.
+//! `validation.policy.admission.k8s.io/validation_failure` annotation; `auditAnnotations` add
+//! `<policy>/<key>` annotations of their own there.
 
 pub mod expr;
 
@@ -33,6 +34,15 @@ const BASE_VARIABLES: &[&str] = &["object", "oldObject", "request", "namespaceOb
 
 /// Longest message a messageExpression may produce.
 const MAX_MESSAGE: usize = 5120;
+
+/// Most `auditAnnotations` a policy may have.
+const MAX_AUDIT_ANNOTATIONS: usize = 20;
+
+/// Longest `valueExpression` of an audit annotation.
+const MAX_AUDIT_EXPRESSION: usize = 5 * 1024;
+
+/// Longest audit annotation value published (longer ones are cut).
+const MAX_AUDIT_VALUE: usize = 10 * 1024;
 
 /// A rule with the names it is limited to.
 #[derive(Debug, Clone)]
@@ -135,6 +145,8 @@ pub struct Policy {
     pub variables: Vec<(String, Result<Expression, String>)>,
     /// `validations`.
     pub validations: Vec<Validation>,
+    /// `auditAnnotations`: the annotation's key (`<policy>/<key>`) and its value's expression.
+    pub audit_annotations: Vec<(String, Result<Expression, String>)>,
     /// `paramKind` as (apiVersion, kind).
     pub param_kind: Option<(String, String)>,
 }
@@ -253,8 +265,20 @@ pub fn policy_of(obj: &Value) -> Policy {
             })
             .collect()
     };
+    let audit_annotations = list("auditAnnotations")
+        .iter()
+        .map(|a| {
+            let key = str_of(a, "key").unwrap_or("");
+            let value = str_of(a, "valueExpression").unwrap_or("").trim();
+            (
+                format!("{}/{key}", crate::object::name(obj)),
+                compile(value),
+            )
+        })
+        .collect();
     Policy {
         name: crate::object::name(obj).to_string(),
+        audit_annotations,
         fail_closed: str_of(&spec, "failurePolicy") != Some("Ignore"),
         matcher: spec
             .get("matchConstraints")
@@ -353,6 +377,8 @@ pub enum Decision {
     /// A failure for the request's audit event (`Audit`): upstream's record of it, with the
     /// message, the policy, the binding, the index of the validation and the actions.
     Audit(Value),
+    /// An audit annotation (`auditAnnotations`): its key and value.
+    Annotate(String, String),
 }
 
 /// The audit annotation that lists a request's `Audit` failures, as a JSON array.
@@ -475,6 +501,39 @@ impl Bound {
                     out.extend(self.failed(&format!("compilation error: {why}"), "Invalid", i))
                 }
                 _ => {}
+            }
+        }
+        // Audit annotations: a string is published (an empty one, or null, is not); an
+        // error refuses the request under Fail, whatever the binding's actions, as upstream.
+        for (key, e) in &p.audit_annotations {
+            let error = match e.as_ref().map(|e| (e, e.eval(act))) {
+                Ok((_, Ok(::cel::Value::Null))) => continue,
+                Ok((_, Ok(::cel::Value::String(v)))) => {
+                    if !v.is_empty() {
+                        let mut cut = v.len().min(MAX_AUDIT_VALUE);
+                        while !v.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        out.push(Decision::Annotate(key.clone(), v[..cut].to_string()));
+                    }
+                    continue;
+                }
+                Ok((e, Ok(other))) => format!(
+                    "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
+                    e.source,
+                    expr::type_name(&other)
+                ),
+                Ok((e, Err(why))) => format!("expression '{}' resulted in error: {why}", e.source),
+                Err(why) => format!("compilation error: {why}"),
+            };
+            if p.fail_closed {
+                out.push(Decision::Deny(
+                    format!(
+                        "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {error}",
+                        p.name, self.binding.name
+                    ),
+                    "Invalid".into(),
+                ));
             }
         }
         out
@@ -723,14 +782,59 @@ pub fn validate_policy(obj: &Value, causes: &mut Vec<Cause>) {
             );
         }
     }
-    if !list("auditAnnotations").is_empty() {
+    let names = declared(param_kind.is_some(), !variables.is_empty());
+    let annotations = list("auditAnnotations");
+    if annotations.len() > MAX_AUDIT_ANNOTATIONS {
         causes.push(Cause::new(
-            "FieldValueForbidden",
+            "FieldValueInvalid",
             "spec.auditAnnotations",
-            "Forbidden: auditAnnotations are not supported by this server",
+            format!(
+                "Invalid value: must not have more than {MAX_AUDIT_ANNOTATIONS} auditAnnotations"
+            ),
         ));
     }
-    let names = declared(param_kind.is_some(), !variables.is_empty());
+    let name = crate::object::name(obj);
+    let mut keys = std::collections::BTreeSet::new();
+    for (i, a) in annotations.iter().enumerate() {
+        let at = format!("spec.auditAnnotations[{i}]");
+        let key = str_of(a, "key").unwrap_or("");
+        let full = format!("{name}/{key}");
+        if name.is_empty() {
+            invalid(
+                causes,
+                &format!("{at}.key"),
+                key,
+                "requires metadata.name be non-empty",
+            );
+        } else if !crate::strategy::valid_qualified_key(&full) {
+            invalid(
+                causes,
+                &format!("{at}.key"),
+                &full,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            );
+        }
+        let value = str_of(a, "valueExpression").unwrap_or("").trim();
+        let field = format!("{at}.valueExpression");
+        if value.is_empty() {
+            required(causes, &field, "valueExpression is not specified");
+        } else if value.len() > MAX_AUDIT_EXPRESSION {
+            required(
+                causes,
+                &field,
+                &format!("must not exceed {MAX_AUDIT_EXPRESSION} bytes in length"),
+            );
+        } else {
+            check_expression(causes, &field, Some(value), &names, "");
+        }
+        if !keys.insert(key) {
+            causes.push(Cause::new(
+                "FieldValueDuplicate",
+                &format!("{at}.key"),
+                format!("Duplicate value: {key:?}"),
+            ));
+        }
+    }
     for (i, v) in validations.iter().enumerate() {
         let at = format!("spec.validations[{i}]");
         check_expression(

@@ -219,3 +219,74 @@ fn objects_are_validated() {
         vec!["spec.validationActions: Required value: at least one validation action is required"]
     );
 }
+
+#[test]
+fn audit_annotations_are_published_refused_or_left_out_as_upstream() {
+    let annotated = |failure: &str, expression: &str| {
+        let p = policy(
+            json!({"failurePolicy": failure, "matchConstraints": deployments(),
+            "auditAnnotations": [
+                {"key": "replicas", "valueExpression": "'replicas: ' + string(object.spec.replicas)"},
+                {"key": "nothing", "valueExpression": "null"},
+                {"key": "empty", "valueExpression": "''"},
+                {"key": "other", "valueExpression": expression},
+            ]}),
+        );
+        let bound = bind(
+            &[p],
+            &[binding(
+                json!({"policyName": "p", "validationActions": ["Deny"]}),
+            )],
+        );
+        bound[0].evaluate(&mut act(json!({"spec": {"replicas": 6}})), None)
+    };
+    let published = Decision::Annotate("p/replicas".into(), "replicas: 6".into());
+    assert_eq!(annotated("Fail", "null"), vec![published.clone()]);
+    // A value of another type, or an error, refuses under Fail, whatever the actions.
+    assert_eq!(
+        annotated("Fail", "object.spec.replicas"),
+        vec![
+            published.clone(),
+            Decision::Deny("ValidatingAdmissionPolicy 'p' with binding 'b' denied request: valueExpression 'object.spec.replicas' resulted in unsupported return type: int. Return type must be either string or null.".into(), "Invalid".into()),
+        ]
+    );
+    assert_eq!(annotated("Ignore", "object.spec.missing"), vec![published]);
+
+    let msgs = |obj: Value| {
+        let mut c = Vec::new();
+        validate_policy(&obj, &mut c);
+        c.into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>()
+    };
+    let ok = policy(
+        json!({"failurePolicy": "Fail", "matchConstraints": deployments(),
+        "auditAnnotations": [{"key": "a", "valueExpression": "'x'"}]}),
+    );
+    assert_eq!(msgs(ok), Vec::<String>::new());
+    let bad = policy(
+        json!({"failurePolicy": "Fail", "matchConstraints": deployments(),
+        "auditAnnotations": [
+            {"key": "-a", "valueExpression": "'x'"},
+            {"key": "b", "valueExpression": "  "},
+            {"key": "b", "valueExpression": "object."},
+        ]}),
+    );
+    let m = msgs(bad);
+    assert_eq!(m.len(), 4, "{m:?}");
+    assert!(
+        m[0].starts_with(
+            "spec.auditAnnotations[0].key: Invalid value: \"p/-a\": name part must consist of"
+        ),
+        "{m:?}"
+    );
+    assert_eq!(
+        m[1],
+        "spec.auditAnnotations[1].valueExpression: Required value: valueExpression is not specified"
+    );
+    assert!(
+        m[2].starts_with("spec.auditAnnotations[2].valueExpression: Invalid value: \"object.\": compilation failed: ERROR: <input>:1:"),
+        "{m:?}"
+    );
+    assert_eq!(m[3], "spec.auditAnnotations[2].key: Duplicate value: \"b\"");
+}

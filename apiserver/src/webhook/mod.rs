@@ -301,6 +301,7 @@ impl Webhooks {
             user: user.clone(),
             warnings: parking_lot::Mutex::new(Vec::new()),
             audit_failures: parking_lot::Mutex::new(Vec::new()),
+            audit_annotations: parking_lot::Mutex::new(Default::default()),
         }))
     }
 }
@@ -367,6 +368,9 @@ pub struct Call {
     warnings: parking_lot::Mutex<Vec<String>>,
     /// ValidatingAdmissionPolicy failures of `Audit` bindings.
     audit_failures: parking_lot::Mutex<Vec<Value>>,
+    /// ValidatingAdmissionPolicy `auditAnnotations`: each key's distinct values.
+    audit_annotations:
+        parking_lot::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Call {
@@ -393,16 +397,24 @@ impl Call {
         self.warnings.lock().clone()
     }
 
-    /// Puts the `Audit` failures of ValidatingAdmissionPolicies, if any, in the request's
-    /// audit event (`audit`: its context, when the request is audited), as upstream's one
-    /// annotation listing them all.
-    pub fn publish_audit_failures(&self, audit: Option<&crate::audit::AuditContext>) {
+    /// Puts what ValidatingAdmissionPolicies left for the request's audit event in it
+    /// (`audit`: its context, when the request is audited), as upstream: the `Audit`
+    /// failures in one annotation listing them all, and each `auditAnnotations` key with its
+    /// value (distinct values of several bindings sorted and joined with ", ").
+    pub fn publish_audit(&self, audit: Option<&crate::audit::AuditContext>) {
+        let Some(ctx) = audit else {
+            return;
+        };
         let failures = self.audit_failures.lock();
-        if let (Some(ctx), false) = (audit, failures.is_empty()) {
+        if !failures.is_empty() {
             ctx.annotate(
                 crate::policy::VALIDATION_FAILURE,
                 &Value::Array(failures.clone()).to_string(),
             );
+        }
+        for (key, values) in self.audit_annotations.lock().iter() {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            ctx.annotate(key, &values.join(", "));
         }
     }
 
@@ -616,6 +628,13 @@ impl Call {
                 match d {
                     Decision::Warn(w) => self.warnings.lock().push(w),
                     Decision::Audit(record) => self.audit_failures.lock().push(record),
+                    Decision::Annotate(key, value) => {
+                        self.audit_annotations
+                            .lock()
+                            .entry(key)
+                            .or_default()
+                            .insert(value);
+                    }
                     Decision::Deny(msg, reason) => {
                         let name = if a.name.is_empty() {
                             obj.map(|o| crate::object::meta_str(o, "generateName"))

@@ -182,7 +182,7 @@ fn audit_log_records_each_level_as_upstream() {
     assert!(started.is_some(), "a watch has a ResponseStarted stage");
 
     // A ValidatingAdmissionPolicy bound with Audit: the write goes through, and its event
-    // lists the failure in upstream's annotation.
+    // lists the failure in upstream's annotation, beside the policy's own audit annotation.
     crate::harness::apply(
         &c,
         r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
@@ -190,7 +190,8 @@ fn audit_log_records_each_level_as_upstream() {
           "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
               "operations": ["CREATE"], "resources": ["configmaps"]}]},
             "validations": [{"expression": "true"},
-              {"expression": "has(object.metadata.labels)", "message": "configmaps need labels"}]}}"#,
+              {"expression": "has(object.metadata.labels)", "message": "configmaps need labels"}],
+            "auditAnnotations": [{"key": "unlabelled", "valueExpression": "has(object.metadata.labels) ? null : object.metadata.name"}]}}"#,
     );
     crate::harness::apply(
         &c,
@@ -211,6 +212,10 @@ fn audit_log_records_each_level_as_upstream() {
     });
     let audited = audited.unwrap();
     assert_eq!(audited["responseStatus"]["code"], 201);
+    assert_eq!(
+        audited["annotations"]["team-label/unlabelled"],
+        audited["objectRef"]["name"]
+    );
     let failures: Value =
         serde_json::from_str(audited["annotations"][key].as_str().unwrap()).unwrap();
     assert_eq!(
