@@ -61,9 +61,13 @@ pub struct AuditContext {
 }
 
 impl AuditContext {
-    /// Adds an annotation (`authorization.k8s.io/decision`, ...).
+    /// Adds an annotation (`authorization.k8s.io/decision`, ...); a key set already keeps its
+    /// first value, as upstream's audit context keeps it.
     pub fn annotate(&self, key: &str, value: &str) {
-        self.annotations.lock().push((key.into(), value.into()));
+        let mut annotations = self.annotations.lock();
+        if !annotations.iter().any(|(k, _)| k == key) {
+            annotations.push((key.into(), value.into()));
+        }
     }
 
     /// Records the user the request acts as.

@@ -374,15 +374,48 @@ pub enum Decision {
     Deny(String, String),
     /// Allowed with a warning.
     Warn(String),
-    /// A failure for the request's audit event (`Audit`): upstream's record of it, with the
-    /// message, the policy, the binding, the index of the validation and the actions.
-    Audit(Value),
+    /// A failure for the request's audit event (`Audit`).
+    Audit(ValidationFailure),
     /// An audit annotation (`auditAnnotations`): its key and value.
     Annotate(String, String),
 }
 
 /// The audit annotation that lists a request's `Audit` failures, as a JSON array.
 pub const VALIDATION_FAILURE: &str = "validation.policy.admission.k8s.io/validation_failure";
+
+/// A failure of an `Audit` binding, as upstream records it (its fields in upstream's order).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationFailure {
+    /// The failure's message.
+    pub message: String,
+    /// The policy's name.
+    pub policy: String,
+    /// The binding's name.
+    pub binding: String,
+    /// The index of the validation that failed (0 for a matchCondition's error).
+    pub expression_index: usize,
+    /// The binding's `validationActions`.
+    pub validation_actions: Vec<String>,
+}
+
+/// `v` as Go's `encoding/json` writes it: struct fields in order, and `<`, `>`, `&`, U+2028
+/// and U+2029 escaped (they can only occur inside strings).
+pub fn go_json<T: serde::Serialize>(v: &T) -> String {
+    let plain = serde_json::to_string(v).unwrap_or_default();
+    let mut out = String::with_capacity(plain.len());
+    for c in plain.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 impl Bound {
     /// A refusal whatever the binding's actions (a configuration error), under the failure
@@ -418,13 +451,13 @@ impl Bound {
             )));
         }
         if self.binding.actions.iter().any(|a| a == "Audit") {
-            out.push(Decision::Audit(json!({
-                "message": msg,
-                "policy": p,
-                "binding": b,
-                "expressionIndex": index,
-                "validationActions": self.binding.actions,
-            })));
+            out.push(Decision::Audit(ValidationFailure {
+                message: msg.to_string(),
+                policy: p.clone(),
+                binding: b.clone(),
+                expression_index: index,
+                validation_actions: self.binding.actions.clone(),
+            }));
         }
         out
     }
@@ -503,12 +536,14 @@ impl Bound {
                 _ => {}
             }
         }
-        // Audit annotations: a string is published (an empty one, or null, is not); an
-        // error refuses the request under Fail, whatever the binding's actions, as upstream.
+        // Audit annotations: a string is published, trimmed (an empty one, or null, is not);
+        // a value of another type refuses the request, and an error does under Fail,
+        // whatever the binding's actions, as upstream.
         for (key, e) in &p.audit_annotations {
-            let error = match e.as_ref().map(|e| (e, e.eval(act))) {
+            let (error, always) = match e.as_ref().map(|e| (e, e.eval(act))) {
                 Ok((_, Ok(::cel::Value::Null))) => continue,
                 Ok((_, Ok(::cel::Value::String(v)))) => {
+                    let v = v.trim();
                     if !v.is_empty() {
                         let mut cut = v.len().min(MAX_AUDIT_VALUE);
                         while !v.is_char_boundary(cut) {
@@ -518,15 +553,21 @@ impl Bound {
                     }
                     continue;
                 }
-                Ok((e, Ok(other))) => format!(
-                    "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
-                    e.source,
-                    expr::type_name(&other)
+                Ok((e, Ok(other))) => (
+                    format!(
+                        "valueExpression '{}' resulted in unsupported return type: {}. Return type must be either string or null.",
+                        e.source,
+                        expr::type_name(&other)
+                    ),
+                    true,
                 ),
-                Ok((e, Err(why))) => format!("expression '{}' resulted in error: {why}", e.source),
-                Err(why) => format!("compilation error: {why}"),
+                Ok((e, Err(why))) => (
+                    format!("expression '{}' resulted in error: {why}", e.source),
+                    false,
+                ),
+                Err(why) => (format!("compilation error: {why}"), false),
             };
-            if p.fail_closed {
+            if always || p.fail_closed {
                 out.push(Decision::Deny(
                     format!(
                         "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {error}",

@@ -79,13 +79,13 @@ fn validations_decide_with_messages_and_actions() {
         warn[0].evaluate(&mut act(json!({"spec": {}})), None),
         vec![
             Decision::Warn("Validation failed for ValidatingAdmissionPolicy 'p' with binding 'b': expression 'object.spec.missing > 1' resulted in error: no such key: missing".into()),
-            Decision::Audit(json!({
-                "message": "expression 'object.spec.missing > 1' resulted in error: no such key: missing",
-                "policy": "p",
-                "binding": "b",
-                "expressionIndex": 0,
-                "validationActions": ["Warn", "Audit"],
-            })),
+            Decision::Audit(ValidationFailure {
+                message: "expression 'object.spec.missing > 1' resulted in error: no such key: missing".into(),
+                policy: "p".into(),
+                binding: "b".into(),
+                expression_index: 0,
+                validation_actions: vec!["Warn".into(), "Audit".into()],
+            }),
         ]
     );
     let ignore = bind(
@@ -250,7 +250,32 @@ fn audit_annotations_are_published_refused_or_left_out_as_upstream() {
             Decision::Deny("ValidatingAdmissionPolicy 'p' with binding 'b' denied request: valueExpression 'object.spec.replicas' resulted in unsupported return type: int. Return type must be either string or null.".into(), "Invalid".into()),
         ]
     );
-    assert_eq!(annotated("Ignore", "object.spec.missing"), vec![published]);
+    assert_eq!(
+        annotated("Ignore", "object.spec.missing"),
+        vec![published.clone()]
+    );
+    // Another type refuses under Ignore too; a blank string is left out, others trimmed.
+    assert_eq!(
+        annotated("Ignore", "1").last(),
+        Some(&Decision::Deny("ValidatingAdmissionPolicy 'p' with binding 'b' denied request: valueExpression '1' resulted in unsupported return type: int. Return type must be either string or null.".into(), "Invalid".into()))
+    );
+    assert_eq!(annotated("Fail", "'  '"), vec![published.clone()]);
+    assert_eq!(
+        annotated("Fail", "' x '"),
+        vec![published, Decision::Annotate("p/other".into(), "x".into())]
+    );
+    // Upstream's encoding of a failure: its fields in order, and HTML characters escaped.
+    let failure = ValidationFailure {
+        message: "failed expression: a < b && c > d".into(),
+        policy: "p".into(),
+        binding: "b".into(),
+        expression_index: 1,
+        validation_actions: vec!["Audit".into()],
+    };
+    assert_eq!(
+        go_json(&[&failure]),
+        r#"[{"message":"failed expression: a \u003c b \u0026\u0026 c \u003e d","policy":"p","binding":"b","expressionIndex":1,"validationActions":["Audit"]}]"#
+    );
 
     let msgs = |obj: Value| {
         let mut c = Vec::new();

@@ -300,7 +300,7 @@ impl Webhooks {
             sub: sub.to_string(),
             user: user.clone(),
             warnings: parking_lot::Mutex::new(Vec::new()),
-            audit_failures: parking_lot::Mutex::new(Vec::new()),
+            audit_failure: parking_lot::Mutex::new(None),
             audit_annotations: parking_lot::Mutex::new(Default::default()),
         }))
     }
@@ -366,11 +366,11 @@ pub struct Call {
     sub: String,
     user: UserInfo,
     warnings: parking_lot::Mutex<Vec<String>>,
-    /// ValidatingAdmissionPolicy failures of `Audit` bindings.
-    audit_failures: parking_lot::Mutex<Vec<Value>>,
-    /// ValidatingAdmissionPolicy `auditAnnotations`: each key's distinct values.
-    audit_annotations:
-        parking_lot::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
+    /// The first ValidatingAdmissionPolicy failure of an `Audit` binding.
+    audit_failure: parking_lot::Mutex<Option<crate::policy::ValidationFailure>>,
+    /// ValidatingAdmissionPolicy `auditAnnotations`: each key's distinct values, in the
+    /// order they came.
+    audit_annotations: parking_lot::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Call {
@@ -398,22 +398,20 @@ impl Call {
     }
 
     /// Puts what ValidatingAdmissionPolicies left for the request's audit event in it
-    /// (`audit`: its context, when the request is audited), as upstream: the `Audit`
-    /// failures in one annotation listing them all, and each `auditAnnotations` key with its
-    /// value (distinct values of several bindings sorted and joined with ", ").
+    /// (`audit`: its context, when the request is audited), as upstream: the first `Audit`
+    /// failure (in a list of one, as Go encodes it), and each `auditAnnotations` key with
+    /// its value (distinct values of several bindings joined with ", ").
     pub fn publish_audit(&self, audit: Option<&crate::audit::AuditContext>) {
         let Some(ctx) = audit else {
             return;
         };
-        let failures = self.audit_failures.lock();
-        if !failures.is_empty() {
+        if let Some(failure) = self.audit_failure.lock().as_ref() {
             ctx.annotate(
                 crate::policy::VALIDATION_FAILURE,
-                &Value::Array(failures.clone()).to_string(),
+                &crate::policy::go_json(&[failure]),
             );
         }
         for (key, values) in self.audit_annotations.lock().iter() {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
             ctx.annotate(key, &values.join(", "));
         }
     }
@@ -583,8 +581,9 @@ impl Call {
         ])
     }
 
-    /// Runs the ValidatingAdmissionPolicies in force: the first denial refuses the request,
-    /// warnings are kept for the response.
+    /// Runs the ValidatingAdmissionPolicies in force, every one of them as upstream does: the
+    /// first denial refuses the request, warnings are kept for the response and what the
+    /// audit event gets for [`Call::publish_audit`].
     async fn run_policies(
         &self,
         policies: &[Arc<crate::policy::Bound>],
@@ -603,6 +602,7 @@ impl Call {
             namespace: namespace.as_ref(),
         };
         let mut act: Option<crate::policy::expr::Activation> = None;
+        let mut denied = None;
         for b in policies {
             let decisions = match &b.policy.matcher {
                 None => b.config_error(
@@ -627,27 +627,31 @@ impl Call {
             for d in decisions {
                 match d {
                     Decision::Warn(w) => self.warnings.lock().push(w),
-                    Decision::Audit(record) => self.audit_failures.lock().push(record),
-                    Decision::Annotate(key, value) => {
-                        self.audit_annotations
-                            .lock()
-                            .entry(key)
-                            .or_default()
-                            .insert(value);
+                    Decision::Audit(failure) => {
+                        // Upstream's annotation keeps the first failure (a retry's included).
+                        self.audit_failure.lock().get_or_insert(failure);
                     }
-                    Decision::Deny(msg, reason) => {
+                    Decision::Annotate(key, value) => {
+                        let mut annotations = self.audit_annotations.lock();
+                        let values = annotations.entry(key).or_default();
+                        if !values.contains(&value) {
+                            values.push(value);
+                        }
+                    }
+                    Decision::Deny(msg, reason) if denied.is_none() => {
                         let name = if a.name.is_empty() {
                             obj.map(|o| crate::object::meta_str(o, "generateName"))
                                 .unwrap_or("")
                         } else {
                             a.name
                         };
-                        return Err(crate::policy::refusal(self.res, name, &msg, &reason));
+                        denied = Some(crate::policy::refusal(self.res, name, &msg, &reason));
                     }
+                    Decision::Deny(..) => {}
                 }
             }
         }
-        Ok(())
+        denied.map_or(Ok(()), Err)
     }
 
     /// The parameters of a binding: None when the policy or binding takes none; an error

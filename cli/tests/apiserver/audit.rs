@@ -228,6 +228,58 @@ fn audit_log_records_each_level_as_upstream() {
             "validationActions": ["Audit"],
         }])
     );
+
+    // A policy that denies, bound with Deny and Audit: the refusal's event records the
+    // failure, and the policies after it still ran (team-label's annotation is there).
+    crate::harness::apply(
+        &c,
+        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+          "metadata": {"name": "no-x"},
+          "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+              "operations": ["CREATE"], "resources": ["configmaps"]}]},
+            "validations": [{"expression": "!object.metadata.name.startsWith('x-')", "message": "no x"}]}}"#,
+    );
+    crate::harness::apply(
+        &c,
+        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+          "metadata": {"name": "no-x-binding"},
+          "spec": {"policyName": "no-x", "validationActions": ["Deny", "Audit"]}}"#,
+    );
+    let mut tries = 0;
+    let mut refused = None;
+    eventually(
+        Duration::from_secs(20),
+        "a refusal with its failure audited",
+        || {
+            tries += 1;
+            let name = format!("x-{tries}");
+            let out = c.kubectl(&["create", "configmap", &name]);
+            if out.status.success() {
+                return false;
+            }
+            // (A refused create's event names no object here: keelson takes a create's name
+            // from the object created.)
+            refused = find(&events(&log), &|e| {
+                e["responseStatus"]["code"] == 422 && e["annotations"][key].is_string()
+            });
+            refused.is_some()
+        },
+    );
+    let refused = refused.unwrap();
+    assert_eq!(refused["responseStatus"]["code"], 422);
+    let failures: Value =
+        serde_json::from_str(refused["annotations"][key].as_str().unwrap()).unwrap();
+    assert_eq!(failures[0]["policy"], "no-x");
+    assert_eq!(
+        failures[0]["validationActions"],
+        serde_json::json!(["Deny", "Audit"])
+    );
+    assert!(
+        refused["annotations"]["team-label/unlabelled"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("x-")),
+        "{refused}"
+    );
 }
 
 /// The test's audit webhook server (answers every list with `{}`), and a kubeconfig for it
