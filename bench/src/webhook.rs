@@ -115,27 +115,34 @@ async fn post_review(
     (start.elapsed(), ok)
 }
 
-/// The sum (s) and count of the apiserver's timings of the calls of webhook `name`
-/// (`apiserver_admission_webhook_admission_duration_seconds`, every label set of it).
-async fn webhook_timings(client: &kube::Client, name: &str) -> anyhow::Result<(f64, f64)> {
+/// For each webhook of `names`, the sum (s) and count of the apiserver's timings of its calls
+/// (`apiserver_admission_webhook_admission_duration_seconds`, every label set of it), from
+/// one scrape.
+async fn webhook_timings(client: &kube::Client, names: &[&str]) -> anyhow::Result<Vec<(f64, f64)>> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await?;
     let family = "apiserver_admission_webhook_admission_duration_seconds";
-    let label = format!("name=\"{name}\"");
-    let (mut sum, mut count) = (0.0, 0.0);
-    for line in text.lines().filter(|l| l.contains(&label)) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        if series.starts_with(&format!("{family}_sum{{")) {
-            sum += value;
-        } else if series.starts_with(&format!("{family}_count{{")) {
-            count += value;
-        }
-    }
-    Ok((sum, count))
+    let (sum_of, count_of) = (format!("{family}_sum{{"), format!("{family}_count{{"));
+    Ok(names
+        .iter()
+        .map(|name| {
+            let label = format!("name=\"{name}\"");
+            let (mut sum, mut count) = (0.0, 0.0);
+            for line in text.lines().filter(|l| l.contains(&label)) {
+                let Some((series, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let value: f64 = value.parse().unwrap_or(0.0);
+                if series.starts_with(&sum_of) {
+                    sum += value;
+                } else if series.starts_with(&count_of) {
+                    count += value;
+                }
+            }
+            (sum, count)
+        })
+        .collect())
 }
 
 fn pod(name: String) -> Pod {
@@ -288,10 +295,7 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let _ = post_review(&direct, server.port, &tls, review.clone()).await;
     probe().await?;
     let hooks = ["validate.bench.keelson.dev", "mutate.bench.keelson.dev"];
-    let mut before = Vec::new();
-    for hook in hooks {
-        before.push(webhook_timings(&client, hook).await?);
-    }
+    let before = webhook_timings(&client, &hooks).await?;
     let hist =
         || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
     let mut h = [hist(), hist(), hist(), hist(), hist()];
@@ -319,15 +323,18 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
         let (d, ok) = probe().await?;
         record(4, d, ok);
     }
-    let mut timed = Vec::new();
-    for (hook, (sum, count)) in hooks.into_iter().zip(before) {
-        let (s, c) = webhook_timings(&client, hook).await?;
-        timed.push(if c > count {
-            (s - sum) / (c - count) * 1e6
-        } else {
-            0.0
-        });
-    }
+    let after = webhook_timings(&client, &hooks).await?;
+    let timed: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|((sum, count), (s, c))| {
+            if c > count {
+                (s - sum) / (c - count) * 1e6
+            } else {
+                0.0
+            }
+        })
+        .collect();
     drop(probe_in);
     let _ = prober.wait().await;
     let mut report = vec![

@@ -11,7 +11,7 @@
 //! or a reference to a variable the expression may not use is refused then; they see
 //! `object`, `oldObject`, `request`, `namespaceObject`, `params` (with a paramKind) and
 //! `variables`. The `authorizer` variable is not provided (expressions using it are refused).
-//! `Audit` records each failure in the request's audit event, as upstream's
+//! `Audit` records the request's first failure in its audit event, as upstream's
 //! `validation.policy.admission.k8s.io/validation_failure` annotation; `auditAnnotations` add
 //! `<policy>/<key>` annotations of their own there.
 
@@ -165,7 +165,7 @@ pub struct ParamRef {
 }
 
 /// A binding ready to run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Binding {
     /// Its name.
     pub name: String,
@@ -175,12 +175,15 @@ pub struct Binding {
     pub param_ref: Option<ParamRef>,
     /// `matchResources` (None: what the policy matches).
     pub matcher: Option<Matcher>,
-    /// `validationActions` has Deny.
-    pub deny: bool,
-    /// `validationActions` has Warn.
-    pub warn: bool,
     /// `validationActions`, as written (an Audit record names them).
     pub actions: Vec<String>,
+}
+
+impl Binding {
+    /// Whether `validationActions` has `action` (`Deny`, `Warn`, `Audit`).
+    pub fn acts(&self, action: &str) -> bool {
+        self.actions.iter().any(|a| a == action)
+    }
 }
 
 /// A policy with one of its bindings.
@@ -336,8 +339,6 @@ pub fn binding_of(obj: &Value) -> Binding {
             .get("matchResources")
             .filter(|m| m.is_object())
             .map(matcher_of),
-        deny: actions.iter().any(|a| a == "Deny"),
-        warn: actions.iter().any(|a| a == "Warn"),
         actions,
     }
 }
@@ -352,15 +353,7 @@ pub fn bind(policies: &[Value], bindings: &[Value]) -> Vec<Arc<Bound>> {
         for b in bindings.iter().filter(|b| b.policy == p.name) {
             out.push(Arc::new(Bound {
                 policy: p.clone(),
-                binding: Binding {
-                    name: b.name.clone(),
-                    policy: b.policy.clone(),
-                    param_ref: b.param_ref.clone(),
-                    matcher: b.matcher.clone(),
-                    deny: b.deny,
-                    warn: b.warn,
-                    actions: b.actions.clone(),
-                },
+                binding: b.clone(),
             }));
         }
     }
@@ -380,7 +373,7 @@ pub enum Decision {
     Annotate(String, String),
 }
 
-/// The audit annotation that lists a request's `Audit` failures, as a JSON array.
+/// The audit annotation that holds a request's first `Audit` failure, in a JSON array.
 pub const VALIDATION_FAILURE: &str = "validation.policy.admission.k8s.io/validation_failure";
 
 /// A failure of an `Audit` binding, as upstream records it (its fields in upstream's order).
@@ -422,16 +415,21 @@ impl Bound {
     /// policy.
     pub fn config_error(&self, msg: String) -> Vec<Decision> {
         if self.policy.fail_closed {
-            vec![Decision::Deny(
-                format!(
-                    "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {msg}",
-                    self.policy.name, self.binding.name
-                ),
-                "Invalid".into(),
-            )]
+            vec![self.denial(&msg, "Invalid")]
         } else {
             Vec::new()
         }
+    }
+
+    /// This policy and binding's refusal of a request.
+    fn denial(&self, msg: &str, reason: &str) -> Decision {
+        Decision::Deny(
+            format!(
+                "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {msg}",
+                self.policy.name, self.binding.name
+            ),
+            reason.to_string(),
+        )
     }
 
     /// A failed validation (the `index`th, or an expression error), as the binding's actions
@@ -439,18 +437,15 @@ impl Bound {
     fn failed(&self, msg: &str, reason: &str, index: usize) -> Vec<Decision> {
         let (p, b) = (&self.policy.name, &self.binding.name);
         let mut out = Vec::new();
-        if self.binding.deny {
-            out.push(Decision::Deny(
-                format!("ValidatingAdmissionPolicy '{p}' with binding '{b}' denied request: {msg}"),
-                reason.to_string(),
-            ));
+        if self.binding.acts("Deny") {
+            out.push(self.denial(msg, reason));
         }
-        if self.binding.warn {
+        if self.binding.acts("Warn") {
             out.push(Decision::Warn(format!(
                 "Validation failed for ValidatingAdmissionPolicy '{p}' with binding '{b}': {msg}"
             )));
         }
-        if self.binding.actions.iter().any(|a| a == "Audit") {
+        if self.binding.acts("Audit") {
             out.push(Decision::Audit(ValidationFailure {
                 message: msg.to_string(),
                 policy: p.clone(),
@@ -568,13 +563,7 @@ impl Bound {
                 Err(why) => (format!("compilation error: {why}"), false),
             };
             if always || p.fail_closed {
-                out.push(Decision::Deny(
-                    format!(
-                        "ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {error}",
-                        p.name, self.binding.name
-                    ),
-                    "Invalid".into(),
-                ));
+                out.push(self.denial(&error, "Invalid"));
             }
         }
         out

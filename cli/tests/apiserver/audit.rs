@@ -31,6 +31,28 @@ fn events(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// Applies a ValidatingAdmissionPolicy `name` on configmap creates (`rest`: its spec's other
+/// members, as JSON) and its binding `binding` with `actions` (a JSON list).
+fn configmap_policy(c: &ApiCluster, name: &str, rest: &str, binding: &str, actions: &str) {
+    crate::harness::apply(
+        c,
+        &format!(
+            r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {{"name": "{name}"}},
+              "spec": {{"matchConstraints": {{"resourceRules": [{{"apiGroups": [""], "apiVersions": ["v1"],
+                  "operations": ["CREATE"], "resources": ["configmaps"]}}]}}, {rest}}}}}"#
+        ),
+    );
+    crate::harness::apply(
+        c,
+        &format!(
+            r#"{{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+              "metadata": {{"name": "{binding}"}},
+              "spec": {{"policyName": "{name}", "validationActions": {actions}}}}}"#
+        ),
+    );
+}
+
 #[test]
 fn audit_log_records_each_level_as_upstream() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,21 +205,14 @@ fn audit_log_records_each_level_as_upstream() {
 
     // A ValidatingAdmissionPolicy bound with Audit: the write goes through, and its event
     // lists the failure in upstream's annotation, beside the policy's own audit annotation.
-    crate::harness::apply(
+    configmap_policy(
         &c,
-        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-          "metadata": {"name": "team-label"},
-          "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-              "operations": ["CREATE"], "resources": ["configmaps"]}]},
-            "validations": [{"expression": "true"},
+        "team-label",
+        r#""validations": [{"expression": "true"},
               {"expression": "has(object.metadata.labels)", "message": "configmaps need labels"}],
-            "auditAnnotations": [{"key": "unlabelled", "valueExpression": "has(object.metadata.labels) ? null : object.metadata.name"}]}}"#,
-    );
-    crate::harness::apply(
-        &c,
-        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-          "metadata": {"name": "team-label-audit"},
-          "spec": {"policyName": "team-label", "validationActions": ["Audit"]}}"#,
+            "auditAnnotations": [{"key": "unlabelled", "valueExpression": "has(object.metadata.labels) ? null : object.metadata.name"}]"#,
+        "team-label-audit",
+        r#"["Audit"]"#,
     );
     let key = "validation.policy.admission.k8s.io/validation_failure";
     let mut tries = 0;
@@ -231,19 +246,12 @@ fn audit_log_records_each_level_as_upstream() {
 
     // A policy that denies, bound with Deny and Audit: the refusal's event records the
     // failure, and the policies after it still ran (team-label's annotation is there).
-    crate::harness::apply(
+    configmap_policy(
         &c,
-        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-          "metadata": {"name": "no-x"},
-          "spec": {"matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
-              "operations": ["CREATE"], "resources": ["configmaps"]}]},
-            "validations": [{"expression": "!object.metadata.name.startsWith('x-')", "message": "no x"}]}}"#,
-    );
-    crate::harness::apply(
-        &c,
-        r#"{"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-          "metadata": {"name": "no-x-binding"},
-          "spec": {"policyName": "no-x", "validationActions": ["Deny", "Audit"]}}"#,
+        "no-x",
+        r#""validations": [{"expression": "!object.metadata.name.startsWith('x-')", "message": "no x"}]"#,
+        "no-x-binding",
+        r#"["Deny", "Audit"]"#,
     );
     let mut tries = 0;
     let mut refused = None;

@@ -104,10 +104,7 @@ pub fn validate_urls(urls: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// What a membership change of openraft's fails with.
-type ChangeError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
-
-fn raft_err(e: ChangeError) -> StoreError {
+fn raft_err(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> StoreError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
@@ -310,13 +307,14 @@ async fn joint_on_disk(node: &Node, id: NodeId) {
 /// joint configuration is in this member's log on disk (which none other can cut: no leader
 /// can be elected without this member's vote), and the rest follows (or whichever member
 /// leads next finishes it, [`Node::monitor_leader`]).
-async fn add_voter<T: Send + 'static>(
+async fn add_voter(
     node: &Node,
     members: &BTreeMap<NodeId, (Member, bool)>,
     id: NodeId,
-    change: impl Future<Output = std::result::Result<T, ChangeError>> + Send + 'static,
+    change: ChangeMembers<NodeId, Member>,
 ) -> Result<Option<Rest>> {
-    let mut change = Box::pin(change);
+    let raft = node.raft().clone();
+    let mut change = Box::pin(async move { raft.change_membership(change, false).await });
     let alone = members.values().filter(|(_, learner)| !learner).count() == 1;
     if !alone {
         change.await.map_err(raft_err)?;
@@ -382,12 +380,7 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, 
             } else {
                 // Node and voter in one change (no learner step a deposed leader could leave
                 // behind): the joint configuration, then the new one.
-                let raft = raft.clone();
-                let voters = BTreeMap::from([(id, member)]);
-                let add = async move {
-                    raft.change_membership(ChangeMembers::AddVoters(voters), false)
-                        .await
-                };
+                let add = ChangeMembers::AddVoters(BTreeMap::from([(id, member)]));
                 rest = add_voter(node, &members, id, add).await?;
             }
             let added = PbMember {
@@ -442,11 +435,7 @@ async fn run_change(node: &Node, req: ChangeMembersRequest) -> Result<(Vec<u8>, 
                 return Err(StoreError::LearnerNotReady);
             }
             check_reconfig(node, &members, &Change::Promote(p))?;
-            let raft = raft.clone();
-            let promote = async move {
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([p.id])), false)
-                    .await
-            };
+            let promote = ChangeMembers::AddVoterIds(BTreeSet::from([p.id]));
             let rest = add_voter(node, &members, p.id, promote).await?;
             let response = MemberPromoteResponse {
                 header: node.current_header(),
