@@ -37,6 +37,8 @@ pub struct Worker<R> {
     life: CancellationToken,
     last: Mutex<Option<PodStatus>>,
     backoff: Mutex<HashMap<String, Duration>>,
+    /// When the node's shutdown grace period ends, once this worker has seen the node stop.
+    shutdown_by: std::sync::OnceLock<Instant>,
 }
 
 /// Why a container did not start.
@@ -76,6 +78,7 @@ impl<R: Runtime> Worker<R> {
             life,
             last: Mutex::new(None),
             backoff: Mutex::new(HashMap::new()),
+            shutdown_by: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,6 +280,25 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Returns at `deadline`, or earlier when the node stops and its shutdown grace period
+    /// (counted from when this pod's worker first saw it stop) ends first, though not before
+    /// `floor`: a node stopping cuts the terminations under way to its own grace period, as the
+    /// kubelet's shutdown manager does, so it is done before it can be killed.
+    async fn grace_ends(&self, deadline: Instant, floor: Instant) {
+        let stopping = self.agent.stopping().clone();
+        let cut = async {
+            stopping.cancelled().await;
+            let by = *self
+                .shutdown_by
+                .get_or_init(|| Instant::now() + self.agent.shared.shutdown_grace);
+            tokio::time::sleep_until(by.max(floor).into()).await;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = cut => {}
+        }
+    }
+
     /// Stops every running container: preStop (app containers), SIGTERM, the rest of the grace
     /// period, SIGKILL.
     async fn terminate(self: &Arc<Self>, grace: Duration) {
@@ -315,15 +337,16 @@ impl<R: Runtime> Worker<R> {
             && exited.borrow().is_none()
         {
             let ip = self.pod_ip();
-            match tokio::time::timeout(grace, h.hook(hook, &ip)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.event(
-                    Some(&c.name),
-                    true,
-                    "FailedPreStopHook",
-                    format!("PreStopHook failed: {e}"),
-                ),
-                Err(_) => {}
+            tokio::select! {
+                r = h.hook(hook, &ip) => if let Err(e) = r {
+                    self.event(
+                        Some(&c.name),
+                        true,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed: {e}"),
+                    );
+                },
+                _ = self.grace_ends(deadline, Instant::now()) => {}
             }
             extra = MIN_GRACE;
         }
@@ -334,12 +357,12 @@ impl<R: Runtime> Worker<R> {
             format!("Stopping container {}", c.name),
         );
         h.signal(false);
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .max(extra);
-        let done = tokio::time::timeout(wait, exited.wait_for(Option::is_some))
-            .await
-            .is_ok();
+        // At least `extra` after a preStop hook, as upstream's minimum grace period.
+        let floor = Instant::now() + extra;
+        let done = tokio::select! {
+            _ = exited.wait_for(Option::is_some) => true,
+            _ = self.grace_ends(deadline.max(floor), floor) => false,
+        };
         if !done {
             h.signal(true);
             let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))

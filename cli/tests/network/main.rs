@@ -1,6 +1,7 @@
 //! End-to-end tests of service networking against a real store and apiserver: `keelson dns`
 //! answering for Services and EndpointSlices (and forwarding the rest).
 
+mod bridges;
 #[allow(dead_code)]
 #[path = "../common/component.rs"]
 mod component;

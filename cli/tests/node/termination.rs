@@ -74,6 +74,17 @@ spec:
     image: busybox
     command: ["python3", "-m", "http.server", "80", "--bind", "0.0.0.0"]
     readinessProbe: {httpGet: {port: 80, path: /}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lingering}
+spec:
+  nodeName: n-term
+  terminationGracePeriodSeconds: 600
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done; echo keelson-lingering-marker"]
 "#;
 
 #[test]
@@ -129,9 +140,42 @@ fn graceful_termination_oom_and_pod_network() {
         assert!(http_get(ip, 80).contains("200"), "GET http://{ip}:80/");
     }
     assert!(events(&c, "server-a").contains("Started: Started container c"));
-    // Stopping the node stops its pods and removes what it made.
+    // A pod deleted with a long grace period is still terminating when the node stops.
+    wait_field(&c, "lingering", "{.status.phase}", |v| v == "Running");
+    c.ok(&["delete", "pod", "lingering", "--wait=false"]);
+    eventually(Duration::from_secs(30), "lingering being stopped", || {
+        events(&c, "lingering").contains("Killing: Stopping container c")
+    });
+    // Stopping the node stops its pods and removes what it made; the termination under way
+    // is cut to the node's shutdown grace period (5 s here, not the pod's 600 s).
+    let stopping = std::time::Instant::now();
     let status = node.comp.stop();
     assert!(status.success(), "node exits cleanly");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(60),
+        "the node took {:?} to stop",
+        stopping.elapsed()
+    );
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "keelson-lingering-marker"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the lingering pod's process is left"
+    );
+    let pods_now = c.ok(&["get", "pods", "-o", "name"]);
+    assert!(!pods_now.contains("pod/lingering"), "{pods_now}");
+    // Its bridge is gone too (nothing holds the pod CIDR's gateway).
+    let addrs = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "to", "10.200.3.0/24"])
+        .output()
+        .unwrap();
+    assert!(
+        addrs.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&addrs.stdout)
+    );
     assert_eq!(
         field(&c, "server-a", "{.status.reason}"),
         "Terminated",

@@ -65,6 +65,108 @@ async fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The alias a node writes on its bridge: who owns it, so that a later node can tell a bridge
+/// left by a dead node from one in use.
+fn owner_alias() -> String {
+    let pid = std::process::id();
+    match start_time(pid) {
+        Some(start) => format!("keelson node pid={pid} start={start}"),
+        None => format!("keelson node pid={pid}"),
+    }
+}
+
+/// A process's start time (in clock ticks since boot): with the PID, it names one process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces), from the state (field 3) on.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a bridge's alias names a keelson node process that no longer runs.
+fn owner_gone(alias: &str) -> bool {
+    let Some(rest) = alias.strip_prefix("keelson node ") else {
+        return false;
+    };
+    let field = |k: &str| {
+        rest.split_whitespace()
+            .find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    match (field("pid"), field("start")) {
+        (Some(pid), Some(start)) => u32::try_from(pid)
+            .ok()
+            .and_then(start_time)
+            .is_none_or(|now| now != start),
+        _ => false,
+    }
+}
+
+/// Whether two IPv4 networks share an address.
+fn overlaps(a: Ipv4Addr, a_prefix: u8, b: Ipv4Addr, b_prefix: u8) -> bool {
+    let p = a_prefix.min(b_prefix).min(32);
+    let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+/// Removes bridges of dead keelson nodes that hold addresses of `cidr`; refuses when another
+/// link holds one.
+async fn clear_overlaps(bridge: &str, cidr: Cidr) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+        .await
+        .map_err(|e| format!("ip -j addr show: {e}"))?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("ip -j addr show: unreadable answer: {e}"))?;
+    for link in links.as_array().into_iter().flatten() {
+        let Some(name) = link["ifname"].as_str() else {
+            continue;
+        };
+        if name == bridge {
+            continue;
+        }
+        let held = link["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["family"] == "inet")
+            .find_map(|a| {
+                let addr: Ipv4Addr = a["local"].as_str()?.parse().ok()?;
+                let prefix = u8::try_from(a["prefixlen"].as_u64()?).ok()?;
+                overlaps(addr, prefix, cidr.base, cidr.prefix).then(|| format!("{addr}/{prefix}"))
+            });
+        let Some(held) = held else {
+            continue;
+        };
+        let alias =
+            std::fs::read_to_string(format!("/sys/class/net/{name}/ifalias")).unwrap_or_default();
+        let alias = alias.trim();
+        if owner_gone(alias) {
+            tracing::warn!(
+                link = name,
+                address = held,
+                owner = alias,
+                "removing the bridge of a keelson node that is gone: it holds addresses of this node's pod CIDR"
+            );
+            ip(&["link", "del", name]).await?;
+            continue;
+        }
+        let whose = if alias.starts_with("keelson node ") {
+            format!("the bridge of another keelson node ({alias}), which still runs")
+        } else if alias.is_empty() {
+            format!("link {name}")
+        } else {
+            format!("link {name} ({alias})")
+        };
+        return Err(format!(
+            "pod CIDR {}/{} overlaps {held} on {whose}: give each node a pod CIDR of its own, \
+             or remove {name} (ip link del {name}) if nothing uses it",
+            cidr.base, cidr.prefix
+        ));
+    }
+    Ok(())
+}
+
 /// A node's pod network.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -86,12 +188,18 @@ pub fn tag(s: &str) -> String {
 
 impl Network {
     /// Creates (or re-uses) the node's bridge with the gateway address.
+    ///
+    /// Another link holding an address of the CIDR would take the pod traffic (the host routes
+    /// by its older route), so it is removed when it is the bridge of a keelson node that is
+    /// gone (a node killed before it could remove it), and refused otherwise.
     pub async fn setup(node: &str, cidr: Cidr, state_dir: &Path) -> Result<Self, String> {
         let bridge = format!("kb{}", tag(node));
         let gw = format!("{}/{}", cidr.nth(1), cidr.prefix);
+        clear_overlaps(&bridge, cidr).await?;
         if ip(&["link", "show", &bridge]).await.is_err() {
             ip(&["link", "add", &bridge, "type", "bridge"]).await?;
         }
+        ip(&["link", "set", "dev", &bridge, "alias", &owner_alias()]).await?;
         let _ = ip(&["addr", "add", &gw, "dev", &bridge]).await;
         ip(&["link", "set", &bridge, "up"]).await?;
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
@@ -267,5 +375,38 @@ mod tests {
         assert!(Cidr::parse("10.0.0.0/31").is_err());
         assert!(Cidr::parse("nope").is_err());
         assert_eq!(tag("a").len(), 10);
+    }
+
+    #[test]
+    fn overlapping_networks() {
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(overlaps(a("10.244.2.1"), 24, a("10.244.2.0"), 24));
+        assert!(overlaps(a("10.244.0.0"), 16, a("10.244.2.0"), 24));
+        assert!(overlaps(a("10.244.2.0"), 24, a("10.244.0.0"), 16));
+        assert!(!overlaps(a("10.244.1.1"), 24, a("10.244.2.0"), 24));
+        assert!(overlaps(a("192.0.2.1"), 0, a("10.244.2.0"), 24));
+        assert!(!overlaps(a("10.244.2.129"), 25, a("10.244.2.0"), 25));
+    }
+
+    #[test]
+    fn a_bridge_is_stale_only_when_its_owner_is_gone() {
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        assert!(!owner_gone(&owner_alias()));
+        assert_eq!(
+            owner_alias(),
+            format!("keelson node pid={me} start={start}")
+        );
+        // The same PID started at another time is another process.
+        assert!(owner_gone(&format!(
+            "keelson node pid={me} start={}",
+            start + 1
+        )));
+        // A PID that cannot run (above the kernel's limit of 2^22).
+        assert!(owner_gone("keelson node pid=4194305 start=1"));
+        // Without both fields, or not a keelson node's: never taken for stale.
+        assert!(!owner_gone("keelson node pid=4194305"));
+        assert!(!owner_gone(""));
+        assert!(!owner_gone("uplink to the lab"));
     }
 }

@@ -1,0 +1,127 @@
+//! The pod network's bridge and the host's other links: a bridge left holding the node's pod
+//! CIDR by a keelson node that is gone (killed before it could remove it) is removed, so the
+//! host routes pod traffic to the new bridge; a link that is not such a bridge is left alone and
+//! the node's pods fail to start naming it, until it goes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{ApiCluster, Backend, apply, eventually};
+use crate::support::{Node, READY, events, wait_field};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// A link this test made, removed when the test ends however it ends.
+struct Link(String);
+
+impl Link {
+    fn new(name: String, kind: &str, addr: &str, alias: Option<&str>) -> Link {
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        ip(&["link", "add", &name, "type", kind]);
+        let link = Link(name);
+        ip(&["addr", "add", addr, "dev", &link.0]);
+        ip(&["link", "set", &link.0, "up"]);
+        if let Some(a) = alias {
+            ip(&["link", "set", "dev", &link.0, "alias", a]);
+        }
+        link
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+fn server(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: python
+    command: ["sh", "-c", "hostname > /tmp/who && cd /tmp && exec python3 -m http.server 8080"]
+    readinessProbe:
+      httpGet: {{path: /who, port: 8080}}
+      periodSeconds: 1
+---
+"#
+    )
+}
+
+/// The pod's name as its server at `ip:8080` tells it.
+fn who(ip: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = format!("{ip}:8080").parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{ip}:8080: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /who HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_dead_nodes_bridge_gives_way_and_a_foreign_link_is_named() {
+    let tag = std::process::id() % 100_000;
+    // As a keelson node leaves its bridge when it is killed: the gateway of the CIDR, and its
+    // owner (a PID above the kernel's limit: no such process).
+    let stale = Link::new(
+        format!("kbstale{tag}"),
+        "bridge",
+        "10.204.1.1/24",
+        Some("keelson node pid=4194305 start=1"),
+    );
+    let foreign = Link::new(format!("ktforeign{tag}"), "bridge", "10.204.2.1/24", None);
+
+    let c = ApiCluster::start(Backend::Keelson, 1);
+    let _a = Node::start(&c, "br-a", "10.204.1.0/24", &[]);
+    let _b = Node::start(&c, "br-b", "10.204.2.0/24", &[]);
+    apply(&c, &(server("web-a", "br-a") + &server("web-b", "br-b")));
+
+    // The dead node's bridge is gone, and the pod answers on its address from the host.
+    wait_field(&c, "web-a", READY, |s| s == "True");
+    assert!(!link_exists(&stale.0), "{} is still there", stale.0);
+    let ip_a = c.ok(&["get", "pod", "web-a", "-o", "jsonpath={.status.podIP}"]);
+    assert!(ip_a.starts_with("10.204.1."), "{ip_a}");
+    assert_eq!(who(&ip_a), "web-a");
+
+    // The foreign link stays, and the pod's events name it.
+    let wanted = format!(
+        "pod CIDR 10.204.2.0/24 overlaps 10.204.2.1/24 on link {}",
+        foreign.0
+    );
+    eventually(Duration::from_secs(60), "web-b's sandbox refused", || {
+        events(&c, "web-b").contains(&wanted)
+    });
+    assert!(link_exists(&foreign.0));
+    let phase = c.ok(&["get", "pod", "web-b", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase, "Pending");
+    // Once it is gone, the pod starts (its sandbox is retried).
+    drop(foreign);
+    wait_field(&c, "web-b", READY, |s| s == "True");
+    let ip_b = c.ok(&["get", "pod", "web-b", "-o", "jsonpath={.status.podIP}"]);
+    assert!(ip_b.starts_with("10.204.2."), "{ip_b}");
+    assert_eq!(who(&ip_b), "web-b");
+}
