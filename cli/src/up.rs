@@ -584,6 +584,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             args.port
         ),
     };
+    // `--port 0`: the one the system chose.
+    let port = balancer
+        .local_addr()
+        .context("the apiserver balancer's address")?
+        .port();
     let exe = std::env::current_exe().context("locating the keelson binary")?;
     let topo = Topology::load_or_create(&args.data_dir, n, apis, cms, scheds, nodes)?;
     // Every port the components will listen on must be free before anything starts.
@@ -599,7 +604,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     // Ports for components the topology does not keep: never one it hands out (those are not
     // bound yet, so the system could offer them again).
     let mut taken: std::collections::HashSet<u16> =
-        named.iter().map(|(_, p)| *p).chain([args.port]).collect();
+        named.iter().map(|(_, p)| *p).chain([port]).collect();
     let mut spare_port = move || -> anyhow::Result<u16> {
         loop {
             let p = free_port()?;
@@ -1062,7 +1067,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     let kubeconfig = args.data_dir.join("admin.kubeconfig");
     std::fs::write(
         &kubeconfig,
-        crate::pki::admin_kubeconfig(&pki, &format!("https://127.0.0.1:{}", args.port))?,
+        crate::pki::admin_kubeconfig(&pki, &format!("https://127.0.0.1:{port}"))?,
     )
     .with_context(|| format!("writing {}", kubeconfig.display()))?;
     // Dependency order: the store, then the apiservers, then everything that talks to them,
@@ -1070,12 +1075,6 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
     for p in &mut procs {
         p.log_to(&logs);
     }
-    let stage = |p: &Supervised| match p.args[0].as_str() {
-        _ if p.program.is_some() => 0,
-        "store" | "kms-plugin" => 0,
-        "apiserver" => 1,
-        _ => 2,
-    };
     // The apiservers need it: it starts with the store.
     if let Some(k) = kms_plugin {
         procs.insert(0, k);
@@ -1193,8 +1192,8 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         eprintln!("keelson up: could not publish the kube-dns Service: {e:#}");
     }
     println!(
-        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{}, {cms} controller-manager(s), {scheds} scheduler(s), {nodes} node(s), {} hollow node(s)",
-        args.port, args.hollow_nodes
+        "keelson up: {n} store member(s), {apis} apiserver(s) behind https://127.0.0.1:{port}, {cms} controller-manager(s), {scheds} scheduler(s), {nodes} node(s), {} hollow node(s)",
+        args.hollow_nodes
     );
     println!("  data:       {}", args.data_dir.display());
     println!("  store:      {endpoints}");
@@ -1276,14 +1275,28 @@ async fn supervising<T>(
     }
 }
 
-/// SIGTERM to every component, then up to 15 s each (nodes give their pods up to 8 s) before
-/// SIGKILL.
-async fn stop_all(procs: &mut [Supervised]) {
-    for p in procs.iter() {
-        p.terminate();
+/// A component's start stage: the store (and the KMS plugin), the apiservers, then what runs
+/// on them.
+fn stage(p: &Supervised) -> u8 {
+    match p.args[0].as_str() {
+        _ if p.program.is_some() => 0,
+        "store" | "kms-plugin" => 0,
+        "apiserver" => 1,
+        _ => 2,
     }
-    for p in procs.iter_mut() {
-        p.wait_or_kill(Duration::from_secs(15)).await;
+}
+
+/// Stops the components in the reverse of their start order, so that nodes still reach the
+/// apiservers while they stop their pods (and report it): SIGTERM to a stage's components, then
+/// up to 15 s each (nodes give their pods up to 8 s) before SIGKILL.
+async fn stop_all(procs: &mut [Supervised]) {
+    for st in (0..3).rev() {
+        for p in procs.iter().filter(|p| stage(p) == st) {
+            p.terminate();
+        }
+        for p in procs.iter_mut().filter(|p| stage(p) == st) {
+            p.wait_or_kill(Duration::from_secs(15)).await;
+        }
     }
 }
 
@@ -1522,7 +1535,12 @@ impl Supervised {
 
     fn start(&mut self, exe: &std::path::Path) -> anyhow::Result<()> {
         let mut cmd = Command::new(self.program.as_deref().unwrap_or(exe));
-        cmd.args(&self.args).stdin(Stdio::null()).kill_on_drop(true);
+        // A process group of its own: a Ctrl-C in the terminal reaches `up` alone, which stops
+        // the components in order (nodes while the apiservers still answer them).
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .process_group(0);
         if let Some(log) = &self.log {
             let f = std::fs::OpenOptions::new()
                 .create(true)

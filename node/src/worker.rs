@@ -271,9 +271,11 @@ impl<R: Runtime> Worker<R> {
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
                 Err(e) => {
                     tracing::warn!(pod = %name, error = %e, attempt, "final pod delete failed");
+                    // A node stopping tries once: it must be done before it can be killed.
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1 << attempt)) => {}
                         _ = self.gone.cancelled() => return,
+                        _ = self.agent.stopping().cancelled() => return,
                     }
                 }
             }
@@ -331,7 +333,6 @@ impl<R: Runtime> Worker<R> {
         let c = self.spec_of(init, i);
         let deadline = Instant::now() + grace;
         let mut exited = h.exited();
-        let mut extra = Duration::ZERO;
         if pre_stop
             && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
             && exited.borrow().is_none()
@@ -348,7 +349,6 @@ impl<R: Runtime> Worker<R> {
                 },
                 _ = self.grace_ends(deadline, Instant::now()) => {}
             }
-            extra = MIN_GRACE;
         }
         self.event(
             Some(&c.name),
@@ -357,8 +357,9 @@ impl<R: Runtime> Worker<R> {
             format!("Stopping container {}", c.name),
         );
         h.signal(false);
-        // At least `extra` after a preStop hook, as upstream's minimum grace period.
-        let floor = Instant::now() + extra;
+        // At least upstream's minimum grace period after SIGTERM, whatever a preStop hook or a
+        // node shutdown left of the grace period.
+        let floor = Instant::now() + MIN_GRACE;
         let done = tokio::select! {
             _ = exited.wait_for(Option::is_some) => true,
             _ = self.grace_ends(deadline.max(floor), floor) => false,

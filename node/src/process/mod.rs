@@ -649,7 +649,11 @@ impl Runtime for ProcessRuntime {
             }
             cmd.arg("--").arg(&prog).args(&argv[1..]);
             cmd.env_clear()
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                // A process group of its own, as a container runtime's: a Ctrl-C meant for the
+                // node (the terminal signals its whole foreground group) is not forwarded to
+                // the container; the node stops it gracefully.
+                .process_group(0);
             // `tty: true`: stdin, stdout and stderr are one terminal, read and written through
             // its master side (its output is the log's stdout, as upstream).
             let pty = if tty {

@@ -46,6 +46,12 @@ impl Cidr {
     pub fn size(&self) -> u32 {
         1 << (32 - self.prefix)
     }
+
+    /// Whether the range holds `addr`.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(addr) & mask == u32::from(self.base)
+    }
 }
 
 async fn ip(args: &[&str]) -> Result<(), String> {
@@ -65,25 +71,35 @@ async fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The alias a node writes on its bridge: who owns it, so that a later node can tell a bridge
-/// left by a dead node from one in use.
+/// The alias a node writes on its bridge: who owns it (pid, start time, PID namespace), so
+/// that a later node can tell a bridge left by a dead node from one in use.
 fn owner_alias() -> String {
     let pid = std::process::id();
-    match start_time(pid) {
-        Some(start) => format!("keelson node pid={pid} start={start}"),
-        None => format!("keelson node pid={pid}"),
+    match (start_time(pid), pid_namespace()) {
+        (Some((start, _)), Some(ns)) => format!("keelson node pid={pid} start={start} pidns={ns}"),
+        _ => format!("keelson node pid={pid}"),
     }
 }
 
-/// A process's start time (in clock ticks since boot): with the PID, it names one process.
-fn start_time(pid: u32) -> Option<u64> {
+/// A process's start time (in clock ticks since boot: with the PID, it names one process) and
+/// whether it is a zombie (exited, not yet reaped).
+fn start_time(pid: u32) -> Option<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command (which may hold spaces), from the state (field 3) on.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let zombie = fields.next()? == "Z";
+    Some((fields.nth(18)?.parse().ok()?, zombie))
 }
 
-/// Whether a bridge's alias names a keelson node process that no longer runs.
+/// This process's PID namespace (its inode number): PIDs read in another mean nothing here.
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let link = link.to_str()?;
+    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Whether a bridge's alias names a keelson node process, of this PID namespace, that no
+/// longer runs. Anything that cannot be told for sure is taken as running.
 fn owner_gone(alias: &str) -> bool {
     let Some(rest) = alias.strip_prefix("keelson node ") else {
         return false;
@@ -92,30 +108,33 @@ fn owner_gone(alias: &str) -> bool {
         rest.split_whitespace()
             .find_map(|f| f.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok())
     };
-    match (field("pid"), field("start")) {
-        (Some(pid), Some(start)) => u32::try_from(pid)
-            .ok()
-            .and_then(start_time)
-            .is_none_or(|now| now != start),
-        _ => false,
+    let (Some(pid), Some(start), Some(ns)) = (field("pid"), field("start"), field("pidns")) else {
+        return false;
+    };
+    if pid_namespace() != Some(ns) {
+        return false;
+    }
+    match u32::try_from(pid).ok().and_then(start_time) {
+        None => true,
+        Some((now, zombie)) => now != start || zombie,
     }
 }
 
-/// Whether two IPv4 networks share an address.
-fn overlaps(a: Ipv4Addr, a_prefix: u8, b: Ipv4Addr, b_prefix: u8) -> bool {
-    let p = a_prefix.min(b_prefix).min(32);
-    let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
-    u32::from(a) & mask == u32::from(b) & mask
-}
-
 /// Removes bridges of dead keelson nodes that hold addresses of `cidr`; refuses when another
-/// link holds one.
+/// link holds one. (A link holding an address of a wider network that contains `cidr` is left
+/// alone: the host routes pod traffic by the longest prefix, the node's bridge.)
 async fn clear_overlaps(bridge: &str, cidr: Cidr) -> Result<(), String> {
     let out = Command::new("ip")
         .args(["-j", "addr", "show"])
         .output()
         .await
         .map_err(|e| format!("ip -j addr show: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip -j addr show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     let links: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("ip -j addr show: unreadable answer: {e}"))?;
     for link in links.as_array().into_iter().flatten() {
@@ -132,23 +151,28 @@ async fn clear_overlaps(bridge: &str, cidr: Cidr) -> Result<(), String> {
             .filter(|a| a["family"] == "inet")
             .find_map(|a| {
                 let addr: Ipv4Addr = a["local"].as_str()?.parse().ok()?;
-                let prefix = u8::try_from(a["prefixlen"].as_u64()?).ok()?;
-                overlaps(addr, prefix, cidr.base, cidr.prefix).then(|| format!("{addr}/{prefix}"))
+                let prefix = a["prefixlen"].as_u64()?;
+                cidr.contains(addr).then(|| format!("{addr}/{prefix}"))
             });
         let Some(held) = held else {
             continue;
         };
-        let alias =
-            std::fs::read_to_string(format!("/sys/class/net/{name}/ifalias")).unwrap_or_default();
+        let sys = Path::new("/sys/class/net").join(name);
+        let alias = std::fs::read_to_string(sys.join("ifalias")).unwrap_or_default();
         let alias = alias.trim();
-        if owner_gone(alias) {
+        if name.starts_with("kb") && sys.join("bridge").exists() && owner_gone(alias) {
             tracing::warn!(
                 link = name,
                 address = held,
                 owner = alias,
                 "removing the bridge of a keelson node that is gone: it holds addresses of this node's pod CIDR"
             );
-            ip(&["link", "del", name]).await?;
+            // (Another node may have removed it first.)
+            if let Err(e) = ip(&["link", "del", "dev", name]).await
+                && sys.exists()
+            {
+                return Err(e);
+            }
             continue;
         }
         let whose = if alias.starts_with("keelson node ") {
@@ -378,33 +402,59 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_networks() {
+    fn cidr_holds_its_addresses() {
+        let c = Cidr::parse("10.244.2.0/24").unwrap();
         let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        assert!(overlaps(a("10.244.2.1"), 24, a("10.244.2.0"), 24));
-        assert!(overlaps(a("10.244.0.0"), 16, a("10.244.2.0"), 24));
-        assert!(overlaps(a("10.244.2.0"), 24, a("10.244.0.0"), 16));
-        assert!(!overlaps(a("10.244.1.1"), 24, a("10.244.2.0"), 24));
-        assert!(overlaps(a("192.0.2.1"), 0, a("10.244.2.0"), 24));
-        assert!(!overlaps(a("10.244.2.129"), 25, a("10.244.2.0"), 25));
+        assert!(c.contains(a("10.244.2.1")));
+        assert!(c.contains(a("10.244.2.255")));
+        assert!(!c.contains(a("10.244.1.1")));
+        assert!(!c.contains(a("10.244.3.0")));
+        assert!(!c.contains(a("10.0.0.1")));
     }
 
     #[test]
     fn a_bridge_is_stale_only_when_its_owner_is_gone() {
         let me = std::process::id();
-        let start = start_time(me).unwrap();
-        assert!(!owner_gone(&owner_alias()));
+        let (start, zombie) = start_time(me).unwrap();
+        assert!(!zombie);
+        let ns = pid_namespace().unwrap();
         assert_eq!(
             owner_alias(),
-            format!("keelson node pid={me} start={start}")
+            format!("keelson node pid={me} start={start} pidns={ns}")
         );
+        assert!(!owner_gone(&owner_alias()));
         // The same PID started at another time is another process.
         assert!(owner_gone(&format!(
-            "keelson node pid={me} start={}",
+            "keelson node pid={me} start={} pidns={ns}",
             start + 1
         )));
         // A PID that cannot run (above the kernel's limit of 2^22).
-        assert!(owner_gone("keelson node pid=4194305 start=1"));
-        // Without both fields, or not a keelson node's: never taken for stale.
+        assert!(owner_gone(&format!(
+            "keelson node pid=4194305 start=1 pidns={ns}"
+        )));
+        // A process that has exited but is not reaped yet.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let exited = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let child_start = loop {
+            let (s, z) = start_time(pid).unwrap();
+            if z {
+                break s;
+            }
+            assert!(std::time::Instant::now() < exited, "true never exited");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(owner_gone(&format!(
+            "keelson node pid={pid} start={child_start} pidns={ns}"
+        )));
+        child.wait().unwrap();
+        // What cannot be told for sure is taken as running: another PID namespace, a field
+        // missing, or not a keelson node's alias.
+        assert!(!owner_gone(&format!(
+            "keelson node pid=4194305 start=1 pidns={}",
+            ns + 1
+        )));
+        assert!(!owner_gone("keelson node pid=4194305 start=1"));
         assert!(!owner_gone("keelson node pid=4194305"));
         assert!(!owner_gone(""));
         assert!(!owner_gone("uplink to the lab"));
