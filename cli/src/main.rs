@@ -83,17 +83,22 @@ fn init_tracing() {
 /// Cancels the token on SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot install SIGTERM handler");
-                    return;
-                }
-            };
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(h)) => (t, h),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot install SIGTERM and SIGHUP handlers");
+                return;
+            }
+        };
+        // SIGHUP too: the terminal closing stops a foreground `keelson up` as Ctrl-C does.
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
         tracing::info!("shutting down");
         token.cancel();
@@ -120,6 +125,7 @@ async fn async_main() -> anyhow::Result<()> {
     // The chaos commands take Ctrl-C themselves: they end their run early and clean up.
     if !matches!(cli.command, Command::Chaos(_)) {
         cancel_on_signal(shutdown.clone());
+        up::stop_with_parent_from_env(&shutdown);
     }
     match cli.command {
         Command::Store(config) => keelson_store::server::run(*config, shutdown).await?,

@@ -93,6 +93,27 @@ pub struct Args {
     pub stop_with_parent: Option<u32>,
 }
 
+/// Set by `keelson up` on the keelson processes it starts: its pid. Such a process stops (as
+/// on SIGTERM) once that parent has gone, however it went.
+pub(crate) const STOP_WITH_PARENT_ENV: &str = "KEELSON_STOP_WITH_PARENT";
+
+/// Arms [`stop_with_parent`] when [`STOP_WITH_PARENT_ENV`] names this process's parent, or a
+/// process that has gone already (its `up` died before this one looked); a value inherited
+/// from further up (a process started by one that `up` started) is ignored.
+pub(crate) fn stop_with_parent_from_env(shutdown: &CancellationToken) {
+    let Some(pid) = std::env::var(STOP_WITH_PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    if std::os::unix::process::parent_id() == pid
+        || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        stop_with_parent(pid, shutdown.clone());
+    }
+}
+
 /// Cancels `shutdown` once this process's parent has gone (it is adopted by another): the
 /// parent `expected` names, or (0) the one it has now.
 fn stop_with_parent(expected: u32, shutdown: CancellationToken) {
@@ -110,7 +131,7 @@ fn stop_with_parent(expected: u32, shutdown: CancellationToken) {
             }
             if std::os::unix::process::parent_id() != parent {
                 eprintln!(
-                    "keelson up: the process that started it (pid {parent}) has exited; stopping"
+                    "keelson: the process that started it (pid {parent}) has exited; stopping"
                 );
                 shutdown.cancel();
                 return;
@@ -1286,15 +1307,21 @@ fn stage(p: &Supervised) -> u8 {
     }
 }
 
-/// Stops the components in the reverse of their start order, so that nodes still reach the
-/// apiservers while they stop their pods (and report it): SIGTERM to a stage's components, then
-/// up to 15 s each (nodes give their pods up to 8 s) before SIGKILL.
+/// Stops the components in the reverse of their start order: the controller-managers,
+/// schedulers and DNS servers (so nothing replaces or places the pods the nodes stop), the
+/// nodes while the apiservers still answer them, the apiservers, the store. SIGTERM to a
+/// step's components, then up to 15 s each (nodes give their pods their 8 s shutdown grace
+/// period) before SIGKILL.
 async fn stop_all(procs: &mut [Supervised]) {
-    for st in (0..3).rev() {
-        for p in procs.iter().filter(|p| stage(p) == st) {
+    let step = |p: &Supervised| match stage(p) {
+        2 if p.args[0] != "node" => 3,
+        s => s,
+    };
+    for st in (0..4).rev() {
+        for p in procs.iter().filter(|p| step(p) == st) {
             p.terminate();
         }
-        for p in procs.iter_mut().filter(|p| stage(p) == st) {
+        for p in procs.iter_mut().filter(|p| step(p) == st) {
             p.wait_or_kill(Duration::from_secs(15)).await;
         }
     }
@@ -1536,11 +1563,16 @@ impl Supervised {
     fn start(&mut self, exe: &std::path::Path) -> anyhow::Result<()> {
         let mut cmd = Command::new(self.program.as_deref().unwrap_or(exe));
         // A process group of its own: a Ctrl-C in the terminal reaches `up` alone, which stops
-        // the components in order (nodes while the apiservers still answer them).
+        // the components in order (nodes while the apiservers still answer them). Should `up`
+        // die without stopping them (kill -9), each of ours stops by itself
+        // ([`STOP_WITH_PARENT_ENV`]).
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .process_group(0);
+        if self.program.is_none() {
+            cmd.env(STOP_WITH_PARENT_ENV, std::process::id().to_string());
+        }
         if let Some(log) = &self.log {
             let f = std::fs::OpenOptions::new()
                 .create(true)

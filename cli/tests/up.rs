@@ -1412,6 +1412,37 @@ fn up_detach_status_down() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "czNjcmV0");
     let out = kubectl(&kc, dir.path(), &["get", "configmap", "kept", "-o", "name"]);
     assert!(out.status.success());
+    // `up` killed with -9 cannot stop its components: they stop by themselves once it is gone.
+    let up_pid: u32 = std::fs::read_to_string(data.join("up.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let components = children_of(up_pid);
+    assert!(components.len() >= 4, "{components:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running: Vec<&(u32, String)> = components
+            .iter()
+            .filter(|(p, cmd)| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.replace('\0', " ") == *cmd)
+            })
+            .collect();
+        if running.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < by,
+            "still running 60 s after kill -9 of up: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `up` refuses, before writing or starting anything, a data dir written by a newer keelson, one

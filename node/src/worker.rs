@@ -266,7 +266,19 @@ impl<R: Runtime> Worker<R> {
         };
         let name = pod.metadata.name.clone().unwrap_or_default();
         for attempt in 0..5 {
-            match api.delete(&name, &dp).await {
+            // A node stopping waits for one answer a few seconds at most.
+            let answer = async {
+                if self.agent.stopping().is_cancelled() {
+                    tokio::time::timeout(Duration::from_secs(5), api.delete(&name, &dp))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(kube::Error::Service("no answer within 5 s".into()))
+                        })
+                } else {
+                    api.delete(&name, &dp).await
+                }
+            };
+            match answer.await {
                 Ok(_) => return,
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
                 Err(e) => {

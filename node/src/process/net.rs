@@ -74,7 +74,11 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 /// The alias a node writes on its bridge: who owns it (pid, start time, PID namespace), so
 /// that a later node can tell a bridge left by a dead node from one in use.
 fn owner_alias() -> String {
-    let pid = std::process::id();
+    // The PID as `/proc` names it, which the check reads (it may be another namespace's).
+    let pid = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id);
     match (start_time(pid), pid_namespace()) {
         (Some((start, _)), Some(ns)) => format!("keelson node pid={pid} start={start} pidns={ns}"),
         _ => format!("keelson node pid={pid}"),
