@@ -80,25 +80,47 @@ fn init_tracing() {
         .init();
 }
 
-/// Cancels the token on SIGINT or SIGTERM.
-fn cancel_on_signal(token: CancellationToken) {
+/// Whether this process started with SIGHUP ignored (`nohup`): `SigIgn` in its status.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// Cancels the token on SIGINT or SIGTERM, and on SIGHUP when `hangup` (a closing terminal
+/// stops the command as Ctrl-C does) unless SIGHUP was ignored when it started (`nohup`).
+fn cancel_on_signal(token: CancellationToken, hangup: bool) {
+    let hangup = hangup && !hangup_ignored();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut hup) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(t), Ok(h)) => (t, h),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot install SIGTERM and SIGHUP handlers");
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler");
                 return;
             }
         };
-        // SIGHUP too: the terminal closing stops a foreground `keelson up` as Ctrl-C does.
+        let mut hup = match hangup.then(|| signal(SignalKind::hangup())).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGHUP handler");
+                return;
+            }
+        };
+        let hung_up = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            _ = hup.recv() => {}
+            _ = hung_up => {}
         }
         tracing::info!("shutting down");
         token.cancel();
@@ -124,7 +146,10 @@ async fn async_main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // The chaos commands take Ctrl-C themselves: they end their run early and clean up.
     if !matches!(cli.command, Command::Chaos(_)) {
-        cancel_on_signal(shutdown.clone());
+        // Not `up --detach` waiting for its background cluster: a closing terminal must not
+        // stop a cluster meant to outlive it.
+        let detach = matches!(&cli.command, Command::Up(a) if a.detach);
+        cancel_on_signal(shutdown.clone(), !detach);
         up::stop_with_parent_from_env(&shutdown);
     }
     match cli.command {

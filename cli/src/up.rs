@@ -1307,14 +1307,15 @@ fn stage(p: &Supervised) -> u8 {
     }
 }
 
-/// Stops the components in the reverse of their start order: the controller-managers,
-/// schedulers and DNS servers (so nothing replaces or places the pods the nodes stop), the
-/// nodes while the apiservers still answer them, the apiservers, the store. SIGTERM to a
+/// Stops the components in the reverse of their start order: the controller-managers and
+/// schedulers (so nothing replaces or places the pods the nodes stop), the nodes (and DNS,
+/// which their terminating pods may still ask) while the apiservers still answer them, the
+/// apiservers, the store and the KMS plugin. SIGTERM to a
 /// step's components, then up to 15 s each (nodes give their pods their 8 s shutdown grace
 /// period) before SIGKILL.
 async fn stop_all(procs: &mut [Supervised]) {
     let step = |p: &Supervised| match stage(p) {
-        2 if p.args[0] != "node" => 3,
+        2 if matches!(p.args[0].as_str(), "controller-manager" | "scheduler") => 3,
         s => s,
     };
     for st in (0..4).rev() {

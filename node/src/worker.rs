@@ -266,19 +266,16 @@ impl<R: Runtime> Worker<R> {
         };
         let name = pod.metadata.name.clone().unwrap_or_default();
         for attempt in 0..5 {
-            // A node stopping waits for one answer a few seconds at most.
-            let answer = async {
-                if self.agent.stopping().is_cancelled() {
-                    tokio::time::timeout(Duration::from_secs(5), api.delete(&name, &dp))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(kube::Error::Service("no answer within 5 s".into()))
-                        })
-                } else {
-                    api.delete(&name, &dp).await
-                }
+            // A node stopping waits a few seconds at most for an answer, one asked before too.
+            let stopped = async {
+                self.agent.stopping().cancelled().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
             };
-            match answer.await {
+            let answer = tokio::select! {
+                r = api.delete(&name, &dp) => r,
+                _ = stopped => Err(kube::Error::Service("no answer within 5 s of the node stopping".into())),
+            };
+            match answer {
                 Ok(_) => return,
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
                 Err(e) => {

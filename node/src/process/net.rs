@@ -75,13 +75,15 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 /// that a later node can tell a bridge left by a dead node from one in use.
 fn owner_alias() -> String {
     // The PID as `/proc` names it, which the check reads (it may be another namespace's).
-    let pid = std::fs::read_link("/proc/self")
+    let pid: Option<u32> = std::fs::read_link("/proc/self")
         .ok()
-        .and_then(|p| p.to_str()?.parse().ok())
-        .unwrap_or_else(std::process::id);
-    match (start_time(pid), pid_namespace()) {
-        (Some((start, _)), Some(ns)) => format!("keelson node pid={pid} start={start} pidns={ns}"),
-        _ => format!("keelson node pid={pid}"),
+        .and_then(|p| p.to_str()?.parse().ok());
+    match (pid, pid.and_then(start_time), pid_namespace()) {
+        (Some(pid), Some((start, _)), Some(ns)) => {
+            format!("keelson node pid={pid} start={start} pidns={ns}")
+        }
+        // Without them the bridge is never taken for a dead node's.
+        _ => "keelson node".to_string(),
     }
 }
 
