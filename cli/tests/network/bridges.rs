@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::{ApiCluster, Backend, apply, eventually};
+use crate::proxy::{get, server};
 use crate::support::{Node, READY, events, wait_field};
 
 fn ip(args: &[&str]) {
@@ -46,40 +47,9 @@ impl Drop for Link {
     }
 }
 
-fn server(name: &str, node: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: web
-    image: python
-    command: ["sh", "-c", "hostname > /tmp/who && cd /tmp && exec python3 -m http.server 8080"]
-    readinessProbe:
-      httpGet: {{path: /who, port: 8080}}
-      periodSeconds: 1
----
-"#
-    )
-}
-
 /// The pod's name as its server at `ip:8080` tells it.
 fn who(ip: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = format!("{ip}:8080").parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{ip}:8080: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /who HTTP/1.0\r\n\r\n").unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    buf.split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_string())
-        .unwrap_or_default()
+    get(ip, 8080, "/who").unwrap_or_else(|e| panic!("{ip}:8080: {e}"))
 }
 
 /// An owner for the alias of a bridge: a process that ran here and has exited.
@@ -129,7 +99,10 @@ fn a_dead_nodes_bridge_gives_way_and_a_foreign_link_is_named() {
     let c = ApiCluster::start(Backend::Keelson, 1);
     let mut a = Node::start(&c, "br-a", "10.204.1.0/24", &[]);
     let _b = Node::start(&c, "br-b", "10.204.2.0/24", &[]);
-    apply(&c, &(server("web-a", "br-a") + &server("web-b", "br-b")));
+    apply(
+        &c,
+        &(server("web-a", "br-a", 1) + &server("web-b", "br-b", 1)),
+    );
 
     // The dead node's bridge is gone, and the pod answers on its address from the host.
     wait_field(&c, "web-a", READY, |s| s == "True");
@@ -167,7 +140,7 @@ fn a_dead_nodes_bridge_gives_way_and_a_foreign_link_is_named() {
     // A second node given br-a's CIDR while br-a runs leaves br-a's bridge alone and says
     // whose it is; once br-a has stopped (and removed its bridge), its pod starts.
     let _c = Node::start(&c, "br-c", "10.204.1.0/24", &[]);
-    apply(&c, &server("web-c", "br-c"));
+    apply(&c, &server("web-c", "br-c", 1));
     let wanted = format!(
         "pod CIDR 10.204.1.0/24 overlaps 10.204.1.1/24 on the bridge of another keelson node (keelson node pid={pid_a} start="
     );

@@ -13,7 +13,7 @@ use crate::harness::{ApiCluster, Backend, eventually, free_port};
 use crate::support::{Node, READY, apply, wait_field};
 
 /// GET `path` from `host:port`; the body, or None when the connection failed.
-fn get(host: &str, port: u16, path: &str) -> Result<String, std::io::Error> {
+pub(crate) fn get(host: &str, port: u16, path: &str) -> Result<String, std::io::Error> {
     let addr = format!("{host}:{port}").parse().unwrap();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -27,7 +27,7 @@ fn get(host: &str, port: u16, path: &str) -> Result<String, std::io::Error> {
 }
 
 /// A pod on `node` that serves its name at /who on port 8080, ready once it does.
-fn server(name: &str, node: &str, grace: u32) -> String {
+pub(crate) fn server(name: &str, node: &str, grace: u32) -> String {
     format!(
         r#"
 apiVersion: v1
