@@ -611,6 +611,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Members whose process ended though no fault holds them down (between faults, or after
+    /// the last): each is started again, so that the next fault finds the cluster whole and is
+    /// not blamed for it. Says which, how each ended, and whether it started again.
+    pub fn restart_exited(&mut self) -> Vec<String> {
+        let mut found = Vec::new();
+        for i in 0..self.members.len() {
+            if self.members[i].removed {
+                continue;
+            }
+            let Some(status) = self.exited(i) else {
+                continue;
+            };
+            let name = self.members[i].name.clone();
+            let log = self.members[i].log.display().to_string();
+            found.push(match self.start_member(i) {
+                Ok(()) => format!("{name} had exited ({status}) with no fault on it (log: {log}); started again"),
+                Err(e) => format!(
+                    "{name} had exited ({status}) with no fault on it (log: {log}); not started again: {e:#}"
+                ),
+            });
+        }
+        found
+    }
+
     /// Best effort, after a fault could not be injected or healed: every member running and
     /// resumed, every link restored, no delay, every clock right. Says which members it found
     /// exited, and whether they started again.

@@ -246,6 +246,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
         if crate::interrupt::sleep(o.fault_interval).await {
             break;
         }
+        unexpected_exits(&mut cluster, &mut timeline, clock);
         let fault = faults[next % faults.len()];
         next += 1;
         let heal = match faults::inject(fault, &mut cluster).await {
@@ -297,6 +298,7 @@ pub async fn run(o: &Options, faults: &[Fault], dir: &Path) -> anyhow::Result<Ou
     history.operations.extend(puts);
     // Every member back; every lease left to expire; then one last write for the watchers to
     // reach (after the expiries) and a read of every key.
+    unexpected_exits(&mut cluster, &mut history.faults, clock);
     match cluster.wait_healthy(Duration::from_secs(30)).await {
         Ok(()) => {
             history.lease_leftovers =
@@ -459,6 +461,16 @@ async fn wait_for_expiry(cluster: &Cluster, prefix: &str) -> anyhow::Result<Vec<
             return Ok(left.into_iter().filter(|l| !l.keys.is_empty()).collect());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A member that exited with no fault on it (a crash of the store, or of the harness) is an
+/// error of the run ("recovery"): it is started again, and the schedule goes on.
+fn unexpected_exits(cluster: &mut Cluster, timeline: &mut Vec<FaultStep>, clock: Clock) {
+    let found = cluster.restart_exited();
+    if !found.is_empty() {
+        tracing::warn!(found = %found.join("; "), "members had exited with no fault on them");
+        timeline.push(step("recovery", "error", found.join("; "), clock));
     }
 }
 

@@ -277,6 +277,55 @@ fn a_crash_at_every_failpoint_is_survived() {
     );
 }
 
+/// A member that exits with no fault on it (a crash of the store) is found before the next
+/// fault, reported (the run reports it as a recovery error) and started again.
+#[test]
+fn a_member_that_exits_with_no_fault_on_it_is_found_and_started_again() {
+    use keelson_chaos::cluster::{Cluster, Setup, Target};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_keelson"));
+    let mut cluster =
+        Cluster::start(Target::Keelson(bin), 1, dir.path(), Setup::default()).unwrap();
+    rt.block_on(cluster.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    assert!(cluster.restart_exited().is_empty());
+    // Its process, found by its data directory, killed from outside the harness.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                c.contains(&format!("--data-dir={}", dir.path().display())) && c.contains("store")
+            })
+        })
+        .expect("the member's process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let by = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = cluster.restart_exited();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(Instant::now() < by, "the kill was not noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("m0 had exited (signal: 9") && found[0].ends_with("; started again"),
+        "{found:?}"
+    );
+    rt.block_on(cluster.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    assert!(cluster.restart_exited().is_empty());
+}
+
 #[test]
 fn the_same_checks_pass_on_etcd() {
     let dir = tempfile::tempdir().unwrap();
