@@ -1,6 +1,7 @@
 //! A store cluster on loopback whose members the run can kill, pause and restart: keelson-store
 //! (`keelson store`) or, as the control, a real etcd started with the same flags.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -405,6 +406,10 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // A process group of its own: a Ctrl-C in the terminal reaches the run alone,
+            // which ends early, checks what it recorded and then stops its members
+            // (members that had taken the SIGINT too were reported exited with no fault).
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {}", self.target.name()))?;
         m.child = Some(child);
@@ -612,8 +617,8 @@ impl Cluster {
     }
 
     /// Members whose process ended though no fault holds them down (between faults, or after
-    /// the last): each is started again, so that the next fault finds the cluster whole and is
-    /// not blamed for it. Says which, how each ended, and whether it started again.
+    /// the last): each is started again (not waited for), so that the next fault is not
+    /// blamed for it. Says which, how each ended, and whether it started again.
     pub fn restart_exited(&mut self) -> Vec<String> {
         let mut found = Vec::new();
         for i in 0..self.members.len() {

@@ -93,7 +93,23 @@ impl Proxy {
     pub fn reopen(&self) -> anyhow::Result<()> {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if task.is_none() {
-            let (_, t) = listen(self.addr, self.upstream, self.delay.clone())?;
+            // The closed listener is dropped on the proxies' runtime, shortly after `close`:
+            // until then the port is still taken.
+            let by = std::time::Instant::now() + Duration::from_secs(2);
+            let t = loop {
+                match listen(self.addr, self.upstream, self.delay.clone()) {
+                    Ok((_, t)) => break t,
+                    Err(e)
+                        if std::time::Instant::now() < by
+                            && e.root_cause()
+                                .downcast_ref::<std::io::Error>()
+                                .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             *task = Some(t);
         }
         Ok(())
