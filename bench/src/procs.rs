@@ -36,10 +36,8 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 
 /// CPU seconds (user + system) `pid` has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let fields = keelson_node::process::stat_fields(pid)?;
+    // utime and stime are fields 14 and 15.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)

@@ -153,11 +153,8 @@ fn cpu_micros(pids: &[u32]) -> Option<u64> {
     }
     let mut ticks = 0u64;
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) is in parentheses and may hold spaces.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // `rest` starts at field 3.
+        let fields = keelson_node::process::stat_fields(*pid)?;
+        // utime and stime are fields 14 and 15.
         ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     }
     Some(ticks * 10_000)

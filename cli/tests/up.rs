@@ -30,6 +30,13 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Whether process `pid` still runs `cmd` (as [`children_of`] gave it: a PID reused since
+/// runs another command).
+fn runs(pid: u32, cmd: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.replace('\0', " ") == cmd)
+}
+
 /// Stops the `keelson up --detach` cluster of a data directory when dropped.
 struct Down(String);
 
@@ -1359,14 +1366,7 @@ fn up_detach_status_down() {
         String::from_utf8_lossy(&down.stderr)
     );
     for (p, cmd) in pids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{p}")).exists()
-                || std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .unwrap_or_default()
-                    .replace('\0', " ")
-                    != cmd,
-            "{cmd} (pid {p}) still running after down"
-        );
+        assert!(!runs(p, &cmd), "{cmd} (pid {p}) still running after down");
     }
     let status = Command::new(keelson)
         .args(["status", "--data-dir", &data_arg])
@@ -1431,13 +1431,8 @@ fn up_detach_status_down() {
     .unwrap();
     let by = Instant::now() + Duration::from_secs(60);
     loop {
-        let running: Vec<&(u32, String)> = components
-            .iter()
-            .filter(|(p, cmd)| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c.replace('\0', " ") == *cmd)
-            })
-            .collect();
+        let running: Vec<&(u32, String)> =
+            components.iter().filter(|(p, cmd)| runs(*p, cmd)).collect();
         if running.is_empty() {
             break;
         }

@@ -56,12 +56,7 @@ fn who(ip: &str) -> String {
 fn dead_owner() -> String {
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = child.id();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .to_string();
+    let start = keelson_node::process::stat_fields(pid).unwrap()[19].clone();
     child.kill().unwrap();
     child.wait().unwrap();
     let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();

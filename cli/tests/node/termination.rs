@@ -87,6 +87,15 @@ spec:
     command: ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done; echo keelson-lingering-marker"]
 "#;
 
+/// Whether a process whose command line holds `marker` runs (`pgrep -f`).
+fn running(marker: &str) -> bool {
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", marker])
+        .output()
+        .unwrap();
+    !found.stdout.is_empty()
+}
+
 #[test]
 fn graceful_termination_oom_and_pod_network() {
     let c = ApiCluster::start(Backend::Keelson, 1);
@@ -112,11 +121,10 @@ fn graceful_termination_oom_and_pod_network() {
     );
     // A container that ignores SIGTERM is killed when the grace period ends.
     c.ok(&["delete", "pod", "stubborn", "--wait=true", "--timeout=60s"]);
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", "keelson-stubborn-marker"])
-        .output()
-        .unwrap();
-    assert!(left.stdout.is_empty(), "no process left behind");
+    assert!(
+        !running("keelson-stubborn-marker"),
+        "no process left behind"
+    );
     // The memory limit is enforced: the kernel kills the process and the reason says so.
     wait_field(&c, "hog", "{.status.phase}", |v| v == "Failed");
     assert_eq!(
@@ -156,12 +164,8 @@ fn graceful_termination_oom_and_pod_network() {
         "the node took {:?} to stop",
         stopping.elapsed()
     );
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", "keelson-lingering-marker"])
-        .output()
-        .unwrap();
     assert!(
-        left.stdout.is_empty(),
+        !running("keelson-lingering-marker"),
         "the lingering pod's process is left"
     );
     let pods_now = c.ok(&["get", "pods", "-o", "name"]);

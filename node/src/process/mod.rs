@@ -34,6 +34,14 @@ use net::{Cidr, Network};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The fields of `/proc/<pid>/stat` after the command (which is in parentheses and may hold
+/// spaces): the first is the state (field 3 in proc(5)), so field N is at index N - 3.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// The process runtime of one node.
 pub struct ProcessRuntime {
     root: PathBuf,

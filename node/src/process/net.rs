@@ -90,11 +90,9 @@ fn owner_alias() -> String {
 /// A process's start time (in clock ticks since boot: with the PID, it names one process) and
 /// whether it is a zombie (exited, not yet reaped).
 fn start_time(pid: u32) -> Option<(u64, bool)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces), from the state (field 3) on.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let zombie = fields.next()? == "Z";
-    Some((fields.nth(18)?.parse().ok()?, zombie))
+    let fields = super::stat_fields(pid)?;
+    // The state is field 3, the start time field 22.
+    Some((fields.get(19)?.parse().ok()?, fields.first()? == "Z"))
 }
 
 /// This process's PID namespace (its inode number): PIDs read in another mean nothing here.
